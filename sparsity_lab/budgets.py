@@ -1,0 +1,241 @@
+"""Budgets: *how much* to prune in each layer (survey section 3.9).
+
+A budget turns one target sparsity for a set of tensors into a sparsity per tensor.  The
+functions here are pure: they take shapes (and, for ``global``, scores) and return
+``{name: sparsity}``.
+
+Exact accounting: the target is counted in parameters over *all* the given tensors,
+including those kept dense, and each returned sparsity is ``k / n_groups`` for an integer
+``k``, so that pruning with it removes exactly the planned groups.  For unstructured
+patterns the total number of zeros is exactly ``round(sparsity * total)``; for structured
+patterns it is the nearest total reachable in whole groups.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+
+from . import registry
+from .patterns import Pattern, Unstructured, check_sparsity, count, prune_lowest
+from .registry import register
+
+Shape = tuple[int, ...]
+
+
+def _apportion(desired: Mapping[str, float], capacity: Mapping[str, int], total: int) -> dict:
+    """Integers ``k[name]`` in [0, capacity] that sum to ``total`` and follow ``desired``.
+
+    Largest-remainder rounding: floor everything, then hand out the missing units to the
+    largest fractional parts (ties to the earlier name), never exceeding a capacity.
+    """
+    k = {n: min(capacity[n], max(0, math.floor(desired[n]))) for n in desired}
+    missing = total - sum(k.values())
+    order = sorted(desired, key=lambda n: -(desired[n] - math.floor(desired[n])))
+    while missing > 0:
+        progressed = False
+        for n in order:
+            if missing == 0:
+                break
+            if k[n] < capacity[n]:
+                k[n] += 1
+                missing -= 1
+                progressed = True
+        if not progressed:
+            raise ValueError("the budget cannot be met: not enough prunable parameters")
+    while missing < 0:  # only when desired values were clipped at capacity from above
+        for n in reversed(order):
+            if missing == 0:
+                break
+            if k[n] > 0:
+                k[n] -= 1
+                missing += 1
+    return k
+
+
+def _target_zeros(shapes: Mapping[str, Shape], sparsity: float, dense: Iterable[str]) -> int:
+    check_sparsity(sparsity)
+    total = sum(math.prod(s) for s in shapes.values())
+    zeros = count(sparsity, total)
+    prunable = sum(math.prod(s) for n, s in shapes.items() if n not in set(dense))
+    if zeros > prunable:
+        raise ValueError(
+            f"sparsity {sparsity} over {total} parameters needs {zeros} zeros, but only "
+            f"{prunable} parameters are outside the dense layers; keep fewer layers dense "
+            f"or lower the sparsity"
+        )
+    return zeros
+
+
+def _by_weights(
+    shapes: Mapping[str, Shape],
+    sparsity: float,
+    pattern: Pattern,
+    dense: Iterable[str],
+    weights: Callable[[Shape], float] | None,
+) -> dict[str, float]:
+    """Shared engine of the shape-based budgets.
+
+    ``weights=None`` spreads the zeros uniformly over the prunable parameters; otherwise the
+    *density* of a layer is proportional to ``weights(shape)`` (ER, ERK), with layers that
+    would exceed density 1 made dense and the rest rescaled, as in the RigL reference code.
+    """
+    dense = set(dense)
+    _check_names(shapes, dense)
+    zeros = _target_zeros(shapes, sparsity, dense)
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    pool = [n for n in shapes if n not in dense]
+    density: dict[str, float] = {n: 1.0 for n in shapes}
+    if weights is None:
+        share = zeros / max(1, sum(sizes[n] for n in pool))
+        for n in pool:
+            density[n] = 1.0 - share
+    else:
+        nonzeros_left = sum(sizes[n] for n in pool) - zeros
+        active = list(pool)
+        while active:
+            eps = nonzeros_left / sum(weights(shapes[n]) * sizes[n] for n in active)
+            saturated = [n for n in active if eps * weights(shapes[n]) > 1.0]
+            if not saturated:
+                for n in active:
+                    density[n] = eps * weights(shapes[n])
+                break
+            for n in saturated:
+                density[n] = 1.0
+                nonzeros_left -= sizes[n]
+                active.remove(n)
+    # Convert to whole groups per layer whose parameters add up to the target.
+    gsize = {n: pattern.group_size(shapes[n]) for n in pool}
+    groups = {n: pattern.n_groups(shapes[n]) for n in pool}
+    desired = {n: (1.0 - density[n]) * groups[n] for n in pool}
+    if all(g == 1 for g in gsize.values()):
+        k = _apportion(desired, groups, zeros)
+    else:
+        k = {n: min(groups[n], int(math.floor(desired[n] + 0.5))) for n in pool}
+    return {n: (k[n] / groups[n] if n in k else 0.0) for n in shapes}
+
+
+def _check_names(shapes: Mapping[str, Shape], dense: set[str]) -> None:
+    unknown = dense - set(shapes)
+    if unknown:
+        raise ValueError(
+            f"dense layers {sorted(unknown)} are not among the pruned tensors "
+            f"{list(shapes)}; use parameter names such as 'fc1.weight'"
+        )
+
+
+@register("budget", "uniform")
+def uniform(
+    shapes: Mapping[str, Shape],
+    sparsity: float,
+    *,
+    pattern: Pattern | None = None,
+    dense: Iterable[str] = (),
+    scores: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Uniform: every prunable layer gets the same sparsity.
+
+    With dense layers the others share their zeros, so that the total still meets the target.
+    """
+    return _by_weights(shapes, sparsity, pattern or Unstructured(), dense, None)
+
+
+def _er_weight(shape: Shape) -> float:
+    n_out, n_in = shape[0], (shape[1] if len(shape) > 1 else 1)
+    return (n_in + n_out) / (n_in * n_out)
+
+
+def _erk_weight(shape: Shape) -> float:
+    return sum(shape) / math.prod(shape)
+
+
+@register("budget", "er")
+def er(
+    shapes: Mapping[str, Shape],
+    sparsity: float,
+    *,
+    pattern: Pattern | None = None,
+    dense: Iterable[str] = (),
+    scores: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Erdos-Renyi (Mocanu et al. 2018): density of a layer ∝ (n_in + n_out) / (n_in * n_out).
+
+    Kernel dimensions are ignored (see ``erk`` for the convolutional version).
+    """
+    return _by_weights(shapes, sparsity, pattern or Unstructured(), dense, _er_weight)
+
+
+@register("budget", "erk")
+def erk(
+    shapes: Mapping[str, Shape],
+    sparsity: float,
+    *,
+    pattern: Pattern | None = None,
+    dense: Iterable[str] = (),
+    scores: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Erdos-Renyi-Kernel (Evci et al. 2020, RigL): density ∝ sum(shape) / prod(shape).
+
+    For a conv weight (out, in, kh, kw): (out + in + kh + kw) / (out * in * kh * kw).
+    """
+    return _by_weights(shapes, sparsity, pattern or Unstructured(), dense, _erk_weight)
+
+
+@register("budget", "global")
+def global_(
+    shapes: Mapping[str, Shape],
+    sparsity: float,
+    *,
+    pattern: Pattern | None = None,
+    dense: Iterable[str] = (),
+    scores: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Global: one threshold across layers; the lowest-scoring groups anywhere go first.
+
+    ``scores`` are group scores per layer (``pattern.group_scores``).  Ties across layers go
+    to the earlier layer, then the lower index.  With groups of different sizes the pruned
+    set is the prefix of the global order whose parameter count is nearest the target.
+    """
+    if scores is None:
+        raise ValueError("the global budget ranks scores across layers: pass scores=...")
+    pattern = pattern or Unstructured()
+    dense = set(dense)
+    _check_names(shapes, dense)
+    zeros = _target_zeros(shapes, sparsity, dense)
+    pool = [n for n in shapes if n not in dense]
+    flat = [scores[n].flatten().double() for n in pool]
+    sizes = [
+        torch.full_like(f, pattern.group_size(shapes[n])) for n, f in zip(pool, flat, strict=True)
+    ]
+    all_scores, all_sizes = torch.cat(flat), torch.cat(sizes)
+    if all(pattern.group_size(shapes[n]) == 1 for n in pool):
+        n_prune = zeros
+    else:
+        order = torch.argsort(all_scores, stable=True)
+        cumulative = torch.cat([torch.zeros(1, dtype=all_sizes.dtype), all_sizes[order].cumsum(0)])
+        n_prune = int(torch.argmin((cumulative - zeros).abs()))
+    keep = prune_lowest(all_scores, n_prune)
+    result = dict.fromkeys(shapes, 0.0)
+    for n, part in zip(pool, keep.split([f.numel() for f in flat]), strict=True):
+        result[n] = float((~part).sum()) / part.numel()
+    return result
+
+
+def allocate(
+    budget: str,
+    shapes: Mapping[str, Shape],
+    sparsity: float,
+    *,
+    pattern: Pattern | None = None,
+    dense: Iterable[str] = (),
+    scores: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Per-tensor sparsities for ``budget`` (a registered name such as ``"erk"``)."""
+    fn = registry.get(budget, "budget")
+    pattern = pattern or Unstructured()
+    if pattern.fixed_sparsity is not None:
+        # N:M fixes every layer's sparsity; a budget has nothing to distribute.
+        return {n: (0.0 if n in set(dense) else pattern.fixed_sparsity) for n in shapes}
+    return fn(shapes, sparsity, pattern=pattern, dense=dense, scores=scores)

@@ -1,0 +1,142 @@
+"""The criterion protocol shared by every family.
+
+A criterion answers one question: how important is each element of each target tensor?
+Its :meth:`Criterion.scores` returns one score per element (higher = keep).  Everything
+after that, turning scores into masks with a pattern and a budget, is shared and lives in
+:meth:`Criterion.prune`.  Families plug in at the level they need:
+
+* data-free criteria (magnitude, random, LAMP) override only ``scores``;
+* data-driven, first- and second-order criteria read ``context.data`` (batches of inputs and
+  targets), ``context.loss_fn`` and helpers such as :meth:`Context.batches` to collect
+  activations, gradients, Hessian or Fisher information inside ``scores``;
+* criteria that change the surviving weights (OBS, merges, bias folding) override
+  :meth:`Criterion.update_weights`, which runs after the masks are chosen;
+* layer-wise reconstruction methods (OBC, SparseGPT, Wanda) that prune one layer at a time
+  with calibration inputs override :meth:`Criterion.prune` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .. import budgets, masks, registry
+from ..patterns import Pattern, count
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class Context:
+    """What a criterion may use besides the model.
+
+    ``data`` is anything that yields ``(inputs, targets)`` batches: a DataLoader, a list of
+    batches, or a single ``(inputs, targets)`` tuple.
+    """
+
+    data: Any = None
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = field(
+        default_factory=nn.CrossEntropyLoss
+    )
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def batches(self, limit: int | None = None) -> Iterator[Batch]:
+        """Yield up to ``limit`` ``(inputs, targets)`` batches from ``data``."""
+        if self.data is None:
+            raise ValueError(
+                "this criterion needs data: pass data=(inputs, targets) or a DataLoader"
+            )
+        source: Iterable = self.data
+        if isinstance(self.data, tuple) and len(self.data) == 2 and torch.is_tensor(self.data[0]):
+            source = [self.data]
+        for i, (x, y) in enumerate(source):
+            if limit is not None and i >= limit:
+                break
+            yield x, y
+
+
+class Criterion:
+    """Base class of every criterion; subclasses set ``name`` and implement :meth:`scores`."""
+
+    name: ClassVar[str] = "criterion"
+    #: Whether :meth:`scores` reads ``context.data``.
+    needs_data: ClassVar[bool] = False
+
+    def scores(
+        self, model: nn.Module, names: list[str], context: Context
+    ) -> dict[str, torch.Tensor]:
+        """One importance score per element of each named tensor (higher = keep)."""
+        raise NotImplementedError
+
+    def update_weights(
+        self, model: nn.Module, new_masks: dict[str, torch.Tensor], context: Context
+    ) -> None:
+        """Change the surviving weights after the masks are chosen (default: nothing)."""
+
+    def prune(
+        self,
+        model: nn.Module,
+        names: list[str],
+        sparsity: float | None,
+        *,
+        pattern: Pattern,
+        budget: str,
+        dense: Iterable[str] = (),
+        reduction: str = "l1",
+        dense_grad: bool = False,
+        context: Context | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Score, allocate, choose masks and attach them; returns ``{name: keep_mask}``.
+
+        Already pruned groups stay pruned (their score is ``-inf``), so a second call with a
+        higher sparsity continues from the first.
+        """
+        context = context or Context()
+        if self.needs_data and context.data is None:
+            raise ValueError(f"criterion {self.name!r} needs data: pass data=... to prune()")
+        dense = set(dense)
+        shapes = {n: tuple(masks.weight(model, n).shape) for n in names}
+        for n in names:
+            if n not in dense:
+                pattern.validate(shapes[n], n)
+        with torch.enable_grad():
+            scores = self.scores(model, names, context)
+        priors = {n: masks.get_mask(model, n) for n in names}
+        group_scores = {
+            n: pattern.group_scores(scores[n], reduction, priors[n])
+            for n in names
+            if n not in dense
+        }
+        target = pattern.fixed_sparsity if sparsity is None else sparsity
+        if target is None:
+            raise ValueError(f"pattern {pattern!r} needs a sparsity")
+        plan = budgets.allocate(
+            budget, shapes, target, pattern=pattern, dense=dense, scores=group_scores
+        )
+        new_masks = {}
+        for n in names:
+            if n in dense:
+                continue
+            n_prune = count(plan[n], pattern.n_groups(shapes[n]))
+            keep = pattern.prune_groups(scores[n], n_prune, reduction, priors[n])
+            new_masks[n] = keep
+        self.update_weights(model, new_masks, context)
+        for n, keep in new_masks.items():
+            masks.attach(model, n, keep, dense_grad=dense_grad)
+        return new_masks
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def get(name: str | Criterion, **options: Any) -> Criterion:
+    """A criterion instance from a registered name (``options`` go to its constructor)."""
+    if isinstance(name, Criterion):
+        return name
+    cls = registry.get(name, "criterion")
+    return cls(**options)

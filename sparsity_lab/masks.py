@@ -1,0 +1,336 @@
+"""Masks: attach, inspect, update, squash and remove.
+
+A mask is a ``torch.nn.utils.parametrize`` parametrization of a parameter: the tensor the
+module uses in ``forward`` is ``original * mask``, so masked entries are exactly zero in
+every forward pass, whatever an optimizer does to the stored ``original`` (momentum, weight
+decay, Adam's moments).  Masks are named by the parameter's path in the model, e.g.
+``"fc1.weight"``.
+
+Two gradient modes:
+
+* default: the gradient of a masked entry is zero, and :func:`attach` also zeroes the stored
+  value, so ``original`` itself is sparse and :func:`remove` resumes dense training from the
+  pruned weights;
+* ``dense_grad=True``: the gradient passes through the mask unchanged (straight-through), so
+  masked entries of ``original`` keep receiving updates.  Methods that need the dense
+  gradient or dense weights (RigL's growth, DPF, AC/DC, Top-KAST) use this mode.
+
+Masked modules pickle and deepcopy: a masked module pickles as its plain module plus its
+masks and is rebuilt with the masks attached (``parametrize`` alone refuses to pickle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+__all__ = [
+    "Mask",
+    "attach",
+    "set_mask",
+    "get_mask",
+    "masks",
+    "is_masked",
+    "squash",
+    "remove",
+    "plain_state_dict",
+    "load_state_dict",
+]
+
+
+class _StraightThrough(torch.autograd.Function):
+    """``x * mask`` in forward, identity in backward: the dense gradient reaches ``x``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
+        return grad, None
+
+
+class Mask(nn.Module):
+    """Parametrization ``w -> w * mask`` with a 0/1 ``mask`` buffer of ``w``'s shape and dtype.
+
+    The mask is a buffer, so it follows ``.to()``, lives in ``state_dict`` and is never
+    touched by an optimizer.  It is stored in the weight's dtype because a multiplication by
+    a same-dtype tensor is the cheapest exact way to zero entries.
+    """
+
+    def __init__(self, mask: torch.Tensor, dense_grad: bool = False) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.detach().clone())
+        self.dense_grad = dense_grad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if self.dense_grad and torch.is_grad_enabled():
+            return _StraightThrough.apply(x, self.mask)
+        return x * self.mask
+
+    def extra_repr(self) -> str:  # noqa: D102
+        kept = int(self.mask.count_nonzero())
+        return f"sparsity={1 - kept / self.mask.numel():.4f}, dense_grad={self.dense_grad}"
+
+
+# --- locating parameters ------------------------------------------------------------------
+
+
+def _split(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """``"block.0.fc.weight"`` -> (the ``block.0.fc`` module, ``"weight"``)."""
+    path, _, tensor_name = name.rpartition(".")
+    try:
+        module = model.get_submodule(path) if path else model
+    except AttributeError as err:
+        raise KeyError(f"no module {path!r} in the model (from parameter name {name!r})") from err
+    return module, tensor_name
+
+
+def _mask_module(module: nn.Module, tensor_name: str) -> Mask | None:
+    if not parametrize.is_parametrized(module, tensor_name):
+        return None
+    for p in module.parametrizations[tensor_name]:
+        if isinstance(p, Mask):
+            return p
+    return None
+
+
+def _check_mask(mask: torch.Tensor, like: torch.Tensor, name: str) -> torch.Tensor:
+    if tuple(mask.shape) != tuple(like.shape):
+        raise ValueError(
+            f"mask for {name!r} has shape {tuple(mask.shape)}, but the parameter has shape "
+            f"{tuple(like.shape)}; build the mask from the parameter's shape"
+        )
+    if mask.dtype != torch.bool:
+        if not torch.all((mask == 0) | (mask == 1)):
+            raise ValueError(f"mask for {name!r} must hold only 0 and 1 (or be a bool tensor)")
+    return mask.to(device=like.device, dtype=like.dtype)
+
+
+# --- attaching and updating ---------------------------------------------------------------
+
+
+def attach(
+    model: nn.Module, name: str, mask: torch.Tensor, *, dense_grad: bool = False
+) -> nn.Module:
+    """Mask parameter ``name`` of ``model`` with a 0/1 (or bool) ``mask``; returns ``model``.
+
+    If the parameter is already masked, the mask is replaced (see :func:`set_mask`).
+    """
+    module, tensor_name = _split(model, name)
+    if _mask_module(module, tensor_name) is not None:
+        set_mask(model, name, mask)
+        _mask_module(module, tensor_name).dense_grad = dense_grad
+        return model
+    param = getattr(module, tensor_name, None)
+    if not isinstance(param, nn.Parameter):
+        raise KeyError(
+            f"{name!r} is not a parameter of the model; masks attach to parameters such as "
+            f"'fc1.weight' (see model.named_parameters())"
+        )
+    mask = _check_mask(mask, param, name)
+    if not dense_grad:
+        with torch.no_grad():
+            param.mul_(mask)
+    # unsafe=True skips parametrize's consistency probe, a full extra forward of the mask.
+    parametrize.register_parametrization(
+        module, tensor_name, Mask(mask, dense_grad=dense_grad), unsafe=True
+    )
+    _make_picklable(module)
+    return model
+
+
+def set_mask(model: nn.Module, name: str, mask: torch.Tensor) -> None:
+    """Replace the mask of an already masked parameter in place (no new parametrization).
+
+    In the default gradient mode newly pruned entries of the stored weight are zeroed, so
+    they cannot come back with stale values when the mask later grows them again.
+    """
+    module, tensor_name = _split(model, name)
+    holder = _mask_module(module, tensor_name)
+    if holder is None:
+        raise KeyError(f"{name!r} has no mask; use sparsity_lab.masks.attach first")
+    mask = _check_mask(mask, holder.mask, name)
+    with torch.no_grad():
+        holder.mask.copy_(mask)
+        if not holder.dense_grad:
+            module.parametrizations[tensor_name].original.mul_(holder.mask)
+
+
+def get_mask(model: nn.Module, name: str) -> torch.Tensor | None:
+    """The 0/1 mask of parameter ``name`` (a view of the live buffer), or None if unmasked."""
+    module, tensor_name = _split(model, name)
+    holder = _mask_module(module, tensor_name)
+    return None if holder is None else holder.mask
+
+
+def is_masked(model: nn.Module, name: str) -> bool:
+    """Whether parameter ``name`` carries a mask."""
+    return get_mask(model, name) is not None
+
+
+def masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every mask in ``model``, keyed by parameter name (``"fc1.weight"``), in module order."""
+    found: dict[str, torch.Tensor] = {}
+    for path, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for tensor_name in module.parametrizations:
+            holder = _mask_module(module, tensor_name)
+            if holder is not None:
+                found[f"{path}.{tensor_name}" if path else tensor_name] = holder.mask
+    return found
+
+
+def weight(model: nn.Module, name: str) -> torch.Tensor:
+    """The tensor the model computes with for ``name`` (masked where a mask exists)."""
+    module, tensor_name = _split(model, name)
+    return getattr(module, tensor_name)
+
+
+def dense_weight(model: nn.Module, name: str) -> torch.Tensor:
+    """The stored dense tensor behind ``name`` (``original`` when masked).
+
+    This is the tensor an optimizer updates.
+    """
+    module, tensor_name = _split(model, name)
+    if parametrize.is_parametrized(module, tensor_name):
+        return module.parametrizations[tensor_name].original
+    return getattr(module, tensor_name)
+
+
+# --- removing -----------------------------------------------------------------------------
+
+
+def remove(
+    model: nn.Module, names: Iterable[str] | None = None, *, restore_dense: bool = False
+) -> nn.Module:
+    """Remove masks so that training is dense again; returns ``model``.
+
+    By default each parameter becomes ``original * mask``: pruned entries start at zero and
+    are free to grow.  ``restore_dense=True`` brings back the stored dense values instead,
+    which is what a ``dense_grad`` method such as DPF or AC/DC keeps them for.
+    """
+    for name in list(masks(model) if names is None else names):
+        module, tensor_name = _split(model, name)
+        holder = _mask_module(module, tensor_name)
+        if holder is None:
+            raise KeyError(f"{name!r} has no mask to remove")
+        if not restore_dense:
+            with torch.no_grad():
+                module.parametrizations[tensor_name].original.mul_(holder.mask)
+        parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=False)
+    return model
+
+
+def squash(model: nn.Module, names: Iterable[str] | None = None) -> nn.Module:
+    """Make masks permanent: every masked parameter becomes a plain tensor with exact zeros.
+
+    The mask machinery is gone afterwards (plain ``nn.Module`` again); the zeros stay only
+    until an optimizer moves them, as with any dense weight.
+    """
+    return remove(model, names, restore_dense=False)
+
+
+# --- state dicts --------------------------------------------------------------------------
+
+_ORIGINAL = ".parametrizations.{}.original"
+_MASK = ".parametrizations.{}.0.mask"
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A state dict with plain keys (``"fc1.weight"``) and masked values, for an unmasked model."""
+    state = {}
+    masked = masks(model)
+    for key, value in model.state_dict().items():
+        if ".parametrizations." in key:
+            continue
+        state[key] = value
+    for name in masked:
+        state[name] = weight(model, name).detach().clone()
+    return state
+
+
+def load_state_dict(
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool = True
+) -> nn.Module:
+    """Load ``state`` into ``model``, attaching the masks it carries; returns ``model``.
+
+    Accepts the state dict of a masked model (keys ``...parametrizations.weight.original`` and
+    ``...parametrizations.weight.0.mask``) for a plain or a masked ``model``, and a plain state
+    dict for either.  A plain state dict loaded into a masked model re-applies that model's
+    masks, so masked entries stay zero.
+    """
+    state = dict(state)
+    wanted_masks: dict[str, torch.Tensor] = {}
+    for key in list(state):
+        if key.endswith(".0.mask") and ".parametrizations." in key:
+            prefix, _, rest = key.partition(".parametrizations.")
+            tensor_name = rest[: -len(".0.mask")]
+            name = f"{prefix}.{tensor_name}" if prefix else tensor_name
+            wanted_masks[name] = state[key]
+    for name, mask in wanted_masks.items():
+        if get_mask(model, name) is None:
+            attach(model, name, torch.ones_like(mask))
+    # Translate plain keys of masked parameters into parametrize's keys, and back.
+    existing = masks(model)
+    for name in existing:
+        module_path, _, tensor_name = name.rpartition(".")
+        prefix = f"{module_path}." if module_path else ""
+        original_key = f"{prefix}parametrizations.{tensor_name}.original"
+        mask_key = f"{prefix}parametrizations.{tensor_name}.0.mask"
+        if name in state and original_key not in state:
+            state[original_key] = state.pop(name)
+            state.setdefault(mask_key, existing[name].detach().clone())
+    model.load_state_dict(state, strict=strict)
+    for name, mask in existing.items():
+        set_mask(model, name, mask)  # zero the stored weight under the mask
+    return model
+
+
+# --- pickling -----------------------------------------------------------------------------
+
+
+def _rebuild_masked(
+    cls: type, state: dict, saved: dict[str, tuple[torch.Tensor, bool]]
+) -> nn.Module:
+    """Unpickling counterpart of :func:`_reduce_masked`: rebuild, then re-attach the masks."""
+    module = cls.__new__(cls)
+    module.__setstate__(state)
+    for tensor_name, (mask, dense_grad) in saved.items():
+        parametrize.register_parametrization(
+            module, tensor_name, Mask(mask, dense_grad=dense_grad), unsafe=True
+        )
+    _make_picklable(module)
+    return module
+
+
+def _reduce_masked(self: nn.Module, protocol: int):  # noqa: ANN202
+    # Pickle a masked module as its plain class and state, with the dense ``original``
+    # tensors in place of the parametrizations, plus the masks.  Nothing is mutated:
+    # parametrize's generated class is shared with deep copies, so removing a
+    # parametrization from a copy would break the original.
+    plain_cls = type(self).__bases__[0]
+    state = dict(self.__dict__)
+    state["_parameters"] = dict(self._parameters)
+    state["_modules"] = dict(self._modules)
+    saved = {}
+    for tensor_name, plist in state["_modules"].pop("parametrizations").items():
+        holder = _mask_module(self, tensor_name)
+        if holder is None or len(plist) != 1:
+            raise TypeError(
+                f"cannot pickle {plain_cls.__name__}: parameter {tensor_name!r} has "
+                f"parametrizations other than a sparsity_lab mask; save its state_dict instead"
+            )
+        state["_parameters"][tensor_name] = plist.original
+        saved[tensor_name] = (holder.mask, holder.dense_grad)
+    return (_rebuild_masked, (plain_cls, state, saved))
+
+
+def _make_picklable(module: nn.Module) -> None:
+    # parametrize gives each parametrized module its own generated class; teach that class
+    # (and only it) how to pickle.
+    type(module).__reduce_ex__ = _reduce_masked

@@ -1,0 +1,98 @@
+"""``prune``: the one call that covers the common case."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torch import nn
+
+from . import criteria, masks, patterns, registry
+
+#: Layer types whose ``weight`` is pruned when no targets are named.
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def default_targets(model: nn.Module) -> list[str]:
+    """Names of the weights of every Linear and Conv layer, in module order."""
+    return [
+        f"{path}.weight" if path else "weight"
+        for path, m in model.named_modules()
+        if isinstance(m, PRUNABLE)
+    ]
+
+
+def prune(
+    model: nn.Module,
+    method: str | criteria.Criterion,
+    sparsity: float | None,
+    *,
+    pattern: str | patterns.Pattern = "unstructured",
+    budget: str = "global",
+    data: Any = None,
+    targets: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
+    dense: Iterable[str] = (),
+    reduction: str = "l1",
+    dense_grad: bool = False,
+    loss_fn: Callable | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> nn.Module:
+    """Prune ``model`` in place by attaching masks; returns the model.
+
+    Args:
+        method: a criterion's registered name (``"magnitude"``, ``"random"``, ...) or instance.
+        sparsity: target fraction of zeros over the pruned tensors, counted in parameters
+            (``None`` for N:M patterns, whose sparsity is 1 - N/M).
+        pattern: what is pruned together: ``"unstructured"``, ``"2:4"``, ``"block:4x4"``,
+            ``"channel"``, ``"input"`` or a :class:`~sparsity_lab.patterns.Pattern`.
+        budget: how the zeros are spread over layers: ``"global"``, ``"uniform"``, ``"er"``,
+            ``"erk"``.
+        data: batches for criteria that need data (a DataLoader or an ``(x, y)`` tuple).
+        targets: parameter names to prune; default: every Linear/Conv weight.
+        exclude: names left out of pruning and out of the sparsity count.
+        dense: names kept dense but counted in the target (e.g. the first and last layers).
+        reduction: how element scores combine into a group score: l1, l2, sum or max.
+        dense_grad: let gradients reach masked weights (for RigL, DPF, AC/DC, Top-KAST).
+        loss_fn: loss for data-driven criteria (default cross-entropy).
+        seed: seed of random criteria.
+        options: passed to the criterion's constructor.
+
+    Pruning an already pruned model continues from its masks: groups pruned before stay
+    pruned and ``sparsity`` is the new total.
+    """
+    criterion = criteria.get(method, **options)
+    pat = patterns.get(pattern)
+    registry.get(budget, "budget")  # fail early, with suggestions, on a misspelt budget
+    names = list(default_targets(model) if targets is None else targets)
+    excluded = set(exclude)
+    unknown = (excluded | set(dense)) - set(names)
+    if unknown:
+        raise ValueError(f"{sorted(unknown)} are not pruning targets; targets are {names}")
+    names = [n for n in names if n not in excluded]
+    if not names:
+        raise ValueError("nothing to prune: the model has no Linear or Conv weights left")
+    context = criteria.Context(data=data, seed=seed)
+    if loss_fn is not None:
+        context.loss_fn = loss_fn
+    criterion.prune(
+        model,
+        names,
+        sparsity,
+        pattern=pat,
+        budget=budget,
+        dense=dense,
+        reduction=reduction,
+        dense_grad=dense_grad,
+        context=context,
+    )
+    return model
+
+
+def sparsity(model: nn.Module, names: Iterable[str] | None = None) -> float:
+    """Fraction of zeros over the named tensors (default: every Linear/Conv weight)."""
+    names = list(default_targets(model) if names is None else names)
+    total = sum(masks.weight(model, n).numel() for n in names)
+    zeros = sum(int((masks.weight(model, n) == 0).sum()) for n in names)
+    return zeros / total if total else 0.0

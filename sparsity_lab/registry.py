@@ -1,0 +1,126 @@
+"""One registry of every method, by canonical snake_case name.
+
+Each entry has a *kind* (``pattern``, ``budget``, ``schedule``, ``criterion``,
+``regularizer``, ``training``, ``ephemeral``, ``format``) and a name that is unique across
+kinds, so ``get("rigl")`` needs no kind.  Modules register their entries with the
+:func:`register` decorator when they are imported; :func:`available` and :func:`get` import
+them first, so a user never has to.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+KINDS = (
+    "pattern",
+    "budget",
+    "schedule",
+    "criterion",
+    "regularizer",
+    "training",
+    "ephemeral",
+    "format",
+)
+
+# Modules whose import registers entries.  Later issues append their modules here.
+_PROVIDERS = (
+    "sparsity_lab.patterns",
+    "sparsity_lab.budgets",
+    "sparsity_lab.schedules",
+    "sparsity_lab.criteria",
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered method: its canonical name, its kind and the object that implements it."""
+
+    name: str
+    kind: str
+    obj: Any
+
+    @property
+    def summary(self) -> str:
+        """First line of the object's docstring."""
+        doc = (getattr(self.obj, "__doc__", None) or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+class UnknownNameError(KeyError):
+    """A name that is not registered; the message suggests the closest names."""
+
+    def __str__(self) -> str:  # KeyError would show the message quoted
+        return str(self.args[0])
+
+
+_ENTRIES: dict[str, Entry] = {}
+_loaded = False
+
+
+def register(kind: str, name: str) -> Callable[[Any], Any]:
+    """Class or function decorator that registers ``obj`` under ``name`` of ``kind``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+
+    def decorate(obj: Any) -> Any:
+        old = _ENTRIES.get(name)
+        if old is not None and old.obj is not obj:
+            raise ValueError(f"{name!r} is already registered as a {old.kind}")
+        _ENTRIES[name] = Entry(name, kind, obj)
+        return obj
+
+    return decorate
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        for module in _PROVIDERS:
+            importlib.import_module(module)
+        _loaded = True
+
+
+def available(kind: str | None = None) -> list[str]:
+    """Canonical names registered, sorted; only those of ``kind`` when it is given."""
+    _load()
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    return sorted(n for n, e in _ENTRIES.items() if kind is None or e.kind == kind)
+
+
+def entry(name: str, kind: str | None = None) -> Entry:
+    """The :class:`Entry` for ``name``.
+
+    An unknown name raises :class:`UnknownNameError` (a ``KeyError``) that suggests the
+    closest registered names.
+    """
+    _load()
+    found = _ENTRIES.get(name)
+    if found is None or (kind is not None and found.kind != kind):
+        pool = available(kind)
+        close = difflib.get_close_matches(name, pool, n=3, cutoff=0.5)
+        what = f"{kind} " if kind else ""
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownNameError(
+            f"unknown {what}method {name!r}.{hint} "
+            f"`sparsity_lab.registry.available({kind!r})` lists all {len(pool)}."
+        )
+    return found
+
+
+def get(name: str, kind: str | None = None) -> Any:
+    """The object registered under ``name`` (a class, a function or an instance)."""
+    return entry(name, kind).obj
+
+
+def by_kind() -> dict[str, list[Entry]]:
+    """Every entry grouped by kind, in the order of :data:`KINDS`."""
+    _load()
+    groups: dict[str, list[Entry]] = {k: [] for k in KINDS}
+    for e in sorted(_ENTRIES.values(), key=lambda e: e.name):
+        groups[e.kind].append(e)
+    return groups

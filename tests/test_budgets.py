@@ -1,0 +1,132 @@
+"""Budgets: per-layer sparsities that meet the global target exactly, by formula."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+import sparsity_lab as sl
+from sparsity_lab import budgets
+from sparsity_lab.patterns import Channel
+
+SHAPES = {
+    "conv1.weight": (16, 3, 3, 3),
+    "conv2.weight": (32, 16, 3, 3),
+    "fc1.weight": (128, 512),
+    "fc2.weight": (10, 128),
+}
+
+
+def zeros(plan, shapes=SHAPES):
+    return sum(round(plan[n] * math.prod(s)) for n, s in shapes.items())
+
+
+def total(shapes=SHAPES):
+    return sum(math.prod(s) for s in shapes.values())
+
+
+@pytest.mark.parametrize("name", ["uniform", "er", "erk"])
+@pytest.mark.parametrize("sparsity", [0.5, 0.8, 0.9, 0.987])
+def test_shape_budgets_hit_the_target_exactly_in_parameters(name, sparsity):
+    plan = budgets.allocate(name, SHAPES, sparsity)
+    assert zeros(plan) == math.floor(sparsity * total() + 0.5)
+    for n, s in plan.items():
+        assert 0 <= s <= 1
+        k = s * math.prod(SHAPES[n])
+        assert abs(k - round(k)) < 1e-6  # a whole number of weights per layer
+
+
+def test_uniform_gives_every_layer_the_same_sparsity_up_to_one_weight():
+    plan = budgets.allocate("uniform", SHAPES, 0.8)
+    for n, s in plan.items():
+        assert abs(s - 0.8) <= 1 / math.prod(SHAPES[n])
+
+
+def test_erk_density_is_proportional_to_its_formula():
+    plan = budgets.allocate("erk", SHAPES, 0.9)
+    ratios = [(1 - plan[n]) / (sum(s) / math.prod(s)) for n, s in SHAPES.items() if plan[n] > 0]
+    assert max(ratios) / min(ratios) == pytest.approx(1, rel=0.05)  # rounding to whole weights
+
+
+def test_er_ignores_kernel_size_and_erk_does_not():
+    plan_er = budgets.allocate("er", SHAPES, 0.9)
+    ratios = [
+        (1 - plan_er[n]) * s[0] * s[1] / (s[0] + s[1]) for n, s in SHAPES.items() if plan_er[n] > 0
+    ]
+    assert max(ratios) / min(ratios) == pytest.approx(1, rel=0.05)
+    assert budgets.allocate("erk", SHAPES, 0.9) != plan_er
+
+
+def test_erk_saturated_layers_become_dense_and_the_rest_compensate():
+    # At 50% the tiny first conv would need density > 1 under ERK's formula.
+    plan = budgets.allocate("erk", SHAPES, 0.5)
+    assert plan["conv1.weight"] == 0.0
+    assert zeros(plan) == math.floor(0.5 * total() + 0.5)
+
+
+def test_dense_layers_are_kept_and_counted_in_the_target():
+    dense = ["conv1.weight", "fc2.weight"]
+    for name in ["uniform", "erk", "er"]:
+        plan = budgets.allocate(name, SHAPES, 0.8, dense=dense)
+        assert plan["conv1.weight"] == plan["fc2.weight"] == 0
+        assert zeros(plan) == math.floor(0.8 * total() + 0.5)
+
+
+def test_impossible_dense_request_fails_clearly():
+    with pytest.raises(ValueError, match="keep fewer layers dense"):
+        budgets.allocate("uniform", SHAPES, 0.95, dense=["fc1.weight"])
+    with pytest.raises(ValueError, match="not among the pruned tensors"):
+        budgets.allocate("uniform", SHAPES, 0.5, dense=["fc3.weight"])
+
+
+def test_global_matches_a_brute_force_threshold():
+    g = torch.Generator().manual_seed(0)
+    scores = {n: torch.rand(s, generator=g) for n, s in SHAPES.items()}
+    plan = budgets.allocate("global", SHAPES, 0.7, scores=scores)
+    everything = torch.cat([s.flatten() for s in scores.values()])
+    threshold = torch.sort(everything).values[math.floor(0.7 * everything.numel() + 0.5) - 1]
+    for n, s in scores.items():
+        assert plan[n] * s.numel() == pytest.approx(int((s <= threshold).sum()))
+
+
+def test_global_needs_scores():
+    with pytest.raises(ValueError, match="scores"):
+        budgets.allocate("global", SHAPES, 0.5)
+
+
+def test_structured_budgets_prune_whole_groups_near_the_target():
+    plan = budgets.allocate("uniform", SHAPES, 0.5, pattern=Channel())
+    for n, s in SHAPES.items():
+        pruned_rows = plan[n] * s[0]
+        assert pruned_rows == pytest.approx(round(pruned_rows))
+        assert abs(plan[n] - 0.5) <= 0.5 / s[0] + 1e-9
+
+
+def lenet_like(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(30, 40), nn.ReLU(), nn.Linear(40, 20), nn.ReLU(), nn.Linear(20, 5)
+    )
+
+
+def test_global_magnitude_equals_torch_global_unstructured():
+    ours, theirs = lenet_like(), lenet_like()
+    sl.prune(ours, "magnitude", 0.8, budget="global")
+    params = [(theirs[i], "weight") for i in (0, 2, 4)]
+    torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=0.8)
+    for i in (0, 2, 4):
+        assert torch.equal(
+            sl.masks.get_mask(ours, f"{i}.weight").bool(), theirs[i].weight_mask.bool()
+        )
+
+
+def test_uniform_magnitude_equals_torch_l1_unstructured():
+    ours, theirs = lenet_like(), lenet_like()
+    sl.prune(ours, "magnitude", 0.75, budget="uniform")
+    for i in (0, 2, 4):
+        torch_prune.l1_unstructured(theirs[i], "weight", amount=0.75)
+        assert torch.equal(
+            sl.masks.get_mask(ours, f"{i}.weight").bool(), theirs[i].weight_mask.bool()
+        )

@@ -1,0 +1,167 @@
+"""Patterns: exact counts, deterministic ties, and agreement with brute-force selection."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sparsity_lab import patterns
+from sparsity_lab.patterns import NM, Block, Channel, Input, Unstructured
+
+
+def scores(shape, seed=0):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def brute_force_keep(values, n_prune):
+    """Python-only reference: prune the n lowest (value, index) pairs."""
+    order = sorted(range(len(values)), key=lambda i: (values[i], i))
+    keep = [True] * len(values)
+    for i in order[:n_prune]:
+        keep[i] = False
+    return keep
+
+
+@pytest.mark.parametrize("shape", [(10, 7), (6, 4, 3, 3), (13,)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.9, 0.99])
+def test_unstructured_exact_count_and_brute_force(shape, sparsity):
+    s = scores(shape)
+    keep = Unstructured().mask(s, sparsity)
+    n = math.prod(shape)
+    assert int((~keep).sum()) == math.floor(sparsity * n + 0.5)
+    expected = brute_force_keep(s.flatten().tolist(), int((~keep).sum()))
+    assert keep.flatten().tolist() == expected
+
+
+def test_ties_are_broken_by_lower_index_first():
+    keep = Unstructured().mask(torch.ones(2, 5), 0.3)
+    assert keep.flatten().tolist() == [False, False, False] + [True] * 7
+
+
+@pytest.mark.parametrize("reduction", ["l1", "l2", "sum", "max"])
+def test_channel_prunes_whole_rows_with_lowest_reduced_score(reduction):
+    s = torch.randn(8, 3, 2, generator=torch.Generator().manual_seed(1))
+    keep = Channel().mask(s, 0.5, reduction=reduction)
+    rows = s.reshape(8, -1).numpy()
+    ref = {
+        "l1": np.abs(rows).sum(1),
+        "l2": np.sqrt((rows**2).sum(1)),
+        "sum": rows.sum(1),
+        "max": rows.max(1),
+    }[reduction]
+    expected_kept_rows = sorted(np.argsort(ref, kind="stable")[4:].tolist())
+    kept_rows = [i for i in range(8) if keep[i].all()]
+    assert kept_rows == expected_kept_rows
+    assert all(keep[i].all() or (~keep[i]).all() for i in range(8))
+
+
+def test_input_prunes_whole_input_channels_of_a_conv():
+    s = scores((4, 6, 3, 3), seed=2)
+    keep = Input().mask(s, 1 / 3)
+    per_input = s.abs().sum(dim=(0, 2, 3))
+    pruned = [j for j in range(6) if not keep[:, j].any()]
+    assert len(pruned) == 2
+    assert sorted(pruned) == sorted(torch.argsort(per_input)[:2].tolist())
+    assert all(keep[:, j].all() for j in range(6) if j not in pruned)
+
+
+def test_block_tiles_are_all_or_nothing_and_chosen_by_norm():
+    s = scores((8, 12), seed=3)
+    keep = Block(2, 3).mask(s, 0.25)
+    tiles = []
+    for bi, bj in itertools.product(range(4), range(4)):
+        tile = keep[2 * bi : 2 * bi + 2, 3 * bj : 3 * bj + 3]
+        assert tile.all() or (~tile).all()
+        norm = float(s[2 * bi : 2 * bi + 2, 3 * bj : 3 * bj + 3].abs().sum())
+        tiles.append((norm, bi * 4 + bj, bool(tile.all())))
+    pruned = [t for t in tiles if not t[2]]
+    assert len(pruned) == 4
+    assert sorted(pruned) == sorted(tiles)[:4]
+
+
+def test_block_on_conv_uses_the_matrix_view():
+    keep = Block(2, 9).mask(scores((4, 2, 3, 3)), 0.5)
+    flat = keep.reshape(4, 18)
+    assert (~flat).sum() == 36
+    for bi, bj in itertools.product(range(2), range(2)):
+        tile = flat[2 * bi : 2 * bi + 2, 9 * bj : 9 * bj + 9]
+        assert tile.all() or (~tile).all()
+
+
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (1, 4), (4, 8), (3, 5)])
+def test_nm_keeps_the_n_largest_of_every_m_along_inputs(n, m):
+    s = scores((6, 4 * m), seed=4)
+    keep = NM(n, m).mask(s)
+    for row in range(6):
+        for g in range(4):
+            block = s[row, g * m : (g + 1) * m]
+            k = keep[row, g * m : (g + 1) * m]
+            assert int(k.sum()) == n
+            assert sorted(torch.argsort(block, descending=True)[:n].tolist()) == sorted(
+                torch.nonzero(k).flatten().tolist()
+            )
+
+
+def test_nm_on_conv_groups_input_channels_at_each_kernel_position():
+    s = scores((3, 8, 2, 2), seed=5)
+    keep = NM(2, 4).mask(s)
+    for o, i0, kh, kw in itertools.product(range(3), (0, 4), range(2), range(2)):
+        assert int(keep[o, i0 : i0 + 4, kh, kw].sum()) == 2
+
+
+def test_nm_fixed_sparsity_and_mismatch():
+    assert NM(2, 4).fixed_sparsity == 0.5
+    with pytest.raises(ValueError, match="by construction"):
+        NM(2, 4).mask(scores((2, 8)), 0.9)
+
+
+def test_prior_pruned_groups_stay_pruned():
+    s = scores((10,), seed=6)
+    prior = torch.ones(10, dtype=torch.bool)
+    prior[torch.argmax(s)] = False  # the best weight was pruned before
+    keep = Unstructured().mask(s, 0.3, prior=prior)
+    assert not keep[torch.argmax(s)]
+    assert int((~keep).sum()) == 3
+
+
+@pytest.mark.parametrize("bad", [1.0, 1.2, -0.1, float("nan")])
+def test_sparsity_outside_unit_interval_fails(bad):
+    with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\)"):
+        Unstructured().mask(scores((4, 4)), bad)
+
+
+def test_impossible_structures_fail_clearly():
+    with pytest.raises(ValueError, match="not a multiple of 4"):
+        NM(2, 4).mask(scores((4, 6)))
+    with pytest.raises(ValueError, match="does not tile"):
+        Block(4, 4).mask(scores((6, 8)), 0.5)
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        Channel().mask(scores((6,)), 0.5)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        Channel().mask(scores((6, 2)), 0.5, reduction="median")
+    with pytest.raises(ValueError, match="NaN"):
+        Unstructured().mask(torch.tensor([1.0, float("nan")]), 0.5)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("unstructured", Unstructured()),
+        ("2:4", NM(2, 4)),
+        ("nm:4:8", NM(4, 8)),
+        ("nm", NM(2, 4)),
+        ("block", Block(4, 4)),
+        ("block:8x1", Block(8, 1)),
+        ("channel", Channel()),
+        ("input", Input()),
+    ],
+)
+def test_pattern_specs(spec, expected):
+    assert patterns.get(spec) == expected
+
+
+def test_unknown_pattern_lists_choices():
+    with pytest.raises(ValueError, match="unknown pattern 'chanel'.*channel"):
+        patterns.get("chanel")

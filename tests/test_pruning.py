@@ -1,0 +1,134 @@
+"""``prune``: every pattern x budget on a CNN, options, repeated pruning and errors."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import sparsity_lab as sl
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 4 * 4, 8)
+        self.out = nn.Linear(8, 4)
+        self.input_shape = (1, 4, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.out(torch.relu(self.fc(x.flatten(1))))
+
+
+NAMES = ["conv1.weight", "conv2.weight", "fc.weight", "out.weight"]
+
+
+def test_default_targets_are_linear_and_conv_weights():
+    assert sl.pruning.default_targets(SmallCNN()) == NAMES
+
+
+@pytest.mark.parametrize("budget", ["global", "uniform", "er", "erk"])
+@pytest.mark.parametrize("method", ["magnitude", "random"])
+def test_unstructured_prune_hits_the_target_exactly(budget, method):
+    model = sl.prune(SmallCNN(), method, 0.8, budget=budget)
+    total = sum(sl.masks.weight(model, n).numel() for n in NAMES)
+    zeros = sum(int((sl.masks.weight(model, n) == 0).sum()) for n in NAMES)
+    assert zeros == math.floor(0.8 * total + 0.5)
+    assert sl.sparsity(model) == zeros / total
+
+
+@pytest.mark.parametrize("budget", ["global", "uniform", "erk"])
+def test_channel_prune_removes_whole_filters_and_neurons(budget):
+    model = sl.prune(SmallCNN(), "magnitude", 0.5, pattern="channel", budget=budget)
+    for n in NAMES:
+        w = sl.masks.weight(model, n).reshape(sl.masks.weight(model, n).shape[0], -1)
+        rows_zero = (w == 0).all(dim=1)
+        rows_kept = (w != 0).all(dim=1)
+        assert torch.all(rows_zero | rows_kept), n
+    assert abs(sl.sparsity(model) - 0.5) < 0.1
+
+
+def test_nm_prune_with_exclusions():
+    model = sl.prune(SmallCNN(), "magnitude", None, pattern="2:4", exclude=["conv1.weight"])
+    assert not sl.masks.is_masked(model, "conv1.weight")
+    for n in NAMES[1:]:
+        w = sl.masks.weight(model, n)
+        groups = w.movedim(1, -1).reshape(-1, 4)
+        assert torch.all((groups != 0).sum(1) <= 2)
+        assert torch.all(sl.masks.get_mask(model, n).movedim(1, -1).reshape(-1, 4).sum(1) == 2)
+
+
+def test_nm_on_an_incompatible_layer_names_it():
+    with pytest.raises(ValueError, match="conv1.weight"):
+        sl.prune(SmallCNN(), "magnitude", 0.5, pattern="2:4")
+
+
+def test_block_prune():
+    model = sl.prune(
+        SmallCNN(),
+        "magnitude",
+        0.5,
+        pattern="block:4x4",
+        budget="uniform",
+        exclude=["conv1.weight"],
+    )
+    m = sl.masks.get_mask(model, "fc.weight").reshape(8, 256)
+    tiles = m.reshape(2, 4, 64, 4).permute(0, 2, 1, 3).reshape(-1, 16)
+    assert torch.all((tiles.sum(1) == 0) | (tiles.sum(1) == 16))
+
+
+def test_dense_layers_stay_dense_and_the_total_holds():
+    model = sl.prune(
+        SmallCNN(), "magnitude", 0.7, budget="erk", dense=["conv1.weight", "out.weight"]
+    )
+    assert not sl.masks.is_masked(model, "conv1.weight")
+    assert int((sl.masks.weight(model, "out.weight") == 0).sum()) == 0
+    total = sum(sl.masks.weight(model, n).numel() for n in NAMES)
+    assert sl.sparsity(model) == math.floor(0.7 * total + 0.5) / total
+
+
+def test_repeated_pruning_continues_from_the_previous_mask():
+    model = sl.prune(SmallCNN(), "random", 0.5, seed=1)
+    first = {n: m.clone() for n, m in sl.masks.masks(model).items()}
+    sl.prune(model, "random", 0.8, seed=2)  # another random draw: must not revive anything
+    for n, m in sl.masks.masks(model).items():
+        assert torch.all(m <= first[n])
+    assert sl.sparsity(model) == pytest.approx(0.8, abs=1e-3)
+
+
+def test_random_is_seeded():
+    a = sl.prune(SmallCNN(), "random", 0.6, seed=3)
+    b = sl.prune(SmallCNN(), "random", 0.6, seed=3)
+    c = sl.prune(SmallCNN(), "random", 0.6, seed=4)
+    assert all(torch.equal(sl.masks.get_mask(a, n), sl.masks.get_mask(b, n)) for n in NAMES)
+    assert not all(torch.equal(sl.masks.get_mask(a, n), sl.masks.get_mask(c, n)) for n in NAMES)
+
+
+def test_pruned_model_trains_with_masks_intact():
+    model = sl.prune(SmallCNN(), "magnitude", 0.9, dense_grad=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    x, y = torch.randn(8, 1, 4, 4), torch.randint(0, 4, (8,))
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert sl.sparsity(model) >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(method="magnitud", sparsity=0.5), KeyError, "Did you mean 'magnitude'"),
+        (dict(method="magnitude", sparsity=1.2), ValueError, r"\[0, 1\)"),
+        (dict(method="magnitude", sparsity=0.5, budget="globl"), KeyError, "'global'"),
+        (dict(method="magnitude", sparsity=0.5, pattern="diagonal"), ValueError, "pattern"),
+        (dict(method="magnitude", sparsity=0.5, exclude=["fc.bias"]), ValueError, "not pruning"),
+    ],
+)
+def test_bad_arguments_fail_clearly(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        sl.prune(SmallCNN(), **kwargs)

@@ -1,0 +1,323 @@
+"""Experiment sweeps over a grid of parameters and seeds, with a resumable cache.
+
+:func:`sweep` runs ``fn(**params, seed=seed)`` for every grid point and seed and returns a
+tidy DataFrame (one row per run).  With a ``cache_dir``, every finished run is saved at once
+as a small JSON file, so a sweep that crashed or was interrupted picks up where it stopped.
+:func:`summarize` and :func:`plot_mean_ci` turn the runs of several seeds into a mean with a
+Student-t confidence interval.
+
+Example::
+
+    def run(sparsity, seed):
+        ...
+        return {"accuracy": acc}
+
+    df = sweep(run, {"sparsity": [0.5, 0.9]}, seeds=range(3), cache_dir=".cache/run")
+    summarize(df, by=["sparsity"], metric="accuracy")
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import hashlib
+import itertools
+import json
+import math
+import numbers
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from scipy import stats
+from tqdm.auto import tqdm
+
+from .train import show_progress
+
+Metrics = dict[str, Any]
+
+
+class SweepError(RuntimeError):
+    """One run of a sweep raised; ``params`` and ``seed`` name it, ``__cause__`` is the error."""
+
+    def __init__(self, params: dict[str, Any], seed: Any, error: BaseException) -> None:
+        super().__init__(f"sweep run {params} with seed={seed!r} failed: {error!r}")
+        self.params = params
+        self.seed = seed
+
+
+def _check_grid(grid: Mapping[str, Iterable]) -> dict[str, list]:
+    """The grid with each value list materialised, after checking its shape."""
+    checked = {}
+    for name, values in grid.items():
+        if name == "seed":
+            raise ValueError("'seed' cannot be a grid key; pass the seeds as seeds=[...]")
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+            raise TypeError(
+                f"grid[{name!r}] must be a list of values, got {type(values).__name__}; "
+                f"write {name!r}: [{values!r}] for a single value"
+            )
+        checked[name] = [_plain(v) for v in values]
+        if not checked[name]:
+            raise ValueError(f"grid[{name!r}] is empty; give at least one value")
+    return checked
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars and 0-d arrays or tensors as Python numbers, so JSON takes them."""
+    return value.item() if getattr(value, "ndim", None) == 0 else value
+
+
+def _fn_name(fn: Callable) -> str:
+    """``module.qualname``: the part of a cache key that says which function made a result.
+
+    A callable object is named by its class, so its state is not part of the name.
+    """
+    named = fn if hasattr(fn, "__qualname__") else type(fn)
+    if isinstance(fn, functools.partial) or "<lambda>" in named.__qualname__:
+        raise ValueError(
+            "a cached sweep identifies results by the function's module and name, but "
+            f"{fn!r} has no name of its own; define fn with `def` or pass name='...'"
+        )
+    return f"{named.__module__}.{named.__qualname__}"
+
+
+def _cache_key(name: str, params: dict[str, Any], seed: Any) -> str:
+    """A stable hash of (function name, params, seed); the cache file's name."""
+    try:
+        text = json.dumps({"fn": name, "params": params, "seed": seed}, sort_keys=True)
+    except TypeError as error:
+        bad = {k: type(v).__name__ for k, v in params.items() if not _jsonable(v)}
+        raise TypeError(
+            f"cached sweeps store the parameters as JSON, but {bad or {'seed': seed}} cannot "
+            "be written as JSON; put names or strings in the grid (e.g. 'mlp' rather than "
+            "the model) and build the object inside fn"
+        ) from error
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _as_metrics(result: Any, reserved: Iterable[str]) -> Metrics:
+    """``fn``'s return value as a dict of plain Python scalars."""
+    result = _plain(result)
+    if isinstance(result, numbers.Number) and not isinstance(result, Mapping):
+        result = {"value": result}
+    if not isinstance(result, Mapping):
+        raise TypeError(
+            f"fn must return a dict of metrics or a number, got {type(result).__name__}"
+        )
+    clash = set(result) & set(reserved)
+    if clash:
+        raise ValueError(
+            f"metric names {sorted(clash)} clash with grid keys or 'seed'; rename the metrics"
+        )
+    # Plain numbers, so that fresh and cached results agree.
+    return {str(k): _plain(v) for k, v in result.items()}
+
+
+def _read_cache(path: Path, params: dict[str, Any], seed: Any) -> Metrics | None:
+    """The metrics stored at ``path``; ``None`` (with a warning if the file is bad) if none."""
+    if not path.exists():
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            record = json.load(file)
+        metrics = record["metrics"]
+        # A damaged or foreign file must not pass for this run's result: its content has
+        # to hash to its own name.
+        if _cache_key(record["fn"], record["params"], record["seed"]) != path.stem:
+            raise ValueError("its content does not match its name")
+        if not isinstance(metrics, dict):
+            raise ValueError("'metrics' is not a dict")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        warnings.warn(
+            f"cache file {path} is unreadable ({error}); running {params} seed={seed!r} again",
+            stacklevel=3,
+        )
+        return None
+    return metrics
+
+
+def _write_cache(path: Path, name: str, params: dict[str, Any], seed: Any, metrics: Metrics):
+    """Write atomically: a temp file renamed into place, so a crash leaves no half file."""
+    record = {"fn": name, "params": params, "seed": seed, "metrics": metrics}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            json.dump(record, file, indent=1, sort_keys=True)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sweep(
+    fn: Callable[..., Any],
+    grid: Mapping[str, Iterable],
+    seeds: Iterable = (0,),
+    *,
+    executor: concurrent.futures.Executor | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool | None = None,
+    name: str | None = None,
+) -> pd.DataFrame:
+    """Run ``fn(**params, seed=seed)`` for each point of the grid's product times ``seeds``.
+
+    ``fn`` returns a dict of metrics, or a number (stored as column ``"value"``).  The result
+    has one row per run, in grid order with the seeds innermost, whatever order the runs
+    finished in; its columns are the grid keys, ``"seed"``, then the metrics.
+
+    ``cache_dir``: each finished run is saved at once as ``<hash>.json`` (the hash of
+    ``name``, params and seed; ``name`` defaults to fn's ``module.qualname``; change it to
+    invalidate old results).  A rerun loads those files and runs only the missing cells;
+    unreadable files are reported with a warning and run again.
+
+    ``executor``: any ``concurrent.futures.Executor`` (threads, processes, ...); ``None``
+    runs in this process, one after the other.  If a run raises, runs not yet started are
+    cancelled, those that finish are still cached, and a :class:`SweepError` naming the
+    failing params is raised from the original error.
+    """
+    grid = _check_grid(grid)
+    keys = list(grid)
+    seeds = [_plain(seed) for seed in seeds]
+    cells = [
+        (dict(zip(keys, values, strict=True)), seed)
+        for values in itertools.product(*grid.values())
+        for seed in seeds
+    ]
+    reserved = [*keys, "seed"]
+
+    cache = Path(cache_dir) if cache_dir is not None else None
+    paths: list[Path | None] = [None] * len(cells)
+    results: list[Metrics | None] = [None] * len(cells)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        name = _fn_name(fn) if name is None else name
+        for i, (params, seed) in enumerate(cells):
+            paths[i] = cache / f"{_cache_key(name, params, seed)}.json"
+            results[i] = _read_cache(paths[i], params, seed)
+    todo = [i for i, result in enumerate(results) if result is None]
+
+    def finish(i: int, result: Any) -> None:
+        results[i] = _as_metrics(result, reserved)
+        if paths[i] is not None:
+            _write_cache(paths[i], name, *cells[i], results[i])
+        bar.update(1)
+
+    with tqdm(
+        total=len(cells),
+        initial=len(cells) - len(todo),
+        disable=not show_progress(progress),
+        desc="sweep",
+    ) as bar:
+        if executor is None:
+            for i in todo:
+                params, seed = cells[i]
+                try:
+                    result = fn(**params, seed=seed)
+                except Exception as error:
+                    raise SweepError(params, seed, error) from error
+                finish(i, result)
+        else:
+            futures = {executor.submit(fn, **cells[i][0], seed=cells[i][1]): i for i in todo}
+            failed: tuple[int, BaseException] | None = None
+            for future in concurrent.futures.as_completed(futures):
+                if future.cancelled():
+                    continue
+                i = futures[future]
+                error = future.exception()
+                if error is None:
+                    finish(i, future.result())
+                elif failed is None:
+                    failed = (i, error)
+                    for other in futures:
+                        other.cancel()  # only cancels runs that have not started
+            if failed is not None:
+                i, error = failed
+                raise SweepError(*cells[i], error) from error
+
+    rows = [{**params, "seed": seed, **results[i]} for i, (params, seed) in enumerate(cells)]
+    return pd.DataFrame(rows, columns=None if rows else reserved)
+
+
+def summarize(
+    df: pd.DataFrame, by: Sequence[str] | str, metric: str, confidence: float = 0.95
+) -> pd.DataFrame:
+    """Mean, standard deviation, count and Student-t confidence interval of ``metric``.
+
+    One row per group of ``by`` (in order of first appearance), columns
+    ``by + [mean, std, n, ci_low, ci_high]`` with ``mean ± t_{(1+c)/2, n-1} · std / √n``.
+    A group with one value gets a NaN interval: one run says nothing about the spread.
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    missing = [c for c in [*by, metric] if c not in df.columns]
+    if missing:
+        raise KeyError(f"columns {missing} are not in the DataFrame; it has {list(df.columns)}")
+    if by:
+        # dropna=False keeps groups whose key is None/NaN (e.g. lr_schedule=None).
+        grouped = df.groupby(by, sort=False, dropna=False)[metric]
+        out = grouped.agg(["mean", "std", "count"]).reset_index()
+    else:
+        values = df[metric]
+        out = pd.DataFrame(
+            {"mean": [values.mean()], "std": [values.std()], "count": [values.count()]}
+        )
+    out = out.rename(columns={"count": "n"})
+    t = stats.t.ppf((1 + confidence) / 2, out["n"] - 1)  # NaN for n=1 (0 degrees of freedom)
+    half = t * out["std"] / out["n"].map(math.sqrt)
+    out["ci_low"] = out["mean"] - half
+    out["ci_high"] = out["mean"] + half
+    return out[[*by, "mean", "std", "n", "ci_low", "ci_high"]]
+
+
+def plot_mean_ci(
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str | None = None,
+    ax: plt.Axes | None = None,
+    confidence: float = 0.95,
+    label: str | None = None,
+) -> plt.Axes:
+    """Mean of ``y`` against ``x`` with a shaded confidence band, one line per ``hue`` value.
+
+    The band is :func:`summarize`'s Student-t interval over the rows (e.g. seeds) sharing
+    an ``x`` (and ``hue``).  ``label`` names the line, or prefixes each hue's legend entry,
+    so several sweeps can share one Axes.  Returns the Axes.
+    """
+    if ax is None:
+        _, ax = plt.subplots()
+    by = [x] if hue is None else [hue, x]
+    table = summarize(df, by, y, confidence)
+    groups = [(None, table)] if hue is None else table.groupby(hue, sort=False, dropna=False)
+    for value, group in groups:
+        group = group.sort_values(x)
+        if hue is None:
+            line_label = y if label is None else label
+        else:
+            line_label = f"{hue}={value}" if label is None else f"{label} {hue}={value}"
+        (line,) = ax.plot(group[x], group["mean"], marker="o", label=line_label)
+        ax.fill_between(
+            group[x], group["ci_low"], group["ci_high"], color=line.get_color(), alpha=0.2
+        )
+    ax.set_xlabel(ax.get_xlabel() or x)
+    ax.set_ylabel(ax.get_ylabel() or y)
+    if hue is not None or label is not None:
+        ax.legend()
+    return ax

@@ -1,0 +1,226 @@
+"""Helpers for the notebooks: one-line setup and one widget helper that also works offline.
+
+A notebook starts with ``sl.nb.setup(seed=SEED, smoke=SMOKE)``.  Interactive explorers go
+through :func:`explore`, which builds ipywidgets controls in a live kernel and draws a static
+small-multiple figure when there is no live front end (papermill, the book, CI), so the
+executed notebook still shows the picture.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from .seeding import seed_everything
+
+# The notebook pipeline sets this to "1" when it executes notebooks with papermill.
+STATIC_ENV = "SPARSITY_LAB_STATIC"
+
+# Figure defaults for the book: small enough for a page column, sharp enough on screen.
+_RC = {
+    "figure.dpi": 100,
+    "figure.figsize": (6.0, 3.5),
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+# Static mode draws at most this many panels for the first control.
+_MAX_PANELS = 4
+
+
+def _package_version() -> str:
+    try:
+        return version("sparsity-lab")
+    except PackageNotFoundError:  # running from a source checkout that was not installed
+        return "dev"
+
+
+def setup(seed: int = 0, smoke: bool = False, *, threads: int | None = None) -> dict[str, Any]:
+    """Seed everything, set the book's figure defaults and print one line of versions.
+
+    ``smoke`` only changes the printed mode; the notebook uses it to shrink its own sizes.
+    ``threads`` caps torch's intra-op threads (None leaves torch's default).  The matplotlib
+    backend is left alone, so figures still appear in executed notebooks.
+
+    Returns ``{"seed", "smoke", "versions"}``.
+    """
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be a positive integer or None, got {threads}")
+        torch.set_num_threads(threads)
+    seed_everything(seed)
+    mpl.rcParams.update(_RC)
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "sparsity_lab": _package_version(),
+        "numpy": np.__version__,
+    }
+    mode = "smoke" if smoke else "full"
+    print(" | ".join(f"{k} {v}" for k, v in versions.items()) + f" | seed {seed} | mode {mode}")
+    return {"seed": seed, "smoke": smoke, "versions": versions}
+
+
+def is_static() -> bool:
+    """True when no live interactive front end can run widgets.
+
+    That is when ``SPARSITY_LAB_STATIC=1`` (set by the notebook pipeline for papermill runs,
+    whose kernel is real but has nobody at the controls) or when not inside an IPython kernel
+    (a script, a plain IPython terminal).
+    """
+    if os.environ.get(STATIC_ENV) == "1":
+        return True
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return True
+    shell = get_ipython()
+    return shell is None or not hasattr(shell, "kernel")
+
+
+# ---------------------------------------------------------------------------------- controls
+# A control is either a list of values (a dropdown, or a selection slider when all are
+# numbers) or a tuple (min, max, step) (an int slider when all three are ints, else a float
+# slider).
+
+
+def _check_control(name: str, spec: Any) -> None:
+    if isinstance(spec, tuple):
+        if len(spec) != 3 or not all(isinstance(v, (int, float)) for v in spec):
+            raise ValueError(f"control {name!r}: a range must be (min, max, step), got {spec}")
+        lo, hi, step = spec
+        if not (lo < hi and step > 0):
+            raise ValueError(f"control {name!r}: need min < max and step > 0, got {spec}")
+    elif isinstance(spec, Sequence) and not isinstance(spec, str):
+        if len(spec) == 0:
+            raise ValueError(f"control {name!r}: the list of values is empty")
+    else:
+        raise TypeError(
+            f"control {name!r}: pass a list of values or a tuple (min, max, step), got {spec!r}"
+        )
+
+
+def _is_int_range(spec: tuple) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in spec)
+
+
+def _snap(spec: tuple, value: float) -> float | int:
+    """Round ``value`` to the slider's grid min + k * step."""
+    lo, hi, step = spec
+    snapped = min(lo + round((value - lo) / step) * step, hi)
+    return int(snapped) if _is_int_range(spec) else round(float(snapped), 10)
+
+
+def _default(spec: Any) -> Any:
+    """Start value of a control: the first list entry, or the middle of a range."""
+    if isinstance(spec, tuple):
+        return _snap(spec, (spec[0] + spec[1]) / 2)
+    return spec[0]
+
+
+def _panel_values(spec: Any) -> list[Any]:
+    """Up to four representative values: evenly spaced picks or a linspace over the range."""
+    if isinstance(spec, tuple):
+        picks = [_snap(spec, v) for v in np.linspace(spec[0], spec[1], _MAX_PANELS)]
+        return list(dict.fromkeys(picks))  # snapping can merge neighbours; keep the order
+    spec = list(spec)
+    if len(spec) <= _MAX_PANELS:
+        return spec
+    return [spec[int(i)] for i in np.linspace(0, len(spec) - 1, _MAX_PANELS).round()]
+
+
+def _label(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _widget(name: str, spec: Any) -> Any:
+    import ipywidgets as widgets  # only a live kernel needs widgets
+
+    # continuous_update=False: redraw when the slider is released, not at every pixel
+    if isinstance(spec, tuple):
+        slider = widgets.IntSlider if _is_int_range(spec) else widgets.FloatSlider
+        lo, hi, step = spec
+        return slider(
+            min=lo,
+            max=hi,
+            step=step,
+            value=_default(spec),
+            description=name,
+            continuous_update=False,
+        )
+    values = list(spec)
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if numeric:
+        return widgets.SelectionSlider(
+            options=values, value=values[0], description=name, continuous_update=False
+        )
+    return widgets.Dropdown(options=values, value=values[0], description=name)
+
+
+def explore(draw: Callable[..., None], **controls: Any) -> Any:
+    """Explore ``draw(ax, **values)`` over a few controls, live or as a static figure.
+
+    Each control maps a keyword of ``draw`` to a list of values (dropdown, or selection
+    slider for numbers) or to a tuple ``(min, max, step)`` (float slider; int slider when all
+    three are ints).  A control starts at its first list value or the middle of its range.
+
+    Live kernel: returns an ``ipywidgets.interactive`` widget that calls ``draw`` on a fresh
+    figure at each change; end the cell with it so that it is displayed.
+
+    Static (:func:`is_static`): draws one panel per representative value of the FIRST
+    control (up to four), the other controls at their start values, each panel titled
+    ``"name = value"``, and returns None.  The figure stays open, so the inline backend
+    shows it once at the end of the cell; returning it as well would show it twice.  In a
+    plain script call ``plt.show()`` afterwards.
+
+    Example::
+
+        def draw(ax, sparsity, pattern):
+            ax.imshow(make_mask(sparsity, pattern))
+
+        explore(draw, sparsity=(0.0, 0.95, 0.05), pattern=["unstructured", "2:4"])
+    """
+    if not controls:
+        raise ValueError("explore needs at least one control, e.g. explore(draw, k=[1, 2, 3])")
+    for name, spec in controls.items():
+        _check_control(name, spec)
+
+    if not is_static():
+        import ipywidgets as widgets
+
+        def redraw(**values: Any) -> None:
+            _, ax = plt.subplots()
+            draw(ax, **values)
+
+        ws = {name: _widget(name, spec) for name, spec in controls.items()}
+        return widgets.interactive(redraw, **ws)
+
+    first, *others = controls
+    fixed = {name: _default(controls[name]) for name in others}
+    values = _panel_values(controls[first])
+    width, height = mpl.rcParams["figure.figsize"]
+    fig, axes = plt.subplots(
+        1,
+        len(values),
+        figsize=(min(width * 0.6 * len(values), 2 * width), height),
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, value in zip(axes[0], values, strict=True):
+        draw(ax, **{first: value}, **fixed)
+        drawn = ax.get_title()
+        label = f"{first} = {_label(value)}"
+        ax.set_title(f"{label}\n{drawn}" if drawn else label)
+    if fixed:
+        fig.suptitle(", ".join(f"{k} = {_label(v)}" for k, v in fixed.items()), fontsize="medium")
+    return None

@@ -1,0 +1,202 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import random
+import sys
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+from sparsity_lab import nb
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture
+def rc():
+    """Undo setup()'s rcParams changes after the test."""
+    with matplotlib.rc_context():
+        yield
+
+
+class Recorder:
+    """A draw function that remembers its calls and marks its axes."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, ax, **values):
+        self.calls.append((ax, values))
+        ax.plot([0, 1], [0, 1])
+
+
+# ------------------------------------------------------------------------------ setup
+def _draws():
+    return random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()
+
+
+def test_setup_makes_draws_reproducible(rc, capsys):
+    nb.setup(seed=7)
+    first = _draws()
+    nb.setup(seed=7)
+    assert _draws() == first
+    nb.setup(seed=8)
+    assert _draws() != first
+
+
+def test_setup_prints_one_versions_line_and_returns_them(rc, capsys):
+    info = nb.setup(seed=3, smoke=True)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    for name in ("python", "torch", "sparsity_lab", "numpy"):
+        assert f"{name} {info['versions'][name]}" in out
+    assert info["versions"]["torch"] == torch.__version__
+    assert info["versions"]["numpy"] == np.__version__
+    assert info["seed"] == 3 and info["smoke"] is True
+    assert "smoke" in out
+    nb.setup(seed=3, smoke=False)
+    assert "full" in capsys.readouterr().out
+
+
+def test_setup_sets_figure_defaults_but_not_the_backend(rc, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise AssertionError("setup must not change the matplotlib backend")
+
+    monkeypatch.setattr(matplotlib, "use", refuse)
+    monkeypatch.setattr(plt, "switch_backend", refuse)
+    nb.setup()
+    assert matplotlib.rcParams["figure.dpi"] == 100
+    assert tuple(matplotlib.rcParams["figure.figsize"]) == (6.0, 3.5)
+
+
+def test_setup_threads(rc, capsys):
+    before = torch.get_num_threads()
+    try:
+        nb.setup(threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads"):
+        nb.setup(threads=0)
+
+
+# ------------------------------------------------------------------------------ is_static
+def test_is_static_env_var_forces_static(monkeypatch):
+    monkeypatch.setenv(nb.STATIC_ENV, "1")
+    assert nb.is_static()
+
+
+def test_is_static_outside_a_kernel(monkeypatch):
+    monkeypatch.delenv(nb.STATIC_ENV, raising=False)
+    # pytest runs outside IPython: no live front end
+    assert nb.is_static()
+
+
+def test_is_static_false_in_a_kernel(monkeypatch):
+    import IPython
+
+    class FakeKernelShell:
+        kernel = object()
+
+    class FakeTerminalShell:
+        pass
+
+    monkeypatch.delenv(nb.STATIC_ENV, raising=False)
+    monkeypatch.setattr(IPython, "get_ipython", lambda: FakeKernelShell())
+    assert not nb.is_static()
+    monkeypatch.setattr(IPython, "get_ipython", lambda: FakeTerminalShell())
+    assert nb.is_static()
+    # the env var wins even inside a kernel (papermill runs a real kernel)
+    monkeypatch.setattr(IPython, "get_ipython", lambda: FakeKernelShell())
+    monkeypatch.setenv(nb.STATIC_ENV, "1")
+    assert nb.is_static()
+
+
+# ------------------------------------------------------------------------------ explore
+@pytest.fixture
+def static(monkeypatch):
+    monkeypatch.setenv(nb.STATIC_ENV, "1")
+    # any attempt to import ipywidgets now raises ImportError
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)
+
+
+def test_static_explore_draws_one_panel_per_value_of_the_first_control(static):
+    draw = Recorder()
+    result = nb.explore(draw, k=[1, 2, 3, 4, 5, 6, 7], pattern=["a", "b"], s=(0.0, 1.0, 0.1))
+    assert result is None  # the inline backend shows the open figure once
+    assert len(plt.get_fignums()) == 1
+    fig = plt.gcf()
+    # 7 values -> 4 evenly spaced picks, first and last included
+    assert [values for _, values in draw.calls] == [
+        {"k": k, "pattern": "a", "s": 0.5} for k in (1, 3, 5, 7)
+    ]
+    assert len(fig.axes) == 4
+    assert [ax for ax, _ in draw.calls] == fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["k = 1", "k = 3", "k = 5", "k = 7"]
+
+
+def test_static_explore_short_list_uses_every_value(static):
+    draw = Recorder()
+    nb.explore(draw, pattern=["2:4", "block"])
+    assert [values for _, values in draw.calls] == [{"pattern": "2:4"}, {"pattern": "block"}]
+    assert len(plt.gcf().axes) == 2
+
+
+def test_static_explore_range_uses_linspace(static):
+    draw = Recorder()
+    nb.explore(draw, sparsity=(0.0, 0.9, 0.3), n=(2, 10, 2))
+    got = [values["sparsity"] for _, values in draw.calls]
+    np.testing.assert_allclose(got, np.linspace(0.0, 0.9, 4))
+    # an int range stays int; its start is the middle of (2, 10)
+    assert all(values["n"] == 6 and isinstance(values["n"], int) for _, values in draw.calls)
+    assert plt.gcf().axes[1].get_title() == "sparsity = 0.3"
+
+
+def test_static_explore_keeps_the_title_drawn(static):
+    def draw(ax, k):
+        ax.set_title(f"{k * k} weights")
+
+    nb.explore(draw, k=[2, 3])
+    assert [ax.get_title() for ax in plt.gcf().axes] == ["k = 2\n4 weights", "k = 3\n9 weights"]
+
+
+def test_explore_rejects_bad_controls(static):
+    with pytest.raises(ValueError, match="at least one control"):
+        nb.explore(Recorder())
+    with pytest.raises(ValueError, match="min < max"):
+        nb.explore(Recorder(), s=(1.0, 0.0, 0.1))
+    with pytest.raises(ValueError, match="empty"):
+        nb.explore(Recorder(), k=[])
+    with pytest.raises(TypeError, match="list of values"):
+        nb.explore(Recorder(), k=3)
+    assert not plt.get_fignums()
+
+
+def test_live_explore_returns_an_interactive_widget(monkeypatch):
+    import ipywidgets
+
+    monkeypatch.setattr(nb, "is_static", lambda: False)
+    draw = Recorder()
+    widget = nb.explore(draw, k=[1, 2, 3], pattern=["a", "b"], s=(0.0, 1.0, 0.25))
+    assert isinstance(widget, ipywidgets.interactive)
+    controls = {w.description: w for w in widget.kwargs_widgets}
+    assert isinstance(controls["k"], ipywidgets.SelectionSlider)
+    assert isinstance(controls["pattern"], ipywidgets.Dropdown)
+    assert isinstance(controls["s"], ipywidgets.FloatSlider)
+    # the widget draws once with the start values ...
+    assert [values for _, values in draw.calls] == [{"k": 1, "pattern": "a", "s": 0.5}]
+    # ... again, on a fresh figure, when a control changes ...
+    controls["k"].value = 3
+    assert draw.calls[-1][1] == {"k": 3, "pattern": "a", "s": 0.5}
+    assert draw.calls[-1][0] is not draw.calls[0][0]
+    # ... and when its function is called directly
+    widget.f(k=2, pattern="b", s=1.0)
+    assert draw.calls[-1][1] == {"k": 2, "pattern": "b", "s": 1.0}
+    assert len(draw.calls) == 3

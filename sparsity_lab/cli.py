@@ -76,7 +76,7 @@ def _prune(args: argparse.Namespace) -> int:
     )
     print(
         f"pruned with {args.method}, {pattern!r}, budget {args.budget}: "
-        f"sparsity {result['sparsity']:.4f}, "
+        f"sparsity {result['measured_sparsity']:.4f}, "
         f"val accuracy {result['pruned_accuracy']:.4f} before fine-tuning, "
         f"test accuracy {result['test_accuracy']:.4f} after {args.finetune_epochs} epoch(s)"
     )

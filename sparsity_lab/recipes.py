@@ -158,7 +158,7 @@ def prune_and_finetune(
 ) -> dict[str, float]:
     """Prune ``model`` in place, fine-tune it with masks fixed, and measure each stage.
 
-    Returns ``{"sparsity", "pruned_accuracy", "val_accuracy", "test_accuracy"}``:
+    Returns ``{"measured_sparsity", "pruned_accuracy", "val_accuracy", "test_accuracy"}``:
     accuracy on the validation split right after pruning, then after fine-tuning.
     """
     train, val, test = t.loaders()
@@ -178,7 +178,7 @@ def prune_and_finetune(
             progress=progress,
         )
     return {
-        "sparsity": measured_sparsity(model),
+        "measured_sparsity": measured_sparsity(model),
         "pruned_accuracy": pruned,
         "val_accuracy": evaluate(model, val)["accuracy"],
         "test_accuracy": evaluate(model, test)["accuracy"],

@@ -14,7 +14,6 @@ Names: ``mnist``, ``mnist1d``, ``digits``, ``teacher_student``, ``text``
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import random
@@ -26,6 +25,8 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from .registry import did_you_mean
 
 __all__ = [
     "DataBundle",
@@ -458,8 +459,7 @@ def load(name: str, *, seed: int = 0, **options) -> DataBundle:
     """
     loader = _LOADERS.get(name)
     if loader is None:
-        close = difflib.get_close_matches(name, available(), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, available())
         raise KeyError(f"unknown data set {name!r}.{hint} Available: {', '.join(available())}")
     accepted = [p for p in inspect.signature(loader).parameters if p != "seed"]
     unknown = sorted(set(options) - set(accepted))

@@ -15,7 +15,6 @@ Names: ``lenet300``, ``lenet5``, ``cnn1d``, ``resmlp``, ``resnet_small``,
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -23,6 +22,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .registry import did_you_mean
 
 __all__ = [
     "build",
@@ -426,8 +427,7 @@ def build(name: str, *, input_shape: tuple[int, ...], n_classes: int, **options)
     """
     cls = _MODELS.get(name)
     if cls is None:
-        close = difflib.get_close_matches(name, available(), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, available())
         raise KeyError(f"unknown model {name!r}.{hint} Available: {', '.join(available())}")
     fixed = ("input_shape", "n_classes")
     accepted = [p for p in inspect.signature(cls).parameters if p not in fixed]

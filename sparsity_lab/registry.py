@@ -92,6 +92,12 @@ def available(kind: str | None = None) -> list[str]:
     return sorted(n for n, e in _ENTRIES.items() if kind is None or e.kind == kind)
 
 
+def did_you_mean(name: str, pool: list[str]) -> str:
+    """ " Did you mean 'x'?" for the names of ``pool`` closest to ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, pool, n=3, cutoff=0.5)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
 def entry(name: str, kind: str | None = None) -> Entry:
     """The :class:`Entry` for ``name``.
 
@@ -102,9 +108,8 @@ def entry(name: str, kind: str | None = None) -> Entry:
     found = _ENTRIES.get(name)
     if found is None or (kind is not None and found.kind != kind):
         pool = available(kind)
-        close = difflib.get_close_matches(name, pool, n=3, cutoff=0.5)
         what = f"{kind} " if kind else ""
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, pool)
         raise UnknownNameError(
             f"unknown {what}method {name!r}.{hint} "
             f"`sparsity_lab.registry.available({kind!r})` lists all {len(pool)}."

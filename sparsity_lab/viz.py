@@ -20,7 +20,8 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
-from scipy import stats
+
+from .experiments import summarize
 
 # Sparsities worth a tick on the -log10(1 - s) axis: each step is roughly one equal distance.
 _LOGIT_TICKS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999)
@@ -193,21 +194,15 @@ def errorbars(
 
     Returns columns ``[hue,] x, "mean", "half_width", "n"`` (named after the inputs), sorted.
     """
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     keys = [x] if hue is None else [hue, x]
     missing = [c for c in [*keys, y] if c not in df.columns]
     if missing:
         raise ValueError(f"columns {missing} not in the DataFrame; it has {list(df.columns)}")
-    grouped = df.groupby(keys, sort=True)[y].agg(["mean", "std", "count"]).reset_index()
-    n = grouped["count"].to_numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        t = stats.t.ppf((1.0 + confidence) / 2.0, np.where(n > 1, n - 1, np.nan))
-        half = t * grouped["std"].to_numpy() / np.sqrt(n)
-    out = grouped[keys].copy()
-    out["mean"] = grouped["mean"].to_numpy(dtype=float)
-    out["half_width"] = np.where(n > 1, half, np.nan)
-    out["n"] = n.astype(int)
+    summary = summarize(df, keys, y, confidence).sort_values(keys).reset_index(drop=True)
+    out = summary[keys].copy()
+    out["mean"] = summary["mean"].astype(float)
+    out["half_width"] = summary["ci_high"] - summary["mean"]
+    out["n"] = summary["n"].astype(int)
     return out
 
 

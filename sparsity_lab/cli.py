@@ -20,6 +20,8 @@ def _list(args: argparse.Namespace) -> int:
         if args.kind and kind != args.kind:
             continue
         if not entries:
+            if args.kind:
+                print(f"{kind} (0): none registered yet")
             continue
         print(f"{kind} ({len(entries)})")
         width = max(len(e.name) for e in entries)
@@ -131,18 +133,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sparsity-lab`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "sparsity", 0) is None and args.command == "prune":
+    if args.command == "prune":
         from sparsity_lab import patterns
 
         try:
             fixed = patterns.get(args.pattern).fixed_sparsity
         except ValueError as err:
             parser.error(str(err))
-        if fixed is None:
+        if fixed is None and args.sparsity is None:
             parser.error("--sparsity is required unless the pattern fixes it (N:M)")
-    for name in ("epochs", "finetune_epochs"):
-        if getattr(args, name, 0) < 0:
-            parser.error(f"--{name.replace('_', '-')} must be >= 0")
+        # a --sparsity that contradicts an N:M pattern is a mistake: catch it before training
+        if fixed is not None and args.sparsity is not None and abs(args.sparsity - fixed) > 1e-9:
+            parser.error(
+                f"--pattern {args.pattern} fixes the sparsity at {fixed:g}, got --sparsity "
+                f"{args.sparsity:g}; leave out --sparsity"
+            )
+        # the dense model must be trained, fine-tuning may be skipped
+        if args.epochs < 1:
+            parser.error(f"--epochs must be >= 1, got {args.epochs}")
+        if args.finetune_epochs < 0:
+            parser.error(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
     try:
         return args.run(args)
     except (KeyError, ValueError, TypeError) as err:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from . import data as data_mod
 from . import models as models_mod
@@ -77,6 +78,15 @@ def task(model_name: str, data_name: str, *, seed: int = 0, **data_options: Any)
     return Task(model_name, data_name, bundle, seed)
 
 
+def _fingerprint(dataset: TensorDataset) -> str:
+    """A short hash of a split's tensors (shapes, dtypes and values)."""
+    h = hashlib.sha256()
+    for tensor in dataset.tensors:
+        h.update(f"{tuple(tensor.shape)} {tensor.dtype}".encode())
+        h.update(tensor.detach().cpu().contiguous().numpy())
+    return h.hexdigest()[:16]
+
+
 def default_cache_dir() -> Path:
     """``$SPARSITY_LAB_CACHE`` or ``~/.cache/sparsity-lab``."""
     return Path(os.environ.get("SPARSITY_LAB_CACHE", Path.home() / ".cache" / "sparsity-lab"))
@@ -105,7 +115,10 @@ def train_dense(
         "optimizer": optimizer,
         "batch_size": t.batch_size,
         "input_shape": list(t.bundle.input_shape),
-        "n_train": len(t.bundle.train),
+        "n_classes": t.bundle.n_classes,
+        # data options (a teacher's width, a subset's size) change the examples without
+        # changing any name above, so the key also covers the training examples themselves
+        "train_data": _fingerprint(t.bundle.train),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     model = t.build()

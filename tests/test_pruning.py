@@ -62,6 +62,11 @@ def test_nm_prune_with_exclusions():
         assert torch.all(sl.masks.get_mask(model, n).movedim(1, -1).reshape(-1, 4).sum(1) == 2)
 
 
+def test_nm_with_a_contradicting_sparsity_fails():
+    with pytest.raises(ValueError, match="fixes the sparsity at 0.5"):
+        sl.prune(SmallCNN(), "magnitude", 0.8, pattern="2:4", exclude=["conv1.weight"])
+
+
 def test_nm_on_an_incompatible_layer_names_it():
     with pytest.raises(ValueError, match="conv1.weight"):
         sl.prune(SmallCNN(), "magnitude", 0.5, pattern="2:4")

@@ -112,9 +112,15 @@ class Criterion:
             for n in names
             if n not in dense
         }
-        target = pattern.fixed_sparsity if sparsity is None else sparsity
+        fixed = pattern.fixed_sparsity
+        if fixed is not None and sparsity is not None and abs(sparsity - fixed) > 1e-9:
+            raise ValueError(
+                f"{pattern!r} fixes the sparsity at {fixed:g}, got sparsity={sparsity}; "
+                f"pass sparsity=None (or {fixed:g})"
+            )
+        target = fixed if sparsity is None else sparsity
         if target is None:
-            raise ValueError(f"pattern {pattern!r} needs a sparsity")
+            raise ValueError(f"pattern {pattern!r} needs a sparsity in [0, 1), got None")
         plan = budgets.allocate(
             budget, shapes, target, pattern=pattern, dense=dense, scores=group_scores
         )

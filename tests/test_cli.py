@@ -1,0 +1,274 @@
+"""The ``sparsity-lab`` command: ``list``, ``prune`` end to end, and its argument errors."""
+
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+
+import sparsity_lab as sl
+from sparsity_lab import masks, models, recipes, registry
+from sparsity_lab.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+# LeNet-300-100 on 8x8 digits: weights counted by hand, and how many 80% sparsity keeps.
+LENET300_DIGITS_WEIGHTS = 64 * 300 + 300 * 100 + 100 * 10  # 50200
+KEPT_AT_80 = LENET300_DIGITS_WEIGHTS - round(0.8 * LENET300_DIGITS_WEIGHTS)  # 10040
+
+# A report row: name, shape ("(300, 64)" or "None" for the total), then the numbers.
+ROW = re.compile(
+    r"^\s*(?P<name>\S+)\s+(?P<shape>\([^)]*\)|None)\s+(?P<parameters>\d+)\s+"
+    r"(?P<nonzeros>\d+)\s+(?P<sparsity>[0-9.eE+-]+)\s"
+)
+
+
+def _prune_args(cache_dir: Path, *extra: str) -> list[str]:
+    return [
+        "prune",
+        "--model",
+        "lenet300",
+        "--data",
+        "digits",
+        "--method",
+        "magnitude",
+        "--epochs",
+        "2",
+        "--finetune-epochs",
+        "1",
+        "--cache-dir",
+        str(cache_dir),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _rows(out: str) -> dict[str, dict[str, float]]:
+    """The report table printed by ``prune``, by row name."""
+    rows = {}
+    for line in out.splitlines():
+        if match := ROW.match(line):
+            rows[match["name"]] = {
+                k: float(match[k]) for k in ("parameters", "nonzeros", "sparsity")
+            }
+    return rows
+
+
+def _number_after(label: str, text: str) -> float:
+    match = re.search(rf"{label} (\d+\.\d+)", text)
+    assert match, f"no {label!r} in {text!r}"
+    return float(match[1])
+
+
+def _listed(out: str) -> dict[str, list[str]]:
+    """``list`` output parsed back: heading ``kind (n)``, then one indented line per name."""
+    groups: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    kind = None
+    for line in out.splitlines():
+        if not line.strip():
+            continue
+        if not line.startswith(" "):
+            kind, count = re.fullmatch(r"(\w+) \((\d+)\)", line).groups()
+            groups[kind], counts[kind] = [], int(count)
+        else:
+            groups[kind].append(line.split()[0])
+    assert counts == {k: len(v) for k, v in groups.items()}
+    return groups
+
+
+def _exits_with_usage_error(capsys, argv: list[str]) -> str:
+    """Run ``main(argv)``, expect argparse's exit code 2, return stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return captured.err
+
+
+# --- list ---------------------------------------------------------------------------------
+
+
+def test_list_prints_every_name_under_its_kind(capsys):
+    assert main(["list"]) == 0
+    groups = _listed(capsys.readouterr().out)
+    expected = {k: registry.available(k) for k in registry.KINDS if registry.available(k)}
+    assert groups == expected
+    assert "magnitude" in groups["criterion"]
+
+
+def test_list_one_kind(capsys):
+    assert main(["list", "--kind", "budget"]) == 0
+    assert _listed(capsys.readouterr().out) == {"budget": ["er", "erk", "global", "uniform"]}
+
+
+def test_list_unknown_kind(capsys):
+    err = _exits_with_usage_error(capsys, ["list", "--kind", "budgets"])
+    assert "'budget'" in err  # argparse lists the choices
+
+
+def test_module_runs_as_a_script():
+    done = subprocess.run(
+        [sys.executable, "-m", "sparsity_lab.cli", "list", "--kind", "criterion"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "magnitude" in done.stdout
+
+
+def test_console_script_is_declared():
+    (script,) = metadata.entry_points(group="console_scripts", name="sparsity-lab")
+    assert script.load() is main
+
+
+# --- prune --------------------------------------------------------------------------------
+
+
+def test_prune_end_to_end_then_from_cache(capsys, tmp_path):
+    assert main(_prune_args(tmp_path, "--sparsity", "0.8")) == 0
+    first = capsys.readouterr().out
+    assert "trained for 2 epochs" in first
+    assert _number_after("sparsity", first) == pytest.approx(0.8, abs=5e-5)
+    rows = _rows(first)
+    assert list(rows) == ["fc1.weight", "fc2.weight", "fc3.weight", "total"]
+    total = rows["total"]
+    assert total["parameters"] == LENET300_DIGITS_WEIGHTS
+    assert total["nonzeros"] == KEPT_AT_80
+    assert total["sparsity"] == pytest.approx(0.8, abs=1e-6)
+    assert sum(rows[n]["nonzeros"] for n in rows if n != "total") == KEPT_AT_80
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+
+    assert main(_prune_args(tmp_path, "--sparsity", "0.8")) == 0
+    second = capsys.readouterr().out
+    assert "loaded from cache" in second
+    dense_first = _number_after("test accuracy", first)
+    assert _number_after("test accuracy", second) == dense_first
+    # everything after the dense model is seeded too, so the whole report repeats
+    assert second == first.replace("trained for 2 epochs", "loaded from cache")
+
+
+def test_no_cache_trains_and_writes_nothing(capsys, tmp_path):
+    assert main(_prune_args(tmp_path, "--sparsity", "0.5", "--no-cache")) == 0
+    assert "trained for 2 epochs" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_writes_a_loadable_masked_state_dict(capsys, tmp_path):
+    path = tmp_path / "pruned.pt"
+    assert main(_prune_args(tmp_path / "cache", "--sparsity", "0.8", "--save", str(path))) == 0
+    out = capsys.readouterr().out
+    assert str(path) in out
+
+    state = torch.load(path, weights_only=True)
+    fresh = models.build("lenet300", input_shape=(64,), n_classes=10)
+    masks.load_state_dict(fresh, state)
+    assert sl.sparsity(fresh) == pytest.approx(0.8, abs=1e-12)
+    assert sum(int(m.sum()) for m in masks.masks(fresh).values()) == KEPT_AT_80
+
+    # the loaded model is the one that was reported: same test accuracy
+    x, y = recipes.task("lenet300", "digits", seed=0).bundle.test.tensors
+    with torch.no_grad():
+        accuracy = int((fresh.eval()(x).argmax(1) == y).sum()) / len(y)
+    reported = float(re.search(r"test accuracy (\d\.\d+) after", out)[1])
+    assert accuracy == pytest.approx(reported, abs=5e-5)
+
+
+@pytest.mark.parametrize("extra", [[], ["--sparsity", "0.5"]])
+def test_nm_pattern_implies_the_sparsity(capsys, tmp_path, extra):
+    assert main(_prune_args(tmp_path, "--pattern", "2:4", *extra)) == 0
+    rows = _rows(capsys.readouterr().out)
+    # 2:4 keeps exactly half of every layer (all input sizes 64, 300, 100 divide by 4)
+    assert list(rows) == ["fc1.weight", "fc2.weight", "fc3.weight", "total"]
+    for name, row in rows.items():
+        assert row["nonzeros"] * 2 == row["parameters"], name
+    assert rows["total"]["sparsity"] == 0.5
+
+
+# --- argument errors ----------------------------------------------------------------------
+
+
+def test_misspelt_method_suggests_the_right_one(capsys, tmp_path):
+    args = _prune_args(tmp_path, "--sparsity", "0.8")
+    args[args.index("magnitude")] = "magnitud"
+    err = _exits_with_usage_error(capsys, args)
+    assert "'magnitud'" in err
+    assert "Did you mean 'magnitude'" in err
+    assert list(tmp_path.iterdir()) == []  # failed before any training
+
+
+def test_misspelt_budget_suggests_the_right_one(capsys, tmp_path):
+    err = _exits_with_usage_error(
+        capsys, _prune_args(tmp_path, "--sparsity", "0.8", "--budget", "globl")
+    )
+    assert "'global'" in err
+
+
+@pytest.mark.parametrize("value", ["1.5", "1", "-0.1"])
+def test_sparsity_out_of_range(capsys, tmp_path, value):
+    err = _exits_with_usage_error(capsys, _prune_args(tmp_path, "--sparsity", value))
+    assert "sparsity must be in [0, 1)" in err
+
+
+def test_sparsity_not_a_number(capsys, tmp_path):
+    err = _exits_with_usage_error(capsys, _prune_args(tmp_path, "--sparsity", "high"))
+    assert "sparsity must be a number, got 'high'" in err
+
+
+def test_unknown_model_lists_the_choices(capsys, tmp_path):
+    args = _prune_args(tmp_path, "--sparsity", "0.8")
+    args[args.index("lenet300")] = "lenet"
+    err = _exits_with_usage_error(capsys, args)
+    assert "'lenet'" in err
+    assert "lenet300" in err
+
+
+@pytest.mark.parametrize("extra", [["--sparsity", "0.5"], []])
+def test_unknown_pattern(capsys, tmp_path, extra):
+    err = _exits_with_usage_error(capsys, _prune_args(tmp_path, "--pattern", "diagonal", *extra))
+    assert "unknown pattern 'diagonal'" in err
+    assert "2:4" in err  # says how to write a valid one
+
+
+def test_missing_sparsity_for_an_unstructured_pattern(capsys, tmp_path):
+    err = _exits_with_usage_error(capsys, _prune_args(tmp_path))
+    assert "--sparsity is required" in err
+
+
+def test_nm_pattern_with_a_contradicting_sparsity(capsys, tmp_path):
+    err = _exits_with_usage_error(
+        capsys, _prune_args(tmp_path, "--pattern", "2:4", "--sparsity", "0.8")
+    )
+    assert "fixes the sparsity at 0.5" in err
+    assert list(tmp_path.iterdir()) == []  # failed before any training
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--epochs", "0", "--epochs must be >= 1"),
+        ("--epochs", "-1", "--epochs must be >= 1"),
+        ("--finetune-epochs", "-1", "--finetune-epochs must be >= 0"),
+    ],
+)
+def test_bad_epochs(capsys, tmp_path, option, value, message):
+    args = _prune_args(tmp_path, "--sparsity", "0.5")
+    args[args.index(option) + 1] = value
+    assert message in _exits_with_usage_error(capsys, args)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("model", "data"), [("lenet5", "mnist1d"), ("tiny_transformer", "digits")])
+def test_model_data_mismatch(capsys, tmp_path, model, data):
+    args = _prune_args(tmp_path, "--sparsity", "0.5")
+    args[args.index("lenet300")] = model
+    args[args.index("digits")] = data
+    err = _exits_with_usage_error(capsys, args)
+    assert f"model {model!r}" in err
+    assert repr(data) in err
+    assert list(tmp_path.iterdir()) == []

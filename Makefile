@@ -1,0 +1,93 @@
+# sparsity-lab: set-up, notebooks, book and checks. `make help` lists the targets.
+#
+#   make book   set up .venv, execute every notebook (full, cached), build book/_build/html
+#   make test   set up .venv, then ruff, unit tests, notebooks in smoke mode, nbval, strict book
+#   make lab    open the notebooks in JupyterLab
+
+PYTHON ?= python3
+# Extra pip options for torch only. On Linux with network access, plain PyPI gives the CUDA
+# build; TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" gives the CPU one.
+TORCH_PIP_ARGS ?=
+
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+LAB_INSTALLED := $(VENV)/.lab-installed
+
+NOTEBOOKS := notebooks
+EXECUTED := book/notebooks
+NOTEBOOK_SOURCES := $(sort $(wildcard $(NOTEBOOKS)/[0-9][0-9]*_*.py))
+EXECUTED_NOTEBOOKS := $(patsubst $(NOTEBOOKS)/%.py,$(EXECUTED)/%.ipynb,$(NOTEBOOK_SOURCES))
+# A smoke run must stay under a minute per notebook on two cores (the CI machine).
+SMOKE_BUDGET_S := 60
+
+# The steps of `make test` depend on each other's outputs: never run them side by side.
+.NOTPARALLEL:
+.DEFAULT_GOAL := help
+.PHONY: help install book test lint unit smoke nbval book-strict lab clean clean-all
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch goes first, on its own and pinned: an unpinned or co-resolved torch can pull
+# gigabytes of CUDA wheels. The stamp re-runs the install only when the pins change.
+$(INSTALLED): pyproject.toml requirements.lock | $(BIN)/python
+	$(BIN)/pip install -c requirements.lock $(TORCH_PIP_ARGS) torch==2.13.0
+	$(BIN)/pip install -c requirements.lock -e ".[dev]"
+	touch $@
+
+install: $(INSTALLED) ## create .venv and install the pinned environment
+
+book: $(INSTALLED) ## execute every notebook (full, re-using the cache) and build book/_build/html
+	$(BIN)/python -m sparsity_lab.pipeline execute --notebooks $(NOTEBOOKS) --out $(EXECUTED)
+	$(BIN)/jupyter-book build book
+	@echo "The book is in book/_build/html/index.html"
+
+test: lint unit smoke nbval book-strict ## all the checks of CI, in order
+
+lint: $(INSTALLED) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# pytest exits with 5 when it collects no tests: nothing failed, so that is a success.
+unit: $(INSTALLED) ## unit tests (tests/)
+	$(BIN)/python -m pytest tests/ || test $$? -eq 5
+
+smoke: $(INSTALLED) ## every notebook with SMOKE=True into book/notebooks
+	$(BIN)/python -m sparsity_lab.pipeline execute --smoke --budget-s $(SMOKE_BUDGET_S) \
+		--notebooks $(NOTEBOOKS) --out $(EXECUTED)
+
+# nbval re-runs each executed copy and compares the outputs of cells marked
+# "# NBVAL_CHECK_OUTPUT"; the copies already hold SMOKE=True, so this run is a smoke run too.
+nbval: $(INSTALLED) ## re-run the executed notebooks and compare the checked outputs
+ifeq ($(EXECUTED_NOTEBOOKS),)
+	@echo "nbval: no notebooks in $(NOTEBOOKS)/, nothing to check"
+else
+	SPARSITY_LAB_STATIC=1 $(BIN)/python -m pytest --nbval-lax --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg $(EXECUTED_NOTEBOOKS)
+endif
+
+book-strict: $(INSTALLED) ## build the book from scratch with warnings as errors
+	rm -rf book/_build
+	$(BIN)/jupyter-book build --all -W -n --keep-going book
+
+$(LAB_INSTALLED): $(INSTALLED) requirements.lock
+	$(BIN)/pip install -c requirements.lock -e ".[dev,lab]"
+	touch $@
+
+# The server's root is the repository, so that jupytext finds jupytext.toml (the pairing).
+lab: $(LAB_INSTALLED) ## open the notebooks in JupyterLab (installs it on first use)
+ifneq ($(NOTEBOOK_SOURCES),)
+	$(BIN)/jupytext --sync $(NOTEBOOK_SOURCES)
+endif
+	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/$(NOTEBOOKS)
+
+clean: ## remove built pages, executed notebooks and caches (keeps .venv)
+	rm -rf book/_build $(EXECUTED) .cache .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+clean-all: clean ## also remove .venv
+	rm -rf $(VENV)

@@ -1,0 +1,485 @@
+"""Execute the jupytext notebooks for the book and the tests, with a content-hash cache.
+
+The notebooks are committed as ``py:percent`` scripts (``notebooks/NN_topic.py``). This module
+turns each one into a notebook, runs it with papermill (injecting ``SMOKE``) and writes the
+executed ``.ipynb`` where the Jupyter Book reads it (``book/notebooks``). An execution is
+cached under a key made of the notebook source, the mode (smoke or full), every ``*.py`` of
+this package and the installed environment, so a second run re-executes only what changed.
+
+Command line::
+
+    python -m sparsity_lab.pipeline execute [--smoke] [--notebooks DIR] [--out DIR]
+                                            [--cache DIR] [--only NAME ...] [--budget-s S]
+    python -m sparsity_lab.pipeline check [--notebooks DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+NOTEBOOK_NAME = re.compile(r"^\d\d[a-z]?_\w+\.py$")  # NN_topic.py, also 02a_topic.py
+KERNEL_NAME = "python3"
+TIMINGS_FILE = "timings.json"
+# Bump when the way notebooks are executed changes, so that old cache entries are not reused.
+CACHE_VERSION = "1"
+
+
+@dataclass
+class Result:
+    """What happened to one notebook during :func:`execute`."""
+
+    name: str
+    status: str  # "executed", "cached" or "failed"
+    seconds: float | None = None  # wall time of the execution (also for a cached copy)
+    error: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Finding notebooks and computing the cache key
+
+
+def find_notebooks(directory: Path, only: Sequence[str] | None = None) -> list[Path]:
+    """Return the ``NN_topic.py`` notebooks of ``directory`` in name order.
+
+    ``only`` restricts the list to the given stems or file names (``00_tour`` or
+    ``00_tour.py``); an unknown name is an error rather than a silent no-op.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"notebook directory {directory} does not exist")
+    found = sorted(p for p in directory.iterdir() if NOTEBOOK_NAME.match(p.name))
+    if not only:
+        return found
+    wanted = {Path(name).stem for name in only}
+    unknown = wanted - {p.stem for p in found}
+    if unknown:
+        raise ValueError(
+            f"no notebook named {', '.join(sorted(unknown))} in {directory}; "
+            f"available: {', '.join(p.stem for p in found) or 'none'}"
+        )
+    return [p for p in found if p.stem in wanted]
+
+
+def library_digest(package_dir: Path = PACKAGE_DIR) -> str:
+    """Hash every ``*.py`` file of the library: the notebooks' numbers come from it."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(package_dir).rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        digest.update(path.relative_to(package_dir).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def environment_digest() -> str:
+    """Hash the Python version and every installed distribution with its version.
+
+    A changed pin (say a new numpy) can change a notebook's numbers just like a library edit.
+    """
+    installed = sorted(
+        f"{dist.metadata['Name']}=={dist.version}".lower()
+        for dist in importlib.metadata.distributions()
+        if dist.metadata["Name"]
+    )
+    text = "\n".join([sys.version, *installed])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cache_key(source: bytes, *, smoke: bool, library: str, environment: str = "") -> str:
+    """Return the cache key of one execution: sha256 of everything that shapes its outputs.
+
+    ``library`` is :func:`library_digest`, ``environment`` is :func:`environment_digest`.
+    """
+    digest = hashlib.sha256()
+    for part in (CACHE_VERSION.encode(), b"smoke" if smoke else b"full", library.encode()):
+        digest.update(part + b"\0")
+    digest.update(environment.encode() + b"\0")
+    digest.update(source)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Executing one notebook
+
+
+@contextlib.contextmanager
+def _kernel_environment() -> Iterator[None]:
+    """Set up what the kernel inherits from this process, and restore it afterwards.
+
+    - A private ``python3`` kernelspec that runs *this* interpreter: the first ``python3``
+      spec on the Jupyter path could belong to another Python (a user-wide install).
+    - ``SPARSITY_LAB_STATIC=1``: the widget helper draws static figures, since nobody can
+      move a slider in an executed notebook.
+    - This package's parent on ``PYTHONPATH``, so the kernel imports the very files that the
+      cache key hashed, even when the project is not pip-installed.
+    - No ``MPLBACKEND``: an inherited ``Agg`` would replace the inline backend and the
+      executed notebook would have no figures.
+    """
+    from ipykernel.kernelspec import get_kernel_dict
+
+    saved = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="sparsity-lab-kernel-") as jupyter_dir:
+        # ipykernel's own spec (it names sys.executable), where Jupyter looks first.
+        spec_dir = Path(jupyter_dir, "kernels", KERNEL_NAME)
+        spec_dir.mkdir(parents=True)
+        (spec_dir / "kernel.json").write_text(json.dumps(get_kernel_dict()))
+        jupyter_path = [jupyter_dir, *filter(None, saved.get("JUPYTER_PATH", "").split(os.pathsep))]
+        python_path = [str(PACKAGE_DIR.parent)]
+        python_path += filter(None, saved.get("PYTHONPATH", "").split(os.pathsep))
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(jupyter_path)
+        os.environ["PYTHONPATH"] = os.pathsep.join(python_path)
+        os.environ["SPARSITY_LAB_STATIC"] = "1"
+        os.environ.pop("MPLBACKEND", None)
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, so no half-written file remains."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a normal file is wanted
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _kernel_manager_class() -> type:
+    """A kernel manager that gives the kernel CurveZMQ keys when libzmq supports them.
+
+    Without keys a recent ipykernel warns on every start that it talks plain TCP.
+    """
+    import zmq
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class EncryptedKernelManager(AsyncKernelManager):
+        @default("transport_encryption")
+        def _encrypt_when_possible(self) -> str:
+            return "auto" if zmq.has("curve") else "disabled"
+
+    return EncryptedKernelManager
+
+
+def execute_notebook(source: Path, *, smoke: bool, cwd: Path | None = None):
+    """Run one ``py:percent`` notebook with ``SMOKE`` injected; return the executed notebook.
+
+    The kernel runs this interpreter, in ``cwd`` (default: the notebook's folder). Raises the
+    execution error (``papermill.PapermillExecutionError`` for a failing cell).
+    """
+    # Imported here so that `check` and the cache helpers work without the notebook tools.
+    import jupytext
+    import papermill
+
+    notebook = jupytext.read(source, fmt="py:percent")
+    notebook.metadata["kernelspec"] = {
+        "name": KERNEL_NAME,
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
+    notebook.metadata.pop("jupytext", None)  # the executed copy is not paired with anything
+    with _kernel_environment():
+        return papermill.execute_notebook(
+            notebook,
+            None,  # no file: the caller writes the result, atomically
+            parameters={"SMOKE": smoke},
+            kernel_name=KERNEL_NAME,
+            language="python",
+            cwd=str(cwd or source.parent),
+            kernel_manager_class=_kernel_manager_class(),
+            progress_bar=False,
+            request_save_on_cell_execute=False,
+        )
+
+
+def _describe(error: BaseException) -> str:
+    """One readable paragraph about a failed execution (the cell's traceback if there is one)."""
+    traceback = getattr(error, "traceback", None)
+    if traceback:
+        cell = getattr(error, "exec_count", None)
+        text = "\n".join(traceback)
+        text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # drop terminal colours
+        return f"cell In [{cell}] raised:\n{text}"
+    return f"{type(error).__name__}: {error}"
+
+
+# --------------------------------------------------------------------------------------------
+# Executing all notebooks with the cache
+
+
+def execute(
+    notebooks: Path = Path("notebooks"),
+    out: Path = Path("book/notebooks"),
+    cache: Path = Path(".cache/notebooks"),
+    *,
+    smoke: bool = False,
+    only: Sequence[str] | None = None,
+    budget_s: float | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Result]:
+    """Execute (or take from the cache) every notebook and write ``out/NN_topic.ipynb``.
+
+    A failing notebook does not stop the others; its result says ``failed`` and any older
+    executed copy of it is removed from ``out``, so the book never shows stale numbers.
+    With ``budget_s``, a notebook whose execution took longer also counts as failed.
+    Wall times are merged into ``out/timings.json``.
+    """
+    import nbformat
+
+    notebooks, out, cache = Path(notebooks), Path(out), Path(cache)
+    mode = "smoke" if smoke else "full"
+    sources = find_notebooks(notebooks, only)
+    library = library_digest()
+    environment = environment_digest()
+    results: list[Result] = []
+
+    for source in sources:
+        name = source.stem
+        target = out / f"{name}.ipynb"
+        key = cache_key(source.read_bytes(), smoke=smoke, library=library, environment=environment)
+        entry = cache / f"{name}-{mode}-{key}.ipynb"
+
+        if entry.exists():
+            data = entry.read_bytes()
+            seconds = json.loads(data).get("metadata", {}).get("sparsity_lab", {}).get("wall_s")
+            result = Result(name, "cached", seconds)
+            log(f"{name}: cached ({mode})")
+        else:
+            start = time.perf_counter()
+            try:
+                executed = execute_notebook(source, smoke=smoke, cwd=notebooks)
+            except Exception as error:  # any failure of one notebook must not stop the rest
+                target.unlink(missing_ok=True)
+                results.append(Result(name, "failed", error=_describe(error)))
+                log(f"{name}: FAILED ({mode}) after {time.perf_counter() - start:.1f} s")
+                continue
+            seconds = round(time.perf_counter() - start, 2)
+            executed.metadata["sparsity_lab"] = {"mode": mode, "wall_s": seconds, "key": key}
+            data = nbformat.writes(executed).encode() + b"\n"
+            _atomic_write(entry, data)
+            for old in cache.glob(f"{name}-{mode}-*.ipynb"):
+                if old != entry:
+                    old.unlink(missing_ok=True)
+            result = Result(name, "executed", seconds)
+            log(f"{name}: executed in {seconds:.1f} s ({mode})")
+
+        # An unchanged copy keeps its timestamp, so the book rebuilds only changed pages.
+        if not target.exists() or target.read_bytes() != data:
+            _atomic_write(target, data)
+        if budget_s is not None and result.seconds is not None and result.seconds > budget_s:
+            result.status = "failed"
+            result.error = (
+                f"took {result.seconds:.1f} s in {mode} mode, over the budget of {budget_s:g} s; "
+                "make the SMOKE branch of its parameters smaller (fewer epochs, samples, seeds)"
+            )
+        results.append(result)
+
+    _record_timings(out / TIMINGS_FILE, results, mode)
+    return results
+
+
+def _record_timings(path: Path, results: Sequence[Result], mode: str) -> None:
+    """Merge the wall times of this run into ``path`` (``{mode: {name: seconds}}``)."""
+    timings: dict[str, dict[str, float]] = {}
+    if path.exists():
+        with contextlib.suppress(ValueError):
+            timings = json.loads(path.read_text())
+    for result in results:
+        if result.seconds is not None:
+            timings.setdefault(mode, {})[result.name] = result.seconds
+    if timings:
+        _atomic_write(path, (json.dumps(timings, indent=2, sort_keys=True) + "\n").encode())
+
+
+# --------------------------------------------------------------------------------------------
+# Static checks of the notebook sources
+
+_PIP_IN_CELL = re.compile(r"^\s*(?:[!%]{1,2}\s*(?:pip|conda|mamba)\b)", re.MULTILINE)
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
+
+
+def check_notebook(path: Path) -> list[str]:
+    """Return the problems of one notebook source (an empty list when it follows the rules).
+
+    Rules: a cell tagged ``parameters`` assigning literals only, ``SMOKE = False`` among
+    them; no package installs from a cell; no ``get_dataset(`` (mnist1d downloads by
+    default); the last sections are a "Summary" heading followed by an "Exercises" heading.
+    """
+    import jupytext
+
+    path = Path(path)
+    problems: list[str] = []
+    notebook = jupytext.read(path, fmt="py:percent")
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+
+    parameter_cells = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    if len(parameter_cells) != 1:
+        problems.append(
+            f"has {len(parameter_cells)} cells tagged parameters, expected one: "
+            '# %% tags=["parameters"] followed by SMOKE = False'
+        )
+    else:
+        problems += _check_parameters(parameter_cells[0].source)
+
+    for cell in code:
+        if _PIP_IN_CELL.search(cell.source):
+            problems.append("installs packages from a cell (!pip/%pip); add them to pyproject.toml")
+            break
+    if any("get_dataset(" in cell.source for cell in code):
+        problems.append(
+            "calls get_dataset( (mnist1d downloads by default); build the data with the "
+            "library's offline data helpers"
+        )
+
+    headings = [
+        (len(m.group(1)), m.group(2))
+        for cell in notebook.cells
+        if cell.cell_type == "markdown"
+        for m in _HEADING.finditer(cell.source)
+    ]
+    problems += _check_ending(headings)
+    return problems
+
+
+def _check_parameters(source: str) -> list[str]:
+    """Papermill overrides the parameters cell by appending assignments: literals only."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as error:
+        return [f"parameters cell is not valid Python: {error}"]
+    problems, smoke = [], None
+    for node in tree.body:
+        if not (
+            isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets)
+        ):
+            problems.append(
+                f"parameters cell line {node.lineno} is not a plain assignment; "
+                "keep only NAME = literal lines there"
+            )
+            continue
+        try:
+            value = ast.literal_eval(node.value)
+        except ValueError:
+            problems.append(
+                f"parameters cell line {node.lineno} assigns a computed value; "
+                "assign a literal and compute derived values in the next cell"
+            )
+            continue
+        if any(t.id == "SMOKE" for t in node.targets):
+            smoke = value
+    if smoke is None:
+        problems.append("parameters cell does not define SMOKE; add SMOKE = False")
+    elif smoke is not False:
+        problems.append(f"parameters cell sets SMOKE = {smoke!r}; the default must be False")
+    return problems
+
+
+def _check_ending(headings: list[tuple[int, str]]) -> list[str]:
+    """The notebook's last sections must be Summary, then Exercises (sub-headings allowed)."""
+    titles = [title.lower() for _, title in headings]
+    if "summary" not in titles or "exercises" not in titles:
+        return ['does not end with a "Summary" and an "Exercises" markdown heading']
+    summary = len(titles) - 1 - titles[::-1].index("summary")
+    exercises = len(titles) - 1 - titles[::-1].index("exercises")
+    level = headings[summary][0]
+    if exercises < summary:
+        return ['the "Exercises" heading must come after the "Summary" heading']
+    later = [
+        title
+        for i, (depth, title) in enumerate(headings[summary + 1 :], start=summary + 1)
+        if depth <= level and i != exercises
+    ]
+    if headings[exercises][0] != level or later:
+        return [
+            '"Summary" and "Exercises" must be the last two sections, at the same heading level'
+            + (f"; found later: {', '.join(later)}" if later else "")
+        ]
+    return []
+
+
+def check(notebooks: Path = Path("notebooks")) -> dict[str, list[str]]:
+    """Check every notebook of ``notebooks``; map each file name to its problems."""
+    return {path.name: check_notebook(path) for path in find_notebooks(Path(notebooks))}
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m sparsity_lab.pipeline``; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sparsity_lab.pipeline", description=__doc__.split("\n\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("execute", help="execute the notebooks (cached) into --out")
+    run.add_argument("--smoke", action="store_true", help="inject SMOKE=True (fast run)")
+    run.add_argument("--notebooks", type=Path, default=Path("notebooks"))
+    run.add_argument("--out", type=Path, default=Path("book/notebooks"))
+    run.add_argument("--cache", type=Path, default=Path(".cache/notebooks"))
+    run.add_argument("--only", nargs="+", metavar="NAME", help="only these notebooks")
+    run.add_argument("--budget-s", type=float, help="fail a notebook whose execution takes longer")
+    lint = commands.add_parser("check", help="check the notebook sources follow the rules")
+    lint.add_argument("--notebooks", type=Path, default=Path("notebooks"))
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "check":
+            problems = check(args.notebooks)
+            for name, found in problems.items():
+                for problem in found:
+                    print(f"{args.notebooks / name}: {problem}")
+            bad = sum(bool(found) for found in problems.values())
+            print(f"checked {len(problems)} notebook(s): {bad} with problems")
+            return 1 if bad else 0
+
+        results = execute(
+            args.notebooks,
+            args.out,
+            args.cache,
+            smoke=args.smoke,
+            only=args.only,
+            budget_s=args.budget_s,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    failed = [r for r in results if r.status == "failed"]
+    for result in failed:
+        print(
+            f"\n{args.notebooks / (result.name + '.py')} failed:\n{result.error}", file=sys.stderr
+        )
+    if not results:
+        print(f"no NN_topic.py notebooks in {args.notebooks}")
+    if failed:
+        names = ", ".join(r.name for r in failed)
+        print(f"\n{len(failed)} of {len(results)} notebook(s) failed: {names}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

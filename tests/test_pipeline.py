@@ -1,0 +1,226 @@
+"""Tests of the notebook pipeline: cache key, cached execution, parameters, failures, checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sparsity_lab import pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+GOOD = """# %% [markdown]
+# # A stand-in
+
+# %% tags=["parameters"]
+SMOKE = False
+SEED = 0
+
+# %%
+print(f"SMOKE={SMOKE}")
+
+# %% [markdown]
+# ## Summary
+#
+# Nothing.
+
+# %% [markdown]
+# ## Exercises
+#
+# ### Exercise 1
+# None.
+"""
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+def outputs_text(path: Path) -> str:
+    notebook = json.loads(path.read_text())
+    return "".join(
+        "".join(output.get("text", ""))
+        for cell in notebook["cells"]
+        for output in cell.get("outputs", [])
+    )
+
+
+@pytest.fixture
+def fixed_library(monkeypatch):
+    """Pin the library and environment digests, so that edits elsewhere cannot perturb a test."""
+    monkeypatch.setattr(pipeline, "library_digest", lambda: "library")
+    monkeypatch.setattr(pipeline, "environment_digest", lambda: "environment")
+
+
+# --------------------------------------------------------------------------------------------
+# Cache key
+
+
+def test_cache_key_changes_with_source_mode_and_library_only(tmp_path):
+    library = tmp_path / "lib"
+    write(library, "a.py", "x = 1\n")
+    write(library / "sub", "b.py", "y = 2\n")
+    before = pipeline.library_digest(library)
+    key = pipeline.cache_key(b"print(1)", smoke=True, library=before, environment="e")
+
+    # Same inputs, same key; files that are not library sources do not count.
+    write(library, "notes.txt", "not code")
+    write(library / "__pycache__", "a.cpython-311.py", "stale")
+    assert pipeline.library_digest(library) == before
+    assert pipeline.cache_key(b"print(1)", smoke=True, library=before, environment="e") == key
+
+    # The notebook source, the mode, the environment and any library file each change it.
+    assert pipeline.cache_key(b"print(2)", smoke=True, library=before, environment="e") != key
+    assert pipeline.cache_key(b"print(1)", smoke=False, library=before, environment="e") != key
+    assert pipeline.cache_key(b"print(1)", smoke=True, library=before, environment="f") != key
+    write(library / "sub", "b.py", "y = 3\n")
+    after = pipeline.library_digest(library)
+    assert after != before
+    assert pipeline.cache_key(b"print(1)", smoke=True, library=after, environment="e") != key
+
+
+def test_library_digest_sees_a_new_module(tmp_path):
+    library = tmp_path / "lib"
+    write(library, "a.py", "x = 1\n")
+    before = pipeline.library_digest(library)
+    write(library, "b.py", "")
+    assert pipeline.library_digest(library) != before
+
+
+# --------------------------------------------------------------------------------------------
+# Finding notebooks
+
+
+def test_find_notebooks_takes_numbered_scripts_in_order(tmp_path):
+    for name in ["01_b.py", "00_a.py", "02a_c.py", "helper.py", "0_x.py", "00_a.ipynb"]:
+        write(tmp_path, name, "")
+    assert [p.name for p in pipeline.find_notebooks(tmp_path)] == ["00_a.py", "01_b.py", "02a_c.py"]
+    assert [p.name for p in pipeline.find_notebooks(tmp_path, ["01_b.py"])] == ["01_b.py"]
+    with pytest.raises(ValueError, match="no notebook named 09_z.*available: 00_a, 01_b, 02a_c"):
+        pipeline.find_notebooks(tmp_path, ["09_z"])
+
+
+# --------------------------------------------------------------------------------------------
+# Execution (each execution starts a kernel: a couple of seconds)
+
+
+def test_execute_injects_smoke_and_reexecutes_only_changed_notebooks(tmp_path, fixed_library):
+    notebooks, out, cache = tmp_path / "notebooks", tmp_path / "out", tmp_path / "cache"
+    write(notebooks, "00_first.py", GOOD)
+    write(notebooks, "01_second.py", GOOD.replace("SEED = 0", "SEED = 1"))
+
+    log: list[str] = []
+    first = pipeline.execute(notebooks, out, cache, smoke=True, log=log.append)
+    assert [(r.name, r.status) for r in first] == [
+        ("00_first", "executed"),
+        ("01_second", "executed"),
+    ]
+    # The source says SMOKE = False; the executed copy ran with the injected SMOKE = True.
+    assert "SMOKE=True" in outputs_text(out / "00_first.ipynb")
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings["smoke"]) == {"00_first", "01_second"}
+    assert all(seconds > 0 for seconds in timings["smoke"].values())
+
+    second = pipeline.execute(notebooks, out, cache, smoke=True, log=log.append)
+    assert [r.status for r in second] == ["cached", "cached"]
+    assert log[-2:] == ["00_first: cached (smoke)", "01_second: cached (smoke)"]
+
+    write(notebooks, "01_second.py", GOOD.replace('print(f"SMOKE={SMOKE}")', 'print("changed")'))
+    third = pipeline.execute(notebooks, out, cache, smoke=True, log=log.append)
+    assert [r.status for r in third] == ["cached", "executed"]
+    assert "changed" in outputs_text(out / "01_second.ipynb")
+    # The superseded cache entry of 01_second is pruned; one entry per notebook and mode.
+    assert len(list(cache.glob("01_second-smoke-*.ipynb"))) == 1
+    assert len(list(cache.glob("*.ipynb"))) == 2
+
+
+def test_failing_notebook_is_named_leaves_no_output_and_others_still_run(
+    tmp_path, fixed_library, capsys
+):
+    notebooks, out, cache = tmp_path / "notebooks", tmp_path / "out", tmp_path / "cache"
+    failing = GOOD.replace('print(f"SMOKE={SMOKE}")', 'raise RuntimeError("deliberate failure")')
+    write(notebooks, "00_broken.py", failing)
+    write(notebooks, "01_fine.py", GOOD)
+    write(out, "00_broken.ipynb", "{}")  # a stale copy from an earlier, working version
+
+    status = pipeline.main(
+        ["execute", "--smoke", "--notebooks", str(notebooks), "--out", str(out)]
+        + ["--cache", str(cache)]
+    )
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "00_broken.py failed" in err
+    assert "RuntimeError: deliberate failure" in err
+    assert "1 of 2 notebook(s) failed: 00_broken" in err
+    assert sorted(p.name for p in out.iterdir()) == ["01_fine.ipynb", "timings.json"]
+    assert not list(cache.glob("00_broken-*"))
+
+
+def test_budget_applies_to_the_recorded_time_of_a_cached_copy(tmp_path, fixed_library):
+    notebooks, out, cache = tmp_path / "notebooks", tmp_path / "out", tmp_path / "cache"
+    source = write(notebooks, "00_slow.py", GOOD)
+    key = pipeline.cache_key(
+        source.read_bytes(), smoke=True, library="library", environment="environment"
+    )
+    recorded = {"cells": [], "metadata": {"sparsity_lab": {"wall_s": 75.0}}}
+    write(cache, f"00_slow-smoke-{key}.ipynb", json.dumps(recorded))
+
+    [result] = pipeline.execute(notebooks, out, cache, smoke=True, budget_s=60, log=print)
+    assert result.status == "failed"
+    assert "75.0 s" in result.error and "60 s" in result.error
+    # The copy is still written (the outputs are valid, only too slow to make).
+    assert json.loads((out / "00_slow.ipynb").read_text()) == recorded
+    [within] = pipeline.execute(notebooks, out, cache, smoke=True, budget_s=80, log=print)
+    assert within.status == "cached"
+
+
+# --------------------------------------------------------------------------------------------
+# Static checks
+
+
+def test_check_accepts_a_notebook_that_follows_the_rules(tmp_path):
+    assert pipeline.check_notebook(write(tmp_path, "00_good.py", GOOD)) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (('# %% tags=["parameters"]', "# %%"), "cells tagged parameters"),
+        (('print(f"SMOKE={SMOKE}")', "!pip install foo"), "installs packages"),
+        (('print(f"SMOKE={SMOKE}")', "# %pip install foo"), "installs packages"),
+        (("SMOKE = False", "SMOKE = True"), "default must be False"),
+        (("SMOKE = False\n", ""), "does not define SMOKE"),
+        (("SEED = 0", "SEED = 2 * 3"), "computed value"),
+        (('print(f"SMOKE={SMOKE}")', "x = mnist1d.get_dataset(args)"), "get_dataset"),
+        (("## Exercises", "## Practice"), '"Summary" and an "Exercises"'),
+        (("# ### Exercise 1", "# ## Appendix"), "last two sections"),
+    ],
+)
+def test_check_flags_each_broken_rule(tmp_path, change, message):
+    old, new = change
+    assert old in GOOD
+    problems = pipeline.check_notebook(write(tmp_path, "00_bad.py", GOOD.replace(old, new)))
+    assert len(problems) == 1
+    assert message in problems[0]
+
+
+def test_check_command_reports_problems_and_exit_status(tmp_path, capsys):
+    write(tmp_path, "00_good.py", GOOD)
+    assert pipeline.main(["check", "--notebooks", str(tmp_path)]) == 0
+    write(tmp_path, "01_bad.py", GOOD.replace('tags=["parameters"]', ""))
+    assert pipeline.main(["check", "--notebooks", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "01_bad.py: has 0 cells tagged parameters" in out
+    assert "00_good.py:" not in out
+
+
+def test_repository_notebooks_pass_the_checks():
+    notebooks = REPO / "notebooks"
+    if not notebooks.is_dir() or not pipeline.find_notebooks(notebooks):
+        pytest.skip("no notebooks/NN_topic.py yet")
+    assert pipeline.check(notebooks) == {p.name: [] for p in pipeline.find_notebooks(notebooks)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,13 +27,23 @@ KINDS = (
     "format",
 )
 
-# Modules whose import registers entries.  Later issues append their modules here.
+# Modules whose import registers entries.  A package here registers every module inside it
+# (see :func:`import_submodules`), so a new criterion file needs no edit of this list.
 _PROVIDERS = (
     "sparsity_lab.patterns",
     "sparsity_lab.budgets",
     "sparsity_lab.schedules",
     "sparsity_lab.criteria",
+    "sparsity_lab.methods",
+    "sparsity_lab.ephemeral",
 )
+
+
+def import_submodules(package: str) -> None:
+    """Import every module of ``package`` (a package's ``__init__`` calls this on itself)."""
+    pkg = importlib.import_module(package)
+    for info in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{package}.{info.name}")
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ $(BIN)/python:
 # gigabytes of CUDA wheels. The stamp re-runs the install only when the pins change.
 $(INSTALLED): pyproject.toml requirements.lock | $(BIN)/python
 	$(BIN)/pip install -c requirements.lock $(TORCH_PIP_ARGS) torch==2.13.0
-	$(BIN)/pip install -c requirements.lock -e ".[dev]"
+	$(BIN)/pip install -q -c requirements.lock -e ".[dev]"
 	touch $@
 
 install: $(INSTALLED) ## create .venv and install the pinned environment

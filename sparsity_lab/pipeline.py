@@ -46,6 +46,7 @@ class Result:
     status: str  # "executed", "cached" or "failed"
     seconds: float | None = None  # wall time of the execution (also for a cached copy)
     error: str = ""
+    warning: str = ""  # e.g. over the time budget: reported, but not a failure
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,7 +245,8 @@ def execute(
 
     A failing notebook does not stop the others; its result says ``failed`` and any older
     executed copy of it is removed from ``out``, so the book never shows stale numbers.
-    With ``budget_s``, a notebook whose execution took longer also counts as failed.
+    With ``budget_s``, a notebook whose execution took longer gets a warning: a shared
+    machine's timings are too noisy to fail a build on, but the excess must be seen.
     Wall times are merged into ``out/timings.json``.
     """
     import nbformat
@@ -290,11 +292,11 @@ def execute(
         if not target.exists() or target.read_bytes() != data:
             _atomic_write(target, data)
         if budget_s is not None and result.seconds is not None and result.seconds > budget_s:
-            result.status = "failed"
-            result.error = (
+            result.warning = (
                 f"took {result.seconds:.1f} s in {mode} mode, over the budget of {budget_s:g} s; "
                 "make the SMOKE branch of its parameters smaller (fewer epochs, samples, seeds)"
             )
+            log(f"{name}: WARNING {result.warning}")
         results.append(result)
 
     _record_timings(out / TIMINGS_FILE, results, mode)
@@ -441,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--out", type=Path, default=Path("book/notebooks"))
     run.add_argument("--cache", type=Path, default=Path(".cache/notebooks"))
     run.add_argument("--only", nargs="+", metavar="NAME", help="only these notebooks")
-    run.add_argument("--budget-s", type=float, help="fail a notebook whose execution takes longer")
+    run.add_argument("--budget-s", type=float, help="warn about a notebook that takes longer")
     lint = commands.add_parser("check", help="check the notebook sources follow the rules")
     lint.add_argument("--notebooks", type=Path, default=Path("notebooks"))
     args = parser.parse_args(argv)

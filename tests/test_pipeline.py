@@ -161,7 +161,7 @@ def test_failing_notebook_is_named_leaves_no_output_and_others_still_run(
     assert not list(cache.glob("00_broken-*"))
 
 
-def test_budget_applies_to_the_recorded_time_of_a_cached_copy(tmp_path, fixed_library):
+def test_budget_warns_about_the_recorded_time_of_a_cached_copy(tmp_path, fixed_library):
     notebooks, out, cache = tmp_path / "notebooks", tmp_path / "out", tmp_path / "cache"
     source = write(notebooks, "00_slow.py", GOOD)
     key = pipeline.cache_key(
@@ -171,12 +171,12 @@ def test_budget_applies_to_the_recorded_time_of_a_cached_copy(tmp_path, fixed_li
     write(cache, f"00_slow-smoke-{key}.ipynb", json.dumps(recorded))
 
     [result] = pipeline.execute(notebooks, out, cache, smoke=True, budget_s=60, log=print)
-    assert result.status == "failed"
-    assert "75.0 s" in result.error and "60 s" in result.error
+    assert result.status == "cached"  # too slow is reported, not failed: timings are noisy
+    assert "75.0 s" in result.warning and "60 s" in result.warning
     # The copy is still written (the outputs are valid, only too slow to make).
     assert json.loads((out / "00_slow.ipynb").read_text()) == recorded
     [within] = pipeline.execute(notebooks, out, cache, smoke=True, budget_s=80, log=print)
-    assert within.status == "cached"
+    assert within.status == "cached" and within.warning == ""
 
 
 # --------------------------------------------------------------------------------------------

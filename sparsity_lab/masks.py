@@ -155,9 +155,13 @@ def set_mask(model: nn.Module, name: str, mask: torch.Tensor) -> None:
         raise KeyError(f"{name!r} has no mask; use sparsity_lab.masks.attach first")
     mask = _check_mask(mask, holder.mask, name)
     with torch.no_grad():
-        holder.mask.copy_(mask)
         if not holder.dense_grad:
-            module.parametrizations[tensor_name].original.mul_(holder.mask)
+            # Optimizer state (momentum, Adam moments) keeps moving the stored value of a
+            # masked entry; zero it under the old mask so that regrown entries start at zero.
+            original = module.parametrizations[tensor_name].original
+            original.mul_(holder.mask)
+            original.mul_(mask)
+        holder.mask.copy_(mask)
 
 
 def get_mask(model: nn.Module, name: str) -> torch.Tensor | None:

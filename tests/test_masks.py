@@ -265,3 +265,29 @@ def test_bool_masks_are_accepted():
     model = mlp()
     masks.attach(model, "0.weight", torch.zeros(8, 6, dtype=torch.bool))
     assert torch.count_nonzero(model[0].weight) == 0
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam", "adamw"])
+def test_regrown_entries_start_at_zero_after_optimizer_steps(opt_name):
+    model = mlp()
+    make = {
+        "sgd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-2),
+        "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+        "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+    }[opt_name]
+    opt = make(model.parameters())
+    x, y = batch()
+    for _ in range(3):  # dense steps: momentum / moments everywhere
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    applied = random_mask((8, 6), seed=5)
+    masks.attach(model, "0.weight", applied)
+    for _ in range(5):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    stored = masks.dense_weight(model, "0.weight")
+    assert torch.any(stored[applied == 0] != 0)  # optimizer state did move the stored values
+    masks.set_mask(model, "0.weight", torch.ones(8, 6))
+    assert torch.all(model[0].weight[applied == 0] == 0)  # ...but regrowth starts at zero

@@ -137,3 +137,25 @@ def test_pruned_model_trains_with_masks_intact():
 def test_bad_arguments_fail_clearly(kwargs, error, match):
     with pytest.raises(error, match=match):
         sl.prune(SmallCNN(), **kwargs)
+
+
+def test_asking_for_less_sparsity_than_the_model_has_fails_instead_of_reviving():
+    model = sl.prune(SmallCNN(), "magnitude", 0.9)
+    with pytest.raises(ValueError, match="never revives"):
+        sl.prune(model, "magnitude", 0.5)
+
+
+def test_a_new_budget_never_revives_what_an_old_one_pruned():
+    model = sl.prune(SmallCNN(), "magnitude", 0.6, budget="global")
+    before = {n: m.clone() for n, m in sl.masks.masks(model).items()}
+    sl.prune(model, "magnitude", 0.7, budget="uniform")
+    for n, m in sl.masks.masks(model).items():
+        assert torch.all(m <= before[n]), n
+    assert sl.sparsity(model) >= 0.7
+
+
+def test_unknown_options_name_what_the_criterion_accepts():
+    with pytest.raises(
+        TypeError, match="unknown option.*pattren.*prune\\(\\) itself takes pattern"
+    ):
+        sl.prune(SmallCNN(), "magnitude", 0.5, pattren="channel")

@@ -17,6 +17,8 @@ after that, turning scores into masks with a pattern and a budget, is shared and
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 
 from .. import budgets, masks, registry
-from ..patterns import Pattern, count
+from ..patterns import Pattern, check_sparsity, count
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -93,8 +95,9 @@ class Criterion:
     ) -> dict[str, torch.Tensor]:
         """Score, allocate, choose masks and attach them; returns ``{name: keep_mask}``.
 
-        Already pruned groups stay pruned (their score is ``-inf``), so a second call with a
-        higher sparsity continues from the first.
+        Already pruned groups stay pruned (their score is ``-inf``, and new masks are
+        intersected with the old ones), so a second call with a higher sparsity continues
+        from the first; asking for less sparsity than the model already has is an error.
         """
         context = context or Context()
         if self.needs_data and context.data is None:
@@ -121,6 +124,8 @@ class Criterion:
         target = fixed if sparsity is None else sparsity
         if target is None:
             raise ValueError(f"pattern {pattern!r} needs a sparsity in [0, 1), got None")
+        check_sparsity(target)
+        _check_no_revival(priors, shapes, target)
         plan = budgets.allocate(
             budget, shapes, target, pattern=pattern, dense=dense, scores=group_scores
         )
@@ -130,6 +135,10 @@ class Criterion:
                 continue
             n_prune = count(plan[n], pattern.n_groups(shapes[n]))
             keep = pattern.prune_groups(scores[n], n_prune, reduction, priors[n])
+            if priors[n] is not None:
+                # Masks only shrink, even where a new budget plans fewer zeros for a layer
+                # than it already has (the total may then exceed the target).
+                keep &= priors[n].bool()
             new_masks[n] = keep
         self.update_weights(model, new_masks, context)
         for n, keep in new_masks.items():
@@ -140,9 +149,32 @@ class Criterion:
         return f"{type(self).__name__}()"
 
 
+def _check_no_revival(
+    priors: dict[str, torch.Tensor | None], shapes: dict[str, tuple[int, ...]], target: float
+) -> None:
+    total = sum(math.prod(shape) for shape in shapes.values())
+    already = sum(int((p == 0).sum()) for p in priors.values() if p is not None)
+    if already > count(target, total):
+        raise ValueError(
+            f"the pruned tensors are already {already / total:.4f} sparse and pruning never "
+            f"revives weights; ask for a sparsity of at least that, or start over with "
+            f"sparsity_lab.masks.remove(model)"
+        )
+
+
 def get(name: str | Criterion, **options: Any) -> Criterion:
     """A criterion instance from a registered name (``options`` go to its constructor)."""
     if isinstance(name, Criterion):
+        if options:
+            raise TypeError(f"options {sorted(options)} cannot apply to an instance {name!r}")
         return name
     cls = registry.get(name, "criterion")
+    accepted = [p for p in inspect.signature(cls).parameters if p not in ("args", "kwargs")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {', '.join(unknown)} for criterion {name!r}; it accepts "
+            f"{', '.join(accepted) or 'no options'} (prune() itself takes pattern, budget, "
+            f"data, targets, exclude, dense, reduction, dense_grad, loss_fn and seed)"
+        )
     return cls(**options)

@@ -87,6 +87,14 @@ def _fingerprint(dataset: TensorDataset) -> str:
     return h.hexdigest()[:16]
 
 
+def _code_digest() -> str:
+    """Hash of the sources that determine a dense checkpoint: models, training, this file."""
+    h = hashlib.sha256()
+    for name in ("models.py", "train.py", "recipes.py"):
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def default_cache_dir() -> Path:
     """``$SPARSITY_LAB_CACHE`` or ``~/.cache/sparsity-lab``."""
     return Path(os.environ.get("SPARSITY_LAB_CACHE", Path.home() / ".cache" / "sparsity-lab"))
@@ -119,6 +127,8 @@ def train_dense(
         # data options (a teacher's width, a subset's size) change the examples without
         # changing any name above, so the key also covers the training examples themselves
         "train_data": _fingerprint(t.bundle.train),
+        # a change to how models are built or trained must not load a stale checkpoint
+        "code": _code_digest(),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     model = t.build()

@@ -36,6 +36,7 @@ _PROVIDERS = (
     "sparsity_lab.criteria",
     "sparsity_lab.methods",
     "sparsity_lab.ephemeral",
+    "sparsity_lab.regularizers",
 )
 
 

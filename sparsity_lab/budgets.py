@@ -8,7 +8,8 @@ Exact accounting: the target is counted in parameters over *all* the given tenso
 including those kept dense, and each returned sparsity is ``k / n_groups`` for an integer
 ``k``, so that pruning with it removes exactly the planned groups.  For unstructured
 patterns the total number of zeros is exactly ``round(sparsity * total)``; for structured
-patterns it is the nearest total reachable in whole groups.
+patterns with equal group sizes it is the nearest multiple of the group size, and with
+unequal group sizes a greedy choice of whole groups near the target.
 """
 
 from __future__ import annotations
@@ -110,11 +111,40 @@ def _by_weights(
     gsize = {n: pattern.group_size(shapes[n]) for n in pool}
     groups = {n: pattern.n_groups(shapes[n]) for n in pool}
     desired = {n: (1.0 - density[n]) * groups[n] for n in pool}
-    if all(g == 1 for g in gsize.values()):
-        k = _apportion(desired, groups, zeros)
+    capacity = dict(groups)
+    if any(g > 1 for g in gsize.values()):
+        # Rounding whole channels or blocks must not empty a layer the budget keeps alive.
+        capacity = {n: groups[n] - (desired[n] < groups[n] - 1e-9) for n in pool}
+    if len(set(gsize.values())) <= 1:
+        # Equal group sizes (always true for unstructured): whole groups, nearest total.
+        size = next(iter(gsize.values()), 1)
+        wanted = min(sum(capacity.values()), int(math.floor(zeros / size + 0.5)))
+        k = _apportion(desired, capacity, wanted)
     else:
-        k = {n: min(groups[n], int(math.floor(desired[n] + 0.5))) for n in pool}
+        k = _nearest_in_groups(desired, capacity, gsize, zeros)
     return {n: (k[n] / groups[n] if n in k else 0.0) for n in shapes}
+
+
+def _nearest_in_groups(
+    desired: Mapping[str, float], groups: Mapping[str, int], gsize: Mapping[str, int], zeros: int
+) -> dict[str, int]:
+    """Whole groups per layer near ``desired`` whose parameters total near ``zeros``.
+
+    Groups of different sizes make the exact total a subset-sum problem; this floors every
+    layer, then adds one group at a time, largest fractional part first, while that brings
+    the total closer to the target.
+    """
+    k = {n: min(groups[n], math.floor(desired[n])) for n in desired}
+    order = sorted(desired, key=lambda n: -(desired[n] - math.floor(desired[n])))
+    improved = True
+    while improved:
+        improved = False
+        for n in order:
+            missing = zeros - sum(k[m] * gsize[m] for m in k)
+            if k[n] < groups[n] and abs(missing - gsize[n]) < abs(missing):
+                k[n] += 1
+                improved = True
+    return k
 
 
 def _check_names(shapes: Mapping[str, Shape], dense: set[str]) -> None:

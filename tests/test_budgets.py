@@ -130,3 +130,26 @@ def test_uniform_magnitude_equals_torch_l1_unstructured():
         assert torch.equal(
             sl.masks.get_mask(ours, f"{i}.weight").bool(), theirs[i].weight_mask.bool()
         )
+
+
+def test_structured_budgets_take_the_nearest_total_of_whole_groups():
+    shapes = {"a": (7, 100), "b": (7, 100), "c": (7, 100)}
+    for sparsity in [0.07, 0.3, 0.5, 0.8]:
+        plan = budgets.allocate("uniform", shapes, sparsity, pattern=Channel())
+        pruned_groups = sum(round(plan[n] * 7) for n in shapes)
+        assert pruned_groups == math.floor(sparsity * 21 + 0.5)  # 100 weights per group
+
+
+def test_structured_rounding_never_empties_a_layer_the_budget_keeps_alive():
+    shapes = {"a": (7, 100), "b": (7, 100), "c": (7, 100)}
+    plan = budgets.allocate("uniform", shapes, 0.9, pattern=Channel())
+    assert all(plan[n] < 1 for n in shapes)
+
+
+def test_unequal_group_sizes_get_close_to_the_target():
+    shapes = {"a": (7, 100), "b": (5, 30), "c": (9, 64)}
+    total = 700 + 150 + 576
+    for sparsity in [0.3, 0.5, 0.8]:
+        plan = budgets.allocate("erk", shapes, sparsity, pattern=Channel())
+        zeros_got = sum(round(plan[n] * s[0]) * s[1] for n, s in shapes.items())
+        assert abs(zeros_got - sparsity * total) <= 100  # within the largest group size

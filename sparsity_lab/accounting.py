@@ -3,8 +3,8 @@
 FLOPs count the multiply-adds of each layer's weight as 2 operations per example: a dense
 layer does ``2 * weight.numel() * positions`` and a masked one ``2 * nonzeros * positions``,
 where ``positions`` is the number of places the weight is applied (1 for a Linear on a
-vector, the output length or area for a Conv).  Biases, activations and attention's
-score products are not counted.
+vector, the output length or area for a Conv).  A bias, when reported, counts one add per
+element and position.  Activations and attention's score products are not counted.
 """
 
 from __future__ import annotations
@@ -34,17 +34,20 @@ def make_example_input(model: nn.Module) -> torch.Tensor:
 
 
 def positions(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> dict[str, int]:
-    """For each weight name, how many times per example its layer applies the weight."""
+    """For each tensor name, how many times per example its layer applies the tensor."""
     found: dict[str, int] = {}
     handles = []
-    wanted = {n.rpartition(".")[0]: n for n in names}
+    wanted: dict[str, list[str]] = {}
+    for n in names:
+        wanted.setdefault(n.rpartition(".")[0], []).append(n)
     for path, module in model.named_modules():
         if path in wanted:
 
-            def hook(mod, inp, out, name=wanted[path]):
+            def hook(mod, inp, out, tensor_names=tuple(wanted[path])):
                 conv = isinstance(mod, nn.modules.conv._ConvNd)
                 channels = out.shape[1] if conv else out.shape[-1]
-                found[name] = out.numel() // (out.shape[0] * channels)
+                for name in tensor_names:
+                    found[name] = out.numel() // (out.shape[0] * channels)
 
             handles.append(module.register_forward_hook(hook))
     was_training = model.training
@@ -57,6 +60,13 @@ def positions(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> dict[s
         for h in handles:
             h.remove()
     return found
+
+
+def _flops(numel: int, ndim: int, positions: int | None) -> float:
+    # A weight does a multiply and an add per element and position; a bias only an add.
+    if positions is None:
+        return float("nan")
+    return (2 if ndim > 1 else 1) * numel * positions
 
 
 def report(
@@ -91,8 +101,8 @@ def report(
                 "parameters": w.numel(),
                 "nonzeros": nnz,
                 "sparsity": 1 - nnz / w.numel(),
-                "dense_flops": 2 * w.numel() * p if p is not None else float("nan"),
-                "sparse_flops": 2 * nnz * p if p is not None else float("nan"),
+                "dense_flops": _flops(w.numel(), w.dim(), p),
+                "sparse_flops": _flops(nnz, w.dim(), p),
             }
         )
     df = pd.DataFrame(rows, columns=COLUMNS)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
+from numbers import Real
 from typing import ClassVar
 
 import torch
@@ -33,12 +35,16 @@ def count(sparsity: float, n: int) -> int:
     """
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"a layer's sparsity must be in [0, 1], got {sparsity!r}")
-    return min(n, int(math.floor(sparsity * n + 0.5)))
+    # Exact decimal arithmetic: 0.145 * 100 is 14.4999... in binary floating point.
+    return min(n, math.floor(Fraction(repr(float(sparsity))) * n + Fraction(1, 2)))
 
 
 def check_sparsity(sparsity: float) -> None:
     """Raise a ValueError unless ``0 <= sparsity < 1``."""
-    if not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
+    is_scalar_tensor = torch.is_tensor(sparsity) and sparsity.numel() == 1
+    if isinstance(sparsity, bool) or not (isinstance(sparsity, Real) or is_scalar_tensor):
+        raise TypeError(f"sparsity must be a number in [0, 1), got {type(sparsity).__name__}")
+    if not 0.0 <= float(sparsity) < 1.0:
         raise ValueError(
             f"sparsity must be in [0, 1), got {sparsity!r}; it is the fraction of zeros, "
             f"e.g. 0.9 keeps 10% of the weights"

@@ -48,3 +48,11 @@ def test_report_with_explicit_input_and_sequence_positions():
     df = sl.report(model, example_input=torch.zeros(5, 7, 8))
     # a Linear applied to each of 7 positions of one example
     assert df.loc[0, "dense_flops"] == 2 * 24 * 7
+
+
+def test_weight_and_bias_of_one_layer_both_get_flops():
+    model = Net()
+    df = sl.report(model, names=["conv.weight", "conv.bias", "fc.weight"]).set_index("name")
+    assert df.loc["conv.weight", "dense_flops"] == 2 * 72 * 16
+    assert df.loc["conv.bias", "dense_flops"] == 4 * 16  # one add per channel and position
+    assert df.loc["total", "dense_flops"] == 2 * 72 * 16 + 4 * 16 + 640

@@ -165,3 +165,14 @@ def test_pattern_specs(spec, expected):
 def test_unknown_pattern_lists_choices():
     with pytest.raises(ValueError, match="unknown pattern 'chanel'.*channel"):
         patterns.get("chanel")
+
+
+def test_sparsity_may_be_any_real_scalar_and_rounds_half_up_exactly():
+    s = scores((100,))
+    assert int((~Unstructured().mask(s, np.float32(0.5))).sum()) == 50
+    assert int((~Unstructured().mask(s, torch.tensor(0.25))).sum()) == 25
+    assert patterns.count(0.145, 100) == 15  # 14.5 rounds up, despite binary floating point
+    with pytest.raises(TypeError, match="must be a number"):
+        Unstructured().mask(s, "0.5")
+    with pytest.raises(TypeError, match="must be a number"):
+        Unstructured().mask(s, True)

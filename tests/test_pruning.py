@@ -159,3 +159,14 @@ def test_unknown_options_name_what_the_criterion_accepts():
         TypeError, match="unknown option.*pattren.*prune\\(\\) itself takes pattern"
     ):
         sl.prune(SmallCNN(), "magnitude", 0.5, pattren="channel")
+
+
+@pytest.mark.parametrize("pattern", ["channel", "input", "block:4x4", "unstructured"])
+def test_structured_pruning_can_be_repeated(pattern):
+    exclude = ["conv1.weight"] if pattern.startswith("block") else []
+    model = sl.prune(SmallCNN(), "magnitude", 0.3, pattern=pattern, exclude=exclude)
+    first = {n: m.clone() for n, m in sl.masks.masks(model).items()}
+    sl.prune(model, "magnitude", 0.6, pattern=pattern, exclude=exclude)
+    for n, m in sl.masks.masks(model).items():
+        assert torch.all(m <= first[n]), n
+    assert sl.sparsity(model, list(first)) > 0.5

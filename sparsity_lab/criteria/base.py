@@ -138,7 +138,7 @@ class Criterion:
             if priors[n] is not None:
                 # Masks only shrink, even where a new budget plans fewer zeros for a layer
                 # than it already has (the total may then exceed the target).
-                keep &= priors[n].bool()
+                keep = keep & priors[n].bool()  # out of place: keep may be a broadcast view
             new_masks[n] = keep
         self.update_weights(model, new_masks, context)
         for n, keep in new_masks.items():

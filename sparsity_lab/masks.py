@@ -132,6 +132,7 @@ def attach(
             f"'fc1.weight' (see model.named_parameters())"
         )
     mask = _check_mask(mask, param, name)
+    _own_class(module)
     if not dense_grad:
         with torch.no_grad():
             param.mul_(mask)
@@ -226,6 +227,7 @@ def remove(
         if not restore_dense:
             with torch.no_grad():
                 module.parametrizations[tensor_name].original.mul_(holder.mask)
+        _own_class(module)
         parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=False)
     return model
 
@@ -332,6 +334,15 @@ def _reduce_masked(self: nn.Module, protocol: int):  # noqa: ANN202
         state["_parameters"][tensor_name] = plist.original
         saved[tensor_name] = (holder.mask, holder.dense_grad)
     return (_rebuild_masked, (plain_cls, state, saved))
+
+
+def _own_class(module: nn.Module) -> None:
+    # parametrize adds and deletes properties on the module's generated class, and a deep
+    # copy shares that class with its source; give a parametrized module a class of its
+    # own before changing it, so that its copies are not changed too.
+    cls = type(module)
+    if parametrize.is_parametrized(module):
+        module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
 
 
 def _make_picklable(module: nn.Module) -> None:

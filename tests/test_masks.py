@@ -291,3 +291,17 @@ def test_regrown_entries_start_at_zero_after_optimizer_steps(opt_name):
     assert torch.any(stored[applied == 0] != 0)  # optimizer state did move the stored values
     masks.set_mask(model, "0.weight", torch.ones(8, 6))
     assert torch.all(model[0].weight[applied == 0] == 0)  # ...but regrowth starts at zero
+
+
+def test_changing_a_deep_copy_leaves_the_source_model_working():
+    model, _ = masked_mlp()
+    x, _ = batch()
+    before = model(x)
+    clone = copy.deepcopy(model)
+    masks.remove(clone)  # would delete the shared class's property without care
+    assert torch.equal(model(x), before)
+    clone2 = copy.deepcopy(model)
+    masks.attach(clone2, "0.bias", torch.ones(8))  # a second masked tensor on the copy only
+    assert torch.equal(model(x), before)
+    assert not masks.is_masked(model, "0.bias")
+    assert torch.equal(clone2(x), before)

@@ -2,8 +2,15 @@
 
 A pattern splits a weight tensor into groups of elements that are kept or removed together:
 single weights (``unstructured``), N:M groups (``nm``), r x c tiles (``block``), output units
-(``channel``) or input units (``input``).  Given element scores (higher = more important) it
-reduces them to one score per group and keeps the best groups.
+(``channel``), input units (``input``), convolution kernels (``kernel``), attention heads
+(``head``), whole layers (``layer``) or embedding rows (``embedding``).  Given element scores
+(higher = more important) it reduces them to one score per group and keeps the best groups.
+
+A pattern that does not fit a tensor raises a ValueError naming it; it never skips it.
+:func:`misfits` lists, for a whole model, which layers a pattern does not fit and why, so
+that a caller can keep those dense on purpose (``prune(..., dense=...)``).  Patterns act on
+one tensor at a time; heads, residual blocks and residual channel groups span several
+tensors, and :func:`sparsity_lab.shrink.prune_coupled` prunes those together.
 
 Counting is exact: for a sparsity ``s`` a pattern with ``G`` groups prunes exactly
 ``round(s * G)`` groups (``round`` half up), so ``unstructured`` zeroes exactly
@@ -15,16 +22,19 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from fractions import Fraction
 from numbers import Real
 from typing import ClassVar
 
 import torch
+from torch import nn
 
-from . import registry
+from . import masks, registry
 from .registry import register
 
 REDUCTIONS = ("l1", "l2", "sum", "max")
+_LAYER_NAMES = {nn.modules.conv._ConvNd: "Conv"}
 
 
 def count(sparsity: float, n: int) -> int:
@@ -78,15 +88,41 @@ def reduce_groups(grouped: torch.Tensor, reduction: str) -> torch.Tensor:
     raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
 
 
+def per_element(reduction: str, n: int) -> float:
+    """Divisor that turns a ``reduction`` over ``n`` elements into a per-element score.
+
+    ``l1`` and ``sum`` become means, ``l2`` the root mean square, ``max`` stays; groups of
+    different sizes (whole layers, residual blocks) can then be compared.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    n = max(1, n)
+    return {"l1": n, "sum": n, "l2": math.sqrt(n), "max": 1.0}[reduction]
+
+
 class Pattern:
     """Base class.  Subclasses say how a tensor splits into groups (``_grouped``/``expand``)."""
 
     name: ClassVar[str] = "pattern"
     #: Sparsity a pattern imposes on every layer by itself (N:M), or None.
     fixed_sparsity: float | None = None
+    #: Layer types the pattern makes sense for (checked by :func:`misfits`); None: any.
+    layers: ClassVar[tuple[type[nn.Module], ...] | None] = None
 
     def validate(self, shape: torch.Size | tuple[int, ...], name: str = "tensor") -> None:
         """Raise a ValueError naming ``name`` if this pattern cannot apply to ``shape``."""
+
+    def check_layer(self, model: nn.Module, name: str) -> None:
+        """Raise a ValueError naming ``name`` if its layer in ``model`` is not one this
+        pattern makes sense for (:attr:`layers`), or if its shape does not fit."""
+        layer = _layer_of(model, name)
+        if self.layers is not None and not isinstance(layer, self.layers):
+            kinds = " or ".join(_LAYER_NAMES.get(t, t.__name__) for t in self.layers)
+            raise ValueError(
+                f"{self!r} applies to {kinds} layers, but {name} belongs to a "
+                f"{type(layer).__name__}; exclude it or keep it dense"
+            )
+        self.validate(tuple(masks.weight(model, name).shape), name)
 
     def n_groups(self, shape: tuple[int, ...]) -> int:
         """Number of groups in a tensor of ``shape``."""
@@ -259,6 +295,7 @@ class NM(Pattern):
     """
 
     name = "nm"
+    layers = (nn.Linear, nn.modules.conv._ConvNd)
 
     def __init__(self, n: int = 2, m: int = 4) -> None:
         if not 0 < n < m:
@@ -314,11 +351,229 @@ class NM(Pattern):
         return f"NM({self.n}, {self.m})"
 
 
+@register("pattern", "kernel")
+class Kernel(Pattern):
+    """Convolution kernels (Mao et al. 2017): the ``k`` (Conv1d) or ``kh x kw`` (Conv2d)
+    weights that connect one input channel to one output channel, kept or removed whole.
+
+    Groups: ``G[o, i] = W[o, i, ...]``, ``out * in`` of them with ``prod(kernel)`` weights
+    each; a kernel's score is the reduction of its element scores.  Applies to Conv1d and
+    Conv2d; Linear and Embedding weights have no kernels, and the pattern refuses them.
+    """
+
+    name = "kernel"
+    layers = (nn.modules.conv._ConvNd,)
+
+    def validate(self, shape, name="tensor"):  # noqa: D102
+        if len(shape) < 3:
+            raise ValueError(
+                f"kernel pattern prunes the kernels of a convolution (weight of shape "
+                f"(out, in, *kernel)), but {name} has shape {tuple(shape)}, which has no "
+                f"kernel dimensions; exclude it (or keep it dense) or use pattern='unstructured'"
+            )
+
+    def group_size(self, shape):  # noqa: D102
+        return math.prod(shape[2:])
+
+    def _grouped(self, x):
+        return x.reshape(x.shape[0] * x.shape[1], -1)
+
+    def expand(self, keep_groups, shape):  # noqa: D102
+        view = tuple(shape[:2]) + (1,) * (len(shape) - 2)
+        return keep_groups.reshape(view).expand(shape).clone()
+
+
+@register("pattern", "head")
+class Head(Pattern):
+    """Attention heads (Michel et al. 2019): the slice of a projection that belongs to a head.
+
+    Groups: with ``n_heads`` heads of size ``d = rows / n_heads``, head ``h`` owns rows
+    ``h*d : (h+1)*d`` of the q, k and v projections (``axis="out"``, the default) and the same
+    columns of the output projection (``axis="in"``), as in
+    :class:`~sparsity_lab.models.MultiHeadSelfAttention`.  Specs: ``"head:4"`` (rows),
+    ``"head:4:in"`` (columns).  Applies to the Linear projections of an attention layer.
+    On one tensor this prunes that tensor's slices of the heads;
+    :func:`sparsity_lab.shrink.prune_coupled` with ``"head"`` removes a head from q, k, v and
+    out together, which is what :func:`~sparsity_lab.shrink.shrink` removes physically.
+    """
+
+    name = "head"
+    layers = (nn.Linear,)
+
+    def __init__(self, n_heads: int, axis: str = "out") -> None:
+        if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1:
+            raise ValueError(f"n_heads must be a positive integer, got {n_heads!r}")
+        if axis not in ("out", "in"):
+            raise ValueError(
+                f"axis must be 'out' (rows of q, k, v) or 'in' (columns of the output "
+                f"projection), got {axis!r}"
+            )
+        self.n_heads, self.axis = n_heads, axis
+
+    @property
+    def _dim(self) -> int:
+        return 0 if self.axis == "out" else 1
+
+    def validate(self, shape, name="tensor"):  # noqa: D102
+        if len(shape) != 2:
+            raise ValueError(
+                f"head pattern prunes attention projections (Linear weights), but {name} has "
+                f"shape {tuple(shape)}; exclude it or use another pattern"
+            )
+        size = shape[self._dim]
+        if size % self.n_heads:
+            what = "rows (outputs)" if self.axis == "out" else "columns (inputs)"
+            raise ValueError(
+                f"{name} has {size} {what}, which do not split into {self.n_heads} heads; "
+                f"pass the model's number of heads (e.g. 'head:{self.n_heads}') and only "
+                f"attention projections as targets"
+            )
+
+    def n_groups(self, shape):  # noqa: D102
+        return self.n_heads
+
+    def group_size(self, shape):  # noqa: D102
+        return math.prod(shape) // self.n_heads
+
+    def _grouped(self, x):
+        rows, cols = x.shape
+        if self.axis == "out":
+            return x.reshape(self.n_heads, -1)
+        return (
+            x.reshape(rows, self.n_heads, cols // self.n_heads)
+            .transpose(0, 1)
+            .reshape(self.n_heads, -1)
+        )
+
+    def expand(self, keep_groups, shape):  # noqa: D102
+        per_head = keep_groups.repeat_interleave(shape[self._dim] // self.n_heads)
+        view = (-1, 1) if self.axis == "out" else (1, -1)
+        return per_head.reshape(view).expand(shape).clone()
+
+    def check_layer(self, model, name):  # noqa: D102
+        path = name.rpartition(".")[0]
+        parent_path, _, role = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        heads = getattr(parent, "n_heads", None)
+        roles = ("q", "k", "v") if self.axis == "out" else ("out",)
+        if heads is None or role not in roles:
+            where = "q, k or v projection" if self.axis == "out" else "output projection"
+            raise ValueError(
+                f"{self!r} prunes the {where} of an attention layer (a module with n_heads), "
+                f"but {name} is not one; exclude it, or use Head(n, 'in') for 'out' and "
+                f"Head(n) for q, k and v"
+            )
+        if heads != self.n_heads:
+            raise ValueError(
+                f"{name} belongs to an attention layer with {heads} heads, not "
+                f"{self.n_heads}; use 'head:{heads}'"
+            )
+        super().check_layer(model, name)
+
+    def __repr__(self) -> str:
+        return f"Head({self.n_heads})" if self.axis == "out" else f"Head({self.n_heads}, 'in')"
+
+
+@register("pattern", "layer")
+class Layer(Pattern):
+    """Whole layers: the tensor is one group, kept or zeroed whole (a gate on the layer).
+
+    Groups: ``G = W``, one per tensor; applies to any layer.  Zeroing every weight of a
+    residual branch closes the gate of that block: the block then computes its shortcut
+    plus a constant, and :func:`sparsity_lab.shrink.shrink` replaces it (as in LayerDrop,
+    Fan et al. 2020, applied for good).  :func:`sparsity_lab.shrink.prune_coupled` with
+    ``"layer"`` closes whole blocks; with :func:`~sparsity_lab.pruning.prune` each target
+    tensor is its own gate.
+
+    Layers differ in size, so a layer's score is per element: mean ``|s|`` for ``l1``, the
+    root mean square for ``l2``, the mean for ``sum``, the maximum for ``max``; otherwise a
+    norm would always pick the smallest layer first.
+    """
+
+    name = "layer"
+
+    def group_size(self, shape):  # noqa: D102
+        return math.prod(shape)
+
+    def _grouped(self, x):
+        return x.reshape(1, -1)
+
+    def expand(self, keep_groups, shape):  # noqa: D102
+        return keep_groups.reshape((1,) * len(shape)).expand(shape).clone()
+
+    def group_scores(self, scores, reduction="l1", prior=None):  # noqa: D102
+        g = super().group_scores(scores, reduction, prior)
+        return g / per_element(reduction, scores.numel())
+
+
+@register("pattern", "embedding")
+class EmbeddingRows(Pattern):
+    """Embedding rows: the vector of one token, kept or removed whole (survey, Hoefler et
+    al. 2021, section 3.1): the vocabulary shrinks and a pruned token embeds to zero.
+
+    Groups: ``G[t] = E[t, :]``, one per row of a ``(num_embeddings, dim)`` table.  Only
+    ``nn.Embedding`` weights make sense here (:func:`misfits` checks the layer type; on
+    a bare shape any 2-D table is accepted, and for a Linear weight this grouping is
+    ``channel``).
+    """
+
+    name = "embedding"
+    layers = (nn.Embedding,)
+
+    def validate(self, shape, name="tensor"):  # noqa: D102
+        if len(shape) != 2:
+            raise ValueError(
+                f"embedding pattern prunes rows of an embedding table (num_embeddings, dim), "
+                f"but {name} has shape {tuple(shape)}; target the nn.Embedding weights (e.g. "
+                f"'tok_emb.weight') or use another pattern"
+            )
+
+    def group_size(self, shape):  # noqa: D102
+        return shape[1]
+
+    def _grouped(self, x):
+        return x.reshape(x.shape[0], -1)
+
+    def expand(self, keep_groups, shape):  # noqa: D102
+        return keep_groups.reshape(-1, 1).expand(shape).clone()
+
+
+def _layer_of(model: nn.Module, name: str) -> nn.Module:
+    path = name.rpartition(".")[0]
+    return model.get_submodule(path) if path else model
+
+
+def misfits(
+    model: nn.Module, pattern: str | Pattern, names: Iterable[str] | None = None
+) -> dict[str, str]:
+    """``{name: reason}`` for the tensors of ``model`` that ``pattern`` does not fit.
+
+    A tensor misfits when its layer type is not one the pattern makes sense for (a kernel
+    needs a convolution, an embedding row an ``nn.Embedding``) or when its shape cannot be
+    grouped (:meth:`Pattern.validate`).  ``names`` defaults to every Linear/Conv weight.
+    Pass the result as ``dense=`` (counted, kept dense) or ``exclude=`` to
+    :func:`~sparsity_lab.pruning.prune` to decide explicitly what happens to those layers.
+    """
+    from .pruning import default_targets  # pruning imports criteria, which import us
+
+    pat = get(pattern)
+    names = default_targets(model) if names is None else list(names)
+    found: dict[str, str] = {}
+    for n in names:
+        try:
+            pat.check_layer(model, n)
+        except ValueError as err:
+            found[n] = str(err)
+    return found
+
+
 def get(spec: str | Pattern) -> Pattern:
     """A pattern from an instance or a spec string.
 
     Specs: ``"unstructured"``, ``"channel"``, ``"input"``, ``"nm"`` (2:4), ``"2:4"`` or
-    ``"nm:2:4"``, ``"block"`` (4x4), ``"block:8x1"``.
+    ``"nm:2:4"``, ``"block"`` (4x4), ``"block:8x1"``, ``"kernel"``, ``"head:4"`` (rows of
+    q, k, v) or ``"head:4:in"`` (columns of the output projection), ``"layer"``,
+    ``"embedding"``.
     """
     if isinstance(spec, Pattern):
         return spec
@@ -327,6 +582,13 @@ def get(spec: str | Pattern) -> Pattern:
         return NM(int(match[1]), int(match[2]))
     if match := re.fullmatch(r"block:(\d+)x(\d+)", text):
         return Block(int(match[1]), int(match[2]))
+    if match := re.fullmatch(r"head:(\d+)(?::(in|out))?", text):
+        return Head(int(match[1]), match[2] or "out")
+    if text == "head":
+        raise ValueError(
+            "the head pattern needs the number of heads: use 'head:4' (rows of q, k, v) or "
+            "'head:4:in' (columns of the output projection), or Head(4)"
+        )
     try:
         cls = registry.get(text, "pattern")
     except KeyError as err:

@@ -1,0 +1,269 @@
+"""Granularity of sparsity: accuracy of each pattern at equal sparsity, and shrink's speed.
+
+**Accuracy.**  For LeNet-300-100 (flat MNIST) and the small CNN (LeNet-5 on 28x28 MNIST
+images), over ``--seeds`` seeds: train dense, then for each pattern (unstructured, N:M,
+4x4 blocks, channels, inputs) and each sparsity (50, 75, 90%) prune a copy by magnitude
+with the uniform budget, fine-tune it for the same number of epochs and measure test
+accuracy.  The classifier and the layers a pattern does not fit stay dense but count in
+the sparsity (so every pattern removes the same number of weights), except N:M, whose
+sparsity is fixed by N and M: 2:4 at 50%, 1:4 at 75%, and no M that divides every
+layer's input size reaches 90% (reported as not reachable).
+
+**Speed.**  Each model pruned to 50% of its channels by :func:`sparsity_lab.shrink.
+prune_coupled`, then shrunk; the inference time of one batch is measured for the dense,
+masked and shrunk models, interleaved in every round (machine noise hits them alike), and
+the median over ``--rounds`` rounds is reported.  The ideal speedup is the ratio of the
+weight FLOPs the masked model computes (densely) to those of the shrunk one.
+
+What to expect: at equal sparsity unstructured >= N:M >= block >= channel in accuracy;
+the shrunk model runs at >= 0.7 x the ideal speedup over the masked model.
+
+    python benchmarks/granularity.py [--seeds 3] [--epochs 10] [--finetune-epochs 2]
+                                     [--rounds 15] [--threads 1] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+import sparsity_lab as sl
+from sparsity_lab import patterns, recipes, shrink
+
+RESULTS = Path(__file__).parent / "results"
+PATTERNS = ["unstructured", "nm", "block:4x4", "channel", "input"]
+SPARSITIES = [0.5, 0.75, 0.9]
+CLASSIFIER = {"lenet300": "fc3.weight", "lenet5": "fc3.weight"}
+EXPECTED_ORDER = ["unstructured", "nm", "block:4x4", "channel"]
+
+
+def spec(pattern: str, sparsity: float) -> str | None:
+    """The pattern to use at ``sparsity``: N:M with M = 4 keeps N = (1 - s) * 4 of 4."""
+    if pattern != "nm":
+        return pattern
+    n = (1 - sparsity) * 4
+    return f"{round(n)}:4" if abs(n - round(n)) < 1e-9 and round(n) >= 1 else None
+
+
+def prune_with(model, model_name, pattern, sparsity):
+    """Keyword arguments of ``prune`` for one pattern at one sparsity (the shared protocol)."""
+    pat = patterns.get(pattern)
+    dense = [CLASSIFIER[model_name], *patterns.misfits(model, pat)]
+    fixed = pat.fixed_sparsity is not None
+    return {
+        "sparsity": None if fixed else sparsity,
+        "pattern": pat,
+        "budget": "uniform",
+        "dense": list(dict.fromkeys(dense)),
+    }
+
+
+def accuracy_runs(models_, seeds, epochs, finetune_epochs, n_train):
+    rows = []
+    for model_name in models_:
+        for seed in seeds:
+            task = recipes.task(model_name, "mnist", seed=seed, n_train=n_train)
+            dense, info = recipes.train_dense(task, epochs=epochs, progress=False)
+            for pattern in PATTERNS:
+                for sparsity in SPARSITIES:
+                    chosen = spec(pattern, sparsity)
+                    row = {"model": model_name, "seed": seed, "pattern": pattern}
+                    row |= {"sparsity": sparsity, "dense_accuracy": info["test_accuracy"]}
+                    if chosen is None:
+                        rows.append({**row, "test_accuracy": None, "note": "not reachable"})
+                        continue
+                    model = copy.deepcopy(dense)
+                    options = prune_with(model, model_name, chosen, sparsity)
+                    result = recipes.prune_and_finetune(
+                        model,
+                        task,
+                        "magnitude",
+                        options.pop("sparsity"),
+                        finetune_epochs=finetune_epochs,
+                        progress=False,
+                        **options,
+                    )
+                    change = result["test_accuracy"] - info["test_accuracy"]
+                    rows.append({**row, **result, "spec": chosen, "change": change})
+                    print(
+                        f"{model_name} seed {seed} {chosen:>12} at {sparsity:.0%}: "
+                        f"test {result['test_accuracy']:.4f} "
+                        f"(measured sparsity {result['measured_sparsity']:.3f})"
+                    )
+    return rows
+
+
+def summarize_accuracy(rows):
+    table = {}
+    for r in rows:
+        if r.get("test_accuracy") is None:
+            continue
+        table.setdefault((r["model"], r["pattern"], r["sparsity"]), []).append(r["test_accuracy"])
+    summary = []
+    for (m, p, s), values in sorted(table.items()):
+        spread = statistics.stdev(values) if len(values) > 1 else None
+        summary.append(
+            {
+                "model": m,
+                "pattern": p,
+                "sparsity": s,
+                "mean": statistics.fmean(values),
+                "std": spread,
+                "n": len(values),
+            }
+        )
+    order = []
+    for m in sorted({s["model"] for s in summary}):
+        for sp in SPARSITIES:
+            means = {
+                s["pattern"]: s["mean"]
+                for s in summary
+                if s["model"] == m and s["sparsity"] == sp and s["pattern"] in EXPECTED_ORDER
+            }
+            chain = [p for p in EXPECTED_ORDER if p in means]
+            holds = all(means[a] >= means[b] for a, b in zip(chain, chain[1:], strict=False))
+            order.append({"model": m, "sparsity": sp, "order": chain, "holds": holds})
+    return summary, order
+
+
+def timing(model_name, input_shape, batch, rounds, options=None):
+    torch.manual_seed(0)
+    dense = sl.models.build(model_name, input_shape=input_shape, n_classes=10, **(options or {}))
+    masked = copy.deepcopy(dense)
+    shrink.prune_coupled(masked, "channel", 0.5)
+    small = shrink.shrink(masked)
+    runs = {"dense": dense.eval(), "masked": masked.eval(), "shrunk": small.eval()}
+    x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(1))
+    samples = {k: [] for k in runs}
+    with torch.no_grad():
+        for m in runs.values():  # warm-up
+            m(x)
+        for _ in range(rounds):
+            for k, m in runs.items():
+                start = time.perf_counter()
+                m(x)
+                samples[k].append(time.perf_counter() - start)
+        diff = float((runs["masked"](x) - runs["shrunk"](x)).abs().max())
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    # what each model computes when run densely, as all three are here
+    flops = {k: float(sl.report(m).iloc[-1]["dense_flops"]) for k, m in runs.items()}
+    params = {k: sum(p.numel() for p in m.parameters()) for k, m in runs.items()}
+    ideal = flops["masked"] / flops["shrunk"]
+    speedup = med["masked"] / med["shrunk"]
+    label = model_name + (f" {options}" if options else "")
+    return {
+        "model": label,
+        "batch": batch,
+        "median_ms": {k: 1e3 * v for k, v in med.items()},
+        "weight_flops": flops,
+        "parameters": params,
+        "ideal_speedup": ideal,
+        "speedup_vs_masked": speedup,
+        "speedup_vs_dense": med["dense"] / med["shrunk"],
+        "fraction_of_ideal": speedup / ideal,
+        "meets_target": speedup >= 0.7 * ideal,
+        "max_abs_diff": diff,
+    }
+
+
+def figure(rows, speed, path):
+    models_ = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(1, len(models_) + 1, figsize=(5 * (len(models_) + 1), 4))
+    df = pd.DataFrame([r for r in rows if r.get("test_accuracy") is not None])
+    for ax, m in zip(axes, models_, strict=False):
+        # paired with each seed's own dense model, so the dense models' spread cancels
+        part = df[df["model"] == m]
+        sl.viz.sparsity_curve(part, x="sparsity", y="change", hue="pattern", ax=ax, baseline=0.0)
+        ax.set_ylabel("test accuracy - dense (mean, 95% CI)")
+        ax.set_title(f"{m}: accuracy after equal fine-tuning")
+    ax = axes[-1]
+    labels = [s["model"] for s in speed]
+    xs = range(len(speed))
+    ax.bar([x - 0.2 for x in xs], [s["ideal_speedup"] for s in speed], 0.4, label="ideal (FLOPs)")
+    ax.bar([x + 0.2 for x in xs], [s["speedup_vs_masked"] for s in speed], 0.4, label="measured")
+    ax.set_xticks(list(xs), labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("speedup of shrunk over masked")
+    ax.set_title("50% of channels removed")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--n-train", type=int, default=4000)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="one seed, tiny runs: a check")
+    parser.add_argument("--out", default=str(RESULTS / "granularity.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.seeds, args.epochs, args.finetune_epochs, args.n_train = 1, 1, 1, 500
+        args.rounds = 3
+    started = time.time()
+    rows = accuracy_runs(
+        ["lenet300", "lenet5"], range(args.seeds), args.epochs, args.finetune_epochs, args.n_train
+    )
+    summary, order = summarize_accuracy(rows)
+    speed = [
+        timing("lenet300", (784,), args.batch, args.rounds),
+        timing("lenet5", (1, 28, 28), args.batch, args.rounds),
+        timing("resnet_small", (1, 28, 28), args.batch, args.rounds),
+        timing("resnet_small", (1, 28, 28), args.batch, args.rounds, {"widths": (32, 64, 128)}),
+    ]
+    for s in summary:
+        spread = f" ± {s['std']:.4f}" if s["std"] is not None else ""
+        print(f"{s['model']:>9} {s['pattern']:>12} {s['sparsity']:.0%}: {s['mean']:.4f}{spread}")
+    for o in order:
+        print(
+            f"{o['model']:>9} at {o['sparsity']:.0%}: {' >= '.join(o['order'])} holds: {o['holds']}"
+        )
+    for s in speed:
+        ms = s["median_ms"]
+        print(
+            f"{s['model']:>40}: dense {ms['dense']:.2f} ms, masked {ms['masked']:.2f} ms, "
+            f"shrunk {ms['shrunk']:.2f} ms; speedup {s['speedup_vs_masked']:.2f}x of ideal "
+            f"{s['ideal_speedup']:.2f}x ({s['fraction_of_ideal']:.2f}); max diff "
+            f"{s['max_abs_diff']:.1e}"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "granularity",
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+        "finetune_epochs": args.finetune_epochs,
+        "n_train": args.n_train,
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "seconds": round(time.time() - started, 1),
+        "accuracy_runs": rows,
+        "accuracy": summary,
+        "expected_order": order,
+        "speed": speed,
+        "target": "accuracy: unstructured >= nm >= block >= channel; speed >= 0.7 x ideal",
+    }
+    out.write_text(json.dumps(report, indent=2, default=str))
+    figure(rows, speed, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1018 @@
+"""Physical removal: turn channel, input, head and layer masks into a smaller dense model.
+
+A mask only multiplies weights by zero; the model still computes (and stores) every zero.
+:func:`shrink` builds a new, smaller dense model that computes the same function: removed
+output units take their rows out of the layer that writes them, their columns out of the
+layers that read them and their entries out of the BatchNorm that follows; removed
+attention heads leave q, k, v and the output projection; a residual block whose branch is
+entirely gone keeps only its shortcut.  :func:`prune_coupled` chooses such groups
+(channels of a residual group, heads, blocks) together, so that they can be removed.
+
+**How shrink knows the structure: explicit per-model knowledge, not torch.fx.**  Removing a
+channel is only correct if *every* layer that reads it is known, so the structure must be
+complete.  The bundled models are few and hand-written, and :func:`structure` writes each
+one's coupled groups out like a diagram of the network, which is easy to check against the
+model's ``forward``.  torch.fx would need special cases anyway (it cannot trace the tiny
+transformer as written: its attention unpacks ``x.shape``) and its graphs are harder to
+read.  An ``nn.Sequential`` of Linear, Conv1d/Conv2d, BatchNorm, element-wise activations,
+pooling and Flatten is handled generically.  Any other model, or a bundled model whose
+layers were swapped, fails with an error that names the class or the layer.
+
+The structure has three kinds of groups:
+
+* a :class:`Space` is a set of channels shared by the layers that *write* them (rows of a
+  Linear/Conv weight and its bias; BatchNorm entries) and the layers that *read* them
+  (columns of a weight; ``repeat`` columns per channel after a flatten).  A residual group
+  is one space with several writers: the stem and every block that adds into the stream;
+* :class:`Heads`: the heads of one attention layer (rows of q, k, v; columns of out);
+* a :class:`Branch`: the residual branch of a block and the space or heads inside it.
+
+Rules:
+
+* a channel goes when *every* writer leaves it dead (zero weight rows) or *every* reader
+  ignores it (zero columns).  In a residual group that is the intersection over all the
+  blocks: one block that still writes the channel keeps it everywhere;
+* a removed channel is not silent: its bias, BatchNorm shift and activation send a value
+  that does not depend on the input.  shrink measures that value on an example batch and
+  folds its contribution into the readers' biases.  After zero padding such a value is no
+  longer constant over space (the borders see less of it), so a convolution then gets a
+  fixed *offset map* added to its output (``OffsetConv2d``): exact for inputs of the
+  example's size, which the bundled models fix;
+* a head goes when its v rows are zero (it then outputs its v bias, whatever it attends to)
+  or its columns of the output projection are zero;
+* a layer never shrinks to zero width: a space keeps at least one channel, except the space
+  inside a residual branch, whose block is then replaced by its shortcut plus the branch's
+  fixed output (layer removal);
+* fixed spaces never shrink: the model's input and output, and the tiny transformer's
+  residual stream (LayerNorm mixes its channels).  Their zeros, and every unstructured,
+  N:M, block, kernel or embedding zero, stay as zeros in the dense tensors.
+
+Exactness holds in eval mode (BatchNorm with its running statistics); shrink checks it on
+the example batch and raises if the outputs differ by more than ``1e-4``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from . import masks, models
+from .patterns import check_sparsity, count, per_element, prune_lowest, reduce_groups
+
+__all__ = [
+    "Space",
+    "Heads",
+    "Branch",
+    "Structure",
+    "structure",
+    "plan",
+    "shrink",
+    "prune_coupled",
+    "OffsetLinear",
+    "OffsetConv1d",
+    "OffsetConv2d",
+]
+
+#: Largest difference between masked and shrunk outputs that shrink accepts.
+TOLERANCE = 1e-4
+
+_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+# Layers that act on each channel separately (or not at all), so channels pass through them.
+_PER_CHANNEL = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Identity,
+    nn.Dropout,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+)
+
+
+# ---------------------------------------------------------------------------------- structure
+
+
+@dataclass
+class Space:
+    """Channels shared by the layers that write them and the layers that read them.
+
+    ``writers``: Linear/Conv paths whose output rows are the channels; ``norms``: BatchNorm
+    paths with one entry per channel; ``readers``: ``(path, repeat)`` for each layer that
+    reads the channels as its inputs, ``repeat`` consecutive columns per channel (after a
+    flatten).  ``fixed`` says why the channels cannot be removed ("" when they can).
+    """
+
+    name: str
+    writers: list[str] = field(default_factory=list)
+    norms: list[str] = field(default_factory=list)
+    readers: list[tuple[str, int]] = field(default_factory=list)
+    fixed: str = ""
+
+
+@dataclass
+class Heads:
+    """The heads of one attention layer at ``path`` (q, k, v and out Linear, ``n_heads``)."""
+
+    path: str
+
+
+@dataclass
+class Branch:
+    """A residual branch of the block at ``path``.
+
+    ``inner`` names the space or heads inside it: when all of those go, the branch computes
+    a fixed tensor, the output of module ``output``.  ``part`` tells the block's branches
+    apart (``"attn"`` and ``"mlp"`` in a transformer block); ``into`` is the space the branch
+    adds into (None when that space is fixed).
+    """
+
+    path: str
+    part: str
+    inner: str
+    output: str
+    into: str | None = None
+
+
+@dataclass
+class Structure:
+    """The coupled groups of a model: spaces, attention heads and residual branches."""
+
+    spaces: list[Space]
+    heads: list[Heads] = field(default_factory=list)
+    branches: list[Branch] = field(default_factory=list)
+
+    def space(self, name: str) -> Space:
+        """The space called ``name``."""
+        for s in self.spaces:
+            if s.name == name:
+                return s
+        raise KeyError(f"no space {name!r}; spaces: {[s.name for s in self.spaces]}")
+
+
+def _chain(
+    layers: list[str],
+    norms: dict[str, str] | None = None,
+    repeats: dict[str, int] | None = None,
+) -> Structure:
+    """A plain chain: each layer's outputs are read by the next layer only."""
+    norms, repeats = norms or {}, repeats or {}
+    spaces = [Space("input", readers=[(layers[0], 1)], fixed="the model's input")]
+    for writer, reader in zip(layers[:-1], layers[1:], strict=True):
+        spaces.append(
+            Space(
+                writer,
+                [writer],
+                [norms[writer]] if writer in norms else [],
+                [(reader, repeats.get(reader, 1))],
+            )
+        )
+    spaces.append(Space("output", [layers[-1]], fixed="the model's output"))
+    return Structure(spaces)
+
+
+def _flatten_repeat(model: nn.Module, conv: str, linear: str) -> int:
+    """Columns per channel of ``linear`` after the flatten of ``conv``'s output."""
+    channels = model.get_submodule(conv).out_channels
+    features = model.get_submodule(linear).in_features
+    if features % channels:
+        raise ValueError(
+            f"layer {linear!r} reads {features} features, not a whole number per channel of "
+            f"{conv!r} ({channels} channels); shrink cannot map its columns to channels"
+        )
+    return features // channels
+
+
+def _plan_lenet300(model: models.LeNet300) -> Structure:
+    return _chain(["fc1", "fc2", "fc3"])
+
+
+def _plan_lenet5(model: models.LeNet5) -> Structure:
+    repeat = _flatten_repeat(model, "conv2", "fc1")
+    return _chain(["conv1", "conv2", "fc1", "fc2", "fc3"], repeats={"fc1": repeat})
+
+
+def _plan_cnn1d(model: models.CNN1d) -> Structure:
+    convs = [f"features.{i}" for i, m in enumerate(model.features) if isinstance(m, nn.Conv1d)]
+    repeat = _flatten_repeat(model, convs[-1], "head")
+    return _chain([*convs, "head"], repeats={"head": repeat})
+
+
+def _plan_resmlp(model: models.ResMLP) -> Structure:
+    blocks = [f"blocks.{i}" for i in range(len(model.blocks))]
+    stream = Space(
+        "stream",
+        writers=["stem"] + [f"{b}.fc2" for b in blocks],
+        readers=[(f"{b}.fc1", 1) for b in blocks] + [("head", 1)],
+    )
+    spaces = [Space("input", readers=[("stem", 1)], fixed="the model's input"), stream]
+    branches = []
+    for b in blocks:
+        spaces.append(Space(f"{b}.fc1", [f"{b}.fc1"], readers=[(f"{b}.fc2", 1)]))
+        branches.append(Branch(b, "branch", f"{b}.fc1", f"{b}.fc2", into="stream"))
+    spaces.append(Space("output", ["head"], fixed="the model's output"))
+    return Structure(spaces, branches=branches)
+
+
+def _plan_resnet_small(model: models.ResNetSmall) -> Structure:
+    spaces = [Space("input", readers=[("stem.0", 1)], fixed="the model's input")]
+    current = Space("stem", ["stem.0"], ["stem.1"])
+    branches = []
+    for s, stage in enumerate(model.stages):
+        for b, block in enumerate(stage):
+            p = f"stages.{s}.{b}"
+            spaces.append(Space(f"{p}.conv1", [f"{p}.conv1"], [f"{p}.bn1"], [(f"{p}.conv2", 1)]))
+            current.readers.append((f"{p}.conv1", 1))
+            if isinstance(block.shortcut, nn.Identity):
+                # identity shortcut: the block adds into the same channels it reads
+                current.writers.append(f"{p}.conv2")
+                current.norms.append(f"{p}.bn2")
+            else:
+                current.readers.append((f"{p}.shortcut.0", 1))
+                spaces.append(current)
+                current = Space(
+                    p, [f"{p}.conv2", f"{p}.shortcut.0"], [f"{p}.bn2", f"{p}.shortcut.1"]
+                )
+            branches.append(Branch(p, "branch", f"{p}.conv1", f"{p}.bn2", into=current.name))
+    current.readers.append(("fc", 1))  # after the global average pool: one column per channel
+    spaces += [current, Space("output", ["fc"], fixed="the model's output")]
+    return Structure(spaces, branches=branches)
+
+
+def _plan_tiny_transformer(model: models.TinyTransformer) -> Structure:
+    blocks = [f"blocks.{i}" for i in range(len(model.blocks))]
+    stream = Space(
+        "stream",
+        writers=[f"{b}.attn.out" for b in blocks] + [f"{b}.fc2" for b in blocks],
+        readers=[(f"{b}.attn.{p}", 1) for b in blocks for p in "qkv"]
+        + [(f"{b}.fc1", 1) for b in blocks]
+        + [("head", 1)],
+        fixed="the residual stream: LayerNorm mixes its channels, so none can go alone",
+    )
+    spaces = [stream]
+    heads, branches = [], []
+    for b in blocks:
+        heads.append(Heads(f"{b}.attn"))
+        spaces.append(Space(f"{b}.fc1", [f"{b}.fc1"], readers=[(f"{b}.fc2", 1)]))
+        branches.append(Branch(b, "attn", f"{b}.attn", f"{b}.attn"))
+        branches.append(Branch(b, "mlp", f"{b}.fc1", f"{b}.fc2"))
+    spaces.append(Space("output", ["head"], fixed="the model's output"))
+    return Structure(spaces, heads, branches)
+
+
+def _plan_sequential(model: nn.Sequential) -> Structure:
+    layers: list[str] = []
+    norms: dict[str, str] = {}
+    repeats: dict[str, int] = {}
+    flatten_after: str | None = None
+    for name, module in model.named_children():
+        if isinstance(module, _WEIGHTED):
+            if flatten_after is not None and isinstance(module, nn.Linear):
+                repeats[name] = _flatten_repeat(model, flatten_after, name)
+            flatten_after = None
+            layers.append(name)
+        elif isinstance(module, _NORMS):
+            if not layers or layers[-1] in norms:
+                raise ValueError(f"shrink expects BatchNorm {name!r} right after a Linear/Conv")
+            norms[layers[-1]] = name
+        elif isinstance(module, nn.Flatten):
+            if layers and isinstance(model.get_submodule(layers[-1]), nn.modules.conv._ConvNd):
+                flatten_after = layers[-1]
+        elif not isinstance(module, _PER_CHANNEL):
+            raise ValueError(
+                f"shrink cannot follow channels through layer {name!r} "
+                f"({type(module).__name__}) of the nn.Sequential: only Linear, Conv1d/Conv2d, "
+                f"BatchNorm, Flatten and per-channel layers (activations, pooling, dropout) "
+                f"are supported"
+            )
+    if not layers:
+        raise ValueError("the nn.Sequential has no Linear or Conv layer: nothing to shrink")
+    return _chain(layers, norms, repeats)
+
+
+_PLANS: dict[type, Callable[[Any], Structure]] = {
+    models.LeNet300: _plan_lenet300,
+    models.LeNet5: _plan_lenet5,
+    models.CNN1d: _plan_cnn1d,
+    models.ResMLP: _plan_resmlp,
+    models.ResNetSmall: _plan_resnet_small,
+    models.TinyTransformer: _plan_tiny_transformer,
+    nn.Sequential: _plan_sequential,
+}
+
+
+def structure(model: nn.Module) -> Structure:
+    """The coupled groups of ``model`` (a bundled model or an ``nn.Sequential``).
+
+    Raises a ValueError for any other model, and one naming the layer when a layer is not
+    what the bundled model's structure expects.
+    """
+    plan_fn = _PLANS.get(type(model))
+    if plan_fn is None:
+        known = ", ".join(t.__name__ for t in _PLANS)
+        raise ValueError(
+            f"shrink does not know the structure of {type(model).__name__}: it knows {known}. "
+            f"Removing a channel is only safe when every layer that reads it is known; build "
+            f"the model with sparsity_lab.models or as an nn.Sequential"
+        )
+    found = plan_fn(model)
+    _check_layers(model, found)
+    return found
+
+
+def _check_layers(model: nn.Module, found: Structure) -> None:
+    def expect(path: str, kinds: tuple[type, ...], what: str) -> None:
+        try:
+            layer = model.get_submodule(path)
+        except AttributeError:
+            raise ValueError(f"shrink expects a layer {path!r} in the model, found none") from None
+        if not isinstance(layer, kinds):
+            raise ValueError(
+                f"shrink expects layer {path!r} to be {what}, found {type(layer).__name__}; "
+                f"shrink only follows the layers of the model as sparsity_lab builds it"
+            )
+        if isinstance(layer, nn.modules.conv._ConvNd) and layer.groups != 1:
+            raise ValueError(
+                f"layer {path!r} is a grouped convolution (groups={layer.groups}); shrink "
+                f"only removes channels of ungrouped convolutions"
+            )
+
+    for s in found.spaces:
+        for p in s.writers + [r for r, _ in s.readers]:
+            expect(p, _WEIGHTED, "a Linear, Conv1d or Conv2d")
+        for p in s.norms:
+            expect(p, _NORMS, "a BatchNorm")
+    for h in found.heads:
+        expect(h.path, (models.MultiHeadSelfAttention,), "a MultiHeadSelfAttention")
+        for p in "qkvo":
+            expect(f"{h.path}.{'out' if p == 'o' else p}", (nn.Linear,), "a Linear")
+
+
+# ---------------------------------------------------------------------------- what can go
+
+
+def _rows_zero(layer: nn.Module) -> torch.Tensor:
+    """Per output unit: are all its weights zero?"""
+    return (layer.weight.detach() == 0).flatten(1).all(dim=1)
+
+
+def _columns_zero(layer: nn.Module, repeat: int) -> torch.Tensor:
+    """Per input channel (``repeat`` columns each): are all its weights zero?"""
+    w = layer.weight.detach() == 0
+    per_input = w.transpose(0, 1).flatten(1).all(dim=1)  # (in_features or in_channels,)
+    return per_input.reshape(-1, repeat).all(dim=1)
+
+
+def _head_slices(attn: models.MultiHeadSelfAttention) -> tuple[int, int]:
+    return attn.n_heads, attn.q.out_features // attn.n_heads
+
+
+def _removable_heads(attn: models.MultiHeadSelfAttention) -> torch.Tensor:
+    n, d = _head_slices(attn)
+    v_dead = _rows_zero(attn.v).reshape(n, d).all(dim=1)
+    out_unread = _columns_zero(attn.out, d)
+    return v_dead | out_unread
+
+
+@dataclass
+class _Removal:
+    """What shrink removes: channels per space, heads per attention, whole branches."""
+
+    channels: dict[str, torch.Tensor]  # space name -> bool (True = removed)
+    heads: dict[str, torch.Tensor]  # attention path -> bool per head
+    branches: list[Branch]  # branches replaced by their fixed output
+    notes: dict[str, str]
+
+
+def _removal(model: nn.Module, found: Structure) -> _Removal:
+    heads = {h.path: _removable_heads(model.get_submodule(h.path)) for h in found.heads}
+    inner_of = {b.inner: b for b in found.branches}
+    channels: dict[str, torch.Tensor] = {}
+    notes: dict[str, str] = {}
+    # Branches first: a branch empties when everything inside it can go.
+    gone: list[Branch] = []
+    for b in found.branches:
+        if b.inner in heads:
+            empty = bool(heads[b.inner].all())
+        else:
+            empty = bool(_space_removable(model, found.space(b.inner), set()).all())
+        if empty:
+            gone.append(b)
+    dropped = {p for b in gone for p in _branch_layers(found, b)}
+    for s in found.spaces:
+        if s.fixed:
+            notes[s.name] = s.fixed
+            continue
+        removable = _space_removable(model, s, dropped)
+        if s.name in inner_of and inner_of[s.name] in gone:
+            channels[s.name] = torch.ones_like(removable)
+            continue
+        if removable.all():
+            # a layer never shrinks to zero width: keep the first channel
+            removable = removable.clone()
+            removable[0] = False
+            notes[s.name] = "keeps one channel: a layer cannot have zero width"
+        channels[s.name] = removable
+    for b in gone:
+        if b.inner in heads:
+            heads[b.inner] = torch.ones_like(heads[b.inner])
+    return _Removal(channels, heads, gone, notes)
+
+
+def _space_removable(model: nn.Module, s: Space, dropped: set[str]) -> torch.Tensor:
+    """Channels of ``s`` that every live writer leaves dead or every live reader ignores."""
+    writers = [w for w in s.writers if w not in dropped]
+    readers = [(r, k) for r, k in s.readers if r not in dropped]
+    size = _space_size(model, s)
+    dead = torch.ones(size, dtype=torch.bool)
+    for w in writers:
+        dead &= _rows_zero(model.get_submodule(w))
+    unread = torch.ones(size, dtype=torch.bool)
+    for r, k in readers:
+        unread &= _columns_zero(model.get_submodule(r), k)
+    if not s.writers:  # channels nobody writes (the model's input) are not dead
+        dead[:] = False
+    return dead | unread
+
+
+def _space_size(model: nn.Module, s: Space) -> int:
+    if s.writers:
+        return model.get_submodule(s.writers[0]).weight.shape[0]
+    path, repeat = s.readers[0]
+    return model.get_submodule(path).weight.shape[1] // repeat
+
+
+def _branch_layers(found: Structure, b: Branch) -> list[str]:
+    """Weighted layers inside branch ``b`` (they vanish with it)."""
+    if any(h.path == b.inner for h in found.heads):
+        return [f"{b.inner}.{p}" for p in ("q", "k", "v", "out")]
+    s = found.space(b.inner)
+    return list(dict.fromkeys(s.writers + [r for r, _ in s.readers]))
+
+
+def plan(model: nn.Module) -> pd.DataFrame:
+    """What :func:`shrink` would remove: one row per space, attention layer and branch.
+
+    Columns: group, kind (channels, heads or branch), size, removed, kept, note.
+    """
+    work = _squashed(model)
+    found = structure(work)
+    removal = _removal(work, found)
+    rows = []
+    for s in found.spaces:
+        size = _space_size(work, s)
+        gone = int(removal.channels[s.name].sum()) if s.name in removal.channels else 0
+        note = removal.notes.get(s.name, "")
+        rows.append(
+            {"group": s.name, "kind": "channels", "size": size, "removed": gone, "note": note}
+        )
+    for h in found.heads:
+        flags = removal.heads[h.path]
+        rows.append(
+            {
+                "group": h.path,
+                "kind": "heads",
+                "size": len(flags),
+                "removed": int(flags.sum()),
+                "note": "",
+            }
+        )
+    for b in found.branches:
+        gone = b in removal.branches
+        label = b.path if b.part == "branch" else f"{b.path} ({b.part})"
+        note = "replaced by its fixed output" if gone else ""
+        rows.append(
+            {"group": label, "kind": "branch", "size": 1, "removed": int(gone), "note": note}
+        )
+    df = pd.DataFrame(rows, columns=["group", "kind", "size", "removed", "note"])
+    df.insert(4, "kept", df["size"] - df["removed"])
+    return df
+
+
+# --------------------------------------------------------------------------- layers it uses
+
+
+class OffsetLinear(nn.Linear):
+    """A Linear plus a fixed ``offset`` tensor added to its output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return super().forward(x) + self.offset
+
+
+class OffsetConv1d(nn.Conv1d):
+    """A Conv1d plus a fixed ``offset`` map (channels x length) added to its output.
+
+    It carries what removed, input-independent channels contributed through zero padding.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return super().forward(x) + self.offset
+
+
+class OffsetConv2d(nn.Conv2d):
+    """A Conv2d plus a fixed ``offset`` map (channels x height x width) added to its output.
+
+    It carries what removed, input-independent channels contributed through zero padding.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return super().forward(x) + self.offset
+
+
+_OFFSET = {nn.Linear: OffsetLinear, nn.Conv1d: OffsetConv1d, nn.Conv2d: OffsetConv2d}
+
+
+class _FixedResidualMLPBlock(nn.Module):
+    """A residual MLP block whose branch was removed: ``relu(x + value)``."""
+
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("value", value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return F.relu(x + self.value)
+
+
+class _FixedBasicBlock(nn.Module):
+    """A ResNet basic block whose branch was removed: ``relu(shortcut(x) + value)``."""
+
+    def __init__(self, shortcut: nn.Module, value: torch.Tensor) -> None:
+        super().__init__()
+        self.shortcut = shortcut
+        self.register_buffer("value", value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return F.relu(self.shortcut(x) + self.value)
+
+
+class _PartialTransformerBlock(nn.Module):
+    """A transformer block with its attention and/or MLP sublayer replaced by a fixed tensor."""
+
+    def __init__(
+        self,
+        block: models.TransformerBlock,
+        attn_value: torch.Tensor | None,
+        mlp_value: torch.Tensor | None,
+    ) -> None:
+        super().__init__()
+        if attn_value is None:
+            self.ln1, self.attn = block.ln1, block.attn
+        if mlp_value is None:
+            self.ln2, self.fc1, self.fc2 = block.ln2, block.fc1, block.fc2
+        self.register_buffer("attn_value", attn_value)
+        self.register_buffer("mlp_value", mlp_value)
+
+    def forward(
+        self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:  # noqa: D102
+        if self.attn_value is None:
+            x = x + self.attn(self.ln1(x), key_padding_mask)
+        else:
+            x = x + self.attn_value
+        if self.mlp_value is None:
+            return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        return x + self.mlp_value
+
+
+# ------------------------------------------------------------------------------ measurement
+
+
+def _squashed(model: nn.Module) -> nn.Module:
+    """An independent copy of ``model`` with its masks made permanent (plain zeros)."""
+    work = copy.deepcopy(model)
+    masks.squash(work)
+    for path, module in work.named_modules():
+        if parametrize.is_parametrized(module):
+            raise ValueError(
+                f"layer {path!r} has parametrizations other than sparsity_lab masks; remove "
+                f"them (torch.nn.utils.parametrize.remove_parametrizations) before shrink"
+            )
+    return work
+
+
+def example_batch(model: nn.Module, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """A small random batch for ``model.input_shape`` (token ids from 1 for an embedding).
+
+    Drawn from its own generator, so the global random state is left alone.
+    """
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        raise ValueError(
+            "shrink needs an example batch to measure what removed channels send: pass "
+            "example_input=... (or give the model an `input_shape` attribute)"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    if embeddings:
+        high = embeddings[0].num_embeddings
+        return torch.randint(1, max(2, high), (batch, *shape), generator=gen)
+    return torch.randn(batch, *shape, generator=gen)
+
+
+def _record(
+    model: nn.Module, x: torch.Tensor, inputs: Iterable[str], outputs: Iterable[str]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+    """Run ``model`` (eval, no grad) on ``x``; return inputs and outputs of named layers."""
+    seen_in: dict[str, torch.Tensor] = {}
+    seen_out: dict[str, torch.Tensor] = {}
+    handles = []
+    for path in set(inputs):
+
+        def pre(mod, args, path=path):
+            seen_in[path] = args[0].detach()
+
+        handles.append(model.get_submodule(path).register_forward_pre_hook(pre))
+    for path in set(outputs):
+
+        def post(mod, args, out, path=path):
+            seen_out[path] = out.detach()
+
+        handles.append(model.get_submodule(path).register_forward_hook(post))
+    try:
+        with torch.no_grad():
+            y = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen_in, seen_out, y
+
+
+def _fixed_value(t: torch.Tensor, what: str, channel_dim: int) -> torch.Tensor:
+    """The per-example value of ``t`` (batch first), which must not depend on the example.
+
+    Dimensions other than ``channel_dim`` (of one example) along which the value is constant
+    are reduced to size 1, so that it broadcasts.
+    """
+    scale = 1.0 + float(t.abs().max()) if t.numel() else 1.0
+    first = t[:1]
+    if float((t - first).abs().max()) > 1e-4 * scale:
+        raise RuntimeError(
+            f"{what} should not depend on the input once its channels are removed, but it "
+            f"does; the structure of this model is incomplete (please report it)"
+        )
+    value = first[0]
+    channel_dim %= value.dim()
+    for dim in range(value.dim()):
+        if dim == channel_dim:
+            continue
+        mean = value.mean(dim=dim, keepdim=True)
+        if float((value - mean).abs().max()) <= 1e-6 * scale:
+            value = mean
+    return value
+
+
+def _channel_dim(layer: nn.Module) -> int:
+    """Where a layer's output channels are in one example: last for Linear, first else."""
+    return -1 if isinstance(layer, (nn.Linear, models.MultiHeadSelfAttention)) else 0
+
+
+def _fold(layer: nn.Module, x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """What input ``columns`` (bool, per input feature/channel) add to ``layer``'s output."""
+    w = layer.weight.detach()
+    if isinstance(layer, nn.Linear):
+        return F.linear(x[..., columns], w[:, columns])
+    return layer._conv_forward(x[:, columns], w[:, columns], None)
+
+
+def _add_to_output(layer: nn.Module, value: torch.Tensor) -> None:
+    """Add a fixed per-example ``value`` to ``layer``'s output: into the bias when it is
+    the same at every position, else as an offset map."""
+    out = layer.weight.shape[0]
+    if value.numel() == out:  # constant over every position: a bias
+        if layer.bias is None:
+            layer.bias = nn.Parameter(torch.zeros(out, dtype=value.dtype, device=value.device))
+        with torch.no_grad():
+            layer.bias.add_(value.reshape(out))
+    elif isinstance(layer, tuple(_OFFSET.values())):
+        layer.offset = layer.offset + value
+    else:
+        layer.__class__ = _OFFSET[type(layer)]
+        layer.register_buffer("offset", value.clone())
+
+
+# ------------------------------------------------------------------------------- slicing
+
+
+def _slice_rows(layer: nn.Module, keep: torch.Tensor) -> None:
+    idx = torch.nonzero(keep).flatten()
+    layer.weight = nn.Parameter(layer.weight.detach()[idx].clone())
+    if layer.bias is not None:
+        layer.bias = nn.Parameter(layer.bias.detach()[idx].clone())
+    if isinstance(layer, tuple(_OFFSET.values())):
+        layer.offset = layer.offset.index_select(_channel_dim(layer), idx)
+    if isinstance(layer, nn.Linear):
+        layer.out_features = len(idx)
+    else:
+        layer.out_channels = len(idx)
+
+
+def _slice_columns(layer: nn.Module, keep: torch.Tensor, repeat: int) -> None:
+    idx = torch.nonzero(keep.repeat_interleave(repeat)).flatten()
+    layer.weight = nn.Parameter(layer.weight.detach()[:, idx].clone())
+    if isinstance(layer, nn.Linear):
+        layer.in_features = len(idx)
+    else:
+        layer.in_channels = len(idx)
+
+
+def _slice_norm(norm: nn.Module, keep: torch.Tensor) -> None:
+    idx = torch.nonzero(keep).flatten()
+    for name in ("weight", "bias"):
+        if getattr(norm, name) is not None:
+            setattr(norm, name, nn.Parameter(getattr(norm, name).detach()[idx].clone()))
+    for name in ("running_mean", "running_var"):
+        if getattr(norm, name) is not None:
+            setattr(norm, name, getattr(norm, name)[idx].clone())
+    norm.num_features = len(idx)
+
+
+def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+# --------------------------------------------------------------------------------- shrink
+
+
+def shrink(model: nn.Module, example_input: torch.Tensor | None = None) -> nn.Module:
+    """A new, smaller dense model computing what the masked ``model`` computes (eval mode).
+
+    ``model`` is left untouched.  ``example_input`` (a batch) is used to measure the fixed
+    values that removed channels send and to check the result; by default a random batch
+    of two examples of ``model.input_shape``.  The shrunk model has no masks; zeros that
+    cannot be removed (unstructured, N:M, ...) stay as zeros.  See the module docstring for
+    the rules, and :func:`plan` for what will be removed.
+    """
+    work = _squashed(model)
+    found = structure(work)
+    x = example_batch(model) if example_input is None else example_input
+    work.eval()
+    removal = _removal(work, found)
+    gone = {p for b in removal.branches for p in _branch_layers(found, b)}
+    # 1. measure, on the unchanged model, what every removed channel, head or branch sends
+    deltas, values, reference = _measure(work, found, removal, gone, x)
+    # 2. fold what removed inputs send into their readers, at full size
+    for r, value in deltas:
+        _add_to_output(work.get_submodule(r), value)
+    # 3. slice rows, columns and BatchNorm entries; 4. replace the emptied blocks
+    _slice(work, found, removal, gone)
+    _replace_blocks(work, found, removal, values)
+    _check_close(work, x, reference)
+    work.train(model.training)
+    return work
+
+
+def _measure(
+    work: nn.Module, found: Structure, removal: _Removal, gone: set[str], x: torch.Tensor
+) -> tuple[list[tuple[str, torch.Tensor]], dict[tuple[str, str], torch.Tensor], torch.Tensor]:
+    """Fixed values: what removed inputs add to each reader, and each gone branch's output.
+
+    Returns ``(deltas, values, reference)``: ``[(reader, value)]``, ``{(block, part):
+    value}`` and the model's output on ``x``.
+    """
+    folds: list[tuple[str, torch.Tensor]] = []  # (reader, removed input columns)
+    for s in found.spaces:
+        removed = removal.channels.get(s.name)
+        if removed is None or not removed.any():
+            continue
+        folds += [(r, removed.repeat_interleave(k)) for r, k in s.readers if r not in gone]
+    for h in found.heads:
+        removed = removal.heads[h.path]
+        if removed.any() and f"{h.path}.out" not in gone:
+            d = _head_slices(work.get_submodule(h.path))[1]
+            folds.append((f"{h.path}.out", removed.repeat_interleave(d)))
+    outputs = [b.output for b in removal.branches]
+    seen_in, seen_out, reference = _record(work, x, [r for r, _ in folds], outputs)
+    deltas = []
+    for r, columns in folds:
+        layer = work.get_submodule(r)
+        delta = _fold(layer, seen_in[r], columns)
+        value = _fixed_value(delta, f"what the removed inputs of {r!r} send", _channel_dim(layer))
+        if value.any():  # inputs removed because nobody read them send nothing
+            deltas.append((r, value))
+    values = {}
+    for b in removal.branches:
+        dim = _channel_dim(work.get_submodule(b.output))
+        values[(b.path, b.part)] = _fixed_value(
+            seen_out[b.output], f"the branch of {b.path!r}", dim
+        )
+    return deltas, values, reference
+
+
+def _slice(work: nn.Module, found: Structure, removal: _Removal, gone: set[str]) -> None:
+    """Take the removed channels and heads out of every layer that holds them."""
+    for s in found.spaces:
+        removed = removal.channels.get(s.name)
+        if removed is None or not removed.any():
+            continue
+        keep = ~removed
+        for w in s.writers:
+            if w not in gone:
+                _slice_rows(work.get_submodule(w), keep)
+        for n in s.norms:
+            _slice_norm(work.get_submodule(n), keep)
+        for r, k in s.readers:
+            if r not in gone:
+                _slice_columns(work.get_submodule(r), keep, k)
+    for h in found.heads:
+        removed = removal.heads[h.path]
+        if not removed.any() or f"{h.path}.out" in gone:
+            continue
+        attn = work.get_submodule(h.path)
+        keep = (~removed).repeat_interleave(_head_slices(attn)[1])
+        for p in (attn.q, attn.k, attn.v):
+            _slice_rows(p, keep)
+        _slice_columns(attn.out, keep, 1)
+        attn.n_heads = int((~removed).sum())
+
+
+def _replace_blocks(
+    work: nn.Module,
+    found: Structure,
+    removal: _Removal,
+    values: dict[tuple[str, str], torch.Tensor],
+) -> None:
+    by_block: dict[str, dict[str, torch.Tensor]] = {}
+    for b in removal.branches:
+        value = values[(b.path, b.part)]
+        if b.into in removal.channels:
+            # the fixed output adds into a space that lost channels: keep the same ones
+            keep = torch.nonzero(~removal.channels[b.into]).flatten()
+            value = value.index_select(_channel_dim(work.get_submodule(b.output)), keep)
+        by_block.setdefault(b.path, {})[b.part] = value
+    for path, parts in by_block.items():
+        block = work.get_submodule(path)
+        if isinstance(block, models.ResidualMLPBlock):
+            new: nn.Module = _FixedResidualMLPBlock(parts["branch"])
+        elif isinstance(block, models.BasicBlock):
+            new = _FixedBasicBlock(block.shortcut, parts["branch"])
+        elif isinstance(block, models.TransformerBlock):
+            new = _PartialTransformerBlock(block, parts.get("attn"), parts.get("mlp"))
+        else:  # pragma: no cover - the structures above only name these blocks
+            raise ValueError(f"shrink cannot replace block {path!r} ({type(block).__name__})")
+        _set_module(work, path, new)
+
+
+def _check_close(work: nn.Module, x: torch.Tensor, reference: torch.Tensor) -> None:
+    with torch.no_grad():
+        out = work(x)
+    diff = float((out - reference).abs().max()) if out.shape == reference.shape else math.inf
+    if diff > TOLERANCE:
+        raise RuntimeError(
+            f"the shrunk {type(work).__name__} differs from the masked model by {diff:.3g} on "
+            f"the example batch (tolerance {TOLERANCE}); its structure is incomplete "
+            f"(please report it)"
+        )
+
+
+# ------------------------------------------------------------------------- coupled pruning
+
+
+def prune_coupled(
+    model: nn.Module,
+    granularity: str,
+    sparsity: float,
+    *,
+    method: str = "magnitude",
+    data: Any = None,
+    reduction: str = "l2",
+    dense_grad: bool = False,
+    seed: int = 0,
+    **options: Any,
+) -> dict[str, torch.Tensor]:
+    """Prune groups that span several tensors, in place, so :func:`shrink` can remove them.
+
+    ``granularity``:
+
+    * ``"channel"``: in every space that is not fixed (see :func:`structure`), the fraction
+      ``sparsity`` of its channels, chosen on the scores of *all* the rows that write them,
+      so that a residual group loses the same channels in every block (the norm of a filter
+      as in Li et al. 2017; the coupling as in Fang et al. 2023, DepGraph).  As in Li et al.
+      the channel goes whole: the writers' rows *and* the readers' columns are masked, so
+      the channel's constant output (its bias, its BatchNorm shift) no longer reaches the
+      next layers.  Every space keeps one channel;
+    * ``"head"``: the fraction ``sparsity`` of all attention heads, ranked across layers
+      (Michel et al. 2019), each scored on its rows of q, k, v and its columns of out,
+      which are all masked;
+    * ``"layer"``: the fraction ``sparsity`` of the residual blocks, ranked across the model,
+      each scored per element over all its branch weights, which are all masked.
+
+    ``sparsity`` counts groups, not parameters.  Scores come from criterion ``method``
+    (``options`` go to its constructor, ``data`` to its context) and are reduced with
+    ``reduction``.  Masks only shrink: groups pruned before stay pruned.  Returns the new
+    keep-masks by tensor name.
+    """
+    from . import criteria  # criteria import patterns; import lazily to keep layers apart
+
+    check_sparsity(sparsity)
+    found = structure(model)
+    groups = _coupled_groups(model, found, granularity)
+    names = list(dict.fromkeys(m.name for part in groups for g in part for m in g))
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no {granularity} groups to prune")
+    criterion = criteria.get(method, **options)
+    context = criteria.Context(data=data, seed=seed)
+    if criterion.needs_data and data is None:
+        raise ValueError(f"criterion {method!r} needs data: pass data=...")
+    with torch.enable_grad():
+        scores = criterion.scores(model, names, context)
+    current = {n: _keep_of(model, n) for n in names}
+
+    new_masks = {n: current[n].clone() for n in names}
+    for part in groups:  # one ranking per part: a space, or the whole model
+        group_scores = []
+        for members in part:
+            scored = [m for m in members if m.scored]
+            elements = torch.cat(
+                [scores[m.name].detach().double()[m.index].flatten() for m in scored]
+            )
+            alive = any(bool(current[m.name][m.index].any()) for m in scored)
+            g = reduce_groups(elements.reshape(1, -1), reduction)[0]
+            if granularity == "layer":  # blocks differ in size: compare per element
+                g = g / per_element(reduction, elements.numel())
+            group_scores.append(g if alive else torch.tensor(-math.inf, dtype=torch.float64))
+        n_prune = count(sparsity, len(part))
+        if granularity == "channel":
+            n_prune = min(n_prune, len(part) - 1)
+        keep = prune_lowest(torch.stack(group_scores), n_prune)
+        for members, kept in zip(part, keep.tolist(), strict=True):
+            if not kept:
+                for m in members:
+                    new_masks[m.name][m.index] = False
+    for n, keep in new_masks.items():
+        masks.attach(model, n, keep, dense_grad=dense_grad)
+    return new_masks
+
+
+def _keep_of(model: nn.Module, name: str) -> torch.Tensor:
+    mask = masks.get_mask(model, name)
+    if mask is not None:
+        return mask.detach().bool().clone()
+    return torch.ones_like(masks.weight(model, name), dtype=torch.bool)
+
+
+class _Member(NamedTuple):
+    """Part of a coupled group: the elements ``index`` of tensor ``name``.
+
+    ``scored``: whether its scores count in the group's score (a channel is scored on the
+    rows that write it; the columns that read it go with it).
+    """
+
+    name: str
+    index: Any
+    scored: bool = True
+
+
+def _coupled_groups(model: nn.Module, found: Structure, granularity: str) -> list[list[list]]:
+    """Parts (one ranking each), each a list of groups, each a list of :class:`_Member`."""
+    if granularity == "channel":
+        parts = []
+        for s in found.spaces:
+            if s.fixed or not s.writers:
+                continue
+            groups = []
+            for c in range(_space_size(model, s)):
+                members = [_Member(f"{w}.weight", c) for w in s.writers]
+                for r, k in s.readers:
+                    columns = (slice(None), slice(c * k, (c + 1) * k))
+                    members.append(_Member(f"{r}.weight", columns, scored=False))
+                groups.append(members)
+            parts.append(groups)
+        return parts
+    if granularity == "head":
+        heads = []
+        for h in found.heads:
+            n, d = _head_slices(model.get_submodule(h.path))
+            for i in range(n):
+                rows = slice(i * d, (i + 1) * d)
+                members = [_Member(f"{h.path}.{p}.weight", rows) for p in "qkv"]
+                members.append(_Member(f"{h.path}.out.weight", (slice(None), rows)))
+                heads.append(members)
+        return [heads] if heads else []
+    if granularity == "layer":
+        blocks: dict[str, list[_Member]] = {}
+        for b in found.branches:
+            for layer in _branch_layers(found, b):
+                blocks.setdefault(b.path, []).append(_Member(f"{layer}.weight", slice(None)))
+        return [list(blocks.values())] if blocks else []
+    raise ValueError(f"granularity must be 'channel', 'head' or 'layer', got {granularity!r}")

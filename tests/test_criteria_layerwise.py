@@ -1,0 +1,375 @@
+"""Layer-wise reconstruction criteria against independent computations: least squares on the
+calibration inputs, brute-force greedy OBS, Wanda's formula, and the sequential pipeline
+re-done by hand."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import nn
+
+import sparsity_lab as sl
+from sparsity_lab import curvature, masks, models
+from sparsity_lab.criteria import layerwise as lw
+from sparsity_lab.patterns import NM, prune_lowest
+
+
+def correlated_inputs(n=400, cols=24, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    mix = torch.randn(cols, cols, generator=gen, dtype=torch.float64)
+    scale = torch.logspace(-1, 1, cols, dtype=torch.float64)  # features of uneven size
+    return (torch.randn(n, cols, generator=gen, dtype=torch.float64) @ mix) * scale
+
+
+def random_weight(rows=8, cols=24, seed=1):
+    return torch.randn(
+        rows, cols, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
+
+
+def hessian(x):
+    return 2 * x.T @ x / len(x)
+
+
+def refit(w, x, keep):
+    """Least squares on the inputs: each row's kept weights re-fitted to the dense outputs."""
+    out = torch.zeros_like(w)
+    for r in range(len(w)):
+        cols = keep[r].nonzero().flatten()
+        sol = torch.linalg.lstsq(x[:, cols], x @ w[r]).solution
+        out[r, cols] = sol
+    return out
+
+
+# --- calibration and counting ------------------------------------------------------------------
+
+
+def test_calibration_accumulates_the_layer_hessian_over_batches_and_positions():
+    layer = nn.Conv1d(2, 3, 3, padding=1)
+    x = torch.randn(5, 2, 7)
+    calib = lw.Calibration(layer)
+    calib.add_batch(x[:2])
+    calib.add_batch(x[2:])
+    rows = curvature.layer_input_rows(layer, x).double()
+    torch.testing.assert_close(calib.hessian(), 2 * rows.T @ rows / len(rows))
+    torch.testing.assert_close(calib.column_norms(), rows.norm(dim=0))
+    calib.free()
+    with pytest.raises(ValueError, match="add_batch"):
+        calib.column_norms()
+
+
+def test_spread_meets_the_total_within_floors_and_capacities():
+    assert lw.spread(10, [4, 4, 4]) == [4, 3, 3]
+    assert lw.spread(7, [10, 10], floor=[6, 0]) == [6, 1]
+    assert lw.spread(3, [5, 5], floor=[2, 2]) == [2, 2]  # earlier zeros stay
+    k = lw.spread(1000, [37, 512, 451])
+    assert sum(k) == 1000 and all(0 <= a <= c for a, c in zip(k, [37, 512, 451], strict=True))
+
+
+# --- Wanda ---------------------------------------------------------------------------------------
+
+
+def one_layer(rows=6, cols=16, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(cols, rows))
+
+
+def test_wanda_equals_its_formula_compared_within_each_output_row():
+    model = one_layer()
+    x = correlated_inputs(n=64, cols=16).float()
+    pruned = sl.prune(copy.deepcopy(model), "wanda", 0.5, data=(x, None), budget="uniform")
+    w = model[0].weight.detach().double()
+    score = w.abs() * x.double().norm(dim=0)  # |W_ij| * ||X_j||_2, by hand
+    keep = masks.get_mask(pruned, "0.weight").bool()
+    for r in range(len(w)):
+        expected = prune_lowest(score[r], 8)  # 16 columns, half of them in every row
+        assert torch.equal(keep[r], expected)
+    torch.testing.assert_close(masks.weight(pruned, "0.weight"), model[0].weight * keep)
+
+
+def test_wanda_n_m_keeps_the_best_n_of_every_m_inputs_per_row():
+    model = one_layer()
+    x = correlated_inputs(n=64, cols=16).float()
+    pruned = sl.prune(copy.deepcopy(model), "wanda", None, data=(x, None), pattern="2:4")
+    score = model[0].weight.detach().double().abs() * x.double().norm(dim=0)
+    keep = masks.get_mask(pruned, "0.weight").bool()
+    groups = score.reshape(6, 4, 4)
+    best = torch.zeros_like(groups, dtype=torch.bool)
+    best.scatter_(-1, groups.topk(2, dim=-1).indices, True)
+    assert torch.equal(keep, best.reshape(6, 16))
+
+
+# --- SparseGPT, OBC and L-OBS on one matrix ------------------------------------------------------
+
+
+def test_sparsegpt_with_the_pruned_columns_first_is_the_exact_least_squares_refit():
+    """Pruning columns in order with the Cholesky rows of H^-1 is exact OBS when the pruned
+    columns come first: the remaining weights end at the least-squares optimum."""
+    x, w = correlated_inputs(), random_weight()
+    prior = torch.ones_like(w, dtype=torch.bool)
+    prior[:, :9] = False  # forced: the first 9 columns of every row
+    new, keep = lw.sparsegpt(w, hessian(x), 9 * 8, prior=prior, damp=1e-12)
+    assert torch.equal(keep, prior)
+    torch.testing.assert_close(new, refit(w, x, keep), atol=1e-6, rtol=1e-6)
+
+
+def test_sparsegpt_prunes_exactly_and_its_update_lowers_the_error():
+    x, w = correlated_inputs(), random_weight()
+    for kwargs in [dict(n_prune=96), dict(nm=(2, 4)), dict(n_prune=120, block_size=8)]:
+        new, keep = lw.sparsegpt(w, hessian(x), **kwargs)
+        assert int((~keep).sum()) == kwargs.get("n_prune", 96)
+        assert torch.all(new[~keep] == 0)
+        assert lw.reconstruction_error(w, new, x) < lw.reconstruction_error(w, w * keep, x)
+    _, keep = lw.sparsegpt(w, hessian(x), nm=(2, 4))
+    assert torch.all(keep.reshape(8, 6, 4).sum(-1) == 2)
+
+
+def greedy_obs_by_brute_force(w_row, x, steps):
+    """For each step try every remaining weight, refit by least squares, keep the best."""
+    keep = torch.ones_like(w_row, dtype=torch.bool)
+    best_w = w_row
+    for _ in range(steps):
+        trials = []
+        for q in keep.nonzero().flatten():
+            k = keep.clone()
+            k[q] = False
+            cand = refit(w_row[None], x, k[None])[0]
+            trials.append((lw.reconstruction_error(w_row[None], cand[None], x), int(q), cand))
+        _, q, best_w = min(trials)
+        keep[q] = False
+    return best_w, keep
+
+
+def test_obc_is_greedy_exact_obs_row_by_row():
+    x, w = correlated_inputs(n=200, cols=10), random_weight(rows=1, cols=10)
+    for steps in (1, 2, 5):
+        new, keep = lw.obc(w, hessian(x), steps, damp=1e-12)
+        expected_w, expected_keep = greedy_obs_by_brute_force(w[0], x, steps)
+        assert torch.equal(keep[0], expected_keep)
+        torch.testing.assert_close(new[0], expected_w, atol=1e-6, rtol=1e-6)
+
+
+def test_obc_error_is_no_higher_than_sparsegpt_on_a_small_layer():
+    x, w = correlated_inputs(), random_weight()
+    for kwargs in [dict(n_prune=96), dict(n_prune=150), dict(nm=(2, 4))]:
+        obc_w, obc_keep = lw.obc(w, hessian(x), **kwargs)
+        gpt_w, gpt_keep = lw.sparsegpt(w, hessian(x), **kwargs)
+        assert int((~obc_keep).sum()) == int((~gpt_keep).sum())
+        assert lw.reconstruction_error(w, obc_w, x) <= lw.reconstruction_error(w, gpt_w, x)
+    _, keep = lw.obc(w, hessian(x), nm=(2, 4))
+    assert torch.all(keep.reshape(8, 6, 4).sum(-1) == 2)
+
+
+def test_lobs_ranks_by_obs_saliency_and_refits_each_row():
+    x, w = correlated_inputs(), random_weight()
+    new, keep = lw.lobs(w, hessian(x), 100, damp=1e-12)
+    hinv_diag = torch.linalg.inv(hessian(x)).diagonal()
+    saliency = w**2 / (2 * hinv_diag)  # the same H^-1 column for every row
+    assert saliency[~keep].max() <= saliency[keep].min()
+    torch.testing.assert_close(new, refit(w, x, keep), atol=1e-6, rtol=1e-6)
+
+
+# --- the reconstruction ordering on a trained model ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_digits_mlp():
+    """An MLP trained on raw digit pixels (features of uneven scale, as Wanda assumes)."""
+    digits = load_digits()
+    x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(digits.target)
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(x), generator=gen)
+    x, y = x[order[:1200]], y[order[:1200]]
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval(), x[:256]
+
+
+def test_reconstruction_error_sparsegpt_below_wanda_below_magnitude(trained_digits_mlp):
+    model, x = trained_digits_mlp
+    inputs = {}
+    layers = [m for m in model if isinstance(m, nn.Linear)]
+    hooks = [
+        layer.register_forward_pre_hook(lambda m, a: inputs.__setitem__(m, a[0].double()))
+        for layer in layers
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    for layer in layers:
+        w, xin = layer.weight.detach().double(), inputs[layer]
+        k = w.numel() // 2
+        magnitude = w * prune_lowest(w.abs().flatten(), k).reshape(w.shape)
+        wanda = w * lw.wanda(w, xin.norm(dim=0), k)
+        gpt, _ = lw.sparsegpt(w, hessian(xin), k)
+        errors = [lw.reconstruction_error(w, v, xin) for v in (gpt, wanda, magnitude)]
+        assert errors[0] <= errors[1] <= errors[2], (layer, errors)
+
+
+# --- the sequential pipeline ----------------------------------------------------------------------
+
+
+def two_layer_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_later_layers_are_calibrated_on_the_outputs_of_pruned_earlier_layers():
+    model = two_layer_mlp()
+    x = torch.randn(96, 12, generator=torch.Generator().manual_seed(0))
+    batches = [(x[:48], None), (x[48:], None)]
+    pruned = sl.prune(copy.deepcopy(model), "sparsegpt", 0.5, data=batches, budget="uniform")
+    # redo it by hand: layer by layer, each on the inputs the pruned layers before it give
+    by_hand = copy.deepcopy(model)
+    for i in (0, 2, 4):
+        layer = by_hand[i]
+        xin = by_hand[:i](x).detach().double() if i else x.double()
+        w = layer.weight.detach().double()
+        new, keep = lw.sparsegpt(w, hessian(xin), w.numel() // 2)
+        with torch.no_grad():
+            layer.weight.copy_(new)
+        torch.testing.assert_close(masks.get_mask(pruned, f"{i}.weight").bool(), keep)
+        torch.testing.assert_close(masks.weight(pruned, f"{i}.weight"), layer.weight)
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "obc", "lobs"])
+def test_update_false_gives_the_same_mask_on_the_original_weights(method):
+    x = torch.randn(64, 12, generator=torch.Generator().manual_seed(1))
+    one = one_layer(rows=8, cols=12)
+    a = sl.prune(copy.deepcopy(one), method, 0.6, data=(x, None))
+    b = sl.prune(copy.deepcopy(one), method, 0.6, data=(x, None), update=False)
+    mask = masks.get_mask(a, "0.weight")
+    assert torch.equal(mask, masks.get_mask(b, "0.weight"))
+    torch.testing.assert_close(masks.weight(b, "0.weight"), one[0].weight * mask)
+    assert not torch.allclose(masks.weight(a, "0.weight"), masks.weight(b, "0.weight"))
+
+
+def test_pruning_again_keeps_the_earlier_zeros_and_meets_the_new_total():
+    model = two_layer_mlp()
+    x = torch.randn(64, 12, generator=torch.Generator().manual_seed(2))
+    sl.prune(model, "sparsegpt", 0.4, data=(x, None))
+    before = {n: m.clone() for n, m in masks.masks(model).items()}
+    sl.prune(model, "sparsegpt", 0.7, data=(x, None))
+    total = sum(m.numel() for m in before.values())
+    assert sum(int((m == 0).sum()) for m in masks.masks(model).values()) == round(0.7 * total)
+    for n, m in masks.masks(model).items():
+        assert torch.all(m[before[n] == 0] == 0)
+
+
+# --- every model family --------------------------------------------------------------------------
+
+
+def model_and_data(name):
+    gen = torch.Generator().manual_seed(0)
+    if name == "cnn":  # convolutions with input channels a multiple of 8, for N:M
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2),
+            nn.Flatten(),
+            nn.Linear(32, 4),
+        )
+        return model, (torch.randn(16, 1, 6, 6, generator=gen), None)
+    if name == "tiny_transformer":
+        model = models.build(name, input_shape=(8,), n_classes=3, vocab_size=20)
+        return model, (torch.randint(0, 20, (16, 8), generator=gen), None)
+    shape = {"lenet300": (20,), "lenet5": (1, 8, 8), "cnn1d": (1, 16)}[name]
+    kwargs = {"hidden": (16, 8)} if name == "lenet300" else {}
+    model = models.build(name, input_shape=shape, n_classes=4, **kwargs)
+    return model, (torch.randn(16, *shape, generator=gen), None)
+
+
+def nm_groups_hold(mask, n, m):
+    return bool(torch.all(NM(n, m)._grouped(mask.bool()).sum(1) == n))
+
+
+@pytest.mark.parametrize("name", ["lenet300", "lenet5", "cnn1d", "tiny_transformer"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "obc", "lobs"])
+def test_layerwise_criteria_prune_mlps_cnns_and_the_transformer(name, method):
+    model, data = model_and_data(name)
+    targets = [
+        n
+        for n in sl.pruning.default_targets(model)
+        if method != "obc" or math.prod(masks.weight(model, n).shape[1:]) <= 128
+    ]
+    sl.prune(model, method, 0.6, data=data, targets=targets, budget="uniform")
+    total = sum(masks.weight(model, n).numel() for n in targets)
+    zeros = sum(int((masks.get_mask(model, n) == 0).sum()) for n in targets)
+    assert zeros == round(0.6 * total)
+    out = model(data[0])
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["cnn", "tiny_transformer"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("pattern", ["2:4", "4:8"])
+def test_n_m_patterns_hold_on_convolutions_and_the_transformer(name, method, pattern):
+    model, data = model_and_data(name)
+    n, m = map(int, pattern.split(":"))
+    targets = sl.pruning.default_targets(model)
+    targets = [t for t in targets if model.get_parameter(t).shape[1] % m == 0]
+    assert len(targets) >= 3
+    sl.prune(model, method, None, pattern=pattern, data=data, targets=targets)
+    for t in targets:
+        assert nm_groups_hold(masks.get_mask(model, t), n, m), t
+
+
+def test_global_budget_ranks_each_methods_saliency_and_counts_exactly():
+    model = two_layer_mlp()
+    x = torch.randn(64, 12, generator=torch.Generator().manual_seed(3))
+    sl.prune(model, "wanda", 0.8, data=(x, None))
+    total = sum(m.numel() for m in masks.masks(model).values())
+    assert sum(int((m == 0).sum()) for m in masks.masks(model).values()) == round(0.8 * total)
+
+
+def test_layerwise_errors_say_how_to_fix_them():
+    model = two_layer_mlp()
+    x = torch.randn(8, 12)
+    with pytest.raises(ValueError, match="calibration data"):
+        sl.prune(model, "sparsegpt", 0.5)
+    with pytest.raises(ValueError, match="supports the unstructured and N:M"):
+        sl.prune(model, "wanda", 0.5, data=(x, None), pattern="channel")
+    with pytest.raises(ValueError, match="supports the unstructured patterns"):
+        sl.prune(model, "lobs", None, data=(x, None), pattern="2:4", targets=["0.weight"])
+    with pytest.raises(ValueError, match="fixes the sparsity"):
+        sl.prune(model, "sparsegpt", 0.3, data=(x, None), pattern="2:4", targets=["0.weight"])
+    with pytest.raises(ValueError, match="never called"):
+        sl.prune(WithUnusedLayer(), "wanda", 0.5, data=(x, None))
+
+
+class WithUnusedLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used, self.unused = nn.Linear(12, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def test_reconstruction_errors_compare_each_layer_on_the_pruned_models_inputs():
+    model = two_layer_mlp()
+    x = torch.randn(64, 12, generator=torch.Generator().manual_seed(4))
+    pruned = sl.prune(copy.deepcopy(model), "magnitude", 0.5, budget="uniform")
+    errors = lw.reconstruction_errors(model, pruned, (x, None))
+    assert list(errors) == ["0.weight", "2.weight", "4.weight"]
+    xin = pruned[:2](x).detach().double()  # what the pruned first layers feed layer 2
+    w = model[2].weight.detach().double()
+    expected = lw.reconstruction_error(w, masks.weight(pruned, "2.weight"), xin) / (
+        (xin @ w.T).pow(2).sum()
+    )
+    assert errors["2.weight"] == pytest.approx(float(expected))

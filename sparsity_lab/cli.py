@@ -1,12 +1,16 @@
 """The ``sparsity-lab`` command.
 
 ``sparsity-lab list`` prints the registry by kind; ``sparsity-lab prune`` trains (or loads
-from the checkpoint cache) a dense model, prunes it, fine-tunes it and prints the report.
+from the checkpoint cache) a dense model, prunes it, fine-tunes it and prints the report;
+``sparsity-lab train`` trains a model from scratch with a training-time method (GMP, RigL,
+AC/DC, ...) and prints the report with the training FLOPs.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
 import sys
 from collections.abc import Sequence
 
@@ -92,6 +96,85 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _option(text: str) -> tuple[str, object]:
+    """``key=value`` with a Python literal value (``0.3``, ``[0.5, 0.9]``, ``True``) or a word."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(
+            f"an option is key=value, e.g. drop_fraction=0.3 or sparsities=[0.5,0.9]; got {text!r}"
+        )
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value  # a plain word such as rewind=step
+
+
+def _train(args: argparse.Namespace) -> int:
+    import sparsity_lab as sl
+    from sparsity_lab import recipes
+    from sparsity_lab.methods.base import TrainingFlops
+    from sparsity_lab.methods.cram import one_shot
+
+    # Build the method first: a misspelt name or a bad option fails before any training.
+    cls = registry.get(args.method, "training")
+    options = dict(args.option)
+    params = inspect.signature(cls).parameters
+    accepted = sorted(set(params) - {"sparsity"})
+    unknown = sorted(set(options) - set(accepted))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for {args.method!r}; it accepts "
+            f"{', '.join(accepted)}"
+        )
+    method = cls(args.sparsity, pattern=args.pattern, budget=args.budget, seed=args.seed, **options)
+
+    t = recipes.task(args.model, args.data, seed=args.seed)
+    model = t.build()
+    train, val, test = t.loaders()
+    flops = TrainingFlops(method)
+    history = method.fit(
+        model,
+        train,
+        val,
+        epochs=args.epochs,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        lr_schedule="cosine",
+        seed=args.seed,
+        progress=args.progress,
+        callbacks=[flops],
+    )
+    # dense training for as many epochs: three forward passes per example
+    dense_run = 3 * sl.report(model)["dense_flops"].iloc[-1] * len(train.dataset) * len(history)
+    accuracy = sl.train.evaluate(model, test)["accuracy"]
+    print(
+        f"trained {args.model} on {args.data} with {args.method} ({method.pattern!r}, budget "
+        f"{method.budget}) for {args.epochs} epoch(s): sparsity {sl.sparsity(model):.4f}, "
+        f"test accuracy {accuracy:.4f}, training FLOPs {flops.total:.4g} "
+        f"({flops.total / dense_run:.3f} x dense training)"
+    )
+    dense_member = getattr(method, "dense_model", None)
+    if dense_member is not None:
+        dense_accuracy = sl.train.evaluate(dense_member, test)["accuracy"]
+        print(f"dense model of the pair: test accuracy {dense_accuracy:.4f}")
+    if args.method == "cram":
+        # CrAM trains a dense model meant to be pruned once, without fine-tuning.
+        one_shot(model, method.sparsity, data=train, pattern=method.pattern, budget=method.budget)
+        accuracy = sl.train.evaluate(model, test)["accuracy"]
+        print(
+            f"one-shot pruned to sparsity {sl.sparsity(model):.4f} with BatchNorm "
+            f"re-estimation: test accuracy {accuracy:.4f}"
+        )
+    with pd.option_context("display.width", 120, "display.max_columns", 20):
+        print(sl.report(model).to_string(index=False))
+    if args.save:
+        import torch
+
+        torch.save(model.state_dict(), args.save)
+        print(f"saved the masked state dict to {args.save}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and documentation)."""
     from sparsity_lab import data, models
@@ -126,6 +209,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", default=None, help="write the pruned model's state dict here")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     p.set_defaults(run=_prune)
+
+    t = sub.add_parser("train", help="train from scratch with a training-time method")
+    t.add_argument("--model", required=True, choices=models.available())
+    t.add_argument("--data", required=True, choices=data.available())
+    t.add_argument("--method", required=True, help="a training method, e.g. gmp, rigl, acdc")
+    t.add_argument("--sparsity", type=_sparsity, default=None, help="fraction of zeros in [0, 1)")
+    t.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, channel, ...")
+    t.add_argument(
+        "--budget", default=None, help="uniform, global, er, erk (default: the method's)"
+    )
+    t.add_argument(
+        "--option",
+        type=_option,
+        action="append",
+        default=[],
+        help="a method option as key=value, repeatable (e.g. --option drop_fraction=0.3)",
+    )
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--optimizer", default="sgd", help="sgd, adam or adamw")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--save", default=None, help="write the trained model's state dict here")
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    t.set_defaults(run=_train)
     return parser
 
 
@@ -133,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sparsity-lab`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "prune":
+    if args.command in ("prune", "train"):
         from sparsity_lab import patterns
 
         try:
@@ -151,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the dense model must be trained, fine-tuning may be skipped
         if args.epochs < 1:
             parser.error(f"--epochs must be >= 1, got {args.epochs}")
-        if args.finetune_epochs < 0:
+        if args.command == "prune" and args.finetune_epochs < 0:
             parser.error(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
     try:
         return args.run(args)

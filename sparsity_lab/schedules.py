@@ -9,6 +9,12 @@ Before ``begin_step`` the sparsity is ``initial_sparsity``; from ``end_step`` on
 ``final_sparsity``.  In between the ramp is evaluated at the last update step, a multiple
 of ``frequency`` after ``begin_step``, so the sparsity is piecewise constant between
 pruning events as in gradual magnitude pruning.
+
+Three schedules bend these rules on purpose: ``iht`` goes down in its dense phases (its
+``frequency`` is the phase length), ``dsd`` ends dense, and ``adaptive`` also reads the
+sparsity reached so far and the generalisation loss (``current_sparsity``,
+``generalization_loss``).  :class:`sparsity_lab.pruner.ScheduledPruning` runs any of them
+with any criterion and pattern.
 """
 
 from __future__ import annotations
@@ -114,3 +120,139 @@ def exponential(step, final_sparsity, begin_step=0, end_step=1, initial_sparsity
     d_i, d_f = 1 - initial_sparsity, 1 - final_sparsity
     p = progress(step, begin_step, end_step, frequency)
     return float(1 - d_i * (d_f / d_i) ** p)
+
+
+@register("schedule", "iterative")
+def iterative(
+    step: int,
+    final_sparsity: float,
+    begin_step: int = 0,
+    end_step: int = 1,
+    initial_sparsity: float = 0.0,
+    frequency: int = 1,
+) -> float:
+    """Iterative pruning (Han et al. 2015): prune-retrain rounds, each removing the same share.
+
+    Rounds happen at ``begin_step + k * frequency`` for ``k = 0 .. K-1`` with
+    ``K = max(1, ceil((end_step - begin_step) / frequency))``; after round ``k + 1`` the
+    density is ``d_i * (d_f / d_i)^((k + 1) / K)``, so every round removes the same fraction
+    of the weights still alive, as in lottery-ticket rounds.  Unlike ``exponential`` the
+    first round prunes at ``begin_step`` itself and the retraining follows it; with
+    ``end_step == begin_step`` it is ``one_shot``.
+    """
+    _check(begin_step, end_step, frequency, final_sparsity, initial_sparsity)
+    if step < begin_step:
+        return float(initial_sparsity)
+    rounds = rounds_of(begin_step, end_step, frequency)
+    done = min(rounds, (step - begin_step) // frequency + 1)
+    d_i, d_f = 1 - initial_sparsity, 1 - final_sparsity
+    return float(1 - d_i * (d_f / d_i) ** (done / rounds))
+
+
+def rounds_of(begin_step: int, end_step: int, frequency: int) -> int:
+    """Number of pruning rounds of :func:`iterative` between ``begin_step`` and ``end_step``."""
+    _check(begin_step, end_step, frequency)
+    return max(1, math.ceil((end_step - begin_step) / frequency))
+
+
+@register("schedule", "iht")
+def iht(
+    step: int,
+    final_sparsity: float,
+    begin_step: int = 0,
+    end_step: int = 1,
+    initial_sparsity: float = 0.0,
+    frequency: int = 1,
+) -> float:
+    """Iterative hard thresholding (Jin et al. 2016): sparse and dense phases take turns.
+
+    Dense (``initial_sparsity``) before ``begin_step``; then phases of ``frequency`` steps,
+    sparse first: ``final_sparsity`` when ``(step - begin_step) // frequency`` is even and
+    ``initial_sparsity`` when it is odd; sparse again from ``end_step`` on.  Each sparse
+    phase thresholds the weights afresh, and each dense phase lets the pruned weights
+    return, starting from zero.
+    """
+    _check(begin_step, end_step, frequency, final_sparsity, initial_sparsity)
+    if step < begin_step:
+        return float(initial_sparsity)
+    if step >= end_step:
+        return float(final_sparsity)
+    sparse_phase = ((step - begin_step) // frequency) % 2 == 0
+    return float(final_sparsity if sparse_phase else initial_sparsity)
+
+
+@register("schedule", "dsd")
+def dsd(
+    step: int,
+    final_sparsity: float,
+    begin_step: int = 0,
+    end_step: int = 1,
+    initial_sparsity: float = 0.0,
+    frequency: int = 1,
+) -> float:
+    """Dense-sparse-dense (Han et al. 2017): dense, then sparse on [begin, end), then dense.
+
+    The one schedule that ends dense: the sparse phase regularises, and the final dense
+    phase re-grows the pruned weights from zero.  ``frequency`` is unused.
+    """
+    _check(begin_step, end_step, frequency, final_sparsity, initial_sparsity)
+    sparse_phase = begin_step <= step < end_step
+    return float(final_sparsity if sparse_phase else initial_sparsity)
+
+
+#: Prechelt's generalisation loss, in percent, at which :func:`adaptive` stops pruning.
+ADAPTIVE_TOLERANCE = 5.0
+
+
+def prechelt_gl(val_losses: list[float]) -> float:
+    """Prechelt's generalisation loss GL = 100 * (E_val / E_opt - 1), in percent.
+
+    ``E_val`` is the latest validation loss and ``E_opt`` the lowest so far; GL is 0 while
+    the validation loss keeps improving and grows as pruning (or overfitting) hurts it.
+    """
+    finite = [v for v in val_losses if v == v]  # drop NaN (no validation data)
+    if not finite:
+        return 0.0
+    best = min(finite)
+    return 100.0 * (finite[-1] / best - 1.0) if best > 0 else 0.0
+
+
+@register("schedule", "adaptive")
+def adaptive(
+    step: int,
+    final_sparsity: float,
+    begin_step: int = 0,
+    end_step: int = 1,
+    initial_sparsity: float = 0.0,
+    frequency: int = 1,
+    *,
+    current_sparsity: float | None = None,
+    generalization_loss: float = 0.0,
+    max_rate: float = 0.5,
+    tolerance: float = ADAPTIVE_TOLERANCE,
+) -> float:
+    """Adaptive (after Prechelt 1997): the pruning rate follows the generalisation loss.
+
+    At each update step (``begin_step + k * frequency``) it removes the fraction
+    ``r = max_rate * max(0, 1 - GL / tolerance)`` of the weights still alive, where GL is
+    the generalisation loss (:func:`prechelt_gl`): prune hard while the validation
+    loss holds, pause while it suffers.  The result never exceeds ``final_sparsity``, and
+    ``end_step`` forces it so a run always ends at its target.  ``current_sparsity`` is the
+    sparsity reached so far (default ``initial_sparsity``); between updates it is returned
+    unchanged.  The linear rate is this library's simple reading of Prechelt's lprune.
+    """
+    _check(begin_step, end_step, frequency, final_sparsity, initial_sparsity)
+    if not 0 < max_rate <= 1:
+        raise ValueError(f"max_rate must be in (0, 1], got {max_rate}")
+    if tolerance <= 0:
+        raise ValueError(f"tolerance must be a positive generalisation loss in %, got {tolerance}")
+    current = initial_sparsity if current_sparsity is None else current_sparsity
+    check_sparsity(current)
+    if step < begin_step:
+        return float(initial_sparsity)
+    if step >= end_step:
+        return float(final_sparsity)
+    if (step - begin_step) % frequency:
+        return float(current)
+    rate = max_rate * max(0.0, 1.0 - generalization_loss / tolerance)
+    return float(min(final_sparsity, 1 - (1 - current) * (1 - rate)))

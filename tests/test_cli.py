@@ -274,3 +274,80 @@ def test_model_data_mismatch(capsys, tmp_path, model, data):
     assert f"model {model!r}" in err
     assert repr(data) in err
     assert list(tmp_path.iterdir()) == []
+
+
+# --- train --------------------------------------------------------------------------------
+
+
+def _train_args(*extra: str) -> list[str]:
+    return [
+        "train",
+        "--model",
+        "lenet300",
+        "--data",
+        "digits",
+        "--epochs",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_list_training_methods(capsys):
+    assert main(["list", "--kind", "training"]) == 0
+    listed = _listed(capsys.readouterr().out)["training"]
+    assert {"gmp", "imp", "rigl", "set", "acdc", "cram"} <= set(listed)
+
+
+def test_train_rigl_with_erk_reaches_the_exact_sparsity(capsys):
+    assert main(_train_args("--method", "rigl", "--sparsity", "0.9", "--budget", "erk")) == 0
+    out = capsys.readouterr().out
+    rows = _rows(out)
+    assert rows["total"]["nonzeros"] == LENET300_DIGITS_WEIGHTS - round(
+        0.9 * LENET300_DIGITS_WEIGHTS
+    )
+    # ERK gives the small last layer a higher density than the big first ones
+    assert rows["fc3.weight"]["sparsity"] < rows["fc1.weight"]["sparsity"]
+    assert "budget erk" in out
+    ratio = float(re.search(r"\((\d+\.\d+) x dense training\)", out)[1])
+    # 20 steps, none of them a RigL update (every 100): every step costs 10% of a dense one
+    assert ratio == pytest.approx(0.1, abs=1e-3)
+
+
+def test_train_passes_method_options(capsys):
+    args = _train_args("--method", "gmp", "--pattern", "2:4", "--option", "frequency=3")
+    assert main(args) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert all(r["nonzeros"] * 2 == r["parameters"] for r in rows.values())
+
+
+def test_train_acdc_reports_both_members_of_the_pair(capsys):
+    assert main(_train_args("--method", "acdc", "--sparsity", "0.8", "--epochs", "4")) == 0
+    out = capsys.readouterr().out
+    assert "dense model of the pair: test accuracy" in out
+    assert _rows(out)["total"]["sparsity"] == pytest.approx(0.8, abs=1e-4)
+
+
+def test_train_misspelt_method(capsys):
+    err = _exits_with_usage_error(capsys, _train_args("--method", "rigll", "--sparsity", "0.9"))
+    assert "Did you mean 'rigl'" in err
+
+
+def test_train_unknown_option_lists_the_accepted_ones(capsys):
+    err = _exits_with_usage_error(
+        capsys, _train_args("--method", "rigl", "--sparsity", "0.9", "--option", "speed=2")
+    )
+    assert "unknown option(s) speed for 'rigl'" in err
+    assert "drop_fraction" in err
+
+
+def test_train_malformed_option(capsys):
+    err = _exits_with_usage_error(
+        capsys, _train_args("--method", "rigl", "--sparsity", "0.9", "--option", "0.3")
+    )
+    assert "an option is key=value" in err
+
+
+def test_train_needs_a_sparsity(capsys):
+    err = _exits_with_usage_error(capsys, _train_args("--method", "rigl"))
+    assert "--sparsity is required" in err

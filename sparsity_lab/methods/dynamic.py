@@ -1,0 +1,693 @@
+"""Dynamic sparse training: a sparse network that prunes and regrows while it trains.
+
+Survey section 4.  The network starts sparse (a random mask whose layer densities come
+from a budget, ERK by default) and keeps the number of weights fixed; every few steps
+some weights are dropped and as many are grown.  The methods differ in what they drop
+and grow:
+
+========  ==========================  ===============================================
+name      drop                        grow
+========  ==========================  ===============================================
+set       smallest ``|w|``            uniformly at random
+deepr     weights whose sign flips    uniformly at random (with a random sign)
+dsr       ``|w|`` below an adaptive   at random, layers in proportion to their
+          global threshold            surviving weights
+snfs      smallest ``|w|``            largest ``|momentum|``; layers in proportion to
+                                      their mean momentum
+rigl      smallest ``|w|``            largest ``|dense gradient|``
+topkast   (re-selects top-k |w| of the dense weights; gradients reach a larger set)
+dpf       (re-selects top-k |w| of the dense weights; dense weights get the
+          gradient of the sparse model)
+========  ==========================  ===============================================
+
+Optimizer state follows the masks (see :func:`sparsity_lab.pruner.change_masks`): a
+dropped weight is zeroed and loses its momentum or Adam moments, a grown weight starts at
+zero with none, and the number of weights kept is exact after every update.  Top-KAST and
+DPF are different by design: they keep dense weights and let masked ones come back with
+their values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+from .. import masks
+from ..patterns import Pattern
+from ..pruner import change_masks, reset_state
+from ..pruning import prune
+from ..registry import register
+from ..schedules import cubic
+from ..train import Trainer
+from .base import TrainingMethod, apportion, check_fraction, n_active
+
+DECAYS = ("cosine", "linear", "constant")
+
+
+def decayed_fraction(step: int, initial: float, end_step: int, decay: str = "cosine") -> float:
+    """The drop fraction at ``step``: ``initial`` decayed to 0 at ``end_step``.
+
+    ``cosine`` is RigL's ``f(t) = initial / 2 * (1 + cos(pi * t / end_step))``; ``linear``
+    falls in a straight line; ``constant`` stays at ``initial`` (SET).  0 from
+    ``end_step`` on, when the mask is frozen.
+    """
+    if decay not in DECAYS:
+        raise ValueError(f"decay must be one of {', '.join(DECAYS)}, got {decay!r}")
+    if step >= end_step:
+        return 0.0
+    t = step / end_step
+    if decay == "cosine":
+        return initial / 2 * (1 + math.cos(math.pi * t))
+    if decay == "linear":
+        return initial * (1 - t)
+    return initial
+
+
+def prune_and_grow(
+    mask: torch.Tensor,
+    drop_scores: torch.Tensor,
+    grow_scores: torch.Tensor,
+    n_drop: int,
+    n_grow: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One prune-and-grow step on one tensor; returns (mask after the drop, final mask).
+
+    Drops the ``n_drop`` kept entries with the lowest ``drop_scores``, then grows the
+    ``n_grow`` (default ``n_drop``) entries with the highest ``grow_scores`` among those
+    not kept after the drop, so a just-dropped entry may come straight back (as in RigL's
+    algorithm; it then restarts from zero).  Ties go to the lower index.
+    """
+    n_grow = n_drop if n_grow is None else n_grow
+    keep = mask.detach().bool().flatten()
+    if n_drop > int(keep.sum()):
+        raise ValueError(f"cannot drop {n_drop} of {int(keep.sum())} kept entries")
+    inf = torch.tensor(math.inf, dtype=torch.float64, device=keep.device)
+    drop = torch.where(keep, drop_scores.detach().flatten().double(), inf)
+    after = keep.clone()
+    after[torch.argsort(drop, stable=True)[:n_drop]] = False
+    if n_grow > int((~after).sum()):
+        raise ValueError(f"cannot grow {n_grow} entries: only {int((~after).sum())} are free")
+    grow = torch.where(after, -inf, grow_scores.detach().flatten().double())
+    final = after.clone()
+    final[torch.argsort(grow, descending=True, stable=True)[:n_grow]] = True
+    return after.reshape(mask.shape), final.reshape(mask.shape)
+
+
+# --- the sparse-from-scratch baseline ------------------------------------------------------
+
+
+class StaticSparse(TrainingMethod):
+    """Static sparse training: a random mask, its layer densities set by the budget, kept
+    fixed for the whole run.  The baseline every dynamic method must beat (not registered).
+    """
+
+    name = "static"
+    default_budget = "erk"
+    #: Whether the masks pass dense gradients (``masks.attach(..., dense_grad=True)``).
+    mask_dense_grad = False
+
+    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+        self.log = []
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self.init_masks(trainer)
+
+    def init_masks(self, trainer: Trainer) -> None:
+        """Attach the initial masks: uniformly random within each layer's budget."""
+        prune(
+            trainer.model,
+            "random",
+            self.sparsity,
+            dense_grad=self.mask_dense_grad,
+            **self.prune_options(),
+        )
+
+    def on_epoch_end(self, trainer: Trainer) -> None:  # noqa: D102
+        names = self.masked_names(trainer.model)
+        total = sum(masks.get_mask(trainer.model, n).numel() for n in names)
+        trainer.history[-1]["sparsity"] = 1 - n_active(trainer.model, names) / total
+
+
+class DynamicSparse(StaticSparse):
+    """Prune and grow every ``update_frequency`` steps until ``end`` (a fraction of training).
+
+    ``drop_fraction`` of each layer's kept weights are dropped and as many grown; the
+    fraction decays with ``decay`` (``cosine``, ``linear`` or ``constant``) to 0 at ``end``.
+    ``update_frequency="epoch"`` updates once per epoch; ``None`` takes the method's
+    default.  Subclasses say what to drop and grow
+    (:meth:`drop_scores`, :meth:`grow_scores`, higher = keep / grow first).
+    """
+
+    supported_patterns = ("unstructured",)
+    default_drop_fraction = 0.3
+    default_decay = "cosine"
+    default_frequency: int | str = 100
+
+    def __init__(
+        self,
+        sparsity: float,
+        *,
+        drop_fraction: float | None = None,
+        decay: str | None = None,
+        update_frequency: int | str | None = None,
+        end: float = 0.75,
+        pattern: str | Pattern = "unstructured",
+        budget: str | None = None,
+        targets: Iterable[str] | None = None,
+        exclude: Iterable[str] = (),
+        dense: Iterable[str] = (),
+        seed: int = 0,
+    ) -> None:
+        self._setup(sparsity, pattern, budget, targets, exclude, dense, seed)
+        fraction = self.default_drop_fraction if drop_fraction is None else drop_fraction
+        self.drop_fraction = check_fraction("drop_fraction", fraction)
+        self.decay = decay or self.default_decay
+        decayed_fraction(0, 0.0, 1, self.decay)  # validates the name
+        if update_frequency is None:
+            update_frequency = self.default_frequency
+        if update_frequency != "epoch" and (
+            isinstance(update_frequency, bool)
+            or not isinstance(update_frequency, int)
+            or update_frequency < 1
+        ):
+            raise ValueError(
+                f"update_frequency must be a positive number of steps or 'epoch', got "
+                f"{update_frequency!r}"
+            )
+        self.update_frequency = update_frequency
+        self.end = check_fraction("end", end)
+
+    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+        per_epoch = max(1, trainer.total_steps // trainer.epochs)
+        self.frequency = per_epoch if self.update_frequency == "epoch" else self.update_frequency
+        self.end_step = round(self.end * trainer.total_steps)
+        super().on_train_begin(trainer)
+
+    def is_update_step(self, step: int) -> bool:
+        """Whether the masks change after optimizer step number ``step``."""
+        return step > 0 and step % self.frequency == 0 and step < self.end_step
+
+    def fraction_at(self, step: int) -> float:
+        """The drop fraction after step ``step`` (see :func:`decayed_fraction`)."""
+        return decayed_fraction(step, self.drop_fraction, self.end_step, self.decay)
+
+    def on_step_end(self, trainer: Trainer) -> None:  # noqa: D102
+        if self.is_update_step(trainer.step):
+            self.update(trainer)
+
+    # what to drop and what to grow -------------------------------------------------------
+
+    def drop_scores(self, trainer: Trainer, name: str) -> torch.Tensor:
+        """Scores of the kept weights; the lowest are dropped.  Default: ``|w|``."""
+        return masks.weight(trainer.model, name).detach().abs()
+
+    def grow_scores(self, trainer: Trainer, name: str) -> torch.Tensor:
+        """Scores of the free positions; the highest are grown."""
+        raise NotImplementedError
+
+    def plan(self, trainer: Trainer, names: list[str], fraction: float) -> dict[str, tuple]:
+        """``{name: (n_drop, n_grow)}``; by default each layer regrows what it dropped."""
+        plan = {}
+        for n in names:
+            k = round(fraction * int(masks.get_mask(trainer.model, n).count_nonzero()))
+            plan[n] = (k, k)
+        return plan
+
+    def update(self, trainer: Trainer) -> None:
+        """One prune-and-grow step over every masked layer."""
+        model, names = trainer.model, self.masked_names(trainer.model)
+        fraction = self.fraction_at(trainer.step)
+        plan = self.plan(trainer, names, fraction)
+        dropped, final = {}, {}
+        for n in names:
+            n_drop, n_grow = plan[n]
+            dropped[n], final[n] = prune_and_grow(
+                masks.get_mask(model, n),
+                self.drop_scores(trainer, n),
+                self.grow_scores(trainer, n),
+                n_drop,
+                n_grow,
+            )
+        # Two steps, so that an entry dropped and grown again also restarts from zero.
+        change_masks(model, dropped, trainer.optimizer)
+        change_masks(model, final, trainer.optimizer)
+        self.log.append(
+            {
+                "step": trainer.step,
+                "drop_fraction": fraction,
+                "dropped": sum(plan[n][0] for n in names),
+                "grown": sum(plan[n][1] for n in names),
+                "active": n_active(model, names),
+            }
+        )
+
+
+# --- the registered methods ---------------------------------------------------------------
+
+
+@register("training", "set")
+class SET(DynamicSparse):
+    """Sparse evolutionary training (Mocanu et al. 2018).
+
+    Rule: every update (once per epoch by default), in each layer drop the fraction
+    ``zeta`` (``drop_fraction=0.3``, constant) of kept weights with the smallest ``|w|`` and
+    grow as many connections chosen uniformly at random among the free ones, starting at
+    zero.  Unstructured; budget ``er`` by default (the paper's Erdos-Renyi layers).
+    """
+
+    name = "set"
+    default_budget = "er"
+    default_decay = "constant"
+    default_frequency = "epoch"
+
+    def grow_scores(self, trainer: Trainer, name: str) -> torch.Tensor:  # noqa: D102
+        shape = masks.get_mask(trainer.model, name).shape
+        return torch.rand(shape, generator=self._generator, dtype=torch.float64)
+
+
+@register("training", "rigl")
+class RigL(DynamicSparse):
+    """Rigging the lottery (Evci et al. 2020).
+
+    Rule: every ``update_frequency`` (100) steps until 75% of training, in each layer drop
+    ``k = f(t) * n_kept`` weights with the smallest ``|w|`` and grow the ``k`` free ones with
+    the largest dense gradient ``|dL/dw|`` on the current batch, starting at zero;
+    ``f(t) = alpha/2 (1 + cos(pi t / T_end))`` with ``alpha = 0.3``.  Between updates the
+    gradient is sparse; only update steps compute the dense one.  Unstructured; ERK budget.
+    """
+
+    name = "rigl"
+
+    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+        super().on_train_begin(trainer)
+        self._grads: dict[str, torch.Tensor] = {}
+        self._dense_step = False
+
+    def _set_dense_grad(self, model, flag: bool) -> None:
+        for n in self.masked_names(model):
+            masks.attach(model, n, masks.get_mask(model, n), dense_grad=flag)
+
+    def on_step_begin(self, trainer: Trainer) -> None:  # noqa: D102
+        # Only the steps that end in an update pay for the dense gradient.
+        self._dense_step = self.is_update_step(trainer.step + 1)
+        if self._dense_step:
+            self._set_dense_grad(trainer.model, True)
+
+    def on_after_backward(self, trainer: Trainer) -> None:  # noqa: D102
+        if not self._dense_step:
+            return
+        model = trainer.model
+        for n in self.masked_names(model):
+            param = masks.dense_weight(model, n)
+            self._grads[n] = param.grad.detach().abs().clone()
+            param.grad.mul_(masks.get_mask(model, n))  # the update itself stays sparse
+        self._set_dense_grad(model, False)
+
+    def grow_scores(self, trainer: Trainer, name: str) -> torch.Tensor:  # noqa: D102
+        return self._grads[name]
+
+    def step_flops(self, trainer: Trainer, sparse: float, dense: float) -> float:
+        """A dense weight gradient on update steps: ``2 * sparse + dense``, else ``3 * sparse``."""
+        return 2 * sparse + dense if self._dense_step else 3 * sparse
+
+
+def momentum_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> torch.Tensor:
+    """The optimizer's momentum of ``param``: SGD's ``momentum_buffer`` or Adam's ``exp_avg``."""
+    state = optimizer.state.get(param, {})
+    for key in ("momentum_buffer", "exp_avg"):
+        if torch.is_tensor(state.get(key)):
+            return state[key]
+    raise ValueError(
+        "SNFS grows by momentum, but the optimizer keeps none for this weight yet; train with "
+        "SGD with momentum > 0 (the default) or Adam, and update after the first step"
+    )
+
+
+@register("training", "snfs")
+class SNFS(DynamicSparse):
+    """Sparse momentum, sparse networks from scratch (Dettmers & Zettlemoyer 2019).
+
+    Rule: every update (once per epoch by default), drop the fraction ``p`` (0.5, cosine
+    decay) of each layer's kept weights with the smallest ``|w|``; hand the total back to
+    the layers in proportion to the mean ``|momentum|`` of their kept weights; in each
+    layer grow the free weights with the largest ``|momentum|``, starting at zero.  The
+    momentum is dense: masks pass dense gradients and the masked weights are re-zeroed
+    after every step.  Unstructured; ERK budget.
+    """
+
+    name = "snfs"
+    mask_dense_grad = True
+    default_drop_fraction = 0.5
+    default_frequency = "epoch"
+
+    def on_step_end(self, trainer: Trainer) -> None:  # noqa: D102
+        # Dense gradients moved the masked weights: put them back to zero, keep the momentum.
+        with torch.no_grad():
+            for n in self.masked_names(trainer.model):
+                masks.dense_weight(trainer.model, n).mul_(masks.get_mask(trainer.model, n))
+        super().on_step_end(trainer)
+
+    def _momentum(self, trainer: Trainer, name: str) -> torch.Tensor:
+        return momentum_of(trainer.optimizer, masks.dense_weight(trainer.model, name))
+
+    def grow_scores(self, trainer: Trainer, name: str) -> torch.Tensor:  # noqa: D102
+        return self._momentum(trainer, name).detach().abs()
+
+    def plan(self, trainer: Trainer, names: list[str], fraction: float) -> dict[str, tuple]:
+        """Drop per layer; regrow the total in proportion to each layer's mean momentum."""
+        model = trainer.model
+        drops, weight, capacity = {}, {}, {}
+        for n in names:
+            mask = masks.get_mask(model, n).bool()
+            kept = int(mask.sum())
+            drops[n] = round(fraction * kept)
+            weight[n] = float(self._momentum(trainer, n).abs()[mask].mean()) if kept else 0.0
+            capacity[n] = mask.numel() - (kept - drops[n])
+        grows = apportion(sum(drops.values()), weight, capacity)
+        return {n: (drops[n], grows[n]) for n in names}
+
+    def step_flops(self, trainer: Trainer, sparse: float, dense: float) -> float:
+        """Dense momentum needs the dense weight gradient every step: ``2 * sparse + dense``."""
+        return 2 * sparse + dense
+
+
+@register("training", "dsr")
+class DSR(DynamicSparse):
+    """Dynamic sparse reparameterization (Mostafa & Wang 2019).
+
+    Rule: every update (once per epoch by default), prune the kept weights with
+    ``|w| < H``, a threshold shared by all layers; if fewer than ``(1 - tolerance) N`` were
+    pruned double ``H``, if more than ``(1 + tolerance) N`` halve it, where
+    ``N = drop_fraction * n_kept``.  The ``K`` pruned weights are regrown at random free
+    positions, spread over layers in proportion to their surviving weights.  The total
+    stays exact, while layer densities move.  Unstructured; uniform budget by default.
+    """
+
+    name = "dsr"
+    default_budget = "uniform"
+    default_decay = "constant"
+    default_drop_fraction = 0.1
+    default_frequency = "epoch"
+
+    def __init__(
+        self,
+        sparsity: float,
+        *,
+        threshold: float = 1e-3,
+        tolerance: float = 0.1,
+        drop_fraction: float | None = None,
+        decay: str | None = None,
+        update_frequency: int | str | None = None,
+        end: float = 0.75,
+        pattern: str | Pattern = "unstructured",
+        budget: str | None = None,
+        targets: Iterable[str] | None = None,
+        exclude: Iterable[str] = (),
+        dense: Iterable[str] = (),
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            sparsity,
+            drop_fraction=drop_fraction,
+            decay=decay,
+            update_frequency=update_frequency,
+            end=end,
+            pattern=pattern,
+            budget=budget,
+            targets=targets,
+            exclude=exclude,
+            dense=dense,
+            seed=seed,
+        )
+        if threshold <= 0:
+            raise ValueError(f"threshold must be positive, got {threshold}")
+        self.initial_threshold = threshold
+        self.tolerance = check_fraction("tolerance", tolerance)
+
+    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+        super().on_train_begin(trainer)
+        self.threshold = self.initial_threshold
+
+    def grow_scores(self, trainer: Trainer, name: str) -> torch.Tensor:  # noqa: D102
+        shape = masks.get_mask(trainer.model, name).shape
+        return torch.rand(shape, generator=self._generator, dtype=torch.float64)
+
+    def plan(self, trainer: Trainer, names: list[str], fraction: float) -> dict[str, tuple]:
+        """Threshold per layer; regrow in proportion to the surviving weights."""
+        model = trainer.model
+        drops, survivors, capacity = {}, {}, {}
+        for n in names:
+            mask = masks.get_mask(model, n).bool()
+            small = mask & (masks.weight(model, n).detach().abs() < self.threshold)
+            drops[n] = int(small.sum())
+            survivors[n] = float(mask.sum()) - drops[n]
+            capacity[n] = mask.numel() - int(survivors[n])
+        pruned = sum(drops.values())
+        wanted = fraction * n_active(model, names)
+        # The adaptive threshold: aim the next update at `wanted` pruned weights.
+        if pruned < (1 - self.tolerance) * wanted:
+            self.threshold *= 2
+        elif pruned > (1 + self.tolerance) * wanted:
+            self.threshold /= 2
+        grows = apportion(pruned, survivors, capacity)
+        return {n: (drops[n], grows[n]) for n in names}
+
+    def update(self, trainer: Trainer) -> None:  # noqa: D102
+        super().update(trainer)
+        self.log[-1]["threshold"] = self.threshold
+
+
+@register("training", "deepr")
+class DeepR(StaticSparse):
+    """Deep rewiring (Bellec et al. 2018).
+
+    Rule: each kept connection has a fixed sign ``s``; after every optimizer step its
+    weight also moves by ``-lr * alpha * s + sqrt(2 * lr * T) * noise`` (an L1 pull toward
+    zero and Gaussian exploration at temperature ``T``); a connection whose weight crosses
+    zero (``s * w < 0``) goes dormant, and as many dormant connections of the same layer,
+    chosen uniformly at random, are activated at zero with a random sign.  Each layer keeps
+    its number of connections exactly.  Unstructured; uniform budget by default.
+    """
+
+    name = "deepr"
+    default_budget = "uniform"
+    supported_patterns = ("unstructured",)
+
+    def __init__(
+        self,
+        sparsity: float,
+        *,
+        l1: float = 1e-5,
+        temperature: float = 1e-8,
+        pattern: str | Pattern = "unstructured",
+        budget: str | None = None,
+        targets: Iterable[str] | None = None,
+        exclude: Iterable[str] = (),
+        dense: Iterable[str] = (),
+        seed: int = 0,
+    ) -> None:
+        self._setup(sparsity, pattern, budget, targets, exclude, dense, seed)
+        if l1 < 0 or temperature < 0:
+            raise ValueError(f"l1 and temperature must be >= 0, got {l1} and {temperature}")
+        self.l1, self.temperature = l1, temperature
+
+    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+        super().on_train_begin(trainer)
+        model = trainer.model
+        # The sign a connection was born with; zero weights draw a random one.
+        self.signs = {}
+        for n in self.masked_names(model):
+            w = masks.dense_weight(model, n).detach()
+            coin = torch.randint(0, 2, w.shape, generator=self._generator).to(w) * 2 - 1
+            self.signs[n] = torch.where(w != 0, torch.sign(w), coin)
+
+    def on_step_end(self, trainer: Trainer) -> None:  # noqa: D102
+        model, opt = trainer.model, trainer.optimizer
+        lr = opt.param_groups[0]["lr"]
+        noise_scale = math.sqrt(2 * lr * self.temperature)
+        dormant, final, rewired = {}, {}, 0
+        with torch.no_grad():
+            for n in self.masked_names(model):
+                w, mask, sign = (
+                    masks.dense_weight(model, n),
+                    masks.get_mask(model, n).bool(),
+                    self.signs[n],
+                )
+                noise = torch.randn(w.shape, generator=self._generator).to(w) * noise_scale
+                w.add_(torch.where(mask, -lr * self.l1 * sign + noise, torch.zeros_like(w)))
+                died = mask & (w * sign < 0)
+                k = int(died.sum())
+                if k == 0:
+                    continue
+                free = torch.rand(w.shape, generator=self._generator, dtype=torch.float64)
+                dormant[n], final[n] = prune_and_grow(mask, (~died).double(), free, k)
+                born = final[n] & ~dormant[n]
+                coin = torch.randint(0, 2, w.shape, generator=self._generator).to(w) * 2 - 1
+                sign[born] = coin[born]
+                rewired += k
+        if dormant:
+            change_masks(model, dormant, opt)
+            change_masks(model, final, opt)
+        if rewired:
+            self.log.append({"step": trainer.step, "rewired": rewired})
+
+
+@register("training", "topkast")
+class TopKAST(StaticSparse):
+    """Top-K always sparse training (Jayakumar et al. 2020).
+
+    Rule: keep dense weights ``theta``; the forward pass uses the set ``A`` of the top-D
+    ``|theta|`` (density ``1 - sparsity`` per the budget) and the gradient reaches a larger
+    set ``B`` of the top ``|theta|`` at ``backward_sparsity`` (default: twice the forward
+    density); weights outside ``B`` are not updated and lose their optimizer state.  An
+    exploration penalty adds ``penalty * theta`` to the gradient on ``A`` and
+    ``penalty * theta / D`` on ``B \\ A``, so that weights which are not used must stay
+    useful to survive.  The sets are re-selected every ``update_frequency`` steps.
+    Supports every pattern.
+    """
+
+    name = "topkast"
+    mask_dense_grad = True
+
+    def __init__(
+        self,
+        sparsity: float,
+        *,
+        backward_sparsity: float | None = None,
+        penalty: float = 1e-4,
+        update_frequency: int = 1,
+        pattern: str | Pattern = "unstructured",
+        budget: str | None = None,
+        targets: Iterable[str] | None = None,
+        exclude: Iterable[str] = (),
+        dense: Iterable[str] = (),
+        seed: int = 0,
+    ) -> None:
+        self._setup(sparsity, pattern, budget, targets, exclude, dense, seed)
+        if backward_sparsity is None:
+            backward_sparsity = max(0.0, 1 - 2 * (1 - self.sparsity))
+        if not 0 <= backward_sparsity <= self.sparsity:
+            raise ValueError(
+                f"backward_sparsity must be in [0, sparsity={self.sparsity}]: the backward set "
+                f"contains the forward set; got {backward_sparsity}"
+            )
+        if update_frequency < 1:
+            raise ValueError(f"update_frequency must be >= 1, got {update_frequency}")
+        self.backward_sparsity = float(backward_sparsity)
+        self.penalty = penalty
+        self.update_frequency = update_frequency
+        self.backward: dict[str, torch.Tensor] = {}
+
+    def _scores(self, model):
+        return {n: masks.dense_weight(model, n).detach().abs() for n in self.names(model)}
+
+    def reselect(self, trainer: Trainer) -> None:
+        """Choose ``A`` (the masks) and ``B`` from the current dense magnitudes."""
+        model = trainer.model
+        scores = self._scores(model)
+        forward = self.select(model, scores)
+        self.backward = self.select(model, scores, self.backward_sparsity)
+        for n, keep in forward.items():
+            if masks.is_masked(model, n):
+                masks.set_mask(model, n, keep)  # dense_grad masks keep the dense values
+            else:
+                masks.attach(model, n, keep, dense_grad=True)
+
+    def init_masks(self, trainer: Trainer) -> None:  # noqa: D102
+        self.reselect(trainer)
+
+    def on_step_begin(self, trainer: Trainer) -> None:  # noqa: D102
+        if trainer.step > 0 and trainer.step % self.update_frequency == 0:
+            self.reselect(trainer)
+
+    def on_after_backward(self, trainer: Trainer) -> None:  # noqa: D102
+        model = trainer.model
+        density = 1 - self.sparsity
+        for n, b in self.backward.items():
+            theta = masks.dense_weight(model, n)
+            if theta.grad is None:
+                continue
+            a = masks.get_mask(model, n).bool()
+            with torch.no_grad():
+                scale = torch.where(a, 1.0, 1.0 / density) * self.penalty
+                theta.grad.add_(scale * theta)
+                theta.grad.mul_(b)
+            reset_state(trainer.optimizer, theta, ~b)
+
+    def step_flops(self, trainer: Trainer, sparse: float, dense: float) -> float:
+        """Forward and input gradient on ``A``, weight gradient on ``B``."""
+        density_b = 1 - self.backward_sparsity
+        density_a = 1 - self.sparsity
+        return 2 * sparse + sparse * (density_b / density_a if density_a else 1.0)
+
+
+@register("training", "dpf")
+class DPF(StaticSparse):
+    """Dynamic pruning with feedback (Lin et al. 2020).
+
+    Rule: keep dense weights ``w`` and train them with the gradient of the pruned model,
+    ``w <- w - lr * grad f(m * w)`` (the error of pruning is fed back); every
+    ``update_frequency`` (16) steps re-select the mask ``m`` as the top ``|w|`` of the dense
+    weights at the sparsity of a cubic schedule that reaches the target at ``end`` (a
+    fraction of training), so pruned weights can return.  The result is the masked model.
+    Supports every pattern and budget.
+    """
+
+    name = "dpf"
+    default_budget = "global"
+    mask_dense_grad = True
+
+    def __init__(
+        self,
+        sparsity: float | None,
+        *,
+        update_frequency: int = 16,
+        end: float = 0.75,
+        pattern: str | Pattern = "unstructured",
+        budget: str | None = None,
+        targets: Iterable[str] | None = None,
+        exclude: Iterable[str] = (),
+        dense: Iterable[str] = (),
+        seed: int = 0,
+    ) -> None:
+        self._setup(sparsity, pattern, budget, targets, exclude, dense, seed)
+        if update_frequency < 1:
+            raise ValueError(f"update_frequency must be >= 1, got {update_frequency}")
+        self.update_frequency = update_frequency
+        self.end = check_fraction("end", end)
+
+    def target_at(self, step: int) -> float:
+        """The scheduled sparsity at ``step`` (cubic from 0 to the target)."""
+        if self.pattern.fixed_sparsity is not None:
+            return self.sparsity
+        return cubic(step, self.sparsity, 0, self.end_step, frequency=self.update_frequency)
+
+    def init_masks(self, trainer: Trainer) -> None:  # noqa: D102
+        self.end_step = round(self.end * trainer.total_steps)
+        self.reselect(trainer)
+
+    def reselect(self, trainer: Trainer) -> None:
+        """Masks from the dense magnitudes at the scheduled sparsity."""
+        model = trainer.model
+        scores = {n: masks.dense_weight(model, n).detach().abs() for n in self.names(model)}
+        target = self.target_at(trainer.step)
+        for n, keep in self.select(model, scores, target).items():
+            if masks.is_masked(model, n):
+                masks.set_mask(model, n, keep)
+            else:
+                masks.attach(model, n, keep, dense_grad=True)
+        self.log.append({"step": trainer.step, "sparsity": target})
+
+    def on_step_end(self, trainer: Trainer) -> None:  # noqa: D102
+        if trainer.step % self.update_frequency == 0:
+            self.reselect(trainer)
+
+    def on_train_end(self, trainer: Trainer) -> None:  # noqa: D102
+        # Whatever the step count, training ends exactly at the target sparsity.
+        if self.log and self.log[-1]["sparsity"] != self.sparsity:
+            self.reselect(trainer)
+
+    def step_flops(self, trainer: Trainer, sparse: float, dense: float) -> float:
+        """The dense weights get a dense gradient every step: ``2 * sparse + dense``."""
+        return 2 * sparse + dense

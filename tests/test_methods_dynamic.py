@@ -1,0 +1,480 @@
+"""Dynamic sparse training: every prune-and-grow rule against an independent computation.
+
+Rules checked: exact mask counts after every update; dropped weights are zeroed and lose
+their optimizer state; grown weights start at zero with none; RigL grows by the dense
+gradient, SNFS by momentum, SET uniformly at random; RigL's drop fraction follows the
+cosine decay; DeepR rewires connections whose sign flips; Top-KAST and DPF route the
+gradient as their papers say.
+"""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import sparsity_lab as sl
+from sparsity_lab import masks, registry
+from sparsity_lab.methods.dynamic import (
+    DSR,
+    SET,
+    SNFS,
+    DeepR,
+    RigL,
+    decayed_fraction,
+    prune_and_grow,
+)
+from sparsity_lab.train import Callback, fit
+
+NAMES = ("0.weight", "2.weight")
+
+
+def loader(seed=0, n=96):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 12, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=g)
+
+
+def model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def dense_gradient(m, batch):
+    """dL/dW of the masked weights, by autograd on a plain copy (no mask machinery)."""
+    plain = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 2))
+    plain.load_state_dict(masks.plain_state_dict(m))
+    x, y = batch
+    F.cross_entropy(plain(x), y).backward()
+    return {"0.weight": plain[0].weight.grad, "2.weight": plain[2].weight.grad}
+
+
+# --- pure pieces ----------------------------------------------------------------------------
+
+
+def test_cosine_drop_fraction_by_hand():
+    assert decayed_fraction(0, 0.3, 100) == pytest.approx(0.3)
+    assert decayed_fraction(50, 0.3, 100) == pytest.approx(0.15)
+    assert decayed_fraction(25, 0.3, 100) == pytest.approx(0.15 * (1 + math.cos(math.pi / 4)))
+    assert decayed_fraction(100, 0.3, 100) == 0.0
+    assert decayed_fraction(50, 0.3, 100, "linear") == pytest.approx(0.15)
+    assert decayed_fraction(99, 0.3, 100, "constant") == 0.3
+    with pytest.raises(ValueError, match="decay must be one of"):
+        decayed_fraction(0, 0.3, 100, "exp")
+
+
+def test_prune_and_grow_by_hand():
+    mask = torch.tensor([1, 1, 1, 0, 0, 0], dtype=torch.bool)
+    drop = torch.tensor([0.5, 0.1, 0.9, 9.0, 9.0, 9.0])  # 9s are ignored: not kept
+    grow = torch.tensor([0.0, 3.0, 0.0, 1.0, 2.0, 0.5])
+    after, final = prune_and_grow(mask, drop, grow, 2)
+    assert after.tolist() == [False, False, True, False, False, False]
+    # index 1 was just dropped and has the largest growth score: it comes back
+    assert final.tolist() == [False, True, True, False, True, False]
+    with pytest.raises(ValueError, match="cannot drop"):
+        prune_and_grow(mask, drop, grow, 4)
+
+
+# --- RigL -----------------------------------------------------------------------------------
+
+
+class Spy(Callback):
+    """Placed before the method: sees each update step's inputs to compute it independently."""
+
+    def __init__(self, method):
+        self.method, self.records = method, []
+
+    def on_step_begin(self, trainer):
+        self.before = {
+            "masks": {n: masks.get_mask(trainer.model, n).clone().bool() for n in NAMES},
+            "grad": dense_gradient(trainer.model, trainer.batch),
+        }
+
+    def on_step_end(self, trainer):  # after the optimizer step, before the method's update
+        self.before["weights"] = {n: masks.weight(trainer.model, n).detach().clone() for n in NAMES}
+        self.before["step"] = trainer.step
+
+
+class Check(Callback):
+    """Placed after the method: checks the state the update left."""
+
+    def __init__(self, spy, active):
+        self.spy, self.active, self.updates = spy, active, 0
+
+    def on_step_end(self, trainer):
+        m, opt = trainer.model, trainer.optimizer
+        for n in NAMES:
+            mask = masks.get_mask(m, n).bool()
+            w = masks.dense_weight(m, n)
+            buf = opt.state[w]["momentum_buffer"]
+            # exact count, and nothing outside the mask: no value, no momentum
+            assert int(mask.sum()) == self.active[n], (trainer.step, n)
+            assert torch.all(w[~mask] == 0) and torch.all(buf[~mask] == 0)
+        if not self.spy.method.log or self.spy.method.log[-1]["step"] != trainer.step:
+            return
+        self.updates += 1
+        self.check_update(trainer)
+
+    def check_update(self, trainer):
+        m, opt = trainer.model, trainer.optimizer
+        rigl, before = self.spy.method, self.spy.before
+        fraction = 0.3 / 2 * (1 + math.cos(math.pi * trainer.step / rigl.end_step))
+        assert rigl.log[-1]["drop_fraction"] == pytest.approx(fraction)
+        for n in NAMES:
+            old, w_old, g = before["masks"][n], before["weights"][n], before["grad"][n].abs()
+            k = round(fraction * int(old.sum()))
+            # independent drop: the k smallest |w| among the kept weights
+            drop_order = torch.where(old, w_old.abs(), torch.full_like(w_old, math.inf))
+            dropped = torch.zeros_like(old)
+            dropped.view(-1)[torch.topk(drop_order.flatten(), k, largest=False).indices] = True
+            after = old & ~dropped
+            # independent growth: the k largest dense |gradient| among the rest
+            grow_order = torch.where(after, torch.full_like(g, -1.0), g)
+            grown = torch.zeros_like(old)
+            grown.view(-1)[torch.topk(grow_order.flatten(), k).indices] = True
+            new = masks.get_mask(m, n).bool()
+            assert torch.equal(new, after | grown), n
+            w = masks.dense_weight(m, n)
+            buf = opt.state[w]["momentum_buffer"]
+            assert torch.all(w[grown] == 0) and torch.all(buf[grown] == 0), n
+
+
+def test_rigl_drops_by_magnitude_grows_by_dense_gradient_with_exact_counts():
+    m = model()
+    rigl = RigL(0.75, budget="uniform", update_frequency=3, end=0.8)
+    spy = Spy(rigl)
+    active = {n: round(0.25 * (12 * 16 if n == "0.weight" else 32)) for n in NAMES}
+    check = Check(spy, active)
+    fit(m, loader(), epochs=3, lr=0.1, callbacks=[spy, rigl, check], seed=0)
+    assert check.updates == len(rigl.log) == 4  # steps 3, 6, 9, 12 < 0.8 * 18
+    assert all(r["dropped"] == r["grown"] for r in rigl.log)
+
+
+def test_rigl_uses_dense_gradients_only_on_update_steps():
+    m = model()
+    rigl = RigL(0.75, update_frequency=4)
+    flags = []
+
+    class Grad(Callback):
+        def on_after_backward(self, trainer):
+            # the gradient the optimizer will apply is always sparse
+            for n in NAMES:
+                grad = masks.dense_weight(trainer.model, n).grad
+                assert torch.all(grad[masks.get_mask(trainer.model, n) == 0] == 0)
+            flags.append(rigl._dense_step)
+
+    fit(m, loader(), epochs=2, callbacks=[rigl, Grad()])
+    assert flags == [(s + 1) % 4 == 0 and s + 1 < rigl.end_step for s in range(12)]
+
+
+# --- SET ------------------------------------------------------------------------------------
+
+
+def fake_trainer(m, step=1, total=100):
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    return SimpleNamespace(model=m, optimizer=opt, step=step, total_steps=total, epochs=1)
+
+
+def test_set_grows_uniformly_at_random():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(20, 20))
+    method = SET(0.5, budget="uniform", drop_fraction=0.3, update_frequency=1, end=1.0)
+    trainer = fake_trainer(m)
+    method.on_train_begin(trainer)
+    start = masks.get_mask(m, "0.weight").clone().bool()
+    # the weights and gradients are fixed, so any preference would show in the counts
+    w = masks.dense_weight(m, "0.weight")
+    counts = torch.zeros(400)
+    for _ in range(300):
+        with torch.no_grad():
+            w.copy_(torch.linspace(0.1, 1, 400).reshape(20, 20))
+        masks.set_mask(m, "0.weight", start)
+        before = masks.get_mask(m, "0.weight").clone().bool()
+        method.update(trainer)
+        after = masks.get_mask(m, "0.weight").bool()
+        assert int(after.sum()) == 200
+        counts += (after & ~before).flatten().float()
+        # the dropped ones were the 60 smallest |w| of the kept ones
+        kept_w = torch.where(before, w.detach().abs(), torch.full_like(w, math.inf))
+        smallest = torch.topk(kept_w.flatten(), 60, largest=False).indices
+        assert int(after.flatten()[smallest].sum()) <= 60  # some may have regrown
+    # candidates: the 200 free positions and the 60 dropped; each should be grown equally
+    candidates = (~start).flatten()
+    kept_w = torch.where(start, torch.linspace(0.1, 1, 400).reshape(20, 20), math.inf)
+    candidates[torch.topk(kept_w.flatten(), 60, largest=False).indices] = True
+    observed = counts[candidates]
+    # dropped-and-regrown positions do not count as new in `counts`; test the free ones
+    free = counts[(~start).flatten()]
+    assert float(free.sum()) > 0 and int(candidates.sum()) == 260
+    assert stats.chisquare(free.numpy()).pvalue > 1e-3
+    assert float(observed.max()) < 3 * float(free.mean())
+
+
+def test_set_keeps_the_drop_fraction_constant():
+    m = model()
+    method = SET(0.8, budget="er")
+    fit(m, loader(), epochs=4, callbacks=[method])
+    assert [r["drop_fraction"] for r in method.log] == [0.3, 0.3]  # epochs 1 and 2 < 0.75 * 4
+    for n in NAMES:
+        mask = masks.get_mask(m, n)
+        assert int(mask.sum()) == round((1 - method_budget(n)) * mask.numel())
+
+
+def method_budget(name):
+    return sl.budgets.er({"0.weight": (16, 12), "2.weight": (2, 16)}, 0.8)[name]
+
+
+# --- SNFS -----------------------------------------------------------------------------------
+
+
+def test_snfs_grows_by_momentum_and_redistributes_by_mean_momentum():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 10))
+    method = SNFS(0.5, budget="uniform", drop_fraction=0.2, decay="constant", end=1.0)
+    trainer = fake_trainer(m)
+    method.on_train_begin(trainer)
+    g = torch.Generator().manual_seed(3)
+    momenta, grads = {}, {}
+    for i, n in enumerate(NAMES[:1] + ("1.weight",)):
+        w = masks.dense_weight(m, n)
+        momenta[n] = torch.rand(10, 10, generator=g) * (1 + 3 * i)  # layer 1 moves more
+        grads[n] = -momenta[n]  # a gradient ranking the other way round
+        trainer.optimizer.state[w]["momentum_buffer"] = momenta[n].clone()
+        w.grad = grads[n].clone()
+    before = {n: masks.get_mask(m, n).clone().bool() for n in momenta}
+    weights = {n: masks.weight(m, n).detach().clone() for n in momenta}
+    method.update(trainer)
+    # independent: drop 20% of 50 = 10 per layer by |w|; regrow 20 in total, split by the
+    # mean |momentum| of the kept weights
+    mean = {n: float(momenta[n][before[n]].mean()) for n in momenta}
+    share = {n: 20 * mean[n] / sum(mean.values()) for n in momenta}
+    grows = {n: math.floor(share[n]) for n in momenta}
+    first = max(momenta, key=lambda n: share[n] - math.floor(share[n]))
+    grows[first] += 20 - sum(grows.values())
+    for n in momenta:
+        old, w_old = before[n], weights[n]
+        order = torch.where(old, w_old.abs(), torch.full_like(w_old, math.inf)).flatten()
+        after = old.flatten().clone()
+        after[torch.topk(order, 10, largest=False).indices] = False
+        free_momentum = torch.where(after, torch.full((100,), -1.0), momenta[n].flatten())
+        expected = after.clone()
+        expected[torch.topk(free_momentum, grows[n]).indices] = True
+        new = masks.get_mask(m, n).bool()
+        assert torch.equal(new.flatten(), expected), n
+        grown = new & ~after.reshape(10, 10)
+        w = masks.dense_weight(m, n)
+        assert torch.all(w[grown] == 0)
+        assert torch.all(trainer.optimizer.state[w]["momentum_buffer"][grown] == 0)
+    assert sum(int(masks.get_mask(m, n).sum()) for n in momenta) == 100  # exact total
+    assert grows["1.weight"] > grows["0.weight"]
+
+
+def test_snfs_keeps_masked_weights_at_zero_while_their_momentum_is_dense():
+    m = model()
+    method = SNFS(0.8)
+    seen = {}
+
+    class Look(Callback):
+        def on_step_end(self, trainer):
+            n = "0.weight"
+            w, mask = masks.dense_weight(trainer.model, n), masks.get_mask(trainer.model, n)
+            assert torch.all(w[mask == 0] == 0)
+            buf = trainer.optimizer.state[w]["momentum_buffer"]
+            seen["dense_momentum"] = bool((buf[mask == 0] != 0).any())
+
+    fit(m, loader(), epochs=2, callbacks=[method, Look()])
+    assert seen["dense_momentum"]
+
+
+# --- DSR ------------------------------------------------------------------------------------
+
+
+def test_dsr_threshold_adapts_and_regrowth_follows_survivors():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 10))
+    method = DSR(0.5, budget="uniform", threshold=0.25, drop_fraction=0.1, end=1.0)
+    trainer = fake_trainer(m)
+    method.on_train_begin(trainer)
+    # layer 0: 20 kept weights below the threshold, layer 1: none
+    for n, small in (("0.weight", 20), ("1.weight", 0)):
+        w, mask = masks.dense_weight(m, n), masks.get_mask(m, n).bool()
+        values = torch.ones(100)
+        kept = mask.flatten().nonzero().flatten()
+        values[kept[:small]] = 0.1
+        with torch.no_grad():
+            w.copy_((values * mask.flatten()).reshape(10, 10))
+    plan = method.plan(trainer, list(NAMES[:1]) + ["1.weight"], 0.1)
+    # 20 pruned > (1 + 0.1) * 10 wanted: the threshold halves
+    assert method.threshold == pytest.approx(0.125)
+    # survivors 30 and 50: 20 regrown split 7.5 / 12.5 -> 8 and 12 (largest remainder)
+    assert plan == {"0.weight": (20, 8), "1.weight": (0, 12)}
+    method.threshold = 0.25
+    method.update(trainer)
+    assert sum(int(masks.get_mask(m, n).sum()) for n in ("0.weight", "1.weight")) == 100
+    assert int(masks.get_mask(m, "0.weight").sum()) == 38
+    assert method.log[-1]["threshold"] == pytest.approx(0.125)
+
+
+def test_dsr_doubles_a_threshold_that_prunes_too_little():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(10, 10))
+    method = DSR(0.5, threshold=1e-6, end=1.0)
+    trainer = fake_trainer(m)
+    method.on_train_begin(trainer)
+    method.plan(trainer, ["0.weight"], 0.1)
+    assert method.threshold == pytest.approx(2e-6)
+
+
+# --- DeepR ----------------------------------------------------------------------------------
+
+
+def test_deepr_rewires_connections_whose_sign_flips():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(10, 10))
+    method = DeepR(0.5, l1=0.0, temperature=0.0)
+    trainer = fake_trainer(m)
+    method.on_train_begin(trainer)
+    w, mask = masks.dense_weight(m, "0.weight"), masks.get_mask(m, "0.weight").bool()
+    kept = mask.flatten().nonzero().flatten()
+    flipped = torch.zeros(100, dtype=torch.bool)
+    flipped[kept[:7]] = True
+    flipped = flipped.reshape(10, 10)
+    with torch.no_grad():  # the optimizer pushed seven kept weights across zero
+        w[flipped] = -method.signs["0.weight"][flipped] * 0.01
+    before = mask.clone()
+    method.on_step_end(trainer)
+    after = masks.get_mask(m, "0.weight").bool()
+    assert int(after.sum()) == 50  # the layer keeps its number of connections
+    # the unflipped connections stay; seven connections are (re)born at zero, which may
+    # include a flipped one drawn again with a fresh sign
+    assert torch.all(after[before & ~flipped])
+    born = after & (flipped | ~before)
+    assert int(born.sum()) == 7
+    assert torch.all(w[born] == 0)
+    assert method.log[-1]["rewired"] == 7
+
+
+def test_deepr_l1_and_noise_move_only_kept_weights():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(10, 10))
+    method = DeepR(0.5, l1=0.5, temperature=0.0)
+    trainer = fake_trainer(m)
+    method.on_train_begin(trainer)
+    w = masks.dense_weight(m, "0.weight")
+    with torch.no_grad():
+        w.copy_(method.signs["0.weight"] * masks.get_mask(m, "0.weight"))  # |w| = 1 if kept
+    method.on_step_end(trainer)
+    mask = masks.get_mask(m, "0.weight").bool()
+    # lr 0.1 * l1 0.5: each kept weight moved 0.05 toward zero, nothing else moved
+    assert torch.allclose(w[mask].abs(), torch.full((50,), 0.95))
+    assert torch.all(w[~mask] == 0)
+
+
+# --- Top-KAST -------------------------------------------------------------------------------
+
+
+def test_topkast_forward_set_backward_set_and_penalty():
+    m = model()
+    method = registry.get("topkast", "training")(
+        0.75, backward_sparsity=0.5, penalty=0.01, budget="uniform"
+    )
+    checked = []
+
+    class Grad(Callback):
+        def on_step_begin(self, trainer):
+            self.grad = dense_gradient(trainer.model, trainer.batch)
+
+        def on_after_backward(self, trainer):
+            for n in NAMES:
+                theta = masks.dense_weight(trainer.model, n).detach()
+                a = masks.get_mask(trainer.model, n).bool()
+                k_a = theta.numel() - math.floor(0.75 * theta.numel() + 0.5)
+                k_b = theta.numel() - math.floor(0.5 * theta.numel() + 0.5)
+                top_a = torch.topk(theta.abs().flatten(), k_a).indices
+                top_b = torch.topk(theta.abs().flatten(), k_b).indices
+                assert torch.equal(
+                    a.flatten().nonzero().flatten().sort().values, top_a.sort().values
+                )
+                b = torch.zeros(theta.numel(), dtype=torch.bool)
+                b[top_b] = True
+                b = b.reshape(theta.shape)
+                scale = torch.where(a, 0.01, 0.01 / 0.25)
+                expected = (self.grad[n] + scale * theta) * b
+                got = masks.dense_weight(trainer.model, n).grad
+                assert torch.allclose(got, expected, atol=1e-6), n
+            checked.append(trainer.step)
+
+    fit(m, loader(), epochs=1, callbacks=[method, Grad()])
+    assert len(checked) == 6
+    # the dense weights survive under the mask
+    assert bool((masks.dense_weight(m, "0.weight")[masks.get_mask(m, "0.weight") == 0] != 0).any())
+
+
+# --- DPF ------------------------------------------------------------------------------------
+
+
+def test_dpf_feeds_the_sparse_gradient_back_to_the_dense_weights():
+    m = model()
+    method = registry.get("dpf", "training")(0.75, update_frequency=2, budget="uniform")
+    seen = []
+
+    class Step(Callback):
+        def on_step_begin(self, trainer):
+            self.theta = {n: masks.dense_weight(trainer.model, n).detach().clone() for n in NAMES}
+            self.grad = dense_gradient(trainer.model, trainer.batch)
+
+        def on_step_end(self, trainer):
+            if trainer.step == 1:  # plain SGD at the first step (no momentum yet)
+                for n in NAMES:
+                    after = masks.dense_weight(trainer.model, n).detach()
+                    assert torch.allclose(after, self.theta[n] - 0.1 * self.grad[n], atol=1e-6)
+            seen.append(sum(int((masks.get_mask(trainer.model, n) == 0).sum()) for n in NAMES))
+
+    fit(m, loader(), epochs=3, lr=0.1, callbacks=[method, Step()])
+    total = 12 * 16 + 32
+    # the mask follows the cubic schedule at update steps; ends exactly at the target
+    for step, zeros in enumerate(seen, start=1):
+        target = sl.schedules.cubic(step, 0.75, 0, method.end_step, frequency=2)
+        if step % 2 == 0:
+            assert zeros == math.floor(target * total + 0.5), step
+    assert sl.sparsity(m) == math.floor(0.75 * total + 0.5) / total
+    # masks re-select from the dense weights: some weights came back
+    assert method.log[-1]["sparsity"] == 0.75
+
+
+# --- all of them through the loop -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["set", "deepr", "dsr", "snfs", "rigl", "topkast", "dpf"])
+def test_every_dynamic_method_trains_and_ends_at_its_exact_mask_count(name):
+    m = model()
+    method = registry.get(name, "training")(0.8, budget="uniform")
+    history = fit(m, loader(), loader(1), epochs=3, lr=0.1, callbacks=[method], seed=0)
+    kept = sum(int(masks.get_mask(m, n).sum()) for n in NAMES)
+    assert kept == 224 - math.floor(0.8 * 224 + 0.5)  # uniform budget: the total is exact
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+
+
+def test_adam_state_follows_the_masks_too():
+    m = model()
+    rigl = RigL(0.75, update_frequency=2)
+    seen = {"updates": 0}
+
+    class AdamCheck(Callback):
+        def on_step_end(self, trainer):
+            for n in NAMES:
+                w, mask = masks.dense_weight(trainer.model, n), masks.get_mask(trainer.model, n)
+                state = trainer.optimizer.state[w]
+                for key in ("exp_avg", "exp_avg_sq"):
+                    assert torch.all(state[key][mask == 0] == 0), (trainer.step, key)
+                assert torch.all(w[mask == 0] == 0)
+            if rigl.log and rigl.log[-1]["step"] == trainer.step:
+                seen["updates"] += rigl.log[-1]["grown"] > 0
+
+    fit(m, loader(), epochs=2, optimizer="adam", lr=0.01, callbacks=[rigl, AdamCheck()])
+    assert seen["updates"] >= 3  # the checks ran right after real prune-and-grow steps

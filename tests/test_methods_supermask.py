@@ -1,0 +1,92 @@
+"""Edge-popup: frozen weights, top-|score| masks, and the straight-through score gradient."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from sparsity_lab import masks, registry
+from sparsity_lab.train import Callback
+
+NAMES = ("0.weight", "2.weight")
+
+
+def loader():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 12, generator=g)
+    return DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=16, generator=g)
+
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def test_edge_popup_keeps_every_weight_frozen():
+    m = model()
+    before = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    method = registry.get("edge_popup", "training")(0.5, init="keep")
+    scores0 = None
+
+    class First(Callback):
+        def on_train_begin(self, trainer):
+            nonlocal scores0
+            scores0 = {n: s.detach().clone() for n, s in method.scores.items()}
+
+    method.fit(m, loader(), epochs=3, lr=0.1, callbacks=[First()])
+    for name, value in before.items():
+        now = masks.dense_weight(m, name) if name in NAMES else m.state_dict()[name]
+        assert torch.equal(now, value), name  # weights and biases exactly as they were
+    # the scores did learn, and the masks are their top half per layer
+    for n, s in method.scores.items():
+        assert not torch.equal(s.detach(), scores0[n])
+        k = s.numel() - math.floor(0.5 * s.numel() + 0.5)
+        top = torch.zeros(s.numel(), dtype=torch.bool)
+        top[torch.topk(s.detach().abs().flatten(), k).indices] = True
+        assert torch.equal(masks.get_mask(m, n).bool().flatten(), top), n
+    assert all(p.requires_grad for p in m.parameters())  # unfrozen again afterwards
+
+
+def test_signed_constant_init():
+    m = model()
+    method = registry.get("edge_popup", "training")(0.5)
+    method.prepare(m)
+    for n, fan_in in (("0.weight", 12), ("2.weight", 16)):
+        w = masks.dense_weight(m, n)
+        assert torch.allclose(w.abs(), torch.full_like(w, math.sqrt(2 / fan_in)))
+        assert 0.3 < float((w > 0).float().mean()) < 0.7
+
+
+def test_score_gradient_is_the_straight_through_estimate():
+    m = model()
+    method = registry.get("edge_popup", "training")(0.5, init="keep")
+    grads = []
+
+    class Check(Callback):
+        def on_step_begin(self, trainer):
+            # independent: autograd of the loss w.r.t. the masked weight, on a plain copy
+            plain = model()
+            plain.load_state_dict(masks.plain_state_dict(trainer.model))
+            x, y = trainer.batch
+            F.cross_entropy(plain(x), y).backward()
+            self.expected = {
+                "0.weight": plain[0].weight.grad * masks.dense_weight(trainer.model, "0.weight"),
+                "2.weight": plain[2].weight.grad * masks.dense_weight(trainer.model, "2.weight"),
+            }
+
+        def on_after_backward(self, trainer):
+            for n in NAMES:
+                got = method.scores[n].grad
+                assert torch.allclose(got, self.expected[n].detach(), atol=1e-7), n
+            grads.append(trainer.step)
+
+    method.fit(m, loader(), epochs=1, callbacks=[Check()])
+    assert len(grads) == 4
+
+
+def test_bad_init():
+    with pytest.raises(ValueError, match="init must be one of"):
+        registry.get("edge_popup", "training")(0.5, init="xavier")

@@ -1,0 +1,485 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # How to prune III: regularisation, variational and search-based sparsification
+#
+# **What you will learn:** how a term in the loss (L1, Hoyer, group lasso, L0 gates), a
+# learned threshold (STR, LTP), a noise model (variational dropout and its structured
+# cousins) or a search (AMC, a genetic algorithm) makes a network sparse *while it trains*,
+# how each turns its trained state into a mask, what budget per layer it learns, and what
+# it costs next to gradual magnitude pruning.
+#
+# This follows sections 3.6 (regularisation), 3.7 (variational methods) and 3.8 (search)
+# of the survey.  Every method here is a registered *regularizer* (or, for the searches, a
+# *criterion*): `sl.registry.get("l1")(sparsity=0.9).fit(model, ...)` trains and leaves an
+# ordinary masked model behind.
+
+# %%
+import copy
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from IPython.display import Markdown, display
+from torch import nn
+
+import sparsity_lab as sl
+import sparsity_lab.regularizers  # noqa: F401  (registers the regularizers)
+from sparsity_lab import recipes, registry
+from sparsity_lab.regularizers import compare
+
+# %% tags=["parameters"]
+SMOKE = False
+SEED = 0
+SEEDS = [0, 1, 2]
+MODELS = ["lenet300", "lenet5"]
+SPARSITIES = [0.8, 0.9, 0.95]
+STRUCTURED_SPARSITIES = [0.5, 0.75]
+EPOCHS = 8
+FINETUNE_EPOCHS = 2
+N_TRAIN = 4000
+AMC_EPISODES = 300
+GA_GENERATIONS = 40
+
+# %%
+UNSTRUCTURED = [
+    "l1", "prox_l1", "hoyer", "str", "ltp", "continuous_sparsification", "l0_hard_concrete",
+    "variational_dropout", "admm", "targeted_dropout",
+]  # fmt: skip
+STRUCTURED = ["group_lasso", "slimming", "polarization", "structured_bayesian",
+              "bayesian_compression"]  # fmt: skip
+if SMOKE:  # a quick pass through every cell, for CI
+    SEEDS = [0]
+    MODELS = ["lenet300"]
+    SPARSITIES = [0.9]
+    STRUCTURED_SPARSITIES = [0.5]
+    EPOCHS = 2
+    FINETUNE_EPOCHS = 1
+    N_TRAIN = 500
+    AMC_EPISODES = 40
+    GA_GENERATIONS = 8
+    UNSTRUCTURED = ["l1", "str"]
+    STRUCTURED = ["group_lasso"]
+# one thread in smoke mode: CI may run notebooks side by side, and small models lose more
+# to thread contention than they gain from a second core
+info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1 if SMOKE else None)
+
+# %% [markdown]
+# ## The geometry: why some penalties give exact zeros
+#
+# Take two weights and a quadratic loss whose minimum sits at $w^* = (1, 0.35)$, and add a
+# penalty $\lambda R(w)$.  As $\lambda$ grows, the minimiser of $L(w) + \lambda R(w)$ moves.
+# The four panels draw the penalties' level sets (grey; for L0, the axes, where it is 1),
+# the loss ellipses (blue) and that path (dots, darker for larger $\lambda$), found by brute
+# force on a grid that contains the axes:
+#
+# * **L1**, $|w_1| + |w_2|$: its level sets have corners on the axes, so the path runs
+#   into an axis and stays there: $w_2$ becomes *exactly* zero at a finite $\lambda$;
+# * **L0**, the number of nonzero weights: it does not shrink anything, the path *jumps*,
+#   first to the best point on an axis, then to the origin;
+# * **Hoyer**, $(|w_1| + |w_2|)^2 / (w_1^2 + w_2^2)$: scale-invariant, it bends the path
+#   toward the axis without pulling the kept weight to zero;
+# * **group** (both weights in one group), $\|w\|_2$: round level sets, no corner on an
+#   axis, so $w_2$ never becomes zero alone; the whole group shrinks and reaches the
+#   origin together.
+
+# %%
+grid = np.arange(-40, 281) / 200  # step 0.005, and 0.0 exactly, so the axes are on the grid
+W1, W2 = np.meshgrid(grid, grid)
+w_star, H = np.array([1.0, 0.35]), np.array([[1.0, 0.6], [0.6, 1.0]])
+D1, D2 = W1 - w_star[0], W2 - w_star[1]
+loss = 0.5 * (H[0, 0] * D1**2 + 2 * H[0, 1] * D1 * D2 + H[1, 1] * D2**2)
+with np.errstate(invalid="ignore", divide="ignore"):
+    hoyer = (np.abs(W1) + np.abs(W2)) ** 2 / (W1**2 + W2**2)  # NaN at the origin
+penalties = {
+    "L1": np.abs(W1) + np.abs(W2),
+    "L0": (W1 != 0).astype(float) + (W2 != 0).astype(float),
+    "Hoyer": hoyer,
+    "group": np.sqrt(W1**2 + W2**2),
+}
+lambdas = np.linspace(0, 1.6, 65)
+
+
+def path(R):
+    points = []
+    for lam in lambdas:
+        i = np.nanargmin(loss + lam * R)
+        points.append((W1.flat[i], W2.flat[i]))
+    return np.array(points)
+
+
+paths = {name: path(R) for name, R in penalties.items()}
+fig, axes = plt.subplots(1, 4, figsize=(13, 3.4), layout="constrained")
+for ax, (name, R) in zip(axes, penalties.items(), strict=True):
+    if name == "L0":  # piecewise constant: 2 off the axes, 1 on them, 0 at the origin
+        ax.axhline(0, color="0.6", linewidth=3)
+        ax.axvline(0, color="0.6", linewidth=3)
+    else:
+        ax.contour(W1, W2, R, levels=8, colors="0.6", linewidths=0.7)
+    ax.contour(W1, W2, loss, levels=[0.02, 0.08, 0.2, 0.4], colors="tab:blue", linewidths=0.8)
+    p = paths[name]
+    ax.scatter(p[:, 0], p[:, 1], c=lambdas, cmap="plasma_r", s=12, zorder=3)
+    ax.plot(*w_star, "k*", markersize=9)
+    ax.axhline(0, color="k", linewidth=0.5)
+    ax.axvline(0, color="k", linewidth=0.5)
+    ax.set_title(name)
+    ax.set_aspect("equal")
+    ax.set_xlabel("$w_1$")
+axes[0].set_ylabel("$w_2$")
+plt.show()
+
+# %% [markdown]
+# Where each path first has a zero coordinate (the grid is exact, so this is checked):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for name, p in paths.items():
+    zero = np.flatnonzero((p == 0).any(axis=1))
+    where = "never" if zero.size == 0 else f"lambda = {lambdas[zero[0]]:.3f}, w = {p[zero[0]]}"
+    print(f"{name:6s} first zero: {where}")
+
+# %% [markdown]
+# ## A regularizer at work: L1 with a target
+#
+# The data are MNIST digits, LeNet-300-100 on flat images and the small CNN (LeNet-5) on
+# 28x28 images, trained from scratch with Adam.  A regularizer is a training callback:
+# here L1 adds `strength * sum |w|` to the loss, and, because we ask for 90% sparsity, it
+# *tunes* its strength on the way: every few steps it compares the sparsity its threshold
+# rule ($|w| \le 10^{-3}$) would give with a cubic ramp to the target, and multiplies the
+# strength up or down.  At the end it *projects*: exactly 90% of the weights go, those its
+# rule prunes first.
+
+# %%
+_tasks = {}
+
+
+def get_task(model_name, seed):
+    """The model on MNIST, split by ``seed`` (loaded once per model and seed)."""
+    if (model_name, seed) not in _tasks:
+        _tasks[model_name, seed] = recipes.task(model_name, "mnist", seed=seed, n_train=N_TRAIN)
+    return _tasks[model_name, seed]
+
+
+task = get_task("lenet300", SEED)
+train_loader, val_loader, test_loader = task.loaders()
+model = task.build()
+tune_every = max(1, EPOCHS * len(train_loader) // 25)  # about 25 readings over training
+reg = registry.get("l1")(sparsity=0.9, tune_every=tune_every)
+history = reg.fit(model, train_loader, val_loader, epochs=EPOCHS, optimizer="adam", lr=1e-3,
+                  seed=SEED, progress=False)  # fmt: skip
+log = pd.DataFrame(reg.log)
+fig, ax = plt.subplots(figsize=(6.5, 3.5))
+ax.plot(log["step"], log["goal"], "k--", label="goal (cubic ramp)")
+ax.plot(log["step"], log["sparsity"], label="sparsity under the threshold rule")
+ax.set_xlabel("step")
+ax.set_ylabel("sparsity")
+ax2 = ax.twinx()
+ax2.semilogy(log["step"], log["strength"], color="tab:red", alpha=0.6, label="strength")
+ax2.set_ylabel("strength", color="tab:red")
+ax.legend(loc="lower right", fontsize=8)
+ax.set_title("L1 tuning its strength toward 90% sparsity")
+plt.show()
+display(
+    Markdown(
+        f"The rule reached **{reg.reached:.1%}** on its own (strength {reg.initial_strength:g} "
+        f"tuned to {reg.strength:.3g}); the projection set it to exactly "
+        f"{sl.sparsity(model):.1%}.  Validation accuracy at the end: "
+        f"{sl.train.evaluate(model, val_loader)['accuracy']:.2%}."
+    )
+)
+
+# %% [markdown]
+# ## Learned budgets: which layers the methods prune
+#
+# A global magnitude threshold gives every layer its own sparsity.  Methods with a learned
+# threshold or gate decide it from the loss: STR learns one threshold per layer, L0 one
+# gate per weight, variational dropout one noise level per weight.  Below, each trains to
+# 90% sparsity; the bars are the per-layer sparsity its own rule reached before the
+# projection (the projection scales all layers' densities alike, so it keeps this shape).
+# A method whose rule has not pruned anything yet (a short run) has no budget to show.
+
+# %%
+budget_rows = []
+for model_name in MODELS:
+    for method in ["str", "l0_hard_concrete", "variational_dropout"]:
+        for seed in SEEDS:
+            r = compare.run(get_task(model_name, seed), method, 0.9, epochs=EPOCHS,
+                            finetune_epochs=0)  # fmt: skip
+            for layer, s in r["layer_sparsity"].items():
+                budget_rows.append(
+                    {
+                        "model": model_name,
+                        "method": method,
+                        "seed": seed,
+                        "layer": layer,
+                        "sparsity": s,
+                        "reached": r["reached"],
+                    }  # fmt: skip
+                )
+budget_table = pd.DataFrame(budget_rows)
+fig, axes = plt.subplots(1, len(MODELS), figsize=(6.5 * len(MODELS), 3.6), squeeze=False)
+for ax, model_name in zip(axes[0], MODELS, strict=True):
+    part = budget_table[budget_table.model == model_name]
+    table = part.groupby(["layer", "method"], sort=False)["sparsity"].mean().unstack()
+    table.plot.bar(ax=ax, rot=0)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("sparsity under the method's rule")
+    ax.set_title(f"{model_name}: per-layer budgets the methods learned")
+plt.show()
+per_layer = budget_table.groupby(["model", "method", "layer"], sort=False)["sparsity"].mean()
+lines = []
+for (model_name, method), part in per_layer.groupby(["model", "method"], sort=False):
+    part = part.droplevel([0, 1])
+    reached = budget_table[(budget_table.model == model_name) & (budget_table.method == method)]
+    lines.append(
+        f"- {model_name}, {method}: reached {reached['reached'].mean():.1%}; most pruned "
+        f"{part.idxmax()} ({part.max():.1%}), least pruned {part.idxmin()} ({part.min():.1%})"
+    )
+display(Markdown("Per-layer sparsity under each method's own rule, mean over seeds:\n\n"
+                 + "\n".join(lines)))  # fmt: skip
+
+# %% [markdown]
+# ## Comparison: accuracy against sparsity
+#
+# Every method trains from scratch for the same number of epochs, reaches the target
+# (projection, or GMP's cubic schedule), then fine-tunes with its masks fixed, all with
+# Adam; 95% intervals over the seeds.  Unstructured methods prune single weights of every
+# layer; the structured ones prune whole output units of every layer but the last, next to
+# GMP with the channel pattern on the same layers.
+
+
+# %%
+def one_run(model_name, method, sparsity, pattern, seed):
+    r = compare.run(get_task(model_name, seed), method, sparsity, pattern=pattern, epochs=EPOCHS,
+                    finetune_epochs=FINETUNE_EPOCHS)  # fmt: skip
+    return {k: v for k, v in r.items() if k != "layer_sparsity"}
+
+
+frames = []
+for model_name in MODELS:
+    grids = [
+        ({"method": ["gmp", *UNSTRUCTURED], "sparsity": SPARSITIES}, "unstructured"),
+        ({"method": ["gmp", *STRUCTURED], "sparsity": STRUCTURED_SPARSITIES}, "channel"),
+    ]
+    for grid_, pattern in grids:
+
+        def fn(method, sparsity, seed, model_name=model_name, pattern=pattern):
+            return one_run(model_name, method, sparsity, pattern, seed)
+
+        frame = sl.experiments.sweep(fn, grid_, seeds=SEEDS)
+        frame["model"], frame["pattern"] = model_name, pattern
+        frames.append(frame)
+    dense = sl.experiments.sweep(
+        lambda method, seed, model_name=model_name: one_run(model_name, method, 0.0,
+                                                            "unstructured", seed),
+        {"method": ["dense"]}, seeds=SEEDS,
+    )  # fmt: skip
+    dense["model"], dense["pattern"] = model_name, "dense"
+    frames.append(dense)
+results = pd.concat(frames, ignore_index=True)
+
+# %%
+fig, axes = plt.subplots(len(MODELS), 2, figsize=(13, 4.2 * len(MODELS)), squeeze=False)
+for row, model_name in enumerate(MODELS):
+    base = results[(results.model == model_name) & (results.pattern == "dense")]
+    for col, pattern in enumerate(["unstructured", "channel"]):
+        part = results[(results.model == model_name) & (results.pattern == pattern)]
+        ax = axes[row, col]
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # a color for each method
+        sl.viz.sparsity_curve(part, x="sparsity", y="test_accuracy", hue="method", ax=ax,
+                              baseline=base["test_accuracy"].mean(),
+                              logit_x=pattern == "unstructured")  # fmt: skip
+        ax.legend(fontsize=7, ncol=2)
+        ax.set_title(f"{model_name}, {pattern}")
+plt.show()
+
+# %%
+summary = sl.experiments.summarize(
+    results[results.pattern != "dense"], ["model", "pattern", "sparsity", "method"], "test_accuracy"
+)
+best = summary.loc[summary.groupby(["model", "pattern", "sparsity"])["mean"].idxmax()]
+gmp = summary[summary.method == "gmp"].set_index(["model", "pattern", "sparsity"])["mean"]
+lines = []
+for _, r in best.iterrows():
+    key = (r.model, r.pattern, r.sparsity)
+    lines.append(
+        f"- {r.model}, {r.pattern}, {r.sparsity:.0%}: best **{r.method}** "
+        f"{r['mean']:.2%} (GMP {gmp[key]:.2%})"
+    )
+display(Markdown("\n".join(lines)))
+summary.round(4)
+
+# %% [markdown]
+# Read the ranking with the error bars in mind: with a few seeds and short training many
+# differences are within noise.  The regularisers spend most of their training with all
+# weights present and let the loss decide; GMP follows a fixed schedule.  Methods whose
+# gates or noise must first grow (L0, the variational methods) are the most sensitive to
+# the length of training; `benchmarks/regularization.py` shows how close each method's own
+# rule came to the target before the projection.
+
+# %% [markdown]
+# ## Training cost
+#
+# A regulariser trains the dense network (sparsity appears only at the end), so it pays at
+# least dense training, plus its own work: a proximal step, a gate per weight, a second
+# forward pass for the noise's variance, a k-th value search for targeted dropout.  Below:
+# time per epoch relative to dense training (same runs as above) and the parameters each
+# method adds while training, relative to the model's weights.
+
+# %%
+cost = results[results.pattern != "dense"].copy()
+dense_time = results[results.pattern == "dense"].groupby("model")["seconds_per_epoch"].mean()
+cost["time_vs_dense"] = cost["seconds_per_epoch"] / cost["model"].map(dense_time)
+weights = {m: sum(p.numel() for p in get_task(m, SEED).build().parameters()) for m in MODELS}
+cost["extra_vs_weights"] = cost["extra_parameters"] / cost["model"].map(weights)
+table = cost.groupby(["method"])[["time_vs_dense", "extra_vs_weights"]].mean()
+table = table.sort_values("time_vs_dense")
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), layout="constrained")
+table["time_vs_dense"].plot.barh(ax=axes[0])
+axes[0].axvline(1, color="gray", linestyle="--")
+axes[0].set_xlabel("time per epoch / dense (measured on this machine)")
+table["extra_vs_weights"].plot.barh(ax=axes[1])
+axes[1].set_xlabel("parameters added while training / model parameters")
+plt.show()
+slowest = table["time_vs_dense"].idxmax()
+heavy = table.index[table["extra_vs_weights"] >= 0.5].tolist()
+display(
+    Markdown(
+        f"The most expensive here is **{slowest}** at {table['time_vs_dense'].max():.1f}x "
+        f"dense per epoch.  Methods that add at least half the model's parameters while "
+        f"training: {', '.join(heavy) or 'none in this run'}.  Timings on a shared CPU are "
+        f"noisy; `benchmarks/regularization.py` measures them against the target sparsity."
+    )
+)
+
+# %% [markdown]
+# ## Searching instead of regularising
+#
+# **AMC** (He et al. 2018) treats the per-layer sparsities as actions of an agent.  Here a
+# small policy proposes, layer by layer, a sparsity; the action is limited so that the
+# FLOPs budget (here: remove 70% of the FLOPs) stays reachable; each layer is pruned by
+# magnitude and the reward is the accuracy *without* fine-tuning.  A policy gradient
+# (REINFORCE) improves the proposals.
+
+# %%
+dense_model, dense_info = recipes.train_dense(task, epochs=EPOCHS, cache_dir=False)
+calib = tuple(next(iter(task.bundle.loaders(batch_size=500)[1])))
+amc = sl.criteria.get("amc", episodes=AMC_EPISODES)
+searched = copy.deepcopy(dense_model)
+amc.prune(searched, sl.pruning.default_targets(searched), 0.7,
+          pattern=sl.patterns.get("unstructured"), budget="global",
+          context=sl.criteria.Context(data=calib, seed=SEED))  # fmt: skip
+episodes = pd.DataFrame(amc.history)
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.5), layout="constrained")
+axes[0].plot(episodes["episode"], episodes["reward"], ".", alpha=0.3)
+axes[0].plot(episodes["episode"], episodes["reward"].rolling(20, min_periods=1).mean())
+axes[0].set_xlabel("episode")
+axes[0].set_ylabel("accuracy after pruning (reward)")
+pd.Series(amc.result["layer_sparsity"]).plot.bar(ax=axes[1], rot=0)
+axes[1].set_ylabel("sparsity")
+axes[1].set_title("best episode's layer sparsities")
+plt.show()
+uniform = sl.prune(copy.deepcopy(dense_model), "magnitude", 0.7, budget="uniform")
+table = sl.report(searched).set_index("name")
+assert table.loc["total", "sparse_flops"] <= 0.3 * table.loc["total", "dense_flops"]
+n = len(episodes) // 5
+display(
+    Markdown(
+        f"Mean reward over the first {n} episodes: {episodes.reward[:n].mean():.2%}, over the "
+        f"last {n}: {episodes.reward[-n:].mean():.2%}.  The best allocation keeps "
+        f"{table.loc['total', 'sparse_flops'] / table.loc['total', 'dense_flops']:.1%} of "
+        f"the FLOPs and scores {sl.train.evaluate(searched, val_loader)['accuracy']:.2%} on "
+        f"the validation set before any fine-tuning; 70% uniform magnitude pruning "
+        f"(the same FLOPs here, as every layer is a dense matrix product) scores "
+        f"{sl.train.evaluate(uniform, val_loader)['accuracy']:.2%}."
+    )
+)
+
+# %% [markdown]
+# **Genetic search** (Whitley et al. 1990) evolves the masks themselves: a population of
+# masks with the same number of zeros per layer, crossed over and mutated, the fittest
+# (lowest loss on a calibration batch) surviving.  It is hopeless for large networks but
+# instructive on a tiny one: here a 2-8-2 network on two moons, pruned to 60%.
+
+# %%
+from sklearn.datasets import make_moons  # noqa: E402
+
+x_np, y_np = make_moons(400, noise=0.15, random_state=SEED)
+x_moons, y_moons = torch.tensor(x_np, dtype=torch.float32), torch.tensor(y_np)
+torch.manual_seed(SEED)
+tiny = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
+opt = torch.optim.Adam(tiny.parameters(), lr=0.05)
+for _ in range(200):
+    opt.zero_grad()
+    F.cross_entropy(tiny(x_moons), y_moons).backward()
+    opt.step()
+ga = sl.criteria.get("evolutionary", generations=GA_GENERATIONS, population=24)
+evolved = copy.deepcopy(tiny)
+moons = sl.criteria.Context(data=(x_moons, y_moons), seed=SEED)
+ga.prune(evolved, ["0.weight", "2.weight"], 0.6, pattern=sl.patterns.get("unstructured"),
+         budget="uniform", context=moons)  # fmt: skip
+by_magnitude = sl.prune(copy.deepcopy(tiny), "magnitude", 0.6, budget="uniform")
+generations = pd.DataFrame(ga.history)
+with torch.no_grad():
+    losses = {
+        "dense": float(F.cross_entropy(tiny(x_moons), y_moons)),
+        "magnitude": float(F.cross_entropy(by_magnitude(x_moons), y_moons)),
+        "evolved": float(F.cross_entropy(evolved(x_moons), y_moons)),
+    }
+fig, ax = plt.subplots(figsize=(6, 3.3))
+ax.plot(generations["generation"], generations["best"], label="best in population")
+ax.plot(generations["generation"], generations["mean"], label="population mean")
+ax.axhline(losses["magnitude"], color="gray", linestyle="--", label="magnitude pruning")
+ax.set_xlabel("generation")
+ax.set_ylabel("loss of the masked network")
+ax.legend(fontsize=8)
+plt.show()
+display(
+    Markdown(
+        f"Loss at 60% sparsity without retraining: magnitude {losses['magnitude']:.3f}, "
+        f"evolved mask {losses['evolved']:.3f} (dense {losses['dense']:.3f})."
+    )
+)
+
+# %% [markdown]
+# ## Summary
+#
+# - A sparsifying penalty shapes *where* the minimum lies: L1's corners give exact zeros at
+#   a finite strength, L0 jumps, Hoyer pushes toward the axes without shrinking, a group
+#   penalty removes a whole group at once.
+# - Every regulariser here ends the same way: a documented threshold rule turns its state
+#   into a mask; with a target, a tunable strength is steered toward it during training
+#   and a projection makes the count exact, keeping the per-layer budget the method
+#   learned.
+# - Learned thresholds and gates give strongly non-uniform budgets, like a global
+#   magnitude threshold does, but decided by the loss.
+# - Regularisers train dense until the end, so they cost at least dense training, and the
+#   gate and noise methods also double the parameters being trained.
+# - Search (AMC, genetic) spends evaluations instead of gradients: AMC learns a budget
+#   under a hard FLOPs constraint; a genetic algorithm finds better masks than magnitude
+#   on a tiny net but does not scale.
+#
+# ## Exercises
+#
+# 1. Run L1 without a target (`registry.get("l1")(1e-3)`) at three strengths. How does the
+#    sparsity its rule reaches grow with the strength, and what happens to accuracy?
+# 2. Replace `prox_l1` by `l1` at the same strength with plain SGD. Count the exact zeros
+#    of each (`(w == 0).sum()`) before the masks are attached.
+# 3. Compare `budget="learned"` with `budget="global"` for STR at 95%: which layers change?
+# 4. Give variational dropout three times as many epochs. Does its curve catch up with L1?
+# 5. Shrink a model pruned by `slimming` with `sl.shrink.shrink` and time it against the
+#    masked model.
+# 6. Run AMC with a FLOPs budget of 50% and with the sparsity of the last layer capped
+#    (`max_sparsity`). How does the learned allocation change?

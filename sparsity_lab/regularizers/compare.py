@@ -1,0 +1,112 @@
+"""One protocol to compare regularizers with each other and with training-time pruning.
+
+:func:`run` trains a task's model from scratch with a method for ``epochs`` epochs, reaches
+the target sparsity (a regularizer's projection, or the schedule of a training method such
+as ``gmp``), fine-tunes ``finetune_epochs`` more with the masks fixed, and measures.  The
+notebook on regularisation and ``benchmarks/regularization.py`` share it, so their numbers
+come from the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .. import patterns, registry
+from ..pruning import default_targets
+from ..pruning import sparsity as measured_sparsity
+from ..train import evaluate, fit
+from .base import Regularizer
+
+if TYPE_CHECKING:  # the registry imports this package; data and models load on use
+    from ..recipes import Task
+
+__all__ = ["run", "extra_parameters"]
+
+
+class _Channel(patterns.Channel):
+    """The channel pattern with a contiguous ``expand``.
+
+    ``patterns.Channel.expand`` returns a broadcast view for 2-D weights, and
+    :meth:`sparsity_lab.criteria.Criterion.prune` intersects it in place with the previous
+    mask, which fails from the second pruning step of a schedule on; a copy avoids it.
+    """
+
+    def expand(self, keep_groups, shape):  # noqa: D102
+        return super().expand(keep_groups, shape).contiguous()
+
+
+def extra_parameters(reg: Regularizer) -> int:
+    """Number of parameters the regularizer adds to the model while it trains."""
+    return sum(p.numel() for p in reg.parameters())
+
+
+def run(
+    task: Task,
+    method: str,
+    sparsity: float,
+    *,
+    pattern: str = "unstructured",
+    epochs: int = 8,
+    finetune_epochs: int = 2,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    **options: Any,
+) -> dict[str, Any]:
+    """Train ``task``'s model with ``method`` to ``sparsity``, fine-tune, and measure.
+
+    ``method`` is a regularizer's name, a training method's name (``"gmp"``, ...), or
+    ``"dense"`` (no pruning, the reference).  With ``pattern="channel"`` the last layer
+    stays dense for every method, as the structured regularizers do by default.
+    ``options`` go to the method's constructor.  Fine-tuning uses a third of ``lr``.
+
+    Returns ``reached`` (the regularizer's threshold rule; the target for other methods),
+    ``measured_sparsity`` (over the pruned tensors), ``val_accuracy`` and ``test_accuracy``
+    after fine-tuning, ``pruned_accuracy`` (validation, before fine-tuning), ``seconds``
+    (the training with the method, fine-tuning excluded), ``seconds_per_epoch``,
+    ``extra_parameters``, ``strength`` (final) and ``layer_sparsity`` (the threshold
+    rule's per-layer sparsity, a dict).
+    """
+    train, val, test = task.loaders()
+    model = task.build()
+    names = default_targets(model)
+    if pattern != "unstructured" and len(names) > 1:
+        names = names[:-1]
+    fit_options = {"optimizer": optimizer, "lr": lr, "seed": task.seed, "progress": False}
+    out: dict[str, Any] = {"extra_parameters": 0, "strength": float("nan"), "layer_sparsity": {}}
+    start = time.perf_counter()
+    if method == "dense":
+        fit(model, train, val, epochs=epochs, **fit_options)
+        out["reached"] = 0.0
+    elif registry.entry(method).kind == "regularizer":
+        reg = registry.get(method, "regularizer")(
+            sparsity=sparsity, pattern=pattern, targets=names, seed=task.seed, **options
+        )
+        reg.prepare(model)
+        out["extra_parameters"] = extra_parameters(reg)
+        reg.fit(model, train, val, epochs=epochs, **fit_options)
+        out.update(reached=reg.reached, strength=reg.strength, layer_sparsity=reg.layer_sparsity)
+    else:
+        cls = registry.get(method, "training")
+        pat = _Channel() if pattern == "channel" else pattern
+        trainer = cls(sparsity, pattern=pat, targets=names, seed=task.seed, **options)
+        trainer.fit(model, train, val, epochs=epochs, **fit_options)
+        out["reached"] = sparsity
+    seconds = time.perf_counter() - start
+    pruned_accuracy = evaluate(model, val)["accuracy"]
+    if finetune_epochs > 0:
+        fit_options["lr"] = lr / 3
+        fit(model, train, val, epochs=finetune_epochs, **fit_options)
+    with torch.no_grad():
+        final = measured_sparsity(model, names)
+    return {
+        **out,
+        "measured_sparsity": final,
+        "pruned_accuracy": pruned_accuracy,
+        "val_accuracy": evaluate(model, val)["accuracy"],
+        "test_accuracy": evaluate(model, test)["accuracy"],
+        "seconds": seconds,
+        "seconds_per_epoch": seconds / epochs,
+    }

@@ -1,0 +1,461 @@
+"""Variational methods (survey section 3.7): noise on the weights or the units, a
+sparsity-inducing prior, and pruning of what turns out to be mostly noise.
+
+* ``variational_dropout``: Gaussian noise per weight with a log-uniform prior
+  (Molchanov et al. 2017); prune ``log alpha > 3``;
+* ``structured_bayesian``: log-normal multiplicative noise per unit (Neklyudov et al.
+  2017); prune units whose signal-to-noise ratio is below 1;
+* ``bayesian_compression``: a Gaussian scale per unit over Gaussian weights with the
+  normal-Jeffreys prior (Louizos et al. 2017); prune units whose scale has ``log alpha``
+  above a threshold.
+
+Each trains ``batch loss + strength * KL / N`` (``N`` training examples; ``strength = 1``
+is the evidence lower bound) and samples the noise with the local reparameterisation
+trick: the noise of the layer's *output* is drawn directly from its distribution, which
+is cheaper and less noisy than sampling weights.  A forward hook adds it in training mode;
+eval mode computes with the means and the final masks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import register
+from .base import (
+    OutputGate,
+    Regularizer,
+    attach_gate,
+    channel_view,
+    detach_gate,
+    layer_of,
+    reparametrize,
+    unparametrize,
+)
+
+# Molchanov et al.'s fit of the KL divergence to the log-uniform prior (their eq. 14).
+K1, K2, K3 = 0.63576, 1.87320, 1.48695
+
+
+def kl_log_uniform(log_alpha: torch.Tensor) -> torch.Tensor:
+    """``KL(q || p)`` per weight, ``-(k1 sigmoid(k2 + k3 log_alpha) - 0.5 log(1 + 1/alpha) - k1)``.
+
+    Molchanov et al.'s approximation (error below 0.01 everywhere) of the divergence of
+    ``N(theta, alpha theta^2)`` from the log-uniform prior; it falls to 0 as alpha grows.
+    """
+    neg = K1 * torch.sigmoid(K2 + K3 * log_alpha) - 0.5 * F.softplus(-log_alpha) - K1
+    return -neg
+
+
+def _apply(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The layer's linear map with another weight and no bias (Linear or Conv)."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, weight)
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return layer._conv_forward(x, weight, None)
+    raise TypeError(
+        f"variational methods support Linear and Conv layers, got {type(layer).__name__}; "
+        f"exclude it"
+    )
+
+
+def _variance_noise(layer: nn.Module, x: torch.Tensor, var_weight: torch.Tensor, out):
+    """Local reparameterisation: noise with the variance ``layer(x^2)`` under ``var_weight``."""
+    var = _apply(layer, x * x, var_weight)
+    return torch.sqrt(var + 1e-8) * torch.randn_like(out)
+
+
+def _check_layers(model: nn.Module, names: list[str]) -> None:
+    for n in names:
+        layer, tensor_name = layer_of(model, n)
+        if tensor_name != "weight" or not isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)):
+            raise ValueError(
+                f"{n}: variational methods act on the weight of a Linear or Conv layer; exclude it"
+            )
+
+
+class _Variational(Regularizer):
+    """Shared by the variational methods: ``warm * strength * KL / N``.
+
+    ``warm`` rises linearly from 0 to 1 over the first ``warmup`` fraction of training
+    (KL annealing, as in Molchanov et al.'s code): at the start the KL of hundreds of
+    thousands of barely trained weights would swamp the data term and prune everything.
+    """
+
+    default_strength = 1.0
+
+    def __init__(self, strength: float | None = None, *, warmup: float = 0.25, **options):
+        super().__init__(strength, **options)
+        if not 0 <= warmup <= 1:
+            raise ValueError(f"warmup must be a fraction of training in [0, 1], got {warmup}")
+        self.warmup = float(warmup)
+        self.warm = 1.0
+
+    def kl(self) -> torch.Tensor:
+        """The KL divergence of the whole posterior from the prior."""
+        raise NotImplementedError
+
+    def penalty(self, model):  # noqa: D102
+        return self.warm * self.kl() / (self.n_train or 1)
+
+    def on_after_backward(self, trainer):  # noqa: D102
+        ramp = self.warmup * trainer.total_steps
+        self.warm = min(1.0, trainer.step / ramp) if ramp > 0 else 1.0
+        super().on_after_backward(trainer)
+
+
+# --- sparse variational dropout -----------------------------------------------------------
+
+
+class VariationalWeight(nn.Module):
+    """Parametrization of ``theta`` holding ``log sigma^2``; eval mode zeroes the weights
+    with ``log alpha >= threshold`` (training adds the noise in the layer's forward hook)."""
+
+    def __init__(self, theta: torch.Tensor, log_alpha_init: float, threshold: float) -> None:
+        super().__init__()
+        self.log_sigma2 = nn.Parameter(log_alpha_init + torch.log(theta.detach() ** 2 + 1e-8))
+        self.threshold = threshold
+
+    def log_alpha(self, theta: torch.Tensor) -> torch.Tensor:
+        """``log alpha = log sigma^2 - log theta^2``, clipped to [-10, 10] as in the paper."""
+        return torch.clamp(self.log_sigma2 - torch.log(theta * theta + 1e-8), -10.0, 10.0)
+
+    def forward(self, theta: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if self.training:
+            return theta
+        return theta * (self.log_alpha(theta) < self.threshold).to(theta.dtype)
+
+
+@register("regularizer", "variational_dropout")
+class VariationalDropout(_Variational):
+    """Sparse variational dropout (Molchanov et al. 2017).
+
+    Rule: each weight is ``w = theta * (1 + sqrt(alpha) eps)``, i.e. ``N(theta, sigma^2)``
+    with ``alpha = sigma^2 / theta^2``, under the log-uniform prior; minimise ``loss +
+    strength * KL / N`` with ``KL ~ -(k1 sigmoid(k2 + k3 log alpha) - 0.5 log(1 + 1/alpha) -
+    k1)`` per weight (k1, k2, k3 = 0.63576, 1.87320, 1.48695), sampling the layer's output
+    by the local reparameterisation trick with the additive parameterisation (``theta`` and
+    ``log sigma^2`` trained, ``log alpha`` derived).  Threshold: prune ``log alpha >= 3``
+    (``alpha > 20``: the weight is almost pure noise); the final weight is ``theta``.
+    Train with Adam, as Molchanov et al. do: plain SGD at ``lr=0.05`` with the noise
+    scales at ten times that rate diverges.  Supports: unstructured.  A target tunes the
+    strength, then projects on ``-log alpha``.
+    """
+
+    name = "variational_dropout"
+
+    def __init__(
+        self,
+        strength: float | None = None,
+        *,
+        threshold: float = 3.0,
+        log_alpha_init: float = -4.0,
+        **options,
+    ):
+        super().__init__(strength, **options)
+        self.threshold, self.log_alpha_init = float(threshold), float(log_alpha_init)
+
+    def setup(self, model):  # noqa: D102
+        _check_layers(model, self.names_)
+        self.params: dict[str, VariationalWeight] = {}
+        self._hooks = []
+        for n in self.names_:
+            vw = VariationalWeight(self.weight(n), self.log_alpha_init, self.threshold)
+            self.params[n] = reparametrize(model, n, vw)
+            layer, _ = layer_of(model, n)
+
+            def hook(layer, args, out, vw=vw):
+                if not layer.training:
+                    return out
+                return out + _variance_noise(layer, args[0], torch.exp(vw.log_sigma2), out)
+
+            self._hooks.append(layer.register_forward_hook(hook))
+
+    def parameters(self):  # noqa: D102
+        return [p.log_sigma2 for p in self.params.values()]
+
+    def log_alpha(self, name: str) -> torch.Tensor:
+        """``log alpha`` of every weight of ``name``."""
+        return self.params[name].log_alpha(self.weight(name)).detach()
+
+    def kl(self):  # noqa: D102
+        return sum(
+            kl_log_uniform(p.log_alpha(self.weight(n))).sum() for n, p in self.params.items()
+        )
+
+    def keep(self, model):  # noqa: D102
+        return {n: self.log_alpha(n) < self.threshold for n in self.names_}
+
+    def scores(self, model):  # noqa: D102
+        return {n: -self.log_alpha(n) for n in self.names_}
+
+    def release(self, model, keep):  # noqa: D102
+        for h in self._hooks:
+            h.remove()
+        for n in self.names_:
+            unparametrize(model, n, fold=False)  # theta; the masks zero the rest
+        return {}
+
+
+# --- structured Bayesian pruning ----------------------------------------------------------
+
+
+def log_ndtr_diff(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+    """``log(Phi(hi) - Phi(lo))`` for ``hi > lo``, accurate in both tails."""
+    log_ndtr = torch.special.log_ndtr
+    # in the upper tail Phi(hi) - Phi(lo) = Phi(-lo) - Phi(-hi), whose logs do not round to 0
+    upper = (hi + lo) > 0
+    a = torch.where(upper, -lo, hi)
+    b = torch.where(upper, -hi, lo)
+    return log_ndtr(a) + torch.log1p(-torch.exp(log_ndtr(b) - log_ndtr(a)).clamp(max=1 - 1e-15))
+
+
+class LogNormalGate(OutputGate):
+    """Multiplicative noise ``theta_c = exp(phi_c)`` per output unit, with ``phi_c`` a
+    normal ``N(mu_c, sigma_c^2)`` truncated to ``[a, b]`` (Neklyudov et al. 2017).
+
+    The moments of a truncated log-normal mix huge and tiny factors (``exp(sigma^2)``
+    against differences of normal CDFs), so they are computed in log space and double
+    precision.
+    """
+
+    def __init__(
+        self, channels: int, a: float, b: float, snr_threshold: float, log_sigma_init: float
+    ) -> None:
+        super().__init__()
+        self.mu = nn.Parameter(torch.zeros(channels))
+        self.log_sigma = nn.Parameter(torch.full((channels,), float(log_sigma_init)))
+        self.a, self.b, self.snr_threshold = a, b, snr_threshold
+
+    def _standard(self):
+        mu = self.mu.double().clamp(self.a, self.b)
+        # sigma beyond the interval's width changes nothing but the numerics
+        sigma = self.log_sigma.double().clamp(-10.0, math.log(self.b - self.a)).exp()
+        alpha, beta = (self.a - mu) / sigma, (self.b - mu) / sigma
+        return mu, sigma, alpha, beta, log_ndtr_diff(beta, alpha)
+
+    def kl(self) -> torch.Tensor:
+        """KL from the log-uniform prior on ``[a, b]``: ``log(b - a) - H(q)`` per unit, with
+        ``H = log(sqrt(2 pi e) sigma Z) + (alpha phi(alpha) - beta phi(beta)) / (2 Z)``,
+        ``Z = Phi(beta) - Phi(alpha)`` (the entropy of the truncated normal)."""
+        mu, sigma, alpha, beta, log_z = self._standard()
+        log_pdf_over_z = -0.5 * math.log(2 * math.pi) - log_z  # phi(x) / Z = exp(-x^2/2 + this)
+        tails = alpha * torch.exp(-0.5 * alpha**2 + log_pdf_over_z) - beta * torch.exp(
+            -0.5 * beta**2 + log_pdf_over_z
+        )
+        entropy = 0.5 * math.log(2 * math.pi * math.e) + torch.log(sigma) + log_z + tails / 2
+        return (math.log(self.b - self.a) - entropy).to(self.mu.dtype)
+
+    def snr(self) -> torch.Tensor:
+        """``E[theta] / std[theta]`` per unit (Neklyudov et al., eq. 13):
+        ``1 / sqrt(E[theta^2] / E[theta]^2 - 1)`` with ``E[theta^k] = exp(k mu + k^2 sigma^2
+        / 2) (Phi(k sigma - alpha) - Phi(k sigma - beta)) / Z``."""
+        mu, sigma, alpha, beta, log_z = self._standard()
+        ld1 = log_ndtr_diff(sigma - alpha, sigma - beta)
+        ld2 = log_ndtr_diff(2 * sigma - alpha, 2 * sigma - beta)
+        log_ratio = sigma**2 + ld2 - 2 * ld1 + log_z  # log(E[theta^2] / E[theta]^2)
+        return (1 / torch.sqrt(torch.expm1(log_ratio).clamp_min(1e-30))).to(self.mu.dtype)
+
+    def mean(self) -> torch.Tensor:
+        """``E[theta] = exp(mu + sigma^2 / 2) (Phi(sigma - alpha) - Phi(sigma - beta)) / Z``."""
+        mu, sigma, alpha, beta, log_z = self._standard()
+        ld1 = log_ndtr_diff(sigma - alpha, sigma - beta)
+        return torch.exp(mu + sigma**2 / 2 + ld1 - log_z).to(self.mu.dtype)
+
+    def sample(self, n: int) -> torch.Tensor:
+        """``n`` draws of ``theta`` per unit, shape (n, C), by the inverse CDF."""
+        mu, sigma, alpha, beta, log_z = self._standard()
+        u = torch.rand(n, mu.numel(), device=mu.device, dtype=mu.dtype)
+        p = (torch.special.ndtr(alpha) + u * log_z.exp()).clamp(1e-12, 1 - 1e-12)
+        phi = (mu + sigma * torch.special.ndtri(p)).clamp(self.a, self.b)
+        return torch.exp(phi).to(self.mu.dtype)
+
+    def gate(self, n):  # noqa: D102
+        if self.training:
+            return self.sample(n)
+        return self.mean() * (self.snr() >= self.snr_threshold).to(self.mu.dtype)
+
+    def fold(self):  # noqa: D102
+        # the mean scale of every unit: the masks prune, so a unit that a target revives
+        # comes back with its learned scale
+        with torch.no_grad():
+            return self.mean().detach()
+
+
+class _UnitNoise(_Variational):
+    """Variational methods with a gate on each output unit (channel masks)."""
+
+    supported_patterns = ("channel",)
+    reduction = "max"  # every element of a unit carries the unit's score
+
+    def make(self, name: str, layer: nn.Module) -> OutputGate:
+        """The gate for layer ``name``."""
+        raise NotImplementedError
+
+    def setup(self, model):  # noqa: D102
+        _check_layers(model, self.names_)
+        self.gates = {}
+        for n in self.names_:
+            layer, _ = layer_of(model, n)
+            self.gates[n] = attach_gate(layer, self.make(n, layer))
+
+    def parameters(self):  # noqa: D102
+        return [p for g in self.gates.values() for p in g.parameters()]
+
+    def unit_scores(self, name: str) -> torch.Tensor:
+        """One score per unit of ``name`` (higher = keep)."""
+        raise NotImplementedError
+
+    def unit_keep(self, name: str) -> torch.Tensor:
+        """The threshold rule per unit of ``name``."""
+        raise NotImplementedError
+
+    def _expand(self, name: str, per_unit: torch.Tensor) -> torch.Tensor:
+        return self.pattern.expand(per_unit, tuple(self.weight(name).shape))
+
+    @torch.no_grad()
+    def keep(self, model):  # noqa: D102
+        return {n: self._expand(n, self.unit_keep(n)) for n in self.names_}
+
+    @torch.no_grad()
+    def scores(self, model):  # noqa: D102
+        return {n: self._expand(n, self.unit_scores(n)) for n in self.names_}
+
+    def release(self, model, keep):  # noqa: D102
+        for n in self.names_:
+            units = keep[n].reshape(keep[n].shape[0], -1).any(dim=1)
+            detach_gate(layer_of(model, n)[0], units)  # rows and bias times the mean scale
+        return {}
+
+
+@register("regularizer", "structured_bayesian")
+class StructuredBayesian(_UnitNoise):
+    """Structured Bayesian pruning via log-normal multiplicative noise (Neklyudov et al. 2017).
+
+    Rule: each output unit's value is multiplied by ``theta = exp(phi)``, ``phi ~
+    N(mu, sigma^2)`` truncated to ``[a, b] = [-20, 0]``, drawn per example, under the
+    log-uniform prior truncated to the same interval; minimise ``loss + strength * KL / N``
+    with the exact KL of the truncated normal from the uniform on ``[a, b]`` (in log
+    space).  Threshold: prune units whose ``SNR = E[theta] / std[theta] < 1``; the others
+    keep ``E[theta]``, folded into their weight row and bias.  Neklyudov et al. put the
+    noise on each layer's inputs; here it is on the outputs, so that the masks are output
+    units.  Supports: channel; the masks feed :func:`sparsity_lab.shrink.shrink`.  A target
+    projects globally on the SNR, with the strength fixed (no tuning: in a short run the
+    noise grows slowly and then the SNRs of many units fall under 1 at once, too late and
+    too suddenly for a feedback rule on the strength).
+    """
+
+    name = "structured_bayesian"
+    tunable = False
+
+    def __init__(
+        self,
+        strength: float | None = None,
+        *,
+        snr_threshold: float = 1.0,
+        a: float = -20.0,
+        b: float = 0.0,
+        log_sigma_init: float = -2.0,
+        **options,
+    ):
+        super().__init__(strength, **options)
+        if not a < b:
+            raise ValueError(f"the truncation interval needs a < b, got [{a}, {b}]")
+        self.snr_threshold, self.a, self.b = float(snr_threshold), float(a), float(b)
+        self.log_sigma_init = float(log_sigma_init)
+
+    def make(self, name, layer):  # noqa: D102
+        shape = self.weight(name).shape
+        return LogNormalGate(shape[0], self.a, self.b, self.snr_threshold, self.log_sigma_init)
+
+    def kl(self):  # noqa: D102
+        return sum(g.kl().sum() for g in self.gates.values())
+
+    def unit_scores(self, name):  # noqa: D102
+        return self.gates[name].snr()
+
+    def unit_keep(self, name):  # noqa: D102
+        return self.gates[name].snr() >= self.snr_threshold
+
+
+# --- Bayesian compression -----------------------------------------------------------------
+
+
+class GroupNJGate(OutputGate):
+    """Scale ``z_c ~ N(mu_c, sigma_c^2)`` per output unit over weights ``w ~ N(theta,
+    sigma_w^2)`` (Louizos et al. 2017, group normal-Jeffreys), sampled by the local
+    reparameterisation trick: ``out = z * (layer(x) + noise)``."""
+
+    def __init__(self, weight: torch.Tensor, threshold: float) -> None:
+        super().__init__()
+        channels = weight.shape[0]
+        self.mu_z = nn.Parameter(torch.ones(channels))
+        self.log_sigma2_z = nn.Parameter(torch.full((channels,), -8.0))
+        self.log_sigma2_w = nn.Parameter(torch.full(tuple(weight.shape), -9.0))
+        self.threshold = threshold
+
+    def log_alpha(self) -> torch.Tensor:
+        """``log alpha_z = log sigma_z^2 - log mu_z^2`` per unit, clipped to [-10, 10]."""
+        return torch.clamp(self.log_sigma2_z - torch.log(self.mu_z**2 + 1e-8), -10.0, 10.0)
+
+    def transform(self, layer, x, out):  # noqa: D102
+        if not self.training:
+            alive = (self.log_alpha() < self.threshold).to(out.dtype)
+            return out * channel_view(self.mu_z * alive, out)
+        out = out + _variance_noise(layer, x, torch.exp(self.log_sigma2_w), out)
+        eps = torch.randn(out.shape[0], self.mu_z.numel(), device=out.device)
+        z = self.mu_z + torch.exp(0.5 * self.log_sigma2_z) * eps
+        return out * channel_view(z, out)
+
+    def gate(self, n):  # noqa: D102
+        alive = (self.log_alpha() < self.threshold).to(self.mu_z.dtype)
+        return self.mu_z * alive
+
+    def fold(self):  # noqa: D102
+        return self.mu_z.detach().clone()  # the masks prune; see LogNormalGate.fold
+
+
+@register("regularizer", "bayesian_compression")
+class BayesianCompression(_UnitNoise):
+    """Bayesian compression with the group normal-Jeffreys prior (Louizos et al. 2017).
+
+    Rule: each output unit ``c`` has a scale ``z_c ~ N(mu_c, sigma_c^2)`` and its weights are
+    ``z_c * w`` with ``w ~ N(theta, sigma_w^2)``; under the prior ``p(z) ~ 1/|z|`` and
+    ``p(w | z) = N(0, z^2)``, minimise ``loss + strength * KL / N`` with ``KL = sum_c
+    KL_VD(log alpha_c) + sum 0.5 (-log sigma_w^2 + sigma_w^2 + theta^2 - 1)``, where
+    ``log alpha_c = log sigma_c^2 - log mu_c^2`` and ``KL_VD`` is Molchanov et al.'s
+    approximation.  Threshold: prune units with ``log alpha_c >= threshold`` (default 3,
+    the rule of variational dropout); the others keep ``mu_c * theta``, folded into the
+    weight row and bias.  Louizos et al. also give a group horseshoe prior; this is their
+    normal-Jeffreys variant (BC-GNJ), whose KL has the closed form above.
+    Supports: channel; the masks feed :func:`sparsity_lab.shrink.shrink`.  A target
+    projects globally on ``-log alpha_c``, with the strength fixed (no tuning, for the
+    reason given under ``structured_bayesian``).
+    """
+
+    name = "bayesian_compression"
+    tunable = False
+
+    def __init__(self, strength: float | None = None, *, threshold: float = 3.0, **options):
+        super().__init__(strength, **options)
+        self.threshold = float(threshold)
+
+    def make(self, name, layer):  # noqa: D102
+        return GroupNJGate(self.weight(name), self.threshold)
+
+    def kl(self):  # noqa: D102
+        total = 0.0
+        for n, g in self.gates.items():
+            theta = self.weight(n)
+            kl_w = 0.5 * (-g.log_sigma2_w + g.log_sigma2_w.exp() + theta**2 - 1)
+            total = total + kl_log_uniform(g.log_alpha()).sum() + kl_w.sum()
+        return total
+
+    def unit_scores(self, name):  # noqa: D102
+        return -self.gates[name].log_alpha()
+
+    def unit_keep(self, name):  # noqa: D102
+        return self.gates[name].log_alpha() < self.threshold

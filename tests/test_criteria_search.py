@@ -1,0 +1,189 @@
+"""Search-based criteria: AMC meets its FLOPs budget and learns; the genetic search finds
+the best mask of a tiny net."""
+
+import copy
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sparsity_lab as sl
+from sparsity_lab.criteria import search
+from sparsity_lab.patterns import count
+
+
+def digits_mlp():
+    """A small LeNet-300-100 (64-64-32-10) trained on a synthetic 10-class problem."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(10, 64, generator=g) * 1.5
+    y = torch.randint(0, 10, (900,), generator=g)
+    x = centers[y] + torch.randn(900, 64, generator=g)
+    torch.manual_seed(0)
+    model = sl.models.build("lenet300", input_shape=(64,), n_classes=10, hidden=(64, 32))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        opt.zero_grad()
+        F.cross_entropy(model(x[:600]), y[:600]).backward()
+        opt.step()
+    return model, (x[600:], y[600:])
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return digits_mlp()
+
+
+def flops_of(model):
+    """Dense and sparse forward FLOPs of the Linear layers, counted independently."""
+    dense = sparse = 0
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            w = m.weight
+            dense += 2 * w.numel()
+            sparse += 2 * int((w != 0).sum())
+    return dense, sparse
+
+
+def test_amc_meets_the_flops_budget_and_its_reward_improves(trained):
+    model, val = trained
+    pruned = copy.deepcopy(model)
+    sl.prune(pruned, "amc", 0.5, data=val, episodes=150, seed=0)
+    crit = sl.criteria.get("amc")
+    assert crit.name == "amc"
+    dense, sparse = flops_of(pruned)
+    assert sparse <= 0.5 * dense  # the constraint holds for the applied masks
+    table = sl.report(pruned).set_index("name")
+    assert table.loc["total", "sparse_flops"] <= 0.5 * table.loc["total", "dense_flops"]
+
+
+def test_amc_agent_learns(trained):
+    model, val = trained
+    crit = sl.criteria.get("amc", episodes=150)
+    names = sl.pruning.default_targets(model)
+    ctx = sl.criteria.Context(data=val, seed=0)
+    crit.prune(
+        copy.deepcopy(model),
+        names,
+        0.5,
+        pattern=sl.patterns.get("unstructured"),
+        budget="global",
+        context=ctx,
+    )
+    rewards = [row["reward"] for row in crit.history]
+    assert len(rewards) == 150
+    first, last = sum(rewards[:30]) / 30, sum(rewards[-30:]) / 30
+    assert last > first + 0.05, (first, last)
+    # every episode met the budget, not only the best one
+    assert max(row["flops"] for row in crit.history) <= 0.5 + 1e-12
+    # the best episode is what was applied
+    assert crit.result["reward"] == max(rewards)
+
+
+def test_constrained_keep_limits_the_action_to_a_reachable_budget():
+    sizes, fpw = [100, 100], [2, 2]
+    # budget 100 FLOPs = 50 weights in total; the second layer can go down to 2 weights
+    k0 = search.constrained_keep(0.0, 0, sizes, fpw, [], 100, 0.98)
+    assert k0 == 48  # wanted 100, but 48 + 2 is all the budget allows
+    k1 = search.constrained_keep(0.0, 1, sizes, fpw, [k0], 100, 0.98)
+    assert k1 == 2
+    # a modest proposal is taken as is
+    assert search.constrained_keep(0.9, 0, sizes, fpw, [], 1000, 0.98) == 10
+
+
+def test_amc_errors_are_clear(trained):
+    model, val = trained
+    with pytest.raises(ValueError, match="needs data"):
+        sl.prune(copy.deepcopy(model), "amc", 0.5)
+    with pytest.raises(ValueError, match="unstructured"):
+        sl.prune(copy.deepcopy(model), "amc", 0.5, data=val, pattern="channel")
+    with pytest.raises(ValueError, match="max_sparsity"):
+        sl.prune(copy.deepcopy(model), "amc", 0.99, data=val, max_sparsity=0.9)
+
+
+def tiny():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(4))
+    y = (x[:, 0] - x[:, 2] > 0).long()
+    return model, (x, y)
+
+
+def brute_force_best(model, data, name, n_prune):
+    """Lowest loss over every mask of ``name`` with exactly ``n_prune`` zeros."""
+    x, y = data
+    w = dict(model.named_parameters())[name].detach()
+    best = None
+    for pruned in itertools.combinations(range(w.numel()), n_prune):
+        keep = torch.ones(w.numel())
+        keep[list(pruned)] = 0
+        trial = copy.deepcopy(model)
+        with torch.no_grad():
+            dict(trial.named_parameters())[name].mul_(keep.reshape(w.shape))
+            loss = float(F.cross_entropy(trial(x), y))
+        best = loss if best is None else min(best, loss)
+    return best
+
+
+def test_evolutionary_finds_the_brute_force_optimum_on_a_tiny_net():
+    model, data = tiny()
+    n_prune = count(0.5, 12)
+    best = brute_force_best(model, data, "0.weight", n_prune)
+    pruned = copy.deepcopy(model)
+    sl.prune(
+        pruned,
+        "evolutionary",
+        0.5,
+        data=data,
+        targets=["0.weight"],
+        population=20,
+        generations=40,
+        seed=0,
+    )
+    mask = sl.masks.get_mask(pruned, "0.weight")
+    assert int((mask == 0).sum()) == n_prune  # exact count
+    x, y = data
+    with torch.no_grad():
+        found = float(F.cross_entropy(pruned(x), y))
+    assert found == pytest.approx(best, abs=1e-6)
+
+
+def test_evolutionary_is_never_worse_than_magnitude_and_keeps_layer_counts():
+    model, data = tiny()
+    x, y = data
+    by_magnitude = sl.prune(copy.deepcopy(model), "magnitude", 0.6, data=data, budget="uniform")
+    evolved = sl.prune(
+        copy.deepcopy(model),
+        "evolutionary",
+        0.6,
+        data=data,
+        budget="uniform",
+        generations=5,
+        seed=1,
+    )
+    for name in ("0.weight", "2.weight"):
+        a, b = sl.masks.get_mask(by_magnitude, name), sl.masks.get_mask(evolved, name)
+        assert int(a.sum()) == int(b.sum())  # the budget's per-layer counts
+    with torch.no_grad():
+        assert float(F.cross_entropy(evolved(x), y)) <= float(F.cross_entropy(by_magnitude(x), y))
+
+
+def test_evolutionary_groups_and_errors():
+    model, data = tiny()
+    pruned = sl.prune(
+        copy.deepcopy(model),
+        "evolutionary",
+        0.5,
+        data=data,
+        pattern="channel",
+        targets=["0.weight"],
+        generations=3,
+    )
+    rows = sl.masks.get_mask(pruned, "0.weight")
+    assert ((rows.sum(1) == 0) | (rows.sum(1) == 3)).all()  # whole rows
+    assert int((rows.sum(1) == 0).sum()) == 2
+    with pytest.raises(ValueError, match="fixed counts"):
+        sl.prune(copy.deepcopy(model), "evolutionary", None, data=data, pattern="2:4")
+    with pytest.raises(ValueError, match="population"):
+        sl.criteria.get("evolutionary", population=1)

@@ -7,7 +7,8 @@ The common case is two calls::
     sl.report(model)                           # per-layer parameters, nonzeros, FLOPs
 
 Every method has a canonical name in :mod:`sparsity_lab.registry`.  Submodules that pull
-in heavier dependencies (data, models, train, experiments, viz, nb) load on first use.
+in heavier dependencies (data, models, train, methods, shrink, experiments, viz, nb, ...)
+load on first use.
 """
 
 from __future__ import annotations
@@ -24,12 +25,19 @@ __version__ = "0.1.0"
 _LAZY = (
     "accounting",
     "cli",
+    "curvature",
     "data",
+    "ephemeral",
     "experiments",
+    "methods",
     "models",
     "nb",
     "pipeline",
+    "pruner",
+    "recipes",
+    "regularizers",
     "seeding",
+    "shrink",
     "train",
     "viz",
 )

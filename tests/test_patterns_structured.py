@@ -212,3 +212,13 @@ def test_prune_with_misfits_kept_dense_still_meets_the_target():
 )
 def test_specs_of_the_structured_patterns(spec, expected):
     assert patterns.get(spec) == expected
+
+
+@pytest.mark.parametrize("pattern", ["kernel", "embedding", "head:2"])
+def test_prune_refuses_a_pattern_that_does_not_fit_a_layer_and_names_it(pattern):
+    # An MLP has no convolutions, embeddings or attention projections: nothing may be
+    # skipped silently, and the error names the first layer that does not fit.
+    model = models.build("lenet300", input_shape=(784,), n_classes=10)
+    with pytest.raises(ValueError, match="fc1.weight"):
+        sl.prune(model, "magnitude", 0.5, pattern=pattern)
+    assert not sl.masks.masks(model)

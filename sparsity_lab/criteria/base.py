@@ -106,7 +106,7 @@ class Criterion:
         shapes = {n: tuple(masks.weight(model, n).shape) for n in names}
         for n in names:
             if n not in dense:
-                pattern.validate(shapes[n], n)
+                pattern.check_layer(model, n)
         with torch.enable_grad():
             scores = self.scores(model, names, context)
         priors = {n: masks.get_mask(model, n) for n in names}

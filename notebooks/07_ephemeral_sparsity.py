@@ -39,6 +39,7 @@ from sparsity_lab import recipes
 from sparsity_lab.ephemeral import activation_functions as act
 from sparsity_lab.ephemeral import attention as attn
 from sparsity_lab.ephemeral import backprop, heads, moe
+from sparsity_lab.ephemeral import dropout as drop
 from sparsity_lab.ephemeral.activations import relu_stats
 
 # %% tags=["parameters"]
@@ -56,6 +57,8 @@ TEXT_EPOCHS = 12
 TEXT_SAMPLES = 4000
 HEAD_SPARSITIES = [0.0, 0.25, 0.5, 0.625, 0.75, 0.875]
 L0_EPOCHS = 4
+DROP_STEPS = 20
+BRANCH_STEPS = 200  # one gate per block and step: more draws for a stable share
 
 # %%
 if SMOKE:  # a quick pass through every cell, for CI
@@ -220,6 +223,149 @@ display(
 )
 
 # %% [markdown]
+# ## The dropout family: random zeros, new at every step
+#
+# Dropout and its relatives are ephemeral sparsity as well.  Each training step zeros a
+# random part of the network, and inference uses all of it:
+#
+# | name | paper | zeroed for one step |
+# |---|---|---|
+# | `dropout` | Srivastava et al. 2014 | single activations |
+# | `dropconnect` | Wan et al. 2013 | single weights |
+# | `dropblock` | Ghiasi et al. 2018 | contiguous regions of a feature map |
+# | `stochastic_depth` | Huang et al. 2016 | whole residual branches, deeper ones more often |
+# | `layerdrop` | Fan et al. 2020 | whole layers, which can then be pruned for inference |
+#
+# The pictures show what dropout and DropBlock zero in one 28 x 28 feature map at the same
+# rate: scattered single pixels against contiguous squares, which remove information a
+# convolution could otherwise recover from the neighbours.
+
+# %%
+torch.manual_seed(SEED)
+fmap = torch.ones(1, 1, 28, 28)
+pictures = {
+    "dropout, p = 0.15": drop.Dropout(0.15).train()(fmap),
+    "dropblock, p = 0.15, 5 x 5 blocks": drop.DropBlock(0.15, block_size=5).train()(fmap),
+}
+fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+for ax, (title, out) in zip(axes, pictures.items(), strict=True):
+    ax.imshow((out[0, 0] != 0).numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.set_title(f"{title}\n{float((out == 0).float().mean()):.0%} zero", fontsize=9)
+    ax.set_axis_off()
+plt.show()
+
+# %% [markdown]
+# How much each member zeros, counted over training-mode forward passes of one batch, next
+# to the rate its rule implies: activations of LeNet-300-100's hidden layers, weights of
+# its Linear layers, feature maps of LeNet-5's convolutions, and the residual blocks of the
+# small ResNet.
+
+# %%
+x_flat = next(iter(train_loader))[0]
+x_img = x_flat.reshape(len(x_flat), 1, 28, 28)
+rows = []
+
+lenet = task.build().train()
+hooks = drop.add_to_outputs(lenet, ["fc1", "fc2"], lambda: drop.Dropout(0.5))
+for _ in range(DROP_STEPS):
+    lenet(x_flat)
+zeros = sum(m.zeros for m in hooks.modules.values())
+total = sum(m.activations for m in hooks.modules.values())
+rows.append(
+    {
+        "method": "dropout p=0.5",
+        "what": "hidden activations",
+        "zeroed": zeros / total,
+        "expected": 0.5,
+    }
+)
+hooks.remove()
+
+handle = drop.dropconnect(lenet, p=0.5)
+dropped = []
+for _ in range(DROP_STEPS):
+    lenet(x_flat)
+    layer_masks = [
+        lenet.get_submodule(n).parametrizations.weight[0].last_mask for n in ("fc1", "fc2", "fc3")
+    ]
+    dropped.append(sum(int((~m).sum()) for m in layer_masks) / sum(m.numel() for m in layer_masks))
+rows.append(
+    {
+        "method": "dropconnect p=0.5",
+        "what": "weights",
+        "zeroed": float(np.mean(dropped)),
+        "expected": 0.5,
+    }
+)
+handle.remove()
+
+conv_net = sl.models.build("lenet5", input_shape=(1, 28, 28), n_classes=10).train()
+hooks = drop.add_to_outputs(conv_net, ["conv1", "conv2"], lambda: drop.DropBlock(0.1, 3))
+for _ in range(DROP_STEPS):
+    conv_net(x_img)
+zeros = sum(m.zeros for m in hooks.modules.values())
+total = sum(m.activations for m in hooks.modules.values())
+# DropBlock's gamma makes the dropped fraction about p, not exactly (blocks overlap)
+rows.append(
+    {
+        "method": "dropblock p=0.1",
+        "what": "conv feature maps",
+        "zeroed": zeros / total,
+        "expected": 0.1,
+    }
+)
+hooks.remove()
+
+resnet = sl.models.build("resnet_small", input_shape=(1, 28, 28), n_classes=10).train()
+branch_gates = {  # built one at a time: two gate sets on one model would both draw
+    "stochastic_depth p_last=0.5": lambda: drop.StochasticDepth(resnet, p_last=0.5),
+    "layerdrop p=0.2": lambda: drop.LayerDrop(resnet, p=0.2),
+}
+for name, install in branch_gates.items():
+    gates = install()
+    with torch.no_grad():
+        for _ in range(BRANCH_STEPS):
+            resnet(x_img[:8])
+    share = sum(gates.drops.values()) / (BRANCH_STEPS * len(gates.blocks))
+    if isinstance(gates, drop.StochasticDepth):
+        expected = float(np.mean([1 - gates.survival(d) for d in range(1, len(gates.blocks) + 1)]))
+    else:
+        expected = gates.p
+    what = f"residual blocks ({len(gates.blocks)})"
+    rows.append({"method": name, "what": what, "zeroed": share, "expected": expected})
+    gates.remove()
+dropout_family = pd.DataFrame(rows)
+dropout_family.round(3)
+
+# %% [markdown]
+# LayerDrop's second use is pruning whole layers for inference: `LayerDrop.prune` picks every
+# other block (Fan et al.'s rule for rate 0.5) and `drop_layers` builds a copy without them.
+# The copy computes exactly what the gated model computes with those gates at zero.
+
+# %%
+resnet.eval()
+gates = drop.LayerDrop(resnet, p=0.5)
+chosen = gates.prune()
+with torch.no_grad():
+    gated = resnet(x_img[:16])
+gates.remove()
+smaller = drop.drop_layers(resnet, chosen).eval()
+with torch.no_grad():
+    difference = float((smaller(x_img[:16]) - gated).abs().max())
+n_full = sum(p.numel() for p in resnet.parameters())
+n_small = sum(p.numel() for p in smaller.parameters())
+display(
+    Markdown(
+        f"Dropping blocks {', '.join(chosen)} leaves {n_small:,} of {n_full:,} parameters "
+        f"({n_small / n_full:.0%}); the largest output difference to the gated model is "
+        f"{difference:.1e}.  Without training under LayerDrop the remaining blocks were "
+        f"never asked to work alone, which is why the method drops layers during training."
+    )
+)
+assert difference < 1e-5
+
+
+# %% [markdown]
 # ## Sparse back-propagation with meProp
 #
 # meProp (Sun et al. 2017) keeps, for each example, only the `k` largest entries of the error
@@ -280,6 +426,44 @@ display(
         f"on average a density above {1 - zero_errors:.0%} drops almost nothing there."
     )
 )
+
+# %% [markdown]
+# SWAT (Raihan & Aamodt 2020) sparsifies the other operands of the backward pass: the
+# forward and backward products use only the largest `weight_density` of each layer's
+# weights, and only the largest `act_density` of its inputs are stored for the weight
+# gradient (the memory saving); the weight gradient itself stays dense, so pruned weights
+# can come back.  We train it at the same densities as meProp.
+
+
+# %%
+def train_swat(density, seed):
+    t = mnist(seed)
+    model = backprop.sparsify_backprop(
+        t.build(), "swat", weight_density=density, act_density=density, layers=["fc1", "fc2"]
+    )
+    tr, _, te = t.loaders()
+    sl.train.fit(model, tr, epochs=EPOCHS, lr=0.05, seed=seed)
+    return {"test_accuracy": sl.train.evaluate(model, te)["accuracy"]}
+
+
+swat_runs = sl.experiments.sweep(train_swat, {"density": MEPROP_DENSITIES}, SEEDS)
+both = pd.concat([meprop_runs.assign(method="meprop"), swat_runs.assign(method="swat")])
+fig, ax = plt.subplots(figsize=(5.5, 3.2))
+sl.viz.sparsity_curve(both, x="density", y="test_accuracy", hue="method", ax=ax)
+ax.set_xscale("log")
+ax.set_xlabel("density (errors kept for meProp; weights and stored inputs for SWAT)")
+ax.set_title("Sparse back-propagation on LeNet-300-100")
+plt.show()
+sw = swat_runs.groupby("density")["test_accuracy"].mean()
+display(
+    Markdown(
+        f"At density {low:.0%}, SWAT reaches {sw.loc[low]:.2%} and meProp "
+        f"{mp.loc[low, 'test_accuracy']:.2%} (mean of {len(SEEDS)} seed(s)).  The two "
+        f"densities do not buy the same thing: meProp's cuts the backward products, SWAT's "
+        f"cuts the forward product and the stored activations."
+    )
+)
+
 
 # %% [markdown]
 # ## Mixture of experts: where the examples go
@@ -601,7 +785,8 @@ display(
 # - Ephemeral sparsity lives in what flows through the network and changes with every input:
 #   ReLU zeros, forced activation sparsity (k-WTA, FATReLU), sparse back-propagated errors
 #   (meProp, SWAT), routing to a few experts (top-k and Switch MoE), sparse attention
-#   weights (fixed patterns, top-k, sparsemax, entmax).
+#   weights (fixed patterns, top-k, sparsemax, entmax), and the dropout family, which zeros
+#   activations, weights, regions, branches or layers at random for one step.
 # - A trained ReLU network already has many zero activations; k-WTA fixes the count in
 #   advance and FATReLU the level, both at a measurable cost in accuracy.
 # - meProp keeps a few errors per example and the backward products shrink in proportion;
@@ -616,8 +801,9 @@ display(
 # 1. Train the transformer *with* sparsemax or 1.5-entmax attention from the start
 #    (`attn.use_attention(model, attn.attention_fn(normaliser="entmax"))` before `fit`). Does
 #    the accuracy gap to softmax close?
-# 2. Replace meProp by SWAT (`backprop.sparsify_backprop(model, "swat", weight_density=0.2,
-#    act_density=0.2)`). How does accuracy compare at the same backward cost?
+# 2. Give SWAT different weight and activation densities
+#    (`backprop.sparsify_backprop(model, "swat", weight_density=0.2, act_density=0.5)`).
+#    Which of the two costs more accuracy?
 # 3. Switch routing with capacity factor 0.5: how many examples skip the expert layer during
 #    training, and what happens to accuracy?
 # 4. Fine-tune the head-pruned transformer for one epoch after pruning 75% of the heads.

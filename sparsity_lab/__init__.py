@@ -32,6 +32,7 @@ _LAZY = (
     "methods",
     "models",
     "nb",
+    "phenomena",
     "pipeline",
     "pruner",
     "recipes",

@@ -43,7 +43,7 @@ SEEDS = [0, 1, 2]
 SPARSITIES = [0.5, 0.75, 0.9, 0.95]
 MODELS = ["lenet300", "lenet5"]
 EPOCHS = 10
-FINETUNE_EPOCHS = 1
+FINETUNE_EPOCHS = 2
 N_TRAIN = 4000
 CALIBRATION_BATCHES = 8
 
@@ -52,6 +52,7 @@ if SMOKE:  # a quick pass through every cell, for CI
     SEEDS = [0]
     SPARSITIES = [0.75]
     EPOCHS = 2
+    FINETUNE_EPOCHS = 1
     N_TRAIN = 600
     CALIBRATION_BATCHES = 2
 # One thread: these small models gain little from two, and on a busy machine two threads
@@ -220,6 +221,72 @@ print(f"removed neuron {removed}; largest change of any output: below 1e-5? {cha
 # Here $z_j$ is unit $j$'s pre-activation, $a_j$ what the next layer reads from it, $A$ the
 # next layer's weights and $y_c$ the contribution of input channel $c$ to a layer's output.
 #
+# ### A toy picture: which units do the activations condemn?
+#
+# Eight ReLU units read a cloud of two-dimensional points; each unit is drawn as its line
+# $w_j^\top x + b_j = 0$, with a tick on the side where it is active.  Two units are
+# planted: one whose line lies far outside the cloud (almost never active), and one with
+# tiny weights and a large bias (active everywhere, almost constant).  APoZ and the
+# activation variance each remove three of the eight units:
+
+# %%
+gen = torch.Generator().manual_seed(1)
+points = torch.randn(400, 2, generator=gen)
+labels = (points[:, 0] + 0.5 * points[:, 1] > 0).long()
+toy_net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+with torch.no_grad():
+    toy_net[0].weight.copy_(torch.randn(8, 2, generator=gen))
+    toy_net[0].bias.copy_(torch.randn(8, generator=gen))
+    toy_net[0].weight[6], toy_net[0].bias[6] = torch.tensor([1.0, 1.0]), -6.0  # never active
+    toy_net[0].weight[7], toy_net[0].bias[7] = torch.tensor([0.02, 0.02]), 2.0  # ~constant
+planted = {6: "never active", 7: "almost constant"}
+fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharex=True, sharey=True, layout="constrained")
+toy_removed = {}
+for ax, method in zip(axes, ["apoz", "activation_variance"], strict=True):
+    pruned = sl.prune(
+        copy.deepcopy(toy_net),
+        method,
+        3 / 8,
+        pattern="channel",
+        targets=["0.weight"],
+        data=(points, labels),
+    )
+    kept = masks.get_mask(pruned, "0.weight").bool().any(1)
+    toy_removed[method] = [j for j in range(8) if not kept[j]]
+    ax.scatter(*points.T, s=4, color="0.7")
+    t = torch.linspace(-4, 4, 2)
+    for j in range(8):
+        (w0, w1), b = toy_net[0].weight[j].detach(), float(toy_net[0].bias[j].detach())
+        normal = torch.stack([w0, w1]) / torch.stack([w0, w1]).norm()
+        foot = -b * normal / torch.stack([w0, w1]).norm()  # the line's point nearest 0
+        line = foot[:, None] + torch.stack([-normal[1], normal[0]])[:, None] * t * 4
+        colour = "C0" if kept[j] else "C3"
+        ax.plot(*line, color=colour, linestyle="-" if kept[j] else "--")
+        ax.annotate(
+            "",
+            xy=foot + 0.5 * normal,
+            xytext=foot,
+            arrowprops={"arrowstyle": "->", "color": colour},
+        )
+        ax.text(*(foot + 0.7 * normal).tolist(), str(j), color=colour, fontsize=8, clip_on=True)
+    ax.set(xlim=(-4, 4), ylim=(-4, 4), aspect="equal")
+    ax.set_title(f"{method}: removed units (dashed, red)")
+plt.show()
+display(
+    Markdown(
+        " ".join(
+            f"`{m}` removes units {removed}"
+            + "".join(
+                f"; the {why} unit {j} is {'among them' if j in removed else 'kept'}"
+                for j, why in planted.items()
+            )
+            + "."
+            for m, removed in toy_removed.items()
+        )
+    )
+)
+
+# %% [markdown]
 # ### Do the criteria agree?
 #
 # Each criterion ranks the 300 neurons of the first layer.  The rank correlations between
@@ -446,8 +513,8 @@ display(
 )
 
 # %% [markdown]
-# Removing whole units is much harsher than removing single weights: at the same share,
-# every weight of a removed unit goes, and the next layer loses an input.
+# Removing a whole unit removes every one of its weights at once, and the next layer loses
+# an input; the x axis of the next figures is the share of hidden *units* removed.
 
 # %%
 compare(DATA_FREE_UNITS, "Data-free criteria on units", "share of hidden units removed")
@@ -476,20 +543,50 @@ table = summary.pivot_table(index=["model_name", "criterion"], columns="sparsity
 table.round(3)
 
 # %% [markdown]
+# Two questions for the whole comparison: how far does fine-tuning close the gap between
+# the unit criteria, and does the reconstruction of ThiNet and LASSO (which refit the next
+# layer) pay off more before fine-tuning than after?  Both measured against `group_norm`,
+# the data-free choice of the same units, and averaged over the sparsities:
+
+# %%
+STAGE_COLUMNS = ["pruned_accuracy", "val_accuracy"]
+unit_list = DATA_FREE_UNITS + DATA_DRIVEN_UNITS
+means = results.groupby(["model_name", "criterion", "sparsity"])[STAGE_COLUMNS].mean()
+sentences = []
+for m in MODELS:
+    part = means.loc[m]
+    part = part[part.index.get_level_values("criterion").isin(unit_list)]
+    spread = 100 * part.groupby(level="sparsity").agg(lambda c: c.max() - c.min()).mean()
+    before, after = spread["pruned_accuracy"], spread["val_accuracy"]
+    refit = part.loc[["thinet", "lasso_channel"]].groupby(level="sparsity").mean()
+    gain = 100 * (refit - part.loc["group_norm"]).mean()
+    g0, g1 = gain["pruned_accuracy"], gain["val_accuracy"]
+    sentences.append(
+        f"**{m}**: the best and the worst unit criterion are {before:.1f} points apart right "
+        f"after pruning and {after:.1f} points after {FINETUNE_EPOCHS} epoch(s) of "
+        f"fine-tuning, so fine-tuning {'narrows' if after < before else 'does not narrow'} "
+        f"the gap.  ThiNet and LASSO are on average {abs(g0):.1f} points "
+        f"{'above' if g0 > 0 else 'below'} `group_norm` right after pruning and "
+        f"{abs(g1):.1f} points {'above' if g1 > 0 else 'below'} it after fine-tuning: their "
+        f"reconstruction {'pays off more' if g0 > g1 else 'does not pay off more'} before "
+        f"fine-tuning than after."
+    )
+display(Markdown("\n\n".join(sentences)))
+
+# %% [markdown]
 # ## Summary
 #
 # - Data-free criteria need nothing but the weights.  A single global magnitude threshold
 #   adapts the sparsity of each layer; LAMP does the same with a per-layer normalisation
 #   that never empties a layer.  Random pruning is the floor every criterion must beat.
 # - Group criteria (`group_norm`, `fpgm`) remove whole neurons or filters: what they remove
-#   can be cut out of the network, at a much higher accuracy cost than single weights.
+#   can be cut out of the network, and every weight of a unit goes with it.
 # - Data-driven criteria score units from their activations.  Some also change the weights
 #   that stay: ThiNet and LASSO refit the next layer to reconstruct its output, and the
 #   merges move a removed unit's contribution into the next layer (`neuron_merge`,
-#   `correlation_merge`, `activation_variance`).  Reconstruction pays off most right after
-#   pruning, before any fine-tuning.
-# - Fine-tuning closes much of the gap between criteria; the differences matter most for
-#   one-shot pruning without retraining.
+#   `correlation_merge`, `activation_variance`).  The last cell measures whether that
+#   reconstruction pays off more before fine-tuning than after, and how far fine-tuning
+#   closes the gap between criteria.
 #
 # ## Exercises
 #

@@ -46,8 +46,9 @@ SPARSITIES = [0.5, 0.75, 0.9, 0.95]
 MODELS = ["lenet300", "lenet5"]
 PAI_MODELS = ["lenet300", "lenet5"]
 EPOCHS = 10
-FINETUNE_EPOCHS = 1
+FINETUNE_EPOCHS = 2
 N_TRAIN = 4000
+N_PROBES = 300
 CALIBRATION_BATCHES = 8
 PAI_EPOCHS = 5
 SYNFLOW_ITERATIONS = 100
@@ -58,9 +59,12 @@ if SMOKE:  # a quick pass through every cell, for CI
     SEEDS = [0]
     SPARSITIES = [0.75]
     EPOCHS = 2
+    FINETUNE_EPOCHS = 1
     N_TRAIN = 600
+    N_PROBES = 60
     CALIBRATION_BATCHES = 2
     PAI_EPOCHS = 1
+    MODELS = ["lenet300"]  # LeNet-5 runs the same code; CI checks every cell once
     PAI_MODELS = ["lenet300"]
     SYNFLOW_ITERATIONS = 10
     FORCE_ITERATIONS = 3
@@ -135,11 +139,80 @@ display(Markdown(f"LeNet-300-100: validation accuracy **{dense_accuracy:.2%}**."
 # - `soft_movement` (Sanh et al. 2020): scores learnt with the weights, kept above a
 #   threshold.
 #
+# ### A toy picture: two weights
+#
+# A linear model $\hat y = w_1 x_1 + w_2 x_2$ with a squared loss, whose first input
+# varies much less than the second.  Removing a weight moves the point to an axis (the
+# arrows); magnitude looks only at the length of that move, the first-order score also at
+# the slope of the loss along it.  Left: the weights part-way through training; right: at
+# the minimum, where the gradient, and with it every first-order score, vanishes.
+
+# %%
+gen = torch.Generator().manual_seed(0)
+inputs = torch.randn(256, 2, generator=gen) * torch.tensor([0.3, 1.0])
+targets = inputs @ torch.tensor([2.0, 0.8]) + 0.1 * torch.randn(256, generator=gen)
+
+
+def toy_loss(w):
+    return ((inputs @ w - targets) ** 2).mean()
+
+
+w_star = torch.linalg.lstsq(inputs, targets[:, None]).solution.flatten()
+grid = torch.linspace(-0.5, 3.0, 120)
+w1_grid, w2_grid = torch.meshgrid(grid, grid, indexing="xy")
+every_w = torch.stack([w1_grid.flatten(), w2_grid.flatten()])  # one column per grid point
+surface = ((inputs @ every_w - targets[:, None]) ** 2).mean(0).reshape(w1_grid.shape)
+fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True, layout="constrained")
+toy_rows = []
+for ax, (label, w) in zip(
+    axes, [("part-way", torch.tensor([1.2, 1.4])), ("at the minimum", w_star)], strict=True
+):
+    linear = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(w[None])
+    g = weight_gradients(
+        linear, ["weight"], (inputs, targets[:, None]), torch.nn.functional.mse_loss
+    )["weight"].flatten()
+    ax.contour(grid, grid, surface, levels=20, cmap="Greys", linewidths=0.7)
+    ax.plot(*w, "ko")
+    for k, colour in ((0, "C3"), (1, "C0")):
+        removed = w.clone()
+        removed[k] = 0
+        real = float(toy_loss(removed) - toy_loss(w))
+        predicted = float(-g[k] * w[k])
+        size = float(w[k].abs())
+        arrow = {"arrowstyle": "->", "color": colour, "linewidth": 2}
+        ax.annotate("", xy=removed.tolist(), xytext=w.tolist(), arrowprops=arrow)
+        ax.text(
+            *(removed + torch.tensor([0.05, 0.05])).tolist(),
+            f"remove w{k + 1}\nreal dL {real:.2f}\n-g w {predicted:.2f}\n|w| {size:.2f}",
+            color=colour,
+            fontsize=8,
+        )
+        toy_rows.append({"point": label, "weight": f"w{k + 1}", "real": real, "-g w": predicted})
+    ax.set(xlabel="w1", ylabel="w2", title=label, aspect="equal")
+plt.show()
+toy = pd.DataFrame(toy_rows).set_index(["point", "weight"])
+part_way = toy.loc["part-way"]
+at_min = toy.loc["at the minimum"]
+agree = part_way["real"].idxmax() == part_way["-g w"].idxmax()
+display(
+    Markdown(
+        f"Part-way, removing `w1` changes the loss by {part_way.loc['w1', 'real']:+.2f} and "
+        f"`w2` by {part_way.loc['w2', 'real']:+.2f}; the first-order score ranks them "
+        f"{'the same way' if agree else 'the other way'}. "
+        f"At the minimum the first-order scores are {at_min['-g w'].abs().max():.1e} at most, "
+        f"while the real increases are {at_min.loc['w1', 'real']:.2f} and "
+        f"{at_min.loc['w2', 'real']:.2f}: there only the curvature (the next notebook) tells "
+        f"the weights apart."
+    )
+)
+
+# %% [markdown]
 # ### How good is the first-order estimate?
 #
-# On a calibration batch, we remove 300 single weights of `fc2` one at a time, and each of
-# the 300 units of `fc1`, and compare the real change of the loss with its first-order
-# prediction.
+# On a calibration batch, we remove single weights of `fc2` one at a time, and single
+# units of `fc1`, and compare the real change of the loss with its first-order prediction.
 
 
 # %%
@@ -152,31 +225,35 @@ x, y = calibration[0]
 base = batch_loss(model, (x, y))
 grad = weight_gradients(model, ["fc2.weight"], (x, y), F.cross_entropy)
 w2 = model.fc2.weight.detach()
-picks = torch.randperm(w2.numel(), generator=torch.Generator().manual_seed(0))[:300]
+picks = torch.randperm(w2.numel(), generator=torch.Generator().manual_seed(0))[:N_PROBES]
 weight_rows = []
+probe = copy.deepcopy(model)  # one copy, each removal undone after its measurement
 for flat in picks.tolist():
     i, j = divmod(flat, w2.shape[1])
-    probe = copy.deepcopy(model)
     with torch.no_grad():
         probe.fc2.weight[i, j] = 0
-    predicted = float(-grad["fc2.weight"][i, j] * w2[i, j])
-    weight_rows.append((predicted, batch_loss(probe, (x, y)) - base))
+        actual = batch_loss(probe, (x, y)) - base
+        probe.fc2.weight[i, j] = w2[i, j]
+    weight_rows.append((float(-grad["fc2.weight"][i, j] * w2[i, j]), actual))
 
 relevance = sl.criteria.get("skeletonization").group_scores(
     model, ["fc1.weight"], Channel(), Context(data=[(x, y)])
 )["fc1.weight"]
 unit_rows = []
-for unit in range(model.fc1.out_features):
-    probe = copy.deepcopy(model)
+units = torch.randperm(model.fc1.out_features, generator=torch.Generator().manual_seed(0))
+for unit in units[:N_PROBES].tolist():
     with torch.no_grad():  # the unit's output becomes zero: no weights, no bias
         probe.fc1.weight[unit] = 0
         probe.fc1.bias[unit] = 0
-    unit_rows.append((float(relevance[unit]), batch_loss(probe, (x, y)) - base))
+        actual = batch_loss(probe, (x, y)) - base
+        probe.fc1.weight[unit] = model.fc1.weight[unit]
+        probe.fc1.bias[unit] = model.fc1.bias[unit]
+    unit_rows.append((float(relevance[unit]), actual))
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
 for ax, rows, title in [
-    (axes[0], weight_rows, "300 weights of fc2: predicted -g w"),
-    (axes[1], unit_rows, "300 units of fc1: relevance -dL/d(gate)"),
+    (axes[0], weight_rows, f"{N_PROBES} weights of fc2: predicted -g w"),
+    (axes[1], unit_rows, f"{N_PROBES} units of fc1: relevance -dL/d(gate)"),
 ]:
     predicted, actual = np.array(rows).T
     ax.scatter(predicted, actual, s=10, alpha=0.7)
@@ -192,7 +269,9 @@ display(
     Markdown(
         f"The first-order prediction correlates with the real change at "
         f"{correlations[0]:.2f} for single weights and {correlations[1]:.2f} for whole units: "
-        f"small removals are predicted well, large ones less so, where the loss is curved."
+        f"the small removals (single weights) are predicted "
+        f"{'better' if correlations[0] > correlations[1] else 'no better'} than the large ones "
+        f"(whole units), where the curvature of the loss has more room to act."
     )
 )
 
@@ -336,6 +415,61 @@ table.round(3)
 # - `force` (de Jorge et al. 2021): SNIP repeated on the network pruned so far, where
 #   removed weights may come back.
 #
+# ### A toy picture: which connections survive
+#
+# A small network at initialisation, 4-16-16-4-2, pruned to 95% sparsity before training;
+# every kept connection is drawn.  A standard initialisation makes the weights of wide
+# layers small, so a global magnitude threshold judges layers by their width; SynFlow
+# scores each weight by the paths from input to output that run through it.  Under each
+# network: how many input-output paths are left.
+
+# %%
+widths = [4, 16, 16, 4, 2]
+torch.manual_seed(0)
+layers = []
+for a, b in zip(widths[:-1], widths[1:], strict=True):
+    layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+toy_init = torch.nn.Sequential(*layers[:-1])
+toy_data = (torch.randn(64, widths[0]), torch.randint(0, widths[-1], (64,)))
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), layout="constrained")
+toy_paths = {}
+for ax, (method, options) in zip(
+    axes,
+    [("magnitude", {}), ("snip", {}), ("synflow", {"input_shape": (widths[0],), "iterations": 20})],
+    strict=True,
+):
+    pruned = sl.prune(copy.deepcopy(toy_init), method, 0.95, data=toy_data, **options)
+    found = list(masks.masks(pruned).values())
+    paths = torch.ones(widths[0])
+    for col, mask in enumerate(found):
+        paths = mask.float() @ paths
+        ys_in = np.linspace(0, 1, widths[col])
+        ys_out = np.linspace(0, 1, widths[col + 1])
+        for i, j in mask.nonzero().tolist():
+            ax.plot([col, col + 1], [ys_in[j], ys_out[i]], color="C0", linewidth=0.8)
+    for col, width in enumerate(widths):
+        ax.scatter([col] * width, np.linspace(0, 1, width), s=12, color="k", zorder=3)
+    toy_paths[method] = int(paths.sum())
+    ax.set_title(f"{method}: {toy_paths[method]} input-output paths")
+    ax.axis("off")
+plt.show()
+collapsed = [m for m, n in toy_paths.items() if n == 0]
+display(
+    Markdown(
+        "Pruned at 95% before training, "
+        + (
+            f"{', '.join(f'`{m}`' for m in collapsed)} cut every path from input to output "
+            "(layer collapse: the network computes a constant)"
+            if collapsed
+            else "no method cuts every path from input to output"
+        )
+        + "; "
+        + ", ".join(f"`{m}` keeps {n}" for m, n in toy_paths.items())
+        + " paths."
+    )
+)
+
+# %% [markdown]
 # ### Layer collapse
 #
 # At initialisation a global magnitude threshold keeps the layers whose initial weights
@@ -505,21 +639,54 @@ display(
 )
 
 # %% [markdown]
+# ## What the measurements say
+#
+# The claims of this notebook, each read from the cells above:
+
+# %%
+as_drawn = demo_table[demo_table["initial weights"] == "as drawn"].set_index("mask")["accuracy"]
+rescaled = demo_table[demo_table["initial weights"] == "rescaled"].set_index("mask")["accuracy"]
+worst_shuffle = mean_effect.abs().max()
+display(
+    Markdown(
+        "\n".join(
+            [
+                f"- The first-order estimate correlates with the real loss change at "
+                f"{correlations[0]:.2f} for single weights of `fc2` and {correlations[1]:.2f} "
+                f"for whole units of `fc1`.",
+                f"- Magnitude and movement keep {overlap:.0%} of the same weights of `fc2` "
+                f"at 90% sparsity.",
+                f"- At 99% sparsity before training, the methods that empty a layer of "
+                f"LeNet-300-100 are: {', '.join(f'`{m}`' for m in empty) or 'none'}; SynFlow "
+                f"{'empties one' if 'synflow' in empty else 'empties none'}.",
+                f"- Shuffling the masks found at initialisation changes the accuracy by at "
+                f"most {100 * worst_shuffle:.1f} points on average for any method "
+                f"(`{mean_effect.abs().idxmax()}`).",
+                f"- Without rescaling, SNIP's mask at 90% trains to {as_drawn['as found']:.1%} "
+                f"and its shuffled version to {as_drawn['shuffled']:.1%}; with rescaled "
+                f"initial weights, {rescaled['as found']:.1%} and {rescaled['shuffled']:.1%}.",
+            ]
+        )
+    )
+)
+
+# %% [markdown]
 # ## Summary
 #
 # - First-order criteria score a weight by $g\,w$ (SNIP, Taylor) and a unit by the
 #   derivative of the loss with respect to a gate on it (skeletonization, Taylor on feature
-#   maps).  The estimate is good for small removals and degrades as the loss curves.
+#   maps).  The toy picture shows why the estimate says nothing at a minimum, where the
+#   gradient vanishes; the scatter plots measure how well it predicts real removals.
 # - Karnin's sensitivity and movement pruning accumulate their scores while the network
 #   trains, through the training loop's callbacks (`KarninScores`, `MovementScores`).
-#   Movement keeps weights that moved away from zero, which magnitude may miss.
-# - Pruning at initialisation must judge weights before they learn.  SynFlow avoids layer
-#   collapse without data; GraSP and SNIP use one batch; FORCE iterates SNIP.
+#   Movement keeps weights that moved away from zero, whatever their final size.
+# - Pruning at initialisation must judge weights before they learn.  SynFlow scores paths
+#   without data, to avoid layer collapse; GraSP and SNIP use one batch; FORCE iterates
+#   SNIP.  The measurements above say which methods emptied a layer here.
 # - Frankle et al. (2021) found that shuffling the masks found at initialisation within
 #   each layer changes little, so that these methods mostly choose how sparse each layer
-#   should be; the last plot repeats their check on our two networks.  Without batch
-#   normalisation the check needs the initial weights rescaled to each unit's sparse
-#   fan-in, or scattered masks fail for a reason that has nothing to do with their choice.
+#   should be; the shuffling plot repeats their check on our two networks, with the initial
+#   weights rescaled to each unit's sparse fan-in (the LeNets have no batch normalisation).
 #
 # ## Exercises
 #

@@ -302,9 +302,11 @@ Curve = Sequence[tuple[float, float]]
 def _curve_keys(curve: Curve, n_groups: int) -> torch.Tensor:
     """Cost of pruning each successive group of a layer, read from a measured curve.
 
-    The ``k``-th group costs the curve at sparsity ``k / n_groups`` (linear interpolation
-    from ``(0, 0)``, flat beyond the last point), made non-decreasing; a tiny multiple of the
-    sparsity breaks ties so that layers of equal cost are pruned evenly, not one first.
+    The ``k``-th group costs the curve at sparsity ``k / n_groups``: linear interpolation
+    from ``(0, 0)``, continued beyond the last point with the slope of the last segment,
+    made non-decreasing.  The layer's last group (emptying it) costs infinity, so a layer
+    is emptied only if the target leaves no other choice.  A tiny multiple of the sparsity
+    breaks ties so that layers of equal cost are pruned evenly, not one first.
     """
     points = sorted({0.0: 0.0, **{float(s): float(c) for s, c in curve}}.items())
     xs = torch.tensor([p[0] for p in points], dtype=torch.float64)
@@ -312,10 +314,10 @@ def _curve_keys(curve: Curve, n_groups: int) -> torch.Tensor:
     s = torch.arange(1, n_groups + 1, dtype=torch.float64) / n_groups
     idx = torch.searchsorted(xs, s, right=True).clamp(1, len(xs) - 1)
     x0, x1, y0, y1 = xs[idx - 1], xs[idx], ys[idx - 1], ys[idx]
-    inside = (s <= xs[-1]) & (x1 > x0)
-    t = torch.where(inside, (s - x0) / (x1 - x0).clamp_min(1e-300), torch.ones_like(s))
-    cost = torch.where(inside, y0 + t * (y1 - y0), ys[-1].expand_as(s))
-    return cost + 1e-12 * s
+    cost = y0 + (s - x0) * (y1 - y0) / (x1 - x0).clamp_min(1e-300)  # extrapolates past the end
+    cost = cost.cummax(0).values + 1e-12 * s
+    cost[-1] = math.inf
+    return cost
 
 
 def _mass_keys(group_scores: torch.Tensor) -> torch.Tensor:
@@ -341,18 +343,24 @@ def sensitivity_budget(
     scores: Mapping[str, torch.Tensor] | None = None,
     curves: Mapping[str, Curve] | None = None,
 ) -> dict[str, float]:
-    """Sensitivity-based allocation (Han et al. 2015): each layer pruned to equal sensitivity.
+    """Sensitivity-based allocation (Han et al. 2015), from measured curves or a proxy.
 
     Han et al. prune each layer alone at several sparsities, measure how much the network
     suffers, and give sensitive layers less sparsity.  Here the layers are pruned so that
     the most sensitive one is as little hurt as possible: groups are taken one at a time
-    from the layer whose next group costs least, until the target is met.
+    from the layer whose next group costs least, until the target is met exactly.
 
-    ``curves``: measured sensitivities ``{name: [(sparsity, loss increase), ...]}``, e.g.
-    from :func:`measure_sensitivity`.  Without them (as inside ``sparsity_lab.prune``) the
-    cost of pruning a share of a layer is estimated from the criterion's ``scores``: the
-    share of the layer's squared group scores removed (for ``magnitude``, the relative
-    change ``||dW||^2 / ||W||^2``).
+    Two sources for the cost of pruning a share of a layer:
+
+    * ``curves`` (Han's per-layer sweep): measured sensitivities ``{name: [(sparsity,
+      loss increase), ...]}`` from :func:`measure_sensitivity`, which prunes each layer
+      alone on a copy of the model and evaluates the loss on data.  Call it directly, or
+      use :func:`prune_by_sensitivity`, which measures, allocates and prunes.
+    * **a proxy, without data**: this is what ``sparsity_lab.prune(...,
+      budget="sensitivity_budget")`` uses, since a budget there sees only shapes and the
+      criterion's scores, not the model or data.  The cost of pruning a layer's lowest
+      groups is the share of the layer's squared group scores they hold (for
+      ``magnitude``, the relative change ``||dW||^2 / ||W||^2``), not a measured loss.
     """
     pattern = pattern or Unstructured()
     if curves is not None:
@@ -411,6 +419,45 @@ def measure_sensitivity(
             )
             curves[n].append((float(s), evaluate(pruned, batches, loss_fn)["loss"] - base))
     return curves
+
+
+def prune_by_sensitivity(
+    model: torch.nn.Module,
+    sparsity: float,
+    data: Any,
+    *,
+    method: str = "magnitude",
+    pattern: str | Pattern = "unstructured",
+    sparsities: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98),
+    names: Iterable[str] | None = None,
+    loss_fn: Callable | None = None,
+) -> dict[str, float]:
+    """Han et al.'s (2015) full recipe: sweep each layer alone, allocate, then prune.
+
+    Measures the curves with :func:`measure_sensitivity` on ``data``, turns them into one
+    sparsity per layer with :func:`sensitivity_budget` (the total meets ``sparsity``), and
+    prunes each layer of ``model`` in place to its sparsity with ``method``.  Returns the
+    plan ``{name: sparsity}``.
+    """
+    from .patterns import get as get_pattern
+    from .pruning import default_targets, prune  # lazy: pruning imports this module
+
+    names = list(default_targets(model) if names is None else names)
+    curves = measure_sensitivity(
+        model,
+        data,
+        sparsities=sparsities,
+        method=method,
+        pattern=pattern,
+        names=names,
+        loss_fn=loss_fn,
+    )
+    shapes = {n: tuple(model.get_parameter(n).shape) for n in names}
+    plan = sensitivity_budget(shapes, sparsity, pattern=get_pattern(pattern), curves=curves)
+    for n, s in plan.items():
+        if s > 0:
+            prune(model, method, s, pattern=pattern, budget="uniform", targets=[n], data=data)
+    return plan
 
 
 def allocate(

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 import sparsity_lab as sl
-from sparsity_lab import budgets
+from sparsity_lab import budgets, masks
 from sparsity_lab.patterns import Channel
 
 SHAPES = {
@@ -221,3 +221,32 @@ def test_measure_sensitivity_prunes_one_layer_at_a_time():
     assert sum(plan[n] * model.get_parameter(n).numel() for n in plan) == pytest.approx(
         round(0.7 * sum(model.get_parameter(n).numel() for n in plan)), abs=0.5
     )
+
+
+def test_prune_by_sensitivity_meets_the_target_with_per_layer_magnitude_masks():
+    model = lenet_like()
+    g = torch.Generator().manual_seed(1)
+    data = (torch.randn(64, 30, generator=g), torch.randint(0, 5, (64,), generator=g))
+    plan = budgets.prune_by_sensitivity(model, 0.8, data, sparsities=[0.5, 0.8, 0.95])
+    names = ["0.weight", "2.weight", "4.weight"]
+    total = sum(masks.weight(model, n).numel() for n in names)
+    zeros = sum(int((masks.get_mask(model, n) == 0).sum()) for n in names)
+    assert zeros == round(0.8 * total)
+    assert len(set(plan.values())) > 1  # the sweep spreads the zeros unevenly
+    for i, n in zip((0, 2, 4), names, strict=True):
+        # each layer pruned alone by magnitude, as torch would at the planned count
+        other = lenet_like()
+        count = round(plan[n] * other[i].weight.numel())
+        torch_prune.l1_unstructured(other[i], "weight", amount=count)
+        assert torch.equal(masks.get_mask(model, n).bool(), other[i].weight_mask.bool())
+
+
+def test_sensitivity_budget_empties_a_layer_only_when_the_target_forces_it():
+    # pruning "a" costs nothing as far as measured, yet its last weight is never taken
+    # while "b" still has weights to give
+    shapes = {"a": (10,), "b": (10,)}
+    curves = {"a": [(0.5, 0.0), (0.9, 0.0)], "b": [(0.5, 1.0), (0.9, 2.0)]}
+    plan = budgets.sensitivity_budget(shapes, 0.5, curves=curves)
+    assert plan == {"a": 0.9, "b": 0.1}
+    plan = budgets.sensitivity_budget(shapes, 0.95, curves=curves)
+    assert plan == {"a": 0.9, "b": 1.0} or plan == {"a": 1.0, "b": 0.9}

@@ -177,7 +177,7 @@ def test_shuffled_masks_keep_each_layers_count_and_move_the_weights():
     assert all(torch.equal(again[n], shuffled[n]) for n in found)
 
 
-@pytest.mark.parametrize("budget", ["uniform", "global", "erk", "lamp_budget"])
+@pytest.mark.parametrize("budget", sl.registry.available("budget"))
 @pytest.mark.parametrize("method", ["grasp", "synflow", "force"])
 def test_at_init_criteria_hit_the_target_exactly_with_every_budget(method, budget):
     model = mlp()

@@ -248,7 +248,10 @@ def test_movement_pruning_during_training_reaches_the_target():
     assert sl.pruning.sparsity(model) == pytest.approx(0.8, abs=1e-3)
 
 
-@pytest.mark.parametrize("budget", ["uniform", "global", "er", "erk", "lamp_budget"])
+BUDGETS = sl.registry.available("budget")
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
 @pytest.mark.parametrize("method", ["snip", "taylor_weight"])
 def test_weight_criteria_hit_the_target_exactly_with_every_budget(method, budget):
     model = tiny()
@@ -256,10 +259,31 @@ def test_weight_criteria_hit_the_target_exactly_with_every_budget(method, budget
     assert sl.pruning.sparsity(model) * 20 == pytest.approx(12)
 
 
+def two_hidden(seed=0):
+    """Two hidden layers with 4 inputs each, so every unit is a group of 4 weights."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)
+    ).double()
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
 @pytest.mark.parametrize("method", ["skeletonization", "taylor"])
-def test_unit_criteria_remove_whole_units(method):
-    model = tiny()
+def test_unit_criteria_remove_whole_units_to_the_exact_target_with_every_budget(method, budget):
+    model = two_hidden()
+    hidden = ["0.weight", "2.weight"]
     sl.prune(
-        model, method, 0.5, pattern="channel", budget="uniform", data=batch(), exclude=["2.weight"]
+        model,
+        method,
+        0.5,
+        pattern="channel",
+        budget=budget,
+        targets=hidden,
+        data=batch(shape=(4,)),
     )
-    assert (masks.get_mask(model, "0.weight").sum(1) == 0).sum() == 2
+    for n in hidden:
+        rows = masks.get_mask(model, n).sum(1)
+        assert set(rows.tolist()) <= {0.0, 4.0}  # each unit whole: all its weights or none
+    # 8 units of 4 weights: half the 32 weights is exactly 4 units
+    removed = sum(int((masks.get_mask(model, n).sum(1) == 0).sum()) for n in hidden)
+    assert removed == 4

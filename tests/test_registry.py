@@ -12,7 +12,10 @@ CHECKLIST = Path(__file__).resolve().parents[1].parent / "shared" / "METHODS.md"
 
 def checklist_names():
     text = CHECKLIST.read_text()
-    return set(re.findall(r"^\| ([a-z0-9_]+) \|", text, re.M)) - {"name"}
+    rows = set(re.findall(r"^\| ([a-z0-9_]+) \|", text, re.M)) - {"name"}
+    # a row may name a variant that has its own entry ("| cram | ..., with cram_plus |")
+    variants = set(re.findall(r"^\| [a-z0-9_]+ \|.*\bwith ([a-z0-9]+_[a-z0-9_]+)", text, re.M))
+    return rows | variants
 
 
 FOUNDATION = {

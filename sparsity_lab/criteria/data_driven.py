@@ -20,8 +20,6 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import lars_path_gram
 from torch import nn
 
 from .. import masks
@@ -430,6 +428,11 @@ def lasso_entry(g: torch.Tensor, alive: torch.Tensor, rows: int) -> torch.Tensor
     ``g`` is the channel Gram matrix; the target is the full output, so ``X^T y = G 1``.
     Channels that never enter score 0, dead ones ``-inf``.
     """
+    # imported here: scikit-learn takes seconds to import, and every process that imports
+    # the library (DDP workers included) would pay for it
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import lars_path_gram
+
     idx = torch.nonzero(alive).flatten()
     sub = g[idx][:, idx].numpy()
     with warnings.catch_warnings():

@@ -88,6 +88,7 @@ curves = pd.concat(rows, ignore_index=True)
 fig, axes = plt.subplots(1, len(NOISES), figsize=(5 * len(NOISES), 3.5), sharey=True)
 marks = {"A": "C2", "B": "C0", "C": "C3"}
 regions_found = {}
+dense_tolerance = {}
 for ax, noise in zip(np.atleast_1d(axes), NOISES, strict=True):
     part = curves[curves["noise"] == noise]
     table = sl.experiments.summarize(part, ["sparsity"], "test_accuracy")
@@ -97,6 +98,7 @@ for ax, noise in zip(np.atleast_1d(axes), NOISES, strict=True):
     sparse = table.iloc[1:]
     labels = occam.occam_regions(sparse["sparsity"], sparse["mean"], dense["mean"], tol)
     regions_found[noise] = dict(zip(sparse["sparsity"], labels, strict=True))
+    dense_tolerance[noise] = tol
     ax.errorbar(
         sparse["sparsity"],
         sparse["mean"],
@@ -124,13 +126,15 @@ for noise in NOISES:
     part = sl.experiments.summarize(curves[curves["noise"] == noise], ["sparsity"], "test_accuracy")
     top = occam.hill(part["sparsity"][1:].tolist(), part["mean"][1:].tolist(), part["mean"][0])
     found = regions_found[noise]
-    hill_points = [f"{s:.0%}" for s, lab in found.items() if lab == "A"] or ["none"]
+    hill_points = [f"{s:.0%}" for s, lab in found.items() if lab == "A"] or ["no sparsity"]
+    below = [s for s, lab in found.items() if lab == "C"]
+    region_c = f"region C from {min(below):.0%}" if below else "no region C"
     lines.append(
         f"- label noise {noise:.0%}: dense {part['mean'][0]:.2%}; best sparse "
         f"{part['mean'][1:].max():.2%} at {top['sparsity']:.0%} sparsity "
         f"({top['gain']:+.2%}); region A (above the dense interval) at "
-        f"{', '.join(hill_points)}; region C from "
-        f"{min([s for s, lab in found.items() if lab == 'C'], default=float('nan')):.0%}."
+        f"{', '.join(hill_points)} (tolerance: the dense model's 95% interval, "
+        f"{dense_tolerance[noise]:.2%}); {region_c}."
     )
 display(Markdown("\n".join(lines)))
 

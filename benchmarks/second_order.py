@@ -1,8 +1,13 @@
 """Second-order pruning: one-shot quality, and the cost of WoodFisher and SparseGPT.
 
 Quality: LeNet-300-100 on the MNIST subset, pruned once without fine-tuning by global and
-uniform magnitude, OBD, the diagonal Fisher, WoodFisher, K-FAC and M-FAC, at 50-98%
-sparsity over ``--seeds`` seeds (the table of notebook 02c).
+uniform magnitude, OBD, the diagonal Fisher, WoodFisher, K-FAC and M-FAC (the table of
+notebook 02c) and, as the OBS-style method that fits this model, layer-wise SparseGPT
+(exact OBS per layer on the reconstruction Hessian).  Exact ``obs`` needs the full
+``P x P`` Hessian, which for P = 266,200 weights is 567 GB: it is left out.  Every seed
+trains its own dense model; the JSON records the seeds, epochs and sparsities, and the
+paired check "woodfisher >= global magnitude, with a gap that widens with the sparsity"
+(per-seed differences, mean ± std).
 
 Cost, each measured alone in this process (peak resident memory reset before each call
 through ``/proc/self/clear_refs``; the extra memory is the peak minus the memory in use
@@ -10,12 +15,18 @@ before the call):
 
 * WoodFisher's block inverse and OBS update on 266,200 weights (LeNet-300-100's size)
   against the block size and the number of gradients;
-* SparseGPT on 1024 x 1024 and 4096 x 4096 layers with 2048 calibration rows.
+* SparseGPT on 1024 x 1024 and 4096 x 4096 layers with 2048 calibration rows.  Two
+  times are recorded: building the Hessian ``2 X^T X / n`` from the calibration rows
+  (``hessian_seconds``) and the solver on a given Hessian (``solver_seconds``); the target
+  is checked on their sum (``seconds``).  The memory is the solver's alone, against the
+  Hessian it is given.
 
 Targets: SparseGPT on 4096 x 4096 under 60 s on 2 threads, and its peak extra memory
 within 3x the layer's Hessian (4096^2 float64 entries).
 
-    python benchmarks/second_order.py [--threads 2] [--seeds 0 1 2] [--quick]
+    python benchmarks/second_order.py [--threads 2] [--seeds 0 1 2] [--sparsities ...] [--quick]
+
+``--quick`` keeps the seeds and cuts the sparsities and the cost sweeps.
 """
 
 from __future__ import annotations
@@ -48,8 +59,12 @@ METHODS = {
     "woodfisher": ("woodfisher", {"n_samples": 128, "block_size": 64, "steps": 4}),
     "kfac": ("kfac", {}),
     "mfac": ("mfac", {"n_samples": 128, "steps": 4}),
+    "sparsegpt (uniform)": ("sparsegpt", {"budget": "uniform"}),
+    "sparsegpt (global)": ("sparsegpt", {"budget": "global"}),
 }
-SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95, 0.98]
+SPARSITIES = [0.5, 0.9, 0.95, 0.98]  # four points: the stored run of 3 seeds stays near 8 min
+#: methods checked against global magnitude: "at or above it, with a widening gap"
+COMPARED = ["woodfisher", "mfac", "sparsegpt (uniform)", "sparsegpt (global)"]
 
 
 def memory_kib() -> dict[str, int]:
@@ -102,23 +117,49 @@ def quality(seeds: list[int], sparsities: list[float], epochs: int) -> list[dict
 
 
 def woodfisher_cost(blocks: list[int], grads: list[int], size: int = 266_200) -> list[dict]:
+    """Time and memory of the block inverse plus the OBS update, and the two parts apart.
+
+    The inverse adds ``chunk = min(32, B)`` gradients per pass, each pass factorising one
+    ``chunk x chunk`` matrix per block; the update factorises one ``B x B`` matrix per block.
+    Batched small factorisations on the CPU run one LAPACK call per matrix, so besides the
+    ``N P B`` multiply-adds the time has a part proportional to the number of calls,
+    ``n_blocks * ceil(N / chunk)``, recorded as ``factorisations``.
+    """
     rows = []
     gen = torch.Generator().manual_seed(0)
     for block, n in [(b, 128) for b in blocks] + [(64, n) for n in grads if n != 128]:
         g = torch.randn(n, size, generator=gen, dtype=torch.float64)
         w = torch.randn(size, generator=gen, dtype=torch.float64)
         pruned = torch.rand(size, generator=gen) < 0.9
-        result = {}
+        result, split = {}, {}
 
-        def run(g=g, w=w, pruned=pruned, block=block, result=result):
+        def run(g=g, w=w, pruned=pruned, block=block, result=result, split=split):
+            start = time.perf_counter()
             result["blocks"] = curvature.woodbury_block_inverse(g, block, 1e-3)
+            split["inverse_seconds"] = time.perf_counter() - start
+            start = time.perf_counter()
             second_order.blockwise_obs_update(w, result["blocks"], pruned)
+            split["update_seconds"] = time.perf_counter() - start
 
         cost = measure(run)
-        rows.append({"block_size": block, "n_grads": n, **cost})
+        n_blocks = -(-size // block)
+        chunk = min(32, block)  # woodbury_block_inverse's default chunk, capped at B
+        rows.append(
+            {
+                "block_size": block,
+                "n_grads": n,
+                **cost,
+                **split,
+                "n_blocks": n_blocks,
+                "factorisations": n_blocks * -(-n // chunk),
+                "multiply_adds": n * size * block,
+            }
+        )
         print(
             f"woodfisher B={block:4d} N={n:4d}: {cost['seconds']:6.2f} s "
-            f"(cpu {cost['cpu_seconds']:6.2f} s), {cost['extra_mib']:7.1f} MiB extra"
+            f"(cpu {cost['cpu_seconds']:6.2f} s; inverse {split['inverse_seconds']:6.2f} s, "
+            f"update {split['update_seconds']:6.2f} s), {cost['extra_mib']:7.1f} MiB extra, "
+            f"{rows[-1]['factorisations']:,} small factorisations"
         )
         del g, w, pruned, result
     return rows
@@ -130,7 +171,13 @@ def sparsegpt_cost(sizes: list[int], rows_calib: int = 2048) -> list[dict]:
     for d in sizes:
         # correlated inputs, as real activations are: a random mixing of white noise
         x = torch.randn(rows_calib, d, generator=gen) @ (torch.randn(d, d, generator=gen) / d**0.5)
-        h = (2 * x.T.double() @ x.double() / rows_calib).float()
+        hold = {}
+
+        def build(x=x, hold=hold):  # what the layer-wise criterion does with the inputs
+            hold["h"] = (2 * x.T.double() @ x.double() / rows_calib).float()
+
+        hessian = measure(build)
+        h = hold.pop("h")
         del x
         w = torch.randn(d, d, generator=gen)
         hessian_mib = d * d * 8 / 2**20  # float64, the precision the solver works in
@@ -139,18 +186,43 @@ def sparsegpt_cost(sizes: list[int], rows_calib: int = 2048) -> list[dict]:
             {
                 "layer": f"{d}x{d}",
                 "calibration_rows": rows_calib,
-                **cost,
+                "hessian_seconds": hessian["seconds"],
+                "solver_seconds": cost["seconds"],
+                "seconds": hessian["seconds"] + cost["seconds"],
+                "cpu_seconds": hessian["cpu_seconds"] + cost["cpu_seconds"],
+                "extra_mib": cost["extra_mib"],
                 "hessian_mib": hessian_mib,
                 "extra_over_hessian": cost["extra_mib"] / hessian_mib,
             }
         )
         print(
-            f"sparsegpt {d}x{d}: {cost['seconds']:6.2f} s (cpu {cost['cpu_seconds']:6.2f} s), "
-            f"{cost['extra_mib']:7.1f} MiB extra "
+            f"sparsegpt {d}x{d}: {out[-1]['seconds']:6.2f} s = Hessian "
+            f"{hessian['seconds']:.2f} s + solver {cost['seconds']:.2f} s "
+            f"(cpu {out[-1]['cpu_seconds']:6.2f} s), solver {cost['extra_mib']:7.1f} MiB extra "
             f"({out[-1]['extra_over_hessian']:.2f} x the {hessian_mib:.0f} MiB Hessian)"
         )
         del h, w
     return out
+
+
+def gap_check(quality_rows: list[dict], method: str) -> dict:
+    """``method`` minus global magnitude, paired per seed: mean and std per sparsity, and
+    whether the mean is >= 0 everywhere and non-decreasing with the sparsity."""
+    table = pd.DataFrame(quality_rows).pivot_table(
+        index=["seed", "sparsity"], columns="method", values="test_accuracy"
+    )
+    diff = (table[method] - table["magnitude (global)"]).groupby(level="sparsity")
+    mean, std = diff.mean(), diff.std()
+    at_or_above = bool((mean >= 0).all())
+    widening = bool((mean.diff().dropna() >= 0).all())
+    return {
+        "method": method,
+        "gap_mean": {str(k): float(v) for k, v in mean.items()},
+        "gap_std": {str(k): float(v) for k, v in std.items()},
+        "at_or_above_everywhere": at_or_above,
+        "widening": widening,
+        "holds": at_or_above and widening,
+    }
 
 
 def figure(report: dict, path: Path) -> None:
@@ -199,14 +271,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--quick", action="store_true", help="one seed, fewer sizes")
+    parser.add_argument("--sparsities", type=float, nargs="+", default=SPARSITIES)
+    parser.add_argument(
+        "--quick", action="store_true", help="the same seeds, fewer sparsities and sizes"
+    )
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "second_order.json")
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    seeds = args.seeds[:1] if args.quick else args.seeds
-    sparsities = [0.5, 0.9, 0.98] if args.quick else SPARSITIES
+    sparsities = [0.5, 0.9, 0.98] if args.quick else args.sparsities
     blocks = [32, 128] if args.quick else [16, 32, 64, 128, 256]
     grads = [32, 128] if args.quick else [32, 64, 128, 256]
     report = {
@@ -215,10 +289,20 @@ def main() -> None:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "quick": args.quick,
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+        "sparsities": sparsities,
+        "methods": {label: [m, options] for label, (m, options) in METHODS.items()},
+        "left_out": {
+            "obs": "exact Hessian of 266,200 weights: 266,200^2 float64 entries = 567 GB",
+            "lobs, obc": "row-wise greedy OBS on 784-input layers: minutes per sparsity",
+        },
         "sparsegpt": sparsegpt_cost([1024, 4096]),
         "woodfisher": woodfisher_cost(blocks, grads),
-        "quality": quality(seeds, sparsities, args.epochs),
-        "target": "sparsegpt 4096x4096: < 60 s on 2 threads, extra memory <= 3x its Hessian",
+        "quality": quality(args.seeds, sparsities, args.epochs),
+        "target": "sparsegpt 4096x4096 (Hessian + solver): < 60 s on 2 threads, solver "
+        "extra memory <= 3x its Hessian",
     }
     big = report["sparsegpt"][-1]
     report["meets_target"] = big["seconds"] < 60 and big["extra_over_hessian"] <= 3
@@ -226,6 +310,7 @@ def main() -> None:
     report["meets_target_by_cpu_time"] = (
         big["cpu_seconds"] / args.threads < 60 and big["extra_over_hessian"] <= 3
     )
+    report["gap_vs_global_magnitude"] = [gap_check(report["quality"], m) for m in COMPARED]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
@@ -233,7 +318,21 @@ def main() -> None:
     summary = sl.experiments.summarize(
         pd.DataFrame(report["quality"]), ["method", "sparsity"], "test_accuracy"
     )
-    print(summary.pivot(index="sparsity", columns="method", values="mean").round(4).to_string())
+    summary["cell"] = [
+        f"{m:.3f} ± {s:.3f}" for m, s in zip(summary["mean"], summary["std"], strict=True)
+    ]
+    print(f"test accuracy, mean ± std over seeds {args.seeds} ({args.epochs} epochs):")
+    print(summary.pivot(index="method", columns="sparsity", values="cell").to_string())
+    for check in report["gap_vs_global_magnitude"]:
+        gaps = ", ".join(
+            f"{float(k):.0%}: {100 * m:+.1f} ± {100 * check['gap_std'][k]:.1f}"
+            for k, m in check["gap_mean"].items()
+        )
+        print(
+            f"{check['method']} - global magnitude (points): {gaps}; at or above everywhere: "
+            f"{check['at_or_above_everywhere']}, widening: {check['widening']} -> "
+            f"{'holds' if check['holds'] else 'does NOT hold'}"
+        )
     print(
         f"meets target: {report['meets_target']} (by CPU time: "
         f"{report['meets_target_by_cpu_time']}); wrote {out} and {out.with_suffix('.png')}"

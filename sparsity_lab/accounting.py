@@ -11,7 +11,30 @@ Bytes: each pattern has a *natural storage*, the format that exploits its struct
 (:func:`storage_bytes`).  With ``v`` bytes per value and ``i`` bytes per index, for a weight
 seen as an ``R x K`` matrix (outputs x inputs*kernel; an embedding is vocabulary x dim):
 
-==================  ==========  ==================================================="""
+==================  ==========  ===================================================
+pattern             storage     bytes
+==================  ==========  ===================================================
+None (dense)        dense       ``R K v``
+unstructured        csr         ``nnz (v + i) + (R + 1) i``: values, column indices,
+                                row pointers (BSR with 1 x 1 blocks)
+N:M                 nm N:M      ``kept v + ceil(kept ceil(log2 M) / 8)``, ``kept =
+                                R K N / M``: values plus ``ceil(log2 M)`` bits of
+                                position per value (2 bits for 2:4)
+block r x c         bsr r x c   ``b (r c v + i) + (R / r + 1) i``, ``b`` blocks holding
+                                a nonzero: whole blocks, a column index per block,
+                                row pointers per block row
+kernel              bsr 1 x k   ``b (k v + i) + (R + 1) i``, ``b`` kernels holding a
+                                nonzero, ``k`` = kernel size: BSR with 1 x k blocks
+embedding           bsr 1 x d   ``b (d v + i) + (R + 1) i``, ``b`` token rows holding
+                                a nonzero: BSR with 1 x d blocks
+channel, input,     shrunk      ``r' c' k v``: the dense tensor left after physical
+head, layer                     removal, ``r'`` rows and ``c'`` input channels holding
+                                a nonzero, ``k`` = kernel size (1 for a Linear)
+==================  ==========  ===================================================
+
+``nnz`` counts the nonzeros.  A tensor without zeros is stored dense, whatever the pattern.
+The closed forms are those of :func:`bsr_bytes`, :func:`nm_bytes` and :func:`shrunk_bytes`.
+"""
 
 from __future__ import annotations
 

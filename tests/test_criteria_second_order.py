@@ -265,6 +265,31 @@ def test_mfac_scores_and_update_equal_those_of_the_dense_inverse():
     torch.testing.assert_close(flat_weights(out), expected)
 
 
+def test_mfac_update_false_prunes_the_same_weights_and_leaves_the_others_unchanged():
+    model, (x, y) = trained_mlp()
+    g = loop_gradients(model, x[:8], y[:8])
+    lam = 1e-2 * g.pow(2).mean()
+    inverse = torch.linalg.inv(lam * torch.eye(32, dtype=g.dtype) + g.T @ g / len(g))
+    w = flat_weights(model)
+    # the 8 lowest saliencies w^2 / (2 [F^-1]_qq) of the dense inverse go, with or without update
+    pruned = torch.zeros(32, dtype=torch.bool)
+    pruned[torch.argsort(w**2 / (2 * inverse.diagonal()), stable=True)[:8]] = True
+    mask_only = flat_weights(
+        sl.prune(copy.deepcopy(model), "mfac", 0.25, data=(x, y), n_samples=8, update=False)
+    )
+    assert torch.equal(mask_only == 0, pruned)
+    # mask only: every surviving weight keeps its exact trained value
+    assert torch.equal(mask_only[~pruned], w[~pruned])
+    updated = flat_weights(
+        sl.prune(copy.deepcopy(model), "mfac", 0.25, data=(x, y), n_samples=8, update=True)
+    )
+    assert torch.equal(updated == 0, pruned)
+    # with the update the survivors move by -F^-1 sum_q e_q w_q / [F^-1]_qq, and do move
+    move = -(inverse @ torch.where(pruned, w / inverse.diagonal(), torch.zeros_like(w)))
+    torch.testing.assert_close(updated[~pruned], w[~pruned] + move[~pruned])
+    assert (updated[~pruned] - w[~pruned]).abs().max() > 1e-3
+
+
 # --- K-FAC and EigenDamage -----------------------------------------------------------------------
 
 

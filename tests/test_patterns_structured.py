@@ -204,6 +204,18 @@ def test_prune_with_misfits_kept_dense_still_meets_the_target():
     sl.prune(model, "magnitude", 0.02, pattern="kernel", dense=dense, budget="uniform")
     for name in dense:
         assert sl.masks.get_mask(model, name) is None or sl.masks.get_mask(model, name).all()
+    # the dense layers count in the target: the zeros, all in whole 5x5 kernels of the two
+    # convolutions, are 2% of every weight of the model, to within one kernel
+    total = sum(sl.masks.weight(model, n).numel() for n in sl.pruning.default_targets(model))
+    zeros = 0
+    for name in ["conv1.weight", "conv2.weight"]:
+        w = sl.masks.weight(model, name)
+        kernel_zero = (w == 0).flatten(2)
+        assert (kernel_zero.all(-1) | ~kernel_zero.any(-1)).all()  # whole kernels only
+        zeros += int((w == 0).sum())
+    assert total == 150 + 2400 + 48000 + 10080 + 840
+    assert abs(zeros - 0.02 * total) <= 25 / 2
+    assert sl.pruning.sparsity(model) == pytest.approx(zeros / total)
 
 
 @pytest.mark.parametrize(

@@ -249,6 +249,18 @@ for (model_name, method), part in per_layer.groupby(["model", "method"], sort=Fa
     )
 display(Markdown("Per-layer sparsity under each method's own rule, mean over seeds:\n\n"
                  + "\n".join(lines)))  # fmt: skip
+# How far from uniform: the spread (most minus least pruned layer) of each learned budget.
+spread = per_layer.groupby(["model", "method"], sort=False).agg(lambda x: x.max() - x.min())
+NON_UNIFORM = 0.05  # a spread of more than 5 points counts as non-uniform
+non_uniform = spread[spread > NON_UNIFORM]
+display(
+    Markdown(
+        f"{len(non_uniform)} of {len(spread)} learned budgets are non-uniform (their layers' "
+        f"sparsities spread over more than {NON_UNIFORM:.0%}); spreads: "
+        + ", ".join(f"{m} {meth} {v:.1%}" for (m, meth), v in spread.items())
+        + "."
+    )
+)
 
 # %% [markdown]
 # ## Comparison: accuracy against sparsity
@@ -463,14 +475,34 @@ display(
 #   into a mask; with a target, a tunable strength is steered toward it during training
 #   and a projection makes the count exact, keeping the per-layer budget the method
 #   learned.
-# - Learned thresholds and gates give strongly non-uniform budgets, like a global
-#   magnitude threshold does, but decided by the loss.
-# - Regularisers train dense until the end, so they cost at least dense training, and the
-#   gate and noise methods also double the parameters being trained.
-# - Search (AMC, genetic) spends evaluations instead of gradients: AMC learns a budget
-#   under a hard FLOPs constraint; a genetic algorithm finds better masks than magnitude
-#   on a tiny net but does not scale.
 #
+# What this notebook's runs measured:
+
+# %%
+extra = cost.groupby("method")["extra_vs_weights"].mean()
+doubling = extra.index[extra >= 1].tolist()
+time_ratio = cost.groupby("method")["time_vs_dense"].mean()
+ga_better = losses["evolved"] < losses["magnitude"]
+display(
+    Markdown(
+        f"- Learned budgets: {len(non_uniform)} of {len(spread)} (model, method) pairs of STR, "
+        f"L0 and variational dropout spread their layer sparsities over more than "
+        f"{NON_UNIFORM:.0%} (largest spread {spread.max():.1%}, smallest {spread.min():.1%}).\n"
+        f"- Training cost: {int((time_ratio >= 1).sum())} of {len(time_ratio)} methods took at "
+        f"least dense training's time per epoch here; the methods that at least double the "
+        f"parameters being trained: {', '.join(doubling) or 'none'}.\n"
+        f"- AMC's best allocation keeps "
+        f"{table.loc['total', 'sparse_flops'] / table.loc['total', 'dense_flops']:.1%} of the "
+        f"FLOPs (budget 30%).  On the tiny net the evolved mask's loss is "
+        f"{abs(losses['evolved'] - losses['magnitude']):.3f} "
+        f"{'below' if ga_better else 'above'} magnitude pruning's: the genetic search "
+        f"{'found a better' if ga_better else 'did not find a better'} mask here, and its "
+        f"cost (a population of full evaluations per generation) does "
+        f"not scale."
+    )
+)
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Run L1 without a target (`registry.get("l1")(1e-3)`) at three strengths. How does the

@@ -157,7 +157,7 @@ def _train(args: argparse.Namespace) -> int:
     if dense_member is not None:
         dense_accuracy = sl.train.evaluate(dense_member, test)["accuracy"]
         print(f"dense model of the pair: test accuracy {dense_accuracy:.4f}")
-    if args.method == "cram":
+    if args.method in ("cram", "cram_plus"):
         # CrAM trains a dense model meant to be pruned once, without fine-tuning.
         one_shot(model, method.sparsity, data=train, pattern=method.pattern, budget=method.budget)
         accuracy = sl.train.evaluate(model, test)["accuracy"]
@@ -211,8 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_prune)
 
     t = sub.add_parser("train", help="train from scratch with a training-time method")
-    t.add_argument("--model", required=True, choices=models.available())
-    t.add_argument("--data", required=True, choices=data.available())
+    # defaults: the benchmark's LeNet-300-100 on the MNIST subset, so that
+    # ``sparsity-lab train --method rigl --sparsity 0.9 --budget erk`` runs as it stands
+    t.add_argument("--model", default="lenet300", choices=models.available())
+    t.add_argument("--data", default="mnist", choices=data.available())
     t.add_argument("--method", required=True, help="a training method, e.g. gmp, rigl, acdc")
     t.add_argument("--sparsity", type=_sparsity, default=None, help="fraction of zeros in [0, 1)")
     t.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, channel, ...")

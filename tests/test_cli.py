@@ -351,3 +351,50 @@ def test_train_malformed_option(capsys):
 def test_train_needs_a_sparsity(capsys):
     err = _exits_with_usage_error(capsys, _train_args("--method", "rigl"))
     assert "--sparsity is required" in err
+
+
+def test_train_runs_the_issue_example_with_the_default_model_and_data(capsys):
+    # the exact command line of the issue, plus one epoch to keep the test fast
+    argv = ["train", "--method", "rigl", "--sparsity", "0.9", "--budget", "erk", "--epochs", "1"]
+    assert main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("trained lenet300 on mnist with rigl")
+    weights = 784 * 300 + 300 * 100 + 100 * 10  # LeNet-300-100 on 28x28 images
+    assert _rows(out)["total"]["nonzeros"] == weights - round(0.9 * weights)
+
+
+def test_train_imp_ends_at_the_target_with_a_global_budget(capsys):
+    args = _train_args("--method", "imp", "--sparsity", "0.8", "--option", "rounds=2")
+    assert main([*args, "--option", "baselines=()"]) == 0
+    out = capsys.readouterr().out
+    rows = _rows(out)
+    assert rows["total"]["nonzeros"] == KEPT_AT_80
+    # one global threshold: the layers end at different sparsities
+    assert len({round(r["sparsity"], 3) for n, r in rows.items() if n != "total"}) > 1
+
+
+def test_train_edge_popup_keeps_the_random_weights_and_prunes_each_layer(capsys, tmp_path):
+    path = tmp_path / "popup.pt"
+    args = _train_args("--method", "edge_popup", "--sparsity", "0.5", "--save", str(path))
+    assert main([*args, "--option", "init=keep"]) == 0  # keep the model's own random weights
+    rows = _rows(capsys.readouterr().out)
+    for name in ("fc1.weight", "fc2.weight", "fc3.weight"):  # uniform: each layer at 50%
+        assert rows[name]["nonzeros"] == rows[name]["parameters"] // 2
+    # every weight, kept or not, is still its initial value (same seed, same build)
+    t = recipes.task("lenet300", "digits", seed=0)
+    init = t.build().state_dict()
+    saved = torch.load(path, weights_only=True)
+    for name in ("fc1.weight", "fc2.weight", "fc3.weight"):
+        mask = saved[name.replace("weight", "parametrizations.weight.0.mask")]
+        original = saved[name.replace("weight", "parametrizations.weight.original")]
+        assert mask.sum() == mask.numel() // 2
+        assert torch.equal(original, init[name])
+
+
+def test_train_cram_prunes_once_after_training(capsys):
+    assert main(_train_args("--method", "cram", "--sparsity", "0.8")) == 0
+    out = capsys.readouterr().out
+    # CrAM trains a dense model; the one-shot pruning comes after
+    assert re.search(r"with cram .* sparsity 0\.0000", out)
+    assert _number_after("one-shot pruned to sparsity", out) == pytest.approx(0.8, abs=1e-4)
+    assert _rows(out)["total"]["nonzeros"] == KEPT_AT_80

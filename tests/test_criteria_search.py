@@ -58,6 +58,57 @@ def test_amc_meets_the_flops_budget_and_its_reward_improves(trained):
     assert table.loc["total", "sparse_flops"] <= 0.5 * table.loc["total", "dense_flops"]
 
 
+def small_cnn():
+    """A small 1-D CNN (cnn1d with 8 channels) trained on synthetic 40-sample signals."""
+    g = torch.Generator().manual_seed(1)
+    templates = torch.randn(4, 1, 40, generator=g)
+    y = torch.randint(0, 4, (600,), generator=g)
+    x = templates[y] + 0.5 * torch.randn(600, 1, 40, generator=g)
+    torch.manual_seed(0)
+    model = sl.models.build("cnn1d", input_shape=(1, 40), n_classes=4, channels=(8, 8, 8))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        opt.zero_grad()
+        F.cross_entropy(model(x[:400]), y[:400]).backward()
+        opt.step()
+    return model, (x[400:], y[400:])
+
+
+def conv_flops_of(model, length):
+    """Dense and sparse forward FLOPs, a Conv1d weight counted once per output position:
+    the output length by the convolution formula, ``(L + 2p - k) // s + 1``."""
+    dense = sparse = 0
+    for m in model.modules():
+        if isinstance(m, nn.Conv1d):
+            (k,), (s,), (p,) = m.kernel_size, m.stride, m.padding
+            length = (length + 2 * p - k) // s + 1
+            uses = length
+        elif isinstance(m, nn.Linear):
+            uses = 1
+        else:
+            continue
+        dense += 2 * m.weight.numel() * uses
+        sparse += 2 * int((m.weight != 0).sum()) * uses
+    return dense, sparse
+
+
+def test_amc_on_a_cnn_meets_the_budget_in_conv_flops():
+    model, val = small_cnn()
+    crit = sl.criteria.get("amc", episodes=60)
+    pruned = copy.deepcopy(model)
+    names = sl.pruning.default_targets(pruned)
+    crit.prune(pruned, names, 0.6, pattern=sl.patterns.get("unstructured"), budget="global",
+               context=sl.criteria.Context(data=val, seed=0))  # fmt: skip
+    dense, sparse = conv_flops_of(pruned, 40)
+    # per output position: the 8x8x3 middle conv (10 positions) outweighs the 40x4 head
+    assert dense == 2 * (8 * 5 * 20 + 8 * 8 * 3 * 10 + 8 * 8 * 3 * 5 + 40 * 4)
+    assert sparse <= 0.4 * dense
+    assert crit.result["flops"] == pytest.approx(sparse / dense)
+    assert all(row["flops"] <= 0.4 + 1e-12 for row in crit.history)
+    table = sl.report(pruned).set_index("name")
+    assert table.loc["total", "dense_flops"] == dense
+
+
 def test_amc_agent_learns(trained):
     model, val = trained
     crit = sl.criteria.get("amc", episodes=150)

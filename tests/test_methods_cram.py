@@ -51,6 +51,24 @@ def test_cram_step_on_a_quadratic_equals_the_hand_derived_update(plus):
     assert not torch.allclose(got, W0 - 0.05 * (A @ W0 - B), atol=1e-4)
 
 
+def test_cram_plus_is_registered_and_takes_the_plus_step():
+    lin = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(W0.reshape(1, 4))
+
+    def loss_fn(output, target):
+        w = lin.weight.flatten()
+        return 0.5 * w @ A @ w - B @ w + 0 * output.sum()
+
+    data = DataLoader(TensorDataset(torch.zeros(1, 4), torch.zeros(1)), batch_size=1)
+    method = registry.get("cram_plus", "training")(0.5, rho=0.1)
+    assert method.plus and "CrAM+" in type(method).__doc__
+    fit(lin, data, epochs=1, lr=0.05, momentum=0.0, loss_fn=loss_fn, callbacks=[method])
+    assert torch.allclose(lin.weight.detach().flatten(), by_hand(True, keep_count=2), atol=1e-6)
+    with pytest.raises(ValueError, match="use 'cram'"):
+        registry.get("cram_plus", "training")(0.5, plus=False)
+
+
 def test_cram_with_nm_compression():
     # 2:4 on a single group of 4 is top-2 as well
     got = quadratic_run(False, sparsity=None, pattern="2:4")

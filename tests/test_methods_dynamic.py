@@ -25,6 +25,7 @@ from sparsity_lab.methods.dynamic import (
     SNFS,
     DeepR,
     RigL,
+    StaticSparse,
     decayed_fraction,
     prune_and_grow,
 )
@@ -55,6 +56,44 @@ def dense_gradient(m, batch):
 
 
 # --- pure pieces ----------------------------------------------------------------------------
+
+
+def test_sparse_init_rescales_each_unit_to_its_kept_fan_in():
+    # Regression: unscaled random masks left a 95%-sparse 1-D CNN with logits set by its
+    # biases alone (chance accuracy for static, SET and RigL alike).
+    m = model()
+    before = {n: masks.plain_state_dict(m)[n].clone() for n in NAMES}
+    method = StaticSparse(0.7, budget="uniform")
+    fit(m, loader(), epochs=1, lr=0.0, callbacks=[method])  # lr 0: only the init acts
+    for n in NAMES:
+        mask = masks.get_mask(m, n).float()
+        kept = mask.sum(1, keepdim=True)
+        factor = torch.where(kept > 0, (mask.shape[1] / kept.clamp(min=1)).sqrt(), 1.0)
+        torch.testing.assert_close(masks.weight(m, n), before[n] * factor * mask)
+    plain = model()
+    StaticSparse(0.7, budget="uniform", rescale_init=False).fit(plain, loader(), epochs=1, lr=0.0)
+    for n in NAMES:
+        torch.testing.assert_close(masks.weight(plain, n), before[n] * masks.get_mask(plain, n))
+
+
+def test_rescaled_sparse_layer_keeps_the_dense_output_variance():
+    # Kaiming-uniform init gives Var(y) = fan_in * Var(w) = 1/3 for unit inputs; a mask
+    # keeping 10% of the inputs divides it by 10 unless the kept weights are rescaled.
+    torch.manual_seed(0)
+    x = torch.randn(4000, 256)
+    variances = {}
+    for rescale in (True, False):
+        layer = nn.Sequential(nn.Linear(256, 256, bias=False))
+        with torch.no_grad():
+            dense_var = float(layer(x).var())
+        StaticSparse(0.9, budget="uniform", rescale_init=rescale).on_train_begin(
+            SimpleNamespace(model=layer)
+        )
+        with torch.no_grad():
+            variances[rescale] = float(layer(x).var()) / dense_var
+    assert abs(dense_var - 1 / 3) < 0.03
+    assert abs(variances[True] - 1) < 0.1
+    assert abs(variances[False] - 0.1) < 0.02
 
 
 def test_cosine_drop_fraction_by_hand():
@@ -131,12 +170,15 @@ class Check(Callback):
             # independent drop: the k smallest |w| among the kept weights
             drop_order = torch.where(old, w_old.abs(), torch.full_like(w_old, math.inf))
             dropped = torch.zeros_like(old)
-            dropped.view(-1)[torch.topk(drop_order.flatten(), k, largest=False).indices] = True
+            # ties (two classes give rows of equal |gradient|) go to the lower index
+            dropped.view(-1)[torch.argsort(drop_order.flatten(), stable=True)[:k]] = True
             after = old & ~dropped
             # independent growth: the k largest dense |gradient| among the rest
             grow_order = torch.where(after, torch.full_like(g, -1.0), g)
             grown = torch.zeros_like(old)
-            grown.view(-1)[torch.topk(grow_order.flatten(), k).indices] = True
+            grown.view(-1)[
+                torch.argsort(grow_order.flatten(), descending=True, stable=True)[:k]
+            ] = True
             new = masks.get_mask(m, n).bool()
             assert torch.equal(new, after | grown), n
             w = masks.dense_weight(m, n)

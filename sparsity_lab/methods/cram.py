@@ -115,6 +115,26 @@ class CrAM(TrainingMethod):
         return 3 * dense + 2 * density * dense + dense
 
 
+@register("training", "cram_plus")
+class CrAMPlus(CrAM):
+    """CrAM+ (Peste et al. 2023): CrAM's step with the dense gradient added.
+
+    Rule: ``theta <- theta - lr * (grad f(C_s(theta + rho * grad f(theta))) + grad f(theta))``.
+    The extra term optimises the dense model as well as its compressed neighbours, so the
+    dense model keeps its accuracy while one-shot pruning to the sampled sparsities stays
+    cheap.  Costs nothing over CrAM: the dense gradient is already computed for the ascent.
+    Same options as :class:`CrAM` (``sparsities``, ``rho``, budget, pattern); supports
+    unstructured and N:M.
+    """
+
+    name = "cram_plus"
+
+    def __init__(self, sparsity: float | None, **options) -> None:
+        if "plus" in options:
+            raise ValueError("cram_plus always adds the dense gradient; use 'cram' for plus=False")
+        super().__init__(sparsity, plus=True, **options)
+
+
 def _batchnorm_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [
         (buf, buf.detach().clone())

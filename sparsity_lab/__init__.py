@@ -23,12 +23,14 @@ from .pruning import prune, sparsity
 __version__ = "0.1.0"
 
 _LAZY = (
+    "accel",
     "accounting",
     "cli",
     "curvature",
     "data",
     "ephemeral",
     "experiments",
+    "formats",
     "methods",
     "models",
     "nb",

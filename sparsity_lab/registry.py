@@ -37,6 +37,7 @@ _PROVIDERS = (
     "sparsity_lab.methods",
     "sparsity_lab.ephemeral",
     "sparsity_lab.regularizers",
+    "sparsity_lab.formats",
 )
 
 

@@ -36,6 +36,11 @@ def test_every_registered_name_is_canonical():
     assert set(registry.available()) <= checklist_names()
 
 
+@pytest.mark.skipif(not CHECKLIST.exists(), reason="shared/METHODS.md is not beside the repo")
+def test_every_checklist_name_is_registered():
+    assert checklist_names() <= set(registry.available())
+
+
 def test_every_entry_cites_and_documents_itself():
     for name in registry.available():
         e = registry.entry(name)

@@ -209,6 +209,10 @@ class _SparseWeight(nn.Module):
             xs = x.detach().numpy().reshape(-1)
             _sparsetools.csr_matvec(rows, cols, indptr, indices, data, xs, out)
             return torch.from_numpy(out.reshape(1, rows))
+        if self.kernel == "torch_csr" and x.shape[0] == 1:
+            # torch's CSR matrix-vector kernel skips addmm's transposes and dense bookkeeping
+            y = torch.mv(self._prepared(), x[0])
+            return (y if bias is None else y + bias).unsqueeze(0)
         return self.matmul(x.T, bias).T
 
     def extra_repr(self) -> str:  # noqa: D102

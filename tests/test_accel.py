@@ -111,6 +111,16 @@ def test_export_equals_the_masked_model_on_every_bundled_model(name, dispatch):
     assert not exported.training and model.training is False
 
 
+@pytest.mark.parametrize("dispatch", ["torch_csr", "scipy_csr"])
+def test_one_example_takes_the_matrix_vector_path_and_still_equals_the_masked_model(dispatch):
+    # batch 1 is the latency case with its own fast path in SparseLinear.linear
+    model = pruned("lenet300", 0.95)
+    exported = accel.export(model, dispatch=dispatch, repeats=1, budget_s=1e-4)
+    x = shrink.example_batch(model, batch=1, seed=5)
+    with torch.no_grad():
+        assert torch.allclose(exported(x), model(x), atol=1e-5)
+
+
 def test_export_leaves_the_model_untouched():
     model = pruned("lenet300", 0.8).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}

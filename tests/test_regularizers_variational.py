@@ -1,5 +1,6 @@
 """Variational methods against independent computations: numerical KL divergences, scipy's
-truncated normal, Monte Carlo moments of the local reparameterisation."""
+truncated normal, log-normal, Gamma and half-Cauchy distributions, Monte Carlo moments of
+the local reparameterisation."""
 
 import math
 
@@ -13,7 +14,13 @@ from torch import nn
 import sparsity_lab as sl
 import sparsity_lab.regularizers  # noqa: F401
 from sparsity_lab import registry
-from sparsity_lab.regularizers.variational import LogNormalGate, kl_log_uniform
+from sparsity_lab.regularizers.variational import (
+    GroupHorseshoeGate,
+    LogNormalGate,
+    kl_log_uniform,
+    kl_lognormal_gamma,
+    kl_lognormal_inv_gamma,
+)
 
 
 def mlp():
@@ -152,9 +159,9 @@ def test_sbp_prunes_units_with_snr_below_one_and_keeps_the_function():
 # --- Bayesian compression -------------------------------------------------------------------
 
 
-def test_bc_kl_by_hand_mask_and_function():
+def test_bc_jeffreys_kl_by_hand_mask_and_function():
     m = mlp()
-    reg = registry.get("bayesian_compression")()
+    reg = registry.get("bayesian_compression")(prior="jeffreys")
     reg.prepare(m)
     g = reg.gates["0.weight"]
     with torch.no_grad():
@@ -184,6 +191,192 @@ def test_bc_kl_by_hand_mask_and_function():
         assert torch.allclose(m(x), before, atol=1e-5)
 
 
+# --- Bayesian compression, group horseshoe ---------------------------------------------------
+
+
+def lognormal_kl_by_quadrature(mu, log_sigma2, prior):
+    """KL(LogNormal(mu, sigma^2) || prior) = -H(q) - E_q[log prior], with scipy's entropy and
+    E_q[log prior] integrated over t = log x ~ N(mu, sigma^2)."""
+    sd = math.exp(0.5 * log_sigma2)
+    q = stats.lognorm(s=sd, scale=math.exp(mu))
+    cross = integrate.quad(
+        lambda t: stats.norm.pdf(t, mu, sd) * prior.logpdf(math.exp(t)),
+        mu - 12 * sd,
+        mu + 12 * sd,
+        limit=400,
+    )[0]
+    return -q.entropy() - cross
+
+
+KL_CASES = [
+    (0.0, -6.0, 0.5, 1.0),
+    (-2.0, 0.0, 0.5, 1e-2),
+    (1.5, 0.7, 0.5, 4.0),
+    (-0.5, -1.0, 2.0, 0.3),
+]
+
+
+@pytest.mark.parametrize(("mu", "log_sigma2", "shape", "rate"), KL_CASES)
+def test_lognormal_kls_match_quadrature_and_monte_carlo(mu, log_sigma2, shape, rate):
+    g, ig = stats.gamma(shape, scale=1 / rate), stats.invgamma(shape, scale=rate)
+    args = (torch.tensor(mu, dtype=torch.float64), torch.tensor(log_sigma2, dtype=torch.float64))
+    kl_g = float(kl_lognormal_gamma(*args, shape, rate))
+    kl_ig = float(kl_lognormal_inv_gamma(*args, shape, rate))  # rate is IG's scale here
+    assert kl_g == pytest.approx(lognormal_kl_by_quadrature(mu, log_sigma2, g), rel=1e-6)
+    assert kl_ig == pytest.approx(lognormal_kl_by_quadrature(mu, log_sigma2, ig), rel=1e-6)
+    # and by sampling: the mean of log q(x) - log p(x) within 4 standard errors
+    sd = math.exp(0.5 * log_sigma2)
+    x = np.exp(mu + sd * np.random.default_rng(0).standard_normal(400_000))
+    log_q = stats.lognorm(s=sd, scale=math.exp(mu)).logpdf(x)
+    for ours, prior in [(kl_g, g), (kl_ig, ig)]:
+        diff = log_q - prior.logpdf(x)
+        assert abs(diff.mean() - ours) < 4 * diff.std() / math.sqrt(x.size) + 1e-9
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.1])
+def test_gamma_times_inverse_gamma_is_the_half_cauchy(tau):
+    # the decomposition the gate's priors rest on: sqrt(Gamma(1/2, rate 1/tau^2) *
+    # InvGamma(1/2, 1)) ~ C+(0, tau)
+    rng = np.random.default_rng(1)
+    a = stats.gamma(0.5, scale=tau**2).rvs(200_000, random_state=rng)
+    b = stats.invgamma(0.5, scale=1.0).rvs(200_000, random_state=rng)
+    qs = [0.1, 0.25, 0.5, 0.75, 0.9]
+    sampled = np.quantile(np.sqrt(a * b), qs)
+    assert np.allclose(sampled, stats.halfcauchy(scale=tau).ppf(qs), rtol=0.03)
+
+
+def horseshoe_gate(tau=0.5):
+    torch.manual_seed(0)
+    g = GroupHorseshoeGate(torch.randn(4, 3), threshold=0.0, global_scale=tau)
+    with torch.no_grad():
+        g.mu_sa.fill_(-0.4), g.log_sigma2_sa.fill_(-1.5)
+        g.mu_sb.fill_(0.3), g.log_sigma2_sb.fill_(-0.5)
+        g.mu_za.copy_(torch.tensor([0.2, -1.0, 1.5, -3.0]))
+        g.log_sigma2_za.copy_(torch.tensor([-2.0, 0.0, -1.0, 0.5]))
+        g.mu_zb.copy_(torch.tensor([-0.1, 0.4, 0.0, -2.0]))
+        g.log_sigma2_zb.copy_(torch.tensor([-3.0, -1.0, 0.3, -0.2]))
+        g.log_sigma2_w.uniform_(-4, -1)
+    return g
+
+
+def test_horseshoe_gate_kl_is_the_sum_of_the_factor_kls_against_scipy_priors():
+    tau = 0.5
+    g = horseshoe_gate(tau)
+    theta = torch.randn(4, 3)
+    priors = {
+        "sa": stats.gamma(0.5, scale=tau**2),  # rate 1 / tau^2
+        "sb": stats.invgamma(0.5, scale=1.0),
+        "za": stats.gamma(0.5, scale=1.0),
+        "zb": stats.invgamma(0.5, scale=1.0),
+    }
+    expected = 0.0
+    for f, prior in priors.items():
+        mus, log_s2s = getattr(g, f"mu_{f}").tolist(), getattr(g, f"log_sigma2_{f}").tolist()
+        for mu, ls2 in zip(mus, log_s2s, strict=True):
+            expected += lognormal_kl_by_quadrature(mu, ls2, prior)
+    s2 = g.log_sigma2_w.detach().exp()
+    for t, v in zip(theta.flatten().tolist(), s2.flatten().tolist(), strict=True):
+        expected += float(torch.distributions.kl_divergence(
+            torch.distributions.Normal(t, math.sqrt(v)), torch.distributions.Normal(0.0, 1.0)
+        ))  # fmt: skip
+    assert float(g.kl(theta).detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_horseshoe_samples_follow_the_log_normal_and_share_the_layer_scale():
+    g = horseshoe_gate()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        z = g.sample(200_000).double()
+    # log(s z_c) = (log s_a + log s_b + log z_a + log z_b) / 2, a sum of independent normals
+    mu = {f: getattr(g, f"mu_{f}").detach().double() for f in g.FACTORS}
+    var = {f: getattr(g, f"log_sigma2_{f}").detach().double().exp() for f in g.FACTORS}
+    m = sum(mu.values()) / 2
+    v = sum(var.values()) / 4
+    qs = [0.1, 0.5, 0.9]
+    for c in range(4):
+        expected = stats.lognorm(s=math.sqrt(float(v[c])), scale=math.exp(float(m[c]))).ppf(qs)
+        sampled = np.quantile(z[:, c].numpy(), qs)
+        assert np.allclose(sampled, expected, rtol=0.02)
+    # units covary through the layer's s only: cov(log z_i, log z_j) = var(log s)
+    cov = torch.cov(z.log().T)
+    var_s = float(var["sa"] + var["sb"]) / 4
+    off = cov[~torch.eye(4, dtype=torch.bool)]
+    assert torch.allclose(off, torch.full_like(off, var_s), atol=0.01)
+    assert float(g.mean().detach()[0]) == pytest.approx(math.exp(float(m[0] + v[0] / 2)), rel=1e-6)
+
+
+def test_horseshoe_training_output_has_the_local_reparameterisation_mean():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 3))
+    reg = registry.get("bayesian_compression")(targets=["0.weight"])
+    reg.prepare(m)
+    g = reg.gates["0.weight"]
+    with torch.no_grad():
+        g.mu_za.copy_(torch.tensor([0.3, -0.5, 0.0]))
+        g.log_sigma2_za.fill_(-2.0)
+        g.log_sigma2_w.fill_(-3.0)
+    x = torch.randn(1, 6).expand(100_000, 6)
+    m.train()
+    with torch.no_grad():
+        out = m(x)
+        plain = F.linear(x[:1], reg.weight("0.weight"), m[0].bias)[0]
+        scale = g.mean()
+    # E[s z (layer(x) + noise)] = E[s z] layer(x): the scale and the noise are independent
+    assert torch.allclose(out.mean(0), scale * plain, atol=0.02)
+
+
+def test_horseshoe_is_the_default_and_prunes_a_unit_driven_to_zero():
+    m = mlp()
+    reg = registry.get("bayesian_compression")()
+    assert reg.prior == "horseshoe" and reg.threshold == 0.0
+    reg.prepare(m)
+    g = reg.gates["0.weight"]
+    assert isinstance(g, GroupHorseshoeGate)
+    dead = torch.zeros(16, dtype=torch.bool)
+    dead[[3, 7, 11]] = True
+    with torch.no_grad():
+        g.mu_za.copy_(torch.where(dead, -30.0, 0.5))  # E[log z_c^2] -> -15 for the dead
+    log_var = g.log_variance().detach()
+    assert torch.equal(log_var < 0, dead)
+    x = torch.randn(5, 12)
+    theta = reg.weight("0.weight").detach()
+    m.eval()
+    with torch.no_grad():
+        before = m(x)
+        scale = g.mean() * ~dead
+        manual = m[2](F.relu(F.linear(x, theta, m[0].bias) * scale))
+        assert torch.allclose(before, manual, atol=1e-6)
+    keep = reg.finalize(m)
+    assert reg.reached == pytest.approx(3 / 16)
+    assert torch.equal(keep["0.weight"].any(1), ~dead) and torch.equal(
+        keep["0.weight"].all(1), ~dead
+    )
+    w = sl.masks.weight(m, "0.weight")
+    assert (w[dead] == 0).all() and (m[0].bias[dead] == 0).all()  # the whole unit is silent
+    assert (w[~dead] != 0).all()
+    with torch.no_grad():
+        assert torch.allclose(m(x), before, atol=1e-5)
+
+
+def test_horseshoe_masks_feed_shrink():
+    from sparsity_lab import shrink
+
+    torch.manual_seed(0)
+    model = sl.models.build("lenet300", input_shape=(12,), n_classes=2, hidden=(16, 8))
+    reg = registry.get("bayesian_compression")()
+    reg.prepare(model)
+    with torch.no_grad():
+        reg.gates["fc1.weight"].mu_zb[:5] = -20.0
+        reg.gates["fc2.weight"].mu_zb[[0, 6]] = -20.0
+    reg.finalize(model)
+    x = torch.randn(6, 12)
+    model.eval()
+    small = shrink.shrink(model, x[:2])
+    assert (small.fc1.out_features, small.fc2.out_features) == (11, 6)
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5)
+
+
 def test_variational_methods_refuse_what_they_cannot_handle():
     m = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(8, 2))
     with pytest.raises(ValueError, match="Linear or Conv"):
@@ -192,3 +385,7 @@ def test_variational_methods_refuse_what_they_cannot_handle():
         registry.get("structured_bayesian")(a=0.0, b=-1.0)
     with pytest.raises(ValueError, match="warmup"):
         registry.get("bayesian_compression")(warmup=2.0)
+    with pytest.raises(ValueError, match="prior must be one of"):
+        registry.get("bayesian_compression")(prior="cauchy")
+    with pytest.raises(ValueError, match="global_scale"):
+        registry.get("bayesian_compression")(global_scale=0.0)

@@ -5,9 +5,10 @@ sparsity-inducing prior, and pruning of what turns out to be mostly noise.
   (Molchanov et al. 2017); prune ``log alpha > 3``;
 * ``structured_bayesian``: log-normal multiplicative noise per unit (Neklyudov et al.
   2017); prune units whose signal-to-noise ratio is below 1;
-* ``bayesian_compression``: a Gaussian scale per unit over Gaussian weights with the
-  normal-Jeffreys prior (Louizos et al. 2017); prune units whose scale has ``log alpha``
-  above a threshold.
+* ``bayesian_compression``: a scale per unit over Gaussian weights (Louizos et al. 2017),
+  with the group horseshoe prior (half-Cauchy scales, log-normal posteriors; prune units
+  whose expected log scale falls below a threshold) or the group normal-Jeffreys prior
+  (Gaussian scales; prune units whose ``log alpha`` is above a threshold).
 
 Each trains ``batch loss + strength * KL / N`` (``N`` training examples; ``strength = 1``
 is the evidence lower bound) and samples the noise with the local reparameterisation
@@ -384,78 +385,260 @@ class StructuredBayesian(_UnitNoise):
 # --- Bayesian compression -----------------------------------------------------------------
 
 
-class GroupNJGate(OutputGate):
-    """Scale ``z_c ~ N(mu_c, sigma_c^2)`` per output unit over weights ``w ~ N(theta,
-    sigma_w^2)`` (Louizos et al. 2017, group normal-Jeffreys), sampled by the local
-    reparameterisation trick: ``out = z * (layer(x) + noise)``."""
+def kl_lognormal_gamma(
+    mu: torch.Tensor, log_sigma2: torch.Tensor, shape: float, rate: float
+) -> torch.Tensor:
+    """``KL(LogNormal(mu, sigma^2) || Gamma(shape, rate))`` in closed form.
+
+    ``-H(q) - E_q[log p]`` with the log-normal's entropy ``H = mu + 0.5 log(2 pi e sigma^2)``
+    and ``E_q[log x] = mu``, ``E_q[x] = exp(mu + sigma^2 / 2)``.
+    """
+    entropy = mu + 0.5 * (math.log(2 * math.pi) + 1 + log_sigma2)
+    log_p = (
+        shape * math.log(rate)
+        - math.lgamma(shape)
+        + (shape - 1) * mu
+        - rate * torch.exp(mu + 0.5 * log_sigma2.exp())
+    )
+    return -log_p - entropy
+
+
+def kl_lognormal_inv_gamma(
+    mu: torch.Tensor, log_sigma2: torch.Tensor, shape: float, scale: float
+) -> torch.Tensor:
+    """``KL(LogNormal(mu, sigma^2) || InvGamma(shape, scale))`` in closed form, as
+    :func:`kl_lognormal_gamma` with ``E_q[1 / x] = exp(-mu + sigma^2 / 2)``."""
+    entropy = mu + 0.5 * (math.log(2 * math.pi) + 1 + log_sigma2)
+    log_p = (
+        shape * math.log(scale)
+        - math.lgamma(shape)
+        - (shape + 1) * mu
+        - scale * torch.exp(-mu + 0.5 * log_sigma2.exp())
+    )
+    return -log_p - entropy
+
+
+class _ScaleGate(OutputGate):
+    """A scale per output unit over Gaussian weights ``w ~ N(theta, sigma_w^2)``, sampled by
+    the local reparameterisation trick: ``out = scale * (layer(x) + noise)``, with one
+    scale draw per example.  Subclasses give the scale's posterior."""
 
     def __init__(self, weight: torch.Tensor, threshold: float) -> None:
         super().__init__()
+        self.log_sigma2_w = nn.Parameter(torch.full(tuple(weight.shape), -9.0))
+        self.threshold = threshold
+
+    def sample(self, n: int) -> torch.Tensor:
+        """``n`` draws of every unit's scale, shape (n, C)."""
+        raise NotImplementedError
+
+    def mean(self) -> torch.Tensor:
+        """The posterior mean of every unit's scale, shape (C,)."""
+        raise NotImplementedError
+
+    def alive(self) -> torch.Tensor:
+        """The threshold rule per unit (True: keep)."""
+        raise NotImplementedError
+
+    def kl_weights(self, theta: torch.Tensor) -> torch.Tensor:
+        """``KL(N(theta, sigma_w^2) || N(0, 1))`` summed over the weights."""
+        s2 = self.log_sigma2_w
+        return (0.5 * (-s2 + s2.exp() + theta**2 - 1)).sum()
+
+    def transform(self, layer, x, out):  # noqa: D102
+        if not self.training:
+            return out * channel_view(self.gate(1), out)
+        out = out + _variance_noise(layer, x, torch.exp(self.log_sigma2_w), out)
+        return out * channel_view(self.sample(out.shape[0]), out)
+
+    def gate(self, n):  # noqa: D102
+        return self.mean() * self.alive().to(self.log_sigma2_w.dtype)
+
+    def fold(self):  # noqa: D102
+        # the mean scale of every unit: the masks prune (see LogNormalGate.fold)
+        with torch.no_grad():
+            return self.mean().detach().clone()
+
+
+class GroupNJGate(_ScaleGate):
+    """Scale ``z_c ~ N(mu_c, sigma_c^2)`` per output unit (Louizos et al. 2017, group
+    normal-Jeffreys); prune ``log alpha_c = log sigma_c^2 - log mu_c^2 >= threshold``."""
+
+    def __init__(self, weight: torch.Tensor, threshold: float) -> None:
+        super().__init__(weight, threshold)
         channels = weight.shape[0]
         self.mu_z = nn.Parameter(torch.ones(channels))
         self.log_sigma2_z = nn.Parameter(torch.full((channels,), -8.0))
-        self.log_sigma2_w = nn.Parameter(torch.full(tuple(weight.shape), -9.0))
-        self.threshold = threshold
 
     def log_alpha(self) -> torch.Tensor:
         """``log alpha_z = log sigma_z^2 - log mu_z^2`` per unit, clipped to [-10, 10]."""
         return torch.clamp(self.log_sigma2_z - torch.log(self.mu_z**2 + 1e-8), -10.0, 10.0)
 
-    def transform(self, layer, x, out):  # noqa: D102
-        if not self.training:
-            alive = (self.log_alpha() < self.threshold).to(out.dtype)
-            return out * channel_view(self.mu_z * alive, out)
-        out = out + _variance_noise(layer, x, torch.exp(self.log_sigma2_w), out)
-        eps = torch.randn(out.shape[0], self.mu_z.numel(), device=out.device)
-        z = self.mu_z + torch.exp(0.5 * self.log_sigma2_z) * eps
-        return out * channel_view(z, out)
+    def sample(self, n):  # noqa: D102
+        eps = torch.randn(n, self.mu_z.numel(), device=self.mu_z.device)
+        return self.mu_z + torch.exp(0.5 * self.log_sigma2_z) * eps
 
-    def gate(self, n):  # noqa: D102
-        alive = (self.log_alpha() < self.threshold).to(self.mu_z.dtype)
-        return self.mu_z * alive
+    def mean(self):  # noqa: D102
+        return self.mu_z
 
-    def fold(self):  # noqa: D102
-        return self.mu_z.detach().clone()  # the masks prune; see LogNormalGate.fold
+    def alive(self):  # noqa: D102
+        return self.log_alpha() < self.threshold
+
+    def kl(self, theta: torch.Tensor) -> torch.Tensor:
+        """KL of the layer: ``sum_c KL_VD(log alpha_c)`` plus the weights'."""
+        return kl_log_uniform(self.log_alpha()).sum() + self.kl_weights(theta)
+
+
+class GroupHorseshoeGate(_ScaleGate):
+    """Scale ``s z_c`` per output unit under the group horseshoe (Louizos et al. 2017).
+
+    Prior: ``s ~ C+(0, tau0)`` for the layer, ``z_c ~ C+(0, 1)`` per unit, non-centred:
+    ``s = sqrt(s_a s_b)`` with ``s_a ~ Gamma(1/2, rate 1/tau0^2)``, ``s_b ~ InvGamma(1/2,
+    1)``, and ``z_c = sqrt(z_a z_b)`` likewise with ``tau0 = 1`` (a half-Cauchy
+    ``C+(0, A)`` is ``A |g1 / g2|`` for standard normals ``g``: ``A^2 g1^2 / 2`` is the
+    Gamma and ``2 / g2^2`` the inverse Gamma).  Posterior: each of ``s_a, s_b, z_a, z_b``
+    log-normal, so ``log(s z_c)`` is normal with mean ``m_c = (mu_sa + mu_sb + mu_za +
+    mu_zb) / 2`` and variance ``v_c = (sigma_sa^2 + sigma_sb^2 + sigma_za^2 +
+    sigma_zb^2) / 4``; the KL of each factor is closed-form (log-normal against Gamma or
+    inverse Gamma).  Initialised at ``s z_c = 1`` with little noise, so that the layer
+    starts as the plain layer.
+    """
+
+    FACTORS = ("sa", "sb", "za", "zb")
+
+    def __init__(self, weight: torch.Tensor, threshold: float, global_scale: float) -> None:
+        super().__init__(weight, threshold)
+        channels = weight.shape[0]
+        self.global_scale = global_scale
+        for f in self.FACTORS:
+            size = 1 if f[0] == "s" else channels  # one global scale per layer
+            setattr(self, f"mu_{f}", nn.Parameter(torch.zeros(size)))
+            setattr(self, f"log_sigma2_{f}", nn.Parameter(torch.full((size,), -6.0)))
+
+    def _log_normal(self, *factors: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of ``log sqrt(prod factors)``."""
+        mean = sum(getattr(self, f"mu_{f}") for f in factors) / 2
+        var = sum(getattr(self, f"log_sigma2_{f}").exp() for f in factors) / 4
+        return mean, var
+
+    def log_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(m_c, v_c)``: mean and variance of ``log(s z_c)`` per unit."""
+        return self._log_normal(*self.FACTORS)
+
+    def log_variance(self) -> torch.Tensor:
+        """``E_q[log (s z_c)^2] = 2 m_c``: the expected log prior variance of unit ``c``'s
+        weights, the quantity the threshold rule compares."""
+        return 2 * self.log_scale()[0]
+
+    def sample(self, n):  # noqa: D102
+        # non-centred: the layer's s is drawn once per example and shared by its units
+        mean_s, var_s = self._log_normal("sa", "sb")
+        mean_z, var_z = self._log_normal("za", "zb")
+        eps_s = torch.randn(n, 1, device=mean_s.device)
+        eps_z = torch.randn(n, mean_z.numel(), device=mean_z.device)
+        return torch.exp(mean_s + var_s.sqrt() * eps_s + mean_z + var_z.sqrt() * eps_z)
+
+    def mean(self):  # noqa: D102
+        m, v = self.log_scale()
+        return torch.exp(m + v / 2)
+
+    def alive(self):  # noqa: D102
+        return self.log_variance() >= self.threshold
+
+    def kl(self, theta: torch.Tensor) -> torch.Tensor:
+        """KL of the layer: the four scale factors against their Gamma / inverse-Gamma
+        priors, plus the weights'."""
+        g, ig = kl_lognormal_gamma, kl_lognormal_inv_gamma
+        return (
+            g(self.mu_sa, self.log_sigma2_sa, 0.5, 1 / self.global_scale**2).sum()
+            + ig(self.mu_sb, self.log_sigma2_sb, 0.5, 1.0).sum()
+            + g(self.mu_za, self.log_sigma2_za, 0.5, 1.0).sum()
+            + ig(self.mu_zb, self.log_sigma2_zb, 0.5, 1.0).sum()
+            + self.kl_weights(theta)
+        )
+
+
+#: Default thresholds of the two priors: ``log alpha_c`` for the normal-Jeffreys,
+#: ``E_q[log (s z_c)^2]`` for the horseshoe.
+DEFAULT_THRESHOLDS = {"jeffreys": 3.0, "horseshoe": 0.0}
 
 
 @register("regularizer", "bayesian_compression")
 class BayesianCompression(_UnitNoise):
-    """Bayesian compression with the group normal-Jeffreys prior (Louizos et al. 2017).
+    """Bayesian compression (Louizos et al. 2017): a scale per output unit over Gaussian
+    weights, under a group horseshoe (default) or group normal-Jeffreys prior.
 
-    Rule: each output unit ``c`` has a scale ``z_c ~ N(mu_c, sigma_c^2)`` and its weights are
-    ``z_c * w`` with ``w ~ N(theta, sigma_w^2)``; under the prior ``p(z) ~ 1/|z|`` and
-    ``p(w | z) = N(0, z^2)``, minimise ``loss + strength * KL / N`` with ``KL = sum_c
-    KL_VD(log alpha_c) + sum 0.5 (-log sigma_w^2 + sigma_w^2 + theta^2 - 1)``, where
-    ``log alpha_c = log sigma_c^2 - log mu_c^2`` and ``KL_VD`` is Molchanov et al.'s
-    approximation.  Threshold: prune units with ``log alpha_c >= threshold`` (default 3,
-    the rule of variational dropout); the others keep ``mu_c * theta``, folded into the
-    weight row and bias.  Louizos et al. also give a group horseshoe prior; this is their
-    normal-Jeffreys variant (BC-GNJ), whose KL has the closed form above.
+    Rule: unit ``c`` of a layer computes with the weights ``scale_c * w``, ``w ~ N(theta,
+    sigma_w^2)`` under the prior ``N(0, 1)``; minimise ``loss + strength * KL / N`` with
+    ``KL = sum 0.5 (-log sigma_w^2 + sigma_w^2 + theta^2 - 1) + KL_scales``.
+
+    * ``prior="horseshoe"`` (BC-GHS): ``scale_c = s z_c`` with half-Cauchy priors ``s ~
+      C+(0, global_scale)`` per layer and ``z_c ~ C+(0, 1)`` per unit, non-centred as
+      ``s = sqrt(s_a s_b)``, ``z_c = sqrt(z_a z_b)`` with ``s_a ~ Gamma(1/2, rate
+      1/global_scale^2)``, ``z_a ~ Gamma(1/2, 1)``, ``s_b, z_b ~ InvGamma(1/2, 1)``; each
+      factor has a log-normal posterior and ``KL_scales`` is the sum of their closed-form
+      KLs (:func:`kl_lognormal_gamma`, :func:`kl_lognormal_inv_gamma`).  The noise is one
+      log-normal ``s`` per example and layer times one ``z_c`` per example and unit.
+      Threshold: prune units whose expected log prior variance ``E_q[log (s z_c)^2] =
+      mu_sa + mu_sb + mu_za + mu_zb`` is below ``threshold`` (default 0: the posterior
+      median of ``s z_c`` fell below 1, where every scale starts and, for
+      ``global_scale = 1``, the prior's median).  The KL alone leaves that quantity at
+      ``2 log global_scale``; the data lifts the units it uses into the prior's heavy tail and
+      pushes the units whose noise only hurts toward zero, where the weights' marginal
+      prior has its spike.  Louizos et al.
+      read their threshold on ``E_q[log z]`` off the bimodal histogram of each trained
+      network; here it is one fixed value.  Scales move slowly: a run of a few hundred
+      steps prunes little by this rule, and a target's projection does the work.
+    * ``prior="jeffreys"`` (BC-GNJ): ``scale_c = z_c ~ N(mu_c, sigma_c^2)`` under ``p(z)
+      ~ 1/|z|``; ``KL_scales = sum_c KL_VD(log alpha_c)`` with ``log alpha_c = log
+      sigma_c^2 - log mu_c^2`` and Molchanov et al.'s approximation ``KL_VD``.
+      Threshold: prune ``log alpha_c >= threshold`` (default 3, the rule of variational
+      dropout).
+
+    The kept units keep ``E_q[scale_c] * theta``, folded into the weight row and bias.
     Supports: channel; the masks feed :func:`sparsity_lab.shrink.shrink`.  A target
-    projects globally on ``-log alpha_c``, with the strength fixed (no tuning, for the
-    reason given under ``structured_bayesian``).
+    projects globally on the rule's quantity (``E_q[log (s z_c)^2]``, or ``-log
+    alpha_c``), with the strength fixed (no tuning, for the reason given under
+    ``structured_bayesian``).  Not implemented from the paper: the bit precision read off
+    the posterior variances.
     """
 
     name = "bayesian_compression"
     tunable = False
 
-    def __init__(self, strength: float | None = None, *, threshold: float = 3.0, **options):
+    def __init__(
+        self,
+        strength: float | None = None,
+        *,
+        prior: str = "horseshoe",
+        threshold: float | None = None,
+        global_scale: float = 1.0,
+        **options,
+    ):
         super().__init__(strength, **options)
-        self.threshold = float(threshold)
+        if prior not in DEFAULT_THRESHOLDS:
+            raise ValueError(
+                f"prior must be one of {sorted(DEFAULT_THRESHOLDS)}, got {prior!r}; "
+                f"'horseshoe' is BC-GHS, 'jeffreys' BC-GNJ"
+            )
+        if not global_scale > 0:
+            raise ValueError(
+                f"global_scale is the half-Cauchy scale of s and must be > 0, got {global_scale}"
+            )
+        self.prior, self.global_scale = prior, float(global_scale)
+        self.threshold = float(DEFAULT_THRESHOLDS[prior] if threshold is None else threshold)
 
     def make(self, name, layer):  # noqa: D102
+        if self.prior == "horseshoe":
+            return GroupHorseshoeGate(self.weight(name), self.threshold, self.global_scale)
         return GroupNJGate(self.weight(name), self.threshold)
 
     def kl(self):  # noqa: D102
-        total = 0.0
-        for n, g in self.gates.items():
-            theta = self.weight(n)
-            kl_w = 0.5 * (-g.log_sigma2_w + g.log_sigma2_w.exp() + theta**2 - 1)
-            total = total + kl_log_uniform(g.log_alpha()).sum() + kl_w.sum()
-        return total
+        return sum(g.kl(self.weight(n)) for n, g in self.gates.items())
 
     def unit_scores(self, name):  # noqa: D102
-        return -self.gates[name].log_alpha()
+        g = self.gates[name]
+        return g.log_variance() if self.prior == "horseshoe" else -g.log_alpha()
 
     def unit_keep(self, name):  # noqa: D102
-        return self.gates[name].log_alpha() < self.threshold
+        return self.gates[name].alive()

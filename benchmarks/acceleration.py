@@ -294,8 +294,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small grid, about a minute")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS / "acceleration.json")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: results/acceleration[_quick].json"
+    )
     args = parser.parse_args()
+    # a quick check must never overwrite the stored full run
+    args.out = args.out or RESULTS / f"acceleration{'_quick' if args.quick else ''}.json"
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     if args.quick:

@@ -371,8 +371,10 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=FINETUNE_EPOCHS)
     parser.add_argument("--pai-epochs", type=int, default=PAI_EPOCHS)
     parser.add_argument("--quick", action="store_true", help="one seed, two sparsities")
-    parser.add_argument("--out", default=str(RESULTS / "criteria.json"))
+    parser.add_argument("--out", default=None, help="default: results/criteria[_quick].json")
     args = parser.parse_args()
+    # a quick check must never overwrite the stored full run
+    args.out = args.out or str(RESULTS / f"criteria{'_quick' if args.quick else ''}.json")
     torch.set_num_threads(args.threads)
     seeds = args.seeds[:1] if args.quick else args.seeds
     sparsities = [0.75, 0.95] if args.quick else SPARSITIES

@@ -325,8 +325,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="one seed, tiny runs: a check")
-    parser.add_argument("--out", default=str(RESULTS / "granularity.json"))
+    parser.add_argument("--out", default=None, help="default: results/granularity[_quick].json")
     args = parser.parse_args()
+    # a quick check must never overwrite the stored full run
+    args.out = args.out or str(RESULTS / f"granularity{'_quick' if args.quick else ''}.json")
     torch.set_num_threads(args.threads)
     if args.quick:
         args.seeds, args.epochs, args.finetune_epochs, args.n_train = 1, 1, 1, 500

@@ -275,10 +275,11 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="the same seeds, fewer sparsities and sizes"
     )
-    parser.add_argument(
-        "--out", default=str(Path(__file__).parent / "results" / "second_order.json")
-    )
+    parser.add_argument("--out", default=None, help="default: results/second_order[_quick].json")
     args = parser.parse_args()
+    # a quick check must never overwrite the stored full run
+    quick = "_quick" if args.quick else ""
+    args.out = args.out or str(Path(__file__).parent / "results" / f"second_order{quick}.json")
     torch.set_num_threads(args.threads)
     sparsities = [0.5, 0.9, 0.98] if args.quick else args.sparsities
     blocks = [32, 128] if args.quick else [16, 32, 64, 128, 256]

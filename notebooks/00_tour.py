@@ -45,7 +45,7 @@ if SMOKE:  # a quick pass through every cell, for CI
     SPARSITIES = [0.5, 0.9, 0.98]
     EPOCHS = 4
     FINETUNE_EPOCHS = 1
-info = sl.nb.setup(seed=SEED, smoke=SMOKE)
+info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1 if SMOKE else None)  # 1: less contention
 
 # %% [markdown]
 # ## The data and the dense model

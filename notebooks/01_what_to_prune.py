@@ -66,7 +66,7 @@ if SMOKE:  # a quick pass through every cell, for CI
     TEXT_SAMPLES = 600
     TIMING_ROUNDS = 3
     TIMING_BATCH = 64
-info = sl.nb.setup(seed=SEED, smoke=SMOKE)
+info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1 if SMOKE else None)  # 1: less contention
 
 # %% [markdown]
 # ## One trained model, every pattern

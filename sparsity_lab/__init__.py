@@ -25,11 +25,13 @@ __version__ = "0.1.0"
 _LAZY = (
     "accel",
     "accounting",
+    "claims",
     "cli",
     "curvature",
     "data",
     "ephemeral",
     "experiments",
+    "flags",
     "formats",
     "methods",
     "models",
@@ -41,6 +43,7 @@ _LAZY = (
     "regularizers",
     "seeding",
     "shrink",
+    "stats",
     "train",
     "viz",
 )

@@ -23,21 +23,22 @@ import functools
 import hashlib
 import itertools
 import json
-import math
 import numbers
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
-from scipy import stats
 from tqdm.auto import tqdm
 
+from .stats import summarize
 from .train import show_progress
+
+__all__ = ["SweepError", "plot_mean_ci", "summarize", "sweep"]
 
 Metrics = dict[str, Any]
 
@@ -254,38 +255,6 @@ def sweep(
     return pd.DataFrame(rows, columns=None if rows else reserved)
 
 
-def summarize(
-    df: pd.DataFrame, by: Sequence[str] | str, metric: str, confidence: float = 0.95
-) -> pd.DataFrame:
-    """Mean, standard deviation, count and Student-t confidence interval of ``metric``.
-
-    One row per group of ``by`` (in order of first appearance), columns
-    ``by + [mean, std, n, ci_low, ci_high]`` with ``mean ± t_{(1+c)/2, n-1} · std / √n``.
-    A group with one value gets a NaN interval: one run says nothing about the spread.
-    """
-    by = [by] if isinstance(by, str) else list(by)
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    missing = [c for c in [*by, metric] if c not in df.columns]
-    if missing:
-        raise KeyError(f"columns {missing} are not in the DataFrame; it has {list(df.columns)}")
-    if by:
-        # dropna=False keeps groups whose key is None/NaN (e.g. lr_schedule=None).
-        grouped = df.groupby(by, sort=False, dropna=False)[metric]
-        out = grouped.agg(["mean", "std", "count"]).reset_index()
-    else:
-        values = df[metric]
-        out = pd.DataFrame(
-            {"mean": [values.mean()], "std": [values.std()], "count": [values.count()]}
-        )
-    out = out.rename(columns={"count": "n"})
-    t = stats.t.ppf((1 + confidence) / 2, out["n"] - 1)  # NaN for n=1 (0 degrees of freedom)
-    half = t * out["std"] / out["n"].map(math.sqrt)
-    out["ci_low"] = out["mean"] - half
-    out["ci_high"] = out["mean"] + half
-    return out[[*by, "mean", "std", "n", "ci_low", "ci_high"]]
-
-
 def plot_mean_ci(
     df: pd.DataFrame,
     x: str,
@@ -298,14 +267,26 @@ def plot_mean_ci(
     """Mean of ``y`` against ``x`` with a shaded confidence band, one line per ``hue`` value.
 
     The band is :func:`summarize`'s Student-t interval over the rows (e.g. seeds) sharing
-    an ``x`` (and ``hue``).  ``label`` names the line, or prefixes each hue's legend entry,
-    so several sweeps can share one Axes.  Returns the Axes.
+    an ``x`` (and ``hue``), clipped to [0, 1] for accuracies.  ``label`` names the line, or
+    prefixes each hue's legend entry, so several sweeps can share one Axes.  When ``df`` has
+    a ``flags`` column (:func:`sparsity_lab.recipes.evaluate_run`), a point any of whose runs
+    raised a sanity flag is circled in red, so a flagged number is never read as a plain
+    one.  Returns the Axes.
     """
     if ax is None:
         _, ax = plt.subplots()
     by = [x] if hue is None else [hue, x]
     table = summarize(df, by, y, confidence)
+    if "flags" in df.columns:
+        flagged = df["flags"].fillna("").astype(str) != ""
+        table["flagged"] = (
+            flagged.groupby([df[c] for c in by], sort=False, dropna=False)
+            .any()
+            .reindex(pd.MultiIndex.from_frame(table[by]) if len(by) > 1 else table[x])
+            .to_numpy()
+        )
     groups = [(None, table)] if hue is None else table.groupby(hue, sort=False, dropna=False)
+    marked = False
     for value, group in groups:
         group = group.sort_values(x)
         if hue is None:
@@ -316,8 +297,21 @@ def plot_mean_ci(
         ax.fill_between(
             group[x], group["ci_low"], group["ci_high"], color=line.get_color(), alpha=0.2
         )
+        if "flagged" in group and group["flagged"].any():
+            bad = group[group["flagged"]]
+            ax.scatter(
+                bad[x],
+                bad["mean"],
+                s=140,
+                facecolors="none",
+                edgecolors="red",
+                linewidths=1.5,
+                zorder=5,
+                label=None if marked else "sanity flag raised",
+            )
+            marked = True
     ax.set_xlabel(ax.get_xlabel() or x)
     ax.set_ylabel(ax.get_ylabel() or y)
-    if hue is not None or label is not None:
+    if hue is not None or label is not None or marked:
         ax.legend()
     return ax

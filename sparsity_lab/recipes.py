@@ -1,27 +1,49 @@
-"""Recipes: the standard experiment, train dense -> prune -> fine-tune -> evaluate.
+"""Recipes and the one experimental protocol: train dense -> prune -> fine-tune -> evaluate.
 
-The CLI and the notebooks share these so their numbers come from the same code.  Dense
-checkpoints are cached on disk by everything that determines them, saved as plain state
-dicts and read back with ``torch.load(weights_only=True)``.
+Every notebook, benchmark and the CLI take their numbers from these functions, so that a
+result in one chapter can be compared with a result in another:
+
+- :data:`RECIPES`: each bundled (model, data) setting's dense training recipe, chosen on
+  validation data, with the test accuracy it is documented to reach and its source.
+  :func:`train_dense` trains with it (or loads the cached checkpoint).
+- :func:`sparse_start`: a sparse network from initialisation, always with each unit's kept
+  weights rescaled to its sparse fan-in.
+- :func:`random_like`: the random baseline of a mask, with the same per-layer counts.
+- :func:`finetune`: fine-tuning with the masks fixed, its budget stated in epochs and FLOPs.
+- :func:`evaluate_run`: accuracy (and perplexity for token prediction), the reached
+  sparsity and the sanity flags of :mod:`sparsity_lab.flags`, in one dict per run.
+
+Dense checkpoints are cached on disk by everything that determines them, saved as plain
+state dicts with a digest of their contents and read back with
+``torch.load(weights_only=True)``; a damaged or non-finite checkpoint is reported and
+retrained from a fresh model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
+import tempfile
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from . import data as data_mod
+from . import flags as flags_mod
+from . import masks
 from . import models as models_mod
-from .pruning import prune
+from .accounting import report
+from .criteria.at_init import rescale_fan_in, shuffle_masks
+from .pruning import default_targets, prune
 from .pruning import sparsity as measured_sparsity
 from .train import evaluate, fit
 
@@ -29,34 +51,47 @@ from .train import evaluate, fit
 IMAGE_MODELS = {"lenet5", "resnet_small"}
 #: Models that take token ids and the data sets that provide them.
 TOKEN_MODELS = {"tiny_transformer"}
-TOKEN_DATA = {"text"}
+TOKEN_DATA = {"text", "chars"}
+#: Token data sets whose label is the next token: their runs also report perplexity.
+NEXT_TOKEN_DATA = {"chars"}
 
 
 @dataclass
 class Task:
-    """A model name on a data set, with the data split by ``seed``."""
+    """A model name on a data set, with the data split by ``seed``.
+
+    ``options`` are the data options the bundle was loaded with (a subset's size, ...): a
+    recipe's expected accuracy holds only for the default data.
+    """
 
     model_name: str
     data_name: str
     bundle: data_mod.DataBundle
     seed: int = 0
     batch_size: int = 128
+    options: dict[str, Any] = field(default_factory=dict)
 
     def build(self, **options: Any) -> nn.Module:
         """A freshly initialised model for this data, seeded by the task's seed."""
         torch.manual_seed(self.seed)
         if self.model_name in TOKEN_MODELS:
             options.setdefault("vocab_size", len(self.bundle.vocab or []))
+        recipe_options = recipe_for(self.model_name, self.data_name).model_options
         return models_mod.build(
             self.model_name,
             input_shape=self.bundle.input_shape,
             n_classes=self.bundle.n_classes,
-            **options,
+            **{**recipe_options, **options},
         )
 
-    def loaders(self):
+    def loaders(self, batch_size: int | None = None):
         """Train, validation and test loaders; the train order follows the seed."""
-        return self.bundle.loaders(self.batch_size, seed=self.seed)
+        return self.bundle.loaders(batch_size or self.batch_size, seed=self.seed)
+
+    @property
+    def default_data(self) -> bool:
+        """True when the data were loaded with their default options (the recipe's)."""
+        return not self.options
 
 
 def task(model_name: str, data_name: str, *, seed: int = 0, **data_options: Any) -> Task:
@@ -68,14 +103,102 @@ def task(model_name: str, data_name: str, *, seed: int = 0, **data_options: Any)
             f"model {model_name!r} cannot read data {data_name!r}: token models "
             f"({', '.join(sorted(TOKEN_MODELS))}) need token data ({', '.join(sorted(TOKEN_DATA))})"
         )
+    given = dict(data_options)
     if data_name in {"mnist", "digits"}:
         data_options.setdefault("flatten", model_name not in IMAGE_MODELS)
+        given.pop("flatten", None)  # the layout is not a change of data
     elif model_name in IMAGE_MODELS:
         raise ValueError(
             f"model {model_name!r} needs images; use data 'mnist' or 'digits', not {data_name!r}"
         )
     bundle = data_mod.load(data_name, seed=seed, **data_options)
-    return Task(model_name, data_name, bundle, seed)
+    return Task(model_name, data_name, bundle, seed, options=given)
+
+
+# --------------------------------------------------------------------------------- recipes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a (model, data) setting's dense model is trained, and what it should reach.
+
+    ``expected_test_accuracy`` is the mean test accuracy over seeds 0-2 measured with this
+    recipe on the default data (``benchmarks/dense_recipes.py`` re-measures it);
+    ``source`` says where the recipe comes from: a paper's, or the small validation sweep
+    named there.  ``None`` means the setting has no tuned recipe and no expectation.
+    """
+
+    epochs: int = 10
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    batch_size: int = 128
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    lr_schedule: str | None = "cosine"
+    model_options: Mapping[str, Any] = field(default_factory=dict)
+    expected_test_accuracy: float | None = None
+    source: str = "generic default, not tuned for this setting"
+
+    def training(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`sparsity_lab.train.fit` this recipe sets."""
+        return {
+            "epochs": self.epochs,
+            "optimizer": self.optimizer,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "momentum": self.momentum,
+            "lr_schedule": self.lr_schedule,
+        }
+
+
+#: The dense recipes of the bundled settings; see :class:`Recipe` and the book's table.
+RECIPES: dict[tuple[str, str], Recipe] = {
+    ("lenet300", "mnist"): Recipe(
+        epochs=20,
+        optimizer="sgd",
+        lr=0.05,
+        expected_test_accuracy=0.93,
+        source="validation sweep in benchmarks/dense_recipes.py",
+    ),
+    ("lenet5", "mnist"): Recipe(
+        epochs=20,
+        optimizer="sgd",
+        lr=0.05,
+        expected_test_accuracy=0.96,
+        source="validation sweep in benchmarks/dense_recipes.py",
+    ),
+    ("cnn1d", "mnist1d"): Recipe(
+        epochs=200,
+        optimizer="adam",
+        lr=1e-2,
+        batch_size=100,
+        lr_schedule=None,
+        expected_test_accuracy=0.90,
+        source=(
+            "the MNIST-1D paper's CNN recipe (Greydanus 2020: Adam, lr 1e-2, batch 100, "
+            "6000 steps; 94% reported)"
+        ),
+    ),
+}
+
+#: What :func:`recipe_for` returns for a setting without a tuned recipe.
+DEFAULT_RECIPE = Recipe()
+
+
+def recipe_for(model_name: str, data_name: str) -> Recipe:
+    """The recipe of ``(model_name, data_name)``, or :data:`DEFAULT_RECIPE` if none is tuned."""
+    return RECIPES.get((model_name, data_name), DEFAULT_RECIPE)
+
+
+def recipes_table() -> list[dict[str, Any]]:
+    """One row per tuned recipe, for the book's table of dense baselines."""
+    return [
+        {"model": m, "data": d, **dataclasses.asdict(r), "model_options": dict(r.model_options)}
+        for (m, d), r in RECIPES.items()
+    ]
+
+
+# ------------------------------------------------------------------------- dense training
 
 
 def _fingerprint(dataset: TensorDataset) -> str:
@@ -95,33 +218,96 @@ def _code_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def _state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """A hash of a state dict's names and values: a flipped byte changes it."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        h.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def default_cache_dir() -> Path:
     """``$SPARSITY_LAB_CACHE`` or ``~/.cache/sparsity-lab``."""
     return Path(os.environ.get("SPARSITY_LAB_CACHE", Path.home() / ".cache" / "sparsity-lab"))
 
 
+def _load_checkpoint(path: Path, build: Any) -> nn.Module:
+    """A model from ``path``, or an error saying why the file cannot be trusted.
+
+    The file holds ``{"state": state_dict, "digest": sha256}``; the state is loaded into a
+    model of its own, so a file that fails half-way never leaves weights in the model that
+    is trained instead.
+    """
+    record = torch.load(path, weights_only=True)
+    if not isinstance(record, dict) or set(record) != {"state", "digest"}:
+        raise ValueError("not a checkpoint of this library (no digest)")
+    state = record["state"]
+    if _state_digest(state) != record["digest"]:
+        raise ValueError("its contents do not match their digest (a damaged file)")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"non-finite values in {bad[:3]}")
+    model = build()
+    model.load_state_dict(state)
+    return model
+
+
+def _save_checkpoint(model: nn.Module, path: Path) -> None:
+    """Write atomically under a unique temporary name, so two processes never collide."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"state": state, "digest": _state_digest(state)}, tmp)
+        os.replace(tmp, path)  # never leave a half-written checkpoint behind
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _writable_cache(directory: Path) -> None:
+    """Create ``directory`` and check it takes files, before any training is spent."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise OSError(
+            f"the checkpoint cache {directory} is not writable ({err}); pass cache_dir=False "
+            "to train without caching, or point $SPARSITY_LAB_CACHE at a writable folder"
+        ) from err
+
+
 def train_dense(
     t: Task,
     *,
-    epochs: int = 10,
-    lr: float = 0.05,
-    optimizer: str = "sgd",
-    cache_dir: str | os.PathLike | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    optimizer: str | None = None,
+    cache_dir: str | os.PathLike | bool | None = None,
     progress: bool | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train the task's dense model, or load it from the checkpoint cache.
+    """Train the task's dense model with its recipe, or load it from the checkpoint cache.
 
-    Returns the model and ``{"val_accuracy", "test_accuracy", "cached"}``.  ``cache_dir=None``
-    uses :func:`default_cache_dir`; pass ``False`` to never cache.
+    ``epochs``, ``lr`` and ``optimizer`` override the recipe (a smoke run trains for fewer
+    epochs).  Returns the model and ``{"val_accuracy", "test_accuracy", "cached",
+    "recipe", "expected_test_accuracy", "flags"}``: the flags say when the model is below
+    the accuracy its recipe is documented to reach (checked only when the task uses the
+    default data and the recipe's settings).  ``cache_dir=None`` uses
+    :func:`default_cache_dir`; pass ``False`` to never cache.
     """
+    base = recipe_for(t.model_name, t.data_name)
+    overrides = {"epochs": epochs, "lr": lr, "optimizer": optimizer}
+    recipe = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     key = {
         "model": t.model_name,
         "data": t.data_name,
         "seed": t.seed,
-        "epochs": epochs,
-        "lr": lr,
-        "optimizer": optimizer,
-        "batch_size": t.batch_size,
+        **recipe.training(),
+        "batch_size": recipe.batch_size,
+        "model_options": dict(recipe.model_options),
         "input_shape": list(t.bundle.input_shape),
         "n_classes": t.bundle.n_classes,
         # data options (a teacher's width, a subset's size) change the examples without
@@ -131,19 +317,100 @@ def train_dense(
         "code": _code_digest(),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    model = t.build()
     path = None
     if cache_dir is not False:
-        path = Path(cache_dir or default_cache_dir()) / f"{t.model_name}-{t.data_name}-{digest}.pt"
-    cached = False
+        directory = Path(cache_dir or default_cache_dir())
+        _writable_cache(directory)
+        path = directory / f"{t.model_name}-{t.data_name}-{digest}.pt"
+    model, cached = None, False
     if path is not None and path.exists():
         try:
-            model.load_state_dict(torch.load(path, weights_only=True))
-            cached = True
-        except Exception as err:  # a partial or stale file: retrain rather than fail
-            warnings.warn(f"ignoring unreadable checkpoint {path}: {err}", stacklevel=2)
-    train, val, test = t.loaders()
-    if not cached:
+            model, cached = _load_checkpoint(path, t.build), True
+        except Exception as err:  # a damaged, foreign or stale file: retrain from scratch
+            warnings.warn(f"ignoring unreadable checkpoint {path}: {err}; retraining", stacklevel=2)
+    train, val, test = t.loaders(recipe.batch_size)
+    if model is None:
+        model = t.build()  # a fresh model: nothing of a bad file can leak into it
+        fit(model, train, val, seed=t.seed, progress=progress, **recipe.training())
+        if path is not None:
+            _save_checkpoint(model, path)
+    info = {
+        "val_accuracy": evaluate(model, val)["accuracy"],
+        "test_accuracy": evaluate(model, test)["accuracy"],
+        "cached": cached,
+        "recipe": recipe,
+        "expected_test_accuracy": base.expected_test_accuracy,
+    }
+    checked = t.default_data and recipe == base
+    info["flags"] = flags_mod.join(
+        flags_mod.check(
+            dense_accuracy=info["test_accuracy"],
+            expected_dense_accuracy=base.expected_test_accuracy if checked else None,
+        )
+    )
+    return model, info
+
+
+# --------------------------------------------------------------------- the shared protocol
+
+
+def sparse_start(model: nn.Module, found: Mapping[str, torch.Tensor], **attach: Any) -> nn.Module:
+    """Attach ``found`` masks to a freshly initialised ``model`` and rescale it, in place.
+
+    Each unit's kept weights are multiplied by ``sqrt(fan_in / kept fan_in)``: default
+    initialisations set the weight variance from the dense fan-in, so without this a
+    network at 95% sparsity starts with logits set by its biases and trains at chance,
+    whatever its mask (the sparsity-aware initialisation of Evci et al. 2022).  Every
+    comparison of masks at initialisation in this project starts this way.  ``attach``
+    goes to :func:`sparsity_lab.masks.attach` (e.g. ``dense_grad=True``).
+    """
+    for name, mask in found.items():
+        masks.attach(model, name, mask.clone(), **attach)
+    rescale_fan_in(model, list(found))
+    return model
+
+
+def random_like(found: Mapping[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random masks with exactly the per-layer counts of ``found``: the fair random baseline.
+
+    A random mask compared with a method's mask must differ only in *which* weights it
+    keeps, not in how many per layer; a uniform or ERK random mask would mix the two.
+    """
+    return shuffle_masks(found, seed=seed)
+
+
+def training_flops(model: nn.Module, n_examples: int, epochs: float) -> float:
+    """FLOPs of training ``model`` as it is masked now: 3 forward passes per example-epoch.
+
+    A forward pass counts a multiply and an add per nonzero weight and position, as
+    :func:`sparsity_lab.report` does (biases and activations are left out).
+    The backward pass costs about two forward passes (the gradients of the inputs and of
+    the weights), the convention of the sparse-training papers (RigL, Top-KAST).
+    """
+    per_example = float(report(model)["sparse_flops"].iloc[-1])
+    return 3.0 * per_example * n_examples * epochs
+
+
+def finetune(
+    model: nn.Module,
+    t: Task,
+    epochs: int,
+    *,
+    lr: float = 0.01,
+    optimizer: str = "sgd",
+    progress: bool | None = None,
+    **fit_options: Any,
+) -> dict[str, float]:
+    """Fine-tune ``model`` with its masks fixed; returns the budget in epochs and FLOPs.
+
+    Every comparison states its fine-tuning budget this way, so that two methods are
+    compared at the same cost.  ``epochs=0`` returns a zero budget without training.
+    """
+    if epochs < 0:
+        raise ValueError(f"fine-tuning epochs must be >= 0, got {epochs}")
+    train, val, _ = t.loaders()
+    flops = training_flops(model, len(t.bundle.train), epochs)
+    if epochs > 0:
         fit(
             model,
             train,
@@ -153,18 +420,65 @@ def train_dense(
             optimizer=optimizer,
             seed=t.seed,
             progress=progress,
-            lr_schedule="cosine",
+            **fit_options,
         )
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(model.state_dict(), tmp)
-            os.replace(tmp, path)  # never leave a half-written checkpoint behind
-    return model, {
-        "val_accuracy": evaluate(model, val)["accuracy"],
-        "test_accuracy": evaluate(model, test)["accuracy"],
-        "cached": cached,
-    }
+    return {"finetune_epochs": epochs, "finetune_flops": flops}
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    was_training = model.training
+    model.eval()
+    try:
+        outputs, labels = zip(*((model(x), y) for x, y in loader), strict=True)
+    finally:
+        model.train(was_training)
+    return torch.cat(outputs), torch.cat(labels)
+
+
+def evaluate_run(
+    model: nn.Module,
+    t: Task,
+    *,
+    target_sparsity: float | None = None,
+    split: str = "test",
+    names: list[str] | None = None,
+) -> dict[str, Any]:
+    """Accuracy, loss, reached sparsity and sanity flags of a (pruned) model on ``split``.
+
+    Returns ``{"accuracy", "loss", "sparsity", "flags"}`` (plus ``"perplexity"`` for
+    next-token data).  ``flags`` is the ``"; "``-joined list of :func:`sparsity_lab.flags.
+    check`: at chance level, target not reached, a layer pruned to 100%, a disconnected
+    network, a class never predicted.  Test data are for reporting: make every choice on
+    ``split="val"``.
+    """
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    loader = dict(zip(("train", "val", "test"), t.loaders(), strict=True))[split]
+    logits, labels = _predict(model, loader)
+    loss = float(nn.functional.cross_entropy(logits, labels))
+    predictions = logits.argmax(dim=1)
+    accuracy = int((predictions == labels).sum()) / len(labels)
+    reached = measured_sparsity(model, names)
+    example = t.bundle.test.tensors[0][:8]
+    result: dict[str, Any] = {"accuracy": accuracy, "loss": loss, "sparsity": reached}
+    if t.data_name in NEXT_TOKEN_DATA:
+        result["perplexity"] = math.exp(loss)
+    train_labels = t.bundle.train.tensors[1]
+    result["flags"] = flags_mod.join(
+        flags_mod.check(
+            accuracy=accuracy,
+            chance=flags_mod.chance_accuracy(train_labels, t.bundle.n_classes),
+            target_sparsity=target_sparsity,
+            reached_sparsity=reached,
+            model=model,
+            example_input=example,
+            # a class missing from a next-token test split is not the model's fault
+            predictions=None if t.data_name in NEXT_TOKEN_DATA else predictions,
+            n_classes=t.bundle.n_classes,
+        )
+    )
+    return result
 
 
 def prune_and_finetune(
@@ -178,31 +492,29 @@ def prune_and_finetune(
     optimizer: str = "sgd",
     progress: bool | None = None,
     **prune_options: Any,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Prune ``model`` in place, fine-tune it with masks fixed, and measure each stage.
 
-    Returns ``{"measured_sparsity", "pruned_accuracy", "val_accuracy", "test_accuracy"}``:
-    accuracy on the validation split right after pruning, then after fine-tuning.
+    Returns ``{"measured_sparsity", "pruned_accuracy", "val_accuracy", "test_accuracy",
+    "finetune_epochs", "finetune_flops", "flags"}``: accuracy on the validation split right
+    after pruning, then after fine-tuning, the fine-tuning budget and the sanity flags of
+    the final model on the test split (:func:`evaluate_run`).
     """
-    train, val, test = t.loaders()
     if "data" not in prune_options:
-        prune_options["data"] = train
+        prune_options["data"] = t.loaders()[0]
     prune(model, method, sparsity, seed=t.seed, **prune_options)
-    pruned = evaluate(model, val)["accuracy"]
-    if finetune_epochs > 0:
-        fit(
-            model,
-            train,
-            val,
-            epochs=finetune_epochs,
-            lr=lr,
-            optimizer=optimizer,
-            seed=t.seed,
-            progress=progress,
-        )
+    pruned = evaluate_run(model, t, split="val")["accuracy"]
+    budget = finetune(model, t, finetune_epochs, lr=lr, optimizer=optimizer, progress=progress)
+    # the target counts the pruned tensors only: those named (or every Linear/Conv) less
+    # the excluded ones
+    targets = prune_options.get("targets") or default_targets(model)
+    names = [n for n in targets if n not in set(prune_options.get("exclude", ()))]
+    final = evaluate_run(model, t, target_sparsity=sparsity, names=names)
     return {
-        "measured_sparsity": measured_sparsity(model),
+        "measured_sparsity": final["sparsity"],
         "pruned_accuracy": pruned,
-        "val_accuracy": evaluate(model, val)["accuracy"],
-        "test_accuracy": evaluate(model, test)["accuracy"],
+        "val_accuracy": evaluate_run(model, t, split="val")["accuracy"],
+        "test_accuracy": final["accuracy"],
+        **budget,
+        "flags": final["flags"],
     }

@@ -122,7 +122,7 @@ def test_corrupt_checkpoint_is_retrained_and_replaced(digits_task, tmp_path):
     # training is deterministic, so retraining gives back the same model ...
     assert _states_equal(model.state_dict(), retrained.state_dict())
     # ... and the garbage is replaced by a checkpoint that loads
-    assert _states_equal(torch.load(path, weights_only=True), retrained.state_dict())
+    assert _states_equal(torch.load(path, weights_only=True)["state"], retrained.state_dict())
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no .tmp left behind
     _, reloaded = recipes.train_dense(digits_task, epochs=2, cache_dir=tmp_path)
     assert reloaded["cached"] is True
@@ -157,8 +157,17 @@ def test_prune_and_finetune_keeps_masked_weights_zero(digits_task, dense_model):
     model = copy.deepcopy(dense_model)
     result = recipes.prune_and_finetune(model, digits_task, "magnitude", 0.8, finetune_epochs=2)
 
-    assert set(result) == {"measured_sparsity", "pruned_accuracy", "val_accuracy", "test_accuracy"}
+    assert set(result) == {
+        "measured_sparsity",
+        "pruned_accuracy",
+        "val_accuracy",
+        "test_accuracy",
+        "finetune_epochs",
+        "finetune_flops",
+        "flags",
+    }
     assert result["measured_sparsity"] == sl.sparsity(model)
+    assert result["flags"] == ""  # 80% on digits after fine-tuning: nothing to flag
     found = masks.masks(model)
     assert list(found) == ["fc1.weight", "fc2.weight", "fc3.weight"]
     assert sum(int(m.sum()) for m in found.values()) == KEPT_AT_80
@@ -217,3 +226,168 @@ def test_same_seed_same_numbers():
     assert _states_equal(state_a, state_b)
     _, _, state_c = run(1)
     assert not _states_equal(state_a, state_c)
+
+
+# --- the recipe table -----------------------------------------------------------------------
+
+
+def test_every_tuned_recipe_states_its_expectation_and_source():
+    assert {("lenet300", "mnist"), ("lenet5", "mnist"), ("cnn1d", "mnist1d")} <= set(
+        recipes.RECIPES
+    )
+    for setting, recipe in recipes.RECIPES.items():
+        assert 0 < recipe.expected_test_accuracy < 1, setting
+        assert "default" not in recipe.source, setting
+    rows = recipes.recipes_table()
+    assert len(rows) == len(recipes.RECIPES)
+    assert {"model", "data", "epochs", "optimizer", "lr", "expected_test_accuracy"} <= set(rows[0])
+
+
+def test_mnist1d_cnn_recipe_is_the_papers():
+    recipe = recipes.recipe_for("cnn1d", "mnist1d")
+    assert (recipe.optimizer, recipe.lr, recipe.batch_size) == ("adam", 1e-2, 100)
+    assert recipe.expected_test_accuracy >= 0.90
+
+
+def test_a_setting_without_a_recipe_gets_the_generic_default():
+    assert recipes.recipe_for("lenet300", "digits") is recipes.DEFAULT_RECIPE
+    assert recipes.DEFAULT_RECIPE.expected_test_accuracy is None
+
+
+def test_train_dense_trains_with_the_recipe_and_flags_a_weak_baseline(digits_task, monkeypatch):
+    weak = recipes.Recipe(epochs=1, lr=0.001, expected_test_accuracy=0.99, source="test")
+    monkeypatch.setitem(recipes.RECIPES, ("lenet300", "digits"), weak)
+    model, info = recipes.train_dense(digits_task, cache_dir=False)
+    assert info["recipe"] == weak
+    assert info["test_accuracy"] < 0.98
+    assert info["flags"].startswith("dense baseline below its recipe")
+    # the same by hand: one epoch of SGD at lr 0.001 with a cosine schedule
+    by_hand = digits_task.build()
+    train, val, _ = digits_task.loaders()
+    sl.train.fit(by_hand, train, val, seed=0, **weak.training())
+    assert _states_equal(model.state_dict(), by_hand.state_dict())
+    # overriding the recipe (a smoke run) or changing the data turns the check off
+    _, short = recipes.train_dense(digits_task, epochs=2, cache_dir=False)
+    assert short["flags"] == ""
+    small = recipes.task("lenet300", "digits", seed=0)
+    small.options = {"n_train": 100}
+    assert recipes.train_dense(small, cache_dir=False)[1]["flags"] == ""
+
+
+# --- checkpoints that cannot be trusted -----------------------------------------------------
+
+
+def _retrains_like_a_fresh_run(digits_task, tmp_path, damage):
+    model, _ = recipes.train_dense(digits_task, epochs=2, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("*.pt")
+    damage(path)
+    with pytest.warns(UserWarning, match="unreadable checkpoint"):
+        retrained, info = recipes.train_dense(digits_task, epochs=2, cache_dir=tmp_path)
+    assert info["cached"] is False
+    assert _states_equal(model.state_dict(), retrained.state_dict())
+    assert recipes.train_dense(digits_task, epochs=2, cache_dir=tmp_path)[1]["cached"]
+
+
+def test_a_wrong_shaped_checkpoint_leaves_nothing_in_the_retrained_model(digits_task, tmp_path):
+    def wrong_shape(path):
+        record = torch.load(path, weights_only=True)
+        state = dict(record["state"])
+        state["fc1.weight"] = torch.zeros(3, 3)  # partly loadable: the biases still fit
+        torch.save({"state": state, "digest": recipes._state_digest(state)}, path)
+
+    _retrains_like_a_fresh_run(digits_task, tmp_path, wrong_shape)
+
+
+def test_a_checkpoint_with_flipped_bytes_is_retrained(digits_task, tmp_path):
+    def flip(path):
+        record = torch.load(path, weights_only=True)
+        record["state"]["fc2.bias"][0] += 1.0  # a plausible value, but not the saved one
+        torch.save(record, path)
+
+    _retrains_like_a_fresh_run(digits_task, tmp_path, flip)
+
+
+def test_a_checkpoint_with_nan_weights_is_retrained(digits_task, tmp_path):
+    def poison(path):
+        record = torch.load(path, weights_only=True)
+        record["state"]["fc3.weight"][0, 0] = float("nan")
+        record["digest"] = recipes._state_digest(record["state"])
+        torch.save(record, path)
+
+    _retrains_like_a_fresh_run(digits_task, tmp_path, poison)
+
+
+def test_concurrent_saves_use_their_own_temporary_files(digits_task, tmp_path):
+    import concurrent.futures
+
+    model = digits_task.build()
+    path = tmp_path / "same.pt"
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(recipes._save_checkpoint, model, path) for _ in range(12)]:
+            future.result()  # raises if one writer lost its temporary file to another
+    assert [p.name for p in tmp_path.iterdir()] == ["same.pt"]
+
+
+def test_an_unwritable_cache_fails_before_training(digits_task, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking the cache")
+
+    monkeypatch.setattr(recipes, "fit", no_training)
+    with pytest.raises(OSError, match="cache_dir=False"):
+        recipes.train_dense(digits_task, epochs=1, cache_dir=blocker / "cache")
+
+
+# --- the shared protocol --------------------------------------------------------------------
+
+
+def test_sparse_start_rescales_each_unit_to_its_kept_fan_in():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 3))
+    before = model[0].weight.detach().clone()
+    mask = torch.zeros(3, 8)
+    mask[0, :2] = 1  # keeps 2 of 8: factor 2
+    mask[1, :8] = 1  # keeps all: factor 1
+    mask[2, :1] = 1  # keeps 1 of 8: factor sqrt(8)
+    recipes.sparse_start(model, {"0.weight": mask})
+    expected = before * mask * torch.tensor([2.0, 1.0, 8**0.5]).unsqueeze(1)
+    torch.testing.assert_close(masks.weight(model, "0.weight"), expected)
+
+
+def test_random_like_keeps_every_layers_count_and_moves_the_weights():
+    torch.manual_seed(0)
+    found = {"a": (torch.rand(30, 20) > 0.9).float(), "b": (torch.rand(10, 30) > 0.5).float()}
+    shuffled = recipes.random_like(found, seed=1)
+    for name, mask in found.items():
+        assert int(shuffled[name].sum()) == int(mask.sum())
+        assert not torch.equal(shuffled[name], mask)
+    assert torch.equal(recipes.random_like(found, seed=1)["a"], shuffled["a"])
+
+
+def test_training_flops_is_three_sparse_forward_passes(digits_task, dense_model):
+    model = copy.deepcopy(dense_model)
+    dense = 3 * 2 * LENET300_DIGITS_WEIGHTS  # a multiply and an add per weight, 3 passes
+    assert recipes.training_flops(model, 1, 1) == dense
+    sl.prune(model, "magnitude", 0.8)
+    sparse = 3 * 2 * KEPT_AT_80
+    assert recipes.training_flops(model, 100, 2) == 100 * 2 * sparse
+
+
+def test_evaluate_run_flags_an_emptied_network(digits_task, dense_model):
+    model = copy.deepcopy(dense_model)
+    healthy = recipes.evaluate_run(model, digits_task)
+    assert healthy["flags"] == ""
+    masks.attach(model, "fc2.weight", torch.zeros(100, 300))
+    run = recipes.evaluate_run(model, digits_task, target_sparsity=0.9)
+    for expected in (
+        "pruned to 100%: fc2.weight",
+        "disconnected",
+        "at chance level",
+        "never predicted",
+        "target sparsity not reached",
+    ):
+        assert expected in run["flags"], expected
+    with pytest.raises(ValueError, match="'val' or 'test'"):
+        recipes.evaluate_run(model, digits_task, split="train")

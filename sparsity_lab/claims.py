@@ -1,0 +1,361 @@
+"""Published claims the notebooks test, and verdicts computed from measured results.
+
+Each :class:`Claim` names its paper, the setting it was made in, what it says, and the
+published numbers; it states the claim as a relation between a *treatment* and a
+*baseline* arm of an experiment (``greater``: the treatment is better; ``at_least``: it is
+no worse than ``margin`` below the baseline; ``within``: the two are within ``margin`` of
+each other).  :func:`verdict` compares the paired per-seed differences ``treatment -
+baseline`` measured here with the claim and answers:
+
+- **reproduced**: the whole paired interval agrees with the claim;
+- **not reproduced**: the whole interval contradicts it;
+- **inconclusive**: the interval covers both (more seeds would decide), or there is a
+  single seed.
+
+A notebook's "against the literature" paragraph is :func:`report` of its verdicts, so its
+words follow its numbers.  A claim that is not reproduced is reported as such, with the
+measured reason the notebook passes in ``reason`` (model size, training length, data).
+
+Example::
+
+    diffs = stats.paired(df, "method", "snip", "random", metric="test_accuracy",
+                         by="sparsity")
+    row = diffs[diffs.sparsity == 0.9].iloc[0]
+    v = verdict("snip_beats_random_init", row)
+    display(Markdown(report([v])))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .registry import did_you_mean
+from .stats import mean_interval
+
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+RELATIONS = ("greater", "at_least", "within")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One published claim, as a relation between two arms of an experiment.
+
+    ``margin`` is in the metric's own units (0.01 is one point of accuracy).
+    """
+
+    key: str
+    paper: str
+    setting: str
+    statement: str
+    published: str
+    treatment: str
+    baseline: str
+    relation: str = "greater"
+    margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.relation not in RELATIONS:
+            raise ValueError(f"relation must be one of {RELATIONS}, got {self.relation!r}")
+        if self.margin < 0 or (self.relation == "within" and self.margin == 0):
+            raise ValueError(f"claim {self.key!r}: margin must be >= 0 (> 0 for 'within')")
+
+
+def _claims(*claims: Claim) -> dict[str, Claim]:
+    return {c.key: c for c in claims}
+
+
+#: The claims the notebooks test, by key.
+CLAIMS: dict[str, Claim] = _claims(
+    Claim(
+        "magnitude_beats_random_after_training",
+        "Han et al. 2015, Learning both weights and connections (NeurIPS)",
+        "LeNet-300-100 on MNIST, pruned after training, then retrained",
+        "pruning the smallest weights of a trained network loses far less than pruning at random",
+        "LeNet-300-100 pruned 12x (92%) at 1.59% error against 1.64% dense",
+        treatment="magnitude",
+        baseline="random",
+    ),
+    Claim(
+        "gradual_beats_one_shot",
+        "Zhu & Gupta 2018, To prune, or not to prune (ICLR workshop)",
+        "InceptionV3, MobileNet, LSTMs; gradual pruning against pruning once",
+        "pruning gradually during training ends more accurate than pruning once and "
+        "fine-tuning for the same budget",
+        "gradual pruning reaches 87.5% sparse InceptionV3 at -2% top-1",
+        treatment="gradual",
+        baseline="one-shot",
+    ),
+    Claim(
+        "iterative_beats_one_shot",
+        "Han et al. 2015; Frankle & Carbin 2019 (ICLR)",
+        "LeNet-300-100 and Conv-2/4/6 on MNIST/CIFAR-10",
+        "pruning in several rounds of prune-and-retrain beats pruning once at high sparsity",
+        "iterative pruning finds winning tickets at smaller sizes than one-shot",
+        treatment="iterative",
+        baseline="one-shot",
+    ),
+    Claim(
+        "init_masks_carry_layer_ratios_only",
+        "Frankle et al. 2021, Pruning neural networks at initialization: why "
+        "are we missing the mark? (ICLR)",
+        "VGG-16, ResNet-20/18 on CIFAR-10 and Tiny ImageNet, SNIP/GraSP/SynFlow",
+        "shuffling a mask found at initialisation within each layer does not hurt: the "
+        "methods find per-layer sparsities, not which weights matter",
+        "shuffled SNIP/SynFlow masks match the originals within noise up to ~98% sparsity",
+        treatment="shuffled",
+        baseline="original",
+        relation="within",
+        margin=0.01,
+    ),
+    Claim(
+        "snip_beats_random_init",
+        "Lee et al. 2019, SNIP (ICLR)",
+        "LeNet-300-100 and LeNet-5 on MNIST at 90-99% sparsity",
+        "connection sensitivity at initialisation beats a random mask",
+        "LeNet-300-100 at 95% sparse: 2.4% error",
+        treatment="snip",
+        baseline="random",
+    ),
+    Claim(
+        "woodfisher_beats_magnitude",
+        "Singh & Alistarh 2020, WoodFisher (NeurIPS)",
+        "MLP on MNIST and ResNet-50 on ImageNet, one-shot",
+        "second-order (WoodFisher) pruning keeps more accuracy than global magnitude, the "
+        "more so at high sparsity",
+        "one-shot ResNet-50 at 80%: +8.5 points over global magnitude",
+        treatment="woodfisher",
+        baseline="global_magnitude",
+    ),
+    Claim(
+        "rigl_beats_set",
+        "Evci et al. 2020, Rigging the lottery (ICML)",
+        "ResNet-50 on ImageNet, 80-90% sparse, ERK budget",
+        "growing by gradient magnitude (RigL) beats growing at random (SET)",
+        "ResNet-50 at 90%: RigL 73.0% against SET 69.6% (1x training)",
+        treatment="rigl",
+        baseline="set",
+    ),
+    Claim(
+        "set_beats_static",
+        "Mocanu et al. 2018, Scalable training ... adaptive sparse connectivity (Nat. Commun.)",
+        "MLPs on MNIST, CIFAR-10 and others",
+        "re-wiring a random sparse network during training beats keeping it fixed",
+        "SET-MLP above the static-sparse MLP on every data set",
+        treatment="set",
+        baseline="static",
+    ),
+    Claim(
+        "acdc_matches_gmp",
+        "Peste et al. 2021, AC/DC (NeurIPS)",
+        "ResNet-50 on ImageNet, 80-90% sparse, same training length",
+        "the sparse model of AC/DC matches or beats gradual magnitude pruning",
+        "ResNet-50 at 90%: AC/DC 75.0% against GMP 73.9%",
+        treatment="acdc",
+        baseline="gmp",
+        relation="at_least",
+        margin=0.005,
+    ),
+    Claim(
+        "cram_dense_matches_sgd",
+        "Peste et al. 2023, CrAM (ICLR)",
+        "ResNet-18/50 on CIFAR-10 and ImageNet",
+        "the dense model trained with CrAM is as accurate as one trained with SGD",
+        "ResNet-50 ImageNet: CrAM+ dense 77.3% against 76.9% for SGD",
+        treatment="cram",
+        baseline="sgd",
+        relation="at_least",
+        margin=0.005,
+    ),
+    Claim(
+        "tickets_beat_reinit",
+        "Frankle & Carbin 2019, The lottery ticket hypothesis (ICLR)",
+        "LeNet-300-100 on MNIST, Conv-2/4/6 on CIFAR-10",
+        "a winning ticket (mask and initial weights) trains better than the same mask "
+        "re-initialised",
+        "LeNet-300-100 at 3.6% of its weights: the ticket stays near dense accuracy while "
+        "re-initialised nets fall well below",
+        treatment="ticket",
+        baseline="reinit",
+    ),
+    Claim(
+        "large_sparse_beats_small_dense",
+        "Zhu & Gupta 2018, To prune, or not to prune (ICLR workshop)",
+        "InceptionV3, MobileNet, LSTMs at equal numbers of nonzeros",
+        "a large pruned model beats a small dense model with as many nonzero weights",
+        "sparse MobileNet 75% beats dense 0.5-width MobileNet at equal nonzeros by ~4 points",
+        treatment="large_sparse",
+        baseline="small_dense",
+    ),
+    Claim(
+        "occam_hill",
+        "Hoefler et al. 2021, survey section 8 (JMLR); Bartoldson et al. 2020 (NeurIPS)",
+        "small networks on small data; moderate pruning",
+        "moderate pruning can improve test accuracy over the dense model",
+        "gains of a fraction of a point at moderate sparsity in several studies",
+        treatment="pruned",
+        baseline="dense",
+    ),
+    Claim(
+        "unstructured_beats_channel",
+        "Mao et al. 2017, Exploring the granularity of sparsity in CNNs (CVPR workshop)",
+        "AlexNet, VGG-16, ResNet on ImageNet at equal sparsity",
+        "fine-grained (unstructured) sparsity keeps more accuracy than coarse (channel) sparsity",
+        "at equal sparsity, coarser granularity loses accuracy",
+        treatment="unstructured",
+        baseline="channel",
+    ),
+    Claim(
+        "threshold_calibration_helps_hurt_classes",
+        "Hooker et al. 2019, What do compressed deep neural networks forget? (arXiv 1911.05248)",
+        "ResNet-50 on ImageNet and CelebA; the classes pruning hurts most",
+        "pruning hurts some classes far more than the average; compensating them recovers "
+        "part of the gap",
+        "pruning-identified exemplars concentrate the loss",
+        treatment="calibrated",
+        baseline="uncalibrated",
+    ),
+    Claim(
+        "magnitude_matches_l0",
+        "Gale et al. 2019, The state of sparsity in deep neural networks (arXiv 1902.09574)",
+        "Transformer on WMT and ResNet-50 on ImageNet at equal budgets",
+        "magnitude pruning is as good as L0 regularisation and variational dropout",
+        "ResNet-50 at 90%: magnitude 73.9% against L0 and VD not better",
+        treatment="gmp",
+        baseline="l0_hard_concrete",
+        relation="at_least",
+        margin=0.01,
+    ),
+    Claim(
+        "sparse_models_transfer",
+        "Iofinova et al. 2022, How well do sparse ImageNet models transfer? (CVPR)",
+        "ResNet-50 pretrained on ImageNet, linear and full fine-tuning on 12 data sets",
+        "sparse models transfer about as well as dense ones with full fine-tuning, with a "
+        "few points lost at high sparsity",
+        "80% sparse: within about 1 point of dense on most tasks",
+        treatment="sparse",
+        baseline="dense",
+        relation="at_least",
+        margin=0.02,
+    ),
+)
+
+
+def get(key: str) -> Claim:
+    """The claim ``key`` of :data:`CLAIMS`, with a suggestion for a misspelt key."""
+    if key not in CLAIMS:
+        raise KeyError(f"unknown claim {key!r}.{did_you_mean(key, list(CLAIMS))}")
+    return CLAIMS[key]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The measured result against one claim."""
+
+    claim: Claim
+    status: str
+    mean: float
+    ci_low: float
+    ci_high: float
+    n: int
+    setting: str = ""
+    reason: str = ""
+
+    def numbers(self, scale: float = 100.0, unit: str = " points") -> str:
+        """``"+1.7 points [+0.7, +2.7], 3 seeds (paired)"``."""
+        if self.n < 2:
+            return f"{self.mean * scale:+.1f}{unit}, one seed (no interval)"
+        return (
+            f"{self.mean * scale:+.1f}{unit} [{self.ci_low * scale:+.1f}, "
+            f"{self.ci_high * scale:+.1f}], {self.n} seeds (paired)"
+        )
+
+    def sentence(self, scale: float = 100.0, unit: str = " points") -> str:
+        """The verdict in one Markdown sentence, with the published and measured numbers."""
+        c = self.claim
+        where = f" ({self.setting})" if self.setting else ""
+        text = (
+            f"**{self.status.capitalize()}**: {c.statement} ({c.paper}; {c.published}). "
+            f"Here{where}, {c.treatment} minus {c.baseline} is {self.numbers(scale, unit)}"
+        )
+        if c.relation != "greater":
+            bound = f"{c.margin * scale:.1f}{unit}"
+            text += (
+                f"; the claim allows {c.treatment} to be at most {bound} below"
+                if c.relation == "at_least"
+                else f"; the claim is a difference within ±{bound}"
+            )
+        text += "."
+        if self.reason:
+            text += f" {self.reason}"
+        return text
+
+
+def _decide(relation: str, margin: float, low: float, high: float) -> str:
+    if relation == "greater":
+        agree, contradict = low > 0, high <= 0
+    elif relation == "at_least":
+        agree, contradict = low >= -margin, high < -margin
+    else:  # within
+        agree = -margin <= low and high <= margin
+        contradict = low > margin or high < -margin
+    return REPRODUCED if agree else NOT_REPRODUCED if contradict else INCONCLUSIVE
+
+
+def verdict(
+    claim: str | Claim,
+    differences: Sequence[float] | pd.Series | Mapping,
+    *,
+    setting: str = "",
+    reason: str = "",
+    confidence: float = 0.95,
+) -> Verdict:
+    """Compare paired differences ``treatment - baseline`` with ``claim``.
+
+    ``differences`` is either the per-seed differences themselves or a row of
+    :func:`sparsity_lab.stats.paired` (``mean_diff``, ``ci_low``, ``ci_high``, ``n``).
+    ``setting`` says where it was measured ("LeNet-300-100, 90%"); ``reason`` is the
+    measured explanation a notebook gives, shown after the numbers (use it whenever the
+    claim is not reproduced).  With one seed the verdict is inconclusive.
+    """
+    claim = get(claim) if isinstance(claim, str) else claim
+    if isinstance(differences, Mapping | pd.Series) and "mean_diff" in differences:
+        mean, low, high = (float(differences[k]) for k in ("mean_diff", "ci_low", "ci_high"))
+        n = int(differences["n"])
+    else:
+        summary = mean_interval(list(differences), confidence)
+        mean, low, high, n = summary["mean"], summary["ci_low"], summary["ci_high"], summary["n"]
+    if n == 0 or math.isnan(mean):
+        raise ValueError(f"claim {claim.key!r}: no differences to judge")
+    status = INCONCLUSIVE if n < 2 else _decide(claim.relation, claim.margin, low, high)
+    return Verdict(claim, status, mean, low, high, n, setting, reason)
+
+
+def report(verdicts: Iterable[Verdict], scale: float = 100.0, unit: str = " points") -> str:
+    """A Markdown list of verdict sentences: a notebook's "against the literature" text."""
+    lines = [f"- {v.sentence(scale, unit)}" for v in verdicts]
+    if not lines:
+        raise ValueError("report needs at least one verdict")
+    return "\n".join(lines)
+
+
+def table(verdicts: Iterable[Verdict], scale: float = 100.0) -> pd.DataFrame:
+    """The verdicts as a table: claim, paper, setting, difference, interval, verdict."""
+    return pd.DataFrame(
+        [
+            {
+                "claim": v.claim.key,
+                "paper": v.claim.paper,
+                "setting": v.setting,
+                "difference": round(v.mean * scale, 2),
+                "ci_low": round(v.ci_low * scale, 2) if v.n > 1 else math.nan,
+                "ci_high": round(v.ci_high * scale, 2) if v.n > 1 else math.nan,
+                "seeds": v.n,
+                "verdict": v.status,
+            }
+            for v in verdicts
+        ]
+    )

@@ -1,0 +1,176 @@
+"""Sanity flags: the library says when a number should not be read as a result.
+
+A pruned network at chance level, a target sparsity that was not reached, a layer pruned
+away, a network whose output no longer depends on its input, a dense baseline below its
+recipe, a class the model never predicts: each of these turns a comparison into noise,
+and each is easy to miss in a table of accuracies.  :func:`check` returns the flags of one
+run as short strings; the experiment layer (:func:`sparsity_lab.recipes.evaluate_run`)
+stores them in a ``flags`` column, :func:`sparsity_lab.experiments.plot_mean_ci` marks the
+flagged points, and :func:`table` lists them next to the numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from . import masks
+
+__all__ = [
+    "SEPARATOR",
+    "chance_accuracy",
+    "check",
+    "dead_layers",
+    "disconnected",
+    "join",
+    "never_predicted",
+    "table",
+]
+
+#: Flags of one run are joined with this into the ``flags`` column ("" means none).
+SEPARATOR = "; "
+
+
+def chance_accuracy(labels: torch.Tensor | Sequence[int], n_classes: int | None = None) -> float:
+    """Accuracy of always answering the most frequent label: the floor a model must clear."""
+    labels = torch.as_tensor(labels).flatten()
+    if labels.numel() == 0:
+        raise ValueError("chance_accuracy needs at least one label")
+    counts = torch.bincount(labels, minlength=n_classes or 0)
+    return float(counts.max()) / labels.numel()
+
+
+def dead_layers(model: nn.Module) -> list[str]:
+    """Names of the masked tensors whose mask keeps nothing (a layer pruned to 100%)."""
+    return [name for name, mask in masks.masks(model).items() if not bool(mask.any())]
+
+
+@torch.no_grad()
+def disconnected(model: nn.Module, example_input: torch.Tensor, *, trials: int = 2) -> bool:
+    """True when the output no longer depends on the input: no path survives pruning.
+
+    Checked by running the model in evaluation mode on ``example_input``, ``trials`` random
+    permutations of its values (token ids stay valid) and, for real-valued inputs, its
+    negation, and comparing the outputs exactly.  A network in which every
+    path from input to output crosses a pruned-away layer computes a constant (its biases),
+    whatever it is given.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        generator = torch.Generator().manual_seed(0)
+        flat = example_input.flatten()
+        reference = model(example_input)
+        others = [flat[torch.randperm(flat.numel(), generator=generator)] for _ in range(trials)]
+        if flat.is_floating_point():
+            others.append(-flat)  # the other half of every ReLU's input range
+        for other in others:
+            other = other.reshape(example_input.shape)
+            if torch.equal(other, example_input):
+                continue
+            if not torch.equal(model(other), reference):
+                return False
+        # every distinct input gave the same output: nothing reaches it from the input
+        return not torch.equal(flat.unique(), flat[:1])
+    finally:
+        model.train(was_training)
+
+
+def never_predicted(predictions: torch.Tensor, n_classes: int) -> list[int]:
+    """The classes in ``range(n_classes)`` that ``predictions`` never contains."""
+    seen = set(torch.as_tensor(predictions).flatten().tolist())
+    return [c for c in range(n_classes) if c not in seen]
+
+
+def check(
+    *,
+    accuracy: float | None = None,
+    chance: float | None = None,
+    chance_margin: float = 0.05,
+    target_sparsity: float | None = None,
+    reached_sparsity: float | None = None,
+    sparsity_tolerance: float = 0.005,
+    model: nn.Module | None = None,
+    example_input: torch.Tensor | None = None,
+    predictions: torch.Tensor | None = None,
+    n_classes: int | None = None,
+    dense_accuracy: float | None = None,
+    expected_dense_accuracy: float | None = None,
+    dense_tolerance: float = 0.01,
+) -> list[str]:
+    """The sanity flags of one run, as short human-readable strings (empty: all clear).
+
+    Each group of arguments switches one check on; leave it out to skip the check.
+
+    - ``accuracy`` and ``chance``: at chance level when ``accuracy < chance +
+      chance_margin * (1 - chance)``, i.e. within 5% of the way from chance to perfect.
+    - ``target_sparsity`` and ``reached_sparsity``: target not reached when the reached
+      sparsity is more than ``sparsity_tolerance`` below it.
+    - ``model``: a masked tensor pruned to 100%; with ``example_input`` too, the network's
+      output no longer depending on its input (:func:`disconnected`).
+    - ``predictions`` and ``n_classes``: a class never predicted.
+    - ``dense_accuracy`` and ``expected_dense_accuracy``: the dense baseline more than
+      ``dense_tolerance`` below what its recipe is documented to reach.
+    """
+    flags = []
+    if accuracy is not None and chance is not None:
+        if accuracy < chance + chance_margin * (1 - chance):
+            flags.append(f"at chance level ({accuracy:.3f}, chance {chance:.3f})")
+    if target_sparsity is not None and reached_sparsity is not None:
+        if reached_sparsity < target_sparsity - sparsity_tolerance:
+            flags.append(
+                f"target sparsity not reached ({reached_sparsity:.3f} < {target_sparsity:.3f})"
+            )
+    if model is not None:
+        dead = dead_layers(model)
+        if dead:
+            flags.append(f"pruned to 100%: {', '.join(dead)}")
+        if example_input is not None and disconnected(model, example_input):
+            flags.append("disconnected: the output does not depend on the input")
+    if predictions is not None and n_classes is not None:
+        missing = never_predicted(predictions, n_classes)
+        if missing:
+            shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
+            flags.append(f"{len(missing)} class(es) never predicted: {shown}")
+    if dense_accuracy is not None and expected_dense_accuracy is not None:
+        if dense_accuracy < expected_dense_accuracy - dense_tolerance:
+            flags.append(
+                f"dense baseline below its recipe ({dense_accuracy:.3f} < "
+                f"{expected_dense_accuracy:.3f})"
+            )
+    return flags
+
+
+def join(flags: Iterable[str]) -> str:
+    """The flags of one run as the one string stored in a ``flags`` column."""
+    return SEPARATOR.join(flags)
+
+
+def table(df: pd.DataFrame, by: Sequence[str] | str, column: str = "flags") -> pd.DataFrame:
+    """One row per group of ``by`` that raised a flag: how many runs did, and which flags.
+
+    Empty when no run is flagged, so ``display(flags.table(...))`` shows at once whether
+    anything needs a second look.
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    if column not in df.columns:
+        raise KeyError(f"no {column!r} column; the runs must come from evaluate_run or check()")
+    flagged = df[df[column].fillna("").astype(str) != ""]
+    sizes = df.groupby(by, sort=False, dropna=False).size()
+    rows = []
+    for key, group in flagged.groupby(by, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        kinds: Mapping[str, None] = dict.fromkeys(
+            flag.split(" (")[0] for text in group[column] for flag in text.split(SEPARATOR)
+        )
+        rows.append(
+            {
+                **dict(zip(by, key, strict=True)),
+                "flagged_runs": f"{len(group)} of {int(sizes[key if len(by) > 1 else key[0]])}",
+                "flags": SEPARATOR.join(kinds),
+            }
+        )
+    return pd.DataFrame(rows, columns=[*by, "flagged_runs", "flags"])

@@ -1,0 +1,185 @@
+"""Statistics that fit the questions the notebooks ask: intervals over seeds and paired
+differences.
+
+Two methods run with the same seed share their data split, their dense model and their
+batch order, so most of the seed-to-seed spread cancels in their difference.  Comparing
+their two unpaired intervals throws that away: the question "is A better than B?" is
+answered by the interval of the per-seed differences ``A - B`` (a paired t-interval), and
+"no difference" is the honest answer when that interval covers 0.
+
+Accuracies and sparsities live in [0, 1]; a t-interval of three seeds can run past either
+end, so :func:`summarize` clips intervals of such metrics to their range.
+
+Example::
+
+    table = summarize(df, by=["method", "sparsity"], metric="test_accuracy")
+    paired(df, "method", "snip", "random", metric="test_accuracy", by=["sparsity"])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as _scipy_stats
+
+#: Metric names whose values are fractions: their intervals are clipped to [0, 1].
+FRACTION_SUFFIXES = ("accuracy", "sparsity", "density")
+
+#: The verdicts of :func:`paired`.
+BETTER, WORSE, NO_DIFFERENCE, ONE_SEED = "better", "worse", "no difference", "one seed"
+
+
+def bounds_for(metric: str) -> tuple[float, float] | None:
+    """``(0, 1)`` for a metric whose name ends in accuracy, sparsity or density, else None."""
+    return (0.0, 1.0) if metric.endswith(FRACTION_SUFFIXES) else None
+
+
+def t_half_width(std: float, n: int, confidence: float = 0.95) -> float:
+    """Half-width ``t_{(1+c)/2, n-1} * std / sqrt(n)`` of a Student-t interval (NaN if n < 2)."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n < 2:
+        return math.nan
+    return float(_scipy_stats.t.ppf((1 + confidence) / 2, n - 1) * std / math.sqrt(n))
+
+
+def mean_interval(
+    values: Sequence[float],
+    confidence: float = 0.95,
+    bounds: tuple[float, float] | None = None,
+) -> dict[str, float]:
+    """``{"mean", "std", "n", "ci_low", "ci_high"}`` of ``values`` (NaNs dropped).
+
+    ``bounds`` clips the interval (not the mean) to a range, e.g. ``(0, 1)`` for accuracy.
+    One value gives a NaN interval: one run says nothing about the spread.
+    """
+    array = np.asarray(values, dtype=float)
+    array = array[~np.isnan(array)]
+    n = len(array)
+    mean = float(array.mean()) if n else math.nan
+    std = float(array.std(ddof=1)) if n > 1 else math.nan
+    half = t_half_width(std, n, confidence)
+    low, high = mean - half, mean + half
+    if bounds is not None and n > 1:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"mean": mean, "std": std, "n": n, "ci_low": low, "ci_high": high}
+
+
+def summarize(
+    df: pd.DataFrame,
+    by: Sequence[str] | str,
+    metric: str,
+    confidence: float = 0.95,
+    bounds: tuple[float, float] | None | str = "auto",
+) -> pd.DataFrame:
+    """Mean, standard deviation, count and Student-t confidence interval of ``metric``.
+
+    One row per group of ``by`` (in order of first appearance), columns
+    ``by + [mean, std, n, ci_low, ci_high]`` with ``mean ± t_{(1+c)/2, n-1} · std / √n``.
+    A group with one value gets a NaN interval.  ``bounds="auto"`` clips the interval to
+    [0, 1] for fractions (:func:`bounds_for`); pass a pair, or None for no clipping.
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    missing = [c for c in [*by, metric] if c not in df.columns]
+    if missing:
+        raise KeyError(f"columns {missing} are not in the DataFrame; it has {list(df.columns)}")
+    if bounds == "auto":
+        bounds = bounds_for(metric)
+    # dropna=False keeps groups whose key is None/NaN (e.g. lr_schedule=None).
+    groups = df.groupby(by, sort=False, dropna=False)[metric] if by else [((), df[metric])]
+    rows = []
+    for key, values in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append(
+            {**dict(zip(by, key, strict=True)), **mean_interval(values, confidence, bounds)}
+        )
+    return pd.DataFrame(rows, columns=[*by, "mean", "std", "n", "ci_low", "ci_high"])
+
+
+def paired(
+    df: pd.DataFrame,
+    column: str,
+    treatment: object,
+    baseline: object,
+    *,
+    metric: str,
+    by: Sequence[str] | str = (),
+    pair_on: Sequence[str] | str = "seed",
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Paired differences ``treatment - baseline`` of ``metric``, matched on ``pair_on``.
+
+    ``df`` holds rows of both arms: ``df[column] == treatment`` and ``== baseline``.  Rows
+    are matched on ``by`` and ``pair_on`` (the seed: same split, same dense model, same
+    batch order).  Returns one row per group of ``by``: ``mean_diff``, ``std``, ``n`` (the
+    number of pairs), ``ci_low``, ``ci_high`` (a paired Student-t interval) and
+    ``verdict``: ``"better"`` or ``"worse"`` when the interval excludes 0, ``"no
+    difference"`` when it covers 0, ``"one seed"`` when there is a single pair.
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    pair_on = [pair_on] if isinstance(pair_on, str) else list(pair_on)
+    missing = [c for c in [column, metric, *by, *pair_on] if c not in df.columns]
+    if missing:
+        raise KeyError(f"columns {missing} are not in the DataFrame; it has {list(df.columns)}")
+    keys = [*by, *pair_on]
+    arms = []
+    for value, name in ((treatment, "treatment"), (baseline, "baseline")):
+        arm = df[df[column] == value]
+        if arm.empty:
+            present = list(dict.fromkeys(df[column]))
+            raise ValueError(f"no rows with {column} == {value!r}; the column holds {present}")
+        if arm.duplicated(keys).any():
+            raise ValueError(
+                f"several rows with {column} == {value!r} share {keys}; add the column that "
+                "tells them apart to `by`"
+            )
+        arms.append(arm[[*keys, metric]].rename(columns={metric: name}))
+    merged = arms[0].merge(arms[1], on=keys, how="inner")
+    if merged.empty:
+        raise ValueError(f"no {pair_on} value is shared by {treatment!r} and {baseline!r}")
+    merged["diff"] = merged["treatment"] - merged["baseline"]
+    groups = merged.groupby(by, sort=False, dropna=False)["diff"] if by else [((), merged["diff"])]
+    rows = []
+    for key, diffs in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        summary = mean_interval(diffs, confidence)
+        rows.append(
+            {
+                **dict(zip(by, key, strict=True)),
+                "mean_diff": summary["mean"],
+                "std": summary["std"],
+                "n": summary["n"],
+                "ci_low": summary["ci_low"],
+                "ci_high": summary["ci_high"],
+                "verdict": verdict_of(summary["ci_low"], summary["ci_high"], summary["n"]),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=[*by, "mean_diff", "std", "n", "ci_low", "ci_high", "verdict"]
+    )
+
+
+def verdict_of(ci_low: float, ci_high: float, n: int) -> str:
+    """``"better"``/``"worse"`` when the interval excludes 0, else ``"no difference"``."""
+    if n < 2:
+        return ONE_SEED
+    if ci_low > 0:
+        return BETTER
+    if ci_high < 0:
+        return WORSE
+    return NO_DIFFERENCE
+
+
+def describe(row: pd.Series | dict, *, scale: float = 100.0, unit: str = " points") -> str:
+    """A row of :func:`paired` in words: ``"+1.7 points [+0.7, +2.7], 3 seeds: better"``."""
+    n = int(row["n"])
+    mean = row["mean_diff"] * scale
+    if n < 2:
+        return f"{mean:+.1f}{unit} (one seed, no interval)"
+    low, high = row["ci_low"] * scale, row["ci_high"] * scale
+    return f"{mean:+.1f}{unit} [{low:+.1f}, {high:+.1f}], {n} seeds: {row['verdict']}"

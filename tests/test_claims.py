@@ -1,0 +1,80 @@
+"""Claim verdicts: every relation on intervals that agree, contradict and straddle."""
+
+import pandas as pd
+import pytest
+
+from sparsity_lab import claims, stats
+
+
+def test_every_claim_is_complete_and_cited():
+    assert len(claims.CLAIMS) >= 10
+    for key, claim in claims.CLAIMS.items():
+        assert claim.key == key
+        for text in (claim.paper, claim.setting, claim.statement, claim.published):
+            assert text.strip(), key
+        assert any(ch.isdigit() for ch in claim.paper), f"{key}: the citation needs a year"
+
+
+@pytest.mark.parametrize(
+    ("diffs", "status"),
+    [
+        ([0.05, 0.06, 0.055], claims.REPRODUCED),
+        ([-0.05, -0.06, -0.055], claims.NOT_REPRODUCED),
+        ([0.02, -0.01, 0.005], claims.INCONCLUSIVE),
+        ([0.05], claims.INCONCLUSIVE),  # one seed decides nothing
+    ],
+)
+def test_greater(diffs, status):
+    assert claims.verdict("snip_beats_random_init", diffs).status == status
+
+
+def test_within_margin():
+    key = "init_masks_carry_layer_ratios_only"  # margin 0.01
+    assert claims.verdict(key, [0.001, -0.002, 0.0]).status == claims.REPRODUCED
+    assert claims.verdict(key, [-0.05, -0.06, -0.07]).status == claims.NOT_REPRODUCED
+    assert claims.verdict(key, [-0.01, -0.03, 0.0]).status == claims.INCONCLUSIVE
+
+
+def test_at_least_allows_the_margin_below():
+    key = "acdc_matches_gmp"  # margin 0.005
+    assert claims.verdict(key, [-0.001, 0.0, -0.002]).status == claims.REPRODUCED
+    assert claims.verdict(key, [-0.02, -0.025, -0.03]).status == claims.NOT_REPRODUCED
+
+
+def test_verdict_takes_a_row_of_paired():
+    df = pd.DataFrame(
+        [{"m": "snip", "seed": s, "acc": 0.9 + s / 100} for s in range(3)]
+        + [{"m": "random", "seed": s, "acc": 0.5 + s / 50} for s in range(3)]
+    )
+    row = stats.paired(df, "m", "snip", "random", metric="acc").iloc[0]
+    v = claims.verdict("snip_beats_random_init", row, setting="toy")
+    assert v.status == claims.REPRODUCED
+    assert v.n == 3
+    assert v.mean == pytest.approx(row["mean_diff"])
+
+
+def test_sentence_carries_the_numbers_the_paper_and_the_reason():
+    v = claims.verdict(
+        "rigl_beats_set",
+        [-0.02, -0.03, -0.025],
+        setting="CNN on MNIST-1D, 95%",
+        reason="Both train for 20 epochs, a fifth of RigL's shortest schedule.",
+    )
+    text = claims.report([v])
+    assert text.startswith("- **Not reproduced**")
+    assert "-2.5 points" in text
+    assert "Evci et al. 2020" in text
+    assert "CNN on MNIST-1D, 95%" in text
+    assert "a fifth of RigL's" in text
+    table = claims.table([v])
+    assert table.loc[0, "verdict"] == "not reproduced"
+    assert table.loc[0, "difference"] == pytest.approx(-2.5)
+
+
+def test_errors():
+    with pytest.raises(KeyError, match="rigl_beats_set"):
+        claims.get("rigl_beat_set")
+    with pytest.raises(ValueError, match="no differences"):
+        claims.verdict("rigl_beats_set", [])
+    with pytest.raises(ValueError, match="relation"):
+        claims.Claim("k", "p 2020", "s", "c", "n", "a", "b", relation="bigger")

@@ -1,0 +1,90 @@
+"""Sanity flags, each raised on a constructed case and silent on a healthy one."""
+
+import pandas as pd
+import torch
+from torch import nn
+
+from sparsity_lab import flags, masks
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 3))
+
+
+def test_chance_accuracy_is_the_majority_class_rate():
+    assert flags.chance_accuracy(torch.tensor([0, 0, 0, 1])) == 0.75
+    assert flags.chance_accuracy([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]) == 0.1
+
+
+def test_at_chance_level():
+    assert flags.check(accuracy=0.11, chance=0.1)[0].startswith("at chance level")
+    assert flags.check(accuracy=0.52, chance=0.5)  # binary: 0.525 is the line
+    assert flags.check(accuracy=0.30, chance=0.1) == []
+
+
+def test_target_sparsity_not_reached():
+    (flag,) = flags.check(target_sparsity=0.9, reached_sparsity=0.6)
+    assert "not reached" in flag and "0.600" in flag and "0.900" in flag
+    assert flags.check(target_sparsity=0.9, reached_sparsity=0.8999) == []
+
+
+def test_a_layer_pruned_to_100_percent():
+    model = _mlp()
+    masks.attach(model, "2.weight", torch.zeros(4, 8))
+    assert flags.dead_layers(model) == ["2.weight"]
+    found = flags.check(model=model, example_input=torch.randn(5, 6))
+    assert any("pruned to 100%: 2.weight" in f for f in found)
+    assert any(f.startswith("disconnected") for f in found)
+
+
+def test_disconnected_without_any_empty_layer():
+    """fc1 keeps inputs only for units 0-3, fc2 reads only units 4-7: no path survives,
+    though neither layer is empty."""
+    model = _mlp()
+    first = torch.zeros(8, 6)
+    first[:4] = 1
+    second = torch.zeros(4, 8)
+    second[:, 4:] = 1
+    masks.attach(model, "0.weight", first)
+    masks.attach(model, "2.weight", second)
+    assert flags.dead_layers(model) == []
+    assert flags.disconnected(model, torch.randn(5, 6))
+    second[:, :4] = 1  # paths through units 0-3 (on a fresh model: masking zeroed weights)
+    model = _mlp()
+    masks.attach(model, "0.weight", first)
+    masks.attach(model, "2.weight", second)
+    assert not flags.disconnected(model, torch.randn(5, 6))
+
+
+def test_a_healthy_model_raises_nothing():
+    model = _mlp()
+    masks.attach(model, "0.weight", (torch.rand(8, 6) > 0.5).float())
+    assert flags.check(model=model, example_input=torch.randn(5, 6)) == []
+
+
+def test_a_class_never_predicted():
+    assert flags.never_predicted(torch.tensor([0, 1, 1, 3]), 4) == [2]
+    (flag,) = flags.check(predictions=torch.tensor([0, 0, 0]), n_classes=3)
+    assert flag == "2 class(es) never predicted: 1, 2"
+
+
+def test_dense_baseline_below_its_recipe():
+    (flag,) = flags.check(dense_accuracy=0.85, expected_dense_accuracy=0.90)
+    assert flag.startswith("dense baseline below its recipe")
+    assert flags.check(dense_accuracy=0.895, expected_dense_accuracy=0.90) == []
+
+
+def test_table_lists_flagged_groups_only():
+    df = pd.DataFrame(
+        {
+            "method": ["a", "a", "b", "b"],
+            "seed": [0, 1, 0, 1],
+            "flags": [flags.join(["at chance level (0.1, chance 0.1)"]), "", "", ""],
+        }
+    )
+    out = flags.table(df, "method")
+    assert out.to_dict("records") == [
+        {"method": "a", "flagged_runs": "1 of 2", "flags": "at chance level"}
+    ]
+    assert flags.table(df[df.method == "b"], "method").empty

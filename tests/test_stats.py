@@ -1,0 +1,112 @@
+"""Paired statistics and clipped intervals, checked against hand computations."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from sparsity_lab import stats
+
+T_975_2 = 4.302652729911275  # Student-t quantile for 95% and 2 degrees of freedom
+
+
+def _runs(baseline: list[float], treatment: list[float]) -> pd.DataFrame:
+    rows = [{"method": "base", "seed": s, "acc": a} for s, a in enumerate(baseline)]
+    rows += [{"method": "new", "seed": s, "acc": a} for s, a in enumerate(treatment)]
+    return pd.DataFrame(rows)
+
+
+def test_mean_interval_matches_the_hand_formula():
+    out = stats.mean_interval([0.02, 0.03, 0.01])
+    half = T_975_2 * 0.01 / math.sqrt(3)
+    assert out["mean"] == pytest.approx(0.02)
+    assert out["std"] == pytest.approx(0.01)
+    assert out["n"] == 3
+    assert out["ci_low"] == pytest.approx(0.02 - half)
+    assert out["ci_high"] == pytest.approx(0.02 + half)
+
+
+def test_one_value_has_no_interval():
+    out = stats.mean_interval([0.5])
+    assert out["mean"] == 0.5
+    assert math.isnan(out["ci_low"]) and math.isnan(out["ci_high"])
+
+
+def test_paired_difference_by_hand():
+    # per-seed differences 0.10, 0.11, 0.12: mean 0.11, std 0.01
+    df = _runs([0.80, 0.70, 0.60], [0.90, 0.81, 0.72])
+    (row,) = stats.paired(df, "method", "new", "base", metric="acc").to_dict("records")
+    half = T_975_2 * 0.01 / math.sqrt(3)
+    assert row["mean_diff"] == pytest.approx(0.11)
+    assert row["ci_low"] == pytest.approx(0.11 - half)
+    assert row["ci_high"] == pytest.approx(0.11 + half)
+    assert row["n"] == 3
+    assert row["verdict"] == "better"
+
+
+def test_pairing_finds_what_overlapping_unpaired_intervals_hide():
+    baseline = [0.80, 0.90, 0.70]
+    df = _runs(baseline, [b + d for b, d in zip(baseline, [0.020, 0.021, 0.019], strict=True)])
+    unpaired = stats.summarize(df, "method", "acc").set_index("method")
+    assert unpaired.loc["new", "ci_low"] < unpaired.loc["base", "mean"]  # the bands overlap
+    (row,) = stats.paired(df, "method", "new", "base", metric="acc").to_dict("records")
+    assert row["verdict"] == "better"
+    assert row["ci_low"] > 0.015
+
+
+def test_an_interval_that_covers_zero_says_no_difference():
+    df = _runs([0.80, 0.80, 0.80], [0.82, 0.79, 0.81])
+    (row,) = stats.paired(df, "method", "new", "base", metric="acc").to_dict("records")
+    assert row["ci_low"] < 0 < row["ci_high"]
+    assert row["verdict"] == "no difference"
+    assert stats.paired(df, "method", "base", "new", metric="acc")["verdict"][0] == (
+        "no difference"
+    )
+
+
+def test_worse_and_one_seed():
+    df = _runs([0.9, 0.9, 0.9], [0.5, 0.52, 0.49])
+    assert stats.paired(df, "method", "new", "base", metric="acc")["verdict"][0] == "worse"
+    one = _runs([0.9], [0.5])
+    row = stats.paired(one, "method", "new", "base", metric="acc").iloc[0]
+    assert row["verdict"] == "one seed"
+    assert "one seed" in stats.describe(row)
+
+
+def test_paired_only_uses_seeds_both_arms_have_and_groups_by():
+    rows = [
+        {"m": m, "s": sp, "seed": seed, "acc": 0.5 + (0.1 if m == "a" else 0) + seed / 100}
+        for m in ("a", "b")
+        for sp in (0.5, 0.9)
+        for seed in range(3)
+    ]
+    rows.append({"m": "a", "s": 0.5, "seed": 7, "acc": 0.0})  # no partner: left out
+    out = stats.paired(pd.DataFrame(rows), "m", "a", "b", metric="acc", by="s")
+    assert list(out["s"]) == [0.5, 0.9]
+    assert list(out["n"]) == [3, 3]
+    assert out["mean_diff"].tolist() == pytest.approx([0.1, 0.1])
+
+
+def test_paired_errors_say_what_is_wrong():
+    df = _runs([0.8, 0.7], [0.9, 0.8])
+    with pytest.raises(ValueError, match="no rows with method == 'typo'"):
+        stats.paired(df, "method", "typo", "base", metric="acc")
+    with pytest.raises(KeyError, match="not in the DataFrame"):
+        stats.paired(df, "method", "new", "base", metric="accuracy")
+    doubled = pd.concat([df, df])
+    with pytest.raises(ValueError, match="add the column"):
+        stats.paired(doubled, "method", "new", "base", metric="acc")
+
+
+def test_accuracy_intervals_are_clipped_to_0_1():
+    df = pd.DataFrame({"g": ["x"] * 3, "test_accuracy": [0.99, 1.0, 0.96]})
+    clipped = stats.summarize(df, "g", "test_accuracy").iloc[0]
+    raw = stats.summarize(df, "g", "test_accuracy", bounds=None).iloc[0]
+    assert raw["ci_high"] > 1
+    assert clipped["ci_high"] == 1.0
+    assert clipped["ci_low"] == pytest.approx(raw["ci_low"])
+    low = pd.DataFrame({"g": ["x"] * 3, "test_accuracy": [0.0, 0.02, 0.0]})
+    assert stats.summarize(low, "g", "test_accuracy")["ci_low"][0] == 0.0
+    # a metric that is not a fraction is left alone
+    loss = pd.DataFrame({"g": ["x"] * 3, "loss": [0.0, 0.02, 0.0]})
+    assert stats.summarize(loss, "g", "loss")["ci_low"][0] < 0

@@ -21,6 +21,7 @@ retrained from a fresh model.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -349,6 +350,38 @@ def train_dense(
         )
     )
     return model, info
+
+
+_DENSE_MODELS: dict[str, tuple[Task, nn.Module, dict[str, Any]]] = {}
+
+
+def dense(
+    model_name: str,
+    data_name: str,
+    seed: int = 0,
+    *,
+    epochs: int | None = None,
+    cache_dir: str | os.PathLike | bool | None = None,
+    **data_options: Any,
+) -> tuple[Task, nn.Module, dict[str, Any]]:
+    """``(task, model, info)``: the recipe's dense model of a setting, for one seed.
+
+    What every notebook and benchmark starts from.  Trained once per process (and cached on
+    disk, see :func:`train_dense`); each call returns a fresh copy of the model, so pruning
+    it never changes what the next call gets.  ``epochs`` overrides the recipe's (a smoke
+    run); ``data_options`` go to :func:`task`.
+    """
+    key = json.dumps(
+        [model_name, data_name, seed, epochs, str(cache_dir), data_options],
+        sort_keys=True,
+        default=str,
+    )
+    if key not in _DENSE_MODELS:
+        t = task(model_name, data_name, seed=seed, **data_options)
+        model, info = train_dense(t, epochs=epochs, cache_dir=cache_dir, progress=False)
+        _DENSE_MODELS[key] = (t, model, info)
+    t, model, info = _DENSE_MODELS[key]
+    return t, copy.deepcopy(model), dict(info)
 
 
 # --------------------------------------------------------------------- the shared protocol

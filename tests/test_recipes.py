@@ -391,3 +391,16 @@ def test_evaluate_run_flags_an_emptied_network(digits_task, dense_model):
         assert expected in run["flags"], expected
     with pytest.raises(ValueError, match="'val' or 'test'"):
         recipes.evaluate_run(model, digits_task, split="train")
+
+
+def test_dense_trains_once_and_hands_out_independent_copies(tmp_path):
+    t, first, info = recipes.dense("lenet300", "digits", 0, epochs=1, cache_dir=tmp_path)
+    _, second, again = recipes.dense("lenet300", "digits", 0, epochs=1, cache_dir=tmp_path)
+    assert first is not second
+    assert _states_equal(first.state_dict(), second.state_dict())
+    assert info == again
+    sl.prune(first, "magnitude", 0.9)
+    _, third, _ = recipes.dense("lenet300", "digits", 0, epochs=1, cache_dir=tmp_path)
+    assert masks.masks(third) == {}
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    assert t.seed == 0

@@ -63,10 +63,13 @@ def _prune(args: argparse.Namespace) -> int:
     model, dense = recipes.train_dense(
         t, epochs=args.epochs, lr=args.lr, cache_dir=cache, progress=args.progress
     )
-    source = "loaded from cache" if dense["cached"] else f"trained for {args.epochs} epochs"
+    epochs = dense["recipe"].epochs
+    source = "loaded from cache" if dense["cached"] else f"trained for {epochs} epochs"
     print(
         f"dense {args.model} on {args.data} ({source}): test accuracy {dense['test_accuracy']:.4f}"
     )
+    if dense["flags"]:
+        print(f"warning: {dense['flags']}")
     result = recipes.prune_and_finetune(
         model,
         t,
@@ -199,8 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default="global", help="global, uniform, er or erk")
     p.add_argument("--dense", nargs="*", default=[], help="weights kept dense, e.g. fc3.weight")
     p.add_argument("--exclude", nargs="*", default=[], help="weights left out of pruning")
-    p.add_argument("--epochs", type=int, default=10, help="dense training epochs")
-    p.add_argument("--lr", type=float, default=0.05, help="dense learning rate")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="dense training epochs (default: the recipe's)"
+    )
+    p.add_argument(
+        "--lr", type=float, default=None, help="dense learning rate (default: the recipe's)"
+    )
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--finetune-lr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
@@ -258,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{args.sparsity:g}; leave out --sparsity"
             )
         # the dense model must be trained, fine-tuning may be skipped
-        if args.epochs < 1:
+        if args.epochs is not None and args.epochs < 1:
             parser.error(f"--epochs must be >= 1, got {args.epochs}")
         if args.command == "prune" and args.finetune_epochs < 0:
             parser.error(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")

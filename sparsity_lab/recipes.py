@@ -287,21 +287,26 @@ def train_dense(
     epochs: int | None = None,
     lr: float | None = None,
     optimizer: str | None = None,
+    recipe: Recipe | None = None,
     cache_dir: str | os.PathLike | bool | None = None,
     progress: bool | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train the task's dense model with its recipe, or load it from the checkpoint cache.
 
     ``epochs``, ``lr`` and ``optimizer`` override the recipe (a smoke run trains for fewer
-    epochs).  Returns the model and ``{"val_accuracy", "test_accuracy", "cached",
-    "recipe", "expected_test_accuracy", "flags"}``: the flags say when the model is below
+    epochs); ``recipe`` replaces it whole (a tuning sweep tries candidates this way).
+
+    Returns the model and ``{"val_accuracy", "test_accuracy", "cached", "recipe",
+    "expected_test_accuracy", "flags"}``: the flags say when the model is below
     the accuracy its recipe is documented to reach (checked only when the task uses the
     default data and the recipe's settings).  ``cache_dir=None`` uses
     :func:`default_cache_dir`; pass ``False`` to never cache.
     """
     base = recipe_for(t.model_name, t.data_name)
     overrides = {"epochs": epochs, "lr": lr, "optimizer": optimizer}
-    recipe = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    recipe = dataclasses.replace(
+        recipe or base, **{k: v for k, v in overrides.items() if v is not None}
+    )
     key = {
         "model": t.model_name,
         "data": t.data_name,
@@ -323,15 +328,19 @@ def train_dense(
         directory = Path(cache_dir or default_cache_dir())
         _writable_cache(directory)
         path = directory / f"{t.model_name}-{t.data_name}-{digest}.pt"
+
+    def build() -> nn.Module:
+        return t.build(**recipe.model_options)
+
     model, cached = None, False
     if path is not None and path.exists():
         try:
-            model, cached = _load_checkpoint(path, t.build), True
+            model, cached = _load_checkpoint(path, build), True
         except Exception as err:  # a damaged, foreign or stale file: retrain from scratch
             warnings.warn(f"ignoring unreadable checkpoint {path}: {err}; retraining", stacklevel=2)
     train, val, test = t.loaders(recipe.batch_size)
     if model is None:
-        model = t.build()  # a fresh model: nothing of a bad file can leak into it
+        model = build()  # a fresh model: nothing of a bad file can leak into it
         fit(model, train, val, seed=t.seed, progress=progress, **recipe.training())
         if path is not None:
             _save_checkpoint(model, path)

@@ -437,7 +437,8 @@ def prune_by_sensitivity(
     Measures the curves with :func:`measure_sensitivity` on ``data``, turns them into one
     sparsity per layer with :func:`sensitivity_budget` (the total meets ``sparsity``), and
     prunes each layer of ``model`` in place to its sparsity with ``method``.  Returns the
-    plan ``{name: sparsity}``.
+    plan ``{name: sparsity}``.  Pass validation data: the sweep *chooses* the allocation,
+    so it must not see the data the pruned model is reported on.
     """
     from .patterns import get as get_pattern
     from .pruning import default_targets, prune  # lazy: pruning imports this module

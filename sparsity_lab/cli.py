@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 
@@ -269,6 +271,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--epochs must be >= 1, got {args.epochs}")
         if args.command == "prune" and args.finetune_epochs < 0:
             parser.error(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+        # a whole run must never be lost to a path that cannot be written at its end
+        if args.save:
+            folder = Path(args.save).resolve().parent
+            if not folder.is_dir() or not os.access(folder, os.W_OK):
+                parser.error(
+                    f"--save {args.save}: the folder {folder} does not exist or is not "
+                    "writable; create it first (nothing was trained)"
+                )
     try:
         return args.run(args)
     except (KeyError, ValueError, TypeError) as err:

@@ -398,3 +398,25 @@ def test_train_cram_prunes_once_after_training(capsys):
     assert re.search(r"with cram .* sparsity 0\.0000", out)
     assert _number_after("one-shot pruned to sparsity", out) == pytest.approx(0.8, abs=1e-4)
     assert _rows(out)["total"]["nonzeros"] == KEPT_AT_80
+
+
+@pytest.mark.parametrize("command", ["prune", "train"])
+def test_save_into_a_missing_folder_fails_before_any_training(capsys, tmp_path, command):
+    target = tmp_path / "missing" / "model.pt"
+    extra = ["--model", "lenet300", "--data", "digits"] if command == "prune" else []
+    with pytest.raises(SystemExit):
+        main(
+            [
+                command,
+                "--method",
+                "magnitude" if command == "prune" else "gmp",
+                "--sparsity",
+                "0.5",
+                "--save",
+                str(target),
+                *extra,
+            ]
+        )
+    err = capsys.readouterr().err
+    assert "nothing was trained" in err
+    assert not target.parent.exists()

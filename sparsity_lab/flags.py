@@ -127,14 +127,14 @@ def check(
     if model is not None:
         dead = dead_layers(model)
         if dead:
-            flags.append(f"pruned to 100%: {', '.join(dead)}")
+            flags.append(f"layer pruned to 100% ({', '.join(dead)})")
         if example_input is not None and disconnected(model, example_input):
-            flags.append("disconnected: the output does not depend on the input")
+            flags.append("disconnected (the output does not depend on the input)")
     if predictions is not None and n_classes is not None:
         missing = never_predicted(predictions, n_classes)
         if missing:
             shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
-            flags.append(f"{len(missing)} class(es) never predicted: {shown}")
+            flags.append(f"class never predicted ({len(missing)}: {shown})")
     if dense_accuracy is not None and expected_dense_accuracy is not None:
         if dense_accuracy < expected_dense_accuracy - dense_tolerance:
             flags.append(
@@ -150,8 +150,10 @@ def join(flags: Iterable[str]) -> str:
 
 
 def table(df: pd.DataFrame, by: Sequence[str] | str, column: str = "flags") -> pd.DataFrame:
-    """One row per group of ``by`` that raised a flag: how many runs did, and which flags.
+    """One row per group of ``by`` that raised a flag: how many runs did, and which kinds.
 
+    A flag's kind is its text before the parenthesis (``"at chance level"``), so runs of
+    one group that raised the same kind with other numbers are listed once.
     Empty when no run is flagged, so ``display(flags.table(...))`` shows at once whether
     anything needs a second look.
     """

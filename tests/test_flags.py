@@ -34,7 +34,7 @@ def test_a_layer_pruned_to_100_percent():
     masks.attach(model, "2.weight", torch.zeros(4, 8))
     assert flags.dead_layers(model) == ["2.weight"]
     found = flags.check(model=model, example_input=torch.randn(5, 6))
-    assert any("pruned to 100%: 2.weight" in f for f in found)
+    assert any("layer pruned to 100% (2.weight)" in f for f in found)
     assert any(f.startswith("disconnected") for f in found)
 
 
@@ -66,7 +66,7 @@ def test_a_healthy_model_raises_nothing():
 def test_a_class_never_predicted():
     assert flags.never_predicted(torch.tensor([0, 1, 1, 3]), 4) == [2]
     (flag,) = flags.check(predictions=torch.tensor([0, 0, 0]), n_classes=3)
-    assert flag == "2 class(es) never predicted: 1, 2"
+    assert flag == "class never predicted (2: 1, 2)"
 
 
 def test_dense_baseline_below_its_recipe():

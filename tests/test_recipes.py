@@ -382,7 +382,7 @@ def test_evaluate_run_flags_an_emptied_network(digits_task, dense_model):
     masks.attach(model, "fc2.weight", torch.zeros(100, 300))
     run = recipes.evaluate_run(model, digits_task, target_sparsity=0.9)
     for expected in (
-        "pruned to 100%: fc2.weight",
+        "layer pruned to 100% (fc2.weight)",
         "disconnected",
         "at chance level",
         "never predicted",

@@ -23,8 +23,6 @@
 # said otherwise) stay fixed, so that only the *when* changes.
 
 # %%
-import copy
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -39,7 +37,7 @@ SMOKE = False
 SEED = 0
 SEEDS = [0, 1, 2]
 DATA = "mnist"
-EPOCHS = 10
+EPOCHS = None  # None: the recipe's number of epochs, for every run of the notebook
 FINETUNE_EPOCHS = 3
 TARGET = 0.95
 INIT_SPARSITIES = [0.8, 0.9, 0.95, 0.98]
@@ -48,11 +46,11 @@ IMP_EPOCHS = 8
 
 # %%
 if SMOKE:  # a quick pass through every cell, for CI
-    SEEDS = SEEDS[:1]
+    SEEDS = SEEDS[:2]
     DATA = "digits"
     EPOCHS = 4
     FINETUNE_EPOCHS = 1
-    INIT_SPARSITIES = [0.8, 0.95]
+    INIT_SPARSITIES = [0.95, 0.98]
     IMP_ROUNDS = 2
     IMP_EPOCHS = 2
 info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
@@ -122,18 +120,28 @@ table.index = [199, 200, 350, 500, 799, 800]
 print(table.round(4).to_string())
 
 # %% [markdown]
-# ## One shot, iterative, gradual, IHT and DSD, on the same budget
+# ## One shot, iterative, gradual and IHT, on the same budget
 #
-# LeNet-300-100 learns to read MNIST digits for a fixed number of epochs, and each
-# schedule brings it to the same target sparsity within that run (DSD excepted: it ends
-# dense by design).  The pruner is the same `ScheduledPruning` callback with the magnitude
-# criterion and a global budget; only the schedule changes.  The classic recipe, "train,
-# prune once, fine-tune", gets its own extra fine-tuning epochs on top.
+# LeNet-300-100 learns to read digits with its setting's recipe (`recipes.recipe_for`: the
+# optimizer, learning rate, schedule and number of epochs), and each schedule brings it to
+# the same target sparsity within that one run; DSD ends dense by design.  The pruner is
+# the same `ScheduledPruning` callback with the magnitude criterion and a global budget;
+# only the schedule changes, and every run has the same epochs and steps.  What differs is
+# how long each run is sparse, so a callback counts the training FLOPs as they happen
+# (three forward passes of two FLOPs per nonzero weight, per example, as
+# `recipes.training_flops` counts them).  Two references sit beside the schedules: the
+# dense model of the same recipe (`recipes.dense`: same epochs, same seed, same batch
+# order) and the classic "train dense, prune once, fine-tune", which spends extra
+# fine-tuning epochs on top.
 
 # %%
+RECIPE = recipes.recipe_for("lenet300", DATA)
+TRAINING = {**RECIPE.training(), "epochs": EPOCHS or RECIPE.epochs}
 task0 = recipes.task("lenet300", DATA, seed=SEED)
+sizes = {split: len(getattr(task0.bundle, split)) for split in ("train", "val", "test")}
 steps_per_epoch = len(task0.loaders()[0])
-total = EPOCHS * steps_per_epoch
+total = TRAINING["epochs"] * steps_per_epoch
+n_weights = int(sl.report(task0.build()).set_index("name").loc["total", "parameters"])
 
 
 def schedule_setup(name):
@@ -148,63 +156,75 @@ def schedule_setup(name):
     }[name]
 
 
+class CountFlops(sl.train.Callback):
+    """Training FLOPs as they happen: 3 forward passes of 2 FLOPs per nonzero weight."""
+
+    def __init__(self):
+        self.flops = 0.0
+
+    def on_step_begin(self, trainer):
+        found = sl.masks.masks(trainer.model)
+        zeros = sum(int(m.numel() - m.sum()) for m in found.values())
+        self.flops += 3 * 2 * (n_weights - zeros) * len(trainer.batch[0])
+
+
 def during_training(schedule, seed):
     t = recipes.task("lenet300", DATA, seed=seed)
-    train, val, test = t.loaders()
+    train, val, _ = t.loaders(RECIPE.batch_size)
     model = t.build()
     pruner = ScheduledPruning("magnitude", TARGET, schedule=schedule, **schedule_setup(schedule))
-    sl.train.fit(
-        model,
-        train,
-        val,
-        epochs=EPOCHS,
-        lr=0.05,
-        lr_schedule="cosine",
-        seed=seed,
-        callbacks=[pruner],
-    )
+    counter = CountFlops()
+    sl.train.fit(model, train, val, seed=seed, callbacks=[pruner, counter], **TRAINING)
+    run = recipes.evaluate_run(model, t, target_sparsity=None if schedule == "dsd" else TARGET)
     return {
-        "test_accuracy": sl.train.evaluate(model, test)["accuracy"],
-        "sparsity": sl.sparsity(model),
+        "test_accuracy": run["accuracy"],
+        "measured_sparsity": run["sparsity"],
+        "epochs": TRAINING["epochs"],
+        "training_flops": counter.flops,
+        "flags": run["flags"],
         "log": pruner.log,
     }
 
 
-dense_models = {}
+def dense_reference(seed):
+    t, model, dense = recipes.dense("lenet300", DATA, seed, epochs=EPOCHS)
+    run = recipes.evaluate_run(model, t)
+    return {
+        "test_accuracy": run["accuracy"],
+        "measured_sparsity": run["sparsity"],
+        "epochs": TRAINING["epochs"],
+        "training_flops": recipes.training_flops(model, sizes["train"], TRAINING["epochs"]),
+        "flags": sl.flags.join(f for f in (dense["flags"], run["flags"]) if f),
+    }
 
 
-def trained_dense(seed):
-    """The dense model of a seed, trained once and copied for each use."""
-    if seed not in dense_models:
-        t = recipes.task("lenet300", DATA, seed=seed)
-        dense_models[seed] = (t, *recipes.train_dense(t, epochs=EPOCHS, cache_dir=False))
-    t, model, dense = dense_models[seed]
-    return t, copy.deepcopy(model), dense
-
-
-def after_training(seed):
-    t, model, dense = trained_dense(seed)
-    result = recipes.prune_and_finetune(
-        model, t, "magnitude", TARGET, finetune_epochs=FINETUNE_EPOCHS
+def after_training(seed, sparsity=TARGET):
+    t, model, _ = recipes.dense("lenet300", DATA, seed, epochs=EPOCHS)
+    dense_flops = recipes.training_flops(model, sizes["train"], TRAINING["epochs"])
+    run = recipes.prune_and_finetune(
+        model, t, "magnitude", sparsity, finetune_epochs=FINETUNE_EPOCHS
     )
     return {
-        "test_accuracy": result["test_accuracy"],
-        "sparsity": result["measured_sparsity"],
-        "dense_test_accuracy": dense["test_accuracy"],
+        "test_accuracy": run["test_accuracy"],
+        "measured_sparsity": run["measured_sparsity"],
+        "epochs": TRAINING["epochs"] + run["finetune_epochs"],
+        "training_flops": dense_flops + run["finetune_flops"],
+        "flags": run["flags"],
     }
 
 
 schedules_run = ["one_shot", "iterative", "cubic", "iht", "dsd"]
+PRUNE_AFTER = "train, prune, fine-tune"
 rows, logs = [], {}
 for seed in SEEDS:
     for schedule in schedules_run:
         out = during_training(schedule, seed)
         logs.setdefault(schedule, out.pop("log"))
         rows.append({"recipe": schedule, "seed": seed, **out})
-    out = after_training(seed)
-    rows.append({"recipe": "train, prune, fine-tune", "seed": seed, **out})
+    rows.append({"recipe": "dense", "seed": seed, **dense_reference(seed)})
+    rows.append({"recipe": PRUNE_AFTER, "seed": seed, **after_training(seed)})
 results = pd.DataFrame(rows)
-dense_accuracy = results["dense_test_accuracy"].dropna().mean()
+dense_accuracy = results.loc[results["recipe"] == "dense", "test_accuracy"].mean()
 
 # %% [markdown]
 # What each schedule did to the model, step by step (the pruner's log):
@@ -216,119 +236,346 @@ for i, (schedule, log) in enumerate(logs.items()):
     ax.step([0, *t, total], [0, *s, s[-1]], where="post", label=schedule, color=f"C{i}")
 ax.set_xlabel("training step")
 ax.set_ylabel("sparsity")
-ax.set_title(f"Sparsity during {EPOCHS} epochs of training")
+ax.set_title(f"Sparsity during {TRAINING['epochs']} epochs of training")
 ax.legend(ncol=3, fontsize=8)
 plt.show()
 
 # %%
-summary = sl.experiments.summarize(results, ["recipe"], "test_accuracy")
+budget = results.groupby("recipe", sort=False)[["epochs", "training_flops"]].mean()
+budget["FLOPs / dense"] = budget["training_flops"] / budget.loc["dense", "training_flops"]
+summary = sl.stats.summarize(results, ["recipe"], "test_accuracy").set_index("recipe")
+table = summary.join(budget)
 fig, ax = plt.subplots(figsize=(7, 3.5))
-order = summary.sort_values("mean")
-ax.barh(order["recipe"], order["mean"], xerr=order["ci_high"] - order["mean"], color="C0")
-ax.axvline(dense_accuracy, color="k", ls="--", label="dense")
-ax.set_xlim(max(0, order["mean"].min() - 0.1), 1)
-ax.set_xlabel("test accuracy (mean, 95% interval over seeds)")
-ax.set_title(f"LeNet-300-100 at {TARGET:.0%} sparsity (DSD ends dense)")
-ax.legend()
+order = table.sort_values("mean")
+ax.barh(
+    order.index,
+    order["mean"],
+    xerr=[order["mean"] - order["ci_low"], order["ci_high"] - order["mean"]],
+    color="C0",
+)
+ax.set_xlim(max(0, order["ci_low"].min() - 0.05), 1)
+ax.set_xlabel("test accuracy (mean, 95% interval over seeds, clipped to [0, 1])")
+ax.set_title(f"LeNet-300-100 at {TARGET:.0%} sparsity (DSD and dense end dense)")
 plt.show()
-summary.round(4)
+display(table.round(4))
+flagged = sl.flags.table(results, ["recipe"])
+display(flagged if len(flagged) else Markdown("No sanity flag fired."))
+
+# %% [markdown]
+# Each schedule against the one cut at mid-training, paired by seed (same data split,
+# same initialisation, same batch order).  The classic recipe is compared with it too,
+# though it trains longer; DSD, which ends dense, is compared with the dense model of the
+# same recipe.
 
 # %%
-best = summary.set_index("recipe")["mean"]
-sparse_only = best.drop("dsd")
+comparisons = [(name, "one_shot") for name in ("iterative", "cubic", "iht", PRUNE_AFTER)]
+comparisons.append(("dsd", "dense"))
+paired = pd.concat(
+    [
+        sl.stats.paired(results, "recipe", a, b, metric="test_accuracy").assign(
+            comparison=f"{a} - {b}"
+        )
+        for a, b in comparisons
+    ],
+    ignore_index=True,
+).set_index("comparison")
+paired["in words"] = paired.apply(sl.stats.describe, axis=1)
+display(paired.round(4))
+
+
+def said(a, b):
+    return sl.stats.describe(paired.loc[f"{a} - {b}"])
+
+
+def flops_of(name):
+    return f"{budget.loc[name, 'training_flops']:.2g} FLOPs"
+
+
+epochs = TRAINING["epochs"]
 display(
     Markdown(
-        f"Over {len(SEEDS)} seed(s), the best schedule that ends sparse is "
-        f"**{sparse_only.idxmax()}** ({sparse_only.max():.2%}) and the weakest is "
-        f"{sparse_only.idxmin()} ({sparse_only.min():.2%}); the dense model reaches "
-        f"{dense_accuracy:.2%}, and DSD's final dense model {best['dsd']:.2%}."
+        f"On the same {epochs} epochs ({total} steps of {sizes['train']} training images), "
+        f"against one cut at mid-training ({flops_of('one_shot')}): iterative pruning "
+        f"({flops_of('iterative')}) {said('iterative', 'one_shot')}; the cubic ramp "
+        f"({flops_of('cubic')}) {said('cubic', 'one_shot')}; IHT ({flops_of('iht')}) "
+        f"{said('iht', 'one_shot')}.  Training dense for {epochs} epochs, pruning once and "
+        f"fine-tuning {FINETUNE_EPOCHS} more ({flops_of(PRUNE_AFTER)} in all): "
+        f"{said(PRUNE_AFTER, 'one_shot')}.  DSD's final dense model against the dense "
+        f"model of the same recipe: {said('dsd', 'dense')}.  (Differences in test-accuracy "
+        f"points; one test image is {100 / sizes['test']:.1f} points.)"
     )
 )
 
 # %% [markdown]
-# Gradual schedules give the network time to adapt to each cut, which matters most at
-# high sparsity; a single cut in the middle of training leaves the rest of the run to
-# recover.  IHT's dense phases let pruned weights come back (from zero) and compete
-# again, so the final mask is chosen late.
-#
+# By construction, a gradual schedule removes weights a few at a time with training in
+# between, one-shot removes them all at once, and IHT's dense phases let pruned weights
+# come back (from zero) and compete again, so its final mask is chosen late.  Whether any
+# of this pays off at this size is what the paired differences above say, and what the
+# verdicts below judge.
+
+# %%
+width = lambda r: 100 * (r["ci_high"] - r["ci_low"])  # noqa: E731
+
+
+def flag_note(table, column, arms):
+    """A sentence naming the sanity flags raised by the compared arms, if any."""
+    hit = table[table[column].isin(arms)]
+    if not len(hit):
+        return ""
+    return (
+        " Flags raised: "
+        + "; ".join(
+            f"{a} ({f}, {n} runs)"
+            for a, f, n in zip(hit[column], hit["flags"], hit["flagged_runs"], strict=True)
+        )
+        + "."
+    )
+
+
+def schedule_reason(r, name):
+    if r["n"] >= 2 and r["ci_low"] > 0:
+        return ""
+    return (
+        f"Both arms train LeNet-300-100 ({n_weights:,} weights) for {epochs} epochs on "
+        f"{sizes['train']} images; {name} uses {budget.loc[name, 'FLOPs / dense']:.0%} of the "
+        f"dense training FLOPs and one-shot {budget.loc['one_shot', 'FLOPs / dense']:.0%}"
+        + (
+            f"; with {int(r['n'])} seeds and {sizes['test']} test images the paired interval "
+            f"is {width(r):.1f} points wide."
+            if r["n"] >= 2
+            else "; a single seed gives no interval."
+        )
+        + flag_note(flagged, "recipe", [name, "one_shot"])
+    )
+
+
+schedule_setting = f"LeNet-300-100 on {DATA}, {TARGET:.0%} sparse, {epochs} epochs each"
+verdicts = [
+    sl.claims.verdict(
+        "gradual_beats_one_shot",
+        paired.loc["cubic - one_shot"],
+        setting=f"{schedule_setting}; cubic ramp against one cut at mid-training",
+        reason=schedule_reason(paired.loc["cubic - one_shot"], "cubic"),
+    ),
+    sl.claims.verdict(
+        "iterative_beats_one_shot",
+        paired.loc["iterative - one_shot"],
+        setting=f"{schedule_setting}; {len(logs['iterative'])} equal-ratio steps against one cut",
+        reason=schedule_reason(paired.loc["iterative - one_shot"], "iterative"),
+    ),
+]
+display(Markdown(sl.claims.report(verdicts)))
+
+# %% [markdown]
 # ## Pruning at initialisation against pruning after training
 #
-# Can the mask be chosen before any training?  Here masks are chosen at initialisation,
-# then the sparse network trains for the full run; "after training" trains dense, prunes
-# by magnitude once and fine-tunes.  Random pruning with the same global budget is the
-# baseline; SNIP (Lee et al. 2019, one batch of gradients) joins if it is registered.
+# Can the mask be chosen before any training?  SNIP (Lee et al. 2019) scores each weight
+# by |w · ∂L/∂w| on one batch at initialisation.  Its fair baseline is a random mask with
+# exactly SNIP's per-layer counts (`recipes.random_like`, "SNIP, shuffled"): the two then
+# differ only in *which* weights each layer keeps.  Magnitude at initialisation (global
+# threshold) joins as a third mask.  Every one of these starts with `recipes.sparse_start`:
+# the kept weights of each unit are rescaled to its sparse fan-in, so that no mask trains
+# badly just because its signal fades at initialisation.  Then the sparse network trains
+# with the same recipe as above.  "After training" trains dense, prunes by magnitude once
+# and fine-tunes, a larger budget stated below.
+
 
 # %%
-at_init = ["random", "magnitude"] + (["snip"] if "snip" in registry.available() else [])
-
-
-def init_or_after(when, sparsity, seed):
+def init_or_after(mask, sparsity, seed):
+    if mask == "after training":
+        return after_training(seed, sparsity)
     t = recipes.task("lenet300", DATA, seed=seed)
-    train, val, test = t.loaders()
-    if when == "after training":
-        t, model, _ = trained_dense(seed)
-        result = recipes.prune_and_finetune(
-            model, t, "magnitude", sparsity, finetune_epochs=FINETUNE_EPOCHS
-        )
-        return {"test_accuracy": result["test_accuracy"]}
-    model = t.build()
-    batch = next(iter(train))
-    sl.prune(model, when, sparsity, data=tuple(batch), seed=seed)
-    sl.train.fit(model, train, val, epochs=EPOCHS, lr=0.05, lr_schedule="cosine", seed=seed)
-    return {"test_accuracy": sl.train.evaluate(model, test)["accuracy"]}
+    train, val, _ = t.loaders(RECIPE.batch_size)
+    criterion = "magnitude" if mask == "magnitude" else "snip"
+    probe = sl.prune(t.build(), criterion, sparsity, data=tuple(next(iter(train))), seed=seed)
+    found = sl.masks.masks(probe)
+    if mask == "SNIP, shuffled":
+        found = recipes.random_like(found, seed=seed)
+    model = recipes.sparse_start(t.build(), found)  # t.build(): the same initial weights
+    sl.train.fit(model, train, val, seed=seed, **TRAINING)
+    run = recipes.evaluate_run(model, t, target_sparsity=sparsity)
+    return {
+        "test_accuracy": run["accuracy"],
+        "measured_sparsity": run["sparsity"],
+        "epochs": TRAINING["epochs"],
+        "flags": run["flags"],
+    }
 
 
+masks_compared = ["SNIP", "SNIP, shuffled", "magnitude", "after training"]
 init_results = sl.experiments.sweep(
-    init_or_after,
-    {"when": [*at_init, "after training"], "sparsity": INIT_SPARSITIES},
-    seeds=SEEDS,
+    init_or_after, {"mask": masks_compared, "sparsity": INIT_SPARSITIES}, seeds=SEEDS
 )
 fig, ax = plt.subplots(figsize=(6.5, 4))
-sl.viz.sparsity_curve(
-    init_results,
-    x="sparsity",
-    y="test_accuracy",
-    hue="when",
-    ax=ax,
-    baseline=dense_accuracy,
-    logit_x=True,
-)
-ax.set_title("Masks chosen at initialisation vs after training")
+sl.experiments.plot_mean_ci(init_results, x="sparsity", y="test_accuracy", hue="mask", ax=ax)
+ax.axhline(dense_accuracy, color="gray", ls="--", lw=1, label="dense")
+ax.set_xscale("logit")
+ax.legend(fontsize=8)
+ax.set_title("Masks chosen at initialisation vs after training (red circle: flagged)")
 plt.show()
 
 # %%
-pivot = sl.experiments.summarize(init_results, ["when", "sparsity"], "test_accuracy").pivot(
-    index="sparsity", columns="when", values="mean"
+init_summary = sl.stats.summarize(init_results, ["mask", "sparsity"], "test_accuracy")
+display(init_summary.pivot(index="sparsity", columns="mask", values="mean").round(4))
+init_flagged = sl.flags.table(init_results, ["mask", "sparsity"])
+display(init_flagged if len(init_flagged) else Markdown("No sanity flag fired."))
+init_paired = pd.concat(
+    [
+        sl.stats.paired(init_results, "mask", a, b, metric="test_accuracy", by=["sparsity"]).assign(
+            comparison=f"{a} - {b}"
+        )
+        for a, b in [
+            ("SNIP", "SNIP, shuffled"),
+            ("SNIP", "magnitude"),
+            ("after training", "SNIP"),
+        ]
+    ],
+    ignore_index=True,
 )
+init_paired["in words"] = init_paired.apply(sl.stats.describe, axis=1)
+display(init_paired.set_index(["comparison", "sparsity"]).round(4))
+
+
+# %%
+def init_row(comparison, sparsity=TARGET):
+    match = init_paired[
+        (init_paired["comparison"] == comparison) & (init_paired["sparsity"] == sparsity)
+    ]
+    return match.iloc[0]
+
+
 top = max(INIT_SPARSITIES)
-best_init = pivot.loc[top, at_init].idxmax()
+after_epochs = TRAINING["epochs"] + FINETUNE_EPOCHS
+
+
+def at_levels(comparison):
+    levels = sorted({TARGET, top})
+    return " and ".join(f"{sl.stats.describe(init_row(comparison, s))} at {s:.0%}" for s in levels)
+
+
 display(
     Markdown(
-        f"At {top:.0%} sparsity, pruning after training reaches "
-        f"{pivot.loc[top, 'after training']:.2%}; the best mask chosen at initialisation "
-        f"({best_init}) reaches {pivot.loc[top, best_init]:.2%}, and random "
-        f"{pivot.loc[top, 'random']:.2%}."
+        f"SNIP minus its shuffled mask: {at_levels('SNIP - SNIP, shuffled')}.  SNIP minus "
+        f"magnitude at initialisation: {at_levels('SNIP - magnitude')}.  Pruning after "
+        f"training ({after_epochs} epochs in all, against {TRAINING['epochs']} for the masks "
+        f"at initialisation) minus SNIP: {at_levels('after training - SNIP')}."
     )
 )
-pivot.round(4)
 
 # %% [markdown]
-# Magnitude at initialisation is a poor guide: with a global threshold it removes the
-# wide first layer first, because its initial weights are the smallest (their scale
-# shrinks with the fan-in), and at high sparsity a whole layer can vanish ("layer
-# collapse", Tanaka et al. 2020).  Criteria designed for initialisation, such as SNIP,
-# look at how the loss would change instead.
-#
+# Where do the masks at initialisation put their weights?  Default initialisations draw
+# each layer's weights with a scale that shrinks with its fan-in, so a global magnitude
+# threshold at initialisation may prune whole layers before it prunes the weights of
+# others; SNIP's scores also depend on the data.  The per-layer densities of both, for
+# one seed's initialisation:
+
+# %%
+probe_task = recipes.task("lenet300", DATA, seed=SEED)
+batch = tuple(next(iter(probe_task.loaders()[0])))
+density = pd.DataFrame(
+    {
+        f"{criterion} at {s:.0%}": {
+            name: float(m.float().mean())
+            for name, m in sl.masks.masks(
+                sl.prune(probe_task.build(), criterion, s, data=batch, seed=SEED)
+            ).items()
+        }
+        for criterion in ("magnitude", "snip")
+        for s in sorted({TARGET, top})
+    }
+)
+display(density.round(4))
+emptiest = density[f"magnitude at {top:.0%}"].idxmin()
+fan_in = {
+    name: p.shape[1] for name, p in probe_task.build().named_parameters() if name in density.index
+}
+by_fan_in = sorted(fan_in, key=fan_in.get)
+collapsed = init_flagged[init_flagged["flags"].str.contains("pruned to 100%")]
+display(
+    Markdown(
+        f"At {top:.0%}, magnitude at initialisation keeps "
+        f"{density.loc[emptiest, f'magnitude at {top:.0%}']:.2%} of {emptiest} (the layer it "
+        f"prunes hardest), SNIP {density.loc[emptiest, f'snip at {top:.0%}']:.2%}. "
+        f"Fan-ins: {', '.join(f'{n} {fan_in[n]}' for n in by_fan_in)}; magnitude's "
+        + (
+            "densities fall as the fan-in grows. "
+            if all(
+                density.loc[a, f"magnitude at {top:.0%}"]
+                >= density.loc[b, f"magnitude at {top:.0%}"]
+                for a, b in zip(by_fan_in, by_fan_in[1:], strict=False)
+            )
+            else "densities do not simply follow the fan-ins. "
+        )
+        + (
+            "A layer pruned to 100% (layer collapse, Tanaka et al. 2020) was flagged for: "
+            + "; ".join(
+                f"{m} at {s:.0%}"
+                for m, s in zip(collapsed["mask"], collapsed["sparsity"], strict=True)
+            )
+            + "."
+            if len(collapsed)
+            else "No run lost a whole layer."
+        )
+    )
+)
+
+# %%
+init_setting = (
+    f"LeNet-300-100 on {DATA}, {TARGET:.0%} sparse, both masks started with sparse_start "
+    f"(fan-in rescaling) and trained {TRAINING['epochs']} epochs"
+)
+
+
+def init_reason(r):
+    if r["n"] < 2:
+        return "A single seed gives no interval."
+    return (
+        f"The random masks keep SNIP's per-layer counts, so the difference is only in which "
+        f"weights each layer keeps; with {int(r['n'])} seeds and {sizes['test']} test images "
+        f"the paired interval is {width(r):.1f} points wide."
+        + flag_note(
+            init_flagged[init_flagged["sparsity"] == TARGET], "mask", ["SNIP", "SNIP, shuffled"]
+        )
+    )
+
+
+snip_row = init_row("SNIP - SNIP, shuffled")
+shuffled_row = snip_row.copy()  # the same pairs, read the other way round
+shuffled_row["mean_diff"], shuffled_row["ci_low"], shuffled_row["ci_high"] = (
+    -snip_row["mean_diff"],
+    -snip_row["ci_high"],
+    -snip_row["ci_low"],
+)
+init_verdicts = [
+    sl.claims.verdict(
+        "snip_beats_random_init",
+        snip_row,
+        setting=f"{init_setting}; random = SNIP's mask shuffled within each layer",
+        reason=init_reason(snip_row),
+    ),
+    sl.claims.verdict(
+        "init_masks_carry_layer_ratios_only",
+        shuffled_row,
+        setting=init_setting,
+        reason=init_reason(shuffled_row),
+    ),
+]
+display(Markdown(sl.claims.report(init_verdicts)))
+
+# %% [markdown]
 # ## Lottery tickets: rewinding against re-initialisation, over IMP rounds
 #
 # Iterative magnitude pruning (Frankle & Carbin 2019) trains, prunes the smallest weights
 # so that every round removes the same share, rewinds the survivors to their values at
 # initialisation, and trains again.  The resulting *ticket* is compared with two
-# baselines at every round: the same mask with freshly drawn weights (re-initialisation),
-# and a random mask with the same per-layer sparsities.  A ticket that beats both says
-# that the mask and its initial weights belong together.
+# baselines at every round, each trained for one round's epochs: the same mask with freshly
+# drawn weights (re-initialisation), and a random mask with the same per-layer counts on
+# the rewound weights.  As in the paper, none of the three is rescaled to its sparse
+# fan-in.  A ticket that beats both says that the mask and its initial weights belong
+# together.  `IMP` reports validation accuracy after each round; no choice is made on it.
 
 # %%
+imp_training = {**TRAINING, "epochs": IMP_EPOCHS}
 imp_tables = []
 for seed in SEEDS:
     t = recipes.task("lenet300", DATA, seed=seed)
@@ -336,37 +583,83 @@ for seed in SEEDS:
     imp = registry.get("imp", "training")(
         TARGET, rounds=IMP_ROUNDS, rewind="init", baselines=("reinit", "random_mask"), seed=seed
     )
-    imp.fit(t.build(), train, val, epochs=IMP_EPOCHS, lr=0.05, lr_schedule="cosine", seed=seed)
+    imp.fit(t.build(), train, val, seed=seed, **imp_training)
     imp_tables.append(imp.rounds_table.assign(seed=seed))
 rounds = pd.concat(imp_tables, ignore_index=True)
+names = {
+    "val_accuracy": "ticket",
+    "reinit_val_accuracy": "reinit",
+    "random_mask_val_accuracy": "random mask",
+}
 long = rounds.melt(
     id_vars=["round", "sparsity", "seed"],
-    value_vars=["val_accuracy", "reinit_val_accuracy", "random_mask_val_accuracy"],
+    value_vars=list(names),
     var_name="network",
     value_name="accuracy",
 ).dropna()
-long["network"] = long["network"].map(
-    {
-        "val_accuracy": "ticket (rewound to init)",
-        "reinit_val_accuracy": "same mask, re-initialised",
-        "random_mask_val_accuracy": "random mask, same layer ratios",
-    }
-)
+long["network"] = long["network"].map(names)
+chance = sl.flags.chance_accuracy(task0.bundle.train.tensors[1], task0.bundle.n_classes)
+long["flags"] = [sl.flags.join(sl.flags.check(accuracy=a, chance=chance)) for a in long["accuracy"]]
 fig, ax = plt.subplots(figsize=(6.5, 4))
-sl.viz.sparsity_curve(long, x="sparsity", y="accuracy", hue="network", ax=ax, logit_x=True)
-ax.set_title("Lottery tickets over IMP rounds (validation accuracy)")
+sl.experiments.plot_mean_ci(long, x="sparsity", y="accuracy", hue="network", ax=ax)
+ax.set_ylabel("validation accuracy (mean, 95% CI)")
+ax.set_xscale("logit")
+ax.set_title(f"Lottery tickets over IMP rounds ({IMP_EPOCHS} epochs per round)")
 plt.show()
 
 # %%
-last = long[long["round"] == IMP_ROUNDS].groupby("network")["accuracy"].mean()
+last = long[long["round"] == IMP_ROUNDS]
+ticket_paired = pd.concat(
+    [
+        sl.stats.paired(last, "network", "ticket", b, metric="accuracy").assign(
+            comparison=f"ticket - {b}"
+        )
+        for b in ("reinit", "random mask")
+    ],
+    ignore_index=True,
+).set_index("comparison")
+ticket_paired["in words"] = ticket_paired.apply(sl.stats.describe, axis=1)
+display(ticket_paired.round(4))
+imp_flagged = sl.flags.table(long, ["network", "round"])
+display(imp_flagged if len(imp_flagged) else Markdown("No sanity flag fired."))
+final_sparsity = rounds["sparsity"].max()
+ticket_row = ticket_paired.loc["ticket - reinit"]
+ticket_verdict = sl.claims.verdict(
+    "tickets_beat_reinit",
+    ticket_row,
+    setting=f"LeNet-300-100 on {DATA}, round {IMP_ROUNDS} ({final_sparsity:.1%} sparse), "
+    f"{IMP_EPOCHS} epochs per round, validation accuracy",
+    reason=""
+    if ticket_row["n"] >= 2 and ticket_row["ci_low"] > 0
+    else (
+        f"Each network trains {IMP_EPOCHS} epochs on {sizes['train']} images and is read on "
+        f"{sizes['val']} validation images"
+        + (
+            f"; the paired interval over {int(ticket_row['n'])} seeds is "
+            f"{width(ticket_row):.1f} points wide."
+            if ticket_row["n"] >= 2
+            else "; a single seed gives no interval."
+        )
+        + flag_note(
+            imp_flagged[imp_flagged["round"] == IMP_ROUNDS], "network", ["ticket", "reinit"]
+        )
+    ),
+)
 display(
     Markdown(
-        f"After {IMP_ROUNDS} rounds ({rounds['sparsity'].max():.1%} sparsity), the ticket "
-        f"reaches {last['ticket (rewound to init)']:.2%} validation accuracy, the same mask "
-        f"re-initialised {last['same mask, re-initialised']:.2%}, and a random mask "
-        f"{last['random mask, same layer ratios']:.2%} (mean of {len(SEEDS)} seed(s))."
+        f"After {IMP_ROUNDS} rounds ({final_sparsity:.1%} sparsity), ticket minus "
+        f"re-initialised: {sl.stats.describe(ticket_row)}; ticket minus random mask: "
+        f"{sl.stats.describe(ticket_paired.loc['ticket - random mask'])}.\n\n"
+        + sl.claims.report([ticket_verdict])
     )
 )
+
+# %% [markdown]
+# ## Against the literature
+
+# %%
+all_verdicts = [*verdicts, *init_verdicts, ticket_verdict]
+sl.claims.table(all_verdicts)
 
 # %% [markdown]
 # ## Summary
@@ -374,20 +667,41 @@ display(
 # - One loop of seven steps covers every schedule; the schedules differ in when the
 #   scoring, removing and retraining happen.  `sparsity_lab.schedules` holds each as a pure
 #   function, and `ScheduledPruning` runs any of them with any criterion and pattern.
-# - On the same training budget, gradual and iterative pruning usually beat a single cut
-#   at high sparsity; IHT lets pruned weights return before the mask is fixed; DSD uses
-#   a sparse phase to regularise a network that ends dense.
-# - Masks chosen at initialisation train to lower accuracy than masks chosen after
-#   training at high sparsity, and can be close to random ones.
-# - IMP's tickets, rewound to their initial values, separate from re-initialised and
-#   random-mask networks as sparsity grows: the surviving weights' starting values matter
-#   together with the mask.
-#
+# - Schedules are compared on the same epochs with their training FLOPs stated; masks at
+#   initialisation against a random mask with their own per-layer counts, both started
+#   with `recipes.sparse_start`.
+
+# %%
+words = {"better": "ahead of", "worse": "behind", "no difference": "no different from"}
+
+
+def against_one_shot(name):
+    verdict = paired.loc[f"{name} - one_shot", "verdict"]
+    return f"{name} {words.get(verdict, 'measured on one seed against')} one-shot"
+
+
+def verdict_line(v):
+    return f"{v.claim.statement} ({v.claim.paper}): **{v.status}** here, {v.numbers()}"
+
+
+display(
+    Markdown(
+        f"- Against one cut at mid-training, on the same {epochs} epochs at {TARGET:.0%}: "
+        + "; ".join(against_one_shot(name) for name in ("iterative", "cubic", "iht"))
+        + ".\n"
+        + "\n".join(f"- {verdict_line(v)}." for v in all_verdicts)
+    )
+)
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Change `TARGET` to 0.8. Which differences between the schedules remain?
-# 2. Give the cubic schedule a later `begin_step`. Is a longer dense warm-up better?
+# 2. Give the cubic schedule a later `begin_step`. Is a longer dense warm-up better, at
+#    the same number of epochs, and what does it cost in FLOPs?
 # 3. Run IMP with `rewind="step"` and `rewind_step` of one epoch, and with `rewind="lr"`.
 #    Which is closest to the ticket rewound to initialisation?
 # 4. Replace the magnitude criterion of `ScheduledPruning` with `"random"`. Does the
 #    schedule still matter?
+# 5. Attach the SNIP masks without `sparse_start` (no fan-in rescaling). How far do SNIP
+#    and its shuffled mask fall at 98%, and does their difference change?

@@ -71,6 +71,63 @@ def _claims(*claims: Claim) -> dict[str, Claim]:
 #: The claims the notebooks test, by key.
 CLAIMS: dict[str, Claim] = _claims(
     Claim(
+        "lamp_beats_global_magnitude",
+        "Lee et al. 2021, Layer-adaptive sparsity for the magnitude-based pruning (ICLR)",
+        "VGG-16, ResNet-20, DenseNet-121, EfficientNet-B0 on CIFAR-10, iterative magnitude "
+        "pruning with retraining",
+        "LAMP's layer-adaptive magnitude scores keep more accuracy than a global magnitude "
+        "threshold, the more so at extreme sparsity",
+        "qualitative claim",
+        treatment="lamp",
+        baseline="global_magnitude",
+    ),
+    Claim(
+        "cram_one_shot_beats_sgd",
+        "Peste et al. 2023, CrAM (ICLR)",
+        "ResNet-18/50 on CIFAR-10 and ImageNet, one-shot magnitude pruning with BatchNorm "
+        "re-estimation, no fine-tuning",
+        "a model trained with CrAM keeps more accuracy after one-shot pruning than one "
+        "trained with SGD",
+        "qualitative claim",
+        treatment="cram",
+        baseline="sgd",
+    ),
+    Claim(
+        "early_bird_matches_late",
+        "You et al. 2020, Drawing early-bird tickets (ICLR)",
+        "VGG-16 and PreResNet-101 on CIFAR-10/100, channel masks",
+        "a ticket drawn as soon as the mask settles early in training is as accurate as "
+        "pruning after full training",
+        "qualitative claim: masks settle in the first 10-20% of epochs and early-bird "
+        "tickets match or beat pruning after training",
+        treatment="early-bird",
+        baseline="late",
+        relation="at_least",
+        margin=0.01,
+    ),
+    Claim(
+        "synflow_beats_snip_extreme",
+        "Tanaka et al. 2020, Pruning neural networks without any data by iteratively "
+        "conserving synaptic flow (NeurIPS)",
+        "VGG and ResNet on CIFAR-10/100 and Tiny ImageNet, pruning at initialisation",
+        "SynFlow avoids layer collapse and stays trainable at extreme sparsity where SNIP "
+        "collapses",
+        "qualitative claim: SNIP and GraSP collapse at extreme compression, SynFlow does not",
+        treatment="synflow",
+        baseline="snip",
+    ),
+    Claim(
+        "pruned_models_more_uncertain",
+        "Iofinova et al. 2023, Bias in pruned vision models: in-depth analysis and "
+        "countermeasures (CVPR)",
+        "ResNet-18/MobileNet on CelebA attributes, populations of dense and pruned models",
+        "pruned models are less certain of their outputs than dense ones, the more so at "
+        "high sparsity",
+        "qualitative claim",
+        treatment="pruned",
+        baseline="dense",
+    ),
+    Claim(
         "magnitude_beats_random_after_training",
         "Han et al. 2015, Learning both weights and connections (NeurIPS)",
         "LeNet-300-100 on MNIST, pruned after training, then retrained",

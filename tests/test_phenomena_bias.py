@@ -86,3 +86,67 @@ def test_predictive_auc_and_accuracy_deltas():
     dense = np.array([[[0.9, 0.1], [0.9, 0.9]]])  # all right
     sparse = np.array([[[0.9, 0.1], [0.9, 0.1]]])  # label 1 of example 1 wrong
     assert bias.accuracy_deltas(dense, sparse, targets).tolist() == [0.0, -0.5]
+
+
+def test_attribute_probs_sum_the_digits_with_each_attribute():
+    attrs = {"even": (0, 2), "zero": (0,)}
+    digit_probs = np.array([[0.5, 0.2, 0.3], [0.0, 1.0, 0.0]])
+    # even: p(0) + p(2); zero: p(0)
+    assert bias.attribute_probs(digit_probs, attrs).tolist() == [[0.8, 0.5], [0.0, 0.0]]
+    assert bias.attribute_matrix(attrs, 3).tolist() == [[1, 1], [0, 0], [1, 0]]
+    # float32 softmax sums can exceed 1 by rounding; the result stays a probability
+    assert bias.attribute_probs(np.array([[0.6, 0.0, 0.4000001]]), attrs).max() == 1.0
+
+
+def test_calibration_runs_pair_each_model_with_itself():
+    # one dense and one pruned model, 4 examples, 2 labels
+    targets = np.array([[1, 1], [1, 0], [0, 1], [0, 0]])
+    dense = targets[None] * 0.8 + 0.1  # right everywhere
+    # label 0 stays right; label 1's scores drop by 0.3: 0.6 -> 0.3 for positives,
+    # 0.2 for negatives, so 0.5 calls every example negative (2 of 4 right)
+    pruned = np.array([[[0.9, 0.3], [0.9, 0.2], [0.1, 0.3], [0.1, 0.2]]])
+    pop = {
+        "seeds": [7],
+        "targets": targets,
+        "val_targets": targets,
+        "dense": {"test": dense, "val": dense},
+        0.9: {"test": pruned, "val": pruned},
+    }
+    runs = bias.calibration_runs(pop).set_index("thresholds")
+    assert runs.loc["uncalibrated", "worst_label_delta"] == pytest.approx(-0.5)
+    # a threshold in (0.2, 0.3] separates label 1 again: every decision right
+    assert runs.loc["calibrated", "worst_label_delta"] == pytest.approx(0.0)
+    assert runs.loc["calibrated", "changed"] == pytest.approx(2 / 8)  # two positives flip
+    assert runs.loc["calibrated", "moved"] == pytest.approx(0.5)
+    assert set(runs["seed"]) == {7} and runs["hurt_label"].tolist() == [1, 1]
+    assert runs.loc["calibrated", "hurt_threshold"] <= 0.3
+
+
+def test_calibration_cannot_help_a_label_with_constant_outputs():
+    targets = np.array([[1], [0], [0], [0]])
+    constant = np.full((1, 4, 1), 0.3)  # no information: the best rule is the majority
+    pop = {
+        "seeds": [0],
+        "targets": targets,
+        "val_targets": targets,
+        "dense": {"test": targets[None] * 1.0, "val": targets[None] * 1.0},
+        0.98: {"test": constant, "val": constant},
+    }
+    runs = bias.calibration_runs(pop)
+    assert runs["changed"].max() == 0.0 and runs["moved"].max() == 0.0
+    assert runs["worst_label_delta"].tolist() == [-0.25, -0.25]
+
+
+def test_population_prunes_each_dense_model_and_flags_runs():
+    from sparsity_lab import recipes
+
+    t = recipes.task("cnn1d", "mnist1d", seed=0, num_samples=200)
+    dense = [(t, t.build(), {"flags": ""})]
+    pop = bias.population(dense, [0.5], finetune_epochs=0)
+    assert pop["dense"]["test"].shape == (1, len(t.bundle.test), len(bias.ATTRIBUTES))
+    # attribute probabilities are sums of a softmax: inside [0, 1]
+    assert 0 <= pop[0.5]["val"].min() and pop[0.5]["val"].max() <= 1 + 1e-6
+    runs = pop["runs"]
+    assert runs["sparsity"].tolist() == [0.0, 0.5] and "flags" in runs
+    assert runs["reached_sparsity"].iloc[1] == pytest.approx(0.5, abs=0.01)
+    assert bias.bias_table(pop, list(bias.ATTRIBUTES))["population"].tolist() == ["dense", 0.5]

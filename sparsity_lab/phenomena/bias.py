@@ -14,13 +14,16 @@ Measurements, on arrays of probabilities ``(models, examples, labels)``:
 * interdependence (:func:`interdependence_gap`): how far the correlations between the
   predicted labels move from the correlations between the true labels;
 * calibration (:func:`calibration_error`, ECE) and the countermeasure, per-label threshold
-  calibration on validation data (:func:`calibrate_thresholds`);
+  calibration on validation data (:func:`calibrate_thresholds`; :func:`calibration_runs`
+  pairs each pruned model's calibrated and uncalibrated decisions);
 * whether a score computed on the dense models predicts which examples become PIEs
   (:func:`predictive_auc`).
 
 The task (:func:`multilabel_bundle`) turns a digit data set into binary attributes of the
 digit (even, prime, has a loop, ...) with base rates from 10% to 50%, a small stand-in for
-the face attributes of the paper.
+the face attributes of the paper.  The models are the recipe's digit classifiers
+(:func:`sparsity_lab.recipes.dense`); a model's probability of an attribute is the softmax
+probability it gives the digits that have it (:func:`attribute_probs`).
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from .. import flags as flags_mod
+from .. import recipes
 from ..data import DataBundle
 from ..pruning import prune
-from ..train import fit
 
 #: Binary attributes of a digit: name -> the digits for which it holds.
 ATTRIBUTES: dict[str, tuple[int, ...]] = {
@@ -85,6 +89,27 @@ def multilabel_bundle(
         n_classes=len(attributes),
         input_shape=bundle.input_shape,
     )
+
+
+def attribute_matrix(
+    attributes: Mapping[str, Sequence[int]] = ATTRIBUTES, n_digits: int = 10
+) -> np.ndarray:
+    """``(n_digits, labels)`` 0/1 matrix: entry ``[d, j]`` is 1 when digit ``d`` has
+    attribute ``j``."""
+    out = np.zeros((n_digits, len(attributes)))
+    for j, digits in enumerate(attributes.values()):
+        out[list(digits), j] = 1.0
+    return out
+
+
+def attribute_probs(
+    digit_probs: np.ndarray, attributes: Mapping[str, Sequence[int]] = ATTRIBUTES
+) -> np.ndarray:
+    """Probability of each attribute from a digit classifier's softmax ``(..., 10)``: the
+    total probability of the digits that have it, ``(..., labels)``, clipped to [0, 1]."""
+    digit_probs = np.asarray(digit_probs, dtype=float)
+    summed = digit_probs @ attribute_matrix(attributes, digit_probs.shape[-1])
+    return np.clip(summed, 0.0, 1.0)  # rounding can put a sum of a softmax above 1
 
 
 # --- measurements --------------------------------------------------------------------------
@@ -230,11 +255,52 @@ def calibrate_thresholds(
     """
     probs = np.asarray(probs, dtype=float)
     targets = np.asarray(targets, dtype=bool)
-    grid = np.linspace(0.05, 0.95, 19) if grid is None else np.asarray(grid, dtype=float)
+    # k / 20 holds 0.5 exactly (np.linspace(0.05, 0.95, 19) gives 0.49999999999999994)
+    grid = np.arange(1, 20) / 20 if grid is None else np.asarray(grid, dtype=float)
     order = np.argsort(np.abs(grid - 0.5), kind="stable")  # nearest 0.5 first
     grid = grid[order]
     acc = ((probs[None] >= grid[:, None, None]) == targets[None]).mean(axis=1)  # (grid, labels)
     return grid[acc.argmax(axis=0)]
+
+
+def calibration_runs(pop: Mapping[str, Any]) -> pd.DataFrame:
+    """Each pruned model with its decisions at 0.5 and at its calibrated thresholds.
+
+    One row per (``sparsity``, ``seed``, ``thresholds`` in ``"uncalibrated"`` /
+    ``"calibrated"``) of a :func:`population`: ``accuracy`` (mean over labels),
+    ``worst_label_delta`` (the model's label accuracy minus its own dense parent's, at the
+    label where that difference is lowest), ``changed`` (share of test decisions the
+    thresholds flip), ``moved`` (share of labels whose threshold is not 0.5),
+    ``hurt_label`` (index of the label that loses most at 0.5) and ``hurt_threshold`` (its
+    threshold).  The two rows of a seed are a pair, ready for
+    :func:`sparsity_lab.stats.paired`.
+    """
+    targets, val_targets = pop["targets"], pop["val_targets"]
+    seeds = list(pop["seeds"])
+    dense_acc = label_accuracy(pop["dense"]["test"], targets)  # (models, labels)
+    rows = []
+    for key in _sparsities(pop):
+        probs, val_probs = pop[key]["test"], pop[key]["val"]
+        for i, seed in enumerate(seeds):
+            th = calibrate_thresholds(val_probs[i], val_targets)
+            flipped = float(((probs[i] >= 0.5) != (probs[i] >= th)).mean())
+            hurt = int(np.argmin(label_accuracy(probs[i][None], targets)[0] - dense_acc[i]))
+            for name, thresholds in (("uncalibrated", np.full_like(th, 0.5)), ("calibrated", th)):
+                acc = label_accuracy(probs[i][None], targets, thresholds)[0]
+                rows.append(
+                    {
+                        "sparsity": key,
+                        "seed": seed,
+                        "thresholds": name,
+                        "accuracy": float(acc.mean()),
+                        "worst_label_delta": float((acc - dense_acc[i]).min()),
+                        "changed": flipped if name == "calibrated" else 0.0,
+                        "moved": float(np.mean(~np.isclose(thresholds, 0.5))),
+                        "hurt_label": hurt,
+                        "hurt_threshold": float(thresholds[hurt]),
+                    }
+                )
+    return pd.DataFrame(rows)
 
 
 def predictive_auc(score: np.ndarray, affected: np.ndarray) -> float:
@@ -249,78 +315,94 @@ def predictive_auc(score: np.ndarray, affected: np.ndarray) -> float:
 # --- the experiment ---------------------------------------------------------------------
 
 
-def predict_probs(model: nn.Module, dataset: TensorDataset, batch_size: int = 512) -> np.ndarray:
-    """Sigmoid outputs of ``model`` on every example of ``dataset``, ``(examples, labels)``."""
+def _sparsities(pop: Mapping[str, Any]) -> list[Any]:
+    return [k for k in pop if not isinstance(k, str)]
+
+
+def predict_attribute_probs(
+    model: nn.Module,
+    dataset: TensorDataset,
+    attributes: Mapping[str, Sequence[int]] = ATTRIBUTES,
+    batch_size: int = 512,
+) -> np.ndarray:
+    """Attribute probabilities of a digit classifier on every example of ``dataset``,
+    ``(examples, labels)``: its softmax summed over the digits with each attribute."""
     was = model.training
     model.eval()
     out = []
     with torch.no_grad():
         for x, _ in DataLoader(dataset, batch_size=batch_size):
-            out.append(torch.sigmoid(model(x)))
+            out.append(torch.softmax(model(x), dim=1))
     model.train(was)
-    return torch.cat(out).numpy()
+    return attribute_probs(torch.cat(out).numpy(), attributes)
 
 
 def population(
-    t: Any,
-    seeds: Sequence[int],
+    dense_models: Sequence[tuple[Any, nn.Module, Mapping[str, Any]]],
     sparsities: Sequence[float],
     *,
-    epochs: int = 20,
     finetune_epochs: int = 3,
-    lr: float = 0.05,
-) -> dict[str, Any]:
-    """Train one dense multi-label model per seed, prune each to every sparsity (global
-    magnitude, then ``finetune_epochs`` of fine-tuning) and collect their probabilities.
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    attributes: Mapping[str, Sequence[int]] = ATTRIBUTES,
+    eval_bundle: DataBundle | None = None,
+) -> dict[Any, Any]:
+    """Prune every dense model to every sparsity (global magnitude, then
+    ``finetune_epochs`` of :func:`sparsity_lab.recipes.finetune`, masks fixed) and collect
+    the attribute probabilities of the dense and pruned populations.
 
-    ``t`` builds the models: ``t.build()`` and ``t.bundle`` (a multi-label bundle, see
-    :func:`multilabel_bundle`); its seed is replaced by each of ``seeds``.  Returns
-    ``{"targets", "val_targets", "dense": {"test", "val"}, sparsity: {"test", "val"}}``
-    with arrays ``(models, examples, labels)``.
+    ``dense_models`` holds one ``(task, model, info)`` of :func:`sparsity_lab.recipes.dense`
+    per seed (the recipe's digit classifiers; they are not changed).  Every model is
+    evaluated on the same examples, the validation and test splits of ``eval_bundle``
+    (default: the first task's bundle), so that the populations can be compared example
+    by example.  Returns ``{"seeds", "targets", "val_targets", "runs", "dense": {"test",
+    "val"}, sparsity: {"test", "val"}}``: attribute targets, arrays ``(models, examples,
+    labels)`` and ``runs``, one row per model with its digit accuracy on its own task's
+    test split, reached sparsity, fine-tuning budget and sanity flags
+    (:func:`sparsity_lab.recipes.evaluate_run`).
     """
-    loss_fn = nn.BCEWithLogitsLoss()
+    if not dense_models:
+        raise ValueError("population needs at least one dense model")
+    bundle = eval_bundle or dense_models[0][0].bundle
+    if bundle.test.tensors[1].dim() != 1 or bundle.test.tensors[1].is_floating_point():
+        raise ValueError("eval_bundle must hold integer digit labels, one per example")
     out: dict[Any, Any] = {
-        "targets": t.bundle.test.tensors[1].numpy(),
-        "val_targets": t.bundle.val.tensors[1].numpy(),
+        "seeds": [t.seed for t, _, _ in dense_models],
+        "targets": attribute_labels(bundle.test.tensors[1], attributes).numpy(),
+        "val_targets": attribute_labels(bundle.val.tensors[1], attributes).numpy(),
     }
     collected: dict[Any, dict[str, list]] = {
         k: {"test": [], "val": []} for k in ["dense", *sparsities]
     }
-    for seed in seeds:
-        ts = copy.copy(t)
-        ts.seed = seed
-        train, val, _ = ts.loaders()
-        dense = ts.build()
-        fit(
-            dense,
-            train,
-            val,
-            epochs=epochs,
-            lr=lr,
-            lr_schedule="cosine",
-            loss_fn=loss_fn,
-            seed=seed,
-            progress=False,
-        )
+    runs = []
+    for t, dense, info in dense_models:
         for key in collected:
-            model = dense if key == "dense" else copy.deepcopy(dense)
-            if key != "dense":
-                prune(model, "magnitude", key)
-                if finetune_epochs:
-                    fit(
-                        model,
-                        train,
-                        val,
-                        epochs=finetune_epochs,
-                        lr=lr / 5,
-                        loss_fn=loss_fn,
-                        seed=seed,
-                        progress=False,
-                    )
-            collected[key]["test"].append(predict_probs(model, ts.bundle.test))
-            collected[key]["val"].append(predict_probs(model, ts.bundle.val))
+            model = copy.deepcopy(dense)
+            budget = {"finetune_epochs": 0, "finetune_flops": 0.0}
+            target = None if key == "dense" else key
+            if target is not None:
+                prune(model, "magnitude", target)
+                budget = recipes.finetune(
+                    model, t, finetune_epochs, lr=lr, optimizer=optimizer, progress=False
+                )
+            run = recipes.evaluate_run(model, t, target_sparsity=target)
+            found = [run["flags"]] + ([info.get("flags", "")] if target is None else [])
+            runs.append(
+                {
+                    "sparsity": 0.0 if target is None else target,
+                    "seed": t.seed,
+                    "digit_accuracy": run["accuracy"],
+                    "reached_sparsity": run["sparsity"],
+                    **budget,
+                    "flags": flags_mod.join(f for f in found if f),
+                }
+            )
+            for split in ("test", "val"):
+                dataset = getattr(bundle, split)
+                collected[key][split].append(predict_attribute_probs(model, dataset, attributes))
     for key, parts in collected.items():
         out[key] = {split: np.stack(arrays) for split, arrays in parts.items()}
+    out["runs"] = pd.DataFrame(runs)
     return out
 
 
@@ -343,7 +425,7 @@ def bias_table(pop: Mapping[str, Any], labels: Sequence[str]) -> pd.DataFrame:
     unsure = -np.abs(dense - 0.5).mean(axis=(0, 2))
     disagreement = dense.std(axis=0).mean(axis=1)
     rows = []
-    for key in [k for k in pop if k not in ("targets", "val_targets")]:
+    for key in ["dense", *_sparsities(pop)]:
         probs, val_probs = pop[key]["test"], pop[key]["val"]
         acc = label_accuracy(probs, targets).mean(0)
         thresholds = np.stack([calibrate_thresholds(v, val_targets) for v in val_probs])

@@ -11,6 +11,10 @@ differences between pruning methods and between the two ways of transferring:
 Small stand-ins for upstream/downstream pairs: the MNIST subset to scikit-learn's digits
 (upsampled to 28x28, :func:`resized`), and MNIST-1D to a regenerated MNIST-1D with other
 templates (time-reversed) and more noise (:func:`mnist1d_variant`).
+
+Upstream and downstream training both follow the upstream setting's recipe
+(:data:`sparsity_lab.recipes.RECIPES`: optimizer, learning rate, schedule, batch size),
+so a sparse method gets the optimiser and budget the dense baseline was tuned with.
 """
 
 from __future__ import annotations
@@ -26,12 +30,12 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .. import masks, registry
+from .. import masks, recipes, registry
 from ..data import DataBundle
 from ..methods.base import independent_copy
 from ..methods.lottery import IMP
 from ..pruning import default_targets
-from ..train import evaluate, fit
+from ..train import fit
 
 #: Upstream training methods compared (besides ``"dense"``).
 UPSTREAM = ("gmp", "acdc", "rigl", "imp", "l1")
@@ -113,20 +117,30 @@ def mnist1d_variant(
 # --- upstream ---------------------------------------------------------------------------------
 
 
-def pretrain(
-    t: Any, method: str, sparsity: float, *, epochs: int = 10, lr: float = 0.05
-) -> nn.Module:
+def pretrain(t: Any, method: str, sparsity: float, *, epochs: int | None = None) -> nn.Module:
     """The task's model trained upstream by ``method`` (``"dense"`` or one of
-    :data:`UPSTREAM`) to ``sparsity``; IMP uses 2 rounds of ``epochs // 2`` epochs with
-    rewinding to one epoch, the regulariser (``l1``) tunes its strength to the target."""
-    train, val, _ = t.loaders()
-    model = t.build()
-    options = dict(lr=lr, lr_schedule="cosine", seed=t.seed, progress=False)
+    :data:`UPSTREAM`) to ``sparsity``, with the setting's recipe
+    (:func:`sparsity_lab.recipes.recipe_for`: optimizer, lr, schedule, batch size).
+
+    ``epochs`` overrides the recipe's (a smoke run); every method gets the same number.
+    ``"dense"`` is :func:`sparsity_lab.recipes.train_dense` (cached on disk); IMP trains
+    densely, then prunes in 2 rounds with rewinding to one epoch, ``epochs // 3`` epochs
+    each; the regulariser (``l1``)
+    tunes its strength to the target and may stop short of it: measure the sparsity
+    reached (:func:`sparsity_lab.recipes.evaluate_run`).
+    """
+    recipe = recipes.recipe_for(t.model_name, t.data_name)
+    epochs = recipe.epochs if epochs is None else epochs
     if method == "dense":
-        fit(model, train, val, epochs=epochs, **options)
-    elif method == "imp":
+        return recipes.train_dense(t, epochs=epochs, progress=False)[0]
+    train, val, _ = t.loaders(recipe.batch_size)
+    model = t.build()
+    options = {**recipe.training(), "seed": t.seed, "progress": False}
+    options.pop("epochs")
+    if method == "imp":
+        # a dense training and two pruning rounds share the budget
         IMP(sparsity, rounds=2, rewind="step", rewind_step=len(train)).fit(
-            model, train, val, epochs=max(1, epochs // 2), **options
+            model, train, val, epochs=max(1, epochs // 3), **options
         )
     elif method == "l1":
         registry.get("l1", "regularizer")(sparsity=sparsity).fit(
@@ -162,28 +176,51 @@ def replace_head(model: nn.Module, n_classes: int, seed: int = 0) -> str:
     return last
 
 
+def transfer_run(
+    upstream: nn.Module,
+    bundle: DataBundle,
+    mode: str,
+    *,
+    epochs: int = 5,
+    recipe: recipes.Recipe | None = None,
+    lr: float | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train a copy of ``upstream`` with a new head on ``bundle``; its test accuracy and
+    sanity flags (:func:`sparsity_lab.recipes.evaluate_run`), ``{"accuracy", "flags"}``.
+
+    ``mode="linear"``: only the head trains; ``"full"``: everything trains, with the
+    upstream masks kept fixed.  Training follows ``recipe`` (the upstream setting's,
+    default :data:`sparsity_lab.recipes.DEFAULT_RECIPE`) for ``epochs`` epochs; ``lr``
+    overrides its learning rate.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    recipe = recipe or recipes.DEFAULT_RECIPE
+    model = independent_copy(upstream)
+    head = replace_head(model, bundle.n_classes, seed)
+    if mode == "linear":
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(f"{head}."))
+    down = recipes.Task("downstream", bundle.name, bundle, seed, batch_size=recipe.batch_size)
+    train, val, _ = down.loaders()
+    options = {**recipe.training(), "epochs": epochs, "lr": recipe.lr if lr is None else lr}
+    fit(model, train, val, seed=seed, progress=False, **options)
+    run = recipes.evaluate_run(model, down)
+    return {"accuracy": run["accuracy"], "flags": run["flags"]}
+
+
 def transfer(
     upstream: nn.Module,
     bundle: DataBundle,
     mode: str,
     *,
     epochs: int = 5,
-    lr: float = 0.05,
+    recipe: recipes.Recipe | None = None,
+    lr: float | None = None,
     seed: int = 0,
-    batch_size: int = 128,
 ) -> float:
-    """Downstream test accuracy of a copy of ``upstream`` with a new head.
-
-    ``mode="linear"``: only the head trains; ``"full"``: everything trains, with the
-    upstream masks kept fixed.
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    model = independent_copy(upstream)
-    head = replace_head(model, bundle.n_classes, seed)
-    if mode == "linear":
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith(f"{head}."))
-    train, val, test = bundle.loaders(batch_size, seed=seed)
-    fit(model, train, val, epochs=epochs, lr=lr, lr_schedule="cosine", seed=seed, progress=False)
-    return evaluate(model, test)["accuracy"]
+    """Downstream test accuracy of :func:`transfer_run`."""
+    return transfer_run(upstream, bundle, mode, epochs=epochs, recipe=recipe, lr=lr, seed=seed)[
+        "accuracy"
+    ]

@@ -238,3 +238,64 @@ def test_evolutionary_groups_and_errors():
         sl.prune(copy.deepcopy(model), "evolutionary", None, data=data, pattern="2:4")
     with pytest.raises(ValueError, match="population"):
         sl.criteria.get("evolutionary", population=1)
+
+
+def split_tiny():
+    """The tiny net with two disjoint splits: one to select on, one to report on."""
+    model, _ = tiny()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(128, 3, generator=g)
+    y = (x[:, 0] - x[:, 2] > 0).long()
+    return model, (x[:64], y[:64]), (x[64:], y[64:])
+
+
+def loss_and_accuracy(model, data):
+    x, y = data
+    with torch.no_grad():
+        out = model(x)
+    return float(F.cross_entropy(out, y)), float((out.argmax(1) == y).float().mean())
+
+
+def test_evolutionary_reports_its_winner_on_the_eval_split_not_the_fitness_split():
+    model, fitness_data, eval_data = split_tiny()
+    crit = sl.criteria.get("evolutionary", generations=5, population=8, eval_data=eval_data)
+    pruned = copy.deepcopy(model)
+    fitness = sl.criteria.Context(data=fitness_data, seed=0)
+    crit.prune(pruned, ["0.weight", "2.weight"], 0.5, pattern=sl.patterns.get("unstructured"),
+               budget="uniform", context=fitness)  # fmt: skip
+    # recomputed independently with the pruned model's own forward pass
+    fit_loss, _ = loss_and_accuracy(pruned, fitness_data)
+    eval_loss, eval_accuracy = loss_and_accuracy(pruned, eval_data)
+    assert crit.result["fitness_loss"] == pytest.approx(fit_loss, abs=1e-6)
+    assert crit.result["eval_loss"] == pytest.approx(eval_loss, abs=1e-6)
+    assert crit.result["eval_accuracy"] == pytest.approx(eval_accuracy)
+    assert abs(eval_loss - fit_loss) > 1e-3  # really another split
+    # without eval_data nothing is reported but the selection score
+    plain = sl.criteria.get("evolutionary", generations=2, population=4)
+    plain.prune(copy.deepcopy(model), ["0.weight"], 0.5, pattern=sl.patterns.get("unstructured"),
+                budget="uniform", context=sl.criteria.Context(data=fitness_data))  # fmt: skip
+    assert set(plain.result) == {"fitness_loss"}
+
+
+def test_amc_reports_its_best_episode_on_the_eval_split(trained):
+    model, val = trained
+    calibration, held_out = (val[0][:150], val[1][:150]), (val[0][150:], val[1][150:])
+    crit = sl.criteria.get("amc", episodes=20, eval_data=held_out)
+    pruned = copy.deepcopy(model)
+    crit.prune(pruned, sl.pruning.default_targets(pruned), 0.5,
+               pattern=sl.patterns.get("unstructured"), budget="global",
+               context=sl.criteria.Context(data=calibration, seed=0))  # fmt: skip
+    _, reward = loss_and_accuracy(pruned, calibration)
+    eval_loss, eval_accuracy = loss_and_accuracy(pruned, held_out)
+    assert crit.result["reward"] == pytest.approx(reward)  # chosen on the calibration split
+    assert crit.result["eval_accuracy"] == pytest.approx(eval_accuracy)
+    assert crit.result["eval_loss"] == pytest.approx(eval_loss, abs=1e-5)
+
+
+def test_search_refuses_to_report_on_the_data_it_selects_on(trained):
+    model, val = trained
+    with pytest.raises(ValueError, match="eval_data is the data the search selects on"):
+        sl.prune(copy.deepcopy(model), "amc", 0.5, data=val, eval_data=val, episodes=2)
+    small, data = tiny()
+    with pytest.raises(ValueError, match="eval_data is the data the search selects on"):
+        sl.prune(small, "evolutionary", 0.5, data=data, eval_data=data, generations=1)

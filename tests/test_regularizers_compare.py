@@ -47,3 +47,22 @@ def test_gmp_with_channels_prunes_repeatedly():
     # a schedule prunes again on top of its previous channel masks at every update
     r = compare.run(tiny_task(), "gmp", 0.5, pattern="channel", epochs=2, frequency=1)
     assert 0.4 <= r["measured_sparsity"] <= 0.6
+
+
+def test_runs_carry_their_flags_and_finetune_budget():
+    r = compare.run(tiny_task(), "l1", 0.5, epochs=1, finetune_epochs=1)
+    assert r["flags"] == ""  # a healthy run
+    # fine-tuning FLOPs counted independently: 3 forward passes per example, a multiply and
+    # an add per kept weight (LeNet-300-100 on 10 inputs, 2 classes, half the weights kept)
+    kept = (10 * 300 + 300 * 100 + 100 * 2) // 2
+    assert r["finetune_epochs"] == 1
+    assert r["finetune_flops"] == pytest.approx(3 * 2 * kept * 64 * 1)
+
+
+def test_a_layer_pruned_away_is_flagged():
+    # a global channel budget at 97% removes every unit of fc2 (its rows' norms are lowest)
+    r = compare.run(tiny_task(), "group_lasso", 0.97, pattern="channel", epochs=1,
+                    finetune_epochs=0, budget="global")  # fmt: skip
+    assert "pruned to 100%" in r["flags"] and "fc2.weight" in r["flags"]
+    assert "fc1.weight" not in r["flags"]  # fc1 keeps some units
+    assert r["measured_sparsity"] >= 30000 / 33000  # fc2's 30000 weights of the 33000 pruned

@@ -7,6 +7,11 @@
 
 Both evaluate candidates without changing the model: the candidate weights go through
 :func:`torch.func.functional_call` on a plain copy.
+
+A search *selects* on its data (``data=`` of :func:`sparsity_lab.prune`, the reward or the
+fitness), so its own score of the winner is optimistic.  Pass ``eval_data`` (another
+split, e.g. the test set) to score the chosen masks once on data the search never saw:
+``result["eval_accuracy"]`` and ``result["eval_loss"]`` are computed there, and only there.
 """
 
 from __future__ import annotations
@@ -36,11 +41,32 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     return copy.eval()
 
 
-def _batches(context: Context, limit: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(context: Context, limit: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     batches = list(context.batches(limit))
     if not batches:
         raise ValueError("the data yielded no batches; pass data=(inputs, targets) or a loader")
     return batches
+
+
+def _check_eval_data(eval_data: Any, context: Context) -> None:
+    """Refuse to report a search's winner on the data that chose it."""
+    if eval_data is not None and eval_data is context.data:
+        raise ValueError(
+            "eval_data is the data the search selects on; pass another split (e.g. the test "
+            "set) so that the reported score is not the one the search maximised"
+        )
+
+
+def _held_out(
+    net: nn.Module, weights: dict[str, torch.Tensor], eval_data: Any, loss_fn
+) -> dict[str, float]:
+    """``{"eval_accuracy", "eval_loss"}`` of the chosen weights on every batch of
+    ``eval_data``, or ``{}`` without it."""
+    if eval_data is None:
+        return {}
+    batches = _batches(Context(data=eval_data), None)
+    accuracy, loss = _evaluate(net, weights, batches, loss_fn)
+    return {"eval_accuracy": accuracy, "eval_loss": loss}
 
 
 @torch.no_grad()
@@ -108,7 +134,10 @@ class AMC(Criterion):
     sparse FLOPs (``2 * nonzeros * positions`` per layer, as :func:`sparsity_lab.report`
     counts them) stay at or below ``(1 - sparsity)`` times the dense FLOPs.  The agent is
     the budget, so ``budget`` is ignored.  Supports: unstructured.  ``history`` keeps each
-    episode's reward, FLOPs and sparsities.
+    episode's reward, FLOPs and sparsities; ``result`` the best episode's (its ``reward``
+    is on the calibration data, which chose it).  ``eval_data`` (another split than the
+    calibration data) adds ``result["eval_accuracy"]`` and ``result["eval_loss"]``: the
+    chosen masks scored once on data the search never saw.
     """
 
     name = "amc"
@@ -122,6 +151,7 @@ class AMC(Criterion):
         max_sparsity: float = 0.98,
         batches: int = 2,
         baseline_decay: float = 0.9,
+        eval_data: Any = None,
     ) -> None:
         if episodes < 1:
             raise ValueError(f"episodes must be a positive integer, got {episodes}")
@@ -132,6 +162,7 @@ class AMC(Criterion):
         self.episodes, self.lr, self.sigma = int(episodes), lr, sigma
         self.max_sparsity, self.n_batches = max_sparsity, int(batches)
         self.baseline_decay = baseline_decay
+        self.eval_data = eval_data
         self.history: list[dict[str, Any]] = []
         self.result: dict[str, Any] = {}
 
@@ -175,6 +206,7 @@ class AMC(Criterion):
         check_sparsity(sparsity)
         if context.data is None:
             raise ValueError("amc needs data: pass data=(inputs, targets) or a DataLoader")
+        _check_eval_data(self.eval_data, context)
         names = [n for n in names if n not in set(dense)]
         batches = _batches(context, self.n_batches)
         net = _plain_copy(model)
@@ -259,6 +291,8 @@ class AMC(Criterion):
             "flop_budget": 1 - sparsity,
             "layer_sparsity": {n: 1 - k / s for n, k, s in zip(names, kept, sizes, strict=True)},
         }
+        chosen = {n: weights[n] * keep for n, keep in new_masks.items()}
+        self.result.update(_held_out(net, chosen, self.eval_data, context.loss_fn))
         for n, keep in new_masks.items():
             masks.attach(model, n, keep, dense_grad=dense_grad)
         return new_masks
@@ -281,6 +315,11 @@ class Evolutionary(Criterion):
     unchanged.  The population starts with the magnitude mask and random masks, so the
     result is never worse than magnitude pruning on the calibration data.  Supports:
     unstructured, channel, input, block, kernel.
+
+    ``history`` keeps each generation's best and mean loss on the calibration (fitness)
+    data; ``result["fitness_loss"]`` is the winner's.  ``eval_data`` (another split)
+    adds ``result["eval_loss"]`` and ``result["eval_accuracy"]``: the winner scored once
+    on data the search never saw, the number to report.
     """
 
     name = "evolutionary"
@@ -294,6 +333,7 @@ class Evolutionary(Criterion):
         tournament: int = 3,
         elite: int = 2,
         batches: int = 2,
+        eval_data: Any = None,
     ) -> None:
         if population < 2 or generations < 1:
             raise ValueError(
@@ -306,7 +346,9 @@ class Evolutionary(Criterion):
         self.population, self.generations = int(population), int(generations)
         self.mutation, self.tournament, self.elite = mutation, int(tournament), int(elite)
         self.n_batches = int(batches)
+        self.eval_data = eval_data
         self.history: list[dict[str, float]] = []
+        self.result: dict[str, float] = {}
 
     def _tournament(self, pop: list, fit: list[float], gen: torch.Generator) -> dict:
         """The fittest of ``tournament`` members drawn at random."""
@@ -337,6 +379,7 @@ class Evolutionary(Criterion):
         check_sparsity(sparsity)
         if context.data is None:
             raise ValueError("evolutionary needs data: pass data=(inputs, targets) or a DataLoader")
+        _check_eval_data(self.eval_data, context)
         dense = set(dense)
         batches = _batches(context, self.n_batches)
         net = _plain_copy(model)
@@ -427,6 +470,10 @@ class Evolutionary(Criterion):
             if priors[n] is not None:
                 keep = keep & priors[n].bool()  # out of place: expand may return a view
             new_masks[n] = keep
+        chosen = dict(weights)
+        chosen.update({n: weights[n] * keep for n, keep in new_masks.items()})
+        self.result = {"fitness_loss": -max(fit)}
+        self.result.update(_held_out(net, chosen, self.eval_data, context.loss_fn))
         for n, keep in new_masks.items():
             masks.attach(model, n, keep, dense_grad=dense_grad)
         return new_masks

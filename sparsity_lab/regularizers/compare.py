@@ -2,9 +2,11 @@
 
 :func:`run` trains a task's model from scratch with a method for ``epochs`` epochs, reaches
 the target sparsity (a regularizer's projection, or the schedule of a training method such
-as ``gmp``), fine-tunes ``finetune_epochs`` more with the masks fixed, and measures.  The
-notebook on regularisation and ``benchmarks/regularization.py`` share it, so their numbers
-come from the same code.
+as ``gmp``), fine-tunes ``finetune_epochs`` more with the masks fixed
+(:func:`sparsity_lab.recipes.finetune`), and measures with
+:func:`sparsity_lab.recipes.evaluate_run`, sanity flags included.  The notebook on
+regularisation and ``benchmarks/regularization.py`` share it, so their numbers come from
+the same code.
 """
 
 from __future__ import annotations
@@ -65,7 +67,11 @@ def run(
 
     Returns ``reached`` (the regularizer's threshold rule; the target for other methods),
     ``measured_sparsity`` (over the pruned tensors), ``val_accuracy`` and ``test_accuracy``
-    after fine-tuning, ``pruned_accuracy`` (validation, before fine-tuning), ``seconds``
+    after fine-tuning, ``flags`` (the sanity flags of the final model on the test split,
+    :func:`sparsity_lab.recipes.evaluate_run`: a layer pruned to 100%, a disconnected
+    network, chance level, a class never predicted, and for unstructured runs a target
+    not reached), ``finetune_epochs`` and ``finetune_flops`` (the fine-tuning budget),
+    ``pruned_accuracy`` (validation, before fine-tuning), ``seconds``
     (the training with the method, fine-tuning excluded), ``epoch_seconds`` (each
     training epoch's wall time, validation included), ``seconds_per_epoch`` (the median
     of ``epoch_seconds`` after the first epoch, which pays for allocations and warm-up;
@@ -73,7 +79,7 @@ def run(
     ``extra_parameters``, ``strength`` (final) and ``layer_sparsity`` (the threshold
     rule's per-layer sparsity, a dict).
     """
-    train, val, test = task.loaders()
+    train, val, _ = task.loaders()
     model = task.build()
     names = default_targets(model)
     if pattern != "unstructured" and len(names) > 1:
@@ -102,17 +108,22 @@ def run(
     epoch_seconds = [float(x) for x in history["seconds"]]
     steady = epoch_seconds[1:] or epoch_seconds
     pruned_accuracy = evaluate(model, val)["accuracy"]
-    if finetune_epochs > 0:
-        fit_options["lr"] = lr / 3
-        fit(model, train, val, epochs=finetune_epochs, **fit_options)
+    from ..recipes import evaluate_run, finetune  # the recipes import the registry
+
+    budget = finetune(model, task, finetune_epochs, lr=lr / 3, optimizer=optimizer, progress=False)
     with torch.no_grad():
         final = measured_sparsity(model, names)
+    # a channel target counts units, not weights: only an unstructured target is checked
+    target = sparsity if pattern == "unstructured" and method != "dense" else None
+    checked = evaluate_run(model, task, target_sparsity=target, names=names)
     return {
         **out,
         "measured_sparsity": final,
         "pruned_accuracy": pruned_accuracy,
         "val_accuracy": evaluate(model, val)["accuracy"],
-        "test_accuracy": evaluate(model, test)["accuracy"],
+        "test_accuracy": checked["accuracy"],
+        "flags": checked["flags"],
+        **budget,
         "seconds": seconds,
         "epoch_seconds": epoch_seconds,
         "seconds_per_epoch": float(statistics.median(steady)),

@@ -33,7 +33,6 @@ from IPython.display import Markdown, display
 
 import sparsity_lab as sl
 from sparsity_lab import masks, recipes
-from sparsity_lab.criteria import at_init
 from sparsity_lab.criteria.base import Context
 from sparsity_lab.criteria.first_order import KarninScores, MovementScores, weight_gradients
 from sparsity_lab.patterns import Channel
@@ -45,9 +44,10 @@ SEEDS = [0, 1, 2]
 SPARSITIES = [0.5, 0.75, 0.9, 0.95]
 MODELS = ["lenet300", "lenet5"]
 PAI_MODELS = ["lenet300", "lenet5"]
-EPOCHS = 10
+EPOCHS = None  # None: the recipe's epochs (recipes.RECIPES)
+N_TRAIN = None  # None: the recipe's data (4000 training images)
+N_EVAL = None  # None: the recipe's 500 validation and 500 test images
 FINETUNE_EPOCHS = 2
-N_TRAIN = 4000
 N_PROBES = 300
 CALIBRATION_BATCHES = 8
 PAI_EPOCHS = 5
@@ -56,11 +56,12 @@ FORCE_ITERATIONS = 10
 
 # %%
 if SMOKE:  # a quick pass through every cell, for CI
-    SEEDS = [0]
+    SEEDS = [0, 1]
     SPARSITIES = [0.75]
     EPOCHS = 2
     FINETUNE_EPOCHS = 1
     N_TRAIN = 600
+    N_EVAL = 200
     N_PROBES = 60
     CALIBRATION_BATCHES = 2
     PAI_EPOCHS = 1
@@ -71,14 +72,30 @@ if SMOKE:  # a quick pass through every cell, for CI
 # One thread: these small models gain little from two, and on a busy machine two threads
 # wait for each other at every small operation.
 info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
+SPLITS = {"n_train": N_TRAIN, "n_val": N_EVAL, "n_test": N_EVAL}
+DATA = {name: size for name, size in SPLITS.items() if size is not None}  # {}: the recipe's
+
+
+def show_flags(df, by):
+    """The sanity flags raised by the runs of ``df``, or one line saying none fired."""
+    flagged = sl.flags.table(df, by)
+    display(flagged if len(flagged) else Markdown("No sanity flag fired."))
+
+
+def span(low, high):
+    """``"low to high"`` in two significant digits, or one number when they agree."""
+    return f"{low:.2g}" if f"{low:.2g}" == f"{high:.2g}" else f"{low:.2g} to {high:.2g}"
+
 
 # %% [markdown]
 # ## The dense models, with scores tracked during training
 #
 # Two criteria below accumulate their scores while the network trains, so the dense models
-# are trained here with two trackers among the training loop's callbacks: `KarninScores`
-# and `MovementScores`.  The recipe is otherwise the one of `recipes.train_dense` (SGD with
-# momentum, learning rate 0.05 annealed by a cosine).
+# cannot come from the checkpoint cache of `recipes.dense`: they are trained here with two
+# trackers among the training loop's callbacks, `KarninScores` and `MovementScores`, and
+# with every hyper-parameter of the setting's recipe (`recipes.recipe_for`).  The trackers
+# only read the weights and gradients; the cell checks that the model of the first seed is
+# the one `recipes.dense` returns.
 
 # %%
 dense_models = {}
@@ -88,33 +105,75 @@ def first_batches(loader, n):
     return [batch for _, batch in zip(range(n), loader, strict=False)]
 
 
-def dense_for(model_name, seed):
-    """Task, trained model, trackers and validation accuracy for a (model, seed) pair."""
+def tracked_dense(model_name, seed):
+    """Task, trained model, trackers and dense scores for a (model, seed), trained once."""
     key = (model_name, seed)
     if key not in dense_models:
-        t = recipes.task(model_name, "mnist", seed=seed, n_train=N_TRAIN)
-        train, val, _ = t.loaders()
-        model = t.build()
+        recipe = recipes.recipe_for(model_name, "mnist")
+        training = {**recipe.training(), **({} if EPOCHS is None else {"epochs": EPOCHS})}
+        t = recipes.task(model_name, "mnist", seed=seed, **DATA)
+        train, val, test = t.loaders(recipe.batch_size)
+        net = t.build(**recipe.model_options)
         trackers = {"karnin": KarninScores(), "movement": MovementScores()}
-        sl.train.fit(
-            model,
-            train,
-            val,
-            epochs=EPOCHS,
-            lr=0.05,
-            lr_schedule="cosine",
-            seed=seed,
-            callbacks=list(trackers.values()),
-        )
-        accuracy = sl.train.evaluate(model, val)["accuracy"]
-        dense_models[key] = (t, model, trackers, accuracy)
-    return dense_models[key]
+        sl.train.fit(net, train, val, seed=seed, callbacks=list(trackers.values()), **training)
+        test_accuracy = sl.train.evaluate(net, test)["accuracy"]
+        checked = EPOCHS is None and not DATA  # the expectation holds for the full recipe
+        scores = {
+            "epochs": training["epochs"],
+            "n_train": len(t.bundle.train),
+            "parameters": sum(p.numel() for p in net.parameters()),
+            "val_accuracy": sl.train.evaluate(net, val)["accuracy"],
+            "test_accuracy": test_accuracy,
+            "flags": sl.flags.join(
+                sl.flags.check(
+                    dense_accuracy=test_accuracy,
+                    expected_dense_accuracy=recipe.expected_test_accuracy if checked else None,
+                )
+            ),
+        }
+        dense_models[key] = (t, net, trackers, scores)
+    t, net, trackers, scores = dense_models[key]
+    return t, copy.deepcopy(net), trackers, scores
 
 
-task, model, trackers, dense_accuracy = dense_for("lenet300", SEED)
+dense_runs = pd.DataFrame(
+    [
+        {"model_name": m, "seed": s, **tracked_dense(m, s)[3]}
+        for m in sorted(set(MODELS) | set(PAI_MODELS))
+        for s in SEEDS
+    ]
+)
+dense_table = sl.stats.summarize(dense_runs, "model_name", "test_accuracy")
+dense_table["expected"] = [
+    recipes.recipe_for(m, "mnist").expected_test_accuracy for m in dense_table.model_name
+]
+display(dense_table.round(4))
+show_flags(dense_runs, "model_name")
+DENSE = dense_runs.groupby("model_name").first()  # epochs, images and size of each model
+
+task, model, trackers, dense_scores = tracked_dense("lenet300", SEED)
+_, cached, _ = recipes.dense("lenet300", "mnist", SEED, epochs=EPOCHS, **DATA)
+gap = max(
+    float((a - b).abs().max())
+    for a, b in zip(model.state_dict().values(), cached.state_dict().values(), strict=True)
+)
 train_loader, val_loader, _ = task.loaders()
 calibration = first_batches(train_loader, CALIBRATION_BATCHES)
-display(Markdown(f"LeNet-300-100: validation accuracy **{dense_accuracy:.2%}**."))
+display(
+    Markdown(
+        f"LeNet-300-100 (seed {SEED}), {dense_scores['epochs']} epoch(s) on "
+        f"{dense_scores['n_train']} images: test accuracy **{dense_scores['test_accuracy']:.2%}**"
+        + (
+            f" (its recipe is documented at "
+            f"{recipes.recipe_for('lenet300', 'mnist').expected_test_accuracy:.0%})"
+            if EPOCHS is None and not DATA
+            else " (a shortened recipe: its documented accuracy is not expected)"
+        )
+        + ". Its weights differ from those of `recipes.dense` by at most "
+        + f"{gap:.1e}: {'the same model' if gap == 0 else 'not the same model'}."
+    )
+)
+
 
 # %% [markdown]
 # ## First-order criteria
@@ -269,9 +328,13 @@ display(
     Markdown(
         f"The first-order prediction correlates with the real change at "
         f"{correlations[0]:.2f} for single weights and {correlations[1]:.2f} for whole units: "
-        f"the small removals (single weights) are predicted "
-        f"{'better' if correlations[0] > correlations[1] else 'no better'} than the large ones "
-        f"(whole units), where the curvature of the loss has more room to act."
+        + (
+            "the small removals (single weights) are predicted better than the large ones "
+            "(whole units), where the curvature of the loss has more room to act."
+            if correlations[0] > correlations[1]
+            else "on this batch the large removals (whole units) are predicted at least as "
+            "well as the small ones (single weights)."
+        )
     )
 )
 
@@ -307,22 +370,43 @@ display(
 # ## Comparison on LeNet-300-100 and LeNet-5
 #
 # As in the previous notebook: each criterion prunes a copy of the trained network once,
-# and we measure validation accuracy right after pruning and after fine-tuning.  Single
-# weights are pruned with a global budget; units (`skeletonization`, `taylor`) with the
-# same share of the hidden units of every layer, `random` and `group_norm` as references.
+# and we measure validation accuracy right after pruning and after fine-tuning, then test
+# accuracy once at the end.  Single weights are pruned with a global budget; their random
+# baseline is `recipes.random_like` of magnitude's mask (the same number of weights in
+# every layer).  Units (`skeletonization`, `taylor`) are pruned with the same share of the
+# hidden units of every layer, `random units` (the same number per layer) and `group_norm`
+# as references.
 
 # %%
 UNITS = {
     "lenet300": ["fc1.weight", "fc2.weight"],
     "lenet5": ["conv1.weight", "fc1.weight", "fc2.weight"],
 }
-WEIGHT_CRITERIA = ["magnitude", "random", "snip", "taylor_weight", "karnin", "movement"]
+RANDOM_WEIGHTS = "random (magnitude's layer counts)"
+WEIGHT_CRITERIA = ["magnitude", RANDOM_WEIGHTS, "snip", "taylor_weight", "karnin", "movement"]
 UNIT_CRITERIA = ["random units", "group_norm", "skeletonization", "taylor"]
 
 
 def one_shot(model_name, criterion, sparsity, seed):
     """Prune a copy of the dense model once, then fine-tune it; accuracies at both stages."""
-    t, dense, tracked, accuracy = dense_for(model_name, seed)
+    t, net, tracked, scores = tracked_dense(model_name, seed)
+    dense_scores = {"dense_val_accuracy": scores["val_accuracy"]}
+    if criterion == RANDOM_WEIGHTS:
+        found = masks.masks(sl.prune(copy.deepcopy(net), "magnitude", sparsity))
+        for name, mask in recipes.random_like(found, seed).items():
+            masks.attach(net, name, mask)
+        pruned = recipes.evaluate_run(net, t, split="val")["accuracy"]
+        budget = recipes.finetune(net, t, FINETUNE_EPOCHS)
+        final = recipes.evaluate_run(net, t, target_sparsity=sparsity)
+        return {
+            "measured_sparsity": final["sparsity"],
+            "pruned_accuracy": pruned,
+            "val_accuracy": recipes.evaluate_run(net, t, split="val")["accuracy"],
+            "test_accuracy": final["accuracy"],
+            **budget,
+            "flags": final["flags"],
+            **dense_scores,
+        }
     method, options = criterion, {}
     if criterion in tracked:
         options["tracker"] = tracked[criterion]
@@ -330,7 +414,7 @@ def one_shot(model_name, criterion, sparsity, seed):
         method = "random" if criterion == "random units" else criterion
         options.update(pattern="channel", budget="uniform", targets=UNITS[model_name])
     result = recipes.prune_and_finetune(
-        copy.deepcopy(dense),
+        net,
         t,
         method,
         sparsity,
@@ -338,15 +422,23 @@ def one_shot(model_name, criterion, sparsity, seed):
         data=first_batches(t.loaders()[0], CALIBRATION_BATCHES),
         **options,
     )
-    return {**result, "dense_val_accuracy": accuracy}
+    return {**result, **dense_scores}
 
 
 grid = {"model_name": MODELS, "criterion": WEIGHT_CRITERIA + UNIT_CRITERIA, "sparsity": SPARSITIES}
 results = sl.experiments.sweep(one_shot, grid, seeds=SEEDS)
+flops = results.groupby("model_name")["finetune_flops"].agg(["min", "max"])
+display(
+    Markdown(
+        f"Fine-tuning budget of every run: {FINETUNE_EPOCHS} epoch(s) with the masks fixed, "
+        + "; ".join(f"{span(r['min'], r['max'])} FLOPs on {m}" for m, r in flops.iterrows())
+        + " (counted on the nonzero weights: the sparser the network, the cheaper)."
+    )
+)
 
 
 def compare(table, criteria, columns, title, xlabel):
-    """Mean accuracy against sparsity with confidence bars, one row of panels per model."""
+    """Mean accuracy against sparsity with confidence bands, one row of panels per model."""
     fig, axes = plt.subplots(
         len(MODELS),
         len(columns),
@@ -356,17 +448,15 @@ def compare(table, criteria, columns, title, xlabel):
     )
     for row, model_name in zip(axes, MODELS, strict=True):
         part = table[(table.model_name == model_name) & table.criterion.isin(criteria)]
-        baseline = part["dense_val_accuracy"].mean() if "dense_val_accuracy" in part else None
         for ax, (column, stage) in zip(row, columns.items(), strict=True):
-            sl.viz.sparsity_curve(
-                part, x="sparsity", y=column, hue="criterion", ax=ax, baseline=baseline
-            )
+            sl.experiments.plot_mean_ci(part, x="sparsity", y=column, hue="criterion", ax=ax)
+            ax.axhline(part["dense_val_accuracy"].mean(), color="k", linestyle="--", label="dense")
             ax.get_legend().remove()  # one legend for the figure, beside it
             ax.set_title(f"{model_name}: {stage}")
             ax.set_xlabel(xlabel)
             ax.set_ylabel("validation accuracy")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    labels = [label.replace("criterion = ", "").replace("baseline", "dense") for label in labels]
+    labels = [label.replace("criterion=", "") for label in labels]
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
     fig.suptitle(title)
     plt.show()
@@ -381,24 +471,60 @@ compare(results, WEIGHT_CRITERIA, STAGES, "First-order criteria on weights", "sp
 # %%
 compare(results, UNIT_CRITERIA, STAGES, "First-order criteria on units", "share of units removed")
 
+# %% [markdown]
+# Each first-order criterion against its data-free counterpart (magnitude for weights,
+# `group_norm` for units), and magnitude against its random baseline: paired differences
+# by seed, treatment minus baseline, right after pruning (validation) and after fine-tuning
+# (test).
+
 # %%
-summary = sl.experiments.summarize(
-    results, ["model_name", "criterion", "sparsity"], "pruned_accuracy"
+PAIRS = [
+    *[(c, "magnitude") for c in ["snip", "taylor_weight", "karnin", "movement"]],
+    ("magnitude", RANDOM_WEIGHTS),
+    ("skeletonization", "group_norm"),
+    ("taylor", "group_norm"),
+]
+REPORTED = {"pruned_accuracy": "no fine-tuning (val)", "test_accuracy": "fine-tuned (test)"}
+paired = pd.concat(
+    [
+        sl.stats.paired(
+            results, "criterion", a, b, metric=metric, by=["model_name", "sparsity"]
+        ).assign(comparison=f"{a} - {b}", stage=stage)
+        for a, b in PAIRS
+        for metric, stage in REPORTED.items()
+    ]
 )
-table = summary.pivot_table(index=["model_name", "criterion"], columns="sparsity", values="mean")
+columns = ["comparison", "stage", "model_name", "sparsity", "mean_diff", "ci_low", "ci_high"]
+display(paired[columns].assign(verdict=paired["verdict"]).round(4))
+show_flags(results, ["model_name", "criterion", "sparsity"])
 top = max(SPARSITIES)
-best = summary[(summary.sparsity == top) & summary.criterion.isin(WEIGHT_CRITERIA)]
-best = best.loc[best.groupby("model_name")["mean"].idxmax()].set_index("model_name")
+
+
+def paired_row(comparison, stage, model_name, sparsity):
+    rows = paired[
+        (paired.comparison == comparison)
+        & (paired.stage == stage)
+        & (paired.model_name == model_name)
+        & (paired.sparsity == sparsity)
+    ]
+    return rows.iloc[0]
+
+
+FINE_TUNED = REPORTED["test_accuracy"]
 display(
     Markdown(
-        " ".join(
-            f"On {m} at {top:.0%} sparsity without fine-tuning, the best criterion on weights "
-            f"is `{best.loc[m, 'criterion']}` ({best.loc[m, 'mean']:.1%})."
+        "\n".join(
+            f"- {m} at {top:.0%} sparsity, `{a}` minus `{b}`: "
+            + "; ".join(
+                f"{stage}, {sl.stats.describe(paired_row(f'{a} - {b}', stage, m, top))}"
+                for stage in REPORTED.values()
+            )
+            + "."
             for m in MODELS
+            for a, b in PAIRS
         )
     )
 )
-table.round(3)
 
 # %% [markdown]
 # ## Pruning at initialisation
@@ -505,94 +631,88 @@ display(
 #
 # Each method prunes the *initial* network; the sparse network then trains from scratch
 # with its mask fixed.  The check of Frankle et al. (2021): shuffle each layer's mask at
-# random (same number of weights per layer, other positions) and train again.  If accuracy
-# does not drop, the method found a good sparsity per layer rather than good individual
-# weights.  For reference, the dashed line is magnitude pruning of the *trained* network
+# random (`recipes.random_like`: same number of weights per layer, other positions) and
+# train again.  If accuracy does not drop, the method found a good sparsity per layer
+# rather than good individual weights.  The shuffled mask is also each method's random
+# baseline.  For reference, the dashed line is magnitude pruning of the *trained* network
 # (from the comparison above, after fine-tuning).
 #
-# One precaution first.  A unit that keeps $k$ of its $n$ inputs starts with a
-# pre-activation $n / k$ times smaller in variance than in the dense network; the LeNets
-# have no batch normalisation to undo this, so through a few sparse layers the signal
-# fades and a scattered mask trains badly whatever its choice of weights.  We therefore
-# rescale each unit's initial weights by $\sqrt{n / k}$ (`at_init.rescale_fan_in`, after
-# Evci et al. 2022), for every method alike.  What happens without it, for SNIP's mask at
-# 90% sparsity:
-
+# Every sparse start goes through `recipes.sparse_start`, which rescales each unit's kept
+# initial weights to its sparse fan-in (the protocol chapter shows why: the LeNets have no
+# normalisation, and without it the signal of a sparse network fades).  The sparse
+# networks train with the recipe's hyper-parameters, for fewer epochs than the dense ones.
 
 # %%
-def train_sparse(t, net, seed):
-    train, val, _ = t.loaders()
-    sl.train.fit(net, train, epochs=PAI_EPOCHS, lr=0.05, lr_schedule="cosine", seed=seed)
-    return sl.train.evaluate(net, val)["accuracy"]
-
-
+PAI_CRITERIA = [m for m in PAI if m != "random"]  # the shuffled masks are the random baselines
 found_masks = {}  # pruning once serves both the original and the shuffled run
 
 
-def before_training(model_name, criterion, sparsity, shuffled, seed, rescale=True):
-    """Prune the initial network, optionally shuffle each layer's mask, then train it."""
-    t = dense_for(model_name, seed)[0]
-    start = t.build()
+def before_training(model_name, criterion, sparsity, arm, seed):
+    """Prune the initial network, shuffle each layer's mask for arm "shuffled", train it."""
+    t = tracked_dense(model_name, seed)[0]
     key = (model_name, criterion, sparsity, seed)
     if key not in found_masks:
-        calibration_batches = first_batches(t.loaders()[0], CALIBRATION_BATCHES)
         pruned = sl.prune(
-            copy.deepcopy(start),
+            t.build(),  # the initial weights of this seed's dense model
             criterion,
             sparsity,
-            data=calibration_batches,
+            data=first_batches(t.loaders()[0], CALIBRATION_BATCHES),
             seed=seed,
             **PAI[criterion],
         )
         found_masks[key] = masks.masks(pruned)
     found = found_masks[key]
-    if shuffled:
-        found = at_init.shuffle_masks(found, seed=seed)
-    net = copy.deepcopy(start)
-    for name, mask in found.items():
-        masks.attach(net, name, mask)
-    if rescale:
-        at_init.rescale_fan_in(net)
-    return {"val_accuracy": train_sparse(t, net, seed)}
+    if arm == "shuffled":
+        found = recipes.random_like(found, seed)
+    net = recipes.sparse_start(t.build(), found)
+    recipe = recipes.recipe_for(model_name, "mnist")
+    train, val, _ = t.loaders(recipe.batch_size)
+    sl.train.fit(net, train, seed=seed, **{**recipe.training(), "epochs": PAI_EPOCHS})
+    final = recipes.evaluate_run(net, t, target_sparsity=sparsity)
+    return {
+        "val_accuracy": recipes.evaluate_run(net, t, split="val")["accuracy"],
+        "test_accuracy": final["accuracy"],
+        "train_flops": recipes.training_flops(net, len(t.bundle.train), PAI_EPOCHS),
+        "flags": final["flags"],
+    }
 
 
-demo = PAI_MODELS[-1]
-demo_table = pd.DataFrame(
-    [
-        {
-            "initial weights": "rescaled" if rescale else "as drawn",
-            "mask": "shuffled" if shuffled else "as found",
-            "accuracy": before_training(demo, "snip", 0.9, shuffled, SEED, rescale)["val_accuracy"],
-        }
-        for rescale in (False, True)
-        for shuffled in (False, True)
-    ]
-)
-print(f"{demo}, SNIP at 90% sparsity, validation accuracy after training:")
-demo_table.pivot(index="initial weights", columns="mask", values="accuracy").round(3)
-
-# %% [markdown]
-# Now every method, every sparsity and every seed, with rescaled initial weights:
-
-# %%
 pai = sl.experiments.sweep(
     before_training,
     {
         "model_name": PAI_MODELS,
-        "criterion": list(PAI),
+        "criterion": PAI_CRITERIA,
         "sparsity": SPARSITIES,
-        "shuffled": [False, True],
+        "arm": ["original", "shuffled"],
     },
     seeds=SEEDS,
 )
-pai["criterion"] = pai["criterion"] + np.where(pai["shuffled"], " (shuffled)", "")
+reference_flops = {
+    m: recipes.training_flops(tracked_dense(m, SEED)[1], DENSE.loc[m, "n_train"], 1)
+    * DENSE.loc[m, "epochs"]
+    for m in PAI_MODELS
+}
+display(
+    Markdown(
+        "Budgets: "
+        + "; ".join(
+            f"on {m}, each sparse network trains {PAI_EPOCHS} epoch(s), "
+            f"{span(*pai[pai.model_name == m]['train_flops'].agg(['min', 'max']))} FLOPs, "
+            f"while the dashed "
+            f"reference cost a dense training of {DENSE.loc[m, 'epochs']} epoch(s) "
+            f"({reference_flops[m]:.2g} FLOPs) plus {FINETUNE_EPOCHS} fine-tuning epoch(s)"
+            for m in PAI_MODELS
+        )
+        + "."
+    )
+)
 
 # %%
 fig, axes = plt.subplots(1, len(PAI_MODELS), figsize=(11, 4), squeeze=False, layout="constrained")
 reference = results[results.criterion == "magnitude"]
 for ax, model_name in zip(axes[0], PAI_MODELS, strict=True):
-    part = pai[(pai.model_name == model_name) & ~pai.shuffled]
-    sl.viz.sparsity_curve(part, x="sparsity", y="val_accuracy", hue="criterion", ax=ax)
+    part = pai[(pai.model_name == model_name) & (pai.arm == "original")]
+    sl.experiments.plot_mean_ci(part, x="sparsity", y="val_accuracy", hue="criterion", ax=ax)
     after = reference[reference.model_name == model_name].groupby("sparsity")["val_accuracy"]
     ax.plot(after.mean().index, after.mean().values, "k--", label="magnitude after training")
     ax.get_legend().remove()
@@ -601,72 +721,132 @@ for ax, model_name in zip(axes[0], PAI_MODELS, strict=True):
 handles, labels = axes[0, 0].get_legend_handles_labels()
 fig.legend(
     handles,
-    [label.replace("criterion = ", "") for label in labels],
+    [label.replace("criterion=", "") for label in labels],
     loc="outside right center",
     fontsize=8,
 )
 plt.show()
+show_flags(pai, ["model_name", "criterion", "sparsity", "arm"])
+
+# %% [markdown]
+# The effect of shuffling, per seed: the accuracy of the shuffled mask minus that of the
+# mask as found (test), with its paired interval over the seeds.
 
 # %%
-shuffle_effect = pai.copy()
-shuffle_effect["base"] = shuffle_effect["criterion"].str.replace(" (shuffled)", "", regex=False)
-effect = shuffle_effect.pivot_table(
-    index=["model_name", "base", "sparsity", "seed"], columns="shuffled", values="val_accuracy"
+shuffle = sl.stats.paired(
+    pai,
+    "arm",
+    "shuffled",
+    "original",
+    metric="test_accuracy",
+    by=["model_name", "criterion", "sparsity"],
 )
-effect = (effect[True] - effect[False]).rename("shuffled - original").reset_index()
-effect = effect.rename(columns={"base": "criterion"})
+display(shuffle.round(4))
 fig, axes = plt.subplots(1, len(PAI_MODELS), figsize=(11, 3.6), squeeze=False, layout="constrained")
 for ax, model_name in zip(axes[0], PAI_MODELS, strict=True):
-    part = effect[effect.model_name == model_name]
-    sl.viz.sparsity_curve(part, x="sparsity", y="shuffled - original", hue="criterion", ax=ax)
+    for criterion, part in shuffle[shuffle.model_name == model_name].groupby("criterion"):
+        (line,) = ax.plot(part.sparsity, 100 * part.mean_diff, marker="o", label=criterion)
+        ax.fill_between(
+            part.sparsity, 100 * part.ci_low, 100 * part.ci_high, color=line.get_color(), alpha=0.2
+        )
     ax.axhline(0, color="k", linewidth=0.8)
-    ax.get_legend().remove()
+    ax.set(xlabel="sparsity", ylabel="shuffled - original (points)")
     ax.set_title(f"{model_name}: accuracy change when masks are shuffled")
 handles, labels = axes[0, 0].get_legend_handles_labels()
-fig.legend(
-    handles,
-    [label.replace("criterion = ", "") for label in labels],
-    loc="outside right center",
-    fontsize=8,
-)
+fig.legend(handles, labels, loc="outside right center", fontsize=8)
 plt.show()
-mean_effect = effect.groupby("criterion")["shuffled - original"].mean()
+at_top = shuffle[shuffle.sparsity == top]
 display(
     Markdown(
-        "Averaged over models, sparsities and seeds, shuffling the masks changes the accuracy "
-        "by " + ", ".join(f"{100 * v:+.1f} points for `{k}`" for k, v in mean_effect.items()) + "."
+        f"At {top:.0%} sparsity, shuffled minus original: "
+        + "; ".join(
+            f"`{r.criterion}` on {r.model_name} {sl.stats.describe(r)}"
+            for _, r in at_top.iterrows()
+        )
+        + "."
     )
 )
 
 # %% [markdown]
-# ## What the measurements say
+# ## Against the literature
 #
-# The claims of this notebook, each read from the cells above:
+# The claims this chapter can test, each judged from paired test accuracies (`sl.claims`):
+# shuffling within layers against the masks as found (Frankle et al. 2021), for every
+# method at the highest sparsity measured; SNIP against its random baseline (Lee et al.
+# 2019); and magnitude after training against its random baseline (Han et al. 2015).
+
 
 # %%
-as_drawn = demo_table[demo_table["initial weights"] == "as drawn"].set_index("mask")["accuracy"]
-rescaled = demo_table[demo_table["initial weights"] == "rescaled"].set_index("mask")["accuracy"]
-worst_shuffle = mean_effect.abs().max()
+def judge(key, row, setting, reason):
+    """The verdict of claim ``key``; when it is not reproduced, with the measured reason."""
+    v = sl.claims.verdict(key, row, setting=setting)
+    if v.status == sl.claims.REPRODUCED:
+        return v
+    if v.n < 2:
+        reason = "A single seed was run, so there is no interval."
+    else:
+        reason = f"{reason} The paper: {v.claim.setting}."
+    return sl.claims.verdict(key, row, setting=setting, reason=reason)
+
+
+def sparse_facts(m):
+    return (
+        f"Each sparse {m} ({DENSE.loc[m, 'parameters']:,} parameters dense) trained "
+        f"{PAI_EPOCHS} epoch(s) on {DENSE.loc[m, 'n_train']} MNIST images from a rescaled "
+        f"initialisation."
+    )
+
+
+snip_vs_random = sl.stats.paired(
+    pai,
+    "arm",
+    "original",
+    "shuffled",
+    metric="test_accuracy",
+    by=["model_name", "criterion", "sparsity"],
+)
+shuffle_verdicts = [
+    judge(
+        "init_masks_carry_layer_ratios_only",
+        r,
+        f"{r.criterion}, {r.model_name} at {top:.0%}, trained {PAI_EPOCHS} epoch(s), test",
+        sparse_facts(r.model_name),
+    )
+    for _, r in at_top.iterrows()
+]
+snip_verdicts = [
+    judge(
+        "snip_beats_random_init",
+        r,
+        f"{r.model_name} at {top:.0%}, SNIP's mask against random_like of it, trained "
+        f"{PAI_EPOCHS} epoch(s), test",
+        sparse_facts(r.model_name),
+    )
+    for _, r in snip_vs_random[
+        (snip_vs_random.criterion == "snip") & (snip_vs_random.sparsity == top)
+    ].iterrows()
+]
+han = min(SPARSITIES, key=lambda s: abs(s - 0.92))
+magnitude_verdicts = [
+    judge(
+        "magnitude_beats_random_after_training",
+        paired_row(f"magnitude - {RANDOM_WEIGHTS}", FINE_TUNED, m, han),
+        f"{m} at {han:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch(s), test",
+        f"The dense {m} has {DENSE.loc[m, 'parameters']:,} parameters, trained "
+        f"{DENSE.loc[m, 'epochs']} epoch(s) on {DENSE.loc[m, 'n_train']} MNIST images.",
+    )
+    for m in MODELS
+]
+verdicts = shuffle_verdicts + snip_verdicts + magnitude_verdicts
+display(sl.claims.table(verdicts))
+reported = [v for v in verdicts if v.claim.key != "init_masks_carry_layer_ratios_only"] + [
+    v for v in shuffle_verdicts if v.setting.startswith(("snip,", "synflow,"))
+]
+display(Markdown(sl.claims.report(reported)))
 display(
     Markdown(
-        "\n".join(
-            [
-                f"- The first-order estimate correlates with the real loss change at "
-                f"{correlations[0]:.2f} for single weights of `fc2` and {correlations[1]:.2f} "
-                f"for whole units of `fc1`.",
-                f"- Magnitude and movement keep {overlap:.0%} of the same weights of `fc2` "
-                f"at 90% sparsity.",
-                f"- At 99% sparsity before training, the methods that empty a layer of "
-                f"LeNet-300-100 are: {', '.join(f'`{m}`' for m in empty) or 'none'}; SynFlow "
-                f"{'empties one' if 'synflow' in empty else 'empties none'}.",
-                f"- Shuffling the masks found at initialisation changes the accuracy by at "
-                f"most {100 * worst_shuffle:.1f} points on average for any method "
-                f"(`{mean_effect.abs().idxmax()}`).",
-                f"- Without rescaling, SNIP's mask at 90% trains to {as_drawn['as found']:.1%} "
-                f"and its shuffled version to {as_drawn['shuffled']:.1%}; with rescaled "
-                f"initial weights, {rescaled['as found']:.1%} and {rescaled['shuffled']:.1%}.",
-            ]
-        )
+        "The table lists the shuffling verdict of every method; the text above words those "
+        "of SNIP and SynFlow, the methods of the claim's published numbers."
     )
 )
 
@@ -676,18 +856,48 @@ display(
 # - First-order criteria score a weight by $g\,w$ (SNIP, Taylor) and a unit by the
 #   derivative of the loss with respect to a gate on it (skeletonization, Taylor on feature
 #   maps).  The toy picture shows why the estimate says nothing at a minimum, where the
-#   gradient vanishes; the scatter plots measure how well it predicts real removals.
+#   gradient vanishes.
 # - Karnin's sensitivity and movement pruning accumulate their scores while the network
 #   trains, through the training loop's callbacks (`KarninScores`, `MovementScores`).
 #   Movement keeps weights that moved away from zero, whatever their final size.
 # - Pruning at initialisation must judge weights before they learn.  SynFlow scores paths
 #   without data, to avoid layer collapse; GraSP and SNIP use one batch; FORCE iterates
-#   SNIP.  The measurements above say which methods emptied a layer here.
-# - Frankle et al. (2021) found that shuffling the masks found at initialisation within
-#   each layer changes little, so that these methods mostly choose how sparse each layer
-#   should be; the shuffling plot repeats their check on our two networks, with the initial
-#   weights rescaled to each unit's sparse fan-in (the LeNets have no batch normalisation).
+#   SNIP.  Every sparse start here is rescaled to its fan-in, and every random baseline
+#   keeps the layer counts of the mask it is compared with.
 #
+# What this chapter measured:
+
+# %%
+counts = pd.Series([v.status for v in shuffle_verdicts]).value_counts()
+lines = [
+    f"- The first-order estimate correlates with the real loss change at "
+    f"{correlations[0]:.2f} for single weights of `fc2` and {correlations[1]:.2f} for whole "
+    f"units of `fc1`.",
+    f"- Magnitude and movement keep {overlap:.0%} of the same weights of `fc2` at 90% sparsity.",
+    f"- At 99% sparsity before training, the methods that empty a layer of LeNet-300-100 "
+    f"are: {', '.join(f'`{m}`' for m in empty) or 'none'}.",
+    *[
+        f"- {m} at {top:.0%} sparsity, after {FINETUNE_EPOCHS} fine-tuning epoch(s) (test): "
+        + "; ".join(
+            f"`{a}` minus `{b}` {sl.stats.describe(paired_row(f'{a} - {b}', FINE_TUNED, m, top))}"
+            for a, b in PAIRS
+            if b == "magnitude"
+        )
+        + "."
+        for m in MODELS
+    ],
+    f"- Shuffling masks found at initialisation ({len(shuffle_verdicts)} method-network "
+    f"pairs at {top:.0%}, {PAI_EPOCHS} training epoch(s), {len(SEEDS)} seed(s)): "
+    + ", ".join(f"{n} {status}" for status, n in counts.items())
+    + " against init_masks_carry_layer_ratios_only.",
+    *[
+        f"- Against the literature: {v.claim.key} is **{v.status}** ({v.setting})."
+        for v in snip_verdicts + magnitude_verdicts
+    ],
+]
+display(Markdown("\n".join(lines)))
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Train with `SoftMovementScores(lam=...)` among the callbacks and prune with

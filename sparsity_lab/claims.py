@@ -376,7 +376,8 @@ def verdict(
     :func:`sparsity_lab.stats.paired` (``mean_diff``, ``ci_low``, ``ci_high``, ``n``).
     ``setting`` says where it was measured ("LeNet-300-100, 90%"); ``reason`` is the
     measured explanation a notebook gives, shown after the numbers (use it whenever the
-    claim is not reproduced).  With one seed the verdict is inconclusive.
+    claim is not reproduced).  With one seed, or with pairs that all differ by the same
+    amount (a zero-width interval), the verdict is inconclusive.
     """
     claim = get(claim) if isinstance(claim, str) else claim
     if isinstance(differences, Mapping | pd.Series) and "mean_diff" in differences:
@@ -387,7 +388,9 @@ def verdict(
         mean, low, high, n = summary["mean"], summary["ci_low"], summary["ci_high"], summary["n"]
     if n == 0 or math.isnan(mean):
         raise ValueError(f"claim {claim.key!r}: no differences to judge")
-    status = INCONCLUSIVE if n < 2 else _decide(claim.relation, claim.margin, low, high)
+    # one seed, or pairs that all differ by the same amount: no interval to judge with
+    unknown_spread = n < 2 or low == high
+    status = INCONCLUSIVE if unknown_spread else _decide(claim.relation, claim.margin, low, high)
     return Verdict(claim, status, mean, low, high, n, setting, reason)
 
 

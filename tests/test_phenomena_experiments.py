@@ -34,11 +34,11 @@ def test_shuffle_experiment_uses_the_same_initial_weights(tiny):
 
 
 def test_ticket_rounds_table_and_advantage(tiny):
-    table = tickets.ticket_rounds(tiny, 0.75, rounds=2, epochs=1)
+    table = tickets.ticket_rounds(tiny, 0.75, rounds=2, epochs=1, dense_epochs=1)
     assert set(table["network"]) == {"dense", *tickets.NETWORKS}
     assert table[table["round"] == 2]["sparsity"].iloc[0] == pytest.approx(0.75)
     adv = tickets.ticket_advantage(table)
-    wide = table[table["round"] == 1].set_index("network")["accuracy"]
+    wide = table[table["round"] == 1].set_index("network")["test_accuracy"]
     best = max(wide[tickets.NETWORKS[2]], wide[tickets.NETWORKS[3]])
     assert adv.set_index("round").loc[1, "theta0_advantage"] == pytest.approx(
         wide[tickets.NETWORKS[0]] - best

@@ -160,6 +160,18 @@ def prune_at_init(
     return prune(model, criterion, sparsity, budget=budget, data=data, seed=seed)
 
 
+def masks_at_init(
+    model: nn.Module, method: str, sparsity: float, data: Any, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """The masks one of :data:`AT_INIT` picks for an untrained ``model``, left untouched.
+
+    Start a network from them with :func:`sparsity_lab.recipes.sparse_start` (kept weights
+    rescaled to their sparse fan-in), as every comparison at initialisation does.
+    """
+    pruned = prune_at_init(copy.deepcopy(model), method, sparsity, data=data, seed=seed)
+    return {n: m.detach().bool().clone() for n, m in masks.masks(pruned).items()}
+
+
 def collapse_summary(model: nn.Module) -> dict[str, Any]:
     """``{"paths", "disconnected", "collapsed_layers", "dead_share", "min_layer_density"}``:
     the detector's verdict on one pruned model, in plain numbers."""

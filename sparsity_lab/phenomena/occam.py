@@ -19,8 +19,10 @@ import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
+from .. import flags as flags_mod
+from .. import recipes
 from ..pruning import prune
-from ..train import evaluate, fit
+from ..train import evaluate
 
 REGIONS = ("A", "B", "C")
 
@@ -77,44 +79,68 @@ def hill(sparsity: Sequence[float], accuracy: Sequence[float], dense_accuracy: f
     return {"sparsity": float(sparsity[i]), "gain": float(accuracy[i] - dense_accuracy)}
 
 
+def noisy_task(t: Any, noise: float) -> Any:
+    """A copy of task ``t`` whose training labels carry ``noise`` label noise.
+
+    Validation and test labels stay clean.  The noise is recorded in the task's options,
+    so :func:`sparsity_lab.recipes.train_dense` caches the model under its own key and
+    does not hold it to the recipe's expected accuracy (which is for the clean data).
+    """
+    if noise == 0:
+        return t
+    noisy = copy.copy(t)
+    noisy.bundle = copy.copy(t.bundle)
+    noisy.bundle.train = with_label_noise(t.bundle.train, noise, t.bundle.n_classes, seed=t.seed)
+    noisy.options = {**t.options, "label_noise": noise}
+    return noisy
+
+
 def occam_curve(
     t: Any,
     sparsities: Sequence[float],
     *,
     noise: float = 0.0,
-    epochs: int = 20,
+    epochs: int | None = None,
     finetune_epochs: int = 5,
-    lr: float = 0.05,
 ) -> pd.DataFrame:
-    """Test accuracy against sparsity for one seed (the task's).
+    """Accuracy against sparsity for one seed (the task's), with the shared protocol.
 
-    The training labels get ``noise`` label noise (validation and test stay clean); a dense
-    model trains ``epochs`` epochs, then a copy per sparsity is pruned once (global
-    magnitude) and fine-tuned ``finetune_epochs``.  Rows: ``sparsity`` (0 is the dense
-    model), ``test_accuracy``, ``train_accuracy`` (on the noisy labels).
+    The training labels get ``noise`` label noise (:func:`noisy_task`); the dense model is
+    the recipe's (:func:`sparsity_lab.recipes.train_dense`, ``epochs`` overriding the
+    recipe's); a copy per sparsity is pruned once (global magnitude) and fine-tuned
+    ``finetune_epochs`` with the mask fixed at a fifth of the recipe's learning rate
+    (:func:`sparsity_lab.recipes.finetune`).  Rows: ``sparsity`` (0 is the dense model),
+    ``val_accuracy``, ``test_accuracy``, ``train_accuracy`` (on the noisy labels),
+    ``finetune_epochs``, ``finetune_flops``, ``flags``.
     """
-    t = copy.copy(t)
-    t.bundle = copy.copy(t.bundle)
-    t.bundle.train = with_label_noise(t.bundle.train, noise, t.bundle.n_classes, seed=t.seed)
-    train, val, test = t.loaders()
-    dense = t.build()
-    fit(dense, train, val, epochs=epochs, lr=lr, lr_schedule="cosine", seed=t.seed, progress=False)
-    rows = [
-        {
-            "sparsity": 0.0,
-            "test_accuracy": evaluate(dense, test)["accuracy"],
-            "train_accuracy": evaluate(dense, train)["accuracy"],
+    t = noisy_task(t, noise)
+    dense, info = recipes.train_dense(t, epochs=epochs, progress=False)
+    recipe = info["recipe"]
+    train = t.loaders()[0]
+
+    def measure(model: Any, sparsity: float, budget: dict, extra_flags: str = "") -> dict:
+        test = recipes.evaluate_run(model, t, target_sparsity=sparsity or None)
+        return {
+            "sparsity": float(sparsity),
+            "val_accuracy": recipes.evaluate_run(model, t, split="val")["accuracy"],
+            "test_accuracy": test["accuracy"],
+            "train_accuracy": evaluate(model, train)["accuracy"],
+            **budget,
+            "flags": flags_mod.join(f for f in (extra_flags, test["flags"]) if f),
         }
-    ]
+
+    rows = [measure(dense, 0.0, {"finetune_epochs": 0, "finetune_flops": 0.0}, info["flags"])]
     for s in sparsities:
         model = prune(copy.deepcopy(dense), "magnitude", s)
-        if finetune_epochs:
-            fit(model, train, val, epochs=finetune_epochs, lr=lr / 5, seed=t.seed, progress=False)
-        rows.append(
-            {
-                "sparsity": float(s),
-                "test_accuracy": evaluate(model, test)["accuracy"],
-                "train_accuracy": evaluate(model, train)["accuracy"],
-            }
+        budget = recipes.finetune(
+            model, t, finetune_epochs, lr=recipe.lr / 5, optimizer=recipe.optimizer
         )
+        rows.append(measure(model, s, budget))
     return pd.DataFrame(rows)
+
+
+def paired_regions(verdicts: Sequence[str]) -> list[str]:
+    """Regions from the verdicts of :func:`sparsity_lab.stats.paired` (pruned minus dense,
+    per sparsity): ``A`` better, ``B`` no difference, ``C`` worse, ``?`` a single seed."""
+    names = {"better": "A", "no difference": "B", "worse": "C", "one seed": "?"}
+    return [names[v] for v in verdicts]

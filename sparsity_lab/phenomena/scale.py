@@ -15,9 +15,10 @@ from typing import Any
 
 from torch import nn
 
+from .. import recipes
 from ..accounting import report
 from ..methods.gradual import GMP
-from ..train import evaluate, fit
+from .structure import fit_recipe
 
 #: How each model's width is scaled by a factor ``f``.
 WIDTH_OPTIONS = {
@@ -64,39 +65,39 @@ def matching_model(
 
 
 def large_sparse_vs_small_dense(
-    t: Any, sparsity: float, *, epochs: int = 10, lr: float = 0.05
+    t: Any, sparsity: float, *, epochs: int | None = None
 ) -> list[dict[str, Any]]:
     """Train the large model with GMP to ``sparsity`` (uniform budget, as Zhu & Gupta) and
-    two small dense models matched to its nonzeros and to its FLOPs, all for ``epochs``.
+    two small dense models matched to its nonzeros and to its FLOPs.
 
-    Returns one row per model: ``model, width, nonzeros, flops, test_accuracy``.
+    All three train with the setting's recipe (:func:`~sparsity_lab.phenomena.structure.
+    fit_recipe`: its optimizer, learning rate, schedule, batch size and batch order) for
+    ``epochs`` (default: the recipe's); GMP prunes from the start to 75% of training.
+    Returns one row per model: ``model, width, nonzeros, flops, val_accuracy,
+    test_accuracy, flags``.
     """
-    train, val, test = t.loaders()
+    recipe = recipes.recipe_for(t.model_name, t.data_name)
+    train = t.loaders(recipe.batch_size)[0]
     large = t.build()
-    GMP(sparsity, budget="uniform", end=0.75, frequency=max(1, len(train) // 2)).fit(
-        large, train, val, epochs=epochs, lr=lr, lr_schedule="cosine", seed=t.seed, progress=False
-    )
-    rows = [("large sparse", 1.0, large)]
+    gmp = GMP(sparsity, budget="uniform", end=0.75, frequency=max(1, len(train) // 2))
+    fit_recipe(large, t, epochs=epochs, callbacks=[gmp], recipe=recipe)
+    rows = [("large sparse", 1.0, large, sparsity)]
     for measure in MEASURES:
         f, small = matching_model(t, cost(large, measure), measure)
-        fit(
-            small,
-            train,
-            val,
-            epochs=epochs,
-            lr=lr,
-            lr_schedule="cosine",
-            seed=t.seed,
-            progress=False,
+        fit_recipe(small, t, epochs=epochs, recipe=recipe)
+        rows.append((f"small dense (equal {measure})", f, small, None))
+    out = []
+    for label, f, m, target in rows:
+        test = recipes.evaluate_run(m, t, target_sparsity=target)
+        out.append(
+            {
+                "model": label,
+                "width": f,
+                "nonzeros": cost(m, "nonzeros"),
+                "flops": cost(m, "flops"),
+                "val_accuracy": recipes.evaluate_run(m, t, split="val")["accuracy"],
+                "test_accuracy": test["accuracy"],
+                "flags": test["flags"],
+            }
         )
-        rows.append((f"small dense (equal {measure})", f, small))
-    return [
-        {
-            "model": label,
-            "width": f,
-            "nonzeros": cost(m, "nonzeros"),
-            "flops": cost(m, "flops"),
-            "test_accuracy": evaluate(m, test)["accuracy"],
-        }
-        for label, f, m in rows
-    ]
+    return out

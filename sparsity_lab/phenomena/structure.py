@@ -25,13 +25,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import masks
+from .. import flags as flags_mod
+from .. import masks, recipes
 from ..ephemeral.heads import head_importance
-from ..methods.base import independent_copy
 from ..methods.lottery import EarlyBird
 from ..patterns import check_sparsity
 from ..pruning import prune
-from ..train import Callback, Trainer, evaluate, fit
+from ..train import Callback, Trainer, fit
 
 MaskSet = dict[str, torch.Tensor]
 Selector = Callable[[nn.Module], MaskSet]
@@ -213,49 +213,70 @@ class MaskTracker(Callback):
 # --- the experiment ---------------------------------------------------------------------
 
 
+def fit_recipe(
+    model: nn.Module,
+    t: Any,
+    *,
+    epochs: int | None = None,
+    callbacks: Iterable[Callback] = (),
+    recipe: recipes.Recipe | None = None,
+) -> pd.DataFrame:
+    """Train ``model`` on the task's data with the recipe of its setting.
+
+    The same loop as :func:`sparsity_lab.recipes.train_dense` (the recipe's optimizer,
+    learning rate, schedule and batch size, the batch order of the task's seed), so a
+    sparse network trained this way is trained like its dense counterpart; ``epochs``
+    overrides the recipe's.  Returns the history.
+    """
+    recipe = recipe or recipes.recipe_for(t.model_name, t.data_name)
+    training = recipe.training()
+    if epochs is not None:
+        training["epochs"] = epochs
+    train, val, _ = t.loaders(recipe.batch_size)
+    return fit(
+        model, train, val, seed=t.seed, progress=False, callbacks=list(callbacks), **training
+    )
+
+
 def early_against_late(
     t: Any,
     sparsity: float,
     *,
-    epochs: int = 10,
+    epochs: int | None = None,
     finetune_epochs: int = 2,
-    lr: float = 0.05,
     epsilon: float = 0.1,
     window: int = 3,
     selectors: Mapping[str, Selector] | None = None,
 ) -> dict[str, Any]:
     """Track masks during dense training, then prune early (early-bird) or at the end.
 
-    ``t`` is a :class:`sparsity_lab.recipes.Task`.  Both arms train for
-    ``epochs + finetune_epochs`` epochs in all:
+    ``t`` is a :class:`sparsity_lab.recipes.Task`; every training follows its setting's
+    recipe (:func:`fit_recipe`), ``epochs`` overriding the recipe's (a smoke run).  Both
+    arms train for ``epochs + finetune_epochs`` epochs in all:
 
-    * *late*: dense for ``epochs`` (tracked by a :class:`MaskTracker`), one-shot global
-      magnitude pruning, then ``finetune_epochs`` with the mask fixed;
+    * *late*: the recipe's dense model (:func:`sparsity_lab.recipes.dense`), pruned once by
+      global magnitude and fine-tuned ``finetune_epochs`` with the mask fixed
+      (:func:`sparsity_lab.recipes.finetune`, a fifth of the recipe's learning rate);
     * *early*: :class:`~sparsity_lab.methods.lottery.EarlyBird` from the same
       initialisation, which draws its ticket when the masks settle (``epsilon``,
       ``window``, searching the first ``epochs`` epochs) and trains it for the rest.
 
+    The masks are tracked on a replay of the dense training (same initialisation, batch
+    order and recipe); ``replay_iou`` is the IoU of its final magnitude mask with that of
+    the recipe's dense model (1.0: the replay is the same run).
+
     Returns ``{"table": tracker.table(), "stable_epoch", "early_epoch", "early_accuracy",
-    "late_accuracy", "dense_accuracy", "early_late_iou"}`` (test accuracy; the IoU is
-    between the early-bird ticket and the late mask).
+    "late_accuracy", "dense_accuracy", "early_late_iou", "replay_iou", "early_flags",
+    "late_flags", "dense_flags", "finetune_epochs", "finetune_flops"}`` (test accuracies
+    and the sanity flags of :func:`sparsity_lab.recipes.evaluate_run`; the IoU is between
+    the early-bird ticket and the late mask).
     """
-    train, val, test = t.loaders()
+    _, dense, info = recipes.dense(t.model_name, t.data_name, t.seed, epochs=epochs, **t.options)
+    recipe = info["recipe"]
     selectors = selectors or {"magnitude": criterion_selector("magnitude", sparsity)}
     tracker = MaskTracker(selectors)
-    dense = t.build()
-    start = independent_copy(dense)
-    fit(
-        dense,
-        train,
-        val,
-        epochs=epochs,
-        lr=lr,
-        lr_schedule="cosine",
-        seed=t.seed,
-        callbacks=[tracker],
-        progress=False,
-    )
-    dense_accuracy = evaluate(dense, test)["accuracy"]
+    replay = t.build()
+    fit_recipe(replay, t, callbacks=[tracker], recipe=recipe)
     table = tracker.table()
     first = next(iter(selectors))
     # as in the early-bird method, the first distance is between epochs 1 and 2
@@ -266,22 +287,40 @@ def early_against_late(
         window=window,
         epochs=list(curve["epoch"]),
     )
+    magnitude = criterion_selector("magnitude", sparsity)
+    replay_iou = iou(magnitude(replay), magnitude(dense))
+    dense_run = recipes.evaluate_run(dense, t)
     prune(dense, "magnitude", sparsity)
     late_masks = {n: m.bool().clone() for n, m in masks.masks(dense).items()}
-    if finetune_epochs:
-        fit(dense, train, val, epochs=finetune_epochs, lr=lr / 5, seed=t.seed, progress=False)
-    total = epochs + finetune_epochs
-    bird = EarlyBird(sparsity, epsilon=epsilon, window=window, max_search=epochs / total)
-    bird.fit(
-        start, train, val, epochs=total, lr=lr, lr_schedule="cosine", seed=t.seed, progress=False
+    budget = recipes.finetune(
+        dense, t, finetune_epochs, lr=recipe.lr / 5, optimizer=recipe.optimizer, progress=False
     )
+    late = recipes.evaluate_run(dense, t, target_sparsity=sparsity)
+    total = recipe.epochs + finetune_epochs
+    bird = EarlyBird(sparsity, epsilon=epsilon, window=window, max_search=recipe.epochs / total)
+    start = t.build()
+    train, val, _ = t.loaders(recipe.batch_size)
+    bird.fit(
+        start,
+        train,
+        val,
+        seed=t.seed,
+        progress=False,
+        **{**recipe.training(), "epochs": total},
+    )
+    early = recipes.evaluate_run(start, t, target_sparsity=sparsity)
     bird_masks = {n: m.bool() for n, m in masks.masks(start).items()}
     return {
         "table": table,
         "stable_epoch": stable,
         "early_epoch": None if bird.found_epoch is None else bird.found_epoch + 1,
-        "early_accuracy": evaluate(start, test)["accuracy"],
-        "late_accuracy": evaluate(dense, test)["accuracy"],
-        "dense_accuracy": dense_accuracy,
+        "early_accuracy": early["accuracy"],
+        "late_accuracy": late["accuracy"],
+        "dense_accuracy": dense_run["accuracy"],
         "early_late_iou": iou(bird_masks, late_masks),
+        "replay_iou": replay_iou,
+        "early_flags": early["flags"],
+        "late_flags": late["flags"],
+        "dense_flags": flags_mod.join(f for f in (info["flags"], dense_run["flags"]) if f),
+        **budget,
     }

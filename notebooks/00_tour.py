@@ -173,16 +173,9 @@ def one_shot(method, finetune_epochs, sparsity, seed):
         found = sl.masks.masks(sl.prune(copy.deepcopy(dense_model), "magnitude", sparsity))
         for name, keep in recipes.random_like(found, seed=seed).items():
             sl.masks.attach(dense_model, name, keep)
-        pruned_val = recipes.evaluate_run(dense_model, t, split="val")["accuracy"]
-        budget = recipes.finetune(dense_model, t, finetune_epochs)
-        final = recipes.evaluate_run(dense_model, t, target_sparsity=sparsity)
-        run = {
-            "measured_sparsity": final["sparsity"],
-            "pruned_accuracy": pruned_val,
-            "test_accuracy": final["accuracy"],
-            **budget,
-            "flags": final["flags"],
-        }
+        run = recipes.finetune_and_measure(
+            dense_model, t, sparsity, finetune_epochs=finetune_epochs
+        )
     return {
         "pruned_val_accuracy": run["pruned_accuracy"],
         "test_accuracy": run["test_accuracy"],

@@ -473,21 +473,6 @@ def first_batches(loader, n):
     return [batch for _, batch in zip(range(n), loader, strict=False)]
 
 
-def finetune_masked(net, t, sparsity):
-    """`prune_and_finetune`'s measurements for a network whose masks are already attached."""
-    pruned = recipes.evaluate_run(net, t, split="val")["accuracy"]
-    budget = recipes.finetune(net, t, FINETUNE_EPOCHS)
-    final = recipes.evaluate_run(net, t, target_sparsity=sparsity)
-    return {
-        "measured_sparsity": final["sparsity"],
-        "pruned_accuracy": pruned,
-        "val_accuracy": recipes.evaluate_run(net, t, split="val")["accuracy"],
-        "test_accuracy": final["accuracy"],
-        **budget,
-        "flags": final["flags"],
-    }
-
-
 def one_shot(model_name, criterion, sparsity, seed):
     """Prune a copy of the dense model once, then fine-tune it; accuracies at both stages."""
     t, net, scores = recipes.dense(model_name, "mnist", seed, epochs=EPOCHS, **DATA)
@@ -496,7 +481,8 @@ def one_shot(model_name, criterion, sparsity, seed):
         found = masks.masks(sl.prune(copy.deepcopy(net), "magnitude", sparsity, budget="global"))
         for name, mask in recipes.random_like(found, seed).items():
             masks.attach(net, name, mask)
-        return {**finetune_masked(net, t, sparsity), **dense_scores}
+        result = recipes.finetune_and_measure(net, t, sparsity, finetune_epochs=FINETUNE_EPOCHS)
+        return {**result, **dense_scores}
     if criterion in UNSTRUCTURED:
         method, budget = UNSTRUCTURED[criterion]
         options = {"budget": budget}

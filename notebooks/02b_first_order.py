@@ -395,18 +395,8 @@ def one_shot(model_name, criterion, sparsity, seed):
         found = masks.masks(sl.prune(copy.deepcopy(net), "magnitude", sparsity))
         for name, mask in recipes.random_like(found, seed).items():
             masks.attach(net, name, mask)
-        pruned = recipes.evaluate_run(net, t, split="val")["accuracy"]
-        budget = recipes.finetune(net, t, FINETUNE_EPOCHS)
-        final = recipes.evaluate_run(net, t, target_sparsity=sparsity)
-        return {
-            "measured_sparsity": final["sparsity"],
-            "pruned_accuracy": pruned,
-            "val_accuracy": recipes.evaluate_run(net, t, split="val")["accuracy"],
-            "test_accuracy": final["accuracy"],
-            **budget,
-            "flags": final["flags"],
-            **dense_scores,
-        }
+        result = recipes.finetune_and_measure(net, t, sparsity, finetune_epochs=FINETUNE_EPOCHS)
+        return {**result, **dense_scores}
     method, options = criterion, {}
     if criterion in tracked:
         options["tracker"] = tracked[criterion]

@@ -523,6 +523,40 @@ def evaluate_run(
     return result
 
 
+def finetune_and_measure(
+    model: nn.Module,
+    t: Task,
+    sparsity: float | None,
+    *,
+    finetune_epochs: int = 2,
+    lr: float = 0.01,
+    optimizer: str = "sgd",
+    progress: bool | None = None,
+    names: list[str] | None = None,
+) -> dict[str, Any]:
+    """Measure an already masked ``model``, fine-tune it with its masks fixed, measure again.
+
+    The second half of :func:`prune_and_finetune`, for masks made some other way (a
+    :func:`random_like` baseline, a search).  Returns ``{"measured_sparsity",
+    "pruned_accuracy", "val_accuracy", "test_accuracy", "finetune_epochs",
+    "finetune_flops", "flags"}``: validation accuracy right after pruning, then after
+    fine-tuning, the test accuracy, the budget and the flags of the final model on the test
+    split (:func:`evaluate_run`; ``sparsity`` is the target the flags check, counted over
+    ``names``, default every Linear/Conv weight).
+    """
+    pruned = evaluate_run(model, t, split="val")["accuracy"]
+    budget = finetune(model, t, finetune_epochs, lr=lr, optimizer=optimizer, progress=progress)
+    final = evaluate_run(model, t, target_sparsity=sparsity, names=names)
+    return {
+        "measured_sparsity": final["sparsity"],
+        "pruned_accuracy": pruned,
+        "val_accuracy": evaluate_run(model, t, split="val")["accuracy"],
+        "test_accuracy": final["accuracy"],
+        **budget,
+        "flags": final["flags"],
+    }
+
+
 def prune_and_finetune(
     model: nn.Module,
     t: Task,
@@ -537,26 +571,24 @@ def prune_and_finetune(
 ) -> dict[str, Any]:
     """Prune ``model`` in place, fine-tune it with masks fixed, and measure each stage.
 
-    Returns ``{"measured_sparsity", "pruned_accuracy", "val_accuracy", "test_accuracy",
-    "finetune_epochs", "finetune_flops", "flags"}``: accuracy on the validation split right
-    after pruning, then after fine-tuning, the fine-tuning budget and the sanity flags of
-    the final model on the test split (:func:`evaluate_run`).
+    Returns what :func:`finetune_and_measure` returns: accuracy on the validation split
+    right after pruning, then after fine-tuning, the fine-tuning budget and the sanity flags
+    of the final model on the test split.
     """
     if "data" not in prune_options:
         prune_options["data"] = t.loaders()[0]
     prune(model, method, sparsity, seed=t.seed, **prune_options)
-    pruned = evaluate_run(model, t, split="val")["accuracy"]
-    budget = finetune(model, t, finetune_epochs, lr=lr, optimizer=optimizer, progress=progress)
     # the target counts the pruned tensors only: those named (or every Linear/Conv) less
     # the excluded ones
     targets = prune_options.get("targets") or default_targets(model)
     names = [n for n in targets if n not in set(prune_options.get("exclude", ()))]
-    final = evaluate_run(model, t, target_sparsity=sparsity, names=names)
-    return {
-        "measured_sparsity": final["sparsity"],
-        "pruned_accuracy": pruned,
-        "val_accuracy": evaluate_run(model, t, split="val")["accuracy"],
-        "test_accuracy": final["accuracy"],
-        **budget,
-        "flags": final["flags"],
-    }
+    return finetune_and_measure(
+        model,
+        t,
+        sparsity,
+        finetune_epochs=finetune_epochs,
+        lr=lr,
+        optimizer=optimizer,
+        progress=progress,
+        names=names,
+    )

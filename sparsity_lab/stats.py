@@ -30,6 +30,9 @@ FRACTION_SUFFIXES = ("accuracy", "sparsity", "density")
 
 #: The verdicts of :func:`paired`.
 BETTER, WORSE, NO_DIFFERENCE, ONE_SEED = "better", "worse", "no difference", "one seed"
+#: Every pair differs by the same nonzero amount: the spread, and so the interval, is
+#: unknown (common with two seeds on a small test set, where accuracies move in steps).
+NO_SPREAD = "no spread"
 
 
 def bounds_for(metric: str) -> tuple[float, float] | None:
@@ -119,7 +122,8 @@ def paired(
     batch order).  Returns one row per group of ``by``: ``mean_diff``, ``std``, ``n`` (the
     number of pairs), ``ci_low``, ``ci_high`` (a paired Student-t interval) and
     ``verdict``: ``"better"`` or ``"worse"`` when the interval excludes 0, ``"no
-    difference"`` when it covers 0, ``"one seed"`` when there is a single pair.
+    difference"`` when it covers 0, ``"one seed"`` when there is a single pair and ``"no
+    spread"`` when every pair differs by the same nonzero amount (see :func:`verdict_of`).
     """
     by = [by] if isinstance(by, str) else list(by)
     pair_on = [pair_on] if isinstance(pair_on, str) else list(pair_on)
@@ -156,7 +160,9 @@ def paired(
                 "n": summary["n"],
                 "ci_low": summary["ci_low"],
                 "ci_high": summary["ci_high"],
-                "verdict": verdict_of(summary["ci_low"], summary["ci_high"], summary["n"]),
+                "verdict": verdict_of(
+                    summary["ci_low"], summary["ci_high"], summary["n"], summary["std"]
+                ),
             }
         )
     return pd.DataFrame(
@@ -164,10 +170,16 @@ def paired(
     )
 
 
-def verdict_of(ci_low: float, ci_high: float, n: int) -> str:
-    """``"better"``/``"worse"`` when the interval excludes 0, else ``"no difference"``."""
+def verdict_of(ci_low: float, ci_high: float, n: int, std: float | None = None) -> str:
+    """``"better"``/``"worse"`` when the interval excludes 0, else ``"no difference"``.
+
+    A single pair gives ``"one seed"``; pairs that all differ by the same nonzero amount
+    give ``"no spread"``: a zero-width interval is not evidence of a difference.
+    """
     if n < 2:
         return ONE_SEED
+    if std == 0:
+        return NO_DIFFERENCE if ci_low == 0 else NO_SPREAD
     if ci_low > 0:
         return BETTER
     if ci_high < 0:
@@ -181,5 +193,7 @@ def describe(row: pd.Series | dict, *, scale: float = 100.0, unit: str = " point
     mean = row["mean_diff"] * scale
     if n < 2:
         return f"{mean:+.1f}{unit} (one seed, no interval)"
+    if row["verdict"] == NO_SPREAD:
+        return f"{mean:+.1f}{unit} on each of {n} seeds (no spread, no interval)"
     low, high = row["ci_low"] * scale, row["ci_high"] * scale
     return f"{mean:+.1f}{unit} [{low:+.1f}, {high:+.1f}], {n} seeds: {row['verdict']}"

@@ -78,3 +78,7 @@ def test_errors():
         claims.verdict("rigl_beats_set", [])
     with pytest.raises(ValueError, match="relation"):
         claims.Claim("k", "p 2020", "s", "c", "n", "a", "b", relation="bigger")
+
+
+def test_a_zero_width_interval_is_inconclusive():
+    assert claims.verdict("rigl_beats_set", [0.25, 0.25]).status == claims.INCONCLUSIVE

@@ -404,3 +404,16 @@ def test_dense_trains_once_and_hands_out_independent_copies(tmp_path):
     assert masks.masks(third) == {}
     assert len(list(tmp_path.glob("*.pt"))) == 1
     assert t.seed == 0
+
+
+def test_finetune_and_measure_on_a_random_like_baseline(digits_task, dense_model):
+    magnitude = copy.deepcopy(dense_model)
+    by_pruning = recipes.prune_and_finetune(magnitude, digits_task, "magnitude", 0.8)
+    model = copy.deepcopy(dense_model)
+    for name, mask in recipes.random_like(masks.masks(magnitude), seed=0).items():
+        masks.attach(model, name, mask)
+    result = recipes.finetune_and_measure(model, digits_task, 0.8)
+    assert set(result) == set(by_pruning)
+    assert result["measured_sparsity"] == pytest.approx(0.8, abs=1e-12)
+    assert result["finetune_flops"] == by_pruning["finetune_flops"]  # same counts, same cost
+    assert result["test_accuracy"] == recipes.evaluate_run(model, digits_task)["accuracy"]

@@ -110,3 +110,17 @@ def test_accuracy_intervals_are_clipped_to_0_1():
     # a metric that is not a fraction is left alone
     loss = pd.DataFrame({"g": ["x"] * 3, "loss": [0.0, 0.02, 0.0]})
     assert stats.summarize(loss, "g", "loss")["ci_low"][0] < 0
+
+
+def test_equal_differences_give_no_interval_not_a_verdict():
+    df = _runs([0.80, 0.70], [0.81, 0.71])  # +1 point on both seeds, exactly
+    row = stats.paired(df, "method", "new", "base", metric="acc").iloc[0]
+    assert row["std"] == pytest.approx(0, abs=1e-12) or row["verdict"] == "no spread"
+    same = _runs([0.5, 0.5], [0.5, 0.5])
+    assert stats.paired(same, "method", "new", "base", metric="acc")["verdict"][0] == (
+        "no difference"
+    )
+    exact = _runs([0.5, 0.25], [0.75, 0.5])  # +0.25 twice, exact in binary
+    row = stats.paired(exact, "method", "new", "base", metric="acc").iloc[0]
+    assert row["verdict"] == "no spread"
+    assert "no spread" in stats.describe(row)

@@ -3,17 +3,18 @@
 Every data set is built in memory (nothing is downloaded) and split into train, validation
 and test parts that depend only on ``seed``: the same seed gives identical tensors, another
 seed gives another split.  Features are ``float32``, labels ``int64`` (token ids of the
-``"text"`` task are ``int64`` too).
+``"text"`` and ``"chars"`` tasks are ``int64`` too).
 
 >>> bundle = load("digits", seed=0)
 >>> train_loader, val_loader, test_loader = bundle.loaders(batch_size=64)
 
-Names: ``mnist``, ``mnist1d``, ``digits``, ``teacher_student``, ``text``
+Names: ``mnist``, ``mnist1d``, ``digits``, ``teacher_student``, ``text``, ``chars``
 (:func:`available` lists them).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import random
@@ -44,6 +45,11 @@ __all__ = [
     "NEGATIONS",
     "POSITIVE",
     "NEGATIVE",
+    "char_corpus",
+    "char_windows",
+    "CHAR_BLOCK_LEN",
+    "UNKNOWN_CHAR",
+    "UNKNOWN_ID",
 ]
 
 
@@ -52,7 +58,9 @@ class DataBundle:
     """A data set split three ways, with what a model needs to know about it.
 
     ``input_shape`` is the shape of ONE example, so ``torch.zeros(1, *input_shape)`` is a
-    valid batch.  ``vocab`` is set only for token data: ``vocab[i]`` is the word of id ``i``.
+    valid batch.  ``vocab`` is set only for token data: ``vocab[i]`` is the token (a word,
+    or a character for ``chars``) of id ``i``; ``separator`` is what :meth:`decode` puts
+    between tokens (a space between words, nothing between characters).
     """
 
     name: str
@@ -62,6 +70,7 @@ class DataBundle:
     n_classes: int
     input_shape: tuple[int, ...]
     vocab: list[str] | None = None
+    separator: str = " "
 
     def loaders(
         self, batch_size: int = 128, *, seed: int = 0, shuffle_train: bool = True
@@ -82,11 +91,15 @@ class DataBundle:
         return train, val, test
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
-        """The sentence of a row of token ids, pad tokens dropped (token data only)."""
+        """The text of a row of token ids, pad tokens dropped (token data only)."""
         if self.vocab is None:
-            raise ValueError(f"data set {self.name!r} has no vocabulary; only 'text' has one")
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-        return " ".join(self.vocab[i] for i in ids if i != PAD_ID)
+            raise ValueError(
+                f"data set {self.name!r} has no vocabulary; only token data "
+                "('text', 'chars') has one"
+            )
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
+        ids = [ids] if isinstance(ids, int) else list(ids)  # one id: a label, e.g. y[0]
+        return self.separator.join(self.vocab[i] for i in ids if i != PAD_ID)
 
 
 # --------------------------------------------------------------------------------------
@@ -439,6 +452,168 @@ def _load_text(*, seed: int = 0, n_samples: int = 4000, seq_len: int = 16) -> Da
 
 
 # --------------------------------------------------------------------------------------
+# Chars: next-character prediction on real English text
+#
+# The text is CPython's own help pages (``pydoc_data.topics``, what ``help("if")`` prints),
+# installed with every Python, so nothing is downloaded.  A model reads ``seq_len``
+# characters and predicts the next one: a many-class task whose dense model stays far from
+# 100 %, so what pruning costs shows.  The pages differ a little between Python versions,
+# and so do the exact numbers.
+
+UNKNOWN_CHAR = "\ufffd"  # the Unicode replacement character stands for every rare character
+UNKNOWN_ID = 1
+CHAR_BLOCK_LEN = 1024
+
+
+@functools.lru_cache(maxsize=1)
+def char_corpus() -> str:
+    """The help texts of ``pydoc_data.topics``, in sorted-key order, repeated paragraphs dropped.
+
+    Many topics quote others whole (``"compound"`` holds ``"if"``, ``"while"``, ``"with"``...),
+    so about a fifth of the raw text is a copy: left in, a held-out block would often be text
+    the model trained on.  Only the first copy of each paragraph (text between blank lines)
+    is kept.
+    """
+    from pydoc_data.topics import topics
+
+    text = "\n".join(topics[key] for key in sorted(topics))
+    seen: set[str] = set()
+    paragraphs = []
+    for paragraph in text.split("\n\n"):
+        if paragraph not in seen:
+            seen.add(paragraph)
+            paragraphs.append(paragraph)
+    return "\n\n".join(paragraphs)
+
+
+def _char_blocks(seed: int, n_chars: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Block numbers of the train, validation and test text: 80/10/10 of the
+    ``CHAR_BLOCK_LEN``-character blocks, ``seed`` choosing which block goes where."""
+    n_blocks = n_chars // CHAR_BLOCK_LEN
+    order = np.random.default_rng(seed).permutation(n_blocks)
+    n_hold = n_blocks // 10
+    return (
+        np.sort(order[2 * n_hold :]),
+        np.sort(order[:n_hold]),
+        np.sort(order[n_hold : 2 * n_hold]),
+    )
+
+
+def _block_starts(blocks: np.ndarray, seq_len: int) -> np.ndarray:
+    """Every start of a window (``seq_len`` characters and the next one) inside one block."""
+    offsets = np.arange(CHAR_BLOCK_LEN - seq_len)  # the label, at start + seq_len, stays inside
+    return (blocks[:, None] * CHAR_BLOCK_LEN + offsets[None, :]).ravel()
+
+
+def _char_vocab(text: str, vocab_size: int) -> list[str]:
+    """``[PAD, UNKNOWN_CHAR, *the vocab_size - 2 most frequent characters of text]``; ties
+    go to the smaller code point, so the vocabulary depends on the text only."""
+    counts = collections.Counter(text)
+    ranked = sorted(counts, key=lambda c: (-counts[c], c))
+    return [PAD, UNKNOWN_CHAR, *ranked[: vocab_size - 2]]
+
+
+def _char_ids(text: str, vocab: list[str]) -> np.ndarray:
+    """The id of each character of ``text`` (``UNKNOWN_ID`` outside ``vocab``), as uint8."""
+    char_id = {c: i for i, c in enumerate(vocab) if i != PAD_ID}
+    return np.array([char_id.get(c, UNKNOWN_ID) for c in text], dtype=np.uint8)
+
+
+def _windows(ids: np.ndarray, starts: np.ndarray, seq_len: int) -> np.ndarray:
+    """Rows ``ids[s : s + seq_len + 1]`` for each start: the input and, last, its label."""
+    return ids[starts[:, None] + np.arange(seq_len + 1)[None, :]]
+
+
+def char_windows(
+    seed: int = 0,
+    *,
+    seq_len: int = 32,
+    n_train: int = 40000,
+    n_val: int = 2000,
+    n_test: int = 2000,
+    vocab_size: int = 64,
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], list[str]]:
+    """Where the ``chars`` examples start in :func:`char_corpus`, and the vocabulary.
+
+    Returns ``((train, val, test), vocab)``: sorted start offsets (example ``i`` of a split
+    reads ``text[s : s + seq_len]`` and predicts ``text[s + seq_len]``) and ``vocab``, the
+    most frequent characters of the train text.  The text is cut into ``CHAR_BLOCK_LEN``
+    blocks dealt 80/10/10 by ``seed``, and a window never crosses a block, so the parts share
+    no position of the text.  Some text still recurs in different places (table borders,
+    stock sentences), so validation and test also drop every example whose input equals the
+    input of some train window: a held-out score is never a recalled one.  Then
+    ``n_*`` windows of each part are drawn at random.
+    """
+    if seq_len < 1 or seq_len >= CHAR_BLOCK_LEN // 2:
+        raise ValueError(f"seq_len must be in [1, {CHAR_BLOCK_LEN // 2}), got {seq_len}")
+    if not 3 <= vocab_size <= 256:
+        raise ValueError(
+            f"vocab_size must be in [3, 256] (padding, unknown and at least one character; "
+            f"ids are stored as bytes), got {vocab_size}"
+        )
+    text = char_corpus()
+    blocks = _char_blocks(seed, len(text))
+    train_text = "".join(text[b * CHAR_BLOCK_LEN : (b + 1) * CHAR_BLOCK_LEN] for b in blocks[0])
+    vocab = _char_vocab(train_text, vocab_size)
+    ids = _char_ids(text, vocab)
+
+    train, val, test = (_block_starts(b, seq_len) for b in blocks)
+    # an input as bytes (uint8 ids fit, the vocabulary is capped at 256); [:, :-1] drops the label
+    seen = {row.tobytes() for row in _windows(ids, train, seq_len)[:, :-1]}
+    val, test = (
+        s[np.array([row.tobytes() not in seen for row in _windows(ids, s, seq_len)[:, :-1]])]
+        for s in (val, test)
+    )
+    rng = np.random.default_rng(seed)
+    drawn = []
+    for part, starts, n in (("train", train, n_train), ("val", val, n_val), ("test", test, n_test)):
+        if not 1 <= n <= len(starts):
+            raise ValueError(
+                f"n_{part} must be in [1, {len(starts)}] (the {part} text has "
+                f"{len(starts)} windows of seq_len={seq_len}), got {n}; pass a smaller n_{part}"
+            )
+        drawn.append(np.sort(rng.choice(starts, size=n, replace=False)))
+    return tuple(drawn), vocab
+
+
+def _load_chars(
+    *,
+    seed: int = 0,
+    seq_len: int = 32,
+    n_train: int = 40000,
+    n_val: int = 2000,
+    n_test: int = 2000,
+    vocab_size: int = 64,
+) -> DataBundle:
+    """Next-character prediction on Python's help texts (see :func:`char_windows`).
+
+    Inputs are ``seq_len`` character ids, the label is the id of the character that follows;
+    ``n_classes`` is the vocabulary size.  Id 0 is padding and never a character, so the
+    transformer's pad handling is unaffected; id 1 stands for every character outside the
+    ``vocab_size - 2`` most frequent ones (about 0.6 % of the text at the default 64).
+    """
+    (train, val, test), vocab = char_windows(
+        seed, seq_len=seq_len, n_train=n_train, n_val=n_val, n_test=n_test, vocab_size=vocab_size
+    )
+    ids = _char_ids(char_corpus(), vocab).astype(np.int64)
+
+    def part(starts: np.ndarray) -> TensorDataset:
+        rows = torch.from_numpy(_windows(ids, starts, seq_len))
+        return TensorDataset(rows[:, :-1].contiguous(), rows[:, -1].contiguous())
+
+    return DataBundle(
+        "chars",
+        part(train),
+        part(val),
+        part(test),
+        n_classes=len(vocab),
+        input_shape=(seq_len,),
+        vocab=vocab,
+        separator="",
+    )
+
+
+# --------------------------------------------------------------------------------------
 # Public entry points
 
 _LOADERS: dict[str, Callable[..., DataBundle]] = {
@@ -447,6 +622,7 @@ _LOADERS: dict[str, Callable[..., DataBundle]] = {
     "digits": _load_digits,
     "teacher_student": _load_teacher_student,
     "text": _load_text,
+    "chars": _load_chars,
 }
 
 
@@ -461,7 +637,8 @@ def load(name: str, *, seed: int = 0, **options) -> DataBundle:
     ``mnist``: ``n_train=4000, n_val=500, n_test=500, flatten=True``;
     ``mnist1d``: ``num_samples=4000, n_val=None``; ``digits``: ``flatten=True``;
     ``teacher_student``: ``n_samples=4000, dim=20, n_classes=4, hidden=32``;
-    ``text``: ``n_samples=4000, seq_len=16``.
+    ``text``: ``n_samples=4000, seq_len=16``; ``chars``: ``seq_len=32, n_train=40000,
+    n_val=2000, n_test=2000, vocab_size=64``.
     """
     loader = _LOADERS.get(name)
     if loader is None:

@@ -357,12 +357,18 @@ class TinyTransformer(nn.Module):
     """A tiny transformer classifier for token ids of shape ``(B, seq_len)``.
 
     Token embedding (``padding_idx=0``) plus learned position embedding, ``depth``
-    :class:`TransformerBlock`, final LayerNorm, mean over the non-pad tokens, Linear head.
-    Pad tokens (id 0) are masked out as keys and left out of the mean, so the output does
-    not depend on them.
+    :class:`TransformerBlock`, final LayerNorm, pooling, Linear head.  Pad tokens (id 0) are
+    masked out as keys and never pooled, so the output does not depend on them.
+
+    ``pool="mean"`` averages the non-pad positions: right for a label about the whole
+    sequence (sentiment).  ``pool="last"`` takes the last non-pad position: right for a
+    label about what comes next (the ``chars`` task), since the newest token matters most
+    there and a mean would blur it with the rest.  An all-pad row pools to zeros (mean) or
+    to position 0 (last).
     """
 
     pad_id = 0
+    pools = ("mean", "last")
 
     def __init__(
         self,
@@ -373,12 +379,20 @@ class TinyTransformer(nn.Module):
         depth: int = 2,
         n_heads: int = 4,
         mlp_ratio: int = 4,
+        pool: str = "mean",
     ) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
         _check_shape(
             "tiny_transformer", self.input_shape, 1, "(seq_len,)", "pass token ids, not features"
         )
+        if pool not in self.pools:
+            hint = did_you_mean(pool, list(self.pools)) if isinstance(pool, str) else ""
+            raise ValueError(
+                f"unknown pool {pool!r}.{hint} Choose 'mean' (average of the non-pad "
+                "positions) or 'last' (the last non-pad position)"
+            )
+        self.pool = pool
         self.tok_emb = nn.Embedding(vocab_size, dim, padding_idx=self.pad_id)
         self.pos_emb = nn.Embedding(self.input_shape[0], dim)
         self.blocks = nn.ModuleList(TransformerBlock(dim, n_heads, mlp_ratio) for _ in range(depth))
@@ -393,9 +407,14 @@ class TinyTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, key_padding_mask=pad)
         x = self.ln_f(x)
-        keep = (~pad).unsqueeze(-1).to(x.dtype)
-        # clamp: an all-pad row averages nothing instead of dividing by zero
-        pooled = (x * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)
+        if self.pool == "last":
+            # the largest non-pad position; an all-pad row (-1) falls back to position 0
+            last = positions.masked_fill(pad, -1).amax(dim=1).clamp(min=0)
+            pooled = x[torch.arange(len(x), device=x.device), last]
+        else:
+            keep = (~pad).unsqueeze(-1).to(x.dtype)
+            # clamp: an all-pad row averages nothing instead of dividing by zero
+            pooled = (x * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)
         return self.head(pooled)
 
 
@@ -423,7 +442,8 @@ def build(name: str, *, input_shape: tuple[int, ...], n_classes: int, **options)
     ``lenet300``: ``hidden=(300, 100)``; ``lenet5``: none; ``cnn1d``:
     ``channels=(32, 32, 32)``; ``resmlp``: ``width=64, depth=2``; ``resnet_small``:
     ``widths=(8, 16, 32), blocks_per_stage=1``; ``tiny_transformer``: ``vocab_size=64,
-    dim=32, depth=2, n_heads=4, mlp_ratio=4``.
+    dim=32, depth=2, n_heads=4, mlp_ratio=4, pool="mean"`` (``"last"`` for next-token
+    labels).
     """
     cls = _MODELS.get(name)
     if cls is None:

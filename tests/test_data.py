@@ -19,6 +19,7 @@ SMALL = {
     "digits": {},
     "teacher_student": {"n_samples": 1000},
     "text": {"n_samples": 1000},
+    "chars": {"n_train": 3000, "n_val": 300, "n_test": 300},
 }
 
 
@@ -27,7 +28,9 @@ def _splits(bundle: data.DataBundle):
 
 
 def test_available_names():
-    assert data.available() == sorted(["mnist", "mnist1d", "digits", "teacher_student", "text"])
+    assert data.available() == sorted(
+        ["mnist", "mnist1d", "digits", "teacher_student", "text", "chars"]
+    )
     assert set(SMALL) == set(data.available())
 
 

@@ -1,6 +1,7 @@
 """Recipes: task layouts and mismatches, the dense checkpoint cache, prune and fine-tune."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -417,3 +418,13 @@ def test_finetune_and_measure_on_a_random_like_baseline(digits_task, dense_model
     assert result["measured_sparsity"] == pytest.approx(0.8, abs=1e-12)
     assert result["finetune_flops"] == by_pruning["finetune_flops"]  # same counts, same cost
     assert result["test_accuracy"] == recipes.evaluate_run(model, digits_task)["accuracy"]
+
+
+def test_the_chars_task_builds_its_recipes_model_and_reports_perplexity():
+    t = recipes.task("tiny_transformer", "chars", seed=0, n_train=2000, n_val=200, n_test=200)
+    model = t.build()
+    assert model.pool == "last"
+    assert model.head.out_features == t.bundle.n_classes
+    run = recipes.evaluate_run(model, t)
+    assert run["perplexity"] == pytest.approx(math.exp(run["loss"]))
+    assert "never predicted" not in run["flags"]  # not checked for next-token data

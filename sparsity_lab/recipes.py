@@ -155,30 +155,62 @@ class Recipe:
 #: The dense recipes of the bundled settings; see :class:`Recipe` and the book's table.
 RECIPES: dict[tuple[str, str], Recipe] = {
     ("lenet300", "mnist"): Recipe(
-        epochs=20,
+        epochs=40,
         optimizer="sgd",
-        lr=0.05,
-        expected_test_accuracy=0.93,
-        source="validation sweep in benchmarks/dense_recipes.py",
+        lr=0.1,
+        expected_test_accuracy=0.94,
+        source=(
+            "validation sweep (benchmarks/dense_recipes.py --sweep): SGD lr 0.05/0.1/0.2, "
+            "20/40 epochs, weight decay 0/5e-4, Adam 1e-3; seeds 0-2 reach 94.1% test"
+        ),
     ),
     ("lenet5", "mnist"): Recipe(
         epochs=20,
         optimizer="sgd",
         lr=0.05,
         expected_test_accuracy=0.96,
-        source="validation sweep in benchmarks/dense_recipes.py",
+        source=(
+            "validation sweep: SGD lr 0.05/0.1, 10/20 epochs, weight decay 0/5e-4, Adam "
+            "1e-3; seeds 0-2 reach 96.5% test"
+        ),
     ),
     ("cnn1d", "mnist1d"): Recipe(
         epochs=200,
         optimizer="adam",
         lr=1e-2,
         batch_size=100,
+        weight_decay=1e-4,
         lr_schedule=None,
-        expected_test_accuracy=0.90,
+        expected_test_accuracy=0.93,
         source=(
-            "the MNIST-1D paper's CNN recipe (Greydanus 2020: Adam, lr 1e-2, batch 100, "
-            "6000 steps; 94% reported)"
+            "the MNIST-1D paper's CNN recipe (Adam, lr 1e-2, batch 100, about 6000 steps, "
+            "constant rate; 94% reported), which reaches 91.1% on this smaller split, plus "
+            "weight decay 1e-4 chosen on validation; seeds 0-2 reach 94.2% test"
         ),
+    ),
+    ("resnet_small", "mnist"): Recipe(
+        epochs=15,
+        optimizer="sgd",
+        lr=0.1,
+        weight_decay=5e-4,
+        expected_test_accuracy=0.96,
+        source="two candidates on validation (SGD 0.1 with weight decay, Adam 1e-3); 97.1% test",
+    ),
+    ("lenet300", "digits"): Recipe(
+        epochs=20,
+        optimizer="sgd",
+        lr=0.1,
+        expected_test_accuracy=0.96,
+        source="validation sweep: SGD lr 0.05/0.1, 20/40 epochs, Adam 1e-3; 97.0% test",
+    ),
+    # the sentiment grammar is solved completely: use "chars" where methods must differ
+    ("tiny_transformer", "text"): Recipe(
+        epochs=20,
+        optimizer="adamw",
+        lr=3e-3,
+        weight_decay=0.01,
+        expected_test_accuracy=0.99,
+        source="validation: AdamW 3e-3 for 10/20 epochs; 100% test on seeds 0-2 (saturated)",
     ),
     # next-character prediction: 52-53% held-out accuracy (perplexity about 5.7) against
     # 19% for always answering a space, so pruning has room to show differences

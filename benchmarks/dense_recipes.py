@@ -11,9 +11,9 @@ recipes promise (mean test accuracy over the seeds within one point of
 The default run trains each recipe once per seed (no checkpoint cache, so the numbers are
 fresh) and prints met / missed per setting.  ``--sweep`` trains every candidate of
 :data:`SWEEPS` on seed 0 and ranks them by VALIDATION accuracy only; test accuracy is
-recorded but never used to choose.  The sweep here is the one that chose the recipes (the candidates were run on seed 0, the
-leaders on seeds 0-2, and the best mean validation accuracy won).  ``--quick`` runs one
-seed and writes
+recorded but never used to choose.  The sweep here is the one that chose the recipes (the
+candidates were run on seed 0, the leaders on seeds 0-2, and the best mean validation
+accuracy won).  ``--quick`` runs one seed and writes
 ``dense_recipes_quick.json``, so a check never overwrites the stored full run.
 """
 

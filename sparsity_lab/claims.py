@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .registry import did_you_mean
-from .stats import mean_interval
+from .stats import SPREAD_TOLERANCE, mean_interval
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 RELATIONS = ("greater", "at_least", "within")
@@ -70,6 +70,43 @@ def _claims(*claims: Claim) -> dict[str, Claim]:
 
 #: The claims the notebooks test, by key.
 CLAIMS: dict[str, Claim] = _claims(
+    Claim(
+        "heads_prunable_at_test_time",
+        "Michel et al. 2019, Are sixteen heads really better than one? (NeurIPS)",
+        "Transformer-large on WMT14 En-Fr and BERT-base on MNLI; heads ranked by the "
+        "gradient-based importance |dL/d xi_h| and removed at test time, no fine-tuning",
+        "a large share of a trained transformer's attention heads can be removed at test "
+        "time with little loss",
+        "20% (WMT) and 40% (BERT) of the heads removed without noticeable loss",
+        treatment="pruned heads",
+        baseline="all heads",
+        relation="at_least",
+        margin=0.01,
+    ),
+    Claim(
+        "sparsegpt_beats_magnitude",
+        "Frantar & Alistarh 2023, SparseGPT: massive language models can be accurately "
+        "pruned in one-shot (ICML)",
+        "OPT and BLOOM language models (up to 175B), one-shot, every linear layer of the "
+        "blocks at the same sparsity, 128 calibration sequences, no fine-tuning",
+        "at 50% sparsity (unstructured and 2:4) SparseGPT's layer-wise reconstruction keeps "
+        "far more of the dense model's quality than magnitude pruning",
+        "qualitative claim: near-dense perplexity at 50% where magnitude pruning collapses",
+        treatment="sparsegpt",
+        baseline="magnitude",
+    ),
+    Claim(
+        "wanda_beats_magnitude",
+        "Sun et al. 2024, A simple and effective pruning approach for large language models (ICLR)",
+        "LLaMA 7B-65B, one-shot, per-output comparison groups, every linear layer of the "
+        "blocks at the same sparsity, 128 calibration sequences, no fine-tuning",
+        "scoring weights by |W| times their input's norm (Wanda) keeps more of the dense "
+        "model's quality than magnitude pruning at the same sparsity, without weight updates",
+        "qualitative claim: at 50% unstructured and 2:4 Wanda's perplexity is far below "
+        "magnitude pruning's and close to SparseGPT's",
+        treatment="wanda",
+        baseline="magnitude",
+    ),
     Claim(
         "lamp_beats_global_magnitude",
         "Lee et al. 2021, Layer-adaptive sparsity for the magnitude-based pruning (ICLR)",
@@ -389,7 +426,7 @@ def verdict(
     if n == 0 or math.isnan(mean):
         raise ValueError(f"claim {claim.key!r}: no differences to judge")
     # one seed, or pairs that all differ by the same amount: no interval to judge with
-    unknown_spread = n < 2 or low == high
+    unknown_spread = n < 2 or high - low <= 2 * SPREAD_TOLERANCE
     status = INCONCLUSIVE if unknown_spread else _decide(claim.relation, claim.margin, low, high)
     return Verdict(claim, status, mean, low, high, n, setting, reason)
 

@@ -71,6 +71,18 @@ def setup(seed: int = 0, smoke: bool = False, *, threads: int | None = None) -> 
     return {"seed": seed, "smoke": smoke, "versions": versions}
 
 
+def show_flags(flagged: Any, *, what: str = "") -> None:
+    """Display a table of :func:`sparsity_lab.flags.table`, or one line saying none fired.
+
+    Returns nothing, so a call that ends a cell shows its table once.  ``what`` names the
+    runs in the all-clear line ("on the dense baselines").
+    """
+    from IPython.display import Markdown, display  # only a notebook displays
+
+    all_clear = f"No sanity flag fired{' ' + what if what else ''}."
+    display(flagged if len(flagged) else Markdown(all_clear))
+
+
 def is_static() -> bool:
     """True when no live interactive front end can run widgets.
 

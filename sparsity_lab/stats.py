@@ -33,6 +33,9 @@ BETTER, WORSE, NO_DIFFERENCE, ONE_SEED = "better", "worse", "no difference", "on
 #: Every pair differs by the same nonzero amount: the spread, and so the interval, is
 #: unknown (common with two seeds on a small test set, where accuracies move in steps).
 NO_SPREAD = "no spread"
+#: Spreads below this are rounding: differences computed in floating point that should be
+#: equal (0.9 - 0.8 and 0.8 - 0.7) differ by about 1e-16.
+SPREAD_TOLERANCE = 1e-9
 
 
 def bounds_for(metric: str) -> tuple[float, float] | None:
@@ -178,8 +181,8 @@ def verdict_of(ci_low: float, ci_high: float, n: int, std: float | None = None) 
     """
     if n < 2:
         return ONE_SEED
-    if std == 0:
-        return NO_DIFFERENCE if ci_low == 0 else NO_SPREAD
+    if std is not None and std <= SPREAD_TOLERANCE:
+        return NO_DIFFERENCE if abs(ci_low) <= SPREAD_TOLERANCE else NO_SPREAD
     if ci_low > 0:
         return BETTER
     if ci_high < 0:

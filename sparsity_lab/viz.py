@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
 from .experiments import summarize
+from .stats import bounds_for
 
 # Sparsities worth a tick on the -log10(1 - s) axis: each step is roughly one equal distance.
 _LOGIT_TICKS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999)
@@ -193,12 +194,15 @@ def errorbars(
     single row have ``half_width`` NaN: one run says nothing about the spread.
 
     Returns columns ``[hue,] x, "mean", "half_width", "n"`` (named after the inputs), sorted.
+    The half-width is the interval's own; :func:`sparsity_curve` clips the drawn bar to
+    [0, 1] for fractions such as accuracy.
     """
     keys = [x] if hue is None else [hue, x]
     missing = [c for c in [*keys, y] if c not in df.columns]
     if missing:
         raise ValueError(f"columns {missing} not in the DataFrame; it has {list(df.columns)}")
-    summary = summarize(df, keys, y, confidence).sort_values(keys).reset_index(drop=True)
+    summary = summarize(df, keys, y, confidence, bounds=None)
+    summary = summary.sort_values(keys).reset_index(drop=True)
     out = summary[keys].copy()
     out["mean"] = summary["mean"].astype(float)
     out["half_width"] = summary["ci_high"] - summary["mean"]
@@ -245,11 +249,15 @@ def sparsity_curve(
     if logit_x:
         _logit_sparsity_axis(ax)  # before plotting, so autoscaling happens on the new scale
     groups = [(None, table)] if hue is None else list(table.groupby(hue, sort=True))
+    low, high = bounds_for(y) or (-np.inf, np.inf)
     for key, part in groups:
+        mean, half = part["mean"].to_numpy(), part["half_width"].fillna(0.0).to_numpy()
+        # an accuracy bar stops at 0 and 1: below or above is no accuracy at all
+        below, above = mean - np.maximum(mean - half, low), np.minimum(mean + half, high) - mean
         ax.errorbar(
             part[x].to_numpy(),
-            part["mean"].to_numpy(),
-            yerr=part["half_width"].fillna(0.0).to_numpy(),
+            mean,
+            yerr=np.vstack([below, above]),
             marker="o",
             markersize=4,
             capsize=3,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from sparsity_lab import flags as sl_flags
 from sparsity_lab import nb
 
 
@@ -200,3 +201,19 @@ def test_live_explore_returns_an_interactive_widget(monkeypatch):
     widget.f(k=2, pattern="b", s=1.0)
     assert draw.calls[-1][1] == {"k": 2, "pattern": "b", "s": 1.0}
     assert len(draw.calls) == 3
+
+
+def test_show_flags_displays_the_table_or_an_all_clear_line(monkeypatch):
+    import IPython.display
+    import pandas as pd
+
+    shown_objects = []
+    monkeypatch.setattr(IPython.display, "display", shown_objects.append)
+    clean = pd.DataFrame({"m": ["a", "b"], "flags": ["", ""]})
+    assert nb.show_flags(sl_flags.table(clean, "m"), what="on the toy runs") is None
+    assert shown_objects[-1].data == "No sanity flag fired on the toy runs."
+    dirty = pd.DataFrame({"m": ["a", "b"], "flags": ["at chance level (0.1, chance 0.1)", ""]})
+    nb.show_flags(sl_flags.table(dirty, "m"))
+    assert shown_objects[-1].to_dict("records") == [
+        {"m": "a", "flagged_runs": "1 of 1", "flags": "at chance level"}
+    ]

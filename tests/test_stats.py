@@ -123,4 +123,8 @@ def test_equal_differences_give_no_interval_not_a_verdict():
     exact = _runs([0.5, 0.25], [0.75, 0.5])  # +0.25 twice, exact in binary
     row = stats.paired(exact, "method", "new", "base", metric="acc").iloc[0]
     assert row["verdict"] == "no spread"
+    rounded = _runs([0.8, 0.7], [0.9, 0.8])  # +0.1 twice, up to floating-point rounding
+    row = stats.paired(rounded, "method", "new", "base", metric="acc").iloc[0]
+    assert 0 < row["std"] < 1e-12
+    assert row["verdict"] == "no spread"
     assert "no spread" in stats.describe(row)

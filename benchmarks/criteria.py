@@ -1,11 +1,15 @@
 """Pruning criteria: one-shot accuracy with and without fine-tuning, and pruning at init.
 
 Setting: LeNet-300-100 on the MNIST subset (4,000 training examples), the dense model of
-each seed trained by ``recipes.train_dense`` (10 epochs, cached).  Every criterion of the
+each seed from ``recipes.dense`` (the setting's recipe, cached).  Every criterion of the
 data-free, data-driven, first-order and at-initialisation families prunes a copy of the
 trained model once at 50, 75, 90 and 95% sparsity, over three seeds; test accuracy is
-measured right after pruning and after a fixed fine-tuning budget (``FINETUNE_EPOCHS``
-epochs of SGD at lr 0.01, masks fixed).
+measured right after pruning and after a fixed fine-tuning budget (``recipes.finetune``:
+``FINETUNE_EPOCHS`` epochs of SGD at lr 0.01, masks fixed; its FLOPs are recorded).
+
+* ``random (magnitude's counts)`` is the fair random baseline of global magnitude: a
+  random mask with the per-layer counts of that seed's global magnitude mask
+  (``recipes.random_like``).  ``random`` prunes at random under the global budget.
 
 * Weight criteria use the global budget (``magnitude`` also uniform, ``lamp_budget`` and
   ``sensitivity_budget``).
@@ -20,13 +24,17 @@ epochs of SGD at lr 0.01, masks fixed).
   learning rate its scores are the movement scores times the rate, so it ranks the weights
   exactly as ``movement`` does.
 * At initialisation: ``random``, ``magnitude``, ``snip``, ``grasp``, ``synflow`` and
-  ``force`` prune the *initial* network, which then trains from scratch for ``PAI_EPOCHS``
-  epochs with its mask fixed, and again with each layer's mask shuffled (Frankle et al.
-  2021).  Initial weights are rescaled to each unit's sparse fan-in for every method alike
-  (``at_init.rescale_fan_in``; see notebook 02b).
+  ``force`` prune the *initial* network, which then trains from scratch with the recipe
+  (its epochs unless ``--pai-epochs`` says otherwise) with its mask fixed, and again with
+  the mask's random twin of the same layer counts (``recipes.random_like``: the shuffling
+  of Frankle et al. 2021).  Every sparse start is ``recipes.sparse_start`` (weights
+  rescaled to each unit's sparse fan-in, for every method alike).
 
-The script checks the issue's expectations and reports each one as met or missed with its
-numbers; nothing here is tuned to agree.
+Every run carries the sanity flags of ``recipes.evaluate_run``.  The script checks the
+issue's expectations with paired differences over seeds (``sl.stats.paired``) and reports
+each as met, missed or inconclusive (one seed, or an interval that decides nothing), with
+the verdict against the cited claim of ``sl.claims.CLAIMS`` where there is one; nothing
+here is tuned to agree.
 
     python benchmarks/criteria.py [--seeds 0 1 2] [--quick]
 
@@ -55,7 +63,6 @@ import torch  # noqa: E402
 
 import sparsity_lab as sl  # noqa: E402
 from sparsity_lab import masks, recipes  # noqa: E402
-from sparsity_lab.criteria import at_init  # noqa: E402
 from sparsity_lab.criteria.first_order import (  # noqa: E402
     KarninScores,
     MovementScores,
@@ -64,16 +71,17 @@ from sparsity_lab.criteria.first_order import (  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CACHE = RESULTS / "criteria_cache"
-VERSION = "criteria_v1"
+VERSION = "criteria_v2"  # v2: recipe dense models, flags, fine-tuning budgets in FLOPs
+MODEL, DATA = "lenet300", "mnist"
 SPARSITIES = [0.5, 0.75, 0.9, 0.95]
-DENSE_EPOCHS = 10
 FINETUNE_EPOCHS = 1
 FINETUNE_LR = 0.01
-PAI_EPOCHS = 3
 CALIBRATION_BATCHES = 4
 # SynFlow's 100 rounds cost ~15 s per pruning on 2 busy cores; 20 rounds keep the
 # benchmark's budget and already avoid layer collapse at these sparsities.
 SYNFLOW_ITERATIONS = 20
+#: the random baseline of global magnitude: its mask's per-layer counts, random positions
+RANDOM_LIKE = "random (magnitude's counts)"
 
 #: label -> (family, criterion, pattern, budget, options)
 WEIGHTS = {
@@ -87,6 +95,7 @@ WEIGHTS = {
         "sensitivity_budget",
         {},
     ),
+    RANDOM_LIKE: ("data-free", "random_like", "unstructured", "global", {}),
     "random": ("data-free", "random", "unstructured", "global", {}),
     "lamp": ("data-free", "lamp", "unstructured", "global", {}),
     "snip": ("first-order", "snip", "unstructured", "global", {}),
@@ -133,16 +142,15 @@ AT_INIT = {
 
 @functools.cache
 def setting(seed: int):
-    """The task, the trained dense model and the calibration batches of a seed."""
-    t = recipes.task("lenet300", "mnist", seed=seed)
-    dense, info = recipes.train_dense(t, epochs=DENSE_EPOCHS, cache_dir=CACHE / "dense")
+    """The task, the recipe's dense model, its info and the calibration batches of a seed."""
+    t, dense, info = recipes.dense(MODEL, DATA, seed)
     train = t.loaders()[0]
     calibration = [batch for _, batch in zip(range(CALIBRATION_BATCHES), train, strict=False)]
     return t, dense, info, calibration
 
 
 @functools.cache
-def tracked(seed: int, finetune_epochs: int):
+def tracked(seed: int):
     """The dense model after one more epoch with the score trackers among the callbacks."""
     t, dense, _, _ = setting(seed)
     model = copy.deepcopy(dense)
@@ -160,19 +168,10 @@ def tracked(seed: int, finetune_epochs: int):
     return model, trackers
 
 
-def test_accuracy(model, t) -> float:
-    return sl.train.evaluate(model, t.loaders()[2])["accuracy"]
-
-
-def finetune(model, t, seed: int, epochs: int) -> None:
-    train, val, _ = t.loaders()
-    sl.train.fit(model, train, val, epochs=epochs, lr=FINETUNE_LR, seed=seed)
-
-
 # --- one cell of each part ----------------------------------------------------------------
 
 
-def after_training(criterion: str, sparsity: float, finetune_epochs: int, seed: int) -> dict:
+def after_training(criterion: str, sparsity: float, seed: int, finetune_epochs: int) -> dict:
     """Prune the trained model once; test accuracy right after and after fine-tuning."""
     torch.manual_seed(seed)
     t, dense, info, calibration = setting(seed)
@@ -185,44 +184,55 @@ def after_training(criterion: str, sparsity: float, finetune_epochs: int, seed: 
         budget, options, targets = "uniform", {}, UNIT_TARGETS[pattern]
     source, source_accuracy = dense, info["test_accuracy"]
     if method in TRACKED:
-        source, trackers = tracked(seed, finetune_epochs)
+        source, trackers = tracked(seed)
         options = {**options, "tracker": trackers[method]}
-        source_accuracy = test_accuracy(source, t)
+        source_accuracy = recipes.evaluate_run(source, t)["accuracy"]
     model = copy.deepcopy(source)
-    sl.prune(
-        model,
-        method,
-        sparsity,
-        pattern=pattern,
-        budget=budget,
-        targets=targets,
-        data=calibration,
-        seed=seed,
-        **options,
-    )
+    if method == "random_like":
+        found = masks.masks(sl.prune(copy.deepcopy(source), "magnitude", sparsity, seed=seed))
+        for name, mask in recipes.random_like(found, seed=seed).items():
+            masks.attach(model, name, mask)
+    else:
+        sl.prune(
+            model,
+            method,
+            sparsity,
+            pattern=pattern,
+            budget=budget,
+            targets=targets,
+            data=calibration,
+            seed=seed,
+            **options,
+        )
     prune_seconds = time.perf_counter() - start
-    pruned = test_accuracy(model, t)
-    finetune(model, t, seed, finetune_epochs)
+    pruned = recipes.evaluate_run(model, t)["accuracy"]
+    budget_spent = recipes.finetune(model, t, finetune_epochs, lr=FINETUNE_LR, progress=False)
+    final = recipes.evaluate_run(model, t, target_sparsity=sparsity, names=targets)
     return {
         "family": family,
         "pattern": pattern,
         "budget": budget,
-        "measured_sparsity": sl.sparsity(model, targets),
+        "measured_sparsity": final["sparsity"],
         "pruned_accuracy": pruned,
-        "finetuned_accuracy": test_accuracy(model, t),
+        "finetuned_accuracy": final["accuracy"],
+        **budget_spent,
+        "flags": final["flags"],
         "source_accuracy": source_accuracy,
         "dense_accuracy": info["test_accuracy"],
         "prune_seconds": prune_seconds,
     }
 
 
-_found: dict = {}  # one pruning serves the run with the mask as found and the shuffled run
+_found: dict = {}  # one pruning serves the run with the mask as found and its random twin
 
 
 def at_initialisation(
-    criterion: str, sparsity: float, shuffled: bool, epochs: int, seed: int
+    criterion: str, sparsity: float, shuffled: bool, epochs: int | None, seed: int
 ) -> dict:
-    """Prune the initial network, optionally shuffle each layer's mask, train from scratch."""
+    """Prune the initial network (or take the random twin of its mask), train from scratch.
+
+    ``epochs=None`` trains for the recipe's epochs; every other setting is the recipe's.
+    """
     t, _, _, calibration = setting(seed)
     init = t.build()  # the initial weights of this seed's dense model
     key = (criterion, sparsity, seed)
@@ -236,87 +246,201 @@ def at_initialisation(
             **AT_INIT[criterion],
         )
         _found[key] = masks.masks(pruned)
-    found = at_init.shuffle_masks(_found[key], seed=seed) if shuffled else _found[key]
-    net = copy.deepcopy(init)
-    for name, mask in found.items():
-        masks.attach(net, name, mask)
-    at_init.rescale_fan_in(net)
+    found = recipes.random_like(_found[key], seed=seed) if shuffled else _found[key]
+    net = recipes.sparse_start(copy.deepcopy(init), found)
+    training = recipes.recipe_for(MODEL, DATA).training()
+    if epochs is not None:
+        training["epochs"] = epochs
     train, val, _ = t.loaders()
-    sl.train.fit(net, train, val, epochs=epochs, lr=0.05, lr_schedule="cosine", seed=seed)
-    return {"test_accuracy": test_accuracy(net, t), "measured_sparsity": sl.sparsity(net)}
+    sl.train.fit(net, train, val, seed=seed, progress=False, **training)
+    result = recipes.evaluate_run(net, t, target_sparsity=sparsity)
+    return {
+        "test_accuracy": result["accuracy"],
+        "measured_sparsity": result["sparsity"],
+        "train_epochs": training["epochs"],
+        "flags": result["flags"],
+    }
 
 
 # --- the expectations ---------------------------------------------------------------------
 
 
-def per_seed(df: pd.DataFrame, metric: str, **where) -> dict[int, float]:
-    rows = df
-    for key, value in where.items():
-        rows = rows[rows[key] == value]
-    return {int(s): round(float(v), 4) for s, v in zip(rows["seed"], rows[metric], strict=True)}
+def _decide(row, relation: str, margin: float) -> str:
+    """met / missed / inconclusive for one paired row: the claims' rule, in check words."""
+    if row["n"] < 2:
+        return "inconclusive"
+    low, high = row["ci_low"], row["ci_high"]
+    if relation == "greater":
+        met, missed = low > 0, high <= 0
+    else:  # within
+        met = -margin <= low and high <= margin
+        missed = low > margin or high < -margin
+    return "met" if met else "missed" if missed else "inconclusive"
 
 
-def mean(values: dict[int, float]) -> float:
-    return sum(values.values()) / len(values)
+def paired_checks(
+    df,
+    name,
+    column,
+    treatment,
+    baseline,
+    *,
+    metric,
+    by,
+    claim=None,
+    relation="greater",
+    margin=0.0,
+    setting="",
+    where=None,
+) -> list[dict]:
+    """``treatment - baseline`` paired over seeds, one check per group of ``by``.
 
-
-def check(name: str, met: bool, **detail) -> dict:
-    return {"expectation": name, "met": bool(met), **detail}
+    Empty when an arm was not run (``--criteria`` chose a subset).
+    """
+    if not {treatment, baseline} <= set(df[column]):
+        return []
+    diffs = sl.stats.paired(df, column, treatment, baseline, metric=metric, by=by)
+    out = []
+    for _, row in diffs.iterrows():
+        group = {k: row[k] for k in by}
+        entry = {
+            "expectation": name,
+            **(where or {}),
+            **group,
+            "treatment": treatment,
+            "baseline": baseline,
+            "metric": metric,
+            "status": _decide(row, relation, margin),
+            "paired": {k: row[k] for k in ("mean_diff", "ci_low", "ci_high", "n", "verdict")},
+            "numbers": sl.stats.describe(row),
+        }
+        if claim is not None:
+            at = ", ".join(f"{k} {v}" for k, v in {**(where or {}), **group}.items())
+            v = sl.claims.verdict(claim, row, setting=f"{setting}, {at}".strip(", "))
+            entry["claim"] = {
+                "key": claim,
+                "status": v.status,
+                "numbers": v.numbers(),
+                "mean": v.mean,
+                "ci_low": v.ci_low,
+                "ci_high": v.ci_high,
+                "n": v.n,
+            }
+        out.append(entry)
+    return out
 
 
 def checks(one_shot: pd.DataFrame, pai: pd.DataFrame, sparsities: list[float]) -> list[dict]:
+    where = "LeNet-300-100, MNIST subset"
     out = []
-    for s in [s for s in sparsities if s >= 0.9]:
-        for metric in ("pruned_accuracy", "finetuned_accuracy"):
-            acc = {
-                label: per_seed(one_shot, metric, criterion=label, sparsity=s)
-                for label in ("magnitude (global)", "magnitude (uniform)", "random")
-            }
-            g, u, r = (mean(v) for v in acc.values())
-            out.append(
-                check(
-                    "global magnitude > layer-wise magnitude > random",
-                    g > u > r,
-                    sparsity=s,
-                    stage=metric,
-                    means={"global": g, "uniform": u, "random": r},
-                    per_seed=acc,
-                )
-            )
-    for s in sparsities:
-        acc = {
-            m: per_seed(pai, "test_accuracy", criterion=m, sparsity=s, shuffled=False)
-            for m in ("random", "snip", "grasp", "synflow")
-        }
-        after = per_seed(one_shot, "finetuned_accuracy", criterion="magnitude (global)", sparsity=s)
-        means = {m: mean(v) for m, v in acc.items()} | {"magnitude after training": mean(after)}
-        middle = [means[m] for m in ("snip", "grasp", "synflow")]
-        out.append(
-            check(
-                "at initialisation: random < SNIP, GraSP, SynFlow < magnitude after training",
-                means["random"] < min(middle) and max(middle) < means["magnitude after training"],
-                sparsity=s,
-                means=means,
-                per_seed={**acc, "magnitude after training": after},
-            )
+    high = one_shot[one_shot.sparsity >= 0.9]
+    for metric in ("pruned_accuracy", "finetuned_accuracy"):
+        by = ["sparsity"]
+        stage = {"stage": metric}
+        out += paired_checks(
+            high,
+            "global magnitude > layer-wise magnitude",
+            "criterion",
+            "magnitude (global)",
+            "magnitude (uniform)",
+            metric=metric,
+            by=by,
+            where=stage,
+        )
+        out += paired_checks(
+            high,
+            "layer-wise magnitude > random (global budget)",
+            "criterion",
+            "magnitude (uniform)",
+            "random",
+            metric=metric,
+            by=by,
+            where=stage,
+        )
+        out += paired_checks(
+            high,
+            "global magnitude > random with its layer counts",
+            "criterion",
+            "magnitude (global)",
+            RANDOM_LIKE,
+            metric=metric,
+            by=by,
+            where=stage,
+            claim="magnitude_beats_random_after_training"
+            if metric == "finetuned_accuracy"
+            else None,
+            setting=where,
+        )
+        out += paired_checks(
+            high,
+            "LAMP > global magnitude",
+            "criterion",
+            "lamp",
+            "magnitude (global)",
+            metric=metric,
+            by=by,
+            where=stage,
+            claim="lamp_beats_global_magnitude" if metric == "finetuned_accuracy" else None,
+            setting=where,
+        )
+    found = pai[~pai.shuffled]
+    for m in ("snip", "grasp", "synflow"):
+        out += paired_checks(
+            found,
+            f"at initialisation: {m} > random",
+            "criterion",
+            m,
+            "random",
+            metric="test_accuracy",
+            by=["sparsity"],
+            claim="snip_beats_random_init" if m == "snip" else None,
+            setting=where + ", pruned at initialisation",
+        )
+    out += paired_checks(
+        found[found.sparsity >= 0.9],
+        "at initialisation: synflow > snip",
+        "criterion",
+        "synflow",
+        "snip",
+        metric="test_accuracy",
+        by=["sparsity"],
+        claim="synflow_beats_snip_extreme",
+        setting=where + ", pruned at initialisation",
+    )
+    # the at-init masks against magnitude pruning after training, fine-tuned (paired by seed)
+    after = one_shot[one_shot.criterion == "magnitude (global)"].assign(
+        criterion="magnitude after training", test_accuracy=lambda d: d["finetuned_accuracy"]
+    )
+    both = pd.concat([found, after], ignore_index=True)
+    for m in ("snip", "grasp", "synflow"):
+        out += paired_checks(
+            both,
+            "magnitude after training > pruning at initialisation",
+            "criterion",
+            "magnitude after training",
+            m,
+            metric="test_accuracy",
+            by=["sparsity"],
+            where={"criterion": m},
         )
     for m in AT_INIT:
-        for s in sparsities:
-            found = per_seed(pai, "test_accuracy", criterion=m, sparsity=s, shuffled=False)
-            mixed = per_seed(pai, "test_accuracy", criterion=m, sparsity=s, shuffled=True)
-            change = mean(mixed) - mean(found)
-            out.append(
-                check(
-                    "shuffling masks within layers at initialisation changes little",
-                    abs(change) <= 0.02,
-                    criterion=m,
-                    sparsity=s,
-                    change=change,
-                    note="'little' read as within 2 accuracy points, mean over seeds",
-                    as_found=found,
-                    shuffled=mixed,
-                )
-            )
+        part = pai[pai.criterion == m].assign(
+            arm=lambda d: d.shuffled.map({True: "shuffled", False: "original"})
+        )
+        out += paired_checks(
+            part,
+            "shuffling masks within layers at initialisation changes little (within 2 points)",
+            "arm",
+            "shuffled",
+            "original",
+            metric="test_accuracy",
+            by=["sparsity"],
+            relation="within",
+            margin=0.02,
+            where={"criterion": m},
+            claim="init_masks_carry_layer_ratios_only" if m in ("snip", "synflow") else None,
+            setting=where + f", {m}",
+        )
     return out
 
 
@@ -364,40 +488,80 @@ def figure(one_shot: pd.DataFrame, pai: pd.DataFrame, path: Path, finetune_epoch
     fig.savefig(path, dpi=100)
 
 
+def print_checks(found: list[dict]) -> None:
+    """Each expectation's paired difference, and the claim's verdict where there is one."""
+    print("\nexpectations (paired differences over seeds, treatment - baseline):")
+    for c in found:
+        where = ", ".join(f"{k}={c[k]}" for k in ("criterion", "sparsity", "stage") if k in c)
+        print(f"  [{c['status']}] {c['expectation']} ({where}): {c['numbers']}")
+        if "claim" in c:
+            print(
+                f"      claim {c['claim']['key']}: {c['claim']['status']} ({c['claim']['numbers']})"
+            )
+    counts = pd.Series([c["status"] for c in found]).value_counts().to_dict()
+    print(f"  {counts}")
+
+
+def print_flags(df: pd.DataFrame, by: list[str], what: str) -> pd.DataFrame:
+    flagged = sl.flags.table(df, by)
+    if flagged.empty:
+        print(f"No sanity flag fired ({what}).")
+    else:
+        print(f"\nflagged runs ({what}):")
+        print(flagged.to_string(index=False))
+    return flagged
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else str(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--finetune-epochs", type=int, default=FINETUNE_EPOCHS)
-    parser.add_argument("--pai-epochs", type=int, default=PAI_EPOCHS)
-    parser.add_argument("--quick", action="store_true", help="one seed, two sparsities")
+    parser.add_argument("--pai-epochs", type=int, default=None, help="default: the recipe's epochs")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="two seeds, two sparsities, 2 epochs of training from initialisation",
+    )
+    parser.add_argument(
+        "--criteria", nargs="+", default=None, help="a subset of the criteria (a check)"
+    )
     parser.add_argument("--out", default=None, help="default: results/criteria[_quick].json")
     args = parser.parse_args()
     # a quick check must never overwrite the stored full run
     args.out = args.out or str(RESULTS / f"criteria{'_quick' if args.quick else ''}.json")
     torch.set_num_threads(args.threads)
-    seeds = args.seeds[:1] if args.quick else args.seeds
+    seeds = args.seeds[:2] if args.quick else args.seeds
     sparsities = [0.75, 0.95] if args.quick else SPARSITIES
-    pai_epochs = 1 if args.quick else args.pai_epochs
+    recipe = recipes.recipe_for(MODEL, DATA)
+    pai_epochs = 2 if args.quick else args.pai_epochs
+    chosen = args.criteria or [*WEIGHTS, *UNITS, *AT_INIT]
     started = time.perf_counter()
-    print(f"{len(WEIGHTS) + len(UNITS)} criteria after training ...", flush=True)
+    dense = {seed: setting(seed)[2] for seed in seeds}
+    for seed, info in dense.items():
+        print(f"dense seed {seed}: test {info['test_accuracy']:.4f} {info['flags']}".rstrip())
+    after = [c for c in [*WEIGHTS, *UNITS] if c in chosen]
+    print(f"{len(after)} criteria after training ...", flush=True)
     one_shot = sl.experiments.sweep(
-        after_training,
-        {
-            "criterion": list(WEIGHTS) + list(UNITS),
-            "sparsity": sparsities,
-            "finetune_epochs": [args.finetune_epochs],
-        },
+        # the fine-tuning budget is a metric of every run (finetune_epochs, finetune_flops)
+        # and part of the cache's name
+        functools.partial(after_training, finetune_epochs=args.finetune_epochs),
+        {"criterion": after, "sparsity": sparsities},
         seeds=seeds,
         cache_dir=CACHE,
-        name=f"{VERSION}-after_training",
+        name=f"{VERSION}-after_training-finetune{args.finetune_epochs}",
         progress=False,
     )
-    print(f"{len(AT_INIT)} criteria at initialisation ...", flush=True)
+    at_init_chosen = [c for c in AT_INIT if c in chosen]
+    print(f"{len(at_init_chosen)} criteria at initialisation ...", flush=True)
     pai = sl.experiments.sweep(
         at_initialisation,
         {
-            "criterion": list(AT_INIT),
+            "criterion": at_init_chosen,
             "sparsity": sparsities,
             "shuffled": [False, True],
             "epochs": [pai_epochs],
@@ -415,14 +579,46 @@ def main() -> None:
     pai_table = sl.experiments.summarize(
         pai, ["criterion", "shuffled", "sparsity"], "test_accuracy"
     )
+    pd.set_option("display.width", 200)
+    for metric, table in tables.items():
+        print(f"\nmean test accuracy, {metric}:")
+        print(table.pivot(index="criterion", columns="sparsity", values="mean").round(3))
+    print("\nmean test accuracy, pruned at initialisation and trained from scratch:")
+    print(
+        pai_table.pivot(index=["criterion", "shuffled"], columns="sparsity", values="mean").round(3)
+    )
+    flagged_after = print_flags(one_shot, ["criterion", "sparsity"], "after training")
+    flagged_init = print_flags(pai, ["criterion", "shuffled", "sparsity"], "at initialisation")
+    print_checks(found)
     report = {
         "benchmark": "criteria",
-        "setting": "lenet300 on the MNIST subset (4000 train, 500 test examples)",
+        "setting": "lenet300 on the MNIST subset (4000 train, 500 val, 500 test examples)",
+        "quick": args.quick,
         "seeds": seeds,
         "sparsities": sparsities,
-        "dense_epochs": DENSE_EPOCHS,
-        "finetune": {"epochs": args.finetune_epochs, "lr": FINETUNE_LR, "optimizer": "sgd"},
-        "at_init_training_epochs": pai_epochs,
+        "criteria": chosen,
+        "dense": {
+            "recipe": dict(recipe.training(), batch_size=recipe.batch_size),
+            "expected_test_accuracy": recipe.expected_test_accuracy,
+            "per_seed": {
+                s: {k: i[k] for k in ("test_accuracy", "val_accuracy", "flags")}
+                for s, i in dense.items()
+            },
+        },
+        "finetune": {
+            "epochs": args.finetune_epochs,
+            "lr": FINETUNE_LR,
+            "optimizer": "sgd",
+            "flops_per_run": "finetune_flops of each run",
+        },
+        "at_init_training": {
+            **recipe.training(),
+            "epochs": pai_epochs or recipe.epochs,
+            "epochs_note": "the recipe's"
+            if pai_epochs is None
+            else f"{pai_epochs}, overriding the recipe's {recipe.epochs}"
+            + (" (--quick)" if args.quick else ""),
+        },
         "calibration_batches": CALIBRATION_BATCHES,
         "synflow_iterations": SYNFLOW_ITERATIONS,
         "threads": args.threads,
@@ -434,30 +630,21 @@ def main() -> None:
         "at_initialisation": pai.to_dict(orient="records"),
         "summary": {k: v.to_dict(orient="records") for k, v in tables.items()},
         "summary_at_initialisation": pai_table.to_dict(orient="records"),
+        "flagged": {
+            "after_training": flagged_after.to_dict(orient="records"),
+            "at_initialisation": flagged_init.to_dict(orient="records"),
+        },
         "checks": found,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    out.write_text(json.dumps(report, indent=1, default=_plain))
     figure(one_shot, pai, out.with_suffix(".png"), args.finetune_epochs)
-    pd.set_option("display.width", 200)
-    for metric, table in tables.items():
-        print(f"\nmean test accuracy, {metric}:")
-        print(table.pivot(index="criterion", columns="sparsity", values="mean").round(3))
-    print("\nmean test accuracy, pruned at initialisation and trained from scratch:")
-    print(
-        pai_table.pivot(index=["criterion", "shuffled"], columns="sparsity", values="mean").round(3)
-    )
-    print("\nexpectations:")
-    for c in found:
-        where = ", ".join(f"{k}={c[k]}" for k in ("criterion", "sparsity", "stage") if k in c)
-        means = c.get("means")
-        numbers = " ".join(f"{k}={v:.3f}" for k, v in means.items()) if means else ""
-        if "change" in c:
-            numbers = f"shuffled - as found = {100 * c['change']:+.1f} points"
-        print(f"  [{'met' if c['met'] else 'MISSED'}] {c['expectation']} ({where}) {numbers}")
-    met = sum(c["met"] for c in found)
-    print(f"{met}/{len(found)} checks met; wrote {out} and {out.with_suffix('.png')}")
+    if pai_epochs is not None:
+        print(
+            f"training from initialisation: {pai_epochs} epochs, not the recipe's {recipe.epochs}"
+        )
+    print(f"wrote {out} and {out.with_suffix('.png')}")
     print(f"{report['seconds_this_invocation']:.0f} s (runs not in the cache)")
 
 

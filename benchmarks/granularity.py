@@ -1,10 +1,11 @@
 """Granularity of sparsity: accuracy of each pattern at equal sparsity, and shrink's speed.
 
 **Accuracy.**  For LeNet-300-100 (flat MNIST) and the small CNN (LeNet-5 on 28x28 MNIST
-images), over ``--seeds`` seeds: train dense, then for each pattern (unstructured, N:M,
-4x4 blocks, channels, inputs) and each sparsity (50, 75, 90%) prune a copy by magnitude
-with the uniform budget, fine-tune it for the same number of epochs and measure test
-accuracy.  The classifier and the layers a pattern does not fit stay dense but count in
+images), over ``--seeds`` seeds: the recipe's dense model (``recipes.dense``), then for
+each pattern (unstructured, N:M, 4x4 blocks, channels, inputs) and each sparsity (50, 75,
+90%) prune a copy by magnitude with the uniform budget, fine-tune it for the same budget
+(``recipes.prune_and_finetune``: epochs and FLOPs recorded) and measure test accuracy and
+the sanity flags.  The classifier and the layers a pattern does not fit stay dense but count in
 the sparsity (so every pattern removes the same number of weights), except N:M, whose
 sparsity is fixed by N and M: 2:4 at 50%, 1:4 at 75%, and no M that divides every
 layer's input size reaches 90% (reported as not reachable).
@@ -21,12 +22,13 @@ goes: the weight kernels' own speedup, the share of kernels without weights (poo
 BatchNorm, ReLU, additions), whose cost does not fall with the FLOPs, and the per-call
 overhead (module calls per forward times the time of calling a module that does nothing).
 
-What to expect: at equal sparsity unstructured >= N:M >= block >= channel in accuracy
-(a failed order is recorded with the seed spread: is it within noise?); the shrunk model
-runs at >= 0.7 x the ideal speedup over the masked model.  The verdicts are recorded as
-measured, met or missed.
+What to expect: at equal sparsity unstructured >= N:M >= block >= channel in accuracy,
+each step checked by paired differences over seeds (``sl.stats.paired``: missed only when
+the interval is below 0), with the verdict on ``unstructured_beats_channel`` of
+``sl.claims.CLAIMS``; the shrunk model runs at >= 0.7 x the ideal speedup over the masked
+model.  The verdicts are recorded as measured, met or missed.
 
-    python benchmarks/granularity.py [--seeds 3] [--epochs 10] [--finetune-epochs 2]
+    python benchmarks/granularity.py [--seeds 3] [--finetune-epochs 2]
                                      [--rounds 15] [--threads 1] [--quick]
 """
 
@@ -77,12 +79,14 @@ def prune_with(model, model_name, pattern, sparsity):
     }
 
 
-def accuracy_runs(models_, seeds, epochs, finetune_epochs, n_train):
-    rows = []
+def accuracy_runs(models_, seeds, finetune_epochs):
+    rows, dense = [], {}
     for model_name in models_:
         for seed in seeds:
-            task = recipes.task(model_name, "mnist", seed=seed, n_train=n_train)
-            dense, info = recipes.train_dense(task, epochs=epochs, progress=False)
+            task, trained, info = recipes.dense(model_name, "mnist", seed)
+            dense[f"{model_name} seed {seed}"] = {
+                k: info[k] for k in ("test_accuracy", "val_accuracy", "flags")
+            }
             for pattern in PATTERNS:
                 for sparsity in SPARSITIES:
                     chosen = spec(pattern, sparsity)
@@ -91,7 +95,7 @@ def accuracy_runs(models_, seeds, epochs, finetune_epochs, n_train):
                     if chosen is None:
                         rows.append({**row, "test_accuracy": None, "note": "not reachable"})
                         continue
-                    model = copy.deepcopy(dense)
+                    model = copy.deepcopy(trained)
                     options = prune_with(model, model_name, chosen, sparsity)
                     result = recipes.prune_and_finetune(
                         model,
@@ -107,72 +111,54 @@ def accuracy_runs(models_, seeds, epochs, finetune_epochs, n_train):
                     print(
                         f"{model_name} seed {seed} {chosen:>12} at {sparsity:.0%}: "
                         f"test {result['test_accuracy']:.4f} "
-                        f"(measured sparsity {result['measured_sparsity']:.3f})"
+                        f"(measured sparsity {result['measured_sparsity']:.3f}) "
+                        f"{result['flags']}".rstrip()
                     )
-    return rows
+    return rows, dense
 
 
-def summarize_accuracy(rows):
-    table = {}
-    for r in rows:
-        if r.get("test_accuracy") is None:
-            continue
-        table.setdefault((r["model"], r["pattern"], r["sparsity"]), []).append(r["test_accuracy"])
-    summary = []
-    for (m, p, s), values in sorted(table.items()):
-        spread = statistics.stdev(values) if len(values) > 1 else None
-        summary.append(
-            {
-                "model": m,
-                "pattern": p,
-                "sparsity": s,
-                "mean": statistics.fmean(values),
-                "std": spread,
-                "n": len(values),
-            }
-        )
-    order = []
-    for m in sorted({s["model"] for s in summary}):
-        for sp in SPARSITIES:
-            means = {
-                s["pattern"]: s["mean"]
-                for s in summary
-                if s["model"] == m and s["sparsity"] == sp and s["pattern"] in EXPECTED_ORDER
-            }
-            stds = {
-                s["pattern"]: s["std"]
-                for s in summary
-                if s["model"] == m and s["sparsity"] == sp and s["pattern"] in EXPECTED_ORDER
-            }
-            chain = [p for p in EXPECTED_ORDER if p in means]
-            pairs = list(zip(chain, chain[1:], strict=False))
-            holds = all(means[a] >= means[b] for a, b in pairs)
-            # a pair out of order by less than the two seed spreads together is within noise
-            broken = [
-                {
-                    "pair": f"{a} >= {b}",
-                    "difference": means[a] - means[b],
-                    "std_sum": None if stds[a] is None else stds[a] + stds[b],
-                }
-                for a, b in pairs
-                if means[a] < means[b]
-            ]
-            within_noise = bool(broken) and all(
-                v["std_sum"] is not None and -v["difference"] <= v["std_sum"] for v in broken
+def order_checks(df: pd.DataFrame) -> list[dict]:
+    """Each step of the expected order, paired over seeds, per model and sparsity."""
+    out = []
+    steps = list(zip(EXPECTED_ORDER, EXPECTED_ORDER[1:], strict=False))
+    steps.append(("unstructured", "channel"))  # the claim's comparison
+    for model in dict.fromkeys(df["model"]):
+        part = df[df["model"] == model]
+        for better, worse in steps:
+            if not {better, worse} <= set(part["pattern"]):
+                continue
+            diffs = sl.stats.paired(
+                part, "pattern", better, worse, metric="test_accuracy", by="sparsity"
             )
-            order.append(
-                {
-                    "model": m,
-                    "sparsity": sp,
-                    "order": chain,
-                    "means": means,
-                    "stds": stds,
-                    "holds": holds,
-                    "broken_pairs": broken,
-                    "failure_within_seed_noise": within_noise,
+            for _, row in diffs.iterrows():
+                status = (
+                    "inconclusive"
+                    if row["n"] < 2
+                    else "missed"
+                    if row["verdict"] == "worse"
+                    else "met"
+                )
+                entry = {
+                    "expectation": f"{better} >= {worse}",
+                    "model": model,
+                    "sparsity": row["sparsity"],
+                    "status": status,
+                    "paired": {k: row[k] for k in ("mean_diff", "ci_low", "ci_high", "n")},
+                    "numbers": sl.stats.describe(row),
                 }
-            )
-    return summary, order
+                if (better, worse) == ("unstructured", "channel"):
+                    v = sl.claims.verdict(
+                        "unstructured_beats_channel",
+                        row,
+                        setting=f"{model} on the MNIST subset at {row['sparsity']:.0%}",
+                    )
+                    entry["claim"] = {
+                        "key": "unstructured_beats_channel",
+                        "status": v.status,
+                        "numbers": v.numbers(),
+                    }
+                out.append(entry)
+    return out
 
 
 #: aten kernels that do a layer's multiply-adds (the work the FLOP count measures)
@@ -318,26 +304,26 @@ def figure(rows, speed, path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--finetune-epochs", type=int, default=2)
-    parser.add_argument("--n-train", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="one seed, tiny runs: a check")
+    parser.add_argument(
+        "--quick", action="store_true", help="two seeds, 1 fine-tuning epoch, 3 rounds: a check"
+    )
     parser.add_argument("--out", default=None, help="default: results/granularity[_quick].json")
     args = parser.parse_args()
     # a quick check must never overwrite the stored full run
     args.out = args.out or str(RESULTS / f"granularity{'_quick' if args.quick else ''}.json")
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.seeds, args.epochs, args.finetune_epochs, args.n_train = 1, 1, 1, 500
-        args.rounds = 3
+        args.seeds, args.finetune_epochs, args.rounds = 2, 1, 3
     started = time.time()
-    rows = accuracy_runs(
-        ["lenet300", "lenet5"], range(args.seeds), args.epochs, args.finetune_epochs, args.n_train
-    )
-    summary, order = summarize_accuracy(rows)
+    rows, dense = accuracy_runs(["lenet300", "lenet5"], range(args.seeds), args.finetune_epochs)
+    df = pd.DataFrame([r for r in rows if r.get("test_accuracy") is not None])
+    summary = sl.stats.summarize(df, ["model", "pattern", "sparsity"], "test_accuracy")
+    flagged = sl.flags.table(df, ["model", "pattern", "sparsity"])
+    order = order_checks(df)
     speed = [
         timing(name, shape, batch, args.rounds, options)
         for batch in (args.batch, args.batch * 8)  # does a larger batch close the gap?
@@ -348,23 +334,21 @@ def main() -> None:
             ("resnet_small", (1, 28, 28), {"widths": (32, 64, 128)}),
         ]
     ]
-    for s in summary:
-        spread = f" ± {s['std']:.4f}" if s["std"] is not None else ""
-        print(f"{s['model']:>9} {s['pattern']:>12} {s['sparsity']:.0%}: {s['mean']:.4f}{spread}")
-    for o in order:
-        cells = ", ".join(
-            f"{p} {o['means'][p]:.4f}" + ("" if o["stds"][p] is None else f" ± {o['stds'][p]:.4f}")
-            for p in o["order"]
+    for name, info in dense.items():
+        print(f"dense {name}: test {info['test_accuracy']:.4f} {info['flags']}".rstrip())
+    for s in summary.itertuples():
+        print(
+            f"{s.model:>9} {s.pattern:>12} {s.sparsity:.0%}: {s.mean:.4f} "
+            f"[{s.ci_low:.4f}, {s.ci_high:.4f}] ({s.n} seeds)"
         )
-        verdict = "holds" if o["holds"] else "FAILS"
-        if o["broken_pairs"]:
-            verdict += " (" + "; ".join(
-                f"{v['pair']} off by {-v['difference']:.4f}"
-                + ("" if v["std_sum"] is None else f", std sum {v['std_sum']:.4f}")
-                for v in o["broken_pairs"]
-            )
-            verdict += ": within seed noise)" if o["failure_within_seed_noise"] else ")"
-        print(f"{o['model']:>9} at {o['sparsity']:.0%}: {cells} -> order {verdict}")
+    print("No sanity flag fired." if flagged.empty else flagged.to_string(index=False))
+    print("\nexpected order, each step paired over seeds (missed: the interval below 0):")
+    for c in order:
+        print(f"  [{c['status']}] {c['expectation']} ({c['model']}, {c['sparsity']:.0%}): "
+              f"{c['numbers']}")  # fmt: skip
+        if "claim" in c:
+            print(f"      claim {c['claim']['key']}: {c['claim']['status']} "
+                  f"({c['claim']['numbers']})")  # fmt: skip
     for s in speed:
         ms = s["median_ms"]
         print(
@@ -380,9 +364,11 @@ def main() -> None:
     report = {
         "benchmark": "granularity",
         "seeds": args.seeds,
-        "epochs": args.epochs,
+        "dense": {
+            "recipes": {m: recipes.recipe_for(m, "mnist").training() for m in CLASSIFIER},
+            "per_seed": dense,
+        },
         "finetune_epochs": args.finetune_epochs,
-        "n_train": args.n_train,
         "rounds": args.rounds,
         "threads": args.threads,
         "torch": torch.__version__,
@@ -390,7 +376,8 @@ def main() -> None:
         "machine": platform.machine(),
         "seconds": round(time.time() - started, 1),
         "accuracy_runs": rows,
-        "accuracy": summary,
+        "accuracy": summary.to_dict(orient="records"),
+        "flagged": flagged.to_dict(orient="records"),
         "expected_order": order,
         "speed": speed,
         "quick": args.quick,

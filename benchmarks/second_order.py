@@ -3,11 +3,15 @@
 Quality: LeNet-300-100 on the MNIST subset, pruned once without fine-tuning by global and
 uniform magnitude, OBD, the diagonal Fisher, WoodFisher, K-FAC and M-FAC (the table of
 notebook 02c) and, as the OBS-style method that fits this model, layer-wise SparseGPT
-(exact OBS per layer on the reconstruction Hessian).  Exact ``obs`` needs the full
-``P x P`` Hessian, which for P = 266,200 weights is 567 GB: it is left out.  Every seed
-trains its own dense model; the JSON records the seeds, epochs and sparsities, and the
-paired check "woodfisher >= global magnitude, with a gap that widens with the sparsity"
-(per-seed differences, mean ± std).
+(exact OBS per layer on the reconstruction Hessian), with the random baseline of global
+magnitude (``recipes.random_like``: its mask's per-layer counts, random positions).
+Exact ``obs`` needs the full ``P x P`` Hessian, which for P = 266,200 weights is 567 GB: it
+is left out.  Every seed starts from its recipe's dense model (``recipes.dense``); every
+run is measured by ``recipes.evaluate_run`` (sanity flags included; no fine-tuning, a
+budget of 0 epochs).  The JSON records the seeds, the recipe and the sparsities, and the
+check "at or above global magnitude, with a gap that widens with the sparsity" as paired
+differences over seeds (``sl.stats.paired``), with the verdict on
+``woodfisher_beats_magnitude`` of ``sl.claims.CLAIMS``.
 
 Cost, each measured alone in this process (peak resident memory reset before each call
 through ``/proc/self/clear_refs``; the extra memory is the peak minus the memory in use
@@ -25,6 +29,7 @@ Targets: SparseGPT on 4096 x 4096 under 60 s on 2 threads, and its peak extra me
 within 3x the layer's Hessian (4096^2 float64 entries).
 
     python benchmarks/second_order.py [--threads 2] [--seeds 0 1 2] [--sparsities ...] [--quick]
+                                      [--only quality cost]
 
 ``--quick`` keeps the seeds and cuts the sparsities and the cost sweeps.
 """
@@ -50,6 +55,9 @@ import sparsity_lab as sl  # noqa: E402
 from sparsity_lab import curvature, recipes  # noqa: E402
 from sparsity_lab.criteria import layerwise, second_order  # noqa: E402
 
+MODEL, DATA = "lenet300", "mnist"
+#: the random baseline of global magnitude: its mask's per-layer counts, random positions
+RANDOM_LIKE = "random (magnitude's counts)"
 #: label -> (criterion, options); the one-shot comparison of notebook 02c
 METHODS = {
     "magnitude (global)": ("magnitude", {"budget": "global"}),
@@ -61,6 +69,7 @@ METHODS = {
     "mfac": ("mfac", {"n_samples": 128, "steps": 4}),
     "sparsegpt (uniform)": ("sparsegpt", {"budget": "uniform"}),
     "sparsegpt (global)": ("sparsegpt", {"budget": "global"}),
+    RANDOM_LIKE: ("random_like", {}),
 }
 SPARSITIES = [0.5, 0.9, 0.95, 0.98]  # four points: the stored run of 3 seeds stays near 8 min
 #: methods checked against global magnitude: "at or above it, with a widening gap"
@@ -90,30 +99,45 @@ def measure(fn) -> dict[str, float]:
     }
 
 
-def quality(seeds: list[int], sparsities: list[float], epochs: int) -> list[dict]:
-    rows = []
+def quality(seeds: list[int], sparsities: list[float]) -> tuple[list[dict], dict]:
+    """One-shot test accuracy of every method, and each seed's dense model."""
+    rows, dense_info = [], {}
     for seed in seeds:
-        task = recipes.task("lenet300", "mnist", seed=seed)
-        dense, info = recipes.train_dense(task, epochs=epochs, cache_dir=None)
-        train, _, test = task.loaders()
+        task, dense, info = recipes.dense(MODEL, DATA, seed)
+        dense_info[seed] = {k: info[k] for k in ("test_accuracy", "val_accuracy", "flags")}
+        train = task.loaders()[0]
         calibration = [batch for _, batch in zip(range(4), train, strict=False)]
         for label, (method, options) in METHODS.items():
             for sparsity in sparsities:
                 model = copy.deepcopy(dense)
                 start = time.perf_counter()
-                sl.prune(model, method, sparsity, data=calibration, seed=seed, **options)
+                if method == "random_like":
+                    found = sl.masks.masks(sl.prune(copy.deepcopy(dense), "magnitude", sparsity))
+                    for name, mask in recipes.random_like(found, seed=seed).items():
+                        sl.masks.attach(model, name, mask)
+                else:
+                    sl.prune(model, method, sparsity, data=calibration, seed=seed, **options)
+                seconds = time.perf_counter() - start
+                result = recipes.evaluate_run(model, task, target_sparsity=sparsity)
                 rows.append(
                     {
                         "method": label,
                         "sparsity": sparsity,
                         "seed": seed,
-                        "test_accuracy": sl.train.evaluate(model, test)["accuracy"],
+                        "test_accuracy": result["accuracy"],
+                        "measured_sparsity": result["sparsity"],
+                        "finetune_epochs": 0,
+                        "finetune_flops": 0.0,
+                        "flags": result["flags"],
                         "dense_test_accuracy": info["test_accuracy"],
-                        "seconds": time.perf_counter() - start,
+                        "seconds": seconds,
                     }
                 )
-                print(f"seed {seed} {label:>20} {sparsity:.2f}: {rows[-1]['test_accuracy']:.4f}")
-    return rows
+                print(
+                    f"seed {seed} {label:>28} {sparsity:.2f}: {result['accuracy']:.4f} "
+                    f"{result['flags']}".rstrip()
+                )
+    return rows, dense_info
 
 
 def woodfisher_cost(blocks: list[int], grads: list[int], size: int = 266_200) -> list[dict]:
@@ -206,23 +230,45 @@ def sparsegpt_cost(sizes: list[int], rows_calib: int = 2048) -> list[dict]:
 
 
 def gap_check(quality_rows: list[dict], method: str) -> dict:
-    """``method`` minus global magnitude, paired per seed: mean and std per sparsity, and
-    whether the mean is >= 0 everywhere and non-decreasing with the sparsity."""
-    table = pd.DataFrame(quality_rows).pivot_table(
-        index=["seed", "sparsity"], columns="method", values="test_accuracy"
+    """``method`` minus global magnitude, paired over seeds at each sparsity: at or above
+    (the paired interval's verdict) everywhere, and a mean gap that does not shrink."""
+    diffs = sl.stats.paired(
+        pd.DataFrame(quality_rows),
+        "method",
+        method,
+        "magnitude (global)",
+        metric="test_accuracy",
+        by="sparsity",
     )
-    diff = (table[method] - table["magnitude (global)"]).groupby(level="sparsity")
-    mean, std = diff.mean(), diff.std()
-    at_or_above = bool((mean >= 0).all())
-    widening = bool((mean.diff().dropna() >= 0).all())
-    return {
+    verdicts = set(diffs["verdict"])
+    at_or_above = "worse" not in verdicts
+    widening = bool((diffs["mean_diff"].diff().dropna() >= 0).all())
+    status = (
+        "missed"
+        if not (at_or_above and widening)
+        else "met"
+        if verdicts <= {"better", "no difference"}
+        else "inconclusive"  # one seed: no interval
+    )
+    out = {
         "method": method,
-        "gap_mean": {str(k): float(v) for k, v in mean.items()},
-        "gap_std": {str(k): float(v) for k, v in std.items()},
+        "paired": diffs.to_dict(orient="records"),
+        "numbers": {str(row["sparsity"]): sl.stats.describe(row) for _, row in diffs.iterrows()},
         "at_or_above_everywhere": at_or_above,
         "widening": widening,
-        "holds": at_or_above and widening,
+        "status": status,
     }
+    if method == "woodfisher":
+        claims = []
+        for _, row in diffs.iterrows():
+            v = sl.claims.verdict(
+                "woodfisher_beats_magnitude",
+                row,
+                setting=f"LeNet-300-100, MNIST subset, one-shot at {row['sparsity']:.0%}",
+            )
+            claims.append({"sparsity": row["sparsity"], "status": v.status, "numbers": v.numbers()})
+        out["claim"] = {"key": "woodfisher_beats_magnitude", "verdicts": claims}
+    return out
 
 
 def figure(report: dict, path: Path) -> None:
@@ -270,10 +316,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--sparsities", type=float, nargs="+", default=SPARSITIES)
     parser.add_argument(
         "--quick", action="store_true", help="the same seeds, fewer sparsities and sizes"
+    )
+    parser.add_argument(
+        "--only", nargs="+", choices=["quality", "cost"], default=["quality", "cost"]
     )
     parser.add_argument("--out", default=None, help="default: results/second_order[_quick].json")
     args = parser.parse_args()
@@ -284,6 +332,7 @@ def main() -> None:
     sparsities = [0.5, 0.9, 0.98] if args.quick else args.sparsities
     blocks = [32, 128] if args.quick else [16, 32, 64, 128, 256]
     grads = [32, 128] if args.quick else [32, 64, 128, 256]
+    recipe = recipes.recipe_for(MODEL, DATA)
     report = {
         "benchmark": "second_order",
         "threads": args.threads,
@@ -291,53 +340,80 @@ def main() -> None:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "quick": args.quick,
+        "parts": args.only,
         "seeds": args.seeds,
-        "epochs": args.epochs,
+        "dense_recipe": recipe.training(),
         "sparsities": sparsities,
+        "finetune": {"epochs": 0, "flops": 0.0, "note": "one-shot, no fine-tuning"},
         "methods": {label: [m, options] for label, (m, options) in METHODS.items()},
         "left_out": {
             "obs": "exact Hessian of 266,200 weights: 266,200^2 float64 entries = 567 GB",
             "lobs, obc": "row-wise greedy OBS on 784-input layers: minutes per sparsity",
         },
-        "sparsegpt": sparsegpt_cost([1024, 4096]),
-        "woodfisher": woodfisher_cost(blocks, grads),
-        "quality": quality(args.seeds, sparsities, args.epochs),
-        "target": "sparsegpt 4096x4096 (Hessian + solver): < 60 s on 2 threads, solver "
-        "extra memory <= 3x its Hessian",
+        "woodfisher": [],
     }
-    big = report["sparsegpt"][-1]
-    report["meets_target"] = big["seconds"] < 60 and big["extra_over_hessian"] <= 3
-    # on a busy machine the wall time stretches; the CPU time shared over the threads does not
-    report["meets_target_by_cpu_time"] = (
-        big["cpu_seconds"] / args.threads < 60 and big["extra_over_hessian"] <= 3
-    )
-    report["gap_vs_global_magnitude"] = [gap_check(report["quality"], m) for m in COMPARED]
+    if "cost" in args.only:
+        report["sparsegpt"] = sparsegpt_cost([1024, 4096])
+        report["woodfisher"] = woodfisher_cost(blocks, grads)
+        report["target"] = (
+            "sparsegpt 4096x4096 (Hessian + solver): < 60 s on 2 threads, solver "
+            "extra memory <= 3x its Hessian"
+        )
+        big = report["sparsegpt"][-1]
+        report["meets_target"] = big["seconds"] < 60 and big["extra_over_hessian"] <= 3
+        # on a busy machine the wall time stretches; the CPU time over the threads does not
+        report["meets_target_by_cpu_time"] = (
+            big["cpu_seconds"] / args.threads < 60 and big["extra_over_hessian"] <= 3
+        )
+    if "quality" in args.only:
+        report["quality"], report["dense"] = quality(args.seeds, sparsities)
+        df = pd.DataFrame(report["quality"])
+        flagged = sl.flags.table(df, ["method", "sparsity"])
+        report["flagged"] = flagged.to_dict(orient="records")
+        report["gap_vs_global_magnitude"] = [gap_check(report["quality"], m) for m in COMPARED]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    figure(report, out.with_suffix(".png"))
-    summary = sl.experiments.summarize(
-        pd.DataFrame(report["quality"]), ["method", "sparsity"], "test_accuracy"
-    )
-    summary["cell"] = [
-        f"{m:.3f} ± {s:.3f}" for m, s in zip(summary["mean"], summary["std"], strict=True)
-    ]
-    print(f"test accuracy, mean ± std over seeds {args.seeds} ({args.epochs} epochs):")
-    print(summary.pivot(index="method", columns="sparsity", values="cell").to_string())
-    for check in report["gap_vs_global_magnitude"]:
-        gaps = ", ".join(
-            f"{float(k):.0%}: {100 * m:+.1f} ± {100 * check['gap_std'][k]:.1f}"
-            for k, m in check["gap_mean"].items()
+    out.write_text(json.dumps(report, indent=2, default=_plain))
+    if "quality" in args.only:
+        figure(report, out.with_suffix(".png"))
+        summary = sl.experiments.summarize(df, ["method", "sparsity"], "test_accuracy")
+        summary["cell"] = [
+            f"{m:.3f} ± {s:.3f}" for m, s in zip(summary["mean"], summary["std"], strict=True)
+        ]
+        dense = ", ".join(
+            f"seed {k} {v['test_accuracy']:.3f} {v['flags']}".rstrip()
+            for k, v in report["dense"].items()
         )
+        print(f"dense (the recipe's {recipe.epochs} epochs): {dense}")
+        print(f"test accuracy, mean ± std over seeds {args.seeds}, no fine-tuning:")
+        print(summary.pivot(index="method", columns="sparsity", values="cell").to_string())
         print(
-            f"{check['method']} - global magnitude (points): {gaps}; at or above everywhere: "
-            f"{check['at_or_above_everywhere']}, widening: {check['widening']} -> "
-            f"{'holds' if check['holds'] else 'does NOT hold'}"
+            "No sanity flag fired."
+            if flagged.empty
+            else "flagged runs:\n" + flagged.to_string(index=False)
         )
-    print(
-        f"meets target: {report['meets_target']} (by CPU time: "
-        f"{report['meets_target_by_cpu_time']}); wrote {out} and {out.with_suffix('.png')}"
-    )
+        print("\nat or above global magnitude, the gap widening (paired over seeds):")
+        for check in report["gap_vs_global_magnitude"]:
+            gaps = "; ".join(f"{float(k):.0%}: {v}" for k, v in check["numbers"].items())
+            print(
+                f"  [{check['status']}] {check['method']} - global magnitude: {gaps}; "
+                f"widening: {check['widening']}"
+            )
+            for v in check.get("claim", {}).get("verdicts", []):
+                print(
+                    f"      claim woodfisher_beats_magnitude at {v['sparsity']:.0%}: "
+                    f"{v['status']} ({v['numbers']})"
+                )
+    if "cost" in args.only:
+        print(
+            f"meets target: {report['meets_target']} (by CPU time: "
+            f"{report['meets_target_by_cpu_time']})"
+        )
+    print(f"wrote {out}")
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else str(value)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,20 @@ and its dense member); IMP tickets against the same masks re-initialised; CrAM a
 SGD under one-shot pruning with BatchNorm re-estimation and no fine-tuning (neither model
 has BatchNorm, so the re-estimation is a no-op there: the CrAM check also runs on the
 small ResNet, BatchNorm after every convolution, on 8x8 digits).  The sparse-from-scratch
-runs start from weights rescaled to each unit's kept fan-in and record, per layer, the
-density and the gradient norm at the first step.  Every method trains for the same
-number of epochs (IMP: ``rounds + 1`` runs of half as many; one-shot: the dense run plus
-two fine-tuning epochs); training FLOPs are counted with
+runs start from weights rescaled to each unit's kept fan-in (the methods do what
+``recipes.sparse_start`` does) and record, per layer, the density and the gradient norm
+at the first step.  The dense model is the setting's ``recipes.dense``; every method
+trains with the setting's recipe (``recipes.recipe_for(...).training()``: epochs,
+optimizer, learning rate and schedule, batch size) for the same number of epochs (IMP:
+``rounds + 1`` runs of half as many; one-shot: the dense run plus ``recipes.finetune``'s
+two epochs); training FLOPs are counted with
 :class:`sparsity_lab.methods.base.TrainingFlops` and reported as a multiple of dense
-training.
+training.  Every run carries the sanity flags of ``recipes.evaluate_run``.
 
-The script checks the expectations of the issue that asked for it and reports each one
-with its per-seed numbers, whether it holds or not: nothing here is tuned to agree.
+The script checks the expectations of the issue that asked for it with paired differences
+over seeds (``sl.stats.paired``) and reports each as met, missed or inconclusive, with the
+verdict on the cited claim of ``sl.claims.CLAIMS`` where there is one: nothing here is
+tuned to agree.
 
     python benchmarks/training_methods.py [--seeds 0 1 2] [--quick] [--reduced]
 
@@ -34,7 +39,6 @@ import argparse
 import copy
 import functools
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -59,21 +63,19 @@ SETTINGS = {"lenet300": "mnist", "cnn1d": "mnist1d"}
 # the small ResNet (BatchNorm after every convolution) on 8x8 digits runs the CrAM check
 # only (dense, CrAM, and SGD under one-shot pruning).
 BN_SETTINGS = {"resnet_small": "digits"}
+DATA = {**SETTINGS, **BN_SETTINGS}
 SPARSITIES = [0.8, 0.9, 0.95]
 CRAM_SPARSITIES = [0.7, 0.8, 0.9, 0.95]
-# The dense recipe of each setting (SGD with momentum, cosine decay), fixed before any
-# sparse run: MNIST-1D needs more epochs and a larger rate than the MNIST subset.
-LR = {"lenet300": 0.05, "cnn1d": 0.1, "resnet_small": 0.05}
-EPOCHS = {"lenet300": 10, "cnn1d": 30, "resnet_small": 8}
+#: model -> epochs overriding its recipe's (``--quick`` only); empty: every recipe as is
+EPOCHS_OVERRIDE: dict[str, int] = {}
 FINETUNE_EPOCHS = 2
 IMP_ROUNDS = 3
 # Budgets: one global magnitude threshold for the methods that prune trained weights; the
 # dynamic methods start from random masks, so they use shape-based budgets.
 PRUNE_BUDGET = "global"
-VERSION = "training_methods_v1"
-# The sparse-from-scratch methods changed (their initial weights are rescaled to each
-# unit's kept fan-in): their runs are cached under a version of their own.
-DST_VERSION = "training_methods_v2_dst"
+# v3: the settings' recipes, flags and paired checks (every method's runs anew)
+VERSION = "training_methods_v3"
+DST_VERSION = "training_methods_v3_dst"
 DST = ("static", "set", "rigl")
 # The documented reduced grid (``--reduced``) for the sparse-from-scratch methods: three
 # seeds, both budgets, at the sparsities where the first run looked broken.
@@ -102,41 +104,47 @@ class InitDiagnostics(sl.train.Callback):
             self.grad_norm[n] = float((grad * mask).norm())
 
 
+def training(model: str) -> dict:
+    """The ``fit`` keyword arguments of the setting's recipe (epochs overridden by --quick)."""
+    options = recipes.recipe_for(model, DATA[model]).training()
+    options["epochs"] = EPOCHS_OVERRIDE.get(model, options["epochs"])
+    return options
+
+
 def setting(model: str, seed: int):
-    t = recipes.task(model, {**SETTINGS, **BN_SETTINGS}[model], seed=seed)
-    return t, *t.loaders()
+    t = recipes.task(model, DATA[model], seed=seed)
+    return t, *t.loaders(recipes.recipe_for(model, DATA[model]).batch_size)
 
 
-def fit(method, model: str, seed: int, epochs: int, extra=()):
-    """Train a fresh model with ``method`` (None: plain dense training)."""
+def fit(method, model: str, seed: int, epochs: int | None = None, extra=()):
+    """Train a fresh model with ``method`` and the recipe (``epochs`` overrides its epochs)."""
     t, train, val, test = setting(model, seed)
     m = t.build()
     flops = TrainingFlops(method)
-    callbacks = [flops, *extra]
-    options = dict(
-        epochs=epochs, lr=LR[model], lr_schedule="cosine", seed=seed, callbacks=callbacks
-    )
-    if method is None:
-        sl.train.fit(m, train, val, **options)
-    else:
-        method.fit(m, train, val, **options)
+    options = training(model) | {"seed": seed, "callbacks": [flops, *extra]}
+    if epochs is not None:
+        options["epochs"] = epochs
+    method.fit(m, train, val, **options)
     return m, flops.total, t
 
 
-def accuracy(m, model: str, seed: int) -> float:
-    return sl.train.evaluate(m, setting(model, seed)[3])["accuracy"]
+def evaluate(m, model: str, seed: int, sparsity: float | None = None) -> dict:
+    """Test accuracy and sanity flags (the target checked when ``sparsity`` is given)."""
+    result = recipes.evaluate_run(m, setting(model, seed)[0], target_sparsity=sparsity)
+    return {"accuracy": result["accuracy"], "flags": result["flags"]}
 
 
 def dense_epoch_flops(model: str, seed: int) -> float:
-    t, train, _, _ = setting(model, seed)
-    return 3 * sl.report(t.build())["dense_flops"].iloc[-1] * len(train.dataset)
+    t = setting(model, seed)[0]
+    return recipes.training_flops(t.build(), len(t.bundle.train), 1)
 
 
 @functools.cache
 def dense(model: str, seed: int):
-    """The dense model of a seed (trained once per process) and its training FLOPs."""
-    m, flops, _ = fit(None, model, seed, EPOCHS[model])
-    return m, flops
+    """The recipe's dense model of a seed (``recipes.dense``), its info and training FLOPs."""
+    epochs = EPOCHS_OVERRIDE.get(model)
+    _, m, info = recipes.dense(model, DATA[model], seed, epochs=epochs)
+    return m, info, dense_epoch_flops(model, seed) * training(model)["epochs"]
 
 
 @functools.cache
@@ -144,41 +152,41 @@ def crammed(model: str, seed: int):
     method = registry.get("cram", "training")(
         0.8, sparsities=[0.5, 0.7, 0.8, 0.9], budget=PRUNE_BUDGET, seed=seed
     )
-    m, flops, _ = fit(method, model, seed, EPOCHS[model])
+    m, flops, _ = fit(method, model, seed)
     return m, flops
 
 
 def run(model: str, method: str, sparsity: float, seed: int) -> dict:
-    """One cell of the benchmark: test accuracy and training FLOPs (and extras)."""
+    """One cell of the benchmark: test accuracy, flags and training FLOPs (and extras)."""
     torch.manual_seed(seed)
-    epochs = EPOCHS[model]
+    epochs = training(model)["epochs"]
     start = time.perf_counter()
     out: dict = {}
     if method == "dense":
-        m, flops = dense(model, seed)
-        out = {"accuracy": accuracy(m, model, seed), "train_flops": flops}
+        m, info, flops = dense(model, seed)
+        out = {"accuracy": info["test_accuracy"], "flags": info["flags"], "train_flops": flops}
     elif method == "one_shot":
-        m, flops = dense(model, seed)
+        m, _, flops = dense(model, seed)
         m = copy.deepcopy(m)
-        t, train, val, _ = setting(model, seed)
+        t = setting(model, seed)[0]
         sl.prune(m, "magnitude", sparsity, budget=PRUNE_BUDGET)
-        counter = TrainingFlops()
-        sl.train.fit(m, train, val, epochs=FINETUNE_EPOCHS, lr=0.01, seed=seed, callbacks=[counter])
-        out = {"accuracy": accuracy(m, model, seed), "train_flops": flops + counter.total}
+        budget = recipes.finetune(m, t, FINETUNE_EPOCHS, lr=0.01, progress=False)
+        out = {**evaluate(m, model, seed, sparsity), **budget}
+        out["train_flops"] = flops + budget["finetune_flops"]
     elif method in ("gmp", "acdc"):
         trainer = registry.get(method, "training")(sparsity, budget=PRUNE_BUDGET, seed=seed)
-        m, flops, _ = fit(trainer, model, seed, epochs)
-        out = {"accuracy": accuracy(m, model, seed), "train_flops": flops}
+        m, flops, _ = fit(trainer, model, seed)
+        out = {**evaluate(m, model, seed, sparsity), "train_flops": flops}
         if method == "acdc":
-            out["dense_accuracy"] = accuracy(trainer.dense_model, model, seed)
+            out["dense_accuracy"] = evaluate(trainer.dense_model, model, seed)["accuracy"]
     elif method.split("_")[0] in ("static", "set", "rigl"):
         name, budget = method.split("_")
         cls = StaticSparse if name == "static" else registry.get(name, "training")
         trainer = cls(sparsity, budget=budget, seed=seed)
         diagnostics = InitDiagnostics(trainer)
-        m, flops, _ = fit(trainer, model, seed, epochs, extra=[diagnostics])
+        m, flops, _ = fit(trainer, model, seed, extra=[diagnostics])
         out = {
-            "accuracy": accuracy(m, model, seed),
+            **evaluate(m, model, seed, sparsity),
             "train_flops": flops,
             # evidence for a sparse net that cannot train: nearly empty layers, no gradient
             "init_density": diagnostics.density,
@@ -195,38 +203,37 @@ def run(model: str, method: str, sparsity: float, seed: int) -> dict:
             budget=PRUNE_BUDGET,
             seed=seed,
         )
-        t, train, val, test = setting(model, seed)
+        t, train, val, _ = setting(model, seed)
         m = t.build()
         counter = TrainingFlops(imp)
-        history = imp.fit(
-            m,
-            train,
-            val,
-            epochs=max(1, epochs // 2),
-            lr=LR[model],
-            lr_schedule="cosine",
-            seed=seed,
-            callbacks=[counter],
-        )
+        options = training(model) | {"epochs": max(1, epochs // 2)}
+        history = imp.fit(m, train, val, seed=seed, callbacks=[counter], **options)
         last = imp.rounds_table.iloc[-1]
         out = {
-            "accuracy": accuracy(m, model, seed),
+            **evaluate(m, model, seed, sparsity),
             "train_flops": counter.total,
+            # the ticket against its re-initialised twin is judged on validation data
             "val_accuracy": float(history["val_accuracy"].iloc[-1]),
             "reinit_val_accuracy": float(last["reinit_val_accuracy"]),
         }
     elif method in ("cram", "sgd_one_shot"):
-        base, flops = crammed(model, seed) if method == "cram" else dense(model, seed)
+        if method == "cram":
+            base, flops = crammed(model, seed)
+        else:
+            base, _, flops = dense(model, seed)
         t, train, _, _ = setting(model, seed)
         m = one_shot(copy.deepcopy(base), sparsity, data=train, budget=PRUNE_BUDGET)
         out = {
-            "accuracy": accuracy(m, model, seed),
-            "dense_accuracy": accuracy(base, model, seed),
+            **evaluate(m, model, seed, sparsity),
+            "dense_accuracy": evaluate(base, model, seed)["accuracy"],
             "train_flops": flops,
+            "finetune_epochs": 0,
+            "finetune_flops": 0.0,
         }
     else:
         raise ValueError(f"unknown benchmark method {method!r}")
     out["dense_epoch_flops"] = dense_epoch_flops(model, seed)
+    out["epochs"] = epochs
     out["seconds"] = time.perf_counter() - start
     return out
 
@@ -280,119 +287,155 @@ def run_all(
 # --- the expectations ---------------------------------------------------------------------
 
 
-def per_seed(df, model, method, sparsity, metric="accuracy") -> dict[int, float]:
-    rows = df[(df["model"] == model) & (df["method"] == method) & (df["sparsity"] == sparsity)]
-    return {int(seed): float(value) for seed, value in zip(rows["seed"], rows[metric], strict=True)}
+def _decide(row, relation: str, margin: float) -> str:
+    """met / missed / inconclusive for one paired row (the rule of ``sl.claims``)."""
+    if row["n"] < 2:
+        return "inconclusive"
+    low, high = row["ci_low"], row["ci_high"]
+    if relation == "greater":
+        met, missed = low > 0, high <= 0
+    else:  # at_least: no more than ``margin`` below
+        met, missed = low >= -margin, high < -margin
+    return "met" if met else "missed" if missed else "inconclusive"
 
 
-def mean(values: dict[int, float]) -> float:
-    return sum(values.values()) / len(values) if values else math.nan
-
-
-def check(name: str, holds: bool, detail: dict) -> dict:
-    """One expectation: ``met``, ``missed``, or ``not run`` when a cell of it is missing
-    (a reduced grid)."""
-    ran = all(len(v) > 0 for v in detail.values() if isinstance(v, dict))
-    status = ("met" if holds else "missed") if ran else "not run"
-    return {"expectation": name, "holds": bool(holds) and ran, "status": status, **detail}
-
-
-def describe(c: dict) -> str:
-    """The numbers behind a check: the mean over seeds of each per-seed dict, in %."""
-    parts = [f"{k}={100 * mean(v):.1f}" for k, v in c.items() if isinstance(v, dict) and len(v) > 0]
-    parts += [f"{k}={100 * v:.1f}" for k, v in c.items() if k.endswith("_drop")]
-    return ", ".join(parts)
+def compare(
+    df,
+    model,
+    name,
+    treatment,
+    baseline,
+    *,
+    metric="accuracy",
+    relation="greater",
+    margin=0.0,
+    claim=None,
+    sparsities=None,
+) -> list[dict]:
+    """``treatment - baseline`` of ``metric`` paired over seeds, per sparsity; "not run"
+    when an arm is missing (a reduced grid)."""
+    part = df[(df["model"] == model) & df["method"].isin([treatment, baseline])]
+    if sparsities is not None:
+        part = part[part["sparsity"].isin(sparsities)]
+    if not {treatment, baseline} <= set(part["method"]):
+        return [{"expectation": name, "model": model, "status": "not run", "numbers": ""}]
+    out = []
+    diffs = sl.stats.paired(part, "method", treatment, baseline, metric=metric, by="sparsity")
+    for _, row in diffs.iterrows():
+        entry = {
+            "expectation": name,
+            "model": model,
+            "sparsity": row["sparsity"],
+            "status": _decide(row, relation, margin),
+            "paired": {k: row[k] for k in ("mean_diff", "ci_low", "ci_high", "n")},
+            "numbers": sl.stats.describe(row),
+        }
+        if claim is not None:
+            v = sl.claims.verdict(
+                claim, row, setting=f"{model} on {DATA[model]} at {row['sparsity']:.0%}"
+            )
+            entry["claim"] = {"key": claim, "status": v.status, "numbers": v.numbers()}
+        out.append(entry)
+    return out
 
 
 def checks(df: pd.DataFrame) -> list[dict]:
     out = []
     for model in df["model"].unique():
-        dense_acc = per_seed(df, model, "dense", 0.0)
-        for s in SPARSITIES if model not in BN_SETTINGS else []:
-            get = functools.partial(per_seed, df, model, sparsity=s)
-            acc = {m: get(m) for m in ("one_shot", "gmp", "static_erk", "set_erk", "rigl_erk")}
-            acc |= {m: get(m) for m in ("static_uniform", "set_uniform", "rigl_uniform")}
-            means = {k: mean(v) for k, v in acc.items()}
-            where = {"model": model, "sparsity": s}
-            if s >= 0.9:
-                out.append(
-                    check(
-                        "GMP >= one-shot at >= 90%",
-                        means["gmp"] >= means["one_shot"],
-                        {**where, "gmp": acc["gmp"], "one_shot": acc["one_shot"]},
-                    )
-                )
+        if model not in BN_SETTINGS:
+            high = [s for s in SPARSITIES if s >= 0.9]
+            out += compare(
+                df,
+                model,
+                "GMP > one-shot at >= 90%",
+                "gmp",
+                "one_shot",
+                claim="gradual_beats_one_shot",
+                sparsities=high,
+            )
             for budget in ("erk", "uniform"):
-                st, se, ri = (means[f"{m}_{budget}"] for m in ("static", "set", "rigl"))
-                out.append(
-                    check(
-                        f"static < SET ~ RigL <= GMP ({budget})",
-                        st < min(se, ri) and abs(se - ri) <= 0.01 and ri <= means["gmp"] + 1e-12,
-                        {
-                            **where,
-                            "static": acc[f"static_{budget}"],
-                            "set": acc[f"set_{budget}"],
-                            "rigl": acc[f"rigl_{budget}"],
-                            "gmp": acc["gmp"],
-                            "note": "SET ~ RigL read as within 1 point",
-                        },
-                    )
+                st, se, ri = (f"{m}_{budget}" for m in ("static", "set", "rigl"))
+                out += compare(
+                    df, model, f"SET > static ({budget})", se, st, claim="set_beats_static"
                 )
+                out += compare(df, model, f"RigL > SET ({budget})", ri, se, claim="rigl_beats_set")
+                out += compare(df, model, f"GMP >= RigL ({budget})", "gmp", ri, relation="at_least")
             for m in ("static", "set", "rigl"):
-                out.append(
-                    check(
-                        f"ERK >= uniform ({m})",
-                        means[f"{m}_erk"] >= means[f"{m}_uniform"],
-                        {**where, "erk": acc[f"{m}_erk"], "uniform": acc[f"{m}_uniform"]},
-                    )
+                out += compare(
+                    df,
+                    model,
+                    f"ERK >= uniform ({m})",
+                    f"{m}_erk",
+                    f"{m}_uniform",
+                    relation="at_least",
                 )
-            acdc = get("acdc")
-            acdc_dense = get("acdc", metric="dense_accuracy")
-            out.append(
-                check(
-                    "AC/DC sparse within 1 point of GMP",
-                    mean(acdc) >= means["gmp"] - 0.01,
-                    {**where, "acdc_sparse": acdc, "gmp": acc["gmp"]},
-                )
+            out += compare(
+                df,
+                model,
+                "AC/DC sparse within 1 point of GMP",
+                "acdc",
+                "gmp",
+                relation="at_least",
+                margin=0.01,
+                claim="acdc_matches_gmp",
             )
-            out.append(
-                check(
-                    "AC/DC dense within 0.5 points of the dense baseline",
-                    mean(acdc_dense) >= mean(dense_acc) - 0.005,
-                    {**where, "acdc_dense": acdc_dense, "dense": dense_acc},
-                )
+            acdc_dense = df[(df["method"] == "acdc")].assign(
+                method="acdc_dense", accuracy=lambda d: d["dense_accuracy"]
             )
-            ticket = get("imp", metric="val_accuracy")
-            reinit = get("imp", metric="reinit_val_accuracy")
-            out.append(
-                check(
-                    "IMP ticket beats random re-initialisation (validation accuracy)",
-                    mean(ticket) > mean(reinit),
-                    {**where, "ticket": ticket, "reinit": reinit},
-                )
+            dense = df[df["method"] == "dense"]
+            dense = pd.concat([dense.assign(sparsity=s) for s in SPARSITIES])
+            out += compare(
+                pd.concat([acdc_dense, dense]),
+                model,
+                "AC/DC dense within 0.5 points of the dense baseline",
+                "acdc_dense",
+                "dense",
+                relation="at_least",
+                margin=0.005,
             )
-        for s in (0.7, 0.8):
-            cram = per_seed(df, model, "cram", s)
-            cram_dense = per_seed(df, model, "cram", s, "dense_accuracy")
-            sgd = per_seed(df, model, "sgd_one_shot", s)
-            drop_cram = mean(cram_dense) - mean(cram)
-            drop_sgd = mean(dense_acc) - mean(sgd)
-            out.append(
-                check(
-                    "CrAM loses <= 1 point under one-shot pruning, SGD clearly more",
-                    drop_cram <= 0.01 and drop_sgd > drop_cram + 0.01,
-                    {
-                        "model": model,
-                        "sparsity": s,
-                        "cram_dense": cram_dense,
-                        "cram_pruned": cram,
-                        "sgd_dense": dense_acc,
-                        "sgd_pruned": sgd,
-                        "cram_drop": drop_cram,
-                        "sgd_drop": drop_sgd,
-                    },
-                )
+            imp = df[df["method"] == "imp"]
+            arms = pd.concat(
+                [
+                    imp.assign(method="ticket", val=imp["val_accuracy"]),
+                    imp.assign(method="reinit", val=imp["reinit_val_accuracy"]),
+                ]
             )
+            out += compare(
+                arms,
+                model,
+                "IMP ticket beats re-initialisation (validation)",
+                "ticket",
+                "reinit",
+                metric="val",
+                claim="tickets_beat_reinit",
+            )
+        cram_sparsities = [0.7, 0.8]
+        out += compare(
+            df,
+            model,
+            "CrAM beats SGD under one-shot pruning",
+            "cram",
+            "sgd_one_shot",
+            claim="cram_one_shot_beats_sgd",
+            sparsities=cram_sparsities,
+        )
+        cram = df[df["method"] == "cram"]
+        dense = df[df["method"] == "dense"]
+        arms = pd.concat(
+            [cram.assign(method="cram_dense", accuracy=cram["dense_accuracy"])]
+            + [dense.assign(sparsity=s) for s in cram_sparsities]
+        )
+        out += compare(
+            arms,
+            model,
+            "CrAM's dense model within 0.5 points of SGD's",
+            "cram_dense",
+            "dense",
+            relation="at_least",
+            margin=0.005,
+            claim="cram_dense_matches_sgd",
+            sparsities=cram_sparsities,
+        )
     return out
 
 
@@ -400,9 +443,7 @@ def checks(df: pd.DataFrame) -> list[dict]:
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    df = df.assign(
-        flops_x_dense=df["train_flops"] / (df["dense_epoch_flops"] * df["model"].map(EPOCHS))
-    )
+    df = df.assign(flops_x_dense=df["train_flops"] / (df["dense_epoch_flops"] * df["epochs"]))
     table = sl.experiments.summarize(df, ["model", "method", "sparsity"], "accuracy")
     cost = df.groupby(["model", "method", "sparsity"], as_index=False)["flops_x_dense"].mean()
     return table.merge(cost, on=["model", "method", "sparsity"])
@@ -462,7 +503,9 @@ def main() -> None:
         choices=[*SETTINGS, *BN_SETTINGS],
     )
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="2 epochs, for a smoke test")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 epochs (not the recipes'), for a smoke test"
+    )
     parser.add_argument(
         "--reduced",
         action="store_true",
@@ -478,23 +521,23 @@ def main() -> None:
     cache = out / "training_methods_cache"
     if args.quick:
         global VERSION, DST_VERSION
-        for model in EPOCHS:
-            EPOCHS[model] = 2
+        EPOCHS_OVERRIDE.update(dict.fromkeys(DATA, 2))
         VERSION += "_quick"
         DST_VERSION += "_quick"
     started = time.perf_counter()
     df = run_all(args.seeds, args.models, cache, REDUCED_DST if args.reduced else None)
     table = summary_table(df)
     found = checks(df)
+    flagged = sl.flags.table(df, ["model", "method", "sparsity"])
     paths = figures(df, table, out)
     report = {
         "benchmark": "training_methods",
         "settings": SETTINGS,
         "cram_batchnorm_settings": BN_SETTINGS,
-        "epochs": EPOCHS,
+        "recipes": {m: training(m) for m in DATA},
+        "epochs_override": EPOCHS_OVERRIDE or "none: every setting's recipe",
         "finetune_epochs": FINETUNE_EPOCHS,
         "imp_rounds": IMP_ROUNDS,
-        "lr": LR,
         "prune_budget": PRUNE_BUDGET,
         "seeds": args.seeds,
         "quick": args.quick,
@@ -508,6 +551,7 @@ def main() -> None:
         "run_seconds_total": float(df["seconds"].sum()),
         "summary": table.to_dict(orient="records"),
         "checks": found,
+        "flagged": flagged.to_dict(orient="records"),
         "runs": df.to_dict(orient="records"),
         "figures": paths,
     }
@@ -516,10 +560,16 @@ def main() -> None:
     with pd.option_context("display.width", 140, "display.max_rows", 200):
         print(table.round(4).to_string(index=False))
     print()
-    print("What to expect, met or missed (test accuracy in %, mean over seeds):")
+    print("No sanity flag fired." if flagged.empty else flagged.to_string(index=False))
+    print()
+    print("What to expect (paired differences over seeds, treatment - baseline, test accuracy):")
     for c in found:
         where = f"{c.get('model')} at {c.get('sparsity')}"
-        print(f"  [{c['status']:>7}] {c['expectation']} - {where}: {describe(c)}")
+        print(f"  [{c['status']:>12}] {c['expectation']} - {where}: {c['numbers']}")
+        if "claim" in c:
+            print(
+                f"      claim {c['claim']['key']}: {c['claim']['status']} ({c['claim']['numbers']})"
+            )
     counts = pd.Series([c["status"] for c in found]).value_counts().to_dict()
     print(f"  {counts}")
     dst = df[df["method"].str.split("_").str[0].isin(DST) & (df["model"] == "cnn1d")]

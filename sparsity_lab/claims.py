@@ -362,6 +362,10 @@ class Verdict:
         """``"+1.7 points [+0.7, +2.7], 3 seeds (paired)"``."""
         if self.n < 2:
             return f"{self.mean * scale:+.1f}{unit}, one seed (no interval)"
+        if self.ci_high - self.ci_low <= 2 * SPREAD_TOLERANCE:
+            return (
+                f"{self.mean * scale:+.1f}{unit} on each of {self.n} seeds (no spread, no interval)"
+            )
         return (
             f"{self.mean * scale:+.1f}{unit} [{self.ci_low * scale:+.1f}, "
             f"{self.ci_high * scale:+.1f}], {self.n} seeds (paired)"

@@ -83,4 +83,6 @@ def test_errors():
 def test_a_zero_width_interval_is_inconclusive():
     assert claims.verdict("rigl_beats_set", [0.25, 0.25]).status == claims.INCONCLUSIVE
     rounded = [0.9 - 0.8, 0.8 - 0.7]  # equal up to rounding
-    assert claims.verdict("rigl_beats_set", rounded).status == claims.INCONCLUSIVE
+    v = claims.verdict("rigl_beats_set", rounded)
+    assert v.status == claims.INCONCLUSIVE
+    assert v.numbers() == "+10.0 points on each of 2 seeds (no spread, no interval)"

@@ -223,7 +223,7 @@ plt.show()
 summary = sl.stats.summarize(results, ["finetune_epochs", "method", "sparsity"], "test_accuracy")
 display(summary.round(4))
 flagged = sl.flags.table(results, ["finetune_epochs", "method", "sparsity"])
-display(flagged if len(flagged) else Markdown("No sanity flag fired."))
+sl.nb.show_flags(flagged)
 quantile = scipy_stats.t.ppf(0.975, len(SEEDS) - 1) if len(SEEDS) > 1 else float("nan")
 display(
     Markdown(

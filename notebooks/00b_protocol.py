@@ -90,7 +90,7 @@ summary["expected"] = [
 ]
 display(summary.round(4))
 flagged = sl.flags.table(measured, ["model", "data"])
-display(flagged if len(flagged) else Markdown("No sanity flag fired on the dense baselines."))
+sl.nb.show_flags(flagged, what="on the dense baselines")
 
 # %%
 met = [

@@ -64,12 +64,6 @@ SPLITS = {"n_train": N_TRAIN, "n_val": N_EVAL, "n_test": N_EVAL}
 DATA = {name: size for name, size in SPLITS.items() if size is not None}  # {}: the recipe's
 
 
-def show_flags(df, by):
-    """The sanity flags raised by the runs of ``df``, or one line saying none fired."""
-    flagged = sl.flags.table(df, by)
-    display(flagged if len(flagged) else Markdown("No sanity flag fired."))
-
-
 def span(low, high):
     """``"low to high"`` in two significant digits, or one number when they agree."""
     return f"{low:.2g}" if f"{low:.2g}" == f"{high:.2g}" else f"{low:.2g} to {high:.2g}"
@@ -105,7 +99,7 @@ dense_table["expected"] = [
     recipes.recipe_for(m, "mnist").expected_test_accuracy for m in dense_table.model_name
 ]
 display(dense_table.round(4))
-show_flags(dense_runs, "model_name")
+sl.nb.show_flags(sl.flags.table(dense_runs, "model_name"))
 DENSE = dense_runs.groupby("model_name").first()  # epochs, images and size of each model
 
 task, model, dense_info = recipes.dense("lenet300", "mnist", SEED, epochs=EPOCHS, **DATA)
@@ -575,7 +569,11 @@ display(
     .assign(verdict=paired["verdict"])
     .round(4)
 )
-show_flags(results[results.criterion.isin(UNSTRUCTURED)], ["model_name", "criterion", "sparsity"])
+sl.nb.show_flags(
+    sl.flags.table(
+        results[results.criterion.isin(UNSTRUCTURED)], ["model_name", "criterion", "sparsity"]
+    )
+)
 top = max(SPARSITIES)
 
 
@@ -642,7 +640,7 @@ for m in MODELS:
 display(Markdown(" ".join(sentences)))
 table = summary.pivot_table(index=["model_name", "criterion"], columns="sparsity", values="mean")
 display(table.round(3))
-show_flags(results, ["model_name", "criterion", "sparsity"])
+sl.nb.show_flags(sl.flags.table(results, ["model_name", "criterion", "sparsity"]))
 
 # %% [markdown]
 # Two questions for the whole comparison: how far does fine-tuning close the gap between

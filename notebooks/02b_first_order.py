@@ -76,12 +76,6 @@ SPLITS = {"n_train": N_TRAIN, "n_val": N_EVAL, "n_test": N_EVAL}
 DATA = {name: size for name, size in SPLITS.items() if size is not None}  # {}: the recipe's
 
 
-def show_flags(df, by):
-    """The sanity flags raised by the runs of ``df``, or one line saying none fired."""
-    flagged = sl.flags.table(df, by)
-    display(flagged if len(flagged) else Markdown("No sanity flag fired."))
-
-
 def span(low, high):
     """``"low to high"`` in two significant digits, or one number when they agree."""
     return f"{low:.2g}" if f"{low:.2g}" == f"{high:.2g}" else f"{low:.2g} to {high:.2g}"
@@ -148,7 +142,7 @@ dense_table["expected"] = [
     recipes.recipe_for(m, "mnist").expected_test_accuracy for m in dense_table.model_name
 ]
 display(dense_table.round(4))
-show_flags(dense_runs, "model_name")
+sl.nb.show_flags(sl.flags.table(dense_runs, "model_name"))
 DENSE = dense_runs.groupby("model_name").first()  # epochs, images and size of each model
 
 task, model, trackers, dense_scores = tracked_dense("lenet300", SEED)
@@ -486,7 +480,7 @@ paired = pd.concat(
 )
 columns = ["comparison", "stage", "model_name", "sparsity", "mean_diff", "ci_low", "ci_high"]
 display(paired[columns].assign(verdict=paired["verdict"]).round(4))
-show_flags(results, ["model_name", "criterion", "sparsity"])
+sl.nb.show_flags(sl.flags.table(results, ["model_name", "criterion", "sparsity"]))
 top = max(SPARSITIES)
 
 
@@ -716,7 +710,7 @@ fig.legend(
     fontsize=8,
 )
 plt.show()
-show_flags(pai, ["model_name", "criterion", "sparsity", "arm"])
+sl.nb.show_flags(sl.flags.table(pai, ["model_name", "criterion", "sparsity", "arm"]))
 
 # %% [markdown]
 # The effect of shuffling, per seed: the accuracy of the shuffled mask minus that of the

@@ -80,13 +80,6 @@ info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1 if SMOKE else None)
 DATA_OPTIONS = {} if N_TRAIN is None else {"n_train": N_TRAIN}
 
 
-def show_flags(df, by):
-    """The flagged groups of a results table, or a line saying none fired."""
-    flagged = sl.flags.table(df, by)
-    display(flagged if len(flagged) else Markdown("No sanity flag fired."))
-    return flagged
-
-
 # %% [markdown]
 # ## The geometry: why some penalties give exact zeros
 #
@@ -335,7 +328,8 @@ plt.show()
 runs = results[results.pattern != "dense"]
 by = ["model", "pattern", "sparsity", "method"]
 summary = sl.stats.summarize(runs, by, "test_accuracy")
-flagged = show_flags(results, ["model", "pattern", "sparsity", "method"])
+flagged = sl.flags.table(results, ["model", "pattern", "sparsity", "method"])
+sl.nb.show_flags(flagged)
 best = summary.loc[summary.groupby(["model", "pattern", "sparsity"])["mean"].idxmax()]
 gmp = summary[summary.method == "gmp"].set_index(["model", "pattern", "sparsity"])["mean"]
 

@@ -259,7 +259,7 @@ ax.set_title(f"LeNet-300-100 at {TARGET:.0%} sparsity (DSD and dense end dense)"
 plt.show()
 display(table.round(4))
 flagged = sl.flags.table(results, ["recipe"])
-display(flagged if len(flagged) else Markdown("No sanity flag fired."))
+sl.nb.show_flags(flagged)
 
 # %% [markdown]
 # Each schedule against the one cut at mid-training, paired by seed (same data split,
@@ -418,7 +418,7 @@ plt.show()
 init_summary = sl.stats.summarize(init_results, ["mask", "sparsity"], "test_accuracy")
 display(init_summary.pivot(index="sparsity", columns="mask", values="mean").round(4))
 init_flagged = sl.flags.table(init_results, ["mask", "sparsity"])
-display(init_flagged if len(init_flagged) else Markdown("No sanity flag fired."))
+sl.nb.show_flags(init_flagged)
 init_paired = pd.concat(
     [
         sl.stats.paired(init_results, "mask", a, b, metric="test_accuracy", by=["sparsity"]).assign(
@@ -621,7 +621,7 @@ ticket_paired = pd.concat(
 ticket_paired["in words"] = ticket_paired.apply(sl.stats.describe, axis=1)
 display(ticket_paired.round(4))
 imp_flagged = sl.flags.table(long, ["network", "round"])
-display(imp_flagged if len(imp_flagged) else Markdown("No sanity flag fired."))
+sl.nb.show_flags(imp_flagged)
 final_sparsity = rounds["sparsity"].max()
 ticket_row = ticket_paired.loc["ticket - reinit"]
 ticket_verdict = sl.claims.verdict(

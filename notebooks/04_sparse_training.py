@@ -90,11 +90,6 @@ def epochs_text(n):
     return f"{n} epoch{'s' if n != 1 else ''}"
 
 
-def show_flags(df, by):
-    flagged = sl.flags.table(df, by)
-    display(flagged if len(flagged) else Markdown("No sanity flag fired."))
-
-
 # %% [markdown]
 # ## Masks that move: SET and RigL
 #
@@ -256,7 +251,7 @@ ax.legend(title="budget")
 plt.show()
 cost = flops_results.groupby(["method", "budget"])[["epochs", "train_flops"]].mean()
 cost["x dense training"] = cost["train_flops"] / dense_flops
-show_flags(flops_results, ["method", "budget"])
+sl.nb.show_flags(sl.flags.table(flops_results, ["method", "budget"]))
 cost.join(summary.set_index(["method", "budget"])[["mean", "ci_low", "ci_high"]]).round(3)
 
 # %%
@@ -375,7 +370,7 @@ if acdc_verdict.status != sl.claims.REPRODUCED:
         f"{epochs_text(acdc.epochs_of(acdc_epochs)[1])}; the paper: "
         f"{acdc_verdict.claim.setting}.",
     )  # fmt: skip
-show_flags(acdc_results, "model")
+sl.nb.show_flags(sl.flags.table(acdc_results, "model"))
 display(
     Markdown(
         f"Mean test accuracy ({len(SEEDS)} seed(s), {epochs_text(acdc_epochs)} each): AC/DC's "
@@ -444,7 +439,7 @@ fig, ax = plt.subplots(figsize=(6.5, 4))
 sl.viz.sparsity_curve(cram_results, x="sparsity", y="accuracy", hue="trainer", ax=ax)
 ax.set_title("One-shot magnitude pruning + BatchNorm re-estimation, no fine-tuning")
 plt.show()
-show_flags(cram_results, ["trainer", "sparsity"])
+sl.nb.show_flags(sl.flags.table(cram_results, ["trainer", "sparsity"]))
 
 # %%
 curve = sl.stats.summarize(cram_results, ["trainer", "sparsity"], "accuracy").pivot(

@@ -143,7 +143,7 @@ fig.tight_layout()
 plt.show()
 display(gain["test"].round(4))
 flagged = sl.flags.table(curves, ["noise", "sparsity"])
-display(flagged if len(flagged) else Markdown("No sanity flag fired."))
+sl.nb.show_flags(flagged)
 
 # %%
 lines, occam_verdicts = [], []
@@ -238,7 +238,7 @@ flagged = sl.flags.table(
     pd.concat([scale_runs, scale_dense.assign(model="large dense", sparsity=0.0)]),
     ["sparsity", "model"],
 )
-display(flagged if len(flagged) else Markdown("No sanity flag fired."))
+sl.nb.show_flags(flagged)
 sizes = scale_runs.groupby(["sparsity", "model"])[["width", "nonzeros", "flops"]].mean()
 sizes.round(3)
 

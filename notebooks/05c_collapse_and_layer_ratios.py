@@ -133,7 +133,7 @@ fig.tight_layout()
 plt.show()
 display(sl.stats.summarize(runs, ["method", "sparsity"], "test_accuracy").round(4))
 flagged = sl.flags.table(runs, ["method", "sparsity"])
-display(flagged if len(flagged) else Markdown("No sanity flag fired."))
+sl.nb.show_flags(flagged)
 
 # %%
 extreme = runs[runs["sparsity"] == max(SPARSITIES)]
@@ -227,7 +227,7 @@ ax.legend()
 plt.show()
 display(table.round(4))
 flagged = sl.flags.table(shuffled, ["mask", "arm"])
-display(flagged if len(flagged) else Markdown("No sanity flag fired."))
+sl.nb.show_flags(flagged)
 
 # %%
 gap = sl.stats.paired(

@@ -112,7 +112,7 @@ display(
     .assign(reached_sparsity=runs.groupby("sparsity", sort=False)["reached_sparsity"].mean().values)
 )
 flagged = sl.flags.table(runs, "sparsity")
-display(flagged if len(flagged) else Markdown("No sanity flag fired."))
+sl.nb.show_flags(flagged)
 
 # %%
 budget = runs[runs["sparsity"] > 0].iloc[0]

@@ -131,7 +131,7 @@ display(
     .round(3)
 )
 flagged = sl.flags.table(runs, ["pair", "method", "mode"])
-display(flagged if len(flagged) else Markdown("No sanity flag fired."))
+sl.nb.show_flags(flagged)
 
 
 # %%

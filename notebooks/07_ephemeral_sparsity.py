@@ -25,6 +25,7 @@
 
 # %%
 import copy
+import dataclasses
 import functools
 
 import matplotlib.pyplot as plt
@@ -46,40 +47,68 @@ from sparsity_lab.ephemeral.activations import relu_stats
 SMOKE = False
 SEED = 0
 SEEDS = [0, 1, 2]
-EPOCHS = 6
-N_TRAIN = 4000
+EPOCHS = None  # None: the LeNet-300-100 recipe's epochs, for every MNIST model here
+MNIST_OPTIONS = {}  # the default data: the recipe's expected accuracy is checked
 KWTA_DENSITIES = [0.02, 0.05, 0.1, 0.25]
 FAT_THRESHOLDS = [0.25, 0.5, 0.75]
 FAT_L1 = 1e-4
 MEPROP_DENSITIES = [0.05, 0.1, 0.3, 0.5, 1.0]
-MOE_EPOCHS = 6
-TEXT_EPOCHS = 12
-TEXT_SAMPLES = 4000
+CHAR_EPOCHS = None  # None: the tiny transformer's recipe on "chars"
+CHAR_OPTIONS = {}  # the default next-character data
 HEAD_SPARSITIES = [0.0, 0.25, 0.5, 0.625, 0.75, 0.875]
-L0_EPOCHS = 4
+CLAIM_HEAD_SPARSITY = 0.25  # the head share tested against Michel et al.'s claim
+L0_EPOCHS = 2
 DROP_STEPS = 20
 BRANCH_STEPS = 200  # one gate per block and step: more draws for a stable share
 
 # %%
 if SMOKE:  # a quick pass through every cell, for CI
-    SEEDS = [0]
-    EPOCHS = 1
-    N_TRAIN = 500
+    SEEDS = [0, 1]
+    EPOCHS = 2
     KWTA_DENSITIES = [0.1]
     FAT_THRESHOLDS = [0.5]
     MEPROP_DENSITIES = [0.1, 1.0]
-    MOE_EPOCHS = 1
-    TEXT_EPOCHS = 2
-    TEXT_SAMPLES = 800
-    HEAD_SPARSITIES = [0.0, 0.5]
+    CHAR_EPOCHS = 2
+    CHAR_OPTIONS = {"n_train": 6000, "n_val": 300, "n_test": 300}
+    HEAD_SPARSITIES = [0.0, 0.25, 0.5]
     L0_EPOCHS = 1
 # the models are tiny: one thread avoids the overhead of splitting small products
 info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
+MNIST_RECIPE = recipes.recipe_for("lenet300", "mnist")
+# every MNIST model of this chapter trains with LeNet-300-100's recipe (SGD, momentum,
+# cosine schedule), only the epochs shortened in smoke runs
+MNIST_FIT = {**MNIST_RECIPE.training(), "epochs": EPOCHS or MNIST_RECIPE.epochs}
+CHAR_RECIPE = recipes.recipe_for("tiny_transformer", "chars")
+verdicts = []  # the verdicts against the literature, for the summary
 
 
 @functools.cache
 def mnist(seed):
-    return recipes.task("lenet300", "mnist", seed=seed, n_train=N_TRAIN)
+    return recipes.task("lenet300", "mnist", seed=seed, **MNIST_OPTIONS)
+
+
+def mnist_dense(seed):
+    """The recipe's dense LeNet-300-100 of ``seed``: every MNIST comparison's baseline."""
+    return recipes.dense("lenet300", "mnist", seed, epochs=EPOCHS, **MNIST_OPTIONS)
+
+
+def chars_dense(seed):
+    """The recipe's dense tiny transformer on next-character prediction, for ``seed``."""
+    return recipes.dense("tiny_transformer", "chars", seed, epochs=CHAR_EPOCHS, **CHAR_OPTIONS)
+
+
+def against(df, column, baseline, metric="test_accuracy", by=()):
+    """Paired differences (same seed) of every other arm of ``column`` minus ``baseline``."""
+    arms = [a for a in dict.fromkeys(df[column]) if a != baseline]
+    return pd.concat(
+        [
+            sl.stats.paired(df, column, a, baseline, metric=metric, by=list(by)).assign(
+                **{column: a}
+            )
+            for a in arms
+        ],
+        ignore_index=True,
+    )[[column, *by, "mean_diff", "ci_low", "ci_high", "n", "verdict"]]
 
 
 # %% [markdown]
@@ -88,7 +117,7 @@ def mnist(seed):
 # A ReLU outputs exactly zero for every negative input.  `relu_stats` runs a model on some
 # data and counts, for every ReLU, the fraction of outputs that are zero and the fraction of
 # units that are never active (dead).  We measure LeNet-300-100 on a fixed batch of
-# validation images before training and after every epoch.
+# validation images before training and after every epoch of its recipe's training.
 
 # %%
 task = mnist(SEED)
@@ -116,10 +145,11 @@ class ReluWatch(sl.train.Callback):
 watch = ReluWatch()
 relu_model = task.build()
 history = sl.train.fit(
-    relu_model, train_loader, val_loader, epochs=EPOCHS, lr=0.05, callbacks=[watch], seed=SEED
+    relu_model, train_loader, val_loader, callbacks=[watch], seed=SEED, **MNIST_FIT
 )
 relu_curve = pd.DataFrame(watch.rows)
 relu_accuracy = sl.train.evaluate(relu_model, test_loader)["accuracy"]
+N_EPOCHS = MNIST_FIT["epochs"]
 
 fig, ax = plt.subplots(figsize=(5.5, 3.2))
 for site, part in relu_curve.groupby("site"):
@@ -132,15 +162,17 @@ plt.show()
 
 # %%
 start = relu_curve[relu_curve.epoch == 0].set_index("site")["sparsity"]
-end = relu_curve[relu_curve.epoch == EPOCHS].set_index("site")["sparsity"]
+end = relu_curve[relu_curve.epoch == N_EPOCHS].set_index("site")["sparsity"]
+dead = relu_stats(relu_model, probe).set_index("site")["dead_units"]
 display(
     Markdown(
         f"At initialisation about half of the ReLU outputs are zero "
         f"({', '.join(f'{s}: {v:.0%}' for s, v in start.items())}), as expected for "
-        f"symmetric pre-activations.  After {EPOCHS} epoch(s) the fractions are "
+        f"symmetric pre-activations.  After {N_EPOCHS} epoch(s) the fractions are "
         f"{', '.join(f'{s}: {v:.0%}' for s, v in end.items())}; test accuracy "
-        f"{relu_accuracy:.2%}.  These zeros are free: nothing forces them, and which units are "
-        f"zero changes with every image."
+        f"{relu_accuracy:.2%}.  These zeros are free: nothing forces them.  Only "
+        f"{', '.join(f'{s}: {v:.0%}' for s, v in dead.items())} of the units are zero on every "
+        f"one of the {len(probe)} probe images; the other zeros move from image to image."
     )
 )
 
@@ -152,44 +184,57 @@ display(
 # **FATReLU** (Kurtz et al. 2020) raises the ReLU's threshold from 0 to `T`: an activation
 # survives only if it reaches `T`; an L1 penalty on the activations pushes more of them
 # below it.  `act.swap_relu(model, activation)` replaces every ReLU the model applies, without
-# editing the model.  Each setting is trained from scratch; the activation sparsity is
-# measured on the test set over both hidden layers.
+# editing the model.  Each setting is trained from scratch with LeNet-300-100's recipe
+# (the same initialisation, batch order and hyper-parameters as the dense model of the same
+# seed, which `recipes.dense` trains); the activation sparsity is measured on the test set
+# over both hidden layers.
 
 
 # %%
-def train_with_activation(kind, level, seed):
-    t = mnist(seed)
-    model = t.build()
-    if kind == "kwta":
-        activation = act.KWTA(density=level)
-    elif kind == "fatrelu":
-        activation = act.FATReLU(level, l1=FAT_L1)
+def with_activation(kind, level, seed):
+    if kind == "relu":  # the recipe's dense model, counted through a ReLU that records
+        t, model, _ = mnist_dense(seed)
+        activation = act.FATReLU(0.0)
+        act.swap_relu(model, activation)
     else:
-        activation = act.FATReLU(0.0)  # a plain ReLU, counted the same way
-    handle = act.swap_relu(model, activation)
-    loss_fn = act.with_activation_penalty(nn.CrossEntropyLoss(), handle)
-    tr, _, te = t.loaders()
-    sl.train.fit(model, tr, epochs=EPOCHS, lr=0.05, loss_fn=loss_fn, seed=seed)
+        t = mnist(seed)
+        model = t.build()
+        if kind == "kwta":
+            activation = act.KWTA(density=level)
+        else:
+            activation = act.FATReLU(level, l1=FAT_L1)
+        handle = act.swap_relu(model, activation)
+        loss_fn = act.with_activation_penalty(nn.CrossEntropyLoss(), handle)
+        sl.train.fit(model, t.loaders()[0], loss_fn=loss_fn, seed=seed, **MNIST_FIT)
     activation.reset()
-    accuracy = sl.train.evaluate(model, te)["accuracy"]
-    return {"test_accuracy": accuracy, "activation_sparsity": activation.sparsity}
+    accuracy = sl.train.evaluate(model, t.loaders()[2])["accuracy"]
+    sparsity = activation.sparsity  # read before evaluate_run runs the model again
+    run = recipes.evaluate_run(model, t)
+    assert run["accuracy"] == accuracy
+    name = {"relu": "relu", "kwta": f"kwta {level:.0%}", "fatrelu": f"fatrelu T={level}"}[kind]
+    return {
+        "arm": name,
+        "test_accuracy": accuracy,
+        "activation_sparsity": sparsity,
+        "flags": run["flags"],
+    }
 
 
 runs = pd.concat(
     [
-        sl.experiments.sweep(train_with_activation, {"kind": ["relu"], "level": [0.0]}, SEEDS),
+        sl.experiments.sweep(with_activation, {"kind": ["relu"], "level": [0.0]}, SEEDS),
+        sl.experiments.sweep(with_activation, {"kind": ["kwta"], "level": KWTA_DENSITIES}, SEEDS),
         sl.experiments.sweep(
-            train_with_activation, {"kind": ["kwta"], "level": KWTA_DENSITIES}, SEEDS
-        ),
-        sl.experiments.sweep(
-            train_with_activation, {"kind": ["fatrelu"], "level": FAT_THRESHOLDS}, SEEDS
+            with_activation, {"kind": ["fatrelu"], "level": FAT_THRESHOLDS}, SEEDS
         ),
     ],
     ignore_index=True,
 )
-table = runs.groupby(["kind", "level"], sort=False)[["activation_sparsity", "test_accuracy"]]
-summary = table.agg(["mean", "std"]).round(4)
-summary
+activation_sparsity = runs.groupby("arm", sort=False)["activation_sparsity"].mean()
+display(
+    sl.stats.summarize(runs, "arm", "test_accuracy").join(activation_sparsity, on="arm").round(4)
+)
+sl.nb.show_flags(sl.flags.table(runs, "arm"))
 
 # %%
 fig, ax = plt.subplots(figsize=(5.5, 3.5))
@@ -206,19 +251,24 @@ ax.set_title("Forced activation sparsity against accuracy")
 ax.legend()
 plt.show()
 
+# %% [markdown]
+# Each forced arm minus the dense ReLU model of the same seed (test accuracy, paired):
+
 # %%
-means = runs.groupby(["kind", "level"])[["activation_sparsity", "test_accuracy"]].mean()
-relu_row = means.loc[("relu", 0.0)]
-k_best = means.loc["kwta"]
-sparsest = k_best.index.min()
+activation_diffs = against(runs, "arm", "relu")
+display(activation_diffs.round(4))
+means = runs.groupby("arm", sort=False)[["activation_sparsity", "test_accuracy"]].mean()
+sparsest = f"kwta {min(KWTA_DENSITIES):.0%}"
+k_diff = activation_diffs.set_index("arm").loc[sparsest]
 display(
     Markdown(
-        f"With plain ReLUs about {relu_row.activation_sparsity:.0%} of the hidden activations "
-        f"are zero (test accuracy {relu_row.test_accuracy:.2%}).  k-WTA keeping "
-        f"{sparsest:.0%} of the units reaches {k_best.loc[sparsest, 'activation_sparsity']:.1%} "
-        f"activation sparsity at {k_best.loc[sparsest, 'test_accuracy']:.2%} accuracy, "
-        f"averaged over {len(SEEDS)} seed(s): the next layer then reads only a few inputs per "
-        f"example, which a sparse kernel could exploit."
+        f"With plain ReLUs {means.loc['relu', 'activation_sparsity']:.0%} of the hidden "
+        f"activations are zero (test accuracy {means.loc['relu', 'test_accuracy']:.2%}, "
+        f"{MNIST_FIT['epochs']} epoch(s) of the recipe).  k-WTA keeping "
+        f"{min(KWTA_DENSITIES):.0%} of the units reaches "
+        f"{means.loc[sparsest, 'activation_sparsity']:.1%} activation sparsity; its accuracy "
+        f"minus the ReLU model's is {sl.stats.describe(k_diff)}.  The next layer then reads "
+        f"only a few inputs per example, which a sparse kernel could exploit."
     )
 )
 
@@ -358,8 +408,10 @@ display(
     Markdown(
         f"Dropping blocks {', '.join(chosen)} leaves {n_small:,} of {n_full:,} parameters "
         f"({n_small / n_full:.0%}); the largest output difference to the gated model is "
-        f"{difference:.1e}.  Without training under LayerDrop the remaining blocks were "
-        f"never asked to work alone, which is why the method drops layers during training."
+        f"{difference:.1e}.  This network is untrained, so the check is about the "
+        f"computation only; Fan et al. (2020) train with LayerDrop so that the remaining "
+        f"blocks have learnt to work without the dropped ones, this chapter trains "
+        f"no LayerDrop model."
     )
 )
 assert difference < 1e-5
@@ -377,20 +429,36 @@ assert difference < 1e-5
 
 
 # %%
-def train_meprop(density, seed):
+def backward_run(method, density, seed):
+    """A LeNet-300-100 trained with sparse back-propagation and the recipe, measured."""
     t = mnist(seed)
-    model = backprop.sparsify_backprop(t.build(), "meprop", density=density, layers=["fc1", "fc2"])
-    tr, _, te = t.loaders()
-    sl.train.fit(model, tr, epochs=EPOCHS, lr=0.05, seed=seed)
-    layers = [m for m in model.modules() if isinstance(m, backprop.MePropLinear)]
-    # multiply-adds of the two backward products of the hidden layers: k * in, not out * in
-    cost = sum(m.k * m.in_features for m in layers) / sum(
-        m.out_features * m.in_features for m in layers
-    )
-    return {"test_accuracy": sl.train.evaluate(model, te)["accuracy"], "backward_cost": cost}
+    if method == "meprop":
+        options = {"density": density}
+    else:
+        options = {"weight_density": density, "act_density": density}
+    model = backprop.sparsify_backprop(t.build(), method, layers=["fc1", "fc2"], **options)
+    sl.train.fit(model, t.loaders()[0], seed=seed, **MNIST_FIT)
+    run = recipes.evaluate_run(model, t)
+    row = {"arm": f"{method} {density:.0%}", "test_accuracy": run["accuracy"]}
+    if method == "meprop":
+        layers = [m for m in model.modules() if isinstance(m, backprop.MePropLinear)]
+        # multiply-adds of the two backward products of the hidden layers: k * in, not out * in
+        row["backward_cost"] = sum(m.k * m.in_features for m in layers) / sum(
+            m.out_features * m.in_features for m in layers
+        )
+    return {**row, "flags": run["flags"]}
 
 
-meprop_runs = sl.experiments.sweep(train_meprop, {"density": MEPROP_DENSITIES}, SEEDS)
+def dense_run(seed):
+    t, model, _ = mnist_dense(seed)
+    run = recipes.evaluate_run(model, t)
+    return {"arm": "dense", "test_accuracy": run["accuracy"], "flags": run["flags"]}
+
+
+dense_runs = pd.DataFrame([{**dense_run(seed), "seed": seed} for seed in SEEDS])
+meprop_runs = sl.experiments.sweep(
+    backward_run, {"method": ["meprop"], "density": MEPROP_DENSITIES}, SEEDS
+)
 
 # the errors really are sparse: record one batch at fc1
 check = backprop.sparsify_backprop(task.build(), "meprop", density=0.05, layers=["fc1", "fc2"])
@@ -406,7 +474,13 @@ nn.functional.cross_entropy(full(x), y).backward()
 zero_errors = (full.fc1.record["grad_output"] == 0).float().mean().item()
 
 fig, ax = plt.subplots(figsize=(5.5, 3.2))
-sl.viz.sparsity_curve(meprop_runs, x="density", y="test_accuracy", ax=ax)
+sl.viz.sparsity_curve(
+    meprop_runs,
+    x="density",
+    y="test_accuracy",
+    ax=ax,
+    baseline=dense_runs["test_accuracy"].mean(),
+)
 ax.set_xscale("log")
 ax.set_xlabel("fraction of back-propagated errors kept per layer")
 ax.set_title("meProp on LeNet-300-100")
@@ -415,15 +489,19 @@ plt.show()
 # %%
 mp = meprop_runs.groupby("density")[["test_accuracy", "backward_cost"]].mean()
 low = min(MEPROP_DENSITIES)
+meprop_diffs = against(pd.concat([dense_runs, meprop_runs]), "arm", "dense")
+meprop_low = meprop_diffs.set_index("arm").loc[f"meprop {low:.0%}"]
 display(
     Markdown(
         f"At fc1, meProp with density 5% kept {int(kept_per_example.max())} of "
         f"{check.fc1.out_features} errors per example.  Keeping {low:.0%} of the errors costs "
         f"{mp.loc[low, 'backward_cost']:.1%} of the hidden layers' backward multiply-adds and "
-        f"reaches {mp.loc[low, 'test_accuracy']:.2%} test accuracy, against "
-        f"{mp.loc[1.0, 'test_accuracy']:.2%} with all errors.  Even dense back-propagation "
-        f"sends {zero_errors:.0%} zero errors into fc1 (the units its ReLU switched off), so "
-        f"on average a density above {1 - zero_errors:.0%} drops almost nothing there."
+        f"reaches {mp.loc[low, 'test_accuracy']:.2%} test accuracy; minus the recipe's dense "
+        f"model of the same seed and the same {MNIST_FIT['epochs']} epoch(s): "
+        f"{sl.stats.describe(meprop_low)}.  Even dense back-propagation at initialisation "
+        f"sends {zero_errors:.0%} zero errors into fc1 on one batch (the units its ReLU "
+        f"switched off), so on average a density above {1 - zero_errors:.0%} drops almost "
+        f"nothing there."
     )
 )
 
@@ -432,35 +510,40 @@ display(
 # forward and backward products use only the largest `weight_density` of each layer's
 # weights, and only the largest `act_density` of its inputs are stored for the weight
 # gradient (the memory saving); the weight gradient itself stays dense, so pruned weights
-# can come back.  We train it at the same densities as meProp.
-
+# can come back.  We train it at the same densities as meProp, with the same recipe.
 
 # %%
-def train_swat(density, seed):
-    t = mnist(seed)
-    model = backprop.sparsify_backprop(
-        t.build(), "swat", weight_density=density, act_density=density, layers=["fc1", "fc2"]
-    )
-    tr, _, te = t.loaders()
-    sl.train.fit(model, tr, epochs=EPOCHS, lr=0.05, seed=seed)
-    return {"test_accuracy": sl.train.evaluate(model, te)["accuracy"]}
-
-
-swat_runs = sl.experiments.sweep(train_swat, {"density": MEPROP_DENSITIES}, SEEDS)
-both = pd.concat([meprop_runs.assign(method="meprop"), swat_runs.assign(method="swat")])
+swat_runs = sl.experiments.sweep(
+    backward_run, {"method": ["swat"], "density": MEPROP_DENSITIES}, SEEDS
+)
+both = pd.concat([meprop_runs, swat_runs])
 fig, ax = plt.subplots(figsize=(5.5, 3.2))
-sl.viz.sparsity_curve(both, x="density", y="test_accuracy", hue="method", ax=ax)
+sl.viz.sparsity_curve(
+    both,
+    x="density",
+    y="test_accuracy",
+    hue="method",
+    ax=ax,
+    baseline=dense_runs["test_accuracy"].mean(),
+)
 ax.set_xscale("log")
 ax.set_xlabel("density (errors kept for meProp; weights and stored inputs for SWAT)")
 ax.set_title("Sparse back-propagation on LeNet-300-100")
 plt.show()
-sw = swat_runs.groupby("density")["test_accuracy"].mean()
+backward = pd.concat([dense_runs, both], ignore_index=True)
+backward_diffs = against(backward, "arm", "dense")
+display(backward_diffs.round(4))
+sl.nb.show_flags(sl.flags.table(backward, "arm"))
+swat_vs_meprop = sl.stats.paired(
+    backward, "arm", f"swat {low:.0%}", f"meprop {low:.0%}", metric="test_accuracy"
+).iloc[0]
+swat_low = backward_diffs.set_index("arm").loc[f"swat {low:.0%}"]
 display(
     Markdown(
-        f"At density {low:.0%}, SWAT reaches {sw.loc[low]:.2%} and meProp "
-        f"{mp.loc[low, 'test_accuracy']:.2%} (mean of {len(SEEDS)} seed(s)).  The two "
-        f"densities do not buy the same thing: meProp's cuts the backward products, SWAT's "
-        f"cuts the forward product and the stored activations."
+        f"At density {low:.0%}, SWAT minus dense is {sl.stats.describe(swat_low)}, and SWAT "
+        f"minus meProp {sl.stats.describe(swat_vs_meprop)}.  The two densities do not buy "
+        f"the same thing: meProp's cuts the backward products, SWAT's cuts the forward "
+        f"product and the stored activations."
     )
 )
 
@@ -473,32 +556,54 @@ display(
 # (stem, a residual MoE layer with 4 experts, head) with two routers: **noisy top-2**
 # (Shazeer et al. 2017, with its importance and load balancing losses) and **Switch**
 # top-1 routing (Fedus et al. 2021) with capacity factor 1.25: an expert takes at most
-# `1.25 x batch / 4` examples and the overflow skips the layer.
+# `1.25 x batch / 4` examples and the overflow skips the layer.  The baseline is the same
+# network with **all 4 experts** weighting every example (top-4 of 4, no noise): same
+# parameters, no sparsity.  The MoE models have no recipe of their own; all three train
+# with LeNet-300-100's (same hyper-parameters and epochs), on the same seeds.
 
 
 # %%
-def train_moe(router, seed, **options):
+ROUTERS = {
+    "all 4 experts": ("moe_topk", {"k": 4, "noisy": False}),
+    "noisy top-2": ("moe_topk", {"k": 2}),
+    "switch (top-1, cf 1.25)": ("switch", {"capacity_factor": 1.25}),
+}
+
+
+def train_moe(router, seed):
     t = mnist(seed)
+    kind, options = ROUTERS[router]
     torch.manual_seed(seed)
     model = moe.MoEClassifier(
-        t.bundle.input_shape, t.bundle.n_classes, n_experts=4, router=router, **options
+        t.bundle.input_shape, t.bundle.n_classes, n_experts=4, router=kind, **options
     )
-    tr, _, te = t.loaders()
     loss_fn = moe.with_aux_loss(nn.CrossEntropyLoss(), model)
-    sl.train.fit(model, tr, epochs=MOE_EPOCHS, lr=0.05, loss_fn=loss_fn, seed=seed)
+    sl.train.fit(model, t.loaders()[0], loss_fn=loss_fn, seed=seed, **MNIST_FIT)
     return model, t
 
 
-routed = {
-    "noisy top-2": train_moe("moe_topk", SEED, k=2),
-    "switch (top-1, cf 1.25)": train_moe("switch", SEED, capacity_factor=1.25),
-}
+def moe_run(router, seed):
+    model, t = train_moe(router, seed)
+    run = recipes.evaluate_run(model, t)
+    if seed == SEED:
+        routed[router] = (model, t)
+    return {"test_accuracy": run["accuracy"], "flags": run["flags"]}
+
+
+routed = {}
+moe_runs = sl.experiments.sweep(moe_run, {"router": list(ROUTERS)}, SEEDS)
+display(sl.stats.summarize(moe_runs, "router", "test_accuracy").round(4))
+sl.nb.show_flags(sl.flags.table(moe_runs, "router"))
+moe_diffs = against(moe_runs, "router", "all 4 experts")
+display(moe_diffs.round(4))
+
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-for ax, (name, (model, t)) in zip(axes, routed.items(), strict=True):
+for ax, name in zip(axes, ["noisy top-2", "switch (top-1, cf 1.25)"], strict=True):
+    model, t = routed[name]
     xt, yt = t.bundle.test.tensors
     model.eval()
     with torch.no_grad():
-        accuracy = (model(xt).argmax(1) == yt).float().mean().item()
+        model(xt)
     routing = model.moe.last_routing
     grid = np.zeros((10, 4))
     for slot in range(routing.experts.shape[1]):
@@ -510,9 +615,9 @@ for ax, (name, (model, t)) in zip(axes, routed.items(), strict=True):
     ax.set_ylabel("digit")
     ax.set_xticks(range(4))
     ax.set_yticks(range(10))
-    ax.set_title(f"{name}\naccuracy {accuracy:.1%}, dropped {routing.dropped}")
+    ax.set_title(f"{name}\ndropped {routing.dropped} of {len(yt)} in one batch")
     ax.grid(False)
-fig.suptitle("Share of each digit's routing choices per expert (test set)")
+fig.suptitle(f"Share of each digit's routing choices per expert (test set, seed {SEED})")
 plt.tight_layout()
 plt.show()
 
@@ -531,7 +636,11 @@ drop_table = pd.DataFrame(drops)
 display(
     Markdown(
         f"Each example uses 2 of 4 experts with top-2 routing and 1 of 4 with Switch, so the "
-        f"expert layer does half or a quarter of the dense work.  The capacity factor bounds "
+        f"expert layer does half or a quarter of the work of all 4 experts.  Minus the "
+        f"all-experts network of the same seed, top-2 is "
+        f"{sl.stats.describe(moe_diffs.set_index('router').loc['noisy top-2'])} and Switch "
+        f"{sl.stats.describe(moe_diffs.set_index('router').loc['switch (top-1, cf 1.25)'])} "
+        f"(test accuracy, {MNIST_FIT['epochs']} epoch(s) each).  The capacity factor bounds "
         f"how uneven the routing may be: on the {len(h)} test images (one batch) the Switch "
         f"router drops {drop_table.dropped.iloc[0]:.0%} of them at capacity factor 0.5 and "
         f"{drop_table.dropped.iloc[-1]:.0%} at 2.0."
@@ -580,78 +689,114 @@ print("sparsemax([1, 0.5, -1]) =", attn.sparsemax(torch.tensor([1.0, 0.5, -1.0])
 # The other family chooses keys from the data: **top-k attention** (Zhao et al. 2019) keeps
 # the `k` largest scores of each query; **sparsemax** (Martins & Astudillo 2016) and
 # **1.5-entmax** (Peters et al. 2019) replace softmax by normalisers that return exact
-# zeros.  We train the tiny transformer with dense softmax attention on the synthetic
-# sentiment task, then plug each attention function into the *trained* model, without
-# retraining, and measure accuracy and the fraction of attention weights that are zero.
+# zeros.  The model is the tiny transformer trained with dense softmax attention by its
+# recipe on next-character prediction (`"chars"`: Python's help texts, the next character
+# after a window of 32), one per seed (`recipes.dense`).  We plug each attention function
+# into the *trained* model, without retraining, and measure held-out accuracy, perplexity
+# and the fraction of attention weights that are exactly zero.  A sentiment task that the
+# dense model solves perfectly could not show these differences; this one leaves room.
+
 
 # %%
-text = recipes.task("tiny_transformer", "text", seed=SEED, n_samples=TEXT_SAMPLES)
-text_train, text_val, text_test = text.loaders()
-transformer = text.build()
-sl.train.fit(
-    transformer, text_train, text_val, epochs=TEXT_EPOCHS, optimizer="adam", lr=3e-3, seed=SEED
+def attention_variants(length):
+    return {
+        "softmax (dense)": attn.attention_fn(),
+        "local, window 2": attn.attention_fn(mask=attn.local_attention(length, 2)),
+        "strided, stride 4": attn.attention_fn(mask=attn.strided_attention(length, 4)),
+        "bigbird": attn.attention_fn(mask=attn.bigbird(length, 1, 2, 1)),
+        "top-4": attn.attention_fn(topk=4),
+        "sparsemax": attn.attention_fn(normaliser="sparsemax"),
+        "1.5-entmax": attn.attention_fn(normaliser="entmax"),
+    }
+
+
+rows, maps, dense_chars = [], {}, {}
+for seed in SEEDS:
+    text, trained, char_info = chars_dense(seed)
+    dense_chars[seed] = (text, trained, char_info)
+    tokens = text.bundle.test.tensors[0]
+    for name, fn in attention_variants(text.bundle.input_shape[0]).items():
+        model = attn.use_attention(copy.deepcopy(trained), fn)
+        weights = attn.attention_maps(model, tokens)  # no padding: every pair is real
+        zeros = np.mean([float((w == 0).float().mean()) for w in weights.values()])
+        run = recipes.evaluate_run(model, text)
+        rows.append(
+            {
+                "attention": name,
+                "seed": seed,
+                "test_accuracy": run["accuracy"],
+                "perplexity": run["perplexity"],
+                "zero_weights": zeros,
+                "flags": run["flags"],
+            }
+        )
+        if seed == SEED:
+            maps[name] = weights["blocks.0.attn"]
+attention_runs = pd.DataFrame(rows)
+text, transformer, char_info = dense_chars[SEED]
+tokens = text.bundle.test.tensors[0]
+attention_means = attention_runs.groupby("attention")[["perplexity", "zero_weights"]].mean()
+display(
+    sl.stats.summarize(attention_runs, "attention", "test_accuracy")
+    .join(attention_means, on="attention")
+    .round(4)
 )
-tokens, labels = text.bundle.test.tensors
-length = text.bundle.input_shape[0]
-variants = {
-    "softmax (dense)": attn.attention_fn(),
-    "local, window 2": attn.attention_fn(mask=attn.local_attention(length, 2)),
-    "strided, stride 4": attn.attention_fn(mask=attn.strided_attention(length, 4)),
-    "bigbird": attn.attention_fn(mask=attn.bigbird(length, 1, 2, 1)),
-    "top-4": attn.attention_fn(topk=4),
-    "sparsemax": attn.attention_fn(normaliser="sparsemax"),
-    "1.5-entmax": attn.attention_fn(normaliser="entmax"),
-}
-rows, maps = [], {}
-real = tokens != 0  # pairs between real (non-pad) tokens
-pair = (real[:, None, :, None] & real[:, None, None, :]).float()  # (B, 1, L, L)
-for name, fn in variants.items():
-    model = attn.use_attention(copy.deepcopy(transformer), fn)
-    weights = attn.attention_maps(model, tokens)
-    pairs = pair.expand_as(next(iter(weights.values())))  # every head
-    zeros = np.mean(
-        [float(((w == 0).float() * pairs).sum() / pairs.sum()) for w in weights.values()]
-    )
-    with torch.no_grad():
-        accuracy = (model(tokens).argmax(1) == labels).float().mean().item()
-    rows.append({"attention": name, "test_accuracy": accuracy, "zero_weights": zeros})
-    maps[name] = weights["blocks.0.attn"]
-attention_table = pd.DataFrame(rows)
-attention_table.round(4)
+sl.nb.show_flags(sl.flags.table(attention_runs, "attention"))
+
+
+def with_perplexity(df, column, baseline, by=()):
+    """Paired accuracy differences, and the mean paired perplexity difference next to them."""
+    acc = against(df, column, baseline, by=by)
+    ppl = against(df, column, baseline, metric="perplexity", by=by)
+    return acc.assign(perplexity_diff=ppl["mean_diff"].to_numpy())
+
+
+attention_diffs = with_perplexity(attention_runs, "attention", "softmax (dense)")
+attention_diffs.round(4)
 
 # %%
 example = 0
-n_words = int(real[example].sum())
-words = text.bundle.decode(tokens[example]).split()
+chars = [{" ": "␣", "\n": "⏎"}.get(c, c) for c in text.bundle.decode(tokens[example])]
 shown = ["softmax (dense)", "local, window 2", "top-4", "sparsemax", "1.5-entmax"]
-fig, axes = plt.subplots(1, len(shown), figsize=(3 * len(shown), 3.4))
+fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.6))
 for ax, name in zip(axes, shown, strict=True):
-    w = maps[name][example, 0, :n_words, :n_words].numpy()
+    w = maps[name][example, 0].numpy()
     cmap = plt.get_cmap("viridis").copy()
     cmap.set_bad("white")  # exact zeros in white
     ax.imshow(np.ma.masked_equal(w, 0.0), cmap=cmap, vmin=0, vmax=1)
-    ax.set_xticks(range(n_words))
-    ax.set_xticklabels(words, rotation=90, fontsize=7)
-    ax.set_yticks(range(n_words))
-    ax.set_yticklabels(words, fontsize=7)
+    ax.set_xticks(range(len(chars)))
+    ax.set_xticklabels(chars, fontsize=5)
+    ax.set_yticks(range(len(chars)))
+    ax.set_yticklabels(chars, fontsize=5)
     ax.set_title(name, fontsize=9)
     ax.grid(False)
-fig.suptitle("Attention weights of layer 0, head 0, for one test sentence (white: exactly 0)")
+fig.suptitle("Attention weights of layer 0, head 0, for one test window (white: exactly 0)")
 plt.tight_layout()
 plt.show()
 
 # %%
-at = attention_table.set_index("attention")
+at = attention_runs.groupby("attention")[["test_accuracy", "perplexity", "zero_weights"]].mean()
+ad = attention_diffs.set_index("attention")
+
+
+def swapped(name):
+    return (
+        f"{name} zeros {at.loc[name, 'zero_weights']:.0%} of the attention weights, accuracy "
+        f"{sl.stats.describe(ad.loc[name])} against softmax (perplexity "
+        f"{at.loc[name, 'perplexity']:.2f})"
+    )
+
+
 display(
     Markdown(
-        f"The dense model reaches {at.loc['softmax (dense)', 'test_accuracy']:.2%}.  Swapped in "
-        f"without retraining, sparsemax zeros {at.loc['sparsemax', 'zero_weights']:.0%} of the "
-        f"attention weights between real tokens ({at.loc['sparsemax', 'test_accuracy']:.2%} "
-        f"accuracy), 1.5-entmax {at.loc['1.5-entmax', 'zero_weights']:.0%} "
-        f"({at.loc['1.5-entmax', 'test_accuracy']:.2%}), top-4 "
-        f"{at.loc['top-4', 'zero_weights']:.0%} ({at.loc['top-4', 'test_accuracy']:.2%}).  "
-        f"The model never saw these attention functions in training; exercise 1 trains with "
-        f"one from the start."
+        f"The dense models reach {at.loc['softmax (dense)', 'test_accuracy']:.2%} held-out "
+        f"accuracy and perplexity {at.loc['softmax (dense)', 'perplexity']:.2f} "
+        f"({CHAR_EPOCHS or CHAR_RECIPE.epochs} epoch(s) of the recipe on "
+        f"{len(text.bundle.train):,} windows; the recipe expects "
+        f"{CHAR_RECIPE.expected_test_accuracy:.0%} on the full data).  Swapped in without "
+        f"retraining: {swapped('sparsemax')}; {swapped('1.5-entmax')}; {swapped('top-4')}; "
+        f"{swapped('local, window 2')}.  The model never saw these attention functions in "
+        f"training; exercise 1 trains with one from the start."
     )
 )
 
@@ -660,26 +805,17 @@ display(
 #
 # Many attention heads can be removed from a trained transformer.  Michel et al. (2019)
 # score each head by `|dL / d xi_h|`, the derivative of the loss with respect to a gate
-# `xi_h = 1` on the head's output, summed over validation batches and normalised per layer;
-# the lowest-scoring heads across all layers go first.  We compare with removing heads in a
-# random order, without fine-tuning, for each seed's trained transformer.
+# `xi_h = 1` on the head's output, summed over batches and normalised per layer; the
+# lowest-scoring heads across all layers go first.  This is the gradient-based score of the
+# paper (`heads.head_importance`), not a weight norm; we compute it on the validation
+# split.  We compare with removing heads in a random order, without fine-tuning, for each
+# seed's trained transformer, and report held-out accuracy and perplexity.
 
 
 # %%
-def trained_transformer(seed):
-    if seed == SEED:
-        return transformer, text
-    t = recipes.task("tiny_transformer", "text", seed=seed, n_samples=TEXT_SAMPLES)
-    m = t.build()
-    tr, va, _ = t.loaders()
-    sl.train.fit(m, tr, va, epochs=TEXT_EPOCHS, optimizer="adam", lr=3e-3, seed=seed)
-    return m, t
-
-
 def prune_heads_curve(seed):
-    model, t = trained_transformer(seed)
-    _, va, te = t.loaders()
-    scores = heads.head_importance(model, va)
+    t, model, _ = dense_chars[seed]
+    scores = heads.head_importance(model, t.loaders()[1])
     gen = torch.Generator().manual_seed(seed)
     random_scores = {p: torch.rand(s.shape, generator=gen) for p, s in scores.items()}
     rows = []
@@ -687,18 +823,28 @@ def prune_heads_curve(seed):
         for sparsity in HEAD_SPARSITIES:
             pruned = copy.deepcopy(model)
             heads.prune_heads(pruned, s, sparsity)
-            accuracy = sl.train.evaluate(pruned, te)["accuracy"]
-            rows.append({"order": order, "head_sparsity": sparsity, "test_accuracy": accuracy})
+            run = recipes.evaluate_run(pruned, t)
+            rows.append(
+                {
+                    "order": order,
+                    "head_sparsity": sparsity,
+                    "seed": seed,
+                    "test_accuracy": run["accuracy"],
+                    "perplexity": run["perplexity"],
+                    "flags": run["flags"],
+                }
+            )
     return rows, scores
 
 
 head_rows = []
 for seed in SEEDS:
     rows, seed_scores = prune_heads_curve(seed)
-    head_rows += [{**r, "seed": seed} for r in rows]
+    head_rows += rows
     if seed == SEED:
         importance = seed_scores
 head_runs = pd.DataFrame(head_rows)
+n_heads = sum(s.numel() for s in importance.values())
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
 grid = torch.stack(list(importance.values())).numpy()
@@ -709,11 +855,18 @@ axes[0].set_xticks(range(grid.shape[1]))
 axes[0].set_yticks(range(grid.shape[0]))
 axes[0].set_title("head importance (normalised per layer)")
 axes[0].grid(False)
-sl.viz.sparsity_curve(head_runs, x="head_sparsity", y="test_accuracy", hue="order", ax=axes[1])
-axes[1].set_xlabel("fraction of heads removed")
+sl.experiments.plot_mean_ci(head_runs, "head_sparsity", "test_accuracy", hue="order", ax=axes[1])
+axes[1].set_xlabel(f"fraction of the {n_heads} heads removed")
 axes[1].set_title("Head pruning without fine-tuning")
 plt.tight_layout()
 plt.show()
+display(
+    head_runs.groupby(["order", "head_sparsity"])[["test_accuracy", "perplexity"]].mean().round(4)
+)
+sl.nb.show_flags(sl.flags.table(head_runs, ["order", "head_sparsity"]))
+removed = head_runs[head_runs["head_sparsity"] > 0]
+order_diffs = with_perplexity(removed, "order", "random", by=["head_sparsity"])
+order_diffs.round(4)
 
 # %% [markdown]
 # Masked heads are removed for good by `sl.shrink.shrink`, which rebuilds a smaller dense
@@ -727,24 +880,65 @@ with torch.no_grad():
     gap = (small(tokens) - half(tokens)).abs().max().item()
 before = sum(p.numel() for p in transformer.parameters())
 after = sum(p.numel() for p in small.parameters())
-hp = head_runs.groupby(["order", "head_sparsity"])["test_accuracy"].mean()
+by_importance = head_runs[head_runs["order"] == "importance"]
+claim_diff = sl.stats.paired(
+    by_importance, "head_sparsity", CLAIM_HEAD_SPARSITY, 0.0, metric="test_accuracy"
+).iloc[0]
+claim_ppl = sl.stats.paired(
+    by_importance, "head_sparsity", CLAIM_HEAD_SPARSITY, 0.0, metric="perplexity"
+).iloc[0]
+half_order = order_diffs.set_index("head_sparsity").loc[0.5]
 display(
     Markdown(
-        f"Removing half of the heads by importance keeps {hp.loc[('importance', 0.5)]:.2%} "
-        f"test accuracy (random order: {hp.loc[('random', 0.5)]:.2%}; all heads: "
-        f"{hp.loc[('importance', 0.0)]:.2%}).  The shrunk model has {after:,} parameters "
-        f"instead of {before:,}, and its outputs differ from the masked model by at most "
-        f"{gap:.1e}."
+        f"Removing {CLAIM_HEAD_SPARSITY:.0%} of the {n_heads} heads by importance changes "
+        f"held-out accuracy by {sl.stats.describe(claim_diff)} and perplexity by "
+        f"{claim_ppl['mean_diff']:+.2f}, against the model with all heads.  At half the "
+        f"heads, importance order minus random order is {sl.stats.describe(half_order)}.  "
+        f"The shrunk model (half the heads) has {after:,} parameters instead of {before:,}, "
+        f"and its outputs differ from the masked model by at most {gap:.1e}."
     )
 )
+
+# %% [markdown]
+# **Against the literature**, computed from the paired difference above:
+
+# %%
+head_verdict = sl.claims.verdict(
+    "heads_prunable_at_test_time",
+    claim_diff,
+    setting=(
+        f"tiny transformer ({n_heads} heads, {before:,} parameters) on next-character "
+        f"prediction, {CLAIM_HEAD_SPARSITY:.0%} of heads removed by importance"
+    ),
+)
+compared = by_importance[by_importance["head_sparsity"].isin([0.0, CLAIM_HEAD_SPARSITY])]
+at_chance = int(compared["flags"].str.contains("chance").sum())
+if head_verdict.status != sl.claims.REPRODUCED:
+    head_verdict = dataclasses.replace(
+        head_verdict,
+        reason=(
+            f"Here {CLAIM_HEAD_SPARSITY:.0%} is {round(CLAIM_HEAD_SPARSITY * n_heads)} of "
+            f"{n_heads} heads of a {before:,}-parameter model trained "
+            f"{CHAR_EPOCHS or CHAR_RECIPE.epochs} epoch(s) on {len(text.bundle.train):,} "
+            f"windows, {len(SEEDS)} seed(s); the paper's models have 144 heads (BERT-base) "
+            f"or more, so each head carries a far smaller share of the work there."
+            + (
+                f"  {at_chance} of the {len(compared)} compared runs are at chance level."
+                if at_chance
+                else ""
+            )
+        ),
+    )
+verdicts.append(head_verdict)
+display(Markdown(sl.claims.report([head_verdict])))
 
 # %% [markdown]
 # ### Learned head gates (Voita et al. 2019)
 #
 # Instead of scoring heads once, Voita et al. learn a stochastic Hard Concrete gate per head
 # together with the model, with an L0 penalty on the expected number of open gates.  Heads
-# whose gate closes are pruned.  We fine-tune the trained transformer for a few epochs with
-# loss + `lambda` x L0.
+# whose gate closes are pruned.  We fine-tune the trained transformer of one seed for a few
+# epochs with loss + `lambda` x L0 (Adam; the budget is stated below).
 
 # %%
 gated = copy.deepcopy(transformer)
@@ -760,22 +954,29 @@ def l0_loss(output, target):
     return nn.functional.cross_entropy(output, target) + l0_weight * gates.penalty()
 
 
-sl.train.fit(gated, text_train, epochs=L0_EPOCHS, optimizer=optimizer, loss_fn=l0_loss, seed=SEED)
+sl.train.fit(
+    gated, text.loaders()[0], epochs=L0_EPOCHS, optimizer=optimizer, loss_fn=l0_loss, seed=SEED
+)
 gates.eval()
 open_heads = gates.keep()
-gated_accuracy = sl.train.evaluate(gated, text_test)["accuracy"]
+gated_run = recipes.evaluate_run(gated, text)
 gates.remove()
 heads.prune_heads(gated, keep=open_heads)
-pruned_accuracy = sl.train.evaluate(gated, text_test)["accuracy"]
+pruned_run = recipes.evaluate_run(gated, text)
+dense_run_chars = recipes.evaluate_run(transformer, text)
 n_open = sum(int(k.sum()) for k in open_heads.values())
-n_heads = sum(k.numel() for k in open_heads.values())
 probabilities = {p: [round(v, 2) for v in q.tolist()] for p, q in gates.open_probability().items()}
+gate_flags = [r["flags"] for r in (gated_run, pruned_run) if r["flags"]]
 display(
     Markdown(
-        f"After {L0_EPOCHS} epoch(s) with L0 weight {l0_weight}, {n_open} of {n_heads} gates are "
-        f"open; with the closed heads masked the model scores {pruned_accuracy:.2%} (gated: "
-        f"{gated_accuracy:.2%}).  Probability that each gate is open, by layer: "
-        f"{probabilities}.  A larger weight or longer training closes more gates."
+        f"After {L0_EPOCHS} fine-tuning epoch(s) on {len(text.bundle.train):,} windows with "
+        f"L0 weight {l0_weight}, {n_open} of {n_heads} gates are open; with the closed heads "
+        f"masked the model scores {pruned_run['accuracy']:.2%} held-out accuracy, perplexity "
+        f"{pruned_run['perplexity']:.2f} (gated: {gated_run['accuracy']:.2%}; the dense model "
+        f"before fine-tuning: {dense_run_chars['accuracy']:.2%}, perplexity "
+        f"{dense_run_chars['perplexity']:.2f}; one seed, so no interval).  Probability that "
+        f"each gate is open, by layer: {probabilities}.  "
+        + (f"Flags: {'; '.join(gate_flags)}." if gate_flags else "No sanity flag fired.")
     )
 )
 
@@ -787,15 +988,58 @@ display(
 #   (meProp, SWAT), routing to a few experts (top-k and Switch MoE), sparse attention
 #   weights (fixed patterns, top-k, sparsemax, entmax), and the dropout family, which zeros
 #   activations, weights, regions, branches or layers at random for one step.
-# - A trained ReLU network already has many zero activations; k-WTA fixes the count in
-#   advance and FATReLU the level, both at a measurable cost in accuracy.
-# - meProp keeps a few errors per example and the backward products shrink in proportion;
-#   how much accuracy that costs depends on `k` and on the width of the layer.
-# - MoE layers use a fraction of their experts per example; the capacity factor trades
-#   dropped examples against the balance the experts must keep.
-# - Heads scored by the gate derivative can be removed in bulk, and `shrink` turns the
-#   masks into a smaller model with the same outputs.
+# - `shrink` turns masked heads into a smaller model with the same outputs, and
+#   `drop_layers` does the same for blocks chosen by LayerDrop.
 #
+# What this run measured, each arm against its dense counterpart of the same seed
+# (test accuracy, paired):
+
+# %%
+fat = f"fatrelu T={max(FAT_THRESHOLDS)}"
+ad_ = activation_diffs.set_index("arm")
+bd_ = backward_diffs.set_index("arm")
+md_ = moe_diffs.set_index("router")
+display(
+    Markdown(
+        "\n".join(
+            [
+                f"- Plain ReLUs leave {means.loc['relu', 'activation_sparsity']:.0%} of the "
+                f"hidden activations at zero for free.  k-WTA keeping "
+                f"{min(KWTA_DENSITIES):.0%} of the units reaches "
+                f"{means.loc[sparsest, 'activation_sparsity']:.0%} "
+                f"({sl.stats.describe(ad_.loc[sparsest])}); FATReLU at T = "
+                f"{max(FAT_THRESHOLDS)} reaches {means.loc[fat, 'activation_sparsity']:.0%} "
+                f"({sl.stats.describe(ad_.loc[fat])}).",
+                f"- meProp keeping {low:.0%} of the errors does "
+                f"{mp.loc[low, 'backward_cost']:.0%} of the hidden layers' backward "
+                f"multiply-adds: {sl.stats.describe(bd_.loc[f'meprop {low:.0%}'])}; SWAT at "
+                f"the same density: {sl.stats.describe(bd_.loc[f'swat {low:.0%}'])}.",
+                f"- Against all 4 experts, noisy top-2 routing: "
+                f"{sl.stats.describe(md_.loc['noisy top-2'])}; Switch: "
+                f"{sl.stats.describe(md_.loc['switch (top-1, cf 1.25)'])}.  The capacity "
+                f"factor trades dropped examples ({drop_table.dropped.iloc[0]:.0%} at 0.5, "
+                f"{drop_table.dropped.iloc[-1]:.0%} at 2.0) against expert load.",
+                f"- Sparse attention swapped into a trained next-character model, held-out "
+                f"accuracy against softmax: sparsemax {sl.stats.describe(ad.loc['sparsemax'])}, "
+                f"1.5-entmax {sl.stats.describe(ad.loc['1.5-entmax'])}, top-4 "
+                f"{sl.stats.describe(ad.loc['top-4'])}, local window "
+                f"{sl.stats.describe(ad.loc['local, window 2'])}.",
+                f"- Removing {CLAIM_HEAD_SPARSITY:.0%} of the heads by gradient importance: "
+                f"{sl.stats.describe(claim_diff)}; at half the heads, importance order minus "
+                f"random order {sl.stats.describe(half_order)}.",
+            ]
+        )
+    )
+)
+
+# %% [markdown]
+# The verdicts against the literature:
+
+# %%
+display(sl.claims.table(verdicts))
+display(Markdown(sl.claims.report(verdicts)))
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Train the transformer *with* sparsemax or 1.5-entmax attention from the start
@@ -810,3 +1054,5 @@ display(
 #    How much accuracy comes back?
 # 5. Add `act.FATReLU(0.5)` to a trained ReLU model without retraining. How many more zeros,
 #    and how much accuracy is lost?
+# 6. Train the head gates with L0 weights 0.01, 0.1 and 1.  How many gates close, and what
+#    do the pruned models score?

@@ -287,16 +287,13 @@ def run_all(
 # --- the expectations ---------------------------------------------------------------------
 
 
+CHECK_WORDS = {"reproduced": "met", "not reproduced": "missed", "inconclusive": "inconclusive"}
+
+
 def _decide(row, relation: str, margin: float) -> str:
-    """met / missed / inconclusive for one paired row (the rule of ``sl.claims``)."""
-    if row["n"] < 2:
-        return "inconclusive"
-    low, high = row["ci_low"], row["ci_high"]
-    if relation == "greater":
-        met, missed = low > 0, high <= 0
-    else:  # at_least: no more than ``margin`` below
-        met, missed = low >= -margin, high < -margin
-    return "met" if met else "missed" if missed else "inconclusive"
+    """met / missed / inconclusive for one paired row, by the rule of ``sl.claims.decide``."""
+    status = sl.claims.decide(relation, row["ci_low"], row["ci_high"], int(row["n"]), margin)
+    return CHECK_WORDS[status]
 
 
 def compare(

@@ -392,7 +392,18 @@ class Verdict:
         return text
 
 
-def _decide(relation: str, margin: float, low: float, high: float) -> str:
+def decide(relation: str, low: float, high: float, n: int, margin: float = 0.0) -> str:
+    """The status a paired interval ``[low, high]`` of ``n`` pairs gives a relation.
+
+    ``relation`` is one of :data:`RELATIONS`: reproduced when the whole interval agrees,
+    not reproduced when the whole interval contradicts, inconclusive otherwise, and always
+    inconclusive with one pair or a zero-width interval (no spread to judge with).  The one
+    rule behind :func:`verdict`, for checks that are not in :data:`CLAIMS` too.
+    """
+    if relation not in RELATIONS:
+        raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
+    if n < 2 or high - low <= 2 * SPREAD_TOLERANCE:
+        return INCONCLUSIVE
     if relation == "greater":
         agree, contradict = low > 0, high <= 0
     elif relation == "at_least":
@@ -429,9 +440,7 @@ def verdict(
         mean, low, high, n = summary["mean"], summary["ci_low"], summary["ci_high"], summary["n"]
     if n == 0 or math.isnan(mean):
         raise ValueError(f"claim {claim.key!r}: no differences to judge")
-    # one seed, or pairs that all differ by the same amount: no interval to judge with
-    unknown_spread = n < 2 or high - low <= 2 * SPREAD_TOLERANCE
-    status = INCONCLUSIVE if unknown_spread else _decide(claim.relation, claim.margin, low, high)
+    status = decide(claim.relation, low, high, n, claim.margin)
     return Verdict(claim, status, mean, low, high, n, setting, reason)
 
 

@@ -86,3 +86,13 @@ def test_a_zero_width_interval_is_inconclusive():
     v = claims.verdict("rigl_beats_set", rounded)
     assert v.status == claims.INCONCLUSIVE
     assert v.numbers() == "+10.0 points on each of 2 seeds (no spread, no interval)"
+
+
+def test_decide_is_the_rule_for_checks_outside_the_table():
+    assert claims.decide("greater", 0.01, 0.03, 3) == claims.REPRODUCED
+    assert claims.decide("greater", -0.03, -0.01, 3) == claims.NOT_REPRODUCED
+    assert claims.decide("within", -0.004, 0.004, 3, margin=0.005) == claims.REPRODUCED
+    assert claims.decide("greater", 0.02, 0.02, 3) == claims.INCONCLUSIVE  # no spread
+    assert claims.decide("greater", 0.01, 0.03, 1) == claims.INCONCLUSIVE
+    with pytest.raises(ValueError, match="relation"):
+        claims.decide("more", 0.0, 1.0, 3)

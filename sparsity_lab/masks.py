@@ -53,6 +53,10 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
+#: The state-dict key (after the mask's prefix) that holds its gradient mode.
+DENSE_GRAD_KEY = "dense_grad"
+
+
 class Mask(nn.Module):
     """Parametrization ``w -> w * mask`` with a 0/1 ``mask`` buffer of ``w``'s shape and dtype.
 
@@ -70,6 +74,20 @@ class Mask(nn.Module):
         if self.dense_grad and torch.is_grad_enabled():
             return _StraightThrough.apply(x, self.mask)
         return x * self.mask
+
+    # The gradient mode is part of a training run (RigL, DPF and AC/DC keep dense values
+    # under the mask): it travels in the state dict as a 0-d tensor, so that resuming from a
+    # state dict, also one read with torch.load(weights_only=True), resumes the same run.
+    # It stays a Python bool on the module: forward reads it at every call.
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001, D102
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + DENSE_GRAD_KEY] = torch.tensor(self.dense_grad)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, D102
+        flag = state_dict.pop(prefix + DENSE_GRAD_KEY, None)
+        if flag is not None:  # state dicts written before the flag was saved keep the mode
+            self.dense_grad = bool(flag)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:  # noqa: D102
         kept = int(self.mask.count_nonzero())

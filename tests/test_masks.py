@@ -305,3 +305,29 @@ def test_changing_a_deep_copy_leaves_the_source_model_working():
     assert torch.equal(model(x), before)
     assert not masks.is_masked(model, "0.bias")
     assert torch.equal(clone2(x), before)
+
+
+def test_dense_grad_masks_resume_from_a_state_dict_with_their_dense_values(tmp_path):
+    """RigL, DPF and AC/DC keep values under the mask: a resumed run must get them back,
+    and the gradient mode with them (it used to come back as the default, values zeroed)."""
+    torch.manual_seed(0)
+    source = nn.Sequential(nn.Linear(32, 20))
+    mask = (torch.rand(20, 32) > 0.5).float()
+    masks.attach(source, "0.weight", mask, dense_grad=True)
+    hidden = masks.dense_weight(source, "0.weight")[mask == 0].clone()
+    assert hidden.abs().sum() > 0  # dense_grad keeps the values under the mask
+    path = tmp_path / "run.pt"
+    torch.save(source.state_dict(), path)
+
+    fresh = nn.Sequential(nn.Linear(32, 20))
+    masks.load_state_dict(fresh, torch.load(path, weights_only=True))
+    assert masks._mask_module(fresh[0], "weight").dense_grad is True
+    assert torch.equal(masks.dense_weight(fresh, "0.weight")[mask == 0], hidden)
+    assert torch.equal(masks.get_mask(fresh, "0.weight"), mask)
+
+    # a state dict written without the flag still loads, in the target's mode
+    old = {k: v for k, v in source.state_dict().items() if not k.endswith(masks.DENSE_GRAD_KEY)}
+    plain = nn.Sequential(nn.Linear(32, 20))
+    masks.load_state_dict(plain, old)
+    assert masks._mask_module(plain[0], "weight").dense_grad is False
+    assert torch.equal(masks.weight(plain, "0.weight"), masks.weight(source, "0.weight"))

@@ -26,6 +26,7 @@ import json
 import numbers
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -142,7 +143,7 @@ def _read_cache(path: Path, params: dict[str, Any], seed: Any) -> Metrics | None
             raise ValueError("its content does not match its name")
         if not isinstance(metrics, dict):
             raise ValueError("'metrics' is not a dict")
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
         warnings.warn(
             f"cache file {path} is unreadable ({error}); running {params} seed={seed!r} again",
             stacklevel=3,
@@ -151,13 +152,45 @@ def _read_cache(path: Path, params: dict[str, Any], seed: Any) -> Metrics | None
     return metrics
 
 
+def _as_json(metrics: Metrics, params: dict[str, Any], seed: Any) -> Metrics:
+    """``metrics`` as they read back from the cache, or a clear error naming the culprit.
+
+    Checked for the run that produced them, before anything is written, so a metric JSON
+    cannot hold stops the sweep at its first run instead of after hours of work.
+    """
+    bad = {k: type(v).__name__ for k, v in metrics.items() if not _jsonable(v)}
+    if bad:
+        raise TypeError(
+            f"run {params} seed={seed!r} returned metrics a cached sweep cannot store as JSON: "
+            f"{bad}; return numbers, strings, lists or dicts (e.g. float(x), x.tolist()), or "
+            "run without cache_dir"
+        )
+    return json.loads(json.dumps(metrics))
+
+
+#: A temporary cache file older than this was left by a killed run, not one in progress.
+STALE_TEMPORARY_S = 3600.0
+
+
+def _remove_stale_temporaries(cache: Path) -> None:
+    """Delete ``.*.tmp`` files a killed sweep left behind (those of live runs are young)."""
+    now = time.time()
+    for tmp in cache.glob(".*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TEMPORARY_S:
+                tmp.unlink()
+        except OSError:  # another sweep removed or renamed it meanwhile
+            pass
+
+
 def _write_cache(path: Path, name: str, params: dict[str, Any], seed: Any, metrics: Metrics):
     """Write atomically: a temp file renamed into place, so a crash leaves no half file."""
     record = {"fn": name, "params": params, "seed": seed, "metrics": metrics}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
-            json.dump(record, file, indent=1, sort_keys=True)
+            # not sort_keys: the metrics keep fn's order, so cached and fresh tables agree
+            json.dump(record, file, indent=1)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
@@ -207,6 +240,7 @@ def sweep(
     results: list[Metrics | None] = [None] * len(cells)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(cache)
         name = _fn_name(fn) if name is None else name
         for i, (params, seed) in enumerate(cells):
             paths[i] = cache / f"{_cache_key(name, params, seed)}.json"
@@ -216,6 +250,8 @@ def sweep(
     def finish(i: int, result: Any) -> None:
         results[i] = _as_metrics(result, reserved)
         if paths[i] is not None:
+            # what is cached is what a rerun reads back: tuples become lists in both
+            results[i] = _as_json(results[i], *cells[i])
             _write_cache(paths[i], name, *cells[i], results[i])
         bar.update(1)
 

@@ -275,3 +275,52 @@ def test_no_progress_output_by_default_under_pytest(capfd):
     assert capfd.readouterr().err == ""
     sweep(square_plus_seed, {"x": [1, 2]}, progress=True)
     assert "sweep" in capfd.readouterr().err
+
+
+def ordered_metrics(a, b, seed):
+    return {"zeta": score(a, b, seed), "alpha": [a, seed], "pair": (a, b)}
+
+
+def test_cached_and_fresh_tables_are_identical(tmp_path):
+    fresh = sweep(ordered_metrics, GRID, SEEDS, cache_dir=tmp_path)
+    cached = sweep(ordered_metrics, GRID, SEEDS, cache_dir=tmp_path)
+    assert list(fresh.columns) == ["a", "b", "seed", "zeta", "alpha", "pair"]
+    pd.testing.assert_frame_equal(fresh, cached)
+    assert fresh["pair"][0] == [1, "x"]  # a tuple reads back as a list; so does the fresh run
+
+
+def test_a_metric_json_cannot_hold_stops_the_first_run_with_a_clear_error(tmp_path):
+    calls = []
+
+    def returns_a_set(a, b, seed):
+        calls.append(a)
+        return {"ok": 1.0, "classes": {1, 2}}
+
+    with pytest.raises(TypeError, match=r"'classes': 'set'.*without cache_dir"):
+        sweep(returns_a_set, GRID, SEEDS, cache_dir=tmp_path, name="sets")
+    assert len(calls) == 1
+    uncached = sweep(returns_a_set, {"a": [1], "b": ["x"]}, (0,))
+    assert uncached["classes"][0] == {1, 2}  # without a cache nothing is converted
+
+
+def test_a_deeply_nested_cache_file_is_reported_and_recomputed(tmp_path):
+    sweep(Counting(), GRID, SEEDS, cache_dir=tmp_path)
+    victim = sorted(tmp_path.glob("*.json"))[0]
+    victim.write_text("[" * 200_000 + "]" * 200_000)
+    fn = Counting()
+    with pytest.warns(UserWarning, match="unreadable"):
+        sweep(fn, GRID, SEEDS, cache_dir=tmp_path)
+    assert len(fn.calls) == 1
+
+
+def test_temporaries_left_by_a_killed_run_are_removed(tmp_path):
+    import os
+
+    stale, live = tmp_path / ".abc.123.tmp", tmp_path / ".def.456.tmp"
+    for tmp in (stale, live):
+        tmp.write_text("{")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    sweep(Counting(), GRID, SEEDS, cache_dir=tmp_path)
+    assert not stale.exists()
+    assert live.exists()  # a run in progress elsewhere may still rename it

@@ -63,8 +63,10 @@ display(table[[*columns, "lr_schedule", "expected_test_accuracy", "source"]])
 
 # %% [markdown]
 # Now train each one, for each seed, and set the measured accuracy beside the expectation.
-# `recipes.dense` raises the flag *dense baseline below its recipe* when a model misses its
-# expectation by more than a point.
+# `recipes.dense` raises the flag *dense baseline below its recipe* when one seed's model is
+# more than two points below the expectation (a mean over seeds, which the table below
+# checks to within one point); the seed-to-seed spread measured in the sweep was up to 1.2
+# points.
 
 # %%
 rows = []
@@ -98,7 +100,7 @@ met = [
     for (m, d), row in summary.set_index(["model", "data"]).iterrows()
 ]
 if EPOCHS is None:
-    below = int((summary["mean"] < summary["expected"] - 0.01).sum())
+    below = int((summary["mean"] < summary["expected"] - 0.01).sum())  # one point, as the benchmark
     verdict = "all meet their expectation" if below == 0 else f"{below} miss their expectation"
     display(
         Markdown(

@@ -227,6 +227,11 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ),
 }
 
+#: How far below its recipe's expectation (a mean over seeds) one seed's dense model may
+#: fall before it is flagged: the sweep measured seed-to-seed standard deviations of up to
+#: 1.2 points (LeNet-300-100 on MNIST), so one point would flag ordinary seeds.
+SEED_TOLERANCE = 0.02
+
 #: What :func:`recipe_for` returns for a setting without a tuned recipe.
 DEFAULT_RECIPE = Recipe()
 
@@ -344,7 +349,7 @@ def train_dense(
     Returns the model and ``{"val_accuracy", "test_accuracy", "cached", "recipe",
     "expected_test_accuracy", "flags"}``: the flags say when the model is below
     the accuracy its recipe is documented to reach (checked only when the task uses the
-    default data and the recipe's settings).  ``cache_dir=None`` uses
+    default data and the recipe's settings, with :data:`SEED_TOLERANCE`).  ``cache_dir=None`` uses
     :func:`default_cache_dir`; pass ``False`` to never cache.
     """
     base = recipe_for(t.model_name, t.data_name)
@@ -401,6 +406,7 @@ def train_dense(
         flags_mod.check(
             dense_accuracy=info["test_accuracy"],
             expected_dense_accuracy=base.expected_test_accuracy if checked else None,
+            dense_tolerance=SEED_TOLERANCE,
         )
     )
     return model, info

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -87,6 +88,15 @@ def prune(
         dense_grad=dense_grad,
         context=context,
     )
+    found = masks.masks(model)
+    emptied = [n for n in names if n in found and not bool(found[n].any())]
+    if emptied and (sparsity is None or sparsity < 1):
+        warnings.warn(
+            f"budget {budget!r} pruned {', '.join(emptied)} to 100%: no signal crosses "
+            "an empty layer.  Keep it with dense=[...], or spread the zeros with "
+            "budget='erk' or 'uniform'",
+            stacklevel=2,
+        )
     return model
 
 

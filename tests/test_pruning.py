@@ -1,6 +1,7 @@
 """``prune``: every pattern x budget on a CNN, options, repeated pruning and errors."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -170,3 +171,17 @@ def test_structured_pruning_can_be_repeated(pattern):
     for n, m in sl.masks.masks(model).items():
         assert torch.all(m <= first[n]), n
     assert sl.sparsity(model, list(first)) > 0.5
+
+
+def test_a_layer_emptied_by_the_budget_is_warned_about():
+    """Global magnitude at 99% empties a layer whose weights are all small."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(50, 40), torch.nn.Linear(40, 10))
+    with torch.no_grad():
+        model[1].weight.mul_(1e-3)  # the head's weights are all below fc1's
+    with pytest.warns(UserWarning, match=r"pruned 1\.weight to 100%.*dense=\["):
+        sl.prune(model, "magnitude", 0.95, budget="global")
+    kept = torch.nn.Sequential(torch.nn.Linear(50, 40), torch.nn.Linear(40, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sl.prune(kept, "magnitude", 0.95, budget="uniform")

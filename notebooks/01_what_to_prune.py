@@ -47,7 +47,7 @@ N_TRAIN = None  # None: the recipe's data (4000 training images)
 N_EVAL = None  # None: the recipe's 500 validation and 500 test images
 FINETUNE_EPOCHS = 2
 RESNET_DATA = "mnist"
-RESNET_EPOCHS = 6
+RESNET_EPOCHS = None  # None: the recipe's epochs
 TRANSFORMER_EPOCHS = None  # None: the chars recipe's epochs
 TRANSFORMER_SEEDS = [0, 1, 2]
 TRANSFORMER_FINETUNE_EPOCHS = 1
@@ -93,10 +93,11 @@ task300, lenet300, info300 = recipes.dense("lenet300", "mnist", SEED, epochs=EPO
 task5, lenet5, info5 = recipes.dense("lenet5", "mnist", SEED, epochs=EPOCHS, **DATA)
 display(
     Markdown(
-        f"Dense test accuracy (seed {SEED}): LeNet-300-100 **{info300['test_accuracy']:.2%}**, "
-        f"LeNet-5 **{info5['test_accuracy']:.2%}** ({info300['recipe'].epochs} epoch(s)"
+        f"Dense test accuracy (seed {SEED}): LeNet-300-100 **{info300['test_accuracy']:.2%}** "
+        f"({info300['recipe'].epochs} epoch(s)), LeNet-5 **{info5['test_accuracy']:.2%}** "
+        f"({info5['recipe'].epochs} epoch(s))"
         + ("" if EPOCHS is None else ", fewer than their recipes'")
-        + f", {len(task300.bundle.train):,} training images)."
+        + f"; {len(task300.bundle.train):,} training images."
         + "".join(f"  Flag: {f}." for f in (info300["flags"], info5["flags"]) if f)
     )
 )
@@ -532,7 +533,7 @@ resnet_flags = [
 ]
 display(
     Markdown(
-        f"The small ResNet (no tuned recipe: the generic one, {RESNET_EPOCHS} epoch(s) on "
+        f"The small ResNet ({rinfo['recipe'].epochs} epoch(s) of its recipe on "
         f"{len(rtask.bundle.train):,} {RESNET_DATA} images), with half of its channels "
         f"pruned, then fine-tuned {resnet_budget['finetune_epochs']} epoch(s) "
         f"({resnet_budget['finetune_flops']:.2g} FLOPs).  Largest difference between the "

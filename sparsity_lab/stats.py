@@ -38,9 +38,18 @@ NO_SPREAD = "no spread"
 SPREAD_TOLERANCE = 1e-9
 
 
+#: Metric names for which lower is better: a negative difference is an improvement.
+LOWER_IS_BETTER = ("loss", "perplexity", "error", "seconds", "flops", "bytes")
+
+
 def bounds_for(metric: str) -> tuple[float, float] | None:
     """``(0, 1)`` for a metric whose name ends in accuracy, sparsity or density, else None."""
     return (0.0, 1.0) if metric.endswith(FRACTION_SUFFIXES) else None
+
+
+def higher_is_better(metric: str) -> bool:
+    """False for losses, perplexities, errors, times and costs (by name), else True."""
+    return not any(word in metric for word in LOWER_IS_BETTER)
 
 
 def t_half_width(std: float, n: int, confidence: float = 0.95) -> float:
@@ -117,6 +126,7 @@ def paired(
     by: Sequence[str] | str = (),
     pair_on: Sequence[str] | str = "seed",
     confidence: float = 0.95,
+    higher_better: bool | None = None,
 ) -> pd.DataFrame:
     """Paired differences ``treatment - baseline`` of ``metric``, matched on ``pair_on``.
 
@@ -127,6 +137,9 @@ def paired(
     ``verdict``: ``"better"`` or ``"worse"`` when the interval excludes 0, ``"no
     difference"`` when it covers 0, ``"one seed"`` when there is a single pair and ``"no
     spread"`` when every pair differs by the same nonzero amount (see :func:`verdict_of`).
+    "Better" follows ``higher_better``, by default :func:`higher_is_better` of the metric's
+    name (a lower perplexity is better).  A difference of two fractions lies in [-1, 1], so
+    for those metrics the interval is clipped there.
     """
     by = [by] if isinstance(by, str) else list(by)
     pair_on = [pair_on] if isinstance(pair_on, str) else list(pair_on)
@@ -150,11 +163,16 @@ def paired(
     if merged.empty:
         raise ValueError(f"no {pair_on} value is shared by {treatment!r} and {baseline!r}")
     merged["diff"] = merged["treatment"] - merged["baseline"]
+    higher_better = higher_is_better(metric) if higher_better is None else higher_better
+    bounds = (-1.0, 1.0) if bounds_for(metric) else None
     groups = merged.groupby(by, sort=False, dropna=False)["diff"] if by else [((), merged["diff"])]
     rows = []
     for key, diffs in groups:
         key = key if isinstance(key, tuple) else (key,)
-        summary = mean_interval(diffs, confidence)
+        summary = mean_interval(diffs, confidence, bounds)
+        verdict = verdict_of(summary["ci_low"], summary["ci_high"], summary["n"], summary["std"])
+        if not higher_better:
+            verdict = {BETTER: WORSE, WORSE: BETTER}.get(verdict, verdict)
         rows.append(
             {
                 **dict(zip(by, key, strict=True)),
@@ -163,9 +181,7 @@ def paired(
                 "n": summary["n"],
                 "ci_low": summary["ci_low"],
                 "ci_high": summary["ci_high"],
-                "verdict": verdict_of(
-                    summary["ci_low"], summary["ci_high"], summary["n"], summary["std"]
-                ),
+                "verdict": verdict,
             }
         )
     return pd.DataFrame(

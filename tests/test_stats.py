@@ -128,3 +128,23 @@ def test_equal_differences_give_no_interval_not_a_verdict():
     assert 0 < row["std"] < 1e-12
     assert row["verdict"] == "no spread"
     assert "no spread" in stats.describe(row)
+
+
+def test_lower_perplexity_is_better_and_the_direction_can_be_given():
+    rows = [{"m": "base", "seed": s, "perplexity": p} for s, p in enumerate([6.0, 6.2, 5.9])]
+    rows += [{"m": "new", "seed": s, "perplexity": p} for s, p in enumerate([5.0, 5.1, 4.95])]
+    df = pd.DataFrame(rows)
+    row = stats.paired(df, "m", "new", "base", metric="perplexity").iloc[0]
+    assert row["mean_diff"] < 0 and row["verdict"] == "better"
+    forced = stats.paired(df, "m", "new", "base", metric="perplexity", higher_better=True)
+    assert forced["verdict"][0] == "worse"
+    assert stats.higher_is_better("test_accuracy") and not stats.higher_is_better("val_loss")
+
+
+def test_differences_of_accuracies_are_clipped_to_minus_one_one():
+    df = _runs([0.1, 0.9], [0.95, 0.92]).rename(columns={"acc": "test_accuracy"})
+    row = stats.paired(df, "method", "new", "base", metric="test_accuracy").iloc[0]
+    raw = stats.mean_interval([0.85, 0.02])
+    assert raw["ci_high"] > 1 and raw["ci_low"] < -1
+    assert (row["ci_low"], row["ci_high"]) == (-1.0, 1.0)
+    assert row["verdict"] == "no difference"

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -523,24 +524,43 @@ class OffsetLinear(nn.Linear):
         return super().forward(x) + self.offset
 
 
+def _add_offset(layer: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """``out + layer.offset``, refusing an output of another size than the offset map's.
+
+    The map was measured at the example input's size; at another size the borders fall
+    elsewhere, and broadcasting would add a wrong map without a word (a size of 1 broadcasts
+    silently).
+    """
+    if out.shape[2:] != layer.offset.shape[1:]:
+        raise ValueError(
+            f"{type(layer).__name__} adds an offset map measured for outputs of size "
+            f"{tuple(layer.offset.shape[1:])}, got {tuple(out.shape[2:])}: a shrunk model "
+            "whose removed channels fed zero padding is exact only for inputs of the size "
+            "it was shrunk with; shrink again with an example input of this size"
+        )
+    return out + layer.offset
+
+
 class OffsetConv1d(nn.Conv1d):
     """A Conv1d plus a fixed ``offset`` map (channels x length) added to its output.
 
-    It carries what removed, input-independent channels contributed through zero padding.
+    It carries what removed, input-independent channels contributed through zero padding;
+    it takes only inputs of the size it was made for.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return super().forward(x) + self.offset
+        return _add_offset(self, super().forward(x))
 
 
 class OffsetConv2d(nn.Conv2d):
     """A Conv2d plus a fixed ``offset`` map (channels x height x width) added to its output.
 
-    It carries what removed, input-independent channels contributed through zero padding.
+    It carries what removed, input-independent channels contributed through zero padding;
+    it takes only inputs of the size it was made for.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return super().forward(x) + self.offset
+        return _add_offset(self, super().forward(x))
 
 
 _OFFSET = {nn.Linear: OffsetLinear, nn.Conv1d: OffsetConv1d, nn.Conv2d: OffsetConv2d}
@@ -712,6 +732,13 @@ def _add_to_output(layer: nn.Module, value: torch.Tensor) -> None:
     else:
         layer.__class__ = _OFFSET[type(layer)]
         layer.register_buffer("offset", value.clone())
+        if isinstance(layer, nn.Conv1d | nn.Conv2d):
+            warnings.warn(
+                f"shrink folded removed channels into an offset map of size "
+                f"{tuple(value.shape[1:])} (their constant output crossed zero padding): the "
+                "shrunk model now takes only inputs of the example's size",
+                stacklevel=3,
+            )
 
 
 # ------------------------------------------------------------------------------- slicing

@@ -141,7 +141,8 @@ def test_batchnorm_entries_follow_their_channels():
     keep = torch.ones(8, 8, 3, 3, dtype=torch.bool)
     keep[[1, 6]] = False
     sl.masks.attach(model, "stages.0.0.conv1.weight", keep)  # inside the branch: free to go
-    small = shrink.shrink(model)
+    with pytest.warns(UserWarning, match="offset map of size"):
+        small = shrink.shrink(model)
     bn, old = small.stages[0][0].bn1, model.stages[0][0].bn1
     kept = [0, 2, 3, 4, 5, 7]
     assert bn.num_features == 6
@@ -152,6 +153,10 @@ def test_batchnorm_entries_follow_their_channels():
     assert isinstance(small.stages[0][0].conv2, shrink.OffsetConv2d)
     assert small.stages[0][0].conv2.offset.shape == (8, 12, 12)
     assert max_diff(model, small.eval(), batch(model)) <= 1e-5
+    # the map holds for the example's size only: another size is refused, not broadcast
+    for side in (1, 20):
+        with pytest.raises(ValueError, match=r"offset map measured for outputs of size"):
+            small.eval()(torch.randn(2, 1, side, side))
 
 
 def test_residual_group_keeps_a_channel_any_member_still_writes():

@@ -66,10 +66,12 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # --- plumbing -----------------------------------------------------------------------------
 
 
-def _batches(data: Any, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(
+    data: Any, limit: int | None = None, *, labels: bool = True
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     from .criteria.base import Context  # late import: criteria import this module
 
-    yield from Context(data=data).batches(limit)
+    yield from Context(data=data).batches(limit, labels=labels)
 
 
 def plain_copy(model: nn.Module) -> nn.Module:
@@ -212,9 +214,12 @@ def _mean_loss(loss: _FlatLoss, batches: list[tuple[torch.Tensor, torch.Tensor]]
     return f
 
 
-def _device_batches(model: nn.Module, data: Any, limit: int | None) -> list:
+def _device_batches(model: nn.Module, data: Any, limit: int | None, *, labels: bool = True) -> list:
     device = next(model.parameters()).device
-    batches = [(x.to(device), y if y is None else y.to(device)) for x, y in _batches(data, limit)]
+    batches = [
+        (x.to(device), y if y is None else y.to(device))
+        for x, y in _batches(data, limit, labels=labels)
+    ]
     if not batches:
         raise ValueError("data yielded no batches; pass at least one (inputs, targets) batch")
     return batches
@@ -348,7 +353,7 @@ def gauss_newton_diagonal(
     total = torch.zeros_like(w, dtype=torch.float64)
     taken = 0
     with torch.enable_grad():
-        for x, _ in _device_batches(plain, data, None):
+        for x, _ in _device_batches(plain, data, None, labels=False):
             if n_samples is not None:
                 x = x[: max(0, n_samples - taken)]
             for start in range(0, len(x), chunk):

@@ -50,7 +50,9 @@ def prune(
             ``"channel"``, ``"input"`` or a :class:`~sparsity_lab.patterns.Pattern`.
         budget: how the zeros are spread over layers: ``"global"``, ``"uniform"``, ``"er"``,
             ``"erk"``.
-        data: batches for criteria that need data (a DataLoader or an ``(x, y)`` tuple).
+        data: batches for criteria that need data (a DataLoader or an ``(x, y)`` tuple);
+            label-free criteria (wanda, sparsegpt, apoz...) also take inputs alone (``x``).
+            Empty, non-finite or unbatched data is refused (see ``Context.batches``).
         targets: parameter names to prune; default: every Linear/Conv weight.
         exclude: names left out of pruning and out of the sparsity count.
         dense: names kept dense but counted in the target (e.g. the first and last layers).

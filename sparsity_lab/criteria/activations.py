@@ -355,6 +355,6 @@ def input_gram(
         rows += x.shape[0]
 
     with evaluating(model), torch.no_grad(), forward_hooks({name: module}, hook):
-        for x, _ in context.batches(batches):
+        for x, _ in context.batches(batches, labels=False):
             model(x)
     return gram[name], rows

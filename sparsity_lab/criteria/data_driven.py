@@ -55,7 +55,7 @@ def output_means(
         counts[key] = counts.get(key, 0) + values.shape[0] * values.shape[2]
 
     with evaluating(model), torch.no_grad(), forward_hooks(modules, hook):
-        for x, _ in context.batches(batches):
+        for x, _ in context.batches(batches, labels=False):
             model(x)
     return {n: sums[n] / counts[n] for n in names}
 
@@ -118,7 +118,7 @@ def reader_statistics(
         entry["rows"] += x.shape[0]
 
     with evaluating(model), torch.no_grad(), forward_hooks(readers, hook):
-        for x, _ in context.batches(batches):
+        for x, _ in context.batches(batches, labels=False):
             model(x)
     return stats
 
@@ -249,7 +249,7 @@ class Sensitivity(_UnitCriterion):
         totals: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
         with evaluating(model):
-            for x, _ in context.batches(self.batches):
+            for x, _ in context.batches(self.batches, labels=False):
                 probes: dict[str, torch.Tensor] = {}
 
                 def hook(key, inputs, output, probes=probes):
@@ -537,7 +537,7 @@ class NISP(_UnitCriterion):
             rows.append(inputs.detach().reshape(len(inputs), -1).double())
 
         with evaluating(model), torch.no_grad(), forward_hooks({"frl": reader}, hook):
-            for x, _ in context.batches(self.batches):
+            for x, _ in context.batches(self.batches, labels=False):
                 model(x)
         per_feature = inf_fs(torch.cat(rows))
         return per_feature.reshape(link.units, -1).sum(dim=1)

@@ -407,7 +407,7 @@ def reconstruction_errors(
 
     names = list(default_targets(pruned) if names is None else names)
     calib = {n: Calibration(_layer(pruned, n)) for n in names}
-    batches = [x for x, _ in Context(data=data).batches(n_batches)]
+    batches = [x for x, _ in Context(data=data).batches(n_batches, labels=False)]
     with _evaluating(pruned), torch.no_grad():
         handles = [
             _layer(pruned, n).register_forward_hook(
@@ -538,7 +538,7 @@ class _Layerwise(Criterion):
             if n not in dense:
                 pattern.validate(shapes[n], n)
         device = masks.weight(model, names[0]).device
-        batches = [x.to(device) for x, _ in context.batches(self.n_batches)]
+        batches = [x.to(device) for x, _ in context.batches(self.n_batches, labels=False)]
         if not batches:
             raise ValueError("the calibration data yielded no batches")
         with _evaluating(model), torch.no_grad():

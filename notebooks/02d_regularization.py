@@ -420,8 +420,13 @@ text = (
     "pattern, sparsity, method) settings: "
     + ", ".join(f"{n} {verdict}" for verdict, n in tally.items())
     + ".  Mean sparsity each method's own rule reached before the projection, and how far "
-    "below the target that is: "
-    + ", ".join(f"{m} {rule[m]:.1%} ({rule_gap[m]:.1%} short)" for m in rule.index)
+    "below (or above) the target that is: "
+    + ", ".join(
+        f"{m} {rule[m]:.1%} ("
+        + (f"{rule_gap[m]:.1%} short" if rule_gap[m] > 0 else f"{-rule_gap[m]:.1%} over")
+        + ")"
+        for m in rule.index
+    )
     + "."
 )
 l0_verdicts = []

@@ -265,15 +265,6 @@ def at_initialisation(
 # --- the expectations ---------------------------------------------------------------------
 
 
-CHECK_WORDS = {"reproduced": "met", "not reproduced": "missed", "inconclusive": "inconclusive"}
-
-
-def _decide(row, relation: str, margin: float) -> str:
-    """met / missed / inconclusive for one paired row, by the rule of ``sl.claims.decide``."""
-    status = sl.claims.decide(relation, row["ci_low"], row["ci_high"], int(row["n"]), margin)
-    return CHECK_WORDS[status]
-
-
 def paired_checks(
     df,
     name,
@@ -306,7 +297,7 @@ def paired_checks(
             "treatment": treatment,
             "baseline": baseline,
             "metric": metric,
-            "status": _decide(row, relation, margin),
+            "status": sl.claims.check(row, relation, margin),
             "paired": {k: row[k] for k in ("mean_diff", "ci_low", "ci_high", "n", "verdict")},
             "numbers": sl.stats.describe(row),
         }

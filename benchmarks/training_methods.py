@@ -287,15 +287,6 @@ def run_all(
 # --- the expectations ---------------------------------------------------------------------
 
 
-CHECK_WORDS = {"reproduced": "met", "not reproduced": "missed", "inconclusive": "inconclusive"}
-
-
-def _decide(row, relation: str, margin: float) -> str:
-    """met / missed / inconclusive for one paired row, by the rule of ``sl.claims.decide``."""
-    status = sl.claims.decide(relation, row["ci_low"], row["ci_high"], int(row["n"]), margin)
-    return CHECK_WORDS[status]
-
-
 def compare(
     df,
     model,
@@ -323,7 +314,7 @@ def compare(
             "expectation": name,
             "model": model,
             "sparsity": row["sparsity"],
-            "status": _decide(row, relation, margin),
+            "status": sl.claims.check(row, relation, margin),
             "paired": {k: row[k] for k in ("mean_diff", "ci_low", "ci_high", "n")},
             "numbers": sl.stats.describe(row),
         }

@@ -414,6 +414,17 @@ def decide(relation: str, low: float, high: float, n: int, margin: float = 0.0) 
     return REPRODUCED if agree else NOT_REPRODUCED if contradict else INCONCLUSIVE
 
 
+#: The words of a benchmark's expectation checks for the statuses of :func:`decide`.
+CHECK_WORDS = {REPRODUCED: "met", NOT_REPRODUCED: "missed", INCONCLUSIVE: "inconclusive"}
+
+
+def check(row: Mapping | pd.Series, relation: str, margin: float = 0.0) -> str:
+    """``"met"``, ``"missed"`` or ``"inconclusive"`` for a row of :func:`sparsity_lab.stats.
+    paired`: :func:`decide` in the words of an expectation that is not a cited claim."""
+    status = decide(relation, row["ci_low"], row["ci_high"], int(row["n"]), margin)
+    return CHECK_WORDS[status]
+
+
 def verdict(
     claim: str | Claim,
     differences: Sequence[float] | pd.Series | Mapping,

@@ -96,3 +96,10 @@ def test_decide_is_the_rule_for_checks_outside_the_table():
     assert claims.decide("greater", 0.01, 0.03, 1) == claims.INCONCLUSIVE
     with pytest.raises(ValueError, match="relation"):
         claims.decide("more", 0.0, 1.0, 3)
+
+
+def test_check_words_a_paired_row_as_met_missed_or_inconclusive():
+    row = {"ci_low": 0.01, "ci_high": 0.03, "n": 3}
+    assert claims.check(row, "greater") == "met"
+    assert claims.check({**row, "ci_low": -0.03, "ci_high": -0.01}, "greater") == "missed"
+    assert claims.check({**row, "n": 1}, "greater") == "inconclusive"

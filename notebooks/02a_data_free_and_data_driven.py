@@ -555,15 +555,7 @@ PAIRS = [
     ("lamp", "magnitude (global)"),
 ]
 REPORTED = {"pruned_accuracy": "no fine-tuning (val)", "test_accuracy": "fine-tuned (test)"}
-paired = pd.concat(
-    [
-        sl.stats.paired(
-            results, "criterion", a, b, metric=metric, by=["model_name", "sparsity"]
-        ).assign(comparison=f"{a} - {b}", stage=stage)
-        for a, b in PAIRS
-        for metric, stage in REPORTED.items()
-    ]
-)
+paired = sl.stats.paired_table(results, "criterion", PAIRS, REPORTED, by=["model_name", "sparsity"])
 display(
     paired[["comparison", "stage", "model_name", "sparsity", "mean_diff", "ci_low", "ci_high"]]
     .assign(verdict=paired["verdict"])

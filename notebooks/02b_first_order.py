@@ -469,15 +469,7 @@ PAIRS = [
     ("taylor", "group_norm"),
 ]
 REPORTED = {"pruned_accuracy": "no fine-tuning (val)", "test_accuracy": "fine-tuned (test)"}
-paired = pd.concat(
-    [
-        sl.stats.paired(
-            results, "criterion", a, b, metric=metric, by=["model_name", "sparsity"]
-        ).assign(comparison=f"{a} - {b}", stage=stage)
-        for a, b in PAIRS
-        for metric, stage in REPORTED.items()
-    ]
-)
+paired = sl.stats.paired_table(results, "criterion", PAIRS, REPORTED, by=["model_name", "sparsity"])
 columns = ["comparison", "stage", "model_name", "sparsity", "mean_diff", "ci_low", "ci_high"]
 display(paired[columns].assign(verdict=paired["verdict"]).round(4))
 sl.nb.show_flags(sl.flags.table(results, ["model_name", "criterion", "sparsity"]))

@@ -19,7 +19,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -186,6 +186,32 @@ def paired(
         )
     return pd.DataFrame(
         rows, columns=[*by, "mean_diff", "std", "n", "ci_low", "ci_high", "verdict"]
+    )
+
+
+def paired_table(
+    df: pd.DataFrame,
+    column: str,
+    pairs: Sequence[tuple[object, object]],
+    metrics: Mapping[str, str],
+    *,
+    by: Sequence[str] | str = (),
+    pair_on: Sequence[str] | str = "seed",
+) -> pd.DataFrame:
+    """:func:`paired` for several (treatment, baseline) pairs and metrics, in one table.
+
+    ``metrics`` maps a metric column to the name of its stage (``{"test_accuracy":
+    "fine-tuned (test)"}``); each row gains ``comparison`` (``"a - b"``) and ``stage``.
+    """
+    return pd.concat(
+        [
+            paired(df, column, a, b, metric=metric, by=by, pair_on=pair_on).assign(
+                comparison=f"{a} - {b}", stage=stage
+            )
+            for a, b in pairs
+            for metric, stage in metrics.items()
+        ],
+        ignore_index=True,
     )
 
 

@@ -148,3 +148,17 @@ def test_differences_of_accuracies_are_clipped_to_minus_one_one():
     assert raw["ci_high"] > 1 and raw["ci_low"] < -1
     assert (row["ci_low"], row["ci_high"]) == (-1.0, 1.0)
     assert row["verdict"] == "no difference"
+
+
+def test_paired_table_stacks_every_pair_and_stage():
+    rows = [
+        {"m": m, "seed": s, "val": v + s / 100, "test": v + s / 50}
+        for m, v in (("a", 0.9), ("b", 0.8), ("c", 0.5))
+        for s in range(3)
+    ]
+    df = pd.DataFrame(rows)
+    table = stats.paired_table(df, "m", [("a", "b"), ("b", "c")], {"val": "v", "test": "t"})
+    assert list(table["comparison"]) == ["a - b", "a - b", "b - c", "b - c"]
+    assert list(table["stage"]) == ["v", "t", "v", "t"]
+    one = stats.paired(df, "m", "b", "c", metric="test").iloc[0]
+    assert table.iloc[3]["mean_diff"] == pytest.approx(one["mean_diff"])

@@ -799,7 +799,7 @@ display(Markdown("\n".join(lines)))
 #
 # 1. Replace `budget="global"` by `"lamp_budget"` for `magnitude`: check that the masks are
 #    exactly those of `lamp` with the global budget.  Why?
-# 2. Run `sl.budgets.measure_sensitivity` on the trained LeNet-300-100 and allocate 95%
+# 2. Run `sl.sensitivity.measure` on the trained LeNet-300-100 and allocate 95%
 #    sparsity with `sl.budgets.sensitivity_budget(..., curves=...)`.  How do the per-layer
 #    sparsities compare with LAMP's?
 # 3. Make two neurons of `fc1` exact copies, scaled by 2 (weights and bias).  Which of

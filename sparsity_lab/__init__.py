@@ -42,6 +42,7 @@ _LAZY = (
     "recipes",
     "regularizers",
     "seeding",
+    "sensitivity",
     "shrink",
     "stats",
     "train",

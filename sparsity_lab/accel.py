@@ -61,7 +61,7 @@ from torch import nn
 
 from . import masks, models
 from . import shrink as shrink_mod
-from .formats import BSR, CSR
+from .formats import BSR, CSR, Encoded, NMFormat
 from .patterns import NM
 
 __all__ = [
@@ -733,8 +733,6 @@ class PackedNM:
 
 def pack_nm(weight: torch.Tensor, n: int = 2, m: int = 4) -> PackedNM:
     """Pack an N:M-sparse ``weight`` (groups of M along dim 1, as :class:`NM` prunes)."""
-    from .formats import NMFormat
-
     enc = NMFormat(n, m).encode(weight)
     bits = max(1, math.ceil(math.log2(m)))
     positions = enc.index["positions"].flatten().numpy().astype(np.uint64)
@@ -746,8 +744,6 @@ def pack_nm(weight: torch.Tensor, n: int = 2, m: int = 4) -> PackedNM:
 
 def unpack_nm(packed: PackedNM) -> torch.Tensor:
     """The dense tensor of a :class:`PackedNM`, exactly."""
-    from .formats import Encoded, NMFormat
-
     bits = packed.index_bits
     kept = packed.values.numel()
     flat = np.unpackbits(packed.metadata.numpy(), bitorder="little")[: kept * bits]

@@ -47,7 +47,7 @@ from torch import nn
 
 from . import masks
 from . import patterns as patterns_mod
-from .pruning import default_targets
+from .targets import default_targets
 
 COLUMNS = [
     "name",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
 
 import torch
 
@@ -353,9 +352,10 @@ def sensitivity_budget(
     Two sources for the cost of pruning a share of a layer:
 
     * ``curves`` (Han's per-layer sweep): measured sensitivities ``{name: [(sparsity,
-      loss increase), ...]}`` from :func:`measure_sensitivity`, which prunes each layer
-      alone on a copy of the model and evaluates the loss on data.  Call it directly, or
-      use :func:`prune_by_sensitivity`, which measures, allocates and prunes.
+      loss increase), ...]}`` from :func:`sparsity_lab.sensitivity.measure`, which
+      prunes each layer alone on a copy of the model and evaluates the loss on data.  Call
+      it directly, or use :func:`sparsity_lab.sensitivity.prune_by_sensitivity`, which
+      measures, allocates and prunes.
     * **a proxy, without data**: this is what ``sparsity_lab.prune(...,
       budget="sensitivity_budget")`` uses, since a budget there sees only shapes and the
       criterion's scores, not the model or data.  The cost of pruning a layer's lowest
@@ -377,88 +377,6 @@ def sensitivity_budget(
     else:
         raise ValueError("sensitivity_budget needs scores=... or measured curves=...")
     return global_(shapes, sparsity, pattern=pattern, dense=dense, scores=keys)
-
-
-def measure_sensitivity(
-    model: torch.nn.Module,
-    data: Any,
-    *,
-    sparsities: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98),
-    method: str = "magnitude",
-    pattern: str | Pattern = "unstructured",
-    names: Iterable[str] | None = None,
-    loss_fn: Callable | None = None,
-) -> dict[str, list[tuple[float, float]]]:
-    """Han et al.'s (2015) sensitivity analysis: prune one layer at a time, measure the loss.
-
-    For each layer and each sparsity a copy of ``model`` has only that layer pruned (with
-    ``method`` and ``pattern``); the entry is the increase of the mean loss on ``data`` (a
-    DataLoader or an ``(inputs, targets)`` tuple).  Returns ``{name: [(sparsity, increase),
-    ...]}``, ready for ``sensitivity_budget(..., curves=...)``.
-    """
-    import copy
-
-    from .pruning import default_targets, prune  # lazy: pruning imports this module
-    from .train import evaluate
-
-    batches = [data] if isinstance(data, tuple) else data
-    names = list(default_targets(model) if names is None else names)
-    base = evaluate(model, batches, loss_fn)["loss"]
-    curves: dict[str, list[tuple[float, float]]] = {}
-    for n in names:
-        curves[n] = []
-        for s in sparsities:
-            pruned = prune(
-                copy.deepcopy(model),
-                method,
-                s,
-                pattern=pattern,
-                budget="uniform",
-                targets=[n],
-                data=data,
-            )
-            curves[n].append((float(s), evaluate(pruned, batches, loss_fn)["loss"] - base))
-    return curves
-
-
-def prune_by_sensitivity(
-    model: torch.nn.Module,
-    sparsity: float,
-    data: Any,
-    *,
-    method: str = "magnitude",
-    pattern: str | Pattern = "unstructured",
-    sparsities: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98),
-    names: Iterable[str] | None = None,
-    loss_fn: Callable | None = None,
-) -> dict[str, float]:
-    """Han et al.'s (2015) full recipe: sweep each layer alone, allocate, then prune.
-
-    Measures the curves with :func:`measure_sensitivity` on ``data``, turns them into one
-    sparsity per layer with :func:`sensitivity_budget` (the total meets ``sparsity``), and
-    prunes each layer of ``model`` in place to its sparsity with ``method``.  Returns the
-    plan ``{name: sparsity}``.  Pass validation data: the sweep *chooses* the allocation,
-    so it must not see the data the pruned model is reported on.
-    """
-    from .patterns import get as get_pattern
-    from .pruning import default_targets, prune  # lazy: pruning imports this module
-
-    names = list(default_targets(model) if names is None else names)
-    curves = measure_sensitivity(
-        model,
-        data,
-        sparsities=sparsities,
-        method=method,
-        pattern=pattern,
-        names=names,
-        loss_fn=loss_fn,
-    )
-    shapes = {n: tuple(model.get_parameter(n).shape) for n in names}
-    plan = sensitivity_budget(shapes, sparsity, pattern=get_pattern(pattern), curves=curves)
-    for n, s in plan.items():
-        if s > 0:
-            prune(model, method, s, pattern=pattern, budget="uniform", targets=[n], data=data)
-    return plan
 
 
 def allocate(

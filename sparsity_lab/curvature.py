@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import math
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
-from . import masks
+from . import calibration, masks
 
 __all__ = [
     "plain_copy",
@@ -64,14 +64,6 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # --- plumbing -----------------------------------------------------------------------------
-
-
-def _batches(
-    data: Any, limit: int | None = None, *, labels: bool = True
-) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    from .criteria.base import Context  # late import: criteria import this module
-
-    yield from Context(data=data).batches(limit, labels=labels)
 
 
 def plain_copy(model: nn.Module) -> nn.Module:
@@ -218,7 +210,7 @@ def _device_batches(model: nn.Module, data: Any, limit: int | None, *, labels: b
     device = next(model.parameters()).device
     batches = [
         (x.to(device), y if y is None else y.to(device))
-        for x, y in _batches(data, limit, labels=labels)
+        for x, y in calibration.batches(data, limit, labels=labels)
     ]
     if not batches:
         raise ValueError("data yielded no batches; pass at least one (inputs, targets) batch")

@@ -32,6 +32,7 @@ from torch import nn
 
 from . import masks, registry
 from .registry import register
+from .targets import default_targets
 
 REDUCTIONS = ("l1", "l2", "sum", "max")
 _LAYER_NAMES = {nn.modules.conv._ConvNd: "Conv"}
@@ -554,8 +555,6 @@ def misfits(
     Pass the result as ``dense=`` (counted, kept dense) or ``exclude=`` to
     :func:`~sparsity_lab.pruning.prune` to decide explicitly what happens to those layers.
     """
-    from .pruning import default_targets  # pruning imports criteria, which import us
-
     pat = get(pattern)
     names = default_targets(model) if names is None else list(names)
     found: dict[str, str] = {}

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from . import masks, patterns, registry, schedules
-from .pruning import default_targets, prune
+from .pruning import prune
+from .targets import default_targets
 from .train import Callback, Trainer
 
 

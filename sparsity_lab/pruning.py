@@ -9,18 +9,9 @@ from typing import Any
 from torch import nn
 
 from . import criteria, masks, patterns, registry
+from .targets import PRUNABLE, default_targets, resolve
 
-#: Layer types whose ``weight`` is pruned when no targets are named.
-PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def default_targets(model: nn.Module) -> list[str]:
-    """Names of the weights of every Linear and Conv layer, in module order."""
-    return [
-        f"{path}.weight" if path else "weight"
-        for path, m in model.named_modules()
-        if isinstance(m, PRUNABLE)
-    ]
+__all__ = ["PRUNABLE", "default_targets", "prune", "sparsity"]
 
 
 def prune(
@@ -68,14 +59,7 @@ def prune(
     criterion = criteria.get(method, **options)
     pat = patterns.get(pattern)
     registry.get(budget, "budget")  # fail early, with suggestions, on a misspelt budget
-    names = list(default_targets(model) if targets is None else targets)
-    excluded = set(exclude)
-    unknown = (excluded | set(dense)) - set(names)
-    if unknown:
-        raise ValueError(f"{sorted(unknown)} are not pruning targets; targets are {names}")
-    names = [n for n in names if n not in excluded]
-    if not names:
-        raise ValueError("nothing to prune: the model has no Linear or Conv weights left")
+    names = resolve(model, targets, exclude, dense)
     context = criteria.Context(data=data, seed=seed)
     if loss_fn is not None:
         context.loss_fn = loss_fn

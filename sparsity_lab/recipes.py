@@ -44,8 +44,9 @@ from . import masks
 from . import models as models_mod
 from .accounting import report
 from .criteria.at_init import rescale_fan_in, shuffle_masks
-from .pruning import default_targets, prune
+from .pruning import prune
 from .pruning import sparsity as measured_sparsity
+from .targets import default_targets
 from .train import evaluate, fit
 
 #: Models that take images as (C, H, W) rather than flat vectors.

@@ -41,11 +41,13 @@ _PROVIDERS = (
 )
 
 
-def import_submodules(package: str) -> None:
-    """Import every module of ``package`` (a package's ``__init__`` calls this on itself)."""
+def import_submodules(package: str, skip: tuple[str, ...] = ()) -> None:
+    """Import every module of ``package`` but those in ``skip`` (a package's ``__init__``
+    calls this on itself; ``skip`` holds modules that register nothing and load heavy ones)."""
     pkg = importlib.import_module(package)
     for info in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"{package}.{info.name}")
+        if info.name not in skip:
+            importlib.import_module(f"{package}.{info.name}")
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import masks, models
+from . import criteria, masks, models
 from .patterns import check_sparsity, count, per_element, prune_lowest, reduce_groups
 
 __all__ = [
@@ -954,8 +954,6 @@ def prune_coupled(
     ``reduction``.  Masks only shrink: groups pruned before stay pruned.  Returns the new
     keep-masks by tensor name.
     """
-    from . import criteria  # criteria import patterns; import lazily to keep layers apart
-
     check_sparsity(sparsity)
     found = structure(model)
     groups = _coupled_groups(model, found, granularity)

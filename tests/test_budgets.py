@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 import sparsity_lab as sl
-from sparsity_lab import budgets, masks
+from sparsity_lab import budgets, masks, sensitivity
 from sparsity_lab.patterns import Channel
 
 SHAPES = {
@@ -205,7 +205,7 @@ def test_measure_sensitivity_prunes_one_layer_at_a_time():
     model = lenet_like()
     g = torch.Generator().manual_seed(0)
     data = (torch.randn(64, 30, generator=g), torch.randint(0, 5, (64,), generator=g))
-    curves = budgets.measure_sensitivity(model, data, sparsities=[0.5, 0.9])
+    curves = sensitivity.measure(model, data, sparsities=[0.5, 0.9])
     loss = nn.CrossEntropyLoss()
     with torch.no_grad():
         base = float(loss(model(data[0]), data[1]))
@@ -227,7 +227,7 @@ def test_prune_by_sensitivity_meets_the_target_with_per_layer_magnitude_masks():
     model = lenet_like()
     g = torch.Generator().manual_seed(1)
     data = (torch.randn(64, 30, generator=g), torch.randint(0, 5, (64,), generator=g))
-    plan = budgets.prune_by_sensitivity(model, 0.8, data, sparsities=[0.5, 0.8, 0.95])
+    plan = sensitivity.prune_by_sensitivity(model, 0.8, data, sparsities=[0.5, 0.8, 0.95])
     names = ["0.weight", "2.weight", "4.weight"]
     total = sum(masks.weight(model, n).numel() for n in names)
     zeros = sum(int((masks.get_mask(model, n) == 0).sum()) for n in names)

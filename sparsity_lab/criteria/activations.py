@@ -26,6 +26,7 @@ from torch import nn
 
 from .. import masks
 from ..patterns import NM, Pattern, Unstructured
+from ..targets import default_targets
 from .base import Context, Criterion
 
 #: Layers whose units these helpers understand.
@@ -239,8 +240,6 @@ def links(
     of a chain (MLP, LeNet).  For other networks pass ``next_layers={"conv1.weight":
     "conv2.weight", ...}``.  A layer with no reader of matching shape is an error.
     """
-    from ..pruning import default_targets  # pruning imports the criteria package
-
     order = default_targets(model)
     next_layers = dict(next_layers or {})
     found = {}

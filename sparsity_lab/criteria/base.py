@@ -25,12 +25,10 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
-from .. import budgets, masks, registry
+from .. import budgets, calibration, masks, registry
+from ..calibration import Batch
 from ..patterns import Pattern, check_sparsity, count
-
-Batch = tuple[torch.Tensor, torch.Tensor | None]
 
 
 @dataclass
@@ -54,95 +52,12 @@ class Context:
     def batches(self, limit: int | None = None, *, labels: bool = True) -> Iterator[Batch]:
         """Yield up to ``limit`` checked ``(inputs, targets)`` batches from ``data``.
 
-        Every batch is validated before a criterion sees it, because bad calibration data
-        does not fail on its own: an empty batch or NaN inputs give all-tied scores, and
-        ties prune whole layers silently.  With ``labels=False`` (criteria that never read
-        the targets) unlabeled batches are accepted and yield ``(inputs, None)``; with
-        ``labels=True`` they are refused, since the criterion needs a loss.
+        Every batch is validated by :func:`sparsity_lab.calibration.batches` before a
+        criterion sees it.  With ``labels=False`` (criteria that never read the targets)
+        unlabeled batches are accepted and yield ``(inputs, None)``; with ``labels=True``
+        they are refused, since the criterion needs a loss.
         """
-        if self.data is None:
-            raise ValueError(
-                "this criterion needs data: pass data=(inputs, targets) or a DataLoader"
-            )
-        yielded = 0
-        for i, batch in enumerate(_batch_source(self.data)):
-            if limit is not None and i >= limit:
-                break
-            yield _check_batch(batch, i, labels)
-            yielded += 1
-        if yielded == 0 and (limit is None or limit > 0):
-            raise ValueError(
-                "data yielded no batches: pass at least one batch, e.g. data=(inputs, targets) "
-                "or a non-empty DataLoader"
-            )
-
-
-_EXPECTED = (
-    "data must be a DataLoader, a list of batches or an (inputs, targets) tuple of batched "
-    "tensors (inputs alone for criteria that need no labels)"
-)
-
-
-def _batch_source(data: Any) -> Iterable:
-    """The batches of ``data``: a lone tensor or tuple of tensors is one batch.
-
-    A ``Dataset`` is refused rather than batched here: iterating it yields single examples,
-    which a criterion would score as batches of one (SNIP would score one example), and
-    the batch size is the caller's choice.
-    """
-    if torch.is_tensor(data):
-        return [(data,)]
-    if isinstance(data, tuple) and 1 <= len(data) <= 2 and torch.is_tensor(data[0]):
-        return [data]
-    if isinstance(data, Dataset):
-        raise TypeError(
-            f"{_EXPECTED}; got a {type(data).__name__}: wrap it in "
-            f"DataLoader(dataset, batch_size=...)"
-        )
-    if not isinstance(data, Iterable):
-        raise TypeError(f"{_EXPECTED}; got a {type(data).__name__}")
-    return data
-
-
-def _check_batch(batch: Any, i: int, labels: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(inputs, targets or None)`` of batch ``i``, or an error saying how to fix it."""
-    if torch.is_tensor(batch):
-        batch = (batch,)
-    if not isinstance(batch, (tuple, list)) or not 1 <= len(batch) <= 2:
-        raise TypeError(
-            f"{_EXPECTED}; batch {i} is a {type(batch).__name__}"
-            + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
-        )
-    x, y = batch[0], (batch[1] if len(batch) == 2 else None)
-    if not torch.is_tensor(x) or (y is not None and not torch.is_tensor(y)):
-        raise TypeError(f"{_EXPECTED}; batch {i} holds a non-tensor")
-    if x.ndim == 0 or (y is not None and y.ndim == 0):
-        raise ValueError(
-            f"batch {i} is a single unbatched example (a 0-d tensor); {_EXPECTED}: "
-            f"wrap a dataset in DataLoader(dataset, batch_size=...)"
-        )
-    if len(x) == 0:
-        raise ValueError(
-            f"batch {i} has 0 examples, which would give every weight the same score; "
-            f"pass batches with at least one example (check the split and the slicing)"
-        )
-    if y is not None and len(y) != len(x):
-        raise ValueError(
-            f"batch {i} has {len(x)} inputs but {len(y)} targets; pass one target per input"
-        )
-    for what, t in (("inputs", x), ("targets", y)):
-        if t is not None and t.is_floating_point() and not torch.isfinite(t).all():
-            raise ValueError(
-                f"batch {i} has non-finite (NaN or inf) {what}, which would give every "
-                f"weight the same score; clean or impute the data before pruning"
-            )
-    if y is None and labels:
-        raise ValueError(
-            f"batch {i} has inputs but no targets, and this criterion computes a loss: pass "
-            f"data=(inputs, targets) or a DataLoader over TensorDataset(inputs, targets) "
-            f"(label-free criteria such as wanda, sparsegpt or apoz accept inputs alone)"
-        )
-    return x, y
+        return calibration.batches(self.data, limit, labels=labels)
 
 
 class Criterion:

@@ -24,6 +24,7 @@ from torch import nn
 
 from .. import masks
 from ..registry import register
+from ..targets import default_targets
 from .activations import (
     GroupCriterion,
     Link,
@@ -508,8 +509,6 @@ class NISP(_UnitCriterion):
         return super().prune(model, names, sparsity, **kwargs)
 
     def group_scores(self, model, names, pattern, context):  # noqa: D102
-        from ..pruning import default_targets  # pruning imports the criteria package
-
         chain = default_targets(model)
         if any(n not in chain for n in names):
             raise ValueError(f"nisp scores Linear/Conv weights of {chain}, got {names}")

@@ -25,6 +25,7 @@ from torch.nn.utils import parametrize
 
 from .. import masks
 from ..registry import register
+from ..targets import default_targets
 from ..train import Callback, Trainer
 from .activations import GroupCriterion, evaluating, forward_hooks, module_of, unit_gate
 from .base import Context, Criterion
@@ -215,8 +216,6 @@ class ScoreTracker(Callback):
         self.scores: dict[str, torch.Tensor] = {}
 
     def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
-        from ..pruning import default_targets  # pruning imports the criteria package
-
         if self.names is None:
             self.names = default_targets(trainer.model)
         for n in self.names:

@@ -41,6 +41,7 @@ from .. import budgets, masks
 from ..curvature import layer_input_rows
 from ..patterns import NM, Pattern, Unstructured, check_sparsity, count, prune_lowest
 from ..registry import register
+from ..targets import default_targets
 from .base import Context, Criterion
 from .second_order import block_obs_update, obs_saliency, store_update
 
@@ -403,8 +404,6 @@ def reconstruction_errors(
     The inputs are those ``pruned`` feeds the layer (after its own earlier pruned layers):
     ``||X W^T - X W'^T||^2 / ||X W^T||^2``, the quantity layer-wise methods minimise.
     """
-    from ..pruning import default_targets
-
     names = list(default_targets(pruned) if names is None else names)
     calib = {n: Calibration(_layer(pruned, n)) for n in names}
     batches = [x for x, _ in Context(data=data).batches(n_batches, labels=False)]

@@ -27,7 +27,7 @@ from torch import nn
 from .. import budgets, masks, patterns, registry
 from ..accounting import positions
 from ..patterns import Pattern, check_sparsity, count
-from ..pruning import default_targets
+from ..targets import default_targets, resolve
 from ..train import Callback, Trainer, fit
 
 
@@ -135,14 +135,7 @@ class TrainingMethod(Callback):
 
     def names(self, model: nn.Module) -> list[str]:
         """The pruned tensors: targets minus exclusions (dense ones included)."""
-        names = self.targets if self.targets is not None else default_targets(model)
-        unknown = (set(self.exclude) | set(self.dense)) - set(names)
-        if unknown:
-            raise ValueError(f"{sorted(unknown)} are not pruning targets; targets are {names}")
-        names = [n for n in names if n not in set(self.exclude)]
-        if not names:
-            raise ValueError("nothing to prune: the model has no Linear or Conv weights left")
-        return names
+        return resolve(model, self.targets, self.exclude, self.dense)
 
     def masked_names(self, model: nn.Module) -> list[str]:
         """The pruned tensors that carry a mask (the targets not kept dense)."""

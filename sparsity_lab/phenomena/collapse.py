@@ -29,7 +29,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .. import masks
-from ..pruning import default_targets, prune
+from ..pruning import prune
+from ..targets import default_targets
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
 _MAXPOOLS = {nn.MaxPool1d: nn.AvgPool1d, nn.MaxPool2d: nn.AvgPool2d, nn.MaxPool3d: nn.AvgPool3d}

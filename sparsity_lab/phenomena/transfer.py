@@ -34,7 +34,7 @@ from .. import masks, recipes, registry
 from ..data import DataBundle
 from ..methods.base import independent_copy
 from ..methods.lottery import IMP
-from ..pruning import default_targets
+from ..targets import default_targets
 from ..train import fit
 
 #: Upstream training methods compared (besides ``"dense"``).

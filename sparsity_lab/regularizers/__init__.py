@@ -7,4 +7,6 @@ it, which registers each method under the ``regularizer`` kind.
 
 from ..registry import import_submodules
 
-import_submodules(__name__)
+# ``compare`` is the comparison harness, built on the recipes (data, models, training); it
+# registers nothing, so it loads only when imported.
+import_submodules(__name__, skip=("compare",))

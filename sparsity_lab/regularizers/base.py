@@ -63,7 +63,7 @@ from torch.nn.utils import parametrize
 from .. import budgets, masks, patterns, registry, schedules
 from ..methods.base import apportion
 from ..patterns import Pattern, check_sparsity, count
-from ..pruning import default_targets
+from ..targets import default_targets
 from ..train import Callback, Trainer, fit, make_optimizer
 
 __all__ = [

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .. import patterns, registry
-from ..pruning import default_targets
 from ..pruning import sparsity as measured_sparsity
+from ..recipes import Task, evaluate_run, finetune
+from ..targets import default_targets
 from ..train import evaluate, fit
 from .base import Regularizer
-
-if TYPE_CHECKING:  # the registry imports this package; data and models load on use
-    from ..recipes import Task
 
 __all__ = ["run", "extra_parameters"]
 
@@ -108,7 +106,6 @@ def run(
     epoch_seconds = [float(x) for x in history["seconds"]]
     steady = epoch_seconds[1:] or epoch_seconds
     pruned_accuracy = evaluate(model, val)["accuracy"]
-    from ..recipes import evaluate_run, finetune  # the recipes import the registry
 
     budget = finetune(model, task, finetune_epochs, lr=lr / 3, optimizer=optimizer, progress=False)
     with torch.no_grad():

@@ -1,0 +1,46 @@
+"""Which tensors are pruned: the prunable layer types, the default targets, and resolution.
+
+A leaf module (it imports only torch), so every layer of the library, from patterns to
+criteria and training methods, can ask "what does this model prune?" the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import nn
+
+#: Layer types whose ``weight`` is pruned when no targets are named.
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def default_targets(model: nn.Module) -> list[str]:
+    """Names of the weights of every Linear and Conv layer, in module order."""
+    return [
+        f"{path}.weight" if path else "weight"
+        for path, m in model.named_modules()
+        if isinstance(m, PRUNABLE)
+    ]
+
+
+def resolve(
+    model: nn.Module,
+    targets: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
+    dense: Iterable[str] = (),
+) -> list[str]:
+    """The pruned tensors: ``targets`` (default: every Linear/Conv weight) minus ``exclude``.
+
+    Tensors in ``dense`` stay in the list: they are counted in the sparsity target but get
+    no mask.  Naming in ``exclude`` or ``dense`` a tensor that is not a target is an error,
+    since a misspelt name would otherwise be pruned silently.
+    """
+    names = list(default_targets(model) if targets is None else targets)
+    excluded = set(exclude)
+    unknown = (excluded | set(dense)) - set(names)
+    if unknown:
+        raise ValueError(f"{sorted(unknown)} are not pruning targets; targets are {names}")
+    names = [n for n in names if n not in excluded]
+    if not names:
+        raise ValueError("nothing to prune: the model has no Linear or Conv weights left")
+    return names

@@ -1,0 +1,103 @@
+"""The package's layering: no import cycle, not even one hidden in a function body."""
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+import sparsity_lab
+
+ROOT = Path(sparsity_lab.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in ROOT.rglob("*.py")}
+
+
+def _imports(name: str) -> set[str]:
+    """The package's modules that ``name`` imports, at module level or in a function.
+
+    Imports under ``if TYPE_CHECKING:`` never run and are left out.  ``from . import x``
+    counts as importing the module ``x``; the implicit import of a parent package does not,
+    since every submodule has it.
+    """
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, ast.Import):
+                found.update(a.name for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    parts = package.split(".")
+                    parts = parts[: len(parts) - child.level + 1]
+                    base = ".".join(parts + ([child.module] if child.module else []))
+                for alias in child.names:
+                    sub = f"{base}.{alias.name}"
+                    found.add(sub if sub in MODULES else base)
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return {m for m in found if m in MODULES and m != name}
+
+
+GRAPH = {name: _imports(name) for name in MODULES}
+
+
+def _cycle() -> list[str] | None:
+    """One import cycle of the package, or None (depth-first search with colours)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(GRAPH[m]):
+            if state.get(n) == 1:
+                return stack[stack.index(n) :] + [n]
+            if n not in state and (found := visit(n)):
+                return found
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(GRAPH):
+        if m not in state and (found := visit(m)):
+            return found
+    return None
+
+
+def test_the_import_graph_has_no_cycle_even_counting_imports_inside_functions():
+    assert len(GRAPH) > 40  # the parser found the package
+    assert "sparsity_lab.pruning" in GRAPH["sparsity_lab.recipes"]
+    cycle = _cycle()
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_cycle_check_finds_a_cycle_when_there_is_one():
+    GRAPH["sparsity_lab.targets"].add("sparsity_lab.pruning")
+    try:
+        cycle = _cycle()
+    finally:
+        GRAPH["sparsity_lab.targets"].discard("sparsity_lab.pruning")
+    assert cycle is not None and cycle[0] == cycle[-1]
+
+
+@pytest.mark.parametrize("leaf", ["targets", "calibration", "registry", "seeding"])
+def test_leaf_modules_import_nothing_of_the_package(leaf):
+    assert GRAPH[f"sparsity_lab.{leaf}"] == set()
+
+
+def test_every_module_imports_on_its_own():
+    for name in MODULES:
+        importlib.import_module(name)

@@ -19,6 +19,7 @@ from typing import Any
 from . import budgets, criteria, masks, patterns, registry, schedules
 from .accounting import report
 from .pruning import prune, sparsity
+from .sparsifier import Sparsifier
 
 __version__ = "0.1.0"
 
@@ -59,6 +60,7 @@ __all__ = [
     "report",
     "schedules",
     "sparsity",
+    "Sparsifier",
     *_LAZY,
 ]
 

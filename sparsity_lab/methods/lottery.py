@@ -9,7 +9,7 @@ Two baselines tell whether the ticket matters: the same mask with freshly drawn 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import pandas as pd
@@ -150,6 +150,53 @@ class IMP(TrainingMethod):
             return 0.0
         return iterative(r - 1, self.sparsity, 0, self.rounds, frequency=1)
 
+    def rounds_of(self, model: nn.Module, steps_per_epoch: int | None = None) -> Iterator[int]:
+        """The rounds, for a loop of your own: yields ``r = 0 .. rounds``.
+
+        Train ``model`` in the body of each round with a fresh optimizer.  Before round
+        ``r > 0`` is yielded, ``model`` is pruned to :meth:`round_sparsity` and rewound;
+        ``tickets`` collects the masks.  With ``rewind="step"`` or ``"lr"`` the rewinding
+        point is taken while round 0 trains, so drive this method in round 0 with a
+        :class:`~sparsity_lab.sparsifier.Sparsifier` (``steps_per_epoch`` is the default
+        ``rewind_step``: the end of the first epoch)::
+
+            for r in imp.rounds_of(model, len(loader)):
+                optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+                sparsifier = Sparsifier(imp).prepare(model, optimizer, ...)
+                ...  # your loop, as for any method
+        """
+        self._theta0 = snapshot(model)
+        self._saved: dict[str, torch.Tensor] | None = None
+        step = self.rewind_step if self.rewind_step is not None else steps_per_epoch
+        self._save_step = 0 if self.rewind == "init" else step
+        if self._save_step is None:
+            raise ValueError(
+                f"rewind={self.rewind!r} rewinds to a step of round 0: pass steps_per_epoch "
+                f"(the default rewind_step) or set rewind_step"
+            )
+        self.tickets: list[dict[str, torch.Tensor]] = []
+        for r in range(self.rounds + 1):
+            if r > 0:
+                if self.rewind != "init" and self._saved is None:
+                    raise ValueError(
+                        f"rewind_step={self._save_step} is beyond the steps round 0 trained; "
+                        f"choose a smaller rewind_step (or drive round 0 with a Sparsifier)"
+                    )
+                prune(model, self.criterion, self.round_sparsity(r), **self.prune_options())
+                self.tickets.append({n: m.detach().clone() for n, m in masks.masks(model).items()})
+                if self.rewind != "lr":
+                    rewind(model, self._theta0 if self.rewind == "init" else self._saved)
+            self._round = r
+            yield r
+
+    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+        if getattr(self, "_round", None) == 0 and self._save_step == 0:
+            self._saved = snapshot(trainer.model)
+
+    def on_step_end(self, trainer: Trainer) -> None:  # noqa: D102
+        if self._round == 0 and trainer.step == self._save_step:
+            self._saved = snapshot(trainer.model)
+
     def fit(
         self,
         model: nn.Module,
@@ -163,11 +210,7 @@ class IMP(TrainingMethod):
         """Run ``rounds + 1`` trainings (dense, then each pruning round); returns the
         histories with a ``round`` column.  ``model`` ends as the last round's ticket."""
         callbacks = list(callbacks)
-        step = self.rewind_step if self.rewind_step is not None else len(train_loader)
-        saver = _SaveAt(0 if self.rewind == "init" else step)
-        theta0 = snapshot(model)
         frames, rows = [], []
-        self.tickets: list[dict[str, torch.Tensor]] = []
 
         def train(m: nn.Module, extra=()) -> pd.DataFrame:
             return fit(
@@ -179,19 +222,8 @@ class IMP(TrainingMethod):
                 **fit_options,
             )
 
-        for r in range(self.rounds + 1):
-            if r > 0:
-                prune(model, self.criterion, self.round_sparsity(r), **self.prune_options())
-                self.tickets.append({n: m.detach().clone() for n, m in masks.masks(model).items()})
-                start = theta0 if self.rewind == "init" else saver.state
-                if self.rewind != "lr":
-                    rewind(model, start)
-            history = train(model, [saver] if r == 0 else [])
-            if r == 0 and saver.state is None:
-                raise ValueError(
-                    f"rewind_step={step} is beyond the {epochs * len(train_loader)} steps of "
-                    f"a round; choose a smaller rewind_step"
-                )
+        for r in self.rounds_of(model, len(train_loader)):
+            history = train(model, [self])
             frames.append(history.assign(round=r, sparsity=self.round_sparsity(r)))
             row = {
                 "round": r,
@@ -199,7 +231,7 @@ class IMP(TrainingMethod):
                 "val_accuracy": history["val_accuracy"].iloc[-1],
             }
             if r == self.rounds or (r > 0 and self.baseline_rounds == "all"):
-                row.update(self._baselines(model, r, theta0, saver.state, train, val_loader))
+                row.update(self._baselines(model, r, self._theta0, self._saved, train, val_loader))
             rows.append(row)
         self.rounds_table = pd.DataFrame(rows)
         return pd.concat(frames, ignore_index=True)

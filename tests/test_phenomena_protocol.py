@@ -7,8 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from sparsity_lab import masks, recipes
-from sparsity_lab.methods.lottery import _SaveAt
+from sparsity_lab import masks, recipes, registry
 from sparsity_lab.phenomena import collapse, occam, scale, shuffle, structure, tickets
 from sparsity_lab.train import fit
 
@@ -37,10 +36,12 @@ def test_fit_recipe_replays_the_recipe_dense_model(tiny):
 def test_weights_at_step_match_the_lottery_rewinding_point(tiny):
     recipe = recipes.recipe_for(tiny.model_name, tiny.data_name)
     train, val, _ = tiny.loaders(recipe.batch_size)
-    saver = _SaveAt(3)  # the IMP method's own snapshot callback
-    fit(tiny.build(), train, val, seed=tiny.seed, callbacks=[saver], **recipe.training())
+    imp = registry.get("imp")(0.5, rounds=1, rewind="step", rewind_step=3)
+    model = tiny.build()
+    next(imp.rounds_of(model))  # round 0: IMP itself takes the rewinding point
+    fit(model, train, val, seed=tiny.seed, callbacks=[imp], **recipe.training())
     got = tickets.weights_at_step(tiny, 3, recipe)
-    for name, value in saver.state.items():
+    for name, value in imp.rewind_point.items():
         assert torch.allclose(got[name], value), name
     assert not all(torch.equal(got[k], v) for k, v in tiny.build().state_dict().items())
     start = tickets.weights_at_step(tiny, 0, recipe)

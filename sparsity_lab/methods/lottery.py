@@ -70,21 +70,6 @@ def random_masks(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
     return out
 
 
-class _SaveAt(Callback):
-    """Snapshots the model after optimizer step ``step`` (the rewinding point)."""
-
-    def __init__(self, step: int) -> None:
-        self.step, self.state = step, None
-
-    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
-        if self.step == 0:
-            self.state = snapshot(trainer.model)
-
-    def on_step_end(self, trainer: Trainer) -> None:  # noqa: D102
-        if trainer.step == self.step:
-            self.state = snapshot(trainer.model)
-
-
 @register("training", "imp")
 class IMP(TrainingMethod):
     """Iterative magnitude pruning, lottery tickets (Frankle & Carbin 2019).
@@ -166,7 +151,8 @@ class IMP(TrainingMethod):
                 ...  # your loop, as for any method
         """
         self._theta0 = snapshot(model)
-        self._saved: dict[str, torch.Tensor] | None = None
+        # the weights rounds r > 0 restart from, taken while round 0 trains (not for "init")
+        self.rewind_point: dict[str, torch.Tensor] | None = None
         step = self.rewind_step if self.rewind_step is not None else steps_per_epoch
         self._save_step = 0 if self.rewind == "init" else step
         if self._save_step is None:
@@ -177,7 +163,7 @@ class IMP(TrainingMethod):
         self.tickets: list[dict[str, torch.Tensor]] = []
         for r in range(self.rounds + 1):
             if r > 0:
-                if self.rewind != "init" and self._saved is None:
+                if self.rewind != "init" and self.rewind_point is None:
                     raise ValueError(
                         f"rewind_step={self._save_step} is beyond the steps round 0 trained; "
                         f"choose a smaller rewind_step (or drive round 0 with a Sparsifier)"
@@ -185,17 +171,17 @@ class IMP(TrainingMethod):
                 prune(model, self.criterion, self.round_sparsity(r), **self.prune_options())
                 self.tickets.append({n: m.detach().clone() for n, m in masks.masks(model).items()})
                 if self.rewind != "lr":
-                    rewind(model, self._theta0 if self.rewind == "init" else self._saved)
+                    rewind(model, self._theta0 if self.rewind == "init" else self.rewind_point)
             self._round = r
             yield r
 
     def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
         if getattr(self, "_round", None) == 0 and self._save_step == 0:
-            self._saved = snapshot(trainer.model)
+            self.rewind_point = snapshot(trainer.model)
 
     def on_step_end(self, trainer: Trainer) -> None:  # noqa: D102
         if self._round == 0 and trainer.step == self._save_step:
-            self._saved = snapshot(trainer.model)
+            self.rewind_point = snapshot(trainer.model)
 
     def fit(
         self,
@@ -231,7 +217,9 @@ class IMP(TrainingMethod):
                 "val_accuracy": history["val_accuracy"].iloc[-1],
             }
             if r == self.rounds or (r > 0 and self.baseline_rounds == "all"):
-                row.update(self._baselines(model, r, self._theta0, self._saved, train, val_loader))
+                row.update(
+                    self._baselines(model, r, self._theta0, self.rewind_point, train, val_loader)
+                )
             rows.append(row)
         self.rounds_table = pd.DataFrame(rows)
         return pd.concat(frames, ignore_index=True)

@@ -43,6 +43,7 @@ install: $(INSTALLED) ## create .venv and install the pinned environment
 
 book: $(INSTALLED) ## execute every notebook (full, re-using the cache) and build book/_build/html
 	$(BIN)/python -m sparsity_lab.pipeline execute --notebooks $(NOTEBOOKS) --out $(EXECUTED)
+	$(BIN)/python -m sparsity_lab.pipeline methods --notebooks $(NOTEBOOKS) --out book/methods.md
 	$(BIN)/jupyter-book build book
 	@echo "The book is in book/_build/html/index.html"
 
@@ -72,6 +73,7 @@ endif
 
 book-strict: $(INSTALLED) ## build the book from scratch with warnings as errors
 	rm -rf book/_build
+	$(BIN)/python -m sparsity_lab.pipeline methods --notebooks $(NOTEBOOKS) --out book/methods.md
 	$(BIN)/jupyter-book build --all -W -n --keep-going book
 
 $(LAB_INSTALLED): $(INSTALLED) requirements.lock

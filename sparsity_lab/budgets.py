@@ -156,7 +156,7 @@ def _check_names(shapes: Mapping[str, Shape], dense: set[str]) -> None:
         )
 
 
-@register("budget", "uniform")
+@register("budget", "uniform", section="3.9")
 def uniform(
     shapes: Mapping[str, Shape],
     sparsity: float,
@@ -181,7 +181,7 @@ def _erk_weight(shape: Shape) -> float:
     return sum(shape) / math.prod(shape)
 
 
-@register("budget", "er")
+@register("budget", "er", section="3.9")
 def er(
     shapes: Mapping[str, Shape],
     sparsity: float,
@@ -197,7 +197,7 @@ def er(
     return _by_weights(shapes, sparsity, pattern or Unstructured(), dense, _er_weight)
 
 
-@register("budget", "erk")
+@register("budget", "erk", section="3.9")
 def erk(
     shapes: Mapping[str, Shape],
     sparsity: float,
@@ -213,7 +213,7 @@ def erk(
     return _by_weights(shapes, sparsity, pattern or Unstructured(), dense, _erk_weight)
 
 
-@register("budget", "global")
+@register("budget", "global", section="3.9")
 def global_(
     shapes: Mapping[str, Shape],
     sparsity: float,
@@ -274,7 +274,7 @@ def lamp_scores(values: torch.Tensor) -> torch.Tensor:
     return out.reshape(values.shape)
 
 
-@register("budget", "lamp_budget")
+@register("budget", "lamp_budget", section="3.9")
 def lamp_budget(
     shapes: Mapping[str, Shape],
     sparsity: float,
@@ -332,7 +332,7 @@ def _mass_keys(group_scores: torch.Tensor) -> torch.Tensor:
     return keys
 
 
-@register("budget", "sensitivity_budget")
+@register("budget", "sensitivity_budget", section="3.9")
 def sensitivity_budget(
     shapes: Mapping[str, Shape],
     sparsity: float,

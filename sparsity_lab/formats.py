@@ -171,7 +171,7 @@ class Format:
         return f"{type(self).__name__}()"
 
 
-@register("format", "dense")
+@register("format", "dense", section="2.2")
 class Dense(Format):
     """Dense baseline: every element's value, no index (``n k`` bits)."""
 
@@ -188,7 +188,7 @@ class Dense(Format):
         return enc.values.numel() * value_bits
 
 
-@register("format", "bitmap")
+@register("format", "bitmap", section="2.2")
 class Bitmap(Format):
     """Bitmap: one bit per element says nonzero or not, then the nonzero values (``n + m k``)."""
 
@@ -213,7 +213,7 @@ class Bitmap(Format):
         return enc.index["bitmap"].numel() + enc.values.numel() * value_bits
 
 
-@register("format", "coo")
+@register("format", "coo", section="2.2")
 class COO(Format):
     """Coordinates: each nonzero with its coordinate tuple (``m (k + w(n))``; torch COO)."""
 
@@ -240,7 +240,7 @@ class COO(Format):
         return m * (value_bits + per_entry)
 
 
-@register("format", "csr")
+@register("format", "csr", section="2.2")
 class CSR(Format):
     """Compressed sparse rows: values, their column indices and ``n_r + 1`` row pointers."""
 
@@ -270,7 +270,7 @@ class CSR(Format):
         )
 
 
-@register("format", "csc")
+@register("format", "csc", section="2.2")
 class CSC(Format):
     """Compressed sparse columns: csr of the transpose (values in column-major order)."""
 
@@ -300,7 +300,7 @@ class CSC(Format):
         )
 
 
-@register("format", "bsr")
+@register("format", "bsr", section="2.2")
 class BSR(Format):
     """Block sparse rows: csr over ``r x c`` blocks; every block holding a nonzero is stored
     whole, with one column index per block (Hoefler 2021, section 3.1)."""
@@ -354,7 +354,7 @@ class BSR(Format):
         return f"BSR(block={self.block})"
 
 
-@register("format", "rle")
+@register("format", "rle", section="2.2")
 class RLE(Format):
     """Run-length / delta offsets: each nonzero with the number of zeros before it.
 
@@ -403,7 +403,7 @@ class RLE(Format):
         return runs.numel() * (value_bits + width(d_max, index_bits))
 
 
-@register("format", "ell")
+@register("format", "ell", section="2.2")
 class ELL(Format):
     """ELLPACK: every row padded to ``K``, the largest number of nonzeros in a row.
 
@@ -436,7 +436,7 @@ class ELL(Format):
         return enc.values.numel() * (value_bits + width(n_c, index_bits))
 
 
-@register("format", "nm_format")
+@register("format", "nm_format", section="2.2")
 class NMFormat(Format):
     """N:M: in every group of M along the input dimension, N values and their positions.
 

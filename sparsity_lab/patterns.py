@@ -197,14 +197,14 @@ def _as_matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[0], math.prod(shape[1:])
 
 
-@register("pattern", "unstructured")
+@register("pattern", "unstructured", section="3.1")
 class Unstructured(Pattern):
     """Single weights (fine-grained sparsity).  Every element is its own group."""
 
     name = "unstructured"
 
 
-@register("pattern", "channel")
+@register("pattern", "channel", section="3.1")
 class Channel(Pattern):
     """Output units: rows of a Linear weight, filters of a Conv weight (dim 0)."""
 
@@ -228,7 +228,7 @@ class Channel(Pattern):
         return keep_groups.reshape(rows, 1).expand(rows, cols).reshape(shape)
 
 
-@register("pattern", "input")
+@register("pattern", "input", section="3.1")
 class Input(Pattern):
     """Input units: columns of a Linear weight, input channels of a Conv weight (dim 1)."""
 
@@ -248,7 +248,7 @@ class Input(Pattern):
         return keep_groups.reshape(view).expand(shape).clone()
 
 
-@register("pattern", "block")
+@register("pattern", "block", section="3.1")
 class Block(Pattern):
     """``rows x cols`` tiles of the weight seen as a matrix (outputs x inputs*kernel)."""
 
@@ -286,7 +286,7 @@ class Block(Pattern):
         return f"Block({self.rows}, {self.cols})"
 
 
-@register("pattern", "nm")
+@register("pattern", "nm", section="3.1")
 class NM(Pattern):
     """N:M sparsity: in every M consecutive weights along the input dimension, N are kept.
 
@@ -352,7 +352,7 @@ class NM(Pattern):
         return f"NM({self.n}, {self.m})"
 
 
-@register("pattern", "kernel")
+@register("pattern", "kernel", section="3.1")
 class Kernel(Pattern):
     """Convolution kernels (Mao et al. 2017): the ``k`` (Conv1d) or ``kh x kw`` (Conv2d)
     weights that connect one input channel to one output channel, kept or removed whole.
@@ -384,7 +384,7 @@ class Kernel(Pattern):
         return keep_groups.reshape(view).expand(shape).clone()
 
 
-@register("pattern", "head")
+@register("pattern", "head", section="6.2")
 class Head(Pattern):
     """Attention heads (Michel et al. 2019): the slice of a projection that belongs to a head.
 
@@ -475,7 +475,7 @@ class Head(Pattern):
         return f"Head({self.n_heads})" if self.axis == "out" else f"Head({self.n_heads}, 'in')"
 
 
-@register("pattern", "layer")
+@register("pattern", "layer", section="3.1")
 class Layer(Pattern):
     """Whole layers: the tensor is one group, kept or zeroed whole (a gate on the layer).
 
@@ -507,7 +507,7 @@ class Layer(Pattern):
         return g / per_element(reduction, scores.numel())
 
 
-@register("pattern", "embedding")
+@register("pattern", "embedding", section="6.2")
 class EmbeddingRows(Pattern):
     """Embedding rows: the vector of one token, kept or removed whole (survey, Hoefler et
     al. 2021, section 3.1): the vocabulary shrinks and a pruned token embeds to zero.

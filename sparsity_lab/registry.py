@@ -27,6 +27,35 @@ KINDS = (
     "format",
 )
 
+#: Sections of the survey (Hoefler et al. 2021) that registered methods belong to.  Methods
+#: that came after it are filed under the section they extend (SparseGPT under 3.5).
+SECTIONS = {
+    "2.2": "Performance and model storage",
+    "2.3": "What can be sparsified?",
+    "2.4.1": "Sparsify after training",
+    "2.4.2": "Sparsify during training",
+    "2.4.3": "Sparse training",
+    "3.1": "Structured vs. unstructured element removal",
+    "3.2": "Data-free selection based on magnitude",
+    "3.3": "Data-driven selection based on input or output sensitivity",
+    "3.4": "Selection based on first-order Taylor expansion of the loss",
+    "3.5": "Selection based on second-order Taylor expansion of the loss",
+    "3.5.2": "Large-scale pruning based on second-order information",
+    "3.6": "Selection based on regularization of the loss during training",
+    "3.6.1": "L0 norm",
+    "3.6.2": "L1 norm",
+    "3.6.3": "Grouped regularization",
+    "3.7": "Variational selection schemes",
+    "3.8": "Other selection schemes",
+    "3.9": "Parameter budgets between different layers",
+    "4": "Growth: network regrowth during training",
+    "5": "Ephemeral sparsity",
+    "6.1": "Sparse convolutional networks",
+    "6.2": "Sparse transformers",
+    "7": "Speeding up sparse models",
+    "8": "Discussion: lottery tickets and other phenomena",
+}
+
 # Modules whose import registers entries.  A package here registers every module inside it
 # (see :func:`import_submodules`), so a new criterion file needs no edit of this list.
 _PROVIDERS = (
@@ -57,6 +86,8 @@ class Entry:
     name: str
     kind: str
     obj: Any
+    #: the survey section (a key of :data:`SECTIONS`), or None for a method outside it
+    section: str | None = None
 
     @property
     def summary(self) -> str:
@@ -76,16 +107,25 @@ _ENTRIES: dict[str, Entry] = {}
 _loaded = False
 
 
-def register(kind: str, name: str) -> Callable[[Any], Any]:
-    """Class or function decorator that registers ``obj`` under ``name`` of ``kind``."""
+def register(kind: str, name: str, *, section: str | None = None) -> Callable[[Any], Any]:
+    """Class or function decorator that registers ``obj`` under ``name`` of ``kind``.
+
+    ``section`` files the method under a section of the survey (see :data:`SECTIONS`), which
+    the book's table of methods and :func:`by_section` read.
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if section is not None and section not in SECTIONS:
+        raise ValueError(
+            f"unknown survey section {section!r}; choose one of {', '.join(SECTIONS)}, or "
+            f"leave section=None for a method outside the survey"
+        )
 
     def decorate(obj: Any) -> Any:
         old = _ENTRIES.get(name)
         if old is not None and old.obj is not obj:
             raise ValueError(f"{name!r} is already registered as a {old.kind}")
-        _ENTRIES[name] = Entry(name, kind, obj)
+        _ENTRIES[name] = Entry(name, kind, obj, section)
         return obj
 
     return decorate
@@ -144,3 +184,13 @@ def by_kind() -> dict[str, list[Entry]]:
     for e in sorted(_ENTRIES.values(), key=lambda e: e.name):
         groups[e.kind].append(e)
     return groups
+
+
+def by_section() -> dict[str, list[Entry]]:
+    """Every entry filed under a survey section, in the order of :data:`SECTIONS`."""
+    _load()
+    groups: dict[str, list[Entry]] = {s: [] for s in SECTIONS}
+    for e in sorted(_ENTRIES.values(), key=lambda e: e.name):
+        if e.section is not None:
+            groups[e.section].append(e)
+    return {s: found for s, found in groups.items() if found}

@@ -53,7 +53,7 @@ def _ramp(step, final_sparsity, begin_step, end_step, initial_sparsity, frequenc
     return float(initial_sparsity + (final_sparsity - initial_sparsity) * shape(p))
 
 
-@register("schedule", "one_shot")
+@register("schedule", "one_shot", section="2.4.1")
 def one_shot(
     step: int,
     final_sparsity: float,
@@ -68,7 +68,7 @@ def one_shot(
     return float(final_sparsity if step >= begin_step else initial_sparsity)
 
 
-@register("schedule", "linear")
+@register("schedule", "linear", section="2.4.2")
 def linear(step, final_sparsity, begin_step=0, end_step=1, initial_sparsity=0.0, frequency=1):
     """Linear ramp: s_i + (s_f - s_i) * p, with p the progress in [0, 1]."""
     return _ramp(
@@ -76,7 +76,7 @@ def linear(step, final_sparsity, begin_step=0, end_step=1, initial_sparsity=0.0,
     )
 
 
-@register("schedule", "cubic")
+@register("schedule", "cubic", section="2.4.2")
 def cubic(step, final_sparsity, begin_step=0, end_step=1, initial_sparsity=0.0, frequency=1):
     """Cubic (Zhu & Gupta 2017): s_t = s_f + (s_i - s_f) * (1 - p)^3.
 
@@ -93,7 +93,7 @@ def cubic(step, final_sparsity, begin_step=0, end_step=1, initial_sparsity=0.0, 
     )
 
 
-@register("schedule", "cosine")
+@register("schedule", "cosine", section="2.4.2")
 def cosine(step, final_sparsity, begin_step=0, end_step=1, initial_sparsity=0.0, frequency=1):
     """Cosine ramp: s_i + (s_f - s_i) * (1 - cos(pi * p)) / 2."""
     return _ramp(
@@ -107,7 +107,7 @@ def cosine(step, final_sparsity, begin_step=0, end_step=1, initial_sparsity=0.0,
     )
 
 
-@register("schedule", "exponential")
+@register("schedule", "exponential", section="2.4.2")
 def exponential(step, final_sparsity, begin_step=0, end_step=1, initial_sparsity=0.0, frequency=1):
     """Exponential ramp: the *density* decays geometrically, d(p) = d_i * (d_f / d_i)^p.
 
@@ -122,7 +122,7 @@ def exponential(step, final_sparsity, begin_step=0, end_step=1, initial_sparsity
     return float(1 - d_i * (d_f / d_i) ** p)
 
 
-@register("schedule", "iterative")
+@register("schedule", "iterative", section="2.4.2")
 def iterative(
     step: int,
     final_sparsity: float,
@@ -155,7 +155,7 @@ def rounds_of(begin_step: int, end_step: int, frequency: int) -> int:
     return max(1, math.ceil((end_step - begin_step) / frequency))
 
 
-@register("schedule", "iht")
+@register("schedule", "iht", section="2.4.2")
 def iht(
     step: int,
     final_sparsity: float,
@@ -181,7 +181,7 @@ def iht(
     return float(final_sparsity if sparse_phase else initial_sparsity)
 
 
-@register("schedule", "dsd")
+@register("schedule", "dsd", section="2.4.2")
 def dsd(
     step: int,
     final_sparsity: float,
@@ -217,7 +217,7 @@ def prechelt_gl(val_losses: list[float]) -> float:
     return 100.0 * (finite[-1] / best - 1.0) if best > 0 else 0.0
 
 
-@register("schedule", "adaptive")
+@register("schedule", "adaptive", section="2.4.2")
 def adaptive(
     step: int,
     final_sparsity: float,

@@ -234,7 +234,7 @@ def test_evolutionary_groups_and_errors():
     rows = sl.masks.get_mask(pruned, "0.weight")
     assert ((rows.sum(1) == 0) | (rows.sum(1) == 3)).all()  # whole rows
     assert int((rows.sum(1) == 0).sum()) == 2
-    with pytest.raises(ValueError, match="fixed counts"):
+    with pytest.raises(ValueError, match="supports the patterns unstructured, channel"):
         sl.prune(copy.deepcopy(model), "evolutionary", None, data=data, pattern="2:4")
     with pytest.raises(ValueError, match="population"):
         sl.criteria.get("evolutionary", population=1)

@@ -17,7 +17,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,10 +43,8 @@ class GroupCriterion(Criterion):
     group (shape ``(n_groups,)``) or, where the rule is element-wise for this pattern, a
     score per element.  Every element of a group receives the group's score and the group
     score is read back with ``max`` (so the user's ``reduction`` does not apply).
-    ``supported`` names the patterns the rule is defined for (``None``: all).
+    ``supported_patterns`` names the patterns the rule is defined for (``None``: all).
     """
-
-    supported: ClassVar[tuple[str, ...] | None] = None
 
     def group_scores(
         self, model: nn.Module, names: list[str], pattern: Pattern, context: Context
@@ -63,11 +61,7 @@ class GroupCriterion(Criterion):
         return out
 
     def prune(self, model, names, sparsity, *, pattern, budget, **kwargs):  # noqa: D102
-        if self.supported is not None and pattern.name not in self.supported:
-            raise ValueError(
-                f"criterion {self.name!r} scores {' or '.join(self.supported)} groups, not "
-                f"{pattern!r}; pass pattern={self.supported[0]!r}"
-            )
+        self.check_pattern(pattern)
         context = kwargs.pop("context", None) or Context()
         context = replace(context, options={**context.options, "pattern": pattern})
         kwargs["reduction"] = "max"  # every element of a group carries the group's score

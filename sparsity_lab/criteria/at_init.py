@@ -51,7 +51,7 @@ def exponential_steps(sparsity: float, iterations: int) -> list[float]:
     return [*steps, sparsity]
 
 
-@register("criterion", "grasp")
+@register("criterion", "grasp", section="2.4.3")
 class GraSP(Criterion):
     """Gradient signal preservation, GraSP (Wang et al. 2020).
 
@@ -89,7 +89,7 @@ class GraSP(Criterion):
         return {n: masks.weight(model, n).detach() * hg[n] for n in names}
 
 
-@register("criterion", "synflow")
+@register("criterion", "synflow", section="2.4.3")
 class SynFlow(Criterion):
     """Iterative synaptic flow pruning, SynFlow (Tanaka et al. 2020), data-free.
 
@@ -135,7 +135,7 @@ class SynFlow(Criterion):
         return new_masks
 
 
-@register("criterion", "force")
+@register("criterion", "force", section="2.4.3")
 class FORCE(Criterion):
     """FORCE, foresight connection sensitivity (de Jorge et al. 2021).
 

@@ -66,6 +66,18 @@ class Criterion:
     name: ClassVar[str] = "criterion"
     #: Whether :meth:`scores` reads ``context.data``.
     needs_data: ClassVar[bool] = False
+    #: The patterns the rule is defined for, by name (``"channel"``, ``"nm"``); None: all.
+    supported_patterns: ClassVar[tuple[str, ...] | None] = None
+
+    def check_pattern(self, pattern: Pattern) -> None:
+        """Refuse a pattern the rule is not defined for, naming those it is."""
+        allowed = self.supported_patterns
+        if allowed is not None and pattern.name not in allowed:
+            raise ValueError(
+                f"{self.name} supports the patterns {', '.join(allowed)}, got {pattern!r}; "
+                f"pass pattern={allowed[0]!r}, or use a criterion defined for every pattern "
+                f"(e.g. 'magnitude', 'woodfisher')"
+            )
 
     def scores(
         self, model: nn.Module, names: list[str], context: Context
@@ -97,6 +109,7 @@ class Criterion:
         intersected with the old ones), so a second call with a higher sparsity continues
         from the first; asking for less sparsity than the model already has is an error.
         """
+        self.check_pattern(pattern)
         context = context or Context()
         if self.needs_data and context.data is None:
             raise ValueError(f"criterion {self.name!r} needs data: pass data=... to prune()")

@@ -65,13 +65,13 @@ class _UnitCriterion(GroupCriterion):
     """A data-driven criterion over output units (``channel``)."""
 
     needs_data = True
-    supported = ("channel",)
+    supported_patterns = ("channel",)
 
     def __init__(self, batches: int | None = None) -> None:
         self.batches = batches
 
 
-@register("criterion", "apoz")
+@register("criterion", "apoz", section="3.3")
 class APoZ(_UnitCriterion):
     """Average percentage of zeros, APoZ (Hu et al. 2016).
 
@@ -86,7 +86,7 @@ class APoZ(_UnitCriterion):
         return output_means(model, names, context, lambda out: out > 0, self.batches)
 
 
-@register("criterion", "mean_activation")
+@register("criterion", "mean_activation", section="3.3")
 class MeanActivation(_UnitCriterion):
     """Mean activation (Tan & Motani 2020, DropNet): remove the units with the lowest
     average ReLU output over the data.  Score: ``mean(relu(z_j))``.  Pattern: ``channel``."""
@@ -142,7 +142,7 @@ class _FoldingCriterion(_UnitCriterion):
         return reader_statistics(model, self._links, context, self.batches)
 
 
-@register("criterion", "activation_variance")
+@register("criterion", "activation_variance", section="3.3")
 class ActivationVariance(_FoldingCriterion):
     """Activation variance (Sietsma & Dow 1988): a unit whose output hardly varies is a
     constant, which the next layer's bias can absorb.
@@ -176,7 +176,7 @@ class ActivationVariance(_FoldingCriterion):
                 outgoing[:, j] = 0
 
 
-@register("criterion", "correlation_merge")
+@register("criterion", "correlation_merge", section="3.3")
 class CorrelationMerge(_FoldingCriterion):
     """Merging correlated units (Sietsma & Dow 1991).
 
@@ -231,7 +231,7 @@ class CorrelationMerge(_FoldingCriterion):
                 outgoing[:, j] = 0
 
 
-@register("criterion", "sensitivity")
+@register("criterion", "sensitivity", section="3.3")
 class Sensitivity(_UnitCriterion):
     """Input-output sensitivity of a unit (Engelbrecht & Cloete 1996; Engelbrecht 2001).
 
@@ -327,7 +327,7 @@ class _InputCriterion(GroupCriterion):
     """Chooses a layer's input channels to reconstruct its output (``input`` pattern)."""
 
     needs_data = True
-    supported = ("input",)
+    supported_patterns = ("input",)
 
     def __init__(self, batches: int | None = None, refit: bool = True, damp: float = 1e-6):
         self.batches, self.refit, self.damp = batches, refit, damp
@@ -349,7 +349,7 @@ class _InputCriterion(GroupCriterion):
         return matrix + lam * torch.eye(len(matrix), dtype=matrix.dtype)
 
 
-@register("criterion", "thinet")
+@register("criterion", "thinet", section="3.3")
 class ThiNet(_InputCriterion):
     """ThiNet (Luo et al. 2017): greedy channel selection from the next layer's statistics.
 
@@ -386,7 +386,7 @@ class ThiNet(_InputCriterion):
             view[:, kept] *= scale.to(w.dtype).reshape(1, -1, 1)
 
 
-@register("criterion", "lasso_channel")
+@register("criterion", "lasso_channel", section="3.3")
 class LassoChannel(_InputCriterion):
     """LASSO channel selection (He et al. 2017), then a least-squares refit.
 
@@ -479,7 +479,7 @@ def inf_fs(features: torch.Tensor, alpha: float = 0.5, factor: float = 0.9) -> t
     return paths.sum(dim=1)
 
 
-@register("criterion", "nisp")
+@register("criterion", "nisp", section="3.3")
 class NISP(_UnitCriterion):
     """Neuron importance score propagation, NISP (Yu et al. 2018).
 

@@ -23,7 +23,7 @@ from .activations import (
 from .base import Context, Criterion
 
 
-@register("criterion", "magnitude")
+@register("criterion", "magnitude", section="3.2")
 class Magnitude(Criterion):
     """Magnitude pruning (Janowsky 1989; Han et al. 2015): remove the smallest ``|w|``.
 
@@ -37,7 +37,7 @@ class Magnitude(Criterion):
         return {n: masks.weight(model, n).detach().abs() for n in names}
 
 
-@register("criterion", "random")
+@register("criterion", "random", section="3.2")
 class Random(Criterion):
     """Random pruning: a baseline every method must beat.  Score: i.i.d. uniform in [0, 1).
 
@@ -56,7 +56,7 @@ class Random(Criterion):
         return out
 
 
-@register("criterion", "lamp")
+@register("criterion", "lamp", section="3.2")
 class Lamp(GroupCriterion):
     """Layer-adaptive magnitude-based pruning, LAMP (Lee et al. 2021).
 
@@ -84,7 +84,7 @@ class Lamp(GroupCriterion):
         return out
 
 
-@register("criterion", "group_norm")
+@register("criterion", "group_norm", section="3.2")
 class GroupNorm(GroupCriterion):
     """Group norm (Li et al. 2017): remove the groups with the smallest ``||w_g||_p``.
 
@@ -126,7 +126,7 @@ def fpgm_scores(filters: torch.Tensor, alive: torch.Tensor | None = None) -> tor
     return torch.where(alive, scores, torch.full_like(scores, -math.inf))
 
 
-@register("criterion", "fpgm")
+@register("criterion", "fpgm", section="3.2")
 class FPGM(GroupCriterion):
     """Filter pruning via geometric median, FPGM (He et al. 2019).
 
@@ -137,7 +137,7 @@ class FPGM(GroupCriterion):
     """
 
     name = "fpgm"
-    supported = ("channel",)
+    supported_patterns = ("channel",)
 
     def group_scores(self, model, names, pattern, context):  # noqa: D102
         return {
@@ -167,7 +167,7 @@ def unit_features(model: nn.Module, name: str) -> torch.Tensor:
     return rows if bias is None else torch.cat([rows, bias.detach().reshape(-1, 1)], dim=1)
 
 
-@register("criterion", "neuron_merge")
+@register("criterion", "neuron_merge", section="3.2")
 class NeuronMerge(GroupCriterion):
     """Data-free neuron merging (Srinivas & Babu 2015).
 
@@ -184,7 +184,7 @@ class NeuronMerge(GroupCriterion):
     """
 
     name = "neuron_merge"
-    supported = ("channel",)
+    supported_patterns = ("channel",)
 
     def __init__(self, next_layers: dict[str, str] | None = None) -> None:
         self.next_layers = next_layers

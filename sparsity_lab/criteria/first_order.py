@@ -62,7 +62,7 @@ class _GradientCriterion(Criterion):
                 yield weight_gradients(model, names, batch, context.loss_fn)
 
 
-@register("criterion", "snip")
+@register("criterion", "snip", section="2.4.3")
 class SNIP(_GradientCriterion):
     """SNIP, single-shot network pruning by connection sensitivity (Lee et al. 2019).
 
@@ -86,7 +86,7 @@ class SNIP(_GradientCriterion):
         return {n: (total[n] / count * masks.weight(model, n).detach()).abs() for n in names}
 
 
-@register("criterion", "taylor_weight")
+@register("criterion", "taylor_weight", section="3.4")
 class TaylorWeight(_GradientCriterion):
     """First-order Taylor importance of weights (Molchanov et al. 2019).
 
@@ -133,7 +133,7 @@ def gate_gradients(
             yield {n: g.detach().double() for n, g in zip(names, grads, strict=True)}
 
 
-@register("criterion", "skeletonization")
+@register("criterion", "skeletonization", section="3.4")
 class Skeletonization(GroupCriterion):
     """Skeletonization (Mozer & Smolensky 1988): relevance of a unit by a gate.
 
@@ -148,7 +148,7 @@ class Skeletonization(GroupCriterion):
 
     name = "skeletonization"
     needs_data = True
-    supported = ("channel",)
+    supported_patterns = ("channel",)
 
     def __init__(self, batches: int | None = None) -> None:
         self.batches = batches
@@ -160,7 +160,7 @@ class Skeletonization(GroupCriterion):
         return total
 
 
-@register("criterion", "taylor")
+@register("criterion", "taylor", section="3.4")
 class Taylor(GroupCriterion):
     """First-order Taylor expansion on feature maps (Molchanov et al. 2017).
 
@@ -173,7 +173,7 @@ class Taylor(GroupCriterion):
 
     name = "taylor"
     needs_data = True
-    supported = ("channel",)
+    supported_patterns = ("channel",)
 
     def __init__(self, batches: int | None = None, normalize: bool = True) -> None:
         self.batches, self.normalize = batches, normalize
@@ -323,7 +323,7 @@ class _TrackedCriterion(Criterion):
         return {n: self.tracker.scores[n] for n in names}
 
 
-@register("criterion", "movement")
+@register("criterion", "movement", section="3.4")
 class Movement(_TrackedCriterion):
     """Movement pruning (Sanh et al. 2020), hard top-k.
 
@@ -340,7 +340,7 @@ class Movement(_TrackedCriterion):
         return self._tracked(names)
 
 
-@register("criterion", "soft_movement")
+@register("criterion", "soft_movement", section="3.4")
 class SoftMovement(_TrackedCriterion):
     """Soft movement pruning (Sanh et al. 2020): keep the weights whose learnt score
     ``S > threshold``.
@@ -383,7 +383,7 @@ class SoftMovement(_TrackedCriterion):
         return new_masks
 
 
-@register("criterion", "karnin")
+@register("criterion", "karnin", section="3.4")
 class Karnin(_TrackedCriterion):
     """Karnin's (1990) sensitivity, estimated during training.
 

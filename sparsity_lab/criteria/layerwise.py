@@ -39,7 +39,7 @@ from torch import nn
 
 from .. import budgets, masks
 from ..curvature import layer_input_rows
-from ..patterns import NM, Pattern, Unstructured, check_sparsity, count, prune_lowest
+from ..patterns import NM, Pattern, check_sparsity, count, prune_lowest
 from ..registry import register
 from ..targets import default_targets
 from .base import Context, Criterion
@@ -479,8 +479,7 @@ class _Layerwise(Criterion):
     needs_data = True
     #: whether the method needs ``X^T X`` (False: column norms only)
     full_hessian: ClassVar[bool] = True
-    #: whether the method supports N:M patterns
-    supports_nm: ClassVar[bool] = True
+    supported_patterns = ("unstructured", "nm")
 
     def __init__(self, n_batches: int | None = 8, damp: float = 0.01, update: bool = True):
         if damp <= 0:
@@ -560,15 +559,8 @@ class _Layerwise(Criterion):
 
     # the loop's pieces
     def _nm(self, pattern: Pattern) -> tuple[int, int] | None:
-        if isinstance(pattern, NM) and self.supports_nm:
-            return pattern.n, pattern.m
-        if isinstance(pattern, Unstructured):
-            return None
-        supported = "unstructured and N:M ('2:4', '4:8')" if self.supports_nm else "unstructured"
-        raise ValueError(
-            f"{self.name} supports the {supported} patterns, got {pattern!r}; use a scoring "
-            f"criterion (e.g. 'magnitude', 'woodfisher') for structured patterns"
-        )
+        self.check_pattern(pattern)
+        return (pattern.n, pattern.m) if isinstance(pattern, NM) else None
 
     @staticmethod
     def _forward_order(model: nn.Module, layers: dict[str, nn.Module], x: torch.Tensor):
@@ -675,7 +667,7 @@ class _Layerwise(Criterion):
         return out
 
 
-@register("criterion", "wanda")
+@register("criterion", "wanda", section="3.3")
 class Wanda(_Layerwise):
     """Wanda (Sun et al. 2024): pruning by weights and activations, no weight update.
 
@@ -699,7 +691,7 @@ class Wanda(_Layerwise):
         return weight.abs().double() * calib.column_norms()[None, :]
 
 
-@register("criterion", "sparsegpt")
+@register("criterion", "sparsegpt", section="3.5")
 class SparseGPT(_Layerwise):
     """SparseGPT (Frantar & Alistarh 2023): column-wise OBS with lazy Cholesky updates.
 
@@ -731,7 +723,7 @@ class SparseGPT(_Layerwise):
         )
 
 
-@register("criterion", "obc")
+@register("criterion", "obc", section="3.5")
 class OBC(_Layerwise):
     """Optimal Brain Compression's ExactOBS (Frantar & Alistarh 2022): exact greedy OBS per row.
 
@@ -748,7 +740,7 @@ class OBC(_Layerwise):
         return obc(weight, calib.hessian(), n_prune, nm=nm, prior=prior, damp=self.damp)
 
 
-@register("criterion", "lobs")
+@register("criterion", "lobs", section="3.5")
 class LOBS(_Layerwise):
     """Layer-wise OBS (Dong et al. 2017) on the reconstruction Hessian ``H = 2 X^T X / n``.
 
@@ -758,7 +750,7 @@ class LOBS(_Layerwise):
     """
 
     name = "lobs"
-    supports_nm = False
+    supported_patterns = ("unstructured",)
 
     def prune_layer(self, weight, calib, n_prune, nm, prior):  # noqa: D102
         return lobs(weight, calib.hessian(), n_prune, prior=prior, damp=self.damp)

@@ -115,7 +115,7 @@ def constrained_keep(
     return max(least[layer], min(wanted, room))
 
 
-@register("criterion", "amc")
+@register("criterion", "amc", section="3.8")
 class AMC(Criterion):
     """AutoML for model compression, AMC (He et al. 2018): an agent picks layer sparsities.
 
@@ -141,6 +141,7 @@ class AMC(Criterion):
     """
 
     name = "amc"
+    supported_patterns = ("unstructured",)
     needs_data = True
 
     def __init__(
@@ -199,8 +200,7 @@ class AMC(Criterion):
     ) -> dict[str, torch.Tensor]:
         """Search layer sparsities under the FLOPs budget, then attach magnitude masks."""
         context = context or Context()
-        if pattern.name != "unstructured":
-            raise ValueError(f"amc searches unstructured layer sparsities, got {pattern!r}")
+        self.check_pattern(pattern)
         if sparsity is None:
             raise ValueError("amc needs sparsity: the fraction of FLOPs to remove, in [0, 1)")
         check_sparsity(sparsity)
@@ -301,7 +301,7 @@ class AMC(Criterion):
 # --- evolutionary -------------------------------------------------------------------------
 
 
-@register("criterion", "evolutionary")
+@register("criterion", "evolutionary", section="3.8")
 class Evolutionary(Criterion):
     """Genetic search over masks (Whitley et al. 1990), for tiny networks.
 
@@ -323,6 +323,7 @@ class Evolutionary(Criterion):
     """
 
     name = "evolutionary"
+    supported_patterns = ("unstructured", "channel", "input", "block", "kernel")
     needs_data = True
 
     def __init__(
@@ -370,10 +371,7 @@ class Evolutionary(Criterion):
     ) -> dict[str, torch.Tensor]:
         """Evolve masks at the budget's per-layer counts, then attach the best one."""
         context = context or Context()
-        if pattern.name not in ("unstructured", "channel", "input", "block", "kernel"):
-            raise ValueError(
-                f"evolutionary supports group patterns of fixed counts, got {pattern!r}"
-            )
+        self.check_pattern(pattern)  # N:M has no count per layer to evolve towards
         if sparsity is None:
             raise ValueError("evolutionary needs a sparsity in [0, 1)")
         check_sparsity(sparsity)

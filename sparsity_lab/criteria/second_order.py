@@ -204,7 +204,7 @@ def _check_steps(steps: int) -> int:
 # --- OBD ----------------------------------------------------------------------------------
 
 
-@register("criterion", "obd")
+@register("criterion", "obd", section="3.5")
 class OBD(Criterion):
     """Optimal Brain Damage (LeCun et al. 1990): remove the lowest ``1/2 H_qq w_q^2``.
 
@@ -274,7 +274,7 @@ class OBD(Criterion):
 # --- OBS with the exact Hessian -----------------------------------------------------------
 
 
-@register("criterion", "obs")
+@register("criterion", "obs", section="3.5")
 class OBS(Criterion):
     """Optimal Brain Surgeon (Hassibi & Stork 1993) with the exact Hessian, for tiny models.
 
@@ -337,7 +337,7 @@ class OBS(Criterion):
 # --- the diagonal empirical Fisher --------------------------------------------------------
 
 
-@register("criterion", "fisher_diag")
+@register("criterion", "fisher_diag", section="3.5")
 class FisherDiag(Criterion):
     """Fisher pruning (Theis et al. 2018): OBD with the diagonal of the empirical Fisher.
 
@@ -372,7 +372,7 @@ def _fisher_grads(model, names, context, n_samples):
 # --- WoodFisher ---------------------------------------------------------------------------
 
 
-@register("criterion", "woodfisher")
+@register("criterion", "woodfisher", section="3.5.2")
 class WoodFisher(_Stepwise):
     """WoodFisher (Singh & Alistarh 2020): OBS with a block-diagonal inverse empirical Fisher.
 
@@ -450,7 +450,7 @@ def blockwise_obs_update(
 # --- M-FAC --------------------------------------------------------------------------------
 
 
-@register("criterion", "mfac")
+@register("criterion", "mfac", section="3.5.2")
 class MFAC(_Stepwise):
     """M-FAC (Frantar, Kurtic & Alistarh 2021): OBS with matrix-free inverse-Fisher products.
 
@@ -512,7 +512,7 @@ def _dampened(factor: torch.Tensor, damp: float) -> torch.Tensor:
     return factor + lam * torch.eye(len(factor), dtype=factor.dtype, device=factor.device)
 
 
-@register("criterion", "kfac")
+@register("criterion", "kfac", section="3.5.2")
 class KFAC(Criterion):
     """Kronecker-factored saliency (Zeng & Urtasun 2018; Wang et al. 2019, "C-OBS"/"C-OBD").
 
@@ -621,7 +621,7 @@ def to_eigenbasis(module: nn.Module, eig_in: torch.Tensor, eig_out: torch.Tensor
     return module
 
 
-@register("criterion", "eigendamage")
+@register("criterion", "eigendamage", section="3.5.2")
 class EigenDamage(Criterion):
     """EigenDamage (Wang et al. 2019): prune in the Kronecker-factored eigenbasis.
 

@@ -98,7 +98,7 @@ class SparseActivation(nn.Module):
         return y
 
 
-@register("ephemeral", "kwta")
+@register("ephemeral", "kwta", section="5")
 class KWTA(SparseActivation):
     """k winners take all (Makhzani & Frey 2015): keep the ``k`` largest units per example.
 
@@ -133,7 +133,7 @@ class KWTA(SparseActivation):
         return f"k={self.k}" if self.k is not None else f"density={self.density}"
 
 
-@register("ephemeral", "fatrelu")
+@register("ephemeral", "fatrelu", section="5")
 class FATReLU(SparseActivation):
     """Forced activation threshold ReLU (Kurtz 2020), with an optional L1 penalty.
 

@@ -127,7 +127,7 @@ def _inputs(data: Any, limit: int | None) -> Iterator[Any]:
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
-@register("ephemeral", "relu_stats")
+@register("ephemeral", "relu_stats", section="5")
 def relu_stats(model: nn.Module, data: Any, *, limit: int | None = None) -> pd.DataFrame:
     """Activation sparsity of every ReLU (measured; see Glorot et al. 2011, Kurtz et al. 2020).
 

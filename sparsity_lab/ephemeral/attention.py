@@ -56,7 +56,7 @@ def _check_length(length: int) -> None:
 # ------------------------------------------------------------------------- fixed patterns
 
 
-@register("ephemeral", "local_attention")
+@register("ephemeral", "local_attention", section="6.2")
 def local_attention(length: int, window: int, *, causal: bool = False) -> torch.Tensor:
     """Sliding-window attention mask: query ``i`` sees keys ``j`` with ``|i - j| <= window``.
 
@@ -73,7 +73,7 @@ def local_attention(length: int, window: int, *, causal: bool = False) -> torch.
     return mask & (diff >= 0) if causal else mask
 
 
-@register("ephemeral", "strided_attention")
+@register("ephemeral", "strided_attention", section="6.2")
 def strided_attention(length: int, stride: int, *, causal: bool = False) -> torch.Tensor:
     """Strided attention mask (Child 2019): a local band plus every ``stride``-th key.
 
@@ -90,7 +90,7 @@ def strided_attention(length: int, stride: int, *, causal: bool = False) -> torc
     return mask & (diff >= 0) if causal else mask
 
 
-@register("ephemeral", "bigbird")
+@register("ephemeral", "bigbird", section="6.2")
 def bigbird(
     length: int, window: int = 1, n_random: int = 2, n_global: int = 1, *, seed: int = 0
 ) -> torch.Tensor:
@@ -120,7 +120,7 @@ def bigbird(
 # ---------------------------------------------------------------- sparse normalisers
 
 
-@register("ephemeral", "sparsemax")
+@register("ephemeral", "sparsemax", section="6.2")
 def sparsemax(z: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Sparsemax (Martins 2016): the Euclidean projection of ``z`` onto the simplex.
 
@@ -191,7 +191,7 @@ def entmax_bisect(
     return (p / p.sum(-1, keepdim=True)).transpose(dim, -1)
 
 
-@register("ephemeral", "entmax")
+@register("ephemeral", "entmax", section="6.2")
 def entmax(z: torch.Tensor, alpha: float = 1.5, dim: int = -1, n_iter: int = 50) -> torch.Tensor:
     """alpha-entmax (Peters 2019): between softmax (alpha -> 1) and sparsemax (alpha = 2).
 
@@ -274,7 +274,7 @@ def sparse_attention_weights(
     return entmax15(blocked, dim=-1)
 
 
-@register("ephemeral", "topk_attention")
+@register("ephemeral", "topk_attention", section="6.2")
 def topk_attention(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -170,7 +170,7 @@ class SWATLinear(_SparseBackpropLinear):
         )
 
 
-@register("ephemeral", "meprop")
+@register("ephemeral", "meprop", section="5")
 def meprop(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int):
     """meProp (Sun 2017): a Linear layer that back-propagates only the top-k errors.
 
@@ -181,7 +181,7 @@ def meprop(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: 
     return MePropFunction.apply(x, weight, bias, _check_k(k), None)
 
 
-@register("ephemeral", "swat")
+@register("ephemeral", "swat", section="5")
 def swat(
     x: torch.Tensor,
     weight: torch.Tensor,

@@ -57,7 +57,7 @@ def _check_p(p: float, what: str = "p") -> float:
     return float(p)
 
 
-@register("ephemeral", "dropout")
+@register("ephemeral", "dropout", section="5")
 class Dropout(SparseActivation):
     """Dropout (Srivastava 2014): zero each activation with probability ``p`` while training.
 
@@ -82,7 +82,7 @@ class Dropout(SparseActivation):
         return f"p={self.p}"
 
 
-@register("ephemeral", "dropconnect")
+@register("ephemeral", "dropconnect", section="5")
 class DropConnect(nn.Module):
     """DropConnect (Wan 2013): zero each *weight* with probability ``p`` while training.
 
@@ -148,7 +148,7 @@ def dropconnect(model: nn.Module, p: float = 0.5, names: Iterable[str] | None = 
     return _Removable(undo)
 
 
-@register("ephemeral", "dropblock")
+@register("ephemeral", "dropblock", section="5")
 class DropBlock(SparseActivation):
     """DropBlock (Ghiasi 2018): drop contiguous ``block_size`` regions of feature maps.
 
@@ -305,7 +305,7 @@ class BranchGates(_Removable):
         return hook
 
 
-@register("ephemeral", "stochastic_depth")
+@register("ephemeral", "stochastic_depth", section="5")
 class StochasticDepth(BranchGates):
     """Stochastic depth (Huang 2016): skip whole residual branches at random while training.
 
@@ -341,7 +341,7 @@ def every_other(n_layers: int, p: float) -> list[int]:
     return [d for d in range(1, n_layers + 1) if d % step == 0]
 
 
-@register("ephemeral", "layerdrop")
+@register("ephemeral", "layerdrop", section="5")
 class LayerDrop(BranchGates):
     """LayerDrop (Fan 2020): drop each layer with probability ``p`` while training; prune later.
 

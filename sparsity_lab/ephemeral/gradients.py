@@ -353,7 +353,7 @@ class _FixedDensity(Compressor):
         )
 
 
-@register("ephemeral", "topk")
+@register("ephemeral", "topk", section="5")
 class TopK(_FixedDensity):
     """Top-k gradient sparsification with switchable error feedback (as in Stich 2018).
 
@@ -370,7 +370,7 @@ class TopK(_FixedDensity):
         return Payload(indices, acc[indices])
 
 
-@register("ephemeral", "randomk")
+@register("ephemeral", "randomk", section="5")
 class RandomK(_FixedDensity):
     """Random-k sparsification, unbiased by scaling (Stich 2018; Wangni 2018).
 
@@ -405,7 +405,7 @@ class RandomK(_FixedDensity):
         return Payload(indices, acc[indices] * scale)
 
 
-@register("ephemeral", "threshold")
+@register("ephemeral", "threshold", section="5")
 class Threshold(Compressor):
     """Threshold quantisation with residuals (Strom 2015).
 
@@ -448,7 +448,7 @@ class Threshold(Compressor):
         return f"Threshold(threshold={self.threshold}, error_feedback={self.error_feedback})"
 
 
-@register("ephemeral", "gradient_dropping")
+@register("ephemeral", "gradient_dropping", section="5")
 class GradientDropping(_FixedDensity):
     """Gradient dropping (Aji & Heafield 2017): drop the smallest entries by a sampled threshold.
 
@@ -502,7 +502,7 @@ def dgc_warmup_sparsity(step: int, final_sparsity: float, warmup_steps: int) -> 
     return min(final_sparsity, 1.0 - 0.25 ** (stage + 1))
 
 
-@register("ephemeral", "dgc")
+@register("ephemeral", "dgc", section="5")
 class DGC(_FixedDensity):
     """Deep gradient compression (Lin 2018): top-k of accumulated momentum, with four fixes.
 
@@ -573,7 +573,7 @@ class DGC(_FixedDensity):
         super().remember(acc, payload, params)
 
 
-@register("ephemeral", "adacomp")
+@register("ephemeral", "adacomp", section="5")
 class AdaComp(Compressor):
     """Adaptive residual gradient compression (Chen 2018): local selection in bins.
 

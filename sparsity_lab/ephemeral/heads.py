@@ -80,7 +80,7 @@ def _batches(data: Any, limit: int | None):
         yield batch
 
 
-@register("ephemeral", "head_importance")
+@register("ephemeral", "head_importance", section="6.2")
 def head_importance(
     model: nn.Module,
     data: Any,
@@ -125,7 +125,7 @@ def head_importance(
     return scores
 
 
-@register("ephemeral", "head_l0")
+@register("ephemeral", "head_l0", section="6.2")
 class HeadL0Gates(nn.Module):
     """Stochastic Hard Concrete gates on attention heads with an L0 penalty (Voita 2019).
 

@@ -112,7 +112,7 @@ class _Router(nn.Module):
         return capacity_of(n_tokens, self.n_experts, self.capacity_factor, k)
 
 
-@register("ephemeral", "moe_topk")
+@register("ephemeral", "moe_topk", section="5")
 class NoisyTopKGate(_Router):
     """Noisy top-k gating (Shazeer 2017) with the importance and load balancing losses.
 
@@ -185,7 +185,7 @@ class NoisyTopKGate(_Router):
         return f"n_experts={self.n_experts}, k={self.k}, noisy={self.noisy}"
 
 
-@register("ephemeral", "switch")
+@register("ephemeral", "switch", section="5")
 class SwitchGate(_Router):
     """Switch routing (Fedus 2021): top-1 expert per token, with a capacity factor.
 

@@ -40,7 +40,7 @@ def phase_plan(epochs: int, warmup_epochs: int, phase_epochs: int, final_epochs:
     ]
 
 
-@register("training", "acdc")
+@register("training", "acdc", section="2.4.2")
 class ACDC(TrainingMethod, ScheduledPruning):
     """Alternating compressed / decompressed training, AC/DC (Peste et al. 2021).
 

@@ -26,7 +26,7 @@ from .base import TrainingMethod
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-@register("training", "cram")
+@register("training", "cram", section="2.4.2")
 class CrAM(TrainingMethod):
     """Compression-aware minimiser, CrAM and CrAM+ (Peste et al. 2023).
 
@@ -115,7 +115,7 @@ class CrAM(TrainingMethod):
         return 3 * dense + 2 * density * dense + dense
 
 
-@register("training", "cram_plus")
+@register("training", "cram_plus", section="2.4.2")
 class CrAMPlus(CrAM):
     """CrAM+ (Peste et al. 2023): CrAM's step with the dense gradient added.
 

@@ -288,7 +288,7 @@ class DynamicSparse(StaticSparse):
 # --- the registered methods ---------------------------------------------------------------
 
 
-@register("training", "set")
+@register("training", "set", section="4")
 class SET(DynamicSparse):
     """Sparse evolutionary training (Mocanu et al. 2018).
 
@@ -308,7 +308,7 @@ class SET(DynamicSparse):
         return torch.rand(shape, generator=self._generator, dtype=torch.float64)
 
 
-@register("training", "rigl")
+@register("training", "rigl", section="4")
 class RigL(DynamicSparse):
     """Rigging the lottery (Evci et al. 2020).
 
@@ -366,7 +366,7 @@ def momentum_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> torch.
     )
 
 
-@register("training", "snfs")
+@register("training", "snfs", section="4")
 class SNFS(DynamicSparse):
     """Sparse momentum, sparse networks from scratch (Dettmers & Zettlemoyer 2019).
 
@@ -414,7 +414,7 @@ class SNFS(DynamicSparse):
         return 2 * sparse + dense
 
 
-@register("training", "dsr")
+@register("training", "dsr", section="4")
 class DSR(DynamicSparse):
     """Dynamic sparse reparameterization (Mostafa & Wang 2019).
 
@@ -500,7 +500,7 @@ class DSR(DynamicSparse):
         self.log[-1]["threshold"] = self.threshold
 
 
-@register("training", "deepr")
+@register("training", "deepr", section="4")
 class DeepR(StaticSparse):
     """Deep rewiring (Bellec et al. 2018).
 
@@ -575,7 +575,7 @@ class DeepR(StaticSparse):
             self.log.append({"step": trainer.step, "rewired": rewired})
 
 
-@register("training", "topkast")
+@register("training", "topkast", section="4")
 class TopKAST(StaticSparse):
     """Top-K always sparse training (Jayakumar et al. 2020).
 
@@ -664,7 +664,7 @@ class TopKAST(StaticSparse):
         return 2 * sparse + sparse * (density_b / density_a if density_a else 1.0)
 
 
-@register("training", "dpf")
+@register("training", "dpf", section="4")
 class DPF(StaticSparse):
     """Dynamic pruning with feedback (Lin et al. 2020).
 

@@ -11,7 +11,7 @@ from ..train import Trainer
 from .base import TrainingMethod, check_fraction
 
 
-@register("training", "gmp")
+@register("training", "gmp", section="2.4.2")
 class GMP(TrainingMethod, ScheduledPruning):
     """Gradual magnitude pruning (Zhu & Gupta 2017; Gale et al. 2019).
 

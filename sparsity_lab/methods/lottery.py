@@ -70,7 +70,7 @@ def random_masks(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
     return out
 
 
-@register("training", "imp")
+@register("training", "imp", section="8")
 class IMP(TrainingMethod):
     """Iterative magnitude pruning, lottery tickets (Frankle & Carbin 2019).
 
@@ -246,7 +246,7 @@ def mask_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> flo
     return differ / sum(a[n].numel() for n in a)
 
 
-@register("training", "early_bird")
+@register("training", "early_bird", section="8")
 class EarlyBird(TrainingMethod):
     """Early-bird tickets (You et al. 2020).
 

@@ -19,7 +19,7 @@ from .base import TrainingMethod
 INITS = ("signed_constant", "keep")
 
 
-@register("training", "edge_popup")
+@register("training", "edge_popup", section="8")
 class EdgePopup(TrainingMethod):
     """Edge-popup (Ramanujan et al. 2020), supermasks in random weights (Zhou et al. 2019).
 

@@ -9,7 +9,7 @@ from ..train import Trainer
 from .base import Regularizer, project
 
 
-@register("regularizer", "admm")
+@register("regularizer", "admm", section="3.6")
 class ADMM(Regularizer):
     """ADMM weight pruning (Zhang et al. 2018).
 

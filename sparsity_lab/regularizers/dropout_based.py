@@ -45,7 +45,7 @@ class TargetedDropoutMask(nn.Module):
         return w * (~dropped).to(w.dtype)
 
 
-@register("regularizer", "targeted_dropout")
+@register("regularizer", "targeted_dropout", section="3.6")
 class TargetedDropout(Regularizer):
     """Targeted dropout (Gomez et al. 2019).
 

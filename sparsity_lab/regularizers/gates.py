@@ -113,7 +113,7 @@ class _Reparam(Regularizer):
         return {}
 
 
-@register("regularizer", "l0_hard_concrete")
+@register("regularizer", "l0_hard_concrete", section="3.6.1")
 class L0HardConcrete(_Reparam):
     """L0 regularisation with hard concrete gates (Louizos et al. 2018).
 
@@ -193,7 +193,7 @@ class SoftThreshold(nn.Module):
         return torch.sign(w) * torch.relu(w.abs() - torch.sigmoid(self.s))
 
 
-@register("regularizer", "str")
+@register("regularizer", "str", section="3.6.1")
 class STR(_Reparam):
     """Soft threshold reparameterisation, STR (Kusupati et al. 2020).
 
@@ -258,7 +258,7 @@ class LearnedThreshold(nn.Module):
         return w * self.soft_mask(w)
 
 
-@register("regularizer", "ltp")
+@register("regularizer", "ltp", section="3.6.1")
 class LTP(_Reparam):
     """Learned threshold pruning, LTP (Azarian et al. 2020).
 
@@ -309,7 +309,7 @@ class SigmoidMask(nn.Module):
         return w * torch.sigmoid(self.beta * self.s)
 
 
-@register("regularizer", "continuous_sparsification")
+@register("regularizer", "continuous_sparsification", section="3.6.1")
 class ContinuousSparsification(_Reparam):
     """Continuous sparsification (Savarese et al. 2020).
 

@@ -63,7 +63,7 @@ class _Penalty(Regularizer):
         return {n: self.weight(n).detach() ** 2 for n in self.names_}
 
 
-@register("regularizer", "l1")
+@register("regularizer", "l1", section="3.6.2")
 class L1(_Penalty):
     """L1 (lasso) penalty, then a threshold (Tibshirani 1996; for pruning, Han et al. 2015).
 
@@ -80,7 +80,7 @@ class L1(_Penalty):
         return sum(self.weight(n).abs().sum() for n in self.names_)
 
 
-@register("regularizer", "prox_l1")
+@register("regularizer", "prox_l1", section="3.6.2")
 class ProxL1(_Penalty):
     """Proximal L1: the ISTA shrinkage step after every optimizer step (Beck & Teboulle 2009;
     pruning with it: e.g. Yang et al. 2019).
@@ -106,7 +106,7 @@ class ProxL1(_Penalty):
             w.copy_(soft_threshold(w, lr_of(trainer.optimizer, w) * self.strength))
 
 
-@register("regularizer", "hoyer")
+@register("regularizer", "hoyer", section="3.6.2")
 class Hoyer(_Penalty):
     """DeepHoyer (Yang et al. 2020): the Hoyer-Square penalty, then a threshold.
 
@@ -131,7 +131,7 @@ class Hoyer(_Penalty):
         return total
 
 
-@register("regularizer", "group_lasso")
+@register("regularizer", "group_lasso", section="3.6.3")
 class GroupLasso(_Penalty):
     """Group lasso, structured sparsity learning (Wen et al. 2016; Yuan & Lin 2006).
 
@@ -280,7 +280,7 @@ class _Scales(Regularizer):
         return extra
 
 
-@register("regularizer", "slimming")
+@register("regularizer", "slimming", section="3.6.2")
 class Slimming(_Scales):
     """Network slimming (Liu et al. 2017): L1 on the channel scaling factors.
 
@@ -304,7 +304,7 @@ class Slimming(_Scales):
             g.copy_(soft_threshold(g, lr_of(trainer.optimizer, g) * self.strength))
 
 
-@register("regularizer", "polarization")
+@register("regularizer", "polarization", section="3.6.1")
 class Polarization(_Scales):
     """Polarization regularizer (Zhuang et al. 2020): push channel scales to 0 or away.
 

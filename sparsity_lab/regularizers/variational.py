@@ -130,7 +130,7 @@ class VariationalWeight(nn.Module):
         return theta * (self.log_alpha(theta) < self.threshold).to(theta.dtype)
 
 
-@register("regularizer", "variational_dropout")
+@register("regularizer", "variational_dropout", section="3.7")
 class VariationalDropout(_Variational):
     """Sparse variational dropout (Molchanov et al. 2017).
 
@@ -332,7 +332,7 @@ class _UnitNoise(_Variational):
         return {}
 
 
-@register("regularizer", "structured_bayesian")
+@register("regularizer", "structured_bayesian", section="3.7")
 class StructuredBayesian(_UnitNoise):
     """Structured Bayesian pruning via log-normal multiplicative noise (Neklyudov et al. 2017).
 
@@ -563,7 +563,7 @@ class GroupHorseshoeGate(_ScaleGate):
 DEFAULT_THRESHOLDS = {"jeffreys": 3.0, "horseshoe": 0.0}
 
 
-@register("regularizer", "bayesian_compression")
+@register("regularizer", "bayesian_compression", section="3.7")
 class BayesianCompression(_UnitNoise):
     """Bayesian compression (Louizos et al. 2017): a scale per output unit over Gaussian
     weights, under a group horseshoe (default) or group normal-Jeffreys prior.

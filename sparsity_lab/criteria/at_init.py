@@ -19,6 +19,7 @@ import itertools
 from collections.abc import Iterable, Mapping
 
 import torch
+from torch import nn
 from torch.nn.utils import parametrize
 
 from .. import masks
@@ -41,14 +42,26 @@ class _Given(Criterion):
         return self._scores
 
 
-def exponential_steps(sparsity: float, iterations: int) -> list[float]:
-    """Sparsities ``1 - (1 - s)^(k / n)`` for ``k = 1..n``: the density shrinks by the same
-    factor at each of the ``n`` steps, and the last step reaches ``s`` exactly."""
+def exponential_steps(sparsity: float, iterations: int, start: float = 0.0) -> list[float]:
+    """Sparsities from ``start`` to ``s`` in ``n`` steps: ``1 - (1 - start) r^(k / n)`` for
+    ``k = 1..n`` with ``r = (1 - s) / (1 - start)``.  The density shrinks by the same factor
+    at each step and the last step reaches ``s`` exactly; ``start`` is the sparsity the
+    tensors already have, so pruning a pruned model continues from it."""
     check_sparsity(sparsity)
     if iterations < 1:
         raise ValueError(f"iterations must be a positive integer, got {iterations}")
-    steps = [1 - (1 - sparsity) ** (k / iterations) for k in range(1, iterations)]
+    if start >= sparsity:  # nothing left to spread; prune() explains a request below start
+        return [sparsity]
+    ratio = (1 - sparsity) / (1 - start)
+    steps = [1 - (1 - start) * ratio ** (k / iterations) for k in range(1, iterations)]
     return [*steps, sparsity]
+
+
+def current_sparsity(model: nn.Module, names: list[str]) -> float:
+    """The fraction of zeros the masks of ``names`` already impose (unmasked: none)."""
+    total = sum(masks.weight(model, n).numel() for n in names)
+    found = [masks.get_mask(model, n) for n in names]
+    return sum(int((m == 0).sum()) for m in found if m is not None) / total
 
 
 @register("criterion", "grasp", section="2.4.3")
@@ -130,7 +143,8 @@ class SynFlow(Criterion):
     def prune(self, model, names, sparsity, *, pattern, budget, **kwargs):  # noqa: D102
         if pattern.fixed_sparsity is not None:  # N:M: nothing to spread over steps
             return super().prune(model, names, sparsity, pattern=pattern, budget=budget, **kwargs)
-        for step in exponential_steps(sparsity, self.iterations):
+        start = current_sparsity(model, names)
+        for step in exponential_steps(sparsity, self.iterations, start):
             new_masks = super().prune(model, names, step, pattern=pattern, budget=budget, **kwargs)
         return new_masks
 
@@ -179,6 +193,7 @@ class FORCE(Criterion):
         if context.data is None:
             raise ValueError("criterion 'force' needs data: pass data=... to prune()")
         pruned = [n for n in names if n not in set(dense)]
+        already = current_sparsity(model, names)
         start = {}
         for n in pruned:
             mask = masks.get_mask(model, n)
@@ -187,7 +202,7 @@ class FORCE(Criterion):
             masks.attach(model, n, start[n], dense_grad=True)
         batches = itertools.cycle(list(context.batches()))
         steps = [sparsity] if pattern.fixed_sparsity is not None else None
-        for step in steps or exponential_steps(sparsity, self.iterations):
+        for step in steps or exponential_steps(sparsity, self.iterations, already):
             data = [next(batches) for _ in range(self.batches)]
             scores = self.scores(model, names, Context(data, context.loss_fn, context.seed))
             for n in pruned:  # every weight competes again, from the masks we started with

@@ -68,6 +68,12 @@ class Criterion:
     needs_data: ClassVar[bool] = False
     #: The patterns the rule is defined for, by name (``"channel"``, ``"nm"``); None: all.
     supported_patterns: ClassVar[tuple[str, ...] | None] = None
+    #: Whether the criterion chooses the layer sparsities itself (a search such as AMC):
+    #: the budget is then ignored and the target is met as a bound, not exactly.
+    searches_layer_sparsities: ClassVar[bool] = False
+    #: Whether the criterion rewrites the layers it prunes (EigenDamage's eigenbasis), so
+    #: that a pruned model cannot be pruned again by it.
+    prunes_once: ClassVar[bool] = False
 
     def check_pattern(self, pattern: Pattern) -> None:
         """Refuse a pattern the rule is not defined for, naming those it is."""

@@ -142,6 +142,7 @@ class AMC(Criterion):
 
     name = "amc"
     supported_patterns = ("unstructured",)
+    searches_layer_sparsities = True
     needs_data = True
 
     def __init__(
@@ -236,7 +237,8 @@ class AMC(Criterion):
             ranks[n] = r.reshape(w.shape)
 
         gen = torch.Generator().manual_seed(context.seed)
-        policy = nn.Linear(8, 1)
+        with torch.random.fork_rng(devices=[]):  # its draws are zeroed: leave the user's RNG
+            policy = nn.Linear(8, 1)
         with torch.no_grad():
             policy.weight.zero_()
             policy.bias.zero_()  # start at sparsity max_sparsity / 2 everywhere

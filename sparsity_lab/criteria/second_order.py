@@ -637,6 +637,7 @@ class EigenDamage(Criterion):
     """
 
     name = "eigendamage"
+    prunes_once = True
     needs_data = True
 
     def __init__(self, n_batches: int | None = 8) -> None:

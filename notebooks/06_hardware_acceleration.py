@@ -252,6 +252,11 @@ def earlier(a, b):
     return a is not None and (b is None or a < b)
 
 
+def csr_even(batch):
+    be = even[(batch, "csr (ours)")]
+    return f"from {be:.0%}" if be is not None else "at no measured sparsity"
+
+
 rank = {  # does structure break even earlier than unstructured CSR, at every batch?
     v: all(earlier(even[(b, v)], even[(b, "csr (ours)")]) for b in BATCHES)
     for v in ("shrunk", "bsr 16x16")
@@ -264,12 +269,31 @@ display(
         f"run.  Shrunk rows {'broke' if rank['shrunk'] else 'did not always break'} even "
         f"earlier than unstructured CSR at every batch; 16 x 16 blocks, which amortise one "
         f"index over many values, "
-        f"{'did too' if rank['bsr 16x16'] else 'did not at every batch'}.  Why the "
-        f"batch matters: at batch 1 the dense product is limited by memory (each weight is "
-        f"read once for one multiply-add), so skipping zeros saves memory traffic; with a "
-        f"large batch it is limited by arithmetic and very hard to beat."
+        f"{'did too' if rank['bsr 16x16'] else 'did not at every batch'}."
     )
 )
+small, large = BATCHES[0], BATCHES[-1]
+at_small, at_large = even[(small, "csr (ours)")], even[(large, "csr (ours)")]
+if small != large and (at_small, at_large) != (None, None):
+    if at_small == at_large:
+        outcome = "at the same sparsity, so the batch made no difference here."
+    elif earlier(at_small, at_large):
+        outcome = "the expectation held."
+    else:
+        outcome = (
+            "the expectation did not hold on this machine (the batched sparse kernel "
+            "amortises its index reads over the batch, and the one-thread dense product "
+            "here is far from a tuned BLAS at every batch)."
+        )
+    display(
+        Markdown(
+            f"The usual expectation about the batch: at batch {small} the dense product is "
+            f"limited by memory (each weight is read once for one multiply-add), so skipping "
+            f"zeros saves traffic, while at batch {large} it is limited by arithmetic and "
+            f"harder to beat.  Here CSR broke even {csr_even(small)} at batch {small} and "
+            f"{csr_even(large)} at batch {large}: {outcome}"
+        )
+    )
 
 # %% [markdown]
 # ## 4. Exporting a pruned model
@@ -316,7 +340,7 @@ for s in E2E_SPARSITIES:
 e2e = pd.DataFrame(e2e)
 summary = e2e.groupby("sparsity")[["masked", "exported"]].agg(["mean", "std"]).round(2)
 print(summary.to_string())
-print(accel.plan(exported).round(1).to_string())
+print(accel.plan(exported).round(3).to_string())
 
 # %%
 at95 = e2e[e2e.sparsity == 0.95]["exported"]
@@ -327,9 +351,13 @@ display(
         f"model runs at {e2e[e2e.sparsity == 0.95]['masked'].mean():.2f}x"
         + (": masks alone cost time" if e2e[e2e.sparsity == 0.95]["masked"].mean() < 1 else "")
         + f".  The slowest exported model over all sparsities ran at "
-        f"{e2e['exported'].min():.2f}x dense (the target is at least 0.95x; export keeps dense "
-        f"layers below the break-even, so a lower figure is timing noise or a bad decision "
-        f"of the dispatch, and worth a look)."
+        f"{e2e['exported'].min():.3f}x dense: the target of at least 0.95x "
+        + (
+            "was met."
+            if e2e["exported"].min() >= 0.95
+            else "was missed (export keeps dense layers below the break-even, so this is "
+            "timing noise or a bad decision of the dispatch, and worth a look)."
+        )
     )
 )
 
@@ -377,8 +405,9 @@ display(
 # A kernel is limited either by arithmetic (peak FLOP rate) or by memory (bytes moved /
 # bandwidth).  We measure both limits on this machine, then place each product by its
 # arithmetic intensity (useful FLOPs per byte moved) and achieved FLOP rate.  Sparse
-# kernels sit far below the roof: each value drags an index along, and irregular access
-# defeats the vector units and the caches.
+# kernels are expected below the roof: each value drags an index along, and irregular
+# access defeats the vector units.  The memory roof is measured with a copy larger than
+# the caches, so a product whose weight stays in cache can sit above it.
 
 # %%
 n = 256 if SMOKE else 1024
@@ -418,12 +447,20 @@ ax.set_ylabel("GFLOP/s")
 ax.set_title(f"{MATRIX}x{MATRIX} products, batches {BATCHES}")
 ax.legend()
 plt.show()
+csr_points = [(f, nbytes, t) for label, f, nbytes, t in points if label != "dense"]
+csr_rate = max(f / t for f, _, t in csr_points) / 1e9
+of_roof = [f / t / 1e9 / min(peak, bandwidth * f / nbytes) for f, nbytes, t in csr_points]
 display(
     Markdown(
         f"Measured here: peak {peak:.1f} GFLOP/s (dense {n}^3 product, one thread) and "
         f"{bandwidth:.1f} GB/s (a copy).  The useful FLOP rate of the CSR kernels is "
-        f"{min(f / t for _, f, _, t in points[1:]) / 1e9:.2f} to "
-        f"{max(f / t for _, f, _, t in points[1:]) / 1e9:.2f} GFLOP/s."
+        f"{min(f / t for f, _, t in csr_points) / 1e9:.2f} to {csr_rate:.2f} GFLOP/s, "
+        f"{min(of_roof):.0%} to {max(of_roof):.0%} of the roof at their intensity"
+        + (
+            " (above 100%: their weights stay in cache, which the copy's bandwidth ignores)."
+            if max(of_roof) > 1
+            else "."
+        )
     )
 )
 
@@ -441,28 +478,28 @@ display(
 # Measured in this run:
 
 # %%
-masked = e2e.groupby("sparsity")["masked"].mean()
-
-
-def csr_even(batch):
-    be = even[(batch, "csr (ours)")]
-    return f"from {be:.0%}" if be is not None else "never"
-
-
-csr_rate = max(f / t for _, f, _, t in points[1:]) / 1e9
+masked = e2e[e2e.sparsity > 0].groupby("sparsity")["masked"].mean()
+bound = speed.assign(share=speed["speedup"] * (1 - speed["sparsity"]))
+share = bound.groupby("variant")["share"].max()
 display(
     Markdown(
-        f"* The masked LeNet-300-100 ran at {masked.min():.2f}x to {masked.max():.2f}x the "
-        f"dense model's speed; the exported one at {e2e['exported'].min():.2f}x to "
-        f"{e2e['exported'].max():.2f}x.\n"
+        f"* The masked LeNet-300-100 (sparsity 50% and above) ran at {masked.min():.2f}x to "
+        f"{masked.max():.2f}x the dense model's speed; the exported one at "
+        f"{e2e['exported'].min():.2f}x to {e2e['exported'].max():.2f}x.\n"
         "* Unstructured CSR broke even "
         + ", ".join(f"at batch {b}: {csr_even(b)}" for b in BATCHES)
         + "; shrunk rows "
         + ("broke even earlier at every batch" if rank["shrunk"] else "not always earlier")
         + ".\n"
         f"* The fastest CSR product reached {csr_rate:.2f} GFLOP/s of useful work, "
-        f"{csr_rate / peak:.0%} of the dense peak of {peak:.1f} GFLOP/s: the FLOP ratio "
-        f"``1 / density`` is an upper bound on the speed-up."
+        f"{csr_rate / peak:.0%} of the dense peak of {peak:.1f} GFLOP/s.  CSR's speed-up "
+        f"reached at most {share['csr (ours)']:.0%} of the FLOP ratio ``1 / density``; shrunk "
+        f"rows reached {share['shrunk']:.0%} of it"
+        + (
+            " (above it: the smaller dense weight also fits in faster caches)."
+            if share["shrunk"] > 1
+            else "."
+        )
     )
 )
 

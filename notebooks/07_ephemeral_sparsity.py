@@ -287,8 +287,9 @@ display(
 # | `layerdrop` | Fan et al. 2020 | whole layers, which can then be pruned for inference |
 #
 # The pictures show what dropout and DropBlock zero in one 28 x 28 feature map at the same
-# rate: scattered single pixels against contiguous squares, which remove information a
-# convolution could otherwise recover from the neighbours.
+# nominal `p` (the share each actually zeroed is in the titles): scattered single pixels
+# against contiguous squares, which remove information a convolution could otherwise
+# recover from the neighbours.
 
 # %%
 torch.manual_seed(SEED)
@@ -500,8 +501,8 @@ display(
         f"model of the same seed and the same {MNIST_FIT['epochs']} epoch(s): "
         f"{sl.stats.describe(meprop_low)}.  Even dense back-propagation at initialisation "
         f"sends {zero_errors:.0%} zero errors into fc1 on one batch (the units its ReLU "
-        f"switched off), so on average a density above {1 - zero_errors:.0%} drops almost "
-        f"nothing there."
+        f"switched off), so at initialisation a density above {1 - zero_errors:.0%} drops "
+        f"almost nothing there."
     )
 )
 
@@ -795,7 +796,8 @@ display(
         f"{len(text.bundle.train):,} windows; the recipe expects "
         f"{CHAR_RECIPE.expected_test_accuracy:.0%} on the full data).  Swapped in without "
         f"retraining: {swapped('sparsemax')}; {swapped('1.5-entmax')}; {swapped('top-4')}; "
-        f"{swapped('local, window 2')}.  The model never saw these attention functions in "
+        f"{swapped('local, window 2')}; {swapped('strided, stride 4')}; {swapped('bigbird')}."
+        f"  The model never saw these attention functions in "
         f"training; exercise 1 trains with one from the start."
     )
 )
@@ -803,9 +805,10 @@ display(
 # %% [markdown]
 # ## Head pruning
 #
-# Many attention heads can be removed from a trained transformer.  Michel et al. (2019)
-# score each head by `|dL / d xi_h|`, the derivative of the loss with respect to a gate
-# `xi_h = 1` on the head's output, summed over batches and normalised per layer; the
+# Michel et al. (2019) report that many attention heads can be removed from a trained
+# transformer at test time; we test that on a tiny one.  They score each head by
+# `|dL / d xi_h|`, the derivative of the loss with respect to a gate `xi_h = 1` on the
+# head's output, summed over batches and normalised per layer; the
 # lowest-scoring heads across all layers go first.  This is the gradient-based score of the
 # paper (`heads.head_importance`), not a weight norm; we compute it on the validation
 # split.  We compare with removing heads in a random order, without fine-tuning, for each
@@ -863,7 +866,8 @@ plt.show()
 display(
     head_runs.groupby(["order", "head_sparsity"])[["test_accuracy", "perplexity"]].mean().round(4)
 )
-sl.nb.show_flags(sl.flags.table(head_runs, ["order", "head_sparsity"]))
+head_flags = sl.flags.table(head_runs, ["order", "head_sparsity"])
+sl.nb.show_flags(head_flags)
 removed = head_runs[head_runs["head_sparsity"] > 0]
 order_diffs = with_perplexity(removed, "order", "random", by=["head_sparsity"])
 order_diffs.round(4)
@@ -896,6 +900,17 @@ display(
         f"heads, importance order minus random order is {sl.stats.describe(half_order)}.  "
         f"The shrunk model (half the heads) has {after:,} parameters instead of {before:,}, "
         f"and its outputs differ from the masked model by at most {gap:.1e}."
+        + (
+            "  Sanity flags fired for "
+            + "; ".join(
+                f"{r.order} order at {r.head_sparsity:.0%} of heads ({r.flagged_runs} runs: "
+                f"{r.flags})"
+                for r in head_flags.itertuples()
+            )
+            + ": those points of the curves are runs that failed, not small models that work."
+            if len(head_flags)
+            else "  No sanity flag fired on the head-pruning curves."
+        )
     )
 )
 
@@ -937,8 +952,9 @@ display(Markdown(sl.claims.report([head_verdict])))
 #
 # Instead of scoring heads once, Voita et al. learn a stochastic Hard Concrete gate per head
 # together with the model, with an L0 penalty on the expected number of open gates.  Heads
-# whose gate closes are pruned.  We fine-tune the trained transformer of one seed for a few
-# epochs with loss + `lambda` x L0 (Adam; the budget is stated below).
+# whose gate closes are pruned (whether any closes within our budget is reported below).
+# We fine-tune the trained transformer of one seed for a few epochs with loss + `lambda` x
+# L0 (Adam; the budget is stated below).
 
 # %%
 gated = copy.deepcopy(transformer)
@@ -977,6 +993,14 @@ display(
         f"{dense_run_chars['perplexity']:.2f}; one seed, so no interval).  Probability that "
         f"each gate is open, by layer: {probabilities}.  "
         + (f"Flags: {'; '.join(gate_flags)}." if gate_flags else "No sanity flag fired.")
+        + (
+            "  No gate closed at this L0 weight and budget, so no head was removed: the "
+            "pruned model is the fine-tuned one with its gates taken out (the gates' "
+            "expected values scale the heads, hence the gap to the gated score).  A larger "
+            "weight or longer fine-tuning closes gates (exercise 6)."
+            if n_open == n_heads
+            else ""
+        )
     )
 )
 
@@ -1007,9 +1031,10 @@ display(
                 f"hidden activations at zero for free.  k-WTA keeping "
                 f"{min(KWTA_DENSITIES):.0%} of the units reaches "
                 f"{means.loc[sparsest, 'activation_sparsity']:.0%} "
-                f"({sl.stats.describe(ad_.loc[sparsest])}); FATReLU at T = "
+                f"({sl.stats.describe(ad_.loc[sparsest])}"
+                f"{sl.flags.note(runs, 'arm', sparsest)}); FATReLU at T = "
                 f"{max(FAT_THRESHOLDS)} reaches {means.loc[fat, 'activation_sparsity']:.0%} "
-                f"({sl.stats.describe(ad_.loc[fat])}).",
+                f"({sl.stats.describe(ad_.loc[fat])}{sl.flags.note(runs, 'arm', fat)}).",
                 f"- meProp keeping {low:.0%} of the errors does "
                 f"{mp.loc[low, 'backward_cost']:.0%} of the hidden layers' backward "
                 f"multiply-adds: {sl.stats.describe(bd_.loc[f'meprop {low:.0%}'])}; SWAT at "
@@ -1023,7 +1048,9 @@ display(
                 f"accuracy against softmax: sparsemax {sl.stats.describe(ad.loc['sparsemax'])}, "
                 f"1.5-entmax {sl.stats.describe(ad.loc['1.5-entmax'])}, top-4 "
                 f"{sl.stats.describe(ad.loc['top-4'])}, local window "
-                f"{sl.stats.describe(ad.loc['local, window 2'])}.",
+                f"{sl.stats.describe(ad.loc['local, window 2'])}, strided "
+                f"{sl.stats.describe(ad.loc['strided, stride 4'])}, BigBird "
+                f"{sl.stats.describe(ad.loc['bigbird'])}.",
                 f"- Removing {CLAIM_HEAD_SPARSITY:.0%} of the heads by gradient importance: "
                 f"{sl.stats.describe(claim_diff)}; at half the heads, importance order minus "
                 f"random order {sl.stats.describe(half_order)}.",

@@ -176,3 +176,22 @@ def table(df: pd.DataFrame, by: Sequence[str] | str, column: str = "flags") -> p
             }
         )
     return pd.DataFrame(rows, columns=[*by, "flagged_runs", "flags"])
+
+
+def note(df: pd.DataFrame, by: str, value: object, column: str = "flags") -> str:
+    """The caveat to print beside a result of group ``value``: ``""`` when none of its runs
+    raised a flag, else which share did and with which kinds.
+
+    A mean or a paired interval over runs of which some collapsed (at chance level, a layer
+    emptied) describes neither the collapsed runs nor the working ones, so a sentence that
+    reports one must say so.
+    """
+    flagged = table(df, by, column)
+    row = flagged[flagged[by] == value]
+    if row.empty:
+        return ""
+    found = row.iloc[0]
+    return (
+        f"; {found['flagged_runs']} runs flagged ({found['flags']}), so this estimate "
+        f"mixes runs that failed with runs that did not"
+    )

@@ -88,3 +88,15 @@ def test_table_lists_flagged_groups_only():
         {"method": "a", "flagged_runs": "1 of 2", "flags": "at chance level"}
     ]
     assert flags.table(df[df.method == "b"], "method").empty
+
+
+def test_note_names_the_flagged_share_of_a_group_and_nothing_for_a_clean_one():
+    runs = pd.DataFrame(
+        {
+            "arm": ["a", "a", "a", "b", "b"],
+            "flags": ["at chance level (acc 0.10)", "", "", "", ""],
+        }
+    )
+    assert flags.note(runs, "arm", "b") == ""
+    text = flags.note(runs, "arm", "a")
+    assert "1 of 3 runs flagged" in text and "at chance level" in text

@@ -379,6 +379,17 @@ def sensitivity_budget(
     return global_(shapes, sparsity, pattern=pattern, dense=dense, scores=keys)
 
 
+#: Budgets that rank scores (the others read only the shapes).
+SCORED = ("global", "lamp_budget", "sensitivity_budget")
+
+
+def needs_scores(budget: str) -> bool:
+    """Whether ``budget`` ranks group scores; shape-only budgets (uniform, er, erk) do not,
+    so a caller can skip computing scores for them."""
+    registry.get(budget, "budget")  # a misspelt name fails here, with suggestions
+    return budget in SCORED
+
+
 def allocate(
     budget: str,
     shapes: Mapping[str, Shape],

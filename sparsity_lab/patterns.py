@@ -50,6 +50,26 @@ def count(sparsity: float, n: int) -> int:
     return min(n, math.floor(Fraction(repr(float(sparsity))) * n + Fraction(1, 2)))
 
 
+def target_sparsity(pattern: Pattern, sparsity: float | None) -> float:
+    """The sparsity to reach with ``pattern``: ``sparsity``, or the one N:M fixes.
+
+    N:M patterns fix the sparsity at ``1 - N/M``: ``None`` means that one, and any other
+    value is an error (a 2:4 model cannot be 30% sparse).  Other patterns need a value.
+    """
+    fixed = pattern.fixed_sparsity
+    if sparsity is None:
+        if fixed is None:
+            raise ValueError(f"pattern {pattern!r} needs a sparsity in [0, 1), got None")
+        return fixed
+    check_sparsity(sparsity)
+    if fixed is not None and abs(sparsity - fixed) > 1e-9:
+        raise ValueError(
+            f"{pattern!r} fixes the sparsity at {fixed:g}, got sparsity={sparsity}; "
+            f"pass sparsity=None (or {fixed:g})"
+        )
+    return float(sparsity)
+
+
 def check_sparsity(sparsity: float) -> None:
     """Raise a ValueError unless ``0 <= sparsity < 1``."""
     is_scalar_tensor = torch.is_tensor(sparsity) and sparsity.numel() == 1

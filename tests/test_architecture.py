@@ -101,3 +101,16 @@ def test_leaf_modules_import_nothing_of_the_package(leaf):
 def test_every_module_imports_on_its_own():
     for name in MODULES:
         importlib.import_module(name)
+
+
+def test_only_the_selection_module_turns_a_budget_plan_into_masks():
+    """One path from scores to masks: budgets.allocate is called by selection.select and
+    by the two callers that plan per layer and choose the masks their own way (the
+    layer-wise reconstruction, the evolutionary search's per-layer counts)."""
+    callers = {
+        name
+        for name, path in MODULES.items()
+        if "budgets.allocate(" in path.read_text() or "allocate(budget" in path.read_text()
+    }
+    planners = {"sparsity_lab.criteria.layerwise", "sparsity_lab.criteria.search"}
+    assert callers == {"sparsity_lab.selection"} | planners

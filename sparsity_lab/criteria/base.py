@@ -26,9 +26,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .. import budgets, calibration, masks, registry
+from .. import calibration, masks, registry
 from ..calibration import Batch
-from ..patterns import Pattern, check_sparsity, count
+from ..patterns import Pattern, count, target_sparsity
+from ..selection import select
 
 
 @dataclass
@@ -124,39 +125,20 @@ class Criterion:
         for n in names:
             if n not in dense:
                 pattern.check_layer(model, n)
+        target = target_sparsity(pattern, sparsity)
+        priors = {n: masks.get_mask(model, n) for n in names}
+        _check_no_revival(priors, shapes, target)
         with torch.enable_grad():
             scores = self.scores(model, names, context)
-        priors = {n: masks.get_mask(model, n) for n in names}
-        group_scores = {
-            n: pattern.group_scores(scores[n], reduction, priors[n])
-            for n in names
-            if n not in dense
-        }
-        fixed = pattern.fixed_sparsity
-        if fixed is not None and sparsity is not None and abs(sparsity - fixed) > 1e-9:
-            raise ValueError(
-                f"{pattern!r} fixes the sparsity at {fixed:g}, got sparsity={sparsity}; "
-                f"pass sparsity=None (or {fixed:g})"
-            )
-        target = fixed if sparsity is None else sparsity
-        if target is None:
-            raise ValueError(f"pattern {pattern!r} needs a sparsity in [0, 1), got None")
-        check_sparsity(target)
-        _check_no_revival(priors, shapes, target)
-        plan = budgets.allocate(
-            budget, shapes, target, pattern=pattern, dense=dense, scores=group_scores
+        new_masks = select(
+            {n: scores[n] for n in names},
+            target,
+            pattern=pattern,
+            budget=budget,
+            dense=dense,
+            priors=priors,
+            reduction=reduction,
         )
-        new_masks = {}
-        for n in names:
-            if n in dense:
-                continue
-            n_prune = count(plan[n], pattern.n_groups(shapes[n]))
-            keep = pattern.prune_groups(scores[n], n_prune, reduction, priors[n])
-            if priors[n] is not None:
-                # Masks only shrink, even where a new budget plans fewer zeros for a layer
-                # than it already has (the total may then exceed the target).
-                keep = keep & priors[n].bool()  # out of place: keep may be a broadcast view
-            new_masks[n] = keep
         self.update_weights(model, new_masks, context)
         for n, keep in new_masks.items():
             masks.attach(model, n, keep, dense_grad=dense_grad)

@@ -39,7 +39,7 @@ from torch import nn
 
 from .. import budgets, masks
 from ..curvature import layer_input_rows
-from ..patterns import NM, Pattern, check_sparsity, count, prune_lowest
+from ..patterns import NM, Pattern, count, prune_lowest, target_sparsity
 from ..registry import register
 from ..targets import default_targets
 from .base import Context, Criterion
@@ -620,22 +620,9 @@ class _Layerwise(Criterion):
 
     def _plan(self, model, names, layers, sparsity, pattern, budget, dense, reduction, batches):
         shapes = {n: tuple(masks.weight(model, n).shape) for n in names}
-        fixed = pattern.fixed_sparsity
-        if fixed is not None:
-            if sparsity is not None and abs(sparsity - fixed) > 1e-9:
-                raise ValueError(
-                    f"{pattern!r} fixes the sparsity at {fixed:g}, got sparsity={sparsity}; "
-                    f"pass sparsity=None (or {fixed:g})"
-                )
-            return {n: (0.0 if n in dense else fixed) for n in names}
-        if sparsity is None:
-            raise ValueError(f"pattern {pattern!r} needs a sparsity in [0, 1), got None")
-        check_sparsity(sparsity)
-        try:  # budgets that use only shapes (uniform, er, erk) need no scores
+        sparsity = target_sparsity(pattern, sparsity)
+        if pattern.fixed_sparsity is not None or not budgets.needs_scores(budget):
             return budgets.allocate(budget, shapes, sparsity, pattern=pattern, dense=dense)
-        except ValueError as shape_only_failed:
-            if "scores" not in str(shape_only_failed):
-                raise
         scores = self._dense_scores(model, names, layers, dense, batches)
         group_scores = {
             n: pattern.group_scores(s, reduction, masks.get_mask(model, n))

@@ -24,9 +24,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import budgets, masks, patterns, registry
+from .. import masks, patterns, registry
 from ..accounting import positions
-from ..patterns import Pattern, check_sparsity, count
+from ..patterns import Pattern, target_sparsity
+from ..selection import select
 from ..targets import default_targets, resolve
 from ..train import Callback, Trainer, fit
 
@@ -85,18 +86,7 @@ class TrainingMethod(Callback):
                 f"{self.name} supports the patterns {', '.join(self.supported_patterns)}, got "
                 f"{self.pattern!r}; use one of those or a method that supports any pattern"
             )
-        fixed = self.pattern.fixed_sparsity
-        if sparsity is None:
-            if fixed is None:
-                raise ValueError(f"{self.name} needs a sparsity in [0, 1), got None")
-            sparsity = fixed
-        check_sparsity(sparsity)
-        if fixed is not None and abs(sparsity - fixed) > 1e-9:
-            raise ValueError(
-                f"{self.pattern!r} fixes the sparsity at {fixed:g}, got sparsity={sparsity}; "
-                f"pass sparsity=None"
-            )
-        self.sparsity = float(sparsity)
+        self.sparsity = target_sparsity(self.pattern, sparsity)
         self.budget = budget or self.default_budget
         registry.get(self.budget, "budget")  # a misspelt budget fails now, with suggestions
         self.targets = None if targets is None else list(targets)
@@ -202,18 +192,8 @@ def select_masks(
     does; tensors in ``dense`` get no mask.
     """
     dense = set(dense)
-    shapes = {n: tuple(masks.weight(model, n).shape) for n in names}
-    group_scores = {n: pattern.group_scores(scores[n]) for n in names if n not in dense}
-    plan = budgets.allocate(
-        budget, shapes, sparsity, pattern=pattern, dense=dense, scores=group_scores
-    )
-    out = {}
-    for n in names:
-        if n in dense:
-            continue
-        n_prune = count(plan[n], pattern.n_groups(shapes[n]))
-        out[n] = pattern.prune_groups(scores[n], n_prune)
-    return out
+    for_count = {n: masks.weight(model, n) if n in dense else scores[n] for n in names}
+    return select(for_count, sparsity, pattern=pattern, budget=budget, dense=dense)
 
 
 def apportion(total: int, weights: Mapping[str, float], capacity: Mapping[str, int]) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..patterns import target_sparsity
 from ..registry import register
 from ..train import Trainer
 from .base import Regularizer, project
@@ -40,13 +41,11 @@ class ADMM(Regularizer):
         **options,
     ):
         super().__init__(strength, sparsity=sparsity, **options)
-        fixed = self.pattern.fixed_sparsity
-        if self.sparsity is None and fixed is not None:
-            self.sparsity = fixed
-        if self.sparsity is None:
+        if self.sparsity is None and self.pattern.fixed_sparsity is None:
             raise ValueError(
                 "admm prunes to a constraint set: pass sparsity=... (the fraction of zeros)"
             )
+        self.sparsity = target_sparsity(self.pattern, self.sparsity)
         if update_every < 1:
             raise ValueError(f"update_every must be a positive number of steps, got {update_every}")
         if self.budget == "learned":

@@ -60,9 +60,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .. import budgets, masks, patterns, registry, schedules
+from .. import masks, patterns, registry, schedules
 from ..methods.base import apportion
 from ..patterns import Pattern, check_sparsity, count
+from ..selection import select
 from ..targets import default_targets
 from ..train import Callback, Trainer, fit, make_optimizer
 
@@ -101,15 +102,9 @@ def project(
     """
     check_sparsity(sparsity)
     pat = patterns.get(pattern)
-    shapes = {n: tuple(s.shape) for n, s in scores.items()}
-    for n, shape in shapes.items():
-        pat.validate(shape, n)
-    group_scores = {n: pat.group_scores(s, reduction) for n, s in scores.items()}
-    plan = budgets.allocate(budget, shapes, sparsity, pattern=pat, scores=group_scores)
-    return {
-        n: pat.prune_groups(s, count(plan[n], pat.n_groups(shapes[n])), reduction)
-        for n, s in scores.items()
-    }
+    for n, s in scores.items():
+        pat.validate(tuple(s.shape), n)
+    return select(scores, sparsity, pattern=pat, budget=budget, reduction=reduction)
 
 
 # --- reparameterisation helpers -----------------------------------------------------------

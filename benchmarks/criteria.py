@@ -57,13 +57,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # a script: write files, open no window
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
 
-import sparsity_lab as sl  # noqa: E402
-from sparsity_lab import masks, recipes  # noqa: E402
-from sparsity_lab.criteria.first_order import (  # noqa: E402
+import sparsity_lab as sl
+from sparsity_lab import masks, recipes
+from sparsity_lab.criteria.first_order import (
     KarninScores,
     MovementScores,
     SoftMovementScores,

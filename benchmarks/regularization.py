@@ -45,14 +45,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # a script: write the figure, show nothing
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
 
-import sparsity_lab as sl  # noqa: E402
-import sparsity_lab.regularizers  # noqa: E402, F401  (registers the regularizers)
-from sparsity_lab import recipes, registry  # noqa: E402
-from sparsity_lab.regularizers import compare  # noqa: E402
+import sparsity_lab as sl
+import sparsity_lab.regularizers
+from sparsity_lab import recipes, registry
+from sparsity_lab.regularizers import compare
 
 STRUCTURED = {"group_lasso", "slimming", "polarization", "structured_bayesian",
               "bayesian_compression"}  # fmt: skip

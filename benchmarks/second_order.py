@@ -47,13 +47,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # a script: write the figure to a file, never open a window
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
 
-import sparsity_lab as sl  # noqa: E402
-from sparsity_lab import curvature, recipes  # noqa: E402
-from sparsity_lab.criteria import layerwise, second_order  # noqa: E402
+import sparsity_lab as sl
+from sparsity_lab import curvature, recipes
+from sparsity_lab.criteria import layerwise, second_order
 
 MODEL, DATA = "lenet300", "mnist"
 #: the random baseline of global magnitude: its mask's per-layer counts, random positions

@@ -47,15 +47,15 @@ import matplotlib
 
 matplotlib.use("Agg")  # a script: write files, open no window
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
 
-import sparsity_lab as sl  # noqa: E402
-from sparsity_lab import recipes, registry  # noqa: E402
-from sparsity_lab.methods.base import TrainingFlops  # noqa: E402
-from sparsity_lab.methods.cram import one_shot  # noqa: E402
-from sparsity_lab.methods.dynamic import StaticSparse  # noqa: E402
+import sparsity_lab as sl
+from sparsity_lab import recipes, registry
+from sparsity_lab.methods.base import TrainingFlops
+from sparsity_lab.methods.cram import one_shot
+from sparsity_lab.methods.dynamic import StaticSparse
 
 RESULTS = Path(__file__).parent / "results"
 SETTINGS = {"lenet300": "mnist", "cnn1d": "mnist1d"}
@@ -94,7 +94,7 @@ class InitDiagnostics(sl.train.Callback):
         self.density: dict[str, float] = {}
         self.grad_norm: dict[str, float] = {}
 
-    def on_after_backward(self, trainer) -> None:  # noqa: D102
+    def on_after_backward(self, trainer) -> None:
         if trainer.step != 0:
             return
         for n in self.method.masked_names(trainer.model):

@@ -36,7 +36,7 @@ from IPython.display import Markdown, display
 from torch import nn
 
 import sparsity_lab as sl
-import sparsity_lab.regularizers  # noqa: F401  (registers the regularizers)
+import sparsity_lab.regularizers
 from sparsity_lab import recipes, registry
 from sparsity_lab.regularizers import compare
 
@@ -568,7 +568,7 @@ display(
 # once on the test points.
 
 # %%
-from sklearn.datasets import make_moons  # noqa: E402
+from sklearn.datasets import make_moons
 
 x_np, y_np = make_moons(600, noise=0.15, random_state=SEED)
 x_all, y_all = torch.tensor(x_np, dtype=torch.float32), torch.tensor(y_np)

@@ -83,7 +83,7 @@ def judge(key, row, setting, reason):
 
 # %%
 # NBVAL_CHECK_OUTPUT
-import torch  # noqa: E402
+import torch
 
 a = torch.tensor([1, 1, 0, 0, 1, 0])
 b = torch.tensor([1, 0, 1, 0, 1, 0])

@@ -215,7 +215,7 @@ class _SparseWeight(nn.Module):
             return (y if bias is None else y + bias).unsqueeze(0)
         return self.matmul(x.T, bias).T
 
-    def extra_repr(self) -> str:  # noqa: D102
+    def extra_repr(self) -> str:
         density = self.nnz / math.prod(self.shape)
         block = f", block={self.block}" if self.block else ""
         return f"shape={self.shape}, kernel={self.kernel}{block}, stored_density={density:.4f}"
@@ -254,7 +254,7 @@ class SparseLinear(nn.Module):
             offset=getattr(layer, "offset", None),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:  # the common case, without reshapes
             y = self.weight.linear(x, self.bias)
         else:
@@ -262,7 +262,7 @@ class SparseLinear(nn.Module):
             y = self.weight.linear(flat, self.bias).reshape(*x.shape[:-1], -1)
         return y if self.offset is None else y + self.offset
 
-    def extra_repr(self) -> str:  # noqa: D102
+    def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
@@ -297,7 +297,7 @@ class SparseConv(nn.Module):
         offset = getattr(layer, "offset", None)
         self.register_buffer("offset", None if offset is None else offset.detach().clone())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         image = x.unsqueeze(2) if self.dims == 1 else x
         batch, _, height, width = image.shape
         cols = F.unfold(image, self.kernel_size, self.dilation, self.padding, self.stride)
@@ -342,7 +342,7 @@ class SemiStructuredLinear(nn.Module):
         bias = None if layer.bias is None else layer.bias.detach().to("cuda", torch.float16)
         self.register_buffer("bias", bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(torch.float16), self.weight, self.bias)
 
 
@@ -422,7 +422,7 @@ class LayerChoice:
     dense_s: float | None
     sparse_s: float | None
 
-    def as_dict(self) -> dict[str, Any]:  # noqa: D102
+    def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 

@@ -177,14 +177,14 @@ class Dense(Format):
 
     name = "dense"
 
-    def encode(self, tensor, *, index_bits=None):  # noqa: D102
+    def encode(self, tensor, *, index_bits=None):
         return Encoded(self.name, tuple(tensor.shape), tensor.dtype, tensor.detach().flatten())
 
-    def decode(self, enc):  # noqa: D102
+    def decode(self, enc):
         self._check(enc)
         return enc.values.reshape(enc.shape).clone()
 
-    def size_bits(self, enc, value_bits, index_bits):  # noqa: D102
+    def size_bits(self, enc, value_bits, index_bits):
         return enc.values.numel() * value_bits
 
 
@@ -194,21 +194,21 @@ class Bitmap(Format):
 
     name = "bitmap"
 
-    def encode(self, tensor, *, index_bits=None):  # noqa: D102
+    def encode(self, tensor, *, index_bits=None):
         flat = tensor.detach().flatten()
         bitmap = flat != 0
         return Encoded(
             self.name, tuple(tensor.shape), tensor.dtype, flat[bitmap], {"bitmap": bitmap}
         )
 
-    def decode(self, enc):  # noqa: D102
+    def decode(self, enc):
         self._check(enc)
         bitmap = enc.index["bitmap"]
         out = torch.zeros(bitmap.numel(), dtype=enc.dtype)
         out[bitmap] = enc.values
         return out.reshape(enc.shape)
 
-    def size_bits(self, enc, value_bits, index_bits):  # noqa: D102
+    def size_bits(self, enc, value_bits, index_bits):
         # the bitmap is one bit per element whatever the index width
         return enc.index["bitmap"].numel() + enc.values.numel() * value_bits
 
@@ -219,18 +219,18 @@ class COO(Format):
 
     name = "coo"
 
-    def encode(self, tensor, *, index_bits=None):  # noqa: D102
+    def encode(self, tensor, *, index_bits=None):
         t = tensor.detach()
         indices = torch.nonzero(t).T  # (ndim, m), row-major order like torch's coalesce
         return Encoded(self.name, tuple(t.shape), t.dtype, t[t != 0], {"indices": indices})
 
-    def decode(self, enc):  # noqa: D102
+    def decode(self, enc):
         self._check(enc)
         out = torch.zeros(enc.shape, dtype=enc.dtype)
         out[tuple(enc.index["indices"])] = enc.values
         return out
 
-    def size_bits(self, enc, value_bits, index_bits):  # noqa: D102
+    def size_bits(self, enc, value_bits, index_bits):
         m, n = enc.values.numel(), math.prod(enc.shape)
         if index_bits is None:
             # a coordinate tuple packed in mixed radix is one offset in [0, n)
@@ -246,13 +246,13 @@ class CSR(Format):
 
     name = "csr"
 
-    def encode(self, tensor, *, index_bits=None):  # noqa: D102
+    def encode(self, tensor, *, index_bits=None):
         a = _matrix(tensor.detach())
         nz = a != 0
         index = {"crow_indices": _pointers(nz.sum(1)), "col_indices": torch.nonzero(nz)[:, 1]}
         return Encoded(self.name, tuple(tensor.shape), tensor.dtype, a[nz], index)
 
-    def decode(self, enc):  # noqa: D102
+    def decode(self, enc):
         self._check(enc)
         n_r, n_c = _matrix_shape(enc.shape)
         row = torch.repeat_interleave(torch.arange(n_r), enc.index["crow_indices"].diff())
@@ -260,7 +260,7 @@ class CSR(Format):
         out[row, enc.index["col_indices"]] = enc.values
         return out.reshape(enc.shape)
 
-    def size_bits(self, enc, value_bits, index_bits):  # noqa: D102
+    def size_bits(self, enc, value_bits, index_bits):
         n_c = _matrix_shape(enc.shape)[1]
         m = enc.values.numel()
         return (
@@ -276,13 +276,13 @@ class CSC(Format):
 
     name = "csc"
 
-    def encode(self, tensor, *, index_bits=None):  # noqa: D102
+    def encode(self, tensor, *, index_bits=None):
         a = _matrix(tensor.detach()).T
         nz = a != 0
         index = {"ccol_indices": _pointers(nz.sum(1)), "row_indices": torch.nonzero(nz)[:, 1]}
         return Encoded(self.name, tuple(tensor.shape), tensor.dtype, a[nz], index)
 
-    def decode(self, enc):  # noqa: D102
+    def decode(self, enc):
         self._check(enc)
         n_r, n_c = _matrix_shape(enc.shape)
         col = torch.repeat_interleave(torch.arange(n_c), enc.index["ccol_indices"].diff())
@@ -290,7 +290,7 @@ class CSC(Format):
         out[enc.index["row_indices"], col] = enc.values
         return out.reshape(enc.shape)
 
-    def size_bits(self, enc, value_bits, index_bits):  # noqa: D102
+    def size_bits(self, enc, value_bits, index_bits):
         n_r = _matrix_shape(enc.shape)[0]
         m = enc.values.numel()
         return (
@@ -323,14 +323,14 @@ class BSR(Format):
         # (block rows, block cols, r, c)
         return a.reshape(n_r // r, r, n_c // c, c).transpose(1, 2)
 
-    def encode(self, tensor, *, index_bits=None):  # noqa: D102
+    def encode(self, tensor, *, index_bits=None):
         tiles = self._tiles(_matrix(tensor.detach()))
         kept = (tiles != 0).any(dim=3).any(dim=2)
         index = {"crow_indices": _pointers(kept.sum(1)), "col_indices": torch.nonzero(kept)[:, 1]}
         meta = {"block": self.block}
         return Encoded(self.name, tuple(tensor.shape), tensor.dtype, tiles[kept], index, meta)
 
-    def decode(self, enc):  # noqa: D102
+    def decode(self, enc):
         self._check(enc)
         fmt = BSR(enc.meta["block"])
         tiles = fmt._tiles(torch.zeros(_matrix_shape(enc.shape)))
@@ -341,7 +341,7 @@ class BSR(Format):
         tiles[row, enc.index["col_indices"]] = enc.values
         return tiles.transpose(1, 2).reshape(enc.shape)
 
-    def size_bits(self, enc, value_bits, index_bits):  # noqa: D102
+    def size_bits(self, enc, value_bits, index_bits):
         n_c = _matrix_shape(enc.shape)[1]
         blocks = enc.index["col_indices"].numel()
         return (
@@ -367,7 +367,7 @@ class RLE(Format):
 
     name = "rle"
 
-    def encode(self, tensor, *, index_bits=None):  # noqa: D102
+    def encode(self, tensor, *, index_bits=None):
         flat = tensor.detach().flatten()
         pos = torch.nonzero(flat).flatten()
         runs = torch.diff(pos, prepend=pos.new_full((1,), -1)) - 1
@@ -385,14 +385,14 @@ class RLE(Format):
         meta = {"index_bits": index_bits}
         return Encoded(self.name, tuple(tensor.shape), tensor.dtype, values, {"runs": runs}, meta)
 
-    def decode(self, enc):  # noqa: D102
+    def decode(self, enc):
         self._check(enc)
         out = torch.zeros(math.prod(enc.shape), dtype=enc.dtype)
         pos = (enc.index["runs"] + 1).cumsum(0) - 1
         out[pos] = enc.values  # fillers write an explicit zero
         return out.reshape(enc.shape)
 
-    def size_bits(self, enc, value_bits, index_bits):  # noqa: D102
+    def size_bits(self, enc, value_bits, index_bits):
         if index_bits != enc.meta["index_bits"]:
             raise ValueError(
                 f"this rle encoding was made for index_bits={enc.meta['index_bits']}; "
@@ -413,7 +413,7 @@ class ELL(Format):
 
     name = "ell"
 
-    def encode(self, tensor, *, index_bits=None):  # noqa: D102
+    def encode(self, tensor, *, index_bits=None):
         a = _matrix(tensor.detach())
         nz = a != 0
         k = int(nz.sum(1).max()) if a.numel() else 0
@@ -424,14 +424,14 @@ class ELL(Format):
         values = torch.where(keep, torch.gather(a, 1, order), torch.zeros((), dtype=a.dtype))
         return Encoded(self.name, tuple(tensor.shape), tensor.dtype, values, {"cols": cols})
 
-    def decode(self, enc):  # noqa: D102
+    def decode(self, enc):
         self._check(enc)
         shape = _matrix_shape(enc.shape)
         out = torch.zeros(shape, dtype=enc.dtype)
         out.scatter_add_(1, enc.index["cols"], enc.values)  # padding adds 0 to column 0
         return out.reshape(enc.shape)
 
-    def size_bits(self, enc, value_bits, index_bits):  # noqa: D102
+    def size_bits(self, enc, value_bits, index_bits):
         n_c = _matrix_shape(enc.shape)[1]
         return enc.values.numel() * (value_bits + width(n_c, index_bits))
 
@@ -452,7 +452,7 @@ class NMFormat(Format):
         self.pattern = NM(n, m)
         self.n, self.m = self.pattern.n, self.pattern.m
 
-    def encode(self, tensor, *, index_bits=None):  # noqa: D102
+    def encode(self, tensor, *, index_bits=None):
         t = tensor.detach()
         self.pattern.validate(tuple(t.shape), "tensor")
         grouped = self.pattern._grouped(t)
@@ -469,14 +469,14 @@ class NMFormat(Format):
         meta = {"n": self.n, "m": self.m}
         return Encoded(self.name, tuple(t.shape), t.dtype, values, {"positions": positions}, meta)
 
-    def decode(self, enc):  # noqa: D102
+    def decode(self, enc):
         self._check(enc)
         pattern = NM(enc.meta["n"], enc.meta["m"])
         groups = torch.zeros(enc.values.shape[0], pattern.m, dtype=enc.dtype)
         groups.scatter_(1, enc.index["positions"], enc.values)
         return pattern.expand(groups.flatten(), enc.shape)
 
-    def size_bits(self, enc, value_bits, index_bits):  # noqa: D102
+    def size_bits(self, enc, value_bits, index_bits):
         meta_bits = width(enc.meta["m"], None)
         return enc.values.numel() * (value_bits + meta_bits)
 

@@ -45,11 +45,11 @@ class _StraightThrough(torch.autograd.Function):
     """``x * mask`` in forward, identity in backward: the dense gradient reaches ``x``."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(ctx, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return x * mask
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad, None
 
 
@@ -70,7 +70,7 @@ class Mask(nn.Module):
         self.register_buffer("mask", mask.detach().clone())
         self.dense_grad = dense_grad
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense_grad and torch.is_grad_enabled():
             return _StraightThrough.apply(x, self.mask)
         return x * self.mask
@@ -79,17 +79,17 @@ class Mask(nn.Module):
     # under the mask): it travels in the state dict as a 0-d tensor, so that resuming from a
     # state dict, also one read with torch.load(weights_only=True), resumes the same run.
     # It stays a Python bool on the module: forward reads it at every call.
-    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001, D102
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         destination[prefix + DENSE_GRAD_KEY] = torch.tensor(self.dense_grad)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, D102
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         flag = state_dict.pop(prefix + DENSE_GRAD_KEY, None)
         if flag is not None:  # state dicts written before the flag was saved keep the mode
             self.dense_grad = bool(flag)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def extra_repr(self) -> str:  # noqa: D102
+    def extra_repr(self) -> str:
         kept = int(self.mask.count_nonzero())
         return f"sparsity={1 - kept / self.mask.numel():.4f}, dense_grad={self.dense_grad}"
 
@@ -332,7 +332,7 @@ def _rebuild_masked(
     return module
 
 
-def _reduce_masked(self: nn.Module, protocol: int):  # noqa: ANN202
+def _reduce_masked(self: nn.Module, protocol: int):
     # Pickle a masked module as its plain class and state, with the dense ``original``
     # tensors in place of the parametrizations, plus the masks.  Nothing is mutated:
     # parametrize's generated class is shared with deep copies, so removing a

@@ -230,20 +230,20 @@ class Channel(Pattern):
 
     name = "channel"
 
-    def validate(self, shape, name="tensor"):  # noqa: D102
+    def validate(self, shape, name="tensor"):
         if len(shape) < 2:
             raise ValueError(
                 f"channel pattern needs a weight with at least 2 dims, {name} has shape "
                 f"{tuple(shape)}; exclude it or use pattern='unstructured'"
             )
 
-    def group_size(self, shape):  # noqa: D102
+    def group_size(self, shape):
         return _as_matrix_shape(shape)[1]
 
     def _grouped(self, x):
         return x.reshape(x.shape[0], -1)
 
-    def expand(self, keep_groups, shape):  # noqa: D102
+    def expand(self, keep_groups, shape):
         rows, cols = _as_matrix_shape(shape)
         return keep_groups.reshape(rows, 1).expand(rows, cols).reshape(shape)
 
@@ -254,16 +254,16 @@ class Input(Pattern):
 
     name = "input"
 
-    def validate(self, shape, name="tensor"):  # noqa: D102
+    def validate(self, shape, name="tensor"):
         Channel().validate(shape, name)
 
-    def group_size(self, shape):  # noqa: D102
+    def group_size(self, shape):
         return shape[0] * math.prod(shape[2:])
 
     def _grouped(self, x):
         return x.transpose(0, 1).reshape(x.shape[1], -1)
 
-    def expand(self, keep_groups, shape):  # noqa: D102
+    def expand(self, keep_groups, shape):
         view = (1, shape[1]) + (1,) * (len(shape) - 2)
         return keep_groups.reshape(view).expand(shape).clone()
 
@@ -279,7 +279,7 @@ class Block(Pattern):
             raise ValueError(f"block size must be positive, got {rows}x{cols}")
         self.rows, self.cols = int(rows), int(cols)
 
-    def validate(self, shape, name="tensor"):  # noqa: D102
+    def validate(self, shape, name="tensor"):
         r, c = _as_matrix_shape(shape)
         if r % self.rows or c % self.cols:
             raise ValueError(
@@ -288,7 +288,7 @@ class Block(Pattern):
                 f"the layer"
             )
 
-    def group_size(self, shape):  # noqa: D102
+    def group_size(self, shape):
         return self.rows * self.cols
 
     def _grouped(self, x):
@@ -296,7 +296,7 @@ class Block(Pattern):
         tiles = x.reshape(r // self.rows, self.rows, c // self.cols, self.cols)
         return tiles.permute(0, 2, 1, 3).reshape(-1, self.rows * self.cols)
 
-    def expand(self, keep_groups, shape):  # noqa: D102
+    def expand(self, keep_groups, shape):
         r, c = _as_matrix_shape(shape)
         grid = keep_groups.reshape(r // self.rows, c // self.cols)
         full = grid.repeat_interleave(self.rows, 0).repeat_interleave(self.cols, 1)
@@ -327,7 +327,7 @@ class NM(Pattern):
     def fixed_sparsity(self) -> float:  # type: ignore[override]
         return 1 - self.n / self.m
 
-    def validate(self, shape, name="tensor"):  # noqa: D102
+    def validate(self, shape, name="tensor"):
         if len(shape) < 2 or shape[1] % self.m:
             size = shape[1] if len(shape) >= 2 else None
             raise ValueError(
@@ -336,17 +336,17 @@ class NM(Pattern):
                 f"{self.m}; exclude this layer (e.g. exclude=['{name}']) or choose another M"
             )
 
-    def group_size(self, shape):  # noqa: D102
+    def group_size(self, shape):
         return self.m
 
     def _grouped(self, x):
         return x.movedim(1, -1).reshape(-1, self.m)
 
-    def expand(self, keep_groups, shape):  # noqa: D102
+    def expand(self, keep_groups, shape):
         moved = (shape[0],) + tuple(shape[2:]) + (shape[1],)
         return keep_groups.reshape(moved).movedim(-1, 1).contiguous()
 
-    def mask(self, scores, sparsity=None, reduction="l1", prior=None):  # noqa: D102
+    def mask(self, scores, sparsity=None, reduction="l1", prior=None):
         if sparsity is not None and abs(sparsity - self.fixed_sparsity) > 1e-9:
             raise ValueError(
                 f"{self.n}:{self.m} sparsity is {self.fixed_sparsity:g} by construction, got "
@@ -385,7 +385,7 @@ class Kernel(Pattern):
     name = "kernel"
     layers = (nn.modules.conv._ConvNd,)
 
-    def validate(self, shape, name="tensor"):  # noqa: D102
+    def validate(self, shape, name="tensor"):
         if len(shape) < 3:
             raise ValueError(
                 f"kernel pattern prunes the kernels of a convolution (weight of shape "
@@ -393,13 +393,13 @@ class Kernel(Pattern):
                 f"kernel dimensions; exclude it (or keep it dense) or use pattern='unstructured'"
             )
 
-    def group_size(self, shape):  # noqa: D102
+    def group_size(self, shape):
         return math.prod(shape[2:])
 
     def _grouped(self, x):
         return x.reshape(x.shape[0] * x.shape[1], -1)
 
-    def expand(self, keep_groups, shape):  # noqa: D102
+    def expand(self, keep_groups, shape):
         view = tuple(shape[:2]) + (1,) * (len(shape) - 2)
         return keep_groups.reshape(view).expand(shape).clone()
 
@@ -435,7 +435,7 @@ class Head(Pattern):
     def _dim(self) -> int:
         return 0 if self.axis == "out" else 1
 
-    def validate(self, shape, name="tensor"):  # noqa: D102
+    def validate(self, shape, name="tensor"):
         if len(shape) != 2:
             raise ValueError(
                 f"head pattern prunes attention projections (Linear weights), but {name} has "
@@ -450,10 +450,10 @@ class Head(Pattern):
                 f"attention projections as targets"
             )
 
-    def n_groups(self, shape):  # noqa: D102
+    def n_groups(self, shape):
         return self.n_heads
 
-    def group_size(self, shape):  # noqa: D102
+    def group_size(self, shape):
         return math.prod(shape) // self.n_heads
 
     def _grouped(self, x):
@@ -466,12 +466,12 @@ class Head(Pattern):
             .reshape(self.n_heads, -1)
         )
 
-    def expand(self, keep_groups, shape):  # noqa: D102
+    def expand(self, keep_groups, shape):
         per_head = keep_groups.repeat_interleave(shape[self._dim] // self.n_heads)
         view = (-1, 1) if self.axis == "out" else (1, -1)
         return per_head.reshape(view).expand(shape).clone()
 
-    def check_layer(self, model, name):  # noqa: D102
+    def check_layer(self, model, name):
         path = name.rpartition(".")[0]
         parent_path, _, role = path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
@@ -513,16 +513,16 @@ class Layer(Pattern):
 
     name = "layer"
 
-    def group_size(self, shape):  # noqa: D102
+    def group_size(self, shape):
         return math.prod(shape)
 
     def _grouped(self, x):
         return x.reshape(1, -1)
 
-    def expand(self, keep_groups, shape):  # noqa: D102
+    def expand(self, keep_groups, shape):
         return keep_groups.reshape((1,) * len(shape)).expand(shape).clone()
 
-    def group_scores(self, scores, reduction="l1", prior=None):  # noqa: D102
+    def group_scores(self, scores, reduction="l1", prior=None):
         g = super().group_scores(scores, reduction, prior)
         return g / per_element(reduction, scores.numel())
 
@@ -541,7 +541,7 @@ class EmbeddingRows(Pattern):
     name = "embedding"
     layers = (nn.Embedding,)
 
-    def validate(self, shape, name="tensor"):  # noqa: D102
+    def validate(self, shape, name="tensor"):
         if len(shape) != 2:
             raise ValueError(
                 f"embedding pattern prunes rows of an embedding table (num_embeddings, dim), "
@@ -549,13 +549,13 @@ class EmbeddingRows(Pattern):
                 f"'tok_emb.weight') or use another pattern"
             )
 
-    def group_size(self, shape):  # noqa: D102
+    def group_size(self, shape):
         return shape[1]
 
     def _grouped(self, x):
         return x.reshape(x.shape[0], -1)
 
-    def expand(self, keep_groups, shape):  # noqa: D102
+    def expand(self, keep_groups, shape):
         return keep_groups.reshape(-1, 1).expand(shape).clone()
 
 

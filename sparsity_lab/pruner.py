@@ -173,12 +173,12 @@ class ScheduledPruning(Callback):
         if target != self.current:
             self.apply(trainer, target)
 
-    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_begin(self, trainer: Trainer) -> None:
         self._update(trainer)
 
-    def on_step_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_step_end(self, trainer: Trainer) -> None:
         self._update(trainer)
 
-    def on_epoch_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_epoch_end(self, trainer: Trainer) -> None:
         self.val_losses.append(trainer.history[-1]["val_loss"])
         trainer.history[-1]["sparsity"] = self.current

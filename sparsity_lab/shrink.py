@@ -520,7 +520,7 @@ def plan(model: nn.Module) -> pd.DataFrame:
 class OffsetLinear(nn.Linear):
     """A Linear plus a fixed ``offset`` tensor added to its output."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x) + self.offset
 
 
@@ -548,7 +548,7 @@ class OffsetConv1d(nn.Conv1d):
     it takes only inputs of the size it was made for.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _add_offset(self, super().forward(x))
 
 
@@ -559,7 +559,7 @@ class OffsetConv2d(nn.Conv2d):
     it takes only inputs of the size it was made for.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _add_offset(self, super().forward(x))
 
 
@@ -573,7 +573,7 @@ class _FixedResidualMLPBlock(nn.Module):
         super().__init__()
         self.register_buffer("value", value)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x + self.value)
 
 
@@ -585,7 +585,7 @@ class _FixedBasicBlock(nn.Module):
         self.shortcut = shortcut
         self.register_buffer("value", value)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.shortcut(x) + self.value)
 
 
@@ -608,7 +608,7 @@ class _PartialTransformerBlock(nn.Module):
 
     def forward(
         self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:  # noqa: D102
+    ) -> torch.Tensor:
         if self.attn_value is None:
             x = x + self.attn(self.ln1(x), key_padding_mask)
         else:

@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import sparsity_lab as sl
-import sparsity_lab.regularizers  # noqa: F401  (registers the regularizers)
+import sparsity_lab.regularizers
 from sparsity_lab import registry
 from sparsity_lab.regularizers.base import Regularizer, project
 

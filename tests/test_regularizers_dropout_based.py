@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import sparsity_lab as sl
-import sparsity_lab.regularizers  # noqa: F401
+import sparsity_lab.regularizers
 from sparsity_lab import registry
 
 

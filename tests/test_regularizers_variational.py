@@ -12,7 +12,7 @@ from scipy import integrate, stats
 from torch import nn
 
 import sparsity_lab as sl
-import sparsity_lab.regularizers  # noqa: F401
+import sparsity_lab.regularizers
 from sparsity_lab import registry
 from sparsity_lab.regularizers.variational import (
     GroupHorseshoeGate,

@@ -52,7 +52,7 @@ class GroupCriterion(Criterion):
         """One score per group of ``pattern`` (or per element) for each named tensor."""
         raise NotImplementedError
 
-    def scores(self, model: nn.Module, names: list[str], context: Context):  # noqa: D102
+    def scores(self, model: nn.Module, names: list[str], context: Context):
         pattern = context.options.get("pattern") or Unstructured()
         out = {}
         for n, g in self.group_scores(model, names, pattern, context).items():
@@ -60,7 +60,7 @@ class GroupCriterion(Criterion):
             out[n] = g.reshape(shape) if g.numel() == math.prod(shape) else pattern.expand(g, shape)
         return out
 
-    def prune(self, model, names, sparsity, *, pattern, budget, **kwargs):  # noqa: D102
+    def prune(self, model, names, sparsity, *, pattern, budget, **kwargs):
         self.check_pattern(pattern)
         context = kwargs.pop("context", None) or Context()
         context = replace(context, options={**context.options, "pattern": pattern})

@@ -38,7 +38,7 @@ class _Given(Criterion):
     def __init__(self, scores: dict[str, torch.Tensor]) -> None:
         self._scores = scores
 
-    def scores(self, model, names, context):  # noqa: D102
+    def scores(self, model, names, context):
         return self._scores
 
 
@@ -81,7 +81,7 @@ class GraSP(Criterion):
     def __init__(self, batches: int | None = 1) -> None:
         self.batches = batches
 
-    def scores(self, model, names, context):  # noqa: D102
+    def scores(self, model, names, context):
         with evaluating(model):
             batches = list(context.batches(self.batches))
             g = {n: 0.0 for n in names}
@@ -120,7 +120,7 @@ class SynFlow(Criterion):
     def __init__(self, iterations: int = 100, input_shape: tuple[int, ...] | None = None):
         self.iterations, self.input_shape = iterations, input_shape
 
-    def scores(self, model, names, context):  # noqa: D102
+    def scores(self, model, names, context):
         shape = self.input_shape or getattr(model, "input_shape", None)
         if shape is None:
             raise ValueError(
@@ -140,7 +140,7 @@ class SynFlow(Criterion):
             grads = torch.autograd.grad(flow, weights)
         return {n: (g * w).detach().abs() for n, g, w in zip(names, grads, weights, strict=True)}
 
-    def prune(self, model, names, sparsity, *, pattern, budget, **kwargs):  # noqa: D102
+    def prune(self, model, names, sparsity, *, pattern, budget, **kwargs):
         if pattern.fixed_sparsity is not None:  # N:M: nothing to spread over steps
             return super().prune(model, names, sparsity, pattern=pattern, budget=budget, **kwargs)
         start = current_sparsity(model, names)
@@ -166,7 +166,7 @@ class FORCE(Criterion):
     def __init__(self, iterations: int = 10, batches: int = 1) -> None:
         self.iterations, self.batches = iterations, batches
 
-    def scores(self, model, names, context):  # noqa: D102
+    def scores(self, model, names, context):
         total, count = {n: 0.0 for n in names}, 0
         with evaluating(model):
             for batch in context.batches(self.batches):
@@ -176,7 +176,7 @@ class FORCE(Criterion):
         # the stored weight, not the masked one: a pruned weight keeps its value to return
         return {n: (total[n] / count * masks.dense_weight(model, n).detach()).abs() for n in names}
 
-    def prune(  # noqa: D102
+    def prune(
         self,
         model,
         names,

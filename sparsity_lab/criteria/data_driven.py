@@ -82,7 +82,7 @@ class APoZ(_UnitCriterion):
 
     name = "apoz"
 
-    def group_scores(self, model, names, pattern, context):  # noqa: D102
+    def group_scores(self, model, names, pattern, context):
         return output_means(model, names, context, lambda out: out > 0, self.batches)
 
 
@@ -93,7 +93,7 @@ class MeanActivation(_UnitCriterion):
 
     name = "mean_activation"
 
-    def group_scores(self, model, names, pattern, context):  # noqa: D102
+    def group_scores(self, model, names, pattern, context):
         return output_means(model, names, context, torch.relu, self.batches)
 
 
@@ -158,7 +158,7 @@ class ActivationVariance(_FoldingCriterion):
 
     name = "activation_variance"
 
-    def group_scores(self, model, names, pattern, context):  # noqa: D102
+    def group_scores(self, model, names, pattern, context):
         self._means, self._alive, out = {}, {}, {}
         for n, stats in self._statistics(model, names, context).items():
             mean = stats["sum"] / stats["rows"]
@@ -167,7 +167,7 @@ class ActivationVariance(_FoldingCriterion):
         return out
 
     @torch.no_grad()
-    def update_weights(self, model, new_masks, context):  # noqa: D102
+    def update_weights(self, model, new_masks, context):
         for n, keep in new_masks.items():
             link = self._links[n]
             outgoing, bias = link.outgoing(model), link.bias(model)
@@ -194,7 +194,7 @@ class CorrelationMerge(_FoldingCriterion):
 
     name = "correlation_merge"
 
-    def group_scores(self, model, names, pattern, context):  # noqa: D102
+    def group_scores(self, model, names, pattern, context):
         self._plan, out = {}, {}
         for n, stats in self._statistics(model, names, context).items():
             link = self._links[n]
@@ -214,7 +214,7 @@ class CorrelationMerge(_FoldingCriterion):
         return out
 
     @torch.no_grad()
-    def update_weights(self, model, new_masks, context):  # noqa: D102
+    def update_weights(self, model, new_masks, context):
         for n, keep in new_masks.items():
             order, into, alive, alpha, beta = self._plan[n]
             link = self._links[n]
@@ -245,7 +245,7 @@ class Sensitivity(_UnitCriterion):
 
     name = "sensitivity"
 
-    def group_scores(self, model, names, pattern, context):  # noqa: D102
+    def group_scores(self, model, names, pattern, context):
         modules = {n: module_of(model, n, self.name) for n in names}
         totals: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
@@ -363,7 +363,7 @@ class ThiNet(_InputCriterion):
 
     name = "thinet"
 
-    def group_scores(self, model, names, pattern, context):  # noqa: D102
+    def group_scores(self, model, names, pattern, context):
         out = {}
         for n, (_, g, alive, _) in self._grams(model, names, context).items():
             order, relative = thinet_order(g, alive)
@@ -371,7 +371,7 @@ class ThiNet(_InputCriterion):
         return out
 
     @torch.no_grad()
-    def update_weights(self, model, new_masks, context):  # noqa: D102
+    def update_weights(self, model, new_masks, context):
         if not self.refit:
             return
         for n, keep in new_masks.items():
@@ -401,14 +401,14 @@ class LassoChannel(_InputCriterion):
 
     name = "lasso_channel"
 
-    def group_scores(self, model, names, pattern, context):  # noqa: D102
+    def group_scores(self, model, names, pattern, context):
         out = {}
         for n, (_, g, alive, rows) in self._grams(model, names, context).items():
             out[n] = lasso_entry(g, alive, rows)
         return out
 
     @torch.no_grad()
-    def update_weights(self, model, new_masks, context):  # noqa: D102
+    def update_weights(self, model, new_masks, context):
         if not self.refit:
             return
         for n, keep in new_masks.items():
@@ -503,12 +503,12 @@ class NISP(_UnitCriterion):
         super().__init__(batches)
         self.next_layers, self.final_scores = next_layers, final_scores
 
-    def prune(self, model, names, sparsity, **kwargs):  # noqa: D102
+    def prune(self, model, names, sparsity, **kwargs):
         if self.final_scores is not None:
             self.needs_data = False  # the data only serve the final-layer ranking
         return super().prune(model, names, sparsity, **kwargs)
 
-    def group_scores(self, model, names, pattern, context):  # noqa: D102
+    def group_scores(self, model, names, pattern, context):
         chain = default_targets(model)
         if any(n not in chain for n in names):
             raise ValueError(f"nisp scores Linear/Conv weights of {chain}, got {names}")

@@ -33,7 +33,7 @@ class Magnitude(Criterion):
 
     name = "magnitude"
 
-    def scores(self, model: nn.Module, names: list[str], context: Context):  # noqa: D102
+    def scores(self, model: nn.Module, names: list[str], context: Context):
         return {n: masks.weight(model, n).detach().abs() for n in names}
 
 
@@ -47,7 +47,7 @@ class Random(Criterion):
 
     name = "random"
 
-    def scores(self, model: nn.Module, names: list[str], context: Context):  # noqa: D102
+    def scores(self, model: nn.Module, names: list[str], context: Context):
         gen = torch.Generator().manual_seed(context.seed)
         out = {}
         for n in names:
@@ -72,7 +72,7 @@ class Lamp(GroupCriterion):
 
     name = "lamp"
 
-    def group_scores(self, model, names, pattern: Pattern, context):  # noqa: D102
+    def group_scores(self, model, names, pattern: Pattern, context):
         out = {}
         for n in names:
             w = masks.weight(model, n).detach().double()
@@ -101,7 +101,7 @@ class GroupNorm(GroupCriterion):
             raise ValueError(f"group_norm takes p=1 (L1, Li et al. 2017) or p=2, got p={p!r}")
         self.p = p
 
-    def group_scores(self, model, names, pattern: Pattern, context):  # noqa: D102
+    def group_scores(self, model, names, pattern: Pattern, context):
         out = {}
         for n in names:
             w = masks.weight(model, n).detach().double()
@@ -139,7 +139,7 @@ class FPGM(GroupCriterion):
     name = "fpgm"
     supported_patterns = ("channel",)
 
-    def group_scores(self, model, names, pattern, context):  # noqa: D102
+    def group_scores(self, model, names, pattern, context):
         return {
             n: fpgm_scores(masks.weight(model, n).detach(), alive_units(model, n)) for n in names
         }
@@ -190,7 +190,7 @@ class NeuronMerge(GroupCriterion):
         self.next_layers = next_layers
         self._plan: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def group_scores(self, model, names, pattern, context):  # noqa: D102
+    def group_scores(self, model, names, pattern, context):
         self._links = links(model, names, self.next_layers, "neuron_merge")
         out = {}
         for n in names:
@@ -202,7 +202,7 @@ class NeuronMerge(GroupCriterion):
         return out
 
     @torch.no_grad()
-    def update_weights(self, model, new_masks, context):  # noqa: D102
+    def update_weights(self, model, new_masks, context):
         for n, keep in new_masks.items():
             order, into, alive = self._plan[n]
             removed = set(removed_units(keep, alive).tolist())

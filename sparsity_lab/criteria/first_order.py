@@ -78,7 +78,7 @@ class SNIP(_GradientCriterion):
     def __init__(self, batches: int | None = 1) -> None:
         super().__init__(batches)
 
-    def scores(self, model, names, context):  # noqa: D102
+    def scores(self, model, names, context):
         total, count = {n: 0.0 for n in names}, 0
         for grads in self._gradients(model, names, context):
             total = {n: total[n] + grads[n] for n in names}
@@ -97,7 +97,7 @@ class TaylorWeight(_GradientCriterion):
 
     name = "taylor_weight"
 
-    def scores(self, model, names, context):  # noqa: D102
+    def scores(self, model, names, context):
         total, count = {n: 0.0 for n in names}, 0
         for grads in self._gradients(model, names, context):
             total = {
@@ -153,7 +153,7 @@ class Skeletonization(GroupCriterion):
     def __init__(self, batches: int | None = None) -> None:
         self.batches = batches
 
-    def group_scores(self, model, names, pattern, context):  # noqa: D102
+    def group_scores(self, model, names, pattern, context):
         total = {n: 0.0 for n in names}
         for grads in gate_gradients(model, names, context, self.batches, per_example=False):
             total = {n: total[n] - grads[n] for n in names}
@@ -178,7 +178,7 @@ class Taylor(GroupCriterion):
     def __init__(self, batches: int | None = None, normalize: bool = True) -> None:
         self.batches, self.normalize = batches, normalize
 
-    def group_scores(self, model, names, pattern, context):  # noqa: D102
+    def group_scores(self, model, names, pattern, context):
         positions = {}
         modules = {n: module_of(model, n) for n in names}
 
@@ -215,7 +215,7 @@ class ScoreTracker(Callback):
         self.names = None if names is None else list(names)
         self.scores: dict[str, torch.Tensor] = {}
 
-    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_begin(self, trainer: Trainer) -> None:
         if self.names is None:
             self.names = default_targets(trainer.model)
         for n in self.names:
@@ -237,7 +237,7 @@ class MovementScores(ScoreTracker):
     it.  Read by the ``movement`` criterion.
     """
 
-    def on_after_backward(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_after_backward(self, trainer: Trainer) -> None:
         for n in self.names:
             g = self.grad(trainer.model, n)
             if g is not None:
@@ -252,7 +252,7 @@ class KarninScores(ScoreTracker):
     With plain SGD ``-g * dw = dw^2 / lr``, Karnin's sum.
     """
 
-    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_begin(self, trainer: Trainer) -> None:
         super().on_train_begin(trainer)
         if not hasattr(self, "initial"):
             self.initial = {n: self._w(trainer.model, n).clone() for n in self.names}
@@ -260,12 +260,12 @@ class KarninScores(ScoreTracker):
     def _w(self, model: nn.Module, name: str) -> torch.Tensor:
         return masks.weight(model, name).detach().double()
 
-    def on_after_backward(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_after_backward(self, trainer: Trainer) -> None:
         self._before = {
             n: (self.grad(trainer.model, n), self._w(trainer.model, n).clone()) for n in self.names
         }
 
-    def on_step_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_step_end(self, trainer: Trainer) -> None:
         for n, (g, w) in self._before.items():
             if g is not None:
                 self.scores[n] -= g * (self._w(trainer.model, n) - w)
@@ -288,7 +288,7 @@ class SoftMovementScores(ScoreTracker):
             raise ValueError(f"lam is a penalty weight and must be >= 0, got {lam}")
         self.lam, self.lr = lam, lr
 
-    def on_after_backward(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_after_backward(self, trainer: Trainer) -> None:
         lr = trainer.optimizer.param_groups[0]["lr"] if self.lr is None else self.lr
         for n in self.names:
             g = self.grad(trainer.model, n)
@@ -336,7 +336,7 @@ class Movement(_TrackedCriterion):
     name = "movement"
     tracker_type = MovementScores
 
-    def scores(self, model, names, context):  # noqa: D102
+    def scores(self, model, names, context):
         return self._tracked(names)
 
 
@@ -358,10 +358,10 @@ class SoftMovement(_TrackedCriterion):
         super().__init__(tracker)
         self.threshold = threshold
 
-    def scores(self, model, names, context):  # noqa: D102
+    def scores(self, model, names, context):
         return self._tracked(names)
 
-    def prune(self, model, names, sparsity, *, pattern, budget, **kwargs):  # noqa: D102
+    def prune(self, model, names, sparsity, *, pattern, budget, **kwargs):
         if self.threshold is None:
             return super().prune(model, names, sparsity, pattern=pattern, budget=budget, **kwargs)
         if sparsity is not None or pattern.name != "unstructured":
@@ -397,7 +397,7 @@ class Karnin(_TrackedCriterion):
     name = "karnin"
     tracker_type = KarninScores
 
-    def scores(self, model, names, context):  # noqa: D102
+    def scores(self, model, names, context):
         out = {}
         for n, total in self._tracked(names).items():
             final = masks.weight(model, n).detach().double()

@@ -503,7 +503,7 @@ class _Layerwise(Criterion):
         hinv = torch.cholesky_inverse(torch.linalg.cholesky(_dampened(calib.hessian(), self.damp)))
         return obs_saliency(weight.double(), hinv.diagonal()[None, :])
 
-    def scores(self, model, names, context):  # noqa: D102
+    def scores(self, model, names, context):
         raise TypeError(
             f"{self.name} prunes layer by layer; call sparsity_lab.prune(model, {self.name!r}, "
             f"...) rather than reading element scores"
@@ -670,11 +670,11 @@ class Wanda(_Layerwise):
     def __init__(self, n_batches: int | None = 8) -> None:
         super().__init__(n_batches=n_batches, update=False)
 
-    def prune_layer(self, weight, calib, n_prune, nm, prior):  # noqa: D102
+    def prune_layer(self, weight, calib, n_prune, nm, prior):
         keep = wanda(weight, calib.column_norms(), n_prune, nm=nm, prior=prior)
         return weight, keep
 
-    def layer_scores(self, weight, calib):  # noqa: D102
+    def layer_scores(self, weight, calib):
         return weight.abs().double() * calib.column_norms()[None, :]
 
 
@@ -701,7 +701,7 @@ class SparseGPT(_Layerwise):
         super().__init__(n_batches=n_batches, damp=damp, update=update)
         self.block_size = block_size
 
-    def prune_layer(self, weight, calib, n_prune, nm, prior):  # noqa: D102
+    def prune_layer(self, weight, calib, n_prune, nm, prior):
         block = self.block_size
         if nm is not None:
             block = max(nm[1], block - block % nm[1])
@@ -723,7 +723,7 @@ class OBC(_Layerwise):
 
     name = "obc"
 
-    def prune_layer(self, weight, calib, n_prune, nm, prior):  # noqa: D102
+    def prune_layer(self, weight, calib, n_prune, nm, prior):
         return obc(weight, calib.hessian(), n_prune, nm=nm, prior=prior, damp=self.damp)
 
 
@@ -739,5 +739,5 @@ class LOBS(_Layerwise):
     name = "lobs"
     supported_patterns = ("unstructured",)
 
-    def prune_layer(self, weight, calib, n_prune, nm, prior):  # noqa: D102
+    def prune_layer(self, weight, calib, n_prune, nm, prior):
         return lobs(weight, calib.hessian(), n_prune, prior=prior, damp=self.damp)

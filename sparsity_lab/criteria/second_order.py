@@ -239,7 +239,7 @@ class OBD(Criterion):
         self.n_probes, self.n_batches = n_probes, n_batches
         self.needs_data = hessian != "identity"
 
-    def scores(self, model: nn.Module, names: list[str], context: Context):  # noqa: D102
+    def scores(self, model: nn.Module, names: list[str], context: Context):
         w = _effective(model, names)
         if self.hessian == "identity":
             diag = {n: torch.ones_like(t) for n, t in w.items()}
@@ -315,12 +315,12 @@ class OBS(Criterion):
         lam = _mean_diag_damp(self.damp, h.diagonal())
         return torch.linalg.inv(h + lam * torch.eye(len(h), dtype=h.dtype, device=h.device))
 
-    def scores(self, model: nn.Module, names: list[str], context: Context):  # noqa: D102
+    def scores(self, model: nn.Module, names: list[str], context: Context):
         w = _effective(model, names)
         self._names, self._hinv = list(names), self.hessian_inverse(model, names, context)
         return curvature.unflatten(obs_saliency(curvature.flatten(w), self._hinv.diagonal()), w)
 
-    def update_weights(self, model, new_masks, context):  # noqa: D102
+    def update_weights(self, model, new_masks, context):
         hinv, self._hinv = self._hinv, None
         if not self.update or hinv is None:
             return
@@ -353,7 +353,7 @@ class FisherDiag(Criterion):
     def __init__(self, n_samples: int = 256) -> None:
         self.n_samples = n_samples
 
-    def scores(self, model: nn.Module, names: list[str], context: Context):  # noqa: D102
+    def scores(self, model: nn.Module, names: list[str], context: Context):
         w = _effective(model, names)
         grads = curvature.per_sample_gradients(
             model, names, context.data, n_samples=self.n_samples, loss_fn=context.loss_fn
@@ -402,7 +402,7 @@ class WoodFisher(_Stepwise):
         self.update, self.steps = update, _check_steps(steps)
         self._blocks: dict[str, torch.Tensor] = {}
 
-    def scores(self, model: nn.Module, names: list[str], context: Context):  # noqa: D102
+    def scores(self, model: nn.Module, names: list[str], context: Context):
         w = _effective(model, names)
         grads = _fisher_grads(model, names, context, self.n_samples)
         lam = _mean_diag_damp(self.damp, curvature.fisher_diagonal(grads))
@@ -418,7 +418,7 @@ class WoodFisher(_Stepwise):
             out[n] = obs_saliency(w[n].reshape(-1), diag).reshape(w[n].shape)
         return out
 
-    def update_weights(self, model, new_masks, context):  # noqa: D102
+    def update_weights(self, model, new_masks, context):
         blocks, self._blocks = self._blocks, {}
         if not self.update:
             return
@@ -475,7 +475,7 @@ class MFAC(_Stepwise):
         self._inverse: curvature.InverseFisher | None = None
         self._names: list[str] = []
 
-    def scores(self, model: nn.Module, names: list[str], context: Context):  # noqa: D102
+    def scores(self, model: nn.Module, names: list[str], context: Context):
         w = _effective(model, names)
         grads = _fisher_grads(model, names, context, self.n_samples)
         lam = _mean_diag_damp(self.damp, curvature.fisher_diagonal(grads))
@@ -483,7 +483,7 @@ class MFAC(_Stepwise):
         self._diag = self._inverse.diagonal()
         return curvature.unflatten(obs_saliency(curvature.flatten(w), self._diag), w)
 
-    def update_weights(self, model, new_masks, context):  # noqa: D102
+    def update_weights(self, model, new_masks, context):
         inverse, self._inverse = self._inverse, None
         if not self.update or inverse is None:
             return
@@ -531,7 +531,7 @@ class KFAC(Criterion):
         _check_choice("mode", mode, ("obs", "obd"))
         self.mode, self.damp, self.n_batches = mode, damp, n_batches
 
-    def scores(self, model: nn.Module, names: list[str], context: Context):  # noqa: D102
+    def scores(self, model: nn.Module, names: list[str], context: Context):
         factors = curvature.kronecker_factors(
             model, names, context.data, loss_fn=context.loss_fn, limit=self.n_batches
         )
@@ -562,7 +562,7 @@ class EigenbasisLinear(nn.Linear):
     are orthogonal, so before pruning the layer computes exactly what it did.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.linear(x, self.eig_in.T)  # coordinates in the input eigenbasis
         z = F.linear(z, self.weight)  # the (pruned) core
         return F.linear(z, self.eig_out, self.bias)
@@ -572,7 +572,7 @@ class _EigenbasisConv:
     """Shared forward of the conv versions: a conv whose filters are the input eigenvectors
     (stride, padding and dilation of the original), then two 1x1 convs (core, output basis)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
         basis = self.eig_in.T.reshape(-1, *w.shape[1:])
         z = self._conv_forward(x, basis, None)
@@ -644,7 +644,7 @@ class EigenDamage(Criterion):
         self.n_batches = n_batches
         self._eigenvalues: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def prune(self, model, names, sparsity, *, pattern, budget, dense=(), **kwargs):  # noqa: D102
+    def prune(self, model, names, sparsity, *, pattern, budget, dense=(), **kwargs):
         context = kwargs.get("context") or Context()
         if context.data is None:
             raise ValueError("criterion 'eigendamage' needs data: pass data=... to prune()")
@@ -674,7 +674,7 @@ class EigenDamage(Criterion):
         finally:
             self._eigenvalues = {}
 
-    def scores(self, model: nn.Module, names: list[str], context: Context):  # noqa: D102
+    def scores(self, model: nn.Module, names: list[str], context: Context):
         out = {}
         for n in names:
             w = masks.weight(model, n).detach().double()

@@ -88,7 +88,7 @@ class SparseActivation(nn.Module):
         """The activation itself."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.activate(x)
         self.zeros += int((y == 0).sum())
         self.activations += y.numel()
@@ -126,10 +126,10 @@ class KWTA(SparseActivation):
             return min(self.k, units)
         return max(1, round(self.density * units))
 
-    def activate(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def activate(self, x: torch.Tensor) -> torch.Tensor:
         return kwta(x, self.units_kept(x[0].numel()))
 
-    def extra_repr(self) -> str:  # noqa: D102
+    def extra_repr(self) -> str:
         return f"k={self.k}" if self.k is not None else f"density={self.density}"
 
 
@@ -149,10 +149,10 @@ class FATReLU(SparseActivation):
             raise ValueError(f"threshold must be >= 0 (0 gives a ReLU), got {threshold}")
         self.threshold = float(threshold)
 
-    def activate(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def activate(self, x: torch.Tensor) -> torch.Tensor:
         return fatrelu(x, self.threshold)
 
-    def extra_repr(self) -> str:  # noqa: D102
+    def extra_repr(self) -> str:
         return f"threshold={self.threshold}, l1={self.l1}"
 
 
@@ -163,7 +163,7 @@ class _ReplaceReLU(TorchFunctionMode):
         super().__init__()
         self.activation = activation
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in _RELUS:
             out = self.activation(args[0])
             # nn.ReLU(inplace=True) calls F.relu(x, inplace=True): honour the in-place write

@@ -96,7 +96,7 @@ class _Watch(TorchFunctionMode):
         self.calls[inner] = k + 1
         return f"{inner or 'model'}:relu#{k}"
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func in _RELUS and isinstance(out, torch.Tensor):
             self.sites.add(self.site(args[0]), out, self.batch)

@@ -333,7 +333,7 @@ class SparseSelfAttention(models.MultiHeadSelfAttention):
         self.record = False
         self.last_weights: torch.Tensor | None = None
 
-    def forward(  # noqa: D102
+    def forward(
         self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))

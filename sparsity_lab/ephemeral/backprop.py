@@ -79,14 +79,14 @@ class MePropFunction(torch.autograd.Function):
     """``y = x W^T + b``; backward from the top-``k`` entries of each row of ``dL/dy``."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, k: int, record: dict | None):  # noqa: D102
+    def forward(ctx, x, weight, bias, k: int, record: dict | None):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         ctx.k, ctx.record = k, record
         return F.linear(x, weight, bias)
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: D102
+    def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         sparse = topk_per_row(grad_out, ctx.k)
         if ctx.record is not None:
@@ -112,7 +112,7 @@ class SWATFunction(torch.autograd.Function):
         return F.linear(x, w_sparse, bias)
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: D102
+    def backward(ctx, grad_out):
         x_sparse, w_sparse = ctx.saved_tensors
         grad_x = grad_out @ w_sparse
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
@@ -143,10 +143,10 @@ class MePropLinear(_SparseBackpropLinear):
         super().__init__(linear)
         self.k = _check_k(k)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return MePropFunction.apply(x, self.weight, self.bias, self.k, self.record)
 
-    def extra_repr(self) -> str:  # noqa: D102
+    def extra_repr(self) -> str:
         return f"{super().extra_repr()}, k={self.k}"
 
 
@@ -158,12 +158,12 @@ class SWATLinear(_SparseBackpropLinear):
         self.weight_density = _check_density(weight_density, "weight_density")
         self.act_density = _check_density(act_density, "act_density")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return SWATFunction.apply(
             x, self.weight, self.bias, self.weight_density, self.act_density, self.record
         )
 
-    def extra_repr(self) -> str:  # noqa: D102
+    def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, weight_density={self.weight_density}, "
             f"act_density={self.act_density}"

@@ -72,13 +72,13 @@ class Dropout(SparseActivation):
         super().__init__()
         self.p = _check_p(p)
 
-    def activate(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def activate(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
         keep = torch.rand_like(x) >= self.p
         return x * keep / (1 - self.p)
 
-    def extra_repr(self) -> str:  # noqa: D102
+    def extra_repr(self) -> str:
         return f"p={self.p}"
 
 
@@ -98,14 +98,14 @@ class DropConnect(nn.Module):
         self.p = _check_p(p)
         self.last_mask: torch.Tensor | None = None
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return w
         keep = torch.rand_like(w) >= self.p
         self.last_mask = keep
         return w * keep / (1 - self.p)
 
-    def extra_repr(self) -> str:  # noqa: D102
+    def extra_repr(self) -> str:
         return f"p={self.p}"
 
 
@@ -195,14 +195,14 @@ class DropBlock(SparseActivation):
         dropped = pool(seeds, kernel_size=b, stride=1, padding=half)
         return 1.0 - dropped
 
-    def activate(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def activate(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
         keep = self.block_mask(x)
         kept = keep.sum()
         return x * keep * (keep.numel() / kept.clamp(min=1.0))
 
-    def extra_repr(self) -> str:  # noqa: D102
+    def extra_repr(self) -> str:
         return f"p={self.p}, block_size={self.block_size}"
 
 
@@ -323,10 +323,10 @@ class StochasticDepth(BranchGates):
         """``p_l`` of the block at ``depth`` (1-based)."""
         return 1.0 - depth / len(self.blocks) * self.p_last
 
-    def train_gate(self, depth: int) -> float:  # noqa: D102
+    def train_gate(self, depth: int) -> float:
         return float(torch.rand(()) < self.survival(depth))
 
-    def eval_gate(self, depth: int) -> float:  # noqa: D102
+    def eval_gate(self, depth: int) -> float:
         return self.survival(depth)
 
 
@@ -356,7 +356,7 @@ class LayerDrop(BranchGates):
         self.p = _check_p(p)
         super().__init__(model)
 
-    def train_gate(self, depth: int) -> float:  # noqa: D102
+    def train_gate(self, depth: int) -> float:
         return float(torch.rand(()) >= self.p)
 
     def prune(self, p: float | None = None, layers: Iterable[str] | None = None) -> list[str]:
@@ -394,7 +394,7 @@ class SkippedBlock(nn.Module):
         else:
             raise TypeError(f"SkippedBlock does not know {type(block).__name__}")
 
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None):  # noqa: D102
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None):
         if self.kind == "basic":
             return F.relu(self.shortcut(x))
         if self.kind == "mlp":

@@ -324,7 +324,7 @@ class DenseAllReduce(Compressor):
 
     name = "dense"
 
-    def communicate(self, bucket: dist.GradBucket, group=None) -> torch.Tensor:  # noqa: D102
+    def communicate(self, bucket: dist.GradBucket, group=None) -> torch.Tensor:
         grad = bucket.buffer().clone()
         self.dense_bytes += _nbytes(grad)
         self.elements += grad.numel()
@@ -344,7 +344,7 @@ class _FixedDensity(Compressor):
         self.sparsity = float(sparsity)
 
     @property
-    def density(self) -> float:  # noqa: D102
+    def density(self) -> float:
         return 1.0 - self.sparsity
 
     def __repr__(self) -> str:
@@ -364,7 +364,7 @@ class TopK(_FixedDensity):
 
     name = "topk"
 
-    def select(self, acc: torch.Tensor, bucket: int) -> Payload:  # noqa: D102
+    def select(self, acc: torch.Tensor, bucket: int) -> Payload:
         k = _keep_count(self.density, acc.numel())
         indices = acc.abs().topk(k, sorted=False).indices
         return Payload(indices, acc[indices])
@@ -396,7 +396,7 @@ class RandomK(_FixedDensity):
         super().__init__(sparsity, error_feedback=error_feedback, seed=seed)
         self.unbiased = (not error_feedback) if unbiased is None else bool(unbiased)
 
-    def select(self, acc: torch.Tensor, bucket: int) -> Payload:  # noqa: D102
+    def select(self, acc: torch.Tensor, bucket: int) -> Payload:
         n = acc.numel()
         k = _keep_count(self.density, n)
         # the same stream on every worker: no indices need to be exchanged
@@ -432,16 +432,16 @@ class Threshold(Compressor):
         self.threshold = float(threshold)
         self.quantize = quantize
 
-    def select(self, acc: torch.Tensor, bucket: int) -> Payload:  # noqa: D102
+    def select(self, acc: torch.Tensor, bucket: int) -> Payload:
         indices = torch.nonzero(acc.abs() >= self.threshold).flatten()
         picked = acc[indices]
         values = self.threshold * picked.sign() if self.quantize else picked
         return Payload(indices, values)
 
-    def encode(self, values: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def encode(self, values: torch.Tensor) -> torch.Tensor:
         return values.sign().to(torch.int8) if self.quantize else values
 
-    def decode(self, sent: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def decode(self, sent: torch.Tensor) -> torch.Tensor:
         return sent.float() * self.threshold if self.quantize else sent
 
     def __repr__(self) -> str:
@@ -484,7 +484,7 @@ class GradientDropping(_FixedDensity):
         kept = _keep_count(self.density, size)
         return float(sample.topk(kept).values[-1])
 
-    def select(self, acc: torch.Tensor, bucket: int) -> Payload:  # noqa: D102
+    def select(self, acc: torch.Tensor, bucket: int) -> Payload:
         indices = torch.nonzero(acc.abs() >= self.threshold(acc)).flatten()
         return Payload(indices, acc[indices])
 
@@ -543,7 +543,7 @@ class DGC(_FixedDensity):
         self.warmup_steps = int(warmup_steps)
 
     @property
-    def density(self) -> float:  # noqa: D102
+    def density(self) -> float:
         return 1.0 - dgc_warmup_sparsity(self.steps, self.sparsity, self.warmup_steps)
 
     def accumulate(self, grad: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -560,7 +560,7 @@ class DGC(_FixedDensity):
             return self._u.clone()
         return self._flat_state("residual", params, grad) + self._u
 
-    def select(self, acc: torch.Tensor, bucket: int) -> Payload:  # noqa: D102
+    def select(self, acc: torch.Tensor, bucket: int) -> Payload:
         k = _keep_count(self.density, acc.numel())
         indices = acc.abs().topk(k, sorted=False).indices
         return Payload(indices, acc[indices])
@@ -598,7 +598,7 @@ class AdaComp(Compressor):
         self._grad = grad
         return super().accumulate(grad, params)
 
-    def select(self, acc: torch.Tensor, bucket: int) -> Payload:  # noqa: D102
+    def select(self, acc: torch.Tensor, bucket: int) -> Payload:
         n = acc.numel()
         pad = (-n) % self.bin_size
         bins = torch.cat([acc.abs(), acc.new_zeros(pad)]).reshape(-1, self.bin_size)

@@ -181,7 +181,7 @@ class NoisyTopKGate(_Router):
         normal = torch.distributions.Normal(0.0, 1.0)
         return normal.cdf((clean - threshold) / noise_std).sum(0)
 
-    def extra_repr(self) -> str:  # noqa: D102
+    def extra_repr(self) -> str:
         return f"n_experts={self.n_experts}, k={self.k}, noisy={self.noisy}"
 
 
@@ -218,7 +218,7 @@ class SwitchGate(_Router):
         kept, counts = _apply_capacity(experts, self.n_experts, capacity)
         return Routing(experts, weights * kept, kept, counts, capacity, aux)
 
-    def extra_repr(self) -> str:  # noqa: D102
+    def extra_repr(self) -> str:
         return f"n_experts={self.n_experts}, capacity_factor={self.capacity_factor}"
 
 
@@ -257,7 +257,7 @@ class MoEMLP(nn.Module):
         self.last_routing: Routing | None = None
         self.aux_loss: torch.Tensor = torch.zeros(())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.reshape(-1, x.shape[-1])
         routing = self.router(tokens)
         out = tokens.new_zeros(len(tokens), self.out_dim)
@@ -297,7 +297,7 @@ class MoEClassifier(nn.Module):
         """The balancing loss of the latest forward pass."""
         return self.moe.aux_loss
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.stem(x.flatten(1)))
         return self.head(h + self.moe(h))
 

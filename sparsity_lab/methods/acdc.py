@@ -87,13 +87,13 @@ class ACDC(TrainingMethod, ScheduledPruning):
         phase_plan(epochs, warmup, phase, final)  # validates
         return warmup, phase, final
 
-    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_begin(self, trainer: Trainer) -> None:
         self.phases = phase_plan(trainer.epochs, *self.epochs_of(trainer.epochs))
         self.current = 0.0
         self.log = []
         self.dense_model = None
 
-    def on_epoch_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_epoch_begin(self, trainer: Trainer) -> None:
         # Phases switch between epochs, so each epoch's validation sees one phase only.
         target = self.sparsity if self.phases[trainer.epoch] == "sparse" else 0.0
         if target > self.current and trainer.epoch > 0:
@@ -102,10 +102,10 @@ class ACDC(TrainingMethod, ScheduledPruning):
         if target != self.current:
             self.apply(trainer, target)
 
-    def on_step_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_step_end(self, trainer: Trainer) -> None:
         """Nothing: AC/DC changes phase only between epochs."""
 
-    def on_epoch_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_epoch_end(self, trainer: Trainer) -> None:
         row = trainer.history[-1]
         # measured zeros: exact in sparse phases, and what training left in dense ones
         row["sparsity"] = measured_sparsity(trainer.model, self.names(trainer.model))

@@ -248,7 +248,7 @@ class TrainingFlops(Callback):
         self.total = 0.0
         self._positions: dict[str, int] | None = None
 
-    def on_after_backward(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_after_backward(self, trainer: Trainer) -> None:
         model = trainer.model
         inputs, targets = trainer.batch
         if self._positions is None:
@@ -267,5 +267,5 @@ class TrainingFlops(Callback):
         )
         self.total += per_example * len(targets)
 
-    def on_epoch_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_epoch_end(self, trainer: Trainer) -> None:
         trainer.history[-1]["train_flops"] = self.total

@@ -71,7 +71,7 @@ class CrAM(TrainingMethod):
             raise ValueError(f"rho must be >= 0 (the ascent radius), got {rho}")
         self.rho, self.plus = rho, bool(plus)
 
-    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_begin(self, trainer: Trainer) -> None:
         self._random = random.Random(self.seed)
         self.drawn: list[float] = []
 
@@ -83,7 +83,7 @@ class CrAM(TrainingMethod):
             for n, keep in self.select(model, scores, sparsity).items():
                 masks.dense_weight(model, n).mul_(keep)
 
-    def on_after_backward(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_after_backward(self, trainer: Trainer) -> None:
         model = trainer.model
         params = [p for p in model.parameters() if p.grad is not None]
         saved = [p.detach().clone() for p in params]

@@ -146,7 +146,7 @@ class StaticSparse(TrainingMethod):
         super().__init__(sparsity, **options)
         self.rescale_init = rescale_init
 
-    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_begin(self, trainer: Trainer) -> None:
         self.log = []
         self._generator = torch.Generator().manual_seed(self.seed)
         self.init_masks(trainer)
@@ -163,7 +163,7 @@ class StaticSparse(TrainingMethod):
         if self.rescale_init:
             self.init_scale = rescale_to_fan_in(trainer.model, self.masked_names(trainer.model))
 
-    def on_epoch_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_epoch_end(self, trainer: Trainer) -> None:
         names = self.masked_names(trainer.model)
         total = sum(masks.get_mask(trainer.model, n).numel() for n in names)
         trainer.history[-1]["sparsity"] = 1 - n_active(trainer.model, names) / total
@@ -220,7 +220,7 @@ class DynamicSparse(StaticSparse):
         self.update_frequency = update_frequency
         self.end = check_fraction("end", end)
 
-    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_begin(self, trainer: Trainer) -> None:
         per_epoch = max(1, trainer.total_steps // trainer.epochs)
         self.frequency = per_epoch if self.update_frequency == "epoch" else self.update_frequency
         self.end_step = round(self.end * trainer.total_steps)
@@ -234,7 +234,7 @@ class DynamicSparse(StaticSparse):
         """The drop fraction after step ``step`` (see :func:`decayed_fraction`)."""
         return decayed_fraction(step, self.drop_fraction, self.end_step, self.decay)
 
-    def on_step_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_step_end(self, trainer: Trainer) -> None:
         if self.is_update_step(trainer.step):
             self.update(trainer)
 
@@ -303,7 +303,7 @@ class SET(DynamicSparse):
     default_decay = "constant"
     default_frequency = "epoch"
 
-    def grow_scores(self, trainer: Trainer, name: str) -> torch.Tensor:  # noqa: D102
+    def grow_scores(self, trainer: Trainer, name: str) -> torch.Tensor:
         shape = masks.get_mask(trainer.model, name).shape
         return torch.rand(shape, generator=self._generator, dtype=torch.float64)
 
@@ -321,7 +321,7 @@ class RigL(DynamicSparse):
 
     name = "rigl"
 
-    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_begin(self, trainer: Trainer) -> None:
         super().on_train_begin(trainer)
         self._grads: dict[str, torch.Tensor] = {}
         self._dense_step = False
@@ -330,13 +330,13 @@ class RigL(DynamicSparse):
         for n in self.masked_names(model):
             masks.attach(model, n, masks.get_mask(model, n), dense_grad=flag)
 
-    def on_step_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_step_begin(self, trainer: Trainer) -> None:
         # Only the steps that end in an update pay for the dense gradient.
         self._dense_step = self.is_update_step(trainer.step + 1)
         if self._dense_step:
             self._set_dense_grad(trainer.model, True)
 
-    def on_after_backward(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_after_backward(self, trainer: Trainer) -> None:
         if not self._dense_step:
             return
         model = trainer.model
@@ -346,7 +346,7 @@ class RigL(DynamicSparse):
             param.grad.mul_(masks.get_mask(model, n))  # the update itself stays sparse
         self._set_dense_grad(model, False)
 
-    def grow_scores(self, trainer: Trainer, name: str) -> torch.Tensor:  # noqa: D102
+    def grow_scores(self, trainer: Trainer, name: str) -> torch.Tensor:
         return self._grads[name]
 
     def step_flops(self, trainer: Trainer, sparse: float, dense: float) -> float:
@@ -383,7 +383,7 @@ class SNFS(DynamicSparse):
     default_drop_fraction = 0.5
     default_frequency = "epoch"
 
-    def on_step_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_step_end(self, trainer: Trainer) -> None:
         # Dense gradients moved the masked weights: put them back to zero, keep the momentum.
         with torch.no_grad():
             for n in self.masked_names(trainer.model):
@@ -393,7 +393,7 @@ class SNFS(DynamicSparse):
     def _momentum(self, trainer: Trainer, name: str) -> torch.Tensor:
         return momentum_of(trainer.optimizer, masks.dense_weight(trainer.model, name))
 
-    def grow_scores(self, trainer: Trainer, name: str) -> torch.Tensor:  # noqa: D102
+    def grow_scores(self, trainer: Trainer, name: str) -> torch.Tensor:
         return self._momentum(trainer, name).detach().abs()
 
     def plan(self, trainer: Trainer, names: list[str], fraction: float) -> dict[str, tuple]:
@@ -467,11 +467,11 @@ class DSR(DynamicSparse):
         self.initial_threshold = threshold
         self.tolerance = check_fraction("tolerance", tolerance)
 
-    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_begin(self, trainer: Trainer) -> None:
         super().on_train_begin(trainer)
         self.threshold = self.initial_threshold
 
-    def grow_scores(self, trainer: Trainer, name: str) -> torch.Tensor:  # noqa: D102
+    def grow_scores(self, trainer: Trainer, name: str) -> torch.Tensor:
         shape = masks.get_mask(trainer.model, name).shape
         return torch.rand(shape, generator=self._generator, dtype=torch.float64)
 
@@ -495,7 +495,7 @@ class DSR(DynamicSparse):
         grows = apportion(pruned, survivors, capacity)
         return {n: (drops[n], grows[n]) for n in names}
 
-    def update(self, trainer: Trainer) -> None:  # noqa: D102
+    def update(self, trainer: Trainer) -> None:
         super().update(trainer)
         self.log[-1]["threshold"] = self.threshold
 
@@ -534,7 +534,7 @@ class DeepR(StaticSparse):
             raise ValueError(f"l1 and temperature must be >= 0, got {l1} and {temperature}")
         self.l1, self.temperature = l1, temperature
 
-    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_begin(self, trainer: Trainer) -> None:
         super().on_train_begin(trainer)
         model = trainer.model
         # The sign a connection was born with; zero weights draw a random one.
@@ -544,7 +544,7 @@ class DeepR(StaticSparse):
             coin = torch.randint(0, 2, w.shape, generator=self._generator).to(w) * 2 - 1
             self.signs[n] = torch.where(w != 0, torch.sign(w), coin)
 
-    def on_step_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_step_end(self, trainer: Trainer) -> None:
         model, opt = trainer.model, trainer.optimizer
         lr = opt.param_groups[0]["lr"]
         noise_scale = math.sqrt(2 * lr * self.temperature)
@@ -636,14 +636,14 @@ class TopKAST(StaticSparse):
             else:
                 masks.attach(model, n, keep, dense_grad=True)
 
-    def init_masks(self, trainer: Trainer) -> None:  # noqa: D102
+    def init_masks(self, trainer: Trainer) -> None:
         self.reselect(trainer)
 
-    def on_step_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_step_begin(self, trainer: Trainer) -> None:
         if trainer.step > 0 and trainer.step % self.update_frequency == 0:
             self.reselect(trainer)
 
-    def on_after_backward(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_after_backward(self, trainer: Trainer) -> None:
         model = trainer.model
         density = 1 - self.sparsity
         for n, b in self.backward.items():
@@ -705,7 +705,7 @@ class DPF(StaticSparse):
             return self.sparsity
         return cubic(step, self.sparsity, 0, self.end_step, frequency=self.update_frequency)
 
-    def init_masks(self, trainer: Trainer) -> None:  # noqa: D102
+    def init_masks(self, trainer: Trainer) -> None:
         self.end_step = round(self.end * trainer.total_steps)
         self.reselect(trainer)
 
@@ -721,11 +721,11 @@ class DPF(StaticSparse):
                 masks.attach(model, n, keep, dense_grad=True)
         self.log.append({"step": trainer.step, "sparsity": target})
 
-    def on_step_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_step_end(self, trainer: Trainer) -> None:
         if trainer.step % self.update_frequency == 0:
             self.reselect(trainer)
 
-    def on_train_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_end(self, trainer: Trainer) -> None:
         # Whatever the step count, training ends exactly at the target sparsity.
         if self.log and self.log[-1]["sparsity"] != self.sparsity:
             self.reselect(trainer)

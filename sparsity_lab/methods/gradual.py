@@ -57,7 +57,7 @@ class GMP(TrainingMethod, ScheduledPruning):
             **self.prune_options(),
         )
 
-    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_begin(self, trainer: Trainer) -> None:
         # Fractions become steps only now, when the length of training is known.
         self.begin_step = round(self.begin * trainer.total_steps)
         self.end_step = round(self.end * trainer.total_steps)

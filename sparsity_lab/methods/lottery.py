@@ -175,11 +175,11 @@ class IMP(TrainingMethod):
             self._round = r
             yield r
 
-    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_begin(self, trainer: Trainer) -> None:
         if getattr(self, "_round", None) == 0 and self._save_step == 0:
             self.rewind_point = snapshot(trainer.model)
 
-    def on_step_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_step_end(self, trainer: Trainer) -> None:
         if self._round == 0 and trainer.step == self._save_step:
             self.rewind_point = snapshot(trainer.model)
 
@@ -290,7 +290,7 @@ class EarlyBird(TrainingMethod):
         self.criterion = criterion
         self._pruner = ScheduledPruning(criterion, self.sparsity, **self.prune_options())
 
-    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_begin(self, trainer: Trainer) -> None:
         self.distances: list[float] = []
         self.found_epoch: int | None = None
         self._previous: dict[str, torch.Tensor] | None = None
@@ -301,7 +301,7 @@ class EarlyBird(TrainingMethod):
         trial = prune(copy.deepcopy(model), self.criterion, self.sparsity, **self.prune_options())
         return {n: m.detach().bool() for n, m in masks.masks(trial).items()}
 
-    def on_epoch_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_epoch_end(self, trainer: Trainer) -> None:
         row = trainer.history[-1]
         if self.found_epoch is None:
             current = self.candidate(trainer.model)

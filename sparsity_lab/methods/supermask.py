@@ -130,7 +130,7 @@ class EdgePopup(TrainingMethod):
             for p in frozen:
                 p.requires_grad_(True)
 
-    def on_after_backward(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_after_backward(self, trainer: Trainer) -> None:
         for n, s in self.scores.items():
             w = masks.dense_weight(trainer.model, n)
             if w.grad is None:
@@ -138,10 +138,10 @@ class EdgePopup(TrainingMethod):
             s.grad = w.grad * w.detach()  # straight-through: dL/ds = dL/dw_eff * w
             w.grad = None  # no optimizer holds w, and it must not accumulate
 
-    def on_step_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_step_end(self, trainer: Trainer) -> None:
         self.reselect(trainer.model)
 
-    def on_epoch_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_epoch_end(self, trainer: Trainer) -> None:
         trainer.history[-1]["sparsity"] = self.sparsity
 
     def step_flops(self, trainer: Trainer, sparse: float, dense: float) -> float:

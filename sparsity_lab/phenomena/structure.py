@@ -182,13 +182,13 @@ class MaskTracker(Callback):
         for label, select in self.selectors.items():
             self.records[label].append(select(model))
 
-    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_begin(self, trainer: Trainer) -> None:
         self.epochs: list[int] = []
         self.records: dict[str, list[MaskSet]] = {label: [] for label in self.selectors}
         if self.at_init:
             self._record(trainer.model, 0)
 
-    def on_epoch_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_epoch_end(self, trainer: Trainer) -> None:
         self._record(trainer.model, trainer.epoch + 1)
 
     def table(self) -> pd.DataFrame:

@@ -42,12 +42,12 @@ class _WeightsAt(Callback):
     def __init__(self, step: int) -> None:
         self.step, self.state = step, None
 
-    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_begin(self, trainer: Trainer) -> None:
         if self.step == 0:
             self.state = copy.deepcopy(trainer.model.state_dict())
             trainer.stop = True
 
-    def on_step_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_step_end(self, trainer: Trainer) -> None:
         if trainer.step == self.step:
             self.state = copy.deepcopy(trainer.model.state_dict())
             trainer.stop = True

@@ -65,15 +65,15 @@ class ADMM(Regularizer):
         return {n: v.detach() * keep[n] for n, v in values.items()}
 
     @torch.no_grad()
-    def setup(self, model):  # noqa: D102
+    def setup(self, model):
         self.Z = self.projection({n: self.weight(n) for n in self.names_})
         self.U = {n: torch.zeros_like(z) for n, z in self.Z.items()}
 
-    def penalty(self, model):  # noqa: D102
+    def penalty(self, model):
         return sum(0.5 * (self.weight(n) - self.Z[n] + self.U[n]).pow(2).sum() for n in self.names_)
 
     @torch.no_grad()
-    def after_step(self, trainer: Trainer) -> None:  # noqa: D102
+    def after_step(self, trainer: Trainer) -> None:
         if trainer.step % self.update_every:
             return
         w = {n: self.weight(n) for n in self.names_}
@@ -81,7 +81,7 @@ class ADMM(Regularizer):
         for n in self.names_:
             self.U[n] += w[n] - self.Z[n]
 
-    def keep(self, model):  # noqa: D102
+    def keep(self, model):
         out = {}
         for n in self.names_:
             w = self.weight(n).detach()
@@ -89,5 +89,5 @@ class ADMM(Regularizer):
             out[n] = self.pattern.expand(alive, tuple(w.shape))
         return out
 
-    def scores(self, model):  # noqa: D102
+    def scores(self, model):
         return {n: self.weight(n).detach() ** 2 for n in self.names_}

@@ -399,7 +399,7 @@ class Regularizer(Callback):
     def after_step(self, trainer: Trainer) -> None:
         """Act on the weights after each optimizer step (default: nothing)."""
 
-    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_begin(self, trainer: Trainer) -> None:
         if self.model is not trainer.model:
             self.prepare(trainer.model)
         held = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
@@ -413,7 +413,7 @@ class Regularizer(Callback):
         self._end_step = max(1, round(self.tune_end * trainer.total_steps))
         self.log: list[dict[str, Any]] = []
 
-    def on_after_backward(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_after_backward(self, trainer: Trainer) -> None:
         if self.strength == 0:
             return
         value = self.penalty(trainer.model)
@@ -421,7 +421,7 @@ class Regularizer(Callback):
             # adds d(strength * penalty)/d(param) to the gradients of the batch loss
             (self.strength * value).backward()
 
-    def on_step_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_step_end(self, trainer: Trainer) -> None:
         self.after_step(trainer)
         if self.tune and trainer.step % self.tune_every == 0:
             self._tune(trainer.step)
@@ -451,12 +451,12 @@ class Regularizer(Callback):
             {"step": step, "goal": self.goal(step), "sparsity": now, "strength": self.strength}
         )
 
-    def on_epoch_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_epoch_end(self, trainer: Trainer) -> None:
         row = trainer.history[-1]
         row["reg_sparsity"] = self.current_sparsity()
         row["strength"] = self.strength
 
-    def on_train_end(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_end(self, trainer: Trainer) -> None:
         self.finalize(trainer.model)
 
     # --- stage 3: masks --------------------------------------------------------------------

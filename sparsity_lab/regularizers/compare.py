@@ -35,7 +35,7 @@ class _Channel(patterns.Channel):
     mask, which fails from the second pruning step of a schedule on; a copy avoids it.
     """
 
-    def expand(self, keep_groups, shape):  # noqa: D102
+    def expand(self, keep_groups, shape):
         return super().expand(keep_groups, shape).contiguous()
 
 

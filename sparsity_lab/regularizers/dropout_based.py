@@ -35,7 +35,7 @@ class TargetedDropoutMask(nn.Module):
         threshold = torch.kthvalue(norms, k).values
         return self.pattern.expand(norms <= threshold, shape)
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self.training or self.alpha == 0:
             return w
         shape = tuple(w.shape)
@@ -73,19 +73,19 @@ class TargetedDropout(Regularizer):
             )
         self.gamma = 0.5 if self.sparsity is None else self.sparsity
 
-    def setup(self, model):  # noqa: D102
+    def setup(self, model):
         self.params = {
             n: reparametrize(model, n, TargetedDropoutMask(self.gamma, self.strength, self.pattern))
             for n in self.names_
         }
 
-    def keep(self, model):  # noqa: D102
+    def keep(self, model):
         return {n: ~p.targeted(self.weight(n)) for n, p in self.params.items()}
 
-    def scores(self, model):  # noqa: D102
+    def scores(self, model):
         return {n: self.weight(n).detach() ** 2 for n in self.names_}
 
-    def release(self, model, keep):  # noqa: D102
+    def release(self, model, keep):
         for n in self.names_:
             unparametrize(model, n, fold=False)
         return {}

@@ -81,7 +81,7 @@ class HardConcreteGate(nn.Module):
             return hard_concrete(self.log_alpha, u)
         return hard_concrete(self.log_alpha)
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
         z = self.gates()
         if self.channels:
             z = z.reshape(-1, *([1] * (w.dim() - 1)))
@@ -99,15 +99,15 @@ class _Reparam(Regularizer):
         """The parametrization for tensor ``name``."""
         raise NotImplementedError
 
-    def setup(self, model):  # noqa: D102
+    def setup(self, model):
         self.params: dict[str, nn.Module] = {}
         for n in self.names_:
             self.params[n] = reparametrize(model, n, self.make(n, self.weight(n).detach()))
 
-    def parameters(self):  # noqa: D102
+    def parameters(self):
         return [p for module in self.params.values() for p in module.parameters()]
 
-    def release(self, model, keep):  # noqa: D102
+    def release(self, model, keep):
         for n in self.names_:
             unparametrize(model, n, fold=self.fold)
         return {}
@@ -142,14 +142,14 @@ class L0HardConcrete(_Reparam):
             raise ValueError(f"init_drop must be in (0, 1), got {init_drop}")
         self.init_drop = init_drop
 
-    def make(self, name, weight):  # noqa: D102
+    def make(self, name, weight):
         return HardConcreteGate(tuple(weight.shape), self.structured, self.init_drop)
 
     def _expand(self, name: str, per_gate: torch.Tensor) -> torch.Tensor:
         shape = tuple(self.weight(name).shape)
         return self.pattern.expand(per_gate, shape) if self.structured else per_gate
 
-    def penalty(self, model):  # noqa: D102
+    def penalty(self, model):
         total = 0.0
         for n, gate in self.params.items():
             size = self.pattern.group_size(tuple(self.weight(n).shape))
@@ -168,13 +168,13 @@ class L0HardConcrete(_Reparam):
         total = sum(self.weight(n).numel() for n in self.names_)
         return 1 - self.expected_l0() / total
 
-    def keep(self, model):  # noqa: D102
+    def keep(self, model):
         return {
             n: self._expand(n, hard_concrete(g.log_alpha.detach()) > 0)
             for n, g in self.params.items()
         }
 
-    def scores(self, model):  # noqa: D102
+    def scores(self, model):
         # the expected magnitude |w| P(z != 0): a gate's probability alone ignores the weight
         return {
             n: self.weight(n).detach().abs() * self._expand(n, prob_nonzero(g.log_alpha.detach()))
@@ -189,7 +189,7 @@ class SoftThreshold(nn.Module):
         super().__init__()
         self.s = nn.Parameter(torch.tensor(float(s_init)))
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
         return torch.sign(w) * torch.relu(w.abs() - torch.sigmoid(self.s))
 
 
@@ -215,20 +215,20 @@ class STR(_Reparam):
         super().__init__(strength, **options)
         self.s_init = float(s_init)
 
-    def make(self, name, weight):  # noqa: D102
+    def make(self, name, weight):
         return SoftThreshold(self.s_init)
 
     def threshold(self, name: str) -> float:
         """The current threshold ``sigmoid(s)`` of tensor ``name``."""
         return float(torch.sigmoid(self.params[name].s.detach()))
 
-    def penalty(self, model):  # noqa: D102
+    def penalty(self, model):
         return sum(0.5 * p.s**2 for p in self.params.values())
 
-    def keep(self, model):  # noqa: D102
+    def keep(self, model):
         return {n: self.weight(n).detach().abs() > self.threshold(n) for n in self.names_}
 
-    def scores(self, model):  # noqa: D102
+    def scores(self, model):
         return {n: self.weight(n).detach().abs() - self.threshold(n) for n in self.names_}
 
 
@@ -254,7 +254,7 @@ class LearnedThreshold(nn.Module):
         """``sigmoid((w^2 - tau) / T)``."""
         return torch.sigmoid((w * w - self.tau) / (self.temperature * self.scale))
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w * self.soft_mask(w)
 
 
@@ -281,16 +281,16 @@ class LTP(_Reparam):
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
 
-    def make(self, name, weight):  # noqa: D102
+    def make(self, name, weight):
         return LearnedThreshold(float(weight.pow(2).mean()) + 1e-12, self.temperature)
 
-    def penalty(self, model):  # noqa: D102
+    def penalty(self, model):
         return sum(p.soft_mask(self.weight(n)).sum() for n, p in self.params.items())
 
-    def keep(self, model):  # noqa: D102
+    def keep(self, model):
         return {n: self.weight(n).detach() ** 2 > p.tau.detach() for n, p in self.params.items()}
 
-    def scores(self, model):  # noqa: D102
+    def scores(self, model):
         return {
             n: (self.weight(n).detach() ** 2 - p.tau.detach()) / (p.temperature * p.scale)
             for n, p in self.params.items()
@@ -305,7 +305,7 @@ class SigmoidMask(nn.Module):
         self.s = nn.Parameter(torch.full(shape, float(s_init)))
         self.beta = 1.0
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w * torch.sigmoid(self.beta * self.s)
 
 
@@ -340,10 +340,10 @@ class ContinuousSparsification(_Reparam):
         self.s_init, self.beta_final = float(s_init), float(beta_final)
         self._total = 1
 
-    def make(self, name, weight):  # noqa: D102
+    def make(self, name, weight):
         return SigmoidMask(tuple(weight.shape), self.s_init)
 
-    def on_train_begin(self, trainer: Trainer) -> None:  # noqa: D102
+    def on_train_begin(self, trainer: Trainer) -> None:
         super().on_train_begin(trainer)
         self._total = max(1, trainer.total_steps)
         self.set_beta(1.0)
@@ -353,16 +353,16 @@ class ContinuousSparsification(_Reparam):
         for p in self.params.values():
             p.beta = beta
 
-    def after_step(self, trainer):  # noqa: D102
+    def after_step(self, trainer):
         self.set_beta(self.beta_final ** (trainer.step / self._total))
 
-    def penalty(self, model):  # noqa: D102
+    def penalty(self, model):
         return sum(torch.sigmoid(p.beta * p.s).sum() for p in self.params.values())
 
-    def keep(self, model):  # noqa: D102
+    def keep(self, model):
         return {n: p.s.detach() > 0 for n, p in self.params.items()}
 
-    def scores(self, model):  # noqa: D102
+    def scores(self, model):
         # |w sigmoid(beta s)|, the weight the mask lets through: s alone stops moving once
         # sigmoid(beta s) saturates at 1, so it cannot rank the kept weights
         return {

@@ -52,14 +52,14 @@ class _Penalty(Regularizer):
         """L2 norm of each group of ``w`` under the pattern, shape (n_groups,)."""
         return self.pattern._grouped(w).norm(dim=1)
 
-    def keep(self, model):  # noqa: D102
+    def keep(self, model):
         out = {}
         for n in self.names_:
             w = self.weight(n).detach()
             out[n] = self.pattern.expand(self.group_norms(w) > self.threshold, tuple(w.shape))
         return out
 
-    def scores(self, model):  # noqa: D102
+    def scores(self, model):
         return {n: self.weight(n).detach() ** 2 for n in self.names_}
 
 
@@ -76,7 +76,7 @@ class L1(_Penalty):
     name = "l1"
     default_strength = 1e-3
 
-    def penalty(self, model):  # noqa: D102
+    def penalty(self, model):
         return sum(self.weight(n).abs().sum() for n in self.names_)
 
 
@@ -100,7 +100,7 @@ class ProxL1(_Penalty):
         super().__init__(strength, threshold=threshold, **options)
 
     @torch.no_grad()
-    def after_step(self, trainer: Trainer) -> None:  # noqa: D102
+    def after_step(self, trainer: Trainer) -> None:
         for n in self.names_:
             w = self.weight(n)
             w.copy_(soft_threshold(w, lr_of(trainer.optimizer, w) * self.strength))
@@ -123,7 +123,7 @@ class Hoyer(_Penalty):
     supported_patterns = ("unstructured", "channel", "input")
     default_strength = 3e-4
 
-    def penalty(self, model):  # noqa: D102
+    def penalty(self, model):
         total = 0.0
         for n in self.names_:
             norms = self.group_norms(self.weight(n))  # |w| for single weights
@@ -161,13 +161,13 @@ class GroupLasso(_Penalty):
         super().__init__(strength, threshold=threshold, **options)
         self.proximal = proximal
 
-    def penalty(self, model):  # noqa: D102
+    def penalty(self, model):
         if self.proximal:
             return None
         return sum(self.group_norms(self.weight(n)).sum() for n in self.names_)
 
     @torch.no_grad()
-    def after_step(self, trainer: Trainer) -> None:  # noqa: D102
+    def after_step(self, trainer: Trainer) -> None:
         if not self.proximal:
             return
         for n in self.names_:
@@ -188,7 +188,7 @@ class ChannelScale(OutputGate):
         super().__init__()
         self.gamma = nn.Parameter(torch.ones(channels))
 
-    def gate(self, n: int) -> torch.Tensor:  # noqa: D102
+    def gate(self, n: int) -> torch.Tensor:
         return self.gamma
 
 
@@ -233,7 +233,7 @@ class _Scales(Regularizer):
         self.threshold = _check_threshold(threshold)
         self.norms: dict[str, str | None] = {}
 
-    def setup(self, model):  # noqa: D102
+    def setup(self, model):
         for n in self.names_:
             path = n.rpartition(".")[0]
             self.norms[n] = following_norm(model, path)
@@ -248,23 +248,23 @@ class _Scales(Regularizer):
             return self.model.get_submodule(norm).weight
         return layer_of(self.model, name)[0].sparsity_gate.gamma
 
-    def parameters(self):  # noqa: D102
+    def parameters(self):
         return [self.scale(n) for n in self.names_ if self.norms[n] is None]
 
-    def keep(self, model):  # noqa: D102
+    def keep(self, model):
         out = {}
         for n in self.names_:
             alive = self.scale(n).detach().abs() > self.threshold
             out[n] = self.pattern.expand(alive, tuple(self.weight(n).shape))
         return out
 
-    def scores(self, model):  # noqa: D102
+    def scores(self, model):
         return {
             n: self.pattern.expand(self.scale(n).detach().abs(), tuple(self.weight(n).shape))
             for n in self.names_
         }
 
-    def release(self, model, keep):  # noqa: D102
+    def release(self, model, keep):
         extra = {}
         for n in self.names_:
             units = keep[n].reshape(keep[n].shape[0], -1).any(dim=1)
@@ -298,7 +298,7 @@ class Slimming(_Scales):
     default_strength = 0.03
 
     @torch.no_grad()
-    def after_step(self, trainer: Trainer) -> None:  # noqa: D102
+    def after_step(self, trainer: Trainer) -> None:
         for n in self.names_:
             g = self.scale(n)
             g.copy_(soft_threshold(g, lr_of(trainer.optimizer, g) * self.strength))
@@ -334,11 +334,11 @@ class Polarization(_Scales):
             raise ValueError(f"t and upper must be positive, got t={t}, upper={upper}")
         self.t, self.upper = float(t), float(upper)
 
-    def penalty(self, model):  # noqa: D102
+    def penalty(self, model):
         g = torch.cat([self.scale(n) for n in self.names_])
         return self.t * g.abs().sum() - (g - g.mean()).abs().sum()
 
     @torch.no_grad()
-    def after_step(self, trainer: Trainer) -> None:  # noqa: D102
+    def after_step(self, trainer: Trainer) -> None:
         for n in self.names_:
             self.scale(n).clamp_(0.0, self.upper)

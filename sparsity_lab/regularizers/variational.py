@@ -99,10 +99,10 @@ class _Variational(Regularizer):
         """The KL divergence of the whole posterior from the prior."""
         raise NotImplementedError
 
-    def penalty(self, model):  # noqa: D102
+    def penalty(self, model):
         return self.warm * self.kl() / (self.n_train or 1)
 
-    def on_after_backward(self, trainer):  # noqa: D102
+    def on_after_backward(self, trainer):
         ramp = self.warmup * trainer.total_steps
         self.warm = min(1.0, trainer.step / ramp) if ramp > 0 else 1.0
         super().on_after_backward(trainer)
@@ -124,7 +124,7 @@ class VariationalWeight(nn.Module):
         """``log alpha = log sigma^2 - log theta^2``, clipped to [-10, 10] as in the paper."""
         return torch.clamp(self.log_sigma2 - torch.log(theta * theta + 1e-8), -10.0, 10.0)
 
-    def forward(self, theta: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, theta: torch.Tensor) -> torch.Tensor:
         if self.training:
             return theta
         return theta * (self.log_alpha(theta) < self.threshold).to(theta.dtype)
@@ -159,7 +159,7 @@ class VariationalDropout(_Variational):
         super().__init__(strength, **options)
         self.threshold, self.log_alpha_init = float(threshold), float(log_alpha_init)
 
-    def setup(self, model):  # noqa: D102
+    def setup(self, model):
         _check_layers(model, self.names_)
         self.params: dict[str, VariationalWeight] = {}
         self._hooks = []
@@ -175,25 +175,25 @@ class VariationalDropout(_Variational):
 
             self._hooks.append(layer.register_forward_hook(hook))
 
-    def parameters(self):  # noqa: D102
+    def parameters(self):
         return [p.log_sigma2 for p in self.params.values()]
 
     def log_alpha(self, name: str) -> torch.Tensor:
         """``log alpha`` of every weight of ``name``."""
         return self.params[name].log_alpha(self.weight(name)).detach()
 
-    def kl(self):  # noqa: D102
+    def kl(self):
         return sum(
             kl_log_uniform(p.log_alpha(self.weight(n))).sum() for n, p in self.params.items()
         )
 
-    def keep(self, model):  # noqa: D102
+    def keep(self, model):
         return {n: self.log_alpha(n) < self.threshold for n in self.names_}
 
-    def scores(self, model):  # noqa: D102
+    def scores(self, model):
         return {n: -self.log_alpha(n) for n in self.names_}
 
-    def release(self, model, keep):  # noqa: D102
+    def release(self, model, keep):
         for h in self._hooks:
             h.remove()
         for n in self.names_:
@@ -274,12 +274,12 @@ class LogNormalGate(OutputGate):
         phi = (mu + sigma * torch.special.ndtri(p)).clamp(self.a, self.b)
         return torch.exp(phi).to(self.mu.dtype)
 
-    def gate(self, n):  # noqa: D102
+    def gate(self, n):
         if self.training:
             return self.sample(n)
         return self.mean() * (self.snr() >= self.snr_threshold).to(self.mu.dtype)
 
-    def fold(self):  # noqa: D102
+    def fold(self):
         # the mean scale of every unit: the masks prune, so a unit that a target revives
         # comes back with its learned scale
         with torch.no_grad():
@@ -296,14 +296,14 @@ class _UnitNoise(_Variational):
         """The gate for layer ``name``."""
         raise NotImplementedError
 
-    def setup(self, model):  # noqa: D102
+    def setup(self, model):
         _check_layers(model, self.names_)
         self.gates = {}
         for n in self.names_:
             layer, _ = layer_of(model, n)
             self.gates[n] = attach_gate(layer, self.make(n, layer))
 
-    def parameters(self):  # noqa: D102
+    def parameters(self):
         return [p for g in self.gates.values() for p in g.parameters()]
 
     def unit_scores(self, name: str) -> torch.Tensor:
@@ -318,14 +318,14 @@ class _UnitNoise(_Variational):
         return self.pattern.expand(per_unit, tuple(self.weight(name).shape))
 
     @torch.no_grad()
-    def keep(self, model):  # noqa: D102
+    def keep(self, model):
         return {n: self._expand(n, self.unit_keep(n)) for n in self.names_}
 
     @torch.no_grad()
-    def scores(self, model):  # noqa: D102
+    def scores(self, model):
         return {n: self._expand(n, self.unit_scores(n)) for n in self.names_}
 
-    def release(self, model, keep):  # noqa: D102
+    def release(self, model, keep):
         for n in self.names_:
             units = keep[n].reshape(keep[n].shape[0], -1).any(dim=1)
             detach_gate(layer_of(model, n)[0], units)  # rows and bias times the mean scale
@@ -368,17 +368,17 @@ class StructuredBayesian(_UnitNoise):
         self.snr_threshold, self.a, self.b = float(snr_threshold), float(a), float(b)
         self.log_sigma_init = float(log_sigma_init)
 
-    def make(self, name, layer):  # noqa: D102
+    def make(self, name, layer):
         shape = self.weight(name).shape
         return LogNormalGate(shape[0], self.a, self.b, self.snr_threshold, self.log_sigma_init)
 
-    def kl(self):  # noqa: D102
+    def kl(self):
         return sum(g.kl().sum() for g in self.gates.values())
 
-    def unit_scores(self, name):  # noqa: D102
+    def unit_scores(self, name):
         return self.gates[name].snr()
 
-    def unit_keep(self, name):  # noqa: D102
+    def unit_keep(self, name):
         return self.gates[name].snr() >= self.snr_threshold
 
 
@@ -445,16 +445,16 @@ class _ScaleGate(OutputGate):
         s2 = self.log_sigma2_w
         return (0.5 * (-s2 + s2.exp() + theta**2 - 1)).sum()
 
-    def transform(self, layer, x, out):  # noqa: D102
+    def transform(self, layer, x, out):
         if not self.training:
             return out * channel_view(self.gate(1), out)
         out = out + _variance_noise(layer, x, torch.exp(self.log_sigma2_w), out)
         return out * channel_view(self.sample(out.shape[0]), out)
 
-    def gate(self, n):  # noqa: D102
+    def gate(self, n):
         return self.mean() * self.alive().to(self.log_sigma2_w.dtype)
 
-    def fold(self):  # noqa: D102
+    def fold(self):
         # the mean scale of every unit: the masks prune (see LogNormalGate.fold)
         with torch.no_grad():
             return self.mean().detach().clone()
@@ -474,14 +474,14 @@ class GroupNJGate(_ScaleGate):
         """``log alpha_z = log sigma_z^2 - log mu_z^2`` per unit, clipped to [-10, 10]."""
         return torch.clamp(self.log_sigma2_z - torch.log(self.mu_z**2 + 1e-8), -10.0, 10.0)
 
-    def sample(self, n):  # noqa: D102
+    def sample(self, n):
         eps = torch.randn(n, self.mu_z.numel(), device=self.mu_z.device)
         return self.mu_z + torch.exp(0.5 * self.log_sigma2_z) * eps
 
-    def mean(self):  # noqa: D102
+    def mean(self):
         return self.mu_z
 
-    def alive(self):  # noqa: D102
+    def alive(self):
         return self.log_alpha() < self.threshold
 
     def kl(self, theta: torch.Tensor) -> torch.Tensor:
@@ -530,7 +530,7 @@ class GroupHorseshoeGate(_ScaleGate):
         weights, the quantity the threshold rule compares."""
         return 2 * self.log_scale()[0]
 
-    def sample(self, n):  # noqa: D102
+    def sample(self, n):
         # non-centred: the layer's s is drawn once per example and shared by its units
         mean_s, var_s = self._log_normal("sa", "sb")
         mean_z, var_z = self._log_normal("za", "zb")
@@ -538,11 +538,11 @@ class GroupHorseshoeGate(_ScaleGate):
         eps_z = torch.randn(n, mean_z.numel(), device=mean_z.device)
         return torch.exp(mean_s + var_s.sqrt() * eps_s + mean_z + var_z.sqrt() * eps_z)
 
-    def mean(self):  # noqa: D102
+    def mean(self):
         m, v = self.log_scale()
         return torch.exp(m + v / 2)
 
-    def alive(self):  # noqa: D102
+    def alive(self):
         return self.log_variance() >= self.threshold
 
     def kl(self, theta: torch.Tensor) -> torch.Tensor:
@@ -628,17 +628,17 @@ class BayesianCompression(_UnitNoise):
         self.prior, self.global_scale = prior, float(global_scale)
         self.threshold = float(DEFAULT_THRESHOLDS[prior] if threshold is None else threshold)
 
-    def make(self, name, layer):  # noqa: D102
+    def make(self, name, layer):
         if self.prior == "horseshoe":
             return GroupHorseshoeGate(self.weight(name), self.threshold, self.global_scale)
         return GroupNJGate(self.weight(name), self.threshold)
 
-    def kl(self):  # noqa: D102
+    def kl(self):
         return sum(g.kl(self.weight(n)) for n, g in self.gates.items())
 
-    def unit_scores(self, name):  # noqa: D102
+    def unit_scores(self, name):
         g = self.gates[name]
         return g.log_variance() if self.prior == "horseshoe" else -g.log_alpha()
 
-    def unit_keep(self, name):  # noqa: D102
+    def unit_keep(self, name):
         return self.gates[name].alive()

@@ -397,7 +397,7 @@ def reconstruction_errors(
     data: Any,
     names: Iterable[str] | None = None,
     *,
-    n_batches: int | None = 8,
+    batches: int | None = 8,
 ) -> dict[str, float]:
     """Relative output error of each layer of ``pruned`` against the same layer of ``dense``.
 
@@ -406,7 +406,7 @@ def reconstruction_errors(
     """
     names = list(default_targets(pruned) if names is None else names)
     calib = {n: Calibration(_layer(pruned, n)) for n in names}
-    batches = [x for x, _ in Context(data=data).batches(n_batches, labels=False)]
+    inputs = [x for x, _ in Context(data=data).batches(batches, labels=False)]
     with _evaluating(pruned), torch.no_grad():
         handles = [
             _layer(pruned, n).register_forward_hook(
@@ -415,7 +415,7 @@ def reconstruction_errors(
             for n in names
         ]
         try:
-            for x in batches:
+            for x in inputs:
                 pruned(x)
         finally:
             for h in handles:
@@ -481,10 +481,10 @@ class _Layerwise(Criterion):
     full_hessian: ClassVar[bool] = True
     supported_patterns = ("unstructured", "nm")
 
-    def __init__(self, n_batches: int | None = 8, damp: float = 0.01, update: bool = True):
+    def __init__(self, batches: int | None = 8, damp: float = 0.01, update: bool = True):
         if damp <= 0:
             raise ValueError(f"damp must be positive (it keeps H invertible), got {damp}")
-        self.n_batches, self.damp, self.update = n_batches, damp, update
+        self.batches, self.damp, self.update = batches, damp, update
 
     # what each method implements
     def prune_layer(
@@ -536,7 +536,7 @@ class _Layerwise(Criterion):
             if n not in dense:
                 pattern.validate(shapes[n], n)
         device = masks.weight(model, names[0]).device
-        batches = [x.to(device) for x, _ in context.batches(self.n_batches, labels=False)]
+        batches = [x.to(device) for x, _ in context.batches(self.batches, labels=False)]
         if not batches:
             raise ValueError("the calibration data yielded no batches")
         with _evaluating(model), torch.no_grad():
@@ -660,15 +660,15 @@ class Wanda(_Layerwise):
 
     Score ``|W_ij| * ||X_j||_2`` (``X_j``: input feature ``j`` over all calibration rows),
     compared within each output row; N:M keeps the N best of every M inputs per row.
-    Layer-wise with sequential calibration (``n_batches`` batches).  Patterns: unstructured,
+    Layer-wise with sequential calibration (``batches`` batches).  Patterns: unstructured,
     N:M.
     """
 
     name = "wanda"
     full_hessian = False
 
-    def __init__(self, n_batches: int | None = 8) -> None:
-        super().__init__(n_batches=n_batches, update=False)
+    def __init__(self, batches: int | None = 8) -> None:
+        super().__init__(batches=batches, update=False)
 
     def prune_layer(self, weight, calib, n_prune, nm, prior):
         keep = wanda(weight, calib.column_norms(), n_prune, nm=nm, prior=prior)
@@ -693,12 +693,12 @@ class SparseGPT(_Layerwise):
 
     def __init__(
         self,
-        n_batches: int | None = 8,
+        batches: int | None = 8,
         damp: float = 0.01,
         block_size: int = 128,
         update: bool = True,
     ) -> None:
-        super().__init__(n_batches=n_batches, damp=damp, update=update)
+        super().__init__(batches=batches, damp=damp, update=update)
         self.block_size = block_size
 
     def prune_layer(self, weight, calib, n_prune, nm, prior):

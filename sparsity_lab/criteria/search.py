@@ -162,7 +162,7 @@ class AMC(Criterion):
         if not sigma > 0:
             raise ValueError(f"sigma (the exploration noise) must be positive, got {sigma}")
         self.episodes, self.lr, self.sigma = int(episodes), lr, sigma
-        self.max_sparsity, self.n_batches = max_sparsity, int(batches)
+        self.max_sparsity, self.batches = max_sparsity, int(batches)
         self.baseline_decay = baseline_decay
         self.eval_data = eval_data
         self.history: list[dict[str, Any]] = []
@@ -209,7 +209,7 @@ class AMC(Criterion):
             raise ValueError("amc needs data: pass data=(inputs, targets) or a DataLoader")
         _check_eval_data(self.eval_data, context)
         names = [n for n in names if n not in set(dense)]
-        batches = _batches(context, self.n_batches)
+        batches = _batches(context, self.batches)
         net = _plain_copy(model)
         weights = {n: masks.weight(model, n).detach().clone() for n in names}
         priors = {n: masks.get_mask(model, n) for n in names}
@@ -348,7 +348,7 @@ class Evolutionary(Criterion):
             raise ValueError("need 1 <= elite < population and tournament >= 1")
         self.population, self.generations = int(population), int(generations)
         self.mutation, self.tournament, self.elite = mutation, int(tournament), int(elite)
-        self.n_batches = int(batches)
+        self.batches = int(batches)
         self.eval_data = eval_data
         self.history: list[dict[str, float]] = []
         self.result: dict[str, float] = {}
@@ -381,7 +381,7 @@ class Evolutionary(Criterion):
             raise ValueError("evolutionary needs data: pass data=(inputs, targets) or a DataLoader")
         _check_eval_data(self.eval_data, context)
         dense = set(dense)
-        batches = _batches(context, self.n_batches)
+        batches = _batches(context, self.batches)
         net = _plain_copy(model)
         weights = {n: masks.weight(model, n).detach().clone() for n in names}
         priors = {n: masks.get_mask(model, n) for n in names}

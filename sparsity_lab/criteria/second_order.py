@@ -219,7 +219,7 @@ class OBD(Criterion):
     * ``"exact"``: the Hessian's diagonal, for tiny models;
     * ``"identity"``: ``H = I``, which is magnitude pruning (for the lesson).
 
-    ``n_batches`` limits the data of the Hessian-based choices.  Group patterns sum the
+    ``batches`` limits the data of the Hessian-based choices.  Group patterns sum the
     element saliencies (``reduction="sum"`` is the faithful choice).  Supports every
     pattern and budget.
     """
@@ -232,11 +232,11 @@ class OBD(Criterion):
         hessian: str = "gauss_newton",
         n_samples: int = 256,
         n_probes: int = 32,
-        n_batches: int | None = 4,
+        batches: int | None = 4,
     ) -> None:
         _check_choice("hessian", hessian, ("gauss_newton", "hutchinson", "exact", "identity"))
         self.hessian, self.n_samples = hessian, n_samples
-        self.n_probes, self.n_batches = n_probes, n_batches
+        self.n_probes, self.batches = n_probes, batches
         self.needs_data = hessian != "identity"
 
     def scores(self, model: nn.Module, names: list[str], context: Context):
@@ -254,7 +254,7 @@ class OBD(Criterion):
             )
         elif self.hessian == "exact":
             h = curvature.exact_hessian(
-                model, names, context.data, loss_fn=context.loss_fn, limit=self.n_batches
+                model, names, context.data, loss_fn=context.loss_fn, limit=self.batches
             )
             diag = curvature.unflatten(h.diagonal().double(), w)
         else:
@@ -264,7 +264,7 @@ class OBD(Criterion):
                 context.data,
                 n_probes=self.n_probes,
                 loss_fn=context.loss_fn,
-                limit=self.n_batches,
+                limit=self.batches,
                 seed=context.seed,
             )
             diag = {n: d.clamp(min=0) for n, d in diag.items()}
@@ -291,13 +291,13 @@ class OBS(Criterion):
         self,
         damp: float = 1e-4,
         update: bool = True,
-        n_batches: int | None = None,
+        batches: int | None = None,
         max_params: int = 5000,
     ) -> None:
-        self.damp, self.update, self.n_batches, self.max_params = (
+        self.damp, self.update, self.batches, self.max_params = (
             damp,
             update,
-            n_batches,
+            batches,
             max_params,
         )
         self._hinv: torch.Tensor | None = None
@@ -309,7 +309,7 @@ class OBS(Criterion):
             names,
             context.data,
             loss_fn=context.loss_fn,
-            limit=self.n_batches,
+            limit=self.batches,
             max_params=self.max_params,
         ).double()
         lam = _mean_diag_damp(self.damp, h.diagonal())
@@ -527,13 +527,13 @@ class KFAC(Criterion):
     name = "kfac"
     needs_data = True
 
-    def __init__(self, mode: str = "obs", damp: float = 1e-3, n_batches: int | None = 8) -> None:
+    def __init__(self, mode: str = "obs", damp: float = 1e-3, batches: int | None = 8) -> None:
         _check_choice("mode", mode, ("obs", "obd"))
-        self.mode, self.damp, self.n_batches = mode, damp, n_batches
+        self.mode, self.damp, self.batches = mode, damp, batches
 
     def scores(self, model: nn.Module, names: list[str], context: Context):
         factors = curvature.kronecker_factors(
-            model, names, context.data, loss_fn=context.loss_fn, limit=self.n_batches
+            model, names, context.data, loss_fn=context.loss_fn, limit=self.batches
         )
         out = {}
         for n in names:
@@ -640,8 +640,8 @@ class EigenDamage(Criterion):
     prunes_once = True
     needs_data = True
 
-    def __init__(self, n_batches: int | None = 8) -> None:
-        self.n_batches = n_batches
+    def __init__(self, batches: int | None = 8) -> None:
+        self.batches = batches
         self._eigenvalues: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def prune(self, model, names, sparsity, *, pattern, budget, dense=(), **kwargs):
@@ -658,7 +658,7 @@ class EigenDamage(Criterion):
                     f"layers, so apply it once to an unpruned model"
                 )
         factors = curvature.kronecker_factors(
-            model, rewrite, context.data, loss_fn=context.loss_fn, limit=self.n_batches
+            model, rewrite, context.data, loss_fn=context.loss_fn, limit=self.batches
         )
         for n in rewrite:
             a, g = factors[n]

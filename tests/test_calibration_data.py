@@ -8,7 +8,7 @@ that never read targets.
 
 import pytest
 import torch
-from torch import nn
+from helpers import mlp
 from torch.utils.data import DataLoader, TensorDataset
 
 import sparsity_lab as sl
@@ -17,9 +17,8 @@ from sparsity_lab.criteria import Context
 NAMES = ["0.weight", "2.weight"]
 
 
-def mlp(seed=1):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+def wide_mlp(seed=1):
+    return mlp(16, 32, 4, seed=seed)
 
 
 def data(n=64, seed=0):
@@ -35,18 +34,18 @@ def kept(model):
 def test_an_empty_batch_is_refused(method):
     x, y = data()
     with pytest.raises(ValueError, match="0 examples"):
-        sl.prune(mlp(), method, 0.5, data=(x[:0], y[:0]), budget="uniform")
+        sl.prune(wide_mlp(), method, 0.5, data=(x[:0], y[:0]), budget="uniform")
 
 
 def test_a_loader_with_an_empty_batch_is_refused():
     x, y = data()
     with pytest.raises(ValueError, match="batch 1 has 0 examples"):
-        sl.prune(mlp(), "wanda", 0.5, data=[(x, y), (x[:0], y[:0])], budget="uniform")
+        sl.prune(wide_mlp(), "wanda", 0.5, data=[(x, y), (x[:0], y[:0])], budget="uniform")
 
 
 def test_data_that_yields_no_batches_is_refused():
     with pytest.raises(ValueError, match="no batches"):
-        sl.prune(mlp(), "snip", 0.5, data=[])
+        sl.prune(wide_mlp(), "snip", 0.5, data=[])
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -54,28 +53,28 @@ def test_non_finite_inputs_are_refused(bad):
     x, y = data()
     x[3, 5] = bad
     with pytest.raises(ValueError, match="non-finite"):
-        sl.prune(mlp(), "apoz", 0.5, data=(x, y), pattern="channel", dense=["2.weight"])
+        sl.prune(wide_mlp(), "apoz", 0.5, data=(x, y), pattern="channel", dense=["2.weight"])
     with pytest.raises(ValueError, match="non-finite"):
-        sl.prune(mlp(), "wanda", 0.5, data=(x, y), budget="uniform")
+        sl.prune(wide_mlp(), "wanda", 0.5, data=(x, y), budget="uniform")
 
 
 def test_a_dataset_is_refused_with_the_fix():
     # Iterating a dataset yields single examples: SNIP would score a batch of one.
     x, y = data()
     with pytest.raises(TypeError, match=r"TensorDataset: wrap it in DataLoader\(dataset"):
-        sl.prune(mlp(), "snip", 0.5, data=TensorDataset(x, y))
+        sl.prune(wide_mlp(), "snip", 0.5, data=TensorDataset(x, y))
 
 
 def test_unbatched_examples_are_refused():
     x, y = data()
     with pytest.raises(ValueError, match="unbatched"):
-        sl.prune(mlp(), "snip", 0.5, data=[(x[0], y[0])])
+        sl.prune(wide_mlp(), "snip", 0.5, data=[(x[0], y[0])])
 
 
 def test_inputs_and_targets_of_different_lengths_are_refused():
     x, y = data()
     with pytest.raises(ValueError, match="64 inputs but 10 targets"):
-        sl.prune(mlp(), "snip", 0.5, data=(x, y[:10]))
+        sl.prune(wide_mlp(), "snip", 0.5, data=(x, y[:10]))
 
 
 def unlabeled(x):
@@ -89,10 +88,10 @@ def unlabeled(x):
 @pytest.mark.parametrize("form", ["tensor", "tuple", "loader"])
 def test_wanda_accepts_unlabeled_data_and_ignores_labels(form):
     x, y = data()
-    labeled = mlp()
+    labeled = wide_mlp()
     sl.prune(labeled, "wanda", 0.5, data=DataLoader(TensorDataset(x, y), batch_size=16),
              budget="uniform")  # fmt: skip
-    model = mlp()
+    model = wide_mlp()
     sl.prune(model, "wanda", 0.5, data=unlabeled(x)[form], budget="uniform")
     for n, keep in kept(labeled).items():
         assert torch.equal(kept(model)[n], keep), n
@@ -104,7 +103,7 @@ def test_other_label_free_criteria_accept_inputs_alone(method):
     options = {"budget": "uniform"}
     if method == "apoz":
         options = {"pattern": "channel", "dense": ["2.weight"]}
-    a, b = mlp(), mlp()
+    a, b = wide_mlp(), wide_mlp()
     sl.prune(a, method, 0.5, data=(x, y), **options)
     sl.prune(b, method, 0.5, data=x, **options)
     for n, keep in kept(a).items():
@@ -116,7 +115,7 @@ def test_other_label_free_criteria_accept_inputs_alone(method):
 def test_criteria_that_need_a_loss_refuse_unlabeled_data(method, form):
     x, _ = data()
     with pytest.raises(ValueError, match=r"no targets.*pass data=\(inputs, targets\)"):
-        sl.prune(mlp(), method, 0.5, data=unlabeled(x)[form])
+        sl.prune(wide_mlp(), method, 0.5, data=unlabeled(x)[form])
 
 
 def test_batches_yields_none_targets_only_when_labels_are_not_needed():
@@ -130,10 +129,10 @@ def test_obd_needs_labels_only_for_hessians_of_the_loss():
     # The Gauss-Newton diagonal of softmax cross-entropy reads the model's own
     # probabilities, not the targets; the exact Hessian of the loss needs them.
     x, y = data()
-    a, b = mlp(), mlp()
+    a, b = wide_mlp(), wide_mlp()
     sl.prune(a, "obd", 0.5, data=(x, y))
     sl.prune(b, "obd", 0.5, data=(x,))
     for n, keep in kept(a).items():
         assert torch.equal(kept(b)[n], keep), n
     with pytest.raises(ValueError, match="no targets"):
-        sl.prune(mlp(), sl.criteria.get("obd", hessian="exact"), 0.5, data=(x,))
+        sl.prune(wide_mlp(), sl.criteria.get("obd", hessian="exact"), 0.5, data=(x,))

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import mlp
 from torch import nn
 from torch.func import functional_call
 
@@ -14,9 +15,8 @@ from sparsity_lab.criteria import at_init
 from sparsity_lab.criteria.base import Context
 
 
-def mlp(seed=0, act=nn.ReLU):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(5, 7), act(), nn.Linear(7, 3)).double()
+def small_mlp(seed=0, act=nn.ReLU):
+    return mlp(5, 7, 3, seed=seed, activation=act).double()
 
 
 def batch(n=32, seed=0, dim=5, classes=3):
@@ -59,7 +59,7 @@ def test_grasp_equals_its_closed_form_on_a_linear_least_squares_model():
 
 
 def test_grasp_hessian_gradient_product_matches_finite_differences():
-    model, data = mlp(act=nn.Tanh), batch()
+    model, data = small_mlp(act=nn.Tanh), batch()
     params = dict(model.named_parameters())
 
     def gradient(shift):
@@ -82,7 +82,7 @@ def test_grasp_hessian_gradient_product_matches_finite_differences():
 
 def test_synflow_score_equals_its_closed_form_on_a_two_layer_network():
     # R = 1^T |W2| (|W1| 1 + |b1|) + 1^T |b2|, and ReLU is the identity on positive inputs
-    model = mlp()
+    model = small_mlp()
     model.input_shape = (5,)
     w1, b1, w2 = (model.get_parameter(n).detach().abs() for n in ["0.weight", "0.bias", "2.weight"])
     scores = sl.criteria.get("synflow").scores(model, NAMES, Context())
@@ -93,7 +93,7 @@ def test_synflow_score_equals_its_closed_form_on_a_two_layer_network():
 def test_synflow_masks_do_not_depend_on_the_data():
     found = []
     for data in [None, batch(seed=1), batch(seed=2)]:
-        model = mlp()
+        model = small_mlp()
         model.input_shape = (5,)
         sl.prune(model, "synflow", 0.9, data=data, iterations=5)
         found.append(masks.masks(model))
@@ -103,7 +103,7 @@ def test_synflow_masks_do_not_depend_on_the_data():
 
 def test_synflow_needs_an_input_shape():
     with pytest.raises(ValueError, match="input_shape"):
-        sl.prune(mlp(), "synflow", 0.5)
+        sl.prune(small_mlp(), "synflow", 0.5)
 
 
 def test_synflow_leaves_no_layer_empty_where_global_magnitude_empties_some():
@@ -122,7 +122,7 @@ def test_synflow_leaves_no_layer_empty_where_global_magnitude_empties_some():
 
 def test_force_in_one_step_is_snip():
     data = batch()
-    force, snip = mlp(), mlp()
+    force, snip = small_mlp(), small_mlp()
     sl.prune(force, "force", 0.8, data=data, iterations=1)
     sl.prune(snip, "snip", 0.8, data=data)
     for n in NAMES:
@@ -131,7 +131,7 @@ def test_force_in_one_step_is_snip():
 
 def test_force_matches_a_direct_implementation_and_lets_pruned_weights_return():
     data, sparsity, steps = batch(), 0.9, 4
-    model = mlp()
+    model = small_mlp()
     theta = {n: p.detach().clone() for n, p in model.named_parameters()}
     reference = {n: torch.ones_like(theta[n]) for n in NAMES}
     history = []
@@ -166,7 +166,7 @@ def test_force_matches_a_direct_implementation_and_lets_pruned_weights_return():
 
 
 def test_shuffled_masks_keep_each_layers_count_and_move_the_weights():
-    model = mlp()
+    model = small_mlp()
     sl.prune(model, "snip", 0.7, data=batch())
     found = masks.masks(model)
     shuffled = at_init.shuffle_masks(found, seed=3)
@@ -180,7 +180,7 @@ def test_shuffled_masks_keep_each_layers_count_and_move_the_weights():
 @pytest.mark.parametrize("budget", sl.registry.available("budget"))
 @pytest.mark.parametrize("method", ["grasp", "synflow", "force"])
 def test_at_init_criteria_hit_the_target_exactly_with_every_budget(method, budget):
-    model = mlp()
+    model = small_mlp()
     model.input_shape = (5,)
     options = {"iterations": 3} if method != "grasp" else {}
     sl.prune(model, method, 0.6, budget=budget, data=batch(), **options)

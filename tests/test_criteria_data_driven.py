@@ -1,12 +1,12 @@
 """Data-driven criteria against direct computations, and merges that keep the output."""
 
 import copy
-import itertools
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import mlp
 from torch import nn
 
 import sparsity_lab as sl
@@ -16,12 +16,8 @@ from sparsity_lab.criteria.base import Context
 from sparsity_lab.patterns import Channel
 
 
-def mlp(seed=0, sizes=(6, 8, 5, 3)):
-    torch.manual_seed(seed)
-    layers = []
-    for a, b in itertools.pairwise(sizes):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
+def deep_mlp(seed=0, sizes=(6, 8, 5, 3)):
+    return mlp(*sizes, seed=seed)
 
 
 class TinyCNN(nn.Module):
@@ -50,7 +46,7 @@ def unit_scores(criterion, model, names, data, **options):
 
 
 def test_apoz_and_mean_activation_equal_direct_statistics_of_the_relu_output():
-    model, data = mlp(), batch()
+    model, data = deep_mlp(), batch()
     z = model[0](data[0]).detach()
     apoz = unit_scores("apoz", model, ["0.weight"], data)["0.weight"]
     mean = unit_scores("mean_activation", model, ["0.weight"], data)["0.weight"]
@@ -67,7 +63,7 @@ def test_apoz_averages_over_the_positions_of_a_feature_map():
 
 
 def test_apoz_prunes_the_unit_that_is_never_active():
-    model, data = mlp(), batch()
+    model, data = deep_mlp(), batch()
     with torch.no_grad():
         model[0].bias[3] = -100.0  # unit 3 is always zero after the ReLU
     sl.prune(model, "apoz", 1 / 8, pattern="channel", targets=["0.weight"], data=data)
@@ -77,13 +73,13 @@ def test_apoz_prunes_the_unit_that_is_never_active():
 @pytest.mark.parametrize("name", ["apoz", "mean_activation", "sensitivity", "nisp"])
 def test_unit_criteria_need_the_channel_pattern_and_data(name):
     with pytest.raises(ValueError, match="pattern='channel'"):
-        sl.prune(mlp(), name, 0.5, data=batch())
+        sl.prune(deep_mlp(), name, 0.5, data=batch())
     with pytest.raises(ValueError, match="needs data"):
-        sl.prune(mlp(), name, 0.5, pattern="channel")
+        sl.prune(deep_mlp(), name, 0.5, pattern="channel")
 
 
 def test_activation_variance_scores_the_variance_of_the_relu_output():
-    model, data = mlp(), batch()
+    model, data = deep_mlp(), batch()
     a = torch.relu(model[0](data[0])).detach().double()
     scores = unit_scores("activation_variance", model, ["0.weight"], data)["0.weight"]
     assert torch.allclose(scores, a.var(0, unbiased=False))
@@ -96,7 +92,7 @@ def make_constant(layer, unit, value=0.7):
 
 
 def test_folding_a_constant_neuron_into_the_next_bias_leaves_the_output_unchanged():
-    model, data = mlp(), batch()
+    model, data = deep_mlp(), batch()
     make_constant(model[0], 2)
     before = model(data[0])
     sl.prune(
@@ -121,7 +117,7 @@ def test_folding_a_constant_filter_before_a_flatten_leaves_the_output_unchanged(
 
 @pytest.mark.parametrize("scale", [1.0, 2.0])
 def test_correlation_merge_of_duplicated_or_scaled_neurons_leaves_the_output_unchanged(scale):
-    model, data = mlp(), batch()
+    model, data = deep_mlp(), batch()
     with torch.no_grad():  # relu(s z) = s relu(z) for s > 0: unit 6 is s times unit 1
         model[0].weight[6] = scale * model[0].weight[1]
         model[0].bias[6] = scale * model[0].bias[1]
@@ -133,7 +129,7 @@ def test_correlation_merge_of_duplicated_or_scaled_neurons_leaves_the_output_unc
 
 
 def test_correlation_merge_folds_a_constant_unit_into_the_bias():
-    model, data = mlp(), batch()
+    model, data = deep_mlp(), batch()
     make_constant(model[0], 4)
     before = model(data[0])
     sl.prune(model, "correlation_merge", 1 / 8, pattern="channel", targets=["0.weight"], data=data)
@@ -151,7 +147,7 @@ def test_folding_criteria_need_a_reader_with_a_bias():
 
 def test_sensitivity_equals_its_closed_form_on_a_two_layer_network():
     # o = W2 relu(W1 x + b1) + b2, so d o_k / d z_j = W2[k, j] * [z_j > 0]
-    model, data = mlp(sizes=(6, 8, 3)), batch()
+    model, data = deep_mlp(sizes=(6, 8, 3)), batch()
     z = model[0](data[0]).detach().double()
     w2 = model[2].weight.detach().double()
     expected = ((z > 0).double() * w2.pow(2).sum(0)).mean(0).sqrt()
@@ -241,7 +237,7 @@ def test_lasso_keeps_longest_the_channel_most_correlated_with_the_output(trained
 def test_thinet_and_lasso_need_the_input_pattern():
     for name in ["thinet", "lasso_channel"]:
         with pytest.raises(ValueError, match="pattern='input'"):
-            sl.prune(mlp(), name, 0.5, pattern="channel", data=batch())
+            sl.prune(deep_mlp(), name, 0.5, pattern="channel", data=batch())
 
 
 # --- NISP -----------------------------------------------------------------------------------
@@ -265,7 +261,7 @@ def test_inf_fs_equals_the_series_of_paths_and_prefers_a_non_redundant_feature()
 
 
 def test_nisp_propagates_importance_back_with_absolute_weights():
-    model = mlp(sizes=(6, 8, 5, 3))
+    model = deep_mlp(sizes=(6, 8, 5, 3))
     final = torch.tensor([1.0, 2.0, 0.5, 0.0, 3.0])
     scores = sl.criteria.get("nisp", final_scores=final).group_scores(
         model, ["0.weight", "2.weight", "4.weight"], Channel(), Context()
@@ -277,7 +273,7 @@ def test_nisp_propagates_importance_back_with_absolute_weights():
 
 
 def test_nisp_ranks_the_final_response_layer_from_data():
-    model, data = mlp(sizes=(6, 8, 5, 3)), batch()
+    model, data = deep_mlp(sizes=(6, 8, 5, 3)), batch()
     h = torch.relu(model[2](torch.relu(model[0](data[0])))).detach()
     scores = unit_scores("nisp", model, ["2.weight"], data)["2.weight"]
     assert torch.allclose(scores, data_driven.inf_fs(h))
@@ -299,7 +295,7 @@ UNIT_CRITERIA = [
 def test_data_driven_criteria_remove_whole_units_with_every_budget(method, budget):
     # every unit is a group of 6 weights (rows of 6 inputs, or columns of 6 outputs), so
     # half the weights is exactly half the units
-    model, data = mlp(sizes=(6, 6, 6, 6)), batch(classes=6)
+    model, data = deep_mlp(sizes=(6, 6, 6, 6)), batch(classes=6)
     pattern = "input" if method in ("thinet", "lasso_channel") else "channel"
     names = ["2.weight", "4.weight"] if pattern == "input" else ["0.weight", "2.weight"]
     sl.prune(model, method, 0.5, pattern=pattern, budget=budget, targets=names, data=data)

@@ -1,10 +1,10 @@
 """Data-free criteria against hand examples, brute force and exact output preservation."""
 
-import itertools
 import math
 
 import pytest
 import torch
+from helpers import mlp
 from torch import nn
 
 import sparsity_lab as sl
@@ -13,12 +13,8 @@ from sparsity_lab.criteria import data_free
 from sparsity_lab.criteria.base import Context
 
 
-def mlp(seed=0, sizes=(6, 8, 5, 3)):
-    torch.manual_seed(seed)
-    layers = []
-    for a, b in itertools.pairwise(sizes):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
+def deep_mlp(seed=0, sizes=(6, 8, 5, 3)):
+    return mlp(*sizes, seed=seed)
 
 
 class TinyCNN(nn.Module):
@@ -56,7 +52,7 @@ def test_lamp_scores_keep_pruned_entries_at_minus_infinity():
 
 
 def test_lamp_global_equals_magnitude_with_the_lamp_budget():
-    a, b = mlp(), mlp()
+    a, b = deep_mlp(), deep_mlp()
     sl.prune(a, "lamp", 0.8, budget="global")
     sl.prune(b, "magnitude", 0.8, budget="lamp_budget")
     for n in sl.pruning.default_targets(a):
@@ -64,10 +60,10 @@ def test_lamp_global_equals_magnitude_with_the_lamp_budget():
 
 
 def test_lamp_never_empties_a_layer_where_global_magnitude_does():
-    model = mlp()
+    model = deep_mlp()
     with torch.no_grad():
         model[2].weight.mul_(1e-3)  # a layer of tiny weights
-    lamp, magnitude = mlp(), mlp()
+    lamp, magnitude = deep_mlp(), deep_mlp()
     lamp.load_state_dict(model.state_dict())
     magnitude.load_state_dict(model.state_dict())
     sl.prune(lamp, "lamp", 0.9)
@@ -89,27 +85,27 @@ def test_lamp_on_channels_ranks_rows_by_their_l2_norms():
 
 @pytest.mark.parametrize("p", [1, 2])
 def test_group_norm_keeps_the_rows_of_largest_norm(p):
-    model = mlp()
+    model = deep_mlp()
     sl.prune(
         model, "group_norm", 0.5, pattern="channel", budget="uniform", p=p, targets=["0.weight"]
     )
-    w = mlp()[0].weight.detach()
+    w = deep_mlp()[0].weight.detach()
     norms = w.abs().sum(1) if p == 1 else w.pow(2).sum(1).sqrt()
     kept_rows = masks.get_mask(model, "0.weight").any(dim=1)
     assert set(torch.nonzero(kept_rows).flatten().tolist()) == set(norms.argsort()[4:].tolist())
 
 
 def test_group_norm_on_inputs_keeps_the_columns_of_largest_l1_norm():
-    model = mlp()
+    model = deep_mlp()
     sl.prune(model, "group_norm", 0.5, pattern="input", budget="uniform", targets=["0.weight"])
-    norms = mlp()[0].weight.detach().abs().sum(0)
+    norms = deep_mlp()[0].weight.detach().abs().sum(0)
     kept = masks.get_mask(model, "0.weight").any(dim=0)
     assert set(torch.nonzero(kept).flatten().tolist()) == set(norms.argsort()[3:].tolist())
 
 
 def test_group_norm_rejects_other_norms():
     with pytest.raises(ValueError, match="p=1"):
-        sl.prune(mlp(), "group_norm", 0.5, pattern="channel", p=3)
+        sl.prune(deep_mlp(), "group_norm", 0.5, pattern="channel", p=3)
 
 
 def test_fpgm_removes_the_filter_nearest_the_geometric_median_not_the_smallest():
@@ -131,7 +127,7 @@ def test_fpgm_scores_equal_a_brute_force_sum_of_distances():
 
 def test_fpgm_needs_the_channel_pattern():
     with pytest.raises(ValueError, match="pattern='channel'"):
-        sl.prune(mlp(), "fpgm", 0.5)
+        sl.prune(deep_mlp(), "fpgm", 0.5)
 
 
 def duplicate_unit(layer, source, copy_to, scale=1.0):
@@ -141,7 +137,7 @@ def duplicate_unit(layer, source, copy_to, scale=1.0):
 
 
 def test_neuron_merge_of_duplicated_neurons_leaves_the_output_unchanged():
-    model = mlp()
+    model = deep_mlp()
     duplicate_unit(model[0], 1, 5)
     duplicate_unit(model[2], 0, 3)
     x = torch.randn(50, 6)
@@ -166,7 +162,7 @@ def test_neuron_merge_of_duplicated_filters_before_a_flatten_leaves_the_output_u
 
 
 def test_neuron_merge_removes_first_the_unit_of_least_saliency():
-    model = mlp()
+    model = deep_mlp()
     w = torch.cat([model[0].weight, model[0].bias[:, None]], 1).detach()
     a = model[2].weight.detach()
     saliency = [
@@ -181,9 +177,9 @@ def test_neuron_merge_removes_first_the_unit_of_least_saliency():
 
 def test_neuron_merge_needs_a_layer_that_reads_the_units():
     with pytest.raises(ValueError, match="exclude"):
-        sl.prune(mlp(), "neuron_merge", 0.5, pattern="channel")
+        sl.prune(deep_mlp(), "neuron_merge", 0.5, pattern="channel")
     with pytest.raises(ValueError, match="pattern='channel'"):
-        sl.prune(mlp(), "neuron_merge", 0.5, exclude=["4.weight"])
+        sl.prune(deep_mlp(), "neuron_merge", 0.5, exclude=["4.weight"])
 
 
 BUDGETS = sl.registry.available("budget")
@@ -192,7 +188,7 @@ BUDGETS = sl.registry.available("budget")
 @pytest.mark.parametrize("budget", BUDGETS)
 @pytest.mark.parametrize("method", ["magnitude", "random", "lamp", "group_norm"])
 def test_unstructured_criteria_hit_the_target_exactly_with_every_budget(method, budget):
-    model = mlp()
+    model = deep_mlp()
     sl.prune(model, method, 0.7, budget=budget)
     names = sl.pruning.default_targets(model)
     total = sum(masks.weight(model, n).numel() for n in names)
@@ -203,7 +199,7 @@ def test_unstructured_criteria_hit_the_target_exactly_with_every_budget(method, 
 @pytest.mark.parametrize("method", ["lamp", "group_norm", "fpgm", "neuron_merge"])
 def test_unit_criteria_remove_whole_units_to_the_exact_target_with_every_budget(method, budget):
     # hidden units of 6 inputs each: half the weights of the two layers is exactly 6 units
-    model = mlp(sizes=(6, 6, 6, 3))
+    model = deep_mlp(sizes=(6, 6, 6, 3))
     sl.prune(model, method, 0.5, pattern="channel", budget=budget, exclude=["4.weight"])
     removed = 0
     for n in ["0.weight", "2.weight"]:

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import mlp
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -222,8 +223,7 @@ def test_reconstruction_error_sparsegpt_below_wanda_below_magnitude(trained_digi
 
 
 def two_layer_mlp():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    return mlp(12, 16, 8, 3)
 
 
 def test_later_layers_are_calibrated_on_the_outputs_of_pruned_earlier_layers():

@@ -7,6 +7,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import mlp
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -18,9 +19,8 @@ def small_model(seed=0):
     return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Conv1d(1, 1, 1), nn.Flatten())
 
 
-def mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+def small_mlp(seed=0):
+    return mlp(6, 8, 3, seed=seed)
 
 
 def random_mask(shape, sparsity=0.5, seed=1):
@@ -29,7 +29,7 @@ def random_mask(shape, sparsity=0.5, seed=1):
 
 
 def masked_mlp(seed=0, dense_grad=False):
-    model = mlp(seed)
+    model = small_mlp(seed)
     m0, m2 = random_mask((8, 6), seed=1), random_mask((3, 8), seed=2)
     masks.attach(model, "0.weight", m0, dense_grad=dense_grad)
     masks.attach(model, "2.weight", m2, dense_grad=dense_grad)
@@ -71,7 +71,7 @@ def test_attach_zeroes_the_stored_weight_in_default_mode():
     ids=["sgd_momentum_wd", "sgd_nesterov", "adam", "adamw"],
 )
 def test_masked_weights_stay_exactly_zero_through_optimizer_steps(make_opt):
-    model = mlp()
+    model = small_mlp()
     opt = make_opt(model.parameters())
     x, y = batch()
     # Dense steps first, so momentum and Adam moments are non-zero everywhere when the mask
@@ -132,7 +132,7 @@ def test_state_dict_round_trip_into_fresh_masked_model():
 
 def test_masked_state_dict_loads_into_a_plain_model_and_attaches_masks():
     model, applied = masked_mlp()
-    plain = mlp(seed=9)
+    plain = small_mlp(seed=9)
     masks.load_state_dict(plain, model.state_dict())
     x, _ = batch()
     assert torch.equal(plain(x), model(x))
@@ -141,7 +141,7 @@ def test_masked_state_dict_loads_into_a_plain_model_and_attaches_masks():
 
 def test_plain_state_dict_loads_into_an_unmasked_model_with_torch_alone():
     model, _ = masked_mlp()
-    plain = mlp(seed=9)
+    plain = small_mlp(seed=9)
     plain.load_state_dict(masks.plain_state_dict(model))  # strict torch loading
     x, _ = batch()
     assert torch.equal(plain(x), model(x))
@@ -150,7 +150,7 @@ def test_plain_state_dict_loads_into_an_unmasked_model_with_torch_alone():
 
 def test_plain_state_dict_into_masked_model_keeps_its_masks():
     model, applied = masked_mlp()
-    dense = mlp(seed=4)
+    dense = small_mlp(seed=4)
     masks.load_state_dict(model, dense.state_dict())
     assert torch.all(model[0].weight[applied["0.weight"] == 0] == 0)
 
@@ -258,18 +258,18 @@ def test_attach_twice_replaces_instead_of_stacking():
 )
 def test_bad_masks_fail_clearly(name, mask, error, match):
     with pytest.raises(error, match=match):
-        masks.attach(mlp(), name, mask)
+        masks.attach(small_mlp(), name, mask)
 
 
 def test_bool_masks_are_accepted():
-    model = mlp()
+    model = small_mlp()
     masks.attach(model, "0.weight", torch.zeros(8, 6, dtype=torch.bool))
     assert torch.count_nonzero(model[0].weight) == 0
 
 
 @pytest.mark.parametrize("opt_name", ["sgd", "adam", "adamw"])
 def test_regrown_entries_start_at_zero_after_optimizer_steps(opt_name):
-    model = mlp()
+    model = small_mlp()
     make = {
         "sgd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-2),
         "adam": lambda p: torch.optim.Adam(p, lr=1e-2),

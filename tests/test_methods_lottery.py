@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from helpers import mlp
 from torch.utils.data import DataLoader, TensorDataset
 
 import sparsity_lab as sl
@@ -22,9 +22,7 @@ def loader(seed=0):
     return DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=16, generator=g)
 
 
-def model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 2))
+model = mlp  # Linear(12, 16), ReLU, Linear(16, 2)
 
 
 def weights(m):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from helpers import mlp
 from torch.utils.data import DataLoader, TensorDataset
 
 from sparsity_lab import masks, registry
@@ -20,9 +20,7 @@ def loader():
     return DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=16, generator=g)
 
 
-def model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 2))
+model = mlp  # Linear(12, 16), ReLU, Linear(16, 2)
 
 
 def test_edge_popup_keeps_every_weight_frozen():

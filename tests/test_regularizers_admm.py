@@ -2,17 +2,12 @@
 
 import pytest
 import torch
-from torch import nn
+from helpers import mlp
 from torch.utils.data import DataLoader, TensorDataset
 
 import sparsity_lab as sl
 import sparsity_lab.regularizers
 from sparsity_lab import registry
-
-
-def mlp():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 2))
 
 
 def loader():

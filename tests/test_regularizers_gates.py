@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from helpers import mlp
 from torch.utils.data import DataLoader, TensorDataset
 
 import sparsity_lab as sl
@@ -19,11 +19,6 @@ def loader(n=96):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 12, generator=g)
     return DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=32, generator=g)
-
-
-def mlp():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 2))
 
 
 class Outputs(sl.train.Callback):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import mlp
 from scipy import integrate, stats
 from torch import nn
 
@@ -21,11 +22,6 @@ from sparsity_lab.regularizers.variational import (
     kl_lognormal_gamma,
     kl_lognormal_inv_gamma,
 )
-
-
-def mlp():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 2))
 
 
 def exact_kl_log_uniform(log_alpha: float) -> float:

@@ -915,18 +915,6 @@ sl.nb.explore(
 
 
 # %%
-def judge(row, setting, context):
-    """The verdict of the claim; ``context`` is given when it is not reproduced."""
-    v = sl.claims.verdict("unstructured_beats_channel", row, setting=setting)
-    if v.status == sl.claims.REPRODUCED:
-        return v
-    if v.n < 2:
-        reason = "A single seed was run, so there is no interval."
-    else:
-        reason = f"{context} The paper: {v.claim.setting}."
-    return sl.claims.verdict("unstructured_beats_channel", row, setting=setting, reason=reason)
-
-
 def lenet_context(model_name, sparsity, data):
     part = data[(data["sparsity"] == sparsity)]
     if "model" in part:
@@ -947,17 +935,19 @@ whole = sl.stats.paired(
     results, "pattern", "unstructured", "channel", metric="test_accuracy", by=["model", "sparsity"]
 )
 verdicts = [
-    judge(
+    sl.claims.judge(
+        "unstructured_beats_channel",
         r,
-        f"{r.model}, whole model at {r.sparsity:.0%}, uniform, fine-tuned, test",
-        lenet_context(r.model, r.sparsity, results),
+        setting=f"{r.model}, whole model at {r.sparsity:.0%}, uniform, fine-tuned, test",
+        reason=lenet_context(r.model, r.sparsity, results),
     )
     for _, r in whole.iterrows()
 ] + [
-    judge(
+    sl.claims.judge(
+        "unstructured_beats_channel",
         r,
-        f"lenet5, convolutions only at {s:.0%}, uniform, fine-tuned, test",
-        lenet_context("lenet5", s, conv_results),
+        setting=f"lenet5, convolutions only at {s:.0%}, uniform, fine-tuned, test",
+        reason=lenet_context("lenet5", s, conv_results),
     )
     for s, r in conv_pairs["channel"].iterrows()
 ]

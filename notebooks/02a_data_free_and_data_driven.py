@@ -723,37 +723,25 @@ def dense_facts(model_name):
     )
 
 
-def judge(key, row, setting, model_name):
-    """The verdict of claim ``key``; when it is not reproduced, with the measured setting."""
-    v = sl.claims.verdict(key, row, setting=setting)
-    if v.status == sl.claims.REPRODUCED:
-        return v
-    if v.n < 2:
-        reason = "A single seed was run, so there is no interval."
-    else:
-        reason = f"{dense_facts(model_name)} The paper: {v.claim.setting}."
-    return sl.claims.verdict(key, row, setting=setting, reason=reason)
-
-
 FINE_TUNED = REPORTED["test_accuracy"]
 han = min(SPARSITIES, key=lambda s: abs(s - 0.92))
 verdicts = []
 if "lenet300" in MODELS:
     verdicts.append(
-        judge(
+        sl.claims.judge(
             "magnitude_beats_random_after_training",
             paired_row(f"magnitude (global) - {RANDOM_WEIGHTS}", FINE_TUNED, "lenet300", han),
-            f"LeNet-300-100 at {han:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch(s), test",
-            "lenet300",
+            setting=f"LeNet-300-100 at {han:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch(s), test",
+            reason=dense_facts("lenet300"),
         )
     )
 for m in MODELS:
     verdicts.append(
-        judge(
+        sl.claims.judge(
             "lamp_beats_global_magnitude",
             paired_row("lamp - magnitude (global)", FINE_TUNED, m, top),
-            f"{m} at {top:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch(s), test",
-            m,
+            setting=f"{m} at {top:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch(s), test",
+            reason=dense_facts(m),
         )
     )
 display(sl.claims.table(verdicts))

@@ -753,18 +753,6 @@ display(
 
 
 # %%
-def judge(key, row, setting, reason):
-    """The verdict of claim ``key``; when it is not reproduced, with the measured reason."""
-    v = sl.claims.verdict(key, row, setting=setting)
-    if v.status == sl.claims.REPRODUCED:
-        return v
-    if v.n < 2:
-        reason = "A single seed was run, so there is no interval."
-    else:
-        reason = f"{reason} The paper: {v.claim.setting}."
-    return sl.claims.verdict(key, row, setting=setting, reason=reason)
-
-
 def sparse_facts(m):
     return (
         f"Each sparse {m} ({DENSE.loc[m, 'parameters']:,} parameters dense) trained "
@@ -782,21 +770,21 @@ snip_vs_random = sl.stats.paired(
     by=["model_name", "criterion", "sparsity"],
 )
 shuffle_verdicts = [
-    judge(
+    sl.claims.judge(
         "init_masks_carry_layer_ratios_only",
         r,
-        f"{r.criterion}, {r.model_name} at {top:.0%}, trained {PAI_EPOCHS} epoch(s), test",
-        sparse_facts(r.model_name),
+        setting=f"{r.criterion}, {r.model_name} at {top:.0%}, trained {PAI_EPOCHS} epoch(s), test",
+        reason=sparse_facts(r.model_name),
     )
     for _, r in at_top.iterrows()
 ]
 snip_verdicts = [
-    judge(
+    sl.claims.judge(
         "snip_beats_random_init",
         r,
-        f"{r.model_name} at {top:.0%}, SNIP's mask against random_like of it, trained "
+        setting=f"{r.model_name} at {top:.0%}, SNIP's mask against random_like of it, trained "
         f"{PAI_EPOCHS} epoch(s), test",
-        sparse_facts(r.model_name),
+        reason=sparse_facts(r.model_name),
     )
     for _, r in snip_vs_random[
         (snip_vs_random.criterion == "snip") & (snip_vs_random.sparsity == top)
@@ -804,11 +792,11 @@ snip_verdicts = [
 ]
 han = min(SPARSITIES, key=lambda s: abs(s - 0.92))
 magnitude_verdicts = [
-    judge(
+    sl.claims.judge(
         "magnitude_beats_random_after_training",
         paired_row(f"magnitude - {RANDOM_WEIGHTS}", FINE_TUNED, m, han),
-        f"{m} at {han:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch(s), test",
-        f"The dense {m} has {DENSE.loc[m, 'parameters']:,} parameters, trained "
+        setting=f"{m} at {han:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch(s), test",
+        reason=f"The dense {m} has {DENSE.loc[m, 'parameters']:,} parameters, trained "
         f"{DENSE.loc[m, 'epochs']} epoch(s) on {DENSE.loc[m, 'n_train']} MNIST images.",
     )
     for m in MODELS

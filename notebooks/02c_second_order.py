@@ -629,19 +629,6 @@ display(Markdown("\n".join(lines)))
 
 
 # %%
-def judge(key, row, setting, measured, context):
-    """The verdict of ``key``, with ``measured`` after its numbers, and ``context`` too when
-    the claim is not reproduced."""
-    v = sl.claims.verdict(key, row, setting=setting)
-    if v.status == sl.claims.REPRODUCED:
-        reason = measured
-    elif v.n < 2:
-        reason = f"{measured} A single seed was run, so there is no interval.".strip()
-    else:
-        reason = f"{measured} {context} The paper: {v.claim.setting}.".strip()
-    return sl.claims.verdict(key, row, setting=setting, reason=reason)
-
-
 def lenet_context(sparsity):
     return (
         f"The dense LeNet-300-100 has {LENET['weights']:,} weights trained {LENET['epochs']} "
@@ -670,12 +657,11 @@ def chars_context(pattern):
 
 
 verdicts = [
-    judge(
+    sl.claims.judge(
         "woodfisher_beats_magnitude",
         gaps["woodfisher"].loc[s],
-        f"LeNet-300-100 on {DATA} at {s:.0%}, one-shot, no fine-tuning, test",
-        "",
-        lenet_context(s),
+        setting=f"LeNet-300-100 on {DATA} at {s:.0%}, one-shot, no fine-tuning, test",
+        reason=lenet_context(s),
     )
     for s in SPARSITIES
     if s >= 0.8
@@ -683,12 +669,14 @@ verdicts = [
 for key, method in [("sparsegpt_beats_magnitude", "sparsegpt"), ("wanda_beats_magnitude", "wanda")]:
     for pattern in ["unstructured", "2:4"]:
         verdicts.append(
-            judge(
+            sl.claims.judge(
                 key,
                 vs_magnitude[method, "test_accuracy"].loc[pattern],
-                f"tiny transformer on chars, {pattern} 50% per layer, one-shot, test accuracy",
-                chars_measured(method, pattern),
-                chars_context(pattern),
+                setting=(
+                    f"tiny transformer on chars, {pattern} 50% per layer, one-shot, test accuracy"
+                ),
+                measured=chars_measured(method, pattern),
+                reason=chars_context(pattern),
             )
         )
 display(sl.claims.table(verdicts))

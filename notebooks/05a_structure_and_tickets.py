@@ -25,7 +25,6 @@
 
 # %%
 import copy
-import dataclasses
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -66,12 +65,6 @@ if SMOKE:  # a quick pass through every cell, for CI
     MNIST1D_OPTIONS = {"num_samples": 1000}
 info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 verdicts = []  # the verdicts against the literature, for the summary
-
-
-def judge(key, row, setting, reason):
-    """The verdict of ``row`` on claim ``key``; the measured reason when not reproduced."""
-    v = sl.claims.verdict(key, row, setting=setting)
-    return v if v.status == sl.claims.REPRODUCED else dataclasses.replace(v, reason=reason)
 
 
 # %% [markdown]
@@ -185,7 +178,7 @@ display(
 # **Against the literature**, computed from the paired difference above:
 
 # %%
-early_verdict = judge(
+early_verdict = sl.claims.judge(
     "early_bird_matches_late",
     early_late,
     setting=f"LeNet-300-100 on {DATA}, {TARGET:.0%} sparse, unstructured magnitude masks",
@@ -359,7 +352,7 @@ for task_name, group in final.groupby("task", sort=False):
             f"  {at_chance} of {len(compared)} compared runs are at chance level, so the "
             "difference says which network trains at all."
         )
-    v = judge(
+    v = sl.claims.judge(
         "tickets_beat_reinit",
         diff[tickets.NETWORKS[2]],
         setting=f"{task_name}, {group['sparsity'].iloc[0]:.1%} sparse after {IMP_ROUNDS} rounds",

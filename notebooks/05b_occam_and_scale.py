@@ -22,7 +22,6 @@
 # `sparsity_lab.phenomena.occam` and `sparsity_lab.phenomena.scale`.
 
 # %%
-import dataclasses
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -59,12 +58,6 @@ if SMOKE:  # a quick pass through every cell, for CI
     MNIST1D_OPTIONS = {"num_samples": 1000}
 info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 verdicts = []  # the verdicts against the literature, for the summary
-
-
-def judge(key, row, setting, reason):
-    """The verdict of ``row`` on claim ``key``; the measured reason when not reproduced."""
-    v = sl.claims.verdict(key, row, setting=setting)
-    return v if v.status == sl.claims.REPRODUCED else dataclasses.replace(v, reason=reason)
 
 
 # %% [markdown]
@@ -163,7 +156,7 @@ for noise in NOISES:
         f"minus dense {sl.stats.describe(test.loc[best])} on test."
     )
     occam_verdicts.append(
-        judge(
+        sl.claims.judge(
             "occam_hill",
             test.loc[best],
             setting=(
@@ -264,7 +257,7 @@ for s in SCALE_SPARSITIES:
         f"{sl.stats.describe(pairs['flops'].loc[s])}."
     )
     scale_verdicts.append(
-        judge(
+        sl.claims.judge(
             "large_sparse_beats_small_dense",
             pairs["nonzeros"].loc[s],
             setting=f"1-D CNN on MNIST-1D, {s:.0%} sparse against dense at equal nonzeros",

@@ -23,7 +23,6 @@
 # `sparsity_lab.phenomena.collapse` and `sparsity_lab.phenomena.shuffle`.
 
 # %%
-import dataclasses
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -56,12 +55,6 @@ if SMOKE:  # a quick pass through every cell, for CI
 info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 verdicts = []  # the verdicts against the literature, for the summary
 n_epochs = EPOCHS or recipes.recipe_for("lenet300", DATA).epochs
-
-
-def judge(key, row, setting, reason):
-    """The verdict of ``row`` on claim ``key``; the measured reason when not reproduced."""
-    v = sl.claims.verdict(key, row, setting=setting)
-    return v if v.status == sl.claims.REPRODUCED else dataclasses.replace(v, reason=reason)
 
 
 # %% [markdown]
@@ -165,7 +158,7 @@ synflow_snip = sl.stats.paired(extreme, "method", "synflow", "snip", metric="tes
 kept = int(round((1 - max(SPARSITIES)) * sum(p.numel() for p in t.build().parameters())))
 chance_runs = extreme[extreme["method"].isin(["synflow", "snip"])]
 n_chance = int(chance_runs["flags"].str.contains("chance").sum())
-collapse_verdict = judge(
+collapse_verdict = sl.claims.judge(
     "synflow_beats_snip_extreme",
     synflow_snip,
     setting=f"LeNet-300-100 on {DATA}, {max(SPARSITIES):.1%} sparse, {n_epochs} epochs",
@@ -266,7 +259,7 @@ for method in SHUFFLE_METHODS:
     shuffled_mask = recipes.random_like(found, t.seed)
     original = shuffled[(shuffled["mask"] == m) & (shuffled["arm"] == "original")]
     shuffle_verdicts.append(
-        judge(
+        sl.claims.judge(
             "init_masks_carry_layer_ratios_only",
             gap.loc[m],
             setting=f"LeNet-300-100 on {DATA}, {m}, {SHUFFLE_SPARSITY:.0%} sparse",
@@ -291,7 +284,7 @@ if "snip" in SHUFFLE_METHODS:
         metric="test_accuracy",
     ).iloc[0]
     shuffle_verdicts.append(
-        judge(
+        sl.claims.judge(
             "snip_beats_random_init",
             snip_random,
             setting=(

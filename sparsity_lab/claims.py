@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -453,6 +454,31 @@ def verdict(
         raise ValueError(f"claim {claim.key!r}: no differences to judge")
     status = decide(claim.relation, low, high, n, claim.margin)
     return Verdict(claim, status, mean, low, high, n, setting, reason)
+
+
+def judge(
+    claim: str | Claim,
+    differences: Sequence[float] | pd.Series | Mapping,
+    *,
+    setting: str = "",
+    reason: str = "",
+    measured: str = "",
+) -> Verdict:
+    """:func:`verdict`, explained the way every notebook explains one.
+
+    ``measured`` (what was measured beyond the numbers) is always said.  ``reason`` (why
+    the result may differ from the paper's) is said only when the claim is not reproduced,
+    followed by the paper's own setting; with one seed the reason is that there is no
+    interval, since nothing else can be concluded.
+    """
+    found = verdict(claim, differences, setting=setting)
+    parts = [measured]
+    if found.status != REPRODUCED:
+        if found.n < 2:
+            parts.append("A single seed was run, so there is no interval.")
+        else:
+            parts += [reason, f"The paper: {found.claim.setting}."]
+    return dataclasses.replace(found, reason=" ".join(p.strip() for p in parts if p.strip()))
 
 
 def report(verdicts: Iterable[Verdict], scale: float = 100.0, unit: str = " points") -> str:

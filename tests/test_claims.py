@@ -103,3 +103,14 @@ def test_check_words_a_paired_row_as_met_missed_or_inconclusive():
     assert claims.check(row, "greater") == "met"
     assert claims.check({**row, "ci_low": -0.03, "ci_high": -0.01}, "greater") == "missed"
     assert claims.check({**row, "n": 1}, "greater") == "inconclusive"
+
+
+def test_judge_explains_only_what_is_not_reproduced():
+    key = "snip_beats_random_init"
+    met = claims.judge(key, [0.05, 0.06, 0.07], setting="toy", reason="why", measured="what")
+    assert met.status == claims.REPRODUCED and met.reason == "what"
+    missed = claims.judge(key, [-0.05, -0.06, -0.07], setting="toy", reason="why")
+    assert missed.status == claims.NOT_REPRODUCED
+    assert missed.reason == f"why The paper: {claims.get(key).setting}."
+    single = claims.judge(key, [0.05], setting="toy", reason="why")
+    assert single.reason == "A single seed was run, so there is no interval."

@@ -22,7 +22,7 @@ from torch import nn
 
 from . import masks, patterns, registry, schedules
 from .pruning import prune
-from .targets import default_targets
+from .targets import resolve
 from .train import Callback, Trainer
 
 
@@ -84,7 +84,9 @@ class ScheduledPruning(Callback):
     masks are removed, the pruned weights return at zero, and pruning starts afresh from
     the dense weights.  Either way the optimizer state of the entries that change is zeroed.
     ``options`` go to :func:`sparsity_lab.prune` (pattern, budget, dense, exclude, ...).
-    The targets reached are recorded in ``self.log``.
+    A criterion that needs data (``snip``, ``taylor``, ...) gets the current training batch
+    unless ``data=...`` is among the options.  The targets reached are recorded in
+    ``self.log``.
 
     The ``adaptive`` schedule also receives the sparsity reached so far and the
     generalisation loss of the validation losses seen at epoch ends.
@@ -139,9 +141,25 @@ class ScheduledPruning(Callback):
 
     def names(self, model: nn.Module) -> list[str]:
         """The tensors this pruner prunes: ``targets`` (default every Linear/Conv weight)."""
-        names = self.options.get("targets") or default_targets(model)
-        excluded = set(self.options.get("exclude", ()))
-        return [n for n in names if n not in excluded]
+        get = self.options.get
+        return resolve(model, get("targets"), get("exclude", ()), get("dense", ()))
+
+    def _data(self, trainer: Trainer) -> dict[str, Any]:
+        """``{"data": batch}`` for a criterion that needs data and was given none."""
+        criterion = self.method
+        if isinstance(criterion, str):
+            criterion = registry.get(criterion, "criterion")
+        if "data" in self.options or not criterion.needs_data:
+            return {}
+        batch = trainer.batch
+        if batch is None and trainer.train_loader is not None:
+            batch = next(iter(trainer.train_loader))  # before the first step
+        if batch is None:
+            raise ValueError(
+                f"criterion {self.method!r} needs data and this loop has no batch to give it; "
+                f"pass data=(inputs, targets) to the method (e.g. GMP(..., data=batch))"
+            )
+        return {"data": tuple(batch)}
 
     def _masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {n: m.detach().clone().bool() for n, m in masks.masks(model).items()}
@@ -162,7 +180,7 @@ class ScheduledPruning(Callback):
             # A dense phase: the pruned weights come back at zero (masks.remove zeroes them).
             masks.remove(model, [n for n in self.names(model) if n in before])
         if target > 0:
-            prune(model, self.method, target, **self.options)
+            prune(model, self.method, target, **self._data(trainer), **self.options)
         self._reset_changed(trainer, before, self._masks(model))
         self.current = target
         self.log.append((trainer.step, target))

@@ -67,3 +67,18 @@ def test_gmp_fractions_are_checked():
         cls(0.9, begin=1.5)
     with pytest.raises(ValueError, match="must not come before"):
         cls(0.9, begin=0.5, end=0.2)
+
+
+def test_gmp_with_a_data_driven_criterion_scores_on_the_training_batch():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 12, generator=g)
+    data = DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=16)
+    m = model()
+    gmp = registry.get("gmp")(0.5, criterion="snip", frequency=2)
+    gmp.fit(m, data, epochs=2, progress=False)
+    assert sl.sparsity(m) == pytest.approx(0.5, abs=0.01)
+    # the same schedule with the first batch given explicitly prunes to the same target
+    fixed = registry.get("gmp")(0.5, criterion="snip", frequency=2, data=tuple(next(iter(data))))
+    other = model()
+    fixed.fit(other, data, epochs=2, progress=False)
+    assert sl.sparsity(other) == pytest.approx(0.5, abs=0.01)

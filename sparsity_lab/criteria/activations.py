@@ -53,7 +53,7 @@ class GroupCriterion(Criterion):
         raise NotImplementedError
 
     def scores(self, model: nn.Module, names: list[str], context: Context):
-        pattern = context.options.get("pattern") or Unstructured()
+        pattern = context.pattern or Unstructured()
         out = {}
         for n, g in self.group_scores(model, names, pattern, context).items():
             shape = tuple(masks.weight(model, n).shape)
@@ -63,7 +63,7 @@ class GroupCriterion(Criterion):
     def prune(self, model, names, sparsity, *, pattern, budget, **kwargs):
         self.check_pattern(pattern)
         context = kwargs.pop("context", None) or Context()
-        context = replace(context, options={**context.options, "pattern": pattern})
+        context = replace(context, pattern=pattern)
         kwargs["reduction"] = "max"  # every element of a group carries the group's score
         return super().prune(
             model, names, sparsity, pattern=pattern, budget=budget, context=context, **kwargs

@@ -48,7 +48,8 @@ class Context:
         default_factory=nn.CrossEntropyLoss
     )
     seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
+    #: The pattern being pruned, for criteria whose rule is defined per group of it.
+    pattern: Pattern | None = None
 
     def batches(self, limit: int | None = None, *, labels: bool = True) -> Iterator[Batch]:
         """Yield up to ``limit`` checked ``(inputs, targets)`` batches from ``data``.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from ..patterns import Pattern
 from ..pruner import ScheduledPruning
@@ -19,8 +20,9 @@ class GMP(TrainingMethod, ScheduledPruning):
     prune the smallest-magnitude weights to ``s_t = s_f + (s_i - s_f)(1 - p)^3`` with
     ``p`` the progress through [begin, end]; pruned weights stay pruned and training goes
     on with the mask.  ``schedule`` and ``criterion`` swap the cubic ramp and the magnitude
-    criterion for any registered ones.  Supports every pattern and budget (N:M patterns
-    jump to their fixed sparsity at ``begin``).
+    criterion for any registered ones; a criterion that needs data scores on the current
+    training batch, or on ``data`` when it is given.  Supports every pattern and budget
+    (N:M patterns jump to their fixed sparsity at ``begin``).
     """
 
     name = "gmp"
@@ -41,6 +43,7 @@ class GMP(TrainingMethod, ScheduledPruning):
         exclude: Iterable[str] = (),
         dense: Iterable[str] = (),
         seed: int = 0,
+        data: Any = None,
     ) -> None:
         self._setup(sparsity, pattern, budget, targets, exclude, dense, seed)
         self.begin = check_fraction("begin", begin)
@@ -55,6 +58,7 @@ class GMP(TrainingMethod, ScheduledPruning):
             frequency=frequency,
             initial_sparsity=initial_sparsity,
             **self.prune_options(),
+            **({} if data is None else {"data": data}),
         )
 
     def on_train_begin(self, trainer: Trainer) -> None:

@@ -135,18 +135,30 @@ per_layer = extreme.groupby("method")[density_cols].mean()
 ax = per_layer.T.plot.bar(figsize=(7, 3), logy=True, rot=0)
 ax.set_title(f"Layer densities at {max(SPARSITIES):.1%} sparsity")
 plt.show()
-at_extreme = extreme.groupby("method")[["disconnected", "collapsed_layers", "test_accuracy"]]
+at_extreme = extreme.groupby("method")[
+    ["disconnected", "collapsed_layers", "dead_share", "test_accuracy"]
+]
 at_extreme = at_extreme.mean()
 at_extreme.round(3)
 
 # %%
 lines = [
     f"- {m}: disconnected in {row['disconnected']:.0%} of the seeds, "
-    f"{row['collapsed_layers']:.1f} collapsed layer(s) on average, test accuracy "
-    f"{row['test_accuracy']:.2%}."
+    f"{row['collapsed_layers']:.1f} collapsed layer(s) and {row['dead_share']:.0%} of the "
+    f"kept weights on no path on average, test accuracy {row['test_accuracy']:.2%}"
+    f"{sl.flags.note(extreme, 'method', m)}."
     for m, row in at_extreme.iterrows()
 ]
-display(Markdown(f"At {max(SPARSITIES):.1%} sparsity:\n\n" + "\n".join(lines)))
+display(
+    Markdown(
+        f"At {max(SPARSITIES):.1%} sparsity:\n\n"
+        + "\n".join(lines)
+        + "\n\nTwo measures of connection differ: *disconnected* here is the path count of "
+        "the mask at initialisation, while the *disconnected* flag tests the trained "
+        "function (whether its output still depends on the input).  A mask with a few "
+        "paths left can pass the first and fail the second."
+    )
+)
 
 # %% [markdown]
 # **Against the literature.**  Tanaka et al. (2020) show SNIP and global magnitude
@@ -162,6 +174,19 @@ collapse_verdict = sl.claims.judge(
     "synflow_beats_snip_extreme",
     synflow_snip,
     setting=f"LeNet-300-100 on {DATA}, {max(SPARSITIES):.1%} sparse, {n_epochs} epochs",
+    measured=(
+        f"SynFlow reaches {at_extreme.loc['synflow', 'test_accuracy']:.1%}"
+        f"{sl.flags.note(extreme, 'method', 'synflow')}; SNIP "
+        f"{at_extreme.loc['snip', 'test_accuracy']:.1%}"
+        f"{sl.flags.note(extreme, 'method', 'snip')}."
+        + (
+            "  Both methods' runs were flagged, so the difference says which fails less, "
+            "not that either trains well."
+            if sl.flags.note(extreme, "method", "synflow")
+            and sl.flags.note(extreme, "method", "snip")
+            else ""
+        )
+    ),
     reason=(
         f"SNIP disconnected the network in {at_extreme.loc['snip', 'disconnected']:.0%} of "
         f"the seeds and SynFlow in {at_extreme.loc['synflow', 'disconnected']:.0%}; about "
@@ -173,9 +198,9 @@ verdicts.append(collapse_verdict)
 display(Markdown(sl.claims.report([collapse_verdict])))
 
 # %% [markdown]
-# Collapse is not the only way to fail: a connected network with a few hundred weights
-# can still be untrainable in a few epochs.  The flags next to the table say which runs
-# ended at chance level.
+# Collapse is not the only way to fail: a network whose mask keeps a few paths can still
+# end at chance level after all its epochs.  The flags next to the table say which runs
+# did.
 #
 # ## Layer ratios against individual weights
 #
@@ -269,7 +294,8 @@ for method in SHUFFLE_METHODS:
                 f"of their weights on the {int(constant.sum())} pixels that never vary in "
                 f"the training images; its shuffle feeds {fed_units(shuffled_mask)} units and "
                 f"puts {on_constant(shuffled_mask):.0%} there.  "
-                f"The original mask reaches {original['test_accuracy'].mean():.1%} after "
+                f"The original mask averages {original['test_accuracy'].mean():.1%} over "
+                f"{len(original)} seed(s) after "
                 f"{n_epochs} epochs on {len(t.bundle.train):,} images; Frankle et al. "
                 "shuffled VGG and ResNet convolutions on CIFAR-10 and Tiny ImageNet."
             ),
@@ -314,7 +340,7 @@ display(
 # - `collapse.path_counts` counts input-output paths exactly; `connectivity` reports dead
 #   weights and collapsed layers, `is_disconnected` the verdict.
 # - Global criteria can empty a layer at extreme sparsity; the figure and the verdict
-#   above say whether SynFlow and the ERK budget kept paths open here.
+#   above say which methods kept paths open here, and the flags which runs still failed.
 # - Shuffling a mask inside each layer separates the value of layer ratios from the value
 #   of the individual positions; the shuffled mask is the random baseline with the same
 #   layer counts.

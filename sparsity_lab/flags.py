@@ -191,7 +191,10 @@ def note(df: pd.DataFrame, by: str, value: object, column: str = "flags") -> str
     if row.empty:
         return ""
     found = row.iloc[0]
+    flagged, total = (int(part) for part in found["flagged_runs"].split(" of "))
+    if flagged == total:
+        return f"; all {total} runs flagged ({found['flags']}), so this describes failed runs"
     return (
-        f"; {found['flagged_runs']} runs flagged ({found['flags']}), so this estimate "
-        f"mixes runs that failed with runs that did not"
+        f"; {flagged} of {total} runs flagged ({found['flags']}), so this estimate mixes "
+        f"runs that failed with runs that did not"
     )

@@ -99,4 +99,6 @@ def test_note_names_the_flagged_share_of_a_group_and_nothing_for_a_clean_one():
     )
     assert flags.note(runs, "arm", "b") == ""
     text = flags.note(runs, "arm", "a")
-    assert "1 of 3 runs flagged" in text and "at chance level" in text
+    assert "1 of 3 runs flagged" in text and "at chance level" in text and "mixes" in text
+    runs.loc[runs.arm == "a", "flags"] = "at chance level (acc 0.10)"
+    assert "all 3 runs flagged" in flags.note(runs, "arm", "a")

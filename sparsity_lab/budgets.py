@@ -291,11 +291,25 @@ def lamp_budget(
     """
     if scores is None:
         raise ValueError("lamp_budget ranks the LAMP scores of the criterion: pass scores=...")
+    _check_magnitudes("lamp_budget", scores)
     lamp = {n: lamp_scores(s) for n, s in scores.items()}
     return global_(shapes, sparsity, pattern=pattern, dense=dense, scores=lamp)
 
 
 Curve = Sequence[tuple[float, float]]
+
+
+def _check_magnitudes(budget: str, scores: Mapping[str, torch.Tensor]) -> None:
+    """Refuse signed scores for a budget that squares them: squaring would reorder them,
+    while the criterion contract promises only that higher means keep."""
+    for n, s in scores.items():
+        finite = s[torch.isfinite(s)]
+        if finite.numel() and bool((finite < 0).any()):
+            raise ValueError(
+                f"{budget} reads scores as magnitudes (it squares them), but the scores of "
+                f"{n!r} are negative in places, and squaring would reorder them; use "
+                f"budget='global' for signed scores (grasp, movement, ...)"
+            )
 
 
 def _curve_keys(curve: Curve, n_groups: int) -> torch.Tensor:
@@ -373,6 +387,7 @@ def sensitivity_budget(
             if n not in set(dense)
         }
     elif scores is not None:
+        _check_magnitudes("sensitivity_budget", scores)
         keys = {n: _mass_keys(s) for n, s in scores.items()}
     else:
         raise ValueError("sensitivity_budget needs scores=... or measured curves=...")

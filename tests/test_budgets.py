@@ -250,3 +250,13 @@ def test_sensitivity_budget_empties_a_layer_only_when_the_target_forces_it():
     assert plan == {"a": 0.9, "b": 0.1}
     plan = budgets.sensitivity_budget(shapes, 0.95, curves=curves)
     assert plan == {"a": 0.9, "b": 1.0} or plan == {"a": 1.0, "b": 0.9}
+
+
+@pytest.mark.parametrize("budget", ["lamp_budget", "sensitivity_budget"])
+def test_budgets_that_square_scores_refuse_signed_ones(budget):
+    shapes = {"a": (4, 4), "b": (4, 4)}
+    signed = {"a": torch.linspace(-1, 1, 16).reshape(4, 4), "b": torch.rand(4, 4)}
+    with pytest.raises(ValueError, match="magnitudes"):
+        budgets.allocate(budget, shapes, 0.5, scores=signed)
+    plan = budgets.allocate(budget, shapes, 0.5, scores={n: s.abs() for n, s in signed.items()})
+    assert sum(plan.values()) == pytest.approx(1.0)

@@ -30,7 +30,7 @@ from IPython.display import Markdown, display
 
 import sparsity_lab as sl
 from sparsity_lab import recipes, registry
-from sparsity_lab.pruner import ScheduledPruning
+from sparsity_lab.scheduled import ScheduledPruning
 
 # %% tags=["parameters"]
 SMOKE = False

@@ -13,7 +13,7 @@ pruning events as in gradual magnitude pruning.
 Three schedules bend these rules on purpose: ``iht`` goes down in its dense phases (its
 ``frequency`` is the phase length), ``dsd`` ends dense, and ``adaptive`` also reads the
 sparsity reached so far and the generalisation loss (``current_sparsity``,
-``generalization_loss``).  :class:`sparsity_lab.pruner.ScheduledPruning` runs any of them
+``generalization_loss``).  :class:`sparsity_lab.scheduled.ScheduledPruning` runs any of them
 with any criterion and pattern.
 """
 

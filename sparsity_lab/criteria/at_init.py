@@ -25,9 +25,9 @@ from torch.nn.utils import parametrize
 from .. import masks
 from ..patterns import check_sparsity
 from ..registry import register
-from .activations import evaluating
 from .base import Context, Criterion
 from .first_order import weight_gradients
+from .units import evaluating
 
 
 class _Given(Criterion):

@@ -25,7 +25,8 @@ from torch import nn
 from .. import masks
 from ..registry import register
 from ..targets import default_targets
-from .activations import (
+from .base import Context
+from .units import (
     GroupCriterion,
     Link,
     alive_units,
@@ -39,7 +40,6 @@ from .activations import (
     per_unit,
     removed_units,
 )
-from .base import Context
 
 
 def output_means(

@@ -11,7 +11,8 @@ from .. import masks
 from ..budgets import lamp_scores
 from ..patterns import Pattern, reduce_groups
 from ..registry import register
-from .activations import (
+from .base import Context, Criterion
+from .units import (
     GroupCriterion,
     alive_units,
     element_wise,
@@ -20,7 +21,6 @@ from .activations import (
     ordered_scores,
     removed_units,
 )
-from .base import Context, Criterion
 
 
 @register("criterion", "magnitude", section="3.2")

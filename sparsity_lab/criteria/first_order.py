@@ -27,8 +27,8 @@ from .. import masks
 from ..registry import register
 from ..targets import default_targets
 from ..train import Callback, Trainer
-from .activations import GroupCriterion, evaluating, forward_hooks, module_of, unit_gate
 from .base import Context, Criterion
+from .units import GroupCriterion, evaluating, forward_hooks, module_of, unit_gate
 
 
 def weight_gradients(

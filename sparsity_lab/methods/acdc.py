@@ -8,9 +8,9 @@ from collections.abc import Iterable
 from torch import nn
 
 from ..patterns import Pattern
-from ..pruner import ScheduledPruning
 from ..pruning import sparsity as measured_sparsity
 from ..registry import register
+from ..scheduled import ScheduledPruning
 from ..schedules import iht
 from ..train import Trainer
 from .base import TrainingMethod

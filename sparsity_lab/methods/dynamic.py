@@ -23,7 +23,7 @@ dpf       (re-selects top-k |w| of the dense weights; dense weights get the
 The kept weights start rescaled to each unit's kept fan-in (:func:`rescale_to_fan_in`):
 with the dense initialisation a very sparse deep net starts with almost no signal.
 
-Optimizer state follows the masks (see :func:`sparsity_lab.pruner.change_masks`): a
+Optimizer state follows the masks (see :func:`sparsity_lab.scheduled.change_masks`): a
 dropped weight is zeroed and loses its momentum or Adam moments, a grown weight starts at
 zero with none, and the number of weights kept is exact after every update.  Top-KAST and
 DPF are different by design: they keep dense weights and let masked ones come back with
@@ -39,9 +39,9 @@ import torch
 
 from .. import masks
 from ..patterns import Pattern
-from ..pruner import change_masks, reset_state
 from ..pruning import prune
 from ..registry import register
+from ..scheduled import change_masks, reset_state
 from ..schedules import cubic
 from ..train import Trainer
 from .base import TrainingMethod, apportion, check_fraction, n_active

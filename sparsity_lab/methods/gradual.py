@@ -6,8 +6,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..patterns import Pattern
-from ..pruner import ScheduledPruning
 from ..registry import register
+from ..scheduled import ScheduledPruning
 from ..train import Trainer
 from .base import TrainingMethod, check_fraction
 

@@ -18,9 +18,9 @@ from torch import nn
 
 from .. import masks
 from ..patterns import Pattern
-from ..pruner import ScheduledPruning
 from ..pruning import prune
 from ..registry import register
+from ..scheduled import ScheduledPruning
 from ..schedules import iterative
 from ..train import Callback, Trainer, fit
 from .base import TrainingMethod, independent_copy

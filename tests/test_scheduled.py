@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import sparsity_lab as sl
 from sparsity_lab import registry, schedules
-from sparsity_lab.pruner import ScheduledPruning, change_masks, reset_state
+from sparsity_lab.scheduled import ScheduledPruning, change_masks, reset_state
 from sparsity_lab.train import Callback, fit
 
 

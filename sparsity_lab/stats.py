@@ -39,7 +39,11 @@ SPREAD_TOLERANCE = 1e-9
 
 
 #: Metric names for which lower is better: a negative difference is an improvement.
-LOWER_IS_BETTER = ("loss", "perplexity", "error", "seconds", "flops", "bytes")
+LOWER_IS_BETTER = ("loss", "perplexity", "error", "ece", "seconds", "flops", "bytes")
+#: Metric names that are neither better nor worse when higher (diagnostics): a difference
+#: whose interval excludes 0 is called "higher" or "lower".
+DESCRIPTIVE = ("uncertainty", "disagreement", "interdependence")
+HIGHER, LOWER = "higher", "lower"
 
 
 def bounds_for(metric: str) -> tuple[float, float] | None:
@@ -134,7 +138,8 @@ def paired(
     are matched on ``by`` and ``pair_on`` (the seed: same split, same dense model, same
     batch order).  Returns one row per group of ``by``: ``mean_diff``, ``std``, ``n`` (the
     number of pairs), ``ci_low``, ``ci_high`` (a paired Student-t interval) and
-    ``verdict``: ``"better"`` or ``"worse"`` when the interval excludes 0, ``"no
+    ``verdict``: ``"better"`` or ``"worse"`` when the interval excludes 0 (``"higher"`` or
+    ``"lower"`` for diagnostics such as uncertainty, see :data:`DESCRIPTIVE`), ``"no
     difference"`` when it covers 0, ``"one seed"`` when there is a single pair and ``"no
     spread"`` when every pair differs by the same nonzero amount (see :func:`verdict_of`).
     "Better" follows ``higher_better``, by default :func:`higher_is_better` of the metric's
@@ -171,7 +176,9 @@ def paired(
         key = key if isinstance(key, tuple) else (key,)
         summary = mean_interval(diffs, confidence, bounds)
         verdict = verdict_of(summary["ci_low"], summary["ci_high"], summary["n"], summary["std"])
-        if not higher_better:
+        if any(word in metric for word in DESCRIPTIVE):
+            verdict = {BETTER: HIGHER, WORSE: LOWER}.get(verdict, verdict)
+        elif not higher_better:
             verdict = {BETTER: WORSE, WORSE: BETTER}.get(verdict, verdict)
         rows.append(
             {

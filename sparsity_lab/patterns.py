@@ -224,11 +224,29 @@ class Unstructured(Pattern):
     name = "unstructured"
 
 
+def _refuse_transposed(pattern: Pattern, model: nn.Module, name: str) -> None:
+    """A transposed convolution stores its weight as (in, out, ...): dim 0 holds its
+    *input* channels, so ``channel`` would prune inputs and ``input`` outputs."""
+    layer = _layer_of(model, name)
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        raise ValueError(
+            f"{name} belongs to a {type(layer).__name__}, whose weight is (in_channels, "
+            f"out_channels, ...): pattern {pattern.name!r} would prune its "
+            f"{'input' if pattern.name == 'channel' else 'output'} channels, not its "
+            f"{'output' if pattern.name == 'channel' else 'input'} ones.  Exclude it, keep it "
+            f"dense, or prune it with pattern='unstructured'"
+        )
+
+
 @register("pattern", "channel", section="3.1")
 class Channel(Pattern):
     """Output units: rows of a Linear weight, filters of a Conv weight (dim 0)."""
 
     name = "channel"
+
+    def check_layer(self, model, name):
+        _refuse_transposed(self, model, name)
+        super().check_layer(model, name)
 
     def validate(self, shape, name="tensor"):
         if len(shape) < 2:
@@ -253,6 +271,10 @@ class Input(Pattern):
     """Input units: columns of a Linear weight, input channels of a Conv weight (dim 1)."""
 
     name = "input"
+
+    def check_layer(self, model, name):
+        _refuse_transposed(self, model, name)
+        super().check_layer(model, name)
 
     def validate(self, shape, name="tensor"):
         Channel().validate(shape, name)

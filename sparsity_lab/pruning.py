@@ -20,7 +20,7 @@ def prune(
     sparsity: float | None,
     *,
     pattern: str | patterns.Pattern = "unstructured",
-    budget: str = "global",
+    budget: str | None = None,
     data: Any = None,
     targets: Iterable[str] | None = None,
     exclude: Iterable[str] = (),
@@ -40,7 +40,8 @@ def prune(
         pattern: what is pruned together: ``"unstructured"``, ``"2:4"``, ``"block:4x4"``,
             ``"channel"``, ``"input"`` or a :class:`~sparsity_lab.patterns.Pattern`.
         budget: how the zeros are spread over layers: ``"global"``, ``"uniform"``, ``"er"``,
-            ``"erk"``.
+            ``"erk"``; default the criterion's (``default_budget``): global, except uniform
+            for the layer-wise wanda, sparsegpt, obc and lobs, as in their papers.
         data: batches for criteria that need data (a DataLoader or an ``(x, y)`` tuple);
             label-free criteria (wanda, sparsegpt, apoz...) also take inputs alone (``x``).
             Empty, non-finite or unbatched data is refused (see ``Context.batches``).
@@ -56,8 +57,11 @@ def prune(
     Pruning an already pruned model continues from its masks: groups pruned before stay
     pruned and ``sparsity`` is the new total.
     """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
     criterion = criteria.get(method, **options)
     pat = patterns.get(pattern)
+    budget = criterion.default_budget if budget is None else budget
     registry.get(budget, "budget")  # fail early, with suggestions, on a misspelt budget
     names = resolve(model, targets, exclude, dense)
     context = criteria.Context(data=data, seed=seed)

@@ -104,6 +104,24 @@ class UnknownNameError(KeyError):
 
 
 _ENTRIES: dict[str, Entry] = {}
+
+# How a method of each kind is used, for the error when one is passed where another kind
+# is expected (sl.prune(model, "rigl", 0.9)).
+_HOW_TO_USE = {
+    "pattern": lambda n: f"pass it as pattern={n!r} to sparsity_lab.prune",
+    "budget": lambda n: f"pass it as budget={n!r} to sparsity_lab.prune",
+    "schedule": lambda n: f"pass it as schedule={n!r} to a scheduled pruner such as gmp",
+    "criterion": lambda n: f"prune with sparsity_lab.prune(model, {n!r}, sparsity)",
+    "regularizer": lambda n: (
+        f"train with sparsity_lab.registry.get({n!r})(sparsity=...).fit(model, loader, ...)"
+    ),
+    "training": lambda n: (
+        f"train with sparsity_lab.registry.get({n!r})(sparsity).fit(model, loader, ...), or "
+        f"drive it from your own loop with sparsity_lab.Sparsifier"
+    ),
+    "ephemeral": lambda n: f"see sparsity_lab.registry.get({n!r}) and sparsity_lab.ephemeral",
+    "format": lambda n: f"encode with sparsity_lab.formats.get({n!r})",
+}
 _loaded = False
 
 
@@ -148,8 +166,13 @@ def available(kind: str | None = None) -> list[str]:
 
 
 def did_you_mean(name: str, pool: list[str]) -> str:
-    """ " Did you mean 'x'?" for the names of ``pool`` closest to ``name``, or ``""``."""
-    close = difflib.get_close_matches(name, pool, n=3, cutoff=0.5)
+    """ " Did you mean 'x'?" for the names of ``pool`` closest to ``name``, or ``""``.
+
+    Case is ignored (``"ERK"`` finds ``"erk"``)."""
+    lowered = {p.lower(): p for p in pool}
+    close = [
+        lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.5)
+    ]
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
@@ -160,7 +183,16 @@ def entry(name: str, kind: str | None = None) -> Entry:
     closest registered names.
     """
     _load()
+    if not isinstance(name, str):
+        raise TypeError(
+            f"a method is named by a string, got {name!r}; "
+            f"`sparsity_lab.registry.available({kind!r})` lists the names"
+        )
     found = _ENTRIES.get(name)
+    if found is not None and kind is not None and found.kind != kind:
+        raise UnknownNameError(
+            f"{name!r} is a {found.kind} method, not a {kind}: {_HOW_TO_USE[found.kind](name)}"
+        )
     if found is None or (kind is not None and found.kind != kind):
         pool = available(kind)
         what = f"{kind} " if kind else ""

@@ -35,6 +35,12 @@ def resolve(
     no mask.  Naming in ``exclude`` or ``dense`` a tensor that is not a target is an error,
     since a misspelt name would otherwise be pruned silently.
     """
+    for what, value in (("targets", targets), ("exclude", exclude), ("dense", dense)):
+        if isinstance(value, str):
+            raise TypeError(
+                f"{what} is a list of parameter names, got the string {value!r}; "
+                f"pass {what}=[{value!r}]"
+            )
     names = list(default_targets(model) if targets is None else targets)
     excluded = set(exclude)
     unknown = (excluded | set(dense)) - set(names)
@@ -43,4 +49,9 @@ def resolve(
     names = [n for n in names if n not in excluded]
     if not names:
         raise ValueError("nothing to prune: the model has no Linear or Conv weights left")
+    if set(names) <= set(dense):
+        raise ValueError(
+            f"every target is kept dense ({names}): nothing is left to prune; keep fewer "
+            f"layers in dense=[...]"
+        )
     return names

@@ -373,3 +373,13 @@ def test_reconstruction_errors_compare_each_layer_on_the_pruned_models_inputs():
         (xin @ w.T).pow(2).sum()
     )
     assert errors["2.weight"] == pytest.approx(float(expected))
+
+
+def test_layerwise_methods_default_to_the_papers_uniform_budget():
+    x = torch.randn(64, 12)
+    for method in ("wanda", "sparsegpt"):
+        model = two_layer_mlp()
+        sl.prune(model, method, 0.5, data=(x, None))
+        for n, keep in sl.masks.masks(model).items():
+            assert (~keep.bool()).float().mean().item() == pytest.approx(0.5), (method, n)
+    assert sl.criteria.get("magnitude").default_budget == "global"

@@ -234,3 +234,11 @@ def test_prune_refuses_a_pattern_that_does_not_fit_a_layer_and_names_it(pattern)
     with pytest.raises(ValueError, match="fc1.weight"):
         sl.prune(model, "magnitude", 0.5, pattern=pattern)
     assert not sl.masks.masks(model)
+
+
+@pytest.mark.parametrize("pattern", ["channel", "input"])
+def test_channel_patterns_refuse_a_transposed_convolution_whose_dims_are_swapped(pattern):
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ConvTranspose2d(4, 2, 3))
+    with pytest.raises(ValueError, match="ConvTranspose2d.*in_channels, out_channels"):
+        sl.prune(model, "magnitude", 0.5, pattern=pattern, targets=["1.weight"])
+    sl.prune(model, "magnitude", 0.5, pattern="unstructured", targets=["1.weight"])

@@ -185,3 +185,32 @@ def test_a_layer_emptied_by_the_budget_is_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sl.prune(kept, "magnitude", 0.95, budget="uniform")
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda m: sl.prune(m, "magnitude", 0.5, targets="0.weight"), TypeError, r"\['0.weight'\]"),
+        (lambda m: sl.prune(m, None, 0.5), TypeError, "named by a string"),
+        (lambda m: sl.prune(m, "magnitude", 0.0, dense=["0.weight", "2.weight"]), ValueError,
+         "every target is kept dense"),
+        (lambda m: sl.prune(m, "random", 0.5, seed="a"), TypeError, "seed must be an int"),
+        (lambda m: sl.prune(m, "magnitude", 0.5, budget="ERK"), KeyError, "'erk'"),
+        (lambda m: sl.prune(m, "rigl", 0.5), KeyError, "training method, not a criterion.*fit"),
+    ],
+)  # fmt: skip
+def test_common_mistakes_get_errors_that_say_how_to_fix_them(call, error, match):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 2))
+    with pytest.raises(error, match=match):
+        call(model)
+
+
+@pytest.mark.parametrize("method", ["snip", "force", "woodfisher"])
+def test_a_frozen_model_can_be_scored_and_stays_frozen(method):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 2)).requires_grad_(False)
+    x = torch.randn(32, 12)
+    sl.prune(model, method, 0.5, data=(x, (x[:, 0] > 0).long()))
+    assert sl.sparsity(model) == pytest.approx(0.5)
+    assert not any(p.requires_grad for p in model.parameters())

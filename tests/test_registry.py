@@ -50,7 +50,7 @@ def test_every_entry_cites_and_documents_itself():
 def test_unknown_names_suggest_the_closest():
     with pytest.raises(KeyError, match="Did you mean 'magnitude'"):
         registry.get("magnitud")
-    with pytest.raises(KeyError, match="unknown budget method 'magnitude'"):
+    with pytest.raises(KeyError, match="'magnitude' is a criterion method, not a budget"):
         registry.get("magnitude", "budget")
 
 

@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 from .. import masks
 from ..patterns import check_sparsity
 from ..registry import register
-from .base import Context, Criterion
+from .base import Context, Criterion, unfrozen
 from .first_order import weight_gradients
 from .units import evaluating
 
@@ -204,7 +204,8 @@ class FORCE(Criterion):
         steps = [sparsity] if pattern.fixed_sparsity is not None else None
         for step in steps or exponential_steps(sparsity, self.iterations, already):
             data = [next(batches) for _ in range(self.batches)]
-            scores = self.scores(model, names, Context(data, context.loss_fn, context.seed))
+            with unfrozen(model, names):
+                scores = self.scores(model, names, Context(data, context.loss_fn, context.seed))
             for n in pruned:  # every weight competes again, from the masks we started with
                 masks.set_mask(model, n, start[n])
             new_masks = _Given(scores).prune(

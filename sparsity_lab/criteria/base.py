@@ -17,6 +17,7 @@ after that, turning scores into masks with a pattern and a budget, is shared and
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -68,6 +69,8 @@ class Criterion:
     name: ClassVar[str] = "criterion"
     #: Whether :meth:`scores` reads ``context.data``.
     needs_data: ClassVar[bool] = False
+    #: The budget :func:`sparsity_lab.prune` uses when none is given: the paper's.
+    default_budget: ClassVar[str] = "global"
     #: The patterns the rule is defined for, by name (``"channel"``, ``"nm"``); None: all.
     supported_patterns: ClassVar[tuple[str, ...] | None] = None
     #: Whether the criterion chooses the layer sparsities itself (a search such as AMC):
@@ -129,7 +132,7 @@ class Criterion:
         target = target_sparsity(pattern, sparsity)
         priors = {n: masks.get_mask(model, n) for n in names}
         _check_no_revival(priors, shapes, target)
-        with torch.enable_grad():
+        with torch.enable_grad(), unfrozen(model, names):
             scores = self.scores(model, names, context)
         new_masks = select(
             {n: scores[n] for n in names},
@@ -147,6 +150,25 @@ class Criterion:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+@contextlib.contextmanager
+def unfrozen(model: nn.Module, names: Iterable[str]) -> Iterator[None]:
+    """Let the named weights take gradients while a criterion scores them.
+
+    A frozen model (``requires_grad=False``, as for inference or a fine-tuning that trains
+    only a head) can still be scored: gradient criteria need ``dL/dw`` of the weights they
+    rank, whatever the training plan.  The flags are restored afterwards.
+    """
+    params = [masks.dense_weight(model, n) for n in names]
+    frozen = [p for p in params if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
 
 
 def _check_no_revival(

@@ -480,6 +480,8 @@ class _Layerwise(Criterion):
     #: whether the method needs ``X^T X`` (False: column norms only)
     full_hessian: ClassVar[bool] = True
     supported_patterns = ("unstructured", "nm")
+    # The papers prune every layer to the same sparsity (their reconstruction is per layer).
+    default_budget = "uniform"
 
     def __init__(self, batches: int | None = 8, damp: float = 0.01, update: bool = True):
         if damp <= 0:

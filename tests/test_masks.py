@@ -331,3 +331,17 @@ def test_dense_grad_masks_resume_from_a_state_dict_with_their_dense_values(tmp_p
     masks.load_state_dict(plain, old)
     assert masks._mask_module(plain[0], "weight").dense_grad is False
     assert torch.equal(masks.weight(plain, "0.weight"), masks.weight(source, "0.weight"))
+
+
+@pytest.mark.parametrize("loader", ["module", "masks"])
+def test_a_masked_state_dict_replaces_the_masks_of_a_model_masked_differently(loader):
+    source, target = small_mlp(0), small_mlp(1)
+    masks.attach(source, "0.weight", random_mask((8, 6), 0.5, seed=1))
+    masks.attach(target, "0.weight", random_mask((8, 6), 0.75, seed=2))
+    state = source.state_dict()
+    if loader == "module":
+        target.load_state_dict(state)
+    else:
+        masks.load_state_dict(target, state)
+    assert torch.equal(masks.get_mask(target, "0.weight"), masks.get_mask(source, "0.weight"))
+    assert torch.equal(target[0].weight, source[0].weight)

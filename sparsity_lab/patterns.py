@@ -97,7 +97,16 @@ def prune_lowest(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
 
 
 def reduce_groups(grouped: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Reduce ``grouped`` of shape (n_groups, group_size) to one score per group."""
+    """Reduce ``grouped`` of shape (n_groups, group_size) to one score per group.
+
+    A group of one element keeps its own score, sign included, whatever the reduction: a
+    criterion whose score is signed (GraSP, movement, OBD with the exact Hessian) defines
+    "higher = keep" on the signed value, and ``abs`` would rank it by magnitude instead.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    if grouped.shape[1] == 1:
+        return grouped[:, 0]
     if reduction == "l1":
         return grouped.abs().sum(dim=1)
     if reduction == "l2":

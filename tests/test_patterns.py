@@ -176,3 +176,12 @@ def test_sparsity_may_be_any_real_scalar_and_rounds_half_up_exactly():
         Unstructured().mask(s, "0.5")
     with pytest.raises(TypeError, match="must be a number"):
         Unstructured().mask(s, True)
+
+
+@pytest.mark.parametrize("reduction", ["l1", "l2", "sum", "max"])
+def test_a_single_weight_is_ranked_by_its_signed_score(reduction):
+    """Signed criteria (GraSP, movement, exact-Hessian OBD) define higher = keep on the
+    signed value; abs() would prune the small positives and keep the large negatives."""
+    scores = torch.tensor([[-3.0, 1.0, 2.0, -0.5]])
+    keep = Unstructured().prune_groups(scores, 2, reduction)
+    assert keep.tolist() == [[False, True, True, False]]

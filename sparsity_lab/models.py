@@ -190,7 +190,7 @@ class CNN1d(nn.Module):
 
     def _conv_features(self, x: torch.Tensor) -> torch.Tensor:
         channels = self.input_shape[0] if len(self.input_shape) == 2 else 1
-        return self.features(x.reshape(len(x), channels, -1))
+        return self.features(x.reshape(x.shape[0], channels, -1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self._conv_features(x))

@@ -8,15 +8,19 @@ attention heads leave q, k, v and the output projection; a residual block whose 
 entirely gone keeps only its shortcut.  :func:`prune_coupled` chooses such groups
 (channels of a residual group, heads, blocks) together, so that they can be removed.
 
-**How shrink knows the structure: explicit per-model knowledge, not torch.fx.**  Removing a
-channel is only correct if *every* layer that reads it is known, so the structure must be
-complete.  The bundled models are few and hand-written, and :func:`structure` writes each
-one's coupled groups out like a diagram of the network, which is easy to check against the
-model's ``forward``.  torch.fx would need special cases anyway (it cannot trace the tiny
-transformer as written: its attention unpacks ``x.shape``) and its graphs are harder to
-read.  An ``nn.Sequential`` of Linear, Conv1d/Conv2d, BatchNorm, element-wise activations,
-pooling and Flatten is handled generically.  Any other model, or a bundled model whose
-layers were swapped, fails with an error that names the class or the layer.
+**How shrink knows the structure.**  Removing a channel is only correct if *every* layer
+that reads it is known, so the structure must be complete.  Any model torch.fx can trace is
+walked through its graph (:func:`_plan_traced`): Linear and Conv layers write channels,
+BatchNorm and per-channel operations pass them on, a residual ``+`` couples the channels
+it adds, ``torch.cat`` lines channels up side by side, and anything else the walk does not
+know fixes the channels that reach it (kept, which is always safe).  The tests check the
+result against Torch-Pruning's dependency graph.  Three bundled models keep a written-out
+structure, because tracing cannot find everything in them: the residual blocks of
+``ResMLP`` and ``ResNetSmall`` (removed whole when their branch is empty) and the tiny
+transformer (its attention unpacks ``x.shape``, which torch.fx cannot trace, and its heads
+are groups of their own).  An ``nn.Sequential`` of Linear, Conv1d/Conv2d, BatchNorm,
+element-wise activations, pooling and Flatten is handled without tracing, so it needs no
+example input.
 
 The structure has three kinds of groups:
 
@@ -58,6 +62,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -126,6 +131,9 @@ class Space:
     paths with one entry per channel; ``readers``: ``(path, repeat)`` for each layer that
     reads the channels as its inputs, ``repeat`` consecutive columns per channel (after a
     flatten).  ``fixed`` says why the channels cannot be removed ("" when they can).
+    ``offsets`` says where the channels start among the inputs of a reader or the entries
+    of a norm that also sees other channels (after a concatenation; default 0), and
+    ``size`` is the number of channels when no writer tells it (a traced model's input).
     """
 
     name: str
@@ -133,6 +141,8 @@ class Space:
     norms: list[str] = field(default_factory=list)
     readers: list[tuple[str, int]] = field(default_factory=list)
     fixed: str = ""
+    offsets: dict[str, int] = field(default_factory=dict)
+    size: int | None = None
 
 
 @dataclass
@@ -206,21 +216,6 @@ def _flatten_repeat(model: nn.Module, conv: str, linear: str) -> int:
             f"{conv!r} ({channels} channels); shrink cannot map its columns to channels"
         )
     return features // channels
-
-
-def _plan_lenet300(model: models.LeNet300) -> Structure:
-    return _chain(["fc1", "fc2", "fc3"])
-
-
-def _plan_lenet5(model: models.LeNet5) -> Structure:
-    repeat = _flatten_repeat(model, "conv2", "fc1")
-    return _chain(["conv1", "conv2", "fc1", "fc2", "fc3"], repeats={"fc1": repeat})
-
-
-def _plan_cnn1d(model: models.CNN1d) -> Structure:
-    convs = [f"features.{i}" for i, m in enumerate(model.features) if isinstance(m, nn.Conv1d)]
-    repeat = _flatten_repeat(model, convs[-1], "head")
-    return _chain([*convs, "head"], repeats={"head": repeat})
 
 
 def _plan_resmlp(model: models.ResMLP) -> Structure:
@@ -315,10 +310,231 @@ def _plan_sequential(model: nn.Sequential) -> Structure:
     return _chain(layers, norms, repeats)
 
 
+# ------------------------------------------------------------------------------- tracing
+
+
+class _Spaces:
+    """Union-find over channel spaces, filled while walking a traced graph."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+        self.spaces: dict[str, Space] = {}
+
+    def new(self, name: str, **fields: Any) -> str:
+        self.parent[name] = name
+        self.spaces[name] = Space(name, **fields)
+        return name
+
+    def find(self, name: str) -> str:
+        while self.parent[name] != name:
+            self.parent[name] = self.parent[self.parent[name]]
+            name = self.parent[name]
+        return name
+
+    def union(self, a: str, b: str) -> str:
+        a, b = self.find(a), self.find(b)
+        if a == b:
+            return a
+        keep, gone = self.spaces[a], self.spaces.pop(b)
+        keep.writers += gone.writers
+        keep.norms += gone.norms
+        keep.readers += gone.readers
+        keep.offsets.update(gone.offsets)
+        keep.fixed = keep.fixed or gone.fixed
+        keep.size = keep.size if keep.size is not None else gone.size
+        self.parent[b] = a
+        return a
+
+    def fix(self, name: str, why: str) -> None:
+        space = self.spaces[self.find(name)]
+        space.fixed = space.fixed or why
+
+
+# A traced tensor's channels, along dim 1: ``[(space, repeat), ...]`` in order (several
+# after a concatenation; ``repeat`` > 1 after flattening a feature map).
+Segments = list[tuple[str, int]]
+
+_ELEMENTWISE = {operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul}
+_ELEMENTWISE_METHODS = {"add", "sub", "mul", "add_", "mul_"}
+_PER_CHANNEL_FUNCTIONS = {
+    F.relu, torch.relu, F.gelu, F.silu, F.leaky_relu, F.elu, torch.sigmoid, torch.tanh,
+    F.dropout, F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+}  # fmt: skip
+_PER_CHANNEL_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "relu_"}
+
+
+def _plan_traced(model: nn.Module, example: torch.Tensor) -> Structure:
+    """The channel spaces of any model torch.fx can trace, from its graph.
+
+    Linear and Conv layers write a new space and read the spaces of their input; BatchNorm
+    and per-channel operations pass channels through; a residual ``+`` joins the spaces it
+    adds (the same channel of both must go together); ``torch.cat`` along the channels
+    lines spaces up side by side; flattening a feature map repeats each channel's columns.
+    Channels that reach the output, or an operation this walk does not know, are fixed:
+    shrink then keeps them, which is always safe.  Heads and whole blocks are not found
+    this way (the bundled models' structures name them).
+    """
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    try:
+        graph = torch.fx.symbolic_trace(model)
+    except Exception as err:  # torch.fx raises several types, all meaning "not traceable"
+        raise ValueError(
+            f"shrink could not trace {type(model).__name__} with torch.fx ({type(err).__name__}: "
+            f"{err}); a forward pass with data-dependent control flow or shape unpacking is "
+            f"not traceable.  Build the model from traceable operations, or as an "
+            f"nn.Sequential"
+        ) from err
+    ShapeProp(graph).propagate(example)
+    spaces = _Spaces()
+    segments: dict[Any, Segments] = {}
+
+    def shape(node: Any) -> tuple[int, ...]:
+        meta = node.meta.get("tensor_meta")
+        return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else ()
+
+    def tracked(args: Any) -> list[Any]:
+        return (
+            [a for a in torch.fx.node.map_arg(args, lambda n: n) if a in segments]
+            if False
+            else [a for a in _nodes_in(args) if a in segments]
+        )
+
+    def give_up(node: Any, why: str) -> None:
+        for arg in tracked((node.args, node.kwargs)):
+            for space, _ in segments[arg]:
+                spaces.fix(space, f"its channels pass through {why} ({node.name}), which "
+                                  f"shrink does not follow")  # fmt: skip
+
+    def read(node: Any, path: str, source: Segments) -> None:
+        if len({spaces.find(space) for space, _ in source}) < len(source):
+            give_up(node, f"{path!r}, which reads the same channels twice")
+            return
+        offset = 0
+        for space, repeat in source:
+            root = spaces.spaces[spaces.find(space)]
+            root.readers.append((path, repeat))
+            root.offsets[path] = offset
+            offset += _segment_width(model, root, repeat)
+
+    for node in graph.graph.nodes:
+        if node.op == "placeholder":
+            size = shape(node)[1] if len(shape(node)) > 1 else 1
+            segments[node] = [(spaces.new(f"input:{node.name}", size=size), 1)]
+            spaces.fix(segments[node][0][0], "the model's input")
+        elif node.op == "output":
+            for arg in tracked(node.args):
+                for space, _ in segments[arg]:
+                    spaces.fix(space, "the model's output")
+        elif node.op == "call_module":
+            module = model.get_submodule(node.target)
+            source = segments.get(node.args[0]) if node.args else None
+            if isinstance(module, _WEIGHTED):
+                grouped = isinstance(module, nn.modules.conv._ConvNd) and module.groups != 1
+                if source is not None and not grouped:
+                    read(node, node.target, source)
+                elif source is not None:
+                    give_up(node, f"a grouped convolution {node.target!r}")
+                segments[node] = [(spaces.new(node.target, writers=[node.target]), 1)]
+                if grouped:
+                    spaces.fix(node.target, f"{node.target!r} is a grouped convolution")
+            elif isinstance(module, _NORMS) and source is not None:
+                offset = 0
+                for space, _ in source:
+                    root = spaces.spaces[spaces.find(space)]
+                    root.norms.append(node.target)
+                    root.offsets[node.target] = offset
+                    offset += _segment_width(model, root, 1)
+                segments[node] = source
+            elif isinstance(module, _PER_CHANNEL) and source is not None:
+                segments[node] = source
+            elif isinstance(module, nn.Flatten) and source is not None:
+                segments[node] = _flattened(node, source, shape(node.args[0]), give_up)
+            else:
+                give_up(node, f"module {node.target!r} ({type(module).__name__})")
+        elif node.op in ("call_function", "call_method"):
+            target = node.target
+            inputs = tracked(node.args)
+            if not inputs:
+                continue  # shapes, sizes and constants: no channels involved
+            if target in _ELEMENTWISE or target in _ELEMENTWISE_METHODS:
+                tensors = [a for a in _nodes_in(node.args) if shape(a)]
+                if len(tensors) > len(inputs):
+                    give_up(node, "an operation with a tensor shrink does not follow")
+                    continue
+                first = segments[inputs[0]]
+                if any(
+                    [
+                        _segment_width(model, spaces.spaces[spaces.find(sp)], k)
+                        for sp, k in segments[a]
+                    ]
+                    != [_segment_width(model, spaces.spaces[spaces.find(sp)], k) for sp, k in first]
+                    for a in inputs[1:]
+                ):
+                    give_up(node, "an element-wise operation on differently split channels")
+                    continue
+                for other in inputs[1:]:
+                    for (a, _), (b, _) in zip(first, segments[other], strict=True):
+                        spaces.union(a, b)
+                segments[node] = [(spaces.find(a), k) for a, k in first]
+            elif target in _PER_CHANNEL_FUNCTIONS or target in _PER_CHANNEL_METHODS:
+                segments[node] = segments[inputs[0]]
+            elif target in (torch.cat, torch.concat):
+                dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+                parts = node.args[0]
+                if dim in (1, -len(shape(node)) + 1) and all(p in segments for p in parts):
+                    segments[node] = [seg for p in parts for seg in segments[p]]
+                else:
+                    give_up(node, "a concatenation along another dimension than the channels")
+            elif target in (torch.flatten, "flatten", "view", "reshape"):
+                source = segments[inputs[0]]
+                segments[node] = _flattened(node, source, shape(inputs[0]), give_up, shape(node))
+            elif (
+                target in (torch.mean, "mean")
+                and len(shape(node)) >= 2
+                and (shape(node)[1] == shape(inputs[0])[1])
+            ):
+                segments[node] = segments[inputs[0]]  # pooling over positions
+            else:
+                give_up(node, f"the operation {getattr(target, '__name__', target)}")
+    found = list(spaces.spaces.values())
+    for space in found:
+        space.readers = list(dict.fromkeys(space.readers))
+        space.norms = list(dict.fromkeys(space.norms))
+    return Structure(found)
+
+
+def _nodes_in(args: Any) -> list[Any]:
+    """The graph nodes among (nested) arguments."""
+    out: list[Any] = []
+    torch.fx.node.map_arg(args, lambda n: out.append(n) or n)
+    return out
+
+
+def _segment_width(model: nn.Module, space: Space, repeat: int) -> int:
+    """Input columns a space of channels takes in a reader: channels times ``repeat``."""
+    return _space_size(model, space) * repeat
+
+
+def _flattened(
+    node: Any,
+    source: Segments,
+    before: tuple[int, ...],
+    give_up: Callable[[Any, str], None],
+    after: tuple[int, ...] | None = None,
+) -> Segments | None:
+    """Segments after flattening a (batch, channels, positions...) tensor to 2-D."""
+    if len(before) <= 2 and (after is None or after == before):
+        return source  # already (batch, features)
+    if after is not None and (len(after) != 2 or after[0] != before[0]):
+        give_up(node, "a reshape other than flattening each example")
+        return None
+    positions = math.prod(before[2:])
+    return [(space, repeat * positions) for space, repeat in source]
+
+
 _PLANS: dict[type, Callable[[Any], Structure]] = {
-    models.LeNet300: _plan_lenet300,
-    models.LeNet5: _plan_lenet5,
-    models.CNN1d: _plan_cnn1d,
     models.ResMLP: _plan_resmlp,
     models.ResNetSmall: _plan_resnet_small,
     models.TinyTransformer: _plan_tiny_transformer,
@@ -326,20 +542,22 @@ _PLANS: dict[type, Callable[[Any], Structure]] = {
 }
 
 
-def structure(model: nn.Module) -> Structure:
-    """The coupled groups of ``model`` (a bundled model or an ``nn.Sequential``).
+def structure(model: nn.Module, example_input: torch.Tensor | None = None) -> Structure:
+    """The coupled groups of ``model``.
 
-    Raises a ValueError for any other model, and one naming the layer when a layer is not
-    what the bundled model's structure expects.
+    The bundled models and ``nn.Sequential`` have written-out structures (which also name
+    their attention heads and residual blocks); any other model is traced with torch.fx on
+    ``example_input`` (default: :func:`example_batch`), which finds its channel spaces
+    through residual additions and concatenations.  Raises a ValueError naming the layer
+    when a layer is not what the bundled model's structure expects, and one naming the
+    reason when a model cannot be traced.
     """
     plan_fn = _PLANS.get(type(model))
     if plan_fn is None:
-        known = ", ".join(t.__name__ for t in _PLANS)
-        raise ValueError(
-            f"shrink does not know the structure of {type(model).__name__}: it knows {known}. "
-            f"Removing a channel is only safe when every layer that reads it is known; build "
-            f"the model with sparsity_lab.models or as an nn.Sequential"
-        )
+        x = example_batch(model) if example_input is None else example_input
+        found = _plan_traced(model, x)
+        _check_layers(model, found)
+        return found
     found = plan_fn(model)
     _check_layers(model, found)
     return found
@@ -381,10 +599,17 @@ def _rows_zero(layer: nn.Module) -> torch.Tensor:
     return (layer.weight.detach() == 0).flatten(1).all(dim=1)
 
 
-def _columns_zero(layer: nn.Module, repeat: int) -> torch.Tensor:
-    """Per input channel (``repeat`` columns each): are all its weights zero?"""
+def _columns_zero(
+    layer: nn.Module, repeat: int, offset: int = 0, size: int | None = None
+) -> torch.Tensor:
+    """Per input channel (``repeat`` columns each): are all its weights zero?
+
+    ``offset`` and ``size`` select the ``size`` channels that start at input column
+    ``offset`` (a reader of a concatenation); by default every input."""
     w = layer.weight.detach() == 0
     per_input = w.transpose(0, 1).flatten(1).all(dim=1)  # (in_features or in_channels,)
+    if size is not None:
+        per_input = per_input[offset : offset + size * repeat]
     return per_input.reshape(-1, repeat).all(dim=1)
 
 
@@ -454,13 +679,15 @@ def _space_removable(model: nn.Module, s: Space, dropped: set[str]) -> torch.Ten
         dead &= _rows_zero(model.get_submodule(w))
     unread = torch.ones(size, dtype=torch.bool)
     for r, k in readers:
-        unread &= _columns_zero(model.get_submodule(r), k)
+        unread &= _columns_zero(model.get_submodule(r), k, s.offsets.get(r, 0), size)
     if not s.writers:  # channels nobody writes (the model's input) are not dead
         dead[:] = False
     return dead | unread
 
 
 def _space_size(model: nn.Module, s: Space) -> int:
+    if s.size is not None:
+        return s.size
     if s.writers:
         return model.get_submodule(s.writers[0]).weight.shape[0]
     path, repeat = s.readers[0]
@@ -795,9 +1022,9 @@ def shrink(model: nn.Module, example_input: torch.Tensor | None = None) -> nn.Mo
     the rules, and :func:`plan` for what will be removed.
     """
     work = _squashed(model)
-    found = structure(work)
     x = example_batch(model) if example_input is None else example_input
     work.eval()
+    found = structure(work, x)
     removal = _removal(work, found)
     gone = {p for b in removal.branches for p in _branch_layers(found, b)}
     # 1. measure, on the unchanged model, what every removed channel, head or branch sends
@@ -826,7 +1053,11 @@ def _measure(
         removed = removal.channels.get(s.name)
         if removed is None or not removed.any():
             continue
-        folds += [(r, removed.repeat_interleave(k)) for r, k in s.readers if r not in gone]
+        folds += [
+            (r, _full_width(work.get_submodule(r), s, r, removed.repeat_interleave(k)))
+            for r, k in s.readers
+            if r not in gone
+        ]
     for h in found.heads:
         removed = removal.heads[h.path]
         if removed.any() and f"{h.path}.out" not in gone:
@@ -850,8 +1081,26 @@ def _measure(
     return deltas, values, reference
 
 
+def _full_width_mask(width: int, s: Space, path: str, part: torch.Tensor) -> torch.Tensor:
+    """``part`` (a mask over the entries of space ``s`` at ``path``) placed at its offset in
+    a mask of ``width`` entries, False elsewhere."""
+    full = torch.zeros(width, dtype=torch.bool)
+    offset = s.offsets.get(path, 0)
+    full[offset : offset + len(part)] = part
+    return full
+
+
+def _full_width(layer: nn.Module, s: Space, path: str, part: torch.Tensor) -> torch.Tensor:
+    """``part`` over the input columns of ``layer`` that space ``s`` feeds, full width."""
+    return _full_width_mask(layer.weight.shape[1], s, path, part)
+
+
 def _slice(work: nn.Module, found: Structure, removal: _Removal, gone: set[str]) -> None:
     """Take the removed channels and heads out of every layer that holds them."""
+    # A reader or a norm may see several spaces (after a concatenation): gather its full
+    # keep mask first and slice it once, so that one space's cut does not shift another's.
+    columns: dict[str, torch.Tensor] = {}
+    entries: dict[str, torch.Tensor] = {}
     for s in found.spaces:
         removed = removal.channels.get(s.name)
         if removed is None or not removed.any():
@@ -861,10 +1110,18 @@ def _slice(work: nn.Module, found: Structure, removal: _Removal, gone: set[str])
             if w not in gone:
                 _slice_rows(work.get_submodule(w), keep)
         for n in s.norms:
-            _slice_norm(work.get_submodule(n), keep)
+            norm = work.get_submodule(n)
+            full = entries.setdefault(n, torch.ones(norm.num_features, dtype=torch.bool))
+            full &= ~_full_width_mask(norm.num_features, s, n, removed)
         for r, k in s.readers:
             if r not in gone:
-                _slice_columns(work.get_submodule(r), keep, k)
+                layer = work.get_submodule(r)
+                full = columns.setdefault(r, torch.ones(layer.weight.shape[1], dtype=torch.bool))
+                full &= ~_full_width(layer, s, r, removed.repeat_interleave(k))
+    for n, keep in entries.items():
+        _slice_norm(work.get_submodule(n), keep)
+    for r, keep in columns.items():
+        _slice_columns(work.get_submodule(r), keep, 1)
     for h in found.heads:
         removed = removal.heads[h.path]
         if not removed.any() or f"{h.path}.out" in gone:
@@ -930,6 +1187,7 @@ def prune_coupled(
     reduction: str = "l2",
     dense_grad: bool = False,
     seed: int = 0,
+    example_input: torch.Tensor | None = None,
     **options: Any,
 ) -> dict[str, torch.Tensor]:
     """Prune groups that span several tensors, in place, so :func:`shrink` can remove them.
@@ -952,10 +1210,12 @@ def prune_coupled(
     ``sparsity`` counts groups, not parameters.  Scores come from criterion ``method``
     (``options`` go to its constructor, ``data`` to its context) and are reduced with
     ``reduction``.  Masks only shrink: groups pruned before stay pruned.  Returns the new
-    keep-masks by tensor name.
+    keep-masks by tensor name.  ``example_input`` is needed only to trace a model that is
+    neither bundled nor an ``nn.Sequential`` and has no ``input_shape`` (see
+    :func:`structure`).
     """
     check_sparsity(sparsity)
-    found = structure(model)
+    found = structure(model, example_input)
     groups = _coupled_groups(model, found, granularity)
     names = list(dict.fromkeys(m.name for part in groups for g in part for m in g))
     if not names:
@@ -1024,7 +1284,8 @@ def _coupled_groups(model: nn.Module, found: Structure, granularity: str) -> lis
             for c in range(_space_size(model, s)):
                 members = [_Member(f"{w}.weight", c) for w in s.writers]
                 for r, k in s.readers:
-                    columns = (slice(None), slice(c * k, (c + 1) * k))
+                    start = s.offsets.get(r, 0) + c * k
+                    columns = (slice(None), slice(start, start + k))
                     members.append(_Member(f"{r}.weight", columns, scored=False))
                 groups.append(members)
             parts.append(groups)

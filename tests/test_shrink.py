@@ -1,13 +1,14 @@
 """shrink: smaller dense models that compute what the masked ones compute, on every model."""
 
 import copy
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import sparsity_lab as sl
-from sparsity_lab import models, shrink
+from sparsity_lab import masks, models, shrink
 
 SHAPES = {
     "lenet300": {"input_shape": (784,)},
@@ -306,28 +307,34 @@ def test_sequential_chain_and_training_flag():
 
 
 def test_unsupported_models_fail_clearly():
-    class Custom(nn.Module):
+    class Branching(nn.Module):  # data-dependent control flow: torch.fx cannot trace it
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(3, 3)
 
         def forward(self, x):
-            return self.fc(x)
+            return self.fc(x) if x.sum() > 0 else x
 
-    with pytest.raises(ValueError, match="does not know the structure of Custom"):
-        shrink.shrink(Custom(), torch.randn(2, 3))
+    with pytest.raises(ValueError, match="could not trace Branching with torch.fx"):
+        shrink.shrink(Branching(), torch.randn(2, 3))
     mixing = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
     with pytest.raises(ValueError, match="layer '1' \\(LayerNorm\\)"):
         shrink.shrink(mixing, torch.randn(2, 3))
-    swapped = build("lenet300")
-    swapped.fc2 = nn.Sequential(nn.Linear(300, 100))
-    with pytest.raises(ValueError, match="layer 'fc2' to be a Linear"):
-        shrink.shrink(swapped)
     grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(ValueError, match="'0' is a grouped convolution"):
         shrink.shrink(grouped, torch.randn(2, 4, 3, 3))
     with pytest.raises(ValueError, match="example_input"):
         shrink.shrink(nn.Sequential(nn.Linear(3, 2)))
+
+
+def test_a_model_with_a_swapped_layer_is_traced_instead_of_refused():
+    swapped = build("lenet300")
+    swapped.fc2 = nn.Sequential(nn.Linear(300, 100))
+    shrink.prune_coupled(swapped, "channel", 0.5)
+    small = shrink.shrink(swapped)
+    assert small.fc2[0].out_features == 50 and small.fc3.in_features == 50
+    x = shrink.example_batch(swapped, batch=8)
+    assert max_diff(swapped.eval(), small, x) <= 1e-5
 
 
 def test_prune_coupled_rejects_bad_arguments():
@@ -347,3 +354,111 @@ def test_prune_coupled_continues_from_earlier_masks():
     gone_first = ~first["fc1.weight"].any(dim=1)
     gone_second = ~second["fc1.weight"].any(dim=1)
     assert int(gone_second.sum()) == 150 and bool((gone_second | ~gone_first).all())
+
+
+class ResidualCNN(nn.Module):
+    """A model shrink has never seen: a residual add, a concatenation, a global pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.side = nn.Conv2d(8, 4, 1)
+        self.fc = nn.Linear(12, 3)
+        self.input_shape = (1, 8, 8)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        y = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(x + self.bn2(self.conv2(y)))  # stem and conv2 write the same channels
+        z = torch.cat([x, self.side(x)], dim=1)  # fc reads 8 stream + 4 side channels
+        return self.fc(z.mean((2, 3)))
+
+
+def residual_cnn(seed=0):
+    torch.manual_seed(seed)
+    model = ResidualCNN().eval()
+    for bn in (model.bn, model.bn1, model.bn2):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    return model
+
+
+def test_tracing_finds_the_spaces_through_a_residual_add_and_a_concatenation():
+    found = shrink.structure(residual_cnn(), torch.randn(2, 1, 8, 8))
+    stream = found.space("stem")
+    assert set(stream.writers) == {"stem", "conv2"} and set(stream.norms) == {"bn", "bn2"}
+    assert {r for r, _ in stream.readers} == {"conv1", "side", "fc"}
+    side = found.space("side")
+    assert side.readers == [("fc", 1)] and side.offsets["fc"] == 8  # after the 8 of the stream
+    assert found.space("fc").fixed == "the model's output"
+
+
+@pytest.mark.parametrize("how", ["coupled", "per layer"])
+def test_shrink_works_on_a_model_it_has_never_seen(how):
+    model = residual_cnn()
+    x = torch.randn(6, 1, 8, 8)
+    if how == "coupled":
+        shrink.prune_coupled(model, "channel", 0.5)
+    else:  # masks on single layers: only channels no writer or reader needs can go
+        layers = ["stem.weight", "conv1.weight", "conv2.weight", "side.weight"]
+        sl.prune(model, "magnitude", 0.5, pattern="channel", budget="uniform", targets=layers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the offset map of zero-padded constants
+        small = shrink.shrink(model, x)
+    removed = shrink.plan(model)["removed"].sum()
+    assert removed > 0
+    before = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in small.parameters()) < before
+    assert max_diff(model, small, x) <= 1e-5
+
+
+def _shapes_after_removing(model, x, drop):
+    """Parameter shapes after removing channels ``drop`` ({writer layer: indices}) with
+    shrink, and with Torch-Pruning's dependency graph (Fang et al. 2023) on a copy."""
+    tp = pytest.importorskip("torch_pruning")
+    ours = copy.deepcopy(model)
+    found = shrink.structure(ours, x)
+    for layer, idx in drop.items():
+        space = next(s for s in found.spaces if layer in s.writers)
+        for w in space.writers:
+            keep = torch.ones_like(ours.get_submodule(w).weight, dtype=torch.bool)
+            keep[idx] = False
+            masks.attach(ours, f"{w}.weight", keep)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = shrink.shrink(ours, x)
+    theirs = copy.deepcopy(model)
+    graph = tp.DependencyGraph().build_dependency(theirs, example_inputs=x)
+    for layer, idx in drop.items():
+        module = theirs.get_submodule(layer)
+        prune = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else None
+        group = graph.get_pruning_group(module, prune or tp.prune_conv_out_channels, idxs=idx)
+        group.prune()
+    shapes = [
+        {k: tuple(v.shape) for k, v in m.state_dict().items() if "offset" not in k}
+        for m in (small, theirs)
+    ]
+    return shapes
+
+
+@pytest.mark.parametrize(
+    ("name", "drop"),
+    [
+        ("residual_cnn", {"stem": [1, 5], "conv1": [0, 2, 7], "side": [3]}),
+        ("lenet5", {"conv1": [0, 3], "fc1": [5, 6, 7]}),
+        ("resnet_small", {"stem.0": [0, 1], "stages.0.0.conv1": [2]}),
+    ],
+)
+def test_shrink_removes_the_same_coupled_channels_as_torch_pruning(name, drop):
+    model = residual_cnn() if name == "residual_cnn" else build(name).eval()
+    x = shrink.example_batch(model, batch=4)
+    ours, theirs = _shapes_after_removing(model, x, drop)
+    # shrink may give a bias-free reader a bias, to fold in what removed channels sent
+    assert all(k.endswith(".bias") for k in ours.keys() - theirs.keys())
+    assert theirs.keys() <= ours.keys()
+    assert {k: ours[k] for k in theirs} == theirs

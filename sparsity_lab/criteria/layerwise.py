@@ -30,8 +30,7 @@ layers, measured once on the dense model.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
@@ -44,6 +43,7 @@ from ..registry import register
 from ..targets import default_targets
 from .base import Context, Criterion
 from .second_order import block_obs_update, obs_saliency, store_update
+from .units import evaluating
 
 __all__ = [
     "Calibration",
@@ -407,7 +407,7 @@ def reconstruction_errors(
     names = list(default_targets(pruned) if names is None else names)
     calib = {n: Calibration(_layer(pruned, n)) for n in names}
     inputs = [x for x, _ in Context(data=data).batches(batches, labels=False)]
-    with _evaluating(pruned), torch.no_grad():
+    with evaluating(pruned), torch.no_grad():
         handles = [
             _layer(pruned, n).register_forward_hook(
                 lambda mod, args, out, c=calib[n]: c.add_batch(args[0])
@@ -435,18 +435,6 @@ def reconstruction_errors(
 
 class _Stop(Exception):
     """Raised by a calibration hook once it has the layer's inputs: skip the rest."""
-
-
-@contextmanager
-def _evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode inside (deterministic dropout and batch norm), each submodule's own mode
-    restored after."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield model.eval()
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def _layer(model: nn.Module, name: str) -> nn.Module:
@@ -541,7 +529,7 @@ class _Layerwise(Criterion):
         batches = [x.to(device) for x, _ in context.batches(self.batches, labels=False)]
         if not batches:
             raise ValueError("the calibration data yielded no batches")
-        with _evaluating(model), torch.no_grad():
+        with evaluating(model), torch.no_grad():
             order = self._forward_order(model, layers, batches[0])
             plan = self._plan(
                 model, names, layers, sparsity, pattern, budget, dense, reduction, batches

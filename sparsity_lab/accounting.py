@@ -40,14 +40,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
 from torch import nn
 
 from . import masks
 from . import patterns as patterns_mod
 from .targets import default_targets
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COLUMNS = [
     "name",
@@ -289,6 +292,8 @@ def report(
                 "bytes": stored,
             }
         )
+    import pandas as pd  # a heavy import that only a report needs
+
     df = pd.DataFrame(rows, columns=COLUMNS)
     total = {
         "name": "total",

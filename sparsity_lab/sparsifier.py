@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from . import masks
-from .train import Callback
+from .callbacks import Callback
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .callbacks import Callback
 from .seeding import seed_everything
 
 HISTORY_COLUMNS = (
@@ -52,37 +53,6 @@ def show_progress(progress: bool | None) -> bool:
     if progress is None:
         return sys.stderr.isatty() and "CI" not in os.environ
     return bool(progress)
-
-
-class Callback:
-    """Base class; every hook is a no-op.  Hooks receive the :class:`Trainer`.
-
-    A callback may set ``trainer.stop = True`` to end training after the current step (the
-    epoch is then closed normally: validation, a history row, ``on_epoch_end``).  It may also
-    add its own columns to the epoch's row, e.g. ``trainer.history[-1]["sparsity"] = s`` in
-    ``on_epoch_end``.
-    """
-
-    def on_train_begin(self, trainer: Trainer) -> None:
-        """Once, before the first epoch."""
-
-    def on_epoch_begin(self, trainer: Trainer) -> None:
-        """At the start of each epoch; ``trainer.epoch`` is the new epoch's index."""
-
-    def on_step_begin(self, trainer: Trainer) -> None:
-        """Before the forward pass; ``trainer.batch`` holds the ``(inputs, targets)``."""
-
-    def on_after_backward(self, trainer: Trainer) -> None:
-        """Gradients are in ``param.grad``; the optimizer has not stepped yet."""
-
-    def on_step_end(self, trainer: Trainer) -> None:
-        """After ``optimizer.step()``; ``trainer.step`` already counts this step."""
-
-    def on_epoch_end(self, trainer: Trainer) -> None:
-        """After the epoch's metrics (validation included) are in ``trainer.history[-1]``."""
-
-    def on_train_end(self, trainer: Trainer) -> None:
-        """Once, after the last epoch (also after an early stop)."""
 
 
 def make_optimizer(

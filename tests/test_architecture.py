@@ -114,3 +114,17 @@ def test_only_the_selection_module_turns_a_budget_plan_into_masks():
     }
     planners = {"sparsity_lab.criteria.layerwise", "sparsity_lab.criteria.search"}
     assert callers == {"sparsity_lab.selection"} | planners
+
+
+def test_importing_the_package_needs_only_torch():
+    """The docstring promises that heavier dependencies load on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sparsity_lab; "
+        "print(sorted(m for m in ('pandas', 'sparsity_lab.train', 'sklearn', 'matplotlib') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from .. import masks
+from ..callbacks import Callback
 from ..registry import register
 from ..targets import default_targets
-from ..train import Callback, Trainer
+
+if TYPE_CHECKING:
+    from ..train import Trainer
 from .base import Context, Criterion
 from .units import GroupCriterion, evaluating, forward_hooks, module_of, unit_gate
 

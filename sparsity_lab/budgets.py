@@ -90,7 +90,8 @@ def _by_weights(
     pool = [n for n in shapes if n not in dense]
     density: dict[str, float] = {n: 1.0 for n in shapes}
     if weights is None:
-        share = zeros / max(1, sum(sizes[n] for n in pool))
+        # the unrounded target: rounding the total first could round a layer to empty
+        share = min(1.0, sparsity * sum(sizes.values()) / max(1, sum(sizes[n] for n in pool)))
         for n in pool:
             density[n] = 1.0 - share
     else:
@@ -111,10 +112,9 @@ def _by_weights(
     gsize = {n: pattern.group_size(shapes[n]) for n in pool}
     groups = {n: pattern.n_groups(shapes[n]) for n in pool}
     desired = {n: (1.0 - density[n]) * groups[n] for n in pool}
-    capacity = dict(groups)
-    if any(g > 1 for g in gsize.values()):
-        # Rounding whole channels or blocks must not empty a layer the budget keeps alive.
-        capacity = {n: groups[n] - (desired[n] < groups[n] - 1e-9) for n in pool}
+    # Rounding must not empty a layer the budget keeps alive (density above 0): one rule
+    # for weights, channels and blocks, the same as Pattern.mask's.
+    capacity = {n: groups[n] - (desired[n] < groups[n] - 1e-9) for n in pool}
     if len(set(gsize.values())) <= 1:
         # Equal group sizes (always true for unstructured): whole groups, nearest total.
         size = next(iter(gsize.values()), 1)

@@ -41,8 +41,13 @@ _LAYER_NAMES = {nn.modules.conv._ConvNd: "Conv"}
 def count(sparsity: float, n: int) -> int:
     """Number of groups pruned out of ``n`` for ``sparsity``: ``round(sparsity * n)``, half up.
 
-    Accepts 1.0: a budget may empty a whole layer (layer collapse), though a user's target
-    must stay below 1 (:func:`check_sparsity`).
+    The product is taken in decimal (``0.145 * 100`` is 14.5, not 14.4999...), and a tie
+    rounds up.  ``torch.nn.utils.prune`` computes ``round(amount * n)`` in binary floating
+    point with Python's round-half-to-even, so the two differ by one exactly where the
+    decimal product ends in .5 (about 1% of (sparsity, size) pairs on a grid of
+    percentages), and agree everywhere else.  Accepts 1.0: a budget may empty a whole
+    layer (layer collapse), though a user's target must stay below 1
+    (:func:`check_sparsity`).
     """
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"a layer's sparsity must be in [0, 1], got {sparsity!r}")
@@ -192,11 +197,19 @@ class Pattern:
         reduction: str = "l1",
         prior: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Bool keep-mask of ``scores``' shape that prunes ``round(sparsity * n_groups)`` groups."""
+        """Bool keep-mask of ``scores``' shape that prunes ``round(sparsity * n_groups)`` groups.
+
+        A sparsity below 1 never empties the tensor: at most ``n_groups - 1`` groups go (a
+        one-row Linear keeps its row), the rule :func:`sparsity_lab.prune`'s budgets follow
+        for a layer they keep alive.  The ``layer`` pattern, whose one group is the whole
+        tensor, is the exception: pruning it means emptying it.
+        """
         check_sparsity(sparsity)
-        return self.prune_groups(
-            scores, count(sparsity, self.n_groups(scores.shape)), reduction, prior
-        )
+        n_groups = self.n_groups(scores.shape)
+        n_prune = count(sparsity, n_groups)
+        if not isinstance(self, Layer):
+            n_prune = min(n_prune, max(n_groups - 1, 0))
+        return self.prune_groups(scores, n_prune, reduction, prior)
 
     def prune_groups(
         self,

@@ -29,6 +29,7 @@ def prune(
     dense_grad: bool = False,
     loss_fn: Callable | None = None,
     seed: int = 0,
+    coupled: bool = False,
     **options: Any,
 ) -> nn.Module:
     """Prune ``model`` in place by attaching masks; returns the model.
@@ -52,6 +53,13 @@ def prune(
         dense_grad: let gradients reach masked weights (for RigL, DPF, AC/DC, Top-KAST).
         loss_fn: loss for data-driven criteria (default cross-entropy).
         seed: seed of random criteria.
+        coupled: prune what must go together as one group, so that
+            :func:`sparsity_lab.shrink.shrink` can remove it (DepGraph, Fang et al. 2023):
+            with ``pattern="channel"`` a channel of a residual stream goes from every layer
+            that writes or reads it; ``"head"`` and ``"layer"`` prune attention heads and
+            residual blocks.  ``sparsity`` then counts groups, ranked across the model;
+            ``targets``, ``exclude``, ``dense`` and ``budget`` do not apply.  See
+            :func:`sparsity_lab.shrink.prune_coupled`.
         options: passed to the criterion's constructor.
 
     Pruning an already pruned model continues from its masks: groups pruned before stay
@@ -59,6 +67,20 @@ def prune(
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
+    if coupled:
+        ignored = {"targets": targets, "exclude": exclude, "dense": dense, "budget": budget}
+        return _prune_coupled(
+            model,
+            method,
+            sparsity,
+            pattern,
+            ignored,
+            data=data,
+            reduction=reduction,
+            dense_grad=dense_grad,
+            seed=seed,
+            **options,
+        )
     criterion = criteria.get(method, **options)
     pat = patterns.get(pattern)
     budget = criterion.default_budget if budget is None else budget
@@ -96,3 +118,35 @@ def sparsity(model: nn.Module, names: Iterable[str] | None = None) -> float:
     total = sum(masks.weight(model, n).numel() for n in names)
     zeros = sum(int((masks.weight(model, n) == 0).sum()) for n in names)
     return zeros / total if total else 0.0
+
+
+def _prune_coupled(
+    model: nn.Module,
+    method: Any,
+    sparsity: float | None,
+    pattern: Any,
+    ignored: dict[str, Any],
+    **settings: Any,
+) -> nn.Module:
+    """``prune(..., coupled=True)``: the coupled groups of :mod:`sparsity_lab.shrink`."""
+    from . import shrink  # loads pandas, which ``import sparsity_lab`` does without
+
+    refused = [k for k, value in ignored.items() if value not in (None, (), [])]
+    if refused:
+        raise ValueError(
+            f"coupled=True prunes whole coupled groups ranked across the model, so "
+            f"{', '.join(refused)} cannot apply; drop them or use coupled=False"
+        )
+    name = pattern if isinstance(pattern, str) else getattr(pattern, "name", pattern)
+    granularity = str(name).split(":")[0]
+    if granularity not in ("channel", "head", "layer"):
+        raise ValueError(
+            f"coupled=True prunes channels, heads or layers, got pattern={pattern!r}; pass "
+            f"pattern='channel', 'head' or 'layer'"
+        )
+    if sparsity is None:
+        raise ValueError("coupled=True needs a sparsity: the fraction of groups to prune")
+    if settings["reduction"] == "l1":  # prune's default; a coupled group is scored by l2
+        settings["reduction"] = "l2"
+    shrink.prune_coupled(model, granularity, sparsity, method=method, **settings)
+    return model

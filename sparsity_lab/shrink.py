@@ -705,7 +705,8 @@ def _branch_layers(found: Structure, b: Branch) -> list[str]:
 def plan(model: nn.Module) -> pd.DataFrame:
     """What :func:`shrink` would remove: one row per space, attention layer and branch.
 
-    Columns: group, kind (channels, heads or branch), size, removed, kept, note.
+    Columns: group, kind (channels, heads or branch), size, removed, kept, note, and
+    indices: the removed channels or heads, as positions in the unshrunk group.
     """
     work = _squashed(model)
     found = structure(work)
@@ -713,10 +714,17 @@ def plan(model: nn.Module) -> pd.DataFrame:
     rows = []
     for s in found.spaces:
         size = _space_size(work, s)
-        gone = int(removal.channels[s.name].sum()) if s.name in removal.channels else 0
+        flags = removal.channels.get(s.name, torch.zeros(size, dtype=torch.bool))
         note = removal.notes.get(s.name, "")
         rows.append(
-            {"group": s.name, "kind": "channels", "size": size, "removed": gone, "note": note}
+            {
+                "group": s.name,
+                "kind": "channels",
+                "size": size,
+                "removed": int(flags.sum()),
+                "note": note,
+                "indices": torch.nonzero(flags).flatten().tolist(),
+            }
         )
     for h in found.heads:
         flags = removal.heads[h.path]
@@ -727,6 +735,7 @@ def plan(model: nn.Module) -> pd.DataFrame:
                 "size": len(flags),
                 "removed": int(flags.sum()),
                 "note": "",
+                "indices": torch.nonzero(flags).flatten().tolist(),
             }
         )
     for b in found.branches:
@@ -734,9 +743,16 @@ def plan(model: nn.Module) -> pd.DataFrame:
         label = b.path if b.part == "branch" else f"{b.path} ({b.part})"
         note = "replaced by its fixed output" if gone else ""
         rows.append(
-            {"group": label, "kind": "branch", "size": 1, "removed": int(gone), "note": note}
+            {
+                "group": label,
+                "kind": "branch",
+                "size": 1,
+                "removed": int(gone),
+                "note": note,
+                "indices": [0] if gone else [],
+            }
         )
-    df = pd.DataFrame(rows, columns=["group", "kind", "size", "removed", "note"])
+    df = pd.DataFrame(rows, columns=["group", "kind", "size", "removed", "note", "indices"])
     df.insert(4, "kept", df["size"] - df["removed"])
     return df
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import sparsity_lab as sl
 from sparsity_lab import patterns
 from sparsity_lab.patterns import NM, Block, Channel, Input, Unstructured
 
@@ -30,7 +31,8 @@ def test_unstructured_exact_count_and_brute_force(shape, sparsity):
     s = scores(shape)
     keep = Unstructured().mask(s, sparsity)
     n = math.prod(shape)
-    assert int((~keep).sum()) == math.floor(sparsity * n + 0.5)
+    # round half up, and never every element below a sparsity of 1 (13 at 99% keeps one)
+    assert int((~keep).sum()) == min(math.floor(sparsity * n + 0.5), n - 1)
     expected = brute_force_keep(s.flatten().tolist(), int((~keep).sum()))
     assert keep.flatten().tolist() == expected
 
@@ -185,3 +187,35 @@ def test_a_single_weight_is_ranked_by_its_signed_score(reduction):
     scores = torch.tensor([[-3.0, 1.0, 2.0, -0.5]])
     keep = Unstructured().prune_groups(scores, 2, reduction)
     assert keep.tolist() == [[False, True, True, False]]
+
+
+def test_count_differs_from_torch_only_at_decimal_ties():
+    from fractions import Fraction
+
+    from torch.nn.utils.prune import _compute_nparams_toprune
+
+    from sparsity_lab.patterns import count
+
+    ties = differ = 0
+    for percent in range(1, 100):
+        s = percent / 100
+        for n in range(1, 120):
+            tie = (Fraction(repr(s)) * n).denominator == 2
+            ties += tie
+            if count(s, n) != _compute_nparams_toprune(s, n):
+                differ += 1
+                assert tie, (s, n)  # only a tie may round differently
+                assert count(s, n) == math.floor(Fraction(repr(s)) * n) + 1  # ours: half up
+    assert 0 < differ <= ties
+
+
+@pytest.mark.parametrize(
+    ("pattern", "shape", "sparsity"),
+    [(Input(), (3, 5), 0.9), (Channel(), (1, 4), 0.5), (Channel(), (3, 4), 0.99)],
+)
+def test_a_sparsity_below_one_never_empties_a_tensor(pattern, shape, sparsity):
+    keep = pattern.mask(torch.rand(shape), sparsity)
+    assert keep.any()
+    model = torch.nn.Sequential(torch.nn.Linear(shape[1], shape[0]))
+    sl.prune(model, "magnitude", sparsity, pattern=pattern, budget="uniform")
+    assert int(sl.masks.get_mask(model, "0.weight").sum()) == int(keep.sum())  # one rule

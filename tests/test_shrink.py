@@ -462,3 +462,30 @@ def test_shrink_removes_the_same_coupled_channels_as_torch_pruning(name, drop):
     assert all(k.endswith(".bias") for k in ours.keys() - theirs.keys())
     assert theirs.keys() <= ours.keys()
     assert {k: ours[k] for k in theirs} == theirs
+
+
+def test_coupled_pruning_is_reachable_from_prune_and_matches_prune_coupled():
+    a, b = build("resnet_small"), build("resnet_small")
+    sl.prune(a, "magnitude", 0.5, pattern="channel", coupled=True)
+    shrink.prune_coupled(b, "channel", 0.5)
+    for n, keep in sl.masks.masks(b).items():
+        assert torch.equal(sl.masks.get_mask(a, n), keep), n
+    per_layer = build("resnet_small")
+    sl.prune(per_layer, "magnitude", 0.5, pattern="channel", budget="uniform")
+    coupled_left = sum(p.numel() for p in shrink.shrink(a).parameters())
+    per_layer_left = sum(p.numel() for p in shrink.shrink(per_layer).parameters())
+    assert coupled_left < per_layer_left  # residual streams go only when coupled
+    with pytest.raises(ValueError, match="budget cannot apply"):
+        sl.prune(build("resnet_small"), "magnitude", 0.5, pattern="channel", coupled=True,
+                 budget="uniform")  # fmt: skip
+    with pytest.raises(ValueError, match="channels, heads or layers"):
+        sl.prune(build("resnet_small"), "magnitude", 0.5, pattern="2:4", coupled=True)
+
+
+def test_the_plan_names_the_removed_channels():
+    model = residual_cnn()
+    keep = torch.ones_like(model.conv1.weight, dtype=torch.bool)
+    keep[[2, 5]] = False
+    sl.masks.attach(model, "conv1.weight", keep)
+    row = shrink.plan(model).set_index("group").loc["conv1"]
+    assert row["indices"] == [2, 5] and row["removed"] == 2

@@ -53,7 +53,8 @@ def _prune(args: argparse.Namespace) -> int:
     from sparsity_lab import patterns, recipes
 
     # Validate names before any slow work, so a typo costs nothing.
-    registry.get(args.method, "criterion")
+    criterion = registry.get(args.method, "criterion")
+    args.budget = args.budget or criterion.default_budget
     registry.get(args.budget, "budget")
     pattern = patterns.get(args.pattern)
     sparsity = args.sparsity
@@ -187,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparsity-lab", description="Pruning and growth for efficient neural networks."
     )
+    from sparsity_lab import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_list = sub.add_parser("list", help="print the registered methods, grouped by kind")
@@ -199,9 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help="a criterion, e.g. magnitude or random")
     p.add_argument("--sparsity", type=_sparsity, default=None, help="fraction of zeros in [0, 1)")
     p.add_argument(
-        "--pattern", default="unstructured", help="unstructured, 2:4, block:4x4, channel, input"
+        "--pattern",
+        default="unstructured",
+        help=f"what is pruned together: {', '.join(registry.available('pattern'))} "
+        f"(nm as 2:4, block as block:4x4, head as head:4)",
     )
-    p.add_argument("--budget", default="global", help="global, uniform, er or erk")
+    p.add_argument(
+        "--budget",
+        default=None,
+        help=f"how zeros spread over layers: {', '.join(registry.available('budget'))} "
+        f"(default: the criterion's, global for most)",
+    )
     p.add_argument("--dense", nargs="*", default=[], help="weights kept dense, e.g. fc3.weight")
     p.add_argument("--exclude", nargs="*", default=[], help="weights left out of pruning")
     p.add_argument(

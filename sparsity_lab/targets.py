@@ -49,9 +49,29 @@ def resolve(
     names = [n for n in names if n not in excluded]
     if not names:
         raise ValueError("nothing to prune: the model has no Linear or Conv weights left")
+    for name in names:
+        _refuse_torch_pruned(model, name)
     if set(names) <= set(dense):
         raise ValueError(
             f"every target is kept dense ({names}): nothing is left to prune; keep fewer "
             f"layers in dense=[...]"
         )
     return names
+
+
+def _refuse_torch_pruned(model: nn.Module, name: str) -> None:
+    """A tensor pruned by ``torch.nn.utils.prune`` is no parameter any more (its module
+    keeps ``weight_orig`` and ``weight_mask`` and recomputes ``weight``): say how to adopt
+    its mask instead of failing later on a missing parameter."""
+    path, _, tensor = name.rpartition(".")
+    try:
+        module = model.get_submodule(path) if path else model
+    except AttributeError:
+        return  # an unknown name fails later, with the list of parameters
+    if hasattr(module, f"{tensor}_orig") and hasattr(module, f"{tensor}_mask"):
+        raise ValueError(
+            f"{name!r} is pruned by torch.nn.utils.prune; make its mask permanent first "
+            f"(mask = module.{tensor}_mask.clone(); torch.nn.utils.prune.remove(module, "
+            f"{tensor!r})) and attach it with sparsity_lab.masks.attach(model, {name!r}, "
+            f"mask), or start from the unpruned model"
+        )

@@ -49,10 +49,21 @@ ScheduleSpec = str | None | Callable[[torch.optim.Optimizer, int], Any]
 
 
 def show_progress(progress: bool | None) -> bool:
-    """Whether to draw progress bars: ``None`` means only in a terminal and never in CI."""
+    """Whether to draw progress bars: ``None`` means in a terminal or a live notebook, and
+    never in CI or in a notebook executed for the book (``SPARSITY_LAB_STATIC``), whose
+    saved outputs would keep the bars."""
     if progress is None:
-        return sys.stderr.isatty() and "CI" not in os.environ
+        if "CI" in os.environ or os.environ.get("SPARSITY_LAB_STATIC"):
+            return False
+        return sys.stderr.isatty() or _in_live_notebook()
     return bool(progress)
+
+
+def _in_live_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (an IPython shell over ZMQ)."""
+    ipython = sys.modules.get("IPython")  # never imported here: a kernel has it already
+    shell = ipython.get_ipython() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def make_optimizer(

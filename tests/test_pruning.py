@@ -214,3 +214,18 @@ def test_a_frozen_model_can_be_scored_and_stays_frozen(method):
     sl.prune(model, method, 0.5, data=(x, (x[:, 0] > 0).long()))
     assert sl.sparsity(model) == pytest.approx(0.5)
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_a_model_pruned_by_torch_gets_an_error_that_shows_how_to_adopt_its_masks():
+    from torch.nn.utils import prune as torch_prune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 2))
+    torch_prune.l1_unstructured(model[0], "weight", amount=0.5)
+    with pytest.raises(ValueError, match="torch.nn.utils.prune.*masks.attach"):
+        sl.prune(model, "magnitude", 0.7)
+    mask = model[0].weight_mask.clone()
+    torch_prune.remove(model[0], "weight")
+    sl.masks.attach(model, "0.weight", mask)
+    sl.prune(model, "magnitude", 0.7)  # continues from the adopted mask
+    assert not torch.any(sl.masks.get_mask(model, "0.weight").bool() & ~mask.bool())

@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -189,7 +190,8 @@ def evaluate(
     """Mean loss and argmax accuracy of ``model`` over ``loader``: ``{"loss", "accuracy"}``.
 
     Runs in eval mode without gradients, then puts every submodule back in the train/eval
-    mode it had.  ``accuracy`` is NaN when the outputs are not class scores.
+    mode it had.  ``accuracy`` is NaN when the outputs are not class scores.  Masked
+    weights are computed once for the whole pass (``parametrize.cached``), not per batch.
     """
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
     # Record each submodule's mode: model.train(flag) would flatten a mixed setup.
@@ -197,7 +199,7 @@ def evaluate(
     meter = _Meter()
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), parametrize.cached():
             for batch in loader:
                 inputs, targets = _split_batch(batch)
                 inputs, targets = inputs.to(device), targets.to(device)

@@ -43,7 +43,7 @@ from ..registry import register
 from ..targets import default_targets
 from .base import Context, Criterion
 from .second_order import block_obs_update, obs_saliency, store_update
-from .units import evaluating
+from .units import evaluating, module_of
 
 __all__ = [
     "Calibration",
@@ -59,8 +59,6 @@ __all__ = [
     "SparseGPT",
     "Wanda",
 ]
-
-LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 # --- calibration statistics ------------------------------------------------------------------
@@ -405,11 +403,11 @@ def reconstruction_errors(
     ``||X W^T - X W'^T||^2 / ||X W^T||^2``, the quantity layer-wise methods minimise.
     """
     names = list(default_targets(pruned) if names is None else names)
-    calib = {n: Calibration(_layer(pruned, n)) for n in names}
+    calib = {n: Calibration(module_of(pruned, n, "layer-wise criteria")) for n in names}
     inputs = [x for x, _ in Context(data=data).batches(batches, labels=False)]
     with evaluating(pruned), torch.no_grad():
         handles = [
-            _layer(pruned, n).register_forward_hook(
+            module_of(pruned, n, "layer-wise criteria").register_forward_hook(
                 lambda mod, args, out, c=calib[n]: c.add_batch(args[0])
             )
             for n in names
@@ -435,17 +433,6 @@ def reconstruction_errors(
 
 class _Stop(Exception):
     """Raised by a calibration hook once it has the layer's inputs: skip the rest."""
-
-
-def _layer(model: nn.Module, name: str) -> nn.Module:
-    path, _, tensor_name = name.rpartition(".")
-    module = model.get_submodule(path) if path else model
-    if tensor_name != "weight" or not isinstance(module, LAYERS):
-        raise ValueError(
-            f"layer-wise criteria prune the weight of Linear, Conv1d and Conv2d layers, got "
-            f"{name!r} ({type(module).__name__}); exclude it"
-        )
-    return module
 
 
 def _nm_order(shape: tuple[int, ...]) -> torch.Tensor | None:
@@ -520,7 +507,7 @@ class _Layerwise(Criterion):
             )
         nm = self._nm(pattern)
         dense = set(dense)
-        layers = {n: _layer(model, n) for n in names}
+        layers = {n: module_of(model, n, "layer-wise criteria") for n in names}
         shapes = {n: tuple(masks.weight(model, n).shape) for n in names}
         for n in names:
             if n not in dense:

@@ -19,13 +19,11 @@ import itertools
 from collections.abc import Iterable, Mapping
 
 import torch
-from torch import nn
 from torch.nn.utils import parametrize
 
 from .. import masks
-from ..patterns import check_sparsity
 from ..registry import register
-from .base import Context, Criterion, unfrozen
+from .base import Context, Criterion, current_sparsity, exponential_steps, unfrozen
 from .first_order import weight_gradients
 from .units import evaluating
 
@@ -40,28 +38,6 @@ class _Given(Criterion):
 
     def scores(self, model, names, context):
         return self._scores
-
-
-def exponential_steps(sparsity: float, iterations: int, start: float = 0.0) -> list[float]:
-    """Sparsities from ``start`` to ``s`` in ``n`` steps: ``1 - (1 - start) r^(k / n)`` for
-    ``k = 1..n`` with ``r = (1 - s) / (1 - start)``.  The density shrinks by the same factor
-    at each step and the last step reaches ``s`` exactly; ``start`` is the sparsity the
-    tensors already have, so pruning a pruned model continues from it."""
-    check_sparsity(sparsity)
-    if iterations < 1:
-        raise ValueError(f"iterations must be a positive integer, got {iterations}")
-    if start >= sparsity:  # nothing left to spread; prune() explains a request below start
-        return [sparsity]
-    ratio = (1 - sparsity) / (1 - start)
-    steps = [1 - (1 - start) * ratio ** (k / iterations) for k in range(1, iterations)]
-    return [*steps, sparsity]
-
-
-def current_sparsity(model: nn.Module, names: list[str]) -> float:
-    """The fraction of zeros the masks of ``names`` already impose (unmasked: none)."""
-    total = sum(masks.weight(model, n).numel() for n in names)
-    found = [masks.get_mask(model, n) for n in names]
-    return sum(int((m == 0).sum()) for m in found if m is not None) / total
 
 
 @register("criterion", "grasp", section="2.4.3")
@@ -119,6 +95,7 @@ class SynFlow(Criterion):
 
     def __init__(self, iterations: int = 100, input_shape: tuple[int, ...] | None = None):
         self.iterations, self.input_shape = iterations, input_shape
+        self.steps = iterations  # Criterion.prune takes the exponential steps
 
     def scores(self, model, names, context):
         shape = self.input_shape or getattr(model, "input_shape", None)
@@ -139,14 +116,6 @@ class SynFlow(Criterion):
             flow = net(torch.ones(1, *shape, dtype=torch.float64)).sum()
             grads = torch.autograd.grad(flow, weights)
         return {n: (g * w).detach().abs() for n, g, w in zip(names, grads, weights, strict=True)}
-
-    def prune(self, model, names, sparsity, *, pattern, budget, **kwargs):
-        if pattern.fixed_sparsity is not None:  # N:M: nothing to spread over steps
-            return super().prune(model, names, sparsity, pattern=pattern, budget=budget, **kwargs)
-        start = current_sparsity(model, names)
-        for step in exponential_steps(sparsity, self.iterations, start):
-            new_masks = super().prune(model, names, step, pattern=pattern, budget=budget, **kwargs)
-        return new_masks
 
 
 @register("criterion", "force", section="2.4.3")

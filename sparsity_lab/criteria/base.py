@@ -21,7 +21,7 @@ import contextlib
 import inspect
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -29,7 +29,7 @@ from torch import nn
 
 from .. import calibration, masks, registry
 from ..calibration import Batch
-from ..patterns import Pattern, count, target_sparsity
+from ..patterns import Pattern, check_sparsity, count, target_sparsity
 from ..selection import select
 
 
@@ -79,6 +79,13 @@ class Criterion:
     #: Whether the criterion rewrites the layers it prunes (EigenDamage's eigenbasis), so
     #: that a pruned model cannot be pruned again by it.
     prunes_once: ClassVar[bool] = False
+    #: The reduction every group score uses whatever the caller asks (a rule defined per
+    #: group hands each element its group's score, read back with ``max``); None: the
+    #: caller's.
+    group_reduction: ClassVar[str | None] = None
+    #: Pruning steps towards the target, scores recomputed in between (SynFlow, multi-step
+    #: WoodFisher and M-FAC); the density shrinks by the same factor at each step.
+    steps: int = 1
 
     def check_pattern(self, pattern: Pattern) -> None:
         """Refuse a pattern the rule is not defined for, naming those it is."""
@@ -119,9 +126,33 @@ class Criterion:
         Already pruned groups stay pruned (their score is ``-inf``, and new masks are
         intersected with the old ones), so a second call with a higher sparsity continues
         from the first; asking for less sparsity than the model already has is an error.
+        With ``steps`` > 1 the target is reached in that many rounds (see
+        :func:`exponential_steps`); N:M patterns, whose sparsity is fixed, take one.
         """
         self.check_pattern(pattern)
-        context = context or Context()
+        options = dict(pattern=pattern, budget=budget, dense=dense, dense_grad=dense_grad)
+        options["reduction"] = self.group_reduction or reduction
+        options["context"] = replace(context or Context(), pattern=pattern)
+        if self.steps == 1 or sparsity is None or pattern.fixed_sparsity is not None:
+            return self._prune_once(model, names, sparsity, **options)
+        new_masks: dict[str, torch.Tensor] = {}
+        for target in exponential_steps(sparsity, self.steps, current_sparsity(model, names)):
+            new_masks = self._prune_once(model, names, target, **options)
+        return new_masks
+
+    def _prune_once(
+        self,
+        model: nn.Module,
+        names: list[str],
+        sparsity: float | None,
+        *,
+        pattern: Pattern,
+        budget: str,
+        dense: Iterable[str],
+        reduction: str,
+        dense_grad: bool,
+        context: Context,
+    ) -> dict[str, torch.Tensor]:
         if self.needs_data and context.data is None:
             raise ValueError(f"criterion {self.name!r} needs data: pass data=... to prune()")
         dense = set(dense)
@@ -150,6 +181,28 @@ class Criterion:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def exponential_steps(sparsity: float, iterations: int, start: float = 0.0) -> list[float]:
+    """Sparsities from ``start`` to ``s`` in ``n`` steps: ``1 - (1 - start) r^(k / n)`` for
+    ``k = 1..n`` with ``r = (1 - s) / (1 - start)``.  The density shrinks by the same factor
+    at each step and the last step reaches ``s`` exactly; ``start`` is the sparsity the
+    tensors already have, so pruning a pruned model continues from it."""
+    check_sparsity(sparsity)
+    if iterations < 1:
+        raise ValueError(f"iterations must be a positive integer, got {iterations}")
+    if start >= sparsity:  # nothing left to spread; prune() explains a request below start
+        return [sparsity]
+    ratio = (1 - sparsity) / (1 - start)
+    steps = [1 - (1 - start) * ratio ** (k / iterations) for k in range(1, iterations)]
+    return [*steps, sparsity]
+
+
+def current_sparsity(model: nn.Module, names: list[str]) -> float:
+    """The fraction of zeros the masks of ``names`` already impose (unmasked: none)."""
+    total = sum(masks.weight(model, n).numel() for n in names)
+    found = [masks.get_mask(model, n) for n in names]
+    return sum(int((m == 0).sum()) for m in found if m is not None) / total
 
 
 @contextlib.contextmanager

@@ -503,10 +503,10 @@ class NISP(_UnitCriterion):
         super().__init__(batches)
         self.next_layers, self.final_scores = next_layers, final_scores
 
-    def prune(self, model, names, sparsity, **kwargs):
-        if self.final_scores is not None:
-            self.needs_data = False  # the data only serve the final-layer ranking
-        return super().prune(model, names, sparsity, **kwargs)
+    @property
+    def needs_data(self) -> bool:
+        """Data only serve the final layer's ranking, which ``final_scores`` can give."""
+        return self.final_scores is None
 
     def group_scores(self, model, names, pattern, context):
         chain = default_targets(model)

@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import curvature, masks
-from ..patterns import Pattern
 from ..registry import register
 from .base import Context, Criterion
 
@@ -149,50 +148,13 @@ def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 class _Stepwise(Criterion):
-    """Prune in ``steps`` rounds of equal density ratio, recomputing curvature each round.
+    """Prune in ``steps`` rounds of equal density ratio, recomputing curvature each round
+    (:meth:`Criterion.prune` takes the rounds).
 
     A quadratic model is trusted only near the point it was taken at; removing most weights
     in one jump leaves that region.  WoodFisher and M-FAC reach high sparsity in several
     steps, each with fresh gradients at the updated weights.
     """
-
-    steps: int = 1
-
-    def prune(
-        self,
-        model: nn.Module,
-        names: list[str],
-        sparsity: float | None,
-        *,
-        pattern: Pattern,
-        budget: str,
-        dense=(),
-        reduction: str = "l1",
-        dense_grad: bool = False,
-        context: Context | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """:meth:`Criterion.prune` once, or ``steps`` times towards ``sparsity``."""
-        kwargs = dict(
-            pattern=pattern,
-            budget=budget,
-            dense=dense,
-            reduction=reduction,
-            dense_grad=dense_grad,
-            context=context,
-        )
-        if self.steps == 1 or sparsity is None or pattern.fixed_sparsity is not None:
-            return super().prune(model, names, sparsity, **kwargs)
-        total = sum(masks.weight(model, n).numel() for n in names)
-        zeros = sum(
-            int((m == 0).sum()) for n in names if (m := masks.get_mask(model, n)) is not None
-        )
-        start = 1.0 - zeros / total
-        result: dict[str, torch.Tensor] = {}
-        for k in range(1, self.steps + 1):
-            density = start * ((1.0 - sparsity) / start) ** (k / self.steps)
-            target = sparsity if k == self.steps else min(sparsity, 1.0 - density)
-            result = super().prune(model, names, target, **kwargs)
-        return result
 
 
 def _check_steps(steps: int) -> int:

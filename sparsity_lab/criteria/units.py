@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,8 @@ class GroupCriterion(Criterion):
     ``supported_patterns`` names the patterns the rule is defined for (``None``: all).
     """
 
+    group_reduction = "max"  # every element of a group carries the group's score
+
     def group_scores(
         self, model: nn.Module, names: list[str], pattern: Pattern, context: Context
     ) -> dict[str, torch.Tensor]:
@@ -59,15 +61,6 @@ class GroupCriterion(Criterion):
             shape = tuple(masks.weight(model, n).shape)
             out[n] = g.reshape(shape) if g.numel() == math.prod(shape) else pattern.expand(g, shape)
         return out
-
-    def prune(self, model, names, sparsity, *, pattern, budget, **kwargs):
-        self.check_pattern(pattern)
-        context = kwargs.pop("context", None) or Context()
-        context = replace(context, pattern=pattern)
-        kwargs["reduction"] = "max"  # every element of a group carries the group's score
-        return super().prune(
-            model, names, sparsity, pattern=pattern, budget=budget, context=context, **kwargs
-        )
 
 
 def element_wise(pattern: Pattern, shape: tuple[int, ...]) -> bool:

@@ -296,3 +296,25 @@ def test_training_method_is_deterministic(name):
     a, b = train(name), train(name)
     for key, value in a.state_dict().items():
         assert torch.equal(value, b.state_dict()[key]), f"{name}: {key}"
+
+
+# What a search reports after running, by design (not state the next call reads).
+REPORTS = {"history", "result", "eigenvalues"}
+
+
+@pytest.mark.parametrize("name", CRITERIA)
+def test_criterion_keeps_no_state_between_calls(name):
+    """State worked out while scoring travels in the call's Context, so one criterion object
+    can prune two models in turn (or the same model twice) without one call seeing the other."""
+    pattern = patterns.get(first_pattern(name))
+    model = mlp()
+    options = criterion_options(name, model)
+    criterion = sl.criteria.get(name, **options)
+    before = {k: v for k, v in vars(criterion).items() if k.lstrip("_") not in REPORTS}
+    targets = PRUNED[:-1] if name in MERGES else PRUNED
+    sl.prune(model, criterion, 0.5, pattern=pattern, budget="uniform", data=(X, Y),
+             targets=targets)  # fmt: skip
+    after = {k: v for k, v in vars(criterion).items() if k.lstrip("_") not in REPORTS}
+    assert after.keys() == before.keys(), f"{name} added {after.keys() - before.keys()}"
+    for key, value in before.items():
+        assert after[key] is value, f"{name} replaced {key}"

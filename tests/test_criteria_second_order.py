@@ -179,12 +179,13 @@ def test_woodfisher_blocks_are_the_direct_inverse_of_the_dampened_fisher():
     model, (x, y) = trained_mlp()
     g = loop_gradients(model, x, y)
     crit = sl.criteria.get("woodfisher", n_samples=32, block_size=8, damp=1e-2)
-    scores = crit.scores(model, NAMES, sl.criteria.Context(data=(x, y)))
+    context = sl.criteria.Context(data=(x, y))
+    scores = crit.scores(model, NAMES, context)
     lam = 1e-2 * g.pow(2).mean()
     fisher = lam * torch.eye(32, dtype=g.dtype) + g.T @ g / len(g)
     inverse_diag = []
     for name, offset, size in [("0.weight", 0, 20), ("2.weight", 20, 12)]:
-        blocks = crit._blocks[name]
+        blocks = context.state["blocks"][name]  # what the weight update will use
         for b in range(len(blocks)):
             part = slice(offset + 8 * b, offset + min(8 * b + 8, size))
             n = part.stop - part.start

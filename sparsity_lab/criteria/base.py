@@ -51,6 +51,10 @@ class Context:
     seed: int = 0
     #: The pattern being pruned, for criteria whose rule is defined per group of it.
     pattern: Pattern | None = None
+    #: What a criterion works out while scoring and needs again in ``update_weights`` (an
+    #: inverse Hessian, a merge plan): it lives with this one pruning call, not on the
+    #: criterion, so a criterion object holds no state between calls.
+    state: dict[str, Any] = field(default_factory=dict)
 
     def batches(self, limit: int | None = None, *, labels: bool = True) -> Iterator[Batch]:
         """Yield up to ``limit`` checked ``(inputs, targets)`` batches from ``data``.
@@ -155,6 +159,7 @@ class Criterion:
     ) -> dict[str, torch.Tensor]:
         if self.needs_data and context.data is None:
             raise ValueError(f"criterion {self.name!r} needs data: pass data=... to prune()")
+        context = replace(context, state={})  # fresh for every round of pruning
         dense = set(dense)
         shapes = {n: tuple(masks.weight(model, n).shape) for n in names}
         for n in names:

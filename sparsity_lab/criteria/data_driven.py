@@ -132,14 +132,14 @@ class _FoldingCriterion(_UnitCriterion):
         self.next_layers = next_layers
 
     def _statistics(self, model, names, context):
-        self._links = links(model, names, self.next_layers, self.name)
-        for link in self._links.values():
+        found = context.state["links"] = links(model, names, self.next_layers, self.name)
+        for link in found.values():
             if link.bias(model) is None:
                 raise ValueError(
                     f"{self.name} folds removed units into the bias of {link.target!r}, which "
                     "has none; give that layer a bias or choose another criterion"
                 )
-        return reader_statistics(model, self._links, context, self.batches)
+        return reader_statistics(model, found, context, self.batches)
 
 
 @register("criterion", "activation_variance", section="3.3")
@@ -159,20 +159,25 @@ class ActivationVariance(_FoldingCriterion):
     name = "activation_variance"
 
     def group_scores(self, model, names, pattern, context):
-        self._means, self._alive, out = {}, {}, {}
+        means, alive, out = (
+            context.state.setdefault("means", {}),
+            context.state.setdefault("alive", {}),
+            {},
+        )
         for n, stats in self._statistics(model, names, context).items():
             mean = stats["sum"] / stats["rows"]
-            self._means[n], self._alive[n] = mean, alive_units(model, n)
+            means[n], alive[n] = mean, alive_units(model, n)
             out[n] = (stats["squares"] / stats["rows"] - mean.pow(2)).clamp_min(0).sum(dim=1)
         return out
 
     @torch.no_grad()
     def update_weights(self, model, new_masks, context):
+        means, alive = context.state["means"], context.state["alive"]
         for n, keep in new_masks.items():
-            link = self._links[n]
+            link = context.state["links"][n]
             outgoing, bias = link.outgoing(model), link.bias(model)
-            for j in removed_units(keep, self._alive[n]).tolist():
-                bias += (outgoing[:, j] * self._means[n][j].to(outgoing.dtype)).sum(dim=-1)
+            for j in removed_units(keep, alive[n]).tolist():
+                bias += (outgoing[:, j] * means[n][j].to(outgoing.dtype)).sum(dim=-1)
                 outgoing[:, j] = 0
 
 
@@ -195,9 +200,9 @@ class CorrelationMerge(_FoldingCriterion):
     name = "correlation_merge"
 
     def group_scores(self, model, names, pattern, context):
-        self._plan, out = {}, {}
+        plan, out = context.state.setdefault("plan", {}), {}
         for n, stats in self._statistics(model, names, context).items():
-            link = self._links[n]
+            link = context.state["links"][n]
             samples = stats["rows"] * stats["sum"].shape[1]  # (sample, position) rows
             mean = stats["sum"].sum(dim=1) / samples  # pooled over positions, like the fit
             cov = stats["outer"] / samples - torch.outer(mean, mean)
@@ -209,15 +214,15 @@ class CorrelationMerge(_FoldingCriterion):
             alive = alive_units(model, n)
             order, saliency, into = greedy_merge(residual, link.outgoing(model), alive, alpha)
             beta = mean.reshape(-1, 1) - alpha * mean.reshape(1, -1)
-            self._plan[n] = (order, into, alive, alpha, beta)
+            plan[n] = (order, into, alive, alpha, beta)
             out[n] = ordered_scores(order, saliency, link.units)
         return out
 
     @torch.no_grad()
     def update_weights(self, model, new_masks, context):
         for n, keep in new_masks.items():
-            order, into, alive, alpha, beta = self._plan[n]
-            link = self._links[n]
+            order, into, alive, alpha, beta = context.state["plan"][n]
+            link = context.state["links"][n]
             outgoing, bias = link.outgoing(model), link.bias(model)
             removed = removed_units(keep, alive).tolist()
             prefix = order[: len(removed)].tolist()
@@ -333,12 +338,12 @@ class _InputCriterion(GroupCriterion):
         self.batches, self.refit, self.damp = batches, refit, damp
 
     def _grams(self, model, names, context):
-        self._state = {}
+        found = context.state["reconstruction"] = {}
         for n in names:
             gram, rows = input_gram(model, n, context, self.batches)
             weight = masks.weight(model, n).detach()
-            self._state[n] = (gram, channel_gram(weight, gram), input_alive(model, n), rows)
-        return self._state
+            found[n] = (gram, channel_gram(weight, gram), input_alive(model, n), rows)
+        return found
 
     def _kept(self, keep: torch.Tensor) -> torch.Tensor:
         return keep.transpose(0, 1).reshape(keep.shape[1], -1).any(dim=1).cpu()
@@ -375,7 +380,7 @@ class ThiNet(_InputCriterion):
         if not self.refit:
             return
         for n, keep in new_masks.items():
-            _, g, alive, _ = self._state[n]
+            _, g, alive, _ = context.state["reconstruction"][n]
             kept = self._kept(keep) & alive
             if bool((kept == alive).all()):
                 continue
@@ -412,7 +417,7 @@ class LassoChannel(_InputCriterion):
         if not self.refit:
             return
         for n, keep in new_masks.items():
-            gram, _, alive, _ = self._state[n]
+            gram, _, alive, _ = context.state["reconstruction"][n]
             kept = self._kept(keep) & alive
             if bool((kept == alive).all()):
                 continue

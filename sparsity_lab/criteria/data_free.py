@@ -188,28 +188,27 @@ class NeuronMerge(GroupCriterion):
 
     def __init__(self, next_layers: dict[str, str] | None = None) -> None:
         self.next_layers = next_layers
-        self._plan: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def group_scores(self, model, names, pattern, context):
-        self._links = links(model, names, self.next_layers, "neuron_merge")
-        out = {}
+        found = context.state["links"] = links(model, names, self.next_layers, "neuron_merge")
+        plan, out = context.state.setdefault("plan", {}), {}
         for n in names:
             alive = alive_units(model, n)
-            outgoing = self._links[n].outgoing(model)
+            outgoing = found[n].outgoing(model)
             order, saliency, into = merge_order(unit_features(model, n), outgoing, alive)
-            self._plan[n] = (order, into, alive)
+            plan[n] = (order, into, alive)
             out[n] = ordered_scores(order, saliency, len(alive))
         return out
 
     @torch.no_grad()
     def update_weights(self, model, new_masks, context):
         for n, keep in new_masks.items():
-            order, into, alive = self._plan[n]
+            order, into, alive = context.state["plan"][n]
             removed = set(removed_units(keep, alive).tolist())
             prefix = order[: len(removed)].tolist()
             # The scores follow the merge order strictly, so the pruned units are its prefix.
             assert set(prefix) == removed, "neuron_merge: pruned units are not the merge prefix"
-            outgoing = self._links[n].outgoing(model)
+            outgoing = context.state["links"][n].outgoing(model)
             for j, i in zip(prefix, into[: len(prefix)].tolist(), strict=True):
                 if i >= 0:  # the layer's last unit has nowhere to go
                     outgoing[:, i] += outgoing[:, j]

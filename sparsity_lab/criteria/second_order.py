@@ -262,7 +262,6 @@ class OBS(Criterion):
             batches,
             max_params,
         )
-        self._hinv: torch.Tensor | None = None
 
     def hessian_inverse(self, model: nn.Module, names: list[str], context: Context):
         """``(H + lambda I)^-1`` over the flattened targets, float64."""
@@ -279,14 +278,15 @@ class OBS(Criterion):
 
     def scores(self, model: nn.Module, names: list[str], context: Context):
         w = _effective(model, names)
-        self._names, self._hinv = list(names), self.hessian_inverse(model, names, context)
-        return curvature.unflatten(obs_saliency(curvature.flatten(w), self._hinv.diagonal()), w)
+        hinv = self.hessian_inverse(model, names, context)
+        context.state.update(names=list(names), hinv=hinv)
+        return curvature.unflatten(obs_saliency(curvature.flatten(w), hinv.diagonal()), w)
 
     def update_weights(self, model, new_masks, context):
-        hinv, self._hinv = self._hinv, None
+        hinv = context.state.get("hinv")
         if not self.update or hinv is None:
             return
-        w = _effective(model, self._names)
+        w = _effective(model, context.state["names"])
         keep = _keep_all(model, w, new_masks)
         pruned = ~curvature.flatten(keep)
         flat = curvature.flatten(w)
@@ -362,26 +362,25 @@ class WoodFisher(_Stepwise):
             raise ValueError(f"block_size must be a positive integer, got {block_size}")
         self.n_samples, self.block_size, self.damp = n_samples, block_size, damp
         self.update, self.steps = update, _check_steps(steps)
-        self._blocks: dict[str, torch.Tensor] = {}
 
     def scores(self, model: nn.Module, names: list[str], context: Context):
         w = _effective(model, names)
         grads = _fisher_grads(model, names, context, self.n_samples)
         lam = _mean_diag_damp(self.damp, curvature.fisher_diagonal(grads))
-        out, offset = {}, 0
+        out, offset, found = {}, 0, context.state.setdefault("blocks", {})
         for n in names:
             size = w[n].numel()
             blocks = curvature.woodbury_block_inverse(
                 grads[:, offset : offset + size], self.block_size, lam
             )
             offset += size
-            self._blocks[n] = blocks
+            found[n] = blocks
             diag = blocks.diagonal(dim1=1, dim2=2).reshape(-1)[:size]
             out[n] = obs_saliency(w[n].reshape(-1), diag).reshape(w[n].shape)
         return out
 
     def update_weights(self, model, new_masks, context):
-        blocks, self._blocks = self._blocks, {}
+        blocks = context.state.get("blocks", {})
         if not self.update:
             return
         for n, keep in new_masks.items():
@@ -434,27 +433,26 @@ class MFAC(_Stepwise):
     ) -> None:
         self.n_samples, self.damp = n_samples, damp
         self.update, self.steps = update, _check_steps(steps)
-        self._inverse: curvature.InverseFisher | None = None
-        self._names: list[str] = []
 
     def scores(self, model: nn.Module, names: list[str], context: Context):
         w = _effective(model, names)
         grads = _fisher_grads(model, names, context, self.n_samples)
         lam = _mean_diag_damp(self.damp, curvature.fisher_diagonal(grads))
-        self._names, self._inverse = list(names), curvature.InverseFisher(grads, lam)
-        self._diag = self._inverse.diagonal()
-        return curvature.unflatten(obs_saliency(curvature.flatten(w), self._diag), w)
+        inverse = curvature.InverseFisher(grads, lam)
+        diag = inverse.diagonal()
+        context.state.update(names=list(names), inverse=inverse, diag=diag)
+        return curvature.unflatten(obs_saliency(curvature.flatten(w), diag), w)
 
     def update_weights(self, model, new_masks, context):
-        inverse, self._inverse = self._inverse, None
+        inverse = context.state.get("inverse")
         if not self.update or inverse is None:
             return
-        w = _effective(model, self._names)
+        w = _effective(model, context.state["names"])
         keep = _keep_all(model, w, new_masks)
         pruned = ~curvature.flatten(keep)
         flat = curvature.flatten(w)
         # newly pruned weights only: those pruned before are already zero
-        step = torch.where(pruned, flat / self._diag, torch.zeros_like(flat))
+        step = torch.where(pruned, flat / context.state["diag"], torch.zeros_like(flat))
         new = flat - inverse.ifvp(step)
         new[pruned] = 0.0
         for n, t in curvature.unflatten(new, w).items():

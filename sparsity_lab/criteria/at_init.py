@@ -215,8 +215,11 @@ def shuffle_masks(found: Mapping[str, torch.Tensor], seed: int = 0) -> dict[str,
 
 
 @torch.no_grad()
-def rescale_fan_in(model: torch.nn.Module, names: Iterable[str] | None = None) -> None:
-    """Scale the kept weights of each unit by ``sqrt(fan_in / kept)``, in place.
+def rescale_fan_in(
+    model: torch.nn.Module, names: Iterable[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Scale the kept weights of each unit by ``sqrt(fan_in / kept)``, in place; returns the
+    factors per tensor (a unit with no kept input is left alone: factor 1).
 
     A standard initialisation draws weights of variance proportional to ``1 / fan_in``, so
     that a unit's pre-activation has the variance of its inputs.  A mask that keeps
@@ -227,10 +230,15 @@ def rescale_fan_in(model: torch.nn.Module, names: Iterable[str] | None = None) -
     freshly masked network, before training (default: every masked weight).
     """
     found = masks.masks(model)
-    for name in found if names is None else names:
-        mask = found[name]
-        rows = mask.reshape(mask.shape[0], -1)
-        kept = rows.sum(dim=1)
-        factor = torch.where(kept > 0, (rows.shape[1] / kept.clamp_min(1)).sqrt(), 1.0)
-        weight = masks.dense_weight(model, name)
-        weight.mul_(factor.reshape(-1, *([1] * (weight.dim() - 1))).to(weight.dtype))
+    factors = {}
+    with torch.no_grad():
+        for name in found if names is None else names:
+            mask = found[name]
+            rows = mask.reshape(mask.shape[0], -1)
+            kept = rows.sum(dim=1)
+            factor = torch.where(kept > 0, (rows.shape[1] / kept.clamp_min(1)).sqrt(), 1.0)
+            weight = masks.dense_weight(model, name)
+            factor = factor.to(weight.dtype)
+            weight.mul_(factor.reshape(-1, *([1] * (weight.dim() - 1))))
+            factors[name] = factor
+    return factors

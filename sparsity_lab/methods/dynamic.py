@@ -20,8 +20,9 @@ dpf       (re-selects top-k |w| of the dense weights; dense weights get the
           gradient of the sparse model)
 ========  ==========================  ===============================================
 
-The kept weights start rescaled to each unit's kept fan-in (:func:`rescale_to_fan_in`):
-with the dense initialisation a very sparse deep net starts with almost no signal.
+The kept weights start rescaled to each unit's kept fan-in
+(:func:`~sparsity_lab.criteria.at_init.rescale_fan_in`): with the dense initialisation a
+very sparse deep net starts with almost no signal.
 
 Optimizer state follows the masks (see :func:`sparsity_lab.scheduled.change_masks`): a
 dropped weight is zeroed and loses its momentum or Adam moments, a grown weight starts at
@@ -38,6 +39,7 @@ from collections.abc import Iterable
 import torch
 
 from .. import masks
+from ..criteria.at_init import rescale_fan_in
 from ..patterns import Pattern
 from ..pruning import prune
 from ..registry import register
@@ -101,38 +103,14 @@ def prune_and_grow(
 # --- the sparse-from-scratch baseline ------------------------------------------------------
 
 
-def rescale_to_fan_in(model: torch.nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Scale each output unit's weights by ``sqrt(fan_in / kept_fan_in)``; returns the factors.
-
-    The default initialisations (Kaiming, Glorot) set the weight variance from the dense
-    fan-in, so a unit that keeps only a fraction ``d`` of its inputs starts with ``d`` times
-    the output variance, and a net of ``L`` such layers with ``d^L`` of the signal and of
-    the gradient: at 95% sparsity a 4-layer net starts with its logits set by the biases
-    alone and never leaves chance.  Rescaling each unit by its own kept fan-in restores the
-    dense variance (the sparsity-aware initialisation of Evci et al. 2022, "Gradient flow
-    in sparse neural networks").  A unit with no kept input is left alone.
-    """
-    factors = {}
-    with torch.no_grad():
-        for n in names:
-            mask = masks.get_mask(model, n)
-            weight = masks.dense_weight(model, n)
-            kept = mask.reshape(len(mask), -1).sum(1).to(weight.dtype)
-            fan_in = mask[0].numel()
-            factor = torch.where(kept > 0, (fan_in / kept.clamp(min=1)).sqrt(), 1.0)
-            weight.mul_(factor.reshape(-1, *[1] * (weight.dim() - 1)))
-            factors[n] = factor
-    return factors
-
-
 class StaticSparse(TrainingMethod):
     """Static sparse training: a random mask, its layer densities set by the budget, kept
     fixed for the whole run.  The baseline every dynamic method must beat (not registered).
 
     The kept weights of each unit are rescaled to its sparse fan-in at the start
-    (:func:`rescale_to_fan_in`); set ``rescale_init = False`` on the method (or pass
-    ``rescale_init=False``) to start from the plain dense initialisation restricted to the
-    mask.
+    (:func:`~sparsity_lab.criteria.at_init.rescale_fan_in`); set ``rescale_init = False``
+    on the method (or pass ``rescale_init=False``) to start from the plain dense
+    initialisation restricted to the mask.
     """
 
     name = "static"
@@ -161,7 +139,7 @@ class StaticSparse(TrainingMethod):
             **self.prune_options(),
         )
         if self.rescale_init:
-            self.init_scale = rescale_to_fan_in(trainer.model, self.masked_names(trainer.model))
+            self.init_scale = rescale_fan_in(trainer.model, self.masked_names(trainer.model))
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         names = self.masked_names(trainer.model)

@@ -465,7 +465,7 @@ def methods_page(notebooks: Path = Path("notebooks")) -> str:
         for e in entries:
             module = getattr(e.obj, "__module__", None) or type(e.obj).__module__
             links = ", ".join(
-                f"[{nb.split('_')[0]}](notebooks/{nb}.ipynb)"
+                f"{{doc}}`{nb.split('_')[0]} <notebooks/{nb}>`"
                 for nb in notebooks_using(e.name, sources)
             )
             what = e.summary.replace("|", "\\|")

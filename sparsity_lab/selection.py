@@ -47,17 +47,47 @@ def select(
     plan = budgets.allocate(
         budget, shapes, target, pattern=pattern, dense=dense, scores=group_scores
     )
+    counts = {n: count(plan[n], pattern.n_groups(shapes[n])) for n in group_scores}
+    if pattern.fixed_sparsity is None:
+        counts = _keep_pruned_groups(counts, group_scores, shapes, pattern)
     out = {}
     for n, s in scores.items():
         if n in dense:
             continue
         prior = priors.get(n)
-        keep = pattern.prune_groups(
-            s, count(plan[n], pattern.n_groups(shapes[n])), reduction, prior
-        )
+        keep = pattern.prune_groups(s, counts[n], reduction, prior)
         if prior is not None:
-            # Masks only shrink, even where a new budget plans fewer zeros for a layer than
-            # it already has (the total may then exceed the target).
+            # Masks only shrink (the counts above already include every pruned group).
             keep = keep & prior.bool()  # out of place: keep may be a broadcast view
         out[n] = keep
     return out
+
+
+def _keep_pruned_groups(
+    counts: dict[str, int],
+    group_scores: Mapping[str, torch.Tensor],
+    shapes: Mapping[str, tuple[int, ...]],
+    pattern: Pattern,
+) -> dict[str, int]:
+    """Groups to prune per tensor, never fewer than it has pruned already.
+
+    A per-layer budget rounds each layer on its own, and a larger total can round a layer
+    down (the Alabama paradox of largest-remainder rounding).  Pruned groups cannot come
+    back, so such a layer keeps its count, and the groups it keeps over the plan are taken
+    back from the layers with the most planned beyond their own floor: the total stays at
+    the target instead of overshooting it (which the next, slightly higher target of a
+    schedule would then find already exceeded).
+    """
+    floors = {n: int(torch.isneginf(g).sum()) for n, g in group_scores.items()}
+    size = {n: pattern.group_size(shapes[n]) for n in counts}
+    excess = sum((floors[n] - k) * size[n] for n, k in counts.items() if floors[n] > k)
+    counts = {n: max(k, floors[n]) for n, k in counts.items()}
+    order = list(counts)
+    while excess > 0:
+        movable = [n for n in order if counts[n] > floors[n] and size[n] <= excess]
+        if not movable:
+            break
+        n = max(movable, key=lambda m: (counts[m] - floors[m], -order.index(m)))
+        counts[n] -= 1
+        excess -= size[n]
+    return counts

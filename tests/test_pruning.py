@@ -229,3 +229,25 @@ def test_a_model_pruned_by_torch_gets_an_error_that_shows_how_to_adopt_its_masks
     sl.masks.attach(model, "0.weight", mask)
     sl.prune(model, "magnitude", 0.7)  # continues from the adopted mask
     assert not torch.any(sl.masks.get_mask(model, "0.weight").bool() & ~mask.bool())
+
+
+def test_a_rising_schedule_of_uniform_targets_meets_every_target_exactly():
+    """Largest-remainder rounding can give a layer fewer zeros at a higher total (the Alabama
+    paradox); its pruned weights stay pruned, so the other layers must give the difference
+    back, or the next step of a schedule finds the model already past its target."""
+    from sparsity_lab import models, schedules
+    from sparsity_lab.patterns import count
+
+    torch.manual_seed(0)
+    model = models.build("cnn1d", input_shape=(40,), n_classes=10)
+    names = sl.targets.default_targets(model)
+    total = sum(model.get_parameter(n).numel() for n in names)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(1, 201):
+        with torch.no_grad():  # training moves the weights between pruning steps
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 0.01)
+        target = schedules.cubic(step, 0.8, 0, 200)
+        sl.prune(model, "magnitude", float(target), budget="uniform")
+        zeros = sum(int((m == 0).sum()) for m in sl.masks.masks(model).values())
+        assert zeros == count(target, total), step

@@ -247,7 +247,7 @@ def gap_check(quality_rows: list[dict], method: str) -> dict:
         "missed"
         if not (at_or_above and widening)
         else "met"
-        if verdicts <= {"better", "no difference"}
+        if verdicts <= {"better", "no clear difference"}
         else "inconclusive"  # one seed: no interval
     )
     out = {

@@ -286,7 +286,7 @@ shift_verdict = sl.stats.verdict_of(shift["ci_low"], shift["ci_high"], shift["n"
 shift_words = {
     "better": "the longer fine-tune widens it.",
     "worse": "the longer fine-tune narrows it.",
-    "no difference": "no difference: the interval covers 0.",
+    "no clear difference": "no clear difference: the interval covers 0.",
 }
 lines.append(
     f"- From {short} to {long} fine-tune epochs, magnitude's lead at {top:.0%} changes by "

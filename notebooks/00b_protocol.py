@@ -182,7 +182,7 @@ display(
 # Two methods run with the same seed share their data split, their dense model and their
 # batch order.  Most of the seed-to-seed spread is shared, so it cancels in the difference
 # of the two.  `sl.stats.paired` takes the per-seed differences and gives their Student-t
-# interval; when that interval covers 0 the honest answer is "no difference".  Here is a
+# interval; when that interval covers 0 the honest answer is "no clear difference".  Here is a
 # constructed example in which the two unpaired intervals overlap widely although one
 # method is better on every seed by about two points:
 
@@ -248,7 +248,7 @@ with pd.option_context("display.max_colwidth", 80):
 #   misses its expected accuracy.
 # - Sparse starts are rescaled to their fan-in; random baselines keep the layer counts of
 #   the mask they are compared with; fine-tuning budgets are stated in epochs and FLOPs.
-# - Comparisons are paired by seed; "no difference" is a result.
+# - Comparisons are paired by seed; "no clear difference" is a result.
 # - Flags mark the numbers that should not be read as results, and verdicts against the
 #   cited claims are computed, not written.
 #

@@ -700,7 +700,7 @@ display(
     Markdown(
         "A negative change means that fine-tuning narrows the gap; a positive "
         '"before minus after" means the reconstruction pays off more before fine-tuning; '
-        '"no difference" means the seeds do not tell.'
+        '"no clear difference" means the seeds do not tell.'
     )
 )
 

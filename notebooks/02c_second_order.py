@@ -312,7 +312,7 @@ pivot.round(4)
 # perfectly, where the gradients are tiny; a uniform budget falls early, because it makes
 # the small last layer lose as much as the large first one.  The cell below checks each of
 # these on the runs above, with paired differences against global magnitude (95% interval
-# over the seeds; "no difference" when it covers 0).
+# over the seeds; "no clear difference" when it covers 0).
 
 # %%
 low = min(SPARSITIES)

@@ -672,7 +672,11 @@ sl.claims.table(all_verdicts)
 #   with `recipes.sparse_start`.
 
 # %%
-words = {"better": "ahead of", "worse": "behind", "no difference": "no different from"}
+words = {
+    "better": "ahead of",
+    "worse": "behind",
+    "no clear difference": "not clearly different from",
+}
 
 
 def against_one_shot(name):

@@ -210,7 +210,7 @@ display(
 
 
 def verdict_counts(part: pd.DataFrame) -> str:
-    """How many methods got each paired verdict, e.g. "3 worse, 2 no difference"."""
+    """How many methods got each paired verdict, e.g. "3 worse, 2 no clear difference"."""
     return ", ".join(f"{n} {v}" for v, n in part["verdict"].value_counts().items())
 
 

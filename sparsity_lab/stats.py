@@ -5,7 +5,7 @@ Two methods run with the same seed share their data split, their dense model and
 batch order, so most of the seed-to-seed spread cancels in their difference.  Comparing
 their two unpaired intervals throws that away: the question "is A better than B?" is
 answered by the interval of the per-seed differences ``A - B`` (a paired t-interval), and
-"no difference" is the honest answer when that interval covers 0.
+"no clear difference" is the honest answer when that interval covers 0.
 
 Accuracies and sparsities live in [0, 1]; a t-interval of three seeds can run past either
 end, so :func:`summarize` clips intervals of such metrics to their range.
@@ -29,7 +29,7 @@ from scipy import stats as _scipy_stats
 FRACTION_SUFFIXES = ("accuracy", "sparsity", "density")
 
 #: The verdicts of :func:`paired`.
-BETTER, WORSE, NO_DIFFERENCE, ONE_SEED = "better", "worse", "no difference", "one seed"
+BETTER, WORSE, NO_DIFFERENCE, ONE_SEED = "better", "worse", "no clear difference", "one seed"
 #: Every pair differs by the same nonzero amount: the spread, and so the interval, is
 #: unknown (common with two seeds on a small test set, where accuracies move in steps).
 NO_SPREAD = "no spread"
@@ -223,7 +223,7 @@ def paired_table(
 
 
 def verdict_of(ci_low: float, ci_high: float, n: int, std: float | None = None) -> str:
-    """``"better"``/``"worse"`` when the interval excludes 0, else ``"no difference"``.
+    """``"better"``/``"worse"`` when the interval excludes 0, else ``"no clear difference"``.
 
     A single pair gives ``"one seed"``; pairs that all differ by the same nonzero amount
     give ``"no spread"``: a zero-width interval is not evidence of a difference.

@@ -115,7 +115,7 @@ def test_occam_curve_rows_and_paired_regions(tiny):
     assert list(curve["sparsity"]) == [0.0, 0.5, 0.9]
     assert {"val_accuracy", "test_accuracy", "flags", "finetune_flops"} <= set(curve.columns)
     assert curve["finetune_flops"].iloc[2] < curve["finetune_flops"].iloc[1]
-    regions = occam.paired_regions(["better", "no difference", "worse", "one seed"])
+    regions = occam.paired_regions(["better", "no clear difference", "worse", "one seed"])
     assert regions == ["A", "B", "C", "?"]
 
 

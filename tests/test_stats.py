@@ -58,9 +58,9 @@ def test_an_interval_that_covers_zero_says_no_difference():
     df = _runs([0.80, 0.80, 0.80], [0.82, 0.79, 0.81])
     (row,) = stats.paired(df, "method", "new", "base", metric="acc").to_dict("records")
     assert row["ci_low"] < 0 < row["ci_high"]
-    assert row["verdict"] == "no difference"
+    assert row["verdict"] == "no clear difference"
     assert stats.paired(df, "method", "base", "new", metric="acc")["verdict"][0] == (
-        "no difference"
+        "no clear difference"
     )
 
 
@@ -118,7 +118,7 @@ def test_equal_differences_give_no_interval_not_a_verdict():
     assert row["std"] == pytest.approx(0, abs=1e-12) or row["verdict"] == "no spread"
     same = _runs([0.5, 0.5], [0.5, 0.5])
     assert stats.paired(same, "method", "new", "base", metric="acc")["verdict"][0] == (
-        "no difference"
+        "no clear difference"
     )
     exact = _runs([0.5, 0.25], [0.75, 0.5])  # +0.25 twice, exact in binary
     row = stats.paired(exact, "method", "new", "base", metric="acc").iloc[0]
@@ -147,7 +147,7 @@ def test_differences_of_accuracies_are_clipped_to_minus_one_one():
     raw = stats.mean_interval([0.85, 0.02])
     assert raw["ci_high"] > 1 and raw["ci_low"] < -1
     assert (row["ci_low"], row["ci_high"]) == (-1.0, 1.0)
-    assert row["verdict"] == "no difference"
+    assert row["verdict"] == "no clear difference"
 
 
 def test_paired_table_stacks_every_pair_and_stage():

@@ -141,6 +141,6 @@ def occam_curve(
 
 def paired_regions(verdicts: Sequence[str]) -> list[str]:
     """Regions from the verdicts of :func:`sparsity_lab.stats.paired` (pruned minus dense,
-    per sparsity): ``A`` better, ``B`` no difference, ``C`` worse, ``?`` a single seed."""
-    names = {"better": "A", "no difference": "B", "worse": "C", "one seed": "?"}
+    per sparsity): ``A`` better, ``B`` no clear difference, ``C`` worse, ``?`` a single seed."""
+    names = {"better": "A", "no clear difference": "B", "worse": "C", "one seed": "?"}
     return [names[v] for v in verdicts]

@@ -399,3 +399,25 @@ def test_second_order_criteria_need_data_and_valid_options():
         sl.criteria.get("kfac", mode="eig")
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         sl.criteria.get("mfac", steps=0)
+
+
+@pytest.mark.parametrize("first", [0.25, 0.5])
+def test_obs_after_earlier_pruning_scores_the_constrained_problem(first):
+    """From the second step on, the pruned weights are held at zero: the saliency of q is
+    the cost of also removing q with those constraints (brute force), which the Hessian of
+    the surviving weights gives; the full Hessian's inverse does not."""
+    model, data = trained_mlp()
+    sl.prune(model, "magnitude", first)
+    before = flat_weights(model) == 0
+    alive = ~before
+    h = curvature.exact_hessian(model, NAMES, data)
+    lam = 1e-4 * h.diagonal()[alive].abs().mean()
+    h = h + lam * torch.eye(len(h), dtype=h.dtype)
+    w = flat_weights(model)
+    context = sl.criteria.Context(data=data)
+    scores = curvature.flatten(sl.criteria.get("obs", damp=1e-4).scores(model, NAMES, context))
+    for q in alive.nonzero().flatten().tolist():
+        pruned = before.clone()
+        pruned[q] = True
+        _, loss = kkt(h, w, pruned)  # w is zero on `before`: only q moves the cost
+        assert abs(scores[q] - loss) <= 1e-6 * max(1.0, abs(float(loss))), q

@@ -127,6 +127,20 @@ def store_update(model: nn.Module, name: str, new: torch.Tensor, keep: torch.Ten
         stored[keep] = new.reshape(stored.shape).to(stored)[keep]
 
 
+def _alive(model: nn.Module, names: list[str]) -> torch.Tensor:
+    """Flat bool over the targets: the weights not pruned before (unmasked: all)."""
+    return torch.cat(
+        [
+            (
+                m.bool()
+                if (m := masks.get_mask(model, n)) is not None
+                else torch.ones_like(masks.weight(model, n), dtype=torch.bool)
+            ).flatten()
+            for n in names
+        ]
+    )
+
+
 def _keep_all(
     model: nn.Module, weights: dict[str, torch.Tensor], new_masks: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
@@ -273,8 +287,16 @@ class OBS(Criterion):
             limit=self.batches,
             max_params=self.max_params,
         ).double()
-        lam = _mean_diag_damp(self.damp, h.diagonal())
-        return torch.linalg.inv(h + lam * torch.eye(len(h), dtype=h.dtype, device=h.device))
+        # The weights pruned before are constrained to zero: OBS works on the Hessian of
+        # the surviving ones (H_AA), as the reference codes restrict their curvature.
+        alive = _alive(model, names).to(h.device)
+        lam = _mean_diag_damp(self.damp, h.diagonal()[alive])
+        inverse = torch.zeros_like(h)
+        h_aa = h[alive][:, alive]
+        eye = torch.eye(len(h_aa), dtype=h.dtype, device=h.device)
+        inverse[alive.nonzero(), alive.nonzero().T] = torch.linalg.inv(h_aa + lam * eye)
+        inverse[~alive, ~alive] = 1.0 / lam  # decoupled: their weights are zero already
+        return inverse
 
     def scores(self, model: nn.Module, names: list[str], context: Context):
         w = _effective(model, names)
@@ -325,10 +347,12 @@ class FisherDiag(Criterion):
 
 
 def _fisher_grads(model, names, context, n_samples):
+    """Per-example gradients of the surviving weights (those pruned before get zero
+    columns, which decouples them: the Fisher of the constrained problem is F_AA)."""
     grads = curvature.per_sample_gradients(
         model, names, context.data, n_samples=n_samples, loss_fn=context.loss_fn
     )
-    return grads.double()
+    return grads.double() * _alive(model, names).to(grads.device)
 
 
 # --- WoodFisher ---------------------------------------------------------------------------
@@ -366,7 +390,8 @@ class WoodFisher(_Stepwise):
     def scores(self, model: nn.Module, names: list[str], context: Context):
         w = _effective(model, names)
         grads = _fisher_grads(model, names, context, self.n_samples)
-        lam = _mean_diag_damp(self.damp, curvature.fisher_diagonal(grads))
+        alive = _alive(model, names).to(grads.device)
+        lam = _mean_diag_damp(self.damp, curvature.fisher_diagonal(grads)[alive])
         out, offset, found = {}, 0, context.state.setdefault("blocks", {})
         for n in names:
             size = w[n].numel()
@@ -437,7 +462,8 @@ class MFAC(_Stepwise):
     def scores(self, model: nn.Module, names: list[str], context: Context):
         w = _effective(model, names)
         grads = _fisher_grads(model, names, context, self.n_samples)
-        lam = _mean_diag_damp(self.damp, curvature.fisher_diagonal(grads))
+        alive = _alive(model, names).to(grads.device)
+        lam = _mean_diag_damp(self.damp, curvature.fisher_diagonal(grads)[alive])
         inverse = curvature.InverseFisher(grads, lam)
         diag = inverse.diagonal()
         context.state.update(names=list(names), inverse=inverse, diag=diag)

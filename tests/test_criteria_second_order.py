@@ -313,6 +313,32 @@ def test_kfac_scores_use_the_inverse_of_the_kronecker_product():
         torch.testing.assert_close(obd[n].flatten(), 0.5 * fisher.diagonal() * w**2)
 
 
+def test_kfac_update_is_the_summed_obs_update_through_the_kronecker_inverse():
+    model, data = trained_mlp()
+    factors = curvature.kronecker_factors(model, NAMES, data)
+    before = {n: masks.weight(model, n).detach().clone() for n in NAMES}
+    pruned_model = sl.prune(copy.deepcopy(model), "kfac", 0.5, data=data, budget="uniform",
+                            damp=1e-2)  # fmt: skip
+    for n in NAMES:
+        a, g = factors[n]
+
+        def damp(m, root=1e-1):
+            return m + root * m.diagonal().mean() * torch.eye(len(m), dtype=m.dtype)
+
+        fisher_inv = torch.linalg.inv(torch.kron(damp(g), damp(a)))  # dense, row-major vec
+        w = before[n].flatten()
+        keep = masks.get_mask(pruned_model, n).bool().flatten()
+        step = torch.where(~keep, w / fisher_inv.diagonal(), torch.zeros_like(w))
+        expected = torch.where(keep, w - fisher_inv @ step, torch.zeros_like(w))
+        got = masks.weight(pruned_model, n).detach().flatten()
+        torch.testing.assert_close(got, expected)
+    mask_only = sl.prune(copy.deepcopy(model), "kfac", 0.5, data=data, budget="uniform",
+                         damp=1e-2, update=False)  # fmt: skip
+    for n in NAMES:
+        keep = masks.get_mask(mask_only, n).bool()
+        torch.testing.assert_close(masks.weight(mask_only, n), before[n] * keep)
+
+
 def small_cnn():
     torch.manual_seed(0)
     return nn.Sequential(

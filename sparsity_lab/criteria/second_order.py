@@ -506,22 +506,31 @@ class KFAC(Criterion):
     whose inverse is ``kron(G^-1, A^-1)``, so OBS's diagonal needs only the two small
     inverses: ``mode="obs"`` scores ``w_ij^2 / (2 [G^-1]_ii [A^-1]_jj)`` with each factor
     dampened by ``sqrt(damp)`` times its mean diagonal; ``mode="obd"`` scores
-    ``1/2 G_ii A_jj w_ij^2``.  Mask only (no update).  Linear and Conv1d/2d weights; every
-    pattern and budget.
+    ``1/2 G_ii A_jj w_ij^2``.  With ``mode="obs"`` the surviving weights get the OBS
+    update through the same inverse, the sum of the single-weight updates as in the K-FAC
+    baseline of the WoodFisher paper: ``dW = -G^-1 S A^-1`` with ``S_ij = w_ij / ([G^-1]_ii
+    [A^-1]_jj)`` on the newly pruned weights (``update=False``: mask only).  Linear and
+    Conv1d/2d weights; every pattern and budget.
     """
 
     name = "kfac"
     needs_data = True
 
-    def __init__(self, mode: str = "obs", damp: float = 1e-3, batches: int | None = 8) -> None:
+    def __init__(
+        self,
+        mode: str = "obs",
+        damp: float = 1e-3,
+        batches: int | None = 8,
+        update: bool = True,
+    ) -> None:
         _check_choice("mode", mode, ("obs", "obd"))
-        self.mode, self.damp, self.batches = mode, damp, batches
+        self.mode, self.damp, self.batches, self.update = mode, damp, batches, update
 
     def scores(self, model: nn.Module, names: list[str], context: Context):
         factors = curvature.kronecker_factors(
             model, names, context.data, loss_fn=context.loss_fn, limit=self.batches
         )
-        out = {}
+        out, inverses = {}, context.state.setdefault("inverses", {})
         for n in names:
             w = masks.weight(model, n).detach().double()
             a, g = factors[n]
@@ -530,11 +539,25 @@ class KFAC(Criterion):
                 s = obd_saliency(_matrix(w), curv.to(w))
             else:
                 root = math.sqrt(self.damp)
-                a_inv = torch.linalg.inv(_dampened(a, root)).diagonal()
-                g_inv = torch.linalg.inv(_dampened(g, root)).diagonal()
-                s = obs_saliency(_matrix(w), torch.outer(g_inv, a_inv).to(w))
+                a_inv = torch.linalg.inv(_dampened(a, root)).to(w)
+                g_inv = torch.linalg.inv(_dampened(g, root)).to(w)
+                inverses[n] = (g_inv, a_inv)
+                s = obs_saliency(_matrix(w), torch.outer(g_inv.diagonal(), a_inv.diagonal()))
             out[n] = s.reshape(w.shape)
         return out
+
+    def update_weights(self, model, new_masks, context):
+        if self.mode != "obs" or not self.update:
+            return
+        for n, keep in new_masks.items():
+            g_inv, a_inv = context.state["inverses"][n]
+            w = _matrix(masks.weight(model, n).detach().double())
+            pruned = ~_matrix(keep.to(torch.bool)).to(w.device)
+            diag = torch.outer(g_inv.diagonal(), a_inv.diagonal())
+            s = torch.where(pruned, w / diag, torch.zeros_like(w))  # zero where pruned before
+            new = w - g_inv @ s @ a_inv
+            new[pruned] = 0.0
+            store_update(model, n, new.reshape(keep.shape), keep)
 
 
 # --- EigenDamage: pruning in the Kronecker-factored eigenbasis -------------------------------

@@ -73,7 +73,7 @@ METHODS = {
 }
 SPARSITIES = [0.5, 0.9, 0.95, 0.98]  # four points: the stored run of 3 seeds stays near 8 min
 #: methods checked against global magnitude: "at or above it, with a widening gap"
-COMPARED = ["woodfisher", "mfac", "sparsegpt (uniform)", "sparsegpt (global)"]
+COMPARED = ["woodfisher", "kfac", "mfac", "sparsegpt (uniform)", "sparsegpt (global)"]
 
 
 def memory_kib() -> dict[str, int]:

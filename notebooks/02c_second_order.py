@@ -206,9 +206,10 @@ sl.nb.explore(draw_bowl, correlation=[0.0, 0.5, 0.8, 0.95])
 # | `kfac` | per layer ``G (x) A``, inverted factor by factor | ``in^3 + out^3`` |
 # | `mfac` | the full Fisher, never formed: ``F^-1 x`` from ``N`` stored vectors | ``N^2 P`` |
 #
-# WoodFisher and M-FAC also *update* the surviving weights with OBS's compensation, in
-# `STEPS` rounds with fresh gradients (a quadratic model is only trusted near the point it
-# was taken at).  Every method sees the same calibration batches from the training set.
+# WoodFisher, K-FAC and M-FAC also *update* the surviving weights with OBS's
+# compensation, WoodFisher and M-FAC in `STEPS` rounds with fresh gradients (a quadratic
+# model is only trusted near the point it was taken at), K-FAC in one.  Every method sees
+# the same calibration batches from the training set.
 # Each seed has its own data split and dense model, the setting's recipe
 # (`recipes.dense`); every method prunes that same model, so methods are compared by
 # their paired per-seed differences.
@@ -305,9 +306,9 @@ pivot.round(4)
 # %% [markdown]
 # What to look for.  The expectation (from the papers): at moderate sparsity every
 # reasonable criterion keeps the accuracy, and the differences open up at 90% and beyond;
-# the methods that move the surviving weights (WoodFisher, M-FAC) stay above global
+# the methods that move the surviving weights (WoodFisher, K-FAC, M-FAC) stay above global
 # magnitude there, with a gap that grows with the sparsity; the methods that only rank
-# (OBD, `fisher_diag`, K-FAC) have nothing to make up for what they remove, and their
+# (OBD, `fisher_diag`) have nothing to make up for what they remove, and their
 # curvature comes from a few hundred training examples that the network fits almost
 # perfectly, where the gradients are tiny; a uniform budget falls early, because it makes
 # the small last layer lose as much as the large first one.  The cell below checks each of
@@ -324,7 +325,7 @@ lines = [
     + ("do" if range_top > range_low else "do not")
     + " open up with the sparsity."
 ]
-for method in ["woodfisher", "mfac"]:
+for method in ["woodfisher", "kfac", "mfac"]:
     gap = gaps[method]
     better = [f"{s:.0%}" for s, r in gap.iterrows() if r["verdict"] == "better"]
     widening = bool((gap["mean_diff"].diff().dropna() >= 0).all())
@@ -335,7 +336,7 @@ for method in ["woodfisher", "mfac"]:
         + ("gap widens at every step" if widening else "gap does not widen at every step")
         + " as the sparsity grows."
     )
-ranking_only = ["obd", "fisher_diag", "kfac"]
+ranking_only = ["obd", "fisher_diag"]
 lines.append(
     f"- Ranking only, minus global magnitude at {top:.0%}: "
     + "; ".join(f"{m} {sl.stats.describe(gaps[m].loc[top])}" for m in ranking_only)

@@ -142,7 +142,7 @@ class Check(Callback):
     """Placed after the method: checks the state the update left."""
 
     def __init__(self, spy, active):
-        self.spy, self.active, self.updates = spy, active, 0
+        self.spy, self.active, self.updates, self.regrown = spy, active, 0, 0
 
     def on_step_end(self, trainer):
         m, opt = trainer.model, trainer.optimizer
@@ -165,7 +165,7 @@ class Check(Callback):
         assert rigl.log[-1]["drop_fraction"] == pytest.approx(fraction)
         for n in NAMES:
             old, w_old, g = before["masks"][n], before["weights"][n], before["grad"][n].abs()
-            k = round(fraction * int(old.sum()))
+            k = math.floor(fraction * int(old.sum()))  # truncated, as the reference
             # independent drop: the k smallest |w| among the kept weights
             drop_order = torch.where(old, w_old.abs(), torch.full_like(w_old, math.inf))
             dropped = torch.zeros_like(old)
@@ -182,7 +182,11 @@ class Check(Callback):
             assert torch.equal(new, after | grown), n
             w = masks.dense_weight(m, n)
             buf = opt.state[w]["momentum_buffer"]
-            assert torch.all(w[grown] == 0) and torch.all(buf[grown] == 0), n
+            fresh = grown & ~old  # new positions start at zero, with no momentum
+            assert torch.all(w[fresh] == 0) and torch.all(buf[fresh] == 0), n
+            back = grown & old  # dropped and grown back: untouched, as google-research/rigl
+            assert torch.equal(w[back], w_old[back]), n
+            self.regrown += int(back.sum())
 
 
 def test_rigl_drops_by_magnitude_grows_by_dense_gradient_with_exact_counts():
@@ -193,6 +197,7 @@ def test_rigl_drops_by_magnitude_grows_by_dense_gradient_with_exact_counts():
     check = Check(spy, active)
     fit(m, loader(), epochs=3, lr=0.1, callbacks=[spy, rigl, check], seed=0)
     assert check.updates == len(rigl.log) == 4  # steps 3, 6, 9, 12 < 0.8 * 18
+    assert check.regrown > 0  # the keep-its-value rule for regrown weights was exercised
     assert all(r["dropped"] == r["grown"] for r in rigl.log)
 
 

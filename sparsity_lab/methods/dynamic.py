@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import ClassVar
 
 import torch
 
@@ -82,7 +83,8 @@ def prune_and_grow(
     Drops the ``n_drop`` kept entries with the lowest ``drop_scores``, then grows the
     ``n_grow`` (default ``n_drop``) entries with the highest ``grow_scores`` among those
     not kept after the drop, so a just-dropped entry may come straight back (as in RigL's
-    algorithm; it then restarts from zero).  Ties go to the lower index.
+    algorithm; whether it keeps its value is the method's choice, see
+    :attr:`DynamicSparse.regrown_restart`).  Ties go to the lower index.
     """
     n_grow = n_drop if n_grow is None else n_grow
     keep = mask.detach().bool().flatten()
@@ -161,6 +163,10 @@ class DynamicSparse(StaticSparse):
     default_drop_fraction = 0.3
     default_decay = "cosine"
     default_frequency: int | str = 100
+    #: Whether an entry dropped and grown back in the same update restarts from zero with
+    #: no optimizer state (True), or keeps its value and state, as google-research/rigl
+    #: does for RigL and SET, where only positions outside the old mask are new (False).
+    regrown_restart: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -230,7 +236,8 @@ class DynamicSparse(StaticSparse):
         """``{name: (n_drop, n_grow)}``; by default each layer regrows what it dropped."""
         plan = {}
         for n in names:
-            k = round(fraction * int(masks.get_mask(trainer.model, n).count_nonzero()))
+            # floored, as the reference implementations truncate the count
+            k = math.floor(fraction * int(masks.get_mask(trainer.model, n).count_nonzero()))
             plan[n] = (k, k)
         return plan
 
@@ -249,8 +256,8 @@ class DynamicSparse(StaticSparse):
                 n_drop,
                 n_grow,
             )
-        # Two steps, so that an entry dropped and grown again also restarts from zero.
-        change_masks(model, dropped, trainer.optimizer)
+        if self.regrown_restart:  # two steps: an entry dropped and grown again restarts
+            change_masks(model, dropped, trainer.optimizer)
         change_masks(model, final, trainer.optimizer)
         self.log.append(
             {
@@ -291,13 +298,19 @@ class RigL(DynamicSparse):
     """Rigging the lottery (Evci et al. 2020).
 
     Rule: every ``update_frequency`` (100) steps until 75% of training, in each layer drop
-    ``k = f(t) * n_kept`` weights with the smallest ``|w|`` and grow the ``k`` free ones with
-    the largest dense gradient ``|dL/dw|`` on the current batch, starting at zero;
-    ``f(t) = alpha/2 (1 + cos(pi t / T_end))`` with ``alpha = 0.3``.  Between updates the
-    gradient is sparse; only update steps compute the dense one.  Unstructured; ERK budget.
+    ``k = floor(f(t) * n_kept)`` weights with the smallest ``|w|`` and grow the ``k`` free
+    ones with the largest dense gradient ``|dL/dw|`` on the current batch;
+    ``f(t) = alpha/2 (1 + cos(pi t / T_end))`` with ``alpha = 0.3``.  As in
+    google-research/rigl, grown positions outside the old mask start at zero with no
+    optimizer state, while a weight dropped and grown back in the same update keeps its value
+    and momentum.  Between updates the gradient is sparse; only update steps compute the
+    dense one.  Unstructured; ERK budget.  One difference to the reference code: the masks
+    change after optimizer steps ``f, 2f, ...``; the reference starts at step 0 and, on an
+    update iteration, changes the masks instead of taking the optimizer step.
     """
 
     name = "rigl"
+    regrown_restart = False
 
     def on_train_begin(self, trainer: Trainer) -> None:
         super().on_train_begin(trainer)

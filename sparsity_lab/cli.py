@@ -48,6 +48,16 @@ def _sparsity(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seed must be 0 or more, got {value}")
+    return value
+
+
 def _prune(args: argparse.Namespace) -> int:
     import sparsity_lab as sl
     from sparsity_lab import patterns, recipes
@@ -62,6 +72,16 @@ def _prune(args: argparse.Namespace) -> int:
         sparsity = pattern.fixed_sparsity
 
     t = recipes.task(args.model, args.data, seed=args.seed)
+    # --dense, --exclude and the pattern's fit are checked on an untrained copy, before
+    # the dense training they would otherwise waste
+    names = sl.targets.resolve(t.build(), None, args.exclude, args.dense)
+    misfits = patterns.misfits(t.build(), pattern, [n for n in names if n not in args.dense])
+    if misfits:
+        raise ValueError(
+            f"pattern {args.pattern!r} does not fit "
+            + "; ".join(f"{n}: {why}" for n, why in misfits.items())
+            + ".  Keep those layers out with --exclude or --dense"
+        )
     cache = False if args.no_cache else args.cache_dir
     model, dense = recipes.train_dense(
         t, epochs=args.epochs, lr=args.lr, cache_dir=cache, progress=args.progress
@@ -224,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--finetune-lr", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the split and the model")
     p.add_argument("--cache-dir", default=None, help="checkpoint cache (default ~/.cache)")
     p.add_argument("--no-cache", action="store_true", help="always train the dense model")
     p.add_argument("--save", default=None, help="write the pruned model's state dict here")
@@ -252,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--lr", type=float, default=0.05)
     t.add_argument("--optimizer", default="sgd", help="sgd, adam or adamw")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_seed, default=0, help="seed of the split and the model")
     t.add_argument("--save", default=None, help="write the trained model's state dict here")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     t.set_defaults(run=_train)

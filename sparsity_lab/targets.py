@@ -50,7 +50,7 @@ def resolve(
     if not names:
         raise ValueError("nothing to prune: the model has no Linear or Conv weights left")
     for name in names:
-        _refuse_torch_pruned(model, name)
+        _refuse_computed(model, name)
     if set(names) <= set(dense):
         raise ValueError(
             f"every target is kept dense ({names}): nothing is left to prune; keep fewer "
@@ -59,10 +59,12 @@ def resolve(
     return names
 
 
-def _refuse_torch_pruned(model: nn.Module, name: str) -> None:
-    """A tensor pruned by ``torch.nn.utils.prune`` is no parameter any more (its module
-    keeps ``weight_orig`` and ``weight_mask`` and recomputes ``weight``): say how to adopt
-    its mask instead of failing later on a missing parameter."""
+def _refuse_computed(model: nn.Module, name: str) -> None:
+    """A weight that another tool computes is no parameter masks can attach to: say which
+    tool, and how to hand the weight back, instead of failing later on a missing
+    parameter."""
+    from torch.nn.utils import parametrize  # a torch submodule: no cycle, no weight
+
     path, _, tensor = name.rpartition(".")
     try:
         module = model.get_submodule(path) if path else model
@@ -75,3 +77,18 @@ def _refuse_torch_pruned(model: nn.Module, name: str) -> None:
             f"{tensor!r})) and attach it with sparsity_lab.masks.attach(model, {name!r}, "
             f"mask), or start from the unpruned model"
         )
+    if hasattr(module, f"{tensor}_g") and hasattr(module, f"{tensor}_v"):
+        raise ValueError(
+            f"{name!r} is computed by torch.nn.utils.weight_norm from {tensor}_g and "
+            f"{tensor}_v; remove it with torch.nn.utils.remove_weight_norm(module) before "
+            f"pruning (and apply it again afterwards if you need it)"
+        )
+    if parametrize.is_parametrized(module, tensor):
+        first = module.parametrizations[tensor][0]
+        if type(first).__name__ != "Mask":
+            raise ValueError(
+                f"{name!r} is computed by the parametrization {type(first).__name__} "
+                f"(weight_norm, spectral_norm, ...); masks attach to plain weights: remove it "
+                f"with torch.nn.utils.parametrize.remove_parametrizations(module, {tensor!r}) "
+                f"before pruning"
+            )

@@ -420,3 +420,22 @@ def test_save_into_a_missing_folder_fails_before_any_training(capsys, tmp_path, 
     err = capsys.readouterr().err
     assert "nothing was trained" in err
     assert not target.parent.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--dense", "nope.weight"], "not pruning targets"),
+        (["--pattern", "kernel"], "does not fit"),
+        (["--seed", "-1"], "seed must be 0 or more"),
+    ],
+)
+def test_prune_refuses_bad_layers_patterns_and_seeds_before_training(extra, match, capsys):
+    args = ["prune", "--model", "lenet300", "--data", "digits", "--method", "magnitude"]
+    args += ["--sparsity", "0.5", "--no-cache", *extra]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    out = capsys.readouterr()
+    assert match in out.err
+    assert "trained for" not in out.out  # refused before the dense training

@@ -251,3 +251,18 @@ def test_a_rising_schedule_of_uniform_targets_meets_every_target_exactly():
         sl.prune(model, "magnitude", float(target), budget="uniform")
         zeros = sum(int((m == 0).sum()) for m in sl.masks.masks(model).values())
         assert zeros == count(target, total), step
+
+
+@pytest.mark.parametrize("norm", ["parametrization", "hook"])
+def test_a_weight_norm_layer_gets_an_error_that_says_how_to_remove_it(norm):
+    layer = nn.Linear(4, 3)
+    if norm == "parametrization":
+        layer = nn.utils.parametrizations.weight_norm(layer)
+        match = "remove_parametrizations"
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch deprecates the hook form
+            layer = nn.utils.weight_norm(layer)
+        match = "remove_weight_norm"
+    with pytest.raises(ValueError, match=match):
+        sl.prune(nn.Sequential(layer), "magnitude", 0.5)

@@ -51,6 +51,7 @@ def resolve(
         raise ValueError("nothing to prune: the model has no Linear or Conv weights left")
     for name in names:
         _refuse_computed(model, name)
+    _refuse_tied(model, names)
     if set(names) <= set(dense):
         raise ValueError(
             f"every target is kept dense ({names}): nothing is left to prune; keep fewer "
@@ -91,4 +92,29 @@ def _refuse_computed(model: nn.Module, name: str) -> None:
                 f"(weight_norm, spectral_norm, ...); masks attach to plain weights: remove it "
                 f"with torch.nn.utils.parametrize.remove_parametrizations(module, {tensor!r}) "
                 f"before pruning"
+            )
+
+
+def _refuse_tied(model: nn.Module, names: list[str]) -> None:
+    """A weight shared by two layers (an embedding tied to the output head) would be masked
+    in one use and left dense in the other, whose gradient then regrows the masked
+    entries: refuse it, naming both uses."""
+    uses: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        uses.setdefault(id(param), []).append(name)
+    for name in names:
+        path, _, tensor = name.rpartition(".")
+        try:
+            module = model.get_submodule(path) if path else model
+        except AttributeError:
+            continue
+        param = module._parameters.get(tensor)
+        shared = uses.get(id(param), []) if param is not None else []
+        if len(shared) > 1:
+            raise ValueError(
+                f"{name!r} is tied: the same tensor is also {sorted(set(shared) - {name})}, "
+                f"so a mask on one use would leave the other dense and its gradient would "
+                f"regrow the pruned entries.  Untie them (give one layer its own copy: "
+                f"layer.weight = nn.Parameter(layer.weight.detach().clone())) or exclude "
+                f"{name!r}"
             )

@@ -266,3 +266,14 @@ def test_a_weight_norm_layer_gets_an_error_that_says_how_to_remove_it(norm):
         match = "remove_weight_norm"
     with pytest.raises(ValueError, match=match):
         sl.prune(nn.Sequential(layer), "magnitude", 0.5)
+
+
+def test_tied_weights_are_refused_with_both_uses_named():
+    embed, head = nn.Embedding(10, 4), nn.Linear(4, 10, bias=False)
+    head.weight = embed.weight  # the usual tying of input and output embeddings
+    model = nn.ModuleDict({"embed": embed, "head": head})
+    with pytest.raises(ValueError, match=r"'head.weight' is tied.*embed.weight"):
+        sl.prune(model, "magnitude", 0.5, targets=["head.weight"])
+    head.weight = nn.Parameter(embed.weight.detach().clone())  # untied: fine
+    sl.prune(model, "magnitude", 0.5, targets=["head.weight"])
+    assert sl.sparsity(model, ["head.weight"]) == pytest.approx(0.5)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -144,10 +143,9 @@ def _train(args: argparse.Namespace) -> int:
     # Build the method first: a misspelt name or a bad option fails before any training.
     cls = registry.get(args.method, "training")
     options = dict(args.option)
-    params = inspect.signature(cls).parameters
-    accepted = sorted(set(params) - {"sparsity"})
+    accepted = cls.options()
     unknown = sorted(set(options) - set(accepted))
-    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+    if unknown:
         raise ValueError(
             f"unknown option(s) {', '.join(unknown)} for {args.method!r}; it accepts "
             f"{', '.join(accepted)}"

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 
-from ..patterns import Pattern
 from ..pruning import sparsity as measured_sparsity
 from ..registry import register
 from ..scheduled import ScheduledPruning
@@ -64,14 +63,9 @@ class ACDC(TrainingMethod, ScheduledPruning):
         phase_epochs: int | None = None,
         final_epochs: int | None = None,
         criterion: str = "magnitude",
-        pattern: str | Pattern = "unstructured",
-        budget: str | None = None,
-        targets: Iterable[str] | None = None,
-        exclude: Iterable[str] = (),
-        dense: Iterable[str] = (),
-        seed: int = 0,
+        **common: Any,
     ) -> None:
-        self._setup(sparsity, pattern, budget, targets, exclude, dense, seed)
+        self._setup(sparsity, **common)
         self.epochs_given = (warmup_epochs, phase_epochs, final_epochs)
         ScheduledPruning.__init__(
             self, criterion, self.sparsity, schedule="iht", **self.prune_options()

@@ -15,6 +15,7 @@ and counting training FLOPs (:class:`TrainingFlops`).
 
 from __future__ import annotations
 
+import inspect
 import math
 import pickle
 from collections.abc import Iterable, Mapping
@@ -51,6 +52,10 @@ def check_fraction(name: str, value: float, *, allow_one: bool = True) -> float:
     return float(value)
 
 
+#: The options every training method takes (see :class:`TrainingMethod`).
+COMMON_OPTIONS = ("pattern", "budget", "targets", "exclude", "dense", "seed")
+
+
 class TrainingMethod(Callback):
     """Base class of the registered training algorithms.
 
@@ -77,9 +82,46 @@ class TrainingMethod(Callback):
         dense: Iterable[str] = (),
         seed: int = 0,
     ) -> None:
-        self._setup(sparsity, pattern, budget, targets, exclude, dense, seed)
+        self._setup(
+            sparsity,
+            pattern=pattern,
+            budget=budget,
+            targets=targets,
+            exclude=exclude,
+            dense=dense,
+            seed=seed,
+        )
 
-    def _setup(self, sparsity, pattern, budget, targets, exclude, dense, seed) -> None:
+    @classmethod
+    def options(cls) -> list[str]:
+        """The keyword options of this method: its own and, where its constructor passes
+        ``**common`` on, the shared ones (:data:`COMMON_OPTIONS`)."""
+        found: set[str] = set()
+        for klass in cls.__mro__:  # follow **options up to the constructor that takes them
+            if "__init__" not in vars(klass) or not issubclass(klass, TrainingMethod):
+                continue
+            params = inspect.signature(klass.__init__).parameters.values()
+            found |= {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+        else:
+            found |= set(COMMON_OPTIONS)
+        return sorted(found)
+
+    def _setup(self, sparsity: float | None, **common: Any) -> None:
+        """The options every method shares (see the class docstring); subclasses pass them
+        on as ``**common`` instead of listing them again."""
+        unknown = sorted(set(common) - set(COMMON_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {', '.join(unknown)} for {self.name!r}; it accepts "
+                f"{', '.join(self.options())}"
+            )
+        pattern = common.get("pattern", "unstructured")
+        budget = common.get("budget")
+        targets = common.get("targets")
+        exclude, dense = common.get("exclude", ()), common.get("dense", ())
+        seed = common.get("seed", 0)
         self.pattern = patterns.get(pattern)
         if self.supported_patterns is not None and self.pattern.name not in self.supported_patterns:
             raise ValueError(

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .. import masks
-from ..patterns import Pattern, check_sparsity
+from ..patterns import check_sparsity
 from ..pruning import prune
 from ..registry import register
 from ..train import Trainer
@@ -52,14 +52,9 @@ class CrAM(TrainingMethod):
         sparsities: Sequence[float] | None = None,
         rho: float = 0.05,
         plus: bool = False,
-        pattern: str | Pattern = "unstructured",
-        budget: str | None = None,
-        targets: Iterable[str] | None = None,
-        exclude: Iterable[str] = (),
-        dense: Iterable[str] = (),
-        seed: int = 0,
+        **common: Any,
     ) -> None:
-        self._setup(sparsity, pattern, budget, targets, exclude, dense, seed)
+        self._setup(sparsity, **common)
         if self.pattern.fixed_sparsity is not None:
             sparsities = [self.sparsity]
         self.sparsities = [self.sparsity] if sparsities is None else [float(s) for s in sparsities]

@@ -34,14 +34,12 @@ their values.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from .. import masks
 from ..criteria.at_init import rescale_fan_in
-from ..patterns import Pattern
 from ..pruning import prune
 from ..registry import register
 from ..scheduled import change_masks, reset_state
@@ -176,15 +174,10 @@ class DynamicSparse(StaticSparse):
         decay: str | None = None,
         update_frequency: int | str | None = None,
         end: float = 0.75,
-        pattern: str | Pattern = "unstructured",
-        budget: str | None = None,
-        targets: Iterable[str] | None = None,
-        exclude: Iterable[str] = (),
-        dense: Iterable[str] = (),
-        seed: int = 0,
         rescale_init: bool = True,
+        **common: Any,
     ) -> None:
-        self._setup(sparsity, pattern, budget, targets, exclude, dense, seed)
+        self._setup(sparsity, **common)
         self.rescale_init = rescale_init
         fraction = self.default_drop_fraction if drop_fraction is None else drop_fraction
         self.drop_fraction = check_fraction("drop_fraction", fraction)
@@ -433,12 +426,7 @@ class DSR(DynamicSparse):
         decay: str | None = None,
         update_frequency: int | str | None = None,
         end: float = 0.75,
-        pattern: str | Pattern = "unstructured",
-        budget: str | None = None,
-        targets: Iterable[str] | None = None,
-        exclude: Iterable[str] = (),
-        dense: Iterable[str] = (),
-        seed: int = 0,
+        **common: Any,
     ) -> None:
         super().__init__(
             sparsity,
@@ -446,12 +434,7 @@ class DSR(DynamicSparse):
             decay=decay,
             update_frequency=update_frequency,
             end=end,
-            pattern=pattern,
-            budget=budget,
-            targets=targets,
-            exclude=exclude,
-            dense=dense,
-            seed=seed,
+            **common,
         )
         if threshold <= 0:
             raise ValueError(f"threshold must be positive, got {threshold}")
@@ -513,14 +496,9 @@ class DeepR(StaticSparse):
         *,
         l1: float = 1e-5,
         temperature: float = 1e-8,
-        pattern: str | Pattern = "unstructured",
-        budget: str | None = None,
-        targets: Iterable[str] | None = None,
-        exclude: Iterable[str] = (),
-        dense: Iterable[str] = (),
-        seed: int = 0,
+        **common: Any,
     ) -> None:
-        self._setup(sparsity, pattern, budget, targets, exclude, dense, seed)
+        self._setup(sparsity, **common)
         if l1 < 0 or temperature < 0:
             raise ValueError(f"l1 and temperature must be >= 0, got {l1} and {temperature}")
         self.l1, self.temperature = l1, temperature
@@ -590,14 +568,9 @@ class TopKAST(StaticSparse):
         backward_sparsity: float | None = None,
         penalty: float = 1e-4,
         update_frequency: int = 1,
-        pattern: str | Pattern = "unstructured",
-        budget: str | None = None,
-        targets: Iterable[str] | None = None,
-        exclude: Iterable[str] = (),
-        dense: Iterable[str] = (),
-        seed: int = 0,
+        **common: Any,
     ) -> None:
-        self._setup(sparsity, pattern, budget, targets, exclude, dense, seed)
+        self._setup(sparsity, **common)
         if backward_sparsity is None:
             backward_sparsity = max(0.0, 1 - 2 * (1 - self.sparsity))
         if not 0 <= backward_sparsity <= self.sparsity:
@@ -677,14 +650,9 @@ class DPF(StaticSparse):
         *,
         update_frequency: int = 16,
         end: float = 0.75,
-        pattern: str | Pattern = "unstructured",
-        budget: str | None = None,
-        targets: Iterable[str] | None = None,
-        exclude: Iterable[str] = (),
-        dense: Iterable[str] = (),
-        seed: int = 0,
+        **common: Any,
     ) -> None:
-        self._setup(sparsity, pattern, budget, targets, exclude, dense, seed)
+        self._setup(sparsity, **common)
         if update_frequency < 1:
             raise ValueError(f"update_frequency must be >= 1, got {update_frequency}")
         self.update_frequency = update_frequency

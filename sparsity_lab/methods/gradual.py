@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from ..patterns import Pattern
 from ..registry import register
 from ..scheduled import ScheduledPruning
 from ..train import Trainer
@@ -37,15 +35,10 @@ class GMP(TrainingMethod, ScheduledPruning):
         schedule: str = "cubic",
         criterion: str = "magnitude",
         initial_sparsity: float = 0.0,
-        pattern: str | Pattern = "unstructured",
-        budget: str | None = None,
-        targets: Iterable[str] | None = None,
-        exclude: Iterable[str] = (),
-        dense: Iterable[str] = (),
-        seed: int = 0,
         data: Any = None,
+        **common: Any,
     ) -> None:
-        self._setup(sparsity, pattern, budget, targets, exclude, dense, seed)
+        self._setup(sparsity, **common)
         self.begin = check_fraction("begin", begin)
         self.end = check_fraction("end", end)
         if self.end < self.begin:

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from .. import masks
-from ..patterns import Pattern
 from ..pruning import prune
 from ..registry import register
 from ..scheduled import ScheduledPruning
@@ -103,14 +102,9 @@ class IMP(TrainingMethod):
         criterion: str = "magnitude",
         baselines: Sequence[str] = (),
         baseline_rounds: str = "all",
-        pattern: str | Pattern = "unstructured",
-        budget: str | None = None,
-        targets: Iterable[str] | None = None,
-        exclude: Iterable[str] = (),
-        dense: Iterable[str] = (),
-        seed: int = 0,
+        **common: Any,
     ) -> None:
-        self._setup(sparsity, pattern, budget, targets, exclude, dense, seed)
+        self._setup(sparsity, **common)
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
             raise ValueError(f"rounds must be a positive int, got {rounds!r}")
         if rewind not in REWINDS:
@@ -270,14 +264,9 @@ class EarlyBird(TrainingMethod):
         window: int = 5,
         max_search: float = 0.5,
         criterion: str = "magnitude",
-        pattern: str | Pattern = "unstructured",
-        budget: str | None = None,
-        targets: Iterable[str] | None = None,
-        exclude: Iterable[str] = (),
-        dense: Iterable[str] = (),
-        seed: int = 0,
+        **common: Any,
     ) -> None:
-        self._setup(sparsity, pattern, budget, targets, exclude, dense, seed)
+        self._setup(sparsity, **common)
         if not 0 < epsilon <= 1:
             raise ValueError(f"epsilon must be a mask distance in (0, 1], got {epsilon}")
         if window < 1:

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from .. import masks
-from ..patterns import Pattern
 from ..registry import register
 from ..train import Callback, Trainer, fit, make_optimizer
 from .base import TrainingMethod
@@ -41,14 +40,9 @@ class EdgePopup(TrainingMethod):
         sparsity: float | None,
         *,
         init: str = "signed_constant",
-        pattern: str | Pattern = "unstructured",
-        budget: str | None = None,
-        targets: Iterable[str] | None = None,
-        exclude: Iterable[str] = (),
-        dense: Iterable[str] = (),
-        seed: int = 0,
+        **common: Any,
     ) -> None:
-        self._setup(sparsity, pattern, budget, targets, exclude, dense, seed)
+        self._setup(sparsity, **common)
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         self.init = init

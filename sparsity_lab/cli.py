@@ -106,18 +106,26 @@ def _prune(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     print(
-        f"pruned with {args.method}, {pattern!r}, budget {args.budget}: "
-        f"sparsity {result['measured_sparsity']:.4f}, "
-        f"val accuracy {result['pruned_accuracy']:.4f} before fine-tuning, "
-        f"test accuracy {result['test_accuracy']:.4f} after {args.finetune_epochs} epoch(s)"
+        f"pruned with {args.method}, pattern {args.pattern}, budget {args.budget}: "
+        f"sparsity {result['measured_sparsity']:.4f}; validation accuracy "
+        f"{result['pruned_accuracy']:.4f} right after pruning, {result['val_accuracy']:.4f} "
+        f"after {args.finetune_epochs} fine-tuning epoch(s); test accuracy "
+        f"{result['test_accuracy']:.4f} (dense: {dense['test_accuracy']:.4f})"
     )
+    if result["flags"]:
+        print(f"warning: {result['flags']}")
     with pd.option_context("display.width", 120, "display.max_columns", 20):
-        print(sl.report(model).to_string(index=False))
+        # the storage column counts the pattern's own format (CSR, N:M, blocks...)
+        print(sl.report(model, pattern=pattern).to_string(index=False))
     if args.save:
         import torch
 
         torch.save(model.state_dict(), args.save)
-        print(f"saved the masked state dict to {args.save}")
+        print(
+            f"saved the masked state dict to {args.save}; reload it into a fresh "
+            f"{args.model} with sparsity_lab.masks.load_state_dict(model, "
+            f"torch.load({args.save!r}, weights_only=True))"
+        )
     return 0
 
 

@@ -177,7 +177,7 @@ def test_save_writes_a_loadable_masked_state_dict(capsys, tmp_path):
     x, y = recipes.task("lenet300", "digits", seed=0).bundle.test.tensors
     with torch.no_grad():
         accuracy = int((fresh.eval()(x).argmax(1) == y).sum()) / len(y)
-    reported = float(re.search(r"test accuracy (\d\.\d+) after", out)[1])
+    reported = float(re.search(r"test accuracy (\d\.\d+) \(dense", out)[1])
     assert accuracy == pytest.approx(reported, abs=5e-5)
 
 

@@ -37,7 +37,8 @@ def prune(
     Args:
         method: a criterion's registered name (``"magnitude"``, ``"random"``, ...) or instance.
         sparsity: target fraction of zeros over the pruned tensors, counted in parameters
-            (``None`` for N:M patterns, whose sparsity is 1 - N/M).
+            (``None`` for N:M patterns, whose sparsity is 1 - N/M); a whole number of 1 or
+            more is an exact number of weights to prune instead (as torch's ``amount``).
         pattern: what is pruned together: ``"unstructured"``, ``"2:4"``, ``"block:4x4"``,
             ``"channel"``, ``"input"`` or a :class:`~sparsity_lab.patterns.Pattern`.
         budget: how the zeros are spread over layers: ``"global"``, ``"uniform"``, ``"er"``,
@@ -86,6 +87,7 @@ def prune(
     budget = criterion.default_budget if budget is None else budget
     registry.get(budget, "budget")  # fail early, with suggestions, on a misspelt budget
     names = resolve(model, targets, exclude, dense)
+    sparsity = _as_fraction(model, names, sparsity)
     context = criteria.Context(data=data, seed=seed)
     if loss_fn is not None:
         context.loss_fn = loss_fn
@@ -150,3 +152,16 @@ def _prune_coupled(
         settings["reduction"] = "l2"
     shrink.prune_coupled(model, granularity, sparsity, method=method, **settings)
     return model
+
+
+def _as_fraction(model: nn.Module, names: list[str], sparsity: Any) -> Any:
+    """A whole number of weights to prune as the fraction of the targets it is."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, int) or sparsity < 1:
+        return sparsity  # a fraction (or None): checked where it is used
+    total = sum(masks.weight(model, n).numel() for n in names)
+    if sparsity >= total:
+        raise ValueError(
+            f"cannot prune {sparsity} weights: the targets hold {total}; ask for fewer (or a "
+            f"fraction below 1)"
+        )
+    return sparsity / total

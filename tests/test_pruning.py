@@ -277,3 +277,13 @@ def test_tied_weights_are_refused_with_both_uses_named():
     head.weight = nn.Parameter(embed.weight.detach().clone())  # untied: fine
     sl.prune(model, "magnitude", 0.5, targets=["head.weight"])
     assert sl.sparsity(model, ["head.weight"]) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("n", [1, 100, 331, 463])
+def test_a_whole_number_prunes_exactly_that_many_weights(n):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 17))
+    sl.prune(model, "magnitude", n)
+    assert sum(int((m == 0).sum()) for m in sl.masks.masks(model).values()) == n
+    with pytest.raises(ValueError, match="cannot prune 464 weights"):
+        sl.prune(model, "magnitude", 464)

@@ -26,33 +26,33 @@ from .registry import register
 Shape = tuple[int, ...]
 
 
-def _apportion(desired: Mapping[str, float], capacity: Mapping[str, int], total: int) -> dict:
-    """Integers ``k[name]`` in [0, capacity] that sum to ``total`` and follow ``desired``.
+def largest_remainder(
+    total: int,
+    desired: Sequence[float],
+    capacity: Sequence[int],
+    floor: Sequence[int] | None = None,
+) -> list[int]:
+    """Whole numbers ``k_i`` with ``floor_i <= k_i <= capacity_i`` summing to ``total``, as
+    close to ``desired`` as rounding allows (largest remainders first, ties to the lower
+    index).
 
-    Largest-remainder rounding: floor everything, then hand out the missing units to the
-    largest fractional parts (ties to the earlier name), never exceeding a capacity.
+    Every integer split of the library goes through this: a budget's groups per layer, and
+    a layer-wise method's weights per row or block.  When the floors alone exceed
+    ``total`` (groups pruned before count as floors), the floors are returned; when the
+    capacities cannot hold ``total``, the capacities are.
     """
-    k = {n: min(capacity[n], max(0, math.floor(desired[n]))) for n in desired}
-    missing = total - sum(k.values())
-    order = sorted(desired, key=lambda n: -(desired[n] - math.floor(desired[n])))
-    while missing > 0:
-        progressed = False
-        for n in order:
-            if missing == 0:
-                break
-            if k[n] < capacity[n]:
-                k[n] += 1
-                missing -= 1
-                progressed = True
-        if not progressed:
-            raise ValueError("the budget cannot be met: not enough prunable parameters")
-    while missing < 0:  # only when desired values were clipped at capacity from above
-        for n in reversed(order):
-            if missing == 0:
-                break
-            if k[n] > 0:
-                k[n] -= 1
-                missing += 1
+    floor = list(floor) if floor is not None else [0] * len(capacity)
+    k = [min(c, max(f, math.floor(d))) for c, f, d in zip(capacity, floor, desired, strict=True)]
+    by_remainder = sorted(range(len(k)), key=lambda i: -(desired[i] - k[i]))
+    while sum(k) < total and any(k[i] < capacity[i] for i in by_remainder):
+        for i in by_remainder:
+            if sum(k) < total and k[i] < capacity[i]:
+                k[i] += 1
+    by_excess = sorted(range(len(k)), key=lambda i: -(k[i] - desired[i]))
+    while sum(k) > total and any(k[i] > floor[i] for i in by_excess):
+        for i in by_excess:
+            if sum(k) > total and k[i] > floor[i]:
+                k[i] -= 1
     return k
 
 
@@ -119,7 +119,11 @@ def _by_weights(
         # Equal group sizes (always true for unstructured): whole groups, nearest total.
         size = next(iter(gsize.values()), 1)
         wanted = min(sum(capacity.values()), int(math.floor(zeros / size + 0.5)))
-        k = _apportion(desired, capacity, wanted)
+        order = list(desired)
+        if wanted > sum(capacity.values()) or wanted < 0:
+            raise ValueError("the budget cannot be met: not enough prunable parameters")
+        split = largest_remainder(wanted, [desired[n] for n in order], [capacity[n] for n in order])
+        k = dict(zip(order, split, strict=True))
     else:
         k = _nearest_in_groups(desired, capacity, gsize, zeros)
     return {n: (k[n] / groups[n] if n in k else 0.0) for n in shapes}

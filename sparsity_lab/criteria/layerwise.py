@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from .. import budgets, masks
+from ..budgets import largest_remainder
 from ..curvature import layer_input_rows
 from ..patterns import NM, Pattern, count, prune_lowest, target_sparsity
 from ..registry import register
@@ -116,27 +117,11 @@ class Calibration:
 
 
 def spread(total: int, capacity: list[int], floor: list[int] | None = None) -> list[int]:
-    """Integers ``k_i`` with ``floor_i <= k_i <= capacity_i`` summing to ``total``,
-    proportional to ``capacity`` (largest remainders first, ties to the lower index).
-
-    When the floors alone exceed ``total`` (more weights were pruned before than the new
-    target asks), the floors are returned: pruned weights stay pruned.
-    """
-    floor = floor or [0] * len(capacity)
+    """Whole numbers ``k_i`` with ``floor_i <= k_i <= capacity_i`` summing to ``total``,
+    proportional to ``capacity`` (:func:`~sparsity_lab.budgets.largest_remainder`)."""
     whole = sum(capacity)
     desired = [total * c / whole if whole else 0.0 for c in capacity]
-    k = [min(c, max(f, math.floor(d))) for c, f, d in zip(capacity, floor, desired, strict=True)]
-    by_remainder = sorted(range(len(k)), key=lambda i: -(desired[i] - k[i]))
-    while sum(k) < total and any(k[i] < capacity[i] for i in by_remainder):
-        for i in by_remainder:
-            if sum(k) < total and k[i] < capacity[i]:
-                k[i] += 1
-    by_excess = sorted(range(len(k)), key=lambda i: -(k[i] - desired[i]))
-    while sum(k) > total and any(k[i] > floor[i] for i in by_excess):
-        for i in by_excess:
-            if sum(k) > total and k[i] > floor[i]:
-                k[i] -= 1
-    return k
+    return largest_remainder(total, desired, capacity, floor)
 
 
 def _pruned(prior: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ masks and is rebuilt with the masks attached (``parametrize`` alone refuses to p
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -351,6 +352,15 @@ def _reduce_masked(self: nn.Module, protocol: int):
             )
         state["_parameters"][tensor_name] = plist.original
         saved[tensor_name] = (holder.mask, holder.dense_grad)
+    if "_flat_weight_refs" in state:
+        # A recurrent layer caches weak references to its weights (not picklable) and the
+        # weights it last computed (masked, so not leaves): its own __setstate__ rebuilds
+        # both from the parameters, as its __getstate__ arranges for an unmasked layer.
+        del state["_flat_weight_refs"]
+        names = state.get("_flat_weights_names", [])
+        state["_flat_weights"] = [
+            state["_parameters"].get(n) if n in state["_parameters"] else None for n in names
+        ]
     return (_rebuild_masked, (plain_cls, state, saved))
 
 
@@ -367,3 +377,12 @@ def _make_picklable(module: nn.Module) -> None:
     # parametrize gives each parametrized module its own generated class; teach that class
     # (and only it) how to pickle.
     type(module).__reduce_ex__ = _reduce_masked
+    if isinstance(module, nn.RNNBase):
+        # parametrize's deep copy copies the recurrent layer's cached (masked, non-leaf)
+        # weights, which torch cannot deep-copy: copy it the way it pickles instead.
+        type(module).__deepcopy__ = _deepcopy_as_pickled
+
+
+def _deepcopy_as_pickled(self: nn.Module, memo: dict) -> nn.Module:
+    rebuild, (cls, state, saved) = _reduce_masked(self, 4)
+    return rebuild(cls, copy.deepcopy(state, memo), copy.deepcopy(saved, memo))

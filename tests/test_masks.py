@@ -345,3 +345,25 @@ def test_a_masked_state_dict_replaces_the_masks_of_a_model_masked_differently(lo
         masks.load_state_dict(target, state)
     assert torch.equal(masks.get_mask(target, "0.weight"), masks.get_mask(source, "0.weight"))
     assert torch.equal(target[0].weight, source[0].weight)
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU])
+def test_a_masked_recurrent_layer_pickles_and_copies_after_a_forward_pass(kind):
+    torch.manual_seed(0)
+    rnn = kind(4, 6, batch_first=True)
+    plain = copy.deepcopy(rnn)
+    rows = rnn.weight_hh_l0.shape[0]
+    keep = random_mask((rows, 6), 0.5, seed=3)
+    masks.attach(rnn, "weight_hh_l0", keep)
+    with torch.no_grad():
+        plain.weight_hh_l0.mul_(keep)
+    x = torch.randn(2, 3, 4)
+    y = rnn(x)[0]  # the forward pass caches masked, non-leaf weights in the layer
+    assert torch.allclose(plain(x)[0], y)  # the mask is what the layer computes with
+    for copied in (pickle.loads(pickle.dumps(rnn)), copy.deepcopy(rnn)):
+        assert torch.allclose(copied(x)[0], y)
+        assert torch.equal(
+            masks.get_mask(copied, "weight_hh_l0"), masks.get_mask(rnn, "weight_hh_l0")
+        )
+    masks.remove(copy.deepcopy(rnn))  # an independent copy: the original keeps its mask
+    assert masks.is_masked(rnn, "weight_hh_l0")

@@ -137,9 +137,7 @@ def test_nm_pattern_implies_the_sparsity():
 
 def test_methods_list_their_options_and_refuse_unknown_ones():
     rigl = registry.get("rigl")
-    assert {"drop_fraction", "update_frequency", "pattern", "budget", "seed"} <= set(
-        rigl.options()
-    )
+    assert {"drop_fraction", "update_frequency", "pattern", "budget", "seed"} <= set(rigl.options())
     assert {"rho", "sparsities", "budget"} <= set(registry.get("cram_plus").options())
     with pytest.raises(TypeError, match="unknown option.*speed for 'rigl'.*drop_fraction"):
         rigl(0.9, speed=2)

@@ -287,7 +287,7 @@ CLAIMS: dict[str, Claim] = _claims(
     ),
     Claim(
         "occam_hill",
-        "Hoefler et al. 2021, survey section 8 (JMLR); Bartoldson et al. 2020 (NeurIPS)",
+        "Hoefler et al. 2021, survey section 2.1 (JMLR); Bartoldson et al. 2020 (NeurIPS)",
         "small networks on small data; moderate pruning",
         "moderate pruning can improve test accuracy over the dense model",
         "gains of a fraction of a point at moderate sparsity in several studies",

@@ -157,3 +157,16 @@ def test_early_bird_falls_back_to_max_search():
     eb = registry.get("early_bird", "training")(0.8, epsilon=1e-9, window=2, max_search=0.5)
     eb.fit(m, loader(), epochs=4)
     assert eb.found_epoch == 1  # round(0.5 * 4) epochs searched
+
+
+def test_imp_records_test_accuracy_and_keeps_its_baselines():
+    m = model()
+    imp = registry.get("imp", "training")(0.75, rounds=1, baselines=("reinit",))
+    data = loader()
+    imp.fit(m, data, data, epochs=1, test_loader=data, progress=False)
+    table = imp.rounds_table
+    assert {"test_accuracy", "reinit_test_accuracy"} <= set(table.columns)
+    other = imp.baseline_models[(1, "reinit")]
+    # the kept handle is the network the table scored
+    assert sl.train.evaluate(other, data)["accuracy"] == table["reinit_test_accuracy"].iloc[-1]
+    assert sl.train.evaluate(m, data)["accuracy"] == table["test_accuracy"].iloc[-1]

@@ -21,7 +21,7 @@ from ..pruning import prune
 from ..registry import register
 from ..scheduled import ScheduledPruning
 from ..schedules import iterative
-from ..train import Callback, Trainer, fit
+from ..train import Callback, Trainer, evaluate, fit
 from .base import TrainingMethod, independent_copy
 
 REWINDS = ("init", "step", "lr")
@@ -185,12 +185,25 @@ class IMP(TrainingMethod):
         *,
         epochs: int = 10,
         callbacks: Iterable[Callback] = (),
+        test_loader: Any = None,
         **fit_options: Any,
     ) -> pd.DataFrame:
         """Run ``rounds + 1`` trainings (dense, then each pruning round); returns the
-        histories with a ``round`` column.  ``model`` ends as the last round's ticket."""
+        histories with a ``round`` column.  ``model`` ends as the last round's ticket.
+
+        With ``test_loader`` the rounds table also holds each network's test accuracy.
+        The trained baselines stay in ``baseline_models[(round, kind)]`` for inspection.
+        """
         callbacks = list(callbacks)
         frames, rows = [], []
+        self.baseline_models: dict[tuple[int, str], nn.Module] = {}
+
+        def tested(m: nn.Module) -> dict[str, float]:
+            return (
+                {}
+                if test_loader is None
+                else {"test_accuracy": evaluate(m, test_loader)["accuracy"]}
+            )
 
         def train(m: nn.Module, extra=()) -> pd.DataFrame:
             return fit(
@@ -209,16 +222,17 @@ class IMP(TrainingMethod):
                 "round": r,
                 "sparsity": self.round_sparsity(r),
                 "val_accuracy": history["val_accuracy"].iloc[-1],
+                **tested(model),
             }
             if r == self.rounds or (r > 0 and self.baseline_rounds == "all"):
                 row.update(
-                    self._baselines(model, r, self._theta0, self.rewind_point, train, val_loader)
+                    self._baselines(model, r, self._theta0, self.rewind_point, train, tested)
                 )
             rows.append(row)
         self.rounds_table = pd.DataFrame(rows)
         return pd.concat(frames, ignore_index=True)
 
-    def _baselines(self, model, r, theta0, theta_k, train, val_loader) -> dict[str, float]:
+    def _baselines(self, model, r, theta0, theta_k, train, tested) -> dict[str, float]:
         results = {}
         start = theta_k if self.rewind == "step" else theta0
         for kind in self.baselines:
@@ -231,6 +245,8 @@ class IMP(TrainingMethod):
                     masks.attach(other, n, keep)
             history = train(other)
             results[f"{kind}_val_accuracy"] = history["val_accuracy"].iloc[-1]
+            results.update({f"{kind}_{k}": v for k, v in tested(other).items()})
+            self.baseline_models[(r, kind)] = other
         return results
 
 

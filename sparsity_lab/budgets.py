@@ -70,19 +70,13 @@ def _target_zeros(shapes: Mapping[str, Shape], sparsity: float, dense: Iterable[
     return zeros
 
 
-def _by_weights(
+def _continuous(
     shapes: Mapping[str, Shape],
     sparsity: float,
-    pattern: Pattern,
     dense: Iterable[str],
     weights: Callable[[Shape], float] | None,
 ) -> dict[str, float]:
-    """Shared engine of the shape-based budgets.
-
-    ``weights=None`` spreads the zeros uniformly over the prunable parameters; otherwise the
-    *density* of a layer is proportional to ``weights(shape)`` (ER, ERK), with layers that
-    would exceed density 1 made dense and the rest rescaled, as in the RigL reference code.
-    """
+    """Per-tensor densities before rounding to whole groups (see :func:`densities`)."""
     dense = set(dense)
     _check_names(shapes, dense)
     zeros = _target_zeros(shapes, sparsity, dense)
@@ -108,6 +102,26 @@ def _by_weights(
                 density[n] = 1.0
                 nonzeros_left -= sizes[n]
                 active.remove(n)
+    return density
+
+
+def _by_weights(
+    shapes: Mapping[str, Shape],
+    sparsity: float,
+    pattern: Pattern,
+    dense: Iterable[str],
+    weights: Callable[[Shape], float] | None,
+) -> dict[str, float]:
+    """Shared engine of the shape-based budgets.
+
+    ``weights=None`` spreads the zeros uniformly over the prunable parameters; otherwise the
+    *density* of a layer is proportional to ``weights(shape)`` (ER, ERK), with layers that
+    would exceed density 1 made dense and the rest rescaled, as in the RigL reference code.
+    """
+    density = _continuous(shapes, sparsity, dense, weights)
+    dense = set(dense)
+    zeros = _target_zeros(shapes, sparsity, dense)
+    pool = [n for n in shapes if n not in dense]
     # Convert to whole groups per layer whose parameters add up to the target.
     gsize = {n: pattern.group_size(shapes[n]) for n in pool}
     groups = {n: pattern.n_groups(shapes[n]) for n in pool}
@@ -407,6 +421,29 @@ def needs_scores(budget: str) -> bool:
     so a caller can skip computing scores for them."""
     registry.get(budget, "budget")  # a misspelt name fails here, with suggestions
     return budget in SCORED
+
+
+_WEIGHTS = {
+    "uniform": None,
+    "er": lambda shape: _er_weight(shape),
+    "erk": lambda shape: _erk_weight(shape),
+}
+
+
+def densities(
+    budget: str, shapes: Mapping[str, Shape], sparsity: float, *, dense: Iterable[str] = ()
+) -> dict[str, float]:
+    """The continuous per-tensor densities of a shape-only budget, before rounding to whole
+    groups: what ER and ERK define (and what plots of them show).  :func:`allocate` rounds
+    them to exact counts.  Budgets that rank scores (global, LAMP, sensitivity) have no
+    densities before the scores: :func:`allocate` with scores gives their allocation."""
+    registry.get(budget, "budget")
+    if budget not in _WEIGHTS:
+        raise ValueError(
+            f"budget {budget!r} ranks scores, so its densities follow from them: call "
+            f"allocate({budget!r}, shapes, sparsity, scores=...) instead"
+        )
+    return _continuous(shapes, sparsity, dense, _WEIGHTS[budget])
 
 
 def allocate(

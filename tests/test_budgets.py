@@ -260,3 +260,22 @@ def test_budgets_that_square_scores_refuse_signed_ones(budget):
         budgets.allocate(budget, shapes, 0.5, scores=signed)
     plan = budgets.allocate(budget, shapes, 0.5, scores={n: s.abs() for n, s in signed.items()})
     assert sum(plan.values()) == pytest.approx(1.0)
+
+
+def test_densities_are_the_erk_formula_before_rounding_and_allocate_rounds_them():
+    shapes = {"a": (64, 32), "b": (32, 16, 3, 3), "c": (10, 32)}
+    dens = budgets.densities("erk", shapes, 0.8)
+    raw = {n: sum(s) / math.prod(s) for n, s in shapes.items()}  # (n_in + n_out + kh + kw) / size
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    kept = sum(sizes.values()) - round(0.8 * sum(sizes.values()))  # whole weights kept
+    unsaturated = {n for n in shapes if dens[n] < 1}
+    eps = (kept - sum(sizes[n] for n in shapes if n not in unsaturated)) / sum(
+        raw[n] * sizes[n] for n in unsaturated
+    )
+    for n in unsaturated:
+        assert dens[n] == pytest.approx(eps * raw[n])
+    plan = budgets.allocate("erk", shapes, 0.8)
+    for n in shapes:  # whole weights: within one weight of the continuous density
+        assert abs((1 - plan[n]) - dens[n]) <= 1 / sizes[n] + 1e-12
+    with pytest.raises(ValueError, match="ranks scores"):
+        budgets.densities("global", shapes, 0.8)

@@ -16,7 +16,6 @@ and counting training FLOPs (:class:`TrainingFlops`).
 from __future__ import annotations
 
 import inspect
-import math
 import pickle
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
@@ -27,6 +26,7 @@ from torch import nn
 
 from .. import masks, patterns, registry
 from ..accounting import positions
+from ..budgets import largest_remainder
 from ..patterns import Pattern, target_sparsity
 from ..selection import select
 from ..targets import default_targets, resolve
@@ -241,32 +241,31 @@ def select_masks(
 def apportion(total: int, weights: Mapping[str, float], capacity: Mapping[str, int]) -> dict:
     """Whole numbers ``k[name] <= capacity[name]`` summing to ``total``, ``k`` ∝ ``weights``.
 
-    Largest-remainder rounding; what a full layer cannot take goes to the others in
-    proportion.  Used to hand out regrown connections across layers (DSR, SNFS).
+    What a full layer cannot take goes to the others in proportion (water filling); the
+    shares are then rounded by :func:`~sparsity_lab.budgets.largest_remainder`.  Used to
+    hand out regrown connections across layers (DSR, SNFS).
     """
     if total > sum(capacity.values()):
         raise ValueError(f"cannot place {total} connections in {sum(capacity.values())} slots")
-    k = dict.fromkeys(weights, 0)
-    left, open_ = total, [n for n in weights if capacity[n] > 0]
-    while left > 0 and open_:
+    names = list(weights)
+    desired = dict.fromkeys(names, 0.0)
+    left, open_ = float(total), [n for n in names if capacity[n] > 0]
+    while left > 1e-9 and open_:
         w_sum = sum(max(weights[n], 0.0) for n in open_)
         share = {
             n: left * (max(weights[n], 0.0) / w_sum if w_sum > 0 else 1 / len(open_)) for n in open_
         }
-        give = {n: min(capacity[n] - k[n], math.floor(share[n])) for n in open_}
-        # hand out the remainder one by one, largest fractional part first
-        rest = left - sum(give.values())
-        for n in sorted(open_, key=lambda n: -(share[n] - math.floor(share[n]))):
-            if rest == 0:
-                break
-            if give[n] < capacity[n] - k[n]:
-                give[n] += 1
-                rest -= 1
-        for n in open_:
-            k[n] += give[n]
-        left = total - sum(k.values())
-        open_ = [n for n in open_ if k[n] < capacity[n]]
-    return k
+        full = [n for n in open_ if desired[n] + share[n] >= capacity[n]]
+        if not full:
+            for n in open_:
+                desired[n] += share[n]
+            break
+        for n in full:
+            left -= capacity[n] - desired[n]
+            desired[n] = float(capacity[n])
+        open_ = [n for n in open_ if n not in full]
+    split = largest_remainder(total, [desired[n] for n in names], [capacity[n] for n in names])
+    return dict(zip(names, split, strict=True))
 
 
 def n_active(model: nn.Module, names: Iterable[str]) -> int:

@@ -896,7 +896,8 @@ display(
     Markdown(
         f"Removing {CLAIM_HEAD_SPARSITY:.0%} of the {n_heads} heads by importance changes "
         f"held-out accuracy by {sl.stats.describe(claim_diff)} and perplexity by "
-        f"{claim_ppl['mean_diff']:+.2f}, against the model with all heads.  At half the "
+        f"{sl.stats.describe(claim_ppl, scale=1.0, unit='')}, against the model with all "
+        f"heads.  At half the "
         f"heads, importance order minus random order is {sl.stats.describe(half_order)}.  "
         f"The shrunk model (half the heads) has {after:,} parameters instead of {before:,}, "
         f"and its outputs differ from the masked model by at most {gap:.1e}."

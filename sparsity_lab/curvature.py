@@ -405,6 +405,35 @@ def fisher_diagonal(grads: torch.Tensor) -> torch.Tensor:
     return grads.pow(2).mean(0)
 
 
+DAMP_MODES = ("relative", "absolute")
+
+
+def check_damping(damp: float, mode: str = "relative") -> None:
+    """Refuse a damping that :func:`damping` cannot use, when a criterion is built."""
+    if mode not in DAMP_MODES:
+        raise ValueError(f"damp_mode must be one of {', '.join(DAMP_MODES)}, got {mode!r}")
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not damp > 0:
+        raise ValueError(
+            f"damp must be a positive number (it keeps the matrix invertible), got {damp!r}"
+        )
+
+
+def damping(damp: float, diagonal: torch.Tensor, mode: str = "relative") -> float:
+    """The ``lambda`` added to a curvature matrix's diagonal to keep it invertible.
+
+    ``mode="relative"`` scales ``damp`` by the mean absolute diagonal entry, as SparseGPT
+    and OBC do ("percdamp"), so one value suits curvature of any scale; an all-zero diagonal
+    falls back to ``damp`` itself.  ``mode="absolute"`` uses ``damp`` as given, as the
+    WoodFisher, M-FAC and K-FAC papers state their dampening, so a published value can be
+    used unchanged.
+    """
+    check_damping(damp, mode)
+    if mode == "absolute":
+        return float(damp)
+    scale = float(diagonal.abs().mean()) if diagonal.numel() else 0.0
+    return damp * scale if scale > 0 else float(damp)
+
+
 def woodbury_inverse(grads: torch.Tensor, damp: float, *, chunk: int = 1) -> torch.Tensor:
     """``(damp I + 1/N G^T G)^-1`` built by the Woodbury recursion, ``(P, P)``.
 

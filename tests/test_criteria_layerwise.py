@@ -256,6 +256,21 @@ def test_update_false_gives_the_same_mask_on_the_original_weights(method):
     assert not torch.allclose(masks.weight(a, "0.weight"), masks.weight(b, "0.weight"))
 
 
+@pytest.mark.parametrize("method", ["sparsegpt", "obc", "lobs"])
+def test_absolute_damping_is_the_relative_one_scaled_by_the_mean_diagonal(method):
+    x = torch.randn(64, 12, generator=torch.Generator().manual_seed(3))
+    one = one_layer(rows=8, cols=12)
+    lam = 0.5  # large enough that the two forms would differ if the mode were ignored
+    mean_diag = float(hessian(x.double()).diagonal().mean())
+    a = sl.prune(copy.deepcopy(one), method, 0.6, data=(x, None), damp=lam, damp_mode="absolute")
+    b = sl.prune(copy.deepcopy(one), method, 0.6, data=(x, None), damp=lam / mean_diag)
+    c = sl.prune(copy.deepcopy(one), method, 0.6, data=(x, None), damp=lam)
+    torch.testing.assert_close(masks.weight(a, "0.weight"), masks.weight(b, "0.weight"))
+    assert not torch.allclose(masks.weight(a, "0.weight"), masks.weight(c, "0.weight"))
+    with pytest.raises(ValueError, match="damp_mode must be one of relative, absolute"):
+        sl.criteria.get(method, damp_mode="percent")
+
+
 def test_pruning_again_keeps_the_earlier_zeros_and_meets_the_new_total():
     model = two_layer_mlp()
     x = torch.randn(64, 12, generator=torch.Generator().manual_seed(2))

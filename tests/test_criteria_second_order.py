@@ -93,9 +93,14 @@ def test_obs_saliency_and_update_equal_the_constrained_quadratic_for_each_weight
         torch.testing.assert_close(so.obs_update(w, hinv, pruned), dw, rtol=0, atol=1e-6)
 
 
-def test_obs_prunes_the_lowest_saliencies_with_the_joint_update_through_prune():
+@pytest.mark.parametrize("damp_mode", ["relative", "absolute"])
+def test_obs_prunes_the_lowest_saliencies_with_the_joint_update_through_prune(damp_mode):
     model, data = trained_mlp()
-    h = dampened(curvature.exact_hessian(model, NAMES, data), 1e-4)
+    h = curvature.exact_hessian(model, NAMES, data)
+    if damp_mode == "relative":
+        h = dampened(h, 1e-4)
+    else:  # the published form: lambda itself, whatever the Hessian's scale
+        h = h + 1e-4 * torch.eye(len(h), dtype=h.dtype)
     w = flat_weights(model)
     brute = torch.stack(
         [kkt(h, w, torch.arange(len(w)) == q)[1] for q in range(len(w))]
@@ -103,13 +108,15 @@ def test_obs_prunes_the_lowest_saliencies_with_the_joint_update_through_prune():
     pruned = torch.zeros(len(w), dtype=torch.bool)
     pruned[torch.argsort(brute, stable=True)[:12]] = True
     dw, _ = kkt(h, w, pruned)
-    out = sl.prune(copy.deepcopy(model), "obs", 12 / 32, data=data)
+    out = sl.prune(copy.deepcopy(model), "obs", 12 / 32, data=data, damp_mode=damp_mode)
     assert torch.equal(flat_weights(out) == 0, pruned)
     torch.testing.assert_close(
         flat_weights(out), torch.where(pruned, 0.0, w + dw), atol=1e-6, rtol=0
     )
     # mask only: the same mask, the surviving weights untouched, and a larger quadratic cost
-    only_mask = sl.prune(copy.deepcopy(model), "obs", 12 / 32, data=data, update=False)
+    only_mask = sl.prune(
+        copy.deepcopy(model), "obs", 12 / 32, data=data, update=False, damp_mode=damp_mode
+    )
     torch.testing.assert_close(flat_weights(only_mask), torch.where(pruned, 0.0, w))
     no_move = torch.where(pruned, -w, 0.0)
     assert 0.5 * dw @ h @ dw < 0.5 * no_move @ h @ no_move
@@ -175,13 +182,14 @@ def test_fisher_diag_scores_use_the_mean_squared_per_example_gradient():
 # --- WoodFisher ----------------------------------------------------------------------------------
 
 
-def test_woodfisher_blocks_are_the_direct_inverse_of_the_dampened_fisher():
+@pytest.mark.parametrize("damp_mode, damp", [("relative", 1e-2), ("absolute", 1e-5)])
+def test_woodfisher_blocks_are_the_direct_inverse_of_the_dampened_fisher(damp_mode, damp):
     model, (x, y) = trained_mlp()
     g = loop_gradients(model, x, y)
-    crit = sl.criteria.get("woodfisher", n_samples=32, block_size=8, damp=1e-2)
+    crit = sl.criteria.get("woodfisher", n_samples=32, block_size=8, damp=damp, damp_mode=damp_mode)
     context = sl.criteria.Context(data=(x, y))
     scores = crit.scores(model, NAMES, context)
-    lam = 1e-2 * g.pow(2).mean()
+    lam = damp * g.pow(2).mean() if damp_mode == "relative" else damp
     fisher = lam * torch.eye(32, dtype=g.dtype) + g.T @ g / len(g)
     inverse_diag = []
     for name, offset, size in [("0.weight", 0, 20), ("2.weight", 20, 12)]:

@@ -227,6 +227,22 @@ def test_woodbury_rejects_a_non_positive_damp():
         curvature.woodbury_block_inverse(torch.ones(2, 3), 2, 0.0)
 
 
+def test_damping_is_relative_to_the_mean_diagonal_or_absolute_as_published():
+    diag = torch.tensor([1.0, -3.0, 8.0])  # mean |diag| = 4
+    assert curvature.damping(0.01, diag) == pytest.approx(0.04)
+    assert curvature.damping(1e-5, diag, "absolute") == 1e-5
+    assert curvature.damping(0.01, torch.zeros(3)) == 0.01  # nothing to scale by
+    for damp, mode, match in [
+        (0.0, "relative", "damp must be a positive number"),
+        (-1e-3, "absolute", "damp must be a positive number"),
+        (True, "relative", "damp must be a positive number"),
+        ("0.01", "relative", "damp must be a positive number"),
+        (0.01, "percent", "damp_mode must be one of relative, absolute"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            curvature.damping(damp, diag, mode)
+
+
 def test_inverse_fisher_products_equal_the_dense_inverse_for_small_m():
     gen = torch.Generator().manual_seed(0)
     for m, size in [(1, 6), (4, 30), (12, 9)]:  # m < P, and m > P

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .. import budgets, masks
+from .. import budgets, curvature, masks
 from ..budgets import largest_remainder
 from ..curvature import layer_input_rows
 from ..patterns import NM, Pattern, count, prune_lowest, target_sparsity
@@ -165,19 +165,17 @@ def wanda(
     return rank >= torch.tensor(per_row, device=score.device)[:, None]
 
 
-def _dampened(hessian: torch.Tensor, damp: float) -> torch.Tensor:
-    """``H + damp * mean(diag H) I`` in float64 (the identity if ``H`` is all zero).
+def _dampened(hessian: torch.Tensor, damp: float, mode: str = "relative") -> torch.Tensor:
+    """``H + lambda I`` in float64, ``lambda = damp * mean(diag H)`` (``mode="absolute"``:
+    ``lambda = damp``; see :func:`~sparsity_lab.curvature.damping`).
 
     The damping keeps ``H`` invertible and makes an input that is always zero (``H_jj = 0``)
     nearly free to prune: its weights cost ``lambda w^2``, as they change nothing on the
     calibration data.
     """
-    if damp <= 0:
-        raise ValueError(f"damp must be positive (it keeps H invertible), got {damp}")
     h = hessian.to(torch.float64, copy=True)
     diag = h.diagonal()
-    lam = damp * float(diag.mean())
-    diag += lam if lam > 0 else 1.0
+    diag += curvature.damping(damp, diag, mode)
     return h
 
 
@@ -190,6 +188,7 @@ def sparsegpt(
     prior: torch.Tensor | None = None,
     block_size: int = 128,
     damp: float = 0.01,
+    damp_mode: str = "relative",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT on a ``(rows, cols)`` weight: returns ``(new_weight, keep)`` (float64, bool).
 
@@ -206,7 +205,7 @@ def sparsegpt(
     rows, cols = weight.shape
     # H -> H^-1 -> its upper Cholesky factor, each step written over the last, so that the
     # extra memory stays near two Hessians while it is computed
-    u = _dampened(hessian, damp)
+    u = _dampened(hessian, damp, damp_mode)
     torch.linalg.cholesky(u, out=u)
     torch.cholesky_inverse(u, out=u)
     torch.linalg.cholesky(u, upper=True, out=u)
@@ -297,6 +296,7 @@ def obc(
     nm: tuple[int, int] | None = None,
     prior: torch.Tensor | None = None,
     damp: float = 0.01,
+    damp_mode: str = "relative",
     chunk_bytes: int = 2**28,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact layer-wise OBS (OBC's ExactOBS) on a ``(rows, cols)`` weight: ``(new, keep)``.
@@ -310,7 +310,7 @@ def obc(
     """
     w = weight.to(torch.float64)
     rows, cols = w.shape
-    hinv = torch.cholesky_inverse(torch.linalg.cholesky(_dampened(hessian, damp)))
+    hinv = torch.cholesky_inverse(torch.linalg.cholesky(_dampened(hessian, damp, damp_mode)))
     before = _pruned(prior, w)
     chunk = max(1, chunk_bytes // (8 * cols * cols))
     parts = [slice(i, i + chunk) for i in range(0, rows, chunk)]
@@ -340,6 +340,7 @@ def lobs(
     *,
     prior: torch.Tensor | None = None,
     damp: float = 0.01,
+    damp_mode: str = "relative",
     chunk_bytes: int = 2**28,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Layer-wise OBS (L-OBS) on a ``(rows, cols)`` weight: ``(new, keep)``.
@@ -350,7 +351,7 @@ def lobs(
     """
     w = weight.to(torch.float64)
     rows, cols = w.shape
-    hinv = torch.cholesky_inverse(torch.linalg.cholesky(_dampened(hessian, damp)))
+    hinv = torch.cholesky_inverse(torch.linalg.cholesky(_dampened(hessian, damp, damp_mode)))
     before = _pruned(prior, w)
     score = obs_saliency(w, hinv.diagonal()[None, :]).masked_fill(before, -math.inf)
     keep = prune_lowest(score.flatten(), n_prune).reshape(rows, cols)
@@ -443,10 +444,15 @@ class _Layerwise(Criterion):
     # The papers prune every layer to the same sparsity (their reconstruction is per layer).
     default_budget = "uniform"
 
-    def __init__(self, batches: int | None = 8, damp: float = 0.01, update: bool = True):
-        if damp <= 0:
-            raise ValueError(f"damp must be positive (it keeps H invertible), got {damp}")
-        self.batches, self.damp, self.update = batches, damp, update
+    def __init__(
+        self,
+        batches: int | None = 8,
+        damp: float = 0.01,
+        update: bool = True,
+        damp_mode: str = "relative",
+    ):
+        curvature.check_damping(damp, damp_mode)
+        self.batches, self.damp, self.damp_mode, self.update = batches, damp, damp_mode, update
 
     # what each method implements
     def prune_layer(
@@ -462,7 +468,9 @@ class _Layerwise(Criterion):
 
     def layer_scores(self, weight: torch.Tensor, calib: Calibration) -> torch.Tensor:
         """Element saliencies of one dense layer, for budgets that rank across layers."""
-        hinv = torch.cholesky_inverse(torch.linalg.cholesky(_dampened(calib.hessian(), self.damp)))
+        hinv = torch.cholesky_inverse(
+            torch.linalg.cholesky(_dampened(calib.hessian(), self.damp, self.damp_mode))
+        )
         return obs_saliency(weight.double(), hinv.diagonal()[None, :])
 
     def scores(self, model, names, context):
@@ -644,7 +652,8 @@ class Wanda(_Layerwise):
 class SparseGPT(_Layerwise):
     """SparseGPT (Frantar & Alistarh 2023): column-wise OBS with lazy Cholesky updates.
 
-    Per layer, ``H = 2 X^T X / n + damp * mean(diag) I``; columns are processed left to
+    Per layer, ``H = 2 X^T X / n + lambda I`` (``lambda = damp * mean(diag)``, or ``damp``
+    with ``damp_mode="absolute"``); columns are processed left to
     right, each pruned column's error spread over the remaining ones through the Cholesky
     factor of ``H^-1`` (:func:`sparsegpt`); the mask of each ``block_size`` block is chosen
     adaptively from ``w^2 / [U]_jj^2``.  ``update=False``: the same mask, original weights.
@@ -659,8 +668,9 @@ class SparseGPT(_Layerwise):
         damp: float = 0.01,
         block_size: int = 128,
         update: bool = True,
+        damp_mode: str = "relative",
     ) -> None:
-        super().__init__(batches=batches, damp=damp, update=update)
+        super().__init__(batches=batches, damp=damp, update=update, damp_mode=damp_mode)
         self.block_size = block_size
 
     def prune_layer(self, weight, calib, n_prune, nm, prior):
@@ -668,7 +678,14 @@ class SparseGPT(_Layerwise):
         if nm is not None:
             block = max(nm[1], block - block % nm[1])
         return sparsegpt(
-            weight, calib.hessian(), n_prune, nm=nm, prior=prior, block_size=block, damp=self.damp
+            weight,
+            calib.hessian(),
+            n_prune,
+            nm=nm,
+            prior=prior,
+            block_size=block,
+            damp=self.damp,
+            damp_mode=self.damp_mode,
         )
 
 
@@ -686,7 +703,15 @@ class OBC(_Layerwise):
     name = "obc"
 
     def prune_layer(self, weight, calib, n_prune, nm, prior):
-        return obc(weight, calib.hessian(), n_prune, nm=nm, prior=prior, damp=self.damp)
+        return obc(
+            weight,
+            calib.hessian(),
+            n_prune,
+            nm=nm,
+            prior=prior,
+            damp=self.damp,
+            damp_mode=self.damp_mode,
+        )
 
 
 @register("criterion", "lobs", section="3.5")
@@ -702,4 +727,11 @@ class LOBS(_Layerwise):
     supported_patterns = ("unstructured",)
 
     def prune_layer(self, weight, calib, n_prune, nm, prior):
-        return lobs(weight, calib.hessian(), n_prune, prior=prior, damp=self.damp)
+        return lobs(
+            weight,
+            calib.hessian(),
+            n_prune,
+            prior=prior,
+            damp=self.damp,
+            damp_mode=self.damp_mode,
+        )

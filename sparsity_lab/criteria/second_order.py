@@ -105,15 +105,6 @@ def _effective(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
     return {n: masks.weight(model, n).detach().double() for n in names}
 
 
-def _mean_diag_damp(damp: float, diag: torch.Tensor) -> float:
-    """``damp`` relative to the mean diagonal entry (as SparseGPT dampens), so one value
-    suits gradients of any scale; an all-zero diagonal falls back to ``damp`` itself."""
-    if damp <= 0:
-        raise ValueError(f"damp must be positive (it keeps the matrix invertible), got {damp}")
-    scale = float(diag.abs().mean())
-    return damp * scale if scale > 0 else damp
-
-
 def store_update(model: nn.Module, name: str, new: torch.Tensor, keep: torch.Tensor) -> None:
     """Store updated weights ``new`` in the kept entries of ``name``'s stored dense weight.
 
@@ -254,8 +245,10 @@ class OBD(Criterion):
 class OBS(Criterion):
     """Optimal Brain Surgeon (Hassibi & Stork 1993) with the exact Hessian, for tiny models.
 
-    Saliency ``w_q^2 / (2 [H^-1]_qq)`` of the dampened Hessian ``H + damp * mean(diag H) I``
-    over all target weights; the chosen set ``Q`` is removed with the joint update
+    Saliency ``w_q^2 / (2 [H^-1]_qq)`` of the dampened Hessian ``H + lambda I`` over all
+    target weights, ``lambda = damp * mean(diag H)`` (``damp_mode="absolute"``: ``lambda =
+    damp``, see :func:`~sparsity_lab.curvature.damping`); the chosen set ``Q`` is removed
+    with the joint update
     ``dw = -H^-1 E_Q (E_Q^T H^-1 E_Q)^-1 w_Q`` (``update=False``: mask only).  At most
     ``max_params`` weights (the Hessian is ``P x P``).  Supports every pattern and budget.
     """
@@ -269,13 +262,11 @@ class OBS(Criterion):
         update: bool = True,
         batches: int | None = None,
         max_params: int = 5000,
+        damp_mode: str = "relative",
     ) -> None:
-        self.damp, self.update, self.batches, self.max_params = (
-            damp,
-            update,
-            batches,
-            max_params,
-        )
+        curvature.check_damping(damp, damp_mode)
+        self.damp, self.damp_mode, self.update = damp, damp_mode, update
+        self.batches, self.max_params = batches, max_params
 
     def hessian_inverse(self, model: nn.Module, names: list[str], context: Context):
         """``(H + lambda I)^-1`` over the flattened targets, float64."""
@@ -290,7 +281,7 @@ class OBS(Criterion):
         # The weights pruned before are constrained to zero: OBS works on the Hessian of
         # the surviving ones (H_AA), as the reference codes restrict their curvature.
         alive = _alive(model, names).to(h.device)
-        lam = _mean_diag_damp(self.damp, h.diagonal()[alive])
+        lam = curvature.damping(self.damp, h.diagonal()[alive], self.damp_mode)
         inverse = torch.zeros_like(h)
         h_aa = h[alive][:, alive]
         eye = torch.eye(len(h_aa), dtype=h.dtype, device=h.device)
@@ -362,8 +353,9 @@ def _fisher_grads(model, names, context, n_samples):
 class WoodFisher(_Stepwise):
     """WoodFisher (Singh & Alistarh 2020): OBS with a block-diagonal inverse empirical Fisher.
 
-    ``F = damp * mean(diag F) I + 1/N sum_n g_n g_n^T`` over ``n_samples`` per-example
-    gradients, restricted to blocks of ``block_size`` consecutive weights of each layer and
+    ``F = lambda I + 1/N sum_n g_n g_n^T`` over ``n_samples`` per-example gradients, with
+    ``lambda = damp * mean(diag F)`` (``damp_mode="absolute"``: ``lambda = damp``, the
+    paper's form), restricted to blocks of ``block_size`` consecutive weights of each layer and
     inverted by the Woodbury (Sherman-Morrison) recursion
     (:func:`~sparsity_lab.curvature.woodbury_block_inverse`).  Saliency
     ``w_q^2 / (2 [F^-1]_qq)``; the pruned set of each block is removed with the joint OBS
@@ -381,17 +373,20 @@ class WoodFisher(_Stepwise):
         damp: float = 1e-2,
         update: bool = True,
         steps: int = 1,
+        damp_mode: str = "relative",
     ) -> None:
         if block_size < 1:
             raise ValueError(f"block_size must be a positive integer, got {block_size}")
-        self.n_samples, self.block_size, self.damp = n_samples, block_size, damp
+        curvature.check_damping(damp, damp_mode)
+        self.n_samples, self.block_size = n_samples, block_size
+        self.damp, self.damp_mode = damp, damp_mode
         self.update, self.steps = update, _check_steps(steps)
 
     def scores(self, model: nn.Module, names: list[str], context: Context):
         w = _effective(model, names)
         grads = _fisher_grads(model, names, context, self.n_samples)
         alive = _alive(model, names).to(grads.device)
-        lam = _mean_diag_damp(self.damp, curvature.fisher_diagonal(grads)[alive])
+        lam = curvature.damping(self.damp, curvature.fisher_diagonal(grads)[alive], self.damp_mode)
         out, offset, found = {}, 0, context.state.setdefault("blocks", {})
         for n in names:
             size = w[n].numel()
@@ -454,16 +449,22 @@ class MFAC(_Stepwise):
     needs_data = True
 
     def __init__(
-        self, n_samples: int = 64, damp: float = 1e-2, update: bool = True, steps: int = 1
+        self,
+        n_samples: int = 64,
+        damp: float = 1e-2,
+        update: bool = True,
+        steps: int = 1,
+        damp_mode: str = "relative",
     ) -> None:
-        self.n_samples, self.damp = n_samples, damp
+        curvature.check_damping(damp, damp_mode)
+        self.n_samples, self.damp, self.damp_mode = n_samples, damp, damp_mode
         self.update, self.steps = update, _check_steps(steps)
 
     def scores(self, model: nn.Module, names: list[str], context: Context):
         w = _effective(model, names)
         grads = _fisher_grads(model, names, context, self.n_samples)
         alive = _alive(model, names).to(grads.device)
-        lam = _mean_diag_damp(self.damp, curvature.fisher_diagonal(grads)[alive])
+        lam = curvature.damping(self.damp, curvature.fisher_diagonal(grads)[alive], self.damp_mode)
         inverse = curvature.InverseFisher(grads, lam)
         diag = inverse.diagonal()
         context.state.update(names=list(names), inverse=inverse, diag=diag)
@@ -493,8 +494,8 @@ def _matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1)
 
 
-def _dampened(factor: torch.Tensor, damp: float) -> torch.Tensor:
-    lam = _mean_diag_damp(damp, factor.diagonal())
+def _dampened(factor: torch.Tensor, damp: float, mode: str) -> torch.Tensor:
+    lam = curvature.damping(damp, factor.diagonal(), mode)
     return factor + lam * torch.eye(len(factor), dtype=factor.dtype, device=factor.device)
 
 
@@ -505,7 +506,8 @@ class KFAC(Criterion):
     Each layer's Fisher is ``kron(G, A)`` (:func:`~sparsity_lab.curvature.kronecker_factors`),
     whose inverse is ``kron(G^-1, A^-1)``, so OBS's diagonal needs only the two small
     inverses: ``mode="obs"`` scores ``w_ij^2 / (2 [G^-1]_ii [A^-1]_jj)`` with each factor
-    dampened by ``sqrt(damp)`` times its mean diagonal; ``mode="obd"`` scores
+    dampened by ``sqrt(damp)`` times its mean diagonal (``damp_mode="absolute"``: by
+    ``sqrt(damp)`` itself); ``mode="obd"`` scores
     ``1/2 G_ii A_jj w_ij^2``.  With ``mode="obs"`` the surviving weights get the OBS
     update through the same inverse, the sum of the single-weight updates as in the K-FAC
     baseline of the WoodFisher paper: ``dW = -G^-1 S A^-1`` with ``S_ij = w_ij / ([G^-1]_ii
@@ -522,9 +524,12 @@ class KFAC(Criterion):
         damp: float = 1e-3,
         batches: int | None = 8,
         update: bool = True,
+        damp_mode: str = "relative",
     ) -> None:
         _check_choice("mode", mode, ("obs", "obd"))
-        self.mode, self.damp, self.batches, self.update = mode, damp, batches, update
+        curvature.check_damping(damp, damp_mode)
+        self.mode, self.damp, self.damp_mode = mode, damp, damp_mode
+        self.batches, self.update = batches, update
 
     def scores(self, model: nn.Module, names: list[str], context: Context):
         factors = curvature.kronecker_factors(
@@ -539,8 +544,8 @@ class KFAC(Criterion):
                 s = obd_saliency(_matrix(w), curv.to(w))
             else:
                 root = math.sqrt(self.damp)
-                a_inv = torch.linalg.inv(_dampened(a, root)).to(w)
-                g_inv = torch.linalg.inv(_dampened(g, root)).to(w)
+                a_inv = torch.linalg.inv(_dampened(a, root, self.damp_mode)).to(w)
+                g_inv = torch.linalg.inv(_dampened(g, root, self.damp_mode)).to(w)
                 inverses[n] = (g_inv, a_inv)
                 s = obs_saliency(_matrix(w), torch.outer(g_inv.diagonal(), a_inv.diagonal()))
             out[n] = s.reshape(w.shape)

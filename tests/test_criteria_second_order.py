@@ -255,18 +255,20 @@ def test_updates_land_in_the_effective_weights_also_with_dense_gradients():
 # --- M-FAC ---------------------------------------------------------------------------------------
 
 
-def test_mfac_scores_and_update_equal_those_of_the_dense_inverse():
+@pytest.mark.parametrize("damp_mode, damp", [("relative", 1e-2), ("absolute", 1e-5)])
+def test_mfac_scores_and_update_equal_those_of_the_dense_inverse(damp_mode, damp):
     model, (x, y) = trained_mlp()
     g = loop_gradients(model, x[:8], y[:8])  # m = 8 gradients, fewer than the 32 weights
-    lam = 1e-2 * g.pow(2).mean()
+    lam = damp * g.pow(2).mean() if damp_mode == "relative" else damp
     inverse = torch.linalg.inv(lam * torch.eye(32, dtype=g.dtype) + g.T @ g / len(g))
     w = flat_weights(model)
-    scores = sl.criteria.get("mfac", n_samples=8).scores(
+    options = dict(n_samples=8, damp=damp, damp_mode=damp_mode)
+    scores = sl.criteria.get("mfac", **options).scores(
         model, NAMES, sl.criteria.Context(data=(x, y))
     )
     saliency = w**2 / (2 * inverse.diagonal())
     torch.testing.assert_close(curvature.flatten(scores), saliency)
-    out = sl.prune(copy.deepcopy(model), "mfac", 0.25, data=(x, y), n_samples=8)
+    out = sl.prune(copy.deepcopy(model), "mfac", 0.25, data=(x, y), **options)
     pruned = torch.zeros(32, dtype=torch.bool)
     pruned[torch.argsort(saliency, stable=True)[:8]] = True
     step = torch.where(pruned, w / inverse.diagonal(), torch.zeros_like(w))
@@ -302,17 +304,19 @@ def test_mfac_update_false_prunes_the_same_weights_and_leaves_the_others_unchang
 # --- K-FAC and EigenDamage -----------------------------------------------------------------------
 
 
-def test_kfac_scores_use_the_inverse_of_the_kronecker_product():
+@pytest.mark.parametrize("damp_mode", ["relative", "absolute"])
+def test_kfac_scores_use_the_inverse_of_the_kronecker_product(damp_mode):
     model, data = trained_mlp()
     context = sl.criteria.Context(data=data)
     factors = curvature.kronecker_factors(model, NAMES, data)
-    obs = sl.criteria.get("kfac", damp=1e-2).scores(model, NAMES, context)
+    obs = sl.criteria.get("kfac", damp=1e-2, damp_mode=damp_mode).scores(model, NAMES, context)
     obd = sl.criteria.get("kfac", mode="obd").scores(model, NAMES, context)
     for n in NAMES:
         a, g = factors[n]
 
-        def damp(m, root=1e-1):  # sqrt(damp), times each factor's mean diagonal
-            return m + root * m.diagonal().mean() * torch.eye(len(m), dtype=m.dtype)
+        def damp(m, root=1e-1):  # sqrt(damp), times each factor's mean diagonal if relative
+            scale = m.diagonal().mean() if damp_mode == "relative" else 1.0
+            return m + root * scale * torch.eye(len(m), dtype=m.dtype)
 
         fisher_inv = torch.linalg.inv(torch.kron(damp(g), damp(a)))  # dense, row-major vec
         w = masks.weight(model, n).detach().flatten()

@@ -361,3 +361,23 @@ def test_launch_reports_a_failing_worker_and_cleans_up():
     assert multiprocessing.active_children() == []
     with pytest.raises(ValueError, match="world_size"):
         ddp.launch(_fails_on_rank_one, world_size=0)
+
+
+def test_launch_names_what_a_spawned_worker_cannot_receive(monkeypatch):
+    import multiprocessing
+    import sys
+    import types
+
+    with pytest.raises(ddp.WorkerError, match="cannot send fn(.|\n)*not a lambda"):
+        ddp.launch(lambda rank, world_size: rank, world_size=2)
+    with pytest.raises(ddp.WorkerError, match="cannot send args"):
+        ddp.launch(_fails_on_rank_one, world_size=2, args=(lambda: 0,))
+
+    def in_a_notebook(rank, world_size):
+        return rank
+
+    in_a_notebook.__module__ = "__main__"  # as a function defined in a notebook cell is
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))  # no file
+    with pytest.raises(ddp.WorkerError, match="defined in a notebook(.|\n)*\\.py file"):
+        ddp.launch(in_a_notebook, world_size=2)
+    assert multiprocessing.active_children() == []

@@ -13,8 +13,10 @@ communication hook, and reports accuracy, measured bytes and wall time per run.
 from __future__ import annotations
 
 import os
+import pickle
 import queue
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -80,6 +82,32 @@ def _entry(rank: int, world_size: int, port: int, fn: Callable, args: tuple, res
         results.put((rank, "error", traceback.format_exc()))
 
 
+def _check_sendable(fn: Callable, args: tuple) -> None:
+    """Refuse, before any process starts, what a spawned worker cannot receive."""
+    main = sys.modules.get("__main__")
+    if getattr(fn, "__module__", None) == "__main__" and not hasattr(main, "__file__"):
+        # a notebook or an interactive session: the fresh worker has no file to import it from
+        raise WorkerError(
+            f"launch cannot run {getattr(fn, '__name__', fn)!r}, defined in a notebook or an "
+            f"interactive session: the worker processes are spawned fresh and import fn by "
+            f"name.  Put it in a .py file and import it from there"
+        )
+    for what, value in (("fn", fn), ("args", args)):
+        try:
+            pickle.dumps(value)
+        except Exception as error:
+            hint = (
+                "define it at module level in an importable file (not a lambda, a nested "
+                "function or a notebook cell)"
+                if what == "fn"
+                else "pass tensors, arrays, numbers or module-level objects"
+            )
+            raise WorkerError(
+                f"launch cannot send {what} to the worker processes, which are spawned "
+                f"fresh and receive it by pickling ({type(error).__name__}: {error}); {hint}"
+            ) from error
+
+
 def launch(
     fn: Callable[..., Any],
     world_size: int = 2,
@@ -99,12 +127,14 @@ def launch(
         raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
     if not dist.is_available() or not dist.is_gloo_available():
         raise WorkerError("this torch build has no torch.distributed gloo backend")
+    args = tuple(args)
+    _check_sendable(fn, args)
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
     procs = [
         ctx.Process(
-            target=_entry, args=(r, world_size, port, fn, tuple(args), results), daemon=True
+            target=_entry, args=(r, world_size, port, fn, args, results), daemon=True
         )
         for r in range(world_size)
     ]
@@ -136,6 +166,7 @@ def launch(
                 raise WorkerError(f"worker rank {rank} failed:\n{value}")
             found[rank] = value
     finally:
+        procs = [p for p in procs if p.pid is not None]  # a failed start leaves none to join
         for p in procs:
             p.join(timeout=max(0.0, min(5.0, deadline - time.monotonic())))
         for p in procs:

@@ -239,12 +239,18 @@ def global_(
     pattern: Pattern | None = None,
     dense: Iterable[str] = (),
     scores: Mapping[str, torch.Tensor] | None = None,
+    min_density: float = 0.0,
 ) -> dict[str, float]:
     """Global: one threshold across layers; the lowest-scoring groups anywhere go first.
 
     ``scores`` are group scores per layer (``pattern.group_scores``).  Ties across layers go
     to the earlier layer, then the lower index.  With groups of different sizes the pruned
     set is the prefix of the global order whose parameter count is nearest the target.
+
+    One threshold can empty a layer whose scores are all low (often the output layer), and
+    nothing then crosses it.  ``min_density`` keeps at least that fraction of every layer's
+    groups (rounded up): a layer's groups beyond it leave the ranking, and the rest of the
+    target is taken from the other layers, as Torch-Pruning's ``max_pruning_ratio`` does.
     """
     if scores is None:
         raise ValueError("the global budget ranks scores across layers: pass scores=...")
@@ -254,6 +260,19 @@ def global_(
     zeros = _target_zeros(shapes, sparsity, dense)
     pool = [n for n in shapes if n not in dense]
     flat = [scores[n].flatten().double() for n in pool]
+    if min_density > 0:
+        flat = [_floored(f, min_density) for f in flat]
+        prunable = sum(
+            int((f < math.inf).sum()) * pattern.group_size(shapes[n])
+            for n, f in zip(pool, flat, strict=True)
+        )
+        if zeros > prunable:
+            total = sum(math.prod(shapes[n]) for n in shapes)
+            raise ValueError(
+                f"min_density={min_density} keeps too much: at most {prunable / total:.1%} "
+                f"of the weights can be pruned, below the target {sparsity:.1%}; lower "
+                f"min_density or the sparsity"
+            )
     sizes = [
         torch.full_like(f, pattern.group_size(shapes[n])) for n, f in zip(pool, flat, strict=True)
     ]
@@ -264,11 +283,23 @@ def global_(
         order = torch.argsort(all_scores, stable=True)
         cumulative = torch.cat([torch.zeros(1, dtype=all_sizes.dtype), all_sizes[order].cumsum(0)])
         n_prune = int(torch.argmin((cumulative - zeros).abs()))
+        n_prune = min(n_prune, int((all_scores < math.inf).sum()))  # not past the floors
     keep = prune_lowest(all_scores, n_prune)
     result = dict.fromkeys(shapes, 0.0)
     for n, part in zip(pool, keep.split([f.numel() for f in flat]), strict=True):
         result[n] = float((~part).sum()) / part.numel()
     return result
+
+
+def _floored(group_scores: torch.Tensor, min_density: float) -> torch.Tensor:
+    """``group_scores`` with the best ``ceil(min_density * n)`` groups out of the ranking
+    (``+inf``: never among the lowest)."""
+    keep = math.ceil(min_density * group_scores.numel() - 1e-9)
+    out = group_scores.clone()
+    if keep:
+        order = torch.argsort(group_scores, stable=True)
+        out[order[group_scores.numel() - keep :]] = math.inf
+    return out
 
 
 def lamp_scores(values: torch.Tensor) -> torch.Tensor:
@@ -454,11 +485,35 @@ def allocate(
     pattern: Pattern | None = None,
     dense: Iterable[str] = (),
     scores: Mapping[str, torch.Tensor] | None = None,
+    min_density: float = 0.0,
 ) -> dict[str, float]:
-    """Per-tensor sparsities for ``budget`` (a registered name such as ``"erk"``)."""
+    """Per-tensor sparsities for ``budget`` (a registered name such as ``"erk"``).
+
+    ``min_density`` (the ``global`` budget only) keeps at least that fraction of every
+    layer; see :func:`global_`.
+    """
     fn = registry.get(budget, "budget")
     pattern = pattern or Unstructured()
+    check_min_density(min_density, budget)
     if pattern.fixed_sparsity is not None:
         # N:M fixes every layer's sparsity; a budget has nothing to distribute.
         return {n: (0.0 if n in set(dense) else pattern.fixed_sparsity) for n in shapes}
+    if min_density:
+        return fn(shapes, sparsity, pattern=pattern, dense=dense, scores=scores,
+                  min_density=min_density)  # fmt: skip
     return fn(shapes, sparsity, pattern=pattern, dense=dense, scores=scores)
+
+
+def check_min_density(min_density: float, budget: str) -> None:
+    """Refuse a ``min_density`` outside [0, 1) or given to a budget that does not rank."""
+    if isinstance(min_density, bool) or not isinstance(min_density, (int, float)):
+        raise TypeError(f"min_density must be a number in [0, 1), got {min_density!r}")
+    if not 0 <= min_density < 1:
+        raise ValueError(f"min_density must be in [0, 1), got {min_density}")
+    if min_density and budget != "global":
+        raise ValueError(
+            f"min_density applies to the global budget, whose one threshold can empty a "
+            f"layer; budget {budget!r} sets each layer's density itself (uniform and "
+            f"ER/ERK never empty one).  Use budget='global', or keep a layer whole with "
+            f"dense=[...]"
+        )

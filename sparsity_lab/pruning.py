@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from . import criteria, masks, patterns, registry
+from . import budgets, criteria, masks, patterns, registry
 from .targets import PRUNABLE, default_targets, resolve
 
 __all__ = ["PRUNABLE", "default_targets", "prune", "sparsity"]
@@ -30,6 +30,7 @@ def prune(
     loss_fn: Callable | None = None,
     seed: int = 0,
     coupled: bool = False,
+    min_density: float = 0.0,
     **options: Any,
 ) -> nn.Module:
     """Prune ``model`` in place by attaching masks; returns the model.
@@ -61,6 +62,9 @@ def prune(
             residual blocks.  ``sparsity`` then counts groups, ranked across the model;
             ``targets``, ``exclude``, ``dense`` and ``budget`` do not apply.  See
             :func:`sparsity_lab.shrink.prune_coupled`.
+        min_density: with the global budget, the least fraction of every layer to keep
+            (rounded up to whole groups): one threshold across layers can otherwise empty a
+            layer, often the output layer, and nothing then crosses it.  ``0.05`` keeps 5%.
         options: passed to the criterion's constructor.
 
     Pruning an already pruned model continues from its masks: groups pruned before stay
@@ -70,6 +74,7 @@ def prune(
         raise TypeError(f"seed must be an int, got {seed!r}")
     if coupled:
         ignored = {"targets": targets, "exclude": exclude, "dense": dense, "budget": budget}
+        ignored["min_density"] = min_density or None
         return _prune_coupled(
             model,
             method,
@@ -86,9 +91,15 @@ def prune(
     pat = patterns.get(pattern)
     budget = criterion.default_budget if budget is None else budget
     registry.get(budget, "budget")  # fail early, with suggestions, on a misspelt budget
+    budgets.check_min_density(min_density, budget)
+    if min_density and criterion.searches_layer_sparsities:
+        raise ValueError(
+            f"{criterion.name!r} searches each layer's sparsity itself, so min_density does "
+            f"not apply; bound its search with its own options, or keep a layer with dense="
+        )
     names = resolve(model, targets, exclude, dense)
     sparsity = _as_fraction(model, names, sparsity)
-    context = criteria.Context(data=data, seed=seed)
+    context = criteria.Context(data=data, seed=seed, min_density=min_density)
     if loss_fn is not None:
         context.loss_fn = loss_fn
     criterion.prune(
@@ -107,8 +118,9 @@ def prune(
     if emptied and (sparsity is None or sparsity < 1):
         warnings.warn(
             f"budget {budget!r} pruned {', '.join(emptied)} to 100%: no signal crosses "
-            "an empty layer.  Keep it with dense=[...], or spread the zeros with "
-            "budget='erk' or 'uniform'",
+            "an empty layer.  Keep part of every layer with min_density=0.05 (global budget), "
+            "keep it whole with dense=[...], or spread the zeros with budget='erk' or "
+            "'uniform'",
             stacklevel=2,
         )
     return model

@@ -26,6 +26,7 @@ def select(
     dense: Iterable[str] = (),
     priors: Mapping[str, torch.Tensor | None] | None = None,
     reduction: str = "l1",
+    min_density: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Bool keep-masks that meet ``sparsity`` over the tensors of ``scores``.
 
@@ -33,7 +34,8 @@ def select(
     is read: they are counted in the target and get no mask).  ``priors`` are current
     keep-masks: a group pruned before scores ``-inf`` and stays pruned, so masks only
     shrink (``None``: start from dense, as methods that re-select every step do).
-    ``sparsity`` is ``None`` for N:M patterns, which fix it.
+    ``sparsity`` is ``None`` for N:M patterns, which fix it.  ``min_density`` keeps at
+    least that fraction of each tensor (global budget; see :func:`budgets.global_`).
     """
     target = target_sparsity(pattern, sparsity)
     dense = set(dense)
@@ -45,7 +47,13 @@ def select(
         if n not in dense
     }
     plan = budgets.allocate(
-        budget, shapes, target, pattern=pattern, dense=dense, scores=group_scores
+        budget,
+        shapes,
+        target,
+        pattern=pattern,
+        dense=dense,
+        scores=group_scores,
+        min_density=min_density,
     )
     counts = {n: count(plan[n], pattern.n_groups(shapes[n])) for n in group_scores}
     if pattern.fixed_sparsity is None:

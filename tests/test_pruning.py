@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import mlp
 from torch import nn
 
 import sparsity_lab as sl
@@ -185,6 +186,53 @@ def test_a_layer_emptied_by_the_budget_is_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sl.prune(kept, "magnitude", 0.95, budget="uniform")
+
+
+def test_min_density_keeps_the_best_of_every_layer_and_still_meets_the_target():
+    """The layer the global threshold would empty keeps ceil(min_density * n) weights, its
+    largest; the rest of the target comes from the other layer, lowest first (brute force)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(50, 40), torch.nn.Linear(40, 10))
+    with torch.no_grad():
+        model[1].weight.mul_(1e-3)
+    w0, w1 = model[0].weight.detach().abs().clone(), model[1].weight.detach().abs().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no layer emptied: no warning
+        sl.prune(model, "magnitude", 0.95, budget="global", min_density=0.02)
+    kept1 = sl.masks.get_mask(model, "1.weight").bool()
+    assert int(kept1.sum()) == 8  # ceil(0.02 * 400)
+    assert torch.equal(kept1.flatten(), w1.flatten() >= w1.flatten().topk(8).values[-1])
+    zeros = round(0.95 * (2000 + 400))
+    kept0 = sl.masks.get_mask(model, "0.weight").bool()
+    assert int((~kept0).sum()) + 392 == zeros
+    lowest = torch.argsort(w0.flatten(), stable=True)[: zeros - 392]
+    expected = torch.ones(2000, dtype=torch.bool)
+    expected[lowest] = False
+    assert torch.equal(kept0.flatten(), expected)
+
+
+def test_min_density_counts_whole_groups_under_a_structured_pattern():
+    model = mlp(20, 16, 8, 4)
+    with torch.no_grad():
+        model[2].weight.mul_(1e-3)  # the global threshold would take all of its rows first
+    sl.prune(model, "magnitude", 0.4, pattern="channel", min_density=0.3)
+    for name, mask in sl.masks.masks(model).items():
+        rows = mask.bool().any(dim=1)
+        assert int(rows.sum()) >= math.ceil(0.3 * len(rows)), name
+    assert int(sl.masks.get_mask(model, "2.weight").bool().any(dim=1).sum()) == 3  # ceil(2.4)
+
+
+def test_min_density_errors_say_how_to_fix_them():
+    model = mlp(6, 8, 3)
+    with pytest.raises(ValueError, match="min_density applies to the global budget"):
+        sl.prune(model, "magnitude", 0.5, budget="uniform", min_density=0.1)
+    with pytest.raises(ValueError, match=r"min_density must be in \[0, 1\)"):
+        sl.prune(model, "magnitude", 0.5, min_density=1.0)
+    with pytest.raises(ValueError, match="keeps too much(.|\n)*lower min_density"):
+        sl.prune(model, "magnitude", 0.9, min_density=0.5)
+    with pytest.raises(ValueError, match="coupled=True(.|\n)*min_density"):
+        sl.prune(model, "magnitude", 0.5, pattern="channel", coupled=True, min_density=0.1)
+    assert not sl.masks.masks(model)  # nothing was pruned on the way to an error
 
 
 @pytest.mark.parametrize(

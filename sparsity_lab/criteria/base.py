@@ -51,6 +51,8 @@ class Context:
     seed: int = 0
     #: The pattern being pruned, for criteria whose rule is defined per group of it.
     pattern: Pattern | None = None
+    #: The least fraction of each layer the global budget keeps (``prune(min_density=)``).
+    min_density: float = 0.0
     #: What a criterion works out while scoring and needs again in ``update_weights`` (an
     #: inverse Hessian, a merge plan): it lives with this one pruning call, not on the
     #: criterion, so a criterion object holds no state between calls.
@@ -178,6 +180,7 @@ class Criterion:
             dense=dense,
             priors=priors,
             reduction=reduction,
+            min_density=context.min_density,
         )
         self.update_weights(model, new_masks, context)
         for n, keep in new_masks.items():

@@ -512,7 +512,16 @@ class _Layerwise(Criterion):
         with evaluating(model), torch.no_grad():
             order = self._forward_order(model, layers, batches[0])
             plan = self._plan(
-                model, names, layers, sparsity, pattern, budget, dense, reduction, batches
+                model,
+                names,
+                layers,
+                sparsity,
+                pattern,
+                budget,
+                dense,
+                reduction,
+                batches,
+                context.min_density,
             )
             new_masks = {}
             for n in order:
@@ -588,7 +597,9 @@ class _Layerwise(Criterion):
             new, keep = new[:, inverse], keep[:, inverse]
         return new.reshape(w.shape), keep.reshape(w.shape)
 
-    def _plan(self, model, names, layers, sparsity, pattern, budget, dense, reduction, batches):
+    def _plan(
+        self, model, names, layers, sparsity, pattern, budget, dense, reduction, batches, floor
+    ):
         shapes = {n: tuple(masks.weight(model, n).shape) for n in names}
         sparsity = target_sparsity(pattern, sparsity)
         if pattern.fixed_sparsity is not None or not budgets.needs_scores(budget):
@@ -599,7 +610,13 @@ class _Layerwise(Criterion):
             for n, s in scores.items()
         }
         return budgets.allocate(
-            budget, shapes, sparsity, pattern=pattern, dense=dense, scores=group_scores
+            budget,
+            shapes,
+            sparsity,
+            pattern=pattern,
+            dense=dense,
+            scores=group_scores,
+            min_density=floor,
         )
 
     def _dense_scores(self, model, names, layers, dense, batches):

@@ -395,7 +395,13 @@ class Evolutionary(Criterion):
             if n not in dense
         }
         plan = budgets.allocate(
-            budget, shapes, sparsity, pattern=pattern, dense=dense, scores=magnitude
+            budget,
+            shapes,
+            sparsity,
+            pattern=pattern,
+            dense=dense,
+            scores=magnitude,
+            min_density=context.min_density,
         )
         layers = [n for n in names if n not in dense]
         n_groups = {n: pattern.n_groups(shapes[n]) for n in layers}

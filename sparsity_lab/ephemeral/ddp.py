@@ -133,9 +133,7 @@ def launch(
     results = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(
-            target=_entry, args=(r, world_size, port, fn, args, results), daemon=True
-        )
+        ctx.Process(target=_entry, args=(r, world_size, port, fn, args, results), daemon=True)
         for r in range(world_size)
     ]
     deadline = time.monotonic() + timeout

@@ -467,13 +467,18 @@ def judge(
 ) -> Verdict:
     """:func:`verdict`, explained the way every notebook explains one.
 
-    ``measured`` (what was measured beyond the numbers) is always said.  ``reason`` (why
+    ``measured`` (what was measured beyond the numbers) is always said, and so are the
+    flagged arms of a :func:`~sparsity_lab.stats.paired` row.  ``reason`` (why
     the result may differ from the paper's) is said only when the claim is not reproduced,
     followed by the paper's own setting; with one seed the reason is that there is no
     interval, since nothing else can be concluded.
     """
     found = verdict(claim, differences, setting=setting)
     parts = [measured]
+    flagged = differences.get("flagged", "") if isinstance(differences, Mapping | pd.Series) else ""
+    if isinstance(flagged, str) and flagged:
+        # said whatever the status: a verdict on collapsed runs is not one on the methods
+        parts.append(f"Sanity flags: {flagged}.")
     if found.status != REPRODUCED:
         if found.n < 2:
             parts.append("A single seed was run, so there is no interval.")

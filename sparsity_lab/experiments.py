@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .stats import summarize
+from .stats import STAGE_FLAGS, summarize
 from .train import show_progress
 
 __all__ = ["SweepError", "plot_mean_ci", "summarize", "sweep"]
@@ -299,22 +299,25 @@ def plot_mean_ci(
     ax: plt.Axes | None = None,
     confidence: float = 0.95,
     label: str | None = None,
+    flags: str | None = "auto",
 ) -> plt.Axes:
     """Mean of ``y`` against ``x`` with a shaded confidence band, one line per ``hue`` value.
 
     The band is :func:`summarize`'s Student-t interval over the rows (e.g. seeds) sharing
     an ``x`` (and ``hue``), clipped to [0, 1] for accuracies.  ``label`` names the line, or
     prefixes each hue's legend entry, so several sweeps can share one Axes.  When ``df`` has
-    a ``flags`` column (:func:`sparsity_lab.recipes.evaluate_run`), a point any of whose runs
-    raised a sanity flag is circled in red, so a flagged number is never read as a plain
-    one.  Returns the Axes.
+    the flags of ``y``'s stage (``flags``; ``"auto"``: ``pruned_flags`` for accuracy right
+    after pruning, else ``flags``, see :func:`sparsity_lab.recipes.evaluate_run`), a point
+    any of whose runs raised a sanity flag is circled in red, so a flagged number is never
+    read as a plain one.  Returns the Axes.
     """
     if ax is None:
         _, ax = plt.subplots()
     by = [x] if hue is None else [hue, x]
     table = summarize(df, by, y, confidence)
-    if "flags" in df.columns:
-        flagged = df["flags"].fillna("").astype(str) != ""
+    column = STAGE_FLAGS.get(y, "flags") if flags == "auto" else flags
+    if column in df.columns:
+        flagged = df[column].fillna("").astype(str) != ""
         table["flagged"] = (
             flagged.groupby([df[c] for c in by], sort=False, dropna=False)
             .any()

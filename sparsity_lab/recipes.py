@@ -591,21 +591,23 @@ def finetune_and_measure(
     The second half of :func:`prune_and_finetune`, for masks made some other way (a
     :func:`random_like` baseline, a search).  Returns ``{"measured_sparsity",
     "pruned_accuracy", "val_accuracy", "test_accuracy", "finetune_epochs",
-    "finetune_flops", "flags"}``: validation accuracy right after pruning, then after
-    fine-tuning, the test accuracy, the budget and the flags of the final model on the test
-    split (:func:`evaluate_run`; ``sparsity`` is the target the flags check, counted over
+    "finetune_flops", "flags", "pruned_flags"}``: validation accuracy right after pruning,
+    then after fine-tuning, the test accuracy, the budget, the flags of the final model on
+    the test split and those of the pruned model before fine-tuning, on validation
+    (:func:`evaluate_run`; ``sparsity`` is the target the flags check, counted over
     ``names``, default every Linear/Conv weight).
     """
-    pruned = evaluate_run(model, t, split="val")["accuracy"]
+    pruned = evaluate_run(model, t, split="val", target_sparsity=sparsity, names=names)
     budget = finetune(model, t, finetune_epochs, lr=lr, optimizer=optimizer, progress=progress)
     final = evaluate_run(model, t, target_sparsity=sparsity, names=names)
     return {
         "measured_sparsity": final["sparsity"],
-        "pruned_accuracy": pruned,
+        "pruned_accuracy": pruned["accuracy"],
         "val_accuracy": evaluate_run(model, t, split="val")["accuracy"],
         "test_accuracy": final["accuracy"],
         **budget,
         "flags": final["flags"],
+        "pruned_flags": pruned["flags"],
     }
 
 

@@ -44,6 +44,9 @@ LOWER_IS_BETTER = ("loss", "perplexity", "error", "ece", "seconds", "flops", "by
 #: whose interval excludes 0 is called "higher" or "lower".
 DESCRIPTIVE = ("uncertainty", "disagreement", "interdependence")
 HIGHER, LOWER = "higher", "lower"
+#: The column holding the sanity flags of a metric's stage, where it is not ``"flags"``
+#: (the flags of the final model): accuracy right after pruning has its own.
+STAGE_FLAGS = {"pruned_accuracy": "pruned_flags"}
 
 
 def bounds_for(metric: str) -> tuple[float, float] | None:
@@ -131,6 +134,7 @@ def paired(
     pair_on: Sequence[str] | str = "seed",
     confidence: float = 0.95,
     higher_better: bool | None = None,
+    flags: str | None = "auto",
 ) -> pd.DataFrame:
     """Paired differences ``treatment - baseline`` of ``metric``, matched on ``pair_on``.
 
@@ -145,6 +149,12 @@ def paired(
     "Better" follows ``higher_better``, by default :func:`higher_is_better` of the metric's
     name (a lower perplexity is better).  A difference of two fractions lies in [-1, 1], so
     for those metrics the interval is clipped there.
+
+    ``flagged`` names the arms whose runs raised sanity flags (at chance level, a layer
+    emptied...), with how many and which, or is ``""``: a difference to a collapsed run is
+    not a difference between methods, and :func:`describe` says so beside the numbers.  The
+    flags are read from ``flags`` (``"auto"``: the metric's stage column of
+    :data:`STAGE_FLAGS`, else ``"flags"``; ``None`` or an absent column: none).
     """
     by = [by] if isinstance(by, str) else list(by)
     pair_on = [pair_on] if isinstance(pair_on, str) else list(pair_on)
@@ -152,6 +162,9 @@ def paired(
     if missing:
         raise KeyError(f"columns {missing} are not in the DataFrame; it has {list(df.columns)}")
     keys = [*by, *pair_on]
+    flag_column = STAGE_FLAGS.get(metric, "flags") if flags == "auto" else flags
+    if flag_column not in df.columns:
+        flag_column = None
     arms = []
     for value, name in ((treatment, "treatment"), (baseline, "baseline")):
         arm = df[df[column] == value]
@@ -163,17 +176,19 @@ def paired(
                 f"several rows with {column} == {value!r} share {keys}; add the column that "
                 "tells them apart to `by`"
             )
-        arms.append(arm[[*keys, metric]].rename(columns={metric: name}))
+        kept = [*keys, metric, *([flag_column] if flag_column else [])]
+        arms.append(arm[kept].rename(columns={metric: name, flag_column: f"{name}_flags"}))
     merged = arms[0].merge(arms[1], on=keys, how="inner")
     if merged.empty:
         raise ValueError(f"no {pair_on} value is shared by {treatment!r} and {baseline!r}")
     merged["diff"] = merged["treatment"] - merged["baseline"]
     higher_better = higher_is_better(metric) if higher_better is None else higher_better
     bounds = (-1.0, 1.0) if bounds_for(metric) else None
-    groups = merged.groupby(by, sort=False, dropna=False)["diff"] if by else [((), merged["diff"])]
+    groups = merged.groupby(by, sort=False, dropna=False) if by else [((), merged)]
     rows = []
-    for key, diffs in groups:
+    for key, group in groups:
         key = key if isinstance(key, tuple) else (key,)
+        diffs = group["diff"]
         summary = mean_interval(diffs, confidence, bounds)
         verdict = verdict_of(summary["ci_low"], summary["ci_high"], summary["n"], summary["std"])
         if any(word in metric for word in DESCRIPTIVE):
@@ -189,11 +204,28 @@ def paired(
                 "ci_low": summary["ci_low"],
                 "ci_high": summary["ci_high"],
                 "verdict": verdict,
+                "flagged": _flagged(group, {"treatment": treatment, "baseline": baseline})
+                if flag_column
+                else "",
             }
         )
     return pd.DataFrame(
-        rows, columns=[*by, "mean_diff", "std", "n", "ci_low", "ci_high", "verdict"]
+        rows, columns=[*by, "mean_diff", "std", "n", "ci_low", "ci_high", "verdict", "flagged"]
     )
+
+
+def _flagged(group: pd.DataFrame, arms: Mapping[str, object]) -> str:
+    """Which arms of these pairs raised flags: ``"`random` flagged in 3 of 3 runs: at
+    chance level"``, the arms joined by ``"; "``, or ``""``."""
+    parts = []
+    for name, value in arms.items():
+        texts = [t for t in group[f"{name}_flags"].fillna("").astype(str) if t]
+        if texts:
+            kinds = dict.fromkeys(f.split(" (")[0] for t in texts for f in t.split("; "))
+            parts.append(
+                f"`{value}` flagged in {len(texts)} of {len(group)} runs: {', '.join(kinds)}"
+            )
+    return "; ".join(parts)
 
 
 def paired_table(
@@ -240,12 +272,17 @@ def verdict_of(ci_low: float, ci_high: float, n: int, std: float | None = None) 
 
 
 def describe(row: pd.Series | dict, *, scale: float = 100.0, unit: str = " points") -> str:
-    """A row of :func:`paired` in words: ``"+1.7 points [+0.7, +2.7], 3 seeds: better"``."""
+    """A row of :func:`paired` in words: ``"+1.7 points [+0.7, +2.7], 3 seeds: better"``,
+    followed by the flagged arms when there are any (``"... better (`random` flagged in 3
+    of 3 runs: at chance level)"``)."""
     n = int(row["n"])
     mean = row["mean_diff"] * scale
     if n < 2:
-        return f"{mean:+.1f}{unit} (one seed, no interval)"
-    if row["verdict"] == NO_SPREAD:
-        return f"{mean:+.1f}{unit} on each of {n} seeds (no spread, no interval)"
-    low, high = row["ci_low"] * scale, row["ci_high"] * scale
-    return f"{mean:+.1f}{unit} [{low:+.1f}, {high:+.1f}], {n} seeds: {row['verdict']}"
+        text = f"{mean:+.1f}{unit} (one seed, no interval)"
+    elif row["verdict"] == NO_SPREAD:
+        text = f"{mean:+.1f}{unit} on each of {n} seeds (no spread, no interval)"
+    else:
+        low, high = row["ci_low"] * scale, row["ci_high"] * scale
+        text = f"{mean:+.1f}{unit} [{low:+.1f}, {high:+.1f}], {n} seeds: {row['verdict']}"
+    flagged = row.get("flagged", "")
+    return f"{text} ({flagged})" if isinstance(flagged, str) and flagged else text

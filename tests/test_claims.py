@@ -114,3 +114,13 @@ def test_judge_explains_only_what_is_not_reproduced():
     assert missed.reason == f"why The paper: {claims.get(key).setting}."
     single = claims.judge(key, [0.05], setting="toy", reason="why")
     assert single.reason == "A single seed was run, so there is no interval."
+
+
+def test_judge_names_flagged_arms_whatever_the_status():
+    row = {"mean_diff": 0.06, "ci_low": 0.05, "ci_high": 0.07, "n": 3}
+    flagged = {**row, "flagged": "`random` flagged in 3 of 3 runs: at chance level"}
+    found = claims.judge("snip_beats_random_init", flagged, setting="toy", measured="what")
+    assert found.status == claims.REPRODUCED
+    assert found.reason == "what Sanity flags: `random` flagged in 3 of 3 runs: at chance level."
+    clean = claims.judge("snip_beats_random_init", {**row, "flagged": ""}, measured="what")
+    assert clean.reason == "what"

@@ -154,6 +154,16 @@ def dense_model(digits_task) -> torch.nn.Module:
     return model
 
 
+def test_the_pruned_stage_has_its_own_flags(digits_task, dense_model):
+    """A layer emptied by pruning is flagged before fine-tuning, on validation data."""
+    model = copy.deepcopy(dense_model)
+    sl.prune(model, "magnitude", 0.5, targets=["fc3.weight"])
+    masks.set_mask(model, "fc3.weight", torch.zeros_like(masks.weight(model, "fc3.weight")))
+    result = recipes.finetune_and_measure(model, digits_task, None, finetune_epochs=1)
+    assert "layer pruned to 100%" in result["pruned_flags"]
+    assert "at chance level" in result["pruned_flags"]
+
+
 def test_prune_and_finetune_keeps_masked_weights_zero(digits_task, dense_model):
     model = copy.deepcopy(dense_model)
     result = recipes.prune_and_finetune(model, digits_task, "magnitude", 0.8, finetune_epochs=2)
@@ -166,9 +176,11 @@ def test_prune_and_finetune_keeps_masked_weights_zero(digits_task, dense_model):
         "finetune_epochs",
         "finetune_flops",
         "flags",
+        "pruned_flags",
     }
     assert result["measured_sparsity"] == sl.sparsity(model)
     assert result["flags"] == ""  # 80% on digits after fine-tuning: nothing to flag
+    assert result["pruned_flags"] == ""
     found = masks.masks(model)
     assert list(found) == ["fc1.weight", "fc2.weight", "fc3.weight"]
     assert sum(int(m.sum()) for m in found.values()) == KEPT_AT_80

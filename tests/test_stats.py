@@ -162,3 +162,33 @@ def test_paired_table_stacks_every_pair_and_stage():
     assert list(table["stage"]) == ["v", "t", "v", "t"]
     one = stats.paired(df, "m", "b", "c", metric="test").iloc[0]
     assert table.iloc[3]["mean_diff"] == pytest.approx(one["mean_diff"])
+
+
+def test_flagged_arms_are_named_beside_the_numbers_of_their_stage():
+    """Each stage's comparison reads that stage's flags: the random arm collapsed right
+    after pruning (pruned_flags) but not after fine-tuning (flags)."""
+    rows = [
+        {
+            "m": m,
+            "seed": s,
+            "pruned_accuracy": acc,
+            "test_accuracy": acc + 0.05,
+            "pruned_flags": "at chance level (0.10 <= 0.14)" if m == "random" else "",
+            "flags": "class never predicted (3)" if (m, s) == ("magnitude", 2) else "",
+        }
+        for m, offsets in (("magnitude", (0.9, 0.92, 0.93)), ("random", (0.1, 0.11, 0.14)))
+        for s, acc in enumerate(offsets)
+    ]
+    df = pd.DataFrame(rows)
+    table = stats.paired_table(
+        df, "m", [("magnitude", "random")], {"pruned_accuracy": "p", "test_accuracy": "t"}
+    )
+    pruned, tuned = table.iloc[0], table.iloc[1]
+    assert pruned["flagged"] == "`random` flagged in 3 of 3 runs: at chance level"
+    assert tuned["flagged"] == "`magnitude` flagged in 1 of 3 runs: class never predicted"
+    assert stats.describe(pruned).endswith(
+        ": better (`random` flagged in 3 of 3 runs: at chance level)"
+    )
+    unflagged = stats.paired(df, "m", "magnitude", "random", metric="test_accuracy", flags=None)
+    assert unflagged.iloc[0]["flagged"] == ""
+    assert stats.describe(unflagged.iloc[0]).endswith(": better")

@@ -534,9 +534,7 @@ def compare(criteria, title, xlabel):
             ax.set_title(f"{model_name}: {stage}")
             ax.set_xlabel(xlabel)
             ax.set_ylabel("validation accuracy")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    labels = [label.replace("criterion=", "") for label in labels]
-    fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    sl.viz.figure_legend(fig, axes, strip="criterion=")
     fig.suptitle(title)
     plt.show()
 

@@ -27,6 +27,7 @@ import copy
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import scipy.stats
 import torch
 import torch.nn.functional as F
 from IPython.display import Markdown, display
@@ -242,22 +243,40 @@ for ax, (label, w) in zip(
             color=colour,
             fontsize=8,
         )
-        toy_rows.append({"point": label, "weight": f"w{k + 1}", "real": real, "-g w": predicted})
+        toy_rows.append(
+            {"point": label, "weight": f"w{k + 1}", "real": real, "-g w": predicted, "|w|": size}
+        )
     ax.set(xlabel="w1", ylabel="w2", title=label, aspect="equal")
 plt.show()
 toy = pd.DataFrame(toy_rows).set_index(["point", "weight"])
+toy["|g w| (snip)"] = toy["-g w"].abs()
 part_way = toy.loc["part-way"]
 at_min = toy.loc["at the minimum"]
-agree = part_way["real"].idxmax() == part_way["-g w"].idxmax()
+
+
+def ranks_as_real(table, score):
+    """Whether ``score`` puts the weight whose removal costs more first, as the loss does."""
+    return table["real"].idxmax() == table[score].idxmax()
+
+
+def same_or_other(agree):
+    return "the same way" if agree else "the other way"
+
+
 display(
     Markdown(
         f"Part-way, removing `w1` changes the loss by {part_way.loc['w1', 'real']:+.2f} and "
-        f"`w2` by {part_way.loc['w2', 'real']:+.2f}; the first-order score ranks them "
-        f"{'the same way' if agree else 'the other way'}. "
+        f"`w2` by {part_way.loc['w2', 'real']:+.2f}.  The signed estimate $-g\\,w$ predicts "
+        f"{part_way.loc['w1', '-g w']:+.2f} and {part_way.loc['w2', '-g w']:+.2f} and ranks "
+        f"them {same_or_other(ranks_as_real(part_way, '-g w'))}; SNIP's "
+        f"$\\lvert g\\,w\\rvert$ ranks them "
+        f"{same_or_other(ranks_as_real(part_way, '|g w| (snip)'))}, and magnitude "
+        f"{same_or_other(ranks_as_real(part_way, '|w|'))}. "
         f"At the minimum the first-order scores are {at_min['-g w'].abs().max():.1e} at most, "
         f"while the real increases are {at_min.loc['w1', 'real']:.2f} and "
-        f"{at_min.loc['w2', 'real']:.2f}: there only the curvature (the next notebook) tells "
-        f"the weights apart."
+        f"{at_min.loc['w2', 'real']:.2f}: no first-order score separates the weights there; "
+        f"magnitude ranks them {same_or_other(ranks_as_real(at_min, '|w|'))}, and the "
+        f"curvature (the next notebook) measures the real change."
     )
 )
 
@@ -317,17 +336,27 @@ for ax, rows, title in [
     ax.set_title(title)
     ax.legend()
 plt.show()
-correlations = [np.corrcoef(np.array(rows).T)[0, 1] for rows in (weight_rows, unit_rows)]
+pearson = [np.corrcoef(np.array(rows).T)[0, 1] for rows in (weight_rows, unit_rows)]
+spearman = [scipy.stats.spearmanr(*np.array(rows).T).statistic for rows in (weight_rows, unit_rows)]
+unit_predicted, unit_real = np.array(unit_rows).T
+largest = int(np.argmax(np.abs(unit_real - unit_predicted)))
+without = np.delete(np.arange(len(unit_rows)), largest)
+pearson_without = np.corrcoef(unit_predicted[without], unit_real[without])[0, 1]
+under = float(np.mean(unit_real > unit_predicted))
 display(
     Markdown(
         f"The first-order prediction correlates with the real change at "
-        f"{correlations[0]:.2f} for single weights and {correlations[1]:.2f} for whole units: "
+        f"{pearson[0]:.2f} (rank correlation {spearman[0]:.2f}) for single weights and "
+        f"{pearson[1]:.2f} (rank correlation {spearman[1]:.2f}) for whole units.  The unit "
+        f"furthest from its prediction (real {unit_real[largest]:+.4f}, predicted "
+        f"{unit_predicted[largest]:+.4f}) weighs on the second: without it the correlation "
+        f"is {pearson_without:.2f}.  The real change exceeds the prediction for "
+        f"{under:.0%} of the units"
         + (
-            "the small removals (single weights) are predicted better than the large ones "
-            "(whole units), where the curvature of the loss has more room to act."
-            if correlations[0] > correlations[1]
-            else "on this batch the large removals (whole units) are predicted at least as "
-            "well as the small ones (single weights)."
+            ": removing a unit costs more than the slope says, as a positive curvature, "
+            "which the first-order term leaves out, would make it."
+            if under > 0.5
+            else ": the first-order term errs in both directions."
         )
     )
 )
@@ -368,8 +397,9 @@ display(
 # accuracy once at the end.  Single weights are pruned with a global budget; their random
 # baseline is `recipes.random_like` of magnitude's mask (the same number of weights in
 # every layer).  Units (`skeletonization`, `taylor`) are pruned with the same share of the
-# hidden units of every layer, `random units` (the same number per layer) and `group_norm`
-# as references.
+# units of each layer in `UNITS` (both hidden layers of LeNet-300-100; `conv1`, `fc1` and
+# `fc2` of LeNet-5, whose `conv2` stays whole), with `random units` (the same number per
+# layer) and `group_norm` as references.
 
 # %%
 UNITS = {
@@ -439,9 +469,7 @@ def compare(table, criteria, columns, title, xlabel):
             ax.set_title(f"{model_name}: {stage}")
             ax.set_xlabel(xlabel)
             ax.set_ylabel("validation accuracy")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    labels = [label.replace("criterion=", "") for label in labels]
-    fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    sl.viz.figure_legend(fig, axes, strip="criterion=")
     fig.suptitle(title)
     plt.show()
 
@@ -471,8 +499,11 @@ PAIRS = [
 REPORTED = {"pruned_accuracy": "no fine-tuning (val)", "test_accuracy": "fine-tuned (test)"}
 paired = sl.stats.paired_table(results, "criterion", PAIRS, REPORTED, by=["model_name", "sparsity"])
 columns = ["comparison", "stage", "model_name", "sparsity", "mean_diff", "ci_low", "ci_high"]
-display(paired[columns].assign(verdict=paired["verdict"]).round(4))
-sl.nb.show_flags(sl.flags.table(results, ["model_name", "criterion", "sparsity"]))
+with pd.option_context("display.max_rows", None):
+    display(paired[[*columns, "verdict"]].round(4))
+RUNS = ["model_name", "criterion", "sparsity"]
+sl.nb.show_flags(sl.flags.table(results, RUNS, "pruned_flags"), what="right after pruning (val)")
+sl.nb.show_flags(sl.flags.table(results, RUNS), what="after fine-tuning (test)")
 top = max(SPARSITIES)
 
 
@@ -522,7 +553,7 @@ display(
 # A small network at initialisation, 4-16-16-4-2, pruned to 95% sparsity before training;
 # every kept connection is drawn.  A standard initialisation makes the weights of wide
 # layers small, so a global magnitude threshold judges layers by their width; SynFlow
-# scores each weight by the paths from input to output that run through it.  Under each
+# scores each weight by the paths from input to output that run through it.  Above each
 # network: how many input-output paths are left.
 
 # %%
@@ -694,13 +725,7 @@ for ax, model_name in zip(axes[0], PAI_MODELS, strict=True):
     ax.get_legend().remove()
     ax.set_title(f"{model_name}: pruned at initialisation, trained {PAI_EPOCHS} epoch(s)")
     ax.set_ylabel("validation accuracy")
-handles, labels = axes[0, 0].get_legend_handles_labels()
-fig.legend(
-    handles,
-    [label.replace("criterion=", "") for label in labels],
-    loc="outside right center",
-    fontsize=8,
-)
+sl.viz.figure_legend(fig, axes, strip="criterion=")
 plt.show()
 sl.nb.show_flags(sl.flags.table(pai, ["model_name", "criterion", "sparsity", "arm"]))
 
@@ -728,8 +753,7 @@ for ax, model_name in zip(axes[0], PAI_MODELS, strict=True):
     ax.axhline(0, color="k", linewidth=0.8)
     ax.set(xlabel="sparsity", ylabel="shuffled - original (points)")
     ax.set_title(f"{model_name}: accuracy change when masks are shuffled")
-handles, labels = axes[0, 0].get_legend_handles_labels()
-fig.legend(handles, labels, loc="outside right center", fontsize=8)
+sl.viz.figure_legend(fig, axes)
 plt.show()
 at_top = shuffle[shuffle.sparsity == top]
 display(
@@ -761,6 +785,24 @@ def sparse_facts(m):
     )
 
 
+def dense_note(m, sparsity):
+    """The dense baselines of ``m`` that missed their recipe, and whether the paired
+    difference keeps its sign on every seed."""
+    flagged = dense_runs[(dense_runs.model_name == m) & (dense_runs.flags != "")]
+    if flagged.empty:
+        return ""
+    part = results[(results.model_name == m) & (results.sparsity == sparsity)]
+    arms = part.pivot(index="seed", columns="criterion", values="test_accuracy")
+    diffs = arms["magnitude"] - arms[RANDOM_WEIGHTS]
+    seeds = ", ".join(str(s) for s in flagged.seed)
+    same_sign = (diffs > 0).all() or (diffs < 0).all()
+    return (
+        f"The dense baseline of seed(s) {seeds} is below its recipe (flagged); the per-seed "
+        f"differences ({', '.join(f'{100 * d:+.1f}' for d in diffs)} points) "
+        + ("keep one sign on every seed." if same_sign else "change sign across seeds.")
+    )
+
+
 snip_vs_random = sl.stats.paired(
     pai,
     "arm",
@@ -784,7 +826,10 @@ snip_verdicts = [
         r,
         setting=f"{r.model_name} at {top:.0%}, SNIP's mask against random_like of it, trained "
         f"{PAI_EPOCHS} epoch(s), test",
-        reason=sparse_facts(r.model_name),
+        reason=sparse_facts(r.model_name)
+        + " The random mask here keeps SNIP's count in every layer (the shuffled arm above), "
+        "so it is a stricter baseline than the paper's uniform random pruning: this is the "
+        "SNIP row of the shuffling comparison, with the sign reversed.",
     )
     for _, r in snip_vs_random[
         (snip_vs_random.criterion == "snip") & (snip_vs_random.sparsity == top)
@@ -798,6 +843,7 @@ magnitude_verdicts = [
         setting=f"{m} at {han:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch(s), test",
         reason=f"The dense {m} has {DENSE.loc[m, 'parameters']:,} parameters, trained "
         f"{DENSE.loc[m, 'epochs']} epoch(s) on {DENSE.loc[m, 'n_train']} MNIST images.",
+        measured=dense_note(m, han),
     )
     for m in MODELS
 ]
@@ -823,7 +869,8 @@ display(
 #   gradient vanishes.
 # - Karnin's sensitivity and movement pruning accumulate their scores while the network
 #   trains, through the training loop's callbacks (`KarninScores`, `MovementScores`).
-#   Movement keeps weights that moved away from zero, whatever their final size.
+#   Movement keeps weights that moved away from zero; on a trained network most of them
+#   also ended large, so it keeps much of what magnitude keeps (measured below).
 # - Pruning at initialisation must judge weights before they learn.  SynFlow scores paths
 #   without data, to avoid layer collapse; GraSP and SNIP use one batch; FORCE iterates
 #   SNIP.  Every sparse start here is rescaled to its fan-in, and every random baseline
@@ -832,11 +879,14 @@ display(
 # What this chapter measured:
 
 # %%
-counts = pd.Series([v.status for v in shuffle_verdicts]).value_counts()
+clean = [v for v in shuffle_verdicts if "Sanity flags:" not in v.reason]
+counts = pd.Series([v.status for v in clean], dtype=object).value_counts()
+judged = ", ".join(f"{n} {status}" for status, n in counts.items()) or "none judged"
+n_flagged = len(shuffle_verdicts) - len(clean)
 lines = [
     f"- The first-order estimate correlates with the real loss change at "
-    f"{correlations[0]:.2f} for single weights of `fc2` and {correlations[1]:.2f} for whole "
-    f"units of `fc1`.",
+    f"{pearson[0]:.2f} for single weights of `fc2` and {pearson[1]:.2f} for whole "
+    f"units of `fc1` (rank correlations {spearman[0]:.2f} and {spearman[1]:.2f}).",
     f"- Magnitude and movement keep {overlap:.0%} of the same weights of `fc2` at 90% sparsity.",
     f"- At 99% sparsity before training, the methods that empty a layer of LeNet-300-100 "
     f"are: {', '.join(f'`{m}`' for m in empty) or 'none'}.",
@@ -852,8 +902,13 @@ lines = [
     ],
     f"- Shuffling masks found at initialisation ({len(shuffle_verdicts)} method-network "
     f"pairs at {top:.0%}, {PAI_EPOCHS} training epoch(s), {len(SEEDS)} seed(s)): "
-    + ", ".join(f"{n} {status}" for status, n in counts.items())
-    + " against init_masks_carry_layer_ratios_only.",
+    f"{judged} against init_masks_carry_layer_ratios_only among the pairs whose runs raised "
+    f"no sanity flag"
+    + (
+        f"; {n_flagged} pair(s) with a flagged arm are not counted (see the table)."
+        if n_flagged
+        else "."
+    ),
     *[
         f"- Against the literature: {v.claim.key} is **{v.status}** ({v.setting})."
         for v in snip_verdicts + magnitude_verdicts

@@ -495,17 +495,18 @@ def report(verdicts: Iterable[Verdict], scale: float = 100.0, unit: str = " poin
     return "\n".join(lines)
 
 
-def table(verdicts: Iterable[Verdict], scale: float = 100.0) -> pd.DataFrame:
-    """The verdicts as a table: claim, paper, setting, difference, interval, verdict."""
+def table(verdicts: Iterable[Verdict], scale: float = 100.0, unit: str = "points") -> pd.DataFrame:
+    """The verdicts as a table: claim, paper, setting, difference and interval (``scale``
+    times the fractions, in ``unit``, which the column names carry), verdict."""
     return pd.DataFrame(
         [
             {
                 "claim": v.claim.key,
                 "paper": v.claim.paper,
                 "setting": v.setting,
-                "difference": round(v.mean * scale, 2),
-                "ci_low": round(v.ci_low * scale, 2) if v.n > 1 else math.nan,
-                "ci_high": round(v.ci_high * scale, 2) if v.n > 1 else math.nan,
+                f"difference ({unit})": round(v.mean * scale, 2),
+                f"ci_low ({unit})": round(v.ci_low * scale, 2) if v.n > 1 else math.nan,
+                f"ci_high ({unit})": round(v.ci_high * scale, 2) if v.n > 1 else math.nan,
                 "seeds": v.n,
                 "verdict": v.status,
             }

@@ -75,12 +75,17 @@ def show_flags(flagged: Any, *, what: str = "") -> None:
     """Display a table of :func:`sparsity_lab.flags.table`, or one line saying none fired.
 
     Returns nothing, so a call that ends a cell shows its table once.  ``what`` names the
-    runs in the all-clear line ("on the dense baselines").
+    runs ("on the dense baselines", "right after pruning"), as the table's caption or in
+    the all-clear line.
     """
     from IPython.display import Markdown, display  # only a notebook displays
 
-    all_clear = f"No sanity flag fired{' ' + what if what else ''}."
-    display(flagged if len(flagged) else Markdown(all_clear))
+    if not len(flagged):
+        display(Markdown(f"No sanity flag fired{' ' + what if what else ''}."))
+        return
+    if what:
+        display(Markdown(f"Sanity flags {what}:"))
+    display(flagged)
 
 
 def is_static() -> bool:

@@ -34,6 +34,22 @@ def _axes(ax: Axes | None) -> Axes:
     return ax
 
 
+def figure_legend(fig: Figure, axes, *, strip: str = "", **options) -> None:
+    """One legend for a figure of panels, beside them, with the entries of *every* panel.
+
+    Panels of a grid often share their lines, but not always (a criterion missing from one
+    model, a sanity-flag circle drawn in one panel only); taking the first panel's legend
+    would leave those out.  Entries are kept in order of first appearance, one per label;
+    ``strip`` is removed from each label (``"criterion="``).
+    """
+    found: dict[str, object] = {}
+    for ax in np.ravel(axes):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            found.setdefault(label.replace(strip, "") if strip else label, handle)
+    options = {"loc": "outside right center", "fontsize": 8, **options}
+    fig.legend(list(found.values()), list(found), **options)
+
+
 def _as_2d(mask: torch.Tensor | np.ndarray) -> np.ndarray:
     """A mask as a float (rows, cols) array: (out, rest) for >2 dims, (1, n) for a vector."""
     array = torch.as_tensor(mask).detach().cpu().to(torch.float32).numpy()

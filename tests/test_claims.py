@@ -68,7 +68,7 @@ def test_sentence_carries_the_numbers_the_paper_and_the_reason():
     assert "a fifth of RigL's" in text
     table = claims.table([v])
     assert table.loc[0, "verdict"] == "not reproduced"
-    assert table.loc[0, "difference"] == pytest.approx(-2.5)
+    assert table.loc[0, "difference (points)"] == pytest.approx(-2.5)
 
 
 def test_errors():

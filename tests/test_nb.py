@@ -217,3 +217,6 @@ def test_show_flags_displays_the_table_or_an_all_clear_line(monkeypatch):
     assert shown_objects[-1].to_dict("records") == [
         {"m": "a", "flagged_runs": "1 of 1", "flags": "at chance level"}
     ]
+    nb.show_flags(sl_flags.table(dirty, "m"), what="right after pruning")
+    assert shown_objects[-2].data == "Sanity flags right after pruning:"
+    assert shown_objects[-1].to_dict("records")[0]["m"] == "a"

@@ -258,3 +258,14 @@ def test_sparsity_curve_logit_axis_spreads_high_sparsity():
 def test_sparsity_curve_logit_rejects_full_sparsity():
     with pytest.raises(ValueError, match="< 1"):
         viz.sparsity_curve(pd.DataFrame({"sparsity": [1.0], "accuracy": [0.1]}), logit_x=True)
+
+
+def test_figure_legend_gathers_every_panels_entries_once():
+    fig, axes = plt.subplots(1, 2, layout="constrained")
+    axes[0].plot([0, 1], label="criterion=magnitude")
+    axes[1].plot([0, 1], label="criterion=magnitude")
+    axes[1].scatter([0], [0], label="sanity flag raised")  # only on the second panel
+    viz.figure_legend(fig, axes, strip="criterion=")
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["magnitude", "sanity flag raised"]
+    plt.close(fig)

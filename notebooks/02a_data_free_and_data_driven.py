@@ -302,6 +302,11 @@ for ax, method in zip(axes, ["apoz", "activation_variance"], strict=True):
     ax.set(xlim=(-4, 4), ylim=(-4, 4), aspect="equal")
     ax.set_title(f"{method}: removed units (dashed, red)")
 plt.show()
+outside = [  # w.x + b = 0 meets the square |x_i| <= 4 only if |b| <= 4 (|w_1| + |w_2|)
+    j
+    for j in range(8)
+    if float(toy_net[0].bias[j].abs()) > 4 * float(toy_net[0].weight[j].abs().sum())
+]
 display(
     Markdown(
         " ".join(
@@ -312,6 +317,12 @@ display(
             )
             + "."
             for m, removed in toy_removed.items()
+        )
+        + (
+            f" The line of unit(s) {', '.join(map(str, outside))} lies outside the plotted "
+            f"square, so the figure cannot show it."
+            if outside
+            else ""
         )
     )
 )
@@ -363,16 +374,18 @@ display(
 # Removing units of `fc1` changes what `fc2` computes.  ThiNet (Luo et al. 2017) and LASSO
 # channel selection (He et al. 2017) choose the inputs of `fc2` that best preserve its
 # output on calibration data, then refit the surviving weights.  The relative error of
-# `fc2`'s output on validation data, against the share of `fc1`'s units removed:
+# `fc2`'s output on validation data, $\lVert \hat y - y\rVert / \lVert y\rVert$ over all
+# examples, against the share of `fc1`'s units removed:
 
 
 # %%
 def reconstruction_error(pruned, reference, x):
-    """Relative squared error of fc2's pre-activation against the dense model."""
+    """Relative error ||y_pruned - y|| / ||y|| of fc2's pre-activation against the dense
+    model (the norm over every example and unit)."""
     with torch.no_grad():
         h = torch.relu(reference.fc1(x.flatten(1)))
         target = reference.fc2(h)
-        return float((pruned.fc2(h) - target).pow(2).sum() / target.pow(2).sum())
+        return float((pruned.fc2(h) - target).norm() / target.norm())
 
 
 x_held = torch.cat([x for x, _ in val_loader])
@@ -554,16 +567,15 @@ PAIRS = [
 ]
 REPORTED = {"pruned_accuracy": "no fine-tuning (val)", "test_accuracy": "fine-tuned (test)"}
 paired = sl.stats.paired_table(results, "criterion", PAIRS, REPORTED, by=["model_name", "sparsity"])
-display(
-    paired[["comparison", "stage", "model_name", "sparsity", "mean_diff", "ci_low", "ci_high"]]
-    .assign(verdict=paired["verdict"])
-    .round(4)
-)
+columns = ["comparison", "stage", "model_name", "sparsity", "mean_diff", "ci_low", "ci_high"]
+with pd.option_context("display.max_rows", None):
+    display(paired[[*columns, "verdict"]].round(4))
+RUNS = ["model_name", "criterion", "sparsity"]
+weight_runs = results[results.criterion.isin(UNSTRUCTURED)]
 sl.nb.show_flags(
-    sl.flags.table(
-        results[results.criterion.isin(UNSTRUCTURED)], ["model_name", "criterion", "sparsity"]
-    )
+    sl.flags.table(weight_runs, RUNS, "pruned_flags"), what="right after pruning (val)"
 )
+sl.nb.show_flags(sl.flags.table(weight_runs, RUNS), what="after fine-tuning (test)")
 top = max(SPARSITIES)
 
 
@@ -629,27 +641,30 @@ for m in MODELS:
     )
 display(Markdown(" ".join(sentences)))
 table = summary.pivot_table(index=["model_name", "criterion"], columns="sparsity", values="mean")
+display(Markdown("Mean validation accuracy right after pruning:"))
 display(table.round(3))
-sl.nb.show_flags(sl.flags.table(results, ["model_name", "criterion", "sparsity"]))
+sl.nb.show_flags(sl.flags.table(results, RUNS, "pruned_flags"), what="right after pruning (val)")
+sl.nb.show_flags(sl.flags.table(results, RUNS), what="after fine-tuning (test)")
 
 # %% [markdown]
 # Two questions for the whole comparison: how far does fine-tuning close the gap between
 # the unit criteria, and does the reconstruction of ThiNet and LASSO (which refit the next
 # layer) pay off more before fine-tuning than after?  Both are measured per seed, averaged
-# over the sparsities, and compared with `group_norm`, the data-free choice of the same
-# units; the intervals are over the seeds.
+# over the sparsities at which none of the compared runs raised a sanity flag, and compared
+# with `group_norm`, the data-free choice of the same units; the intervals are over the
+# seeds.
 
 # %%
 STAGE_COLUMNS = list(STAGES)
 unit_list = DATA_FREE_UNITS + DATA_DRIVEN_UNITS
-units = results[results.criterion.isin(unit_list)]
-per_seed = units.groupby(["model_name", "criterion", "seed"])[STAGE_COLUMNS].mean().reset_index()
-spread = (
-    units.groupby(["model_name", "seed", "sparsity"])[STAGE_COLUMNS]
-    .agg(lambda c: c.max() - c.min())
-    .groupby(["model_name", "seed"])
-    .mean()
-)
+
+
+def clean_sparsities(m, criteria):
+    """The sparsities at which no run of ``criteria`` on ``m`` raised a flag at either stage:
+    a gap to a collapsed run measures the collapse, not the criteria."""
+    part = results[(results.model_name == m) & results.criterion.isin(criteria)]
+    bad = set(part.loc[(part["pruned_flags"] != "") | (part["flags"] != ""), "sparsity"])
+    return [x for x in sorted(SPARSITIES) if x not in bad]
 
 
 def seed_row(values):
@@ -664,40 +679,72 @@ def seed_row(values):
     }
 
 
+def listed(sparsities):
+    return ", ".join(f"{x:.0%}" for x in sparsities)
+
+
 sentences = []
 for m in MODELS:
-    gap = spread.loc[m]
-    change = seed_row(gap["val_accuracy"] - gap["pruned_accuracy"])
-    parts = [
-        f"**{m}**: the best and the worst unit criterion are "
-        f"{100 * gap['pruned_accuracy'].mean():.1f} points apart right after pruning and "
-        f"{100 * gap['val_accuracy'].mean():.1f} after {FINETUNE_EPOCHS} epoch(s) of "
-        f"fine-tuning; the change is {sl.stats.describe(change)}."
-    ]
+    kept = clean_sparsities(m, unit_list)
+    if not kept:
+        sentences.append(
+            f"**{m}**: at every sparsity some unit criterion raised a sanity flag, so the gap "
+            f"between the best and the worst is not measured."
+        )
+    else:
+        units = results[
+            (results.model_name == m)
+            & results.criterion.isin(unit_list)
+            & results.sparsity.isin(kept)
+        ]
+        gap = (
+            units.groupby(["seed", "sparsity"])[STAGE_COLUMNS]
+            .agg(lambda c: c.max() - c.min())
+            .groupby("seed")
+            .mean()
+        )
+        change = seed_row(gap["val_accuracy"] - gap["pruned_accuracy"])
+        sentences.append(
+            f"**{m}**, averaged over the sparsities where no unit criterion raised a flag "
+            f"({listed(kept)}): the best and the worst unit criterion are "
+            f"{100 * gap['pruned_accuracy'].mean():.1f} points apart right after pruning and "
+            f"{100 * gap['val_accuracy'].mean():.1f} after {FINETUNE_EPOCHS} epoch(s) of "
+            f"fine-tuning; the gap's change is "
+            f"{sl.stats.describe(change, words=('narrows', 'widens'))}."
+        )
     for refit in ("thinet", "lasso_channel"):
+        kept = clean_sparsities(m, [refit, "group_norm"])
+        if not kept:
+            sentences.append(
+                f"`{refit}` minus `group_norm` on {m}: flagged runs at every sparsity, not "
+                f"measured."
+            )
+            continue
+        part = results[(results.model_name == m) & results.sparsity.isin(kept)]
+        per_seed = part.groupby(["criterion", "seed"])[STAGE_COLUMNS].mean().reset_index()
         diffs = {
-            column: sl.stats.paired(
-                per_seed[per_seed.model_name == m], "criterion", refit, "group_norm", metric=column
-            ).iloc[0]
+            column: sl.stats.paired(per_seed, "criterion", refit, "group_norm", metric=column).iloc[
+                0
+            ]
             for column in STAGE_COLUMNS
         }
-        gains = per_seed[per_seed.model_name == m].pivot(
-            index="seed", columns="criterion", values=STAGE_COLUMNS
-        )
+        gains = per_seed.pivot(index="seed", columns="criterion", values=STAGE_COLUMNS)
         before = gains[("pruned_accuracy", refit)] - gains[("pruned_accuracy", "group_norm")]
         after = gains[("val_accuracy", refit)] - gains[("val_accuracy", "group_norm")]
-        parts.append(
-            f"`{refit}` minus `group_norm`: {sl.stats.describe(diffs['pruned_accuracy'])} "
-            f"right after pruning, {sl.stats.describe(diffs['val_accuracy'])} after "
-            f"fine-tuning; the gain before minus the gain after is "
-            f"{sl.stats.describe(seed_row(before - after))}."
+        shift = sl.stats.describe(
+            seed_row(before - after), words=("smaller before", "larger before")
         )
-    sentences.append(" ".join(parts))
+        sentences.append(
+            f"`{refit}` minus `group_norm` on {m} ({listed(kept)}): "
+            f"{sl.stats.describe(diffs['pruned_accuracy'])} right after pruning, "
+            f"{sl.stats.describe(diffs['val_accuracy'])} after fine-tuning; the gain before "
+            f"minus the gain after is {shift}."
+        )
 display(Markdown("\n\n".join(sentences)))
 display(
     Markdown(
-        "A negative change means that fine-tuning narrows the gap; a positive "
-        '"before minus after" means the reconstruction pays off more before fine-tuning; '
+        '"Narrows" means fine-tuning brings the unit criteria closer; "larger before" means '
+        "the reconstruction pays off more before fine-tuning than after; "
         '"no clear difference" means the seeds do not tell.'
     )
 )
@@ -733,13 +780,41 @@ if "lenet300" in MODELS:
             reason=dense_facts("lenet300"),
         )
     )
+
+
+def lamp_reason(m):
+    """What LAMP changes on ``m`` at ``top``: the layer densities of its plan against
+    global magnitude's, on the dense model of the first seed."""
+    net = recipes.dense(m, "mnist", SEEDS[0], epochs=EPOCHS, **DATA)[1]
+    plan = {}
+    for method in ("lamp", "magnitude"):
+        pruned = sl.prune(copy.deepcopy(net), method, top, budget="global")
+        plan[method] = {n: float(k.float().mean()) for n, k in masks.masks(pruned).items()}
+    gaps = {n: plan["lamp"][n] - plan["magnitude"][n] for n in plan["lamp"]}
+    widest = max(gaps, key=lambda n: abs(gaps[n]))
+    emptied = [n for n, d in plan["magnitude"].items() if d == 0]
+    spread = (
+        f"LAMP's plan differs from global magnitude's by at most "
+        f"{100 * abs(gaps[widest]):.1f} points of density (`{widest}`: "
+        f"{plan['lamp'][widest]:.1%} against {plan['magnitude'][widest]:.1%})"
+    )
+    if emptied:
+        found = f"global magnitude empties {', '.join(f'`{n}`' for n in emptied)}, which LAMP keeps"
+    else:
+        found = (
+            "global magnitude empties no layer, the failure LAMP is built to prevent, so the "
+            "two differ only in how they spread the zeros"
+        )
+    return f"On {m} at {top:.0%} (first seed's dense model), {found}; {spread}. " + dense_facts(m)
+
+
 for m in MODELS:
     verdicts.append(
         sl.claims.judge(
             "lamp_beats_global_magnitude",
             paired_row("lamp - magnitude (global)", FINE_TUNED, m, top),
             setting=f"{m} at {top:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch(s), test",
-            reason=dense_facts(m),
+            reason=lamp_reason(m),
         )
     )
 display(sl.claims.table(verdicts))
@@ -755,9 +830,9 @@ display(Markdown(sl.claims.report(verdicts)))
 # - Group criteria (`group_norm`, `fpgm`) remove whole neurons or filters: what they remove
 #   can be cut out of the network, and every weight of a unit goes with it.
 # - Data-driven criteria score units from their activations.  Some also change the weights
-#   that stay: ThiNet and LASSO refit the next layer to reconstruct its output, and the
-#   merges move a removed unit's contribution into the next layer (`neuron_merge`,
-#   `correlation_merge`, `activation_variance`).
+#   that stay: ThiNet and LASSO refit the next layer to reconstruct its output, and
+#   `correlation_merge` and `activation_variance` move a removed unit's contribution into
+#   the next layer.  `neuron_merge` does the same from the weights alone (data-free).
 #
 # What this chapter measured:
 

@@ -271,10 +271,23 @@ def verdict_of(ci_low: float, ci_high: float, n: int, std: float | None = None) 
     return NO_DIFFERENCE
 
 
-def describe(row: pd.Series | dict, *, scale: float = 100.0, unit: str = " points") -> str:
+def describe(
+    row: pd.Series | dict,
+    *,
+    scale: float = 100.0,
+    unit: str = " points",
+    words: tuple[str, str] | None = None,
+) -> str:
     """A row of :func:`paired` in words: ``"+1.7 points [+0.7, +2.7], 3 seeds: better"``,
     followed by the flagged arms when there are any (``"... better (`random` flagged in 3
-    of 3 runs: at chance level)"``)."""
+    of 3 runs: at chance level)"``).
+
+    ``words`` replaces the verdict of an interval that excludes 0 by what its sign means
+    for a quantity that is neither better nor worse (``("narrows", "widens")`` for the
+    change of a gap); an interval that covers 0 stays "no clear difference".
+    """
+    if words is not None and row["verdict"] in (BETTER, WORSE, HIGHER, LOWER):
+        row = {**dict(row), "verdict": words[0] if row["mean_diff"] < 0 else words[1]}
     n = int(row["n"])
     mean = row["mean_diff"] * scale
     if n < 2:

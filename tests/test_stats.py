@@ -192,3 +192,11 @@ def test_flagged_arms_are_named_beside_the_numbers_of_their_stage():
     unflagged = stats.paired(df, "m", "magnitude", "random", metric="test_accuracy", flags=None)
     assert unflagged.iloc[0]["flagged"] == ""
     assert stats.describe(unflagged.iloc[0]).endswith(": better")
+
+
+def test_describe_words_the_sign_of_a_quantity_that_is_neither_better_nor_worse():
+    row = {"mean_diff": -0.27, "ci_low": -0.39, "ci_high": -0.16, "n": 3, "verdict": "worse"}
+    text = stats.describe(row, words=("narrows", "widens"))
+    assert text == "-27.0 points [-39.0, -16.0], 3 seeds: narrows"
+    covering = {**row, "ci_high": 0.05, "verdict": "no clear difference"}
+    assert stats.describe(covering, words=("narrows", "widens")).endswith("no clear difference")

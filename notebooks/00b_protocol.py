@@ -52,9 +52,10 @@ info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 #
 # Each bundled (model, data) setting has one dense training recipe, kept in
 # `sparsity_lab.recipes.RECIPES`.  Each was chosen on the validation split only, and states
-# the test accuracy it is expected to reach (the mean over seeds 0-2) and where it comes
-# from.  Every notebook and benchmark gets its dense model from `recipes.dense(...)`,
-# which trains with the recipe once per process and caches the checkpoint on disk.
+# the test accuracy it is expected to reach, a round figure at or below the mean over seeds
+# 0-2 that its `source` gives, and where it comes from.  Every notebook and benchmark gets
+# its dense model from `recipes.dense(...)`, which trains with the recipe once per process
+# and caches the checkpoint on disk.
 
 # %%
 table = pd.DataFrame(recipes.recipes_table())
@@ -64,9 +65,8 @@ display(table[[*columns, "lr_schedule", "expected_test_accuracy", "source"]])
 # %% [markdown]
 # Now train each one, for each seed, and set the measured accuracy beside the expectation.
 # `recipes.dense` raises the flag *dense baseline below its recipe* when one seed's model is
-# more than two points below the expectation (a mean over seeds, which the table below
-# checks to within one point); the seed-to-seed spread measured in the sweep was up to 1.2
-# points.
+# more than two points below the expectation; the table below checks the mean over seeds
+# to within one point, and gives the seed-to-seed spread (`std`).
 
 # %%
 rows = []
@@ -106,7 +106,9 @@ if EPOCHS is None:
         Markdown(
             f"With their full recipes, over {len(SEEDS)} seed(s), the dense baselines reach "
             + "; ".join(met)
-            + f": {verdict}."
+            + f": {verdict}.  The largest seed-to-seed standard deviation is "
+            f"{100 * summary['std'].max():.1f} points, below the two points a single seed may "
+            f"fall short before it is flagged."
         )
     )
 else:
@@ -135,7 +137,8 @@ else:
 #
 # Why the rescaling matters: default initialisations set each weight's variance from the
 # dense fan-in, so a unit that keeps a tenth of its inputs starts with a tenth of the
-# signal, and a few such layers leave the output to the biases.  The cell below prunes the
+# variance (about a third of the amplitude), and a few such layers leave the output to the
+# biases.  The cell below prunes the
 # same fresh LeNet-300-100 at random to 98% twice, once without and once with
 # `sparse_start`, and measures how much its logits at initialisation depend on the input
 # (their spread over 256 validation images, each logit's mean over the images removed:
@@ -221,8 +224,9 @@ display(pd.Series(run["flags"].split(sl.flags.SEPARATOR), name="flags raised").t
 # The published claims the chapters test are kept in one table, `sl.claims.CLAIMS`.  A
 # chapter measures paired differences (treatment minus baseline), and `sl.claims.verdict`
 # answers *reproduced* when the whole interval agrees with the claim, *not reproduced*
-# when the whole interval contradicts it, and *inconclusive* when it covers both (or when
-# a single seed was run).  The chapters' "against the literature" paragraphs are these
+# when the whole interval contradicts it, and *inconclusive* when it covers both, when a
+# single seed was run, or when every seed gave the same difference (no spread to judge
+# with).  The chapters' "against the literature" paragraphs are these
 # verdicts, with the measured reason when a claim is not reproduced.
 
 # %%
@@ -254,8 +258,8 @@ with pd.option_context("display.max_colwidth", 80):
 #
 # ## Exercises
 #
-# 1. Add `"lenet300", "digits"` to the loop over recipes.  Which recipe does it get, and
-#    what does `recipes.recipe_for` say about its expected accuracy?
+# 1. Ask `recipes.recipe_for` for a setting that has no tuned recipe, such as
+#    `("lenet5", "digits")`.  What does it return, and what accuracy does it expect?
 # 2. In the paired example, change B's seed-1 accuracy to 0.88.  Does the verdict change,
 #    and why does the unpaired table hardly move?
 # 3. Call `recipes.evaluate_run` on a model pruned with `sl.prune(model, "magnitude", 0.999,

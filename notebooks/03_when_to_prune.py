@@ -700,7 +700,7 @@ display(
 # %% [markdown]
 # ## Exercises
 #
-# 1. Change `TARGET` to 0.8. Which differences between the schedules remain?
+# 1. Change `TARGET` to 0.8. Do any differences between the schedules appear?
 # 2. Give the cubic schedule a later `begin_step`. Is a longer dense warm-up better, at
 #    the same number of epochs, and what does it cost in FLOPs?
 # 3. Run IMP with `rewind="step"` and `rewind_step` of one epoch, and with `rewind="lr"`.

@@ -85,7 +85,10 @@ def show_flags(flagged: Any, *, what: str = "") -> None:
         return
     if what:
         display(Markdown(f"Sanity flags {what}:"))
-    display(flagged)
+    import pandas as pd  # loaded only when a table is shown
+
+    with pd.option_context("display.max_colwidth", None, "display.max_rows", None):
+        display(flagged)
 
 
 def is_static() -> bool:

@@ -130,6 +130,19 @@ def test_the_tuner_raises_a_strength_that_is_too_weak():
     assert no_target.strength == 1e-6 and not no_target.tune
 
 
+def test_the_tuner_keeps_the_strength_within_its_range_when_the_sparsity_cannot_follow():
+    """With lr=0 the weights never move, so the rule's sparsity stays 0 whatever the
+    strength: the tuner raises it at every reading, up to tune_range times its start and no
+    further (unbounded, it wound up until the penalty's gradients overflowed)."""
+    reg = registry.get("l1")(1e-3, sparsity=0.9, tune_every=1, tune_range=10.0)
+    reg.fit(mlp(), loader(256), epochs=4, optimizer="adam", lr=0.0, progress=False)
+    assert len(reg.log) > 20  # enough readings for e^0.5 steps to pass a factor of 10
+    assert reg.strength == pytest.approx(1e-2)
+    assert max(row["strength"] for row in reg.log) == pytest.approx(1e-2)
+    with pytest.raises(ValueError, match="tune_range must be a factor >= 1"):
+        registry.get("l1")(sparsity=0.9, tune_range=0.5)
+
+
 def test_a_user_built_optimizer_must_see_the_added_parameters():
     m = mlp()
     reg = registry.get("str")()

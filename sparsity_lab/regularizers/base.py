@@ -245,7 +245,8 @@ class Regularizer(Callback):
     structured methods), ``exclude``, ``gate_lr`` (learning rate of the parameters the
     method adds, as a multiple of the weights' rate, used by :meth:`fit`), ``tune`` (steer
     the strength toward the target; default: on when a target is given and the method is
-    :attr:`tunable`), ``tune_every``, ``tune_gain``, ``tune_end`` and ``seed`` (recorded;
+    :attr:`tunable`), ``tune_every``, ``tune_gain``, ``tune_end``, ``tune_range`` (the
+    tuner keeps the strength within this factor of its start, either way) and ``seed`` (recorded;
     sampled gates and noise use torch's generator, which ``fit(seed=...)`` seeds).
     """
 
@@ -276,6 +277,7 @@ class Regularizer(Callback):
         tune_every: int = 10,
         tune_gain: float = 3.0,
         tune_end: float = 0.75,
+        tune_range: float = 1e4,
         seed: int = 0,
     ) -> None:
         strength = self.default_strength if strength is None else strength
@@ -316,6 +318,12 @@ class Regularizer(Callback):
         if not 0 < tune_end <= 1:
             raise ValueError(f"tune_end must be a fraction of training in (0, 1], got {tune_end}")
         self.tune_every, self.tune_gain, self.tune_end = int(tune_every), tune_gain, tune_end
+        if not tune_range >= 1:
+            raise ValueError(
+                f"tune_range must be a factor >= 1 (how far the tuner may move the strength "
+                f"from its start, either way), got {tune_range}"
+            )
+        self.tune_range = float(tune_range)
         self.seed = seed
         self.model: nn.Module | None = None
         self.names_: list[str] = []
@@ -447,6 +455,12 @@ class Regularizer(Callback):
         # multiplicative, so the strength stays positive and moves on a log scale; clipped
         # so that one reading changes it by at most a factor e^0.5
         self.strength *= math.exp(max(-0.5, min(0.5, self.tune_gain * error)))
+        # Bounded: while the sparsity cannot follow (weights stuck below the threshold
+        # whatever the strength, or a target the method cannot reach), the error never
+        # closes and an unbounded strength winds up by many orders of magnitude; coming
+        # back then overshoots until the penalty's gradients overflow and training diverges.
+        low, high = self.initial_strength / self.tune_range, self.initial_strength * self.tune_range
+        self.strength = min(max(self.strength, low), high)
         self.log.append(
             {"step": step, "goal": self.goal(step), "sparsity": now, "strength": self.strength}
         )

@@ -75,6 +75,11 @@ book-strict: $(INSTALLED) ## build the book from scratch with warnings as errors
 	rm -rf book/_build
 	$(BIN)/python -m sparsity_lab.pipeline methods --notebooks $(NOTEBOOKS) --out book/methods.md
 	$(BIN)/jupyter-book build --all -W -n --keep-going book
+	@# formulas must render offline: MathJax is served from the build, never from a CDN
+	@test -f book/_build/html/_static/mathjax/tex-chtml.js || \
+		(echo "book: MathJax is not in book/_build/html/_static" && exit 1)
+	@! grep -rlq --include=*.html "cdn.jsdelivr.net/npm/mathjax" book/_build/html || \
+		(echo "book: a page loads MathJax from a CDN" && exit 1)
 
 $(LAB_INSTALLED): $(INSTALLED) requirements.lock
 	$(BIN)/pip install -c requirements.lock -e ".[dev,lab]"

@@ -61,8 +61,8 @@ smoke: $(INSTALLED) ## every notebook with SMOKE=True into book/notebooks
 	$(BIN)/python -m sparsity_lab.pipeline execute --smoke --budget-s $(SMOKE_BUDGET_S) \
 		--notebooks $(NOTEBOOKS) --out $(EXECUTED)
 
-# nbval re-runs each executed copy and compares the outputs of cells marked
-# "# NBVAL_CHECK_OUTPUT"; the copies already hold SMOKE=True, so this run is a smoke run too.
+# nbval re-runs each executed copy and compares the outputs of the cells with the
+# tag "nbval-check-output"; the copies already hold SMOKE=True, so this run is a smoke run too.
 nbval: $(INSTALLED) ## re-run the executed notebooks and compare the checked outputs
 ifeq ($(EXECUTED_NOTEBOOKS),)
 	@echo "nbval: no notebooks in $(NOTEBOOKS)/, nothing to check"

@@ -94,8 +94,7 @@ table
 # %% [markdown]
 # The total row is the same whatever the training did, so the notebook checks it:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 total = table.set_index("name").loc["total"]
 print(f"parameters {total.parameters}, nonzeros {total.nonzeros}, sparsity {total.sparsity:.4f}")
 

@@ -146,8 +146,7 @@ display(
 # of itself and every larger weight *of its layer*; the largest weight of every layer
 # scores 1, so no layer is ever emptied.  A hand example, the weights $3, -1, 4, 2$:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 weights = torch.tensor([3.0, -1.0, 4.0, 2.0])
 for w, s in zip(weights.tolist(), budgets.lamp_scores(weights).tolist(), strict=True):
     print(f"w = {w:+.0f}   LAMP score = {s:.4f}")
@@ -207,8 +206,7 @@ plt.show()
 # and edits the next layer.  We duplicate a neuron of the trained network and prune one
 # neuron:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 twin = copy.deepcopy(model)
 with torch.no_grad():
     twin.fc1.weight[7] = twin.fc1.weight[3]

@@ -148,8 +148,7 @@ plt.show()
 # %% [markdown]
 # Where each path first has a zero coordinate (the grid is exact, so this is checked):
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for name, p in paths.items():
     zero = np.flatnonzero((p == 0).any(axis=1))
     where = "never" if zero.size == 0 else f"lambda = {lambdas[zero[0]]:.3f}, w = {p[zero[0]]}"

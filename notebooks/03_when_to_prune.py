@@ -113,8 +113,7 @@ plt.show()
 # %% [markdown]
 # The values at a few steps, which do not depend on any training:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 table = pd.DataFrame({n: [curves[n][t] for t in (199, 200, 350, 500, 799, 800)] for n in names})
 table.index = [199, 200, 350, 500, 799, 800]
 print(table.round(4).to_string())

@@ -74,8 +74,7 @@ verdicts = []  # the verdicts against the literature, for the summary
 # either keeps) and their **Hamming distance** (the share of entries on which they
 # differ).  A hand example, checked by the notebook run:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 import torch
 
 a = torch.tensor([1, 1, 0, 0, 1, 0])

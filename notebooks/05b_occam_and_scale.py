@@ -74,8 +74,7 @@ verdicts = []  # the verdicts against the literature, for the summary
 # `occam.occam_regions` labels a curve against a tolerance around the dense accuracy; a
 # hand-made curve, 90% dense accuracy and a tolerance of 1 point:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print(occam.occam_regions([0.5, 0.7, 0.8, 0.9, 0.95], [0.92, 0.95, 0.905, 0.85, 0.5], 0.90, 0.01))
 
 # %% [markdown]
@@ -206,8 +205,7 @@ display(Markdown(sl.claims.report(occam_verdicts)))
 # dense CNN.  In an MLP the two matches coincide, since every weight of a Linear layer is used once
 # per example:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 mlp = recipes.task("lenet300", "digits", seed=0).build()
 print("lenet300: flops / nonzeros =", scale.cost(mlp, "flops") / scale.cost(mlp, "nonzeros"))
 

@@ -67,8 +67,7 @@ n_epochs = EPOCHS or recipes.recipe_for("lenet300", DATA).epochs
 # weight has *collapsed*.  A hand-built 2-2-1 network in which hidden unit 1 receives an
 # input but feeds nothing:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
 net.input_shape = (2,)
 sl.masks.attach(net, "0.weight", torch.tensor([[1, 0], [0, 1]]))

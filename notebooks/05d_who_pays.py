@@ -44,8 +44,7 @@ info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 # attributes of its digit (even, large, prime, has a loop, ...), so labels have different
 # base rates and depend on each other, as attributes do:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 labels = list(bias.ATTRIBUTES)
 for name, digits in bias.ATTRIBUTES.items():
     print(f"{name:13s} digits {digits}  base rate {len(digits) / 10:.0%}")
@@ -57,8 +56,7 @@ for name, digits in bias.ATTRIBUTES.items():
 # scores were shifted down by 0.3 (positives at 0.3, negatives at 0.2), which threshold
 # calibration repairs and threshold 0.5 cannot.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 dense_votes = np.array([[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 1, 3]])
 pruned_votes = np.array([[0, 2, 2, 3], [0, 2, 2, 3], [1, 1, 2, 3]])
 print("PIEs:", bias.pies(dense_votes, pruned_votes).tolist())

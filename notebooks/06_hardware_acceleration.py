@@ -94,8 +94,7 @@ assert torch.equal(formats.get("csr").decode(enc), small)
 # with 8-bit values and minimal index widths, and with torch's 32-bit values and 64-bit
 # indices (which then equal the bytes of torch's own sparse tensors):
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 rows = []
 for name in formats.FORMATS:
     fmt = formats.get(name, block=(2, 2)) if name == "bsr" else formats.get(name)
@@ -369,8 +368,7 @@ display(
 # For 2:4 that is 2 bits per kept value, four positions to a byte; with 16-bit values the
 # metadata adds one eighth to the values, and the whole is 56.25% of dense.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 row = torch.tensor([[0.0, 1.5, 0.0, -2.0, 3.0, 0.0, 0.0, 4.0]])
 packed = accel.pack_nm(row, 2, 4)
 print("values   ", packed.values.tolist())

@@ -680,8 +680,7 @@ plt.show()
 # %% [markdown]
 # These counts depend only on the length and the seed, so the notebook checks them:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for name, mask in patterns.items():
     print(f"{name}: {int(mask.sum())} of {L * L} query-key pairs")
 print("sparsemax([1, 0.5, -1]) =", attn.sparsemax(torch.tensor([1.0, 0.5, -1.0])).tolist())

@@ -272,8 +272,7 @@ display(
 # `k = floor(0.01 n)` int32 indices and float32 values for top-k at 99%, against the dense
 # all-reduce's `n` float32 values.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 per_step = runs.assign(per_step=runs["bytes_sent"] / runs["steps"]).groupby("label")["per_step"]
 for label in ["dense", "topk 99.0% EF", "topk 99.0% no EF"]:
     print(f"{label}: {per_step.first()[label]:,.0f} bytes per step per worker")

@@ -208,7 +208,7 @@ def execute_notebook(source: Path, *, smoke: bool, cwd: Path | None = None):
     }
     notebook.metadata.pop("jupytext", None)  # the executed copy is not paired with anything
     with _kernel_environment():
-        return papermill.execute_notebook(
+        executed = papermill.execute_notebook(
             notebook,
             None,  # no file: the caller writes the result, atomically
             parameters={"SMOKE": smoke},
@@ -219,6 +219,12 @@ def execute_notebook(source: Path, *, smoke: bool, cwd: Path | None = None):
             progress_bar=False,
             request_save_on_cell_execute=False,
         )
+    for cell in executed.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            # papermill's scaffolding: the book shows the parameters cell, not this one
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    return executed
 
 
 def _describe(error: BaseException) -> str:

@@ -122,6 +122,10 @@ def test_execute_injects_smoke_and_reexecutes_only_changed_notebooks(tmp_path, f
     ]
     # The source says SMOKE = False; the executed copy ran with the injected SMOKE = True.
     assert "SMOKE=True" in outputs_text(out / "00_first.ipynb")
+    # papermill's injected cell is kept (nbval re-runs it) but the book removes it
+    cells = json.loads((out / "00_first.ipynb").read_text())["cells"]
+    injected = [c for c in cells if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert len(injected) == 1 and "remove-cell" in injected[0]["metadata"]["tags"]
     timings = json.loads((out / "timings.json").read_text())
     assert set(timings["smoke"]) == {"00_first", "01_second"}
     assert all(seconds > 0 for seconds in timings["smoke"].values())

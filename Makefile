@@ -81,16 +81,23 @@ book-strict: $(INSTALLED) ## build the book from scratch with warnings as errors
 	@! grep -rlq --include=*.html "cdn.jsdelivr.net/npm/mathjax" book/_build/html || \
 		(echo "book: a page loads MathJax from a CDN" && exit 1)
 
+# JupyterLab reads overrides.json of its environment: a double-click opens a .py notebook
+# as a notebook (jupytext's viewer), not in the text editor.
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
+
 $(LAB_INSTALLED): $(INSTALLED) requirements.lock
 	$(BIN)/pip install -c requirements.lock -e ".[dev,lab]"
+	mkdir -p $(dir $(LAB_SETTINGS))
+	printf '%s\n' '{"@jupyterlab/docmanager-extension:plugin":' \
+		'  {"defaultViewers": {"python": "Jupytext Notebook"}}}' > $(LAB_SETTINGS)
 	touch $@
 
 # The server's root is the repository, so that jupytext finds jupytext.toml (the pairing).
+# The .py sources open as notebooks directly: nothing is synced or rewritten on start.
+# As root (a container, a cloud VM) Jupyter refuses to start without --allow-root.
 lab: $(LAB_INSTALLED) ## open the notebooks in JupyterLab (installs it on first use)
-ifneq ($(NOTEBOOK_SOURCES),)
-	$(BIN)/jupytext --sync $(NOTEBOOK_SOURCES)
-endif
-	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/$(NOTEBOOKS)
+	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/$(NOTEBOOKS) \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean: ## remove built pages, executed notebooks and caches (keeps .venv)
 	rm -rf book/_build $(EXECUTED) .cache .pytest_cache .ruff_cache

@@ -29,7 +29,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,17 +91,56 @@ def library_digest(package_dir: Path = PACKAGE_DIR) -> str:
     return digest.hexdigest()
 
 
+#: What executes a notebook, besides the library's own dependencies.
+EXECUTION_TOOLS = ("ipykernel", "papermill", "jupytext")
+
+
+def _requirement_name(requirement: str) -> str | None:
+    """The distribution a requirement string names, or None for an extra's requirement."""
+    if re.search(r"extra\s*==", requirement):
+        return None
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    return match.group(1) if match else None
+
+
+def _dependency_closure(roots: Iterable[str]) -> dict[str, str]:
+    """``{name: version}`` of ``roots`` and everything they require, as installed (extras
+    and requirements that are not installed are left out)."""
+    found: dict[str, str] = {}
+    todo = list(roots)
+    while todo:
+        name = re.sub(r"[-_.]+", "-", todo.pop()).lower()
+        if name in found:
+            continue
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        found[name] = dist.version
+        todo += filter(None, map(_requirement_name, dist.requires or []))
+    return found
+
+
 def environment_digest() -> str:
-    """Hash the Python version and every installed distribution with its version.
+    """Hash the Python version and the installed versions of what the notebooks run on.
 
     A changed pin (say a new numpy) can change a notebook's numbers just like a library edit.
+    Only the library's dependencies and the execution tools count, with everything they
+    require: installing JupyterLab or a linter beside them leaves the cache valid.  When the
+    project is not installed (no metadata to follow), every distribution counts.
     """
-    installed = sorted(
-        f"{dist.metadata['Name']}=={dist.version}".lower()
-        for dist in importlib.metadata.distributions()
-        if dist.metadata["Name"]
-    )
-    text = "\n".join([sys.version, *installed])
+    try:
+        importlib.metadata.distribution("sparsity-lab")
+    except importlib.metadata.PackageNotFoundError:
+        versions = {
+            str(dist.metadata["Name"]).lower(): dist.version
+            for dist in importlib.metadata.distributions()
+            if dist.metadata["Name"]
+        }
+    else:
+        versions = _dependency_closure(["sparsity-lab", *EXECUTION_TOOLS])
+        versions.pop("sparsity-lab", None)  # its code is hashed by library_digest
+    text = "\n".join([sys.version, *(f"{n}=={v}" for n, v in sorted(versions.items()))])
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -228,3 +228,39 @@ def test_repository_notebooks_pass_the_checks():
     if not notebooks.is_dir() or not pipeline.find_notebooks(notebooks):
         pytest.skip("no notebooks/NN_topic.py yet")
     assert pipeline.check(notebooks) == {p.name: [] for p in pipeline.find_notebooks(notebooks)}
+
+
+def test_environment_digest_follows_only_what_the_notebooks_run_on(monkeypatch):
+    """Installing JupyterLab beside the project must not invalidate the notebook cache, but
+    a new version of anything the library or the kernel needs must."""
+    import importlib.metadata as md
+
+    class Dist:
+        def __init__(self, version, requires=()):
+            self.version, self.requires = version, list(requires)
+
+    installed = {
+        "sparsity-lab": Dist("0.1", ["numpy==2.0", 'ruff==1; extra == "dev"']),
+        "numpy": Dist("2.0"),
+        "ipykernel": Dist("7.0", ["traitlets>=5", "appnope; platform_system == 'Darwin'"]),
+        "traitlets": Dist("5.1"),
+        "papermill": Dist("2.7"),
+        "jupytext": Dist("1.19"),
+        "ruff": Dist("1"),
+    }
+
+    def distribution(name):
+        if name not in installed:
+            raise md.PackageNotFoundError(name)
+        return installed[name]
+
+    monkeypatch.setattr(md, "distribution", distribution)
+    closure = pipeline._dependency_closure(["sparsity-lab", *pipeline.EXECUTION_TOOLS])
+    assert set(closure) == {"sparsity-lab", "numpy", "ipykernel", "traitlets", "papermill",
+                            "jupytext"}  # fmt: skip
+    before = pipeline.environment_digest()
+    installed["jupyterlab"] = Dist("4.6", ["traitlets>=5"])
+    installed["ruff"] = Dist("2")  # a dev extra, not a notebook's dependency
+    assert pipeline.environment_digest() == before
+    installed["traitlets"] = Dist("5.2")  # the kernel's dependency changed
+    assert pipeline.environment_digest() != before

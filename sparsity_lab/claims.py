@@ -384,6 +384,8 @@ class Verdict:
     n: int
     setting: str = ""
     reason: str = ""
+    #: The arms of the compared runs that raised sanity flags (a paired row's ``flagged``).
+    flagged: str = ""
 
     def numbers(self, scale: float = 100.0, unit: str = " points") -> str:
         """``"+1.7 points [+0.7, +2.7], 3 seeds (paired)"``."""
@@ -479,7 +481,9 @@ def verdict(
     if n == 0 or math.isnan(mean):
         raise ValueError(f"claim {claim.key!r}: no differences to judge")
     status = decide(claim.relation, low, high, n, claim.margin)
-    return Verdict(claim, status, mean, low, high, n, setting, reason)
+    flagged = differences.get("flagged", "") if isinstance(differences, Mapping | pd.Series) else ""
+    flagged = flagged if isinstance(flagged, str) else ""
+    return Verdict(claim, status, mean, low, high, n, setting, reason, flagged)
 
 
 def judge(
@@ -500,10 +504,9 @@ def judge(
     """
     found = verdict(claim, differences, setting=setting)
     parts = [measured]
-    flagged = differences.get("flagged", "") if isinstance(differences, Mapping | pd.Series) else ""
-    if isinstance(flagged, str) and flagged:
+    if found.flagged:
         # said whatever the status: a verdict on collapsed runs is not one on the methods
-        parts.append(f"Sanity flags: {flagged}.")
+        parts.append(f"Sanity flags: {found.flagged}.")
     if found.status != REPRODUCED:
         if found.n < 2:
             parts.append("A single seed was run, so there is no interval.")
@@ -522,7 +525,8 @@ def report(verdicts: Iterable[Verdict], scale: float = 100.0, unit: str = " poin
 
 def table(verdicts: Iterable[Verdict], scale: float = 100.0, unit: str = "points") -> pd.DataFrame:
     """The verdicts as a table: claim, paper, setting, difference and interval (``scale``
-    times the fractions, in ``unit``, which the column names carry), verdict."""
+    times the fractions, in ``unit``, which the column names carry), verdict, and the
+    flagged arms of the compared runs."""
     return pd.DataFrame(
         [
             {
@@ -534,6 +538,7 @@ def table(verdicts: Iterable[Verdict], scale: float = 100.0, unit: str = "points
                 f"ci_high ({unit})": round(v.ci_high * scale, 2) if v.n > 1 else math.nan,
                 "seeds": v.n,
                 "verdict": v.status,
+                "flagged": v.flagged,
             }
             for v in verdicts
         ]

@@ -124,3 +124,5 @@ def test_judge_names_flagged_arms_whatever_the_status():
     assert found.reason == "what Sanity flags: `random` flagged in 3 of 3 runs: at chance level."
     clean = claims.judge("snip_beats_random_init", {**row, "flagged": ""}, measured="what")
     assert clean.reason == "what"
+    table = claims.table([found, clean])
+    assert list(table["flagged"]) == ["`random` flagged in 3 of 3 runs: at chance level", ""]

@@ -303,7 +303,8 @@ plt.show()
 outside = [  # w.x + b = 0 meets the square |x_i| <= 4 only if |b| <= 4 (|w_1| + |w_2|)
     j
     for j in range(8)
-    if float(toy_net[0].bias[j].abs()) > 4 * float(toy_net[0].weight[j].abs().sum())
+    if float(toy_net[0].bias[j].detach().abs())
+    > 4 * float(toy_net[0].weight[j].detach().abs().sum())
 ]
 display(
     Markdown(
@@ -566,8 +567,8 @@ PAIRS = [
 REPORTED = {"pruned_accuracy": "no fine-tuning (val)", "test_accuracy": "fine-tuned (test)"}
 paired = sl.stats.paired_table(results, "criterion", PAIRS, REPORTED, by=["model_name", "sparsity"])
 columns = ["comparison", "stage", "model_name", "sparsity", "mean_diff", "ci_low", "ci_high"]
-with pd.option_context("display.max_rows", None):
-    display(paired[[*columns, "verdict"]].round(4))
+with pd.option_context("display.max_rows", None, "display.max_colwidth", None):
+    display(paired[[*columns, "verdict", "flagged"]].round(4))
 RUNS = ["model_name", "criterion", "sparsity"]
 weight_runs = results[results.criterion.isin(UNSTRUCTURED)]
 sl.nb.show_flags(
@@ -619,7 +620,7 @@ compare(
 # %%
 summary = sl.stats.summarize(results, ["model_name", "criterion", "sparsity"], "pruned_accuracy")
 half = summary[summary.sparsity == min(SPARSITIES)]
-half = half[half.criterion.isin(["group_norm", *DATA_DRIVEN_UNITS])]
+half = half[half.criterion.isin(DATA_FREE_UNITS + DATA_DRIVEN_UNITS)]
 sentences = []
 for m in MODELS:
     ranked = half[half.model_name == m].sort_values("mean", ascending=False)
@@ -633,14 +634,18 @@ for m in MODELS:
     ).iloc[0]
     sentences.append(
         f"On {m} with {min(SPARSITIES):.0%} of the units removed and no fine-tuning, the "
-        f"highest mean validation accuracy is `{first.criterion}`'s ({first['mean']:.1%}); "
+        f"highest mean validation accuracy among the unit criteria is `{first.criterion}`'s "
+        f"({first['mean']:.1%}); "
         f"against the runner-up `{second.criterion}` ({second['mean']:.1%}) it is "
         f"{sl.stats.describe(gap)}."
     )
 display(Markdown(" ".join(sentences)))
 table = summary.pivot_table(index=["model_name", "criterion"], columns="sparsity", values="mean")
-display(Markdown("Mean validation accuracy right after pruning:"))
-display(table.round(3))
+weights_first = table.index.get_level_values("criterion").isin(UNSTRUCTURED)
+display(Markdown("Mean validation accuracy right after pruning, share of *weights* removed:"))
+display(table[weights_first].round(3))
+display(Markdown("The same for the unit criteria, share of hidden *units* removed:"))
+display(table[~weights_first].round(3))
 sl.nb.show_flags(sl.flags.table(results, RUNS, "pruned_flags"), what="right after pruning (val)")
 sl.nb.show_flags(sl.flags.table(results, RUNS), what="after fine-tuning (test)")
 
@@ -665,6 +670,15 @@ def clean_sparsities(m, criteria):
     return [x for x in sorted(SPARSITIES) if x not in bad]
 
 
+def flagged_units(m):
+    """Which unit criteria raised a flag on ``m``, and at which sparsities."""
+    part = results[(results.model_name == m) & results.criterion.isin(unit_list)]
+    bad = part[(part["pruned_flags"] != "") | (part["flags"] != "")]
+    return "; ".join(
+        f"`{c}` at {listed(sorted(set(g.sparsity)))}" for c, g in bad.groupby("criterion")
+    )
+
+
 def seed_row(values):
     """Mean and Student-t interval over seeds, as a row `sl.stats.describe` can word."""
     s = sl.stats.mean_interval(values)
@@ -686,8 +700,9 @@ for m in MODELS:
     kept = clean_sparsities(m, unit_list)
     if not kept:
         sentences.append(
-            f"**{m}**: at every sparsity some unit criterion raised a sanity flag, so the gap "
-            f"between the best and the worst is not measured."
+            f"**{m}**: at every sparsity some unit criterion raised a sanity flag ("
+            + flagged_units(m)
+            + "), so the gap between the best and the worst is not measured."
         )
     else:
         units = results[
@@ -734,9 +749,9 @@ for m in MODELS:
         )
         sentences.append(
             f"`{refit}` minus `group_norm` on {m} ({listed(kept)}): "
-            f"{sl.stats.describe(diffs['pruned_accuracy'])} right after pruning, "
-            f"{sl.stats.describe(diffs['val_accuracy'])} after fine-tuning; the gain before "
-            f"minus the gain after is {shift}."
+            f"{sl.stats.describe(diffs['pruned_accuracy'])} right after pruning (val), "
+            f"{sl.stats.describe(diffs['val_accuracy'])} after fine-tuning (val); the gain "
+            f"before minus the gain after is {shift}."
         )
 display(Markdown("\n\n".join(sentences)))
 display(
@@ -799,11 +814,19 @@ def lamp_reason(m):
     if emptied:
         found = f"global magnitude empties {', '.join(f'`{n}`' for n in emptied)}, which LAMP keeps"
     else:
-        found = (
-            "global magnitude empties no layer, the failure LAMP is built to prevent, so the "
-            "two differ only in how they spread the zeros"
+        found = "global magnitude empties no layer, the failure LAMP is built to prevent"
+    row = paired_row("lamp - magnitude (global)", FINE_TUNED, m, top)
+    leaning = ""
+    if row["n"] > 1 and row["ci_low"] < 0 < row["ci_high"]:
+        share = row["ci_high"] / (row["ci_high"] - row["ci_low"])
+        leaning = (
+            f"  The interval [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}] covers "
+            f"0 with {int(row['n'])} seeds; {share:.0%} of it lies on LAMP's side."
         )
-    return f"On {m} at {top:.0%} (first seed's dense model), {found}; {spread}. " + dense_facts(m)
+    return (
+        f"On {m} at {top:.0%} (first seed's dense model), {found}; {spread}.{leaning} "
+        + dense_facts(m)
+    )
 
 
 for m in MODELS:

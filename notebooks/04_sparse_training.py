@@ -334,14 +334,16 @@ for seed in SEEDS:
         ]
     )
     last_dense = max(i for i, p in enumerate(history["phase"]) if p == "dense")
+    while last_dense > 0 and history["phase"][last_dense - 1] == "dense":
+        last_dense -= 1  # back to the first epoch of the last decompressed phase
     acdc_members.append(
         {
             "seed": seed,
             "regrown_near_zero": float((regrown.abs() < NEAR_ZERO).float().mean()),
             "regrown_median": float(regrown.abs().median()),
             "kept_median": float(kept[kept != 0].abs().median()),
-            "train_accuracy_before_last_dense": history["train_accuracy"][last_dense - 1],
-            "train_loss_before_last_dense": history["train_loss"][last_dense - 1],
+            "train_accuracy_before_last_dense": history["train_accuracy"][max(last_dense - 1, 0)],
+            "train_loss_before_last_dense": history["train_loss"][max(last_dense - 1, 0)],
         }
     )
     gmp = registry.get("gmp", "training")(SPARSITY, frequency=10, seed=seed)
@@ -574,8 +576,8 @@ display(
     Markdown(
         f"- The sparse-from-scratch methods trained {epochs_text(sparse_epochs)} against "
         f"GMP's {EPOCHS}, at {flop_share['set']:.2f}x (static, SET) and "
-        f"{flop_share['rigl']:.2f}x (RigL) GMP's training FLOPs; with ERK their mean test "
-        f"accuracies are "
+        f"{flop_share['rigl']:.2f}x (RigL) GMP's training FLOPs; with ERK the mean test "
+        f"accuracies (GMP included) are "
         + ", ".join(f"{m} {erk[m]:.2%}" for m in order)
         + f", and {n_clear} of the {len(ordered_pairs)} neighbouring pairs in that order "
         f"differ clearly (paired intervals: "
@@ -597,6 +599,7 @@ display(
         + "\n".join(
             f"  - {v.claim.statement} ({v.claim.paper.split(',')[0]}; {v.setting}): "
             f"**{v.status}**, {v.claim.treatment} minus {v.claim.baseline} {v.numbers()}"
+            + (f" (sanity flags: {v.flagged})" if v.flagged else "")
             for v in all_verdicts
         )
     )

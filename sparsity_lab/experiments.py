@@ -28,7 +28,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +291,31 @@ def sweep(
     return pd.DataFrame(rows, columns=None if rows else reserved)
 
 
+def flagged_groups(df: pd.DataFrame, by: Sequence[str], column: str = "flags") -> pd.Series | None:
+    """Whether any run of each group of ``by`` raised a sanity flag in ``column``, indexed
+    by the group (``None`` when ``df`` has no such column)."""
+    if column not in df.columns:
+        return None
+    flagged = df[column].fillna("").astype(str) != ""
+    return flagged.groupby([df[c] for c in by], sort=False, dropna=False).any()
+
+
+def mark_flagged(ax: plt.Axes, xs, ys, *, labelled: bool = False) -> bool:
+    """Circle the points ``(xs, ys)`` in red, the mark of a flagged mean in every plot;
+    the legend gets one "sanity flag raised" entry unless ``labelled`` says it has it."""
+    ax.scatter(
+        xs,
+        ys,
+        s=140,
+        facecolors="none",
+        edgecolors="red",
+        linewidths=1.5,
+        zorder=5,
+        label=None if labelled else "sanity flag raised",
+    )
+    return True
+
+
 def plot_mean_ci(
     df: pd.DataFrame,
     x: str,
@@ -316,14 +341,11 @@ def plot_mean_ci(
     by = [x] if hue is None else [hue, x]
     table = summarize(df, by, y, confidence)
     column = STAGE_FLAGS.get(y, "flags") if flags == "auto" else flags
-    if column in df.columns:
-        flagged = df[column].fillna("").astype(str) != ""
-        table["flagged"] = (
-            flagged.groupby([df[c] for c in by], sort=False, dropna=False)
-            .any()
-            .reindex(pd.MultiIndex.from_frame(table[by]) if len(by) > 1 else table[x])
-            .to_numpy()
-        )
+    flagged = flagged_groups(df, by, column) if column else None
+    if flagged is not None:
+        table["flagged"] = flagged.reindex(
+            pd.MultiIndex.from_frame(table[by]) if len(by) > 1 else table[x]
+        ).to_numpy()
     groups = [(None, table)] if hue is None else table.groupby(hue, sort=False, dropna=False)
     marked = False
     for value, group in groups:
@@ -338,17 +360,7 @@ def plot_mean_ci(
         )
         if "flagged" in group and group["flagged"].any():
             bad = group[group["flagged"]]
-            ax.scatter(
-                bad[x],
-                bad["mean"],
-                s=140,
-                facecolors="none",
-                edgecolors="red",
-                linewidths=1.5,
-                zorder=5,
-                label=None if marked else "sanity flag raised",
-            )
-            marked = True
+            marked = mark_flagged(ax, bad[x], bad["mean"], labelled=marked)
     ax.set_xlabel(ax.get_xlabel() or x)
     ax.set_ylabel(ax.get_ylabel() or y)
     if hue is not None or label is not None or marked:

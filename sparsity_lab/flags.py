@@ -11,7 +11,7 @@ flagged points, and :func:`table` lists them next to the numbers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import pandas as pd
 import torch
@@ -149,6 +149,20 @@ def join(flags: Iterable[str]) -> str:
     return SEPARATOR.join(flags)
 
 
+def kinds(texts: Iterable[str], runs: int) -> str:
+    """The kinds of flag in the flag texts of ``runs`` runs, each once, in order: a kind is
+    the text before the parenthesis (``"at chance level"``).  A kind that not every flagged
+    run raised says how many did: ``"class never predicted; at chance level (2 of 3)"``."""
+    texts = [t for t in texts if t]
+    counts: dict[str, int] = {}
+    for text in texts:
+        for kind in dict.fromkeys(flag.split(" (")[0] for flag in text.split(SEPARATOR) if flag):
+            counts[kind] = counts.get(kind, 0) + 1
+    return SEPARATOR.join(
+        kind if n == len(texts) else f"{kind} ({n} of {runs})" for kind, n in counts.items()
+    )
+
+
 def table(df: pd.DataFrame, by: Sequence[str] | str, column: str = "flags") -> pd.DataFrame:
     """One row per group of ``by`` that raised a flag: how many runs did, and which kinds.
 
@@ -165,14 +179,12 @@ def table(df: pd.DataFrame, by: Sequence[str] | str, column: str = "flags") -> p
     rows = []
     for key, group in flagged.groupby(by, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
-        kinds: Mapping[str, None] = dict.fromkeys(
-            flag.split(" (")[0] for text in group[column] for flag in text.split(SEPARATOR)
-        )
+        total = int(sizes[key if len(by) > 1 else key[0]])
         rows.append(
             {
                 **dict(zip(by, key, strict=True)),
-                "flagged_runs": f"{len(group)} of {int(sizes[key if len(by) > 1 else key[0]])}",
-                "flags": SEPARATOR.join(kinds),
+                "flagged_runs": f"{len(group)} of {total}",
+                "flags": kinds(group[column], total),
             }
         )
     return pd.DataFrame(rows, columns=[*by, "flagged_runs", "flags"])

@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _scipy_stats
 
+from . import flags as flags_mod
+
 #: Metric names whose values are fractions: their intervals are clipped to [0, 1].
 FRACTION_SUFFIXES = ("accuracy", "sparsity", "density")
 
@@ -221,10 +223,8 @@ def _flagged(group: pd.DataFrame, arms: Mapping[str, object]) -> str:
     for name, value in arms.items():
         texts = [t for t in group[f"{name}_flags"].fillna("").astype(str) if t]
         if texts:
-            kinds = dict.fromkeys(f.split(" (")[0] for t in texts for f in t.split("; "))
-            parts.append(
-                f"`{value}` flagged in {len(texts)} of {len(group)} runs: {', '.join(kinds)}"
-            )
+            found = flags_mod.kinds(texts, len(group)).replace(flags_mod.SEPARATOR, ", ")
+            parts.append(f"`{value}` flagged in {len(texts)} of {len(group)} runs: {found}")
     return "; ".join(parts)
 
 

@@ -21,7 +21,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
-from .experiments import summarize
+from .experiments import flagged_groups, mark_flagged, summarize
 from .stats import bounds_for
 
 # Sparsities worth a tick on the -log10(1 - s) axis: each step is roughly one equal distance.
@@ -257,6 +257,8 @@ def sparsity_curve(
     Bars come from :func:`errorbars` (Student-t, no bar for a single run).  ``baseline`` draws
     a dashed reference line, e.g. the dense accuracy.  ``logit_x=True`` spaces the x axis as
     -log10(1 - x) so that 90%, 99% and 99.9% sparsity are equally far apart; it needs x < 1.
+    A point any of whose runs raised a sanity flag (a ``flags`` column) is circled in red,
+    as in :func:`~sparsity_lab.experiments.plot_mean_ci`.
     """
     table = errorbars(df, x, y, hue=hue, confidence=confidence)
     if logit_x and (table[x] >= 1.0).any():
@@ -279,6 +281,12 @@ def sparsity_curve(
             capsize=3,
             label=None if hue is None else f"{hue} = {key}",
         )
+    flagged = flagged_groups(df, [x] if hue is None else [hue, x])
+    if flagged is not None and flagged.any():
+        keys = [(k if isinstance(k, tuple) else (k,)) for k in flagged[flagged].index]
+        means = table.set_index([x] if hue is None else [hue, x])["mean"]
+        points = [(k[-1], means.loc[k if len(k) > 1 else k[0]]) for k in keys]
+        mark_flagged(ax, [p[0] for p in points], [p[1] for p in points])
     if baseline is not None:
         ax.axhline(
             baseline, color="gray", linestyle="--", linewidth=1, label=f"baseline {baseline:.4g}"

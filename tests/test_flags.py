@@ -102,3 +102,19 @@ def test_note_names_the_flagged_share_of_a_group_and_nothing_for_a_clean_one():
     assert "1 of 3 runs flagged" in text and "at chance level" in text and "mixes" in text
     runs.loc[runs.arm == "a", "flags"] = "at chance level (acc 0.10)"
     assert "all 3 runs flagged" in flags.note(runs, "arm", "a")
+
+
+def test_a_kind_not_every_flagged_run_raised_says_how_many_did():
+    df = pd.DataFrame(
+        {
+            "method": ["l0"] * 3,
+            "flags": [
+                "class never predicted (2: 3, 4); at chance level (0.10, chance 0.10)",
+                "class never predicted (1: 7); at chance level (0.11, chance 0.10)",
+                "class never predicted (1: 2)",
+            ],
+        }
+    )
+    (row,) = flags.table(df, "method").to_dict("records")
+    assert row["flagged_runs"] == "3 of 3"
+    assert row["flags"] == "class never predicted; at chance level (2 of 3)"

@@ -269,3 +269,20 @@ def test_figure_legend_gathers_every_panels_entries_once():
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == ["magnitude", "sanity flag raised"]
     plt.close(fig)
+
+
+def test_sparsity_curve_circles_the_flagged_points():
+    df = pd.DataFrame(
+        {
+            "sparsity": [0.5, 0.5, 0.9, 0.9] * 2,
+            "method": ["a"] * 4 + ["b"] * 4,
+            "accuracy": [0.9, 0.92, 0.8, 0.82, 0.9, 0.91, 0.1, 0.12],
+            "flags": ["", "", "", "", "", "", "at chance level (0.1)", ""],
+        }
+    )
+    fig, ax = plt.subplots()
+    viz.sparsity_curve(df, y="accuracy", hue="method", ax=ax)
+    circles = [c for c in ax.collections if c.get_label() == "sanity flag raised"]
+    assert len(circles) == 1
+    assert circles[0].get_offsets().tolist() == [[0.9, pytest.approx(0.11)]]
+    plt.close(fig)

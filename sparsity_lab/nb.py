@@ -46,7 +46,9 @@ def _package_version() -> str:
 
 
 def setup(seed: int = 0, smoke: bool = False, *, threads: int | None = None) -> dict[str, Any]:
-    """Seed everything, set the book's figure defaults and print one line of versions.
+    """Seed everything, set the book's figure and table defaults, print one line of versions.
+
+    Tables show every character of their cells and up to 200 rows.
 
     ``smoke`` only changes the printed mode; the notebook uses it to shrink its own sizes.
     ``threads`` caps torch's intra-op threads (None leaves torch's default).  The matplotlib
@@ -60,6 +62,11 @@ def setup(seed: int = 0, smoke: bool = False, *, threads: int | None = None) -> 
         torch.set_num_threads(threads)
     seed_everything(seed)
     mpl.rcParams.update(_RC)
+    import pandas as pd  # loaded by every notebook anyway; not by ``import sparsity_lab``
+
+    # a verdict or a flag cut to "no clear di..." is a sentence the reader cannot check
+    pd.set_option("display.max_colwidth", None)
+    pd.set_option("display.max_rows", 200)
     versions = {
         "python": platform.python_version(),
         "torch": torch.__version__,

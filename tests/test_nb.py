@@ -220,3 +220,12 @@ def test_show_flags_displays_the_table_or_an_all_clear_line(monkeypatch):
     nb.show_flags(sl_flags.table(dirty, "m"), what="right after pruning")
     assert shown_objects[-2].data == "Sanity flags right after pruning:"
     assert shown_objects[-1].to_dict("records")[0]["m"] == "a"
+
+
+def test_setup_lets_tables_show_whole_cells(rc, capsys):
+    import pandas as pd
+
+    with pd.option_context("display.max_colwidth", 50, "display.max_rows", 60):
+        nb.setup(seed=0)
+        assert pd.get_option("display.max_colwidth") is None
+        assert pd.get_option("display.max_rows") == 200

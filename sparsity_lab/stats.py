@@ -296,6 +296,11 @@ def describe(
         text = f"{mean:+.1f}{unit} on each of {n} seeds (no spread, no interval)"
     else:
         low, high = row["ci_low"] * scale, row["ci_high"] * scale
-        text = f"{mean:+.1f}{unit} [{low:+.1f}, {high:+.1f}], {n} seeds: {row['verdict']}"
+        # a bound that rounds to 0.0 would show an interval touching 0 beside "better"
+        digits = 2 if any(b != 0 and round(b, 1) == 0 for b in (low, high)) else 1
+        text = (
+            f"{mean:+.{digits}f}{unit} [{low:+.{digits}f}, {high:+.{digits}f}], {n} seeds: "
+            f"{row['verdict']}"
+        )
     flagged = row.get("flagged", "")
     return f"{text} ({flagged})" if isinstance(flagged, str) and flagged else text

@@ -200,3 +200,10 @@ def test_describe_words_the_sign_of_a_quantity_that_is_neither_better_nor_worse(
     assert text == "-27.0 points [-39.0, -16.0], 3 seeds: narrows"
     covering = {**row, "ci_high": 0.05, "verdict": "no clear difference"}
     assert stats.describe(covering, words=("narrows", "widens")).endswith("no clear difference")
+
+
+def test_describe_shows_a_bound_near_zero_with_one_more_digit():
+    row = {"mean_diff": 0.0033, "ci_low": 0.0004, "ci_high": 0.0062, "n": 3, "verdict": "better"}
+    assert stats.describe(row) == "+0.33 points [+0.04, +0.62], 3 seeds: better"
+    wide = {**row, "ci_low": 0.0012}
+    assert stats.describe(wide) == "+0.3 points [+0.1, +0.6], 3 seeds: better"

@@ -768,7 +768,7 @@ def shuffle_helps():
         "Shuffling clearly raises accuracy, with no flagged run, for "
         + "; ".join(
             f"`{r.criterion}` on {r.model_name} at {r.sparsity:.0%} ({sl.stats.describe(r)})"
-            for r in gains.itertuples()
+            for _, r in gains.iterrows()
         )
         + ": there the method's choice of weights within each layer is worse than a random "
         "choice of as many."

@@ -278,7 +278,8 @@ def describe(
     unit: str = " points",
     words: tuple[str, str] | None = None,
 ) -> str:
-    """A row of :func:`paired` in words: ``"+1.7 points [+0.7, +2.7], 3 seeds: better"``,
+    """A row of :func:`paired` (a Series, a dict or an ``itertuples`` row) in words:
+    ``"+1.7 points [+0.7, +2.7], 3 seeds: better"``,
     followed by the flagged arms when there are any (``"... better (`random` flagged in 3
     of 3 runs: at chance level)"``).
 
@@ -286,6 +287,8 @@ def describe(
     for a quantity that is neither better nor worse (``("narrows", "widens")`` for the
     change of a gap); an interval that covers 0 stays "no clear difference".
     """
+    if hasattr(row, "_asdict"):  # a row of DataFrame.itertuples()
+        row = row._asdict()
     if words is not None and row["verdict"] in (BETTER, WORSE, HIGHER, LOWER):
         row = {**dict(row), "verdict": words[0] if row["mean_diff"] < 0 else words[1]}
     n = int(row["n"])

@@ -207,3 +207,10 @@ def test_describe_shows_a_bound_near_zero_with_one_more_digit():
     assert stats.describe(row) == "+0.33 points [+0.04, +0.62], 3 seeds: better"
     wide = {**row, "ci_low": 0.0012}
     assert stats.describe(wide) == "+0.3 points [+0.1, +0.6], 3 seeds: better"
+
+
+def test_describe_takes_an_itertuples_row_too():
+    table = pd.DataFrame([{"mean_diff": 0.02, "ci_low": 0.01, "ci_high": 0.03, "n": 3,
+                           "verdict": "better", "flagged": ""}])  # fmt: skip
+    (row,) = table.itertuples()
+    assert stats.describe(row) == stats.describe(table.iloc[0])

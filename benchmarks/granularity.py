@@ -6,9 +6,10 @@ each pattern (unstructured, N:M, 4x4 blocks, channels, inputs) and each sparsity
 90%) prune a copy by magnitude with the uniform budget, fine-tune it for the same budget
 (``recipes.prune_and_finetune``: epochs and FLOPs recorded) and measure test accuracy and
 the sanity flags.  The classifier and the layers a pattern does not fit stay dense but count in
-the sparsity (so every pattern removes the same number of weights), except N:M, whose
-sparsity is fixed by N and M: 2:4 at 50%, 1:4 at 75%, and no M that divides every
-layer's input size reaches 90% (reported as not reachable).
+the sparsity, so that the other layers take their share of the zeros, except with N:M,
+whose sparsity is fixed by N and M: 2:4 at 50%, 1:4 at 75%, and with M = 4 it cannot
+reach 90% (reported as not reachable).  On a model with layers N:M does not fit (LeNet-5's
+convolutions) it stays below the target; the measured sparsity is recorded with each run.
 
 **Speed.**  Each model pruned to 50% of its channels by :func:`sparsity_lab.shrink.
 prune_coupled`, then shrunk; the inference time of one batch is measured for the dense,

@@ -331,7 +331,9 @@ def count_words():
         f"of the {len(counted)} steps without a flagged run, the finer pattern is "
         + ", ".join(f"{verdict_counts.get(v, 0)} {v}" for v in verdict_counts.index)
         + (
-            f"; {left_out} of the {len(steps)} steps have a flagged run and are left out"
+            f"; {left_out} of the {len(steps)} steps "
+            + ("has a flagged run and is" if left_out == 1 else "have a flagged run and are")
+            + " left out"
             if left_out
             else ""
         )
@@ -471,7 +473,7 @@ display(
         + ", ".join(f"{p} {a:.1%}" for p, a in worst.items())
         + ".  `conv1` has only six filters (six kernels: one input channel), and the uniform "
         f"budget leaves {fewest} of them to the kernel and channel patterns at "
-        + ", ".join(f"{s:.0%}" for s in sorted(set(thin["sparsity"])))
+        + " and ".join(f"{s:.0%}" for s in sorted(set(thin["sparsity"])))
         + f".  Of those {len(thin)} runs, "
         + (
             f"{len(thin_down)} fell below {COLLAPSE:.0%} ("
@@ -1251,38 +1253,27 @@ def why_not(data, sparsity, model_name=None):
 whole = sl.stats.paired(
     results, "pattern", "unstructured", "channel", metric="test_accuracy", by=["model", "sparsity"]
 )
-judged = [
-    (
+verdicts = [
+    sl.claims.judge(
+        "unstructured_beats_channel",
         r,
-        sl.claims.judge(
-            "unstructured_beats_channel",
-            r,
-            setting=f"{r.model}, whole model at {r.sparsity:.0%}, uniform, fine-tuned, test",
-            measured=measured(results, r.sparsity, r.model),
-            reason=why_not(results, r.sparsity, r.model),
-        ),
+        setting=f"{r.model}, whole model at {r.sparsity:.0%}, uniform, fine-tuned, test",
+        measured=measured(results, r.sparsity, r.model),
+        reason=why_not(results, r.sparsity, r.model),
     )
     for _, r in whole.iterrows()
 ] + [
-    (
+    sl.claims.judge(
+        "unstructured_beats_channel",
         r,
-        sl.claims.judge(
-            "unstructured_beats_channel",
-            r,
-            setting=f"lenet5, convolutions only at {s:.0%}, uniform, fine-tuned, test",
-            measured=measured(conv_results, s),
-            reason=why_not(conv_results, s),
-        ),
+        setting=f"lenet5, convolutions only at {s:.0%}, uniform, fine-tuned, test",
+        measured=measured(conv_results, s),
+        reason=why_not(conv_results, s),
     )
     for s, r in conv_pairs["channel"].iterrows()
 ]
-verdicts = [v for _, v in judged]
 with pd.option_context("display.max_rows", None, "display.max_colwidth", None):
-    display(
-        sl.claims.table(verdicts)
-        .assign(flags=[r.flagged for r, _ in judged])
-        .drop(columns=["claim", "paper"])
-    )
+    display(sl.claims.table(verdicts).drop(columns=["claim", "paper"]))
 display(Markdown(sl.claims.report([v for v in verdicts if f"at {top:.0%}" in v.setting])))
 
 # %% [markdown]
@@ -1317,9 +1308,9 @@ lines = [
 ]
 lines += [
     f"- Unstructured against channel ({v.setting}): **{v.status}**, {v.numbers()}"
-    + (f"; it rests on flagged runs ({r.flagged})" if r.flagged else "")
+    + (f"; it rests on flagged runs ({v.flagged})" if v.flagged else "")
     + "."
-    for r, v in judged
+    for v in verdicts
     if f"at {top:.0%}" in v.setting
 ]
 lines += [

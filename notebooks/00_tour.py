@@ -479,7 +479,7 @@ def draw(ax, sparsity):
     run = recipes.evaluate_run(m, task, split="val", target_sparsity=sparsity)
     share = sl.masks.get_mask(m, "fc1.weight").float().mean(0).reshape(28, 28)
     ax.imshow(share, vmin=0, vmax=1)
-    kinds = ", ".join(dict.fromkeys(f.split(" (")[0] for f in run["flags"].split("; ") if f))
+    kinds = sl.flags.kinds([run["flags"]], 1).replace(sl.flags.SEPARATOR, ", ")
     ax.set_title(f"accuracy {run['accuracy']:.1%}" + (f"\nflagged: {kinds}" if kinds else ""))
     ax.axis("off")
 

@@ -441,7 +441,7 @@ def conv1_filters_left(pattern, sparsity):
 
 def flag_kinds(text):
     """The kinds of a run's flags, without their numbers: "at chance level, disconnected"."""
-    return ", ".join(dict.fromkeys(f.split(" (")[0] for f in text.split("; ") if f))
+    return sl.flags.kinds([text], 1).replace(sl.flags.SEPARATOR, ", ")
 
 
 coarse_runs = conv_results[conv_results["pattern"].isin(["kernel", "channel"])].copy()

@@ -33,7 +33,6 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
-from matplotlib.collections import PolyCollection
 
 import sparsity_lab as sl
 from sparsity_lab import patterns, recipes, shrink
@@ -217,17 +216,6 @@ def one_run(model, pattern, sparsity, seed):
     return {**result, "dense_test_accuracy": dense_info["test_accuracy"]}
 
 
-def clip_bands(ax, low=-1.0, high=1.0):
-    """Clip the confidence bands drawn on ``ax`` to [low, high], where a change of accuracy
-    lies (a t-interval of three seeds can run past it)."""
-    for band in ax.collections:
-        if isinstance(band, PolyCollection):
-            for path in band.get_paths():
-                path.vertices[:, 1] = path.vertices[:, 1].clip(low, high)
-    bottom, ceiling = ax.get_ylim()
-    ax.set_ylim(max(bottom, low - 0.05), min(ceiling, high + 0.05))
-
-
 grid = {"model": ["lenet300", "lenet5"], "pattern": LENET_PATTERNS, "sparsity": SPARSITIES}
 results = sl.experiments.sweep(one_run, grid, seeds=SEEDS, progress=False)
 results = results.dropna(subset=["test_accuracy"])
@@ -238,8 +226,10 @@ for ax, (model_name, title) in zip(
     axes, [("lenet300", "LeNet-300-100"), ("lenet5", "LeNet-5")], strict=True
 ):
     part = results[results["model"] == model_name]
-    sl.experiments.plot_mean_ci(part, x="sparsity", y="change", hue="pattern", ax=ax)
-    clip_bands(ax)
+    # a change of accuracy lies in [-1, 1]; a t-interval of three seeds can run past it
+    sl.experiments.plot_mean_ci(
+        part, x="sparsity", y="change", hue="pattern", ax=ax, bounds=(-1.0, 1.0)
+    )
     ax.axhline(0.0, color="k", linestyle="--", linewidth=0.8)
     ax.set_ylabel("test accuracy - dense (mean, 95% CI)")
     ax.set_title(f"{title}: magnitude, uniform, {FINETUNE_EPOCHS} epoch(s) of fine-tuning")

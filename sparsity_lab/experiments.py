@@ -325,12 +325,15 @@ def plot_mean_ci(
     confidence: float = 0.95,
     label: str | None = None,
     flags: str | None = "auto",
+    bounds: tuple[float, float] | None | str = "auto",
 ) -> plt.Axes:
     """Mean of ``y`` against ``x`` with a shaded confidence band, one line per ``hue`` value.
 
     The band is :func:`summarize`'s Student-t interval over the rows (e.g. seeds) sharing
-    an ``x`` (and ``hue``), clipped to [0, 1] for accuracies.  ``label`` names the line, or
-    prefixes each hue's legend entry, so several sweeps can share one Axes.  When ``df`` has
+    an ``x`` (and ``hue``), clipped to ``bounds``: ``"auto"`` clips accuracies to [0, 1];
+    pass ``(-1, 1)`` for a difference of accuracies, or None for no clipping.  ``label``
+    names the line, or prefixes each hue's legend entry, so several sweeps can share one
+    Axes.  When ``df`` has
     the flags of ``y``'s stage (``flags``; ``"auto"``: ``pruned_flags`` for accuracy right
     after pruning, else ``flags``, see :func:`sparsity_lab.recipes.evaluate_run`), a point
     any of whose runs raised a sanity flag is circled in red, so a flagged number is never
@@ -339,7 +342,7 @@ def plot_mean_ci(
     if ax is None:
         _, ax = plt.subplots()
     by = [x] if hue is None else [hue, x]
-    table = summarize(df, by, y, confidence)
+    table = summarize(df, by, y, confidence, bounds)
     column = STAGE_FLAGS.get(y, "flags") if flags == "auto" else flags
     flagged = flagged_groups(df, by, column) if column else None
     if flagged is not None:

@@ -270,6 +270,19 @@ def test_plot_mean_ci_without_hue_makes_its_own_axes():
         plt.close(ax.figure)
 
 
+def test_plot_mean_ci_clips_the_band_to_the_bounds_it_is_given():
+    # a change of accuracy of three seeds whose t-interval runs past -1 and 1 unclipped
+    df = pd.DataFrame({"x": [1, 1, 1], "change": [-0.9, 0.0, 0.9]})
+    _, _, low, high = hand_interval(df["change"].tolist(), 0.95)
+    assert low < -1 and high > 1
+    unclipped = plot_mean_ci(df, "x", "change", ax=Figure().subplots(), bounds=None)
+    clipped = plot_mean_ci(df, "x", "change", ax=Figure().subplots(), bounds=(-1.0, 1.0))
+    band = unclipped.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == pytest.approx(low) and band.max() == pytest.approx(high)
+    band = clipped.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == -1.0 and band.max() == 1.0
+
+
 def test_no_progress_output_by_default_under_pytest(capfd):
     sweep(square_plus_seed, {"x": [1, 2]})
     assert capfd.readouterr().err == ""

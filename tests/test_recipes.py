@@ -112,6 +112,20 @@ def test_cache_key_covers_the_training_data(tmp_path):
     assert len(list(tmp_path.glob("*.pt"))) == 2
 
 
+def test_cache_key_hashes_dense_training_code_only():
+    """Editing the fine-tuning protocol must keep every cached dense model; editing what
+    trains it (here the training loop's module) must not load a stale one."""
+    import inspect
+
+    sources = recipes._dense_training_sources()
+    assert inspect.getsource(recipes.train_dense) in sources
+    assert inspect.getsource(recipes.Task) in sources
+    protocol = [recipes.finetune, recipes.finetune_and_measure, recipes.random_like]
+    for function in protocol:
+        assert not any(inspect.getsource(function) in source for source in sources)
+    assert inspect.getsource(sl.train.fit) in "".join(sources)
+
+
 def test_corrupt_checkpoint_is_retrained_and_replaced(digits_task, tmp_path):
     model, _ = recipes.train_dense(digits_task, epochs=2, cache_dir=tmp_path)
     (path,) = tmp_path.glob("*.pt")

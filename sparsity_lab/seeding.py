@@ -39,3 +39,22 @@ def torch_generator(seed: int) -> torch.Generator:
     only, not on how many random numbers other code drew before.
     """
     return torch.Generator().manual_seed(_check_seed(seed))
+
+
+def reseed_loader(loader: object, seed: int) -> None:
+    """Restart the shuffling of ``loader`` from ``seed``, in place.
+
+    A ``DataLoader`` with its own ``generator`` keeps drawing from it across runs, so a
+    second run on the same loader sees other batches than the first; reseeding makes two
+    runs with one seed on one loader alike.  A loader made with ``torch_generator(seed)``
+    is unchanged by it, and one without a generator of its own draws from the global
+    generator, which :func:`seed_everything` seeds.
+    """
+    seed = _check_seed(seed)
+    sampler = getattr(loader, "sampler", None)
+    batch_sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+    holders = (loader, sampler, batch_sampler)
+    generators = {id(g): g for g in (getattr(h, "generator", None) for h in holders)}
+    for generator in generators.values():
+        if isinstance(generator, torch.Generator):
+            generator.manual_seed(seed)

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .callbacks import Callback
-from .seeding import seed_everything
+from .seeding import reseed_loader, seed_everything
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -333,6 +333,7 @@ class Trainer:
         self._trained = True
         if self.seed is not None:
             seed_everything(self.seed)
+            reseed_loader(self.train_loader, self.seed)
         self.stop = False
         with tqdm(
             total=self.total_steps, disable=not show_progress(self.progress), desc="train"
@@ -372,9 +373,9 @@ def fit(
 ) -> pd.DataFrame:
     """Train ``model`` and return its per-epoch history; ``Trainer(...).fit()`` in one call.
 
-    ``seed`` seeds Python, NumPy and PyTorch first (dropout, random callbacks); the
-    shuffling of ``train_loader`` follows its own ``generator``, so give it a seeded one
-    (:func:`sparsity_lab.seeding.torch_generator`) for a fully repeatable run.
+    ``seed`` seeds Python, NumPy and PyTorch first (dropout, random callbacks) and restarts
+    the shuffling of ``train_loader`` from it (:func:`sparsity_lab.seeding.reseed_loader`),
+    so two fits with one seed on one loader see the same batches.
     """
     trainer = Trainer(
         model,

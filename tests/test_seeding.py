@@ -3,8 +3,9 @@ import random
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
-from sparsity_lab.seeding import seed_everything, torch_generator
+from sparsity_lab.seeding import reseed_loader, seed_everything, torch_generator
 
 
 def _draws():
@@ -52,3 +53,30 @@ def test_out_of_range_seed_is_rejected(seed):
 def test_non_int_seed_is_rejected():
     with pytest.raises(TypeError, match="seed must be an int"):
         torch_generator(1.5)
+
+
+def _order(loader) -> list[int]:
+    return [int(i) for (batch,) in loader for i in batch]
+
+
+def test_reseed_loader_restarts_a_loaders_own_generator():
+    data = TensorDataset(torch.arange(20))
+    loader = DataLoader(data, batch_size=4, shuffle=True, generator=torch_generator(3))
+    first = _order(loader)
+    assert _order(loader) != first  # without reseeding the second pass differs
+    reseed_loader(loader, 3)
+    assert _order(loader) == first  # reseeded with the seed it was made with: the first order
+    fresh = DataLoader(data, batch_size=4, shuffle=True, generator=torch_generator(3))
+    reseed_loader(fresh, 3)
+    assert _order(fresh) == first  # a fresh loader is unchanged by it
+    reseed_loader(loader, 4)
+    assert _order(loader) != first
+    with pytest.raises(TypeError, match="seed must be an int"):
+        reseed_loader(loader, 1.5)
+
+
+def test_reseed_loader_leaves_loaders_without_a_generator_alone():
+    loader = DataLoader(TensorDataset(torch.arange(8)), batch_size=4, shuffle=False)
+    reseed_loader(loader, 0)
+    assert _order(loader) == list(range(8))
+    reseed_loader([torch.zeros(2)], 0)  # any iterable of batches is accepted

@@ -9,6 +9,7 @@ from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, TensorDataset
 
 from sparsity_lab import train
+from sparsity_lab.seeding import torch_generator
 from sparsity_lab.train import Callback, Trainer, evaluate, fit, make_optimizer
 
 STANDARD_COLUMNS = [
@@ -207,6 +208,23 @@ def test_same_seed_gives_identical_history_and_weights():
     pd.testing.assert_frame_equal(h1, h2)
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert not all(torch.equal(s1[k], s3[k]) for k in s1)
+
+
+def test_two_fits_with_one_seed_on_one_seeded_loader_agree():
+    data = blobs(n=16)
+    shared = DataLoader(data, batch_size=4, shuffle=True, generator=torch_generator(1))
+
+    def run(train_loader):
+        torch.manual_seed(0)
+        model = tiny_model()
+        fit(model, train_loader, epochs=2, seed=1, progress=False)
+        return model.state_dict()
+
+    first, second = run(shared), run(shared)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    # and both equal a fit on a fresh loader made with that seed
+    fresh = run(DataLoader(data, batch_size=4, shuffle=True, generator=torch_generator(1)))
+    assert all(torch.equal(first[k], fresh[k]) for k in first)
 
 
 def test_evaluate_matches_a_hand_computation():

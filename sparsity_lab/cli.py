@@ -3,7 +3,8 @@
 ``sparsity-lab list`` prints the registry by kind; ``sparsity-lab prune`` trains (or loads
 from the checkpoint cache) a dense model, prunes it, fine-tunes it and prints the report;
 ``sparsity-lab train`` trains a model from scratch with a training-time method (GMP, RigL,
-AC/DC, ...) and prints the report with the training FLOPs.
+AC/DC, ...) and prints the report with the training FLOPs; ``sparsity-lab bench`` runs a
+benchmark config (:mod:`sparsity_lab.bench`) and writes its table and manifest.
 """
 
 from __future__ import annotations
@@ -207,6 +208,43 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from sparsity_lab import bench, leaderboard
+
+    config = bench.load_config(args.config)
+    out = Path(args.out or Path(args.config).parent)
+    # the table is written at the end: check the folder can take it before any run
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"--out {out} is not writable; nothing was run")
+    table = bench.run(
+        config, executor_spec=args.executor, cache_dir=args.cache, progress=args.progress
+    )
+    csv_path, manifest_path = bench.write(table, config, out)
+    pd.set_option("display.width", 200)
+    columns = [
+        "method",
+        "target_sparsity",
+        "n",
+        "test_accuracy",
+        "ci_low",
+        "ci_high",
+        "vs_baseline",
+        "vs_verdict",
+        "flagged",
+    ]
+    print(leaderboard.summary(table)[columns].round(4).to_string(index=False))
+    print(f"wrote {csv_path} and {manifest_path}")
+    if args.compare:
+        problems = bench.compare(table, bench.read(args.compare))
+        if problems:
+            print(f"the table differs from {args.compare}:")
+            print("\n".join(f"  {p}" for p in problems))
+            return 1
+        print(f"identical to {args.compare} (timings left out)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and documentation)."""
     from sparsity_lab import data, models
@@ -282,6 +320,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save", default=None, help="write the trained model's state dict here")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     t.set_defaults(run=_train)
+
+    b = sub.add_parser("bench", help="run a benchmark config; write its table and manifest")
+    b.add_argument("config", help="a benchmark's YAML file (see sparsity_lab.bench)")
+    b.add_argument("--out", default=None, help="folder of the table (default: the config's)")
+    b.add_argument(
+        "--executor",
+        default="serial",
+        help="serial, local:N (a Dask LocalCluster of N workers) or a Dask scheduler "
+        "address such as tcp://host:8786",
+    )
+    b.add_argument("--cache", default=".cache/bench", help="finished runs, reused on a rerun")
+    b.add_argument(
+        "--compare", default=None, help="a table to compare with (exit 1 if the runs differ)"
+    )
+    b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    b.set_defaults(run=_bench)
     return parser
 
 

@@ -1,0 +1,247 @@
+"""The leaderboard: benchmark tables summarised per method, compared in pairs, on Pareto fronts.
+
+Reads the tidy tables of :mod:`sparsity_lab.bench` (one row per run).  :func:`summary` gives
+each method and sparsity its mean test accuracy with a Student-t interval, its costs
+(nonzeros, FLOPs, storage bits, fine-tuning FLOPs), the efficiency metrics of
+:mod:`sparsity_lab.efficiency` and the paired difference from a baseline method on the same
+seeds; :func:`pareto_front` keeps the points no other point beats on both accuracy and a
+cost; :func:`cards` gives one line per method.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import efficiency
+from .stats import mean_interval, paired
+
+#: The baseline every method is paired with, by default.
+BASELINE = "magnitude (global)"
+
+#: The costs a front can be drawn against, with their axis labels.
+COSTS = {
+    "nonzeros": "nonzero weights",
+    "flops": "forward FLOPs per example",
+    "storage_bits": "storage (bits, with indices)",
+}
+
+
+#: Where the committed result tables live, relative to the repository's root.
+TABLES = Path("benchmarks") / "leaderboard"
+
+
+def tables_dir(start: str | Path = ".") -> Path:
+    """The folder of committed tables: ``benchmarks/leaderboard`` in ``start`` or the
+    nearest folder above it (a notebook runs in ``notebooks/`` or ``book/notebooks/``)."""
+    here = Path(start).resolve()
+    for folder in (here, *here.parents):
+        if (folder / TABLES).is_dir():
+            return folder / TABLES
+    raise FileNotFoundError(
+        f"no {TABLES} folder in {here} or above it; run from a checkout of the repository"
+    )
+
+
+def load(name: str, folder: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
+    """A committed result table and its manifest, by the benchmark's name."""
+    from .bench import read
+
+    folder = Path(folder) if folder is not None else tables_dir()
+    table = read(folder / f"{name}.csv")
+    manifest = json.loads((folder / f"{name}.manifest.json").read_text())
+    return table, manifest
+
+
+def _flagged(values: pd.Series) -> bool:
+    return bool(values.fillna("").astype(str).str.len().gt(0).any())
+
+
+def summary(table: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
+    """One row per (method, target sparsity): means over seeds and the paired comparison.
+
+    Columns: ``method``, ``target_sparsity``, ``n`` (seeds), ``sparsity`` (reached, mean),
+    ``test_accuracy`` with ``ci_low``/``ci_high`` (clipped to [0, 1]), the mean
+    ``nonzeros``, ``flops``, ``storage_bits`` and ``training_flops``,
+    ``accuracy_per_million`` and ``change_per_million_removed`` (of the means, see
+    :mod:`sparsity_lab.efficiency`), ``flagged`` (any run raised a sanity flag), and
+    ``vs_baseline``, ``vs_low``, ``vs_high``, ``vs_verdict``: the paired difference
+    from ``baseline`` at the same sparsity and seeds (NaN where the baseline has no run
+    there, and for the baseline itself).
+    """
+    rows = []
+    dense = table.groupby("seed")["dense_test_accuracy"].first().mean()
+    for (method, target), runs in table.groupby(["method", "target_sparsity"], sort=False):
+        interval = mean_interval(runs["test_accuracy"], bounds=(0.0, 1.0))
+        nonzeros, parameters = runs["nonzeros"].mean(), runs["parameters"].mean()
+        rows.append(
+            {
+                "method": method,
+                "target_sparsity": target,
+                "n": interval["n"],
+                "sparsity": runs["sparsity"].mean(),
+                "test_accuracy": interval["mean"],
+                "ci_low": interval["ci_low"],
+                "ci_high": interval["ci_high"],
+                "nonzeros": nonzeros,
+                "flops": runs["flops"].mean(),
+                "storage_bits": runs["storage_bits"].mean(),
+                "training_flops": runs["training_flops"].mean(),
+                "accuracy_per_million": efficiency.accuracy_per_parameter(
+                    interval["mean"], nonzeros
+                ),
+                "change_per_million_removed": efficiency.accuracy_change_per_removed_parameter(
+                    interval["mean"], dense, nonzeros, parameters
+                ),
+                "flagged": _flagged(runs["flags"]),
+            }
+        )
+    out = pd.DataFrame(rows)
+    vs_columns = ["method", "target_sparsity", "vs_baseline", "vs_low", "vs_high", "vs_verdict"]
+    vs = pd.DataFrame(columns=vs_columns)
+    if baseline in set(table["method"]):
+        parts = []
+        for method in out["method"].unique():
+            if method == baseline:
+                continue
+            both = table[table["method"].isin([method, baseline])]
+            shared = both.groupby("target_sparsity")["method"].nunique().eq(2)
+            both = both[both["target_sparsity"].map(shared)]
+            if both.empty:
+                continue
+            diff = paired(
+                both,
+                "method",
+                method,
+                baseline,
+                metric="test_accuracy",
+                by="target_sparsity",
+                flags=None,
+            )
+            parts.append(diff.assign(method=method))
+        if parts:
+            vs = pd.concat(parts).rename(
+                columns={
+                    "mean_diff": "vs_baseline",
+                    "ci_low": "vs_low",
+                    "ci_high": "vs_high",
+                    "verdict": "vs_verdict",
+                }
+            )[vs_columns]
+    return out.merge(vs, on=["method", "target_sparsity"], how="left")
+
+
+def pareto_front(points: pd.DataFrame, cost: str, metric: str = "test_accuracy") -> pd.DataFrame:
+    """The rows of ``points`` that no other row beats: none has a lower or equal ``cost``
+    and a higher ``metric`` (ties in both keep the first), sorted by ``cost``."""
+    ordered = points.sort_values([cost, metric], ascending=[True, False], kind="stable")
+    best = -np.inf
+    keep = []
+    for index, value in ordered[metric].items():
+        if value > best:
+            keep.append(index)
+            best = value
+    return ordered.loc[keep]
+
+
+def plot_fronts(
+    table: pd.DataFrame,
+    costs: Sequence[str] = tuple(COSTS),
+    *,
+    axes=None,
+    baseline: str = BASELINE,
+):
+    """Mean test accuracy against each cost, one marker per method, the front as a line.
+
+    Error bars are the t-intervals over seeds; a flagged point is drawn hollow.  The dense
+    model is the dashed line.  Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    points = summary(table, baseline)
+    if axes is None:
+        _, axes = plt.subplots(1, len(costs), figsize=(5 * len(costs), 4), layout="constrained")
+    axes = np.atleast_1d(axes)
+    dense = table.groupby("seed")["dense_test_accuracy"].first().mean()
+    for ax, cost in zip(axes, costs, strict=True):
+        for method, rows in points.groupby("method", sort=False):
+            errors = [
+                rows["test_accuracy"] - rows["ci_low"],
+                rows["ci_high"] - rows["test_accuracy"],
+            ]
+            container = ax.errorbar(
+                rows[cost],
+                rows["test_accuracy"],
+                yerr=np.nan_to_num(errors),
+                fmt="o",
+                label=method,
+                capsize=2,
+                alpha=0.8,
+            )
+            flagged = rows[rows["flagged"]]
+            if len(flagged):
+                ax.plot(
+                    flagged[cost],
+                    flagged["test_accuracy"],
+                    "o",
+                    mfc="white",
+                    mec=container[0].get_color(),
+                )
+        front = pareto_front(points, cost)
+        ax.plot(front[cost], front["test_accuracy"], "k-", linewidth=0.8, label="Pareto front")
+        ax.axhline(dense, color="grey", linestyle="--", linewidth=0.8, label="dense")
+        ax.set_xscale("log")
+        ax.set_xlabel(COSTS.get(cost, cost))
+        ax.set_ylabel("test accuracy (mean, 95% CI)")
+    axes[0].figure.legend(
+        *axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize="small"
+    )
+    return axes[0].figure
+
+
+def cards(table: pd.DataFrame, tolerance: float = 0.01, baseline: str = BASELINE) -> pd.DataFrame:
+    """One row per method: what it reaches and at what cost, in one line.
+
+    Columns: ``method``, ``sparsities`` (the targets run), ``best_accuracy`` and the target
+    where it was reached, ``iso_accuracy_compression`` (largest compression whose mean is
+    within ``tolerance`` of dense), ``best_accuracy_per_million``, ``beats_baseline`` and
+    ``loses_to_baseline`` (the sparsities where the paired interval says so), and
+    ``flagged_at`` (targets where a run raised a sanity flag).
+    """
+    points = summary(table, baseline)
+    dense = table.groupby("seed")["dense_test_accuracy"].first().mean()
+    parameters = table["parameters"].max()
+    rows = []
+    for method, rows_of in points.groupby("method", sort=False):
+        best = rows_of.loc[rows_of["test_accuracy"].idxmax()]
+        verdicts = rows_of["vs_verdict"]
+        rows.append(
+            {
+                "method": method,
+                "sparsities": ", ".join(f"{s:g}" for s in rows_of["target_sparsity"]),
+                "best_accuracy": best["test_accuracy"],
+                "at_sparsity": best["target_sparsity"],
+                "iso_accuracy_compression": efficiency.iso_accuracy_compression(
+                    rows_of["test_accuracy"],
+                    rows_of["nonzeros"],
+                    dense,
+                    parameters,
+                    tolerance=tolerance,
+                ),
+                "best_accuracy_per_million": rows_of["accuracy_per_million"].max(),
+                "beats_baseline": ", ".join(
+                    f"{s:g}" for s in rows_of["target_sparsity"][verdicts.eq("better")]
+                ),
+                "loses_to_baseline": ", ".join(
+                    f"{s:g}" for s in rows_of["target_sparsity"][verdicts.eq("worse")]
+                ),
+                "flagged_at": ", ".join(
+                    f"{s:g}" for s in rows_of["target_sparsity"][rows_of["flagged"]]
+                ),
+            }
+        )
+    return pd.DataFrame(rows)

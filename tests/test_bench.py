@@ -1,0 +1,375 @@
+"""The benchmark harness, its efficiency metrics and the leaderboard's summaries."""
+
+import json
+import math
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import sparsity_lab as sl
+from sparsity_lab import bench, efficiency, leaderboard, masks, recipes, registry
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "benchmarks" / "leaderboard"
+
+
+@pytest.fixture
+def clean_registry(monkeypatch, tmp_path):
+    """Methods a test registers (and the files that did it) are gone after it; the dense
+    models it trains go to its own cache."""
+    registry.available()  # load the built-in methods first, so only the test's are removed
+    monkeypatch.setattr(registry, "_ENTRIES", dict(registry._ENTRIES))
+    for name in [n for n in sys.modules if n.startswith("sparsity_lab_bench_")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setenv("SPARSITY_LAB_CACHE", str(tmp_path / "dense"))
+    monkeypatch.setattr(recipes, "_DENSE_MODELS", {})
+    yield
+    for name in [n for n in sys.modules if n.startswith("sparsity_lab_bench_")]:
+        del sys.modules[name]
+
+
+def tiny_config(**changes):
+    config = {
+        "name": "tiny",
+        "model": "lenet300",
+        "data": "digits",
+        "sparsities": [0.8],
+        "seeds": [0],
+        "finetune_epochs": 1,
+        "methods": ["snip"],
+    }
+    return {**config, **changes}
+
+
+# ------------------------------------------------------------------------ efficiency metrics
+
+
+def test_efficiency_metrics_match_hand_computations():
+    # 74.31% with 2.49 M weights left: 74.31 / 2.49 points per million
+    assert efficiency.accuracy_per_parameter(0.7431, 2.49e6) == pytest.approx(29.8434, abs=1e-4)
+    # 2 points lost for 9 M removed weights: -2 / 9 points per million removed
+    change = efficiency.accuracy_change_per_removed_parameter(0.75, 0.77, 1e6, 10e6)
+    assert change == pytest.approx(-2 / 9)
+    assert math.isnan(efficiency.accuracy_change_per_removed_parameter(0.77, 0.77, 10, 10))
+    assert efficiency.flops_saved(25.0, 100.0) == 0.75
+    assert efficiency.compression(10, 100) == 10.0
+    # dense 0.95, one point of tolerance: 0.945 at 4x and 0.941 at 10x qualify, 0.93 does not
+    iso = efficiency.iso_accuracy_compression([0.945, 0.941, 0.93], [25, 10, 5], 0.95, 100)
+    assert iso == 10.0
+    assert efficiency.iso_accuracy_compression([0.5], [10], 0.95, 100) == 1.0
+
+
+def test_efficiency_metrics_refuse_impossible_counts():
+    with pytest.raises(ValueError, match="nonzeros must be positive"):
+        efficiency.accuracy_per_parameter(0.9, 0)
+    with pytest.raises(ValueError, match="exceed the parameters"):
+        efficiency.accuracy_change_per_removed_parameter(0.9, 0.9, 11, 10)
+    with pytest.raises(ValueError, match="2 accuracies but 1 nonzero counts"):
+        efficiency.iso_accuracy_compression([0.9, 0.8], [1], 0.9, 10)
+
+
+# ------------------------------------------------------------------------------- the config
+
+
+def test_config_errors_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown config keys \['epochs'\]"):
+        bench.load_config(tiny_config(epochs=3))
+    with pytest.raises(ValueError, match=r"the config needs \['sparsities'\]"):
+        bench.load_config({k: v for k, v in tiny_config().items() if k != "sparsities"})
+    with pytest.raises(ValueError, match="unknown criterion 'snipp'.*imports"):
+        bench.load_config(tiny_config(methods=["snipp"]))
+    with pytest.raises(ValueError, match=r"labels \['magnitude \(global\)'\] appear twice"):
+        bench.load_config(
+            tiny_config(methods=[{"method": "magnitude", "label": "magnitude (global)"}])
+        )
+    with pytest.raises(FileNotFoundError, match="imports: no file"):
+        bench.load_config(tiny_config(imports=["missing.py"]))
+    with pytest.raises(ValueError, match="seeds is empty"):
+        bench.load_config(tiny_config(seeds=[]))
+    # YAML is read safely: a python object tag is refused, never run
+    unsafe = tmp_path / "unsafe.yaml"
+    unsafe.write_text("name: !!python/object/apply:os.system ['echo hi']\n")
+    import yaml
+
+    with pytest.raises(yaml.constructor.ConstructorError):
+        bench.load_config(unsafe)
+
+
+def test_cells_hold_every_baseline_and_one_arm_for_a_pattern_that_fixes_sparsity():
+    config = bench.load_config(
+        tiny_config(
+            sparsities=[0.5, 0.9],
+            methods=[
+                "snip",
+                {"method": "magnitude", "label": "2:4", "options": {"pattern": "2:4"}},
+            ],
+        )
+    )
+    arms = [(a["label"], a["sparsity"]) for a in bench.cells(config)]
+    assert arms == [
+        ("dense", 0.0),
+        ("magnitude (global)", 0.5),
+        ("magnitude (global)", 0.9),
+        ("magnitude (uniform)", 0.5),
+        ("magnitude (uniform)", 0.9),
+        ("random (magnitude's layer counts)", 0.5),
+        ("random (magnitude's layer counts)", 0.9),
+        ("snip", 0.5),
+        ("snip", 0.9),
+        ("2:4", 0.5),
+    ]
+
+
+# ------------------------------------------------------------------------------- the runs
+
+
+def test_a_benchmark_measures_each_arm_as_counted_by_hand(clean_registry, tmp_path):
+    table = bench.run(tiny_config(), cache_dir=tmp_path / "runs")
+    assert list(table.columns) == list(bench.COLUMNS)
+    assert table["method"].tolist() == [
+        "dense",
+        "magnitude (global)",
+        "magnitude (uniform)",
+        "random (magnitude's layer counts)",
+        "snip",
+    ]
+    rows = table.set_index("method")
+    weights = 64 * 300 + 300 * 100 + 100 * 10  # LeNet-300-100 on 8x8 digits
+    kept = weights - round(0.8 * weights)
+    assert rows.loc["dense", "nonzeros"] == weights == rows.loc["snip", "parameters"]
+    assert rows.loc["dense", "flops"] == 2 * weights  # a multiply and an add per weight
+    assert rows.loc["dense", "dense_storage_bits"] == 32 * weights
+    assert rows.loc["dense", "training_flops"] == 0  # the dense model is not fine-tuned
+    for method in ["magnitude (global)", "random (magnitude's layer counts)", "snip"]:
+        assert rows.loc[method, "nonzeros"] == kept
+        assert rows.loc[method, "sparsity"] == pytest.approx(1 - kept / weights)
+        assert rows.loc[method, "flops"] == 2 * kept
+    t, _, info = recipes.dense("lenet300", "digits", 0)
+    assert (table["dense_test_accuracy"] == info["test_accuracy"]).all()
+    assert rows.loc["dense", "test_accuracy"] == info["test_accuracy"]
+    # the random baseline keeps magnitude's count in every layer
+    found = masks.masks(sl.prune(recipes.dense("lenet300", "digits", 0)[1], "magnitude", 0.8))
+    random = recipes.random_like(found, seed=0)
+    assert all(int(random[n].sum()) == int(found[n].sum()) for n in found)
+    # one epoch of fine-tuning: three sparse forward passes per training example
+    assert rows.loc["snip", "training_flops"] == 3 * 2 * kept * len(t.bundle.train)
+    # CSR storage: 32-bit values and column indices, one 32-bit row pointer per row + 1
+    rows_of = 300 + 100 + 10
+    assert rows.loc["snip", "storage_bits"] == 32 * (2 * kept + rows_of + 3)
+    assert math.isnan(rows.loc["snip", "perplexity"])  # not a next-token task
+
+
+def test_a_rerun_reads_every_finished_run_from_the_cache(clean_registry, tmp_path, monkeypatch):
+    first = bench.run(tiny_config(), cache_dir=tmp_path / "runs")
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("a cached run was run again")
+
+    monkeypatch.setattr(bench, "run_cell", not_again)
+    again = bench.run(tiny_config(), cache_dir=tmp_path / "runs")
+    pd.testing.assert_frame_equal(first, again)
+
+
+def test_an_added_method_matches_its_hand_computation(clean_registry):
+    bench.import_methods([str(EXAMPLE / "relative_magnitude.py")])
+    layer = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [10.0, 20.0, 60.0]]))
+    # row means 2 and 30: scores 0.5 1 1.5 and 1/3 2/3 2; the three lowest go at 50%
+    scores = registry.get("relative_magnitude")().scores(layer, ["weight"], None)["weight"]
+    expected = torch.tensor([[0.5, 1.0, 1.5], [1 / 3, 2 / 3, 2.0]])
+    assert torch.allclose(scores, expected)
+    sl.prune(layer, "relative_magnitude", 0.5)
+    assert masks.masks(layer)["weight"].tolist() == [[0, 1, 1], [0, 0, 1]]
+    # global magnitude would have emptied the first row instead
+    plain = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        plain.weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [10.0, 20.0, 60.0]]))
+    assert masks.masks(sl.prune(plain, "magnitude", 0.5))["weight"][0].sum() == 0
+
+
+# ----------------------------------------------------------------- manifest, files, compare
+
+
+def test_write_saves_a_table_that_reads_back_the_same_and_a_manifest(clean_registry, tmp_path):
+    table = bench.run(tiny_config(), cache_dir=None)
+    csv_path, manifest_path = bench.write(table, tiny_config(), tmp_path / "out")
+    assert bench.compare(bench.read(csv_path), table) == []
+    record = json.loads(manifest_path.read_text())
+    t, _, info = recipes.dense("lenet300", "digits", 0)
+    assert record["data_splits"]["0"] == {
+        split: recipes._fingerprint(getattr(t.bundle, split)) for split in ("train", "val", "test")
+    }
+    assert record["dense"]["0"]["test_accuracy"] == info["test_accuracy"]
+    assert record["seeds"] == [0] and record["rows"] == len(table)
+    assert record["dependencies"]["torch"] == torch.__version__
+    assert record["table_sha256"] == bench.table_digest(bench.read(csv_path))
+    assert "commit" in record["library"] and record["machine"]["threads_per_run"] == 1
+    assert not list((tmp_path / "out").glob(".*.tmp"))  # nothing half-written left behind
+
+
+def test_compare_names_what_differs(clean_registry):
+    table = bench.run(tiny_config(), cache_dir=None)
+    changed = table.copy()
+    changed.loc[4, "test_accuracy"] += 0.01
+    changed.loc[0, "wall_seconds"] += 5.0  # timings are the machine's: never compared
+    problems = bench.compare(changed, table)
+    assert len(problems) == 1 and problems[0].startswith("test_accuracy: 1 runs differ")
+    problems = bench.compare(table.iloc[:-1], table)
+    assert problems == ["1 runs of the reference are missing, e.g. snip at sparsity 0.8, seed 0"]
+
+
+def test_the_cli_runs_a_config_and_checks_it_against_a_table(clean_registry, tmp_path, capsys):
+    import yaml
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config()))
+    args = ["bench", str(path), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c")]
+    assert sl.cli.main(args) == 0
+    written = tmp_path / "out" / "tiny.csv"
+    assert written.is_file() and (tmp_path / "out" / "tiny.manifest.json").is_file()
+    assert sl.cli.main([*args, "--compare", str(written)]) == 0
+    assert "identical to" in capsys.readouterr().out
+    tampered = bench.read(written)
+    tampered.loc[1, "nonzeros"] += 1
+    tampered.to_csv(tmp_path / "tampered.csv", index=False)
+    assert sl.cli.main([*args, "--compare", str(tmp_path / "tampered.csv")]) == 1
+    assert "nonzeros: 1 runs differ" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- a Dask cluster
+
+KILLER = '''
+"""A criterion that kills its worker process the first time it runs: a lost worker."""
+import os
+from pathlib import Path
+
+from sparsity_lab.criteria.data_free import Magnitude
+from sparsity_lab.registry import register
+
+MARK = Path({mark!r})
+
+
+@register("criterion", "dies_once")
+class DiesOnce(Magnitude):
+    """Magnitude, but the first call anywhere ends its process."""
+
+    name = "dies_once"
+
+    def scores(self, model, names, context):
+        if not MARK.exists():
+            MARK.write_text("died")
+            os._exit(1)
+        return super().scores(model, names, context)
+'''
+
+
+def test_a_local_dask_cluster_gives_the_serial_table_even_when_a_worker_dies(
+    clean_registry, tmp_path
+):
+    pytest.importorskip("distributed")
+    mark = tmp_path / "died"
+    plugin = tmp_path / "dies_once.py"
+    plugin.write_text(textwrap.dedent(KILLER.format(mark=str(mark))))
+    config = tiny_config(seeds=[0, 1], imports=[str(plugin)], methods=["snip", "dies_once"])
+    mark.write_text("the serial run must not die")
+    serial = bench.run(config, cache_dir=None)
+    mark.unlink()
+    cache = tmp_path / "runs"
+    clustered = bench.run(config, executor_spec="local:2", cache_dir=cache)
+    assert mark.exists()  # a worker did die on its first dies_once run
+    assert bench.compare(clustered, serial) == []
+    # every run is in the cache, so a rerun on another executor runs none
+    assert len(list(cache.glob("*.json"))) == len(serial)
+    again = bench.run(config, executor_spec=None, cache_dir=cache)
+    assert bench.compare(again, serial) == []
+
+
+def test_executor_specs_are_checked():
+    with pytest.raises(ValueError, match="unknown executor 'threads'"):
+        with bench.executor("threads"):
+            pass
+    with bench.executor("serial") as pool:
+        assert pool is None
+
+
+# ---------------------------------------------------------------------------- leaderboard
+
+
+def _table(rows):
+    base = {
+        "parameters": 100,
+        "flops": 0.0,
+        "storage_bits": 0,
+        "training_flops": 0.0,
+        "sparsity": 0.0,
+        "flags": "",
+        "dense_test_accuracy": 0.9,
+    }
+    return pd.DataFrame([{**base, **row} for row in rows])
+
+
+def test_summary_pairs_each_method_with_the_baseline_on_the_same_seeds():
+    table = _table(
+        [
+            {
+                "method": "magnitude (global)",
+                "target_sparsity": 0.9,
+                "seed": s,
+                "test_accuracy": a,
+                "nonzeros": 10,
+            }
+            for s, a in [(0, 0.80), (1, 0.70), (2, 0.90)]
+        ]
+        + [
+            {
+                "method": "new",
+                "target_sparsity": 0.9,
+                "seed": s,
+                "test_accuracy": a,
+                "nonzeros": 10,
+                "flags": "at chance level" if s == 2 else "",
+            }
+            for s, a in [(0, 0.85), (1, 0.76), (2, 0.93)]
+        ]
+    )
+    out = leaderboard.summary(table).set_index("method")
+    diffs = np.array([0.05, 0.06, 0.03])
+    half = 4.302652729911275 * diffs.std(ddof=1) / math.sqrt(3)  # t_{0.975, 2}
+    assert out.loc["new", "vs_baseline"] == pytest.approx(diffs.mean())
+    assert out.loc["new", "vs_low"] == pytest.approx(diffs.mean() - half)
+    assert out.loc["new", "vs_verdict"] == "better"
+    assert out.loc["new", "flagged"] and not out.loc["magnitude (global)", "flagged"]
+    assert math.isnan(out.loc["magnitude (global)", "vs_baseline"])
+    assert out.loc["new", "accuracy_per_million"] == pytest.approx(
+        100 * (0.85 + 0.76 + 0.93) / 3 / 1e-5
+    )
+    removed = (100 - 10) / 1e6
+    assert out.loc["new", "change_per_million_removed"] == pytest.approx(
+        100 * ((0.85 + 0.76 + 0.93) / 3 - 0.9) / removed
+    )
+
+
+def test_pareto_front_keeps_the_points_nothing_beats():
+    points = pd.DataFrame(
+        {"nonzeros": [10, 20, 20, 30, 40], "test_accuracy": [0.5, 0.7, 0.6, 0.65, 0.9]}
+    )
+    front = leaderboard.pareto_front(points, "nonzeros")
+    assert front.index.tolist() == [0, 1, 4]  # (20, 0.6) and (30, 0.65) are beaten by (20, 0.7)
+
+
+def test_cards_give_each_method_its_iso_accuracy_compression():
+    rows = [
+        {"method": "m", "target_sparsity": s, "seed": seed, "test_accuracy": a, "nonzeros": k}
+        for s, a, k in [(0.5, 0.895, 50), (0.8, 0.885, 20), (0.9, 0.80, 10)]
+        for seed in (0, 1)
+    ]
+    card = leaderboard.cards(_table(rows), tolerance=0.01).iloc[0]
+    assert card["iso_accuracy_compression"] == 2.0  # 0.885 is 1.5 points below 0.9
+    assert card["best_accuracy"] == pytest.approx(0.895) and card["at_sparsity"] == 0.5
+    assert card["sparsities"] == "0.5, 0.8, 0.9"

@@ -28,6 +28,7 @@ COSTS = {
     "nonzeros": "nonzero weights",
     "flops": "forward FLOPs per example",
     "storage_bits": "storage (bits, with indices)",
+    "latency_seconds": "latency, batch 1, exported (s)",
 }
 
 
@@ -66,7 +67,8 @@ def summary(table: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
 
     Columns: ``method``, ``target_sparsity``, ``n`` (seeds), ``sparsity`` (reached, mean),
     ``test_accuracy`` with ``ci_low``/``ci_high`` (clipped to [0, 1]), the mean
-    ``nonzeros``, ``flops``, ``storage_bits`` and ``training_flops``,
+    ``nonzeros``, ``flops``, ``storage_bits`` and ``training_flops``, the median
+    ``latency_seconds`` (of the exported models, see :mod:`sparsity_lab.bench`),
     ``accuracy_per_million`` and ``change_per_million_removed`` (of the means, see
     :mod:`sparsity_lab.efficiency`), ``flagged`` (any run raised a sanity flag), and
     ``vs_baseline``, ``vs_low``, ``vs_high``, ``vs_verdict``: the paired difference
@@ -91,6 +93,7 @@ def summary(table: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
                 "flops": runs["flops"].mean(),
                 "storage_bits": runs["storage_bits"].mean(),
                 "training_flops": runs["training_flops"].mean(),
+                "latency_seconds": runs["latency_seconds"].median(),
                 "accuracy_per_million": efficiency.accuracy_per_parameter(
                     interval["mean"], nonzeros
                 ),
@@ -164,7 +167,9 @@ def plot_fronts(
 
     points = summary(table, baseline)
     if axes is None:
-        _, axes = plt.subplots(1, len(costs), figsize=(5 * len(costs), 4), layout="constrained")
+        _, axes = plt.subplots(
+            1, len(costs), figsize=(4.5 * len(costs), 4), layout="constrained", squeeze=False
+        )
     axes = np.atleast_1d(axes)
     dense = table.groupby("seed")["dense_test_accuracy"].first().mean()
     for ax, cost in zip(axes, costs, strict=True):

@@ -162,6 +162,7 @@ def test_a_benchmark_measures_each_arm_as_counted_by_hand(clean_registry, tmp_pa
     rows_of = 300 + 100 + 10
     assert rows.loc["snip", "storage_bits"] == 32 * (2 * kept + rows_of + 3)
     assert math.isnan(rows.loc["snip", "perplexity"])  # not a next-token task
+    assert (table["latency_seconds"] > 0).all()
 
 
 def test_a_rerun_reads_every_finished_run_from_the_cache(clean_registry, tmp_path, monkeypatch):
@@ -218,6 +219,7 @@ def test_compare_names_what_differs(clean_registry):
     changed = table.copy()
     changed.loc[4, "test_accuracy"] += 0.01
     changed.loc[0, "wall_seconds"] += 5.0  # timings are the machine's: never compared
+    changed.loc[1, "latency_seconds"] *= 3
     problems = bench.compare(changed, table)
     assert len(problems) == 1 and problems[0].startswith("test_accuracy: 1 runs differ")
     problems = bench.compare(table.iloc[:-1], table)
@@ -307,6 +309,7 @@ def _table(rows):
         "flops": 0.0,
         "storage_bits": 0,
         "training_flops": 0.0,
+        "latency_seconds": 1e-4,
         "sparsity": 0.0,
         "flags": "",
         "dense_test_accuracy": 0.9,

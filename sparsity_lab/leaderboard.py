@@ -164,13 +164,14 @@ def plot_fronts(
     model is the dashed line.  Returns the figure.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     points = summary(table, baseline)
     if axes is None:
         _, axes = plt.subplots(
             1, len(costs), figsize=(4.5 * len(costs), 4), layout="constrained", squeeze=False
         )
-    axes = np.atleast_1d(axes)
+    axes = np.ravel(axes)
     dense = table.groupby("seed")["dense_test_accuracy"].first().mean()
     for ax, cost in zip(axes, costs, strict=True):
         for method, rows in points.groupby("method", sort=False):
@@ -200,6 +201,7 @@ def plot_fronts(
         ax.plot(front[cost], front["test_accuracy"], "k-", linewidth=0.8, label="Pareto front")
         ax.axhline(dense, color="grey", linestyle="--", linewidth=0.8, label="dense")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a log axis collide
         ax.set_xlabel(COSTS.get(cost, cost))
         ax.set_ylabel("test accuracy (mean, 95% CI)")
     axes[0].figure.legend(

@@ -376,3 +376,22 @@ def test_cards_give_each_method_its_iso_accuracy_compression():
     assert card["iso_accuracy_compression"] == 2.0  # 0.885 is 1.5 points below 0.9
     assert card["best_accuracy"] == pytest.approx(0.895) and card["at_sparsity"] == 0.5
     assert card["sparsities"] == "0.5, 0.8, 0.9"
+
+
+def test_plot_fronts_draws_one_panel_per_cost_with_the_front():
+    import matplotlib.pyplot as plt
+
+    rows = [
+        {"method": m, "target_sparsity": s, "seed": seed, "test_accuracy": a, "nonzeros": k}
+        for m, s, a, k in [("a", 0.5, 0.9, 50), ("a", 0.9, 0.8, 10), ("b", 0.5, 0.85, 50)]
+        for seed in (0, 1)
+    ]
+    fig = leaderboard.plot_fronts(_table(rows), costs=["nonzeros", "storage_bits"])
+    try:
+        assert len(fig.axes) == 2
+        front = [line for line in fig.axes[0].lines if line.get_label() == "Pareto front"]
+        # (10, 0.8) and (50, 0.9) are on the front; (50, 0.85) is beaten
+        assert front[0].get_xdata().tolist() == [10, 50]
+        assert front[0].get_ydata().tolist() == pytest.approx([0.8, 0.9])
+    finally:
+        plt.close(fig)

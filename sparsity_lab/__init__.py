@@ -44,6 +44,7 @@ _LAZY = (
     "pipeline",
     "recipes",
     "regularizers",
+    "saving",
     "scheduled",
     "seeding",
     "sensitivity",

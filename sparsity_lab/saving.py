@@ -1,0 +1,143 @@
+"""Saving and exporting pruned models the way other tools read them: safetensors and ONNX.
+
+A masked model's own state dict (``torch.save(model.state_dict())``) keeps the dense
+originals and the masks under ``parametrizations`` keys, which a plain
+``load_state_dict`` of another program does not understand.  This module writes what
+other tools expect:
+
+- :func:`save_safetensors` writes plain keys (``"fc1.weight"``) with the masked values, so
+  any safetensors reader gets the pruned model; ``with_masks=True`` adds each mask as a
+  boolean ``"<name>.mask"`` tensor, so :func:`load_safetensors` can attach them again and
+  training can go on with the same sparsity.  Either file is about half the size of the
+  masked state dict, which stores the dense weights beside the float masks.
+- :func:`export_onnx` exports a squashed copy (``shrink=True``: the smaller dense model of
+  :func:`sparsity_lab.shrink.shrink`, with removed channels gone) through
+  ``torch.onnx.export``.  Unstructured zeros stay as zeros in dense initializers: ONNX has
+  no standard sparse-weight operator that common runtimes accelerate, and the sparse
+  kernels of :func:`sparsity_lab.accel.export` are Python modules that cannot be
+  exported.  Shrink what is structured, and leave unstructured sparsity to a runtime that
+  compresses weights itself, or to :func:`sparsity_lab.accel.export` in Python.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import masks
+
+#: The suffix of a mask's key in a file written with ``with_masks=True``.
+MASK_SUFFIX = ".mask"
+
+
+def _needs(package: str, extra: str) -> None:
+    raise ImportError(f"this needs {package}: pip install {extra}")
+
+
+def save_safetensors(
+    model: nn.Module, path: str | os.PathLike, *, with_masks: bool = False
+) -> Path:
+    """Write ``model``'s weights to ``path`` as safetensors, with plain keys; returns it.
+
+    Masked weights are written as ``weight * mask`` (exact zeros); ``with_masks`` adds each
+    mask as ``"<name>.mask"`` (bool).  Metadata records the format and the masked names.
+    """
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        _needs("safetensors", "safetensors")
+    state = {k: v.detach().contiguous().clone() for k, v in masks.plain_state_dict(model).items()}
+    found = masks.masks(model)
+    if with_masks:
+        clash = [f"{n}{MASK_SUFFIX}" for n in found if f"{n}{MASK_SUFFIX}" in state]
+        if clash:
+            raise ValueError(f"the model already has tensors named {clash}; save without masks")
+        state.update(
+            {f"{n}{MASK_SUFFIX}": m.detach().bool().contiguous() for n, m in found.items()}
+        )
+    path = Path(path)
+    metadata = {
+        "format": "pt",
+        "written_by": "sparsity-lab",
+        "masks": "saved" if with_masks else "squashed",
+        "masked": ",".join(found),
+    }
+    save_file(state, str(path), metadata=metadata)
+    return path
+
+
+def load_safetensors(
+    model: nn.Module, path: str | os.PathLike, *, strict: bool = True
+) -> nn.Module:
+    """Load a file of :func:`save_safetensors` (or any plain safetensors) into ``model``.
+
+    Masks saved with the file are attached (replacing the model's own); a file without
+    masks loaded into a masked model keeps that model's masks, so masked entries stay zero.
+    ``strict`` refuses missing and unexpected keys, naming them.  Returns ``model``.
+    """
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        _needs("safetensors", "safetensors")
+    state = load_file(str(path))
+    saved_masks = {
+        k[: -len(MASK_SUFFIX)]: state.pop(k)
+        for k in list(state)
+        if k.endswith(MASK_SUFFIX) and k[: -len(MASK_SUFFIX)] in state
+    }
+    masks.load_state_dict(model, state, strict=strict)
+    for name, mask in saved_masks.items():
+        masks.attach(model, name, mask)
+    return model
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    example_input: torch.Tensor | None = None,
+    *,
+    shrink: bool = False,
+    external_data: bool = True,
+    opset_version: int | None = None,
+) -> Path:
+    """Export a squashed (or shrunk) copy of ``model`` to ONNX at ``path``; returns it.
+
+    ``model`` is left as it is.  ``example_input`` defaults to a random batch of
+    ``model.input_shape`` (:func:`sparsity_lab.shrink.example_batch`); the batch dimension
+    is exported as dynamic.  ``shrink=True`` first removes whole pruned channels, heads and
+    blocks (:func:`sparsity_lab.shrink.shrink`), so the file is smaller and faster
+    everywhere.  ``external_data`` (torch's default) writes the weights beside the graph, in
+    ``<path>.data``, as models over 2 GB need; False puts everything in one file.
+    """
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export writes through it)
+    except ImportError:
+        _needs("onnx and onnxscript", "onnx onnxscript")
+    from . import shrink as shrink_mod
+
+    x = shrink_mod.example_batch(model) if example_input is None else example_input
+    if shrink:
+        work = shrink_mod.shrink(model, x)
+    else:
+        work = masks.squash(copy.deepcopy(model))
+    work.eval()
+    path = Path(path)
+    options = {} if opset_version is None else {"opset_version": opset_version}
+    with torch.no_grad():
+        torch.onnx.export(
+            work,
+            (x,),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            dynamo=True,
+            external_data=external_data,
+            verbose=False,
+            **options,
+        )
+    return path

@@ -194,7 +194,9 @@ CLAIMS: dict[str, Claim] = _claims(
         "InceptionV3, MobileNet, LSTMs; gradual pruning against pruning once",
         "pruning gradually during training ends more accurate than pruning once and "
         "fine-tuning for the same budget",
-        "gradual pruning reaches 87.5% sparse InceptionV3 at -2% top-1",
+        "gradual pruning reaches 87.5% sparse InceptionV3 at 74.6% top-1 against 78.1% dense "
+        "(92.5% against 94.3% top-5); the paper compares with dense and small dense models, "
+        "not with pruning once",
         treatment="gradual",
         baseline="one-shot",
     ),

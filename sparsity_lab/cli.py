@@ -4,7 +4,9 @@
 from the checkpoint cache) a dense model, prunes it, fine-tunes it and prints the report;
 ``sparsity-lab train`` trains a model from scratch with a training-time method (GMP, RigL,
 AC/DC, ...) and prints the report with the training FLOPs; ``sparsity-lab bench`` runs a
-benchmark config (:mod:`sparsity_lab.bench`) and writes its table and manifest.
+benchmark config (:mod:`sparsity_lab.bench`) and writes its table and manifest;
+``sparsity-lab evaluate`` measures a saved model on its test split, and ``sparsity-lab
+export`` writes a saved model as safetensors or ONNX (:mod:`sparsity_lab.saving`).
 """
 
 from __future__ import annotations
@@ -125,8 +127,110 @@ def _prune(args: argparse.Namespace) -> int:
         print(
             f"saved the masked state dict to {args.save}; reload it into a fresh "
             f"{args.model} with sparsity_lab.masks.load_state_dict(model, "
-            f"torch.load({args.save!r}, weights_only=True))"
+            f"torch.load({args.save!r}, weights_only=True)), or evaluate it with "
+            f"sparsity-lab evaluate --model {args.model} --data {args.data} "
+            f"--checkpoint {args.save}"
         )
+    if args.json:
+        record = {
+            "model": args.model,
+            "data": args.data,
+            "method": args.method,
+            "pattern": args.pattern,
+            "budget": args.budget,
+            "seed": args.seed,
+            "dense_test_accuracy": dense["test_accuracy"],
+            "dense_flags": dense["flags"],
+            **result,
+            "report": sl.report(model, pattern=pattern).to_dict(orient="records"),
+        }
+        _write_json(record, args.json)
+    return 0
+
+
+def _write_json(record: dict, path: str) -> None:
+    import json
+
+    text = json.dumps(record, indent=2, default=str) + "\n"
+    if path == "-":
+        print(text, end="")
+    else:
+        Path(path).write_text(text)
+        print(f"wrote {path}")
+
+
+def _load_saved(args: argparse.Namespace):
+    """The task and the model saved at ``args.checkpoint`` (a state dict or safetensors)."""
+    import torch
+
+    from sparsity_lab import masks, recipes, saving
+
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        raise ValueError(f"--checkpoint {path}: no such file")
+    t = recipes.task(args.model, args.data, seed=args.seed)
+    model = t.build()
+    try:
+        if path.suffix == ".safetensors":
+            saving.load_safetensors(model, path)
+        else:
+            masks.load_state_dict(model, torch.load(path, weights_only=True))
+    except RuntimeError as err:
+        raise ValueError(
+            f"--checkpoint {path} does not fit a {args.model} for {args.data}: "
+            f"{str(err).splitlines()[0]}"
+        ) from err
+    return t, model
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import sparsity_lab as sl
+    from sparsity_lab import recipes
+
+    t, model = _load_saved(args)
+    result = recipes.evaluate_run(model, t, split=args.split)
+    line = (
+        f"{args.model} on {args.data} from {args.checkpoint}: {args.split} accuracy "
+        f"{result['accuracy']:.4f}, loss {result['loss']:.4f}, sparsity {result['sparsity']:.4f}"
+    )
+    if "perplexity" in result:
+        line += f", perplexity {result['perplexity']:.3f}"
+    print(line)
+    if result["flags"]:
+        print(f"warning: {result['flags']}")
+    if args.json:
+        record = {
+            "model": args.model,
+            "data": args.data,
+            "checkpoint": args.checkpoint,
+            "split": args.split,
+            **result,
+            "report": sl.report(model).to_dict(orient="records"),
+        }
+        _write_json(record, args.json)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from sparsity_lab import saving
+
+    out = Path(args.out)
+    if out.suffix not in (".onnx", ".safetensors"):
+        raise ValueError(f"--out {out}: the suffix says the format, .onnx or .safetensors")
+    if not out.resolve().parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.resolve().parent} does not exist")
+    if args.shrink and out.suffix != ".onnx":
+        raise ValueError("--shrink applies to ONNX exports only")
+    if args.with_masks and out.suffix != ".safetensors":
+        raise ValueError("--with-masks applies to safetensors files only")
+    _, model = _load_saved(args)
+    if out.suffix == ".safetensors":
+        saving.save_safetensors(model, out, with_masks=args.with_masks)
+        kept = "with its masks" if args.with_masks else "squashed (plain keys, pruned values)"
+        print(f"wrote {out}, {kept}; load it with sparsity_lab.saving.load_safetensors")
+    else:
+        saving.export_onnx(model, out, shrink=args.shrink, external_data=False)
+        print(f"wrote {out}" + (" (shrunk)" if args.shrink else " (squashed)"))
     return 0
 
 
@@ -292,8 +396,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="checkpoint cache (default ~/.cache)")
     p.add_argument("--no-cache", action="store_true", help="always train the dense model")
     p.add_argument("--save", default=None, help="write the pruned model's state dict here")
+    p.add_argument("--json", default=None, help="write the results as JSON here ('-': stdout)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     p.set_defaults(run=_prune)
+
+    e = sub.add_parser("evaluate", help="measure a saved model on its data's test split")
+    x = sub.add_parser("export", help="write a saved model as safetensors or ONNX")
+    for sp in (e, x):
+        sp.add_argument("--model", required=True, choices=models.available())
+        sp.add_argument("--data", required=True, choices=data.available())
+        sp.add_argument(
+            "--checkpoint", required=True, help="a state dict (--save) or .safetensors file"
+        )
+        sp.add_argument("--seed", type=_seed, default=0, help="seed of the split (default 0)")
+    e.add_argument("--split", choices=["val", "test"], default="test")
+    e.add_argument("--json", default=None, help="write the results as JSON here ('-': stdout)")
+    e.set_defaults(run=_evaluate)
+    x.add_argument("--out", required=True, help="model.onnx or model.safetensors")
+    x.add_argument("--shrink", action="store_true", help="ONNX: remove pruned channels first")
+    x.add_argument("--with-masks", action="store_true", help="safetensors: keep the masks")
+    x.set_defaults(run=_export)
 
     t = sub.add_parser("train", help="train from scratch with a training-time method")
     # defaults: the benchmark's LeNet-300-100 on the MNIST subset, so that

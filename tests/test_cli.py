@@ -439,3 +439,48 @@ def test_prune_refuses_bad_layers_patterns_and_seeds_before_training(extra, matc
     out = capsys.readouterr()
     assert match in out.err
     assert "trained for" not in out.out  # refused before the dense training
+
+
+def test_prune_json_then_evaluate_and_export_the_saved_model(capsys, tmp_path):
+    import json
+
+    saved = tmp_path / "pruned.pt"
+    args = _prune_args(tmp_path / "cache", "--sparsity", "0.8", "--save", str(saved))
+    assert main([*args, "--json", str(tmp_path / "run.json")]) == 0
+    record = json.loads((tmp_path / "run.json").read_text())
+    capsys.readouterr()
+    assert record["measured_sparsity"] == pytest.approx(1 - KEPT_AT_80 / LENET300_DIGITS_WEIGHTS)
+    assert record["report"][-1]["nonzeros"] == KEPT_AT_80
+
+    common = ["--model", "lenet300", "--data", "digits", "--checkpoint", str(saved)]
+    assert main(["evaluate", *common, "--json", "-"]) == 0
+    out = capsys.readouterr().out
+    evaluated = json.loads(out[out.index("{") :])
+    # the saved model is the one the prune run measured
+    assert evaluated["accuracy"] == pytest.approx(record["test_accuracy"], abs=1e-12)
+    assert evaluated["sparsity"] == pytest.approx(record["measured_sparsity"])
+
+    plain = tmp_path / "pruned.safetensors"
+    assert main(["export", *common, "--out", str(plain)]) == 0
+    assert main(["evaluate", *common[:4], "--checkpoint", str(plain), "--json", "-"]) == 0
+    out = capsys.readouterr().out
+    again = json.loads(out[out.index("{\n") :])
+    assert again["accuracy"] == evaluated["accuracy"]
+
+
+def test_evaluate_and_export_refuse_what_does_not_fit(capsys, tmp_path):
+    other = tmp_path / "other.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), other)
+    base = ["--model", "lenet300", "--data", "digits", "--checkpoint"]
+    with pytest.raises(SystemExit):
+        main(["evaluate", *base, str(tmp_path / "missing.pt")])
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", *base, str(other)])
+    assert "does not fit a lenet300 for digits" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["export", *base, str(other), "--out", str(tmp_path / "model.bin")])
+    assert "the suffix says the format" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["export", *base, str(other), "--out", str(tmp_path / "m.onnx"), "--with-masks"])
+    assert "--with-masks applies to safetensors" in capsys.readouterr().err

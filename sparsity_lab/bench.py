@@ -29,6 +29,16 @@ dependency versions, git commit, seeds, a hash of every data split, the dense ba
 machine).  Runs go through :func:`sparsity_lab.experiments.sweep`, so each finished run is
 cached at once and a sweep resumed elsewhere reuses it; :func:`executor` runs them on a Dask
 cluster (``"local:4"`` for a ``LocalCluster``, ``"tcp://host:8786"`` for a scheduler).
+
+On a cluster of machines: start ``dask scheduler`` on one host, and ``dask worker
+tcp://host:8786 --nthreads 1`` on each machine, in an environment with this library and
+its pinned dependencies installed (``pip install "sparsity-lab[cluster]"``) and the files
+named under ``imports:`` at the same relative path; then run ``sparsity-lab bench CONFIG
+--executor tcp://host:8786`` from a checkout.  Results come back to the machine that runs
+the command, which caches each one as it arrives, so a lost worker loses only the run it
+had (Dask gives it to another worker) and a rerun anywhere reuses the cache.  Each worker
+trains, or loads from its own checkpoint cache, the dense models its runs need: the same
+models everywhere, because a dense model depends only on its recipe, seed and code.
 """
 
 from __future__ import annotations

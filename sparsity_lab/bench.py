@@ -37,8 +37,10 @@ named under ``imports:`` at the same relative path; then run ``sparsity-lab benc
 --executor tcp://host:8786`` from a checkout.  Results come back to the machine that runs
 the command, which caches each one as it arrives, so a lost worker loses only the run it
 had (Dask gives it to another worker) and a rerun anywhere reuses the cache.  Each worker
-trains, or loads from its own checkpoint cache, the dense models its runs need: the same
-models everywhere, because a dense model depends only on its recipe, seed and code.
+trains, or loads from its own checkpoint cache, the dense models its runs need.  Runs fix
+their seed and thread count, so machines of one kind give the serial table exactly; a
+different CPU may round sums differently, so compare tables made on mixed machines with
+``compare(..., rtol=...)`` rather than expecting identical digits.
 """
 
 from __future__ import annotations

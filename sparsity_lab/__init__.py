@@ -37,6 +37,7 @@ _LAZY = (
     "flags",
     "formats",
     "leaderboard",
+    "logs",
     "methods",
     "models",
     "nb",

@@ -5,7 +5,9 @@ layer does ``2 * weight.numel() * positions`` and a masked one ``2 * nonzeros * 
 where ``positions`` is the number of places the weight is applied (1 for a Linear on a
 vector, the output length or area for a Conv).  A bias, when reported, counts one add per
 element and position.  Activations and attention's score products are not counted; an
-embedding is a lookup and costs 0.
+embedding is a lookup and costs 0.  :func:`counted_flops` is the independent count of
+``torch.utils.flop_counter``: the same total on MLPs and CNNs, and more on a transformer,
+whose attention products it counts too.
 
 Bytes: each pattern has a *natural storage*, the format that exploits its structure
 (:func:`storage_bytes`).  With ``v`` bytes per value and ``i`` bytes per index, for a weight
@@ -120,6 +122,26 @@ def _flops(numel: int, ndim: int, positions: int | None) -> float:
     if positions is None:
         return float("nan")
     return (2 if ndim > 1 else 1) * numel * positions
+
+
+def counted_flops(model: nn.Module, example_input: torch.Tensor | None = None) -> float:
+    """Dense forward FLOPs per example as ``torch.utils.flop_counter`` counts them.
+
+    It counts every matrix product and convolution (attention's included) at 2 FLOPs per
+    multiply-add, and no bias or activation; masks do not change it (a masked weight still
+    multiplies).  ``example_input`` defaults to one example of ``model.input_shape``.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = make_example_input(model) if example_input is None else example_input
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / x.shape[0]
 
 
 # ------------------------------------------------------------------------------------ bytes

@@ -56,3 +56,40 @@ def test_weight_and_bias_of_one_layer_both_get_flops():
     assert df.loc["conv.weight", "dense_flops"] == 2 * 72 * 16
     assert df.loc["conv.bias", "dense_flops"] == 4 * 16  # one add per channel and position
     assert df.loc["total", "dense_flops"] == 2 * 72 * 16 + 4 * 16 + 640
+
+
+@pytest.mark.parametrize(
+    "name, shape",
+    [
+        ("lenet300", (784,)),
+        ("lenet5", (1, 28, 28)),
+        ("cnn1d", (1, 40)),
+        ("resnet_small", (1, 28, 28)),
+    ],
+)
+def test_the_hand_count_of_flops_matches_torchs_flop_counter(name, shape):
+    from sparsity_lab import models
+    from sparsity_lab.accounting import counted_flops
+
+    model = models.build(name, input_shape=shape, n_classes=10)
+    weights = sl.report(model)
+    weights = weights[~weights["name"].str.endswith("bias")].iloc[:-1]  # the counter skips biases
+    assert counted_flops(model) == weights["dense_flops"].sum()
+    sl.prune(model, "magnitude", 0.9)  # a masked weight still multiplies: the same count
+    assert counted_flops(model) == weights["dense_flops"].sum()
+
+
+def test_the_flop_counter_adds_attentions_products_to_the_hand_count():
+    from sparsity_lab import models
+    from sparsity_lab.accounting import counted_flops
+
+    length, dim, depth = 16, 32, 2
+    model = models.build(
+        "tiny_transformer", input_shape=(length,), n_classes=5, dim=dim, depth=depth, vocab_size=20
+    )
+    hand = sl.report(model)["dense_flops"].iloc[-1]
+    # per block: scores Q K^T and the weighted sum A V, each 2 * L * L * dim FLOPs
+    attention = depth * 2 * (2 * length * length * dim)
+    biases = sl.report(model)
+    biases = biases[biases["name"].str.endswith("bias")]["dense_flops"].sum()
+    assert counted_flops(model) == hand - biases + attention

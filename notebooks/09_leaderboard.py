@@ -140,6 +140,13 @@ shown.round(4)
 # %%
 fig = leaderboard.plot_fronts(table)
 plt.show()
+machine = manifest["machine"]
+load = (machine.get("load_average") or [None])[0]
+if load is not None and load > machine["cpus"]:
+    print(
+        f"Timed on a busy machine (load {load:.1f} on {machine['cpus']} cores when the table "
+        "was written): compare latencies within this table only."
+    )
 magnitude = summary[summary["method"] == "magnitude (global)"].set_index("target_sparsity")
 dense_row = summary[summary["method"] == "dense"].iloc[0]
 for s in magnitude.index:

@@ -508,6 +508,8 @@ def manifest(config: Mapping[str, Any], table: Any) -> dict[str, Any]:
             "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
             "threads_per_run": config["threads"],
+            # timings mean little without it: a busy machine slows every kernel
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         },
         "seeds": list(config["seeds"]),
         "data_splits": splits,

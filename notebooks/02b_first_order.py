@@ -23,6 +23,8 @@
 
 # %%
 import copy
+import dataclasses
+import re
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -144,6 +146,26 @@ dense_table["expected"] = [
 ]
 display(dense_table.round(4))
 sl.nb.show_flags(sl.flags.table(dense_runs, "model_name"))
+
+
+def dense_flagged_seeds(m):
+    """The seeds whose dense ``m`` missed its recipe (flagged)."""
+    return dense_runs[(dense_runs.model_name == m) & (dense_runs["flags"] != "")].seed.tolist()
+
+
+def dense_caveat(m):
+    """One sentence on the dense baselines of ``m`` that missed their recipe ("" if none)."""
+    seeds = dense_flagged_seeds(m)
+    if not seeds:
+        return ""
+    if len(seeds) == 1:
+        return f"The dense {m} of seed {seeds[0]} is below its recipe (flagged)"
+    return (
+        f"The dense {m} models of seeds {', '.join(str(s) for s in seeds)} are below their "
+        f"recipe (flagged)"
+    )
+
+
 DENSE = dense_runs.groupby("model_name").first()  # epochs, images and size of each model
 
 task, model, trackers, dense_scores = tracked_dense("lenet300", SEED)
@@ -198,8 +220,8 @@ display(
 # A linear model $\hat y = w_1 x_1 + w_2 x_2$ with a squared loss, whose first input
 # varies much less than the second.  Removing a weight moves the point to an axis (the
 # arrows); magnitude looks only at the length of that move, the first-order score also at
-# the slope of the loss along it.  Left: the weights part-way through training; right: at
-# the minimum, where the gradient, and with it every first-order score, vanishes.
+# the slope of the loss along it.  Left: a point away from the minimum; right: at the
+# minimum, where the gradient, and with it every first-order score, vanishes.
 
 # %%
 gen = torch.Generator().manual_seed(0)
@@ -211,6 +233,7 @@ def toy_loss(w):
     return ((inputs @ w - targets) ** 2).mean()
 
 
+AWAY = torch.tensor([1.2, 1.4])  # a point away from the minimum, set by hand
 w_star = torch.linalg.lstsq(inputs, targets[:, None]).solution.flatten()
 grid = torch.linspace(-0.5, 3.0, 120)
 w1_grid, w2_grid = torch.meshgrid(grid, grid, indexing="xy")
@@ -218,8 +241,14 @@ every_w = torch.stack([w1_grid.flatten(), w2_grid.flatten()])  # one column per 
 surface = ((inputs @ every_w - targets[:, None]) ** 2).mean(0).reshape(w1_grid.shape)
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True, layout="constrained")
 toy_rows = []
+
+
+def point(w):
+    return "(" + ", ".join(f"{v:.2g}" for v in w.tolist()) + ")"
+
+
 for ax, (label, w) in zip(
-    axes, [("part-way", torch.tensor([1.2, 1.4])), ("at the minimum", w_star)], strict=True
+    axes, [("away from the minimum", AWAY), ("at the minimum", w_star)], strict=True
 ):
     linear = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
@@ -246,11 +275,11 @@ for ax, (label, w) in zip(
         toy_rows.append(
             {"point": label, "weight": f"w{k + 1}", "real": real, "-g w": predicted, "|w|": size}
         )
-    ax.set(xlabel="w1", ylabel="w2", title=label, aspect="equal")
+    ax.set(xlabel="w1", ylabel="w2", title=f"{label}, w = {point(w)}", aspect="equal")
 plt.show()
 toy = pd.DataFrame(toy_rows).set_index(["point", "weight"])
 toy["|g w| (snip)"] = toy["-g w"].abs()
-part_way = toy.loc["part-way"]
+away = toy.loc["away from the minimum"]
 at_min = toy.loc["at the minimum"]
 
 
@@ -265,13 +294,14 @@ def same_or_other(agree):
 
 display(
     Markdown(
-        f"Part-way, removing `w1` changes the loss by {part_way.loc['w1', 'real']:+.2f} and "
-        f"`w2` by {part_way.loc['w2', 'real']:+.2f}.  The signed estimate $-g\\,w$ predicts "
-        f"{part_way.loc['w1', '-g w']:+.2f} and {part_way.loc['w2', '-g w']:+.2f} and ranks "
-        f"them {same_or_other(ranks_as_real(part_way, '-g w'))}; SNIP's "
+        f"At a point away from the minimum (w = {point(AWAY)}), removing `w1` changes the "
+        f"loss by {away.loc['w1', 'real']:+.2f} and "
+        f"`w2` by {away.loc['w2', 'real']:+.2f}.  The signed estimate $-g\\,w$ predicts "
+        f"{away.loc['w1', '-g w']:+.2f} and {away.loc['w2', '-g w']:+.2f} and ranks "
+        f"them {same_or_other(ranks_as_real(away, '-g w'))}; SNIP's "
         f"$\\lvert g\\,w\\rvert$ ranks them "
-        f"{same_or_other(ranks_as_real(part_way, '|g w| (snip)'))}, and magnitude "
-        f"{same_or_other(ranks_as_real(part_way, '|w|'))}. "
+        f"{same_or_other(ranks_as_real(away, '|g w| (snip)'))}, and magnitude "
+        f"{same_or_other(ranks_as_real(away, '|w|'))}. "
         f"At the minimum the first-order scores are {at_min['-g w'].abs().max():.1e} at most, "
         f"while the real increases are {at_min.loc['w1', 'real']:.2f} and "
         f"{at_min.loc['w2', 'real']:.2f}: no first-order score separates the weights there; "
@@ -371,9 +401,12 @@ display(
 # %%
 w_init = trackers["karnin"].initial["fc2.weight"].flatten().numpy()
 w_final = model.fc2.weight.detach().flatten().numpy()
+MOVEMENT_SPARSITY = 0.9  # the share of fc2 that both criteria remove
 kept = {}
 for method, options in [("magnitude", {}), ("movement", {"tracker": trackers["movement"]})]:
-    pruned = sl.prune(copy.deepcopy(model), method, 0.9, targets=["fc2.weight"], **options)
+    pruned = sl.prune(
+        copy.deepcopy(model), method, MOVEMENT_SPARSITY, targets=["fc2.weight"], **options
+    )
     kept[method] = masks.get_mask(pruned, "fc2.weight").flatten().bool().numpy()
 fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True, sharey=True, layout="constrained")
 for ax, method in zip(axes, kept, strict=True):
@@ -381,12 +414,15 @@ for ax, method in zip(axes, kept, strict=True):
     ax.scatter(w_init[kept[method]], w_final[kept[method]], s=4, color="C3", label="kept")
     ax.set_xlabel("weight at initialisation")
     ax.set_ylabel("weight after training")
-    ax.set_title(f"{method}: 10% of fc2 kept")
+    ax.set_title(f"{method}: {1 - MOVEMENT_SPARSITY:.0%} of fc2 kept")
     ax.legend(markerscale=3)
 plt.show()
 overlap = (kept["magnitude"] & kept["movement"]).sum() / kept["magnitude"].sum()
 display(
-    Markdown(f"The two criteria keep {overlap:.0%} of the same weights of `fc2` at 90% sparsity.")
+    Markdown(
+        f"The two criteria keep {overlap:.0%} of the same weights of `fc2` at "
+        f"{MOVEMENT_SPARSITY:.0%} sparsity."
+    )
 )
 
 # %% [markdown]
@@ -517,18 +553,37 @@ def paired_row(comparison, stage, model_name, sparsity):
     return rows.iloc[0]
 
 
+def dense_line(m):
+    """The caveat on the dense baselines of ``m`` below its comparisons ("" if none)."""
+    caveat = dense_caveat(m)
+    if not caveat:
+        return ""
+    one = len(dense_flagged_seeds(m)) == 1
+    return (
+        f"- {caveat}, and every pruned {m} of {'that seed' if one else 'those seeds'} "
+        f"starts from {'it' if one else 'them'}."
+    )
+
+
 FINE_TUNED = REPORTED["test_accuracy"]
 display(
     Markdown(
         "\n".join(
-            f"- {m} at {top:.0%} sparsity, `{a}` minus `{b}`: "
-            + "; ".join(
-                f"{stage}, {sl.stats.describe(paired_row(f'{a} - {b}', stage, m, top))}"
-                for stage in REPORTED.values()
-            )
-            + "."
+            line
             for m in MODELS
-            for a, b in PAIRS
+            for line in [
+                *[
+                    f"- {m} at {top:.0%} sparsity, `{a}` minus `{b}`: "
+                    + "; ".join(
+                        f"{stage}, {sl.stats.describe(paired_row(f'{a} - {b}', stage, m, top))}"
+                        for stage in REPORTED.values()
+                    )
+                    + "."
+                    for a, b in PAIRS
+                ],
+                dense_line(m),
+            ]
+            if line
         )
     )
 )
@@ -550,7 +605,7 @@ display(
 #
 # ### A toy picture: which connections survive
 #
-# A small network at initialisation, 4-16-16-4-2, pruned to 95% sparsity before training;
+# A small network at initialisation, 4-16-16-4-2, pruned to a high sparsity before training;
 # every kept connection is drawn.  A standard initialisation makes the weights of wide
 # layers small, so a global magnitude threshold judges layers by their width; SynFlow
 # scores each weight by the paths from input to output that run through it.  Above each
@@ -558,6 +613,7 @@ display(
 
 # %%
 widths = [4, 16, 16, 4, 2]
+TOY_SPARSITY = 0.95
 torch.manual_seed(0)
 layers = []
 for a, b in zip(widths[:-1], widths[1:], strict=True):
@@ -571,7 +627,7 @@ for ax, (method, options) in zip(
     [("magnitude", {}), ("snip", {}), ("synflow", {"input_shape": (widths[0],), "iterations": 20})],
     strict=True,
 ):
-    pruned = sl.prune(copy.deepcopy(toy_init), method, 0.95, data=toy_data, **options)
+    pruned = sl.prune(copy.deepcopy(toy_init), method, TOY_SPARSITY, data=toy_data, **options)
     found = list(masks.masks(pruned).values())
     paths = torch.ones(widths[0])
     for col, mask in enumerate(found):
@@ -589,7 +645,7 @@ plt.show()
 collapsed = [m for m, n in toy_paths.items() if n == 0]
 display(
     Markdown(
-        "Pruned at 95% before training, "
+        f"Pruned at {TOY_SPARSITY:.0%} before training, "
         + (
             f"{', '.join(f'`{m}`' for m in collapsed)} cut every path from input to output "
             "(layer collapse: the network computes a constant)"
@@ -607,9 +663,10 @@ display(
 #
 # At initialisation a global magnitude threshold keeps the layers whose initial weights
 # are largest, the small ones, and may empty the big first layer.  The density each method
-# leaves in each layer of LeNet-300-100 at 99% sparsity:
+# leaves in each layer of LeNet-300-100 at a very high sparsity:
 
 # %%
+COLLAPSE_SPARSITY = 0.99
 init = task.build()  # the same initial weights as the dense model of this seed
 PAI = {
     "random": {},
@@ -621,16 +678,19 @@ PAI = {
 }
 layer_density = {}
 for method, options in PAI.items():
-    pruned = sl.prune(copy.deepcopy(init), method, 0.99, data=calibration, **options)
+    pruned = sl.prune(copy.deepcopy(init), method, COLLAPSE_SPARSITY, data=calibration, **options)
     layer_density[method] = {n: float(m.mean()) for n, m in masks.masks(pruned).items()}
 layer_density = pd.DataFrame(layer_density)
 ax = layer_density.T.plot.bar(rot=0, figsize=(8, 3.5), logy=True)
 ax.set_ylabel("density of the layer (log)")
-ax.set_title("LeNet-300-100 pruned at initialisation to 99% sparsity")
+ax.set_title(f"LeNet-300-100 pruned at initialisation to {COLLAPSE_SPARSITY:.0%} sparsity")
 plt.show()
 empty = [m for m in layer_density if (layer_density[m] == 0).any()]
 display(
-    Markdown(f"Methods that empty a layer at 99%: {', '.join(f'`{m}`' for m in empty) or 'none'}.")
+    Markdown(
+        f"Methods that empty a layer at {COLLAPSE_SPARSITY:.0%}: "
+        f"{', '.join(f'`{m}`' for m in empty) or 'none'}."
+    )
 )
 
 # %% [markdown]
@@ -728,6 +788,39 @@ for ax, model_name in zip(axes[0], PAI_MODELS, strict=True):
 sl.viz.figure_legend(fig, axes, strip="criterion=")
 plt.show()
 sl.nb.show_flags(sl.flags.table(pai, ["model_name", "criterion", "sparsity", "arm"]))
+EMPTIED = "layer pruned to 100%"  # the flag sl.flags.check raises for a layer left empty
+
+
+def emptied(flags):
+    """The layers that the flags of one run report pruned to 100%."""
+    found = re.findall(rf"{re.escape(EMPTIED)} \(([^)]*)\)", flags)
+    return sorted({name for names in found for name in names.split(", ")})
+
+
+def emptied_layers():
+    """The runs of the sweep that left a layer empty, by model, method and sparsity."""
+    runs = pai.assign(layers=pai["flags"].fillna("").map(emptied))
+    hit = runs[runs.layers.map(bool)]
+    if hit.empty:
+        return "No run of the sweep before training leaves a layer empty."
+    parts = []
+    for (m, c, sparsity), group in hit.groupby(["model_name", "criterion", "sparsity"]):
+        layers = sorted({name for names in group.layers for name in names})
+        total = (
+            runs[(runs.model_name == m) & (runs.criterion == c) & (runs.sparsity == sparsity)]
+            .groupby("arm")
+            .size()
+        )
+        counts = group.groupby("arm").size()
+        parts.append(
+            f"`{c}` on {m} at {sparsity:.0%} empties {', '.join(f'`{n}`' for n in layers)} ("
+            + ", ".join(f"{arm} arm {n} of {total[arm]} runs" for arm, n in counts.items())
+            + ")"
+        )
+    return "Runs of the sweep before training that leave a layer empty: " + "; ".join(parts) + "."
+
+
+display(Markdown(emptied_layers()))
 
 # %% [markdown]
 # The effect of shuffling, per seed: the accuracy of the shuffled mask minus that of the
@@ -775,6 +868,69 @@ def shuffle_helps():
     )
 
 
+def shuffle_hurts():
+    """The settings where shuffling clearly *lowers* accuracy: the method's choice within
+    layers carries information that a random choice of as many weights lacks."""
+    losses = shuffle[(shuffle.verdict == sl.stats.WORSE) & (shuffle.flagged == "")]
+    if losses.empty:
+        return "At no sparsity does shuffling clearly lower accuracy in a run without flags."
+    return (
+        "Shuffling clearly lowers accuracy, with no flagged run, for "
+        + "; ".join(
+            f"`{r.criterion}` on {r.model_name} at {r.sparsity:.0%} ({sl.stats.describe(r)})"
+            for _, r in losses.iterrows()
+        )
+        + ": there the method's choice within layers beats a random one."
+    )
+
+
+def percents(values):
+    return ", ".join(f"{v:.0%}" for v in values)
+
+
+def found_behind():
+    """Methods whose masks as found raise flags that their shuffles do not, or do clearly
+    worse than their shuffles (test), with the mean validation accuracy of both arms there."""
+    runs = pai.assign(flagged=pai["flags"].fillna("") != "")
+    arms = runs.groupby(["model_name", "criterion", "sparsity", "arm"]).agg(
+        flagged=("flagged", "any"), val_accuracy=("val_accuracy", "mean")
+    )
+    parts = []
+    for (m, c), part in shuffle.groupby(["model_name", "criterion"], sort=False):
+        flagged = [
+            s
+            for s in part.sparsity
+            if arms.loc[(m, c, s, "original"), "flagged"]
+            and not arms.loc[(m, c, s, "shuffled"), "flagged"]
+        ]
+        behind = part[part.verdict == sl.stats.BETTER].sparsity.tolist()
+        if not flagged and not behind:
+            continue
+        where = sorted(set(flagged) | set(behind))
+        found = [arms.loc[(m, c, s, "original"), "val_accuracy"] for s in where]
+        shuffled = [arms.loc[(m, c, s, "shuffled"), "val_accuracy"] for s in where]
+        what = []
+        if flagged:
+            what.append(f"only the masks as found flagged at {percents(flagged)}")
+        if behind:
+            what.append(f"clearly lower test accuracy than the shuffles at {percents(behind)}")
+        parts.append(
+            f"`{c}` on {m} ({'; '.join(what)}; mean validation accuracy "
+            f"{span(min(found), max(found))} as found, {span(min(shuffled), max(shuffled))} "
+            f"shuffled, at {percents(where)})"
+        )
+    if not parts:
+        return (
+            "No masks as found raise flags that their shuffles do not, or fall clearly below "
+            "their shuffles."
+        )
+    return (
+        "Masks as found that raise flags their shuffles do not, or fall clearly below them: "
+        + "; ".join(parts)
+        + "."
+    )
+
+
 display(
     Markdown(
         f"At {top:.0%} sparsity, shuffled minus original: "
@@ -784,8 +940,11 @@ display(
         )
         + ".  "
         + shuffle_helps()
+        + "  "
+        + shuffle_hurts()
     )
 )
+display(Markdown(found_behind()))
 
 # %% [markdown]
 # ## Against the literature
@@ -808,18 +967,16 @@ def sparse_facts(m):
 def dense_note(m, sparsity):
     """The dense baselines of ``m`` that missed their recipe, and whether the paired
     difference keeps its sign on every seed."""
-    flagged = dense_runs[(dense_runs.model_name == m) & (dense_runs["flags"] != "")]
-    if flagged.empty:
+    caveat = dense_caveat(m)
+    if not caveat:
         return ""
     part = results[(results.model_name == m) & (results.sparsity == sparsity)]
     arms = part.pivot(index="seed", columns="criterion", values="test_accuracy")
     diffs = arms["magnitude"] - arms[RANDOM_WEIGHTS]
-    seeds = ", ".join(str(s) for s in flagged.seed)
     same_sign = (diffs > 0).all() or (diffs < 0).all()
     return (
-        f"The dense baseline of seed(s) {seeds} is below its recipe (flagged); the per-seed "
-        f"differences ({', '.join(f'{100 * d:+.1f}' for d in diffs)} points) "
-        + ("keep one sign on every seed." if same_sign else "change sign across seeds.")
+        f"{caveat}; the per-seed differences ({', '.join(f'{100 * d:+.1f}' for d in diffs)} "
+        "points) " + ("keep one sign on every seed." if same_sign else "change sign across seeds.")
     )
 
 
@@ -840,9 +997,25 @@ shuffle_verdicts = [
     )
     for _, r in at_top.iterrows()
 ]
+NETWORKS = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5"}  # the papers' names
+
+
+def as_published(key, m):
+    """Claim ``key``, with its published figure only where it is about network ``m``: for
+    another network the card says whose figure it is instead of quoting it."""
+    claim = sl.claims.get(key)
+    about = [name for name in NETWORKS.values() if name in claim.published]
+    if not about or NETWORKS.get(m) in about:
+        return claim
+    return dataclasses.replace(
+        claim,
+        published=f"its published figure is for {', '.join(about)}, not {NETWORKS.get(m, m)}",
+    )
+
+
 snip_verdicts = [
     sl.claims.judge(
-        "snip_beats_random_init",
+        as_published("snip_beats_random_init", r.model_name),
         r,
         setting=f"{r.model_name} at {top:.0%}, SNIP's mask against random_like of it, trained "
         f"{PAI_EPOCHS} epoch(s), test",
@@ -907,9 +1080,11 @@ lines = [
     f"- The first-order estimate correlates with the real loss change at "
     f"{pearson[0]:.2f} for single weights of `fc2` and {pearson[1]:.2f} for whole "
     f"units of `fc1` (rank correlations {spearman[0]:.2f} and {spearman[1]:.2f}).",
-    f"- Magnitude and movement keep {overlap:.0%} of the same weights of `fc2` at 90% sparsity.",
-    f"- At 99% sparsity before training, the methods that empty a layer of LeNet-300-100 "
-    f"are: {', '.join(f'`{m}`' for m in empty) or 'none'}.",
+    f"- Magnitude and movement keep {overlap:.0%} of the same weights of `fc2` at "
+    f"{MOVEMENT_SPARSITY:.0%} sparsity.",
+    f"- At {COLLAPSE_SPARSITY:.0%} sparsity before training, the methods that empty a layer "
+    f"of LeNet-300-100 are: {', '.join(f'`{m}`' for m in empty) or 'none'}.",
+    f"- {emptied_layers()}",
     *[
         f"- {m} at {top:.0%} sparsity, after {FINETUNE_EPOCHS} fine-tuning epoch(s) (test): "
         + "; ".join(
@@ -918,6 +1093,7 @@ lines = [
             if b == "magnitude"
         )
         + "."
+        + (f" {dense_caveat(m)}." if dense_caveat(m) else "")
         for m in MODELS
     ],
     f"- Shuffling masks found at initialisation ({len(shuffle_verdicts)} method-network "
@@ -937,7 +1113,7 @@ lines = [
     ],
     *[
         f"- Against the literature: {v.claim.key} is **{v.status}** ({v.setting})"
-        + (f"; {dense_note(m, han)}" if dense_note(m, han) else ".")
+        + (f". {dense_note(m, han)}" if dense_note(m, han) else ".")
         for m, v in zip(MODELS, magnitude_verdicts, strict=True)
     ],
 ]

@@ -348,8 +348,8 @@ by = ["model", "pattern", "sparsity", "method"]
 summary = sl.stats.summarize(runs, by, "test_accuracy")
 flagged = sl.flags.table(results, ["model", "pattern", "sparsity", "method"])
 sl.nb.show_flags(flagged)
-best = summary.loc[summary.groupby(["model", "pattern", "sparsity"])["mean"].idxmax()]
 gmp = summary[summary.method == "gmp"].set_index(["model", "pattern", "sparsity"])["mean"]
+TIE = 1e-12  # means closer than this are the same number (float rounding)
 
 
 def against_gmp(model_name, pattern, sparsity, method):
@@ -361,37 +361,47 @@ def against_gmp(model_name, pattern, sparsity, method):
 
 
 lines = []
-for _, r in best.iterrows():
-    key = (r.model, r.pattern, r.sparsity)
-    versus = ""
-    if r.method != "gmp":
-        versus = f"; minus GMP, paired: {sl.stats.describe(against_gmp(*key, r.method))}"
-    arm = runs[(runs.model == r.model) & (runs.pattern == r.pattern)
-               & (runs.sparsity == r.sparsity) & (runs.method == r.method)]  # fmt: skip
-    short = r.sparsity - arm["reached"].mean()
-    caveat = (
-        f"; its own rule reached {arm['reached'].mean():.1%}, so the mask is mostly the "
-        f"projection's"
-        if r.method != "gmp" and short > NOT_A_TEST
-        else ""
-    )
+for key, part in summary.groupby(["model", "pattern", "sparsity"]):
+    top = part[part["mean"] >= part["mean"].max() - TIE]  # every method tied for the best
+    notes = []
+    for r in top.itertuples():
+        if r.method == "gmp":
+            continue
+        who, whose = (f"{r.method} ", f"{r.method}'s") if len(top) > 1 else ("", "its")
+        notes.append(f"{who}minus GMP, paired: {sl.stats.describe(against_gmp(*key, r.method))}")
+        arm = runs[(runs.model == key[0]) & (runs.pattern == key[1])
+                   & (runs.sparsity == key[2]) & (runs.method == r.method)]  # fmt: skip
+        if key[2] - arm["reached"].mean() > NOT_A_TEST:
+            notes.append(
+                f"{whose} own rule reached {arm['reached'].mean():.1%}, so the mask is mostly "
+                "the projection's"
+            )
+    names = ", ".join(f"**{m}**" for m in top.method) + (" (tied)" if len(top) > 1 else "")
     lines.append(
-        f"- {r.model}, {r.pattern}, {r.sparsity:.0%}: best mean **{r.method}** "
-        f"{r['mean']:.2%} (GMP {gmp[key]:.2%}{versus}{caveat})"
+        f"- {key[0]}, {key[1]}, {key[2]:.0%}: best mean {names} {top['mean'].iloc[0]:.2%} "
+        f"(GMP {gmp[key]:.2%}" + "".join(f"; {n}" for n in notes) + ")"
     )
 
 
 def broken_flags(texts):
     """The flags that say a network is broken (a layer pruned away, chance level, no path
-    from input to output), once each, with the layers named."""
+    from input to output), once each, with the layers named and, where not every run
+    raised it, in how many runs."""
+    texts = list(texts)
     found = {}
     for text in texts:
+        kinds = set()
         for flag in filter(None, text.split(sl.flags.SEPARATOR)):
             if "pruned to 100%" in flag:
-                found[flag] = None
+                kinds.add(flag)
             elif flag.startswith(("at chance level", "disconnected")):
-                found[flag.split(" (")[0]] = None
-    return list(found)
+                kinds.add(flag.split(" (")[0])
+        for kind in sorted(kinds, key=text.index):
+            found[kind] = found.get(kind, 0) + 1
+    return [
+        kind if n == len(texts) else f"{kind} in {n} of {len(texts)} runs"
+        for kind, n in found.items()
+    ]
 
 
 broken = {
@@ -444,6 +454,13 @@ for (model_name, pattern, sparsity), part in runs.groupby(["model", "pattern", "
                           "method": method, **row})  # fmt: skip
 diffs = pd.DataFrame(diffs)
 tally = diffs["verdict"].value_counts()
+# how many of each verdict compare a flagged arm (a broken network's "worse" is no finding)
+flagged_tally = diffs[diffs["flagged"] != ""]["verdict"].value_counts()
+tally_text = ", ".join(
+    f"{n} {verdict}"
+    + (f" (of which {flagged_tally[verdict]} on flagged arms)" if verdict in flagged_tally else "")
+    for verdict, n in tally.items()
+)
 clear = diffs[diffs["verdict"].isin([sl.stats.BETTER, sl.stats.WORSE])]
 display(Markdown("Method minus GMP (test accuracy) in the settings where the interval excludes 0:"))
 with pd.option_context("display.max_rows", None, "display.max_colwidth", None):
@@ -468,7 +485,7 @@ rule_gap = (runs[runs.method != "gmp"].assign(gap=lambda d: d.sparsity - d.reach
 text = (
     f"Each method minus GMP, paired over {len(SEEDS)} seed(s), in {len(diffs)} (model, "
     "pattern, sparsity, method) settings: "
-    + ", ".join(f"{n} {verdict}" for verdict, n in tally.items())
+    + tally_text
     + f" ({int((diffs['flagged'] != '').sum())} of the {len(diffs)} with a flagged arm)"
     + ".  Mean sparsity each method's own rule reached before the projection, and how far "
     "below (or above) the target that is: "
@@ -486,19 +503,22 @@ text = (
 )
 
 
-def interval_reason(row):
-    """Why a paired interval decides nothing: its width against the claim's margin."""
-    half = 100 * (row["ci_high"] - row["ci_low"]) / 2
-    return (
-        f"The interval is ±{half:.1f} points over {int(row['n'])} seeds, against the claim's "
-        f"margin of {100 * sl.claims.get('magnitude_matches_l0').margin:.0f} point(s)."
-    )
-
-
 claim_of = {
     "l0_hard_concrete": "magnitude_matches_l0",
     "variational_dropout": "magnitude_matches_variational_dropout",
 }
+
+
+def interval_reason(row, method):
+    """Why a paired interval decides nothing: its width against the margin of the claim
+    about ``method``."""
+    half = 100 * (row["ci_high"] - row["ci_low"]) / 2
+    return (
+        f"The interval is ±{half:.1f} points over {int(row['n'])} seeds, against the claim's "
+        f"margin of {100 * sl.claims.get(claim_of[method]).margin:g} point(s)."
+    )
+
+
 l0_verdicts = []  # the cited comparisons of Gale et al.: GMP against L0 and against VD
 unstructured = runs[runs.pattern == "unstructured"]
 at = 0.9 if 0.9 in SPARSITIES else max(SPARSITIES)  # the claim's published sparsity
@@ -527,7 +547,7 @@ for method in [m for m in claim_of if m in UNSTRUCTURED]:
             row,
             setting=setting,
             measured=measured,
-            reason=interval_reason(row),
+            reason=interval_reason(row, method),
         )
         if at - reached > NOT_A_TEST and v.status != sl.claims.INCONCLUSIVE:
             v = dataclasses.replace(
@@ -592,9 +612,10 @@ display(
         f"{', '.join(above) or 'none'}, the most expensive **{slowest}** at "
         f"{table['time_vs_dense'].max():.1f}x.  Below it: {', '.join(below) or 'none'}"
         + (
-            "; no regulariser does less work than dense training, so these are an artifact "
-            "of timing the dense runs apart from the methods (one after the other on a shared "
-            "machine); `benchmarks/regularization.py` times a dense run next to each method."
+            "; no regulariser does less work than dense training, so these are likely an "
+            "artifact of timing the dense runs apart from the methods (one after the other on a "
+            "shared machine); `benchmarks/regularization.py` times a dense run next to each "
+            "method."
             if below
             else "."
         )
@@ -642,6 +663,8 @@ assert abs(searched_run["accuracy"] - amc.result["eval_accuracy"]) < 1e-9  # sam
 flops_table = sl.report(searched).set_index("name")
 kept_flops = flops_table.loc["total", "sparse_flops"] / flops_table.loc["total", "dense_flops"]
 assert kept_flops <= 0.3
+uni_table = sl.report(uniform).set_index("name")
+uniform_kept = uni_table.loc["total", "sparse_flops"] / uni_table.loc["total", "dense_flops"]
 amc_flags = [f for f in (searched_run["flags"], uniform_run["flags"], dense_info["flags"]) if f]
 n = len(episodes) // 5
 display(
@@ -651,8 +674,8 @@ display(
         f"{kept_flops:.1%} of the FLOPs and scored {amc.result['reward']:.2%} on the "
         f"{len(val_data[1])} validation images that chose it; on the {len(test_data[1])} test "
         f"images, before any fine-tuning, it scores {searched_run['accuracy']:.2%}.  70% "
-        f"uniform magnitude pruning (the same FLOPs here, as every layer is a dense matrix "
-        f"product) scores {uniform_run['accuracy']:.2%} on the test images; the dense model "
+        f"uniform magnitude pruning keeps {uniform_kept:.1%} of the FLOPs and scores "
+        f"{uniform_run['accuracy']:.2%} on the test images; the dense model "
         f"{dense_info['test_accuracy']:.2%} (one seed).  "
         + (f"Sanity flags: {'; '.join(amc_flags)}." if amc_flags else "No sanity flag fired.")
     )
@@ -736,9 +759,20 @@ display(
 
 # %%
 ga_better = test_loss["evolved"] < test_loss["magnitude"]
+# the same denominator as the comparison: the (model, pattern, sparsity, method) settings
+# other than GMP; GMP's own settings are counted apart
+sparse_flagged = flagged[flagged.pattern != "dense"]
+method_flagged = sparse_flagged[sparse_flagged.method != "gmp"]
+gmp_flagged = sparse_flagged[sparse_flagged.method == "gmp"]
+gmp_settings = runs[runs.method == "gmp"].groupby(by).ngroups
 flag_summary = (
-    f"{len(flagged)} of {runs.groupby(by).ngroups} (model, pattern, sparsity, method) settings "
-    "raised a sanity flag"
+    f"{len(method_flagged)} of the {len(diffs)} method settings raised a sanity flag ("
+    + (
+        "no GMP setting was flagged"
+        if gmp_flagged.empty
+        else f"and {len(gmp_flagged)} of the {gmp_settings} GMP settings"
+    )
+    + ")"
     + (
         ", these ones a broken network: "
         + "; ".join(
@@ -749,11 +783,26 @@ flag_summary = (
         else ""
     )
 )
+# the methods whose rule, on average, left most of the pruning to the projection
+short_methods = rule_gap[rule_gap > NOT_A_TEST].index
+short_summary = (
+    f"- Rules that ended, on average over the settings, more than {100 * NOT_A_TEST:.0f} "
+    "points short of the target, so that their masks are mostly the projection's: "
+    + (
+        ", ".join(
+            f"{m} (reached {rule[m]:.1%}, {100 * rule_gap[m]:.1f} points short)"
+            for m in short_methods
+        )
+        or "none"
+    )
+    + ".\n"
+)
 display(
     Markdown(
         f"- Learned budgets: {len(non_uniform)} of the {len(own)} (model, method) pairs of "
-        f"STR, L0 and variational dropout whose rule reached its target spread their layer "
-        f"sparsities over more than {100 * NON_UNIFORM:.0f} points"
+        f"STR, L0 and variational dropout whose rule reached the 90% target to within "
+        f"{100 * NOT_A_TEST:.0f} points spread their layer sparsities over more than "
+        f"{100 * NON_UNIFORM:.0f} points"
         + (
             f" (largest spread {100 * own.max():.1f} points, smallest {100 * own.min():.1f})"
             if len(own)
@@ -761,18 +810,19 @@ display(
         )
         + f"; {len(short_rules)} stopped short and are not counted.\n"
         f"- Comparison ({EPOCHS} + {FINETUNE_EPOCHS} epochs, {len(SEEDS)} seed(s)): each method "
-        f"minus GMP, paired: "
-        + ", ".join(f"{n} {verdict}" for verdict, n in tally.items())
-        + f"; {flag_summary}.\n"
+        f"minus GMP, paired: {tally_text}; {flag_summary}.\n"
+        + short_summary
         + "".join(f"- {v.sentence()}\n" for v in l0_verdicts)
         + f"- Training cost: {len(above)} of {len(table)} methods were slower per epoch than "
-        f"the dense runs' own spread allows ({len(below)} were faster, a timing artifact); the "
-        f"methods that add at "
-        f"least one parameter per prunable weight: {', '.join(heavy) or 'none'}.\n"
+        f"the dense runs' own spread allows"
+        + (f" ({len(below)} were faster, likely a timing artifact)" if below else "")
+        + f"; the methods that add at least one parameter per prunable weight: "
+        f"{', '.join(heavy) or 'none'}.\n"
         f"- AMC's best allocation keeps {kept_flops:.1%} of the FLOPs (budget 30%) and scores "
         f"{searched_run['accuracy']:.2%} on the test images against "
-        f"{uniform_run['accuracy']:.2%} for uniform magnitude pruning (one seed, chosen on "
-        f"validation).  On the tiny net the evolved mask's test loss is "
+        f"{uniform_run['accuracy']:.2%} for uniform magnitude pruning, which keeps "
+        f"{uniform_kept:.1%} of the FLOPs (one seed, chosen on validation).  On the tiny net "
+        f"the evolved mask's test loss is "
         f"{abs(test_loss['evolved'] - test_loss['magnitude']):.3f} "
         f"{'below' if ga_better else 'above'} magnitude pruning's (one seed, one split): the "
         f"genetic search {'found a better' if ga_better else 'did not find a better'} mask on "

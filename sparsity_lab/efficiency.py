@@ -88,7 +88,8 @@ def iso_accuracy_compression(
         raise ValueError(f"{len(acc)} accuracies but {len(kept)} nonzero counts")
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
-    within = acc >= dense_accuracy - tolerance
+    # a model exactly ``tolerance`` below dense is within it, whatever the float rounding
+    within = acc >= dense_accuracy - tolerance - 1e-12
     if not within.any():
         return 1.0
     return max(compression(k, parameters) for k in kept[within])

@@ -160,8 +160,8 @@ def plot_fronts(
 ):
     """Mean test accuracy against each cost, one marker per method, the front as a line.
 
-    Error bars are the t-intervals over seeds; a flagged point is drawn hollow.  The dense
-    model is the dashed line.  Returns the figure.
+    Error bars are the t-intervals over seeds; a flagged point is drawn hollow and left out
+    of the front.  The dense model is the dashed line.  Returns the figure.
     """
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
@@ -173,31 +173,45 @@ def plot_fronts(
         )
     axes = np.ravel(axes)
     dense = table.groupby("seed")["dense_test_accuracy"].first().mean()
+    # a colour and a marker per method: more methods than one colour cycle has
+    colours = plt.get_cmap("tab20").colors
+    markers = "osD^vP*Xph<>"
     for ax, cost in zip(axes, costs, strict=True):
-        for method, rows in points.groupby("method", sort=False):
+        for i, (method, rows) in enumerate(points.groupby("method", sort=False)):
+            colour, marker = colours[i % len(colours)], markers[i % len(markers)]
             errors = [
                 rows["test_accuracy"] - rows["ci_low"],
                 rows["ci_high"] - rows["test_accuracy"],
             ]
-            container = ax.errorbar(
+            ax.errorbar(
                 rows[cost],
                 rows["test_accuracy"],
                 yerr=np.nan_to_num(errors),
-                fmt="o",
-                label=method,
+                fmt="none",
+                ecolor=colour,
                 capsize=2,
-                alpha=0.8,
+                alpha=0.6,
             )
-            flagged = rows[rows["flagged"]]
-            if len(flagged):
+            clean, flagged = rows[~rows["flagged"]], rows[rows["flagged"]]
+            ax.plot(
+                clean[cost],
+                clean["test_accuracy"],
+                marker,
+                color=colour,
+                label=method,
+                linestyle="none",
+            )
+            if len(flagged):  # hollow: a flagged point is never read as a plain one
                 ax.plot(
                     flagged[cost],
                     flagged["test_accuracy"],
-                    "o",
+                    marker,
                     mfc="white",
-                    mec=container[0].get_color(),
+                    mec=colour,
+                    linestyle="none",
+                    label=None if len(clean) else method,
                 )
-        front = pareto_front(points, cost)
+        front = pareto_front(points[~points["flagged"]], cost)  # a broken run fronts nothing
         ax.plot(front[cost], front["test_accuracy"], "k-", linewidth=0.8, label="Pareto front")
         ax.axhline(dense, color="grey", linestyle="--", linewidth=0.8, label="dense")
         ax.set_xscale("log")

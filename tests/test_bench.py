@@ -386,12 +386,23 @@ def test_plot_fronts_draws_one_panel_per_cost_with_the_front():
         for m, s, a, k in [("a", 0.5, 0.9, 50), ("a", 0.9, 0.8, 10), ("b", 0.5, 0.85, 50)]
         for seed in (0, 1)
     ]
+    rows[2]["flags"] = "at chance level"  # one run of ("a", 0.9) is flagged
     fig = leaderboard.plot_fronts(_table(rows), costs=["nonzeros", "storage_bits"])
     try:
         assert len(fig.axes) == 2
         front = [line for line in fig.axes[0].lines if line.get_label() == "Pareto front"]
-        # (10, 0.8) and (50, 0.9) are on the front; (50, 0.85) is beaten
-        assert front[0].get_xdata().tolist() == [10, 50]
-        assert front[0].get_ydata().tolist() == pytest.approx([0.8, 0.9])
+        # (10, 0.8) is flagged, so left out; (50, 0.9) beats (50, 0.85)
+        assert front[0].get_xdata().tolist() == [50]
+        assert front[0].get_ydata().tolist() == pytest.approx([0.9])
+        hollow = [line for line in fig.axes[0].lines if line.get_markerfacecolor() == "white"]
+        assert [line.get_xdata().tolist() for line in hollow] == [[10]]  # the flagged point
+        # every method has its own colour and marker in the legend
+        handles, labels = fig.axes[0].get_legend_handles_labels()
+        styles = {
+            (str(h.get_color()), h.get_marker())
+            for h, lab in zip(handles, labels, strict=True)
+            if lab in ("a", "b")
+        }
+        assert len(styles) == 2
     finally:
         plt.close(fig)

@@ -45,6 +45,13 @@ def test_ticket_rounds_table_and_advantage(tiny):
     )
 
 
+def test_realised_width_counts_the_units_built():
+    # 12.5/32 rounds to 12 channels (Python rounds halves to even): 12/32 of the width
+    assert scale.realised_width("cnn1d", 12.5 / 32) == 12 / 32
+    assert scale.realised_width("cnn1d", 0.4) == 13 / 32
+    assert scale.realised_width("lenet300", 0.5) == 150 / 300
+
+
 def test_matching_model_is_nearest_in_cost(tiny):
     target = 2000.0
     f, model = scale.matching_model(tiny, target, "nonzeros")

@@ -29,6 +29,22 @@ WIDTH_OPTIONS = {
 MEASURES = {"nonzeros": "nonzeros", "flops": "sparse_flops"}
 
 
+def realised_width(model_name: str, f: float) -> float:
+    """The width a factor ``f`` builds: the first layer's units over the full model's.
+
+    Widths are whole numbers of units, so ``f`` itself (a bisection's end point) can sit up
+    to half a unit away from what is built: 12 of 32 channels is 0.375 whatever ``f``
+    rounded to it.
+    """
+    built, full = WIDTH_OPTIONS[model_name](f), WIDTH_OPTIONS[model_name](1.0)
+
+    def first(options: dict) -> int:
+        value = next(iter(options.values()))
+        return value[0] if isinstance(value, tuple) else value
+
+    return first(built) / first(full)
+
+
 def cost(model: nn.Module, measure: str) -> float:
     """Nonzero weights or forward FLOPs per example of the Linear/Conv weights."""
     if measure not in MEASURES:
@@ -73,8 +89,8 @@ def large_sparse_vs_small_dense(
     All three train with the setting's recipe (:func:`~sparsity_lab.phenomena.structure.
     fit_recipe`: its optimizer, learning rate, schedule, batch size and batch order) for
     ``epochs`` (default: the recipe's); GMP prunes from the start to 75% of training.
-    Returns one row per model: ``model, width, nonzeros, flops, val_accuracy,
-    test_accuracy, flags``.
+    Returns one row per model: ``model, width`` (the realised width, see
+    :func:`realised_width`), ``nonzeros, flops, val_accuracy, test_accuracy, flags``.
     """
     recipe = recipes.recipe_for(t.model_name, t.data_name)
     train = t.loaders(recipe.batch_size)[0]
@@ -85,7 +101,8 @@ def large_sparse_vs_small_dense(
     for measure in MEASURES:
         f, small = matching_model(t, cost(large, measure), measure)
         fit_recipe(small, t, epochs=epochs, recipe=recipe)
-        rows.append((f"small dense (equal {measure})", f, small, None))
+        width = realised_width(t.model_name, f)
+        rows.append((f"small dense (equal {measure})", width, small, None))
     out = []
     for label, f, m, target in rows:
         test = recipes.evaluate_run(m, t, target_sparsity=target)

@@ -231,20 +231,31 @@ runs = pd.concat(
     ignore_index=True,
 )
 activation_sparsity = runs.groupby("arm", sort=False)["activation_sparsity"].mean()
-display(
-    sl.stats.summarize(runs, "arm", "test_accuracy").join(activation_sparsity, on="arm").round(4)
+activation_table = sl.stats.summarize(runs, "arm", "test_accuracy").join(
+    activation_sparsity, on="arm"
 )
-sl.nb.show_flags(sl.flags.table(runs, "arm"))
+display(activation_table.round(4))
+activation_flags = sl.flags.table(runs, "arm")
+sl.nb.show_flags(activation_flags)
 
 # %%
 fig, ax = plt.subplots(figsize=(5.5, 3.5))
-acc = sl.viz.errorbars(runs, "level", "test_accuracy", hue="kind")
-spa = sl.viz.errorbars(runs, "level", "activation_sparsity", hue="kind")
-for kind, part in acc.groupby("kind", sort=False):
-    xs = spa[spa.kind == kind]["mean"].to_numpy()
+# the table's intervals, clipped to [0, 1]; a flagged arm's point is circled in red
+plotted = activation_table.join(runs.groupby("arm", sort=False)["kind"].first(), on="arm")
+for kind, part in plotted.groupby("kind", sort=False):
+    below = (part["mean"] - part["ci_low"]).fillna(0).to_numpy()
+    above = (part["ci_high"] - part["mean"]).fillna(0).to_numpy()
     ax.errorbar(
-        xs, part["mean"], yerr=part["half_width"].fillna(0), marker="o", capsize=3, label=kind
+        part["activation_sparsity"],
+        part["mean"],
+        yerr=np.vstack([below, above]),
+        marker="o",
+        capsize=3,
+        label=kind,
     )
+flagged = plotted[plotted["arm"].isin(activation_flags["arm"])]
+if len(flagged):
+    sl.experiments.mark_flagged(ax, flagged["activation_sparsity"], flagged["mean"])
 ax.set_xlabel("activation sparsity on the test set")
 ax.set_ylabel("test accuracy (mean, 95% CI)")
 ax.set_title("Forced activation sparsity against accuracy")
@@ -260,6 +271,8 @@ display(activation_diffs.round(4))
 means = runs.groupby("arm", sort=False)[["activation_sparsity", "test_accuracy"]].mean()
 sparsest = f"kwta {min(KWTA_DENSITIES):.0%}"
 k_diff = activation_diffs.set_index("arm").loc[sparsest]
+fat = f"fatrelu T={max(FAT_THRESHOLDS)}"
+fat_diff = activation_diffs.set_index("arm").loc[fat]
 display(
     Markdown(
         f"With plain ReLUs {means.loc['relu', 'activation_sparsity']:.0%} of the hidden "
@@ -268,7 +281,10 @@ display(
         f"{min(KWTA_DENSITIES):.0%} of the units reaches "
         f"{means.loc[sparsest, 'activation_sparsity']:.1%} activation sparsity; its accuracy "
         f"minus the ReLU model's is {sl.stats.describe(k_diff)}.  The next layer then reads "
-        f"only a few inputs per example, which a sparse kernel could exploit."
+        f"only a few inputs per example, which a sparse kernel could exploit.  FATReLU at "
+        f"T = {max(FAT_THRESHOLDS)} reaches {means.loc[fat, 'activation_sparsity']:.1%} "
+        f"activation sparsity; its accuracy minus the ReLU model's is "
+        f"{sl.stats.describe(fat_diff)}{sl.flags.note(runs, 'arm', fat)}."
     )
 )
 
@@ -304,6 +320,17 @@ for ax, (title, out) in zip(axes, pictures.items(), strict=True):
     ax.set_title(f"{title}\n{float((out == 0).float().mean()):.0%} zero", fontsize=9)
     ax.set_axis_off()
 plt.show()
+with torch.random.fork_rng(devices=[]):  # more draws, leaving the random state as it was
+    torch.manual_seed(SEED + 1)
+    block_drop = drop.DropBlock(0.15, block_size=5).train()
+    block_shares = [float((block_drop(fmap) == 0).float().mean()) for _ in range(DROP_STEPS)]
+display(
+    Markdown(
+        f"Each picture is a single draw.  The share DropBlock zeroes varies from draw to "
+        f"draw: {DROP_STEPS} more draws of the same map zeroed {min(block_shares):.0%} to "
+        f"{max(block_shares):.0%} (mean {np.mean(block_shares):.0%})."
+    )
+)
 
 # %% [markdown]
 # How much each member zeros, counted over training-mode forward passes of one batch, next
@@ -543,8 +570,9 @@ display(
     Markdown(
         f"At density {low:.0%}, SWAT minus dense is {sl.stats.describe(swat_low)}, and SWAT "
         f"minus meProp {sl.stats.describe(swat_vs_meprop)}.  The two densities do not buy "
-        f"the same thing: meProp's cuts the backward products, SWAT's cuts the forward "
-        f"product and the stored activations."
+        f"the same thing: meProp's cuts only the backward products; SWAT's cuts the "
+        f"forward product, the error sent back through the sparse weights, and the stored "
+        f"activations."
     )
 )
 
@@ -777,6 +805,12 @@ plt.show()
 # %%
 at = attention_runs.groupby("attention")[["test_accuracy", "perplexity", "zero_weights"]].mean()
 ad = attention_diffs.set_index("attention")
+# what the recipe's expected accuracy assumes, where this run differs from it
+recipe_terms = (
+    f" with its {CHAR_RECIPE.epochs} epoch(s)"
+    if CHAR_EPOCHS and CHAR_EPOCHS != CHAR_RECIPE.epochs
+    else ""
+) + (" on the full data" if CHAR_OPTIONS else "")
 
 
 def swapped(name):
@@ -793,7 +827,7 @@ display(
         f"accuracy and perplexity {at.loc['softmax (dense)', 'perplexity']:.2f} "
         f"({CHAR_EPOCHS or CHAR_RECIPE.epochs} epoch(s) of the recipe on "
         f"{len(text.bundle.train):,} windows; the recipe expects "
-        f"{CHAR_RECIPE.expected_test_accuracy:.0%} on the full data).  Swapped in without "
+        f"{CHAR_RECIPE.expected_test_accuracy:.0%}{recipe_terms}).  Swapped in without "
         f"retraining: {swapped('sparsemax')}; {swapped('1.5-entmax')}; {swapped('top-4')}; "
         f"{swapped('local, window 2')}; {swapped('strided, stride 4')}; {swapped('bigbird')}."
         f"  The model never saw these attention functions in "
@@ -891,6 +925,20 @@ claim_ppl = sl.stats.paired(
     by_importance, "head_sparsity", CLAIM_HEAD_SPARSITY, 0.0, metric="perplexity"
 ).iloc[0]
 half_order = order_diffs.set_index("head_sparsity").loc[0.5]
+# the kinds of flag raised on the curves, in words about pruned heads
+flag_words = {
+    "at chance level": "at chance level",
+    "layer pruned to 100%": "with a layer's heads all removed",
+    "class never predicted": "that never predict some class",
+    "disconnected": "whose output does not depend on the input",
+}
+head_flag_kinds = dict.fromkeys(
+    kind.split(" (")[0]
+    for text in head_flags["flags"]
+    for kind in text.split(sl.flags.SEPARATOR)
+    if kind
+)
+flagged_runs_are = " or ".join(flag_words.get(k, f"flagged '{k}'") for k in head_flag_kinds)
 display(
     Markdown(
         f"Removing {CLAIM_HEAD_SPARSITY:.0%} of the {n_heads} heads by importance changes "
@@ -907,7 +955,7 @@ display(
                 f"{r.flags})"
                 for r in head_flags.itertuples()
             )
-            + ": those points of the curves are runs that failed, not small models that work."
+            + f": those points of the curves include runs {flagged_runs_are}."
             if len(head_flags)
             else "  No sanity flag fired on the head-pruning curves."
         )
@@ -982,6 +1030,23 @@ pruned_run = recipes.evaluate_run(gated, text)
 dense_run_chars = recipes.evaluate_run(transformer, text)
 n_open = sum(int(k.sum()) for k in open_heads.values())
 probabilities = {p: [round(v, 2) for v in q.tolist()] for p, q in gates.open_probability().items()}
+lowest_open = min(float(q.min()) for q in gates.open_probability().values())
+with torch.no_grad():  # the value each gate multiplies its head by at test time
+    lowest_gate = min(float(gates.gate(p).min()) for p in gates.paths)
+gap = pruned_run["accuracy"] - gated_run["accuracy"]
+if gap == 0:
+    gap_words = "; its held-out accuracy is identical to the gated score" + (
+        f" (every gate's open probability is {'' if lowest_open >= 0.995 else 'at least '}"
+        f"{lowest_open:.2f} and its test-time value 1, "
+        f"so the gates scale nothing)"
+        if lowest_gate == 1.0
+        else ""
+    )
+else:
+    gap_words = (
+        f" (the gates' test-time values, {lowest_gate:.2f} at the lowest, scale the heads, "
+        f"hence the gap of {100 * gap:+.2f} points to the gated score)"
+    )
 gate_flags = [r["flags"] for r in (gated_run, pruned_run) if r["flags"]]
 display(
     Markdown(
@@ -995,9 +1060,8 @@ display(
         + (f"Flags: {'; '.join(gate_flags)}." if gate_flags else "No sanity flag fired.")
         + (
             "  No gate closed at this L0 weight and budget, so no head was removed: the "
-            "pruned model is the fine-tuned one with its gates taken out (the gates' "
-            "expected values scale the heads, hence the gap to the gated score).  A larger "
-            "weight or longer fine-tuning closes gates (exercise 6)."
+            f"pruned model is the fine-tuned one with its gates taken out{gap_words}.  A "
+            "larger weight or longer fine-tuning may close gates (exercise 6)."
             if n_open == n_heads
             else ""
         )
@@ -1016,10 +1080,9 @@ display(
 #   `drop_layers` does the same for blocks chosen by LayerDrop.
 #
 # What this run measured, each arm against its dense counterpart of the same seed
-# (test accuracy, paired):
+# (test accuracy, paired; the last item also compares two pruning orders):
 
 # %%
-fat = f"fatrelu T={max(FAT_THRESHOLDS)}"
 ad_ = activation_diffs.set_index("arm")
 bd_ = backward_diffs.set_index("arm")
 md_ = moe_diffs.set_index("router")

@@ -23,6 +23,7 @@
 
 # %%
 import copy
+import dataclasses
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -176,9 +177,10 @@ densities.round(4)
 # %% [markdown]
 # ### FPGM: remove the replaceable filter, not the small one
 #
-# A toy layer of twelve two-dimensional "filters".  Magnitude removes the three closest to
-# the origin; FPGM (He et al. 2019) removes the three whose summed distance to the others is
-# smallest, the ones near the geometric median, which the others can best replace.
+# A toy layer of twelve two-dimensional "filters".  `group_norm` (the L1 norm of each
+# filter) removes the three closest to the origin; FPGM (He et al. 2019) removes the three
+# whose summed distance to the others is smallest, the ones near the geometric median,
+# which the others can best replace.
 
 # %%
 gen = torch.Generator().manual_seed(3)
@@ -253,8 +255,9 @@ print(f"removed neuron {removed}; largest change of any output: below 1e-5? {cha
 #
 # Eight ReLU units read a cloud of two-dimensional points; each unit is drawn as its line
 # $w_j^\top x + b_j = 0$, with a tick on the side where it is active.  Two units are
-# planted: one whose line lies far outside the cloud (almost never active), and one with
-# tiny weights and a large bias (active everywhere, almost constant).  APoZ and the
+# planted: one whose line lies far outside the cloud (active on few points or none; the
+# share is printed below the figure), and one with tiny weights and a large bias (active on
+# the whole cloud, almost constant).  APoZ and the
 # activation variance each remove three of the eight units:
 
 # %%
@@ -267,7 +270,12 @@ with torch.no_grad():
     toy_net[0].bias.copy_(torch.randn(8, generator=gen))
     toy_net[0].weight[6], toy_net[0].bias[6] = torch.tensor([1.0, 1.0]), -6.0  # never active
     toy_net[0].weight[7], toy_net[0].bias[7] = torch.tensor([0.02, 0.02]), 2.0  # ~constant
-planted = {6: "never active", 7: "almost constant"}
+with torch.no_grad():
+    active = (toy_net[0](points) > 0).float().mean(0)  # share of points where each unit is on
+planted = {
+    6: "never active" if active[6] == 0 else "rarely active",
+    7: "almost constant",
+}
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharex=True, sharey=True, layout="constrained")
 toy_removed = {}
 for ax, method in zip(axes, ["apoz", "activation_variance"], strict=True):
@@ -317,6 +325,8 @@ display(
             + "."
             for m, removed in toy_removed.items()
         )
+        + f" Unit 6 is active on {active[6]:.1%} of the {len(points)} points, unit 7 on "
+        f"{active[7]:.1%}."
         + (
             f" The line of unit(s) {', '.join(map(str, outside))} lies outside the plotted "
             f"square, so the figure cannot show it."
@@ -622,6 +632,7 @@ summary = sl.stats.summarize(results, ["model_name", "criterion", "sparsity"], "
 half = summary[summary.sparsity == min(SPARSITIES)]
 half = half[half.criterion.isin(DATA_FREE_UNITS + DATA_DRIVEN_UNITS)]
 sentences = []
+unit_leaders = {}
 for m in MODELS:
     ranked = half[half.model_name == m].sort_values("mean", ascending=False)
     first, second = ranked.iloc[0], ranked.iloc[1]
@@ -632,6 +643,7 @@ for m in MODELS:
         second.criterion,
         metric="pruned_accuracy",
     ).iloc[0]
+    unit_leaders[m] = (first.criterion, second.criterion, gap)
     sentences.append(
         f"On {m} with {min(SPARSITIES):.0%} of the units removed and no fine-tuning, the "
         f"highest mean validation accuracy among the unit criteria is `{first.criterion}`'s "
@@ -696,6 +708,8 @@ def listed(sparsities):
 
 
 sentences = []
+unit_gap = {}  # model -> (sparsities kept, wording of the gap's change) or None
+refit_found = {}  # (model, refit) -> (sparsities kept, after fine-tuning, gain shift)
 for m in MODELS:
     kept = clean_sparsities(m, unit_list)
     if not kept:
@@ -704,6 +718,7 @@ for m in MODELS:
             + flagged_units(m)
             + "), so the gap between the best and the worst is not measured."
         )
+        unit_gap[m] = None
     else:
         units = results[
             (results.model_name == m)
@@ -717,13 +732,13 @@ for m in MODELS:
             .mean()
         )
         change = seed_row(gap["val_accuracy"] - gap["pruned_accuracy"])
+        unit_gap[m] = (kept, sl.stats.describe(change, words=("narrows", "widens")))
         sentences.append(
             f"**{m}**, averaged over the sparsities where no unit criterion raised a flag "
             f"({listed(kept)}): the best and the worst unit criterion are "
             f"{100 * gap['pruned_accuracy'].mean():.1f} points apart right after pruning and "
             f"{100 * gap['val_accuracy'].mean():.1f} after {FINETUNE_EPOCHS} epoch(s) of "
-            f"fine-tuning; the gap's change is "
-            f"{sl.stats.describe(change, words=('narrows', 'widens'))}."
+            f"fine-tuning; the gap's change is {unit_gap[m][1]}."
         )
     for refit in ("thinet", "lasso_channel"):
         kept = clean_sparsities(m, [refit, "group_norm"])
@@ -747,6 +762,7 @@ for m in MODELS:
         shift = sl.stats.describe(
             seed_row(before - after), words=("smaller before", "larger before")
         )
+        refit_found[m, refit] = (kept, sl.stats.describe(diffs["val_accuracy"]), shift)
         sentences.append(
             f"`{refit}` minus `group_norm` on {m} ({listed(kept)}): "
             f"{sl.stats.describe(diffs['pruned_accuracy'])} right after pruning (val), "
@@ -754,13 +770,17 @@ for m in MODELS:
             f"before minus the gain after is {shift}."
         )
 display(Markdown("\n\n".join(sentences)))
-display(
-    Markdown(
-        '"Narrows" means fine-tuning brings the unit criteria closer; "larger before" means '
-        "the reconstruction pays off more before fine-tuning than after; "
-        '"no clear difference" means the seeds do not tell.'
-    )
-)
+MEANINGS = {
+    "narrows": "fine-tuning brings the unit criteria closer",
+    "widens": "fine-tuning moves the unit criteria apart",
+    "larger before": "the reconstruction pays off more before fine-tuning than after",
+    "smaller before": "the reconstruction pays off more after fine-tuning than before",
+    "no clear difference": "the seeds do not tell",
+}
+used = [w for w in MEANINGS if f"seeds: {w}" in " ".join(sentences)]
+if used:
+    legend = "; ".join(f'"{w}" means {MEANINGS[w]}' for w in used) + "."
+    display(Markdown(legend[:1] + legend[1].upper() + legend[2:]))
 
 # %% [markdown]
 # ## Against the literature
@@ -781,15 +801,22 @@ def dense_facts(model_name):
     )
 
 
+def labelled(key, treatment, baseline):
+    """The claim ``key`` with its arms named by this notebook's criterion labels."""
+    return dataclasses.replace(
+        sl.claims.get(key), treatment=f"`{treatment}`", baseline=f"`{baseline}`"
+    )
+
+
 FINE_TUNED = REPORTED["test_accuracy"]
 han = min(SPARSITIES, key=lambda s: abs(s - 0.92))
 verdicts = []
 if "lenet300" in MODELS:
     verdicts.append(
         sl.claims.judge(
-            "magnitude_beats_random_after_training",
+            labelled("magnitude_beats_random_after_training", "magnitude (global)", RANDOM_WEIGHTS),
             paired_row(f"magnitude (global) - {RANDOM_WEIGHTS}", FINE_TUNED, "lenet300", han),
-            setting=f"LeNet-300-100 at {han:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch(s), test",
+            setting=f"lenet300 at {han:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch(s), test",
             reason=dense_facts("lenet300"),
         )
     )
@@ -814,14 +841,16 @@ def lamp_reason(m):
     if emptied:
         found = f"global magnitude empties {', '.join(f'`{n}`' for n in emptied)}, which LAMP keeps"
     else:
-        found = "global magnitude empties no layer, the failure LAMP is built to prevent"
+        found = (
+            "global magnitude empties no layer here, so the failure LAMP is built to prevent "
+            "does not arise"
+        )
     row = paired_row("lamp - magnitude (global)", FINE_TUNED, m, top)
     leaning = ""
     if row["n"] > 1 and row["ci_low"] < 0 < row["ci_high"]:
-        share = row["ci_high"] / (row["ci_high"] - row["ci_low"])
         leaning = (
-            f"  The interval [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}] covers "
-            f"0 with {int(row['n'])} seeds; {share:.0%} of it lies on LAMP's side."
+            f" The interval [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}] covers "
+            f"0 ({int(row['n'])} seeds); the sign is not determined."
         )
     return (
         f"On {m} at {top:.0%} (first seed's dense model), {found}; {spread}.{leaning} "
@@ -832,7 +861,7 @@ def lamp_reason(m):
 for m in MODELS:
     verdicts.append(
         sl.claims.judge(
-            "lamp_beats_global_magnitude",
+            labelled("lamp_beats_global_magnitude", "lamp", "magnitude (global)"),
             paired_row("lamp - magnitude (global)", FINE_TUNED, m, top),
             setting=f"{m} at {top:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch(s), test",
             reason=lamp_reason(m),
@@ -871,6 +900,27 @@ for m in MODELS:
         )
         + "."
     )
+for m, (first, second, gap) in unit_leaders.items():
+    lines.append(
+        f"- Unit criteria on {m}, {min(SPARSITIES):.0%} of the units removed, no fine-tuning "
+        f"(val): `{first}` has the highest mean; `{first}` minus the runner-up `{second}` is "
+        f"{sl.stats.describe(gap)}."
+    )
+for m in MODELS:
+    if unit_gap[m] is None:
+        text = "the best-worst gap is not measured (flagged runs at every sparsity)"
+    else:
+        text = f"the best-worst gap's change with fine-tuning is {unit_gap[m][1]}"
+    for refit in ("thinet", "lasso_channel"):
+        if (m, refit) not in refit_found:
+            text += f"; `{refit}` minus `group_norm` is not measured"
+            continue
+        kept, after, shift = refit_found[m, refit]
+        text += (
+            f"; `{refit}` minus `group_norm` ({listed(kept)}) after fine-tuning (val) {after}, "
+            f"its gain before minus after {shift}"
+        )
+    lines.append(f"- Fine-tuning and reconstruction on {m}: {text}.")
 lines += [
     f"- Against the literature: {v.claim.key} is **{v.status}** ({v.setting})." for v in verdicts
 ]
@@ -886,6 +936,7 @@ display(Markdown("\n".join(lines)))
 #    sparsities compare with LAMP's?
 # 3. Make two neurons of `fc1` exact copies, scaled by 2 (weights and bias).  Which of
 #    `neuron_merge` and `correlation_merge` removes one of them without changing the output?
-# 4. Give `thinet` and `lasso_channel` `refit=False`.  How much of their advantage in the
-#    reconstruction plot comes from choosing the channels, and how much from refitting?
+# 4. Give `lasso_channel` `refit=False` and add it to the reconstruction plot.  Compare it
+#    with the `thinet (no refit)` curve already shown: how much of the advantage comes from
+#    choosing the channels, and how much from refitting?
 # 5. APoZ assumes a ReLU after each unit.  What would it measure in a network with tanh?

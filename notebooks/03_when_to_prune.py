@@ -74,7 +74,7 @@ info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 #
 # A *schedule* is the sparsity as a function of the training step.  One-shot pruning jumps
 # once; iterative pruning takes equal-ratio steps with retraining in between; the cubic
-# ramp of gradual magnitude pruning (Zhu & Gupta 2017) prunes fast while many redundant
+# ramp of gradual magnitude pruning (Zhu & Gupta 2018) prunes fast while many redundant
 # weights remain and slowly near the end; IHT (Jin et al. 2016) alternates sparse and dense
 # phases; DSD (Han et al. 2017) is dense, then sparse, then dense again; the adaptive
 # schedule (after Prechelt 1997) slows down when the validation loss suffers.  In
@@ -100,13 +100,16 @@ curves["adaptive"] = adaptive_curve
 fig, axes = plt.subplots(3, 3, figsize=(9, 6.5), sharex=True, sharey=True)
 for ax, (name, values) in zip(axes.flat, curves.items(), strict=True):
     ax.plot(steps, values, color="C0")
-    ax.axvspan(200, 800, color="0.9", zorder=0)
+    ax.axvspan(kw["begin_step"], kw["end_step"], color="0.9", zorder=0)
     ax.set_title(name)
 for ax in axes[-1]:
     ax.set_xlabel("step")
 for ax in axes[:, 0]:
     ax.set_ylabel("sparsity")
-fig.suptitle("Every schedule from 0 to 90% sparsity between steps 200 and 800 (shaded)")
+fig.suptitle(
+    f"Every schedule with a {kw['final_sparsity']:.0%} target between steps "
+    f"{kw['begin_step']} and {kw['end_step']} (shaded); DSD ends dense, IHT alternates."
+)
 fig.tight_layout()
 plt.show()
 
@@ -232,7 +235,16 @@ dense_accuracy = results.loc[results["recipe"] == "dense", "test_accuracy"].mean
 fig, ax = plt.subplots(figsize=(7, 3.5))
 for i, (schedule, log) in enumerate(logs.items()):
     t, s = zip(*log, strict=True)
-    ax.step([0, *t, total], [0, *s, s[-1]], where="post", label=schedule, color=f"C{i}")
+    one_shot = schedule == "one_shot"  # dashed and on top, so IHT and DSD do not hide it
+    ax.step(
+        [0, *t, total],
+        [0, *s, s[-1]],
+        where="post",
+        label=schedule,
+        color=f"C{i}",
+        ls="--" if one_shot else "-",
+        zorder=3 if one_shot else 2,
+    )
 ax.set_xlabel("training step")
 ax.set_ylabel("sparsity")
 ax.set_title(f"Sparsity during {TRAINING['epochs']} epochs of training")
@@ -336,8 +348,8 @@ def schedule_reason(r, name):
         return ""
     return (
         f"Both arms train LeNet-300-100 ({n_weights:,} weights) for {epochs} epochs on "
-        f"{sizes['train']} images; {name} uses {budget.loc[name, 'FLOPs / dense']:.0%} of the "
-        f"dense training FLOPs and one-shot {budget.loc['one_shot', 'FLOPs / dense']:.0%}"
+        f"{sizes['train']} images; {name} uses {budget.loc[name, 'FLOPs / dense']:.1%} of the "
+        f"dense training FLOPs and one-shot {budget.loc['one_shot', 'FLOPs / dense']:.1%}"
         + (
             f"; with {int(r['n'])} seeds and {sizes['test']} test images the paired interval "
             f"is {width(r):.1f} points wide."
@@ -406,6 +418,8 @@ init_results = sl.experiments.sweep(
     init_or_after, {"mask": masks_compared, "sparsity": INIT_SPARSITIES}, seeds=SEEDS
 )
 fig, ax = plt.subplots(figsize=(6.5, 4))
+cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+ax.set_prop_cycle(color=[cycle[i] for i in (0, 1, 2, 4)])  # no red: red circles flag points
 sl.experiments.plot_mean_ci(init_results, x="sparsity", y="test_accuracy", hue="mask", ax=ax)
 ax.axhline(dense_accuracy, color="gray", ls="--", lw=1, label="dense")
 ax.set_xscale("logit")
@@ -669,6 +683,8 @@ sl.claims.table(all_verdicts)
 # - Schedules are compared on the same epochs with their training FLOPs stated; masks at
 #   initialisation against a random mask with their own per-layer counts, both started
 #   with `recipes.sparse_start`.
+# - Lottery tickets are compared, round by round, with the same mask re-initialised and
+#   with a random mask of the same per-layer counts on the rewound weights.
 
 # %%
 words = {
@@ -692,6 +708,19 @@ display(
         f"- Against one cut at mid-training, on the same {epochs} epochs at {TARGET:.0%}: "
         + "; ".join(against_one_shot(name) for name in ("iterative", "cubic", "iht"))
         + ".\n"
+        + f"- DSD's final dense model against the dense model: {said('dsd', 'dense')}.\n"
+        + f"- Ticket minus random mask after {IMP_ROUNDS} rounds ({final_sparsity:.1%} sparse): "
+        + f"{sl.stats.describe(ticket_paired.loc['ticket - random mask'])}.\n"
+        + (
+            "- A layer pruned to 100% at initialisation (layer collapse) in: "
+            + "; ".join(
+                f"{m} at {s:.0%}"
+                for m, s in zip(collapsed["mask"], collapsed["sparsity"], strict=True)
+            )
+            + ".\n"
+            if len(collapsed)
+            else "- No mask at initialisation lost a whole layer.\n"
+        )
         + "\n".join(f"- {verdict_line(v)}." for v in all_verdicts)
     )
 )

@@ -504,6 +504,9 @@ fan_in = {
 }
 by_fan_in = sorted(fan_in, key=fan_in.get)
 collapsed = init_flagged[init_flagged["flags"].str.contains("pruned to 100%")]
+collapsed_runs = "; ".join(
+    f"{m} at {s:.0%}" for m, s in zip(collapsed["mask"], collapsed["sparsity"], strict=True)
+)
 display(
     Markdown(
         f"At {top:.0%}, magnitude at initialisation keeps "
@@ -521,10 +524,7 @@ display(
         )
         + (
             "A layer pruned to 100% (layer collapse, Tanaka et al. 2020) was flagged for: "
-            + "; ".join(
-                f"{m} at {s:.0%}"
-                for m, s in zip(collapsed["mask"], collapsed["sparsity"], strict=True)
-            )
+            + collapsed_runs
             + "."
             if len(collapsed)
             else "No run lost a whole layer."
@@ -713,10 +713,7 @@ display(
         + f"{sl.stats.describe(ticket_paired.loc['ticket - random mask'])}.\n"
         + (
             "- A layer pruned to 100% at initialisation (layer collapse) in: "
-            + "; ".join(
-                f"{m} at {s:.0%}"
-                for m, s in zip(collapsed["mask"], collapsed["sparsity"], strict=True)
-            )
+            + collapsed_runs
             + ".\n"
             if len(collapsed)
             else "- No mask at initialisation lost a whole layer.\n"

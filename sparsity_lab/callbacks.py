@@ -34,10 +34,16 @@ class Callback:
         """Before the forward pass; ``trainer.batch`` holds the ``(inputs, targets)``."""
 
     def on_after_backward(self, trainer: Trainer) -> None:
-        """Gradients are in ``param.grad``; the optimizer has not stepped yet."""
+        """Gradients are in ``param.grad``; the optimizer has not stepped yet.
+
+        Setting ``trainer.skip_step = True`` here replaces this batch's optimizer step.
+        """
 
     def on_step_end(self, trainer: Trainer) -> None:
-        """After ``optimizer.step()``; ``trainer.step`` already counts this step."""
+        """After ``optimizer.step()``; ``trainer.step`` already counts this step.
+
+        Not called for a batch whose step a callback skipped (``trainer.skip_step``).
+        """
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         """After the epoch's metrics (validation included) are in ``trainer.history[-1]``."""

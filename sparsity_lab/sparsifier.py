@@ -109,6 +109,13 @@ class Sparsifier:
                 raise ValueError(f"{what} must be a positive int, got {value!r}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}")
+        if getattr(self.method, "skips_optimizer_steps", False):
+            # An optimizer pre-hook cannot cancel the step the method wants to replace.
+            raise ValueError(
+                f"{type(self.method).__name__} replaces some optimizer steps with mask "
+                f"updates, which a Sparsifier cannot do inside your loop; train it with "
+                f"method.fit(...) or use timing='after_step'"
+            )
         self.state = LoopState(
             model=model,
             optimizer=optimizer,

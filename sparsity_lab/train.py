@@ -219,6 +219,10 @@ class Trainer:
     the current epoch, from 0), ``total_steps`` (``epochs * len(train_loader)``), ``batch``
     (the current ``(inputs, targets)``), ``last_loss`` (float loss of the latest batch),
     ``history`` (one dict per finished epoch) and ``stop`` (set it to end training early).
+    A callback may set ``skip_step`` in ``on_after_backward`` to replace this batch's
+    optimizer step: then neither the optimizer nor the scheduler steps, ``step`` does not
+    advance, ``on_step_end`` is not called, and ``skipped_steps`` counts the batch (RigL's
+    reference timing uses it: a mask update takes the place of the step).
 
     The optimizer is built from ``model.parameters()``; with ``torch.nn.utils.parametrize``
     masks these are the dense originals, which is what must be optimized.  A Trainer trains
@@ -265,6 +269,8 @@ class Trainer:
         self.last_loss = math.nan
         self.history: list[dict[str, Any]] = []
         self.stop = False
+        self.skip_step = False
+        self.skipped_steps = 0
         self._trained = False
 
     def _call(self, hook: str) -> None:
@@ -282,6 +288,10 @@ class Trainer:
         self.last_loss = loss.item()
         meter.add(self.last_loss, output.detach(), targets)
         self._call("on_after_backward")
+        if self.skip_step:
+            self.skip_step = False
+            self.skipped_steps += 1
+            return
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()

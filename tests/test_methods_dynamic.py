@@ -218,6 +218,178 @@ def test_rigl_uses_dense_gradients_only_on_update_steps():
     assert flags == [(s + 1) % 4 == 0 and s + 1 < rigl.end_step for s in range(12)]
 
 
+class Record(Callback):
+    """Placed after the method: the starting masks and weights, and every batch in order."""
+
+    def on_train_begin(self, trainer):
+        m = trainer.model
+        self.start = {k: v.detach().clone() for k, v in masks.plain_state_dict(m).items()}
+        self.masks = {n: masks.get_mask(m, n).clone().bool() for n in NAMES}
+        self.batches = []
+
+    def on_step_begin(self, trainer):
+        self.batches.append(trainer.batch)
+
+
+def reference_rigl(record, *, frequency, begin_step, end_step, lr=0.1, alpha=0.3):
+    """google-research/rigl's SparseRigLOptimizer transcribed on a plain model.
+
+    An iteration whose global step ``t`` has ``begin_step <= t <= end_step`` and
+    ``t >= last + frequency`` updates the masks instead of stepping (and ``t`` stays);
+    the drop fraction is the cosine decay from ``begin_step``; drop the floor(f * n_kept)
+    smallest |w|, grow as many largest |dense gradient| outside the kept set; new
+    positions start at zero with zero momentum, regrown ones keep theirs.
+    """
+    plain = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 2))
+    plain.load_state_dict(record.start)
+    weights = {"0.weight": plain[0].weight, "2.weight": plain[2].weight}
+    mask = {n: m.clone() for n, m in record.masks.items()}
+    opt = torch.optim.SGD(plain.parameters(), lr=lr, momentum=0.9)
+    t, last, updates = 0, None, []
+    for x, y in record.batches:
+        opt.zero_grad()
+        F.cross_entropy(plain(x), y).backward()
+        due = last is None or t >= last + frequency
+        if begin_step <= t <= end_step and due:
+            f = alpha / 2 * (1 + math.cos(math.pi * (t - begin_step) / (end_step - begin_step)))
+            for n, w in weights.items():
+                old, k = mask[n], math.floor(f * int(mask[n].sum()))
+                drop = torch.where(old, w.detach().abs(), torch.full_like(w, math.inf))
+                after = old.clone()
+                after.view(-1)[torch.argsort(drop.flatten(), stable=True)[:k]] = False
+                grow = torch.where(after, torch.full_like(w, -1.0), w.grad.abs())
+                new = after.clone()
+                order = torch.argsort(grow.flatten(), descending=True, stable=True)
+                new.view(-1)[order[:k]] = True
+                changed = (old & ~new) | (new & ~old)
+                with torch.no_grad():
+                    w[changed] = 0.0
+                buf = opt.state.get(w, {}).get("momentum_buffer")
+                if buf is not None:
+                    buf[changed] = 0.0
+                mask[n] = new
+            updates.append(t)
+            last = t
+            continue
+        for n, w in weights.items():
+            w.grad.mul_(mask[n])
+        opt.step()
+        t += 1
+    return plain, mask, updates
+
+
+def test_rigl_reference_timing_matches_the_reference_rule_transcribed():
+    # 18 batches; begin_step round(0.2 * 18) = 4, end_step round(0.8 * 18) = 14
+    m = model()
+    rigl = RigL(0.75, budget="uniform", update_frequency=3, begin=0.2, end=0.8, timing="reference")
+    record = Record()
+    trainer = sl.train.Trainer(m, loader(), epochs=3, lr=0.1, callbacks=[rigl, record])
+    trainer.fit()
+    plain, mask, updates = reference_rigl(record, frequency=3, begin_step=4, end_step=14)
+    assert updates == [r["step"] for r in rigl.log] == [4, 7, 10, 13]
+    assert trainer.skipped_steps == 4 and trainer.step == 18 - 4
+    assert rigl.log[0]["dropped"] > 0  # the last update, near the decay's end, may drop 0
+    for n, (i, name) in zip(NAMES, [(0, "weight"), (2, "weight")], strict=True):
+        assert torch.equal(masks.get_mask(m, n).bool(), mask[n]), n
+        ours = masks.weight(m, n).detach()
+        torch.testing.assert_close(ours, getattr(plain[i], name).detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(m[0].bias.detach(), plain[0].bias.detach(), rtol=0, atol=1e-6)
+
+
+def test_rigl_after_step_timing_begins_at_begin_step_and_decays_from_there():
+    m = model()
+    rigl = RigL(0.75, budget="uniform", update_frequency=3, begin=0.2, end=0.8)
+    fit(m, loader(), epochs=3, lr=0.1, callbacks=[rigl])
+    assert (rigl.begin_step, rigl.end_step) == (4, 14)
+    assert [r["step"] for r in rigl.log] == [7, 10, 13]  # after steps 4 + 3k, below 14
+    for r in rigl.log:
+        expected = 0.3 / 2 * (1 + math.cos(math.pi * (r["step"] - 4) / 10))
+        assert r["drop_fraction"] == pytest.approx(expected)
+
+
+def test_rigl_exposes_the_scores_of_its_latest_update():
+    m = model()
+    rigl = RigL(0.75, budget="uniform", update_frequency=3, end=0.8)
+    spy = Spy(rigl)
+
+    class Scores(Callback):
+        def on_step_end(self, trainer):
+            if rigl.log and rigl.log[-1]["step"] == trainer.step:
+                assert rigl.last_scores["step"] == trainer.step
+                for n in NAMES:
+                    grow, drop = rigl.last_scores["grow"][n], rigl.last_scores["drop"][n]
+                    # the dense gradient of the batch, by autograd on a plain copy
+                    torch.testing.assert_close(grow, spy.before["grad"][n].abs())
+                    assert torch.equal(drop, spy.before["weights"][n].abs())
+                self.checked = getattr(self, "checked", 0) + 1
+
+    scores = Scores()
+    fit(m, loader(), epochs=3, lr=0.1, callbacks=[spy, rigl, scores], seed=0)
+    assert scores.checked == len(rigl.log) == 4
+
+
+@pytest.mark.parametrize("grow_init", ["random_normal", "random_uniform"])
+def test_grow_init_draws_from_the_surviving_weights(grow_init):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(100, 100))
+    method = SET(0.5, budget="uniform", grow_init=grow_init)
+    trainer = fake_trainer(m)
+    method.on_train_begin(trainer)
+    surviving = masks.get_mask(m, "0.weight").bool()
+    kept = masks.dense_weight(m, "0.weight").detach()[surviving].double()
+    draw = method.grown_values(trainer, "0.weight", surviving).double().flatten()
+    if grow_init == "random_normal":
+        assert stats.kstest(draw.numpy(), "norm", args=(0, float(kept.std()))).pvalue > 1e-3
+    else:
+        bound = float(kept.abs().mean())
+        assert float(draw.abs().max()) <= bound
+        assert stats.kstest(draw.numpy(), "uniform", args=(-bound, 2 * bound)).pvalue > 1e-3
+
+
+def test_grown_weights_start_at_the_draw_and_regrown_ones_keep_their_value():
+    m = model()
+    rigl = RigL(0.5, budget="uniform", update_frequency=3, end=0.8, grow_init="random_uniform")
+    spy = Spy(rigl)
+
+    class Starts(Callback):
+        fresh = back = 0
+
+        def on_step_end(self, trainer):
+            if not rigl.log or rigl.log[-1]["step"] != trainer.step:
+                return
+            for n in NAMES:
+                old, new = spy.before["masks"][n], masks.get_mask(trainer.model, n).bool()
+                w = masks.dense_weight(trainer.model, n).detach()
+                buf = trainer.optimizer.state[masks.dense_weight(trainer.model, n)]
+                w_old = spy.before["weights"][n]
+                k = math.floor(rigl.log[-1]["drop_fraction"] * int(old.sum()))
+                order = torch.where(old, w_old.abs(), torch.full_like(w_old, math.inf))
+                after = old.clone()  # the survivors of the drop, computed here
+                after.view(-1)[torch.argsort(order.flatten(), stable=True)[:k]] = False
+                fresh, back = new & ~old, new & old & ~after
+                assert torch.all(w[fresh] != 0) and torch.all(buf["momentum_buffer"][fresh] == 0)
+                bound = float(w_old[after].abs().mean())
+                assert torch.all(w[fresh].abs() <= bound + 1e-6)
+                assert torch.equal(w[back], w_old[back])
+                self.fresh += int(fresh.sum())
+                self.back += int(back.sum())
+
+    starts = Starts()
+    fit(m, loader(), epochs=3, lr=0.1, callbacks=[spy, rigl, starts], seed=0)
+    assert starts.fresh > 0 and starts.back > 0
+
+
+def test_dynamic_options_are_checked():
+    with pytest.raises(ValueError, match="grow_init must be one of"):
+        RigL(0.5, grow_init="ones")
+    with pytest.raises(ValueError, match="must not come after end"):
+        SET(0.5, begin=0.8, end=0.5)
+    with pytest.raises(ValueError, match="timing must be one of"):
+        RigL(0.5, timing="before")
+    assert {"begin", "grow_init", "timing"} <= set(registry.get("rigl").options())
+    assert {"begin", "grow_init"} <= set(registry.get("dsr").options())
+
+
 # --- SET ------------------------------------------------------------------------------------
 
 

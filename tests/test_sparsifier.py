@@ -192,6 +192,14 @@ def test_bad_prepare_arguments_are_refused(bad, match):
         Sparsifier(build("gmp")).prepare(model, **args)
 
 
+def test_a_method_that_replaces_optimizer_steps_is_refused_before_training():
+    model = make_model()
+    rigl = sl.registry.get("rigl")(0.5, timing="reference")
+    with pytest.raises(ValueError, match="timing='after_step'"):
+        Sparsifier(rigl).prepare(model, optimizer_for(model), epochs=1, steps_per_epoch=4)
+    assert sl.masks.get_mask(model, "0.weight") is None  # refused before any mask
+
+
 def test_only_callbacks_are_driven():
     with pytest.raises(TypeError, match="training method or regularizer"):
         Sparsifier("rigl")

@@ -115,6 +115,42 @@ def test_callback_hooks_run_in_order_with_step_counts():
     assert [row["step"] for row in trainer.history] == [3, 6]
 
 
+def test_a_skipped_step_leaves_weights_scheduler_and_step_count_alone():
+    data = blobs(n=12)  # 3 batches of 4, 2 epochs
+
+    class SkipEveryOther(Callback):
+        def __init__(self):
+            self.batches, self.ends, self.seen = 0, [], []
+
+        def on_step_begin(self, trainer):
+            self.before = [p.detach().clone() for p in trainer.model.parameters()]
+
+        def on_after_backward(self, trainer):
+            self.batches += 1
+            trainer.skip_step = self.batches % 2 == 1  # batches 1, 3, 5 skip
+
+        def on_step_end(self, trainer):
+            self.ends.append(trainer.step)
+
+        def on_epoch_end(self, trainer):
+            after = [p.detach() for p in trainer.model.parameters()]
+            self.seen.append(
+                any(not torch.equal(a, b) for a, b in zip(after, self.before, strict=True))
+            )
+
+    skip = SkipEveryOther()
+    trainer = Trainer(
+        tiny_model(), loader(data, 4), epochs=2, lr_schedule="cosine", callbacks=[skip]
+    )
+    trainer.fit()
+    assert trainer.skipped_steps == 3 and trainer.step == 3  # 6 batches, 3 steps taken
+    assert skip.ends == [1, 2, 3]  # on_step_end only after a real step
+    assert trainer.scheduler.last_epoch == 3  # the schedule follows the steps taken
+    # epoch 1 ends on batch 3 (skipped: unchanged), epoch 2 on batch 6 (stepped: changed)
+    assert skip.seen == [False, True]
+    assert not trainer.skip_step  # the flag is reset for the next batch
+
+
 class StopAt(Callback):
     def __init__(self, step):
         self.at = step

@@ -26,7 +26,10 @@ very sparse deep net starts with almost no signal.
 
 Optimizer state follows the masks (see :func:`sparsity_lab.scheduled.change_masks`): a
 dropped weight is zeroed and loses its momentum or Adam moments, a grown weight starts at
-zero with none, and the number of weights kept is exact after every update.  Top-KAST and
+zero (or at ``grow_init``'s draw) with none, and the number of weights kept is exact after
+every update.  Updates run from ``begin`` to ``end`` (fractions of training); the step
+numbers are ``begin_step`` and ``end_step`` once training starts, and ``last_scores`` holds
+the drop and grow scores of the latest update for inspection.  Top-KAST and
 DPF are different by design: they keep dense weights and let masked ones come back with
 their values.
 """
@@ -48,6 +51,10 @@ from ..train import Trainer
 from .base import TrainingMethod, apportion, check_fraction, n_active
 
 DECAYS = ("cosine", "linear", "constant")
+#: How a newly grown weight starts: at zero (every method's paper), or drawn like
+#: google-research/rigl's ``random_normal`` (std of the layer's surviving weights) and
+#: ``random_uniform`` (within +-their mean ``|w|``).
+GROW_INITS = ("zeros", "random_normal", "random_uniform")
 
 
 def decayed_fraction(step: int, initial: float, end_step: int, decay: str = "cosine") -> float:
@@ -153,8 +160,12 @@ class DynamicSparse(StaticSparse):
     ``drop_fraction`` of each layer's kept weights are dropped and as many grown; the
     fraction decays with ``decay`` (``cosine``, ``linear`` or ``constant``) to 0 at ``end``.
     ``update_frequency="epoch"`` updates once per epoch; ``None`` takes the method's
-    default.  Subclasses say what to drop and grow
-    (:meth:`drop_scores`, :meth:`grow_scores`, higher = keep / grow first).
+    default.  ``begin`` (a fraction of training, 0 by default) delays the first update to
+    step ``begin_step``; the fraction then decays over ``begin_step .. end_step``.
+    ``grow_init`` says how grown weights start (:data:`GROW_INITS`).  Subclasses say what to
+    drop and grow (:meth:`drop_scores`, :meth:`grow_scores`, higher = keep / grow first);
+    after each update ``last_scores`` holds ``{"step", "drop", "grow"}``, the scores of
+    every layer, for inspection.
     """
 
     supported_patterns = ("unstructured",)
@@ -174,6 +185,8 @@ class DynamicSparse(StaticSparse):
         decay: str | None = None,
         update_frequency: int | str | None = None,
         end: float = 0.75,
+        begin: float = 0.0,
+        grow_init: str = "zeros",
         rescale_init: bool = True,
         **common: Any,
     ) -> None:
@@ -196,20 +209,31 @@ class DynamicSparse(StaticSparse):
             )
         self.update_frequency = update_frequency
         self.end = check_fraction("end", end)
+        self.begin = check_fraction("begin", begin)
+        if self.begin > self.end:
+            raise ValueError(f"begin ({begin}) must not come after end ({end})")
+        if grow_init not in GROW_INITS:
+            raise ValueError(f"grow_init must be one of {', '.join(GROW_INITS)}, got {grow_init!r}")
+        self.grow_init = grow_init
 
     def on_train_begin(self, trainer: Trainer) -> None:
         per_epoch = max(1, trainer.total_steps // trainer.epochs)
         self.frequency = per_epoch if self.update_frequency == "epoch" else self.update_frequency
+        self.begin_step = round(self.begin * trainer.total_steps)
         self.end_step = round(self.end * trainer.total_steps)
+        self.last_scores: dict[str, Any] = {}
         super().on_train_begin(trainer)
 
     def is_update_step(self, step: int) -> bool:
         """Whether the masks change after optimizer step number ``step``."""
-        return step > 0 and step % self.frequency == 0 and step < self.end_step
+        since = step - self.begin_step
+        return since > 0 and since % self.frequency == 0 and step < self.end_step
 
     def fraction_at(self, step: int) -> float:
-        """The drop fraction after step ``step`` (see :func:`decayed_fraction`)."""
-        return decayed_fraction(step, self.drop_fraction, self.end_step, self.decay)
+        """The drop fraction after step ``step`` (see :func:`decayed_fraction`), decayed
+        over the steps from ``begin_step`` to ``end_step``."""
+        span = self.end_step - self.begin_step
+        return decayed_fraction(step - self.begin_step, self.drop_fraction, span, self.decay)
 
     def on_step_end(self, trainer: Trainer) -> None:
         if self.is_update_step(trainer.step):
@@ -225,6 +249,24 @@ class DynamicSparse(StaticSparse):
         """Scores of the free positions; the highest are grown."""
         raise NotImplementedError
 
+    def grown_values(
+        self, trainer: Trainer, name: str, surviving: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Start values for the weights grown in ``name`` (``None``: zeros), drawn from the
+        statistics of its ``surviving`` weights as ``grow_init`` says."""
+        if self.grow_init == "zeros":
+            return None
+        weight = masks.dense_weight(trainer.model, name).detach()
+        kept = weight[surviving.bool()].double()
+        if self.grow_init == "random_normal":
+            std = float(kept.std()) if kept.numel() > 1 else 0.0
+            draw = torch.randn(weight.shape, generator=self._generator, dtype=torch.float64) * std
+        else:
+            bound = float(kept.abs().mean()) if kept.numel() else 0.0
+            unit = torch.rand(weight.shape, generator=self._generator, dtype=torch.float64)
+            draw = (2 * unit - 1) * bound
+        return draw.to(device=weight.device, dtype=weight.dtype)
+
     def plan(self, trainer: Trainer, names: list[str], fraction: float) -> dict[str, tuple]:
         """``{name: (n_drop, n_grow)}``; by default each layer regrows what it dropped."""
         plan = {}
@@ -239,19 +281,27 @@ class DynamicSparse(StaticSparse):
         model, names = trainer.model, self.masked_names(trainer.model)
         fraction = self.fraction_at(trainer.step)
         plan = self.plan(trainer, names, fraction)
-        dropped, final = {}, {}
+        old, dropped, final = {}, {}, {}
+        drop_scores, grow_scores = {}, {}
         for n in names:
             n_drop, n_grow = plan[n]
+            old[n] = masks.get_mask(model, n).bool().clone()
+            drop_scores[n] = self.drop_scores(trainer, n).detach().clone()
+            grow_scores[n] = self.grow_scores(trainer, n).detach().clone()
             dropped[n], final[n] = prune_and_grow(
-                masks.get_mask(model, n),
-                self.drop_scores(trainer, n),
-                self.grow_scores(trainer, n),
-                n_drop,
-                n_grow,
+                old[n], drop_scores[n], grow_scores[n], n_drop, n_grow
             )
+        self.last_scores = {"step": trainer.step, "drop": drop_scores, "grow": grow_scores}
         if self.regrown_restart:  # two steps: an entry dropped and grown again restarts
             change_masks(model, dropped, trainer.optimizer)
+            old = dropped
+        starts = {n: self.grown_values(trainer, n, dropped[n]) for n in names}
         change_masks(model, final, trainer.optimizer)
+        with torch.no_grad():
+            for n in names:
+                fresh = final[n] & ~old[n]  # a position new to the mask, restarted
+                if starts[n] is not None:
+                    masks.dense_weight(model, n)[fresh] = starts[n][fresh]
         self.log.append(
             {
                 "step": trainer.step,
@@ -297,18 +347,52 @@ class RigL(DynamicSparse):
     google-research/rigl, grown positions outside the old mask start at zero with no
     optimizer state, while a weight dropped and grown back in the same update keeps its value
     and momentum.  Between updates the gradient is sparse; only update steps compute the
-    dense one.  Unstructured; ERK budget.  One difference to the reference code: the masks
-    change after optimizer steps ``f, 2f, ...``; the reference starts at step 0 and, on an
-    update iteration, changes the masks instead of taking the optimizer step.
+    dense one.  Unstructured; ERK budget.
+
+    ``timing`` says when the masks change.  ``"after_step"`` (the default): after optimizer
+    steps ``begin_step + f, + 2f, ...`` below ``end_step``, on the dense gradient of the batch
+    just stepped on.  ``"reference"`` does as google-research/rigl's ``SparseRigLOptimizer``:
+    an update iteration is one whose optimizer-step count ``t`` satisfies
+    ``begin_step <= t <= end_step`` and ``t >= last update + f`` (so the first is at
+    ``begin_step``, step 0 by default), and on it the mask update *replaces* the optimizer
+    step (``trainer.skip_step``): the batch's dense gradient only chooses what grows, and
+    the step count does not advance, as the reference's global step does not.  Differences
+    that remain in both timings: the reference adds ``N(0, 1e-5)`` noise to the drop scores
+    where ties here go to the lower index, and its cosine decay runs on the global step over
+    ``end_step - begin_step`` steps, where here it runs from ``begin_step`` (the same when
+    ``begin_step`` is 0).
     """
 
     name = "rigl"
     regrown_restart = False
+    TIMINGS = ("after_step", "reference")
+
+    def __init__(self, sparsity: float, *, timing: str = "after_step", **options: Any) -> None:
+        super().__init__(sparsity, **options)
+        if timing not in self.TIMINGS:
+            raise ValueError(f"timing must be one of {', '.join(self.TIMINGS)}, got {timing!r}")
+        self.timing = timing
+
+    @property
+    def skips_optimizer_steps(self) -> bool:
+        """Whether some batches update the masks instead of stepping (reference timing)."""
+        return self.timing == "reference"
 
     def on_train_begin(self, trainer: Trainer) -> None:
         super().on_train_begin(trainer)
         self._grads: dict[str, torch.Tensor] = {}
         self._dense_step = False
+        self._last_update: int | None = None
+
+    def is_update_iteration(self, step: int) -> bool:
+        """Reference timing: whether the batch at optimizer-step count ``step`` updates the
+        masks instead of stepping."""
+        due = self._last_update is None or step >= self._last_update + self.frequency
+        return self.begin_step <= step <= self.end_step and due
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if self.timing == "after_step":
+            super().on_step_end(trainer)
 
     def _set_dense_grad(self, model, flag: bool) -> None:
         for n in self.masked_names(model):
@@ -316,7 +400,10 @@ class RigL(DynamicSparse):
 
     def on_step_begin(self, trainer: Trainer) -> None:
         # Only the steps that end in an update pay for the dense gradient.
-        self._dense_step = self.is_update_step(trainer.step + 1)
+        if self.timing == "reference":
+            self._dense_step = self.is_update_iteration(trainer.step)
+        else:
+            self._dense_step = self.is_update_step(trainer.step + 1)
         if self._dense_step:
             self._set_dense_grad(trainer.model, True)
 
@@ -329,6 +416,10 @@ class RigL(DynamicSparse):
             self._grads[n] = param.grad.detach().abs().clone()
             param.grad.mul_(masks.get_mask(model, n))  # the update itself stays sparse
         self._set_dense_grad(model, False)
+        if self.timing == "reference":
+            self.update(trainer)
+            self._last_update = trainer.step
+            trainer.skip_step = True
 
     def grow_scores(self, trainer: Trainer, name: str) -> torch.Tensor:
         return self._grads[name]

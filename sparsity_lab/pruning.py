@@ -123,7 +123,25 @@ def prune(
             "'uniform'",
             stacklevel=2,
         )
+    if pat.name == "channel":
+        _warn_uncoupled(model)
     return model
+
+
+def _warn_uncoupled(model: nn.Module) -> None:
+    """Warn when a channel prune split a coupled space (shrink then keeps those channels)."""
+    from . import shrink
+
+    split = shrink.uncoupled_channels(model)
+    if split:
+        where = ", ".join(f"{name!r} ({n})" for name, n in split.items())
+        warnings.warn(
+            f"pattern='channel' pruned different channels in the layers that share a coupled "
+            f"space (a residual stream or a concatenation): {where}.  shrink removes only "
+            f"the channels every one of them drops, so those stay in the shrunk model; "
+            f"prune with coupled=True to remove whole groups",
+            stacklevel=3,
+        )
 
 
 def sparsity(model: nn.Module, names: Iterable[str] | None = None) -> float:

@@ -1204,6 +1204,7 @@ def prune_coupled(
     dense_grad: bool = False,
     seed: int = 0,
     example_input: torch.Tensor | None = None,
+    group_members: str = "writers",
     **options: Any,
 ) -> dict[str, torch.Tensor]:
     """Prune groups that span several tensors, in place, so :func:`shrink` can remove them.
@@ -1225,14 +1226,23 @@ def prune_coupled(
 
     ``sparsity`` counts groups, not parameters.  Scores come from criterion ``method``
     (``options`` go to its constructor, ``data`` to its context) and are reduced with
-    ``reduction``.  Masks only shrink: groups pruned before stay pruned.  Returns the new
-    keep-masks by tensor name.  ``example_input`` is needed only to trace a model that is
-    neither bundled nor an ``nn.Sequential`` and has no ``input_shape`` (see
-    :func:`structure`).
+    ``reduction``.  ``group_members`` says which elements score a channel: ``"writers"``
+    (the default) the rows that write it; ``"all"`` also the columns that read it and the
+    scales of the BatchNorm that normalises it, every element of the group, as Torch-Pruning
+    scores a dependency group (it reduces each member to a norm and averages the members;
+    here the reduction runs over all the group's elements at once).  Heads and layers are
+    always scored on all their members.  Masks only shrink: groups pruned before stay
+    pruned.  Returns the new keep-masks by tensor name.  ``example_input`` is needed only
+    to trace a model that is neither bundled nor an ``nn.Sequential`` and has no
+    ``input_shape`` (see :func:`structure`).
     """
     check_sparsity(sparsity)
+    if group_members not in GROUP_MEMBERS:
+        raise ValueError(
+            f"group_members must be one of {', '.join(GROUP_MEMBERS)}, got {group_members!r}"
+        )
     found = structure(model, example_input)
-    groups = _coupled_groups(model, found, granularity)
+    groups = _coupled_groups(model, found, granularity, group_members)
     names = list(dict.fromkeys(m.name for part in groups for g in part for m in g))
     if not names:
         raise ValueError(f"{type(model).__name__} has no {granularity} groups to prune")
@@ -1244,7 +1254,8 @@ def prune_coupled(
         scores = criterion.scores(model, names, context)
     current = {n: _keep_of(model, n) for n in names}
 
-    new_masks = {n: current[n].clone() for n in names}
+    masked = dict.fromkeys(m.name for part in groups for g in part for m in g if m.masked)
+    new_masks = {n: current[n].clone() for n in masked}
     for part in groups:  # one ranking per part: a space, or the whole model
         group_scores = []
         for members in part:
@@ -1252,7 +1263,7 @@ def prune_coupled(
             elements = torch.cat(
                 [scores[m.name].detach().double()[m.index].flatten() for m in scored]
             )
-            alive = any(bool(current[m.name][m.index].any()) for m in scored)
+            alive = any(bool(current[m.name][m.index].any()) for m in scored if m.masked)
             g = reduce_groups(elements.reshape(1, -1), reduction)[0]
             if granularity == "layer":  # blocks differ in size: compare per element
                 g = g / per_element(reduction, elements.numel())
@@ -1264,10 +1275,33 @@ def prune_coupled(
         for members, kept in zip(part, keep.tolist(), strict=True):
             if not kept:
                 for m in members:
-                    new_masks[m.name][m.index] = False
+                    if m.masked:
+                        new_masks[m.name][m.index] = False
     for n, keep in new_masks.items():
         masks.attach(model, n, keep, dense_grad=dense_grad)
     return new_masks
+
+
+def uncoupled_channels(model: nn.Module) -> dict[str, int]:
+    """Coupled spaces whose writers were pruned on different channels: ``{space: n}``, the
+    ``n`` channels pruned in some writers but not all, which :func:`shrink` must keep.
+
+    Empty when no space has several writers or the model's structure cannot be found
+    (an untraceable model; :func:`shrink` says why when it is called).
+    """
+    try:
+        found = structure(model)
+    except Exception:  # any reason the structure is unknown: nothing to say here
+        return {}
+    split = {}
+    for s in found.spaces:
+        if s.fixed or len(s.writers) < 2:
+            continue
+        pruned = torch.stack([_rows_zero(model.get_submodule(w)) for w in s.writers])
+        n = int((pruned.any(0) & ~pruned.all(0)).sum())
+        if n:
+            split[s.name] = n
+    return split
 
 
 def _keep_of(model: nn.Module, name: str) -> torch.Tensor:
@@ -1280,18 +1314,27 @@ def _keep_of(model: nn.Module, name: str) -> torch.Tensor:
 class _Member(NamedTuple):
     """Part of a coupled group: the elements ``index`` of tensor ``name``.
 
-    ``scored``: whether its scores count in the group's score (a channel is scored on the
-    rows that write it; the columns that read it go with it).
+    ``scored``: whether its scores count in the group's score (by default a channel is
+    scored on the rows that write it; the columns that read it go with it).  ``masked``:
+    whether pruning the group masks it (a BatchNorm scale only scores).
     """
 
     name: str
     index: Any
     scored: bool = True
+    masked: bool = True
 
 
-def _coupled_groups(model: nn.Module, found: Structure, granularity: str) -> list[list[list]]:
+#: Which elements score a coupled channel (see :func:`prune_coupled`).
+GROUP_MEMBERS = ("writers", "all")
+
+
+def _coupled_groups(
+    model: nn.Module, found: Structure, granularity: str, group_members: str = "writers"
+) -> list[list[list]]:
     """Parts (one ranking each), each a list of groups, each a list of :class:`_Member`."""
     if granularity == "channel":
+        every = group_members == "all"
         parts = []
         for s in found.spaces:
             if s.fixed or not s.writers:
@@ -1302,7 +1345,12 @@ def _coupled_groups(model: nn.Module, found: Structure, granularity: str) -> lis
                 for r, k in s.readers:
                     start = s.offsets.get(r, 0) + c * k
                     columns = (slice(None), slice(start, start + k))
-                    members.append(_Member(f"{r}.weight", columns, scored=False))
+                    members.append(_Member(f"{r}.weight", columns, scored=every))
+                if every:  # the scales of each affine BatchNorm of the space
+                    for n in s.norms:
+                        if getattr(model.get_submodule(n), "weight", None) is not None:
+                            at = s.offsets.get(n, 0) + c
+                            members.append(_Member(f"{n}.weight", at, masked=False))
                 groups.append(members)
             parts.append(groups)
         return parts

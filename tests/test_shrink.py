@@ -489,3 +489,53 @@ def test_the_plan_names_the_removed_channels():
     sl.masks.attach(model, "conv1.weight", keep)
     row = shrink.plan(model).set_index("group").loc["conv1"]
     assert row["indices"] == [2, 5] and row["removed"] == 2
+
+
+def test_group_members_all_scores_a_channel_on_its_rows_columns_and_batchnorm_scale():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 2.0)
+        model[0].weight[0] *= 0.01  # channel 0: the weakest rows, the strongest column
+        model[3].weight[:, 0] = 50.0
+    w0, gamma, w3 = (
+        t.detach().double() for t in (model[0].weight, model[1].weight, model[3].weight)
+    )
+    # by hand: the L2 norm of every element of the group
+    score = (w0.pow(2).sum(1) + gamma.pow(2) + w3.pow(2).sum(0)).sqrt()
+    expected = sorted(torch.argsort(score, stable=True)[:4].tolist())
+    writers = copy.deepcopy(model)
+    new = shrink.prune_coupled(model, "channel", 0.5, group_members="all")
+    assert sorted(torch.nonzero(~new["0.weight"].any(1)).flatten().tolist()) == expected
+    assert 0 not in expected  # its column saves it
+    assert torch.equal(~new["3.weight"].any(0), ~new["0.weight"].any(1))  # readers go too
+    assert masks.get_mask(model, "1.weight") is None  # the scale scores, it is not masked
+    by_rows = shrink.prune_coupled(writers, "channel", 0.5)
+    assert not bool(by_rows["0.weight"][0].any())  # scored on its rows alone, it goes
+    with pytest.raises(ValueError, match="group_members must be one of"):
+        shrink.prune_coupled(copy.deepcopy(writers), "channel", 0.5, group_members="rows")
+
+
+def test_a_channel_prune_that_splits_a_residual_stream_warns_and_counts_the_split():
+    model = build("resnet_small")
+    with pytest.warns(UserWarning, match="prune with coupled=True") as caught:
+        sl.prune(model, "magnitude", 0.3, pattern="channel", budget="uniform")
+    split = shrink.uncoupled_channels(model)
+    found = shrink.structure(model)
+    for s in found.spaces:  # independently: rows zero in some writers but not all
+        if len(s.writers) < 2:
+            continue
+        zero = torch.stack(
+            [(model.get_submodule(w).weight == 0).flatten(1).all(1) for w in s.writers]
+        )
+        n = int((zero.any(0) & ~zero.all(0)).sum())
+        assert split.get(s.name, 0) == n, s.name
+        if n:
+            assert f"{s.name!r} ({n})" in str(caught[-1].message)
+    assert split
+    coupled = build("resnet_small")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sl.prune(coupled, "magnitude", 0.3, pattern="channel", coupled=True)
+        sl.prune(build("lenet5"), "magnitude", 0.3, pattern="channel", budget="uniform")
+    assert shrink.uncoupled_channels(coupled) == {}

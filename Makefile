@@ -24,7 +24,7 @@ SMOKE_BUDGET_S := 60
 # The steps of `make test` depend on each other's outputs: never run them side by side.
 .NOTPARALLEL:
 .DEFAULT_GOAL := help
-.PHONY: help install book test lint unit smoke nbval book-strict lab clean clean-all
+.PHONY: help install book test lint unit smoke nbval book-strict browser lab clean clean-all
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,7 +47,7 @@ book: $(INSTALLED) ## execute every notebook (full, re-using the cache) and buil
 	$(BIN)/jupyter-book build book
 	@echo "The book is in book/_build/html/index.html"
 
-test: lint unit smoke nbval book-strict ## all the checks of CI, in order
+test: lint unit smoke nbval book-strict browser ## all the checks of CI, in order
 
 lint: $(INSTALLED) ## ruff lint and format check
 	$(BIN)/ruff check .
@@ -80,6 +80,19 @@ book-strict: $(INSTALLED) ## build the book from scratch with warnings as errors
 		(echo "book: MathJax is not in book/_build/html/_static" && exit 1)
 	@! grep -rlq --include=*.html "cdn.jsdelivr.net/npm/mathjax" book/_build/html || \
 		(echo "book: a page loads MathJax from a CDN" && exit 1)
+
+# The built book as a reader's browser shows it: headless Chromium at phone and desktop
+# widths, offline (tests/book_in_browser.py).  Chromium comes from the system's packages:
+# as root (CI, a container) a missing one is installed; otherwise the step says how.
+CHROMIUM ?= /usr/bin/chromium
+
+browser: $(INSTALLED) ## open the built book in headless Chromium: chapter drawer, offline formulas
+	@test -x $(CHROMIUM) || test "$$(id -u)" != 0 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium >/dev/null)
+	@test -x $(CHROMIUM) || (echo "browser: no Chromium at $(CHROMIUM); install it" \
+		"(apt-get install chromium) or pass CHROMIUM=/path/to/chromium" && exit 1)
+	CHROMIUM=$(CHROMIUM) $(BIN)/python tests/book_in_browser.py book/_build/html
 
 # JupyterLab reads overrides.json of its environment: a double-click opens a .py notebook
 # as a notebook (jupytext's viewer), not in the text editor.

@@ -263,7 +263,46 @@ def execute_notebook(source: Path, *, smoke: bool, cwd: Path | None = None):
         if "injected-parameters" in tags and "remove-cell" not in tags:
             # papermill's scaffolding: the book shows the parameters cell, not this one
             cell.metadata["tags"] = [*tags, "remove-cell"]
+    describe_figures(executed)
     return executed
+
+
+# The texts a plotting call puts on a figure: titles and axis labels, as string literals.
+_FIGURE_TEXT = re.compile(
+    r"""(?:set_title|suptitle|set_xlabel|set_ylabel|xlabel|ylabel|title)\s*[(=]\s*"""
+    r"""(f?)(["'])(.*?)(?<!\\)\2"""
+)
+
+
+def figure_alt(source: str, heading: str) -> str:
+    """Alt text for the figures a code cell draws: its section and the titles and axis
+    labels written in its source (an f-string's fields shown as "...")."""
+    texts: list[str] = []
+    for is_f, _, text in _FIGURE_TEXT.findall(source):
+        text = (re.sub(r"\{[^{}]*\}", "...", text) if is_f else text).strip()
+        if text and text not in texts:
+            texts.append(text)
+    alt = f"Figure of the section '{heading}'"
+    return f"{alt}: {'; '.join(texts[:4])}" if texts else alt
+
+
+def describe_figures(notebook) -> None:
+    """Give every code cell that shows an image alt text for the book (myst-nb's
+    ``image`` options), instead of the image's file path."""
+    heading = "Introduction"
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            found = _HEADING.findall(cell.source)  # (hashes, title) pairs
+            heading = found[-1][1] if found else heading
+            continue
+        images = any(
+            mime.startswith("image/")
+            for output in cell.get("outputs", [])
+            for mime in output.get("data", {})
+        )
+        if cell.cell_type == "code" and images:
+            options = cell.metadata.setdefault("mystnb", {}).setdefault("image", {})
+            options["alt"] = figure_alt(cell.source, heading)
 
 
 def _describe(error: BaseException) -> str:

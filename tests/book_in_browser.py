@@ -99,6 +99,11 @@ def check(root: Path, chromium: str) -> list[str]:
         assert visible_links(page) == shown, "the button did not show the sidebar again"
         assert not errors, f"script errors at {DESKTOP}px: {errors}"
         report.append(f"{DESKTOP}px: the button hides and shows the {shown} chapter links")
+        # every figure says what it shows, not where its file is
+        alts = page.locator("main img").evaluate_all("images => images.map(i => i.alt)")
+        bare = [a for a in alts if not a or a.endswith((".png", ".svg", ".jpg"))]
+        assert alts and not bare, f"{len(bare)} of {len(alts)} figures have no alt text: {bare[:3]}"
+        report.append(f"{CHAPTER}: {len(alts)} figures, each with alt text")
         # a formula, typeset offline
         math = page_with_math(root)
         page, errors = offline_page(browser, base, PHONE)

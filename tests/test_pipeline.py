@@ -264,3 +264,31 @@ def test_environment_digest_follows_only_what_the_notebooks_run_on(monkeypatch):
     assert pipeline.environment_digest() == before
     installed["traitlets"] = Dist("5.2")  # the kernel's dependency changed
     assert pipeline.environment_digest() != before
+
+
+def test_figures_get_alt_text_from_their_section_and_their_titles():
+    nbformat = pytest.importorskip("nbformat")
+    image = nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo="})
+    plot = nbformat.v4.new_code_cell(
+        'ax.set_title(f"accuracy at {s:.0%}")\nax.set_xlabel("sparsity")\nax.set_title("again")'
+    )
+    plot.outputs = [image]
+    bare = nbformat.v4.new_code_cell("plt.plot(x)")
+    bare.outputs = [image]
+    text_only = nbformat.v4.new_code_cell('print("no figure")')
+    notebook = nbformat.v4.new_notebook(
+        cells=[
+            plot,
+            nbformat.v4.new_markdown_cell("# Title\n\nintro\n\n## Sweeps\n\ntext"),
+            bare,
+            text_only,
+        ]
+    )
+    pipeline.describe_figures(notebook)
+    alt = [c.metadata.get("mystnb", {}).get("image", {}).get("alt") for c in notebook.cells]
+    assert alt == [
+        "Figure of the section 'Introduction': accuracy at ...; sparsity; again",
+        None,
+        "Figure of the section 'Sweeps'",
+        None,
+    ]

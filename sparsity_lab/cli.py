@@ -15,8 +15,9 @@ import argparse
 import ast
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -234,6 +235,66 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_defaults(
+    sub: argparse.ArgumentParser, path: str, error: Callable[[str], None]
+) -> dict[str, Any]:
+    """The options of a YAML recipe file as defaults of subcommand ``sub``.
+
+    Keys are the subcommand's option names (``finetune-epochs`` or ``finetune_epochs``);
+    values are YAML scalars or lists, checked as the command line checks them; training
+    methods' options go under ``options:`` as a mapping.  Read with ``yaml.safe_load``.
+    """
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f)
+    except OSError as err:
+        error(f"--recipe {path}: {err.strerror}")
+    except yaml.YAMLError as err:
+        error(f"--recipe {path} is not valid YAML: {err}")
+    if not isinstance(recipe, dict):
+        error(f"--recipe {path} must be a mapping of option: value, got {type(recipe).__name__}")
+    actions = {a.dest: a for a in sub._actions if a.option_strings and a.dest != "help"}
+    allowed = sorted(d.replace("_", "-") for d in actions if d != "recipe")
+    defaults: dict[str, Any] = {}
+    for key, value in recipe.items():
+        dest = str(key).replace("-", "_")
+        if dest == "options" and "option" in actions:
+            if not isinstance(value, dict):
+                error(f"--recipe {path}: options must be a mapping, e.g. drop_fraction: 0.3")
+            defaults["option"] = list(value.items())
+            continue
+        if dest not in actions or dest == "recipe":
+            error(f"--recipe {path}: unknown option {key!r}; it accepts {', '.join(allowed)}")
+        action = actions[dest]
+        if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
+            if not isinstance(value, bool):
+                error(f"--recipe {path}: {key} must be true or false, got {value!r}")
+        elif action.nargs == "*":
+            value = [str(v) for v in (value if isinstance(value, list) else [value])]
+        elif value is not None:
+            try:
+                value = action.type(str(value)) if action.type else str(value)
+            except (argparse.ArgumentTypeError, ValueError) as err:
+                error(f"--recipe {path}: {key}: {err}")
+            if action.choices is not None and value not in action.choices:
+                error(f"--recipe {path}: {key} must be one of {', '.join(action.choices)}")
+        defaults[dest] = value
+        action.required = False  # given by the recipe; the command line may still override
+    return defaults
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``argv`` (``--flag value`` or ``--flag=value``), or None."""
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg[len(flag) + 1 :]
+    return None
+
+
 def _option(text: str) -> tuple[str, object]:
     """``key=value`` with a Python literal value (``0.3``, ``[0.5, 0.9]``, ``True``) or a word."""
     key, sep, value = text.partition("=")
@@ -349,6 +410,12 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+RECIPE_HELP = (
+    "a YAML file of this command's options (e.g. method: magnitude, sparsity: 0.9, "
+    "finetune-epochs: 2); flags given on the command line override it"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and documentation)."""
     from sparsity_lab import data, models
@@ -366,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_list.set_defaults(run=_list)
 
     p = sub.add_parser("prune", help="train (or load), prune, fine-tune and report")
+    p.add_argument("--recipe", default=None, help=RECIPE_HELP)
     p.add_argument("--model", required=True, choices=models.available())
     p.add_argument("--data", required=True, choices=data.available())
     p.add_argument("--method", required=True, help="a criterion, e.g. magnitude or random")
@@ -420,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train from scratch with a training-time method")
     # defaults: the benchmark's LeNet-300-100 on the MNIST subset, so that
     # ``sparsity-lab train --method rigl --sparsity 0.9 --budget erk`` runs as it stands
+    t.add_argument("--recipe", default=None, help=RECIPE_HELP)
     t.add_argument("--model", default="lenet300", choices=models.available())
     t.add_argument("--data", default="mnist", choices=data.available())
     t.add_argument("--method", required=True, help="a training method, e.g. gmp, rigl, acdc")
@@ -458,12 +527,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     b.set_defaults(run=_bench)
+    parser.subcommands = sub.choices  # type: ignore[attr-defined]  # for --recipe
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sparsity-lab`` console script."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # A recipe's options become the defaults of its subcommand (read before parsing, so
+    # that it can give the required ones); flags given on the command line override them.
+    command = next((a for a in argv if not a.startswith("-")), None)
+    recipe = _flag_value(argv, "--recipe")
+    if recipe is not None and command in ("prune", "train"):
+        sub = parser.subcommands[command]
+        sub.set_defaults(**_recipe_defaults(sub, recipe, sub.error))
     args = parser.parse_args(argv)
     if args.command in ("prune", "train"):
         from sparsity_lab import patterns

@@ -484,3 +484,62 @@ def test_evaluate_and_export_refuse_what_does_not_fit(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["export", *base, str(other), "--out", str(tmp_path / "m.onnx"), "--with-masks"])
     assert "--with-masks applies to safetensors" in capsys.readouterr().err
+
+
+# --- recipes in YAML ------------------------------------------------------------------------
+
+
+def test_prune_takes_its_options_from_a_yaml_recipe_and_flags_override_it(capsys, tmp_path):
+    import json
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "model: lenet300\ndata: digits\nmethod: magnitude\nsparsity: 0.8\nepochs: 2\n"
+        "finetune-epochs: 1\nbudget: uniform\ndense: [fc3.weight]\nprogress: false\n"
+        f"cache_dir: {tmp_path / 'cache'}\n"
+    )
+    out = tmp_path / "run.json"
+    assert main(["prune", "--recipe", str(recipe), "--sparsity", "0.7", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert (record["method"], record["budget"]) == ("magnitude", "uniform")  # from the recipe
+    layers = {row["name"]: row for row in record["report"]}
+    assert layers["fc3.weight"]["sparsity"] == 0  # dense: [fc3.weight]
+    assert layers["total"]["sparsity"] == pytest.approx(0.7, abs=1e-3)  # the flag wins
+
+
+def test_train_recipe_carries_the_method_options(capsys, tmp_path):
+    recipe = tmp_path / "rigl.yaml"
+    recipe.write_text(
+        "method: rigl\nsparsity: 0.9\nbudget: erk\nmodel: lenet300\ndata: digits\nepochs: 1\n"
+        "progress: false\noptions:\n  drop_fraction: 0.2\n  timing: reference\n"
+    )
+    assert main(["train", "--recipe", str(recipe)]) == 0
+    assert "with rigl" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: rigl\nsparsity: 0.9\noptions:\n  speed: 2\n")
+    err = _exits_with_usage_error(capsys, ["train", "--recipe", str(bad)])
+    assert "unknown option(s) speed for 'rigl'" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("method: magnitude\nsparsity: 1.5\n", "sparsity must be in [0, 1)"),
+        ("method: magnitude\nspars1ty: 0.9\n", "unknown option 'spars1ty'; it accepts"),
+        ("model: lenet301\n", "model must be one of"),
+        ("no_cache: yes please\n", "no_cache must be true or false"),
+        ("- a list\n", "must be a mapping of option: value"),
+        ("method: [unclosed\n", "is not valid YAML"),
+        ("!!python/object/apply:os.system ['true']\n", "is not valid YAML"),  # safe_load
+    ],
+)
+def test_a_bad_recipe_is_refused_with_the_reason(capsys, tmp_path, text, message):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    err = _exits_with_usage_error(capsys, ["prune", "--recipe", str(recipe)])
+    assert message in err
+
+
+def test_a_missing_recipe_file_is_named(capsys, tmp_path):
+    err = _exits_with_usage_error(capsys, ["prune", "--recipe", str(tmp_path / "none.yaml")])
+    assert "none.yaml" in err and "No such file" in err

@@ -35,7 +35,9 @@ _RC = {
 }
 
 # Static mode draws at most this many panels for the first control.
-_MAX_PANELS = 4
+_MAX_PANELS = 4  # picks from a slider's range, which has too many values to draw
+_MAX_STATIC = 24  # panels a static explorer draws at most (every listed value up to it)
+_MAX_COLUMNS = 6
 
 
 def _package_version() -> str:
@@ -155,15 +157,40 @@ def _default(spec: Any) -> Any:
     return spec[0]
 
 
-def _panel_values(spec: Any) -> list[Any]:
-    """Up to four representative values: evenly spaced picks or a linspace over the range."""
+def _panel_values(spec: Any, most: int = _MAX_STATIC) -> list[Any]:
+    """The values a static figure draws: every listed value (evenly spaced picks past
+    ``most``), or four picks over a range (a linspace snapped to the slider's grid)."""
     if isinstance(spec, tuple):
         picks = [_snap(spec, v) for v in np.linspace(spec[0], spec[1], _MAX_PANELS)]
         return list(dict.fromkeys(picks))  # snapping can merge neighbours; keep the order
     spec = list(spec)
-    if len(spec) <= _MAX_PANELS:
+    if len(spec) <= most:
         return spec
-    return [spec[int(i)] for i in np.linspace(0, len(spec) - 1, _MAX_PANELS).round()]
+    return [spec[int(i)] for i in np.linspace(0, len(spec) - 1, most).round()]
+
+
+def _static_panels(controls: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every panel of a static explorer, as the values of each control, and the controls
+    held at their start value.
+
+    The first control's values run along a row; each combination of the other *listed*
+    controls' values gets its own row, as long as everything fits in :data:`_MAX_STATIC`
+    panels.  Range controls, and listed ones when the grid would be too large, stay at
+    their start value (a live kernel moves them).
+    """
+    first, *others = controls
+    row = _panel_values(controls[first])
+    combos: list[dict[str, Any]] = [{}]
+    held = []
+    for name in others:
+        spec = controls[name]
+        grown = [{**c, name: v} for c in combos for v in spec] if isinstance(spec, list) else []
+        if grown and len(grown) * len(row) <= _MAX_STATIC:
+            combos = grown
+        else:
+            held.append(name)
+            combos = [{**c, name: _default(spec)} for c in combos]
+    return [{**combo, first: value} for combo in combos for value in row], held
 
 
 def _label(value: Any) -> str:
@@ -204,11 +231,13 @@ def explore(draw: Callable[..., None], **controls: Any) -> Any:
     Live kernel: returns an ``ipywidgets.interactive`` widget that calls ``draw`` on a fresh
     figure at each change; end the cell with it so that it is displayed.
 
-    Static (:func:`is_static`): draws one panel per representative value of the FIRST
-    control (up to four), the other controls at their start values, each panel titled
-    ``"name = value"``, and returns None.  The figure stays open, so the inline backend
-    shows it once at the end of the cell; returning it as well would show it twice.  In a
-    plain script call ``plt.show()`` afterwards.
+    Static (:func:`is_static`): draws a panel for every listed value of the FIRST control
+    (four picks over a range) and, in rows, for every combination of the other listed
+    controls' values, up to 24 panels; controls that do not fit, and ranges, stay at their
+    start values and are named in the figure's title.  Each panel is titled ``"name =
+    value"`` (and the row's other values); returns None.  The figure stays open, so the
+    inline backend shows it once at the end of the cell; returning it as well would show it
+    twice.  In a plain script call ``plt.show()`` afterwards.
 
     Example::
 
@@ -232,22 +261,27 @@ def explore(draw: Callable[..., None], **controls: Any) -> Any:
         ws = {name: _widget(name, spec) for name, spec in controls.items()}
         return widgets.interactive(redraw, **ws)
 
-    first, *others = controls
-    fixed = {name: _default(controls[name]) for name in others}
-    values = _panel_values(controls[first])
+    first = next(iter(controls))
+    panels, held = _static_panels(dict(controls))
+    varied = [n for n in controls if n != first and n not in held]
+    columns = min(len(panels), len(_panel_values(controls[first])), _MAX_COLUMNS)
+    rows = -(-len(panels) // columns)
     width, height = mpl.rcParams["figure.figsize"]
     fig, axes = plt.subplots(
-        1,
-        len(values),
-        figsize=(min(width * 0.6 * len(values), 2 * width), height),
+        rows,
+        columns,
+        figsize=(min(width * 0.6 * columns, 2 * width), height * (0.8 * rows if rows > 1 else 1)),
         squeeze=False,
         layout="constrained",
     )
-    for ax, value in zip(axes[0], values, strict=True):
-        draw(ax, **{first: value}, **fixed)
+    for ax, values in zip(axes.flat, panels, strict=False):
+        draw(ax, **values)
         drawn = ax.get_title()
-        label = f"{first} = {_label(value)}"
+        label = ", ".join(f"{n} = {_label(values[n])}" for n in [first, *varied])
         ax.set_title(f"{label}\n{drawn}" if drawn else label)
-    if fixed:
-        fig.suptitle(", ".join(f"{k} = {_label(v)}" for k, v in fixed.items()), fontsize="medium")
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    if held:
+        fixed = ", ".join(f"{n} = {_label(_default(controls[n]))}" for n in held)
+        fig.suptitle(f"{fixed} (change it in a live kernel)", fontsize="medium")
     return None

@@ -128,19 +128,32 @@ def static(monkeypatch):
     monkeypatch.setitem(sys.modules, "ipywidgets", None)
 
 
-def test_static_explore_draws_one_panel_per_value_of_the_first_control(static):
+def test_static_explore_draws_every_listed_value_in_rows_of_the_other_lists(static):
     draw = Recorder()
     result = nb.explore(draw, k=[1, 2, 3, 4, 5, 6, 7], pattern=["a", "b"], s=(0.0, 1.0, 0.1))
     assert result is None  # the inline backend shows the open figure once
     assert len(plt.get_fignums()) == 1
     fig = plt.gcf()
-    # 7 values -> 4 evenly spaced picks, first and last included
+    # every k for every pattern (14 panels); the range s stays at its start, the middle
     assert [values for _, values in draw.calls] == [
-        {"k": k, "pattern": "a", "s": 0.5} for k in (1, 3, 5, 7)
+        {"pattern": p, "s": 0.5, "k": k} for p in "ab" for k in range(1, 8)
     ]
-    assert len(fig.axes) == 4
-    assert [ax for ax, _ in draw.calls] == fig.axes
-    assert [ax.get_title() for ax in fig.axes] == ["k = 1", "k = 3", "k = 5", "k = 7"]
+    drawn = [ax for ax in fig.axes if ax.axison]
+    assert [ax for ax, _ in draw.calls] == drawn and len(drawn) == 14
+    assert drawn[0].get_title() == "k = 1, pattern = a"
+    assert drawn[-1].get_title() == "k = 7, pattern = b"
+    assert fig._suptitle.get_text() == "s = 0.5 (change it in a live kernel)"
+
+
+def test_static_explore_holds_a_list_that_would_make_too_many_panels(static):
+    draw = Recorder()
+    nb.explore(draw, k=list(range(10)), m=list(range(3)))  # 30 panels > 24
+    assert [values for _, values in draw.calls] == [{"m": 0, "k": k} for k in range(10)]
+    assert plt.gcf()._suptitle.get_text() == "m = 0 (change it in a live kernel)"
+    draw = Recorder()
+    nb.explore(draw, k=list(range(40)))  # past 24 values, evenly spaced picks
+    picked = [values["k"] for _, values in draw.calls]
+    assert len(picked) == 24 and picked[0] == 0 and picked[-1] == 39
 
 
 def test_static_explore_short_list_uses_every_value(static):

@@ -91,13 +91,30 @@ def epochs_text(n):
     return f"{n} epoch{'s' if n != 1 else ''}"
 
 
+def same_on_every_seed(row):
+    """True when every paired difference of a row of ``sl.stats.paired`` is exactly 0."""
+    tolerance = sl.stats.SPREAD_TOLERANCE
+    return row["n"] > 1 and row["std"] <= tolerance and abs(row["mean_diff"]) <= tolerance
+
+
+def difference(row, treatment, baseline):
+    """``"a minus b +1.0 points [...]"``, or that the two have the same accuracy on every seed
+    (an interval of zero width around 0 says nothing more)."""
+    if same_on_every_seed(row):
+        return (
+            f"{treatment} and {baseline} have the same test accuracy on each of "
+            f"{int(row['n'])} seeds"
+        )
+    return f"{treatment} minus {baseline} {sl.stats.describe(row)}"
+
+
 # %% [markdown]
 # ## Masks that move: SET and RigL
 #
 # Both methods start from a random mask whose layer densities follow the ERK budget (Evci
 # et al. 2020) and keep the number of weights fixed.  Every half epoch, until three
-# quarters of the training (the papers' end of updates), they drop the smallest weights
-# (RigL a fraction that decays to zero); SET (Mocanu et al. 2018) regrows as many
+# quarters of the training (RigL's end of updates; used for SET too), they drop the
+# smallest weights (RigL a fraction that decays to zero); SET (Mocanu et al. 2018) regrows as many
 # connections uniformly at random, RigL (Evci et al. 2020) regrows those whose *dense*
 # gradient is largest.  The first layer of LeNet-300-100 reads image pixels, so its mask
 # can be drawn as an image: for each pixel, the share of hidden units still connected to
@@ -150,7 +167,9 @@ plt.show()
 
 # %% [markdown]
 # How much moved, and where to?  Some pixels are blank in every training image (the
-# border of the digit frames): a connection reading them can never help.
+# border of the digit frames).  The data are standardised with one global mean and
+# standard deviation, so such a pixel is the same nonzero constant in every image: a
+# connection reading it only duplicates the unit's bias.
 
 # %%
 pixels = t0.bundle.train.tensors[0].flatten(1)
@@ -173,20 +192,24 @@ display(
         f"{blank.float().mean():.0%} of the pixels are always blank; they hold {start:.1%} "
         f"of the initial random connections, {end['set']:.1%} of SET's final ones and "
         f"{end['rigl']:.1%} of RigL's: RigL, which grows where the gradient is large, keeps "
-        f"{fewer} connections on useless pixels than SET, which grows at random (one seed)."
+        f"{fewer} connections on always-blank pixels than SET, which grows at random "
+        "(one seed)."
     )
 )
 
 # %% [markdown]
-# ## Static, SET, RigL and GMP at equal training FLOPs
+# ## Static, SET, RigL and GMP at about equal training FLOPs
 #
 # Gradual magnitude pruning (GMP) starts dense, so its early epochs cost as much as dense
-# training; sparse-from-scratch methods pay only for the kept weights.  To compare at equal
-# cost, GMP trains for `EPOCHS` epochs, its training FLOPs are counted, and each sparse
-# method gets as many epochs as that budget buys (at most `MAX_FLOP_FACTOR` times more),
-# as in the RigL paper's "2x" and "5x" runs.  Each sparse method runs with the ERK and the
-# uniform layer budgets; the static baseline keeps its random mask.  Differences between
-# methods are paired: the same seed gives the same split, initialisation and batch order.
+# training; sparse-from-scratch methods pay only for the kept weights.  To compare at about
+# equal cost, GMP trains for `EPOCHS` epochs, its training FLOPs are counted, and each
+# sparse method gets as many epochs as that budget buys for a fixed mask (at most
+# `MAX_FLOP_FACTOR` times more), as in the RigL paper's "2x" and "5x" runs.  Every training
+# step is counted afterwards, so RigL pays extra for its dense gradients at mask updates;
+# the table gives each method's share of GMP's training FLOPs.  Each sparse method runs
+# with the ERK and the uniform layer budgets; the static baseline keeps its random mask.
+# Differences between methods are paired: the same seed gives the same split,
+# initialisation and batch order.
 
 
 # %%
@@ -203,7 +226,8 @@ def equal_flops(method, budget, seed):
         m, t, flops, _ = fit(gmp, seed, EPOCHS)
         epochs, updates = EPOCHS, 0
     else:
-        # the budget GMP used with the same layer allocation and seed
+        # the budget GMP used with the same layer allocation and seed, spent as by a fixed
+        # mask: RigL's dense-gradient steps are not in it (its measured cost is counted)
         reference = gmp_flops[(budget, seed)]
         affordable = max(1, int(reference // per_epoch_flops(budget, seed)))
         epochs = min(MAX_FLOP_FACTOR * EPOCHS, affordable)
@@ -253,9 +277,16 @@ ax.set_title(f"{SPARSITY:.0%} sparse LeNet-300-100, about GMP's training FLOPs")
 ax.legend(title="budget")
 plt.show()
 cost = flops_results.groupby(["method", "budget"])[["epochs", "train_flops"]].mean()
-cost["x dense training"] = cost["train_flops"] / dense_flops
+gmp_cost = cost.xs("gmp", level="method")["train_flops"]
+cost["x GMP's FLOPs"] = (
+    cost["train_flops"] / gmp_cost.reindex(cost.index.get_level_values("budget")).to_numpy()
+)
+cost[f"x dense FLOPs ({epochs_text(EPOCHS)})"] = cost["train_flops"] / dense_flops
 sl.nb.show_flags(sl.flags.table(flops_results, ["method", "budget"]))
-cost.join(summary.set_index(["method", "budget"])[["mean", "ci_low", "ci_high"]]).round(3)
+accuracy_columns = {"mean": "accuracy", "ci_low": "acc_ci_low", "ci_high": "acc_ci_high"}
+cost.join(
+    summary.set_index(["method", "budget"])[list(accuracy_columns)].rename(columns=accuracy_columns)
+).round(3)
 
 # %%
 # Paired differences (same seed) for the orderings the papers claim, with the ERK budget.
@@ -263,9 +294,14 @@ n_weights = sum(p.numel() for n, p in build(SEED)[1].named_parameters() if n.end
 flop_share = cost["train_flops"].xs("erk", level="budget") / cost.loc[("gmp", "erk"), "train_flops"]
 sparse_epochs = int(cost.loc[("set", "erk"), "epochs"])
 updates = flops_results.groupby("method")["mask_updates"].mean()
+updates_text = (
+    f"{updates['set']:.0f} mask updates per SET/RigL run"
+    if updates["set"] == updates["rigl"]
+    else f"{updates['set']:.0f} (SET) and {updates['rigl']:.0f} (RigL) mask updates per run"
+)
 here = (
     f"LeNet-300-100 ({n_weights:,} weights) on {len(t0.bundle.train):,} {DATA} training "
-    f"images, {epochs_text(sparse_epochs)} and {updates['set']:.0f} mask updates per run"
+    f"images, {epochs_text(sparse_epochs)} and {updates_text}"
 )
 
 
@@ -295,10 +331,13 @@ display(
         f"{means['gmp', 'erk']:.2%} ({len(SEEDS)} seed(s)).  The sparse methods trained "
         f"{epochs_text(sparse_epochs)} against GMP's {EPOCHS}, at {flop_share['set']:.2f}x "
         f"(static, SET) and {flop_share['rigl']:.2f}x (RigL, whose updates need a dense gradient) "
-        f"GMP's training FLOPs.  Paired, uniform budget: SET minus static "
-        f"{sl.stats.describe(dst_diffs['set_beats_static'].set_index('budget').loc['uniform'])}"
-        f"; RigL minus SET "
-        f"{sl.stats.describe(dst_diffs['rigl_beats_set'].set_index('budget').loc['uniform'])}."
+        f"GMP's training FLOPs.  Paired, uniform budget: "
+        + difference(
+            dst_diffs["set_beats_static"].set_index("budget").loc["uniform"], "SET", "static"
+        )
+        + "; "
+        + difference(dst_diffs["rigl_beats_set"].set_index("budget").loc["uniform"], "RigL", "SET")
+        + "."
         "\n\n" + sl.claims.report(dst_verdicts.values())
     )
 )
@@ -320,22 +359,29 @@ acdc_rows, acdc_members = [], []
 #: weights the sparse member keeps (their median is reported beside it).
 NEAR_ZERO = 1e-3
 FITTED = 0.99  # a training accuracy from which the training set counts as fitted
+ANNEALED = 0.1  # a learning rate below this share of its peak counts as annealed
 for seed in SEEDS:
     acdc = registry.get("acdc", "training")(SPARSITY, seed=seed)
     _, dense_model, dense_info = recipes.dense("lenet300", DATA, seed, epochs=ACDC_EPOCHS)
     acdc_epochs = dense_info["recipe"].epochs
     m, t, acdc_flops, history = fit(acdc, seed, acdc_epochs)
     sparse, dense = acdc.pair(m)
-    kept = torch.cat([sl.masks.weight(sparse, n).flatten() for n in sl.masks.masks(sparse)])
+    kept = torch.cat(
+        [sl.masks.weight(sparse, n).detach().flatten() for n in sl.masks.masks(sparse)]
+    )
     regrown = torch.cat(
         [
             dense.get_parameter(n).detach().flatten()[~mask.bool().flatten()]
             for n, mask in sl.masks.masks(sparse).items()
         ]
     )
-    last_dense = max(i for i, p in enumerate(history["phase"]) if p == "dense")
+    end_dense = max(i for i, p in enumerate(history["phase"]) if p == "dense")
+    last_dense = end_dense
     while last_dense > 0 and history["phase"][last_dense - 1] == "dense":
         last_dense -= 1  # back to the first epoch of the last decompressed phase
+    # The largest rate of the last decompressed phase: the history's lr is the rate of an
+    # epoch's last step, so the epoch before the phase gives the rate the phase starts at.
+    lr_last_dense = max(history["lr"][max(last_dense - 1, 0) : end_dense + 1])
     acdc_members.append(
         {
             "seed": seed,
@@ -344,6 +390,8 @@ for seed in SEEDS:
             "kept_median": float(kept[kept != 0].abs().median()),
             "train_accuracy_before_last_dense": history["train_accuracy"][max(last_dense - 1, 0)],
             "train_loss_before_last_dense": history["train_loss"][max(last_dense - 1, 0)],
+            "lr_last_dense": lr_last_dense,
+            "lr_share_last_dense": lr_last_dense / TRAINING["lr"],  # the schedule's peak
         }
     )
     gmp = registry.get("gmp", "training")(SPARSITY, frequency=10, seed=seed)
@@ -383,6 +431,12 @@ acdc_dense_pair = sl.stats.paired(acdc_results, "model", "AC/DC dense", "dense b
 acdc_member_pair = sl.stats.paired(acdc_results, "model", "AC/DC dense", "AC/DC sparse",
                                    metric="accuracy").iloc[0]  # fmt: skip
 members = pd.DataFrame(acdc_members).mean(numeric_only=True)
+# what the runs measured about the last decompressed phase (means over the seeds)
+regrowth_causes = []
+if members["train_accuracy_before_last_dense"] >= FITTED:
+    regrowth_causes.append("training set was already fitted")
+if members["lr_share_last_dense"] <= ANNEALED:
+    regrowth_causes.append(f"learning rate had annealed to {members['lr_last_dense']:.1e}")
 acdc_setting = (
     f"LeNet-300-100 on {DATA}, {SPARSITY:.0%} sparse, {epochs_text(acdc_epochs)} each; AC/DC used "
     f"{acdc_cost['AC/DC sparse'] / acdc_cost['GMP (sparse)']:.2f}x GMP's training FLOPs"
@@ -400,24 +454,31 @@ display(
         f"sparse model {summary_acdc.loc['AC/DC sparse', 'mean']:.2%}, GMP "
         f"{summary_acdc.loc['GMP (sparse)', 'mean']:.2%}; AC/DC's dense model "
         f"{summary_acdc.loc['AC/DC dense', 'mean']:.2%}, the dense model trained with its "
-        f"recipe {summary_acdc.loc['dense baseline', 'mean']:.2%}.  AC/DC's dense member "
-        f"minus the dense model, paired: {sl.stats.describe(acdc_dense_pair)}; minus AC/DC's "
-        f"sparse member: {sl.stats.describe(acdc_member_pair)}.\n\n"
+        f"recipe {summary_acdc.loc['dense baseline', 'mean']:.2%}.  Paired: "
+        + difference(acdc_dense_pair, "AC/DC's dense member", "the dense model")
+        + "; "
+        + difference(acdc_member_pair, "AC/DC's dense member", "its sparse member")
+        + ".\n\n"
         f"How dense is the dense member?  Of the weights the sparse member prunes, "
         f"{members['regrown_near_zero']:.0%} are below {NEAR_ZERO:g} in the dense member "
         f"(median magnitude {members['regrown_median']:.1e}, against "
         f"{members['kept_median']:.2f} for the weights the sparse member keeps; means over "
         f"the seeds).  Before the last decompressed phase the training accuracy was "
         f"{members['train_accuracy_before_last_dense']:.1%} (loss "
-        f"{members['train_loss_before_last_dense']:.1e}).  "
+        f"{members['train_loss_before_last_dense']:.1e}); during that phase the learning "
+        f"rate ({RECIPE.lr_schedule or 'constant'} schedule) was at most "
+        f"{members['lr_last_dense']:.1e}, "
+        f"{members['lr_share_last_dense']:.0%} of its peak.  "
         + (
             (
-                "The training set was already fitted, so little gradient was left, and the "
-                if members["train_accuracy_before_last_dense"] >= FITTED
-                else "The "
+                "The "
+                + " and the ".join(regrowth_causes)
+                + ", so the weights that came back at zero stayed small"
+                if regrowth_causes
+                else "The weights that came back at zero stayed small"
             )
-            + "weights that came back at zero stayed small: here the dense member is "
-            "close to the sparse one, not the dense model the paper describes."
+            + ": here the dense member is close to the sparse one, not the dense model the "
+            "paper describes."
             if members["regrown_near_zero"] > 0.5
             else "The weights that came back grew, so the dense member is dense."
         )
@@ -483,6 +544,51 @@ sl.viz.sparsity_curve(cram_results, x="sparsity", y="accuracy", hue="trainer", a
 ax.set_title("One-shot magnitude pruning + BatchNorm re-estimation, no fine-tuning")
 plt.show()
 sl.nb.show_flags(sl.flags.table(cram_results, ["trainer", "sparsity"]))
+cram_names = {"sgd": "SGD", "cram": "CrAM", "cram_plus": "CrAM+"}
+
+
+def percents(values):
+    """``"50%, 70% and 90%"``."""
+    texts = [f"{v:.0%}" for v in values]
+    return ", ".join(texts[:-1]) + " and " + texts[-1] if len(texts) > 1 else texts[0]
+
+
+flagged_runs = (
+    cram_results.assign(flagged=cram_results["flags"].fillna("").astype(str) != "")
+    .groupby(["trainer", "sparsity"])["flagged"]
+    .agg(["sum", "size"])
+)
+every_run_flagged = [
+    s
+    for s in [0.0, *ONE_SHOT_SPARSITIES]
+    if all(flagged_runs.loc[(t, s), "sum"] == flagged_runs.loc[(t, s), "size"] for t in cram_names)
+]
+other_flags = {
+    t: [
+        f"{s:.0%} ({flagged_runs.loc[(t, s), 'sum']} of {flagged_runs.loc[(t, s), 'size']} runs)"
+        for s in [0.0, *ONE_SHOT_SPARSITIES]
+        if s not in every_run_flagged and flagged_runs.loc[(t, s), "sum"] > 0
+    ]
+    for t in cram_names
+}
+if flagged_runs["sum"].any():
+    beyond = (
+        f", beyond the sparsities CrAM and CrAM+ train for ({percents(CRAM_SPARSITIES)})"
+        if every_run_flagged and min(every_run_flagged) > max(CRAM_SPARSITIES)
+        else ""
+    )
+    elsewhere = "; ".join(f"{cram_names[t]} at {', '.join(v)}" for t, v in other_flags.items() if v)
+    display(
+        Markdown(
+            (
+                f"At {percents(every_run_flagged)} sparsity{beyond}, every run of every "
+                "trainer is flagged (the table gives the checks that fired); "
+                if every_run_flagged
+                else "No sparsity has every run of every trainer flagged; "
+            )
+            + (f"other flagged runs: {elsewhere}." if elsewhere else "no other run is flagged.")
+        )
+    )
 
 # %%
 curve = sl.stats.summarize(cram_results, ["trainer", "sparsity"], "accuracy").pivot(
@@ -499,7 +605,6 @@ cram_here = (
     f"a small ResNet ({cram_weights:,} weights) trained {epochs_text(cram_epochs)} on "
     f"{len(cram_task.bundle.train):,} {CRAM_DATA} images"
 )
-cram_names = {"cram": "CrAM", "cram_plus": "CrAM+"}
 
 
 def cram_pair(trainer, sparsity):
@@ -507,10 +612,17 @@ def cram_pair(trainer, sparsity):
     return sl.stats.paired(part, "trainer", trainer, "sgd", metric="accuracy").iloc[0]
 
 
+# The dense-accuracy claim is tested on the arm its published number is for (CrAM+ in
+# the paper's ImageNet table); the other CrAM variant's dense accuracy is context.
+dense_claim = sl.claims.get("cram_dense_matches_sgd")
+dense_arm = dense_claim.treatment
+context_arm = "cram" if dense_arm == "cram_plus" else "cram_plus"
 cram_verdicts = []
 for trainer in ("cram", "cram_plus"):
     ratio = cram_flops[trainer] / cram_flops["sgd"]
     for key, sparsity in [("cram_dense_matches_sgd", 0.0), ("cram_one_shot_beats_sgd", probe)]:
+        if key == "cram_dense_matches_sgd" and trainer != dense_arm:
+            continue
         row = cram_pair(trainer, sparsity)
         where = "dense" if sparsity == 0 else f"pruned in one shot to {sparsity:.0%}"
         setting = (
@@ -518,14 +630,29 @@ for trainer in ("cram", "cram_plus"):
             f"{cram_names[trainer]} at {ratio:.2f}x SGD's training FLOPs"
         )
         claim = dataclasses.replace(sl.claims.get(key), treatment=trainer)
-        reason = f"Measured on {cram_here}."
-        if key == "cram_dense_matches_sgd" and trainer == "cram":
-            reason += (
-                " CrAM descends with the gradient of the compressed point alone; CrAM+, "
-                "which adds the dense gradient, is "
-                f"{sl.stats.describe(cram_pair('cram_plus', 0.0))} against SGD."
+        status = sl.claims.decide(
+            claim.relation, row["ci_low"], row["ci_high"], int(row["n"]), claim.margin
+        )
+        measured = (
+            f"{cram_names[trainer]} is worse than SGD, though not clearly by more than the "
+            f"claim's margin ({100 * claim.margin:.1f} points)."
+            if row["verdict"] == sl.stats.WORSE
+            and claim.relation == "at_least"
+            and status == sl.claims.INCONCLUSIVE
+            else ""
+        )
+        cram_verdicts.append(
+            sl.claims.judge(
+                claim, row, setting=setting, reason=f"Measured on {cram_here}.", measured=measured
             )
-        cram_verdicts.append(sl.claims.judge(claim, row, setting=setting, reason=reason))
+        )
+dense_context = (
+    f"The dense-accuracy claim's published number ({dense_claim.published}) is for "
+    f"{cram_names[dense_arm]}, so {cram_names[dense_arm]} is tested against it below; "
+    f"{cram_names[context_arm]}'s dense result is context only: paired, "
+    + difference(cram_pair(context_arm, 0.0), f"{cram_names[context_arm]}'s dense model", "SGD's")
+    + "."
+)
 drop = curve.loc[0.0] - curve
 
 
@@ -540,7 +667,8 @@ display(
         f"{curve.loc[0.0, 'cram']:.2%}, CrAM+ {curve.loc[0.0, 'cram_plus']:.2%}.  Pruned in "
         f"one shot to {probe:.0%}, the accuracy changes by {points(-drop.loc[probe, 'sgd'])} "
         f"points for SGD, {points(-drop.loc[probe, 'cram'])} for CrAM and "
-        f"{points(-drop.loc[probe, 'cram_plus'])} for CrAM+.\n\n" + sl.claims.report(cram_verdicts)
+        f"{points(-drop.loc[probe, 'cram_plus'])} for CrAM+.  {dense_context}\n\n"
+        + sl.claims.report(cram_verdicts)
     )
 )
 curve.round(4)
@@ -582,15 +710,23 @@ display(
         + f", and {n_clear} of the {len(ordered_pairs)} neighbouring pairs in that order "
         f"differ clearly (paired intervals: "
         + "; ".join(
-            f"{a} minus {b} {sl.stats.describe(r)}"
+            difference(r, a, b)
             for (a, b), r in zip(zip(order, order[1:], strict=False), ordered_pairs, strict=True)
         )
         + ").\n"
         "- ERK minus the uniform budget, paired: "
-        + "; ".join(f"{m} {sl.stats.describe(r)}" for m, r in budget_pairs.items())
+        + "; ".join(
+            f"{m}: the same test accuracy with both budgets on each of {int(r['n'])} seeds"
+            if same_on_every_seed(r)
+            else f"{m} {sl.stats.describe(r)}"
+            for m, r in budget_pairs.items()
+        )
         + ".\n"
-        f"- AC/DC's dense member minus the recipe's dense model: "
-        f"{sl.stats.describe(acdc_dense_pair)}; of the weights its sparse member prunes, "
+        "- Paired: "
+        + difference(acdc_dense_pair, "AC/DC's dense member", "the recipe's dense model")
+        + "; "
+        + difference(acdc_member_pair, "AC/DC's dense member", "its sparse member")
+        + "; of the weights AC/DC's sparse member prunes, "
         f"{members['regrown_near_zero']:.0%} are below {NEAR_ZERO:g} in the dense member.\n"
         f"- Of {len(all_verdicts)} tests of published claims, "
         + ", ".join(f"{n} {status}" for status, n in counts.items())

@@ -53,8 +53,9 @@ for name, digits in bias.ATTRIBUTES.items():
 # And the measurements on hand-made cases: PIEs of a population of three models, the
 # expected calibration error (ECE) of a known histogram (four predictions at confidence
 # 0.55 with two right, six at 0.95 all right: each bin is off by 0.05), and a label whose
-# scores were shifted down by 0.3 (positives at 0.3, negatives at 0.2), which threshold
-# calibration repairs and threshold 0.5 cannot.
+# scores all sit below 0.5 (positives at 0.3, negatives at 0.2): threshold 0.5 calls every
+# example negative, and threshold calibration repairs it by finding a threshold that
+# separates the two groups.
 
 # %% tags=["nbval-check-output"]
 dense_votes = np.array([[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 1, 3]])
@@ -75,9 +76,10 @@ print("accuracy calibrated:", bias.label_accuracy(shifted[None], truth, th)[0])
 # digits that have it.  (The paper trains one sigmoid output per attribute instead.)
 # Each dense model is pruned by global magnitude to every sparsity and fine-tuned with
 # its mask fixed (`recipes.finetune`), so every sparsity has a population of pruned
-# models, each the child of one dense model.  Every model is scored on the same
-# validation and test examples, those of the first seed's split, which no model trained
-# on (each seed generates its own MNIST-1D draw).
+# models, each the child of one dense model.  The attribute measurements score every
+# model on the same validation and test examples, those of the first seed's split, which
+# no model trained on (each seed generates its own MNIST-1D draw); the digit accuracies
+# below come from each seed's own test split.
 
 # %%
 dense = [recipes.dense("cnn1d", "mnist1d", seed, epochs=EPOCHS) for seed in POPULATION]
@@ -114,27 +116,52 @@ sl.nb.show_flags(flagged)
 
 # %%
 budget = runs[runs["sparsity"] > 0].iloc[0]
-digit_means = runs[runs["sparsity"] > 0].groupby("sparsity")["digit_accuracy"].mean()
+# digit test accuracy, each model on its own seed's test split; the dense models are row 0.0
+digit_means = runs.groupby("sparsity")["digit_accuracy"].mean()
+dense_digit = digit_means.loc[0.0]
+digit_means = digit_means.drop(0.0)
+digit_gaps = (dense_digit - digit_means) * 100  # points below the dense parents (same seeds)
+
+
+def below(points):
+    return f"{points:.1f} points below" if points >= 0 else f"{-points:.1f} points above"
+
+
+if len(digit_gaps) == 1:
+    gap_span = below(digit_gaps.iloc[0])
+elif digit_gaps.min() >= 0:
+    gap_span = f"{digit_gaps.min():.1f} to {digit_gaps.max():.1f} points below"
+else:
+    gap_span = f"between {below(digit_gaps.min())} and {below(digit_gaps.max())}"
 full = recipes.recipe_for("cnn1d", "mnist1d")
 display(
     Markdown(
         f"The {len(dense)} dense models reach {dense_runs['test_accuracy'].mean():.1%} digit "
-        f"test accuracy on average, trained {recipe.epochs} epochs with {recipe.optimizer} "
-        f"at lr {recipe.lr} (the full recipe: {full.epochs} epochs, documented to reach "
-        f"{full.expected_test_accuracy:.0%}).  Each pruned model is fine-tuned "
-        f"{budget['finetune_epochs']} epoch(s) with Adam at lr {FINETUNE_LR} "
+        f"test accuracy (each seed's own test split) on average, trained {recipe.epochs} "
+        f"epochs with {recipe.optimizer} at lr {recipe.lr} (the full recipe: {full.epochs} "
+        f"epochs, documented to reach {full.expected_test_accuracy:.0%}).  Each pruned model "
+        f"is fine-tuned {budget['finetune_epochs']} epoch(s) with Adam at lr {FINETUNE_LR} "
         f"({budget['finetune_flops']:.2e} FLOPs at {budget['sparsity']:.0%}); every sparsity "
         f"gets the same {FINETUNE_EPOCHS}-epoch budget.  After it the pruned models reach "
-        + ", ".join(f"{a:.1%} at {s:.0%}" for s, a in digit_means.items())
-        + " digit accuracy: what follows describes models this budget left "
-        + ("far below" if digit_means.min() < dense_runs["test_accuracy"].mean() - 0.1 else "near")
-        + " their dense parents, and a longer fine-tuning may move errors differently."
+        + ", ".join(
+            f"{a:.1%} at {s:.0%} ({below(digit_gaps[s])} their dense parents)"
+            for s, a in digit_means.items()
+        )
+        + " in digit test accuracy (each seed's own test split): what follows describes "
+        f"models this budget left {gap_span} their dense parents, and a longer fine-tuning "
+        "may move errors differently."
     )
 )
 
 # %%
 table = bias.bias_table(pop, labels)
-table.round(3)
+# the dense row compares the dense models with themselves: no label loses, no worst label
+is_dense = table["population"] == "dense"
+table.loc[is_dense, ["worst_label_delta", "calibrated_worst_delta"]] = np.nan
+table.loc[is_dense, "worst_label"] = ""
+# calibrated_worst_delta follows the worst label of the population's mean accuracies; the
+# calibration section below pairs each model with its own worst label instead
+table.drop(columns="calibrated_worst_delta").round(3)
 
 # %% [markdown]
 # Per model (so with an interval over the population): the accuracy, the share of
@@ -142,14 +169,15 @@ table.round(3)
 
 # %%
 targets = pop["targets"]
-dense_label_acc = bias.label_accuracy(pop["dense"]["test"], targets).mean(0)
+dense_per_label = bias.label_accuracy(pop["dense"]["test"], targets)  # (models, labels)
 run_flags = runs.set_index(["sparsity", "seed"])["flags"]
-rows, deltas = [], {}
+rows, deltas, seed_deltas = [], {}, {}
 for key in ["dense", *SPARSITIES]:
     probs = pop[key]["test"]
     s = 0.0 if key == "dense" else key
     per_label = bias.label_accuracy(probs, targets)
-    deltas[s] = per_label.mean(0) - dense_label_acc
+    seed_deltas[s] = per_label - dense_per_label  # each model against its own dense parent
+    deltas[s] = seed_deltas[s].mean(0)
     for i, (p, seed) in enumerate(zip(probs, pop["seeds"], strict=True)):
         rows.append(
             {
@@ -179,8 +207,11 @@ plt.show()
 
 # %% [markdown]
 # Paired by seed (each pruned model against its own dense parent), at the highest
-# sparsity at which no run raised a sanity flag (a network at chance level has no errors
-# left to move):
+# sparsity at which no run raised a sanity flag (a run at chance level, or one that never
+# predicts some class, is a failed model); then each label's loss, beside its base rate.
+# The interdependence gap is the mean, over pairs of labels, of |correlation of the
+# predicted labels - correlation of the true labels| (0 when a model keeps the labels'
+# dependence structure), averaged over the models:
 
 # %%
 clean = [s for s in SPARSITIES if not runs[runs["sparsity"] == s]["flags"].astype(bool).any()]
@@ -192,11 +223,19 @@ top_why = (
 )
 pair_rows = per_model[per_model["sparsity"].isin([0.0, top])]
 flagged_at = [s for s in SPARSITIES if s not in clean]
+
+
+def flagged_share(sparsity):
+    part = runs[runs["sparsity"] == sparsity]["flags"].astype(bool)
+    return f"{int(part.sum())} of {len(part)} runs at {sparsity:.0%}"
+
+
 flagged_note = (
     "Sparsities "
     + ", ".join(f"{s:.0%}" for s in flagged_at)
-    + " raised sanity flags (see above): their rows describe failed models, so no "
-    "conclusion is drawn from them."
+    + " raised sanity flags (see above): their rows include failed models ("
+    + "; ".join(flagged_share(s) for s in flagged_at)
+    + "), so no conclusion is drawn from them."
     if flagged_at
     else "No sparsity raised a sanity flag."
 )
@@ -206,21 +245,105 @@ effects = {
 }
 display(pd.DataFrame(effects).T[["mean_diff", "ci_low", "ci_high", "n", "verdict"]])
 dense_row = table.iloc[0]
-worst = table[table["population"] == top].iloc[0]
+top_table = table[table["population"] == top].iloc[0]
+
+
+def per_seed(diffs):
+    """Per-seed differences as a row for `sl.stats.describe`: mean, paired interval, verdict."""
+    iv = sl.stats.mean_interval(diffs)
+    verdict = sl.stats.verdict_of(iv["ci_low"], iv["ci_high"], iv["n"], iv["std"])
+    return {**iv, "mean_diff": iv["mean"], "verdict": verdict}
+
+
+# each label's change at `top`, pruned minus its own dense parent, beside its base rate
+base_rate = pd.Series({name: len(digits) / 10 for name, digits in bias.ATTRIBUTES.items()})
+label_loss = pd.DataFrame(
+    [
+        {
+            "label": name,
+            "base_rate": base_rate[name],
+            "test_positives": targets[:, j].mean(),
+            **per_seed(seed_deltas[top][:, j]),
+        }
+        for j, name in enumerate(labels)
+    ]
+).sort_values("mean_diff", ignore_index=True)
+display(
+    label_loss[["label", "base_rate", "test_positives", "mean_diff", "ci_low", "ci_high", "n"]]
+    .rename(columns={"mean_diff": "accuracy_change"})
+    .round(3)
+)
+worst_label = label_loss["label"].iloc[0]
+worst_row = label_loss.iloc[0]
+worst_j = labels.index(worst_label)
+# a label is as bad as the worst when its paired difference from the worst covers 0
+ties = [
+    name
+    for j, name in enumerate(labels)
+    if j != worst_j
+    and per_seed(seed_deltas[top][:, j] - seed_deltas[top][:, worst_j])["verdict"]
+    != sl.stats.BETTER
+]
+tie_losses = label_loss.set_index("label")["mean_diff"]
+tie_text = (
+    ", ".join(f"**{name}** ({tie_losses[name] * 100:+.1f})" for name in ties)
+    + (" loses" if len(ties) == 1 else " lose")
+    + " as much within the seed spread ("
+    + ("its" if len(ties) == 1 else "for none of them does the")
+    + f" paired difference from **{worst_label}** "
+    + ("does not exclude 0" if len(ties) == 1 else "exclude 0")
+    + "), so the data do not single out one worst label"
+    if ties
+    else f"every other label loses measurably less (each one's paired difference from "
+    f"**{worst_label}** excludes 0)"
+)
+# does the loss follow the base rate?  Rank correlation over the labels
+loss = pd.Series(-label_loss["mean_diff"].to_numpy(), index=label_loss["label"])
+rho = base_rate.corr(loss, method="spearman")
+follows = (
+    "follows" if rho >= 0.7 else "partly follows" if rho >= 0.4 else "does not follow"
+)  # NaN (every label loses the same): does not follow
+highest = list(base_rate[base_rate == base_rate.max()].index)
+lowest = list(base_rate[base_rate == base_rate.min()].index)
+losers, least = list(label_loss["label"].iloc[: len(highest)]), label_loss["label"].iloc[-1]
+rate_parts = [
+    (
+        f"the {len(highest)} labels with a {base_rate.max():.0%} base rate "
+        f"({', '.join(highest)}) lose most"
+        if len(highest) > 1
+        else f"{highest[0]}, with the highest base rate ({base_rate.max():.0%}), loses most"
+    )
+    if set(losers) == set(highest)
+    else f"the labels that lose most ({', '.join(losers)}) are not those with the highest "
+    f"base rate ({', '.join(highest)})",
+    f"{least}, with {base_rate[least]:.0%}, least"
+    if least in lowest
+    else f"the label that loses least ({least}) is not the one with the lowest base rate "
+    f"({', '.join(lowest)})",
+]
+base_rate_text = (
+    f"the loss {follows} the labels' base rates (Spearman correlation {rho:.2f} between a "
+    f"label's base rate and its loss, over the {len(labels)} labels; " + "; ".join(rate_parts) + ")"
+)
 display(
     Markdown(
         f"At {top:.0%} ({top_why}), pruned minus dense (same seed): mean label accuracy "
         f"{sl.stats.describe(effects['accuracy'])}; share of outputs in [0.1, 0.9] "
         f"{sl.stats.describe(effects['uncertainty'])}; ECE "
         f"{sl.stats.describe(effects['ece'], unit=' points of ECE')}.  The label that loses "
-        f"most is **{worst['worst_label']}** ({worst['worst_label_delta'] * 100:+.1f} points on "
-        f"average).  The share of test examples that are PIEs on some label is "
+        f"most on average is **{worst_label}**, {sl.stats.describe(worst_row)}; "
+        f"{tie_text}.  Across labels, {base_rate_text}; from most to least loss: "
+        + ", ".join(
+            f"{r['label']} ({r['base_rate']:.0%}) {r['mean_diff'] * 100:+.1f}"
+            for _, r in label_loss.iterrows()
+        )
+        + ".  The share of test examples that are PIEs on some label is "
         + ", ".join(
             f"{p:.1%} at {s:.0%}"
             for s, p in zip(SPARSITIES, table["pie_share"].iloc[1:], strict=True)
         )
         + f", and the interdependence gap goes from {dense_row['interdependence']:.3f} "
-        f"(dense) to {worst['interdependence']:.3f} at {top:.0%}.  " + flagged_note
+        f"(dense) to {top_table['interdependence']:.3f} at {top:.0%}.  " + flagged_note
     )
 )
 
@@ -234,7 +357,12 @@ display(
 # change is measured against the model's own dense parent at threshold 0.5.
 
 # %%
-cal = bias.calibration_runs(pop)
+# the calibration runs are the pruned models of `runs`: give them their sanity flags, so
+# that the paired table and the plot mark the flagged sparsities
+cal = bias.calibration_runs(pop).merge(
+    runs[["sparsity", "seed", "flags"]], on=["sparsity", "seed"], how="left", validate="m:1"
+)
+assert cal["flags"].notna().all(), "a calibration run without its run's flags"
 cal_effect = sl.stats.paired(
     cal, "thresholds", "calibrated", "uncalibrated", metric="worst_label_delta", by="sparsity"
 )
@@ -247,23 +375,42 @@ for name, part in cal.groupby("thresholds", sort=False):
 ax.axhline(0, color="k", ls="--")
 ax.set_xlabel("sparsity")
 ax.set_ylabel("worst label: change vs dense")
-ax.legend()
+handles = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))  # one per label
+ax.legend(handles.values(), handles.keys())
 plt.show()
 
 # %%
 top_cal = cal[(cal["sparsity"] == top) & (cal["thresholds"] == "calibrated")]
 kept = int(np.isclose(top_cal["hurt_threshold"], 0.5).sum())
 top_row = cal_effect.set_index("sparsity").loc[top]
+if top_row["n"] >= 2 and np.isfinite(top_row["ci_low"]):
+    top_change = (
+        f"{top_row['mean_diff'] * 100:+.1f} points [{top_row['ci_low'] * 100:+.1f}, "
+        f"{top_row['ci_high'] * 100:+.1f}]"
+    )
+else:
+    top_change = f"{top_row['mean_diff'] * 100:+.1f} points, no interval"
+link, shows = {
+    sl.stats.BETTER: ("and", "that calibration helped the worst label"),
+    sl.stats.WORSE: ("yet", "that calibration left the worst label worse off"),
+    sl.stats.NO_DIFFERENCE: ("yet", "no clear effect on the worst label"),
+}.get(top_row["verdict"], ("but", f"nothing either way ({top_row['verdict']})"))
+where = (
+    f"stays at 0.5 in {kept} of {len(top_cal)} models; in the other {len(top_cal) - kept} it moved"
+    if kept
+    else f"moved in all {len(top_cal)} models"
+)
 cal_reason = (
     f"At {top:.0%} calibration moves {top_cal['moved'].mean():.0%} of the thresholds and flips "
     f"{top_cal['changed'].mean():.1%} of the test decisions; the threshold of the label each "
-    f"model loses most on stays at 0.5 in {kept} of {len(top_cal)} models"
+    f"model loses most on "
     + (
-        ": on validation data no other threshold is better for that label, so its lost "
-        "accuracy is not a shifted score that a threshold could move back."
+        f"stays at 0.5 in {kept} of {len(top_cal)} models: on validation data no other "
+        "threshold is better for that label, so its lost accuracy is not a shifted score "
+        "that a threshold could move back."
         if kept == len(top_cal)
-        else ": the other thresholds moved, and the paired change says whether that helped "
-        "the worst label."
+        else f"{where}, {link} the paired change of the worst label's loss, calibrated minus "
+        f"uncalibrated ({top_change}), shows {shows}."
     )
 )
 v_cal = sl.claims.verdict(
@@ -280,6 +427,7 @@ display(
         )
         + ".  "
         + cal_reason
+        + (f"  {flagged_note}" if flagged_at else "")
     )
 )
 
@@ -293,6 +441,11 @@ display(
 # %%
 auc = table.iloc[1:][["population", "pie_share", "auc_dense_uncertainty", "auc_dense_disagreement"]]
 gap_auc = float((auc["auc_dense_uncertainty"] - auc["auc_dense_disagreement"]).abs().max())
+# the two scores of `bias.bias_table`, per test example: do they rank the examples alike?
+dense_test = pop["dense"]["test"]
+unsure_score = -np.abs(dense_test - 0.5).mean(axis=(0, 2))
+disagreement_score = dense_test.std(axis=0).mean(axis=1)
+score_rho = pd.Series(unsure_score).corr(pd.Series(disagreement_score), method="spearman")
 display(auc.round(3))
 display(
     Markdown(
@@ -314,11 +467,13 @@ display(
             else "."
         )
         + (
-            f"  The two scores' AUROCs differ by at most {gap_auc:.3f}: here they carry one "
-            "signal, not two."
+            f"  The two scores separate the PIEs equally well (AUROCs within {gap_auc:.3f} of "
+            "each other at every sparsity)"
             if gap_auc < 0.02
-            else ""
+            else f"  The two scores' AUROCs differ by up to {gap_auc:.3f}"
         )
+        + f", and their Spearman correlation over the test examples is {score_rho:.2f}"
+        + (": here they carry one signal, not two." if gap_auc < 0.02 and score_rho >= 0.9 else ".")
         + (f"  {flagged_note}" if flagged_at else "")
     )
 )
@@ -331,15 +486,56 @@ display(
 
 # %%
 unc = effects["uncertainty"]
+# how accurate the models are whose uncertainty is compared
+unc_models = (
+    f"At {top:.0%} the pruned models reach {digit_means[top]:.1%} digit test accuracy against "
+    f"{dense_digit:.1%} for their dense parents, so this is the uncertainty of models left "
+    f"{below(digit_gaps[top])} their parents by pruning and a {FINETUNE_EPOCHS}-epoch "
+    "fine-tuning."
+)
+# "the more so at high sparsity": the mean share at each sparsity, flagged ones marked
+unc_by = per_model.groupby("sparsity")["uncertainty"].mean()
+clean_path = unc_by.loc[[0.0, *clean]].to_numpy()
+unc_trend = (
+    f"it rises with sparsity up to {max(clean):.0%} among the sparsities without flags"
+    if len(clean) >= 2 and (np.diff(clean_path) > 0).all()
+    else "it does not rise steadily with sparsity among the sparsities without flags"
+    if len(clean) >= 2
+    else "fewer than two sparsities are free of flags, so how the share grows with sparsity is "
+    "not measured on working models"
+) + (
+    f", and the values at {', '.join(f'{s:.0%}' for s in flagged_at)} include runs that "
+    'raised sanity flags, so "the more so at high sparsity" is not tested there.'
+    if flagged_at
+    else "."
+)
+unc_growth = (
+    "The share of outputs in [0.1, 0.9] is "
+    + ", ".join(
+        f"{v:.1%} "
+        + ("dense" if s == 0 else f"at {s:.0%}" + (" (flagged)" if s in flagged_at else ""))
+        for s, v in unc_by.items()
+    )
+    + "; "
+    + unc_trend
+)
 v_unc = sl.claims.verdict(
     "pruned_models_more_uncertain",
     unc,
     setting=f"1-D CNN on MNIST-1D attributes, {top:.0%} sparse, share of outputs in [0.1, 0.9]",
-    reason=(
-        ""
-        if unc["verdict"] == "higher"
-        else f"The dense digit classifiers already put {dense_row['uncertainty']:.1%} of "
-        "their attribute outputs in [0.1, 0.9]."
+    reason=" ".join(
+        [
+            *(
+                []
+                if unc["verdict"] == "higher"
+                else [
+                    f"The dense digit classifiers already put {dense_row['uncertainty']:.1%} "
+                    "of their attribute outputs in [0.1, 0.9]."
+                ]
+            ),
+            unc_models,
+            unc_growth,
+        ]
     ),
 )
 verdicts = [v_unc, v_cal]
@@ -351,20 +547,39 @@ display(Markdown(sl.claims.report(verdicts)))
 
 # %%
 helps = {"reproduced": "recovers part of", "not reproduced": "does not recover"}
+mean_change = effects["accuracy"]["mean_diff"]
 display(
     Markdown(
         "\n".join(
             [
                 f"- The loss is uneven: at {top:.0%} the mean label accuracy changes by "
-                f"{effects['accuracy']['mean_diff'] * 100:+.1f} points and "
-                f"**{worst['worst_label']}**, the label that loses most, by "
-                f"{worst['worst_label_delta'] * 100:+.1f} points "
-                f"({worst['worst_label_delta'] / effects['accuracy']['mean_diff']:.1f}x the "
-                f"mean); {worst['pie_share']:.0%} of the test examples are PIEs on some label.",
+                f"{mean_change * 100:+.1f} points and **{worst_label}**, the label that loses "
+                f"most on average, "
+                + (
+                    f"{worst_row['mean_diff'] / mean_change:.1f}x as much "
+                    f"({sl.stats.describe(worst_row)})"
+                    if mean_change < 0
+                    else f"by {sl.stats.describe(worst_row)}"
+                )
+                + (
+                    f", though {', '.join(f'**{t}**' for t in ties)} "
+                    + ("loses" if len(ties) == 1 else "lose")
+                    + " as much within the seed spread"
+                    if ties
+                    else ""
+                )
+                + f"; {base_rate_text}; {top_table['pie_share']:.0%} of the test examples are "
+                "PIEs on some label.",
                 f"- Uncertainty, calibration error and output interdependence are cheap "
                 f"population-level diagnostics (`bias.bias_table`); here the pruned models "
                 f"are {'more' if unc['verdict'] == 'higher' else 'not measurably more'} "
-                f"uncertain than their dense parents ({v_unc.status}).",
+                f"uncertain than their dense parents ({v_unc.status}), models "
+                f"{below(digit_gaps[top])} their parents' digit accuracy at {top:.0%}; "
+                + (
+                    "the share of outputs in [0.1, 0.9] " + unc_trend.removeprefix("it ")
+                    if unc_trend.startswith("it ")
+                    else unc_trend
+                ),
                 f"- Per-label threshold calibration on validation data "
                 f"{helps.get(v_cal.status, 'has no measurable effect on')} the worst label's "
                 f"loss here ({v_cal.status}: {v_cal.numbers()}).",
@@ -381,4 +596,4 @@ display(
 # 2. Replace one-shot pruning with GMP in `bias.population`.  Are the PIEs fewer?
 # 3. Use the loss of the dense population on each example as a third predictor of PIEs.
 # 4. Train one sigmoid output per attribute (as the paper does) instead of reading the
-#    attributes off a digit classifier.  Does calibration help more?
+#    attributes off a digit classifier.  Does calibration then help the worst label?

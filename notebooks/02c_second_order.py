@@ -1222,8 +1222,10 @@ display(
 # 1. Run WoodFisher with `steps=1` and with `update=False`.  Which of the two, the
 #    multi-step schedule or the weight update, matters more at 95% sparsity?
 # 2. Change `N_GRADS` to 32 and 512.  How do WoodFisher's accuracy and running time change?
-# 3. Prune the transformer with `"lobs"` too, and compare its per-layer errors with OBC's
-#    and SparseGPT's.  What does L-OBS lose by computing its saliencies only once?
+# 3. Prune the transformer with `"lobs"` too (unstructured only: it has no 2:4 rule), e.g.
+#    `prune_layerwise("lobs", "unstructured", 0.5, SEED)`, and compare its per-layer
+#    reconstruction errors with OBC's and SparseGPT's at the same 50%.  What does L-OBS lose
+#    by computing its saliencies only once?
 # 4. With `budget="global"` the layer-wise methods rank their own saliencies across layers.
 #    Does it help the transformer at 70%?
 # 5. Show that in the 2-D picture OBS always removes the same weight as OBD, and that only

@@ -478,7 +478,8 @@ display(Markdown(sl.claims.report(verdicts)))
 #    what does that cost in accuracy?
 # 2. Track the `snip` criterion on a data batch next to magnitude.  Does a gradient-based
 #    mask settle earlier or later?
-# 3. Rewind to θk with `rewind_step` of a quarter, a half and two epochs.  Where does the
-#    ticket start to beat re-initialisation?
+# 3. Rewind to θk with `rewind_step` of a quarter, a half and two epochs (it counts optimizer
+#    steps: one epoch is `len(train_loader)` of them).  Where does the ticket start to beat
+#    re-initialisation?
 # 4. Repeat the ticket experiment at 98% sparsity (more rounds).  Which baseline collapses
 #    first?

@@ -826,8 +826,9 @@ display(
         f"{abs(test_loss['evolved'] - test_loss['magnitude']):.3f} "
         f"{'below' if ga_better else 'above'} magnitude pruning's (one seed, one split): the "
         f"genetic search {'found a better' if ga_better else 'did not find a better'} mask on "
-        f"held-out points, at the cost of {GA_GENERATIONS} generations of {GA_POPULATION} "
-        f"full evaluations ({GA_GENERATIONS * GA_POPULATION:,}) where magnitude pruning "
+        f"held-out points, at the cost of {ga.evaluations:,} fitness evaluations on the "
+        f"validation points ({GA_GENERATIONS} generations of a {GA_POPULATION}-mask "
+        f"population, its {ga.elite} best carried over unscored) where magnitude pruning "
         f"needs none."
     )
 )

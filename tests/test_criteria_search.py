@@ -299,3 +299,11 @@ def test_search_refuses_to_report_on_the_data_it_selects_on(trained):
     small, data = tiny()
     with pytest.raises(ValueError, match="eval_data is the data the search selects on"):
         sl.prune(small, "evolutionary", 0.5, data=data, eval_data=data, generations=1)
+
+
+def test_evolutionary_counts_its_fitness_evaluations():
+    model, data = tiny()
+    ga = sl.criteria.get("evolutionary", population=6, generations=4, elite=2)
+    sl.prune(copy.deepcopy(model), ga, 0.6, data=data, budget="uniform")
+    # the first population once, then only the children: the elites keep their scores
+    assert ga.evaluations == 6 + 4 * (6 - 2)

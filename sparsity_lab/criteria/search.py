@@ -419,6 +419,7 @@ class Evolutionary(Criterion):
             return genome
 
         def fitness(genome: dict[str, torch.Tensor]) -> float:
+            self.evaluations += 1
             trial = dict(weights)
             for n in layers:
                 trial[n] = weights[n] * pattern.expand(genome[n], shapes[n])
@@ -450,6 +451,7 @@ class Evolutionary(Criterion):
             return genome
 
         start = {n: prune_lowest(magnitude[n], n_prune[n]) for n in layers}
+        self.evaluations = 0  # fitness evaluations: the elites keep their scores
         pop = [start] + [random_genome() for _ in range(self.population - 1)]
         fit = [fitness(g) for g in pop]
         self.history = []

@@ -171,7 +171,7 @@ display(
     Markdown(
         f"With {value_bits}-bit values and minimal indices the smallest format is "
         + "; ".join(
-            f"**{r.format}** from {r.start:.0%} to {r.end:.1%}" for r in ranges.itertuples()
+            f"**{r.format}** from {r.start:.1%} to {r.end:.1%}" for r in ranges.itertuples()
         )
         + f" (on {SIDE}x{SIDE} random matrices).  A bitmap beats dense as soon as the density "
         f"falls below 1 - 1/k = {1 - 1 / value_bits:.1%} (k = {value_bits})."
@@ -291,26 +291,80 @@ def csr_even(batch):
     return even_text(batch, "csr (ours)")
 
 
-rank = {  # does structure break even earlier than unstructured CSR, at every batch?
-    v: all(earlier(even[(b, v)], even[(b, "csr (ours)")]) for b in BATCHES)
-    for v in ("shrunk", "bsr 16x16")
+def and_join(items):
+    """``a``, ``a and b``, ``a, b and c``."""
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def at_batches(bs):
+    return "at every batch" if len(bs) == len(BATCHES) > 1 else f"at {plural_of('batch', bs)}"
+
+
+def plural_of(noun, values):
+    """``batch 1`` or ``batches 1 and 64``: the noun agrees with the number of values."""
+    name = noun if len(values) == 1 else noun + ("es" if noun.endswith("ch") else "s")
+    return f"{name} {and_join(values)}"
+
+
+def relation(variant, batch):
+    """How ``variant``'s break-even at ``batch`` compares with unstructured CSR's."""
+    v, c = even[(batch, variant)], even[(batch, "csr (ours)")]
+    if v is None and c is None:
+        return "neither"
+    if earlier(v, c):
+        return "earlier"
+    return "same" if v == c else "later"
+
+
+RELATION = {  # short forms after the headline, with ``{at}`` the batches each holds at
+    "earlier": "earlier {at}",
+    "same": "at the same sparsity as CSR {at}",
+    "later": "later than CSR, or not at all, {at}",
+    "neither": "{at} neither it nor CSR broke even",
 }
+ALONE = {  # the whole predicate, when a single batch was measured
+    "earlier": "broke even earlier than unstructured CSR {at}",
+    "same": "broke even at the same sparsity as unstructured CSR {at}",
+    "later": "broke even later than unstructured CSR, or not at all, {at}",
+    "neither": "did not break even {at}, nor did unstructured CSR",
+}
+
+
+def versus_csr(variant):
+    """Whether ``variant`` broke even earlier than CSR at every, some or no batch."""
+    rel = {b: relation(variant, b) for b in BATCHES}
+    if len(BATCHES) == 1:
+        return ALONE[rel[BATCHES[0]]].format(at=at_batches(BATCHES))
+    n = sum(r == "earlier" for r in rel.values())
+    every = "at every batch" if n == len(BATCHES) else "at no batch" if n == 0 else ""
+    head = f"broke even earlier than unstructured CSR {every or 'at some batches'}"
+    if n == len(BATCHES):
+        return head
+    detail = "; ".join(
+        RELATION[k].format(at=at_batches(bs))
+        for k in RELATION
+        if (bs := [b for b in BATCHES if rel[b] == k])
+    )
+    return f"{head}: {detail}"
+
+
 shrunk_everywhere = bool((speed[speed.variant == "shrunk"]["speedup"] > 1).all())
 display(
     Markdown(
         f"Removing whole rows leaves a smaller *dense* product with no index at all: here it "
         f"was faster than dense in {'every' if shrunk_everywhere else 'not every'} measured "
-        f"run.  Shrunk rows {'broke' if rank['shrunk'] else 'did not always break'} even "
-        f"earlier than unstructured CSR at every batch; 16 x 16 blocks, which amortise one "
-        f"index over many values, "
-        f"{'did too' if rank['bsr 16x16'] else 'did not at every batch'}."
+        f"run.  Shrunk rows {versus_csr('shrunk')}.  16 x 16 blocks, which amortise one index "
+        f"over many values, {versus_csr('bsr 16x16')}."
     )
 )
 lo_batch, hi_batch = BATCHES[0], BATCHES[-1]
 at_lo, at_hi = even[(lo_batch, "csr (ours)")], even[(hi_batch, "csr (ours)")]
 if lo_batch != hi_batch and (at_lo, at_hi) != (None, None):
     if at_lo == at_hi:
-        outcome = "at the same sparsity, so the batch made no difference here."
+        outcome = (
+            "at the same sparsity, so the batch did not move the break-even point on this grid."
+        )
     elif earlier(at_lo, at_hi):
         outcome = "the expectation held."
     else:
@@ -500,25 +554,34 @@ word = {
 focus = e2e[e2e.sparsity == FOCUS]
 f_exp, f_mask = focus["exported"].mean(), focus["masked"].mean()
 pruned_runs = e2e[e2e.sparsity > 0]  # the control measures the noise; it is not a test
-worst = pruned_runs.loc[pruned_runs["exported"].idxmin()]
-gap = TARGET - worst["exported"]
+exported_means = pruned_runs.groupby("sparsity")["exported"].mean()
+low_at = exported_means.idxmin()
+low = round(exported_means[low_at], 2)  # judged as printed
+gap, allowed = round(TARGET - low, 2), round(noise["exported"], 2)
 if gap <= 0:
     verdict = "met"
-elif gap <= noise["exported"]:
+elif gap <= allowed:
     verdict = (
-        f"missed by {gap:.2f}, which is within the control's spread "
-        f"({noise['exported']:.2f}): this run cannot tell the miss from timing noise"
+        f"missed by {gap:.2f}, which is within the control's spread ({allowed:.2f}): this "
+        "run cannot tell the miss from timing noise"
     )
 else:
     verdict = (
-        f"missed by {gap:.2f}, more than the control's spread ({noise['exported']:.2f}): a "
-        "real slowdown worth a look, since export keeps dense where no kernel is faster and "
-        "falls back to dense when the whole model is slower"
+        f"missed by {gap:.2f}, more than the control's spread ({allowed:.2f}): a real slowdown "
+        "worth a look, since export keeps dense where no kernel is faster and falls back to "
+        "dense when the whole model is slower"
     )
+worst = pruned_runs.loc[pruned_runs["exported"].idxmin()]  # context, not the test
+n_sparse = int(worst["sparse layers"])
+worst_layers = (
+    "every layer dense" if n_sparse == 0 else f"{plural(n_sparse, 'layer')} on a sparse kernel"
+)
 target_verdict = (
-    f"the target of at least {TARGET:.2f}x the dense speed for every pruned exported model was "
-    f"{verdict} (slowest: {worst['exported']:.3f}x, sparsity {worst['sparsity']:.0%}, "
-    f"seed {int(worst['seed'])})"
+    f"the target of at least {TARGET:.2f}x the dense speed at every pruned sparsity, judged "
+    f"on the exported model's mean over {plural(len(SEEDS), 'seed')} at each sparsity, was "
+    f"{verdict} (lowest mean: {low:.2f}x at sparsity {low_at:.0%}; for context, the slowest "
+    f"single run read {worst['exported']:.3f}x, at sparsity {worst['sparsity']:.0%}, seed "
+    f"{int(worst['seed'])}, with {worst_layers})"
 )
 display(
     Markdown(
@@ -534,7 +597,19 @@ display(
 
 # %%
 def percents(values):
-    return ", ".join(f"{v:.0%}" for v in values) if len(values) else "none"
+    return and_join([f"{v:.0%}" for v in values]) if len(values) else "none"
+
+
+def at_sparsities(values):
+    """``at sparsity 99%`` or ``at sparsities 95% and 99%``."""
+    return f"at {'sparsity' if len(values) == 1 else 'sparsities'} {percents(values)}"
+
+
+def in_seeds(k):
+    """In how many of the seeds something held: all, some (k of n) or none."""
+    if k == len(SEEDS):
+        return "in all seeds" if len(SEEDS) > 1 else "in the one seed"
+    return f"in {k} of the {len(SEEDS)} seeds" if k else "in no seed"
 
 
 pruned = e2e[e2e.sparsity > 0]
@@ -550,7 +625,7 @@ from_kernels = list(faster[faster["sparse"] > 0].index)
 from_shrink = list(faster[faster["sparse"] == 0].index)
 kept_text = (
     f"A sparse kernel stayed in {len(with_kernel)} of the {len(pruned)} pruned exported "
-    f"models (at sparsities {percents(sorted(set(with_kernel['sparsity'])))})"
+    f"models ({at_sparsities(sorted(set(with_kernel['sparsity'])))})"
     if len(with_kernel)
     else f"No sparse kernel stayed in any of the {len(pruned)} pruned exported models"
 )
@@ -560,20 +635,21 @@ back_text = (
     if n_back
     else "the whole-model check undid no layer's choice"
 )
+seeds_with_kernel = (pruned["sparse layers"] > 0).groupby(pruned["sparsity"]).sum()
 if not faster.empty:
     source = (
-        "The exported model was faster than dense beyond the control's spread at sparsities "
-        f"{percents(faster.index)}."
+        "The exported model was faster than dense beyond the control's spread "
+        f"{at_sparsities(list(faster.index))}."
     )
     if from_shrink:
         source += (
-            f"  At {percents(from_shrink)} every layer ran dense in every seed, so the speed-up "
-            "there comes from shrinking alone (a smaller dense network)."
+            f"  At {percents(from_shrink)} every layer ran dense {in_seeds(len(SEEDS))}, so "
+            "the speed-up there comes from shrinking alone (a smaller dense network)."
         )
-    if from_kernels:
+    for how in sorted({in_seeds(int(seeds_with_kernel[s])) for s in from_kernels}):
+        at = [s for s in from_kernels if in_seeds(int(seeds_with_kernel[s])) == how]
         source += (
-            f"  At {percents(from_kernels)} sparse kernels ran in some seeds on top of "
-            "shrinking, so both contribute."
+            f"  At {percents(at)} sparse kernels ran {how} on top of shrinking, so both contribute."
         )
 else:
     source = (
@@ -697,7 +773,7 @@ ax.set_xscale("log")
 ax.set_yscale("log")
 ax.set_xlabel("arithmetic intensity (FLOP / byte)")
 ax.set_ylabel("GFLOP/s")
-ax.set_title(f"{MATRIX}x{MATRIX} products, batches {BATCHES}")
+ax.set_title(f"{MATRIX}x{MATRIX} products, {plural_of('batch', BATCHES)}")
 ax.legend()
 plt.show()
 csr_points = [(label, f, nbytes, t) for label, f, nbytes, t in points if label.startswith("csr")]
@@ -758,17 +834,16 @@ def span(values, fmt, unit=""):
 
 display(
     Markdown(
-        f"* Per-sparsity means over {plural(len(SEEDS), 'seed')}, at sparsities "
-        f"{span(ratios.index, '.0%')}: the masked LeNet-300-100 ran at "
+        f"* Per-sparsity means over {plural(len(SEEDS), 'seed')}, at "
+        f"{'sparsity' if len(ratios) == 1 else 'sparsities'} {span(ratios.index, '.0%')}: "
+        "the masked LeNet-300-100 ran at "
         f"{span(ratios['masked'], '.2f', 'x')} the dense model's speed, the exported one at "
         f"{span(ratios['exported'], '.2f', 'x')}.  The unpruned control, which should read 1, read "
         f"{pm(ctrl['masked'])} (masked) and {pm(ctrl['exported'])} (exported).\n"
         f"* Export: {target_verdict}.  {kept_text}.\n"
         "* Unstructured CSR broke even "
         + ", ".join(f"at batch {b}: {csr_even(b)}" for b in BATCHES)
-        + "; shrunk rows "
-        + ("broke even earlier at every batch" if rank["shrunk"] else "not always earlier")
-        + ".\n"
+        + f".  Shrunk rows {versus_csr('shrunk')}.\n"
         f"* The fastest CSR product ({fastest[0]}) reached {csr_rate:.2f} GFLOP/s of useful "
         f"work, {csr_rate / peak:.0%} of the dense peak of {peak:.1f} GFLOP/s.  As a share of "
         f"the FLOP ratio ``1 / density``, CSR's mean speed-up reached at most "
@@ -792,9 +867,10 @@ display(
 # 2. Time the exported LeNet-300-100 at batch 1, 16 and 256.  How does the set of sparse
 #    layers chosen by `export` change, and why?
 # 3. Prune LeNet-300-100 with
-#    `sl.prune(model, "magnitude", s, pattern="block:4x4", exclude=["fc3.weight"])` (4 x 4
-#    blocks do not tile fc3's 10 outputs) and export it: do the BSR kernels win?  At which
-#    sparsity?
+#    `sl.prune(model, "magnitude", s, pattern="block:4x4", exclude=["fc3.weight"],
+#    budget="uniform")` (4 x 4 blocks do not tile fc3's 10 outputs; a uniform budget prunes
+#    every layer to the same sparsity, as in section 4) and export it: do the BSR kernels
+#    win?  At which sparsity?
 # 4. Zero-padded delta coding (Han 2016) with b-bit runs: find the b that minimises the
 #    size of a 95%-sparse matrix (`formats.bits(t, "rle", index_bits=b)`).
 # 5. Place the `shrunk` products of section 3 on the roofline.  Why do they sit closer to

@@ -435,13 +435,16 @@ display(
 #
 # ## Exercises
 #
-# 1. Run `ddp.train_compressed` with `world_size=4`. Each worker's batch halves; what happens
-#    to the bytes per worker and to accuracy?
+# 1. Set `WORKERS = 4` and rerun (`BATCH = RECIPE.batch_size // WORKERS` then halves each
+#    worker's batch, so the global batch stays the recipe's).  What happens to the bytes per
+#    worker and to accuracy?
 # 2. The run above used random-k *without* error feedback (its unbiased ``n / k`` scaling
 #    multiplies the gradient's variance).  Run it with error feedback
 #    (`{"method": "randomk", "sparsity": 0.9}`) at this learning rate. Does it train? If
 #    not, find a learning rate at which it does, and compare it with top-k at the same
-#    number of bytes.
+#    number of bytes.  Threshold (Strom 2015) sat at chance level too: find a learning rate,
+#    or a threshold `tau`, at which it trains.
 # 3. Change DGC's `warmup_steps` to 0. Does the first epoch suffer?
-# 4. For threshold (Strom 2015), plot the density per step: how does the number of entries
-#    sent change as training converges?
+# 4. Once threshold trains, record how many entries it sends at each step
+#    (`ddp.train_compressed` reports only totals: call a `G.Threshold` compressor on each
+#    step's gradient in your own loop).  How does that number change as training converges?

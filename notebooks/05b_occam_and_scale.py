@@ -371,9 +371,11 @@ display(Markdown(sl.claims.report(verdicts)))
 # %% [markdown]
 # ## Exercises
 #
-# 1. Raise the label noise to 60%.  How high does the hill get, and where is its top?
+# 1. Raise the label noise to 60%.  Does a hill appear, how high, and where is its top?
 # 2. Replace one-shot pruning with GMP in `occam_curve`.  Does a hill appear at moderate sparsity,
 #    and does the gain at the highest sparsity under label noise remain?
 # 3. Compare at equal *training* FLOPs: the sparse model also pays for its dense start.
 #    Use `sparsity_lab.methods.base.TrainingFlops`.
-# 4. Repeat large-sparse against small-dense with LeNet-300-100 on the MNIST subset.
+# 4. Repeat large-sparse against small-dense with LeNet-300-100 on the MNIST subset (in the
+#    cell after it, count the small model's width in hidden units, `big.fc1.out_features`,
+#    instead of the CNN's channels, and adapt the verdict's setting text).

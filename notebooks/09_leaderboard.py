@@ -103,7 +103,8 @@ sl.nb.show_flags(
 # One row per method and target sparsity: the mean test accuracy over seeds with its 95%
 # t-interval (clipped to [0, 1]), the mean costs, and the paired difference from global
 # magnitude pruning on the same seeds (`vs_*`; "better" or "worse" only when the paired
-# interval excludes 0).  A difference that is the same on every seed gets "no spread": a
+# interval excludes 0).  A nonzero difference that is the same on every seed gets "no
+# spread" (an identical result on every seed is "no clear difference"): a
 # zero-width interval says the seeds agree, not that the difference would hold on others,
 # and the text below counts it with the unclear ones.
 
@@ -171,8 +172,8 @@ for s in magnitude.index:
 # whose mean accuracy stays within one point of the dense model's; 1 means no sparsity
 # did.  `best_accuracy_per_million` is the best accuracy, in points, per million remaining
 # weights, at whichever sparsity maximises it (not necessarily `at_sparsity`).
-# `beats_baseline` and `loses_to_baseline` list the sparsities where the paired interval
-# against global magnitude excludes 0.
+# `beats_baseline` and `loses_to_baseline` list the sparsities with a "better" or "worse"
+# verdict against global magnitude (a "no spread" difference is not counted).
 
 # %%
 cards = leaderboard.cards(table)
@@ -340,7 +341,10 @@ display(mine.round(3) if len(mine) else Markdown("This table has no relative_mag
 # 2. Change `relative_magnitude` to divide by the row's largest magnitude instead of its
 #    mean.  Work out by hand which weights the two-unit example keeps at 50%, then check
 #    it with `sl.prune`.
-# 3. Copy `benchmarks/leaderboard/smoke.yaml`, add `fisher_diag` and `lamp` to its
-#    methods, and run it with `sparsity-lab bench`.  Does either beat global magnitude on
-#    the paired interval at 90%?  Then run it again with `--executor local:2` and
-#    `--compare` against the first table.
+# 3. Copy `benchmarks/leaderboard/smoke.yaml` to `smoke-mine.yaml` in the same folder (its
+#    `imports:` are found there), set `name: smoke-mine`, add `fisher_diag` and `lamp` to its
+#    methods, and run `sparsity-lab bench benchmarks/leaderboard/smoke-mine.yaml`.  Does
+#    either beat global magnitude on the paired interval at 90%?  Then run it on a Dask
+#    cluster against the first table, with a fresh cache so that every run is redone:
+#    `--executor local:2 --cache .cache/bench-dask --out /tmp/rerun --compare
+#    benchmarks/leaderboard/smoke-mine.csv`.

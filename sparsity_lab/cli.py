@@ -382,6 +382,10 @@ def _bench(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise ValueError(f"--out {out} is not writable; nothing was run")
+    # read the reference first: it may be the very file this run is about to overwrite
+    if args.compare and not Path(args.compare).is_file():
+        raise ValueError(f"--compare {args.compare}: no such table; nothing was run")
+    reference = bench.read(args.compare) if args.compare else None
     table = bench.run(
         config, executor_spec=args.executor, cache_dir=args.cache, progress=args.progress
     )
@@ -400,8 +404,8 @@ def _bench(args: argparse.Namespace) -> int:
     ]
     print(leaderboard.summary(table)[columns].round(4).to_string(index=False))
     print(f"wrote {csv_path} and {manifest_path}")
-    if args.compare:
-        problems = bench.compare(table, bench.read(args.compare))
+    if reference is not None:
+        problems = bench.compare(table, reference)
         if problems:
             print(f"the table differs from {args.compare}:")
             print("\n".join(f"  {p}" for p in problems))

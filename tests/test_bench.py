@@ -242,6 +242,12 @@ def test_the_cli_runs_a_config_and_checks_it_against_a_table(clean_registry, tmp
     tampered.to_csv(tmp_path / "tampered.csv", index=False)
     assert sl.cli.main([*args, "--compare", str(tmp_path / "tampered.csv")]) == 1
     assert "nonzeros: 1 runs differ" in capsys.readouterr().out
+    # the documented check compares with the table the run writes over: it must compare
+    # with the table as it was, not with the one just written
+    tampered.to_csv(written, index=False)
+    assert sl.cli.main([*args, "--compare", str(written)]) == 1
+    assert "nonzeros: 1 runs differ" in capsys.readouterr().out
+    assert bench.compare(bench.read(written), tampered) != []  # the new table replaced it
 
 
 # ---------------------------------------------------------------------------- a Dask cluster

@@ -10,6 +10,11 @@ other tools expect:
   boolean ``"<name>.mask"`` tensor, so :func:`load_safetensors` can attach them again and
   training can go on with the same sparsity.  Either file is about half the size of the
   masked state dict, which stores the dense weights beside the float masks.
+- :func:`save_pretrained` saves a pruned Hugging Face model so that ``from_pretrained``
+  returns it pruned.  The model's own ``save_pretrained`` writes the parametrization keys,
+  which ``from_pretrained`` does not know: it initialises those weights afresh, with only
+  a warning, and the pruned model comes back dense and untrained.  The masks go beside the
+  weights (:data:`PRETRAINED_MASKS`), and :func:`load_pretrained_masks` attaches them again.
 - :func:`export_onnx` exports a squashed copy (``shrink=True``: the smaller dense model of
   :func:`sparsity_lab.shrink.shrink`, with removed channels gone) through
   ``torch.onnx.export``.  Unstructured zeros stay as zeros in dense initializers: ONNX has
@@ -32,6 +37,8 @@ from . import masks
 
 #: The suffix of a mask's key in a file written with ``with_masks=True``.
 MASK_SUFFIX = ".mask"
+#: The file beside a Hugging Face checkpoint that holds its masks (see save_pretrained).
+PRETRAINED_MASKS = "sparsity_masks.safetensors"
 
 
 def _needs(package: str, extra: str) -> None:
@@ -91,6 +98,55 @@ def load_safetensors(
     }
     masks.load_state_dict(model, state, strict=strict)
     for name, mask in saved_masks.items():
+        masks.attach(model, name, mask)
+    return model
+
+
+def save_pretrained(
+    model: nn.Module, directory: str | os.PathLike, *, with_masks: bool = True, **options
+) -> Path:
+    """Save a pruned Hugging Face model (``transformers.PreTrainedModel``) to ``directory``.
+
+    A squashed copy (plain keys, pruned entries exact zeros) goes through the model's own
+    ``save_pretrained`` (``options`` are passed on), so ``from_pretrained`` gives the pruned
+    weights; ``with_masks`` also writes the masks to :data:`PRETRAINED_MASKS` in the same
+    directory, for :func:`load_pretrained_masks`.  The model itself keeps its masks.
+    """
+    if not callable(getattr(model, "save_pretrained", None)):
+        raise TypeError(
+            f"{type(model).__name__} has no save_pretrained (not a Hugging Face model); use "
+            "save_safetensors(model, path) instead"
+        )
+    found = masks.masks(model)
+    plain = copy.deepcopy(model)
+    masks.squash(plain)
+    directory = Path(directory)
+    plain.save_pretrained(directory, **options)
+    if with_masks and found:
+        try:
+            from safetensors.torch import save_file
+        except ImportError:
+            _needs("safetensors", "safetensors")
+        tensors = {n: m.detach().bool().contiguous() for n, m in found.items()}
+        save_file(tensors, str(directory / PRETRAINED_MASKS), metadata={"format": "pt"})
+    return directory
+
+
+def load_pretrained_masks(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Attach the masks that :func:`save_pretrained` wrote beside a checkpoint to ``model``
+    (loaded with ``from_pretrained``), so further training keeps the pruned entries at zero.
+    Returns ``model``."""
+    path = Path(directory) / PRETRAINED_MASKS
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no {PRETRAINED_MASKS} in {directory}: it was saved without masks (the pruned "
+            "values are in the weights; prune again to attach masks)"
+        )
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        _needs("safetensors", "safetensors")
+    for name, mask in load_file(str(path)).items():
         masks.attach(model, name, mask)
     return model
 

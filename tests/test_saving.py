@@ -120,3 +120,56 @@ def test_onnx_of_a_shrunk_model_is_smaller_and_computes_the_same(tmp_path, onnxr
     with torch.no_grad():
         expected = model(x).numpy()
     np.testing.assert_allclose(_run(onnxruntime, small, x), expected, rtol=1e-4, atol=1e-5)
+
+
+# --- Hugging Face ---------------------------------------------------------------------------
+
+
+def tiny_bert(seed=0):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
+    torch.manual_seed(seed)
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+def test_hugging_face_save_pretrained_of_a_masked_model_reloads_dense_and_untrained(tmp_path):
+    # why sl.saving.save_pretrained exists: the model's own method loses the pruned weights
+    model = tiny_bert()
+    sl.prune(model, "magnitude", 0.5, targets=["classifier.weight"], budget="uniform")
+    model.save_pretrained(tmp_path)
+    back = type(model).from_pretrained(tmp_path)
+    assert not torch.equal(back.classifier.weight, masks.weight(model, "classifier.weight"))
+    assert int((back.classifier.weight == 0).sum()) == 0
+
+
+def test_save_pretrained_gives_the_pruned_model_back_and_its_masks(tmp_path):
+    model = tiny_bert()
+    names = [n for n, p in model.named_parameters() if p.dim() == 2 and "embeddings" not in n]
+    sl.prune(model, "magnitude", 0.5, targets=names, budget="uniform")
+    ids = torch.randint(0, 50, (3, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    saving.save_pretrained(model, tmp_path)
+    assert masks.masks(model)  # the model keeps its own masks
+    back = type(model).from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(input_ids=ids).logits, expected)
+    for name in names:  # the pruned values, as plain weights
+        assert torch.equal(back.get_parameter(name), masks.weight(model, name).detach())
+    saving.load_pretrained_masks(back, tmp_path)
+    for name in names:
+        assert torch.equal(masks.get_mask(back, name).bool(), masks.get_mask(model, name).bool())
+    without = tmp_path / "without"
+    saving.save_pretrained(model, without, with_masks=False)
+    with pytest.raises(FileNotFoundError, match="saved without masks"):
+        saving.load_pretrained_masks(type(model).from_pretrained(without), without)
+    with pytest.raises(TypeError, match="save_safetensors"):
+        saving.save_pretrained(nn.Linear(2, 2), tmp_path / "plain")

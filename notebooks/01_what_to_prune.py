@@ -1224,8 +1224,7 @@ display(
 #
 # Pick a pattern and a sparsity for LeNet-300-100's `fc2` (no fine-tuning): the picture
 # shows a corner of the mask, the title the validation accuracy.  In the book this cell
-# shows at most four panels, at 75%: unstructured, nm, channel and block:4x4; pick
-# `input` in a live notebook.
+# draws every pattern at every sparsity offered, one row per sparsity.
 
 
 # %%
@@ -1447,7 +1446,8 @@ display(Markdown("\n".join(lines)))
 #    target).  Rerun it with `FINETUNE_EPOCHS = 0` and `5`: how does the paired
 #    difference change with the fine-tuning budget?
 # 3. Prune the small ResNet per tensor with `sl.prune(model, "magnitude", 0.5,
-#    pattern="channel")` instead of `prune_coupled`.  Use `shrink.plan` to count the
+#    pattern="channel", budget="uniform")` instead of `prune_coupled` (it warns that the
+#    layers sharing a residual stream chose different channels).  Use `shrink.plan` to count the
 #    residual channels that can be removed.  Why so few?  Which layers of the shrunk model
 #    became `OffsetConv2d`, and what does their `offset` map look like?
 # 4. With `sl.accounting.storage_bytes`, find the sparsity below which unstructured CSR

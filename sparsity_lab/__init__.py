@@ -43,6 +43,7 @@ _LAZY = (
     "nb",
     "phenomena",
     "pipeline",
+    "quantization",
     "recipes",
     "regularizers",
     "saving",

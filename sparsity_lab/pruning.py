@@ -130,7 +130,7 @@ def prune(
 
 def _warn_uncoupled(model: nn.Module) -> None:
     """Warn when a channel prune split a coupled space (shrink then keeps those channels)."""
-    from . import shrink
+    from . import shrink  # loads pandas, which ``import sparsity_lab`` does without
 
     split = shrink.uncoupled_channels(model)
     if split:

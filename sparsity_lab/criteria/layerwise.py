@@ -189,6 +189,7 @@ def sparsegpt(
     block_size: int = 128,
     damp: float = 0.01,
     damp_mode: str = "relative",
+    quantizer: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT on a ``(rows, cols)`` weight: returns ``(new_weight, keep)`` (float64, bool).
 
@@ -199,6 +200,10 @@ def sparsegpt(
     saliency) over all its rows: ``n_prune`` weights in total, spread over blocks by size.
     N:M chooses ``M - N`` of every ``M`` columns per row when their group starts.  Updates
     for later blocks are applied lazily, one matrix product per block.
+
+    ``quantizer`` (:class:`sparsity_lab.quantization.ColumnQuantizer`) also quantizes each
+    kept weight as its column comes, ``q_j`` being the pruned-or-quantized column: GPTQ
+    with ``n_prune=0``, SparseGPT's joint sparsification and quantization otherwise.
     """
     if nm is not None and block_size % nm[1]:
         raise ValueError(f"block_size {block_size} must be a multiple of M={nm[1]}")
@@ -238,8 +243,14 @@ def sparsegpt(
                     score.masked_fill_(old[i : i + m], -math.inf)
                 drop = torch.argsort(score, dim=0, stable=True)[: m - n]
                 mask[i : i + m].scatter_(0, drop, True)
-            e = w1[i] * mask[i] / d[i]  # (w - q) / U_jj, zero where the weight is kept
-            w1[i:].addr_(u1[i, i:], e, alpha=-1)  # spread over the block's later columns
+            if quantizer is None:
+                e = w1[i] * mask[i] / d[i]  # (w - q) / U_jj, zero where the weight is kept
+                w1[i:].addr_(u1[i, i:], e, alpha=-1)  # spread over the block's later columns
+            else:
+                q = quantizer.column(w1, i, i1 + i).masked_fill(mask[i], 0.0)
+                e = (w1[i] - q) / d[i]
+                w1[i:].addr_(u1[i, i:], e, alpha=-1)
+                w1[i] = q  # exactly on the grid (the update leaves it there up to rounding)
             err[i] = e
         w1.masked_fill_(mask, 0.0)
         wt[i2:].addmm_(u[i1:i2, i2:].T, err, alpha=-1)  # the lazy update of later blocks

@@ -66,8 +66,10 @@ from typing import Any
 
 import torch
 
-from . import masks, patterns, recipes
+from . import __version__, accel, masks, patterns, recipes, shrink
 from .accounting import report
+from .experiments import sweep
+from .pipeline import _dependency_closure
 from .pruning import prune
 from .registry import available
 
@@ -362,8 +364,6 @@ def _latency(model: torch.nn.Module) -> float:
     fastest of the dense and sparse kernels it measures here; a masked model itself costs
     what the dense one does, so timing it would hide every saving.
     """
-    from . import accel, shrink
-
     example = shrink.example_batch(model, batch=1)
     deployed = accel.export(model, example)
     with torch.no_grad():
@@ -430,8 +430,6 @@ def run(
     interrupted or lost run costs only itself and a rerun, here or on a cluster, reuses
     every finished one.
     """
-    from .experiments import sweep
-
     config = load_config(config)
     with executor(executor_spec) as pool:
         table = sweep(
@@ -467,8 +465,6 @@ def _git_commit() -> dict[str, Any]:
 
 def _versions() -> dict[str, str]:
     """Installed versions of the library's dependencies (and what they require)."""
-    from .pipeline import _dependency_closure
-
     return dict(sorted(_dependency_closure(["sparsity-lab"]).items()))
 
 
@@ -523,8 +519,6 @@ def _library_version() -> str:
     try:
         return importlib.metadata.version("sparsity-lab")
     except importlib.metadata.PackageNotFoundError:
-        from . import __version__
-
         return __version__
 
 

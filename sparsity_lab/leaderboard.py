@@ -50,7 +50,7 @@ def tables_dir(start: str | Path = ".") -> Path:
 
 def load(name: str, folder: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
     """A committed result table and its manifest, by the benchmark's name."""
-    from .bench import read
+    from .bench import read  # the harness loads torch and the recipes; the tables do not
 
     folder = Path(folder) if folder is not None else tables_dir()
     table = read(folder / f"{name}.csv")

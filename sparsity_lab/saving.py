@@ -173,7 +173,7 @@ def export_onnx(
         import onnx  # noqa: F401  (torch.onnx.export writes through it)
     except ImportError:
         _needs("onnx and onnxscript", "onnx onnxscript")
-    from . import shrink as shrink_mod
+    from . import shrink as shrink_mod  # loads pandas: only an ONNX export needs it
 
     x = shrink_mod.example_batch(model) if example_input is None else example_input
     if shrink:

@@ -15,3 +15,8 @@ def mlp(*sizes: int, seed: int = 0, activation: type[nn.Module] = nn.ReLU) -> nn
     for a, b in zip(sizes, sizes[1:], strict=False):
         layers += [nn.Linear(a, b), activation()]
     return nn.Sequential(*layers[:-1])
+
+
+def tiny_mlp(seed: int = 0) -> nn.Sequential:
+    """A float64 5 -> 4 -> 3 MLP with Tanh, small enough for exact curvature matrices."""
+    return mlp(5, 4, 3, seed=seed, activation=nn.Tanh).double()

@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_mlp
 from torch import nn
 
 import sparsity_lab as sl
@@ -13,11 +14,6 @@ from sparsity_lab import curvature, masks, models
 from sparsity_lab.criteria import second_order as so
 
 NAMES = ["0.weight", "2.weight"]
-
-
-def tiny_mlp(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
 
 
 def tiny_data(n: int = 32, seed: int = 1):

@@ -4,14 +4,10 @@ examples, direct matrix inverses and hand-built second moments."""
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_mlp
 from torch import nn
 
 from sparsity_lab import curvature, masks
-
-
-def tiny_mlp(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
 
 
 def tiny_data(n: int = 24, seed: int = 1):

@@ -1,8 +1,8 @@
 """The regularizer protocol: registration, projection, targets, tuning and clear errors."""
 
+import helpers
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import sparsity_lab as sl
@@ -26,8 +26,7 @@ def loader(n=128, seed=0):
 
 
 def mlp():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
+    return helpers.mlp(12, 16, 8, 2)
 
 
 def test_every_regularizer_is_registered_with_a_cited_docstring():

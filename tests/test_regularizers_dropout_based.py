@@ -1,8 +1,8 @@
 """Targeted dropout drops only the lowest-magnitude weights (or units), at rate alpha."""
 
+import helpers
 import pytest
 import torch
-from torch import nn
 
 import sparsity_lab as sl
 import sparsity_lab.regularizers
@@ -10,8 +10,7 @@ from sparsity_lab import registry
 
 
 def mlp():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 2))
+    return helpers.mlp(20, 30, 2)
 
 
 def test_only_the_targeted_weights_drop_at_rate_alpha():

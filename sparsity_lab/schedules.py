@@ -34,6 +34,14 @@ def _check(begin_step: int, end_step: int, frequency: int, *sparsities: float) -
         raise ValueError(f"frequency must be a positive number of steps, got {frequency}")
 
 
+def geometric(initial_sparsity: float, final_sparsity: float, fraction: float) -> float:
+    """The sparsity a fraction of the way along a geometric decay of the *density*:
+    ``1 - d_i (d_f / d_i)^fraction``, so equal fractions remove equal shares of what is left
+    (``exponential``, ``iterative`` and the steps of iterative criteria)."""
+    d_i, d_f = 1 - initial_sparsity, 1 - final_sparsity
+    return 1 - d_i * (d_f / d_i) ** fraction
+
+
 def progress(step: int, begin_step: int, end_step: int, frequency: int = 1) -> float:
     """Fraction of the ramp done at ``step``, in [0, 1], quantised to update steps."""
     _check(begin_step, end_step, frequency)
@@ -117,9 +125,8 @@ def exponential(step, final_sparsity, begin_step=0, end_step=1, initial_sparsity
     _check(begin_step, end_step, frequency, final_sparsity, initial_sparsity)
     if step < begin_step:
         return float(initial_sparsity)
-    d_i, d_f = 1 - initial_sparsity, 1 - final_sparsity
     p = progress(step, begin_step, end_step, frequency)
-    return float(1 - d_i * (d_f / d_i) ** p)
+    return float(geometric(initial_sparsity, final_sparsity, p))
 
 
 @register("schedule", "iterative", section="2.4.2")
@@ -145,8 +152,7 @@ def iterative(
         return float(initial_sparsity)
     rounds = rounds_of(begin_step, end_step, frequency)
     done = min(rounds, (step - begin_step) // frequency + 1)
-    d_i, d_f = 1 - initial_sparsity, 1 - final_sparsity
-    return float(1 - d_i * (d_f / d_i) ** (done / rounds))
+    return float(geometric(initial_sparsity, final_sparsity, done / rounds))
 
 
 def rounds_of(begin_step: int, end_step: int, frequency: int) -> int:

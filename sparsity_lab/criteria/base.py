@@ -30,6 +30,7 @@ from torch import nn
 from .. import calibration, masks, registry
 from ..calibration import Batch
 from ..patterns import Pattern, check_sparsity, count, target_sparsity
+from ..schedules import geometric
 from ..selection import select
 
 
@@ -201,8 +202,7 @@ def exponential_steps(sparsity: float, iterations: int, start: float = 0.0) -> l
         raise ValueError(f"iterations must be a positive integer, got {iterations}")
     if start >= sparsity:  # nothing left to spread; prune() explains a request below start
         return [sparsity]
-    ratio = (1 - sparsity) / (1 - start)
-    steps = [1 - (1 - start) * ratio ** (k / iterations) for k in range(1, iterations)]
+    steps = [geometric(start, sparsity, k / iterations) for k in range(1, iterations)]
     return [*steps, sparsity]
 
 

@@ -62,6 +62,7 @@ from torch import nn
 from . import masks, models
 from . import shrink as shrink_mod
 from .formats import BSR, CSR, Encoded, NMFormat
+from .modes import evaluating
 from .patterns import NM
 
 __all__ = [
@@ -527,9 +528,7 @@ def export(
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if device == "cuda":
         check_gpu()
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         x = example_input
         if x is None:
             x = shrink_mod.example_batch(model, batch=batch_size)
@@ -543,8 +542,6 @@ def export(
             if dispatch == "measure":
                 work = _guard_whole(work, model, x, use_shrink, repeats, budget_s)
         _check_outputs(work, x, reference, tolerance, device)
-    finally:
-        model.train(was_training)
     return work
 
 

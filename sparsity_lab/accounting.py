@@ -49,6 +49,7 @@ from torch import nn
 
 from . import masks
 from . import patterns as patterns_mod
+from .modes import evaluating
 from .targets import default_targets
 
 if TYPE_CHECKING:
@@ -105,13 +106,10 @@ def positions(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> dict[s
                     found[name] = out.numel() // (out.shape[0] * channels)
 
             handles.append(module.register_forward_hook(hook))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             model(x)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     return found
@@ -134,13 +132,8 @@ def counted_flops(model: nn.Module, example_input: torch.Tensor | None = None) -
     from torch.utils.flop_counter import FlopCounterMode
 
     x = make_example_input(model) if example_input is None else example_input
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
     return counter.get_total_flops() / x.shape[0]
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import masks
+from .modes import evaluating
 
 __all__ = [
     "SEPARATOR",
@@ -58,9 +59,7 @@ def disconnected(model: nn.Module, example_input: torch.Tensor, *, trials: int =
     path from input to output crosses a pruned-away layer computes a constant (its biases),
     whatever it is given.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         generator = torch.Generator().manual_seed(0)
         flat = example_input.flatten()
         reference = model(example_input)
@@ -75,8 +74,6 @@ def disconnected(model: nn.Module, example_input: torch.Tensor, *, trials: int =
                 return False
         # every distinct input gave the same output: nothing reaches it from the input
         return not torch.equal(flat.unique(), flat[:1])
-    finally:
-        model.train(was_training)
 
 
 def never_predicted(predictions: torch.Tensor, n_classes: int) -> list[int]:

@@ -45,6 +45,7 @@ from . import masks
 from . import models as models_mod
 from .accounting import report
 from .criteria.at_init import rescale_fan_in, shuffle_masks
+from .modes import evaluating
 from .pruning import prune
 from .pruning import sparsity as measured_sparsity
 from .targets import default_targets
@@ -538,12 +539,8 @@ def finetune(
 
 @torch.no_grad()
 def _predict(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         outputs, labels = zip(*((model(x), y) for x, y in loader), strict=True)
-    finally:
-        model.train(was_training)
     return torch.cat(outputs), torch.cat(labels)
 
 

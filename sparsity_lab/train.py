@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .callbacks import Callback
+from .modes import evaluating
 from .seeding import reseed_loader, seed_everything
 
 HISTORY_COLUMNS = (
@@ -194,20 +195,13 @@ def evaluate(
     weights are computed once for the whole pass (``parametrize.cached``), not per batch.
     """
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
-    # Record each submodule's mode: model.train(flag) would flatten a mixed setup.
-    modes = [(module, module.training) for module in model.modules()]
     meter = _Meter()
-    model.eval()
-    try:
-        with torch.no_grad(), parametrize.cached():
-            for batch in loader:
-                inputs, targets = _split_batch(batch)
-                inputs, targets = inputs.to(device), targets.to(device)
-                output = model(inputs)
-                meter.add(loss_fn(output, targets).item(), output, targets)
-    finally:
-        for module, training in modes:
-            module.training = training
+    with evaluating(model), torch.no_grad(), parametrize.cached():
+        for batch in loader:
+            inputs, targets = _split_batch(batch)
+            inputs, targets = inputs.to(device), targets.to(device)
+            output = model(inputs)
+            meter.add(loss_fn(output, targets).item(), output, targets)
     return meter.result()
 
 

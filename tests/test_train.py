@@ -383,3 +383,14 @@ def test_show_progress_rule(monkeypatch):
     monkeypatch.setenv("CI", "true")
     assert not train.show_progress(None)
     assert train.show_progress(True) and not train.show_progress(False)
+
+
+def test_evaluating_restores_each_submodules_own_mode():
+    from sparsity_lab.modes import evaluating
+
+    model = tiny_model(dropout=0.5)
+    model.train()
+    model[2].eval()  # a mixed setup: one submodule frozen in a training model
+    with evaluating(model):
+        assert not any(m.training for m in model.modules())
+    assert model.training and model[0].training and not model[2].training

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import masks
+from ..modes import evaluating
 from ..patterns import NM, Pattern, Unstructured
 from ..targets import default_targets
 from .base import Context, Criterion
@@ -255,18 +256,6 @@ def links(
 
 
 # --- watching what flows through layers ---------------------------------------------------
-
-
-@contextlib.contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode (no dropout, running batch-norm statistics), then each module's old mode."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 @contextlib.contextmanager

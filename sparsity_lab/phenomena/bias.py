@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from .. import flags as flags_mod
 from .. import recipes
 from ..data import DataBundle
+from ..modes import evaluating
 from ..pruning import prune
 
 #: Binary attributes of a digit: name -> the digits for which it holds.
@@ -327,13 +328,10 @@ def predict_attribute_probs(
 ) -> np.ndarray:
     """Attribute probabilities of a digit classifier on every example of ``dataset``,
     ``(examples, labels)``: its softmax summed over the digits with each attribute."""
-    was = model.training
-    model.eval()
     out = []
-    with torch.no_grad():
+    with evaluating(model), torch.no_grad():
         for x, _ in DataLoader(dataset, batch_size=batch_size):
             out.append(torch.softmax(model(x), dim=1))
-    model.train(was)
     return attribute_probs(torch.cat(out).numpy(), attributes)
 
 

@@ -40,6 +40,7 @@ _LAZY = (
     "logs",
     "methods",
     "models",
+    "modes",
     "nb",
     "phenomena",
     "pipeline",

@@ -265,7 +265,14 @@ def _fingerprint(dataset: TensorDataset) -> str:
 
 
 #: The library modules a dense model's training runs through, hashed whole.
-DENSE_TRAINING_MODULES = ("models.py", "train.py", "data.py", "seeding.py", "callbacks.py")
+DENSE_TRAINING_MODULES = (
+    "models.py",
+    "train.py",
+    "modes.py",
+    "data.py",
+    "seeding.py",
+    "callbacks.py",
+)
 
 
 def _dense_training_sources() -> list[str]:

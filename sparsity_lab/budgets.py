@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -231,7 +232,14 @@ def erk(
     return _by_weights(shapes, sparsity, pattern or Unstructured(), dense, _erk_weight)
 
 
+def scored(budget: Any) -> Any:
+    """Mark a budget function as one that ranks scores (see :func:`needs_scores`)."""
+    budget.needs_scores = True
+    return budget
+
+
 @register("budget", "global", section="3.9")
+@scored
 def global_(
     shapes: Mapping[str, Shape],
     sparsity: float,
@@ -324,6 +332,7 @@ def lamp_scores(values: torch.Tensor) -> torch.Tensor:
 
 
 @register("budget", "lamp_budget", section="3.9")
+@scored
 def lamp_budget(
     shapes: Mapping[str, Shape],
     sparsity: float,
@@ -396,6 +405,7 @@ def _mass_keys(group_scores: torch.Tensor) -> torch.Tensor:
 
 
 @register("budget", "sensitivity_budget", section="3.9")
+@scored
 def sensitivity_budget(
     shapes: Mapping[str, Shape],
     sparsity: float,
@@ -443,15 +453,12 @@ def sensitivity_budget(
     return global_(shapes, sparsity, pattern=pattern, dense=dense, scores=keys)
 
 
-#: Budgets that rank scores (the others read only the shapes).
-SCORED = ("global", "lamp_budget", "sensitivity_budget")
-
-
 def needs_scores(budget: str) -> bool:
     """Whether ``budget`` ranks group scores; shape-only budgets (uniform, er, erk) do not,
-    so a caller can skip computing scores for them."""
-    registry.get(budget, "budget")  # a misspelt name fails here, with suggestions
-    return budget in SCORED
+    so a caller can skip computing scores for them.  A budget declares it with a
+    ``needs_scores = True`` attribute (:func:`scored`), so a newly registered one can too."""
+    # a misspelt name fails in registry.get, with suggestions
+    return bool(getattr(registry.get(budget, "budget"), "needs_scores", False))
 
 
 _WEIGHTS = {

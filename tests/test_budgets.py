@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 import sparsity_lab as sl
-from sparsity_lab import budgets, masks, sensitivity
+from sparsity_lab import budgets, masks, registry, sensitivity
 from sparsity_lab.patterns import Channel
 
 SHAPES = {
@@ -279,3 +279,22 @@ def test_densities_are_the_erk_formula_before_rounding_and_allocate_rounds_them(
         assert abs((1 - plan[n]) - dens[n]) <= 1 / sizes[n] + 1e-12
     with pytest.raises(ValueError, match="ranks scores"):
         budgets.densities("global", shapes, 0.8)
+
+
+def test_budgets_declare_whether_they_rank_scores(monkeypatch):
+    registry.available()  # load the built-in ones; the test's own goes with the patch
+    monkeypatch.setattr(registry, "_ENTRIES", dict(registry._ENTRIES))
+    assert [b for b in registry.available("budget") if budgets.needs_scores(b)] == [
+        "global",
+        "lamp_budget",
+        "sensitivity_budget",
+    ]
+
+    @registry.register("budget", "by_hand_scored")
+    @budgets.scored
+    def by_hand(shapes, sparsity, *, scores=None, **options):
+        return budgets.global_(shapes, sparsity, scores=scores, **options)
+
+    assert budgets.needs_scores("by_hand_scored")
+    with pytest.raises(KeyError, match="Did you mean"):
+        budgets.needs_scores("globall")

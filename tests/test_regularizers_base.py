@@ -171,7 +171,7 @@ def test_bad_input_says_how_to_fix_it():
     m = sl.prune(mlp(), "magnitude", 0.5)
     with pytest.raises(ValueError, match="squash"):
         reg().prepare(m)
-    with pytest.raises(ValueError, match="not targets"):
+    with pytest.raises(ValueError, match="not pruning targets"):
         reg(exclude=["9.weight"]).prepare(mlp())
 
 

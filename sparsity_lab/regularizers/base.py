@@ -64,7 +64,7 @@ from .. import masks, patterns, registry, schedules
 from ..methods.base import apportion
 from ..patterns import Pattern, check_sparsity, count
 from ..selection import select
-from ..targets import default_targets
+from ..targets import default_targets, resolve
 from ..train import Callback, Trainer, fit, make_optimizer
 
 __all__ = [
@@ -341,20 +341,14 @@ class Regularizer(Callback):
         return self.pattern.name == "channel"
 
     def names(self, model: nn.Module) -> list[str]:
-        """The regularised tensors: targets minus exclusions."""
-        if self.targets is not None:
-            names = list(self.targets)
-        else:
-            names = default_targets(model)
-            if self.structured and len(names) > 1:
-                names = names[:-1]  # the last layer's outputs are the classes
-        unknown = set(self.exclude) - set(names)
-        if unknown:
-            raise ValueError(f"{sorted(unknown)} are not targets; targets are {names}")
-        names = [n for n in names if n not in set(self.exclude)]
-        if not names:
-            raise ValueError(f"{self.name}: nothing to regularise; check targets and exclude")
-        return names
+        """The regularised tensors: targets minus exclusions (:func:`~sparsity_lab.targets.
+        resolve`); by default, with whole units, every layer but the last, whose outputs are
+        the classes."""
+        targets = self.targets
+        if targets is None and self.structured:
+            found = default_targets(model)
+            targets = found[:-1] if len(found) > 1 else found
+        return resolve(model, targets, self.exclude)
 
     def weight(self, name: str) -> torch.Tensor:
         """The stored weight of ``name`` (the parametrization's ``original`` if any)."""

@@ -860,10 +860,13 @@ display(
 #
 # Attention heads are groups that span four tensors: head *h* owns a slice of the rows of
 # the q, k and v projections and the same columns of the output projection.
-# `prune_coupled(model, "head", s)` ranks all heads of the model by the norm of those
-# weights (as Michel et al. 2019 rank them by importance) and removes the lowest.  A head
-# whose v rows are zero outputs a constant (its v bias), whatever it attends to, so shrink
-# can remove it and fold the constant into the output projection's bias.
+# `prune_coupled(model, "head", s)` ranks all heads of the model, across layers, by the L2
+# norm of those weights and removes the lowest.  The norm is a data-free stand-in for the
+# importance of Michel et al. 2019, who score a head by how much the loss changes when it
+# is masked: the gradient of the loss with respect to a gate on the head's output,
+# accumulated over data (notebook 07 computes that score with `heads.head_importance`).
+# A head whose v rows are zero outputs a constant (its v bias), whatever it attends to, so
+# shrink can remove it and fold the constant into the output projection's bias.
 #
 # The model is the tiny transformer (2 blocks of 4 heads, width 64) trained with its
 # recipe to predict the next character of Python's help texts (`"chars"`), scored by

@@ -211,7 +211,11 @@ display(
 # - `karnin` (Karnin 1990): $\sum_t (-g_t\,\Delta w_t)\,\frac{w_f}{w_f - w_i}$, the loss
 #   change integrated along the training path, accumulated while training.
 # - `movement` (Sanh et al. 2020): $S = -\sum_t g_t\,w_t$, accumulated while training: keep
-#   the weights that move away from zero.
+#   the weights that move away from zero.  Sanh et al. designed it for fine-tuning
+#   pretrained language models (BERT), where transfer moves weights away from zero or
+#   towards it and the pretrained magnitudes say little about the new task.  Here the
+#   scores accumulate while LeNet-300-100 and LeNet-5 train from scratch on MNIST, and the
+#   trained network is pruned once.
 # - `soft_movement` (Sanh et al. 2020): scores learnt with the weights, kept above a
 #   threshold.
 #

@@ -696,7 +696,12 @@ display(
 #   the columns not yet processed, through the Cholesky factor of ``H^-1``: OBC's
 #   approximation that shares one ``H^-1`` sequence across rows;
 # * **Wanda** updates nothing: it scores ``|W_ij| * ||X_j||_2`` and compares within each
-#   output row, a cheap proxy of the same error when inputs are uncorrelated.
+#   output row, a cheap proxy of the same error when inputs are uncorrelated.  Sun et al.
+#   2024 motivate it by the emergent large-magnitude input features of large language
+#   models (Dettmers et al. 2022): a few input dimensions carry values far larger than the
+#   rest, and the factor ``||X_j||_2`` keeps the weights they feed even when those weights
+#   are small, where magnitude alone may remove them.  The tiny model here may or may not
+#   have such features: no cell of this notebook measures them.
 #
 # The model is the tiny transformer (2 blocks, width 64) trained with its recipe to
 # predict the next character of Python's help texts, the language-modelling task of these

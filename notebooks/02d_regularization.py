@@ -632,8 +632,11 @@ table.round(3)
 # small policy proposes, layer by layer, a sparsity; the action is limited so that the
 # FLOPs budget (here: remove 70% of the FLOPs) stays reachable; each layer is pruned by
 # magnitude and the reward is the accuracy on the validation split *without* fine-tuning.
-# A policy gradient (REINFORCE) improves the proposals.  The best episode is chosen on the
-# validation split, so its reward is optimistic: it is reported once on the test split.
+# He et al. train a DDPG agent (an actor-critic with continuous actions); the policy here
+# is a linear map trained by REINFORCE, a plain policy gradient, with a moving-average
+# baseline: a simpler learner for a search over three layers.  The best episode is chosen
+# on the validation split, so its reward is optimistic: it is reported once on the test
+# split.
 # The network searched is the dense LeNet-300-100 of the recipe (`recipes.dense`).
 
 # %%

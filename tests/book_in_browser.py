@@ -99,6 +99,11 @@ def check(root: Path, chromium: str) -> list[str]:
         assert visible_links(page) == shown, "the button did not show the sidebar again"
         assert not errors, f"script errors at {DESKTOP}px: {errors}"
         report.append(f"{DESKTOP}px: the button hides and shows the {shown} chapter links")
+        # code fits the column: no code block scrolls sideways
+        wide = page.locator("div.cell_input pre").evaluate_all(
+            "blocks => blocks.filter(b => b.scrollWidth > b.clientWidth + 1).length"
+        )
+        assert wide == 0, f"{wide} code blocks of {CHAPTER} scroll sideways at {DESKTOP}px"
         # every figure says what it shows, not where its file is
         alts = page.locator("main img").evaluate_all("images => images.map(i => i.alt)")
         bare = [a for a in alts if not a or a.endswith((".png", ".svg", ".jpg"))]

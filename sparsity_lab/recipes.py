@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, TensorDataset
 
 from . import data as data_mod
@@ -546,7 +547,8 @@ def finetune(
 
 @torch.no_grad()
 def _predict(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    with evaluating(model):
+    # masked weights computed once for the pass, not once per batch
+    with evaluating(model), parametrize.cached():
         outputs, labels = zip(*((model(x), y) for x, y in loader), strict=True)
     return torch.cat(outputs), torch.cat(labels)
 

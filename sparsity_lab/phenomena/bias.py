@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, TensorDataset
 
 from .. import flags as flags_mod
@@ -329,7 +330,7 @@ def predict_attribute_probs(
     """Attribute probabilities of a digit classifier on every example of ``dataset``,
     ``(examples, labels)``: its softmax summed over the digits with each attribute."""
     out = []
-    with evaluating(model), torch.no_grad():
+    with evaluating(model), torch.no_grad(), parametrize.cached():
         for x, _ in DataLoader(dataset, batch_size=batch_size):
             out.append(torch.softmax(model(x), dim=1))
     return attribute_probs(torch.cat(out).numpy(), attributes)

@@ -154,15 +154,16 @@ for name in ("set", "rigl"):
         s: float((f.bool() & ~first).sum() / first.sum()) for s, f in movie.frames.items()
     }
 
-fig, axes = plt.subplots(2, 4, figsize=(9, 4.8))
+fig, axes = plt.subplots(2, 4, figsize=(9, 4.8), layout="constrained")
+top = max(float(frame.mean(0).max()) for movie in movies.values() for frame in movie.values())
 for row, name in enumerate(movies):
     for col, (step, frame) in enumerate(sorted(movies[name].items())):
         ax = axes[row, col]
-        ax.imshow(frame.mean(0).reshape(side, side), vmin=0, vmax=frame.mean(0).max())
+        image = ax.imshow(frame.mean(0).reshape(side, side), vmin=0, vmax=top)
         ax.set_title(f"{name}, step {step}", fontsize=9)
         ax.axis("off")
-fig.suptitle("First-layer mask: share of hidden units reading each pixel")
-fig.tight_layout()
+fig.colorbar(image, ax=axes, label="share of hidden units reading the pixel", shrink=0.8)
+fig.suptitle("First-layer mask: share of hidden units reading each pixel (one colour scale)")
 plt.show()
 
 # %% [markdown]

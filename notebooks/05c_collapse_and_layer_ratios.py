@@ -141,7 +141,7 @@ sl.experiments.plot_mean_ci(runs, "sparsity", "test_accuracy", hue="method", ax=
 axes[2].set_title(f"test accuracy after {n_epochs} epochs")
 for ax in axes:
     ax.set_xscale("logit")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
 display(sl.stats.summarize(runs, ["method", "sparsity"], "test_accuracy").round(4))

@@ -772,18 +772,32 @@ for batch in BATCHES:
             weight_bytes = (VALUE_BYTES + idx) * nnz + idx * (MATRIX + 1)
             points.append((f"csr {s:.0%} b{batch}", 2 * nnz * batch, weight_bytes + io_bytes, t))
 
-fig, ax = plt.subplots(figsize=(7, 4.5))
+# one panel per batch, so that the labels of the two batches do not pile up
+fig, axes = plt.subplots(
+    1, len(BATCHES), figsize=(5 * len(BATCHES), 4.5), squeeze=False, sharey=True
+)
 intensity = np.logspace(-2, 3, 100)
-ax.plot(intensity, np.minimum(peak, bandwidth * intensity), "k-", label="roofline")
-for label, flops, nbytes, t in points:
-    ax.scatter(flops / nbytes, flops / t / 1e9, s=20, color="C3" if label.startswith("d") else "C0")
-    ax.annotate(label, (flops / nbytes, flops / t / 1e9), fontsize=7)
-ax.set_xscale("log")
-ax.set_yscale("log")
-ax.set_xlabel("arithmetic intensity (FLOP / byte)")
-ax.set_ylabel("GFLOP/s")
-ax.set_title(f"{MATRIX}x{MATRIX} products, {plural_of('batch', BATCHES)}")
-ax.legend()
+for ax, batch in zip(axes[0], BATCHES, strict=True):
+    ax.plot(intensity, np.minimum(peak, bandwidth * intensity), "k-", label="roofline")
+    mine = [p for p in points if p[0].endswith(f" b{batch}")]
+    for i, (label, flops, nbytes, t) in enumerate(mine):
+        dense_point = label.startswith("d")
+        ax.scatter(flops / nbytes, flops / t / 1e9, s=20, color="C3" if dense_point else "C0")
+        ax.annotate(  # alternate above and below, so that close points keep readable labels
+            label.rsplit(" b", 1)[0],
+            (flops / nbytes, flops / t / 1e9),
+            xytext=(4, 5 if i % 2 == 0 else -11),
+            textcoords="offset points",
+            fontsize=8,
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP / byte)")
+    ax.set_title(f"batch {batch}")
+    ax.legend(loc="lower right")
+axes[0][0].set_ylabel("GFLOP/s")
+fig.suptitle(f"{MATRIX}x{MATRIX} products")
+fig.tight_layout()
 plt.show()
 csr_points = [(label, f, nbytes, t) for label, f, nbytes, t in points if label.startswith("csr")]
 fastest = max(csr_points, key=lambda p: p[1] / p[3])

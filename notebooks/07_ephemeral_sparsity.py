@@ -639,7 +639,8 @@ for ax, name in zip(axes, ["noisy top-2", "switch (top-1, cf 1.25)"], strict=Tru
         kept = routing.kept[:, slot]
         np.add.at(grid, (yt[kept].numpy(), routing.experts[kept, slot].numpy()), 1)
     grid /= grid.sum(1, keepdims=True)
-    ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    fig.colorbar(image, ax=ax, label="share of the digit's choices")
     ax.set_xlabel("expert")
     ax.set_ylabel("digit")
     ax.set_xticks(range(4))
@@ -884,7 +885,7 @@ n_heads = sum(s.numel() for s in importance.values())
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
 grid = torch.stack(list(importance.values())).numpy()
-axes[0].imshow(grid, cmap="viridis")
+fig.colorbar(axes[0].imshow(grid, cmap="viridis"), ax=axes[0], label="importance")
 axes[0].set_xlabel("head")
 axes[0].set_ylabel("layer")
 axes[0].set_xticks(range(grid.shape[1]))

@@ -150,7 +150,7 @@ def draw_bowl(ax, correlation, stretch=4.0, legend=False):
     ax.plot(*end, "o", color="C3", label=f"OBS: {obs} := 0, {what}")
     ax.set(xlabel="w1", ylabel="w2", aspect="equal")
     if legend:
-        ax.legend(fontsize=7, loc="upper right")  # away from the points on the w1 axis
+        ax.legend(fontsize=8, loc="upper right")  # away from the points on the w1 axis
 
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
@@ -827,7 +827,7 @@ for ax, metric, title in [
             color=colors[method],
             label=f"{method}, 2:4",
         )
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8)
     ax.set_title(f"Tiny transformer: {title}")
 axes[1].set_yscale("log")
 axes[2].set_yscale("log")
@@ -929,7 +929,7 @@ for ax, (pattern, part) in zip(axes, layer_errors.groupby("pattern", sort=False)
     ].plot.bar(ax=ax, logy=True, width=0.8)
     low, high = ax.get_ylim()
     ax.set_ylim(low, high * 5)  # room for the legend above the bars
-    ax.legend(fontsize=7, ncol=4, loc="upper left")
+    ax.legend(fontsize=8, ncol=4, loc="upper left")
     ax.set_title(f"{pattern}, 50% per layer (seed {SEED})")
     ax.set_ylabel("relative output error")
 plt.tight_layout()

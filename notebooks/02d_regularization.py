@@ -338,7 +338,7 @@ for row, model_name in enumerate(MODELS):
         sl.viz.sparsity_curve(part, x="sparsity", y="test_accuracy", hue="method", ax=ax,
                               baseline=base["test_accuracy"].mean(),
                               logit_x=pattern == "unstructured")  # fmt: skip
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=8, ncol=2)
         ax.set_title(f"{model_name}, {pattern}")
 plt.show()
 

@@ -289,7 +289,7 @@ sl.experiments.plot_mean_ci(scale_runs, "sparsity", "test_accuracy", hue="model"
 ax.axhline(scale_dense["test_accuracy"].mean(), color="k", ls="--", label="large dense")
 ax.set_ylabel("test accuracy")
 ax.set_title("1-D CNN on MNIST-1D at equal cost")
-ax.legend(fontsize=7)
+ax.legend(fontsize=8)
 plt.show()
 display(sl.stats.summarize(scale_runs, ["sparsity", "model"], "test_accuracy").round(4))
 flagged = sl.flags.table(

@@ -21,6 +21,12 @@ live in :mod:`sparsity_lab.curvature`.
 Methods that move the surviving weights (``obs``, ``woodfisher``, ``mfac``) do so in
 :meth:`~sparsity_lab.criteria.Criterion.update_weights`, after the masks are chosen; pass
 ``update=False`` for the mask alone.
+
+How much calibration data they read: what is built from per-example gradients (the
+empirical Fisher of ``fisher_diag``, ``woodfisher`` and ``mfac``, OBD's Gauss-Newton
+diagonal) counts *examples*, ``n_samples``, since each example adds its own ``g_n g_n^T``
+whatever the batching; what is built per batch (K-FAC factors, exact or Hutchinson
+Hessians) counts ``batches``, as every other criterion of the library does.
 """
 
 from __future__ import annotations

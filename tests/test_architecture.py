@@ -128,3 +128,21 @@ def test_importing_the_package_needs_only_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_only_the_known_criteria_replace_the_shared_prune():
+    """Criteria plug into Criterion.prune through its hooks (steps, prepare, scores,
+    update_weights); the ones that still replace it are listed here, so the list can only
+    shrink: layer-wise calibration, the two searches, FORCE's restarts and soft movement's
+    threshold mode."""
+    from sparsity_lab.criteria.base import Criterion
+
+    replaced = set()
+    for name in sparsity_lab.registry.available("criterion"):
+        obj = sparsity_lab.registry.get(name, "criterion")
+        cls = obj if isinstance(obj, type) else type(obj)
+        owner = next(k for k in cls.__mro__ if "prune" in vars(k))
+        if owner is not Criterion:
+            replaced.add(name)
+    known = {"amc", "evolutionary", "force", "lobs", "obc", "soft_movement", "sparsegpt", "wanda"}
+    assert replaced <= known, f"{sorted(replaced - known)} replace Criterion.prune; use its hooks"

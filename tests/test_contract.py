@@ -299,7 +299,7 @@ def test_training_method_is_deterministic(name):
 
 
 # What a search reports after running, by design (not state the next call reads).
-REPORTS = {"history", "result", "eigenvalues", "evaluations"}
+REPORTS = {"history", "result", "evaluations"}
 
 
 @pytest.mark.parametrize("name", CRITERIA)

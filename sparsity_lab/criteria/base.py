@@ -110,6 +110,12 @@ class Criterion:
         """One importance score per element of each named tensor (higher = keep)."""
         raise NotImplementedError
 
+    def prepare(
+        self, model: nn.Module, names: list[str], dense: set[str], context: Context
+    ) -> None:
+        """Before scoring, in each round: rewrite the model, or work out what :meth:`scores`
+        reads and keep it in ``context.state`` (default: nothing)."""
+
     def update_weights(
         self, model: nn.Module, new_masks: dict[str, torch.Tensor], context: Context
     ) -> None:
@@ -164,6 +170,7 @@ class Criterion:
             raise ValueError(f"criterion {self.name!r} needs data: pass data=... to prune()")
         context = replace(context, state={})  # fresh for every round of pruning
         dense = set(dense)
+        self.prepare(model, names, dense, context)
         shapes = {n: tuple(masks.weight(model, n).shape) for n in names}
         for n in names:
             if n not in dense:

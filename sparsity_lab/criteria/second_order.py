@@ -662,13 +662,10 @@ class EigenDamage(Criterion):
 
     def __init__(self, batches: int | None = 8) -> None:
         self.batches = batches
-        self._eigenvalues: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def prune(self, model, names, sparsity, *, pattern, budget, dense=(), **kwargs):
-        context = kwargs.get("context") or Context()
-        if context.data is None:
-            raise ValueError("criterion 'eigendamage' needs data: pass data=... to prune()")
-        dense = set(dense)
+    def prepare(self, model, names, dense, context):
+        """Rewrite the target layers in their K-FAC eigenbases; their eigenvalues go to
+        ``context.state``, where :meth:`scores` reads them."""
         rewrite = [n for n in names if n not in dense]
         for n in rewrite:
             module = model.get_submodule(n.rpartition(".")[0])
@@ -680,27 +677,23 @@ class EigenDamage(Criterion):
         factors = curvature.kronecker_factors(
             model, rewrite, context.data, loss_fn=context.loss_fn, limit=self.batches
         )
+        eigenvalues = context.state["eigenvalues"] = {}
         for n in rewrite:
             a, g = factors[n]
             eig_a, q_a = torch.linalg.eigh(a)
             eig_g, q_g = torch.linalg.eigh(g)
             # eigenvalues of a positive semi-definite matrix: tiny negatives are rounding
-            self._eigenvalues[n] = (eig_g.clamp(min=0), eig_a.clamp(min=0))
+            eigenvalues[n] = (eig_g.clamp(min=0), eig_a.clamp(min=0))
             to_eigenbasis(model.get_submodule(n.rpartition(".")[0]), q_a, q_g)
-        try:
-            return super().prune(
-                model, names, sparsity, pattern=pattern, budget=budget, dense=dense, **kwargs
-            )
-        finally:
-            self._eigenvalues = {}
 
     def scores(self, model: nn.Module, names: list[str], context: Context):
         out = {}
+        eigenvalues = context.state.get("eigenvalues", {})
         for n in names:
             w = masks.weight(model, n).detach().double()
-            if n not in self._eigenvalues:  # a dense layer: never ranked
+            if n not in eigenvalues:  # a dense layer: never ranked
                 out[n] = torch.zeros_like(w)
                 continue
-            eig_g, eig_a = self._eigenvalues[n]
+            eig_g, eig_a = eigenvalues[n]
             out[n] = obd_saliency(_matrix(w), torch.outer(eig_g, eig_a).to(w)).reshape(w.shape)
         return out

@@ -45,6 +45,15 @@ def _needs(package: str, extra: str) -> None:
     raise ImportError(f"this needs {package}: pip install {extra}")
 
 
+def _safetensors():
+    """``safetensors.torch``, or an error that says how to install it."""
+    try:
+        import safetensors.torch
+    except ImportError:
+        _needs("safetensors", "safetensors")
+    return safetensors.torch
+
+
 def save_safetensors(
     model: nn.Module, path: str | os.PathLike, *, with_masks: bool = False
 ) -> Path:
@@ -53,10 +62,7 @@ def save_safetensors(
     Masked weights are written as ``weight * mask`` (exact zeros); ``with_masks`` adds each
     mask as ``"<name>.mask"`` (bool).  Metadata records the format and the masked names.
     """
-    try:
-        from safetensors.torch import save_file
-    except ImportError:
-        _needs("safetensors", "safetensors")
+    save_file = _safetensors().save_file
     state = {k: v.detach().contiguous().clone() for k, v in masks.plain_state_dict(model).items()}
     found = masks.masks(model)
     if with_masks:
@@ -86,10 +92,7 @@ def load_safetensors(
     masks loaded into a masked model keeps that model's masks, so masked entries stay zero.
     ``strict`` refuses missing and unexpected keys, naming them.  Returns ``model``.
     """
-    try:
-        from safetensors.torch import load_file
-    except ImportError:
-        _needs("safetensors", "safetensors")
+    load_file = _safetensors().load_file
     state = load_file(str(path))
     saved_masks = {
         k[: -len(MASK_SUFFIX)]: state.pop(k)
@@ -123,10 +126,7 @@ def save_pretrained(
     directory = Path(directory)
     plain.save_pretrained(directory, **options)
     if with_masks and found:
-        try:
-            from safetensors.torch import save_file
-        except ImportError:
-            _needs("safetensors", "safetensors")
+        save_file = _safetensors().save_file
         tensors = {n: m.detach().bool().contiguous() for n, m in found.items()}
         save_file(tensors, str(directory / PRETRAINED_MASKS), metadata={"format": "pt"})
     return directory
@@ -142,10 +142,7 @@ def load_pretrained_masks(model: nn.Module, directory: str | os.PathLike) -> nn.
             f"no {PRETRAINED_MASKS} in {directory}: it was saved without masks (the pruned "
             "values are in the weights; prune again to attach masks)"
         )
-    try:
-        from safetensors.torch import load_file
-    except ImportError:
-        _needs("safetensors", "safetensors")
+    load_file = _safetensors().load_file
     for name, mask in load_file(str(path)).items():
         masks.attach(model, name, mask)
     return model

@@ -137,12 +137,15 @@ def attach(
 ) -> nn.Module:
     """Mask parameter ``name`` of ``model`` with a 0/1 (or bool) ``mask``; returns ``model``.
 
-    If the parameter is already masked, the mask is replaced (see :func:`set_mask`).
+    If the parameter is already masked, the mask is replaced (see :func:`set_mask`) in the
+    new gradient mode: leaving a straight-through mask (``dense_grad=True``) for the default
+    zeroes the stored values of the pruned weights, as a first attach does.
     """
     module, tensor_name = _split(model, name)
-    if _mask_module(module, tensor_name) is not None:
+    holder = _mask_module(module, tensor_name)
+    if holder is not None:
+        holder.dense_grad = dense_grad
         set_mask(model, name, mask)
-        _mask_module(module, tensor_name).dense_grad = dense_grad
         return model
     param = getattr(module, tensor_name, None)
     if not isinstance(param, nn.Parameter):

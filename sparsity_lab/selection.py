@@ -37,7 +37,6 @@ def select(
     ``sparsity`` is ``None`` for N:M patterns, which fix it.  ``min_density`` keeps at
     least that fraction of each tensor (global budget; see :func:`budgets.global_`).
     """
-    target = target_sparsity(pattern, sparsity)
     dense = set(dense)
     priors = priors or {}
     shapes = {n: tuple(s.shape) for n, s in scores.items()}
@@ -46,18 +45,15 @@ def select(
         for n, s in scores.items()
         if n not in dense
     }
-    plan = budgets.allocate(
-        budget,
+    counts = plan(
         shapes,
-        target,
+        sparsity,
         pattern=pattern,
+        budget=budget,
         dense=dense,
-        scores=group_scores,
+        group_scores=group_scores,
         min_density=min_density,
     )
-    counts = {n: count(plan[n], pattern.n_groups(shapes[n])) for n in group_scores}
-    if pattern.fixed_sparsity is None:
-        counts = _keep_pruned_groups(counts, group_scores, shapes, pattern)
     out = {}
     for n, s in scores.items():
         if n in dense:
@@ -69,6 +65,42 @@ def select(
             keep = keep & prior.bool()  # out of place: keep may be a broadcast view
         out[n] = keep
     return out
+
+
+def plan(
+    shapes: Mapping[str, tuple[int, ...]],
+    sparsity: float | None,
+    *,
+    pattern: Pattern,
+    budget: str,
+    dense: Iterable[str] = (),
+    group_scores: Mapping[str, torch.Tensor] | None = None,
+    min_density: float = 0.0,
+) -> dict[str, int]:
+    """Groups of ``pattern`` to prune in each tensor that is not ``dense``: the budget's plan.
+
+    The part of :func:`select` that criteria choosing their own masks within each layer use
+    (layer-wise reconstruction, the evolutionary search).  ``group_scores`` are needed by
+    budgets that rank groups across tensors; where given, a tensor never gets fewer pruned
+    groups than it has already (those scoring ``-inf``), and the total stays at the target.
+    """
+    target = target_sparsity(pattern, sparsity)
+    dense = set(dense)
+    allocation = budgets.allocate(
+        budget,
+        dict(shapes),
+        target,
+        pattern=pattern,
+        dense=dense,
+        scores=None if group_scores is None else dict(group_scores),
+        min_density=min_density,
+    )
+    counts = {
+        n: count(allocation[n], pattern.n_groups(shapes[n])) for n in shapes if n not in dense
+    }
+    if pattern.fixed_sparsity is None and group_scores is not None:
+        counts = _keep_pruned_groups(counts, group_scores, shapes, pattern)
+    return counts
 
 
 def _keep_pruned_groups(

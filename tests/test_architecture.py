@@ -104,16 +104,15 @@ def test_every_module_imports_on_its_own():
 
 
 def test_only_the_selection_module_turns_a_budget_plan_into_masks():
-    """One path from scores to masks: budgets.allocate is called by selection.select and
-    by the two callers that plan per layer and choose the masks their own way (the
-    layer-wise reconstruction, the evolutionary search's per-layer counts)."""
+    """One path from scores to masks: budgets.allocate is called by selection alone (the
+    criteria that choose masks within each layer their own way take its per-layer counts
+    through selection.plan)."""
     callers = {
         name
         for name, path in MODULES.items()
         if "budgets.allocate(" in path.read_text() or "allocate(budget" in path.read_text()
     }
-    planners = {"sparsity_lab.criteria.layerwise", "sparsity_lab.criteria.search"}
-    assert callers == {"sparsity_lab.selection"} | planners
+    assert callers == {"sparsity_lab.selection"}
 
 
 def test_importing_the_package_needs_only_torch():
@@ -130,19 +129,24 @@ def test_importing_the_package_needs_only_torch():
     assert out.stdout.strip() == "[]", out.stdout
 
 
-def test_only_the_known_criteria_replace_the_shared_prune():
-    """Criteria plug into Criterion.prune through its hooks (steps, prepare, scores,
-    update_weights); the ones that still replace it are listed here, so the list can only
-    shrink: layer-wise calibration, the two searches, FORCE's restarts and soft movement's
-    threshold mode."""
+def _owner(cls: type, attribute: str) -> type:
+    return next(k for k in cls.__mro__ if attribute in vars(k))
+
+
+def test_no_criterion_replaces_the_shared_prune_and_only_mask_choosing_rules_replace_choose():
+    """Criteria plug into Criterion.prune through its hooks (target, prepare, scores,
+    choose, update_weights, steps), so its checks and attaching are never skipped.  The
+    ones whose rule is the choice of the masks itself replace ``choose``: the layer-wise
+    reconstruction methods, the two searches, FORCE's rounds and soft movement's
+    threshold.  The list can only shrink."""
     from sparsity_lab.criteria.base import Criterion
 
-    replaced = set()
+    chooses = set()
     for name in sparsity_lab.registry.available("criterion"):
         obj = sparsity_lab.registry.get(name, "criterion")
         cls = obj if isinstance(obj, type) else type(obj)
-        owner = next(k for k in cls.__mro__ if "prune" in vars(k))
-        if owner is not Criterion:
-            replaced.add(name)
+        assert _owner(cls, "prune") is Criterion, f"{name} replaces Criterion.prune"
+        if _owner(cls, "choose") is not Criterion:
+            chooses.add(name)
     known = {"amc", "evolutionary", "force", "lobs", "obc", "soft_movement", "sparsegpt", "wanda"}
-    assert replaced <= known, f"{sorted(replaced - known)} replace Criterion.prune; use its hooks"
+    assert chooses <= known, f"{sorted(chooses - known)} replace Criterion.choose"

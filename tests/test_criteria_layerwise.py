@@ -330,6 +330,53 @@ def test_layerwise_criteria_prune_mlps_cnns_and_the_transformer(name, method):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("name", ["lenet300", "lenet5", "cnn1d", "tiny_transformer"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_one_calibration_pass_equals_running_the_model_again_up_to_each_layer(name, method):
+    """The fast path (all batches stacked, each layer pruned in a hook just before it runs)
+    against the reference loop that re-runs the model up to every layer."""
+    model, (x, _) = model_and_data(name)
+    batches = [(x[:8], None), (x[8:], None)]
+    fast = sl.registry.get(method, "criterion")()
+    slow = sl.registry.get(method, "criterion")()
+    slow.one_pass = False
+    a = sl.prune(copy.deepcopy(model), fast, 0.6, data=batches, budget="uniform")
+    b = sl.prune(copy.deepcopy(model), slow, 0.6, data=batches, budget="uniform")
+    names = list(masks.masks(a))
+    assert names == list(masks.masks(b)) and len(names) >= 3
+    for n in names:
+        assert torch.equal(masks.get_mask(a, n), masks.get_mask(b, n)), n
+        torch.testing.assert_close(masks.weight(a, n), masks.weight(b, n))
+
+
+def test_one_calibration_pass_runs_the_model_once_however_deep():
+    """The reference loop runs the model up to each layer for each batch, a cost that grows
+    with the square of depth; the fast path runs it once (plus one to find the order)."""
+    depth = 6
+    model = nn.Sequential(*[nn.Linear(10, 10) for _ in range(depth)])
+    calls = []
+    model[0].register_forward_pre_hook(lambda mod, args: calls.append(len(args[0])))
+    x = torch.randn(12, 10, generator=torch.Generator().manual_seed(0))
+    data = [(x[:6], None), (x[6:], None)]
+    sl.prune(copy.deepcopy(model), "sparsegpt", 0.5, data=data)
+    assert calls == [6, 12]  # the forward order on one batch, then all batches at once
+    slow = sl.registry.get("sparsegpt", "criterion")()
+    slow.one_pass = False
+    calls.clear()
+    sl.prune(copy.deepcopy(model), slow, 0.5, data=data)
+    assert calls == [6] + [6, 6] * depth
+
+
+def test_batches_of_different_shapes_take_the_reference_loop():
+    model, _ = model_and_data("tiny_transformer")
+    gen = torch.Generator().manual_seed(3)
+    batches = [(torch.randint(0, 20, (4, 8), generator=gen), None)]
+    batches.append((torch.randint(0, 20, (4, 6), generator=gen), None))
+    assert lw._stack([x for x, _ in batches]) is None
+    sl.prune(model, "sparsegpt", 0.5, data=batches)
+    assert sl.accounting.report(model)["sparsity"].iloc[-1] > 0.4
+
+
 @pytest.mark.parametrize("name", ["cnn", "tiny_transformer"])
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 @pytest.mark.parametrize("pattern", ["2:4", "4:8"])

@@ -17,27 +17,16 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 import torch
 from torch.nn.utils import parametrize
 
 from .. import masks
 from ..registry import register
-from .base import Context, Criterion, current_sparsity, exponential_steps, unfrozen
+from .base import Criterion, current_sparsity, exponential_steps, unfrozen
 from .first_order import weight_gradients
 from .units import evaluating
-
-
-class _Given(Criterion):
-    """Scores computed beforehand, fed through the shared allocation and mask logic."""
-
-    name = "given"
-
-    def __init__(self, scores: dict[str, torch.Tensor]) -> None:
-        self._scores = scores
-
-    def scores(self, model, names, context):
-        return self._scores
 
 
 @register("criterion", "grasp", section="2.4.3")
@@ -145,53 +134,30 @@ class FORCE(Criterion):
         # the stored weight, not the masked one: a pruned weight keeps its value to return
         return {n: (total[n] / count * masks.dense_weight(model, n).detach()).abs() for n in names}
 
-    def prune(
-        self,
-        model,
-        names,
-        sparsity,
-        *,
-        pattern,
-        budget,
-        dense=(),
-        reduction="l1",
-        dense_grad=False,
-        context=None,
-    ):
-        context = context or Context()
-        if context.data is None:
-            raise ValueError("criterion 'force' needs data: pass data=... to prune()")
-        pruned = [n for n in names if n not in set(dense)]
-        already = current_sparsity(model, names)
+    def choose(self, model, names, request, context):
+        """Re-choose the masks from every weight at each step, on the network as pruned."""
+        pruned = [n for n in names if n not in request.dense]
         start = {}
         for n in pruned:
-            mask = masks.get_mask(model, n)
-            start[n] = torch.ones_like(masks.weight(model, n)) if mask is None else mask.clone()
+            prior = request.priors[n]
+            start[n] = torch.ones_like(masks.weight(model, n)) if prior is None else prior.clone()
             # straight-through masks keep the values of pruned weights, so they can return
             masks.attach(model, n, start[n], dense_grad=True)
         batches = itertools.cycle(list(context.batches()))
-        steps = [sparsity] if pattern.fixed_sparsity is not None else None
-        for step in steps or exponential_steps(sparsity, self.iterations, already):
+        steps = [request.sparsity]
+        if request.pattern.fixed_sparsity is None:
+            already = current_sparsity(model, names)
+            steps = exponential_steps(request.sparsity, self.iterations, already)
+        for step in steps:
             data = [next(batches) for _ in range(self.batches)]
-            with unfrozen(model, names):
-                scores = self.scores(model, names, Context(data, context.loss_fn, context.seed))
+            with torch.enable_grad(), unfrozen(model, names):
+                scores = self.scores(model, names, replace(context, data=data))
             for n in pruned:  # every weight competes again, from the masks we started with
                 masks.set_mask(model, n, start[n])
-            new_masks = _Given(scores).prune(
-                model,
-                names,
-                step,
-                pattern=pattern,
-                budget=budget,
-                dense=dense,
-                reduction=reduction,
-                dense_grad=True,
-                context=context,
-            )
-        for n, keep in new_masks.items():
-            masks.attach(model, n, keep, dense_grad=dense_grad)
-            masks.set_mask(model, n, keep)  # now in the final mode: zero the stored weights
-        return new_masks
+            new_masks = replace(request, sparsity=step).select({n: scores[n] for n in names})
+            for n, keep in new_masks.items():
+                masks.attach(model, n, keep, dense_grad=True)
+        return new_masks  # prune() attaches them in the caller's gradient mode
 
     def __repr__(self) -> str:
         return f"FORCE(iterations={self.iterations})"

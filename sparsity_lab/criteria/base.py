@@ -2,17 +2,25 @@
 
 A criterion answers one question: how important is each element of each target tensor?
 Its :meth:`Criterion.scores` returns one score per element (higher = keep).  Everything
-after that, turning scores into masks with a pattern and a budget, is shared and lives in
-:meth:`Criterion.prune`.  Families plug in at the level they need:
+around that is shared and lives in :meth:`Criterion.prune`, which no criterion replaces:
+checks, rounds, refusing to revive pruned weights, and attaching the masks.  Families plug
+in through hooks, at the level they need:
 
 * data-free criteria (magnitude, random, LAMP) override only ``scores``;
 * data-driven, first- and second-order criteria read ``context.data`` (batches of inputs and
   targets), ``context.loss_fn`` and helpers such as :meth:`Context.batches` to collect
   activations, gradients, Hessian or Fisher information inside ``scores``;
+* criteria that rewrite the model before scoring (EigenDamage) override :meth:`prepare`;
 * criteria that change the surviving weights (OBS, merges, bias folding) override
   :meth:`Criterion.update_weights`, which runs after the masks are chosen;
-* layer-wise reconstruction methods (OBC, SparseGPT, Wanda) that prune one layer at a time
-  with calibration inputs override :meth:`Criterion.prune` itself.
+* ``steps`` > 1 prunes in rounds, the scores recomputed in between;
+* criteria whose rule is the choice of the masks itself override :meth:`choose`: the
+  layer-wise reconstruction methods (OBC, SparseGPT, Wanda), which prune one layer at a time
+  on calibration inputs, the searches over layer sparsities or masks (AMC, evolutionary),
+  FORCE's rounds in which pruned weights compete again, and soft movement's threshold.
+  Their masks still go through the shared checks and are attached by :meth:`prune`;
+* :meth:`target` says what the round aims at (a sparsity by default; AMC's fraction of
+  FLOPs, none for a threshold).
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from .. import calibration, masks, registry
 from ..calibration import Batch
 from ..patterns import Pattern, check_sparsity, count, target_sparsity
 from ..schedules import geometric
-from ..selection import select
+from ..selection import plan, select
 
 
 @dataclass
@@ -68,6 +76,54 @@ class Context:
         they are refused, since the criterion needs a loss.
         """
         return calibration.batches(self.data, limit, labels=labels)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one round of pruning asks for: all that :func:`select` needs besides scores.
+
+    ``sparsity`` is the round's target (N:M's fixed value filled in; ``None`` when the
+    criterion sets the sparsity itself, as a threshold does).  ``priors`` are the current
+    keep-masks (``None``: unmasked); pruned groups stay pruned.
+    """
+
+    sparsity: float | None
+    pattern: Pattern
+    budget: str
+    dense: frozenset[str]
+    priors: dict[str, torch.Tensor | None]
+    reduction: str = "l1"
+    min_density: float = 0.0
+
+    def select(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The keep-masks this request gives ``scores`` (see :func:`select`)."""
+        return select(
+            scores,
+            self.sparsity,
+            pattern=self.pattern,
+            budget=self.budget,
+            dense=self.dense,
+            priors=self.priors,
+            reduction=self.reduction,
+            min_density=self.min_density,
+        )
+
+    def plan(
+        self,
+        shapes: dict[str, tuple[int, ...]],
+        group_scores: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, int]:
+        """Groups to prune per tensor under this request's budget (see :func:`plan`), for
+        criteria that choose the masks within each tensor their own way."""
+        return plan(
+            shapes,
+            self.sparsity,
+            pattern=self.pattern,
+            budget=self.budget,
+            dense=self.dense,
+            group_scores=group_scores,
+            min_density=self.min_density,
+        )
 
 
 class Criterion:
@@ -121,6 +177,23 @@ class Criterion:
     ) -> None:
         """Change the surviving weights after the masks are chosen (default: nothing)."""
 
+    def target(self, pattern: Pattern, sparsity: float | None) -> float | None:
+        """What the rounds aim at, checked: the sparsity ``pattern`` reaches (default), or
+        what a criterion that sets its own target reads instead (``None`` for a threshold,
+        a fraction of FLOPs for AMC).  A ``None`` target takes one round."""
+        return target_sparsity(pattern, sparsity)
+
+    def choose(
+        self, model: nn.Module, names: list[str], request: Request, context: Context
+    ) -> dict[str, torch.Tensor]:
+        """The keep-masks of one round: the scores, selected as ``request`` asks (default).
+
+        Criteria whose rule is the choice of masks itself (layer-wise reconstruction, a
+        search) replace this; :meth:`prune` attaches what it returns."""
+        with torch.enable_grad(), unfrozen(model, names):
+            scores = self.scores(model, names, context)
+        return request.select({n: scores[n] for n in names})
+
     def prune(
         self,
         model: nn.Module,
@@ -143,53 +216,46 @@ class Criterion:
         :func:`exponential_steps`); N:M patterns, whose sparsity is fixed, take one.
         """
         self.check_pattern(pattern)
-        options = dict(pattern=pattern, budget=budget, dense=dense, dense_grad=dense_grad)
-        options["reduction"] = self.group_reduction or reduction
-        options["context"] = replace(context or Context(), pattern=pattern)
-        if self.steps == 1 or sparsity is None or pattern.fixed_sparsity is not None:
-            return self._prune_once(model, names, sparsity, **options)
+        target = self.target(pattern, sparsity)
+        context = replace(context or Context(), pattern=pattern)
+        if self.needs_data and context.data is None:
+            raise ValueError(
+                f"criterion {self.name!r} needs data: pass data=... to prune(), the "
+                f"calibration data it scores the weights on"
+            )
+        options = dict(pattern=pattern, budget=budget, dense=frozenset(dense))
+        options.update(reduction=self.group_reduction or reduction, dense_grad=dense_grad)
+        if self.steps == 1 or target is None or pattern.fixed_sparsity is not None:
+            return self._prune_once(model, names, target, context=context, **options)
         new_masks: dict[str, torch.Tensor] = {}
-        for target in exponential_steps(sparsity, self.steps, current_sparsity(model, names)):
-            new_masks = self._prune_once(model, names, target, **options)
+        for step in exponential_steps(target, self.steps, current_sparsity(model, names)):
+            new_masks = self._prune_once(model, names, step, context=context, **options)
         return new_masks
 
     def _prune_once(
         self,
         model: nn.Module,
         names: list[str],
-        sparsity: float | None,
+        target: float | None,
         *,
         pattern: Pattern,
         budget: str,
-        dense: Iterable[str],
+        dense: frozenset[str],
         reduction: str,
         dense_grad: bool,
         context: Context,
     ) -> dict[str, torch.Tensor]:
-        if self.needs_data and context.data is None:
-            raise ValueError(f"criterion {self.name!r} needs data: pass data=... to prune()")
         context = replace(context, state={})  # fresh for every round of pruning
-        dense = set(dense)
-        self.prepare(model, names, dense, context)
+        self.prepare(model, names, set(dense), context)
         shapes = {n: tuple(masks.weight(model, n).shape) for n in names}
         for n in names:
             if n not in dense:
                 pattern.check_layer(model, n)
-        target = target_sparsity(pattern, sparsity)
         priors = {n: masks.get_mask(model, n) for n in names}
-        _check_no_revival(priors, shapes, target)
-        with torch.enable_grad(), unfrozen(model, names):
-            scores = self.scores(model, names, context)
-        new_masks = select(
-            {n: scores[n] for n in names},
-            target,
-            pattern=pattern,
-            budget=budget,
-            dense=dense,
-            priors=priors,
-            reduction=reduction,
-            min_density=context.min_density,
-        )
+        if target is not None and not self.searches_layer_sparsities:
+            _check_no_revival(priors, shapes, target)
+        request = Request(target, pattern, budget, dense, priors, reduction, context.min_density)
+        new_masks = self.choose(model, names, request, context)
         self.update_weights(model, new_masks, context)
         for n, keep in new_masks.items():
             masks.attach(model, n, keep, dense_grad=dense_grad)

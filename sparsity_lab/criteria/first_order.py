@@ -365,25 +365,26 @@ class SoftMovement(_TrackedCriterion):
     def scores(self, model, names, context):
         return self._tracked(names)
 
-    def prune(self, model, names, sparsity, *, pattern, budget, **kwargs):
+    def target(self, pattern, sparsity):
         if self.threshold is None:
-            return super().prune(model, names, sparsity, pattern=pattern, budget=budget, **kwargs)
+            return super().target(pattern, sparsity)
         if sparsity is not None or pattern.name != "unstructured":
             raise ValueError(
                 "soft_movement with a threshold sets the sparsity itself: pass sparsity=None "
                 "and pattern='unstructured', or drop threshold to keep the top-k at a sparsity"
             )
-        dense = set(kwargs.get("dense", ()))
+        return None
+
+    def choose(self, model, names, request, context):
+        if self.threshold is None:
+            return super().choose(model, names, request, context)
         new_masks = {}
         for n, s in self._tracked(names).items():
-            if n in dense:
+            if n in request.dense:
                 continue
             keep = s > self.threshold
-            prior = masks.get_mask(model, n)
-            if prior is not None:
-                keep &= prior.bool()
-            masks.attach(model, n, keep, dense_grad=kwargs.get("dense_grad", False))
-            new_masks[n] = keep
+            prior = request.priors[n]
+            new_masks[n] = keep if prior is None else keep & prior.bool()
         return new_masks
 
 

@@ -39,7 +39,7 @@ from torch import nn
 from .. import budgets, curvature, masks
 from ..budgets import largest_remainder
 from ..curvature import layer_input_rows
-from ..patterns import NM, Pattern, count, prune_lowest, target_sparsity
+from ..patterns import NM, Pattern, prune_lowest
 from ..registry import register
 from ..targets import default_targets
 from .base import Context, Criterion
@@ -445,6 +445,15 @@ def _nm_order(shape: tuple[int, ...]) -> torch.Tensor | None:
     return torch.arange(channels * positions).reshape(channels, positions).T.reshape(-1)
 
 
+def _stack(batches: list[torch.Tensor]) -> torch.Tensor | None:
+    """The calibration batches as one batch, or None when their shapes differ."""
+    first = batches[0]
+    same = (x.shape[1:] == first.shape[1:] and x.dtype == first.dtype for x in batches)
+    if all(torch.is_tensor(x) for x in batches) and all(same):
+        return torch.cat(batches) if len(batches) > 1 else first
+    return None
+
+
 class _Layerwise(Criterion):
     """The sequential calibration loop shared by the layer-wise criteria."""
 
@@ -454,6 +463,8 @@ class _Layerwise(Criterion):
     supported_patterns = ("unstructured", "nm")
     # The papers prune every layer to the same sparsity (their reconstruction is per layer).
     default_budget = "uniform"
+    #: Calibrate every layer in one forward pass when the batches stack (see :meth:`choose`).
+    one_pass: bool = True
 
     def __init__(
         self,
@@ -490,62 +501,64 @@ class _Layerwise(Criterion):
             f"...) rather than reading element scores"
         )
 
-    def prune(
-        self,
-        model: nn.Module,
-        names: list[str],
-        sparsity: float | None,
-        *,
-        pattern: Pattern,
-        budget: str,
-        dense: Iterable[str] = (),
-        reduction: str = "l1",
-        dense_grad: bool = False,
-        context: Context | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Prune each layer in forward order on calibration inputs; returns the keep-masks."""
-        context = context or Context()
-        if context.data is None:
-            raise ValueError(
-                f"criterion {self.name!r} needs calibration data: pass data=... to prune()"
-            )
-        nm = self._nm(pattern)
-        dense = set(dense)
+    def choose(self, model, names, request, context):
+        """Prune each layer in forward order on calibration inputs; returns the keep-masks.
+
+        Each layer is calibrated on the inputs it gets from the layers before it *as
+        pruned*.  When the calibration batches can be stacked into one (same shape but for
+        the first dimension), that takes one forward pass: each layer is pruned in a hook
+        just before it runs.  Otherwise the model is run again up to each layer
+        (``one_pass = False`` forces this reference path; the tests check both agree).
+        """
+        nm = self._nm(request.pattern)
         layers = {n: module_of(model, n, "layer-wise criteria") for n in names}
-        shapes = {n: tuple(masks.weight(model, n).shape) for n in names}
-        for n in names:
-            if n not in dense:
-                pattern.validate(shapes[n], n)
         device = masks.weight(model, names[0]).device
         batches = [x.to(device) for x, _ in context.batches(self.batches, labels=False)]
         if not batches:
             raise ValueError("the calibration data yielded no batches")
+        todo = [n for n in names if n not in request.dense]
         with evaluating(model), torch.no_grad():
-            order = self._forward_order(model, layers, batches[0])
-            plan = self._plan(
-                model,
-                names,
-                layers,
-                sparsity,
-                pattern,
-                budget,
-                dense,
-                reduction,
-                batches,
-                context.min_density,
-            )
-            new_masks = {}
-            for n in order:
-                if n in dense:
-                    continue
-                calib = self._calibrate(model, layers[n], batches)
-                new, keep = self._prune_weight(model, n, calib, plan[n], nm)
+            order = [n for n in self._forward_order(model, layers, batches[0]) if n in todo]
+            n_prune = self._plan(model, names, layers, request, batches)
+
+            def prune_on(n: str, calib: Calibration) -> torch.Tensor:
+                new, keep = self._prune_weight(model, n, calib, n_prune[n], nm)
                 calib.free()
                 if self.update:
                     store_update(model, n, new, keep)
-                masks.attach(model, n, keep, dense_grad=dense_grad)
-                new_masks[n] = keep
+                masks.attach(model, n, keep)  # the layers after it see it pruned
+                return keep
+
+            stacked = _stack(batches) if self.one_pass else None
+            if stacked is None:
+                new_masks = {
+                    n: prune_on(n, self._calibrate(model, layers[n], batches)) for n in order
+                }
+            else:
+                new_masks = self._prune_in_one_pass(model, layers, order, stacked, prune_on)
         return {n: new_masks[n] for n in names if n in new_masks}
+
+    def _prune_in_one_pass(self, model, layers, order, inputs, prune_on):
+        """One forward pass on all calibration inputs; each layer is pruned by a hook on
+        its first call, so what runs after it sees it pruned, as in the reference loop."""
+        new_masks: dict[str, torch.Tensor] = {}
+
+        def before(module, args, n):
+            if n not in new_masks:
+                calib = Calibration(module, full=self.full_hessian)
+                calib.add_batch(args[0])
+                new_masks[n] = prune_on(n, calib)
+
+        handles = [
+            layers[n].register_forward_pre_hook(lambda mod, args, n=n: before(mod, args, n))
+            for n in order
+        ]
+        try:
+            model(inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        return new_masks
 
     # the loop's pieces
     def _nm(self, pattern: Pattern) -> tuple[int, int] | None:
@@ -591,7 +604,7 @@ class _Layerwise(Criterion):
             handle.remove()
         return calib
 
-    def _prune_weight(self, model, name, calib, layer_sparsity, nm):
+    def _prune_weight(self, model, name, calib, n_prune, nm):
         w = masks.weight(model, name).detach()
         matrix = w.reshape(w.shape[0], -1).double()
         prior = masks.get_mask(model, name)
@@ -601,34 +614,24 @@ class _Layerwise(Criterion):
             matrix, calib_order = matrix[:, order], order
             prior = None if prior is None else prior[:, order]
             calib.permute(calib_order)
-        n_prune = None if nm is not None else count(layer_sparsity, matrix.numel())
-        new, keep = self.prune_layer(matrix, calib, n_prune, nm, prior)
+        new, keep = self.prune_layer(matrix, calib, None if nm is not None else n_prune, nm, prior)
         if order is not None:
             inverse = torch.argsort(order)
             new, keep = new[:, inverse], keep[:, inverse]
         return new.reshape(w.shape), keep.reshape(w.shape)
 
-    def _plan(
-        self, model, names, layers, sparsity, pattern, budget, dense, reduction, batches, floor
-    ):
+    def _plan(self, model, names, layers, request, batches):
+        """Weights to prune per layer: the budget's plan, on each layer's own saliency on
+        the current model's inputs when the budget ranks across layers."""
         shapes = {n: tuple(masks.weight(model, n).shape) for n in names}
-        sparsity = target_sparsity(pattern, sparsity)
-        if pattern.fixed_sparsity is not None or not budgets.needs_scores(budget):
-            return budgets.allocate(budget, shapes, sparsity, pattern=pattern, dense=dense)
-        scores = self._dense_scores(model, names, layers, dense, batches)
+        if request.pattern.fixed_sparsity is not None or not budgets.needs_scores(request.budget):
+            return request.plan(shapes)
+        scores = self._dense_scores(model, names, layers, request.dense, batches)
         group_scores = {
-            n: pattern.group_scores(s, reduction, masks.get_mask(model, n))
+            n: request.pattern.group_scores(s, request.reduction, request.priors[n])
             for n, s in scores.items()
         }
-        return budgets.allocate(
-            budget,
-            shapes,
-            sparsity,
-            pattern=pattern,
-            dense=dense,
-            scores=group_scores,
-            min_density=floor,
-        )
+        return request.plan(shapes, group_scores)
 
     def _dense_scores(self, model, names, layers, dense, batches):
         """Each layer's own saliency on the current model's inputs, all in one pass."""

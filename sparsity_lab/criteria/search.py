@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from .. import budgets, masks
+from .. import masks
 from ..accounting import positions
-from ..patterns import Pattern, check_sparsity, count, prune_lowest
+from ..patterns import check_sparsity, count, prune_lowest
 from ..registry import register
 from .base import Context, Criterion
 
@@ -186,33 +185,23 @@ class AMC(Criterion):
             ]
         )
 
-    def prune(
-        self,
-        model: nn.Module,
-        names: list[str],
-        sparsity: float | None,
-        *,
-        pattern: Pattern,
-        budget: str,
-        dense: Iterable[str] = (),
-        reduction: str = "l1",
-        dense_grad: bool = False,
-        context: Context | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Search layer sparsities under the FLOPs budget, then attach magnitude masks."""
-        context = context or Context()
-        self.check_pattern(pattern)
+    def target(self, pattern, sparsity):
+        """The fraction of the dense FLOPs to remove (not a weight sparsity)."""
         if sparsity is None:
             raise ValueError("amc needs sparsity: the fraction of FLOPs to remove, in [0, 1)")
         check_sparsity(sparsity)
-        if context.data is None:
-            raise ValueError("amc needs data: pass data=(inputs, targets) or a DataLoader")
+        return float(sparsity)
+
+    def choose(self, model, names, request, context):
+        """Search layer sparsities under the FLOPs budget; the best episode's magnitude
+        masks."""
+        sparsity = request.sparsity
         _check_eval_data(self.eval_data, context)
-        names = [n for n in names if n not in set(dense)]
+        names = [n for n in names if n not in request.dense]
         batches = _batches(context, self.batches)
         net = _plain_copy(model)
         weights = {n: masks.weight(model, n).detach().clone() for n in names}
-        priors = {n: masks.get_mask(model, n) for n in names}
+        priors = request.priors
         shapes = [tuple(weights[n].shape) for n in names]
         sizes = [w.numel() for w in weights.values()]
         pos = positions(net, batches[0][0][:1], names)
@@ -295,8 +284,6 @@ class AMC(Criterion):
         }
         chosen = {n: weights[n] * keep for n, keep in new_masks.items()}
         self.result.update(_held_out(net, chosen, self.eval_data, context.loss_fn))
-        for n, keep in new_masks.items():
-            masks.attach(model, n, keep, dense_grad=dense_grad)
         return new_masks
 
 
@@ -358,54 +345,23 @@ class Evolutionary(Criterion):
         idx = torch.randint(len(pop), (self.tournament,), generator=gen).tolist()
         return pop[max(idx, key=lambda i: fit[i])]
 
-    def prune(
-        self,
-        model: nn.Module,
-        names: list[str],
-        sparsity: float | None,
-        *,
-        pattern: Pattern,
-        budget: str,
-        dense: Iterable[str] = (),
-        reduction: str = "l1",
-        dense_grad: bool = False,
-        context: Context | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Evolve masks at the budget's per-layer counts, then attach the best one."""
-        context = context or Context()
-        self.check_pattern(pattern)  # N:M has no count per layer to evolve towards
-        if sparsity is None:
-            raise ValueError("evolutionary needs a sparsity in [0, 1)")
-        check_sparsity(sparsity)
-        if context.data is None:
-            raise ValueError("evolutionary needs data: pass data=(inputs, targets) or a DataLoader")
+    def choose(self, model, names, request, context):
+        """Evolve masks at the budget's per-layer counts; the best one."""
+        pattern, dense = request.pattern, request.dense
         _check_eval_data(self.eval_data, context)
-        dense = set(dense)
         batches = _batches(context, self.batches)
         net = _plain_copy(model)
         weights = {n: masks.weight(model, n).detach().clone() for n in names}
-        priors = {n: masks.get_mask(model, n) for n in names}
+        priors = request.priors
         shapes = {n: tuple(w.shape) for n, w in weights.items()}
-        for n in names:
-            if n not in dense:
-                pattern.validate(shapes[n], n)
         magnitude = {
-            n: pattern.group_scores(weights[n].abs(), reduction, priors[n])
+            n: pattern.group_scores(weights[n].abs(), request.reduction, priors[n])
             for n in names
             if n not in dense
         }
-        plan = budgets.allocate(
-            budget,
-            shapes,
-            sparsity,
-            pattern=pattern,
-            dense=dense,
-            scores=magnitude,
-            min_density=context.min_density,
-        )
         layers = [n for n in names if n not in dense]
         n_groups = {n: pattern.n_groups(shapes[n]) for n in layers}
-        n_prune = {n: count(plan[n], n_groups[n]) for n in layers}
+        n_prune = request.plan(shapes, magnitude)
         # groups pruned before stay pruned: they are never chosen as kept
         allowed = {n: torch.isfinite(magnitude[n]) for n in layers}
         gen = torch.Generator().manual_seed(context.seed)
@@ -482,6 +438,4 @@ class Evolutionary(Criterion):
         chosen.update({n: weights[n] * keep for n, keep in new_masks.items()})
         self.result = {"fitness_loss": -max(fit)}
         self.result.update(_held_out(net, chosen, self.eval_data, context.loss_fn))
-        for n, keep in new_masks.items():
-            masks.attach(model, n, keep, dense_grad=dense_grad)
         return new_masks

@@ -107,6 +107,20 @@ def test_dense_grad_mode_passes_the_dense_gradient_and_keeps_forward_zero():
     assert torch.all(model[0].weight[applied["0.weight"] == 0] == 0)
 
 
+def test_attaching_again_in_the_default_mode_zeroes_what_straight_through_kept():
+    """A straight-through mask keeps the stored values of pruned weights; re-attaching in
+    the default mode must zero them, as a first attach does, or momentum and a later
+    regrowth would bring the old values back."""
+    model, applied = masked_mlp(dense_grad=True)
+    stored = model[0].parametrizations.weight.original
+    pruned = applied["0.weight"] == 0
+    assert torch.any(stored[pruned] != 0)
+    masks.attach(model, "0.weight", applied["0.weight"])
+    assert torch.all(stored[pruned] == 0)
+    assert torch.all(stored[~pruned] != 0)
+    assert masks.get_mask(model, "0.weight") is not None
+
+
 def test_default_mode_gradient_is_zero_where_masked():
     model, applied = masked_mlp()
     x, y = batch()

@@ -18,9 +18,21 @@ the lifecycle of ``torch.ao.pruning``'s sparsifiers::
         sparsifier.end_epoch(val_accuracy=...)
     sparsifier.squash()                   # plain weights with exact zeros
 
-The hooks run in the order :class:`~sparsity_lab.train.Trainer` runs them, so the same
-seed, data and optimizer give the same weights and masks as ``method.fit``; the tests check
-that for every training method.  Methods that add parameters must see the model before the
+The library's own loop, :class:`~sparsity_lab.train.Trainer` (``method.fit``,
+``sl.train.fit``), is one user of this class, so the same seed, data and optimizer give the
+same weights and masks in your loop; the tests check that for every training method.
+Several methods (a method with a logger, a regularizer with a score tracker) go together:
+``Sparsifier(method, logger)`` calls them in that order.  A method that replaces some
+optimizer steps with mask updates (RigL's ``timing="reference"``) needs the explicit call
+instead of the optimizer hook::
+
+    sparsifier.prepare(model, optimizer, ..., hook_optimizer=False)
+    ...
+            loss_fn(model(x), y).backward()
+            if sparsifier.after_backward():   # True: the method replaced this step
+                continue
+            optimizer.step()
+            sparsifier.step()  Methods that add parameters must see the model before the
 optimizer is built: call ``method.prepare(model)`` first for a regularizer with gates or
 thresholds, and for ``edge_popup``, whose optimizer holds only ``method.scores.values()``
 (freeze the other parameters; the masked weights keep ``requires_grad`` for the scores'
@@ -59,6 +71,11 @@ class LoopState:
     batch: tuple[Any, torch.Tensor] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     stop: bool = False
+    #: Every method driven, in calling order (a logger reads the others' logs).
+    callbacks: list[Callback] = field(default_factory=list)
+    #: Set by a method in ``on_after_backward`` to replace this batch's optimizer step.
+    skip_step: bool = False
+    skipped_steps: int = 0
 
 
 class Sparsifier:
@@ -71,17 +88,23 @@ class Sparsifier:
     method would silently never grow, or never prune.
     """
 
-    def __init__(self, method: Callback) -> None:
-        if not isinstance(method, Callback):
-            raise TypeError(
-                f"Sparsifier drives a training method or regularizer (a Callback), got "
-                f"{type(method).__name__}; build one with sl.registry.get(name)(sparsity, ...)"
-            )
-        self.method = method
+    def __init__(self, *methods: Callback) -> None:
+        for m in methods:
+            if not isinstance(m, Callback):
+                raise TypeError(
+                    f"Sparsifier drives a training method or regularizer (a Callback) each, got "
+                    f"{type(m).__name__}; build one with sl.registry.get(name)(sparsity, ...)"
+                )
+        self.methods = list(methods)
+        self.method = self.methods[0] if self.methods else None
         self.state: LoopState | None = None
         self._hook: Any = None
         self._phase = "new"  # new -> ready -> begun -> stepped -> ready ... -> finished
         self._epoch_open = False
+
+    def _call(self, hook: str) -> None:
+        for m in self.methods:
+            getattr(m, hook)(self.state)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -94,13 +117,20 @@ class Sparsifier:
         steps_per_epoch: int,
         loss_fn: LossFn | None = None,
         train_loader: Any = None,
+        hook_optimizer: bool = True,
+        state: Any = None,
     ) -> Sparsifier:
-        """Attach the method to ``model`` trained by ``optimizer``; returns ``self``.
+        """Attach the methods to ``model`` trained by ``optimizer``; returns ``self``.
 
         ``epochs`` and ``steps_per_epoch`` give the length of training, which schedules
         read (GMP's ramp, RigL's last update, AC/DC's phases).  ``loss_fn`` (default
         cross-entropy) is what methods that take a second gradient (CrAM) evaluate.
-        ``train_loader`` is optional: regularizers read its dataset's size.
+        ``train_loader`` is optional: regularizers read its dataset's size.  With
+        ``hook_optimizer=False`` the methods' gradient work runs when you call
+        :meth:`after_backward` instead of in a hook on ``optimizer.step``.  ``state`` is
+        the object the methods read (default: a new :class:`LoopState`); a loop that keeps
+        the same attributes itself, as :class:`~sparsity_lab.train.Trainer` does, passes
+        itself.
         """
         if self._phase != "new":
             raise RuntimeError("this Sparsifier is already prepared; build a new one to retrain")
@@ -109,49 +139,85 @@ class Sparsifier:
                 raise ValueError(f"{what} must be a positive int, got {value!r}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}")
-        if getattr(self.method, "skips_optimizer_steps", False):
+        skipping = [m for m in self.methods if getattr(m, "skips_optimizer_steps", False)]
+        if skipping and hook_optimizer:
             # An optimizer pre-hook cannot cancel the step the method wants to replace.
             raise ValueError(
-                f"{type(self.method).__name__} replaces some optimizer steps with mask "
-                f"updates, which a Sparsifier cannot do inside your loop; train it with "
-                f"method.fit(...) or use timing='after_step'"
+                f"{type(skipping[0]).__name__} replaces some optimizer steps with mask "
+                f"updates, which the optimizer hook cannot do: prepare(..., "
+                f"hook_optimizer=False) and call after_backward() yourself (see the module "
+                f"docs), or use timing='after_step'"
             )
-        self.state = LoopState(
-            model=model,
-            optimizer=optimizer,
-            epochs=epochs,
-            total_steps=epochs * steps_per_epoch,
-            loss_fn=nn.CrossEntropyLoss() if loss_fn is None else loss_fn,
-            train_loader=train_loader,
-        )
-        self.method.on_train_begin(self.state)
-        # The gradient work of a method (RigL's dense gradient, CrAM's second pass, a
-        # regularizer's penalty) must run between backward and the update: a pre-hook on
-        # the user's optimizer runs it there without another call in the loop.
-        self._hook = optimizer.register_step_pre_hook(self._before_update)
+        if state is None:
+            state = LoopState(
+                model=model,
+                optimizer=optimizer,
+                epochs=epochs,
+                total_steps=epochs * steps_per_epoch,
+                loss_fn=nn.CrossEntropyLoss() if loss_fn is None else loss_fn,
+                train_loader=train_loader,
+                callbacks=list(self.methods),
+            )
+        self.state = state
+        self._call("on_train_begin")
+        if hook_optimizer:
+            # The gradient work of a method (RigL's dense gradient, CrAM's second pass, a
+            # regularizer's penalty) must run between backward and the update: a pre-hook
+            # on the user's optimizer runs it there without another call in the loop.
+            self._hook = optimizer.register_step_pre_hook(self._before_update)
         self._phase = "ready"
         return self
+
+    def begin_epoch(self) -> None:
+        """Open an epoch (optional: :meth:`begin` opens it on the epoch's first batch).
+
+        Call it before making the epoch's data iterator if a method draws random numbers
+        at the start of an epoch and the order of draws matters to you."""
+        self._require("ready", "begin_epoch", "after prepare() or end_epoch()")
+        if self._epoch_open:
+            raise RuntimeError("begin_epoch() opens an epoch, and this one is open already")
+        self._call("on_epoch_begin")
+        self._epoch_open = True
 
     def begin(self, inputs: Any, targets: torch.Tensor) -> None:
         """Before the forward pass of a step: the batch the step trains on."""
         state = self._require("ready", "begin", "after prepare() or step()")
         if not self._epoch_open:
-            self.method.on_epoch_begin(state)
-            self._epoch_open = True
+            self.begin_epoch()
         state.batch = (inputs, targets)
-        self.method.on_step_begin(state)
+        self._call("on_step_begin")
         self._phase = "begun"
 
     def _before_update(self, optimizer, args, kwargs) -> None:
-        state = self._require("begun", "optimizer.step", "after sparsifier.begin(inputs, targets)")
-        self.method.on_after_backward(state)
+        self._require("begun", "optimizer.step", "after sparsifier.begin(inputs, targets)")
+        self._call("on_after_backward")
         self._phase = "stepped"
+
+    def after_backward(self) -> bool:
+        """After ``loss.backward()``, before ``optimizer.step()``, in a Sparsifier prepared
+        with ``hook_optimizer=False``: the methods' gradient work.  Returns True when a
+        method replaced this batch's optimizer step: then skip ``optimizer.step()`` and
+        ``step()`` and go on to the next batch (the step count does not advance)."""
+        state = self._require("begun", "after_backward", "after sparsifier.begin(...)")
+        if self._hook is not None:
+            raise RuntimeError(
+                "this Sparsifier runs the gradient work in a hook on optimizer.step(); call "
+                "after_backward() only after prepare(..., hook_optimizer=False)"
+            )
+        self._call("on_after_backward")
+        if state.skip_step:
+            state.skip_step = False
+            state.skipped_steps += 1
+            self._phase = "ready"
+            return True
+        self._phase = "stepped"
+        return False
 
     def step(self) -> None:
         """After ``optimizer.step()``: the method updates its masks, schedules and logs."""
         state = self._require("stepped", "step", "after optimizer.step()")
         state.step += 1
-        self.method.on_step_end(state)
+        self._call("on_step_end")
         self._phase = "ready"
 
     def end_epoch(self, **metrics: float) -> dict[str, Any]:
@@ -166,9 +232,9 @@ class Sparsifier:
         nan = math.nan
         row = {"epoch": state.epoch, "step": state.step, "val_loss": nan, "val_accuracy": nan}
         state.history.append({**row, **metrics})
-        self.method.on_epoch_end(state)
-        state.epoch += 1
         state.batch = None
+        self._call("on_epoch_end")
+        state.epoch += 1
         self._epoch_open = False
         return state.history[-1]
 
@@ -183,8 +249,9 @@ class Sparsifier:
         state = self._require("ready", "finish", "after the last step()")
         if self._epoch_open:
             raise RuntimeError("call end_epoch() before finishing: the last epoch is open")
-        self.method.on_train_end(state)
-        self._hook.remove()
+        self._call("on_train_end")
+        if self._hook is not None:
+            self._hook.remove()
         self._phase = "finished"
         return state.model
 
@@ -206,4 +273,4 @@ class Sparsifier:
         return self.state
 
     def __repr__(self) -> str:
-        return f"Sparsifier({self.method!r})"
+        return f"Sparsifier({', '.join(map(repr, self.methods))})"

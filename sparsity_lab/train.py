@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from .callbacks import Callback
 from .modes import evaluating
 from .seeding import reseed_loader, seed_everything
+from .sparsifier import Sparsifier
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -218,7 +219,9 @@ class Trainer:
     advance, ``on_step_end`` is not called, and ``skipped_steps`` counts the batch (RigL's
     reference timing uses it: a mask update takes the place of the step).
 
-    The optimizer is built from ``model.parameters()``; with ``torch.nn.utils.parametrize``
+    The callbacks are driven by a :class:`~sparsity_lab.sparsifier.Sparsifier`, the same
+    object that runs them in a loop of your own, so both give the same result.  The
+    optimizer is built from ``model.parameters()``; with ``torch.nn.utils.parametrize``
     masks these are the dense originals, which is what must be optimized.  A Trainer trains
     once; build a new one to train again.
     """
@@ -266,14 +269,10 @@ class Trainer:
         self.skip_step = False
         self.skipped_steps = 0
         self._trained = False
-
-    def _call(self, hook: str) -> None:
-        for callback in self.callbacks:
-            getattr(callback, hook)(self)
+        self._driver = Sparsifier(*self.callbacks)
 
     def _train_step(self, inputs: Any, targets: torch.Tensor, meter: _Meter) -> None:
-        self.batch = (inputs, targets)
-        self._call("on_step_begin")
+        self._driver.begin(inputs, targets)
         self.optimizer.zero_grad(set_to_none=True)
         output = self.model(inputs)
         loss = self.loss_fn(output, targets)
@@ -281,20 +280,16 @@ class Trainer:
         # .item() gives a plain float, so no reference to the autograd graph survives.
         self.last_loss = loss.item()
         meter.add(self.last_loss, output.detach(), targets)
-        self._call("on_after_backward")
-        if self.skip_step:
-            self.skip_step = False
-            self.skipped_steps += 1
-            return
+        if self._driver.after_backward():
+            return  # a callback replaced this step
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        self.step += 1
-        self._call("on_step_end")
+        self._driver.step()
 
     def _run_epoch(self, bar: tqdm) -> None:
         start = time.perf_counter()
-        self._call("on_epoch_begin")
+        self._driver.begin_epoch()
         self.model.train()
         meter = _Meter()
         lr = self.optimizer.param_groups[0]["lr"]
@@ -306,24 +301,18 @@ class Trainer:
             self._train_step(inputs.to(self.device), targets.to(self.device), meter)
             bar.update(1)
             bar.set_postfix(epoch=self.epoch, loss=f"{self.last_loss:.4f}", refresh=False)
-        self.batch = None
         train = meter.result()
         val = {"loss": math.nan, "accuracy": math.nan}
         if self.val_loader is not None:
             val = evaluate(self.model, self.val_loader, self.loss_fn, self.device)
-        self.history.append(
-            {
-                "epoch": self.epoch,
-                "step": self.step,
-                "train_loss": train["loss"],
-                "train_accuracy": train["accuracy"],
-                "val_loss": val["loss"],
-                "val_accuracy": val["accuracy"],
-                "lr": lr,
-                "seconds": time.perf_counter() - start,
-            }
+        self._driver.end_epoch(
+            train_loss=train["loss"],
+            train_accuracy=train["accuracy"],
+            val_loss=val["loss"],
+            val_accuracy=val["accuracy"],
+            lr=lr,
+            seconds=time.perf_counter() - start,
         )
-        self._call("on_epoch_end")
 
     def fit(self) -> pd.DataFrame:
         """Train; return the history, one row per epoch (see :data:`HISTORY_COLUMNS`).
@@ -342,13 +331,19 @@ class Trainer:
         with tqdm(
             total=self.total_steps, disable=not show_progress(self.progress), desc="train"
         ) as bar:
-            self._call("on_train_begin")
-            for epoch in range(self.epochs):
+            self._driver.prepare(
+                self.model,
+                self.optimizer,
+                epochs=self.epochs,
+                steps_per_epoch=max(1, len(self.train_loader)),
+                hook_optimizer=False,
+                state=self,
+            )
+            for _ in range(self.epochs):
                 if self.stop:
                     break
-                self.epoch = epoch
                 self._run_epoch(bar)
-            self._call("on_train_end")
+            self._driver.finish()
         return self.history_frame()
 
     def history_frame(self) -> pd.DataFrame:

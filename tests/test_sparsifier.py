@@ -200,6 +200,83 @@ def test_a_method_that_replaces_optimizer_steps_is_refused_before_training():
     assert sl.masks.get_mask(model, "0.weight") is None  # refused before any mask
 
 
+def test_a_method_that_replaces_steps_runs_in_a_loop_that_calls_after_backward():
+    """RigL's reference timing (a mask update takes the place of the optimizer step) in a
+    hand-written loop, through the explicit after_backward() call: exactly what fit gives,
+    with the same steps replaced."""
+
+    def rigl():
+        return sl.registry.get("rigl")(0.5, timing="reference", update_frequency=2)
+
+    reference, loader, method = make_model(), make_data(), rigl()
+    loader.generator.manual_seed(1)
+    method.fit(reference, loader, epochs=EPOCHS, optimizer=sgd, seed=0, progress=False)
+
+    model, loader, method = make_model(), make_data(), rigl()
+    loader.generator.manual_seed(1)
+    seed_everything(0)
+    optimizer, loss_fn = optimizer_for(model), nn.CrossEntropyLoss()
+    sparsifier = Sparsifier(method).prepare(
+        model, optimizer, epochs=EPOCHS, steps_per_epoch=len(loader), hook_optimizer=False
+    )
+    replaced = 0
+    for _ in range(EPOCHS):
+        model.train()
+        for x, y in loader:
+            sparsifier.begin(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            if sparsifier.after_backward():
+                replaced += 1
+                continue
+            optimizer.step()
+            sparsifier.step()
+        sparsifier.end_epoch()
+    sparsifier.finish()
+    assert replaced == sparsifier.state.skipped_steps > 0
+    assert sparsifier.state.step + replaced == EPOCHS * len(loader)
+    expected, got = state(reference), state(model)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_several_methods_run_in_order_and_see_each_other():
+    """A method and a logger together: the logger reads the method's log (as in fit)."""
+    model, loader = make_model(), make_data()
+    gmp = build("gmp")
+    seen = []
+
+    class Order(sl.train.Callback):
+        def on_step_end(self, trainer):
+            seen.append(([type(c).__name__ for c in trainer.callbacks], sl.sparsity(model)))
+
+    sparsifier = Sparsifier(gmp, Order())
+    optimizer, loss_fn = optimizer_for(model), nn.CrossEntropyLoss()
+    sparsifier.prepare(model, optimizer, epochs=1, steps_per_epoch=len(loader))
+    for x, y in loader:
+        sparsifier.begin(x, y)
+        optimizer.zero_grad()
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+        sparsifier.step()
+    sparsifier.end_epoch()
+    sparsifier.finish()
+    assert seen[0][0] == ["GMP", "Order"]
+    # GMP prunes in its on_step_end, which runs first: Order sees its masks at once
+    assert seen[-1][1] == pytest.approx(0.5, abs=0.02)
+
+
+def test_after_backward_is_refused_while_the_optimizer_hook_runs_it():
+    model, loader = make_model(), make_data()
+    sparsifier = Sparsifier(build("gmp"))
+    sparsifier.prepare(model, optimizer_for(model), epochs=1, steps_per_epoch=len(loader))
+    x, y = next(iter(loader))
+    sparsifier.begin(x, y)
+    with pytest.raises(RuntimeError, match="hook_optimizer=False"):
+        sparsifier.after_backward()
+
+
 def test_only_callbacks_are_driven():
     with pytest.raises(TypeError, match="training method or regularizer"):
         Sparsifier("rigl")

@@ -29,6 +29,7 @@ def prune(
     dense_grad: bool = False,
     loss_fn: Callable | None = None,
     seed: int = 0,
+    tracker: Any = None,
     coupled: bool = False,
     min_density: float = 0.0,
     **options: Any,
@@ -55,6 +56,9 @@ def prune(
         dense_grad: let gradients reach masked weights (for RigL, DPF, AC/DC, Top-KAST).
         loss_fn: loss for data-driven criteria (default cross-entropy).
         seed: seed of random criteria.
+        tracker: for criteria that rank scores accumulated in training (``movement``,
+            ``soft_movement``, ``karnin``): the score tracker that was among the training
+            loop's callbacks (e.g. ``MovementScores()``).
         coupled: prune what must go together as one group, so that
             :func:`sparsity_lab.shrink.shrink` can remove it (DepGraph, Fang et al. 2023):
             with ``pattern="channel"`` a channel of a residual stream goes from every layer
@@ -85,6 +89,7 @@ def prune(
             reduction=reduction,
             dense_grad=dense_grad,
             seed=seed,
+            tracker=tracker,
             **options,
         )
     criterion = criteria.get(method, **options)
@@ -99,7 +104,7 @@ def prune(
         )
     names = resolve(model, targets, exclude, dense)
     sparsity = _as_fraction(model, names, sparsity)
-    context = criteria.Context(data=data, seed=seed, min_density=min_density)
+    context = criteria.Context(data=data, seed=seed, min_density=min_density, tracker=tracker)
     if loss_fn is not None:
         context.loss_fn = loss_fn
     criterion.prune(

@@ -1205,6 +1205,7 @@ def prune_coupled(
     seed: int = 0,
     example_input: torch.Tensor | None = None,
     group_members: str = "writers",
+    tracker: Any = None,
     **options: Any,
 ) -> dict[str, torch.Tensor]:
     """Prune groups that span several tensors, in place, so :func:`shrink` can remove them.
@@ -1232,7 +1233,8 @@ def prune_coupled(
     scores a dependency group (it reduces each member to a norm and averages the members;
     here the reduction runs over all the group's elements at once).  Heads and layers are
     always scored on all their members.  Masks only shrink: groups pruned before stay
-    pruned.  Returns the new keep-masks by tensor name.  ``example_input`` is needed only
+    pruned.  Returns the new keep-masks by tensor name.  ``tracker`` goes to the criterion's
+    context, as in :func:`sparsity_lab.prune`.  ``example_input`` is needed only
     to trace a model that is neither bundled nor an ``nn.Sequential`` and has no
     ``input_shape`` (see :func:`structure`).
     """
@@ -1247,7 +1249,7 @@ def prune_coupled(
     if not names:
         raise ValueError(f"{type(model).__name__} has no {granularity} groups to prune")
     criterion = criteria.get(method, **options)
-    context = criteria.Context(data=data, seed=seed)
+    context = criteria.Context(data=data, seed=seed, tracker=tracker)
     if criterion.needs_data and data is None:
         raise ValueError(f"criterion {method!r} needs data: pass data=...")
     with torch.enable_grad():

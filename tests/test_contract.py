@@ -52,7 +52,7 @@ TRACKED = {"karnin", "movement", "soft_movement"}  # scores accumulated in train
 
 
 def criterion_options(name: str, model: nn.Module) -> dict:
-    """Constructor options: small searches, or the tracker a short training filled."""
+    """Options to prune: small searches, or the tracker a short training filled."""
     if name not in TRACKED:
         return dict(OPTIONS.get(name, {}))
     tracker_type = registry.get(name).tracker_type
@@ -309,11 +309,12 @@ def test_criterion_keeps_no_state_between_calls(name):
     pattern = patterns.get(first_pattern(name))
     model = mlp()
     options = criterion_options(name, model)
+    tracker = options.pop("tracker", None)  # a prune option, the rest the constructor's
     criterion = sl.criteria.get(name, **options)
     before = {k: v for k, v in vars(criterion).items() if k.lstrip("_") not in REPORTS}
     targets = PRUNED[:-1] if name in MERGES else PRUNED
     sl.prune(model, criterion, 0.5, pattern=pattern, budget="uniform", data=(X, Y),
-             targets=targets)  # fmt: skip
+             targets=targets, tracker=tracker)  # fmt: skip
     after = {k: v for k, v in vars(criterion).items() if k.lstrip("_") not in REPORTS}
     assert after.keys() == before.keys(), f"{name} added {after.keys() - before.keys()}"
     for key, value in before.items():

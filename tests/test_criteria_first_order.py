@@ -203,7 +203,7 @@ def test_karnin_sensitivity_equals_his_formula_for_plain_sgd():
     steps = [b - a for a, b in zip(trajectory, trajectory[1:], strict=False)]
     w_i, w_f = trajectory[0], trajectory[-1]
     expected = sum(d.pow(2) for d in steps) / lr * w_f / (w_f - w_i)
-    scores = sl.criteria.get("karnin", tracker=tracker).scores(model, ["weight"], Context())
+    scores = sl.criteria.get("karnin").scores(model, ["weight"], Context(tracker=tracker))
     assert torch.allclose(scores["weight"], expected)
 
 

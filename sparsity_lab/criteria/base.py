@@ -62,6 +62,9 @@ class Context:
     pattern: Pattern | None = None
     #: The least fraction of each layer the global budget keeps (``prune(min_density=)``).
     min_density: float = 0.0
+    #: Scores accumulated while the model trained (a callback such as ``MovementScores``
+    #: that was among the training loop's): what the training-time criteria rank.
+    tracker: Any = None
     #: What a criterion works out while scoring and needs again in ``update_weights`` (an
     #: inverse Hessian, a merge plan): it lives with this one pruning call, not on the
     #: criterion, so a criterion object holds no state between calls.
@@ -331,6 +334,6 @@ def get(name: str | Criterion, **options: Any) -> Criterion:
         raise TypeError(
             f"unknown option(s) {', '.join(unknown)} for criterion {name!r}; it accepts "
             f"{', '.join(accepted) or 'no options'} (prune() itself takes pattern, budget, "
-            f"data, targets, exclude, dense, reduction, dense_grad, loss_fn and seed)"
+            f"data, targets, exclude, dense, reduction, dense_grad, loss_fn, seed and tracker)"
         )
     return cls(**options)

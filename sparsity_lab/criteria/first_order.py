@@ -3,8 +3,8 @@
 One-shot criteria (``snip``, ``taylor_weight``, ``taylor``, ``skeletonization``) read
 ``data`` in eval mode; ``batches`` limits how many batches they read.  Training-time
 criteria (``karnin``, ``movement``, ``soft_movement``) accumulate their scores while the
-model trains: add their tracker to the training loop's callbacks and hand it to the
-criterion::
+model trains: add their tracker to the training loop's callbacks and hand it to ``prune``,
+which puts it in the criterion's :class:`~sparsity_lab.criteria.Context`, as it does data::
 
     tracker = MovementScores()
     fit(model, train, epochs=3, callbacks=[tracker])
@@ -304,27 +304,29 @@ class SoftMovementScores(ScoreTracker):
 
 
 class _TrackedCriterion(Criterion):
-    """A criterion that reads scores accumulated by a :class:`ScoreTracker`."""
+    """A criterion that ranks scores a :class:`ScoreTracker` accumulated (``context.tracker``)."""
 
     tracker_type: type[ScoreTracker] = ScoreTracker
 
-    def __init__(self, tracker: ScoreTracker | None = None) -> None:
+    def _tracker(self, context: Context) -> ScoreTracker:
+        tracker = context.tracker
         if not isinstance(tracker, self.tracker_type):
             raise ValueError(
                 f"{self.name} accumulates its scores during training: train with "
                 f"{self.tracker_type.__name__}() among the callbacks, then pass it as "
                 f"tracker=..., got {tracker!r}"
             )
-        self.tracker = tracker
+        return tracker
 
-    def _tracked(self, names: list[str]) -> dict[str, torch.Tensor]:
-        missing = [n for n in names if n not in self.tracker.scores]
+    def _tracked(self, names: list[str], context: Context) -> dict[str, torch.Tensor]:
+        tracker = self._tracker(context)
+        missing = [n for n in names if n not in tracker.scores]
         if missing:
             raise ValueError(
                 f"the tracker has no scores for {missing}; train with it first, tracking "
-                f"these weights ({type(self.tracker).__name__}(names=...))"
+                f"these weights ({type(tracker).__name__}(names=...))"
             )
-        return {n: self.tracker.scores[n] for n in names}
+        return {n: tracker.scores[n] for n in names}
 
 
 @register("criterion", "movement", section="3.4")
@@ -341,7 +343,7 @@ class Movement(_TrackedCriterion):
     tracker_type = MovementScores
 
     def scores(self, model, names, context):
-        return self._tracked(names)
+        return self._tracked(names, context)
 
 
 @register("criterion", "soft_movement", section="3.4")
@@ -358,12 +360,11 @@ class SoftMovement(_TrackedCriterion):
     name = "soft_movement"
     tracker_type = SoftMovementScores
 
-    def __init__(self, tracker: ScoreTracker | None = None, threshold: float | None = None):
-        super().__init__(tracker)
+    def __init__(self, threshold: float | None = None):
         self.threshold = threshold
 
     def scores(self, model, names, context):
-        return self._tracked(names)
+        return self._tracked(names, context)
 
     def target(self, pattern, sparsity):
         if self.threshold is None:
@@ -379,7 +380,7 @@ class SoftMovement(_TrackedCriterion):
         if self.threshold is None:
             return super().choose(model, names, request, context)
         new_masks = {}
-        for n, s in self._tracked(names).items():
+        for n, s in self._tracked(names, context).items():
             if n in request.dense:
                 continue
             keep = s > self.threshold
@@ -404,9 +405,10 @@ class Karnin(_TrackedCriterion):
 
     def scores(self, model, names, context):
         out = {}
-        for n, total in self._tracked(names).items():
+        initial = self._tracker(context).initial
+        for n, total in self._tracked(names, context).items():
             final = masks.weight(model, n).detach().double()
-            moved = final - self.tracker.initial[n]
+            moved = final - initial[n]
             safe = torch.where(moved == 0, torch.ones_like(moved), moved)
             out[n] = torch.where(moved == 0, torch.zeros_like(total), total * final / safe)
         return out

@@ -90,8 +90,28 @@ def check_sparsity(sparsity: float) -> None:
 def prune_lowest(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
     """Keep-mask (bool) of a 1-D ``scores`` with its ``n_prune`` lowest entries removed.
 
-    A stable sort makes ties deterministic: the lower index goes first.
+    Ties are deterministic: among equal scores the lower index goes first, as in a stable
+    sort (:func:`prune_lowest_by_sorting`, the reference).  One partial selection
+    (``kthvalue``) finds the threshold instead of sorting every score.
     """
+    flat = scores.flatten()
+    if torch.isnan(flat).any():
+        raise ValueError("scores contain NaN; check the criterion's inputs (e.g. a diverged model)")
+    keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+    if n_prune <= 0:
+        return keep
+    if n_prune >= flat.numel():
+        return ~keep
+    threshold = flat.kthvalue(n_prune).values  # the n-th lowest score
+    below = flat < threshold
+    ties = torch.nonzero(flat == threshold).flatten()[: n_prune - int(below.sum())]
+    keep[below] = False
+    keep[ties] = False  # the first ties by index, as a stable sort orders them
+    return keep
+
+
+def prune_lowest_by_sorting(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
+    """:func:`prune_lowest` by a stable sort of every score: the readable reference."""
     if torch.isnan(scores).any():
         raise ValueError("scores contain NaN; check the criterion's inputs (e.g. a diverged model)")
     keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)

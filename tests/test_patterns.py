@@ -9,7 +9,15 @@ import torch
 
 import sparsity_lab as sl
 from sparsity_lab import patterns
-from sparsity_lab.patterns import NM, Block, Channel, Input, Unstructured
+from sparsity_lab.patterns import (
+    NM,
+    Block,
+    Channel,
+    Input,
+    Unstructured,
+    prune_lowest,
+    prune_lowest_by_sorting,
+)
 
 
 def scores(shape, seed=0):
@@ -219,3 +227,19 @@ def test_a_sparsity_below_one_never_empties_a_tensor(pattern, shape, sparsity):
     model = torch.nn.Sequential(torch.nn.Linear(shape[1], shape[0]))
     sl.prune(model, "magnitude", sparsity, pattern=pattern, budget="uniform")
     assert int(sl.masks.get_mask(model, "0.weight").sum()) == int(keep.sum())  # one rule
+
+
+def test_prune_lowest_selects_what_a_stable_sort_selects_ties_and_infinities_included():
+    """The partial selection against the reference sort, on scores full of ties (small
+    integers), -inf (already pruned groups), -0.0 beside 0.0, and every count."""
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        n = int(torch.randint(1, 60, (1,), generator=gen))
+        scores = torch.randint(0, 4, (n,), generator=gen).double()
+        scores[torch.rand(n, generator=gen) < 0.2] = -math.inf
+        if trial % 2:
+            scores[scores == 0] = -0.0
+        for k in range(n + 2):
+            got = prune_lowest(scores, k)
+            assert torch.equal(got, prune_lowest_by_sorting(scores, k)), (scores, k)
+            assert int((~got).sum()) == min(k, n)

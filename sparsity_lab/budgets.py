@@ -119,7 +119,20 @@ def _by_weights(
     *density* of a layer is proportional to ``weights(shape)`` (ER, ERK), with layers that
     would exceed density 1 made dense and the rest rescaled, as in the RigL reference code.
     """
-    density = _continuous(shapes, sparsity, dense, weights)
+    return _in_groups(
+        shapes, sparsity, pattern, dense, _continuous(shapes, sparsity, dense, weights)
+    )
+
+
+def _in_groups(
+    shapes: Mapping[str, Shape],
+    sparsity: float,
+    pattern: Pattern,
+    dense: Iterable[str],
+    density: Mapping[str, float],
+) -> dict[str, float]:
+    """Per-tensor sparsities in whole groups near the continuous ``density`` of each tensor,
+    whose zeros add up to the target."""
     dense = set(dense)
     zeros = _target_zeros(shapes, sparsity, dense)
     pool = [n for n in shapes if n not in dense]
@@ -352,6 +365,72 @@ def lamp_budget(
     _check_magnitudes("lamp_budget", scores)
     lamp = {n: lamp_scores(s) for n, s in scores.items()}
     return global_(shapes, sparsity, pattern=pattern, dense=dense, scores=lamp)
+
+
+#: OWL's outlier threshold (a score above ``OWL_M`` times its layer's mean is an outlier)
+#: and half-width of its band of layer sparsities, the values Yin et al. use most.
+OWL_M, OWL_LAMBDA = 5.0, 0.08
+
+
+@register("budget", "owl", section="3.9")
+@scored
+def owl(
+    shapes: Mapping[str, Shape],
+    sparsity: float,
+    *,
+    pattern: Pattern | None = None,
+    dense: Iterable[str] = (),
+    scores: Mapping[str, torch.Tensor] | None = None,
+    m: float = OWL_M,
+    lam: float = OWL_LAMBDA,
+) -> dict[str, float]:
+    """Outlier-weighted layer-wise sparsity, OWL (Yin et al. 2024).
+
+    A layer's outlier ratio is the fraction of its scores above ``m`` times their mean (the
+    paper's scores are Wanda's ``|W_ij| * ||X_j||``: prune with ``wanda`` to match it).
+    Layers with more outliers keep more: the ratios, scaled linearly to ``[0, 2 * lam]``,
+    are shifted so that the densities meet the target, giving every layer a sparsity
+    within ``lam`` of the target's when they are of one size, as in the paper.  The paper
+    averages over layers (its layers are of one size); here the shift is the one that
+    meets the target in parameters, so layers of different sizes still give exact totals.
+    The paper pools each transformer block's layers into one ratio; here each tensor has
+    its own.  Other ``m`` and ``lam``: register ``functools.partial(owl, m=..., lam=...)``
+    under a name of your own.
+    """
+    if scores is None:
+        raise ValueError(
+            "owl ranks layers by the outliers among the criterion's scores: pass scores=..."
+        )
+    if not m > 0 or not 0 <= lam < 1:
+        raise ValueError(f"owl needs m > 0 and 0 <= lam < 1, got m={m}, lam={lam}")
+    pattern = pattern or Unstructured()
+    dense = set(dense)
+    _check_names(shapes, dense)
+    pool = [n for n in shapes if n not in dense]
+    ratio = {}
+    for n in pool:
+        s = scores[n].flatten().double()
+        s = s[torch.isfinite(s)]  # groups pruned before are not outliers, nor in the mean
+        ratio[n] = float((s > m * s.mean()).double().mean()) if s.numel() else 0.0
+    low, high = min(ratio.values()), max(ratio.values())
+    spread = {
+        n: 0.0 if high == low else (r - low) / (high - low) * 2 * lam for n, r in ratio.items()
+    }
+    sizes = {n: math.prod(shapes[n]) for n in shapes}
+    keep = (
+        sum(sizes.values()) - _target_zeros(shapes, sparsity, dense) - sum(sizes[n] for n in dense)
+    )
+
+    def kept(shift: float) -> float:
+        return sum(sizes[n] * min(1.0, max(0.0, spread[n] + shift)) for n in pool)
+
+    below, above = -1.0 - 2 * lam, 1.0  # kept() rises from 0 to every weight between them
+    for _ in range(100):  # bisection: kept() is continuous and non-decreasing in the shift
+        middle = (below + above) / 2
+        below, above = (middle, above) if kept(middle) < keep else (below, middle)
+    density = {n: 1.0 for n in shapes}
+    density.update({n: min(1.0, max(0.0, spread[n] + above)) for n in pool})
+    return _in_groups(shapes, sparsity, pattern, dense, density)
 
 
 Curve = Sequence[tuple[float, float]]

@@ -287,6 +287,7 @@ def test_budgets_declare_whether_they_rank_scores(monkeypatch):
     assert [b for b in registry.available("budget") if budgets.needs_scores(b)] == [
         "global",
         "lamp_budget",
+        "owl",
         "sensitivity_budget",
     ]
 
@@ -298,3 +299,51 @@ def test_budgets_declare_whether_they_rank_scores(monkeypatch):
     assert budgets.needs_scores("by_hand_scored")
     with pytest.raises(KeyError, match="Did you mean"):
         budgets.needs_scores("globall")
+
+
+# --- OWL ------------------------------------------------------------------------------------
+
+
+def outlier_scores(size, outliers):
+    """Scores of ones with ``outliers`` entries of 100: above 5x the mean while fewer than
+    about a fifth of the entries are outliers."""
+    s = torch.ones(size, dtype=torch.float64)
+    s[:outliers] = 100.0
+    return s
+
+
+def test_owl_gives_the_layer_with_more_outliers_lambda_less_sparsity_by_hand():
+    """Two layers of 100: A has 10 outliers (10 > 5 x mean 10.9 ... its 100s), B none.
+    Scaled to [0, 2 lam] the ratios are 0.16 and 0; shifted to a mean density of 0.5 they
+    are 0.58 and 0.42, the paper's formula (density = spread - mean + 1 - s)."""
+    shapes = {"a": (10, 10), "b": (10, 10)}
+    scores = {"a": outlier_scores(100, 10), "b": outlier_scores(100, 0)}
+    plan = budgets.owl(shapes, 0.5, scores=scores)
+    assert plan == pytest.approx({"a": 0.42, "b": 0.58})
+    wider = budgets.owl(shapes, 0.5, scores=scores, lam=0.2)
+    assert wider == pytest.approx({"a": 0.30, "b": 0.70})
+
+
+def test_owl_meets_the_target_exactly_with_layers_of_different_sizes_and_dense_ones():
+    shapes = {"a": (30, 10), "b": (7, 13), "c": (50, 4), "d": (5, 5)}
+    gen = torch.Generator().manual_seed(0)
+    scores = {n: torch.rand(math.prod(s), generator=gen) ** 8 for n, s in shapes.items()}
+    for sparsity in (0.3, 0.6, 0.9):
+        plan = budgets.owl(shapes, sparsity, scores=scores, dense=["d"])
+        zeros = sum(round(plan[n] * math.prod(shapes[n])) for n in shapes)
+        assert zeros == round(sparsity * sum(math.prod(s) for s in shapes.values()))
+        assert plan["d"] == 0.0
+    with pytest.raises(ValueError, match="scores"):
+        budgets.owl(shapes, 0.5)
+
+
+def test_owl_is_registered_as_a_budget_that_needs_scores_and_prunes_with_wanda():
+    assert budgets.needs_scores("owl")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    x = torch.randn(64, 16)
+    x[:, 0] *= 50  # an outlier feature: fc1's column 0 scores high under wanda
+    sl.prune(model, "wanda", 0.6, budget="owl", data=(x, None))
+    found = masks.masks(model)
+    zeros = sum(int((m == 0).sum()) for m in found.values())
+    assert zeros == round(0.6 * (16 * 32 + 32 * 8))

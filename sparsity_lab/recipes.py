@@ -273,6 +273,7 @@ DENSE_TRAINING_MODULES = (
     "data.py",
     "seeding.py",
     "callbacks.py",
+    "sparsifier.py",  # the Trainer drives its callbacks through a Sparsifier
 )
 
 

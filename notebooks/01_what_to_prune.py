@@ -182,7 +182,9 @@ display(Markdown(f"For instance, for LeNet-5's `conv2`: *{reason}*"))
 # Each seed has its own data split and dense model, so the curves show the change of
 # accuracy from each seed's own dense model, as the mean over the seeds with a 95%
 # confidence interval (circled in red where a run raised a sanity flag); two patterns
-# are compared by their paired per-seed differences.
+# are compared by their paired per-seed differences.  The y axis fits the unflagged
+# points, so that a collapsed run does not squash the others; a mean beyond it is marked
+# by a triangle at the edge, with its value.
 
 # %%
 CLASSIFIER = "fc3.weight"  # both LeNets end with fc3
@@ -226,6 +228,7 @@ results = sl.experiments.sweep(one_run, grid, seeds=SEEDS, progress=False)
 results = results.dropna(subset=["test_accuracy"])
 results["change"] = results["test_accuracy"] - results["dense_test_accuracy"]
 
+
 fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
 for ax, (model_name, title) in zip(
     axes, [("lenet300", "LeNet-300-100"), ("lenet5", "LeNet-5")], strict=True
@@ -236,6 +239,19 @@ for ax, (model_name, title) in zip(
         part, x="sparsity", y="change", hue="pattern", ax=ax, bounds=(-1.0, 1.0)
     )
     ax.axhline(0.0, color="k", linestyle="--", linewidth=0.8)
+    # the axis fits the unflagged points; a collapsed one is marked at its edge
+    changes = sl.experiments.flagged_summary(
+        part, ["pattern", "sparsity"], "change", bounds=(-1.0, 1.0)
+    )
+    sl.experiments.fit_y(
+        ax,
+        changes,
+        ~changes["flagged"],
+        x="sparsity",
+        name="pattern",
+        bounds=(-1.0, 1.0),
+        fmt="{:+.2f}".format,
+    )
     ax.set_ylabel("test accuracy - dense (mean, 95% CI)")
     ax.set_title(f"{title}: magnitude, uniform, {FINETUNE_EPOCHS} epoch(s) of fine-tuning")
 plt.show()
@@ -456,6 +472,9 @@ conv_results = sl.experiments.sweep(
     progress=False,
 )
 ax = sl.experiments.plot_mean_ci(conv_results, x="sparsity", y="test_accuracy", hue="pattern")
+# the axis fits the unflagged points; a point pulled down by a collapsed run is marked at its edge
+conv_means = sl.experiments.flagged_summary(conv_results, ["pattern", "sparsity"], "test_accuracy")
+sl.experiments.fit_y(ax, conv_means, ~conv_means["flagged"], x="sparsity", name="pattern")
 ax.set_ylabel("test accuracy (mean, 95% CI)")
 ax.set_title("LeNet-5, convolutions only: single weights, kernels, filters")
 plt.show()

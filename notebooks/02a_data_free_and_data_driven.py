@@ -542,8 +542,13 @@ STAGES = {
 }
 
 
-def compare(criteria, title, xlabel):
-    """Validation accuracy against sparsity, before and after fine-tuning, for each model."""
+def compare(criteria, title, xlabel, baselines=()):
+    """Validation accuracy against sparsity, before and after fine-tuning, for each model.
+
+    With ``baselines``, the y axis of each fine-tuned panel fits the unflagged points of the
+    other criteria, whose differences the text compares; a point off that axis is marked at
+    its edge with its value.
+    """
     fig, axes = plt.subplots(
         len(MODELS), 2, figsize=(11, 3.4 * len(MODELS)), squeeze=False, layout="constrained"
     )
@@ -553,15 +558,29 @@ def compare(criteria, title, xlabel):
             sl.experiments.plot_mean_ci(part, x="sparsity", y=column, hue="criterion", ax=ax)
             ax.axhline(part["dense_val_accuracy"].mean(), color="k", linestyle="--", label="dense")
             ax.get_legend().remove()  # one legend for the figure, beside it
+            if baselines and column == "val_accuracy":
+                means = sl.experiments.flagged_summary(part, ["criterion", "sparsity"], column)
+                keep = ~means["flagged"] & ~means["criterion"].isin(baselines)
+                sl.experiments.fit_y(ax, means, keep, x="sparsity", name="criterion")
             ax.set_title(f"{model_name}: {stage}")
             ax.set_xlabel(xlabel)
             ax.set_ylabel("validation accuracy")
     sl.viz.figure_legend(fig, axes, strip="criterion=")
+    if baselines:
+        title += (
+            f"\nafter fine-tuning, the y axis fits the unflagged points of all but "
+            f"{' and '.join(baselines)}; a triangle marks a point off the axis"
+        )
     fig.suptitle(title)
     plt.show()
 
 
-compare(list(UNSTRUCTURED), "Unstructured data-free criteria", "sparsity (weights removed)")
+compare(
+    list(UNSTRUCTURED),
+    "Unstructured data-free criteria",
+    "sparsity (weights removed)",
+    baselines=[RANDOM_WEIGHTS],
+)
 
 # %% [markdown]
 # Three comparisons on single weights, each a paired difference (same seed: same data,

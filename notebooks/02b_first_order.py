@@ -491,8 +491,13 @@ display(
 )
 
 
-def compare(table, criteria, columns, title, xlabel):
-    """Mean accuracy against sparsity with confidence bands, one row of panels per model."""
+def compare(table, criteria, columns, title, xlabel, baselines=()):
+    """Mean accuracy against sparsity with confidence bands, one row of panels per model.
+
+    With ``baselines``, the y axis of each fine-tuned panel fits the unflagged points of the
+    other criteria, whose differences the text compares; a point off that axis is marked at
+    its edge with its value.
+    """
     fig, axes = plt.subplots(
         len(MODELS),
         len(columns),
@@ -506,10 +511,19 @@ def compare(table, criteria, columns, title, xlabel):
             sl.experiments.plot_mean_ci(part, x="sparsity", y=column, hue="criterion", ax=ax)
             ax.axhline(part["dense_val_accuracy"].mean(), color="k", linestyle="--", label="dense")
             ax.get_legend().remove()  # one legend for the figure, beside it
+            if baselines and column == "val_accuracy":
+                means = sl.experiments.flagged_summary(part, ["criterion", "sparsity"], column)
+                keep = ~means["flagged"] & ~means["criterion"].isin(baselines)
+                sl.experiments.fit_y(ax, means, keep, x="sparsity", name="criterion")
             ax.set_title(f"{model_name}: {stage}")
             ax.set_xlabel(xlabel)
             ax.set_ylabel("validation accuracy")
     sl.viz.figure_legend(fig, axes, strip="criterion=")
+    if baselines:
+        title += (
+            f"\nafter fine-tuning, the y axis fits the unflagged points of all but "
+            f"{' and '.join(baselines)}; a triangle marks a point off the axis"
+        )
     fig.suptitle(title)
     plt.show()
 
@@ -518,7 +532,14 @@ STAGES = {
     "pruned_accuracy": "one-shot, no fine-tuning",
     "val_accuracy": f"after {FINETUNE_EPOCHS} epoch(s) of fine-tuning",
 }
-compare(results, WEIGHT_CRITERIA, STAGES, "First-order criteria on weights", "sparsity")
+compare(
+    results,
+    WEIGHT_CRITERIA,
+    STAGES,
+    "First-order criteria on weights",
+    "sparsity",
+    baselines=[RANDOM_WEIGHTS],
+)
 
 # %%
 compare(results, UNIT_CRITERIA, STAGES, "First-order criteria on units", "share of units removed")
@@ -848,6 +869,23 @@ for ax, model_name in zip(axes[0], PAI_MODELS, strict=True):
             part.sparsity, 100 * part.ci_low, 100 * part.ci_high, color=line.get_color(), alpha=0.2
         )
     ax.axhline(0, color="k", linewidth=0.8)
+    # the axis fits the settings without a flagged run: an interval stretched to +-100 points
+    # by a run at chance level would squash the others; a mean off the axis is marked at its edge
+    points = shuffle[shuffle.model_name == model_name].assign(
+        mean=lambda d: 100 * d.mean_diff,
+        ci_low=lambda d: 100 * d.ci_low,
+        ci_high=lambda d: 100 * d.ci_high,
+        flagged=lambda d: d.flagged != "",
+    )
+    sl.experiments.fit_y(
+        ax,
+        points,
+        ~points["flagged"],
+        x="sparsity",
+        name="criterion",
+        bounds=(-100.0, 100.0),
+        fmt="{:+.1f} points".format,
+    )
     ax.set(xlabel="sparsity", ylabel="shuffled - original (points)")
     ax.set_title(f"{model_name}: accuracy change when masks are shuffled")
 sl.viz.figure_legend(fig, axes)

@@ -371,18 +371,40 @@ display(
 )
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 4.5))
-sl.experiments.plot_mean_ci(results, x="sparsity", y="test_accuracy", hue="method", ax=ax)
-ax.axhline(
-    results["dense_test_accuracy"].mean(),
-    color="k",
-    linestyle="--",
-    linewidth=0.8,
-    label="dense (mean over seeds)",
+# collapsed runs stretch the axis of the full panel; the second panel zooms on the sparsities
+# where no run raised a flag, so that the small differences compared below can be seen
+flagged_at = set(results.loc[results["flags"] != "", "sparsity"])
+# (no zoom when no run raised a flag: the full panel is the zoom)
+unflagged = [s for s in SPARSITIES if s not in flagged_at] if flagged_at else []
+fig, axes = plt.subplots(
+    1,
+    2 if unflagged else 1,
+    figsize=(12.5 if unflagged else 7, 4.5),
+    squeeze=False,
+    layout="constrained",
 )
-ax.legend(fontsize=8)
-ax.set_ylabel("test accuracy (mean, 95% CI)")
-ax.set_title(f"LeNet-300-100 on {DATA}: one-shot, no fine-tuning")
+views = [(results, f"LeNet-300-100 on {DATA}: one-shot, no fine-tuning")]
+if unflagged:
+    views.append(
+        (
+            results[results["sparsity"].isin(unflagged)],
+            f"zoom: {', '.join(f'{s:.0%}' for s in unflagged)}, where no run raised a flag",
+        )
+    )
+for ax, (part, title) in zip(axes[0], views, strict=True):
+    sl.experiments.plot_mean_ci(part, x="sparsity", y="test_accuracy", hue="method", ax=ax)
+    ax.axhline(
+        results["dense_test_accuracy"].mean(),
+        color="k",
+        linestyle="--",
+        linewidth=0.8,
+        label="dense (mean over seeds)",
+    )
+    ax.set_ylabel("test accuracy (mean, 95% CI)")
+    ax.set_title(title)
+axes[0, 0].legend(fontsize=8)
+if unflagged:
+    axes[0, 1].get_legend().remove()  # the same colours as the full panel's legend
 plt.show()
 sl.nb.show_flags(sl.flags.table(results, ["method", "sparsity"]))
 

@@ -327,6 +327,7 @@ for model_name in MODELS:
     frames.append(dense)
 results = pd.concat(frames, ignore_index=True)
 
+
 # %%
 fig, axes = plt.subplots(len(MODELS), 2, figsize=(13, 4.2 * len(MODELS)), squeeze=False)
 for row, model_name in enumerate(MODELS):
@@ -338,6 +339,10 @@ for row, model_name in enumerate(MODELS):
         sl.viz.sparsity_curve(part, x="sparsity", y="test_accuracy", hue="method", ax=ax,
                               baseline=base["test_accuracy"].mean(),
                               logit_x=pattern == "unstructured")  # fmt: skip
+        # the axis fits the unflagged points: a run at chance level would squash the rest;
+        # a mean off the axis is marked at its edge with its value
+        means = sl.experiments.flagged_summary(part, ["method", "sparsity"], "test_accuracy")
+        sl.experiments.fit_y(ax, means, ~means["flagged"], x="sparsity", name="method")
         ax.legend(fontsize=8, ncol=2)
         ax.set_title(f"{model_name}, {pattern}")
 plt.show()

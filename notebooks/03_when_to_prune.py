@@ -417,12 +417,18 @@ masks_compared = ["SNIP", "SNIP, shuffled", "magnitude", "after training"]
 init_results = sl.experiments.sweep(
     init_or_after, {"mask": masks_compared, "sparsity": INIT_SPARSITIES}, seeds=SEEDS
 )
+
+
 fig, ax = plt.subplots(figsize=(6.5, 4))
 cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 ax.set_prop_cycle(color=[cycle[i] for i in (0, 1, 2, 4)])  # no red: red circles flag points
 sl.experiments.plot_mean_ci(init_results, x="sparsity", y="test_accuracy", hue="mask", ax=ax)
 ax.axhline(dense_accuracy, color="gray", ls="--", lw=1, label="dense")
 ax.set_xscale("logit")
+# the axis fits the unflagged points: a mask at chance level would squash the others; a mean
+# off the axis is marked at its edge with its value
+init_means = sl.experiments.flagged_summary(init_results, ["mask", "sparsity"], "test_accuracy")
+sl.experiments.fit_y(ax, init_means, ~init_means["flagged"], x="sparsity", name="mask")
 ax.legend(fontsize=8)
 ax.set_title("Masks chosen at initialisation vs after training (red circle: flagged)")
 plt.show()

@@ -346,16 +346,18 @@ for seed in SEEDS:
         }
 ticket_table = pd.concat(ticket_tables, ignore_index=True)
 
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
+# each panel has its own y axis: a shared one would stretch one setting's axis to the other's
+# lowest curve and squash the differences between its networks
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
 for ax, (task_name, group) in zip(axes, ticket_table.groupby("task", sort=False), strict=True):
     dense = group[group["network"] == "dense"]["test_accuracy"].mean()
     sl.experiments.plot_mean_ci(
         group[group["round"] > 0], "sparsity", "test_accuracy", hue="network", ax=ax
     )
     ax.axhline(dense, color="k", ls="--", label="dense")
-    ax.set_title(task_name)
+    ax.set_title(f"{task_name} (own y scale)")
+    ax.set_ylabel("test accuracy")
     ax.legend(fontsize=8)
-axes[0].set_ylabel("test accuracy")
 fig.tight_layout()
 plt.show()
 

@@ -366,8 +366,17 @@ for i, arm in enumerate(["original", "shuffled"]):
         capsize=3,
     )
 ax.set_xticks(x, labels, fontsize=8)
+# the y axis fits the bars and their intervals (a 0 to 1 axis would squash the gaps the text
+# compares); the title says where it starts
+half = (table["ci_high"] - table["mean"]).fillna(0)
+low, high = (table["mean"] - half).min(), (table["mean"] + half).max()
+pad = 0.1 * max(high - low, 0.01)
+ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad))
 ax.set_ylabel("test accuracy")
-ax.set_title(f"Original and shuffled masks at {SHUFFLE_SPARSITY:.0%} sparsity")
+ax.set_title(
+    f"Original and shuffled masks at {SHUFFLE_SPARSITY:.0%} sparsity "
+    f"(bars cut: the y axis starts at {ax.get_ylim()[0]:.0%})"
+)
 ax.legend()
 plt.show()
 display(table.round(4))

@@ -204,9 +204,17 @@ for ax, (pair, group) in zip(axes, trained.groupby("pair", sort=False), strict=T
             label={"linear": "linear probe", "full": "full fine-tune"}.get(mode, mode),
         )
     ax.set_xticks(range(len(order)), [f"{m}\n{reached[(pair, m)]:.0%}" for m in order], fontsize=8)
+    # the y axis fits the bars and their intervals (from 0 it would squash the differences
+    # to dense compared below); the title says where it starts
+    shown = table[table["method"].isin(order)]
+    half = (shown["ci_high"] - shown["mean"]).fillna(0)
+    low, high = (shown["mean"] - half).min(), (shown["mean"] + half).max()
+    pad = 0.1 * max(high - low, 0.01)
+    ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad))
     ax.set_title(
         f"{pair}: {downstream[pair].name}"
         + (f" ({', '.join(left_out)} failed upstream, left out)" if left_out else "")
+        + f"\n(bars cut: the y axis starts at {ax.get_ylim()[0]:.0%})"
     )
     ax.set_ylabel("downstream test accuracy")
     ax.legend(fontsize=8)

@@ -256,6 +256,10 @@ for kind, part in plotted.groupby("kind", sort=False):
 flagged = plotted[plotted["arm"].isin(activation_flags["arm"])]
 if len(flagged):
     sl.experiments.mark_flagged(ax, flagged["activation_sparsity"], flagged["mean"])
+# the axis fits the unflagged arms: an interval stretched to [0, 1] by a run at chance level
+# would squash the others; a mean off the axis is marked at its edge with its value
+fitted = plotted.assign(flagged=plotted["arm"].isin(activation_flags["arm"]))
+sl.experiments.fit_y(ax, fitted, ~fitted["flagged"], x="activation_sparsity", name="arm")
 ax.set_xlabel("activation sparsity on the test set")
 ax.set_ylabel("test accuracy (mean, 95% CI)")
 ax.set_title("Forced activation sparsity against accuracy")

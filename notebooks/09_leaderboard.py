@@ -139,10 +139,35 @@ shown.round(4)
 # deployed (`sl.accel.export`: structured zeros shrunk away, each layer run with the
 # fastest kernel it measured), timed on the machine the manifest names.  The line joins
 # the points no other point beats on both axes.  Storage shows what parameter counts
-# hide: an unstructured mask pays an index per kept weight.
+# hide: an unstructured mask pays an index per kept weight.  The second row repeats the
+# first with the y axis fitted to the fronts and the dense line, so that the differences
+# along the fronts can be read; its titles count the means it leaves out.
 
 # %%
-fig = leaderboard.plot_fronts(table)
+# Two rows: the full range, where a collapsed method sits far below, and the same fronts with
+# the y axis fitted to the points on them (and the dense line), where the methods compared
+# below differ; the titles of that row count the means it leaves out.
+costs = list(leaderboard.COSTS)
+fig, axes = plt.subplots(
+    2, len(costs), figsize=(4.5 * len(costs), 7.5), squeeze=False, layout="constrained"
+)
+leaderboard.plot_fronts(table, costs, axes=axes[0])
+leaderboard.plot_fronts(table, costs, axes=axes[1])
+fig.legends[-1].remove()  # each call adds the same legend: keep one
+points = leaderboard.summary(table)
+clean_points = points[~points["flagged"]]
+on_fronts = pd.concat([leaderboard.pareto_front(clean_points, cost) for cost in costs])
+dense_line = table.groupby("seed")["dense_test_accuracy"].first().mean()
+low = min(on_fronts["ci_low"].fillna(on_fronts["test_accuracy"]).min(), dense_line)
+high = max(on_fronts["ci_high"].fillna(on_fronts["test_accuracy"]).max(), dense_line)
+pad = 0.1 * max(high - low, 0.01)
+bottom, top = max(0.0, low - pad), min(1.0, high + pad)
+off_axis = int(((points["test_accuracy"] < bottom) | (points["test_accuracy"] > top)).sum())
+for ax in axes[0]:
+    ax.set_title("full range", fontsize=10)
+for ax in axes[1]:
+    ax.set_ylim(bottom, top)
+    ax.set_title(f"zoom: {off_axis} of {len(points)} means off the axis", fontsize=10)
 plt.show()
 machine = manifest["machine"]
 load = (machine.get("load_average") or [None])[0]

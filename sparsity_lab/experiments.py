@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -316,6 +317,82 @@ def mark_flagged(ax: plt.Axes, xs, ys, *, labelled: bool = False) -> bool:
     return True
 
 
+def flagged_summary(
+    df: pd.DataFrame,
+    by: Sequence[str],
+    y: str,
+    *,
+    confidence: float = 0.95,
+    bounds: tuple[float, float] | None | str = "auto",
+    flags: str | None = "auto",
+) -> pd.DataFrame:
+    """:func:`summarize` of ``y`` by ``by`` (what :func:`plot_mean_ci` draws), with a
+    ``flagged`` column when ``df`` has the flags of ``y``'s stage: whether any run of the
+    group raised a sanity flag (``flags="auto"``: as in :func:`plot_mean_ci`)."""
+    table = summarize(df, list(by), y, confidence, bounds)
+    column = STAGE_FLAGS.get(y, "flags") if flags == "auto" else flags
+    flagged = flagged_groups(df, by, column) if column else None
+    if flagged is not None:
+        index = pd.MultiIndex.from_frame(table[list(by)]) if len(by) > 1 else table[by[0]]
+        table["flagged"] = flagged.reindex(index).to_numpy()
+    return table
+
+
+def fit_y(
+    ax: plt.Axes,
+    table: pd.DataFrame,
+    keep: Any = None,
+    *,
+    x: str,
+    name: str,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    fmt: Callable[[float], str] = "{:.1%}".format,
+    margin: float = 0.1,
+) -> tuple[float, float] | None:
+    """Fit ``ax``'s y axis to the means and intervals of the rows ``keep`` of ``table``
+    (a :func:`flagged_summary`; default: the unflagged rows); returns the limits.
+
+    A run at chance level stretches an accuracy axis to [0, 1] and squashes the differences
+    between the others.  The limits here are the lowest and highest mean or interval end
+    of the kept rows, widened by ``margin`` of their span and kept inside ``bounds``.  A
+    mean of any row that falls outside is drawn at the edge it passed (a grey triangle at
+    its ``x``) and labelled with its ``name``, ``x`` and value (``fmt``), flagged or not,
+    so that nothing drawn is hidden.  None (and no change) when no kept row has a value.
+    """
+    if keep is None:
+        keep = ~table["flagged"].astype(bool) if "flagged" in table else slice(None)
+    shown = table.loc[keep, ["mean", "ci_low", "ci_high"]].to_numpy(dtype=float)
+    if not np.isfinite(shown).any():
+        return None
+    low, high = np.nanmin(shown), np.nanmax(shown)
+    pad = margin * max(high - low, 0.01 * (bounds[1] - bounds[0]))
+    bottom, top = max(bounds[0], low - pad), min(bounds[1], high + pad)
+    ax.set_ylim(bottom, top)
+    ax.get_xlim()  # settles the x limits, so that the positions below are final
+    stacked: dict[bool, int] = {}
+    on_x = ax.get_xaxis_transform()  # x in data, y in axes fractions
+    for _, row in table[(table["mean"] < bottom) | (table["mean"] > top)].iterrows():
+        above = bool(row["mean"] > top)
+        k = stacked[above] = stacked.get(above, -1) + 1  # one label above the other
+        at = ax.transAxes.inverted().transform(ax.transData.transform((row[x], bottom)))[0]
+        left = at < 0.5
+        edge = 0.98 if above else 0.02
+        ax.plot(row[x], edge, "^" if above else "v", color="0.3", transform=on_x)
+        flagged = " (flagged)" if bool(row.get("flagged", False)) else ""
+        ax.annotate(
+            f"{row[name]} at {row[x]:.0%}: {fmt(row['mean'])}{flagged}",
+            (row[x], edge),
+            xycoords=on_x,
+            xytext=(6 if left else -6, (-11 if above else 11) * k),
+            textcoords="offset points",
+            ha="left" if left else "right",
+            va="center",
+            fontsize=8,
+            color="0.3",
+        )
+    return bottom, top
+
+
 def plot_mean_ci(
     df: pd.DataFrame,
     x: str,
@@ -342,13 +419,7 @@ def plot_mean_ci(
     if ax is None:
         _, ax = plt.subplots()
     by = [x] if hue is None else [hue, x]
-    table = summarize(df, by, y, confidence, bounds)
-    column = STAGE_FLAGS.get(y, "flags") if flags == "auto" else flags
-    flagged = flagged_groups(df, by, column) if column else None
-    if flagged is not None:
-        table["flagged"] = flagged.reindex(
-            pd.MultiIndex.from_frame(table[by]) if len(by) > 1 else table[x]
-        ).to_numpy()
+    table = flagged_summary(df, by, y, confidence=confidence, bounds=bounds, flags=flags)
     groups = [(None, table)] if hue is None else table.groupby(hue, sort=False, dropna=False)
     marked = False
     for value, group in groups:

@@ -12,6 +12,7 @@ import pytest
 from matplotlib.figure import Figure
 from scipy import stats
 
+from sparsity_lab import experiments
 from sparsity_lab.experiments import SweepError, plot_mean_ci, summarize, sweep
 
 GRID = {"a": [1, 2], "b": ["x", "y", "z"]}
@@ -337,3 +338,41 @@ def test_temporaries_left_by_a_killed_run_are_removed(tmp_path):
     sweep(Counting(), GRID, SEEDS, cache_dir=tmp_path)
     assert not stale.exists()
     assert live.exists()  # a run in progress elsewhere may still rename it
+
+
+def test_fit_y_fits_the_unflagged_means_and_marks_a_flagged_one_at_the_edge():
+    """Limits by hand: the unflagged means and intervals span 0.93-0.97, so with a 10%
+    margin the axis is 0.926-0.974; the flagged mean at 0.10 is drawn at the bottom edge
+    with its name, sparsity and value."""
+    table = pd.DataFrame(
+        {
+            "method": ["a", "b", "c"],
+            "sparsity": [0.5, 0.5, 0.9],
+            "mean": [0.95, 0.96, 0.10],
+            "ci_low": [0.93, 0.95, 0.0],
+            "ci_high": [0.96, 0.97, 0.30],
+            "flagged": [False, False, True],
+        }
+    )
+    fig, ax = plt.subplots()
+    ax.plot(table["sparsity"], table["mean"], "o")
+    limits = experiments.fit_y(ax, table, x="sparsity", name="method")
+    assert limits == pytest.approx((0.926, 0.974))
+    assert ax.get_ylim() == pytest.approx((0.926, 0.974))
+    (label,) = [t.get_text() for t in ax.texts]
+    assert label == "c at 90%: 10.0% (flagged)"
+    plt.close(fig)
+
+
+def test_flagged_summary_is_what_plot_mean_ci_draws_with_its_flags():
+    runs = pd.DataFrame(
+        {
+            "method": ["a"] * 4 + ["b"] * 4,
+            "sparsity": [0.5, 0.5, 0.9, 0.9] * 2,
+            "test_accuracy": [0.9, 0.92, 0.8, 0.1, 0.95, 0.93, 0.9, 0.88],
+            "flags": ["", "", "", "accuracy at chance", "", "", "", ""],
+        }
+    )
+    table = experiments.flagged_summary(runs, ["method", "sparsity"], "test_accuracy")
+    assert table["flagged"].tolist() == [False, True, False, False]
+    assert table["mean"].tolist() == pytest.approx([0.91, 0.45, 0.94, 0.89])

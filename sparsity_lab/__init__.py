@@ -36,6 +36,7 @@ _LAZY = (
     "experiments",
     "flags",
     "formats",
+    "hf",
     "leaderboard",
     "logs",
     "methods",

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import masks
+from . import hf, masks
 
 #: The suffix of a mask's key in a file written with ``with_masks=True``.
 MASK_SUFFIX = ".mask"
@@ -113,15 +113,17 @@ def save_pretrained(
     A squashed copy (plain keys, pruned entries exact zeros) goes through the model's own
     ``save_pretrained`` (``options`` are passed on), so ``from_pretrained`` gives the pruned
     weights; ``with_masks`` also writes the masks to :data:`PRETRAINED_MASKS` in the same
-    directory, for :func:`load_pretrained_masks`.  The model itself keeps its masks.
+    directory, for :func:`load_pretrained_masks`.  The model itself keeps its masks.  Layers
+    that :func:`sparsity_lab.hf.to_linear` converted are saved as the ``Conv1D`` they were,
+    masks transposed with them, so the checkpoint loads into the model's own class.
     """
     if not callable(getattr(model, "save_pretrained", None)):
         raise TypeError(
             f"{type(model).__name__} has no save_pretrained (not a Hugging Face model); use "
             "save_safetensors(model, path) instead"
         )
-    found = masks.masks(model)
-    plain = copy.deepcopy(model)
+    plain = hf.to_conv1d(copy.deepcopy(model))
+    found = masks.masks(plain)
     masks.squash(plain)
     directory = Path(directory)
     plain.save_pretrained(directory, **options)

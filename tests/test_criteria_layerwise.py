@@ -244,6 +244,23 @@ def test_later_layers_are_calibrated_on_the_outputs_of_pruned_earlier_layers():
         torch.testing.assert_close(masks.weight(pruned, f"{i}.weight"), layer.weight)
 
 
+def test_sequential_false_calibrates_every_layer_on_the_dense_models_inputs():
+    model = two_layer_mlp()
+    x = torch.randn(96, 12, generator=torch.Generator().manual_seed(0))
+    batches = [(x[:48], None), (x[48:], None)]
+    pruned = sl.prune(
+        copy.deepcopy(model), "sparsegpt", 0.5, data=batches, budget="uniform", sequential=False
+    )
+    for i in (0, 2, 4):  # by hand: each layer on what the *dense* layers before it give
+        xin = model[:i](x).detach().double() if i else x.double()
+        w = model[i].weight.detach().double()
+        new, keep = lw.sparsegpt(w, hessian(xin), w.numel() // 2)
+        torch.testing.assert_close(masks.get_mask(pruned, f"{i}.weight").bool(), keep)
+        torch.testing.assert_close(masks.weight(pruned, f"{i}.weight"), new.float())
+    sequential = sl.prune(copy.deepcopy(model), "sparsegpt", 0.5, data=batches, budget="uniform")
+    assert not torch.equal(masks.weight(sequential, "4.weight"), masks.weight(pruned, "4.weight"))
+
+
 @pytest.mark.parametrize("method", ["sparsegpt", "obc", "lobs"])
 def test_update_false_gives_the_same_mask_on_the_original_weights(method):
     x = torch.randn(64, 12, generator=torch.Generator().manual_seed(1))

@@ -472,9 +472,11 @@ class _Layerwise(Criterion):
         damp: float = 0.01,
         update: bool = True,
         damp_mode: str = "relative",
+        sequential: bool = True,
     ):
         curvature.check_damping(damp, damp_mode)
         self.batches, self.damp, self.damp_mode, self.update = batches, damp, damp_mode, update
+        self.sequential = sequential
 
     # what each method implements
     def prune_layer(
@@ -505,10 +507,12 @@ class _Layerwise(Criterion):
         """Prune each layer in forward order on calibration inputs; returns the keep-masks.
 
         Each layer is calibrated on the inputs it gets from the layers before it *as
-        pruned*.  When the calibration batches can be stacked into one (same shape but for
-        the first dimension), that takes one forward pass: each layer is pruned in a hook
-        just before it runs.  Otherwise the model is run again up to each layer
-        (``one_pass = False`` forces this reference path; the tests check both agree).
+        pruned* (``sequential=True``, the papers' pipeline), or on the dense model's inputs
+        (``sequential=False``: every layer's calibration comes from one pass before any is
+        pruned).  When the calibration batches can be stacked into one (same shape but for
+        the first dimension), the sequential pipeline takes one forward pass: each layer is
+        pruned in a hook just before it runs.  Otherwise the model is run again up to each
+        layer (``one_pass = False`` forces this reference path; the tests check both agree).
         """
         nm = self._nm(request.pattern)
         layers = {n: module_of(model, n, "layer-wise criteria") for n in names}
@@ -530,7 +534,10 @@ class _Layerwise(Criterion):
                 return keep
 
             stacked = _stack(batches) if self.one_pass else None
-            if stacked is None:
+            if not self.sequential:
+                calibs = self._calibrate_all(model, layers, order, batches)
+                new_masks = {n: prune_on(n, calibs[n]) for n in order}
+            elif stacked is None:
                 new_masks = {
                     n: prune_on(n, self._calibrate(model, layers[n], batches)) for n in order
                 }
@@ -633,20 +640,34 @@ class _Layerwise(Criterion):
         }
         return request.plan(shapes, group_scores)
 
-    def _dense_scores(self, model, names, layers, dense, batches):
-        """Each layer's own saliency on the current model's inputs, all in one pass."""
-        todo = [n for n in names if n not in dense]
+    def _calibrate_all(self, model, layers, todo, batches) -> dict[str, Calibration]:
+        """Every layer's calibration on the current model's inputs, all in one pass each
+        batch (the first call of a layer, as in the sequential pipeline)."""
         calib = {n: Calibration(layers[n], full=self.full_hessian) for n in todo}
+        seen: set[str] = set()
+
+        def record(args, n):
+            if n not in seen:
+                calib[n].add_batch(args[0])
+                seen.add(n)
+
         handles = [
-            layers[n].register_forward_pre_hook(lambda mod, args, c=calib[n]: c.add_batch(args[0]))
+            layers[n].register_forward_pre_hook(lambda mod, args, n=n: record(args, n))
             for n in todo
         ]
         try:
             for x in batches:
+                seen.clear()
                 model(x)
         finally:
             for h in handles:
                 h.remove()
+        return calib
+
+    def _dense_scores(self, model, names, layers, dense, batches):
+        """Each layer's own saliency on the current model's inputs, all in one pass."""
+        todo = [n for n in names if n not in dense]
+        calib = self._calibrate_all(model, layers, todo, batches)
         out = {}
         for n in todo:
             w = masks.weight(model, n).detach()
@@ -668,8 +689,8 @@ class Wanda(_Layerwise):
     name = "wanda"
     full_hessian = False
 
-    def __init__(self, batches: int | None = 8) -> None:
-        super().__init__(batches=batches, update=False)
+    def __init__(self, batches: int | None = 8, sequential: bool = True) -> None:
+        super().__init__(batches=batches, update=False, sequential=sequential)
 
     def prune_layer(self, weight, calib, n_prune, nm, prior):
         keep = wanda(weight, calib.column_norms(), n_prune, nm=nm, prior=prior)
@@ -700,8 +721,11 @@ class SparseGPT(_Layerwise):
         block_size: int = 128,
         update: bool = True,
         damp_mode: str = "relative",
+        sequential: bool = True,
     ) -> None:
-        super().__init__(batches=batches, damp=damp, update=update, damp_mode=damp_mode)
+        super().__init__(
+            batches=batches, damp=damp, update=update, damp_mode=damp_mode, sequential=sequential
+        )
         self.block_size = block_size
 
     def prune_layer(self, weight, calib, n_prune, nm, prior):

@@ -3,13 +3,13 @@
 Every data set is built in memory (nothing is downloaded) and split into train, validation
 and test parts that depend only on ``seed``: the same seed gives identical tensors, another
 seed gives another split.  Features are ``float32``, labels ``int64`` (token ids of the
-``"text"`` and ``"chars"`` tasks are ``int64`` too).
+``"text"``, ``"chars"`` and ``"char_lm"`` tasks are ``int64`` too).
 
 >>> bundle = load("digits", seed=0)
 >>> train_loader, val_loader, test_loader = bundle.loaders(batch_size=64)
 
-Names: ``mnist``, ``mnist1d``, ``digits``, ``teacher_student``, ``text``, ``chars``
-(:func:`available` lists them).
+Names: ``mnist``, ``mnist1d``, ``digits``, ``teacher_student``, ``text``, ``chars``,
+``char_lm`` (:func:`available` lists them).
 """
 
 from __future__ import annotations
@@ -592,6 +592,33 @@ def _load_chars(
     transformer's pad handling is unaffected; id 1 stands for every character outside the
     ``vocab_size - 2`` most frequent ones (about 0.6 % of the text at the default 64).
     """
+    return _char_bundle("chars", seed, seq_len, n_train, n_val, n_test, vocab_size)
+
+
+def _load_char_lm(
+    *,
+    seed: int = 0,
+    seq_len: int = 32,
+    n_train: int = 40000,
+    n_val: int = 2000,
+    n_test: int = 2000,
+    vocab_size: int = 64,
+) -> DataBundle:
+    """Language modelling on the ``chars`` text: the windows of :func:`char_windows`, and as
+    labels the same window moved on by one character, so that position ``t`` is labelled
+    with character ``t + 1`` (for a decoder-only model that scores every position)."""
+    return _char_bundle("char_lm", seed, seq_len, n_train, n_val, n_test, vocab_size)
+
+
+def _char_bundle(
+    name: str,
+    seed: int,
+    seq_len: int,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    vocab_size: int,
+) -> DataBundle:
     (train, val, test), vocab = char_windows(
         seed, seq_len=seq_len, n_train=n_train, n_val=n_val, n_test=n_test, vocab_size=vocab_size
     )
@@ -599,10 +626,11 @@ def _load_chars(
 
     def part(starts: np.ndarray) -> TensorDataset:
         rows = torch.from_numpy(_windows(ids, starts, seq_len))
-        return TensorDataset(rows[:, :-1].contiguous(), rows[:, -1].contiguous())
+        labels = rows[:, 1:] if name == "char_lm" else rows[:, -1]
+        return TensorDataset(rows[:, :-1].contiguous(), labels.contiguous())
 
     return DataBundle(
-        "chars",
+        name,
         part(train),
         part(val),
         part(test),
@@ -623,6 +651,7 @@ _LOADERS: dict[str, Callable[..., DataBundle]] = {
     "teacher_student": _load_teacher_student,
     "text": _load_text,
     "chars": _load_chars,
+    "char_lm": _load_char_lm,
 }
 
 
@@ -637,8 +666,8 @@ def load(name: str, *, seed: int = 0, **options) -> DataBundle:
     ``mnist``: ``n_train=4000, n_val=500, n_test=500, flatten=True``;
     ``mnist1d``: ``num_samples=4000, n_val=None``; ``digits``: ``flatten=True``;
     ``teacher_student``: ``n_samples=4000, dim=20, n_classes=4, hidden=32``;
-    ``text``: ``n_samples=4000, seq_len=16``; ``chars``: ``seq_len=32, n_train=40000,
-    n_val=2000, n_test=2000, vocab_size=64``.
+    ``text``: ``n_samples=4000, seq_len=16``; ``chars`` and ``char_lm``: ``seq_len=32,
+    n_train=40000, n_val=2000, n_test=2000, vocab_size=64``.
     """
     loader = _LOADERS.get(name)
     if loader is None:

@@ -272,20 +272,27 @@ class ResNetSmall(nn.Module):
 
 
 def attention_weights(
-    q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    causal: bool = False,
 ) -> torch.Tensor:
     """Scaled dot-product attention weights ``softmax(q k^T / sqrt(d))``.
 
     ``q``: ``(..., L_q, d)``, ``k``: ``(..., L_k, d)``; ``key_padding_mask``: ``(B, L_k)``
     bool, True where a key is padding (the ``nn.MultiheadAttention`` convention), for
-    ``q``/``k`` of shape ``(B, H, L, d)``.  Returns ``(..., L_q, L_k)``; each row sums to 1.
+    ``q``/``k`` of shape ``(B, H, L, d)``.  ``causal``: query ``i`` sees keys ``j <= i``
+    only (a decoder's mask).  Returns ``(..., L_q, L_k)``; each row sums to 1.
     """
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    # the most negative finite number, not -inf: its exp is exactly 0, and a row whose keys
+    # are all blocked gets uniform weights instead of NaN
+    lowest = torch.finfo(scores.dtype).min
     if key_padding_mask is not None:
-        # the most negative finite number, not -inf: its exp is exactly 0, and a row whose
-        # keys are all padding gets uniform weights instead of NaN
-        blocked = key_padding_mask[:, None, None, :]
-        scores = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
+        scores = scores.masked_fill(key_padding_mask[:, None, None, :], lowest)
+    if causal:
+        later = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu(1)
+        scores = scores.masked_fill(later, lowest)
     return scores.softmax(dim=-1)
 
 
@@ -294,13 +301,15 @@ def attention(
     k: torch.Tensor,
     v: torch.Tensor,
     key_padding_mask: torch.Tensor | None = None,
+    causal: bool = False,
 ) -> torch.Tensor:
     """Scaled dot-product attention written out: ``softmax(q k^T / sqrt(d)) v``.
 
     Shapes as in :func:`attention_weights`; ``v`` is ``(..., L_k, d_v)``.  Equal to
-    ``F.scaled_dot_product_attention`` with ``attn_mask=~key_padding_mask``.
+    ``F.scaled_dot_product_attention`` with ``attn_mask=~key_padding_mask`` (and
+    ``is_causal=causal``).
     """
-    return attention_weights(q, k, key_padding_mask) @ v
+    return attention_weights(q, k, key_padding_mask, causal) @ v
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -309,13 +318,15 @@ class MultiHeadSelfAttention(nn.Module):
     Head ``h`` owns rows ``h*d : (h+1)*d`` of ``q``, ``k``, ``v`` and the same columns of
     ``out`` (``d = dim // n_heads``), so pruning a head means zeroing or removing those.
     The head size is read from ``q.out_features`` at every call, so a shrunk layer works.
+    ``causal``: each position attends to itself and the positions before it only.
     """
 
-    def __init__(self, dim: int, n_heads: int) -> None:
+    def __init__(self, dim: int, n_heads: int, causal: bool = False) -> None:
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"dim must be divisible by n_heads, got dim={dim}, n_heads={n_heads}")
         self.n_heads = n_heads
+        self.causal = causal
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
@@ -329,19 +340,20 @@ class MultiHeadSelfAttention(nn.Module):
         self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
-        heads = attention(q, k, v, key_padding_mask)  # (B, H, L, d_v)
+        heads = attention(q, k, v, key_padding_mask, self.causal)  # (B, H, L, d_v)
         merged = heads.transpose(1, 2).flatten(2)  # (B, L, H*d_v)
         return self.out(merged)
 
 
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm encoder block: ``x + attn(ln1(x))`` then ``x + mlp(ln2(x))``, where
-    the MLP is ``fc2(gelu(fc1(.)))`` with ``mlp_ratio * dim`` hidden units."""
+    the MLP is ``fc2(gelu(fc1(.)))`` with ``mlp_ratio * dim`` hidden units (a decoder block
+    with ``causal=True``)."""
 
-    def __init__(self, dim: int, n_heads: int, mlp_ratio: int = 4) -> None:
+    def __init__(self, dim: int, n_heads: int, mlp_ratio: int = 4, causal: bool = False) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(dim)
-        self.attn = MultiHeadSelfAttention(dim, n_heads)
+        self.attn = MultiHeadSelfAttention(dim, n_heads, causal)
         self.ln2 = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, mlp_ratio * dim)
         self.fc2 = nn.Linear(mlp_ratio * dim, dim)
@@ -365,10 +377,15 @@ class TinyTransformer(nn.Module):
     label about what comes next (the ``chars`` task), since the newest token matters most
     there and a mean would blur it with the rest.  An all-pad row pools to zeros (mean) or
     to position 0 (last).
+
+    ``causal=True, pool="none"`` makes it a decoder-only language model: each position
+    sees only itself and what precedes it, and the output is every position's scores,
+    ``(B, n_classes, L)`` with the classes on dim 1 as ``nn.CrossEntropyLoss`` expects, so
+    that position ``t`` predicts token ``t + 1`` (the ``char_lm`` data's labels).
     """
 
     pad_id = 0
-    pools = ("mean", "last")
+    pools = ("mean", "last", "none")
 
     def __init__(
         self,
@@ -380,6 +397,7 @@ class TinyTransformer(nn.Module):
         n_heads: int = 4,
         mlp_ratio: int = 4,
         pool: str = "mean",
+        causal: bool = False,
     ) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
@@ -390,12 +408,15 @@ class TinyTransformer(nn.Module):
             hint = did_you_mean(pool, list(self.pools)) if isinstance(pool, str) else ""
             raise ValueError(
                 f"unknown pool {pool!r}.{hint} Choose 'mean' (average of the non-pad "
-                "positions) or 'last' (the last non-pad position)"
+                "positions), 'last' (the last non-pad position) or 'none' (every position, "
+                "for a language model with causal=True)"
             )
-        self.pool = pool
+        self.pool, self.causal = pool, causal
         self.tok_emb = nn.Embedding(vocab_size, dim, padding_idx=self.pad_id)
         self.pos_emb = nn.Embedding(self.input_shape[0], dim)
-        self.blocks = nn.ModuleList(TransformerBlock(dim, n_heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, n_heads, mlp_ratio, causal) for _ in range(depth)
+        )
         self.ln_f = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, n_classes)
 
@@ -407,6 +428,8 @@ class TinyTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, key_padding_mask=pad)
         x = self.ln_f(x)
+        if self.pool == "none":
+            return self.head(x).transpose(1, 2)  # (B, n_classes, L)
         if self.pool == "last":
             # the largest non-pad position; an all-pad row (-1) falls back to position 0
             last = positions.masked_fill(pad, -1).amax(dim=1).clamp(min=0)
@@ -442,8 +465,8 @@ def build(name: str, *, input_shape: tuple[int, ...], n_classes: int, **options)
     ``lenet300``: ``hidden=(300, 100)``; ``lenet5``: none; ``cnn1d``:
     ``channels=(32, 32, 32)``; ``resmlp``: ``width=64, depth=2``; ``resnet_small``:
     ``widths=(8, 16, 32), blocks_per_stage=1``; ``tiny_transformer``: ``vocab_size=64,
-    dim=32, depth=2, n_heads=4, mlp_ratio=4, pool="mean"`` (``"last"`` for next-token
-    labels).
+    dim=32, depth=2, n_heads=4, mlp_ratio=4, pool="mean", causal=False`` (``"last"`` for
+    next-token labels; ``pool="none", causal=True`` for a language model).
     """
     cls = _MODELS.get(name)
     if cls is None:

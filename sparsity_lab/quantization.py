@@ -14,6 +14,8 @@ pruned weight (0) stays exactly 0 and needs no value at all in a sparse format.
   GPTQ), the same column loop as :func:`~sparsity_lab.criteria.layerwise.sparsegpt`;
   with ``n_prune`` it prunes and quantizes in the one pass, as SparseGPT's joint variant.
 - :func:`quantize` applies either to a model's (masked) weights in place; masks stay.
+- :func:`prune_and_quantize` prunes a model with SparseGPT and quantizes what it keeps in
+  the same column loop, layer after layer on the pruned model's inputs (the joint variant).
 - :func:`storage_bits` counts a quantized sparse tensor exactly: its values at ``bits``
   each with the format's indices or N:M metadata (:mod:`sparsity_lab.formats`), plus one
   scale per row or group at ``scale_bits``.
@@ -35,6 +37,7 @@ from torch import nn
 from . import formats, masks
 from .criteria import layerwise
 from .criteria.base import Context
+from .pruning import prune
 from .targets import resolve
 
 METHODS = ("rtn", "gptq")
@@ -219,6 +222,53 @@ def quantize(
         with torch.no_grad():
             stored.copy_(new.to(stored.dtype))
     return found
+
+
+class _JointSparseGPT(layerwise.SparseGPT):
+    """SparseGPT whose column loop also quantizes each kept weight (the joint variant)."""
+
+    def __init__(self, bits: int, group_size: int | None, **options: Any) -> None:
+        super().__init__(**options)
+        levels(bits)
+        self.bits, self.group_size = bits, group_size
+        if group_size is not None:  # a group's columns must be up to date when it starts
+            self.block_size = group_size * math.ceil(self.block_size / group_size)
+
+    def prune_layer(self, weight, calib, n_prune, nm, prior):
+        return layerwise.sparsegpt(
+            weight,
+            calib.hessian(),
+            n_prune,
+            nm=nm,
+            prior=prior,
+            block_size=self.block_size,
+            damp=self.damp,
+            damp_mode=self.damp_mode,
+            quantizer=ColumnQuantizer(weight, self.bits, self.group_size),
+        )
+
+
+def prune_and_quantize(
+    model: nn.Module,
+    sparsity: float | None,
+    bits: int,
+    *,
+    data: Any,
+    group_size: int | None = None,
+    pattern: str = "unstructured",
+    **options: Any,
+) -> nn.Module:
+    """Prune ``model`` with SparseGPT and quantize the kept weights to ``bits`` in the same
+    pass (Frantar & Alistarh 2023's joint sparsification and quantization); returns it.
+
+    Layer by layer in forward order, each on the inputs the already pruned and quantized
+    layers give (SparseGPT's sequential calibration on ``data``); every column is pruned or
+    rounded as it comes and its error spread over the columns still to come.  ``options``
+    go to :func:`sparsity_lab.prune` (``targets``, ``exclude``, ``budget``, ...; the budget
+    defaults to SparseGPT's uniform).  Masks are attached as by any criterion.
+    """
+    criterion = _JointSparseGPT(bits, group_size)
+    return prune(model, criterion, sparsity, pattern=pattern, data=data, **options)
 
 
 def _hessians(model: nn.Module, names: list[str], data: Any) -> dict[str, torch.Tensor]:

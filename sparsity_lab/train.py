@@ -166,8 +166,10 @@ class _Meter:
         self.scored = True  # False once a batch has no class scores
 
     def add(self, loss: float, output: torch.Tensor, target: torch.Tensor) -> None:
-        n = len(target)
-        # loss_fn returns the batch mean; weighting by n makes the epoch mean exact.
+        # one prediction per target entry: a label per example, or per position of a
+        # sequence (a language model's); loss_fn returns their mean, and weighting by their
+        # number makes the epoch mean exact
+        n = target.numel()
         self.loss_sum += loss * n
         self.seen += n
         correct = _count_correct(output, target)

@@ -20,6 +20,7 @@ SMALL = {
     "teacher_student": {"n_samples": 1000},
     "text": {"n_samples": 1000},
     "chars": {"n_train": 3000, "n_val": 300, "n_test": 300},
+    "char_lm": {"n_train": 3000, "n_val": 300, "n_test": 300},
 }
 
 
@@ -29,7 +30,7 @@ def _splits(bundle: data.DataBundle):
 
 def test_available_names():
     assert data.available() == sorted(
-        ["mnist", "mnist1d", "digits", "teacher_student", "text", "chars"]
+        ["mnist", "mnist1d", "digits", "teacher_student", "text", "chars", "char_lm"]
     )
     assert set(SMALL) == set(data.available())
 

@@ -1,6 +1,7 @@
 """Quantization of pruned weights: round to nearest, GPTQ and the joint SparseGPT pass,
 each against a hand computation or a property, and the storage count by hand."""
 
+import copy
 import math
 
 import pytest
@@ -143,3 +144,23 @@ def test_storage_bits_by_hand():
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         quantization.rtn(torch.randn(2, 8), **kwargs)
+
+
+def test_prune_and_quantize_is_the_joint_pass_layer_after_layer_on_pruned_inputs():
+    """By hand: each layer's joint GPTQ pass (SparseGPT's pruning, quantized columns) on
+    the inputs the layers before it give once pruned and quantized."""
+    torch.manual_seed(0)
+    model = mlp(12, 16, 8, 3)
+    x = torch.randn(96, 12)
+    joint = quantization.prune_and_quantize(
+        copy.deepcopy(model), 0.5, 4, data=(x, None), budget="uniform"
+    )
+    by_hand = copy.deepcopy(model)
+    for i in (0, 2, 4):
+        xin = (by_hand[:i](x) if i else x).detach().double()
+        w = by_hand[i].weight.detach().double()
+        q, keep, _ = quantization.gptq(w, 2 * xin.T @ xin / len(xin), 4, n_prune=w.numel() // 2)
+        with torch.no_grad():
+            by_hand[i].weight.copy_(q)
+        assert torch.equal(masks.get_mask(joint, f"{i}.weight").bool(), keep), i
+        torch.testing.assert_close(masks.weight(joint, f"{i}.weight"), by_hand[i].weight)

@@ -295,7 +295,7 @@ def test_an_all_pad_row_gives_finite_logits():
     ("pool", "message"),
     [
         ("lats", r"unknown pool 'lats'\. Did you mean 'last'\? Choose 'mean'"),
-        ("max", r"unknown pool 'max'\..*Choose 'mean' .* or 'last'"),
+        ("max", r"unknown pool 'max'\..*Choose 'mean' .*'last' .* or 'none'"),
         (None, r"unknown pool None\..*Choose 'mean'"),
     ],
 )
@@ -340,3 +340,52 @@ def test_a_short_run_beats_the_unigram_baseline_on_held_out_text():
     unigram = (labels == torch.bincount(bundle.train.tensors[1]).argmax()).float().mean().item()
     assert result["accuracy"] > unigram + 0.05
     assert result["accuracy"] < 0.9  # far from solved: a pruned model has room to lose
+
+
+# --- the decoder-only language model (char_lm) --------------------------------------------------
+
+
+def test_char_lm_labels_are_the_inputs_moved_on_by_one_character():
+    lm = data.load("char_lm", seed=0, n_train=200, n_val=50, n_test=50)
+    chars = data.load("chars", seed=0, n_train=200, n_val=50, n_test=50)
+    x, y = lm.train.tensors
+    assert y.shape == x.shape
+    assert torch.equal(y[:, :-1], x[:, 1:])  # position t is labelled with character t + 1
+    assert torch.equal(x, chars.train.tensors[0])  # the same windows as chars ...
+    assert torch.equal(y[:, -1], chars.train.tensors[1])  # ... whose label is the last one
+
+
+def test_causal_attention_equals_torchs_and_sees_no_later_token():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=gen) for _ in range(3))
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(models.attention(q, k, v, causal=True), expected)
+    lm = models.build(
+        "tiny_transformer", input_shape=(8,), n_classes=20, vocab_size=20, pool="none", causal=True
+    ).eval()
+    ids = torch.randint(2, 20, (3, 8), generator=gen)
+    changed = ids.clone()
+    changed[:, 5] = (changed[:, 5] + 1) % 18 + 2
+    with torch.no_grad():
+        a, b = lm(ids), lm(changed)
+    assert a.shape == (3, 20, 8)  # classes on dim 1, one score vector per position
+    torch.testing.assert_close(a[..., :5], b[..., :5])  # positions before 5 cannot see it
+    assert not torch.allclose(a[..., 5:], b[..., 5:])
+
+
+def test_evaluate_counts_every_position_of_a_sequence_label():
+    """Per-token accuracy and mean loss: 3 of the 4 positions of each sequence right."""
+    scores = torch.full((2, 3, 4), -5.0)
+    targets = torch.tensor([[0, 1, 2, 0], [2, 2, 1, 0]])
+    scores[0, [0, 1, 2, 1], [0, 1, 2, 3]] = 5.0  # last position wrong
+    scores[1, [2, 2, 1, 2], [0, 1, 2, 3]] = 5.0  # last position wrong
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return scores[x[:, 0]]
+
+    loader = [(torch.tensor([[0], [1]]), targets)]
+    result = train.evaluate(Fixed(), loader)
+    assert result["accuracy"] == pytest.approx(0.75)
+    expected = torch.nn.functional.cross_entropy(scores, targets)
+    assert result["loss"] == pytest.approx(float(expected))

@@ -109,6 +109,19 @@ CLAIMS: dict[str, Claim] = _claims(
         baseline="magnitude",
     ),
     Claim(
+        "owl_beats_uniform",
+        "Yin et al. 2024, Outlier weighed layerwise sparsity (OWL): a missing secret sauce "
+        "for pruning LLMs to high sparsity (ICML)",
+        "LLaMA 7B-65B and OPT, one-shot with Wanda or SparseGPT, layer sparsities set by each "
+        "layer's share of outlier scores (M = 5, lambda = 0.08 in most runs), no fine-tuning",
+        "at high sparsity, giving layers with more outlier features a lower sparsity (OWL) "
+        "keeps more of the dense model's quality than the same sparsity in every layer",
+        "qualitative claim: at 70% sparsity OWL lowers Wanda's and SparseGPT's perplexity "
+        "far below that of the uniform layer sparsity",
+        treatment="owl",
+        baseline="uniform",
+    ),
+    Claim(
         "lamp_beats_global_magnitude",
         "Lee et al. 2021, Layer-adaptive sparsity for the magnitude-based pruning (ICLR)",
         "VGG-16, ResNet-20, DenseNet-121, EfficientNet-B0 on CIFAR-10, iterative magnitude "

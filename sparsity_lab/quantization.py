@@ -285,7 +285,7 @@ def _hessians(model: nn.Module, names: list[str], data: Any) -> dict[str, torch.
     model.eval()
     try:
         with torch.no_grad():
-            for x, *_ in Context(data=data).batches():
+            for x, _ in Context(data=data).batches(labels=False):  # GPTQ reads inputs only
                 model(x)
     finally:
         for hook in hooks:

@@ -236,8 +236,11 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         optimizer="adamw",
         lr=3e-3,
         model_options={"dim": 64, "depth": 2, "n_heads": 4, "pool": "none", "causal": True},
-        expected_test_accuracy=0.45,
-        source="chars' recipe with a causal mask and every position scored (measuring)",
+        expected_test_accuracy=0.58,
+        source=(
+            "chars' recipe with a causal mask and every position scored; seeds 0-2 reach "
+            "58.5% test accuracy per character (perplexity 4.4), 59.0% on validation"
+        ),
     ),
 }
 
@@ -586,7 +589,7 @@ def evaluate_run(
     logits, labels = _predict(model, loader)
     loss = float(nn.functional.cross_entropy(logits, labels))
     predictions = logits.argmax(dim=1)
-    accuracy = int((predictions == labels).sum()) / len(labels)
+    accuracy = int((predictions == labels).sum()) / labels.numel()  # per labelled position
     reached = measured_sparsity(model, names)
     example = t.bundle.test.tensors[0][:8]
     result: dict[str, Any] = {"accuracy": accuracy, "loss": loss, "sparsity": reached}

@@ -114,6 +114,8 @@ def test_quantize_a_pruned_model_keeps_masks_and_zeros():
             assert torch.all(w[~mask.bool()] == 0)
             grid = w / found[name].float()[:, None]
             torch.testing.assert_close(grid, grid.round(), atol=1e-4, rtol=0)
+    inputs_only = mlp()  # GPTQ needs the layers' inputs, not labels
+    quantization.quantize(inputs_only, 4, method="gptq", data=[(x, None)])
     with pytest.raises(ValueError, match="needs calibration data"):
         quantization.quantize(mlp(), 4, method="gptq")
     with pytest.raises(ValueError, match="method must be one of"):

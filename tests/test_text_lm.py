@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -389,3 +391,21 @@ def test_evaluate_counts_every_position_of_a_sequence_label():
     assert result["accuracy"] == pytest.approx(0.75)
     expected = torch.nn.functional.cross_entropy(scores, targets)
     assert result["loss"] == pytest.approx(float(expected))
+
+
+def test_evaluate_run_scores_a_language_model_per_character():
+    from sparsity_lab import recipes
+
+    t = recipes.task("tiny_transformer", "char_lm", seed=0, n_train=200, n_val=50, n_test=50)
+    torch.manual_seed(0)
+    lm = models.build(
+        "tiny_transformer", input_shape=(32,), n_classes=t.bundle.n_classes, pool="none",
+        causal=True,
+    )  # fmt: skip
+    result = recipes.evaluate_run(lm, t)
+    x, y = t.bundle.test.tensors
+    with torch.no_grad():
+        logits = lm.eval()(x)
+    assert result["accuracy"] == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    assert result["perplexity"] == pytest.approx(math.exp(float(loss)), rel=1e-5)

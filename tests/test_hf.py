@@ -128,3 +128,16 @@ def test_perplexity_of_uniform_predictions_is_the_vocabulary_size():
     assert hf.perplexity(Uniform(), torch.randint(0, 10, (5, 7))) == pytest.approx(10.0)
     with pytest.raises(ValueError, match="two tokens"):
         hf.perplexity(Uniform(), torch.zeros(3, 1, dtype=torch.long))
+
+
+def test_a_pruned_models_state_dict_loads_with_weights_only_into_a_fresh_one(tmp_path):
+    model = hf.to_linear(tiny("gpt2"))
+    sl.prune(model, "wanda", 0.5, data=token_ids(), targets=hf.decoder_targets(model))
+    path = tmp_path / "pruned.pt"
+    torch.save(model.state_dict(), path)
+    fresh = hf.to_linear(tiny("gpt2", seed=5))  # other weights, no masks
+    masks.load_state_dict(fresh, torch.load(path, weights_only=True))
+    ids = token_ids(seed=4)
+    torch.testing.assert_close(logits(fresh, ids), logits(model, ids))
+    for n, mask in masks.masks(model).items():
+        assert torch.equal(masks.get_mask(fresh, n), mask), n

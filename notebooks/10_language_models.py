@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 import transformers  # the optional `hf` extra, for the last section
 from IPython.display import Markdown, display
+from matplotlib.ticker import FuncFormatter
 
 import sparsity_lab as sl
 from sparsity_lab import hf, quantization, recipes
@@ -127,6 +128,15 @@ display(
 
 
 # %%
+def log_axis(ax):
+    """A log-scaled y axis labelled with plain numbers (4, 6, 10, 20), not powers of ten."""
+    log_axis(ax)
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="y", which="minor", labelsize=8)
+
+
 def prune_run(method, pattern, budget, sparsity, seed):
     t, model, dense_scores, calibration = dense_for(seed)
     sl.prune(
@@ -178,7 +188,7 @@ for (method, pattern), part in nm.groupby(["method", "pattern"], sort=False):
             color=f"C{METHODS.index(method)}", label=f"{method}, {pattern}")  # fmt: skip
 ax.axhline(dense_table["perplexity"].mean(), color="k", linestyle="--", linewidth=0.8,
            label="dense")  # fmt: skip
-ax.set_yscale("log")
+log_axis(ax)
 ax.set_ylabel("test perplexity (mean, 95% CI; log scale)")
 ax.set_title("Decoder-only LM: one-shot pruning of every block layer")
 ax.legend(fontsize=8, ncol=2)
@@ -352,7 +362,7 @@ outliers = sl.experiments.sweep(
 fig, ax = plt.subplots(figsize=(6, 4))
 sl.experiments.plot_mean_ci(outliers, x="scale", y="perplexity", hue="method", ax=ax)
 ax.set_xscale("log", base=2)
-ax.set_yscale("log")
+log_axis(ax)
 ax.set_xlabel("outlier factor c (the same function before pruning)")
 ax.set_ylabel("test perplexity at 50% (mean, 95% CI)")
 ax.set_title("One outlier feature per block")
@@ -428,7 +438,7 @@ for i, (arm, part) in enumerate(quant.groupby("arm", sort=False)):
 ax.axhline(full, color="k", linestyle="--", linewidth=0.8, label="dense, 32-bit")
 ax.set_xlabel("bits per block weight (values, index bitmap, scales)")
 ax.set_ylabel("test perplexity (mean over seeds)")
-ax.set_yscale("log")
+log_axis(ax)
 ax.set_title("Sparsity with quantization")
 ax.legend(fontsize=8)
 plt.show()

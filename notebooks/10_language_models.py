@@ -130,7 +130,7 @@ display(
 # %%
 def log_axis(ax):
     """A log-scaled y axis labelled with plain numbers (4, 6, 10, 20), not powers of ten."""
-    log_axis(ax)
+    ax.set_yscale("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)

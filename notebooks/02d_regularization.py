@@ -329,13 +329,19 @@ results = pd.concat(frames, ignore_index=True)
 
 
 # %%
-fig, axes = plt.subplots(len(MODELS), 2, figsize=(13, 4.2 * len(MODELS)), squeeze=False)
+all_methods = sorted(results.loc[results.pattern != "dense", "method"].unique())
+PALETTE = dict(zip(all_methods, plt.get_cmap("tab20").colors, strict=False))
+fig, axes = plt.subplots(
+    len(MODELS), 2, figsize=(15, 4.2 * len(MODELS)), squeeze=False, layout="constrained"
+)
 for row, model_name in enumerate(MODELS):
     base = results[(results.model == model_name) & (results.pattern == "dense")]
     for col, pattern in enumerate(["unstructured", "channel"]):
         part = results[(results.model == model_name) & (results.pattern == pattern)]
         ax = axes[row, col]
-        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # a color for each method
+        # one colour per method in every panel (the curves come in sorted order), so that
+        # the figure's one legend holds for all of them
+        ax.set_prop_cycle(color=[PALETTE[m] for m in sorted(part["method"].unique())])
         sl.viz.sparsity_curve(part, x="sparsity", y="test_accuracy", hue="method", ax=ax,
                               baseline=base["test_accuracy"].mean(),
                               logit_x=pattern == "unstructured")  # fmt: skip
@@ -343,8 +349,9 @@ for row, model_name in enumerate(MODELS):
         # a mean off the axis is marked at its edge with its value
         means = sl.experiments.flagged_summary(part, ["method", "sparsity"], "test_accuracy")
         sl.experiments.fit_y(ax, means, ~means["flagged"], x="sparsity", name="method")
-        ax.legend(fontsize=8, ncol=2)
+        ax.get_legend().remove()  # one legend for the figure, beside it: the axis is full
         ax.set_title(f"{model_name}, {pattern}")
+sl.viz.figure_legend(fig, axes, strip="method = ")
 plt.show()
 
 # %%

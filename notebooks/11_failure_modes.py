@@ -1,0 +1,295 @@
+# %% [markdown]
+# # A gallery of failure modes
+#
+# **What you will learn:** six things that go wrong most often when people prune with a
+# library, each reproduced in a few lines and then fixed: a pruned model that is slower,
+# pruned weights that come back, sparsity lost on reload, channels a residual connection
+# will not let go, a channel ratio that is not a parameter ratio, and an output layer
+# emptied by a global threshold.  Every number below is measured when the notebook runs.
+
+# %%
+import copy
+import io
+import statistics
+import time
+import warnings
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from IPython.display import Markdown, display
+
+import sparsity_lab as sl
+from sparsity_lab import models, recipes
+
+# %% tags=["parameters"]
+SMOKE = False
+SEED = 0
+ROUNDS = 30  # timing rounds, interleaved
+EPOCHS = None  # None: the recipe's
+
+# %%
+if SMOKE:  # a quick pass through every cell, for CI
+    ROUNDS = 5
+    EPOCHS = 2
+info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
+
+
+def lenet300(seed=SEED):
+    torch.manual_seed(seed)
+    return models.build("lenet300", input_shape=(784,), n_classes=10)
+
+
+# %% [markdown]
+# ## 1. The pruned model is slower than the dense one
+#
+# **Symptom:** after pruning 90% of the weights, inference takes longer.  **Why:** a mask
+# multiplies a dense weight by a dense 0/1 tensor at every call, and the zeros of a dense
+# tensor cost as much as any other number.  **Fix:** fold the masks into the weights
+# (`sl.masks.squash`) for the dense speed, and use a sparse kernel or remove whole
+# channels to go faster (chapter 06 measures when that pays).
+
+# %%
+dense = lenet300().eval()
+masked = sl.prune(copy.deepcopy(dense), "magnitude", 0.9).eval()
+squashed = sl.masks.squash(copy.deepcopy(masked)).eval()
+x = torch.randn(64, 784)
+variants = {"dense": dense, "masked": masked, "squashed": squashed}
+times = {name: [] for name in variants}
+with torch.no_grad():
+    for model in variants.values():  # warm-up
+        model(x)
+    for _ in range(ROUNDS):  # interleaved, so that machine noise hits all alike
+        for name, model in variants.items():
+            start = time.perf_counter()
+            for _ in range(20):
+                model(x)
+            times[name].append((time.perf_counter() - start) / 20)
+median = {name: statistics.median(t) for name, t in times.items()}
+for name, t in median.items():
+    print(f"{name:>9}: {1e3 * t:.3f} ms per batch of 64 ({t / median['dense']:.2f}x dense)")
+display(
+    Markdown(
+        f"The masked model takes {median['masked'] / median['dense']:.2f} times the dense "
+        f"time and the squashed one {median['squashed'] / median['dense']:.2f} times "
+        f"(medians of {ROUNDS} interleaved rounds, one thread): 90% zeros make nothing "
+        "faster by themselves."
+    )
+)
+
+# %% [markdown]
+# ## 2. Pruned weights come back during training
+#
+# **Symptom:** a model pruned by setting weights to zero is dense again after some more
+# training.  **Why:** the optimizer keeps moving a zeroed weight: its gradient is not zero,
+# and SGD's momentum buffer (or Adam's moments) still holds its past updates.  **Fix:**
+# a mask that stays in the forward pass and zeroes the stored value whenever it changes
+# (`sl.prune` attaches one); masked weights then stay exactly zero through SGD with
+# momentum and weight decay, Adam and AdamW.
+
+
+# %%
+def train_steps(model, optimizer, steps=20):
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        xb, yb = torch.randn(32, 784, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+        optimizer.zero_grad()
+        F.cross_entropy(model(xb), yb).backward()
+        optimizer.step()
+
+
+def revived(how):
+    model = lenet300()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    train_steps(model, optimizer, 5)  # momentum buffers fill up, as in any real run
+    chosen = sl.prune(copy.deepcopy(model), "magnitude", 0.9)
+    keep = {n: m.bool() for n, m in sl.masks.masks(chosen).items()}
+    if how == "zeroed once":
+        with torch.no_grad():
+            for n, k in keep.items():
+                model.get_parameter(n).mul_(k)
+    else:
+        for n, k in keep.items():
+            sl.masks.attach(model, n, k)
+    train_steps(model, optimizer)
+    pruned = sum(int((~k).sum()) for k in keep.values())
+    back = sum(int((sl.masks.weight(model, n)[~k] != 0).sum()) for n, k in keep.items())
+    return back, pruned
+
+
+counts = {how: revived(how) for how in ["zeroed once", "masked"]}
+for how, (back, pruned) in counts.items():
+    print(f"{how:>12}: {back:,} of {pruned:,} pruned weights nonzero after 20 more steps")
+naive_back, naive_pruned = counts["zeroed once"]
+display(
+    Markdown(
+        f"Zeroed once, {naive_back / naive_pruned:.1%} of the pruned weights are back after "
+        f"20 steps; masked, {counts['masked'][0]} are."
+    )
+)
+
+# %% [markdown]
+# ## 3. The sparsity is gone after reloading
+#
+# **Symptom:** a pruned model saved with `torch.save(model.state_dict())` loads back
+# dense, or not at all.  **Why:** a masked model's state dict stores each weight as
+# `...parametrizations.weight.original` beside its mask, names a plain model does not
+# have; `load_state_dict(..., strict=False)`, the usual way around the error, then skips
+# them and keeps the fresh model's own weights.  **Fix:** `sl.masks.load_state_dict`,
+# which attaches the masks again (or save the squashed model, or use `sl.saving`).
+
+# %%
+pruned = sl.prune(lenet300(), "magnitude", 0.9)
+buffer = io.BytesIO()
+torch.save(pruned.state_dict(), buffer)
+buffer.seek(0)
+state = torch.load(buffer, weights_only=True)
+try:
+    lenet300(seed=1).load_state_dict(state)
+    strict = "loaded"
+except RuntimeError as error:
+    strict = f"refused ({str(error).splitlines()[0]})"
+lenient = lenet300(seed=1)
+skipped = lenient.load_state_dict(state, strict=False)
+fixed = sl.masks.load_state_dict(lenet300(seed=1), state)
+print(f"strict load into a plain model: {strict}")
+ignored = len(skipped.unexpected_keys)
+print(f"strict=False: sparsity {sl.sparsity(lenient):.1%}, {ignored} keys ignored")
+print(f"sl.masks.load_state_dict: sparsity {sl.sparsity(fixed):.1%}")
+same = all(
+    torch.equal(sl.masks.weight(fixed, n), sl.masks.weight(pruned, n))
+    for n in sl.pruning.default_targets(pruned)
+)
+print(f"the same weights as the saved model: {same}")
+
+# %% [markdown]
+# ## 4. A residual connection keeps the channels you pruned
+#
+# **Symptom:** channels were pruned, yet the shrunk model is barely smaller.  **Why:** in
+# a residual network every block adds into one stream of channels; a channel of the
+# stream can only go if every layer that writes it drops it, and pruning each layer on
+# its own scores drops different ones.  **Fix:** prune the coupled group as one
+# (`coupled=True`), as Torch-Pruning's dependency graph does; `pattern="channel"` warns
+# when it splits a group.
+
+
+# %%
+def resmlp(seed=SEED):
+    torch.manual_seed(seed)
+    return models.build("resmlp", input_shape=(64,), n_classes=10)
+
+
+def parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+base = parameters(resmlp())
+results = {}
+for how, options in [("per layer", {}), ("coupled", {"coupled": True})]:
+    model = resmlp()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sl.prune(model, "magnitude", 0.5, pattern="channel", **options)
+    small = sl.shrink.shrink(model.eval())
+    results[how] = parameters(small) / base
+    said = [str(w.message).split(":")[0] for w in caught]
+    print(f"{how:>9}: shrunk to {results[how]:.1%} of the parameters" + (
+        f"; warned: {said[0]}" if said else ""))  # fmt: skip
+display(
+    Markdown(
+        f"Pruned per layer, the shrunk model keeps {results['per layer']:.1%} of the "
+        f"parameters; pruned as coupled groups, {results['coupled']:.1%}."
+    )
+)
+
+# %% [markdown]
+# ## 5. Half the channels is not half the parameters
+#
+# **Symptom:** "50% of the channels pruned" is read as "half the weights gone", but a
+# layer whose inputs *and* outputs both lose half loses three quarters, one that loses
+# only its outputs or only its inputs loses half, and the total depends on which layers
+# are largest.  **Why:** removing an output channel of a layer also removes the input
+# column that reads it in the next layer.  **Fix:** report the parameters (and FLOPs)
+# removed, not the channel ratio: `sl.report` counts them.
+
+# %%
+model = lenet300()
+sl.prune(model, "magnitude", 0.5, pattern="channel", coupled=True)
+small = sl.shrink.shrink(model.eval())
+layers = ["fc1", "fc2", "fc3"]
+removed = pd.DataFrame(
+    {
+        "weights before": [lenet300().get_submodule(n).weight.numel() for n in layers],
+        "weights after": [small.get_submodule(n).weight.numel() for n in layers],
+        "shape after": [tuple(small.get_submodule(n).weight.shape) for n in layers],
+    },
+    index=layers,
+)
+removed["share removed"] = (1 - removed["weights after"] / removed["weights before"]).round(3)
+display(removed)
+before, after = parameters(lenet300()), parameters(small)
+display(
+    Markdown(
+        "Half of the hidden channels removed "
+        + ", ".join(f"{r['share removed']:.0%} of `{n}`" for n, r in removed.iterrows())
+        + f", and {1 - after / before:.1%} of all of LeNet-300-100's parameters "
+        f"({before:,} to {after:,}, biases included)."
+    )
+)
+
+
+# %% [markdown]
+# ## 6. A global threshold empties a layer
+#
+# **Symptom:** after global magnitude pruning the accuracy is at chance.  **Why:** one
+# threshold over all layers removes every weight of a layer whose weights are all small,
+# and nothing crosses an empty layer.  How small a layer's weights are is partly an
+# accident of the parametrisation: with ReLU, multiplying a layer's weights and bias by
+# 100 and dividing the next layer's weights by 100 computes the same function.  Below, a
+# trained LeNet-300-100 (on the digits) is reparametrised that way (`fc2` up, `fc3`
+# down), and pruned to 95%.  **Fix:** keep part of every layer (`min_density=0.05`), keep
+# a layer dense (`dense=[...]`), or use a per-layer budget (`"uniform"`, `"erk"`).  The
+# library warns when a layer is emptied.
+
+# %%
+t, trained, _ = recipes.dense("lenet300", "digits", SEED, epochs=EPOCHS)
+trained.eval()
+reparametrised = copy.deepcopy(trained)
+with torch.no_grad():
+    reparametrised.fc2.weight.mul_(100)
+    reparametrised.fc2.bias.mul_(100)
+    reparametrised.fc3.weight.div_(100)
+    x_test = t.bundle.test.tensors[0]
+    drift = float((reparametrised(x_test) - trained(x_test)).abs().max())
+    scale = float(trained(x_test).abs().max())
+print(f"largest change of an output score: {drift:.1e} (scores up to {scale:.1f})")
+rows = []
+for label, source, options in [
+    ("as trained, global", trained, {}),
+    ("reparametrised, global", reparametrised, {}),
+    ("reparametrised, min_density=0.05", reparametrised, {"min_density": 0.05}),
+    ("reparametrised, erk", reparametrised, {"budget": "erk"}),
+]:
+    model = copy.deepcopy(source)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sl.prune(model, "magnitude", 0.95, **options)
+    empty = [n for n, k in sl.masks.masks(model).items() if not bool(k.any())]
+    rows.append(
+        {
+            "pruning": label,
+            "emptied layers": ", ".join(empty) or "none",
+            "warned": bool(caught),
+            "test accuracy": round(recipes.evaluate_run(model, t)["accuracy"], 4),
+        }
+    )
+display(pd.DataFrame(rows))
+# %% [markdown]
+# ## Exercises
+#
+# 1. In section 2, replace SGD by `torch.optim.Adam`.  Do the zeroed weights come back
+#    faster or slower?  Why do the masked ones still not?
+# 2. In section 4, prune the small ResNet (`models.build("resnet_small", ...)`) both ways
+#    and compare the shrunk sizes.
+# 3. In section 6, find the smallest `min_density` that keeps the test accuracy within 5
+#    points of the model pruned with `budget="uniform"`.

@@ -285,6 +285,30 @@ for label, source, options in [
     )
 display(pd.DataFrame(rows))
 # %% [markdown]
+# ## Summary
+
+# %%
+by_label = {r["pruning"]: r for r in rows}
+emptied = by_label["reparametrised, global"]
+lines = [
+    f"Masks cost time: the 90%-sparse masked LeNet-300-100 took "
+    f"{median['masked'] / median['dense']:.2f}x the dense time, its squashed copy "
+    f"{median['squashed'] / median['dense']:.2f}x.",
+    f"Zeroing weights once is not pruning: {naive_back / naive_pruned:.1%} of them were "
+    f"nonzero 20 SGD steps later; masked, {counts['masked'][0]}.",
+    f"A masked state dict loaded with strict=False left a model {sl.sparsity(lenient):.0%} "
+    f"sparse; sl.masks.load_state_dict restored {sl.sparsity(fixed):.0%}.",
+    f"Channels pruned per layer in a residual MLP shrank it to {results['per layer']:.1%} of "
+    f"its parameters, pruned as coupled groups to {results['coupled']:.1%}.",
+    f"Half of LeNet-300-100's hidden channels were {1 - after / before:.1%} of its "
+    f"parameters, {removed.loc['fc2', 'share removed']:.0%} of fc2's.",
+    f"The same function, reparametrised, lost {emptied['emptied layers']} to the global "
+    f"threshold at 95% (test accuracy {emptied['test accuracy']:.1%}); ERK kept "
+    f"{by_label['reparametrised, erk']['test accuracy']:.1%}.",
+]
+display(Markdown("\n".join(f"- {line}" for line in lines)))
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. In section 2, replace SGD by `torch.optim.Adam`.  Do the zeroed weights come back

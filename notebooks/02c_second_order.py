@@ -723,7 +723,8 @@ display(
 #   models (Dettmers et al. 2022): a few input dimensions carry values far larger than the
 #   rest, and the factor ``||X_j||_2`` keeps the weights they feed even when those weights
 #   are small, where magnitude alone may remove them.  The tiny model here may or may not
-#   have such features: no cell of this notebook measures them.
+#   have such features: no cell of this notebook measures them (chapter 10 does, on a
+#   language model, with a controlled experiment).
 #
 # The model is the tiny transformer (2 blocks, width 64) trained with its recipe to
 # predict the next character of Python's help texts, the language-modelling task of these

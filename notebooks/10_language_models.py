@@ -62,9 +62,10 @@ info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 # The data are CPython's own help pages (what `help("if")` prints, shipped with every
 # Python), cut into windows of 32 characters; held-out windows come from text blocks the
 # model never trained on (`sl.data.load("char_lm")`).  The model is a decoder-only
-# transformer (`tiny_transformer` with `causal=True, pool="none"`: two pre-LayerNorm
-# blocks of width 64): every position sees only itself and what precedes it and
-# predicts the next character, so a window of 32 characters gives 32 predictions.  Each
+# transformer (`tiny_transformer` with `causal=True, pool="none"`, pre-LayerNorm blocks
+# of the recipe's width and depth, given below): every position sees only itself and what
+# precedes it and predicts the next character, so a window of 32 characters gives 32
+# predictions.  Each
 # seed has its own data split, dense model (the recipe's, `recipes.dense`) and calibration
 # sample.
 
@@ -101,9 +102,11 @@ most_frequent = torch.bincount(labels.flatten()).argmax()
 chance = float((t0.bundle.test.tensors[1] == most_frequent).float().mean())
 block_weights = sum(sl.masks.weight(lm, n).numel() for n in BLOCKS)
 display(dense_table.round(4))
+shape = recipes.recipe_for("tiny_transformer", "char_lm").model_options
 display(
     Markdown(
-        f"The dense model has {sum(p.numel() for p in lm.parameters()):,} parameters, "
+        f"The dense model ({shape['depth']} blocks of width {shape['dim']}, "
+        f"{shape['n_heads']} heads) has {sum(p.numel() for p in lm.parameters()):,} parameters, "
         f"{block_weights:,} of them in the {len(BLOCKS)} linear layers of its blocks (what "
         f"is pruned below; embeddings and output head stay dense, as in the papers).  It "
         f"trained on {len(t0.bundle.train):,} windows.  Test perplexity "

@@ -41,6 +41,7 @@ OWL_SPARSITIES = [0.6, 0.7]
 CALIBRATION_WINDOWS = 256  # training windows per seed, drawn with the seed
 EPOCHS = None  # None: the recipe's
 N_TRAIN = None  # None: the data set's default
+N_EVAL = None  # validation and test windows; None: the data set's default
 SCALES = [1, 4, 16, 64]  # the controlled outlier experiment
 BITS = [8, 4, 3]
 
@@ -49,9 +50,10 @@ if SMOKE:  # a quick pass through every cell, for CI
     SEEDS = [0, 1]
     SPARSITIES = [0.5, 0.7]
     OWL_SPARSITIES = [0.7]
-    CALIBRATION_WINDOWS = 64
+    CALIBRATION_WINDOWS = 32
     EPOCHS = 1
-    N_TRAIN = 3000
+    N_TRAIN = 1000
+    N_EVAL = 200
     SCALES = [1, 16]
     BITS = [4]
 info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
@@ -70,7 +72,9 @@ info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 # sample.
 
 # %%
-DATA_OPTIONS = {"n_train": N_TRAIN} if N_TRAIN else {}
+DATA_OPTIONS = {
+    k: v for k, v in {"n_train": N_TRAIN, "n_val": N_EVAL, "n_test": N_EVAL}.items() if v
+}
 HEAD = "head.weight"
 dense_models = {}
 

@@ -379,12 +379,15 @@ by_scale = outliers.groupby(["method", "scale"])["perplexity"].mean().unstack()
 low, high = min(SCALES), max(SCALES)
 rise = {m: by_scale.loc[m, high] / by_scale.loc[m, low] for m in by_scale.index}
 STILL = 0.01  # a change of perplexity by less than 1% counts as none
-if rise["magnitude"] > 1 + 5 * STILL and abs(rise["wanda"] - 1) <= STILL:
-    reading = "the outlier decides what magnitude removes, and not what Wanda removes."
-elif abs(rise["magnitude"] - 1) <= STILL:
-    reading = "magnitude barely changes either, so here the outlier separates nothing."
+moved = {m: abs(r - 1) > STILL for m, r in rise.items()}
+if moved["magnitude"] and not moved["wanda"]:
+    reading = "the outlier changes what magnitude removes, and not what Wanda removes" + (
+        " (a small change here: one feature per block)." if rise["magnitude"] < 1.05 else "."
+    )
+elif not moved["magnitude"] and not moved["wanda"]:
+    reading = "neither changes by more than 1%: one outlier feature per block barely matters."
 else:
-    reading = "both change, so the outlier is not all that separates them."
+    reading = "Wanda's changes too, so its invariance to the rescaling does not hold here."
 display(
     Markdown(
         f"Before pruning the rescaled models differ from the originals by at most "

@@ -42,9 +42,11 @@ SEEDS = [0, 1, 2]
 EPOCHS = None  # None: each recipe's own number of epochs
 
 # %%
+DATA_OPTIONS = {}  # per data set: what the smoke run shrinks
 if SMOKE:  # a quick pass through every cell, for CI
     SEEDS = [0]
     EPOCHS = 1
+    DATA_OPTIONS = {"chars": {"n_train": 2000}, "char_lm": {"n_train": 2000}}
 info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 
 # %% [markdown]
@@ -75,7 +77,8 @@ display(shown)
 rows = []
 for (model_name, data_name), recipe in recipes.RECIPES.items():
     for seed in SEEDS:
-        t, model, dense_info = recipes.dense(model_name, data_name, seed, epochs=EPOCHS)
+        options = DATA_OPTIONS.get(data_name, {})
+        t, model, dense_info = recipes.dense(model_name, data_name, seed, epochs=EPOCHS, **options)
         rows.append(
             {
                 "model": model_name,

@@ -234,18 +234,8 @@ class _JointSparseGPT(layerwise.SparseGPT):
         if group_size is not None:  # a group's columns must be up to date when it starts
             self.block_size = group_size * math.ceil(self.block_size / group_size)
 
-    def prune_layer(self, weight, calib, n_prune, nm, prior):
-        return layerwise.sparsegpt(
-            weight,
-            calib.hessian(),
-            n_prune,
-            nm=nm,
-            prior=prior,
-            block_size=self.block_size,
-            damp=self.damp,
-            damp_mode=self.damp_mode,
-            quantizer=ColumnQuantizer(weight, self.bits, self.group_size),
-        )
+    def quantizer_for(self, weight):
+        return ColumnQuantizer(weight, self.bits, self.group_size)
 
 
 def prune_and_quantize(

@@ -728,6 +728,10 @@ class SparseGPT(_Layerwise):
         )
         self.block_size = block_size
 
+    def quantizer_for(self, weight: torch.Tensor) -> Any:
+        """What quantizes each kept weight in the column loop (default: nothing)."""
+        return None
+
     def prune_layer(self, weight, calib, n_prune, nm, prior):
         block = self.block_size
         if nm is not None:
@@ -741,6 +745,7 @@ class SparseGPT(_Layerwise):
             block_size=block,
             damp=self.damp,
             damp_mode=self.damp_mode,
+            quantizer=self.quantizer_for(weight),
         )
 
 

@@ -17,12 +17,18 @@ Two gradient modes:
 
 Masked modules pickle and deepcopy: a masked module pickles as its plain module plus its
 masks and is rebuilt with the masks attached (``parametrize`` alone refuses to pickle).
+
+Inside :func:`fast_training` (which :func:`sparsity_lab.train.fit` uses when no callback can
+change the masks) a default-mode mask skips its forward multiplication and masks only the
+accumulated gradient: the same numbers at close to dense cost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -39,6 +45,8 @@ __all__ = [
     "remove",
     "plain_state_dict",
     "load_state_dict",
+    "fast_training",
+    "ZERO_PRESERVING",
 ]
 
 
@@ -66,12 +74,18 @@ class Mask(nn.Module):
     a same-dtype tensor is the cheapest exact way to zero entries.
     """
 
+    #: True inside :func:`fast_training`: the stored weight is trusted to be zero under the
+    #: mask, so forward returns it unchanged.  Never saved, pickled or copied.
+    fast = False
+
     def __init__(self, mask: torch.Tensor, dense_grad: bool = False) -> None:
         super().__init__()
         self.register_buffer("mask", mask.detach().clone())
         self.dense_grad = dense_grad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast:
+            return x
         if self.dense_grad and torch.is_grad_enabled():
             return _StraightThrough.apply(x, self.mask)
         return x * self.mask
@@ -89,6 +103,12 @@ class Mask(nn.Module):
         if flag is not None:  # state dicts written before the flag was saved keep the mode
             self.dense_grad = bool(flag)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def __getstate__(self) -> dict:
+        # A copy has no optimizer bound to it, so it starts as an ordinary mask.
+        state = dict(self.__dict__)
+        state.pop("fast", None)
+        return state
 
     def extra_repr(self) -> str:
         kept = int(self.mask.count_nonzero())
@@ -177,6 +197,9 @@ def set_mask(model: nn.Module, name: str, mask: torch.Tensor) -> None:
     if holder is None:
         raise KeyError(f"{name!r} has no mask; use sparsity_lab.masks.attach first")
     mask = _check_mask(mask, holder.mask, name)
+    # A changed mask leaves fast training: the optimizer's state for newly pruned entries
+    # is not zero, so only the forward multiplication keeps them out.
+    holder.fast = False
     with torch.no_grad():
         if not holder.dense_grad:
             # Optimizer state (momentum, Adam moments) keeps moving the stored value of a
@@ -246,6 +269,7 @@ def remove(
         holder = _mask_module(module, tensor_name)
         if holder is None:
             raise KeyError(f"{name!r} has no mask to remove")
+        holder.fast = False
         if not restore_dense:
             with torch.no_grad():
                 module.parametrizations[tensor_name].original.mul_(holder.mask)
@@ -261,6 +285,106 @@ def squash(model: nn.Module, names: Iterable[str] | None = None) -> nn.Module:
     until an optimizer moves them, as with any dense weight.
     """
     return remove(model, names, restore_dense=False)
+
+
+# --- fast training ------------------------------------------------------------------------
+
+#: Optimizers whose update of an entry with zero value, zero gradient and zero state is
+#: exactly zero, with any weight decay, momentum, Nesterov or AMSGrad setting (tested for
+#: each).  Subclasses are not trusted: they may change ``step``.
+ZERO_PRESERVING: tuple[type[torch.optim.Optimizer], ...] = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.Adamax,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+)
+
+
+def _fast_candidates(model: nn.Module) -> Iterator[tuple[str, Mask, nn.Parameter]]:
+    for name in masks(model):
+        module, tensor_name = _split(model, name)
+        chain = module.parametrizations[tensor_name]
+        holder = _mask_module(module, tensor_name)
+        # Only a lone default-mode mask: a straight-through mask keeps dense values under
+        # the mask, and another parametrization would see the unmasked weight.
+        if len(chain) == 1 and not holder.dense_grad:
+            yield name, holder, chain.original
+
+
+@contextlib.contextmanager
+def fast_training(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iterator[list[str]]:
+    """Train masked weights at close to dense cost inside this block; yields the names.
+
+    Outside the block a mask multiplies the weight in every forward pass and the gradient in
+    every backward pass.  Inside it, for each default-mode mask, the forward pass uses the
+    stored weight as it is and only the accumulated gradient is masked (one multiplication
+    instead of two).  Masked weights stay exactly zero because all of their update is zero:
+
+    * the stored value is zero (:func:`attach` and :func:`set_mask` zero it; this block
+      zeroes it again on entry);
+    * the gradient is masked, so gradients, clipping and score trackers see the same numbers
+      as outside the block;
+    * ``optimizer``'s state (momentum, Adam's moments) is zeroed under the mask on entry, and
+      with zero value, gradient and state an optimizer of :data:`ZERO_PRESERVING` leaves the
+      entry at zero.
+
+    Anything else keeps the ordinary mask: an optimizer of another class (the block then
+    yields an empty list), ``dense_grad`` masks, and any mask changed or removed inside the
+    block (:func:`set_mask` and :func:`remove` leave fast mode, since the optimizer's state
+    for newly pruned entries is not zero).  On exit the pruned entries are checked: if
+    something other than ``optimizer`` wrote to them, a ``RuntimeWarning`` says so and they
+    are zeroed again.  Kept weights follow exactly the updates they get outside the block.
+    """
+    if type(optimizer) not in ZERO_PRESERVING:
+        yield []
+        return
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    handles, fast = [], []
+    try:
+        for name, holder, original in _fast_candidates(model):
+            if id(original) not in optimized:
+                continue
+            keep = holder.mask
+            with torch.no_grad():
+                original.mul_(keep)
+                for value in optimizer.state.get(original, {}).values():
+                    if torch.is_tensor(value) and value.shape == original.shape:
+                        value.mul_(keep)
+
+            def mask_grad(param: torch.Tensor, holder: Mask = holder) -> None:
+                if holder.fast:  # False once the mask changed inside the block
+                    param.grad.mul_(holder.mask)
+
+            if original.requires_grad:  # a frozen weight gets no gradient and no update
+                handles.append(original.register_post_accumulate_grad_hook(mask_grad))
+            holder.fast = True
+            fast.append((name, holder, original))
+        yield [name for name, _, _ in fast]
+    finally:
+        for handle in handles:
+            handle.remove()
+        revived = []
+        for name, holder, original in fast:
+            if not holder.fast:
+                continue
+            holder.fast = False
+            with torch.no_grad():
+                if bool((original * (1 - holder.mask)).any()):
+                    revived.append(name)
+                    original.mul_(holder.mask)
+        if revived:
+            warnings.warn(
+                f"pruned weights of {', '.join(revived)} were written during fast_training by "
+                "something other than its optimizer, so forward passes inside the block saw "
+                "them; they are zeroed again. Change masks with sparsity_lab.masks.set_mask, "
+                "or train without fast_training.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
 
 # --- state dicts --------------------------------------------------------------------------

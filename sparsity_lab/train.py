@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import pandas as pd
@@ -29,6 +30,7 @@ from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from . import masks
 from .callbacks import Callback
 from .modes import evaluating
 from .seeding import reseed_loader, seed_everything
@@ -226,6 +228,11 @@ class Trainer:
     optimizer is built from ``model.parameters()``; with ``torch.nn.utils.parametrize``
     masks these are the dense originals, which is what must be optimized.  A Trainer trains
     once; build a new one to train again.
+
+    With no callbacks, nothing can change the masks during training, so the masked weights
+    train inside :func:`sparsity_lab.masks.fast_training` (``fast_masks=True``, the default):
+    the same numbers at close to dense cost.  ``fast_masks=False`` multiplies by the masks in
+    every pass, as callbacks always do.
     """
 
     def __init__(
@@ -245,6 +252,7 @@ class Trainer:
         seed: int | None = None,
         progress: bool | None = None,
         device: str | torch.device = "cpu",
+        fast_masks: bool = True,
     ) -> None:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive int, got {epochs!r}")
@@ -257,6 +265,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.seed = seed
         self.progress = progress
+        self.fast_masks = fast_masks
         self.optimizer = make_optimizer(
             optimizer, model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
         )
@@ -341,10 +350,12 @@ class Trainer:
                 hook_optimizer=False,
                 state=self,
             )
-            for _ in range(self.epochs):
-                if self.stop:
-                    break
-                self._run_epoch(bar)
+            fast = self.fast_masks and not self.callbacks
+            with masks.fast_training(self.model, self.optimizer) if fast else nullcontext():
+                for _ in range(self.epochs):
+                    if self.stop:
+                        break
+                    self._run_epoch(bar)
             self._driver.finish()
         return self.history_frame()
 
@@ -371,6 +382,7 @@ def fit(
     seed: int | None = None,
     progress: bool | None = None,
     device: str | torch.device = "cpu",
+    fast_masks: bool = True,
 ) -> pd.DataFrame:
     """Train ``model`` and return its per-epoch history; ``Trainer(...).fit()`` in one call.
 
@@ -393,5 +405,6 @@ def fit(
         seed=seed,
         progress=progress,
         device=device,
+        fast_masks=fast_masks,
     )
     return trainer.fit()

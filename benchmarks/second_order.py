@@ -19,14 +19,18 @@ before the call):
 
 * WoodFisher's block inverse and OBS update on 266,200 weights (LeNet-300-100's size)
   against the block size and the number of gradients;
-* SparseGPT on 1024 x 1024 and 4096 x 4096 layers with 2048 calibration rows.  Two
+* SparseGPT on 1024 x 1024 and 4096 x 4096 layers with 2048 calibration rows, solved in
+  float64 (the reference) and in float32 (``precision="float32"``, the paper code's
+  precision), with the float32 reconstruction error relative to float64's.  Two
   times are recorded: building the Hessian ``2 X^T X / n`` from the calibration rows
   (``hessian_seconds``) and the solver on a given Hessian (``solver_seconds``); the target
   is checked on their sum (``seconds``).  The memory is the solver's alone, against the
   Hessian it is given.
 
 Targets: SparseGPT on 4096 x 4096 under 60 s on 2 threads, and its peak extra memory
-within 3x the layer's Hessian (4096^2 float64 entries).
+within 3x the layer's Hessian (4096^2 float64 entries), in both precisions; float32 within
+1.5x of the memory of a float32 solve that keeps only ``H``, ``H^-1`` and ``W`` (the
+paper's code: 1.5 float64 Hessians), with its error within 0.1% of float64's.
 
     python benchmarks/second_order.py [--threads 2] [--seeds 0 1 2] [--sparsities ...] [--quick]
                                       [--only quality cost]
@@ -190,6 +194,7 @@ def woodfisher_cost(blocks: list[int], grads: list[int], size: int = 266_200) ->
 
 
 def sparsegpt_cost(sizes: list[int], rows_calib: int = 2048) -> list[dict]:
+    """Hessian and solver cost per layer size, the solver in float64 and in float32."""
     out = []
     gen = torch.Generator().manual_seed(0)
     for d in sizes:
@@ -202,30 +207,42 @@ def sparsegpt_cost(sizes: list[int], rows_calib: int = 2048) -> list[dict]:
 
         hessian = measure(build)
         h = hold.pop("h")
-        del x
         w = torch.randn(d, d, generator=gen)
-        hessian_mib = d * d * 8 / 2**20  # float64, the precision the solver works in
-        cost = measure(lambda w=w, h=h: layerwise.sparsegpt(w, h, w.numel() // 2))
-        out.append(
-            {
-                "layer": f"{d}x{d}",
-                "calibration_rows": rows_calib,
-                "hessian_seconds": hessian["seconds"],
-                "solver_seconds": cost["seconds"],
-                "seconds": hessian["seconds"] + cost["seconds"],
-                "cpu_seconds": hessian["cpu_seconds"] + cost["cpu_seconds"],
-                "extra_mib": cost["extra_mib"],
-                "hessian_mib": hessian_mib,
-                "extra_over_hessian": cost["extra_mib"] / hessian_mib,
-            }
-        )
-        print(
-            f"sparsegpt {d}x{d}: {out[-1]['seconds']:6.2f} s = Hessian "
-            f"{hessian['seconds']:.2f} s + solver {cost['seconds']:.2f} s "
-            f"(cpu {out[-1]['cpu_seconds']:6.2f} s), solver {cost['extra_mib']:7.1f} MiB extra "
-            f"({out[-1]['extra_over_hessian']:.2f} x the {hessian_mib:.0f} MiB Hessian)"
-        )
-        del h, w
+        hessian_mib = d * d * 8 / 2**20  # float64, the reference precision of the solver
+        errors = {}
+        for precision, dtype in (("float64", torch.float64), ("float32", torch.float32)):
+            result = {}
+
+            def solve(w=w, h=h, dtype=dtype, result=result):
+                result["w"], _ = layerwise.sparsegpt(w, h, w.numel() // 2, dtype=dtype)
+
+            cost = measure(solve)
+            rows_seen = x[:512]  # the error on calibration rows, relative to the float64 one
+            errors[precision] = layerwise.reconstruction_error(w, result.pop("w"), rows_seen)
+            out.append(
+                {
+                    "layer": f"{d}x{d}",
+                    "precision": precision,
+                    "calibration_rows": rows_calib,
+                    "hessian_seconds": hessian["seconds"],
+                    "solver_seconds": cost["seconds"],
+                    "seconds": hessian["seconds"] + cost["seconds"],
+                    "cpu_seconds": hessian["cpu_seconds"] + cost["cpu_seconds"],
+                    "extra_mib": cost["extra_mib"],
+                    "hessian_mib": hessian_mib,
+                    "extra_over_hessian": cost["extra_mib"] / hessian_mib,
+                    "error_over_float64": errors[precision] / errors["float64"],
+                }
+            )
+            row = out[-1]
+            print(
+                f"sparsegpt {d}x{d} {precision}: {row['seconds']:6.2f} s = Hessian "
+                f"{hessian['seconds']:.2f} s + solver {cost['seconds']:.2f} s "
+                f"(cpu {row['cpu_seconds']:6.2f} s), solver {cost['extra_mib']:7.1f} MiB extra "
+                f"({row['extra_over_hessian']:.2f} x the {hessian_mib:.0f} MiB float64 Hessian), "
+                f"error {row['error_over_float64']:.6f} x float64's"
+            )
+        del h, w, x
     return out
 
 
@@ -359,11 +376,14 @@ def main() -> None:
             "sparsegpt 4096x4096 (Hessian + solver): < 60 s on 2 threads, solver "
             "extra memory <= 3x its Hessian"
         )
-        big = report["sparsegpt"][-1]
-        report["meets_target"] = big["seconds"] < 60 and big["extra_over_hessian"] <= 3
+        big = [r for r in report["sparsegpt"] if r["layer"] == "4096x4096"]
+        single = next(r for r in big if r["precision"] == "float32")
+        report["meets_target"] = all(
+            r["seconds"] < 60 and r["extra_over_hessian"] <= 3 for r in big
+        ) and (single["extra_over_hessian"] <= 1.5 * 1.5 and single["error_over_float64"] < 1.001)
         # on a busy machine the wall time stretches; the CPU time over the threads does not
-        report["meets_target_by_cpu_time"] = (
-            big["cpu_seconds"] / args.threads < 60 and big["extra_over_hessian"] <= 3
+        report["meets_target_by_cpu_time"] = report["meets_target"] and all(
+            r["cpu_seconds"] / args.threads < 60 for r in big
         )
     if "quality" in args.only:
         report["quality"], report["dense"] = quality(args.seeds, sparsities)

@@ -128,6 +128,46 @@ def test_sparsegpt_prunes_exactly_and_its_update_lowers_the_error():
     assert torch.all(keep.reshape(8, 6, 4).sum(-1) == 2)
 
 
+@pytest.mark.parametrize("kwargs", [dict(n_prune=96), dict(nm=(2, 4)), dict(n_prune=150)])
+def test_sparsegpt_in_float32_agrees_with_the_float64_reference(kwargs):
+    """The single-precision solve (the paper's code's precision) makes the same choices and
+    reaches the same reconstruction error as the float64 reference, up to rounding."""
+    x, w = correlated_inputs(n=400, cols=64), random_weight(rows=32, cols=64)
+    ref_w, ref_keep = lw.sparsegpt(w, hessian(x), block_size=16, **kwargs)
+    new, keep = lw.sparsegpt(w, hessian(x), block_size=16, dtype=torch.float32, **kwargs)
+    assert new.dtype == torch.float32 and int((~keep).sum()) == int((~ref_keep).sum())
+    assert (keep != ref_keep).float().mean() <= 0.01  # a near-tie may round the other way
+    ref_err = lw.reconstruction_error(w, ref_w, x)
+    assert lw.reconstruction_error(w, new, x) == pytest.approx(ref_err, rel=1e-3)
+    assert ref_err < lw.reconstruction_error(w, w * ref_keep, x)
+
+
+def test_sparsegpt_precision_option_reaches_the_solver(monkeypatch):
+    used, solve = [], lw.sparsegpt
+
+    def spy(*args, **kwargs):
+        used.append(kwargs["dtype"])
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(lw, "sparsegpt", spy)
+    model = mlp(6, 8, 3, seed=0)
+    data = [(torch.randn(32, 6, generator=torch.Generator().manual_seed(s)), None) for s in (1, 2)]
+    pruned = {}
+    for precision in ("float64", "float32"):
+        pruned[precision] = sl.prune(
+            copy.deepcopy(model), "sparsegpt", 0.5, budget="uniform", data=data,
+            precision=precision,
+        )  # fmt: skip
+    assert used == [torch.float64] * 2 + [torch.float32] * 2  # two layers each
+    for name in masks.masks(pruned["float64"]):
+        torch.testing.assert_close(
+            masks.weight(pruned["float32"], name), masks.weight(pruned["float64"], name),
+            atol=1e-5, rtol=1e-4,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="precision must be one of float64, float32"):
+        sl.registry.get("sparsegpt")(precision="half")
+
+
 def greedy_obs_by_brute_force(w_row, x, steps):
     """For each step try every remaining weight, refit by least squares, keep the best."""
     keep = torch.ones_like(w_row, dtype=torch.bool)

@@ -19,6 +19,8 @@ before the call):
 
 * WoodFisher's block inverse and OBS update on 266,200 weights (LeNet-300-100's size)
   against the block size and the number of gradients;
+* OBC's ExactOBS on a 256 x 256 layer with 1024 calibration rows (``rows * cols^3``), in
+  both precisions, as below;
 * SparseGPT on 1024 x 1024 and 4096 x 4096 layers with 2048 calibration rows, solved in
   float64 (the reference) and in float32 (``precision="float32"``, the paper code's
   precision), with the float32 reconstruction error relative to float64's.  Two
@@ -193,8 +195,9 @@ def woodfisher_cost(blocks: list[int], grads: list[int], size: int = 266_200) ->
     return rows
 
 
-def sparsegpt_cost(sizes: list[int], rows_calib: int = 2048) -> list[dict]:
-    """Hessian and solver cost per layer size, the solver in float64 and in float32."""
+def layerwise_cost(solver: str, sizes: list[int], rows_calib: int = 2048) -> list[dict]:
+    """Hessian and solver cost of ``solver`` (``layerwise.sparsegpt`` or ``.obc``) per layer
+    size, pruning half the weights, in float64 and in float32."""
     out = []
     gen = torch.Generator().manual_seed(0)
     for d in sizes:
@@ -214,13 +217,15 @@ def sparsegpt_cost(sizes: list[int], rows_calib: int = 2048) -> list[dict]:
             result = {}
 
             def solve(w=w, h=h, dtype=dtype, result=result):
-                result["w"], _ = layerwise.sparsegpt(w, h, w.numel() // 2, dtype=dtype)
+                solve_layer = getattr(layerwise, solver)
+                result["w"], _ = solve_layer(w, h, w.numel() // 2, dtype=dtype)
 
             cost = measure(solve)
             rows_seen = x[:512]  # the error on calibration rows, relative to the float64 one
             errors[precision] = layerwise.reconstruction_error(w, result.pop("w"), rows_seen)
             out.append(
                 {
+                    "solver": solver,
                     "layer": f"{d}x{d}",
                     "precision": precision,
                     "calibration_rows": rows_calib,
@@ -236,7 +241,7 @@ def sparsegpt_cost(sizes: list[int], rows_calib: int = 2048) -> list[dict]:
             )
             row = out[-1]
             print(
-                f"sparsegpt {d}x{d} {precision}: {row['seconds']:6.2f} s = Hessian "
+                f"{solver} {d}x{d} {precision}: {row['seconds']:6.2f} s = Hessian "
                 f"{hessian['seconds']:.2f} s + solver {cost['seconds']:.2f} s "
                 f"(cpu {row['cpu_seconds']:6.2f} s), solver {cost['extra_mib']:7.1f} MiB extra "
                 f"({row['extra_over_hessian']:.2f} x the {hessian_mib:.0f} MiB float64 Hessian), "
@@ -370,7 +375,8 @@ def main() -> None:
         "woodfisher": [],
     }
     if "cost" in args.only:
-        report["sparsegpt"] = sparsegpt_cost([1024, 4096])
+        report["sparsegpt"] = layerwise_cost("sparsegpt", [1024, 4096])
+        report["obc"] = layerwise_cost("obc", [256], rows_calib=1024)
         report["woodfisher"] = woodfisher_cost(blocks, grads)
         report["target"] = (
             "sparsegpt 4096x4096 (Hessian + solver): < 60 s on 2 threads, solver "

@@ -142,22 +142,22 @@ def test_sparsegpt_in_float32_agrees_with_the_float64_reference(kwargs):
     assert ref_err < lw.reconstruction_error(w, w * ref_keep, x)
 
 
-def test_sparsegpt_precision_option_reaches_the_solver(monkeypatch):
-    used, solve = [], lw.sparsegpt
+@pytest.mark.parametrize("method", ["sparsegpt", "obc", "lobs"])
+def test_precision_option_reaches_the_solver(method, monkeypatch):
+    used, solve = [], getattr(lw, method)
 
     def spy(*args, **kwargs):
         used.append(kwargs["dtype"])
         return solve(*args, **kwargs)
 
-    monkeypatch.setattr(lw, "sparsegpt", spy)
+    monkeypatch.setattr(lw, method, spy)
     model = mlp(6, 8, 3, seed=0)
     data = [(torch.randn(32, 6, generator=torch.Generator().manual_seed(s)), None) for s in (1, 2)]
     pruned = {}
     for precision in ("float64", "float32"):
         pruned[precision] = sl.prune(
-            copy.deepcopy(model), "sparsegpt", 0.5, budget="uniform", data=data,
-            precision=precision,
-        )  # fmt: skip
+            copy.deepcopy(model), method, 0.5, budget="uniform", data=data, precision=precision
+        )
     assert used == [torch.float64] * 2 + [torch.float32] * 2  # two layers each
     for name in masks.masks(pruned["float64"]):
         torch.testing.assert_close(
@@ -165,7 +165,25 @@ def test_sparsegpt_precision_option_reaches_the_solver(monkeypatch):
             atol=1e-5, rtol=1e-4,
         )  # fmt: skip
     with pytest.raises(ValueError, match="precision must be one of float64, float32"):
-        sl.registry.get("sparsegpt")(precision="half")
+        sl.registry.get(method)(precision="half")
+
+
+@pytest.mark.parametrize("solver", ["obc", "lobs"])
+def test_obc_and_lobs_in_float32_agree_with_the_float64_reference(solver):
+    x, w = correlated_inputs(n=400, cols=24), random_weight(rows=16, cols=24)
+    ref_w, ref_keep = getattr(lw, solver)(w, hessian(x), 150)
+    new, keep = getattr(lw, solver)(w, hessian(x), 150, dtype=torch.float32)
+    assert new.dtype == torch.float32 and torch.equal(keep, ref_keep)
+    torch.testing.assert_close(new.double(), ref_w, atol=1e-4, rtol=1e-4)
+
+
+def test_obc_gives_the_same_result_whatever_its_chunk_of_rows():
+    x, w = correlated_inputs(), random_weight()
+    ref_w, ref_keep = lw.obc(w, hessian(x), 96, chunk_bytes=2**30)  # every row at once
+    for chunk_bytes in (1, 3 * 8 * 24 * 24):  # a row at a time; three rows
+        new, keep = lw.obc(w, hessian(x), 96, chunk_bytes=chunk_bytes)
+        assert torch.equal(keep, ref_keep)
+        torch.testing.assert_close(new, ref_w, atol=1e-12, rtol=1e-12)
 
 
 def greedy_obs_by_brute_force(w_row, x, steps):

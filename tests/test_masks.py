@@ -1,5 +1,6 @@
 """The mask contract: exact zeros through forward, optimizers, saving, copying and removal."""
 
+import contextlib
 import copy
 import io
 import pickle
@@ -70,7 +71,8 @@ def test_attach_zeroes_the_stored_weight_in_default_mode():
     ],
     ids=["sgd_momentum_wd", "sgd_nesterov", "adam", "adamw"],
 )
-def test_masked_weights_stay_exactly_zero_through_optimizer_steps(make_opt):
+@pytest.mark.parametrize("mode", ["ordinary", "fast_training"])
+def test_masked_weights_stay_exactly_zero_through_optimizer_steps(make_opt, mode):
     model = small_mlp()
     opt = make_opt(model.parameters())
     x, y = batch()
@@ -82,11 +84,13 @@ def test_masked_weights_stay_exactly_zero_through_optimizer_steps(make_opt):
         opt.step()
     applied = random_mask((8, 6), seed=5)
     masks.attach(model, "0.weight", applied)
-    for step in range(20):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        assert torch.all(model[0].weight[applied == 0] == 0), f"revived at step {step}"
+    fast = masks.fast_training(model, opt) if mode == "fast_training" else contextlib.nullcontext()
+    with fast:
+        for step in range(20):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            assert torch.all(model[0].weight[applied == 0] == 0), f"revived at step {step}"
     # The weights that are kept did train.
     assert torch.count_nonzero(model[0].weight) == int(applied.sum())
 

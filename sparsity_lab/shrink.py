@@ -74,8 +74,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import criteria, masks, models
-from .patterns import check_sparsity, count, per_element, prune_lowest, reduce_groups
+from . import criteria, masks, models, selection
+from .patterns import Unstructured, check_sparsity, per_element, reduce_groups
 
 __all__ = [
     "Space",
@@ -97,6 +97,8 @@ TOLERANCE = 1e-5
 
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+#: How :func:`prune_coupled` hands a part's group scores to the selection: one per group.
+UNSTRUCTURED = Unstructured()
 # Layers that act on each channel separately (or not at all), so channels pass through them.
 _PER_CHANNEL = (
     nn.ReLU,
@@ -1259,21 +1261,29 @@ def prune_coupled(
     masked = dict.fromkeys(m.name for part in groups for g in part for m in g if m.masked)
     new_masks = {n: current[n].clone() for n in masked}
     for part in groups:  # one ranking per part: a space, or the whole model
-        group_scores = []
+        group_scores, alive = [], []
         for members in part:
             scored = [m for m in members if m.scored]
             elements = torch.cat(
                 [scores[m.name].detach().double()[m.index].flatten() for m in scored]
             )
-            alive = any(bool(current[m.name][m.index].any()) for m in scored if m.masked)
+            alive.append(any(bool(current[m.name][m.index].any()) for m in scored if m.masked))
             g = reduce_groups(elements.reshape(1, -1), reduction)[0]
             if granularity == "layer":  # blocks differ in size: compare per element
                 g = g / per_element(reduction, elements.numel())
-            group_scores.append(g if alive else torch.tensor(-math.inf, dtype=torch.float64))
-        n_prune = count(sparsity, len(part))
-        if granularity == "channel":
-            n_prune = min(n_prune, len(part) - 1)
-        keep = prune_lowest(torch.stack(group_scores), n_prune)
+            group_scores.append(g)
+        # The part's groups are the elements of one tensor of group scores: the one
+        # selection path prunes them, pruned groups staying pruned (the prior).
+        part_sparsity = sparsity
+        if granularity == "channel":  # every space keeps a channel
+            part_sparsity = min(sparsity, (len(part) - 1) / len(part))
+        keep = selection.select(
+            {"groups": torch.stack(group_scores)},
+            part_sparsity,
+            pattern=UNSTRUCTURED,
+            budget="uniform",
+            priors={"groups": torch.tensor(alive)},
+        )["groups"]
         for members, kept in zip(part, keep.tolist(), strict=True):
             if not kept:
                 for m in members:

@@ -198,6 +198,26 @@ def test_coupled_channel_pruning_removes_the_same_channels_in_a_residual_group()
     assert sorted(torch.nonzero(gone_stem).flatten().tolist()) == sorted(expected.tolist())
 
 
+@pytest.mark.parametrize("granularity", ["channel", "layer"])
+def test_coupled_groups_are_ranked_by_the_one_selection(granularity, monkeypatch):
+    """prune_coupled hands each part's group scores to selection.select, one call per part
+    (a space, or the whole model for blocks), with the groups pruned before as its prior."""
+    calls, select = [], sl.selection.select
+
+    def spy(scores, sparsity, **kwargs):
+        calls.append((scores["groups"].clone(), sparsity, kwargs["priors"]["groups"].clone()))
+        return select(scores, sparsity, **kwargs)
+
+    monkeypatch.setattr(sl.selection, "select", spy)
+    model = build("resnet_small")
+    shrink.prune_coupled(model, granularity, 0.5)
+    parts = shrink._coupled_groups(model, shrink.structure(model), granularity, "writers")
+    assert len(calls) == len(parts) and all(prior.all() for _, _, prior in calls)
+    calls.clear()
+    shrink.prune_coupled(model, granularity, 0.5)  # again: half of each part already gone
+    assert all(int((~prior).sum()) == int(0.5 * len(prior) + 0.5) for _, _, prior in calls)
+
+
 def test_heads_are_reshaped():
     model = build("tiny_transformer")
     new = shrink.prune_coupled(model, "head", 0.25)  # 2 of 8 heads, ranked across layers

@@ -25,8 +25,9 @@ class EdgePopup(TrainingMethod):
     Rule: the weights stay frozen at their random initialisation; each weight ``w`` has a
     learned score ``s``, and the forward pass uses the weights whose ``|s|`` is in the top
     ``1 - sparsity`` of their layer.  The scores learn by the straight-through estimate
-    ``dL/ds = dL/dw_eff * w``, where ``w_eff`` is the masked weight.  ``init``:
-    ``"signed_constant"`` (the paper's best: ``w = ±sqrt(2 / fan_in)`` with random signs)
+    through the mask of ``|s|``, ``dL/ds = dL/dw_eff * w * sign(s)``, where ``w_eff`` is the
+    masked weight (the reference code masks by ``scores.abs()``, so autograd adds the sign).
+    ``init``: ``"signed_constant"`` (the paper's best: ``w = ±sqrt(2 / fan_in)`` with random signs)
     or ``"keep"`` (the model's own weights).  The optimizer trains the scores only; biases
     and every other parameter stay as they are.  Supports every pattern (group scores are
     the pattern's reduction of ``|s|``); uniform budget by default.
@@ -129,7 +130,10 @@ class EdgePopup(TrainingMethod):
             w = masks.dense_weight(trainer.model, n)
             if w.grad is None:
                 continue
-            s.grad = w.grad * w.detach()  # straight-through: dL/ds = dL/dw_eff * w
+            # straight-through through the mask of |s|: dL/ds = dL/dw_eff * w * sign(s).
+            # Without the sign, a negative score moves the wrong way (its |s| shrinks when
+            # the weight should be kept), and half the scores start negative.
+            s.grad = w.grad * w.detach() * s.detach().sign()
             w.grad = None  # no optimizer holds w, and it must not accumulate
 
     def on_step_end(self, trainer: Trainer) -> None:

@@ -273,6 +273,65 @@ CLAIMS: dict[str, Claim] = _claims(
         baseline="static",
     ),
     Claim(
+        "snfs_beats_set",
+        "Dettmers & Zettlemoyer 2019, Sparse networks from scratch: faster training without "
+        "losing performance (arXiv:1907.04840)",
+        "LeNet-300-100 and LeNet-5 on MNIST, VGG and WRN on CIFAR-10, ResNet-50 on ImageNet",
+        "regrowing and redistributing weights by the momentum of their gradients (sparse "
+        "momentum) beats regrowing at random (SET) at the same sparsity",
+        "qualitative claim: sparse momentum above SET, DeepR and DSR in every comparison",
+        treatment="snfs",
+        baseline="set",
+    ),
+    Claim(
+        "dsr_beats_static",
+        "Mostafa & Wang 2019, Parameter efficient training of deep convolutional neural "
+        "networks by dynamic sparse reparameterization (ICML)",
+        "WRN-28-2 on CIFAR-10 and ResNet-50 on ImageNet at equal parameter counts",
+        "moving a fixed parameter budget between layers during training (DSR) beats a "
+        "static sparse network of the same size",
+        "qualitative claim: DSR above the static sparse network at every budget",
+        treatment="dsr",
+        baseline="static",
+    ),
+    Claim(
+        "topkast_matches_rigl",
+        "Jayakumar et al. 2020, Top-KAST: Top-K always sparse training (NeurIPS)",
+        "ResNet-50 on ImageNet, 80-95% forward sparsity",
+        "keeping the backward pass sparse as well (Top-KAST) costs no accuracy against "
+        "RigL at the same forward sparsity",
+        "qualitative claim: Top-KAST comparable to RigL at 80% and 90%",
+        treatment="topkast",
+        baseline="rigl",
+        relation="at_least",
+        margin=0.005,
+    ),
+    Claim(
+        "dpf_beats_gmp",
+        "Lin et al. 2020, Dynamic model pruning with feedback (ICLR)",
+        "ResNet and WideResNet on CIFAR-10, ResNet-50 on ImageNet, unstructured, same epochs",
+        "re-choosing the mask from dense weights that keep training (pruning with feedback) "
+        "beats incremental gradual magnitude pruning at the same sparsity",
+        "qualitative claim: DPF above incremental pruning (Zhu & Gupta 2017) at every "
+        "sparsity reported",
+        treatment="dpf",
+        baseline="gmp",
+    ),
+    Claim(
+        "supermask_matches_trained",
+        "Ramanujan et al. 2020, What's hidden in a randomly weighted neural network? (CVPR)",
+        "Conv-2 to Conv-8 on CIFAR-10 and wide ResNets on ImageNet, weights left at signed "
+        "constants, edge-popup scores, about half the weights kept",
+        "a random network that is wide enough contains a subnetwork that, without any "
+        "weight training, is about as accurate as the same network trained",
+        "qualitative claim: the supermask reaches the trained network's accuracy as width "
+        "grows; a random Wide ResNet-50 hides one that matches a trained ResNet-34",
+        treatment="edge_popup",
+        baseline="trained dense",
+        relation="at_least",
+        margin=0.02,
+    ),
+    Claim(
         "acdc_matches_gmp",
         "Peste et al. 2021, AC/DC (NeurIPS)",
         "ResNet-50 on ImageNet, 80-90% sparse, same training length",

@@ -1,0 +1,395 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Every dynamic sparse training method on one protocol, and supermasks
+#
+# **What you will learn:** the rules of the other dynamic sparse training methods of the
+# survey's section 4 (sparse momentum, DSR, DeepR, Top-KAST, DPF) beside SET and RigL, how
+# they compare when they all train the same network with the same budget, what training
+# longer buys a sparse-from-scratch method, and the strong lottery ticket: a subnetwork of
+# a random, never trained network that classifies digits.
+#
+# Chapter 04 compared static, SET, RigL and GMP at equal training FLOPs; this chapter adds
+# every other registered dynamic method under one protocol: LeNet-300-100 on the MNIST
+# subset, the dense recipe's optimizer, schedule and epochs, the ERK layer budget, the same
+# seeds (same split, initialisation and batch order), sanity flags on every run, and paired
+# differences.
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import Markdown, display
+
+import sparsity_lab as sl
+from sparsity_lab import recipes, registry
+from sparsity_lab.methods.base import TrainingFlops
+from sparsity_lab.methods.dynamic import StaticSparse
+
+# %% tags=["parameters"]
+SMOKE = False
+SEED = 0
+SEEDS = [0, 1, 2]
+DATA = "mnist"
+SPARSITY = 0.95
+BUDGET = "erk"
+EPOCHS = None  # None: the dense recipe's epochs
+LONGER = 2  # how many times the recipe's epochs the longer runs train
+SUPERMASK_SPARSITIES = [0.5, 0.9]
+WIDTHS = [1, 2]  # LeNet-300-100's hidden sizes times these, for the supermasks at 50%
+
+# %%
+if SMOKE:  # a quick pass through every cell, for CI
+    SEEDS = SEEDS[:2]
+    DATA = "digits"
+    EPOCHS = 2
+    SUPERMASK_SPARSITIES = [0.5]
+    WIDTHS = [1]
+info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
+RECIPE = recipes.recipe_for("lenet300", DATA)
+TRAINING = RECIPE.training()
+if EPOCHS is not None:
+    TRAINING["epochs"] = EPOCHS
+DYNAMIC = ["set", "rigl", "snfs", "dsr", "deepr", "topkast", "dpf"]
+METHODS = ["static", *DYNAMIC, "gmp"]
+
+
+def make(method, sparsity, seed):
+    """A training method of the registry (``static``: a fixed random mask) on the budget."""
+    if method == "static":
+        return StaticSparse(sparsity, budget=BUDGET, seed=seed)
+    return registry.get(method, "training")(sparsity, budget=BUDGET, seed=seed)
+
+
+def run(method, sparsity, seed, epochs_factor=1, model=None):
+    """Train a fresh LeNet-300-100 (or ``model``) with ``method``; one row of results."""
+    t = recipes.task("lenet300", DATA, seed=seed)
+    m = t.build() if model is None else model
+    train, val, _ = t.loaders(RECIPE.batch_size)
+    method = make(method, sparsity, seed) if isinstance(method, str) else method
+    flops = TrainingFlops(method)
+    options = dict(TRAINING, epochs=TRAINING["epochs"] * epochs_factor)
+    start = time.perf_counter()
+    method.fit(m, train, val, seed=seed, callbacks=[flops], progress=False, **options)
+    r = recipes.evaluate_run(m, t, target_sparsity=sparsity)
+    return {
+        "sparsity": sparsity,
+        "seed": seed,
+        "epochs": options["epochs"],
+        "accuracy": r["accuracy"],
+        "flags": r["flags"],
+        "train_flops": flops.total,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+# %% [markdown]
+# ## The rules side by side
+#
+# Every method starts from a sparse network (GMP, the reference, starts dense) and keeps
+# its sparsity while the mask moves.  They differ in what they drop, what they grow and
+# what they keep dense to decide.  The table quotes each method's rule from its docstring.
+
+
+# %%
+def rule_of(name):
+    """The "Rule:" paragraph of a registered training method's docstring."""
+    doc = registry.entry(name, "training").obj.__doc__
+    paragraphs = [" ".join(p.split()) for p in doc.split("\n\n")]
+    rule = next((p for p in paragraphs if p.startswith("Rule:")), paragraphs[0])
+    return rule.removeprefix("Rule: ")
+
+
+rules = pd.DataFrame(
+    [
+        {
+            "method": name,
+            "paper": registry.entry(name, "training").obj.__doc__.split("\n")[0],
+            "rule": rule_of(name),
+        }
+        for name in DYNAMIC
+    ]
+)
+rules
+
+# %% [markdown]
+# ## One protocol, every method
+#
+# Each method trains a fresh LeNet-300-100 to `SPARSITY` with the ERK budget for the
+# recipe's epochs, on every seed.  Static keeps its random mask; GMP prunes a dense
+# network gradually.  The dense recipe's model is the reference line.
+
+# %%
+dense_rows = []
+for seed in SEEDS:
+    _, _, dense_info = recipes.dense("lenet300", DATA, seed, epochs=EPOCHS)
+    dense_rows.append({"seed": seed, "accuracy": dense_info["test_accuracy"]})
+dense_runs = pd.DataFrame(dense_rows)
+rows = [{"method": m, **run(m, SPARSITY, seed)} for seed in SEEDS for m in METHODS]
+results = pd.DataFrame(rows)
+summary = sl.stats.summarize(results, "method", "accuracy").set_index("method").loc[METHODS]
+dense_mean = dense_runs["accuracy"].mean()
+
+fig, ax = plt.subplots(figsize=(7.5, 3.6))
+x = np.arange(len(METHODS))
+errors = (summary["mean"] - summary["ci_low"], summary["ci_high"] - summary["mean"])
+ax.errorbar(x, summary["mean"], yerr=np.nan_to_num(errors), fmt="o", capsize=3)
+for i, m in enumerate(METHODS):
+    seeds = results[results["method"] == m]["accuracy"]
+    ax.plot(np.full(len(seeds), i + 0.12), seeds, ".", color="grey", alpha=0.6)
+ax.axhline(dense_mean, color="k", ls="--", lw=1, label=f"dense ({dense_mean:.1%})")
+ax.set_xticks(x, METHODS)
+ax.set_ylabel("test accuracy")
+ax.set_title(
+    f"LeNet-300-100 at {SPARSITY:.0%} ({BUDGET.upper()}), {len(SEEDS)} seeds: mean, 95% CI"
+)
+# the y axis spans the unflagged runs and the dense line (a flagged run would stretch it)
+shown = results[results["flags"] == ""]["accuracy"]
+low, high = min(shown.min(), dense_mean), max(shown.max(), dense_mean)
+ax.set_ylim(low - 0.1 * (high - low) - 0.005, high + 0.1 * (high - low) + 0.005)
+ax.legend(loc="lower left")
+plt.show()
+sl.nb.show_flags(sl.flags.table(results, ["method"]))
+cost = results.groupby("method")[["train_flops", "seconds"]].mean().loc[METHODS]
+cost["x GMP's FLOPs"] = cost["train_flops"] / cost.loc["gmp", "train_flops"]
+summary[["mean", "ci_low", "ci_high"]].join(cost).round(3)
+
+# %% [markdown]
+# Training FLOPs follow the RigL paper's accounting: a step costs three sparse forward
+# passes, more for the steps that need a dense gradient (RigL's updates, Top-KAST's
+# larger backward set, DPF's dense weights).  The wall time includes the Python work of
+# each rule, which FLOPs do not count: DeepR draws noise for every weight at every step.
+
+
+# %%
+def paired_against(baseline):
+    """Every method minus ``baseline``, paired on the seed."""
+    out = []
+    for m in METHODS:
+        if m == baseline:
+            continue
+        row = sl.stats.paired(results, "method", m, baseline, metric="accuracy").iloc[0]
+        out.append({"method": m, "against": baseline, "text": sl.stats.describe(row), **row})
+    return pd.DataFrame(out)
+
+
+against = pd.concat([paired_against("gmp"), paired_against("rigl")], ignore_index=True)
+against[["method", "against", "text"]]
+
+# %% [markdown]
+# ### Against the papers
+#
+# Four claims of the methods' papers, on this protocol.  SET against static and RigL
+# against SET are judged in chapter 04.
+
+# %%
+spread = results.groupby("method")["accuracy"].std().mean()
+n_test = len(recipes.task("lenet300", DATA, seed=SEED).bundle.test)
+setting = f"LeNet-300-100, {SPARSITY:.0%} sparse, {BUDGET.upper()}, {TRAINING['epochs']} epochs"
+reason = (
+    f"Measured on {n_test} test images (one image is {1 / n_test:.2%}); the seeds of one "
+    f"method spread by {spread:.2%} (standard deviation, mean over methods), and every "
+    f"method is within {(dense_mean - summary['mean'].min()):.1%} of the dense model, so "
+    "this small network leaves little room between methods."
+)
+verdicts = []
+for key in ["snfs_beats_set", "dsr_beats_static", "topkast_matches_rigl", "dpf_beats_gmp"]:
+    claim = sl.claims.get(key)
+    row = sl.stats.paired(results, "method", claim.treatment, claim.baseline, metric="accuracy")
+    verdicts.append(sl.claims.judge(key, row.iloc[0], setting=setting, reason=reason))
+display(Markdown(sl.claims.report(verdicts)))
+
+# %% [markdown]
+# ## Training longer
+#
+# Sparse-from-scratch methods pay only for their kept weights, so at the cost of one
+# dense-to-sparse GMP run they can train for longer.  The RigL paper trains 2x and 5x as
+# long and finds RigL closing on (and passing) gradual pruning.  Here static, SET and RigL
+# train `LONGER` times the recipe's epochs, against GMP at the recipe's length.
+
+# %%
+longer = pd.DataFrame(
+    [
+        {"method": m, **run(m, SPARSITY, seed, epochs_factor=LONGER)}
+        for seed in SEEDS
+        for m in ("static", "set", "rigl")
+    ]
+)
+both = pd.concat(
+    [
+        results[results["method"].isin(["static", "set", "rigl", "gmp"])].assign(length="1x"),
+        longer.assign(length=f"{LONGER}x"),
+    ],
+    ignore_index=True,
+)
+both["arm"] = both["method"] + " " + both["length"]
+lines = []
+for m in ("static", "set", "rigl"):
+    for length in ("1x", f"{LONGER}x"):
+        row = sl.stats.paired(both, "arm", f"{m} {length}", "gmp 1x", metric="accuracy").iloc[0]
+        share = (
+            both[both["arm"] == f"{m} {length}"]["train_flops"].mean()
+            / cost.loc["gmp", "train_flops"]
+        )
+        lines.append({"arm": f"{m} {length}", "x GMP's FLOPs": round(share, 2),
+                      "minus GMP": sl.stats.describe(row)})  # fmt: skip
+pd.DataFrame(lines)
+
+# %%
+gap = {
+    length: sl.stats.paired(both, "arm", f"rigl {length}", "gmp 1x", metric="accuracy").iloc[0]
+    for length in ("1x", f"{LONGER}x")
+}
+change = gap[f"{LONGER}x"]["mean_diff"] - gap["1x"]["mean_diff"]
+display(
+    Markdown(
+        f"RigL minus GMP: {sl.stats.describe(gap['1x'])} at the same length, and "
+        f"{sl.stats.describe(gap[f'{LONGER}x'])} when RigL trains {LONGER}x as long: "
+        f"the mean gap {'narrows' if change > 0 else 'does not narrow'} by "
+        f"{abs(change) * 100:.1f} points."
+    )
+)
+
+# %% [markdown]
+# ## Supermasks: a subnetwork of random weights
+#
+# Edge-popup (Ramanujan et al. 2020) never trains a weight.  Each weight is set once to
+# `±sqrt(2 / fan_in)` with a random sign and gets a score; the forward pass uses the
+# weights with the largest `|score|`, and only the scores learn, by a straight-through
+# gradient.  What it finds is a *supermask*: a subnetwork of the random network.  Before
+# training, the mask chosen by the random scores is a random subnetwork, which is at
+# chance.  The trained dense network of the same width is the reference.
+
+
+# %%
+def lenet(width, seed):
+    """LeNet-300-100 with its hidden sizes times ``width``, initialised from ``seed``."""
+    task = recipes.task("lenet300", DATA, seed=seed)
+    return task.build(hidden=(300 * width, 100 * width))
+
+
+def trained_dense(width, seed):
+    t = recipes.task("lenet300", DATA, seed=seed)
+    if width == 1:
+        return recipes.dense("lenet300", DATA, seed, epochs=EPOCHS)[2]["test_accuracy"]
+    m = lenet(width, seed)
+    train, val, _ = t.loaders(RECIPE.batch_size)
+    sl.train.fit(m, train, val, seed=seed, progress=False, **TRAINING)
+    return recipes.evaluate_run(m, t)["accuracy"]
+
+
+super_rows = []
+for seed in SEEDS:
+    for width in WIDTHS:
+        sparsities = SUPERMASK_SPARSITIES if width == 1 else [0.5]
+        for sparsity in sparsities:
+            method = registry.get("edge_popup", "training")(sparsity, seed=seed)
+            untrained = lenet(width, seed)
+            method.prepare(untrained)  # the random weights and the random scores' mask
+            t = recipes.task("lenet300", DATA, seed=seed)
+            before = recipes.evaluate_run(untrained, t, target_sparsity=sparsity)
+            row = run(method, sparsity, seed, model=lenet(width, seed))
+            super_rows += [
+                {"width": width, "arm": "random subnetwork", **row,
+                 "accuracy": before["accuracy"], "flags": ""},
+                {"width": width, "arm": "edge_popup", **row},
+            ]  # fmt: skip
+        super_rows.append(
+            {"width": width, "arm": "trained dense", "sparsity": 0.0, "seed": seed,
+             "accuracy": trained_dense(width, seed), "flags": ""}
+        )  # fmt: skip
+supermasks = pd.DataFrame(super_rows)
+table = sl.stats.summarize(supermasks, ["width", "arm", "sparsity"], "accuracy")
+table.round(4)
+
+# %%
+fig, ax = plt.subplots(figsize=(6.5, 3.4))
+for width, marker in zip(WIDTHS, "os", strict=False):
+    part = table[(table["width"] == width) & (table["arm"] == "edge_popup")]
+    errors = (part["mean"] - part["ci_low"], part["ci_high"] - part["mean"])
+    ax.errorbar(part["sparsity"], part["mean"], yerr=np.nan_to_num(errors), marker=marker,
+                capsize=3, label=f"edge-popup, width x{width}")  # fmt: skip
+    dense_acc = table[(table["width"] == width) & (table["arm"] == "trained dense")]["mean"]
+    ax.axhline(float(dense_acc.iloc[0]), ls="--", lw=1, color=f"C{WIDTHS.index(width)}",
+               label=f"trained dense, width x{width}")  # fmt: skip
+chance = table[table["arm"] == "random subnetwork"]["mean"].max()
+ax.axhline(chance, color="grey", ls=":", label=f"random subnetwork (best {chance:.1%})")
+ax.set_xlabel("sparsity of the supermask")
+ax.set_ylabel("test accuracy")
+ax.set_title("Subnetworks of random weights, no weight trained")
+ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+plt.show()
+
+# %%
+super_verdicts = []
+for width in WIDTHS:
+    part = supermasks[(supermasks["width"] == width) & (supermasks["sparsity"].isin([0.0, 0.5]))]
+    row = sl.stats.paired(part, "arm", "edge_popup", "trained dense", metric="accuracy",
+                          flags=None).iloc[0]  # fmt: skip
+    params = sum(p.numel() for p in lenet(width, SEED).parameters())
+    super_verdicts.append(
+        sl.claims.judge(
+            "supermask_matches_trained",
+            row,
+            setting=f"LeNet-300-100 x{width} ({params:,} parameters), 50% of the weights kept",
+            reason=(
+                f"The network has {params:,} parameters; the paper's networks are far wider "
+                "and its claim is for networks wide enough."
+            ),
+        )
+    )
+random_best = supermasks[supermasks["arm"] == "random subnetwork"]["accuracy"].max()
+display(
+    Markdown(
+        f"The best random subnetwork of any seed scores {random_best:.1%}; the supermasks "
+        "the scores found are the same random weights.\n\n" + sl.claims.report(super_verdicts)
+    )
+)
+
+# %% [markdown]
+# ## Summary
+
+# %%
+best = summary["mean"].idxmax()
+worst = summary["mean"].idxmin()
+flop_share = cost["x GMP's FLOPs"]
+super_half = table[(table["arm"] == "edge_popup") & (table["sparsity"] == 0.5)]
+lines = [
+    f"At {SPARSITY:.0%} with the ERK budget every method trained LeNet-300-100 to within "
+    f"{(dense_mean - summary['mean'].min()):.1%} of the dense model's {dense_mean:.1%}: "
+    f"highest mean {best} ({summary.loc[best, 'mean']:.1%}), lowest {worst} "
+    f"({summary.loc[worst, 'mean']:.1%}).",
+    f"Training FLOPs ranged from {flop_share.min():.2f}x to {flop_share.max():.2f}x GMP's "
+    f"({flop_share.idxmin()} to {flop_share.idxmax()}).",
+    f"Claims: {', '.join(f'{v.claim.key} {v.status}' for v in verdicts)}.",
+    f"Training RigL {LONGER}x as long moved its gap to GMP by {change * 100:+.1f} points.",
+    "Supermasks at 50%: "
+    + ", ".join(f"width x{int(r.width)} {r.mean:.1%}" for r in super_half.itertuples())
+    + f", against random subnetworks at {random_best:.1%} at best.",
+]
+display(Markdown("\n".join(f"- {line}" for line in lines)))
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Run the comparison at 80% and 90% (`SPARSITY`).  Do the methods spread out or close
+#    up as the network keeps more weights?
+# 2. Change `BUDGET` to `"uniform"`.  Which methods lose most, and is it the ones that
+#    move weights between layers (SNFS, DSR) or the others?
+# 3. Give the supermasks a wider network (`WIDTHS = [1, 2, 4]`).  Does the gap to the
+#    trained network close as the paper says?
+# 4. DeepR's temperature `T` sets its exploration noise.  Train it with `temperature=1e-6`
+#    and `1e-10` (`registry.get("deepr", "training")(SPARSITY, temperature=...)`): what
+#    happens to the number of rewired connections in `method.log`?

@@ -21,7 +21,12 @@ point lies depends on the shape, the batch and the machine.  With ``dispatch="me
 (the default) export times every candidate kernel on the layer's real input at the
 requested batch size and keeps dense unless a kernel is faster by a margin (``margin``);
 at the end it times the whole model and falls back to the dense (shrunk) model if the mix
-is slower.  So an exported model is never meaningfully slower than dense.
+is slower.  So an exported model is never meaningfully slower than dense.  At batch 1 a
+model that is a chain of Linear layers and ReLUs (an MLP) is also timed as one compiled
+call over every layer (:class:`sparsity_lab.fused.FusedSparseChain`, which removes the
+per-layer call overhead that dominates small matrix-vector products) and kept in that form
+when it measures faster (its ``export_plan`` is then the per-layer plan of the model it
+runs for every other batch, and ``chain_speedup`` the measured gain at batch 1).
 ``dispatch="predict"`` uses a fixed sparsity threshold instead (no timing; see
 :data:`PREDICTED_BREAK_EVEN`), and ``dispatch="torch_csr"`` (or any kernel name) forces
 that kernel on every eligible layer, which is how the notebook shows the slow cases.
@@ -59,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import masks, models
+from . import fused, masks, models
 from . import shrink as shrink_mod
 from .formats import BSR, CSR, Encoded, NMFormat
 from .modes import evaluating
@@ -541,6 +546,8 @@ def export(
             _route(work, x, dispatch, tuple(kernels), margin, min_sparsity, repeats, budget_s)
             if dispatch == "measure":
                 work = _guard_whole(work, model, x, use_shrink, repeats, budget_s)
+                if x.shape[0] == 1:
+                    work = _fuse_chain(work, model, x, use_shrink, repeats, budget_s)
         _check_outputs(work, x, reference, tolerance, device)
     return work
 
@@ -625,6 +632,30 @@ def _guard_whole(work, model, x, use_shrink, repeats, budget_s) -> nn.Module:
     return dense
 
 
+def _fuse_chain(work, model, x, use_shrink, repeats, budget_s) -> nn.Module:
+    """The whole model as one compiled sparse chain (:class:`~sparsity_lab.fused.
+    FusedSparseChain`, with ``work`` for other batches) when the model is a chain of
+    Linear layers and ReLUs and the chain measures faster than ``work`` on ``x``."""
+    if fused.library() is None:
+        return work
+    dense = _dense_copy(model, x, use_shrink).eval().requires_grad_(False)
+    chain = fused.chain_of(dense)
+    if chain is None:
+        return work
+    layers = [(dense.get_submodule(name), relu) for name, relu in chain]
+    candidate = fused.FusedSparseChain(layers, work).eval()
+    with torch.no_grad():
+        times = time_interleaved(
+            {"per_layer": lambda: work(x), "chain": lambda: candidate(x)}, repeats, budget_s * 2
+        )
+    if times["chain"] > times["per_layer"]:
+        return work
+    # The per-layer plan stays: it is how every other batch runs (``candidate.fallback``).
+    candidate.export_plan = work.export_plan
+    candidate.chain_speedup = times["per_layer"] / times["chain"]
+    return candidate
+
+
 def _check_outputs(work, x, reference, tolerance, device) -> None:
     with torch.no_grad():
         out = work(x.to(device)).float().cpu()
@@ -683,6 +714,7 @@ def safe_classes() -> list[Any]:
             if isinstance(value, type) and issubclass(value, nn.Module):
                 found.append(value)
     found += [_SparseWeight, SparseLinear, SparseConv, SemiStructuredLinear]
+    found.append(fused.FusedSparseChain)
     return found
 
 

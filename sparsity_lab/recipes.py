@@ -47,6 +47,7 @@ from . import models as models_mod
 from .accounting import report
 from .criteria.at_init import rescale_fan_in, shuffle_masks
 from .modes import evaluating
+from .paths import default_cache_dir
 from .pruning import prune
 from .pruning import sparsity as measured_sparsity
 from .targets import default_targets
@@ -319,11 +320,6 @@ def _state_digest(state: Mapping[str, torch.Tensor]) -> str:
         h.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
         h.update(tensor.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
-
-
-def default_cache_dir() -> Path:
-    """``$SPARSITY_LAB_CACHE`` or ``~/.cache/sparsity-lab``."""
-    return Path(os.environ.get("SPARSITY_LAB_CACHE", Path.home() / ".cache" / "sparsity-lab"))
 
 
 def _load_checkpoint(path: Path, build: Any) -> nn.Module:

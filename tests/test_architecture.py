@@ -93,7 +93,10 @@ def test_the_cycle_check_finds_a_cycle_when_there_is_one():
     assert cycle is not None and cycle[0] == cycle[-1]
 
 
-@pytest.mark.parametrize("leaf", ["targets", "calibration", "registry", "seeding", "modes"])
+LEAVES = ["targets", "calibration", "registry", "seeding", "modes", "paths"]
+
+
+@pytest.mark.parametrize("leaf", LEAVES)
 def test_leaf_modules_import_nothing_of_the_package(leaf):
     assert GRAPH[f"sparsity_lab.{leaf}"] == set()
 

@@ -1,0 +1,319 @@
+"""A chain of sparse Linear layers in one compiled call: the batch-1 latency of sparse MLPs.
+
+At batch 1 a small MLP spends most of its time in per-call overhead, not arithmetic: a
+95%-sparse LeNet-300-100 holds about 13,000 nonzeros, a few microseconds of work, while
+each module call, kernel call and tensor conversion costs about a microsecond.  A per-layer
+sparse kernel therefore cannot beat the dense model by much, however sparse the weights.
+
+:class:`FusedSparseChain` runs every layer of a chain of Linear layers and ReLUs (CSR
+matrix-vector product, bias, ReLU) in one call of a small C function, compiled with the
+system's C compiler on first use (:func:`library`; cached under the library's cache
+directory) and called through ``ctypes``.  Batches other than one, and machines without a
+compiler, run the per-layer model it was built from.  :func:`chain_of` finds the chain by
+tracing the model with ``torch.fx``; :func:`sparsity_lab.accel.export` keeps the fused
+form only where it measures faster.  The reference is :func:`reference_forward`, the same
+loop in numpy with scipy's CSR kernel; a test checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .paths import default_cache_dir
+
+__all__ = ["FusedSparseChain", "chain_of", "library", "reference_forward", "SOURCE"]
+
+#: The C kernel: ``batch`` examples, each through every layer in turn.  Each layer's
+#: output row ``r`` is ``bias[r] + sum(values[k] * in[indices[k]])`` over the row's
+#: nonzeros (in four interleaved partial sums), then ReLU where ``relu[l]``; the two work
+#: buffers alternate between layers.  Everything but the input and the output travels in
+#: one struct, built once, so that a call converts four arguments.
+SOURCE = r"""
+#include <stdint.h>
+
+struct chain {
+    int32_t n_layers;
+    const int64_t *rows, *cols;
+    const int32_t *const *indptr, *const *indices;
+    const float *const *values, *const *bias;  /* bias[l] is NULL for no bias */
+    const int32_t *relu;
+    float *buf0, *buf1;  /* work space: the widest layer's outputs, twice */
+};
+
+void csr_chain(const struct chain *c, int64_t batch, const float *x, float *out)
+{
+    int64_t last = c->rows[c->n_layers - 1];
+    for (int64_t n = 0; n < batch; ++n) {
+        const float *in = x + n * c->cols[0];
+        for (int32_t l = 0; l < c->n_layers; ++l) {
+            float *o = l == c->n_layers - 1 ? out + n * last : (l % 2 ? c->buf1 : c->buf0);
+            const int32_t *p = c->indptr[l], *ix = c->indices[l];
+            const float *v = c->values[l], *b = c->bias[l];
+            for (int64_t r = 0; r < c->rows[l]; ++r) {
+                /* four partial sums, so that the additions do not wait on each other */
+                float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+                int32_t k = p[r], end = p[r + 1];
+                for (; k + 3 < end; k += 4) {
+                    a0 += v[k] * in[ix[k]];
+                    a1 += v[k + 1] * in[ix[k + 1]];
+                    a2 += v[k + 2] * in[ix[k + 2]];
+                    a3 += v[k + 3] * in[ix[k + 3]];
+                }
+                for (; k < end; ++k)
+                    a0 += v[k] * in[ix[k]];
+                float acc = (b ? b[r] : 0.0f) + ((a0 + a1) + (a2 + a3));
+                o[r] = c->relu[l] && acc < 0.0f ? 0.0f : acc;
+            }
+            in = o;
+        }
+    }
+}
+"""
+_LIBRARY: dict[str, Any] = {}
+
+
+class _Chain(ctypes.Structure):
+    """The C ``struct chain``."""
+
+    _fields_ = [
+        ("n_layers", ctypes.c_int32),
+        ("rows", ctypes.c_void_p),
+        ("cols", ctypes.c_void_p),
+        ("indptr", ctypes.c_void_p),
+        ("indices", ctypes.c_void_p),
+        ("values", ctypes.c_void_p),
+        ("bias", ctypes.c_void_p),
+        ("relu", ctypes.c_void_p),
+        ("buf0", ctypes.c_void_p),
+        ("buf1", ctypes.c_void_p),
+    ]
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, or None when no C compiler is found (or it fails).
+
+    Built once per source and machine into ``<cache>/kernels`` (see
+    :func:`sparsity_lab.paths.default_cache_dir`); a failed build is not retried in
+    this process.
+    """
+    if "lib" in _LIBRARY:
+        return _LIBRARY["lib"]
+    _LIBRARY["lib"] = None
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        return None
+    tag = hashlib.sha256(f"{SOURCE}{platform.machine()}{platform.system()}".encode())
+    target = default_cache_dir() / "kernels" / f"csr_chain-{tag.hexdigest()[:16]}.so"
+    try:
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                source = Path(tmp) / "csr_chain.c"
+                source.write_text(SOURCE)
+                built = Path(tmp) / target.name
+                # no fast-math: the sums keep the order the source gives them
+                subprocess.run(
+                    [compiler, "-O2", "-shared", "-fPIC", str(source), "-o", str(built)],
+                    check=True,
+                    capture_output=True,
+                    timeout=60,
+                )
+                built.replace(target)  # atomic: a concurrent build never sees half a file
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    fn = lib.csr_chain
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    _LIBRARY["lib"] = lib
+    return lib
+
+
+# ------------------------------------------------------------------------------ tracing
+
+
+def chain_of(model: nn.Module) -> list[tuple[str, bool]] | None:
+    """``[(linear path, relu after), ...]`` when ``model`` is an optional flatten, then
+    Linear layers each followed by at most one ReLU; None for any other model, or one that
+    ``torch.fx`` cannot trace."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # any tracing failure means: not a plain chain
+        return None
+    chain: list[tuple[str, bool]] = []
+    previous = None
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            if previous is not None:
+                return None  # a second input
+            previous = node
+            continue
+        if node.op == "output":
+            return chain if chain and node.args[0] is previous else None
+        if node.all_input_nodes != [previous]:
+            return None  # not a chain: a node reads something besides the last one
+        target = model.get_submodule(node.target) if node.op == "call_module" else node.target
+        if type(target) is nn.Linear:  # exactly: shrink's OffsetLinear adds to its output
+            chain.append((node.target, False))
+        elif chain and not chain[-1][1] and _is_relu(target, node):
+            chain[-1] = (chain[-1][0], True)
+        elif not chain and _is_flatten(target, node):
+            pass  # the input is flattened once, before the first layer
+        else:
+            return None
+        previous = node
+    return None
+
+
+def _is_relu(target: Any, node: Any) -> bool:
+    if isinstance(target, nn.ReLU):
+        return True
+    return node.op == "call_function" and target in (F.relu, torch.relu)
+
+
+def _is_flatten(target: Any, node: Any) -> bool:
+    if isinstance(target, nn.Flatten):
+        return target.start_dim == 1 and target.end_dim == -1
+    args = tuple(node.args[1:])
+    if node.op == "call_function" and target is torch.flatten:
+        return args in ((1,), (1, -1)) and not node.kwargs
+    if node.op == "call_method" and node.target == "flatten":
+        return args in ((1,), (1, -1)) and not node.kwargs
+    return False
+
+
+# ------------------------------------------------------------------------------- module
+
+
+class FusedSparseChain(nn.Module):
+    """A Linear/ReLU chain whose batch-1 forward is one call of the compiled CSR kernel.
+
+    Built from the chain's dense (masked or squashed) Linear layers; ``fallback`` is the
+    model that runs every other batch (the per-layer export the chain came from).  The CSR
+    arrays are buffers, so the module saves, loads, copies and pickles; the ``ctypes``
+    pointers are rebuilt when the buffers change.
+    """
+
+    def __init__(self, layers: list[tuple[nn.Linear, bool]], fallback: nn.Module) -> None:
+        super().__init__()
+        self.fallback = fallback
+        self.relu = [bool(r) for _, r in layers]
+        self.shapes = [tuple(layer.weight.shape) for layer, _ in layers]
+        for i, (layer, _) in enumerate(layers):
+            weight = layer.weight.detach().float()
+            csr = weight.to_sparse_csr()
+            self.register_buffer(f"indptr{i}", csr.crow_indices().to(torch.int32))
+            self.register_buffer(f"indices{i}", csr.col_indices().to(torch.int32))
+            self.register_buffer(f"values{i}", csr.values().contiguous())
+            bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros(0)
+            self.register_buffer(f"bias{i}", bias.contiguous())
+        self._call: Any = None
+        self._key: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_call"], state["_key"] = None, None  # pointers are rebuilt on first use
+        return state
+
+    @property
+    def nnz(self) -> int:
+        """Nonzeros stored over the chain."""
+        return sum(int(self.get_buffer(f"values{i}").numel()) for i in range(len(self.shapes)))
+
+    def arrays(self, i: int) -> tuple[torch.Tensor, ...]:
+        """Layer ``i``'s ``(indptr, indices, values, bias)`` (bias empty when there is none)."""
+        return tuple(self.get_buffer(f"{k}{i}") for k in ("indptr", "indices", "values", "bias"))
+
+    def _prepared(self) -> Any:
+        """The C struct for the current buffers, rebuilt when a buffer was replaced.
+
+        Buffers changed in place keep their memory, so the pointers stay valid; the struct
+        also holds references to every array it points into.
+        """
+        held = tuple(self._buffers.values())  # plain dict access: this runs on every call
+        if (
+            self._key is None
+            or len(held) != len(self._key)
+            or any(a is not b for a, b in zip(held, self._key, strict=True))
+        ):
+            n = len(self.shapes)
+            arrays = [self.arrays(i) for i in range(n)]
+
+            def table(ctype: Any, values: list[Any]) -> Any:
+                return (ctype * n)(*values)
+
+            def pointers(kind: int) -> Any:
+                return table(
+                    ctypes.c_void_p,
+                    [a[kind].data_ptr() if a[kind].numel() else None for a in arrays],
+                )
+
+            width = max(r for r, _ in self.shapes)
+            keep = {
+                "rows": table(ctypes.c_int64, [r for r, _ in self.shapes]),
+                "cols": table(ctypes.c_int64, [c for _, c in self.shapes]),
+                "indptr": pointers(0),
+                "indices": pointers(1),
+                "values": pointers(2),
+                "bias": pointers(3),
+                "relu": table(ctypes.c_int32, [int(r) for r in self.relu]),
+                "buf0": torch.empty(width),
+                "buf1": torch.empty(width),
+            }
+            struct = _Chain(
+                n,
+                *(
+                    ctypes.addressof(v) if not torch.is_tensor(v) else v.data_ptr()
+                    for v in keep.values()
+                ),
+            )
+            self._call = (struct, keep, arrays)
+            self._key = held
+        return ctypes.byref(self._call[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lib = library()
+        if (
+            lib is None
+            or x.shape[0] != 1
+            or x.dtype != torch.float32
+            or x.device.type != "cpu"
+            or (x.requires_grad and torch.is_grad_enabled())
+            or x.numel() != self.shapes[0][1]
+        ):
+            return self.fallback(x)
+        x = x.contiguous()
+        out = torch.empty(1, self.shapes[-1][0])
+        lib.csr_chain(self._prepared(), 1, x.data_ptr(), out.data_ptr())
+        return out
+
+    def extra_repr(self) -> str:
+        dense = sum(r * c for r, c in self.shapes)
+        return f"layers={self.shapes}, relu={self.relu}, stored_density={self.nnz / dense:.4f}"
+
+
+def reference_forward(chain: FusedSparseChain, x: torch.Tensor) -> torch.Tensor:
+    """The chain's forward as a plain loop: scipy's CSR product, bias and ReLU per layer."""
+    from scipy.sparse import csr_matrix
+
+    h = x.reshape(x.shape[0], -1).double().numpy()
+    for i, (shape, relu) in enumerate(zip(chain.shapes, chain.relu, strict=True)):
+        indptr, indices, values, bias = (a.numpy() for a in chain.arrays(i))
+        h = (csr_matrix((values.astype(np.float64), indices, indptr), shape=shape) @ h.T).T
+        if bias.size:
+            h = h + bias
+        if relu:
+            h = np.maximum(h, 0.0)
+    return torch.from_numpy(h).float()

@@ -32,11 +32,13 @@ instead of the optimizer hook::
             if sparsifier.after_backward():   # True: the method replaced this step
                 continue
             optimizer.step()
-            sparsifier.step()  Methods that add parameters must see the model before the
-optimizer is built: call ``method.prepare(model)`` first for a regularizer with gates or
-thresholds, and for ``edge_popup``, whose optimizer holds only ``method.scores.values()``
-(freeze the other parameters; the masked weights keep ``requires_grad`` for the scores'
-straight-through gradient).  Lottery tickets train several times: see
+            sparsifier.step()
+
+Methods that add parameters must see the model before the optimizer is built: call
+``method.prepare(model)`` first for a regularizer with gates or thresholds, and for
+``edge_popup``, whose optimizer holds only ``method.scores.values()`` (freeze the other
+parameters; the masked weights keep ``requires_grad`` for the scores' straight-through
+gradient).  Lottery tickets train several times: see
 :meth:`~sparsity_lab.methods.lottery.IMP.rounds_of`.
 """
 

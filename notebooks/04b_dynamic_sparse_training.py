@@ -151,14 +151,19 @@ for i, m in enumerate(METHODS):
     ax.plot(np.full(len(seeds), i + 0.12), seeds, ".", color="grey", alpha=0.6)
 ax.axhline(dense_mean, color="k", ls="--", lw=1, label=f"dense ({dense_mean:.1%})")
 ax.set_xticks(x, METHODS)
-ax.set_ylabel("test accuracy")
+ax.set_ylabel("test accuracy (grey: each seed)")
 ax.set_title(
     f"LeNet-300-100 at {SPARSITY:.0%} ({BUDGET.upper()}), {len(SEEDS)} seeds: mean, 95% CI"
 )
-# the y axis spans the unflagged runs and the dense line (a flagged run would stretch it)
-shown = results[results["flags"] == ""]["accuracy"]
-low, high = min(shown.min(), dense_mean), max(shown.max(), dense_mean)
-ax.set_ylim(low - 0.1 * (high - low) - 0.005, high + 0.1 * (high - low) + 0.005)
+# The y axis spans the intervals and seeds of the methods with no flagged run, and the
+# dense line: a collapsed run would stretch it to chance and hide the differences.
+clean = [m for m in METHODS if not results[results["method"] == m]["flags"].any()]
+ends = pd.concat(
+    [summary.loc[clean, ["ci_low", "ci_high"]].stack(),
+     results[results["method"].isin(clean)]["accuracy"], pd.Series([dense_mean])]
+).dropna()  # fmt: skip
+low, high = max(0.0, ends.min()), min(1.0, ends.max())
+ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
 ax.legend(loc="lower left")
 plt.show()
 sl.nb.show_flags(sl.flags.table(results, ["method"]))
@@ -199,10 +204,10 @@ spread = results.groupby("method")["accuracy"].std().mean()
 n_test = len(recipes.task("lenet300", DATA, seed=SEED).bundle.test)
 setting = f"LeNet-300-100, {SPARSITY:.0%} sparse, {BUDGET.upper()}, {TRAINING['epochs']} epochs"
 reason = (
-    f"Measured on {n_test} test images (one image is {1 / n_test:.2%}); the seeds of one "
-    f"method spread by {spread:.2%} (standard deviation, mean over methods), and every "
-    f"method is within {(dense_mean - summary['mean'].min()):.1%} of the dense model, so "
-    "this small network leaves little room between methods."
+    f"Measured on {n_test} test images (one image is {100 / n_test:.1f} points); the seeds of "
+    f"one method spread by {100 * spread:.1f} points (standard deviation, mean over methods), "
+    f"and every method's mean is within {100 * (dense_mean - summary['mean'].min()):.1f} "
+    "points of the dense model's, so this small network leaves little room between methods."
 )
 verdicts = []
 for key in ["snfs_beats_set", "dsr_beats_static", "topkast_matches_rigl", "dpf_beats_gmp"]:
@@ -248,19 +253,20 @@ for m in ("static", "set", "rigl"):
 pd.DataFrame(lines)
 
 # %%
+longer_gain = sl.stats.paired(both, "arm", f"rigl {LONGER}x", "rigl 1x", metric="accuracy")
 gap = {
     length: sl.stats.paired(both, "arm", f"rigl {length}", "gmp 1x", metric="accuracy").iloc[0]
     for length in ("1x", f"{LONGER}x")
 }
-change = gap[f"{LONGER}x"]["mean_diff"] - gap["1x"]["mean_diff"]
 display(
     Markdown(
-        f"RigL minus GMP: {sl.stats.describe(gap['1x'])} at the same length, and "
-        f"{sl.stats.describe(gap[f'{LONGER}x'])} when RigL trains {LONGER}x as long: "
-        f"the mean gap {'narrows' if change > 0 else 'does not narrow'} by "
-        f"{abs(change) * 100:.1f} points."
+        f"RigL trained {LONGER}x as long minus RigL at the recipe's length: "
+        f"{sl.stats.describe(longer_gain.iloc[0])}.  Against GMP, RigL is "
+        f"{sl.stats.describe(gap['1x'])} at the same length and "
+        f"{sl.stats.describe(gap[f'{LONGER}x'])} at {LONGER}x."
     )
 )
+
 
 # %% [markdown]
 # ## Supermasks: a subnetwork of random weights
@@ -315,21 +321,29 @@ table = sl.stats.summarize(supermasks, ["width", "arm", "sparsity"], "accuracy")
 table.round(4)
 
 # %%
-fig, ax = plt.subplots(figsize=(6.5, 3.4))
-for width, marker in zip(WIDTHS, "os", strict=False):
-    part = table[(table["width"] == width) & (table["arm"] == "edge_popup")]
-    errors = (part["mean"] - part["ci_low"], part["ci_high"] - part["mean"])
-    ax.errorbar(part["sparsity"], part["mean"], yerr=np.nan_to_num(errors), marker=marker,
-                capsize=3, label=f"edge-popup, width x{width}")  # fmt: skip
-    dense_acc = table[(table["width"] == width) & (table["arm"] == "trained dense")]["mean"]
-    ax.axhline(float(dense_acc.iloc[0]), ls="--", lw=1, color=f"C{WIDTHS.index(width)}",
-               label=f"trained dense, width x{width}")  # fmt: skip
+fig, (full, zoom) = plt.subplots(1, 2, figsize=(10, 3.6))
+for ax in (full, zoom):
+    for k, width in enumerate(WIDTHS):
+        part = table[(table["width"] == width) & (table["arm"] == "edge_popup")]
+        errors = (part["mean"] - part["ci_low"], part["ci_high"] - part["mean"])
+        ax.errorbar(part["sparsity"] + 0.01 * k, part["mean"], yerr=np.nan_to_num(errors),
+                    marker="os"[k % 2], color=f"C{k}", capsize=3,
+                    label=f"edge-popup, width x{width}")  # fmt: skip
+        dense_acc = table[(table["width"] == width) & (table["arm"] == "trained dense")]["mean"]
+        ax.axhline(float(dense_acc.iloc[0]), ls="--", lw=1, color=f"C{k}",
+                   label=f"trained dense, width x{width}")  # fmt: skip
+    ax.set_xlabel("sparsity of the supermask")
 chance = table[table["arm"] == "random subnetwork"]["mean"].max()
-ax.axhline(chance, color="grey", ls=":", label=f"random subnetwork (best {chance:.1%})")
-ax.set_xlabel("sparsity of the supermask")
-ax.set_ylabel("test accuracy")
-ax.set_title("Subnetworks of random weights, no weight trained")
-ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+full.axhline(chance, color="grey", ls=":", label=f"random subnetworks (means up to {chance:.1%})")
+full.set_ylim(0, 1)
+full.set_ylabel("test accuracy")
+full.set_title("Random weights, no weight trained")
+shown = table[table["arm"] != "random subnetwork"]
+lo, hi = shown["ci_low"].min(), shown["ci_high"].max()
+zoom.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+zoom.set_title("The same, without the random subnetworks")
+full.legend(fontsize=8, loc="lower left")
+plt.tight_layout()
 plt.show()
 
 # %%
@@ -351,10 +365,14 @@ for width in WIDTHS:
         )
     )
 random_best = supermasks[supermasks["arm"] == "random subnetwork"]["accuracy"].max()
+gaps = ", ".join(
+    f"{v.mean * 100:+.1f} points at width x{w}" for w, v in zip(WIDTHS, super_verdicts, strict=True)
+)
 display(
     Markdown(
         f"The best random subnetwork of any seed scores {random_best:.1%}; the supermasks "
-        "the scores found are the same random weights.\n\n" + sl.claims.report(super_verdicts)
+        "the scores found are subnetworks of the same random weights.  The supermask minus "
+        f"the trained network of its width: {gaps}.\n\n" + sl.claims.report(super_verdicts)
     )
 )
 
@@ -367,14 +385,14 @@ worst = summary["mean"].idxmin()
 flop_share = cost["x GMP's FLOPs"]
 super_half = table[(table["arm"] == "edge_popup") & (table["sparsity"] == 0.5)]
 lines = [
-    f"At {SPARSITY:.0%} with the ERK budget every method trained LeNet-300-100 to within "
-    f"{(dense_mean - summary['mean'].min()):.1%} of the dense model's {dense_mean:.1%}: "
-    f"highest mean {best} ({summary.loc[best, 'mean']:.1%}), lowest {worst} "
+    f"At {SPARSITY:.0%} with the ERK budget every method's mean was within "
+    f"{100 * (dense_mean - summary['mean'].min()):.1f} points of the dense model's "
+    f"{dense_mean:.1%}: highest {best} ({summary.loc[best, 'mean']:.1%}), lowest {worst} "
     f"({summary.loc[worst, 'mean']:.1%}).",
     f"Training FLOPs ranged from {flop_share.min():.2f}x to {flop_share.max():.2f}x GMP's "
     f"({flop_share.idxmin()} to {flop_share.idxmax()}).",
     f"Claims: {', '.join(f'{v.claim.key} {v.status}' for v in verdicts)}.",
-    f"Training RigL {LONGER}x as long moved its gap to GMP by {change * 100:+.1f} points.",
+    f"RigL trained {LONGER}x as long minus RigL: {sl.stats.describe(longer_gain.iloc[0])}.",
     "Supermasks at 50%: "
     + ", ".join(f"width x{int(r.width)} {r.mean:.1%}" for r in super_half.itertuples())
     + f", against random subnetworks at {random_best:.1%} at best.",

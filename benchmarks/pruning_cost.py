@@ -1,0 +1,127 @@
+"""The cost of pruning a large model once: time and extra memory against torch's pruning.
+
+An 84M-weight stack of Linear layers (five 4096 x 4096 and one 4096 x 2048, float32, 336
+MB of weights) is pruned to 90% by magnitude with the global budget (one threshold over
+every weight), at random and by LAMP scores with the global budget, and by
+``torch.nn.utils.prune.global_unstructured`` (L1), each on a fresh copy, measured alone:
+wall time and the peak resident memory above what the process held before the call
+(``second_order.measure``).  The copies are made outside the measurement.
+
+Targets: each of our budgets at most torch's time (1.0x; the global budget is the one torch
+also has) and at most 3x the weights' bytes in extra memory.
+
+    python benchmarks/pruning_cost.py [--threads 2] [--sparsity 0.9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+from second_order import measure
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+import sparsity_lab as sl
+
+SHAPES = [(4096, 4096)] * 5 + [(2048, 4096)]
+
+
+def stack(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers = [nn.Linear(i, o, bias=False) for o, i in SHAPES]
+    return nn.Sequential(*layers).requires_grad_(False)
+
+
+def ours(criterion: str, budget: str, sparsity: float):
+    def run(model):
+        sl.prune(model, criterion, sparsity, budget=budget, seed=0)
+
+    return run
+
+
+def torchs(sparsity: float):
+    def run(model):
+        params = [(m, "weight") for m in model]
+        torch_prune.global_unstructured(
+            params, pruning_method=torch_prune.L1Unstructured, amount=sparsity
+        )
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "pruning_cost.json")
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    n_weights = sum(o * i for o, i in SHAPES)
+    weight_mib = 4 * n_weights / 2**20
+    variants = {
+        "torch global_unstructured": torchs(args.sparsity),
+        "sparsity_lab global": ours("magnitude", "global", args.sparsity),
+        "sparsity_lab random": ours("random", "global", args.sparsity),
+        "sparsity_lab lamp": ours("lamp", "global", args.sparsity),
+    }
+    load_before = os.getloadavg()
+    rows = []
+    for name, fn in variants.items():
+        model = stack()
+        cost = measure(lambda fn=fn, model=model: fn(model))
+        kept = sum(int(m.weight.count_nonzero()) for m in model)
+        rows.append(
+            {
+                "variant": name,
+                "seconds": cost["seconds"],
+                "cpu_seconds": cost["cpu_seconds"],
+                "extra_mib": cost["extra_mib"],
+                "extra_over_weights": cost["extra_mib"] / weight_mib,
+                "sparsity": 1 - kept / n_weights,
+            }
+        )
+        del model
+        r = rows[-1]
+        print(
+            f"{name:>26}: {r['seconds']:6.2f} s (cpu {r['cpu_seconds']:6.2f} s), "
+            f"{r['extra_mib']:7.0f} MiB extra = {r['extra_over_weights']:.2f}x the weights, "
+            f"sparsity {r['sparsity']:.4f}"
+        )
+    reference = rows[0]["seconds"]
+    for r in rows[1:]:
+        r["time_over_torch"] = r["seconds"] / reference
+        r["meets_target"] = r["time_over_torch"] <= 1.0 and r["extra_over_weights"] <= 3.0
+        verdict = "met" if r["meets_target"] else "MISSED"
+        print(
+            f"{r['variant']:>26}: {r['time_over_torch']:.2f}x torch's time, "
+            f"{r['extra_over_weights']:.2f}x the weights in extra memory -> {verdict}"
+        )
+    report = {
+        "benchmark": "pruning_cost",
+        "weights": n_weights,
+        "weight_mib": weight_mib,
+        "sparsity": args.sparsity,
+        "threads": args.threads,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "results": rows,
+        "target": "each budget <= 1.0x torch's time and <= 3x the weights in extra memory",
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

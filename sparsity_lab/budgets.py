@@ -280,7 +280,9 @@ def global_(
     _check_names(shapes, dense)
     zeros = _target_zeros(shapes, sparsity, dense)
     pool = [n for n in shapes if n not in dense]
-    flat = [scores[n].flatten().double() for n in pool]
+    # In the scores' own dtype: a conversion to float64 is exact and changes no order, but
+    # doubles the memory of the largest step of pruning a large model.
+    flat = [scores[n].flatten() for n in pool]
     if min_density > 0:
         flat = [_floored(f, min_density) for f in flat]
         prunable = sum(
@@ -294,20 +296,24 @@ def global_(
                 f"of the weights can be pruned, below the target {sparsity:.1%}; lower "
                 f"min_density or the sparsity"
             )
-    sizes = [
-        torch.full_like(f, pattern.group_size(shapes[n])) for n, f in zip(pool, flat, strict=True)
-    ]
-    all_scores, all_sizes = torch.cat(flat), torch.cat(sizes)
+    counts = [f.numel() for f in flat]
+    all_scores = torch.cat(flat)
+    del flat  # one copy of the scores at a time
     if all(pattern.group_size(shapes[n]) == 1 for n in pool):
         n_prune = zeros
     else:
+        sizes = [
+            torch.full((k,), pattern.group_size(shapes[n]))
+            for n, k in zip(pool, counts, strict=True)
+        ]
+        all_sizes = torch.cat(sizes).to(torch.float64)
         order = torch.argsort(all_scores, stable=True)
         cumulative = torch.cat([torch.zeros(1, dtype=all_sizes.dtype), all_sizes[order].cumsum(0)])
         n_prune = int(torch.argmin((cumulative - zeros).abs()))
         n_prune = min(n_prune, int((all_scores < math.inf).sum()))  # not past the floors
     keep = prune_lowest(all_scores, n_prune)
     result = dict.fromkeys(shapes, 0.0)
-    for n, part in zip(pool, keep.split([f.numel() for f in flat]), strict=True):
+    for n, part in zip(pool, keep.split(counts), strict=True):
         result[n] = float((~part).sum()) / part.numel()
     return result
 

@@ -204,7 +204,11 @@ class Pattern:
         only shrink when pruning is repeated.
         """
         self.validate(scores.shape)
-        g = reduce_groups(self._grouped(scores.detach().double()), reduction)
+        grouped = self._grouped(scores.detach())
+        if grouped.shape[1] > 1:
+            grouped = grouped.double()  # sums over a group, in float64
+        # a group of one keeps its score as it is, in its dtype (a view: no copy)
+        g = reduce_groups(grouped, reduction)
         if prior is not None:
             alive = self._grouped(prior.detach().to(torch.bool)).any(dim=1)
             g = torch.where(alive, g, torch.full_like(g, -math.inf))

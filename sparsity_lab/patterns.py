@@ -102,12 +102,48 @@ def prune_lowest(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
         return keep
     if n_prune >= flat.numel():
         return ~keep
-    threshold = flat.kthvalue(n_prune).values  # the n-th lowest score
+    if flat.numel() > BRACKETED_SELECTION:
+        threshold = kth_smallest_bracketed(flat, n_prune)
+    else:
+        threshold = flat.kthvalue(n_prune).values  # the n-th lowest score
     below = flat < threshold
     ties = torch.nonzero(flat == threshold).flatten()[: n_prune - int(below.sum())]
     keep[below] = False
     keep[ties] = False  # the first ties by index, as a stable sort orders them
     return keep
+
+
+#: Above this many scores, :func:`prune_lowest` finds its threshold with
+#: :func:`kth_smallest_bracketed`: ``kthvalue`` copies the scores and makes int64 indices
+#: (3x the float32 scores in extra memory), and pruning a large model with one global
+#: threshold selects over every weight at once.
+BRACKETED_SELECTION = 2**22
+
+
+def kth_smallest_bracketed(scores: torch.Tensor, k: int, margin: float = 4.0) -> torch.Tensor:
+    """The ``k``-th smallest of a 1-D ``scores`` (``scores.kthvalue(k).values``), found in a
+    small bracket instead of over everything (Floyd and Rivest's idea, made deterministic).
+
+    An evenly strided sample of about a million scores gives two values whose sample ranks
+    lie ``margin`` standard deviations below and above ``k``'s; one pass counts the scores
+    below the lower value, and ``kthvalue`` runs only on the scores between the two.  If
+    the answer is not between them (the sample misled), the full ``kthvalue`` answers: the
+    result is exact either way.  Extra memory: a few boolean passes and the bracket.
+    """
+    n = scores.numel()
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    sample = scores[:: max(1, n // 2**20)]
+    m = sample.numel()
+    centre = k / n * m
+    spread = margin * math.sqrt(max(centre * (1 - k / n), 1.0)) + 1
+    low = sample.kthvalue(max(1, int(centre - spread))).values
+    high = sample.kthvalue(min(m, int(math.ceil(centre + spread)))).values
+    below = int((scores < low).sum())
+    inside = (scores >= low).logical_and_(scores <= high)
+    if below < k <= below + int(inside.sum()):
+        return scores[inside].kthvalue(k - below).values
+    return scores.kthvalue(k).values  # the bracket missed the k-th score
 
 
 def prune_lowest_by_sorting(scores: torch.Tensor, n_prune: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch
 
 import sparsity_lab as sl
 from sparsity_lab import patterns
+from sparsity_lab import patterns as patterns_mod
 from sparsity_lab.patterns import (
     NM,
     Block,
@@ -229,13 +230,19 @@ def test_a_sparsity_below_one_never_empties_a_tensor(pattern, shape, sparsity):
     assert int(sl.masks.get_mask(model, "0.weight").sum()) == int(keep.sum())  # one rule
 
 
-def test_prune_lowest_selects_what_a_stable_sort_selects_ties_and_infinities_included():
+@pytest.mark.parametrize("bracketed", [False, True], ids=["kthvalue", "bracketed"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_prune_lowest_selects_what_a_stable_sort_selects_ties_and_infinities_included(
+    bracketed, dtype, monkeypatch
+):
     """The partial selection against the reference sort, on scores full of ties (small
-    integers), -inf (already pruned groups), -0.0 beside 0.0, and every count."""
+    integers), -inf (already pruned groups), -0.0 beside 0.0, and every count; with the
+    threshold from kthvalue and from the bracketed selection that large inputs use."""
+    monkeypatch.setattr(patterns_mod, "BRACKETED_SELECTION", 0 if bracketed else 2**62)
     gen = torch.Generator().manual_seed(0)
     for trial in range(200):
         n = int(torch.randint(1, 60, (1,), generator=gen))
-        scores = torch.randint(0, 4, (n,), generator=gen).double()
+        scores = torch.randint(0, 4, (n,), generator=gen).to(dtype)
         scores[torch.rand(n, generator=gen) < 0.2] = -math.inf
         if trial % 2:
             scores[scores == 0] = -0.0
@@ -243,3 +250,40 @@ def test_prune_lowest_selects_what_a_stable_sort_selects_ties_and_infinities_inc
             got = prune_lowest(scores, k)
             assert torch.equal(got, prune_lowest_by_sorting(scores, k)), (scores, k)
             assert int((~got).sum()) == min(k, n)
+
+
+def test_the_bracketed_kth_smallest_equals_kthvalue():
+    """Against torch's kthvalue: ties, both infinities and both zeros at every k, with the
+    default bracket and with none (margin 0, which often misses and falls back)."""
+    gen = torch.Generator().manual_seed(1)
+    for trial in range(100):
+        n = int(torch.randint(1, 40, (1,), generator=gen))
+        x = (torch.randn(n, generator=gen, dtype=torch.float64) * 3).round() / 7
+        x[torch.rand(n, generator=gen) < 0.15] = -math.inf
+        x[torch.rand(n, generator=gen) < 0.1] = math.inf
+        x[x == 0] = -0.0 if trial % 2 else 0.0
+        for k in range(1, n + 1):
+            for margin in (4.0, 0.0):
+                got = patterns_mod.kth_smallest_bracketed(x, k, margin)
+                assert got == x.kthvalue(k).values, (x, k, margin)
+    with pytest.raises(ValueError, match="k must be in"):
+        patterns_mod.kth_smallest_bracketed(torch.ones(3), 4)
+
+
+def test_a_misleading_sample_falls_back_to_the_full_selection(monkeypatch):
+    """A strided sample that sees only the even positions: zeros there, ones elsewhere.
+    The bracket [0, 0] cannot hold the 75th percentile, so the full kthvalue answers."""
+    n = 2**21  # the sample takes every second score
+    x = torch.zeros(n)
+    x[1::2] = 1.0
+    calls = []
+    real = torch.Tensor.kthvalue
+    monkeypatch.setattr(
+        torch.Tensor, "kthvalue", lambda t, k: calls.append(t.numel()) or real(t, k)
+    )
+    assert patterns_mod.kth_smallest_bracketed(x, 3 * n // 4) == 1.0
+    assert calls[-1] == n  # the last selection ran over everything
+    calls.clear()
+    x = torch.randn(n, generator=torch.Generator().manual_seed(2))
+    assert patterns_mod.kth_smallest_bracketed(x, n // 3) == real(x, n // 3).values
+    assert max(calls[2:]) < n // 50  # a fair sample: the selection ran on a small bracket

@@ -98,9 +98,13 @@ def train_steps(model, optimizer, steps=20):
         optimizer.step()
 
 
-def revived(how):
+def sgd(params):
+    return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+
+def revived(how, make_optimizer=sgd):
     model = lenet300()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    optimizer = make_optimizer(model.parameters())
     train_steps(model, optimizer, 5)  # momentum buffers fill up, as in any real run
     chosen = sl.prune(copy.deepcopy(model), "magnitude", 0.9)
     keep = {n: m.bool() for n, m in sl.masks.masks(chosen).items()}
@@ -311,9 +315,103 @@ display(Markdown("\n".join(f"- {line}" for line in lines)))
 # %% [markdown]
 # ## Exercises
 #
-# 1. In section 2, replace SGD by `torch.optim.Adam`.  Do the zeroed weights come back
-#    faster or slower?  Why do the masked ones still not?
-# 2. In section 4, prune the small ResNet (`models.build("resnet_small", ...)`) both ways
-#    and compare the shrunk sizes.
-# 3. In section 6, find the smallest `min_density` that keeps the test accuracy within 5
-#    points of the model pruned with `budget="uniform"`.
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).  The checks measure: they run the
+# experiment your answer is about.
+#
+# **1.** Run section 2's experiment with Adam (`lr=1e-3`) in place of SGD.  What share
+# of the weights zeroed once are nonzero again after the 20 steps?  Answer as a fraction,
+# to two decimals.  Why do the masked ones still stay at zero?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_1(answer, solution=False):
+    back, pruned = revived("zeroed once", lambda p: torch.optim.Adam(p, lr=1e-3))
+    hint = "Pass an Adam factory to `revived` and divide the weights back by those pruned."
+    sl.nb.check(1, answer, back / pruned, hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_1 = None  # a fraction, e.g. 0.42
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  Adam moves every weight with a nonzero gradient by about its learning rate,
+# whatever the size of the gradient, so a zeroed weight is nonzero after one step.  A
+# masked weight is multiplied by its zero mask in every forward pass, so its stored value
+# never reaches the output and its gradient is zero.
+back, pruned = revived("zeroed once", lambda params: torch.optim.Adam(params, lr=1e-3))
+solution_1 = round(back / pruned, 2)
+print(f"{back:,} of {pruned:,} zeroed weights are back: {solution_1}")
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** Prune the small ResNet (`models.build("resnet_small", input_shape=(3, 16, 16),
+# n_classes=10)`) to 50% of its channels as coupled groups, as in section 4, and shrink
+# it.  What share of its parameters is left?  Two decimals.
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def resnet(seed=SEED):
+    torch.manual_seed(seed)
+    return models.build("resnet_small", input_shape=(3, 16, 16), n_classes=10)
+
+
+def check_2(answer, solution=False):
+    model = resnet()
+    sl.prune(model, "magnitude", 0.5, pattern="channel", coupled=True)
+    share = parameters(sl.shrink.shrink(model.eval())) / parameters(resnet())
+    hint = "Use `coupled=True` and count the parameters of `sl.shrink.shrink(model)`."
+    sl.nb.check(2, answer, share, hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_2 = None  # a fraction
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  The same calls as section 4, on the small ResNet: its residual stages are
+# coupled groups too, so only `coupled=True` lets shrink remove their channels.
+model = resnet()
+sl.prune(model, "magnitude", 0.5, pattern="channel", coupled=True)
+solution_2 = round(parameters(sl.shrink.shrink(model.eval())) / parameters(resnet()), 2)
+print(f"the shrunk small ResNet keeps {solution_2:.2f} of its parameters")
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** In section 6, which is the smallest `min_density` of `GRID` (0.005, 0.01, 0.02,
+# 0.03, 0.04 and 0.05) with which the reparametrised model, pruned to 95% globally, keeps
+# a test accuracy within 5 points of the same model pruned with `budget="uniform"`?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+GRID = [0.005, 0.01, 0.02, 0.03, 0.04, 0.05]
+
+
+def accuracy_with(**options):
+    model = copy.deepcopy(reparametrised)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an emptied layer warns; the accuracy says it
+        sl.prune(model, "magnitude", 0.95, **options)
+    return recipes.evaluate_run(model, t)["accuracy"]
+
+
+def check_3(answer, solution=False):
+    uniform = accuracy_with(budget="uniform")
+    good = [d for d in GRID if accuracy_with(min_density=d) >= uniform - 0.05]
+    hint = "Prune a copy of `reparametrised` with each `min_density` and compare accuracies."
+    sl.nb.check(3, answer, min(good, default=None), hint=hint, solution=solution)
+
+
+# %%
+answer_3 = None  # one of GRID
+check_3(answer_3)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  Try the grid from the smallest value up and stop at the first that keeps
+# enough of every layer.
+uniform_accuracy = accuracy_with(budget="uniform")
+solution_3 = next(d for d in GRID if accuracy_with(min_density=d) >= uniform_accuracy - 0.05)
+print(f"min_density={solution_3} keeps the accuracy within 5 points of uniform's "
+      f"{uniform_accuracy:.1%}")  # fmt: skip
+check_3(solution_3, solution=True)

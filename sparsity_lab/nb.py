@@ -100,6 +100,46 @@ def show_flags(flagged: Any, *, what: str = "") -> None:
         display(flagged)
 
 
+def check(
+    exercise: int | str,
+    answer: Any,
+    expected: Any,
+    *,
+    hint: str,
+    tolerance: float = 0.0,
+    solution: bool = False,
+) -> bool:
+    """Tell a student whether ``answer`` to ``exercise`` is right; returns whether it is.
+
+    ``expected`` is the right value (equal, or for numbers within ``tolerance``) or a
+    function of the answer that returns True when the answer is right, for answers a
+    measurement checks.  No answer yet (``None``) is said as such; a wrong one gets
+    ``hint``.  A notebook's collapsed solution cells pass ``solution=True``, which raises
+    when the solution does not pass its own check, so every run of the notebook (CI's
+    included) checks every solution.
+    """
+    from IPython.display import Markdown, display  # only a notebook displays
+
+    if answer is None:
+        if solution:
+            raise AssertionError(f"the solution of exercise {exercise} gives no answer")
+        display(Markdown(f"**Exercise {exercise}:** no answer yet; set it and run this cell."))
+        return False
+    if callable(expected):
+        right = bool(expected(answer))
+    elif isinstance(expected, int | float) and not isinstance(expected, bool):
+        # the slack keeps a decimal answer at exactly the tolerance (0.25 for 0.26 +- 0.01)
+        numeric = isinstance(answer, int | float) and not isinstance(answer, bool)
+        right = numeric and abs(answer - expected) <= tolerance + 1e-12
+    else:
+        right = answer == expected
+    if solution and not right:
+        raise AssertionError(f"the solution of exercise {exercise} fails its own check")
+    verdict = "right." if right else f"not yet. {hint}"
+    display(Markdown(f"**Exercise {exercise}:** {verdict}"))
+    return right
+
+
 def is_static() -> bool:
     """True when no live interactive front end can run widgets.
 

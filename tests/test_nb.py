@@ -242,3 +242,31 @@ def test_setup_lets_tables_show_whole_cells(rc, capsys):
         nb.setup(seed=0)
         assert pd.get_option("display.max_colwidth") is None
         assert pd.get_option("display.max_rows") == 200
+
+
+def test_check_says_right_wrong_or_unanswered_and_holds_solutions_to_their_check(capsys):
+    from IPython.display import Markdown
+
+    shown = []
+    import IPython.display
+
+    real = IPython.display.display
+    IPython.display.display = lambda obj: shown.append(
+        obj.data if isinstance(obj, Markdown) else obj
+    )
+    try:
+        assert nb.check(1, 0.25, 0.26, hint="Count again.", tolerance=0.01) is True
+        assert nb.check(1, 0.3, 0.26, hint="Count again.", tolerance=0.01) is False
+        assert nb.check(2, None, "coupled", hint="h") is False
+        assert nb.check(3, 0.05, lambda a: a in (0.05, 0.1), hint="h") is True
+        assert nb.check(4, True, 1, hint="h") is False  # a bool is not a number here
+        assert nb.check(5, "coupled", "coupled", hint="h", solution=True) is True
+        with pytest.raises(AssertionError, match="solution of exercise 6 fails"):
+            nb.check(6, "per layer", "coupled", hint="h", solution=True)
+        with pytest.raises(AssertionError, match="solution of exercise 7 gives no answer"):
+            nb.check(7, None, "coupled", hint="h", solution=True)
+    finally:
+        IPython.display.display = real
+    assert shown[0] == "**Exercise 1:** right."
+    assert shown[1] == "**Exercise 1:** not yet. Count again."
+    assert "no answer yet" in shown[2]

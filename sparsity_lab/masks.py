@@ -77,6 +77,7 @@ class Mask(nn.Module):
     #: True inside :func:`fast_training`: the stored weight is trusted to be zero under the
     #: mask, so forward returns it unchanged.  Never saved, pickled or copied.
     fast = False
+    _fast_version = -1
 
     def __init__(self, mask: torch.Tensor, dense_grad: bool = False) -> None:
         super().__init__()
@@ -85,7 +86,9 @@ class Mask(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast:
-            return x
+            if self.mask._version == self._fast_version:
+                return x
+            self.fast = False  # the mask was edited in place: multiply again
         if self.dense_grad and torch.is_grad_enabled():
             return _StraightThrough.apply(x, self.mask)
         return x * self.mask
@@ -108,6 +111,7 @@ class Mask(nn.Module):
         # A copy has no optimizer bound to it, so it starts as an ordinary mask.
         state = dict(self.__dict__)
         state.pop("fast", None)
+        state.pop("_fast_version", None)
         return state
 
     def extra_repr(self) -> str:
@@ -304,15 +308,27 @@ ZERO_PRESERVING: tuple[type[torch.optim.Optimizer], ...] = (
 )
 
 
+#: Optimizer state that carries past updates (first moments): zeroed under the mask on
+#: entry.  Second moments stay as they are: with a zero gradient and a zero first moment
+#: they move nothing, and zeroing them could divide zero by zero (Adagrad with eps=0).
+_FIRST_MOMENTS = ("momentum_buffer", "exp_avg", "grad_avg")
+
+
 def _fast_candidates(model: nn.Module) -> Iterator[tuple[str, Mask, nn.Parameter]]:
+    uses: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        uses[id(p)] = uses.get(id(p), 0) + 1
     for name in masks(model):
         module, tensor_name = _split(model, name)
         chain = module.parametrizations[tensor_name]
         holder = _mask_module(module, tensor_name)
-        # Only a lone default-mode mask: a straight-through mask keeps dense values under
-        # the mask, and another parametrization would see the unmasked weight.
-        if len(chain) == 1 and not holder.dense_grad:
-            yield name, holder, chain.original
+        # Only a lone default-mode mask on a weight used once: a straight-through mask
+        # keeps dense values under the mask, another parametrization would see the unmasked
+        # weight, and a tied weight's gradient mixes its uses (each masked its own way).
+        # A mask already fast belongs to an enclosing block.
+        if len(chain) == 1 and not holder.dense_grad and not holder.fast:
+            if uses.get(id(chain.original), 0) == 1:
+                yield name, holder, chain.original
 
 
 @contextlib.contextmanager
@@ -328,16 +344,20 @@ def fast_training(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iterato
       zeroes it again on entry);
     * the gradient is masked, so gradients, clipping and score trackers see the same numbers
       as outside the block;
-    * ``optimizer``'s state (momentum, Adam's moments) is zeroed under the mask on entry, and
-      with zero value, gradient and state an optimizer of :data:`ZERO_PRESERVING` leaves the
-      entry at zero.
+    * ``optimizer``'s first moments (momentum, Adam's ``exp_avg``) are zeroed under the mask
+      on entry, and with zero value, gradient and first moment an optimizer of
+      :data:`ZERO_PRESERVING` leaves the entry at zero.
 
     Anything else keeps the ordinary mask: an optimizer of another class (the block then
-    yields an empty list), ``dense_grad`` masks, and any mask changed or removed inside the
-    block (:func:`set_mask` and :func:`remove` leave fast mode, since the optimizer's state
-    for newly pruned entries is not zero).  On exit the pruned entries are checked: if
-    something other than ``optimizer`` wrote to them, a ``RuntimeWarning`` says so and they
-    are zeroed again.  Kept weights follow exactly the updates they get outside the block.
+    yields an empty list), ``dense_grad`` masks, a weight used by several modules (tied),
+    a mask already fast in an enclosing block, and any mask changed or removed inside the
+    block (:func:`set_mask` and :func:`remove` leave fast mode, and so does a mask edited in
+    place, at its next forward pass, since the optimizer's state for newly pruned entries
+    is not zero).  Inside the block ``module.weight`` is the stored parameter itself, so an
+    in-place write to it changes the stored weight.  On exit the pruned entries are
+    checked: if something other than ``optimizer`` wrote to them (NaN included), a
+    ``RuntimeWarning`` says so and they are zeroed again.  Kept weights follow exactly the
+    updates they get outside the block.
     """
     if type(optimizer) not in ZERO_PRESERVING:
         yield []
@@ -350,10 +370,10 @@ def fast_training(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iterato
                 continue
             keep = holder.mask
             with torch.no_grad():
-                original.mul_(keep)
-                for value in optimizer.state.get(original, {}).values():
-                    if torch.is_tensor(value) and value.shape == original.shape:
-                        value.mul_(keep)
+                original.masked_fill_(keep == 0, 0.0)
+                for key, value in optimizer.state.get(original, {}).items():
+                    if key in _FIRST_MOMENTS and value.shape == original.shape:
+                        value.masked_fill_(keep == 0, 0.0)
 
             def mask_grad(param: torch.Tensor, holder: Mask = holder) -> None:
                 if holder.fast:  # False once the mask changed inside the block
@@ -361,6 +381,7 @@ def fast_training(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iterato
 
             if original.requires_grad:  # a frozen weight gets no gradient and no update
                 handles.append(original.register_post_accumulate_grad_hook(mask_grad))
+            holder._fast_version = holder.mask._version
             holder.fast = True
             fast.append((name, holder, original))
         yield [name for name, _, _ in fast]
@@ -373,9 +394,10 @@ def fast_training(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iterato
                 continue
             holder.fast = False
             with torch.no_grad():
-                if bool((original * (1 - holder.mask)).any()):
+                pruned = holder.mask == 0
+                if bool(original[pruned].ne(0).any()):  # NaN counts: it is not zero
                     revived.append(name)
-                    original.mul_(holder.mask)
+                    original.masked_fill_(pruned, 0.0)
         if revived:
             warnings.warn(
                 f"pruned weights of {', '.join(revived)} were written during fast_training by "

@@ -222,3 +222,45 @@ def test_a_frozen_masked_weight_stays_exact():
         assert names == ["0.weight", "2.weight"]
         train(model, opt, steps=3)
     assert torch.equal(masks.weight(model, "0.weight"), before)
+
+
+def test_a_tied_weight_keeps_the_ordinary_mask():
+    """Two modules sharing one weight mask its uses separately in the ordinary path; the
+    fast path cannot, so the tied weight stays ordinary."""
+    model = nn.Sequential(nn.Linear(6, 6, bias=False), nn.ReLU(), nn.Linear(6, 6, bias=False))
+    model[2].weight = model[0].weight
+    masks.attach(model, "0.weight", (torch.rand(6, 6) > 0.5).float())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with masks.fast_training(model, opt) as names:
+        assert names == []
+
+
+def test_second_moments_are_left_alone_so_adagrad_without_eps_stays_finite():
+    model, _ = pruned_after_dense_steps(OPTIMIZERS["sgd"])
+    opt = torch.optim.Adagrad(model.parameters(), lr=1e-2, initial_accumulator_value=0.1, eps=0)
+    with masks.fast_training(model, opt):
+        train(model, opt, steps=3)
+    for name, mask in masks.masks(model).items():
+        stored = masks.dense_weight(model, name)
+        assert torch.isfinite(stored).all() and torch.all(stored[mask == 0] == 0)
+
+
+def test_a_mask_edited_in_place_leaves_fast_mode_at_the_next_forward_pass():
+    model, opt = pruned_after_dense_steps(OPTIMIZERS["sgd_momentum_wd"])
+    with masks.fast_training(model, opt):
+        train(model, opt, steps=2)
+        live = masks.get_mask(model, "0.weight")
+        live[:4] = 0  # newly pruned rows with momentum still in their optimizer state
+        for _ in range(3):
+            train(model, opt, steps=1)
+            assert torch.all(model[0].weight[live == 0] == 0)
+        assert not model[0].parametrizations.weight[0].fast
+
+
+def test_an_inner_block_leaves_the_outer_blocks_masks_to_it():
+    model, opt = pruned_after_dense_steps(OPTIMIZERS["adam"])
+    with masks.fast_training(model, opt) as outer:
+        with masks.fast_training(model, opt) as inner:
+            assert outer == ["0.weight", "2.weight"] and inner == []
+        assert model[0].parametrizations.weight[0].fast  # still the outer block's
+    assert not model[0].parametrizations.weight[0].fast

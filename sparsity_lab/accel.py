@@ -642,8 +642,8 @@ def _fuse_chain(work, model, x, use_shrink, repeats, budget_s) -> nn.Module:
     chain = fused.chain_of(dense)
     if chain is None:
         return work
-    layers = [(dense.get_submodule(name), relu) for name, relu in chain]
-    candidate = fused.FusedSparseChain(layers, work).eval()
+    layers = [(dense.get_submodule(name), relu) for name, relu in chain.layers]
+    candidate = fused.FusedSparseChain(layers, work, flatten_input=chain.flatten_input).eval()
     with torch.no_grad():
         times = time_interleaved(
             {"per_layer": lambda: work(x), "chain": lambda: candidate(x)}, repeats, budget_s * 2

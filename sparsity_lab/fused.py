@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -33,13 +33,14 @@ from torch import nn
 
 from .paths import default_cache_dir
 
-__all__ = ["FusedSparseChain", "chain_of", "library", "reference_forward", "SOURCE"]
+__all__ = ["Chain", "FusedSparseChain", "chain_of", "library", "reference_forward", "SOURCE"]
 
 #: The C kernel: ``batch`` examples, each through every layer in turn.  Each layer's
 #: output row ``r`` is ``bias[r] + sum(values[k] * in[indices[k]])`` over the row's
 #: nonzeros (in four interleaved partial sums), then ReLU where ``relu[l]``; the two work
-#: buffers alternate between layers.  Everything but the input and the output travels in
-#: one struct, built once, so that a call converts four arguments.
+#: buffers alternate between layers.  The chain's arrays travel in one struct, built once;
+#: the input, the output and the work buffers are the call's own (so threads can share a
+#: chain).
 SOURCE = r"""
 #include <stdint.h>
 
@@ -49,16 +50,17 @@ struct chain {
     const int32_t *const *indptr, *const *indices;
     const float *const *values, *const *bias;  /* bias[l] is NULL for no bias */
     const int32_t *relu;
-    float *buf0, *buf1;  /* work space: the widest layer's outputs, twice */
 };
 
-void csr_chain(const struct chain *c, int64_t batch, const float *x, float *out)
+/* buf0 and buf1: work space for the widest layer's outputs, the caller's for each call */
+void csr_chain(const struct chain *c, int64_t batch, const float *x, float *out,
+               float *buf0, float *buf1)
 {
     int64_t last = c->rows[c->n_layers - 1];
     for (int64_t n = 0; n < batch; ++n) {
         const float *in = x + n * c->cols[0];
         for (int32_t l = 0; l < c->n_layers; ++l) {
-            float *o = l == c->n_layers - 1 ? out + n * last : (l % 2 ? c->buf1 : c->buf0);
+            float *o = l == c->n_layers - 1 ? out + n * last : (l % 2 ? buf1 : buf0);
             const int32_t *p = c->indptr[l], *ix = c->indices[l];
             const float *v = c->values[l], *b = c->bias[l];
             for (int64_t r = 0; r < c->rows[l]; ++r) {
@@ -96,8 +98,6 @@ class _Chain(ctypes.Structure):
         ("values", ctypes.c_void_p),
         ("bias", ctypes.c_void_p),
         ("relu", ctypes.c_void_p),
-        ("buf0", ctypes.c_void_p),
-        ("buf1", ctypes.c_void_p),
     ]
 
 
@@ -136,7 +136,7 @@ def library() -> ctypes.CDLL | None:
         return None
     fn = lib.csr_chain
     fn.restype = None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 4
     _LIBRARY["lib"] = lib
     return lib
 
@@ -144,15 +144,24 @@ def library() -> ctypes.CDLL | None:
 # ------------------------------------------------------------------------------ tracing
 
 
-def chain_of(model: nn.Module) -> list[tuple[str, bool]] | None:
-    """``[(linear path, relu after), ...]`` when ``model`` is an optional flatten, then
-    Linear layers each followed by at most one ReLU; None for any other model, or one that
-    ``torch.fx`` cannot trace."""
+class Chain(NamedTuple):
+    """What :func:`chain_of` found: ``layers``, ``[(linear path, relu after), ...]``, and
+    whether the model flattens its input before the first layer."""
+
+    layers: list[tuple[str, bool]]
+    flatten_input: bool
+
+
+def chain_of(model: nn.Module) -> Chain | None:
+    """The :class:`Chain` of ``model`` when it is an optional flatten, then Linear layers
+    each followed by at most one ReLU; None for any other model, or one that ``torch.fx``
+    cannot trace."""
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception:  # any tracing failure means: not a plain chain
         return None
     chain: list[tuple[str, bool]] = []
+    flattens = False
     previous = None
     for node in graph.nodes:
         if node.op == "placeholder":
@@ -161,7 +170,7 @@ def chain_of(model: nn.Module) -> list[tuple[str, bool]] | None:
             previous = node
             continue
         if node.op == "output":
-            return chain if chain and node.args[0] is previous else None
+            return Chain(chain, flattens) if chain and node.args[0] is previous else None
         if node.all_input_nodes != [previous]:
             return None  # not a chain: a node reads something besides the last one
         target = model.get_submodule(node.target) if node.op == "call_module" else node.target
@@ -169,8 +178,8 @@ def chain_of(model: nn.Module) -> list[tuple[str, bool]] | None:
             chain.append((node.target, False))
         elif chain and not chain[-1][1] and _is_relu(target, node):
             chain[-1] = (chain[-1][0], True)
-        elif not chain and _is_flatten(target, node):
-            pass  # the input is flattened once, before the first layer
+        elif not chain and not flattens and _is_flatten(target, node):
+            flattens = True  # the input is flattened once, before the first layer
         else:
             return None
         previous = node
@@ -206,11 +215,22 @@ class FusedSparseChain(nn.Module):
     pointers are rebuilt when the buffers change.
     """
 
-    def __init__(self, layers: list[tuple[nn.Linear, bool]], fallback: nn.Module) -> None:
+    def __init__(
+        self,
+        layers: list[tuple[nn.Linear, bool]],
+        fallback: nn.Module,
+        *,
+        flatten_input: bool = False,
+    ) -> None:
         super().__init__()
+        shapes = [tuple(layer.weight.shape) for layer, _ in layers]
+        for (rows, _), (_, cols) in zip(shapes[:-1], shapes[1:], strict=True):
+            if cols != rows:
+                raise ValueError(f"the chain's layers do not connect: {shapes}")
         self.fallback = fallback
+        self.flatten_input = flatten_input  # the model flattens its input first
         self.relu = [bool(r) for _, r in layers]
-        self.shapes = [tuple(layer.weight.shape) for layer, _ in layers]
+        self.shapes = shapes
         for i, (layer, _) in enumerate(layers):
             weight = layer.weight.detach().float()
             csr = weight.to_sparse_csr()
@@ -236,67 +256,100 @@ class FusedSparseChain(nn.Module):
         """Layer ``i``'s ``(indptr, indices, values, bias)`` (bias empty when there is none)."""
         return tuple(self.get_buffer(f"{k}{i}") for k in ("indptr", "indices", "values", "bias"))
 
-    def _prepared(self) -> Any:
-        """The C struct for the current buffers, rebuilt when a buffer was replaced.
-
-        Buffers changed in place keep their memory, so the pointers stay valid; the struct
-        also holds references to every array it points into.
-        """
-        held = tuple(self._buffers.values())  # plain dict access: this runs on every call
-        if (
-            self._key is None
-            or len(held) != len(self._key)
-            or any(a is not b for a, b in zip(held, self._key, strict=True))
-        ):
-            n = len(self.shapes)
-            arrays = [self.arrays(i) for i in range(n)]
-
-            def table(ctype: Any, values: list[Any]) -> Any:
-                return (ctype * n)(*values)
-
-            def pointers(kind: int) -> Any:
-                return table(
-                    ctypes.c_void_p,
-                    [a[kind].data_ptr() if a[kind].numel() else None for a in arrays],
-                )
-
-            width = max(r for r, _ in self.shapes)
-            keep = {
-                "rows": table(ctypes.c_int64, [r for r, _ in self.shapes]),
-                "cols": table(ctypes.c_int64, [c for _, c in self.shapes]),
-                "indptr": pointers(0),
-                "indices": pointers(1),
-                "values": pointers(2),
-                "bias": pointers(3),
-                "relu": table(ctypes.c_int32, [int(r) for r in self.relu]),
-                "buf0": torch.empty(width),
-                "buf1": torch.empty(width),
-            }
-            struct = _Chain(
-                n,
-                *(
-                    ctypes.addressof(v) if not torch.is_tensor(v) else v.data_ptr()
-                    for v in keep.values()
-                ),
+    def _runnable(self) -> bool:
+        """Whether the buffers are what the kernel reads: int32 and float32 on the CPU,
+        contiguous (``.half()``, ``.double()`` or ``.cuda()`` make the chain use its
+        fallback).  Raises when the arrays are not a valid CSR chain (a damaged file)."""
+        for i, (rows, cols) in enumerate(self.shapes):
+            indptr, indices, values, bias = self.arrays(i)
+            kinds = (torch.int32, torch.int32, torch.float32, torch.float32)
+            arrays = (indptr, indices, values, bias)
+            if any(
+                a.dtype != k or a.device.type != "cpu" for a, k in zip(arrays, kinds, strict=True)
+            ):
+                return False
+            if not all(a.is_contiguous() for a in arrays):
+                return False
+            nnz = values.numel()
+            valid = (
+                indptr.shape == (rows + 1,)
+                and int(indptr[0]) == 0
+                and int(indptr[-1]) == nnz
+                and bool((indptr[1:] >= indptr[:-1]).all())
+                and indices.shape == (nnz,)
+                and (nnz == 0 or (int(indices.min()) >= 0 and int(indices.max()) < cols))
+                and bias.numel() in (0, rows)
             )
-            self._call = (struct, keep, arrays)
-            self._key = held
-        return ctypes.byref(self._call[0])
+            if not valid:
+                raise ValueError(
+                    f"layer {i} of the fused chain is not a valid {rows}x{cols} CSR matrix; "
+                    "the saved model may be damaged: export it again"
+                )
+        return True
+
+    def _prepared(self) -> Any:
+        """``(struct, kept arrays)`` for the current buffers, or None when they are not what
+        the kernel reads.  Rebuilt (and checked) whenever a buffer's memory moved; the
+        tuple keeps every array it points into alive."""
+        # A buffer with another dtype, device, size or storage (``.to()``, ``.half()``,
+        # ``share_memory()``, a load) has another address: the addresses are the key.
+        key = tuple(b.data_ptr() for b in self._buffers.values())
+        if self._key != key:
+            self._call, self._key = None, key
+            if self._runnable():
+                n = len(self.shapes)
+                arrays = [self.arrays(i) for i in range(n)]
+
+                def table(ctype: Any, values: list[Any]) -> Any:
+                    return (ctype * n)(*values)
+
+                def pointers(kind: int) -> Any:
+                    return table(
+                        ctypes.c_void_p,
+                        [a[kind].data_ptr() if a[kind].numel() else None for a in arrays],
+                    )
+
+                keep = [
+                    table(ctypes.c_int64, [r for r, _ in self.shapes]),
+                    table(ctypes.c_int64, [c for _, c in self.shapes]),
+                    pointers(0),
+                    pointers(1),
+                    pointers(2),
+                    pointers(3),
+                    table(ctypes.c_int32, [int(r) for r in self.relu]),
+                ]
+                struct = _Chain(n, *(ctypes.addressof(v) for v in keep))
+                self._call = (struct, keep, arrays)
+        return self._call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lib = library()
+        shape_ok = x.dim() == 2 or (self.flatten_input and x.dim() > 2)
+        call = None
         if (
-            lib is None
-            or x.shape[0] != 1
-            or x.dtype != torch.float32
-            or x.device.type != "cpu"
-            or (x.requires_grad and torch.is_grad_enabled())
-            or x.numel() != self.shapes[0][1]
+            lib is not None
+            and shape_ok
+            and x.shape[0] == 1
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and not (x.requires_grad and torch.is_grad_enabled())
+            and x.numel() == self.shapes[0][1]
         ):
+            call = self._prepared()  # held for the whole call: it owns what C reads
+        if call is None:
             return self.fallback(x)
         x = x.contiguous()
-        out = torch.empty(1, self.shapes[-1][0])
-        lib.csr_chain(self._prepared(), 1, x.data_ptr(), out.data_ptr())
+        out = torch.empty(1, self.shapes[-1][0], dtype=torch.float32)
+        width = max(r for r, _ in self.shapes)
+        work = torch.empty(2 * width, dtype=torch.float32)  # this call's own work space
+        lib.csr_chain(
+            ctypes.byref(call[0]),
+            1,
+            x.data_ptr(),
+            out.data_ptr(),
+            work.data_ptr(),
+            work.data_ptr() + 4 * width,
+        )
         return out
 
     def extra_repr(self) -> str:

@@ -22,14 +22,17 @@ def lenet300(sparsity=0.95, seed=0):
 
 
 def chain_module(model):
-    layers = [(model.get_submodule(n), relu) for n, relu in fused.chain_of(model)]
-    return fused.FusedSparseChain(layers, model).eval()
+    chain = fused.chain_of(model)
+    layers = [(model.get_submodule(n), relu) for n, relu in chain.layers]
+    return fused.FusedSparseChain(layers, model, flatten_input=chain.flatten_input).eval()
 
 
 def test_chain_of_reads_mlps_and_refuses_everything_else():
-    assert fused.chain_of(lenet300()) == [("fc1", True), ("fc2", True), ("fc3", False)]
+    assert fused.chain_of(lenet300()) == ([("fc1", True), ("fc2", True), ("fc3", False)], True)
     seq = nn.Sequential(nn.Flatten(), nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
-    assert fused.chain_of(seq) == [("1", True), ("3", False)]
+    assert fused.chain_of(seq) == ([("1", True), ("3", False)], True)
+    plain = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    assert fused.chain_of(plain) == ([("0", True), ("2", False)], False)
     offset = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), shrink.OffsetLinear(4, 2))
     refused = {
         "conv": models.build("lenet5", input_shape=(1, 28, 28), n_classes=10),
@@ -61,8 +64,8 @@ def test_the_compiled_chain_equals_the_reference_loop_and_the_model():
 
 def test_other_batches_and_no_compiler_run_the_fallback(monkeypatch):
     model = lenet300()
-    layers = [(model.get_submodule(n), relu) for n, relu in fused.chain_of(model)]
-    chain = fused.FusedSparseChain(layers, copy.deepcopy(model)).eval()
+    layers = [(model.get_submodule(n), relu) for n, relu in fused.chain_of(model).layers]
+    chain = fused.FusedSparseChain(layers, copy.deepcopy(model), flatten_input=True).eval()
     calls = []
     monkeypatch.setattr(
         chain.fallback, "forward", lambda x: calls.append(tuple(x.shape)) or model(x)
@@ -122,3 +125,52 @@ def test_export_keeps_the_chain_only_as_a_measured_choice_with_the_same_outputs(
     assert not isinstance(
         accel.export(model, batch, repeats=3, budget_s=1e-3), fused.FusedSparseChain
     )
+
+
+@needs_compiler
+def test_unreadable_buffers_fall_back_and_damaged_ones_are_refused():
+    """What the kernel reads is checked whenever a buffer's memory changes: other dtypes
+    use the fallback, a damaged CSR array raises instead of reading out of bounds."""
+    model = lenet300()
+    x = torch.randn(1, 784)
+    with torch.no_grad():
+        expected = model(x)
+        for convert in (lambda c: c.double(), lambda c: c.half()):
+            chain = convert(chain_module(lenet300()))
+            chain.fallback = model
+            torch.testing.assert_close(chain(x), expected)  # the fallback ran
+        chain = chain_module(lenet300())
+        chain.indices0.fill_(1 << 30)  # in place: the same memory, but checked once
+        chain._key = None
+        with pytest.raises(ValueError, match="not a valid 300x784 CSR matrix"):
+            chain(x)
+        buffer = io.BytesIO()
+        damaged = chain_module(lenet300())
+        damaged.indptr1[-1] += 5
+        accel.save(damaged, buffer)
+        buffer.seek(0)
+        with pytest.raises(ValueError, match="may be damaged"):
+            accel.load(buffer)(x)
+
+
+@needs_compiler
+def test_threads_sharing_a_chain_get_their_own_work_space():
+    import concurrent.futures
+
+    chain = chain_module(lenet300())
+    inputs = [torch.randn(1, 784, generator=torch.Generator().manual_seed(i)) for i in range(64)]
+    with torch.no_grad():
+        expected = [chain(x) for x in inputs]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(chain, inputs))
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_shapes_the_model_does_not_flatten_go_to_the_fallback():
+    plain = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    chain = chain_module(plain)
+    with torch.no_grad():
+        assert chain(torch.randn(1, 1, 8)).shape == (1, 1, 2)  # as the model gives it
+        assert chain(torch.randn(1, 8)).shape == (1, 2)
+    with pytest.raises(ValueError, match="do not connect"):
+        fused.FusedSparseChain([(nn.Linear(8, 4), True), (nn.Linear(5, 2), False)], plain)

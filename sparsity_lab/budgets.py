@@ -282,7 +282,7 @@ def global_(
     pool = [n for n in shapes if n not in dense]
     # In the scores' own dtype: a conversion to float64 is exact and changes no order, but
     # doubles the memory of the largest step of pruning a large model.
-    flat = [scores[n].flatten() for n in pool]
+    flat = [_as_float(scores[n].flatten()) for n in pool]
     if min_density > 0:
         flat = [_floored(f, min_density) for f in flat]
         prunable = sum(
@@ -316,6 +316,12 @@ def global_(
     for n, part in zip(pool, keep.split(counts), strict=True):
         result[n] = float((~part).sum()) / part.numel()
     return result
+
+
+def _as_float(scores: torch.Tensor) -> torch.Tensor:
+    """Floating scores as they are; integer ones in float64, so that concatenation with
+    floats cannot round them and ``inf`` can mark groups."""
+    return scores if torch.is_floating_point(scores) else scores.double()
 
 
 def _floored(group_scores: torch.Tensor, min_density: float) -> torch.Tensor:

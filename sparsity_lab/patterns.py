@@ -241,8 +241,8 @@ class Pattern:
         """
         self.validate(scores.shape)
         grouped = self._grouped(scores.detach())
-        if grouped.shape[1] > 1:
-            grouped = grouped.double()  # sums over a group, in float64
+        if grouped.shape[1] > 1 or not torch.is_floating_point(grouped):
+            grouped = grouped.double()  # sums over a group, and integers, in float64
         # a group of one keeps its score as it is, in its dtype (a view: no copy)
         g = reduce_groups(grouped, reduction)
         if prior is not None:

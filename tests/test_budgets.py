@@ -347,3 +347,15 @@ def test_owl_is_registered_as_a_budget_that_needs_scores_and_prunes_with_wanda()
     found = masks.masks(model)
     zeros = sum(int((m == 0).sum()) for m in found.values())
     assert zeros == round(0.6 * (16 * 32 + 32 * 8))
+
+
+def test_the_global_budget_ranks_integer_and_float_scores_exactly_together():
+    """Integer scores beside float32 ones: the float32 concatenation would round 2**24 + 1
+    to 2**24 and tie it with the float score; in float64 it stays larger."""
+    big = 2**24
+    shapes = {"a": (2,), "b": (2,)}
+    scores = {"a": torch.tensor([big + 1, 10**9]), "b": torch.tensor([float(big), 1e9])}
+    densities = budgets.global_(shapes, 0.25, scores=scores)
+    assert densities == {"a": 0.0, "b": 0.5}  # b's 2**24 is the lowest score
+    masked = budgets.global_(shapes, 0.25, scores=scores, min_density=0.5)
+    assert masked == {"a": 0.0, "b": 0.5}

@@ -202,7 +202,9 @@ def functional(model: nn.Module):
     chain = fused.chain_of(model)
     if chain is None:
         return None
-    layers = [(model.get_submodule(n).weight, model.get_submodule(n).bias, r) for n, r in chain]
+    layers = [
+        (model.get_submodule(n).weight, model.get_submodule(n).bias, r) for n, r in chain.layers
+    ]
 
     def run(x):
         h = x.flatten(1)

@@ -360,16 +360,98 @@ display(mine.round(3) if len(mine) else Markdown("This table has no relative_mag
 # %% [markdown]
 # ## Exercises
 #
-# 1. Compute `leaderboard.cards(table, tolerance=0.005)` and `tolerance=0.02`.  Which
-#    methods change their iso-accuracy compression, and why does a half-point tolerance
-#    decide less than it seems with three seeds?  (Look at `ci_low` and `ci_high`.)
-# 2. Change `relative_magnitude` to divide by the row's largest magnitude instead of its
-#    mean.  Work out by hand which weights the two-unit example keeps at 50%, then check
-#    it with `sl.prune`.
-# 3. Copy `benchmarks/leaderboard/smoke.yaml` to `smoke-mine.yaml` in the same folder (its
-#    `imports:` are found there), set `name: smoke-mine`, add `fisher_diag` and `lamp` to its
-#    methods, and run `sparsity-lab bench benchmarks/leaderboard/smoke-mine.yaml`.  Does
-#    either beat global magnitude on the paired interval at 90%?  Then run it on a Dask
-#    cluster against the first table, with a fresh cache so that every run is redone:
-#    `--executor local:2 --cache .cache/bench-dask --out /tmp/rerun --compare
-#    benchmarks/leaderboard/smoke-mine.csv`.
+# Exercises 1 and 2 have a cell for your answer, which checks it when you run it, and a
+# worked solution below it, collapsed (click to show it).
+#
+# **1.** Compute `leaderboard.cards(table, tolerance=0.005)` and `tolerance=0.02`.  Which
+# methods change their iso-accuracy compression?  Answer with a set of method names.  Then
+# ask yourself why a half-point tolerance decides less than it seems with three seeds
+# (look at `ci_low` and `ci_high` of `leaderboard.summary(table)`).
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_1(answer, solution=False):
+    tight, loose = (leaderboard.cards(table, tolerance=t) for t in (0.005, 0.02))
+    both = tight.merge(loose, on="method", suffixes=("_tight", "_loose"))
+    moved = both["iso_accuracy_compression_tight"] != both["iso_accuracy_compression_loose"]
+    hint = "Compare the `iso_accuracy_compression` column of the two tables, method by method."
+    sl.nb.check(1, answer, set(both.loc[moved, "method"]), hint=hint, solution=solution)
+
+
+# %%
+answer_1 = None  # a set of method names, as the cards name them
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  The two tables side by side, and the widths of the means' intervals: where
+# most are wider than a point, which side of a half-point tolerance a mean falls on is
+# partly chance.
+tight = leaderboard.cards(table, tolerance=0.005).set_index("method")
+loose = leaderboard.cards(table, tolerance=0.02).set_index("method")
+changed = tight.index[
+    tight["iso_accuracy_compression"] != loose["iso_accuracy_compression"].reindex(tight.index)
+]
+solution_1 = set(changed)
+print("changed:", sorted(solution_1) or "none")
+points = leaderboard.summary(table)
+width = (points["ci_high"] - points["ci_low"]).dropna()
+print(f"95% intervals of the means: median width {100 * width.median():.1f} points, "
+      f"{(width > 0.01).mean():.0%} wider than one point")  # fmt: skip
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** Change `relative_magnitude` to divide by the row's largest magnitude instead of
+# its mean.  Work out by hand which weights the two-unit example keeps at 50%, then check
+# it with `sl.prune`.  Answer with the keep-mask as a list of rows, e.g. `[[1, 1, 0], [0,
+# 1, 0]]`.
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_2(answer, solution=False):
+    rows = layer.weight.detach().abs()
+    scores = rows / rows.amax(dim=1, keepdim=True)
+    keep = sl.patterns.prune_lowest(scores.flatten(), scores.numel() // 2).reshape(rows.shape)
+    hint = "Scores are |w| / max |w| of the row; the three lowest of six go (ties: lower index)."
+    sl.nb.check(2, answer, keep.int().tolist(), hint=hint, solution=solution)
+
+
+# %%
+answer_2 = None  # e.g. [[1, 1, 0], [0, 1, 0]]
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  By hand: (1, 2, 3) / 3 = (1/3, 2/3, 1) and (10, 20, 60) / 60 = (1/6, 1/3, 1).
+# The three lowest are 1/6, then the two thirds' tie, 1/3 and 1/3: the first weight of
+# each unit and the second of the second go, as with the mean.  `sl.prune` takes a
+# criterion object as well as a registered name, which is enough for a quick check.
+
+
+class RelativeToMax(sl.criteria.Criterion):
+    name = "relative_to_max"
+
+    def scores(self, model, names, context):
+        out = {}
+        for n in names:
+            w = sl.masks.weight(model, n).detach().abs()
+            rows = w.reshape(w.shape[0], -1)
+            out[n] = (rows / rows.amax(dim=1, keepdim=True).clamp_min(1e-12)).reshape(w.shape)
+        return out
+
+
+example = nn.Linear(3, 2, bias=False)
+with torch.no_grad():
+    example.weight.copy_(layer.weight.detach())
+sl.prune(example, RelativeToMax(), 0.5)
+solution_2 = sl.masks.masks(example)["weight"].int().tolist()
+print("kept:", solution_2)
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** Copy `benchmarks/leaderboard/smoke.yaml` to `smoke-mine.yaml` in the same folder
+# (its `imports:` are found there), set `name: smoke-mine`, add `fisher_diag` and `lamp` to
+# its methods, and run `sparsity-lab bench benchmarks/leaderboard/smoke-mine.yaml`.  Does
+# either beat global magnitude on the paired interval at 90%?  Then run it on a Dask
+# cluster against the first table, with a fresh cache so that every run is redone:
+# `--executor local:2 --cache .cache/bench-dask --out /tmp/rerun --compare
+# benchmarks/leaderboard/smoke-mine.csv`.  (This one runs the harness, so it has no check
+# cell here.)

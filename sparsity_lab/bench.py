@@ -12,12 +12,32 @@ A benchmark is a small YAML file (read with ``yaml.safe_load``)::
       - snip                      # a registered criterion, pruning globally
       - {method: wanda, label: wanda}
       - {method: magnitude, label: magnitude 2:4, options: {pattern: "2:4"}}
+      - {method: rigl, options: {budget: erk}, epochs_factor: 2}   # a training method
+      - {method: snip, kind: at_init, shuffle: true}             # its mask's random twin
     imports: [my_method.py]       # modules or files that register more methods
 
-Every run starts from the setting's dense model of its seed (:func:`recipes.dense`, the
-recipe's, cached), prunes a copy once, fine-tunes it with the masks fixed for
-``finetune_epochs`` (:func:`recipes.finetune_and_measure`) and is measured on the test split;
-its latency is timed on the exported copy (:func:`sparsity_lab.accel.export`, batch 1).
+A method entry's ``kind`` (:data:`KINDS`; by default the kind its name is registered
+under) says how its run makes the sparse model:
+
+* ``prune`` (a criterion): the setting's dense model of the seed (:func:`recipes.dense`,
+  the recipe's, cached) is pruned once (a criterion with a score tracker, such as
+  ``movement``, first follows ``track_epochs`` more epochs of training), then fine-tuned
+  with the masks fixed for ``finetune_epochs`` (:func:`recipes.finetune_and_measure`);
+* ``at_init`` (a criterion): the seed's *untrained* model is pruned (``shuffle: true``
+  takes the mask's random twin, the same per-layer counts), rescaled to its sparse fan-in
+  (:func:`recipes.sparse_start`) and trained with the recipe, masks fixed;
+* ``train`` (a training method, or ``static``: a fixed random mask): a fresh model trains
+  with the method and the recipe's optimizer, schedule and epochs (times
+  ``epochs_factor``); a method that ends dense (CrAM) names ``prune_with: magnitude`` and
+  is pruned once at the end, then fine-tuned like a ``prune`` run;
+* ``regularize`` (a regularizer): a fresh model trains with the penalty for the recipe's
+  epochs, is projected to the target by the regularizer, and fine-tuned
+  (:func:`sparsity_lab.regularizers.compare.run`).
+
+With ``bn_reestimate: true`` every one-shot pruning is followed by re-estimating the
+BatchNorm statistics on the calibration batches (CrAM's protocol), for every method alike.
+Every run is measured on the test split; its latency is timed on the exported copy
+(:func:`sparsity_lab.accel.export`, batch 1).
 The mandatory baselines (:data:`BASELINES`) join every benchmark: the dense model, global
 and uniform magnitude, and a random mask with the per-layer counts of global magnitude's
 mask (:func:`recipes.random_like`), so a method is never compared with a weaker baseline
@@ -47,6 +67,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime
 import hashlib
 import importlib
@@ -65,17 +86,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from . import __version__, accel, masks, patterns, recipes, shrink
 from .accounting import report
 from .experiments import sweep
+from .methods.base import TrainingFlops
+from .methods.cram import reestimate_batchnorm
 from .pipeline import _dependency_closure
 from .pruning import prune
 from .registry import available
+from .registry import entry as registry_entry
+from .train import fit
 
 #: The version of a run's definition: change it when a run of the same cell would measure
 #: something else, so that cached results of the old definition are not reused.
-VERSION = "bench-2"
+VERSION = "bench-3"
 
 #: The baselines every benchmark includes, as (label, method, options).
 BASELINES: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -85,11 +111,21 @@ BASELINES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("random (magnitude's layer counts)", "random_like_magnitude", {}),
 )
 
+#: How a run makes its sparse model: a method entry's ``kind`` -> the registry kind its
+#: method is looked up in (see the module's docstring).
+KINDS = {
+    "prune": "criterion",
+    "at_init": "criterion",
+    "train": "training",
+    "regularize": "regularizer",
+}
+
 #: The columns of a result table, in order.
 COLUMNS = (
     "model",
     "data",
     "method",
+    "kind",
     "criterion",
     "options",
     "target_sparsity",
@@ -105,25 +141,31 @@ COLUMNS = (
     "flops",
     "dense_flops",
     "training_flops",
+    "dense_training_flops",
     "storage_bits",
     "dense_storage_bits",
+    "epochs",
     "finetune_epochs",
     "latency_seconds",
     "prune_seconds",
     "wall_seconds",
     "flags",
     "pruned_flags",
+    "extras",
 )
 
 #: Columns that measure the machine rather than the method: they differ between two runs
 #: of the same cell, so :func:`compare` leaves them out.
 TIMING_COLUMNS = ("latency_seconds", "prune_seconds", "wall_seconds")
 
+_BASELINE_ENTRY = {"kind": "prune", "epochs_factor": 1.0, "shuffle": False, "prune_with": None}
 _DEFAULTS: dict[str, Any] = {
     "seeds": [0, 1, 2],
     "finetune_epochs": 2,
     "finetune_lr": 0.01,
     "calibration_batches": 8,
+    "track_epochs": 1,
+    "bn_reestimate": False,
     "threads": 1,
     "imports": [],
     "methods": [],
@@ -211,26 +253,72 @@ def import_methods(specs: Sequence[str]) -> None:
             raise
 
 
+#: Training methods the harness runs besides the registered ones: a fixed random mask is
+#: the baseline every dynamic method must beat, and is deliberately not in the registry.
+_UNREGISTERED_TRAINING = {"static": "sparsity_lab.methods.dynamic:StaticSparse"}
+_ENTRY_KEYS = ("method", "label", "options", "kind", "epochs_factor", "shuffle", "prune_with")
+
+
+def _kind_of(name: str) -> str | None:
+    """The default kind of a method name: the first kind whose registry has it."""
+    if name in _UNREGISTERED_TRAINING:
+        return "train"
+    for kind, registry_kind in KINDS.items():
+        if name in available(registry_kind):
+            return kind
+    return None
+
+
 def _method_entry(entry: str | Mapping[str, Any]) -> dict[str, Any]:
-    """``"snip"`` or ``{"method", "label", "options"}`` as a full entry, its name checked."""
+    """``"snip"`` or a mapping of :data:`_ENTRY_KEYS` as a full entry, its names checked."""
     if isinstance(entry, str):
         entry = {"method": entry}
     if not isinstance(entry, Mapping) or "method" not in entry:
         raise ValueError(f"a method is a name or a mapping with 'method', got {entry!r}")
-    extra = sorted(set(entry) - {"method", "label", "options"})
+    name = entry["method"]
+    extra = sorted(set(entry) - set(_ENTRY_KEYS))
     if extra:
-        raise ValueError(f"method {entry['method']!r}: unknown keys {extra}")
-    known = available("criterion")
-    if entry["method"] not in known:
+        raise ValueError(f"method {name!r}: unknown keys {extra}; the keys are {list(_ENTRY_KEYS)}")
+    kind = entry.get("kind") or _kind_of(name)
+    if kind is None:
         raise ValueError(
-            f"unknown criterion {entry['method']!r}; the harness runs registered criteria "
-            f"({len(known)} of them, `sparsity-lab list`); register yours in a module named "
-            "under imports:"
+            f"unknown method {name!r}; the harness runs registered criteria, training methods "
+            "and regularizers (`sparsity-lab list`), or 'static'; register yours in a module "
+            "named under imports:"
+        )
+    if kind not in KINDS:
+        raise ValueError(f"method {name!r}: unknown kind {kind!r}; choose one of {list(KINDS)}")
+    unregistered = kind == "train" and name in _UNREGISTERED_TRAINING
+    if not unregistered and name not in available(KINDS[kind]):
+        raise ValueError(
+            f"method {name!r} is not a registered {KINDS[kind]}, which kind {kind!r} needs "
+            f"(`sparsity-lab list {KINDS[kind]}`)"
+        )
+    epochs_factor = float(entry.get("epochs_factor", 1))
+    if not epochs_factor > 0:
+        raise ValueError(f"method {name!r}: epochs_factor must be > 0, got {epochs_factor}")
+    if kind == "prune" and epochs_factor != 1:
+        raise ValueError(
+            f"method {name!r}: a prune run fine-tunes for the config's finetune_epochs; "
+            "epochs_factor is for kinds that train (at_init, train, regularize)"
+        )
+    shuffle = bool(entry.get("shuffle", False))
+    if shuffle and kind != "at_init":
+        raise ValueError(f"method {name!r}: shuffle is for kind 'at_init', not {kind!r}")
+    prune_with = entry.get("prune_with")
+    if prune_with is not None and (kind != "train" or prune_with != "magnitude"):
+        raise ValueError(
+            f"method {name!r}: prune_with: magnitude prunes a train run's model once at the "
+            f"end (for methods that end dense, such as cram); got {prune_with!r} on kind {kind!r}"
         )
     return {
-        "label": str(entry.get("label", entry["method"])),
-        "method": entry["method"],
+        "label": str(entry.get("label", name)),
+        "method": name,
+        "kind": kind,
         "options": dict(entry.get("options") or {}),
+        "epochs_factor": epochs_factor,
+        "shuffle": shuffle,
+        "prune_with": prune_with,
     }
 
 
@@ -240,7 +328,7 @@ def cells(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     An N:M pattern fixes its sparsity, so its method has one arm at that sparsity.
     """
     entries = [
-        {"label": label, "method": method, "options": options}
+        {**_BASELINE_ENTRY, "label": label, "method": method, "options": options}
         for label, method, options in BASELINES
     ] + list(config["methods"])
     arms = []
@@ -258,7 +346,15 @@ def cells(config: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def setting_of(config: Mapping[str, Any]) -> dict[str, Any]:
     """What every run of a benchmark shares: the setting and the protocol's budget."""
-    keys = ("model", "data", "finetune_epochs", "finetune_lr", "calibration_batches")
+    keys = (
+        "model",
+        "data",
+        "finetune_epochs",
+        "finetune_lr",
+        "calibration_batches",
+        "track_epochs",
+        "bn_reestimate",
+    )
     return {**{k: config[k] for k in keys}, "threads": config["threads"]} | {
         "imports": list(config["imports"])
     }
@@ -280,61 +376,42 @@ def _threads(n: int) -> Iterator[None]:
 
 
 def run_cell(setting: Mapping[str, Any], arm: Mapping[str, Any], seed: int) -> dict[str, Any]:
-    """One run of a benchmark: prune the seed's dense model, fine-tune it, measure it.
+    """One run of a benchmark: make the arm's sparse model for the seed and measure it.
 
     Returns the metrics of :data:`COLUMNS` (the names and options come from ``arm``).
     """
     import_methods(setting["imports"])
+    arm = {**_BASELINE_ENTRY, **arm}
     start = time.perf_counter()
     with _threads(setting["threads"]):
-        t, model, info = recipes.dense(setting["model"], setting["data"], seed)
+        t, dense_model, info = recipes.dense(setting["model"], setting["data"], seed)
+        recipe = recipes.recipe_for(setting["model"], setting["data"])
         options = dict(arm["options"])
-        sparsity = arm["sparsity"]
         pattern = options.get("pattern", "unstructured")
-        names = options.get("targets") or None
-        prune_start = time.perf_counter()
+        fixed = patterns.get(pattern).fixed_sparsity
+        # an N:M pattern fixes its sparsity: the methods are given none to aim at
+        run = _Run(setting, arm, seed, t, recipe, None if fixed is not None else arm["sparsity"])
+        stage_start = time.perf_counter()
         if arm["method"] == "dense":
+            model = dense_model
             result = recipes.finetune_and_measure(model, t, None, finetune_epochs=0)
         else:
-            if arm["method"] == "random_like_magnitude":
-                found = masks.masks(prune(copy.deepcopy(model), "magnitude", sparsity, seed=seed))
-                for name, mask in recipes.random_like(found, seed=seed).items():
-                    masks.attach(model, name, mask)
-            else:
-                train = t.loaders()[0]
-                calibration = [
-                    batch
-                    for _, batch in zip(range(setting["calibration_batches"]), train, strict=False)
-                ]
-                fixed = patterns.get(pattern).fixed_sparsity
-                prune(
-                    model,
-                    arm["method"],
-                    None if fixed is not None else sparsity,
-                    data=calibration,
-                    seed=seed,
-                    **options,
-                )
-            result = recipes.finetune_and_measure(
-                model,
-                t,
-                sparsity,
-                finetune_epochs=setting["finetune_epochs"],
-                lr=setting["finetune_lr"],
-                names=names,
-            )
-        prune_seconds = time.perf_counter() - prune_start
+            model, result = _STAGES[arm["kind"]](run, dense_model)
+        prune_seconds = time.perf_counter() - stage_start
+        names = options.get("targets") or None
         latency = _latency(model)
         cost = report(model, names, pattern=None if arm["method"] == "dense" else pattern)
         total = cost.iloc[-1]
         perplexity = recipes.evaluate_run(model, t).get("perplexity", math.nan)
+        dense_training_flops = recipes.training_flops(t.build(), len(t.bundle.train), recipe.epochs)
     return {
         "model": setting["model"],
         "data": setting["data"],
         "method": arm["label"],
+        "kind": arm["kind"],
         "criterion": arm["method"],
         "options": json.dumps(arm["options"], sort_keys=True),
-        "target_sparsity": sparsity,
+        "target_sparsity": arm["sparsity"],
         "sparsity": result["measured_sparsity"],
         "test_accuracy": result["test_accuracy"],
         "val_accuracy": result["val_accuracy"],
@@ -345,16 +422,204 @@ def run_cell(setting: Mapping[str, Any], arm: Mapping[str, Any], seed: int) -> d
         "nonzeros": int(total["nonzeros"]),
         "flops": float(total["sparse_flops"]),
         "dense_flops": float(total["dense_flops"]),
-        "training_flops": result["finetune_flops"],
+        "training_flops": result.get("training_flops", result["finetune_flops"]),
+        "dense_training_flops": dense_training_flops,
         "storage_bits": int(total["bytes"]) * 8,
         "dense_storage_bits": int(total["dense_bytes"]) * 8,
+        "epochs": result.get("epochs", 0),
         "finetune_epochs": result["finetune_epochs"],
         "latency_seconds": latency,
         "prune_seconds": prune_seconds,
         "wall_seconds": time.perf_counter() - start,
         "flags": result["flags"],
         "pruned_flags": result["pruned_flags"],
+        "extras": json.dumps(result.get("extras", {}), sort_keys=True),
     }
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the stages of one run share."""
+
+    setting: Mapping[str, Any]
+    arm: Mapping[str, Any]
+    seed: int
+    task: recipes.Task
+    recipe: recipes.Recipe
+    sparsity: float | None  # None when the pattern fixes it
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.arm["options"])
+
+    def calibration(self) -> list:
+        """The first ``calibration_batches`` training batches of the seed's order."""
+        train = self.task.loaders()[0]
+        n = self.setting["calibration_batches"]
+        return [batch for _, batch in zip(range(n), train, strict=False)]
+
+    def training(self) -> dict[str, Any]:
+        """The recipe's ``fit`` options, its epochs times the arm's ``epochs_factor``."""
+        options = self.recipe.training()
+        options["epochs"] = max(1, round(options["epochs"] * self.arm["epochs_factor"]))
+        return options
+
+    def finetune_and_measure(self, model: nn.Module) -> dict[str, Any]:
+        """Re-estimate BatchNorm if the config says so, fine-tune, measure (the protocol's
+        second half, the same for every kind that prunes a trained model)."""
+        if self.setting["bn_reestimate"]:
+            reestimate_batchnorm(model, self.calibration())
+        return recipes.finetune_and_measure(
+            model,
+            self.task,
+            self.arm["sparsity"],
+            finetune_epochs=self.setting["finetune_epochs"],
+            lr=self.setting["finetune_lr"],
+            names=self.options.get("targets") or None,
+        )
+
+
+def _prune_trained(run: _Run, dense_model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+    """Kind ``prune``: prune the trained dense model once, then fine-tune it."""
+    model, options, method = dense_model, run.options, run.arm["method"]
+    extras: dict[str, Any] = {}
+    tracking_flops = 0.0
+    if method == "random_like_magnitude":
+        found = masks.masks(prune(copy.deepcopy(model), "magnitude", run.sparsity, seed=run.seed))
+        for name, mask in recipes.random_like(found, seed=run.seed).items():
+            masks.attach(model, name, mask)
+    else:
+        tracker_type = getattr(registry_entry(method, "criterion").obj, "tracker_type", None)
+        if tracker_type is not None and "tracker" not in options:
+            # a criterion that ranks what it saw during training follows a few more epochs
+            options["tracker"] = tracker_type()
+            epochs = run.setting["track_epochs"]
+            train, val, _ = run.task.loaders()
+            fit(model, train, val, epochs=epochs, lr=run.setting["finetune_lr"], seed=run.seed,
+                callbacks=[options["tracker"]], progress=False)  # fmt: skip
+            tracking_flops = recipes.training_flops(model, len(run.task.bundle.train), epochs)
+            extras["tracked_accuracy"] = recipes.evaluate_run(model, run.task)["accuracy"]
+        prune(model, method, run.sparsity, data=run.calibration(), seed=run.seed, **options)
+    result = run.finetune_and_measure(model)
+    return model, {
+        **result,
+        "training_flops": tracking_flops + result["finetune_flops"],
+        "extras": extras,
+    }
+
+
+def _prune_at_init(run: _Run, dense_model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+    """Kind ``at_init``: prune the seed's initial weights, train the sparse network."""
+    init = run.task.build()  # the seed's dense model started from these weights
+    pruned = prune(copy.deepcopy(init), run.arm["method"], run.sparsity, data=run.calibration(),
+                   seed=run.seed, **run.options)  # fmt: skip
+    found = masks.masks(pruned)
+    if run.arm["shuffle"]:
+        found = recipes.random_like(found, seed=run.seed)
+    model = recipes.sparse_start(init, found)
+    training = run.training()
+    train, val, _ = run.task.loaders()
+    fit(model, train, val, seed=run.seed, progress=False, **training)
+    result = recipes.finetune_and_measure(
+        model, run.task, run.arm["sparsity"], finetune_epochs=0,
+        names=run.options.get("targets") or None,
+    )  # fmt: skip
+    flops = recipes.training_flops(model, len(run.task.bundle.train), training["epochs"])
+    return model, {**result, "training_flops": flops, "epochs": training["epochs"]}
+
+
+def _train(run: _Run, dense_model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+    """Kind ``train``: a fresh model trained by a sparse training method."""
+    name = run.arm["method"]
+    if name in _UNREGISTERED_TRAINING:
+        module, _, attribute = _UNREGISTERED_TRAINING[name].partition(":")
+        cls = getattr(importlib.import_module(module), attribute)
+    else:
+        cls = registry_entry(name, "training").obj
+    options = {"seed": run.seed, **run.options}
+    method = cls(run.sparsity, **options)
+    model = run.task.build()
+    counter = TrainingFlops(method)
+    training = run.training()
+    train, val, _ = run.task.loaders()
+    method.fit(model, train, val, seed=run.seed, callbacks=[counter], progress=False, **training)
+    extras = _method_extras(method, run)
+    if run.arm["prune_with"] == "magnitude":
+        extras["trained_accuracy"] = recipes.evaluate_run(model, run.task)["accuracy"]
+        budget = {k: options[k] for k in ("budget", "pattern", "targets") if k in options}
+        prune(model, "magnitude", run.sparsity, seed=run.seed, **budget)
+        result = run.finetune_and_measure(model)
+    else:
+        result = recipes.finetune_and_measure(
+            model, run.task, run.arm["sparsity"], finetune_epochs=0,
+            names=run.options.get("targets") or None,
+        )  # fmt: skip
+    return model, {
+        **result,
+        "training_flops": counter.total + result["finetune_flops"],
+        "epochs": training["epochs"],
+        "extras": extras,
+    }
+
+
+def _method_extras(method: Any, run: _Run) -> dict[str, Any]:
+    """What a training method measured beside its model, for the claims about it."""
+    extras: dict[str, Any] = {}
+    if getattr(method, "dense_model", None) is not None:  # AC/DC's dense member
+        extras["dense_member_accuracy"] = recipes.evaluate_run(method.dense_model, run.task)[
+            "accuracy"
+        ]
+    rounds = getattr(method, "rounds_table", None)  # IMP: the ticket's re-initialised twin
+    if rounds is not None and "reinit_val_accuracy" in rounds:
+        extras["reinit_val_accuracy"] = float(rounds["reinit_val_accuracy"].iloc[-1])
+        extras["ticket_val_accuracy"] = float(rounds["val_accuracy"].iloc[-1])
+    if isinstance(getattr(method, "log", None), list):
+        extras["mask_updates"] = len(method.log)
+    return extras
+
+
+def _regularize(run: _Run, dense_model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+    """Kind ``regularize``: train with the penalty, project to the target, fine-tune."""
+    from .regularizers import compare
+
+    options = run.options
+    training = run.training()
+    model = run.task.build()
+    dense_flops = recipes.training_flops(model, len(run.task.bundle.train), training["epochs"])
+    out = compare.run(
+        run.task,
+        run.arm["method"],
+        run.arm["sparsity"],
+        model=model,
+        pattern=options.pop("pattern", "unstructured"),
+        epochs=training["epochs"],
+        finetune_epochs=run.setting["finetune_epochs"],
+        optimizer=training["optimizer"],
+        lr=training["lr"],
+        **options,
+    )
+    extras = {
+        "reached": out["reached"],
+        "strength": out["strength"],
+        "extra_parameters": out["extra_parameters"],
+        "seconds_per_epoch": out["seconds_per_epoch"],
+    }
+    return model, {
+        **out,
+        # the penalty trains the dense weights: every step costs a dense one
+        "training_flops": dense_flops + out["finetune_flops"],
+        "pruned_flags": "",
+        "epochs": training["epochs"],
+        "extras": extras,
+    }
+
+
+_STAGES = {
+    "prune": _prune_trained,
+    "at_init": _prune_at_init,
+    "train": _train,
+    "regularize": _regularize,
+}
 
 
 def _latency(model: torch.nn.Module) -> float:
@@ -587,8 +852,14 @@ def compare(table: Any, reference: Any, *, rtol: float = 1e-9) -> list[str]:
         )
     if len(extra):
         problems.append(f"{len(extra)} runs are not in the reference, e.g. {_run(extra[0])}")
+    absent = [c for c in columns if c not in left.columns or c not in right.columns]
+    if absent:
+        problems.append(
+            f"columns {absent} are missing from one table (written by another version of the "
+            "harness?); the other columns are compared"
+        )
     common = left.index.intersection(right.index)
-    for column in columns:
+    for column in (c for c in columns if c not in absent):
         a, b = left.loc[common, column], right.loc[common, column]
         if a.dtype.kind in "fiu" and b.dtype.kind in "fiu":
             same = np.isclose(a, b, rtol=rtol, atol=0, equal_nan=True)

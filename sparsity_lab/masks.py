@@ -388,16 +388,27 @@ def fast_training(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iterato
     finally:
         for handle in handles:
             handle.remove()
-        revived = []
+        revived, diverged = [], []
         for name, holder, original in fast:
             if not holder.fast:
                 continue
             holder.fast = False
             with torch.no_grad():
                 pruned = holder.mask == 0
-                if bool(original[pruned].ne(0).any()):  # NaN counts: it is not zero
-                    revived.append(name)
+                values = original[pruned]
+                if bool(values.ne(0).any()):  # NaN counts: it is not zero
+                    # a NaN gradient stays NaN under the mask (NaN * 0), as with ordinary
+                    # masks: that is a diverged training, not a foreign write
+                    (diverged if bool(values.isnan().any()) else revived).append(name)
                     original.masked_fill_(pruned, 0.0)
+        if diverged:
+            warnings.warn(
+                f"pruned weights of {', '.join(diverged)} became NaN during fast_training: the "
+                "training diverged (a NaN gradient stays NaN under a mask); they are zeroed "
+                "again. Lower the learning rate or check the loss.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         if revived:
             warnings.warn(
                 f"pruned weights of {', '.join(revived)} were written during fast_training by "

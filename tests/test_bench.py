@@ -81,7 +81,7 @@ def test_config_errors_name_the_fix(tmp_path):
         bench.load_config(tiny_config(epochs=3))
     with pytest.raises(ValueError, match=r"the config needs \['sparsities'\]"):
         bench.load_config({k: v for k, v in tiny_config().items() if k != "sparsities"})
-    with pytest.raises(ValueError, match="unknown criterion 'snipp'.*imports"):
+    with pytest.raises(ValueError, match="unknown method 'snipp'.*imports"):
         bench.load_config(tiny_config(methods=["snipp"]))
     with pytest.raises(ValueError, match=r"labels \['magnitude \(global\)'\] appear twice"):
         bench.load_config(
@@ -98,6 +98,40 @@ def test_config_errors_name_the_fix(tmp_path):
 
     with pytest.raises(yaml.constructor.ConstructorError):
         bench.load_config(unsafe)
+
+
+def test_method_kinds_are_inferred_and_their_keys_checked():
+    config = bench.load_config(
+        tiny_config(
+            methods=[
+                "snip",
+                "rigl",
+                "static",
+                "l1",
+                {"method": "snip", "kind": "at_init", "label": "snip at init"},
+            ]
+        )
+    )
+    kinds = {entry["label"]: entry["kind"] for entry in config["methods"]}
+    assert kinds == {
+        "snip": "prune",
+        "rigl": "train",
+        "static": "train",
+        "l1": "regularize",
+        "snip at init": "at_init",
+    }
+    errors = {
+        "unknown kind 'grow'": {"method": "snip", "kind": "grow"},
+        "not a registered training": {"method": "snip", "kind": "train"},
+        "epochs_factor is for kinds that train": {"method": "snip", "epochs_factor": 2},
+        "epochs_factor must be > 0": {"method": "rigl", "epochs_factor": 0},
+        "shuffle is for kind 'at_init'": {"method": "rigl", "shuffle": True},
+        "prune_with: magnitude prunes a train run": {"method": "snip", "prune_with": "magnitude"},
+        r"unknown keys \['epochs'\]": {"method": "rigl", "epochs": 3},
+    }
+    for message, entry in errors.items():
+        with pytest.raises(ValueError, match=message):
+            bench.load_config(tiny_config(methods=[entry]))
 
 
 def test_cells_hold_every_baseline_and_one_arm_for_a_pattern_that_fixes_sparsity():
@@ -163,6 +197,56 @@ def test_a_benchmark_measures_each_arm_as_counted_by_hand(clean_registry, tmp_pa
     assert rows.loc["snip", "storage_bits"] == 32 * (2 * kept + rows_of + 3)
     assert math.isnan(rows.loc["snip", "perplexity"])  # not a next-token task
     assert (table["latency_seconds"] > 0).all()
+
+
+def test_runs_that_train_count_their_epochs_and_flops_by_hand(clean_registry, monkeypatch):
+    methods = [
+        {"method": "static", "options": {"budget": "erk"}, "epochs_factor": 0.5},
+        {"method": "snip", "kind": "at_init", "label": "snip at init", "epochs_factor": 0.25},
+        {"method": "snip", "kind": "at_init", "label": "shuffled", "epochs_factor": 0.25,
+         "shuffle": True},
+        "movement",
+        {"method": "cram", "prune_with": "magnitude", "epochs_factor": 0.25},
+        {"method": "prox_l1", "epochs_factor": 0.25},
+    ]  # fmt: skip
+    reestimated = []
+    monkeypatch.setattr(bench, "reestimate_batchnorm", lambda m, data: reestimated.append(data))
+    table = bench.run(tiny_config(methods=methods, bn_reestimate=True), cache_dir=None)
+    rows = table.set_index("method")
+    t, _, _ = recipes.dense("lenet300", "digits", 0)
+    n, epochs = len(t.bundle.train), recipes.recipe_for("lenet300", "digits").epochs
+    weights = 64 * 300 + 300 * 100 + 100 * 10
+    # the recipe's dense training: three dense forward passes per example and epoch
+    assert (table["dense_training_flops"] == 3 * 2 * weights * n * epochs).all()
+    # a fixed mask trains at its own cost for half the recipe's epochs
+    static = rows.loc["static"]
+    assert static["kind"] == "train" and static["epochs"] == round(epochs / 2)
+    assert static["finetune_epochs"] == 0
+    assert static["training_flops"] == 3 * static["flops"] * n * static["epochs"]
+    # pruned at initialisation: trained with the mask fixed; the shuffled twin keeps every
+    # layer's count, so its nonzeros and FLOPs are the mask's
+    at_init, shuffled = rows.loc["snip at init"], rows.loc["shuffled"]
+    assert at_init["epochs"] == round(epochs / 4) and at_init["kind"] == "at_init"
+    assert at_init["training_flops"] == 3 * at_init["flops"] * n * at_init["epochs"]
+    assert shuffled["nonzeros"] == at_init["nonzeros"] and shuffled["flops"] == at_init["flops"]
+    # movement follows one epoch of dense training with its tracker, then fine-tunes
+    movement = rows.loc["movement"]
+    assert movement["training_flops"] == 3 * 2 * weights * n + 3 * movement["flops"] * n
+    assert "tracked_accuracy" in json.loads(movement["extras"])
+    # CrAM ends dense and is pruned once by magnitude: at the target, its dense accuracy kept
+    cram = rows.loc["cram"]
+    assert cram["sparsity"] == pytest.approx(0.8, abs=1e-3) and cram["finetune_epochs"] == 1
+    assert 0 <= json.loads(cram["extras"])["trained_accuracy"] <= 1
+    # a regularizer's rule reaches some sparsity (in the extras), and the projection only
+    # adds zeros up to the target
+    reg = rows.loc["prox_l1"]
+    assert reg["kind"] == "regularize" and reg["sparsity"] >= 0.8 - 1e-3
+    assert 0 <= json.loads(reg["extras"])["reached"] <= 1
+    # BatchNorm is re-estimated once after each one-shot pruning of a trained model, on the
+    # calibration batches: the prune baselines and movement, and CrAM's final pruning
+    one_shot = (table["kind"] == "prune") & (table["method"] != "dense")
+    assert len(reestimated) == int(one_shot.sum()) + 1
+    assert all(len(batches) == 8 for batches in reestimated)
 
 
 def test_a_rerun_reads_every_finished_run_from_the_cache(clean_registry, tmp_path, monkeypatch):

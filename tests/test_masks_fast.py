@@ -149,6 +149,20 @@ def test_a_pruned_weight_written_inside_the_block_is_reported_and_zeroed():
     assert torch.all(masks.dense_weight(model, "0.weight")[mask == 0] == 0)
 
 
+def test_a_diverged_training_is_reported_as_such_not_as_a_foreign_write():
+    # a NaN loss gives NaN gradients, which stay NaN under the mask (NaN * 0) in both modes
+    model, opt = pruned_after_dense_steps(OPTIMIZERS["sgd"])
+    mask = masks.get_mask(model, "0.weight")
+    x = torch.randn(4, model[0].in_features)
+    with pytest.warns(RuntimeWarning, match=r"0\.weight, 2\.weight became NaN.*diverged") as caught:
+        with masks.fast_training(model, opt):
+            opt.zero_grad()
+            (model(x).sum() * float("nan")).backward()
+            opt.step()
+    assert not any("something other than" in str(w.message) for w in caught)
+    assert torch.all(masks.dense_weight(model, "0.weight")[mask == 0] == 0)
+
+
 def test_copies_saved_and_pickled_inside_the_block_are_ordinary_masked_models():
     model, opt = pruned_after_dense_steps(OPTIMIZERS["adam"])
     x, _ = batch()

@@ -54,6 +54,7 @@ def run(
     finetune_epochs: int = 2,
     optimizer: str = "adam",
     lr: float = 1e-3,
+    model: torch.nn.Module | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Train ``task``'s model with ``method`` to ``sparsity``, fine-tune, and measure.
@@ -62,6 +63,8 @@ def run(
     ``"dense"`` (no pruning, the reference).  With ``pattern="channel"`` the last layer
     stays dense for every method, as the structured regularizers do by default.
     ``options`` go to the method's constructor.  Fine-tuning uses a third of ``lr``.
+    ``model`` is the freshly built model to train in place (default: ``task.build()``),
+    for callers that keep it.
 
     Returns ``reached`` (the regularizer's threshold rule; the target for other methods),
     ``measured_sparsity`` (over the pruned tensors), ``val_accuracy`` and ``test_accuracy``
@@ -78,7 +81,7 @@ def run(
     rule's per-layer sparsity, a dict).
     """
     train, val, _ = task.loaders()
-    model = task.build()
+    model = task.build() if model is None else model
     names = default_targets(model)
     if pattern != "unstructured" and len(names) > 1:
         names = names[:-1]

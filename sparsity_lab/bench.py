@@ -31,8 +31,10 @@ under) says how its run makes the sparse model:
   ``epochs_factor``); a method that ends dense (CrAM) names ``prune_with: magnitude`` and
   is pruned once at the end, then fine-tuned like a ``prune`` run;
 * ``regularize`` (a regularizer): a fresh model trains with the penalty for the recipe's
-  epochs, is projected to the target by the regularizer, and fine-tuned
-  (:func:`sparsity_lab.regularizers.compare.run`).
+  epochs (its optimizer and learning rate, no schedule), is projected to the target by
+  the regularizer, and fine-tuned (:func:`sparsity_lab.regularizers.compare.run`); a
+  training method such as ``gmp`` given this kind runs the same protocol, as the
+  regularizers' reference.
 
 With ``bn_reestimate: true`` every one-shot pruning is followed by re-estimating the
 BatchNorm statistics on the calibration batches (CrAM's protocol), for every method alike.
@@ -289,7 +291,9 @@ def _method_entry(entry: str | Mapping[str, Any]) -> dict[str, Any]:
     if kind not in KINDS:
         raise ValueError(f"method {name!r}: unknown kind {kind!r}; choose one of {list(KINDS)}")
     unregistered = kind == "train" and name in _UNREGISTERED_TRAINING
-    if not unregistered and name not in available(KINDS[kind]):
+    # a training method may also run the regularizers' protocol, as their reference
+    shared = kind == "regularize" and name in available("training")
+    if not (unregistered or shared) and name not in available(KINDS[kind]):
         raise ValueError(
             f"method {name!r} is not a registered {KINDS[kind]}, which kind {kind!r} needs "
             f"(`sparsity-lab list {KINDS[kind]}`)"

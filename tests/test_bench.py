@@ -109,6 +109,7 @@ def test_method_kinds_are_inferred_and_their_keys_checked():
                 "static",
                 "l1",
                 {"method": "snip", "kind": "at_init", "label": "snip at init"},
+                {"method": "gmp", "kind": "regularize", "label": "gmp as reference"},
             ]
         )
     )
@@ -119,6 +120,7 @@ def test_method_kinds_are_inferred_and_their_keys_checked():
         "static": "train",
         "l1": "regularize",
         "snip at init": "at_init",
+        "gmp as reference": "regularize",
     }
     errors = {
         "unknown kind 'grow'": {"method": "snip", "kind": "grow"},

@@ -1,57 +1,79 @@
 """Pruning criteria: one-shot accuracy with and without fine-tuning, and pruning at init.
 
-Setting: LeNet-300-100 on the MNIST subset (4,000 training examples), the dense model of
-each seed from ``recipes.dense`` (the setting's recipe, cached).  Every criterion of the
-data-free, data-driven, first-order and at-initialisation families prunes a copy of the
-trained model once at 50, 75, 90 and 95% sparsity, over three seeds; test accuracy is
-measured right after pruning and after a fixed fine-tuning budget (``recipes.finetune``:
-``FINETUNE_EPOCHS`` epochs of SGD at lr 0.01, masks fixed; its FLOPs are recorded).
+Setting: LeNet-300-100 on the MNIST subset (4,000 training examples).  Every run comes
+from the benchmark harness (:mod:`sparsity_lab.bench`) on two configs, which say the whole
+protocol:
 
-* ``random (magnitude's counts)`` is the fair random baseline of global magnitude: a
-  random mask with the per-layer counts of that seed's global magnitude mask
-  (``recipes.random_like``).  ``random`` prunes at random under the global budget.
+* ``benchmarks/configs/criteria-lenet300-mnist.yaml``: every criterion of the data-free,
+  data-driven, first-order and at-initialisation families prunes the recipe's dense model
+  of each seed (``recipes.dense``) once at 50, 75, 90 and 95% sparsity, over three seeds,
+  then fine-tunes it for one epoch of SGD at lr 0.01 with its masks fixed (the harness's
+  ``prune`` kind).  Data-driven criteria see the first 4 training batches.
+* ``benchmarks/configs/criteria-at-init-lenet300-mnist.yaml``: ``random``, ``magnitude``,
+  ``snip``, ``grasp``, ``synflow`` and ``force`` prune the *initial* network, which is
+  rescaled to its sparse fan-in (``recipes.sparse_start``, for every method alike) and
+  trains from scratch with the recipe, its mask fixed, and again with the mask's random
+  twin of the same layer counts (the harness's ``at_init`` kind with ``shuffle: true``:
+  the shuffling of Frankle et al. 2021).
+
+The harness adds its baselines to both: the dense model, ``magnitude (global)``,
+``magnitude (uniform)`` and ``random (magnitude's layer counts)``, the fair random
+baseline of global magnitude (a random mask with the per-layer counts of that seed's global
+magnitude mask).  ``random`` prunes at random under the global budget.
 
 * Weight criteria use the global budget (``magnitude`` also uniform, ``lamp_budget`` and
   ``sensitivity_budget``).
 * Unit criteria remove the same share of the hidden units of ``fc1`` and ``fc2``
-  (``pattern="channel"``, ``budget="uniform"``); ``thinet`` and ``lasso_channel`` choose
-  the same units as inputs of the layers that read them (``pattern="input"``).  Sparsity
+  (``pattern: channel``, ``budget: uniform``); ``thinet`` and ``lasso_channel`` choose
+  the same units as inputs of the layers that read them (``pattern: input``).  Sparsity
   here is the share of hidden units removed.
 * ``karnin``, ``movement`` and ``soft_movement`` accumulate their scores during training:
-  their trackers follow one extra epoch of training of the dense model (lr 0.01), which is
-  then pruned; the benchmark records that model's own accuracy too.  ``soft_movement``
-  learns its scores with no penalty (``lam=0``) and keeps the top-k: with a constant
-  learning rate its scores are the movement scores times the rate, so it ranks the weights
-  exactly as ``movement`` does.
-* At initialisation: ``random``, ``magnitude``, ``snip``, ``grasp``, ``synflow`` and
-  ``force`` prune the *initial* network, which then trains from scratch with the recipe
-  (its epochs unless ``--pai-epochs`` says otherwise) with its mask fixed, and again with
-  the mask's random twin of the same layer counts (``recipes.random_like``: the shuffling
-  of Frankle et al. 2021).  Every sparse start is ``recipes.sparse_start`` (weights
-  rescaled to each unit's sparse fan-in, for every method alike).
+  the harness trains the dense model one more epoch (lr 0.01) with the criterion's tracker,
+  then prunes that model; its own test accuracy is the run's ``tracked_accuracy`` (in
+  ``extras``).  ``soft_movement`` learns its scores with no penalty (``lam=0``) and keeps
+  the top-k: with a constant learning rate its scores are the movement scores times the
+  rate, so it ranks the weights exactly as ``movement`` does.
 
-Every run carries the sanity flags of ``recipes.evaluate_run``.  The script checks the
+What each accuracy is (the harness's definitions):
+
+* ``pruned_accuracy``: accuracy on the **validation** split right after pruning, before
+  fine-tuning.  Before this script ran on the harness it was the *test* accuracy; the
+  checks and figure of that stage now compare validation accuracies.
+* ``test_accuracy``: test accuracy after fine-tuning (the old ``finetuned_accuracy``), or
+  after training from scratch for the runs at initialisation.
+* ``training_flops``: the fine-tuning's FLOPs, plus the tracking epoch's for the criteria
+  with a score tracker (the old script recorded the fine-tuning's alone); ``prune_seconds``
+  times the whole stage (tracking, pruning and fine-tuning), not the pruning alone.
+
+Every run carries the sanity flags of ``recipes.evaluate_run`` (``flags``: the final model
+on test; ``pruned_flags``: the pruned model on validation).  The script checks the
 issue's expectations with paired differences over seeds (``sl.stats.paired``) and reports
 each as met, missed or inconclusive (one seed, or an interval that decides nothing), with
 the verdict against the cited claim of ``sl.claims.CLAIMS`` where there is one; nothing
 here is tuned to agree.
 
-    python benchmarks/criteria.py [--seeds 0 1 2] [--quick]
+    python benchmarks/criteria.py [--seeds 0 1 2] [--quick] [--out DIR] [--cache DIR]
 
-Writes ``benchmarks/results/criteria.json`` (every run, summary tables, the checks) and
-``criteria.png``; finished runs are cached under ``benchmarks/results/criteria_cache`` so
-an interrupted run resumes.
+``--quick`` is a smoke pass: the digits data instead of MNIST, two seeds, 75 and 95%
+sparsity, a few criteria of each family, and 2 of the recipe's 20 epochs of training
+from initialisation.
+
+Writes, under ``--out`` (default ``benchmarks/results``), ``criteria[_quick].json``
+(every run, summary tables, the checks) and ``criteria[_quick].png``, and each config's
+table and manifest (``bench.write``: ``<name>.csv`` and ``<name>.manifest.json``).
+Finished runs are cached under ``<out>/criteria_cache`` so an interrupted run resumes;
+``--cache .cache/bench`` shares them with ``sparsity-lab bench`` run from the repository
+root.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import functools
 import json
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -62,204 +84,109 @@ import pandas as pd
 import torch
 
 import sparsity_lab as sl
-from sparsity_lab import masks, recipes
-from sparsity_lab.criteria.first_order import (
-    KarninScores,
-    MovementScores,
-    SoftMovementScores,
-)
+from sparsity_lab import bench, recipes
 
 RESULTS = Path(__file__).parent / "results"
-CACHE = RESULTS / "criteria_cache"
-VERSION = "criteria_v2"  # v2: recipe dense models, flags, fine-tuning budgets in FLOPs
-MODEL, DATA = "lenet300", "mnist"
-SPARSITIES = [0.5, 0.75, 0.9, 0.95]
-FINETUNE_EPOCHS = 1
-FINETUNE_LR = 0.01
-CALIBRATION_BATCHES = 4
-# SynFlow's 100 rounds cost ~15 s per pruning on 2 busy cores; 20 rounds keep the
-# benchmark's budget and already avoid layer collapse at these sparsities.
-SYNFLOW_ITERATIONS = 20
-#: the random baseline of global magnitude: its mask's per-layer counts, random positions
-RANDOM_LIKE = "random (magnitude's counts)"
+CONFIGS = Path(__file__).parent / "configs"
+AFTER_TRAINING_CONFIG = CONFIGS / "criteria-lenet300-mnist.yaml"
+AT_INIT_CONFIG = CONFIGS / "criteria-at-init-lenet300-mnist.yaml"
 
-#: label -> (family, criterion, pattern, budget, options)
-WEIGHTS = {
-    "magnitude (global)": ("data-free", "magnitude", "unstructured", "global", {}),
-    "magnitude (uniform)": ("data-free", "magnitude", "unstructured", "uniform", {}),
-    "magnitude (lamp_budget)": ("data-free", "magnitude", "unstructured", "lamp_budget", {}),
-    "magnitude (sensitivity_budget)": (
-        "data-free",
-        "magnitude",
-        "unstructured",
-        "sensitivity_budget",
-        {},
-    ),
-    RANDOM_LIKE: ("data-free", "random_like", "unstructured", "global", {}),
-    "random": ("data-free", "random", "unstructured", "global", {}),
-    "lamp": ("data-free", "lamp", "unstructured", "global", {}),
-    "snip": ("first-order", "snip", "unstructured", "global", {}),
-    "taylor_weight": ("first-order", "taylor_weight", "unstructured", "global", {}),
-    "karnin": ("first-order", "karnin", "unstructured", "global", {}),
-    "movement": ("first-order", "movement", "unstructured", "global", {}),
-    "soft_movement": ("first-order", "soft_movement", "unstructured", "global", {}),
-    "grasp": ("at-init", "grasp", "unstructured", "global", {}),
-    "synflow": ("at-init", "synflow", "unstructured", "global", {"iterations": SYNFLOW_ITERATIONS}),
-    "force": ("at-init", "force", "unstructured", "global", {}),
+# the labels the harness gives its mandatory baselines
+GLOBAL, UNIFORM = "magnitude (global)", "magnitude (uniform)"
+RANDOM_LIKE = "random (magnitude's layer counts)"
+
+#: label -> family of every method pruned after training, the harness's baselines included
+FAMILY = {
+    GLOBAL: "data-free",
+    UNIFORM: "data-free",
+    RANDOM_LIKE: "data-free",
+    "magnitude (lamp_budget)": "data-free",
+    "magnitude (sensitivity_budget)": "data-free",
+    "random": "data-free",
+    "lamp": "data-free",
+    "snip": "first-order",
+    "taylor_weight": "first-order",
+    "karnin": "first-order",
+    "movement": "first-order",
+    "soft_movement": "first-order",
+    "grasp": "at-init",
+    "synflow": "at-init",
+    "force": "at-init",
+    "random (units)": "data-free",
+    "group_norm": "data-free",
+    "fpgm": "data-free",
+    "neuron_merge": "data-free",
+    "apoz": "data-driven",
+    "mean_activation": "data-driven",
+    "activation_variance": "data-driven",
+    "correlation_merge": "data-driven",
+    "sensitivity": "data-driven",
+    "nisp": "data-driven",
+    "thinet": "data-driven",
+    "lasso_channel": "data-driven",
+    "skeletonization": "first-order",
+    "taylor": "first-order",
 }
-UNITS = {
-    "random (units)": ("data-free", "random", "channel"),
-    "group_norm": ("data-free", "group_norm", "channel"),
-    "fpgm": ("data-free", "fpgm", "channel"),
-    "neuron_merge": ("data-free", "neuron_merge", "channel"),
-    "apoz": ("data-driven", "apoz", "channel"),
-    "mean_activation": ("data-driven", "mean_activation", "channel"),
-    "activation_variance": ("data-driven", "activation_variance", "channel"),
-    "correlation_merge": ("data-driven", "correlation_merge", "channel"),
-    "sensitivity": ("data-driven", "sensitivity", "channel"),
-    "nisp": ("data-driven", "nisp", "channel"),
-    "thinet": ("data-driven", "thinet", "input"),
-    "lasso_channel": ("data-driven", "lasso_channel", "input"),
-    "skeletonization": ("first-order", "skeletonization", "channel"),
-    "taylor": ("first-order", "taylor", "channel"),
+#: patterns that remove whole hidden units (the rest prune single weights)
+UNIT_PATTERNS = ("channel", "input")
+
+# --quick: a smoke pass of both configs that still reaches every check
+QUICK_DATA = "digits"
+QUICK_SPARSITIES = [0.75, 0.95]
+QUICK_EPOCHS_FACTOR = 0.1  # 2 of the digits recipe's 20 epochs from initialisation
+QUICK_LABELS = {
+    # after training: each family, a score tracker, both unit patterns, and the arms the
+    # checks compare
+    "magnitude (lamp_budget)",
+    "random",
+    "lamp",
+    "snip",
+    "movement",
+    "synflow",
+    "random (units)",
+    "group_norm",
+    "apoz",
+    "thinet",
+    "taylor",
+    # at initialisation: the arms the checks compare, each with its random twin
+    "random (at init)",
+    "random (at init, shuffled)",
+    "snip (at init)",
+    "snip (at init, shuffled)",
+    "grasp (at init)",
+    "grasp (at init, shuffled)",
+    "synflow (at init)",
+    "synflow (at init, shuffled)",
 }
-# The hidden units of LeNet-300-100: rows of the layers that own them, or columns of the
-# layers that read them; both remove the same units.
-UNIT_TARGETS = {"channel": ["fc1.weight", "fc2.weight"], "input": ["fc2.weight", "fc3.weight"]}
-TRACKED = {"karnin": KarninScores, "movement": MovementScores, "soft_movement": SoftMovementScores}
-AT_INIT = {
-    "random": {},
-    "magnitude": {},
-    "snip": {},
-    "grasp": {},
-    "synflow": {"iterations": SYNFLOW_ITERATIONS},
-    "force": {},
-}
 
 
-# --- the models ---------------------------------------------------------------------------
+# --- the runs -----------------------------------------------------------------------------
 
 
-@functools.cache
-def setting(seed: int):
-    """The task, the recipe's dense model, its info and the calibration batches of a seed."""
-    t, dense, info = recipes.dense(MODEL, DATA, seed)
-    train = t.loaders()[0]
-    calibration = [batch for _, batch in zip(range(CALIBRATION_BATCHES), train, strict=False)]
-    return t, dense, info, calibration
+def config_of(path: Path, *, quick: bool, seeds: list[int] | None) -> dict[str, Any]:
+    """A benchmark config as the YAML file says, or its smoke-pass version (``quick``)."""
+    config = bench.load_config(path)
+    if seeds is not None:
+        config["seeds"] = seeds
+    if quick:
+        config["name"] = f"{config['name'].replace(config['data'], QUICK_DATA)}-quick"
+        config["data"] = QUICK_DATA
+        config["seeds"] = config["seeds"][:2]
+        config["sparsities"] = QUICK_SPARSITIES
+        config["methods"] = [
+            {**entry, "epochs_factor": QUICK_EPOCHS_FACTOR if entry["kind"] == "at_init" else 1}
+            for entry in config["methods"]
+            if entry["label"] in QUICK_LABELS
+        ]
+    return config
 
 
-@functools.cache
-def tracked(seed: int):
-    """The dense model after one more epoch with the score trackers among the callbacks."""
-    t, dense, _, _ = setting(seed)
-    model = copy.deepcopy(dense)
-    trackers = {name: cls() for name, cls in TRACKED.items()}
-    train, val, _ = t.loaders()
-    sl.train.fit(
-        model,
-        train,
-        val,
-        epochs=1,
-        lr=FINETUNE_LR,
-        seed=seed,
-        callbacks=list(trackers.values()),
-    )
-    return model, trackers
-
-
-# --- one cell of each part ----------------------------------------------------------------
-
-
-def after_training(criterion: str, sparsity: float, seed: int, finetune_epochs: int) -> dict:
-    """Prune the trained model once; test accuracy right after and after fine-tuning."""
-    torch.manual_seed(seed)
-    t, dense, info, calibration = setting(seed)
-    start = time.perf_counter()
-    if criterion in WEIGHTS:
-        family, method, pattern, budget, options = WEIGHTS[criterion]
-        targets = None
-    else:
-        family, method, pattern = UNITS[criterion]
-        budget, options, targets = "uniform", {}, UNIT_TARGETS[pattern]
-    source, source_accuracy = dense, info["test_accuracy"]
-    if method in TRACKED:
-        source, trackers = tracked(seed)
-        options = {**options, "tracker": trackers[method]}
-        source_accuracy = recipes.evaluate_run(source, t)["accuracy"]
-    model = copy.deepcopy(source)
-    if method == "random_like":
-        found = masks.masks(sl.prune(copy.deepcopy(source), "magnitude", sparsity, seed=seed))
-        for name, mask in recipes.random_like(found, seed=seed).items():
-            masks.attach(model, name, mask)
-    else:
-        sl.prune(
-            model,
-            method,
-            sparsity,
-            pattern=pattern,
-            budget=budget,
-            targets=targets,
-            data=calibration,
-            seed=seed,
-            **options,
-        )
-    prune_seconds = time.perf_counter() - start
-    pruned = recipes.evaluate_run(model, t)["accuracy"]
-    budget_spent = recipes.finetune(model, t, finetune_epochs, lr=FINETUNE_LR, progress=False)
-    final = recipes.evaluate_run(model, t, target_sparsity=sparsity, names=targets)
-    return {
-        "family": family,
-        "pattern": pattern,
-        "budget": budget,
-        "measured_sparsity": final["sparsity"],
-        "pruned_accuracy": pruned,
-        "finetuned_accuracy": final["accuracy"],
-        **budget_spent,
-        "flags": final["flags"],
-        "source_accuracy": source_accuracy,
-        "dense_accuracy": info["test_accuracy"],
-        "prune_seconds": prune_seconds,
-    }
-
-
-_found: dict = {}  # one pruning serves the run with the mask as found and its random twin
-
-
-def at_initialisation(
-    criterion: str, sparsity: float, shuffled: bool, epochs: int | None, seed: int
-) -> dict:
-    """Prune the initial network (or take the random twin of its mask), train from scratch.
-
-    ``epochs=None`` trains for the recipe's epochs; every other setting is the recipe's.
-    """
-    t, _, _, calibration = setting(seed)
-    init = t.build()  # the initial weights of this seed's dense model
-    key = (criterion, sparsity, seed)
-    if key not in _found:
-        pruned = sl.prune(
-            copy.deepcopy(init),
-            criterion,
-            sparsity,
-            data=calibration,
-            seed=seed,
-            **AT_INIT[criterion],
-        )
-        _found[key] = masks.masks(pruned)
-    found = recipes.random_like(_found[key], seed=seed) if shuffled else _found[key]
-    net = recipes.sparse_start(copy.deepcopy(init), found)
-    training = recipes.recipe_for(MODEL, DATA).training()
-    if epochs is not None:
-        training["epochs"] = epochs
-    train, val, _ = t.loaders()
-    sl.train.fit(net, train, val, seed=seed, progress=False, **training)
-    result = recipes.evaluate_run(net, t, target_sparsity=sparsity)
-    return {
-        "test_accuracy": result["accuracy"],
-        "measured_sparsity": result["sparsity"],
-        "train_epochs": training["epochs"],
-        "flags": result["flags"],
-    }
+def with_shuffled(table: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
+    """``table`` with ``shuffled``: whether a run pruned at initialisation trained the
+    random twin of its mask.  The harness's table names an arm by its label only, so the
+    config's entries say which arms are twins (the baselines never are)."""
+    twins = {entry["label"] for entry in config["methods"] if entry["shuffle"]}
+    return table.assign(shuffled=table.method.isin(twins))
 
 
 # --- the expectations ---------------------------------------------------------------------
@@ -282,7 +209,7 @@ def paired_checks(
 ) -> list[dict]:
     """``treatment - baseline`` paired over seeds, one check per group of ``by``.
 
-    Empty when an arm was not run (``--criteria`` chose a subset).
+    Empty when an arm was not run (``--quick`` runs a subset).
     """
     if not {treatment, baseline} <= set(df[column]):
         return []
@@ -317,60 +244,61 @@ def paired_checks(
     return out
 
 
-def checks(one_shot: pd.DataFrame, pai: pd.DataFrame, sparsities: list[float]) -> list[dict]:
-    where = "LeNet-300-100, MNIST subset"
+#: the two stages of a run pruned after training: the metric and how the report names it
+STAGES = {
+    "pruned_accuracy": "pruned (validation)",
+    "test_accuracy": "fine-tuned (test)",
+}
+
+
+def checks(one_shot: pd.DataFrame, at_init: pd.DataFrame, where: str) -> list[dict]:
+    """Every expectation, paired over seeds.
+
+    ``one_shot``: the runs pruned after training; ``at_init``: the at-initialisation
+    config's table (its runs pruned at initialisation with ``shuffled``, and the harness's
+    baselines pruned after training).
+    """
     out = []
-    high = one_shot[one_shot.sparsity >= 0.9]
-    for metric in ("pruned_accuracy", "finetuned_accuracy"):
-        by = ["sparsity"]
-        stage = {"stage": metric}
+    high = one_shot[one_shot.target_sparsity >= 0.9]
+    by = ["target_sparsity"]
+    for metric, stage in STAGES.items():
+        after = {"metric": metric, "by": by, "where": {"stage": stage}}
+        # the claims are about accuracy after fine-tuning
+        claimed = metric == "test_accuracy"
         out += paired_checks(
-            high,
-            "global magnitude > layer-wise magnitude",
-            "criterion",
-            "magnitude (global)",
-            "magnitude (uniform)",
-            metric=metric,
-            by=by,
-            where=stage,
+            high, "global magnitude > layer-wise magnitude", "method", GLOBAL, UNIFORM, **after
         )
         out += paired_checks(
             high,
             "layer-wise magnitude > random (global budget)",
-            "criterion",
-            "magnitude (uniform)",
+            "method",
+            UNIFORM,
             "random",
-            metric=metric,
-            by=by,
-            where=stage,
+            **after,
         )
         out += paired_checks(
             high,
             "global magnitude > random with its layer counts",
-            "criterion",
-            "magnitude (global)",
+            "method",
+            GLOBAL,
             RANDOM_LIKE,
-            metric=metric,
-            by=by,
-            where=stage,
-            claim="magnitude_beats_random_after_training"
-            if metric == "finetuned_accuracy"
-            else None,
+            **after,
+            claim="magnitude_beats_random_after_training" if claimed else None,
             setting=where,
         )
         out += paired_checks(
             high,
             "LAMP > global magnitude",
-            "criterion",
+            "method",
             "lamp",
-            "magnitude (global)",
-            metric=metric,
-            by=by,
-            where=stage,
-            claim="lamp_beats_global_magnitude" if metric == "finetuned_accuracy" else None,
+            GLOBAL,
+            **after,
+            claim="lamp_beats_global_magnitude" if claimed else None,
             setting=where,
         )
+    pai = at_init[at_init.kind == "at_init"]
     found = pai[~pai.shuffled]
+    at_init_setting = where + ", pruned at initialisation"
     for m in ("snip", "grasp", "synflow"):
         out += paired_checks(
             found,
@@ -379,26 +307,25 @@ def checks(one_shot: pd.DataFrame, pai: pd.DataFrame, sparsities: list[float]) -
             m,
             "random",
             metric="test_accuracy",
-            by=["sparsity"],
+            by=by,
             claim="snip_beats_random_init" if m == "snip" else None,
-            setting=where + ", pruned at initialisation",
+            setting=at_init_setting,
         )
     out += paired_checks(
-        found[found.sparsity >= 0.9],
+        found[found.target_sparsity >= 0.9],
         "at initialisation: synflow > snip",
         "criterion",
         "synflow",
         "snip",
         metric="test_accuracy",
-        by=["sparsity"],
+        by=by,
         claim="synflow_beats_snip_extreme",
-        setting=where + ", pruned at initialisation",
+        setting=at_init_setting,
     )
-    # the at-init masks against magnitude pruning after training, fine-tuned (paired by seed)
-    after = one_shot[one_shot.criterion == "magnitude (global)"].assign(
-        criterion="magnitude after training", test_accuracy=lambda d: d["finetuned_accuracy"]
-    )
-    both = pd.concat([found, after], ignore_index=True)
+    # the at-init masks against magnitude pruning after training and fine-tuning (the
+    # harness's baseline, in the same table), paired by seed
+    after_training = at_init[at_init.method == GLOBAL].assign(criterion="magnitude after training")
+    both = pd.concat([found, after_training], ignore_index=True)
     for m in ("snip", "grasp", "synflow"):
         out += paired_checks(
             both,
@@ -407,21 +334,21 @@ def checks(one_shot: pd.DataFrame, pai: pd.DataFrame, sparsities: list[float]) -
             "magnitude after training",
             m,
             metric="test_accuracy",
-            by=["sparsity"],
+            by=by,
             where={"criterion": m},
         )
-    for m in AT_INIT:
-        part = pai[pai.criterion == m].assign(
+    for m in pai.criterion.unique():
+        arms = pai[pai.criterion == m].assign(
             arm=lambda d: d.shuffled.map({True: "shuffled", False: "original"})
         )
         out += paired_checks(
-            part,
+            arms,
             "shuffling masks within layers at initialisation changes little (within 2 points)",
             "arm",
             "shuffled",
             "original",
             metric="test_accuracy",
-            by=["sparsity"],
+            by=by,
             relation="within",
             margin=0.02,
             where={"criterion": m},
@@ -434,44 +361,49 @@ def checks(one_shot: pd.DataFrame, pai: pd.DataFrame, sparsities: list[float]) -
 # --- report -------------------------------------------------------------------------------
 
 
-def figure(one_shot: pd.DataFrame, pai: pd.DataFrame, path: Path, finetune_epochs: int) -> None:
-    weights, units = one_shot.criterion.isin(WEIGHTS), one_shot.criterion.isin(UNITS)
+def figure(
+    one_shot: pd.DataFrame, dense: pd.DataFrame, at_init: pd.DataFrame, path: Path, title: str
+) -> None:
+    units = one_shot.pattern.isin(UNIT_PATTERNS)
     free = one_shot.family == "data-free"
     panels = [
-        ("weights, data-free", weights & free),
+        ("weights, data-free", ~units & free),
         (
             "weights, first-order and at-init criteria (magnitude, random for reference)",
-            weights & ~free | one_shot.criterion.isin(["magnitude (global)", "random"]),
+            ~units & ~free | one_shot.method.isin([GLOBAL, "random"]),
         ),
         ("units, data-free", units & free),
         (
             "units, data-driven and first-order (random, group_norm for reference)",
-            units & ~free | one_shot.criterion.isin(["random (units)", "group_norm"]),
+            units & ~free | one_shot.method.isin(["random (units)", "group_norm"]),
         ),
     ]
     fig, axes = plt.subplots(2, 5, figsize=(26, 9), layout="constrained")
+    # each stage against the dense model on its own split, its points circled by the
+    # flags of that stage
     stages = [
-        ("pruned_accuracy", "no fine-tuning"),
-        ("finetuned_accuracy", f"{finetune_epochs} epoch(s) fine-tuning"),
+        ("pruned_accuracy", "pruned_flags", "val_accuracy", "no fine-tuning", "validation"),
+        ("test_accuracy", "flags", "test_accuracy", "1 epoch fine-tuning", "test"),
     ]
-    for row, (metric, stage) in zip(axes, stages, strict=True):
-        for ax, (title, select) in zip(row[:4], panels, strict=True):
-            part = one_shot[select]
-            sl.viz.sparsity_curve(part, x="sparsity", y=metric, hue="criterion", ax=ax)
-            ax.axhline(part["dense_accuracy"].mean(), color="k", linestyle=":", linewidth=1)
-            ax.set_title(f"{title}: {stage}", fontsize=9)
-            ax.set_ylabel("test accuracy")
+    for row, (metric, flags, dense_metric, stage, split) in zip(axes, stages, strict=True):
+        for ax, (name, select) in zip(row[:4], panels, strict=True):
+            part = one_shot[select].assign(flags=one_shot[select][flags])
+            sl.viz.sparsity_curve(part, x="target_sparsity", y=metric, hue="method", ax=ax)
+            ax.axhline(dense[dense_metric].mean(), color="k", linestyle=":", linewidth=1)
+            ax.set_title(f"{name}: {stage}", fontsize=9)
+            ax.set_ylabel(f"{split} accuracy")
             ax.legend(fontsize=6)
+    pai = at_init[at_init.kind == "at_init"]
     for ax, shuffled in zip(axes[:, 4], (False, True), strict=True):
         part = pai[pai.shuffled == shuffled]
-        sl.viz.sparsity_curve(part, x="sparsity", y="test_accuracy", hue="criterion", ax=ax)
+        sl.viz.sparsity_curve(part, x="target_sparsity", y="test_accuracy", hue="criterion", ax=ax)
         ax.set_title(
             f"pruned at init, trained from scratch{', masks shuffled' if shuffled else ''}",
             fontsize=9,
         )
         ax.set_ylabel("test accuracy")
         ax.legend(fontsize=6)
-    fig.suptitle("LeNet-300-100 on the MNIST subset: mean and 95% interval over seeds")
+    fig.suptitle(f"{title}: mean and 95% interval over seeds")
     fig.savefig(path, dpi=100)
 
 
@@ -479,7 +411,9 @@ def print_checks(found: list[dict]) -> None:
     """Each expectation's paired difference, and the claim's verdict where there is one."""
     print("\nexpectations (paired differences over seeds, treatment - baseline):")
     for c in found:
-        where = ", ".join(f"{k}={c[k]}" for k in ("criterion", "sparsity", "stage") if k in c)
+        where = ", ".join(
+            f"{k}={c[k]}" for k in ("criterion", "target_sparsity", "stage") if k in c
+        )
         print(f"  [{c['status']}] {c['expectation']} ({where}): {c['numbers']}")
         if "claim" in c:
             print(
@@ -489,8 +423,8 @@ def print_checks(found: list[dict]) -> None:
     print(f"  {counts}")
 
 
-def print_flags(df: pd.DataFrame, by: list[str], what: str) -> pd.DataFrame:
-    flagged = sl.flags.table(df, by)
+def print_flags(df: pd.DataFrame, by: list[str], what: str, column: str = "flags") -> pd.DataFrame:
+    flagged = sl.flags.table(df, by, column)
     if flagged.empty:
         print(f"No sanity flag fired ({what}).")
     else:
@@ -505,133 +439,140 @@ def _plain(value):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--finetune-epochs", type=int, default=FINETUNE_EPOCHS)
-    parser.add_argument("--pai-epochs", type=int, default=None, help="default: the recipe's epochs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the configs'")
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="two seeds, two sparsities, 2 epochs of training from initialisation",
+        help="digits, two seeds, two sparsities, a few criteria, 2 epochs from initialisation",
     )
-    parser.add_argument(
-        "--criteria", nargs="+", default=None, help="a subset of the criteria (a check)"
-    )
-    parser.add_argument("--out", default=None, help="default: results/criteria[_quick].json")
+    parser.add_argument("--out", default=str(RESULTS), help="folder of every output")
+    parser.add_argument("--cache", default=None, help="finished runs (default: OUT/criteria_cache)")
     args = parser.parse_args()
+    out = Path(args.out)
+    cache = Path(args.cache) if args.cache else out / "criteria_cache"
     # a quick check must never overwrite the stored full run
-    args.out = args.out or str(RESULTS / f"criteria{'_quick' if args.quick else ''}.json")
-    torch.set_num_threads(args.threads)
-    seeds = args.seeds[:2] if args.quick else args.seeds
-    sparsities = [0.75, 0.95] if args.quick else SPARSITIES
-    recipe = recipes.recipe_for(MODEL, DATA)
-    pai_epochs = 2 if args.quick else args.pai_epochs
-    chosen = args.criteria or [*WEIGHTS, *UNITS, *AT_INIT]
+    report_path = out / f"criteria{'_quick' if args.quick else ''}.json"
+
     started = time.perf_counter()
-    dense = {seed: setting(seed)[2] for seed in seeds}
-    for seed, info in dense.items():
-        print(f"dense seed {seed}: test {info['test_accuracy']:.4f} {info['flags']}".rstrip())
-    after = [c for c in [*WEIGHTS, *UNITS] if c in chosen]
-    print(f"{len(after)} criteria after training ...", flush=True)
-    one_shot = sl.experiments.sweep(
-        # the fine-tuning budget is a metric of every run (finetune_epochs, finetune_flops)
-        # and part of the cache's name
-        functools.partial(after_training, finetune_epochs=args.finetune_epochs),
-        {"criterion": after, "sparsity": sparsities},
-        seeds=seeds,
-        cache_dir=CACHE,
-        name=f"{VERSION}-after_training-finetune{args.finetune_epochs}",
-        progress=False,
+    after_config, at_init_config = (
+        config_of(path, quick=args.quick, seeds=args.seeds)
+        for path in (AFTER_TRAINING_CONFIG, AT_INIT_CONFIG)
     )
-    at_init_chosen = [c for c in AT_INIT if c in chosen]
-    print(f"{len(at_init_chosen)} criteria at initialisation ...", flush=True)
-    pai = sl.experiments.sweep(
-        at_initialisation,
-        {
-            "criterion": at_init_chosen,
-            "sparsity": sparsities,
-            "shuffled": [False, True],
-            "epochs": [pai_epochs],
-        },
-        seeds=seeds,
-        cache_dir=CACHE,
-        name=f"{VERSION}-at_initialisation",
-        progress=False,
+    tables = {}
+    for config in (after_config, at_init_config):
+        print(f"{config['name']}: {len(bench.cells(config))} arms ...", flush=True)
+        tables[config["name"]] = bench.run(config, cache_dir=cache, progress=False)
+        bench.write(tables[config["name"]], config, out)
+    table = tables[after_config["name"]]
+    dense = table[table.method == "dense"]
+    one_shot = table[table.method != "dense"].assign(
+        family=lambda d: d.method.map(FAMILY),
+        pattern=lambda d: d.options.map(lambda o: json.loads(o).get("pattern", "unstructured")),
     )
-    found = checks(one_shot, pai, sparsities)
-    tables = {
-        metric: sl.experiments.summarize(one_shot, ["criterion", "sparsity"], metric)
-        for metric in ("pruned_accuracy", "finetuned_accuracy")
+    at_init = with_shuffled(tables[at_init_config["name"]], at_init_config)
+    pai = at_init[at_init.kind == "at_init"]
+
+    model, data = after_config["model"], after_config["data"]
+    recipe = recipes.recipe_for(model, data)
+    where = f"LeNet-300-100, {data}" + (" subset" if data == "mnist" else "")
+    for _, run in dense.iterrows():
+        print(
+            f"dense seed {run['seed']}: test {run['test_accuracy']:.4f}, "
+            f"validation {run['val_accuracy']:.4f} {run['flags']}".rstrip()
+        )
+    found = checks(one_shot, at_init, where)
+    summaries = {
+        metric: sl.experiments.summarize(one_shot, ["method", "target_sparsity"], metric)
+        for metric in STAGES
     }
-    pai_table = sl.experiments.summarize(
-        pai, ["criterion", "shuffled", "sparsity"], "test_accuracy"
+    pai_summary = sl.experiments.summarize(
+        pai, ["criterion", "shuffled", "target_sparsity"], "test_accuracy"
     )
     pd.set_option("display.width", 200)
-    for metric, table in tables.items():
-        print(f"\nmean test accuracy, {metric}:")
-        print(table.pivot(index="criterion", columns="sparsity", values="mean").round(3))
+    print(
+        "\npruned_accuracy is the validation accuracy right after pruning (the harness's "
+        "definition; before the port it was test accuracy); test_accuracy is after fine-tuning"
+    )
+    for metric, stage in STAGES.items():
+        print(f"\nmean accuracy, {stage} ({metric}):")
+        means = summaries[metric].pivot(index="method", columns="target_sparsity", values="mean")
+        print(means.round(3))
     print("\nmean test accuracy, pruned at initialisation and trained from scratch:")
     print(
-        pai_table.pivot(index=["criterion", "shuffled"], columns="sparsity", values="mean").round(3)
+        pai_summary.pivot(
+            index=["criterion", "shuffled"], columns="target_sparsity", values="mean"
+        ).round(3)
     )
-    flagged_after = print_flags(one_shot, ["criterion", "sparsity"], "after training")
-    flagged_init = print_flags(pai, ["criterion", "shuffled", "sparsity"], "at initialisation")
+    by = ["method", "target_sparsity"]
+    flagged = {
+        "after_training_pruned": print_flags(
+            one_shot, by, "after training, right after pruning (validation)", "pruned_flags"
+        ),
+        "after_training": print_flags(one_shot, by, "after training, fine-tuned (test)"),
+        "at_initialisation": print_flags(
+            pai, ["criterion", "shuffled", "target_sparsity"], "at initialisation"
+        ),
+    }
     print_checks(found)
+    at_init_epochs = sorted(int(e) for e in pai.epochs.unique())
     report = {
         "benchmark": "criteria",
-        "setting": "lenet300 on the MNIST subset (4000 train, 500 val, 500 test examples)",
+        "setting": f"{model} on {data} (the harness's split of the setting: see the manifests)",
+        "configs": {
+            "after_training": {"file": str(AFTER_TRAINING_CONFIG.name), **after_config},
+            "at_initialisation": {"file": str(AT_INIT_CONFIG.name), **at_init_config},
+        },
+        "tables": {name: f"{name}.csv" for name in tables},
         "quick": args.quick,
-        "seeds": seeds,
-        "sparsities": sparsities,
-        "criteria": chosen,
+        "seeds": after_config["seeds"],
+        "sparsities": after_config["sparsities"],
+        "criteria": [e["label"] for c in (after_config, at_init_config) for e in c["methods"]],
         "dense": {
             "recipe": dict(recipe.training(), batch_size=recipe.batch_size),
             "expected_test_accuracy": recipe.expected_test_accuracy,
             "per_seed": {
-                s: {k: i[k] for k in ("test_accuracy", "val_accuracy", "flags")}
-                for s, i in dense.items()
+                int(run.seed): {k: run[k] for k in ("test_accuracy", "val_accuracy", "flags")}
+                for _, run in dense.iterrows()
             },
         },
         "finetune": {
-            "epochs": args.finetune_epochs,
-            "lr": FINETUNE_LR,
+            "epochs": after_config["finetune_epochs"],
+            "lr": after_config["finetune_lr"],
             "optimizer": "sgd",
-            "flops_per_run": "finetune_flops of each run",
+            "flops_per_run": "training_flops of each run (with the tracking epoch, if any)",
         },
+        "pruned_accuracy": "validation accuracy right after pruning (test before the port)",
         "at_init_training": {
             **recipe.training(),
-            "epochs": pai_epochs or recipe.epochs,
+            "epochs": at_init_epochs,
             "epochs_note": "the recipe's"
-            if pai_epochs is None
-            else f"{pai_epochs}, overriding the recipe's {recipe.epochs}"
+            if at_init_epochs == [recipe.epochs]
+            else f"{at_init_epochs}, not the recipe's {recipe.epochs}"
             + (" (--quick)" if args.quick else ""),
         },
-        "calibration_batches": CALIBRATION_BATCHES,
-        "synflow_iterations": SYNFLOW_ITERATIONS,
-        "threads": args.threads,
+        "calibration_batches": after_config["calibration_batches"],
+        "threads": after_config["threads"],
         "torch": torch.__version__,
         "python": platform.python_version(),
         # runs found in the cache load at once, so this is the time of the missing runs only
         "seconds_this_invocation": time.perf_counter() - started,
         "after_training": one_shot.to_dict(orient="records"),
         "at_initialisation": pai.to_dict(orient="records"),
-        "summary": {k: v.to_dict(orient="records") for k, v in tables.items()},
-        "summary_at_initialisation": pai_table.to_dict(orient="records"),
-        "flagged": {
-            "after_training": flagged_after.to_dict(orient="records"),
-            "at_initialisation": flagged_init.to_dict(orient="records"),
-        },
+        "summary": {k: v.to_dict(orient="records") for k, v in summaries.items()},
+        "summary_at_initialisation": pai_summary.to_dict(orient="records"),
+        "flagged": {k: v.to_dict(orient="records") for k, v in flagged.items()},
         "checks": found,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, default=_plain))
-    figure(one_shot, pai, out.with_suffix(".png"), args.finetune_epochs)
-    if pai_epochs is not None:
+    out.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=1, default=_plain))
+    figure(one_shot, dense, at_init, report_path.with_suffix(".png"), where)
+    if at_init_epochs != [recipe.epochs]:
         print(
-            f"training from initialisation: {pai_epochs} epochs, not the recipe's {recipe.epochs}"
+            f"training from initialisation: {at_init_epochs} epochs, not the recipe's "
+            f"{recipe.epochs}"
         )
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    print(f"wrote {report_path}, {report_path.with_suffix('.png')} and in {out}:")
+    print("  " + ", ".join(f"{name}.csv, {name}.manifest.json" for name in tables))
     print(f"{report['seconds_this_invocation']:.0f} s (runs not in the cache)")
 
 

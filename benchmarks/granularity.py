@@ -1,15 +1,30 @@
 """Granularity of sparsity: accuracy of each pattern at equal sparsity, and shrink's speed.
 
-**Accuracy.**  For LeNet-300-100 (flat MNIST) and the small CNN (LeNet-5 on 28x28 MNIST
-images), over ``--seeds`` seeds: the recipe's dense model (``recipes.dense``), then for
-each pattern (unstructured, N:M, 4x4 blocks, channels, inputs) and each sparsity (50, 75,
-90%) prune a copy by magnitude with the uniform budget, fine-tune it for the same budget
-(``recipes.prune_and_finetune``: epochs and FLOPs recorded) and measure test accuracy and
-the sanity flags.  The classifier and the layers a pattern does not fit stay dense but count in
-the sparsity, so that the other layers take their share of the zeros, except with N:M,
-whose sparsity is fixed by N and M: 2:4 at 50%, 1:4 at 75%, and with M = 4 it cannot
-reach 90% (reported as not reachable).  On a model with layers N:M does not fit (LeNet-5's
-convolutions) it stays below the target; the measured sparsity is recorded with each run.
+**Accuracy.**  The benchmark harness (:mod:`sparsity_lab.bench`) runs one config per model,
+``benchmarks/configs/granularity-lenet300-mnist.yaml`` (LeNet-300-100, flat MNIST) and
+``granularity-lenet5-mnist.yaml`` (the small CNN, LeNet-5 on 28x28 MNIST images): for each
+of the config's seeds, the recipe's dense model (``recipes.dense``) is pruned by magnitude
+with the uniform budget under each pattern (unstructured, N:M, 4x4 blocks, channels,
+inputs) at each sparsity (50, 75, 90%), fine-tuned with its mask fixed for the same budget
+(``finetune_epochs`` at ``finetune_lr``; epochs and FLOPs recorded) and measured on the
+test split with the sanity flags.  The classifier and the layers a pattern does not fit
+stay dense but count in the sparsity (each method entry's ``dense:`` option), so that the
+other layers take their share of the zeros.  N:M fixes its sparsity by N and M: the
+harness runs an N:M entry once, at that sparsity (2:4 at 50%, 1:4 at 75%), and with M = 4
+none reaches 90% (reported here as not reachable).  That sparsity holds over the layers
+N:M prunes, so with the classifier (and LeNet-5's convolutions) dense the model stays
+below it; the measured sparsity is recorded with each run.  Each table also holds the
+harness's mandatory baselines (the dense model, global and uniform magnitude with the
+classifier pruned too, a random mask with global magnitude's layer counts), summarised
+here but not part of the expected order.  Each table and its manifest (versions, commit,
+seeds, data-split hashes, each seed's dense baseline) is written beside the JSON
+(``bench.write``); runs are cached as they finish (``--cache``, the one ``sparsity-lab
+bench`` uses by default), so the commands in the configs' headers and this script share
+them.  Changed from this script's own loop, which predates the harness: an N:M run's
+flags now check its fixed sparsity (before it had no target to check), so a shortfall of
+more than half a point is flagged "target sparsity not reached"; the seeds and the
+fine-tuning budget are the configs' (no longer ``--seeds`` and ``--finetune-epochs``); and
+every run's latency is timed on its exported copy.
 
 **Speed.**  Each model pruned to 50% of its channels by :func:`sparsity_lab.shrink.
 prune_coupled`, then shrunk; the inference time of one batch is measured for the dense,
@@ -29,8 +44,13 @@ the interval is below 0), with the verdict on ``unstructured_beats_channel`` of
 ``sl.claims.CLAIMS``; the shrunk model runs at >= 0.7 x the ideal speedup over the masked
 model.  The verdicts are recorded as measured, met or missed.
 
-    python benchmarks/granularity.py [--seeds 3] [--finetune-epochs 2]
-                                     [--rounds 15] [--threads 1] [--quick]
+    python benchmarks/granularity.py [--configs A.yaml B.yaml] [--cache DIR]
+                                     [--rounds 15] [--batch 128] [--threads 1] [--quick]
+                                     [--out JSON]
+
+``--quick`` is a smoke pass: the accuracy part on the small ``digits`` data (its 8x8
+images) with seeds 0 and 1, sparsities 50% and 75% and one fine-tuning epoch (the tables
+are ``granularity-<model>-digits-quick``), and 3 timing rounds.
 """
 
 from __future__ import annotations
@@ -42,6 +62,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -50,86 +71,85 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 import sparsity_lab as sl
-from sparsity_lab import patterns, recipes, shrink
+from sparsity_lab import bench, patterns, recipes, shrink
 
+CONFIGS = [
+    Path(__file__).parent / "configs" / f"granularity-{model}-mnist.yaml"
+    for model in ("lenet300", "lenet5")
+]
 RESULTS = Path(__file__).parent / "results"
-PATTERNS = ["unstructured", "nm", "block:4x4", "channel", "input"]
-SPARSITIES = [0.5, 0.75, 0.9]
-CLASSIFIER = {"lenet300": "fc3.weight", "lenet5": "fc3.weight"}
 EXPECTED_ORDER = ["unstructured", "nm", "block:4x4", "channel"]
+#: ``--quick``: the small digits data, two seeds, one fine-tuning epoch, and the sparsities of
+#: 2:4 and 1:4 (at 90%, LeNet-5's 8x8 digits leave too few weights outside the layers 4x4
+#: blocks keep dense)
+QUICK = {"data": "digits", "seeds": [0, 1], "sparsities": [0.5, 0.75], "finetune_epochs": 1}
 
 
-def spec(pattern: str, sparsity: float) -> str | None:
-    """The pattern to use at ``sparsity``: N:M with M = 4 keeps N = (1 - s) * 4 of 4."""
-    if pattern != "nm":
-        return pattern
-    n = (1 - sparsity) * 4
-    return f"{round(n)}:4" if abs(n - round(n)) < 1e-9 and round(n) >= 1 else None
+def load_config(path: str | Path, quick: bool) -> dict[str, Any]:
+    """A model's benchmark config, checked; ``quick`` makes its smoke pass."""
+    config = bench.load_config(path)
+    if not quick:
+        return config
+    # a name of its own that says its data, so a smoke pass never overwrites the stored table
+    name = config["name"].replace(config["data"], QUICK["data"]) + "-quick"
+    return {**config, **QUICK, "name": name}
 
 
-def prune_with(model, model_name, pattern, sparsity):
-    """Keyword arguments of ``prune`` for one pattern at one sparsity (the shared protocol)."""
-    pat = patterns.get(pattern)
-    dense = [CLASSIFIER[model_name], *patterns.misfits(model, pat)]
-    fixed = pat.fixed_sparsity is not None
-    return {
-        "sparsity": None if fixed else sparsity,
-        "pattern": pat,
-        "budget": "uniform",
-        "dense": list(dict.fromkeys(dense)),
-    }
+def pattern_family(options: str) -> str:
+    """The pattern of a run's options (the table's JSON), with every N:M as ``"nm"``: the
+    expected order ranks N:M as one granularity, whichever sparsity fixes its N."""
+    spec = json.loads(options).get("pattern", "unstructured")
+    return "nm" if isinstance(patterns.get(spec), patterns.NM) else spec
 
 
-def accuracy_runs(models_, seeds, finetune_epochs):
-    rows, dense = [], {}
-    for model_name in models_:
-        for seed in seeds:
-            task, trained, info = recipes.dense(model_name, "mnist", seed)
-            dense[f"{model_name} seed {seed}"] = {
-                k: info[k] for k in ("test_accuracy", "val_accuracy", "flags")
-            }
-            for pattern in PATTERNS:
-                for sparsity in SPARSITIES:
-                    chosen = spec(pattern, sparsity)
-                    row = {"model": model_name, "seed": seed, "pattern": pattern}
-                    row |= {"sparsity": sparsity, "dense_accuracy": info["test_accuracy"]}
-                    if chosen is None:
-                        rows.append({**row, "test_accuracy": None, "note": "not reachable"})
-                        continue
-                    model = copy.deepcopy(trained)
-                    options = prune_with(model, model_name, chosen, sparsity)
-                    result = recipes.prune_and_finetune(
-                        model,
-                        task,
-                        "magnitude",
-                        options.pop("sparsity"),
-                        finetune_epochs=finetune_epochs,
-                        progress=False,
-                        **options,
-                    )
-                    change = result["test_accuracy"] - info["test_accuracy"]
-                    rows.append({**row, **result, "spec": chosen, "change": change})
-                    print(
-                        f"{model_name} seed {seed} {chosen:>12} at {sparsity:.0%}: "
-                        f"test {result['test_accuracy']:.4f} "
-                        f"(measured sparsity {result['measured_sparsity']:.3f}) "
-                        f"{result['flags']}".rstrip()
-                    )
-    return rows, dense
+def accuracy_runs(
+    config: dict[str, Any], cache_dir: str, out_dir: Path
+) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """Run a model's config with the harness and write its table and manifest to ``out_dir``.
+
+    Returns the table with each run's ``pattern`` (:func:`pattern_family`; None for the
+    harness's baselines) and its ``change`` from its seed's dense model, and each seed's
+    dense baseline as the manifest records it.
+    """
+    table = bench.run(config, cache_dir=cache_dir)
+    csv_path, manifest_path = bench.write(table, config, out_dir)
+    print(f"wrote {csv_path} and {manifest_path}")
+    dense = json.loads(manifest_path.read_text())["dense"]
+    patterned = table["method"].isin([entry["label"] for entry in config["methods"]])
+    table = table.assign(
+        pattern=table["options"].map(pattern_family).where(patterned, None),
+        change=table["test_accuracy"] - table["dense_test_accuracy"],
+    )
+    per_seed = {f"{config['model']} seed {seed}": dense[str(seed)] for seed in config["seeds"]}
+    return table, per_seed
+
+
+def not_reachable(config: dict[str, Any], runs: pd.DataFrame) -> list[dict]:
+    """The (pattern, sparsity) cells of a config without a run: the sparsities an N:M
+    pattern, whose N and M fix its sparsity, cannot be pruned to."""
+    ran = set(zip(runs["pattern"], runs["target_sparsity"], strict=True))
+    return [
+        {"model": config["model"], "pattern": pattern, "sparsity": sparsity}
+        for pattern in dict.fromkeys(runs["pattern"].dropna())
+        for sparsity in config["sparsities"]
+        if (pattern, sparsity) not in ran
+    ]
 
 
 def order_checks(df: pd.DataFrame) -> list[dict]:
-    """Each step of the expected order, paired over seeds, per model and sparsity."""
+    """Each step of the expected order, paired over seeds, per model and sparsity (the
+    runs of the patterns; a step of a sparsity one pattern does not reach is left out)."""
     out = []
     steps = list(zip(EXPECTED_ORDER, EXPECTED_ORDER[1:], strict=False))
     steps.append(("unstructured", "channel"))  # the claim's comparison
     for model in dict.fromkeys(df["model"]):
         part = df[df["model"] == model]
+        data = part["data"].iloc[0]
         for better, worse in steps:
             if not {better, worse} <= set(part["pattern"]):
                 continue
             diffs = sl.stats.paired(
-                part, "pattern", better, worse, metric="test_accuracy", by="sparsity"
+                part, "pattern", better, worse, metric="test_accuracy", by="target_sparsity"
             )
             for _, row in diffs.iterrows():
                 status = (
@@ -142,7 +162,7 @@ def order_checks(df: pd.DataFrame) -> list[dict]:
                 entry = {
                     "expectation": f"{better} >= {worse}",
                     "model": model,
-                    "sparsity": row["sparsity"],
+                    "sparsity": row["target_sparsity"],
                     "status": status,
                     "paired": {k: row[k] for k in ("mean_diff", "ci_low", "ci_high", "n")},
                     "numbers": sl.stats.describe(row),
@@ -151,7 +171,7 @@ def order_checks(df: pd.DataFrame) -> list[dict]:
                     v = sl.claims.verdict(
                         "unstructured_beats_channel",
                         row,
-                        setting=f"{model} on the MNIST subset at {row['sparsity']:.0%}",
+                        setting=f"{model} on {data} at {row['target_sparsity']:.0%}",
                     )
                     entry["claim"] = {
                         "key": "unstructured_beats_channel",
@@ -279,14 +299,17 @@ def timing(model_name, input_shape, batch, rounds, options=None):
     }
 
 
-def figure(rows, speed, path):
-    models_ = sorted({r["model"] for r in rows})
+def figure(runs: pd.DataFrame, speed: list[dict], path: Path) -> None:
+    """Each pattern's accuracy change per model, and the shrunk models' speedups."""
+    models_ = list(dict.fromkeys(runs["model"]))
     fig, axes = plt.subplots(1, len(models_) + 1, figsize=(5 * (len(models_) + 1), 4))
-    df = pd.DataFrame([r for r in rows if r.get("test_accuracy") is not None])
     for ax, m in zip(axes, models_, strict=False):
         # paired with each seed's own dense model, so the dense models' spread cancels
-        part = df[df["model"] == m]
-        sl.viz.sparsity_curve(part, x="sparsity", y="change", hue="pattern", ax=ax, baseline=0.0)
+        part = runs[runs["model"] == m]
+        sl.viz.sparsity_curve(
+            part, x="target_sparsity", y="change", hue="pattern", ax=ax, baseline=0.0
+        )
+        ax.set_xlabel("sparsity")
         ax.set_ylabel("test accuracy - dense (mean, 95% CI)")
         ax.set_title(f"{m}: accuracy after equal fine-tuning")
     ax = axes[-1]
@@ -304,27 +327,49 @@ def figure(rows, speed, path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=[str(path) for path in CONFIGS],
+        help="the accuracy part's benchmarks, one per model",
+    )
+    parser.add_argument(
+        "--cache", default=".cache/bench", help="finished runs of the harness, reused on a rerun"
+    )
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
-        "--quick", action="store_true", help="two seeds, 1 fine-tuning epoch, 3 rounds: a check"
+        "--quick",
+        action="store_true",
+        help="digits, two seeds, two sparsities, 1 fine-tuning epoch, 3 rounds: a check",
     )
-    parser.add_argument("--out", default=None, help="default: results/granularity[_quick].json")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="default: results/granularity[_quick].json; the tables go to its folder",
+    )
     args = parser.parse_args()
     # a quick check must never overwrite the stored full run
-    args.out = args.out or str(RESULTS / f"granularity{'_quick' if args.quick else ''}.json")
+    out = Path(args.out or RESULTS / f"granularity{'_quick' if args.quick else ''}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.seeds, args.finetune_epochs, args.rounds = 2, 1, 3
+        args.rounds = 3
     started = time.time()
-    rows, dense = accuracy_runs(["lenet300", "lenet5"], range(args.seeds), args.finetune_epochs)
-    df = pd.DataFrame([r for r in rows if r.get("test_accuracy") is not None])
-    summary = sl.stats.summarize(df, ["model", "pattern", "sparsity"], "test_accuracy")
-    flagged = sl.flags.table(df, ["model", "pattern", "sparsity"])
-    order = order_checks(df)
+    configs = [load_config(path, args.quick) for path in args.configs]
+    tables, dense, unreachable = [], {}, []
+    for config in configs:
+        table, per_seed = accuracy_runs(config, args.cache, out.parent)
+        tables.append(table)
+        dense |= per_seed
+        unreachable += not_reachable(config, table[table["pattern"].notna()])
+    table = pd.concat(tables, ignore_index=True)
+    measured = table[table["criterion"] != "dense"]  # each seed's dense model is reported apart
+    runs = measured[measured["pattern"].notna()]  # the patterns, without the baselines
+    summary = sl.stats.summarize(measured, ["model", "method", "target_sparsity"], "test_accuracy")
+    flagged = sl.flags.table(measured, ["model", "method", "target_sparsity"])
+    order = order_checks(runs)
     speed = [
         timing(name, shape, batch, args.rounds, options)
         for batch in (args.batch, args.batch * 8)  # does a larger batch close the gap?
@@ -339,8 +384,13 @@ def main() -> None:
         print(f"dense {name}: test {info['test_accuracy']:.4f} {info['flags']}".rstrip())
     for s in summary.itertuples():
         print(
-            f"{s.model:>9} {s.pattern:>12} {s.sparsity:.0%}: {s.mean:.4f} "
+            f"{s.model:>9} {s.method:>34} {s.target_sparsity:.0%}: {s.mean:.4f} "
             f"[{s.ci_low:.4f}, {s.ci_high:.4f}] ({s.n} seeds)"
+        )
+    for cell in unreachable:
+        print(
+            f"{cell['model']:>9} {cell['pattern']:>34} {cell['sparsity']:.0%}: not reachable "
+            "(its N and M fix the sparsity)"
         )
     print("No sanity flag fired." if flagged.empty else flagged.to_string(index=False))
     print("\nexpected order, each step paired over seeds (missed: the interval below 0):")
@@ -360,23 +410,26 @@ def main() -> None:
             f"{'MET' if s['meets_target'] else 'MISSED'}; {s['reason']}; max diff "
             f"{s['max_abs_diff']:.1e}"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "benchmark": "granularity",
-        "seeds": args.seeds,
+        "configs": configs,
+        "seeds": {c["model"]: c["seeds"] for c in configs},
         "dense": {
-            "recipes": {m: recipes.recipe_for(m, "mnist").training() for m in CLASSIFIER},
+            "recipes": {
+                c["model"]: recipes.recipe_for(c["model"], c["data"]).training() for c in configs
+            },
             "per_seed": dense,
         },
-        "finetune_epochs": args.finetune_epochs,
+        "finetune_epochs": {c["model"]: c["finetune_epochs"] for c in configs},
         "rounds": args.rounds,
         "threads": args.threads,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
         "seconds": round(time.time() - started, 1),
-        "accuracy_runs": rows,
+        # through pandas' JSON: a missing number (perplexity, on images) becomes null
+        "accuracy_runs": json.loads(measured.to_json(orient="records")),
+        "not_reachable": unreachable,
         "accuracy": summary.to_dict(orient="records"),
         "flagged": flagged.to_dict(orient="records"),
         "expected_order": order,
@@ -386,7 +439,7 @@ def main() -> None:
         "speed_target_met": {f"{s['model']} batch {s['batch']}": s["meets_target"] for s in speed},
     }
     out.write_text(json.dumps(report, indent=2, default=str))
-    figure(rows, speed, out.with_suffix(".png"))
+    figure(runs, speed, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 

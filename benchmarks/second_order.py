@@ -1,17 +1,31 @@
 """Second-order pruning: one-shot quality, and the cost of WoodFisher and SparseGPT.
 
-Quality: LeNet-300-100 on the MNIST subset, pruned once without fine-tuning by global and
-uniform magnitude, OBD, the diagonal Fisher, WoodFisher, K-FAC and M-FAC (the table of
-notebook 02c) and, as the OBS-style method that fits this model, layer-wise SparseGPT
-(exact OBS per layer on the reconstruction Hessian), with the random baseline of global
-magnitude (``recipes.random_like``: its mask's per-layer counts, random positions).
-Exact ``obs`` needs the full ``P x P`` Hessian, which for P = 266,200 weights is 567 GB: it
-is left out.  Every seed starts from its recipe's dense model (``recipes.dense``); every
-run is measured by ``recipes.evaluate_run`` (sanity flags included; no fine-tuning, a
-budget of 0 epochs).  The JSON records the seeds, the recipe and the sparsities, and the
-check "at or above global magnitude, with a gap that widens with the sparsity" as paired
-differences over seeds (``sl.stats.paired``), with the verdict on
-``woodfisher_beats_magnitude`` of ``sl.claims.CLAIMS``.
+Quality: the benchmark harness (:mod:`sparsity_lab.bench`) runs the config
+``benchmarks/configs/second-order-lenet300-mnist.yaml``: LeNet-300-100 on the MNIST subset,
+the recipe's dense model of each seed (``recipes.dense``) pruned once, without fine-tuning
+(``finetune_epochs: 0``, so ``test_accuracy`` is the pruned model's), by OBD, the diagonal
+Fisher, WoodFisher, K-FAC and M-FAC (the table of notebook 02c) and, as the OBS-style
+method that fits this model, layer-wise SparseGPT (exact OBS per layer on the
+reconstruction Hessian), beside the harness's mandatory baselines: the dense model, global
+and uniform magnitude, and the random mask with global magnitude's per-layer counts
+(``recipes.random_like``).  Exact ``obs`` needs the full ``P x P`` Hessian, which for
+P = 266,200 weights is 567 GB: it is left out.  The data-driven criteria see the first 4
+training batches of the seed's order (``calibration_batches: 4``).  The harness measures
+every run on the test split with its sanity flags, and also records the accuracy right
+after pruning on the *validation* split (``pruned_accuracy``; without fine-tuning it is the
+same model's) and each run's latency on its exported copy.  Runs are cached as they finish
+(``--cache``, the one ``sparsity-lab bench`` uses by default), so the command of the
+config's header and this script share them.  The table and its manifest (versions, commit,
+seeds, data-split hashes, each seed's dense baseline) are written beside the JSON
+(``bench.write``).  The JSON records the table's runs and the check "at or above global
+magnitude, with a gap that widens with the sparsity" as paired differences over seeds
+(``sl.stats.paired``), with the verdict on ``woodfisher_beats_magnitude`` of
+``sl.claims.CLAIMS``.  Changed from this script's own loop, which predates the harness:
+the runs follow the config's ``threads: 1`` (``--threads`` now sets the cost part's
+threads only); the seeds and sparsities are the config's (no longer ``--seeds`` and
+``--sparsities``); a run's time is the harness's ``prune_seconds`` (pruning plus
+measuring, where it was pruning alone); and the random baseline is labelled as the
+harness labels it, ``random (magnitude's layer counts)``.
 
 Cost, each measured alone in this process (peak resident memory reset before each call
 through ``/proc/self/clear_refs``; the extra memory is the peak minus the memory in use
@@ -34,21 +48,24 @@ within 3x the layer's Hessian (4096^2 float64 entries), in both precisions; floa
 1.5x of the memory of a float32 solve that keeps only ``H``, ``H^-1`` and ``W`` (the
 paper's code: 1.5 float64 Hessians), with its error within 0.1% of float64's.
 
-    python benchmarks/second_order.py [--threads 2] [--seeds 0 1 2] [--sparsities ...] [--quick]
-                                      [--only quality cost]
+    python benchmarks/second_order.py [--threads 2] [--config CONFIG] [--cache DIR] [--quick]
+                                      [--only quality cost] [--out JSON]
 
-``--quick`` keeps the seeds and cuts the sparsities and the cost sweeps.
+To change the seeds or the sparsities, edit the config or pass another with ``--config``.
+``--quick`` is a smoke pass: the quality part on the small ``digits`` data with seeds 0 and
+1, sparsities 50% and 90%, WoodFisher and uniform SparseGPT beside the baselines (the
+table is ``second-order-lenet300-digits-quick``), and shorter cost sweeps.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -58,28 +75,19 @@ import pandas as pd
 import torch
 
 import sparsity_lab as sl
-from sparsity_lab import curvature, recipes
+from sparsity_lab import bench, curvature, recipes
 from sparsity_lab.criteria import layerwise, second_order
 
-MODEL, DATA = "lenet300", "mnist"
-#: the random baseline of global magnitude: its mask's per-layer counts, random positions
-RANDOM_LIKE = "random (magnitude's counts)"
-#: label -> (criterion, options); the one-shot comparison of notebook 02c
-METHODS = {
-    "magnitude (global)": ("magnitude", {"budget": "global"}),
-    "magnitude (uniform)": ("magnitude", {"budget": "uniform"}),
-    "obd": ("obd", {"n_samples": 128}),
-    "fisher_diag": ("fisher_diag", {"n_samples": 128}),
-    "woodfisher": ("woodfisher", {"n_samples": 128, "block_size": 64, "steps": 4}),
-    "kfac": ("kfac", {}),
-    "mfac": ("mfac", {"n_samples": 128, "steps": 4}),
-    "sparsegpt (uniform)": ("sparsegpt", {"budget": "uniform"}),
-    "sparsegpt (global)": ("sparsegpt", {"budget": "global"}),
-    RANDOM_LIKE: ("random_like", {}),
-}
-SPARSITIES = [0.5, 0.9, 0.95, 0.98]  # four points: the stored run of 3 seeds stays near 8 min
+CONFIG = Path(__file__).parent / "configs" / "second-order-lenet300-mnist.yaml"
+RESULTS = Path(__file__).parent / "results"
+GLOBAL_MAGNITUDE = "magnitude (global)"
 #: methods checked against global magnitude: "at or above it, with a widening gap"
 COMPARED = ["woodfisher", "kfac", "mfac", "sparsegpt (uniform)", "sparsegpt (global)"]
+#: ``--quick``: the small digits data, two seeds, and two sparsities, so that a gap can
+#: still be seen to widen
+QUICK = {"data": "digits", "seeds": [0, 1], "sparsities": [0.5, 0.9]}
+#: ``--quick``'s methods besides the baselines: the claim's and one layer-wise solver
+QUICK_METHODS = ["woodfisher", "sparsegpt (uniform)"]
 
 
 def memory_kib() -> dict[str, int]:
@@ -105,45 +113,28 @@ def measure(fn) -> dict[str, float]:
     }
 
 
-def quality(seeds: list[int], sparsities: list[float]) -> tuple[list[dict], dict]:
-    """One-shot test accuracy of every method, and each seed's dense model."""
-    rows, dense_info = [], {}
-    for seed in seeds:
-        task, dense, info = recipes.dense(MODEL, DATA, seed)
-        dense_info[seed] = {k: info[k] for k in ("test_accuracy", "val_accuracy", "flags")}
-        train = task.loaders()[0]
-        calibration = [batch for _, batch in zip(range(4), train, strict=False)]
-        for label, (method, options) in METHODS.items():
-            for sparsity in sparsities:
-                model = copy.deepcopy(dense)
-                start = time.perf_counter()
-                if method == "random_like":
-                    found = sl.masks.masks(sl.prune(copy.deepcopy(dense), "magnitude", sparsity))
-                    for name, mask in recipes.random_like(found, seed=seed).items():
-                        sl.masks.attach(model, name, mask)
-                else:
-                    sl.prune(model, method, sparsity, data=calibration, seed=seed, **options)
-                seconds = time.perf_counter() - start
-                result = recipes.evaluate_run(model, task, target_sparsity=sparsity)
-                rows.append(
-                    {
-                        "method": label,
-                        "sparsity": sparsity,
-                        "seed": seed,
-                        "test_accuracy": result["accuracy"],
-                        "measured_sparsity": result["sparsity"],
-                        "finetune_epochs": 0,
-                        "finetune_flops": 0.0,
-                        "flags": result["flags"],
-                        "dense_test_accuracy": info["test_accuracy"],
-                        "seconds": seconds,
-                    }
-                )
-                print(
-                    f"seed {seed} {label:>28} {sparsity:.2f}: {result['accuracy']:.4f} "
-                    f"{result['flags']}".rstrip()
-                )
-    return rows, dense_info
+def load_config(path: str | Path, quick: bool) -> dict[str, Any]:
+    """The quality part's benchmark config, checked; ``quick`` makes its smoke pass."""
+    config = bench.load_config(path)
+    if not quick:
+        return config
+    methods = [entry for entry in config["methods"] if entry["label"] in QUICK_METHODS]
+    # a name of its own that says its data, so a smoke pass never overwrites the stored table
+    name = config["name"].replace(config["data"], QUICK["data"]) + "-quick"
+    return {**config, **QUICK, "name": name, "methods": methods}
+
+
+def quality(config: dict[str, Any], cache_dir: str, out_dir: Path) -> tuple[pd.DataFrame, dict]:
+    """Run the config with the harness and write its table and manifest to ``out_dir``.
+
+    Returns the table and each seed's dense baseline as the manifest records it (test and
+    validation accuracy, the recipe's expectation, the dense model's flags).
+    """
+    table = bench.run(config, cache_dir=cache_dir)
+    csv_path, manifest_path = bench.write(table, config, out_dir)
+    print(f"wrote {csv_path} and {manifest_path}")
+    dense = json.loads(manifest_path.read_text())["dense"]
+    return table, {seed: dense[str(seed)] for seed in config["seeds"]}
 
 
 def woodfisher_cost(blocks: list[int], grads: list[int], size: int = 266_200) -> list[dict]:
@@ -251,31 +242,28 @@ def layerwise_cost(solver: str, sizes: list[int], rows_calib: int = 2048) -> lis
     return out
 
 
-def gap_check(quality_rows: list[dict], method: str) -> dict:
+def gap_check(runs: pd.DataFrame, method: str, setting: str) -> dict:
     """``method`` minus global magnitude, paired over seeds at each sparsity: at or above
     (the paired interval's verdict) everywhere, and a mean gap that does not shrink."""
     diffs = sl.stats.paired(
-        pd.DataFrame(quality_rows),
-        "method",
-        method,
-        "magnitude (global)",
-        metric="test_accuracy",
-        by="sparsity",
+        runs, "method", method, GLOBAL_MAGNITUDE, metric="test_accuracy", by="target_sparsity"
     )
     verdicts = set(diffs["verdict"])
-    at_or_above = "worse" not in verdicts
+    at_or_above = sl.stats.WORSE not in verdicts
     widening = bool((diffs["mean_diff"].diff().dropna() >= 0).all())
     status = (
         "missed"
         if not (at_or_above and widening)
         else "met"
-        if verdicts <= {"better", "no clear difference"}
-        else "inconclusive"  # one seed: no interval
+        if verdicts <= {sl.stats.BETTER, sl.stats.NO_DIFFERENCE}
+        else "inconclusive"  # one seed, or no spread: no interval
     )
     out = {
         "method": method,
         "paired": diffs.to_dict(orient="records"),
-        "numbers": {str(row["sparsity"]): sl.stats.describe(row) for _, row in diffs.iterrows()},
+        "numbers": {
+            str(row["target_sparsity"]): sl.stats.describe(row) for _, row in diffs.iterrows()
+        },
         "at_or_above_everywhere": at_or_above,
         "widening": widening,
         "status": status,
@@ -283,38 +271,37 @@ def gap_check(quality_rows: list[dict], method: str) -> dict:
     if method == "woodfisher":
         claims = []
         for _, row in diffs.iterrows():
+            sparsity = row["target_sparsity"]
             v = sl.claims.verdict(
-                "woodfisher_beats_magnitude",
-                row,
-                setting=f"LeNet-300-100, MNIST subset, one-shot at {row['sparsity']:.0%}",
+                "woodfisher_beats_magnitude", row, setting=f"{setting}, one-shot at {sparsity:.0%}"
             )
-            claims.append({"sparsity": row["sparsity"], "status": v.status, "numbers": v.numbers()})
+            claims.append({"sparsity": sparsity, "status": v.status, "numbers": v.numbers()})
         out["claim"] = {"key": "woodfisher_beats_magnitude", "verdicts": claims}
     return out
 
 
-def figure(report: dict, path: Path) -> None:
+def figure(runs: pd.DataFrame | None, woodfisher: list[dict], path: Path) -> None:
+    """One-shot accuracy per method (when the quality part ran) and WoodFisher's cost
+    sweeps (empty when the cost part did not)."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    table = sl.experiments.summarize(
-        pd.DataFrame(report["quality"]), ["method", "sparsity"], "test_accuracy"
-    )
-    for method, group in table.groupby("method", sort=False):
-        axes[0].errorbar(
-            group["sparsity"], group["mean"], yerr=group["std"], marker="o", label=method
-        )
+    if runs is not None:
+        table = sl.experiments.summarize(runs, ["method", "target_sparsity"], "test_accuracy")
+        for method, group in table.groupby("method", sort=False):
+            axes[0].errorbar(
+                group["target_sparsity"], group["mean"], yerr=group["std"], marker="o", label=method
+            )
+        axes[0].legend(fontsize=7)
     axes[0].set(xlabel="sparsity", ylabel="test accuracy, no fine-tuning", title="One-shot quality")
-    axes[0].legend(fontsize=7)
-    wf = report["woodfisher"]
     sweeps = [
         (
             axes[1],
-            sorted((r for r in wf if r["n_grads"] == 128), key=lambda r: r["block_size"]),
+            sorted((r for r in woodfisher if r["n_grads"] == 128), key=lambda r: r["block_size"]),
             "block_size",
             "block size B (N = 128 gradients)",
         ),
         (
             axes[2],
-            sorted((r for r in wf if r["block_size"] == 64), key=lambda r: r["n_grads"]),
+            sorted((r for r in woodfisher if r["block_size"] == 64), key=lambda r: r["n_grads"]),
             "n_grads",
             "gradients N (B = 64)",
         ),
@@ -334,27 +321,67 @@ def figure(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def print_quality(report: dict, runs: pd.DataFrame, flagged: pd.DataFrame) -> None:
+    """The quality part's summary, flags and checks, as measured."""
+    epochs = report["dense_recipe"]["epochs"]
+    dense = ", ".join(
+        f"seed {seed} {info['test_accuracy']:.3f} {info['flags']}".rstrip()
+        for seed, info in report["dense"].items()
+    )
+    print(f"dense (the recipe's {epochs} epochs): {dense}")
+    summary = sl.experiments.summarize(runs, ["method", "target_sparsity"], "test_accuracy")
+    summary["cell"] = [
+        f"{m:.3f} ± {s:.3f}" for m, s in zip(summary["mean"], summary["std"], strict=True)
+    ]
+    print(f"test accuracy, mean ± std over seeds {report['seeds']}, no fine-tuning:")
+    print(summary.pivot(index="method", columns="target_sparsity", values="cell").to_string())
+    print(
+        "No sanity flag fired."
+        if flagged.empty
+        else "flagged runs:\n" + flagged.to_string(index=False)
+    )
+    print("\nat or above global magnitude, the gap widening (paired over seeds):")
+    for check in report["gap_vs_global_magnitude"]:
+        gaps = "; ".join(f"{float(k):.0%}: {v}" for k, v in check["numbers"].items())
+        print(
+            f"  [{check['status']}] {check['method']} - global magnitude: {gaps}; "
+            f"widening: {check['widening']}"
+        )
+        for v in check.get("claim", {}).get("verdicts", []):
+            print(
+                f"      claim woodfisher_beats_magnitude at {v['sparsity']:.0%}: "
+                f"{v['status']} ({v['numbers']})"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--sparsities", type=float, nargs="+", default=SPARSITIES)
+    parser.add_argument("--threads", type=int, default=2, help="the cost part's threads")
+    parser.add_argument("--config", default=str(CONFIG), help="the quality part's benchmark")
     parser.add_argument(
-        "--quick", action="store_true", help="the same seeds, fewer sparsities and sizes"
+        "--cache", default=".cache/bench", help="finished runs of the harness, reused on a rerun"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke pass: digits, 2 seeds, fewer sizes"
     )
     parser.add_argument(
         "--only", nargs="+", choices=["quality", "cost"], default=["quality", "cost"]
     )
-    parser.add_argument("--out", default=None, help="default: results/second_order[_quick].json")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="default: results/second_order[_quick].json; the table goes to its folder",
+    )
     args = parser.parse_args()
     # a quick check must never overwrite the stored full run
     quick = "_quick" if args.quick else ""
-    args.out = args.out or str(Path(__file__).parent / "results" / f"second_order{quick}.json")
+    out = Path(args.out or RESULTS / f"second_order{quick}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    sparsities = [0.5, 0.9, 0.98] if args.quick else args.sparsities
+    config = load_config(args.config, args.quick)
     blocks = [32, 128] if args.quick else [16, 32, 64, 128, 256]
     grads = [32, 128] if args.quick else [32, 64, 128, 256]
-    recipe = recipes.recipe_for(MODEL, DATA)
+    recipe = recipes.recipe_for(config["model"], config["data"])
     report = {
         "benchmark": "second_order",
         "threads": args.threads,
@@ -363,11 +390,13 @@ def main() -> None:
         "machine": platform.machine(),
         "quick": args.quick,
         "parts": args.only,
-        "seeds": args.seeds,
+        "config": config,
+        "seeds": config["seeds"],
         "dense_recipe": recipe.training(),
-        "sparsities": sparsities,
-        "finetune": {"epochs": 0, "flops": 0.0, "note": "one-shot, no fine-tuning"},
-        "methods": {label: [m, options] for label, (m, options) in METHODS.items()},
+        "sparsities": config["sparsities"],
+        "finetune": {"epochs": config["finetune_epochs"], "note": "one-shot, no fine-tuning"},
+        "methods": {e["label"]: [e["method"], e["options"]] for e in config["methods"]},
+        "baselines": {label: [m, options] for label, m, options in bench.BASELINES},
         "left_out": {
             "obs": "exact Hessian of 266,200 weights: 266,200^2 float64 entries = 567 GB",
             "lobs, obc": "row-wise greedy OBS on 784-input layers: minutes per sparsity",
@@ -391,51 +420,29 @@ def main() -> None:
         report["meets_target_by_cpu_time"] = report["meets_target"] and all(
             r["cpu_seconds"] / args.threads < 60 for r in big
         )
+    runs = None
     if "quality" in args.only:
-        report["quality"], report["dense"] = quality(args.seeds, sparsities)
-        df = pd.DataFrame(report["quality"])
-        flagged = sl.flags.table(df, ["method", "sparsity"])
+        table, report["dense"] = quality(config, args.cache, out.parent)
+        runs = table[table["criterion"] != "dense"]  # the dense model is reported apart
+        # through pandas' JSON: a missing number (perplexity, on images) becomes null
+        report["quality"] = json.loads(runs.to_json(orient="records"))
+        flagged = sl.flags.table(runs, ["method", "target_sparsity"])
         report["flagged"] = flagged.to_dict(orient="records")
-        report["gap_vs_global_magnitude"] = [gap_check(report["quality"], m) for m in COMPARED]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=_plain))
-    if "quality" in args.only:
-        figure(report, out.with_suffix(".png"))
-        summary = sl.experiments.summarize(df, ["method", "sparsity"], "test_accuracy")
-        summary["cell"] = [
-            f"{m:.3f} ± {s:.3f}" for m, s in zip(summary["mean"], summary["std"], strict=True)
+        setting = f"{config['model']} on {config['data']}"
+        present = set(runs["method"])
+        report["gap_vs_global_magnitude"] = [
+            gap_check(runs, method, setting) for method in COMPARED if method in present
         ]
-        dense = ", ".join(
-            f"seed {k} {v['test_accuracy']:.3f} {v['flags']}".rstrip()
-            for k, v in report["dense"].items()
-        )
-        print(f"dense (the recipe's {recipe.epochs} epochs): {dense}")
-        print(f"test accuracy, mean ± std over seeds {args.seeds}, no fine-tuning:")
-        print(summary.pivot(index="method", columns="sparsity", values="cell").to_string())
-        print(
-            "No sanity flag fired."
-            if flagged.empty
-            else "flagged runs:\n" + flagged.to_string(index=False)
-        )
-        print("\nat or above global magnitude, the gap widening (paired over seeds):")
-        for check in report["gap_vs_global_magnitude"]:
-            gaps = "; ".join(f"{float(k):.0%}: {v}" for k, v in check["numbers"].items())
-            print(
-                f"  [{check['status']}] {check['method']} - global magnitude: {gaps}; "
-                f"widening: {check['widening']}"
-            )
-            for v in check.get("claim", {}).get("verdicts", []):
-                print(
-                    f"      claim woodfisher_beats_magnitude at {v['sparsity']:.0%}: "
-                    f"{v['status']} ({v['numbers']})"
-                )
+    out.write_text(json.dumps(report, indent=2, default=_plain))
+    figure(runs, report["woodfisher"], out.with_suffix(".png"))
+    if runs is not None:
+        print_quality(report, runs, flagged)
     if "cost" in args.only:
         print(
             f"meets target: {report['meets_target']} (by CPU time: "
             f"{report['meets_target_by_cpu_time']})"
         )
-    print(f"wrote {out}")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
 def _plain(value):

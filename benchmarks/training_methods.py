@@ -1,43 +1,77 @@
 """Training-time methods: accuracy and training FLOPs at 80, 90 and 95% sparsity.
 
-Settings: LeNet-300-100 on the MNIST subset and the 1-D CNN on MNIST-1D, three seeds.
-Methods: dense training; one-shot (train dense, prune once by magnitude, fine-tune);
-GMP; static sparse, SET and RigL with the ERK and the uniform budget; AC/DC (its sparse
-and its dense member); IMP tickets against the same masks re-initialised; CrAM against
-SGD under one-shot pruning with BatchNorm re-estimation and no fine-tuning (neither model
-has BatchNorm, so the re-estimation is a no-op there: the CrAM check also runs on the
-small ResNet, BatchNorm after every convolution, on 8x8 digits).  The sparse-from-scratch
-runs start from weights rescaled to each unit's kept fan-in (the methods do what
-``recipes.sparse_start`` does) and record, per layer, the density and the gradient norm
-at the first step.  The dense model is the setting's ``recipes.dense``; every method
-trains with the setting's recipe (``recipes.recipe_for(...).training()``: epochs,
-optimizer, learning rate and schedule, batch size) for the same number of epochs (IMP:
-``rounds + 1`` runs of half as many; one-shot: the dense run plus ``recipes.finetune``'s
-two epochs); training FLOPs are counted with
-:class:`sparsity_lab.methods.base.TrainingFlops` and reported as a multiple of dense
-training.  Every run carries the sanity flags of ``recipes.evaluate_run``.
+Every run comes from the benchmark harness (:func:`sparsity_lab.bench.run`), one config per
+setting under ``benchmarks/configs/``:
 
-The script checks the expectations of the issue that asked for it with paired differences
-over seeds (``sl.stats.paired``) and reports each as met, missed or inconclusive, with the
-verdict on the cited claim of ``sl.claims.CLAIMS`` where there is one: nothing here is
-tuned to agree.
+* ``training-lenet300-mnist.yaml`` and ``training-cnn1d-mnist1d.yaml`` (LeNet-300-100 on
+  the MNIST subset, the 1-D CNN on MNIST-1D; seeds 0-2; 80/90/95%): GMP, static sparse,
+  SET and RigL with the ERK and the uniform budget, AC/DC, IMP (3 rounds rewound to init,
+  against the same masks re-initialised) and, to see whether RigL approaches GMP as
+  training lengthens (the RigL paper), RigL, SET and GMP trained twice as long
+  (``epochs_factor: 2``, labelled ``rigl_erk 2x``, ``set_erk 2x``, ``gmp 2x``);
+* ``training-cram-resnet_small-digits.yaml`` (the small ResNet, BatchNorm after every
+  convolution, on 8x8 digits; 70/80/90/95%): CrAM against SGD under one-shot pruning,
+  with no fine-tuning and the BatchNorm statistics re-estimated on the whole training
+  split (``finetune_epochs: 0``, ``bn_reestimate: true``, ``calibration_batches: 10``).
 
-    python benchmarks/training_methods.py [--seeds 0 1 2] [--quick] [--reduced]
+The protocol is the harness's (see :mod:`sparsity_lab.bench`).  The dense model of a seed
+is the setting's ``recipes.dense``.  Every training method (kind ``train``) trains a fresh
+model with the recipe's optimizer, learning rate, schedule and epochs (IMP: ``rounds + 1``
+trainings of half as many, ``epochs_factor: 0.5``, then its re-initialised twin's), the
+sparse-from-scratch ones from weights rescaled to each unit's kept fan-in.  The harness
+adds its mandatory baselines to every table: the dense model, global magnitude (which
+*is* one-shot here: the dense model pruned once by a global magnitude threshold, then
+fine-tuned 2 epochs at lr 0.01, or in the CrAM setting SGD one-shot: not fine-tuned,
+BatchNorm re-estimated), uniform magnitude, and a random mask with global magnitude's
+layer counts.  CrAM (``prune_with: magnitude``) is pruned once by global magnitude after
+training and measured like that baseline; its dense model's accuracy is the harness's
+``extras`` ``trained_accuracy``.  Every run is measured on the test split and carries the
+sanity flags of ``recipes.evaluate_run``.
 
-``--reduced`` runs static, SET and RigL only at the sparsities of ``REDUCED_DST`` (the
-full grid takes about an hour on two shared cores); the checks whose cells were not run
-say "not run".
+Where a definition changed from the script's own training loop, which this replaces:
 
-Writes ``benchmarks/results/training_methods.json`` (every run, the summary table and the
-checks), ``training_methods.csv`` and two figures; finished runs are cached under
-``benchmarks/results/training_methods_cache`` so an interrupted run resumes.
+* ``pruned_accuracy`` is the harness's: validation accuracy right after pruning (for the
+  training methods, of the final model, which is not fine-tuned); the IMP ticket against
+  its re-initialised twin is judged, as before, on validation (``extras``
+  ``ticket_val_accuracy`` and ``reinit_val_accuracy``);
+* training FLOPs (:class:`sparsity_lab.methods.base.TrainingFlops`) are reported as a
+  multiple of the recipe's dense training; the harness's ``training_flops`` of a run that
+  prunes the dense model counts only what it trained after it (fine-tuning), so the
+  summary adds the dense training to those rows (one-shot costs the dense run plus its
+  fine-tuning, as before; the dense model costs 1x);
+* CrAM trains once per target sparsity (the harness runs one cell per target), not once
+  per seed: its training does not depend on the target (it draws from its own list of
+  sparsities), so each cell trains the same model, at four times the old cost;
+* CrAM runs on the small ResNet only: the old script also ran it on the two settings
+  above, which have no BatchNorm, so the re-estimation did nothing there;
+* on MNIST-1D the training methods and IMP train in the harness's batches of 128, not the
+  recipe's 100 (the dense model keeps the recipe's batch size);
+* the dense rows carry the flags of ``recipes.evaluate_run`` like every other row; the
+  flag of a dense model below its recipe's expected accuracy is in each manifest's
+  ``dense`` section instead;
+* the old ``--reduced`` grid and the init diagnostics (each layer's density and gradient
+  norm at the first step of the sparse-from-scratch methods) are gone.
+
+The script checks the expectations with paired differences over seeds
+(``sl.stats.paired``) and reports each as met, missed or inconclusive, with the verdict on
+the cited claim of ``sl.claims.CLAIMS`` where there is one: nothing here is tuned to agree.
+
+    python benchmarks/training_methods.py [--quick] [--configs NAME ...] [--seeds 0 1 2]
+        [--out DIR] [--cache DIR] [--executor local:2]
+
+``--quick`` is a smoke pass whose numbers are no result: LeNet-300-100 on digits instead
+of MNIST and the CrAM setting, two seeds, 80 and 90% sparsity, the training methods at
+3/4 of their epochs (the 1-D CNN has no small stand-in and is left out).  Writes
+``<out>/training_methods.json`` (every run, the summary table and the checks),
+``training_methods.csv`` and two figures (``training_methods_quick*`` with ``--quick``),
+and each config's table and manifest (``bench.write``: ``<name>.csv``,
+``<name>.manifest.json``); finished runs are cached in ``--cache`` (by default the one
+``sparsity-lab bench`` uses from the repository's root, so the two reuse each other's runs).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import functools
 import json
 import platform
 import time
@@ -50,423 +84,350 @@ matplotlib.use("Agg")  # a script: write files, open no window
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+import yaml
 
 import sparsity_lab as sl
-from sparsity_lab import recipes, registry
-from sparsity_lab.methods.base import TrainingFlops
-from sparsity_lab.methods.cram import one_shot
-from sparsity_lab.methods.dynamic import StaticSparse
+from sparsity_lab import bench, recipes
 
-RESULTS = Path(__file__).parent / "results"
-SETTINGS = {"lenet300": "mnist", "cnn1d": "mnist1d"}
-# Neither model above has BatchNorm, so CrAM's BatchNorm re-estimation does nothing there;
-# the small ResNet (BatchNorm after every convolution) on 8x8 digits runs the CrAM check
-# only (dense, CrAM, and SGD under one-shot pruning).
-BN_SETTINGS = {"resnet_small": "digits"}
-DATA = {**SETTINGS, **BN_SETTINGS}
-SPARSITIES = [0.8, 0.9, 0.95]
-CRAM_SPARSITIES = [0.7, 0.8, 0.9, 0.95]
-#: model -> epochs overriding its recipe's (``--quick`` only); empty: every recipe as is
-EPOCHS_OVERRIDE: dict[str, int] = {}
-FINETUNE_EPOCHS = 2
-IMP_ROUNDS = 3
-# Budgets: one global magnitude threshold for the methods that prune trained weights; the
-# dynamic methods start from random masks, so they use shape-based budgets.
-PRUNE_BUDGET = "global"
-# v3: the settings' recipes, flags and paired checks (every method's runs anew)
-VERSION = "training_methods_v3"
-DST_VERSION = "training_methods_v3_dst"
-DST = ("static", "set", "rigl")
-# The documented reduced grid (``--reduced``) for the sparse-from-scratch methods: three
-# seeds, both budgets, at the sparsities where the first run looked broken.
-REDUCED_DST = {"cnn1d": [0.8, 0.95], "lenet300": [0.9]}
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+CONFIGS = HERE / "configs"
+TRAINING_CONFIGS = ["training-lenet300-mnist", "training-cnn1d-mnist1d"]
+CRAM_CONFIG = "training-cram-resnet_small-digits"
+
+# The labels of the harness's baselines that the checks compare with
+DENSE = "dense"
+ONE_SHOT = "magnitude (global)"  # one-shot; SGD one-shot in the CrAM setting
+CRAM = "cram"
+EXTENDED = " 2x"  # the suffix of the labels of the arms trained twice as long
+
+# --quick: the configs that have a small stand-in, and how they shrink
+QUICK_CONFIGS = ["training-lenet300-mnist", CRAM_CONFIG]
+QUICK_DATA = {"mnist": "digits"}
+QUICK_SEEDS = [0, 1]
+QUICK_SPARSITIES = [0.8, 0.9]
+# the fewest epochs at which RigL, which updates its masks every 100 steps until 75% of
+# training, still updates them on digits (10 steps an epoch): 15 of the recipe's 20
+QUICK_EPOCHS_FACTOR = 0.75
 
 
-def version_of(method: str) -> str:
-    return DST_VERSION if method.split("_")[0] in DST else VERSION
+def load(name: str, quick: bool, seeds: list[int] | None) -> dict:
+    """The config ``name`` (``--quick``: its smoke version; ``seeds`` replace its seeds)."""
+    config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    if seeds:
+        config["seeds"] = seeds
+    if not quick:
+        return config
+    config = bench.load_config(config)  # the method entries with their kinds
+    data = QUICK_DATA.get(config["data"], config["data"])
+    # its table is named for its data, and must not overwrite the full one
+    config["name"] = config["name"].replace(config["data"], data) + "-quick"
+    config["data"] = data
+    config["seeds"] = seeds or QUICK_SEEDS
+    config["sparsities"] = QUICK_SPARSITIES
+    for entry in config["methods"]:
+        if entry["kind"] != "prune":  # a prune run's budget is the config's fine-tuning
+            entry["epochs_factor"] *= QUICK_EPOCHS_FACTOR
+    return config
 
 
-class InitDiagnostics(sl.train.Callback):
-    """Per-layer density and gradient norm (over the kept weights) at the first step."""
-
-    def __init__(self, method):
-        self.method = method
-        self.density: dict[str, float] = {}
-        self.grad_norm: dict[str, float] = {}
-
-    def on_after_backward(self, trainer) -> None:
-        if trainer.step != 0:
-            return
-        for n in self.method.masked_names(trainer.model):
-            mask = sl.masks.get_mask(trainer.model, n)
-            grad = sl.masks.dense_weight(trainer.model, n).grad
-            self.density[n] = float(mask.float().mean())
-            self.grad_norm[n] = float((grad * mask).norm())
-
-
-def training(model: str) -> dict:
-    """The ``fit`` keyword arguments of the setting's recipe (epochs overridden by --quick)."""
-    options = recipes.recipe_for(model, DATA[model]).training()
-    options["epochs"] = EPOCHS_OVERRIDE.get(model, options["epochs"])
-    return options
-
-
-def setting(model: str, seed: int):
-    t = recipes.task(model, DATA[model], seed=seed)
-    return t, *t.loaders(recipes.recipe_for(model, DATA[model]).batch_size)
-
-
-def fit(method, model: str, seed: int, epochs: int | None = None, extra=()):
-    """Train a fresh model with ``method`` and the recipe (``epochs`` overrides its epochs)."""
-    t, train, val, test = setting(model, seed)
-    m = t.build()
-    flops = TrainingFlops(method)
-    options = training(model) | {"seed": seed, "callbacks": [flops, *extra]}
-    if epochs is not None:
-        options["epochs"] = epochs
-    method.fit(m, train, val, **options)
-    return m, flops.total, t
-
-
-def evaluate(m, model: str, seed: int, sparsity: float | None = None) -> dict:
-    """Test accuracy and sanity flags (the target checked when ``sparsity`` is given)."""
-    result = recipes.evaluate_run(m, setting(model, seed)[0], target_sparsity=sparsity)
-    return {"accuracy": result["accuracy"], "flags": result["flags"]}
-
-
-def dense_epoch_flops(model: str, seed: int) -> float:
-    t = setting(model, seed)[0]
-    return recipes.training_flops(t.build(), len(t.bundle.train), 1)
-
-
-@functools.cache
-def dense(model: str, seed: int):
-    """The recipe's dense model of a seed (``recipes.dense``), its info and training FLOPs."""
-    epochs = EPOCHS_OVERRIDE.get(model)
-    _, m, info = recipes.dense(model, DATA[model], seed, epochs=epochs)
-    return m, info, dense_epoch_flops(model, seed) * training(model)["epochs"]
-
-
-@functools.cache
-def crammed(model: str, seed: int):
-    method = registry.get("cram", "training")(
-        0.8, sparsities=[0.5, 0.7, 0.8, 0.9], budget=PRUNE_BUDGET, seed=seed
+def run_benchmarks(configs: list[dict], out: Path, cache: Path, executor: str | None):
+    """Run each config with the harness and write its table and manifest; all runs in one
+    table, with the training FLOPs as a multiple of dense training."""
+    tables = []
+    for config in configs:
+        print(f"{config['name']}: {len(bench.cells(bench.load_config(config)))} arms", flush=True)
+        table = bench.run(config, executor_spec=executor, cache_dir=cache)
+        bench.write(table, config, out)
+        tables.append(table)
+    runs = pd.concat(tables, ignore_index=True)
+    # a prune run's training_flops counts only what it trained after the shared dense
+    # model: add the dense training, so one-shot costs what it did before the harness
+    pruned = (runs["kind"] == "prune").astype(float)
+    total = runs["training_flops"] + pruned * runs["dense_training_flops"]
+    return runs.assign(
+        total_training_flops=total, flops_x_dense=total / runs["dense_training_flops"]
     )
-    m, flops, _ = fit(method, model, seed)
-    return m, flops
-
-
-def run(model: str, method: str, sparsity: float, seed: int) -> dict:
-    """One cell of the benchmark: test accuracy, flags and training FLOPs (and extras)."""
-    torch.manual_seed(seed)
-    epochs = training(model)["epochs"]
-    start = time.perf_counter()
-    out: dict = {}
-    if method == "dense":
-        m, info, flops = dense(model, seed)
-        out = {"accuracy": info["test_accuracy"], "flags": info["flags"], "train_flops": flops}
-    elif method == "one_shot":
-        m, _, flops = dense(model, seed)
-        m = copy.deepcopy(m)
-        t = setting(model, seed)[0]
-        sl.prune(m, "magnitude", sparsity, budget=PRUNE_BUDGET)
-        budget = recipes.finetune(m, t, FINETUNE_EPOCHS, lr=0.01, progress=False)
-        out = {**evaluate(m, model, seed, sparsity), **budget}
-        out["train_flops"] = flops + budget["finetune_flops"]
-    elif method in ("gmp", "acdc"):
-        trainer = registry.get(method, "training")(sparsity, budget=PRUNE_BUDGET, seed=seed)
-        m, flops, _ = fit(trainer, model, seed)
-        out = {**evaluate(m, model, seed, sparsity), "train_flops": flops}
-        if method == "acdc":
-            out["dense_accuracy"] = evaluate(trainer.dense_model, model, seed)["accuracy"]
-    elif method.split("_")[0] in ("static", "set", "rigl"):
-        name, budget = method.split("_")
-        cls = StaticSparse if name == "static" else registry.get(name, "training")
-        trainer = cls(sparsity, budget=budget, seed=seed)
-        diagnostics = InitDiagnostics(trainer)
-        m, flops, _ = fit(trainer, model, seed, extra=[diagnostics])
-        out = {
-            **evaluate(m, model, seed, sparsity),
-            "train_flops": flops,
-            # evidence for a sparse net that cannot train: nearly empty layers, no gradient
-            "init_density": diagnostics.density,
-            "init_grad_norm": diagnostics.grad_norm,
-            "mask_updates": len(trainer.log),
-        }
-    elif method == "imp":
-        imp = registry.get("imp", "training")(
-            sparsity,
-            rounds=IMP_ROUNDS,
-            rewind="init",
-            baselines=("reinit",),
-            baseline_rounds="last",
-            budget=PRUNE_BUDGET,
-            seed=seed,
-        )
-        t, train, val, _ = setting(model, seed)
-        m = t.build()
-        counter = TrainingFlops(imp)
-        options = training(model) | {"epochs": max(1, epochs // 2)}
-        history = imp.fit(m, train, val, seed=seed, callbacks=[counter], **options)
-        last = imp.rounds_table.iloc[-1]
-        out = {
-            **evaluate(m, model, seed, sparsity),
-            "train_flops": counter.total,
-            # the ticket against its re-initialised twin is judged on validation data
-            "val_accuracy": float(history["val_accuracy"].iloc[-1]),
-            "reinit_val_accuracy": float(last["reinit_val_accuracy"]),
-        }
-    elif method in ("cram", "sgd_one_shot"):
-        if method == "cram":
-            base, flops = crammed(model, seed)
-        else:
-            base, _, flops = dense(model, seed)
-        t, train, _, _ = setting(model, seed)
-        m = one_shot(copy.deepcopy(base), sparsity, data=train, budget=PRUNE_BUDGET)
-        out = {
-            **evaluate(m, model, seed, sparsity),
-            "dense_accuracy": evaluate(base, model, seed)["accuracy"],
-            "train_flops": flops,
-            "finetune_epochs": 0,
-            "finetune_flops": 0.0,
-        }
-    else:
-        raise ValueError(f"unknown benchmark method {method!r}")
-    out["dense_epoch_flops"] = dense_epoch_flops(model, seed)
-    out["epochs"] = epochs
-    out["seconds"] = time.perf_counter() - start
-    return out
-
-
-GRID = [
-    ("dense", [0.0]),
-    ("one_shot", SPARSITIES),
-    ("gmp", SPARSITIES),
-    ("static_erk", SPARSITIES),
-    ("static_uniform", SPARSITIES),
-    ("set_erk", SPARSITIES),
-    ("set_uniform", SPARSITIES),
-    ("rigl_erk", SPARSITIES),
-    ("rigl_uniform", SPARSITIES),
-    ("acdc", SPARSITIES),
-    ("imp", SPARSITIES),
-    ("cram", CRAM_SPARSITIES),
-    ("sgd_one_shot", CRAM_SPARSITIES),
-]
-
-
-CRAM_GRID = [("dense", [0.0]), ("cram", CRAM_SPARSITIES), ("sgd_one_shot", CRAM_SPARSITIES)]
-
-
-def run_all(
-    seeds: list[int], models: list[str], cache: Path, dst_grid: dict[str, list[float]] | None
-) -> pd.DataFrame:
-    """Every cell of ``GRID`` (``CRAM_GRID`` for the BatchNorm model); ``dst_grid`` (model
-    -> sparsities) restricts the sparse-from-scratch methods to a reduced grid."""
-    frames = []
-    for model in models:
-        for method, sparsities in CRAM_GRID if model in BN_SETTINGS else GRID:
-            if dst_grid is not None and method.split("_")[0] in DST:
-                sparsities = [s for s in sparsities if s in dst_grid.get(model, [])]
-            if not sparsities:
-                continue
-            print(f"{model}: {method} at {sparsities}", flush=True)
-            frames.append(
-                sl.experiments.sweep(
-                    run,
-                    {"model": [model], "method": [method], "sparsity": sparsities},
-                    seeds=seeds,
-                    cache_dir=cache,
-                    name=version_of(method),
-                    progress=False,
-                )
-            )
-    return pd.concat(frames, ignore_index=True)
 
 
 # --- the expectations ---------------------------------------------------------------------
 
 
 def compare(
-    df,
-    model,
+    runs,
     name,
     treatment,
     baseline,
     *,
-    metric="accuracy",
+    metric="test_accuracy",
     relation="greater",
     margin=0.0,
     claim=None,
     sparsities=None,
+    words=None,
 ) -> list[dict]:
-    """``treatment - baseline`` of ``metric`` paired over seeds, per sparsity; "not run"
-    when an arm is missing (a reduced grid)."""
-    part = df[(df["model"] == model) & df["method"].isin([treatment, baseline])]
+    """``treatment - baseline`` of ``metric`` in one setting's ``runs``, paired over seeds,
+    per target sparsity; "not run" when an arm is missing (a smoke pass)."""
+    model, data = runs["model"].iloc[0], runs["data"].iloc[0]
+    part = runs[runs["method"].isin([treatment, baseline])]
     if sparsities is not None:
-        part = part[part["sparsity"].isin(sparsities)]
+        part = part[part["target_sparsity"].isin(sparsities)]
     if not {treatment, baseline} <= set(part["method"]):
         return [{"expectation": name, "model": model, "status": "not run", "numbers": ""}]
     out = []
-    diffs = sl.stats.paired(part, "method", treatment, baseline, metric=metric, by="sparsity")
+    diffs = sl.stats.paired(
+        part, "method", treatment, baseline, metric=metric, by="target_sparsity"
+    )
     for _, row in diffs.iterrows():
+        sparsity = row["target_sparsity"]
         entry = {
             "expectation": name,
             "model": model,
-            "sparsity": row["sparsity"],
+            "sparsity": sparsity,
             "status": sl.claims.check(row, relation, margin),
             "paired": {k: row[k] for k in ("mean_diff", "ci_low", "ci_high", "n")},
-            "numbers": sl.stats.describe(row),
+            "numbers": sl.stats.describe(row, words=words),
         }
         if claim is not None:
-            v = sl.claims.verdict(
-                claim, row, setting=f"{model} on {DATA[model]} at {row['sparsity']:.0%}"
-            )
+            v = sl.claims.verdict(claim, row, setting=f"{model} on {data} at {sparsity:.0%}")
             entry["claim"] = {"key": claim, "status": v.status, "numbers": v.numbers()}
         out.append(entry)
     return out
 
 
-def checks(df: pd.DataFrame) -> list[dict]:
-    out = []
-    for model in df["model"].unique():
-        if model not in BN_SETTINGS:
-            high = [s for s in SPARSITIES if s >= 0.9]
-            out += compare(
-                df,
-                model,
-                "GMP > one-shot at >= 90%",
-                "gmp",
-                "one_shot",
-                claim="gradual_beats_one_shot",
-                sparsities=high,
-            )
-            for budget in ("erk", "uniform"):
-                st, se, ri = (f"{m}_{budget}" for m in ("static", "set", "rigl"))
-                out += compare(
-                    df, model, f"SET > static ({budget})", se, st, claim="set_beats_static"
-                )
-                out += compare(df, model, f"RigL > SET ({budget})", ri, se, claim="rigl_beats_set")
-                out += compare(df, model, f"GMP >= RigL ({budget})", "gmp", ri, relation="at_least")
-            for m in ("static", "set", "rigl"):
-                out += compare(
-                    df,
-                    model,
-                    f"ERK >= uniform ({m})",
-                    f"{m}_erk",
-                    f"{m}_uniform",
-                    relation="at_least",
-                )
-            out += compare(
-                df,
-                model,
-                "AC/DC sparse within 1 point of GMP",
-                "acdc",
-                "gmp",
-                relation="at_least",
-                margin=0.01,
-                claim="acdc_matches_gmp",
-            )
-            acdc_dense = df[(df["method"] == "acdc")].assign(
-                method="acdc_dense", accuracy=lambda d: d["dense_accuracy"]
-            )
-            dense = df[df["method"] == "dense"]
-            dense = pd.concat([dense.assign(sparsity=s) for s in SPARSITIES])
-            out += compare(
-                pd.concat([acdc_dense, dense]),
-                model,
-                "AC/DC dense within 0.5 points of the dense baseline",
-                "acdc_dense",
-                "dense",
-                relation="at_least",
-                margin=0.005,
-            )
-            imp = df[df["method"] == "imp"]
-            arms = pd.concat(
-                [
-                    imp.assign(method="ticket", val=imp["val_accuracy"]),
-                    imp.assign(method="reinit", val=imp["reinit_val_accuracy"]),
-                ]
-            )
-            out += compare(
-                arms,
-                model,
-                "IMP ticket beats re-initialisation (validation)",
-                "ticket",
-                "reinit",
-                metric="val",
-                claim="tickets_beat_reinit",
-            )
-        cram_sparsities = [0.7, 0.8]
+def extras(runs: pd.DataFrame, key: str) -> pd.Series:
+    """One measurement of the harness's ``extras`` (a JSON dict per run)."""
+    return runs["extras"].map(lambda text: json.loads(text)[key])
+
+
+def measured_arm(runs, method, key, label, *, metric="test_accuracy", final=False) -> pd.DataFrame:
+    """The runs of ``method`` as an arm ``label`` whose ``metric`` is the ``extras`` value
+    ``key``.  ``final``: it measures the run's final model, so the run's flags are its
+    flags; otherwise it measures a model beside it, whose flags the harness does not take."""
+    part = runs[runs["method"] == method]
+    flags = part["flags"] if final else ""
+    return part.assign(method=label, flags=flags, **{metric: extras(part, key)})
+
+
+def dense_at(runs: pd.DataFrame, sparsities) -> pd.DataFrame:
+    """The dense runs repeated at each target, to pair with a dense model of a sparse run."""
+    dense = runs[runs["method"] == DENSE]
+    return pd.concat([dense.assign(target_sparsity=s) for s in sparsities])
+
+
+def lead(runs: pd.DataFrame, leader: str, follower: str, label: str) -> pd.DataFrame:
+    """Per seed and target: ``leader``'s test accuracy minus ``follower``'s, as arm ``label``."""
+    key = ["target_sparsity", "seed"]
+    arms = [
+        runs.loc[runs["method"] == m, [*key, "test_accuracy", "flags"]] for m in (leader, follower)
+    ]
+    both = arms[0].merge(arms[1], on=key, suffixes=("", "_follower"))
+    return both.assign(
+        model=runs["model"].iloc[0],
+        data=runs["data"].iloc[0],
+        method=label,
+        test_accuracy=both["test_accuracy"] - both["test_accuracy_follower"],
+        # a lead over a collapsed run is no lead: keep the flags of both
+        flags=both["flags"].str.cat(both["flags_follower"], sep="; ").str.strip("; "),
+    )
+
+
+def training_checks(runs: pd.DataFrame) -> list[dict]:
+    """The expectations on a setting of the training methods."""
+    sparsities = sorted(runs.loc[runs["method"] != DENSE, "target_sparsity"].unique())
+    out = compare(
+        runs,
+        "GMP > one-shot at >= 90%",
+        "gmp",
+        ONE_SHOT,
+        claim="gradual_beats_one_shot",
+        sparsities=[s for s in sparsities if s >= 0.9],
+    )
+    for budget in ("erk", "uniform"):
+        static, set_, rigl = (f"{m}_{budget}" for m in ("static", "set", "rigl"))
+        out += compare(runs, f"SET > static ({budget})", set_, static, claim="set_beats_static")
+        out += compare(runs, f"RigL > SET ({budget})", rigl, set_, claim="rigl_beats_set")
+        out += compare(runs, f"GMP >= RigL ({budget})", "gmp", rigl, relation="at_least")
+    for m in ("static", "set", "rigl"):
         out += compare(
-            df,
-            model,
-            "CrAM beats SGD under one-shot pruning",
-            "cram",
-            "sgd_one_shot",
-            claim="cram_one_shot_beats_sgd",
-            sparsities=cram_sparsities,
+            runs, f"ERK >= uniform ({m})", f"{m}_erk", f"{m}_uniform", relation="at_least"
         )
-        cram = df[df["method"] == "cram"]
-        dense = df[df["method"] == "dense"]
+    out += compare(
+        runs,
+        "AC/DC sparse within 1 point of GMP",
+        "acdc",
+        "gmp",
+        relation="at_least",
+        margin=0.01,
+        claim="acdc_matches_gmp",
+    )
+    if "acdc" in set(runs["method"]):
         arms = pd.concat(
-            [cram.assign(method="cram_dense", accuracy=cram["dense_accuracy"])]
-            + [dense.assign(sparsity=s) for s in cram_sparsities]
+            [
+                measured_arm(runs, "acdc", "dense_member_accuracy", "acdc_dense"),
+                dense_at(runs, sparsities),
+            ]
         )
         out += compare(
             arms,
-            model,
-            "CrAM's dense model within 0.5 points of SGD's",
-            "cram_dense",
-            "dense",
+            "AC/DC dense within 0.5 points of the dense baseline",
+            "acdc_dense",
+            DENSE,
             relation="at_least",
             margin=0.005,
-            claim="cram_dense_matches_sgd",
-            sparsities=cram_sparsities,
         )
+    if "imp" in set(runs["method"]):
+        # both from the last round's training, judged on validation as the paper does
+        arms = pd.concat(
+            [
+                measured_arm(
+                    runs, "imp", "ticket_val_accuracy", "ticket", metric="val_accuracy", final=True
+                ),
+                measured_arm(runs, "imp", "reinit_val_accuracy", "reinit", metric="val_accuracy"),
+            ]
+        )
+        out += compare(
+            arms,
+            "IMP ticket beats re-initialisation (validation)",
+            "ticket",
+            "reinit",
+            metric="val_accuracy",
+            claim="tickets_beat_reinit",
+        )
+    return out + extended_training_checks(runs)
+
+
+def extended_training_checks(runs: pd.DataFrame) -> list[dict]:
+    """Does training twice as long help the dynamic methods, and does RigL approach GMP?"""
+    out = []
+    for m in ("set_erk", "rigl_erk"):
+        out += compare(runs, f"{m} gains from 2x training", m + EXTENDED, m)
+    out += compare(
+        runs,
+        "GMP >= RigL at 2x training",
+        "gmp" + EXTENDED,
+        "rigl_erk" + EXTENDED,
+        relation="at_least",
+    )
+    methods = set(runs["method"])
+    if {"gmp", "rigl_erk"} | {m + EXTENDED for m in ("gmp", "rigl_erk")} <= methods:
+        gaps = pd.concat(
+            [
+                lead(runs, "gmp", "rigl_erk", "1x"),
+                lead(runs, "gmp" + EXTENDED, "rigl_erk" + EXTENDED, "2x"),
+            ]
+        )
+        # GMP's lead at 1x minus its lead at 2x: positive when RigL closes on GMP
+        out += compare(
+            gaps,
+            "RigL closes on GMP with 2x training (GMP's lead, 1x - 2x)",
+            "1x",
+            "2x",
+            words=("widens", "narrows"),
+        )
+    return out
+
+
+def cram_checks(runs: pd.DataFrame) -> list[dict]:
+    """The expectations on the CrAM setting, at the sparsities CrAM trained for."""
+    cram_sparsities = [0.7, 0.8]
+    out = compare(
+        runs,
+        "CrAM beats SGD under one-shot pruning",
+        CRAM,
+        ONE_SHOT,
+        claim="cram_one_shot_beats_sgd",
+        sparsities=cram_sparsities,
+    )
+    arms = pd.concat(
+        [
+            measured_arm(runs, CRAM, "trained_accuracy", "cram_dense"),
+            dense_at(runs, cram_sparsities),
+        ]
+    )
+    out += compare(
+        arms,
+        "CrAM's dense model within 0.5 points of SGD's",
+        "cram_dense",
+        DENSE,
+        relation="at_least",
+        margin=0.005,
+        claim="cram_dense_matches_sgd",
+        sparsities=cram_sparsities,
+    )
+    return out
+
+
+def is_cram_setting(runs: pd.DataFrame) -> bool:
+    """Whether one setting's runs are the CrAM config's (the others train every method)."""
+    return CRAM in set(runs["method"])
+
+
+def checks(runs: pd.DataFrame) -> list[dict]:
+    out = []
+    for _, part in runs.groupby("model", sort=False):
+        out += cram_checks(part) if is_cram_setting(part) else training_checks(part)
     return out
 
 
 # --- report -------------------------------------------------------------------------------
 
-
-def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    df = df.assign(flops_x_dense=df["train_flops"] / (df["dense_epoch_flops"] * df["epochs"]))
-    table = sl.experiments.summarize(df, ["model", "method", "sparsity"], "accuracy")
-    cost = df.groupby(["model", "method", "sparsity"], as_index=False)["flops_x_dense"].mean()
-    return table.merge(cost, on=["model", "method", "sparsity"])
+KEY = ["model", "method", "target_sparsity"]
 
 
-def figures(df: pd.DataFrame, table: pd.DataFrame, out: Path) -> list[str]:
+def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy over seeds (mean and interval), mean training FLOPs (x dense), and the
+    epochs a run trained (0 for the dense model and its pruned copies) and fine-tuned."""
+    table = sl.experiments.summarize(runs, KEY, "test_accuracy")
+    budget = ["flops_x_dense", "epochs", "finetune_epochs"]
+    cost = runs.groupby(KEY, as_index=False, sort=False)[budget].mean()
+    return table.merge(cost, on=KEY)
+
+
+def figures(runs: pd.DataFrame, table: pd.DataFrame, stem: Path) -> list[str]:
+    """Accuracy against sparsity, and against training FLOPs at 90%, per training setting."""
+    settings = [m for m, part in runs.groupby("model", sort=False) if not is_cram_setting(part)]
+    if not settings:  # the CrAM setting alone: its checks say all there is
+        return []
+    shown = [
+        ONE_SHOT,
+        "gmp",
+        "static_erk",
+        "set_erk",
+        "rigl_erk",
+        "acdc",
+        "imp",
+        "rigl_erk" + EXTENDED,
+    ]
     paths = []
-    shown = ["one_shot", "gmp", "static_erk", "set_erk", "rigl_erk", "acdc", "imp"]
-    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(11, 4))
-    for ax, model in zip(axes, SETTINGS, strict=True):
-        part = df[(df["model"] == model) & (df["method"].isin(shown))]
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4), squeeze=False)
+    for ax, model in zip(axes[0], settings, strict=True):
+        mine = runs[runs["model"] == model]
         sl.viz.sparsity_curve(
-            part,
-            x="sparsity",
-            y="accuracy",
+            mine[mine["method"].isin(shown)],
+            x="target_sparsity",
+            y="test_accuracy",
             hue="method",
             ax=ax,
             logit_x=True,
-            baseline=df[(df["model"] == model) & (df["method"] == "dense")]["accuracy"].mean(),
+            baseline=mine.loc[mine["method"] == DENSE, "test_accuracy"].mean(),
         )
-        ax.set_title(f"{model} on {SETTINGS[model]}")
+        ax.set_title(f"{model} on {mine['data'].iloc[0]}")
     fig.tight_layout()
-    path = out / "training_methods_accuracy.png"
-    fig.savefig(path, dpi=120)
-    paths.append(str(path))
-    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(11, 4))
-    for ax, model in zip(axes, SETTINGS, strict=True):
-        part = table[(table["model"] == model) & (table["sparsity"] == 0.9)]
+    paths.append(f"{stem}_accuracy.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4), squeeze=False)
+    for ax, model in zip(axes[0], settings, strict=True):
+        part = table[(table["model"] == model) & (table["target_sparsity"].isin([0.0, 0.9]))]
         for i, row in enumerate(part.itertuples()):
             ax.errorbar(
                 row.flops_x_dense,
                 row.mean,
-                yerr=row.ci_high - row.mean,
+                # the interval stops at 0 and 1, so its two sides may differ
+                yerr=[[row.mean - row.ci_low], [row.ci_high - row.mean]],
                 fmt="os^Dv<>"[i % 7],
-                color=plt.cm.tab20(i % 20),  # twelve methods: one colour each
+                color=plt.cm.tab20(i % 20),  # up to twenty methods: one colour each
                 label=row.method,
             )
         ax.set_xscale("log")
@@ -475,84 +436,84 @@ def figures(df: pd.DataFrame, table: pd.DataFrame, out: Path) -> list[str]:
         ax.set_title(f"{model}, 90% sparsity")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = out / "training_methods_flops.png"
-    fig.savefig(path, dpi=120)
-    paths.append(str(path))
+    paths.append(f"{stem}_flops.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
     return paths
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", help="default: each config's")
     parser.add_argument(
-        "--models",
+        "--configs",
         nargs="+",
-        default=[*SETTINGS, *BN_SETTINGS],
-        choices=[*SETTINGS, *BN_SETTINGS],
-    )
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument(
-        "--quick", action="store_true", help="2 epochs (not the recipes'), for a smoke test"
+        default=[*TRAINING_CONFIGS, CRAM_CONFIG],
+        choices=[*TRAINING_CONFIGS, CRAM_CONFIG],
+        help="the configs under benchmarks/configs to run (default: all)",
     )
     parser.add_argument(
-        "--reduced",
+        "--quick",
         action="store_true",
-        help="sparse-from-scratch methods only at "
-        + str(REDUCED_DST)
-        + " (the other cells in full)",
+        help="smoke pass: digits, two seeds, 80 and 90%%, 3/4 of the training epochs",
     )
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument(
+        "--cache",
+        default=str(HERE.parent / ".cache" / "bench"),
+        help="finished runs, reused on a rerun (default: sparsity-lab bench's)",
+    )
+    parser.add_argument(
+        "--executor", help="where the runs go (sparsity_lab.bench.executor): e.g. local:2"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cache = out / "training_methods_cache"
-    if args.quick:
-        global VERSION, DST_VERSION
-        EPOCHS_OVERRIDE.update(dict.fromkeys(DATA, 2))
-        VERSION += "_quick"
-        DST_VERSION += "_quick"
+    names = [n for n in args.configs if n in QUICK_CONFIGS] if args.quick else args.configs
+    configs = [load(name, args.quick, args.seeds) for name in names]
     started = time.perf_counter()
-    df = run_all(args.seeds, args.models, cache, REDUCED_DST if args.reduced else None)
-    table = summary_table(df)
-    found = checks(df)
-    flagged = sl.flags.table(df, ["model", "method", "sparsity"])
-    paths = figures(df, table, out)
+    runs = run_benchmarks(configs, out, Path(args.cache), args.executor)
+    table = summary_table(runs)
+    found = checks(runs)
+    flagged = sl.flags.table(runs, KEY)
+    stem = out / ("training_methods_quick" if args.quick else "training_methods")
+    paths = figures(runs, table, stem)
     report = {
         "benchmark": "training_methods",
-        "settings": SETTINGS,
-        "cram_batchnorm_settings": BN_SETTINGS,
-        "recipes": {m: training(m) for m in DATA},
-        "epochs_override": EPOCHS_OVERRIDE or "none: every setting's recipe",
-        "finetune_epochs": FINETUNE_EPOCHS,
-        "imp_rounds": IMP_ROUNDS,
-        "prune_budget": PRUNE_BUDGET,
-        "seeds": args.seeds,
+        "configs": [f"benchmarks/configs/{name}.yaml" for name in names],
+        "tables": [f"{config['name']}.csv" for config in configs],
+        "settings": [f"{c['model']} on {c['data']}" for c in configs],
+        "recipes": {
+            f"{c['model']}/{c['data']}": recipes.recipe_for(c["model"], c["data"]).training()
+            for c in configs
+        },
         "quick": args.quick,
-        "reduced_sparse_from_scratch_grid": REDUCED_DST if args.reduced else None,
+        "seeds": sorted(runs["seed"].unique().tolist()),
+        "training_flops": "training_flops / dense_training_flops, with the dense training "
+        "added to the runs that prune the dense model (kind prune)",
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "threads": args.threads,
         # this invocation (cached runs load instantly) and the runs themselves
         "wall_seconds": time.perf_counter() - started,
-        "run_seconds_total": float(df["seconds"].sum()),
+        "run_seconds_total": float(runs["wall_seconds"].sum()),
         "summary": table.to_dict(orient="records"),
         "checks": found,
         "flagged": flagged.to_dict(orient="records"),
-        "runs": df.to_dict(orient="records"),
+        "runs": runs.to_dict(orient="records"),
         "figures": paths,
     }
-    (out / "training_methods.json").write_text(json.dumps(report, indent=2, default=float))
-    table.to_csv(out / "training_methods.csv", index=False)
+    Path(f"{stem}.json").write_text(json.dumps(report, indent=2, default=float))
+    table.to_csv(f"{stem}.csv", index=False)
     with pd.option_context("display.width", 140, "display.max_rows", 200):
         print(table.round(4).to_string(index=False))
     print()
     print("No sanity flag fired." if flagged.empty else flagged.to_string(index=False))
     print()
-    print("What to expect (paired differences over seeds, treatment - baseline, test accuracy):")
+    print("What to expect (paired differences over seeds, treatment - baseline, test accuracy")
+    print("unless the line says otherwise):")
     for c in found:
-        where = f"{c.get('model')} at {c.get('sparsity')}"
+        where = f"{c['model']} at {c.get('sparsity')}"
         print(f"  [{c['status']:>12}] {c['expectation']} - {where}: {c['numbers']}")
         if "claim" in c:
             print(
@@ -560,21 +521,7 @@ def main() -> None:
             )
     counts = pd.Series([c["status"] for c in found]).value_counts().to_dict()
     print(f"  {counts}")
-    dst = df[df["method"].str.split("_").str[0].isin(DST) & (df["model"] == "cnn1d")]
-    if len(dst) and "init_density" in dst:
-        print("\nSparse from scratch on cnn1d at the first step (seed mean): layer density and")
-        print("gradient norm over the kept weights")
-        for (method, s), part in dst.groupby(["method", "sparsity"]):
-            dens = pd.DataFrame(list(part["init_density"])).mean()
-            grad = pd.DataFrame(list(part["init_grad_norm"])).mean()
-            cells = " ".join(
-                f"{n.split('.')[0]}{n.split('.')[1][:1]}:{dens[n]:.3f}/{grad[n]:.1e}"
-                for n in dens.index
-            )
-            print(
-                f"  {method:>15} {s:.2f}: {cells}; mask updates {part['mask_updates'].mean():.0f}"
-            )
-    print(f"wrote {out / 'training_methods.json'}")
+    print(f"wrote {stem}.json, {stem}.csv, the figures and the tables {report['tables']}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ under) says how its run makes the sparse model:
   is pruned once at the end, then fine-tuned like a ``prune`` run;
 * ``regularize`` (a regularizer): a fresh model trains with the penalty for the recipe's
   epochs (its optimizer and learning rate, no schedule), is projected to the target by
-  the regularizer, and fine-tuned (:func:`sparsity_lab.regularizers.compare.run`); a
+  the regularizer, and fine-tuned like the others (:func:`sparsity_lab.regularizers.
+  compare.run`); a
   training method such as ``gmp`` given this kind runs the same protocol, as the
   regularizers' reference.
 
@@ -468,6 +469,11 @@ class _Run:
         options["epochs"] = max(1, round(options["epochs"] * self.arm["epochs_factor"]))
         return options
 
+    def training_loaders(self) -> tuple:
+        """Train, validation and test loaders in the recipe's batch size, as the dense model
+        of the setting was trained."""
+        return self.task.loaders(self.recipe.batch_size)
+
     def finetune_and_measure(self, model: nn.Module) -> dict[str, Any]:
         """Re-estimate BatchNorm if the config says so, fine-tune, measure (the protocol's
         second half, the same for every kind that prunes a trained model)."""
@@ -522,7 +528,7 @@ def _prune_at_init(run: _Run, dense_model: nn.Module) -> tuple[nn.Module, dict[s
         found = recipes.random_like(found, seed=run.seed)
     model = recipes.sparse_start(init, found)
     training = run.training()
-    train, val, _ = run.task.loaders()
+    train, val, _ = run.training_loaders()
     fit(model, train, val, seed=run.seed, progress=False, **training)
     result = recipes.finetune_and_measure(
         model, run.task, run.arm["sparsity"], finetune_epochs=0,
@@ -545,7 +551,7 @@ def _train(run: _Run, dense_model: nn.Module) -> tuple[nn.Module, dict[str, Any]
     model = run.task.build()
     counter = TrainingFlops(method)
     training = run.training()
-    train, val, _ = run.task.loaders()
+    train, val, _ = run.training_loaders()
     method.fit(model, train, val, seed=run.seed, callbacks=[counter], progress=False, **training)
     extras = _method_extras(method, run)
     if run.arm["prune_with"] == "magnitude":
@@ -598,6 +604,8 @@ def _regularize(run: _Run, dense_model: nn.Module) -> tuple[nn.Module, dict[str,
         pattern=options.pop("pattern", "unstructured"),
         epochs=training["epochs"],
         finetune_epochs=run.setting["finetune_epochs"],
+        # the same fine-tuning as every other run of the benchmark
+        finetune_lr=run.setting["finetune_lr"],
         optimizer=training["optimizer"],
         lr=training["lr"],
         **options,

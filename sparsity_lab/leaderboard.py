@@ -32,6 +32,18 @@ COSTS = {
 }
 
 
+#: The cost of making a model, for tables that compare training methods.
+TRAINING_COST = {"total_training_flops": "training FLOPs, dense training included"}
+
+
+def total_training_flops(table: pd.DataFrame) -> pd.Series:
+    """FLOPs spent on each run's model from scratch: a run that prunes the shared trained
+    dense model (kind ``prune``, the dense row too) also pays for that model's training
+    (``dense_training_flops``); runs that train their own model count only their own."""
+    from_dense = table["kind"].eq("prune")
+    return table["training_flops"] + table["dense_training_flops"].where(from_dense, 0.0)
+
+
 #: Where the committed result tables live, relative to the repository's root.
 TABLES = Path("benchmarks") / "leaderboard"
 
@@ -67,7 +79,8 @@ def summary(table: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
 
     Columns: ``method``, ``target_sparsity``, ``n`` (seeds), ``sparsity`` (reached, mean),
     ``test_accuracy`` with ``ci_low``/``ci_high`` (clipped to [0, 1]), the mean
-    ``nonzeros``, ``flops``, ``storage_bits`` and ``training_flops``, the median
+    ``nonzeros``, ``flops``, ``storage_bits``, ``training_flops`` and
+    ``total_training_flops`` (:func:`total_training_flops`), the median
     ``latency_seconds`` (of the exported models, see :mod:`sparsity_lab.bench`),
     ``accuracy_per_million`` and ``change_per_million_removed`` (of the means, see
     :mod:`sparsity_lab.efficiency`), ``flagged`` (any run raised a sanity flag), and
@@ -77,6 +90,7 @@ def summary(table: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
     """
     rows = []
     dense = table.groupby("seed")["dense_test_accuracy"].first().mean()
+    table = table.assign(total_training_flops=total_training_flops(table))
     for (method, target), runs in table.groupby(["method", "target_sparsity"], sort=False):
         interval = mean_interval(runs["test_accuracy"], bounds=(0.0, 1.0))
         nonzeros, parameters = runs["nonzeros"].mean(), runs["parameters"].mean()
@@ -93,6 +107,7 @@ def summary(table: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
                 "flops": runs["flops"].mean(),
                 "storage_bits": runs["storage_bits"].mean(),
                 "training_flops": runs["training_flops"].mean(),
+                "total_training_flops": runs["total_training_flops"].mean(),
                 "latency_seconds": runs["latency_seconds"].median(),
                 "accuracy_per_million": efficiency.accuracy_per_parameter(
                     interval["mean"], nonzeros
@@ -216,7 +231,7 @@ def plot_fronts(
         ax.axhline(dense, color="grey", linestyle="--", linewidth=0.8, label="dense")
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a log axis collide
-        ax.set_xlabel(COSTS.get(cost, cost))
+        ax.set_xlabel({**COSTS, **TRAINING_COST}.get(cost, cost))
         ax.set_ylabel("test accuracy (mean, 95% CI)")
     axes[0].figure.legend(
         *axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize="small"

@@ -251,6 +251,33 @@ def test_runs_that_train_count_their_epochs_and_flops_by_hand(clean_registry, mo
     assert all(len(batches) == 8 for batches in reestimated)
 
 
+def test_runs_that_train_use_the_recipes_batch_size_and_optimizer(monkeypatch):
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(model, train, val, **options):
+        seen.append((train.batch_size, options["optimizer"], options["lr"], options["epochs"]))
+        raise Stop
+
+    monkeypatch.setattr(bench, "fit", record)
+    monkeypatch.setattr(
+        sl.methods.base.TrainingMethod,
+        "fit",
+        lambda self, m, train, val, **o: record(m, train, val, **o),
+    )
+    recipe = recipes.Recipe(epochs=8, optimizer="adam", lr=0.003, batch_size=32)
+    setting = bench.setting_of(bench.load_config(tiny_config()))
+    task = recipes.task("lenet300", "digits", seed=0)
+    for entry in ({"method": "rigl"}, {"method": "snip", "kind": "at_init"}):
+        arm = {**bench._method_entry({**entry, "epochs_factor": 0.5}), "sparsity": 0.8}
+        run = bench._Run(setting, arm, 0, task, recipe, 0.8)
+        with pytest.raises(Stop):
+            bench._STAGES[arm["kind"]](run, None)
+    assert seen == [(32, "adam", 0.003, 4)] * 2
+
+
 def test_a_rerun_reads_every_finished_run_from_the_cache(clean_registry, tmp_path, monkeypatch):
     first = bench.run(tiny_config(), cache_dir=tmp_path / "runs")
 
@@ -401,6 +428,8 @@ def _table(rows):
         "flops": 0.0,
         "storage_bits": 0,
         "training_flops": 0.0,
+        "dense_training_flops": 0.0,
+        "kind": "prune",
         "latency_seconds": 1e-4,
         "sparsity": 0.0,
         "flags": "",
@@ -448,6 +477,18 @@ def test_summary_pairs_each_method_with_the_baseline_on_the_same_seeds():
     assert out.loc["new", "change_per_million_removed"] == pytest.approx(
         100 * ((0.85 + 0.76 + 0.93) / 3 - 0.9) / removed
     )
+
+
+def test_total_training_flops_add_the_dense_training_to_runs_that_prune_it():
+    table = _table(
+        [
+            {"method": "dense", "kind": "prune", "training_flops": 0.0},
+            {"method": "snip", "kind": "prune", "training_flops": 5.0},
+            {"method": "rigl", "kind": "train", "training_flops": 40.0},
+            {"method": "snip init", "kind": "at_init", "training_flops": 30.0},
+        ]
+    ).assign(dense_training_flops=100.0)
+    assert leaderboard.total_training_flops(table).tolist() == [100.0, 105.0, 40.0, 30.0]
 
 
 def test_pareto_front_keeps_the_points_nothing_beats():

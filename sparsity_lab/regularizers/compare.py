@@ -55,6 +55,7 @@ def run(
     optimizer: str = "adam",
     lr: float = 1e-3,
     model: torch.nn.Module | None = None,
+    finetune_lr: float | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Train ``task``'s model with ``method`` to ``sparsity``, fine-tune, and measure.
@@ -62,7 +63,8 @@ def run(
     ``method`` is a regularizer's name, a training method's name (``"gmp"``, ...), or
     ``"dense"`` (no pruning, the reference).  With ``pattern="channel"`` the last layer
     stays dense for every method, as the structured regularizers do by default.
-    ``options`` go to the method's constructor.  Fine-tuning uses a third of ``lr``.
+    ``options`` go to the method's constructor.  Fine-tuning uses ``finetune_lr``
+    (default: a third of ``lr``).
     ``model`` is the freshly built model to train in place (default: ``task.build()``),
     for callers that keep it.
 
@@ -110,7 +112,10 @@ def run(
     steady = epoch_seconds[1:] or epoch_seconds
     pruned_accuracy = evaluate(model, val)["accuracy"]
 
-    budget = finetune(model, task, finetune_epochs, lr=lr / 3, optimizer=optimizer, progress=False)
+    finetune_lr = lr / 3 if finetune_lr is None else finetune_lr
+    budget = finetune(
+        model, task, finetune_epochs, lr=finetune_lr, optimizer=optimizer, progress=False
+    )
     with torch.no_grad():
         final = measured_sparsity(model, names)
     # a channel target counts units, not weights: only an unstructured target is checked

@@ -40,6 +40,10 @@ class CrAM(TrainingMethod):
     not updated by the extra pass.  Supports unstructured, N:M and every budget.
 
     Prune afterwards with :func:`one_shot` (magnitude pruning, then BatchNorm re-estimation).
+    Choose a budget that keeps every layer alive at the largest sparsity drawn (ERK, or
+    uniform): early in training one global threshold at 90% can empty a small network's
+    smallest layers, and the gradient taken at such a point trains little
+    (``benchmarks/training_methods.py`` measures it on the small ResNet).
     """
 
     name = "cram"

@@ -61,24 +61,8 @@ info = sl.nb.setup(seed=0, smoke=SMOKE, threads=1)
 # %%
 table, manifest = leaderboard.load(TABLE)
 config = manifest["config"]
-dense = pd.DataFrame(
-    {
-        seed: {"test accuracy": d["test_accuracy"], "flags": d["flags"] or "none"}
-        for seed, d in manifest["dense"].items()
-        if seed != "recipe"
-    }
-).T.rename_axis("seed")
-print(f"benchmark {manifest['benchmark']} ({manifest['version']}), created {manifest['created']}")
-print(f"commit {manifest['library']['commit']}, sparsity-lab {manifest['library']['sparsity_lab']}")
-print(f"torch {manifest['dependencies'].get('torch')}, Python {manifest['python'].split()[0]}")
-print(
-    f"{config['model']} on {config['data']}, seeds {manifest['seeds']}, fine-tuning "
-    f"{config['finetune_epochs']} epoch(s) at lr {config['finetune_lr']}"
-)
-print(
-    f"{manifest['rows']} runs; table digest matches: "
-    f"{bench.table_digest(table) == manifest['table_sha256']}"
-)
+lines, dense = leaderboard.provenance(table, manifest)
+print(lines)
 dense
 
 # %% [markdown]

@@ -343,6 +343,30 @@ CLAIMS: dict[str, Claim] = _claims(
         margin=0.005,
     ),
     Claim(
+        "acdc_dense_near_dense",
+        "Peste et al. 2021, AC/DC (NeurIPS)",
+        "ResNet-50 on ImageNet, 80-90% sparse, same training length",
+        "the dense member of AC/DC (taken at the end of its last decompressed phase) is "
+        "close to the dense baseline",
+        "qualitative claim (the paper's dense AC/DC models)",
+        treatment="acdc_dense",
+        baseline="dense",
+        relation="at_least",
+        margin=0.01,
+    ),
+    Claim(
+        "cram_one_shot_keeps_dense",
+        "Peste et al. 2023, CrAM (ICLR)",
+        "ResNet-18/50 on CIFAR-10 and ImageNet, one-shot magnitude pruning with BatchNorm "
+        "re-estimation, no fine-tuning",
+        "a CrAM model pruned once to a sparsity it trained for keeps its dense accuracy",
+        "qualitative claim (ResNet-50 on ImageNet pruned one-shot to 70-80%)",
+        treatment="cram_one_shot",
+        baseline="cram_dense",
+        relation="at_least",
+        margin=0.01,
+    ),
+    Claim(
         "cram_dense_matches_sgd",
         "Peste et al. 2023, CrAM (ICLR)",
         "ResNet-18/50 on CIFAR-10 and ImageNet",

@@ -70,6 +70,37 @@ def load(name: str, folder: str | Path | None = None) -> tuple[pd.DataFrame, dic
     return table, manifest
 
 
+def provenance(table: pd.DataFrame, manifest: dict) -> tuple[str, pd.DataFrame]:
+    """What produced a committed table, in a few lines, and its dense model of each seed.
+
+    The lines name the benchmark, the commit and versions, the setting and protocol, and
+    whether the table as read still has the digest the harness wrote (a table edited by
+    hand does not).
+    """
+    from .bench import table_digest
+
+    config = manifest["config"]
+    dense = pd.DataFrame(
+        {
+            seed: {"test accuracy": d["test_accuracy"], "flags": d["flags"] or "none"}
+            for seed, d in manifest["dense"].items()
+            if seed != "recipe"
+        }
+    ).T.rename_axis("seed")
+    lines = [
+        f"benchmark {manifest['benchmark']} ({manifest['version']}), created "
+        f"{manifest['created']}",
+        f"commit {manifest['library']['commit']}, sparsity-lab "
+        f"{manifest['library']['sparsity_lab']}",
+        f"torch {manifest['dependencies'].get('torch')}, Python {manifest['python'].split()[0]}",
+        f"{config['model']} on {config['data']}, seeds {manifest['seeds']}, fine-tuning "
+        f"{config['finetune_epochs']} epoch(s) at lr {config['finetune_lr']}",
+        f"{manifest['rows']} runs; table digest matches: "
+        f"{table_digest(table) == manifest['table_sha256']}",
+    ]
+    return "\n".join(lines), dense
+
+
 def _flagged(values: pd.Series) -> bool:
     return bool(values.fillna("").astype(str).str.len().gt(0).any())
 

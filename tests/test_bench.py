@@ -325,6 +325,13 @@ def test_write_saves_a_table_that_reads_back_the_same_and_a_manifest(clean_regis
     assert record["table_sha256"] == bench.table_digest(bench.read(csv_path))
     assert "commit" in record["library"] and record["machine"]["threads_per_run"] == 1
     assert not list((tmp_path / "out").glob(".*.tmp"))  # nothing half-written left behind
+    # what a notebook prints of it: the digest holds as written and fails once edited
+    table, manifest = leaderboard.load("tiny", tmp_path / "out")
+    lines, dense = leaderboard.provenance(table, manifest)
+    assert "table digest matches: True" in lines and "lenet300 on digits" in lines
+    assert dense.loc["0", "test accuracy"] == info["test_accuracy"]
+    table.loc[0, "test_accuracy"] += 0.01
+    assert "table digest matches: False" in leaderboard.provenance(table, manifest)[0]
 
 
 def test_compare_names_what_differs(clean_registry):

@@ -1,0 +1,456 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Training methods on the leaderboard
+#
+# **What you will learn:** how sparse training methods compare when every one of them
+# trains under the same recipe, at 80, 90 and 95% sparsity; what each costs to train,
+# counted in FLOPs from scratch; and which claims of their papers hold on this setting,
+# with the evidence where one does not.
+#
+# Chapter 09 compared criteria that prune one trained model.  Training methods make their
+# own model: GMP prunes gradually while it trains, static sparse training keeps a random
+# mask, SET and RigL move theirs, AC/DC alternates dense and sparse phases, IMP retrains
+# from the initial weights round after round, and CrAM trains a dense model meant to be
+# pruned once.  The benchmark harness runs them as runs of kind `train`: a fresh model of
+# the seed, the recipe's optimizer, learning rate, schedule and epochs (times an
+# `epochs_factor` where a method trains longer or shorter), measured on the test split
+# with the sanity flags.  Every table also holds the harness's baselines, which prune the
+# recipe's dense model once: global magnitude pruning then *is* one-shot pruning.  This
+# notebook only reads the committed tables (`benchmarks/leaderboard/`), so it runs in
+# seconds; `benchmarks/training_methods.py` runs the same configs and prints every check.
+
+# %%
+import json
+import warnings
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import Markdown, display
+
+import sparsity_lab as sl
+from sparsity_lab import leaderboard
+
+# %% tags=["parameters"]
+SMOKE = False
+TABLE = "training-lenet300-mnist"
+CRAM_TABLE = "training-cram-resnet_small-digits"
+SPARSITIES = [0.9, 0.95]  # where the dynamic methods' papers make their claims
+CRAM_SPARSITIES = [0.7, 0.8]  # sparsities CrAM trained for, where its claims are made
+
+# %%
+if SMOKE:  # a quick pass through every cell, for CI: tiny committed tables
+    TABLE, CRAM_TABLE = "smoke-training", "smoke-cram"
+    SPARSITIES, CRAM_SPARSITIES = [0.9], [0.8]
+info = sl.nb.setup(seed=0, smoke=SMOKE, threads=1)
+
+# %% [markdown]
+# ## Where the numbers come from
+
+# %%
+table, manifest = leaderboard.load(TABLE)
+lines, dense = leaderboard.provenance(table, manifest)
+print(lines)
+recipe = manifest["dense"]["recipe"]
+print(
+    f"recipe: {recipe['epochs']} epochs of {recipe['optimizer']} at lr {recipe['lr']}, "
+    f"{recipe['lr_schedule']} schedule, batch {recipe['batch_size']}"
+)
+dense
+
+# %% [markdown]
+# ## Sanity flags
+
+# %%
+sl.nb.show_flags(sl.flags.table(table, ["method", "target_sparsity"]), what="after training (test)")
+
+# %% [markdown]
+# ## Accuracy against what the model costs
+#
+# Two costs matter for a sparse model: what it keeps (nonzeros) and what it took to make.
+# The training FLOPs below count a model from scratch: a run that prunes the recipe's
+# dense model pays for that model's training too (`leaderboard.total_training_flops`).
+# The RigL paper's accounting is used throughout: a step costs three forward passes of
+# the weights the method keeps, more for the steps that need a dense gradient.  A method
+# on the left of the right-hand panel at the same height made its model for less.
+
+# %%
+summary = leaderboard.summary(table)
+summary["x dense training"] = (
+    summary["total_training_flops"] / table["dense_training_flops"].iloc[0]
+)
+fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+leaderboard.plot_fronts(table, ["nonzeros", "total_training_flops"], axes=axes)
+plt.show()
+shown = summary[
+    [
+        "method",
+        "target_sparsity",
+        "n",
+        "test_accuracy",
+        "ci_low",
+        "ci_high",
+        "x dense training",
+        "vs_baseline",
+        "vs_verdict",
+        "flagged",
+    ]
+]
+shown.sort_values(["target_sparsity", "test_accuracy"], ascending=[True, False]).round(3)
+
+# %% [markdown]
+# `vs_*` is the paired difference from `magnitude (global)`, the one-shot baseline: the
+# recipe's dense model pruned once and fine-tuned for the config's budget.
+
+
+# %%
+def row_of(name):
+    """A method's summary rows, by target sparsity."""
+    return summary[summary["method"] == name].set_index("target_sparsity")
+
+
+cheapest = summary[summary["method"] != "dense"].loc[lambda d: d["x dense training"].idxmin()]
+costliest = summary.loc[summary["x dense training"].idxmax()]
+display(
+    Markdown(
+        f"Making a model costs from {cheapest['x dense training']:.2f}x dense training "
+        f"(`{cheapest['method']}` at {cheapest['target_sparsity']:.0%}) to "
+        f"{costliest['x dense training']:.2f}x (`{costliest['method']}` at "
+        f"{costliest['target_sparsity']:.0%}).  One-shot pruning costs "
+        f"{row_of('magnitude (global)')['x dense training'].mean():.2f}x: the dense model "
+        "plus its fine-tuning."
+    )
+)
+
+# %% [markdown]
+# ## The papers' claims
+#
+# Each claim is judged on paired differences over seeds at the sparsities its paper
+# discusses (`sl.claims`): reproduced when the interval lies on the paper's side of its
+# margin, not reproduced when it lies on the other side, inconclusive otherwise.  The
+# dense member of AC/DC and the re-initialised twin of the IMP ticket are measured by the
+# harness beside the run (its `extras`), so they are compared as arms of their own.
+
+
+# %%
+def extra_arm(runs, method, key, label):
+    """A method's runs as an arm ``label`` whose accuracy is the run's ``extras[key]`` (a
+    model the harness measured beside the run, whose flags it did not take)."""
+    runs = runs[runs["method"] == method]
+    value = runs["extras"].map(lambda text: json.loads(text)[key])
+    return runs.assign(method=label, test_accuracy=value.astype(float), flags="")
+
+
+def dense_at(runs, sparsities):
+    """The dense runs repeated at each target, to pair with a dense model beside a run."""
+    base = runs[runs["method"] == "dense"]
+    return pd.concat([base.assign(target_sparsity=s) for s in sparsities])
+
+
+def judged(key, runs, treatment, baseline, sparsities, measured="", config=None):
+    """The claim's verdict at each sparsity, with the spread of the seeds as its reason."""
+    config = config or manifest["config"]
+    out = []
+    for s in sparsities:
+        part = runs[runs["target_sparsity"] == s]
+        row = sl.stats.paired(part, "method", treatment, baseline, metric="test_accuracy")
+        spread = (
+            part[part["method"].isin([treatment, baseline])]
+            .groupby("method")["test_accuracy"]
+            .std()
+            .mean()
+        )
+        reason = f"The seeds of each arm spread by {100 * spread:.1f} points (standard deviation)."
+        setting = f"{config['model']} on {config['data']} at {s:.0%}"
+        out.append(
+            sl.claims.judge(key, row.iloc[0], setting=setting, reason=reason, measured=measured)
+        )
+    return out
+
+
+acdc_dense = extra_arm(table, "acdc", "dense_member_accuracy", "acdc dense")
+tickets = pd.concat(
+    [
+        extra_arm(table, "imp", "ticket_val_accuracy", "ticket"),
+        extra_arm(table, "imp", "reinit_val_accuracy", "reinit"),
+    ]
+)
+runs = pd.concat([table, acdc_dense, tickets, dense_at(table, SPARSITIES)], ignore_index=True)
+verdicts = (
+    judged("set_beats_static", runs, "set_erk", "static_erk", SPARSITIES)
+    + judged("rigl_beats_set", runs, "rigl_erk", "set_erk", SPARSITIES)
+    + judged("gradual_beats_one_shot", runs, "gmp", "magnitude (global)", SPARSITIES)
+    + judged("acdc_matches_gmp", runs, "acdc", "gmp", SPARSITIES)
+    + judged(
+        "acdc_dense_near_dense",
+        runs,
+        "acdc dense",
+        "dense",
+        SPARSITIES,
+        measured="The dense member is the model at the end of AC/DC's last dense phase.",
+    )
+    + judged(
+        "tickets_beat_reinit",
+        runs,
+        "ticket",
+        "reinit",
+        SPARSITIES,
+        measured="Tickets are compared on validation accuracy, as IMP chose them.",
+    )
+)
+display(Markdown(sl.claims.report(verdicts)))
+sl.claims.table(verdicts)
+
+# %% [markdown]
+# ## Training longer
+#
+# A sparse-from-scratch method pays only for the weights it keeps, so for the cost of one
+# GMP run it can train longer.  The RigL paper trains up to five times as long and finds
+# RigL closing on gradual pruning as training lengthens.  Here RigL, SET and GMP also train
+# for twice the recipe's epochs.
+
+# %%
+longer = []
+for method in ("set_erk", "rigl_erk", "gmp"):
+    for s in SPARSITIES:
+        part = table[table["target_sparsity"] == s]
+        row = sl.stats.paired(part, "method", f"{method} 2x", method, metric="test_accuracy")
+        longer.append(
+            {"method": method, "sparsity": s, "2x minus 1x": sl.stats.describe(row.iloc[0])}
+        )
+lead = {}
+for length, suffix in (("1x", ""), ("2x", " 2x")):
+    for s in SPARSITIES:
+        part = table[table["target_sparsity"] == s]
+        row = sl.stats.paired(
+            part, "method", "gmp" + suffix, "rigl_erk" + suffix, metric="test_accuracy"
+        ).iloc[0]
+        lead[length, s] = row
+pd.DataFrame(longer)
+
+# %%
+display(
+    Markdown(
+        "GMP's lead over RigL at the same training length: "
+        + "; ".join(
+            f"at {s:.0%}, {sl.stats.describe(lead['1x', s])} at 1x and "
+            f"{sl.stats.describe(lead['2x', s])} at 2x"
+            for s in SPARSITIES
+        )
+        + "."
+    )
+)
+
+# %% [markdown]
+# ## CrAM: a dense model that survives one-shot pruning
+#
+# CrAM trains a dense model whose compressed neighbours also have a low loss: each step
+# takes the gradient at a point that has been pushed up the loss and then pruned, at a
+# sparsity drawn from 50-90%.  The model is then pruned once, BatchNorm statistics are
+# re-estimated on the training data, and nothing is fine-tuned.  Its table uses the small
+# ResNet (BatchNorm after every convolution) on 8x8 digits; SGD one-shot is the recipe's
+# dense model pruned the same way.  Every compression uses the ERK budget; `cram (global)`
+# compresses by one global threshold instead, the ablation behind that choice.
+
+# %%
+cram_table, cram_manifest = leaderboard.load(CRAM_TABLE)
+cram_lines, _ = leaderboard.provenance(cram_table, cram_manifest)
+print(cram_lines)
+sl.nb.show_flags(
+    sl.flags.table(cram_table, ["method", "target_sparsity"]), what="after pruning (test)"
+)
+cram_dense = {
+    m: extra_arm(cram_table, m, "trained_accuracy", f"{m} dense")
+    for m in ("cram", "cram_plus", "cram (global)")
+}
+cram_runs = pd.concat(
+    [cram_table, *cram_dense.values(), dense_at(cram_table, CRAM_SPARSITIES)], ignore_index=True
+)
+fig, ax = plt.subplots(figsize=(6.5, 3.8))
+cram_summary = leaderboard.summary(cram_table, baseline="sgd one-shot (erk)")
+for method, rows in cram_summary.groupby("method", sort=False):
+    if method == "dense":
+        continue
+    ax.errorbar(
+        rows["target_sparsity"],
+        rows["test_accuracy"],
+        yerr=[rows["test_accuracy"] - rows["ci_low"], rows["ci_high"] - rows["test_accuracy"]],
+        marker="o",
+        capsize=3,
+        label=method,
+    )
+ax.axhline(
+    cram_table[cram_table["method"] == "dense"]["test_accuracy"].mean(),
+    color="k",
+    ls="--",
+    lw=1,
+    label="dense (SGD)",
+)
+ax.set_xlabel("sparsity after one-shot pruning (no fine-tuning)")
+ax.set_ylabel("test accuracy (mean, 95% CI)")
+ax.legend(fontsize="small", loc="lower left")
+plt.show()
+cram_summary[
+    [
+        "method",
+        "target_sparsity",
+        "test_accuracy",
+        "ci_low",
+        "ci_high",
+        "vs_baseline",
+        "vs_verdict",
+        "flagged",
+    ]
+].round(3)
+
+# %%
+cram_config = cram_manifest["config"]
+cram_runs = cram_runs.assign(
+    method=cram_runs["method"].replace({"cram": "cram_one_shot"})
+)  # the claim's arms
+cram_verdicts = (
+    judged(
+        "cram_one_shot_beats_sgd",
+        cram_runs,
+        "cram_one_shot",
+        "sgd one-shot (erk)",
+        CRAM_SPARSITIES,
+        config=cram_config,
+    )
+    + judged(
+        "cram_one_shot_keeps_dense",
+        cram_runs,
+        "cram_one_shot",
+        "cram dense",
+        CRAM_SPARSITIES,
+        config=cram_config,
+    )
+    + judged(
+        "cram_dense_matches_sgd",
+        cram_runs,
+        "cram_plus dense",
+        "dense",
+        CRAM_SPARSITIES,
+        config=cram_config,
+        measured="The claim is CrAM+'s, which adds the dense gradient.",
+    )
+)
+display(Markdown(sl.claims.report(cram_verdicts)))
+ablation = [
+    sl.stats.paired(
+        cram_runs[cram_runs["target_sparsity"] == s],
+        "method",
+        "cram dense",
+        "cram (global) dense",
+        metric="test_accuracy",
+    ).iloc[0]
+    for s in CRAM_SPARSITIES
+]
+
+
+# %% [markdown]
+# Why the budget matters: the compressed point of the first steps is the *initial*
+# network pruned at the drawn sparsity.  Here is the small ResNet at initialisation,
+# pruned to 90% by one global threshold and by ERK, layer by layer.
+
+# %%
+with warnings.catch_warnings():  # the global budget warns that it empties a layer: shown below
+    warnings.simplefilter("ignore", UserWarning)
+    layers = {}
+    for budget in ("global", "erk"):
+        net = sl.recipes.task(cram_config["model"], cram_config["data"], seed=0).build()
+        sl.prune(net, "magnitude", 0.9, budget=budget)
+        layers[budget] = sl.report(net).set_index("name")["sparsity"].iloc[:-1]
+at_init = pd.DataFrame(layers)
+emptied = {b: int((at_init[b] >= 1.0).sum()) for b in at_init}
+display(
+    Markdown(
+        f"At initialisation, one global threshold at 90% empties {emptied['global']} of "
+        f"{len(at_init)} layers and ERK empties {emptied['erk']}.  CrAM's dense model with ERK "
+        "minus with the global threshold: "
+        + "; ".join(
+            f"at {s:.0%}, {sl.stats.describe(r)}"
+            for s, r in zip(CRAM_SPARSITIES, ablation, strict=True)
+        )
+        + ".  Every step whose drawn sparsity empties a layer takes its gradient at a network "
+        "through which no signal passes."
+    )
+)
+at_init.round(3)
+
+# %% [markdown]
+# ## Summary
+#
+# - Every training method here trained under the same recipe and was measured with the
+#   same flags; its cost is counted from scratch, so a method that prunes a trained model
+#   pays for that model too.
+# - The claims above are judged by paired intervals over three seeds; where a claim is
+#   not reproduced, the text gives the spread of the seeds it was judged on.
+# - CrAM's claims depend on how it compresses: with one global threshold on a small
+#   network, the point it takes its gradient at is not a network that can train.
+#
+# ## Exercises
+#
+# **1.** Which training method reaches the highest mean test accuracy at the highest
+# sparsity of the table?  Read it from `summary` and give its label.
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_1(answer, solution=False):
+    top = summary[summary["target_sparsity"] == summary["target_sparsity"].max()]
+    top = top[top["method"] != "dense"]
+    best = top.loc[top["test_accuracy"].idxmax(), "method"]
+    hint = "Keep the rows of `summary` at the largest `target_sparsity`, then sort by accuracy."
+    sl.nb.check(1, answer, best, hint=hint, solution=solution)
+
+
+# %%
+answer_1 = None  # a method's label, as the table names it
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  The rows at the largest sparsity, best first, with the paired difference
+# from one-shot pruning: the best mean is not always clearly better than the next.
+highest = summary[summary["target_sparsity"] == summary["target_sparsity"].max()]
+ranked = highest[highest["method"] != "dense"].sort_values("test_accuracy", ascending=False)
+print(ranked[["method", "test_accuracy", "ci_low", "ci_high", "vs_verdict"]].round(3).head(4))
+solution_1 = ranked["method"].iloc[0]
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** How many times dense training does it cost to make RigL's model at 2x training,
+# against one-shot pruning, at the same sparsity?  Answer with the ratio of the two
+# `x dense training` values at the highest sparsity (RigL 2x over one-shot), to two
+# decimals.
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_2(answer, solution=False):
+    top = summary[summary["target_sparsity"] == summary["target_sparsity"].max()]
+    cost = top.set_index("method")["x dense training"]
+    ratio = cost["rigl_erk 2x"] / cost["magnitude (global)"]
+    hint = "Divide RigL 2x's `x dense training` by that of `magnitude (global)`."
+    sl.nb.check(2, answer, ratio, tolerance=0.01, hint=hint, solution=solution)
+
+
+# %%
+answer_2 = None  # a number
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  Both costs are counted from scratch: one-shot pays for the dense model and
+# its fine-tuning, RigL for twice the recipe's steps at its own density.
+cost = highest.set_index("method")["x dense training"]
+solution_2 = round(cost["rigl_erk 2x"] / cost["magnitude (global)"], 2)
+print(f"RigL 2x: {cost['rigl_erk 2x']:.2f}x dense, one-shot: {cost['magnitude (global)']:.2f}x")
+check_2(solution_2, solution=True)

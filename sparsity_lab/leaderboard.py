@@ -88,8 +88,7 @@ def provenance(table: pd.DataFrame, manifest: dict) -> tuple[str, pd.DataFrame]:
         }
     ).T.rename_axis("seed")
     lines = [
-        f"benchmark {manifest['benchmark']} ({manifest['version']}), created "
-        f"{manifest['created']}",
+        f"benchmark {manifest['benchmark']} ({manifest['version']}), created {manifest['created']}",
         f"commit {manifest['library']['commit']}, sparsity-lab "
         f"{manifest['library']['sparsity_lab']}",
         f"torch {manifest['dependencies'].get('torch')}, Python {manifest['python'].split()[0]}",

@@ -9,9 +9,10 @@ instead (L1 and L0 at 90% on digits, two seeds, 0.15 of the recipe's epochs, one
 fine-tuning), a smoke pass whose numbers are no result.  Each run of a regularizer is the
 harness's kind ``regularize``, which is :func:`sparsity_lab.regularizers.compare.run`: a
 fresh model trains with the penalty for the recipe's epochs (``recipes.recipe_for``: its
-optimizer and learning rate; no learning-rate schedule), is projected to the target, and
-fine-tunes ``finetune_epochs`` (two) with the masks fixed at the config's ``finetune_lr``
-(0.01), as every run of the harness does.  GMP runs
+optimizer, learning rate, momentum, weight decay and batch size; no learning-rate
+schedule), is projected to the target, and fine-tunes ``finetune_epochs`` (two) with the
+masks fixed by SGD at the config's ``finetune_lr`` (0.01), as every run of the harness
+does.  GMP runs
 the same protocol (``{method: gmp, kind: regularize}``) as the reference.  The
 regularizers' papers differ in their optimizers (Adam for L0 and variational dropout, SGD
 for STR, group lasso and slimming); one protocol for all is what makes them comparable
@@ -242,9 +243,9 @@ def main() -> None:
         "quick": args.quick,
         "recipe": recipe.training(),
         "protocol": "sparsity_lab.regularizers.compare.run through the harness's kind "
-        "regularize: the recipe's epochs (times epochs_factor), optimizer and lr, no "
-        "schedule; fine-tuning at the config's finetune_lr, as the harness's baselines "
-        "(which prune the recipe's dense model) do",
+        "regularize: the recipe's epochs (times epochs_factor), optimizer, lr, momentum, "
+        "weight decay and batch size, no schedule; fine-tuning by SGD at the config's "
+        "finetune_lr, as the harness's baselines (which prune the recipe's dense model) do",
         "seeds": sorted(runs["seed"].unique().tolist()),
         "timing": "median epoch time after the first epoch (compare.run), over the GMP run "
         "of the same seed, pattern and target (timed at another moment of the sweep)",

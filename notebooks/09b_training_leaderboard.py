@@ -46,7 +46,7 @@ SMOKE = False
 TABLE = "training-lenet300-mnist"
 CRAM_TABLE = "training-cram-resnet_small-digits"
 SPARSITIES = [0.9, 0.95]  # where the dynamic methods' papers make their claims
-CRAM_SPARSITIES = [0.7, 0.8]  # sparsities CrAM trained for, where its claims are made
+CRAM_SPARSITIES = [0.7, 0.8]  # where CrAM's paper makes its one-shot claims
 
 # %%
 if SMOKE:  # a quick pass through every cell, for CI: tiny committed tables

@@ -31,14 +31,15 @@ under) says how its run makes the sparse model:
   ``epochs_factor``); a method that ends dense (CrAM) names ``prune_with: magnitude`` and
   is pruned once at the end, then fine-tuned like a ``prune`` run;
 * ``regularize`` (a regularizer): a fresh model trains with the penalty for the recipe's
-  epochs (its optimizer and learning rate, no schedule), is projected to the target by
-  the regularizer, and fine-tuned like the others (:func:`sparsity_lab.regularizers.
-  compare.run`); a
-  training method such as ``gmp`` given this kind runs the same protocol, as the
-  regularizers' reference.
+  epochs (its optimizer, learning rate, momentum, weight decay and batch size, with no
+  schedule), is projected to the target by the regularizer, and fine-tuned like the
+  others (:func:`sparsity_lab.regularizers.compare.run`); a training method such as
+  ``gmp`` given this kind runs the same protocol, as the regularizers' reference.
 
-With ``bn_reestimate: true`` every one-shot pruning is followed by re-estimating the
-BatchNorm statistics on the calibration batches (CrAM's protocol), for every method alike.
+With ``bn_reestimate: true`` every one-shot pruning of a trained model (kind ``prune``,
+and ``prune_with``) is followed by re-estimating the BatchNorm statistics on the
+calibration batches (CrAM's protocol), for every method alike; a regularizer's projection
+is not.
 Every run is measured on the test split; its latency is timed on the exported copy
 (:func:`sparsity_lab.accel.export`, batch 1).
 The mandatory baselines (:data:`BASELINES`) join every benchmark: the dense model, global
@@ -104,7 +105,7 @@ from .train import fit
 
 #: The version of a run's definition: change it when a run of the same cell would measure
 #: something else, so that cached results of the old definition are not reused.
-VERSION = "bench-3"
+VERSION = "bench-4"
 
 #: The baselines every benchmark includes, as (label, method, options).
 BASELINES: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -158,8 +159,10 @@ COLUMNS = (
 )
 
 #: Columns that measure the machine rather than the method: they differ between two runs
-#: of the same cell, so :func:`compare` leaves them out.
+#: of the same cell, so :func:`compare` and :func:`table_digest` leave them out.
 TIMING_COLUMNS = ("latency_seconds", "prune_seconds", "wall_seconds")
+#: Timings among a run's ``extras``, left out the same way.
+TIMING_EXTRAS = ("seconds_per_epoch",)
 
 _BASELINE_ENTRY = {"kind": "prune", "epochs_factor": 1.0, "shuffle": False, "prune_with": None}
 _DEFAULTS: dict[str, Any] = {
@@ -306,6 +309,19 @@ def _method_entry(entry: str | Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"method {name!r}: a prune run fine-tunes for the config's finetune_epochs; "
             "epochs_factor is for kinds that train (at_init, train, regularize)"
+        )
+    if "seed" in (entry.get("options") or {}):
+        raise ValueError(
+            f"method {name!r}: a run's seed is one of the config's seeds; remove seed from its "
+            "options"
+        )
+    ends_dense = (
+        kind == "train" and not unregistered and registry_entry(name, "training").obj.ends_dense
+    )
+    if ends_dense and entry.get("prune_with") is None:
+        raise ValueError(
+            f"method {name!r} ends with a dense model: add prune_with: magnitude to prune it "
+            "once at the end"
         )
     shuffle = bool(entry.get("shuffle", False))
     if shuffle and kind != "at_init":
@@ -546,7 +562,7 @@ def _train(run: _Run, dense_model: nn.Module) -> tuple[nn.Module, dict[str, Any]
         cls = getattr(importlib.import_module(module), attribute)
     else:
         cls = registry_entry(name, "training").obj
-    options = {"seed": run.seed, **run.options}
+    options = {**run.options, "seed": run.seed}
     method = cls(run.sparsity, **options)
     model = run.task.build()
     counter = TrainingFlops(method)
@@ -567,7 +583,7 @@ def _train(run: _Run, dense_model: nn.Module) -> tuple[nn.Module, dict[str, Any]
     return model, {
         **result,
         "training_flops": counter.total + result["finetune_flops"],
-        "epochs": training["epochs"],
+        "epochs": counter.epochs,  # all of the method's trainings (IMP: every round)
         "extras": extras,
     }
 
@@ -602,12 +618,18 @@ def _regularize(run: _Run, dense_model: nn.Module) -> tuple[nn.Module, dict[str,
         run.arm["sparsity"],
         model=model,
         pattern=options.pop("pattern", "unstructured"),
+        targets=options.pop("targets", None),
         epochs=training["epochs"],
-        finetune_epochs=run.setting["finetune_epochs"],
-        # the same fine-tuning as every other run of the benchmark
-        finetune_lr=run.setting["finetune_lr"],
+        # the recipe's optimizer, learning rate, momentum, weight decay and batch, with no
+        # schedule (the regularizers' own protocol: a schedule would fight their tuners)
         optimizer=training["optimizer"],
         lr=training["lr"],
+        fit_options={k: training[k] for k in ("momentum", "weight_decay")},
+        batch_size=run.recipe.batch_size,
+        # then the same fine-tuning as every other run of the benchmark
+        finetune_epochs=run.setting["finetune_epochs"],
+        finetune_lr=run.setting["finetune_lr"],
+        finetune_optimizer="sgd",
         **options,
     )
     extras = {
@@ -802,8 +824,42 @@ def _library_version() -> str:
 def table_digest(table: Any) -> str:
     """A hash of a table without its timings, rounded to 12 significant digits (the CSV's)."""
     columns = [c for c in table.columns if c not in TIMING_COLUMNS]
-    text = table[columns].to_csv(index=False, float_format="%.12g")
+    table = table[columns]
+    if "extras" in columns:
+        table = table.assign(extras=table["extras"].map(_extras_without_timings))
+    text = table.to_csv(index=False, float_format="%.12g")
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _extras_without_timings(text: Any) -> str:
+    """A run's ``extras`` JSON with :data:`TIMING_EXTRAS` left out (the same text
+    otherwise, so a table without timings among its extras keeps its digest)."""
+    if not isinstance(text, str) or not any(key in text for key in TIMING_EXTRAS):
+        return text
+    extras = json.loads(text)
+    return json.dumps({k: v for k, v in extras.items() if k not in TIMING_EXTRAS}, sort_keys=True)
+
+
+def _same_extras(a: Any, b: Any, rtol: float) -> bool:
+    """Two runs' ``extras`` agree: the same keys, numbers within ``rtol``, timings aside."""
+    import numpy as np
+
+    left, right = (
+        {k: v for k, v in json.loads(x or "{}").items() if k not in TIMING_EXTRAS} for x in (a, b)
+    )
+    if left.keys() != right.keys():
+        return False
+    for key, value in left.items():
+        other = right[key]
+        numbers = all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in (value, other)
+        )
+        if numbers:
+            if not np.isclose(value, other, rtol=rtol, atol=0, equal_nan=True):
+                return False
+        elif value != other:
+            return False
+    return True
 
 
 def write(table: Any, config: str | os.PathLike | Mapping[str, Any], out_dir: str | os.PathLike):
@@ -873,7 +929,9 @@ def compare(table: Any, reference: Any, *, rtol: float = 1e-9) -> list[str]:
     common = left.index.intersection(right.index)
     for column in (c for c in columns if c not in absent):
         a, b = left.loc[common, column], right.loc[common, column]
-        if a.dtype.kind in "fiu" and b.dtype.kind in "fiu":
+        if column == "extras":
+            same = np.array([_same_extras(x, y, rtol) for x, y in zip(a, b, strict=True)])
+        elif a.dtype.kind in "fiu" and b.dtype.kind in "fiu":
             same = np.isclose(a, b, rtol=rtol, atol=0, equal_nan=True)
         else:
             same = (a.fillna("").astype(str) == b.fillna("").astype(str)).to_numpy()

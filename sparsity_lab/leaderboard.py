@@ -40,6 +40,11 @@ def total_training_flops(table: pd.DataFrame) -> pd.Series:
     """FLOPs spent on each run's model from scratch: a run that prunes the shared trained
     dense model (kind ``prune``, the dense row too) also pays for that model's training
     (``dense_training_flops``); runs that train their own model count only their own."""
+    if "kind" not in table or "dense_training_flops" not in table:
+        raise ValueError(
+            "the table has no 'kind' or 'dense_training_flops' column: it was written by an "
+            "older harness; regenerate it with `sparsity-lab bench CONFIG`"
+        )
     from_dense = table["kind"].eq("prune")
     return table["training_flops"] + table["dense_training_flops"].where(from_dense, 0.0)
 

@@ -130,6 +130,8 @@ def test_method_kinds_are_inferred_and_their_keys_checked():
         "shuffle is for kind 'at_init'": {"method": "rigl", "shuffle": True},
         "prune_with: magnitude prunes a train run": {"method": "snip", "prune_with": "magnitude"},
         r"unknown keys \['epochs'\]": {"method": "rigl", "epochs": 3},
+        "a run's seed is one of the config's seeds": {"method": "rigl", "options": {"seed": 1}},
+        "ends with a dense model: add prune_with": {"method": "cram"},
     }
     for message, entry in errors.items():
         with pytest.raises(ValueError, match=message):
@@ -210,6 +212,8 @@ def test_runs_that_train_count_their_epochs_and_flops_by_hand(clean_registry, mo
         "movement",
         {"method": "cram", "prune_with": "magnitude", "epochs_factor": 0.25},
         {"method": "prox_l1", "epochs_factor": 0.25},
+        {"method": "imp", "options": {"rounds": 1, "baselines": ["reinit"],
+         "baseline_rounds": "last"}, "epochs_factor": 0.25},
     ]  # fmt: skip
     reestimated = []
     monkeypatch.setattr(bench, "reestimate_batchnorm", lambda m, data: reestimated.append(data))
@@ -244,6 +248,12 @@ def test_runs_that_train_count_their_epochs_and_flops_by_hand(clean_registry, mo
     reg = rows.loc["prox_l1"]
     assert reg["kind"] == "regularize" and reg["sparsity"] >= 0.8 - 1e-3
     assert 0 <= json.loads(reg["extras"])["reached"] <= 1
+    # IMP: a dense round and a pruned one, each a quarter of the recipe; the twin it trains
+    # as a control is not counted
+    imp, quarter = rows.loc["imp"], round(epochs / 4)
+    assert imp["epochs"] == 2 * quarter
+    assert imp["training_flops"] == 3 * (2 * weights + imp["flops"]) * n * quarter
+    assert "reinit_val_accuracy" in json.loads(imp["extras"])
     # BatchNorm is re-estimated once after each one-shot pruning of a trained model, on the
     # calibration batches: the prune baselines and movement, and CrAM's final pruning
     one_shot = (table["kind"] == "prune") & (table["method"] != "dense")
@@ -276,6 +286,46 @@ def test_runs_that_train_use_the_recipes_batch_size_and_optimizer(monkeypatch):
         with pytest.raises(Stop):
             bench._STAGES[arm["kind"]](run, None)
     assert seen == [(32, "adam", 0.003, 4)] * 2
+
+
+def test_regularize_runs_train_with_the_recipe_and_fine_tune_like_the_others(monkeypatch):
+    from sparsity_lab.regularizers import compare
+
+    seen = {}
+
+    def record(task, method, sparsity, **options):
+        seen.update(options)
+        raise StopIteration
+
+    monkeypatch.setattr(compare, "run", record)
+    recipe = recipes.Recipe(epochs=8, optimizer="adam", lr=0.003, batch_size=32, momentum=0.5,
+                            weight_decay=1e-4)  # fmt: skip
+    setting = bench.setting_of(bench.load_config(tiny_config(finetune_lr=0.02)))
+    entry = {"method": "l1", "options": {"targets": ["fc1.weight"]}, "epochs_factor": 0.5}
+    arm = {**bench._method_entry(entry), "sparsity": 0.8}
+    run = bench._Run(setting, arm, 0, recipes.task("lenet300", "digits"), recipe, 0.8)
+    with pytest.raises(StopIteration):
+        bench._STAGES["regularize"](run, None)
+    assert (seen["optimizer"], seen["lr"], seen["epochs"], seen["batch_size"]) == (
+        "adam",
+        0.003,
+        4,
+        32,
+    )
+    assert seen["fit_options"] == {"momentum": 0.5, "weight_decay": 1e-4}
+    assert (seen["finetune_optimizer"], seen["finetune_lr"]) == ("sgd", 0.02)
+    assert seen["targets"] == ["fc1.weight"]
+
+
+def test_timings_among_the_extras_are_left_out_of_comparisons():
+    row = {"method": "l1", "target_sparsity": 0.9, "seed": 0, "flags": "", "pruned_flags": ""}
+    a = pd.DataFrame([{**row, "extras": '{"reached": 0.5, "seconds_per_epoch": 0.1}'}])
+    b = a.assign(extras='{"reached": 0.5, "seconds_per_epoch": 0.3}')
+    assert bench.table_digest(a) == bench.table_digest(b)
+    assert not [p for p in bench.compare(a, b) if p.startswith("extras")]
+    c = a.assign(extras='{"reached": 0.6, "seconds_per_epoch": 0.1}')
+    assert bench.table_digest(a) != bench.table_digest(c)
+    assert [p for p in bench.compare(a, c) if p.startswith("extras")]
 
 
 def test_a_rerun_reads_every_finished_run_from_the_cache(clean_registry, tmp_path, monkeypatch):

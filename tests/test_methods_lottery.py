@@ -170,3 +170,12 @@ def test_imp_records_test_accuracy_and_keeps_its_baselines():
     # the kept handle is the network the table scored
     assert sl.train.evaluate(other, data)["accuracy"] == table["reinit_test_accuracy"].iloc[-1]
     assert sl.train.evaluate(m, data)["accuracy"] == table["test_accuracy"].iloc[-1]
+
+
+def test_imp_callbacks_follow_the_ticket_not_its_control_trainings():
+    # the re-initialised twin is a control experiment: its training is not the ticket's
+    spy = RoundStarts()
+    imp = registry.get("imp", "training")(0.8, rounds=2, baselines=("reinit",))
+    imp.fit(model(), loader(), loader(1), epochs=1, lr=0.1, callbacks=[spy])
+    assert len(spy.starts) == 3  # the dense run and two rounds; the twin is not seen
+    assert len(imp.baseline_models) == 2  # a twin per round, trained without the callbacks

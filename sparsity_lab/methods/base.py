@@ -70,6 +70,8 @@ class TrainingMethod(Callback):
     default_budget: ClassVar[str] = "uniform"
     #: Patterns the method supports; ``None`` means every pattern.
     supported_patterns: ClassVar[tuple[str, ...] | None] = None
+    #: Whether the trained model is dense (to be pruned afterwards, as CrAM's is).
+    ends_dense: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -280,13 +282,15 @@ class TrainingFlops(Callback):
     :mod:`sparsity_lab.accounting`); the method's :meth:`TrainingMethod.step_flops` turns
     the sparse and dense forward costs into the cost of its step (3x forward by default,
     more when it needs dense gradients).  Only pruned layers are counted.  Adds a
-    cumulative ``train_flops`` column to the history and keeps ``total``.
+    cumulative ``train_flops`` column to the history and keeps ``total``, and ``epochs``
+    the epochs it saw (all of a method's trainings: IMP's rounds, for instance).
     """
 
     def __init__(self, method: TrainingMethod | None = None, names: list[str] | None = None):
         self.method = method
         self.names = names
         self.total = 0.0
+        self.epochs = 0
         self._positions: dict[str, int] | None = None
 
     def on_after_backward(self, trainer: Trainer) -> None:
@@ -310,3 +314,4 @@ class TrainingFlops(Callback):
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         trainer.history[-1]["train_flops"] = self.total
+        self.epochs += 1

@@ -48,6 +48,7 @@ class CrAM(TrainingMethod):
 
     name = "cram"
     supported_patterns = ("unstructured", "nm")
+    ends_dense = True
 
     def __init__(
         self,

@@ -193,6 +193,8 @@ class IMP(TrainingMethod):
 
         With ``test_loader`` the rounds table also holds each network's test accuracy.
         The trained baselines stay in ``baseline_models[(round, kind)]`` for inspection.
+        ``callbacks`` follow the rounds that make the ticket, not the baselines' trainings:
+        those are a control experiment, whose cost and logs are not the ticket's.
         """
         callbacks = list(callbacks)
         frames, rows = [], []
@@ -205,13 +207,13 @@ class IMP(TrainingMethod):
                 else {"test_accuracy": evaluate(m, test_loader)["accuracy"]}
             )
 
-        def train(m: nn.Module, extra=()) -> pd.DataFrame:
+        def train(m: nn.Module, extra=(), *, control: bool = False) -> pd.DataFrame:
             return fit(
                 m,
                 train_loader,
                 val_loader,
                 epochs=epochs,
-                callbacks=[*extra, *callbacks],
+                callbacks=[*extra, *(() if control else callbacks)],
                 **fit_options,
             )
 
@@ -243,7 +245,7 @@ class IMP(TrainingMethod):
                 other = rewind(masks.remove(independent_copy(model)), start)
                 for n, keep in random_masks(model, seed).items():
                     masks.attach(other, n, keep)
-            history = train(other)
+            history = train(other, control=True)
             results[f"{kind}_val_accuracy"] = history["val_accuracy"].iloc[-1]
             results.update({f"{kind}_{k}": v for k, v in tested(other).items()})
             self.baseline_models[(r, kind)] = other

@@ -56,6 +56,10 @@ def run(
     lr: float = 1e-3,
     model: torch.nn.Module | None = None,
     finetune_lr: float | None = None,
+    finetune_optimizer: str | None = None,
+    targets: list[str] | None = None,
+    batch_size: int | None = None,
+    fit_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Train ``task``'s model with ``method`` to ``sparsity``, fine-tune, and measure.
@@ -64,9 +68,12 @@ def run(
     ``"dense"`` (no pruning, the reference).  With ``pattern="channel"`` the last layer
     stays dense for every method, as the structured regularizers do by default.
     ``options`` go to the method's constructor.  Fine-tuning uses ``finetune_lr``
-    (default: a third of ``lr``).
+    (default: a third of ``lr``) and ``finetune_optimizer`` (default: ``optimizer``).
     ``model`` is the freshly built model to train in place (default: ``task.build()``),
-    for callers that keep it.
+    for callers that keep it; ``targets`` the pruned tensors (default: every Linear/Conv
+    weight, less the last layer for a structured pattern); ``batch_size`` the training
+    batch (default: the task's); ``fit_options`` more options of the training's
+    :func:`sparsity_lab.train.fit` (momentum, weight decay).
 
     Returns ``reached`` (the regularizer's threshold rule; the target for other methods),
     ``measured_sparsity`` (over the pruned tensors), ``val_accuracy`` and ``test_accuracy``
@@ -82,12 +89,18 @@ def run(
     ``extra_parameters``, ``strength`` (final) and ``layer_sparsity`` (the threshold
     rule's per-layer sparsity, a dict).
     """
-    train, val, _ = task.loaders()
+    train, val, _ = task.loaders(batch_size)
     model = task.build() if model is None else model
-    names = default_targets(model)
-    if pattern != "unstructured" and len(names) > 1:
+    names = default_targets(model) if targets is None else list(targets)
+    if targets is None and pattern != "unstructured" and len(names) > 1:
         names = names[:-1]
-    fit_options = {"optimizer": optimizer, "lr": lr, "seed": task.seed, "progress": False}
+    fit_options = {
+        **(fit_options or {}),
+        "optimizer": optimizer,
+        "lr": lr,
+        "seed": task.seed,
+        "progress": False,
+    }
     out: dict[str, Any] = {"extra_parameters": 0, "strength": float("nan"), "layer_sparsity": {}}
     start = time.perf_counter()
     if method == "dense":
@@ -114,7 +127,12 @@ def run(
 
     finetune_lr = lr / 3 if finetune_lr is None else finetune_lr
     budget = finetune(
-        model, task, finetune_epochs, lr=finetune_lr, optimizer=optimizer, progress=False
+        model,
+        task,
+        finetune_epochs,
+        lr=finetune_lr,
+        optimizer=finetune_optimizer or optimizer,
+        progress=False,
     )
     with torch.no_grad():
         final = measured_sparsity(model, names)

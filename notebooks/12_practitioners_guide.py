@@ -1,0 +1,267 @@
+# %% [markdown]
+# # A practitioner's guide: which method for which goal
+#
+# **What you will learn:** how to choose a sparsification method by what you need (a
+# smaller file, a faster model on a CPU, a cheaper training run, the best accuracy at a
+# high sparsity, a model you can prune later without retraining), decided from this
+# suite's own measurements rather than from the papers' claims; and where the field's open
+# problems are, with the chapter of this book that touches each.
+#
+# Every recommendation below is computed from the committed benchmark tables that
+# chapters 09 and 09b read (`benchmarks/leaderboard/`): LeNet-300-100 on the MNIST subset
+# pruned once by each criterion, the same network trained by each sparse training method,
+# and CrAM on a small ResNet.  They are small settings, so read the answers as *how to
+# decide* and re-run the harness on your own model (`sparsity-lab bench CONFIG`) before
+# trusting the ranking there.
+
+# %%
+import pandas as pd
+from IPython.display import Markdown, display
+
+import sparsity_lab as sl
+from sparsity_lab import efficiency, leaderboard
+
+# %% tags=["parameters"]
+SMOKE = False
+ONE_SHOT = "lenet300-mnist"
+TRAINING = "training-lenet300-mnist"
+CRAM = "training-cram-resnet_small-digits"
+TOLERANCE = 0.01  # "as accurate as dense": within one point of its mean
+SPARSITY = 0.9  # the sparsity the training-cost and high-sparsity answers read
+
+# %%
+if SMOKE:  # a quick pass through every cell, for CI: tiny committed tables
+    ONE_SHOT, TRAINING, CRAM = "smoke", "smoke-training", "smoke-cram"
+info = sl.nb.setup(seed=0, smoke=SMOKE, threads=1)
+tables = {name: leaderboard.load(name) for name in (ONE_SHOT, TRAINING, CRAM)}
+for table, manifest in tables.values():
+    print(leaderboard.provenance(table, manifest)[0].splitlines()[0], f"({len(table)} runs)")
+
+
+def clean(summary):
+    """The summary rows with no flagged run and not the dense model itself."""
+    return summary[~summary["flagged"] & (summary["method"] != "dense")]
+
+
+def dense_accuracy(table):
+    return table.groupby("seed")["dense_test_accuracy"].first().mean()
+
+
+one_shot, one_shot_manifest = tables[ONE_SHOT]
+one_shot_summary = leaderboard.summary(one_shot)
+training, _ = tables[TRAINING]
+training_summary = leaderboard.summary(training)
+
+# %% [markdown]
+# ## Goal 1: the smallest model that is as accurate as dense
+#
+# Parameter counts overstate the saving: a sparse tensor stores an index beside every
+# value.  The storage below counts values and indices in bits (CSR or a bitmap, whichever
+# is smaller, as `sl.report` does).  Among the runs whose mean accuracy is within
+# `TOLERANCE` of dense, the smallest storage wins.
+
+# %%
+dense_one_shot = dense_accuracy(one_shot)
+good = clean(one_shot_summary)
+good = good[good["test_accuracy"] >= dense_one_shot - TOLERANCE]
+dense_bits = one_shot["dense_storage_bits"].iloc[0]
+if good.empty:
+    answer = f"No pruned model came within {100 * TOLERANCE:.0f} point of dense here."
+else:
+    best = good.loc[good["storage_bits"].idxmin()]
+    answer = (
+        f"`{best['method']}` at {best['target_sparsity']:.0%}: "
+        f"{best['test_accuracy']:.1%} against {dense_one_shot:.1%} dense, stored in "
+        f"{best['storage_bits'] / dense_bits:.1%} of the dense bits "
+        f"({efficiency.compression(best['nonzeros'], one_shot['parameters'].iloc[0]):.1f}x "
+        f"fewer weights, {dense_bits / best['storage_bits']:.1f}x fewer bits)."
+    )
+display(Markdown(answer))
+good.sort_values("storage_bits")[
+    ["method", "target_sparsity", "test_accuracy", "ci_low", "ci_high", "storage_bits"]
+].head(5).round(4)
+
+# %% [markdown]
+# ## Goal 2: a faster model on a CPU
+#
+# A mask alone makes nothing faster (chapter 11 shows it slower).  Speed comes from an
+# exported model: structured zeros removed, and the fastest of the dense and the sparse
+# kernels kept per layer (chapter 06).  The tables record each run's exported latency at
+# batch 1; the runs within `TOLERANCE` of dense are ranked by it.  Latencies are noisy: the
+# load of the machine when the table was made is in its manifest.
+
+# %%
+dense_latency = one_shot_summary.set_index("method").loc["dense", "latency_seconds"]
+fast = good.sort_values("latency_seconds")
+load = one_shot_manifest["machine"]["load_average"]
+if fast.empty:
+    answer = "No run within the tolerance to rank."
+else:
+    top = fast.iloc[0]
+    answer = (
+        f"`{top['method']}` at {top['target_sparsity']:.0%} ran at "
+        f"{dense_latency / top['latency_seconds']:.2f}x the dense model's speed "
+        f"({1e6 * top['latency_seconds']:.0f} against {1e6 * dense_latency:.0f} "
+        f"microseconds per example; load average {load[0]:.1f} when the table was made).  "
+        "Chapter 06 measures where sparse kernels pay and where they do not."
+    )
+display(Markdown(answer))
+fast[["method", "target_sparsity", "test_accuracy", "latency_seconds"]].head(5)
+
+# %% [markdown]
+# ## Goal 3: 2:4 sparsity for a GPU
+#
+# NVIDIA's sparse tensor cores run 2:4 semi-structured weights (two of every four kept)
+# at up to twice the dense speed; whether a model gains depends on its layer shapes
+# (`benchmarks/semi_structured.py` measures it on a GPU; this machine has none).  What a
+# CPU can measure is the accuracy 2:4 costs against unstructured pruning at the same 50%.
+
+# %%
+nm = one_shot_summary[one_shot_summary["method"].str.contains("2:4")]
+free = one_shot_summary[
+    (one_shot_summary["method"] == leaderboard.BASELINE)
+    & (one_shot_summary["target_sparsity"] == 0.5)
+]
+if nm.empty or free.empty:
+    display(Markdown("This table has no 2:4 run beside global magnitude at 50%."))
+else:
+    nm_row, free_row = nm.iloc[0], free.iloc[0]
+    display(
+        Markdown(
+            f"`{nm_row['method']}`: {nm_row['test_accuracy']:.1%} against "
+            f"{free_row['test_accuracy']:.1%} for unstructured global magnitude at 50% "
+            f"(paired: {nm_row['vs_baseline'] * 100:+.1f} points, {nm_row['vs_verdict']})."
+        )
+    )
+
+# %% [markdown]
+# ## Goal 4: a cheaper training run
+#
+# Pruning a trained model pays for the dense training first; sparse training methods pay
+# only for what they keep.  At `SPARSITY`, the cheapest way to a model within `TOLERANCE`
+# of the most accurate one, counting training FLOPs from scratch:
+
+# %%
+at = clean(training_summary)
+at = at[at["target_sparsity"] == SPARSITY].copy()
+at["x dense training"] = at["total_training_flops"] / training["dense_training_flops"].iloc[0]
+best_accuracy = at["test_accuracy"].max()
+near = at[at["test_accuracy"] >= best_accuracy - TOLERANCE].sort_values("x dense training")
+cheap = near.iloc[0]
+display(
+    Markdown(
+        f"`{cheap['method']}`: {cheap['test_accuracy']:.1%} (the best is "
+        f"{best_accuracy:.1%}) for {cheap['x dense training']:.2f}x the FLOPs of dense "
+        f"training; {len(near)} of {len(at)} methods are within the tolerance."
+    )
+)
+near[["method", "test_accuracy", "ci_low", "ci_high", "x dense training"]].round(3)
+
+# %% [markdown]
+# ## Goal 5: the best accuracy at a high sparsity
+#
+# Both tables together: each method's mean at the highest sparsity both ran, with its
+# paired difference from one-shot global magnitude pruning on the same seeds.  A mean
+# that is highest but not clearly better than the next is a tie, not a winner.
+
+# %%
+highest = min(one_shot["target_sparsity"].max(), training["target_sparsity"].max())
+both = pd.concat(
+    [
+        one_shot_summary.assign(table="pruned once"),
+        training_summary.assign(table="trained sparse"),
+    ]
+)
+top = clean(both[both["target_sparsity"] == highest]).sort_values("test_accuracy", ascending=False)
+first, second = top.iloc[0], top.iloc[1]
+overlap = first["ci_low"] <= second["ci_high"]
+display(
+    Markdown(
+        f"At {highest:.0%}: `{first['method']}` ({first['table']}) reaches "
+        f"{first['test_accuracy']:.1%} [{first['ci_low']:.1%}, {first['ci_high']:.1%}], "
+        f"then `{second['method']}` at {second['test_accuracy']:.1%}"
+        + (": their intervals overlap, so the order is not settled." if overlap else ".")
+    )
+)
+top[["table", "method", "test_accuracy", "ci_low", "ci_high", "vs_baseline", "vs_verdict"]].head(
+    6
+).round(3)
+
+# %% [markdown]
+# ## Goal 6: one dense model, pruned later to whatever the target turns out to be
+#
+# When the sparsity is not known when training starts, CrAM trains a dense model meant to
+# be pruned once with no fine-tuning.  Against SGD's model pruned the same way:
+
+# %%
+cram_table, _ = tables[CRAM]
+cram_summary = leaderboard.summary(cram_table, baseline="sgd one-shot (erk)")
+cram_rows = cram_summary[cram_summary["method"].isin(["cram", "cram_plus"])]
+display(
+    Markdown(
+        "; ".join(
+            f"`{r.method}` at {r.target_sparsity:.0%}: {r.test_accuracy:.1%}, "
+            f"{100 * r.vs_baseline:+.1f} points against SGD one-shot ({r.vs_verdict})"
+            for r in cram_rows.itertuples()
+        )
+        + ".  Chapter 09b shows why CrAM here compresses with the ERK budget."
+    )
+)
+
+# %% [markdown]
+# ## The open problems, and where this book touches them
+#
+# The survey closes with a list of open challenges.  The list below gives the themes it
+# raises; its exact wording and numbering could not be checked against the survey's
+# text, so read it as a guide to the book, not as a quotation.
+#
+# - sparse training without ever going dense: [04b](04b_dynamic_sparse_training.ipynb),
+#   [09b](09b_training_leaderboard.ipynb);
+# - kernels and formats that turn sparsity into speed: [06](06_hardware_acceleration.ipynb);
+# - what to sparsify, at which granularity: [01](01_what_to_prune.ipynb);
+# - better criteria, and their theory: [02a](02a_data_free_and_data_driven.ipynb),
+#   [02b](02b_first_order.ipynb), [02c](02c_second_order.ipynb);
+# - schedules and how much tuning they need: [03](03_when_to_prune.ipynb);
+# - lottery tickets, early structure, Occam's hill: [05a](05a_structure_and_tickets.ipynb),
+#   [05b](05b_occam_and_scale.ipynb);
+# - sparse activations, gradients and errors in training: [07](07_ephemeral_sparsity.ipynb),
+#   [08](08_gradient_compression.ipynb);
+# - sparsity with quantization: [10](10_language_models.ipynb);
+# - who pays for pruning, and transfer: [05d](05d_who_pays.ipynb), [05e](05e_transfer.ipynb);
+# - benchmarks and reporting standards: [09](09_leaderboard.ipynb).
+#
+# ## Summary
+#
+# - Decide by the goal: storage counts indices, speed needs an exported model, training
+#   cost counts the dense model a pruning method starts from.
+# - Every answer above is read from a committed table with paired intervals; a ranking
+#   whose intervals overlap is a tie.
+# - On your own model, run the harness with your setting: these answers are about small
+#   networks on small data.
+#
+# ## Exercises
+#
+# **1.** Set `TOLERANCE` to half a point.  Which method answers goal 1 then?  Give its
+# label, as the table names it, or "none" if no pruned model comes that close.
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_1(answer, solution=False):
+    within = clean(one_shot_summary)
+    within = within[within["test_accuracy"] >= dense_one_shot - 0.005]
+    expected = "none" if within.empty else within.loc[within["storage_bits"].idxmin(), "method"]
+    hint = "Filter the summary at dense minus 0.005, then take the smallest storage_bits."
+    sl.nb.check(1, answer, expected, hint=hint, solution=solution)
+
+
+# %%
+answer_1 = None  # a method's label, or "none" if no run qualifies
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  The same filter with the tighter tolerance.
+strict = clean(one_shot_summary)
+strict = strict[strict["test_accuracy"] >= dense_one_shot - 0.005]
+solution_1 = "none" if strict.empty else strict.loc[strict["storage_bits"].idxmin(), "method"]
+print(strict.sort_values("storage_bits")[["method", "target_sparsity", "test_accuracy"]].head(3))
+check_1(solution_1, solution=True)

@@ -138,6 +138,17 @@ def test_method_kinds_are_inferred_and_their_keys_checked():
             bench.load_config(tiny_config(methods=[entry]))
 
 
+@pytest.mark.parametrize(
+    "path",
+    sorted((EXAMPLE.parent / "configs").glob("*.yaml")) + sorted(EXAMPLE.glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_every_committed_config_loads_and_names_its_table(path):
+    config = bench.load_config(path)
+    assert config["name"] == path.stem  # the table it writes is named after the file
+    assert bench.cells(config)
+
+
 def test_cells_hold_every_baseline_and_one_arm_for_a_pattern_that_fixes_sparsity():
     config = bench.load_config(
         tiny_config(

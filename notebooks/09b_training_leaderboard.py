@@ -346,15 +346,14 @@ cram_verdicts = (
     )
 )
 display(Markdown(sl.claims.report(cram_verdicts)))
-ablation = [
-    sl.stats.paired(
-        cram_runs[cram_runs["target_sparsity"] == s],
-        "method",
-        "cram dense",
-        "cram (global) dense",
-        metric="test_accuracy",
-    ).iloc[0]
-    for s in CRAM_SPARSITIES
+# CrAM trains toward its list of sparsities whatever the target, so its dense model is the
+# same in every cell of a seed: the comparison is made once
+first = cram_runs[cram_runs["target_sparsity"] == CRAM_SPARSITIES[0]]
+ablation = sl.stats.paired(
+    first, "method", "cram dense", "cram (global) dense", metric="test_accuracy"
+).iloc[0]
+per_seed = first.pivot_table(index="seed", columns="method", values="test_accuracy")[
+    ["cram dense", "cram (global) dense"]
 ]
 
 
@@ -377,11 +376,10 @@ display(
     Markdown(
         f"At initialisation, one global threshold at 90% empties {emptied['global']} of "
         f"{len(at_init)} layers and ERK empties {emptied['erk']}.  CrAM's dense model with ERK "
-        "minus with the global threshold: "
-        + "; ".join(
-            f"at {s:.0%}, {sl.stats.describe(r)}"
-            for s, r in zip(CRAM_SPARSITIES, ablation, strict=True)
-        )
+        f"minus with the global threshold: {sl.stats.describe(ablation)}; per seed, ERK "
+        + ", ".join(f"{a:.1%}" for a in per_seed["cram dense"])
+        + " and global "
+        + ", ".join(f"{a:.1%}" for a in per_seed["cram (global) dense"])
         + ".  Every step whose drawn sparsity empties a layer takes its gradient at a network "
         "through which no signal passes."
     )

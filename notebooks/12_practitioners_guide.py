@@ -86,27 +86,37 @@ good.sort_values("storage_bits")[
 #
 # A mask alone makes nothing faster (chapter 11 shows it slower).  Speed comes from an
 # exported model: structured zeros removed, and the fastest of the dense and the sparse
-# kernels kept per layer (chapter 06).  The tables record each run's exported latency at
-# batch 1; the runs within `TOLERANCE` of dense are ranked by it.  Latencies are noisy: the
-# load of the machine when the table was made is in its manifest.
+# kernels kept per layer (chapter 06).  Which kernel wins depends on the sparsity and the
+# pattern, not on which criterion chose the weights, so the tables' latencies (each run's
+# exported model at batch 1) are read per target sparsity: the median over the unstructured
+# runs there, with the spread across them, which is the timing noise.
 
 # %%
 dense_latency = one_shot_summary.set_index("method").loc["dense", "latency_seconds"]
-fast = good.sort_values("latency_seconds")
+unstructured = one_shot[
+    (one_shot["method"] != "dense") & ~one_shot["options"].str.contains('"pattern"')
+]
+speed = unstructured.groupby("target_sparsity")["latency_seconds"].agg(
+    median="median", low=lambda x: x.quantile(0.25), high=lambda x: x.quantile(0.75)
+)
+speed["x dense speed"] = dense_latency / speed["median"]
 load = one_shot_manifest["machine"]["load_average"]
-if fast.empty:
-    answer = "No run within the tolerance to rank."
+sparsest = good[good["target_sparsity"].isin(speed.index)]
+if sparsest.empty:
+    answer = "No unstructured run came within the tolerance."
 else:
-    top = fast.iloc[0]
+    s = sparsest["target_sparsity"].max()
     answer = (
-        f"`{top['method']}` at {top['target_sparsity']:.0%} ran at "
-        f"{dense_latency / top['latency_seconds']:.2f}x the dense model's speed "
-        f"({1e6 * top['latency_seconds']:.0f} against {1e6 * dense_latency:.0f} "
-        f"microseconds per example; load average {load[0]:.1f} when the table was made).  "
-        "Chapter 06 measures where sparse kernels pay and where they do not."
+        f"The sparsest unstructured runs within the tolerance are at {s:.0%}, where the "
+        f"exported models ran at {speed.loc[s, 'x dense speed']:.2f}x the dense model's speed "
+        f"(median {1e6 * speed.loc[s, 'median']:.0f} against {1e6 * dense_latency:.0f} "
+        f"microseconds per example; the middle half of the runs from "
+        f"{1e6 * speed.loc[s, 'low']:.0f} to {1e6 * speed.loc[s, 'high']:.0f}; load average "
+        f"{load[0]:.1f} when the table was made).  Chapter 06 measures where sparse kernels "
+        "pay and where they do not."
     )
 display(Markdown(answer))
-fast[["method", "target_sparsity", "test_accuracy", "latency_seconds"]].head(5)
+speed.round(7)
 
 # %% [markdown]
 # ## Goal 3: 2:4 sparsity for a GPU

@@ -276,7 +276,7 @@ cram_dense = {
 cram_runs = pd.concat(
     [cram_table, *cram_dense.values(), dense_at(cram_table, CRAM_SPARSITIES)], ignore_index=True
 )
-fig, ax = plt.subplots(figsize=(6.5, 3.8))
+fig, ax = plt.subplots(figsize=(8.5, 3.8), layout="constrained")
 cram_summary = leaderboard.summary(cram_table, baseline="sgd one-shot (erk)")
 for method, rows in cram_summary.groupby("method", sort=False):
     if method == "dense":
@@ -298,7 +298,7 @@ ax.axhline(
 )
 ax.set_xlabel("sparsity after one-shot pruning (no fine-tuning)")
 ax.set_ylabel("test accuracy (mean, 95% CI)")
-ax.legend(fontsize="small", loc="lower left")
+ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
 plt.show()
 cram_summary[
     [

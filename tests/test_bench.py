@@ -143,7 +143,7 @@ def test_method_kinds_are_inferred_and_their_keys_checked():
     sorted((EXAMPLE.parent / "configs").glob("*.yaml")) + sorted(EXAMPLE.glob("*.yaml")),
     ids=lambda p: p.name,
 )
-def test_every_committed_config_loads_and_names_its_table(path):
+def test_every_committed_config_loads_and_names_its_table(path, clean_registry):
     config = bench.load_config(path)
     assert config["name"] == path.stem  # the table it writes is named after the file
     assert bench.cells(config)

@@ -161,6 +161,14 @@ class ScheduledPruning(Callback):
             )
         return {"data": tuple(batch)}
 
+    def _mask_sparsity(self, model: nn.Module) -> float:
+        """The share of the pruned tensors' entries their masks remove now."""
+        names = self.names(model)
+        total = sum(masks.weight(model, n).numel() for n in names)
+        found = masks.masks(model)
+        zeros = sum(int((found[n] == 0).sum()) for n in names if n in found)
+        return zeros / total if total else 0.0
+
     def _masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {n: m.detach().clone().bool() for n, m in masks.masks(model).items()}
 
@@ -179,7 +187,10 @@ class ScheduledPruning(Callback):
         if target < self.current:
             # A dense phase: the pruned weights come back at zero (masks.remove zeroes them).
             masks.remove(model, [n for n in self.names(model) if n in before])
-        if target > 0:
+        # Whole groups (channels, blocks) can overshoot a step's target; the schedule then
+        # waits until its target passes what the masks already hold.
+        overshot = target > self.current and self._mask_sparsity(model) >= target
+        if target > 0 and not overshot:
             prune(model, self.method, target, **self._data(trainer), **self.options)
         self._reset_changed(trainer, before, self._masks(model))
         self.current = target

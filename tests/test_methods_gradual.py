@@ -82,3 +82,18 @@ def test_gmp_with_a_data_driven_criterion_scores_on_the_training_batch():
     other = model()
     fixed.fit(other, data, epochs=2, progress=False)
     assert sl.sparsity(other) == pytest.approx(0.5, abs=0.01)
+
+
+def test_gmp_with_whole_channels_waits_when_a_step_overshoots_its_target():
+    # three channels: removing one already gives 33%, past the next steps' targets, which
+    # used to raise that pruning never revives weights
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    loader = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8)]
+    gmp = registry.get("gmp", "training")(
+        0.6, pattern="channel", targets=["0.weight"], frequency=1, budget="uniform"
+    )
+    gmp.fit(m, loader, epochs=5, lr=0.1, progress=False)
+    kept = sl.masks.masks(m)["0.weight"].sum(dim=1)
+    assert sorted(kept.tolist()) == [0.0, 0.0, 4.0]  # whole rows: 2 of 3 channels, >= 60%

@@ -28,7 +28,9 @@
 # with the sanity flags.  Every table also holds the harness's baselines, which prune the
 # recipe's dense model once: global magnitude pruning then *is* one-shot pruning.  This
 # notebook only reads the committed tables (`benchmarks/leaderboard/`), so it runs in
-# seconds; `benchmarks/training_methods.py` runs the same configs and prints every check.
+# seconds.  `sparsity-lab bench benchmarks/configs/training-lenet300-mnist.yaml --out
+# benchmarks/leaderboard` regenerates one (about 15 minutes on one core), and
+# `benchmarks/training_methods.py` runs the same configs and prints every check.
 
 # %%
 import json

@@ -257,9 +257,9 @@ CLAIMS: dict[str, Claim] = _claims(
     Claim(
         "rigl_beats_set",
         "Evci et al. 2020, Rigging the lottery (ICML)",
-        "ResNet-50 on ImageNet, 80-90% sparse, ERK budget",
+        "ResNet-50 on ImageNet, 80-90% sparse",
         "growing by gradient magnitude (RigL) beats growing at random (SET)",
-        "ResNet-50 at 90%: RigL 73.0% against SET 69.6% (1x training)",
+        "ResNet-50 at 90%, uniform budget: RigL 72.0% against SET 69.6% (1x training)",
         treatment="rigl",
         baseline="set",
     ),

@@ -41,9 +41,9 @@ class CrAM(TrainingMethod):
 
     Prune afterwards with :func:`one_shot` (magnitude pruning, then BatchNorm re-estimation).
     Choose a budget that keeps every layer alive at the largest sparsity drawn (ERK, or
-    uniform): early in training one global threshold at 90% can empty a small network's
-    smallest layers, and the gradient taken at such a point trains little
-    (``benchmarks/training_methods.py`` measures it on the small ResNet).
+    uniform): one global threshold at 90% can empty whole layers of a small network, and
+    on the small ResNet CrAM then failed to train on some seeds, where ERK trained on all
+    (``benchmarks/training_methods.py`` measures it).
     """
 
     name = "cram"

@@ -90,7 +90,7 @@ import torch
 import yaml
 
 import sparsity_lab as sl
-from sparsity_lab import bench, recipes
+from sparsity_lab import bench, leaderboard, recipes
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -201,26 +201,6 @@ def compare(
     return out
 
 
-def extras(runs: pd.DataFrame, key: str) -> pd.Series:
-    """One measurement of the harness's ``extras`` (a JSON dict per run)."""
-    return runs["extras"].map(lambda text: json.loads(text)[key])
-
-
-def measured_arm(runs, method, key, label, *, metric="test_accuracy", final=False) -> pd.DataFrame:
-    """The runs of ``method`` as an arm ``label`` whose ``metric`` is the ``extras`` value
-    ``key``.  ``final``: it measures the run's final model, so the run's flags are its
-    flags; otherwise it measures a model beside it, whose flags the harness does not take."""
-    part = runs[runs["method"] == method]
-    flags = part["flags"] if final else ""
-    return part.assign(method=label, flags=flags, **{metric: extras(part, key)})
-
-
-def dense_at(runs: pd.DataFrame, sparsities) -> pd.DataFrame:
-    """The dense runs repeated at each target, to pair with a dense model of a sparse run."""
-    dense = runs[runs["method"] == DENSE]
-    return pd.concat([dense.assign(target_sparsity=s) for s in sparsities])
-
-
 def lead(runs: pd.DataFrame, leader: str, follower: str, label: str) -> pd.DataFrame:
     """Per seed and target: ``leader``'s test accuracy minus ``follower``'s, as arm ``label``."""
     key = ["target_sparsity", "seed"]
@@ -271,8 +251,8 @@ def training_checks(runs: pd.DataFrame) -> list[dict]:
     if "acdc" in set(runs["method"]):
         arms = pd.concat(
             [
-                measured_arm(runs, "acdc", "dense_member_accuracy", "acdc_dense"),
-                dense_at(runs, sparsities),
+                leaderboard.extras_arm(runs, "acdc", "dense_member_accuracy", "acdc_dense"),
+                leaderboard.dense_at(runs, sparsities),
             ]
         )
         out += compare(
@@ -288,10 +268,12 @@ def training_checks(runs: pd.DataFrame) -> list[dict]:
         # both from the last round's training, judged on validation as the paper does
         arms = pd.concat(
             [
-                measured_arm(
+                leaderboard.extras_arm(
                     runs, "imp", "ticket_val_accuracy", "ticket", metric="val_accuracy", final=True
                 ),
-                measured_arm(runs, "imp", "reinit_val_accuracy", "reinit", metric="val_accuracy"),
+                leaderboard.extras_arm(
+                    runs, "imp", "reinit_val_accuracy", "reinit", metric="val_accuracy"
+                ),
             ]
         )
         out += compare(
@@ -355,7 +337,7 @@ def cram_checks(runs: pd.DataFrame) -> list[dict]:
             sparsities=cram_sparsities,
         )
         # the paper's use: prune the CrAM model once, re-estimate BatchNorm, no fine-tuning
-        own_dense = measured_arm(runs, method, "trained_accuracy", f"{method} dense")
+        own_dense = leaderboard.extras_arm(runs, method, "trained_accuracy", f"{method} dense")
         out += compare(
             pd.concat([runs[runs["method"] == method], own_dense]),
             f"{method} one-shot within 1 point of its own dense model",
@@ -366,7 +348,7 @@ def cram_checks(runs: pd.DataFrame) -> list[dict]:
             sparsities=cram_sparsities,
         )
         out += compare(
-            pd.concat([own_dense, dense_at(runs, cram_sparsities)]),
+            pd.concat([own_dense, leaderboard.dense_at(runs, cram_sparsities)]),
             f"{method}'s dense model within 0.5 points of SGD's",
             f"{method} dense",
             DENSE,
@@ -379,8 +361,8 @@ def cram_checks(runs: pd.DataFrame) -> list[dict]:
     # the ablation behind the ERK budget: one global threshold at the compressed point
     arms = pd.concat(
         [
-            measured_arm(runs, CRAM, "trained_accuracy", "ERK"),
-            measured_arm(runs, CRAM_GLOBAL, "trained_accuracy", "global"),
+            leaderboard.extras_arm(runs, CRAM, "trained_accuracy", "ERK"),
+            leaderboard.extras_arm(runs, CRAM_GLOBAL, "trained_accuracy", "global"),
         ]
     )
     out += compare(

@@ -33,7 +33,6 @@
 # `benchmarks/training_methods.py` runs the same configs and prints every check.
 
 # %%
-import json
 import warnings
 
 import matplotlib.pyplot as plt
@@ -94,20 +93,8 @@ summary["x dense training"] = (
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
 leaderboard.plot_fronts(table, ["nonzeros", "total_training_flops"], axes=axes)
 plt.show()
-shown = summary[
-    [
-        "method",
-        "target_sparsity",
-        "n",
-        "test_accuracy",
-        "ci_low",
-        "ci_high",
-        "x dense training",
-        "vs_baseline",
-        "vs_verdict",
-        "flagged",
-    ]
-]
+shown = summary[["method", "target_sparsity", "n", "test_accuracy", "ci_low", "ci_high",
+                 "x dense training", "vs_baseline", "vs_verdict", "flagged"]]  # fmt: skip
 shown.sort_values(["target_sparsity", "test_accuracy"], ascending=[True, False]).round(3)
 
 # %% [markdown]
@@ -146,20 +133,6 @@ display(
 
 
 # %%
-def extra_arm(runs, method, key, label):
-    """A method's runs as an arm ``label`` whose accuracy is the run's ``extras[key]`` (a
-    model the harness measured beside the run, whose flags it did not take)."""
-    runs = runs[runs["method"] == method]
-    value = runs["extras"].map(lambda text: json.loads(text)[key])
-    return runs.assign(method=label, test_accuracy=value.astype(float), flags="")
-
-
-def dense_at(runs, sparsities):
-    """The dense runs repeated at each target, to pair with a dense model beside a run."""
-    base = runs[runs["method"] == "dense"]
-    return pd.concat([base.assign(target_sparsity=s) for s in sparsities])
-
-
 def judged(key, runs, treatment, baseline, sparsities, measured="", config=None):
     """The claim's verdict at each sparsity, with the spread of the seeds as its reason."""
     config = config or manifest["config"]
@@ -179,35 +152,25 @@ def judged(key, runs, treatment, baseline, sparsities, measured="", config=None)
     return out
 
 
-acdc_dense = extra_arm(table, "acdc", "dense_member_accuracy", "acdc dense")
+acdc_dense = leaderboard.extras_arm(table, "acdc", "dense_member_accuracy", "acdc dense")
 tickets = pd.concat(
     [
-        extra_arm(table, "imp", "ticket_val_accuracy", "ticket"),
-        extra_arm(table, "imp", "reinit_val_accuracy", "reinit"),
+        leaderboard.extras_arm(table, "imp", "ticket_val_accuracy", "ticket"),
+        leaderboard.extras_arm(table, "imp", "reinit_val_accuracy", "reinit"),
     ]
 )
-runs = pd.concat([table, acdc_dense, tickets, dense_at(table, SPARSITIES)], ignore_index=True)
+runs = pd.concat(
+    [table, acdc_dense, tickets, leaderboard.dense_at(table, SPARSITIES)], ignore_index=True
+)
 verdicts = (
     judged("set_beats_static", runs, "set_erk", "static_erk", SPARSITIES)
     + judged("rigl_beats_set", runs, "rigl_erk", "set_erk", SPARSITIES)
     + judged("acdc_matches_gmp", runs, "acdc", "gmp", SPARSITIES)
-    + judged(
-        "acdc_dense_near_dense",
-        runs,
-        "acdc dense",
-        "dense",
-        SPARSITIES,
-        measured="The dense member is the model at the end of AC/DC's last dense phase.",
-    )
-    + judged(
-        "tickets_beat_reinit",
-        runs,
-        "ticket",
-        "reinit",
-        SPARSITIES,
-        measured="Tickets are compared on validation accuracy, as IMP chose them.",
-    )
-)
+    + judged("acdc_dense_near_dense", runs, "acdc dense", "dense", SPARSITIES,
+             measured="The dense member is the model at the end of AC/DC's last dense phase.")
+    + judged("tickets_beat_reinit", runs, "ticket", "reinit", SPARSITIES,
+             measured="Tickets are compared on validation accuracy, as IMP chose them.")
+)  # fmt: skip
 display(Markdown(sl.claims.report(verdicts)))
 sl.claims.table(verdicts)
 
@@ -293,11 +256,12 @@ sl.nb.show_flags(
     sl.flags.table(cram_table, ["method", "target_sparsity"]), what="after pruning (test)"
 )
 cram_dense = {
-    m: extra_arm(cram_table, m, "trained_accuracy", f"{m} dense")
+    m: leaderboard.extras_arm(cram_table, m, "trained_accuracy", f"{m} dense")
     for m in ("cram", "cram_plus", "cram (global)")
 }
 cram_runs = pd.concat(
-    [cram_table, *cram_dense.values(), dense_at(cram_table, CRAM_SPARSITIES)], ignore_index=True
+    [cram_table, *cram_dense.values(), leaderboard.dense_at(cram_table, CRAM_SPARSITIES)],
+    ignore_index=True,
 )
 fig, ax = plt.subplots(figsize=(8.5, 3.8), layout="constrained")
 cram_summary = leaderboard.summary(cram_table, baseline="sgd one-shot (erk)")
@@ -342,32 +306,15 @@ cram_runs = cram_runs.assign(
     method=cram_runs["method"].replace({"cram": "cram_one_shot"})
 )  # the claim's arms
 cram_verdicts = (
-    judged(
-        "cram_one_shot_beats_sgd",
-        cram_runs,
-        "cram_one_shot",
-        "sgd one-shot (erk)",
-        CRAM_SPARSITIES,
-        config=cram_config,
-    )
-    + judged(
-        "cram_one_shot_keeps_dense",
-        cram_runs,
-        "cram_one_shot",
-        "cram dense",
-        CRAM_SPARSITIES,
-        config=cram_config,
-    )
-    + judged(
-        "cram_dense_matches_sgd",
-        cram_runs,
-        "cram_plus dense",
-        "dense",
-        CRAM_SPARSITIES[:1],  # the dense model is the same in every cell of a seed
-        config=cram_config,
-        measured="The claim is CrAM+'s, which adds the dense gradient.",
-    )
-)
+    judged("cram_one_shot_beats_sgd", cram_runs, "cram_one_shot", "sgd one-shot (erk)",
+           CRAM_SPARSITIES, config=cram_config)
+    + judged("cram_one_shot_keeps_dense", cram_runs, "cram_one_shot", "cram dense",
+             CRAM_SPARSITIES, config=cram_config)
+    # the dense model is the same in every cell of a seed: judged once
+    + judged("cram_dense_matches_sgd", cram_runs, "cram_plus dense", "dense",
+             CRAM_SPARSITIES[:1], config=cram_config,
+             measured="The claim is CrAM+'s, which adds the dense gradient.")
+)  # fmt: skip
 display(Markdown(sl.claims.report(cram_verdicts)))
 # CrAM trains toward its list of sparsities whatever the target, so its dense model is the
 # same in every cell of a seed: the comparison is made once

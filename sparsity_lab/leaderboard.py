@@ -105,6 +105,34 @@ def provenance(table: pd.DataFrame, manifest: dict) -> tuple[str, pd.DataFrame]:
     return "\n".join(lines), dense
 
 
+def extras_arm(
+    table: pd.DataFrame,
+    method: str,
+    key: str,
+    label: str,
+    *,
+    metric: str = "test_accuracy",
+    final: bool = False,
+) -> pd.DataFrame:
+    """``method``'s runs as an arm ``label`` whose ``metric`` is the run's ``extras[key]``.
+
+    A training method measures models beside the one it returns (AC/DC's dense member,
+    IMP's re-initialised twin, CrAM's dense model); as an arm of their own they pair with
+    other arms on the seed.  Their flags are not the run's, so they are left empty unless
+    ``final`` says the value measures the run's own model.
+    """
+    runs = table[table["method"] == method]
+    value = runs["extras"].map(lambda text: json.loads(text)[key]).astype(float)
+    return runs.assign(method=label, flags=runs["flags"] if final else "", **{metric: value})
+
+
+def dense_at(table: pd.DataFrame, sparsities: Sequence[float]) -> pd.DataFrame:
+    """The dense runs repeated at each target sparsity, to pair with a dense model measured
+    beside a sparse run (AC/DC's dense member at 90% against the dense baseline)."""
+    dense = table[table["method"] == "dense"]
+    return pd.concat([dense.assign(target_sparsity=s) for s in sparsities], ignore_index=True)
+
+
 def _flagged(values: pd.Series) -> bool:
     return bool(values.fillna("").astype(str).str.len().gt(0).any())
 

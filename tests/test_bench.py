@@ -559,6 +559,28 @@ def test_total_training_flops_add_the_dense_training_to_runs_that_prune_it():
     assert leaderboard.total_training_flops(table).tolist() == [100.0, 105.0, 40.0, 30.0]
 
 
+def test_an_extras_arm_and_the_dense_runs_pair_with_other_arms_on_the_seed():
+    table = _table(
+        [
+            {"method": "dense", "target_sparsity": 0.0, "seed": 0, "test_accuracy": 0.95},
+            {"method": "acdc", "target_sparsity": 0.9, "seed": 0, "test_accuracy": 0.91,
+             "flags": "at chance level", "extras": '{"dense_member_accuracy": 0.94}'},
+        ]
+    )  # fmt: skip
+    member = leaderboard.extras_arm(table, "acdc", "dense_member_accuracy", "acdc dense")
+    assert member[["method", "test_accuracy", "flags"]].values.tolist() == [
+        ["acdc dense", 0.94, ""]  # a model beside the run: the run's flags are not its own
+    ]
+    kept = leaderboard.extras_arm(table, "acdc", "dense_member_accuracy", "x", final=True)
+    assert kept["flags"].tolist() == ["at chance level"]
+    dense = leaderboard.dense_at(table, [0.8, 0.9])
+    assert dense[["method", "target_sparsity"]].values.tolist() == [["dense", 0.8], ["dense", 0.9]]
+    both = pd.concat([member, dense])
+    row = sl.stats.paired(both[both["target_sparsity"] == 0.9], "method", "acdc dense", "dense",
+                          metric="test_accuracy").iloc[0]  # fmt: skip
+    assert row["mean_diff"] == pytest.approx(-0.01)
+
+
 def test_pareto_front_keeps_the_points_nothing_beats():
     points = pd.DataFrame(
         {"nonzeros": [10, 20, 20, 30, 40], "test_accuracy": [0.5, 0.7, 0.6, 0.65, 0.9]}

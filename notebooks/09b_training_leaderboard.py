@@ -287,18 +287,7 @@ ax.set_xlabel("sparsity after one-shot pruning (no fine-tuning)")
 ax.set_ylabel("test accuracy (mean, 95% CI)")
 ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
 plt.show()
-cram_summary[
-    [
-        "method",
-        "target_sparsity",
-        "test_accuracy",
-        "ci_low",
-        "ci_high",
-        "vs_baseline",
-        "vs_verdict",
-        "flagged",
-    ]
-].round(3)
+cram_summary[leaderboard.SUMMARY_COLUMNS].round(3)
 
 # %%
 cram_config = cram_manifest["config"]

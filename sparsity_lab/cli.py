@@ -391,18 +391,8 @@ def _bench(args: argparse.Namespace) -> int:
     )
     csv_path, manifest_path = bench.write(table, config, out)
     pd.set_option("display.width", 200)
-    columns = [
-        "method",
-        "target_sparsity",
-        "n",
-        "test_accuracy",
-        "ci_low",
-        "ci_high",
-        "vs_baseline",
-        "vs_verdict",
-        "flagged",
-    ]
-    print(leaderboard.summary(table)[columns].round(4).to_string(index=False))
+    summary = leaderboard.summary(table)[leaderboard.SUMMARY_COLUMNS]
+    print(summary.round(4).to_string(index=False))
     print(f"wrote {csv_path} and {manifest_path}")
     if reference is not None:
         problems = bench.compare(table, reference)

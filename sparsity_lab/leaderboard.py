@@ -32,6 +32,20 @@ COSTS = {
 }
 
 
+#: The columns of :func:`summary` that say how a method did: what the CLI prints and the
+#: notebooks show by default.
+SUMMARY_COLUMNS = [
+    "method",
+    "target_sparsity",
+    "n",
+    "test_accuracy",
+    "ci_low",
+    "ci_high",
+    "vs_baseline",
+    "vs_verdict",
+    "flagged",
+]
+
 #: The cost of making a model, for tables that compare training methods.
 TRAINING_COST = {"total_training_flops": "training FLOPs, dense training included"}
 

@@ -21,7 +21,14 @@ from typing import Any
 import torch
 
 from . import registry
-from .patterns import Pattern, Unstructured, check_sparsity, count, prune_lowest
+from .patterns import (
+    Pattern,
+    Unstructured,
+    check_sparsity,
+    count,
+    lowest_counts,
+    prune_lowest,
+)
 from .registry import register
 
 Shape = tuple[int, ...]
@@ -286,7 +293,7 @@ def global_(
     if min_density > 0:
         flat = [_floored(f, min_density) for f in flat]
         prunable = sum(
-            int((f < math.inf).sum()) * pattern.group_size(shapes[n])
+            int((f < math.inf).count_nonzero()) * pattern.group_size(shapes[n])
             for n, f in zip(pool, flat, strict=True)
         )
         if zeros > prunable:
@@ -296,26 +303,32 @@ def global_(
                 f"of the weights can be pruned, below the target {sparsity:.1%}; lower "
                 f"min_density or the sparsity"
             )
-    counts = [f.numel() for f in flat]
-    all_scores = torch.cat(flat)
-    del flat  # one copy of the scores at a time
-    if all(pattern.group_size(shapes[n]) == 1 for n in pool):
-        n_prune = zeros
-    else:
-        sizes = [
-            torch.full((k,), pattern.group_size(shapes[n]))
-            for n, k in zip(pool, counts, strict=True)
-        ]
-        all_sizes = torch.cat(sizes).to(torch.float64)
-        order = torch.argsort(all_scores, stable=True)
-        cumulative = torch.cat([torch.zeros(1, dtype=all_sizes.dtype), all_sizes[order].cumsum(0)])
-        n_prune = int(torch.argmin((cumulative - zeros).abs()))
-        n_prune = min(n_prune, int((all_scores < math.inf).sum()))  # not past the floors
-    keep = prune_lowest(all_scores, n_prune)
     result = dict.fromkeys(shapes, 0.0)
-    for n, part in zip(pool, keep.split(counts), strict=True):
-        result[n] = float((~part).sum()) / part.numel()
+    if all(pattern.group_size(shapes[n]) == 1 for n in pool):
+        # One selection over every layer's scores, none of them copied.
+        pruned = lowest_counts(flat, zeros)
+    else:
+        pruned = _nearest_prefix(flat, [pattern.group_size(shapes[n]) for n in pool], zeros)
+    for n, f, k in zip(pool, flat, pruned, strict=True):
+        result[n] = k / f.numel()
     return result
+
+
+def _nearest_prefix(flat: Sequence[torch.Tensor], sizes: Sequence[int], zeros: int) -> list[int]:
+    """Groups pruned per layer when groups differ in size: the prefix of the stable order of
+    every group score whose parameter count is nearest ``zeros``, never past the floors
+    (``+inf``)."""
+    counts = [f.numel() for f in flat]
+    all_scores = torch.cat(list(flat))
+    all_sizes = torch.cat([torch.full((k,), s) for k, s in zip(counts, sizes, strict=True)])
+    order = torch.argsort(all_scores, stable=True)
+    cumulative = torch.cat(
+        [torch.zeros(1, dtype=torch.float64), all_sizes[order].to(torch.float64).cumsum(0)]
+    )
+    n_prune = int(torch.argmin((cumulative - zeros).abs()))
+    n_prune = min(n_prune, int((all_scores < math.inf).count_nonzero()))
+    keep = prune_lowest(all_scores, n_prune)
+    return [int((~part).count_nonzero()) for part in keep.split(counts)]
 
 
 def _as_float(scores: torch.Tensor) -> torch.Tensor:
@@ -342,16 +355,24 @@ def lamp_scores(values: torch.Tensor) -> torch.Tensor:
     square over the sum of the squares of itself and every larger entry.  Ties are ordered
     by index (the lower index counts as smaller); ``-inf`` entries (groups pruned before)
     count as zero in the sums and stay ``-inf``.
+
+    The sums run in float64 (a float32 running sum over millions of squares loses the
+    small ones); the scores come back in ``values``' floating dtype, float32 for float32
+    weights as in the paper's code, so that a large model's scores take the weights' memory
+    and not twice it.  Rounding never reorders scores, but can make two of them equal.
     """
-    flat = values.detach().flatten().double()
+    dtype = values.dtype if torch.is_floating_point(values) else torch.float64
+    flat = values.detach().flatten()
     dead = torch.isneginf(flat)
-    squares = torch.where(dead, torch.zeros_like(flat), flat).pow(2)
-    order = torch.argsort(squares, stable=True)
-    sorted_sq = squares[order]
-    tail = sorted_sq.flip(0).cumsum(0).flip(0)  # sum over this entry and every larger one
-    ratio = torch.where(tail > 0, sorted_sq / tail.clamp_min(1e-300), torch.zeros_like(tail))
-    out = torch.empty_like(flat)
-    out[order] = ratio
+    squares = flat.to(torch.float64, copy=True).masked_fill_(dead, 0.0).square_()
+    sorted_sq, order = torch.sort(squares, stable=True)
+    del squares
+    tail = sorted_sq.flip(0).cumsum_(0).flip(0)  # sum over this entry and every larger one
+    # tail >= the entry itself, and both are 0 only together: 0 / tiny is the score 0
+    ratio = sorted_sq.div_(tail.clamp_min_(1e-300))
+    del tail
+    out = torch.empty(ratio.shape, dtype=dtype, device=ratio.device)
+    out[order] = ratio.to(dtype)
     out[dead] = -math.inf
     return out.reshape(values.shape)
 

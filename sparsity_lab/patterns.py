@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from numbers import Real
 from typing import ClassVar
@@ -92,64 +92,108 @@ def prune_lowest(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
 
     Ties are deterministic: among equal scores the lower index goes first, as in a stable
     sort (:func:`prune_lowest_by_sorting`, the reference).  One partial selection
-    (``kthvalue``) finds the threshold instead of sorting every score.
+    (:func:`kth_smallest`) finds the threshold instead of sorting every score.
     """
     flat = scores.flatten()
-    if torch.isnan(flat).any():
-        raise ValueError("scores contain NaN; check the criterion's inputs (e.g. a diverged model)")
+    _refuse_nan(flat)
     keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
     if n_prune <= 0:
         return keep
     if n_prune >= flat.numel():
         return ~keep
-    if flat.numel() > BRACKETED_SELECTION:
-        threshold = kth_smallest_bracketed(flat, n_prune)
-    else:
-        threshold = flat.kthvalue(n_prune).values  # the n-th lowest score
+    threshold = kth_smallest([flat], n_prune)
     below = flat < threshold
-    ties = torch.nonzero(flat == threshold).flatten()[: n_prune - int(below.sum())]
+    ties = torch.nonzero(flat == threshold).flatten()[: n_prune - int(below.count_nonzero())]
     keep[below] = False
     keep[ties] = False  # the first ties by index, as a stable sort orders them
     return keep
 
 
-#: Above this many scores, :func:`prune_lowest` finds its threshold with
-#: :func:`kth_smallest_bracketed`: ``kthvalue`` copies the scores and makes int64 indices
+def lowest_counts(parts: Sequence[torch.Tensor], n_prune: int) -> list[int]:
+    """How many of the ``n_prune`` lowest scores over all of ``parts`` lie in each part.
+
+    The order is that of a stable sort of the parts' concatenation (ties go to the earlier
+    part, then the lower index), so pruning each part's count with :func:`prune_lowest`
+    removes exactly the scores a pruning of the concatenation would.  Nothing is
+    concatenated: a global budget over a large model selects in a few boolean passes over
+    each part instead of copying every score.
+    """
+    for part in parts:
+        _refuse_nan(part)
+    sizes = [p.numel() for p in parts]
+    n_prune = max(0, min(n_prune, sum(sizes)))
+    if n_prune == 0:
+        return [0] * len(parts)
+    threshold = kth_smallest(parts, n_prune)
+    counts = [int((p < threshold).count_nonzero()) for p in parts]
+    ties_left = n_prune - sum(counts)
+    for i, part in enumerate(parts):
+        ties = min(ties_left, int((part == threshold).count_nonzero()))
+        counts[i] += ties
+        ties_left -= ties
+    return counts
+
+
+def _refuse_nan(scores: torch.Tensor) -> None:
+    if torch.isnan(scores).any():
+        raise ValueError("scores contain NaN; check the criterion's inputs (e.g. a diverged model)")
+
+
+#: Above this many scores, :func:`kth_smallest` finds its threshold in a bracket
+#: (:func:`kth_smallest_bracketed`): ``kthvalue`` copies the scores and makes int64 indices
 #: (3x the float32 scores in extra memory), and pruning a large model with one global
 #: threshold selects over every weight at once.
 BRACKETED_SELECTION = 2**22
 
 
-def kth_smallest_bracketed(scores: torch.Tensor, k: int, margin: float = 4.0) -> torch.Tensor:
-    """The ``k``-th smallest of a 1-D ``scores`` (``scores.kthvalue(k).values``), found in a
-    small bracket instead of over everything (Floyd and Rivest's idea, made deterministic).
+def kth_smallest(parts: Sequence[torch.Tensor], k: int) -> torch.Tensor:
+    """The ``k``-th smallest score of the 1-D ``parts`` taken together (as ``kthvalue`` of
+    their concatenation), by ``kthvalue`` when they are few and in a bracket otherwise."""
+    if sum(p.numel() for p in parts) > BRACKETED_SELECTION:
+        return kth_smallest_bracketed(parts, k)
+    return _joined(parts).kthvalue(k).values
+
+
+def _joined(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(list(parts))
+
+
+def kth_smallest_bracketed(
+    parts: torch.Tensor | Sequence[torch.Tensor], k: int, margin: float = 4.0
+) -> torch.Tensor:
+    """The ``k``-th smallest of the 1-D ``parts`` taken together (``kthvalue`` of their
+    concatenation), found in a small bracket instead of over everything (Floyd and
+    Rivest's idea, made deterministic).
 
     An evenly strided sample of about a million scores gives two values whose sample ranks
     lie ``margin`` standard deviations below and above ``k``'s; one pass counts the scores
     below the lower value, and ``kthvalue`` runs only on the scores between the two.  If
     the answer is not between them (the sample misled), the full ``kthvalue`` answers: the
-    result is exact either way.  Extra memory: a few boolean passes and the bracket.
+    result is exact either way.  Extra memory: a few boolean passes over one part at a time
+    and the bracket (a bool tensor's ``count_nonzero``, not its ``sum``, which widens every
+    entry to int64).
     """
-    n = scores.numel()
+    parts = [parts] if isinstance(parts, torch.Tensor) else list(parts)
+    n = sum(p.numel() for p in parts)
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
-    sample = scores[:: max(1, n // 2**20)]
+    stride = max(1, n // 2**20)
+    sample = torch.cat([p[::stride] for p in parts])
     m = sample.numel()
     centre = k / n * m
     spread = margin * math.sqrt(max(centre * (1 - k / n), 1.0)) + 1
     low = sample.kthvalue(max(1, int(centre - spread))).values
     high = sample.kthvalue(min(m, int(math.ceil(centre + spread)))).values
-    below = int((scores < low).sum())
-    inside = (scores >= low).logical_and_(scores <= high)
-    if below < k <= below + int(inside.sum()):
-        return scores[inside].kthvalue(k - below).values
-    return scores.kthvalue(k).values  # the bracket missed the k-th score
+    below = sum(int((p < low).count_nonzero()) for p in parts)
+    inside = torch.cat([p[(p >= low).logical_and_(p <= high)] for p in parts])
+    if below < k <= below + inside.numel():
+        return inside.kthvalue(k - below).values
+    return _joined(parts).kthvalue(k).values  # the bracket missed the k-th score
 
 
 def prune_lowest_by_sorting(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
     """:func:`prune_lowest` by a stable sort of every score: the readable reference."""
-    if torch.isnan(scores).any():
-        raise ValueError("scores contain NaN; check the criterion's inputs (e.g. a diverged model)")
+    _refuse_nan(scores)
     keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
     if n_prune > 0:
         order = torch.argsort(scores.flatten(), stable=True)

@@ -118,7 +118,7 @@ def _keep_pruned_groups(
     the target instead of overshooting it (which the next, slightly higher target of a
     schedule would then find already exceeded).
     """
-    floors = {n: int(torch.isneginf(g).sum()) for n, g in group_scores.items()}
+    floors = {n: int(torch.isneginf(g).count_nonzero()) for n, g in group_scores.items()}
     size = {n: pattern.group_size(shapes[n]) for n in counts}
     excess = sum((floors[n] - k) * size[n] for n, k in counts.items() if floors[n] > k)
     counts = {n: max(k, floors[n]) for n, k in counts.items()}

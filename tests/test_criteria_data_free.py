@@ -36,19 +36,25 @@ def test_lamp_scores_match_a_hand_computed_example():
     # sorted squares 1, 4, 9, 16: each over the sum of itself and the larger ones
     w = torch.tensor([3.0, -1.0, 4.0, 2.0])
     expected = torch.tensor([9 / 25, 1 / 30, 16 / 16, 4 / 29], dtype=torch.float64)
-    assert torch.allclose(budgets.lamp_scores(w), expected)
+    assert torch.allclose(budgets.lamp_scores(w.double()), expected, rtol=1e-15, atol=0)
+    assert torch.equal(w, torch.tensor([3.0, -1.0, 4.0, 2.0]))  # left as it was
+    # float32 weights get float32 scores: the float64 ones, rounded
+    assert torch.equal(budgets.lamp_scores(w), expected.float())
     model = nn.Linear(4, 1, bias=False)
     with torch.no_grad():
         model.weight.copy_(w.reshape(1, 4))
     scores = data_free.Lamp().scores(model, ["weight"], Context())
-    assert torch.allclose(scores["weight"].flatten(), expected)
+    assert torch.equal(scores["weight"].flatten(), expected.float())
 
 
-def test_lamp_scores_keep_pruned_entries_at_minus_infinity():
-    values = torch.tensor([-math.inf, 1.0, 2.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lamp_scores_keep_pruned_entries_at_minus_infinity(dtype):
+    values = torch.tensor([-math.inf, 1.0, 2.0], dtype=dtype)
+    kept = values.clone()
     out = budgets.lamp_scores(values)
+    assert torch.equal(values, kept)  # the input is left as it was
     assert out[0] == -math.inf
-    assert torch.allclose(out[1:], torch.tensor([1 / 5, 1.0], dtype=torch.float64))
+    assert torch.equal(out[1:], torch.tensor([1 / 5, 1.0], dtype=torch.float64).to(dtype))
 
 
 def test_lamp_global_equals_magnitude_with_the_lamp_budget():

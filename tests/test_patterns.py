@@ -252,6 +252,33 @@ def test_prune_lowest_selects_what_a_stable_sort_selects_ties_and_infinities_inc
             assert int((~got).sum()) == min(k, n)
 
 
+@pytest.mark.parametrize("bracketed", [False, True], ids=["kthvalue", "bracketed"])
+def test_lowest_counts_split_what_a_stable_sort_of_the_concatenation_prunes(bracketed, monkeypatch):
+    """The global budget's selection over several layers, none concatenated, against the
+    reference: a stable sort of the concatenation, its pruned entries counted per part.
+    Ties (small integers) cross the parts, with -inf, -0.0 beside 0.0, mixed dtypes and
+    empty parts, at every count."""
+    monkeypatch.setattr(patterns_mod, "BRACKETED_SELECTION", 0 if bracketed else 2**62)
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(150):
+        parts = []
+        for p in range(int(torch.randint(1, 5, (1,), generator=gen))):
+            n = int(torch.randint(0 if p else 1, 25, (1,), generator=gen))
+            x = torch.randint(0, 4, (n,), generator=gen).to(
+                torch.float32 if (trial + p) % 2 else torch.float64
+            )
+            x[torch.rand(n, generator=gen) < 0.2] = -math.inf
+            x[x == 0] = -0.0 if trial % 3 else 0.0
+            parts.append(x)
+        joined = torch.cat(parts)
+        for k in range(joined.numel() + 2):
+            pruned = ~prune_lowest_by_sorting(joined, k)
+            expected = [int(c.sum()) for c in pruned.split([p.numel() for p in parts])]
+            assert patterns_mod.lowest_counts(parts, k) == expected, (parts, k)
+    with pytest.raises(ValueError, match="NaN"):
+        patterns_mod.lowest_counts([torch.ones(2), torch.tensor([math.nan])], 1)
+
+
 def test_the_bracketed_kth_smallest_equals_kthvalue():
     """Against torch's kthvalue: ties, both infinities and both zeros at every k, with the
     default bracket and with none (margin 0, which often misses and falls back)."""

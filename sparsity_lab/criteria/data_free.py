@@ -75,11 +75,11 @@ class Lamp(GroupCriterion):
     def group_scores(self, model, names, pattern: Pattern, context):
         out = {}
         for n in names:
-            w = masks.weight(model, n).detach().double()
+            w = masks.weight(model, n).detach()
             if element_wise(pattern, tuple(w.shape)):
-                values = w.abs()
+                values = w.abs()  # LAMP scores in the weights' dtype (see lamp_scores)
             else:
-                values = reduce_groups(pattern._grouped(w), "l2")
+                values = reduce_groups(pattern._grouped(w.double()), "l2")
             out[n] = lamp_scores(values)
         return out
 

@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused, masks, models
+from . import fused, inference, masks, models
 from . import shrink as shrink_mod
 from .formats import BSR, CSR, Encoded, NMFormat
 from .modes import evaluating
@@ -460,25 +460,6 @@ def _eligible(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or _conv_supported(module)
 
 
-def _layer_inputs(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
-    seen: dict[str, torch.Tensor] = {}
-
-    def keep_first(name: str) -> Callable[..., None]:
-        def hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
-            seen.setdefault(name, inp[0].detach())  # a hook returning a value replaces out
-
-        return hook
-
-    handles = [model.get_submodule(n).register_forward_hook(keep_first(n)) for n in names]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
-
-
 def _dense_copy(model: nn.Module, example: torch.Tensor, use_shrink: bool) -> nn.Module:
     """The masked model as plain dense tensors: shrunk when shrink knows its structure."""
     if use_shrink:
@@ -520,6 +501,13 @@ def export(
     ``device="cuda"`` turns 2:4 Linear layers into :class:`SemiStructuredLinear`
     (needs compute capability >= 8.0).  The result is in eval mode and carries
     ``export_plan``, one :class:`LayerChoice` per weighted layer.
+
+    On the CPU, BatchNorm is folded into the convolution before it (``folded_batchnorm``
+    lists the norms), and with ``dispatch="measure"`` each dense convolution and 2x2
+    max-pool gets the faster of its two exact kernels on its real input
+    (:mod:`sparsity_lab.inference`; ``dense_kernels`` holds the choices and timings).
+    ``kernels=()`` measures only those: a dense model's best export, the fair reference
+    for a shrunk one.
     """
     modes = ("measure", "predict", "dense", *KERNELS)
     if dispatch not in modes:
@@ -543,8 +531,12 @@ def export(
         if device == "cuda":
             work = _to_semi_structured(work)
         else:
+            work.folded_batchnorm = inference.fold_batchnorm(work)
             _route(work, x, dispatch, tuple(kernels), margin, min_sparsity, repeats, budget_s)
             if dispatch == "measure":
+                work.dense_kernels = inference.choose_kernels(
+                    work, x, lambda fns: time_interleaved(fns, repeats, budget_s), margin
+                )
                 work = _guard_whole(work, model, x, use_shrink, repeats, budget_s)
                 if x.shape[0] == 1:
                     work = _fuse_chain(work, model, x, use_shrink, repeats, budget_s)
@@ -564,7 +556,7 @@ def _route(
 ) -> None:
     """Replace each eligible layer of ``work`` by its fastest form (in place)."""
     names = [n for n, m in work.named_modules() if n and _eligible(m)]
-    inputs = _layer_inputs(work, x, names)
+    inputs = inference.layer_inputs(work, x, names)
     choices = []
     for name in names:
         module = work.get_submodule(name)
@@ -616,10 +608,14 @@ def _choose(module, inp, choice, dispatch, kernels, margin, repeats, budget_s):
 
 
 def _guard_whole(work, model, x, use_shrink, repeats, budget_s) -> nn.Module:
-    """Return the dense model instead of ``work`` if the exported mix is slower."""
-    if not any(c.kernel != "dense" for c in work.export_plan):
+    """Return the dense model (BatchNorm folded, default kernels) instead of ``work`` if the
+    exported mix of kernels is slower."""
+    changed = any(c.kernel != "dense" for c in work.export_plan)
+    changed |= any(c["kernel"] != "default" for c in work.dense_kernels.values())
+    if not changed:
         return work
     dense = _dense_copy(model, x, use_shrink).eval().requires_grad_(False)
+    dense.folded_batchnorm = inference.fold_batchnorm(dense)
     with torch.no_grad():
         times = time_interleaved(
             {"dense": lambda: dense(x), "sparse": lambda: work(x)}, repeats, budget_s * 2
@@ -629,6 +625,7 @@ def _guard_whole(work, model, x, use_shrink, repeats, budget_s) -> nn.Module:
     for c in work.export_plan:
         c.kernel, c.block = "dense", None
     dense.export_plan = work.export_plan
+    dense.dense_kernels = {n: {**c, "kernel": "default"} for n, c in work.dense_kernels.items()}
     return dense
 
 
@@ -714,6 +711,7 @@ def safe_classes() -> list[Any]:
             if isinstance(value, type) and issubclass(value, nn.Module):
                 found.append(value)
     found += [_SparseWeight, SparseLinear, SparseConv, SemiStructuredLinear]
+    found += [inference.Im2colConv2d, inference.StridedMaxPool2d]
     found.append(fused.FusedSparseChain)
     return found
 

@@ -1,0 +1,201 @@
+"""Shrunk models against their FLOP bound: half of the channels removed, at batch 1 and 64.
+
+Each model (LeNet-5 and the small ResNet on 28x28 images, the targets; LeNet-300-100 and
+the small ResNet at 4x its widths as context) is built with seed 0, and half of its channels
+are pruned by magnitude with :func:`sparsity_lab.shrink.prune_coupled`.  It is then timed
+as five models, interleaved in every round so that machine noise hits them alike (medians
+of ``--rounds`` rounds, :func:`sparsity_lab.accel.time_interleaved`):
+
+- ``masked``: the model with its masks, as trained;
+- ``shrunk``: :func:`sparsity_lab.shrink.shrink`'s smaller copy;
+- ``torch_pruning``: Torch-Pruning's ``MagnitudePruner`` at the same ratio on a copy of the
+  dense model (the last layer kept whole), the tool the field uses; its result has the
+  shrunk copy's shapes;
+- ``exported dense``: ``accel.export(masked, kernels=(), use_shrink=False)``, the masks
+  squashed into dense-shaped weights, BatchNorm folded and each convolution's and
+  max-pool's faster exact kernel chosen on its input (:mod:`sparsity_lab.inference`);
+- ``exported shrunk``: the same passes on the shrunk copy (``use_shrink=True``).
+
+The ideal speed-up is the ratio of the weight FLOPs the masked model computes (densely) to
+those of the shrunk one.  Target: the exported shrunk model runs at >= 0.7 of the ideal
+speed-up over the exported dense-shaped one, at batch 1 and 64, on LeNet-5 and the small
+ResNet; both exports have the same passes, so the ratio is the shrinking's.
+
+Why a model misses it is measured, not guessed: every weighted layer of both exports is
+timed alone on its real input, and the ratio of the sums (``kernel_bound``) is the speed-up
+the weighted kernels themselves deliver; the rest of the time (``other_share``) is what
+has no weights (pooling, activations, additions) and the calls between layers.
+
+    python benchmarks/shrink_speed.py [--rounds 15] [--batches 1 64] [--threads 1]
+                                      [--out results/shrink_speed.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import sparsity_lab as sl
+from sparsity_lab import accel, inference, shrink
+
+#: (label, model name, input shape, build options, whether the target applies)
+MODELS = [
+    ("lenet5", "lenet5", (1, 28, 28), {}, True),
+    ("resnet_small", "resnet_small", (1, 28, 28), {}, True),
+    ("lenet300", "lenet300", (784,), {}, False),
+    ("resnet_small x4", "resnet_small", (1, 28, 28), {"widths": (32, 64, 128)}, False),
+]
+TARGET = 0.7
+RESULTS = Path(__file__).parent / "results"
+
+
+def torch_pruning_copy(dense: nn.Module, example: torch.Tensor) -> nn.Module | None:
+    """Torch-Pruning's magnitude pruner at half the channels (None where it is absent)."""
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        return None
+    theirs = copy.deepcopy(dense)
+    last = [m for m in theirs.modules() if isinstance(m, nn.Linear)][-1]
+    pruner = tp.pruner.MagnitudePruner(
+        theirs,
+        example,
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=0.5,
+        ignored_layers=[last],
+    )
+    pruner.step()
+    return theirs.eval()
+
+
+def weighted_layers(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)]
+
+
+def layer_seconds(model: nn.Module, example: torch.Tensor, rounds: int) -> float:
+    """Summed median time of ``model``'s weighted layers, each alone on its real input."""
+    names = weighted_layers(model)
+    inputs = inference.layer_inputs(model, example, names)
+    layers = {n: model.get_submodule(n) for n in inputs}
+    fns = {n: (lambda m=layers[n], x=inputs[n]: m(x)) for n in inputs}
+    with torch.no_grad():
+        return sum(accel.time_interleaved(fns, rounds, 0.01).values())
+
+
+def measure(label, name, shape, options, batch: int, rounds: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    dense = sl.models.build(name, input_shape=shape, n_classes=10, **options).eval()
+    masked = copy.deepcopy(dense)
+    shrink.prune_coupled(masked, "channel", 0.5)
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        runs = {
+            "masked": masked.eval(),
+            "shrunk": shrink.shrink(masked, x).eval(),
+            "exported dense": accel.export(masked, x, kernels=(), use_shrink=False),
+            "exported shrunk": accel.export(masked, x, kernels=(), use_shrink=True),
+        }
+        theirs = torch_pruning_copy(dense, x)
+    if theirs is not None:
+        runs["torch_pruning"] = theirs
+    with torch.no_grad():
+        reference = masked(x)
+        diff = {k: float((m(x) - reference).abs().max()) for k, m in runs.items()}
+        seconds = accel.time_interleaved(
+            {k: (lambda m=m: m(x)) for k, m in runs.items()}, rounds, 0.05
+        )
+    # what each model computes when run densely
+    flops = {k: float(sl.report(runs[k]).iloc[-1]["dense_flops"]) for k in ("masked", "shrunk")}
+    ideal = flops["masked"] / flops["shrunk"]
+    exported = {k: runs[f"exported {k}"] for k in ("dense", "shrunk")}
+    layers = {k: layer_seconds(m, x, rounds) for k, m in exported.items()}
+    speedup = seconds["exported dense"] / seconds["exported shrunk"]
+    kernel_bound = layers["dense"] / layers["shrunk"]
+    return {
+        "model": label,
+        "batch": batch,
+        "median_ms": {k: 1e3 * v for k, v in seconds.items()},
+        "weight_flops": flops,
+        "ideal_speedup": ideal,
+        "speedup": speedup,
+        "fraction_of_ideal": speedup / ideal,
+        "eager_speedup": seconds["masked"] / seconds["shrunk"],
+        "shrunk_over_torch_pruning": (
+            seconds["torch_pruning"] / seconds["shrunk"] if "torch_pruning" in seconds else None
+        ),
+        "weighted_layers_ms": {k: 1e3 * v for k, v in layers.items()},
+        "kernel_bound": kernel_bound,
+        "kernel_bound_fraction_of_ideal": kernel_bound / ideal,
+        "other_share": {k: 1 - layers[k] / seconds[f"exported {k}"] for k in layers},
+        "dense_kernels": {
+            k: {n: c["kernel"] for n, c in m.dense_kernels.items()} for k, m in exported.items()
+        },
+        "max_abs_diff": diff,
+    }
+
+
+def verdict(row: dict[str, Any], applies: bool) -> str:
+    if not applies:
+        return "context"
+    return "met" if row["fraction_of_ideal"] >= TARGET else "MISSED"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(RESULTS / "shrink_speed.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    rows = []
+    for label, name, shape, options, applies in MODELS:
+        for batch in args.batches:
+            row = measure(label, name, shape, options, batch, args.rounds)
+            row["target_applies"] = applies
+            row["verdict"] = verdict(row, applies)
+            rows.append(row)
+            ms = row["median_ms"]
+            theirs = row["shrunk_over_torch_pruning"]
+            print(
+                f"{label:>16} batch {batch:>3}: exported dense {ms['exported dense']:.3f} ms, "
+                f"exported shrunk {ms['exported shrunk']:.3f} ms -> {row['speedup']:.2f}x of "
+                f"ideal {row['ideal_speedup']:.2f}x = {row['fraction_of_ideal']:.2f} "
+                f"(target >= {TARGET}: {row['verdict']}); weighted kernels alone "
+                f"{row['kernel_bound']:.2f}x = {row['kernel_bound_fraction_of_ideal']:.2f} of "
+                f"ideal; eager masked {ms['masked']:.3f} ms, shrunk {ms['shrunk']:.3f} ms"
+                + (f", Torch-Pruning's {theirs:.2f}x the shrunk time" if theirs else ""),
+                flush=True,
+            )
+    report = {
+        "benchmark": "shrink_speed",
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "results": rows,
+        "target": f"exported shrunk over exported dense-shaped >= {TARGET} x the ideal (FLOPs) "
+        "speed-up, at each batch, on lenet5 and resnet_small",
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

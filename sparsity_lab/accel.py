@@ -532,11 +532,15 @@ def export(
             work = _to_semi_structured(work)
         else:
             work.folded_batchnorm = inference.fold_batchnorm(work)
-            _route(work, x, dispatch, tuple(kernels), margin, min_sparsity, repeats, budget_s)
+            work.dense_kernels = {}
             if dispatch == "measure":
+                # first the best dense kernels: a sparse kernel must beat those, not torch's
+                # default, to be worth its place
                 work.dense_kernels = inference.choose_kernels(
                     work, x, lambda fns: time_interleaved(fns, repeats, budget_s), margin
                 )
+            _route(work, x, dispatch, tuple(kernels), margin, min_sparsity, repeats, budget_s)
+            if dispatch == "measure":
                 work = _guard_whole(work, model, x, use_shrink, repeats, budget_s)
                 if x.shape[0] == 1:
                     work = _fuse_chain(work, model, x, use_shrink, repeats, budget_s)
@@ -608,14 +612,13 @@ def _choose(module, inp, choice, dispatch, kernels, margin, repeats, budget_s):
 
 
 def _guard_whole(work, model, x, use_shrink, repeats, budget_s) -> nn.Module:
-    """Return the dense model (BatchNorm folded, default kernels) instead of ``work`` if the
-    exported mix of kernels is slower."""
-    changed = any(c.kernel != "dense" for c in work.export_plan)
-    changed |= any(c["kernel"] != "default" for c in work.dense_kernels.values())
-    if not changed:
+    """Return the dense model (BatchNorm folded, the dense kernels ``work`` chose) instead of
+    ``work`` if its mix of sparse kernels is slower."""
+    if not any(c.kernel != "dense" for c in work.export_plan):
         return work
     dense = _dense_copy(model, x, use_shrink).eval().requires_grad_(False)
     dense.folded_batchnorm = inference.fold_batchnorm(dense)
+    inference.apply_kernels(dense, work.dense_kernels)
     with torch.no_grad():
         times = time_interleaved(
             {"dense": lambda: dense(x), "sparse": lambda: work(x)}, repeats, budget_s * 2
@@ -624,8 +627,7 @@ def _guard_whole(work, model, x, use_shrink, repeats, budget_s) -> nn.Module:
         return work
     for c in work.export_plan:
         c.kernel, c.block = "dense", None
-    dense.export_plan = work.export_plan
-    dense.dense_kernels = {n: {**c, "kernel": "default"} for n, c in work.dense_kernels.items()}
+    dense.export_plan, dense.dense_kernels = work.export_plan, work.dense_kernels
     return dense
 
 

@@ -181,6 +181,15 @@ def choose_kernels(
     return chosen
 
 
+def apply_kernels(model: nn.Module, chosen: dict[str, dict[str, Any]]) -> None:
+    """Give ``model`` the kernels :func:`choose_kernels` chose for a model of the same
+    layers (in place), without timing again."""
+    for name, choice in chosen.items():
+        if choice["kernel"] != "default":
+            module = model.get_submodule(name)
+            _set_module(model, name, ALTERNATIVES[choice["kernel"]][1](module))
+
+
 def layer_inputs(model: nn.Module, example: torch.Tensor, names: list[str]) -> dict[str, Any]:
     """The input each named module receives on ``example`` (its first call's); a module
     the forward pass never calls is absent."""
@@ -206,6 +215,7 @@ __all__ = [
     "ALTERNATIVES",
     "Im2colConv2d",
     "StridedMaxPool2d",
+    "apply_kernels",
     "choose_kernels",
     "fold_batchnorm",
     "layer_inputs",

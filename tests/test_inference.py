@@ -122,6 +122,11 @@ def test_kernels_are_swapped_only_when_the_alternative_is_faster_by_the_margin()
     assert chosen["conv1"]["alternative_s"] == 0.5
     assert isinstance(model.conv1, inference.Im2colConv2d)
     assert isinstance(model.pool, inference.StridedMaxPool2d)
+    twin = sl.models.build("lenet5", input_shape=(1, 28, 28), n_classes=10).eval()
+    inference.apply_kernels(twin, chosen)  # the same choices on a model of the same layers
+    assert [type(twin.get_submodule(n)) for n in chosen] == [
+        type(model.get_submodule(n)) for n in chosen
+    ]
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
     # the chosen kernels travel through save and a weights-only load

@@ -10,6 +10,7 @@ Command line::
 
     python -m sparsity_lab.pipeline execute [--smoke] [--notebooks DIR] [--out DIR]
                                             [--cache DIR] [--only NAME ...] [--budget-s S]
+                                            [--total-budget-s S] [--workers N]
     python -m sparsity_lab.pipeline check [--notebooks DIR]
     python -m sparsity_lab.pipeline methods [--notebooks DIR] [--out FILE]
 
@@ -30,8 +31,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import registry
 
@@ -162,7 +165,7 @@ def cache_key(source: bytes, *, smoke: bool, library: str, environment: str = ""
 
 
 @contextlib.contextmanager
-def _kernel_environment() -> Iterator[None]:
+def _kernel_environment(threads: int | None = None) -> Iterator[None]:
     """Set up what the kernel inherits from this process, and restore it afterwards.
 
     - A private ``python3`` kernelspec that runs *this* interpreter: the first ``python3``
@@ -173,6 +176,8 @@ def _kernel_environment() -> Iterator[None]:
       cache key hashed, even when the project is not pip-installed.
     - No ``MPLBACKEND``: an inherited ``Agg`` would replace the inline backend and the
       executed notebook would have no figures.
+    - With ``threads``, ``OMP_NUM_THREADS`` (unless the user set it): kernels that run side
+      by side share the cores instead of each taking all of them.
     """
     from ipykernel.kernelspec import get_kernel_dict
 
@@ -189,6 +194,8 @@ def _kernel_environment() -> Iterator[None]:
         os.environ["PYTHONPATH"] = os.pathsep.join(python_path)
         os.environ["SPARSITY_LAB_STATIC"] = "1"
         os.environ.pop("MPLBACKEND", None)
+        if threads is not None:
+            os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         try:
             yield
         finally:
@@ -229,11 +236,16 @@ def _kernel_manager_class() -> type:
     return EncryptedKernelManager
 
 
-def execute_notebook(source: Path, *, smoke: bool, cwd: Path | None = None):
+def execute_notebook(
+    source: Path, *, smoke: bool, cwd: Path | None = None, environment: bool = True
+):
     """Run one ``py:percent`` notebook with ``SMOKE`` injected; return the executed notebook.
 
     The kernel runs this interpreter, in ``cwd`` (default: the notebook's folder). Raises the
     execution error (``papermill.PapermillExecutionError`` for a failing cell).
+    ``environment=False``: the caller has entered :func:`_kernel_environment` already (for
+    several notebooks run side by side, which must not each change the process's
+    environment).
     """
     # Imported here so that `check` and the cache helpers work without the notebook tools.
     import jupytext
@@ -246,7 +258,7 @@ def execute_notebook(source: Path, *, smoke: bool, cwd: Path | None = None):
         "language": "python",
     }
     notebook.metadata.pop("jupytext", None)  # the executed copy is not paired with anything
-    with _kernel_environment():
+    with _kernel_environment() if environment else contextlib.nullcontext():
         executed = papermill.execute_notebook(
             notebook,
             None,  # no file: the caller writes the result, atomically
@@ -328,6 +340,7 @@ def execute(
     smoke: bool = False,
     only: Sequence[str] | None = None,
     budget_s: float | None = None,
+    workers: int = 1,
     log: Callable[[str], None] = print,
 ) -> list[Result]:
     """Execute (or take from the cache) every notebook and write ``out/NN_topic.ipynb``.
@@ -336,60 +349,122 @@ def execute(
     executed copy of it is removed from ``out``, so the book never shows stale numbers.
     With ``budget_s``, a notebook whose execution took longer gets a warning: a shared
     machine's timings are too noisy to fail a build on, but the excess must be seen.
-    Wall times are merged into ``out/timings.json``.
+    ``workers`` notebooks run side by side, each kernel on its share of the cores.
+    Wall times are merged into ``out/timings.json``; results come in the notebooks' order.
     """
-    import nbformat
-
     notebooks, out, cache = Path(notebooks), Path(out), Path(cache)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     mode = "smoke" if smoke else "full"
-    sources = find_notebooks(notebooks, only)
-    library = library_digest()
-    environment = environment_digest()
-    results: list[Result] = []
+    library, env = library_digest(), environment_digest()
+    keys = {
+        source: cache_key(source.read_bytes(), smoke=smoke, library=library, environment=env)
+        for source in find_notebooks(notebooks, only)
+    }
+    entry = {source: cache / f"{source.stem}-{mode}-{key}.ipynb" for source, key in keys.items()}
+    to_run = [source for source in keys if not entry[source].exists()]
+    runs: dict[Path, tuple[Any, float]] = {}
+    if workers == 1 or len(to_run) <= 1:
+        for source in to_run:
+            runs[source] = _timed_execution(source, smoke, notebooks, environment=True)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with _kernel_environment(threads), ThreadPoolExecutor(workers) as pool:
+            futures = {
+                source: pool.submit(_timed_execution, source, smoke, notebooks, environment=False)
+                for source in to_run
+            }
+            runs = {source: future.result() for source, future in futures.items()}
 
-    for source in sources:
-        name = source.stem
-        target = out / f"{name}.ipynb"
-        key = cache_key(source.read_bytes(), smoke=smoke, library=library, environment=environment)
-        entry = cache / f"{name}-{mode}-{key}.ipynb"
-
-        if entry.exists():
-            data = entry.read_bytes()
-            seconds = json.loads(data).get("metadata", {}).get("sparsity_lab", {}).get("wall_s")
-            result = Result(name, "cached", seconds)
-            log(f"{name}: cached ({mode})")
-        else:
-            start = time.perf_counter()
-            try:
-                executed = execute_notebook(source, smoke=smoke, cwd=notebooks)
-            except Exception as error:  # any failure of one notebook must not stop the rest
-                target.unlink(missing_ok=True)
-                results.append(Result(name, "failed", error=_describe(error)))
-                log(f"{name}: FAILED ({mode}) after {time.perf_counter() - start:.1f} s")
-                continue
-            seconds = round(time.perf_counter() - start, 2)
-            executed.metadata["sparsity_lab"] = {"mode": mode, "wall_s": seconds, "key": key}
-            data = nbformat.writes(executed).encode() + b"\n"
-            _atomic_write(entry, data)
-            for old in cache.glob(f"{name}-{mode}-*.ipynb"):
-                if old != entry:
-                    old.unlink(missing_ok=True)
-            result = Result(name, "executed", seconds)
-            log(f"{name}: executed in {seconds:.1f} s ({mode})")
-
-        # An unchanged copy keeps its timestamp, so the book rebuilds only changed pages.
-        if not target.exists() or target.read_bytes() != data:
-            _atomic_write(target, data)
+    results = [
+        _settle(source, keys[source], entry[source], runs.get(source), out, cache, mode, log)
+        for source in keys
+    ]
+    for result in results:
         if budget_s is not None and result.seconds is not None and result.seconds > budget_s:
             result.warning = (
                 f"took {result.seconds:.1f} s in {mode} mode, over the budget of {budget_s:g} s; "
                 "make the SMOKE branch of its parameters smaller (fewer epochs, samples, seeds)"
+                if smoke
+                else f"took {result.seconds / 60:.1f} min in {mode} mode, over the budget of "
+                f"{budget_s / 60:g} min; share its dense models and sweeps through the cache, or "
+                "size its experiments to what they show"
             )
-            log(f"{name}: WARNING {result.warning}")
-        results.append(result)
-
+            log(f"{result.name}: WARNING {result.warning}")
     _record_timings(out / TIMINGS_FILE, results, mode)
     return results
+
+
+def _timed_execution(
+    source: Path, smoke: bool, cwd: Path, *, environment: bool
+) -> tuple[Any, float]:
+    """``(executed notebook or the exception it raised, wall seconds)``: one notebook's run,
+    whose failure must not stop the others."""
+    start = time.perf_counter()
+    try:
+        executed = execute_notebook(source, smoke=smoke, cwd=cwd, environment=environment)
+    except Exception as error:  # any failure of one notebook must not stop the rest
+        return error, time.perf_counter() - start
+    return executed, round(time.perf_counter() - start, 2)
+
+
+def _settle(
+    source: Path,
+    key: str,
+    entry: Path,
+    run: tuple[Any, float] | None,
+    out: Path,
+    cache: Path,
+    mode: str,
+    log: Callable[[str], None],
+) -> Result:
+    """Write one notebook's executed copy (a fresh run, or the cache's) into ``out``."""
+    import nbformat
+
+    name, target = source.stem, out / f"{source.stem}.ipynb"
+    if run is None:
+        data = entry.read_bytes()
+        seconds = json.loads(data).get("metadata", {}).get("sparsity_lab", {}).get("wall_s")
+        result = Result(name, "cached", seconds)
+        log(f"{name}: cached ({mode})")
+    else:
+        executed, seconds = run
+        if isinstance(executed, Exception):
+            target.unlink(missing_ok=True)
+            log(f"{name}: FAILED ({mode}) after {seconds:.1f} s")
+            return Result(name, "failed", error=_describe(executed))
+        executed.metadata["sparsity_lab"] = {"mode": mode, "wall_s": seconds, "key": key}
+        data = nbformat.writes(executed).encode() + b"\n"
+        _atomic_write(entry, data)
+        for old in cache.glob(f"{name}-{mode}-*.ipynb"):
+            if old != entry:
+                old.unlink(missing_ok=True)
+        result = Result(name, "executed", seconds)
+        log(f"{name}: executed in {seconds:.1f} s ({mode})")
+    # An unchanged copy keeps its timestamp, so the book rebuilds only changed pages.
+    if not target.exists() or target.read_bytes() != data:
+        _atomic_write(target, data)
+    return result
+
+
+def time_report(
+    results: Sequence[Result], total_budget_s: float | None, budget_s: float | None
+) -> list[str]:
+    """Lines that sum the notebooks' recorded wall times (cached copies included: the time
+    a fresh machine would take, one notebook after another) and judge them against the
+    budgets for the whole and for each notebook."""
+    timed = [r for r in results if r.seconds is not None]
+    total = sum(r.seconds for r in timed)
+    lines = [f"notebook time: {total / 60:.1f} min over {len(timed)} notebook(s), one at a time"]
+    if total_budget_s is not None:
+        verdict = "met" if total <= total_budget_s else "MISSED"
+        lines.append(f"  budget for all: {total_budget_s / 60:g} min -> {verdict}")
+    if budget_s is not None:
+        over = sorted((r for r in timed if r.seconds > budget_s), key=lambda r: -r.seconds)
+        listed = ", ".join(f"{r.name} {r.seconds / 60:.1f} min" for r in over) or "none"
+        verdict = "met" if not over else "MISSED"
+        lines.append(f"  budget per notebook: {budget_s / 60:g} min -> {verdict}; over: {listed}")
+    return lines
 
 
 def _record_timings(path: Path, results: Sequence[Result], mode: str) -> None:
@@ -574,6 +649,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--cache", type=Path, default=Path(".cache/notebooks"))
     run.add_argument("--only", nargs="+", metavar="NAME", help="only these notebooks")
     run.add_argument("--budget-s", type=float, help="warn about a notebook that takes longer")
+    run.add_argument(
+        "--total-budget-s", type=float, help="judge the notebooks' summed time against this"
+    )
+    run.add_argument("--workers", type=int, default=1, help="notebooks run side by side")
     lint = commands.add_parser("check", help="check the notebook sources follow the rules")
     lint.add_argument("--notebooks", type=Path, default=Path("notebooks"))
     table = commands.add_parser("methods", help="write the book's methods-by-section page")
@@ -595,6 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"checked {len(problems)} notebook(s): {bad} with problems")
             return 1 if bad else 0
 
+        started = time.perf_counter()
         results = execute(
             args.notebooks,
             args.out,
@@ -602,10 +682,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             smoke=args.smoke,
             only=args.only,
             budget_s=args.budget_s,
+            workers=args.workers,
         )
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    print(f"this run: {(time.perf_counter() - started) / 60:.1f} min of wall time")
+    for line in time_report(results, args.total_budget_s, args.budget_s):
+        print(line)
     failed = [r for r in results if r.status == "failed"]
     for result in failed:
         print(

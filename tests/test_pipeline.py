@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,51 @@ def test_failing_notebook_is_named_leaves_no_output_and_others_still_run(
     assert "1 of 2 notebook(s) failed: 00_broken" in err
     assert sorted(p.name for p in out.iterdir()) == ["01_fine.ipynb", "timings.json"]
     assert not list(cache.glob("00_broken-*"))
+
+
+def test_notebooks_run_side_by_side_each_on_its_share_of_the_cores(
+    tmp_path, fixed_library, monkeypatch
+):
+    """Two workers: results in the notebooks' order, a failure still named, each kernel
+    told its thread count, and the process's own environment left as it was."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    notebooks, out, cache = tmp_path / "notebooks", tmp_path / "out", tmp_path / "cache"
+    threads = GOOD.replace(
+        'print(f"SMOKE={SMOKE}")', 'import os\nprint("threads", os.environ["OMP_NUM_THREADS"])'
+    )
+    write(notebooks, "00_a.py", threads)
+    write(notebooks, "01_b.py", GOOD.replace('print(f"SMOKE={SMOKE}")', "raise KeyError(1)"))
+    write(notebooks, "02_c.py", GOOD)
+    before = dict(os.environ)
+    results = pipeline.execute(notebooks, out, cache, smoke=True, workers=2, log=print)
+    assert [(r.name, r.status) for r in results] == [
+        ("00_a", "executed"),
+        ("01_b", "failed"),
+        ("02_c", "executed"),
+    ]
+    expected = max(1, (os.cpu_count() or 1) // 2)
+    assert f"threads {expected}" in outputs_text(out / "00_a.ipynb")
+    assert "SMOKE=True" in outputs_text(out / "02_c.ipynb")
+    assert dict(os.environ) == before
+    with pytest.raises(ValueError, match="workers"):
+        pipeline.execute(notebooks, out, cache, smoke=True, workers=0)
+
+
+def test_the_time_report_sums_recorded_times_and_judges_both_budgets():
+    results = [
+        pipeline.Result("00_a", "cached", 100.0),
+        pipeline.Result("01_b", "executed", 300.0),
+        pipeline.Result("02_c", "failed"),
+    ]
+    assert pipeline.time_report(results, 360, 240) == [
+        "notebook time: 6.7 min over 2 notebook(s), one at a time",
+        "  budget for all: 6 min -> MISSED",
+        "  budget per notebook: 4 min -> MISSED; over: 01_b 5.0 min",
+    ]
+    assert pipeline.time_report(results[:1], 1200, 240)[1:] == [
+        "  budget for all: 20 min -> met",
+        "  budget per notebook: 4 min -> met; over: none",
+    ]
 
 
 def test_budget_warns_about_the_recorded_time_of_a_cached_copy(tmp_path, fixed_library):

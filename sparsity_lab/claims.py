@@ -460,6 +460,50 @@ CLAIMS: dict[str, Claim] = _claims(
         relation="at_least",
         margin=0.02,
     ),
+    Claim(
+        "lenet_stable_at_init",
+        "Frankle et al. 2020, Linear mode connectivity and the lottery ticket hypothesis (ICML)",
+        "LeNet-300-100 on MNIST; two copies trained from the same weights with different "
+        "data orders, test error along the line between the two trained networks",
+        "LeNet-300-100 is stable to SGD noise from initialisation: the error barrier between "
+        "two trainings from theta_0 is about zero (the paper's threshold: 2 points), for the "
+        "dense network and for IMP's sparse subnetworks",
+        "LeNet: instability about 0 from k = 0, dense and sparse (deeper ResNet and VGG "
+        "networks only from k > 0)",
+        treatment="lowest accuracy on the line",
+        baseline="mean accuracy of its ends",
+        relation="at_least",
+        margin=0.02,
+    ),
+    Claim(
+        "lr_rewinding_beats_fine_tuning",
+        "Renda et al. 2020, Comparing rewinding and fine-tuning in neural network pruning "
+        "(ICLR)",
+        "ResNet-56/110 on CIFAR-10, ResNet-50 on ImageNet and GNMT; magnitude pruning, the "
+        "pruned network retrained for the same number of epochs three ways",
+        "retraining the pruned network from its trained weights with the original "
+        "learning-rate schedule (learning-rate rewinding) reaches higher accuracy than "
+        "fine-tuning it at the schedule's final, small learning rate",
+        "qualitative claim: learning-rate rewinding above fine-tuning at every sparsity and "
+        "retraining budget studied",
+        treatment="lr_rewinding",
+        baseline="fine_tuning",
+    ),
+    Claim(
+        "lr_rewinding_matches_weight_rewinding",
+        "Renda et al. 2020, Comparing rewinding and fine-tuning in neural network pruning "
+        "(ICLR)",
+        "as lr_rewinding_beats_fine_tuning; weight rewinding resets the kept weights to "
+        "their values early in training (theta_k) and replays the schedule",
+        "learning-rate rewinding matches or beats weight rewinding at the same retraining "
+        "budget",
+        "qualitative claim: learning-rate rewinding at least as accurate as weight "
+        "rewinding in every setting studied",
+        treatment="lr_rewinding",
+        baseline="weight_rewinding",
+        relation="at_least",
+        margin=0.005,
+    ),
 )
 
 

@@ -5,6 +5,7 @@ Each module holds the measurement of one phenomenon and the experiment that show
 * :mod:`.structure`: early structure adaptation (how early the final mask is known);
 * :mod:`.occam`: Occam's hill (regions A, B, C of accuracy against sparsity);
 * :mod:`.tickets`: lottery tickets, rewinding against re-initialisation and random masks;
+* :mod:`.connectivity`: linear mode connectivity (the error barrier between two trainings);
 * :mod:`.collapse`: layer collapse at initialisation, with a disconnected-path detector;
 * :mod:`.shuffle`: layer ratios against individual weights (masks shuffled in each layer);
 * :mod:`.scale`: large-sparse against small-dense at equal nonzeros and equal FLOPs;
@@ -16,6 +17,16 @@ study (IMP, early-bird, GMP, AC/DC, RigL, regularizers) come from :mod:`sparsity
 and :mod:`sparsity_lab.regularizers`.
 """
 
-from . import bias, collapse, occam, scale, shuffle, structure, tickets, transfer
+from . import bias, collapse, connectivity, occam, scale, shuffle, structure, tickets, transfer
 
-__all__ = ["bias", "collapse", "occam", "scale", "shuffle", "structure", "tickets", "transfer"]
+__all__ = [
+    "bias",
+    "collapse",
+    "connectivity",
+    "occam",
+    "scale",
+    "shuffle",
+    "structure",
+    "tickets",
+    "transfer",
+]

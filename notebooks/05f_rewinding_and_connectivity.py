@@ -1,0 +1,356 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Rewinding, linear mode connectivity, and ER against ERK
+#
+# **What you will learn:** three questions the lottery-ticket chapters (03, 05a) leave
+# open.  After pruning a trained network, how should the survivors be retrained:
+# fine-tuning at a small learning rate, rewinding the weights to an early point, or
+# rewinding only the learning-rate schedule?  When are two trainings from the same start
+# in one basin of the loss, so that a mask found by one fits the other (linear mode
+# connectivity)?  And how much density should each layer of a CNN get when the mask is
+# random: Erdős–Rényi (ER) or its kernel-aware extension (ERK)?
+#
+# Survey section 8.3 (lottery tickets, rewinding) and 3.9 (layer budgets).  The papers:
+# Renda et al. 2020 (rewinding against fine-tuning), Frankle et al. 2020 (linear mode
+# connectivity), Mocanu et al. 2018 (ER) and Evci et al. 2020 (ERK).  Every network here
+# trains with its setting's recipe (`recipes.recipe_for`), from the recipe's dense model,
+# with three seeds; differences are paired on the seed.
+
+# %%
+import copy
+import math
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import Markdown, display
+
+import sparsity_lab as sl
+from sparsity_lab import recipes
+from sparsity_lab.phenomena import connectivity, tickets
+from sparsity_lab.phenomena.structure import fit_recipe
+from sparsity_lab.train import evaluate, fit
+
+# %% tags=["parameters"]
+SMOKE = False
+SEED = 0
+SEEDS = [0, 1, 2]
+SPARSITIES = [0.9, 0.98]
+EPOCHS = None  # None: each recipe's own
+LMC_SPARSITY = 0.9
+ALPHAS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+ERK_SPARSITY = 0.95
+
+# %%
+if SMOKE:  # a quick pass through every cell, for CI
+    SEEDS = SEEDS[:2]
+    SPARSITIES = SPARSITIES[:1]
+    EPOCHS = 2
+    ALPHAS = [0.0, 0.5, 1.0]
+info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
+recipe = recipes.recipe_for("lenet300", "mnist")
+training = {**recipe.training(), **({"epochs": EPOCHS} if EPOCHS else {})}
+epochs = training["epochs"]
+
+# %% [markdown]
+# ## 1. Retraining after pruning: fine-tuning or rewinding
+#
+# Each seed's dense LeNet-300-100 (the recipe's model on the MNIST subset) is pruned once
+# by global magnitude to each of SPARSITIES, and the survivors retrain for the recipe's
+# epochs in one of three ways (Renda et al. 2020):
+#
+# - **fine-tuning**: from the trained weights, at the schedule's last learning rate (the
+#   cosine schedule's rate in its final epoch), constant;
+# - **weight rewinding**: the kept weights go back to their values after one epoch of the
+#   dense training (θk, replayed from the same start and batch order) and retrain with the
+#   whole schedule;
+# - **learning-rate rewinding**: from the trained weights, with the whole schedule again.
+#
+# The paper replays the schedule from epoch k for the remaining epochs; here every arm
+# retrains the same number of epochs, so that their costs are equal.
+
+# %%
+final_lr = training["lr"] * (1 + math.cos(math.pi * (epochs - 1) / epochs)) / 2
+
+
+def retrained(t, arm, dense_model, theta_k, mask):
+    """The pruned network retrained as ``arm`` says."""
+    model = copy.deepcopy(dense_model)  # the trained weights
+    if arm == "weight_rewinding":
+        model.load_state_dict(theta_k)
+    for name, keep in mask.items():
+        sl.masks.attach(model, name, keep)  # attaching zeroes the pruned weights
+    if arm == "fine_tuning":
+        train, val, _ = t.loaders(recipe.batch_size)
+        constant = {**training, "lr": final_lr, "lr_schedule": None}
+        fit(model, train, val, seed=t.seed, progress=False, **constant)
+    else:
+        fit_recipe(model, t, epochs=epochs, recipe=recipe)
+    return model
+
+
+ARMS = ["fine_tuning", "weight_rewinding", "lr_rewinding"]
+rows, dense_rows = [], []
+for seed in SEEDS:
+    t, dense_model, dense_info = recipes.dense("lenet300", "mnist", seed, epochs=EPOCHS)
+    dense_rows.append({"seed": seed, "test_accuracy": dense_info["test_accuracy"]})
+    theta_k = tickets.weights_at_step(t, len(t.loaders(recipe.batch_size)[0]), recipe)
+    for s in SPARSITIES:
+        found = sl.masks.masks(sl.prune(copy.deepcopy(dense_model), "magnitude", s))
+        mask = {n: m.bool() for n, m in found.items()}
+        for arm in ARMS:
+            run = recipes.evaluate_run(
+                retrained(t, arm, dense_model, theta_k, mask), t, target_sparsity=s
+            )
+            rows.append({"seed": seed, "sparsity": s, "arm": arm,
+                         "test_accuracy": run["accuracy"], "flags": run["flags"]})  # fmt: skip
+retraining = pd.DataFrame(rows)
+dense_acc = pd.DataFrame(dense_rows)["test_accuracy"]
+sl.nb.show_flags(sl.flags.table(retraining, ["sparsity", "arm"]))
+summary = sl.stats.summarize(retraining, ["sparsity", "arm"], "test_accuracy")
+means = summary.set_index(["sparsity", "arm"])["mean"]
+display(summary.round(4))
+print(f"dense: {dense_acc.mean():.2%} over {len(dense_acc)} seeds "
+      f"(the recipe documents {recipe.expected_test_accuracy:.0%} for its full run)")  # fmt: skip
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for arm in ARMS:
+    part = summary[summary["arm"] == arm]
+    ax.errorbar(part["sparsity"].astype(str), part["mean"],
+                yerr=[part["mean"] - part["ci_low"], part["ci_high"] - part["mean"]],
+                marker="o", capsize=3, label=arm.replace("_", " "))  # fmt: skip
+ax.axhline(dense_acc.mean(), color="k", lw=0.8, ls="--", label="dense")
+ax.set_xlabel("sparsity")
+ax.set_ylabel("test accuracy (mean, 95% CI)")
+ax.set_title("LeNet-300-100: three ways to retrain after pruning")
+ax.legend(fontsize=8)
+fig.tight_layout()
+
+# %% [markdown]
+# Paired on the seed, at each sparsity, against the two claims of the paper:
+
+# %%
+verdicts = []
+for key, baseline in [("lr_rewinding_beats_fine_tuning", "fine_tuning"),
+                      ("lr_rewinding_matches_weight_rewinding", "weight_rewinding")]:  # fmt: skip
+    diffs = sl.stats.paired(retraining, "arm", "lr_rewinding", baseline,
+                            metric="test_accuracy", by="sparsity")  # fmt: skip
+    for row in diffs.itertuples():
+        ours = means[row.sparsity, "lr_rewinding"]
+        measured = (f"{baseline.replace('_', ' ')} {means[row.sparsity, baseline]:.1%}, "
+                    f"learning-rate rewinding {ours:.1%}.")  # fmt: skip
+        verdicts.append(sl.claims.judge(
+            key, row._asdict(), setting=f"LeNet-300-100, {row.sparsity:.0%}, one-shot",
+            measured=measured))  # fmt: skip
+display(Markdown(sl.claims.report(verdicts)))
+
+# %% [markdown]
+# ## 2. Linear mode connectivity
+#
+# From one start, two copies train with the recipe but different batch orders (two data
+# seeds); then the test error is measured along the straight line between them
+# (`connectivity.error_barrier`, ALPHAS points).  The *error barrier* is the highest error
+# on the line minus the mean of the two ends'.  Four starts per seed: the dense network's
+# initialisation θ0 and its weights after one epoch θk, each dense and with the
+# LMC_SPARSITY magnitude mask of the trained dense network (IMP's first round, the ticket
+# with rewinding to θ0 or θk).
+
+
+# %%
+def trained_child(start, mask, t, data_seed):
+    model = t.build()
+    model.load_state_dict(start)
+    for name, keep in mask.items():
+        sl.masks.attach(model, name, keep)
+    train, val, _ = t.loaders(recipe.batch_size)
+    fit(model, train, val, seed=data_seed, progress=False, **training)
+    return model
+
+
+barriers, paths = [], []
+for seed in SEEDS:
+    t, dense_model, _ = recipes.dense("lenet300", "mnist", seed, epochs=EPOCHS)
+    test_loader = t.loaders()[2]
+    steps = len(t.loaders(recipe.batch_size)[0])
+    found = sl.masks.masks(sl.prune(copy.deepcopy(dense_model), "magnitude", LMC_SPARSITY))
+    sparse_mask = {n: m.bool() for n, m in found.items()}
+    for point, step in [("θ0", 0), ("θk", steps)]:
+        start = tickets.weights_at_step(t, step, recipe)
+        for kind, mask in [("dense", {}), (f"{LMC_SPARSITY:.0%} sparse", sparse_mask)]:
+            a, b = (trained_child(start, mask, t, 1000 * i + seed) for i in (1, 2))
+            barrier, path = connectivity.error_barrier(
+                a, b, lambda m, loader=test_loader: 1 - evaluate(m, loader)["accuracy"], ALPHAS
+            )
+            label = f"{kind}, from {point}"
+            ends = 1 - (path["error"].iloc[0] + path["error"].iloc[-1]) / 2
+            barriers.append({"seed": seed, "start": label, "barrier": barrier,
+                             "lowest accuracy on the line": 1 - path["error"].max(),
+                             "mean accuracy of its ends": ends})  # fmt: skip
+            paths.append(path.assign(seed=seed, start=label))
+barriers, paths = pd.DataFrame(barriers), pd.concat(paths, ignore_index=True)
+display(sl.stats.summarize(barriers, "start", "barrier", bounds=None).round(4))
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for label, part in paths.groupby("start", sort=False):
+    mean = part.groupby("alpha")["error"].mean()
+    ax.plot(mean.index, 100 * mean.values, marker="o", ms=3, label=label)
+ax.set_xlabel("α (0: one child, 1: the other)")
+ax.set_ylabel("test error, % (mean over seeds)")
+ax.set_title("Error along the line between two trainings from one start")
+ax.legend(fontsize=8)
+fig.tight_layout()
+
+# %%
+verdicts = []
+for label in barriers["start"].unique():
+    if "θ0" not in label:
+        continue
+    part = barriers[barriers["start"] == label]
+    diffs = part["lowest accuracy on the line"] - part["mean accuracy of its ends"]
+    verdicts.append(sl.claims.judge(
+        "lenet_stable_at_init", diffs.tolist(), setting=f"LeNet-300-100 on the MNIST "
+        f"subset, {label}", measured=f"barrier {100 * part['barrier'].mean():.2f} points "
+        f"(largest over seeds {100 * part['barrier'].max():.2f})."))  # fmt: skip
+display(Markdown(sl.claims.report(verdicts)))
+from_k = barriers[barriers["start"].str.contains("θk")].groupby("start")["barrier"].mean()
+display(Markdown("From θk the barriers are " + ", ".join(
+    f"{100 * v:.2f} points ({k})" for k, v in from_k.items()) + "."))  # fmt: skip
+
+# %% [markdown]
+# ## 3. ER against ERK on a CNN
+#
+# A random mask still needs a density per layer.  ER (Mocanu et al. 2018) gives a layer a
+# density proportional to `(n_in + n_out) / (n_in · n_out)`, counting a convolution's
+# channels only; ERK (Evci et al. 2020) counts the kernel's height and width as dimensions
+# too, `(n_in + n_out + k_h + k_w) / (n_in · n_out · k_h · k_w)`.  On an MLP the two are
+# the same rule.  On LeNet-5 at ERK_SPARSITY they differ (densities, and each layer's
+# number of weights):
+
+# %%
+t5 = recipes.task("lenet5", "mnist", seed=SEED)
+shapes = {n: tuple(sl.masks.weight(t5.build(), n).shape)
+          for n in sl.pruning.default_targets(t5.build())}  # fmt: skip
+densities = pd.DataFrame(
+    {
+        b: {n: 1 - v for n, v in sl.budgets.allocate(b, shapes, ERK_SPARSITY).items()}
+        for b in ["uniform", "er", "erk"]
+    }  # fmt: skip
+)
+densities["weights"] = [math.prod(shapes[n]) for n in densities.index]
+display(densities.round(3))
+
+# %% [markdown]
+# Each seed's LeNet-5 starts from its initialisation with a random mask of each budget
+# (the fan-in rescaled, `recipes.sparse_start`) and trains with the recipe, the mask fixed:
+# static sparse training, where only the layer densities differ between the two arms.
+
+# %%
+rows = []
+recipe5 = recipes.recipe_for("lenet5", "mnist")
+for seed in SEEDS:
+    t = recipes.task("lenet5", "mnist", seed=seed)
+    for budget in ["er", "erk"]:
+        scratch = sl.prune(t.build(), "random", ERK_SPARSITY, budget=budget, seed=seed)
+        found = {n: m.bool() for n, m in sl.masks.masks(scratch).items()}
+        model = recipes.sparse_start(t.build(), found)
+        fit_recipe(model, t, epochs=EPOCHS, recipe=recipe5)
+        run = recipes.evaluate_run(model, t, target_sparsity=ERK_SPARSITY)
+        rows.append({"seed": seed, "budget": budget, "test_accuracy": run["accuracy"],
+                     "flags": run["flags"]})  # fmt: skip
+budget_runs = pd.DataFrame(rows)
+sl.nb.show_flags(sl.flags.table(budget_runs, ["budget"]))
+display(sl.stats.summarize(budget_runs, "budget", "test_accuracy").round(4))
+erk_vs_er = sl.stats.paired(budget_runs, "budget", "erk", "er", metric="test_accuracy")
+display(Markdown(
+    f"ERK minus ER at {ERK_SPARSITY:.0%}, paired: {sl.stats.describe(erk_vs_er.iloc[0])}.  "
+    "The ERK paper compares ERK with the uniform budget, not with ER, so this is a "
+    "measurement without a published claim to judge."))  # fmt: skip
+
+# %% [markdown]
+# ## Summary
+
+# %%
+order = retraining.groupby("arm")["test_accuracy"].mean().sort_values(ascending=False)
+stable = barriers.groupby("start", sort=False)["barrier"].mean()
+display(Markdown("\n".join([
+    "- **Retraining after pruning** (LeNet-300-100, one-shot, the recipe's epochs for every "
+    "arm): averaged over the sparsities, " + " > ".join(
+        f"{a.replace('_', ' ')} {v:.1%}" for a, v in order.items()) + f" (dense "
+    f"{dense_acc.mean():.1%}); the verdicts above say where the paired intervals decide.",
+    "- **Linear mode connectivity**: mean error barriers " + ", ".join(
+        f"{100 * v:.2f} points ({k})" for k, v in stable.items()) + "; below 2 points "
+    "counts as stable (Frankle et al. 2020).",
+    f"- **ER against ERK** on LeNet-5 at {ERK_SPARSITY:.0%}: ER leaves the first "
+    f"convolution {densities.loc['conv1.weight', 'er']:.0%} dense and ERK "
+    f"{densities.loc['conv1.weight', 'erk']:.0%}; trained with random masks, ERK minus "
+    f"ER is {sl.stats.describe(erk_vs_er.iloc[0])}.",
+])))  # fmt: skip
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).
+#
+# **1.** What density does ERK give LeNet-5's first convolution at 98% sparsity?  Two
+# decimals.  Why does it get so much more than the 2% of the uniform budget?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_1(answer, solution=False):
+    density = 1 - sl.budgets.allocate("erk", shapes, 0.98)["conv1.weight"]
+    hint = "Call `sl.budgets.allocate('erk', shapes, 0.98)` and take one minus conv1's share."
+    sl.nb.check(1, answer, density, hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_1 = None  # a density, e.g. 0.25
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  ERK's density is proportional to the sum of a layer's dimensions over their
+# product: conv1 has one input channel and 150 weights, so its ratio is far above the
+# large layers', and it keeps a large share; the budget takes the zeros from fc1.
+solution_1 = round(1 - sl.budgets.allocate("erk", shapes, 0.98)["conv1.weight"], 2)
+print(f"ERK keeps {solution_1:.2f} of conv1 at 98%")
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** Which start of section 2 has the largest mean error barrier over the seeds?
+# Answer with its label, as in the table (for example `"dense, from θ0"`).
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_2(answer, solution=False):
+    mean = barriers.groupby("start")["barrier"].mean()
+    hint = "Average `barriers` by start and take the largest; labels are in `barriers.start`."
+    sl.nb.check(2, answer, lambda a: mean.get(a) == mean.max(), hint=hint, solution=solution)
+
+
+# %%
+answer_2 = None  # a label of `barriers["start"]`
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  The barrier is measured per seed and start; its mean over the seeds ranks
+# the starts (a tie at the top: any of them is right).
+solution_2 = barriers.groupby("start")["barrier"].mean().idxmax()
+print(f"largest mean barrier: {solution_2}")
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** Repeat section 3 with the uniform budget (`budget="uniform"`).  Where does it put
+# the density that ERK gives the first convolution, and what does that cost the random
+# masks in accuracy?  (No check: it trains three more networks.)

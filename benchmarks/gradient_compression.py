@@ -18,12 +18,12 @@ worse.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import pandas as pd
+import run_info
 import torch
 
 from sparsity_lab.ephemeral import ddp
@@ -129,10 +129,7 @@ def main() -> None:
         "target": "topk 99% with error feedback within 1 point of dense and >= 50x fewer bytes",
         "meets_target": meets,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    run_info.write(report, args.out)
 
 
 if __name__ == "__main__":

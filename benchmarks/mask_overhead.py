@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
+import run_info
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -171,22 +170,15 @@ def main() -> None:
         "rounds": args.rounds,
         "steps_per_round": args.steps,
         "threads": args.threads,
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
+        **run_info.machine(load_before),
         "results": results,
         "target": (
             "train step: sparsity_lab_fast <= 1.15 x dense at batch 64 and <= torch_prune; "
             "evaluation: sparsity_lab (or its squashed copy) <= 1.1 x dense"
         ),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
     print(f"load average before {load_before}, after {report['load_average_after']}")
-    print(f"wrote {out}")
+    run_info.write(report, args.out)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,11 @@ also has) and at most 3x the weights' bytes in extra memory.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 from pathlib import Path
 
+import run_info
 import torch
 from second_order import measure
 from torch import nn
@@ -124,18 +123,11 @@ def main() -> None:
         "sparsity": args.sparsity,
         "threads": args.threads,
         "repeats": args.repeats,
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
+        **run_info.machine(load_before),
         "results": rows,
         "target": "each budget <= 1.0x torch's time and <= 3x the weights in extra memory",
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    run_info.write(report, args.out)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ outputs of the two are checked to agree.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 from pathlib import Path
 
+import run_info
 import torch
 
 import sparsity_lab as sl
@@ -107,10 +107,7 @@ def main() -> None:
                 f"{r['semi_structured_ms']:.3f} ms, speed-up {r['speedup']:.2f}x "
                 f"(max relative error {r['max_relative_error']:.1e})"
             )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    run_info.write(report, args.out)
 
 
 if __name__ == "__main__":

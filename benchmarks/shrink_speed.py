@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import platform
 import warnings
 from pathlib import Path
 from typing import Any
 
+import run_info
 import torch
 from torch import nn
 
@@ -182,19 +181,12 @@ def main() -> None:
         "benchmark": "shrink_speed",
         "rounds": args.rounds,
         "threads": args.threads,
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
+        **run_info.machine(load_before),
         "results": rows,
         "target": f"exported shrunk over exported dense-shaped >= {TARGET} x the ideal (FLOPs) "
         "speed-up, at each batch, on lenet5 and resnet_small",
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    run_info.write(report, args.out)
 
 
 if __name__ == "__main__":

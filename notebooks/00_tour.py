@@ -25,6 +25,7 @@
 
 # %%
 import copy
+import warnings
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -613,14 +614,149 @@ display(
 # %% [markdown]
 # ## Exercises
 #
-# 1. Try the budgets `"uniform"` and `"erk"`: pass `budget=` to `recipes.prune_and_finetune`
-#    and to the magnitude `sl.prune` whose per-layer counts the random arm copies, both in
-#    `one_shot` (the sweep uses the default budget), and to the first `sl.prune` of the tour
-#    for the per-layer table. Which layers change most, and what happens to accuracy at 98%?
-# 2. Prune with `pattern="channel"` at 50%. How many of `fc1`'s 300 units are left, and how
-#    many FLOPs does `sl.report` count?
-# 3. Skip fine-tuning (`finetune_epochs=0`). At which sparsity does accuracy start to drop,
-#    and how far apart are magnitude and random then?
-# 4. Give the random baseline a uniform budget (`sl.prune(model, "random", s,
-#    budget="uniform")`) instead of `random_like`. How much of the gap to magnitude comes
-#    from the per-layer counts alone?
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).  The checks measure: they run the
+# experiment your answer is about.
+#
+# **1.** Prune the dense model to 98% with each budget, `"global"` (the default),
+# `"uniform"` and `"erk"` (`sl.prune(copy.deepcopy(model), "magnitude", 0.98,
+# budget=...)`), and compare their `sl.report` tables: which layers change most?  Which
+# budget gives the highest validation accuracy right after pruning, before any fine-tuning?
+# (For the accuracy after fine-tuning, pass `budget=` to both prunings in `one_shot`.)
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def pruned_accuracy(sparsity, method="magnitude", **options):
+    """Validation accuracy of the dense model pruned to ``sparsity``, not fine-tuned."""
+    m = sl.prune(copy.deepcopy(model), method, sparsity, **options)
+    return recipes.evaluate_run(m, task, split="val")["accuracy"]
+
+
+def check_1(answer, solution=False):
+    accuracy = {b: pruned_accuracy(0.98, budget=b) for b in ("global", "uniform", "erk")}
+    hint = "Prune a copy with each budget and evaluate it on the validation split (ties: any)."
+    sl.nb.check(1, answer, lambda a: accuracy.get(a) == max(accuracy.values()), hint=hint,
+                solution=solution)  # fmt: skip
+
+
+# %%
+answer_1 = None  # "global", "uniform" or "erk"
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  Uniform prunes every layer to 98%, fc3 too, which then keeps 20 of its 1,000
+# weights for ten classes; ERK keeps small layers denser, and the global threshold spares
+# the layers whose weights are large.  The density of each layer and the accuracy:
+densities, accuracies = {}, {}
+for budget in ("global", "uniform", "erk"):
+    m = sl.prune(copy.deepcopy(model), "magnitude", 0.98, budget=budget)
+    layer_rows = sl.report(m).set_index("name").drop("total")
+    densities[budget] = 1 - layer_rows["sparsity"]
+    accuracies[budget] = recipes.evaluate_run(m, task, split="val")["accuracy"]
+print(pd.DataFrame(densities).round(4).to_string())
+print("validation accuracy:", ", ".join(f"{b} {a:.2%}" for b, a in accuracies.items()))
+solution_1 = max(accuracies, key=accuracies.get)
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** Prune the dense model with `pattern="channel"` at 50% (the default global budget).
+# How many of `fc1`'s 300 units are left?  How many FLOPs does `sl.report` count, and what
+# happened to the other layers?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def channel_pruned():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an emptied layer warns; the solution shows it
+        return sl.prune(copy.deepcopy(model), "magnitude", 0.5, pattern="channel")
+
+
+def check_2(answer, solution=False):
+    m = channel_pruned()
+    units = int(sl.masks.get_mask(m, "fc1.weight").bool().any(dim=1).sum())
+    hint = "A unit is left when its row of fc1's mask keeps any weight."
+    sl.nb.check(2, answer, units, hint=hint, solution=solution)
+
+
+# %%
+answer_2 = None  # a number of units
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  A channel of fc1 is one unit, a row of 784 weights, so fc1's nonzeros in
+# `sl.report` are 784 times the units left.  The global budget ranks the rows of all layers
+# by their L1 norms, and a row of fc1 sums 784 weights where one of fc3 sums 100: the small
+# layers lose most of their units, and fc3's units are the ten classes (see the table).
+channel_table = sl.report(channel_pruned())
+solution_2 = int(channel_table.set_index("name").loc["fc1.weight", "nonzeros"]) // 784
+print(channel_table[["name", "nonzeros", "sparsity", "dense_flops", "sparse_flops"]].to_string())
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** Skip fine-tuning: at which sparsity of `SPARSITIES` does the validation accuracy of
+# the magnitude-pruned model (seed `SEED`, right after pruning) first fall more than one
+# point below the dense model's (`dense_val`)?  Answer `"none"` if it never does.  How far
+# apart are magnitude and random then?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_3(answer, solution=False):
+    dropped = [s for s in SPARSITIES if dense_val - pruned_accuracy(s) > 0.01 + 1e-9]
+    hint = "Prune a copy to each sparsity and evaluate it on the validation split, no fine-tuning."
+    sl.nb.check(3, answer, dropped[0] if dropped else "none", hint=hint, solution=solution)
+
+
+# %%
+answer_3 = None  # one of SPARSITIES, or "none"
+check_3(answer_3)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  The sweep measured every pruned model before its fine-tuning
+# (`pruned_val_accuracy`): read seed `SEED`'s, for both arms.  Exactly one point is not more.
+seed_runs = results[(results["seed"] == SEED) & (results["finetune_epochs"] == short)]
+before_tuning = seed_runs.pivot(index="sparsity", columns="method", values="pruned_val_accuracy")
+print(before_tuning.round(4).to_string(), f"\ndense: {dense_val:.4f}")
+accuracy_drop = dense_val - before_tuning["magnitude"]
+fallen = before_tuning.index[accuracy_drop > 0.01 + 1e-9]  # 1e-9: float noise is not a loss
+solution_3 = float(fallen.min()) if len(fallen) else "none"
+check_3(solution_3, solution=True)
+
+# %% [markdown]
+# **4.** Give the random baseline a uniform budget (`sl.prune(model, "random", s,
+# budget="uniform")`) instead of `random_like`, and fine-tune it as `one_shot` does, for
+# `min(FINETUNE_EPOCHS)` epochs, at `CLAIM_SPARSITY` on seed `SEED`.  By how many points of
+# test accuracy does it differ from the random mask with magnitude's per-layer counts
+# (uniform minus `random_like`)?  One decimal.  How much of the gap to magnitude comes from
+# the per-layer counts alone?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_4(answer, solution=False):
+    t, dense_model, _ = recipes.dense("lenet300", "mnist", SEED, epochs=EPOCHS)
+    uniform = recipes.prune_and_finetune(dense_model, t, "random", CLAIM_SPARSITY,
+                                         finetune_epochs=short, budget="uniform")  # fmt: skip
+    same_counts = one_shot("random", short, CLAIM_SPARSITY, SEED)
+    gap = 100 * (uniform["test_accuracy"] - same_counts["test_accuracy"])
+    hint = "Fine-tune both random masks the same way; give the difference in points."
+    sl.nb.check(4, answer, gap, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_4 = None  # points of accuracy, e.g. -3.2
+check_4(answer_4)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 4.  A uniform budget gives every layer the same sparsity, fc3 included, where
+# magnitude's counts, which `random_like` copies, follow the global threshold (the density
+# bars above).  The difference is what the counts alone are worth to a random mask; the rest
+# of the gap to magnitude is the choice of the weights.
+arm = results[(results["seed"] == SEED) & (results["finetune_epochs"] == short)]
+arm = arm[arm["sparsity"] == CLAIM_SPARSITY].set_index("method")["test_accuracy"]
+uniform_model = sl.prune(copy.deepcopy(model), "random", CLAIM_SPARSITY, budget="uniform",
+                         seed=SEED)  # fmt: skip
+uniform_run = recipes.finetune_and_measure(uniform_model, task, CLAIM_SPARSITY,
+                                           finetune_epochs=short)  # fmt: skip
+solution_4 = round(100 * (uniform_run["test_accuracy"] - arm["random"]), 1)
+print(f"test accuracy at {CLAIM_SPARSITY:.0%}: magnitude {arm['magnitude']:.2%}, random with its "
+      f"counts {arm['random']:.2%}, uniform random {uniform_run['test_accuracy']:.2%}")  # fmt: skip
+check_4(solution_4, solution=True)

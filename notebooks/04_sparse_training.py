@@ -746,9 +746,119 @@ sl.claims.table(all_verdicts)
 # %% [markdown]
 # ## Exercises
 #
-# 1. Set RigL's `drop_fraction` to 0 (a static mask) and to 0.5. How does accuracy move?
-# 2. Train SNFS (`registry.get("snfs", "training")`) in the equal-FLOPs comparison. Where
-#    does growth by momentum land between SET and RigL?
-# 3. Give AC/DC longer phases (`phase_epochs`). What happens to the dense member?
-# 4. Train CrAM with a single sparsity (`sparsities=[0.9]`) and draw the robustness curve
-#    again. Which sparsities does it protect?
+# Exercises 1 to 3 have a cell for your answer, which checks it when you run it, and a
+# worked solution below it, collapsed (click to show it).  The checks measure: they run the
+# experiment your answer is about.
+#
+# **1.** Train RigL as in the first section (ERK, seed `SEED`, `EPOCHS` epochs, masks
+# updated every `FREQUENCY` steps) with `drop_fraction=0.5`, then with 0.  With 0.5, what
+# share of its final first-layer connections are not in its initial mask?  Two decimals.
+# How does the test accuracy move between the two?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def moved(name, **options):
+    """Train ``name`` as in the first section: (share of fc1's final connections not in
+    its initial mask, the final fc1 mask, test accuracy)."""
+    method = registry.get(name, "training")(
+        SPARSITY, budget="erk", update_frequency=FREQUENCY, seed=SEED, **options
+    )
+    movie = MaskMovie([total_steps])
+    m, t, _, _ = fit(method, SEED, EPOCHS, callbacks=[movie])
+    first, last = movie.frames[0].bool(), movie.frames[total_steps].bool()
+    return float((last & ~first).sum() / first.sum()), last, evaluate(m, t)["accuracy"]
+
+
+def check_1(answer, solution=False):
+    share = moved("rigl", drop_fraction=0.5)[0]
+    hint = "Compare fc1's final mask with its mask at step 0, as `changed` does in section 1."
+    sl.nb.check(1, answer, share, hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_1 = None  # a fraction, e.g. 0.42
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  At every update RigL drops `drop_fraction` of each layer's kept weights (the
+# fraction decays to 0 at three quarters of training) and regrows as many where the dense
+# gradient is largest; with 0 nothing is dropped, so the mask stays the random one it
+# started from.  The accuracies are of one seed: their difference needs more seeds to mean
+# anything.
+by_fraction = {f: moved("rigl", drop_fraction=f) for f in (0.0, 0.5)}
+for f, (share, _, accuracy) in by_fraction.items():
+    print(f"drop_fraction={f}: {share:.1%} of fc1's mask moved, test accuracy {accuracy:.2%}")
+solution_1 = round(by_fraction[0.5][0], 2)
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** Train SNFS (`registry.get("snfs", "training")`), which grows where the momentum is
+# largest, as SET and RigL are trained in the first section.  What share of its final
+# first-layer connections read an always-blank pixel (`blank_share`)?  Three decimals.
+# Does it land between SET and RigL?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_2(answer, solution=False):
+    share = blank_share(moved("snfs")[1])
+    hint = 'Pass `budget="erk"` and `update_frequency=FREQUENCY`; `blank_share` the fc1 mask.'
+    sl.nb.check(2, answer, share, hint=hint, tolerance=0.0005, solution=solution)
+
+
+# %%
+answer_2 = None  # a fraction, e.g. 0.123
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  Momentum is a running mean of the dense gradient, so SNFS, like RigL, grows
+# where the loss is sensitive, and a weight on a blank pixel only duplicates its unit's
+# bias.  It also drops more per update (0.5 of the kept weights, RigL 0.3).
+snfs = registry.get("snfs", "training")(
+    SPARSITY, budget="erk", update_frequency=FREQUENCY, seed=SEED
+)
+snfs_model = fit(snfs, SEED, EPOCHS)[0]
+solution_2 = round(blank_share(sl.masks.get_mask(snfs_model, "fc1.weight")), 3)
+print(f"on blank pixels: SNFS {solution_2:.3f}, SET {end['set']:.3f}, RigL {end['rigl']:.3f}")
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** Give AC/DC phases twice as long as its default (`phase_epochs=2 *
+# acdc.epochs_of(acdc_epochs)[1]`) and train it on seed `SEED` as above.  Of the weights
+# its sparse member prunes, what share is below `NEAR_ZERO` in its dense member?  Two
+# decimals.
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def near_zero(phase_epochs):
+    """AC/DC on seed SEED: the share of the weights its sparse member prunes that are
+    below NEAR_ZERO in its dense member."""
+    method = registry.get("acdc", "training")(SPARSITY, phase_epochs=phase_epochs, seed=SEED)
+    sparse, dense = method.pair(fit(method, SEED, acdc_epochs)[0])
+    pruned = [dense.get_parameter(n).detach()[~k.bool()] for n, k in sl.masks.masks(sparse).items()]
+    return float((torch.cat(pruned).abs() < NEAR_ZERO).float().mean())
+
+
+def check_3(answer, solution=False):
+    share = near_zero(2 * acdc.epochs_of(acdc_epochs)[1])
+    hint = "Take `acdc.pair(model)` and look at the dense member where the sparse mask is 0."
+    sl.nb.check(3, answer, share, hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_3 = None  # a fraction
+check_3(answer_3)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  The dense member is the model at the end of the last decompressed phase; a
+# longer phase gives the weights that came back at zero more steps to grow, unless the
+# learning rate has annealed by then (compare with the default phases' share, same seed).
+longer = 2 * acdc.epochs_of(acdc_epochs)[1]
+solution_3 = round(near_zero(longer), 2)
+default = next(r["regrown_near_zero"] for r in acdc_members if r["seed"] == SEED)
+print(f"phases of {longer} epochs: {solution_3:.2f} near zero; default phases: {default:.2f}")
+check_3(solution_3, solution=True)
+
+# %% [markdown]
+# **4.** Train CrAM with a single sparsity (`sparsities=[0.9]`) and draw the robustness
+# curve again.  Which sparsities does it protect?  (This one trains the small ResNet for the
+# recipe's epochs, minutes on a CPU, so it has no check cell here.)

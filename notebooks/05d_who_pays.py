@@ -591,9 +591,97 @@ display(
 # %% [markdown]
 # ## Exercises
 #
-# 1. Build an imbalanced task: keep only 10% of the training examples of digits 0-4 of
-#    MNIST-1D.  Which labels lose most when pruned?
-# 2. Replace one-shot pruning with GMP in `bias.population`.  Are the PIEs fewer?
-# 3. Use the loss of the dense population on each example as a third predictor of PIEs.
-# 4. Train one sigmoid output per attribute (as the paper does) instead of reading the
-#    attributes off a digit classifier.  Does calibration then help the worst label?
+# Exercises 2 and 3 have a cell for your answer, which checks it when you run it, and a
+# worked solution below it, collapsed (click to show it).  The checks measure: they run the
+# experiment your answer is about.
+#
+# **1.** Build an imbalanced task: keep only 10% of the training examples of digits 0-4 of
+# MNIST-1D.  Which labels lose most when pruned?  (This one trains a new dense population,
+# minutes on a CPU, so it has no check cell here.)
+#
+# **2.** Replace one-shot pruning with GMP: train each dense model of the population
+# `FINETUNE_EPOCHS` epochs with Adam at `FINETUNE_LR` while GMP
+# (`sl.registry.get("gmp", "training")(top, frequency=10, seed=seed)`) prunes it to `top`,
+# and find its PIEs against the dense population as `bias.bias_table` does.  What share of
+# the test examples are PIEs on some label?  Two decimals.  Are they fewer than after
+# one-shot pruning?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def gmp_probs(sparsity):
+    """Test attribute probabilities ``(models, examples, labels)`` of the population pruned
+    to ``sparsity`` by GMP during its fine-tuning."""
+    probs = []
+    for seed in POPULATION:
+        t, model, _ = recipes.dense("cnn1d", "mnist1d", seed, epochs=EPOCHS)
+        gmp = sl.registry.get("gmp", "training")(sparsity, frequency=10, seed=seed)
+        train, val, _ = t.loaders()
+        gmp.fit(model, train, val, epochs=FINETUNE_EPOCHS, lr=FINETUNE_LR, optimizer="adam",
+                seed=seed, progress=False)  # fmt: skip
+        probs.append(bias.predict_attribute_probs(model, dense[0][0].bundle.test))
+    return np.stack(probs)
+
+
+def check_2(answer, solution=False):
+    pie = bias.pies(pop["dense"]["test"] >= 0.5, gmp_probs(top) >= 0.5).any(axis=1)
+    hint = "Threshold both populations' probabilities at 0.5; a PIE on any label counts."
+    sl.nb.check(2, answer, pie.mean(), hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_2 = None  # a fraction, e.g. 0.42
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  GMP removes the weights a few at a time while the model trains; one-shot
+# pruning removes them all before the fine-tuning, which gets the same epochs.  Which leaves
+# fewer PIEs is what the counts of both pruned populations, at `top`, say:
+gmp_preds = (gmp_probs(top) >= 0.5).astype(int)
+gmp_pies = bias.pies((pop["dense"]["test"] >= 0.5).astype(int), gmp_preds).any(axis=1)
+solution_2 = round(float(gmp_pies.mean()), 2)
+one_shot_pies = table.set_index("population").loc[top, "pie_share"]
+print(f"PIEs at {top:.0%}: GMP {solution_2:.2f}, one-shot then fine-tuned {one_shot_pies:.2f}")
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** Use the loss of the dense population on each example as a third predictor of PIEs:
+# the binary cross-entropy of the dense models' attribute probabilities against the targets,
+# averaged over the models and the labels.  What is its AUROC (`bias.predictive_auc`) for
+# the PIEs at `top`?  Two decimals.
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_3(answer, solution=False):
+    p = np.clip(pop["dense"]["test"], 1e-7, 1 - 1e-7)
+    loss = -(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean(axis=(0, 2))
+    pie = bias.pies(pop["dense"]["test"] >= 0.5, pop[top]["test"] >= 0.5).any(axis=1)
+    hint = "Average the per-label cross-entropy over models and labels; PIEs on any label."
+    auc = bias.predictive_auc(loss, pie)
+    sl.nb.check(3, answer, auc, hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_3 = None  # an AUROC, e.g. 0.63
+check_3(answer_3)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  The loss of an example is the negative log of the probability the dense
+# models give its true attributes: high where they are wrong or unsure, so it mixes the
+# uncertainty score with the errors themselves.
+dense_probs = pop["dense"]["test"]
+right = np.where(targets == 1, dense_probs, 1 - dense_probs)  # (models, examples, labels)
+dense_loss = -np.log(np.maximum(right, 1e-7)).mean(axis=(0, 2))
+dense_votes, top_votes = (dense_probs >= 0.5).astype(int), (pop[top]["test"] >= 0.5).astype(int)
+top_pies = bias.pies(dense_votes, top_votes).any(axis=1)
+solution_3 = round(bias.predictive_auc(dense_loss, top_pies), 2)
+others = table.set_index("population").loc[top]
+print(
+    f"AUROC at {top:.0%}: loss {solution_3:.2f}, uncertainty "
+    f"{others['auc_dense_uncertainty']:.2f}, disagreement {others['auc_dense_disagreement']:.2f}"
+)
+check_3(solution_3, solution=True)
+
+# %% [markdown]
+# **4.** Train one sigmoid output per attribute (as the paper does) instead of reading the
+# attributes off a digit classifier.  Does calibration then help the worst label?  (This
+# one trains a new population too, so it has no check cell here.)

@@ -913,16 +913,138 @@ display(
 #
 # ## Exercises
 #
-# 1. With 16-bit values and 16-bit indices, at what sparsity does CSR become smaller than
-#    dense?  Derive it from the closed form, then check with `formats.crossover`.
-# 2. Time the exported LeNet-300-100 at batch 1, 16 and 256.  How does the set of sparse
-#    layers chosen by `export` change, and why?
-# 3. Prune LeNet-300-100 with
-#    `sl.prune(model, "magnitude", s, pattern="block:4x4", exclude=["fc3.weight"],
-#    budget="uniform")` (4 x 4 blocks do not tile fc3's 10 outputs; a uniform budget prunes
-#    every layer to the same sparsity, as in section 4) and export it: do the BSR kernels
-#    win?  At which sparsity?
-# 4. Zero-padded delta coding (Han 2016) with b-bit runs: find the b that minimises the
-#    size of a 95%-sparse matrix (`formats.bits(t, "rle", index_bits=b)`).
-# 5. Place the `shrunk` products of section 3 on the roofline.  Why do they sit closer to
-#    it than the CSR products?
+# Exercises 1, 4 and 5 have a cell for your answer, which checks it when you run it, and a
+# worked solution below it, collapsed (click to show it).  The checks measure: they run the
+# experiment your answer is about.  Exercises 2 and 3 ask about timings, which move from run
+# to run, so they have no check cell.
+#
+# **1.** With 16-bit values and 16-bit indices, a 200 x 200 matrix (few enough entries for
+# 16-bit row pointers) is smaller in CSR than dense when it has few enough nonzeros.
+# Derive from the closed form the largest number of nonzeros for which it is, then check
+# it with `formats.bits`.  Answer with that number (its sparsity is the break-even).
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def csr_smaller(nonzeros, side=200):
+    """Whether a side x side matrix with ``nonzeros`` nonzeros is smaller in CSR than dense
+    (16-bit values and indices)."""
+    order = torch.randperm(side * side, generator=torch.Generator().manual_seed(SEED))
+    t = torch.zeros(side * side)
+    t[order[:nonzeros]] = 1.0
+    t = t.reshape(side, side)
+    csr = formats.bits(t, "csr", value_bits=16, index_bits=16)
+    return csr < formats.bits(t, "dense", value_bits=16)
+
+
+def check_1(answer, solution=False):
+    low, high = 0, 200 * 200  # CSR is smaller with `low` nonzeros, not with `high`
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if csr_smaller(middle) else (low, middle)
+    hint = "CSR: m (k + b) + (n_r + 1) b bits against n k; find the largest whole m."
+    sl.nb.check(1, answer, low, hint=hint, solution=solution)
+
+
+# %%
+answer_1 = None  # a number of nonzeros, e.g. 12345
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  CSR takes m (k + b) + (n_r + 1) b bits, dense n k; with k = b = 16 that is
+# 32 m + 16 * 201 < 16 * 40000, so m < (40000 - 201) / 2 = 19899.5.  The row pointers cost
+# little: the break-even is just above 50% sparsity, since every value drags a 16-bit index.
+bits16, n_rows, n_entries = 16, 200, 200 * 200
+solution_1 = (n_entries * bits16 - (n_rows + 1) * bits16 - 1) // (2 * bits16)  # largest m
+print(f"{solution_1} nonzeros, sparsity {1 - solution_1 / n_entries:.2%}; CSR smaller: "
+      f"{csr_smaller(solution_1)}, with one more: {csr_smaller(solution_1 + 1)}")  # fmt: skip
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** Time the exported LeNet-300-100 at batch 1, 16 and 256.  How does the set of sparse
+# layers chosen by `export` change, and why?
+#
+# **3.** Prune LeNet-300-100 with
+# `sl.prune(model, "magnitude", s, pattern="block:4x4", exclude=["fc3.weight"],
+# budget="uniform")` (4 x 4 blocks do not tile fc3's 10 outputs; a uniform budget prunes
+# every layer to the same sparsity, as in section 4) and export it: do the BSR kernels
+# win?  At which sparsity?
+#
+# **4.** Zero-padded delta coding (Han 2016) with b-bit runs: which b minimises the size of
+# a 95%-sparse `SIDE x SIDE` random matrix with 8-bit values (`formats.bits(t, "rle",
+# value_bits=8, index_bits=b)`, b from 1 to 16; the matrix is `random_matrix(0.95)`)?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def random_matrix(sparsity, side=SIDE):
+    """A seeded random ``side x side`` matrix with unstructured zeros at ``sparsity``."""
+    g = torch.Generator().manual_seed(SEED)
+    t = torch.randn(side, side, generator=g)
+    return t * Unstructured().mask(torch.rand(side, side, generator=g), sparsity)
+
+
+def check_4(answer, solution=False):
+    t = random_matrix(0.95)
+    size = {b: formats.bits(t, "rle", value_bits=8, index_bits=b) for b in range(1, 17)}
+    hint = "Compute the size for every b from 1 to 16 and take the smallest (ties: any)."
+    sl.nb.check(4, answer, lambda a: size.get(a) == min(size.values()), hint=hint,
+                solution=solution)  # fmt: skip
+
+
+# %%
+answer_4 = None  # a whole number of bits
+check_4(answer_4)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 4.  Each entry costs 8 + b bits, and a run of zeros longer than 2^b - 1 needs
+# filler entries.  At 95% the gaps between nonzeros average 20 positions: a small b pays for
+# many fillers, a large one for index bits that the usual gap does not need.
+matrix = random_matrix(0.95)
+sizes_4 = pd.Series({b: formats.bits(matrix, "rle", value_bits=8, index_bits=b)
+                     for b in range(1, 17)})  # fmt: skip
+solution_4 = int(sizes_4.idxmin())
+relative = sizes_4 / formats.bits(matrix, "dense", value_bits=8)
+print("size / dense:", ", ".join(f"b={b} {r:.3f}" for b, r in relative.loc[2:8].items()))
+check_4(solution_4, solution=True)
+
+# %% [markdown]
+# **5.** Place the `shrunk` products of section 3 on the roofline, at 90% sparsity and
+# batch 1: the shrunk weight keeps `round(0.1 * MATRIX)` whole rows of section 7's seeded
+# `MATRIX x MATRIX` weight, and its product reads that dense weight and the input and writes
+# its shorter output, `VALUE_BYTES` each.  What is its arithmetic intensity divided by that
+# of the CSR product at the same sparsity and batch (bytes counted as in section 7)?  Two
+# decimals.  Why does it sit closer to the roof?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_5(answer, solution=False):
+    g = torch.Generator().manual_seed(SEED)
+    w = torch.randn(MATRIX, MATRIX, generator=g)
+    w = w * Unstructured().mask(torch.rand(MATRIX, MATRIX, generator=g), 0.9)
+    shrunk = w[: round(0.1 * MATRIX)]
+    index = 8 * INDEX_BYTES[KERNEL_AT[1]]
+    csr_bytes = formats.bits(w, "csr", value_bits=32, index_bits=index) / 8 + 4 * 2 * MATRIX
+    csr = 2 * w.count_nonzero() / csr_bytes
+    dense_bytes = formats.bits(shrunk, "dense", value_bits=32) / 8 + 4 * sum(shrunk.shape)
+    ratio = float(2 * shrunk.numel() / dense_bytes / csr)
+    hint = "FLOPs per byte: 2 per kept weight; CSR adds an index per value and row pointers."
+    sl.nb.check(5, answer, ratio, hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_5 = None  # a ratio, e.g. 1.5
+check_5(answer_5)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 5.  The shrunk product reads only values it uses, where CSR reads an index with
+# every value (and the row pointers), so its intensity is about twice CSR's; it also runs on
+# the dense kernel's vector units, so it is both further right and closer to the roof.
+gen5 = torch.Generator().manual_seed(SEED)
+w5 = torch.randn(MATRIX, MATRIX, generator=gen5)
+w5 = w5 * Unstructured().mask(torch.rand(MATRIX, MATRIX, generator=gen5), 0.9)
+nnz, kept_rows, idx = int(w5.count_nonzero()), round(0.1 * MATRIX), INDEX_BYTES[KERNEL_AT[1]]
+csr_bytes = (VALUE_BYTES + idx) * nnz + idx * (MATRIX + 1) + VALUE_BYTES * 2 * MATRIX
+shrunk_bytes = VALUE_BYTES * (kept_rows * MATRIX + MATRIX + kept_rows)
+csr_intensity, shrunk_intensity = 2 * nnz / csr_bytes, 2 * kept_rows * MATRIX / shrunk_bytes
+solution_5 = round(shrunk_intensity / csr_intensity, 2)
+print(f"FLOP per byte: shrunk {shrunk_intensity:.3f}, csr {csr_intensity:.3f}: {solution_5}x")
+check_5(solution_5, solution=True)

@@ -578,11 +578,110 @@ display(Markdown("\n".join(f"- {line}" for line in lines)))
 # %% [markdown]
 # ## Exercises
 #
-# 1. Calibrate on fewer windows: set `CALIBRATION_WINDOWS = 16` and rerun.  Which method
-#    suffers, and why would magnitude not?
-# 2. Prune with `sl.prune(model, "sparsegpt", 0.5, ..., sequential=False)`, so that every
-#    layer is calibrated on the dense model's inputs.  Compare its perplexity with the
-#    sequential pipeline's at 60%.
-# 3. Make the outlier experiment remove an outlier instead: divide the LayerNorm gain of
-#    the largest feature by `c` and multiply its weights by `c`.  What happens to
-#    magnitude pruning now?
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).  The checks measure: they run the
+# experiment your answer is about.
+#
+# **1.** Calibrate on fewer windows: prune the seed-`SEED` dense model to 50% per layer with
+# Wanda and with SparseGPT, calibrated on the first 16 of its calibration windows.  Which
+# of the two suffers more, measured as its test perplexity divided by its perplexity with
+# all `CALIBRATION_WINDOWS` windows: `"wanda"` or `"sparsegpt"`?  Why would magnitude not?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def perplexity_with(method, windows=CALIBRATION_WINDOWS, sparsity=0.5, **options):
+    """Test perplexity of the seed-SEED dense model pruned to ``sparsity`` per layer by
+    ``method``, calibrated on the first ``windows`` of its calibration windows."""
+    t, model, _, calibration = dense_for(SEED)
+    first = torch.cat([x for x, _ in calibration])[:windows]
+    data = [(x, None) for x in first.split(64)]
+    sl.prune(model, method, sparsity, budget="uniform", data=data, targets=BLOCKS, **options)
+    return recipes.evaluate_run(model, t, names=BLOCKS)["perplexity"]
+
+
+def check_1(answer, solution=False):
+    rise = {m: perplexity_with(m, 16) / perplexity_with(m) for m in ("wanda", "sparsegpt")}
+    hint = "Divide each method's perplexity with 16 windows by its perplexity with all of them."
+    sl.nb.check(1, answer, lambda a: rise.get(a) == max(rise.values()), hint=hint,
+                solution=solution)  # fmt: skip
+
+
+# %%
+answer_1 = None  # "wanda" or "sparsegpt"
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  Wanda needs one norm per input feature; SparseGPT estimates each layer's
+# whole input covariance and fits the kept weights to it, which takes more samples to
+# estimate well.  Magnitude reads no data at all, so its masks do not depend on them.
+rise_1 = {}
+for method in ("wanda", "sparsegpt"):
+    few, every = perplexity_with(method, windows=16), perplexity_with(method)
+    rise_1[method] = few / every
+    print(f"{method}: perplexity {few:.3f} with 16 windows, {every:.3f} with all")
+solution_1 = max(rise_1, key=rise_1.get)
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** Prune the seed-`SEED` dense model to 60% per layer with SparseGPT calibrated on the
+# dense model's inputs (`sl.prune(..., sequential=False)`).  What is its test perplexity
+# divided by that of the sequential pipeline (the default)?  Two decimals.
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_2(answer, solution=False):
+    ratio = perplexity_with("sparsegpt", sparsity=0.6, sequential=False) / perplexity_with(
+        "sparsegpt", sparsity=0.6
+    )
+    hint = "Prune twice, with `sequential=False` and without, then divide the perplexities."
+    sl.nb.check(2, answer, ratio, hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_2 = None  # a ratio, e.g. 1.05
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  Sequentially, each layer is fitted to the inputs the already pruned layers
+# give it, so it can correct part of their error; on the dense model's inputs every layer
+# is fitted to inputs it will not see once the layers before it are pruned.
+one_pass = perplexity_with("sparsegpt", sparsity=0.6, sequential=False)
+in_sequence = perplexity_with("sparsegpt", sparsity=0.6)
+solution_2 = round(one_pass / in_sequence, 2)
+print(f"perplexity at 60%: dense inputs {one_pass:.3f}, sequential {in_sequence:.3f}")
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** Make the outlier experiment remove an outlier instead: divide the LayerNorm gain
+# and shift of the same feature by `c = 16` and multiply the weights that read it by 16
+# (`with_outlier(model, calibration, 1 / 16)`).  By what factor does magnitude's test
+# perplexity at 50% change, on seed `SEED`, against the unchanged model (`c = 1`)?  Two
+# decimals.
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_3(answer, solution=False):
+    perplexity = {}
+    for c in (1, 1 / 16):
+        t, model, _, calibration = dense_for(SEED)
+        changed = with_outlier(model, calibration, c)
+        sl.prune(changed, "magnitude", 0.5, budget="uniform", targets=BLOCKS)
+        perplexity[c] = recipes.evaluate_run(changed, t, names=BLOCKS)["perplexity"]
+    hint = "Prune both models by magnitude at 50% per layer and divide their perplexities."
+    sl.nb.check(3, answer, perplexity[1 / 16] / perplexity[1], hint=hint, tolerance=0.005,
+                solution=solution)  # fmt: skip
+
+
+# %%
+answer_3 = None  # a factor, e.g. 0.98
+check_3(answer_3)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  The weights that read the shrunk feature are now 16 times larger, so
+# magnitude keeps them all, whatever they contribute; the rest of each row competes for
+# what is left.  Wanda's scores, again, do not change.
+shrunk = outlier_run("magnitude", 1 / 16, SEED)["perplexity"]
+unchanged = outlier_run("magnitude", 1, SEED)["perplexity"]
+solution_3 = round(shrunk / unchanged, 2)
+print(f"magnitude at 50%: perplexity {shrunk:.3f} with the feature shrunk, {unchanged:.3f} without")
+check_3(solution_3, solution=True)

@@ -592,6 +592,8 @@ display(Markdown(sl.claims.report(init_verdicts)))
 # the rewound weights.  As in the paper, none of the three is rescaled to its sparse
 # fan-in.  A ticket that beats both says that the mask and its initial weights belong
 # together.  `IMP` reports validation accuracy after each round; no choice is made on it.
+# Retraining after pruning by fine-tuning, weight rewinding or learning-rate rewinding is
+# compared in [05f](05f_rewinding_and_connectivity.ipynb).
 
 # %%
 imp_training = {**TRAINING, "epochs": IMP_EPOCHS}

@@ -320,7 +320,9 @@ display(
 # with fresh random weights (re-initialised), and a random mask with the same number of
 # weights in every layer on θ0 (`recipes.random_like`).  The θ0 ticket and both baselines
 # start through `recipes.sparse_start` (kept weights rescaled to their sparse fan-in), so
-# that none of them fails only because its signal fades at initialisation.
+# that none of them fails only because its signal fades at initialisation.  Rewinding only
+# the learning rate, and whether two trainings from θ0 or θk end in one basin (linear mode
+# connectivity), are measured in [05f](05f_rewinding_and_connectivity.ipynb).
 
 # %%
 ticket_tables, settings = [], {}

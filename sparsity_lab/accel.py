@@ -506,8 +506,8 @@ def export(
     lists the norms), and with ``dispatch="measure"`` each dense convolution and 2x2
     max-pool gets the faster of its two exact kernels on its real input
     (:mod:`sparsity_lab.inference`; ``dense_kernels`` holds the choices and timings).
-    ``kernels=()`` measures only those: a dense model's best export, the fair reference
-    for a shrunk one.
+    ``kernels=()`` measures only those, and never fuses a sparse chain: a dense model's best
+    export, the fair reference for a shrunk one.
     """
     modes = ("measure", "predict", "dense", *KERNELS)
     if dispatch not in modes:
@@ -542,7 +542,7 @@ def export(
             _route(work, x, dispatch, tuple(kernels), margin, min_sparsity, repeats, budget_s)
             if dispatch == "measure":
                 work = _guard_whole(work, model, x, use_shrink, repeats, budget_s)
-                if x.shape[0] == 1:
+                if x.shape[0] == 1 and tuple(kernels):  # the chain is a sparse kernel
                     work = _fuse_chain(work, model, x, use_shrink, repeats, budget_s)
         _check_outputs(work, x, reference, tolerance, device)
     return work
@@ -651,6 +651,8 @@ def _fuse_chain(work, model, x, use_shrink, repeats, budget_s) -> nn.Module:
         return work
     # The per-layer plan stays: it is how every other batch runs (``candidate.fallback``).
     candidate.export_plan = work.export_plan
+    candidate.dense_kernels = work.dense_kernels
+    candidate.folded_batchnorm = work.folded_batchnorm
     candidate.chain_speedup = times["per_layer"] / times["chain"]
     return candidate
 

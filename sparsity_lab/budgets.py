@@ -357,11 +357,18 @@ def lamp_scores(values: torch.Tensor) -> torch.Tensor:
     count as zero in the sums and stay ``-inf``.
 
     The sums run in float64 (a float32 running sum over millions of squares loses the
-    small ones); the scores come back in ``values``' floating dtype, float32 for float32
-    weights as in the paper's code, so that a large model's scores take the weights' memory
-    and not twice it.  Rounding never reorders scores, but can make two of them equal.
+    small ones); the scores come back in float32 for float32 (or 16-bit) weights, as in the
+    paper's code, so that a large model's scores take the weights' memory and not twice
+    it, and in float64 for float64 or integer values.  Rounding never reorders scores, but
+    two neighbours can become equal (then the lower index counts as smaller, as for ties):
+    only where a score falls below float32's smallest normal number, about 1e-38, which
+    takes weights some 19 orders of magnitude below their layer's largest.
     """
-    dtype = values.dtype if torch.is_floating_point(values) else torch.float64
+    dtype = (
+        torch.promote_types(values.dtype, torch.float32)
+        if torch.is_floating_point(values)
+        else torch.float64
+    )
     flat = values.detach().flatten()
     dead = torch.isneginf(flat)
     squares = flat.to(torch.float64, copy=True).masked_fill_(dead, 0.0).square_()

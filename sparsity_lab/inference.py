@@ -18,6 +18,7 @@ measured between them is the shrinking's.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -43,10 +44,14 @@ def fold_batchnorm(model: nn.Module) -> list[str]:
     """
     if model.training:
         raise ValueError("fold_batchnorm folds running statistics: call model.eval() first")
+    # (a submodule left in training mode keeps its norm: see the loop)
     try:
         graph = fx.symbolic_trace(model).graph
     except Exception:  # untraceable models keep their norms
         return []
+    # a module called more than once is shared by its calls: folding into it would change
+    # the calls that are not followed by this norm (or fold one norm twice)
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     folded = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(model.get_submodule(node.target), _NORMS):
@@ -57,11 +62,12 @@ def fold_batchnorm(model: nn.Module) -> list[str]:
             and source.op == "call_module"
             and type(model.get_submodule(source.target)) in _PLAIN_CONVS
             and len(source.users) == 1
+            and calls[source.target] == calls[node.target] == 1
         ):
             continue
         conv, norm = model.get_submodule(source.target), model.get_submodule(node.target)
-        if norm.running_mean is None:  # no running statistics: batch statistics even in eval
-            continue
+        if norm.running_mean is None or norm.training or conv.training:
+            continue  # batch statistics (no running ones, or a norm left training) stay
         _set_module(model, source.target, fuse_conv_bn_eval(conv, norm))
         _set_module(model, node.target, nn.Identity())
         folded.append(node.target)
@@ -73,9 +79,16 @@ class Im2colConv2d(nn.Conv2d):
     the same result up to rounding, without oneDNN's fixed cost per call."""
 
     def _conv_forward(self, input, weight, bias):  # torch's names
-        return torch.ops.aten._slow_conv2d_forward(
-            input, weight, self.kernel_size, bias, self.stride, self.padding
+        unbatched = input.dim() == 3  # (C, H, W), which nn.Conv2d accepts too
+        out = torch.ops.aten._slow_conv2d_forward(
+            input.unsqueeze(0) if unbatched else input,
+            weight,
+            self.kernel_size,
+            bias,
+            self.stride,
+            self.padding,
         )
+        return out.squeeze(0) if unbatched else out
 
 
 class StridedMaxPool2d(nn.MaxPool2d):
@@ -187,7 +200,14 @@ def apply_kernels(model: nn.Module, chosen: dict[str, dict[str, Any]]) -> None:
     for name, choice in chosen.items():
         if choice["kernel"] != "default":
             module = model.get_submodule(name)
-            _set_module(model, name, ALTERNATIVES[choice["kernel"]][1](module))
+            fits, twin = ALTERNATIVES[choice["kernel"]]
+            if not fits(module):
+                raise ValueError(
+                    f"{name!r} is a {type(module).__name__}, which cannot take the "
+                    f"{choice['kernel']!r} kernel chosen for another model's layer; apply "
+                    "the choices of a model with the same layers"
+                )
+            _set_module(model, name, twin(module))
 
 
 def layer_inputs(model: nn.Module, example: torch.Tensor, names: list[str]) -> dict[str, Any]:

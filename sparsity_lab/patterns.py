@@ -20,6 +20,7 @@ group with the lower index is pruned first.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -118,6 +119,7 @@ def lowest_counts(parts: Sequence[torch.Tensor], n_prune: int) -> list[int]:
     concatenated: a global budget over a large model selects in a few boolean passes over
     each part instead of copying every score.
     """
+    parts = _common_dtype(parts)
     for part in parts:
         _refuse_nan(part)
     sizes = [p.numel() for p in parts]
@@ -132,6 +134,16 @@ def lowest_counts(parts: Sequence[torch.Tensor], n_prune: int) -> list[int]:
         counts[i] += ties
         ties_left -= ties
     return counts
+
+
+def _common_dtype(parts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``parts`` in one dtype, the promotion of theirs: a float32 score compared with a
+    float64 threshold is compared in float32 (torch's rule for a 0-d tensor), which can
+    round the threshold and misplace it.  Parts already in that dtype are not copied."""
+    if not parts:
+        return []
+    dtype = functools.reduce(torch.promote_types, (p.dtype for p in parts))
+    return [p.to(dtype) for p in parts]
 
 
 def _refuse_nan(scores: torch.Tensor) -> None:
@@ -173,7 +185,7 @@ def kth_smallest_bracketed(
     and the bracket (a bool tensor's ``count_nonzero``, not its ``sum``, which widens every
     entry to int64).
     """
-    parts = [parts] if isinstance(parts, torch.Tensor) else list(parts)
+    parts = _common_dtype([parts] if isinstance(parts, torch.Tensor) else list(parts))
     n = sum(p.numel() for p in parts)
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")

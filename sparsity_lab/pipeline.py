@@ -25,13 +25,14 @@ import contextlib
 import hashlib
 import importlib.metadata
 import json
+import multiprocessing
 import os
 import re
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,15 +238,13 @@ def _kernel_manager_class() -> type:
 
 
 def execute_notebook(
-    source: Path, *, smoke: bool, cwd: Path | None = None, environment: bool = True
+    source: Path, *, smoke: bool, cwd: Path | None = None, threads: int | None = None
 ):
     """Run one ``py:percent`` notebook with ``SMOKE`` injected; return the executed notebook.
 
-    The kernel runs this interpreter, in ``cwd`` (default: the notebook's folder). Raises the
-    execution error (``papermill.PapermillExecutionError`` for a failing cell).
-    ``environment=False``: the caller has entered :func:`_kernel_environment` already (for
-    several notebooks run side by side, which must not each change the process's
-    environment).
+    The kernel runs this interpreter, in ``cwd`` (default: the notebook's folder), with
+    ``threads`` as its ``OMP_NUM_THREADS`` unless the user set one. Raises the execution
+    error (``papermill.PapermillExecutionError`` for a failing cell).
     """
     # Imported here so that `check` and the cache helpers work without the notebook tools.
     import jupytext
@@ -258,7 +257,7 @@ def execute_notebook(
         "language": "python",
     }
     notebook.metadata.pop("jupytext", None)  # the executed copy is not paired with anything
-    with _kernel_environment() if environment else contextlib.nullcontext():
+    with _kernel_environment(threads):
         executed = papermill.execute_notebook(
             notebook,
             None,  # no file: the caller writes the result, atomically
@@ -347,12 +346,15 @@ def execute(
 
     A failing notebook does not stop the others; its result says ``failed`` and any older
     executed copy of it is removed from ``out``, so the book never shows stale numbers.
-    With ``budget_s``, a notebook whose execution took longer gets a warning: a shared
-    machine's timings are too noisy to fail a build on, but the excess must be seen.
-    ``workers`` notebooks run side by side, each kernel on its share of the cores.
-    Wall times are merged into ``out/timings.json``; results come in the notebooks' order.
+    Each notebook is cached and written as soon as it has run, so an interrupted build
+    keeps what it finished.  With ``budget_s``, a notebook whose execution took longer gets
+    a warning: a shared machine's timings are too noisy to fail a build on, but the excess
+    must be seen.  ``workers`` notebooks run side by side, each in a process of its own
+    (papermill changes the working directory of the whole process) with its share of the
+    cores.  Wall times are merged into ``out/timings.json``; results come in the notebooks'
+    order.
     """
-    notebooks, out, cache = Path(notebooks), Path(out), Path(cache)
+    notebooks, out, cache = Path(notebooks).resolve(), Path(out).resolve(), Path(cache).resolve()
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     mode = "smoke" if smoke else "full"
@@ -363,24 +365,26 @@ def execute(
     }
     entry = {source: cache / f"{source.stem}-{mode}-{key}.ipynb" for source, key in keys.items()}
     to_run = [source for source in keys if not entry[source].exists()]
-    runs: dict[Path, tuple[Any, float]] = {}
+
+    def settle(source: Path, run: tuple[Any, float] | None) -> Result:
+        return _settle(source, keys[source], entry[source], run, out, cache, mode, log)
+
+    results = {source: settle(source, None) for source in keys if source not in to_run}
     if workers == 1 or len(to_run) <= 1:
         for source in to_run:
-            runs[source] = _timed_execution(source, smoke, notebooks, environment=True)
+            results[source] = settle(source, _timed_execution(source, smoke, notebooks))
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
-        with _kernel_environment(threads), ThreadPoolExecutor(workers) as pool:
+        spawn = multiprocessing.get_context("spawn")  # a fresh interpreter, no inherited locks
+        with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
             futures = {
-                source: pool.submit(_timed_execution, source, smoke, notebooks, environment=False)
+                pool.submit(_timed_execution, source, smoke, notebooks, threads): source
                 for source in to_run
             }
-            runs = {source: future.result() for source, future in futures.items()}
-
-    results = [
-        _settle(source, keys[source], entry[source], runs.get(source), out, cache, mode, log)
-        for source in keys
-    ]
-    for result in results:
+            for future in as_completed(futures):
+                results[futures[future]] = settle(futures[future], future.result())
+    ordered = [results[source] for source in keys]
+    for result in ordered:
         if budget_s is not None and result.seconds is not None and result.seconds > budget_s:
             result.warning = (
                 f"took {result.seconds:.1f} s in {mode} mode, over the budget of {budget_s:g} s; "
@@ -391,21 +395,29 @@ def execute(
                 "size its experiments to what they show"
             )
             log(f"{result.name}: WARNING {result.warning}")
-    _record_timings(out / TIMINGS_FILE, results, mode)
-    return results
+    _record_timings(out / TIMINGS_FILE, ordered, mode)
+    return ordered
 
 
 def _timed_execution(
-    source: Path, smoke: bool, cwd: Path, *, environment: bool
+    source: Path, smoke: bool, cwd: Path, threads: int | None = None
 ) -> tuple[Any, float]:
-    """``(executed notebook or the exception it raised, wall seconds)``: one notebook's run,
-    whose failure must not stop the others."""
+    """``(executed notebook, or a description of what failed, wall seconds)``: one
+    notebook's run, whose failure must not stop the others (a description, not the
+    exception, because a run in another process sends back only what pickles)."""
     start = time.perf_counter()
     try:
-        executed = execute_notebook(source, smoke=smoke, cwd=cwd, environment=environment)
+        executed = execute_notebook(source, smoke=smoke, cwd=cwd, threads=threads)
     except Exception as error:  # any failure of one notebook must not stop the rest
-        return error, time.perf_counter() - start
+        return _Failure(_describe(error)), time.perf_counter() - start
     return executed, round(time.perf_counter() - start, 2)
+
+
+@dataclass
+class _Failure:
+    """What a failed notebook run sends back: the error, described."""
+
+    description: str
 
 
 def _settle(
@@ -429,10 +441,10 @@ def _settle(
         log(f"{name}: cached ({mode})")
     else:
         executed, seconds = run
-        if isinstance(executed, Exception):
+        if isinstance(executed, _Failure):
             target.unlink(missing_ok=True)
             log(f"{name}: FAILED ({mode}) after {seconds:.1f} s")
-            return Result(name, "failed", error=_describe(executed))
+            return Result(name, "failed", error=executed.description)
         executed.metadata["sparsity_lab"] = {"mode": mode, "wall_s": seconds, "key": key}
         data = nbformat.writes(executed).encode() + b"\n"
         _atomic_write(entry, data)
@@ -455,7 +467,10 @@ def time_report(
     budgets for the whole and for each notebook."""
     timed = [r for r in results if r.seconds is not None]
     total = sum(r.seconds for r in timed)
-    lines = [f"notebook time: {total / 60:.1f} min over {len(timed)} notebook(s), one at a time"]
+    lines = [
+        f"notebook time: {total / 60:.1f} min summed over {len(timed)} notebook(s), each as "
+        "recorded when it ran (cached ones included)"
+    ]
     if total_budget_s is not None:
         verdict = "met" if total <= total_budget_s else "MISSED"
         lines.append(f"  budget for all: {total_budget_s / 60:g} min -> {verdict}")

@@ -38,8 +38,9 @@ def test_lamp_scores_match_a_hand_computed_example():
     expected = torch.tensor([9 / 25, 1 / 30, 16 / 16, 4 / 29], dtype=torch.float64)
     assert torch.allclose(budgets.lamp_scores(w.double()), expected, rtol=1e-15, atol=0)
     assert torch.equal(w, torch.tensor([3.0, -1.0, 4.0, 2.0]))  # left as it was
-    # float32 weights get float32 scores: the float64 ones, rounded
+    # float32 weights get float32 scores: the float64 ones, rounded; 16-bit ones too
     assert torch.equal(budgets.lamp_scores(w), expected.float())
+    assert torch.equal(budgets.lamp_scores(w.half()), expected.float())
     model = nn.Linear(4, 1, bias=False)
     with torch.no_grad():
         model.weight.copy_(w.reshape(1, 4))

@@ -151,3 +151,55 @@ def test_export_folds_batchnorm_in_the_shrunk_and_the_dense_shaped_copy_alike():
         assert set(exported.dense_kernels) >= {"stem.0", "stages.0.0.conv1"}
         with torch.no_grad():
             torch.testing.assert_close(exported(x), expected, rtol=1e-4, atol=1e-4)
+
+
+class SharedModules(nn.Module):
+    """One norm after two convolutions, and one convolution called twice: a fold into a
+    shared module would change the calls it does not belong to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+        self.norm, self.other = nn.BatchNorm2d(2), nn.BatchNorm2d(2)
+        self.twice = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        y = self.norm(self.a(x)) + self.norm(self.b(x))
+        return self.other(self.twice(y)) + self.twice(y)
+
+
+def test_shared_modules_and_norms_left_training_are_not_folded():
+    model = SharedModules().eval()
+    for m in (model.norm, model.other):
+        m.running_mean.uniform_(-1, 1)
+    x = torch.randn(2, 2, 6, 6)
+    with torch.no_grad():
+        expected = model(x)
+    assert inference.fold_batchnorm(model) == []
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+    training_norm = nn.Sequential(nn.Conv2d(2, 2, 3), nn.BatchNorm2d(2)).eval()
+    training_norm[1].train()
+    assert inference.fold_batchnorm(training_norm) == []
+
+
+def test_the_im2col_convolution_takes_an_unbatched_image_and_choices_must_fit():
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    twin = inference.ALTERNATIVES["im2col"][1](conv)
+    image = torch.randn(3, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(image), conv(image))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, groups=1, dilation=2))
+    with pytest.raises(ValueError, match="cannot take"):
+        inference.apply_kernels(model, {"0": {"kernel": "im2col"}})
+
+
+def test_a_dense_kernels_export_never_fuses_a_sparse_chain():
+    """``kernels=()`` is the dense reference: the compiled CSR chain is a sparse kernel."""
+    torch.manual_seed(0)
+    model = sl.models.build("lenet300", input_shape=(784,), n_classes=10).eval()
+    sl.prune(model, "magnitude", 0.95)
+    x = torch.randn(1, 784)
+    exported = accel.export(model, x, kernels=(), repeats=2)
+    assert not isinstance(exported, sl.fused.FusedSparseChain)
+    assert all(c.kernel == "dense" for c in exported.export_plan)

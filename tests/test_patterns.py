@@ -277,6 +277,11 @@ def test_lowest_counts_split_what_a_stable_sort_of_the_concatenation_prunes(brac
             assert patterns_mod.lowest_counts(parts, k) == expected, (parts, k)
     with pytest.raises(ValueError, match="NaN"):
         patterns_mod.lowest_counts([torch.ones(2), torch.tensor([math.nan])], 1)
+    # 0.1 in float32 is 0.10000000149: above 0.1 in float64, whichever part comes first
+    tenth = [torch.tensor([0.1, 5.0]), torch.tensor([0.1, 5.0], dtype=torch.float64)]
+    assert patterns_mod.lowest_counts(tenth, 1) == [0, 1]
+    assert patterns_mod.lowest_counts(tenth[::-1], 1) == [1, 0]
+    assert patterns_mod.lowest_counts([], 3) == []
 
 
 def test_the_bracketed_kth_smallest_equals_kthvalue():

@@ -77,6 +77,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import logging
 import math
@@ -262,7 +263,16 @@ def import_methods(specs: Sequence[str]) -> None:
 #: Training methods the harness runs besides the registered ones: a fixed random mask is
 #: the baseline every dynamic method must beat, and is deliberately not in the registry.
 _UNREGISTERED_TRAINING = {"static": "sparsity_lab.methods.dynamic:StaticSparse"}
-_ENTRY_KEYS = ("method", "label", "options", "kind", "epochs_factor", "shuffle", "prune_with")
+_ENTRY_KEYS = (
+    "method",
+    "label",
+    "options",
+    "kind",
+    "epochs_factor",
+    "shuffle",
+    "prune_with",
+    "select",
+)
 
 
 def _kind_of(name: str) -> str | None:
@@ -332,7 +342,7 @@ def _method_entry(entry: str | Mapping[str, Any]) -> dict[str, Any]:
             f"method {name!r}: prune_with: magnitude prunes a train run's model once at the "
             f"end (for methods that end dense, such as cram); got {prune_with!r} on kind {kind!r}"
         )
-    return {
+    out = {
         "label": str(entry.get("label", name)),
         "method": name,
         "kind": kind,
@@ -341,6 +351,33 @@ def _method_entry(entry: str | Mapping[str, Any]) -> dict[str, Any]:
         "shuffle": shuffle,
         "prune_with": prune_with,
     }
+    if entry.get("select") is not None:  # absent otherwise: the other runs' caches stay valid
+        out["select"] = _selection(name, kind, entry["select"], out["options"])
+    return out
+
+
+def _selection(
+    name: str, kind: str, select: Any, options: Mapping[str, Any]
+) -> dict[str, list[Any]]:
+    """A method entry's ``select``: options whose value each run chooses on validation."""
+    if kind != "regularize":
+        raise ValueError(
+            f"method {name!r}: select chooses a regularizer's options on validation; it is "
+            f"for kind 'regularize', not {kind!r}"
+        )
+    if not isinstance(select, Mapping) or not select:
+        raise ValueError(
+            f"method {name!r}: select maps option names to the values to try, e.g. "
+            "select: {strength: [1.0e-4, 1.0e-3]}"
+        )
+    for option, values in select.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"method {name!r}: select.{option} must be a non-empty list")
+        if option in options:
+            raise ValueError(
+                f"method {name!r}: {option!r} is both fixed in options and selected; keep one"
+            )
+    return {str(k): list(v) for k, v in select.items()}
 
 
 def cells(config: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -605,45 +642,69 @@ def _method_extras(method: Any, run: _Run) -> dict[str, Any]:
 
 
 def _regularize(run: _Run, dense_model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
-    """Kind ``regularize``: train with the penalty, project to the target, fine-tune."""
+    """Kind ``regularize``: train with the penalty, project to the target, fine-tune.
+
+    With the entry's ``select``, every combination of the listed option values is run and
+    the one with the best validation accuracy is kept (ties: the first listed); the test
+    split plays no part in the choice, and the training FLOPs count every candidate.
+    """
     from .regularizers import compare
 
     options = run.options
+    pattern = options.pop("pattern", "unstructured")
+    targets = options.pop("targets", None)
     training = run.training()
-    model = run.task.build()
-    dense_flops = recipes.training_flops(model, len(run.task.bundle.train), training["epochs"])
-    out = compare.run(
-        run.task,
-        run.arm["method"],
-        run.arm["sparsity"],
-        model=model,
-        pattern=options.pop("pattern", "unstructured"),
-        targets=options.pop("targets", None),
-        epochs=training["epochs"],
-        # the recipe's optimizer, learning rate, momentum, weight decay and batch, with no
-        # schedule (the regularizers' own protocol: a schedule would fight their tuners)
-        optimizer=training["optimizer"],
-        lr=training["lr"],
-        fit_options={k: training[k] for k in ("momentum", "weight_decay")},
-        batch_size=run.recipe.batch_size,
-        # then the same fine-tuning as every other run of the benchmark
-        finetune_epochs=run.setting["finetune_epochs"],
-        finetune_lr=run.setting["finetune_lr"],
-        finetune_optimizer="sgd",
-        **options,
+    select = run.arm.get("select") or {}
+    candidates = [
+        dict(zip(select, values, strict=True)) for values in itertools.product(*select.values())
+    ] or [{}]
+    dense_flops = recipes.training_flops(
+        run.task.build(), len(run.task.bundle.train), training["epochs"]
     )
+    best, tried, flops = None, [], 0.0
+    for candidate in candidates:
+        model = run.task.build()
+        out = compare.run(
+            run.task,
+            run.arm["method"],
+            run.arm["sparsity"],
+            model=model,
+            pattern=pattern,
+            targets=targets,
+            epochs=training["epochs"],
+            # the recipe's optimizer, learning rate, momentum, weight decay and batch, with
+            # no schedule (the regularizers' own protocol: a schedule would fight their
+            # tuners)
+            optimizer=training["optimizer"],
+            lr=training["lr"],
+            fit_options={k: training[k] for k in ("momentum", "weight_decay")},
+            batch_size=run.recipe.batch_size,
+            # then the same fine-tuning as every other run of the benchmark
+            finetune_epochs=run.setting["finetune_epochs"],
+            finetune_lr=run.setting["finetune_lr"],
+            finetune_optimizer="sgd",
+            **options,
+            **candidate,
+        )
+        # the penalty trains the dense weights: every step costs a dense one
+        flops += dense_flops + out["finetune_flops"]
+        tried.append({**candidate, "val_accuracy": out["val_accuracy"]})
+        if best is None or out["val_accuracy"] > best[2]["val_accuracy"]:
+            best = (model, candidate, out)
+    model, chosen, out = best
     extras = {
         "reached": out["reached"],
         "strength": out["strength"],
         "extra_parameters": out["extra_parameters"],
         "seconds_per_epoch": out["seconds_per_epoch"],
     }
+    if select:
+        extras |= {"selected": chosen, "candidates": tried}
     return model, {
         **out,
-        # the penalty trains the dense weights: every step costs a dense one
-        "training_flops": dense_flops + out["finetune_flops"],
+        "training_flops": flops,
         "pruned_flags": "",
-        "epochs": training["epochs"],
+        "epochs": training["epochs"] * len(candidates),
         "extras": extras,
     }
 

@@ -328,6 +328,49 @@ def test_regularize_runs_train_with_the_recipe_and_fine_tune_like_the_others(mon
     assert seen["targets"] == ["fc1.weight"]
 
 
+def test_select_keeps_the_candidate_best_on_validation_and_counts_every_candidate(
+    monkeypatch,
+):
+    """A stand-in compare.run whose validation accuracy peaks at strength 1e-3 and whose
+    test accuracy would pick another: the choice follows validation, the table reports the
+    chosen run, and the FLOPs and epochs count the three trainings."""
+    from sparsity_lab.regularizers import compare
+
+    val = {1e-4: 0.80, 1e-3: 0.90, 1e-2: 0.90}
+    test = {1e-4: 0.99, 1e-3: 0.85, 1e-2: 0.95}
+    calls = []
+
+    def stand_in(task, method, sparsity, *, model, strength, **options):
+        calls.append(strength)
+        return {"val_accuracy": val[strength], "test_accuracy": test[strength],
+                "finetune_flops": 10.0, "reached": sparsity, "strength": strength,
+                "extra_parameters": 0, "seconds_per_epoch": 0.1}  # fmt: skip
+
+    monkeypatch.setattr(compare, "run", stand_in)
+    setting = bench.setting_of(bench.load_config(tiny_config()))
+    entry = {"method": "l1", "select": {"strength": [1e-4, 1e-3, 1e-2]}}
+    arm = {**bench._method_entry(entry), "sparsity": 0.8}
+    t = recipes.task("lenet300", "digits")
+    run = bench._Run(setting, arm, 0, t, recipes.Recipe(epochs=2), 0.8)
+    _, result = bench._STAGES["regularize"](run, None)
+    assert calls == [1e-4, 1e-3, 1e-2]
+    assert result["test_accuracy"] == 0.85  # the first of the tied best on validation
+    assert result["extras"]["selected"] == {"strength": 1e-3}
+    assert [c["val_accuracy"] for c in result["extras"]["candidates"]] == [0.8, 0.9, 0.9]
+    one = recipes.training_flops(t.build(), len(t.bundle.train), 2)
+    assert result["training_flops"] == pytest.approx(3 * (one + 10.0))
+    assert result["epochs"] == 6
+    with pytest.raises(ValueError, match="kind 'regularize'"):
+        bench._method_entry({"method": "snip", "select": {"strength": [1.0]}})
+    with pytest.raises(ValueError, match="both fixed"):
+        bench._method_entry(
+            {"method": "l1", "options": {"strength": 1.0}, "select": {"strength": [2.0]}}
+        )
+    with pytest.raises(ValueError, match="non-empty list"):
+        bench._method_entry({"method": "l1", "select": {"strength": 1.0}})
+    assert "select" not in bench._method_entry("l1")  # other runs' cache keys unchanged
+
+
 def test_timings_among_the_extras_are_left_out_of_comparisons():
     row = {"method": "l1", "target_sparsity": 0.9, "seed": 0, "flags": "", "pruned_flags": ""}
     a = pd.DataFrame([{**row, "extras": '{"reached": 0.5, "seconds_per_epoch": 0.1}'}])

@@ -27,6 +27,7 @@
 
 # %%
 import copy
+import warnings
 
 import pandas as pd
 import torch
@@ -317,10 +318,123 @@ with pd.option_context("display.max_colwidth", None):
 #
 # ## Exercises
 #
-# 1. Ask `recipes.recipe_for` for a setting that has no tuned recipe, such as
-#    `recipes.recipe_for("lenet5", "digits")`.  What does it return, and what accuracy does
-#    it expect?
-# 2. In the paired example, change B's seed-1 accuracy to 0.88.  Does the verdict change,
-#    and why do the unpaired intervals still overlap widely?
-# 3. Call `recipes.evaluate_run` on a model pruned with `sl.prune(model, "magnitude", 0.999,
-#    budget="global")`.  Which flags fire?
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).  The checks measure: they run the
+# experiment your answer is about.
+#
+# **1.** Ask `recipes.recipe_for` for a setting that has no tuned recipe, such as
+# `recipes.recipe_for("lenet5", "digits")`.  What does it return, and what accuracy does it
+# expect?  Then train that setting with it, `recipes.dense("lenet5", "digits", SEED,
+# epochs=EPOCHS)`: what test accuracy does the model reach?  Two decimals.
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_1(answer, solution=False):
+    _, _, lenet5_info = recipes.dense("lenet5", "digits", SEED, epochs=EPOCHS)
+    hint = "Train with `recipes.dense('lenet5', 'digits', SEED, epochs=EPOCHS)`; read its info."
+    accuracy = lenet5_info["test_accuracy"]
+    sl.nb.check(1, answer, accuracy, hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_1 = None  # an accuracy, e.g. 0.42
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  Without a tuned recipe `recipe_for` returns `recipes.DEFAULT_RECIPE`, generic
+# SGD settings whose `expected_test_accuracy` is None: no flag can say the model is too weak,
+# so only a measurement tells.  Here the model's test predictions are scored by hand.
+default = recipes.recipe_for("lenet5", "digits")
+digits_task, lenet5, _ = recipes.dense("lenet5", "digits", SEED, epochs=EPOCHS)
+x_test, y_test = digits_task.bundle.test.tensors
+with torch.no_grad():
+    solution_1 = round(float((lenet5.eval()(x_test).argmax(dim=1) == y_test).float().mean()), 2)
+print(f"{default.source}; expects {default.expected_test_accuracy}, reaches {solution_1:.2f}")
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** In the paired example, change B's seed-1 accuracy to 0.88.  What is now the lower
+# end of the paired 95% interval of B minus A, in points?  One decimal.  Does the verdict
+# change, and why do the unpaired intervals still overlap widely?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_2(answer, solution=False):
+    changed = toy.copy()
+    changed.loc[(changed["method"] == "B") & (changed["seed"] == 1), "accuracy"] = 0.88
+    low = sl.stats.paired(changed, "method", "B", "A", metric="accuracy").iloc[0]["ci_low"]
+    hint = "Change B's seed-1 row in a copy of `toy` and read `ci_low` of `sl.stats.paired`."
+    sl.nb.check(2, answer, 100 * low, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_2 = None  # points, e.g. -1.5
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  The differences become +2.0, -2.0 and +1.9 points: the mean stays positive,
+# but one seed now goes the other way, so the interval covers 0 and the verdict becomes "no
+# clear difference".  The unpaired intervals still carry the 10-point spread between seeds,
+# which only the pairing removes.  By hand, with the t quantile of 2 degrees of freedom:
+diffs = [0.82 - 0.80, 0.88 - 0.90, 0.719 - 0.70]
+mean = sum(diffs) / len(diffs)
+std = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+t_975 = 0.95 / (2 * 0.975 * 0.025) ** 0.5  # closed form for 2 degrees of freedom: 4.303
+solution_2 = round(100 * (mean - t_975 * std / len(diffs) ** 0.5), 1)
+print(f"B minus A: {100 * mean:+.1f} points, interval from {solution_2:+.1f}")
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** Prune a copy of the dense LeNet-300-100 of the flags section with
+# `sl.prune(model, "magnitude", 0.999, budget="global")` and call
+# `recipes.evaluate_run(model, t, target_sparsity=0.999)`.  Which flags fire?  Answer with
+# the set of their kinds, the text before the parenthesis, among "at chance level",
+# "target sparsity not reached", "layer pruned to 100%", "disconnected" and "class never
+# predicted".
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def pruned_999():
+    """The task and its dense LeNet-300-100, pruned to 99.9% by global magnitude."""
+    lenet_task, model, _ = recipes.dense("lenet300", "mnist", SEED, epochs=EPOCHS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an emptied layer warns; the flags say it
+        sl.prune(model, "magnitude", 0.999, budget="global")
+    return lenet_task, model
+
+
+def check_3(answer, solution=False):
+    lenet_task, model = pruned_999()
+    flags = recipes.evaluate_run(model, lenet_task, target_sparsity=0.999)["flags"]
+    fired = {flag.split(" (")[0] for flag in flags.split(sl.flags.SEPARATOR) if flag}
+    hint = "Read the `flags` of `evaluate_run`; each kind is the text before its parenthesis."
+    sl.nb.check(3, answer, lambda a: isinstance(a, set | list | tuple) and set(a) == fired,
+                hint=hint, solution=solution)  # fmt: skip
+
+
+# %%
+answer_3 = None  # a set of kinds, e.g. {"at chance level"}
+check_3(answer_3)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  Global magnitude keeps 266 of 266,200 weights, mostly in the small last
+# layers, where the trained weights are largest: the network ends at chance, predicting one
+# class.  Whether a layer is emptied depends on the dense model.  Each test, by hand:
+lenet_task, model = pruned_999()
+x_test, y_test = lenet_task.bundle.test.tensors
+layer_masks = sl.masks.masks(model).values()
+with torch.no_grad():
+    logits = model(x_test)
+labels = lenet_task.bundle.train.tensors[1]
+chance = labels.bincount().max().item() / len(labels)
+density = sum(int(m.sum()) for m in layer_masks) / sum(m.numel() for m in layer_masks)
+tests = {
+    "at chance level": (logits.argmax(1) == y_test).float().mean() < chance + 0.05 * (1 - chance),
+    "target sparsity not reached": 1 - density < 0.999 - 0.005,
+    "layer pruned to 100%": any(not m.any() for m in layer_masks),
+    "disconnected": bool((logits[:8] == logits[0]).all()),  # the same output for every image
+    "class never predicted": len(logits.argmax(1).unique()) < lenet_task.bundle.n_classes,
+}
+solution_3 = {kind for kind, fires in tests.items() if fires}
+print(sorted(solution_3))
+check_3(solution_3, solution=True)

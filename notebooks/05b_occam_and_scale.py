@@ -23,9 +23,12 @@
 
 # %%
 
+import copy
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 from IPython.display import Markdown, display
 
 import sparsity_lab as sl
@@ -371,11 +374,104 @@ display(Markdown(sl.claims.report(verdicts)))
 # %% [markdown]
 # ## Exercises
 #
-# 1. Raise the label noise to 60%.  Does a hill appear, how high, and where is its top?
-# 2. Replace one-shot pruning with GMP in `occam_curve`.  Does a hill appear at moderate sparsity,
-#    and does the gain at the highest sparsity under label noise remain?
-# 3. Compare at equal *training* FLOPs: the sparse model also pays for its dense start.
-#    Use `sparsity_lab.methods.base.TrainingFlops`.
-# 4. Repeat large-sparse against small-dense with LeNet-300-100 on the MNIST subset (in the
-#    cell after it, count the small model's width in hidden units, `big.fc1.out_features`,
-#    instead of the CNN's channels, and adapt the verdict's setting text).
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).  The checks measure: they run the
+# experiment your answer is about.
+#
+# **1.** Raise the label noise to 60%: run `occam.occam_curve` with `noise=0.6` for seed
+# `SEED` only, on section 1's data, `SPARSITIES`, `EPOCHS` and `FINETUNE_EPOCHS`.  How high
+# is the hill: the best test accuracy of the pruned models minus the dense model's, in
+# points?  One decimal, negative when every pruned model is worse.  Where is its top?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+task_1 = recipes.task(
+    "lenet300", DATA, seed=SEED, **({"n_train": N_TRAIN} if DATA == "mnist" else {})
+)
+
+
+def check_1(answer, solution=False):
+    curve = occam.occam_curve(
+        task_1, SPARSITIES, noise=0.6, epochs=EPOCHS, finetune_epochs=FINETUNE_EPOCHS
+    )
+    accuracy = curve.set_index("sparsity")["test_accuracy"]
+    hint = "Take the largest test accuracy of the pruned rows minus the dense row's (sparsity 0)."
+    gain = 100 * (accuracy.drop(0.0).max() - accuracy[0.0])
+    sl.nb.check(1, answer, gain, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_1 = None  # points, e.g. 1.5
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  The steps of `occam_curve` by hand: the recipe's dense model on the noisy
+# labels, a pruned copy per sparsity fine-tuned at a fifth of its learning rate, each scored
+# on the clean test labels.  With more noise the dense model fits more wrong labels; whether
+# pruning then helps, and where, is what the test accuracies say.
+noisy = occam.noisy_task(task_1, 0.6)
+dense_1, dense_info_1 = recipes.train_dense(noisy, epochs=EPOCHS, progress=False)
+x_test, y_test = noisy.bundle.test.tensors
+
+
+def test_accuracy(model):
+    with torch.no_grad():
+        return float((model(x_test).argmax(dim=1) == y_test).float().mean())
+
+
+pruned_1 = {}
+for s in SPARSITIES:
+    model = sl.prune(copy.deepcopy(dense_1), "magnitude", s)
+    lr, optimizer = dense_info_1["recipe"].lr / 5, dense_info_1["recipe"].optimizer
+    recipes.finetune(model, noisy, FINETUNE_EPOCHS, lr=lr, optimizer=optimizer)
+    pruned_1[s] = test_accuracy(model)
+top = max(pruned_1, key=pruned_1.get)
+solution_1 = round(100 * (pruned_1[top] - test_accuracy(dense_1)), 1)
+print(f"dense {test_accuracy(dense_1):.1%}; top at {top:.0%} sparse: {solution_1:+.1f} points")
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** Replace one-shot pruning with GMP in `occam_curve`.  Does a hill appear at moderate
+# sparsity, and does the gain at the highest sparsity under label noise remain?  (No check:
+# it trains a GMP network for every sparsity, noise level and seed.)
+#
+# **3.** Compare at equal *training* FLOPs: the sparse model also pays for its dense start.
+# Use `sparsity_lab.methods.base.TrainingFlops`.  (No check: it trains the three CNNs again,
+# with the FLOP counter.)
+#
+# **4.** Repeat large-sparse against small-dense with LeNet-300-100 on section 1's data.  At
+# 90% sparsity (uniform budget), how many units has the first hidden layer of the small
+# dense LeNet-300-100 with about as many nonzero weights (`scale.matching_model`, widths
+# scaled as `scale.WIDTH_OPTIONS` says)?  And at equal FLOPs?  (Training the three, as
+# `scale.large_sparse_vs_small_dense` does, takes minutes.)
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_4(answer, solution=False):
+    large = sl.prune(task_1.build(), "magnitude", 0.9, budget="uniform")
+    _, small = scale.matching_model(task_1, scale.cost(large, "nonzeros"), "nonzeros")
+    hint = "Prune `task_1.build()` uniformly to 90% and match its nonzeros with `matching_model`."
+    sl.nb.check(4, answer, small.fc1.out_features, hint=hint, solution=solution)
+
+
+# %%
+answer_4 = None  # a number of units, e.g. 120
+check_4(answer_4)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 4.  A dense LeNet-300-100 with hidden widths h1, h2 has n_in h1 + h1 h2 + 10 h2
+# weights, and each is used once per example, so equal FLOPs gives the same width.  By hand:
+# every width pair the scaling builds, and the one nearest to 10% of each layer's weights.
+n_in, n_out = task_1.bundle.input_shape[0], task_1.bundle.n_classes
+
+
+def weights(h1, h2):
+    return n_in * h1 + h1 * h2 + h2 * n_out
+
+
+target = sum(round(0.1 * n) for n in (n_in * 300, 300 * 100, 100 * n_out))
+pairs = sorted({(max(1, round(300 * f)), max(1, round(100 * f))) for f in np.linspace(0, 1, 30001)})
+h1, h2 = min(pairs, key=lambda pair: abs(weights(*pair) - target))
+solution_4 = h1
+print(f"{target:,} nonzeros at 90%; dense widths ({h1}, {h2}) have {weights(h1, h2):,} weights")
+check_4(solution_4, solution=True)

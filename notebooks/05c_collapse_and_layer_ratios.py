@@ -520,12 +520,100 @@ display(
 # %% [markdown]
 # ## Exercises
 #
-# 1. Run SynFlow in one step instead of 100:
-#    `sl.prune(model, "synflow", s, budget="global", iterations=1)`.  Does it collapse now?
-# 2. Give global magnitude a per-layer floor with `min_density` (0.005 at 99%, 0.0005 at
-#    99.9%).  Does it still collapse, and does it train?
-# 3. Shuffle one layer at a time (keep the others) for the mask found after training.
-#    Which layer's positions matter most?
-# 4. Start the networks without `recipes.sparse_start` (attach the masks to a fresh model
-#    with `sl.masks.attach`).  How much of the shuffling gap comes from the missing
-#    rescaling?
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).  The checks measure: they run the
+# experiment your answer is about.
+#
+# **1.** Run SynFlow in one step instead of 100 on seed `SEED`'s untrained LeNet-300-100:
+# `sl.prune(model, "synflow", s, budget="global", iterations=1)`.  What is the lowest
+# sparsity `s` of `GRID` at which its mask is disconnected (1.0 if none)?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+GRID = [0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999]
+task_1 = recipes.task("lenet300", DATA, seed=SEED)
+
+
+def pruned_at_init(sparsity, criterion="synflow", **options):
+    """Seed `SEED`'s untrained LeNet-300-100, pruned globally by ``criterion``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an emptied layer warns; the detector says it
+        return sl.prune(task_1.build(), criterion, sparsity, budget="global", **options)
+
+
+def check_1(answer, solution=False):
+    cut = [s for s in GRID if collapse.is_disconnected(pruned_at_init(s, iterations=1))]
+    hint = "Prune with `iterations=1` at each sparsity and ask `collapse.is_disconnected`."
+    sl.nb.check(1, answer, min(cut, default=1.0), hint=hint, solution=solution)
+
+
+# %%
+answer_1 = None  # one of GRID, e.g. 0.99
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  SynFlow's scores of a layer sum to about the same total in every layer, so in
+# one step the few weights of the last layer score highest and global ranking empties the
+# large first layers.  Iterating rescores after each small cut: a thinning layer's remaining
+# weights then score higher, and it keeps its paths.  By hand, the paths into each unit are
+# products of the 0/1 masks (ReLU passes the all-ones flow):
+LAYERS = ["fc1.weight", "fc2.weight", "fc3.weight"]
+
+
+def flows(model):
+    """Paths from the input to each unit, paths from each unit to the output, and the 0/1
+    masks: ``into[k]`` and ``out[k]`` are the input units of layer ``k``."""
+    found = [sl.masks.masks(model)[n].double() for n in LAYERS]
+    into = [torch.ones(found[0].shape[1], dtype=torch.float64)]
+    for mask in found:
+        into.append(mask @ into[-1])
+    out = [torch.ones(found[-1].shape[0], dtype=torch.float64)]
+    for mask in reversed(found):
+        out.insert(0, out[0] @ mask)
+    return into, out, found
+
+
+solution_1 = next(
+    (s for s in GRID if flows(pruned_at_init(s, iterations=1))[0][-1].sum() == 0), 1.0
+)
+print(f"one-step SynFlow first leaves no input-output path at {solution_1:.1%} sparsity")
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** Give global magnitude a per-layer floor at 99.9% sparsity:
+# `sl.prune(model, "magnitude", 0.999, budget="global", min_density=0.0005)`, on the same
+# untrained network.  What share of its kept weights lie on no input-output path (dead)?  Two
+# decimals.  Does it still collapse?  (Whether it then trains takes a training run.)
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_2(answer, solution=False):
+    model = pruned_at_init(0.999, "magnitude", min_density=0.0005)
+    dead = collapse.collapse_summary(model)["dead_share"]
+    hint = "Prune with the floor and read `dead_share` of `collapse.collapse_summary`."
+    sl.nb.check(2, answer, dead, hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_2 = None  # a share, e.g. 0.42
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  The floor keeps every layer nonempty, but the weights it keeps in a layer are
+# its largest, chosen without looking at the other layers: most of them connect units that
+# nothing feeds or that feed nothing.  A weight lies on a path when paths reach its input
+# unit and leave its output unit (`flows` of solution 1):
+into, out, found = flows(pruned_at_init(0.999, "magnitude", min_density=0.0005))
+live = sum(int((m * torch.outer(out[k + 1], into[k]) > 0).sum()) for k, m in enumerate(found))
+kept = sum(int(m.sum()) for m in found)
+solution_2 = round(1 - live / kept, 2)
+print(f"{live} of {kept} kept weights on a path, {into[-1].sum():.0f} paths: {solution_2:.2f} dead")
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** Shuffle one layer at a time (keep the others) for the mask found after training.
+# Which layer's positions matter most?  (No check: it trains three more networks per seed.)
+#
+# **4.** Start the networks without `recipes.sparse_start` (attach the masks to a fresh model
+# with `sl.masks.attach`).  How much of the shuffling gap comes from the missing rescaling?
+# (No check: it trains every pair of networks again.)

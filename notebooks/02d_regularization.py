@@ -851,13 +851,155 @@ display(
 # %% [markdown]
 # ## Exercises
 #
-# 1. Run L1 without a target (`registry.get("l1")(1e-3)`) at three strengths. How does the
-#    sparsity its rule reaches grow with the strength, and what happens to accuracy?
-# 2. Replace `prox_l1` by `l1` at the same strength with plain SGD. Count the exact zeros
-#    of each (`(w == 0).sum()`) before the masks are attached.
-# 3. Compare `budget="learned"` with `budget="global"` for STR at 95%: which layers change?
-# 4. Give variational dropout three times as many epochs. Does its curve catch up with L1?
-# 5. Shrink a model pruned by `slimming` with `sl.shrink.shrink` and time it against the
-#    masked model.
-# 6. Run AMC with a FLOPs budget of 50% and with every layer's sparsity capped lower
-#    (`max_sparsity`). How does the learned allocation change?
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).
+#
+# **1.** In the geometry section, at which strength $\lambda$ does the L1 path first set a
+# coordinate to zero?  Two decimals; the grid of strengths has a step of 0.025, so an
+# answer within one step of the grid's value is right.  Which coordinate goes first, and
+# why that one?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_1(answer, solution=False):
+    first = np.flatnonzero((paths["L1"] == 0).any(axis=1))[0]
+    hint = "Find the first row of `paths['L1']` with a zero; `lambdas` holds the strengths."
+    step = lambdas[1] - lambdas[0]
+    sl.nb.check(1, answer, lambdas[first], hint=hint, tolerance=step, solution=solution)
+
+
+# %%
+answer_1 = None  # a strength, e.g. 0.42
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  While both coordinates are positive, the L1 term adds the constant gradient
+# lambda * (1, 1), so the minimum moves in a straight line, w(lambda) = w* - lambda H^-1 (1, 1).
+# The coordinate that reaches zero first is the one with the smaller ratio
+# w*_i / (H^-1 1)_i: here w2, which starts at 0.35 against w1's 1.0.  Closed form:
+direction = np.linalg.solve(H, np.ones(2))
+solution_1 = round(float(min(w_star / direction)), 2)
+print(f"w{int(np.argmin(w_star / direction)) + 1} reaches zero at lambda = {solution_1}")
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** At which strength does the *group* penalty's path reach the origin, both
+# coordinates zero together?  Two decimals, within one grid step as in exercise 1.  How
+# does that compare with the strength at which the L1 path reaches the origin?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_2(answer, solution=False):
+    origin = np.flatnonzero((paths["group"] == 0).all(axis=1))[0]
+    hint = "Find the first row of `paths['group']` where both coordinates are zero."
+    step = lambdas[1] - lambdas[0]
+    sl.nb.check(2, answer, lambdas[origin], hint=hint, tolerance=step, solution=solution)
+
+
+# %%
+answer_2 = None  # a strength, e.g. 0.42
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  The origin is the minimum once the loss's gradient there, -H w*, fits inside
+# the penalty's subdifferential at 0: the disc of radius lambda for the group penalty
+# (||H w*||_2 <= lambda), the square [-lambda, lambda]^2 for L1 (||H w*||_inf <= lambda).
+# The disc needs the larger strength: the group goes to zero later, but all at once.
+pull = H @ w_star
+solution_2 = round(float(np.linalg.norm(pull)), 2)
+print(f"group reaches the origin at {solution_2}; L1 at {np.abs(pull).max():.2f}")
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** In "A regularizer at work", how many points of sparsity short of the 90% target
+# did L1's own threshold rule end, so that the projection removed the rest?  One decimal.
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_3(answer, solution=False):
+    hint = "The rule's own sparsity is `reg.reached`; the target is 0.9."
+    sl.nb.check(3, answer, 100 * (0.9 - reg.reached), hint=hint, tolerance=0.05,
+                solution=solution)  # fmt: skip
+
+
+# %%
+answer_3 = None  # points, e.g. 12.3
+check_3(answer_3)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  `reg.layer_sparsity` holds the rule's sparsity per layer; weighted by the
+# layers' sizes (from a fresh copy of the architecture) it gives the whole model's.
+sizes = {name: p.numel() for name, p in task.build().named_parameters()}
+pruned = sum(reg.layer_sparsity[name] * sizes[name] for name in reg.layer_sparsity)
+rule = pruned / sum(sizes[name] for name in reg.layer_sparsity)
+solution_3 = round(100 * (0.9 - rule), 1)
+print(f"the rule reached {rule:.1%}: {solution_3} points short of 90%")
+check_3(solution_3, solution=True)
+
+# %% [markdown]
+# **4.** In "Learned budgets", which layer of LeNet-300-100 does STR prune the most under
+# its own rule, on average over the seeds?  Answer with the layer's name (for example
+# `"fc2.weight"`).  Why would a learned threshold hit that layer hardest?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_4(answer, solution=False):
+    str_layers = per_layer.loc[("lenet300", "str")]
+    hint = "Select `per_layer.loc[('lenet300', 'str')]` and take the layer with the largest."
+    sl.nb.check(4, answer, lambda a: str_layers.get(a) == str_layers.max(), hint=hint,
+                solution=solution)  # fmt: skip
+
+
+# %%
+answer_4 = None  # a layer name, e.g. "fc2.weight"
+check_4(answer_4)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 4.  From the raw rows, without pandas: average each layer's sparsity over the
+# seeds.  A learned threshold climbs furthest where the weights matter least to the loss;
+# in LeNet-300-100 that is usually fc1, whose inputs include image-border pixels that
+# carry no signal.
+totals = {}
+for row in budget_rows:
+    if row["model"] == "lenet300" and row["method"] == "str":
+        total, n = totals.get(row["layer"], (0.0, 0))
+        totals[row["layer"]] = (total + row["sparsity"], n + 1)
+means = {layer: total / n for layer, (total, n) in totals.items()}
+solution_4 = max(means, key=means.get)
+print({layer: round(m, 3) for layer, m in means.items()}, "->", solution_4)
+check_4(solution_4, solution=True)
+
+# %% [markdown]
+# **5.** In the comparison, which method other than GMP has the largest mean paired
+# difference to GMP on LeNet-300-100, unstructured, at 90%?  Answer with its name as in
+# the tables.  Is that difference clear of zero?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_5(answer, solution=False):
+    part = runs[(runs.model == "lenet300") & (runs.pattern == "unstructured")
+                & (runs.sparsity == 0.9)]  # fmt: skip
+    mean = {
+        m: sl.stats.paired(part, "method", m, "gmp", metric="test_accuracy").iloc[0]["mean_diff"]
+        for m in part["method"].unique() if m != "gmp"
+    }  # fmt: skip
+    best = max(mean.values())
+    hint = "Pair each method with GMP on the seeds (`sl.stats.paired`) and take the largest."
+    sl.nb.check(5, answer, lambda a: abs(mean.get(a, -np.inf) - best) < 1e-12, hint=hint,
+                solution=solution)  # fmt: skip
+
+
+# %%
+answer_5 = None  # a method name, e.g. "l1"
+check_5(answer_5)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 5.  By hand: one column per method, one row per seed, the difference to GMP's
+# column seed by seed, then its mean over the seeds.
+part = runs[(runs.model == "lenet300") & (runs.pattern == "unstructured")
+            & (runs.sparsity == 0.9)]  # fmt: skip
+wide = part.pivot_table(index="seed", columns="method", values="test_accuracy")
+gaps = wide.drop(columns="gmp").sub(wide["gmp"], axis=0).mean()
+solution_5 = gaps.idxmax()
+print((100 * gaps).round(2).sort_values(ascending=False).to_dict())
+check_5(solution_5, solution=True)

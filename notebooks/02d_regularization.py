@@ -155,6 +155,30 @@ for name, p in paths.items():
     print(f"{name:6s} first zero: {where}")
 
 # %% [markdown]
+# The strength is the lesson here: in a live kernel, move it and watch where the minimum of
+# the whole objective, loss plus strength times penalty, sits for each penalty (the
+# book shows four strengths).  The shading is the objective; the star the unpenalised
+# minimum $w^*$, the dot the penalised one.
+
+
+# %%
+def draw_objective(ax, strength, penalty):
+    """The objective ``loss + strength * penalty`` on the grid, and its minimum."""
+    objective = loss + strength * penalties[penalty]
+    i = np.nanargmin(objective)
+    levels = np.nanpercentile(objective, [1, 3, 8, 15, 30, 50])
+    ax.contourf(W1, W2, objective, levels=[np.nanmin(objective), *levels], cmap="Blues_r")
+    ax.axhline(0, color="k", linewidth=0.5)
+    ax.axvline(0, color="k", linewidth=0.5)
+    ax.plot(*w_star, "k*", markersize=8)
+    ax.plot(W1.flat[i], W2.flat[i], "o", color="tab:red")
+    ax.set_aspect("equal")
+    ax.set_title(f"minimum at ({W1.flat[i]:.2f}, {W2.flat[i]:.2f})", fontsize=8)
+
+
+sl.nb.explore(draw_objective, strength=[0.2, 0.6, 1.0, 1.4], penalty=list(penalties))
+
+# %% [markdown]
 # ## A regularizer at work: L1 with a target
 #
 # The data are MNIST digits, LeNet-300-100 on flat images and the small CNN (LeNet-5) on

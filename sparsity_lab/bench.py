@@ -14,6 +14,7 @@ A benchmark is a small YAML file (read with ``yaml.safe_load``)::
       - {method: magnitude, label: magnitude 2:4, options: {pattern: "2:4"}}
       - {method: rigl, options: {budget: erk}, epochs_factor: 2}   # a training method
       - {method: snip, kind: at_init, shuffle: true}             # its mask's random twin
+      - {method: variational_dropout, training: {optimizer: adam, lr: 1.0e-3}}  # its paper's
     imports: [my_method.py]       # modules or files that register more methods
 
 A method entry's ``kind`` (:data:`KINDS`; by default the kind its name is registered
@@ -35,6 +36,11 @@ under) says how its run makes the sparse model:
   schedule), is projected to the target by the regularizer, and fine-tuned like the
   others (:func:`sparsity_lab.regularizers.compare.run`); a training method such as
   ``gmp`` given this kind runs the same protocol, as the regularizers' reference.
+
+An entry's ``training`` replaces the recipe's optimizer settings (``optimizer``, ``lr``,
+``momentum``, ``weight_decay``, ``lr_schedule``) for a method whose paper trains otherwise,
+such as variational dropout with Adam; its epochs stay the recipe's (``epochs_factor``)
+and the fine-tuning stays the protocol's.
 
 With ``bn_reestimate: true`` every one-shot pruning of a trained model (kind ``prune``,
 and ``prune_with``) is followed by re-estimating the BatchNorm statistics on the
@@ -272,7 +278,10 @@ _ENTRY_KEYS = (
     "shuffle",
     "prune_with",
     "select",
+    "training",
 )
+#: What a method entry's ``training`` may change of the recipe (its paper's optimizer).
+_TRAINING_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule")
 
 
 def _kind_of(name: str) -> str | None:
@@ -353,7 +362,33 @@ def _method_entry(entry: str | Mapping[str, Any]) -> dict[str, Any]:
     }
     if entry.get("select") is not None:  # absent otherwise: the other runs' caches stay valid
         out["select"] = _selection(name, kind, entry["select"], out["options"])
+    if entry.get("training") is not None:  # likewise
+        out["training"] = _training_override(name, kind, entry["training"])
     return out
+
+
+def _training_override(name: str, kind: str, training: Any) -> dict[str, Any]:
+    """A method entry's ``training``: the recipe's optimizer settings its paper replaces
+    (variational dropout trains with Adam, say); the epochs stay the recipe's."""
+    if kind == "prune":
+        raise ValueError(
+            f"method {name!r}: training changes how a method trains; a prune run fine-tunes "
+            "with the config's protocol, the same for every method"
+        )
+    if not isinstance(training, Mapping) or not training:
+        raise ValueError(
+            f"method {name!r}: training maps recipe settings to values, e.g. "
+            "training: {optimizer: adam, lr: 1.0e-3}"
+        )
+    unknown = sorted(set(training) - set(_TRAINING_KEYS))
+    if unknown:
+        raise ValueError(
+            f"method {name!r}: training cannot set {unknown}; it sets {list(_TRAINING_KEYS)} "
+            "(epochs: use epochs_factor)"
+        )
+    if "lr" in training and not (isinstance(training["lr"], int | float) and training["lr"] > 0):
+        raise ValueError(f"method {name!r}: training.lr must be a positive number")
+    return dict(training)
 
 
 def _selection(
@@ -517,8 +552,9 @@ class _Run:
         return [batch for _, batch in zip(range(n), train, strict=False)]
 
     def training(self) -> dict[str, Any]:
-        """The recipe's ``fit`` options, its epochs times the arm's ``epochs_factor``."""
-        options = self.recipe.training()
+        """The recipe's ``fit`` options, its epochs times the arm's ``epochs_factor``, with
+        the arm's ``training`` settings in place of the recipe's."""
+        options = self.recipe.training() | self.arm.get("training", {})
         options["epochs"] = max(1, round(options["epochs"] * self.arm["epochs_factor"]))
         return options
 

@@ -328,6 +328,43 @@ def test_regularize_runs_train_with_the_recipe_and_fine_tune_like_the_others(mon
     assert seen["targets"] == ["fc1.weight"]
 
 
+def test_an_entry_trains_with_its_papers_optimizer_in_place_of_the_recipes(monkeypatch):
+    from sparsity_lab.regularizers import compare
+
+    seen = {}
+
+    def record(task, method, sparsity, **options):
+        seen.update(options)
+        raise StopIteration
+
+    monkeypatch.setattr(compare, "run", record)
+    recipe = recipes.Recipe(epochs=8, optimizer="sgd", lr=0.1, batch_size=32, momentum=0.9)
+    setting = bench.setting_of(bench.load_config(tiny_config(finetune_lr=0.02)))
+    entry = {"method": "variational_dropout", "training": {"optimizer": "adam", "lr": 1e-3}}
+    arm = {**bench._method_entry(entry), "sparsity": 0.8}
+    run = bench._Run(setting, arm, 0, recipes.task("lenet300", "digits"), recipe, 0.8)
+    with pytest.raises(StopIteration):
+        bench._STAGES["regularize"](run, None)
+    # the paper's optimizer for the penalty's training, the recipe's epochs and batch, and
+    # the protocol's fine-tuning, the same as every other method's
+    assert (seen["optimizer"], seen["lr"], seen["epochs"], seen["batch_size"]) == (
+        "adam",
+        1e-3,
+        8,
+        32,
+    )
+    assert (seen["finetune_optimizer"], seen["finetune_lr"]) == ("sgd", 0.02)
+    with pytest.raises(ValueError, match="cannot set \\['epochs'\\]"):
+        bench._method_entry({"method": "l1", "training": {"epochs": 3}})
+    with pytest.raises(ValueError, match="prune run fine-tunes"):
+        bench._method_entry({"method": "snip", "training": {"lr": 0.1}})
+    with pytest.raises(ValueError, match="positive number"):
+        bench._method_entry({"method": "l1", "training": {"lr": -1}})
+    with pytest.raises(ValueError, match="maps recipe settings"):
+        bench._method_entry({"method": "l1", "training": "adam"})
+    assert "training" not in bench._method_entry("l1")  # other runs' cache keys unchanged
+
+
 def test_select_keeps_the_candidate_best_on_validation_and_counts_every_candidate(
     monkeypatch,
 ):

@@ -1164,11 +1164,323 @@ display(Markdown("\n".join(lines)))
 # %% [markdown]
 # ## Exercises
 #
-# 1. Train with `SoftMovementScores(lam=...)` among the callbacks and prune with
-#    `soft_movement` and a threshold.  How does the sparsity depend on `lam`?
-# 2. Prune LeNet-300-100 at 99.9% at initialisation with `magnitude`, `snip` and `synflow`.
-#    Which layers are left empty, and what accuracy can training reach?
-# 3. Compute `taylor` with `normalize=False` and prune units with the `global` budget.  Which
-#    layer loses the most units, and why does the layer-wise normalisation matter?
-# 4. Give `force` one iteration and compare its masks with `snip`'s.  Then raise the number
-#    of iterations: at which sparsity does the difference start to matter?
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).
+#
+# **1.** Soft movement learns a score per weight while the network trains.  Train
+# LeNet-300-100 again as `tracked_dense` trains it (seed `SEED`, the recipe's settings,
+# `EPOCHS` epochs), with `SoftMovementScores(lam=1e-6)` as the only callback, then prune it
+# with `sl.prune(net, "soft_movement", None, tracker=..., threshold=0.0)`: a weight stays
+# where its score ends above 0.  What sparsity does that give?  Two decimals.  How does the
+# sparsity depend on `lam`?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+from sparsity_lab.criteria.first_order import SoftMovementScores
+
+soft_runs = {}  # lam -> sparsity: one training serves every check
+
+
+def train_as_dense(callbacks):
+    """LeNet-300-100 of seed SEED, trained as `tracked_dense` trains it, with ``callbacks``."""
+    recipe = recipes.recipe_for("lenet300", "mnist")
+    training = {**recipe.training(), **({} if EPOCHS is None else {"epochs": EPOCHS})}
+    train, val, _ = task.loaders(recipe.batch_size)
+    net = task.build(**recipe.model_options)
+    sl.train.fit(net, train, val, seed=SEED, callbacks=callbacks, **training)
+    return net
+
+
+def soft_sparsity(lam):
+    """The sparsity of soft movement pruning with threshold 0 after training with ``lam``."""
+    if lam not in soft_runs:
+        tracker = SoftMovementScores(lam=lam)
+        net = sl.prune(
+            train_as_dense([tracker]), "soft_movement", None, tracker=tracker, threshold=0.0
+        )
+        found = masks.masks(net).values()
+        soft_runs[lam] = 1 - sum(int(m.sum()) for m in found) / sum(m.numel() for m in found)
+    return soft_runs[lam]
+
+
+def check_1(answer, solution=False):
+    hint = "Prune with `soft_movement`, `sparsity=None`, and count the zeros of every mask."
+    sl.nb.check(1, answer, soft_sparsity(1e-6), hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_1 = None  # a sparsity, e.g. 0.42
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  At each step the score moves by -lr g w, as in movement pruning, and the
+# penalty pulls it down by lr lam sigmoid'(S), at most lr lam / 4.  With lam = 0 a weight
+# stays if it moved away from zero on the whole (the learning rate weighing each step);
+# the larger lam, the more the penalty outweighs the movement and the sparser the network.
+# The scale of lam is that of g w, which is small here.  By hand, a callback that applies
+# this update from each step's raw gradients, for three values of lam at once:
+from sparsity_lab.callbacks import Callback
+
+LAMS = (0.0, 1e-6, 1e-5)
+
+
+class SoftScoresByHand(Callback):
+    def on_train_begin(self, trainer):
+        self.layers = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Linear)]
+        self.scores = {
+            lam: [torch.zeros(m.weight.shape, dtype=torch.float64) for m in self.layers]
+            for lam in LAMS
+        }
+
+    def on_after_backward(self, trainer):
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        for lam, scores in self.scores.items():
+            for s, layer in zip(scores, self.layers, strict=True):
+                g_w = layer.weight.grad.double() * layer.weight.detach().double()
+                slope = torch.sigmoid(s) * (1 - torch.sigmoid(s))
+                s -= lr * (g_w + lam * slope)
+
+
+by_hand = SoftScoresByHand()
+train_as_dense([by_hand])
+soft_by_hand = {
+    lam: float(torch.cat([(s <= 0).flatten() for s in scores]).double().mean())
+    for lam, scores in by_hand.scores.items()
+}
+print(
+    "sparsity at threshold 0: " + ", ".join(f"lam {k:g}: {v:.2f}" for k, v in soft_by_hand.items())
+)
+solution_1 = round(soft_by_hand[1e-6], 2)
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** Prune the initial LeNet-300-100 (`init`) to 99.9% sparsity with `magnitude`,
+# `snip` and `synflow`, as the layer-collapse cell does at 99% (`data=calibration` and the
+# options of `PAI`).  Which of the three leave a layer empty?  Answer with the set of their
+# names, e.g. `{"random"}`.  What test accuracy can training reach from such a mask?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+import warnings
+
+
+def check_2(answer, solution=False):
+    emptying = set()
+    for method in ("magnitude", "snip", "synflow"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an emptied layer warns; the masks say it
+            pruned = sl.prune(copy.deepcopy(init), method, 0.999, data=calibration, **PAI[method])
+        if any(not m.any() for m in masks.masks(pruned).values()):
+            emptying.add(method)
+    hint = "Prune a copy of `init` with each method and look for a mask without a single 1."
+    sl.nb.check(
+        2,
+        answer,
+        lambda a: isinstance(a, set | list | tuple) and set(a) == emptying,
+        hint=hint,
+        solution=solution,
+    )
+
+
+# %%
+answer_2 = None  # a set of method names, e.g. {"random"}
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  99.9% leaves 266 of 266,200 weights.  At initialisation the weights of a
+# wide layer are small (their scale is 1 / sqrt(fan-in)), so one magnitude threshold keeps
+# the small last layer, whose weights are the largest, and empties the wide ones; SNIP
+# multiplies by the gradient and still favours the small layers.  SynFlow re-scores after
+# each of its pruning steps and keeps the flow through every layer.  A network with an
+# empty layer computes the same output for every image, so training can at best learn to
+# predict the most common class.  By hand, the kept weights of magnitude and SNIP, and for
+# SynFlow the input-output paths of its mask:
+names = list(layer_density.index)
+start = {n: init.get_parameter(n).detach() for n in names}
+sizes = [start[n].numel() for n in names]
+n_keep = sum(sizes) - round(0.999 * sum(sizes))
+
+
+def kept_per_layer(scores):
+    """How many weights of each layer the n_keep largest scores over all layers hold."""
+    flat = torch.cat([scores[n].flatten() for n in names])
+    keep = torch.zeros(len(flat), dtype=torch.bool)
+    keep[flat.topk(n_keep).indices] = True
+    return {n: int(part.sum()) for n, part in zip(names, keep.split(sizes), strict=True)}
+
+
+net = copy.deepcopy(init)
+x_0, y_0 = calibration[0]  # SNIP reads one batch
+grads = torch.autograd.grad(F.cross_entropy(net(x_0), y_0), [net.get_parameter(n) for n in names])
+kept_by = {
+    "magnitude": kept_per_layer({n: start[n].abs() for n in names}),
+    "snip": kept_per_layer({n: (g * start[n]).abs() for n, g in zip(names, grads, strict=True)}),
+}
+synflow_masks = masks.masks(sl.prune(copy.deepcopy(init), "synflow", 0.999, **PAI["synflow"]))
+synflow_paths = torch.ones(init.input_shape[0], dtype=torch.float64)
+for n in names:
+    synflow_paths = synflow_masks[n].double() @ synflow_paths  # paths from the input to each unit
+solution_2 = {m for m, kept in kept_by.items() if 0 in kept.values()}
+if synflow_paths.sum() == 0:  # no path at all: some layer cut every one
+    solution_2.add("synflow")
+test_labels = task.bundle.test.tensors[1]
+most_common = float(test_labels.bincount().max() / len(test_labels))
+print(
+    f"kept per layer: {kept_by}; SynFlow's mask leaves {int(synflow_paths.sum())} input-output "
+    f"paths; a constant network scores at most {most_common:.1%}"
+)
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** Score the units of `fc1` and `fc2` of the trained LeNet-300-100 with `taylor` and
+# `normalize=False`, and remove three quarters of their weights as whole units with the
+# global budget: `sl.prune(copy.deepcopy(model), "taylor", 0.75, pattern="channel",
+# budget="global", targets=UNITS["lenet300"], data=calibration, normalize=False)`.  What
+# share of the 100 units of `fc2` does it remove?  Two decimals (one unit either way is
+# accepted).  Compare with the default `normalize=True`: why does the layer-wise
+# normalisation matter?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_3(answer, solution=False):
+    pruned = sl.prune(
+        copy.deepcopy(model),
+        "taylor",
+        0.75,
+        pattern="channel",
+        budget="global",
+        targets=UNITS["lenet300"],
+        data=calibration,
+        normalize=False,
+    )
+    share = float((masks.get_mask(pruned, "fc2.weight").sum(1) == 0).double().mean())
+    hint = "Prune as written and count the rows of fc2's mask that are all zero, out of 100."
+    sl.nb.check(3, answer, share, hint=hint, tolerance=0.01, solution=solution)
+
+
+# %%
+answer_3 = None  # a share of units, e.g. 0.42
+check_3(answer_3)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  Taylor's score of a unit is the mean over examples of |a dl/da|, the loss
+# change its removal predicts, and its scale differs from layer to layer.  Without
+# normalisation one global threshold spends the budget on the layer whose scores are
+# smaller (the means printed below), whatever its units are worth within their layer;
+# dividing each layer's scores by their L2 norm puts the layers on one scale.  By hand:
+# the per-example gradients of the summed loss with respect to each unit's output, then
+# the global choice of whole units (784 weights per unit of fc1, 300 per unit of fc2)
+# nearest three quarters of the weights.
+unit_layers = ["fc1", "fc2"]
+net = copy.deepcopy(model)
+outputs, totals, seen = {}, dict.fromkeys(unit_layers, 0.0), 0
+hooks = [
+    getattr(net, n).register_forward_hook(lambda m, i, out, n=n: outputs.__setitem__(n, out))
+    for n in unit_layers
+]
+for x_b, y_b in calibration:
+    loss = F.cross_entropy(net(x_b), y_b, reduction="sum")  # one example's loss per row
+    unit_grads = torch.autograd.grad(loss, [outputs[n] for n in unit_layers])
+    for n, g in zip(unit_layers, unit_grads, strict=True):
+        totals[n] = totals[n] + (outputs[n] * g).detach().double().abs().sum(0)
+    seen += len(y_b)
+for hook in hooks:
+    hook.remove()
+theta = {n: totals[n] / seen for n in unit_layers}
+group = {"fc1": net.fc1.in_features, "fc2": net.fc2.in_features}  # weights per unit
+
+
+def fc2_share(scores):
+    """Share of fc2's units removed by the global choice of whole units."""
+    order = torch.argsort(torch.cat([scores[n] for n in unit_layers]), stable=True)
+    weight_of = torch.cat([torch.full((len(scores[n]),), group[n]) for n in unit_layers])
+    cumulative = torch.cat([torch.zeros(1), weight_of[order].double().cumsum(0)])
+    target = round(0.75 * sum(group[n] * len(scores[n]) for n in unit_layers))
+    removed = order[: int((cumulative - target).abs().argmin())]
+    return float((removed >= len(scores["fc1"])).sum() / len(scores["fc2"]))
+
+
+normalised = {n: theta[n] / theta[n].norm() for n in unit_layers}
+solution_3 = round(fc2_share(theta), 2)
+print(
+    f"mean score: fc1 {theta['fc1'].mean():.2e}, fc2 {theta['fc2'].mean():.2e}; share of "
+    f"fc2 removed: {solution_3:.2f} without normalisation, {fc2_share(normalised):.2f} with it"
+)
+check_3(solution_3, solution=True)
+
+# %% [markdown]
+# **4.** FORCE is SNIP repeated on the network pruned so far.  Prune `init` to
+# `COLLAPSE_SPARSITY` with `snip` and with `force` (`iterations=FORCE_ITERATIONS`), both
+# with `data=calibration`.  What share of the weights SNIP keeps does FORCE keep too?  Two
+# decimals.  What is that share with `iterations=1`, and at which sparsity does the
+# difference start to matter?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def pai_masks(method, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an emptied layer warns; not the question here
+        pruned = sl.prune(
+            copy.deepcopy(init), method, COLLAPSE_SPARSITY, data=calibration, **options
+        )
+    return masks.masks(pruned)
+
+
+def check_4(answer, solution=False):
+    snip, force = pai_masks("snip"), pai_masks("force", iterations=FORCE_ITERATIONS)
+    both = sum(int((snip[n].bool() & force[n].bool()).sum()) for n in snip)
+    share = both / sum(int(snip[n].sum()) for n in snip)
+    hint = "Count the weights kept by both masks, over the number SNIP keeps."
+    sl.nb.check(4, answer, share, hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_4 = None  # a share, e.g. 0.42
+check_4(answer_4)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 4.  With one iteration FORCE scores |g w| on the dense network with the first
+# batch and prunes once: that is SNIP, the same mask.  With more iterations each step
+# takes the gradient on the network as pruned so far, whose signal flows through fewer
+# paths, and a weight that matters once the others are gone can come back.  At moderate
+# sparsity the pruned network is close to the dense one and the masks agree; the higher
+# the sparsity, the more they part.  By hand, FORCE's loop (SNIP is its first step):
+total = sum(sizes)
+
+
+def force_by_hand(sparsity, iterations):
+    """FORCE from the raw weights: at step k the sparsity 1 - (1 - s)^(k / n), the gradient
+    on the network masked so far (batch k, cycling), the largest |g w| of all weights."""
+    keep = [torch.ones_like(start[n], dtype=torch.bool) for n in names]
+    for k in range(1, iterations + 1):
+        step = sparsity if k == iterations else 1 - (1 - sparsity) ** (k / iterations)
+        x_b, y_b = calibration[(k - 1) % len(calibration)]
+        net = copy.deepcopy(init)
+        with torch.no_grad():
+            for n, kept in zip(names, keep, strict=True):
+                net.get_parameter(n).mul_(kept)
+        weights = [net.get_parameter(n) for n in names]
+        grads = torch.autograd.grad(F.cross_entropy(net(x_b), y_b), weights)
+        scores = torch.cat(
+            [(g * start[n]).abs().flatten() for n, g in zip(names, grads, strict=True)]
+        )
+        chosen = torch.zeros(total, dtype=torch.bool)
+        chosen[scores.topk(total - round(step * total)).indices] = True
+        keep = [part.view_as(start[n]) for n, part in zip(names, chosen.split(sizes), strict=True)]
+    return torch.cat([kept.flatten() for kept in keep])
+
+
+def overlap(sparsity, iterations):
+    snip, force = force_by_hand(sparsity, 1), force_by_hand(sparsity, iterations)
+    return float((snip & force).sum() / snip.sum())
+
+
+solution_4 = round(overlap(COLLAPSE_SPARSITY, FORCE_ITERATIONS), 2)
+print(
+    f"one iteration: {overlap(COLLAPSE_SPARSITY, 1):.2f} of SNIP's weights; "
+    f"{FORCE_ITERATIONS} iterations: "
+    + ", ".join(
+        f"{s:.0%}: {overlap(s, FORCE_ITERATIONS):.2f}" for s in (0.5, 0.9, COLLAPSE_SPARSITY)
+    )
+)
+check_4(solution_4, solution=True)

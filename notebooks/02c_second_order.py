@@ -1247,15 +1247,362 @@ display(
 # %% [markdown]
 # ## Exercises
 #
-# 1. Run WoodFisher with `steps=1` and with `update=False`.  Which of the two, the
-#    multi-step schedule or the weight update, matters more at 95% sparsity?
-# 2. Change `N_GRADS` to 32 and 512.  How do WoodFisher's accuracy and running time change?
-# 3. Prune the transformer with `"lobs"` too (unstructured only: it has no 2:4 rule), e.g.
-#    `prune_layerwise("lobs", "unstructured", 0.5, SEED)`, and compare its per-layer
-#    reconstruction errors with OBC's and SparseGPT's at the same 50%.  What does L-OBS lose
-#    by computing its saliencies only once?
-# 4. With `budget="global"` the layer-wise methods rank their own saliencies across layers.
-#    Does it help the transformer at 70%?
-# 5. Show that in the 2-D picture OBS always removes the same weight as OBD, and that only
-#    the cost differs.  Then find a 3-D Hessian for which OBS and OBD remove different
-#    weights.
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).  The checks of exercises 1 to 4
+# measure: they run the experiment your answer is about.
+#
+# **1.** WoodFisher above prunes in `STEPS` rounds and moves the surviving weights with
+# OBS's update.  Prune seed `SEED`'s dense model (`recipes.dense("lenet300", DATA, SEED,
+# epochs=EPOCHS)`) to the highest sparsity of the sweep, `top` (98% in the full run), with
+# the WoodFisher options of `METHODS` and the batches of `calibration_for`, once with
+# `steps=1` and once with `update=False`.  Which of the two has the lower test accuracy?
+# Answer `"steps=1"` or `"update=False"`.  Which ingredient, the rounds or the update,
+# matters more there, and why?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+variants = {}  # the options changed -> (task, pruned model, seconds to prune)
+
+
+def woodfisher_variant(**change):
+    """Seed SEED's task and dense LeNet-300-100, pruned (once) by WoodFisher to the sweep's
+    highest sparsity with the options of `METHODS` changed by ``change``."""
+    key = tuple(sorted(change.items()))
+    if key not in variants:
+        t, model, _ = recipes.dense("lenet300", DATA, SEED, epochs=EPOCHS)
+        name, options = METHODS["woodfisher"]
+        start = time.perf_counter()
+        sl.prune(
+            model, name, max(SPARSITIES), data=calibration_for(t), seed=SEED, **options | change
+        )
+        variants[key] = (t, model, time.perf_counter() - start)
+    return variants[key][:2]
+
+
+VARIANTS = {"steps=1": {"steps": 1}, "update=False": {"update": False}}
+
+
+def check_1(answer, solution=False):
+    accuracy = {}
+    for label, change in VARIANTS.items():
+        t, model = woodfisher_variant(**change)
+        accuracy[label] = recipes.evaluate_run(model, t)["accuracy"]
+    lowest = min(accuracy.values())
+    hint = "Change `steps` or `update` in the options of `METHODS['woodfisher']`; score each."
+    sl.nb.check(1, answer, lambda a: isinstance(a, str) and accuracy.get(a) == lowest,
+                hint=hint, solution=solution)  # fmt: skip
+
+
+# %%
+answer_1 = None  # "steps=1" or "update=False"
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  Without the update WoodFisher only chooses the weights, as OBD and
+# `fisher_diag` do: nothing makes up for what it removes.  With one step it chooses and
+# moves from the curvature at the dense point only, a quadratic model used far from where
+# it was taken.  Which loss is larger is what the two runs say: here each is scored by hand
+# on the test images, beside the full method's run of the sweep (same seed).
+x_test, y_test = t300.bundle.test.tensors
+
+
+def hand_accuracy(model, x, y):
+    with torch.no_grad():
+        return float((model.eval()(x).argmax(dim=1) == y).float().mean())
+
+
+accuracy_1 = {
+    label: hand_accuracy(woodfisher_variant(**change)[1], x_test, y_test)
+    for label, change in VARIANTS.items()
+}
+full_1 = results[
+    (results["method"] == "woodfisher") & (results["sparsity"] == top) & (results["seed"] == SEED)
+]["test_accuracy"].iloc[0]
+print(
+    f"at {top:.0%}, seed {SEED}: WoodFisher {full_1:.2%}, "
+    + ", ".join(f"with {label} {a:.2%}" for label, a in accuracy_1.items())
+)
+solution_1 = min(accuracy_1, key=accuracy_1.get)
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** WoodFisher estimates the Fisher from `N_GRADS` per-example gradients.  Prune seed
+# `SEED`'s model to `top` as in exercise 1, with the other options of `METHODS`, but with
+# four times as many gradients, `n_samples=4 * N_GRADS` (512 in the full run; the
+# calibration batches hold `n_calibration` images).  What is its test accuracy minus that
+# of the sweep's WoodFisher run (the same seed and sparsity, in `results`), in points?  One
+# decimal.  How does the time to prune change, and why?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_2(answer, solution=False):
+    t, model = woodfisher_variant(n_samples=4 * N_GRADS)
+    at_top = results[(results["sparsity"] == max(SPARSITIES)) & (results["seed"] == SEED)]
+    sweep = at_top.set_index("method").loc["woodfisher", "test_accuracy"]
+    gain = 100 * (recipes.evaluate_run(model, t)["accuracy"] - sweep)
+    hint = "Prune with `n_samples` changed in the options of `METHODS['woodfisher']`; score it."
+    sl.nb.check(2, answer, gain, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_2 = None  # points, e.g. 1.5
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  Every gradient adds a rank-one term to each block of the Fisher: computing
+# the per-example gradients and the Woodbury recursion over them both cost in proportion
+# to their number, so the time grows about linearly with it.  A block's empirical Fisher
+# has a rank of at most the number of gradients: with few of them the damping fills the
+# directions they miss, and the ranking comes closer to magnitude's.  More gradients
+# estimate the curvature better; whether that buys accuracy is what the two runs say.  By
+# hand: the sweep's run again, timed, and both models scored on the test images.
+_, model_2, _ = recipes.dense("lenet300", DATA, SEED, epochs=EPOCHS)
+name_2, options_2 = METHODS["woodfisher"]
+start_2 = time.perf_counter()
+sl.prune(model_2, name_2, top, data=calibration300, seed=SEED, **options_2)
+seconds_2 = {N_GRADS: time.perf_counter() - start_2}
+seconds_2[4 * N_GRADS] = variants[(("n_samples", 4 * N_GRADS),)][2]
+accuracy_2 = {
+    N_GRADS: hand_accuracy(model_2, x_test, y_test),
+    4 * N_GRADS: hand_accuracy(woodfisher_variant(n_samples=4 * N_GRADS)[1], x_test, y_test),
+}
+solution_2 = round(100 * (accuracy_2[4 * N_GRADS] - accuracy_2[N_GRADS]), 1)
+print(
+    ", ".join(f"{n} gradients: {accuracy_2[n]:.2%} in {seconds_2[n]:.2f} s" for n in accuracy_2)
+    + f"; {solution_2:+.1f} points"
+)
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** L-OBS (Dong et al. 2017) computes its saliencies once per layer, from one
+# ``H^-1``, and removes the lowest all together, each row with its joint OBS update; OBC
+# removes one weight at a time and recomputes them after every removal.  Take the first
+# block layer of the dense transformer, `transformer.get_submodule(FIRST)`, its inputs on
+# the calibration batches `calibration_for(t_chars)` and their Hessian
+# (`layerwise.Calibration`), and remove half of its weights with `layerwise.lobs` and with
+# `layerwise.obc` (their default damping).  How many times larger is L-OBS's output error
+# ``||X W^T - X W'^T||^2`` than OBC's?  Two decimals.  What does L-OBS lose by computing its
+# saliencies only once?  (L-OBS prunes the whole model too: `prune_layerwise("lobs",
+# "unstructured", 0.5, SEED)`.)
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+FIRST = BLOCK_LAYERS[0].removesuffix(".weight")  # the first in the forward pass
+
+
+def check_3(answer, solution=False):
+    layer = transformer.eval().get_submodule(FIRST)
+    calib = layerwise.Calibration(layer)
+    hook = layer.register_forward_pre_hook(lambda mod, args: calib.add_batch(args[0]))
+    with torch.no_grad():
+        for x, _ in calibration_for(t_chars):
+            transformer(x)
+    hook.remove()
+    w = layer.weight.detach().double()
+    error = {}
+    for solver in (layerwise.lobs, layerwise.obc):
+        new, _ = solver(w, calib.hessian(), w.numel() // 2)
+        error[solver] = float(torch.trace((w - new) @ calib.xtx @ (w - new).T))
+    hint = "Collect X^T X with `layerwise.Calibration.add_batch` in a hook; call both solvers."
+    ratio = error[layerwise.lobs] / error[layerwise.obc]
+    sl.nb.check(3, answer, ratio, hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_3 = None  # a ratio, e.g. 1.25
+check_3(answer_3)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  The joint update is the best one for the set that L-OBS removes; what it
+# loses is the choice of the set.  Each saliency is the cost of removing one weight alone
+# from the dense layer; once some weights are gone and the others have moved, removing the
+# next costs something else, which OBC recomputes and L-OBS does not.  Both by hand, on
+# the rows of X: the damped ``H^-1``, L-OBS's lowest saliencies and joint update, and
+# OBC's greedy steps traced to the end of each row, the cheapest of the layer taken.
+rows_3 = []
+hook_3 = transformer.get_submodule(FIRST).register_forward_hook(
+    lambda mod, args, out: rows_3.append(args[0].reshape(-1, args[0].shape[-1]))
+)
+with torch.no_grad():
+    for x, _ in calibration_for(t_chars):
+        transformer(x)
+hook_3.remove()
+x_3 = torch.cat(rows_3).double()
+w_3 = transformer.get_submodule(FIRST).weight.detach().double()
+n_3 = w_3.numel() // 2
+h_3 = 2 * x_3.T @ x_3 / len(x_3)
+hinv_3 = torch.linalg.inv(h_3 + 0.01 * h_3.diagonal().mean() * torch.eye(len(h_3)))
+
+# L-OBS: one set of saliencies, the lowest half removed, each row's joint update
+lowest = (w_3.pow(2) / hinv_3.diagonal()).flatten().argsort()[:n_3]
+gone = torch.zeros(w_3.numel(), dtype=torch.bool)
+gone[lowest] = True
+gone = gone.reshape(w_3.shape)
+lobs_3 = w_3.clone()
+for i, row in enumerate(w_3):
+    q = gone[i].nonzero().flatten()
+    lobs_3[i] -= hinv_3[:, q] @ torch.linalg.solve(hinv_3[q][:, q], row[q])
+lobs_3[gone] = 0
+
+
+# OBC: each row pruned greedily to the end; the n_3 cheapest steps of the layer kept
+def greedy(row):
+    """Each greedy OBS step of one row: (its loss, the row after it)."""
+    hinv, row, steps = hinv_3.clone(), row.clone(), []
+    alive = torch.ones(len(row), dtype=torch.bool)
+    for _ in range(len(row)):
+        score = (row.pow(2) / hinv.diagonal()).masked_fill(~alive, float("inf"))
+        j = int(score.argmin())
+        d = hinv[j, j]
+        loss = float(row[j] ** 2 / d / 2)
+        row = row - row[j] / d * hinv[:, j]
+        row[j] = 0
+        alive[j] = False
+        hinv = hinv - torch.outer(hinv[:, j], hinv[j, :]) / d
+        steps.append((loss, row.masked_fill(~alive, 0.0)))
+    return steps
+
+
+traces = [greedy(row) for row in w_3]
+losses = sorted((loss, i) for i, steps in enumerate(traces) for loss, _ in steps)
+taken = np.bincount([i for _, i in losses[:n_3]], minlength=len(traces))
+obc_3 = torch.stack([traces[i][k - 1][1] if k else w_3[i] for i, k in enumerate(taken)])
+error_3 = {
+    "lobs": float((x_3 @ (w_3 - lobs_3).T).pow(2).sum()),
+    "obc": float((x_3 @ (w_3 - obc_3).T).pow(2).sum()),
+}
+solution_3 = round(error_3["lobs"] / error_3["obc"], 2)
+print(
+    f"{FIRST}, half of its {w_3.numel():,} weights: output error L-OBS {error_3['lobs']:.4g}, "
+    f"OBC {error_3['obc']:.4g}; {solution_3:.2f} times"
+)
+check_3(solution_3, solution=True)
+
+# %% [markdown]
+# **4.** With `budget="global"` a layer-wise method ranks its own saliencies across all the
+# block layers (measured once on the dense model), instead of pruning each to the same
+# sparsity.  Prune seed `SEED`'s transformer (a fresh `char_model_for(SEED)[1]`) with
+# SparseGPT to 70% both ways, `sl.prune(model, "sparsegpt", 0.7, budget=budget,
+# data=calibration_for(t_chars), exclude=[HEAD])` with `budget` `"global"` and
+# `"uniform"`.  What is the test accuracy of the global budget minus the uniform one, in
+# points?  One decimal.  Where does the global budget put its zeros?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+BUDGETS = ("global", "uniform")
+sparsegpt_70 = {}  # budget -> the pruned transformer, pruned once
+
+
+def pruned_70(budget):
+    import warnings
+
+    if budget not in sparsegpt_70:
+        model, data = char_model_for(SEED)[1], calibration_for(t_chars)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an emptied layer warns; the solution shows it
+            sl.prune(model, "sparsegpt", 0.7, budget=budget, data=data, exclude=[HEAD])
+        sparsegpt_70[budget] = model
+    return sparsegpt_70[budget]
+
+
+def check_4(answer, solution=False):
+    accuracy = {b: recipes.evaluate_run(pruned_70(b), t_chars)["accuracy"] for b in BUDGETS}
+    gain = 100 * (accuracy["global"] - accuracy["uniform"])
+    hint = "Prune two fresh copies, one per budget, and score each with `recipes.evaluate_run`."
+    sl.nb.check(4, answer, gain, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_4 = None  # points, e.g. -2.5
+check_4(answer_4)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 4.  The global budget compares saliencies ``w^2 / [H^-1]_jj`` of different layers,
+# whose inputs have different scales: a layer with large inputs keeps more, one with small
+# inputs gives up more, and a layer can lose every weight (the residual connections then
+# carry the signal around it).  Whether that helps is what the model says after the errors
+# have travelled through the rest of the network; one seed gives no interval.  By hand: the
+# predictions on the test windows, and each layer's share of zeros.
+x_chars, y_chars = t_chars.bundle.test.tensors
+accuracy_4, zeros_4 = {}, {}
+for budget in BUDGETS:
+    model_4 = pruned_70(budget).eval()
+    with torch.no_grad():
+        predicted = torch.cat([model_4(x).argmax(dim=1) for x in x_chars.split(256)])
+    accuracy_4[budget] = float((predicted == y_chars).float().mean())
+    zeros_4[budget] = {
+        n: float((model_4.get_submodule(n).weight == 0).float().mean())
+        for n in (name.removesuffix(".weight") for name in BLOCK_LAYERS)
+    }
+with pd.option_context("display.float_format", "{:.1%}".format):
+    print(pd.DataFrame(zeros_4).to_string())
+solution_4 = round(100 * (accuracy_4["global"] - accuracy_4["uniform"]), 1)
+print(", ".join(f"{b}: {a:.2%}" for b, a in accuracy_4.items()) + f"; {solution_4:+.1f} points")
+check_4(solution_4, solution=True)
+
+# %% [markdown]
+# **5.** In the 2-D picture OBS always removes the same weight as OBD, and only the cost
+# differs (the table of the panels above shows one ratio of their saliencies for both
+# weights: why?).  In three dimensions they can disagree.  With the weights
+# `W_3D = (1, 1, 1)`, give a symmetric positive definite 3x3 Hessian for which OBD and OBS
+# remove different weights (each with a single cheapest weight: no ties).
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+W_3D = torch.ones(3, dtype=torch.float64)
+
+
+def removes(h):
+    """(OBD's choice, OBS's choice) for ``W_3D`` under the Hessian ``h``; None when ``h``
+    is not a symmetric positive definite 3x3 matrix or a choice is a tie."""
+    try:
+        h = torch.as_tensor(h, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    if h.shape != (3, 3) or not torch.allclose(h, h.T) or torch.linalg.eigvalsh(h).min() <= 0:
+        return None
+    choices = []
+    for saliency in (obd_saliency(W_3D, h.diagonal()), obs_saliency(W_3D, h.inverse().diagonal())):
+        low, second = saliency.sort().values[:2]
+        if second - low < 1e-9 * second:
+            return None
+        choices.append(int(saliency.argmin()))
+    return tuple(choices)
+
+
+def check_5(answer, solution=False):
+    def right(a):
+        found = removes(a)
+        return found is not None and found[0] != found[1]
+
+    hint = (
+        "OBD removes the weight with the smallest ``H_qq``, OBS the one with the largest "
+        "``[H^-1]_qq``; a correlation between two weights changes the second, not the first."
+    )
+    sl.nb.check(5, answer, right, hint=hint, solution=solution)
+
+
+# %%
+answer_5 = None  # a 3x3 Hessian, e.g. [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+check_5(answer_5)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 5.  In 2-D, ``[H^-1]_qq = H_pp / det H`` (``p`` the other weight), so OBS's
+# saliency ``w_q^2 det H / (2 H_pp)`` is OBD's ``H_qq w_q^2 / 2`` times ``det H / (H_11 H_22)``,
+# the same factor for both weights: the same ranking, a lower cost.  In 3-D a third weight
+# breaks that symmetry.  Make w1 the flattest direction on its own, and couple w2 and w3
+# strongly: OBD removes w1, but w2 can be removed cheaply once w3 moves to make up for it.
+# By hand, OBS's cost of removing ``q`` is the minimum of the bowl with ``w_q = 0``: the
+# Schur complement ``w_q^2 (H_qq - H_qr H_rr^-1 H_rq) / 2`` over the other weights ``r``.
+solution_5 = [[2.0, 0.0, 0.0], [0.0, 3.0, 2.5], [0.0, 2.5, 4.0]]
+h_5 = torch.tensor(solution_5, dtype=torch.float64)
+obd_5, obs_5 = [], []
+for q in range(3):
+    r = [i for i in range(3) if i != q]
+    schur = h_5[q, q] - h_5[q, r] @ torch.linalg.solve(h_5[r][:, r], h_5[r, q])
+    obd_5.append(float(h_5[q, q] * W_3D[q] ** 2 / 2))
+    obs_5.append(float(schur * W_3D[q] ** 2 / 2))
+print(f"OBD costs {[round(c, 3) for c in obd_5]}: removes w{np.argmin(obd_5) + 1}")
+print(f"OBS costs {[round(c, 3) for c in obs_5]}: removes w{np.argmin(obs_5) + 1}")
+assert np.argmin(obd_5) != np.argmin(obs_5)
+check_5(solution_5, solution=True)

@@ -122,6 +122,28 @@ table.index = [199, 200, 350, 500, 799, 800]
 print(table.round(4).to_string())
 
 # %% [markdown]
+# How often the mask is updated and when the ramp starts are the schedule's two knobs.  In
+# a live kernel move them; the book shows four update intervals at the default start.  A
+# long interval turns every ramp into a staircase of a few large jumps, each as abrupt as
+# a small one-shot pruning.
+
+
+# %%
+def draw_ramps(ax, frequency, begin_step):
+    """The four smooth ramps to 90% by step 800, updated every ``frequency`` steps."""
+    for name in ["linear", "cubic", "exponential", "cosine"]:
+        schedule = registry.get(name, "schedule")
+        values = [schedule(int(t), 0.9, begin_step, 800, frequency=frequency) for t in steps]
+        ax.plot(steps, values, label=name)
+    ax.axvspan(begin_step, 800, color="0.9", zorder=0)
+    ax.set_xlabel("step")
+    ax.set_ylabel("sparsity")
+    ax.legend(fontsize=7)
+
+
+sl.nb.explore(draw_ramps, frequency=[10, 50, 100, 200], begin_step=(0, 600, 50))
+
+# %% [markdown]
 # ## One shot, iterative, gradual and IHT, on the same budget
 #
 # LeNet-300-100 learns to read digits with its setting's recipe (`recipes.recipe_for`: the
@@ -733,12 +755,310 @@ display(
 # %% [markdown]
 # ## Exercises
 #
-# 1. Change `TARGET` to 0.8. Do any differences between the schedules appear?
-# 2. Give the cubic schedule a later `begin_step`. Is a longer dense warm-up better, at
-#    the same number of epochs, and what does it cost in FLOPs?
-# 3. Run IMP with `rewind="step"` and `rewind_step` of one epoch, and with `rewind="lr"`.
-#    Which is closest to the ticket rewound to initialisation?
-# 4. Replace the magnitude criterion of `ScheduledPruning` with `"random"`. Does the
-#    schedule still matter?
-# 5. Attach the SNIP masks without `sparse_start` (no fan-in rescaling). How far do SNIP
-#    and its shuffled mask fall at 98%, and does their difference change?
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).  The checks measure: they run the
+# experiment your answer is about, on seed `SEED` only.
+#
+# **1.** Train the cubic ramp and one-shot of the first section to 80% instead of `TARGET`
+# (seed `SEED`, the same steps and setup, as `during_training` does).  What is the test
+# accuracy of the cubic ramp minus that of one-shot, in points?  One decimal.  Compare with
+# the same seed's gap at `TARGET` in `results`: do differences between the schedules
+# appear, and what would it take to tell?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+schedule_runs = {}  # (schedule, target, criterion, setup) -> (task, trained model, FLOPs)
+
+
+def scheduled(schedule, target=TARGET, criterion="magnitude", **setup):
+    """``during_training``'s run on seed SEED with another target, criterion or setup,
+    trained once: ``(task, model, training FLOPs counted)``."""
+    key = (schedule, target, criterion, tuple(sorted(setup.items())))
+    if key not in schedule_runs:
+        t = recipes.task("lenet300", DATA, seed=SEED)
+        train, val, _ = t.loaders(RECIPE.batch_size)
+        model = t.build()
+        options = schedule_setup(schedule) | setup
+        pruner = ScheduledPruning(criterion, target, schedule=schedule, **options)
+        counter = CountFlops()
+        sl.train.fit(model, train, val, seed=SEED, callbacks=[pruner, counter], **TRAINING)
+        schedule_runs[key] = (t, model, counter.flops)
+    return schedule_runs[key]
+
+
+def cubic_minus_one_shot(**run):
+    """Test accuracy of the cubic ramp minus one-shot, in points."""
+    accuracy = {}
+    for schedule in ("cubic", "one_shot"):
+        t, model, _ = scheduled(schedule, **run)
+        accuracy[schedule] = recipes.evaluate_run(model, t)["accuracy"]
+    return 100 * (accuracy["cubic"] - accuracy["one_shot"])
+
+
+def check_1(answer, solution=False):
+    hint = "Train both as `during_training` does, with `ScheduledPruning('magnitude', 0.8, ...)`."
+    gap = cubic_minus_one_shot(target=0.8)
+    sl.nb.check(1, answer, gap, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_1 = None  # points, e.g. -1.5
+check_1(answer_1)
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  At 80% the network keeps four times as many weights as at 95%, so a
+# schedule has less to make up for than at `TARGET`.  One seed gives one difference and no
+# interval: telling the schedules apart takes the paired runs of several seeds, as the
+# table above has at `TARGET`, and a difference of a few test images may be no more than
+# another seed would change.  Scored by hand on the test images:
+def hand_accuracy(model, x, y):
+    import torch
+
+    with torch.no_grad():
+        return float((model.eval()(x).argmax(dim=1) == y).float().mean())
+
+
+x_test, y_test = task0.bundle.test.tensors  # seed SEED's split, as every run here
+accuracy_1 = {s: hand_accuracy(scheduled(s, 0.8)[1], x_test, y_test) for s in ("cubic", "one_shot")}
+solution_1 = round(100 * (accuracy_1["cubic"] - accuracy_1["one_shot"]), 1)
+by_seed = results[results["seed"] == SEED].set_index("recipe")["test_accuracy"]
+print(
+    f"at 80%: cubic {accuracy_1['cubic']:.2%}, one-shot {accuracy_1['one_shot']:.2%}, "
+    f"{solution_1:+.1f} points; at {TARGET:.0%}: "
+    f"{100 * (by_seed['cubic'] - by_seed['one_shot']):+.1f} points (seed {SEED}); one test "
+    f"image is {100 / len(y_test):.2f} points"
+)
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** Start the cubic ramp later: at 40% of the run instead of 10%
+# (`begin_step=max(1, round(0.4 * total))`, the same end at 70% and the same frequency),
+# seed `SEED`, to `TARGET`.  What share of the dense model's training FLOPs does it spend,
+# as the column `FLOPs / dense` of the table above counts them?  Two decimals.  Is its test
+# accuracy better than that of the same seed's cubic run in `results`, on the same epochs?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+LATE = max(1, round(0.4 * total))
+
+
+def check_2(answer, solution=False):
+    share = scheduled("cubic", begin_step=LATE)[2] / budget.loc["dense", "training_flops"]
+    hint = "Count the run's FLOPs with `CountFlops`; divide by the dense row of `budget`."
+    sl.nb.check(2, answer, share, hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_2 = None  # a share, e.g. 0.42
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  A step costs in proportion to the weights that are still there, so the
+# longer dense start is paid for in FLOPs; the ramp is squeezed into fewer steps, so it
+# removes more at each pruning step, with less training in between.  Whether the longer
+# warm-up pays is what the two accuracies say, for one seed.  By hand, without training:
+# the cubic sparsity of each step, ``s_f (1 - (1 - p)^3)`` with ``p`` the progress at the
+# last update, applied to the weights of LeNet-300-100, three passes of two FLOPs per kept
+# weight and example, over the batches of every epoch, against the same with every weight
+# kept.
+setup_2 = schedule_setup("cubic") | {"begin_step": LATE}
+begin, end, every = setup_2["begin_step"], setup_2["end_step"], setup_2["frequency"]
+
+
+def cubic_by_hand(step):
+    if step < begin:
+        return 0.0
+    if step >= end:
+        return TARGET
+    p = (step - begin) // every * every / (end - begin)
+    return TARGET * (1 - (1 - p) ** 3)
+
+
+n_w = sum(p.numel() for n, p in task0.build().named_parameters() if n.endswith("weight"))
+n_train, batch = sizes["train"], RECIPE.batch_size
+batches = [batch] * (n_train // batch) + ([n_train % batch] if n_train % batch else [])
+kept = [round((1 - cubic_by_hand(k)) * n_w) for k in range(TRAINING["epochs"] * len(batches))]
+flops_2 = sum(6 * w * b for w, b in zip(kept, batches * TRAINING["epochs"], strict=True))
+solution_2 = round(flops_2 / (6 * n_w * n_train * TRAINING["epochs"]), 2)
+late_accuracy = hand_accuracy(scheduled("cubic", begin_step=LATE)[1], x_test, y_test)
+print(
+    f"begin at step {LATE} of {total}: {solution_2:.2f} of the dense FLOPs (from step "
+    f"{schedule_setup('cubic')['begin_step']}: {budget.loc['cubic', 'FLOPs / dense']:.2f}); "
+    f"test accuracy {late_accuracy:.2%} against {by_seed['cubic']:.2%} (seed {SEED})"
+)
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** Run IMP on seed `SEED` as in the last section (`IMP_ROUNDS` rounds of `IMP_EPOCHS`
+# epochs, `TARGET`, no baselines) with `rewind="step"` (to the weights after one epoch, the
+# default `rewind_step`) and with `rewind="lr"` (the trained weights, the learning rate
+# restarted).  Which of the two ends its last round with the validation accuracy closest
+# to that of the ticket rewound to initialisation (seed `SEED`, last round, in `rounds`)?
+# Answer `"step"` or `"lr"`.
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+imp_runs = {}  # rewind -> (task, final model, rounds table)
+
+
+def imp_run(rewind):
+    """IMP on seed SEED as in the last section, with ``rewind``, run once."""
+    if rewind not in imp_runs:
+        t = recipes.task("lenet300", DATA, seed=SEED)
+        train, val, _ = t.loaders()
+        method = registry.get("imp", "training")(
+            TARGET, rounds=IMP_ROUNDS, rewind=rewind, seed=SEED
+        )
+        model = t.build()
+        method.fit(model, train, val, seed=SEED, **imp_training)
+        imp_runs[rewind] = (t, model, method.rounds_table)
+    return imp_runs[rewind]
+
+
+REWINDS = ("step", "lr")
+last_round = (rounds["seed"] == SEED) & (rounds["round"] == IMP_ROUNDS)
+ticket_val = rounds.loc[last_round, "val_accuracy"].iloc[0]
+
+
+def check_3(answer, solution=False):
+    distance = {r: abs(imp_run(r)[2]["val_accuracy"].iloc[-1] - ticket_val) for r in REWINDS}
+    closest = min(distance.values())
+    hint = "Run `registry.get('imp', 'training')` with each `rewind`; read its `rounds_table`."
+    sl.nb.check(3, answer, lambda a: isinstance(a, str) and distance.get(a) == closest,
+                hint=hint, solution=solution)  # fmt: skip
+
+
+# %%
+answer_3 = None  # "step" or "lr"
+check_3(answer_3)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  Rewinding to an early step (Frankle et al. 2020) keeps what the first epoch
+# learned, and learning-rate rewinding (Renda et al. 2020) keeps all of the trained
+# weights; both restart each round nearer to a trained network than the ticket from the
+# initial weights does.  How near their accuracies end is what the runs say, on one seed
+# and a few hundred validation images.  By hand: each final model on the validation images,
+# against the ticket's accuracy in the long table of the figure.
+ticket_3 = long[(long["network"] == "ticket") & (long["seed"] == SEED)]
+ticket_3 = ticket_3.loc[ticket_3["round"] == IMP_ROUNDS, "accuracy"].iloc[0]
+val_3 = {}
+for rewind in REWINDS:
+    t_3, model_3, _ = imp_run(rewind)
+    val_3[rewind] = hand_accuracy(model_3, *t_3.bundle.val.tensors)
+solution_3 = min(val_3, key=lambda r: abs(val_3[r] - ticket_3))
+print(
+    f"validation accuracy after {IMP_ROUNDS} rounds: rewound to initialisation "
+    f"{ticket_3:.2%}, " + ", ".join(f'rewind="{r}" {a:.2%}' for r, a in val_3.items())
+)
+check_3(solution_3, solution=True)
+
+# %% [markdown]
+# **4.** Replace the magnitude criterion of `ScheduledPruning` with `"random"` and train
+# the cubic ramp and one-shot to `TARGET` as in the first section (seed `SEED`).  What is
+# the test accuracy of the cubic ramp minus that of one-shot, in points?  One decimal.
+# Compare with magnitude's gap for the same seed in `results`: does the schedule still
+# matter?  Do the two random runs end with different masks?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_4(answer, solution=False):
+    hint = "Train both as `during_training` does, with `ScheduledPruning('random', TARGET, ...)`."
+    gap = cubic_minus_one_shot(criterion="random")
+    sl.nb.check(4, answer, gap, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_4 = None  # points, e.g. 2.5
+check_4(answer_4)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 4.  The random criterion draws its scores from the seed of `sl.prune` (0 here),
+# the same scores at every pruning event, so a ramp removes the weights one-shot removes,
+# only earlier or later: the masks can only differ where the scores tie.  What is left to
+# the schedule is how long each weight trains before it goes.  Removing weights whatever
+# their size can also leave the network at chance level (one class in ten), whatever the
+# schedule; the sanity flags say when.  By hand: the accuracies, and the share of
+# one-shot's kept weights that the cubic ramp keeps too.
+models_4 = {s: scheduled(s, criterion="random")[1] for s in ("cubic", "one_shot")}
+accuracy_4 = {s: hand_accuracy(m, x_test, y_test) for s, m in models_4.items()}
+kept_4 = {s: sl.masks.masks(m) for s, m in models_4.items()}
+both = sum(int((kept_4["cubic"][n] * kept_4["one_shot"][n]).sum()) for n in kept_4["cubic"])
+overlap = both / sum(int(m.sum()) for m in kept_4["one_shot"].values())
+solution_4 = round(100 * (accuracy_4["cubic"] - accuracy_4["one_shot"]), 1)
+print(
+    f"random: cubic {accuracy_4['cubic']:.2%}, one-shot {accuracy_4['one_shot']:.2%}, "
+    f"{solution_4:+.1f} points (magnitude: {100 * (by_seed['cubic'] - by_seed['one_shot']):+.1f}"
+    f"); the cubic ramp keeps {overlap:.1%} of one-shot's kept weights"
+)
+for schedule in models_4:
+    t_4, model_4, _ = scheduled(schedule, criterion="random")
+    print(f"{schedule}: {recipes.evaluate_run(model_4, t_4)['flags'] or 'no sanity flag'}")
+check_4(solution_4, solution=True)
+
+# %% [markdown]
+# **5.** Attach SNIP's mask and its shuffled copy at the highest sparsity, `top`, to the
+# initial weights without `sparse_start`, that is without rescaling the kept weights to
+# their sparse fan-in (`sl.masks.attach(model, name, mask)` for each layer), and train each
+# as `init_or_after` does (seed `SEED`).  What is the test accuracy of SNIP minus that of
+# its shuffled mask, in points?  One decimal.  How far does each fall against its run with
+# the rescaling (in `init_results`), and does their difference change?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+unscaled_runs = {}  # mask -> (task, trained model)
+
+
+def unscaled(mask):
+    """``init_or_after``'s run at `top` on seed SEED, the mask attached as it is."""
+    if mask not in unscaled_runs:
+        t = recipes.task("lenet300", DATA, seed=SEED)
+        train, val, _ = t.loaders(RECIPE.batch_size)
+        probe = sl.prune(t.build(), "snip", top, data=tuple(next(iter(train))), seed=SEED)
+        found = sl.masks.masks(probe)
+        if mask == "SNIP, shuffled":
+            found = recipes.random_like(found, seed=SEED)
+        model = t.build()
+        for name, keep in found.items():
+            sl.masks.attach(model, name, keep.clone())
+        sl.train.fit(model, train, val, seed=SEED, **TRAINING)
+        unscaled_runs[mask] = (t, model)
+    return unscaled_runs[mask]
+
+
+SNIP_MASKS = ("SNIP", "SNIP, shuffled")
+
+
+def check_5(answer, solution=False):
+    accuracy = {}
+    for mask in SNIP_MASKS:
+        t, model = unscaled(mask)
+        accuracy[mask] = recipes.evaluate_run(model, t)["accuracy"]
+    gap = 100 * (accuracy["SNIP"] - accuracy["SNIP, shuffled"])
+    hint = "Attach each mask with `sl.masks.attach` to `t.build()`; train; score each."
+    sl.nb.check(5, answer, gap, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_5 = None  # points, e.g. 0.5
+check_5(answer_5)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 5.  Without the rescaling, a unit that keeps 2% of its inputs starts with
+# pre-activations about seven times smaller than a dense unit's (the square root of 50),
+# and the deeper layers shrink them again: the network starts with logits set by its biases
+# and may not train far in the same epochs.  That hits both masks, since they keep the same
+# counts per layer; whether it hits them equally is what their difference says.  By hand:
+rescaled = init_results[(init_results["sparsity"] == top) & (init_results["seed"] == SEED)]
+rescaled = rescaled.set_index("mask")["test_accuracy"]
+accuracy_5 = {m: hand_accuracy(unscaled(m)[1], x_test, y_test) for m in SNIP_MASKS}
+solution_5 = round(100 * (accuracy_5["SNIP"] - accuracy_5["SNIP, shuffled"]), 1)
+print(
+    ", ".join(
+        f"{m}: {accuracy_5[m]:.2%} without the rescaling, {rescaled[m]:.2%} with it"
+        for m in SNIP_MASKS
+    )
+    + f"; SNIP minus shuffled {solution_5:+.1f} points without, "
+    f"{100 * (rescaled['SNIP'] - rescaled['SNIP, shuffled']):+.1f} with (seed {SEED}, {top:.0%})"
+)
+check_5(solution_5, solution=True)

@@ -199,6 +199,33 @@ display(
 )
 
 # %% [markdown]
+# The layer budget is a parameter of every sparse-from-scratch method.  ERK gives a layer a
+# density proportional to the sum of its dimensions over their product, so the small last
+# layer stays dense long after the uniform budget has thinned it (on fully connected
+# layers ER and ERK coincide; ERK's kernel dimensions matter for convolutions, see
+# [05f](05f_rewinding_and_connectivity.ipynb)).  Move the sparsity in a live kernel (the
+# book shows four).
+
+
+# %%
+def draw_budgets(ax, sparsity):
+    """Each layer's density under the uniform, ER and ERK budgets at ``sparsity``."""
+    shapes = {n: tuple(p.shape) for n, p in t0.build().named_parameters() if n.endswith("weight")}
+    x = np.arange(len(shapes))
+    for i, budget in enumerate(["uniform", "er", "erk"]):
+        layer_sparsity = sl.budgets.allocate(budget, shapes, sparsity)
+        densities = [1 - layer_sparsity[n] for n in shapes]
+        ax.bar(x + (i - 1) * 0.27, densities, width=0.27, label=budget)
+    ax.set_xticks(x, list(shapes), fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylim(1e-2, 1.5)  # one scale for every panel: from 1% kept to dense
+    ax.set_ylabel("density (kept share)")
+    ax.legend(fontsize=7)
+
+
+sl.nb.explore(draw_budgets, sparsity=[0.5, 0.8, 0.9, 0.98])
+
+# %% [markdown]
 # ## Static, SET, RigL and GMP at about equal training FLOPs
 #
 # Gradual magnitude pruning (GMP) starts dense, so its early epochs cost as much as dense
@@ -746,8 +773,8 @@ sl.claims.table(all_verdicts)
 # %% [markdown]
 # ## Exercises
 #
-# Exercises 1 to 3 have a cell for your answer, which checks it when you run it, and a
-# worked solution below it, collapsed (click to show it).  The checks measure: they run the
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).  The checks measure: they run the
 # experiment your answer is about.
 #
 # **1.** Train RigL as in the first section (ERK, seed `SEED`, `EPOCHS` epochs, masks
@@ -859,6 +886,90 @@ print(f"phases of {longer} epochs: {solution_3:.2f} near zero; default phases: {
 check_3(solution_3, solution=True)
 
 # %% [markdown]
-# **4.** Train CrAM with a single sparsity (`sparsities=[0.9]`) and draw the robustness
-# curve again.  Which sparsities does it protect?  (This one trains the small ResNet for the
-# recipe's epochs, minutes on a CPU, so it has no check cell here.)
+# **4.** Train CrAM with a single sparsity: as in the CrAM section, on seed `SEED` (the same
+# optimizer settings, epochs and uniform budget), but with `sparsities=[0.9]`.  Prune it in
+# one shot to 90% as the section does (`one_shot(model, 0.9, data=train,
+# budget="uniform")` on a copy, with `train` a fresh training loader of the task,
+# `t.loaders(CRAM_RECIPE.batch_size)[0]`).  By how many points is its test accuracy above
+# that of the section's CrAM (trained on `CRAM_SPARSITIES`) pruned to 90%, on seed `SEED`
+# (in `cram_results`)?  One decimal, negative when below.  Which sparsities does it protect?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+import functools
+
+
+@functools.cache
+def cram_single():
+    """CrAM trained as in the CrAM section on seed SEED, drawing 90% at every step:
+    ``(model, task)``."""
+    t = recipes.task("resnet_small", CRAM_DATA, seed=SEED)
+    m, (train, val, _) = t.build(), t.loaders(CRAM_RECIPE.batch_size)
+    method = registry.get("cram", "training")(0.9, sparsities=[0.9], budget="uniform", seed=SEED)
+    epochs = CRAM_EPOCHS or CRAM_RECIPE.epochs
+    method.fit(m, train, val, epochs=epochs, seed=SEED, **CRAM_TRAINING)
+    return m, t
+
+
+def section_cram(sparsity):
+    """Test accuracy of the section's CrAM on seed SEED, pruned in one shot to ``sparsity``."""
+    rows = cram_results[(cram_results["trainer"] == "cram") & (cram_results["seed"] == SEED)]
+    return rows.set_index("sparsity").loc[sparsity, "accuracy"]
+
+
+def check_4(answer, solution=False):
+    m, t = cram_single()
+    train = t.loaders(CRAM_RECIPE.batch_size)[0]
+    pruned = one_shot(copy.deepcopy(m), 0.9, data=train, budget="uniform")
+    gain = 100 * (evaluate(pruned, t, 0.9)["accuracy"] - section_cram(0.9))
+    hint = "Prune a copy with `one_shot` and a fresh training loader; subtract the section's row."
+    sl.nb.check(4, answer, gain, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_4 = None  # points, e.g. 3.5
+check_4(answer_4)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 4.  Each CrAM step takes its gradient at the weights compressed to the sparsity
+# drawn; with the single sparsity 90% every step prepares the model for that cut, where the
+# section's list spreads the steps over 50%, 70% and 90%.  A model that survives 90% keeps
+# its largest weights at lower sparsities too, so the protection can reach below 90%, but
+# only the curves say how far (one seed: a difference of a few points may be noise).  By
+# hand: the smallest weights of every convolution and linear layer zeroed (the same share in
+# each, the uniform budget), the BatchNorm statistics averaged again over one pass of the
+# training batches, the test accuracy from the logits.
+model_4, task_4 = cram_single()
+x_test_4, y_test_4 = task_4.bundle.test.tensors
+
+
+def pruned_accuracy(model, sparsity):
+    """Test accuracy of a copy of ``model`` pruned by hand to ``sparsity`` in every layer."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
+                size = module.weight.abs()
+                k = round(sparsity * size.numel())
+                if k > 0:
+                    module.weight.mul_(size > size.flatten().kthvalue(k).values)
+        model.eval()
+        for norm in model.modules():
+            if isinstance(norm, torch.nn.BatchNorm2d):
+                norm.reset_running_stats()
+                norm.momentum = None  # a plain average over the batches
+                norm.train()
+        for x, _ in task_4.loaders(CRAM_RECIPE.batch_size)[0]:
+            model(x)
+        model.eval()
+        return float((model(x_test_4).argmax(dim=1) == y_test_4).float().mean())
+
+
+for s in ONE_SHOT_SPARSITIES:
+    print(
+        f"pruned to {s:.0%}: CrAM on 90% only {pruned_accuracy(model_4, s):.2%}, "
+        f"the section's CrAM {section_cram(s):.2%}"
+    )
+solution_4 = round(100 * (pruned_accuracy(model_4, 0.9) - section_cram(0.9)), 1)
+print(f"at 90%: {solution_4:+.1f} points")
+check_4(solution_4, solution=True)

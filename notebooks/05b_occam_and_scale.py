@@ -431,14 +431,176 @@ print(f"dense {test_accuracy(dense_1):.1%}; top at {top:.0%} sparse: {solution_1
 check_1(solution_1, solution=True)
 
 # %% [markdown]
-# **2.** Replace one-shot pruning with GMP in `occam_curve`.  Does a hill appear at moderate
-# sparsity, and does the gain at the highest sparsity under label noise remain?  (No check:
-# it trains a GMP network for every sparsity, noise level and seed.)
-#
+# **2.** Replace one-shot pruning with GMP.  On the hill's task of seed `SEED` (`task_1`)
+# with the most label noise of `NOISES` (`occam.noisy_task`), train a fresh LeNet-300-100
+# with GMP to the highest sparsity of `SPARSITIES`: `GMP(s, budget="global", end=0.75,
+# frequency=...)` of `sparsity_lab.methods.gradual`, global magnitude as in the one-shot
+# curve, pruning every half epoch (half the batches of the recipe's training loader) until
+# three quarters of training, for `EPOCHS` epochs with the recipe (`fit_recipe` of
+# `sparsity_lab.phenomena.structure`).  What is its test accuracy minus the dense model's of
+# the same seed and noise (the row of sparsity 0 in `curves`), in points?  One decimal.
+# Does the gain (or the loss) of one-shot pruning at that sparsity remain?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+import functools
+
+from sparsity_lab.methods.base import TrainingFlops
+from sparsity_lab.methods.gradual import GMP
+from sparsity_lab.phenomena.structure import fit_recipe
+
+noisy_2 = occam.noisy_task(task_1, max(NOISES))
+
+
+@functools.cache
+def gmp_accuracy():
+    """Test accuracy of seed SEED's LeNet-300-100 trained by GMP on the noisiest labels."""
+    batches = len(noisy_2.loaders(recipes.recipe_for("lenet300", DATA).batch_size)[0])
+    gmp = GMP(max(SPARSITIES), budget="global", end=0.75, frequency=max(1, batches // 2))
+    model = noisy_2.build()
+    fit_recipe(model, noisy_2, epochs=EPOCHS, callbacks=[gmp])
+    return recipes.evaluate_run(model, noisy_2, target_sparsity=max(SPARSITIES))["accuracy"]
+
+
+def check_2(answer, solution=False):
+    rows = curves[(curves["noise"] == max(NOISES)) & (curves["seed"] == SEED)]
+    dense = rows.set_index("sparsity").loc[0.0, "test_accuracy"]
+    hint = "Train with the GMP callback, then subtract the dense row's test accuracy in `curves`."
+    gain = 100 * (gmp_accuracy() - dense)
+    sl.nb.check(2, answer, gain, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_2 = None  # points, e.g. -2.5
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  GMP prunes while the network learns: the weights that stay adapt to each cut,
+# where one-shot pruning removes them all at once from a model that has already fitted the
+# noisy labels, then fine-tunes `FINETUNE_EPOCHS` epochs.  The budgets differ too: GMP
+# trains `EPOCHS` epochs in all, the one-shot curve `EPOCHS` dense plus the fine-tuning.
+# Whether a gain under label noise remains is what the two numbers below say, on one seed.
+# By another route: the registered GMP method's own `fit` with the recipe's settings, the
+# sparsity counted from the masks, the test accuracies of GMP and of the dense model (the
+# recipe's, as `occam_curve` trains it) computed from the test tensors.
+recipe_2 = recipes.recipe_for("lenet300", DATA)
+settings = {**recipe_2.training(), **({} if EPOCHS is None else {"epochs": EPOCHS})}
+train_2, val_2, _ = noisy_2.loaders(recipe_2.batch_size)
+method_2 = sl.registry.get("gmp", "training")(
+    max(SPARSITIES), budget="global", end=0.75, frequency=max(1, len(train_2) // 2)
+)
+gmp_2 = noisy_2.build()
+method_2.fit(gmp_2, train_2, val_2, seed=noisy_2.seed, progress=False, **settings)
+dense_2, _ = recipes.train_dense(noisy_2, epochs=EPOCHS, progress=False)
+x_test_2, y_test_2 = noisy_2.bundle.test.tensors
+
+
+def accuracy_2(model):
+    with torch.no_grad():
+        return float((model(x_test_2).argmax(dim=1) == y_test_2).float().mean())
+
+
+found_2 = sl.masks.masks(gmp_2).values()
+reached = 1 - sum(int(m.sum()) for m in found_2) / sum(m.numel() for m in found_2)
+one_shot_2 = curves[(curves["noise"] == max(NOISES)) & (curves["seed"] == SEED)]
+one_shot_2 = one_shot_2.set_index("sparsity")["test_accuracy"]
+solution_2 = round(100 * (accuracy_2(gmp_2) - accuracy_2(dense_2)), 1)
+print(
+    f"{max(NOISES):.0%} label noise, {reached:.1%} sparse: GMP {solution_2:+.1f} points, "
+    f"one-shot and fine-tuning "
+    f"{100 * (one_shot_2[max(SPARSITIES)] - one_shot_2[0.0]):+.1f} points against dense"
+)
+check_2(solution_2, solution=True)
+
+# %% [markdown]
 # **3.** Compare at equal *training* FLOPs: the sparse model also pays for its dense start.
-# Use `sparsity_lab.methods.base.TrainingFlops`.  (No check: it trains the three CNNs again,
-# with the FLOP counter.)
-#
+# Train seed `SEED`'s large CNN on MNIST-1D (`recipes.task("cnn1d", "mnist1d", seed=SEED,
+# **MNIST1D_OPTIONS)`) with GMP to 90% as the section does (`GMP(0.9, budget="uniform",
+# end=0.75, frequency=...)`, pruning every half epoch until three quarters of training,
+# `fit_recipe` for `SCALE_EPOCHS` epochs), counting its training FLOPs with a
+# `sparsity_lab.methods.base.TrainingFlops(gmp)` callback.  How many times the training FLOPs
+# of the small dense CNN of equal FLOPs (`scale.matching_model`, trained as many epochs on
+# as many examples, `recipes.training_flops`) is that?  One decimal.  What could the small
+# dense CNN do with the same training budget?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+task_3 = recipes.task("cnn1d", "mnist1d", seed=SEED, **MNIST1D_OPTIONS)
+
+
+@functools.cache
+def training_flops_3():
+    """Training FLOPs of GMP on the large CNN to 90%, and of the small dense CNN of equal
+    FLOPs trained as many epochs."""
+    batches = len(task_3.loaders(recipes.recipe_for("cnn1d", "mnist1d").batch_size)[0])
+    gmp = GMP(0.9, budget="uniform", end=0.75, frequency=max(1, batches // 2))
+    counter = TrainingFlops(gmp)
+    large = task_3.build()
+    fit_recipe(large, task_3, epochs=SCALE_EPOCHS, callbacks=[gmp, counter])
+    _, small = scale.matching_model(task_3, scale.cost(large, "flops"), "flops")
+    return counter.total, recipes.training_flops(small, len(task_3.bundle.train), counter.epochs)
+
+
+def check_3(answer, solution=False):
+    large, small = training_flops_3()
+    hint = "Read `total` of the TrainingFlops callback; `recipes.training_flops` gives the other."
+    sl.nb.check(3, answer, large / small, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_3 = None  # a ratio, e.g. 1.5
+check_3(answer_3)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  GMP starts dense and reaches 90% only at three quarters of training.  The
+# cubic ramp averages three quarters of the final sparsity, so the large CNN runs on average
+# at about 1 - 0.9 (0.75 * 0.75 + 0.25) = 27% of its dense FLOPs (a little more, since the
+# mask changes only every half epoch), while the small dense CNN costs about 10% from its
+# first step.  With the same training budget, the small dense CNN could train that many
+# times longer, or be wider; whether it then catches up is the comparison this exercise
+# starts.  By hand, with no training: the schedule's sparsity at every step, the FLOPs of
+# each convolution from its output length, the width of the small CNN from the section's
+# table of sizes.
+scale_recipe = recipes.recipe_for("cnn1d", "mnist1d")
+epochs_3 = SCALE_EPOCHS or scale_recipe.epochs
+n_3 = len(task_3.bundle.train)
+batches_3 = [min(scale_recipe.batch_size, n_3 - i) for i in range(0, n_3, scale_recipe.batch_size)]
+steps_3 = epochs_3 * len(batches_3)
+every, end = max(1, len(batches_3) // 2), round(0.75 * steps_3)
+
+
+def sparsity_at(step):
+    """GMP's cubic schedule, held between updates: the sparsity a step trains at."""
+    done = 1.0 if step >= end else (step // every) * every / end
+    return 0.9 * (1 - (1 - done) ** 3)
+
+
+def forward_flops(channels):
+    """Forward FLOPs per example of the dense CNN with ``channels`` per convolution: two
+    per weight and output position (kernels 5, 3, 3, stride 2, half-kernel padding)."""
+    length, c_in, flops = task_3.bundle.input_shape[-1], 1, 0
+    for i, c in enumerate(channels):
+        kernel = 5 if i == 0 else 3
+        length = (length + 2 * (kernel // 2) - kernel) // 2 + 1
+        flops += 2 * c * c_in * kernel * length
+        c_in = c
+    return flops + 2 * c_in * length * task_3.bundle.n_classes  # the head
+
+
+dense_examples = sum(  # examples weighted by the density they train at
+    (1 - sparsity_at(step)) * batches_3[step % len(batches_3)] for step in range(steps_3)
+)
+width_3 = sizes.loc[(0.9, "small dense (equal flops)"), "width"]
+large_3 = 3 * forward_flops((32,) * 3) * dense_examples
+small_3 = 3 * forward_flops((round(32 * width_3),) * 3) * n_3 * epochs_3
+solution_3 = round(large_3 / small_3, 1)
+print(
+    f"GMP {large_3:.3g} training FLOPs ({dense_examples / (n_3 * epochs_3):.1%} of dense), "
+    f"small dense of {round(32 * width_3)} channels {small_3:.3g}: {solution_3}x"
+)
+check_3(solution_3, solution=True)
+
+# %% [markdown]
 # **4.** Repeat large-sparse against small-dense with LeNet-300-100 on section 1's data.  At
 # 90% sparsity (uniform budget), how many units has the first hidden layer of the small
 # dense LeNet-300-100 with about as many nonzero weights (`scale.matching_model`, widths

@@ -611,9 +611,177 @@ print(f"{live} of {kept} kept weights on a path, {into[-1].sum():.0f} paths: {so
 check_2(solution_2, solution=True)
 
 # %% [markdown]
-# **3.** Shuffle one layer at a time (keep the others) for the mask found after training.
-# Which layer's positions matter most?  (No check: it trains three more networks per seed.)
-#
-# **4.** Start the networks without `recipes.sparse_start` (attach the masks to a fresh model
-# with `sl.masks.attach`).  How much of the shuffling gap comes from the missing rescaling?
-# (No check: it trains every pair of networks again.)
+# **3.** Shuffle one layer at a time in the mask found after training.  On seed `SEED`, take
+# global magnitude's mask of the trained dense model at `SHUFFLE_SPARSITY`
+# (`shuffle.masks_found(task_1, "magnitude", SHUFFLE_SPARSITY, "trained",
+# dense_epochs=EPOCHS)`), replace one layer's mask by its shuffle
+# (`recipes.random_like({name: mask}, SEED)`), keep the other layers' masks, start through
+# `recipes.sparse_start` and train with the recipe for `EPOCHS` epochs (`fit_recipe`).  Which
+# layer, shuffled alone, leaves the lowest test accuracy?  Answer with its mask's name.  Why
+# that layer?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+import functools
+
+
+@functools.cache
+def one_layer_shuffled():
+    """Seed SEED's test accuracy with one layer of the trained-magnitude mask shuffled."""
+    found = shuffle.masks_found(
+        task_1, "magnitude", SHUFFLE_SPARSITY, "trained", dense_epochs=EPOCHS
+    )
+    accuracy = {}
+    for name, mask in found.items():
+        chosen = {**found, name: recipes.random_like({name: mask}, SEED)[name]}
+        model = recipes.sparse_start(task_1.build(), chosen)
+        fit_recipe(model, task_1, epochs=EPOCHS)
+        accuracy[name] = recipes.evaluate_run(model, task_1)["accuracy"]
+    return accuracy
+
+
+def check_3(answer, solution=False):
+    accuracy = one_layer_shuffled()
+    lowest = min(accuracy.values())
+
+    def right(a):  # "fc2" counts as "fc2.weight"
+        return accuracy.get(a, accuracy.get(f"{a}.weight")) == lowest
+
+    hint = "Train one network per shuffled layer (three in all) and compare their test accuracies."
+    sl.nb.check(3, answer, right, hint=hint, solution=solution)
+
+
+# %%
+answer_3 = None  # a mask's name, e.g. "fc1.weight"
+check_3(answer_3)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  Shuffling a layer keeps its number of weights and moves them at random; the
+# rest of the mask and the initial weights stay.  Global magnitude gives the layers very
+# different densities (printed below).  The positions matter most where a layer keeps few
+# weights: each kept one may be the only link of a unit, and a random choice can leave units
+# with no input or no output, which training cannot repair, while a denser layer can lose
+# its best positions and still pass the signal.  Compare the densities with the accuracies;
+# with one seed, a gap of a point or two between layers may be noise.  By hand:
+# each layer's permutation (the one `random_like` draws for it), the rescaling to each
+# unit's kept fan-in, and the test accuracy from the weight tensors.
+found_3 = shuffle.masks_found(task_1, "magnitude", SHUFFLE_SPARSITY, "trained", dense_epochs=EPOCHS)
+x_test, y_test = task_1.bundle.test.tensors
+
+
+def start_by_hand(chosen):
+    """Seed SEED's initial network under ``chosen``, each unit's kept weights multiplied by
+    sqrt(fan-in / kept fan-in)."""
+    model = task_1.build()
+    with torch.no_grad():
+        for name, mask in chosen.items():
+            kept = mask.float().sum(dim=1)
+            factor = torch.where(kept > 0, (mask.shape[1] / kept.clamp_min(1)).sqrt(), 1.0)
+            model.get_parameter(name).mul_(factor[:, None])
+            sl.masks.attach(model, name, mask)
+    return model
+
+
+def accuracy_by_hand(model):
+    """Test accuracy computed from the masked weights, with a ReLU between the layers."""
+    h = x_test.flatten(1)
+    for i, name in enumerate(LAYERS):
+        weight = sl.masks.dense_weight(model, name).detach() * sl.masks.get_mask(model, name)
+        h = h @ weight.T + model.get_submodule(name.removesuffix(".weight")).bias.detach()
+        h = h.relu() if i < len(LAYERS) - 1 else h
+    return float((h.argmax(dim=1) == y_test).float().mean())
+
+
+by_layer = {}
+for name in LAYERS:
+    mask = found_3[name]
+    order = torch.randperm(mask.numel(), generator=torch.Generator().manual_seed(SEED))
+    model = start_by_hand({**found_3, name: mask.flatten()[order].reshape(mask.shape)})
+    fit_recipe(model, task_1, epochs=EPOCHS)
+    by_layer[name] = accuracy_by_hand(model)
+seed_rows = shuffled[(shuffled["mask"] == "magnitude after training") & (shuffled["seed"] == SEED)]
+original = seed_rows.set_index("arm").loc["original", "test_accuracy"]
+print(f"original mask: {original:.2%} test accuracy on seed {SEED}")
+for name, accuracy in by_layer.items():
+    density = found_3[name].float().mean()
+    print(f"{name} shuffled (density {density:.2%}): {accuracy:.2%}")
+solution_3 = min(by_layer, key=by_layer.get)
+check_3(solution_3, solution=True)
+
+# %% [markdown]
+# **4.** Start the networks without `recipes.sparse_start`.  On seed `SEED`, attach SNIP's
+# mask at `SHUFFLE_SPARSITY` (`shuffle.masks_found(task_1, "snip", SHUFFLE_SPARSITY,
+# "init")`) and its shuffle (`recipes.random_like(found, SEED)`) to a fresh model with
+# `sl.masks.attach`, without rescaling, and train both with the recipe for `EPOCHS` epochs.
+# By how many points does the gap, shuffled minus original, change from the section's
+# rescaled networks of the same seed (in `shuffled`) to these: the gap without rescaling
+# minus the gap with it?  One decimal.  What does the rescaling do for the comparison?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+@functools.cache
+def without_rescaling():
+    """Seed SEED's test accuracy of SNIP's mask and its shuffle, attached with no rescaling."""
+    found = shuffle.masks_found(task_1, "snip", SHUFFLE_SPARSITY, "init")
+    accuracy = {}
+    for arm, chosen in (("original", found), ("shuffled", recipes.random_like(found, SEED))):
+        model = task_1.build()
+        for name, mask in chosen.items():
+            sl.masks.attach(model, name, mask.clone())
+        fit_recipe(model, task_1, epochs=EPOCHS)
+        accuracy[arm] = recipes.evaluate_run(model, task_1)["accuracy"]
+    return accuracy
+
+
+def check_4(answer, solution=False):
+    plain = without_rescaling()
+    rows = shuffled[(shuffled["mask"] == "snip at init") & (shuffled["seed"] == SEED)]
+    rescaled = rows.set_index("arm")["test_accuracy"]
+    change = (plain["shuffled"] - plain["original"]) - (rescaled["shuffled"] - rescaled["original"])
+    hint = "Subtract the rescaled gap of seed SEED (rows of `shuffled`) from the new gap."
+    sl.nb.check(4, answer, 100 * change, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_4 = None  # points, e.g. -3.5
+check_4(answer_4)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 4.  Without the rescaling every unit starts with the variance of its dense
+# fan-in, so at 95% sparsity each layer shrinks the signal by about the square root of its
+# density: the logits start set by the biases (their spread is printed below), and the
+# networks train badly whatever their masks, the shuffled one often at chance.  The gap then
+# measures how each mask copes with a vanishing signal, not which positions matter; part of
+# it, or all, is the missing rescaling.  By hand: the shuffle of every layer from one
+# generator (as `random_like` draws it), the masks attached directly, the test accuracy from
+# the weight tensors (`accuracy_by_hand` of solution 3).
+found_4 = shuffle.masks_found(task_1, "snip", SHUFFLE_SPARSITY, "init")
+generator = torch.Generator().manual_seed(SEED)
+shuffled_4 = {}
+for name, mask in found_4.items():
+    order = torch.randperm(mask.numel(), generator=generator)
+    shuffled_4[name] = mask.flatten()[order].reshape(mask.shape)
+plain_4 = {}
+for arm, chosen in (("original", found_4), ("shuffled", shuffled_4)):
+    model = task_1.build()
+    for name, mask in chosen.items():
+        sl.masks.attach(model, name, mask)
+    if arm == "original":
+        with torch.no_grad():
+            spread = {"without": float(model(x_test).std())}
+            spread["with"] = float(start_by_hand(found_4)(x_test).std())
+    fit_recipe(model, task_1, epochs=EPOCHS)
+    plain_4[arm] = accuracy_by_hand(model)
+rows_4 = shuffled[(shuffled["mask"] == "snip at init") & (shuffled["seed"] == SEED)]
+rescaled_4 = rows_4.set_index("arm")["test_accuracy"]
+gaps = {
+    "rescaled": 100 * (rescaled_4["shuffled"] - rescaled_4["original"]),
+    "not rescaled": 100 * (plain_4["shuffled"] - plain_4["original"]),
+}
+print(f"spread of the initial logits: {spread['with']:.3f} rescaled, {spread['without']:.3f} not")
+print(
+    f"not rescaled: original {plain_4['original']:.2%}, shuffled {plain_4['shuffled']:.2%}; "
+    + "; ".join(f"gap {k} {v:+.1f} points" for k, v in gaps.items())
+)
+solution_4 = round(gaps["not rescaled"] - gaps["rescaled"], 1)
+check_4(solution_4, solution=True)

@@ -430,6 +430,57 @@ print(f"largest mean barrier: {solution_2}")
 check_2(solution_2, solution=True)
 
 # %% [markdown]
-# **3.** Repeat section 3 with the uniform budget (`budget="uniform"`).  Where does it put
-# the density that ERK gives the first convolution, and what does that cost the random
-# masks in accuracy?  (No check: it trains three more networks.)
+# **3.** Repeat section 3 with the uniform budget on its first seed, `SEEDS[0]`: a random
+# mask at `ERK_SPARSITY` with `budget="uniform"`, started with `recipes.sparse_start` and
+# trained with `fit_recipe(model, t, epochs=EPOCHS, recipe=recipe5)`, as section 3 trains
+# ER and ERK.  What is its test accuracy minus that of the ERK mask on the same seed (in
+# `budget_runs`), in points?  One decimal.  Where does the uniform budget put the density
+# that ERK gives the first convolution?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+uniform_run = {}  # the network is trained once, for the check and the solution
+
+
+def uniform_lenet5():
+    """The task of seed SEEDS[0] and its LeNet-5 trained from a uniform random mask at
+    ERK_SPARSITY, as section 3 trains ER and ERK."""
+    if not uniform_run:
+        t = recipes.task("lenet5", "mnist", seed=SEEDS[0])
+        scratch = sl.prune(t.build(), "random", ERK_SPARSITY, budget="uniform", seed=SEEDS[0])
+        found = {n: m.bool() for n, m in sl.masks.masks(scratch).items()}
+        model = recipes.sparse_start(t.build(), found)
+        fit_recipe(model, t, epochs=EPOCHS, recipe=recipe5)
+        uniform_run.update(task=t, model=model)
+    return uniform_run["task"], uniform_run["model"]
+
+
+def check_3(answer, solution=False):
+    t, model = uniform_lenet5()
+    uniform = recipes.evaluate_run(model, t, target_sparsity=ERK_SPARSITY)["accuracy"]
+    erk = budget_runs.set_index(["seed", "budget"]).loc[(SEEDS[0], "erk"), "test_accuracy"]
+    hint = "Build the mask as section 3 does, with budget='uniform'; subtract ERK's SEEDS[0] row."
+    sl.nb.check(3, answer, 100 * (uniform - erk), hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_3 = None  # points, e.g. -1.5
+check_3(answer_3)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  The uniform budget keeps the same share of every layer, so the first
+# convolution, whose 150 weights read the image, keeps only a handful of them, where ERK
+# keeps most of its small layers; the weights it saves there go to the fully connected
+# layers, which did not need them.  The accuracy is counted here by hand from the test
+# predictions (one seed: the difference needs more seeds to mean much).
+task_3, model_3 = uniform_lenet5()
+hits = predictions(model_3, task_3) == task_3.bundle.test.tensors[1]
+uniform_accuracy = hits.sum().item() / len(hits)
+erk_row = budget_runs[(budget_runs["seed"] == SEEDS[0]) & (budget_runs["budget"] == "erk")]
+solution_3 = round(100 * (uniform_accuracy - erk_row["test_accuracy"].item()), 1)
+kept_conv1 = int(sl.masks.masks(model_3)["conv1.weight"].sum())
+conv1 = densities.loc["conv1.weight"]
+print(f"conv1 keeps {kept_conv1} of {int(conv1['weights'])} weights with the uniform budget, "
+      f"about {conv1['erk'] * conv1['weights']:.0f} with ERK; uniform {uniform_accuracy:.2%}, "
+      f"uniform minus ERK {solution_3:+.1f} points")  # fmt: skip
+check_3(solution_3, solution=True)

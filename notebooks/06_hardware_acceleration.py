@@ -913,10 +913,10 @@ display(
 #
 # ## Exercises
 #
-# Exercises 1, 4 and 5 have a cell for your answer, which checks it when you run it, and a
-# worked solution below it, collapsed (click to show it).  The checks measure: they run the
-# experiment your answer is about.  Exercises 2 and 3 ask about timings, which move from run
-# to run, so they have no check cell.
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).  The checks measure: they run the
+# experiment your answer is about.  Timings move from run to run, so the answers are counts
+# of bytes and FLOPs; the solutions then time what the counts explain.
 #
 # **1.** With 16-bit values and 16-bit indices, a 200 x 200 matrix (few enough entries for
 # 16-bit row pointers) is smaller in CSR than dense when it has few enough nonzeros.
@@ -960,15 +960,120 @@ print(f"{solution_1} nonzeros, sparsity {1 - solution_1 / n_entries:.2%}; CSR sm
 check_1(solution_1, solution=True)
 
 # %% [markdown]
-# **2.** Time the exported LeNet-300-100 at batch 1, 16 and 256.  How does the set of sparse
-# layers chosen by `export` change, and why?
-#
-# **3.** Prune LeNet-300-100 with
-# `sl.prune(model, "magnitude", s, pattern="block:4x4", exclude=["fc3.weight"],
-# budget="uniform")` (4 x 4 blocks do not tile fc3's 10 outputs; a uniform budget prunes
-# every layer to the same sparsity, as in section 4) and export it: do the BSR kernels
-# win?  At which sparsity?
-#
+# **2.** `export` keeps a sparse kernel only where it beats the dense product at the batch
+# it is timed on, and the batch changes what the dense product is limited by.  Count FLOPs
+# and bytes as section 7 does for the dense product of LeNet-300-100's first layer, a 300 x
+# 784 weight: 2 FLOPs per weight and example, `VALUE_BYTES` per weight, per input and per
+# output.  From which batch on is its arithmetic intensity at least this machine's ridge
+# point, `peak / bandwidth` as section 7 measured them (FLOP per byte)?  Answer with the
+# smallest whole batch, or 0 if no batch reaches it.  Then export section 4's model at
+# `FOCUS` sparsity at batch 1 and at batch 256: which kernels does it choose at each, and
+# what must a sparse kernel beat at each batch?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def dense_intensity(batch, rows=300, cols=784):
+    """FLOP per byte of a dense ``rows x cols`` product at ``batch``, counted as in section 7."""
+    weight_bytes = formats.bits(torch.ones(rows, cols), "dense", value_bits=8 * VALUE_BYTES) / 8
+    return 2 * rows * cols * batch / (weight_bytes + VALUE_BYTES * batch * (rows + cols))
+
+
+def check_2(answer, solution=False):
+    ridge = peak / bandwidth
+    low, high = 0, 10**9  # the intensity grows with the batch: bisect for the first batch
+    if dense_intensity(high) < ridge:
+        first = 0  # bounded by 2 rows cols / (VALUE_BYTES (rows + cols)): never reached
+    else:
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if dense_intensity(middle) >= ridge else (middle, high)
+        first = high
+    hint = "Intensity 2 n B / (4 n + 4 B (300 + 784)) with n = 300 * 784; solve it >= the ridge."
+    sl.nb.check(2, answer, first, hint=hint, solution=solution)
+
+
+# %%
+answer_2 = None  # a batch, e.g. 32
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  With n weights, v bytes a value and s = 300 + 784 inputs and outputs, the
+# dense product at batch B does 2 n B FLOPs and moves v (n + B s) bytes: at batch 1 about
+# 0.5 FLOP per byte, each weight read for one multiply-add, so it waits for memory and a
+# kernel wins by reading fewer bytes (CSR at high sparsity; at batch 1 the fixed cost of
+# each call counts too, which the compiled chain removes).  The intensity reaches the ridge
+# r where 2 n B >= r v (n + B s), so B >= r v n / (2 n - r v s).  Beyond it the dense
+# product runs at the machine's peak FLOP rate, and a sparse kernel must win by skipping
+# FLOPs, 1 / density times fewer, against its slower rate per FLOP: that pays at high
+# sparsity only.  The timed exports below show what this run chose.
+n_2, s_2, ridge_2 = 300 * 784, 300 + 784, peak / bandwidth
+if 2 * n_2 > ridge_2 * VALUE_BYTES * s_2:
+    solution_2 = max(
+        1, int(np.ceil(ridge_2 * VALUE_BYTES * n_2 / (2 * n_2 - ridge_2 * VALUE_BYTES * s_2)))
+    )
+else:
+    solution_2 = 0
+print(f"ridge {ridge_2:.1f} FLOP/byte; dense fc1 reaches it from batch {solution_2}")
+for batch in (1, 256):  # timed: the kernels export keeps move from run to run
+    exported_2 = accel.export(lenet(FOCUS, SEED), torch.randn(batch, 784), budget_s=BUDGET_S / 4)
+    chain = isinstance(exported_2, sl.fused.FusedSparseChain)
+    plan_2 = [f"{c.name} {'csr_chain' if chain else c.kernel}" for c in exported_2.export_plan]
+    print(f"batch {batch}: {', '.join(plan_2)}")
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** Prune LeNet-300-100 in blocks: `sl.prune(lenet(0.0, SEED), "magnitude", 0.9,
+# pattern="block:4x4", exclude=["fc3.weight"], budget="uniform")` (4 x 4 blocks do not tile
+# fc3's 10 outputs; a uniform budget prunes every layer to the same sparsity, as in section
+# 4).  BSR stores one column index per block of 16 values, CSR one per value.  With 32-bit
+# values and 32-bit indices (`index_bits=32`), what is the size of fc1's weight in BSR with
+# 4 x 4 blocks divided by its size in CSR (`formats.bits`)?  Two decimals.  Then export the
+# model: do the BSR kernels win, and at which batch?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def blocked_lenet():
+    """LeNet-300-100 pruned to 90% in 4 x 4 blocks, every layer but fc3 (uniform budget)."""
+    model = lenet(0.0, SEED)
+    sl.prune(model, "magnitude", 0.9, pattern="block:4x4", exclude=["fc3.weight"],
+             budget="uniform")  # fmt: skip
+    return model
+
+
+def check_3(answer, solution=False):
+    w = sl.masks.weight(blocked_lenet(), "fc1.weight").detach()
+    bsr = formats.bits(w, "bsr", block=(4, 4), value_bits=32, index_bits=32)
+    ratio = bsr / formats.bits(w, "csr", value_bits=32, index_bits=32)
+    hint = "BSR: per block 16 values and one index, plus a pointer per block row; CSR per value."
+    sl.nb.check(3, answer, ratio, hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_3 = None  # a ratio, e.g. 0.75
+check_3(answer_3)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  By hand, from the weight: every kept 4 x 4 block stores 16 values and one
+# column index, (16 * 32 + 32) bits, where CSR stores an index with each of its 16 values,
+# 16 * 64 bits; the row pointers (one per block row for BSR, per row for CSR) add little.
+# So BSR reads about half the bytes of CSR, and its kernel works on small dense blocks.
+# Whether that beats the dense product depends on the batch, as in exercise 2: the timed
+# export below says where it did in this run.
+blocked = blocked_lenet()
+w3 = sl.masks.weight(blocked, "fc1.weight").detach()
+kept_blocks = int((w3.reshape(300 // 4, 4, 784 // 4, 4) != 0).any(dim=3).any(dim=1).sum())
+bsr_bits = kept_blocks * (16 * 32 + 32) + (300 // 4 + 1) * 32
+csr_bits = int((w3 != 0).sum()) * (32 + 32) + (300 + 1) * 32
+solution_3 = round(bsr_bits / csr_bits, 2)
+print(f"{kept_blocks} blocks kept: BSR {bsr_bits} bits, CSR {csr_bits} bits, ratio {solution_3}")
+for batch in (1, 256):  # timed: the kernels export keeps move from run to run
+    exported_3 = accel.export(blocked, torch.randn(batch, 784), budget_s=BUDGET_S / 4)
+    chain = isinstance(exported_3, sl.fused.FusedSparseChain)
+    plan_3 = [f"{c.name} {'csr_chain' if chain else c.kernel}" for c in exported_3.export_plan]
+    print(f"batch {batch}: {', '.join(plan_3)}")
+check_3(solution_3, solution=True)
+
+# %% [markdown]
 # **4.** Zero-padded delta coding (Han 2016) with b-bit runs: which b minimises the size of
 # a 95%-sparse `SIDE x SIDE` random matrix with 8-bit values (`formats.bits(t, "rle",
 # value_bits=8, index_bits=b)`, b from 1 to 16; the matrix is `random_matrix(0.95)`)?

@@ -344,8 +344,8 @@ display(mine.round(3) if len(mine) else Markdown("This table has no relative_mag
 # %% [markdown]
 # ## Exercises
 #
-# Exercises 1 and 2 have a cell for your answer, which checks it when you run it, and a
-# worked solution below it, collapsed (click to show it).
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).
 #
 # **1.** Compute `leaderboard.cards(table, tolerance=0.005)` and `tolerance=0.02`.  Which
 # methods change their iso-accuracy compression?  Answer with a set of method names.  Then
@@ -431,11 +431,89 @@ print("kept:", solution_2)
 check_2(solution_2, solution=True)
 
 # %% [markdown]
-# **3.** Copy `benchmarks/leaderboard/smoke.yaml` to `smoke-mine.yaml` in the same folder
-# (its `imports:` are found there), set `name: smoke-mine`, add `fisher_diag` and `lamp` to
-# its methods, and run `sparsity-lab bench benchmarks/leaderboard/smoke-mine.yaml`.  Does
-# either beat global magnitude on the paired interval at 90%?  Then run it on a Dask
-# cluster against the first table, with a fresh cache so that every run is redone:
-# `--executor local:2 --cache .cache/bench-dask --out /tmp/rerun --compare
-# benchmarks/leaderboard/smoke-mine.csv`.  (This one runs the harness, so it has no check
-# cell here.)
+# **3.** Put `fisher_diag` and `lamp` on the smoke table's setting at 90% (the setting of
+# `benchmarks/leaderboard/smoke.yaml`: LeNet-300-100 on `digits`, seeds 0 and 1, one
+# fine-tuning epoch): the config `mine_config` below, whose arms `bench.cells` lists (the
+# baselines included) and whose runs `bench.run_cell(bench.setting_of(config), arm, seed)`
+# makes one at a time.
+# What is LAMP's mean paired difference from global magnitude at 90%, in points?  One
+# decimal.  Does either method beat global magnitude on the paired interval?  Then, in a
+# terminal, copy `smoke.yaml` to `smoke-mine.yaml` in the same folder (its `imports:` are
+# found there), set `name: smoke-mine`, add the two methods, run `sparsity-lab bench
+# benchmarks/leaderboard/smoke-mine.yaml`, and rerun it on a Dask cluster with a fresh
+# cache, so that every run is redone: `--executor local:2 --cache .cache/bench-dask --out
+# /tmp/rerun --compare benchmarks/leaderboard/smoke-mine.csv`.  Does any number change?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+import math
+
+from sparsity_lab import recipes
+
+mine_config = {  # the smoke table's setting, at 90% only, with the two methods
+    "name": "smoke-mine",
+    "model": "lenet300",
+    "data": "digits",
+    "sparsities": [0.9],
+    "seeds": [0, 1],
+    "finetune_epochs": 1,
+    "methods": ["fisher_diag", "lamp"],
+}
+mine_runs = {}  # each run is made once, for the check and the solution
+
+
+def run_mine(label):
+    """The harness's runs of the arm ``label`` of `mine_config`, one row per seed."""
+    if label not in mine_runs:
+        config = bench.load_config(mine_config)
+        (arm,) = [a for a in bench.cells(config) if a["label"] == label]
+        mine_runs[label] = [
+            {**bench.run_cell(bench.setting_of(config), arm, seed), "seed": seed}
+            for seed in config["seeds"]
+        ]
+    return pd.DataFrame(mine_runs[label])
+
+
+def check_3(answer, solution=False):
+    runs = pd.concat([run_mine("lamp"), run_mine("magnitude (global)")], ignore_index=True)
+    paired = sl.stats.paired(runs, "method", "lamp", "magnitude (global)", metric="test_accuracy")
+    hint = "Run both arms on both seeds; average the per-seed differences of test accuracy."
+    points = 100 * paired.iloc[0]["mean_diff"]
+    sl.nb.check(3, answer, points, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_3 = None  # points, e.g. -1.5
+check_3(answer_3)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  The protocol by hand, without the harness: each seed's dense model, pruned
+# once to 90% (data-driven criteria see the first 8 training batches of the seed's order,
+# the harness's `calibration_batches`), fine-tuned one epoch at the default learning rate
+# with the mask fixed, then scored on the test split.  With two seeds the paired 95%
+# interval uses the t quantile of one degree of freedom, tan(0.475 pi) = 12.7: a difference
+# must be about nine times its spread across the seeds to count, so two seeds decide
+# almost nothing.
+
+
+def accuracy_by_hand(method, seed, **options):
+    t, model, _ = recipes.dense("lenet300", "digits", seed)
+    calibration = [batch for _, batch in zip(range(8), t.loaders()[0], strict=False)]
+    sl.prune(model, method, 0.9, data=calibration, seed=seed, **options)
+    recipes.finetune(model, t, 1, lr=0.01)
+    x, y = t.bundle.test.tensors
+    with torch.no_grad(), sl.modes.evaluating(model):
+        return (model(x).argmax(dim=1) == y).double().mean().item()
+
+
+seeds_3 = mine_config["seeds"]
+magnitude_3 = [accuracy_by_hand("magnitude", seed, budget="global") for seed in seeds_3]
+for method in ("fisher_diag", "lamp"):
+    diffs = [accuracy_by_hand(method, s) - m for s, m in zip(seeds_3, magnitude_3, strict=True)]
+    mean, spread = sum(diffs) / 2, abs(diffs[0] - diffs[1]) / 2  # std / sqrt(2), two seeds
+    half = math.tan(0.475 * math.pi) * spread
+    print(f"{method} minus global magnitude: {100 * mean:+.1f} points, 95% interval "
+          f"[{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}]")  # fmt: skip
+    if method == "lamp":
+        solution_3 = round(100 * mean, 1)
+check_3(solution_3, solution=True)

@@ -317,7 +317,9 @@ display(
 # (projection, or GMP's cubic schedule), then fine-tunes with its masks fixed, all with
 # Adam; 95% intervals over the seeds.  Unstructured methods prune single weights of every
 # layer; the structured ones prune whole output units of every layer but the last, next to
-# GMP with the channel pattern on the same layers.
+# GMP with the channel pattern on the same layers.  Chapter
+# [09c](09c_regularizer_leaderboard.ipynb) runs the regularizers under the leaderboard's
+# SGD recipe instead, with their starting strengths chosen on validation.
 
 
 # %%

@@ -408,12 +408,251 @@ display(Markdown("\n".join(f"- {line}" for line in lines)))
 # %% [markdown]
 # ## Exercises
 #
-# 1. Run the comparison at 80% and 90% (`SPARSITY`).  Do the methods spread out or close
-#    up as the network keeps more weights?
-# 2. Change `BUDGET` to `"uniform"`.  Which methods lose most, and is it the ones that
-#    move weights between layers (SNFS, DSR) or the others?
-# 3. Give the supermasks a wider network (`WIDTHS = [1, 2, 4]`).  Does the gap to the
-#    trained network close as the paper says?
-# 4. DeepR's temperature `T` sets its exploration noise.  Train it with `temperature=1e-6`
-#    and `1e-10` (`registry.get("deepr", "training")(SPARSITY, temperature=...)`): what
-#    happens to the number of rewired connections in `method.log`?
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).  The checks measure: they run the
+# experiment your answer is about.
+#
+# **1.** Run the comparison at 80% sparsity instead of `SPARSITY`, on seed `SEED` only:
+# train every method of `METHODS` with `run(method, 0.8, SEED)`.  How far apart are the
+# methods: the best test accuracy minus the worst, in points?  One decimal.  Compare with
+# the same seed at `SPARSITY` in `results`: do the methods spread out or close up as the
+# network keeps more weights?
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+import functools
+
+import torch
+
+from sparsity_lab.callbacks import Callback
+
+
+@functools.cache
+def at_80():
+    """Every method of METHODS trained by `run` at 80% on seed SEED: {method: (row, model)}."""
+    trained = {}
+    for m in METHODS:
+        model = recipes.task("lenet300", DATA, seed=SEED).build()  # the network `run` builds
+        trained[m] = (run(m, 0.8, SEED, model=model), model)
+    return trained
+
+
+def check_1(answer, solution=False):
+    accuracy = [row["accuracy"] for row, _ in at_80().values()]
+    hint = "Take the largest and the smallest `accuracy` of the runs at 80%, in points."
+    spread = 100 * (max(accuracy) - min(accuracy))
+    sl.nb.check(1, answer, spread, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_1 = None  # points, e.g. 12.3
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  Each trained network is scored by hand on the test images.  With 20% of the
+# weights kept every rule has more room, so the choice of what to drop and grow should
+# matter less; the two numbers say whether it does on this seed (one seed: the full answer
+# needs the other seeds too).
+x_test, y_test = recipes.task("lenet300", DATA, seed=SEED).bundle.test.tensors
+with torch.no_grad():
+    hand = {
+        m: float((model.eval()(x_test).argmax(dim=1) == y_test).float().mean())
+        for m, (_, model) in at_80().items()
+    }
+solution_1 = round(100 * (max(hand.values()) - min(hand.values())), 1)
+same_seed = results[results["seed"] == SEED]["accuracy"]
+print(
+    f"seed {SEED}: methods {solution_1:.1f} points apart at 80% "
+    f"({min(hand, key=hand.get)} to {max(hand, key=hand.get)}), "
+    f"{100 * (same_seed.max() - same_seed.min()):.1f} points at {SPARSITY:.0%}"
+)
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** Change the budget to uniform for SNFS, the method that hands the dropped weights
+# back to the layers in proportion to their momentum: train
+# `registry.get("snfs", "training")(SPARSITY, budget="uniform", seed=SEED)` with `run` on
+# seed `SEED`.  The uniform budget starts every layer at density `1 - SPARSITY`; what
+# density does the output layer `fc3.weight` end with?  Two decimals.  Which methods of
+# the comparison cannot move weights between layers this way, and so stand to lose most
+# from a uniform budget?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+@functools.cache
+def snfs_uniform():
+    """SNFS with the uniform budget on seed SEED, trained by `run`: the trained model."""
+    model = recipes.task("lenet300", DATA, seed=SEED).build()
+    run(registry.get("snfs", "training")(SPARSITY, budget="uniform", seed=SEED), SPARSITY,
+        SEED, model=model)  # fmt: skip
+    return model
+
+
+def check_2(answer, solution=False):
+    density = float(sl.masks.get_mask(snfs_uniform(), "fc3.weight").float().mean())
+    hint = "Average the final mask of `fc3.weight` (`sl.masks.get_mask`) of the trained model."
+    sl.nb.check(2, answer, density, hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_2 = None  # a density, e.g. 0.25
+check_2(answer_2)
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  By bookkeeping instead of reading the final mask: SNFS drops a share of each
+# layer's weights at every update and regrows the total where the mean momentum is
+# largest, so the output layer ends with its start count plus, over the updates, what it
+# regrew minus what it dropped.  The small output layer, whose weights get the largest
+# gradients, gains.  Static, SET, RigL and DeepR keep each layer's count, and Top-KAST,
+# DPF and GMP select within each layer's budget at every step, so only SNFS and DSR can
+# undo a poor budget; the others are held to the uniform one.
+class CountedSNFS(registry.get("snfs", "training")):
+    """SNFS that writes down its start counts and each update's (dropped, regrown) per layer."""
+
+    def on_train_begin(self, trainer):
+        super().on_train_begin(trainer)
+        self.start = {n: int(m.sum()) for n, m in sl.masks.masks(trainer.model).items()}
+        self.plans = []
+
+    def plan(self, trainer, names, fraction):
+        self.plans.append(super().plan(trainer, names, fraction))
+        return self.plans[-1]
+
+
+counted = CountedSNFS(SPARSITY, budget="uniform", seed=SEED)
+run(counted, SPARSITY, SEED)
+fc3_plans = [planned["fc3.weight"] for planned in counted.plans]
+kept = counted.start["fc3.weight"] + sum(grown - dropped for dropped, grown in fc3_plans)
+size = recipes.task("lenet300", DATA, seed=SEED).build().fc3.weight.numel()
+solution_2 = round(kept / size, 2)
+print(f"fc3 keeps {counted.start['fc3.weight']} of {size} weights at the start, {kept} at the end "
+      f"({len(counted.plans)} updates): density {solution_2:.2f}")  # fmt: skip
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** Give the supermask a wider network: LeNet-300-100 with its hidden sizes times 4
+# (`lenet(4, SEED)`), edge-popup at 50% trained by `run` on seed `SEED`, against the same
+# network trained densely with the recipe (as `trained_dense` does).  The supermask's test
+# accuracy minus the trained network's, in points?  One decimal.  Compared with the gaps
+# at the widths of `WIDTHS` above, does the gap close as the network widens, as the paper
+# says?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+@functools.cache
+def wide(width=4):
+    """Edge-popup at 50% and dense training, LeNet-300-100 x ``width``, seed SEED: the
+    method, the supermask model, its accuracy, the dense model and its accuracy."""
+    t = recipes.task("lenet300", DATA, seed=SEED)
+    method = registry.get("edge_popup", "training")(0.5, seed=SEED)
+    popup = lenet(width, SEED)
+    popup_accuracy = run(method, 0.5, SEED, model=popup)["accuracy"]
+    dense = lenet(width, SEED)
+    train, val, _ = t.loaders(RECIPE.batch_size)
+    sl.train.fit(dense, train, val, seed=SEED, progress=False, **TRAINING)
+    return method, popup, popup_accuracy, dense, recipes.evaluate_run(dense, t)["accuracy"]
+
+
+def check_3(answer, solution=False):
+    _, _, popup_accuracy, _, dense_accuracy = wide()
+    hint = "Train both networks of width x4 as the supermask section does; subtract, in points."
+    gap = 100 * (popup_accuracy - dense_accuracy)
+    sl.nb.check(3, answer, gap, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_3 = None  # points, e.g. -4.2
+check_3(answer_3)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  The supermask rebuilt from its raw tensors: the weights are still the random
+# ±sqrt(2 / fan_in) of the start (never trained), each layer keeps the half of them with
+# the largest |score|, and the biases are the initial ones.  The paper's claim is for
+# networks far wider than these; a gap that shrinks from width x1 to x4 points its way.
+method, popup, _, dense, _ = wide()
+x_test, y_test = recipes.task("lenet300", DATA, seed=SEED).bundle.test.tensors
+h = x_test.flatten(1)
+with torch.no_grad():
+    for layer in ("fc1", "fc2", "fc3"):
+        w = sl.masks.dense_weight(popup, f"{layer}.weight")
+        assert torch.allclose(w.abs(), torch.full_like(w, (2 / w.shape[1]) ** 0.5))
+        score = method.scores[f"{layer}.weight"].abs().flatten()
+        keep = torch.zeros(score.numel(), dtype=torch.bool)
+        keep[score.argsort(descending=True)[: score.numel() // 2]] = True
+        h = h @ (w * keep.reshape(w.shape)).T + getattr(popup, layer).bias
+        h = h.relu() if layer != "fc3" else h
+    popup_hand = float((h.argmax(dim=1) == y_test).float().mean())
+    dense_hand = float((dense(x_test).argmax(dim=1) == y_test).float().mean())
+solution_3 = round(100 * (popup_hand - dense_hand), 1)
+gaps_above = zip(WIDTHS, super_verdicts, strict=True)
+narrower = ", ".join(f"x{w} {100 * v.mean:+.1f}" for w, v in gaps_above)
+print(f"supermask minus trained, x4 on seed {SEED}: {solution_3:+.1f} points "
+      f"(mean over the seeds: {narrower})")  # fmt: skip
+check_3(solution_3, solution=True)
+
+# %% [markdown]
+# **4.** DeepR's temperature `T` sets its exploration noise.  Train it on seed `SEED` with
+# `registry.get("deepr", "training")(SPARSITY, budget=BUDGET, temperature=1e-6,
+# seed=SEED)` and `run`.  How many connections does it rewire in all, the sum of `rewired`
+# over `method.log`?  Then try `1e-10`: why does the count not fall to zero?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+@functools.cache
+def rewired_in_all(temperature):
+    method = registry.get("deepr", "training")(
+        SPARSITY, budget=BUDGET, temperature=temperature, seed=SEED
+    )
+    run(method, SPARSITY, SEED)
+    return sum(entry["rewired"] for entry in method.log)
+
+
+def check_4(answer, solution=False):
+    hint = "Build the method, train it with `run`, then add up `rewired` over `method.log`."
+    sl.nb.check(4, answer, rewired_in_all(1e-6), hint=hint, solution=solution)
+
+
+# %%
+answer_4 = None  # a number of connections, e.g. 1234
+check_4(answer_4)
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 4.  Counted from outside the method: after every step, the connections that
+# were kept before it and are now dormant, or restarted at zero (a connection can be reborn
+# where it died).  The noise is one way across zero, the gradient step and the L1 pull are
+# another: at 1e-10 the noise is tiny, but a connection born at zero dies at its first
+# step whenever the gradient or the pull points against its random sign.
+def deepr(temperature, callbacks=()):
+    """DeepR on seed SEED at ``temperature``, trained as `run` trains (``callbacks`` added)."""
+    method = registry.get("deepr", "training")(
+        SPARSITY, budget=BUDGET, temperature=temperature, seed=SEED
+    )
+    t = recipes.task("lenet300", DATA, seed=SEED)
+    train, val, _ = t.loaders(RECIPE.batch_size)
+    method.fit(t.build(), train, val, seed=SEED, callbacks=callbacks, progress=False, **TRAINING)
+    return method
+
+
+class CountRewired(Callback):
+    """Connections kept before a step and dormant, or back at zero, after it."""
+
+    def on_train_begin(self, trainer):
+        self.count = 0
+
+    def on_step_begin(self, trainer):
+        self.before = {n: m.bool().clone() for n, m in sl.masks.masks(trainer.model).items()}
+
+    def on_step_end(self, trainer):
+        for n, kept in self.before.items():
+            after = sl.masks.get_mask(trainer.model, n).bool()
+            zero = sl.masks.dense_weight(trainer.model, n).detach() == 0
+            self.count += int((kept & (~after | zero)).sum())
+
+
+counters = {T: CountRewired() for T in (1e-6, 1e-10)}
+for T, counter in counters.items():
+    deepr(T, callbacks=[counter])
+solution_4 = counters[1e-6].count
+print(", ".join(f"T={T:g}: {c.count} rewired" for T, c in counters.items()))
+check_4(solution_4, solution=True)

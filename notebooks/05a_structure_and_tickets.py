@@ -488,12 +488,303 @@ display(Markdown(sl.claims.report(verdicts)))
 # %% [markdown]
 # ## Exercises
 #
-# 1. Set `EPSILON` to 0.1 (the paper's value).  When does the early-bird fire now, and
-#    what does that cost in accuracy?
-# 2. Track the `snip` criterion on a data batch next to magnitude.  Does a gradient-based
-#    mask settle earlier or later?
-# 3. Rewind to θk with `rewind_step` of a quarter, a half and two epochs (it counts optimizer
-#    steps: one epoch is `len(train_loader)` of them).  Where does the ticket start to beat
-#    re-initialisation?
-# 4. Repeat the ticket experiment at 98% sparsity (more rounds).  Which baseline collapses
-#    first?
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).  The checks of exercises 2 to 4
+# measure: they run the experiment your answer is about.
+#
+# **1.** Set `EPSILON` to 0.1, the paper's value, and apply the early-bird rule (Hamming
+# distance to the previous epoch below epsilon for `WINDOW` epochs in a row, the first
+# distance being between epochs 1 and 2) to seed `SEED`'s recorded magnitude curve in
+# `curves`.  At which epoch does it fire?  Why does 0.1 let it fire so early on these
+# masks?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_1(answer, solution=False):
+    curve = curves[(curves["seed"] == SEED) & (curves["criterion"] == "magnitude (weights)")]
+    curve = curve[curve["epoch"] > 1]
+    epoch = structure.stabilisation_epoch(
+        list(curve["hamming_to_previous"]), epsilon=0.1, window=WINDOW, epochs=list(curve["epoch"])
+    )
+    hint = "Pass `hamming_to_previous` from epoch 2 on to `structure.stabilisation_epoch`."
+    sl.nb.check(1, answer, epoch, hint=hint, solution=solution)
+
+
+# %%
+answer_1 = None  # an epoch, e.g. 7
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  The rule by hand: walk the epochs from 2 on and stop at the first whose
+# last `WINDOW` distances are all below 0.1.  Each magnitude mask keeps exactly
+# 1 - TARGET of the weights, so two of them differ on at most 2 (1 - TARGET) of the
+# entries: 0.2 at 90% sparsity, and 0.1 is half the largest distance there can be.  The
+# paper's 0.1 was set for channel masks; on these masks every distance may already be
+# below it, and then the rule fires at the first epoch its window allows, whatever the
+# masks do after.
+magnitude_curve = curves[(curves["seed"] == SEED) & (curves["criterion"] == "magnitude (weights)")]
+distance = dict(zip(magnitude_curve["epoch"], magnitude_curve["hamming_to_previous"], strict=True))
+solution_1 = next(
+    e for e in range(1 + WINDOW, n_epochs + 1) if all(distance[e - i] < 0.1 for i in range(WINDOW))
+)
+print(f"fires at epoch {solution_1} (the earliest possible: {1 + WINDOW}); the distances "
+      f"never exceed {max(d for e, d in distance.items() if e > 1):.3f}, "
+      f"at most {2 * (1 - TARGET):.1f} possible")  # fmt: skip
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** Track the `snip` criterion (global budget, `TARGET`, on one validation batch) next
+# to magnitude while LeNet-300-100 trains densely with its recipe on seed `SEED`
+# (`structure.MaskTracker` with `structure.criterion_selector("snip", TARGET, data=batch)`,
+# trained by `structure.fit_recipe` for `EPOCHS` epochs).  What IoU does the SNIP mask
+# after epoch 1 share with its final mask?  Two decimals.  Does the gradient-based mask
+# settle earlier or later than the magnitude mask?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+import dataclasses
+import functools
+import warnings
+
+import torch.nn.functional as F
+
+from sparsity_lab.callbacks import Callback
+
+
+class Snapshots(Callback):
+    """The model's weights after every epoch."""
+
+    def on_train_begin(self, trainer):
+        self.states = []
+
+    def on_epoch_end(self, trainer):
+        self.states.append(copy.deepcopy(trainer.model.state_dict()))
+
+
+@functools.cache
+def snip_tracked():
+    """The dense recipe's training on seed SEED with SNIP and magnitude tracked: the
+    validation batch, the tracker and the weights after each epoch."""
+    t = recipes.task("lenet300", DATA, seed=SEED)
+    batch = tuple(next(iter(t.loaders()[1])))
+    tracker = structure.MaskTracker(
+        {
+            "snip": structure.criterion_selector("snip", TARGET, data=batch),
+            "magnitude": structure.criterion_selector("magnitude", TARGET),
+        }
+    )
+    snapshots = Snapshots()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a global SNIP mask can empty a layer; see solution 2
+        structure.fit_recipe(t.build(), t, epochs=EPOCHS, callbacks=[tracker, snapshots])
+    return batch, tracker, snapshots
+
+
+def check_2(answer, solution=False):
+    table = snip_tracked()[1].table().set_index(["criterion", "epoch"])
+    hint = "Read `iou_to_final` of the tracker's `table()` for the SNIP criterion at epoch 1."
+    expected = table.loc[("snip", 1), "iou_to_final"]
+    sl.nb.check(2, answer, expected, hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_2 = None  # an IoU, e.g. 0.42
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  SNIP by hand from the saved weights: the gradient of the loss on the batch,
+# the score |gradient * weight|, and the top 1 - TARGET of all scores kept.  The IoU is
+# what both masks keep over what either keeps.  The gradient changes with every step far
+# more than the weights do, so a mask built on it can keep moving after the order of the
+# weights has settled; the two IoUs say whether it does here.  One global threshold on
+# |gradient * weight| can even empty a whole layer at some epochs, which is why the
+# tracking silences the warning.
+batch, tracker, snapshots = snip_tracked()
+lenet_task = recipes.task("lenet300", DATA, seed=SEED)
+
+
+def snip_by_hand(state):
+    model = lenet_task.build()
+    model.load_state_dict(state)
+    weights = [model.fc1.weight, model.fc2.weight, model.fc3.weight]
+    grads = torch.autograd.grad(F.cross_entropy(model(batch[0]), batch[1]), weights)
+    scores = torch.cat([(g * w).abs().flatten() for g, w in zip(grads, weights, strict=True)])
+    keep = torch.zeros(scores.numel(), dtype=torch.bool)
+    keep[scores.argsort(descending=True)[: scores.numel() - round(TARGET * scores.numel())]] = True
+    return keep
+
+
+after_1, final_mask = snip_by_hand(snapshots.states[0]), snip_by_hand(snapshots.states[-1])
+solution_2 = round(int((after_1 & final_mask).sum()) / int((after_1 | final_mask).sum()), 2)
+table = tracker.table().set_index(["criterion", "epoch"])
+print(f"after epoch 1: SNIP IoU {solution_2:.2f}, magnitude "
+      f"{table.loc[('magnitude', 1), 'iou_to_final']:.2f} with their final masks")  # fmt: skip
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** Rewind earlier: run `tickets.ticket_rounds` for LeNet-300-100 on `DATA` and seed
+# `SEED` as above (`TARGET`, `IMP_ROUNDS` rounds, `EPOCHS`), but with `rewind_step` half an
+# epoch, `len(train_loader) // 2` optimizer steps with the recipe's batch size.  At the
+# last round, by how many points does the θk ticket beat the re-initialised network
+# (negative if it loses)?  One decimal.  Is that more or less than with the rewind of one
+# epoch above, on the same seed?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+@functools.cache
+def half_epoch_rewind():
+    """`ticket_rounds` on LeNet-300-100, seed SEED, rewinding to half an epoch."""
+    t = recipes.task("lenet300", DATA, seed=SEED)
+    half = len(t.loaders(recipes.recipe_for("lenet300", DATA).batch_size)[0]) // 2
+    return tickets.ticket_rounds(
+        t, TARGET, rounds=IMP_ROUNDS, epochs=EPOCHS, dense_epochs=EPOCHS, rewind_step=half
+    )
+
+
+def check_3(answer, solution=False):
+    table = half_epoch_rewind()
+    last = table[table["round"] == IMP_ROUNDS].set_index("network")
+    hint = "Subtract the two networks' `test_accuracy` at the last round of the table, in points."
+    advantage = 100 * (last.loc[tickets.NETWORKS[1], "test_accuracy"]
+                       - last.loc[tickets.NETWORKS[2], "test_accuracy"])  # fmt: skip
+    sl.nb.check(3, answer, advantage, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_3 = None  # points, e.g. 1.5
+check_3(answer_3)
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  IMP by hand.  Each round prunes the previous round's trained network to
+# 1 - (1 - TARGET)^(r / IMP_ROUNDS) by global magnitude (the smallest |w| of all layers
+# pooled); the θk line restarts from the weights after half an epoch of the recipe's run,
+# the θ0 line from the initialisation rescaled to its sparse fan-in, and the re-initialised
+# network takes the θ0 line's last mask on fresh weights (drawn from seed
+# SEED + 1000 r + 1, as `ticket_rounds` draws them), rescaled the same way.  A ticket that
+# wins at one epoch but not at half an epoch says that the first steps of training are
+# what the ticket needs.
+lenet_task = recipes.task("lenet300", DATA, seed=SEED)
+_, dense_model, dense_info = recipes.dense("lenet300", DATA, SEED, epochs=EPOCHS)
+recipe = dense_info["recipe"]
+
+
+class StopAt(Callback):
+    """Saves the weights after ``step`` optimizer steps and stops training."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, trainer):
+        if trainer.step == self.step:
+            self.state = copy.deepcopy(trainer.model.state_dict())
+            trainer.stop = True
+
+
+def magnitude_masks(model, sparsity):
+    """Global magnitude by hand: the round(sparsity * n) smallest |w| of all layers pruned."""
+    names = ["fc1.weight", "fc2.weight", "fc3.weight"]
+    w = {n: sl.masks.weight(model, n).detach().abs() for n in names}
+    flat = torch.cat([w[n].flatten() for n in names])
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    keep[flat.argsort(stable=True)[: round(sparsity * flat.numel())]] = False
+    parts = keep.split([w[n].numel() for n in names])
+    return {n: part.reshape(w[n].shape) for n, part in zip(names, parts, strict=True)}
+
+
+def imp_by_hand(sparsity, rounds, rewind_state=None):
+    """IMP from the dense model, restarting each round from θ0 (rescaled) or, given
+    ``rewind_state``, from those weights: the last round's mask and trained network."""
+    model = dense_model
+    for r in range(1, rounds + 1):
+        mask = magnitude_masks(model, 1 - (1 - sparsity) ** (r / rounds))
+        if rewind_state is None:
+            model = recipes.sparse_start(lenet_task.build(), mask)
+        else:
+            model = lenet_task.build()
+            model.load_state_dict(rewind_state)
+            for name, keep in mask.items():
+                sl.masks.attach(model, name, keep)
+        structure.fit_recipe(model, lenet_task, epochs=EPOCHS, recipe=recipe)
+    return mask, model
+
+
+def trained_from(mask, seed):
+    """``mask`` on the fresh weights of ``seed``, rescaled, trained with the recipe."""
+    model = recipes.sparse_start(dataclasses.replace(lenet_task, seed=seed).build(), mask)
+    structure.fit_recipe(model, lenet_task, epochs=EPOCHS, recipe=recipe)
+    return model
+
+
+def hand_accuracy(model):
+    x_test, y_test = lenet_task.bundle.test.tensors
+    with torch.no_grad():
+        return float((model(x_test).argmax(dim=1) == y_test).float().mean())
+
+
+stop = StopAt(len(lenet_task.loaders(recipe.batch_size)[0]) // 2)
+structure.fit_recipe(lenet_task.build(), lenet_task, callbacks=[stop], recipe=recipe)
+_, thetak_ticket = imp_by_hand(TARGET, IMP_ROUNDS, rewind_state=stop.state)
+theta0_mask, _ = imp_by_hand(TARGET, IMP_ROUNDS)
+reinit = trained_from(theta0_mask, SEED + 1000 * IMP_ROUNDS + 1)
+solution_3 = round(100 * (hand_accuracy(thetak_ticket) - hand_accuracy(reinit)), 1)
+one_epoch = final[(final["task"] == f"lenet300 / {DATA}") & (final["seed"] == SEED)]
+one_epoch = one_epoch.set_index("network")["test_accuracy"]
+one_epoch_advantage = 100 * (one_epoch[tickets.NETWORKS[1]] - one_epoch[tickets.NETWORKS[2]])
+print(f"θk minus re-initialised at {TARGET:.0%}: {solution_3:+.1f} points rewinding to "
+      f"half an epoch, {one_epoch_advantage:+.1f} to one")  # fmt: skip
+check_3(solution_3, solution=True)
+
+# %% [markdown]
+# **4.** Repeat the ticket experiment at 98% sparsity on LeNet-300-100 (`DATA`, seed
+# `SEED`), with more rounds so that each round prunes about as much as here: `rounds_98 =
+# round(IMP_ROUNDS * math.log(0.02) / math.log(1 - TARGET))` rounds of
+# `tickets.ticket_rounds(t, 0.98, rounds=rounds_98, epochs=EPOCHS, dense_epochs=EPOCHS)`,
+# with `t = recipes.task("lenet300", DATA, seed=SEED)`.  At the last round, what is the
+# random mask's test accuracy minus the re-initialised network's, in points?  One decimal.
+# Which baseline collapses first, and why?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+rounds_98 = round(IMP_ROUNDS * math.log(0.02) / math.log(1 - TARGET))
+
+
+@functools.cache
+def tickets_98():
+    """`ticket_rounds` on LeNet-300-100, seed SEED, at 98% in `rounds_98` rounds."""
+    t = recipes.task("lenet300", DATA, seed=SEED)
+    return tickets.ticket_rounds(t, 0.98, rounds=rounds_98, epochs=EPOCHS, dense_epochs=EPOCHS)
+
+
+def check_4(answer, solution=False):
+    table = tickets_98()
+    last = table[table["round"] == rounds_98].set_index("network")["test_accuracy"]
+    hint = "Subtract the re-initialised row from the random-mask row of the last round, in points."
+    difference = 100 * (last[tickets.NETWORKS[3]] - last[tickets.NETWORKS[2]])
+    sl.nb.check(4, answer, difference, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_4 = None  # points, e.g. -3.5
+check_4(answer_4)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 4.  With solution 3's IMP by hand: the θ0 line's last mask, that mask on fresh
+# weights, and a random mask with its layer counts (`recipes.random_like`, seed
+# SEED + 1000 r as `ticket_rounds` draws it) on θ0.  The two baselines keep as many weights
+# in every layer and start the same way, rescaled to their sparse fan-in; only the
+# re-initialised one keeps the connections IMP chose.  Their difference is what that
+# choice alone is worth at 98%: the random mask is the one expected to fall first, and the
+# sign says whether it does on this seed (the `flags` of the table say whether either has
+# collapsed: at chance, or with a class never predicted).
+mask_98, _ = imp_by_hand(0.98, rounds_98)
+shuffled = recipes.random_like(mask_98, seed=SEED + 1000 * rounds_98)
+assert all(int(shuffled[n].sum()) == int(mask_98[n].sum()) for n in mask_98)
+random_mask = recipes.sparse_start(lenet_task.build(), shuffled)
+structure.fit_recipe(random_mask, lenet_task, epochs=EPOCHS, recipe=recipe)
+reinit_98 = trained_from(mask_98, SEED + 1000 * rounds_98 + 1)
+random_accuracy, reinit_accuracy = hand_accuracy(random_mask), hand_accuracy(reinit_98)
+solution_4 = round(100 * (random_accuracy - reinit_accuracy), 1)
+print(f"{rounds_98} rounds to 98%: random mask {random_accuracy:.1%}, re-initialised "
+      f"{reinit_accuracy:.1%}; the difference {solution_4:+.1f} points")  # fmt: skip
+check_4(solution_4, solution=True)

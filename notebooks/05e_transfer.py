@@ -82,6 +82,7 @@ for name, b in downstream.items():
 
 # %%
 rows = []
+upstream_models = {}  # seed SEED's upstream models by (pair, method), for the exercises
 for seed in SEEDS:
     for model_name, data_name in upstream_data.items():
         recipe = recipes.recipe_for(model_name, data_name)
@@ -93,6 +94,8 @@ for seed in SEEDS:
                 up = dense_model
             else:
                 up = transfer.pretrain(t, method, SPARSITY, epochs=UPSTREAM_EPOCHS[model_name])
+            if seed == SEED:
+                upstream_models[model_name, method] = up
             target = None if method == "dense" else SPARSITY
             run = recipes.evaluate_run(up, t, target_sparsity=target)
             up_flags = [run["flags"], dense_info["flags"] if method == "dense" else ""]
@@ -393,8 +396,209 @@ display(
 # %% [markdown]
 # ## Exercises
 #
-# 1. Repeat at 80% and 98% sparsity.  Which method degrades most downstream?
-# 2. Allow the mask to regrow during full fine-tuning (remove the masks before training).
-#    Does that close the gap to dense?
-# 3. Make the downstream task harder: `mnist1d_variant(noise_factor=4)`.  Does sparsity
-#    help or hurt robustness?
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).  The checks measure: they run the
+# experiment your answer is about, on seed `SEED`'s upstream models of the runs above
+# (`upstream_models[pair, method]`).
+#
+# **1.** Go to a higher sparsity without training upstream again: prune a copy of each of
+# seed `SEED`'s sparse upstream LeNet-300-100s further, to 98%
+# (`sl.prune(model, "magnitude", 0.98, budget="global")`, which keeps the weights pruned
+# before), and probe it linearly on digits as above (`transfer.transfer_run` with
+# `DOWNSTREAM_EPOCHS`, the setting's recipe and seed `SEED`).  Which method loses the most
+# downstream test accuracy against the linear probe of its own model at `SPARSITY` (the
+# row of `runs`)?  Answer with its name, as in `transfer.UPSTREAM`; methods that failed
+# upstream are left out.  Why can one method's features stand the extra pruning better
+# than another's?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+import copy
+import functools
+
+import torch
+from torch import nn
+
+from sparsity_lab.methods.base import independent_copy
+
+LENET_RECIPE = recipes.recipe_for("lenet300", upstream_data["lenet300"])
+# the methods whose seed-SEED LeNet-300-100 trained upstream
+PROBED = [m for m in transfer.UPSTREAM if ("lenet300", m) not in failed]
+
+
+def seed_runs(pair, mode):
+    """Downstream test accuracy of seed SEED's runs of ``pair`` in ``mode``, by method."""
+    part = runs[(runs["pair"] == pair) & (runs["mode"] == mode) & (runs["seed"] == SEED)]
+    return part.set_index("method")["downstream"]
+
+
+@functools.cache
+def probe_at_98(method):
+    """Linear probe on digits of seed SEED's upstream ``method`` pruned further to 98%."""
+    model = independent_copy(upstream_models["lenet300", method])
+    sl.prune(model, "magnitude", 0.98, budget="global")
+    down = downstream["lenet300"]
+    return transfer.transfer_run(
+        model, down, "linear", epochs=DOWNSTREAM_EPOCHS, recipe=LENET_RECIPE, seed=SEED
+    )["accuracy"]
+
+
+def check_1(answer, solution=False):
+    at_target = seed_runs("lenet300", "linear")
+    loss = {m: at_target[m] - probe_at_98(m) for m in PROBED}
+    hint = "For each method, subtract the 98% model's probe accuracy from its row of `runs`."
+    sl.nb.check(1, answer, lambda a: loss.get(a) == max(loss.values()), hint=hint,
+                solution=solution)  # fmt: skip
+
+
+# %%
+answer_1 = None  # a method, e.g. "gmp"
+check_1(answer_1)
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  Global magnitude pruning keeps the largest weights of the whole network.  A
+# method whose features rest on a few large weights keeps most of them; one whose features
+# are spread over many mid-sized weights loses part of what they carry, and the linear
+# probe cannot rebuild it, since only the new head trains.  One seed and one downstream
+# run: the ranking is a hint, not a result.  By hand: one threshold over the masked weights
+# of every Linear layer keeps the largest 2%, and both probes are run again.
+def probe(model):
+    down = downstream["lenet300"]
+    return transfer.transfer_run(
+        model, down, "linear", epochs=DOWNSTREAM_EPOCHS, recipe=LENET_RECIPE, seed=SEED
+    )["accuracy"]
+
+
+loss_1 = {}
+for method in PROBED:
+    model = independent_copy(upstream_models["lenet300", method])
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    weights = {n: m.weight.detach() for n, m in layers.items()}  # masked: zeros included
+    everything = torch.cat([w.abs().flatten() for w in weights.values()])
+    kept = len(everything) - round(0.98 * len(everything))
+    threshold = everything.topk(kept).values[-1]
+    for n, w in weights.items():
+        sl.masks.attach(model, f"{n}.weight", w.abs() >= threshold)
+    before, after = probe(upstream_models["lenet300", method]), probe(model)
+    loss_1[method] = before - after
+    print(f"{method}: probe {before:.1%} at {SPARSITY:.0%}, {after:.1%} at 98%")
+solution_1 = max(loss_1, key=loss_1.get)
+print(f"largest loss: {solution_1} ({100 * loss_1[solution_1]:+.1f} points)")
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** Let the mask regrow during full fine-tuning: remove the masks of a copy of seed
+# `SEED`'s GMP upstream LeNet-300-100 (`sl.masks.remove(independent_copy(model))`; the
+# pruned weights start at zero and are free to grow; `independent_copy`, imported in the
+# collapsed cell of exercise 1, is needed because removing a mask from a `copy.deepcopy`
+# would remove it from the original too), then fine-tune it fully on digits as above.
+# What is its downstream test accuracy minus that of the masked full fine-tune (the row of
+# `runs`), in points?  One decimal.  Does that close the gap to the dense upstream model?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def full_finetune(model, bundle, pair):
+    """Downstream test accuracy of ``model`` fine-tuned fully on ``bundle`` (seed SEED)."""
+    recipe = recipes.recipe_for(pair, upstream_data[pair])
+    return transfer.transfer_run(
+        model, bundle, "full", epochs=DOWNSTREAM_EPOCHS, recipe=recipe, seed=SEED
+    )["accuracy"]
+
+
+@functools.cache
+def regrown_gmp():
+    model = sl.masks.remove(independent_copy(upstream_models["lenet300", "gmp"]))
+    return full_finetune(model, downstream["lenet300"], "lenet300")
+
+
+def check_2(answer, solution=False):
+    gain = 100 * (regrown_gmp() - seed_runs("lenet300", "full")["gmp"])
+    hint = "Fine-tune the unmasked copy with `transfer.transfer_run(..., 'full', ...)`."
+    sl.nb.check(2, answer, gain, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_2 = None  # points, e.g. 1.5
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  Without its mask the network is dense again: the pruned weights start at 0
+# and the downstream gradient grows those it needs.  By hand: the GMP model's masked weights
+# are copied into a plain copy of the dense upstream network (same architecture), which
+# then trains with nothing masked; the masked fine-tune is run again beside it.
+gmp = upstream_models["lenet300", "gmp"]
+plain = copy.deepcopy(upstream_models["lenet300", "dense"])
+with torch.no_grad():
+    for name, p in plain.named_parameters():
+        module, _, attr = name.rpartition(".")
+        p.copy_(getattr(gmp.get_submodule(module), attr))  # the computed, masked tensor
+regrown = full_finetune(plain, downstream["lenet300"], "lenet300")
+masked = full_finetune(gmp, downstream["lenet300"], "lenet300")
+dense_full = seed_runs("lenet300", "full")["dense"]
+solution_2 = round(100 * (regrown - masked), 1)
+print(f"fully fine-tuned: masked {masked:.1%}, regrown {regrown:.1%}, dense {dense_full:.1%}")
+print(f"regrown minus masked: {solution_2:+.1f} points")
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** Make the downstream task harder:
+# `transfer.mnist1d_variant(seed=SEED, num_samples=VARIANT_SAMPLES, noise_factor=4)`, twice
+# the noise of the variant above.  Fine-tune seed `SEED`'s dense and GMP upstream 1-D CNNs
+# fully on it, as above.  How many points does each lose against its full fine-tune on the
+# variant above (the rows of `runs`)?  Answer GMP's loss minus the dense model's, in points,
+# one decimal (positive: the sparse model loses more).  Does sparsity help or hurt
+# robustness to the noise here?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+@functools.cache
+def noisier():
+    return transfer.mnist1d_variant(seed=SEED, num_samples=VARIANT_SAMPLES, noise_factor=4)
+
+
+def check_3(answer, solution=False):
+    before = seed_runs("cnn1d", "full")
+    loss = {
+        m: before[m] - full_finetune(upstream_models["cnn1d", m], noisier(), "cnn1d")
+        for m in ("dense", "gmp")
+    }
+    hint = "Subtract each model's accuracy on the noisier variant from its row of `runs`."
+    sl.nb.check(3, answer, 100 * (loss["gmp"] - loss["dense"]), hint=hint, tolerance=0.05,
+                solution=solution)  # fmt: skip
+
+
+# %%
+answer_3 = None  # points, e.g. -2.5
+check_3(answer_3)
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  The steps of `transfer_run` by hand: a copy of the upstream model with a
+# fresh head (seeded as `replace_head` seeds it), every weight trained with the upstream
+# recipe (the masks of a sparse model stay), then the test images scored directly.  A
+# single seed gives no interval: whether the difference means anything needs the other
+# seeds.
+def by_hand(model, bundle):
+    model = independent_copy(model)
+    with torch.random.fork_rng():
+        torch.manual_seed(SEED)
+        model.head = nn.Linear(model.head.in_features, bundle.n_classes)
+    recipe = recipes.recipe_for("cnn1d", upstream_data["cnn1d"])
+    t = recipes.Task("downstream", bundle.name, bundle, SEED, batch_size=recipe.batch_size)
+    options = {**recipe.training(), "epochs": DOWNSTREAM_EPOCHS}
+    sl.train.fit(model, *t.loaders()[:2], seed=SEED, progress=False, **options)
+    x_test, y_test = bundle.test.tensors
+    with torch.no_grad():
+        return float((model.eval()(x_test).argmax(dim=1) == y_test).float().mean())
+
+
+loss_3 = {}
+for method in ("dense", "gmp"):
+    up = upstream_models["cnn1d", method]
+    usual, harder = by_hand(up, downstream["cnn1d"]), by_hand(up, noisier())
+    loss_3[method] = usual - harder
+    print(f"{method}: {usual:.1%} with noise factor 2, {harder:.1%} with 4")
+solution_3 = round(100 * (loss_3["gmp"] - loss_3["dense"]), 1)
+print(f"GMP's loss minus the dense model's: {solution_3:+.1f} points")
+check_3(solution_3, solution=True)

@@ -1137,17 +1137,342 @@ display(Markdown(sl.claims.report(verdicts)))
 # %% [markdown]
 # ## Exercises
 #
-# 1. Train the transformer *with* sparsemax or 1.5-entmax attention from the start
-#    (`attn.use_attention(model, attn.attention_fn(normaliser="entmax"))` before `fit`). Does
-#    the accuracy gap to softmax close?
-# 2. Give SWAT different weight and activation densities
-#    (`backprop.sparsify_backprop(model, "swat", weight_density=0.2, act_density=0.5)`).
-#    Which of the two costs more accuracy?
-# 3. Switch routing with capacity factor 0.5: how many examples skip the expert layer during
-#    training, and what happens to accuracy?
-# 4. Fine-tune the head-pruned transformer for one epoch after pruning 75% of the heads.
-#    How much accuracy comes back?
-# 5. Add `act.FATReLU(0.5)` to a trained ReLU model without retraining. How many more zeros,
-#    and how much accuracy is lost?
-# 6. Train the head gates with L0 weights 0.01, 0.1 and 1.  How many gates close, and what
-#    do the pruned models score?
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).  The checks measure: they run the
+# experiment your answer is about, on seed `SEED` and with this run's settings.
+#
+# **1.** Train the tiny transformer of seed `SEED` with sparsemax attention from the start,
+# as its softmax model was trained: a fresh `text.build()`,
+# `attn.use_attention(model, attn.attention_fn(normaliser="sparsemax"))`, then
+# `sl.train.fit` on `text.loaders()` with the recipe's settings (`CHAR_RECIPE.training()`
+# with `CHAR_EPOCHS or CHAR_RECIPE.epochs` epochs, seed `SEED`).  What is its held-out
+# accuracy minus that of the softmax model of the same seed, in points?  One decimal.
+# Compare it with sparsemax swapped into the trained softmax model: does training with
+# it close the gap?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+@functools.cache
+def trained_with(normaliser):
+    """Seed SEED's tiny transformer trained from scratch with ``normaliser`` attention."""
+    model = text.build()
+    attn.use_attention(model, attn.attention_fn(normaliser=normaliser))
+    options = {**CHAR_RECIPE.training(), "epochs": CHAR_EPOCHS or CHAR_RECIPE.epochs}
+    train, val, _ = text.loaders(CHAR_RECIPE.batch_size)
+    sl.train.fit(model, train, val, seed=SEED, progress=False, **options)
+    return model
+
+
+def seed_row(df, column, arm, metric="test_accuracy"):
+    """``metric`` of seed SEED's run of ``arm`` in ``df``."""
+    return df[(df[column] == arm) & (df["seed"] == SEED)][metric].iloc[0]
+
+
+def check_1(answer, solution=False):
+    trained = recipes.evaluate_run(trained_with("sparsemax"), text)["accuracy"]
+    gap = 100 * (trained - seed_row(attention_runs, "attention", "softmax (dense)"))
+    hint = "Subtract the softmax model's accuracy (`attention_runs`, seed SEED) from yours."
+    sl.nb.check(1, answer, gap, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_1 = None  # points, e.g. -1.5
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  Swapped in after training, sparsemax gives the model attention weights it
+# never learnt to use; trained with it from the start, the queries and keys can learn
+# scores whose projection onto the simplex is useful, so the gap can narrow: the
+# measurement says whether it does here.  With one seed the difference has no interval.
+# By hand: both models' predictions on the held-out windows, scored directly.
+tokens_1, labels_1 = text.bundle.test.tensors
+
+
+def held_out(model):
+    with torch.no_grad():
+        return float((model.eval()(tokens_1).argmax(dim=-1) == labels_1).float().mean())
+
+
+sparse_model = trained_with("sparsemax")
+maps_1 = attn.attention_maps(sparse_model, tokens_1)
+zeros_1 = np.mean([float((w == 0).float().mean()) for w in maps_1.values()])
+swapped_gap = seed_row(attention_runs, "attention", "sparsemax") - held_out(transformer)
+solution_1 = round(100 * (held_out(sparse_model) - held_out(transformer)), 1)
+print(f"softmax {held_out(transformer):.2%}; sparsemax trained {held_out(sparse_model):.2%} "
+      f"({zeros_1:.0%} of its attention weights are 0)")  # fmt: skip
+print(f"minus softmax: swapped in {100 * swapped_gap:+.1f} points, trained {solution_1:+.1f}")
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** Give SWAT different densities for the weights and for the stored inputs: train
+# LeNet-300-100 as `backward_run` does (seed `SEED`, `MNIST_FIT`, layers fc1 and fc2) once
+# with `weight_density=0.2, act_density=1.0` and once with `weight_density=1.0,
+# act_density=0.2`.  Which of the two costs more test accuracy: `"weights"` or `"inputs"`?
+# Why?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+@functools.cache
+def swat_model(weight_density, act_density):
+    """LeNet-300-100 of seed SEED trained with SWAT at these densities, and its task."""
+    t = mnist(SEED)
+    model = backprop.sparsify_backprop(
+        t.build(),
+        "swat",
+        layers=["fc1", "fc2"],
+        weight_density=weight_density,
+        act_density=act_density,
+    )
+    sl.train.fit(model, t.loaders()[0], seed=SEED, **MNIST_FIT)
+    return model, t
+
+
+SWAT_ARMS = {"weights": (0.2, 1.0), "inputs": (1.0, 0.2)}
+
+
+def check_2(answer, solution=False):
+    accuracy = {
+        arm: recipes.evaluate_run(*swat_model(*densities))["accuracy"]
+        for arm, densities in SWAT_ARMS.items()
+    }
+    hint = "Train both and compare their test accuracies (`recipes.evaluate_run`)."
+    sl.nb.check(2, answer, lambda a: accuracy.get(a) == min(accuracy.values()), hint=hint,
+                solution=solution)  # fmt: skip
+
+
+# %%
+answer_2 = None  # "weights" or "inputs"
+check_2(answer_2)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  Sparse weights change what the network computes: the forward pass and the
+# error sent back both use a fifth of each layer's weights.  Sparse stored inputs only
+# change the weight gradient, which stays an estimate of the dense one, and the forward
+# pass is dense.  By hand: each model's test predictions scored directly, beside the dense
+# model of the same seed.
+x_test_2, y_test_2 = mnist(SEED).bundle.test.tensors
+accuracy_2 = {}
+for arm, densities in SWAT_ARMS.items():
+    model, _ = swat_model(*densities)
+    with torch.no_grad():
+        predictions = model.eval()(x_test_2).argmax(dim=1)
+    accuracy_2[arm] = float((predictions == y_test_2).float().mean())
+dense_2 = seed_row(dense_runs, "arm", "dense")
+print(f"dense {dense_2:.2%}; " + ", ".join(f"sparse {a} {v:.2%}" for a, v in accuracy_2.items()))
+solution_2 = min(accuracy_2, key=accuracy_2.get)
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** Train the Switch model of the mixture-of-experts section (seed `SEED`, `MNIST_FIT`)
+# with capacity factor 0.5 instead of 1.25.  Over its whole training, what share of the
+# training examples skipped the expert layer, their choice dropped because the expert was
+# full?  Two decimals.  What happens to the test accuracy?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+@functools.cache
+def switch_half():
+    """Switch with capacity factor 0.5, trained as `train_moe` trains, its task, and for
+    each training batch the choices its routing dropped and the router's scores."""
+    t = mnist(SEED)
+    torch.manual_seed(SEED)
+    model = moe.MoEClassifier(
+        t.bundle.input_shape, t.bundle.n_classes, n_experts=4, router="switch", capacity_factor=0.5
+    )
+    seen = []
+
+    def record(router, inputs, routing):
+        if router.training:
+            with torch.no_grad():
+                seen.append((routing.dropped, inputs[0] @ router.w_gate.weight.T))
+
+    handle = model.moe.router.register_forward_hook(record)
+    loss_fn = moe.with_aux_loss(nn.CrossEntropyLoss(), model)
+    sl.train.fit(model, t.loaders()[0], loss_fn=loss_fn, seed=SEED, **MNIST_FIT)
+    handle.remove()
+    return model, t, seen
+
+
+def check_3(answer, solution=False):
+    _, _, seen = switch_half()
+    share = sum(dropped for dropped, _ in seen) / sum(len(scores) for _, scores in seen)
+    hint = "Add up `routing.dropped` over the training batches (a forward hook on the router)."
+    sl.nb.check(3, answer, share, hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_3 = None  # a fraction, e.g. 0.42
+check_3(answer_3)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  Each expert takes at most ceil(0.5 x batch / 4) examples, an eighth of the
+# batch, so half of every batch skips the layer even when the routing is perfectly even,
+# and more when it is not; the skipped examples only get the residual path.  By hand,
+# from the router's scores: each example's expert is the largest score, and every expert
+# keeps its first examples up to the capacity.
+dropped, examples = 0, 0
+for _, scores in switch_half()[2]:
+    chosen = scores.softmax(dim=1).argmax(dim=1)
+    capacity = int(np.ceil(0.5 * len(scores) / 4))
+    dropped += int((torch.bincount(chosen, minlength=4) - capacity).clamp(min=0).sum())
+    examples += len(scores)
+solution_3 = round(dropped / examples, 2)
+model_3, task_3, _ = switch_half()
+accuracy_3 = recipes.evaluate_run(model_3, task_3)["accuracy"]
+usual = seed_row(moe_runs, "router", "switch (top-1, cf 1.25)")
+print(f"{dropped:,} of {examples:,} training examples skipped the experts ({solution_3:.2f})")
+print(f"test accuracy: capacity factor 0.5 {accuracy_3:.2%}, 1.25 {usual:.2%}")
+check_3(solution_3, solution=True)
+
+# %% [markdown]
+# **4.** Remove 75% of the heads of seed `SEED`'s transformer by importance
+# (`heads.prune_heads(model, importance, 0.75)` on a copy of `transformer`), then fine-tune
+# it for one epoch with the recipe's settings (`CHAR_RECIPE.training()` with one epoch,
+# seed `SEED`; the masks keep the removed heads out).  How many points of held-out accuracy
+# does the epoch bring back (after minus before)?  One decimal.  How close does it come to
+# the model with every head?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+@functools.cache
+def quarter_of_heads():
+    """Seed SEED's transformer with 75% of its heads removed, before and after an epoch."""
+    before = copy.deepcopy(transformer)
+    heads.prune_heads(before, importance, 0.75)
+    after = copy.deepcopy(before)
+    options = {**CHAR_RECIPE.training(), "epochs": 1}
+    sl.train.fit(after, text.loaders(CHAR_RECIPE.batch_size)[0], seed=SEED, progress=False,
+                 **options)  # fmt: skip
+    return before, after
+
+
+def check_4(answer, solution=False):
+    before, after = (recipes.evaluate_run(m, text)["accuracy"] for m in quarter_of_heads())
+    hint = "Evaluate the pruned copy before and after its epoch (`recipes.evaluate_run`)."
+    sl.nb.check(4, answer, 100 * (after - before), hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_4 = None  # points, e.g. 4.2
+check_4(answer_4)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 4.  The remaining heads and the layers around them learn to do without the
+# others; one epoch recovers part of the loss, and how much depends on how much the
+# removed heads carried.  By hand: the heads with the lowest importance across layers are
+# the removed ones (their columns of the output projection are zero in both models), and
+# the held-out windows are scored directly.
+paths = list(importance)
+flat = torch.cat([importance[p] for p in paths])
+removed = set(flat.argsort()[: round(0.75 * len(flat))].tolist())
+before_4, after_4 = quarter_of_heads()
+for model in (before_4, after_4):
+    for i, p in enumerate(paths):
+        layer = model.get_submodule(p)
+        size = layer.out.in_features // layer.n_heads
+        columns = layer.out.weight.detach().reshape(-1, layer.n_heads, size)
+        alive = columns.ne(0).any(dim=2).any(dim=0)  # heads whose output is still read
+        assert [not a for a in alive.tolist()] == [i * layer.n_heads + h in removed
+                                                   for h in range(layer.n_heads)]  # fmt: skip
+solution_4 = round(100 * (held_out(after_4) - held_out(before_4)), 1)
+print(f"{len(removed)} of {len(flat)} heads removed: {held_out(before_4):.2%} before the epoch, "
+      f"{held_out(after_4):.2%} after; every head: {held_out(transformer):.2%}")  # fmt: skip
+check_4(solution_4, solution=True)
+
+# %% [markdown]
+# **5.** Put `act.FATReLU(0.5)` into seed `SEED`'s trained dense LeNet-300-100 (a copy from
+# `mnist_dense(SEED)`) with `act.swap_relu`, without retraining.  By how much does the
+# fraction of zero hidden activations on the test set rise over that of its plain ReLUs
+# (the `relu` arm of `runs`, seed `SEED`)?  Two decimals.  How much test accuracy does it
+# cost?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_5(answer, solution=False):
+    t, model, _ = mnist_dense(SEED)
+    activation = act.FATReLU(0.5)
+    act.swap_relu(model, activation)
+    sl.train.evaluate(model, t.loaders()[2])
+    rise = activation.sparsity - seed_row(runs, "arm", "relu", "activation_sparsity")
+    hint = "Evaluate on the test loader, then read the activation's `sparsity`."
+    sl.nb.check(5, answer, rise, hint=hint, tolerance=0.005, solution=solution)
+
+
+# %%
+answer_5 = None  # a fraction, e.g. 0.12
+check_5(answer_5)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 5.  A trained ReLU layer has many small positive activations; the threshold
+# zeros every one below 0.5, and the next layer sees inputs it was not trained on: whether
+# that costs accuracy is for the test set to say.  By hand: both hidden layers computed
+# from the raw weights, once with a ReLU (zero where the input is at most 0) and once with
+# the threshold (zero below 0.5).
+t_5, model_5, _ = mnist_dense(SEED)
+x_5, y_5 = t_5.bundle.test.tensors
+zeros_5, accuracy_5 = {}, {}
+rules = {"relu": lambda h: h * (h > 0), "fatrelu": lambda h: h * (h >= 0.5)}
+with torch.no_grad():
+    for name, rule in rules.items():
+        a1 = rule(model_5.fc1(x_5.flatten(1)))
+        a2 = rule(model_5.fc2(a1))
+        zeros_5[name] = float(((a1 == 0).sum() + (a2 == 0).sum()) / (a1.numel() + a2.numel()))
+        accuracy_5[name] = float((model_5.fc3(a2).argmax(dim=1) == y_5).float().mean())
+solution_5 = round(zeros_5["fatrelu"] - zeros_5["relu"], 2)
+print(f"zeros: ReLU {zeros_5['relu']:.1%}, FATReLU 0.5 {zeros_5['fatrelu']:.1%}; test accuracy "
+      f"{accuracy_5['relu']:.2%} -> {accuracy_5['fatrelu']:.2%}")  # fmt: skip
+check_5(solution_5, solution=True)
+
+# %% [markdown]
+# **6.** Train the head gates of the last section again with L0 weight 1 instead of
+# `l0_weight` (a copy of `transformer`, the same optimizer and learning rates, `L0_EPOCHS`
+# epochs, seed `SEED`).  How many of the `n_heads` gates are closed at the end (`keep()`
+# False)?  What does the model score with those heads pruned?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+@functools.cache
+def gates_with(weight):
+    """A copy of seed SEED's transformer fine-tuned with L0 head gates of ``weight``."""
+    model = copy.deepcopy(transformer)
+    gate = heads.HeadL0Gates(model)
+    optimizer = torch.optim.Adam(
+        [{"params": model.parameters(), "lr": 1e-3}, {"params": gate.parameters(), "lr": 0.05}]
+    )
+
+    def loss_fn(output, target):
+        return nn.functional.cross_entropy(output, target) + weight * gate.penalty()
+
+    sl.train.fit(model, text.loaders()[0], epochs=L0_EPOCHS, optimizer=optimizer,
+                 loss_fn=loss_fn, seed=SEED, progress=False)  # fmt: skip
+    gate.eval().remove()  # the model without its gates; the gates keep their log_alphas
+    return model, gate
+
+
+def check_6(answer, solution=False):
+    _, gate = gates_with(1.0)
+    closed = sum(int((~k).sum()) for k in gate.keep().values())
+    hint = "Count the False entries of `gates.keep()` after the fine-tuning."
+    sl.nb.check(6, answer, closed, hint=hint, solution=solution)
+
+
+# %%
+answer_6 = None  # a number of heads, e.g. 3
+check_6(answer_6)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 6.  At test time a gate is clamp(sigmoid(log_alpha) (zeta - gamma) + gamma, 0,
+# 1), which is 0 exactly when sigmoid(log_alpha) <= -gamma / (zeta - gamma) = 1/12, that
+# is when log_alpha <= -log(11).  A larger L0 weight pushes the log_alphas down faster;
+# whether they cross that line depends on how long they train.  By hand, from the raw
+# log_alphas:
+model_6, gate_6 = gates_with(1.0)
+log_alpha = torch.cat([a.detach() for a in gate_6.log_alpha])
+solution_6 = int((log_alpha <= -np.log(11)).sum())
+print(f"log_alpha: {[round(v, 2) for v in log_alpha.tolist()]}; closed: {solution_6} of {n_heads}")
+pruned_6 = copy.deepcopy(model_6)
+heads.prune_heads(pruned_6, keep=gate_6.keep())
+pruned_6 = recipes.evaluate_run(pruned_6, text)
+print(f"with the closed heads pruned: {pruned_6['accuracy']:.2%} held-out accuracy, "
+      f"perplexity {pruned_6['perplexity']:.2f}")  # fmt: skip
+check_6(solution_6, solution=True)

@@ -435,16 +435,316 @@ display(
 #
 # ## Exercises
 #
-# 1. Set `WORKERS = 4` and rerun (`BATCH = RECIPE.batch_size // WORKERS` then halves each
-#    worker's batch, so the global batch stays the recipe's).  What happens to the bytes per
-#    worker and to accuracy?
-# 2. The run above used random-k *without* error feedback (its unbiased ``n / k`` scaling
-#    multiplies the gradient's variance).  Run it with error feedback
-#    (`{"method": "randomk", "sparsity": 0.9}`) at this learning rate. Does it train? If
-#    not, find a learning rate at which it does, and compare it with top-k at the same
-#    number of bytes.  Threshold (Strom 2015) sat at chance level too: find a learning rate,
-#    or a threshold `tau`, at which it trains.
-# 3. Change DGC's `warmup_steps` to 0. Does the first epoch suffer?
-# 4. Once threshold trains, record how many entries it sends at each step
-#    (`ddp.train_compressed` reports only totals: call a `G.Threshold` compressor on each
-#    step's gradient in your own loop).  How does that number change as training converges?
+# Each exercise has a cell for your answer, which checks it when you run it, and a worked
+# solution below it, collapsed (click to show it).  Rerunning the multi-process training
+# takes minutes, so exercises 2 to 4 train a single worker in this process instead:
+# `one_worker`, defined in the collapsed cell of exercise 2, runs `DistributedDataParallel`
+# with a world of one worker, the recipe's global batch and the communication hook of a
+# compressor, the loop of `ddp.train_compressed` for one rank.  The hook compresses exactly
+# as it does with more workers; only the average over the workers is missing.
+#
+# **1.** Think through `WORKERS = 4` before rerunning it.  Every worker still passes the
+# same message per step to the collectives (its top-k pairs, or its dense bucket), but a
+# ring algorithm puts more than that on the wire: all-gather sends `p - 1` times its input
+# and all-reduce `2 (p - 1) / p` times (the docstring of `sparsity_lab.ephemeral.gradients`).
+# With `p = 4` workers, how many times fewer bytes per step does top-k at 99% put on the
+# wire than the dense all-reduce?  One decimal.  (With 2 workers both factors are 1 and the
+# answer is the `byte_ratio` of the table.)  What happens to the bytes each worker sends
+# over the whole training, and to accuracy?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_1(answer, solution=False):
+    per_step = runs.assign(b=runs["bytes_sent"] / runs["steps"]).groupby("label")["b"].first()
+    p = 4
+    dense_wire = per_step["dense"] * 2 * (p - 1) / p
+    topk_wire = per_step["topk 99.0% EF"] * (p - 1)
+    hint = "Multiply each measured message per step by its algorithm's factor, then divide."
+    sl.nb.check(1, answer, dense_wire / topk_wire, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_1 = None  # a ratio, e.g. 12.3
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.  In closed form, from the n entries of the gradient of section 1: the dense
+# all-reduce passes 4n bytes (float32) and puts 1.5 times that on the wire with 4 workers;
+# top-k passes k = floor(n / 100) int32 indices and float32 values, 8k bytes, and puts 3
+# times that on the wire.  The saving halves from 2 to 4 workers: all-gather's factor grows
+# with the number of workers, all-reduce's stays below 2.  Each worker's own message stays
+# the same, and so does the number of steps (the global batch is the recipe's), so the
+# bytes each worker passes over the training do not change.  Accuracy is a measurement: the
+# averaged update is now the mean of four top-k selections, which together can cover up
+# to 4k entries.
+n = len(grad)
+k = n // 100
+solution_1 = round((4 * n * 1.5) / (8 * k * 3), 1)
+steps = {p: n_train // p // (RECIPE.batch_size // p) for p in (2, 4)}
+print(f"n = {n:,}, k = {k:,}: {n / (2 * k):.1f}x fewer bytes with 2 workers, "
+      f"{solution_1:.1f}x with 4; steps per epoch by workers: {steps}")  # fmt: skip
+check_1(solution_1, solution=True)
+
+# %% [markdown]
+# **2.** The full run (`OTHERS`) trains random-k *without* error feedback (its unbiased
+# `n / k` scaling multiplies the gradient's variance).  Train one worker with random-k at 90% and
+# error feedback (`one_worker("randomk", sparsity=0.9, lr=...)`) for `EPOCHS` epoch(s), at
+# the recipe's learning rate and at a tenth of it.  What is the test accuracy at a tenth
+# minus that at the recipe's rate, in points?  One decimal.  Is either at chance level?
+# How does the better one compare with top-k at 95%, which puts as many bytes on the wire
+# per step (random-k sends no indices)?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+import functools
+import os
+import socket
+
+import torch.distributed as dist
+
+X_TRAIN, Y_TRAIN = task.bundle.train.tensors
+X_TEST, Y_TEST = task.bundle.test.tensors
+
+
+def world_of_one():
+    """Join this process, alone, into a gloo process group, once: a world of one worker.
+
+    The group stays for the rest of the session: a DDP model holds it, and a group taken
+    down while a model still holds it can hang when the model is freed."""
+    if dist.is_initialized():
+        return
+    if "lo" in {name for _, name in socket.if_nameindex()}:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback, as the workers do
+    address = f"tcp://127.0.0.1:{ddp.free_port()}"
+    dist.init_process_group("gloo", init_method=address, rank=0, world_size=1)
+
+
+def one_worker(method, *, lr=RECIPE.lr, epochs=EPOCHS, momentum=None, **options):
+    """LeNet-300-100 trained by one DDP worker in this process, with the recipe's global
+    batch and momentum (none with DGC, which applies its own), as `ddp.train_compressed`
+    trains a rank.  ``method``: a compressor's name, with its ``options``, or a
+    communication hook ``hook(state, bucket)``.  Returns the test accuracy and, for a
+    compressor, the entries it sent at each step and its bytes."""
+    world_of_one()
+    torch.manual_seed(SEED)
+    model = sl.models.build(
+        "lenet300", input_shape=task.bundle.input_shape, n_classes=task.bundle.n_classes
+    )
+    net = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=64)  # one bucket
+    if callable(method):
+        net.register_comm_hook(None, method)
+        compressor = None
+    else:
+        compressor = G.register_hook(net, method, **options)
+    if momentum is None:
+        momentum = 0.0 if method == "dgc" else RECIPE.momentum
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    gen = torch.Generator().manual_seed(1000 * SEED)
+    sent = []
+    for _ in range(epochs):
+        order = torch.randperm(len(X_TRAIN), generator=gen)
+        for i in range(len(X_TRAIN) // RECIPE.batch_size):
+            batch = order[i * RECIPE.batch_size : (i + 1) * RECIPE.batch_size]
+            before = compressor.elements_sent if compressor else 0
+            optimizer.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(net(X_TRAIN[batch]), Y_TRAIN[batch]).backward()
+            optimizer.step()
+            sent.append(compressor.elements_sent - before if compressor else None)
+    with torch.no_grad():
+        accuracy = float((model.eval()(X_TEST).argmax(dim=1) == Y_TEST).float().mean())
+    return {"accuracy": accuracy, "sent": sent, "bytes": compressor and compressor.bytes_sent}
+
+
+@functools.cache
+def trained_one(method, lr=RECIPE.lr, epochs=EPOCHS, **options):
+    """`one_worker` for a compressor's name, once per setting."""
+    return one_worker(method, lr=lr, epochs=epochs, **options)
+
+
+def check_2(answer, solution=False):
+    accuracy = {f: trained_one("randomk", lr=f * RECIPE.lr, sparsity=0.9)["accuracy"]
+                for f in (1, 0.1)}  # fmt: skip
+    hint = "Train both with `one_worker` and subtract the recipe rate's accuracy."
+    sl.nb.check(2, answer, 100 * (accuracy[0.1] - accuracy[1]), hint=hint, tolerance=0.05,
+                solution=solution)  # fmt: skip
+
+
+# %%
+answer_2 = None  # points, e.g. 12.5
+check_2(answer_2)
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 2.  With error feedback an entry waits in the residual until random-k draws it,
+# on average every 10 steps, and then goes out with everything it gathered: stale, large
+# updates, which momentum amplifies further.  A smaller learning rate shrinks them.  By
+# hand: the communication hook written out, with the same random stream as the compressor
+# (one generator seeded with its `seed`, 0, drawing k = n / 10 of the n entries of each
+# bucket), and top-k beside it.
+def written_out(send, momentum=0.0, clip_norm=None):
+    """A DDP communication hook with error feedback, for one worker, written out: clip the
+    gradient g to ``clip_norm``; with momentum u = momentum * u + g, else u = g; a = r + u;
+    send the (indices, values) of ``send(a, step)``; r = a minus what was sent; u = 0 where
+    something was sent.  State is kept per parameter (DDP may regroup the buckets);
+    ``hook.sent`` counts the entries sent at each step."""
+    state = {"r": {}, "u": {}, "step": 0}
+
+    def flat(name, params):
+        return torch.cat([state[name].get(p, torch.zeros(p.numel())) for p in params])
+
+    def keep(name, params, values):
+        for p, part in zip(params, values.split([p.numel() for p in params]), strict=True):
+            state[name][p] = part
+
+    def hook(_, bucket):
+        params, g = bucket.parameters(), bucket.buffer().clone()
+        norm = float(g.norm())
+        if clip_norm is not None and norm > clip_norm:
+            g.mul_(clip_norm / norm)
+        u = momentum * flat("u", params) + g if momentum else g
+        a = flat("r", params) + u
+        chosen, values = send(a, state["step"])
+        out = torch.zeros_like(a)
+        out[chosen] = values
+        keep("r", params, a - out)
+        if momentum:
+            u[chosen] = 0.0
+            keep("u", params, u)
+        hook.sent[-1] += len(chosen)
+        if bucket.is_last():
+            state["step"] += 1
+            hook.sent.append(0)
+        future = torch.futures.Future()
+        future.set_result(out)
+        return future
+
+    hook.sent = [0]
+    return hook
+
+
+def random_k():
+    gen = torch.Generator().manual_seed(0)
+
+    def send(a, step):
+        chosen = torch.randperm(len(a), generator=gen)[: len(a) // 10]
+        return chosen, a[chosen]
+
+    return written_out(send)
+
+
+def top_k(a, step):
+    chosen = a.abs().topk(len(a) // 20).indices  # 95%
+    return chosen, a[chosen]
+
+
+accuracy_2 = {f: one_worker(random_k(), lr=f * RECIPE.lr)["accuracy"] for f in (1, 0.1)}
+same_bytes = one_worker(written_out(top_k))["accuracy"]
+chance_2 = sl.flags.chance_accuracy(Y_TRAIN, task.bundle.n_classes)
+for f, a in accuracy_2.items():
+    flags = sl.flags.join(sl.flags.check(accuracy=a, chance=chance_2)) or "no flag"
+    print(f"random-k with error feedback, lr {f * RECIPE.lr:g}: {a:.2%} ({flags})")
+print(f"top-k at 95%, lr {RECIPE.lr:g}: {same_bytes:.2%}")
+solution_2 = round(100 * (accuracy_2[0.1] - accuracy_2[1]), 1)
+check_2(solution_2, solution=True)
+
+# %% [markdown]
+# **3.** Does DGC's warm-up matter in the first epoch?  Train one worker for one epoch with
+# DGC as above (`one_worker("dgc", sparsity=0.999, clip_norm=5.0, warmup_steps=..., epochs=1)`),
+# once warming up over that epoch (`warmup_steps` the number of its steps,
+# `len(X_TRAIN) // RECIPE.batch_size`) and once without (`warmup_steps=0`).  What is the
+# test accuracy with the warm-up minus without, in points?  One decimal.  How many more
+# bytes did the warm-up send?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+STEPS_PER_EPOCH = len(X_TRAIN) // RECIPE.batch_size
+
+
+def dgc_run(warmup_steps):
+    return trained_one("dgc", epochs=1, sparsity=0.999, clip_norm=5.0, warmup_steps=warmup_steps)
+
+
+def check_3(answer, solution=False):
+    gain = 100 * (dgc_run(STEPS_PER_EPOCH)["accuracy"] - dgc_run(0)["accuracy"])
+    hint = "Train both for one epoch with `one_worker` and subtract the accuracies."
+    sl.nb.check(3, answer, gain, hint=hint, tolerance=0.05, solution=solution)
+
+
+# %%
+answer_3 = None  # points, e.g. 2.5
+check_3(answer_3)
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 3.  Without the warm-up DGC sends 0.1% of the entries from the first step, when
+# the gradients are largest and change fastest: most of the early signal waits in the
+# residual and arrives late.  The warm-up sends 25%, 6.25%, 1.56% and 0.39% over the four
+# quarters of the epoch, at a price in bytes.  By hand: DGC's steps written out (local
+# clipping, momentum correction, accumulation, top-k, momentum factor masking) with the
+# warm-up's density, and the bytes from the entries sent, 8 per entry (an int32 index and a
+# float32 value), which is what the compressor counted.
+def dgc(warmup_steps):
+    def send(a, step):
+        k = len(a) // 1000  # 99.9%
+        if step < warmup_steps:
+            k = int(0.25 ** (4 * step // warmup_steps + 1) * len(a))
+        chosen = a.abs().topk(k).indices
+        return chosen, a[chosen]
+
+    return written_out(send, momentum=0.9, clip_norm=5.0)
+
+
+accuracy_3, bytes_3 = {}, {}
+for warmup in (STEPS_PER_EPOCH, 0):
+    hook = dgc(warmup)
+    accuracy_3[warmup] = one_worker(hook, epochs=1, momentum=0.0)["accuracy"]
+    bytes_3[warmup] = 8 * sum(hook.sent)
+print(f"one epoch: {accuracy_3[STEPS_PER_EPOCH]:.2%} with the warm-up, {accuracy_3[0]:.2%} "
+      f"without; {bytes_3[STEPS_PER_EPOCH] / bytes_3[0]:.0f}x the bytes "
+      f"({bytes_3[STEPS_PER_EPOCH]:,} against {bytes_3[0]:,})")  # fmt: skip
+assert bytes_3 == {w: dgc_run(w)["bytes"] for w in bytes_3}  # the compressor counted the same
+solution_3 = round(100 * (accuracy_3[STEPS_PER_EPOCH] - accuracy_3[0]), 1)
+check_3(solution_3, solution=True)
+
+# %% [markdown]
+# **4.** Try threshold (Strom 2015) at a tenth of the recipe's learning rate: train one
+# worker with `one_worker("threshold", threshold=0.01, lr=RECIPE.lr / 10)` (error feedback
+# on) for `EPOCHS` epoch(s); it returns the number of entries sent at each step.  On
+# average over the last 10 steps, how many entries does it send per step, as a multiple of
+# the average over the first 10 steps?  Two decimals.  How does the number change as
+# training goes on, and does it train?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_4(answer, solution=False):
+    sent = trained_one("threshold", lr=RECIPE.lr / 10, threshold=0.01)["sent"]
+    hint = "Divide the mean of the last 10 entries of `sent` by the mean of the first 10."
+    sl.nb.check(4, answer, np.mean(sent[-10:]) / np.mean(sent[:10]), hint=hint,
+                tolerance=0.005, solution=solution)  # fmt: skip
+
+
+# %%
+answer_4 = None  # a ratio, e.g. 0.75
+check_4(answer_4)
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 4.  Threshold sends tau * sign(a) wherever |a| >= tau, so an entry delivers at
+# most tau per step and the rest of it waits.  Early on, the residuals build up and more
+# entries cross tau at each step; once the model fits the data the gradients shrink and
+# fewer do (a long enough run shows both).  By hand: Strom's rule written out as a hook.
+def strom(a, step):
+    chosen = torch.nonzero(a.abs() >= 0.01).flatten()
+    return chosen, 0.01 * a[chosen].sign()
+
+
+hook_4 = written_out(strom)
+accuracy_4 = one_worker(hook_4, lr=RECIPE.lr / 10)["accuracy"]
+sent_4 = hook_4.sent[:-1]  # the last entry is the step that never came
+starts = range(0, len(sent_4), STEPS_PER_EPOCH)
+per_epoch = [int(np.mean(sent_4[i : i + STEPS_PER_EPOCH])) for i in starts]
+solution_4 = round(np.mean(sent_4[-10:]) / np.mean(sent_4[:10]), 2)
+flags_4 = sl.flags.join(sl.flags.check(accuracy=accuracy_4, chance=chance_2)) or "no flag"
+print(f"test accuracy {accuracy_4:.2%} ({flags_4}); mean entries per step, by epoch: {per_epoch}")
+print(f"last 10 steps against the first 10: {solution_4:.2f}x")
+check_4(solution_4, solution=True)

@@ -507,7 +507,8 @@ def check_notebook(path: Path) -> list[str]:
 
     Rules: a cell tagged ``parameters`` assigning literals only, ``SMOKE = False`` among
     them; no package installs from a cell; no ``get_dataset(`` (mnist1d downloads by
-    default); the last sections are a "Summary" heading followed by an "Exercises" heading.
+    default); the last sections are a "Summary" heading followed by an "Exercises" heading,
+    whose exercises check themselves (:func:`_check_exercises`).
     """
     import jupytext
 
@@ -542,6 +543,8 @@ def check_notebook(path: Path) -> list[str]:
         for m in _HEADING.finditer(cell.source)
     ]
     problems += _check_ending(headings)
+    if not problems:
+        problems += _check_exercises(notebook.cells)
     return problems
 
 
@@ -599,6 +602,64 @@ def _check_ending(headings: list[tuple[int, str]]) -> list[str]:
             + (f"; found later: {', '.join(later)}" if later else "")
         ]
     return []
+
+
+_EXERCISE = re.compile(r"^\*\*(\d+)\.\*\*", re.MULTILINE)
+
+
+def _is_hidden(cell: Any) -> bool:
+    """Collapsed in the book (the ``hide-input`` tag) and in JupyterLab (``source_hidden``)."""
+    hidden = cell.metadata.get("jupyter", {}).get("source_hidden", False)
+    return "hide-input" in cell.metadata.get("tags", []) and hidden is True
+
+
+def _check_exercises(cells: list[Any]) -> list[str]:
+    """Every exercise checks itself: exercise N (a markdown line ``**N.**`` of the Exercises
+    section) has a collapsed cell defining ``check_N``, a cell that checks the student's
+    answer, and a collapsed solution that calls ``check_N(..., solution=True)``, which raises
+    when the solution fails its own check, so every run of the notebook verifies it."""
+    start = next(
+        i
+        for i in range(len(cells) - 1, -1, -1)
+        if cells[i].cell_type == "markdown"
+        and any(m.group(2).lower() == "exercises" for m in _HEADING.finditer(cells[i].source))
+    )
+    section = cells[start:]
+    numbers = [
+        int(m.group(1))
+        for cell in section
+        if cell.cell_type == "markdown"
+        for m in _EXERCISE.finditer(cell.source)
+    ]
+    if not numbers:
+        return ["the Exercises section has no exercise **1.**; number them **1.**, **2.**, ..."]
+    if numbers != list(range(1, len(numbers) + 1)):
+        return [f"the exercises are numbered {numbers}; number them 1 to {len(numbers)} once each"]
+    code = [c for c in section if c.cell_type == "code"]
+    problems = []
+    for n in numbers:
+        defines = [c for c in code if re.search(rf"^def check_{n}\(", c.source, re.MULTILINE)]
+        calls = [c for c in code if re.search(rf"\bcheck_{n}\(", c.source) and c not in defines]
+        solutions = [c for c in calls if re.search(rf"\bcheck_{n}\([^)]*solution=True", c.source)]
+        answers = [c for c in calls if c not in solutions]
+        missing = [
+            what
+            for what, found in [
+                (f"a collapsed cell defining check_{n}", [c for c in defines if _is_hidden(c)]),
+                (f"a cell checking the answer with check_{n}(answer_{n})", answers),
+                (
+                    f"a collapsed solution ending in check_{n}(solution_{n}, solution=True)",
+                    [c for c in solutions if _is_hidden(c)],
+                ),
+            ]
+            if not found
+        ]
+        if missing:
+            problems.append(
+                f"exercise {n} lacks {'; '.join(missing)} (collapsed: "
+                '# %% tags=["hide-input"] jupyter={"source_hidden": true})'
+            )
+    return problems
 
 
 def check(notebooks: Path = Path("notebooks")) -> dict[str, list[str]]:

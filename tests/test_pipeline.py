@@ -31,7 +31,22 @@ print(f"SMOKE={SMOKE}")
 # ## Exercises
 #
 # ### Exercise 1
-# None.
+# **1.** How many?
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+def check_1(answer, solution=False):
+    assert not solution or answer == 2
+
+
+# %%
+answer_1 = None
+check_1(answer_1)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 1.
+solution_1 = 1 + 1
+check_1(solution_1, solution=True)
 """
 
 
@@ -254,6 +269,24 @@ def test_check_accepts_a_notebook_that_follows_the_rules(tmp_path):
         (('print(f"SMOKE={SMOKE}")', "x = mnist1d.get_dataset(args)"), "get_dataset"),
         (("## Exercises", "## Practice"), '"Summary" and an "Exercises"'),
         (("# ### Exercise 1", "# ## Appendix"), "last two sections"),
+        (("# **1.** How many?", "# How many?"), "no exercise **1.**"),
+        (("# **1.** How many?", "# **1.** How many?\n# **3.** And?"), "numbered [1, 3]"),
+        (
+            ('# %% tags=["hide-input"] jupyter={"source_hidden": true}\ndef', "# %%\ndef"),
+            "lacks a collapsed cell defining check_1",
+        ),
+        (("check_1(answer_1)", "print(answer_1)"), "lacks a cell checking the answer"),
+        (
+            ("check_1(solution_1, solution=True)", "check_1(solution_1)"),
+            "lacks a collapsed solution",
+        ),
+        (
+            (
+                '# %% tags=["hide-input"] jupyter={"source_hidden": true}\n# Solution',
+                '# %% tags=["hide-input"]\n# Solution',
+            ),
+            "lacks a collapsed solution",
+        ),
     ],
 )
 def test_check_flags_each_broken_rule(tmp_path, change, message):

@@ -107,6 +107,26 @@ def test_entmax15_gradient_matches_finite_differences():
     assert torch.autograd.gradcheck(A.sparsemax, (z,))
 
 
+def test_entmax15_gradient_is_finite_where_a_size_past_the_support_has_delta_zero():
+    # sorted u = z / 2 = (0, 0, -1, -1): the support is the first two, and at size 4 the
+    # variance is exactly 1/4, so delta_4 = (1 - 4 / 4) / 4 = 0; its square root's
+    # gradient, taken through every size, made every gradient of the row NaN in training
+    z = torch.tensor([[0.0, 0.0, -2.0, -2.0], [0.0, 0.0, -2.0, -2.0]], requires_grad=True)
+    p = A.entmax15(z)
+    assert torch.allclose(p.detach(), torch.tensor([[0.5, 0.5, 0.0, 0.0]] * 2))
+    (p * torch.tensor([[1.0, -2.0, 3.0, 0.5]])).sum().backward()
+    assert torch.isfinite(z.grad).all()
+    # the Jacobian on the support {1, 2}: p_i = (u_i - tau)^2 with sum(p) = 1 gives
+    # dtau/du_j = s_j / sum(s) and dp/du = 2 (diag(s) - s s^T / sum(s)), s = sqrt(p); u = z/2
+    s = torch.tensor([0.5**0.5, 0.5**0.5])
+    jacobian = torch.diag(s) - torch.outer(s, s) / s.sum()
+    expected = torch.tensor([1.0, -2.0]) @ jacobian
+    assert torch.allclose(z.grad[0, :2], expected, atol=1e-6)
+    assert torch.equal(z.grad[0, 2:], torch.zeros(2))
+    z64 = torch.tensor([[0.0, 0.0, -2.0, -2.0, -2.5]], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(A.entmax15, (z64,))
+
+
 def _qkv(seed=0, batch=2, heads=2, length=6, d=4):
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(batch, heads, length, d, generator=gen) for _ in range(3)]

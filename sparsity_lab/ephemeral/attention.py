@@ -154,10 +154,16 @@ def entmax15(z: torch.Tensor, dim: int = -1) -> torch.Tensor:
     ks = torch.arange(1, u.shape[-1] + 1, device=u.device, dtype=u.dtype)
     mean = sorted_u.cumsum(-1) / ks
     mean_sq = (sorted_u**2).cumsum(-1) / ks
-    delta = ((1 - ks * (mean_sq - mean**2)) / ks).clamp(min=0)
-    tau = mean - delta.sqrt()
-    k = (tau <= sorted_u).sum(-1, keepdim=True)
-    tau_star = tau.gather(-1, k - 1)
+    # The support size is found without a gradient: at a size past the support, delta
+    # can round to exactly 0, and the gradient of its square root there (infinite, times
+    # the zero that flows back to an unchosen size) would be NaN.  The gradient flows
+    # through tau at the chosen size only, where delta is positive.
+    with torch.no_grad():
+        delta = ((1 - ks * (mean_sq - mean**2)) / ks).clamp(min=0)
+        k = (mean - delta.sqrt() <= sorted_u).sum(-1, keepdim=True).clamp(min=1)
+    mean_k, mean_sq_k = mean.gather(-1, k - 1), mean_sq.gather(-1, k - 1)
+    delta_k = (1 - k * (mean_sq_k - mean_k**2)) / k
+    tau_star = mean_k - delta_k.clamp(min=torch.finfo(u.dtype).tiny).sqrt()
     return (u - tau_star).clamp(min=0).pow(2).transpose(dim, -1)
 
 

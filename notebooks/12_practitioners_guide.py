@@ -281,6 +281,7 @@ display(
 #   [05b](05b_occam_and_scale.ipynb);
 # - sparse activations, gradients and errors in training: [07](07_ephemeral_sparsity.ipynb),
 #   [08](08_gradient_compression.ipynb);
+# - experts, sparse attention and head pruning: [07b](07b_experts_attention_heads.ipynb);
 # - sparsity with quantization: [10](10_language_models.ipynb);
 # - who pays for pruning, and transfer: [05d](05d_who_pays.ipynb), [05e](05e_transfer.ipynb);
 # - benchmarks and reporting standards: [09](09_leaderboard.ipynb).

@@ -11,16 +11,19 @@
 # ---
 
 # %% [markdown]
-# # Hardware acceleration: storage formats, break-even and sparse inference
+# # Hardware acceleration I: storage formats, break-even and sparse inference
 #
 # **What you will learn:** what a sparse tensor costs to store in each format and where
 # each format wins; why a pruned model is not faster until it is exported; where sparse
-# kernels break even with dense ones on a CPU; how structured sparsity and N:M metadata
-# change the picture; and how close each kernel gets to the machine's limits.
+# kernels break even with dense ones on a CPU, and how blocks and whole removed rows change
+# that; and how `accel.export` turns a pruned model into one that runs sparse kernels or a
+# smaller dense network.
 #
-# This follows sections 2.2 (storage formats) and 7 (acceleration) of the survey.  Every
-# time in this notebook is measured live on the machine that runs it, so the numbers move
-# from run to run; the shapes of the curves are what to read.
+# This follows sections 2.2 (storage formats) and 7 (acceleration) of the survey.  The
+# second part, [06b](06b_nm_and_roofline.ipynb), covers N:M sparsity and its metadata, what
+# GPUs do with 2:4, and the roofline: how close each kernel gets to the machine's limits.
+# Every time in this notebook is measured live on the machine that runs it, so the numbers
+# move from run to run; the shapes of the curves are what to read.
 
 # %%
 import inspect
@@ -28,7 +31,6 @@ import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -36,7 +38,7 @@ from IPython.display import Markdown, display
 
 import sparsity_lab as sl
 from sparsity_lab import accel, formats, models
-from sparsity_lab.patterns import NM, Block, Unstructured
+from sparsity_lab.patterns import Block, Unstructured
 
 # %% tags=["parameters"]
 SMOKE = False
@@ -717,147 +719,10 @@ with tempfile.TemporaryDirectory() as tmp:
 assert same
 
 # %% [markdown]
-# ## 5. N:M sparsity and its metadata
-#
-# N:M keeps N weights in every group of M along the input dimension.  Storage is then
-# regular: exactly N values per group plus the position of each, ``ceil(log2 M)`` bits.
-# For 2:4 that is 2 bits per kept value, four positions to a byte; with 16-bit values the
-# metadata adds one eighth to the values, and the whole is 56.25% of dense.
-
-# %% tags=["nbval-check-output"]
-row = torch.tensor([[0.0, 1.5, 0.0, -2.0, 3.0, 0.0, 0.0, 4.0]])
-packed = accel.pack_nm(row, 2, 4)
-print("values   ", packed.values.tolist())
-print("metadata ", [f"{b:08b}" for b in packed.metadata.tolist()], "(positions 1, 3, 0, 3)")
-assert torch.equal(accel.unpack_nm(packed), row)
-w24 = torch.randn(64, 64) * NM(2, 4).mask(torch.rand(64, 64, generator=gen))
-print(
-    "2:4 bits / fp16 dense bits:",
-    formats.bits(w24, "nm_format", value_bits=16) / formats.bits(w24, "dense", value_bits=16),
-)
-
-# %% [markdown]
-# ## 6. What GPUs do with 2:4
-#
-# NVIDIA's sparse tensor cores (Ampere and later, compute capability 8.0+) read the 2:4
-# values and their 2-bit metadata and skip the pruned half of the multiply-adds; the
-# vendor reports up to twice the math throughput of the dense tensor core (Mishra et al.
-# 2021).  `accel.export(model, device="cuda")` routes 2:4 Linear layers through torch's
-# semi-structured sparse tensors.  **No GPU run was made for this book**: that path is
-# untested on hardware here, so no GPU figure is shown.  Known limits from torch's issue
-# tracker: small matrices and batch 1 see no gain (the input is padded), and the speed-up
-# is largest for big layers in half precision.
-
-# %%
-display(
-    Markdown(f"A GPU with 2:4 sparse tensor cores is available here: **{accel.gpu_available()}**.")
-)
-
-# %% [markdown]
-# ## 7. The roofline view
-#
-# A kernel is limited either by arithmetic (peak FLOP rate) or by memory (bytes moved /
-# bandwidth).  We measure both limits on this machine, then place each product by its
-# arithmetic intensity (useful FLOPs per byte moved) and achieved FLOP rate.  Sparse
-# kernels are expected below the roof: each value drags an index along, and irregular
-# access defeats the vector units.  The memory roof is measured with a copy larger than
-# the caches, so a product whose weight stays in cache can sit above it.
-
-# %%
-n = 256 if SMOKE else 1024
-a, b = torch.randn(n, n), torch.randn(n, n)
-peak = 2 * n**3 / timed(lambda: a @ b) / 1e9
-big = torch.randn(4 * 2**20 if SMOKE else 16 * 2**20)
-dst = torch.empty_like(big)
-bandwidth = 2 * big.numel() * 4 / timed(lambda: dst.copy_(big)) / 1e9
-
-# bytes a CSR product reads per stored index: scipy's kernels take int32 indices (accel
-# converts them), torch's CSR tensors keep int64 ones
-INDEX_BYTES = {"scipy_csr": np.dtype(np.int32).itemsize, "torch_csr": torch.int64.itemsize}
-VALUE_BYTES = torch.float32.itemsize
-KERNEL_AT = {batch: "scipy_csr" if batch == 1 else "torch_csr" for batch in BATCHES}
-
-points = []
-for batch in BATCHES:
-    for s in [0.0, *SPARSITIES]:
-        g = torch.Generator().manual_seed(SEED)
-        w = torch.randn(MATRIX, MATRIX, generator=g)
-        w = w * Unstructured().mask(torch.rand(MATRIX, MATRIX, generator=g), s)
-        x = torch.randn(batch, MATRIX, generator=g)
-        nnz = int(w.count_nonzero())
-        io_bytes = VALUE_BYTES * batch * 2 * MATRIX
-        if s == 0.0:
-            t = timed(lambda x=x, w=w: F.linear(x, w))
-            weight_bytes = VALUE_BYTES * MATRIX * MATRIX
-            points.append(
-                (f"dense b{batch}", 2 * MATRIX * MATRIX * batch, weight_bytes + io_bytes, t)
-            )
-        else:
-            kernel = KERNEL_AT[batch]
-            layer = accel.SparseLinear(w, kernel=kernel)
-            t = timed(lambda layer=layer, x=x: layer(x))
-            idx = INDEX_BYTES[kernel]  # a column index per value, plus the row pointers
-            weight_bytes = (VALUE_BYTES + idx) * nnz + idx * (MATRIX + 1)
-            points.append((f"csr {s:.0%} b{batch}", 2 * nnz * batch, weight_bytes + io_bytes, t))
-
-# one panel per batch, so that the labels of the two batches do not pile up
-fig, axes = plt.subplots(
-    1, len(BATCHES), figsize=(5 * len(BATCHES), 4.5), squeeze=False, sharey=True
-)
-intensity = np.logspace(-2, 3, 100)
-for ax, batch in zip(axes[0], BATCHES, strict=True):
-    ax.plot(intensity, np.minimum(peak, bandwidth * intensity), "k-", label="roofline")
-    mine = [p for p in points if p[0].endswith(f" b{batch}")]
-    for i, (label, flops, nbytes, t) in enumerate(mine):
-        dense_point = label.startswith("d")
-        ax.scatter(flops / nbytes, flops / t / 1e9, s=20, color="C3" if dense_point else "C0")
-        ax.annotate(  # alternate above and below, so that close points keep readable labels
-            label.rsplit(" b", 1)[0],
-            (flops / nbytes, flops / t / 1e9),
-            xytext=(4, 5 if i % 2 == 0 else -11),
-            textcoords="offset points",
-            fontsize=8,
-        )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("arithmetic intensity (FLOP / byte)")
-    ax.set_title(f"batch {batch}")
-    ax.legend(loc="lower right")
-axes[0][0].set_ylabel("GFLOP/s")
-fig.suptitle(f"{MATRIX}x{MATRIX} products")
-fig.tight_layout()
-plt.show()
-csr_points = [(label, f, nbytes, t) for label, f, nbytes, t in points if label.startswith("csr")]
-fastest = max(csr_points, key=lambda p: p[1] / p[3])
-csr_rate = fastest[1] / fastest[3] / 1e9
-of_roof = [f / t / 1e9 / min(peak, bandwidth * f / nbytes) for _, f, nbytes, t in csr_points]
-per_nnz = "; ".join(
-    f"batch {b}: {kernel}, {VALUE_BYTES + INDEX_BYTES[kernel]} bytes per nonzero "
-    f"({VALUE_BYTES}-byte value, {INDEX_BYTES[kernel]}-byte index)"
-    for b, kernel in KERNEL_AT.items()
-)
-display(
-    Markdown(
-        f"Measured here: peak {peak:.1f} GFLOP/s (dense {n}^3 product, one thread) and "
-        f"{bandwidth:.1f} GB/s (a copy).  The CSR bytes count the kernel actually used ("
-        f"{per_nnz}), plus the row pointers, the input and the output.  The useful FLOP rate "
-        f"of the CSR kernels is {min(f / t for _, f, _, t in csr_points) / 1e9:.2f} to "
-        f"{csr_rate:.2f} GFLOP/s (the fastest: {fastest[0]}), "
-        f"{min(of_roof):.0%} to {max(of_roof):.0%} of the roof at their intensity"
-        + (
-            " (above 100%: their weights may stay in cache, which the copy's bandwidth ignores)."
-            if max(of_roof) > 1
-            else "."
-        )
-    )
-)
-
-# %% [markdown]
 # ## Summary
 #
 # * Storage: every format is values plus index; which one is smallest depends on the
-#   sparsity and on the index width (section 2), and 2:4 costs 2 bits of metadata per kept
-#   value.
+#   sparsity and on the index width (section 2).
 # * Speed needs an export to sparse kernels or to a physically smaller model: a mask only
 #   multiplies by zeros.  `accel.export` shrinks the model, times each sufficiently sparse
 #   layer, keeps dense unless a kernel saves enough time, falls back to the dense shrunk
@@ -895,9 +760,7 @@ display(
         "* Unstructured CSR broke even "
         + ", ".join(f"at batch {b}: {csr_even(b)}" for b in BATCHES)
         + f".  Shrunk rows {versus_csr('shrunk')}.\n"
-        f"* The fastest CSR product ({fastest[0]}) reached {csr_rate:.2f} GFLOP/s of useful "
-        f"work, {csr_rate / peak:.0%} of the dense peak of {peak:.1f} GFLOP/s.  As a share of "
-        f"the FLOP ratio ``1 / density``, CSR's mean speed-up reached at most "
+        "* As a share of the FLOP ratio ``1 / density``, CSR's mean speed-up reached at most "
         f"{at_top('csr (ours)')}; shrunk rows reached at most {at_top('shrunk')}"
         + (
             "; above 100%, the smaller dense weight may also fit in faster caches."
@@ -960,69 +823,7 @@ print(f"{solution_1} nonzeros, sparsity {1 - solution_1 / n_entries:.2%}; CSR sm
 check_1(solution_1, solution=True)
 
 # %% [markdown]
-# **2.** `export` keeps a sparse kernel only where it beats the dense product at the batch
-# it is timed on, and the batch changes what the dense product is limited by.  Count FLOPs
-# and bytes as section 7 does for the dense product of LeNet-300-100's first layer, a 300 x
-# 784 weight: 2 FLOPs per weight and example, `VALUE_BYTES` per weight, per input and per
-# output.  From which batch on is its arithmetic intensity at least this machine's ridge
-# point, `peak / bandwidth` as section 7 measured them (FLOP per byte)?  Answer with the
-# smallest whole batch, or 0 if no batch reaches it.  Then export section 4's model at
-# `FOCUS` sparsity at batch 1 and at batch 256: which kernels does it choose at each, and
-# what must a sparse kernel beat at each batch?
-
-
-# %% tags=["hide-input"] jupyter={"source_hidden": true}
-def dense_intensity(batch, rows=300, cols=784):
-    """FLOP per byte of a dense ``rows x cols`` product at ``batch``, counted as in section 7."""
-    weight_bytes = formats.bits(torch.ones(rows, cols), "dense", value_bits=8 * VALUE_BYTES) / 8
-    return 2 * rows * cols * batch / (weight_bytes + VALUE_BYTES * batch * (rows + cols))
-
-
-def check_2(answer, solution=False):
-    ridge = peak / bandwidth
-    low, high = 0, 10**9  # the intensity grows with the batch: bisect for the first batch
-    if dense_intensity(high) < ridge:
-        first = 0  # bounded by 2 rows cols / (VALUE_BYTES (rows + cols)): never reached
-    else:
-        while high - low > 1:
-            middle = (low + high) // 2
-            low, high = (low, middle) if dense_intensity(middle) >= ridge else (middle, high)
-        first = high
-    hint = "Intensity 2 n B / (4 n + 4 B (300 + 784)) with n = 300 * 784; solve it >= the ridge."
-    sl.nb.check(2, answer, first, hint=hint, solution=solution)
-
-
-# %%
-answer_2 = None  # a batch, e.g. 32
-check_2(answer_2)
-
-# %% tags=["hide-input"] jupyter={"source_hidden": true}
-# Solution 2.  With n weights, v bytes a value and s = 300 + 784 inputs and outputs, the
-# dense product at batch B does 2 n B FLOPs and moves v (n + B s) bytes: at batch 1 about
-# 0.5 FLOP per byte, each weight read for one multiply-add, so it waits for memory and a
-# kernel wins by reading fewer bytes (CSR at high sparsity; at batch 1 the fixed cost of
-# each call counts too, which the compiled chain removes).  The intensity reaches the ridge
-# r where 2 n B >= r v (n + B s), so B >= r v n / (2 n - r v s).  Beyond it the dense
-# product runs at the machine's peak FLOP rate, and a sparse kernel must win by skipping
-# FLOPs, 1 / density times fewer, against its slower rate per FLOP: that pays at high
-# sparsity only.  The timed exports below show what this run chose.
-n_2, s_2, ridge_2 = 300 * 784, 300 + 784, peak / bandwidth
-if 2 * n_2 > ridge_2 * VALUE_BYTES * s_2:
-    solution_2 = max(
-        1, int(np.ceil(ridge_2 * VALUE_BYTES * n_2 / (2 * n_2 - ridge_2 * VALUE_BYTES * s_2)))
-    )
-else:
-    solution_2 = 0
-print(f"ridge {ridge_2:.1f} FLOP/byte; dense fc1 reaches it from batch {solution_2}")
-for batch in (1, 256):  # timed: the kernels export keeps move from run to run
-    exported_2 = accel.export(lenet(FOCUS, SEED), torch.randn(batch, 784), budget_s=BUDGET_S / 4)
-    chain = isinstance(exported_2, sl.fused.FusedSparseChain)
-    plan_2 = [f"{c.name} {'csr_chain' if chain else c.kernel}" for c in exported_2.export_plan]
-    print(f"batch {batch}: {', '.join(plan_2)}")
-check_2(solution_2, solution=True)
-
-# %% [markdown]
-# **3.** Prune LeNet-300-100 in blocks: `sl.prune(lenet(0.0, SEED), "magnitude", 0.9,
+# **2.** Prune LeNet-300-100 in blocks: `sl.prune(lenet(0.0, SEED), "magnitude", 0.9,
 # pattern="block:4x4", exclude=["fc3.weight"], budget="uniform")` (4 x 4 blocks do not tile
 # fc3's 10 outputs; a uniform budget prunes every layer to the same sparsity, as in section
 # 4).  BSR stores one column index per block of 16 values, CSR one per value.  With 32-bit
@@ -1040,41 +841,41 @@ def blocked_lenet():
     return model
 
 
-def check_3(answer, solution=False):
+def check_2(answer, solution=False):
     w = sl.masks.weight(blocked_lenet(), "fc1.weight").detach()
     bsr = formats.bits(w, "bsr", block=(4, 4), value_bits=32, index_bits=32)
     ratio = bsr / formats.bits(w, "csr", value_bits=32, index_bits=32)
     hint = "BSR: per block 16 values and one index, plus a pointer per block row; CSR per value."
-    sl.nb.check(3, answer, ratio, hint=hint, tolerance=0.005, solution=solution)
+    sl.nb.check(2, answer, ratio, hint=hint, tolerance=0.005, solution=solution)
 
 
 # %%
-answer_3 = None  # a ratio, e.g. 0.75
-check_3(answer_3)
+answer_2 = None  # a ratio, e.g. 0.75
+check_2(answer_2)
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
-# Solution 3.  By hand, from the weight: every kept 4 x 4 block stores 16 values and one
+# Solution 2.  By hand, from the weight: every kept 4 x 4 block stores 16 values and one
 # column index, (16 * 32 + 32) bits, where CSR stores an index with each of its 16 values,
 # 16 * 64 bits; the row pointers (one per block row for BSR, per row for CSR) add little.
 # So BSR reads about half the bytes of CSR, and its kernel works on small dense blocks.
-# Whether that beats the dense product depends on the batch, as in exercise 2: the timed
-# export below says where it did in this run.
+# Whether that beats the dense product depends on the batch, as exercise 1 of 06b works
+# out: the timed export below says where it did in this run.
 blocked = blocked_lenet()
-w3 = sl.masks.weight(blocked, "fc1.weight").detach()
-kept_blocks = int((w3.reshape(300 // 4, 4, 784 // 4, 4) != 0).any(dim=3).any(dim=1).sum())
+w2 = sl.masks.weight(blocked, "fc1.weight").detach()
+kept_blocks = int((w2.reshape(300 // 4, 4, 784 // 4, 4) != 0).any(dim=3).any(dim=1).sum())
 bsr_bits = kept_blocks * (16 * 32 + 32) + (300 // 4 + 1) * 32
-csr_bits = int((w3 != 0).sum()) * (32 + 32) + (300 + 1) * 32
-solution_3 = round(bsr_bits / csr_bits, 2)
-print(f"{kept_blocks} blocks kept: BSR {bsr_bits} bits, CSR {csr_bits} bits, ratio {solution_3}")
+csr_bits = int((w2 != 0).sum()) * (32 + 32) + (300 + 1) * 32
+solution_2 = round(bsr_bits / csr_bits, 2)
+print(f"{kept_blocks} blocks kept: BSR {bsr_bits} bits, CSR {csr_bits} bits, ratio {solution_2}")
 for batch in (1, 256):  # timed: the kernels export keeps move from run to run
-    exported_3 = accel.export(blocked, torch.randn(batch, 784), budget_s=BUDGET_S / 4)
-    chain = isinstance(exported_3, sl.fused.FusedSparseChain)
-    plan_3 = [f"{c.name} {'csr_chain' if chain else c.kernel}" for c in exported_3.export_plan]
-    print(f"batch {batch}: {', '.join(plan_3)}")
-check_3(solution_3, solution=True)
+    exported_2 = accel.export(blocked, torch.randn(batch, 784), budget_s=BUDGET_S / 4)
+    chain = isinstance(exported_2, sl.fused.FusedSparseChain)
+    plan_2 = [f"{c.name} {'csr_chain' if chain else c.kernel}" for c in exported_2.export_plan]
+    print(f"batch {batch}: {', '.join(plan_2)}")
+check_2(solution_2, solution=True)
 
 # %% [markdown]
-# **4.** Zero-padded delta coding (Han 2016) with b-bit runs: which b minimises the size of
+# **3.** Zero-padded delta coding (Han 2016) with b-bit runs: which b minimises the size of
 # a 95%-sparse `SIDE x SIDE` random matrix with 8-bit values (`formats.bits(t, "rle",
 # value_bits=8, index_bits=b)`, b from 1 to 16; the matrix is `random_matrix(0.95)`)?
 
@@ -1087,69 +888,26 @@ def random_matrix(sparsity, side=SIDE):
     return t * Unstructured().mask(torch.rand(side, side, generator=g), sparsity)
 
 
-def check_4(answer, solution=False):
+def check_3(answer, solution=False):
     t = random_matrix(0.95)
     size = {b: formats.bits(t, "rle", value_bits=8, index_bits=b) for b in range(1, 17)}
     hint = "Compute the size for every b from 1 to 16 and take the smallest (ties: any)."
-    sl.nb.check(4, answer, lambda a: size.get(a) == min(size.values()), hint=hint,
+    sl.nb.check(3, answer, lambda a: size.get(a) == min(size.values()), hint=hint,
                 solution=solution)  # fmt: skip
 
 
 # %%
-answer_4 = None  # a whole number of bits
-check_4(answer_4)
+answer_3 = None  # a whole number of bits
+check_3(answer_3)
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
-# Solution 4.  Each entry costs 8 + b bits, and a run of zeros longer than 2^b - 1 needs
+# Solution 3.  Each entry costs 8 + b bits, and a run of zeros longer than 2^b - 1 needs
 # filler entries.  At 95% the gaps between nonzeros average 20 positions: a small b pays for
 # many fillers, a large one for index bits that the usual gap does not need.
 matrix = random_matrix(0.95)
-sizes_4 = pd.Series({b: formats.bits(matrix, "rle", value_bits=8, index_bits=b)
+sizes_3 = pd.Series({b: formats.bits(matrix, "rle", value_bits=8, index_bits=b)
                      for b in range(1, 17)})  # fmt: skip
-solution_4 = int(sizes_4.idxmin())
-relative = sizes_4 / formats.bits(matrix, "dense", value_bits=8)
+solution_3 = int(sizes_3.idxmin())
+relative = sizes_3 / formats.bits(matrix, "dense", value_bits=8)
 print("size / dense:", ", ".join(f"b={b} {r:.3f}" for b, r in relative.loc[2:8].items()))
-check_4(solution_4, solution=True)
-
-# %% [markdown]
-# **5.** Place the `shrunk` products of section 3 on the roofline, at 90% sparsity and
-# batch 1: the shrunk weight keeps `round(0.1 * MATRIX)` whole rows of section 7's seeded
-# `MATRIX x MATRIX` weight, and its product reads that dense weight and the input and writes
-# its shorter output, `VALUE_BYTES` each.  What is its arithmetic intensity divided by that
-# of the CSR product at the same sparsity and batch (bytes counted as in section 7)?  Two
-# decimals.  Why does it sit closer to the roof?
-
-
-# %% tags=["hide-input"] jupyter={"source_hidden": true}
-def check_5(answer, solution=False):
-    g = torch.Generator().manual_seed(SEED)
-    w = torch.randn(MATRIX, MATRIX, generator=g)
-    w = w * Unstructured().mask(torch.rand(MATRIX, MATRIX, generator=g), 0.9)
-    shrunk = w[: round(0.1 * MATRIX)]
-    index = 8 * INDEX_BYTES[KERNEL_AT[1]]
-    csr_bytes = formats.bits(w, "csr", value_bits=32, index_bits=index) / 8 + 4 * 2 * MATRIX
-    csr = 2 * w.count_nonzero() / csr_bytes
-    dense_bytes = formats.bits(shrunk, "dense", value_bits=32) / 8 + 4 * sum(shrunk.shape)
-    ratio = float(2 * shrunk.numel() / dense_bytes / csr)
-    hint = "FLOPs per byte: 2 per kept weight; CSR adds an index per value and row pointers."
-    sl.nb.check(5, answer, ratio, hint=hint, tolerance=0.005, solution=solution)
-
-
-# %%
-answer_5 = None  # a ratio, e.g. 1.5
-check_5(answer_5)
-
-# %% tags=["hide-input"] jupyter={"source_hidden": true}
-# Solution 5.  The shrunk product reads only values it uses, where CSR reads an index with
-# every value (and the row pointers), so its intensity is about twice CSR's; it also runs on
-# the dense kernel's vector units, so it is both further right and closer to the roof.
-gen5 = torch.Generator().manual_seed(SEED)
-w5 = torch.randn(MATRIX, MATRIX, generator=gen5)
-w5 = w5 * Unstructured().mask(torch.rand(MATRIX, MATRIX, generator=gen5), 0.9)
-nnz, kept_rows, idx = int(w5.count_nonzero()), round(0.1 * MATRIX), INDEX_BYTES[KERNEL_AT[1]]
-csr_bytes = (VALUE_BYTES + idx) * nnz + idx * (MATRIX + 1) + VALUE_BYTES * 2 * MATRIX
-shrunk_bytes = VALUE_BYTES * (kept_rows * MATRIX + MATRIX + kept_rows)
-csr_intensity, shrunk_intensity = 2 * nnz / csr_bytes, 2 * kept_rows * MATRIX / shrunk_bytes
-solution_5 = round(shrunk_intensity / csr_intensity, 2)
-print(f"FLOP per byte: shrunk {shrunk_intensity:.3f}, csr {csr_intensity:.3f}: {solution_5}x")
-check_5(solution_5, solution=True)
+check_3(solution_3, solution=True)

@@ -271,7 +271,8 @@ display(
 #
 # - sparse training without ever going dense: [04b](04b_dynamic_sparse_training.ipynb),
 #   [09b](09b_training_leaderboard.ipynb);
-# - kernels and formats that turn sparsity into speed: [06](06_hardware_acceleration.ipynb);
+# - kernels and formats that turn sparsity into speed: [06](06_hardware_acceleration.ipynb),
+#   [06b](06b_nm_and_roofline.ipynb);
 # - what to sparsify, at which granularity: [01](01_what_to_prune.ipynb),
 #   [01b](01b_removing_structure.ipynb);
 # - better criteria, and their theory: [02a](02a_data_free_and_data_driven.ipynb),

@@ -880,18 +880,38 @@ display(
 # Each exercise has a cell for your answer, which checks it when you run it, and a worked
 # solution below it, collapsed (click to show it).
 #
-# **1.** In the geometry section, at which strength $\lambda$ does the L1 path first set a
-# coordinate to zero?  Two decimals; the grid of strengths has a step of 0.025, so an
-# answer within one step of the grid's value is right.  Which coordinate goes first, and
-# why that one?
+# **1.** In the geometry section, at which strength $\lambda$ does the L1 path reach the
+# origin, both coordinates zero?  Three decimals: the exact strength, not the nearest
+# point of the plotted grid.  Which coordinate reached zero first, and why that one?
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
+def origin_strength(shrink, iterations=3000):
+    """The smallest strength whose penalised minimum is the origin, found numerically:
+    proximal gradient descent on the quadratic loss for each strength (``shrink(w, t)`` is
+    the penalty's proximal step), and bisection on the strength."""
+    step = 1 / np.linalg.eigvalsh(H).max()
+
+    def minimum(strength):
+        w = w_star.copy()
+        for _ in range(iterations):
+            w = shrink(w - step * H @ (w - w_star), step * strength)
+        return w
+
+    low, high = 0.0, 4.0
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (low, middle) if np.abs(minimum(middle)).max() < 1e-9 else (middle, high)
+    return high
+
+
 def check_1(answer, solution=False):
-    first = np.flatnonzero((paths["L1"] == 0).any(axis=1))[0]
-    hint = "Find the first row of `paths['L1']` with a zero; `lambdas` holds the strengths."
-    step = lambdas[1] - lambdas[0]
-    sl.nb.check(1, answer, lambdas[first], hint=hint, tolerance=step, solution=solution)
+    def soft_threshold(w, t):
+        return np.sign(w) * np.maximum(np.abs(w) - t, 0)
+
+    hint = "The origin is the minimum once the loss's gradient there fits in L1's corners."
+    sl.nb.check(1, answer, origin_strength(soft_threshold), hint=hint, tolerance=0.002,
+                solution=solution)  # fmt: skip
 
 
 # %%
@@ -900,26 +920,34 @@ check_1(answer_1)
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 # Solution 1.  While both coordinates are positive, the L1 term adds the constant gradient
-# lambda * (1, 1), so the minimum moves in a straight line, w(lambda) = w* - lambda H^-1 (1, 1).
-# The coordinate that reaches zero first is the one with the smaller ratio
-# w*_i / (H^-1 1)_i: here w2, which starts at 0.35 against w1's 1.0.  Closed form:
+# lambda * (1, 1), so the minimum moves in a straight line, w(lambda) = w* - lambda H^-1 (1, 1);
+# the coordinate with the smaller ratio w*_i / (H^-1 1)_i reaches zero first (w2, which
+# starts at 0.35 against w1's 1.0).  The origin is the minimum once the loss's gradient
+# there, -H w*, lies in the subdifferential of lambda ||w||_1 at 0, the square
+# [-lambda, lambda]^2: lambda >= ||H w*||_inf.
 direction = np.linalg.solve(H, np.ones(2))
-solution_1 = round(float(min(w_star / direction)), 2)
-print(f"w{int(np.argmin(w_star / direction)) + 1} reaches zero at lambda = {solution_1}")
+first = int(np.argmin(w_star / direction))
+print(f"w{first + 1} reaches zero first, at lambda = {min(w_star / direction):.3f}")
+solution_1 = round(float(np.abs(H @ w_star).max()), 3)
+print(f"the origin at lambda = {solution_1}")
 check_1(solution_1, solution=True)
 
 # %% [markdown]
-# **2.** At which strength does the *group* penalty's path reach the origin, both
-# coordinates zero together?  Two decimals, within one grid step as in exercise 1.  How
-# does that compare with the strength at which the L1 path reaches the origin?
+# **2.** At which strength does the *group* penalty's path reach the origin?  Three
+# decimals, the exact strength as in exercise 1.  Why does the group need a larger
+# strength than L1 to get there, and what does it do on the way instead of zeroing one
+# coordinate?
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 def check_2(answer, solution=False):
-    origin = np.flatnonzero((paths["group"] == 0).all(axis=1))[0]
-    hint = "Find the first row of `paths['group']` where both coordinates are zero."
-    step = lambdas[1] - lambdas[0]
-    sl.nb.check(2, answer, lambdas[origin], hint=hint, tolerance=step, solution=solution)
+    def group_shrink(w, t):
+        norm = np.linalg.norm(w)
+        return w * max(0.0, 1 - t / norm) if norm > 0 else w
+
+    hint = "The origin is the minimum once the loss's gradient there fits in a disc."
+    sl.nb.check(2, answer, origin_strength(group_shrink), hint=hint, tolerance=0.002,
+                solution=solution)  # fmt: skip
 
 
 # %%
@@ -927,23 +955,24 @@ answer_2 = None  # a strength, e.g. 0.42
 check_2(answer_2)
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
-# Solution 2.  The origin is the minimum once the loss's gradient there, -H w*, fits inside
-# the penalty's subdifferential at 0: the disc of radius lambda for the group penalty
-# (||H w*||_2 <= lambda), the square [-lambda, lambda]^2 for L1 (||H w*||_inf <= lambda).
-# The disc needs the larger strength: the group goes to zero later, but all at once.
+# Solution 2.  The group penalty's subdifferential at 0 is the disc of radius lambda, so the
+# origin is the minimum once ||H w*||_2 <= lambda.  The disc is inside the square of L1's
+# subdifferential, so the group needs the larger strength; on the way it shrinks both
+# coordinates together, and reaches the origin with both at once.
 pull = H @ w_star
-solution_2 = round(float(np.linalg.norm(pull)), 2)
-print(f"group reaches the origin at {solution_2}; L1 at {np.abs(pull).max():.2f}")
+solution_2 = round(float(np.linalg.norm(pull)), 3)
+print(f"group reaches the origin at {solution_2}; L1 at {np.abs(pull).max():.3f}")
 check_2(solution_2, solution=True)
 
 # %% [markdown]
-# **3.** In "A regularizer at work", how many points of sparsity short of the 90% target
-# did L1's own threshold rule end, so that the projection removed the rest?  One decimal.
+# **3.** In "A regularizer at work", what is the 90% target minus the sparsity L1's own
+# threshold rule reached, in points?  One decimal; negative if the rule overshot.  Did the
+# projection prune the rest, or restore weights?
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 def check_3(answer, solution=False):
-    hint = "The rule's own sparsity is `reg.reached`; the target is 0.9."
+    hint = "The rule's own sparsity is `reg.reached`; the target is 0.9 (keep the sign)."
     sl.nb.check(3, answer, 100 * (0.9 - reg.reached), hint=hint, tolerance=0.05,
                 solution=solution)  # fmt: skip
 
@@ -959,7 +988,7 @@ sizes = {name: p.numel() for name, p in task.build().named_parameters()}
 pruned = sum(reg.layer_sparsity[name] * sizes[name] for name in reg.layer_sparsity)
 rule = pruned / sum(sizes[name] for name in reg.layer_sparsity)
 solution_3 = round(100 * (0.9 - rule), 1)
-print(f"the rule reached {rule:.1%}: {solution_3} points short of 90%")
+print(f"the rule reached {rule:.1%}: 90% minus that is {solution_3:+.1f} points")
 check_3(solution_3, solution=True)
 
 # %% [markdown]
@@ -996,8 +1025,9 @@ print({layer: round(m, 3) for layer, m in means.items()}, "->", solution_4)
 check_4(solution_4, solution=True)
 
 # %% [markdown]
-# **5.** In the comparison, which method other than GMP has the largest mean paired
-# difference to GMP on LeNet-300-100, unstructured, at 90%?  Answer with its name as in
+# **5.** In the comparison, which method other than GMP has the highest mean of "method
+# minus GMP" (most positive, or least negative), paired on the seeds, on LeNet-300-100,
+# unstructured, at 90%?  Answer with its name as in
 # the tables.  Is that difference clear of zero?
 
 

@@ -1047,8 +1047,9 @@ check_5(answer_5)
 # Solution 5.  Without the rescaling, a unit that keeps 2% of its inputs starts with
 # pre-activations about seven times smaller than a dense unit's (the square root of 50),
 # and the deeper layers shrink them again: the network starts with logits set by its biases
-# and may not train far in the same epochs.  That hits both masks, since they keep the same
-# counts per layer; whether it hits them equally is what their difference says.  By hand:
+# a weaker start, by how much the printed accuracies say.  That hits both masks, since they
+# keep the same counts per layer; whether it hits them equally is what their difference
+# says.  By hand:
 rescaled = init_results[(init_results["sparsity"] == top) & (init_results["seed"] == SEED)]
 rescaled = rescaled.set_index("mask")["test_accuracy"]
 accuracy_5 = {m: hand_accuracy(unscaled(m)[1], x_test, y_test) for m in SNIP_MASKS}

@@ -617,8 +617,9 @@ check_2(solution_2, solution=True)
 # dense_epochs=EPOCHS)`), replace one layer's mask by its shuffle
 # (`recipes.random_like({name: mask}, SEED)`), keep the other layers' masks, start through
 # `recipes.sparse_start` and train with the recipe for `EPOCHS` epochs (`fit_recipe`).  Which
-# layer, shuffled alone, leaves the lowest test accuracy?  Answer with its mask's name.  Why
-# that layer?
+# layer, shuffled alone, leaves the lowest test accuracy?  Answer with its mask's name; a
+# layer within one point of the lowest counts too, since one seed cannot tell such layers
+# apart.  Does the answer follow the layers' densities?
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
@@ -644,8 +645,9 @@ def check_3(answer, solution=False):
     accuracy = one_layer_shuffled()
     lowest = min(accuracy.values())
 
-    def right(a):  # "fc2" counts as "fc2.weight"
-        return accuracy.get(a, accuracy.get(f"{a}.weight")) == lowest
+    def right(a):  # "fc2" counts as "fc2.weight"; one point of accuracy is within the noise
+        value = accuracy.get(a, accuracy.get(f"{a}.weight"))
+        return value is not None and value <= lowest + 0.01
 
     hint = "Train one network per shuffled layer (three in all) and compare their test accuracies."
     sl.nb.check(3, answer, right, hint=hint, solution=solution)
@@ -749,10 +751,10 @@ check_4(answer_4)
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 # Solution 4.  Without the rescaling every unit starts with the variance of its dense
 # fan-in, so at 95% sparsity each layer shrinks the signal by about the square root of its
-# density: the logits start set by the biases (their spread is printed below), and the
-# networks train badly whatever their masks, the shuffled one often at chance.  The gap then
-# measures how each mask copes with a vanishing signal, not which positions matter; part of
-# it, or all, is the missing rescaling.  By hand: the shuffle of every layer from one
+# density: the logits start set mostly by the biases (their spread is printed below), a
+# weaker start for both masks.  How much weaker the printed accuracies say; the change in
+# the gap then mixes which positions matter with how each mask copes with the smaller
+# signal, so part of it may be the missing rescaling.  By hand: the shuffle of every layer from one
 # generator (as `random_like` draws it), the masks attached directly, the test accuracy from
 # the weight tensors (`accuracy_by_hand` of solution 3).
 found_4 = shuffle.masks_found(task_1, "snip", SHUFFLE_SPARSITY, "init")

@@ -19,7 +19,8 @@
 # and LeNet-5, right after pruning and after a short fine-tuning.
 #
 # This follows sections 3.2 (data-free selection) and 3.3 (data-driven selection) of the
-# survey.  First-order criteria and pruning at initialisation are in the next notebook.
+# survey.  First-order criteria are in the next notebook, [02b](02b_first_order.ipynb), and
+# pruning at initialisation in [02f](02f_pruning_at_initialisation.ipynb).
 
 # %%
 import copy
@@ -1110,7 +1111,10 @@ check_3(answer_3)
 # the pair first and folds one unit into the other with the fitted slope (`A[:, 3] += 2
 # A[:, 7]`, or 1/2 the other way): exact.  `neuron_merge` compares incoming weights, which
 # differ by a factor 2, so to it the pair is no copy; whichever unit it removes, its merge
-# `A[:, i] += A[:, j]` is exact only for equal units.  By hand, the first step of each,
+# `A[:, i] += A[:, j]` is exact only for equal units.  A unit that is constant on the
+# calibration data (a dead ReLU) also costs exactly 0 to merge; the trained network has
+# some, and the tie goes to the lowest index, so the twins win here because unit 3 comes
+# before them (the printout below says which units tie).  By hand, the first step of each,
 # from the raw tensors:
 twin_3 = scaled_twin()
 x_cal = torch.cat([x for x, _ in calibration]).flatten(1)
@@ -1150,6 +1154,8 @@ i = int(unexplained[j].argmin())
 slope = float(cov[j, i] / var[i])
 shift = float(read[:, j].mean() - slope * read[:, i].mean())
 by_hand["correlation_merge"] = (j in (3, 7), output_after(j, i, slope, shift))
+cost = reads.square().sum(0) * unexplained.min(1).values
+print(f"units whose merge costs nothing: {torch.nonzero(cost <= 0).flatten().tolist()}")
 for method, (in_pair, change) in by_hand.items():
     print(f"{method}: removes one of the pair? {in_pair}; largest change {change:.1e}")
 exact = [m for m, (in_pair, change) in by_hand.items() if in_pair and change < 1e-5]
@@ -1208,8 +1214,9 @@ chosen = torch.from_numpy(np.argsort(entry, kind="stable")[: w2.shape[1] // 2])
 with torch.no_grad():
     full = model.fc2(held)
     kept_only = held[:, chosen] @ model.fc2.weight[:, chosen].T + model.fc2.bias
-solution_4 = round(float((kept_only - full).norm() / full.norm()), 2)
-by_choice = (errors.loc[0.5, "magnitude"] - solution_4) / (
+error_4 = float((kept_only - full).norm() / full.norm())
+solution_4 = round(error_4, 2)
+by_choice = (errors.loc[0.5, "magnitude"] - error_4) / (
     errors.loc[0.5, "magnitude"] - errors.loc[0.5, "lasso_channel"]
 )
 print(

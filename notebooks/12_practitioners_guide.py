@@ -276,7 +276,8 @@ display(
 # - what to sparsify, at which granularity: [01](01_what_to_prune.ipynb),
 #   [01b](01b_removing_structure.ipynb);
 # - better criteria, and their theory: [02a](02a_data_free_and_data_driven.ipynb),
-#   [02b](02b_first_order.ipynb), [02c](02c_second_order.ipynb),
+#   [02b](02b_first_order.ipynb), [02f](02f_pruning_at_initialisation.ipynb),
+#   [02c](02c_second_order.ipynb),
 #   [02e](02e_layerwise_reconstruction.ipynb);
 # - schedules and how much tuning they need: [03](03_when_to_prune.ipynb);
 # - lottery tickets, early structure, Occam's hill: [05a](05a_structure_and_tickets.ipynb),

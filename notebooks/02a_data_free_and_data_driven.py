@@ -1112,10 +1112,10 @@ check_3(answer_3)
 # A[:, 7]`, or 1/2 the other way): exact.  `neuron_merge` compares incoming weights, which
 # differ by a factor 2, so to it the pair is no copy; whichever unit it removes, its merge
 # `A[:, i] += A[:, j]` is exact only for equal units.  A unit that is constant on the
-# calibration data (a dead ReLU) also costs exactly 0 to merge; the trained network has
-# some, and the tie goes to the lowest index, so the twins win here because unit 3 comes
-# before them (the printout below says which units tie).  By hand, the first step of each,
-# from the raw tensors:
+# calibration data (a dead ReLU) also costs exactly 0 to merge, and the trained network may
+# have some (the printout below lists every unit whose merge costs nothing); a tie goes to
+# the lowest index, so the twins win only because unit 3 comes before any dead unit.  By
+# hand, the first step of each, from the raw tensors:
 twin_3 = scaled_twin()
 x_cal = torch.cat([x for x, _ in calibration]).flatten(1)
 with torch.no_grad():

@@ -1,5 +1,7 @@
 """The regularizer protocol: registration, projection, targets, tuning and clear errors."""
 
+import warnings
+
 import helpers
 import pytest
 import torch
@@ -116,6 +118,25 @@ def test_the_learned_budget_scales_every_layers_density_alike():
         w = reg.weight(n).detach()
         assert w[k].min() >= w[reg.keep(m)[n] & ~k].max()  # the largest of them
     assert sum(int(k.sum()) for k in keep.values()) == total_keep
+
+
+def test_the_learned_budget_warns_when_it_empties_a_layer_the_rule_emptied():
+    m = mlp()
+    reg = registry.get("l1")(threshold=0.0, sparsity=0.5, tune=False)
+    reg.prepare(m)
+    with torch.no_grad():  # the rule keeps every weight of the first layers, none of the last
+        for n in reg.names_:
+            reg.weight(n).fill_(1.0)
+        reg.weight("4.weight").zero_()
+    with pytest.warns(UserWarning, match=r"empties 4\.weight .*budget='uniform'"):
+        keep = reg.project_learned(m, reg.keep(m), 0.5)
+    assert int(keep["4.weight"].sum()) == 0  # the warning describes what happened
+    with torch.no_grad():
+        reg.weight("4.weight").fill_(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a budget that empties no layer stays silent
+        keep = reg.project_learned(m, reg.keep(m), 0.5)
+    assert all(int(k.sum()) > 0 for k in keep.values())
 
 
 def test_the_tuner_raises_a_strength_that_is_too_weak():

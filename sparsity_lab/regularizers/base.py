@@ -52,6 +52,7 @@ outputs are the classes.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -525,12 +526,23 @@ class Regularizer(Callback):
         weights = kept if sum(kept.values()) > 0 else size
         share = apportion(total - count(sparsity, total), weights, size)
         rank = self.ranking(model)
-        out = {}
+        out, emptied = {}, []
         for n in self.names_:
             per_group = pat.group_size(shapes[n])
             n_groups = pat.n_groups(shapes[n])
             keep_groups = min(n_groups, int(math.floor(share[n] / per_group + 0.5)))
             out[n] = pat.prune_groups(rank[n], n_groups - keep_groups, "max")
+            if keep_groups == 0 and sparsity < 1:
+                emptied.append(n)
+        if emptied:
+            # a layer with nothing left disconnects the network whatever the others keep
+            warnings.warn(
+                f"{self.name}: the learned budget empties {', '.join(emptied)} at "
+                f"{sparsity:.0%} sparsity, because the threshold rule kept nothing there; the "
+                "network's output no longer depends on its input.  Pass budget='uniform' "
+                "(or 'erk') to spread the target over the layers, or a weaker strength",
+                stacklevel=2,
+            )
         return out
 
     def release(self, model: nn.Module, keep: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -15,8 +15,8 @@
 #
 # **What you will learn:** how the moment and the pace of pruning change what a sparse
 # network can do, from one cut after training to gradual ramps, alternating sparse and
-# dense phases, pruning before any training, and lottery tickets found by iterative
-# magnitude pruning with rewinding.
+# dense phases, pruning before any training, and where lottery tickets (iterative magnitude
+# pruning with rewinding) fit among them.
 #
 # This follows section 2.4 of the survey ("when to sparsify") and its discussion of the
 # lottery ticket hypothesis.  The *what* (single weights) and the *how* (magnitude, unless
@@ -41,8 +41,6 @@ EPOCHS = None  # None: the recipe's number of epochs, for every run of the noteb
 FINETUNE_EPOCHS = 3
 TARGET = 0.95
 INIT_SPARSITIES = [0.8, 0.9, 0.95, 0.98]
-IMP_ROUNDS = 5
-IMP_EPOCHS = 8
 
 # %%
 if SMOKE:  # a quick pass through every cell, for CI
@@ -51,8 +49,6 @@ if SMOKE:  # a quick pass through every cell, for CI
     EPOCHS = 4
     FINETUNE_EPOCHS = 1
     INIT_SPARSITIES = [0.95, 0.98]
-    IMP_ROUNDS = 2
-    IMP_EPOCHS = 2
 info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 
 # %% [markdown]
@@ -604,104 +600,21 @@ init_verdicts = [
 display(Markdown(sl.claims.report(init_verdicts)))
 
 # %% [markdown]
-# ## Lottery tickets: rewinding against re-initialisation, over IMP rounds
+# ## Lottery tickets: iterative pruning with rewinding
 #
-# Iterative magnitude pruning (Frankle & Carbin 2019) trains, prunes the smallest weights
-# so that every round removes the same share, rewinds the survivors to their values at
-# initialisation, and trains again.  The resulting *ticket* is compared with two
-# baselines at every round, each trained for one round's epochs: the same mask with freshly
-# drawn weights (re-initialisation), and a random mask with the same per-layer counts on
-# the rewound weights.  As in the paper, none of the three is rescaled to its sparse
-# fan-in.  A ticket that beats both says that the mask and its initial weights belong
-# together.  `IMP` reports validation accuracy after each round; no choice is made on it.
-# Retraining after pruning by fine-tuning, weight rewinding or learning-rate rewinding is
-# compared in [05f](05f_rewinding_and_connectivity.ipynb).
-
-# %%
-imp_training = {**TRAINING, "epochs": IMP_EPOCHS}
-imp_tables = []
-for seed in SEEDS:
-    t = recipes.task("lenet300", DATA, seed=seed)
-    train, val, _ = t.loaders()
-    imp = registry.get("imp", "training")(
-        TARGET, rounds=IMP_ROUNDS, rewind="init", baselines=("reinit", "random_mask"), seed=seed
-    )
-    imp.fit(t.build(), train, val, seed=seed, **imp_training)
-    imp_tables.append(imp.rounds_table.assign(seed=seed))
-rounds = pd.concat(imp_tables, ignore_index=True)
-names = {
-    "val_accuracy": "ticket",
-    "reinit_val_accuracy": "reinit",
-    "random_mask_val_accuracy": "random mask",
-}
-long = rounds.melt(
-    id_vars=["round", "sparsity", "seed"],
-    value_vars=list(names),
-    var_name="network",
-    value_name="accuracy",
-).dropna()
-long["network"] = long["network"].map(names)
-chance = sl.flags.chance_accuracy(task0.bundle.train.tensors[1], task0.bundle.n_classes)
-long["flags"] = [sl.flags.join(sl.flags.check(accuracy=a, chance=chance)) for a in long["accuracy"]]
-fig, ax = plt.subplots(figsize=(6.5, 4))
-sl.experiments.plot_mean_ci(long, x="sparsity", y="accuracy", hue="network", ax=ax)
-ax.set_ylabel("validation accuracy (mean, 95% CI)")
-ax.set_xscale("logit")
-ax.set_title(f"Lottery tickets over IMP rounds ({IMP_EPOCHS} epochs per round)")
-plt.show()
-
-# %%
-last = long[long["round"] == IMP_ROUNDS]
-ticket_paired = pd.concat(
-    [
-        sl.stats.paired(last, "network", "ticket", b, metric="accuracy").assign(
-            comparison=f"ticket - {b}"
-        )
-        for b in ("reinit", "random mask")
-    ],
-    ignore_index=True,
-).set_index("comparison")
-ticket_paired["in words"] = ticket_paired.apply(sl.stats.describe, axis=1)
-display(ticket_paired.round(4))
-imp_flagged = sl.flags.table(long, ["network", "round"])
-sl.nb.show_flags(imp_flagged)
-final_sparsity = rounds["sparsity"].max()
-ticket_row = ticket_paired.loc["ticket - reinit"]
-ticket_verdict = sl.claims.verdict(
-    "tickets_beat_reinit",
-    ticket_row,
-    setting=f"LeNet-300-100 on {DATA}, round {IMP_ROUNDS} ({final_sparsity:.1%} sparse), "
-    f"{IMP_EPOCHS} epochs per round, validation accuracy",
-    reason=""
-    if ticket_row["n"] >= 2 and ticket_row["ci_low"] > 0
-    else (
-        f"Each network trains {IMP_EPOCHS} epochs on {sizes['train']} images and is read on "
-        f"{sizes['val']} validation images"
-        + (
-            f"; the paired interval over {int(ticket_row['n'])} seeds is "
-            f"{width(ticket_row):.1f} points wide."
-            if ticket_row["n"] >= 2
-            else "; a single seed gives no interval."
-        )
-        + flag_note(
-            imp_flagged[imp_flagged["round"] == IMP_ROUNDS], "network", ["ticket", "reinit"]
-        )
-    ),
-)
-display(
-    Markdown(
-        f"After {IMP_ROUNDS} rounds ({final_sparsity:.1%} sparsity), ticket minus "
-        f"re-initialised: {sl.stats.describe(ticket_row)}; ticket minus random mask: "
-        f"{sl.stats.describe(ticket_paired.loc['ticket - random mask'])}.\n\n"
-        + sl.claims.report([ticket_verdict])
-    )
-)
+# Iterative magnitude pruning (IMP, Frankle & Carbin 2019) is iterative pruning with a
+# reset at step 7: each round trains, removes the same share of the surviving weights by
+# magnitude, and rewinds the survivors to their values at initialisation (or early in
+# training) for the next round, instead of fine-tuning them.  Tickets against the same mask
+# re-initialised and against random masks are measured in
+# [05a](05a_structure_and_tickets.ipynb); rewinding variants and linear mode connectivity in
+# [05f](05f_rewinding_and_connectivity.ipynb).
 
 # %% [markdown]
 # ## Against the literature
 
 # %%
-all_verdicts = [*verdicts, *init_verdicts, ticket_verdict]
+all_verdicts = [*verdicts, *init_verdicts]
 sl.claims.table(all_verdicts)
 
 # %% [markdown]
@@ -713,8 +626,8 @@ sl.claims.table(all_verdicts)
 # - Schedules are compared on the same epochs with their training FLOPs stated; masks at
 #   initialisation against a random mask with their own per-layer counts, both started
 #   with `recipes.sparse_start`.
-# - Lottery tickets are compared, round by round, with the same mask re-initialised and
-#   with a random mask of the same per-layer counts on the rewound weights.
+# - Lottery tickets are iterative pruning that rewinds at step 7; they are measured in
+#   [05a](05a_structure_and_tickets.ipynb) and [05f](05f_rewinding_and_connectivity.ipynb).
 
 # %%
 words = {
@@ -739,8 +652,6 @@ display(
         + "; ".join(against_one_shot(name) for name in ("iterative", "cubic", "iht"))
         + ".\n"
         + f"- DSD's final dense model against the dense model: {said('dsd', 'dense')}.\n"
-        + f"- Ticket minus random mask after {IMP_ROUNDS} rounds ({final_sparsity:.1%} sparse): "
-        + f"{sl.stats.describe(ticket_paired.loc['ticket - random mask'])}.\n"
         + (
             "- A layer pruned to 100% at initialisation (layer collapse) in: "
             + collapsed_runs
@@ -757,7 +668,7 @@ display(
 #
 # Each exercise has a cell for your answer, which checks it when you run it, and a worked
 # solution below it, collapsed (click to show it).  The checks measure: they run the
-# experiment your answer is about, on seed `SEED` only.
+# experiment your answer is about, on seed `SEED` only, or read the runs above.
 #
 # **1.** Train the cubic ramp and one-shot of the first section to 80% instead of `TARGET`
 # (seed `SEED`, the same steps and setup, as `during_training` does).  What is the test
@@ -890,66 +801,44 @@ print(
 check_2(solution_2, solution=True)
 
 # %% [markdown]
-# **3.** Run IMP on seed `SEED` as in the last section (`IMP_ROUNDS` rounds of `IMP_EPOCHS`
-# epochs, `TARGET`, no baselines) with `rewind="step"` (to the weights after one epoch, the
-# default `rewind_step`) and with `rewind="lr"` (the trained weights, the learning rate
-# restarted).  Which of the two ends its last round with the validation accuracy closest
-# to that of the ticket rewound to initialisation (seed `SEED`, last round, in `rounds`)?
-# Answer `"step"` or `"lr"`.
+# **3.** The iterative schedule of the first section prunes in rounds (its steps are in
+# `schedule_setup("iterative")`), and every round removes the same share of the weights
+# still alive, so that the last round reaches `TARGET`.  What share, in percent?  One
+# decimal.  How many rounds does it take, and what share of the weights still alive does
+# the first event of the cubic ramp remove?
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
-imp_runs = {}  # rewind -> (task, final model, rounds table)
-
-
-def imp_run(rewind):
-    """IMP on seed SEED as in the last section, with ``rewind``, run once."""
-    if rewind not in imp_runs:
-        t = recipes.task("lenet300", DATA, seed=SEED)
-        train, val, _ = t.loaders()
-        method = registry.get("imp", "training")(
-            TARGET, rounds=IMP_ROUNDS, rewind=rewind, seed=SEED
-        )
-        model = t.build()
-        method.fit(model, train, val, seed=SEED, **imp_training)
-        imp_runs[rewind] = (t, model, method.rounds_table)
-    return imp_runs[rewind]
-
-
-REWINDS = ("step", "lr")
-last_round = (rounds["seed"] == SEED) & (rounds["round"] == IMP_ROUNDS)
-ticket_val = rounds.loc[last_round, "val_accuracy"].iloc[0]
-
-
 def check_3(answer, solution=False):
-    distance = {r: abs(imp_run(r)[2]["val_accuracy"].iloc[-1] - ticket_val) for r in REWINDS}
-    closest = min(distance.values())
-    hint = "Run `registry.get('imp', 'training')` with each `rewind`; read its `rounds_table`."
-    sl.nb.check(3, answer, lambda a: isinstance(a, str) and distance.get(a) == closest,
-                hint=hint, solution=solution)  # fmt: skip
+    # the sparsities the pruner reached in the run above, round after round: the share of
+    # the weights still alive that the last round removed
+    alive = [1.0] + [1 - s for _, s in logs["iterative"]]
+    share = 100 * (1 - alive[-1] / alive[-2])
+    hint = "Count the rounds between `begin_step` and `end_step`; each keeps the same fraction."
+    sl.nb.check(3, answer, share, hint=hint, tolerance=0.05, solution=solution)
 
 
 # %%
-answer_3 = None  # "step" or "lr"
+answer_3 = None  # percent, e.g. 50.0
 check_3(answer_3)
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
-# Solution 3.  Rewinding to an early step (Frankle et al. 2020) keeps what the first epoch
-# learned, and learning-rate rewinding (Renda et al. 2020) keeps all of the trained
-# weights; both restart each round nearer to a trained network than the ticket from the
-# initial weights does.  How near their accuracies end is what the runs say, on one seed
-# and a few hundred validation images.  By hand: each final model on the validation images,
-# against the ticket's accuracy in the long table of the figure.
-ticket_3 = long[(long["network"] == "ticket") & (long["seed"] == SEED)]
-ticket_3 = ticket_3.loc[ticket_3["round"] == IMP_ROUNDS, "accuracy"].iloc[0]
-val_3 = {}
-for rewind in REWINDS:
-    t_3, model_3, _ = imp_run(rewind)
-    val_3[rewind] = hand_accuracy(model_3, *t_3.bundle.val.tensors)
-solution_3 = min(val_3, key=lambda r: abs(val_3[r] - ticket_3))
+# Solution 3.  Rounds come every `frequency` steps from `begin_step` until `end_step`, so
+# there are ``K = ceil((end_step - begin_step) / frequency)`` of them.  A round that keeps
+# the fraction ``k`` of the weights still alive leaves ``k^K`` of them after the last one,
+# and that must be ``1 - TARGET``: ``k = (1 - TARGET)^(1/K)``, and each round removes
+# ``1 - k``.  The same share of a smaller network is fewer weights, so the first round
+# removes the most and each later one less, as the cubic ramp does in smaller steps.
+setup_3 = schedule_setup("iterative")
+rounds_3 = int(np.ceil((setup_3["end_step"] - setup_3["begin_step"]) / setup_3["frequency"]))
+solution_3 = round(100 * (1 - (1 - TARGET) ** (1 / rounds_3)), 1)
+first_cubic = logs["cubic"][0][1]
 print(
-    f"validation accuracy after {IMP_ROUNDS} rounds: rewound to initialisation "
-    f"{ticket_3:.2%}, " + ", ".join(f'rewind="{r}" {a:.2%}' for r, a in val_3.items())
+    f"{rounds_3} rounds to {TARGET:.0%}: each keeps {(1 - TARGET) ** (1 / rounds_3):.3f} of the "
+    f"weights still alive, so removes {solution_3:.1f}%; the first round removes "
+    f"{(1 - (1 - TARGET) ** (1 / rounds_3)) / TARGET:.0%} of all that is pruned.  The cubic "
+    f"ramp's first event removes {first_cubic:.1%} of the weights, one of "
+    f"{len(logs['cubic'])} events"
 )
 check_3(solution_3, solution=True)
 

@@ -46,6 +46,7 @@ from sparsity_lab import leaderboard
 # %% tags=["parameters"]
 SMOKE = False
 UNSTRUCTURED = "regularization-selected-lenet300-mnist"
+MORE = "regularization-selected-more-lenet300-mnist"
 CHANNEL = "regularization-selected-channel-lenet300-mnist"
 OPTIMIZER = "regularization-paper-optimizer-lenet300-mnist"
 BAYESIAN = "regularization-bayesian-channel-lenet300-mnist"
@@ -53,7 +54,9 @@ BAYESIAN = "regularization-bayesian-channel-lenet300-mnist"
 # %%
 # The tables are small and committed, so smoke mode reads the same ones.
 info = sl.nb.setup(seed=0, smoke=SMOKE, threads=1)
-tables = {name: leaderboard.load(name) for name in (UNSTRUCTURED, CHANNEL, OPTIMIZER, BAYESIAN)}
+tables = {
+    name: leaderboard.load(name) for name in (UNSTRUCTURED, MORE, CHANNEL, OPTIMIZER, BAYESIAN)
+}
 #: A rule that ended further than this from the target (short of it, or beyond it) left
 #: the rest to the projection, which pruned or restored the difference.
 NOT_A_TEST = 0.10

@@ -80,20 +80,6 @@ def mnist_dense(seed):
     return recipes.dense("lenet300", "mnist", seed, epochs=EPOCHS, **MNIST_OPTIONS)
 
 
-def against(df, column, baseline, metric="test_accuracy", by=()):
-    """Paired differences (same seed) of every other arm of ``column`` minus ``baseline``."""
-    arms = [a for a in dict.fromkeys(df[column]) if a != baseline]
-    return pd.concat(
-        [
-            sl.stats.paired(df, column, a, baseline, metric=metric, by=list(by)).assign(
-                **{column: a}
-            )
-            for a in arms
-        ],
-        ignore_index=True,
-    )[[column, *by, "mean_diff", "ci_low", "ci_high", "n", "verdict"]]
-
-
 # %% [markdown]
 # ## Activation sparsity through training
 #
@@ -253,7 +239,7 @@ plt.show()
 # Each forced arm minus the dense ReLU model of the same seed (test accuracy, paired):
 
 # %%
-activation_diffs = against(runs, "arm", "relu")
+activation_diffs = sl.stats.against_baseline(runs, "arm", "relu")
 display(activation_diffs.round(4))
 means = runs.groupby("arm", sort=False)[["activation_sparsity", "test_accuracy"]].mean()
 sparsest = f"kwta {min(KWTA_DENSITIES):.0%}"
@@ -504,7 +490,7 @@ plt.show()
 # %%
 mp = meprop_runs.groupby("density")[["test_accuracy", "backward_cost"]].mean()
 low = min(MEPROP_DENSITIES)
-meprop_diffs = against(pd.concat([dense_runs, meprop_runs]), "arm", "dense")
+meprop_diffs = sl.stats.against_baseline(pd.concat([dense_runs, meprop_runs]), "arm", "dense")
 meprop_low = meprop_diffs.set_index("arm").loc[f"meprop {low:.0%}"]
 display(
     Markdown(
@@ -546,7 +532,7 @@ ax.set_xlabel("density (errors kept for meProp; weights and stored inputs for SW
 ax.set_title("Sparse back-propagation on LeNet-300-100")
 plt.show()
 backward = pd.concat([dense_runs, both], ignore_index=True)
-backward_diffs = against(backward, "arm", "dense")
+backward_diffs = sl.stats.against_baseline(backward, "arm", "dense")
 display(backward_diffs.round(4))
 sl.nb.show_flags(sl.flags.table(backward, "arm"))
 swat_vs_meprop = sl.stats.paired(

@@ -82,20 +82,6 @@ def chars_dense(seed):
     return recipes.dense("tiny_transformer", "chars", seed, epochs=CHAR_EPOCHS, **CHAR_OPTIONS)
 
 
-def against(df, column, baseline, metric="test_accuracy", by=()):
-    """Paired differences (same seed) of every other arm of ``column`` minus ``baseline``."""
-    arms = [a for a in dict.fromkeys(df[column]) if a != baseline]
-    return pd.concat(
-        [
-            sl.stats.paired(df, column, a, baseline, metric=metric, by=list(by)).assign(
-                **{column: a}
-            )
-            for a in arms
-        ],
-        ignore_index=True,
-    )[[column, *by, "mean_diff", "ci_low", "ci_high", "n", "verdict"]]
-
-
 # %% [markdown]
 # ## Mixture of experts: where the examples go
 #
@@ -142,7 +128,7 @@ routed = {}
 moe_runs = sl.experiments.sweep(moe_run, {"router": list(ROUTERS)}, SEEDS)
 display(sl.stats.summarize(moe_runs, "router", "test_accuracy").round(4))
 sl.nb.show_flags(sl.flags.table(moe_runs, "router"))
-moe_diffs = against(moe_runs, "router", "all 4 experts")
+moe_diffs = sl.stats.against_baseline(moe_runs, "router", "all 4 experts")
 display(moe_diffs.round(4))
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -294,8 +280,8 @@ sl.nb.show_flags(sl.flags.table(attention_runs, "attention"))
 
 def with_perplexity(df, column, baseline, by=()):
     """Paired accuracy differences, and the mean paired perplexity difference next to them."""
-    acc = against(df, column, baseline, by=by)
-    ppl = against(df, column, baseline, metric="perplexity", by=by)
+    acc = sl.stats.against_baseline(df, column, baseline, by=by)
+    ppl = sl.stats.against_baseline(df, column, baseline, metric="perplexity", by=by)
     return acc.assign(perplexity_diff=ppl["mean_diff"].to_numpy())
 
 

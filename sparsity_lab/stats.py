@@ -254,6 +254,27 @@ def paired_table(
     )
 
 
+def against_baseline(
+    df: pd.DataFrame,
+    column: str,
+    baseline: object,
+    *,
+    metric: str = "test_accuracy",
+    by: Sequence[str] | str = (),
+) -> pd.DataFrame:
+    """:func:`paired` differences of every other arm of ``column`` minus ``baseline``, one
+    table: ``column``, ``by``, ``mean_diff``, ``ci_low``, ``ci_high``, ``n``, ``verdict``
+    (arms in their order of appearance)."""
+    by = [by] if isinstance(by, str) else list(by)
+    arms = [a for a in dict.fromkeys(df[column]) if a != baseline]
+    if not arms:
+        raise ValueError(f"{column} holds only the baseline {baseline!r}: nothing to compare")
+    return pd.concat(
+        [paired(df, column, a, baseline, metric=metric, by=by).assign(**{column: a}) for a in arms],
+        ignore_index=True,
+    )[[column, *by, "mean_diff", "ci_low", "ci_high", "n", "verdict"]]
+
+
 def verdict_of(ci_low: float, ci_high: float, n: int, std: float | None = None) -> str:
     """``"better"``/``"worse"`` when the interval excludes 0, else ``"no clear difference"``.
 

@@ -214,3 +214,20 @@ def test_describe_takes_an_itertuples_row_too():
                            "verdict": "better", "flagged": ""}])  # fmt: skip
     (row,) = table.itertuples()
     assert stats.describe(row) == stats.describe(table.iloc[0])
+
+
+def test_against_baseline_pairs_every_other_arm_with_the_baseline():
+    df = pd.DataFrame(
+        {
+            "arm": ["base", "a", "b"] * 3,
+            "seed": [0, 0, 0, 1, 1, 1, 2, 2, 2],
+            "test_accuracy": [0.80, 0.82, 0.70, 0.90, 0.93, 0.81, 0.70, 0.71, 0.62],
+        }
+    )
+    table = stats.against_baseline(df, "arm", "base")
+    assert list(table["arm"]) == ["a", "b"]  # in order of appearance, the baseline left out
+    # by hand: the per-seed differences' mean
+    assert table["mean_diff"].tolist() == pytest.approx([0.02, -0.09])
+    assert table.loc[1, "verdict"] == "worse"  # b is 8-10 points below on every seed
+    with pytest.raises(ValueError, match="only the baseline"):
+        stats.against_baseline(df[df["arm"] == "base"], "arm", "base")

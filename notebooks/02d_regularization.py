@@ -11,30 +11,28 @@
 # ---
 
 # %% [markdown]
-# # How to prune III: regularisation, variational and search-based sparsification
+# # How to prune III: regularisation and variational sparsification
 #
 # **What you will learn:** how a term in the loss (L1, Hoyer, group lasso, L0 gates), a
-# learned threshold (STR, LTP), a noise model (variational dropout and its structured
-# cousins) or a search (AMC, a genetic algorithm) makes a network sparse *while it trains*,
-# how each turns its trained state into a mask, what budget per layer it learns, and what
-# it costs next to gradual magnitude pruning.
+# learned threshold (STR, LTP) or a noise model (variational dropout and its structured
+# cousins) makes a network sparse *while it trains*, how each turns its trained state into
+# a mask, what budget per layer it learns, and what it costs next to gradual magnitude
+# pruning.
 #
-# This follows sections 3.6 (regularisation), 3.7 (variational methods) and 3.8 (search)
-# of the survey.  Every method here is a registered *regularizer* (or, for the searches, a
-# *criterion*): `sl.registry.get("l1")(sparsity=0.9).fit(model, ...)` trains and leaves an
-# ordinary masked model behind.
+# This follows sections 3.6 (regularisation) and 3.7 (variational methods) of the survey.
+# Every method here is a registered *regularizer*:
+# `sl.registry.get("l1")(sparsity=0.9).fit(model, ...)` trains and leaves an ordinary
+# masked model behind.  Chapter [02g](02g_search_based.ipynb) follows section 3.8:
+# searches (AMC, a genetic algorithm) that try masks on a trained network instead of
+# training the sparsity in.
 
 # %%
-import copy
 import dataclasses
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 from IPython.display import Markdown, display
-from torch import nn
 
 import sparsity_lab as sl
 import sparsity_lab.regularizers
@@ -51,9 +49,6 @@ STRUCTURED_SPARSITIES = [0.5, 0.75]
 EPOCHS = 8
 FINETUNE_EPOCHS = 2
 N_TRAIN = None  # None: the default MNIST split (4000 training images)
-DENSE_EPOCHS = None  # None: the dense recipe's epochs (the model AMC searches)
-AMC_EPISODES = 300
-GA_GENERATIONS = 40
 
 # %%
 UNSTRUCTURED = [
@@ -70,9 +65,6 @@ if SMOKE:  # a quick pass through every cell, for CI
     EPOCHS = 2
     FINETUNE_EPOCHS = 1
     N_TRAIN = 500
-    DENSE_EPOCHS = 2
-    AMC_EPISODES = 40
-    GA_GENERATIONS = 8
     UNSTRUCTURED = ["l1", "str", "l0_hard_concrete"]
     STRUCTURED = ["group_lasso"]
 # one thread in smoke mode: CI may run notebooks side by side, and small models lose more
@@ -664,128 +656,6 @@ display(
 table.round(3)
 
 # %% [markdown]
-# ## Searching instead of regularising
-#
-# **AMC** (He et al. 2018) treats the per-layer sparsities as actions of an agent.  Here a
-# small policy proposes, layer by layer, a sparsity; the action is limited so that the
-# FLOPs budget (here: remove 70% of the FLOPs) stays reachable; each layer is pruned by
-# magnitude and the reward is the accuracy on the validation split *without* fine-tuning.
-# He et al. train a DDPG agent (an actor-critic with continuous actions); the policy here
-# is a linear map trained by REINFORCE, a plain policy gradient, with a moving-average
-# baseline: a simpler learner for a search over three layers.  The best episode is chosen
-# on the validation split, so its reward is optimistic: it is reported once on the test
-# split.
-# The network searched is the dense LeNet-300-100 of the recipe (`recipes.dense`).
-
-# %%
-_, dense_model, dense_info = recipes.dense("lenet300", "mnist", SEED, epochs=DENSE_EPOCHS,
-                                           **DATA_OPTIONS)  # fmt: skip
-val_data = tuple(task.bundle.val.tensors)  # the reward: the best episode is chosen on it
-test_data = tuple(task.bundle.test.tensors)  # used once, to report
-amc = sl.criteria.get("amc", episodes=AMC_EPISODES, eval_data=test_data)
-searched = copy.deepcopy(dense_model)
-amc.prune(searched, sl.pruning.default_targets(searched), 0.7,
-          pattern=sl.patterns.get("unstructured"), budget="global",
-          context=sl.criteria.Context(data=val_data, seed=SEED))  # fmt: skip
-episodes = pd.DataFrame(amc.history)
-fig, axes = plt.subplots(1, 2, figsize=(12, 3.5), layout="constrained")
-axes[0].plot(episodes["episode"], episodes["reward"], ".", alpha=0.3)
-axes[0].plot(episodes["episode"], episodes["reward"].rolling(20, min_periods=1).mean())
-axes[0].set_xlabel("episode")
-axes[0].set_ylabel("validation accuracy after pruning (reward)")
-pd.Series(amc.result["layer_sparsity"]).plot.bar(ax=axes[1], rot=0)
-axes[1].set_ylabel("sparsity")
-axes[1].set_title("best episode's layer sparsities")
-plt.show()
-uniform = sl.prune(copy.deepcopy(dense_model), "magnitude", 0.7, budget="uniform")
-searched_run = recipes.evaluate_run(searched, task)
-uniform_run = recipes.evaluate_run(uniform, task, target_sparsity=0.7)
-assert abs(searched_run["accuracy"] - amc.result["eval_accuracy"]) < 1e-9  # same test data
-flops_table = sl.report(searched).set_index("name")
-kept_flops = flops_table.loc["total", "sparse_flops"] / flops_table.loc["total", "dense_flops"]
-assert kept_flops <= 0.3
-uni_table = sl.report(uniform).set_index("name")
-uniform_kept = uni_table.loc["total", "sparse_flops"] / uni_table.loc["total", "dense_flops"]
-amc_flags = [f for f in (searched_run["flags"], uniform_run["flags"], dense_info["flags"]) if f]
-n = len(episodes) // 5
-display(
-    Markdown(
-        f"Mean reward over the first {n} episodes: {episodes.reward[:n].mean():.2%}, over the "
-        f"last {n}: {episodes.reward[-n:].mean():.2%}.  The best episode keeps "
-        f"{kept_flops:.1%} of the FLOPs and scored {amc.result['reward']:.2%} on the "
-        f"{len(val_data[1])} validation images that chose it; on the {len(test_data[1])} test "
-        f"images, before any fine-tuning, it scores {searched_run['accuracy']:.2%}.  70% "
-        f"uniform magnitude pruning keeps {uniform_kept:.1%} of the FLOPs and scores "
-        f"{uniform_run['accuracy']:.2%} on the test images; the dense model "
-        f"{dense_info['test_accuracy']:.2%} (one seed).  "
-        + (f"Sanity flags: {'; '.join(amc_flags)}." if amc_flags else "No sanity flag fired.")
-    )
-)
-
-# %% [markdown]
-# **Genetic search** (Whitley et al. 1990) evolves the masks themselves: a population of
-# masks with the same number of zeros per layer, crossed over and mutated, the fittest
-# (lowest loss on the validation points) surviving.  It is hopeless for large networks but
-# instructive on a tiny one: here a 2-8-2 network on two moons, pruned to 60%.  The moons
-# are split into training, validation (the fitness) and test points; the winner is scored
-# once on the test points.
-
-# %%
-from sklearn.datasets import make_moons
-
-x_np, y_np = make_moons(600, noise=0.15, random_state=SEED)
-x_all, y_all = torch.tensor(x_np, dtype=torch.float32), torch.tensor(y_np)
-moons_train, moons_val, moons_test = [
-    (x_all[i : i + 200], y_all[i : i + 200]) for i in (0, 200, 400)
-]
-torch.manual_seed(SEED)
-tiny = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
-opt = torch.optim.Adam(tiny.parameters(), lr=0.05)
-for _ in range(200):
-    opt.zero_grad()
-    F.cross_entropy(tiny(moons_train[0]), moons_train[1]).backward()
-    opt.step()
-GA_POPULATION = 24
-ga = sl.criteria.get("evolutionary", generations=GA_GENERATIONS, population=GA_POPULATION,
-                     eval_data=moons_test)  # fmt: skip
-evolved = copy.deepcopy(tiny)
-ga.prune(evolved, ["0.weight", "2.weight"], 0.6, pattern=sl.patterns.get("unstructured"),
-         budget="uniform", context=sl.criteria.Context(data=moons_val, seed=SEED))  # fmt: skip
-by_magnitude = sl.prune(copy.deepcopy(tiny), "magnitude", 0.6, budget="uniform")
-generations = pd.DataFrame(ga.history)
-
-
-@torch.no_grad()
-def moons_loss(net, data):
-    return float(F.cross_entropy(net(data[0]), data[1]))
-
-
-losses = {
-    split: {name: moons_loss(net, data) for name, net in
-            [("dense", tiny), ("magnitude", by_magnitude), ("evolved", evolved)]}
-    for split, data in [("val", moons_val), ("test", moons_test)]
-}  # fmt: skip
-assert abs(losses["test"]["evolved"] - ga.result["eval_loss"]) < 1e-5
-fig, ax = plt.subplots(figsize=(6, 3.3))
-ax.plot(generations["generation"], generations["best"], label="best in population")
-ax.plot(generations["generation"], generations["mean"], label="population mean")
-ax.axhline(losses["val"]["magnitude"], color="gray", linestyle="--", label="magnitude pruning")
-ax.set_xlabel("generation")
-ax.set_ylabel("validation loss of the masked network")
-ax.legend(fontsize=8)
-plt.show()
-test_loss = losses["test"]
-display(
-    Markdown(
-        f"Loss at 60% sparsity without retraining, on the {len(moons_test[1])} test points: "
-        f"magnitude {test_loss['magnitude']:.3f}, evolved mask {test_loss['evolved']:.3f} "
-        f"(dense {test_loss['dense']:.3f}).  On the {len(moons_val[1])} validation points "
-        f"that chose it, the evolved mask's loss was {losses['val']['evolved']:.3f} "
-        f"(magnitude {losses['val']['magnitude']:.3f})."
-    )
-)
-
-# %% [markdown]
 # ## Summary
 #
 # - A sparsifying penalty shapes *where* the minimum lies: L1's corners give exact zeros at
@@ -799,7 +669,6 @@ display(
 # What this notebook's runs measured:
 
 # %%
-ga_better = test_loss["evolved"] < test_loss["magnitude"]
 # the same denominator as the comparison: the (model, pattern, sparsity, method) settings
 # other than GMP; GMP's own settings are counted apart
 sparse_flagged = flagged[flagged.pattern != "dense"]
@@ -858,19 +727,7 @@ display(
         f"the dense runs' own spread allows"
         + (f" ({len(below)} were faster, likely a timing artifact)" if below else "")
         + f"; the methods that add at least one parameter per prunable weight: "
-        f"{', '.join(heavy) or 'none'}.\n"
-        f"- AMC's best allocation keeps {kept_flops:.1%} of the FLOPs (budget 30%) and scores "
-        f"{searched_run['accuracy']:.2%} on the test images against "
-        f"{uniform_run['accuracy']:.2%} for uniform magnitude pruning, which keeps "
-        f"{uniform_kept:.1%} of the FLOPs (one seed, chosen on validation).  On the tiny net "
-        f"the evolved mask's test loss is "
-        f"{abs(test_loss['evolved'] - test_loss['magnitude']):.3f} "
-        f"{'below' if ga_better else 'above'} magnitude pruning's (one seed, one split): the "
-        f"genetic search {'found a better' if ga_better else 'did not find a better'} mask on "
-        f"held-out points, at the cost of {ga.evaluations:,} fitness evaluations on the "
-        f"validation points ({GA_GENERATIONS} generations of a {GA_POPULATION}-mask "
-        f"population, its {ga.elite} best carried over unscored) where magnitude pruning "
-        f"needs none."
+        f"{', '.join(heavy) or 'none'}."
     )
 )
 

@@ -17,20 +17,21 @@
 # [02d](02d_regularization.ipynb) compare with gradual magnitude pruning (GMP) when they
 # train under the recipe of the leaderboard rather than their own; why a default strength
 # is not a setting, and how the harness chooses one on validation; whether each method
-# reaches its target by its own mechanism or leaves it to the final projection; and what
-# happens to two methods whose papers train with Adam when they are trained with SGD; and
-# how Bayesian compression, trained as its paper trains it, removes hidden units.
+# reaches its target by its own mechanism or leaves it to the final projection; what
+# happens to variational dropout and Hoyer-square trained with Adam instead of SGD; and
+# how Bayesian compression, trained with Adam as its paper trains it, removes hidden units.
 #
 # Every run here comes from a committed table of the benchmark harness
 # (`benchmarks/leaderboard/`, made by `sparsity-lab bench` from the configs in
 # `benchmarks/configs/`): the same LeNet-300-100 on the MNIST subset, seeds, splits,
 # epochs and fine-tuning as chapter [09](09_leaderboard.ipynb).  A regularizer's run
-# (kind `regularize`) trains a fresh model with its penalty for the recipe's epochs,
-# projects to the target and fine-tunes like every other run; GMP runs the same protocol
-# as the reference.  With `select`, each run trains once per listed starting strength and
-# keeps the one with the best *validation* accuracy; the test split plays no part in the
-# choice, and the training FLOPs count every candidate.  This notebook only reads the
-# tables, so it runs in seconds.
+# (kind `regularize`) trains a fresh model with its penalty for the recipe's epochs, with
+# the recipe's optimizer and learning rate but no schedule (a schedule would fight the
+# regularizers' tuners), projects to the target and fine-tunes like every other run; GMP
+# runs the same protocol as the reference.  With `select`, each run trains once per listed
+# starting strength and keeps the one with the best *validation* accuracy; the test split
+# plays no part in the choice, and the training FLOPs count every candidate.  This
+# notebook only reads the tables, so it runs in seconds.
 
 # %%
 import collections
@@ -57,9 +58,9 @@ info = sl.nb.setup(seed=0, smoke=SMOKE, threads=1)
 tables = {
     name: leaderboard.load(name) for name in (UNSTRUCTURED, MORE, CHANNEL, OPTIMIZER, BAYESIAN)
 }
-#: A rule that ended further than this from the target (short of it, or beyond it) left
-#: the rest to the projection, which pruned or restored the difference.
-NOT_A_TEST = 0.10
+#: A rule whose kept or pruned count is off the target's by more than this factor either
+#: way left the difference to the projection, which pruned or restored it.
+FACTOR = 2
 
 # %% [markdown]
 # ## Where the numbers come from
@@ -78,9 +79,10 @@ gap = max(
 )
 recipe = tables[UNSTRUCTURED][1]["dense"]["recipe"]
 print(
-    f"recipe: {recipe['epochs']} epochs of {recipe['optimizer']} at lr {recipe['lr']}, "
-    f"{recipe['lr_schedule']} schedule, batch {recipe['batch_size']}; the tables' dense "
-    f"models of a seed differ by at most {100 * gap:.1f} points of test accuracy"
+    f"dense recipe: {recipe['epochs']} epochs of {recipe['optimizer']} at lr {recipe['lr']}, "
+    f"{recipe['lr_schedule']} schedule, batch {recipe['batch_size']} (the regularize runs: "
+    f"the same without the schedule); the tables' dense models of a seed differ by at most "
+    f"{100 * gap:.1f} points of test accuracy"
 )
 dense
 
@@ -100,11 +102,14 @@ for name, (table, _) in tables.items():
 #
 # For each regularizer run the harness records the starting strength it selected on
 # validation, the strength its tuner ended at, and `reached`: the sparsity its own
-# threshold rule gave before the projection set the count exactly.  A rule that ended more
-# than `NOT_A_TEST` from the target did not reach it by its own mechanism: the projection
-# pruned the rest (a rule that stopped short) or restored what the rule had pruned beyond
-# the target (one that overshot), and the run measures the projection as much as the
-# method.
+# threshold rule gave before the projection set the count exactly.  A rule reached the
+# target by its own mechanism when both the weights it kept and those it pruned are within
+# a factor `FACTOR` of the target's counts.  Both are needed: at a 90% target a rule that
+# pruned everything is only 10 points of sparsity away but keeps none of the weights the
+# target keeps, and at 50% a rule that pruned 3% keeps about the right order of weights
+# but prunes a sixteenth of what the target prunes.  Outside the factor the projection
+# restored what the rule overshot, or pruned what it left, and the run measures the
+# projection as much as the method.
 
 
 # %%
@@ -118,7 +123,7 @@ def extras_of(table):
                 "method": r.method,
                 "target_sparsity": r.target_sparsity,
                 "seed": r.seed,
-                "selected": (extras.get("selected") or {}).get("strength"),
+                "selected": (extras.get("selected") or {}).get("strength", float("nan")),
                 "final strength": extras.get("strength"),
                 "reached": extras["reached"],
             }
@@ -130,12 +135,16 @@ mechanisms = pd.concat(
     [extras_of(table).assign(table=name) for name, (table, _) in tables.items()],
     ignore_index=True,
 )
-mechanisms["own rule"] = (mechanisms["target_sparsity"] - mechanisms["reached"]).abs() <= NOT_A_TEST
+kept_ratio = (1 - mechanisms["reached"]) / (1 - mechanisms["target_sparsity"])
+pruned_ratio = mechanisms["reached"] / mechanisms["target_sparsity"]
+mechanisms["own rule"] = kept_ratio.between(1 / FACTOR, FACTOR) & pruned_ratio.between(
+    1 / FACTOR, FACTOR
+)
 by_method = mechanisms.groupby(["table", "method", "target_sparsity"], sort=False).agg(
     runs=("seed", "size"),
     own_rule=("own rule", "sum"),
     reached=("reached", "mean"),
-    selected=("selected", lambda s: sorted({v for v in s if v is not None})),
+    selected=("selected", lambda s: sorted({v for v in s if pd.notna(v)})),
 )
 by_method
 
@@ -150,18 +159,20 @@ for (name, method, target), r in by_method.iterrows():
         else f"in {r['own_rule']} of {r['runs']} runs (it reached {r['reached']:.1%} on average)"
     )
     own_lines.append(
-        f"- {method} at {target:.0%} ({name}): its own rule ended within "
-        f"{100 * NOT_A_TEST:.0f} points of the target {how}."
+        f"- {method} at {target:.0%} ({name}): its own rule kept and pruned within a "
+        f"factor {FACTOR} of the target's counts {how}."
     )
 display(Markdown("\n".join(own_lines)))
 
 # %% [markdown]
 # ## Accuracy against GMP, paired on the seeds
 #
-# Each method against GMP under the same protocol, at every target, with the paired 95%
-# interval over the seeds (`vs GMP`); `vs dense` is the same against the dense model of
-# the seed.  Channel runs remove whole hidden units (output units of every layer but the
-# last); their target is the share of units removed.
+# Each regularizer against GMP under the same protocol, at every target, with the paired
+# 95% interval over the seeds (`vs GMP`); `vs dense` is the same against the dense model
+# of the seed.  (The harness's baselines in each table, which prune the trained dense
+# model once and fine-tune it, follow another protocol and are left out here; chapter
+# [09](09_leaderboard.ipynb) compares them.)  Channel runs remove whole hidden units
+# (output units of every layer but the last); their target is the share of units removed.
 
 
 # %%
@@ -173,7 +184,8 @@ def compared(table):
         ignore_index=True,
     )
     rows = []
-    for r in summary[~summary["method"].isin(["dense", "gmp"])].itertuples():
+    regularizers = set(table.loc[table["kind"] == "regularize", "method"]) - {"gmp"}
+    for r in summary[summary["method"].isin(regularizers)].itertuples():
         part = runs[runs["target_sparsity"] == r.target_sparsity]
         vs_dense = sl.stats.paired(part, "method", r.method, "dense", metric="test_accuracy")
         rows.append(
@@ -199,14 +211,18 @@ with pd.option_context("display.max_colwidth", None):
 # %% [markdown]
 # ## The papers' optimizer
 #
-# Under the recipe's SGD, the first table's sparse variational dropout and Hoyer-square
-# runs are the weakest (the table below counts their flagged runs).  Both penalties have
-# gradients in the weights that grow as the weights shrink: the KL term through
-# $\log\alpha = \log\sigma^2 - \log\theta^2$, and the scale-invariant Hoyer ratio as
-# $1/\lVert w\rVert$.  A plain SGD step on such a gradient can overshoot without bound,
-# where Adam scales each step to about its learning rate; sparse variational dropout's
-# paper trains with Adam.  The third table tests that explanation: both methods with Adam
-# at $10^{-3}$ and nothing else changed (epochs, batch, projection, fine-tuning, seeds).
+# Under the recipe's SGD, sparse variational dropout and Hoyer-square are the weakest runs
+# of the `UNSTRUCTURED` table (the table below counts their flagged runs).  Both
+# penalties have gradients in the weights that grow as the weights shrink: the KL term
+# through $\log\alpha = \log\sigma^2 - \log\theta^2$, and the scale-invariant Hoyer ratio
+# as $1/\lVert w\rVert$.  A plain SGD step on such a gradient can overshoot, where Adam
+# scales each step to about its learning rate; sparse variational dropout's paper trains
+# with Adam.  The `OPTIMIZER` table trains both with Adam at $10^{-3}$, with the same
+# epochs, batch, projection, fine-tuning and seeds.  Two things besides the optimizer
+# differ: variational dropout runs its default strength there, where under SGD it chose
+# among three on validation, and Hoyer-square chooses among strengths a hundred times
+# larger.  A result that Adam trains them is consistent with the explanation above; it does
+# not isolate it.
 
 # %%
 unstructured, _ = tables[UNSTRUCTURED]
@@ -215,7 +231,7 @@ ablation = []
 for method in ["variational_dropout", "hoyer"]:
     for label, table, arm in [
         ("SGD (recipe)", unstructured, method),
-        ("Adam (paper)", adam, f"{method} (adam)"),
+        ("Adam", adam, f"{method} (adam)"),
     ]:
         runs = table[table["method"] == arm]
         for target, part in runs.groupby("target_sparsity"):
@@ -245,8 +261,8 @@ display(
 )
 
 # %% [markdown]
-# Bayesian compression (its group-horseshoe version) removes hidden units; the fourth table
-# trains it with Adam, as its paper does, with the strength chosen on validation and the
+# Bayesian compression (its group-horseshoe version) removes hidden units; the `BAYESIAN`
+# table trains it with Adam, as its paper does, with the strength chosen on validation and the
 # projection spread uniformly over the layers (the config,
 # `benchmarks/configs/regularization-bayesian-channel-lenet300-mnist.yaml`, says why).
 
@@ -259,12 +275,15 @@ for target in sorted(bayesian.loc[bayesian["method"] == bc_label, "target_sparsi
     diff = sl.stats.paired(part, "method", bc_label, "gmp", metric="test_accuracy").iloc[0]
     runs = mechanisms[(mechanisms["table"] == BAYESIAN) & (mechanisms["method"] == bc_label)
                       & (mechanisms["target_sparsity"] == target)]  # fmt: skip
+    per_run = ", ".join(
+        f"seed {r.seed}: strength {r.selected:g}, rule {r.reached:.0%}"
+        for r in runs.sort_values("seed").itertuples()
+    )
     bc_lines.append(
         f"- {target:.0%} of the units removed: "
         f"{part.loc[part['method'] == bc_label, 'test_accuracy'].mean():.1%} mean test "
-        f"accuracy, minus GMP {sl.stats.describe(diff)}; strengths selected "
-        f"{sorted(runs['selected'])}; its own rule reached "
-        f"{', '.join(f'{v:.0%}' for v in runs['reached'])} before the projection."
+        f"accuracy, minus GMP {sl.stats.describe(diff)}; the strength selected and the "
+        f"sparsity its own rule reached before the projection, per run: {per_run}."
     )
 display(Markdown("\n".join(bc_lines)))
 
@@ -301,7 +320,7 @@ sl.claims.table(verdicts)
 
 # %%
 collapsed = ablation[ablation["flagged_runs"] == ablation["runs"]]
-rescued = ablation[(ablation["optimizer"] == "Adam (paper)") & (ablation["flagged_runs"] == 0)]
+rescued = ablation[(ablation["optimizer"] == "Adam") & (ablation["flagged_runs"] == 0)]
 settings = by_method.reset_index()
 settings = settings[settings["method"] != "gmp"]
 short = settings[settings["own_rule"] < settings["runs"]]
@@ -315,9 +334,8 @@ def listed(items):
 display(
     Markdown(
         f"- In {len(short)} of the {len(settings)} (table, method, target) settings of a "
-        f"regularizer, the method's own rule ended more than {100 * NOT_A_TEST:.0f} points "
-        "from the target (short of it or beyond it) in at least one run, so the projection "
-        "did part of the work: "
+        f"regularizer, the method's own rule kept or pruned more than a factor {FACTOR} off "
+        "the target's counts in at least one run, so the projection did part of the work: "
         + listed(
             f"{r.method} at {r.target_sparsity:.0%} ({r.own_rule} of {r.runs} runs by its own rule)"
             for r in short.itertuples()
@@ -326,7 +344,7 @@ display(
         "- Every run flagged (collapsed) in the optimizer comparison: "
         + listed(f"{r.method} with {r.optimizer} at {r.target:.0%}" for r in collapsed.itertuples())
         + ".\n"
-        "- No run flagged with the paper's optimizer: "
+        "- No run flagged with Adam: "
         + listed(
             f"{r.method} at {r.target:.0%} ({r.accuracy:.1%} mean test accuracy)"
             for r in rescued.itertuples()

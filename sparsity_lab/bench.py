@@ -38,7 +38,8 @@ under) says how its run makes the sparse model:
   ``gmp`` given this kind runs the same protocol, as the regularizers' reference.
 
 An entry's ``training`` replaces the recipe's optimizer settings (``optimizer``, ``lr``,
-``momentum``, ``weight_decay``, ``lr_schedule``) for a method whose paper trains otherwise,
+``momentum``, ``weight_decay``, and ``lr_schedule`` except for ``regularize`` runs, which
+train without a schedule) for a method whose paper trains otherwise,
 such as variational dropout with Adam; its epochs stay the recipe's (``epochs_factor``)
 and the fine-tuning stays the protocol's.
 
@@ -108,7 +109,7 @@ from .pipeline import _dependency_closure
 from .pruning import prune
 from .registry import available
 from .registry import entry as registry_entry
-from .train import fit
+from .train import LR_SCHEDULES, OPTIMIZERS, fit
 
 #: The version of a run's definition: change it when a run of the same cell would measure
 #: something else, so that cached results of the old definition are not reused.
@@ -386,8 +387,37 @@ def _training_override(name: str, kind: str, training: Any) -> dict[str, Any]:
             f"method {name!r}: training cannot set {unknown}; it sets {list(_TRAINING_KEYS)} "
             "(epochs: use epochs_factor)"
         )
-    if "lr" in training and not (isinstance(training["lr"], int | float) and training["lr"] > 0):
-        raise ValueError(f"method {name!r}: training.lr must be a positive number")
+    if kind == "regularize" and "lr_schedule" in training:
+        raise ValueError(
+            f"method {name!r}: a regularize run trains without a schedule (it would fight the "
+            "regularizer's tuner); remove lr_schedule from training"
+        )
+
+    def number(key: str, positive: bool) -> None:
+        value = training.get(key)
+        if key not in training:
+            return
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or (value <= 0 if positive else value < 0):
+            raise ValueError(
+                f"method {name!r}: training.{key} must be a "
+                f"{'positive' if positive else 'non-negative'} number, got {value!r} (YAML "
+                "reads 5e-4 as text: write 5.0e-4)"
+            )
+
+    number("lr", positive=True)
+    number("momentum", positive=False)
+    number("weight_decay", positive=False)
+    if "optimizer" in training and training["optimizer"] not in OPTIMIZERS:
+        raise ValueError(
+            f"method {name!r}: training.optimizer must be one of {list(OPTIMIZERS)}, "
+            f"got {training['optimizer']!r}"
+        )
+    if training.get("lr_schedule") not in (None, *LR_SCHEDULES):
+        raise ValueError(
+            f"method {name!r}: training.lr_schedule must be one of {list(LR_SCHEDULES)} or "
+            f"null, got {training['lr_schedule']!r}"
+        )
     return dict(training)
 
 

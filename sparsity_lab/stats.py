@@ -263,8 +263,8 @@ def against_baseline(
     by: Sequence[str] | str = (),
 ) -> pd.DataFrame:
     """:func:`paired` differences of every other arm of ``column`` minus ``baseline``, one
-    table: ``column``, ``by``, ``mean_diff``, ``ci_low``, ``ci_high``, ``n``, ``verdict``
-    (arms in their order of appearance)."""
+    table: ``column``, ``by`` and :func:`paired`'s columns, ``flagged`` included, so that
+    :func:`describe` still names a flagged arm (arms in their order of appearance)."""
     by = [by] if isinstance(by, str) else list(by)
     arms = [a for a in dict.fromkeys(df[column]) if a != baseline]
     if not arms:
@@ -272,7 +272,7 @@ def against_baseline(
     return pd.concat(
         [paired(df, column, a, baseline, metric=metric, by=by).assign(**{column: a}) for a in arms],
         ignore_index=True,
-    )[[column, *by, "mean_diff", "ci_low", "ci_high", "n", "verdict"]]
+    )[[column, *by, "mean_diff", "std", "ci_low", "ci_high", "n", "verdict", "flagged"]]
 
 
 def verdict_of(ci_low: float, ci_high: float, n: int, std: float | None = None) -> str:

@@ -358,8 +358,20 @@ def test_an_entry_trains_with_its_papers_optimizer_in_place_of_the_recipes(monke
         bench._method_entry({"method": "l1", "training": {"epochs": 3}})
     with pytest.raises(ValueError, match="prune run fine-tunes"):
         bench._method_entry({"method": "snip", "training": {"lr": 0.1}})
-    with pytest.raises(ValueError, match="positive number"):
-        bench._method_entry({"method": "l1", "training": {"lr": -1}})
+    for bad, message in [
+        ({"lr": -1}, "positive number"),
+        ({"lr": True}, "positive number"),
+        ({"weight_decay": "5e-4"}, "non-negative number"),
+        ({"momentum": -0.1}, "non-negative number"),
+        ({"optimizer": "rmsprop"}, "must be one of"),
+        ({"lr_schedule": "cosine"}, "without a schedule"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            bench._method_entry({"method": "l1", "training": bad})
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        bench._method_entry({"method": "rigl", "training": {"lr_schedule": "linear"}})
+    trained = bench._method_entry({"method": "rigl", "training": {"lr_schedule": None}})
+    assert trained["training"] == {"lr_schedule": None}  # a train run may drop its schedule
     with pytest.raises(ValueError, match="maps recipe settings"):
         bench._method_entry({"method": "l1", "training": "adam"})
     assert "training" not in bench._method_entry("l1")  # other runs' cache keys unchanged

@@ -229,5 +229,9 @@ def test_against_baseline_pairs_every_other_arm_with_the_baseline():
     # by hand: the per-seed differences' mean
     assert table["mean_diff"].tolist() == pytest.approx([0.02, -0.09])
     assert table.loc[1, "verdict"] == "worse"  # b is 8-10 points below on every seed
+    flagged = df.assign(flags=["", "", "at chance level (0.100, chance 0.100)"] * 3)
+    assert "flagged in 3 of 3" in stats.describe(
+        stats.against_baseline(flagged, "arm", "base").iloc[1]
+    )
     with pytest.raises(ValueError, match="only the baseline"):
         stats.against_baseline(df[df["arm"] == "base"], "arm", "base")

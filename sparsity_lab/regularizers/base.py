@@ -533,14 +533,15 @@ class Regularizer(Callback):
             keep_groups = min(n_groups, int(math.floor(share[n] / per_group + 0.5)))
             out[n] = pat.prune_groups(rank[n], n_groups - keep_groups, "max")
             if keep_groups == 0 and sparsity < 1:
-                emptied.append(n)
+                emptied.append(f"{n} (the rule kept {kept[n]} of {size[n]} weights there)")
         if emptied:
-            # a layer with nothing left disconnects the network whatever the others keep
+            # a layer with no weights left cuts every path through it
             warnings.warn(
-                f"{self.name}: the learned budget empties {', '.join(emptied)} at "
-                f"{sparsity:.0%} sparsity, because the threshold rule kept nothing there; the "
-                "network's output no longer depends on its input.  Pass budget='uniform' "
-                "(or 'erk') to spread the target over the layers, or a weaker strength",
+                f"{self.name}: the learned budget leaves no weight in {'; '.join(emptied)} at "
+                f"{sparsity:.0%} sparsity: it scales each layer's density under the threshold "
+                "rule by one factor, and these layers' shares rounded to nothing.  Pass "
+                "budget='uniform' (or 'erk') to spread the target over the layers, or a "
+                "weaker strength",
                 stacklevel=2,
             )
         return out

@@ -220,7 +220,7 @@ with pd.option_context("display.max_colwidth", None):
 # with Adam.  The `OPTIMIZER` table trains both with Adam at $10^{-3}$, with the same
 # epochs, batch, projection, fine-tuning and seeds.  Two things besides the optimizer
 # differ: variational dropout runs its default strength there, where under SGD it chose
-# among three on validation, and Hoyer-square chooses among strengths a hundred times
+# among three on validation, and Hoyer-square chooses among strengths about thirty times
 # larger.  A result that Adam trains them is consistent with the explanation above; it does
 # not isolate it.
 

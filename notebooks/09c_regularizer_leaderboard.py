@@ -209,7 +209,7 @@ with pd.option_context("display.max_colwidth", None):
         display(compared(table).round(4))
 
 # %% [markdown]
-# ## The papers' optimizer
+# ## Adam instead of SGD
 #
 # Under the recipe's SGD, sparse variational dropout and Hoyer-square are the weakest runs
 # of the `UNSTRUCTURED` table (the table below counts their flagged runs).  Both

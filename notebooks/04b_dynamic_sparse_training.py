@@ -36,7 +36,7 @@ from IPython.display import Markdown, display
 import sparsity_lab as sl
 from sparsity_lab import recipes, registry
 from sparsity_lab.methods.base import TrainingFlops
-from sparsity_lab.methods.dynamic import StaticSparse
+from sparsity_lab.methods.dynamic import StaticSparse, decayed_fraction
 
 # %% tags=["parameters"]
 SMOKE = False
@@ -124,6 +124,28 @@ rules = pd.DataFrame(
     ]
 )
 rules
+
+# %% [markdown]
+# How much a mask moves is itself a schedule: at each update RigL drops and regrows the
+# fraction $f(t) = \frac{\alpha}{2}(1 + \cos(\pi t / T_\mathrm{end}))$ of the active
+# weights, SET a constant fraction, and in this library both stop at $T_\mathrm{end}$ (75%
+# of training by default) so that the last part of training tunes a fixed mask.  Move
+# $\alpha$ and the decay in a live kernel (the book shows the three decays at
+# $\alpha = 0.3$, RigL's default, with 100 updates); the title sums the fractions over the
+# updates, the number of times over that the active weights could have been replaced.
+
+
+# %%
+def draw_drop_schedule(ax, decay, alpha):
+    """The drop fraction at each of 100 updates, decayed to 0 at 75% of training."""
+    steps = np.arange(100)
+    fractions = [decayed_fraction(int(s), alpha, 75, decay) for s in steps]
+    ax.plot(steps / 100, fractions)
+    ax.set(xlabel="share of training", ylabel="drop fraction", ylim=(0, 0.55))
+    ax.set_title(f"sum over updates {sum(fractions):.1f}")
+
+
+sl.nb.explore(draw_drop_schedule, decay=["cosine", "linear", "constant"], alpha=(0.1, 0.5, 0.1))
 
 # %% [markdown]
 # ## One protocol, every method

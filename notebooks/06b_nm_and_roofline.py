@@ -73,6 +73,29 @@ print(
 )
 
 # %% [markdown]
+# N and M alone fix both the sparsity, 1 - N/M, and the storage: N values and N positions
+# of ``ceil(log2 M)`` bits per group.  Move the pattern in a live kernel (the book shows
+# five): 1:4 and 2:8 are equally sparse, but 2:8 may put its two weights anywhere among
+# eight, at one more metadata bit per kept value.
+
+
+# %%
+def draw_nm(ax, pattern):
+    """A corner of a random weight's N:M mask (dark = kept) with its groups outlined; the
+    title gives its sparsity and its storage against fp16 dense."""
+    nm = sl.patterns.get(pattern)
+    scores = torch.rand(8, 16, generator=torch.Generator().manual_seed(SEED))
+    weight = torch.randn(8, 16, generator=torch.Generator().manual_seed(SEED)) * nm.mask(scores)
+    stored = formats.bits(weight, "nm_format", n=nm.n, m=nm.m, value_bits=16)
+    share = stored / formats.bits(weight, "dense", value_bits=16)
+    sparsity = float((weight == 0).float().mean())
+    sl.viz.mask_heatmap(weight != 0, ax=ax, title=f"{sparsity:.1%} sparse\n{share:.1%} of fp16")
+    ax.vlines(np.arange(nm.m, 16, nm.m) - 0.5, -0.5, 7.5, color="C1", linewidth=2)
+
+
+sl.nb.explore(draw_nm, pattern=["1:2", "2:4", "1:4", "2:8", "1:8"])
+
+# %% [markdown]
 # ## 2. What GPUs do with 2:4
 #
 # NVIDIA's sparse tensor cores (Ampere and later, compute capability 8.0+) read the 2:4

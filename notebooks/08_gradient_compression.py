@@ -149,30 +149,39 @@ gen = torch.Generator().manual_seed(SEED)
 n = 2000
 mean = torch.randn(n, generator=gen) * 0.1
 stream = [mean + torch.randn(n, generator=gen) for _ in range(FEEDBACK_STEPS)]
-curves, norms = {}, {}  # norms: step -> (||residual||, ||sum g||), with error feedback
-for ef in (True, False):
-    comp = G.TopK(0.99, error_feedback=ef)
-    total_sent, total_grad, gaps = torch.zeros(n), torch.zeros(n), []
+
+
+def undelivered(sparsity, error_feedback):
+    """Top-k at ``sparsity`` over the stream: per step, the share of the summed gradient not
+    sent yet, and (with error feedback) step -> (||residual||, ||sum g||) at two steps."""
+    comp = G.TopK(sparsity, error_feedback=error_feedback)
+    total_sent, total_grad, gaps, norms = torch.zeros(n), torch.zeros(n), [], {}
     for step, g in enumerate(stream, 1):
         p = comp.compress(g)
         total_sent.index_add_(0, p.indices, p.values)
         total_grad += g
         gaps.append(float((total_grad - total_sent).norm() / total_grad.norm()))
-        if ef and step in (FEEDBACK_STEPS // 2, FEEDBACK_STEPS):
+        if error_feedback and step in (FEEDBACK_STEPS // 2, FEEDBACK_STEPS):
             norms[step] = (float(comp.residual().norm()), float(total_grad.norm()))
-    curves[ef] = gaps
-    if ef:  # the gap is the residual, exactly
-        residual = comp.residual()
-        assert torch.allclose(total_grad - total_sent, residual, atol=1e-4)
+    if error_feedback:  # the gap is the residual, exactly
+        assert torch.allclose(total_grad - total_sent, comp.residual(), atol=1e-4)
+    return gaps, norms
 
+
+def draw_feedback(ax, sparsity):
+    for ef in (True, False):
+        gaps = undelivered(sparsity, ef)[0]
+        ax.plot(range(1, len(gaps) + 1), gaps, label=f"error feedback {'on' if ef else 'off'}")
+    ax.set(xlabel="step", ylabel="||sum g - sum sent|| / ||sum g||", yscale="log")
+    ax.set_title(f"What top-k at {sparsity:.1%} has not delivered yet")
+    ax.legend()
+
+
+runs_99 = {ef: undelivered(0.99, ef) for ef in (True, False)}
+curves = {ef: gaps for ef, (gaps, _) in runs_99.items()}
+norms = runs_99[True][1]
 fig, ax = plt.subplots(figsize=(5.5, 3.2))
-for ef, gaps in curves.items():
-    ax.plot(range(1, FEEDBACK_STEPS + 1), gaps, label=f"error feedback {'on' if ef else 'off'}")
-ax.set_xlabel("step")
-ax.set_ylabel("||sum g - sum sent|| / ||sum g||")
-ax.set_yscale("log")
-ax.set_title("What top-k at 99% has not delivered yet")
-ax.legend()
+draw_feedback(ax, 0.99)
 plt.show()
 mid = FEEDBACK_STEPS // 2
 for step, (res_norm, total_norm) in norms.items():
@@ -192,6 +201,13 @@ display(
         )
     )
 )
+
+# %% [markdown]
+# The sparsity of the message sets how long an entry waits to be sent.  Move it in a live
+# kernel (the book shows three, on the same stream of gradients).
+
+# %%
+sl.nb.explore(draw_feedback, sparsity=[0.9, 0.99, 0.999])
 
 # %% [markdown]
 # ## Real data-parallel training

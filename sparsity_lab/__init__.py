@@ -7,8 +7,8 @@ The common case is two calls::
     sl.report(model)                           # per-layer parameters, nonzeros, FLOPs
 
 Every method has a canonical name in :mod:`sparsity_lab.registry`.  Submodules that pull
-in heavier dependencies (data, models, train, methods, shrink, experiments, viz, nb, ...)
-load on first use.
+in heavier dependencies (data, models, train, methods, shrink, experiments, viz,
+illustrations, nb, words, ...) load on first use.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ _LAZY = (
     "flags",
     "formats",
     "hf",
+    "illustrations",
     "leaderboard",
     "logs",
     "methods",
@@ -56,6 +57,7 @@ _LAZY = (
     "stats",
     "train",
     "viz",
+    "words",
 )
 
 __all__ = [

@@ -48,6 +48,7 @@ and half precision; the test suite skips it on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import math
@@ -80,6 +81,7 @@ __all__ = [
     "plan",
     "time_call",
     "time_interleaved",
+    "time_forward",
     "save",
     "load",
     "safe_classes",
@@ -411,6 +413,63 @@ def time_interleaved(
                 fn()
             samples[name].append((time.perf_counter() - start) / calls[name])
     return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def time_forward(
+    models: dict[str, nn.Module],
+    x: torch.Tensor,
+    rounds: int,
+    *,
+    split: Iterable[str] = (),
+    layers: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear),
+) -> dict[str, dict[str, float]]:
+    """Median seconds of one forward pass of each model on ``x``, and where the time goes.
+
+    Every model runs once per round, in turn, so machine noise hits them alike (after one
+    warm-up pass each, in eval mode, without gradients); ``rounds`` is at least 1.  Each
+    model's modules get their own training modes back afterwards, even when a pass raises.
+    For each name in ``split`` a copy of that model with hooks around its ``layers`` runs in
+    the same rounds, as ``"<name>, hooked"``: the hooks cost time, so the plain model's
+    total stays clean.  Returns ``{name: {"total", "inside", "rest"}}``, the median over
+    rounds of the pass, of the time inside ``layers`` (0 without hooks) and of the rest of
+    the pass.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1 (timed passes per model), got {rounds}")
+    clock = {"inside": 0.0, "start": 0.0}
+
+    def enter(*_: Any) -> None:
+        clock["start"] = time.perf_counter()
+
+    def leave(*_: Any) -> None:
+        clock["inside"] += time.perf_counter() - clock["start"]
+
+    runs = dict(models)
+    for name in split:
+        runs[f"{name}, hooked"] = timed_copy = copy.deepcopy(models[name])
+        for layer in timed_copy.modules():
+            if isinstance(layer, layers):
+                layer.register_forward_pre_hook(enter)
+                layer.register_forward_hook(leave)
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    with torch.no_grad(), contextlib.ExitStack() as modes:
+        for model in runs.values():
+            modes.enter_context(evaluating(model))  # each module's own mode back on exit
+            model(x)  # warm-up
+        for _ in range(rounds):
+            for name, model in runs.items():
+                clock["inside"] = 0.0
+                start = time.perf_counter()
+                model(x)
+                samples[name].append((time.perf_counter() - start, clock["inside"]))
+    return {
+        name: {
+            "total": statistics.median(t for t, _ in pairs),
+            "inside": statistics.median(i for _, i in pairs),
+            "rest": statistics.median(t - i for t, i in pairs),
+        }
+        for name, pairs in samples.items()
+    }
 
 
 # ---------------------------------------------------------------------------------- export

@@ -6,7 +6,8 @@ recipe, a class the model never predicts: each of these turns a comparison into 
 and each is easy to miss in a table of accuracies.  :func:`check` returns the flags of one
 run as short strings; the experiment layer (:func:`sparsity_lab.recipes.evaluate_run`)
 stores them in a ``flags`` column, :func:`sparsity_lab.experiments.plot_mean_ci` marks the
-flagged points, and :func:`table` lists them next to the numbers.
+flagged points, and :func:`table` lists them next to the numbers.  :func:`flagged_points`,
+:func:`flags_raised` and :func:`broken_flags` say them in a notebook's sentences.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ from .modes import evaluating
 
 __all__ = [
     "SEPARATOR",
+    "broken_flags",
     "chance_accuracy",
     "check",
     "dead_layers",
     "disconnected",
+    "flagged_points",
+    "flags_raised",
     "join",
+    "named",
     "never_predicted",
     "table",
 ]
@@ -207,3 +212,93 @@ def note(df: pd.DataFrame, by: str, value: object, column: str = "flags") -> str
         f"; {flagged} of {total} runs flagged ({found['flags']}), so this estimate mixes "
         f"runs that failed with runs that did not"
     )
+
+
+def _text(flags: object) -> str:
+    """A run's flags text; anything not a string (None, NaN in a table's empty cell) is
+    no flag."""
+    return flags if isinstance(flags, str) else ""
+
+
+def named(text: object, kind: str) -> set[str]:
+    """The names listed by the flags of ``kind`` in one run's flags text, e.g. the emptied
+    tensors: ``named("layer pruned to 100% (fc2.weight, fc3.weight)", "layer pruned to
+    100%")`` is ``{"fc2.weight", "fc3.weight"}``; empty when no flag of that kind fired
+    (and for a text that is not a string: None, or NaN from a table).
+
+    For a check of what a flag names (the removed block itself, or more) without parsing
+    the text in a notebook.
+    """
+    return {
+        name
+        for flag in _text(text).split(SEPARATOR)
+        if flag.startswith(kind) and "(" in flag
+        for name in flag[flag.index("(") + 1 : -1].split(", ")
+    }
+
+
+def broken_flags(texts: Iterable[object]) -> list[str]:
+    """The flags, in the flag texts of some runs, that say a network is broken (a layer
+    pruned to 100%, at chance level, disconnected), each once, in the order first raised.
+
+    A layer pruned away keeps its text, which names the layer; the others are cut to their
+    kind (the text before the parenthesis).  A flag that not every run raised says in how
+    many: ``"at chance level in 1 of 2 runs"``.  Other flags (a class never predicted) are
+    left out: they weaken a result without saying that the network is broken.  A text that
+    is not a string (NaN from a table's empty cell, None) is a run with no flag.
+    """
+    texts = [_text(text) for text in texts]
+    found: dict[str, int] = {}
+    for text in texts:
+        kinds = set()
+        for flag in filter(None, text.split(SEPARATOR)):
+            if "pruned to 100%" in flag:
+                kinds.add(flag)
+            elif flag.startswith(("at chance level", "disconnected")):
+                kinds.add(flag.split(" (")[0])
+        for kind in sorted(kinds, key=text.index):
+            found[kind] = found.get(kind, 0) + 1
+    return [
+        kind if n == len(texts) else f"{kind} in {n} of {len(texts)} runs"
+        for kind, n in found.items()
+    ]
+
+
+def flagged_points(flagged: pd.DataFrame, label: str) -> str:
+    """One sentence per row of :func:`table` (a plotted point some of whose runs raised
+    sanity flags) on what its mean describes: failed runs when all of them are flagged, a
+    mix of failed and working runs otherwise.
+
+    ``label`` names a point from its row, a format string of the table's columns
+    (``"{method} point at {sparsity:.0%}"``).  Returns ``""`` for an empty table.
+    """
+    sentences = []
+    for _, row in flagged.iterrows():
+        hit, runs = (int(part) for part in row["flagged_runs"].split(" of "))
+        name = label.format(**row)
+        if hit == runs:
+            sentences.append(
+                f"The {name} has {f'all {runs} runs' if runs > 1 else 'its one run'} flagged "
+                f"({row['flags']}): it describes {'failed runs' if runs > 1 else 'a failed run'}."
+            )
+        else:
+            sentences.append(
+                f"The {name} has {hit} of {runs} runs flagged ({row['flags']}): its mean "
+                "mixes runs that failed with runs that did not."
+            )
+    return "  ".join(sentences)
+
+
+def flags_raised(flagged: pd.DataFrame, column: str, values: Iterable[object]) -> str:
+    """The rows of :func:`table` (``flagged``) whose ``column`` is one of ``values`` in one
+    sentence, ``" Flags raised: a (at chance level, 2 of 3 runs)."``, with a leading space
+    to follow another sentence; ``""`` when none of them is flagged.
+
+    For the reason given with a verdict: a difference between arms that collapsed is no
+    difference between methods.
+    """
+    hit = flagged[flagged[column].isin(list(values))]
+    if not len(hit):
+        return ""
+    found = zip(hit[column], hit["flags"], hit["flagged_runs"], strict=True)
+    return " Flags raised: " + "; ".join(f"{a} ({f}, {n} runs)" for a, f, n in found) + "."

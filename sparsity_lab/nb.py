@@ -1,9 +1,13 @@
-"""Helpers for the notebooks: one-line setup and one widget helper that also works offline.
+"""Running the notebooks: setup, displays, exercise checks and an explorer that works offline.
 
-A notebook starts with ``sl.nb.setup(seed=SEED, smoke=SMOKE)``.  Interactive explorers go
-through :func:`explore`, which builds ipywidgets controls in a live kernel and draws a static
-small-multiple figure when there is no live front end (papermill, the book, CI), so the
-executed notebook still shows the picture.
+A notebook starts with ``sl.nb.setup(seed=SEED, smoke=SMOKE)``.  It shows its computed
+sentences with :func:`md`, its sanity flags with :func:`show_flags` and its dense baselines
+with :func:`show_dense`, and checks a student's answers with :func:`check`.  Interactive
+explorers go through :func:`explore`, which builds ipywidgets controls in a live kernel and
+draws a static small-multiple figure when there is no live front end (papermill, the book,
+CI), so the executed notebook still shows the picture.
+
+The sentences themselves are computed with :mod:`sparsity_lab.words`.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import os
 import platform
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
@@ -20,6 +24,9 @@ import numpy as np
 import torch
 
 from .seeding import seed_everything
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # The notebook pipeline sets this to "1" when it executes notebooks with papermill.
 STATIC_ENV = "SPARSITY_LAB_STATIC"
@@ -80,7 +87,7 @@ def setup(seed: int = 0, smoke: bool = False, *, threads: int | None = None) -> 
     return {"seed": seed, "smoke": smoke, "versions": versions}
 
 
-def show_flags(flagged: Any, *, what: str = "") -> None:
+def show_flags(flagged: pd.DataFrame, *, what: str = "") -> None:
     """Display a table of :func:`sparsity_lab.flags.table`, or one line saying none fired.
 
     Returns nothing, so a call that ends a cell shows its table once.  ``what`` names the
@@ -325,3 +332,37 @@ def explore(draw: Callable[..., None], **controls: Any) -> Any:
         fixed = ", ".join(f"{n} = {_label(_default(controls[n]))}" for n in held)
         fig.suptitle(f"{fixed} (change it in a live kernel)", fontsize="medium")
     return None
+
+
+# ------------------------------------------------------------------------------- displays
+def md(text: str) -> None:
+    """Display ``text`` as Markdown: a computed sentence of a notebook (built with
+    :mod:`sparsity_lab.words`), in one call.
+
+    Returns nothing, so a call that ends a cell shows its text once.
+    """
+    from IPython.display import Markdown, display  # only a notebook displays
+
+    display(Markdown(text))
+
+
+def show_dense(runs: pd.DataFrame, data_name: str, *, what: str = "") -> None:
+    """Display the dense baselines: each model's test accuracy over its seeds (mean and
+    interval, :func:`~sparsity_lab.stats.summarize`) beside the accuracy its recipe on
+    ``data_name`` (``"mnist"``) documents (``expected``), then their sanity flags
+    (:func:`show_flags`; ``what`` names the runs).
+
+    ``runs`` has a row per (model, seed) with ``model_name``, ``test_accuracy`` and
+    ``flags``.  A pruned result means little without the dense one it started from, so every
+    chapter shows this first.  Returns nothing, so a call that ends a cell shows it once.
+    """
+    from IPython.display import display  # only a notebook displays
+
+    from . import flags, recipes, stats
+
+    table = stats.summarize(runs, "model_name", "test_accuracy")
+    table["expected"] = [
+        recipes.recipe_for(m, data_name).expected_test_accuracy for m in table.model_name
+    ]
+    display(table.round(4))
+    show_flags(flags.table(runs, "model_name"), what=what)

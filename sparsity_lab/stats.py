@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -328,3 +329,37 @@ def describe(
         )
     flagged = row.get("flagged", "")
     return f"{text} ({flagged})" if isinstance(flagged, str) and flagged else text
+
+
+def same_on_every_seed(row: pd.Series | Mapping[str, Any]) -> bool:
+    """True when every paired difference of a row of :func:`paired` is exactly 0 (more
+    than one pair, no spread, a mean of 0): its interval of zero width around 0 says only
+    that the two arms gave the same result on each seed."""
+    return bool(
+        row["n"] > 1
+        and row["std"] <= SPREAD_TOLERANCE
+        and abs(row["mean_diff"]) <= SPREAD_TOLERANCE
+    )
+
+
+def difference_row(diffs: Sequence[float] | np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
+    """Paired differences in hand (one per seed, each arm minus its own baseline) as a row
+    of :func:`paired`: ``mean_diff``, ``std``, ``n``, ``ci_low``, ``ci_high`` and
+    ``verdict``, so that :func:`describe` can say it.
+
+    For differences that are not two columns of one table (a label's accuracy change,
+    pruned minus dense, seed by seed).  The interval is Student-t, unclipped; the verdict
+    is :func:`verdict_of` (better when the interval is above 0).
+    """
+    row = mean_interval(diffs, confidence)
+    verdict = verdict_of(row["ci_low"], row["ci_high"], row["n"], row["std"])
+    return {**row, "mean_diff": row["mean"], "verdict": verdict}
+
+
+def stays_above(curve: pd.Series, threshold: float = 1.0) -> Any:
+    """The lowest index of ``curve`` (a Series indexed by a level, e.g. the sparsity) from
+    which it stays above ``threshold`` at that and every higher level, or None when its
+    highest level is not above it: where a speed-up (its mean minus one standard deviation,
+    say) breaks even for good, not at a lucky point in between."""
+    above = [s for s in curve.index if (curve[curve.index >= s] > threshold).all()]
+    return min(above) if above else None

@@ -275,3 +275,38 @@ def test_gpu_semi_structured_export_matches():  # pragma: no cover - no GPU in C
     sl.prune(model, "magnitude", 0.5, pattern="2:4", exclude=["fc3.weight"])
     exported = accel.export(model.eval(), torch.randn(32, 256), device="cuda", tolerance=1e-2)
     assert "semi_structured" in {c.kernel for c in exported.export_plan}
+
+
+def test_time_forward_splits_the_hooked_copies_and_leaves_the_models_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    other = nn.Sequential(nn.Linear(16, 4))
+    found = accel.time_forward({"a": model, "b": other}, torch.randn(8, 16), 3, split=["a"])
+    assert list(found) == ["a", "b", "a, hooked"]
+    for name in ("a", "b"):  # no hooks: nothing is inside, the rest is the pass
+        assert found[name]["inside"] == 0.0
+        assert found[name]["rest"] == found[name]["total"]
+    hooked = found["a, hooked"]
+    assert 0.0 < hooked["inside"] < hooked["total"]
+    assert hooked["rest"] > 0.0
+    # the hooks went on a copy: the model itself times no layer
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    # timed in eval mode, then every module's own mode back (the caller's models are theirs)
+    assert model.training and other.training
+
+
+def test_time_forward_gives_each_module_its_mode_back_even_when_a_pass_raises():
+    model = nn.Sequential(nn.Linear(16, 8), nn.Dropout(0.5), nn.Linear(8, 4))
+    model[1].eval()  # a mixed setup: dropout frozen in a training model
+    frozen = nn.Sequential(nn.Linear(16, 4)).eval()
+    accel.time_forward({"a": model, "b": frozen}, torch.randn(2, 16), 1)
+    assert [m.training for m in model] == [True, False, True]
+    assert not frozen.training
+    with pytest.raises(RuntimeError):  # the second model cannot take the input
+        accel.time_forward({"a": model, "bad": nn.Linear(3, 4)}, torch.randn(2, 16), 1)
+    assert [m.training for m in model] == [True, False, True]
+
+
+def test_time_forward_needs_at_least_one_round():
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        accel.time_forward({"a": nn.Linear(2, 2)}, torch.randn(1, 2), 0)

@@ -118,3 +118,80 @@ def test_a_kind_not_every_flagged_run_raised_says_how_many_did():
     (row,) = flags.table(df, "method").to_dict("records")
     assert row["flagged_runs"] == "3 of 3"
     assert row["flags"] == "class never predicted; at chance level (2 of 3)"
+
+
+def test_named_lists_the_names_of_one_kind_of_flag():
+    text = flags.join(
+        [
+            "at chance level (0.100, chance 0.102)",
+            "layer pruned to 100% (fc2.weight, fc3.weight)",
+        ]
+    )
+    assert flags.named(text, "layer pruned to 100%") == {"fc2.weight", "fc3.weight"}
+    assert flags.named(text, "class never predicted") == set()
+    assert flags.named("", "layer pruned to 100%") == set()
+    assert flags.named(None, "layer pruned to 100%") == set()
+
+
+def test_named_and_broken_flags_read_a_missing_text_as_no_flag():
+    """A flags column read back from a table holds NaN where no flag fired."""
+    nan = float("nan")
+    assert flags.named(nan, "layer pruned to 100%") == set()
+    texts = pd.Series(["at chance level (0.1, chance 0.1)", None]).reindex([0, 1, 2])
+    assert flags.broken_flags(texts) == ["at chance level in 1 of 3 runs"]
+    assert flags.broken_flags([nan, None]) == []
+
+
+def test_broken_flags_keeps_layers_and_kinds_that_break_a_network_with_their_counts():
+    texts = [
+        "layer pruned to 100% (fc2.weight); at chance level (acc 0.10); class never predicted",
+        "at chance level (acc 0.11)",
+        "",
+    ]
+    assert flags.broken_flags(texts) == [
+        "layer pruned to 100% (fc2.weight) in 1 of 3 runs",
+        "at chance level in 2 of 3 runs",
+    ]
+    assert flags.broken_flags(["disconnected (no path); class never predicted"]) == ["disconnected"]
+    assert flags.broken_flags(["class never predicted", ""]) == []
+
+
+def test_flagged_points_says_what_each_flagged_mean_describes():
+    table = pd.DataFrame(
+        {
+            "method": ["wanda", "obc", "snip"],
+            "sparsity": [0.8, 0.5, 0.9],
+            "flagged_runs": ["3 of 3", "1 of 3", "1 of 1"],
+            "flags": ["at chance level", "layer emptied", "at chance level"],
+        }
+    )
+    sentences = flags.flagged_points(table, "{method} point at {sparsity:.0%}").split("  ")
+    assert sentences == [
+        "The wanda point at 80% has all 3 runs flagged (at chance level): it describes "
+        "failed runs.",
+        "The obc point at 50% has 1 of 3 runs flagged (layer emptied): its mean mixes runs "
+        "that failed with runs that did not.",
+        "The snip point at 90% has its one run flagged (at chance level): it describes a "
+        "failed run.",
+    ]
+    clean = pd.DataFrame({"method": ["a", "b"], "flags": ["", ""]})
+    assert flags.flagged_points(flags.table(clean, "method"), "{method}") == ""
+
+
+def test_flags_raised_names_the_flagged_arms_in_one_sentence():
+    flagged = pd.DataFrame(
+        {
+            "recipe": ["iht", "dsd"],
+            "flagged_runs": ["2 of 2", "1 of 2"],
+            "flags": ["at chance level", "class never predicted"],
+        }
+    )
+    assert flags.flags_raised(flagged, "recipe", ["iht", "cubic"]) == (
+        " Flags raised: iht (at chance level, 2 of 2 runs)."
+    )
+    both = flags.flags_raised(flagged, "recipe", ["dsd", "iht"])
+    assert both == (
+        " Flags raised: iht (at chance level, 2 of 2 runs); dsd (class never predicted, "
+        "1 of 2 runs)."
+    )
+    assert flags.flags_raised(flagged, "recipe", ["cubic"]) == ""

@@ -270,3 +270,49 @@ def test_check_says_right_wrong_or_unanswered_and_holds_solutions_to_their_check
     assert shown[0] == "**Exercise 1:** right."
     assert shown[1] == "**Exercise 1:** not yet. Count again."
     assert "no answer yet" in shown[2]
+
+
+# ------------------------------------------------------------------------------- displays
+# (the sentences they show are built and tested in sparsity_lab.words and tests/test_words.py)
+def test_md_displays_the_text_as_markdown_and_returns_nothing(monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    assert nb.md("**x** is 1.") is None
+    assert isinstance(shown[0], IPython.display.Markdown)
+    assert shown[0].data == "**x** is 1."
+
+
+def test_show_dense_table_with_expected_accuracy_then_flags(monkeypatch):
+    import IPython.display
+    import pandas as pd
+
+    from sparsity_lab import recipes
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    runs = pd.DataFrame(
+        {
+            "model_name": ["lenet300", "lenet300", "lenet5", "lenet5"],
+            "seed": [0, 1, 0, 1],
+            "test_accuracy": [0.9, 0.92, 0.95, 0.97],
+            "flags": ["", "", "dense baseline below its recipe (0.95)", ""],
+        }
+    )
+    nb.show_dense(runs, "mnist", what="on the dense baselines")
+    table = shown[0]
+    assert table["model_name"].tolist() == ["lenet300", "lenet5"]
+    assert table["mean"].tolist() == [0.91, 0.96]
+    assert table["expected"].tolist() == [
+        recipes.recipe_for(m, "mnist").expected_test_accuracy for m in ("lenet300", "lenet5")
+    ]
+    assert shown[1].data == "Sanity flags on the dense baselines:"
+    assert shown[2]["flagged_runs"].tolist() == ["1 of 2"]
+
+
+def test_show_dense_takes_the_data_set_of_the_recipes():
+    import pandas as pd
+
+    with pytest.raises(TypeError, match="data_name"):  # no silent "mnist"
+        nb.show_dense(pd.DataFrame({"model_name": [], "test_accuracy": [], "flags": []}))

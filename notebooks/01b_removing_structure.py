@@ -20,25 +20,22 @@
 # parameters, FLOPs, bytes and real speed; and how the fixed zeros of the weights differ
 # from the zeros of the activations.
 #
-# This continues [01](01_what_to_prune.ipynb), which compares the granularities from
-# single weights to channels on LeNet-300-100 and LeNet-5, in accuracy at equal sparsity
-# and in storage.  It follows sections 2.3 and 3.1 of the survey: the structure of *model*
-# sparsity, here at its coarsest, and at the end a glance at *ephemeral* sparsity, the
-# zeros in the activations that change with every input.
+# This continues [01](01_what_to_prune.ipynb), which compares the granularities from single
+# weights to channels on LeNet-300-100 and LeNet-5 in storage, and
+# [01c](01c_patterns_compared.ipynb), which compares them in accuracy at equal sparsity.  It
+# follows sections 2.3 and 3.1 of the survey: the structure of *model* sparsity, here at its
+# coarsest, and at the end a glance at *ephemeral* sparsity, the zeros in the activations
+# that change with every input.
 
 # %%
 import copy
-import math
 import statistics
-import time
 import warnings
-from fractions import Fraction
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from IPython.display import Markdown, display
 
 import sparsity_lab as sl
 from sparsity_lab import recipes, shrink
@@ -80,6 +77,8 @@ DATA = {k: v for k, v in {"n_train": N_TRAIN, "n_val": N_EVAL, "n_test": N_EVAL}
 CHAR_DATA = {
     k: v for k, v in {"n_train": CHAR_TRAIN, "n_val": CHAR_EVAL, "n_test": CHAR_EVAL}.items() if v
 }
+RESNET = {"epochs": RESNET_EPOCHS, **(DATA if RESNET_DATA == "mnist" else {})}
+CHARS = {"epochs": TRANSFORMER_EPOCHS, **CHAR_DATA}  # the tiny transformer's setting
 
 
 # %% [markdown]
@@ -97,13 +96,7 @@ CHAR_DATA = {
 # padding as a fixed map at the borders.  Exercise 1 shows it.)
 
 # %%
-rtask, resnet, rinfo = recipes.dense(
-    "resnet_small",
-    RESNET_DATA,
-    SEED,
-    epochs=RESNET_EPOCHS,
-    **(DATA if RESNET_DATA == "mnist" else {}),
-)
+rtask, resnet, rinfo = recipes.dense("resnet_small", RESNET_DATA, SEED, **RESNET)
 masked = copy.deepcopy(resnet)
 shrink.prune_coupled(masked, "channel", 0.5)
 test_loader = rtask.loaders()[2]
@@ -122,10 +115,8 @@ for name, module in small.named_modules():
 
 # %%
 x_test, _ = next(iter(test_loader))
-masked.eval()
-small.eval()
 with torch.no_grad():
-    diff = float((masked(x_test) - small(x_test)).abs().max())
+    diff = float((masked.eval()(x_test) - small.eval()(x_test)).abs().max())
 assert diff <= 1e-5, diff
 after_finetuning = recipes.evaluate_run(masked, rtask)
 accuracies = {
@@ -134,26 +125,20 @@ accuracies = {
     "masked": after_finetuning["accuracy"],
     "shrunk": recipes.evaluate_run(small, rtask)["accuracy"],
 }
-resnet_flags = [
-    f"Flags of the {name}: {f}."
-    for name, f in [
-        ("dense model", rinfo["flags"]),
-        ("masked model before fine-tuning", before_finetuning["flags"]),
-        ("masked model after fine-tuning", after_finetuning["flags"]),
-    ]
-    if f
-]
-display(
-    Markdown(
-        f"The small ResNet ({rinfo['recipe'].epochs} epoch(s) of its recipe on "
-        f"{len(rtask.bundle.train):,} {RESNET_DATA} images), with half of its channels "
-        f"pruned, then fine-tuned {resnet_budget['finetune_epochs']} epoch(s) "
-        f"({resnet_budget['finetune_flops']:.2g} FLOPs).  Largest difference between the "
-        f"masked and the shrunk outputs on a test batch: {diff:.1e}.  Test accuracy: "
-        + ", ".join(f"{k} {v:.2%}" for k, v in accuracies.items())
-        + ".  "
-        + (" ".join(resnet_flags) if resnet_flags else "No sanity flag fired.")
-    )
+resnet_flags = {
+    "dense model": rinfo["flags"],
+    "masked model before fine-tuning": before_finetuning["flags"],
+    "masked model after fine-tuning": after_finetuning["flags"],
+}
+flag_text = " ".join(f"Flags of the {name}: {f}." for name, f in resnet_flags.items() if f)
+sl.nb.md(
+    f"The small ResNet ({rinfo['recipe'].epochs} epoch(s) of its recipe on "
+    f"{len(rtask.bundle.train):,} {RESNET_DATA} images), with half of its channels pruned, "
+    f"then fine-tuned {resnet_budget['finetune_epochs']} epoch(s) "
+    f"({resnet_budget['finetune_flops']:.2g} FLOPs).  Largest difference between the masked "
+    f"and the shrunk outputs on a test batch: {diff:.1e}.  Test accuracy: "
+    + ", ".join(f"{k} {v:.2%}" for k, v in accuracies.items())
+    + f".  {flag_text or 'No sanity flag fired.'}"
 )
 
 # %% [markdown]
@@ -167,54 +152,11 @@ display(
 
 # %%
 SPEED_TARGET = 0.7  # the benchmark's target: at least 70% of the ideal speedup
-WEIGHT_LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
-CLOCK = {"inside": 0.0, "start": 0.0}  # time spent in the layers with weights of a pass
-
-
-def hooked(model):
-    """A copy of ``model`` whose layers with weights (convolutions and linear layers) add
-    the time spent inside them to ``CLOCK["inside"]``."""
-    timed_copy = copy.deepcopy(model)
-    for layer in timed_copy.modules():
-        if isinstance(layer, WEIGHT_LAYERS):
-            layer.register_forward_pre_hook(lambda *_: CLOCK.update(start=time.perf_counter()))
-            layer.register_forward_hook(
-                lambda *_: CLOCK.update(
-                    inside=CLOCK["inside"] + time.perf_counter() - CLOCK["start"]
-                )
-            )
-    return timed_copy
-
-
-def median_times(models_, x, rounds):
-    """Median seconds per forward pass of each model, and of the part of it spent in hooked
-    layers (0 for a model without hooks)."""
-    samples = {k: {"total": [], "inside": []} for k in models_}
-    with torch.no_grad():
-        for m in models_.values():
-            m.eval()(x)  # warm-up
-        for _ in range(rounds):
-            for k, m in models_.items():
-                CLOCK["inside"] = 0.0
-                start = time.perf_counter()
-                m(x)
-                samples[k]["total"].append(time.perf_counter() - start)
-                samples[k]["inside"].append(CLOCK["inside"])
-    return {
-        k: {
-            "total": statistics.median(v["total"]),
-            "inside": statistics.median(v["inside"]),
-            "rest": statistics.median(t - i for t, i in zip(v["total"], v["inside"], strict=True)),
-        }
-        for k, v in samples.items()
-    }
-
-
 x_batch = torch.cat([x for x, _ in test_loader])[:TIMING_BATCH]
 runs = {"dense": resnet, "masked": masked, "shrunk": small}
-runs |= {f"{k}, hooked": hooked(runs[k]) for k in ("masked", "shrunk")}
-medians = median_times(runs, x_batch, TIMING_ROUNDS)
-timed = {k: medians[k]["total"] for k in ("dense", "masked", "shrunk")}
+# the hooked copies time the convolutions and linear layers (the layers with weights)
+medians = sl.accel.time_forward(runs, x_batch, TIMING_ROUNDS, split=["masked", "shrunk"])
+timed = pd.Series({k: medians[k]["total"] for k in runs})
 flops_before = sl.report(masked).set_index("name").loc["total", "dense_flops"]
 flops_after = sl.report(small).set_index("name").loc["total", "dense_flops"]
 ideal = flops_before / flops_after
@@ -223,46 +165,31 @@ split = {k: medians[f"{k}, hooked"] for k in ("masked", "shrunk")}
 inside_speedup = split["masked"]["inside"] / split["shrunk"]["inside"]
 rest_speedup = split["masked"]["rest"] / split["shrunk"]["rest"]
 rest_share = {k: v["rest"] / v["total"] for k, v in split.items()}
-
-fig, ax = plt.subplots(figsize=(5, 3))
-ax.bar(list(timed), [1e3 * v for v in timed.values()], color=["C7", "C0", "C2"])
-ax.set_ylabel(f"ms per batch of {len(x_batch)}")
-ax.set_title("small ResNet, 50% of channels pruned")
+ax = (1e3 * timed).plot.bar(figsize=(5, 3), color=["C7", "C0", "C2"], rot=0, xlabel="")
+ax.set(ylabel=f"ms per batch of {len(x_batch)}", title="small ResNet, 50% of channels pruned")
 plt.show()
-params = {
-    k: sum(p.numel() for p in m.parameters()) for k, m in [("masked", masked), ("shrunk", small)]
-}
+params = {k: sum(p.numel() for p in runs[k].parameters()) for k in ("masked", "shrunk")}
 met = speedup >= SPEED_TARGET * ideal
+rest_text = f"the rest of the pass, which sped up {rest_speedup:.1f}x"
 if met:
     why = ""
 elif inside_speedup >= SPEED_TARGET * ideal:
-    why = (
-        "  The layers with weights alone meet the target, so the miss comes from the rest "
-        f"of the pass, which sped up {rest_speedup:.1f}x."
-    )
+    why = f"  The layers with weights alone meet the target, so the miss comes from {rest_text}."
 else:
     why = (
         f"  The layers with weights alone miss the target too ({inside_speedup / ideal:.0%} "
         "of the ideal): the shrunk layers run below the speed their FLOPs promise"
-        + (
-            f", and the rest of the pass, which sped up {rest_speedup:.1f}x, adds to the miss."
-            if rest_speedup < inside_speedup
-            else "."
-        )
+        + (f", and {rest_text}, adds to the miss." if rest_speedup < inside_speedup else ".")
     )
-display(
-    Markdown(
-        f"The shrunk model has {params['shrunk']:,} parameters instead of "
-        f"{params['masked']:,} and {flops_after / flops_before:.0%} of the weight FLOPs: an "
-        f"ideal speedup of {ideal:.1f}x.  Measured: {speedup:.1f}x over the masked model "
-        f"({speedup / ideal:.0%} of ideal; the target of the benchmark is "
-        f"{SPEED_TARGET:.0%}, " + ("met" if met else "missed") + " here).  In the hooked "
-        "copies, the convolutions and the linear "
-        f"layer ran {inside_speedup:.1f}x faster, the rest of the pass (BatchNorm, ReLU, "
-        f"additions, pooling) {rest_speedup:.1f}x; that rest takes "
-        f"{rest_share['masked']:.0%} of the masked model's time and "
-        f"{rest_share['shrunk']:.0%} of the shrunk one's." + why
-    )
+sl.nb.md(
+    f"The shrunk model has {params['shrunk']:,} parameters instead of {params['masked']:,} "
+    f"and {flops_after / flops_before:.0%} of the weight FLOPs: an ideal speedup of "
+    f"{ideal:.1f}x.  Measured: {speedup:.1f}x over the masked model ({speedup / ideal:.0%} "
+    f"of ideal; the target of the benchmark is {SPEED_TARGET:.0%}, "
+    f"{'met' if met else 'missed'} here).  In the hooked copies, the convolutions and the "
+    f"linear layer ran {inside_speedup:.1f}x faster, the rest of the pass (BatchNorm, ReLU, "
+    f"additions, pooling) {rest_speedup:.1f}x; that rest takes {rest_share['masked']:.0%} "
+    f"of the masked model's time and {rest_share['shrunk']:.0%} of the shrunk one's.{why}"
 )
 
 # %% [markdown]
@@ -284,9 +211,7 @@ display(
 # room to show a cost.
 
 # %%
-ttask, transformer, tinfo = recipes.dense(
-    "tiny_transformer", "chars", SEED, epochs=TRANSFORMER_EPOCHS, **CHAR_DATA
-)
+ttask, transformer, tinfo = recipes.dense("tiny_transformer", "chars", SEED, **CHARS)
 dense_chars = recipes.evaluate_run(transformer, ttask)
 head_rows = []
 for fraction in [0.0, 0.25, 0.5, 0.75]:
@@ -295,44 +220,31 @@ for fraction in [0.0, 0.25, 0.5, 0.75]:
         shrink.prune_coupled(m, "head", fraction)
     small_t = shrink.shrink(m)
     masked_run, shrunk_run = recipes.evaluate_run(m, ttask), recipes.evaluate_run(small_t, ttask)
+    left = [getattr(b, "attn", None) and b.attn.n_heads or 0 for b in small_t.blocks]
+    n_params = sum(p.numel() for p in small_t.parameters())
     head_rows.append(
-        {
-            "heads pruned": fraction,
-            "heads left": [
-                getattr(b, "attn", None) and b.attn.n_heads or 0 for b in small_t.blocks
-            ],
-            "parameters after shrink": sum(p.numel() for p in small_t.parameters()),
-            "test accuracy": masked_run["accuracy"],
-            "perplexity": masked_run["perplexity"],
-            "shrunk accuracy": shrunk_run["accuracy"],
-            "shrunk perplexity": shrunk_run["perplexity"],
-            "flags": masked_run["flags"],
-        }
+        {"heads pruned": fraction, "heads left": left, "parameters after shrink": n_params}
+        | {"test accuracy": masked_run["accuracy"], "perplexity": masked_run["perplexity"]}
+        | {"shrunk accuracy": shrunk_run["accuracy"]}
+        | {"shrunk perplexity": shrunk_run["perplexity"], "flags": masked_run["flags"]}
     )
 heads_table = pd.DataFrame(head_rows).set_index("heads pruned")
 heads_table
 
 # %%
-same = np.allclose(heads_table["perplexity"], heads_table["shrunk perplexity"], rtol=1e-4)
-display(
-    Markdown(
-        f"Dense (seed {SEED}, {tinfo['recipe'].epochs} epoch(s) on "
-        f"{len(ttask.bundle.train):,} windows): test accuracy {dense_chars['accuracy']:.1%}, "
-        f"perplexity {dense_chars['perplexity']:.2f}; the most frequent character alone "
-        f"scores {sl.flags.chance_accuracy(ttask.bundle.train.tensors[1]):.1%}.  Without any "
-        f"fine-tuning, removing a quarter of the heads gives "
-        f"{heads_table['test accuracy'].iloc[1]:.1%} (perplexity "
-        f"{heads_table['perplexity'].iloc[1]:.2f}), half of them "
-        f"{heads_table['test accuracy'].iloc[2]:.1%} ({heads_table['perplexity'].iloc[2]:.2f}) "
-        f"and three quarters {heads_table['test accuracy'].iloc[3]:.1%} "
-        f"({heads_table['perplexity'].iloc[3]:.2f}).  The shrunk models give "
-        + (
-            "the same perplexity as the masked ones at every row (to 4 digits)."
-            if same
-            else "a different perplexity from the masked ones in some rows (see the table)."
-        )
-        + "".join(f"  Flag: {f}." for f in [tinfo["flags"]] if f)
-    )
+acc, ppl = heads_table["test accuracy"], heads_table["perplexity"]
+same = "the same perplexity as the masked ones at every row (to 4 digits)."
+if not np.allclose(ppl, heads_table["shrunk perplexity"], rtol=1e-4):
+    same = "a different perplexity from the masked ones in some rows (see the table)."
+sl.nb.md(
+    f"Dense (seed {SEED}, {tinfo['recipe'].epochs} epoch(s) on {len(ttask.bundle.train):,} "
+    f"windows): test accuracy {dense_chars['accuracy']:.1%}, perplexity "
+    f"{dense_chars['perplexity']:.2f}; the most frequent character alone scores "
+    f"{sl.flags.chance_accuracy(ttask.bundle.train.tensors[1]):.1%}.  Without any "
+    f"fine-tuning, removing a quarter of the heads gives {acc.iloc[1]:.1%} (perplexity "
+    f"{ppl.iloc[1]:.2f}), half of them {acc.iloc[2]:.1%} ({ppl.iloc[2]:.2f}) and three "
+    f"quarters {acc.iloc[3]:.1%} ({ppl.iloc[3]:.2f}).  The shrunk models give {same}"
+    + (f"  Flag: {tinfo['flags']}." if tinfo["flags"] else "")
 )
 
 # %% [markdown]
@@ -348,12 +260,11 @@ ATTENTION = [n for n in sl.pruning.default_targets(transformer) if ".attn." in n
 BLOCKS = [n for n in sl.pruning.default_targets(transformer) if n.startswith("blocks.")]
 T_RECIPE = tinfo["recipe"]
 FINETUNE_LR = 1e-3  # the fine-tuning's learning rate, below the recipe's
+FINETUNE = {"lr": FINETUNE_LR, "optimizer": T_RECIPE.optimizer, "progress": False}
 
 
 def transformer_run(unit, arm, seed):
-    t, m, _ = recipes.dense(
-        "tiny_transformer", "chars", seed, epochs=TRANSFORMER_EPOCHS, **CHAR_DATA
-    )
+    t, m, _ = recipes.dense("tiny_transformer", "chars", seed, **CHARS)
     names = ATTENTION if unit == "head" else BLOCKS
     structured = copy.deepcopy(m)
     shrink.prune_coupled(structured, unit, 0.5)
@@ -361,14 +272,7 @@ def transformer_run(unit, arm, seed):
     if arm == "unstructured":
         structured = sl.prune(m, "magnitude", target, targets=names, budget="global")
     pruned = recipes.evaluate_run(structured, t, target_sparsity=target, names=names)
-    cost = recipes.finetune(
-        structured,
-        t,
-        TRANSFORMER_FINETUNE_EPOCHS,
-        lr=FINETUNE_LR,
-        optimizer=T_RECIPE.optimizer,
-        progress=False,
-    )
+    cost = recipes.finetune(structured, t, TRANSFORMER_FINETUNE_EPOCHS, **FINETUNE)
     final = recipes.evaluate_run(structured, t, target_sparsity=target, names=names)
     return {
         "sparsity": target,
@@ -382,116 +286,70 @@ def transformer_run(unit, arm, seed):
     }
 
 
-units = sl.experiments.sweep(
-    transformer_run,
-    {"unit": ["head", "layer"], "arm": ["structured", "unstructured"]},
-    seeds=TRANSFORMER_SEEDS,
-    progress=False,
-)
-sl.nb.show_flags(
-    sl.flags.table(units, ["unit", "arm"], "pruned_flags"), what="right after pruning (test)"
-)
+grid = {"unit": ["head", "layer"], "arm": ["structured", "unstructured"]}
+units = sl.experiments.sweep(transformer_run, grid, seeds=TRANSFORMER_SEEDS, progress=False)
+pruned_flags = sl.flags.table(units, ["unit", "arm"], "pruned_flags")
+sl.nb.show_flags(pruned_flags, what="right after pruning (test)")
 sl.nb.show_flags(sl.flags.table(units, ["unit", "arm"]), what="after fine-tuning (test)")
+METRICS = {
+    "pruned_accuracy": "accuracy, no fine-tuning",
+    "pruned_perplexity": "perplexity, no fine-tuning",
+    "test_accuracy": "accuracy, fine-tuned",
+    "perplexity": "perplexity, fine-tuned",
+}
 unit_rows = []
 for unit, part in units.groupby("unit", sort=False):
-    row = {
-        "unit": unit,
-        "sparsity": f"{part['sparsity'].mean():.1%} of the "
-        + ("attention" if unit == "head" else "block")
-        + " weights",
-    }
-    for metric, label in [
-        ("pruned_accuracy", "accuracy, no fine-tuning"),
-        ("pruned_perplexity", "perplexity, no fine-tuning"),
-        ("test_accuracy", "accuracy, fine-tuned"),
-        ("perplexity", "perplexity, fine-tuned"),
-    ]:
-        # the metrics right after pruning read that stage's flags
-        stage = "pruned_flags" if metric.startswith("pruned") else "flags"
+    weights = "attention" if unit == "head" else "block"
+    row = {"unit": unit, "sparsity": f"{part['sparsity'].mean():.1%} of the {weights} weights"}
+    for metric, label in METRICS.items():
+        stage = "pruned_flags" if metric.startswith("pruned") else "flags"  # its stage's flags
         pair = sl.stats.paired(
             part, "arm", "unstructured", "structured", metric=metric, flags=stage
-        ).iloc[0]
-        if "accuracy" in metric:
-            row[label] = sl.stats.describe(pair)
-        else:
-            row[label] = sl.stats.describe(pair, scale=1.0, unit="")
+        )
+        scale = {} if "accuracy" in metric else {"scale": 1.0, "unit": ""}  # perplexity as is
+        row[label] = sl.stats.describe(pair.iloc[0], **scale)
     unit_rows.append(row)
 unit_table = pd.DataFrame(unit_rows).set_index("unit")
 
-
-def flag_kinds(text):
-    """The kinds of a run's flags, without their numbers: "at chance level, disconnected"."""
-    return sl.flags.kinds([text], 1).replace(sl.flags.SEPARATOR, ", ")
-
-
-def flagged_tensors(text, kind):
-    """The tensors named by the flags of ``kind`` in one run's flags."""
-    return {
-        name
-        for flag in text.split("; ")
-        if flag.startswith(kind)
-        for name in flag[flag.index("(") + 1 : -1].split(", ")
-    }
-
-
-def is_one_block(names):
-    """True when ``names`` are exactly the weight tensors of one transformer block."""
-    blocks = {n.split(".")[1] for n in names}
-    return len(blocks) == 1 and names == {n for n in BLOCKS if n.split(".")[1] in blocks}
-
-
+# What the flags say: the removed block itself, chance level (at which stage), or more.
 EMPTIED, CHANCE = "layer pruned to 100%", "at chance level"
+ONE_BLOCK = [{n for n in BLOCKS if n.startswith(f"blocks.{b}.")} for b in range(2)]
 layer_runs = units[(units["unit"] == "layer") & (units["arm"] == "structured")]
-emptied = [flagged_tensors(t, EMPTIED) for t in [*layer_runs["flags"], *layer_runs["pruned_flags"]]]
-layer_whole = all(names and is_one_block(names) for names in emptied)
-other_kinds = {
-    kind
-    for t in units["flags"].tolist() + units["pruned_flags"].tolist()
-    for kind in flag_kinds(t).split(", ")
-    if kind and kind not in (EMPTIED, CHANCE)
-}
-chance_stages = [
-    f"{r.unit} {r.arm}, seed {r.seed}, "
-    + " and ".join(
-        stage
-        for stage, text in [("right after pruning", r.pruned_flags), ("fine-tuned", r.flags)]
-        if CHANCE in text
-    )
-    for r in units.itertuples()
-    if CHANCE in r.pruned_flags or CHANCE in r.flags
-]
+emptied = [sl.flags.named(t, EMPTIED) for t in [*layer_runs["flags"], *layer_runs["pruned_flags"]]]
+layer_whole = all(names in ONE_BLOCK for names in emptied)
+found_kinds = [sl.flags.kinds([t], 1) for t in [*units["flags"], *units["pruned_flags"]]]
+other_kinds = {k for t in found_kinds for k in t.split(sl.flags.SEPARATOR)}
+other_kinds -= {"", EMPTIED, CHANCE}
+chance_stages = []
+for r in units.itertuples():
+    stages = {"right after pruning": r.pruned_flags, "fine-tuned": r.flags}
+    if when := [stage for stage, text in stages.items() if CHANCE in text]:
+        chance_stages.append(f"{r.unit} {r.arm}, seed {r.seed}, {' and '.join(when)}")
 layer_flag_note = "the flag is the removed block itself" if layer_whole else ""
-lr_ratio = FINETUNE_LR / T_RECIPE.lr
-lr_fraction = Fraction(lr_ratio).limit_denominator(10)
-# a simple fraction when it is one ("1/3"), else two digits
-lr_share = str(lr_fraction) if math.isclose(lr_fraction, lr_ratio) else f"{lr_ratio:.2g}"
-display(
-    Markdown(
-        f"Unstructured minus structured, paired per seed (accuracy in points; perplexity in "
-        f"its own units, lower is better).  Fine-tuning: {TRANSFORMER_FINETUNE_EPOCHS} "
-        f"epoch(s) of `{T_RECIPE.optimizer}` (the recipe's optimizer) at a learning rate of "
-        f"{FINETUNE_LR:g}, {lr_share} of the recipe's {T_RECIPE.lr:g}; "
-        f"{units['finetune_flops'].min():.3g} to {units['finetune_flops'].max():.3g} "
-        "FLOPs per run.  "
-        + (
-            f"In the {len(layer_runs)} structured layer run(s) the flag `{EMPTIED}` names "
-            "exactly the weight tensors of the removed block, before and after fine-tuning: "
-            "it is the unit this pattern removes, not a failure.  "
-            if layer_whole
-            else f"In some structured layer runs `{EMPTIED}` names more or less than the "
-            "tensors of one block (tables above).  "
-        )
-        + (
-            "No run was flagged at chance level, before or after fine-tuning"
-            if not chance_stages
-            else f"{len(chance_stages)} of the {len(units)} runs were flagged at chance level "
-            "(" + "; ".join(chance_stages) + ")"
-        )
-        + (f"; other flags: {', '.join(sorted(other_kinds))}." if other_kinds else ".")
+lr_share = sl.words.simple_fraction(FINETUNE_LR / T_RECIPE.lr)  # "1/3", else two digits
+sl.nb.md(
+    "Unstructured minus structured, paired per seed (accuracy in points; perplexity in its "
+    f"own units, lower is better).  Fine-tuning: {TRANSFORMER_FINETUNE_EPOCHS} epoch(s) of "
+    f"`{T_RECIPE.optimizer}` (the recipe's optimizer) at a learning rate of {FINETUNE_LR:g}, "
+    f"{lr_share} of the recipe's {T_RECIPE.lr:g}; {units['finetune_flops'].min():.3g} to "
+    f"{units['finetune_flops'].max():.3g} FLOPs per run.  "
+    + (
+        f"In the {len(layer_runs)} structured layer run(s) the flag `{EMPTIED}` names "
+        "exactly the weight tensors of the removed block, before and after fine-tuning: "
+        "it is the unit this pattern removes, not a failure.  "
+        if layer_whole
+        else f"In some structured layer runs `{EMPTIED}` names more or less than the "
+        "tensors of one block (tables above).  "
     )
+    + (
+        f"{len(chance_stages)} of the {len(units)} runs were flagged at chance level "
+        f"({'; '.join(chance_stages)})"
+        if chance_stages
+        else "No run was flagged at chance level, before or after fine-tuning"
+    )
+    + (f"; other flags: {', '.join(sorted(other_kinds))}." if other_kinds else ".")
 )
-with pd.option_context("display.max_colwidth", None):
-    display(unit_table)
+unit_table
 
 # %% [markdown]
 # The masks of the three granularities on the transformer: a head is a band of rows of q
@@ -501,47 +359,36 @@ with pd.option_context("display.max_colwidth", None):
 # (`pattern="embedding"` on `tok_emb.weight`).
 
 # %%
-heads_model = copy.deepcopy(transformer)
+heads_model, layer_model, emb_model = (copy.deepcopy(transformer) for _ in range(3))
 shrink.prune_coupled(heads_model, "head", 0.5)
-layer_model = copy.deepcopy(transformer)
 shrink.prune_coupled(layer_model, "layer", 0.5)
-emb_model = copy.deepcopy(transformer)
 sl.prune(emb_model, "magnitude", 0.5, pattern="embedding", targets=["tok_emb.weight"])
-(removed,) = [
-    b for b in range(2) if not sl.masks.get_mask(layer_model, f"blocks.{b}.fc1.weight").any()
-]
-fig = sl.viz.mask_gallery(
+fc1 = {b: sl.masks.get_mask(layer_model, f"blocks.{b}.fc1.weight") for b in range(2)}
+(removed,) = [b for b, mask in fc1.items() if not mask.any()]
+sl.viz.mask_gallery(
     {
         "heads: blocks.0.attn.q": sl.masks.get_mask(heads_model, "blocks.0.attn.q.weight"),
         "heads: blocks.0.attn.out": sl.masks.get_mask(heads_model, "blocks.0.attn.out.weight"),
         "embedding: tok_emb": sl.masks.get_mask(emb_model, "tok_emb.weight"),
-        **{
-            f"layer: blocks.{b}.fc1": sl.masks.get_mask(layer_model, f"blocks.{b}.fc1.weight")
-            for b in range(2)
-        },
+        **{f"layer: blocks.{b}.fc1": mask for b, mask in fc1.items()},
     },
     ncols=3,
 )
 plt.show()
 no_block = recipes.evaluate_run(layer_model, ttask)
 no_rows = recipes.evaluate_run(emb_model, ttask)
-display(
-    Markdown(
-        f"Without fine-tuning (seed {SEED}), removing block {removed} (of 2) leaves a test "
-        f"accuracy of {no_block['accuracy']:.1%} (perplexity {no_block['perplexity']:.2f}); "
-        f"removing half of the vocabulary's vectors, {no_rows['accuracy']:.1%} "
-        f"({no_rows['perplexity']:.2f}); dense: {dense_chars['accuracy']:.1%} "
-        f"({dense_chars['perplexity']:.2f})."
-        + "".join(
-            f"  Flags {name}: {f}."
-            for name, f in [
-                ("without the block", no_block["flags"]),
-                ("without the vectors", no_rows["flags"]),
-                ("of the dense model", dense_chars["flags"]),
-            ]
-            if f
-        )
-    )
+flags_of = {
+    "without the block": no_block["flags"],
+    "without the vectors": no_rows["flags"],
+    "of the dense model": dense_chars["flags"],
+}
+sl.nb.md(
+    f"Without fine-tuning (seed {SEED}), removing block {removed} (of 2) leaves a test "
+    f"accuracy of {no_block['accuracy']:.1%} (perplexity {no_block['perplexity']:.2f}); "
+    f"removing half of the vocabulary's vectors, {no_rows['accuracy']:.1%} "
+    f"({no_rows['perplexity']:.2f}); dense: {dense_chars['accuracy']:.1%} "
+    f"({dense_chars['perplexity']:.2f})."
+    + "".join(f"  Flags {name}: {f}." for name, f in flags_of.items() if f)
 )
 
 # %% [markdown]
@@ -557,9 +404,15 @@ n_heads = transformer.blocks[0].attn.n_heads
 
 def coupled_spec(name, kind):
     """The pattern of a tensor pruned by ``prune_coupled(kind)``, for its storage."""
-    if kind == "layer":
-        return "layer"
-    return f"head:{n_heads}:in" if name.endswith("attn.out.weight") else f"head:{n_heads}"
+    reads_heads = ":in" if name.endswith("attn.out.weight") else ""  # columns, not rows
+    return "layer" if kind == "layer" else f"head:{n_heads}{reads_heads}"
+
+
+def cost_row(pattern, r, flops, dense_bytes):
+    """One row of the table from a row ``r`` of ``sl.report``; ``flops``: its FLOPs column."""
+    counts = {"parameters": int(r["parameters"]), "nonzeros": int(r["nonzeros"])}
+    counts |= {FLOPS: int(r[flops]), "bytes": int(r["bytes"])}
+    return {"pattern": pattern, **counts, "bytes / dense": r["bytes"] / dense_bytes}
 
 
 t_costs = []
@@ -567,32 +420,11 @@ for kind, m in [("head", heads_model), ("layer", layer_model)]:
     pattern = {n: coupled_spec(n, kind) for n in sl.masks.masks(m)}
     total = sl.report(m, pattern=pattern).set_index("name").loc["total"]
     after = sl.report(shrink.shrink(m)).set_index("name").loc["total"]
-    for label, row, flops in [
-        (kind, total, "sparse_flops"),
-        (f"{kind}, after shrink", after, "dense_flops"),
-    ]:
-        t_costs.append(
-            {
-                "pattern": label,
-                "parameters": int(row.parameters),
-                "nonzeros": int(row.nonzeros),
-                FLOPS: int(row[flops]),
-                "bytes": int(row.bytes),
-                "bytes / dense": row.bytes / total.dense_bytes,
-            }
-        )
+    t_costs.append(cost_row(kind, total, "sparse_flops", total["dense_bytes"]))
+    t_costs.append(cost_row(f"{kind}, after shrink", after, "dense_flops", total["dense_bytes"]))
 emb = sl.report(emb_model, pattern={"tok_emb.weight": "embedding"}).set_index("name")
-t_costs.append(
-    {
-        "pattern": "embedding (tok_emb only)",
-        "parameters": int(emb.loc["tok_emb.weight", "parameters"]),
-        "nonzeros": int(emb.loc["tok_emb.weight", "nonzeros"]),
-        FLOPS: int(emb.loc["tok_emb.weight", "sparse_flops"]),  # a lookup: no multiply-adds
-        "bytes": int(emb.loc["tok_emb.weight", "bytes"]),
-        "bytes / dense": emb.loc["tok_emb.weight", "bytes"]
-        / emb.loc["tok_emb.weight", "dense_bytes"],
-    }
-)
+emb = emb.loc["tok_emb.weight"]  # a lookup: no multiply-adds, so no FLOPs
+t_costs.append(cost_row("embedding (tok_emb only)", emb, "sparse_flops", emb["dense_bytes"]))
 pd.DataFrame(t_costs).set_index("pattern").round(3)
 
 # %% [markdown]
@@ -617,28 +449,19 @@ for label, m in [("dense", lenet300), ("90% pruned", pruned300)]:
     weights = sl.report(m).set_index("name")["sparsity"]
     acts = relu_stats(m, val300).set_index("site")
     for layer in ("fc1", "fc2"):
-        rows.append(
-            {
-                "model": label,
-                "layer": layer,
-                "weight sparsity": weights[f"{layer}.weight"],
-                "activation sparsity": acts.loc[f"relu({layer})", "sparsity"],
-                "dead units": acts.loc[f"relu({layer})", "dead_units"],
-            }
-        )
-ephemeral = pd.DataFrame(rows).set_index(["model", "layer"])
+        site = acts.loc[f"relu({layer})"]
+        rows.append((label, layer, weights[f"{layer}.weight"], *site[["sparsity", "dead_units"]]))
+columns = ["model", "layer", "weight sparsity", "activation sparsity", "dead units"]
+ephemeral = pd.DataFrame(rows, columns=columns).set_index(["model", "layer"])
 ephemeral.round(3)
 
 # %%
 act = ephemeral["activation sparsity"]
-display(
-    Markdown(
-        f"Even the dense network's hidden activations are {act.loc[('dense', 'fc1')]:.0%} "
-        f"zeros after `fc1`: ephemeral sparsity comes for free with ReLU, but it moves with "
-        f"every input, so exploiting it needs hardware or kernels that skip zeros on the "
-        f"fly (survey section 5).  After pruning 90% of the weights it is "
-        f"{act.loc[('90% pruned', 'fc1')]:.0%}."
-    )
+sl.nb.md(
+    f"Even the dense network's hidden activations are {act.loc[('dense', 'fc1')]:.0%} zeros "
+    "after `fc1`: ephemeral sparsity comes for free with ReLU, but it moves with every "
+    "input, so exploiting it needs hardware or kernels that skip zeros on the fly (survey "
+    f"section 5).  After pruning 90% of the weights it is {act.loc[('90% pruned', 'fc1')]:.0%}."
 )
 
 # %% [markdown]
@@ -667,7 +490,7 @@ lines += [
     + "."
     for unit, r in unit_table.iterrows()
 ]
-display(Markdown("\n".join(lines)))
+sl.nb.md("\n".join(lines))
 
 # %% [markdown]
 # ## Exercises

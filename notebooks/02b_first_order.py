@@ -18,10 +18,10 @@
 # how scores can be accumulated while training.
 #
 # This follows section 3.4 (first-order selection) of the survey.  Data-free and
-# data-driven criteria are in the previous notebook,
-# [02a](02a_data_free_and_data_driven.ipynb).  Pruning *before* training, which scores the
-# weights of a network that has not learnt anything yet (SNIP, GraSP, SynFlow, FORCE), and
-# the sanity check that asks what such methods really find, are in
+# data-driven criteria are in [02a](02a_data_free_and_data_driven.ipynb), compared in
+# [02h](02h_criteria_compared.ipynb).  Pruning *before* training, which scores the weights
+# of a network that has not learnt anything yet (SNIP, GraSP, SynFlow, FORCE), and the
+# sanity check that asks what such methods really find, are in
 # [02f](02f_pruning_at_initialisation.ipynb).
 
 # %%
@@ -33,7 +33,7 @@ import pandas as pd
 import scipy.stats
 import torch
 import torch.nn.functional as F
-from IPython.display import Markdown, display
+from IPython.display import display
 
 import sparsity_lab as sl
 from sparsity_lab import masks, recipes
@@ -70,12 +70,7 @@ if SMOKE:  # a quick pass through every cell, for CI
 info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 SPLITS = {"n_train": N_TRAIN, "n_val": N_EVAL, "n_test": N_EVAL}
 DATA = {name: size for name, size in SPLITS.items() if size is not None}  # {}: the recipe's
-
-
-def span(low, high):
-    """``"low to high"`` in two significant digits, or one number when they agree."""
-    return f"{low:.2g}" if f"{low:.2g}" == f"{high:.2g}" else f"{low:.2g} to {high:.2g}"
-
+CHECKED = EPOCHS is None and not DATA  # a documented accuracy holds for the full recipe only
 
 # %% [markdown]
 # ## The dense models, with scores tracked during training
@@ -106,20 +101,16 @@ def tracked_dense(model_name, seed):
         net = t.build(**recipe.model_options)
         trackers = {"karnin": KarninScores(), "movement": MovementScores()}
         sl.train.fit(net, train, val, seed=seed, callbacks=list(trackers.values()), **training)
-        test_accuracy = sl.train.evaluate(net, test)["accuracy"]
-        checked = EPOCHS is None and not DATA  # the expectation holds for the full recipe
+        accuracy = sl.train.evaluate(net, test)["accuracy"]
+        expected = recipe.expected_test_accuracy if CHECKED else None
+        flags = sl.flags.check(dense_accuracy=accuracy, expected_dense_accuracy=expected)
         scores = {
             "epochs": training["epochs"],
             "n_train": len(t.bundle.train),
             "parameters": sum(p.numel() for p in net.parameters()),
             "val_accuracy": sl.train.evaluate(net, val)["accuracy"],
-            "test_accuracy": test_accuracy,
-            "flags": sl.flags.join(
-                sl.flags.check(
-                    dense_accuracy=test_accuracy,
-                    expected_dense_accuracy=recipe.expected_test_accuracy if checked else None,
-                )
-            ),
+            "test_accuracy": accuracy,
+            "flags": sl.flags.join(flags),
         }
         dense_models[key] = (t, net, trackers, scores)
     t, net, trackers, scores = dense_models[key]
@@ -129,55 +120,43 @@ def tracked_dense(model_name, seed):
 dense_runs = pd.DataFrame(
     [{"model_name": m, "seed": s, **tracked_dense(m, s)[3]} for m in MODELS for s in SEEDS]
 )
-dense_table = sl.stats.summarize(dense_runs, "model_name", "test_accuracy")
-dense_table["expected"] = [
-    recipes.recipe_for(m, "mnist").expected_test_accuracy for m in dense_table.model_name
-]
-display(dense_table.round(4))
-sl.nb.show_flags(sl.flags.table(dense_runs, "model_name"))
-
-
-def dense_flagged_seeds(m):
-    """The seeds whose dense ``m`` missed its recipe (flagged)."""
-    return dense_runs[(dense_runs.model_name == m) & (dense_runs["flags"] != "")].seed.tolist()
-
-
-def dense_caveat(m):
-    """One sentence on the dense baselines of ``m`` that missed their recipe ("" if none)."""
-    seeds = dense_flagged_seeds(m)
-    if not seeds:
-        return ""
-    if len(seeds) == 1:
-        return f"The dense {m} of seed {seeds[0]} is below its recipe (flagged)"
-    return (
-        f"The dense {m} models of seeds {', '.join(str(s) for s in seeds)} are below their "
-        f"recipe (flagged)"
-    )
-
-
+sl.nb.show_dense(dense_runs, "mnist")  # test accuracy beside the recipe's, and flags
 DENSE = dense_runs.groupby("model_name").first()  # epochs, images and size of each model
+
+
+def dense_caveat(m, pruned=False):
+    """The dense baselines of ``m`` that missed their recipe (flagged), in words ("" if
+    none); ``pruned`` adds that every pruned model of those seeds starts from them."""
+    seeds = dense_runs[(dense_runs.model_name == m) & (dense_runs["flags"] != "")].seed.tolist()
+    one = len(seeds) == 1
+    if one:
+        text = f"The dense {m} of seed {seeds[0]} is below its recipe (flagged)"
+    else:
+        listed = ", ".join(str(s) for s in seeds)
+        text = f"The dense {m} models of seeds {listed} are below their recipe (flagged)"
+    if pruned:
+        them = "that seed starts from it" if one else "those seeds starts from them"
+        text += f", and every pruned {m} of {them}"
+    return text if seeds else ""
+
 
 task, model, trackers, dense_scores = tracked_dense("lenet300", SEED)
 _, cached, _ = recipes.dense("lenet300", "mnist", SEED, epochs=EPOCHS, **DATA)
-gap = max(
-    float((a - b).abs().max())
-    for a, b in zip(model.state_dict().values(), cached.state_dict().values(), strict=True)
-)
+weights = zip(model.state_dict().values(), cached.state_dict().values(), strict=True)
+gap = max(float((a - b).abs().max()) for a, b in weights)
 train_loader, val_loader, _ = task.loaders()
 calibration = first_batches(train_loader, CALIBRATION_BATCHES)
-display(
-    Markdown(
-        f"LeNet-300-100 (seed {SEED}), {dense_scores['epochs']} epoch(s) on "
-        f"{dense_scores['n_train']} images: test accuracy **{dense_scores['test_accuracy']:.2%}**"
-        + (
-            f" (its recipe is documented at "
-            f"{recipes.recipe_for('lenet300', 'mnist').expected_test_accuracy:.0%})"
-            if EPOCHS is None and not DATA
-            else " (a shortened recipe: its documented accuracy is not expected)"
-        )
-        + ". Its weights differ from those of `recipes.dense` by at most "
-        + f"{gap:.1e}: {'the same model' if gap == 0 else 'not the same model'}."
-    )
+documented = recipes.recipe_for("lenet300", "mnist").expected_test_accuracy
+recipe_note = (
+    f" (its recipe is documented at {documented:.0%})"
+    if CHECKED
+    else " (a shortened recipe: its documented accuracy is not expected)"
+)
+sl.nb.md(
+    f"LeNet-300-100 (seed {SEED}), {dense_scores['epochs']} epoch(s) on "
+    f"{dense_scores['n_train']} images: test accuracy **{dense_scores['test_accuracy']:.2%}**"
+    f"{recipe_note}. Its weights differ from those of `recipes.dense` by at most {gap:.1e}: "
+    f"{'the same model' if gap == 0 else 'not the same model'}."
 )
 
 
@@ -200,11 +179,10 @@ display(
 # - `karnin` (Karnin 1990): $\sum_t (-g_t\,\Delta w_t)\,\frac{w_f}{w_f - w_i}$, the loss
 #   change integrated along the training path, accumulated while training.
 # - `movement` (Sanh et al. 2020): $S = -\sum_t g_t\,w_t$, accumulated while training: keep
-#   the weights that move away from zero.  Sanh et al. designed it for fine-tuning
-#   pretrained language models (BERT), where transfer moves weights away from zero or
-#   towards it and the pretrained magnitudes say little about the new task.  Here the
-#   scores accumulate while LeNet-300-100 and LeNet-5 train from scratch on MNIST, and the
-#   trained network is pruned once.
+#   the weights that move away from zero.  It was designed for fine-tuning pretrained
+#   language models (BERT), where transfer moves weights away from zero or towards it and
+#   the pretrained magnitudes say little about the new task; here the scores accumulate
+#   while the LeNets train from scratch on MNIST, and the trained network is pruned once.
 # - `soft_movement` (Sanh et al. 2020): scores learnt with the weights, kept above a
 #   threshold.
 #
@@ -226,6 +204,10 @@ def toy_loss(w):
     return ((inputs @ w - targets) ** 2).mean()
 
 
+def point(w):
+    return "(" + ", ".join(f"{v:.2g}" for v in w.tolist()) + ")"
+
+
 AWAY = torch.tensor([1.2, 1.4])  # a point away from the minimum, set by hand
 w_star = torch.linalg.lstsq(inputs, targets[:, None]).solution.flatten()
 grid = torch.linspace(-0.5, 3.0, 120)
@@ -234,73 +216,45 @@ every_w = torch.stack([w1_grid.flatten(), w2_grid.flatten()])  # one column per 
 surface = ((inputs @ every_w - targets[:, None]) ** 2).mean(0).reshape(w1_grid.shape)
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True, layout="constrained")
 toy_rows = []
-
-
-def point(w):
-    return "(" + ", ".join(f"{v:.2g}" for v in w.tolist()) + ")"
-
-
-for ax, (label, w) in zip(
-    axes, [("away from the minimum", AWAY), ("at the minimum", w_star)], strict=True
-):
+POINTS = {"away from the minimum": AWAY, "at the minimum": w_star}
+for ax, (label, w) in zip(axes, POINTS.items(), strict=True):
     linear = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         linear.weight.copy_(w[None])
-    g = weight_gradients(
-        linear, ["weight"], (inputs, targets[:, None]), torch.nn.functional.mse_loss
-    )["weight"].flatten()
-    ax.contour(grid, grid, surface, levels=20, cmap="Greys", linewidths=0.7)
-    ax.plot(*w, "ko")
-    for k, colour in ((0, "C3"), (1, "C0")):
-        removed = w.clone()
-        removed[k] = 0
-        real = float(toy_loss(removed) - toy_loss(w))
-        predicted = float(-g[k] * w[k])
-        size = float(w[k].abs())
-        arrow = {"arrowstyle": "->", "color": colour, "linewidth": 2}
-        ax.annotate("", xy=removed.tolist(), xytext=w.tolist(), arrowprops=arrow)
-        ax.text(
-            *(removed + torch.tensor([0.05, 0.05])).tolist(),
-            f"remove w{k + 1}\nreal dL {real:.2f}\n-g w {predicted:.2f}\n|w| {size:.2f}",
-            color=colour,
-            fontsize=8,
-        )
+    g = weight_gradients(linear, ["weight"], (inputs, targets[:, None]), F.mse_loss)["weight"]
+    ends = [torch.where(torch.arange(2) == k, 0.0, w) for k in range(2)]  # remove w1, w2
+    texts = []
+    for k, end in enumerate(ends):
+        real = float(toy_loss(end) - toy_loss(w))
+        predicted, size = float(-g[0, k] * w[k]), float(w[k].abs())
         toy_rows.append(
             {"point": label, "weight": f"w{k + 1}", "real": real, "-g w": predicted, "|w|": size}
         )
+        texts.append(f"remove w{k + 1}\nreal dL {real:.2f}\n-g w {predicted:.2f}\n|w| {size:.2f}")
+    sl.illustrations.contour_arrows(grid, grid, surface, w, ends, texts, ax=ax, colors=["C3", "C0"])
     ax.set(xlabel="w1", ylabel="w2", title=f"{label}, w = {point(w)}", aspect="equal")
 plt.show()
 toy = pd.DataFrame(toy_rows).set_index(["point", "weight"])
 toy["|g w| (snip)"] = toy["-g w"].abs()
-away = toy.loc["away from the minimum"]
-at_min = toy.loc["at the minimum"]
+away, at_min = toy.loc["away from the minimum"], toy.loc["at the minimum"]
 
 
-def ranks_as_real(table, score):
-    """Whether ``score`` puts the weight whose removal costs more first, as the loss does."""
-    return table["real"].idxmax() == table[score].idxmax()
+def order(table, score):
+    """Whether ``score`` ranks first the weight whose removal costs more, as the loss does."""
+    return "the same way" if table["real"].idxmax() == table[score].idxmax() else "the other way"
 
 
-def same_or_other(agree):
-    return "the same way" if agree else "the other way"
-
-
-display(
-    Markdown(
-        f"At a point away from the minimum (w = {point(AWAY)}), removing `w1` changes the "
-        f"loss by {away.loc['w1', 'real']:+.2f} and "
-        f"`w2` by {away.loc['w2', 'real']:+.2f}.  The signed estimate $-g\\,w$ predicts "
-        f"{away.loc['w1', '-g w']:+.2f} and {away.loc['w2', '-g w']:+.2f} and ranks "
-        f"them {same_or_other(ranks_as_real(away, '-g w'))}; SNIP's "
-        f"$\\lvert g\\,w\\rvert$ ranks them "
-        f"{same_or_other(ranks_as_real(away, '|g w| (snip)'))}, and magnitude "
-        f"{same_or_other(ranks_as_real(away, '|w|'))}. "
-        f"At the minimum the first-order scores are {at_min['-g w'].abs().max():.1e} at most, "
-        f"while the real increases are {at_min.loc['w1', 'real']:.2f} and "
-        f"{at_min.loc['w2', 'real']:.2f}: no first-order score separates the weights there; "
-        f"magnitude ranks them {same_or_other(ranks_as_real(at_min, '|w|'))}, and the "
-        f"curvature ([02c](02c_second_order.ipynb)) measures the real change."
-    )
+sl.nb.md(
+    f"At a point away from the minimum (w = {point(AWAY)}), removing `w1` changes the "
+    f"loss by {away.loc['w1', 'real']:+.2f} and `w2` by {away.loc['w2', 'real']:+.2f}.  "
+    f"The signed estimate $-g\\,w$ predicts {away.loc['w1', '-g w']:+.2f} and "
+    f"{away.loc['w2', '-g w']:+.2f} and ranks them {order(away, '-g w')}; SNIP's "
+    f"$\\lvert g\\,w\\rvert$ ranks them {order(away, '|g w| (snip)')}, and magnitude "
+    f"{order(away, '|w|')}. At the minimum the first-order scores are "
+    f"{at_min['-g w'].abs().max():.1e} at most, while the real increases are "
+    f"{at_min.loc['w1', 'real']:.2f} and {at_min.loc['w2', 'real']:.2f}: no first-order "
+    f"score separates the weights there; magnitude ranks them {order(at_min, '|w|')}, and "
+    "the curvature ([02c](02c_second_order.ipynb)) measures the real change."
 )
 
 # %% [markdown]
@@ -345,19 +299,14 @@ for unit in units[:N_PROBES].tolist():
         probe.fc1.bias[unit] = model.fc1.bias[unit]
     unit_rows.append((float(relevance[unit]), actual))
 
+labels = {"xlabel": "first-order prediction of the loss change", "ylabel": "real loss change"}
+titles = [
+    f"{N_PROBES} weights of fc2: predicted -g w",
+    f"{N_PROBES} units of fc1: relevance -dL/d(gate)",
+]
 fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-for ax, rows, title in [
-    (axes[0], weight_rows, f"{N_PROBES} weights of fc2: predicted -g w"),
-    (axes[1], unit_rows, f"{N_PROBES} units of fc1: relevance -dL/d(gate)"),
-]:
-    predicted, actual = np.array(rows).T
-    ax.scatter(predicted, actual, s=10, alpha=0.7)
-    lo, hi = min(predicted.min(), actual.min()), max(predicted.max(), actual.max())
-    ax.plot([lo, hi], [lo, hi], color="gray", linestyle="--", linewidth=1, label="y = x")
-    ax.set_xlabel("first-order prediction of the loss change")
-    ax.set_ylabel("real loss change")
-    ax.set_title(title)
-    ax.legend()
+for ax, rows, title in zip(axes, (weight_rows, unit_rows), titles, strict=True):
+    sl.viz.prediction_scatter(*np.array(rows).T, ax=ax, title=title, **labels)
 plt.show()
 pearson = [np.corrcoef(np.array(rows).T)[0, 1] for rows in (weight_rows, unit_rows)]
 spearman = [scipy.stats.spearmanr(*np.array(rows).T).statistic for rows in (weight_rows, unit_rows)]
@@ -366,21 +315,19 @@ largest = int(np.argmax(np.abs(unit_real - unit_predicted)))
 without = np.delete(np.arange(len(unit_rows)), largest)
 pearson_without = np.corrcoef(unit_predicted[without], unit_real[without])[0, 1]
 under = float(np.mean(unit_real > unit_predicted))
-display(
-    Markdown(
-        f"The first-order prediction correlates with the real change at "
-        f"{pearson[0]:.2f} (rank correlation {spearman[0]:.2f}) for single weights and "
-        f"{pearson[1]:.2f} (rank correlation {spearman[1]:.2f}) for whole units.  The unit "
-        f"furthest from its prediction (real {unit_real[largest]:+.4f}, predicted "
-        f"{unit_predicted[largest]:+.4f}) weighs on the second: without it the correlation "
-        f"is {pearson_without:.2f}.  The real change exceeds the prediction for "
-        f"{under:.0%} of the units"
-        + (
-            ": removing a unit costs more than the slope says, as a positive curvature, "
-            "which the first-order term leaves out, would make it."
-            if under > 0.5
-            else ": the first-order term errs in both directions."
-        )
+sl.nb.md(
+    f"The first-order prediction correlates with the real change at "
+    f"{pearson[0]:.2f} (rank correlation {spearman[0]:.2f}) for single weights and "
+    f"{pearson[1]:.2f} (rank correlation {spearman[1]:.2f}) for whole units.  The unit "
+    f"furthest from its prediction (real {unit_real[largest]:+.4f}, predicted "
+    f"{unit_predicted[largest]:+.4f}) weighs on the second: without it the correlation "
+    f"is {pearson_without:.2f}.  The real change exceeds the prediction for "
+    f"{under:.0%} of the units"
+    + (
+        ": removing a unit costs more than the slope says, as a positive curvature, "
+        "which the first-order term leaves out, would make it."
+        if under > 0.5
+        else ": the first-order term errs in both directions."
     )
 )
 
@@ -403,19 +350,13 @@ for method, options in [("magnitude", {}), ("movement", {"tracker": trackers["mo
     kept[method] = masks.get_mask(pruned, "fc2.weight").flatten().bool().numpy()
 fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True, sharey=True, layout="constrained")
 for ax, method in zip(axes, kept, strict=True):
-    ax.scatter(w_init[~kept[method]], w_final[~kept[method]], s=2, color="0.75", label="pruned")
-    ax.scatter(w_init[kept[method]], w_final[kept[method]], s=4, color="C3", label="kept")
-    ax.set_xlabel("weight at initialisation")
-    ax.set_ylabel("weight after training")
-    ax.set_title(f"{method}: {1 - MOVEMENT_SPARSITY:.0%} of fc2 kept")
-    ax.legend(markerscale=3)
+    title = f"{method}: {1 - MOVEMENT_SPARSITY:.0%} of fc2 kept"
+    sl.viz.kept_scatter(w_init, w_final, kept[method], ax=ax, title=title)
 plt.show()
 overlap = (kept["magnitude"] & kept["movement"]).sum() / kept["magnitude"].sum()
-display(
-    Markdown(
-        f"The two criteria keep {overlap:.0%} of the same weights of `fc2` at "
-        f"{MOVEMENT_SPARSITY:.0%} sparsity."
-    )
+sl.nb.md(
+    f"The two criteria keep {overlap:.0%} of the same weights of `fc2` at "
+    f"{MOVEMENT_SPARSITY:.0%} sparsity."
 )
 
 # %% [markdown]
@@ -431,10 +372,8 @@ display(
 # layer) and `group_norm` as references.
 
 # %%
-UNITS = {
-    "lenet300": ["fc1.weight", "fc2.weight"],
-    "lenet5": ["conv1.weight", "fc1.weight", "fc2.weight"],
-}
+FC = ["fc1.weight", "fc2.weight"]
+UNITS = {"lenet300": FC, "lenet5": ["conv1.weight", *FC]}  # the layers whose units are pruned
 RANDOM_WEIGHTS = "random (magnitude's layer counts)"
 WEIGHT_CRITERIA = ["magnitude", RANDOM_WEIGHTS, "snip", "taylor_weight", "karnin", "movement"]
 UNIT_CRITERIA = ["random units", "group_norm", "skeletonization", "taylor"]
@@ -456,14 +395,9 @@ def one_shot(model_name, criterion, sparsity, seed):
     if criterion in UNIT_CRITERIA:
         method = "random" if criterion == "random units" else criterion
         options.update(pattern="channel", budget="uniform", targets=UNITS[model_name])
+    data = first_batches(t.loaders()[0], CALIBRATION_BATCHES)
     result = recipes.prune_and_finetune(
-        net,
-        t,
-        method,
-        sparsity,
-        finetune_epochs=FINETUNE_EPOCHS,
-        data=first_batches(t.loaders()[0], CALIBRATION_BATCHES),
-        **options,
+        net, t, method, sparsity, finetune_epochs=FINETUNE_EPOCHS, data=data, **options
     )
     return {**result, **dense_scores}
 
@@ -471,67 +405,32 @@ def one_shot(model_name, criterion, sparsity, seed):
 grid = {"model_name": MODELS, "criterion": WEIGHT_CRITERIA + UNIT_CRITERIA, "sparsity": SPARSITIES}
 results = sl.experiments.sweep(one_shot, grid, seeds=SEEDS)
 flops = results.groupby("model_name")["finetune_flops"].agg(["min", "max"])
-display(
-    Markdown(
-        f"Fine-tuning budget of every run: {FINETUNE_EPOCHS} epoch(s) with the masks fixed, "
-        + "; ".join(f"{span(r['min'], r['max'])} FLOPs on {m}" for m, r in flops.iterrows())
-        + " (counted on the nonzero weights: the sparser the network, the cheaper)."
-    )
+sl.nb.md(
+    f"Fine-tuning budget of every run: {FINETUNE_EPOCHS} epoch(s) with the masks fixed, "
+    + "; ".join(f"{sl.words.span(r['min'], r['max'])} FLOPs on {m}" for m, r in flops.iterrows())
+    + " (counted on the nonzero weights: the sparser the network, the cheaper)."
 )
-
-
-def compare(table, criteria, columns, title, xlabel, baselines=()):
-    """Mean accuracy against sparsity with confidence bands, one row of panels per model.
-
-    With ``baselines``, the y axis of each fine-tuned panel fits the unflagged points of the
-    other criteria, whose differences the text compares; a point off that axis is marked at
-    its edge with its value.
-    """
-    fig, axes = plt.subplots(
-        len(MODELS),
-        len(columns),
-        figsize=(11, 3.4 * len(MODELS)),
-        squeeze=False,
-        layout="constrained",
-    )
-    for row, model_name in zip(axes, MODELS, strict=True):
-        part = table[(table.model_name == model_name) & table.criterion.isin(criteria)]
-        for ax, (column, stage) in zip(row, columns.items(), strict=True):
-            sl.experiments.plot_mean_ci(part, x="sparsity", y=column, hue="criterion", ax=ax)
-            ax.axhline(part["dense_val_accuracy"].mean(), color="k", linestyle="--", label="dense")
-            ax.get_legend().remove()  # one legend for the figure, beside it
-            if baselines and column == "val_accuracy":
-                means = sl.experiments.flagged_summary(part, ["criterion", "sparsity"], column)
-                keep = ~means["flagged"] & ~means["criterion"].isin(baselines)
-                sl.experiments.fit_y(ax, means, keep, x="sparsity", name="criterion")
-            ax.set_title(f"{model_name}: {stage}")
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel("validation accuracy")
-    sl.viz.figure_legend(fig, axes, strip="criterion=")
-    if baselines:
-        title += (
-            f"\nafter fine-tuning, the y axis fits the unflagged points of all but "
-            f"{' and '.join(baselines)}; a triangle marks a point off the axis"
-        )
-    fig.suptitle(title)
-    plt.show()
-
-
 STAGES = {
     "pruned_accuracy": "one-shot, no fine-tuning",
     "val_accuracy": f"after {FINETUNE_EPOCHS} epoch(s) of fine-tuning",
 }
-compare(
-    results,
-    WEIGHT_CRITERIA,
-    STAGES,
-    "First-order criteria on weights",
-    "sparsity",
-    baselines=[RANDOM_WEIGHTS],
+# one row of panels per model, the dense accuracy dashed; the fine-tuned panels' y axis
+# fits the points of all but the random baseline, whose differences the text compares
+PANELS = {"row": "model_name", "hue": "criterion", "reference": "dense_val_accuracy"}
+PANELS.update(ylabel="validation accuracy", stages=STAGES)
+FIT = {"val_accuracy": [RANDOM_WEIGHTS]}
+weight_runs = results[results.criterion.isin(WEIGHT_CRITERIA)]
+sl.viz.stage_grid(
+    weight_runs, title="First-order criteria on weights", xlabel="sparsity", fit=FIT, **PANELS
 )
+plt.show()
 
 # %%
-compare(results, UNIT_CRITERIA, STAGES, "First-order criteria on units", "share of units removed")
+unit_runs = results[results.criterion.isin(UNIT_CRITERIA)]
+sl.viz.stage_grid(
+    unit_runs, title="First-order criteria on units", xlabel="share of units removed", **PANELS
+)
+plt.show()
 
 # %% [markdown]
 # Each first-order criterion against its data-free counterpart (magnitude for weights,
@@ -547,6 +446,7 @@ PAIRS = [
     ("taylor", "group_norm"),
 ]
 REPORTED = {"pruned_accuracy": "no fine-tuning (val)", "test_accuracy": "fine-tuned (test)"}
+FINE_TUNED = REPORTED["test_accuracy"]
 paired = sl.stats.paired_table(results, "criterion", PAIRS, REPORTED, by=["model_name", "sparsity"])
 columns = ["comparison", "stage", "model_name", "sparsity", "mean_diff", "ci_low", "ci_high"]
 with pd.option_context("display.max_rows", None):
@@ -555,52 +455,22 @@ RUNS = ["model_name", "criterion", "sparsity"]
 sl.nb.show_flags(sl.flags.table(results, RUNS, "pruned_flags"), what="right after pruning (val)")
 sl.nb.show_flags(sl.flags.table(results, RUNS), what="after fine-tuning (test)")
 top = max(SPARSITIES)
+PAIRED = paired.set_index(["comparison", "stage", "model_name", "sparsity"]).sort_index()
 
 
-def paired_row(comparison, stage, model_name, sparsity):
-    rows = paired[
-        (paired.comparison == comparison)
-        & (paired.stage == stage)
-        & (paired.model_name == model_name)
-        & (paired.sparsity == sparsity)
-    ]
-    return rows.iloc[0]
+def described(a, b, stage, m):
+    """The paired difference ``a`` minus ``b`` at ``stage`` on ``m`` at ``top``, in words."""
+    return sl.stats.describe(PAIRED.loc[(f"{a} - {b}", stage, m, top)])
 
 
-def dense_line(m):
-    """The caveat on the dense baselines of ``m`` below its comparisons ("" if none)."""
-    caveat = dense_caveat(m)
-    if not caveat:
-        return ""
-    one = len(dense_flagged_seeds(m)) == 1
-    return (
-        f"- {caveat}, and every pruned {m} of {'that seed' if one else 'those seeds'} "
-        f"starts from {'it' if one else 'them'}."
-    )
-
-
-FINE_TUNED = REPORTED["test_accuracy"]
-display(
-    Markdown(
-        "\n".join(
-            line
-            for m in MODELS
-            for line in [
-                *[
-                    f"- {m} at {top:.0%} sparsity, `{a}` minus `{b}`: "
-                    + "; ".join(
-                        f"{stage}, {sl.stats.describe(paired_row(f'{a} - {b}', stage, m, top))}"
-                        for stage in REPORTED.values()
-                    )
-                    + "."
-                    for a, b in PAIRS
-                ],
-                dense_line(m),
-            ]
-            if line
-        )
-    )
-)
+lines = []
+for m in MODELS:
+    for a, b in PAIRS:
+        stages = "; ".join(f"{stage}, {described(a, b, stage, m)}" for stage in REPORTED.values())
+        lines.append(f"- {m} at {top:.0%} sparsity, `{a}` minus `{b}`: {stages}.")
+    if dense_caveat(m):
+        lines.append(f"- {dense_caveat(m, pruned=True)}.")
+sl.nb.md("\n".join(lines))
 
 # %% [markdown]
 # ## Against the literature
@@ -632,7 +502,7 @@ han = min(SPARSITIES, key=lambda s: abs(s - 0.92))
 magnitude_verdicts = [
     sl.claims.judge(
         "magnitude_beats_random_after_training",
-        paired_row(f"magnitude - {RANDOM_WEIGHTS}", FINE_TUNED, m, han),
+        PAIRED.loc[(f"magnitude - {RANDOM_WEIGHTS}", FINE_TUNED, m, han)],
         setting=f"{m} at {han:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch(s), test",
         reason=f"The dense {m} has {DENSE.loc[m, 'parameters']:,} parameters, trained "
         f"{DENSE.loc[m, 'epochs']} epoch(s) on {DENSE.loc[m, 'n_train']} MNIST images.",
@@ -641,7 +511,7 @@ magnitude_verdicts = [
     for m in MODELS
 ]
 display(sl.claims.table(magnitude_verdicts))
-display(Markdown(sl.claims.report(magnitude_verdicts)))
+sl.nb.md(sl.claims.report(magnitude_verdicts))
 
 # %% [markdown]
 # ## Summary
@@ -664,24 +534,19 @@ lines = [
     f"units of `fc1` (rank correlations {spearman[0]:.2f} and {spearman[1]:.2f}).",
     f"- Magnitude and movement keep {overlap:.0%} of the same weights of `fc2` at "
     f"{MOVEMENT_SPARSITY:.0%} sparsity.",
-    *[
-        f"- {m} at {top:.0%} sparsity, after {FINETUNE_EPOCHS} fine-tuning epoch(s) (test): "
-        + "; ".join(
-            f"`{a}` minus `{b}` {sl.stats.describe(paired_row(f'{a} - {b}', FINE_TUNED, m, top))}"
-            for a, b in PAIRS
-            if b == "magnitude"
-        )
-        + "."
-        + (f" {dense_caveat(m)}." if dense_caveat(m) else "")
-        for m in MODELS
-    ],
-    *[
-        f"- Against the literature: {v.claim.key} is **{v.status}** ({v.setting})"
-        + (f". {dense_note(m, han)}" if dense_note(m, han) else ".")
-        for m, v in zip(MODELS, magnitude_verdicts, strict=True)
-    ],
 ]
-display(Markdown("\n".join(lines)))
+for m in MODELS:
+    against = [(a, b) for a, b in PAIRS if b == "magnitude"]
+    text = "; ".join(f"`{a}` minus `{b}` {described(a, b, FINE_TUNED, m)}" for a, b in against)
+    caveat = f" {dense_caveat(m)}." if dense_caveat(m) else ""
+    lines.append(
+        f"- {m} at {top:.0%} sparsity, after {FINETUNE_EPOCHS} fine-tuning epoch(s) (test): "
+        f"{text}.{caveat}"
+    )
+for m, v in zip(MODELS, magnitude_verdicts, strict=True):
+    note = f". {dense_note(m, han)}" if dense_note(m, han) else "."
+    lines.append(f"- Against the literature: {v.claim.key} is **{v.status}** ({v.setting}){note}")
+sl.nb.md("\n".join(lines))
 
 # %% [markdown]
 # ## Exercises

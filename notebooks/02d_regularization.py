@@ -28,11 +28,13 @@
 
 # %%
 import dataclasses
+import functools
+import itertools
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import display
 
 import sparsity_lab as sl
 import sparsity_lab.regularizers
@@ -110,31 +112,14 @@ lambdas = np.linspace(0, 1.6, 65)
 
 
 def path(R):
-    points = []
-    for lam in lambdas:
-        i = np.nanargmin(loss + lam * R)
-        points.append((W1.flat[i], W2.flat[i]))
-    return np.array(points)
+    """The grid point that minimises ``loss + lam * R``, for each strength ``lam``."""
+    minima = [np.nanargmin(loss + lam * R) for lam in lambdas]
+    return np.column_stack([W1.flat[minima], W2.flat[minima]])
 
 
 paths = {name: path(R) for name, R in penalties.items()}
-fig, axes = plt.subplots(1, 4, figsize=(13, 3.4), layout="constrained")
-for ax, (name, R) in zip(axes, penalties.items(), strict=True):
-    if name == "L0":  # piecewise constant: 2 off the axes, 1 on them, 0 at the origin
-        ax.axhline(0, color="0.6", linewidth=3)
-        ax.axvline(0, color="0.6", linewidth=3)
-    else:
-        ax.contour(W1, W2, R, levels=8, colors="0.6", linewidths=0.7)
-    ax.contour(W1, W2, loss, levels=[0.02, 0.08, 0.2, 0.4], colors="tab:blue", linewidths=0.8)
-    p = paths[name]
-    ax.scatter(p[:, 0], p[:, 1], c=lambdas, cmap="plasma_r", s=12, zorder=3)
-    ax.plot(*w_star, "k*", markersize=9)
-    ax.axhline(0, color="k", linewidth=0.5)
-    ax.axvline(0, color="k", linewidth=0.5)
-    ax.set_title(name)
-    ax.set_aspect("equal")
-    ax.set_xlabel("$w_1$")
-axes[0].set_ylabel("$w_2$")
+# L0 is piecewise constant (2 off the axes, 1 on them, 0 at the origin): its axes are drawn
+sl.illustrations.penalty_paths(W1, W2, loss, penalties, paths, lambdas, w_star, on_axes=["L0"])
 plt.show()
 
 # %% [markdown]
@@ -156,16 +141,7 @@ for name, p in paths.items():
 # %%
 def draw_objective(ax, strength, penalty):
     """The objective ``loss + strength * penalty`` on the grid, and its minimum."""
-    objective = loss + strength * penalties[penalty]
-    i = np.nanargmin(objective)
-    levels = np.nanpercentile(objective, [1, 3, 8, 15, 30, 50])
-    ax.contourf(W1, W2, objective, levels=[np.nanmin(objective), *levels], cmap="Blues_r")
-    ax.axhline(0, color="k", linewidth=0.5)
-    ax.axvline(0, color="k", linewidth=0.5)
-    ax.plot(*w_star, "k*", markersize=8)
-    ax.plot(W1.flat[i], W2.flat[i], "o", color="tab:red")
-    ax.set_aspect("equal")
-    ax.set_title(f"minimum at ({W1.flat[i]:.2f}, {W2.flat[i]:.2f})", fontsize=8)
+    sl.illustrations.objective_map(W1, W2, loss + strength * penalties[penalty], w_star, ax=ax)
 
 
 sl.nb.explore(draw_objective, strength=[0.2, 0.6, 1.0, 1.4], penalty=list(penalties))
@@ -181,15 +157,12 @@ sl.nb.explore(draw_objective, strength=[0.2, 0.6, 1.0, 1.4], penalty=list(penalt
 # strength up or down.  At the end it *projects*: exactly 90% of the weights go, those its
 # rule prunes first.
 
+
 # %%
-_tasks = {}
-
-
+@functools.cache
 def get_task(model_name, seed):
     """The model on MNIST, split by ``seed`` (loaded once per model and seed)."""
-    if (model_name, seed) not in _tasks:
-        _tasks[model_name, seed] = recipes.task(model_name, "mnist", seed=seed, **DATA_OPTIONS)
-    return _tasks[model_name, seed]
+    return recipes.task(model_name, "mnist", seed=seed, **DATA_OPTIONS)
 
 
 task = get_task("lenet300", SEED)
@@ -199,27 +172,17 @@ tune_every = max(1, EPOCHS * len(train_loader) // 25)  # about 25 readings over 
 reg = registry.get("l1")(sparsity=0.9, tune_every=tune_every)
 history = reg.fit(model, train_loader, val_loader, epochs=EPOCHS, optimizer="adam", lr=1e-3,
                   seed=SEED, progress=False)  # fmt: skip
-log = pd.DataFrame(reg.log)
-fig, ax = plt.subplots(figsize=(6.5, 3.5))
-ax.plot(log["step"], log["goal"], "k--", label="goal (cubic ramp)")
-ax.plot(log["step"], log["sparsity"], label="sparsity under the threshold rule")
-ax.set_xlabel("step")
-ax.set_ylabel("sparsity")
-ax2 = ax.twinx()
-ax2.semilogy(log["step"], log["strength"], color="tab:red", alpha=0.6, label="strength")
-ax2.set_ylabel("strength", color="tab:red")
-ax.legend(loc="lower right", fontsize=8)
+labels = {"goal": "goal (cubic ramp)", "sparsity": "sparsity under the threshold rule"}
+ax = sl.viz.target_trace(pd.DataFrame(reg.log), "goal", "sparsity", "strength", labels=labels)
 ax.set_title("L1 tuning its strength toward 90% sparsity")
 plt.show()
-display(
-    Markdown(
-        f"The rule reached **{reg.reached:.1%}** on its own (strength {reg.initial_strength:g} "
-        f"tuned to {reg.strength:.3g}); the projection set it to exactly "
-        f"{sl.sparsity(model):.1%}.  Validation accuracy at the end: "
-        f"{sl.train.evaluate(model, val_loader)['accuracy']:.2%} ({EPOCHS} epochs on "
-        f"{len(task.bundle.train):,} training images; {len(task.bundle.val):,} validation and "
-        f"{len(task.bundle.test):,} test images)."
-    )
+sl.nb.md(
+    f"The rule reached **{reg.reached:.1%}** on its own (strength {reg.initial_strength:g} "
+    f"tuned to {reg.strength:.3g}); the projection set it to exactly "
+    f"{sl.sparsity(model):.1%}.  Validation accuracy at the end: "
+    f"{sl.train.evaluate(model, val_loader)['accuracy']:.2%} ({EPOCHS} epochs on "
+    f"{len(task.bundle.train):,} training images; {len(task.bundle.val):,} validation and "
+    f"{len(task.bundle.test):,} test images)."
 )
 
 # %% [markdown]
@@ -235,72 +198,51 @@ display(
 # no budget to keep (the projection is then uniform).
 
 # %%
-budget_rows = []
-for model_name in MODELS:
-    for method in ["str", "l0_hard_concrete", "variational_dropout"]:
-        for seed in SEEDS:
-            r = compare.run(get_task(model_name, seed), method, 0.9, epochs=EPOCHS,
-                            finetune_epochs=0)  # fmt: skip
-            for layer, s in r["layer_sparsity"].items():
-                budget_rows.append(
-                    {
-                        "model": model_name,
-                        "method": method,
-                        "seed": seed,
-                        "layer": layer,
-                        "sparsity": s,
-                        "reached": r["reached"],
-                    }  # fmt: skip
-                )
+budget_rows, learned = [], ["str", "l0_hard_concrete", "variational_dropout"]
+for model_name, method, seed in itertools.product(MODELS, learned, SEEDS):
+    r = compare.run(get_task(model_name, seed), method, 0.9, epochs=EPOCHS, finetune_epochs=0)
+    run = {"model": model_name, "method": method, "seed": seed}
+    budget_rows += [
+        {**run, "layer": layer, "sparsity": s, "reached": r["reached"]}
+        for layer, s in r["layer_sparsity"].items()
+    ]
 budget_table = pd.DataFrame(budget_rows)
 fig, axes = plt.subplots(1, len(MODELS), figsize=(6.5 * len(MODELS), 3.6), squeeze=False)
-for ax, model_name in zip(axes[0], MODELS, strict=True):
-    part = budget_table[budget_table.model == model_name]
+for ax, (model_name, part) in zip(axes[0], budget_table.groupby("model", sort=False), strict=True):
     table = part.groupby(["layer", "method"], sort=False)["sparsity"].mean().unstack()
-    table.plot.bar(ax=ax, rot=0)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("sparsity under the method's rule")
+    table.plot.bar(ax=ax, rot=0, ylim=(0, 1), ylabel="sparsity under the method's rule")
     ax.set_title(f"{model_name}: per-layer budgets the methods learned")
 plt.show()
 per_layer = budget_table.groupby(["model", "method", "layer"], sort=False)["sparsity"].mean()
+rule_reached = budget_table.groupby(["model", "method"], sort=False)["reached"].mean()
 lines = []
 for (model_name, method), part in per_layer.groupby(["model", "method"], sort=False):
     part = part.droplevel([0, 1])
-    reached = budget_table[(budget_table.model == model_name) & (budget_table.method == method)]
     lines.append(
-        f"- {model_name}, {method}: reached {reached['reached'].mean():.1%}; most pruned "
+        f"- {model_name}, {method}: reached {rule_reached[model_name, method]:.1%}; most pruned "
         f"{part.idxmax()} ({part.max():.1%}), least pruned {part.idxmin()} ({part.min():.1%})"
     )
-display(Markdown("Per-layer sparsity under each method's own rule, mean over seeds:\n\n"
-                 + "\n".join(lines)))  # fmt: skip
+sl.nb.md("Per-layer sparsity under each method's own rule, mean over seeds:\n\n" + "\n".join(lines))
 #: A rule that stopped further than this below the target left most of the pruning to the
 #: projection: its per-layer budget is not the method's own, and neither is a comparison.
 NOT_A_TEST = 0.10
 # How far from uniform: the spread (most minus least pruned layer) of each learned budget,
 # counted only where the rule reached the target to within NOT_A_TEST.
 spread = per_layer.groupby(["model", "method"], sort=False).agg(lambda x: x.max() - x.min())
-rule_reached = budget_table.groupby(["model", "method"], sort=False)["reached"].mean()
 own = spread[0.9 - rule_reached <= NOT_A_TEST]
 NON_UNIFORM = 0.05  # a spread of more than 5 points counts as non-uniform
 non_uniform = own[own > NON_UNIFORM]
 short_rules = rule_reached[0.9 - rule_reached > NOT_A_TEST]
-display(
-    Markdown(
-        f"{len(non_uniform)} of the {len(own)} learned budgets whose rule reached the 90% "
-        f"target to within {100 * NOT_A_TEST:.0f} points are non-uniform (their layers' "
-        f"sparsities spread over more than {100 * NON_UNIFORM:.0f} points); spreads: "
-        + (", ".join(f"{m} {meth} {100 * v:.1f} points" for (m, meth), v in own.items()) or "none")
-        + ".  "
-        + (
-            "Not counted, because the rule stopped short and the projection did most of the "
-            "pruning: "
-            + ", ".join(f"{m} {meth} (reached {v:.1%})" for (m, meth), v in short_rules.items())
-            + "."
-            if len(short_rules)
-            else ""
-        )
-    )
-)
+spreads = ", ".join(f"{m} {meth} {100 * v:.1f} points" for (m, meth), v in own.items())
+shorts = ", ".join(f"{m} {meth} (reached {v:.1%})" for (m, meth), v in short_rules.items())
+sl.nb.md(
+    f"{len(non_uniform)} of the {len(own)} learned budgets whose rule reached the 90% "
+    f"target to within {100 * NOT_A_TEST:.0f} points are non-uniform (their layers' "
+    f"sparsities spread over more than {100 * NON_UNIFORM:.0f} points); spreads: "
+    f"{spreads or 'none'}.  "
+    + (f"Not counted, because the rule stopped short and the projection did most of the "
+       f"pruning: {shorts}." if shorts else "")
+)  # fmt: skip
 
 # %% [markdown]
 # ## Comparison: accuracy against sparsity
@@ -315,61 +257,32 @@ display(
 
 
 # %%
-def one_run(model_name, method, sparsity, pattern, seed):
-    """One run of the shared protocol: accuracies, budgets and sanity flags."""
+def one_run(model_name, pattern, method, seed, sparsity=0.0):
+    """One run of the shared protocol: accuracies, budgets and sanity flags (the dense
+    runs train unpruned: unstructured at sparsity 0)."""
+    pattern = "unstructured" if pattern == "dense" else pattern
     r = compare.run(get_task(model_name, seed), method, sparsity, pattern=pattern, epochs=EPOCHS,
                     finetune_epochs=FINETUNE_EPOCHS)  # fmt: skip
     return {k: v for k, v in r.items() if k != "layer_sparsity"}
 
 
+grids = {  # the methods and sparsities of each pattern
+    "unstructured": {"method": ["gmp", *UNSTRUCTURED], "sparsity": SPARSITIES},
+    "channel": {"method": ["gmp", *STRUCTURED], "sparsity": STRUCTURED_SPARSITIES},
+    "dense": {"method": ["dense"]},
+}
 frames = []
-for model_name in MODELS:
-    grids = [
-        ({"method": ["gmp", *UNSTRUCTURED], "sparsity": SPARSITIES}, "unstructured"),
-        ({"method": ["gmp", *STRUCTURED], "sparsity": STRUCTURED_SPARSITIES}, "channel"),
-    ]
-    for grid_, pattern in grids:
-
-        def fn(method, sparsity, seed, model_name=model_name, pattern=pattern):
-            return one_run(model_name, method, sparsity, pattern, seed)
-
-        frame = sl.experiments.sweep(fn, grid_, seeds=SEEDS)
-        frame["model"], frame["pattern"] = model_name, pattern
-        frames.append(frame)
-    dense = sl.experiments.sweep(
-        lambda method, seed, model_name=model_name: one_run(model_name, method, 0.0,
-                                                            "unstructured", seed),
-        {"method": ["dense"]}, seeds=SEEDS,
-    )  # fmt: skip
-    dense["model"], dense["pattern"] = model_name, "dense"
-    frames.append(dense)
+for model_name, (pattern, grid_) in itertools.product(MODELS, grids.items()):
+    fn = functools.partial(one_run, model_name, pattern)
+    frame = sl.experiments.sweep(fn, grid_, seeds=SEEDS)
+    frames.append(frame.assign(model=model_name, pattern=pattern))
 results = pd.concat(frames, ignore_index=True)
 
-
 # %%
-all_methods = sorted(results.loc[results.pattern != "dense", "method"].unique())
-PALETTE = dict(zip(all_methods, plt.get_cmap("tab20").colors, strict=False))
-fig, axes = plt.subplots(
-    len(MODELS), 2, figsize=(15, 4.2 * len(MODELS)), squeeze=False, layout="constrained"
-)
-for row, model_name in enumerate(MODELS):
-    base = results[(results.model == model_name) & (results.pattern == "dense")]
-    for col, pattern in enumerate(["unstructured", "channel"]):
-        part = results[(results.model == model_name) & (results.pattern == pattern)]
-        ax = axes[row, col]
-        # one colour per method in every panel (the curves come in sorted order), so that
-        # the figure's one legend holds for all of them
-        ax.set_prop_cycle(color=[PALETTE[m] for m in sorted(part["method"].unique())])
-        sl.viz.sparsity_curve(part, x="sparsity", y="test_accuracy", hue="method", ax=ax,
-                              baseline=base["test_accuracy"].mean(),
-                              logit_x=pattern == "unstructured")  # fmt: skip
-        # the axis fits the unflagged points: a run at chance level would squash the rest;
-        # a mean off the axis is marked at its edge with its value
-        means = sl.experiments.flagged_summary(part, ["method", "sparsity"], "test_accuracy")
-        sl.experiments.fit_y(ax, means, ~means["flagged"], x="sparsity", name="method")
-        ax.get_legend().remove()  # one legend for the figure, beside it: the axis is full
-        ax.set_title(f"{model_name}, {pattern}")
-sl.viz.figure_legend(fig, axes, strip="method = ")
+dense_accuracy = results[results.pattern == "dense"].groupby("model")["test_accuracy"].mean()
+sparse = results[results.pattern != "dense"]
+sl.viz.sparsity_curve_grid(sparse, "model", "pattern", y="test_accuracy", baseline=dense_accuracy,
+                           logit_x=["unstructured"])  # fmt: skip
 plt.show()
 
 # %%
@@ -379,94 +292,52 @@ summary = sl.stats.summarize(runs, by, "test_accuracy")
 flagged = sl.flags.table(results, ["model", "pattern", "sparsity", "method"])
 sl.nb.show_flags(flagged)
 gmp = summary[summary.method == "gmp"].set_index(["model", "pattern", "sparsity"])["mean"]
+# every method minus GMP, paired on the seeds, in each (model, pattern, sparsity) setting
+diffs = sl.stats.against_baseline(runs, "method", "gmp", by=by[:3])
+diffs = diffs.sort_values(by[:3], kind="stable", ignore_index=True)
+vs_gmp, reached = diffs.set_index(by), runs.groupby(by)["reached"].mean()
 TIE = 1e-12  # means closer than this are the same number (float rounding)
-
-
-def against_gmp(model_name, pattern, sparsity, method):
-    """Paired difference ``method - gmp`` (same seeds) in one setting."""
-    part = runs[
-        (runs.model == model_name) & (runs.pattern == pattern) & (runs.sparsity == sparsity)
-    ]
-    return sl.stats.paired(part, "method", method, "gmp", metric="test_accuracy").iloc[0]
-
-
 lines = []
 for key, part in summary.groupby(["model", "pattern", "sparsity"]):
     top = part[part["mean"] >= part["mean"].max() - TIE]  # every method tied for the best
     notes = []
-    for r in top.itertuples():
-        if r.method == "gmp":
-            continue
-        who, whose = (f"{r.method} ", f"{r.method}'s") if len(top) > 1 else ("", "its")
-        notes.append(f"{who}minus GMP, paired: {sl.stats.describe(against_gmp(*key, r.method))}")
-        arm = runs[(runs.model == key[0]) & (runs.pattern == key[1])
-                   & (runs.sparsity == key[2]) & (runs.method == r.method)]  # fmt: skip
-        if key[2] - arm["reached"].mean() > NOT_A_TEST:
-            notes.append(
-                f"{whose} own rule reached {arm['reached'].mean():.1%}, so the mask is mostly "
-                "the projection's"
-            )
+    for method in top.method[top.method != "gmp"]:
+        who, whose = (f"{method} ", f"{method}'s") if len(top) > 1 else ("", "its")
+        notes.append(f"{who}minus GMP, paired: {sl.stats.describe(vs_gmp.loc[(*key, method)])}")
+        if key[2] - reached[(*key, method)] > NOT_A_TEST:
+            notes.append(f"{whose} own rule reached {reached[(*key, method)]:.1%}, so the mask "
+                         "is mostly the projection's")  # fmt: skip
     names = ", ".join(f"**{m}**" for m in top.method) + (" (tied)" if len(top) > 1 else "")
     lines.append(
         f"- {key[0]}, {key[1]}, {key[2]:.0%}: best mean {names} {top['mean'].iloc[0]:.2%} "
         f"(GMP {gmp[key]:.2%}" + "".join(f"; {n}" for n in notes) + ")"
     )
-
-
-def broken_flags(texts):
-    """The flags that say a network is broken (a layer pruned away, chance level, no path
-    from input to output), once each, with the layers named and, where not every run
-    raised it, in how many runs."""
-    texts = list(texts)
-    found = {}
-    for text in texts:
-        kinds = set()
-        for flag in filter(None, text.split(sl.flags.SEPARATOR)):
-            if "pruned to 100%" in flag:
-                kinds.add(flag)
-            elif flag.startswith(("at chance level", "disconnected")):
-                kinds.add(flag.split(" (")[0])
-        for kind in sorted(kinds, key=text.index):
-            found[kind] = found.get(kind, 0) + 1
-    return [
-        kind if n == len(texts) else f"{kind} in {n} of {len(texts)} runs"
-        for kind, n in found.items()
-    ]
-
-
-broken = {
-    key: fs for key, part in runs.groupby(by, sort=False) if (fs := broken_flags(part["flags"]))
-}
+flags_by = runs.groupby(by, sort=False)["flags"]
+broken = {key: fs for key, texts in flags_by if (fs := sl.flags.broken_flags(texts))}
 flag_lines = []
 for r in flagged.itertuples():
     key = (r.model, r.pattern, r.sparsity, r.method)
-    detail = [f for f in broken.get(key, []) if "pruned to 100%" in f]  # the layers named
+    emptied = [f for f in broken.get(key, []) if "pruned to 100%" in f]  # the layers named
     flag_lines.append(
         f"- {r.model}, {r.pattern}, {r.sparsity:.0%}, **{r.method}**: {r.flagged_runs} runs "
-        f"flagged: {r.flags}" + (f" ({', '.join(detail)})" if detail else "")
+        f"flagged: {r.flags}" + (f" ({', '.join(emptied)})" if emptied else "")
     )
-finetune_cost = runs.groupby("model")["finetune_flops"].mean()
-display(
-    Markdown(
-        f"Each run trains {EPOCHS} epochs and fine-tunes {FINETUNE_EPOCHS} "
-        f"({', '.join(f'{m}: {v:.2e} FLOPs' for m, v in finetune_cost.items())} of "
-        f"fine-tuning, mean over the runs), {len(SEEDS)} seed(s).  Best mean accuracy in "
-        "each setting:\n\n" + "\n".join(lines) + "\n\n"
-        + (
-            "Sanity flags (a flagged mean is not a plain result: a layer pruned to 100% or "
-            "chance level says the network is broken, not how good the method is):\n\n"
-            + "\n".join(flag_lines)
-            if flag_lines
-            else "No run raised a sanity flag."
-        )
-    )
-)  # fmt: skip
-with pd.option_context("display.max_rows", None):
-    display(
-        summary.pivot_table(
-            index=["model", "pattern", "method"], columns="sparsity", values="mean"
-        ).round(4)  # fmt: skip
-    )
+finetune_cost = ", ".join(
+    f"{m}: {v:.2e} FLOPs" for m, v in runs.groupby("model")["finetune_flops"].mean().items()
+)
+flag_text = (
+    "Sanity flags (a flagged mean is not a plain result: a layer pruned to 100% or chance "
+    "level says the network is broken, not how good the method is):\n\n" + "\n".join(flag_lines)
+    if flag_lines
+    else "No run raised a sanity flag."
+)
+sl.nb.md(
+    f"Each run trains {EPOCHS} epochs and fine-tunes {FINETUNE_EPOCHS} ({finetune_cost} of "
+    f"fine-tuning, mean over the runs), {len(SEEDS)} seed(s).  Best mean accuracy in each "
+    "setting:\n\n" + "\n".join(lines) + "\n\n" + flag_text
+)
+pivot = summary.pivot_table(index=["model", "pattern", "method"], columns="sparsity", values="mean")
+display(pivot.round(4))
 
 # %% [markdown]
 # The regularisers spend most of their training with all weights present and let the loss
@@ -475,123 +346,65 @@ with pd.option_context("display.max_rows", None):
 # ended (the projection removed or restored the rest).
 
 # %%
-diffs = []
-for (model_name, pattern, sparsity), part in runs.groupby(["model", "pattern", "sparsity"]):
-    for method in part.method.unique():
-        if method != "gmp":
-            row = against_gmp(model_name, pattern, sparsity, method)
-            diffs.append({"model": model_name, "pattern": pattern, "sparsity": sparsity,
-                          "method": method, **row})  # fmt: skip
-diffs = pd.DataFrame(diffs)
-tally = diffs["verdict"].value_counts()
 # how many of each verdict compare a flagged arm (a broken network's "worse" is no finding)
-flagged_tally = diffs[diffs["flagged"] != ""]["verdict"].value_counts()
+on_flagged = diffs[diffs["flagged"] != ""]["verdict"].value_counts()
 tally_text = ", ".join(
-    f"{n} {verdict}"
-    + (f" (of which {flagged_tally[verdict]} on flagged arms)" if verdict in flagged_tally else "")
-    for verdict, n in tally.items()
+    f"{n} {v}" + (f" (of which {on_flagged[v]} on flagged arms)" if v in on_flagged else "")
+    for v, n in diffs["verdict"].value_counts().items()
 )
 clear = diffs[diffs["verdict"].isin([sl.stats.BETTER, sl.stats.WORSE])]
-display(Markdown("Method minus GMP (test accuracy) in the settings where the interval excludes 0:"))
-with pd.option_context("display.max_rows", None, "display.max_colwidth", None):
-    display(
-        clear[
-            [
-                "model",
-                "pattern",
-                "sparsity",
-                "method",
-                "mean_diff",
-                "ci_low",
-                "ci_high",
-                "verdict",
-                "flagged",
-            ]
-        ].round(4)  # fmt: skip
-    )
+sl.nb.md("Method minus GMP (test accuracy) in the settings where the interval excludes 0:")
+display(clear[[*by, "mean_diff", "ci_low", "ci_high", "verdict", "flagged"]].round(4))
 rule = runs[runs.method != "gmp"].groupby(["method"])["reached"].mean()
 rule_gap = (runs[runs.method != "gmp"].assign(gap=lambda d: d.sparsity - d.reached)
             .groupby("method")["gap"].mean())  # fmt: skip
+gap_words = rule_gap.map(
+    lambda g: f"{100 * g:.1f} points short" if g > 0 else f"{-100 * g:.1f} points over"
+)
 text = (
     f"Each method minus GMP, paired over {len(SEEDS)} seed(s), in {len(diffs)} (model, "
-    "pattern, sparsity, method) settings: "
-    + tally_text
-    + f" ({int((diffs['flagged'] != '').sum())} of the {len(diffs)} with a flagged arm)"
-    + ".  Mean sparsity each method's own rule reached before the projection, and how far "
-    "below (or above) the target that is: "
-    + ", ".join(
-        f"{m} {rule[m]:.1%} ("
-        + (
-            f"{100 * rule_gap[m]:.1f} points short"
-            if rule_gap[m] > 0
-            else f"{-100 * rule_gap[m]:.1f} points over"
-        )
-        + ")"
-        for m in rule.index
-    )
+    f"pattern, sparsity, method) settings: {tally_text} ({int((diffs['flagged'] != '').sum())} "
+    f"of the {len(diffs)} with a flagged arm).  Mean sparsity each method's own rule reached "
+    "before the projection, and how far below (or above) the target that is: "
+    + ", ".join(f"{m} {rule[m]:.1%} ({gap_words[m]})" for m in rule.index)
     + "."
 )
-
-
 claim_of = {
     "l0_hard_concrete": "magnitude_matches_l0",
     "variational_dropout": "magnitude_matches_variational_dropout",
 }
-
-
-def interval_reason(row, method):
-    """Why a paired interval decides nothing: its width against the margin of the claim
-    about ``method``."""
-    half = 100 * (row["ci_high"] - row["ci_low"]) / 2
-    return (
-        f"The interval is ±{half:.1f} points over {int(row['n'])} seeds, against the claim's "
-        f"margin of {100 * sl.claims.get(claim_of[method]).margin:g} point(s)."
-    )
-
-
 l0_verdicts = []  # the cited comparisons of Gale et al.: GMP against L0 and against VD
 unstructured = runs[runs.pattern == "unstructured"]
 at = 0.9 if 0.9 in SPARSITIES else max(SPARSITIES)  # the claim's published sparsity
 for method in [m for m in claim_of if m in UNSTRUCTURED]:
     method_diffs = sl.stats.paired(unstructured, "method", "gmp", method,
                                    metric="test_accuracy", by=["model", "sparsity"])  # fmt: skip
-    display(Markdown(f"GMP minus `{method}`, paired over the seeds (unstructured):"))
+    sl.nb.md(f"GMP minus `{method}`, paired over the seeds (unstructured):")
     display(method_diffs.round(4))
     for model_name in MODELS:
         row = method_diffs[(method_diffs.model == model_name) & (method_diffs.sparsity == at)]
-        row = row.iloc[0]
-        arm = unstructured[(unstructured.model == model_name)
-                           & (unstructured.method == method)
-                           & (unstructured.sparsity == at)]  # fmt: skip
-        reached = arm["reached"].mean()
-        setting = (
-            f"{model_name} on MNIST, {at:.0%}, each {EPOCHS} epochs with Adam + "
-            f"{FINETUNE_EPOCHS} of fine-tuning"
-        )
-        measured = (
-            f"`{method}`'s own rule had pruned {reached:.1%} of the weights when its training "
-            f"ended (target {at:.0%}); the projection chose the rest."
-        )
-        v = sl.claims.judge(
-            claim_of[method],
-            row,
-            setting=setting,
-            measured=measured,
-            reason=interval_reason(row, method),
-        )
-        if at - reached > NOT_A_TEST and v.status != sl.claims.INCONCLUSIVE:
-            v = dataclasses.replace(
-                v,
-                status=sl.claims.INCONCLUSIVE,
-                reason=v.reason
-                + f" Counted inconclusive: the rule stopped {100 * (at - reached):.1f} points "
-                f"short of the target, so the mask compared with GMP's is mostly the "
-                f"projection's, not `{method}`'s.",
-            )
+        row, claim = row.iloc[0], claim_of[method]
+        reached_at = reached[model_name, "unstructured", at, method]
+        setting = (f"{model_name} on MNIST, {at:.0%}, each {EPOCHS} epochs with Adam + "
+                   f"{FINETUNE_EPOCHS} of fine-tuning")  # fmt: skip
+        measured = (f"`{method}`'s own rule had pruned {reached_at:.1%} of the weights "
+                    f"when its training ended (target {at:.0%}); the projection chose "
+                    "the rest.")  # fmt: skip
+        # why the interval decides nothing: its width against the claim's margin
+        reason = (f"The interval is ±{100 * (row['ci_high'] - row['ci_low']) / 2:.1f} "
+                  f"points over {int(row['n'])} seeds, against the claim's margin of "
+                  f"{100 * sl.claims.get(claim).margin:g} point(s).")  # fmt: skip
+        v = sl.claims.judge(claim, row, setting=setting, measured=measured, reason=reason)
+        if at - reached_at > NOT_A_TEST and v.status != sl.claims.INCONCLUSIVE:
+            reason = (f"{v.reason} Counted inconclusive: the rule stopped "
+                      f"{100 * (at - reached_at):.1f} points short of the target, so the "
+                      "mask compared with GMP's is mostly the projection's, not "
+                      f"`{method}`'s.")  # fmt: skip
+            v = dataclasses.replace(v, status=sl.claims.INCONCLUSIVE, reason=reason)
         l0_verdicts.append(v)
 if l0_verdicts:
     text += "\n\n" + sl.claims.report(l0_verdicts)
-display(Markdown(text))
+sl.nb.md(text)
 
 # %% [markdown]
 # ## Training cost
@@ -607,23 +420,17 @@ display(Markdown(text))
 cost = runs.copy()
 dense_time = results[results.pattern == "dense"].groupby("model")["seconds_per_epoch"].mean()
 cost["time_vs_dense"] = cost["seconds_per_epoch"] / cost["model"].map(dense_time)
-
-
-def prunable_weights(model_name):
-    model = get_task(model_name, SEED).build()
-    return sum(model.get_parameter(n).numel() for n in sl.pruning.default_targets(model))
-
-
-weights = {m: prunable_weights(m) for m in MODELS}
+built = {m: get_task(m, SEED).build() for m in MODELS}  # to count their prunable weights
+weights = {m: sum(x.get_parameter(n).numel() for n in sl.pruning.default_targets(x))
+           for m, x in built.items()}  # fmt: skip
 cost["extra_per_weight"] = cost["extra_parameters"] / cost["model"].map(weights)
-table = cost.groupby(["method"])[["time_vs_dense", "extra_per_weight"]].mean()
+table = cost.groupby("method")[["time_vs_dense", "extra_per_weight"]].mean()
 table = table.sort_values("time_vs_dense")
-fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), layout="constrained")
-table["time_vs_dense"].plot.barh(ax=axes[0])
-axes[0].axvline(1, color="gray", linestyle="--")
-axes[0].set_xlabel("time per epoch / dense (measured on this machine)")
-table["extra_per_weight"].plot.barh(ax=axes[1])
-axes[1].set_xlabel("parameters added while training, per prunable weight")
+xlabels = {
+    "time_vs_dense": "time per epoch / dense (measured on this machine)",
+    "extra_per_weight": "parameters added while training, per prunable weight",
+}
+sl.viz.column_bars(table, xlabels, reference={"time_vs_dense": 1})
 plt.show()
 slowest = table["time_vs_dense"].idxmax()
 # one parameter or more per weight: what is trained at least doubles
@@ -635,23 +442,19 @@ dense_ratio = dense_runs["seconds_per_epoch"] / dense_runs["model"].map(dense_ti
 band = (float(dense_ratio.min()), float(dense_ratio.max()))
 above = table.index[table["time_vs_dense"] > band[1]].tolist()
 below = table.index[table["time_vs_dense"] < band[0]].tolist()
-display(
-    Markdown(
-        f"The dense runs themselves take {band[0]:.2f}x to {band[1]:.2f}x their mean time per "
-        f"epoch, so only ratios outside that band say anything.  Above it (slower than dense): "
-        f"{', '.join(above) or 'none'}, the most expensive **{slowest}** at "
-        f"{table['time_vs_dense'].max():.1f}x.  Below it: {', '.join(below) or 'none'}"
-        + (
-            "; no regulariser does less work than dense training, so these are likely an "
-            "artifact of timing the dense runs apart from the methods (one after the other on a "
-            "shared machine); `benchmarks/regularization.py` times a dense run next to each "
-            "method."
-            if below
-            else "."
-        )
-        + f"  Methods that add at least one parameter per prunable weight while training, so "
-        f"that what is trained at least doubles: {', '.join(heavy) or 'none'}."
-    )
+artifact = (
+    "; no regulariser does less work than dense training, so these are likely an artifact of "
+    "timing the dense runs apart from the methods (one after the other on a shared machine); "
+    "`benchmarks/regularization.py` times a dense run next to each method."
+)
+sl.nb.md(
+    f"The dense runs themselves take {band[0]:.2f}x to {band[1]:.2f}x their mean time per "
+    f"epoch, so only ratios outside that band say anything.  Above it (slower than dense): "
+    f"{', '.join(above) or 'none'}, the most expensive **{slowest}** at "
+    f"{table['time_vs_dense'].max():.1f}x.  Below it: {', '.join(below) or 'none'}"
+    f"{artifact if below else '.'}  Methods that add at least one parameter per prunable "
+    f"weight while training, so that what is trained at least doubles: "
+    f"{', '.join(heavy) or 'none'}."
 )
 table.round(3)
 
@@ -675,60 +478,38 @@ sparse_flagged = flagged[flagged.pattern != "dense"]
 method_flagged = sparse_flagged[sparse_flagged.method != "gmp"]
 gmp_flagged = sparse_flagged[sparse_flagged.method == "gmp"]
 gmp_settings = runs[runs.method == "gmp"].groupby(by).ngroups
+gmp_text = f"and {len(gmp_flagged)} of the {gmp_settings} GMP settings"
+gmp_text = "no GMP setting was flagged" if gmp_flagged.empty else gmp_text
+broken_text = "; ".join(
+    f"**{method}** on {model_name} at {sparsity:.0%} ({', '.join(fs)})"
+    for (model_name, _, sparsity, method), fs in broken.items()
+)
 flag_summary = (
-    f"{len(method_flagged)} of the {len(diffs)} method settings raised a sanity flag ("
-    + (
-        "no GMP setting was flagged"
-        if gmp_flagged.empty
-        else f"and {len(gmp_flagged)} of the {gmp_settings} GMP settings"
-    )
-    + ")"
-    + (
-        ", these ones a broken network: "
-        + "; ".join(
-            f"**{method}** on {model_name} at {sparsity:.0%} ({', '.join(fs)})"
-            for (model_name, _, sparsity, method), fs in broken.items()
-        )
-        if broken
-        else ""
-    )
+    f"{len(method_flagged)} of the {len(diffs)} method settings raised a sanity flag "
+    f"({gmp_text})" + (f", these ones a broken network: {broken_text}" if broken else "")
 )
 # the methods whose rule, on average, left most of the pruning to the projection
-short_methods = rule_gap[rule_gap > NOT_A_TEST].index
-short_summary = (
+short_methods = ", ".join(
+    f"{m} (reached {rule[m]:.1%}, {100 * rule_gap[m]:.1f} points short)"
+    for m in rule_gap[rule_gap > NOT_A_TEST].index
+)
+spread_range = f" (largest spread {100 * own.max():.1f} points, smallest {100 * own.min():.1f})"
+spread_range = spread_range if len(own) else ""
+faster = f" ({len(below)} were faster, likely a timing artifact)" if below else ""
+sl.nb.md(
+    f"- Learned budgets: {len(non_uniform)} of the {len(own)} (model, method) pairs of "
+    f"STR, L0 and variational dropout whose rule reached the 90% target to within "
+    f"{100 * NOT_A_TEST:.0f} points spread their layer sparsities over more than "
+    f"{100 * NON_UNIFORM:.0f} points{spread_range}; {len(short_rules)} stopped short and are "
+    f"not counted.\n- Comparison ({EPOCHS} + {FINETUNE_EPOCHS} epochs, {len(SEEDS)} seed(s)): "
+    f"each method minus GMP, paired: {tally_text}; {flag_summary}.\n"
     f"- Rules that ended, on average over the settings, more than {100 * NOT_A_TEST:.0f} "
     "points short of the target, so that their masks are mostly the projection's: "
-    + (
-        ", ".join(
-            f"{m} (reached {rule[m]:.1%}, {100 * rule_gap[m]:.1f} points short)"
-            for m in short_methods
-        )
-        or "none"
-    )
-    + ".\n"
-)
-display(
-    Markdown(
-        f"- Learned budgets: {len(non_uniform)} of the {len(own)} (model, method) pairs of "
-        f"STR, L0 and variational dropout whose rule reached the 90% target to within "
-        f"{100 * NOT_A_TEST:.0f} points spread their layer sparsities over more than "
-        f"{100 * NON_UNIFORM:.0f} points"
-        + (
-            f" (largest spread {100 * own.max():.1f} points, smallest {100 * own.min():.1f})"
-            if len(own)
-            else ""
-        )
-        + f"; {len(short_rules)} stopped short and are not counted.\n"
-        f"- Comparison ({EPOCHS} + {FINETUNE_EPOCHS} epochs, {len(SEEDS)} seed(s)): each method "
-        f"minus GMP, paired: {tally_text}; {flag_summary}.\n"
-        + short_summary
-        + "".join(f"- {v.sentence()}\n" for v in l0_verdicts)
-        + f"- Training cost: {len(above)} of {len(table)} methods were slower per epoch than "
-        f"the dense runs' own spread allows"
-        + (f" ({len(below)} were faster, likely a timing artifact)" if below else "")
-        + f"; the methods that add at least one parameter per prunable weight: "
-        f"{', '.join(heavy) or 'none'}."
-    )
+    f"{short_methods or 'none'}.\n"
+    + "".join(f"- {v.sentence()}\n" for v in l0_verdicts)
+    + f"- Training cost: {len(above)} of {len(table)} methods were slower per epoch than the "
+    f"dense runs' own spread allows{faster}; the methods that add at least one parameter per "
+    f"prunable weight: {', '.join(heavy) or 'none'}."
 )
 
 # %% [markdown]

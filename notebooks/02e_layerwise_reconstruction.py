@@ -20,8 +20,9 @@
 # output error per layer gives a better model.
 #
 # This continues [02c](02c_second_order.ipynb), which derives the cost of removing a weight
-# from the curvature of the loss (OBD, OBS) and prunes LeNet-300-100 in one shot with the
-# Fisher's approximations (WoodFisher, K-FAC, M-FAC).  It follows the layer-wise line of
+# from the curvature of the loss (OBD, OBS), and [02i](02i_second_order_compared.ipynb),
+# which prunes LeNet-300-100 in one shot with the Fisher's approximations (WoodFisher,
+# K-FAC, M-FAC).  It follows the layer-wise line of
 # work that came after section 3.5 of the survey (L-OBS, OBC, SparseGPT, Wanda).  The
 # solvers live in `sparsity_lab.criteria.layerwise`.
 
@@ -34,7 +35,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from IPython.display import Markdown, display
+from IPython.display import display
 
 import sparsity_lab as sl
 from sparsity_lab import recipes
@@ -130,16 +131,11 @@ pruned_text = {}  # (method, pattern, sparsity, seed) -> (pruned copy, seconds t
 def prune_layerwise(method, pattern, sparsity, seed):
     key = (method, pattern, sparsity, seed)
     if key not in pruned_text:
-        t, model, _, calibration = char_model_for(seed)
+        t, model, _, data = char_model_for(seed)
+        amount = None if pattern == "2:4" else sparsity
         start = time.perf_counter()
         sl.prune(
-            model,
-            method,
-            None if pattern == "2:4" else sparsity,
-            pattern=pattern,
-            budget="uniform",
-            data=calibration,
-            exclude=[HEAD],
+            model, method, amount, pattern=pattern, budget="uniform", data=data, exclude=[HEAD]
         )
         pruned_text[key] = (model, time.perf_counter() - start)
     return pruned_text[key]
@@ -161,16 +157,10 @@ def layerwise_run(method, pattern, sparsity, seed):
     }
 
 
-unstructured = sl.experiments.sweep(
-    layerwise_run,
-    {"method": LAYERWISE, "pattern": ["unstructured"], "sparsity": LAYERWISE_SPARSITIES},
-    seeds=LAYERWISE_SEEDS,
-)
-two_four = sl.experiments.sweep(
-    layerwise_run,
-    {"method": LAYERWISE, "pattern": ["2:4"], "sparsity": [0.5]},
-    seeds=LAYERWISE_SEEDS,
-)
+grid = {"method": LAYERWISE, "pattern": ["unstructured"], "sparsity": LAYERWISE_SPARSITIES}
+unstructured = sl.experiments.sweep(layerwise_run, grid, seeds=LAYERWISE_SEEDS)
+grid = {"method": LAYERWISE, "pattern": ["2:4"], "sparsity": [0.5]}  # 2:4 is always 50%
+two_four = sl.experiments.sweep(layerwise_run, grid, seeds=LAYERWISE_SEEDS)
 layer_runs = pd.concat([unstructured, two_four], ignore_index=True)
 dense_chars = pd.DataFrame(char_dense).T
 CHARS = {
@@ -185,63 +175,37 @@ CHARS = {
 # always answering seed SEED's most frequent training character, scored on its test windows
 most_frequent = torch.bincount(t_chars.bundle.train.tensors[1].flatten()).argmax()
 CHARS["chance"] = float((t_chars.bundle.test.tensors[1] == most_frequent).float().mean())
-display(
-    Markdown(
-        f"Dense tiny transformer: {CHARS['weights']:,} weights in its blocks, trained "
-        f"{CHARS['epochs']} epoch(s) on {CHARS['n_train']:,} windows of {CHARS['seq_len']} "
-        f"characters; test accuracy {dense_chars['accuracy'].mean():.1%} and perplexity "
-        f"{dense_chars['perplexity'].mean():.2f} (mean over {len(dense_chars)} seed(s); the "
-        f"most frequent training character of seed {SEED} alone scores {CHARS['chance']:.1%} "
-        f"on its test windows).  Calibration: "
-        f"{CHARS['windows']} training windows per seed."
-        + "".join(f"  Flag: {f}." for f in dense_chars["flags"].unique() if f)
-    )
+sl.nb.md(
+    f"Dense tiny transformer: {CHARS['weights']:,} weights in its blocks, trained "
+    f"{CHARS['epochs']} epoch(s) on {CHARS['n_train']:,} windows of {CHARS['seq_len']} "
+    f"characters; test accuracy {dense_chars['accuracy'].mean():.1%} and perplexity "
+    f"{dense_chars['perplexity'].mean():.2f} (mean over {len(dense_chars)} seed(s); the "
+    f"most frequent training character of seed {SEED} alone scores {CHARS['chance']:.1%} "
+    f"on its test windows).  Calibration: {CHARS['windows']} training windows per seed."
+    + "".join(f"  Flag: {f}." for f in dense_chars["flags"].unique() if f)
 )
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-colors = {m: f"C{i}" for i, m in enumerate(LAYERWISE)}  # plot_mean_ci's order
-for ax, metric, title in [
-    (axes[0], "test_accuracy", "test accuracy"),
-    (axes[1], "perplexity", "test perplexity"),
-    (axes[2], "mean_layer_error", "mean relative output error per layer"),
-]:
+PANELS = {
+    "test_accuracy": "test accuracy",
+    "perplexity": "test perplexity",
+    "mean_layer_error": "mean relative output error per layer",
+}
+fig, axes = plt.subplots(1, 3, figsize=(15, 4), layout="tight")
+for ax, (metric, title) in zip(axes, PANELS.items(), strict=True):
     sl.experiments.plot_mean_ci(unstructured, x="sparsity", y=metric, hue="method", ax=ax)
-    if metric != "mean_layer_error":
-        dense_value = dense_chars["accuracy" if metric == "test_accuracy" else metric].mean()
-        ax.axhline(dense_value, color="k", linestyle="--", linewidth=0.8, label="dense")
-    for i, (method, part) in enumerate(two_four.groupby("method", sort=False)):
-        ax.plot(
-            0.5 + 0.01 * (i - 1.5),
-            part[metric].mean(),
-            "*",
-            markersize=12,
-            color=colors[method],
-            label=f"{method}, 2:4",
-        )
+    if metric != "mean_layer_error":  # the dense model's accuracy and perplexity
+        dense = dense_chars["accuracy" if metric == "test_accuracy" else metric].mean()
+        ax.axhline(dense, color="k", linestyle="--", linewidth=0.8, label="dense")
+    sl.viz.mean_markers(two_four, "sparsity", metric, "method", ax, suffix=", 2:4")  # the stars
     ax.legend(fontsize=8)
     ax.set_title(f"Tiny transformer: {title}")
-axes[1].set_yscale("log")
-axes[2].set_yscale("log")
-plt.tight_layout()
+    ax.set_yscale("linear" if metric == "test_accuracy" else "log")
 plt.show()
 layer_flags = sl.flags.table(layer_runs, ["method", "pattern", "sparsity"])
 sl.nb.show_flags(layer_flags)
-flag_lines = []
-for _, row in layer_flags.iterrows():
-    n_flagged, n_runs = (int(part) for part in row["flagged_runs"].split(" of "))
-    flag_lines.append(
-        f"The {row['method']} point ({row['pattern']}) at {row['sparsity']:.0%} has "
-        + (
-            f"{f'all {n_runs} runs' if n_runs > 1 else 'its one run'} flagged "
-            f"({row['flags']}): it describes {'failed runs' if n_runs > 1 else 'a failed run'}."
-            if n_flagged == n_runs
-            else f"{n_flagged} of {n_runs} runs flagged ({row['flags']}): its mean mixes runs "
-            "that failed with runs that did not."
-        )
-    )
-if flag_lines:
-    display(Markdown("  ".join(flag_lines)))
+if flagged := sl.flags.flagged_points(layer_flags, "{method} point ({pattern}) at {sparsity:.0%}"):
+    sl.nb.md(flagged)
 
 # %% [markdown]
 # 2:4 appears as one point per method (the stars at 50%): N:M fixes the sparsity at
@@ -250,46 +214,30 @@ if flag_lines:
 
 
 # %%
-def lower_words(row, digits=2, flags=True):
-    """A paired difference of a quantity where lower is better (perplexity, layer error) in
-    words: "lower" or "higher" when the interval excludes 0; ``flags``: with any flagged
-    arms (leave them out where the same runs' flags are said already)."""
-    words = {"better": "lower", "worse": "higher"}.get(row["verdict"], row["verdict"])
-    mean = f"{row['mean_diff']:+.{digits}f}"
-    if row["n"] < 2:
-        text = f"{mean} (one seed, no interval)"
-    elif row["verdict"] == sl.stats.NO_SPREAD:
-        text = f"{mean} on each of {int(row['n'])} seeds (no spread)"
-    else:
-        text = f"{mean} [{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}]: {words}"
-    flagged = row.get("flagged", "") if flags else ""
-    return f"{text} ({flagged})" if isinstance(flagged, str) and flagged else text
-
-
 at_half = layer_runs[layer_runs["sparsity"] == 0.5]
-vs_magnitude = {}
-rows = []
-for method in [m for m in LAYERWISE if m != "magnitude"]:
-    for metric in ("test_accuracy", "perplexity", "mean_layer_error"):
-        vs_magnitude[method, metric] = sl.stats.paired(
-            at_half, "method", method, "magnitude", metric=metric, by="pattern"
-        ).set_index("pattern")
-    for pattern in ["unstructured", "2:4"]:
-        rows.append(
-            {
-                "method - magnitude": method,
-                "pattern": pattern,
-                "test accuracy (points)": sl.stats.describe(
-                    vs_magnitude[method, "test_accuracy"].loc[pattern]
-                ),
-                # the same runs' flags are in the accuracy column
-                "perplexity": lower_words(
-                    vs_magnitude[method, "perplexity"].loc[pattern], flags=False
-                ),
-            }
-        )
-with pd.option_context("display.max_rows", None, "display.max_colwidth", None):
-    display(pd.DataFrame(rows).set_index(["method - magnitude", "pattern"]))
+
+
+def vs(a, b, metric):
+    """Paired differences ``a - b`` of ``metric`` at 50%, per seed, indexed by the pattern."""
+    rows = sl.stats.paired(at_half, "method", a, b, metric=metric, by="pattern")
+    return rows.set_index("pattern")
+
+
+others = [m for m in LAYERWISE if m != "magnitude"]
+METRICS = ("test_accuracy", "perplexity", "mean_layer_error")
+vs_magnitude = {(m, metric): vs(m, "magnitude", metric) for m in others for metric in METRICS}
+rows = [
+    {
+        "method - magnitude": m,
+        "pattern": pattern,
+        "test accuracy (points)": sl.stats.describe(vs_magnitude[m, "test_accuracy"].loc[pattern]),
+        # the same runs' flags are in the accuracy column
+        "perplexity": sl.words.lower_text(vs_magnitude[m, "perplexity"].loc[pattern], flags=False),
+    }
+    for m in others
+    for pattern in ["unstructured", "2:4"]
+]
+display(pd.DataFrame(rows).set_index(["method - magnitude", "pattern"]))
 
 # %% [markdown]
 # Where the error comes from, layer by layer, at 50% (unstructured) and 2:4, for one seed:
@@ -298,33 +246,23 @@ with pd.option_context("display.max_rows", None, "display.max_colwidth", None):
 
 # %%
 rows = []
-for pattern in ["unstructured", "2:4"]:
-    for method in LAYERWISE:
-        pruned, _ = prune_layerwise(method, pattern, 0.5, SEED)
-        errors = layerwise.reconstruction_errors(
-            transformer, pruned, calibration_for(t_chars), names=BLOCK_LAYERS
-        )
-        rows += [
-            {
-                "pattern": pattern,
-                "method": method,
-                "layer": name.removesuffix(".weight"),
-                "error": e,
-            }
-            for name, e in errors.items()
-        ]
+for pattern, method in itertools.product(["unstructured", "2:4"], LAYERWISE):
+    pruned, _ = prune_layerwise(method, pattern, 0.5, SEED)
+    errors = layerwise.reconstruction_errors(
+        transformer, pruned, calibration_for(t_chars), names=BLOCK_LAYERS
+    )
+    rows += [
+        {"pattern": pattern, "method": method, "layer": n.removesuffix(".weight"), "error": e}
+        for n, e in errors.items()
+    ]
 layer_errors = pd.DataFrame(rows)
-fig, axes = plt.subplots(1, 2, figsize=(13, 4), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(13, 4), sharey=True, layout="tight")
 for ax, (pattern, part) in zip(axes, layer_errors.groupby("pattern", sort=False), strict=True):
-    part.pivot(index="layer", columns="method", values="error")[LAYERWISE].loc[
-        part["layer"].unique()
-    ].plot.bar(ax=ax, logy=True, width=0.8)
-    low, high = ax.get_ylim()
-    ax.set_ylim(low, high * 5)  # room for the legend above the bars
+    table = part.pivot(index="layer", columns="method", values="error")
+    table.loc[part["layer"].unique(), LAYERWISE].plot.bar(ax=ax, logy=True, width=0.8)
+    ax.set_ylim(top=ax.get_ylim()[1] * 5)  # room for the legend above the bars
     ax.legend(fontsize=8, ncol=4, loc="upper left")
-    ax.set_title(f"{pattern}, 50% per layer (seed {SEED})")
-    ax.set_ylabel("relative output error")
-plt.tight_layout()
+    ax.set(title=f"{pattern}, 50% per layer (seed {SEED})", ylabel="relative output error")
 plt.show()
 
 # %% [markdown]
@@ -340,70 +278,56 @@ plt.show()
 wide = layer_errors.pivot_table(index=["pattern", "layer"], columns="method", values="error")
 half_means = at_half.groupby(["pattern", "method"])[["test_accuracy", "perplexity"]].mean()
 pair_rows = []
-for pattern in ["unstructured", "2:4"]:
-    part = at_half[at_half["pattern"] == pattern]
-    for a, b in itertools.combinations(LAYERWISE, 2):
-        ppl, err = (
-            sl.stats.paired(part, "method", a, b, metric=metric).iloc[0]
-            for metric in ("perplexity", "mean_layer_error")
-        )
-        sides = {}
-        for name, row in (("perplexity", ppl), ("error", err)):
-            if row["verdict"] in ("better", "worse"):
-                sides[name] = a if row["verdict"] == "better" else b
-        pair_rows.append(
-            {
-                "pattern": pattern,
-                "pair": f"{a} - {b}",
-                "mean layer error": lower_words(err, digits=4, flags=False),
-                "perplexity": lower_words(ppl, flags=False),
-                "lower error": sides.get("error", ""),
-                "lower perplexity": sides.get("perplexity", ""),
-                "order": f"{sides['perplexity']} < {b if sides['perplexity'] == a else a}"
-                if "perplexity" in sides
-                else "",
-                "sanity flags": ppl["flagged"],
-            }
-        )
+PAIRS = list(itertools.combinations(LAYERWISE, 2))
+for pattern, (a, b) in itertools.product(["unstructured", "2:4"], PAIRS):
+    ppl, err = vs(a, b, "perplexity").loc[pattern], vs(a, b, "mean_layer_error").loc[pattern]
+    sides = {}
+    for name, row in (("perplexity", ppl), ("error", err)):
+        if row["verdict"] in ("better", "worse"):
+            sides[name] = a if row["verdict"] == "better" else b
+    lower = sides.get("perplexity", "")
+    pair_rows.append(
+        {
+            "pattern": pattern,
+            "pair": f"{a} - {b}",
+            "mean layer error": sl.words.lower_text(err, digits=4, flags=False),
+            "perplexity": sl.words.lower_text(ppl, flags=False),
+            "lower error": sides.get("error", ""),
+            "lower perplexity": lower,
+            "order": f"{lower} < {b if lower == a else a}" if lower else "",
+            "sanity flags": ppl["flagged"],
+        }
+    )
 pairs = pd.DataFrame(pair_rows)
-with pd.option_context("display.max_rows", None, "display.max_colwidth", None):
-    display(pairs.drop(columns="order").set_index(["pattern", "pair"]))
+display(pairs.drop(columns="order").set_index(["pattern", "pair"]))
 
 lines = []
 for pattern, part in wide.groupby(level="pattern", sort=False):
     lowest = part[LAYERWISE].idxmin(axis=1).value_counts()
-    lines.append(
-        f"- {pattern} (seed {SEED}): lowest output error in "
-        + ", ".join(f"{lowest.get(m, 0)} of {len(part)} layers for {m}" for m in LAYERWISE)
-        + "."
-    )
+    counts = ", ".join(f"{lowest.get(m, 0)} of {len(part)} layers for {m}" for m in LAYERWISE)
+    lines.append(f"- {pattern} (seed {SEED}): lowest output error in {counts}.")
 for pattern, part in pairs.groupby("pattern", sort=False):
     both = part[(part["lower error"] != "") & (part["lower perplexity"] != "")]
     agree = both[both["lower error"] == both["lower perplexity"]]
-    apart = part[part["lower perplexity"] == ""]["pair"].tolist()
-    lines.append(
-        f"- {pattern}, over {len(LAYERWISE_SEEDS)} seed(s): perplexity orders "
-        f"{(part['lower perplexity'] != '').sum()} of {len(part)} pairs"
-        + (f" ({', '.join(o for o in part['order'] if o)})" if (part["order"] != "").any() else "")
-        + f"; mean layer error orders {(part['lower error'] != '').sum()} of {len(part)}.  "
-        + (
+    apart = ", ".join(part[part["lower perplexity"] == ""]["pair"])
+    orders = [o for o in part["order"] if o]
+    if len(both):
+        higher = f" and with the higher one in {', '.join(both.drop(agree.index)['pair'])}"
+        link = (
             f"Of the {len(both)} pair(s) both order, the lower layer error goes with the lower "
-            f"perplexity in {len(agree)}"
-            + (
-                f" and with the higher one in {', '.join(both.drop(agree.index)['pair'])}"
-                if len(agree) < len(both)
-                else ""
-            )
-            + ".  "
-            if len(both)
-            else "No pair is ordered by both, so this does not tell whether a lower error "
-            "gives a lower perplexity.  "
+            f"perplexity in {len(agree)}{higher if len(agree) < len(both) else ''}.  "
         )
-        + (
-            f"Perplexity cannot separate {', '.join(apart)}."
-            if apart
-            else "Perplexity separates every pair."
+    else:
+        link = (
+            "No pair is ordered by both, so this does not tell whether a lower error gives a "
+            "lower perplexity.  "
         )
+    lines.append(
+        f"- {pattern}, over {len(LAYERWISE_SEEDS)} seed(s): perplexity orders {len(orders)} of "
+        f"{len(part)} pairs"
+        + (f" ({', '.join(orders)})" if orders else "")
+        + f"; mean layer error orders {(part['lower error'] != '').sum()} of {len(part)}.  {link}"
+        + (f"Perplexity cannot separate {apart}." if apart else "Perplexity separates every pair.")
     )
 dense_acc = dense_chars["accuracy"].mean()
 curve = unstructured.groupby(["method", "sparsity"])["test_accuracy"].mean()
@@ -412,19 +336,14 @@ for method in LAYERWISE:
     ok = [s for s, a in curve.loc[method].items() if a >= dense_acc - 0.02]
     held.append(f"{method} up to {max(ok):.0%}" if ok else f"{method} at no sparsity measured")
 lines.append(
-    f"- Mean test accuracy within 2 points of the dense {dense_acc:.1%}: " + "; ".join(held) + "."
+    f"- Mean test accuracy within 2 points of the dense {dense_acc:.1%}: {'; '.join(held)}."
 )
 seconds = layer_runs.groupby("method")["prune_seconds"].median()
-lines.append(
-    "- Median time to prune the model once, calibration included: "
-    + ", ".join(f"{m} {seconds[m]:.2f} s" for m in LAYERWISE)
-    + (
-        f"; OBC takes {seconds['obc'] / seconds['sparsegpt']:.0f}x SparseGPT's time."
-        if "obc" in seconds
-        else "."
-    )
-)
-display(Markdown("\n".join(lines)))
+timing = ", ".join(f"{m} {seconds[m]:.2f} s" for m in LAYERWISE)
+if "obc" in seconds:
+    timing += f"; OBC takes {seconds['obc'] / seconds['sparsegpt']:.0f}x SparseGPT's time"
+lines.append(f"- Median time to prune the model once, calibration included: {timing}.")
+sl.nb.md("\n".join(lines))
 
 # %% [markdown]
 # ## Against the literature
@@ -442,26 +361,20 @@ def perplexity_check(method, pattern):
     magnitude's and, for Wanda, not clearly higher than SparseGPT's), and the comparisons."""
     ppl = vs_magnitude[method, "perplexity"].loc[pattern]
     confirmed = ppl["verdict"] == "better"
-    words = [f"{method} minus magnitude {lower_words(ppl, flags=False)}"]
+    words = [f"{method} minus magnitude {sl.words.lower_text(ppl, flags=False)}"]
     if method == "wanda" and "sparsegpt" in LAYERWISE:  # the claim: close to SparseGPT's
-        part = at_half[at_half["pattern"] == pattern]
-        versus = sl.stats.paired(part, "method", method, "sparsegpt", metric="perplexity")
-        confirmed = confirmed and versus.iloc[0]["verdict"] != "worse"
-        words.append(f"{method} minus SparseGPT {lower_words(versus.iloc[0], flags=False)}")
+        versus = vs(method, "sparsegpt", "perplexity").loc[pattern]
+        confirmed = confirmed and versus["verdict"] != "worse"
+        words.append(f"{method} minus SparseGPT {sl.words.lower_text(versus, flags=False)}")
     return confirmed, "; ".join(words)
 
 
 def chars_measured(method, pattern):
-    acc = vs_magnitude[method, "test_accuracy"].loc[pattern]
     confirmed, words = perplexity_check(method, pattern)
-    text = f"Perplexity: {words}."
-    if acc["verdict"] == "better":
-        text += (
-            "  The paper's own measure, perplexity, "
-            + ("confirms" if confirmed else "does not confirm")
-            + " the claim here."
-        )
-    return text
+    if vs_magnitude[method, "test_accuracy"].loc[pattern]["verdict"] != "better":
+        return f"Perplexity: {words}."
+    said = "confirms" if confirmed else "does not confirm"
+    return f"Perplexity: {words}.  The paper's own measure, perplexity, {said} the claim here."
 
 
 def chars_reason(method, pattern):
@@ -470,15 +383,12 @@ def chars_reason(method, pattern):
     lower = int((errors[method] < errors["magnitude"]).sum())
     err = vs_magnitude[method, "mean_layer_error"].loc[pattern]
     acc = vs_magnitude[method, "test_accuracy"].loc[pattern]
+    yet = err["verdict"] == "better" and acc["verdict"] != "better"
     text = (
         f"Its output error is lower than magnitude's in {lower} of {len(errors)} layers "
         f"(seed {SEED}); mean layer error, {method} minus magnitude over the seeds: "
-        f"{lower_words(err, digits=4, flags=False)}"
-        + (
-            ", yet the lower error brings no clear accuracy gain."
-            if err["verdict"] == "better" and acc["verdict"] != "better"
-            else "."
-        )
+        f"{sl.words.lower_text(err, digits=4, flags=False)}"
+        + (", yet the lower error brings no clear accuracy gain." if yet else ".")
     )
     if "obc" in LAYERWISE and method != "obc":
         obc = vs_magnitude["obc", "test_accuracy"].loc[pattern]
@@ -498,28 +408,24 @@ def chars_reason(method, pattern):
 
 ON_ACCURACY_ONLY = "reproduced on accuracy only"
 verdicts, notes = [], []  # notes: what each summary line adds to the verdict's numbers
-for key, method in [("sparsegpt_beats_magnitude", "sparsegpt"), ("wanda_beats_magnitude", "wanda")]:
-    for pattern in ["unstructured", "2:4"]:
-        v = sl.claims.judge(
-            key,
-            vs_magnitude[method, "test_accuracy"].loc[pattern],
-            setting=(
-                f"tiny transformer on chars, {pattern} 50% per layer, one-shot, test accuracy"
-            ),
-            measured=chars_measured(method, pattern),
-            reason=chars_reason(method, pattern),
-        )
-        confirmed, words = perplexity_check(method, pattern)
-        note = ""
-        if v.status == sl.claims.REPRODUCED and not confirmed:
-            # the accuracy interval agrees, the paper's own measure does not
-            v = dataclasses.replace(v, status=ON_ACCURACY_ONLY)
-            note = f"; perplexity does not confirm it ({words})"
-        verdicts.append(v)
-        notes.append(note)
-with pd.option_context("display.max_rows", None, "display.max_colwidth", None):
-    display(sl.claims.table(verdicts))
-display(Markdown(sl.claims.report(verdicts)))
+for method, pattern in itertools.product(["sparsegpt", "wanda"], ["unstructured", "2:4"]):
+    v = sl.claims.judge(
+        f"{method}_beats_magnitude",
+        vs_magnitude[method, "test_accuracy"].loc[pattern],
+        setting=f"tiny transformer on chars, {pattern} 50% per layer, one-shot, test accuracy",
+        measured=chars_measured(method, pattern),
+        reason=chars_reason(method, pattern),
+    )
+    confirmed, words = perplexity_check(method, pattern)
+    if v.status == sl.claims.REPRODUCED and not confirmed:
+        # the accuracy interval agrees, the paper's own measure does not
+        v = dataclasses.replace(v, status=ON_ACCURACY_ONLY)
+    verdicts.append(v)
+    notes.append(
+        f"; perplexity does not confirm it ({words})" if v.status == ON_ACCURACY_ONLY else ""
+    )
+display(sl.claims.table(verdicts))
+sl.nb.md(sl.claims.report(verdicts))
 
 
 # %% [markdown]
@@ -535,21 +441,9 @@ display(Markdown(sl.claims.report(verdicts)))
 
 
 # %%
-counts = pd.Series([v.status for v in verdicts]).value_counts()
-display(
-    Markdown(
-        "\n".join(
-            f"- {v.claim.treatment} against {v.claim.baseline} ({v.setting}): **{v.status}**, "
-            f"{v.numbers()}{note}."
-            for v, note in zip(verdicts, notes, strict=True)
-        )
-        + f"\n\nOf {len(verdicts)} verdicts: "
-        + ", ".join(f"{n} {status}" for status, n in counts.items())
-        + ".  Pruning the transformer once took a median of "
-        + ", ".join(f"{seconds[m]:.2f} s with {m}" for m in LAYERWISE if m != "magnitude")
-        + "."
-    )
-)
+took = ", ".join(f"{seconds[m]:.2f} s with {m}" for m in LAYERWISE if m != "magnitude")
+summary = sl.words.verdict_summary(verdicts, notes)
+sl.nb.md(f"{summary}  Pruning the transformer once took a median of {took}.")
 
 # %% [markdown]
 # ## Exercises

@@ -19,11 +19,11 @@
 #
 # This follows section 2.4.3 of the survey (pruning before training).  It continues
 # [02b](02b_first_order.ipynb), which derives the first-order criteria (SNIP's
-# $\lvert g\,w\rvert$ among them) and compares them on trained networks.  Two other
-# lessons take this further, and this notebook does not repeat them:
-# [03](03_when_to_prune.ipynb) compares pruning at initialisation against pruning after
-# training, and [05c](05c_collapse_and_layer_ratios.ipynb) studies layer collapse and layer
-# ratios.
+# $\lvert g\,w\rvert$ among them) and compares them on trained networks.  Two other lessons
+# take this further, and this notebook does not repeat them:
+# [03b](03b_initialisation_against_training.ipynb) compares pruning at initialisation
+# against pruning after training, and [05c](05c_collapse_and_layer_ratios.ipynb) studies
+# layer collapse and layer ratios.
 
 # %%
 import copy
@@ -31,11 +31,10 @@ import dataclasses
 import re
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from IPython.display import Markdown, display
+from IPython.display import display
 
 import sparsity_lab as sl
 from sparsity_lab import masks, recipes
@@ -73,11 +72,6 @@ if SMOKE:  # a quick pass through every cell, for CI
 info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 SPLITS = {"n_train": N_TRAIN, "n_val": N_EVAL, "n_test": N_EVAL}
 DATA = {name: size for name, size in SPLITS.items() if size is not None}  # {}: the recipe's
-
-
-def span(low, high):
-    """``"low to high"`` in two significant digits, or one number when they agree."""
-    return f"{low:.2g}" if f"{low:.2g}" == f"{high:.2g}" else f"{low:.2g} to {high:.2g}"
 
 
 def first_batches(loader, n):
@@ -127,43 +121,28 @@ for a, b in zip(widths[:-1], widths[1:], strict=True):
     layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
 toy_init = torch.nn.Sequential(*layers[:-1])
 toy_data = (torch.randn(64, widths[0]), torch.randint(0, widths[-1], (64,)))
+TOY = {"magnitude": {}, "snip": {}, "synflow": {"input_shape": (widths[0],), "iterations": 20}}
 fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), layout="constrained")
 toy_paths = {}
-for ax, (method, options) in zip(
-    axes,
-    [("magnitude", {}), ("snip", {}), ("synflow", {"input_shape": (widths[0],), "iterations": 20})],
-    strict=True,
-):
+for ax, (method, options) in zip(axes, TOY.items(), strict=True):
     pruned = sl.prune(copy.deepcopy(toy_init), method, TOY_SPARSITY, data=toy_data, **options)
     found = list(masks.masks(pruned).values())
     paths = torch.ones(widths[0])
-    for col, mask in enumerate(found):
-        paths = mask.float() @ paths
-        ys_in = np.linspace(0, 1, widths[col])
-        ys_out = np.linspace(0, 1, widths[col + 1])
-        for i, j in mask.nonzero().tolist():
-            ax.plot([col, col + 1], [ys_in[j], ys_out[i]], color="C0", linewidth=0.8)
-    for col, width in enumerate(widths):
-        ax.scatter([col] * width, np.linspace(0, 1, width), s=12, color="k", zorder=3)
+    for mask in found:
+        paths = mask.float() @ paths  # paths from the inputs to each unit of the next layer
     toy_paths[method] = int(paths.sum())
-    ax.set_title(f"{method}: {toy_paths[method]} input-output paths")
-    ax.axis("off")
+    title = f"{method}: {toy_paths[method]} input-output paths"
+    sl.illustrations.connection_diagram(found, ax=ax, title=title)
 plt.show()
-collapsed = [m for m, n in toy_paths.items() if n == 0]
-display(
-    Markdown(
-        f"Pruned at {TOY_SPARSITY:.0%} before training, "
-        + (
-            f"{', '.join(f'`{m}`' for m in collapsed)} cut every path from input to output "
-            "(layer collapse: the network computes a constant)"
-            if collapsed
-            else "no method cuts every path from input to output"
-        )
-        + "; "
-        + ", ".join(f"`{m}` keeps {n}" for m, n in toy_paths.items())
-        + " paths."
-    )
+collapsed = ", ".join(f"`{m}`" for m, n in toy_paths.items() if n == 0)
+outcome = (
+    f"{collapsed} cut every path from input to output (layer collapse: the network computes "
+    "a constant)"
+    if collapsed
+    else "no method cuts every path from input to output"
 )
+kept_paths = ", ".join(f"`{m}` keeps {n}" for m, n in toy_paths.items())
+sl.nb.md(f"Pruned at {TOY_SPARSITY:.0%} before training, {outcome}; {kept_paths} paths.")
 
 # %% [markdown]
 # ### Layer collapse
@@ -175,14 +154,8 @@ display(
 # %%
 COLLAPSE_SPARSITY = 0.99
 init = task.build()  # the same initial weights as the dense model of this seed
-PAI = {
-    "random": {},
-    "magnitude": {},
-    "snip": {},
-    "grasp": {},
-    "synflow": {"iterations": SYNFLOW_ITERATIONS},
-    "force": {"iterations": FORCE_ITERATIONS},
-}
+PAI = {method: {} for method in ["random", "magnitude", "snip", "grasp"]}  # method: options
+PAI.update(synflow={"iterations": SYNFLOW_ITERATIONS}, force={"iterations": FORCE_ITERATIONS})
 layer_density = {}
 for method, options in PAI.items():
     pruned = sl.prune(copy.deepcopy(init), method, COLLAPSE_SPARSITY, data=calibration, **options)
@@ -193,12 +166,8 @@ ax.set_ylabel("density of the layer (log)")
 ax.set_title(f"LeNet-300-100 pruned at initialisation to {COLLAPSE_SPARSITY:.0%} sparsity")
 plt.show()
 empty = [m for m in layer_density if (layer_density[m] == 0).any()]
-display(
-    Markdown(
-        f"Methods that empty a layer at {COLLAPSE_SPARSITY:.0%}: "
-        f"{', '.join(f'`{m}`' for m in empty) or 'none'}."
-    )
-)
+EMPTY = ", ".join(f"`{m}`" for m in empty) or "none"
+sl.nb.md(f"Methods that empty a layer at {COLLAPSE_SPARSITY:.0%}: {EMPTY}.")
 
 # %% [markdown]
 # ### Training the pruned networks from scratch
@@ -235,25 +204,16 @@ dense_runs = pd.DataFrame(
         for t, net, info in [dense_model(m, s)]
     ]
 )
-dense_table = sl.stats.summarize(dense_runs, "model_name", "test_accuracy")
-dense_table["expected"] = [
-    recipes.recipe_for(m, "mnist").expected_test_accuracy for m in dense_table.model_name
-]
-display(dense_table.round(4))
-sl.nb.show_flags(sl.flags.table(dense_runs, "model_name"), what="on the dense baselines")
+sl.nb.show_dense(dense_runs, "mnist", what="on the dense baselines")  # accuracy, expected, flags
 DENSE = dense_runs.groupby("model_name").first()  # epochs, images and size of each model
 
 
 def magnitude_after_training(model_name, sparsity, seed):
     """The reference: prune the trained dense model by magnitude once, then fine-tune it."""
     t, net, _ = dense_model(model_name, seed)
+    data = first_batches(t.loaders()[0], CALIBRATION_BATCHES)
     return recipes.prune_and_finetune(
-        net,
-        t,
-        "magnitude",
-        sparsity,
-        finetune_epochs=FINETUNE_EPOCHS,
-        data=first_batches(t.loaders()[0], CALIBRATION_BATCHES),
+        net, t, "magnitude", sparsity, finetune_epochs=FINETUNE_EPOCHS, data=data
     )
 
 
@@ -271,14 +231,9 @@ def before_training(model_name, criterion, sparsity, arm, seed):
     t = dense_model(model_name, seed)[0]
     key = (model_name, criterion, sparsity, seed)
     if key not in found_masks:
-        pruned = sl.prune(
-            t.build(),  # the initial weights of this seed's dense model
-            criterion,
-            sparsity,
-            data=first_batches(t.loaders()[0], CALIBRATION_BATCHES),
-            seed=seed,
-            **PAI[criterion],
-        )
+        data = first_batches(t.loaders()[0], CALIBRATION_BATCHES)
+        # t.build(): the initial weights of this seed's dense model
+        pruned = sl.prune(t.build(), criterion, sparsity, data=data, seed=seed, **PAI[criterion])
         found_masks[key] = masks.masks(pruned)
     found = found_masks[key]
     if arm == "shuffled":
@@ -296,35 +251,20 @@ def before_training(model_name, criterion, sparsity, arm, seed):
     }
 
 
-pai = sl.experiments.sweep(
-    before_training,
-    {
-        "model_name": PAI_MODELS,
-        "criterion": PAI_CRITERIA,
-        "sparsity": SPARSITIES,
-        "arm": ["original", "shuffled"],
-    },
-    seeds=SEEDS,
-)
-reference_flops = {
-    m: recipes.training_flops(dense_model(m, SEED)[1], DENSE.loc[m, "n_train"], 1)
-    * DENSE.loc[m, "epochs"]
-    for m in PAI_MODELS
-}
-display(
-    Markdown(
-        "Budgets: "
-        + "; ".join(
-            f"on {m}, each sparse network trains {PAI_EPOCHS} epoch(s), "
-            f"{span(*pai[pai.model_name == m]['train_flops'].agg(['min', 'max']))} FLOPs, "
-            f"while the dashed "
-            f"reference cost a dense training of {DENSE.loc[m, 'epochs']} epoch(s) "
-            f"({reference_flops[m]:.2g} FLOPs) plus {FINETUNE_EPOCHS} fine-tuning epoch(s)"
-            for m in PAI_MODELS
-        )
-        + "."
+GRID = {"model_name": PAI_MODELS, "criterion": PAI_CRITERIA, "sparsity": SPARSITIES}
+pai = sl.experiments.sweep(before_training, {**GRID, "arm": ["original", "shuffled"]}, seeds=SEEDS)
+budgets = []
+for m in PAI_MODELS:
+    flops = pai[pai.model_name == m]["train_flops"]
+    dense_flops = recipes.training_flops(dense_model(m, SEED)[1], DENSE.loc[m, "n_train"], 1)
+    budgets.append(
+        f"on {m}, each sparse network trains {PAI_EPOCHS} epoch(s), "
+        f"{sl.words.span(flops.min(), flops.max())} FLOPs, while the dashed reference cost a dense "
+        f"training of {DENSE.loc[m, 'epochs']} epoch(s) "
+        f"({dense_flops * DENSE.loc[m, 'epochs']:.2g} FLOPs) plus {FINETUNE_EPOCHS} "
+        "fine-tuning epoch(s)"
     )
-)
+sl.nb.md("Budgets: " + "; ".join(budgets) + ".")
 
 # %%
 fig, axes = plt.subplots(1, len(PAI_MODELS), figsize=(11, 4), squeeze=False, layout="constrained")
@@ -356,61 +296,36 @@ def emptied_layers():
         return "No run of the sweep before training leaves a layer empty."
     parts = []
     for (m, c, sparsity), group in hit.groupby(["model_name", "criterion", "sparsity"]):
-        layers = sorted({name for names in group.layers for name in names})
-        total = (
-            runs[(runs.model_name == m) & (runs.criterion == c) & (runs.sparsity == sparsity)]
-            .groupby("arm")
-            .size()
-        )
-        counts = group.groupby("arm").size()
-        parts.append(
-            f"`{c}` on {m} at {sparsity:.0%} empties {', '.join(f'`{n}`' for n in layers)} ("
-            + ", ".join(f"{arm} arm {n} of {total[arm]} runs" for arm, n in counts.items())
-            + ")"
-        )
+        layers = ", ".join(f"`{n}`" for n in sorted({n for names in group.layers for n in names}))
+        setting = runs[(runs.model_name == m) & (runs.criterion == c) & (runs.sparsity == sparsity)]
+        total = setting.groupby("arm").size()
+        counts = group.groupby("arm").size().items()
+        counts = ", ".join(f"{arm} arm {n} of {total[arm]} runs" for arm, n in counts)
+        parts.append(f"`{c}` on {m} at {sparsity:.0%} empties {layers} ({counts})")
     return "Runs of the sweep before training that leave a layer empty: " + "; ".join(parts) + "."
 
 
-display(Markdown(emptied_layers()))
+sl.nb.md(emptied_layers())
 
 # %% [markdown]
 # The effect of shuffling, per seed: the accuracy of the shuffled mask minus that of the
 # mask as found (test), with its paired interval over the seeds.
 
 # %%
-shuffle = sl.stats.paired(
-    pai,
-    "arm",
-    "shuffled",
-    "original",
-    metric="test_accuracy",
-    by=["model_name", "criterion", "sparsity"],
-)
+BY = ["model_name", "criterion", "sparsity"]
+shuffle = sl.stats.paired(pai, "arm", "shuffled", "original", metric="test_accuracy", by=BY)
 display(shuffle.round(4))
 fig, axes = plt.subplots(1, len(PAI_MODELS), figsize=(11, 3.6), squeeze=False, layout="constrained")
 for ax, model_name in zip(axes[0], PAI_MODELS, strict=True):
-    for criterion, part in shuffle[shuffle.model_name == model_name].groupby("criterion"):
-        (line,) = ax.plot(part.sparsity, 100 * part.mean_diff, marker="o", label=criterion)
-        ax.fill_between(
-            part.sparsity, 100 * part.ci_low, 100 * part.ci_high, color=line.get_color(), alpha=0.2
-        )
+    points = shuffle[shuffle.model_name == model_name].assign(flagged=lambda d: d.flagged != "")
+    points[["mean", "ci_low", "ci_high"]] = 100 * points[["mean_diff", "ci_low", "ci_high"]].values
+    sl.viz.interval_lines(points, "sparsity", "criterion", ax, band=True)
     ax.axhline(0, color="k", linewidth=0.8)
     # the axis fits the settings without a flagged run: an interval stretched to +-100 points
     # by a run at chance level would squash the others; a mean off the axis is marked at its edge
-    points = shuffle[shuffle.model_name == model_name].assign(
-        mean=lambda d: 100 * d.mean_diff,
-        ci_low=lambda d: 100 * d.ci_low,
-        ci_high=lambda d: 100 * d.ci_high,
-        flagged=lambda d: d.flagged != "",
-    )
+    bounds, fmt = (-100.0, 100.0), "{:+.1f} points".format
     sl.experiments.fit_y(
-        ax,
-        points,
-        ~points["flagged"],
-        x="sparsity",
-        name="criterion",
-        bounds=(-100.0, 100.0),
-        fmt="{:+.1f} points".format,
+        ax, points, ~points["flagged"], x="sparsity", name="criterion", bounds=bounds, fmt=fmt
     )
     ax.set(xlabel="sparsity", ylabel="shuffled - original (points)")
     ax.set_title(f"{model_name}: accuracy change when masks are shuffled")
@@ -420,73 +335,61 @@ top = max(SPARSITIES)  # the highest sparsity measured
 at_top = shuffle[shuffle.sparsity == top]
 
 
-def shuffle_helps():
-    """The settings where shuffling clearly *raises* accuracy: the check of Frankle et al.
-    expects a drop or nothing, so a gain says the method's own choice within layers hurt."""
-    gains = shuffle[(shuffle.verdict == sl.stats.BETTER) & (shuffle.flagged == "")]
-    if gains.empty:
-        return "At no sparsity does shuffling clearly raise accuracy in a run without flags."
-    return (
-        "Shuffling clearly raises accuracy, with no flagged run, for "
-        + "; ".join(
-            f"`{r.criterion}` on {r.model_name} at {r.sparsity:.0%} ({sl.stats.describe(r)})"
-            for _, r in gains.iterrows()
-        )
-        + ": there the method's choice of weights within each layer is worse than a random "
-        "choice of as many."
+def shuffle_clearly(verdict):
+    """The settings where shuffling clearly raises (``sl.stats.BETTER``) or lowers
+    (``WORSE``) accuracy in runs without flags.  The check of Frankle et al. expects a drop
+    or nothing: a gain says the method's own choice within layers hurt, a drop that it
+    carries information a random choice of as many weights lacks."""
+    raises = verdict == sl.stats.BETTER
+    effect = "raise" if raises else "lower"
+    rows = shuffle[(shuffle.verdict == verdict) & (shuffle.flagged == "")]
+    if rows.empty:
+        return f"At no sparsity does shuffling clearly {effect} accuracy in a run without flags."
+    settings = "; ".join(
+        f"`{r.criterion}` on {r.model_name} at {r.sparsity:.0%} ({sl.stats.describe(r)})"
+        for _, r in rows.iterrows()
     )
-
-
-def shuffle_hurts():
-    """The settings where shuffling clearly *lowers* accuracy: the method's choice within
-    layers carries information that a random choice of as many weights lacks."""
-    losses = shuffle[(shuffle.verdict == sl.stats.WORSE) & (shuffle.flagged == "")]
-    if losses.empty:
-        return "At no sparsity does shuffling clearly lower accuracy in a run without flags."
-    return (
-        "Shuffling clearly lowers accuracy, with no flagged run, for "
-        + "; ".join(
-            f"`{r.criterion}` on {r.model_name} at {r.sparsity:.0%} ({sl.stats.describe(r)})"
-            for _, r in losses.iterrows()
-        )
-        + ": there the method's choice within layers beats a random one."
+    meaning = (
+        "of weights within each layer is worse than a random choice of as many"
+        if raises
+        else "within layers beats a random one"
     )
-
-
-def percents(values):
-    return ", ".join(f"{v:.0%}" for v in values)
+    return (
+        f"Shuffling clearly {effect}s accuracy, with no flagged run, for {settings}: there the "
+        f"method's choice {meaning}."
+    )
 
 
 def found_behind():
     """Methods whose masks as found raise flags that their shuffles do not, or do clearly
     worse than their shuffles (test), with the mean validation accuracy of both arms there."""
     runs = pai.assign(flagged=pai["flags"].fillna("") != "")
-    arms = runs.groupby(["model_name", "criterion", "sparsity", "arm"]).agg(
+    arms = runs.groupby([*BY, "arm"]).agg(
         flagged=("flagged", "any"), val_accuracy=("val_accuracy", "mean")
     )
+    arms = arms.unstack("arm")  # a column per (measure, arm), a row per setting
     parts = []
     for (m, c), part in shuffle.groupby(["model_name", "criterion"], sort=False):
-        flagged = [
-            s
-            for s in part.sparsity
-            if arms.loc[(m, c, s, "original"), "flagged"]
-            and not arms.loc[(m, c, s, "shuffled"), "flagged"]
-        ]
+        arm = arms.loc[(m, c)]  # a row per sparsity
+        only_found = arm["flagged", "original"] & ~arm["flagged", "shuffled"]
+        flagged = [s for s in part.sparsity if only_found[s]]
         behind = part[part.verdict == sl.stats.BETTER].sparsity.tolist()
         if not flagged and not behind:
             continue
         where = sorted(set(flagged) | set(behind))
-        found = [arms.loc[(m, c, s, "original"), "val_accuracy"] for s in where]
-        shuffled = [arms.loc[(m, c, s, "shuffled"), "val_accuracy"] for s in where]
-        what = []
-        if flagged:
-            what.append(f"only the masks as found flagged at {percents(flagged)}")
+        found, shuffled = (arm.loc[where, ("val_accuracy", a)] for a in ("original", "shuffled"))
+        what = (
+            [f"only the masks as found flagged at {sl.words.percents(flagged)}"] if flagged else []
+        )
         if behind:
-            what.append(f"clearly lower test accuracy than the shuffles at {percents(behind)}")
+            what.append(
+                f"clearly lower test accuracy than the shuffles at {sl.words.percents(behind)}"
+            )
         parts.append(
             f"`{c}` on {m} ({'; '.join(what)}; mean validation accuracy "
-            f"{span(min(found), max(found))} as found, {span(min(shuffled), max(shuffled))} "
-            f"shuffled, at {percents(where)})"
+            f"{sl.words.span(min(found), max(found))} as found, "
+            f"{sl.words.span(min(shuffled), max(shuffled))} shuffled, "
+            f"at {sl.words.percents(where)})"
         )
     if not parts:
         return (
@@ -495,25 +398,18 @@ def found_behind():
         )
     return (
         "Masks as found that raise flags their shuffles do not, or fall clearly below them: "
-        + "; ".join(parts)
-        + "."
+        f"{'; '.join(parts)}."
     )
 
 
-display(
-    Markdown(
-        f"At {top:.0%} sparsity, shuffled minus original: "
-        + "; ".join(
-            f"`{r.criterion}` on {r.model_name} {sl.stats.describe(r)}"
-            for _, r in at_top.iterrows()
-        )
-        + ".  "
-        + shuffle_helps()
-        + "  "
-        + shuffle_hurts()
-    )
+at_top_text = "; ".join(
+    f"`{r.criterion}` on {r.model_name} {sl.stats.describe(r)}" for _, r in at_top.iterrows()
 )
-display(Markdown(found_behind()))
+sl.nb.md(
+    f"At {top:.0%} sparsity, shuffled minus original: {at_top_text}.  "
+    f"{shuffle_clearly(sl.stats.BETTER)}  {shuffle_clearly(sl.stats.WORSE)}"
+)
+sl.nb.md(found_behind())
 
 # %% [markdown]
 # ## Against the literature
@@ -534,14 +430,7 @@ def sparse_facts(m):
     )
 
 
-snip_vs_random = sl.stats.paired(
-    pai,
-    "arm",
-    "original",
-    "shuffled",
-    metric="test_accuracy",
-    by=["model_name", "criterion", "sparsity"],
-)
+snip_vs_random = sl.stats.paired(pai, "arm", "original", "shuffled", metric="test_accuracy", by=BY)
 shuffle_verdicts = [
     sl.claims.judge(
         "init_masks_carry_layer_ratios_only",
@@ -587,12 +476,10 @@ display(sl.claims.table(verdicts))
 reported = snip_verdicts + [
     v for v in shuffle_verdicts if v.setting.startswith(("snip,", "synflow,"))
 ]
-display(Markdown(sl.claims.report(reported)))
-display(
-    Markdown(
-        "The table lists the shuffling verdict of every method; the text above words those "
-        "of SNIP and SynFlow, the methods of the claim's published numbers."
-    )
+sl.nb.md(sl.claims.report(reported))
+sl.nb.md(
+    "The table lists the shuffling verdict of every method; the text above words those "
+    "of SNIP and SynFlow, the methods of the claim's published numbers."
 )
 
 # %% [markdown]
@@ -612,7 +499,7 @@ judged = ", ".join(f"{n} {status}" for status, n in counts.items()) or "none jud
 n_flagged = len(shuffle_verdicts) - len(clean)
 lines = [
     f"- At {COLLAPSE_SPARSITY:.0%} sparsity before training, the methods that empty a layer "
-    f"of LeNet-300-100 are: {', '.join(f'`{m}`' for m in empty) or 'none'}.",
+    f"of LeNet-300-100 are: {EMPTY}.",
     f"- {emptied_layers()}",
     f"- Shuffling masks found at initialisation ({len(shuffle_verdicts)} method-network "
     f"pairs at {top:.0%}, {PAI_EPOCHS} training epoch(s), {len(SEEDS)} seed(s)): "
@@ -630,7 +517,7 @@ lines = [
         for v in snip_verdicts
     ],
 ]
-display(Markdown("\n".join(lines)))
+sl.nb.md("\n".join(lines))
 
 # %% [markdown]
 # ## Exercises

@@ -29,7 +29,7 @@ import math
 
 import matplotlib.pyplot as plt
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import display
 
 import sparsity_lab as sl
 from sparsity_lab import recipes
@@ -103,29 +103,16 @@ print(f"IoU {structure.iou(a, b):.3f}, Hamming {structure.hamming(a, b):.3f}")
 
 # %%
 runs, curves = [], []
+schedule = {"epochs": EPOCHS, "finetune_epochs": FINETUNE_EPOCHS, "epsilon": EPSILON}
 for seed in SEEDS:
     t = recipes.task("lenet300", DATA, seed=seed)
     probe = tuple(next(iter(t.loaders()[1])))  # a fixed validation batch for APoZ
+    apoz = {"pattern": "channel", "budget": "uniform", "targets": ["fc1.weight", "fc2.weight"]}
     selectors = {
         "magnitude (weights)": structure.criterion_selector("magnitude", TARGET),
-        "APoZ (channels)": structure.criterion_selector(
-            "apoz",
-            APOZ_SPARSITY,
-            pattern="channel",
-            budget="uniform",
-            data=probe,
-            targets=["fc1.weight", "fc2.weight"],
-        ),
+        "APoZ (channels)": structure.criterion_selector("apoz", APOZ_SPARSITY, data=probe, **apoz),
     }
-    out = structure.early_against_late(
-        t,
-        TARGET,
-        epochs=EPOCHS,
-        finetune_epochs=FINETUNE_EPOCHS,
-        epsilon=EPSILON,
-        window=WINDOW,
-        selectors=selectors,
-    )
+    out = structure.early_against_late(t, TARGET, window=WINDOW, selectors=selectors, **schedule)
     curves.append(out.pop("table").assign(seed=seed))
     runs.append({"seed": seed, **out})
 curves = pd.concat(curves, ignore_index=True)
@@ -135,26 +122,18 @@ n_epochs = int(curves["epoch"].max())
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
 sl.experiments.plot_mean_ci(curves, "epoch", "iou_to_final", hue="criterion", ax=axes[0])
 axes[0].set_title("IoU with the final mask")
-sl.experiments.plot_mean_ci(
-    curves[curves["epoch"] > 0], "epoch", "hamming_to_previous", hue="criterion", ax=axes[1]
-)
+later = curves[curves["epoch"] > 0]
+sl.experiments.plot_mean_ci(later, "epoch", "hamming_to_previous", hue="criterion", ax=axes[1])
 axes[1].axhline(EPSILON, color="k", ls=":", label="early-bird epsilon")
-axes[1].set_yscale("log")
-axes[1].set_title("Hamming distance to the previous epoch")
+axes[1].set(yscale="log", title="Hamming distance to the previous epoch")
 fig.tight_layout()
 plt.show()
 
+ARMS = {"dense": "dense", "late": "late", "early-bird": "early"}  # arm -> key in `runs`
 arms = pd.DataFrame(
-    [
-        {
-            "arm": arm,
-            "seed": row["seed"],
-            "test_accuracy": row[f"{key}_accuracy"],
-            "flags": row[f"{key}_flags"],
-        }
-        for _, row in runs.iterrows()
-        for arm, key in (("dense", "dense"), ("late", "late"), ("early-bird", "early"))
-    ]
+    {"arm": arm, "seed": r["seed"], "test_accuracy": r[f"{k}_accuracy"], "flags": r[f"{k}_flags"]}
+    for _, r in runs.iterrows()
+    for arm, k in ARMS.items()
 )
 display(sl.stats.summarize(arms, "arm", "test_accuracy").round(4))
 flagged = sl.flags.table(arms, "arm")
@@ -165,22 +144,20 @@ at = curves.groupby(["criterion", "epoch"])["iou_to_final"].mean()
 first = {c: at[c].loc[1] for c in at.index.levels[0]}
 half = {c: at[c].loc[n_epochs // 2] for c in at.index.levels[0]}
 early_late = sl.stats.paired(arms, "arm", "early-bird", "late", metric="test_accuracy").iloc[0]
-display(
-    Markdown(
-        f"After one epoch the magnitude mask shares IoU "
-        f"{first['magnitude (weights)']:.2f} with the final one and the APoZ channel mask "
-        f"{first['APoZ (channels)']:.2f}; after {n_epochs // 2} of {n_epochs} epochs these are "
-        f"{half['magnitude (weights)']:.2f} and {half['APoZ (channels)']:.2f}.  The tracked "
-        f"replay {'ends' if runs['replay_iou'].min() == 1 else 'does not end'} on the "
-        f"recipe's dense mask (IoU {runs['replay_iou'].min():.3f}).  "
-        f"The early-bird rule (Hamming distance below {EPSILON} for {WINDOW} epochs in a row) "
-        f"fired at epoch(s) {runs['early_epoch'].tolist()} of {n_epochs} "
-        f"(the recorded curve gives {runs['stable_epoch'].tolist()}); the early and late "
-        f"masks share IoU {runs['early_late_iou'].mean():.2f}.  The late arm fine-tuned "
-        f"{runs['finetune_epochs'].iloc[0]} epoch(s) "
-        f"({runs['finetune_flops'].mean():.2g} FLOPs).  Early-bird minus late: "
-        f"{sl.stats.describe(early_late)}."
-    )
+sl.nb.md(
+    f"After one epoch the magnitude mask shares IoU "
+    f"{first['magnitude (weights)']:.2f} with the final one and the APoZ channel mask "
+    f"{first['APoZ (channels)']:.2f}; after {n_epochs // 2} of {n_epochs} epochs these are "
+    f"{half['magnitude (weights)']:.2f} and {half['APoZ (channels)']:.2f}.  The tracked "
+    f"replay {'ends' if runs['replay_iou'].min() == 1 else 'does not end'} on the "
+    f"recipe's dense mask (IoU {runs['replay_iou'].min():.3f}).  "
+    f"The early-bird rule (Hamming distance below {EPSILON} for {WINDOW} epochs in a row) "
+    f"fired at epoch(s) {runs['early_epoch'].tolist()} of {n_epochs} "
+    f"(the recorded curve gives {runs['stable_epoch'].tolist()}); the early and late "
+    f"masks share IoU {runs['early_late_iou'].mean():.2f}.  The late arm fine-tuned "
+    f"{runs['finetune_epochs'].iloc[0]} epoch(s) "
+    f"({runs['finetune_flops'].mean():.2g} FLOPs).  Early-bird minus late: "
+    f"{sl.stats.describe(early_late)}."
 )
 
 # %% [markdown]
@@ -212,7 +189,7 @@ early_verdict = sl.claims.judge(
     measured=measured,
 )
 verdicts.append(early_verdict)
-display(Markdown(sl.claims.report([early_verdict])))
+sl.nb.md(sl.claims.report([early_verdict]))
 
 # %% [markdown]
 # ### Attention heads
@@ -245,15 +222,8 @@ for seed in SEEDS:
             expected = recipes.recipe_for("tiny_transformer", "chars").expected_test_accuracy
             below = sl.flags.check(dense_accuracy=run["accuracy"], expected_dense_accuracy=expected)
             run["flags"] = sl.flags.join([f for f in (run["flags"], *below) if f])
-        head_runs.append(
-            {
-                "arm": arm,
-                "seed": seed,
-                "test_accuracy": run["accuracy"],
-                "perplexity": run["perplexity"],
-                "flags": run["flags"],
-            }
-        )
+        measured = {"test_accuracy": run["accuracy"], "perplexity": run["perplexity"]}
+        head_runs.append({"arm": arm, "seed": seed, **measured, "flags": run["flags"]})
 head_curves = pd.concat(head_curves, ignore_index=True)
 head_runs = pd.DataFrame(head_runs)
 n_heads = sum(k.numel() for k in records[-1].values())
@@ -271,13 +241,15 @@ sl.nb.show_flags(flagged)
 
 # %%
 iou_by_epoch = head_curves.groupby("epoch")["iou_to_final"].mean()
-head_diff = sl.stats.paired(
-    head_runs, "arm", "epoch-1 mask", "final mask", metric="test_accuracy"
-).iloc[0]
-ppl_diff = sl.stats.paired(
-    head_runs, "arm", "epoch-1 mask", "final mask", metric="perplexity"
-).iloc[0]
-cost = sl.stats.paired(head_runs, "arm", "final mask", "all heads", metric="test_accuracy").iloc[0]
+
+
+def heads_minus(arm, baseline, metric="test_accuracy"):
+    return sl.stats.paired(head_runs, "arm", arm, baseline, metric=metric).iloc[0]
+
+
+head_diff = heads_minus("epoch-1 mask", "final mask")
+ppl_diff = heads_minus("epoch-1 mask", "final mask", metric="perplexity")
+cost = heads_minus("final mask", "all heads")
 before_end = head_curves[head_curves["epoch"] == head_epochs - 1]
 settled = int((before_end["iou_to_final"] == 1).sum())
 # the IoU two random sets of k of the n heads share in expectation (hypergeometric overlap j)
@@ -289,24 +261,22 @@ random_iou = sum(
     * (j / (2 * n_kept - j) if 2 * n_kept - j else 1.0)
     for j in range(n_kept + 1)
 )
-display(
-    Markdown(
-        f"Of the heads kept at the end ({HEAD_SPARSITY:.0%} of {n_heads} dropped), the mask "
-        f"at initialisation shares IoU {iou_by_epoch.loc[0]:.2f} on average over "
-        f"{len(SEEDS)} seed(s) and the mask after one epoch {iou_by_epoch.loc[1]:.2f} "
-        f"({head_epochs} epoch(s) of the recipe on {len(ht.bundle.train):,} windows).  Two "
-        f"random sets of {n_kept} of the {n_heads} heads share IoU {random_iou:.2f} in "
-        f"expectation.  With only {n_heads} heads in all, the IoU takes a few coarse values, "
-        f"and one head more or less changes it by a large step.  One epoch before the end "
-        f"the IoU is {iou_by_epoch.loc[head_epochs - 1]:.2f} on average, and the set of heads "
-        f"had settled (IoU 1) in {settled} of {len(before_end)} seed(s)"
-        f"{', so it is settled before training ends' if settled == len(before_end) else ''}"
-        f"{', so here it is not decided early' if settled < len(before_end) else ''}.  "
-        f"Pruning the trained model to the epoch-1 heads instead of the final ones changes "
-        f"held-out accuracy by {sl.stats.describe(head_diff)}; perplexity changes by "
-        f"{sl.stats.describe(ppl_diff, scale=1.0, unit='')}.  The final mask minus all "
-        f"heads: {sl.stats.describe(cost)}."
-    )
+sl.nb.md(
+    f"Of the heads kept at the end ({HEAD_SPARSITY:.0%} of {n_heads} dropped), the mask "
+    f"at initialisation shares IoU {iou_by_epoch.loc[0]:.2f} on average over "
+    f"{len(SEEDS)} seed(s) and the mask after one epoch {iou_by_epoch.loc[1]:.2f} "
+    f"({head_epochs} epoch(s) of the recipe on {len(ht.bundle.train):,} windows).  Two "
+    f"random sets of {n_kept} of the {n_heads} heads share IoU {random_iou:.2f} in "
+    f"expectation.  With only {n_heads} heads in all, the IoU takes a few coarse values, "
+    f"and one head more or less changes it by a large step.  One epoch before the end "
+    f"the IoU is {iou_by_epoch.loc[head_epochs - 1]:.2f} on average, and the set of heads "
+    f"had settled (IoU 1) in {settled} of {len(before_end)} seed(s)"
+    f"{', so it is settled before training ends' if settled == len(before_end) else ''}"
+    f"{', so here it is not decided early' if settled < len(before_end) else ''}.  "
+    f"Pruning the trained model to the epoch-1 heads instead of the final ones changes "
+    f"held-out accuracy by {sl.stats.describe(head_diff)}; perplexity changes by "
+    f"{sl.stats.describe(ppl_diff, scale=1.0, unit='')}.  The final mask minus all "
+    f"heads: {sl.stats.describe(cost)}."
 )
 
 # %% [markdown]
@@ -357,8 +327,7 @@ for ax, (task_name, group) in zip(axes, ticket_table.groupby("task", sort=False)
         group[group["round"] > 0], "sparsity", "test_accuracy", hue="network", ax=ax
     )
     ax.axhline(dense, color="k", ls="--", label="dense")
-    ax.set_title(f"{task_name} (own y scale)")
-    ax.set_ylabel("test accuracy")
+    ax.set(title=f"{task_name} (own y scale)", ylabel="test accuracy")
     ax.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
@@ -372,14 +341,18 @@ sl.nb.show_flags(flagged)
 
 # %%
 final = ticket_table[ticket_table["round"] == IMP_ROUNDS]
+
+
+def theta0_minus(rows, other):
+    """Ticket θ0 minus ``other`` in ``rows``: the paired test-accuracy difference."""
+    return sl.stats.paired(
+        rows, "network", tickets.NETWORKS[0], other, metric="test_accuracy"
+    ).iloc[0]
+
+
 ticket_verdicts, lines = [], []
 for task_name, group in final.groupby("task", sort=False):
-    diff = {
-        other: sl.stats.paired(
-            group, "network", tickets.NETWORKS[0], other, metric="test_accuracy"
-        ).iloc[0]
-        for other in tickets.NETWORKS[1:]
-    }
+    diff = {other: theta0_minus(group, other) for other in tickets.NETWORKS[1:]}
     dense = ticket_table[(ticket_table["task"] == task_name) & (ticket_table["round"] == 0)]
     compared = group[group["network"].isin([tickets.NETWORKS[0], tickets.NETWORKS[2]])]
     at_chance = int(compared["flags"].str.contains("chance").sum())
@@ -414,11 +387,9 @@ for task_name, group in final.groupby("task", sort=False):
         f"{sl.stats.describe(diff[tickets.NETWORKS[1]])}."
     )
 verdicts.extend(ticket_verdicts)
-display(
-    Markdown(
-        f"Paired differences at the last round ({IMP_ROUNDS} IMP rounds, "
-        f"{final['sparsity'].iloc[0]:.1%} sparse; test accuracy):\n\n" + "\n".join(lines)
-    )
+sl.nb.md(
+    f"Paired differences at the last round ({IMP_ROUNDS} IMP rounds, "
+    f"{final['sparsity'].iloc[0]:.1%} sparse; test accuracy):\n\n" + "\n".join(lines)
 )
 
 # %% [markdown]
@@ -426,42 +397,24 @@ display(
 # deeper networks need rewinding to θk), computed from the paired differences:
 
 # %%
-display(Markdown(sl.claims.report(ticket_verdicts)))
-to_dense = {
-    task_name: sl.stats.paired(
-        last[last["task"] == task_name],
-        "network",
-        tickets.NETWORKS[0],
-        "dense",
-        metric="test_accuracy",
-    ).iloc[0]
-    for task_name in final["task"].unique()
-}
-display(
-    Markdown(
-        "The claim also says the ticket stays near dense accuracy; the verdicts test only "
-        "the ticket against re-initialisation.  Ticket θ0 minus the dense model here: "
-        + "; ".join(f"{k}: {sl.stats.describe(r)}" for k, r in to_dense.items())
-        + "."
-    )
+sl.nb.md(sl.claims.report(ticket_verdicts))
+to_dense = {k: theta0_minus(last[last["task"] == k], "dense") for k in final["task"].unique()}
+sl.nb.md(
+    "The claim also says the ticket stays near dense accuracy; the verdicts test only "
+    "the ticket against re-initialisation.  Ticket θ0 minus the dense model here: "
+    + "; ".join(f"{k}: {sl.stats.describe(r)}" for k, r in to_dense.items())
+    + "."
 )
-rewinding = {
-    task_name: sl.stats.paired(
-        group, "network", tickets.NETWORKS[0], tickets.NETWORKS[1], metric="test_accuracy"
-    ).iloc[0]
-    for task_name, group in final.groupby("task", sort=False)
-}
-display(
-    Markdown(
-        "Rewinding to θ0 instead of θk here: "
-        + "; ".join(f"{k}: {sl.stats.describe(r)}" for k, r in rewinding.items())
-        + ".  "
-        + (
-            "In neither setting was θ0 measurably worse than θk."
-            if all(r["verdict"] != "worse" for r in rewinding.values())
-            else "θ0 was worse in at least one setting, as the deeper networks of Frankle "
-            "et al. (2020) were."
-        )
+rewinding = {k: theta0_minus(g, tickets.NETWORKS[1]) for k, g in final.groupby("task", sort=False)}
+sl.nb.md(
+    "Rewinding to θ0 instead of θk here: "
+    + "; ".join(f"{k}: {sl.stats.describe(r)}" for k, r in rewinding.items())
+    + ".  "
+    + (
+        "In neither setting was θ0 measurably worse than θk."
+        if all(r["verdict"] != "worse" for r in rewinding.values())
+        else "θ0 was worse in at least one setting, as the deeper networks of Frankle "
+        "et al. (2020) were."
     )
 )
 
@@ -483,7 +436,7 @@ display(
 
 # %%
 display(sl.claims.table(verdicts))
-display(Markdown(sl.claims.report(verdicts)))
+sl.nb.md(sl.claims.report(verdicts))
 
 # %% [markdown]
 # ## Exercises

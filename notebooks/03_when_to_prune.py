@@ -11,22 +11,23 @@
 # ---
 
 # %% [markdown]
-# # When to prune: schedules, pruning at initialisation, and lottery tickets
+# # When to prune I: schedules, from one cut to gradual ramps
 #
 # **What you will learn:** how the moment and the pace of pruning change what a sparse
-# network can do, from one cut after training to gradual ramps, alternating sparse and
-# dense phases, pruning before any training, and where lottery tickets (iterative magnitude
-# pruning with rewinding) fit among them.
+# network can do, from one cut during or after training to gradual ramps and alternating
+# sparse and dense phases, on the same training budget.
 #
-# This follows section 2.4 of the survey ("when to sparsify") and its discussion of the
-# lottery ticket hypothesis.  The *what* (single weights) and the *how* (magnitude, unless
-# said otherwise) stay fixed, so that only the *when* changes.
+# This follows section 2.4 of the survey ("when to sparsify").  The *what* (single
+# weights) and the *how* (magnitude) stay fixed, so that only the *when* changes.
+# [03b](03b_initialisation_against_training.ipynb) continues it at the two ends: masks
+# chosen before any training against pruning after training, and where lottery tickets
+# (iterative magnitude pruning with rewinding) fit.
 
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import display
 
 import sparsity_lab as sl
 from sparsity_lab import recipes, registry
@@ -65,8 +66,8 @@ info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 #    in dynamic sparse training, **regrow** as many).
 # 5. **Train** again: fine-tune or retrain with the mask.
 # 6. **Repeat** steps 3-5 until the target sparsity is reached.
-# 7. **Reset or finish**: rewind the weights or the learning rate (lottery tickets), or end
-#    with a final fine-tune.
+# 7. **Reset or finish**: rewind the weights or the learning rate (lottery tickets,
+#    [03b](03b_initialisation_against_training.ipynb)), or end with a final fine-tune.
 #
 # A *schedule* is the sparsity as a function of the training step.  One-shot pruning jumps
 # once; iterative pruning takes equal-ratio steps with retraining in between; the cubic
@@ -93,20 +94,10 @@ for t in steps:
     adaptive_curve.append(current)
 curves["adaptive"] = adaptive_curve
 
-fig, axes = plt.subplots(3, 3, figsize=(9, 6.5), sharex=True, sharey=True)
-for ax, (name, values) in zip(axes.flat, curves.items(), strict=True):
-    ax.plot(steps, values, color="C0")
-    ax.axvspan(kw["begin_step"], kw["end_step"], color="0.9", zorder=0)
-    ax.set_title(name)
-for ax in axes[-1]:
-    ax.set_xlabel("step")
-for ax in axes[:, 0]:
-    ax.set_ylabel("sparsity")
-fig.suptitle(
-    f"Every schedule with a {kw['final_sparsity']:.0%} target between steps "
-    f"{kw['begin_step']} and {kw['end_step']} (shaded); DSD ends dense, IHT alternates."
-)
-fig.tight_layout()
+ramp = (kw["begin_step"], kw["end_step"])
+title = f"Every schedule with a {kw['final_sparsity']:.0%} target between steps {ramp[0]} and "
+title += f"{ramp[1]} (shaded); DSD ends dense, IHT alternates."
+sl.viz.function_grid(steps, curves, span=ramp, xlabel="step", ylabel="sparsity", title=title)
 plt.show()
 
 # %% [markdown]
@@ -127,14 +118,11 @@ print(table.round(4).to_string())
 # %%
 def draw_ramps(ax, frequency, begin_step):
     """The four smooth ramps to 90% by step 800, updated every ``frequency`` steps."""
+    ramps = {}
     for name in ["linear", "cubic", "exponential", "cosine"]:
         schedule = registry.get(name, "schedule")
-        values = [schedule(int(t), 0.9, begin_step, 800, frequency=frequency) for t in steps]
-        ax.plot(steps, values, label=name)
-    ax.axvspan(begin_step, 800, color="0.9", zorder=0)
-    ax.set_xlabel("step")
-    ax.set_ylabel("sparsity")
-    ax.legend(fontsize=7)
+        ramps[name] = [schedule(int(t), 0.9, begin_step, 800, frequency=frequency) for t in steps]
+    sl.viz.curves(steps, ramps, ax, span=(begin_step, 800), xlabel="step", ylabel="sparsity")
 
 
 sl.nb.explore(draw_ramps, frequency=[10, 50, 100, 200], begin_step=(0, 600, 50))
@@ -244,29 +232,14 @@ for seed in SEEDS:
     rows.append({"recipe": "dense", "seed": seed, **dense_reference(seed)})
     rows.append({"recipe": PRUNE_AFTER, "seed": seed, **after_training(seed)})
 results = pd.DataFrame(rows)
-dense_accuracy = results.loc[results["recipe"] == "dense", "test_accuracy"].mean()
 
 # %% [markdown]
-# What each schedule did to the model, step by step (the pruner's log):
+# What each schedule did to the model, step by step (the pruner's log; one-shot dashed, on
+# top, so that IHT and DSD do not hide it):
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 3.5))
-for i, (schedule, log) in enumerate(logs.items()):
-    t, s = zip(*log, strict=True)
-    one_shot = schedule == "one_shot"  # dashed and on top, so IHT and DSD do not hide it
-    ax.step(
-        [0, *t, total],
-        [0, *s, s[-1]],
-        where="post",
-        label=schedule,
-        color=f"C{i}",
-        ls="--" if one_shot else "-",
-        zorder=3 if one_shot else 2,
-    )
-ax.set_xlabel("training step")
-ax.set_ylabel("sparsity")
+ax = sl.viz.step_logs(logs, total, dashed=["one_shot"], xlabel="training step", ylabel="sparsity")
 ax.set_title(f"Sparsity during {TRAINING['epochs']} epochs of training")
-ax.legend(ncol=3, fontsize=8)
 plt.show()
 
 # %%
@@ -274,15 +247,7 @@ budget = results.groupby("recipe", sort=False)[["epochs", "training_flops"]].mea
 budget["FLOPs / dense"] = budget["training_flops"] / budget.loc["dense", "training_flops"]
 summary = sl.stats.summarize(results, ["recipe"], "test_accuracy").set_index("recipe")
 table = summary.join(budget)
-fig, ax = plt.subplots(figsize=(7, 3.5))
-order = table.sort_values("mean")
-ax.barh(
-    order.index,
-    order["mean"],
-    xerr=[order["mean"] - order["ci_low"], order["ci_high"] - order["mean"]],
-    color="C0",
-)
-ax.set_xlim(max(0, order["ci_low"].min() - 0.05), 1)
+ax = sl.viz.interval_barh(table)
 ax.set_xlabel("test accuracy (mean, 95% interval over seeds, clipped to [0, 1])")
 ax.set_title(f"LeNet-300-100 at {TARGET:.0%} sparsity (DSD and dense end dense)")
 plt.show()
@@ -299,15 +264,8 @@ sl.nb.show_flags(flagged)
 # %%
 comparisons = [(name, "one_shot") for name in ("iterative", "cubic", "iht", PRUNE_AFTER)]
 comparisons.append(("dsd", "dense"))
-paired = pd.concat(
-    [
-        sl.stats.paired(results, "recipe", a, b, metric="test_accuracy").assign(
-            comparison=f"{a} - {b}"
-        )
-        for a, b in comparisons
-    ],
-    ignore_index=True,
-).set_index("comparison")
+paired = sl.stats.paired_table(results, "recipe", comparisons, {"test_accuracy": ""})
+paired = paired.drop(columns="stage").set_index("comparison")
 paired["in words"] = paired.apply(sl.stats.describe, axis=1)
 display(paired.round(4))
 
@@ -321,18 +279,16 @@ def flops_of(name):
 
 
 epochs = TRAINING["epochs"]
-display(
-    Markdown(
-        f"On the same {epochs} epochs ({total} steps of {sizes['train']} training images), "
-        f"against one cut at mid-training ({flops_of('one_shot')}): iterative pruning "
-        f"({flops_of('iterative')}) {said('iterative', 'one_shot')}; the cubic ramp "
-        f"({flops_of('cubic')}) {said('cubic', 'one_shot')}; IHT ({flops_of('iht')}) "
-        f"{said('iht', 'one_shot')}.  Training dense for {epochs} epochs, pruning once and "
-        f"fine-tuning {FINETUNE_EPOCHS} more ({flops_of(PRUNE_AFTER)} in all): "
-        f"{said(PRUNE_AFTER, 'one_shot')}.  DSD's final dense model against the dense "
-        f"model of the same recipe: {said('dsd', 'dense')}.  (Differences in test-accuracy "
-        f"points; one test image is {100 / sizes['test']:.1f} points.)"
-    )
+sl.nb.md(
+    f"On the same {epochs} epochs ({total} steps of {sizes['train']} training images), "
+    f"against one cut at mid-training ({flops_of('one_shot')}): iterative pruning "
+    f"({flops_of('iterative')}) {said('iterative', 'one_shot')}; the cubic ramp "
+    f"({flops_of('cubic')}) {said('cubic', 'one_shot')}; IHT ({flops_of('iht')}) "
+    f"{said('iht', 'one_shot')}.  Training dense for {epochs} epochs, pruning once and "
+    f"fine-tuning {FINETUNE_EPOCHS} more ({flops_of(PRUNE_AFTER)} in all): "
+    f"{said(PRUNE_AFTER, 'one_shot')}.  DSD's final dense model against the dense "
+    f"model of the same recipe: {said('dsd', 'dense')}.  (Differences in test-accuracy "
+    f"points; one test image is {100 / sizes['test']:.1f} points.)"
 )
 
 # %% [markdown]
@@ -344,278 +300,47 @@ display(
 
 # %%
 width = lambda r: 100 * (r["ci_high"] - r["ci_low"])  # noqa: E731
+flops_share = budget["FLOPs / dense"]
+schedule_setting = f"LeNet-300-100 on {DATA}, {TARGET:.0%} sparse, {epochs} epochs each"
 
 
-def flag_note(table, column, arms):
-    """A sentence naming the sanity flags raised by the compared arms, if any."""
-    hit = table[table[column].isin(arms)]
-    if not len(hit):
-        return ""
-    return (
-        " Flags raised: "
-        + "; ".join(
-            f"{a} ({f}, {n} runs)"
-            for a, f, n in zip(hit[column], hit["flags"], hit["flagged_runs"], strict=True)
-        )
-        + "."
-    )
-
-
-def schedule_reason(r, name):
+def versus_one_shot(claim, name, what):
+    """The verdict on ``claim`` from ``name`` minus one-shot, with the measured reason."""
+    r = paired.loc[f"{name} - one_shot"]
+    setting = f"{schedule_setting}; {what}"
     if r["n"] >= 2 and r["ci_low"] > 0:
-        return ""
-    return (
+        return sl.claims.verdict(claim, r, setting=setting)
+    reason = (
         f"Both arms train LeNet-300-100 ({n_weights:,} weights) for {epochs} epochs on "
-        f"{sizes['train']} images; {name} uses {budget.loc[name, 'FLOPs / dense']:.1%} of the "
-        f"dense training FLOPs and one-shot {budget.loc['one_shot', 'FLOPs / dense']:.1%}"
+        f"{sizes['train']} images; {name} uses {flops_share[name]:.1%} of the dense training FLOPs "
+        f"and one-shot {flops_share['one_shot']:.1%}"
         + (
             f"; with {int(r['n'])} seeds and {sizes['test']} test images the paired interval "
             f"is {width(r):.1f} points wide."
             if r["n"] >= 2
             else "; a single seed gives no interval."
         )
-        + flag_note(flagged, "recipe", [name, "one_shot"])
+        + sl.flags.flags_raised(flagged, "recipe", [name, "one_shot"])
     )
+    return sl.claims.verdict(claim, r, setting=setting, reason=reason)
 
 
-schedule_setting = f"LeNet-300-100 on {DATA}, {TARGET:.0%} sparse, {epochs} epochs each"
+gradual = "cubic ramp against one cut at mid-training"
+rounds = f"{len(logs['iterative'])} equal-ratio steps against one cut"
 verdicts = [
-    sl.claims.verdict(
-        "gradual_beats_one_shot",
-        paired.loc["cubic - one_shot"],
-        setting=f"{schedule_setting}; cubic ramp against one cut at mid-training",
-        reason=schedule_reason(paired.loc["cubic - one_shot"], "cubic"),
-    ),
-    sl.claims.verdict(
-        "iterative_beats_one_shot",
-        paired.loc["iterative - one_shot"],
-        setting=f"{schedule_setting}; {len(logs['iterative'])} equal-ratio steps against one cut",
-        reason=schedule_reason(paired.loc["iterative - one_shot"], "iterative"),
-    ),
+    versus_one_shot("gradual_beats_one_shot", "cubic", gradual),
+    versus_one_shot("iterative_beats_one_shot", "iterative", rounds),
 ]
-display(Markdown(sl.claims.report(verdicts)))
-
-# %% [markdown]
-# ## Pruning at initialisation against pruning after training
-#
-# Can the mask be chosen before any training?  SNIP (Lee et al. 2019) scores each weight
-# by |w · ∂L/∂w| on one batch at initialisation.  Its fair baseline is a random mask with
-# exactly SNIP's per-layer counts (`recipes.random_like`, "SNIP, shuffled"): the two then
-# differ only in *which* weights each layer keeps.  Magnitude at initialisation (global
-# threshold) joins as a third mask.  Every one of these starts with `recipes.sparse_start`:
-# the kept weights of each unit are rescaled to its sparse fan-in, so that no mask trains
-# badly just because its signal fades at initialisation.  Then the sparse network trains
-# with the same recipe as above.  "After training" trains dense, prunes by magnitude once
-# and fine-tunes, a larger budget stated below.
-
-
-# %%
-def init_or_after(mask, sparsity, seed):
-    if mask == "after training":
-        return after_training(seed, sparsity)
-    t = recipes.task("lenet300", DATA, seed=seed)
-    train, val, _ = t.loaders(RECIPE.batch_size)
-    criterion = "magnitude" if mask == "magnitude" else "snip"
-    probe = sl.prune(t.build(), criterion, sparsity, data=tuple(next(iter(train))), seed=seed)
-    found = sl.masks.masks(probe)
-    if mask == "SNIP, shuffled":
-        found = recipes.random_like(found, seed=seed)
-    model = recipes.sparse_start(t.build(), found)  # t.build(): the same initial weights
-    sl.train.fit(model, train, val, seed=seed, **TRAINING)
-    run = recipes.evaluate_run(model, t, target_sparsity=sparsity)
-    return {
-        "test_accuracy": run["accuracy"],
-        "measured_sparsity": run["sparsity"],
-        "epochs": TRAINING["epochs"],
-        "flags": run["flags"],
-    }
-
-
-masks_compared = ["SNIP", "SNIP, shuffled", "magnitude", "after training"]
-init_results = sl.experiments.sweep(
-    init_or_after, {"mask": masks_compared, "sparsity": INIT_SPARSITIES}, seeds=SEEDS
-)
-
-
-fig, ax = plt.subplots(figsize=(6.5, 4))
-cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-ax.set_prop_cycle(color=[cycle[i] for i in (0, 1, 2, 4)])  # no red: red circles flag points
-sl.experiments.plot_mean_ci(init_results, x="sparsity", y="test_accuracy", hue="mask", ax=ax)
-ax.axhline(dense_accuracy, color="gray", ls="--", lw=1, label="dense")
-ax.set_xscale("logit")
-# the axis fits the unflagged points: a mask at chance level would squash the others; a mean
-# off the axis is marked at its edge with its value
-init_means = sl.experiments.flagged_summary(init_results, ["mask", "sparsity"], "test_accuracy")
-sl.experiments.fit_y(ax, init_means, ~init_means["flagged"], x="sparsity", name="mask")
-ax.legend(fontsize=8)
-ax.set_title("Masks chosen at initialisation vs after training (red circle: flagged)")
-plt.show()
-
-# %%
-init_summary = sl.stats.summarize(init_results, ["mask", "sparsity"], "test_accuracy")
-display(init_summary.pivot(index="sparsity", columns="mask", values="mean").round(4))
-init_flagged = sl.flags.table(init_results, ["mask", "sparsity"])
-sl.nb.show_flags(init_flagged)
-init_paired = pd.concat(
-    [
-        sl.stats.paired(init_results, "mask", a, b, metric="test_accuracy", by=["sparsity"]).assign(
-            comparison=f"{a} - {b}"
-        )
-        for a, b in [
-            ("SNIP", "SNIP, shuffled"),
-            ("SNIP", "magnitude"),
-            ("after training", "SNIP"),
-        ]
-    ],
-    ignore_index=True,
-)
-init_paired["in words"] = init_paired.apply(sl.stats.describe, axis=1)
-display(init_paired.set_index(["comparison", "sparsity"]).round(4))
-
-
-# %%
-def init_row(comparison, sparsity=TARGET):
-    match = init_paired[
-        (init_paired["comparison"] == comparison) & (init_paired["sparsity"] == sparsity)
-    ]
-    return match.iloc[0]
-
-
-top = max(INIT_SPARSITIES)
-after_epochs = TRAINING["epochs"] + FINETUNE_EPOCHS
-
-
-def at_levels(comparison):
-    levels = sorted({TARGET, top})
-    return " and ".join(f"{sl.stats.describe(init_row(comparison, s))} at {s:.0%}" for s in levels)
-
-
-display(
-    Markdown(
-        f"SNIP minus its shuffled mask: {at_levels('SNIP - SNIP, shuffled')}.  SNIP minus "
-        f"magnitude at initialisation: {at_levels('SNIP - magnitude')}.  Pruning after "
-        f"training ({after_epochs} epochs in all, against {TRAINING['epochs']} for the masks "
-        f"at initialisation) minus SNIP: {at_levels('after training - SNIP')}."
-    )
-)
-
-# %% [markdown]
-# Where do the masks at initialisation put their weights?  Default initialisations draw
-# each layer's weights with a scale that shrinks with its fan-in, so a global magnitude
-# threshold at initialisation may prune whole layers before it prunes the weights of
-# others; SNIP's scores also depend on the data.  The per-layer densities of both, for
-# one seed's initialisation:
-
-# %%
-probe_task = recipes.task("lenet300", DATA, seed=SEED)
-batch = tuple(next(iter(probe_task.loaders()[0])))
-density = pd.DataFrame(
-    {
-        f"{criterion} at {s:.0%}": {
-            name: float(m.float().mean())
-            for name, m in sl.masks.masks(
-                sl.prune(probe_task.build(), criterion, s, data=batch, seed=SEED)
-            ).items()
-        }
-        for criterion in ("magnitude", "snip")
-        for s in sorted({TARGET, top})
-    }
-)
-display(density.round(4))
-emptiest = density[f"magnitude at {top:.0%}"].idxmin()
-fan_in = {
-    name: p.shape[1] for name, p in probe_task.build().named_parameters() if name in density.index
-}
-by_fan_in = sorted(fan_in, key=fan_in.get)
-collapsed = init_flagged[init_flagged["flags"].str.contains("pruned to 100%")]
-collapsed_runs = "; ".join(
-    f"{m} at {s:.0%}" for m, s in zip(collapsed["mask"], collapsed["sparsity"], strict=True)
-)
-display(
-    Markdown(
-        f"At {top:.0%}, magnitude at initialisation keeps "
-        f"{density.loc[emptiest, f'magnitude at {top:.0%}']:.2%} of {emptiest} (the layer it "
-        f"prunes hardest), SNIP {density.loc[emptiest, f'snip at {top:.0%}']:.2%}. "
-        f"Fan-ins: {', '.join(f'{n} {fan_in[n]}' for n in by_fan_in)}; magnitude's "
-        + (
-            "densities fall as the fan-in grows. "
-            if all(
-                density.loc[a, f"magnitude at {top:.0%}"]
-                >= density.loc[b, f"magnitude at {top:.0%}"]
-                for a, b in zip(by_fan_in, by_fan_in[1:], strict=False)
-            )
-            else "densities do not simply follow the fan-ins. "
-        )
-        + (
-            "A layer pruned to 100% (layer collapse, Tanaka et al. 2020) was flagged for: "
-            + collapsed_runs
-            + "."
-            if len(collapsed)
-            else "No run lost a whole layer."
-        )
-    )
-)
-
-# %%
-init_setting = (
-    f"LeNet-300-100 on {DATA}, {TARGET:.0%} sparse, both masks started with sparse_start "
-    f"(fan-in rescaling) and trained {TRAINING['epochs']} epochs"
-)
-
-
-def init_reason(r):
-    if r["n"] < 2:
-        return "A single seed gives no interval."
-    return (
-        f"The random masks keep SNIP's per-layer counts, so the difference is only in which "
-        f"weights each layer keeps; with {int(r['n'])} seeds and {sizes['test']} test images "
-        f"the paired interval is {width(r):.1f} points wide."
-        + flag_note(
-            init_flagged[init_flagged["sparsity"] == TARGET], "mask", ["SNIP", "SNIP, shuffled"]
-        )
-    )
-
-
-snip_row = init_row("SNIP - SNIP, shuffled")
-shuffled_row = snip_row.copy()  # the same pairs, read the other way round
-shuffled_row["mean_diff"], shuffled_row["ci_low"], shuffled_row["ci_high"] = (
-    -snip_row["mean_diff"],
-    -snip_row["ci_high"],
-    -snip_row["ci_low"],
-)
-init_verdicts = [
-    sl.claims.verdict(
-        "snip_beats_random_init",
-        snip_row,
-        setting=f"{init_setting}; random = SNIP's mask shuffled within each layer",
-        reason=init_reason(snip_row),
-    ),
-    sl.claims.verdict(
-        "init_masks_carry_layer_ratios_only",
-        shuffled_row,
-        setting=init_setting,
-        reason=init_reason(shuffled_row),
-    ),
-]
-display(Markdown(sl.claims.report(init_verdicts)))
-
-# %% [markdown]
-# ## Lottery tickets: iterative pruning with rewinding
-#
-# Iterative magnitude pruning (IMP, Frankle & Carbin 2019) is iterative pruning with a
-# reset at step 7: each round trains, removes the same share of the surviving weights by
-# magnitude, and rewinds the survivors to their values at initialisation (or early in
-# training) for the next round, instead of fine-tuning them.  Tickets against the same mask
-# re-initialised and against random masks are measured in
-# [05a](05a_structure_and_tickets.ipynb); rewinding variants and linear mode connectivity in
-# [05f](05f_rewinding_and_connectivity.ipynb).
+sl.nb.md(sl.claims.report(verdicts))
 
 # %% [markdown]
 # ## Against the literature
+#
+# Masks chosen at initialisation, against pruning after training, are judged in
+# [03b](03b_initialisation_against_training.ipynb).
 
 # %%
-all_verdicts = [*verdicts, *init_verdicts]
-sl.claims.table(all_verdicts)
+sl.claims.table(verdicts)
 
 # %% [markdown]
 # ## Summary
@@ -623,18 +348,14 @@ sl.claims.table(all_verdicts)
 # - One loop of seven steps covers every schedule; the schedules differ in when the
 #   scoring, removing and retraining happen.  `sparsity_lab.schedules` holds each as a pure
 #   function, and `ScheduledPruning` runs any of them with any criterion and pattern.
-# - Schedules are compared on the same epochs with their training FLOPs stated; masks at
-#   initialisation against a random mask with their own per-layer counts, both started
-#   with `recipes.sparse_start`.
-# - Lottery tickets are iterative pruning that rewinds at step 7; they are measured in
-#   [05a](05a_structure_and_tickets.ipynb) and [05f](05f_rewinding_and_connectivity.ipynb).
+# - Schedules are compared on the same epochs with their training FLOPs stated, against
+#   one cut at mid-training, paired by seed.
+#
+# What the runs above measured:
 
 # %%
-words = {
-    "better": "ahead of",
-    "worse": "behind",
-    "no clear difference": "not clearly different from",
-}
+words = {"better": "ahead of", "worse": "behind"}
+words["no clear difference"] = "not clearly different from"
 
 
 def against_one_shot(name):
@@ -646,22 +367,13 @@ def verdict_line(v):
     return f"{v.claim.statement} ({v.claim.paper}): **{v.status}** here, {v.numbers()}"
 
 
-display(
-    Markdown(
-        f"- Against one cut at mid-training, on the same {epochs} epochs at {TARGET:.0%}: "
-        + "; ".join(against_one_shot(name) for name in ("iterative", "cubic", "iht"))
-        + ".\n"
-        + f"- DSD's final dense model against the dense model: {said('dsd', 'dense')}.\n"
-        + (
-            "- A layer pruned to 100% at initialisation (layer collapse) in: "
-            + collapsed_runs
-            + ".\n"
-            if len(collapsed)
-            else "- No mask at initialisation lost a whole layer.\n"
-        )
-        + "\n".join(f"- {verdict_line(v)}." for v in all_verdicts)
-    )
-)
+lines = [
+    f"Against one cut at mid-training, on the same {epochs} epochs at {TARGET:.0%}: "
+    + "; ".join(against_one_shot(name) for name in ("iterative", "cubic", "iht")),
+    f"DSD's final dense model against the dense model: {said('dsd', 'dense')}",
+    *(verdict_line(v) for v in verdicts),
+]
+sl.nb.md("\n".join(f"- {line}." for line in lines))
 
 # %% [markdown]
 # ## Exercises
@@ -884,71 +596,3 @@ for schedule in models_4:
     t_4, model_4, _ = scheduled(schedule, criterion="random")
     print(f"{schedule}: {recipes.evaluate_run(model_4, t_4)['flags'] or 'no sanity flag'}")
 check_4(solution_4, solution=True)
-
-# %% [markdown]
-# **5.** Attach SNIP's mask and its shuffled copy at the highest sparsity, `top`, to the
-# initial weights without `sparse_start`, that is without rescaling the kept weights to
-# their sparse fan-in (`sl.masks.attach(model, name, mask)` for each layer), and train each
-# as `init_or_after` does (seed `SEED`).  What is the test accuracy of SNIP minus that of
-# its shuffled mask, in points?  One decimal.  How far does each fall against its run with
-# the rescaling (in `init_results`), and does their difference change?
-
-
-# %% tags=["hide-input"] jupyter={"source_hidden": true}
-unscaled_runs = {}  # mask -> (task, trained model)
-
-
-def unscaled(mask):
-    """``init_or_after``'s run at `top` on seed SEED, the mask attached as it is."""
-    if mask not in unscaled_runs:
-        t = recipes.task("lenet300", DATA, seed=SEED)
-        train, val, _ = t.loaders(RECIPE.batch_size)
-        probe = sl.prune(t.build(), "snip", top, data=tuple(next(iter(train))), seed=SEED)
-        found = sl.masks.masks(probe)
-        if mask == "SNIP, shuffled":
-            found = recipes.random_like(found, seed=SEED)
-        model = t.build()
-        for name, keep in found.items():
-            sl.masks.attach(model, name, keep.clone())
-        sl.train.fit(model, train, val, seed=SEED, **TRAINING)
-        unscaled_runs[mask] = (t, model)
-    return unscaled_runs[mask]
-
-
-SNIP_MASKS = ("SNIP", "SNIP, shuffled")
-
-
-def check_5(answer, solution=False):
-    accuracy = {}
-    for mask in SNIP_MASKS:
-        t, model = unscaled(mask)
-        accuracy[mask] = recipes.evaluate_run(model, t)["accuracy"]
-    gap = 100 * (accuracy["SNIP"] - accuracy["SNIP, shuffled"])
-    hint = "Attach each mask with `sl.masks.attach` to `t.build()`; train; score each."
-    sl.nb.check(5, answer, gap, hint=hint, tolerance=0.05, solution=solution)
-
-
-# %%
-answer_5 = None  # points, e.g. 0.5
-check_5(answer_5)
-
-# %% tags=["hide-input"] jupyter={"source_hidden": true}
-# Solution 5.  Without the rescaling, a unit that keeps 2% of its inputs starts with
-# pre-activations about seven times smaller than a dense unit's (the square root of 50),
-# and the deeper layers shrink them again: the network starts with logits set by its biases
-# a weaker start, by how much the printed accuracies say.  That hits both masks, since they
-# keep the same counts per layer; whether it hits them equally is what their difference
-# says.  By hand:
-rescaled = init_results[(init_results["sparsity"] == top) & (init_results["seed"] == SEED)]
-rescaled = rescaled.set_index("mask")["test_accuracy"]
-accuracy_5 = {m: hand_accuracy(unscaled(m)[1], x_test, y_test) for m in SNIP_MASKS}
-solution_5 = round(100 * (accuracy_5["SNIP"] - accuracy_5["SNIP, shuffled"]), 1)
-print(
-    ", ".join(
-        f"{m}: {accuracy_5[m]:.2%} without the rescaling, {rescaled[m]:.2%} with it"
-        for m in SNIP_MASKS
-    )
-    + f"; SNIP minus shuffled {solution_5:+.1f} points without, "
-    f"{100 * (rescaled['SNIP'] - rescaled['SNIP, shuffled']):+.1f} with (seed {SEED}, {top:.0%})"
-)
-check_5(solution_5, solution=True)

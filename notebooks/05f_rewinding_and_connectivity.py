@@ -13,7 +13,7 @@
 # %% [markdown]
 # # Rewinding, linear mode connectivity, and ER against ERK
 #
-# **What you will learn:** four questions the lottery-ticket chapters (03, 05a) leave
+# **What you will learn:** four questions the lottery-ticket chapters (03b, 05a) leave
 # open.  After pruning a trained network, how should the survivors be retrained:
 # fine-tuning at a small learning rate, rewinding the weights to an early point, or
 # rewinding only the learning-rate schedule?  When are two trainings from the same start

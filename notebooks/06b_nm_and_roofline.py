@@ -11,15 +11,16 @@
 # ---
 
 # %% [markdown]
-# # Hardware acceleration II: N:M sparsity, GPUs and the roofline
+# # Hardware acceleration III: N:M sparsity, GPUs and the roofline
 #
 # **What you will learn:** how N:M sparsity stores its values and their positions, and what
 # that metadata costs; what GPUs with sparse tensor cores do with 2:4; and how close each
 # sparse kernel gets to the machine's limits, placed on a roofline measured on this machine.
 #
 # This continues [06](06_hardware_acceleration.ipynb), which measures what each storage
-# format costs, where sparse kernels break even with dense ones on a CPU, and how
-# `accel.export` turns a pruned model into a faster one.  It follows section 7
+# format costs and where sparse kernels break even with dense ones on a CPU, and
+# [06c](06c_exporting_pruned_models.ipynb), which shows how `accel.export` turns a pruned
+# model into a faster one.  It follows section 7
 # (acceleration) of the survey, with the N:M format of its section 2.2.  Every time in this
 # notebook is measured live on the machine that runs it, so the numbers move from run to
 # run; the shapes of the curves are what to read.
@@ -257,18 +258,18 @@ display(
 # 784 weight: 2 FLOPs per weight and example, `VALUE_BYTES` per weight, per input and per
 # output.  From which batch on is its arithmetic intensity at least this machine's ridge
 # point, `peak / bandwidth` as section 3 measured them (FLOP per byte)?  Answer with the
-# smallest whole batch, or 0 if no batch reaches it.  Then export the model of section 4 of
-# [06](06_hardware_acceleration.ipynb) at `FOCUS` sparsity (`lenet(FOCUS, SEED)`:
+# smallest whole batch, or 0 if no batch reaches it.  Then export the model of section 2 of
+# [06c](06c_exporting_pruned_models.ipynb) at `FOCUS` sparsity (`lenet(FOCUS, SEED)`:
 # LeNet-300-100 pruned by magnitude with a uniform budget) at batch 1 and at batch 256:
 # which kernels does it choose at each, and what must a sparse kernel beat at each batch?
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
-FOCUS = 0.95  # the sparsity section 4 of 06 looks at first
+FOCUS = 0.95  # the sparsity section 2 of 06c looks at first
 
 
 def lenet(sparsity, seed):
-    """LeNet-300-100 pruned by magnitude with a uniform budget, as in section 4 of 06."""
+    """LeNet-300-100 pruned by magnitude with a uniform budget, as in section 2 of 06c."""
     torch.manual_seed(seed)
     model = models.build("lenet300", input_shape=(784,), n_classes=10)
     if sparsity > 0:

@@ -18,17 +18,18 @@
 # counted in FLOPs from scratch; and which claims of their papers hold on this setting,
 # with the evidence where one does not.
 #
-# Chapter 09 compared criteria that prune one trained model.  Training methods make their
-# own model: GMP prunes gradually while it trains, static sparse training keeps a random
-# mask, SET and RigL move theirs, AC/DC alternates dense and sparse phases, IMP retrains
-# from the initial weights round after round, and CrAM trains a dense model meant to be
-# pruned once.  The benchmark harness runs them as runs of kind `train`: a fresh model of
-# the seed, the recipe's optimizer, learning rate, schedule and epochs (times an
-# `epochs_factor` where a method trains longer or shorter), measured on the test split
-# with the sanity flags.  Every table also holds the harness's baselines, which prune the
-# recipe's dense model once: global magnitude pruning then *is* one-shot pruning.  This
-# notebook only reads the committed tables (`benchmarks/leaderboard/`), so it runs in
-# seconds.  `sparsity-lab bench benchmarks/configs/training-lenet300-mnist.yaml --out
+# Chapter 09 compared criteria that prune one trained model.  Training methods make their own
+# model: GMP prunes gradually while it trains, static sparse training keeps a random mask,
+# SET and RigL move theirs, AC/DC alternates dense and sparse phases, IMP retrains from the
+# initial weights round after round, and CrAM trains a dense model meant to be pruned once
+# (chapters [04](04_sparse_training.ipynb), [04b](04b_dynamic_sparse_training.ipynb) and
+# [04c](04c_acdc_and_cram.ipynb) teach them).  The benchmark harness runs them as runs of
+# kind `train`: a fresh model of the seed, the recipe's optimizer, learning rate, schedule
+# and epochs (times an `epochs_factor` where a method trains longer or shorter), measured on
+# the test split with the sanity flags.  Every table also holds the harness's baselines,
+# which prune the recipe's dense model once: global magnitude pruning then *is* one-shot
+# pruning.  This notebook only reads the committed tables (`benchmarks/leaderboard/`), so it
+# runs in seconds.  `sparsity-lab bench benchmarks/configs/training-lenet300-mnist.yaml --out
 # benchmarks/leaderboard` regenerates one (about 15 minutes on one core), and
 # `benchmarks/training_methods.py` runs the same configs and prints every check.
 

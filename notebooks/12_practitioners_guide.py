@@ -92,11 +92,11 @@ good.sort_values("storage_bits")[
 #
 # A mask alone makes nothing faster (chapter 11 shows it slower).  Speed comes from an
 # exported model: structured zeros removed, and the fastest of the dense and the sparse
-# kernels kept per layer (chapter 06).  Which kernel wins depends on the sparsity and the
-# pattern, not on which criterion chose the weights, so the tables' latencies (each run's
-# exported model at batch 1) are read per target sparsity: the median over the unstructured
-# runs there, with the spread across them (timing noise, and whatever the export chose
-# differently from one mask to another).
+# kernels kept per layer (chapter [06c](06c_exporting_pruned_models.ipynb)).  Which kernel
+# wins depends on the sparsity and the pattern, not on which criterion chose the weights, so
+# the tables' latencies (each run's exported model at batch 1) are read per target sparsity:
+# the median over the unstructured runs there, with the spread across them (timing noise,
+# and whatever the export chose differently from one mask to another).
 
 # %%
 dense_latency = one_shot_summary.set_index("method").loc["dense", "latency_seconds"]
@@ -269,17 +269,20 @@ display(
 # raises; its exact wording and numbering could not be checked against the survey's
 # text, so read it as a guide to the book, not as a quotation.
 #
-# - sparse training without ever going dense: [04b](04b_dynamic_sparse_training.ipynb),
-#   [09b](09b_training_leaderboard.ipynb);
+# - sparse training without ever going dense: [04](04_sparse_training.ipynb),
+#   [04b](04b_dynamic_sparse_training.ipynb), [09b](09b_training_leaderboard.ipynb);
+# - one run that yields a dense and a sparse model, or a dense model that prunes in one
+#   shot: [04c](04c_acdc_and_cram.ipynb);
 # - kernels and formats that turn sparsity into speed: [06](06_hardware_acceleration.ipynb),
-#   [06b](06b_nm_and_roofline.ipynb);
+#   [06c](06c_exporting_pruned_models.ipynb), [06b](06b_nm_and_roofline.ipynb);
 # - what to sparsify, at which granularity: [01](01_what_to_prune.ipynb),
-#   [01b](01b_removing_structure.ipynb);
+#   [01b](01b_removing_structure.ipynb), [01c](01c_patterns_compared.ipynb);
 # - better criteria, and their theory: [02a](02a_data_free_and_data_driven.ipynb),
-#   [02b](02b_first_order.ipynb), [02f](02f_pruning_at_initialisation.ipynb),
-#   [02c](02c_second_order.ipynb),
-#   [02e](02e_layerwise_reconstruction.ipynb);
-# - schedules and how much tuning they need: [03](03_when_to_prune.ipynb);
+#   [02h](02h_criteria_compared.ipynb), [02b](02b_first_order.ipynb),
+#   [02f](02f_pruning_at_initialisation.ipynb), [02c](02c_second_order.ipynb),
+#   [02i](02i_second_order_compared.ipynb), [02e](02e_layerwise_reconstruction.ipynb);
+# - schedules and how much tuning they need: [03](03_when_to_prune.ipynb),
+#   [03b](03b_initialisation_against_training.ipynb);
 # - lottery tickets, early structure, Occam's hill: [05a](05a_structure_and_tickets.ipynb),
 #   [05b](05b_occam_and_scale.ipynb);
 # - sparse activations, gradients and errors in training: [07](07_ephemeral_sparsity.ipynb),

@@ -482,6 +482,53 @@ def dense(
     return t, copy.deepcopy(model), dict(info)
 
 
+def dense_with_trackers(
+    model_name: str,
+    data_name: str,
+    seed: int,
+    trackers: Mapping[str, Any],
+    *,
+    epochs: int | None = None,
+    lr: float | None = None,
+    optimizer: str | None = None,
+    **data_options: Any,
+) -> tuple[Task, nn.Module, Mapping[str, Any], dict[str, Any]]:
+    """``(task, model, trackers, info)``: a setting's dense model, trained with ``trackers``.
+
+    Criteria that accumulate their scores while the network trains (Karnin's sensitivity,
+    movement pruning) must watch the dense training itself, so their model cannot come
+    from the checkpoint cache: it is trained here, on every call, with the recipe's
+    hyper-parameters and the callbacks ``trackers`` (a name for each, returned as given).
+    ``epochs``, ``lr`` and ``optimizer`` override the recipe, ``data_options`` go to
+    :func:`task`, as in :func:`dense`; trackers that only read the weights and gradients
+    leave the training unchanged, so the model is the one :func:`dense` returns for the same
+    arguments.  ``info`` has :func:`train_dense`'s keys but ``cached``, its flags the same.
+    """
+    t = task(model_name, data_name, seed=seed, **data_options)
+    base = recipe_for(model_name, data_name)
+    overrides = {"epochs": epochs, "lr": lr, "optimizer": optimizer}
+    recipe = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    train, val, test = t.loaders(recipe.batch_size)
+    model = t.build(**recipe.model_options)
+    callbacks = list(trackers.values())
+    fit(model, train, val, seed=seed, callbacks=callbacks, progress=False, **recipe.training())
+    info = {
+        "val_accuracy": evaluate(model, val)["accuracy"],
+        "test_accuracy": evaluate(model, test)["accuracy"],
+        "recipe": recipe,
+        "expected_test_accuracy": base.expected_test_accuracy,
+    }
+    checked = t.default_data and recipe == base
+    info["flags"] = flags_mod.join(
+        flags_mod.check(
+            dense_accuracy=info["test_accuracy"],
+            expected_dense_accuracy=base.expected_test_accuracy if checked else None,
+            dense_tolerance=SEED_TOLERANCE,
+        )
+    )
+    return t, model, trackers, info
+
+
 # --------------------------------------------------------------------- the shared protocol
 
 

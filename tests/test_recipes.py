@@ -458,3 +458,27 @@ def test_the_chars_task_builds_its_recipes_model_and_reports_perplexity():
     run = recipes.evaluate_run(model, t)
     assert run["perplexity"] == pytest.approx(math.exp(run["loss"]))
     assert "never predicted" not in run["flags"]  # not checked for next-token data
+
+
+def test_dense_with_trackers_is_the_dense_model_and_calls_its_trackers(tmp_path):
+    from sparsity_lab.callbacks import Callback
+    from sparsity_lab.criteria.first_order import KarninScores
+
+    class Steps(Callback):
+        count = 0
+
+        def on_step_end(self, trainer):
+            self.count += 1
+
+    given = {"karnin": KarninScores(), "steps": Steps()}
+    t, model, trackers, info = recipes.dense_with_trackers("lenet300", "digits", 0, given, epochs=2)
+    _, cached, dense_info = recipes.dense("lenet300", "digits", 0, epochs=2, cache_dir=tmp_path)
+    assert _states_equal(model.state_dict(), cached.state_dict())  # the trackers only read
+    assert info == {k: v for k, v in dense_info.items() if k != "cached"}
+    assert trackers is given
+    assert trackers["steps"].count == 2 * len(t.loaders()[0])  # every step of both epochs
+    karnin = trackers["karnin"]
+    assert torch.equal(karnin.initial["fc1.weight"], t.build().fc1.weight.detach().double())
+    assert all(float(s.abs().sum()) > 0 for s in karnin.scores.values())
+    _, other, _, _ = recipes.dense_with_trackers("lenet300", "digits", 1, {}, epochs=2)
+    assert not _states_equal(model.state_dict(), other.state_dict())

@@ -20,8 +20,9 @@
 # This follows sections 3.2 (data-free selection) and 3.3 (data-driven selection) of the
 # survey.  The second part, [02h](02h_criteria_compared.ipynb), compares these criteria on
 # LeNet-300-100 and LeNet-5, right after pruning and after a short fine-tuning, and against
-# the literature.  First-order criteria are in [02b](02b_first_order.ipynb), and pruning at
-# initialisation in [02f](02f_pruning_at_initialisation.ipynb).
+# the literature.  First-order criteria are in [02b](02b_first_order.ipynb) (compared in
+# [02l](02l_first_order_compared.ipynb)), and pruning at initialisation in
+# [02f](02f_pruning_at_initialisation.ipynb) and [02k](02k_training_from_scratch.ipynb).
 
 # %%
 import copy

@@ -19,13 +19,16 @@
 #
 # This follows section 3.4 (first-order selection) of the survey.  Data-free and
 # data-driven criteria are in [02a](02a_data_free_and_data_driven.ipynb), compared in
-# [02h](02h_criteria_compared.ipynb).  Pruning *before* training, which scores the weights
-# of a network that has not learnt anything yet (SNIP, GraSP, SynFlow, FORCE), and the
-# sanity check that asks what such methods really find, are in
-# [02f](02f_pruning_at_initialisation.ipynb).
+# [02h](02h_criteria_compared.ipynb); the criteria of this chapter are compared on
+# LeNet-300-100 and LeNet-5, and against the literature, in
+# [02l](02l_first_order_compared.ipynb).  Pruning *before* training, which scores the
+# weights of a network that has not learnt anything yet (SNIP, GraSP, SynFlow, FORCE), is
+# in [02f](02f_pruning_at_initialisation.ipynb), and the sanity check that asks what such
+# methods really find in [02k](02k_training_from_scratch.ipynb).
 
 # %%
 import copy
+import itertools
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -33,7 +36,6 @@ import pandas as pd
 import scipy.stats
 import torch
 import torch.nn.functional as F
-from IPython.display import display
 
 import sparsity_lab as sl
 from sparsity_lab import masks, recipes
@@ -44,27 +46,19 @@ from sparsity_lab.patterns import Channel
 # %% tags=["parameters"]
 SMOKE = False
 SEED = 0
-SEEDS = [0, 1, 2]
-SPARSITIES = [0.5, 0.75, 0.9, 0.95]
-MODELS = ["lenet300", "lenet5"]
 EPOCHS = None  # None: the recipe's epochs (recipes.RECIPES)
 N_TRAIN = None  # None: the recipe's data (4000 training images)
 N_EVAL = None  # None: the recipe's 500 validation and 500 test images
-FINETUNE_EPOCHS = 2
 N_PROBES = 300
 CALIBRATION_BATCHES = 8
 
 # %%
 if SMOKE:  # a quick pass through every cell, for CI
-    SEEDS = [0, 1]
-    SPARSITIES = [0.75]
     EPOCHS = 2
-    FINETUNE_EPOCHS = 1
     N_TRAIN = 600
     N_EVAL = 200
     N_PROBES = 60
     CALIBRATION_BATCHES = 2
-    MODELS = ["lenet300"]  # LeNet-5 runs the same code; CI checks every cell once
 # One thread: these small models gain little from two, and on a busy machine two threads
 # wait for each other at every small operation.
 info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
@@ -73,90 +67,36 @@ DATA = {name: size for name, size in SPLITS.items() if size is not None}  # {}: 
 CHECKED = EPOCHS is None and not DATA  # a documented accuracy holds for the full recipe only
 
 # %% [markdown]
-# ## The dense models, with scores tracked during training
+# ## The dense model, with scores tracked during training
 #
-# Two criteria below accumulate their scores while the network trains, so the dense models
-# cannot come from the checkpoint cache of `recipes.dense`: they are trained here with two
-# trackers among the training loop's callbacks, `KarninScores` and `MovementScores`, and
-# with every hyper-parameter of the setting's recipe (`recipes.recipe_for`).  The trackers
-# only read the weights and gradients; the cell checks that the model of the first seed is
-# the one `recipes.dense` returns.
+# Two criteria below accumulate their scores while the network trains, so the dense
+# LeNet-300-100 cannot come from the checkpoint cache of `recipes.dense`:
+# `recipes.dense_with_trackers` trains it with two trackers among the training loop's
+# callbacks, `KarninScores` and `MovementScores`, and with every hyper-parameter of the
+# setting's recipe (`recipes.recipe_for`).  The trackers only read the weights and
+# gradients; the cell checks that the model is the one `recipes.dense` returns.
 
 # %%
-dense_models = {}
-
-
-def first_batches(loader, n):
-    return [batch for _, batch in zip(range(n), loader, strict=False)]
-
-
-def tracked_dense(model_name, seed):
-    """Task, trained model, trackers and dense scores for a (model, seed), trained once."""
-    key = (model_name, seed)
-    if key not in dense_models:
-        recipe = recipes.recipe_for(model_name, "mnist")
-        training = {**recipe.training(), **({} if EPOCHS is None else {"epochs": EPOCHS})}
-        t = recipes.task(model_name, "mnist", seed=seed, **DATA)
-        train, val, test = t.loaders(recipe.batch_size)
-        net = t.build(**recipe.model_options)
-        trackers = {"karnin": KarninScores(), "movement": MovementScores()}
-        sl.train.fit(net, train, val, seed=seed, callbacks=list(trackers.values()), **training)
-        accuracy = sl.train.evaluate(net, test)["accuracy"]
-        expected = recipe.expected_test_accuracy if CHECKED else None
-        flags = sl.flags.check(dense_accuracy=accuracy, expected_dense_accuracy=expected)
-        scores = {
-            "epochs": training["epochs"],
-            "n_train": len(t.bundle.train),
-            "parameters": sum(p.numel() for p in net.parameters()),
-            "val_accuracy": sl.train.evaluate(net, val)["accuracy"],
-            "test_accuracy": accuracy,
-            "flags": sl.flags.join(flags),
-        }
-        dense_models[key] = (t, net, trackers, scores)
-    t, net, trackers, scores = dense_models[key]
-    return t, copy.deepcopy(net), trackers, scores
-
-
-dense_runs = pd.DataFrame(
-    [{"model_name": m, "seed": s, **tracked_dense(m, s)[3]} for m in MODELS for s in SEEDS]
+TRACKERS = {"karnin": KarninScores(), "movement": MovementScores()}
+task, model, trackers, dense_info = recipes.dense_with_trackers(
+    "lenet300", "mnist", SEED, TRACKERS, epochs=EPOCHS, **DATA
 )
-sl.nb.show_dense(dense_runs, "mnist")  # test accuracy beside the recipe's, and flags
-DENSE = dense_runs.groupby("model_name").first()  # epochs, images and size of each model
-
-
-def dense_caveat(m, pruned=False):
-    """The dense baselines of ``m`` that missed their recipe (flagged), in words ("" if
-    none); ``pruned`` adds that every pruned model of those seeds starts from them."""
-    seeds = dense_runs[(dense_runs.model_name == m) & (dense_runs["flags"] != "")].seed.tolist()
-    one = len(seeds) == 1
-    if one:
-        text = f"The dense {m} of seed {seeds[0]} is below its recipe (flagged)"
-    else:
-        listed = ", ".join(str(s) for s in seeds)
-        text = f"The dense {m} models of seeds {listed} are below their recipe (flagged)"
-    if pruned:
-        them = "that seed starts from it" if one else "those seeds starts from them"
-        text += f", and every pruned {m} of {them}"
-    return text if seeds else ""
-
-
-task, model, trackers, dense_scores = tracked_dense("lenet300", SEED)
 _, cached, _ = recipes.dense("lenet300", "mnist", SEED, epochs=EPOCHS, **DATA)
 weights = zip(model.state_dict().values(), cached.state_dict().values(), strict=True)
 gap = max(float((a - b).abs().max()) for a, b in weights)
-train_loader, val_loader, _ = task.loaders()
-calibration = first_batches(train_loader, CALIBRATION_BATCHES)
+calibration = list(itertools.islice(task.loaders()[0], CALIBRATION_BATCHES))
 documented = recipes.recipe_for("lenet300", "mnist").expected_test_accuracy
 recipe_note = (
     f" (its recipe is documented at {documented:.0%})"
     if CHECKED
     else " (a shortened recipe: its documented accuracy is not expected)"
 )
+flagged = f", flagged: {dense_info['flags']}" if dense_info["flags"] else ""
 sl.nb.md(
-    f"LeNet-300-100 (seed {SEED}), {dense_scores['epochs']} epoch(s) on "
-    f"{dense_scores['n_train']} images: test accuracy **{dense_scores['test_accuracy']:.2%}**"
-    f"{recipe_note}. Its weights differ from those of `recipes.dense` by at most {gap:.1e}: "
-    f"{'the same model' if gap == 0 else 'not the same model'}."
+    f"LeNet-300-100 (seed {SEED}), {dense_info['recipe'].epochs} epoch(s) on "
+    f"{len(task.bundle.train)} images: test accuracy **{dense_info['test_accuracy']:.2%}**"
+    f"{recipe_note}{flagged}. Its weights differ from those of `recipes.dense` by at most "
+    f"{gap:.1e}: {'the same model' if gap == 0 else 'not the same model'}."
 )
 
 
@@ -360,160 +300,6 @@ sl.nb.md(
 )
 
 # %% [markdown]
-# ## Comparison on LeNet-300-100 and LeNet-5
-#
-# As in the previous notebook: each criterion prunes a copy of the trained network once,
-# and we measure validation accuracy right after pruning and after fine-tuning, then test
-# accuracy once at the end.  Single weights are pruned with a global budget; their random
-# baseline is `recipes.random_like` of magnitude's mask (the same number of weights in
-# every layer).  Units (`skeletonization`, `taylor`) are pruned with the same share of the
-# units of each layer in `UNITS` (both hidden layers of LeNet-300-100; `conv1`, `fc1` and
-# `fc2` of LeNet-5, whose `conv2` stays whole), with `random units` (the same number per
-# layer) and `group_norm` as references.
-
-# %%
-FC = ["fc1.weight", "fc2.weight"]
-UNITS = {"lenet300": FC, "lenet5": ["conv1.weight", *FC]}  # the layers whose units are pruned
-RANDOM_WEIGHTS = "random (magnitude's layer counts)"
-WEIGHT_CRITERIA = ["magnitude", RANDOM_WEIGHTS, "snip", "taylor_weight", "karnin", "movement"]
-UNIT_CRITERIA = ["random units", "group_norm", "skeletonization", "taylor"]
-
-
-def one_shot(model_name, criterion, sparsity, seed):
-    """Prune a copy of the dense model once, then fine-tune it; accuracies at both stages."""
-    t, net, tracked, scores = tracked_dense(model_name, seed)
-    dense_scores = {"dense_val_accuracy": scores["val_accuracy"]}
-    if criterion == RANDOM_WEIGHTS:
-        found = masks.masks(sl.prune(copy.deepcopy(net), "magnitude", sparsity))
-        for name, mask in recipes.random_like(found, seed).items():
-            masks.attach(net, name, mask)
-        result = recipes.finetune_and_measure(net, t, sparsity, finetune_epochs=FINETUNE_EPOCHS)
-        return {**result, **dense_scores}
-    method, options = criterion, {}
-    if criterion in tracked:
-        options["tracker"] = tracked[criterion]
-    if criterion in UNIT_CRITERIA:
-        method = "random" if criterion == "random units" else criterion
-        options.update(pattern="channel", budget="uniform", targets=UNITS[model_name])
-    data = first_batches(t.loaders()[0], CALIBRATION_BATCHES)
-    result = recipes.prune_and_finetune(
-        net, t, method, sparsity, finetune_epochs=FINETUNE_EPOCHS, data=data, **options
-    )
-    return {**result, **dense_scores}
-
-
-grid = {"model_name": MODELS, "criterion": WEIGHT_CRITERIA + UNIT_CRITERIA, "sparsity": SPARSITIES}
-results = sl.experiments.sweep(one_shot, grid, seeds=SEEDS)
-flops = results.groupby("model_name")["finetune_flops"].agg(["min", "max"])
-sl.nb.md(
-    f"Fine-tuning budget of every run: {FINETUNE_EPOCHS} epoch(s) with the masks fixed, "
-    + "; ".join(f"{sl.words.span(r['min'], r['max'])} FLOPs on {m}" for m, r in flops.iterrows())
-    + " (counted on the nonzero weights: the sparser the network, the cheaper)."
-)
-STAGES = {
-    "pruned_accuracy": "one-shot, no fine-tuning",
-    "val_accuracy": f"after {FINETUNE_EPOCHS} epoch(s) of fine-tuning",
-}
-# one row of panels per model, the dense accuracy dashed; the fine-tuned panels' y axis
-# fits the points of all but the random baseline, whose differences the text compares
-PANELS = {"row": "model_name", "hue": "criterion", "reference": "dense_val_accuracy"}
-PANELS.update(ylabel="validation accuracy", stages=STAGES)
-FIT = {"val_accuracy": [RANDOM_WEIGHTS]}
-weight_runs = results[results.criterion.isin(WEIGHT_CRITERIA)]
-sl.viz.stage_grid(
-    weight_runs, title="First-order criteria on weights", xlabel="sparsity", fit=FIT, **PANELS
-)
-plt.show()
-
-# %%
-unit_runs = results[results.criterion.isin(UNIT_CRITERIA)]
-sl.viz.stage_grid(
-    unit_runs, title="First-order criteria on units", xlabel="share of units removed", **PANELS
-)
-plt.show()
-
-# %% [markdown]
-# Each first-order criterion against its data-free counterpart (magnitude for weights,
-# `group_norm` for units), and magnitude against its random baseline: paired differences
-# by seed, treatment minus baseline, right after pruning (validation) and after fine-tuning
-# (test).
-
-# %%
-PAIRS = [
-    *[(c, "magnitude") for c in ["snip", "taylor_weight", "karnin", "movement"]],
-    ("magnitude", RANDOM_WEIGHTS),
-    ("skeletonization", "group_norm"),
-    ("taylor", "group_norm"),
-]
-REPORTED = {"pruned_accuracy": "no fine-tuning (val)", "test_accuracy": "fine-tuned (test)"}
-FINE_TUNED = REPORTED["test_accuracy"]
-paired = sl.stats.paired_table(results, "criterion", PAIRS, REPORTED, by=["model_name", "sparsity"])
-columns = ["comparison", "stage", "model_name", "sparsity", "mean_diff", "ci_low", "ci_high"]
-with pd.option_context("display.max_rows", None):
-    display(paired[[*columns, "verdict"]].round(4))
-RUNS = ["model_name", "criterion", "sparsity"]
-sl.nb.show_flags(sl.flags.table(results, RUNS, "pruned_flags"), what="right after pruning (val)")
-sl.nb.show_flags(sl.flags.table(results, RUNS), what="after fine-tuning (test)")
-top = max(SPARSITIES)
-PAIRED = paired.set_index(["comparison", "stage", "model_name", "sparsity"]).sort_index()
-
-
-def described(a, b, stage, m):
-    """The paired difference ``a`` minus ``b`` at ``stage`` on ``m`` at ``top``, in words."""
-    return sl.stats.describe(PAIRED.loc[(f"{a} - {b}", stage, m, top)])
-
-
-lines = []
-for m in MODELS:
-    for a, b in PAIRS:
-        stages = "; ".join(f"{stage}, {described(a, b, stage, m)}" for stage in REPORTED.values())
-        lines.append(f"- {m} at {top:.0%} sparsity, `{a}` minus `{b}`: {stages}.")
-    if dense_caveat(m):
-        lines.append(f"- {dense_caveat(m, pruned=True)}.")
-sl.nb.md("\n".join(lines))
-
-# %% [markdown]
-# ## Against the literature
-#
-# The claim this chapter can test, judged from paired test accuracies (`sl.claims`):
-# magnitude after training against its random baseline (Blalock et al. 2020).  The claims
-# about pruning at initialisation (shuffled masks, SNIP against its random baseline) are
-# judged in [02f](02f_pruning_at_initialisation.ipynb).
-
-
-# %%
-def dense_note(m, sparsity):
-    """The dense baselines of ``m`` that missed their recipe, and whether the paired
-    difference keeps its sign on every seed."""
-    caveat = dense_caveat(m)
-    if not caveat:
-        return ""
-    part = results[(results.model_name == m) & (results.sparsity == sparsity)]
-    arms = part.pivot(index="seed", columns="criterion", values="test_accuracy")
-    diffs = arms["magnitude"] - arms[RANDOM_WEIGHTS]
-    same_sign = (diffs > 0).all() or (diffs < 0).all()
-    return (
-        f"{caveat}; the per-seed differences ({', '.join(f'{100 * d:+.1f}' for d in diffs)} "
-        "points) " + ("keep one sign on every seed." if same_sign else "change sign across seeds.")
-    )
-
-
-han = min(SPARSITIES, key=lambda s: abs(s - 0.92))
-magnitude_verdicts = [
-    sl.claims.judge(
-        "magnitude_beats_random_after_training",
-        PAIRED.loc[(f"magnitude - {RANDOM_WEIGHTS}", FINE_TUNED, m, han)],
-        setting=f"{m} at {han:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch(s), test",
-        reason=f"The dense {m} has {DENSE.loc[m, 'parameters']:,} parameters, trained "
-        f"{DENSE.loc[m, 'epochs']} epoch(s) on {DENSE.loc[m, 'n_train']} MNIST images.",
-        measured=dense_note(m, han),
-    )
-    for m in MODELS
-]
-display(sl.claims.table(magnitude_verdicts))
-sl.nb.md(sl.claims.report(magnitude_verdicts))
-
-# %% [markdown]
 # ## Summary
 #
 # - First-order criteria score a weight by $g\,w$ (SNIP, Taylor) and a unit by the
@@ -524,29 +310,19 @@ sl.nb.md(sl.claims.report(magnitude_verdicts))
 #   trains, through the training loop's callbacks (`KarninScores`, `MovementScores`).
 #   Movement keeps weights that moved away from zero; on a trained network most of them
 #   also ended large, so it keeps much of what magnitude keeps (measured below).
+# - How the criteria compare after pruning and fine-tuning, on LeNet-300-100 and LeNet-5,
+#   is measured in [02l](02l_first_order_compared.ipynb).
 #
 # What this chapter measured:
 
 # %%
-lines = [
+sl.nb.md(
     f"- The first-order estimate correlates with the real loss change at "
     f"{pearson[0]:.2f} for single weights of `fc2` and {pearson[1]:.2f} for whole "
-    f"units of `fc1` (rank correlations {spearman[0]:.2f} and {spearman[1]:.2f}).",
+    f"units of `fc1` (rank correlations {spearman[0]:.2f} and {spearman[1]:.2f}).\n"
     f"- Magnitude and movement keep {overlap:.0%} of the same weights of `fc2` at "
-    f"{MOVEMENT_SPARSITY:.0%} sparsity.",
-]
-for m in MODELS:
-    against = [(a, b) for a, b in PAIRS if b == "magnitude"]
-    text = "; ".join(f"`{a}` minus `{b}` {described(a, b, FINE_TUNED, m)}" for a, b in against)
-    caveat = f" {dense_caveat(m)}." if dense_caveat(m) else ""
-    lines.append(
-        f"- {m} at {top:.0%} sparsity, after {FINETUNE_EPOCHS} fine-tuning epoch(s) (test): "
-        f"{text}.{caveat}"
-    )
-for m, v in zip(MODELS, magnitude_verdicts, strict=True):
-    note = f". {dense_note(m, han)}" if dense_note(m, han) else "."
-    lines.append(f"- Against the literature: {v.claim.key} is **{v.status}** ({v.setting}){note}")
-sl.nb.md("\n".join(lines))
+    f"{MOVEMENT_SPARSITY:.0%} sparsity."
+)
 
 # %% [markdown]
 # ## Exercises
@@ -555,10 +331,10 @@ sl.nb.md("\n".join(lines))
 # solution below it, collapsed (click to show it).
 #
 # **1.** Soft movement learns a score per weight while the network trains.  Train
-# LeNet-300-100 again as `tracked_dense` trains it (seed `SEED`, the recipe's settings,
-# `EPOCHS` epochs), with `SoftMovementScores(lam=1e-6)` as the only callback, then prune it
-# with `sl.prune(net, "soft_movement", None, tracker=..., threshold=0.0)`: a weight stays
-# where its score ends above 0.  What sparsity does that give?  Two decimals.  How does the
+# LeNet-300-100 again as the dense model above (`recipes.dense_with_trackers`, seed `SEED`,
+# `epochs=EPOCHS`, `**DATA`), with `SoftMovementScores(lam=1e-6)` as the only tracker, then
+# prune it with `sl.prune(net, "soft_movement", None, tracker=..., threshold=0.0)`: a weight
+# stays where its score ends above 0.  What sparsity does that give?  Two decimals.  How does the
 # sparsity depend on `lam`?
 
 
@@ -569,13 +345,11 @@ soft_runs = {}  # lam -> sparsity: one training serves every check
 
 
 def train_as_dense(callbacks):
-    """LeNet-300-100 of seed SEED, trained as `tracked_dense` trains it, with ``callbacks``."""
-    recipe = recipes.recipe_for("lenet300", "mnist")
-    training = {**recipe.training(), **({} if EPOCHS is None else {"epochs": EPOCHS})}
-    train, val, _ = task.loaders(recipe.batch_size)
-    net = task.build(**recipe.model_options)
-    sl.train.fit(net, train, val, seed=SEED, callbacks=callbacks, **training)
-    return net
+    """LeNet-300-100 of seed SEED, trained as the dense model above, with ``callbacks``."""
+    trackers = dict(enumerate(callbacks))
+    return recipes.dense_with_trackers("lenet300", "mnist", SEED, trackers, epochs=EPOCHS, **DATA)[
+        1
+    ]
 
 
 def soft_sparsity(lam):
@@ -641,78 +415,35 @@ solution_1 = round(soft_by_hand[1e-6], 2)
 check_1(solution_1, solution=True)
 
 # %% [markdown]
-# **2.** Score the units of `fc1` and `fc2` of the trained LeNet-300-100 with `taylor` and
-# `normalize=False`, and remove three quarters of their weights as whole units with the
-# global budget: `sl.prune(copy.deepcopy(model), "taylor", 0.75, pattern="channel",
-# budget="global", targets=UNITS["lenet300"], data=calibration, normalize=False)`.  What
-# share of the 100 units of `fc2` does it remove?  Two decimals (one unit either way is
-# accepted).  Compare with the default `normalize=True`: why does the layer-wise
-# normalisation matter?
+# **2.** The toy's loss is a quadratic function of the weights, so the first-order estimate
+# leaves out exactly one term: removing $w_k$ changes the loss by
+# $-g_k w_k + \frac12 H_{kk} w_k^2$, with $H$ the Hessian of the loss.  At the point away
+# from the minimum (`AWAY`), what is the second-order term $\frac12 H_{11} w_1^2$ of
+# removing `w1`?  Two decimals.  Which weight has the larger second-order term, and why
+# does that turn the ranking of $-g\,w$ around?
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 def check_2(answer, solution=False):
-    pruned = sl.prune(
-        copy.deepcopy(model),
-        "taylor",
-        0.75,
-        pattern="channel",
-        budget="global",
-        targets=UNITS["lenet300"],
-        data=calibration,
-        normalize=False,
-    )
-    share = float((masks.get_mask(pruned, "fc2.weight").sum(1) == 0).double().mean())
-    hint = "Prune as written and count the rows of fc2's mask that are all zero, out of 100."
-    sl.nb.check(2, answer, share, hint=hint, tolerance=0.01, solution=solution)
+    row = toy.loc[("away from the minimum", "w1")]  # the real change less the estimate
+    hint = "The loss is the mean of (x . w - t)^2: its Hessian is 2 X^T X / N, X being `inputs`."
+    sl.nb.check(2, answer, row["real"] - row["-g w"], hint=hint, tolerance=0.005, solution=solution)
 
 
 # %%
-answer_2 = None  # a share of units, e.g. 0.42
+answer_2 = None  # a loss change, e.g. 0.42
 check_2(answer_2)
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
-# Solution 2.  Taylor's score of a unit is the mean over examples of |a dl/da|, the loss
-# change its removal predicts, and its scale differs from layer to layer.  Without
-# normalisation one global threshold spends the budget on the layer whose scores are
-# smaller (the means printed below), whatever its units are worth within their layer;
-# dividing each layer's scores by their L2 norm puts the layers on one scale.  By hand:
-# the per-example gradients of the summed loss with respect to each unit's output, then
-# the global choice of whole units (784 weights per unit of fc1, 300 per unit of fc2)
-# nearest three quarters of the weights.
-unit_layers = ["fc1", "fc2"]
-net = copy.deepcopy(model)
-outputs, totals, seen = {}, dict.fromkeys(unit_layers, 0.0), 0
-hooks = [
-    getattr(net, n).register_forward_hook(lambda m, i, out, n=n: outputs.__setitem__(n, out))
-    for n in unit_layers
-]
-for x_b, y_b in calibration:
-    loss = F.cross_entropy(net(x_b), y_b, reduction="sum")  # one example's loss per row
-    unit_grads = torch.autograd.grad(loss, [outputs[n] for n in unit_layers])
-    for n, g in zip(unit_layers, unit_grads, strict=True):
-        totals[n] = totals[n] + (outputs[n] * g).detach().double().abs().sum(0)
-    seen += len(y_b)
-for hook in hooks:
-    hook.remove()
-theta = {n: totals[n] / seen for n in unit_layers}
-group = {"fc1": net.fc1.in_features, "fc2": net.fc2.in_features}  # weights per unit
-
-
-def fc2_share(scores):
-    """Share of fc2's units removed by the global choice of whole units."""
-    order = torch.argsort(torch.cat([scores[n] for n in unit_layers]), stable=True)
-    weight_of = torch.cat([torch.full((len(scores[n]),), group[n]) for n in unit_layers])
-    cumulative = torch.cat([torch.zeros(1), weight_of[order].double().cumsum(0)])
-    target = round(0.75 * sum(group[n] * len(scores[n]) for n in unit_layers))
-    removed = order[: int((cumulative - target).abs().argmin())]
-    return float((removed >= len(scores["fc1"])).sum() / len(scores["fc2"]))
-
-
-normalised = {n: theta[n] / theta[n].norm() for n in unit_layers}
-solution_2 = round(fc2_share(theta), 2)
-print(
-    f"mean score: fc1 {theta['fc1'].mean():.2e}, fc2 {theta['fc2'].mean():.2e}; share of "
-    f"fc2 removed: {solution_2:.2f} without normalisation, {fc2_share(normalised):.2f} with it"
-)
+# Solution 2.  The Hessian by automatic differentiation, then the second-order term of each
+# removal beside what the first-order estimate missed in the table (real minus -g w): the
+# two agree.  H_kk is twice the mean square of input k, much larger for the second input,
+# which varies more; so removing w2 costs far more than its slope predicts, and more than
+# removing w1.  The curvature criteria of [02c](02c_second_order.ipynb) start from this term.
+hessian = torch.autograd.functional.hessian(toy_loss, AWAY)
+second_order = 0.5 * hessian.diagonal() * AWAY**2
+missed = torch.tensor((away["real"] - away["-g w"]).values)
+terms = {"H_kk": hessian.diagonal(), "1/2 H_kk w_k^2": second_order, "real minus -g w": missed}
+print("; ".join(f"{name}: {point(value)}" for name, value in terms.items()))
+solution_2 = round(float(second_order[0]), 2)
 check_2(solution_2, solution=True)

@@ -21,8 +21,9 @@
 # through the network, the activations, errors, routing decisions and attention weights,
 # and it changes with every input (survey sections 2.3 and 5).  This part covers the
 # activations, the dropout family and the back-propagated errors of LeNet-300-100; the
-# second part, [07b](07b_experts_attention_heads.ipynb), routes examples to a few experts,
-# sparsifies the attention of a tiny transformer and prunes its heads.  Gradient sparsity
+# second part, [07b](07b_experts_attention_heads.ipynb), routes examples to a few experts
+# and sparsifies the attention of a tiny transformer, and [07c](07c_head_pruning.ipynb)
+# prunes its heads.  Gradient sparsity
 # for distributed training has its own chapter, [08](08_gradient_compression.ipynb).
 
 # %%
@@ -469,8 +470,8 @@ sl.nb.md(
 #   branches or layers at random for one step.
 # - `drop_layers` turns the blocks chosen by LayerDrop into a smaller model with the same
 #   outputs.
-# - [07b](07b_experts_attention_heads.ipynb) goes on to routing decisions, attention weights
-#   and attention heads.
+# - [07b](07b_experts_attention_heads.ipynb) goes on to routing decisions and attention
+#   weights, and [07c](07c_head_pruning.ipynb) to attention heads.
 #
 # What this run measured, each arm against its dense counterpart of the same seed
 # (test accuracy, paired):

@@ -15,7 +15,8 @@
 #
 # **What you will learn:** how the sparsifying regularizers of chapter
 # [02d](02d_regularization.ipynb) compare with gradual magnitude pruning (GMP) when they
-# train under the recipe of the leaderboard rather than their own; why a default strength
+# train under the recipe of the leaderboard rather than their own (the Adam protocol of
+# [02j](02j_regularizers_compared.ipynb)); why a default strength
 # is not a setting, and how the harness chooses one on validation; whether each method
 # reaches its target by its own mechanism or leaves it to the final projection; what
 # happens to variational dropout, Hoyer-square, L0 and learned threshold pruning trained

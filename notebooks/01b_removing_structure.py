@@ -10,22 +10,19 @@
 #     name: python3
 # ---
 
-
 # %% [markdown]
 # # What to prune II: removing channels, heads and layers
 #
-# **What you will learn:** how coupled structure (the channels of a residual stream, the
-# heads of an attention layer, whole blocks, embedding rows) is removed for good, so that a
-# smaller dense model computes exactly what the masked one does; what that buys in
-# parameters, FLOPs, bytes and real speed; and how the fixed zeros of the weights differ
-# from the zeros of the activations.
+# **What you will learn:** how coupled structure (residual-stream channels, attention heads,
+# whole blocks, embedding rows) is removed for good, so that a smaller dense model computes
+# exactly what the masked one does; what that buys in parameters, FLOPs, bytes and real
+# speed; and how the fixed zeros of the weights differ from the zeros of the activations.
 #
-# This continues [01](01_what_to_prune.ipynb), which compares the granularities from single
-# weights to channels on LeNet-300-100 and LeNet-5 in storage, and
-# [01c](01c_patterns_compared.ipynb), which compares them in accuracy at equal sparsity.  It
-# follows sections 2.3 and 3.1 of the survey: the structure of *model* sparsity, here at its
-# coarsest, and at the end a glance at *ephemeral* sparsity, the zeros in the activations
-# that change with every input.
+# It continues [01](01_what_to_prune.ipynb) (granularities from single weights to channels
+# on LeNet-300-100 and LeNet-5, in storage) and [01c](01c_patterns_compared.ipynb) (in
+# accuracy at equal sparsity), following sections 2.3 and 3.1 of the survey: *model*
+# sparsity at its coarsest, then a glance at *ephemeral* sparsity, the activation zeros that
+# change with every input.
 
 # %%
 import copy
@@ -74,33 +71,30 @@ if SMOKE:  # a quick pass through every cell, for CI
     TIMING_BATCH = 64
 info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1 if SMOKE else None)  # 1: less contention
 DATA = {k: v for k, v in {"n_train": N_TRAIN, "n_val": N_EVAL, "n_test": N_EVAL}.items() if v}
-CHAR_DATA = {
-    k: v for k, v in {"n_train": CHAR_TRAIN, "n_val": CHAR_EVAL, "n_test": CHAR_EVAL}.items() if v
-}
+CHAR_DATA = {"n_train": CHAR_TRAIN, "n_val": CHAR_EVAL, "n_test": CHAR_EVAL}
+CHAR_DATA = {k: v for k, v in CHAR_DATA.items() if v}
 RESNET = {"epochs": RESNET_EPOCHS, **(DATA if RESNET_DATA == "mnist" else {})}
 CHARS = {"epochs": TRANSFORMER_EPOCHS, **CHAR_DATA}  # the tiny transformer's setting
-
 
 # %% [markdown]
 # ## Physical removal: a small ResNet pruned by channels
 #
 # Channels in a residual network are coupled: a block adds its output to its input, so a
-# channel of the residual stream can only go if the stem and every block that writes it
-# let it go.  `shrink.prune_coupled(model, "channel", s)` chooses the channels of each
-# such group together (by the norm of all the rows that write them) and removes each
-# channel whole, as Li et al. (2017) do: the rows that write it and the columns of the
-# next layers that read it.  `shrink.shrink` then builds the smaller dense model: rows,
-# columns and BatchNorm entries go, and it computes exactly what the masked model does.
-# (Had only the rows been masked, a removed channel would not be silent: its BatchNorm
-# shift would still send a constant, which shrink folds into the next layer, through zero
-# padding as a fixed map at the borders.  Exercise 1 shows it.)
+# channel of the residual stream can only go if the stem and every block writing it let it
+# go.  `shrink.prune_coupled(model, "channel", s)` chooses each group's channels together (by
+# the norm of all the rows that write them) and removes each channel whole, as Li et al.
+# (2017) do: the rows that write it and the columns that read it.  `shrink.shrink` then
+# builds the smaller dense model (rows, columns and BatchNorm entries go), which computes
+# exactly what the masked one does.  (Had only the rows been masked, a removed channel's
+# BatchNorm shift would still send a constant, which shrink folds into the next layer,
+# through zero padding as a fixed map at the borders: see Exercise 1.)
 
 # %%
 rtask, resnet, rinfo = recipes.dense("resnet_small", RESNET_DATA, SEED, **RESNET)
 masked = copy.deepcopy(resnet)
 shrink.prune_coupled(masked, "channel", 0.5)
 test_loader = rtask.loaders()[2]
-before_finetuning = recipes.evaluate_run(masked, rtask)
+untuned = recipes.evaluate_run(masked, rtask)
 resnet_budget = recipes.finetune(masked, rtask, FINETUNE_EPOCHS, lr=0.01, progress=False)
 small = shrink.shrink(masked)
 shrink.plan(masked)
@@ -118,18 +112,12 @@ x_test, _ = next(iter(test_loader))
 with torch.no_grad():
     diff = float((masked.eval()(x_test) - small.eval()(x_test)).abs().max())
 assert diff <= 1e-5, diff
-after_finetuning = recipes.evaluate_run(masked, rtask)
-accuracies = {
-    "dense": rinfo["test_accuracy"],
-    "masked, before fine-tuning": before_finetuning["accuracy"],
-    "masked": after_finetuning["accuracy"],
-    "shrunk": recipes.evaluate_run(small, rtask)["accuracy"],
-}
-resnet_flags = {
-    "dense model": rinfo["flags"],
-    "masked model before fine-tuning": before_finetuning["flags"],
-    "masked model after fine-tuning": after_finetuning["flags"],
-}
+tuned = recipes.evaluate_run(masked, rtask)
+shrunk_accuracy = recipes.evaluate_run(small, rtask)["accuracy"]
+accuracies = {"dense": rinfo["test_accuracy"], "masked, before fine-tuning": untuned["accuracy"]}
+accuracies |= {"masked": tuned["accuracy"], "shrunk": shrunk_accuracy}
+resnet_flags = {"dense model": rinfo["flags"], "masked model before fine-tuning": untuned["flags"]}
+resnet_flags["masked model after fine-tuning"] = tuned["flags"]
 flag_text = " ".join(f"Flags of the {name}: {f}." for name, f in resnet_flags.items() if f)
 sl.nb.md(
     f"The small ResNet ({rinfo['recipe'].epochs} epoch(s) of its recipe on "
@@ -142,13 +130,11 @@ sl.nb.md(
 )
 
 # %% [markdown]
-# Now the speed.  The masked model still computes every zero; the shrunk one does not.
-# Each round times one forward pass of a test batch for the three models in turn (so
-# machine noise hits them alike); the median over the rounds is shown.  The ideal
-# speedup is the ratio of the weight FLOPs.  The same rounds also time copies of the
-# masked and shrunk models with hooks around their layers with weights, to split each
-# pass into the time inside those layers and the rest.
-
+# Now the speed: the masked model still computes every zero, the shrunk one does not.  Each
+# round times a forward pass of a test batch for the three models in turn (so machine noise
+# hits them alike); the median is shown.  The ideal speedup is the ratio of the weight
+# FLOPs.  Hooked copies of the masked and shrunk models, timed in the same rounds, split each
+# pass into the time inside the layers with weights and the rest.
 
 # %%
 SPEED_TARGET = 0.7  # the benchmark's target: at least 70% of the ideal speedup
@@ -157,58 +143,53 @@ runs = {"dense": resnet, "masked": masked, "shrunk": small}
 # the hooked copies time the convolutions and linear layers (the layers with weights)
 medians = sl.accel.time_forward(runs, x_batch, TIMING_ROUNDS, split=["masked", "shrunk"])
 timed = pd.Series({k: medians[k]["total"] for k in runs})
-flops_before = sl.report(masked).set_index("name").loc["total", "dense_flops"]
-flops_after = sl.report(small).set_index("name").loc["total", "dense_flops"]
-ideal = flops_before / flops_after
-speedup = timed["masked"] / timed["shrunk"]
 split = {k: medians[f"{k}, hooked"] for k in ("masked", "shrunk")}
-inside_speedup = split["masked"]["inside"] / split["shrunk"]["inside"]
-rest_speedup = split["masked"]["rest"] / split["shrunk"]["rest"]
+flops = {k: sl.report(runs[k]).set_index("name").loc["total", "dense_flops"] for k in split}
+ideal = flops["masked"] / flops["shrunk"]
+speedup = timed["masked"] / timed["shrunk"]
+gain = {part: split["masked"][part] / split["shrunk"][part] for part in ("inside", "rest")}
 rest_share = {k: v["rest"] / v["total"] for k, v in split.items()}
 ax = (1e3 * timed).plot.bar(figsize=(5, 3), color=["C7", "C0", "C2"], rot=0, xlabel="")
 ax.set(ylabel=f"ms per batch of {len(x_batch)}", title="small ResNet, 50% of channels pruned")
 plt.show()
 params = {k: sum(p.numel() for p in runs[k].parameters()) for k in ("masked", "shrunk")}
 met = speedup >= SPEED_TARGET * ideal
-rest_text = f"the rest of the pass, which sped up {rest_speedup:.1f}x"
-if met:
-    why = ""
-elif inside_speedup >= SPEED_TARGET * ideal:
+rest_text = f"the rest of the pass, which sped up {gain['rest']:.1f}x"
+if gain["inside"] >= SPEED_TARGET * ideal:  # said only when the target is missed
     why = f"  The layers with weights alone meet the target, so the miss comes from {rest_text}."
 else:
     why = (
-        f"  The layers with weights alone miss the target too ({inside_speedup / ideal:.0%} "
+        f"  The layers with weights alone miss the target too ({gain['inside'] / ideal:.0%} "
         "of the ideal): the shrunk layers run below the speed their FLOPs promise"
-        + (f", and {rest_text}, adds to the miss." if rest_speedup < inside_speedup else ".")
+        + (f", and {rest_text}, adds to the miss." if gain["rest"] < gain["inside"] else ".")
     )
 sl.nb.md(
     f"The shrunk model has {params['shrunk']:,} parameters instead of {params['masked']:,} "
-    f"and {flops_after / flops_before:.0%} of the weight FLOPs: an ideal speedup of "
+    f"and {flops['shrunk'] / flops['masked']:.0%} of the weight FLOPs: an ideal speedup of "
     f"{ideal:.1f}x.  Measured: {speedup:.1f}x over the masked model ({speedup / ideal:.0%} "
     f"of ideal; the target of the benchmark is {SPEED_TARGET:.0%}, "
     f"{'met' if met else 'missed'} here).  In the hooked copies, the convolutions and the "
-    f"linear layer ran {inside_speedup:.1f}x faster, the rest of the pass (BatchNorm, ReLU, "
-    f"additions, pooling) {rest_speedup:.1f}x; that rest takes {rest_share['masked']:.0%} "
-    f"of the masked model's time and {rest_share['shrunk']:.0%} of the shrunk one's.{why}"
+    f"linear layer ran {gain['inside']:.1f}x faster, the rest of the pass (BatchNorm, ReLU, "
+    f"additions, pooling) {gain['rest']:.1f}x; that rest takes {rest_share['masked']:.0%} "
+    f"of the masked model's time and {rest_share['shrunk']:.0%} of the shrunk one's."
+    + ("" if met else why)
 )
 
 # %% [markdown]
 # ## Heads, layers and embedding rows: the tiny transformer
 #
-# Attention heads are groups that span four tensors: head *h* owns a slice of the rows of
-# the q, k and v projections and the same columns of the output projection.
-# `prune_coupled(model, "head", s)` ranks all heads of the model, across layers, by the L2
-# norm of those weights and removes the lowest.  The norm is a data-free stand-in for the
-# importance of Michel et al. 2019, who score a head by how much the loss changes when it
-# is masked: the gradient of the loss with respect to a gate on the head's output,
-# accumulated over data (notebook 07 computes that score with `heads.head_importance`).
-# A head whose v rows are zero outputs a constant (its v bias), whatever it attends to, so
-# shrink can remove it and fold the constant into the output projection's bias.
+# A head spans four tensors: head *h* owns a slice of the rows of the q, k and v projections
+# and the same columns of the output projection.  `prune_coupled(model, "head", s)` ranks all
+# heads, across layers, by the L2 norm of those weights and removes the lowest: a data-free
+# stand-in for the importance of Michel et al. 2019 (notebook 07, `heads.head_importance`),
+# the loss change when a head is masked: the loss gradient with respect to a gate on its
+# output, summed over data.  A head with zero v rows outputs its v bias whatever it attends
+# to, so shrink removes it and folds that constant into the output projection's bias.
 #
-# The model is the tiny transformer (2 blocks of 4 heads, width 64) trained with its
-# recipe to predict the next character of Python's help texts (`"chars"`), scored by
-# held-out accuracy and perplexity: a task it does not solve, so removing structure has
-# room to show a cost.
+# The model is the tiny transformer (2 blocks of 4 heads, width 64) trained with its recipe
+# to predict the next character of Python's help texts (`"chars"`), scored by held-out
+# accuracy and perplexity: a task it does not solve, so removing structure has room to show
+# a cost.
 
 # %%
 ttask, transformer, tinfo = recipes.dense("tiny_transformer", "chars", SEED, **CHARS)
@@ -222,12 +203,10 @@ for fraction in [0.0, 0.25, 0.5, 0.75]:
     masked_run, shrunk_run = recipes.evaluate_run(m, ttask), recipes.evaluate_run(small_t, ttask)
     left = [getattr(b, "attn", None) and b.attn.n_heads or 0 for b in small_t.blocks]
     n_params = sum(p.numel() for p in small_t.parameters())
-    head_rows.append(
-        {"heads pruned": fraction, "heads left": left, "parameters after shrink": n_params}
-        | {"test accuracy": masked_run["accuracy"], "perplexity": masked_run["perplexity"]}
-        | {"shrunk accuracy": shrunk_run["accuracy"]}
-        | {"shrunk perplexity": shrunk_run["perplexity"], "flags": masked_run["flags"]}
-    )
+    row = {"heads pruned": fraction, "heads left": left, "parameters after shrink": n_params}
+    row |= {"test accuracy": masked_run["accuracy"], "perplexity": masked_run["perplexity"]}
+    row |= {f"shrunk {k}": shrunk_run[k] for k in ("accuracy", "perplexity")}
+    head_rows.append(row | {"flags": masked_run["flags"]})
 heads_table = pd.DataFrame(head_rows).set_index("heads pruned")
 heads_table
 
@@ -249,11 +228,10 @@ sl.nb.md(
 
 # %% [markdown]
 # Is a head, or a whole block, a worse unit to remove than single weights?  At equal
-# sparsity on the same tensors: half of the heads against unstructured magnitude pruning
-# of the attention projections to the sparsity the heads reached, and one block of two
-# against unstructured pruning of every block weight to the same sparsity.  Each is
-# measured right after pruning and after fine-tuning with the masks fixed (the recipe's
-# optimizer at a lower learning rate, given below), and the two are paired per seed.
+# sparsity on the same tensors: half of the heads against unstructured magnitude pruning of
+# the attention projections, one block of two against unstructured pruning of all block
+# weights; each measured right after pruning and after fine-tuning with fixed masks (the
+# recipe's optimizer at a lower learning rate, given below), paired per seed.
 
 # %%
 ATTENTION = [n for n in sl.pruning.default_targets(transformer) if ".attn." in n]
@@ -274,42 +252,25 @@ def transformer_run(unit, arm, seed):
     pruned = recipes.evaluate_run(structured, t, target_sparsity=target, names=names)
     cost = recipes.finetune(structured, t, TRANSFORMER_FINETUNE_EPOCHS, **FINETUNE)
     final = recipes.evaluate_run(structured, t, target_sparsity=target, names=names)
-    return {
-        "sparsity": target,
-        "pruned_accuracy": pruned["accuracy"],
-        "pruned_perplexity": pruned["perplexity"],
-        "test_accuracy": final["accuracy"],
-        "perplexity": final["perplexity"],
-        **cost,
-        "flags": final["flags"],
-        "pruned_flags": pruned["flags"],
-    }
+    row = {"sparsity": target, **cost} | {k: final[k] for k in ("accuracy", "perplexity", "flags")}
+    return row | {f"pruned_{k}": pruned[k] for k in ("accuracy", "perplexity", "flags")}
 
 
 grid = {"unit": ["head", "layer"], "arm": ["structured", "unstructured"]}
 units = sl.experiments.sweep(transformer_run, grid, seeds=TRANSFORMER_SEEDS, progress=False)
-pruned_flags = sl.flags.table(units, ["unit", "arm"], "pruned_flags")
-sl.nb.show_flags(pruned_flags, what="right after pruning (test)")
-sl.nb.show_flags(sl.flags.table(units, ["unit", "arm"]), what="after fine-tuning (test)")
-METRICS = {
-    "pruned_accuracy": "accuracy, no fine-tuning",
-    "pruned_perplexity": "perplexity, no fine-tuning",
-    "test_accuracy": "accuracy, fine-tuned",
-    "perplexity": "perplexity, fine-tuned",
-}
-unit_rows = []
-for unit, part in units.groupby("unit", sort=False):
-    weights = "attention" if unit == "head" else "block"
-    row = {"unit": unit, "sparsity": f"{part['sparsity'].mean():.1%} of the {weights} weights"}
-    for metric, label in METRICS.items():
-        stage = "pruned_flags" if metric.startswith("pruned") else "flags"  # its stage's flags
-        pair = sl.stats.paired(
-            part, "arm", "unstructured", "structured", metric=metric, flags=stage
-        )
-        scale = {} if "accuracy" in metric else {"scale": 1.0, "unit": ""}  # perplexity as is
-        row[label] = sl.stats.describe(pair.iloc[0], **scale)
-    unit_rows.append(row)
-unit_table = pd.DataFrame(unit_rows).set_index("unit")
+for column, what in [("pruned_flags", "right after pruning"), ("flags", "after fine-tuning")]:
+    sl.nb.show_flags(sl.flags.table(units, ["unit", "arm"], column), what=f"{what} (test)")
+weights = {"head": "attention", "layer": "block"}
+sparsity = units.groupby("unit", sort=False)["sparsity"].mean()
+unit_table = pd.DataFrame(index=sparsity.index)
+unit_table["sparsity"] = [f"{s:.1%} of the {weights[u]} weights" for u, s in sparsity.items()]
+arms = {"column": "arm", "treatment": "unstructured", "baseline": "structured", "by": "unit"}
+for stage, when in [("pruned_", "no fine-tuning"), ("", "fine-tuned")]:  # each with its flags
+    for metric in ("accuracy", "perplexity"):
+        pairs = sl.stats.paired(units, **arms, metric=stage + metric, flags=stage + "flags")
+        scale = {} if metric == "accuracy" else {"scale": 1.0, "unit": ""}  # perplexity as is
+        described = {r.unit: sl.stats.describe(r, **scale) for r in pairs.itertuples()}
+        unit_table[f"{metric}, {when}"] = pd.Series(described)
 
 # What the flags say: the removed block itself, chance level (at which stage), or more.
 EMPTIED, CHANCE = "layer pruned to 100%", "at chance level"
@@ -354,8 +315,8 @@ unit_table
 # %% [markdown]
 # The masks of the three granularities on the transformer: a head is a band of rows of q
 # (and of columns of the output projection), a layer is a whole block (every weight of its
-# attention and MLP: `prune_coupled(model, "layer", s)`; shrink then keeps only the
-# residual path plus a constant), and an embedding row is one token of the vocabulary
+# attention and MLP: `prune_coupled(model, "layer", s)`; shrink then keeps only the residual
+# path plus a constant), and an embedding row is one token of the vocabulary
 # (`pattern="embedding"` on `tok_emb.weight`).
 
 # %%
@@ -365,23 +326,18 @@ shrink.prune_coupled(layer_model, "layer", 0.5)
 sl.prune(emb_model, "magnitude", 0.5, pattern="embedding", targets=["tok_emb.weight"])
 fc1 = {b: sl.masks.get_mask(layer_model, f"blocks.{b}.fc1.weight") for b in range(2)}
 (removed,) = [b for b, mask in fc1.items() if not mask.any()]
-sl.viz.mask_gallery(
-    {
-        "heads: blocks.0.attn.q": sl.masks.get_mask(heads_model, "blocks.0.attn.q.weight"),
-        "heads: blocks.0.attn.out": sl.masks.get_mask(heads_model, "blocks.0.attn.out.weight"),
-        "embedding: tok_emb": sl.masks.get_mask(emb_model, "tok_emb.weight"),
-        **{f"layer: blocks.{b}.fc1": mask for b, mask in fc1.items()},
-    },
-    ncols=3,
-)
+panels = {
+    f"heads: blocks.0.attn.{p}": sl.masks.get_mask(heads_model, f"blocks.0.attn.{p}.weight")
+    for p in ("q", "out")
+}
+panels["embedding: tok_emb"] = sl.masks.get_mask(emb_model, "tok_emb.weight")
+panels |= {f"layer: blocks.{b}.fc1": mask for b, mask in fc1.items()}
+sl.viz.mask_gallery(panels, ncols=3)
 plt.show()
 no_block = recipes.evaluate_run(layer_model, ttask)
 no_rows = recipes.evaluate_run(emb_model, ttask)
-flags_of = {
-    "without the block": no_block["flags"],
-    "without the vectors": no_rows["flags"],
-    "of the dense model": dense_chars["flags"],
-}
+flags_of = {"without the block": no_block["flags"], "without the vectors": no_rows["flags"]}
+flags_of["of the dense model"] = dense_chars["flags"]
 sl.nb.md(
     f"Without fine-tuning (seed {SEED}), removing block {removed} (of 2) leaves a test "
     f"accuracy of {no_block['accuracy']:.1%} (perplexity {no_block['perplexity']:.2f}); "
@@ -430,12 +386,11 @@ pd.DataFrame(t_costs).set_index("pattern").round(3)
 # %% [markdown]
 # ## Model sparsity and ephemeral sparsity
 #
-# Everything above is *model* sparsity: zeros in the weights, the same for every input.
-# A ReLU network also makes *ephemeral* zeros: every negative pre-activation becomes an
-# exact 0, a different set for each input.  `relu_stats` measures them; here beside the
-# weight sparsity of the layer that feeds each ReLU, for the dense LeNet-300-100 of
-# [01](01_what_to_prune.ipynb) (the same recipe and seed) and for a copy pruned to 90%
-# (unstructured) and fine-tuned.
+# Everything above is *model* sparsity: zeros in the weights, the same for every input.  A
+# ReLU network also makes *ephemeral* zeros: each negative pre-activation becomes an exact
+# 0, a different set per input.  `relu_stats` measures them, beside the weight sparsity of
+# the layer feeding each ReLU, for the dense LeNet-300-100 of [01](01_what_to_prune.ipynb)
+# (same recipe and seed) and a copy pruned to 90% (unstructured) and fine-tuned.
 
 # %%
 task300, lenet300, info300 = recipes.dense("lenet300", "mnist", SEED, epochs=EPOCHS, **DATA)
@@ -486,8 +441,7 @@ lines = [
 lines += [
     f"- Transformer, unstructured minus {unit} pruning at equal sparsity, fine-tuned: "
     f"accuracy {r['accuracy, fine-tuned']}, perplexity {r['perplexity, fine-tuned']}"
-    + (f"; {layer_flag_note}" if unit == "layer" and layer_flag_note else "")
-    + "."
+    + (f"; {layer_flag_note}." if unit == "layer" and layer_flag_note else ".")
     for unit, r in unit_table.iterrows()
 ]
 sl.nb.md("\n".join(lines))

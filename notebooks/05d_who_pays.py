@@ -1,10 +1,9 @@
 # %% [markdown]
 # # Who pays for pruning?
 #
-# **What you will learn:** how pruning spreads its errors unevenly over labels and
-# examples: which labels lose most, which examples change their
-# prediction (pruning-identified exemplars), how sure and how well calibrated the pruned
-# models are, and whether per-label threshold calibration repairs the damage.
+# **What you will learn:** how unevenly pruning spreads its errors: which labels lose most,
+# which examples change their prediction (pruning-identified exemplars), how sure and how
+# well calibrated the pruned models are, and whether per-label thresholds repair the damage.
 #
 # This follows section 8 of the survey and the seed paper "Bias in pruned vision models"
 # (Iofinova et al. 2023), with PIEs from Hooker et al. (2019).  The measurements live in
@@ -50,12 +49,11 @@ for name, digits in bias.ATTRIBUTES.items():
     print(f"{name:13s} digits {digits}  base rate {len(digits) / 10:.0%}")
 
 # %% [markdown]
-# And the measurements on hand-made cases: PIEs of a population of three models, the
-# expected calibration error (ECE) of a known histogram (four predictions at confidence
-# 0.55 with two right, six at 0.95 all right: each bin is off by 0.05), and a label whose
-# scores all sit below 0.5 (positives at 0.3, negatives at 0.2): threshold 0.5 calls every
-# example negative, and threshold calibration repairs it by finding a threshold that
-# separates the two groups.
+# The measurements on hand-made cases: PIEs of a population of three models, the expected
+# calibration error (ECE) of a known histogram (four predictions at confidence 0.55 with two
+# right, six at 0.95 all right: each bin is off by 0.05), and a label whose scores all sit
+# below 0.5 (positives 0.3, negatives 0.2): threshold 0.5 calls every example negative, and
+# calibration repairs it with a threshold that separates the two groups.
 
 # %% tags=["nbval-check-output"]
 dense_votes = np.array([[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 1, 3]])
@@ -72,14 +70,13 @@ print("accuracy calibrated:", bias.label_accuracy(shifted[None], truth, th)[0])
 # ## Populations of dense and pruned models
 #
 # The dense models are the recipe's 1-D CNN digit classifiers (`recipes.dense`), one per
-# seed; a model's probability of an attribute is the softmax probability it gives the
-# digits that have it.  (The paper trains one sigmoid output per attribute instead.)
-# Each dense model is pruned by global magnitude to every sparsity and fine-tuned with
-# its mask fixed (`recipes.finetune`), so every sparsity has a population of pruned
-# models, each the child of one dense model.  The attribute measurements score every
-# model on the same validation and test examples, those of the first seed's split, which
-# no model trained on (each seed generates its own MNIST-1D draw); the digit accuracies
-# below come from each seed's own test split.
+# seed; a model's probability of an attribute is the softmax probability it gives the digits
+# that have it (the paper trains one sigmoid output per attribute instead).  Each dense model
+# is pruned by global magnitude to every sparsity and fine-tuned with its mask fixed
+# (`recipes.finetune`): every sparsity has a population of pruned models, each the child of
+# one dense model.  The attribute measurements score every model on the validation and test
+# examples of the first seed's split, which no model trained on (each seed generates its own
+# MNIST-1D draw); the digit accuracies come from each seed's own test split.
 
 # %%
 dense = [recipes.dense("cnn1d", "mnist1d", seed, epochs=EPOCHS) for seed in POPULATION]
@@ -96,27 +93,13 @@ runs = pop["runs"]
 reached = runs.groupby("sparsity", sort=False)["reached_sparsity"].mean().values
 accuracy = sl.stats.summarize(runs, "sparsity", "digit_accuracy").round(3)
 display(accuracy.assign(reached_sparsity=reached))
-flagged = sl.flags.table(runs, "sparsity")
-sl.nb.show_flags(flagged)
-
-# %%
+sl.nb.show_flags(sl.flags.table(runs, "sparsity"))
 budget = runs[runs["sparsity"] > 0].iloc[0]
 # digit test accuracy, each model on its own seed's test split; the dense models are row 0.0
 digit_means = runs.groupby("sparsity")["digit_accuracy"].mean()
 dense_digit, digit_means = digit_means.loc[0.0], digit_means.drop(0.0)
 digit_gaps = (dense_digit - digit_means) * 100  # points below the dense parents (same seeds)
-
-
-def below(points):
-    return f"{points:.1f} points below" if points >= 0 else f"{-points:.1f} points above"
-
-
-if len(digit_gaps) == 1:
-    gap_span = below(digit_gaps.iloc[0])
-elif digit_gaps.min() >= 0:
-    gap_span = f"{digit_gaps.min():.1f} to {digit_gaps.max():.1f} points below"
-else:
-    gap_span = f"between {below(digit_gaps.min())} and {below(digit_gaps.max())}"
+below, gap_span = sl.words.below_text, sl.words.below_span(digit_gaps)
 full = recipes.recipe_for("cnn1d", "mnist1d")
 pruned_text = ", ".join(
     f"{a:.1%} at {s:.0%} ({below(digit_gaps[s])} their dense parents)"
@@ -141,8 +124,7 @@ table = bias.bias_table(pop, labels)
 is_dense = table["population"] == "dense"
 table.loc[is_dense, ["worst_label_delta", "calibrated_worst_delta"]] = np.nan
 table.loc[is_dense, "worst_label"] = ""
-# calibrated_worst_delta follows the worst label of the population's mean accuracies; the
-# calibration section below pairs each model with its own worst label instead
+# calibrated_worst_delta: the population's worst label (the calibration section: each model's)
 table.drop(columns="calibrated_worst_delta").round(3)
 
 # %% [markdown]
@@ -153,13 +135,12 @@ table.drop(columns="calibrated_worst_delta").round(3)
 targets = pop["targets"]
 dense_per_label = bias.label_accuracy(pop["dense"]["test"], targets)  # (models, labels)
 run_flags = runs.set_index(["sparsity", "seed"])["flags"]
-rows, deltas, seed_deltas = [], {}, {}
+rows, seed_deltas = [], {}
 for key in ["dense", *SPARSITIES]:
     probs = pop[key]["test"]
     s = 0.0 if key == "dense" else key
     per_label = bias.label_accuracy(probs, targets)
     seed_deltas[s] = per_label - dense_per_label  # each model against its own dense parent
-    deltas[s] = seed_deltas[s].mean(0)
     for i, (p, seed) in enumerate(zip(probs, pop["seeds"], strict=True)):
         rows.append({
             "sparsity": s, "seed": seed, "pruned": "dense" if key == "dense" else "pruned",
@@ -172,10 +153,10 @@ fig, axes = plt.subplots(1, 4, figsize=(15, 3.3))
 for ax, metric in zip(axes[:3], ["accuracy", "uncertainty", "ece"], strict=True):
     sl.experiments.plot_mean_ci(per_model, "sparsity", metric, ax=ax)
     ax.set_title(metric)
-heat = np.stack([deltas[s] for s in SPARSITIES])
 sl.viz.matrix_heatmap(
-    heat,
+    np.stack([seed_deltas[s].mean(0) for s in SPARSITIES]),  # mean change per label
     axes[3],
+    title="accuracy change per label",
     xticklabels=labels,
     yticklabels=[f"{s:.0%}" for s in SPARSITIES],
     centre=0.0,
@@ -184,17 +165,15 @@ sl.viz.matrix_heatmap(
     fontsize=7,
     rotation=60,
 )
-axes[3].set_title("accuracy change per label")
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Paired by seed (each pruned model against its own dense parent), at the highest
-# sparsity at which no run raised a sanity flag (a run at chance level, or one that never
-# predicts some class, is a failed model); then each label's loss, beside its base rate.
-# The interdependence gap is the mean, over pairs of labels, of |correlation of the
-# predicted labels - correlation of the true labels| (0 when a model keeps the labels'
-# dependence structure), averaged over the models:
+# Paired by seed (each pruned model against its own dense parent), at the highest sparsity
+# at which no run raised a sanity flag (a run at chance level or never predicting some class
+# is a failed model); then each label's loss beside its base rate.  The interdependence gap
+# is the mean over label pairs of |correlation of predicted labels - correlation of true
+# labels| (0 when a model keeps the labels' dependence structure), averaged over the models:
 
 # %%
 # runs that raised a sanity flag, and all runs, at each sparsity
@@ -291,15 +270,13 @@ sl.nb.md(
 # %% [markdown]
 # ## The countermeasure: per-label thresholds
 #
-# Each pruned model gets, per label, the decision threshold that maximises its
-# validation accuracy (`bias.calibrate_thresholds`, a grid of 0.05 to 0.95; of equally good
-# thresholds the one nearest 0.5), instead of 0.5.  `bias.calibration_runs` scores every
-# pruned model both ways on the test split, so that each seed is a pair; the worst-label
-# change is measured against the model's own dense parent at threshold 0.5.
+# Each pruned model gets, per label, the threshold that maximises its validation accuracy
+# instead of 0.5 (`bias.calibrate_thresholds`: a grid of 0.05 to 0.95, ties to the one
+# nearest 0.5).  `bias.calibration_runs` scores every pruned model both ways on the test
+# split (a pair per seed); its worst-label change is measured from its dense parent at 0.5.
 
 # %%
-# the calibration runs are the pruned models of `runs`: give them their sanity flags, so
-# that the paired table and the plot mark the flagged sparsities
+# the calibration runs are the pruned models of `runs`: their flags mark the table and plot
 cal = bias.calibration_runs(pop).merge(
     runs[["sparsity", "seed", "flags"]], on=["sparsity", "seed"], how="left", validate="m:1"
 )
@@ -318,7 +295,6 @@ handles = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))  # o
 ax.legend(handles.values(), handles.keys())
 plt.show()
 
-# %%
 top_cal = cal[(cal["sparsity"] == top) & (cal["thresholds"] == "calibrated")]
 kept = int(np.isclose(top_cal["hurt_threshold"], 0.5).sum())
 top_row = cal_effect.set_index("sparsity").loc[top]
@@ -352,11 +328,9 @@ v_cal = sl.claims.verdict(
     setting=f"1-D CNN on MNIST-1D attributes, {top:.0%} sparse, worst label",
     reason=cal_reason if top_row["verdict"] != "better" else "",
 )
-by_sparsity = "; ".join(
-    f"{r['sparsity']:.0%}: {sl.stats.describe(r)}" for _, r in cal_effect.iterrows()
-)
+by_level = "; ".join(f"{r.sparsity:.0%}: {sl.stats.describe(r)}" for r in cal_effect.itertuples())
 sl.nb.md(
-    f"Calibrated minus uncalibrated worst-label change (same models): {by_sparsity}.  "
+    f"Calibrated minus uncalibrated worst-label change (same models): {by_level}.  "
     + cal_reason
     + (f"  {flagged_note}" if flagged_at else "")
 )
@@ -413,11 +387,10 @@ unc_models = (
 )
 # "the more so at high sparsity": the mean share at each sparsity, flagged ones marked
 unc_by = per_model.groupby("sparsity")["uncertainty"].mean()
-clean_path = unc_by.loc[[0.0, *clean]].to_numpy()
 if len(clean) < 2:
     unc_trend = ("fewer than two sparsities are free of flags, so how the share grows with "
                  "sparsity is not measured on working models")  # fmt: skip
-elif (np.diff(clean_path) > 0).all():
+elif (np.diff(unc_by.loc[[0.0, *clean]].to_numpy()) > 0).all():
     unc_trend = f"it rises with sparsity up to {max(clean):.0%} among the sparsities without flags"
 else:
     unc_trend = "it does not rise steadily with sparsity among the sparsities without flags"
@@ -440,9 +413,8 @@ v_unc = sl.claims.verdict(
     setting=f"1-D CNN on MNIST-1D attributes, {top:.0%} sparse, share of outputs in [0.1, 0.9]",
     reason=" ".join([*([] if unc["verdict"] == "higher" else [already]), unc_models, unc_growth]),
 )
-verdicts = [v_unc, v_cal]
-display(sl.claims.table(verdicts))
-sl.nb.md(sl.claims.report(verdicts))
+display(sl.claims.table([v_unc, v_cal]))
+sl.nb.md(sl.claims.report([v_unc, v_cal]))
 
 # %% [markdown]
 # ## Summary

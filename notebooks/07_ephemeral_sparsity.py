@@ -18,13 +18,12 @@
 # and how meProp keeps only a few back-propagated errors.
 #
 # *Model* sparsity removes weights once and for all.  *Ephemeral* sparsity is in what flows
-# through the network, the activations, errors, routing decisions and attention weights,
-# and it changes with every input (survey sections 2.3 and 5).  This part covers the
-# activations, the dropout family and the back-propagated errors of LeNet-300-100; the
-# second part, [07b](07b_experts_attention_heads.ipynb), routes examples to a few experts
-# and sparsifies the attention of a tiny transformer, and [07c](07c_head_pruning.ipynb)
-# prunes its heads.  Gradient sparsity
-# for distributed training has its own chapter, [08](08_gradient_compression.ipynb).
+# through the network (activations, errors, routing decisions, attention weights) and changes
+# with every input (survey sections 2.3 and 5).  This part covers the activations, the dropout
+# family and the back-propagated errors of LeNet-300-100; the second part,
+# [07b](07b_experts_attention_heads.ipynb), routes examples to a few experts and sparsifies
+# the attention of a tiny transformer, [07c](07c_head_pruning.ipynb) prunes its heads, and
+# [08](08_gradient_compression.ipynb) covers gradient sparsity for distributed training.
 
 # %%
 import functools
@@ -66,8 +65,7 @@ if SMOKE:  # a quick pass through every cell, for CI
 # the models are tiny: one thread avoids the overhead of splitting small products
 info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 MNIST_RECIPE = recipes.recipe_for("lenet300", "mnist")
-# every MNIST model of this chapter trains with LeNet-300-100's recipe (SGD, momentum,
-# cosine schedule), only the epochs shortened in smoke runs
+# every MNIST model trains with LeNet-300-100's recipe (SGD, momentum, cosine schedule)
 MNIST_FIT = {**MNIST_RECIPE.training(), "epochs": EPOCHS or MNIST_RECIPE.epochs}
 
 
@@ -98,58 +96,48 @@ probe = next(iter(val_loader))[0]
 class ReluWatch(sl.train.Callback):
     """Records relu_stats on the probe batch before training and after each epoch."""
 
-    def __init__(self):
-        self.rows = []
-
-    def record(self, model, epoch):
-        for row in relu_stats(model, probe).itertuples():
-            self.rows.append({"epoch": epoch, "site": row.site, "sparsity": row.sparsity})
-
     def on_train_begin(self, trainer):
-        self.record(trainer.model, 0)
+        self.frames = [relu_stats(trainer.model, probe).assign(epoch=0)]
 
     def on_epoch_end(self, trainer):
-        self.record(trainer.model, trainer.epoch + 1)
+        self.frames.append(relu_stats(trainer.model, probe).assign(epoch=trainer.epoch + 1))
 
 
 watch = ReluWatch()
 relu_model = task.build()
 sl.train.fit(relu_model, train_loader, val_loader, callbacks=[watch], seed=SEED, **MNIST_FIT)
-relu_curve = pd.DataFrame(watch.rows)
+relu_curve = pd.concat(watch.frames).pivot(index="epoch", columns="site", values="sparsity")
 relu_accuracy = sl.train.evaluate(relu_model, test_loader)["accuracy"]
 N_EPOCHS = MNIST_FIT["epochs"]
 
 _, ax = plt.subplots(figsize=(5.5, 3.2))
-relu_curve.pivot(index="epoch", columns="site", values="sparsity").plot(ax=ax, marker="o")
+relu_curve.plot(ax=ax, marker="o")
 ax.set(ylabel="fraction of ReLU outputs = 0", title="Activation sparsity of LeNet-300-100 on MNIST")
 plt.show()
-
-# %%
-start = relu_curve[relu_curve.epoch == 0].set_index("site")["sparsity"]
-end = relu_curve[relu_curve.epoch == N_EPOCHS].set_index("site")["sparsity"]
 dead = relu_stats(relu_model, probe).set_index("site")["dead_units"]
+start, end, dead = (  # each site's share, in words
+    ", ".join(f"{s}: {v:.0%}" for s, v in shares.items())
+    for shares in (relu_curve.loc[0], relu_curve.loc[N_EPOCHS], dead)
+)
 sl.nb.md(
-    f"At initialisation about half of the ReLU outputs are zero "
-    f"({', '.join(f'{s}: {v:.0%}' for s, v in start.items())}), as expected for "
-    f"symmetric pre-activations.  After {N_EPOCHS} epoch(s) the fractions are "
-    f"{', '.join(f'{s}: {v:.0%}' for s, v in end.items())}; test accuracy "
-    f"{relu_accuracy:.2%}.  These zeros are free: nothing forces them.  Only "
-    f"{', '.join(f'{s}: {v:.0%}' for s, v in dead.items())} of the units are zero on every "
-    f"one of the {len(probe)} probe images; the other zeros move from image to image."
+    f"At initialisation about half of the ReLU outputs are zero ({start}), as expected for "
+    f"symmetric pre-activations.  After {N_EPOCHS} epoch(s) the fractions are {end}; test "
+    f"accuracy {relu_accuracy:.2%}.  These zeros are free: nothing forces them.  Only {dead} "
+    f"of the units are zero on every one of the {len(probe)} probe images; the other zeros "
+    "move from image to image."
 )
 
 # %% [markdown]
 # ## Forcing activation sparsity: k-WTA and FATReLU
 #
 # **k winners take all** (Makhzani & Frey 2015) keeps the `k` largest units of each layer
-# for each example and zeros the rest, so the activation sparsity is fixed in advance.
+# for each example and zeros the rest, fixing the activation sparsity in advance.
 # **FATReLU** (Kurtz et al. 2020) raises the ReLU's threshold from 0 to `T`: an activation
-# survives only if it reaches `T`; an L1 penalty on the activations pushes more of them
-# below it.  `act.swap_relu(model, activation)` replaces every ReLU the model applies, without
-# editing the model.  Each setting is trained from scratch with LeNet-300-100's recipe
-# (the same initialisation, batch order and hyper-parameters as the dense model of the same
-# seed, which `recipes.dense` trains); the activation sparsity is measured on the test set
-# over both hidden layers.
+# survives only if it reaches `T`; an L1 penalty on the activations pushes more below it.
+# `act.swap_relu(model, activation)` replaces every ReLU the model applies, without editing
+# the model.  Each setting trains from scratch like the dense model of its seed
+# (`recipes.dense`: same initialisation, batch order and hyper-parameters); the activation
+# sparsity is measured on the test set over both hidden layers.
 
 
 # %%
@@ -185,14 +173,13 @@ display(activation_table.round(4))
 activation_flags = sl.flags.table(runs, "arm")
 sl.nb.show_flags(activation_flags)
 
-# %%
-# the table's intervals, clipped to [0, 1]; a flagged arm's point is circled in red
+# the table's intervals, clipped to [0, 1], a flagged arm's point circled in red; the axis fits
+# the unflagged arms (an interval stretched to [0, 1] by a run at chance level would squash the
+# others), and a mean off the axis is marked at its edge with its value
 plotted = activation_table.join(runs.groupby("arm", sort=False)["kind"].first(), on="arm")
 plotted["flagged"] = plotted["arm"].isin(activation_flags["arm"])
 _, ax = plt.subplots(figsize=(5.5, 3.5))
 sl.viz.interval_lines(plotted, "activation_sparsity", "kind", ax, flagged=plotted["flagged"])
-# the axis fits the unflagged arms: an interval stretched to [0, 1] by a run at chance level
-# would squash the others; a mean off the axis is marked at its edge with its value
 sl.experiments.fit_y(ax, plotted, ~plotted["flagged"], x="activation_sparsity", name="arm")
 ax.set(xlabel="activation sparsity on the test set", ylabel="test accuracy (mean, 95% CI)")
 ax.set_title("Forced activation sparsity against accuracy")
@@ -205,22 +192,18 @@ plt.show()
 # %%
 activation_diffs = sl.stats.against_baseline(runs, "arm", "relu")
 display(activation_diffs.round(4))
-means = runs.groupby("arm", sort=False)[["activation_sparsity", "test_accuracy"]].mean()
-sparsest = f"kwta {min(KWTA_DENSITIES):.0%}"
-k_diff = activation_diffs.set_index("arm").loc[sparsest]
-fat = f"fatrelu T={max(FAT_THRESHOLDS)}"
-fat_diff = activation_diffs.set_index("arm").loc[fat]
+ad_ = activation_diffs.set_index("arm")
+relu_mean = runs.groupby("arm")["test_accuracy"].mean()["relu"]
+sparsest, fat = f"kwta {min(KWTA_DENSITIES):.0%}", f"fatrelu T={max(FAT_THRESHOLDS)}"
 sl.nb.md(
-    f"With plain ReLUs {means.loc['relu', 'activation_sparsity']:.0%} of the hidden "
-    f"activations are zero (test accuracy {means.loc['relu', 'test_accuracy']:.2%}, "
-    f"{MNIST_FIT['epochs']} epoch(s) of the recipe).  k-WTA keeping "
-    f"{min(KWTA_DENSITIES):.0%} of the units reaches "
-    f"{means.loc[sparsest, 'activation_sparsity']:.1%} activation sparsity; its accuracy "
-    f"minus the ReLU model's is {sl.stats.describe(k_diff)}.  The next layer then reads "
-    f"only a few inputs per example, which a sparse kernel could exploit.  FATReLU at "
-    f"T = {max(FAT_THRESHOLDS)} reaches {means.loc[fat, 'activation_sparsity']:.1%} "
-    f"activation sparsity; its accuracy minus the ReLU model's is "
-    f"{sl.stats.describe(fat_diff)}{sl.flags.note(runs, 'arm', fat)}."
+    f"With plain ReLUs {reached['relu']:.0%} of the hidden activations are zero (test "
+    f"accuracy {relu_mean:.2%}, {N_EPOCHS} epoch(s) of the recipe).  k-WTA keeping "
+    f"{min(KWTA_DENSITIES):.0%} of the units reaches {reached[sparsest]:.1%} activation "
+    f"sparsity; its accuracy minus the ReLU model's is {sl.stats.describe(ad_.loc[sparsest])}.  "
+    "The next layer then reads only a few inputs per example, which a sparse kernel could "
+    f"exploit.  FATReLU at T = {max(FAT_THRESHOLDS)} reaches {reached[fat]:.1%} activation "
+    "sparsity; its accuracy minus the ReLU model's is "
+    f"{sl.stats.describe(ad_.loc[fat])}{sl.flags.note(runs, 'arm', fat)}."
 )
 
 # %% [markdown]
@@ -263,28 +246,15 @@ sl.nb.md(
 )
 
 # %% [markdown]
-# How much each member zeros, counted over training-mode forward passes of one batch, next
-# to the rate its rule implies: activations of LeNet-300-100's hidden layers, weights of
-# its Linear layers, feature maps of LeNet-5's convolutions, and the residual blocks of the
-# small ResNet.
-
+# How much each member zeros over training-mode forward passes of one batch, next to the rate
+# its rule implies: LeNet-300-100's hidden activations and Linear weights, LeNet-5's
+# convolution feature maps, and the small ResNet's residual blocks.
 
 # %%
-def zeroed_outputs(model, layers, make, x):
-    """Share of ``layers``' outputs that the modules ``make()`` zero over DROP_STEPS passes."""
-    hooks = drop.add_to_outputs(model, layers, make)
-    for _ in range(DROP_STEPS):
-        model(x)
-    modules = hooks.modules.values()
-    share = sum(m.zeros for m in modules) / sum(m.activations for m in modules)
-    hooks.remove()
-    return share
-
-
 x_flat = next(iter(train_loader))[0]
 x_img = x_flat.reshape(len(x_flat), 1, 28, 28)
 lenet = task.build().train()
-share = zeroed_outputs(lenet, ["fc1", "fc2"], lambda: drop.Dropout(0.5), x_flat)
+share = drop.zeroed_share(lenet, ["fc1", "fc2"], lambda: drop.Dropout(0.5), x_flat, DROP_STEPS)
 rows = [("dropout p=0.5", "hidden activations", share, 0.5)]
 
 handle = drop.dropconnect(lenet, p=0.5)
@@ -299,7 +269,9 @@ handle.remove()
 
 conv_net = sl.models.build("lenet5", input_shape=(1, 28, 28), n_classes=10).train()
 # DropBlock's gamma makes the dropped fraction about p, not exactly (blocks overlap)
-share = zeroed_outputs(conv_net, ["conv1", "conv2"], lambda: drop.DropBlock(0.1, 3), x_img)
+share = drop.zeroed_share(
+    conv_net, ["conv1", "conv2"], lambda: drop.DropBlock(0.1, 3), x_img, DROP_STEPS
+)
 rows.append(("dropblock p=0.1", "conv feature maps", share, 0.1))
 
 resnet = sl.models.build("resnet_small", input_shape=(1, 28, 28), n_classes=10).train()
@@ -333,22 +305,18 @@ gates = drop.LayerDrop(resnet, p=0.5)
 chosen = gates.prune()
 with torch.no_grad():
     gated = resnet(x_img[:16])
-gates.remove()
-smaller = drop.drop_layers(resnet, chosen).eval()
-with torch.no_grad():
+    gates.remove()
+    smaller = drop.drop_layers(resnet, chosen).eval()
     difference = float((smaller(x_img[:16]) - gated).abs().max())
-n_full = sum(p.numel() for p in resnet.parameters())
-n_small = sum(p.numel() for p in smaller.parameters())
+n_full, n_small = (sum(p.numel() for p in m.parameters()) for m in (resnet, smaller))
 sl.nb.md(
     f"Dropping blocks {', '.join(chosen)} leaves {n_small:,} of {n_full:,} parameters "
     f"({n_small / n_full:.0%}); the largest output difference to the gated model is "
-    f"{difference:.1e}.  This network is untrained, so the check is about the "
-    f"computation only; Fan et al. (2020) train with LayerDrop so that the remaining "
-    f"blocks have learnt to work without the dropped ones, this chapter trains "
-    f"no LayerDrop model."
+    f"{difference:.1e}.  This network is untrained, so the check is about the computation "
+    "only; Fan et al. (2020) train with LayerDrop so that the remaining blocks have learnt "
+    "to work without the dropped ones, this chapter trains no LayerDrop model."
 )
 assert difference < 1e-5
-
 
 # %% [markdown]
 # ## Sparse back-propagation with meProp
@@ -365,10 +333,8 @@ assert difference < 1e-5
 def backward_run(method, density, seed):
     """A LeNet-300-100 trained with sparse back-propagation and the recipe, measured."""
     t = mnist(seed)
-    if method == "meprop":
-        options = {"density": density}
-    else:
-        options = {"weight_density": density, "act_density": density}
+    keys = ["density"] if method == "meprop" else ["weight_density", "act_density"]
+    options = dict.fromkeys(keys, density)
     model = backprop.sparsify_backprop(t.build(), method, layers=["fc1", "fc2"], **options)
     sl.train.fit(model, t.loaders()[0], seed=seed, **MNIST_FIT)
     run = recipes.evaluate_run(model, t)
@@ -411,8 +377,6 @@ sl.viz.sparsity_curve(meprop_runs, "density", "test_accuracy", ax=ax, baseline=d
 ax.set_xscale("log")
 ax.set(xlabel="fraction of back-propagated errors kept per layer", title="meProp on LeNet-300-100")
 plt.show()
-
-# %%
 mp = meprop_runs.groupby("density")[["test_accuracy", "backward_cost"]].mean()
 low = min(MEPROP_DENSITIES)
 meprop_diffs = sl.stats.against_baseline(pd.concat([dense_runs, meprop_runs]), "arm", "dense")
@@ -421,12 +385,11 @@ sl.nb.md(
     f"At fc1, meProp with density 5% kept {int(kept_per_example.max())} of "
     f"{check.fc1.out_features} errors per example.  Keeping {low:.0%} of the errors costs "
     f"{mp.loc[low, 'backward_cost']:.1%} of the hidden layers' backward multiply-adds and "
-    f"reaches {mp.loc[low, 'test_accuracy']:.2%} test accuracy; minus the recipe's dense "
-    f"model of the same seed and the same {MNIST_FIT['epochs']} epoch(s): "
-    f"{sl.stats.describe(meprop_low)}.  Even dense back-propagation at initialisation "
-    f"sends {zero_errors:.0%} zero errors into fc1 on one batch (the units its ReLU "
-    f"switched off), so at initialisation a density above {1 - zero_errors:.0%} drops "
-    f"almost nothing there."
+    f"reaches {mp.loc[low, 'test_accuracy']:.2%} test accuracy; minus the recipe's dense model "
+    f"of the same seed and the same {N_EPOCHS} epoch(s): {sl.stats.describe(meprop_low)}.  "
+    f"Even dense back-propagation at initialisation sends {zero_errors:.0%} zero errors into "
+    f"fc1 on one batch (the units its ReLU switched off), so at initialisation a density "
+    f"above {1 - zero_errors:.0%} drops almost nothing there."
 )
 
 # %% [markdown]
@@ -441,24 +404,21 @@ swat_runs = sl.experiments.sweep(backward_run, {"method": ["swat"], **densities}
 both = pd.concat([meprop_runs, swat_runs])
 _, ax = plt.subplots(figsize=(5.5, 3.2))
 sl.viz.sparsity_curve(both, "density", "test_accuracy", "method", ax, baseline=dense_accuracy)
-ax.set_xscale("log")
+ax.set(xscale="log", title="Sparse back-propagation on LeNet-300-100")
 ax.set_xlabel("density (errors kept for meProp; weights and stored inputs for SWAT)")
-ax.set_title("Sparse back-propagation on LeNet-300-100")
 plt.show()
 backward = pd.concat([dense_runs, both], ignore_index=True)
 backward_diffs = sl.stats.against_baseline(backward, "arm", "dense")
 display(backward_diffs.round(4))
 sl.nb.show_flags(sl.flags.table(backward, "arm"))
-swat_vs_meprop = sl.stats.paired(
-    backward, "arm", f"swat {low:.0%}", f"meprop {low:.0%}", metric="test_accuracy"
-).iloc[0]
-swat_low = backward_diffs.set_index("arm").loc[f"swat {low:.0%}"]
+bd_ = backward_diffs.set_index("arm")
+swat_at, meprop_at = f"swat {low:.0%}", f"meprop {low:.0%}"
+swat_vs_meprop = sl.stats.paired(backward, "arm", swat_at, meprop_at, metric="test_accuracy")
 sl.nb.md(
-    f"At density {low:.0%}, SWAT minus dense is {sl.stats.describe(swat_low)}, and SWAT "
-    f"minus meProp {sl.stats.describe(swat_vs_meprop)}.  The two densities do not buy "
-    f"the same thing: meProp's cuts only the backward products; SWAT's cuts the "
-    f"forward product, the error sent back through the sparse weights, and the stored "
-    f"activations."
+    f"At density {low:.0%}, SWAT minus dense is {sl.stats.describe(bd_.loc[swat_at])}, and "
+    f"SWAT minus meProp {sl.stats.describe(swat_vs_meprop.iloc[0])}.  The two densities do not "
+    "buy the same thing: meProp's cuts only the backward products; SWAT's cuts the forward "
+    "product, the error sent back through the sparse weights, and the stored activations."
 )
 
 # %% [markdown]
@@ -468,29 +428,22 @@ sl.nb.md(
 #   ReLU zeros, forced activation sparsity (k-WTA, FATReLU), sparse back-propagated errors
 #   (meProp, SWAT), and the dropout family, which zeros activations, weights, regions,
 #   branches or layers at random for one step.
-# - `drop_layers` turns the blocks chosen by LayerDrop into a smaller model with the same
-#   outputs.
+# - `drop_layers` turns LayerDrop's chosen blocks into a smaller model with the same outputs.
 # - [07b](07b_experts_attention_heads.ipynb) goes on to routing decisions and attention
 #   weights, and [07c](07c_head_pruning.ipynb) to attention heads.
 #
-# What this run measured, each arm against its dense counterpart of the same seed
-# (test accuracy, paired):
+# What this run measured, each arm against the dense model of its seed (test accuracy, paired):
 
 # %%
-ad_ = activation_diffs.set_index("arm")
-bd_ = backward_diffs.set_index("arm")
 sl.nb.md(
-    f"- Plain ReLUs leave {means.loc['relu', 'activation_sparsity']:.0%} of the hidden "
-    f"activations at zero for free.  k-WTA keeping {min(KWTA_DENSITIES):.0%} of the units "
-    f"reaches {means.loc[sparsest, 'activation_sparsity']:.0%} "
+    f"- Plain ReLUs leave {reached['relu']:.0%} of the hidden activations at zero for free.  "
+    f"k-WTA keeping {min(KWTA_DENSITIES):.0%} of the units reaches {reached[sparsest]:.0%} "
     f"({sl.stats.describe(ad_.loc[sparsest])}{sl.flags.note(runs, 'arm', sparsest)}); "
-    f"FATReLU at T = {max(FAT_THRESHOLDS)} reaches "
-    f"{means.loc[fat, 'activation_sparsity']:.0%} "
+    f"FATReLU at T = {max(FAT_THRESHOLDS)} reaches {reached[fat]:.0%} "
     f"({sl.stats.describe(ad_.loc[fat])}{sl.flags.note(runs, 'arm', fat)}).\n"
-    f"- meProp keeping {low:.0%} of the errors does {mp.loc[low, 'backward_cost']:.0%} of "
-    f"the hidden layers' backward multiply-adds: "
-    f"{sl.stats.describe(bd_.loc[f'meprop {low:.0%}'])}; SWAT at the same density: "
-    f"{sl.stats.describe(bd_.loc[f'swat {low:.0%}'])}."
+    f"- meProp keeping {low:.0%} of the errors does {mp.loc[low, 'backward_cost']:.0%} of the "
+    f"hidden layers' backward multiply-adds: {sl.stats.describe(bd_.loc[meprop_at])}; SWAT at "
+    f"the same density: {sl.stats.describe(bd_.loc[swat_at])}."
 )
 
 # %% [markdown]

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 __all__ = [
     "and_join",
     "at_levels",
+    "below_span",
+    "below_text",
     "compare_onsets",
     "expectation",
     "in_how_many",
@@ -133,6 +135,29 @@ def span(low: float, high: float, fmt: str = ".2g", unit: str = "") -> str:
     each number (``"0.95x to 1.10x"``)."""
     a, b = format(low, fmt) + unit, format(high, fmt) + unit
     return a if a == b else f"{a} to {b}"
+
+
+def below_text(gap: float, fmt: str = ".1f", unit: str = "points") -> str:
+    """A shortfall from a reference in words, for a sentence that names the reference next:
+    ``"15.4 points below"`` for a gap (reference minus value) of 15.4, ``"0.3 points
+    above"`` for -0.3, a value that beat its reference.  ``fmt`` formats the gap's size."""
+    return f"{gap:{fmt}} {unit} below" if gap >= 0 else f"{-gap:{fmt}} {unit} above"
+
+
+def below_span(gaps: Iterable[float], fmt: str = ".1f", unit: str = "points") -> str:
+    """Several shortfalls from a reference (:func:`below_text`; e.g. pruned models' accuracy
+    below their dense parents at each sparsity) as one range: ``"15.4 to 52.3 points
+    below"`` when no value beat the reference, else ``"between 0.3 points above and 2.0
+    points below"``; a single gap is its :func:`below_text`."""
+    gaps = [float(gap) for gap in gaps]
+    if not gaps:
+        raise ValueError("below_span needs at least one gap")
+    if len(gaps) == 1:
+        return below_text(gaps[0], fmt, unit)
+    low, high = min(gaps), max(gaps)
+    if low >= 0:
+        return f"{low:{fmt}} to {high:{fmt}} {unit} below"
+    return f"between {below_text(low, fmt, unit)} and {below_text(high, fmt, unit)}"
 
 
 def simple_fraction(value: float, max_denominator: int = 10) -> str:

@@ -198,3 +198,14 @@ def test_bad_arguments_are_explained():
         D.LayerDrop(model).prune(layers=["blocks.9"])
     with pytest.raises(KeyError, match="not a tensor"):
         D.dropconnect(model, 0.5, names=["stem.nothing"])
+
+
+def test_zeroed_share_counts_the_drops_and_takes_the_modules_off():
+    torch.manual_seed(0)
+    model = models.build("lenet300", input_shape=(10,), n_classes=2, hidden=(50, 40))
+    x = torch.randn(200, 10)
+    layers = ["fc1", "fc2"]
+    assert D.zeroed_share(model.eval(), layers, lambda: D.Dropout(0.5), x, steps=3) == 0
+    share = D.zeroed_share(model.train(), layers, lambda: D.Dropout(0.3), x, steps=3)
+    assert _binomial_ok(share * 3 * 200 * 90, 3 * 200 * 90, 0.3)
+    assert not model.fc1._forward_hooks and not model.fc2._forward_hooks  # taken off again

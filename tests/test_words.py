@@ -330,3 +330,18 @@ def test_verdict_summary_one_line_per_verdict_with_notes_and_the_count():
         words.verdict_summary([up, unsure], ["only one"])
     with pytest.raises(ValueError, match="at least one verdict"):
         words.verdict_summary([])
+
+
+def test_below_text_and_span_say_a_shortfall_and_its_direction():
+    assert words.below_text(15.43) == "15.4 points below"
+    assert words.below_text(-0.3) == "0.3 points above"
+    assert words.below_text(0.0) == "0.0 points below"
+    assert words.below_text(2, ".0f", "seeds") == "2 seeds below"
+    assert words.below_span([52.3, 15.4]) == "15.4 to 52.3 points below"
+    assert words.below_span([-0.3]) == "0.3 points above"
+    assert words.below_span([-0.3, 2.0]) == "between 0.3 points above and 2.0 points below"
+    assert words.below_span(pd.Series([-3.0, -1.0])) == (
+        "between 3.0 points above and 1.0 points above"
+    )
+    with pytest.raises(ValueError, match="at least one gap"):
+        words.below_span([])

@@ -42,6 +42,7 @@ __all__ = [
     "DropBlock",
     "add_to_outputs",
     "OutputHooks",
+    "zeroed_share",
     "BranchGates",
     "StochasticDepth",
     "LayerDrop",
@@ -239,6 +240,27 @@ def add_to_outputs(model: nn.Module, layers: Iterable[str], make) -> OutputHooks
 
         handles.append(layer.register_forward_hook(hook))
     return OutputHooks(added, handles)
+
+
+def zeroed_share(
+    model: nn.Module, layers: Iterable[str], make, x: torch.Tensor, steps: int = 1
+) -> float:
+    """The share of the outputs of ``layers`` that the modules ``make()`` zero over ``steps``
+    forward passes of ``x``: how much dropout or DropBlock really drops, to set beside the
+    rate its rule implies.
+
+    The modules are added with :func:`add_to_outputs` and taken off again; they must count
+    their zeros as :class:`~.activation_functions.SparseActivation` does.  The model runs in
+    the mode it is in: put it in training mode to see anything dropped.
+    """
+    hooks = add_to_outputs(model, layers, make)
+    try:
+        for _ in range(steps):
+            model(x)
+    finally:
+        hooks.remove()
+    modules = hooks.modules.values()
+    return sum(m.zeros for m in modules) / sum(m.activations for m in modules)
 
 
 # ------------------------------------------------------------------------ residual branches

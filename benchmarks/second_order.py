@@ -4,7 +4,7 @@ Quality: the benchmark harness (:mod:`sparsity_lab.bench`) runs the config
 ``benchmarks/configs/second-order-lenet300-mnist.yaml``: LeNet-300-100 on the MNIST subset,
 the recipe's dense model of each seed (``recipes.dense``) pruned once, without fine-tuning
 (``finetune_epochs: 0``, so ``test_accuracy`` is the pruned model's), by OBD, the diagonal
-Fisher, WoodFisher, K-FAC and M-FAC (the table of notebook 02c) and, as the OBS-style
+Fisher, WoodFisher, K-FAC and M-FAC (the table of notebook 02i) and, as the OBS-style
 method that fits this model, layer-wise SparseGPT (exact OBS per layer on the
 reconstruction Hessian), beside the harness's mandatory baselines: the dense model, global
 and uniform magnitude, and the random mask with global magnitude's per-layer counts

@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # How to prune I (continued): first-order criteria
+# # How to prune I c: first-order criteria
 #
 # **What you will learn:** how the gradient of the loss tells which weights and units
 # matter, how well that first-order estimate predicts what removing them really does, and

@@ -72,9 +72,9 @@ def first_batches(loader, n):
 #
 # Every criterion prunes a copy of each trained network once; we measure validation
 # accuracy right after pruning and after fine-tuning with the masks fixed, then test
-# accuracy once at the end, over the seeds.  The dense networks are those of
-# [02a](02a_data_free_and_data_driven.ipynb) (`recipes.dense` loads them from its disk cache); each
-# seed has its own data split, initialisation and batch order.
+# accuracy once at the end, over the seeds.  The dense networks come from `recipes.dense`
+# (trained once per seed with the recipe, cached on disk); each seed has its own data
+# split, initialisation and batch order.
 #
 # Unstructured criteria remove single weights (x axis: the fraction of weights removed).
 # Their random baseline is `recipes.random_like` of global magnitude's mask: the same number

@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # How to prune I c: first-order criteria compared
+# # How to prune I d: first-order criteria compared
 #
 # **What you will learn:** how the first-order criteria (SNIP, Taylor on weights and on
 # units, skeletonization, Karnin's sensitivity, movement) compare with their data-free
@@ -374,20 +374,25 @@ print(
 check_1(solution_1, solution=True)
 
 # %% [markdown]
-# **2.** With the global budget, magnitude decides how many weights each layer keeps, and
-# the random baseline `random (magnitude's layer counts)` copies those counts.  Prune the
-# LeNet-300-100 `model` with `sl.prune(copy.deepcopy(model), "magnitude", top)`: what share
-# of the weights of `fc1` does it keep?  Two decimals.  Which layer keeps the largest share,
-# and why does the random baseline copy these counts instead of removing the same share of
-# every layer?
+# **2.** Magnitude keeps the largest |w|; `snip` keeps the largest |g w|, with `g` the
+# gradient of the loss on one batch.  Prune two copies of the LeNet-300-100 `model` to
+# `top` sparsity with the global budget, `sl.prune(copy.deepcopy(model), "magnitude", top)`
+# and `sl.prune(copy.deepcopy(model), "snip", top, data=calibration)` (`snip` reads the
+# first batch of `calibration`, its default `batches=1`).  What share of the weights that
+# magnitude keeps does `snip` also keep?  Two decimals.  A random choice of as many weights
+# would share about `1 - top` of them: why is the overlap above that, and why is it not 1?
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 def check_2(answer, solution=False):
-    pruned = sl.prune(copy.deepcopy(model), "magnitude", top)
-    share = float(masks.get_mask(pruned, "fc1.weight").double().mean())
-    hint = "Prune as written and take the mean of fc1's mask (1 where a weight is kept)."
-    sl.nb.check(2, answer, share, hint=hint, tolerance=0.005, solution=solution)
+    kept = {
+        c: masks.masks(sl.prune(copy.deepcopy(model), c, top, data=calibration))
+        for c in ["magnitude", "snip"]
+    }
+    both = sum(float((kept["snip"][n] * m).sum()) for n, m in kept["magnitude"].items())
+    share = both / sum(float(m.sum()) for m in kept["magnitude"].values())
+    hint = "Multiply the two models' masks (sl.masks), sum, and divide by magnitude's kept count."
+    sl.nb.check(2, answer, share, hint=hint, tolerance=0.01, solution=solution)
 
 
 # %%
@@ -395,17 +400,25 @@ answer_2 = None  # a share of weights, e.g. 0.42
 check_2(answer_2)
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
-# Solution 2.  By hand: one threshold on |w| for every layer, set so that a share `top` of
-# all weights falls below it, then the share of each layer above it.  The initialisation
-# scales each layer's weights down with its number of inputs, so the first layer, which
-# holds most of the weights and reads the 784 pixels, has the smallest ones and keeps the
-# smallest share (printed below).  A random baseline with the same share in every layer
-# would cut the small last layer as hard as the first, and lose accuracy for that alone,
-# not for choosing the wrong weights.
-layers = {n: p.detach().abs() for n, p in model.named_parameters() if n.endswith("weight")}
-every = torch.cat([w.flatten() for w in layers.values()])
-threshold = torch.sort(every).values[round(top * every.numel()) - 1]
-kept_share = {n: float((w > threshold).double().mean()) for n, w in layers.items()}
-print("share kept: " + ", ".join(f"{n} {v:.3f}" for n, v in kept_share.items()))
-solution_2 = round(kept_share["fc1.weight"], 2)
+# Solution 2.  By hand: the gradient of the mean loss on the first calibration batch with
+# autograd, the scores |w| and |g w| of every weight, and each criterion's global top-k,
+# k the weights kept at `top` sparsity.  SNIP's score is |w| times |g|, so a large weight
+# keeps a head start, and the overlap is above the chance level `1 - top`; but the
+# gradient reorders the weights, and a weight whose gradient on the batch is zero (for
+# instance one into or out of a unit that no example of the batch activates) scores zero
+# however large it is (counted below).
+net = copy.deepcopy(model).eval()
+weights = [p for n, p in net.named_parameters() if n.endswith("weight")]
+x_b, y_b = calibration[0]
+grads = torch.autograd.grad(F.cross_entropy(net(x_b), y_b), weights)
+size = torch.cat([w.detach().abs().flatten() for w in weights])
+snip = torch.cat([(g * w).detach().abs().flatten() for g, w in zip(grads, weights, strict=True)])
+k = round((1 - top) * size.numel())
+by_size, by_snip = size.topk(k).indices, snip.topk(k).indices
+overlap = float(torch.isin(by_size, by_snip).double().mean())
+print(
+    f"share of magnitude's {k:,} weights that snip keeps: {overlap:.3f} (chance: {1 - top:.2f}); "
+    f"{int((snip[by_size] == 0).sum()):,} of them have a zero gradient on the batch"
+)
+solution_2 = round(overlap, 2)
 check_2(solution_2, solution=True)

@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # Every dynamic sparse training method on one protocol, and supermasks
+# # Sparse training II: every dynamic sparse training method on one protocol, and supermasks
 #
 # **What you will learn:** the rules of the other dynamic sparse training methods of the
 # survey's section 4 (sparse momentum, DSR, DeepR, Top-KAST, DPF) beside SET and RigL, how

@@ -1,22 +1,21 @@
 # %% [markdown]
 # # Sparse language models
 #
-# **What you will learn:** how the one-shot methods made for large language models
-# compare on a language model trained here: magnitude, Wanda and SparseGPT at rising
-# sparsity, unstructured and N:M, with every layer at one sparsity or with OWL's
-# outlier-weighted layer sparsities; what the input-feature outliers behind Wanda are, in
-# a controlled experiment; how pruning combines with quantization, counted in bits per
-# weight; and how the same calls prune a Hugging Face model.
+# **What you will learn:** how magnitude, Wanda and SparseGPT, the one-shot methods made for
+# large language models, compare on a small one trained here, at rising sparsity,
+# unstructured and N:M, with uniform or OWL's outlier-weighted layer sparsities; what the
+# input-feature outliers behind Wanda are, in a controlled experiment; how pruning combines
+# with quantization, in bits per weight; and how the same calls prune a Hugging Face model.
 #
-# These methods are the survey's layer-wise reconstruction and data-driven criteria
-# (sections 3.3 and 3.5) at the scale where they are used today: SparseGPT (Frantar &
-# Alistarh 2023), Wanda (Sun et al. 2024) and OWL (Yin et al. 2024).  The papers measure
-# perplexity, the exponential of the mean negative log-likelihood per token, on models
-# with billions of weights; the model here has about a hundred thousand, so read the
-# results as the mechanisms at work, not as the papers' numbers.
+# These are the survey's layer-wise reconstruction and data-driven criteria (sections 3.3
+# and 3.5) at today's scale: SparseGPT (Frantar & Alistarh 2023), Wanda (Sun et al. 2024)
+# and OWL (Yin et al. 2024).  The papers measure perplexity (the exponential of the mean
+# negative log-likelihood per token) on models with billions of weights; this one has a few
+# hundred thousand, so read the results as mechanisms at work, not as the papers' numbers.
 
 # %%
 import copy
+import functools
 import math
 import tempfile
 
@@ -61,20 +60,16 @@ info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 # %% [markdown]
 # ## A small language model of Python's help texts
 #
-# The data are CPython's own help pages (what `help("if")` prints, shipped with every
-# Python), cut into windows of 32 characters; held-out windows come from text blocks the
-# model never trained on (`sl.data.load("char_lm")`).  The model is a decoder-only
-# transformer (`tiny_transformer` with `causal=True, pool="none"`, pre-LayerNorm blocks
-# of the recipe's width and depth, given below): every position sees only itself and what
-# precedes it and predicts the next character, so a window of 32 characters gives 32
-# predictions.  Each seed has its own data split, dense model (the recipe's,
-# `recipes.dense`) and calibration sample.
+# The data are CPython's help pages (what `help("if")` prints, shipped with every Python),
+# cut into 32-character windows, the held-out ones from text blocks never trained on
+# (`sl.data.load("char_lm")`).  The model is a decoder-only transformer (`tiny_transformer`,
+# `causal=True, pool="none"`, pre-LayerNorm; sizes below): each position sees only itself
+# and earlier ones and predicts the next character, 32 predictions per window.  Each seed
+# has its own data split, dense model (`recipes.dense`) and calibration sample.
 
 # %%
-DATA_OPTIONS = {
-    k: v for k, v in {"n_train": N_TRAIN, "n_val": N_EVAL, "n_test": N_EVAL}.items() if v
-}
-HEAD = "head.weight"
+SIZES = {"n_train": N_TRAIN, "n_val": N_EVAL, "n_test": N_EVAL}
+DATA_OPTIONS = {k: v for k, v in SIZES.items() if v}
 dense_models = {}
 
 
@@ -94,7 +89,7 @@ def dense_for(seed):
 
 
 t0, lm, _, _ = dense_for(SEED)
-BLOCKS = [n for n in sl.pruning.default_targets(lm) if n != HEAD]
+BLOCKS = [n for n in sl.pruning.default_targets(lm) if n != "head.weight"]
 dense_table = pd.DataFrame([{"seed": s, **dense_for(s)[2]} for s in SEEDS])
 dense_table = dense_table[["seed", "accuracy", "perplexity"]]
 full = dense_table["perplexity"].mean()
@@ -103,36 +98,35 @@ chance = float((t0.bundle.test.tensors[1] == most_frequent).float().mean())
 block_weights = sum(sl.masks.weight(lm, n).numel() for n in BLOCKS)
 display(dense_table.round(4))
 shape = recipes.recipe_for("tiny_transformer", "char_lm").model_options
+dense_flags = "".join(f"  Flag: {f}." for s in SEEDS if (f := dense_models[s][2]["flags"]))
 md(
-    f"The dense model ({shape['depth']} blocks of width {shape['dim']}, "
-    f"{shape['n_heads']} heads) has {sum(p.numel() for p in lm.parameters()):,} parameters, "
-    f"{block_weights:,} of them in the {len(BLOCKS)} linear layers of its blocks (what "
-    f"is pruned below; embeddings and output head stay dense, as in the papers).  It "
-    f"trained on {len(t0.bundle.train):,} windows.  Test perplexity "
-    f"{full:.2f} and accuracy per character "
-    f"{dense_table['accuracy'].mean():.1%} (means over {len(SEEDS)} seeds); always "
-    f"answering the most frequent character scores {chance:.1%}."
-    + "".join(f"  Flag: {f}." for s in SEEDS if (f := dense_models[s][2]["flags"]))
+    f"The dense model ({shape['depth']} blocks of width {shape['dim']}, {shape['n_heads']} heads) "
+    f"has {sum(p.numel() for p in lm.parameters()):,} parameters, {block_weights:,} of them in "
+    f"the {len(BLOCKS)} linear layers of its blocks (what is pruned below; embeddings and output "
+    f"head stay dense, as in the papers).  It trained on {len(t0.bundle.train):,} windows.  Test "
+    f"perplexity {full:.2f} and accuracy per character {dense_table['accuracy'].mean():.1%} "
+    f"(means over {len(SEEDS)} seeds); always answering the most frequent character scores "
+    f"{chance:.1%}.{dense_flags}"
 )
 
 # %% [markdown]
 # ## Perplexity against sparsity
 #
-# Every linear layer of the blocks gets the same sparsity (`budget="uniform"`, the papers'
-# setting), unstructured or N:M (2:4 and 4:8 fix it at 50%).  Magnitude needs no data; Wanda
-# scores `|W_ij| * ||X_j||` per output row on the calibration windows; SparseGPT prunes and
-# updates each layer's weights to keep its outputs on those windows, layer after layer on
-# the inputs the already pruned layers give.  OWL replaces the uniform layer sparsities: a
-# layer whose Wanda (or SparseGPT) scores hold more outliers, scores above 5 times the
-# layer's mean, keeps more weights, within 8 points of the target (`budget="owl"`).
+# Every block layer gets the same sparsity (`budget="uniform"`, the papers' setting),
+# unstructured or N:M (2:4 and 4:8 fix it at 50%).  Magnitude needs no data; Wanda scores
+# `|W_ij| * ||X_j||` per output row on the calibration windows; SparseGPT prunes and updates
+# each layer's weights to keep its outputs on those windows, layer after layer on the inputs
+# the already pruned layers give.  OWL (`budget="owl"`) lets a layer whose Wanda (or
+# SparseGPT) scores hold more outliers (above 5 times the layer's mean) keep more weights,
+# within 8 points of the target.  Below the figure, a table pairs the methods by seed (same
+# dense model and windows): perplexity differences (lower is better) with 95% intervals.
 
 
 # %%
 def prune_run(method, pattern, budget, sparsity, seed):
     t, model, dense_scores, calibration = dense_for(seed)
-    data = None if method == "magnitude" else calibration
-    sl.prune(model, method, None if ":" in pattern else sparsity, pattern=pattern,
-             budget=budget, data=data, targets=BLOCKS)  # fmt: skip
+    sl.prune(model, method, None if ":" in pattern else sparsity, pattern=pattern, budget=budget,
+             data=None if method == "magnitude" else calibration, targets=BLOCKS)  # fmt: skip
     scores = recipes.evaluate_run(model, t, target_sparsity=sparsity, names=BLOCKS)
     return {"perplexity": scores["perplexity"], "test_accuracy": scores["accuracy"],
             "flags": scores["flags"], "dense_perplexity": dense_scores["perplexity"]}  # fmt: skip
@@ -167,61 +161,43 @@ ax.legend(fontsize=8, ncol=2)
 plt.show()
 sl.nb.show_flags(sl.flags.table(runs, ["arm", "sparsity"]))
 
-# %% [markdown]
-# The table below pairs the methods by seed (same dense model, same calibration windows)
-# and gives the difference of perplexities, lower being better, with its 95% interval.
-
-# %%
 pairs = [("sparsegpt", "wanda"), ("wanda", "magnitude"), ("sparsegpt", "magnitude")]
 settings = [("unstructured", s) for s in SPARSITIES if s >= 0.5] + [("2:4", 0.5), ("4:8", 0.5)]
+COLUMNS = ["pattern", "sparsity", "comparison", "mean_diff", "ci_low", "ci_high", "n", "verdict"]
 comparisons = []
 for pattern, sparsity in settings:
     part = runs.query("pattern == @pattern & budget == 'uniform' & sparsity == @sparsity")
-    for treatment, baseline in pairs:
-        row = sl.stats.paired(part, "method", treatment, baseline, metric="perplexity").iloc[0]
-        keep = row[["mean_diff", "ci_low", "ci_high", "n", "verdict"]].to_dict()
-        name = f"{treatment} - {baseline}"
-        comparisons.append({"pattern": pattern, "sparsity": sparsity, "comparison": name, **keep})
-comparisons = pd.DataFrame(comparisons)
+    table = sl.stats.paired_table(part, "method", pairs, {"perplexity": ""})
+    comparisons.append(table.assign(pattern=pattern, sparsity=sparsity))
+comparisons = pd.concat(comparisons, ignore_index=True)[COLUMNS]
 display(comparisons.round(3))
-
-
-def ppl_words(row):
-    """A paired perplexity difference in words (perplexity units; lower is better)."""
-    return sl.stats.describe(row, scale=1.0, unit=" perplexity")
+ppl_words = functools.partial(sl.stats.describe, scale=1.0, unit=" perplexity")  # in words
 
 
 def order_words(pattern, sparsity):
     """The paper's order (SparseGPT < Wanda < magnitude in perplexity) against the pairs."""
-    rows = comparisons.query("pattern == @pattern & sparsity == @sparsity")
-    verdict = dict(zip(rows["comparison"], rows["verdict"], strict=True))
-    first, second = verdict["sparsegpt - wanda"], verdict["wanda - magnitude"]
+    rows = comparisons.query("pattern == @pattern & sparsity == @sparsity").set_index("comparison")
+    first, second = rows.loc[["sparsegpt - wanda", "wanda - magnitude"], "verdict"]
     where = f"{pattern} at {sparsity:.0%}"
     if first == "better" and second == "better":
         return f"{where}: SparseGPT below Wanda below magnitude, both steps clear"
-    return (
-        f"{where}: SparseGPT against Wanda {first}, Wanda against magnitude {second} "
-        f"(the paper's order needs both 'better')"
-    )
+    both = "(the paper's order needs both 'better')"
+    return f"{where}: SparseGPT against Wanda {first}, Wanda against magnitude {second} {both}"
 
 
-ORDERED = [(p, s) for p, s in [("unstructured", 0.5), ("unstructured", 0.6), ("2:4", 0.5)]
-           if (p, s) in settings]  # fmt: skip
+ORDERED = [x for x in [("unstructured", 0.5), ("unstructured", 0.6), ("2:4", 0.5)] if x in settings]
 md("\n".join(f"- {order_words(p, s)}." for p, s in ORDERED))
 
 # %% [markdown]
 # ## OWL: layer sparsities from outliers
 #
-# OWL's layer sparsities for Wanda at the highest sparsity, seed by seed, against the
-# uniform target: which layers it spares.
+# Which layers OWL spares: its sparsities for Wanda at the highest sparsity, seed `SEED`.
 
 # %%
 top = max(OWL_SPARSITIES)
 t, owl_model, _, calibration = dense_for(SEED)
 sl.prune(owl_model, "wanda", top, budget="owl", data=calibration, targets=BLOCKS)
-layer_sparsity = pd.Series(
-    {n: float((sl.masks.get_mask(owl_model, n) == 0).float().mean()) for n in BLOCKS}
-)
+layer_sparsity = pd.Series({n: sl.sparsity(owl_model, [n]) for n in BLOCKS})
 fig, ax = plt.subplots(figsize=(9, 3.5))
 sl.viz.value_bars(layer_sparsity.rename(lambda n: n.removesuffix(".weight")), ax,
                   reference=top, reference_label=f"uniform {top:.0%}", margin=0.05)  # fmt: skip
@@ -229,24 +205,22 @@ ax.set_ylabel("sparsity")
 ax.set_title(f"OWL's layer sparsities for Wanda at {top:.0%} (seed {SEED}; bars cut below)")
 plt.show()
 owl_rows = {}
-for method in ["wanda", "sparsegpt"]:
-    part = runs.query("method == @method & pattern == 'unstructured' & sparsity == @top")
-    row = sl.stats.paired(part, "budget", "owl", "uniform", metric="perplexity").iloc[0]
-    owl_rows[method] = row
+for m in ["wanda", "sparsegpt"]:
+    part = runs.query("method == @m & pattern == 'unstructured' & sparsity == @top")
+    owl_rows[m] = sl.stats.paired(part, "budget", "owl", "uniform", metric="perplexity").iloc[0]
+OWL_TEXT = "; ".join(f"{m} {ppl_words(r)}" for m, r in owl_rows.items())
 md(
     f"Seed {SEED}: OWL keeps the most in `{layer_sparsity.idxmin()}` "
     f"({layer_sparsity.min():.1%} sparse) and the least in `{layer_sparsity.idxmax()}` "
-    f"({layer_sparsity.max():.1%}).  Perplexity at {top:.0%}, OWL minus uniform: "
-    + "; ".join(f"{m} {ppl_words(r)}" for m, r in owl_rows.items())
-    + "."
+    f"({layer_sparsity.max():.1%}).  Perplexity at {top:.0%}, OWL minus uniform: {OWL_TEXT}."
 )
 
 # %% [markdown]
 # ## Outlier features, in a controlled experiment
 #
-# Large language models have a few input features far larger than the rest (Dettmers et
-# al. 2022), and Wanda's `||X_j||` factor keeps the weights they feed.  First, how large
-# are the largest input features of each layer here, relative to the median feature?
+# Large language models have a few input features far larger than the rest (Dettmers et al.
+# 2022), and Wanda's `||X_j||` factor keeps the weights they feed.  First, how large are the
+# largest input features of each layer here, relative to the median feature?
 
 
 # %%
@@ -275,11 +249,10 @@ md(
 
 # %% [markdown]
 # To see what an outlier does, make one without changing the function: in every block,
-# multiply the LayerNorm gain and shift of one feature feeding `fc1` by `c` and divide the
-# weights that read it by `c`.  The model computes the same outputs, but that feature is
-# now `c` times larger and its weights `c` times smaller.  Magnitude pruning sees only the
-# smaller weights; Wanda's score `|W_ij| * ||X_j||` does not change.  The feature chosen in
-# each block is the one with the largest Wanda score total (the most used one).
+# multiply the LayerNorm gain and shift of one feature feeding `fc1` (the most used, by
+# total Wanda score) by `c` and divide the weights reading it by `c`.  Outputs stay the
+# same, but that feature is now `c` times larger and its weights `c` times smaller:
+# magnitude sees only the smaller weights; Wanda's score `|W_ij| * ||X_j||` does not change.
 
 
 # %%
@@ -308,30 +281,24 @@ def outlier_run(method, scale, seed):
     return {"perplexity": scores["perplexity"], "flags": scores["flags"], "output_drift": drift}
 
 
-outliers = sl.experiments.sweep(
-    outlier_run, {"method": ["magnitude", "wanda"], "scale": SCALES}, seeds=SEEDS, progress=False
-)
+grid = {"method": ["magnitude", "wanda"], "scale": SCALES}
+outliers = sl.experiments.sweep(outlier_run, grid, seeds=SEEDS, progress=False)
 fig, ax = plt.subplots(figsize=(6, 4))
 sl.experiments.plot_mean_ci(outliers, x="scale", y="perplexity", hue="method", ax=ax)
 ax.set_xscale("log", base=2)
 sl.viz.plain_log_axis(ax)
 ax.set_xlabel("outlier factor c (the same function before pruning)")
-ax.set_ylabel("test perplexity at 50% (mean, 95% CI)")
-ax.set_title("One outlier feature per block")
+ax.set(ylabel="test perplexity at 50% (mean, 95% CI)", title="One outlier feature per block")
 plt.show()
 by_scale = outliers.groupby(["method", "scale"])["perplexity"].mean().unstack()
 low, high = min(SCALES), max(SCALES)
 rise = {m: by_scale.loc[m, high] / by_scale.loc[m, low] for m in by_scale.index}
-STILL = 0.01  # a change of perplexity by less than 1% counts as none
-moved = {m: abs(r - 1) > STILL for m, r in rise.items()}
-EFFECT = (
-    f"changes magnitude's perplexity at 50% by a factor of {rise['magnitude']:.2f} "
-    f"and Wanda's by {rise['wanda']:.3f}"
-)
+moved = {m: abs(r - 1) > 0.01 for m, r in rise.items()}  # a change under 1% counts as none
+FACTORS = f"by a factor of {rise['magnitude']:.2f} and Wanda's by {rise['wanda']:.3f}"
+EFFECT = f"changes magnitude's perplexity at 50% {FACTORS}"
+small = " (a small change here: one feature per block)." if rise["magnitude"] < 1.05 else "."
 if moved["magnitude"] and not moved["wanda"]:
-    reading = "the outlier changes what magnitude removes, and not what Wanda removes" + (
-        " (a small change here: one feature per block)." if rise["magnitude"] < 1.05 else "."
-    )
+    reading = "the outlier changes what magnitude removes, and not what Wanda removes" + small
 elif not moved["magnitude"] and not moved["wanda"]:
     reading = "neither changes by more than 1%: one outlier feature per block barely matters."
 else:
@@ -339,20 +306,18 @@ else:
 md(
     f"Before pruning the rescaled models differ from the originals by at most "
     f"{outliers['output_drift'].max():.1e} in any output score.  From c = {low} to c = {high} "
-    f"magnitude's perplexity at 50% changes by a factor of {rise['magnitude']:.2f} and "
-    f"Wanda's by {rise['wanda']:.3f}: {reading}"
+    f"magnitude's perplexity at 50% changes {FACTORS}: {reading}"
 )
 
 # %% [markdown]
 # ## Pruning and quantization, in bits per weight
 #
-# Pruning removes weights; quantization stores the rest in fewer bits (symmetric, one
-# 16-bit scale per output row, `sl.quantization`).  Three ways at 50% sparsity and 4 bits:
-# SparseGPT then round to nearest (RTN), SparseGPT then GPTQ (which spreads each column's
-# rounding error over the columns still to come), and the joint pass that prunes and
-# quantizes in SparseGPT's one column loop (`prune_and_quantize`).  The cost is the exact
-# storage of the block layers: values at their bits, a bitmap of the kept positions, and
-# the scales (`quantization.storage_bits`).
+# Pruning removes weights; quantization stores the rest in fewer bits (symmetric, one 16-bit
+# scale per output row, `sl.quantization`).  Three ways at 50% sparsity and 4 bits:
+# SparseGPT then round to nearest (RTN); SparseGPT then GPTQ, spreading each column's
+# rounding error over later columns; and one pass doing both in SparseGPT's column loop
+# (`prune_and_quantize`).  The cost is the block layers' exact storage: values at their
+# bits, a bitmap of kept positions and the scales (`quantization.storage_bits`).
 
 
 # %%
@@ -381,38 +346,34 @@ sl.viz.mean_lines(quant, "bits_per_weight", "perplexity", "arm", ax, at="bits",
                   point_label="{}b")  # fmt: skip
 ax.axhline(full, color="k", linestyle="--", linewidth=0.8, label="dense, 32-bit")
 ax.set_xlabel("bits per block weight (values, index bitmap, scales)")
-ax.set_ylabel("test perplexity (mean over seeds)")
+ax.set(ylabel="test perplexity (mean over seeds)", title="Sparsity with quantization")
 sl.viz.plain_log_axis(ax)
-ax.set_title("Sparsity with quantization")
 ax.legend(fontsize=8)
 plt.show()
 quant_means = quant.groupby(["arm", "bits"])[["bits_per_weight", "perplexity"]].mean()
 display(quant_means.round(3))
 sl.nb.show_flags(sl.flags.table(quant, ["arm", "bits"]))
-
-# %%
 four = quant[quant["bits"] == min(BITS, key=lambda b: abs(b - 4))]
 gptq_vs_rtn = sl.stats.paired(four, "arm", "sparsegpt, GPTQ", "sparsegpt, RTN", metric="perplexity")
 joint_vs_gptq = sl.stats.paired(four, "arm", "joint", "sparsegpt, GPTQ", metric="perplexity")
 b4 = int(four["bits"].iloc[0])
+JOINT = ppl_words(joint_vs_gptq.iloc[0])
 md(
     f"At {b4} bits and 50%, in perplexity: GPTQ minus RTN after SparseGPT "
-    f"{ppl_words(gptq_vs_rtn.iloc[0])}; joint minus SparseGPT-then-GPTQ "
-    f"{ppl_words(joint_vs_gptq.iloc[0])}.  The sparse {b4}-bit model takes "
-    f"{quant_means.loc[('joint', b4), 'bits_per_weight']:.2f} bits per block weight "
-    f"against 32 dense: the bitmap costs 1 bit per position, kept or not."
+    f"{ppl_words(gptq_vs_rtn.iloc[0])}; joint minus SparseGPT-then-GPTQ {JOINT}.  The sparse "
+    f"{b4}-bit model takes {quant_means.loc[('joint', b4), 'bits_per_weight']:.2f} bits per block "
+    "weight against 32 dense: the bitmap costs 1 bit per position, kept or not."
 )
 
 # %% [markdown]
 # ## A Hugging Face model
 #
-# The same calls prune `transformers` causal LMs.  Nothing downloads here, so the model is
-# a tiny GPT-2 built from a config with random weights: it shows the steps, not a result.
-# GPT-2 keeps its projections in `Conv1D` layers (an `(in, out)` weight); `sl.hf.to_linear`
-# swaps them for equal `nn.Linear` layers, and `sl.saving.save_pretrained` writes them back
-# in GPT-2's layout, so `from_pretrained` loads the pruned model.  For a model of your own,
-# `AutoModelForCausalLM.from_pretrained("path/to/local/checkpoint")` replaces the first
-# line, and real text (token ids from its tokenizer) the calibration ids.
+# The same calls prune `transformers` causal LMs.  Nothing downloads here: a tiny GPT-2 with
+# random weights, from a config, shows the steps, not a result.  GPT-2's projections are
+# `Conv1D` layers (an `(in, out)` weight): `sl.hf.to_linear` swaps them for equal
+# `nn.Linear` ones and `sl.saving.save_pretrained` writes them back in GPT-2's layout, for
+# `from_pretrained` to load.  For your own model, `AutoModelForCausalLM.from_pretrained` on
+# a local checkpoint replaces this GPT-2, and token ids of real text the random ones.
 
 # %%
 transformers.logging.set_verbosity_error()
@@ -433,9 +394,8 @@ print(f"reloaded from save_pretrained with the same perplexity: {same}")
 # %% [markdown]
 # ## Against the literature
 #
-# The papers' claims, judged on this model with the paired differences of the mean
-# log-likelihood per test character (the baseline's log-perplexity minus the method's:
-# positive means the method is better), 95% intervals over the seeds.
+# The papers' claims, judged by paired differences in mean log-likelihood per test character
+# (method minus baseline: positive means the method is better), 95% intervals over seeds.
 
 
 # %%
@@ -477,17 +437,13 @@ md(sl.claims.report(verdicts, scale=1.0, unit=" nats/char"))
 # %%
 best = uniform.groupby(["method", "sparsity"])["perplexity"].mean().unstack()
 at = 0.5 if 0.5 in best.columns else best.columns[0]
+at_ppl = ", ".join(f"{m} {best.loc[m, at]:.2f}" for m in METHODS)
 lines = [
-    f"Dense: perplexity {full:.2f} over {len(SEEDS)} seeds; at {at:.0%} per layer "
-    + ", ".join(f"{m} {best.loc[m, at]:.2f}" for m in METHODS)
-    + ".",
+    f"Dense: perplexity {full:.2f} over {len(SEEDS)} seeds; at {at:.0%} per layer {at_ppl}.",
     *(order_words(p, s) + "." for p, s in ORDERED),
-    f"OWL at {top:.0%}, OWL minus uniform: "
-    + "; ".join(f"{m} {ppl_words(r)}" for m, r in owl_rows.items())
-    + ".",
+    f"OWL at {top:.0%}, OWL minus uniform: {OWL_TEXT}.",
     f"A function-preserving outlier of factor {high} {EFFECT}.",
-    f"At {b4} bits, joint minus SparseGPT-then-GPTQ in perplexity: "
-    f"{ppl_words(joint_vs_gptq.iloc[0])}.",
+    f"At {b4} bits, joint minus SparseGPT-then-GPTQ in perplexity: {JOINT}.",
 ]
 md("\n".join(f"- {line}" for line in lines))
 

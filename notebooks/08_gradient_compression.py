@@ -121,21 +121,15 @@ rows = []
 for name, comp in compressors.items():
     p = comp.compress(grad)
     sent = torch.zeros_like(grad).index_add_(0, p.indices, p.values)
-    rows.append(
-        {
-            "method": name,
-            "entries sent": p.indices.numel(),
-            "density": p.indices.numel() / len(grad),
-            "relative error": float((grad - sent).norm() / grad.norm()),
-        }
-    )
+    n_sent, error = p.indices.numel(), float((grad - sent).norm() / grad.norm())
+    rows.append({"method": name, "entries sent": n_sent, "density": n_sent / len(grad),
+                 "relative error": error})  # fmt: skip
 pd.DataFrame(rows).round(4)
 
 # %% [markdown]
 # On a first call DGC has no momentum to correct, nothing to clip and no warm-up yet, so it
 # sends what top-k sends: equal rows for the two are expected here, not a bug.
-
-# %% [markdown]
+#
 # ## Error feedback
 #
 # Without error feedback the entries that are never among the largest are never sent, and

@@ -205,18 +205,10 @@ def dense_reference(seed):
 
 
 def after_training(seed, sparsity=TARGET):
-    t, model, _ = recipes.dense("lenet300", DATA, seed, epochs=EPOCHS)
-    dense_flops = recipes.training_flops(model, sizes["train"], TRAINING["epochs"])
-    run = recipes.prune_and_finetune(
-        model, t, "magnitude", sparsity, finetune_epochs=FINETUNE_EPOCHS
+    """Train dense with the recipe, prune by magnitude once, fine-tune: one result row."""
+    return recipes.pruned_after_training(
+        "lenet300", DATA, seed, sparsity, epochs=EPOCHS, finetune_epochs=FINETUNE_EPOCHS
     )
-    return {
-        "test_accuracy": run["test_accuracy"],
-        "measured_sparsity": run["measured_sparsity"],
-        "epochs": TRAINING["epochs"] + run["finetune_epochs"],
-        "training_flops": dense_flops + run["finetune_flops"],
-        "flags": run["flags"],
-    }
 
 
 schedules_run = ["one_shot", "iterative", "cubic", "iht", "dsd"]

@@ -33,7 +33,6 @@ import pandas as pd
 
 import sparsity_lab as sl
 from sparsity_lab import recipes, registry
-from sparsity_lab.methods.base import TrainingFlops
 from sparsity_lab.methods.dynamic import StaticSparse
 
 # %% tags=["parameters"]
@@ -52,33 +51,15 @@ if SMOKE:  # a quick pass through every cell, for CI
     EPOCHS = 2
     MAX_FLOP_FACTOR = 2
 info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
-# Every LeNet-300-100 run trains with the optimizer settings of the dense recipe.
 RECIPE = recipes.recipe_for("lenet300", DATA)
-TRAINING = {k: v for k, v in RECIPE.training().items() if k != "epochs"}
 epochs_text = functools.partial(sl.words.plural, word="epoch")  # "1 epoch", "8 epochs"
 difference = sl.words.paired_text  # "a minus b +1.0 points [...]", or the same on every seed
 
 
-def build(seed, data=DATA, model="lenet300"):
-    """A fresh model, its task and its loaders for one seed."""
-    t = recipes.task(model, data, seed=seed)
-    return t, t.build(), *t.loaders(RECIPE.batch_size)
-
-
 def fit(method, seed, epochs, callbacks=()):
-    """Train a fresh LeNet-300-100 with ``method``: (model, task, FLOP counter, history)."""
-    t, m, train, val, test = build(seed)
-    flops = TrainingFlops(method)
-    history = method.fit(
-        m, train, val, epochs=epochs, seed=seed, callbacks=[flops, *callbacks], **TRAINING
-    )
-    return m, t, flops, history
-
-
-def evaluate(model, t, target=None):
-    """Test accuracy and sanity flags (a layer pruned away, a target missed, ...)."""
-    r = recipes.evaluate_run(model, t, target_sparsity=target)
-    return {"accuracy": r["accuracy"], "flags": r["flags"]}
+    """Train a fresh LeNet-300-100 with ``method`` and the optimizer settings of the dense
+    recipe: (model, task, FLOP counter, history)."""
+    return recipes.train_sparse(method, "lenet300", DATA, seed, epochs=epochs, callbacks=callbacks)
 
 
 # %% [markdown]
@@ -109,7 +90,8 @@ class MaskMovie(sl.train.Callback):
             self.frames[trainer.step] = sl.masks.get_mask(trainer.model, "fc1.weight").clone()
 
 
-t0, _, train0, _, _ = build(SEED)
+t0 = recipes.task("lenet300", DATA, seed=SEED)
+train0 = t0.loaders(RECIPE.batch_size)[0]
 FREQUENCY = max(1, len(train0) // 2)  # mask updates every half epoch, in every run below
 total_steps = EPOCHS * len(train0)
 side = int(np.sqrt(np.prod(t0.bundle.input_shape)))
@@ -206,9 +188,9 @@ sl.nb.explore(draw_budgets, sparsity=[0.5, 0.8, 0.9, 0.98])
 # %%
 def per_epoch_flops(budget, seed):
     """Training FLOPs of one epoch of a fixed mask at SPARSITY with ``budget``."""
-    t, m, train, _, _ = build(seed)
+    m = recipes.task("lenet300", DATA, seed=seed).build()
     sl.prune(m, "random", SPARSITY, budget=budget)
-    return recipes.training_flops(m, len(train.dataset), 1)
+    return recipes.training_flops(m, len(train0.dataset), 1)
 
 
 def equal_flops(method, budget, seed):
@@ -231,7 +213,8 @@ def equal_flops(method, budget, seed):
         m, t, flops, _ = fit(trainer, seed, epochs)
         updates = len(trainer.log)
     cost = {"train_flops": flops.total, "epochs": epochs, "mask_updates": updates}
-    return {**evaluate(m, t, SPARSITY), **cost}
+    r = recipes.evaluate_run(m, t, target_sparsity=SPARSITY)
+    return {"accuracy": r["accuracy"], "flags": r["flags"], **cost}
 
 
 budgets_compared = ["erk", "uniform"]
@@ -244,7 +227,7 @@ for seed in SEEDS:
                 gmp_flops[(budget, seed)] = out["train_flops"]
             rows.append({"method": method, "budget": budget, "seed": seed, **out})
 flops_results = pd.DataFrame(rows)
-dense_flops = recipes.training_flops(build(SEED)[1], len(train0.dataset), EPOCHS)
+dense_flops = recipes.training_flops(t0.build(), len(train0.dataset), EPOCHS)
 
 # %%
 summary = sl.stats.summarize(flops_results, ["method", "budget"], "accuracy")
@@ -267,7 +250,7 @@ cost.join(
 
 # %%
 # Paired differences (same seed) for the orderings the papers claim, with the ERK budget.
-n_weights = sum(p.numel() for n, p in build(SEED)[1].named_parameters() if n.endswith("weight"))
+n_weights = sum(p.numel() for n, p in t0.build().named_parameters() if n.endswith("weight"))
 flop_share = cost["train_flops"].xs("erk", level="budget") / cost.loc[("gmp", "erk"), "train_flops"]
 sparse_epochs = int(cost.loc[("set", "erk"), "epochs"])
 updates = flops_results.groupby("method")["mask_updates"].mean()
@@ -331,7 +314,6 @@ budget_pairs = {
     for m in ("static", "set", "rigl")
 }
 all_verdicts = list(dst_verdicts.values())
-counts = pd.Series([v.status for v in all_verdicts]).value_counts()
 sl.nb.md(
     f"- The sparse-from-scratch methods trained {epochs_text(sparse_epochs)} against "
     f"GMP's {EPOCHS}, at {flop_share['set']:.2f}x (static, SET) and "
@@ -348,16 +330,8 @@ sl.nb.md(
         else f"{m} {sl.stats.describe(r)}"
         for m, r in budget_pairs.items()
     )
-    + f".\n- Of {len(all_verdicts)} tests of published claims, "
-    + ", ".join(f"{n} {status}" for status, n in counts.items())
-    + " (the sections above give each with its paper, its numbers and, when it is not "
-    "reproduced, the measured setting):\n"
-    + "\n".join(
-        f"  - {v.claim.statement} ({v.claim.paper.split(',')[0]}; {v.setting}): "
-        f"**{v.status}**, {v.claim.treatment} minus {v.claim.baseline} {v.numbers()}"
-        + (f" (sanity flags: {v.flagged})" if v.flagged else "")
-        for v in all_verdicts
-    )
+    + ".\n- "
+    + sl.words.claims_list(all_verdicts)
 )
 sl.claims.table(all_verdicts)
 
@@ -384,7 +358,7 @@ def moved(name, **options):
     movie = MaskMovie([total_steps])
     m, t, _, _ = fit(method, SEED, EPOCHS, callbacks=[movie])
     first, last = movie.frames[0].bool(), movie.frames[total_steps].bool()
-    return float((last & ~first).sum() / first.sum()), last, evaluate(m, t)["accuracy"]
+    return float((last & ~first).sum() / first.sum()), last, recipes.evaluate_run(m, t)["accuracy"]
 
 
 def check_1(answer, solution=False):

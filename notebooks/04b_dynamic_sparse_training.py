@@ -35,7 +35,6 @@ from IPython.display import Markdown, display
 
 import sparsity_lab as sl
 from sparsity_lab import recipes, registry
-from sparsity_lab.methods.base import TrainingFlops
 from sparsity_lab.methods.dynamic import StaticSparse, decayed_fraction
 
 # %% tags=["parameters"]
@@ -75,19 +74,17 @@ def make(method, sparsity, seed):
 
 def run(method, sparsity, seed, epochs_factor=1, model=None):
     """Train a fresh LeNet-300-100 (or ``model``) with ``method``; one row of results."""
-    t = recipes.task("lenet300", DATA, seed=seed)
-    m = t.build() if model is None else model
-    train, val, _ = t.loaders(RECIPE.batch_size)
     method = make(method, sparsity, seed) if isinstance(method, str) else method
-    flops = TrainingFlops(method)
-    options = dict(TRAINING, epochs=TRAINING["epochs"] * epochs_factor)
+    epochs = TRAINING["epochs"] * epochs_factor
     start = time.perf_counter()
-    method.fit(m, train, val, seed=seed, callbacks=[flops], progress=False, **options)
+    m, t, flops, _ = recipes.train_sparse(
+        method, "lenet300", DATA, seed, epochs=epochs, model=model, progress=False
+    )
     r = recipes.evaluate_run(m, t, target_sparsity=sparsity)
     return {
         "sparsity": sparsity,
         "seed": seed,
-        "epochs": options["epochs"],
+        "epochs": epochs,
         "accuracy": r["accuracy"],
         "flags": r["flags"],
         "train_flops": flops.total,

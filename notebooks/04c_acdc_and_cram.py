@@ -34,7 +34,6 @@ import torch
 
 import sparsity_lab as sl
 from sparsity_lab import recipes, registry
-from sparsity_lab.methods.base import TrainingFlops
 from sparsity_lab.methods.cram import one_shot
 
 # %% tags=["parameters"]
@@ -56,27 +55,15 @@ if SMOKE:  # a quick pass through every cell, for CI
     CRAM_EPOCHS = 1
     ONE_SHOT_SPARSITIES = [0.5, 0.9]
 info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
-# Every LeNet-300-100 run trains with the optimizer settings of the dense recipe.
 RECIPE = recipes.recipe_for("lenet300", DATA)
-TRAINING = {k: v for k, v in RECIPE.training().items() if k != "epochs"}
 epochs_text = functools.partial(sl.words.plural, word="epoch")  # "1 epoch", "8 epochs"
 difference = sl.words.paired_text  # "a minus b +1.0 points [...]", or the same on every seed
 
 
-def build(seed, data=DATA, model="lenet300"):
-    """A fresh model, its task and its loaders for one seed."""
-    t = recipes.task(model, data, seed=seed)
-    return t, t.build(), *t.loaders(RECIPE.batch_size)
-
-
 def fit(method, seed, epochs, callbacks=()):
-    """Train a fresh LeNet-300-100 with ``method``: (model, task, FLOP counter, history)."""
-    t, m, train, val, test = build(seed)
-    flops = TrainingFlops(method)
-    history = method.fit(
-        m, train, val, epochs=epochs, seed=seed, callbacks=[flops, *callbacks], **TRAINING
-    )
-    return m, t, flops, history
+    """Train a fresh LeNet-300-100 with ``method`` and the optimizer settings of the dense
+    recipe: (model, task, FLOP counter, history)."""
+    return recipes.train_sparse(method, "lenet300", DATA, seed, epochs=epochs, callbacks=callbacks)
 
 
 def evaluate(model, t, target=None):
@@ -97,7 +84,8 @@ def evaluate(model, t, target=None):
 # epochs with the same optimizer; their training FLOPs are counted.
 
 # %%
-t0, lenet = build(SEED)[:2]  # the task and model of seed SEED, for the counts below
+t0 = recipes.task("lenet300", DATA, seed=SEED)
+lenet = t0.build()  # seed SEED's model, for the counts below
 n_weights = sum(p.numel() for n, p in lenet.named_parameters() if n.endswith("weight"))
 acdc_rows, acdc_members = [], []
 #: A weight of AC/DC's dense member smaller than this is "near zero": far below the
@@ -132,7 +120,7 @@ for seed in SEEDS:
             "train_accuracy_before_last_dense": history["train_accuracy"][before],
             "train_loss_before_last_dense": history["train_loss"][before],
             "lr_last_dense": lr_last_dense,
-            "lr_share_last_dense": lr_last_dense / TRAINING["lr"],  # the schedule's peak
+            "lr_share_last_dense": lr_last_dense / RECIPE.lr,  # the schedule's peak
         }
     )
     gmp = registry.get("gmp", "training")(SPARSITY, frequency=10, seed=seed)
@@ -229,7 +217,6 @@ summary_acdc.round(4)
 
 # %%
 CRAM_RECIPE = recipes.recipe_for("resnet_small", CRAM_DATA)
-CRAM_TRAINING = {k: v for k, v in CRAM_RECIPE.training().items() if k != "epochs"}
 CRAM_SPARSITIES = [0.5, 0.7, 0.9]
 
 
@@ -240,15 +227,13 @@ def robustness(trainer, seed):
         flops = recipes.training_flops(m, len(t.bundle.train), epochs)
         base_flags = dense_info["flags"]
     else:
-        t = recipes.task("resnet_small", CRAM_DATA, seed=seed)
-        m, (train, val, _) = t.build(), t.loaders(CRAM_RECIPE.batch_size)
-        epochs = CRAM_EPOCHS or CRAM_RECIPE.epochs
         method = registry.get(trainer, "training")(
             0.7, sparsities=CRAM_SPARSITIES, budget="uniform", seed=seed
         )
-        counter = TrainingFlops(method)
-        method.fit(m, train, val, epochs=epochs, seed=seed, callbacks=[counter], **CRAM_TRAINING)
-        flops, base_flags = counter.total, ""
+        m, t, counter, _ = recipes.train_sparse(
+            method, "resnet_small", CRAM_DATA, seed, epochs=CRAM_EPOCHS
+        )
+        epochs, flops, base_flags = CRAM_EPOCHS or CRAM_RECIPE.epochs, counter.total, ""
     train = t.loaders(CRAM_RECIPE.batch_size)[0]
     dense_result = evaluate(m, t)
     dense_result["flags"] = sl.flags.join(f for f in (dense_result["flags"], base_flags) if f)
@@ -383,22 +368,12 @@ curve.round(4)
 
 # %%
 all_verdicts = [acdc_verdict, *cram_verdicts]
-counts = pd.Series([v.status for v in all_verdicts]).value_counts()
 sl.nb.md(
     "- Paired: "
     + difference(acdc_dense_pair, member, "the recipe's dense model")
     + f"; {difference(acdc_member_pair, member, 'its sparse member')}; of the weights AC/DC's "
     f"sparse member prunes, {members['regrown_near_zero']:.0%} are below {NEAR_ZERO:g} in "
-    f"the dense member.\n- Of {len(all_verdicts)} tests of published claims, "
-    + ", ".join(f"{n} {status}" for status, n in counts.items())
-    + " (the sections above give each with its paper, its numbers and, when it is not "
-    "reproduced, the measured setting):\n"
-    + "\n".join(
-        f"  - {v.claim.statement} ({v.claim.paper.split(',')[0]}; {v.setting}): "
-        f"**{v.status}**, {v.claim.treatment} minus {v.claim.baseline} {v.numbers()}"
-        + (f" (sanity flags: {v.flagged})" if v.flagged else "")
-        for v in all_verdicts
-    )
+    f"the dense member.\n- " + sl.words.claims_list(all_verdicts)
 )
 sl.claims.table(all_verdicts)
 
@@ -463,11 +438,8 @@ import functools
 def cram_single():
     """CrAM trained as in the CrAM section on seed SEED, drawing 90% at every step:
     ``(model, task)``."""
-    t = recipes.task("resnet_small", CRAM_DATA, seed=SEED)
-    m, (train, val, _) = t.build(), t.loaders(CRAM_RECIPE.batch_size)
     method = registry.get("cram", "training")(0.9, sparsities=[0.9], budget="uniform", seed=SEED)
-    epochs = CRAM_EPOCHS or CRAM_RECIPE.epochs
-    method.fit(m, train, val, epochs=epochs, seed=SEED, **CRAM_TRAINING)
+    m, t, _, _ = recipes.train_sparse(method, "resnet_small", CRAM_DATA, SEED, epochs=CRAM_EPOCHS)
     return m, t
 
 

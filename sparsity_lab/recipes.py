@@ -557,6 +557,72 @@ def random_like(found: Mapping[str, torch.Tensor], seed: int = 0) -> dict[str, t
     return shuffle_masks(found, seed=seed)
 
 
+def train_sparse(
+    method: Any,
+    model_name: str,
+    data_name: str,
+    seed: int = 0,
+    *,
+    epochs: float | None = None,
+    model: nn.Module | None = None,
+    callbacks: Any = (),
+    progress: bool | None = None,
+    **data_options: Any,
+) -> tuple[nn.Module, Task, Any, Any]:
+    """Train a fresh model of a setting with a training-time ``method``, on the recipe.
+
+    The optimizer, learning rate, schedule, weight decay and batch size are the dense
+    recipe's, so a sparse method and the dense model it is compared with differ only in the
+    method; ``epochs`` overrides the recipe's (a smoke run, or a longer budget) and
+    ``model`` replaces the fresh model (its weights are trained in place).  Returns
+    ``(model, task, flops, history)``: ``flops`` is the run's
+    :class:`~sparsity_lab.methods.base.TrainingFlops` counter (``.total``, ``.epochs``).
+    """
+    from .methods.base import TrainingFlops  # the methods build on this module's helpers
+
+    t = task(model_name, data_name, seed=seed, **data_options)
+    recipe = recipe_for(model_name, data_name)
+    model = t.build() if model is None else model
+    train, val, _ = t.loaders(recipe.batch_size)
+    flops = TrainingFlops(method)
+    training = {**recipe.training(), "epochs": recipe.epochs if epochs is None else epochs}
+    history = method.fit(
+        model, train, val, seed=seed, callbacks=[flops, *callbacks], progress=progress, **training
+    )
+    return model, t, flops, history
+
+
+def pruned_after_training(
+    model_name: str,
+    data_name: str,
+    seed: int = 0,
+    sparsity: float = 0.9,
+    *,
+    method: str = "magnitude",
+    epochs: int | None = None,
+    finetune_epochs: int = 2,
+) -> dict[str, Any]:
+    """Train dense (the cached recipe's model), prune once, fine-tune: one result row.
+
+    The classic "train, prune, fine-tune" baseline that the sparse-from-scratch and
+    at-initialisation recipes are compared with.  Returns ``{"test_accuracy",
+    "measured_sparsity", "epochs", "training_flops", "flags"}``; the epochs and FLOPs add
+    the dense training (``epochs`` overrides the recipe's, as in :func:`dense`) and the
+    fine-tuning.
+    """
+    t, model, info = dense(model_name, data_name, seed, epochs=epochs)
+    dense_epochs = info["recipe"].epochs  # the recipe's, or ``epochs`` where given
+    dense_flops = training_flops(model, len(t.bundle.train), dense_epochs)
+    run = prune_and_finetune(model, t, method, sparsity, finetune_epochs=finetune_epochs)
+    return {
+        "test_accuracy": run["test_accuracy"],
+        "measured_sparsity": run["measured_sparsity"],
+        "epochs": dense_epochs + run["finetune_epochs"],
+        "training_flops": dense_flops + run["finetune_flops"],
+        "flags": run["flags"],
+    }
+
+
 def training_flops(model: nn.Module, n_examples: int, epochs: float) -> float:
     """FLOPs of training ``model`` as it is masked now: 3 forward passes per example-epoch.
 

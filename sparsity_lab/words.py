@@ -539,3 +539,32 @@ def verdict_summary(verdicts: Sequence[Verdict], notes: Sequence[str] | None = N
     counts = pd.Series([v.status for v in verdicts]).value_counts()
     tally = ", ".join(f"{n} {status}" for status, n in counts.items())
     return "\n".join(lines) + f"\n\nOf {plural(len(verdicts), 'verdict')}: {tally}."
+
+
+def claims_list(verdicts: Sequence[Verdict]) -> str:
+    """A notebook summary's bullet on its claim verdicts, in Markdown.
+
+    ``"Of 3 tests of published claims, 2 reproduced, 1 inconclusive (...):"``, then one
+    indented line per verdict with the claim's statement, its paper's first author, the
+    setting, the status and the paired numbers (and the sanity flags of a flagged arm).
+    Where :func:`verdict_summary` names the arms, this names the claims: for summaries that
+    gather verdicts from several sections.
+    """
+    verdicts = list(verdicts)
+    if not verdicts:
+        raise ValueError("claims_list needs at least one verdict")
+    import pandas as pd  # loaded by every notebook anyway; not by ``import sparsity_lab``
+
+    counts = pd.Series([v.status for v in verdicts]).value_counts()
+    lines = [
+        f"  - {v.claim.statement} ({v.claim.paper.split(',')[0]}; {v.setting}): "
+        f"**{v.status}**, {v.claim.treatment} minus {v.claim.baseline} {v.numbers()}"
+        + (f" (sanity flags: {v.flagged})" if v.flagged else "")
+        for v in verdicts
+    ]
+    return (
+        f"Of {len(verdicts)} tests of published claims, "
+        + ", ".join(f"{n} {status}" for status, n in counts.items())
+        + " (the sections above give each with its paper, its numbers and, when it is not "
+        "reproduced, the measured setting):\n" + "\n".join(lines)
+    )

@@ -482,3 +482,52 @@ def test_dense_with_trackers_is_the_dense_model_and_calls_its_trackers(tmp_path)
     assert all(float(s.abs().sum()) > 0 for s in karnin.scores.values())
     _, other, _, _ = recipes.dense_with_trackers("lenet300", "digits", 1, {}, epochs=2)
     assert not _states_equal(model.state_dict(), other.state_dict())
+
+
+def test_train_sparse_is_the_methods_fit_with_the_dense_recipes_settings(digits_task):
+    from sparsity_lab.methods.dynamic import StaticSparse
+
+    recipe = recipes.recipe_for("lenet300", "digits")
+    model, t, flops, history = recipes.train_sparse(
+        StaticSparse(0.8, budget="uniform", seed=0), "lenet300", "digits", 0, epochs=2
+    )
+    # by hand: a fresh model of the task, the recipe's loaders and optimizer settings
+    by_hand = digits_task.build()
+    train, val, _ = digits_task.loaders(recipe.batch_size)
+    StaticSparse(0.8, budget="uniform", seed=0).fit(
+        by_hand, train, val, seed=0, progress=False, **{**recipe.training(), "epochs": 2}
+    )
+    assert _states_equal(model.state_dict(), by_hand.state_dict())
+    assert t.seed == 0 and t.model_name == "lenet300"
+    assert flops.epochs == 2 and len(history["epoch"]) == 2
+    # a fixed uniform mask at 80%: 3 passes of the kept weights per example and epoch
+    assert flops.total == pytest.approx(2 * len(t.bundle.train) * 3 * 2 * KEPT_AT_80, rel=1e-3)
+    for name, mask in masks.masks(model).items():
+        assert torch.all(masks.weight(model, name)[mask == 0] == 0), name
+
+
+def test_train_sparse_trains_a_given_model_in_place():
+    from sparsity_lab.methods.dynamic import StaticSparse
+
+    given = recipes.task("lenet300", "digits", seed=1).build()
+    before = copy.deepcopy(given.state_dict())
+    model, *_ = recipes.train_sparse(
+        StaticSparse(0.5, seed=1), "lenet300", "digits", 1, epochs=1, model=given
+    )
+    assert model is given
+    assert not torch.equal(before["fc1.weight"], masks.weight(given, "fc1.weight"))
+
+
+def test_pruned_after_training_adds_the_dense_training_to_the_fine_tuning(digits_task):
+    row = recipes.pruned_after_training("lenet300", "digits", 0, 0.8, epochs=3, finetune_epochs=1)
+    t, model, _ = recipes.dense("lenet300", "digits", 0, epochs=3)
+    by_hand = recipes.prune_and_finetune(model, t, "magnitude", 0.8, finetune_epochs=1)
+    n = len(t.bundle.train)
+    assert row == {
+        "test_accuracy": by_hand["test_accuracy"],
+        "measured_sparsity": pytest.approx(0.8, abs=1e-12),
+        "epochs": 3 + 1,
+        # 3 dense epochs of every weight, then one of the kept ones: 3 passes each
+        "training_flops": pytest.approx(3 * 2 * n * (3 * LENET300_DIGITS_WEIGHTS + KEPT_AT_80)),
+        "flags": by_hand["flags"],
+    }

@@ -1,5 +1,7 @@
 """Sentences from results: each helper's words checked on hand-made results."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -330,6 +332,29 @@ def test_verdict_summary_one_line_per_verdict_with_notes_and_the_count():
         words.verdict_summary([up, unsure], ["only one"])
     with pytest.raises(ValueError, match="at least one verdict"):
         words.verdict_summary([])
+
+
+def test_claims_list_names_each_claim_with_its_paper_status_and_flags():
+    up = claims.verdict("woodfisher_beats_magnitude", [0.02, 0.03, 0.025], setting="A")
+    unsure = claims.verdict("woodfisher_beats_magnitude", [0.02, -0.01, 0.0], setting="B")
+    flagged = dataclasses.replace(unsure, flagged="at chance level")
+    claim = up.claim
+    lines = words.claims_list([up, unsure, flagged]).split("\n")
+    assert lines[0] == (
+        "Of 3 tests of published claims, 2 inconclusive, 1 reproduced (the sections above "
+        "give each with its paper, its numbers and, when it is not reproduced, the measured "
+        "setting):"
+    )
+    author = claim.paper.split(",")[0]
+    assert lines[1] == (
+        f"  - {claim.statement} ({author}; A): **reproduced**, woodfisher minus "
+        f"global_magnitude {up.numbers()}"
+    )
+    assert lines[2].startswith(f"  - {claim.statement} ({author}; B): **inconclusive**, ")
+    assert lines[3].endswith(" (sanity flags: at chance level)")
+    assert "sanity flags" not in lines[2]
+    with pytest.raises(ValueError, match="at least one verdict"):
+        words.claims_list([])
 
 
 def test_below_text_and_span_say_a_shortfall_and_its_direction():

@@ -89,6 +89,36 @@ def load(name: str, folder: str | Path | None = None) -> tuple[pd.DataFrame, dic
     return table, manifest
 
 
+def load_together(
+    names: Sequence[str], folder: str | Path | None = None
+) -> tuple[pd.DataFrame, list[dict]]:
+    """Several committed tables of one setting as one table, each run once.
+
+    Tables made by configs of the same model and data (a subset run on more seeds, a longer
+    training added later) share runs: the harness's baselines, an arm two configs list.  The
+    harness is deterministic for a seed, so a shared run must have the same test accuracy in
+    every table; a difference means the tables were made by different code or recipes and
+    their arms would not pair, so it raises.  Returns the runs (the first table's copy of
+    each shared one) and the manifests, in the order given.
+    """
+    if not names:
+        raise ValueError("load_together needs at least one table name")
+    loaded = [load(name, folder) for name in names]
+    settings = {(m["config"]["model"], m["config"]["data"]) for _, m in loaded}
+    if len(settings) > 1:
+        raise ValueError(f"tables {list(names)} are of different settings {sorted(settings)}")
+    runs = pd.concat([t for t, _ in loaded], ignore_index=True)
+    key = ["method", "target_sparsity", "seed"]
+    spread = runs.groupby(key)["test_accuracy"].agg(lambda v: v.max() - v.min())
+    differ = spread[spread > 1e-9]
+    if len(differ):
+        raise ValueError(
+            f"tables {list(names)} disagree on {len(differ)} shared run(s), e.g. "
+            f"{list(differ.index[:3])}: regenerate them with the same code"
+        )
+    return runs.drop_duplicates(key).reset_index(drop=True), [m for _, m in loaded]
+
+
 def provenance(table: pd.DataFrame, manifest: dict) -> tuple[str, pd.DataFrame]:
     """What produced a committed table, in a few lines, and its dense model of each seed.
 

@@ -673,6 +673,33 @@ def test_an_extras_arm_and_the_dense_runs_pair_with_other_arms_on_the_seed():
     assert row["mean_diff"] == pytest.approx(-0.01)
 
 
+def test_load_together_keeps_each_shared_run_once_and_refuses_tables_that_disagree(tmp_path):
+    def save(name, rows, data="mnist"):
+        _table(rows).assign(pruned_flags="").to_csv(tmp_path / f"{name}.csv", index=False)
+        manifest = {"config": {"model": "lenet300", "data": data}}
+        (tmp_path / f"{name}.manifest.json").write_text(json.dumps(manifest))
+
+    def run(method, seed, accuracy, sparsity=0.9):
+        return {"method": method, "target_sparsity": sparsity, "seed": seed,
+                "test_accuracy": accuracy}  # fmt: skip
+
+    save("three", [run("dense", 0, 0.95, 0.0), run("gmp", 0, 0.9), run("set", 0, 0.8)])
+    save("ten", [run("dense", 0, 0.95, 0.0), run("gmp", 0, 0.9), run("gmp", 1, 0.88)])
+    runs, manifests = leaderboard.load_together(["three", "ten"], tmp_path)
+    assert sorted(zip(runs["method"], runs["seed"], strict=True)) == [
+        ("dense", 0), ("gmp", 0), ("gmp", 1), ("set", 0)
+    ]  # fmt: skip
+    assert len(manifests) == 2
+    save("other", [run("gmp", 0, 0.91)])
+    with pytest.raises(ValueError, match=r"disagree on 1 shared run\(s\).*'gmp', 0.9, 0"):
+        leaderboard.load_together(["three", "other"], tmp_path)
+    save("digits", [run("gmp", 0, 0.9)], data="digits")
+    with pytest.raises(ValueError, match="different settings"):
+        leaderboard.load_together(["three", "digits"], tmp_path)
+    with pytest.raises(ValueError, match="at least one table"):
+        leaderboard.load_together([], tmp_path)
+
+
 def test_pareto_front_keeps_the_points_nothing_beats():
     points = pd.DataFrame(
         {"nonzeros": [10, 20, 20, 30, 40], "test_accuracy": [0.5, 0.7, 0.6, 0.65, 0.9]}

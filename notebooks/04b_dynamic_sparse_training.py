@@ -297,12 +297,13 @@ display(
 # ## Supermasks: a subnetwork of random weights
 #
 # Edge-popup (Ramanujan et al. 2020) never trains a weight.  Each weight is set once to
-# `±sqrt(2 / fan_in)` with a random sign and gets a score; the forward pass uses the
-# weights with the largest `|score|`, and only the scores learn, by a straight-through
-# gradient.  What it finds is a *supermask*: a subnetwork of the random network.  Before
-# training, the mask chosen by the random scores is a random subnetwork of the random
-# weights; its accuracy is measured too.  The trained dense network of the same width is
-# the reference.
+# `±sqrt(2 / (k fan_in))` with a random sign, `k` the share of its layer kept (the paper's
+# scaled initialisation: a unit sums as much signal as a dense one), and gets a score; the
+# forward pass uses the weights with the largest `|score|`, and only the scores learn, by a
+# straight-through gradient.  What it finds is a *supermask*: a subnetwork of the random
+# network.  Before training, the mask chosen by the random scores is a random subnetwork
+# of the random weights; its accuracy is measured too.  The trained dense network of the
+# same width is the reference.
 
 
 # %%
@@ -585,8 +586,8 @@ check_3(answer_3)
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 # Solution 3.  The supermask rebuilt from its raw tensors: the weights are still the random
-# ±sqrt(2 / fan_in) of the start (never trained), each layer keeps the half of them with
-# the largest |score|, and the biases are the initial ones.  The paper's claim is for
+# ±sqrt(2 / (k fan_in)) of the start, k = 0.5 (never trained), each layer keeps the half
+# with the largest |score|, and the biases are the initial ones.  The paper's claim is for
 # networks far wider than these; a gap that shrinks from width x1 to x4 points its way.
 method, popup, _, dense, _ = wide()
 x_test, y_test = recipes.task("lenet300", DATA, seed=SEED).bundle.test.tensors
@@ -594,7 +595,7 @@ h = x_test.flatten(1)
 with torch.no_grad():
     for layer in ("fc1", "fc2", "fc3"):
         w = sl.masks.dense_weight(popup, f"{layer}.weight")
-        assert torch.allclose(w.abs(), torch.full_like(w, (2 / w.shape[1]) ** 0.5))
+        assert torch.allclose(w.abs(), torch.full_like(w, (2 / (0.5 * w.shape[1])) ** 0.5))
         score = method.scores[f"{layer}.weight"].abs().flatten()
         keep = torch.zeros(score.numel(), dtype=torch.bool)
         keep[score.argsort(descending=True)[: score.numel() // 2]] = True

@@ -50,12 +50,24 @@ def test_edge_popup_keeps_every_weight_frozen():
 
 def test_signed_constant_init():
     m = model()
-    method = registry.get("edge_popup", "training")(0.5)
+    method = registry.get("edge_popup", "training")(0.5, scale_fan=False)
     method.prepare(m)
     for n, fan_in in (("0.weight", 12), ("2.weight", 16)):
         w = masks.dense_weight(m, n)
         assert torch.allclose(w.abs(), torch.full_like(w, math.sqrt(2 / fan_in)))
         assert 0.3 < float((w > 0).float().mean()) < 0.7
+
+
+def test_scaled_signed_constant_counts_only_the_kept_fan_in():
+    m = model()
+    registry.get("edge_popup", "training")(0.75, budget="uniform").prepare(m)
+    for n, fan_in in (("0.weight", 12), ("2.weight", 16)):
+        w = masks.dense_weight(m, n)
+        # a quarter of the inputs kept: sqrt(2 / (fan_in / 4)), the reference's scale_fan
+        assert torch.allclose(w.abs(), torch.full_like(w, math.sqrt(2 / (0.25 * fan_in))))
+        # so the kept weights' squares sum, on average over units, to a dense unit's: 2
+        kept = masks.weight(m, n).detach()
+        assert float((kept**2).sum(dim=1).mean()) == pytest.approx(2.0, rel=1e-5)
 
 
 def test_score_gradient_is_the_straight_through_estimate():

@@ -1,5 +1,7 @@
 """Penalties: one training step against the formulas, exact zeros of whole groups, shrink."""
 
+import math
+
 import helpers
 import pytest
 import torch
@@ -92,13 +94,15 @@ def test_hoyer_square_by_hand_and_scale_invariance():
     assert float(rows.penalty(m2).detach()) == pytest.approx(36.0 / 26.0)
 
 
-def test_group_lasso_step_is_block_soft_thresholding():
+@pytest.mark.parametrize("size_weighted", [True, False])
+def test_group_lasso_step_is_block_soft_thresholding(size_weighted):
     m = mlp()
     w0 = {n: p.detach().clone() for n, p in m.named_parameters()}
     g = grads(m)
-    one_sgd_step("group_lasso", m, strength=1.0)
-    t = LR * 1.0
-    for n in ("0.weight", "2.weight"):
+    one_sgd_step("group_lasso", m, strength=0.3, size_weighted=size_weighted)
+    # rows of 12 and 16 inputs: Yuan & Lin's sqrt(group size) scales each layer's threshold
+    for n, size in (("0.weight", 12), ("2.weight", 16)):
+        t = LR * 0.3 * (math.sqrt(size) if size_weighted else 1.0)
         v = w0[n] - LR * g[n]
         factor = torch.clamp(1 - t / v.norm(dim=1, keepdim=True), min=0)
         assert torch.allclose(sl.masks.weight(m, n), v * factor, atol=1e-6)
@@ -109,10 +113,24 @@ def test_group_lasso_input_groups_are_columns():
     m = mlp()
     w0 = m[0].weight.detach().clone()
     g = grads(m)["0.weight"]
-    one_sgd_step("group_lasso", m, strength=2.0, pattern="input", targets=["0.weight"])
+    one_sgd_step("group_lasso", m, strength=0.2, pattern="input", targets=["0.weight"])
     v = w0 - LR * g
-    factor = torch.clamp(1 - LR * 2.0 / v.norm(dim=0, keepdim=True), min=0)
+    t = LR * 0.2 * math.sqrt(16)  # a column holds one weight per output unit: 16
+    factor = torch.clamp(1 - t / v.norm(dim=0, keepdim=True), min=0)
     assert torch.allclose(sl.masks.weight(m, "0.weight"), v * factor, atol=1e-6)
+
+
+def test_group_lasso_subgradient_penalty_weights_each_group_norm_by_its_size():
+    m = mlp()
+    reg = registry.get("group_lasso")(strength=1.0, proximal=False)
+    reg.prepare(m)
+    by_hand = sum(
+        math.sqrt(w.shape[1]) * float(w.detach().norm(dim=1).sum())
+        for w in (m[0].weight, m[2].weight)
+    )
+    assert float(reg.penalty(m)) == pytest.approx(by_hand, rel=1e-6)
+    assert registry.get("group_lasso")(size_weighted=False).strength == 3.0
+    assert registry.get("group_lasso")().strength == 0.15
 
 
 @pytest.mark.parametrize("name", ["group_lasso", "slimming"])

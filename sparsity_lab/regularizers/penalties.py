@@ -9,6 +9,8 @@ threshold small magnitudes instead.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -135,19 +137,26 @@ class Hoyer(_Penalty):
 class GroupLasso(_Penalty):
     """Group lasso, structured sparsity learning (Wen et al. 2016; Yuan & Lin 2006).
 
-    Rule: ``loss + strength * sum_g ||w_g||_2`` over the groups of the pattern (output
-    units for ``channel``, input units for ``input``).  By default (``proximal=True``) it is
-    applied as the proximal step ``w_g <- w_g * max(0, 1 - lr * strength / ||w_g||)``
-    after every optimizer step, which sets whole groups exactly to zero; the threshold is
-    then ``||w_g|| = 0``.  ``proximal=False`` adds the subgradient instead (as Wen et al.)
-    and thresholds ``||w_g|| <= threshold`` (``1e-3``).  Supports: channel, input; masks
-    are structured and feed :func:`sparsity_lab.shrink.shrink`.  A target tunes the
-    strength, then projects on the group norms.
+    Rule: ``loss + strength * sum_g sqrt(p_g) ||w_g||_2`` over the groups of the pattern
+    (output units for ``channel``, input units for ``input``), ``p_g`` the group's size:
+    Yuan & Lin's weighting, which sets a group's penalty by its size so that a layer of
+    small groups (a first convolution's filters: 25 weights in LeNet-5) is not shrunk away
+    by a strength that suits large ones (its fully connected rows: 400).  Without it, at
+    its default strength LeNet-5 lost both convolutions (``benchmarks/convergence.py``);
+    ``size_weighted=False`` gives the unweighted sum of Wen et al.  By default
+    (``proximal=True``) it is applied as the proximal step
+    ``w_g <- w_g * max(0, 1 - lr * strength * sqrt(p_g) / ||w_g||)`` after every optimizer
+    step, which sets whole groups exactly to zero; the threshold is then ``||w_g|| = 0``.
+    ``proximal=False`` adds the subgradient instead (as Wen et al.) and thresholds
+    ``||w_g|| <= threshold`` (``1e-3``).  Supports: channel, input; masks are structured and
+    feed :func:`sparsity_lab.shrink.shrink`.  A target tunes the strength, then projects on
+    the group norms.
     """
 
     name = "group_lasso"
     supported_patterns = ("channel", "input")
-    default_strength = 3.0
+    # about the old unweighted default (3.0) over sqrt(p_g) of LeNet-300-100's rows (17-28)
+    default_strength = 0.15
 
     def __init__(
         self,
@@ -155,16 +164,27 @@ class GroupLasso(_Penalty):
         *,
         proximal: bool = True,
         threshold: float | None = None,
+        size_weighted: bool = True,
         **options,
     ):
         threshold = (0.0 if proximal else 1e-3) if threshold is None else threshold
+        if strength is None and not size_weighted:
+            strength = 3.0  # the unweighted rule's default, set for LeNet-300-100
         super().__init__(strength, threshold=threshold, **options)
         self.proximal = proximal
+        self.size_weighted = bool(size_weighted)
+
+    def group_weight(self, w: torch.Tensor) -> float:
+        """The factor of this tensor's group norms in the penalty: ``sqrt(p_g)`` or 1."""
+        return math.sqrt(self.pattern.group_size(tuple(w.shape))) if self.size_weighted else 1.0
 
     def penalty(self, model):
         if self.proximal:
             return None
-        return sum(self.group_norms(self.weight(n)).sum() for n in self.names_)
+        return sum(
+            self.group_weight(w) * self.group_norms(w).sum()
+            for w in (self.weight(n) for n in self.names_)
+        )
 
     @torch.no_grad()
     def after_step(self, trainer: Trainer) -> None:
@@ -172,7 +192,7 @@ class GroupLasso(_Penalty):
             return
         for n in self.names_:
             w = self.weight(n)
-            t = lr_of(trainer.optimizer, w) * self.strength
+            t = lr_of(trainer.optimizer, w) * self.strength * self.group_weight(w)
             norms = self.group_norms(w)
             factor = torch.clamp(1 - t / norms.clamp_min(1e-12), min=0)
             w.mul_(self.pattern.expand(factor, tuple(w.shape)))

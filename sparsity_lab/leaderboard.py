@@ -97,8 +97,9 @@ def load_together(
     Tables made by configs of the same model and data (a subset run on more seeds, a longer
     training added later) share runs: the harness's baselines, an arm two configs list.  The
     harness is deterministic for a seed, so a shared run must have the same test accuracy in
-    every table; a difference means the tables were made by different code or recipes and
-    their arms would not pair, so it raises.  Returns the runs (the first table's copy of
+    every table; a difference means the tables were made by different code, recipes or
+    protocols (the fine-tuning of the baselines, say) and their arms would not pair, so it
+    raises.  Returns the runs (the first table's copy of
     each shared one) and the manifests, in the order given.
     """
     if not names:
@@ -114,7 +115,8 @@ def load_together(
     if len(differ):
         raise ValueError(
             f"tables {list(names)} disagree on {len(differ)} shared run(s), e.g. "
-            f"{list(differ.index[:3])}: regenerate them with the same code"
+            f"{list(differ.index[:3])}: regenerate them with the same code, recipes and "
+            "protocol (fine-tuning, calibration) so that their shared runs are the same runs"
         )
     return runs.drop_duplicates(key).reset_index(drop=True), [m for _, m in loaded]
 

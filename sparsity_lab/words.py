@@ -563,7 +563,7 @@ def claims_list(verdicts: Sequence[Verdict]) -> str:
         for v in verdicts
     ]
     return (
-        f"Of {len(verdicts)} tests of published claims, "
+        f"Of {plural(len(verdicts), 'test')} of published claims, "
         + ", ".join(f"{n} {status}" for status, n in counts.items())
         + " (the sections above give each with its paper, its numbers and, when it is not "
         "reproduced, the measured setting):\n" + "\n".join(lines)

@@ -684,8 +684,10 @@ def test_load_together_keeps_each_shared_run_once_and_refuses_tables_that_disagr
                 "test_accuracy": accuracy}  # fmt: skip
 
     save("three", [run("dense", 0, 0.95, 0.0), run("gmp", 0, 0.9), run("set", 0, 0.8)])
-    save("ten", [run("dense", 0, 0.95, 0.0), run("gmp", 0, 0.9), run("gmp", 1, 0.88)])
+    save("ten", [run("dense", 0, 0.95, 0.0), {**run("gmp", 0, 0.9), "flags": "second copy"},
+                 run("gmp", 1, 0.88)])  # fmt: skip
     runs, manifests = leaderboard.load_together(["three", "ten"], tmp_path)
+    assert set(runs["flags"]) == {""}  # the first table's copy of a shared run is kept
     assert sorted(zip(runs["method"], runs["seed"], strict=True)) == [
         ("dense", 0), ("gmp", 0), ("gmp", 1), ("set", 0)
     ]  # fmt: skip

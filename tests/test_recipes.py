@@ -509,13 +509,21 @@ def test_train_sparse_is_the_methods_fit_with_the_dense_recipes_settings(digits_
 def test_train_sparse_trains_a_given_model_in_place():
     from sparsity_lab.methods.dynamic import StaticSparse
 
-    given = recipes.task("lenet300", "digits", seed=1).build()
-    before = copy.deepcopy(given.state_dict())
+    t = recipes.task("lenet300", "digits", seed=1)
+    given, by_hand = t.build(), t.build()
+    with torch.no_grad():  # a model unlike the task's fresh one, so that it must be the one used
+        for m in (given, by_hand):
+            m.fc1.weight.mul_(2.0)
     model, *_ = recipes.train_sparse(
         StaticSparse(0.5, seed=1), "lenet300", "digits", 1, epochs=1, model=given
     )
     assert model is given
-    assert not torch.equal(before["fc1.weight"], masks.weight(given, "fc1.weight"))
+    recipe = recipes.recipe_for("lenet300", "digits")
+    train, val, _ = t.loaders(recipe.batch_size)
+    StaticSparse(0.5, seed=1).fit(
+        by_hand, train, val, seed=1, progress=False, **{**recipe.training(), "epochs": 1}
+    )
+    assert _states_equal(given.state_dict(), by_hand.state_dict())
 
 
 def test_pruned_after_training_adds_the_dense_training_to_the_fine_tuning(digits_task):

@@ -353,6 +353,7 @@ def test_claims_list_names_each_claim_with_its_paper_status_and_flags():
     assert lines[2].startswith(f"  - {claim.statement} ({author}; B): **inconclusive**, ")
     assert lines[3].endswith(" (sanity flags: at chance level)")
     assert "sanity flags" not in lines[2]
+    assert words.claims_list([up]).startswith("Of 1 test of published claims, 1 reproduced (")
     with pytest.raises(ValueError, match="at least one verdict"):
         words.claims_list([])
 

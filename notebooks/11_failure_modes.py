@@ -1,15 +1,17 @@
 # %% [markdown]
 # # A gallery of failure modes
 #
-# **What you will learn:** six things that go wrong most often when people prune with a
+# **What you will learn:** seven things that go wrong most often when people prune with a
 # library, each reproduced in a few lines and then fixed: a pruned model that is slower,
 # pruned weights that come back, sparsity lost on reload, channels a residual connection
-# will not let go, a channel ratio that is not a parameter ratio, and an output layer
-# emptied by a global threshold.  Every number below is measured when the notebook runs.
+# will not let go, a channel ratio that is not a parameter ratio, an output layer emptied
+# by a global threshold, and a method that does not train at all.  Every number below is
+# measured when the notebook runs or read from a committed benchmark result.
 
 # %%
 import copy
 import io
+import json
 import statistics
 import time
 import warnings
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from IPython.display import Markdown, display
 
 import sparsity_lab as sl
-from sparsity_lab import models, recipes
+from sparsity_lab import leaderboard, models, recipes
 
 # %% tags=["parameters"]
 SMOKE = False
@@ -289,6 +291,50 @@ for label, source, options in [
     )
 display(pd.DataFrame(rows))
 # %% [markdown]
+# ## 7. A method that does not train at all
+#
+# **Symptom:** a method's loss turns into NaN, or its accuracy sits at chance, on one model
+# or one seed and not on another.  **Why:** a penalty whose gradient grows as the weights
+# shrink, a learning rate or a strength meant for another optimizer, a layer emptied at the
+# first step.  **Fix:** before comparing methods, check that each one trains at all, on
+# every model and several seeds, and treat a divergence as a bug to find.
+# `benchmarks/convergence.py` does this for every registered training method and
+# regularizer, on one setting per bundled model and three seeds, for a quarter of the
+# recipe's epochs (its docstring gives the protocol; this notebook reads its committed
+# result).  A run has converged when it did not raise, its weights and training loss are
+# finite, the loss is below that of predicting the class frequencies, its test accuracy is
+# not at chance level and no layer is emptied.  The table counts the seeds that converged;
+# `<NA>` marks a method the result does not hold for that model.  Its `dense` row is the
+# control, the dense model trained on the same budget: where it did not converge either,
+# the budget was too short for that model, and its runs say nothing of the methods.
+
+# %%
+report = json.loads((leaderboard.tables_dir() / "convergence.json").read_text())
+convergence = pd.DataFrame.from_dict(report["runs"], orient="index")
+convergence[["model", "data", "method", "seed", "epochs"]] = (
+    convergence.index.to_series().str.split("/", expand=True).to_numpy()
+)
+converged = convergence.pivot_table(
+    index="method", columns="model", values="converged", aggfunc="sum"
+).astype("Int64")
+expected = len(report["settings"]) * len(report["methods"]) * len(report["seeds"])
+not_converged = convergence.loc[~convergence["converged"].astype(bool)]
+flagged = convergence["converged"].astype(bool) & convergence["flags"].fillna("").ne("")
+print(
+    f"{len(convergence) - len(not_converged)} of {len(convergence)} runs converged, of the "
+    f"{expected} of every method, setting and seed ({len(report['methods'])} methods, "
+    f"{len(report['settings'])} settings, seeds {sl.words.and_join(report['seeds'])}); "
+    f"{int(flagged.sum())} converged runs carry another flag (a class never predicted, a "
+    "target missed), no divergence after a quarter of the training"
+)
+too_short = report.get("too_short", [])
+judged = not_converged[~(not_converged["model"] + "/" + not_converged["data"]).isin(too_short)]
+print("settings whose dense control did not converge:", ", ".join(too_short) or "none")
+if len(not_converged):
+    display(not_converged[["model", "method", "seed", "reasons"]])
+converged
+
+# %% [markdown]
 # ## Summary
 
 # %%
@@ -309,6 +355,19 @@ lines = [
     f"The same function, reparametrised, lost {emptied['emptied layers']} to the global "
     f"threshold at 95% (test accuracy {emptied['test accuracy']:.1%}); ERK kept "
     f"{by_label['reparametrised, erk']['test accuracy']:.1%}.",
+    f"Of {len(convergence)} of the {expected} runs of every training method and regularizer "
+    f"on every setting, {len(convergence) - len(not_converged)} converged"
+    + "".join(
+        f"; {method} on {model}: {sl.words.plural(n, 'seed')} did not"
+        for (method, model), n in judged.groupby(["method", "model"]).size().items()
+    )
+    + (
+        f"; on {sl.words.and_join(too_short)} even the dense control did not converge, so its "
+        f"{len(not_converged) - len(judged)} other failures say nothing of the methods"
+        if too_short
+        else ""
+    )
+    + ".",  # fmt: skip
 ]
 display(Markdown("\n".join(f"- {line}" for line in lines)))
 

@@ -5,6 +5,7 @@ import warnings
 import helpers
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import sparsity_lab as sl
@@ -235,3 +236,26 @@ def test_structured_masks_feed_shrink(name):
     units = small.fc1.out_features + small.fc2.out_features
     kept = sum(int(sl.masks.get_mask(model, n).any(1).sum()) for n in ("fc1.weight", "fc2.weight"))
     assert units == kept < 24  # every pruned unit is physically gone
+
+
+def test_a_gate_scales_a_linear_layers_units_on_sequences_and_a_convolutions_channels():
+    from sparsity_lab.regularizers.base import OutputGate, attach_gate
+
+    class Fixed(OutputGate):
+        def __init__(self, values):
+            super().__init__()
+            self.values = values
+
+        def gate(self, n):
+            return self.values
+
+    torch.manual_seed(0)
+    linear, x = nn.Linear(4, 3), torch.randn(2, 5, 4)  # a batch of 2 sequences of 5 tokens
+    plain = linear(x)
+    attach_gate(linear, Fixed(torch.tensor([1.0, 0.0, 2.0])))
+    # the units are the last axis: unit 1 silenced, unit 2 doubled, at every position
+    assert torch.allclose(linear(x), plain * torch.tensor([1.0, 0.0, 2.0]))
+    conv, images = nn.Conv2d(1, 3, 3), torch.randn(2, 1, 6, 6)
+    plain = conv(images)
+    attach_gate(conv, Fixed(torch.tensor([1.0, 0.0, 2.0])))
+    assert torch.allclose(conv(images), plain * torch.tensor([1.0, 0.0, 2.0]).view(1, 3, 1, 1))

@@ -154,10 +154,19 @@ def unparametrize(model: nn.Module, name: str, *, fold: bool = True) -> None:
             p.train(mode)
 
 
-def channel_view(values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``values`` of shape (C,) or (N, C) shaped to broadcast over ``out`` (N, C, ...)."""
-    lead = values.shape if values.dim() == 2 else (1, values.shape[0])
-    return values.reshape(*lead, *([1] * (out.dim() - 2)))
+def channel_view(
+    values: torch.Tensor, out: torch.Tensor, layer: nn.Module | None = None
+) -> torch.Tensor:
+    """``values`` of shape (C,) or (N, C) shaped to broadcast over ``layer``'s ``out``.
+
+    A convolution's units are axis 1 of (N, C, ...); a Linear layer's are the last axis, so
+    that a Linear applied to a sequence, (N, T, C) in a transformer, gates its units and
+    not its positions.
+    """
+    n, channels = (values.shape[0], values.shape[1]) if values.dim() == 2 else (1, values.shape[0])
+    if isinstance(layer, nn.Linear):
+        return values.reshape(n, *([1] * (out.dim() - 2)), channels)
+    return values.reshape(n, channels, *([1] * (out.dim() - 2)))
 
 
 class OutputGate(nn.Module):
@@ -175,7 +184,7 @@ class OutputGate(nn.Module):
 
     def transform(self, layer: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """The layer's new output from its input ``x`` and plain output ``out``."""
-        return out * channel_view(self.gate(out.shape[0]), out)
+        return out * channel_view(self.gate(out.shape[0]), out, layer)
 
     def fold(self) -> torch.Tensor:
         """The deterministic multiplier (C,) that :func:`detach_gate` folds into the layer."""

@@ -447,9 +447,9 @@ class _ScaleGate(OutputGate):
 
     def transform(self, layer, x, out):
         if not self.training:
-            return out * channel_view(self.gate(1), out)
+            return out * channel_view(self.gate(1), out, layer)
         out = out + _variance_noise(layer, x, torch.exp(self.log_sigma2_w), out)
-        return out * channel_view(self.sample(out.shape[0]), out)
+        return out * channel_view(self.sample(out.shape[0]), out, layer)
 
     def gate(self, n):
         return self.mean() * self.alive().to(self.log_sigma2_w.dtype)

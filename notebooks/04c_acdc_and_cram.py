@@ -207,13 +207,14 @@ summary_acdc.round(4)
 #
 # CrAM (Peste et al. 2023) changes the optimizer: each step takes the gradient at a
 # perturbed and *compressed* copy of the weights, `C_s(theta + rho * grad)`, with the
-# sparsity `s` drawn at random from a list at every step.  CrAM+ adds the ordinary dense
-# gradient to that step.  The model stays dense, but it learns to sit where pruning does
-# little harm.  Afterwards it is pruned once by magnitude, with no fine-tuning, and the
-# BatchNorm statistics are re-estimated on the training batches, since pruning shifts the
-# activations they summarise.  The model here is the small ResNet, which has BatchNorm; the
-# SGD baseline is its dense recipe (`recipes.dense`), and CrAM and CrAM+ train from the same
-# initialisation with the same optimizer settings and epochs.
+# sparsity `s` drawn at random from a list at every step.  That gradient reaches only the
+# weights the compression kept (the derivative of `C_s`, as in the authors' code).  CrAM+
+# adds the ordinary dense gradient to that step.  The model stays dense, but it learns to sit
+# where pruning does little harm.  Afterwards it is pruned once by magnitude, with no
+# fine-tuning, and the BatchNorm statistics are re-estimated on the training batches, since
+# pruning shifts the activations they summarise.  The model here is the small ResNet, which
+# has BatchNorm; the SGD baseline is its dense recipe (`recipes.dense`), and CrAM and CrAM+
+# train from the same initialisation with the same optimizer settings and epochs.
 
 # %%
 CRAM_RECIPE = recipes.recipe_for("resnet_small", CRAM_DATA)

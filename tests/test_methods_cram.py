@@ -17,8 +17,8 @@ B = torch.tensor([1.0, -2.0, 0.5, 1.5])
 W0 = torch.tensor([0.8, -0.3, 0.1, 0.6])
 
 
-def quadratic_run(plus, sparsity=0.5, rho=0.1, lr=0.05, pattern="unstructured"):
-    """One CrAM step on f(w) = 1/2 w^T A w - b^T w, through the training loop."""
+def quadratic_run(plus, sparsity=0.5, rho=0.1, lr=0.05, pattern="unstructured", sparse_grad=False):
+    """One single-sparsity CrAM step on f(w) = 1/2 w^T A w - b^T w, through the training loop."""
     lin = nn.Linear(4, 1, bias=False)
     with torch.no_grad():
         lin.weight.copy_(W0.reshape(1, 4))
@@ -28,25 +28,35 @@ def quadratic_run(plus, sparsity=0.5, rho=0.1, lr=0.05, pattern="unstructured"):
         return 0.5 * w @ A @ w - B @ w + 0 * output.sum()
 
     data = DataLoader(TensorDataset(torch.zeros(1, 4), torch.zeros(1)), batch_size=1)
-    method = registry.get("cram", "training")(sparsity, rho=rho, plus=plus, pattern=pattern)
+    method = registry.get("cram", "training")(
+        sparsity,
+        rho=rho,
+        plus=plus,
+        pattern=pattern,
+        sparse_grad=sparse_grad,
+        sparsities=None if sparsity is None else [sparsity],
+    )
     fit(lin, data, epochs=1, lr=lr, momentum=0.0, loss_fn=loss_fn, callbacks=[method])
     return lin.weight.detach().flatten()
 
 
-def by_hand(plus, keep_count, rho=0.1, lr=0.05):
+def by_hand(plus, keep_count, rho=0.1, lr=0.05, sparse_grad=False):
     g0 = A @ W0 - B
     u = W0 + rho * g0
     keep = torch.zeros(4, dtype=torch.bool)
     keep[torch.topk(u.abs(), keep_count).indices] = True
     g_tilde = A @ (u * keep) - B  # the gradient at the compressed, perturbed point
+    if sparse_grad:  # through C_s, whose derivative is the keep-mask
+        g_tilde = g_tilde * keep
     step = g_tilde + g0 if plus else g_tilde
     return W0 - lr * step
 
 
+@pytest.mark.parametrize("sparse_grad", [False, True])
 @pytest.mark.parametrize("plus", [False, True])
-def test_cram_step_on_a_quadratic_equals_the_hand_derived_update(plus):
-    got = quadratic_run(plus)
-    assert torch.allclose(got, by_hand(plus, keep_count=2), atol=1e-6)
+def test_cram_step_on_a_quadratic_equals_the_hand_derived_update(plus, sparse_grad):
+    got = quadratic_run(plus, sparse_grad=sparse_grad)
+    assert torch.allclose(got, by_hand(plus, keep_count=2, sparse_grad=sparse_grad), atol=1e-6)
     # and it differs from plain SGD
     assert not torch.allclose(got, W0 - 0.05 * (A @ W0 - B), atol=1e-4)
 
@@ -61,10 +71,12 @@ def test_cram_plus_is_registered_and_takes_the_plus_step():
         return 0.5 * w @ A @ w - B @ w + 0 * output.sum()
 
     data = DataLoader(TensorDataset(torch.zeros(1, 4), torch.zeros(1)), batch_size=1)
-    method = registry.get("cram_plus", "training")(0.5, rho=0.1)
+    method = registry.get("cram_plus", "training")(0.5, rho=0.1, sparsities=[0.5])
     assert method.plus and "CrAM+" in type(method).__doc__
     fit(lin, data, epochs=1, lr=0.05, momentum=0.0, loss_fn=loss_fn, callbacks=[method])
-    assert torch.allclose(lin.weight.detach().flatten(), by_hand(True, keep_count=2), atol=1e-6)
+    # the default gradient is the sparse one, as in the authors' code
+    expected = by_hand(True, keep_count=2, sparse_grad=True)
+    assert torch.allclose(lin.weight.detach().flatten(), expected, atol=1e-6)
     with pytest.raises(ValueError, match="use 'cram'"):
         registry.get("cram_plus", "training")(0.5, plus=False)
 
@@ -80,6 +92,15 @@ def test_cram_rho_zero_is_sgd_at_the_compressed_point():
     keep = torch.zeros(4, dtype=torch.bool)
     keep[torch.topk(W0.abs(), 3).indices] = True
     assert torch.allclose(got, W0 - 0.05 * (A @ (W0 * keep) - B), atol=1e-6)
+
+
+def test_default_draw_is_the_multi_grid_up_to_the_target():
+    cram = registry.get("cram", "training")
+    assert cram(0.9).sparsities == pytest.approx([0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    assert cram(0.95).sparsities == pytest.approx([0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
+    assert cram(0.5).sparsities == pytest.approx([0.3, 0.4, 0.5])
+    assert cram(0.2).sparsities == [0.2]
+    assert cram(None, pattern="2:4").sparsities == [0.5]  # N:M compresses at its own
 
 
 def test_sparsity_is_drawn_per_step_from_the_list():

@@ -449,7 +449,12 @@ def woodbury_inverse(grads: torch.Tensor, damp: float, *, chunk: int = 1) -> tor
 
 
 def woodbury_block_inverse(
-    grads: torch.Tensor, block_size: int, damp: float, *, chunk: int = 32
+    grads: torch.Tensor,
+    block_size: int,
+    damp: float,
+    *,
+    chunk: int = 32,
+    direct: bool | None = None,
 ) -> torch.Tensor:
     """Inverse of each diagonal block of ``damp I + 1/N G^T G``: ``(n_blocks, B, B)``.
 
@@ -462,6 +467,11 @@ def woodbury_block_inverse(
     entries instead of ``N``.  Memory ``P * B``, time ``N * P * B``.  When ``B`` does not
     divide ``P`` the last block is padded with weights of zero gradient, whose inverse
     entries are ``1 / damp`` and touch nothing else.
+
+    ``direct=True`` forms each block ``damp I + 1/N G_b^T G_b`` and inverts it by Cholesky
+    instead: the same inverse, with one batched factorisation in place of ``N / chunk``
+    rounds of small solves, which is several times faster when ``B <= N`` (``direct=None``,
+    the default, chooses it then).
     """
     if damp <= 0:
         raise ValueError(f"damp must be positive (it makes the Fisher invertible), got {damp}")
@@ -473,6 +483,12 @@ def woodbury_block_inverse(
     padded[:, :size] = grads
     g = padded.reshape(n, n_blocks, block_size).transpose(0, 1)  # (blocks, N, B)
     eye = torch.eye(block_size, dtype=grads.dtype, device=grads.device)
+    if direct is None:
+        direct = block_size <= n
+    if direct:
+        blocks = (eye * damp).expand(n_blocks, block_size, block_size)
+        fisher = torch.baddbmm(blocks, g.transpose(1, 2), g, alpha=1.0 / n)
+        return torch.cholesky_inverse(torch.linalg.cholesky(fisher))
     inverse = (eye / damp).expand(n_blocks, block_size, block_size).clone()
     chunk = min(chunk, block_size)  # a rank-c step costs c^3 per block: keep c <= B
     for start in range(0, n, chunk):
@@ -492,6 +508,25 @@ def block_diagonal(blocks: torch.Tensor, size: int | None = None) -> torch.Tenso
     return dense if size is None else dense[:size, :size]
 
 
+_COLUMNS = 4096  # columns of the stored vectors that diagonal() squares at once
+
+
+def sherman_morrison_vectors(grads: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The vectors ``v_i`` and denominators ``d_i`` of :class:`InverseFisher`, by the
+    recursion as written there, one gradient at a time (the reference its faster
+    construction is tested against)."""
+    m = grads.shape[0]
+    v = torch.empty_like(grads)
+    denom = torch.empty(m, dtype=grads.dtype, device=grads.device)
+    for i in range(m):
+        g = grads[i]
+        # v_i = F_{i-1}^-1 g_i, with F_{i-1}^-1 applied through the vectors found so far
+        coef = (v[:i] @ g) / denom[:i]
+        v[i] = g / damp - coef @ v[:i]
+        denom[i] = m + g @ v[i]
+    return v, denom
+
+
 class InverseFisher:
     """Matrix-free ``(damp I + 1/m G^T G)^-1`` from ``m`` gradients (M-FAC, Frantar 2021).
 
@@ -502,7 +537,10 @@ class InverseFisher:
 
     so storing the ``m`` vectors ``v_i`` (``m x P``, like the gradients themselves) is
     enough for any inverse-Fisher-vector product (:meth:`ifvp`, ``O(m P)``), any column
-    and the diagonal.  Building them costs ``O(m^2 P)``.
+    and the diagonal.  Building them costs ``O(m^2 P)``: each ``v_i`` is a combination
+    ``C_i G`` of the gradients, so the recursion runs on the ``m x m`` Gram matrix
+    ``G G^T`` and two matrix products do the ``P``-sized work (the dynamic algorithm of
+    the M-FAC paper; :func:`sherman_morrison_vectors` is the recursion written plainly).
     """
 
     def __init__(self, grads: torch.Tensor, damp: float) -> None:
@@ -510,14 +548,16 @@ class InverseFisher:
             raise ValueError(f"damp must be positive (it makes the Fisher invertible), got {damp}")
         m, self.size = grads.shape
         self.damp = damp
-        self.v = torch.empty_like(grads)
+        gram = grads @ grads.T
+        coef = torch.zeros(m, m, dtype=grads.dtype, device=grads.device)  # v_i = coef[i] @ G
         self.denom = torch.empty(m, dtype=grads.dtype, device=grads.device)
         for i in range(m):
-            g = grads[i]
-            # v_i = F_{i-1}^-1 g_i, with F_{i-1}^-1 applied through the vectors found so far
-            coef = (self.v[:i] @ g) / self.denom[:i]
-            self.v[i] = g / damp - coef @ self.v[:i]
-            self.denom[i] = m + g @ self.v[i]
+            # v_j . g_i = coef[j] @ gram[:, i] for the vectors found so far
+            weights = (coef[:i] @ gram[:, i]) / self.denom[:i]
+            coef[i] = -(weights @ coef[:i])
+            coef[i, i] += 1.0 / damp
+            self.denom[i] = m + coef[i] @ gram[:, i]
+        self.v = coef @ grads
 
     def ifvp(self, x: torch.Tensor) -> torch.Tensor:
         """``F^-1 x`` for a vector ``(P,)`` or each row of a matrix ``(k, P)``."""
@@ -526,7 +566,10 @@ class InverseFisher:
 
     def diagonal(self) -> torch.Tensor:
         """``diag(F^-1)``, ``(P,)``."""
-        return 1.0 / self.damp - (self.v.pow(2) / self.denom[:, None]).sum(0)
+        weights, out = 1.0 / self.denom, torch.empty_like(self.v[0])
+        for start in range(0, self.size, _COLUMNS):  # a slice of columns at a time: no m x P copy
+            out[start : start + _COLUMNS] = weights @ self.v[:, start : start + _COLUMNS].square()
+        return 1.0 / self.damp - out
 
     def columns(self, index: torch.Tensor) -> torch.Tensor:
         """Columns ``F^-1[:, index]`` as rows: ``(len(index), P)``."""

@@ -199,11 +199,12 @@ def test_woodbury_recursion_equals_the_direct_inverse():
     torch.testing.assert_close(curvature.woodbury_inverse(g, damp), expected, rtol=1e-8, atol=1e-6)
 
 
-def test_woodbury_block_inverse_equals_each_block_inverted_directly():
+@pytest.mark.parametrize("direct", [False, True])  # the recursion, and one factorisation
+def test_woodbury_block_inverse_equals_each_block_inverted_directly(direct):
     model, (x, y) = tiny_mlp(), tiny_data()
     g = loop_gradients(model, x, y)  # 32 weights: blocks of 10 leave a padded last block
     damp = 1e-2
-    blocks = curvature.woodbury_block_inverse(g, 10, damp)
+    blocks = curvature.woodbury_block_inverse(g, 10, damp, direct=direct)
     assert blocks.shape == (4, 10, 10)
     fisher = dampened_fisher(g, damp)
     for b in range(4):
@@ -237,6 +238,17 @@ def test_damping_is_relative_to_the_mean_diagonal_or_absolute_as_published():
     ]:
         with pytest.raises(ValueError, match=match):
             curvature.damping(damp, diag, mode)
+
+
+def test_inverse_fisher_vectors_equal_the_plain_recursion():
+    gen = torch.Generator().manual_seed(3)
+    # gradients of very different sizes, as a network's are, and more weights than examples
+    g = torch.randn(48, 2000, generator=gen, dtype=torch.float64) * torch.logspace(-3, 1, 2000)
+    damp = 1e-4
+    v, denom = curvature.sherman_morrison_vectors(g, damp)
+    fast = curvature.InverseFisher(g, damp)
+    torch.testing.assert_close(fast.denom, denom, rtol=1e-9, atol=0)
+    torch.testing.assert_close(fast.v, v, rtol=1e-7, atol=1e-7 * float(v.abs().max()))
 
 
 def test_inverse_fisher_products_equal_the_dense_inverse_for_small_m():

@@ -468,34 +468,17 @@ check_2(answer_2)
 # drawn; with the single sparsity 90% every step prepares the model for that cut, where the
 # section's list spreads the steps over 50%, 70% and 90%.  A model that survives 90% keeps
 # its largest weights at lower sparsities too, so the protection can reach below 90%, but
-# only the curves say how far (one seed: a difference of a few points may be noise).  By
-# hand: the smallest weights of every convolution and linear layer zeroed (the same share in
-# each, the uniform budget), the BatchNorm statistics averaged again over one pass of the
-# training batches, the test accuracy from the logits.
+# only the curves say how far (one seed: a difference of a few points may be noise).  The
+# pruning is the section's: `one_shot` zeroes the smallest weights of every layer (the
+# uniform budget) and averages the BatchNorm statistics again over the training batches.
 model_2, task_2 = cram_single()
-x_test_2, y_test_2 = task_2.bundle.test.tensors
+train_2 = task_2.loaders(CRAM_RECIPE.batch_size)[0]
 
 
 def pruned_accuracy(model, sparsity):
-    """Test accuracy of a copy of ``model`` pruned by hand to ``sparsity`` in every layer."""
-    model = copy.deepcopy(model)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
-                size = module.weight.abs()
-                k = round(sparsity * size.numel())
-                if k > 0:
-                    module.weight.mul_(size > size.flatten().kthvalue(k).values)
-        model.eval()
-        for norm in model.modules():
-            if isinstance(norm, torch.nn.BatchNorm2d):
-                norm.reset_running_stats()
-                norm.momentum = None  # a plain average over the batches
-                norm.train()
-        for x, _ in task_2.loaders(CRAM_RECIPE.batch_size)[0]:
-            model(x)
-        model.eval()
-        return float((model(x_test_2).argmax(dim=1) == y_test_2).float().mean())
+    """Test accuracy of a copy of ``model`` pruned in one shot to ``sparsity``."""
+    pruned = one_shot(copy.deepcopy(model), sparsity, data=train_2, budget="uniform")
+    return evaluate(pruned, task_2, sparsity)["accuracy"]
 
 
 for s in ONE_SHOT_SPARSITIES:

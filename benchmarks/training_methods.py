@@ -15,8 +15,10 @@ setting under ``benchmarks/configs/``:
   pruning, with no fine-tuning and the BatchNorm statistics re-estimated on the whole
   training split (``finetune_epochs: 0``, ``bn_reestimate: true``,
   ``calibration_batches: 10``).  CrAM compresses, and every model is pruned, with the ERK
-  budget; ``cram (global)``, compressing by one global threshold, is the measured reason
-  (its dense model is compared with ERK's).
+  budget; the ablation arms compress by one global threshold (``cram (global)``), pass the
+  gradient at the compressed point straight through to every weight instead of masking
+  it (``cram (straight-through)``), or both (``cram (global, straight-through)``); their
+  dense models are compared.
 
 The protocol is the harness's (see :mod:`sparsity_lab.bench`).  The dense model of a seed
 is the setting's ``recipes.dense``.  Every training method (kind ``train``) trains a fresh
@@ -105,6 +107,7 @@ ONE_SHOT = "magnitude (global)"  # one-shot
 # so is its SGD one-shot baseline
 SGD_ONE_SHOT = "sgd one-shot (erk)"
 CRAM, CRAM_PLUS, CRAM_GLOBAL = "cram", "cram_plus", "cram (global)"
+CRAM_STRAIGHT, CRAM_GLOBAL_STRAIGHT = "cram (straight-through)", "cram (global, straight-through)"
 EXTENDED = (" 2x", " 5x")  # suffixes of the labels of the arms trained longer
 
 # --quick: the configs that have a small stand-in, and how they shrink
@@ -358,20 +361,23 @@ def cram_checks(runs: pd.DataFrame) -> list[dict]:
             claim="cram_dense_matches_sgd" if method == CRAM_PLUS else None,
             sparsities=cram_sparsities,
         )
-    # the ablation behind the ERK budget: one global threshold at the compressed point
+    # the ablations: one global threshold at the compressed point, and the gradient there
+    # passed straight through the compression (which emptied layers of the global budget
+    # do not stop)
     arms = pd.concat(
-        [
-            leaderboard.extras_arm(runs, CRAM, "trained_accuracy", "ERK"),
-            leaderboard.extras_arm(runs, CRAM_GLOBAL, "trained_accuracy", "global"),
-        ]
+        leaderboard.extras_arm(runs, arm, "trained_accuracy", f"{arm} dense")
+        for arm in (CRAM, CRAM_GLOBAL, CRAM_STRAIGHT, CRAM_GLOBAL_STRAIGHT)
     )
-    out += compare(
-        arms,
-        "CrAM's dense model: ERK budget above the global one",
-        "ERK",
-        "global",
-        sparsities=cram_sparsities,
-    )
+    ablations = [
+        (CRAM, CRAM_GLOBAL, "ERK budget above the global one"),
+        (CRAM_STRAIGHT, CRAM_GLOBAL_STRAIGHT, "straight-through, ERK above global"),
+        (CRAM_GLOBAL, CRAM_GLOBAL_STRAIGHT, "global, masked gradient above straight-through"),
+    ]
+    for better, worse, what in ablations:
+        out += compare(
+            arms, f"CrAM's dense model: {what}", f"{better} dense", f"{worse} dense",
+            sparsities=cram_sparsities,
+        )  # fmt: skip
     return out
 
 

@@ -466,11 +466,12 @@ check_2(answer_2)
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 # Solution 2.  Each CrAM step takes its gradient at the weights compressed to the sparsity
 # drawn; with the single sparsity 90% every step prepares the model for that cut, where the
-# section's list spreads the steps over 50%, 70% and 90%.  A model that survives 90% keeps
-# its largest weights at lower sparsities too, so the protection can reach below 90%, but
-# only the curves say how far (one seed: a difference of a few points may be noise).  The
-# pruning is the section's: `one_shot` zeroes the smallest weights of every layer (the
-# uniform budget) and averages the BatchNorm statistics again over the training batches.
+# section's list spreads the steps over 50%, 70% and 90%.  The gradient reaches only the
+# weights kept at 90%, so a weight never among them keeps what weight decay leaves of its
+# initial value, and a cut at a lower sparsity keeps some of those: the lines printed below
+# measure what that costs (one seed: a difference of a few points may be noise).  The pruning
+# is the section's: `one_shot` zeroes the smallest weights of every layer (the uniform
+# budget) and averages the BatchNorm statistics again over the training batches.
 model_2, task_2 = cram_single()
 train_2 = task_2.loaders(CRAM_RECIPE.batch_size)[0]
 

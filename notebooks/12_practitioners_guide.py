@@ -257,7 +257,8 @@ display(
             if len(outside)
             else ""
         )
-        + "Chapter 09b compares CrAM compressing with one global threshold instead."
+        + "Chapter 09b's ablations compress with one global threshold, and pass the gradient "
+        + "at the compressed point straight through to every weight."
     )
 )
 

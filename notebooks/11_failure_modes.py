@@ -12,6 +12,7 @@
 import copy
 import io
 import json
+import re
 import statistics
 import time
 import warnings
@@ -347,7 +348,11 @@ converged
 # control converged?  The same check, run again on the transformer alone on 16,000 examples
 # for the recipe's 4 epochs (four times the optimizer steps), for the control and every
 # method that did not converge there on every seed, measures it (committed as
-# `convergence-transformer-longer.json`).
+# `convergence-transformer-longer.json`).  A failure that survives the longer budget can be
+# an emptied attention query or key layer: that does not cut the network, since the
+# attention scores are then set by the layers' biases alone (with both emptied, each
+# position averages the positions it sees uniformly), but the check counts every emptied
+# layer as a failure.
 
 
 # %%
@@ -419,8 +424,19 @@ n_seeds = len(longer_report["seeds"])
 seeds_short = transformer[(short_col, "seeds_converged")]
 failing = [m for m in seeds_short.index if m != "dense" and seeds_short[m] < n_seeds]
 fixed = [m for m in failing if transformer.loc[m, (long_col, "seeds_converged")] == n_seeds]
+
+
+def reason_kind(reason):
+    """A failure's kind, with the kinds of layers it names (``blocks.0.attn.q.weight``:
+    ``attn.q``)."""
+    kind, _, named = reason.partition(" (")
+    layers = {re.sub(r"^blocks\.\d+\.", "", n.strip()).removesuffix(".weight")
+              for n in named.rstrip(")").split(",") if n.strip()}  # fmt: skip
+    return f"{kind}: {', '.join(sorted(layers))}" if "pruned to 100%" in kind else kind
+
+
 still_reasons = {
-    m: sorted({r.split(" (")[0] for reasons in runs["reasons"] for r in reasons})
+    m: sorted({reason_kind(r) for reasons in runs["reasons"] for r in reasons})
     for m, runs in still.groupby("method")
 }
 lines.append(

@@ -385,3 +385,102 @@ def test_variational_methods_refuse_what_they_cannot_handle():
         registry.get("bayesian_compression")(prior="cauchy")
     with pytest.raises(ValueError, match="global_scale"):
         registry.get("bayesian_compression")(global_scale=0.0)
+
+
+def _conv_bn():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.Flatten(), nn.Linear(6 * 4 * 4, 3),
+    )  # fmt: skip
+
+
+def _norm(bn, y):
+    """``bn``'s eval-mode output, without the forward hooks a gate puts on it."""
+    return F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+@pytest.mark.parametrize("method", ["bayesian_compression", "structured_bayesian"])
+def test_unit_gates_scale_the_output_of_a_following_batchnorm(method):
+    # Behind a BatchNorm, a scale on the conv's units is undone by the norm: the gate must
+    # act on the norm's output for its scale to matter to the loss.
+    m = _conv_bn()
+    reg = registry.get(method)(targets=["0.weight"])
+    reg.prepare(m)
+    assert reg.norms["0.weight"] == "1"
+    g = reg.gates["0.weight"]
+    m.eval()
+    x = torch.randn(4, 2, 4, 4)
+    with torch.no_grad():
+        scale = g.gate(1).reshape(-1)
+        normed = _norm(m[1], F.conv2d(x, reg.weight("0.weight"), padding=1))
+        by_hand = m[4](F.relu(normed * scale.reshape(1, -1, 1, 1)).flatten(1))
+        assert torch.allclose(m(x), by_hand, atol=1e-5)
+        if method == "bayesian_compression":
+            g.mu_za[2] += 2.0  # doubles E[log s z] of unit 2 (m_c = sum of mus / 2): scale x e
+        else:
+            g.mu[2] -= 1.0
+        assert not torch.equal(g.gate(1).reshape(-1)[2], scale[2])
+        # the norm's output moves with the scale: the pre-norm scale it replaced did not
+        now = g.gate(1).reshape(1, -1, 1, 1)
+        assert torch.allclose(m[1](F.conv2d(x, reg.weight("0.weight"), padding=1)), normed * now)
+        assert torch.allclose(m(x), m[4](F.relu(normed * now).flatten(1)), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["bayesian_compression", "structured_bayesian"])
+def test_unit_gates_behind_a_batchnorm_fold_into_it_and_silence_pruned_units(method):
+    m = _conv_bn()
+    reg = registry.get(method)(targets=["0.weight"])
+    reg.prepare(m)
+    g = reg.gates["0.weight"]
+    dead = torch.tensor([False, True, False, True, True, False])
+    with torch.no_grad():
+        if method == "bayesian_compression":
+            g.mu_za.copy_(torch.where(dead, -30.0, 0.5))  # E[log (s z)^2] < 0: pruned
+        else:
+            g.mu.copy_(torch.where(dead, -15.0, 0.0))
+            g.log_sigma.copy_(torch.where(dead, 2.0, -3.0))  # SNR < 1: pruned
+    m.train()
+    with torch.no_grad():
+        m(torch.randn(32, 2, 4, 4))  # BatchNorm statistics that are not the identity
+    m.eval()
+    x = torch.randn(5, 2, 4, 4)
+    with torch.no_grad():
+        before = m(x)
+    keep = reg.finalize(m)["0.weight"].reshape(6, -1).any(1)
+    assert torch.equal(keep, ~dead)
+    bn = m[1]
+    with torch.no_grad():
+        assert torch.allclose(m(x), before, atol=1e-5)  # the gates folded into the norm
+        normed = bn(F.conv2d(x, sl.masks.weight(m, "0.weight"), padding=1))
+        assert (normed[:, dead] == 0).all() and (normed[:, ~dead] != 0).any()
+        assert (sl.masks.weight(m, "1.bias")[dead] == 0).all()  # the norm's shift masked too
+        assert not hasattr(bn, "sparsity_gate") and not bn._forward_hooks
+        assert not m[0]._forward_hooks
+    # training moves neither the masked norm entries nor the masked rows
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    m.train()
+    for _ in range(3):
+        opt.zero_grad()
+        m(torch.randn(8, 2, 4, 4)).square().mean().backward()
+        opt.step()
+    assert (sl.masks.weight(m, "1.bias")[dead] == 0).all()
+    assert (sl.masks.weight(m, "1.weight")[dead] == 0).all()
+    assert (sl.masks.weight(m, "0.weight")[dead] == 0).all()
+
+
+def test_a_model_with_a_gate_on_a_batchnorm_deepcopies_with_its_own_gate():
+    import copy
+
+    m = _conv_bn()
+    reg = registry.get("bayesian_compression")(targets=["0.weight"])
+    reg.prepare(m)
+    twin = copy.deepcopy(m)
+    with torch.no_grad():
+        twin[0].sparsity_gate.mu_za.fill_(-30.0)  # closes every unit of the copy only
+    m.eval(), twin.eval()
+    x = torch.randn(3, 2, 4, 4)
+    with torch.no_grad():
+        assert torch.allclose(twin(x), twin[4].bias.expand(3, -1))  # the copy's own gate
+        assert not torch.allclose(m(x), m[4].bias.expand(3, -1))
+

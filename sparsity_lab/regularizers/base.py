@@ -182,8 +182,14 @@ class OutputGate(nn.Module):
         """Multiplier of each output unit for a batch of ``n`` examples."""
         raise NotImplementedError
 
+    def perturb(self, layer: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """What the gate does to the layer's output besides the multiplier (default
+        nothing): noise that depends on the layer's input ``x``."""
+        return out
+
     def transform(self, layer: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """The layer's new output from its input ``x`` and plain output ``out``."""
+        out = self.perturb(layer, x, out)
         return out * channel_view(self.gate(out.shape[0]), out, layer)
 
     def fold(self) -> torch.Tensor:
@@ -200,16 +206,53 @@ class OutputGate(nn.Module):
 _GATE = "sparsity_gate"
 
 
-def attach_gate(layer: nn.Module, gate: OutputGate) -> OutputGate:
-    """Attach ``gate`` to ``layer``'s output (a submodule plus a forward hook)."""
+def following_norm(model: nn.Module, layer_name: str) -> str | None:
+    """Name of the BatchNorm right after layer ``layer_name`` in module order, or None.
+
+    That is how the bundled models and an ``nn.Sequential`` place a layer's BatchNorm;
+    the number of features must match the layer's outputs.
+    """
+    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+    for i, (n, m) in enumerate(leaves[:-1]):
+        if n == layer_name:
+            nxt_name, nxt = leaves[i + 1]
+            channels = getattr(m, "out_features", getattr(m, "out_channels", None))
+            is_norm = isinstance(nxt, nn.modules.batchnorm._BatchNorm)
+            if is_norm and nxt.num_features == channels and nxt.affine:
+                return nxt_name
+    return None
+
+
+def _scale_norm_output(norm: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+    # the gate is found through the norm (not a closure), so that a deepcopy of the model
+    # gates with its own copy
+    gate = norm.__dict__[_GATE]
+    return out * channel_view(gate.gate(out.shape[0]), out, norm)
+
+
+def attach_gate(layer: nn.Module, gate: OutputGate, norm: nn.Module | None = None) -> OutputGate:
+    """Attach ``gate`` to ``layer``'s output (a submodule plus a forward hook).
+
+    ``norm``, a BatchNorm right after the layer (:func:`following_norm`), takes the gate's
+    multiplier on its own output instead: it would undo any scale of its input, so a scale
+    before it changes nothing the loss sees and a prior on it shrinks it at no cost, even
+    for the units the network uses.  :meth:`OutputGate.perturb` stays on the layer.
+    """
     if hasattr(layer, _GATE):
         raise ValueError(f"{type(layer).__name__} already carries a {_GATE}; finalize it first")
     layer.add_module(_GATE, gate)
 
     def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-        return getattr(module, _GATE).transform(module, args[0], out)
+        own = getattr(module, _GATE)
+        if own._norm is None:
+            return own.transform(module, args[0], out)
+        return own.perturb(module, args[0], out)
 
-    gate._handle = layer.register_forward_hook(hook)
+    gate._norm = norm
+    gate._handles = [layer.register_forward_hook(hook)]
+    if norm is not None:
+        object.__setattr__(norm, _GATE, gate)  # a plain reference, not a submodule
+        gate._handles.append(norm.register_forward_hook(_scale_norm_output))
     return gate
 
 
@@ -219,8 +262,9 @@ def gate_of(layer: nn.Module) -> OutputGate | None:
 
 
 def detach_gate(layer: nn.Module, keep: torch.Tensor | None = None) -> torch.Tensor:
-    """Fold the gate's deterministic multiplier into ``layer``'s weight rows and bias,
-    remove the gate, and return the multiplier that was folded.
+    """Fold the gate's deterministic multiplier into ``layer``'s weight rows and bias (or,
+    for a gate on a BatchNorm's output, into the norm's scale and shift), remove the gate,
+    and return the multiplier that was folded.
 
     ``keep`` (bool per unit) zeroes the multiplier of the units being pruned, so that their
     bias goes too and they output exactly zero, as they did behind a closed gate.
@@ -231,12 +275,16 @@ def detach_gate(layer: nn.Module, keep: torch.Tensor | None = None) -> torch.Ten
     scale = gate.fold()
     if keep is not None:
         scale = scale * keep.to(scale.dtype)
+    host = layer if gate._norm is None else gate._norm
     with torch.no_grad():
-        w = masks.dense_weight(layer, "weight")
+        w = masks.dense_weight(host, "weight")
         w.mul_(scale.reshape(-1, *([1] * (w.dim() - 1))))
-        if getattr(layer, "bias", None) is not None:
-            layer.bias.mul_(scale)
-    gate._handle.remove()
+        if getattr(host, "bias", None) is not None:
+            host.bias.mul_(scale)
+    for handle in gate._handles:
+        handle.remove()
+    if gate._norm is not None:
+        del gate._norm.__dict__[_GATE]
     delattr(layer, _GATE)
     return scale
 

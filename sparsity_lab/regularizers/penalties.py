@@ -16,7 +16,7 @@ from torch import nn
 
 from ..registry import register
 from ..train import Trainer
-from .base import OutputGate, Regularizer, attach_gate, detach_gate, layer_of
+from .base import OutputGate, Regularizer, attach_gate, detach_gate, following_norm, layer_of
 
 
 def soft_threshold(x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
@@ -210,23 +210,6 @@ class ChannelScale(OutputGate):
 
     def gate(self, n: int) -> torch.Tensor:
         return self.gamma
-
-
-def following_norm(model: nn.Module, layer_name: str) -> str | None:
-    """Name of the BatchNorm right after layer ``layer_name`` in module order, or None.
-
-    That is how the bundled models and an ``nn.Sequential`` place a layer's BatchNorm;
-    the number of features must match the layer's outputs.
-    """
-    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
-    for i, (n, m) in enumerate(leaves[:-1]):
-        if n == layer_name:
-            nxt_name, nxt = leaves[i + 1]
-            channels = getattr(m, "out_features", getattr(m, "out_channels", None))
-            is_norm = isinstance(nxt, nn.modules.batchnorm._BatchNorm)
-            if is_norm and nxt.num_features == channels and nxt.affine:
-                return nxt_name
-    return None
 
 
 class _Scales(Regularizer):

@@ -484,3 +484,27 @@ def test_a_model_with_a_gate_on_a_batchnorm_deepcopies_with_its_own_gate():
         assert torch.allclose(twin(x), twin[4].bias.expand(3, -1))  # the copy's own gate
         assert not torch.allclose(m(x), m[4].bias.expand(3, -1))
 
+
+def test_vd_tuner_holds_the_strength_through_the_kl_warm_up():
+    # The warm-up raises the KL's weight by itself; a tuner acting then raises the strength
+    # as well, and the KL at full weight swamps the data term when the warm-up ends.
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(640, 12, generator=g)
+    data = DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=32, generator=g)
+    m = mlp()
+    reg = registry.get("variational_dropout")(sparsity=0.9, warmup=0.5, tune_every=2)
+    seen = []
+
+    class Record(sl.callbacks.Callback):
+        def on_step_end(self, trainer):
+            seen.append((trainer.step, reg.warm, reg.strength))
+
+    reg.fit(m, data, epochs=4, optimizer="adam", lr=1e-3, seed=0, progress=False,
+            callbacks=[Record()])  # fmt: skip
+    warming = [s for _, warm, s in seen if warm < 1]
+    after = [s for _, warm, s in seen if warm >= 1]
+    assert len(warming) >= 30 and len(after) >= 30  # 80 steps, the first half warming up
+    assert set(warming) == {1.0}  # untouched while the KL's weight ramps up
+    assert len(set(after)) > 5  # the tuner steers it from then on

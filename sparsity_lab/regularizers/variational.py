@@ -107,6 +107,14 @@ class _Variational(Regularizer):
         self.warm = min(1.0, trainer.step / ramp) if ramp > 0 else 1.0
         super().on_after_backward(trainer)
 
+    def _tune(self, step):
+        # The warm-up raises the penalty by itself: a tuner that read the sparsity lagging
+        # behind it would raise the strength too, and at the end of the warm-up the KL,
+        # then at full weight, would swamp the data term (LeNet-5, seed 0: the strength
+        # rose 4x in the first 32 steps and the network fell to chance level for good).
+        if self.warm >= 1:
+            super()._tune(step)
+
 
 # --- sparse variational dropout -----------------------------------------------------------
 

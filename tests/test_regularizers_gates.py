@@ -181,3 +181,26 @@ def test_gate_options_are_checked():
         registry.get("ltp")(temperature=0)
     with pytest.raises(ValueError, match="beta_final"):
         registry.get("continuous_sparsification")(beta_final=0.5)
+
+
+
+def _conv_bn_conv():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4, 2),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("init_drop", "expected"),
+    [(None, {"0.weight": 0.3, "3.weight": 0.5, "6.weight": 0.5}),
+     (0.2, {"0.weight": 0.2, "3.weight": 0.2, "6.weight": 0.2})],
+)  # fmt: skip
+def test_l0_initial_drop_rate_is_the_authors_and_lower_behind_a_batchnorm(init_drop, expected):
+    reg = registry.get("l0_hard_concrete")(init_drop=init_drop, targets=list(expected))
+    reg.prepare(_conv_bn_conv())
+    for name, drop in expected.items():
+        # log alpha = log((1 - p) / p): the un-stretched gate's median sits at drop rate p
+        log_alpha = reg.params[name].log_alpha.detach()
+        assert torch.allclose(torch.sigmoid(log_alpha), torch.full_like(log_alpha, 1 - drop))

@@ -66,3 +66,25 @@ def test_a_layer_pruned_away_is_flagged():
     assert "pruned to 100%" in r["flags"] and "fc2.weight" in r["flags"]
     assert "fc1.weight" not in r["flags"]  # fc1 keeps some units
     assert r["measured_sparsity"] >= 30000 / 33000  # fc2's 30000 weights of the 33000 pruned
+
+
+def test_a_list_of_finetune_rates_keeps_the_one_best_on_validation():
+    task = tiny_task()
+    single = {
+        rate: compare.run(task, "l1", 0.9, epochs=1, finetune_epochs=2, finetune_lr=rate,
+                          finetune_optimizer="sgd")  # fmt: skip
+        for rate in (0.0, 0.5)
+    }
+    assert single[0.0]["val_accuracy"] != single[0.5]["val_accuracy"]  # the choice matters
+    best = max(single, key=lambda rate: single[rate]["val_accuracy"])
+    for rates in ([0.0, 0.5], [0.5, 0.0]):
+        model = task.build()
+        r = compare.run(task, "l1", 0.9, epochs=1, finetune_epochs=2, finetune_lr=rates,
+                        finetune_optimizer="sgd", model=model)  # fmt: skip
+        assert r["finetune_lr"] == best
+        # the same model as a run at that rate alone, and the caller's model holds it
+        assert r["val_accuracy"] == single[best]["val_accuracy"]
+        assert r["test_accuracy"] == single[best]["test_accuracy"]
+        assert sl.sparsity(model) == pytest.approx(single[best]["measured_sparsity"], abs=0.01)
+    with pytest.raises(ValueError, match="empty"):
+        compare.run(task, "l1", 0.5, epochs=1, finetune_lr=[])

@@ -11,8 +11,10 @@ the same code.
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -55,7 +57,7 @@ def run(
     optimizer: str = "adam",
     lr: float = 1e-3,
     model: torch.nn.Module | None = None,
-    finetune_lr: float | None = None,
+    finetune_lr: float | Sequence[float] | None = None,
     finetune_optimizer: str | None = None,
     targets: list[str] | None = None,
     batch_size: int | None = None,
@@ -73,7 +75,10 @@ def run(
     for callers that keep it; ``targets`` the pruned tensors (default: every Linear/Conv
     weight, less the last layer for a structured pattern); ``batch_size`` the training
     batch (default: the task's); ``fit_options`` more options of the training's
-    :func:`sparsity_lab.train.fit` (momentum, weight decay).
+    :func:`sparsity_lab.train.fit` (momentum, weight decay).  A list of ``finetune_lr``
+    fine-tunes a copy of the pruned model at each rate and keeps the one with the best
+    validation accuracy (the first listed on a tie): a rate that suits one method's
+    weights can diverge on another's.
 
     Returns ``reached`` (the regularizer's threshold rule; the target for other methods),
     ``measured_sparsity`` (over the pruned tensors), ``val_accuracy`` and ``test_accuracy``
@@ -86,9 +91,14 @@ def run(
     training epoch's wall time, validation included), ``seconds_per_epoch`` (the median
     of ``epoch_seconds`` after the first epoch, which pays for allocations and warm-up;
     the only epoch when there is one),
-    ``extra_parameters``, ``strength`` (final) and ``layer_sparsity`` (the threshold
-    rule's per-layer sparsity, a dict).
+    ``extra_parameters``, ``strength`` (final), ``layer_sparsity`` (the threshold
+    rule's per-layer sparsity, a dict) and ``finetune_lr`` (the rate the model was
+    fine-tuned at).
     """
+    rates = [lr / 3] if finetune_lr is None else finetune_lr
+    rates = list(rates) if isinstance(rates, Sequence) else [float(rates)]
+    if not rates:
+        raise ValueError("finetune_lr is an empty list: give a rate, or rates to choose from")
     train, val, _ = task.loaders(batch_size)
     model = task.build() if model is None else model
     names = default_targets(model) if targets is None else list(targets)
@@ -125,15 +135,18 @@ def run(
     steady = epoch_seconds[1:] or epoch_seconds
     pruned_accuracy = evaluate(model, val)["accuracy"]
 
-    finetune_lr = lr / 3 if finetune_lr is None else finetune_lr
-    budget = finetune(
-        model,
-        task,
-        finetune_epochs,
-        lr=finetune_lr,
-        optimizer=finetune_optimizer or optimizer,
-        progress=False,
-    )
+    tuned = []  # (validation accuracy, rate, fine-tuned model, its budget)
+    for rate in rates:
+        trial = model if len(rates) == 1 else copy.deepcopy(model)
+        spent = finetune(
+            trial, task, finetune_epochs, lr=rate, optimizer=finetune_optimizer or optimizer,
+            progress=False,
+        )  # fmt: skip
+        score = evaluate(trial, val)["accuracy"] if len(rates) > 1 else 0.0
+        tuned.append((score, rate, trial, spent))
+    _, chosen_lr, best, budget = max(tuned, key=lambda x: x[0])  # max keeps the first tie
+    if best is not model:  # the caller's model holds the result
+        model.load_state_dict(best.state_dict())
     with torch.no_grad():
         final = measured_sparsity(model, names)
     # a channel target counts units, not weights: only an unstructured target is checked
@@ -147,6 +160,7 @@ def run(
         "test_accuracy": checked["accuracy"],
         "flags": checked["flags"],
         **budget,
+        "finetune_lr": chosen_lr,
         "seconds": seconds,
         "epoch_seconds": epoch_seconds,
         "seconds_per_epoch": float(statistics.median(steady)),

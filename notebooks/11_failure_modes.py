@@ -301,13 +301,18 @@ display(pd.DataFrame(rows))
 # every model and several seeds, and treat a divergence as a bug to find.
 # `benchmarks/convergence.py` does this for every registered training method and
 # regularizer, on one setting per bundled model and three seeds, for a quarter of the
-# recipe's epochs (its docstring gives the protocol; this notebook reads its committed
+# recipe's epochs (the tiny transformer for its whole recipe, for the reason measured
+# below; the script's docstring gives the protocol, and this notebook reads its committed
 # result).  A run has converged when it did not raise, its weights and training loss are
 # finite, the loss is below that of predicting the class frequencies, its test accuracy is
-# not at chance level and no layer is emptied.  The table counts the seeds that converged;
-# `<NA>` marks a method the result does not hold for that model.  Its `dense` row is the
-# control, the dense model trained on the same budget: where it did not converge either,
-# the budget was too short for that model, and its runs say nothing of the methods.
+# not at chance level and the network is not disconnected.  A layer emptied on a path the
+# network can do without (a residual branch, an attention query or key) is kept as a flag
+# and listed below the table, not counted as a failure: the network still computes from
+# its input, and the accuracy says what the emptied layer cost.  The table counts the seeds
+# that converged; `<NA>` marks a method the result does not hold for that model.  Its
+# `dense` row is the control, the dense model trained on the same budget: where it did not
+# converge either, the budget was too short for that model, and its runs say nothing of
+# the methods.
 
 
 # %%
@@ -333,26 +338,37 @@ print(
     f"{expected} of every method, setting and seed ({len(report['methods'])} methods, "
     f"{len(report['settings'])} settings, seeds {sl.words.and_join(report['seeds'])}); "
     f"{int(flagged.sum())} converged runs carry another flag (a class never predicted, a "
-    "target missed), no divergence after a quarter of the training"
+    "target missed, a layer emptied on a path with a bypass), no divergence after a quarter "
+    "of the training"
 )
 too_short = report.get("too_short", [])
 judged = not_converged[~(not_converged["model"] + "/" + not_converged["data"]).isin(too_short)]
 print("settings whose dense control did not converge:", ", ".join(too_short) or "none")
 if len(not_converged):
     display(not_converged[["model", "method", "seed", "reasons"]])
+emptied_runs = convergence[
+    convergence["converged"].astype(bool) & convergence["flags"].str.contains("pruned to 100%")
+]
+if len(emptied_runs):
+    print("converged runs that emptied a layer the network can do without:")
+    display(
+        emptied_runs.assign(
+            emptied=emptied_runs["flags"].map(
+                lambda f: next(x for x in f.split("; ") if "pruned to 100%" in x)
+            )
+        )[["model", "method", "seed", "test_accuracy", "emptied"]].reset_index(drop=True)
+    )
 converged
 
 # %% [markdown]
-# The tiny transformer has the check's shortest budget: 8,000 next-character examples for 2
-# epochs.  Is that why its sparse runs end near the majority class's share, where the dense
-# control converged?  The same check, run again on the transformer alone on 16,000 examples
-# for the recipe's 4 epochs (four times the optimizer steps), for the control and every
-# method that did not converge there on every seed, measures it (committed as
-# `convergence-transformer-longer.json`).  A failure that survives the longer budget can be
-# an emptied attention query or key layer: that does not cut the network, since the
-# attention scores are then set by the layers' biases alone (with both emptied, each
-# position averages the positions it sees uniformly), but the check counts every emptied
-# layer as a failure.
+# The tiny transformer's budget was measured before it was set.  The check first trained
+# it on 8,000 next-character examples for 2 epochs (126 steps): the dense control
+# converged there, but most sparse methods ended near the majority class's share.  The
+# check's budget is now 16,000 examples for the recipe's 4 epochs (500 steps); the short
+# budget, run again for every method, is committed as `convergence-transformer-short.json`.
+# Some methods empty an attention query or key layer: that does not cut the network,
+# since the attention scores are then set by the layers' biases alone (with both emptied,
+# each position averages the positions it sees uniformly), so it is a flag, not a failure.
 
 
 # %%
@@ -363,25 +379,21 @@ def transformer_steps(found, runs):
     return -(-n_train // batch) * int(runs["epochs"].iloc[0])
 
 
-longer_report, longer = convergence_runs("convergence-transformer-longer")
-short = convergence[convergence["model"] == "tiny_transformer"]
+short_report, short = convergence_runs("convergence-transformer-short")
+checked = convergence[convergence["model"] == "tiny_transformer"]
 steps = {
-    "short": transformer_steps(report, short),
-    "longer": transformer_steps(longer_report, longer),
+    "short": transformer_steps(short_report, short),
+    "check": transformer_steps(report, checked),
 }
-budgets = {"short": short[short["method"].isin(longer["method"])], "longer": longer}
 transformer = pd.concat(
     {
         f"{budget} ({steps[budget]} steps)": runs.groupby("method").agg(
             seeds_converged=("converged", "sum"), test_accuracy=("test_accuracy", "mean")
         )
-        for budget, runs in budgets.items()
+        for budget, runs in {"short": short, "check": checked}.items()
     },
     axis=1,
 )
-still = longer.loc[~longer["converged"].astype(bool)]
-if len(still):
-    display(still[["method", "seed", "reasons"]])
 transformer.round(3)
 
 # %% [markdown]
@@ -407,6 +419,11 @@ lines = [
     f"{by_label['reparametrised, erk']['test accuracy']:.1%}.",
     f"Of {len(convergence)} of the {expected} runs of every training method and regularizer "
     f"on every setting, {len(convergence) - len(not_converged)} converged"
+    + (
+        " (every method, setting and seed)"
+        if len(convergence) - len(not_converged) == expected
+        else ""
+    )
     + "".join(
         f"; {method} on {model}: {sl.words.plural(n, 'seed')} did not"
         for (method, model), n in judged.groupby(["method", "model"]).size().items()
@@ -419,33 +436,34 @@ lines = [
     )
     + ".",  # fmt: skip
 ]
-short_col, long_col = (f"{b} ({steps[b]} steps)" for b in ("short", "longer"))
-n_seeds = len(longer_report["seeds"])
+short_col, check_col = (f"{b} ({steps[b]} steps)" for b in ("short", "check"))
+n_seeds = len(short_report["seeds"])
 seeds_short = transformer[(short_col, "seeds_converged")]
 failing = [m for m in seeds_short.index if m != "dense" and seeds_short[m] < n_seeds]
-fixed = [m for m in failing if transformer.loc[m, (long_col, "seeds_converged")] == n_seeds]
-
-
-def reason_kind(reason):
-    """A failure's kind, with the kinds of layers it names (``blocks.0.attn.q.weight``:
-    ``attn.q``)."""
-    kind, _, named = reason.partition(" (")
-    layers = {re.sub(r"^blocks\.\d+\.", "", n.strip()).removesuffix(".weight")
-              for n in named.rstrip(")").split(",") if n.strip()}  # fmt: skip
-    return f"{kind}: {', '.join(sorted(layers))}" if "pruned to 100%" in kind else kind
-
-
-still_reasons = {
-    m: sorted({reason_kind(r) for reasons in runs["reasons"] for r in reasons})
-    for m, runs in still.groupby("method")
-}
+fixed = [m for m in failing if transformer.loc[m, (check_col, "seeds_converged")] == n_seeds]
+attention = emptied_runs[emptied_runs["model"] == "tiny_transformer"]
+emptied_kinds = sorted(
+    {
+        re.sub(r"^blocks\.\d+\.", "", name.strip()).removesuffix(".weight")
+        for flags in attention["flags"]
+        for flag in flags.split("; ")
+        if "pruned to 100%" in flag
+        for name in flag.partition(" (")[2].rstrip(")").split(",")
+    }
+)
 lines.append(
     f"On the tiny transformer, {len(fixed)} of the {len(failing)} methods that did not converge "
-    f"on every seed in {steps['short']} steps converged on every seed in {steps['longer']} "
-    f"(the dense control's test accuracy rose from "
+    f"on every seed in {steps['short']} steps converged on every seed in {steps['check']}, the "
+    f"check's budget (the dense control's test accuracy rose from "
     f"{transformer.loc['dense', (short_col, 'test_accuracy')]:.1%} to "
-    f"{transformer.loc['dense', (long_col, 'test_accuracy')]:.1%})"
-    + "".join(f"; {m} still did not ({', '.join(r)})" for m, r in still_reasons.items())
+    f"{transformer.loc['dense', (check_col, 'test_accuracy')]:.1%})"
+    + (
+        f"; {sl.words.and_join(sorted(set(attention['method'])))} emptied layers inside the "
+        f"blocks' residual branches ({sl.words.and_join(emptied_kinds)}) in "
+        f"{sl.words.plural(len(attention), 'run')} and still converged"
+        if len(attention)
+        else ""
+    )
     + "."
 )
 display(Markdown("\n".join(f"- {line}" for line in lines)))

@@ -71,8 +71,9 @@ def test_a_layer_pruned_away_is_flagged():
 def test_a_list_of_finetune_rates_keeps_the_one_best_on_validation():
     task = tiny_task()
     single = {
-        rate: compare.run(task, "l1", 0.9, epochs=1, finetune_epochs=2, finetune_lr=rate,
-                          finetune_optimizer="sgd")  # fmt: skip
+        rate: compare.run(
+            task, "l1", 0.9, epochs=1, finetune_epochs=2, finetune_lr=rate, finetune_optimizer="sgd"
+        )  # fmt: skip
         for rate in (0.0, 0.5)
     }
     assert single[0.0]["val_accuracy"] != single[0.5]["val_accuracy"]  # the choice matters

@@ -183,7 +183,6 @@ def test_gate_options_are_checked():
         registry.get("continuous_sparsification")(beta_final=0.5)
 
 
-
 def _conv_bn_conv():
     torch.manual_seed(0)
     return torch.nn.Sequential(

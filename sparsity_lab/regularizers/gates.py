@@ -146,9 +146,7 @@ class L0HardConcrete(_Reparam):
     tunable = False
     reduction = "l1"
 
-    def __init__(
-        self, strength: float | None = None, *, init_drop: float | None = None, **options
-    ):
+    def __init__(self, strength: float | None = None, *, init_drop: float | None = None, **options):
         super().__init__(strength, **options)
         if init_drop is not None and not 0 < init_drop < 1:
             raise ValueError(f"init_drop must be in (0, 1) or None (the default), got {init_drop}")

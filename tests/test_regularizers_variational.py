@@ -409,6 +409,11 @@ def test_unit_gates_scale_the_output_of_a_following_batchnorm(method):
     reg.prepare(m)
     assert reg.norms["0.weight"] == "1"
     g = reg.gates["0.weight"]
+    # the norm stays the model's: not the gate's submodule, nor the regularizer's parameter
+    norm_params = {id(p) for p in m[1].parameters()}
+    assert not norm_params & {id(p) for p in reg.parameters()}
+    assert all(k.startswith(("0.", "1.", "4.")) and "sparsity_gate.1" not in k
+               and "_norm" not in k for k in m.state_dict())  # fmt: skip
     m.eval()
     x = torch.randn(4, 2, 4, 4)
     with torch.no_grad():

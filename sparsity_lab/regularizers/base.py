@@ -248,10 +248,12 @@ def attach_gate(layer: nn.Module, gate: OutputGate, norm: nn.Module | None = Non
             return own.transform(module, args[0], out)
         return own.perturb(module, args[0], out)
 
-    gate._norm = norm
+    # plain references: as attributes of a module, the norm would become the gate's
+    # submodule, and its scale and shift the regularizer's parameters
+    object.__setattr__(gate, "_norm", norm)
     gate._handles = [layer.register_forward_hook(hook)]
     if norm is not None:
-        object.__setattr__(norm, _GATE, gate)  # a plain reference, not a submodule
+        object.__setattr__(norm, _GATE, gate)
         gate._handles.append(norm.register_forward_hook(_scale_norm_output))
     return gate
 

@@ -118,6 +118,48 @@ def test_prune_and_grow_by_hand():
         prune_and_grow(mask, drop, grow, 4)
 
 
+def prune_and_grow_by_sorting(mask, drop_scores, grow_scores, n_drop, n_grow=None):
+    """The readable reference: two stable sorts of every score."""
+    n_grow = n_drop if n_grow is None else n_grow
+    keep = mask.bool().flatten()
+    drop = torch.where(keep, drop_scores.flatten().double(), math.inf)
+    after = keep.clone()
+    after[torch.argsort(drop, stable=True)[:n_drop]] = False
+    grow = torch.where(after, -math.inf, grow_scores.flatten().double())
+    final = after.clone()
+    final[torch.argsort(grow, descending=True, stable=True)[:n_grow]] = True
+    return after.reshape(mask.shape), final.reshape(mask.shape)
+
+
+@pytest.mark.parametrize("values", [1000, 3])  # few values: ties everywhere
+def test_prune_and_grow_agrees_with_sorting(values):
+    g = torch.Generator().manual_seed(values)
+    for _ in range(20):
+        shape = (int(torch.randint(2, 40, (1,), generator=g)), 7)
+        mask = torch.rand(shape, generator=g) < 0.4
+        kept, free = int(mask.sum()), mask.numel() - int(mask.sum())
+        n_drop = int(torch.randint(0, kept + 1, (1,), generator=g))
+        n_grow = int(torch.randint(0, free + n_drop + 1, (1,), generator=g))
+        drop = torch.randint(0, values, shape, generator=g).float()
+        grow = torch.randint(0, values, shape, generator=g).float()
+        fast = prune_and_grow(mask, drop, grow, n_drop, n_grow)
+        reference = prune_and_grow_by_sorting(mask, drop, grow, n_drop, n_grow)
+        assert torch.equal(fast[0], reference[0]) and torch.equal(fast[1], reference[1])
+        assert int(fast[1].sum()) == kept - n_drop + n_grow
+
+
+def test_prune_and_grow_nan_ranks_as_a_sort_ranks_it():
+    mask = torch.tensor([1, 1, 1, 0, 0, 0], dtype=torch.bool)
+    nan = math.nan
+    drop = torch.tensor([nan, 0.1, 0.9, 0.0, 0.0, 0.0])  # NaN is the largest: kept
+    grow = torch.tensor([0.0, 0.0, 0.0, 1.0, nan, 2.0])  # NaN is the largest: grown
+    after, final = prune_and_grow(mask, drop, grow, 1, 2)
+    assert after.tolist() == [True, False, True, False, False, False]
+    assert final.tolist() == [True, False, True, False, True, True]
+    reference = prune_and_grow_by_sorting(mask, drop, grow, 1, 2)
+    assert torch.equal(after, reference[0]) and torch.equal(final, reference[1])
+
+
 # --- RigL -----------------------------------------------------------------------------------
 
 

@@ -43,6 +43,7 @@ import torch
 
 from .. import masks
 from ..criteria.at_init import rescale_fan_in
+from ..patterns import prune_lowest
 from ..pruning import prune
 from ..registry import register
 from ..scheduled import change_masks, reset_state
@@ -89,22 +90,31 @@ def prune_and_grow(
     ``n_grow`` (default ``n_drop``) entries with the highest ``grow_scores`` among those
     not kept after the drop, so a just-dropped entry may come straight back (as in RigL's
     algorithm; whether it keeps its value is the method's choice, see
-    :attr:`DynamicSparse.regrown_restart`).  Ties go to the lower index.
+    :attr:`DynamicSparse.regrown_restart`).  Ties go to the lower index, as in a stable
+    sort of the scores; each side is one partial selection
+    (:func:`~sparsity_lab.patterns.prune_lowest`), not a sort: DeepR calls this at every
+    step, on every layer.
     """
     n_grow = n_drop if n_grow is None else n_grow
     keep = mask.detach().bool().flatten()
     if n_drop > int(keep.sum()):
         raise ValueError(f"cannot drop {n_drop} of {int(keep.sum())} kept entries")
     inf = torch.tensor(math.inf, dtype=torch.float64, device=keep.device)
-    drop = torch.where(keep, drop_scores.detach().flatten().double(), inf)
-    after = keep.clone()
-    after[torch.argsort(drop, stable=True)[:n_drop]] = False
+    # NaN (a diverged run, flagged later) ranks above every score, as in torch's sort
+    drop = torch.where(keep, _nan_as(drop_scores, math.inf), inf)
+    after = keep & prune_lowest(drop, n_drop)
     if n_grow > int((~after).sum()):
         raise ValueError(f"cannot grow {n_grow} entries: only {int((~after).sum())} are free")
-    grow = torch.where(after, -inf, grow_scores.detach().flatten().double())
-    final = after.clone()
-    final[torch.argsort(grow, descending=True, stable=True)[:n_grow]] = True
+    # the highest grow scores, lower index first, are the lowest of their negation
+    grow = torch.where(after, inf, -_nan_as(grow_scores, math.inf))
+    final = after | ~prune_lowest(grow, n_grow)
     return after.reshape(mask.shape), final.reshape(mask.shape)
+
+
+def _nan_as(scores: torch.Tensor, value: float) -> torch.Tensor:
+    """``scores`` flat, in float64, with NaN replaced by ``value`` (infinities kept)."""
+    flat = scores.detach().flatten().double()
+    return flat.nan_to_num(value, posinf=math.inf, neginf=-math.inf)
 
 
 # --- the sparse-from-scratch baseline ------------------------------------------------------

@@ -498,17 +498,32 @@ check_1(solution_1, solution=True)
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
+class CountedSNFS(registry.get("snfs", "training")):
+    """SNFS that writes down its start counts and each update's (dropped, regrown) per layer
+    (what solution 2 counts with; the training is SNFS's own)."""
+
+    def on_train_begin(self, trainer):
+        super().on_train_begin(trainer)
+        self.start = {n: int(m.sum()) for n, m in sl.masks.masks(trainer.model).items()}
+        self.plans = []
+
+    def plan(self, trainer, names, fraction):
+        self.plans.append(super().plan(trainer, names, fraction))
+        return self.plans[-1]
+
+
 @functools.cache
 def snfs_uniform():
-    """SNFS with the uniform budget on seed SEED, trained by `run`: the trained model."""
+    """SNFS with the uniform budget on seed SEED, trained by `run`: the method (with its
+    bookkeeping) and the trained model."""
     model = recipes.task("lenet300", DATA, seed=SEED).build()
-    run(registry.get("snfs", "training")(SPARSITY, budget="uniform", seed=SEED), SPARSITY,
-        SEED, model=model)  # fmt: skip
-    return model
+    method = CountedSNFS(SPARSITY, budget="uniform", seed=SEED)
+    run(method, SPARSITY, SEED, model=model)
+    return method, model
 
 
 def check_2(answer, solution=False):
-    density = float(sl.masks.get_mask(snfs_uniform(), "fc3.weight").float().mean())
+    density = float(sl.masks.get_mask(snfs_uniform()[1], "fc3.weight").float().mean())
     hint = "Average the final mask of `fc3.weight` (`sl.masks.get_mask`) of the trained model."
     sl.nb.check(2, answer, density, hint=hint, tolerance=0.005, solution=solution)
 
@@ -522,25 +537,12 @@ check_2(answer_2)
 # Solution 2.  By bookkeeping instead of reading the final mask: SNFS drops a share of each
 # layer's weights at every update and regrows the total where the mean momentum is
 # largest, so the output layer ends with its start count plus, over the updates, what it
-# regrew minus what it dropped.  The small output layer, whose weights get the largest
+# regrew minus what it dropped (`CountedSNFS`, in the check's cell, writes both down
+# during the same training).  The small output layer, whose weights get the largest
 # gradients, gains.  Static, SET, RigL and DeepR keep each layer's count, and Top-KAST,
 # DPF and GMP select within each layer's budget at every step, so only SNFS and DSR can
 # undo a poor budget; the others are held to the uniform one.
-class CountedSNFS(registry.get("snfs", "training")):
-    """SNFS that writes down its start counts and each update's (dropped, regrown) per layer."""
-
-    def on_train_begin(self, trainer):
-        super().on_train_begin(trainer)
-        self.start = {n: int(m.sum()) for n, m in sl.masks.masks(trainer.model).items()}
-        self.plans = []
-
-    def plan(self, trainer, names, fraction):
-        self.plans.append(super().plan(trainer, names, fraction))
-        return self.plans[-1]
-
-
-counted = CountedSNFS(SPARSITY, budget="uniform", seed=SEED)
-run(counted, SPARSITY, SEED)
+counted = snfs_uniform()[0]
 fc3_plans = [planned["fc3.weight"] for planned in counted.plans]
 kept = counted.start["fc3.weight"] + sum(grown - dropped for dropped, grown in fc3_plans)
 size = recipes.task("lenet300", DATA, seed=SEED).build().fc3.weight.numel()
@@ -618,44 +620,9 @@ check_3(solution_3, solution=True)
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
-@functools.cache
-def rewired_in_all(temperature):
-    method = registry.get("deepr", "training")(
-        SPARSITY, budget=BUDGET, temperature=temperature, seed=SEED
-    )
-    run(method, SPARSITY, SEED)
-    return sum(entry["rewired"] for entry in method.log)
-
-
-def check_4(answer, solution=False):
-    hint = "Build the method, train it with `run`, then add up `rewired` over `method.log`."
-    sl.nb.check(4, answer, rewired_in_all(1e-6), hint=hint, solution=solution)
-
-
-# %%
-answer_4 = None  # a number of connections, e.g. 1234
-check_4(answer_4)
-
-
-# %% tags=["hide-input"] jupyter={"source_hidden": true}
-# Solution 4.  Counted from outside the method: after every step, the connections that
-# were kept before it and are now dormant, or restarted at zero (a connection can be reborn
-# where it died).  The noise is one way across zero, the gradient step and the L1 pull are
-# another: at 1e-10 the noise is tiny, but a connection born at zero dies at its first
-# step whenever the gradient or the pull points against its random sign.
-def deepr(temperature, callbacks=()):
-    """DeepR on seed SEED at ``temperature``, trained as `run` trains (``callbacks`` added)."""
-    method = registry.get("deepr", "training")(
-        SPARSITY, budget=BUDGET, temperature=temperature, seed=SEED
-    )
-    t = recipes.task("lenet300", DATA, seed=SEED)
-    train, val, _ = t.loaders(RECIPE.batch_size)
-    method.fit(t.build(), train, val, seed=SEED, callbacks=callbacks, progress=False, **TRAINING)
-    return method
-
-
 class CountRewired(Callback):
-    """Connections kept before a step and dormant, or back at zero, after it."""
+    """Connections kept before a step and dormant, or back at zero, after it (what solution
+    4 counts with; it only reads the masks and weights)."""
 
     def on_train_begin(self, trainer):
         self.count = 0
@@ -670,9 +637,39 @@ class CountRewired(Callback):
             self.count += int((kept & (~after | zero)).sum())
 
 
-counters = {T: CountRewired() for T in (1e-6, 1e-10)}
-for T, counter in counters.items():
-    deepr(T, callbacks=[counter])
+@functools.cache
+def deepr(temperature):
+    """DeepR on seed SEED at ``temperature``, trained as `run` trains, with a CountRewired
+    watching: the method and the counter."""
+    method = registry.get("deepr", "training")(
+        SPARSITY, budget=BUDGET, temperature=temperature, seed=SEED
+    )
+    t = recipes.task("lenet300", DATA, seed=SEED)
+    train, val, _ = t.loaders(RECIPE.batch_size)
+    counter = CountRewired()
+    method.fit(t.build(), train, val, seed=SEED, callbacks=[counter], progress=False, **TRAINING)
+    return method, counter
+
+
+def check_4(answer, solution=False):
+    hint = "Build the method, train it with `run`, then add up `rewired` over `method.log`."
+    rewired = sum(entry["rewired"] for entry in deepr(1e-6)[0].log)
+    sl.nb.check(4, answer, rewired, hint=hint, solution=solution)
+
+
+# %%
+answer_4 = None  # a number of connections, e.g. 1234
+check_4(answer_4)
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution 4.  Counted from outside the method: after every step, the connections that
+# were kept before it and are now dormant, or restarted at zero (a connection can be reborn
+# where it died); `CountRewired`, in the check's cell, watched the same trainings.  The
+# noise is one way across zero, the gradient step and the L1 pull are another: at 1e-10 the
+# noise is tiny, but a connection born at zero dies at its first step whenever the gradient
+# or the pull points against its random sign.
+counters = {T: deepr(T)[1] for T in (1e-6, 1e-10)}
 solution_4 = counters[1e-6].count
 print(", ".join(f"T={T:g}: {c.count} rewired" for T, c in counters.items()))
 check_4(solution_4, solution=True)

@@ -3,8 +3,9 @@
 The notebooks are committed as ``py:percent`` scripts (``notebooks/NN_topic.py``). This module
 turns each one into a notebook, runs it with papermill (injecting ``SMOKE``) and writes the
 executed ``.ipynb`` where the Jupyter Book reads it (``book/notebooks``). An execution is
-cached under a key made of the notebook source, the mode (smoke or full), every ``*.py`` of
-this package and the installed environment, so a second run re-executes only what changed.
+cached under a key made of the notebook's code cells, the mode (smoke or full), every ``*.py``
+of this package and the installed environment, so a second run re-executes only what changed;
+an edit to the text cells alone is merged into the cached copy without running anything.
 
 Command line::
 
@@ -44,7 +45,7 @@ NOTEBOOK_NAME = re.compile(r"^\d\d[a-z]?_\w+\.py$")  # NN_topic.py, also 02a_top
 KERNEL_NAME = "python3"
 TIMINGS_FILE = "timings.json"
 # Bump when the way notebooks are executed changes, so that old cache entries are not reused.
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 @dataclass
@@ -148,8 +149,27 @@ def environment_digest() -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+#: A ``py:percent`` cell marker, and the cell types that never run.
+_CELL_MARKER = re.compile(rb"^# %%.*$", re.MULTILINE)
+_TEXT_CELL = re.compile(rb"\[(?:markdown|md|raw)\]")
+
+
+def executed_part(source: bytes) -> bytes:
+    """The part of a ``py:percent`` notebook that can change its outputs: the header (its
+    metadata) and every code cell with its marker line (tags, options), in order.  Markdown
+    and raw cells are left out: rewording the text must not retrain the models."""
+    markers = [m.start() for m in _CELL_MARKER.finditer(source)]
+    chunks = [source[: markers[0]] if markers else source]
+    for start, end in zip(markers, [*markers[1:], len(source)][: len(markers)], strict=True):
+        chunk = source[start:end]
+        if not _TEXT_CELL.search(chunk.split(b"\n", 1)[0]):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def cache_key(source: bytes, *, smoke: bool, library: str, environment: str = "") -> str:
-    """Return the cache key of one execution: sha256 of everything that shapes its outputs.
+    """Return the cache key of one execution: sha256 of everything that shapes its outputs
+    (of the notebook's source, its :func:`executed_part`).
 
     ``library`` is :func:`library_digest`, ``environment`` is :func:`environment_digest`.
     """
@@ -157,7 +177,7 @@ def cache_key(source: bytes, *, smoke: bool, library: str, environment: str = ""
     for part in (CACHE_VERSION.encode(), b"smoke" if smoke else b"full", library.encode()):
         digest.update(part + b"\0")
     digest.update(environment.encode() + b"\0")
-    digest.update(source)
+    digest.update(executed_part(source))
     return digest.hexdigest()
 
 
@@ -364,7 +384,7 @@ def execute(
         for source in find_notebooks(notebooks, only)
     }
     entry = {source: cache / f"{source.stem}-{mode}-{key}.ipynb" for source, key in keys.items()}
-    to_run = [source for source in keys if not entry[source].exists()]
+    to_run = [s for s in keys if not (entry[s].exists() and _take_current_text(s, entry[s]))]
 
     def settle(source: Path, run: tuple[Any, float] | None) -> Result:
         return _settle(source, keys[source], entry[source], run, out, cache, mode, log)
@@ -397,6 +417,68 @@ def execute(
             log(f"{result.name}: WARNING {result.warning}")
     _record_timings(out / TIMINGS_FILE, ordered, mode)
     return ordered
+
+
+def _text_layout(notebook) -> list[tuple[int, str, str]]:
+    """Each text (markdown or raw) cell of ``notebook`` as (code cells before it, papermill's
+    injected ones not counted; source; metadata without papermill's): what a text-only edit
+    changes."""
+    layout, code_cells = [], 0
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            code_cells += "injected-parameters" not in cell.metadata.get("tags", [])
+            continue
+        metadata = {k: v for k, v in cell.metadata.items() if k != "papermill"}
+        if not metadata.get("tags"):
+            metadata.pop("tags", None)  # papermill adds an empty list
+        layout.append((code_cells, cell.source, json.dumps(metadata, sort_keys=True)))
+    return layout
+
+
+def with_current_text(executed, fresh):
+    """``executed`` (a cached run, changed in place) with the text cells of ``fresh`` (the
+    source as it is now, read by jupytext), or None if their code cells differ.
+
+    Code cells keep their outputs, and papermill's injected cells stay after the cell they
+    followed; text cells and their order come from ``fresh``.  Figures' alt text is derived
+    again, since it names the section a figure is in."""
+    injected = "injected-parameters"
+    ran: list[list[Any]] = [[]]  # each code cell of the run with the injected cells after it
+    for cell in executed.cells:
+        if cell.cell_type != "code":
+            continue
+        if injected in cell.metadata.get("tags", []):
+            ran[-1].append(cell)
+        else:
+            ran.append([cell])
+    leading, ran = ran[0], ran[1:]
+    code = [cell for cell in fresh.cells if cell.cell_type == "code"]
+    if [group[0].source for group in ran] != [cell.source for cell in code]:
+        return None
+    cells, groups = list(leading), iter(ran)
+    for cell in fresh.cells:
+        cells.extend(next(groups) if cell.cell_type == "code" else [cell])
+    executed.cells = cells
+    describe_figures(executed)
+    return executed
+
+
+def _take_current_text(source: Path, entry: Path) -> bool:
+    """Bring the cached run ``entry`` of ``source`` up to the source's text cells (their key
+    covers only the code); False, with the entry removed, if it cannot be matched."""
+    import jupytext
+    import nbformat
+
+    executed = nbformat.reads(entry.read_text(), as_version=4)
+    fresh = jupytext.read(source, fmt="py:percent")
+    if _text_layout(executed) == _text_layout(fresh):
+        return True
+    merged = with_current_text(executed, fresh)
+    if merged is None:
+        entry.unlink(missing_ok=True)
+        return False
+    _atomic_write(entry, nbformat.writes(merged).encode() + b"\n")
+    return True
 
 
 def _timed_execution(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -100,6 +101,18 @@ def test_cache_key_changes_with_source_mode_and_library_only(tmp_path):
     assert pipeline.cache_key(b"print(1)", smoke=True, library=after, environment="e") != key
 
 
+def test_cache_key_ignores_the_text_cells_only():
+    key = functools.partial(pipeline.cache_key, smoke=True, library="l", environment="e")
+    base = key(GOOD.encode())
+    reworded = GOOD.replace("# Nothing.", "# Something else.").replace("## Summary", "## Sum")
+    new_text_cell = GOOD.replace("# %%\nprint", "# %% [markdown]\n# More words.\n\n# %%\nprint")
+    assert key(reworded.encode()) == base
+    assert key(new_text_cell.encode()) == base
+    assert key(GOOD.replace("print(f", "print(  f").encode()) != base  # code
+    assert key(GOOD.replace('tags=["hide-input"]', "").encode()) != base  # a code cell's tags
+    assert key(GOOD.replace("# %% [markdown]\n# # A", "# %%\n# # A").encode()) != base  # type
+
+
 def test_library_digest_sees_a_new_module(tmp_path):
     library = tmp_path / "lib"
     write(library, "a.py", "x = 1\n")
@@ -157,6 +170,49 @@ def test_execute_injects_smoke_and_reexecutes_only_changed_notebooks(tmp_path, f
     # The superseded cache entry of 01_second is pruned; one entry per notebook and mode.
     assert len(list(cache.glob("01_second-smoke-*.ipynb"))) == 1
     assert len(list(cache.glob("*.ipynb"))) == 2
+
+
+def test_a_text_edit_is_merged_into_the_cached_run_without_executing(tmp_path, fixed_library):
+    notebooks, out, cache = tmp_path / "notebooks", tmp_path / "out", tmp_path / "cache"
+    source = write(notebooks, "00_first.py", GOOD)
+    first = pipeline.execute(notebooks, out, cache, smoke=True, log=lambda _: None)
+    assert [r.status for r in first] == ["executed"]
+    before = json.loads((out / "00_first.ipynb").read_text())
+
+    # reworded text and a new text cell between two code cells
+    edited = GOOD.replace("# Nothing.", "# Reworded.").replace(
+        "# %%\nprint", "# %% [markdown]\n# A new paragraph.\n\n# %%\nprint"
+    )
+    source.write_text(edited)
+    second = pipeline.execute(notebooks, out, cache, smoke=True, log=lambda _: None)
+    assert [r.status for r in second] == ["cached"]
+    assert second[0].seconds == first[0].seconds  # the recorded time of the run it reuses
+    after = json.loads((out / "00_first.ipynb").read_text())
+    text = ["".join(c["source"]) for c in after["cells"] if c["cell_type"] == "markdown"]
+    assert "Reworded." in "".join(text) and "Nothing." not in "".join(text)
+    assert "A new paragraph." in text
+    kinds = [(c["cell_type"], "".join(c["source"])[:5]) for c in after["cells"]]
+    parameters = kinds.index(("code", "SMOKE"))
+    # papermill's injected cell still follows the parameters cell, then the new paragraph
+    assert "injected-parameters" in after["cells"][parameters + 1]["metadata"]["tags"]
+    assert kinds[parameters + 2] == ("markdown", "A new")
+    ran = [c for c in before["cells"] if c["cell_type"] == "code"]
+    kept = [c for c in after["cells"] if c["cell_type"] == "code"]
+    assert [c["outputs"] for c in kept] == [c["outputs"] for c in ran]
+    assert "SMOKE=True" in outputs_text(out / "00_first.ipynb")
+    import nbformat
+
+    nbformat.validate(nbformat.reads((out / "00_first.ipynb").read_text(), as_version=4))
+
+    # once merged, the cache entry is left as it is; a code edit executes again
+    entry = next(cache.glob("00_first-smoke-*.ipynb"))
+    stamp = entry.stat().st_mtime_ns
+    assert [r.status for r in pipeline.execute(notebooks, out, cache, smoke=True)] == ["cached"]
+    assert entry.stat().st_mtime_ns == stamp
+    source.write_text(edited.replace('print(f"SMOKE={SMOKE}")', 'print("changed")'))
+    third = pipeline.execute(notebooks, out, cache, smoke=True, log=lambda _: None)
+    assert [r.status for r in third] == ["executed"]
+    assert "changed" in outputs_text(out / "00_first.ipynb")
 
 
 def test_failing_notebook_is_named_leaves_no_output_and_others_still_run(
@@ -237,7 +293,11 @@ def test_budget_warns_about_the_recorded_time_of_a_cached_copy(tmp_path, fixed_l
     key = pipeline.cache_key(
         source.read_bytes(), smoke=True, library="library", environment="environment"
     )
-    recorded = {"cells": [], "metadata": {"sparsity_lab": {"wall_s": 75.0}}}
+    import jupytext
+
+    # a cached run of this source (outputs do not matter here) that took 75 s
+    recorded = json.loads(jupytext.writes(jupytext.read(source), fmt="ipynb"))
+    recorded["metadata"]["sparsity_lab"] = {"wall_s": 75.0}
     write(cache, f"00_slow-smoke-{key}.ipynb", json.dumps(recorded))
 
     [result] = pipeline.execute(notebooks, out, cache, smoke=True, budget_s=60, log=print)

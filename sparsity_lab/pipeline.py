@@ -371,7 +371,8 @@ def execute(
     a warning: a shared machine's timings are too noisy to fail a build on, but the excess
     must be seen.  ``workers`` notebooks run side by side, each in a process of its own
     (papermill changes the working directory of the whole process) with its share of the
-    cores.  Wall times are merged into ``out/timings.json``; results come in the notebooks'
+    cores, started longest first by the times recorded last (:func:`longest_first`).  Wall
+    times are merged into ``out/timings.json``; results come in the notebooks'
     order.
     """
     notebooks, out, cache = Path(notebooks).resolve(), Path(out).resolve(), Path(cache).resolve()
@@ -399,7 +400,7 @@ def execute(
         with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
             futures = {
                 pool.submit(_timed_execution, source, smoke, notebooks, threads): source
-                for source in to_run
+                for source in longest_first(to_run, recorded_seconds(out / TIMINGS_FILE, mode))
             }
             for future in as_completed(futures):
                 results[futures[future]] = settle(futures[future], future.result())
@@ -479,6 +480,23 @@ def _take_current_text(source: Path, entry: Path) -> bool:
         return False
     _atomic_write(entry, nbformat.writes(merged).encode() + b"\n")
     return True
+
+
+def recorded_seconds(path: Path, mode: str) -> dict[str, float]:
+    """The wall time each notebook took when it last ran in ``mode``, from a timings file
+    of :func:`execute` ({} when there is none or it cannot be read)."""
+    try:
+        recorded = json.loads(path.read_text()).get(mode, {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {name: float(s) for name, s in recorded.items() if isinstance(s, int | float)}
+
+
+def longest_first(sources: Sequence[Path], recorded: dict[str, float]) -> list[Path]:
+    """``sources`` in the order to start them side by side: the longest as last recorded
+    first, those never timed before all (in name order).  Started last, a long notebook
+    would keep one worker busy alone while the others wait for the build to end."""
+    return sorted(sources, key=lambda source: -recorded.get(source.stem, float("inf")))
 
 
 def _timed_execution(

@@ -269,6 +269,21 @@ def test_notebooks_run_side_by_side_each_on_its_share_of_the_cores(
         pipeline.execute(notebooks, out, cache, smoke=True, workers=0)
 
 
+def test_side_by_side_runs_start_with_the_longest_and_the_never_timed(tmp_path):
+    sources = [tmp_path / f"{name}.py" for name in ["00_a", "01_b", "02_c", "03_d", "04_e"]]
+    timings = write(tmp_path, "timings.json", json.dumps({"full": {"00_a": 5, "01_b": 300,
+                                                                  "03_d": 40.5},
+                                                         "smoke": {"04_e": 9}}))  # fmt: skip
+    recorded = pipeline.recorded_seconds(timings, "full")
+    assert recorded == {"00_a": 5.0, "01_b": 300.0, "03_d": 40.5}
+    order = [p.stem for p in pipeline.longest_first(sources, recorded)]
+    assert order == ["02_c", "04_e", "01_b", "03_d", "00_a"]
+    # no timings yet, or an unreadable file: name order
+    assert pipeline.recorded_seconds(tmp_path / "missing.json", "full") == {}
+    assert pipeline.recorded_seconds(write(tmp_path, "bad.json", "{"), "full") == {}
+    assert pipeline.longest_first(sources, {}) == sources
+
+
 def test_the_time_report_sums_recorded_times_and_judges_both_budgets():
     results = [
         pipeline.Result("00_a", "cached", 100.0),

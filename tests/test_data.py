@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, TensorDataset
 
 from sparsity_lab import data
 
@@ -266,6 +267,65 @@ def test_loaders_are_reproducible_given_their_seed():
 
     unshuffled, _, _ = bundle.loaders(batch_size=32, shuffle_train=False)
     assert torch.equal(next(iter(unshuffled))[1], bundle.train.tensors[1][:32])
+
+
+def _plain_batches(loader):
+    """``loader``'s batches as torch's own DataLoader iterator fetches them, one by one."""
+    return list(DataLoader.__iter__(loader))
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_tensor_loader_gives_the_batches_and_random_draws_of_dataloader(shuffle, drop_last):
+    dataset = TensorDataset(torch.randn(70, 3, 2), torch.arange(70) % 7)
+
+    def batches_and_states(fetch):
+        torch.manual_seed(0)
+        generator = torch.Generator().manual_seed(5) if shuffle else None
+        loader = data.TensorLoader(
+            dataset, batch_size=16, shuffle=shuffle, generator=generator, drop_last=drop_last
+        )
+        assert loader.batch_size == 16 and len(loader) == (4 if drop_last else 5)
+        epochs = [fetch(loader) for _ in range(2)]  # a second epoch draws again
+        states = [torch.get_rng_state()] + ([generator.get_state()] if shuffle else [])
+        return epochs, states
+
+    (fast, fast_states), (plain, plain_states) = map(batches_and_states, (list, _plain_batches))
+    for fast_epoch, plain_epoch in zip(fast, plain, strict=True):
+        assert len(fast_epoch) == len(plain_epoch)
+        for (x, y), (px, py) in zip(fast_epoch, plain_epoch, strict=True):
+            assert x.dtype == px.dtype and y.dtype == py.dtype and x.is_contiguous()
+            assert torch.equal(x, px) and torch.equal(y, py)
+    orders = [torch.cat([y for _, y in epoch]) for epoch in fast]
+    assert torch.equal(*orders) != shuffle  # a shuffling loader reshuffles every epoch
+    # the generators end where DataLoader leaves them: later draws are the same
+    assert all(map(torch.equal, fast_states, plain_states))
+
+
+def test_tensor_loader_falls_back_to_dataloader_for_anything_else():
+    dataset = TensorDataset(torch.arange(10.0), torch.arange(10))
+    own_collate = data.TensorLoader(dataset, batch_size=4, collate_fn=lambda rows: len(rows))
+    assert list(own_collate) == [4, 4, 2]
+    one_at_a_time = data.TensorLoader(dataset, batch_size=None)
+    assert [int(y) for _, y in one_at_a_time] == list(range(10))
+
+
+def test_training_on_the_bundled_loaders_matches_dataloader_weight_for_weight(monkeypatch):
+    from sparsity_lab import train
+
+    bundle = data.load("digits", seed=0)
+
+    def trained():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        loaders = bundle.loaders(batch_size=32, seed=1)
+        train.fit(model, loaders[0], loaders[1], epochs=2, lr=0.05, seed=2, progress=False)
+        return model.state_dict()
+
+    fast = trained()
+    monkeypatch.setattr(data.TensorLoader, "__iter__", DataLoader.__iter__)
+    plain = trained()
+    assert all(torch.equal(fast[k], plain[k]) for k in fast)
 
 
 def test_unknown_name_lists_available():

@@ -61,10 +61,9 @@ class TensorLoader(DataLoader):
     The batches are the same tensors in the same order, from the same random draws (the
     sampler's, and the seed ``DataLoader``'s iterator draws from ``generator`` or the
     global generator), so a model trains to the same weights.  Fetching per example
-    costs 4-17% of a bundled model's training on one core, this 0.6-3%
-    (``benchmarks/loader_speed.py``).  Anything else (worker
-    processes, another collate function or data set, no batch size) iterates as
-    ``DataLoader`` does.
+    costs 4-17% of a bundled model's training on one core, fetching this way 0.6-3%
+    (``benchmarks/loader_speed.py``).  Anything else (worker processes, another collate
+    function or data set, no batch size) iterates as ``DataLoader`` does.
     """
 
     def __iter__(self):

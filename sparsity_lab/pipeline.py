@@ -44,6 +44,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 NOTEBOOK_NAME = re.compile(r"^\d\d[a-z]?_\w+\.py$")  # NN_topic.py, also 02a_topic.py
 KERNEL_NAME = "python3"
 TIMINGS_FILE = "timings.json"
+INJECTED_TAG = "injected-parameters"  # papermill's tag on the cell it adds with the parameters
 # Bump when the way notebooks are executed changes, so that old cache entries are not reused.
 CACHE_VERSION = "2"
 
@@ -291,7 +292,7 @@ def execute_notebook(
         )
     for cell in executed.cells:
         tags = cell.metadata.get("tags", [])
-        if "injected-parameters" in tags and "remove-cell" not in tags:
+        if INJECTED_TAG in tags and "remove-cell" not in tags:
             # papermill's scaffolding: the book shows the parameters cell, not this one
             cell.metadata["tags"] = [*tags, "remove-cell"]
     describe_figures(executed)
@@ -427,7 +428,7 @@ def _text_layout(notebook) -> list[tuple[int, str, str]]:
     layout, code_cells = [], 0
     for cell in notebook.cells:
         if cell.cell_type == "code":
-            code_cells += "injected-parameters" not in cell.metadata.get("tags", [])
+            code_cells += INJECTED_TAG not in cell.metadata.get("tags", [])
             continue
         metadata = {k: v for k, v in cell.metadata.items() if k != "papermill"}
         if not metadata.get("tags"):
@@ -443,12 +444,11 @@ def with_current_text(executed, fresh):
     Code cells keep their outputs, and papermill's injected cells stay after the cell they
     followed; text cells and their order come from ``fresh``.  Figures' alt text is derived
     again, since it names the section a figure is in."""
-    injected = "injected-parameters"
     ran: list[list[Any]] = [[]]  # each code cell of the run with the injected cells after it
     for cell in executed.cells:
         if cell.cell_type != "code":
             continue
-        if injected in cell.metadata.get("tags", []):
+        if INJECTED_TAG in cell.metadata.get("tags", []):
             ran[-1].append(cell)
         else:
             ran.append([cell])

@@ -47,8 +47,14 @@ install: $(INSTALLED) ## create .venv and install the pinned environment
 BOOK_BUDGET_S := 1200
 NOTEBOOK_BUDGET_S := 240
 BOOK_WORKERS ?= 2
+# The library's run cache (sparsity_lab.run_cache): the book trains every run afresh and
+# keeps it ("write": its pages show fresh runs, its times are those of training), and
+# JupyterLab reads those runs back ("1").  The tests and smoke runs leave it alone.
+BOOK_RUN_CACHE ?= write
+LAB_RUN_CACHE ?= 1
 book: $(INSTALLED) ## execute every notebook (full, re-using the cache) and build book/_build/html
 	@mkdir -p $(EXECUTED) && date +%s > $(EXECUTED)/.started
+	SPARSITY_LAB_RUN_CACHE=$(BOOK_RUN_CACHE) \
 	$(BIN)/python -m sparsity_lab.pipeline execute --notebooks $(NOTEBOOKS) --out $(EXECUTED) \
 		--workers $(BOOK_WORKERS) --budget-s $(NOTEBOOK_BUDGET_S) --total-budget-s $(BOOK_BUDGET_S)
 	$(BIN)/python -m sparsity_lab.pipeline methods --notebooks $(NOTEBOOKS) --out book/methods.md
@@ -67,7 +73,7 @@ unit: $(INSTALLED) ## unit tests (tests/)
 	$(BIN)/python -m pytest tests/ || test $$? -eq 5
 
 smoke: $(INSTALLED) ## every notebook with SMOKE=True into book/notebooks
-	$(BIN)/python -m sparsity_lab.pipeline execute --smoke --budget-s $(SMOKE_BUDGET_S) \
+	SPARSITY_LAB_RUN_CACHE=0 $(BIN)/python -m sparsity_lab.pipeline execute --smoke --budget-s $(SMOKE_BUDGET_S) \
 		--notebooks $(NOTEBOOKS) --out $(EXECUTED)
 
 # nbval re-runs each executed copy and compares the outputs of the cells with the
@@ -76,7 +82,7 @@ nbval: $(INSTALLED) ## re-run the executed notebooks and compare the checked out
 ifeq ($(EXECUTED_NOTEBOOKS),)
 	@echo "nbval: no notebooks in $(NOTEBOOKS)/, nothing to check"
 else
-	SPARSITY_LAB_STATIC=1 $(BIN)/python -m pytest --nbval-lax --nbval-current-env \
+	SPARSITY_LAB_STATIC=1 SPARSITY_LAB_RUN_CACHE=0 $(BIN)/python -m pytest --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg $(EXECUTED_NOTEBOOKS)
 endif
 
@@ -118,7 +124,7 @@ $(LAB_INSTALLED): $(INSTALLED) requirements.lock
 # The .py sources open as notebooks directly: nothing is synced or rewritten on start.
 # As root (a container, a cloud VM) Jupyter refuses to start without --allow-root.
 lab: $(LAB_INSTALLED) ## open the notebooks in JupyterLab (installs it on first use)
-	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/$(NOTEBOOKS) \
+	SPARSITY_LAB_RUN_CACHE=$(LAB_RUN_CACHE) $(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/$(NOTEBOOKS) \
 		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean: ## remove built pages, executed notebooks and caches (keeps .venv)

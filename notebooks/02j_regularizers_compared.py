@@ -39,7 +39,7 @@ import pandas as pd
 from IPython.display import display
 
 import sparsity_lab as sl
-from sparsity_lab import recipes
+from sparsity_lab import recipes, run_cache
 from sparsity_lab.regularizers import compare
 
 # %% tags=["parameters"]
@@ -70,9 +70,10 @@ if SMOKE:  # a quick pass through every cell, for CI
     N_TRAIN = 500
     UNSTRUCTURED = ["l1", "str", "l0_hard_concrete"]
     STRUCTURED = ["group_lasso"]
-# one thread in smoke mode: CI may run notebooks side by side, and small models lose more
-# to thread contention than they gain from a second core
-info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1 if SMOKE else None)
+# one thread, as `make book` gives each notebook: torch's sums depend on the thread count, so
+# JupyterLab then computes the book's numbers and reads the book's runs back from the run
+# cache (sparsity_lab.run_cache); small models gain little from a second core anyway
+info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 DATA_OPTIONS = {} if N_TRAIN is None else {"n_train": N_TRAIN}
 
 
@@ -111,6 +112,7 @@ grids = {  # the methods and sparsities of each pattern
     "dense": {"method": ["dense"]},
 }
 frames = []
+runs_before = run_cache.counts()  # make book and make lab keep the runs (run_cache)
 for model_name, (pattern, grid_) in itertools.product(MODELS, grids.items()):
     fn = functools.partial(one_run, model_name, pattern)
     frame = sl.experiments.sweep(fn, grid_, seeds=SEEDS)
@@ -173,10 +175,15 @@ flag_text = (
     if flag_lines
     else "No run raised a sanity flag."
 )
+cache_note = run_cache.summary(runs_before)
 sl.nb.md(
     f"Each run trains {EPOCHS} epochs and fine-tunes {FINETUNE_EPOCHS} ({finetune_cost} of "
-    f"fine-tuning, mean over the runs), {len(SEEDS)} seed(s).  Best mean accuracy in each "
-    "setting:\n\n" + "\n".join(lines) + "\n\n" + flag_text
+    f"fine-tuning, mean over the runs), {len(SEEDS)} seed(s).  "
+    + (f"{cache_note}  " if cache_note else "")
+    + "Best mean accuracy in each setting:\n\n"
+    + "\n".join(lines)
+    + "\n\n"
+    + flag_text
 )
 pivot = summary.pivot_table(index=["model", "pattern", "method"], columns="sparsity", values="mean")
 display(pivot.round(4))

@@ -32,7 +32,7 @@ import pandas as pd
 from IPython.display import display
 
 import sparsity_lab as sl
-from sparsity_lab import recipes
+from sparsity_lab import recipes, run_cache
 from sparsity_lab.ephemeral import heads as heads_mod
 from sparsity_lab.phenomena import structure, tickets
 
@@ -296,6 +296,7 @@ sl.nb.md(
 
 # %%
 ticket_tables, settings = [], {}
+runs_before = run_cache.counts()  # make book and make lab keep the tables (run_cache)
 for seed in SEEDS:
     for model_name, data, options in (
         ("lenet300", DATA, {}),
@@ -387,9 +388,12 @@ for task_name, group in final.groupby("task", sort=False):
         f"{sl.stats.describe(diff[tickets.NETWORKS[1]])}."
     )
 verdicts.extend(ticket_verdicts)
+cache_note = run_cache.summary(runs_before)
 sl.nb.md(
     f"Paired differences at the last round ({IMP_ROUNDS} IMP rounds, "
-    f"{final['sparsity'].iloc[0]:.1%} sparse; test accuracy):\n\n" + "\n".join(lines)
+    f"{final['sparsity'].iloc[0]:.1%} sparse; test accuracy):\n\n"
+    + "\n".join(lines)
+    + (f"\n\n{cache_note}" if cache_note else "")
 )
 
 # %% [markdown]

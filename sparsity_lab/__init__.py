@@ -49,6 +49,7 @@ _LAZY = (
     "quantization",
     "recipes",
     "regularizers",
+    "run_cache",
     "saving",
     "scheduled",
     "seeding",

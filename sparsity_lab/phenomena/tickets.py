@@ -28,6 +28,7 @@ import torch
 from .. import flags as flags_mod
 from .. import masks, recipes
 from ..pruning import prune
+from ..run_cache import cached_run
 from ..schedules import iterative
 from ..train import Callback, Trainer
 from .structure import fit_recipe
@@ -84,6 +85,7 @@ def _run(
     }
 
 
+@cached_run()
 def ticket_rounds(
     t: Any,
     sparsity: float,
@@ -106,7 +108,8 @@ def ticket_rounds(
     epoch of steps; the ``theta_k`` ticket starts from those weights as they are.
 
     Returns a long table: ``round, sparsity, network, val_accuracy, test_accuracy,
-    flags`` (round 0 is the network ``"dense"``).
+    flags`` (round 0 is the network ``"dense"``).  With :mod:`sparsity_lab.run_cache` on, a
+    table that was computed before is read back from disk.
     """
     _, dense, info = recipes.dense(
         t.model_name, t.data_name, t.seed, epochs=dense_epochs, **t.options

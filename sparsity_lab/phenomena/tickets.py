@@ -108,8 +108,8 @@ def ticket_rounds(
     epoch of steps; the ``theta_k`` ticket starts from those weights as they are.
 
     Returns a long table: ``round, sparsity, network, val_accuracy, test_accuracy,
-    flags`` (round 0 is the network ``"dense"``).  With :mod:`sparsity_lab.run_cache` on, a
-    table that was computed before is read back from disk.
+    flags`` (round 0 is the network ``"dense"``).  When :mod:`sparsity_lab.run_cache` reads,
+    a table that was computed before is read back from disk.
     """
     _, dense, info = recipes.dense(
         t.model_name, t.data_name, t.seed, epochs=dense_epochs, **t.options

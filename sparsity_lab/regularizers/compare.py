@@ -109,8 +109,8 @@ def run(
     rule's per-layer sparsity, a dict) and ``finetune_lr`` (the rate the model was
     fine-tuned at).
 
-    With :mod:`sparsity_lab.run_cache` on, a run of a method of this library on a model of
-    its own is read back from disk when it has run before (its seconds are that run's).
+    When :mod:`sparsity_lab.run_cache` reads, a run of a method of this library on a model
+    of its own that has run before is read back from disk (its seconds are that run's).
     """
     rates = [lr / 3] if finetune_lr is None else finetune_lr
     rates = list(rates) if isinstance(rates, Sequence) else [float(rates)]

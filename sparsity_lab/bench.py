@@ -105,6 +105,7 @@ from .accounting import report
 from .experiments import sweep
 from .methods.base import TrainingFlops
 from .methods.cram import reestimate_batchnorm
+from .paths import write_atomically
 from .pipeline import _dependency_closure
 from .pruning import prune
 from .registry import available
@@ -1005,9 +1006,7 @@ def write(table: Any, config: str | os.PathLike | Mapping[str, Any], out_dir: st
         (csv_path, table.to_csv(index=False, float_format="%.12g")),
         (manifest_path, json.dumps(record, indent=2, default=str) + "\n"),
     ):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_atomically(path, text.encode())
     return csv_path, manifest_path
 
 

@@ -25,7 +25,6 @@ import itertools
 import json
 import numbers
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,6 +36,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .paths import write_atomically
 from .stats import STAGE_FLAGS, summarize
 from .train import show_progress
 
@@ -185,19 +185,10 @@ def _remove_stale_temporaries(cache: Path) -> None:
 
 
 def _write_cache(path: Path, name: str, params: dict[str, Any], seed: Any, metrics: Metrics):
-    """Write atomically: a temp file renamed into place, so a crash leaves no half file."""
+    """Write atomically and durably: a crash leaves no half file."""
     record = {"fn": name, "params": params, "seed": seed, "metrics": metrics}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            # not sort_keys: the metrics keep fn's order, so cached and fresh tables agree
-            json.dump(record, file, indent=1)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # not sort_keys: the metrics keep fn's order, so cached and fresh tables agree
+    write_atomically(path, json.dumps(record, indent=1).encode(), durable=True)
 
 
 def sweep(

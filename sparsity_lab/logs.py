@@ -20,12 +20,14 @@ epoch number, ``<Method>/<key>`` at the optimizer step); it needs ``tensorboard`
 from __future__ import annotations
 
 import csv
+import io
 import numbers
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .callbacks import Callback
+from .paths import write_atomically
 from .pruning import sparsity
 
 if TYPE_CHECKING:
@@ -72,12 +74,11 @@ class _Collector(Callback):
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, text.getvalue().encode())
 
 
 class CSVLogger(_Collector):

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
+from .paths import write_atomically
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 NOTEBOOK_NAME = re.compile(r"^\d\d[a-z]?_\w+\.py$")  # NN_topic.py, also 02a_topic.py
@@ -223,22 +224,6 @@ def _kernel_environment(threads: int | None = None) -> Iterator[None]:
         finally:
             os.environ.clear()
             os.environ.update(saved)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, so no half-written file remains."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a normal file is wanted
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _kernel_manager_class() -> type:
@@ -478,7 +463,7 @@ def _take_current_text(source: Path, entry: Path) -> bool:
     if merged is None:
         entry.unlink(missing_ok=True)
         return False
-    _atomic_write(entry, nbformat.writes(merged).encode() + b"\n")
+    write_atomically(entry, nbformat.writes(merged).encode() + b"\n")
     return True
 
 
@@ -547,7 +532,7 @@ def _settle(
             return Result(name, "failed", error=executed.description)
         executed.metadata["sparsity_lab"] = {"mode": mode, "wall_s": seconds, "key": key}
         data = nbformat.writes(executed).encode() + b"\n"
-        _atomic_write(entry, data)
+        write_atomically(entry, data)
         for old in cache.glob(f"{name}-{mode}-*.ipynb"):
             if old != entry:
                 old.unlink(missing_ok=True)
@@ -555,7 +540,7 @@ def _settle(
         log(f"{name}: executed in {seconds:.1f} s ({mode})")
     # An unchanged copy keeps its timestamp, so the book rebuilds only changed pages.
     if not target.exists() or target.read_bytes() != data:
-        _atomic_write(target, data)
+        write_atomically(target, data)
     return result
 
 
@@ -592,7 +577,7 @@ def _record_timings(path: Path, results: Sequence[Result], mode: str) -> None:
         if result.seconds is not None:
             timings.setdefault(mode, {})[result.name] = result.seconds
     if timings:
-        _atomic_write(path, (json.dumps(timings, indent=2, sort_keys=True) + "\n").encode())
+        write_atomically(path, (json.dumps(timings, indent=2, sort_keys=True) + "\n").encode())
 
 
 # --------------------------------------------------------------------------------------------
@@ -838,7 +823,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "methods":
-            _atomic_write(args.out, methods_page(args.notebooks).encode())
+            write_atomically(args.out, methods_page(args.notebooks).encode())
             print(f"wrote {args.out}")
             return 0
         if args.command == "check":

@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import hashlib
 import inspect
+import io
 import json
 import math
 import os
@@ -47,7 +48,7 @@ from . import models as models_mod
 from .accounting import report
 from .criteria.at_init import rescale_fan_in, shuffle_masks
 from .modes import evaluating
-from .paths import default_cache_dir
+from .paths import default_cache_dir, write_atomically
 from .pruning import prune
 from .pruning import sparsity as measured_sparsity
 from .targets import default_targets
@@ -346,14 +347,9 @@ def _load_checkpoint(path: Path, build: Any) -> nn.Module:
 def _save_checkpoint(model: nn.Module, path: Path) -> None:
     """Write atomically under a unique temporary name, so two processes never collide."""
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"state": state, "digest": _state_digest(state)}, tmp)
-        os.replace(tmp, path)  # never leave a half-written checkpoint behind
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save({"state": state, "digest": _state_digest(state)}, buffer)
+    write_atomically(path, buffer.getvalue())
 
 
 def _writable_cache(directory: Path) -> None:

@@ -44,7 +44,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -55,7 +54,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .paths import default_cache_dir
+from .paths import default_cache_dir, write_atomically
 
 __all__ = ["ENV", "cached_run", "counts", "directory", "mode", "summary"]
 
@@ -294,20 +293,6 @@ def _read(path: Path, key_text: str) -> tuple[bool, Any]:
         return False, None
 
 
-def _write(path: Path, key_text: str, encoded: Any) -> None:
-    """Write atomically: a temporary file renamed into place, so no reader sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"key": key_text, "result": encoded})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ------------------------------------------------------------------------------ decorator
 
 
@@ -350,7 +335,8 @@ def cached_run(accepts: Callable[[dict[str, Any]], bool] = lambda arguments: Tru
                 # only what reads back exactly is kept: a cached result equals the fresh one
                 if _same(_decode(json.loads(json.dumps(encoded))), result):
                     try:
-                        _write(path, key_text, encoded)
+                        record = {"key": key_text, "result": encoded}
+                        write_atomically(path, json.dumps(record).encode())
                     except OSError as error:  # the result is the caller's all the same
                         warnings.warn(
                             f"the run cache could not keep a result ({error})", stacklevel=2

@@ -3,11 +3,18 @@ how it writes a file that another process may be reading."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["default_cache_dir", "write_atomically"]
+try:  # POSIX; elsewhere two processes may each compute what one would do (never a wrong result)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+__all__ = ["default_cache_dir", "exclusive", "write_atomically"]
 
 
 def default_cache_dir() -> Path:
@@ -40,3 +47,31 @@ def write_atomically(path: str | os.PathLike, data: bytes, *, durable: bool = Fa
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike) -> Iterator[None]:
+    """Hold a lock on ``path`` between processes while the block runs.
+
+    For a cache entry that is expensive to compute: the first process to want it computes
+    it, the others wait here, then find the file written (look again inside the block
+    before computing).  The lock is an ``flock`` on a hidden ``.<name>.lock`` file beside
+    ``path``, released by the kernel even when the process dies.  Where ``fcntl`` is missing
+    or the lock file cannot be made, the block runs unlocked: two processes may then both
+    compute the same entry, never a wrong one.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.parent / f".{path.name}.lock", "a")
+    except OSError:  # a read-only directory: its reader cannot compute an entry twice anyway
+        handle = None
+    if fcntl is None or handle is None:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

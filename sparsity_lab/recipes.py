@@ -21,6 +21,7 @@ retrained from a fresh model.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -48,7 +49,7 @@ from . import models as models_mod
 from .accounting import report
 from .criteria.at_init import rescale_fan_in, shuffle_masks
 from .modes import evaluating
-from .paths import default_cache_dir, write_atomically
+from .paths import default_cache_dir, exclusive, write_atomically
 from .pruning import prune
 from .pruning import sparsity as measured_sparsity
 from .targets import default_targets
@@ -416,18 +417,26 @@ def train_dense(
     def build() -> nn.Module:
         return t.build(**recipe.model_options)
 
-    model, cached = None, False
-    if path is not None and path.exists():
+    def cached_model() -> nn.Module | None:
+        if path is None or not path.exists():
+            return None
         try:
-            model, cached = _load_checkpoint(path, build), True
+            return _load_checkpoint(path, build)
         except Exception as err:  # a damaged, foreign or stale file: retrain from scratch
             warnings.warn(f"ignoring unreadable checkpoint {path}: {err}; retraining", stacklevel=2)
+            return None
+
     train, val, test = t.loaders(recipe.batch_size)
-    if model is None:
-        model = build()  # a fresh model: nothing of a bad file can leak into it
-        fit(model, train, val, seed=t.seed, progress=progress, **recipe.training())
-        if path is not None:
-            _save_checkpoint(model, path)
+    # Two notebooks of `make book` that want the same model at once: one trains it, the
+    # other waits for its checkpoint instead of training it a second time.
+    with exclusive(path) if path is not None else contextlib.nullcontext():
+        model = cached_model()
+        cached = model is not None
+        if model is None:
+            model = build()  # a fresh model: nothing of a bad file can leak into it
+            fit(model, train, val, seed=t.seed, progress=progress, **recipe.training())
+            if path is not None:
+                _save_checkpoint(model, path)
     info = {
         "val_accuracy": evaluate(model, val)["accuracy"],
         "test_accuracy": evaluate(model, test)["accuracy"],

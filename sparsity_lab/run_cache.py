@@ -36,6 +36,7 @@ many ran.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -54,7 +55,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .paths import default_cache_dir, write_atomically
+from .paths import default_cache_dir, exclusive, write_atomically
 
 __all__ = ["ENV", "cached_run", "counts", "directory", "mode", "summary"]
 
@@ -296,6 +297,21 @@ def _read(path: Path, key_text: str) -> tuple[bool, Any]:
 # ------------------------------------------------------------------------------ decorator
 
 
+def _keep(path: Path, key_text: str, result: Any) -> None:
+    """Write ``result`` under ``path`` if it reads back exactly, so that a cached result
+    equals the fresh one (a result with no exact JSON form is not kept)."""
+    try:
+        encoded = _encode(result)
+    except _NoKey:
+        return
+    if not _same(_decode(json.loads(json.dumps(encoded))), result):
+        return
+    try:
+        write_atomically(path, json.dumps({"key": key_text, "result": encoded}).encode())
+    except OSError as error:  # the result is the caller's all the same
+        warnings.warn(f"the run cache could not keep a result ({error})", stacklevel=3)
+
+
 def cached_run(accepts: Callable[[dict[str, Any]], bool] = lambda arguments: True):
     """Decorate a function whose result follows from its arguments, so that its results are
     cached on disk unless the :func:`mode` is ``"off"``.
@@ -320,27 +336,19 @@ def cached_run(accepts: Callable[[dict[str, Any]], bool] = lambda arguments: Tru
             except _NoKey:
                 key_text, digest = "", ""
             path = directory() / f"{fn.__name__}-{digest[:32]}.json"
-            if digest and mode() == "read":
-                found, result = _read(path, key_text)
-                if found:
-                    _COUNTS["read"] += 1
-                    return result
-            _COUNTS["ran"] += 1
-            result = fn(*args, **kwargs)
-            if digest:
-                try:
-                    encoded = _encode(result)
-                except _NoKey:
-                    return result
-                # only what reads back exactly is kept: a cached result equals the fresh one
-                if _same(_decode(json.loads(json.dumps(encoded))), result):
-                    try:
-                        record = {"key": key_text, "result": encoded}
-                        write_atomically(path, json.dumps(record).encode())
-                    except OSError as error:  # the result is the caller's all the same
-                        warnings.warn(
-                            f"the run cache could not keep a result ({error})", stacklevel=2
-                        )
+            reads = bool(digest) and mode() == "read"
+            # two notebooks that want the same run at once: one computes it, the other waits
+            # and reads it back
+            with exclusive(path) if reads else contextlib.nullcontext():
+                if reads:
+                    found, result = _read(path, key_text)
+                    if found:
+                        _COUNTS["read"] += 1
+                        return result
+                _COUNTS["ran"] += 1
+                result = fn(*args, **kwargs)
+                if digest:
+                    _keep(path, key_text, result)
             return result
 
         return wrapper  # type: ignore[return-value]

@@ -1,7 +1,10 @@
 """Writing files that another process may be reading: whole or not at all."""
 
+import contextlib
 import os
 import stat
+import threading
+import time
 
 import pytest
 
@@ -32,3 +35,57 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, mon
         paths.write_atomically(target, b"new")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.csv"]
+
+
+def _second_waits_for_first(enter_first, enter_second, target):
+    """Run two blocks in threads, the second started while the first holds its lock; the
+    first writes ``target`` after a pause.  Returns whether the second saw the file."""
+    holding, seen = threading.Event(), []
+
+    def first():
+        with enter_first():
+            holding.set()
+            time.sleep(0.3)
+            target.write_text("done")
+
+    def second():
+        holding.wait()
+        with enter_second():
+            seen.append(target.exists())
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return seen == [True]
+
+
+def test_exclusive_makes_a_second_holder_wait_for_the_first(tmp_path):
+    target = tmp_path / "entry.json"
+    assert _second_waits_for_first(
+        lambda: paths.exclusive(target), lambda: paths.exclusive(target), target
+    )
+    # the check can fail: without the lock the second does not wait
+    other = tmp_path / "other.json"
+    assert not _second_waits_for_first(
+        lambda: paths.exclusive(other), contextlib.nullcontext, other
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".entry.json.lock",
+        ".other.json.lock",
+        "entry.json",
+        "other.json",
+    ]
+
+
+def test_exclusive_runs_unlocked_where_no_lock_file_can_be_made(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(paths, "open", refuse, raising=False)
+    ran = []
+    with paths.exclusive(tmp_path / "entry.json"):
+        ran.append(True)
+    assert ran == [True]
+    assert list(tmp_path.iterdir()) == []

@@ -2,6 +2,8 @@
 
 import copy
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -81,21 +83,51 @@ def test_task_unknown_model_suggests_the_right_one():
 
 def test_train_dense_caches_by_configuration(digits_task, tmp_path):
     model, first = recipes.train_dense(digits_task, epochs=2, cache_dir=tmp_path)
-    files = list(tmp_path.iterdir())
+    files = list(tmp_path.glob("*.pt"))
     assert first["cached"] is False
-    assert len(files) == 1 and files[0].suffix == ".pt"
+    assert len(files) == 1
 
     again, second = recipes.train_dense(digits_task, epochs=2, cache_dir=tmp_path)
     assert second["cached"] is True
     assert _states_equal(model.state_dict(), again.state_dict())
     assert second["val_accuracy"] == first["val_accuracy"]
     assert second["test_accuracy"] == first["test_accuracy"]
-    assert list(tmp_path.iterdir()) == files
+    assert list(tmp_path.glob("*.pt")) == files
 
     # another number of epochs is another model, so another checkpoint
     _, third = recipes.train_dense(digits_task, epochs=1, cache_dir=tmp_path)
     assert third["cached"] is False
     assert len(list(tmp_path.glob("*.pt"))) == 2
+
+
+def test_two_processes_wanting_one_model_train_it_once(tmp_path):
+    # two notebooks of `make book` side by side: one trains, the other waits and loads
+    # (both start training at the same moment: each waits for a line on stdin once imported)
+    code = (
+        "import sys; from sparsity_lab import recipes; "
+        "t = recipes.task('lenet300', 'digits', seed=0); print('ready', flush=True); "
+        "sys.stdin.readline(); "
+        "_, info = recipes.train_dense(t, epochs=5, cache_dir=sys.argv[1], progress=False); "
+        "print(info['cached'], info['test_accuracy'])"
+    )
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    assert [run.stdout.readline() for run in runs] == ["ready\n"] * 2
+    for run in runs:
+        run.stdin.write("go\n")
+        run.stdin.flush()
+    outputs = [run.communicate(timeout=300)[0].split() for run in runs]
+    assert all(run.returncode == 0 for run in runs)
+    assert sorted(cached for cached, _ in outputs) == ["False", "True"]
+    assert outputs[0][1] == outputs[1][1]  # the same model
+    assert len(list(tmp_path.glob("*.pt"))) == 1
 
 
 def test_cache_key_covers_the_training_data(tmp_path):
@@ -142,7 +174,8 @@ def test_corrupt_checkpoint_is_retrained_and_replaced(digits_task, tmp_path):
     assert _states_equal(model.state_dict(), retrained.state_dict())
     # ... and the garbage is replaced by a checkpoint that loads
     assert _states_equal(torch.load(path, weights_only=True)["state"], retrained.state_dict())
-    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no .tmp left behind
+    # no .tmp left behind, only the checkpoint's lock file (see paths.exclusive)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{path.name}.lock", path.name]
     _, reloaded = recipes.train_dense(digits_task, epochs=2, cache_dir=tmp_path)
     assert reloaded["cached"] is True
 
@@ -160,7 +193,7 @@ def test_cache_dir_false_writes_nothing(digits_task, tmp_path, monkeypatch):
     # None means the default directory, which the environment variable moves
     assert recipes.default_cache_dir() == default
     recipes.train_dense(digits_task, epochs=1, cache_dir=None)
-    assert [p.suffix for p in default.iterdir()] == [".pt"]
+    assert sorted(p.suffix for p in default.iterdir()) == [".lock", ".pt"]
 
 
 # --- prune_and_finetune -------------------------------------------------------------------

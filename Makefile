@@ -47,10 +47,12 @@ install: $(INSTALLED) ## create .venv and install the pinned environment
 BOOK_BUDGET_S := 1200
 NOTEBOOK_BUDGET_S := 240
 BOOK_WORKERS ?= 2
-# The library's run cache (sparsity_lab.run_cache): the book trains every run afresh and
-# keeps it ("write": its pages show fresh runs, its times are those of training), and
-# JupyterLab reads those runs back ("1").  The tests and smoke runs leave it alone.
-BOOK_RUN_CACHE ?= write
+# The library's run cache (sparsity_lab.run_cache), read and written ("1") by the book and
+# JupyterLab: a notebook re-executed after an edit of its code, or two notebooks that want
+# the same run, read what was computed with the same library and data instead of training
+# again (each notebook's text says how many runs it read).  BOOK_RUN_CACHE=write trains
+# every run afresh.  The tests and smoke runs leave the cache alone.
+BOOK_RUN_CACHE ?= 1
 LAB_RUN_CACHE ?= 1
 book: $(INSTALLED) ## execute every notebook (full, re-using the cache) and build book/_build/html
 	@mkdir -p $(EXECUTED) && date +%s > $(EXECUTED)/.started

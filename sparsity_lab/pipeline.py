@@ -357,7 +357,7 @@ def execute(
     a warning: a shared machine's timings are too noisy to fail a build on, but the excess
     must be seen.  ``workers`` notebooks run side by side, each in a process of its own
     (papermill changes the working directory of the whole process) with its share of the
-    cores, started longest first by the times recorded last (:func:`longest_first`).  Wall
+    cores, started longest first by the times recorded (:func:`longest_first`).  Wall
     times are merged into ``out/timings.json``; results come in the notebooks'
     order.
     """
@@ -468,7 +468,7 @@ def _take_current_text(source: Path, entry: Path) -> bool:
 
 
 def recorded_seconds(path: Path, mode: str) -> dict[str, float]:
-    """The wall time each notebook took when it last ran in ``mode``, from a timings file
+    """The longest wall time each notebook took when it ran in ``mode``, from a timings file
     of :func:`execute` ({} when there is none or it cannot be read)."""
     try:
         recorded = json.loads(path.read_text()).get(mode, {})
@@ -478,7 +478,7 @@ def recorded_seconds(path: Path, mode: str) -> dict[str, float]:
 
 
 def longest_first(sources: Sequence[Path], recorded: dict[str, float]) -> list[Path]:
-    """``sources`` in the order to start them side by side: the longest as last recorded
+    """``sources`` in the order to start them side by side: the longest as recorded
     first, those never timed before all (in name order).  Started last, a long notebook
     would keep one worker busy alone while the others wait for the build to end."""
     return sorted(sources, key=lambda source: -recorded.get(source.stem, float("inf")))
@@ -568,14 +568,24 @@ def time_report(
 
 
 def _record_timings(path: Path, results: Sequence[Result], mode: str) -> None:
-    """Merge the wall times of this run into ``path`` (``{mode: {name: seconds}}``)."""
+    """Merge the wall times of this run into ``path`` (``{mode: {name: seconds}}``), each
+    notebook keeping the longest time recorded for it.
+
+    The longest, not the last: a notebook that read its runs back from the run cache
+    (:mod:`sparsity_lab.run_cache`) takes seconds, and would then be started last in a
+    build that trains them again.  Started first, a notebook that got faster only costs
+    its own (short) time early in the build.
+    """
     timings: dict[str, dict[str, float]] = {}
     if path.exists():
         with contextlib.suppress(ValueError):
             timings = json.loads(path.read_text())
     for result in results:
         if result.seconds is not None:
-            timings.setdefault(mode, {})[result.name] = result.seconds
+            recorded = timings.setdefault(mode, {})
+            before = recorded.get(result.name)
+            longest = before if isinstance(before, int | float) else 0.0
+            recorded[result.name] = max(longest, result.seconds)
     if timings:
         write_atomically(path, (json.dumps(timings, indent=2, sort_keys=True) + "\n").encode())
 

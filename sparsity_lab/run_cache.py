@@ -24,10 +24,12 @@ cached.  Code that patches the library while it runs is not seen either: switch 
 off (``SPARSITY_LAB_RUN_CACHE=0``) while you do that.
 
 ``$SPARSITY_LAB_RUN_CACHE`` sets the :func:`mode`: ``1`` reads results back and writes new
-ones (``make lab``); ``write`` always runs and writes what it computed (``make book``: the
-book shows fresh runs and its recorded times are those of training, and JupyterLab reads
-its runs back); anything else, or nothing, leaves the cache alone (the tests and the smoke
-runs of CI).  Results live as JSON under ``<default_cache_dir()>/runs`` and are written only
+ones (``make book`` and ``make lab``); ``write`` always runs and writes what it computed
+(``BOOK_RUN_CACHE=write make book``: every run trained afresh); anything else, or nothing,
+leaves the cache alone (the tests and the smoke runs of CI).  While a call computes a
+result, another process that wants the same one waits for it and reads it
+(:func:`sparsity_lab.paths.exclusive`), so two notebooks side by side never train one run
+twice.  Results live as JSON under ``<default_cache_dir()>/runs`` and are written only
 when they read back exactly (every number, type and table dtype), so a cached result
 equals the fresh one.  What a run measured of the machine, such as its seconds, is the
 first run's.  :func:`counts` says how many calls of this process were read back and how

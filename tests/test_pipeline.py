@@ -451,3 +451,18 @@ def test_figures_get_alt_text_from_their_section_and_their_titles():
         "Figure of the section 'Sweeps'",
         None,
     ]
+
+
+def test_each_notebook_keeps_its_longest_recorded_time(tmp_path):
+    # a notebook that read its runs back from the run cache is quick once, not in the next
+    # build that trains them again: it must still be started first
+    path = tmp_path / "timings.json"
+    result = pipeline.Result
+    pipeline._record_timings(path, [result("02j", "executed", 1090.0)], "full")
+    pipeline._record_timings(
+        path, [result("02j", "executed", 12.0), result("05a", "executed", 30.0)], "full"
+    )
+    pipeline._record_timings(path, [result("05a", "executed", 300.0)], "full")
+    pipeline._record_timings(path, [result("02j", "executed", 5.0)], "smoke")
+    assert pipeline.recorded_seconds(path, "full") == {"02j": 1090.0, "05a": 300.0}
+    assert pipeline.recorded_seconds(path, "smoke") == {"02j": 5.0}

@@ -385,7 +385,9 @@ def train_dense(
     "expected_test_accuracy", "flags"}``: the flags say when the model is below
     the accuracy its recipe is documented to reach (checked only when the task uses the
     default data and the recipe's settings, with :data:`SEED_TOLERANCE`).  ``cache_dir=None`` uses
-    :func:`default_cache_dir`; pass ``False`` to never cache.
+    :func:`default_cache_dir`; pass ``False`` to never cache.  A process that wants a
+    checkpoint another is training waits for it and loads it
+    (:func:`sparsity_lab.paths.exclusive`).
     """
     base = recipe_for(t.model_name, t.data_name)
     overrides = {"epochs": epochs, "lr": lr, "optimizer": optimizer}

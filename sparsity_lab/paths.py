@@ -56,22 +56,27 @@ def exclusive(path: str | os.PathLike) -> Iterator[None]:
     For a cache entry that is expensive to compute: the first process to want it computes
     it, the others wait here, then find the file written (look again inside the block
     before computing).  The lock is an ``flock`` on a hidden ``.<name>.lock`` file beside
-    ``path``, released by the kernel even when the process dies.  Where ``fcntl`` is missing
-    or the lock file cannot be made, the block runs unlocked: two processes may then both
-    compute the same entry, never a wrong one.
+    ``path``, released by the kernel even when the process dies.  Where ``fcntl`` is
+    missing, the lock file cannot be made or its file system refuses locks, the block runs
+    unlocked: two processes may then both compute the same entry, never a wrong one.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path.parent / f".{path.name}.lock", "a")
-    except OSError:  # a read-only directory: its reader cannot compute an entry twice anyway
+    except OSError:  # a read-only directory: nothing computed could be kept there anyway
         handle = None
     if fcntl is None or handle is None:
         yield
         return
     with handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            locked = True
+        except OSError:  # a file system without locks (some network mounts)
+            locked = False
         try:
             yield
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -14,7 +14,14 @@ round can hide part of a peak); the load average is recorded.
 Targets: each of our budgets at most torch's time (1.0x; the global budget is the one torch
 also has) and at most 3x the weights' bytes in extra memory.
 
+Context, without a target: the selection that methods re-selecting their masks at every
+step pay (Top-KAST, edge-popup, DPF; ``patterns.prune_lowest``) on one layer, against
+torch's own mask of the same count (``L1Unstructured.compute_mask``, a ``topk``), on one
+thread, at three layer sizes (LeNet-300-100's first layer among them): medians of
+``--selection-rounds`` interleaved rounds.
+
     python benchmarks/pruning_cost.py [--threads 2] [--sparsity 0.9] [--repeats 3]
+                                      [--selection-rounds 200]
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import time
+from functools import partial
 from pathlib import Path
 
 import run_info
@@ -58,11 +67,56 @@ def torchs(sparsity: float):
     return run
 
 
+#: Layer sizes for the per-step selection: a small layer, LeNet-300-100's first layer
+#: (300 x 784) and a 1024 x 1024 one.
+SELECTION_SIZES = [2**15, 300 * 784, 2**20]
+
+
+def selection_costs(sparsity: float, rounds: int) -> list[dict]:
+    """Per-call median seconds of our one-layer selection and torch's, interleaved, on
+    one thread; the two masks are checked to prune the same number of weights."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for n in SELECTION_SIZES:
+            scores = torch.randn(n, generator=torch.Generator().manual_seed(n)).abs()
+            n_prune = round(sparsity * n)
+            theirs = torch_prune.L1Unstructured(amount=n_prune)
+            default = torch.ones(n)
+            calls = {
+                "sparsity_lab prune_lowest": partial(sl.patterns.prune_lowest, scores, n_prune),
+                "torch L1Unstructured.compute_mask": partial(theirs.compute_mask, scores, default),
+            }
+            pruned = {name: int((call() == 0).sum()) for name, call in calls.items()}
+            assert set(pruned.values()) == {n_prune}, pruned
+            times: dict[str, list[float]] = {name: [] for name in calls}
+            for _ in range(rounds):
+                for name, call in calls.items():
+                    start = time.perf_counter()
+                    call()
+                    times[name].append(time.perf_counter() - start)
+            median = {name: statistics.median(t) for name, t in times.items()}
+            ours_s, torch_s = median.values()
+            rows.append({"weights": n, "seconds": median, "time_over_torch": ours_s / torch_s})
+            print(
+                f"selection over {n:>9,} weights: ours {1e3 * ours_s:.3f} ms, torch's "
+                f"{1e3 * torch_s:.3f} ms ({ours_s / torch_s:.2f}x)",
+                flush=True,
+            )
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    parser.add_argument(
+        "--selection-rounds", type=int, default=200, help="interleaved rounds per layer size"
+    )
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "pruning_cost.json")
     )
@@ -77,6 +131,7 @@ def main() -> None:
         "sparsity_lab lamp": ours("lamp", "global", args.sparsity),
     }
     load_before = os.getloadavg()
+    selection = selection_costs(args.sparsity, args.selection_rounds)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for round_ in range(args.repeats):
         for name, fn in variants.items():
@@ -126,6 +181,7 @@ def main() -> None:
         **run_info.machine(load_before),
         "results": rows,
         "target": "each budget <= 1.0x torch's time and <= 3x the weights in extra memory",
+        "per_step_selection": {"threads": 1, "rounds": args.selection_rounds, "sizes": selection},
     }
     run_info.write(report, args.out)
 

@@ -90,6 +90,39 @@ def test_training_flops_of_a_static_mask_by_hand():
     assert list(history["train_flops"]) == [3 * 2 * kept * 64, 3 * 2 * kept * 64 * 2]
 
 
+def test_training_flops_count_a_mask_again_after_every_change():
+    """The counter keeps each mask's count until the mask changes: in place (set_mask, a
+    state dict loaded), or replaced by another tensor.  Each of the four steps' FLOPs
+    follow that step's mask: 12 weights kept, then 3, 7 and 5."""
+
+    def first_row(n):
+        keep = torch.zeros(16, 12)
+        keep[0, :n] = 1
+        return keep
+
+    class Edit(sl.train.Callback):
+        def on_step_begin(self, trainer):
+            if trainer.step == 1:
+                sl.masks.set_mask(trainer.model, "0.weight", first_row(3))
+            elif trainer.step == 2:
+                state = trainer.model.state_dict()
+                state["0.parametrizations.weight.0.mask"].copy_(first_row(7))
+                trainer.model.load_state_dict(state)
+            elif trainer.step == 3:
+                trainer.model[0].parametrizations.weight[0].mask = first_row(5)
+
+    class Record(sl.train.Callback):
+        def on_step_end(self, trainer):
+            steps.append(flops.total - sum(steps))
+
+    m, steps = model(), []
+    sl.masks.attach(m, "0.weight", first_row(12))
+    flops = TrainingFlops(names=["0.weight"])
+    fit(m, loader(), epochs=1, callbacks=[Edit(), flops, Record()])
+    # a batch of 16; forward 2 FLOPs per kept weight and example, a step 3x that
+    assert [s / (3 * 2 * 16) for s in steps] == [12, 3, 7, 5]
+
+
 def test_static_sparse_mask_is_fixed_and_exact():
     m = model()
     method = StaticSparse(0.8, budget="erk")

@@ -284,6 +284,29 @@ def test_lowest_counts_split_what_a_stable_sort_of_the_concatenation_prunes(brac
     assert patterns_mod.lowest_counts([], 3) == []
 
 
+def test_prune_lowest_on_a_layer_sized_input_selects_what_a_stable_sort_selects():
+    """At a real layer's size the default path selects in a bracket (LeNet-300-100's first
+    layer: 235,200 weights): against the reference sort, on magnitudes with many ties
+    (rounded), zeros and -inf, at low, middle and high counts."""
+    n = 300 * 784
+    assert n > patterns_mod.BRACKETED_SELECTION  # the path the methods take every step
+    gen = torch.Generator().manual_seed(4)
+    scores = (torch.randn(n, generator=gen).abs() * 50).round()
+    scores[torch.rand(n, generator=gen) < 0.05] = -math.inf
+    for k in (1, n // 10, n // 2, 9 * n // 10, n - 3):
+        got = prune_lowest(scores, k)
+        assert torch.equal(got, prune_lowest_by_sorting(scores, k)), k
+        assert int((~got).sum()) == k
+
+
+def test_infinities_of_both_signs_are_not_taken_for_nan():
+    """The NaN check sums the scores first, and +inf plus -inf sums to NaN too."""
+    scores = torch.tensor([math.inf, -math.inf, 1.0, 2.0])
+    assert prune_lowest(scores, 2).tolist() == [True, False, False, True]
+    with pytest.raises(ValueError, match="NaN"):
+        prune_lowest(torch.tensor([math.inf, -math.inf, math.nan]), 1)
+
+
 def test_the_bracketed_kth_smallest_equals_kthvalue():
     """Against torch's kthvalue: ties, both infinities and both zeros at every k, with the
     default bracket and with none (margin 0, which often misses and falls back)."""
@@ -305,7 +328,7 @@ def test_the_bracketed_kth_smallest_equals_kthvalue():
 def test_a_misleading_sample_falls_back_to_the_full_selection(monkeypatch):
     """A strided sample that sees only the even positions: zeros there, ones elsewhere.
     The bracket [0, 0] cannot hold the 75th percentile, so the full kthvalue answers."""
-    n = 2**21  # the sample takes every second score
+    n = 2**21  # the sample takes every 32nd score: all at even positions
     x = torch.zeros(n)
     x[1::2] = 1.0
     calls = []

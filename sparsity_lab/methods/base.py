@@ -292,6 +292,19 @@ class TrainingFlops(Callback):
         self.total = 0.0
         self.epochs = 0
         self._positions: dict[str, int] | None = None
+        # each mask's nonzeros, with the mask and its version they were counted on: a
+        # count over a large mask at every step costs as much as a small layer's step
+        self._nonzeros: dict[str, tuple[torch.Tensor, int, int]] = {}
+
+    def _count_nonzeros(self, name: str, mask: torch.Tensor) -> int:
+        """``mask.count_nonzero()``, counted again only after the mask changed (in place,
+        which bumps its version, or replaced by another tensor)."""
+        seen = self._nonzeros.get(name)
+        if seen is not None and seen[0] is mask and seen[1] == mask._version:
+            return seen[2]
+        nnz = int(mask.count_nonzero())
+        self._nonzeros[name] = (mask, mask._version, nnz)
+        return nnz
 
     def on_after_backward(self, trainer: Trainer) -> None:
         model = trainer.model
@@ -304,7 +317,7 @@ class TrainingFlops(Callback):
             p = self._positions.get(n, 1)
             w = masks.weight(model, n)
             mask = masks.get_mask(model, n)
-            nnz = w.numel() if mask is None else int(mask.count_nonzero())
+            nnz = w.numel() if mask is None else self._count_nonzeros(n, mask)
             sparse += 2 * nnz * p
             dense += 2 * w.numel() * p
         per_example = (

@@ -33,6 +33,20 @@ def test_only_the_targeted_weights_drop_at_rate_alpha():
     assert torch.equal(m[0].weight, w)  # eval mode: the dense weight
 
 
+def test_a_large_layer_targets_the_same_weights_as_a_full_kthvalue():
+    """A layer above patterns.BRACKETED_SELECTION weights takes the bracketed threshold:
+    the targeted set is still the gamma lowest |w| (rounded to ties, which all go in)."""
+    from sparsity_lab.regularizers.dropout_based import TargetedDropoutMask
+
+    w = (torch.randn(300, 784, generator=torch.Generator().manual_seed(0)) * 40).round()
+    assert w.numel() > sl.patterns.BRACKETED_SELECTION
+    for gamma in (0.1, 0.5, 0.9):
+        k = round(gamma * w.numel())
+        expected = w**2 <= (w**2).flatten().kthvalue(k).values
+        got = TargetedDropoutMask(gamma, 0.5, sl.patterns.Unstructured()).targeted(w)
+        assert torch.equal(got, expected), gamma
+
+
 def test_unit_dropout_drops_whole_low_norm_units_and_prunes_them_at_the_end():
     m = mlp()
     reg = registry.get("targeted_dropout")(1.0, sparsity=0.4, pattern="channel")

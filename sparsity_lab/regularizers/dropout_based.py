@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..patterns import Pattern, count
+from ..patterns import Pattern, count, kth_smallest
 from ..registry import register
 from .base import Regularizer, reparametrize, unparametrize
 
@@ -24,15 +24,15 @@ class TargetedDropoutMask(nn.Module):
     def targeted(self, w: torch.Tensor) -> torch.Tensor:
         """Bool mask of the targeted (lowest-magnitude) groups, in ``w``'s shape.
 
-        A k-th value threshold instead of a full sort, since it runs at every step; with
-        tied magnitudes at the threshold all the ties are targeted.
+        A k-th value threshold (``patterns.kth_smallest``) instead of a full sort, since it
+        runs at every step; with tied magnitudes at the threshold all the ties are targeted.
         """
         shape = tuple(w.shape)
         norms = self.pattern._grouped(w.detach() ** 2).sum(dim=1)
         k = count(self.gamma, norms.numel())
         if k == 0:
             return torch.zeros(shape, dtype=torch.bool, device=w.device)
-        threshold = torch.kthvalue(norms, k).values
+        threshold = kth_smallest([norms], k)
         return self.pattern.expand(norms <= threshold, shape)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:

@@ -161,7 +161,8 @@ def _refuse_nan(scores: torch.Tensor) -> None:
 #: (:func:`kth_smallest_bracketed`).  It is faster there: on one CPU thread ``kthvalue``
 #: takes about 2.3 ms on the 235,200 weights of LeNet-300-100's first layer and the bracket
 #: 0.8 ms, which counts for methods that re-select their masks at every step (Top-KAST,
-#: edge-popup); below it ``kthvalue`` wins (``benchmarks/pruning_cost.py`` times both).
+#: edge-popup); below it ``kthvalue`` wins (``benchmarks/pruning_cost.py`` times the
+#: selection against torch's).
 #: And it uses less memory: ``kthvalue`` copies the scores and makes int64 indices (3x the
 #: float32 scores), and pruning a large model with one global threshold selects over every
 #: weight at once.

@@ -40,7 +40,7 @@ from sparsity_lab import masks, recipes
 SMOKE = False
 SEED = 0
 SEEDS = [0, 1, 2]
-SPARSITIES = [0.5, 0.75, 0.9, 0.95]
+SPARSITIES = [0.75, 0.95]
 PAI_MODELS = ["lenet300", "lenet5"]
 EPOCHS = None  # None: the recipe's epochs (recipes.RECIPES)
 N_TRAIN = None  # None: the recipe's data (4000 training images)

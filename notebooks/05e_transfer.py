@@ -39,6 +39,9 @@ SPARSITY = 0.9
 UPSTREAM_EPOCHS = {"lenet300": None, "cnn1d": None}  # None: the recipe's
 DOWNSTREAM_EPOCHS = 10
 VARIANT_SAMPLES = 2000
+# the sparse methods each model trains upstream (of transfer.UPSTREAM): all five on
+# LeNet-300-100; on the 1-D CNN, whose recipe trains 200 epochs, GMP, AC/DC and RigL
+UPSTREAM = {"lenet300": ["gmp", "acdc", "rigl", "imp", "l1"], "cnn1d": ["gmp", "acdc", "rigl"]}
 
 # %%
 if SMOKE:  # a quick pass through every cell, for CI
@@ -46,6 +49,10 @@ if SMOKE:  # a quick pass through every cell, for CI
     UPSTREAM_EPOCHS = {"lenet300": 2, "cnn1d": 3}
     DOWNSTREAM_EPOCHS = 1
     VARIANT_SAMPLES = 800
+    UPSTREAM = {
+        "lenet300": ["gmp", "acdc", "rigl", "imp", "l1"],
+        "cnn1d": ["gmp", "acdc", "rigl", "imp", "l1"],
+    }
 info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 
 # %% [markdown]
@@ -71,9 +78,10 @@ for name, b in downstream.items():
 
 # %% [markdown]
 # Upstream, each model trains densely (the recipe's dense model, `recipes.dense`) or with
-# one of five sparse methods towards SPARSITY: gradual magnitude pruning (GMP), AC/DC,
-# RigL (ERK budget), IMP (a dense training and two pruning rounds, rewinding to one epoch)
-# and an L1 regulariser whose strength is tuned towards the target.  Every method trains
+# sparse methods towards SPARSITY, those of `UPSTREAM` for each model (printed below) out of
+# five: gradual magnitude pruning (GMP), AC/DC, RigL (ERK budget), IMP (a dense training and
+# two pruning rounds, rewinding to one epoch) and an L1 regulariser whose strength is tuned
+# towards the target.  Every method trains
 # with the setting's recipe (optimizer, learning rate, batch size) for the same epoch
 # budget (IMP's three trainings take a third each, rounded down).  Downstream, each gets a
 # fresh head and trains for DOWNSTREAM_EPOCHS with the same recipe, either the head alone
@@ -81,6 +89,7 @@ for name, b in downstream.items():
 # The sparsity reported is the one each upstream model reached (`recipes.evaluate_run`).
 
 # %%
+print("sparse methods upstream:", "; ".join(f"{p}: {', '.join(m)}" for p, m in UPSTREAM.items()))
 rows = []
 upstream_models = {}  # seed SEED's upstream models by (pair, method), for the exercises
 for seed in SEEDS:
@@ -89,7 +98,7 @@ for seed in SEEDS:
         t, dense_model, dense_info = recipes.dense(
             model_name, data_name, seed, epochs=UPSTREAM_EPOCHS[model_name]
         )
-        for method in ["dense", *transfer.UPSTREAM]:
+        for method in ["dense", *UPSTREAM[model_name]]:
             if method == "dense":
                 up = dense_model
             else:
@@ -192,7 +201,7 @@ display(
 # in the panel's title).
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5), sharey=False)
 for ax, (pair, group) in zip(axes, trained.groupby("pair", sort=False), strict=True):
-    order = [m for m in ["dense", *transfer.UPSTREAM] if (pair, m) not in failed]
+    order = [m for m in ["dense", *UPSTREAM[pair]] if (pair, m) not in failed]
     left_out = [m for p, m in failed if p == pair]
     table = sl.stats.summarize(group, ["method", "mode"], "downstream")
     for i, mode in enumerate(transfer.MODES):
@@ -423,7 +432,7 @@ from sparsity_lab.methods.base import independent_copy
 
 LENET_RECIPE = recipes.recipe_for("lenet300", upstream_data["lenet300"])
 # the methods whose seed-SEED LeNet-300-100 trained upstream
-PROBED = [m for m in transfer.UPSTREAM if ("lenet300", m) not in failed]
+PROBED = [m for m in UPSTREAM["lenet300"] if ("lenet300", m) not in failed]
 
 
 def seed_runs(pair, mode):

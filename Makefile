@@ -24,7 +24,7 @@ SMOKE_BUDGET_S := 60
 # The steps of `make test` depend on each other's outputs: never run them side by side.
 .NOTPARALLEL:
 .DEFAULT_GOAL := help
-.PHONY: help install book test lint unit smoke nbval book-strict browser lab clean clean-all
+.PHONY: help install models book test lint unit smoke nbval book-strict browser lab clean clean-all
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -54,8 +54,15 @@ BOOK_WORKERS ?= 2
 # every run afresh.  The tests and smoke runs leave the cache alone.
 BOOK_RUN_CACHE ?= 1
 LAB_RUN_CACHE ?= 1
-book: $(INSTALLED) ## execute every notebook (full, re-using the cache) and build book/_build/html
+# The dense models the notebooks share (every recipe, seeds 0-2), trained side by side before
+# the notebooks run, so that none of them waits for models that others use too.
+models: $(INSTALLED) ## train the dense models every notebook shares (once; kept in the cache)
+	$(BIN)/python -m sparsity_lab.pipeline models --workers $(BOOK_WORKERS) \
+		--timings $(EXECUTED)/timings.json
+
+book: $(INSTALLED) ## train the shared dense models, execute every notebook (full, cached), build book/_build/html
 	@mkdir -p $(EXECUTED) && date +%s > $(EXECUTED)/.started
+	$(MAKE) --no-print-directory models
 	SPARSITY_LAB_RUN_CACHE=$(BOOK_RUN_CACHE) \
 	$(BIN)/python -m sparsity_lab.pipeline execute --notebooks $(NOTEBOOKS) --out $(EXECUTED) \
 		--workers $(BOOK_WORKERS) --budget-s $(NOTEBOOK_BUDGET_S) --total-budget-s $(BOOK_BUDGET_S)

@@ -58,7 +58,9 @@ info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 # the test accuracy it is expected to reach, a round figure at or below the mean over seeds
 # 0-2 that its `source` gives, and where it comes from.  Every notebook and benchmark gets
 # its dense model from `recipes.dense(...)`, which trains with the recipe once per process
-# and caches the checkpoint on disk.
+# and caches the checkpoint on disk.  `make models`, the first step of `make book`, trains
+# every recipe for seeds 0-2 that way, two side by side, so that no notebook waits for a
+# model the others use too; after it, the cell below loads them instead of training.
 
 # %%
 table = pd.DataFrame(recipes.recipes_table())

@@ -38,7 +38,7 @@ import pandas as pd
 
 import sparsity_lab as sl
 import sparsity_lab.regularizers
-from sparsity_lab import recipes, registry
+from sparsity_lab import recipes, registry, run_cache
 from sparsity_lab.regularizers import compare
 
 # %% tags=["parameters"]
@@ -47,6 +47,9 @@ SEED = 0
 SEEDS = [0, 1, 2]
 MODELS = ["lenet300", "lenet5"]
 EPOCHS = 8
+# 02j's fine-tuning: the budgets below are read before it, but with it the calls are 02j's
+# own, so the run cache computes each run once for both notebooks
+FINETUNE_EPOCHS = 2
 N_TRAIN = None  # None: the default MNIST split (4000 training images)
 
 # %%
@@ -54,10 +57,12 @@ if SMOKE:  # a quick pass through every cell, for CI
     SEEDS = [0, 1]
     MODELS = ["lenet300"]
     EPOCHS = 2
+    FINETUNE_EPOCHS = 0
     N_TRAIN = 500
-# one thread in smoke mode: CI may run notebooks side by side, and small models lose more
-# to thread contention than they gain from a second core
-info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1 if SMOKE else None)
+# one thread, as in 02j: notebooks run side by side in CI and `make book`, small models lose
+# more to thread contention than they gain from a second core, and the run cache's key
+# holds the thread count (torch's sums depend on it)
+info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 DATA_OPTIONS = {} if N_TRAIN is None else {"n_train": N_TRAIN}
 
 # %% [markdown]
@@ -184,8 +189,10 @@ sl.nb.md(
 
 # %%
 budget_rows, learned = [], ["str", "l0_hard_concrete", "variational_dropout"]
+runs_before = run_cache.counts()  # make book and make lab share these runs with 02j
 for model_name, method, seed in itertools.product(MODELS, learned, SEEDS):
-    r = compare.run(get_task(model_name, seed), method, 0.9, epochs=EPOCHS, finetune_epochs=0)
+    r = compare.run(get_task(model_name, seed), method, 0.9, epochs=EPOCHS,
+                    finetune_epochs=FINETUNE_EPOCHS)  # fmt: skip
     run = {"model": model_name, "method": method, "seed": seed}
     budget_rows += [
         {**run, "layer": layer, "sparsity": s, "reached": r["reached"]}
@@ -207,7 +214,12 @@ for (model_name, method), part in per_layer.groupby(["model", "method"], sort=Fa
         f"- {model_name}, {method}: reached {rule_reached[model_name, method]:.1%}; most pruned "
         f"{part.idxmax()} ({part.max():.1%}), least pruned {part.idxmin()} ({part.min():.1%})"
     )
-sl.nb.md("Per-layer sparsity under each method's own rule, mean over seeds:\n\n" + "\n".join(lines))
+cache_note = run_cache.summary(runs_before)
+sl.nb.md(
+    "Per-layer sparsity under each method's own rule, mean over seeds:\n\n"
+    + "\n".join(lines)
+    + (f"\n\n{cache_note}" if cache_note else "")
+)
 #: A rule that stopped further than this below the target left most of the pruning to the
 #: projection: its per-layer budget is not the method's own.
 NOT_A_TEST = 0.10

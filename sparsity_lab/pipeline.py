@@ -467,6 +467,10 @@ def _take_current_text(source: Path, entry: Path) -> bool:
     return True
 
 
+def _stem(source: Path) -> str:
+    return source.stem
+
+
 def recorded_seconds(path: Path, mode: str) -> dict[str, float]:
     """The longest wall time each notebook took when it ran in ``mode``, from a timings file
     of :func:`execute` ({} when there is none or it cannot be read)."""
@@ -477,11 +481,90 @@ def recorded_seconds(path: Path, mode: str) -> dict[str, float]:
     return {name: float(s) for name, s in recorded.items() if isinstance(s, int | float)}
 
 
-def longest_first(sources: Sequence[Path], recorded: dict[str, float]) -> list[Path]:
+def longest_first(
+    sources: Sequence[Any], recorded: dict[str, float], name: Callable[[Any], str] = _stem
+) -> list[Any]:
     """``sources`` in the order to start them side by side: the longest as recorded
-    first, those never timed before all (in name order).  Started last, a long notebook
-    would keep one worker busy alone while the others wait for the build to end."""
-    return sorted(sources, key=lambda source: -recorded.get(source.stem, float("inf")))
+    (under ``name(source)``, a notebook's stem by default) first, those never timed before
+    all (in their order).  Started last, a long job would keep one worker busy alone while
+    the others wait for the build to end."""
+    return sorted(sources, key=lambda source: -recorded.get(name(source), float("inf")))
+
+
+# --------------------------------------------------------------------------------------------
+# The dense models every notebook shares
+
+#: The seeds of the notebooks' full mode: :func:`train_dense_models` trains every recipe's
+#: dense model for each, the checkpoints the notebooks then load (00b trains the same ones).
+SHARED_SEEDS = (0, 1, 2)
+
+
+def _dense_name(job: tuple[str, str, int]) -> str:
+    model, data, seed = job
+    return f"{model}-{data}-seed{seed}"
+
+
+def _dense_job(model: str, data: str, seed: int, threads: int | None = None) -> tuple[bool, float]:
+    """``(loaded from the cache, wall seconds)`` of one ``recipes.dense`` call."""
+    import torch
+
+    from . import recipes
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    _, _, info = recipes.dense(model, data, seed)
+    return info["cached"], round(time.perf_counter() - start, 2)
+
+
+def train_dense_models(
+    seeds: Sequence[int] = SHARED_SEEDS,
+    *,
+    workers: int = 1,
+    timings: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Result]:
+    """Train every recipe's dense model for ``seeds`` into the checkpoint cache, or find it
+    there: what ``make models`` (and ``make book``, first) runs, so that no notebook pays
+    for the models the others share.
+
+    Exactly the calls of the notebooks (``recipes.dense(model, data, seed)``, one thread
+    each as ``make book`` gives a notebook), so a notebook loads these checkpoints and its
+    numbers are those it would have computed.  ``workers`` jobs run side by side, the
+    longest as recorded in ``timings`` (mode ``"models"``) first; a failed job does not stop
+    the others.  Returns one :class:`Result` per model, ``"cached"`` when it was loaded.
+    """
+    from . import recipes
+
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    jobs = [(m, d, int(s)) for (m, d) in recipes.RECIPES for s in seeds]
+    recorded = recorded_seconds(timings, "models") if timings is not None else {}
+    jobs = longest_first(jobs, recorded, name=_dense_name)
+
+    def settle(job: tuple[str, str, int], run: Callable[[], tuple[bool, float]]) -> Result:
+        try:
+            cached, seconds = run()
+        except Exception as error:  # one model's failure must not stop the others
+            log(f"{_dense_name(job)}: FAILED: {error}")
+            return Result(_dense_name(job), "failed", error=_describe(error))
+        done = "loaded from the checkpoint cache" if cached else "trained"
+        log(f"{_dense_name(job)}: {done} in {seconds:.1f} s")
+        return Result(_dense_name(job), "cached" if cached else "executed", seconds)
+
+    if workers == 1:
+        results = {job: settle(job, lambda job=job: _dense_job(*job)) for job in jobs}
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+            futures = {pool.submit(_dense_job, *job, threads): job for job in jobs}
+            results = {futures[f]: settle(futures[f], f.result) for f in as_completed(futures)}
+    ordered = [results[job] for job in jobs]
+    if timings is not None:
+        # a checkpoint's load time says nothing about its training: only trainings are kept
+        _record_timings(timings, [r for r in ordered if r.status == "executed"], "models")
+    return ordered
 
 
 def _timed_execution(
@@ -807,6 +890,22 @@ def methods_page(notebooks: Path = Path("notebooks")) -> str:
     return "\n".join(lines)
 
 
+def _report_models(workers: int, timings: Path) -> int:
+    """``make models``: train the shared dense models, then say what it took."""
+    started = time.perf_counter()
+    results = train_dense_models(workers=workers, timings=timings)
+    trained = [r for r in results if r.status == "executed"]
+    failed = [r for r in results if r.status == "failed"]
+    print(
+        f"dense models: {(time.perf_counter() - started) / 60:.1f} min of wall time; "
+        f"{len(trained)} of {len(results)} trained ({sum(r.seconds for r in trained) / 60:.1f} "
+        f"min summed), {len(results) - len(trained) - len(failed)} loaded from the cache"
+    )
+    for result in failed:
+        print(f"\n{result.name} failed:\n{result.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m sparsity_lab.pipeline``; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -824,6 +923,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--total-budget-s", type=float, help="judge the notebooks' summed time against this"
     )
     run.add_argument("--workers", type=int, default=1, help="notebooks run side by side")
+    models = commands.add_parser(
+        "models", help="train every recipe's dense model for the shared seeds (cached)"
+    )
+    models.add_argument("--workers", type=int, default=1, help="models trained side by side")
+    models.add_argument(
+        "--timings", type=Path, default=Path("book/notebooks") / TIMINGS_FILE,
+        help="where each model's training time is recorded (to start the longest first)",
+    )  # fmt: skip
     lint = commands.add_parser("check", help="check the notebook sources follow the rules")
     lint.add_argument("--notebooks", type=Path, default=Path("notebooks"))
     table = commands.add_parser("methods", help="write the book's methods-by-section page")
@@ -836,6 +943,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_atomically(args.out, methods_page(args.notebooks).encode())
             print(f"wrote {args.out}")
             return 0
+        if args.command == "models":
+            return _report_models(args.workers, args.timings)
         if args.command == "check":
             problems = check(args.notebooks)
             for name, found in problems.items():

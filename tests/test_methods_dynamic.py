@@ -28,6 +28,7 @@ from sparsity_lab.methods.dynamic import (
     RigL,
     StaticSparse,
     decayed_fraction,
+    grow_into,
     prune_and_grow,
 )
 from sparsity_lab.train import Callback, fit
@@ -146,6 +147,26 @@ def test_prune_and_grow_agrees_with_sorting(values):
         reference = prune_and_grow_by_sorting(mask, drop, grow, n_drop, n_grow)
         assert torch.equal(fast[0], reference[0]) and torch.equal(fast[1], reference[1])
         assert int(fast[1].sum()) == kept - n_drop + n_grow
+
+
+@pytest.mark.parametrize("values", [1000, 3])
+def test_deepr_step_is_prune_and_grow_of_its_dead_connections(values):
+    """DeepR drops exactly the connections that died and grows as many by its random
+    scores: ``grow_into(mask & ~died, ...)`` is ``prune_and_grow(mask, (~died).double(),
+    ...)``, since the dead ones are the only kept entries that score 0."""
+    g = torch.Generator().manual_seed(values)
+    for _ in range(20):
+        shape = (int(torch.randint(2, 40, (1,), generator=g)), 7)
+        mask = torch.rand(shape, generator=g) < 0.4
+        died = mask & (torch.rand(shape, generator=g) < 0.3)
+        free = torch.randint(0, values, shape, generator=g).double()  # few values: ties
+        k = int(died.sum())
+        after, final = prune_and_grow(mask, (~died).double(), free, k)
+        assert torch.equal(mask & ~died, after)
+        assert torch.equal(grow_into(mask & ~died, free, k), final)
+        assert torch.equal(final, prune_and_grow_by_sorting(mask, (~died).double(), free, k)[1])
+    with pytest.raises(ValueError, match="cannot grow"):
+        grow_into(torch.ones(3, dtype=torch.bool), torch.zeros(3), 1)
 
 
 def test_prune_and_grow_nan_ranks_as_a_sort_ranks_it():

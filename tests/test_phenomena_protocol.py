@@ -62,6 +62,39 @@ def test_ticket_rounds_follow_the_iterative_schedule_and_the_recipe(tiny):
     assert "flags" in table.columns
 
 
+def test_ticket_rounds_leave_the_networks_they_keep_unchanged(tiny):
+    """A subset of the networks, or the baselines in the last round only, trains fewer
+    networks; those it trains come out exactly as in the full call (each starts from the
+    task's seed alone).  The theta_0 line still trains, unreported, for the baselines."""
+    full = tickets.ticket_rounds(tiny, 0.75, rounds=2, epochs=1, dense_epochs=1)
+    columns = ["round", "network", "sparsity", "val_accuracy", "test_accuracy", "flags"]
+
+    def same_rows(part):
+        rows = full.merge(part[columns], on=["round", "network"], suffixes=("", "_part"))
+        assert len(rows) == len(part)
+        for c in columns[2:]:
+            assert (rows[c] == rows[f"{c}_part"]).all(), c
+
+    last = tickets.ticket_rounds(tiny, 0.75, rounds=2, epochs=1, dense_epochs=1, baselines="last")
+    assert set(last[last["round"] == 1]["network"]) == set(tickets.NETWORKS[:2])
+    assert set(last[last["round"] == 2]["network"]) == set(tickets.NETWORKS)
+    same_rows(last)
+    baselines = tickets.ticket_rounds(
+        tiny, 0.75, rounds=2, epochs=1, dense_epochs=1, networks=tickets.NETWORKS[2:]
+    )
+    assert set(baselines["network"]) == {"dense", *tickets.NETWORKS[2:]}
+    same_rows(baselines)
+    thetak = tickets.ticket_rounds(
+        tiny, 0.75, rounds=2, epochs=1, dense_epochs=1, networks=tickets.NETWORKS[1:2]
+    )
+    assert set(thetak["network"]) == {"dense", tickets.NETWORKS[1]}
+    same_rows(thetak)
+    with pytest.raises(ValueError, match="networks must be some of"):
+        tickets.ticket_rounds(tiny, 0.75, rounds=2, networks=["ticket"])
+    with pytest.raises(ValueError, match="baselines must be"):
+        tickets.ticket_rounds(tiny, 0.75, rounds=2, baselines="first")
+
+
 def test_shuffle_arms_start_rescaled_with_the_same_layer_counts(tiny):
     found = shuffle.masks_found(tiny, "snip", 0.8, "init")
     shuffled = recipes.random_like(found, tiny.seed)

@@ -466,3 +466,57 @@ def test_each_notebook_keeps_its_longest_recorded_time(tmp_path):
     pipeline._record_timings(path, [result("02j", "executed", 5.0)], "smoke")
     assert pipeline.recorded_seconds(path, "full") == {"02j": 1090.0, "05a": 300.0}
     assert pipeline.recorded_seconds(path, "smoke") == {"02j": 5.0}
+
+
+def test_the_shared_dense_models_are_the_notebooks_calls_longest_first(tmp_path, monkeypatch):
+    from sparsity_lab import recipes
+
+    settings = {("lenet300", "mnist"): None, ("cnn1d", "mnist1d"): None}
+    monkeypatch.setattr(recipes, "RECIPES", settings)
+    calls = []
+
+    def dense(*args, **options):
+        calls.append((args, options))
+        if args == ("cnn1d", "mnist1d", 1):
+            raise RuntimeError("out of memory")
+        return None, None, {"cached": args[2] == 0}
+
+    monkeypatch.setattr(recipes, "dense", dense)
+    timings = write(tmp_path, "timings.json", json.dumps({"models": {"cnn1d-mnist1d-seed0": 9}}))
+    lines = []
+    results = pipeline.train_dense_models((0, 1), timings=timings, log=lines.append)
+    # exactly what a notebook asks for: recipes.dense(model, data, seed), no options
+    assert all(options == {} for _, options in calls)
+    # never timed first (in recipe order), then the longest recorded
+    assert [args for args, _ in calls] == [
+        ("lenet300", "mnist", 0),
+        ("lenet300", "mnist", 1),
+        ("cnn1d", "mnist1d", 1),
+        ("cnn1d", "mnist1d", 0),
+    ]
+    status = {r.name: r.status for r in results}
+    assert status == {"lenet300-mnist-seed0": "cached", "lenet300-mnist-seed1": "executed",
+                      "cnn1d-mnist1d-seed1": "failed", "cnn1d-mnist1d-seed0": "cached"}  # fmt: skip
+    assert "out of memory" in next(r.error for r in results if r.status == "failed")
+    assert any("FAILED" in line for line in lines)
+    # only a training's time is recorded: a load says nothing about the next cold build
+    recorded = pipeline.recorded_seconds(timings, "models")
+    assert set(recorded) == {"cnn1d-mnist1d-seed0", "lenet300-mnist-seed1"}
+    assert recorded["cnn1d-mnist1d-seed0"] == 9
+    with pytest.raises(ValueError, match="workers"):
+        pipeline.train_dense_models(workers=0)
+
+
+def test_the_shared_dense_models_are_the_checkpoints_a_notebook_loads(tmp_path, monkeypatch):
+    from sparsity_lab import recipes
+
+    setting = ("lenet300", "digits")
+    monkeypatch.setattr(recipes, "RECIPES", {setting: recipes.RECIPES[setting]})
+    monkeypatch.setenv("SPARSITY_LAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(recipes, "_DENSE_MODELS", {})  # no model of this process's memory
+    first = pipeline.train_dense_models((0,), log=lambda _: None)
+    assert [r.status for r in first] == ["executed"]
+    assert len(list((tmp_path / "cache").glob("lenet300-digits-*.pt"))) == 1
+    monkeypatch.setattr(recipes, "_DENSE_MODELS", {})  # as in a notebook's fresh process
+    _, _, info = recipes.dense(*setting, 0)
+    assert info["cached"]

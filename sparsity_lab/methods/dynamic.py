@@ -103,12 +103,20 @@ def prune_and_grow(
     # NaN (a diverged run, flagged later) ranks above every score, as in torch's sort
     drop = torch.where(keep, _nan_as(drop_scores, math.inf), inf)
     after = keep & prune_lowest(drop, n_drop)
+    return after.reshape(mask.shape), grow_into(after.reshape(mask.shape), grow_scores, n_grow)
+
+
+def grow_into(kept: torch.Tensor, grow_scores: torch.Tensor, n_grow: int) -> torch.Tensor:
+    """The bool mask ``kept`` plus the ``n_grow`` entries it does not keep with the highest
+    ``grow_scores`` (ties to the lower index): the grow half of :func:`prune_and_grow`, for
+    a method that knows which entries it drops without ranking them (DeepR)."""
+    after = kept.flatten()
     if n_grow > int((~after).sum()):
         raise ValueError(f"cannot grow {n_grow} entries: only {int((~after).sum())} are free")
+    inf = torch.tensor(math.inf, dtype=torch.float64, device=after.device)
     # the highest grow scores, lower index first, are the lowest of their negation
     grow = torch.where(after, inf, -_nan_as(grow_scores, math.inf))
-    final = after | ~prune_lowest(grow, n_grow)
-    return after.reshape(mask.shape), final.reshape(mask.shape)
+    return (after | ~prune_lowest(grow, n_grow)).reshape(kept.shape)
 
 
 def _nan_as(scores: torch.Tensor, value: float) -> torch.Tensor:
@@ -633,7 +641,10 @@ class DeepR(StaticSparse):
                 if k == 0:
                     continue
                 free = torch.rand(w.shape, generator=self._generator, dtype=torch.float64)
-                dormant[n], final[n] = prune_and_grow(mask, (~died).double(), free, k)
+                # what prune_and_grow(mask, (~died).double(), free, k) returns: the k kept
+                # entries that score 0 are exactly the dead ones, so no ranking is needed
+                dormant[n] = mask & ~died
+                final[n] = grow_into(dormant[n], free, k)
                 born = final[n] & ~dormant[n]
                 coin = torch.randint(0, 2, w.shape, generator=self._generator).to(w) * 2 - 1
                 sign[born] = coin[born]

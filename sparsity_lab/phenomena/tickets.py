@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -94,6 +95,8 @@ def ticket_rounds(
     epochs: int | None = None,
     dense_epochs: int | None = None,
     rewind_step: int | None = None,
+    networks: Sequence[str] = NETWORKS,
+    baselines: str = "every",
 ) -> pd.DataFrame:
     """Iterative magnitude pruning from the recipe's dense model, rewinding to ``theta_0``
     and to ``theta_k``, with both baselines in every round.
@@ -107,16 +110,33 @@ def ticket_rounds(
     :func:`~sparsity_lab.recipes.sparse_start`.  ``rewind_step`` (``k``) defaults to one
     epoch of steps; the ``theta_k`` ticket starts from those weights as they are.
 
+    ``networks`` (some of :data:`NETWORKS`) are the ones trained and reported; the
+    ``theta_0`` line also trains, unreported, when only a baseline asks for its mask.
+    ``baselines="last"`` trains the two baselines in the last round only (an experiment that
+    compares the rounds' end points saves a third of the trainings).  Each network's
+    initialisation and batch order come from the task's seed alone, so leaving some out
+    leaves the others' results unchanged.
+
     Returns a long table: ``round, sparsity, network, val_accuracy, test_accuracy,
     flags`` (round 0 is the network ``"dense"``).  When :mod:`sparsity_lab.run_cache` reads,
     a table that was computed before is read back from disk.
     """
+    unknown = [n for n in networks if n not in NETWORKS]
+    if unknown or not networks:
+        raise ValueError(f"networks must be some of {NETWORKS}, got {tuple(networks)}")
+    if baselines not in ("every", "last"):
+        raise ValueError(f"baselines must be 'every' or 'last', got {baselines!r}")
+    wanted = set(networks)
+    lines = [n for n in NETWORKS[:2] if n in wanted]  # the two IMP lines that train
+    if wanted & set(NETWORKS[2:]) and NETWORKS[0] not in lines:
+        lines.insert(0, NETWORKS[0])  # the baselines take the theta_0 line's mask
     _, dense, info = recipes.dense(
         t.model_name, t.data_name, t.seed, epochs=dense_epochs, **t.options
     )
     recipe = info["recipe"]
-    k = len(t.loaders(recipe.batch_size)[0]) if rewind_step is None else rewind_step
-    theta_k = weights_at_step(t, k, recipe)
+    if NETWORKS[1] in lines:
+        k = len(t.loaders(recipe.batch_size)[0]) if rewind_step is None else rewind_step
+        theta_k = weights_at_step(t, k, recipe)
     dense_test = recipes.evaluate_run(dense, t)
     rows = [
         {
@@ -132,7 +152,7 @@ def ticket_rounds(
     for r in range(1, rounds + 1):
         s = iterative(r - 1, sparsity, 0, rounds, frequency=1)
         arms = {}
-        for network in NETWORKS[:2]:
+        for network in lines:
             found = _found(trained[network], s)
             if network == NETWORKS[0]:
                 model = recipes.sparse_start(t.build(), found)
@@ -143,16 +163,19 @@ def ticket_rounds(
                 for name, keep in found.items():
                     masks.attach(model, name, keep)
             arms[network] = model
-        other = dataclasses.replace(t, seed=t.seed + 1000 * r + 1)  # only for fresh weights
-        arms[NETWORKS[2]] = recipes.sparse_start(other.build(), theta0_mask)
-        arms[NETWORKS[3]] = recipes.sparse_start(
-            t.build(), recipes.random_like(theta0_mask, seed=t.seed + 1000 * r)
-        )
+        if baselines == "every" or r == rounds:
+            other = dataclasses.replace(t, seed=t.seed + 1000 * r + 1)  # only for fresh weights
+            if NETWORKS[2] in wanted:
+                arms[NETWORKS[2]] = recipes.sparse_start(other.build(), theta0_mask)
+            if NETWORKS[3] in wanted:
+                arms[NETWORKS[3]] = recipes.sparse_start(
+                    t.build(), recipes.random_like(theta0_mask, seed=t.seed + 1000 * r)
+                )
         for network, model in arms.items():
-            rows.append(
-                {"round": r, "sparsity": s, "network": network} | _run(model, t, s, epochs, recipe)
-            )
+            result = _run(model, t, s, epochs, recipe)
             trained[network] = model
+            if network in wanted:
+                rows.append({"round": r, "sparsity": s, "network": network} | result)
     return pd.DataFrame(rows)
 
 

@@ -59,7 +59,7 @@ info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 # 0-2 that its `source` gives, and where it comes from.  Every notebook and benchmark gets
 # its dense model from `recipes.dense(...)`, which trains with the recipe once per process
 # and caches the checkpoint on disk.  `make models`, the first step of `make book`, trains
-# every recipe for seeds 0-2 that way, two side by side, so that no notebook waits for a
+# every recipe for seeds 0-2 that way, side by side, so that no notebook waits for a
 # model the others use too; after it, the cell below loads them instead of training.
 
 # %%

@@ -699,8 +699,8 @@ check_3(solution_3, solution=True)
 # `SEED`), with more rounds so that each round prunes about as much as here: `rounds_98 =
 # round(IMP_ROUNDS * math.log(0.02) / math.log(1 - TARGET))` rounds of
 # `tickets.ticket_rounds(t, 0.98, rounds=rounds_98, epochs=EPOCHS, dense_epochs=EPOCHS)`,
-# with `t = recipes.task("lenet300", DATA, seed=SEED)` (add `networks=tickets.NETWORKS[2:],
-# baselines="last"` to train only what the question needs).  At the last round, what is the
+# with `t = recipes.task("lenet300", DATA, seed=SEED)` (`networks=tickets.NETWORKS[2:]`
+# leaves out the θk ticket, which the question does not need).  At the last round, what is the
 # random mask's test accuracy minus the re-initialised network's, in points?  One decimal.
 # Which baseline collapses first, and why?
 

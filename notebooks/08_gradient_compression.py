@@ -39,7 +39,7 @@ from sparsity_lab.ephemeral import gradients as G
 SMOKE = False
 SEED = 0
 SEEDS = [0, 1, 2]
-EPOCHS = 20  # half the LeNet-300-100 recipe's 40; None: all of them
+EPOCHS = 20  # fewer than the LeNet-300-100 recipe's; None: as many
 WORKERS = 2
 SPARSITIES = [0.99, 0.999]
 OTHERS = True
@@ -217,8 +217,8 @@ sl.nb.explore(draw_feedback, sparsity=[0.9, 0.99, 0.999])
 # worker's count, and random-k sends no indices (the workers share them).  The loop is its
 # own, but with LeNet-300-100's recipe: its learning rate, momentum and global batch (split
 # over the workers), at a constant learning rate (the DDP loop has no cosine schedule), for
-# `EPOCHS` epochs, half the recipe's in the full run (every comparison below is between
-# runs of this loop).
+# `EPOCHS` epochs, fewer than the recipe's in the full run (the text below gives both;
+# every comparison below is between runs of this loop).
 # DGC applies momentum itself, so it runs with plain SGD.
 
 # %%

@@ -504,14 +504,15 @@ def _dense_name(job: tuple[str, str, int]) -> str:
     return f"{model}-{data}-seed{seed}"
 
 
-def _dense_job(model: str, data: str, seed: int, threads: int | None = None) -> tuple[bool, float]:
-    """``(loaded from the cache, wall seconds)`` of one ``recipes.dense`` call."""
+def _dense_job(model: str, data: str, seed: int, threads: int = 1) -> tuple[bool, float]:
+    """``(loaded from the cache, wall seconds)`` of one ``recipes.dense`` call on
+    ``threads`` threads: one, as every notebook trains (``sl.nb.setup(threads=1)``), since
+    torch's sums depend on the thread count and the checkpoint's key does not hold it."""
     import torch
 
     from . import recipes
 
-    if threads is not None:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     start = time.perf_counter()
     _, _, info = recipes.dense(model, data, seed)
     return info["cached"], round(time.perf_counter() - start, 2)
@@ -555,10 +556,9 @@ def train_dense_models(
     if workers == 1:
         results = {job: settle(job, lambda job=job: _dense_job(*job)) for job in jobs}
     else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
-            futures = {pool.submit(_dense_job, *job, threads): job for job in jobs}
+            futures = {pool.submit(_dense_job, *job): job for job in jobs}
             results = {futures[f]: settle(futures[f], f.result) for f in as_completed(futures)}
     ordered = [results[job] for job in jobs]
     if timings is not None:

@@ -468,8 +468,15 @@ def test_each_notebook_keeps_its_longest_recorded_time(tmp_path):
     assert pipeline.recorded_seconds(path, "smoke") == {"02j": 5.0}
 
 
-def test_the_shared_dense_models_are_the_notebooks_calls_longest_first(tmp_path, monkeypatch):
+def test_the_shared_dense_models_are_the_notebooks_calls_longest_first(
+    tmp_path, monkeypatch, request
+):
+    import torch
+
     from sparsity_lab import recipes
+
+    request.addfinalizer(functools.partial(torch.set_num_threads, torch.get_num_threads()))
+    torch.set_num_threads(2)  # a process with more threads: each training still gets one
 
     settings = {("lenet300", "mnist"): None, ("cnn1d", "mnist1d"): None}
     monkeypatch.setattr(recipes, "RECIPES", settings)
@@ -477,6 +484,8 @@ def test_the_shared_dense_models_are_the_notebooks_calls_longest_first(tmp_path,
 
     def dense(*args, **options):
         calls.append((args, options))
+        # one thread, as every notebook trains: torch's sums depend on the thread count
+        assert torch.get_num_threads() == 1
         if args == ("cnn1d", "mnist1d", 1):
             raise RuntimeError("out of memory")
         return None, None, {"cached": args[2] == 0}

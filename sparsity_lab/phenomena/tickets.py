@@ -99,7 +99,7 @@ def ticket_rounds(
     baselines: str = "every",
 ) -> pd.DataFrame:
     """Iterative magnitude pruning from the recipe's dense model, rewinding to ``theta_0``
-    and to ``theta_k``, with both baselines in every round.
+    and to ``theta_k``, with both baselines (by default in every round).
 
     Round 0 is :func:`sparsity_lab.recipes.dense` (``dense_epochs`` overrides the recipe's
     epochs, a smoke run).  Round ``r`` prunes the previous round's trained network by
@@ -112,8 +112,8 @@ def ticket_rounds(
 
     ``networks`` (some of :data:`NETWORKS`) are the ones trained and reported; the
     ``theta_0`` line also trains, unreported, when only a baseline asks for its mask.
-    ``baselines="last"`` trains the two baselines in the last round only (an experiment that
-    compares the rounds' end points saves a third of the trainings).  Each network's
+    ``baselines="last"`` trains the two baselines in the last round only, for an experiment
+    that compares the networks where the rounds end.  Each network's
     initialisation and batch order come from the task's seed alone, so leaving some out
     leaves the others' results unchanged.
 

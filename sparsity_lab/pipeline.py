@@ -529,8 +529,8 @@ def train_dense_models(
     there: what ``make models`` (and ``make book``, first) runs, so that no notebook pays
     for the models the others share.
 
-    Exactly the calls of the notebooks (``recipes.dense(model, data, seed)``, one thread
-    each as ``make book`` gives a notebook), so a notebook loads these checkpoints and its
+    Exactly the calls of the notebooks (``recipes.dense(model, data, seed)``, on one thread
+    as the notebooks train), so a notebook loads these checkpoints and its
     numbers are those it would have computed.  ``workers`` jobs run side by side, the
     longest as recorded in ``timings`` (mode ``"models"``) first; a failed job does not stop
     the others.  Returns one :class:`Result` per model, ``"cached"`` when it was loaded.

@@ -46,6 +46,7 @@ _LAZY = (
     "nb",
     "phenomena",
     "pipeline",
+    "pooling",
     "quantization",
     "recipes",
     "regularizers",

@@ -26,6 +26,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from . import pooling
 from .shrink import _set_module
 
 _PLAIN_CONVS = (nn.Conv1d, nn.Conv2d)
@@ -99,8 +100,7 @@ class StridedMaxPool2d(nn.MaxPool2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 2 or x.shape[-2] % 2:
             return super().forward(x)
-        top = torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2])
-        return torch.maximum(top, torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+        return pooling.strided_maximum(x)[0]
 
 
 def _im2col_fits(conv: nn.Module) -> bool:
@@ -115,7 +115,7 @@ def _im2col_fits(conv: nn.Module) -> bool:
 
 def _strided_fits(pool: nn.Module) -> bool:
     return (
-        type(pool) is nn.MaxPool2d
+        type(pool) in (nn.MaxPool2d, pooling.MaxPool2x2)  # the latter switches by size
         and _pair(pool.kernel_size) == (2, 2)
         and _pair(pool.stride) == (2, 2)
         and _pair(pool.padding) == (0, 0)

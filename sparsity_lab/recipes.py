@@ -285,6 +285,7 @@ def _fingerprint(dataset: TensorDataset) -> str:
 #: The library modules a dense model's training runs through, hashed whole.
 DENSE_TRAINING_MODULES = (
     "models.py",
+    "pooling.py",  # LeNet-5's max-pool
     "train.py",
     "modes.py",
     "data.py",

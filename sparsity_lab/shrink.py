@@ -76,6 +76,7 @@ from torch.nn.utils import parametrize
 
 from . import criteria, masks, models, selection
 from .patterns import Unstructured, check_sparsity, per_element, reduce_groups
+from .pooling import max_pool_2x2
 
 __all__ = [
     "Space",
@@ -362,6 +363,7 @@ _PER_CHANNEL_FUNCTIONS = {
     F.relu, torch.relu, F.gelu, F.silu, F.leaky_relu, F.elu, torch.sigmoid, torch.tanh,
     F.dropout, F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+    max_pool_2x2,
 }  # fmt: skip
 _PER_CHANNEL_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "relu_"}
 

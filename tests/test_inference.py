@@ -116,7 +116,7 @@ def test_kernels_are_swapped_only_when_the_alternative_is_faster_by_the_margin()
     assert {n: c["kernel"] for n, c in chosen.items()} == dict.fromkeys(
         ["conv1", "conv2", "pool"], "default"
     )
-    assert type(kept.conv1) is nn.Conv2d and type(kept.pool) is nn.MaxPool2d
+    assert type(kept.conv1) is nn.Conv2d and type(kept.pool) is sl.pooling.MaxPool2x2
     chosen = inference.choose_kernels(model, x, fixed_timer(0.5), margin=0.9)
     assert [c["kernel"] for c in chosen.values()] == ["im2col", "im2col", "strided_max"]
     assert chosen["conv1"]["alternative_s"] == 0.5

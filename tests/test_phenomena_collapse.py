@@ -1,11 +1,13 @@
 """Layer collapse: the path-count detector against brute-force path enumeration."""
 
+import copy
 import itertools
 
 import pytest
 import torch
 from torch import nn
 
+import sparsity_lab as sl
 from sparsity_lab import masks
 from sparsity_lab.phenomena import collapse
 
@@ -115,3 +117,13 @@ def test_synflow_avoids_collapse_where_global_magnitude_collapses():
         summaries[method] = collapse.collapse_summary(model)
     assert summaries["magnitude"]["disconnected"]
     assert not summaries["synflow"]["disconnected"]
+
+
+def test_lenet5s_fast_pool_is_averaged_like_torchs():
+    model = sl.models.build("lenet5", input_shape=(1, 8, 8), n_classes=3)
+    twin = copy.deepcopy(model)
+    twin.pool = nn.MaxPool2d(2, ceil_mode=True)
+    (total, through), (total_twin, through_twin) = map(collapse.path_counts, (model, twin))
+    assert total == total_twin > 0
+    assert all(torch.equal(through[k], through_twin[k]) for k in through_twin)
+    assert (through["conv1.weight"] > 0).all()  # a max would leave most weights off every path

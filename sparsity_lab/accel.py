@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused, inference, masks, models
+from . import fused, inference, masks, models, pooling
 from . import shrink as shrink_mod
 from .formats import BSR, CSR, Encoded, NMFormat
 from .modes import evaluating
@@ -774,7 +774,7 @@ def safe_classes() -> list[Any]:
             if isinstance(value, type) and issubclass(value, nn.Module):
                 found.append(value)
     found += [_SparseWeight, SparseLinear, SparseConv, SemiStructuredLinear]
-    found += [inference.Im2colConv2d, inference.StridedMaxPool2d]
+    found += [inference.Im2colConv2d, inference.StridedMaxPool2d, pooling.MaxPool2x2]
     found.append(fused.FusedSparseChain)
     return found
 

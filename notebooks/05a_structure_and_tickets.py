@@ -196,7 +196,9 @@ sl.nb.md(sl.claims.report([early_verdict]))
 #
 # The same tracker works for any structure; here the head-importance scores of Michel et
 # al. (2019), computed on a validation batch, on the tiny transformer trained by its
-# recipe for next-character prediction (`"chars"`, the same loop as `recipes.dense`).
+# recipe for next-character prediction (`"chars"`).  The model is `recipes.dense`'s own,
+# which keeps the weights it had after every epoch of its training (`info["epoch_states"]`),
+# so the tracker replays them (`MaskTracker.replay`) instead of training it again.
 # Is the set of heads worth keeping decided early too?  Each seed's trained model is
 # pruned, without fine-tuning, to the heads the mask after epoch 1 keeps and to those the
 # final mask keeps; held-out accuracy and perplexity compare the two.
@@ -204,12 +206,12 @@ sl.nb.md(sl.claims.report([early_verdict]))
 # %%
 head_runs, head_curves = [], []
 for seed in SEEDS:
-    ht = recipes.task("tiny_transformer", "chars", seed=seed, **CHAR_OPTIONS)
+    ht, model, head_info = recipes.dense(
+        "tiny_transformer", "chars", seed, epochs=HEAD_EPOCHS, **CHAR_OPTIONS
+    )
     head_tracker = structure.MaskTracker(
         {"heads": structure.head_selector(tuple(next(iter(ht.loaders()[1]))), HEAD_SPARSITY)}
-    )
-    model = ht.build()
-    structure.fit_recipe(model, ht, epochs=HEAD_EPOCHS, callbacks=[head_tracker])
+    ).replay(model, head_info["epoch_states"])
     head_curves.append(head_tracker.table().assign(seed=seed))
     records = head_tracker.records["heads"]
     arms = {"all heads": None, "epoch-1 mask": records[1], "final mask": records[-1]}

@@ -47,6 +47,7 @@ from . import flags as flags_mod
 from . import masks
 from . import models as models_mod
 from .accounting import report
+from .callbacks import Callback
 from .criteria.at_init import rescale_fan_in, shuffle_masks
 from .modes import evaluating
 from .paths import default_cache_dir, exclusive, write_atomically
@@ -354,6 +355,44 @@ def _save_checkpoint(model: nn.Module, path: Path) -> None:
     write_atomically(path, buffer.getvalue())
 
 
+#: Settings whose dense training also keeps the weights it had at initialisation and after
+#: every epoch (``info["epoch_states"]``), for experiments that ask when something the
+#: trained network shows was decided: 05a reads them instead of training the model again.
+EPOCH_STATES = {("tiny_transformer", "chars")}
+
+
+class _EpochStates(Callback):
+    """Copies the weights at the start of training and at the end of every epoch."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def _keep(self, trainer: Any) -> None:
+        self.states.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+
+    on_train_begin = on_epoch_end = _keep
+
+
+def _epochs_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}-epochs.pt")
+
+
+def _load_epoch_states(path: Path) -> list[dict[str, torch.Tensor]]:
+    """The epoch states written beside a checkpoint, or an error saying why not."""
+    record = torch.load(path, weights_only=True)
+    if not isinstance(record, dict) or set(record) != {"states", "digests"}:
+        raise ValueError("not a file of epoch states of this library")
+    if [_state_digest(s) for s in record["states"]] != record["digests"]:
+        raise ValueError("its contents do not match their digests (a damaged file)")
+    return record["states"]
+
+
+def _save_epoch_states(states: list[dict[str, torch.Tensor]], path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save({"states": states, "digests": [_state_digest(s) for s in states]}, buffer)
+    write_atomically(path, buffer.getvalue())
+
+
 def _writable_cache(directory: Path) -> None:
     """Create ``directory`` and check it takes files, before any training is spent."""
     try:
@@ -383,7 +422,9 @@ def train_dense(
     epochs); ``recipe`` replaces it whole (a tuning sweep tries candidates this way).
 
     Returns the model and ``{"val_accuracy", "test_accuracy", "cached", "recipe",
-    "expected_test_accuracy", "flags"}``: the flags say when the model is below
+    "expected_test_accuracy", "flags"}``, and for a setting of :data:`EPOCH_STATES`
+    ``"epoch_states"`` (the state dicts at initialisation and after each epoch, kept beside
+    the checkpoint; read them, do not change them): the flags say when the model is below
     the accuracy its recipe is documented to reach (checked only when the task uses the
     default data and the recipe's settings, with :data:`SEED_TOLERANCE`).  ``cache_dir=None`` uses
     :func:`default_cache_dir`; pass ``False`` to never cache.  A process that wants a
@@ -420,30 +461,39 @@ def train_dense(
     def build() -> nn.Module:
         return t.build(**recipe.model_options)
 
-    def cached_model() -> nn.Module | None:
-        if path is None or not path.exists():
+    def cached(load: Any, file: Path | None) -> Any:
+        if file is None or not file.exists():
             return None
         try:
-            return _load_checkpoint(path, build)
+            return load(file)
         except Exception as err:  # a damaged, foreign or stale file: retrain from scratch
-            warnings.warn(f"ignoring unreadable checkpoint {path}: {err}; retraining", stacklevel=2)
+            warnings.warn(f"ignoring unreadable checkpoint {file}: {err}; retraining", stacklevel=2)
             return None
 
+    keep_epochs = (t.model_name, t.data_name) in EPOCH_STATES
+    epochs_path = _epochs_path(path) if keep_epochs and path is not None else None
     train, val, test = t.loaders(recipe.batch_size)
     # Two notebooks of `make book` that want the same model at once: one trains it, the
     # other waits for its checkpoint instead of training it a second time.
     with exclusive(path) if path is not None else contextlib.nullcontext():
-        model = cached_model()
-        cached = model is not None
-        if model is None:
+        model = cached(lambda file: _load_checkpoint(file, build), path)
+        states = cached(_load_epoch_states, epochs_path) if keep_epochs else None
+        was_cached = model is not None and (states is not None or not keep_epochs)
+        if not was_cached:
             model = build()  # a fresh model: nothing of a bad file can leak into it
-            fit(model, train, val, seed=t.seed, progress=progress, **recipe.training())
+            # copying the weights changes no number the training computes (a test checks it)
+            recorder = [_EpochStates()] if keep_epochs else []
+            fit(model, train, val, seed=t.seed, progress=progress, callbacks=recorder,
+                **recipe.training())  # fmt: skip
+            states = recorder[0].states if keep_epochs else None
             if path is not None:
                 _save_checkpoint(model, path)
+                if epochs_path is not None:
+                    _save_epoch_states(states, epochs_path)
     info = {
         "val_accuracy": evaluate(model, val)["accuracy"],
         "test_accuracy": evaluate(model, test)["accuracy"],
-        "cached": cached,
+        "cached": was_cached,
         "recipe": recipe,
         "expected_test_accuracy": base.expected_test_accuracy,
     }
@@ -455,6 +505,8 @@ def train_dense(
             dense_tolerance=SEED_TOLERANCE,
         )
     )
+    if keep_epochs:
+        info["epoch_states"] = states
     return model, info
 
 

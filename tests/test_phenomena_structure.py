@@ -1,5 +1,7 @@
 """Early structure adaptation: IoU, Hamming, the early-bird rule and the mask tracker."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -93,3 +95,23 @@ def test_head_selector_drops_the_least_important_heads():
     keep = structure.head_selector(batch, 0.25)(model)
     total = sum(k.numel() for k in keep.values())
     assert sum(int(k.sum()) for k in keep.values()) == total - round(0.25 * total)
+
+
+@pytest.mark.parametrize("at_init", [True, False])
+def test_replay_records_what_watching_the_training_records(at_init):
+    from sparsity_lab.recipes import _EpochStates
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    selectors = {"mag": structure.criterion_selector("magnitude", 0.5)}
+    watching, states = structure.MaskTracker(selectors, at_init=at_init), _EpochStates()
+    fit(model, loader, epochs=3, lr=0.1, callbacks=[watching, states], progress=False)
+    before = copy.deepcopy(model.state_dict())
+    replayed = structure.MaskTracker(selectors, at_init=at_init).replay(model, states.states)
+    assert replayed.epochs == watching.epochs == [0, 1, 2, 3][0 if at_init else 1 :]
+    for mine, theirs in zip(replayed.records["mag"], watching.records["mag"], strict=True):
+        assert mine.keys() == theirs.keys()
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # unchanged

@@ -572,3 +572,31 @@ def test_pruned_after_training_adds_the_dense_training_to_the_fine_tuning(digits
         "training_flops": pytest.approx(3 * 2 * n * (3 * LENET300_DIGITS_WEIGHTS + KEPT_AT_80)),
         "flags": by_hand["flags"],
     }
+
+
+def test_epoch_states_are_kept_beside_the_checkpoint_and_change_no_weight(
+    digits_task, tmp_path, monkeypatch
+):
+    trained, info = recipes.train_dense(digits_task, epochs=2, cache_dir=False)
+    assert "epoch_states" not in info  # only the settings of EPOCH_STATES keep them
+    monkeypatch.setattr(recipes, "EPOCH_STATES", {("lenet300", "digits")})
+    model, first = recipes.train_dense(digits_task, epochs=2, cache_dir=tmp_path)
+    states = first["epoch_states"]
+    assert len(states) == 3  # initialisation and two epochs
+    assert _states_equal(states[0], digits_task.build().state_dict())
+    assert _states_equal(states[-1], model.state_dict())
+    assert not _states_equal(states[1], states[2])
+    assert _states_equal(model.state_dict(), trained.state_dict())  # copying changes nothing
+    again, second = recipes.train_dense(digits_task, epochs=2, cache_dir=tmp_path)
+    assert second["cached"] and all(map(_states_equal, second["epoch_states"], states))
+    # a checkpoint without its epoch states (or with damaged ones) trains again, the same
+    (epochs_file,) = tmp_path.glob("*-epochs.pt")
+    record = torch.load(epochs_file, weights_only=True)
+    record["states"][1]["fc2.bias"][0] += 1.0  # a plausible value, but not the saved one
+    torch.save(record, epochs_file)
+    with pytest.warns(UserWarning, match="unreadable checkpoint"):
+        _, third = recipes.train_dense(digits_task, epochs=2, cache_dir=tmp_path)
+    assert not third["cached"] and all(map(_states_equal, third["epoch_states"], states))
+    epochs_file.unlink()
+    _, fourth = recipes.train_dense(digits_task, epochs=2, cache_dir=tmp_path)
+    assert not fourth["cached"] and epochs_file.exists()

@@ -191,6 +191,19 @@ class MaskTracker(Callback):
     def on_epoch_end(self, trainer: Trainer) -> None:
         self._record(trainer.model, trainer.epoch + 1)
 
+    def replay(self, model: nn.Module, states: Sequence[Mapping[str, torch.Tensor]]) -> MaskTracker:
+        """Record from ``states`` (the weights at initialisation and after each epoch, as
+        :func:`sparsity_lab.recipes.dense` keeps them in ``info["epoch_states"]``) what this
+        tracker would have recorded watching that training; ``model`` (not changed) gives
+        the architecture.  Returns the tracker."""
+        work = copy.deepcopy(model).train()  # the mode the callbacks see during training
+        self.epochs, self.records = [], {label: [] for label in self.selectors}
+        for epoch, state in enumerate(states):
+            if epoch or self.at_init:
+                work.load_state_dict(state)
+                self._record(work, epoch)
+        return self
+
     def table(self) -> pd.DataFrame:
         """One row per selector and record: ``criterion, epoch, iou_to_final,
         hamming_to_final, hamming_to_previous`` (NaN at the first record)."""

@@ -357,8 +357,9 @@ def execute(
     a warning: a shared machine's timings are too noisy to fail a build on, but the excess
     must be seen.  ``workers`` notebooks run side by side, each in a process of its own
     (papermill changes the working directory of the whole process) with its share of the
-    cores, started longest first by the times recorded (:func:`longest_first`).  Wall
-    times are merged into ``out/timings.json``; results come in the notebooks'
+    cores, started longest first by the times recorded (:func:`longest_first`); those that
+    :func:`runs_alone` says start processes of their own run before them, one at a time.
+    Wall times are merged into ``out/timings.json``; results come in the notebooks'
     order.
     """
     notebooks, out, cache = Path(notebooks).resolve(), Path(out).resolve(), Path(cache).resolve()
@@ -377,16 +378,23 @@ def execute(
         return _settle(source, keys[source], entry[source], run, out, cache, mode, log)
 
     results = {source: settle(source, None) for source in keys if source not in to_run}
-    if workers == 1 or len(to_run) <= 1:
-        for source in to_run:
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    # Notebooks that start processes of their own run first, one at a time, with the
+    # threads a notebook gets side by side (the same numbers as there), but no neighbour.
+    alone = [source for source in to_run if workers > 1 and runs_alone(source)]
+    for source in alone:
+        results[source] = settle(source, _timed_execution(source, smoke, notebooks, threads))
+    side_by_side = [source for source in to_run if source not in alone]
+    if workers == 1 or len(side_by_side) <= 1:
+        for source in side_by_side:
             results[source] = settle(source, _timed_execution(source, smoke, notebooks))
     else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
         spawn = multiprocessing.get_context("spawn")  # a fresh interpreter, no inherited locks
+        recorded = recorded_seconds(out / TIMINGS_FILE, mode)
         with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
             futures = {
                 pool.submit(_timed_execution, source, smoke, notebooks, threads): source
-                for source in longest_first(to_run, recorded_seconds(out / TIMINGS_FILE, mode))
+                for source in longest_first(side_by_side, recorded)
             }
             for future in as_completed(futures):
                 results[futures[future]] = settle(futures[future], future.result())
@@ -469,6 +477,17 @@ def _take_current_text(source: Path, entry: Path) -> bool:
 
 def _stem(source: Path) -> str:
     return source.stem
+
+
+def runs_alone(source: Path) -> bool:
+    """Whether the notebook's header sets ``sparsity_lab: runs_alone: true``: it starts
+    worker processes of its own (08's data-parallel training), so :func:`execute` gives it
+    the machine to itself.  Next to another notebook its workers and the neighbour fight
+    for the cores, and each collective step waits for the worker that lost."""
+    import jupytext
+
+    settings = jupytext.read(source, fmt="py:percent").metadata.get("sparsity_lab", {})
+    return isinstance(settings, dict) and settings.get("runs_alone") is True
 
 
 def recorded_seconds(path: Path, mode: str) -> dict[str, float]:
@@ -613,7 +632,8 @@ def _settle(
             target.unlink(missing_ok=True)
             log(f"{name}: FAILED ({mode}) after {seconds:.1f} s")
             return Result(name, "failed", error=executed.description)
-        executed.metadata["sparsity_lab"] = {"mode": mode, "wall_s": seconds, "key": key}
+        own = executed.metadata.get("sparsity_lab", {})  # the header's settings, if any
+        executed.metadata["sparsity_lab"] = {**own, "mode": mode, "wall_s": seconds, "key": key}
         data = nbformat.writes(executed).encode() + b"\n"
         write_atomically(entry, data)
         for old in cache.glob(f"{name}-{mode}-*.ipynb"):

@@ -269,6 +269,50 @@ def test_notebooks_run_side_by_side_each_on_its_share_of_the_cores(
         pipeline.execute(notebooks, out, cache, smoke=True, workers=0)
 
 
+ALONE_HEADER = """# ---
+# jupyter:
+#   sparsity_lab:
+#     runs_alone: true
+# ---
+
+"""
+
+
+def test_a_notebook_with_processes_of_its_own_runs_alone_with_a_side_by_side_thread_count(
+    tmp_path, fixed_library, monkeypatch
+):
+    """A notebook whose header says it runs alone starts only when no other runs and ends
+    before any other starts, with the thread count of a notebook side by side; the header's
+    setting stays in the executed copy's metadata, next to the pipeline's."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    notebooks, out, cache = tmp_path / "notebooks", tmp_path / "out", tmp_path / "cache"
+    log = tmp_path / "intervals.txt"
+    timed = GOOD.replace(
+        'print(f"SMOKE={SMOKE}")',
+        "import os, time\n"
+        "start = time.time()\n"
+        "time.sleep(1.0)\n"
+        f"with open({str(log)!r}, 'a') as f:\n"
+        "    f.write(f\"{NAME} {start} {time.time()} {os.environ['OMP_NUM_THREADS']}\\n\")",
+    )
+    for name in ["00_a", "01_b", "02_c"]:
+        text = timed.replace("SEED = 0", f"SEED = 0\nNAME = {name!r}")
+        write(notebooks, f"{name}.py", (ALONE_HEADER if name == "01_b" else "") + text)
+    assert [pipeline.runs_alone(p) for p in sorted(notebooks.glob("*.py"))] == [False, True, False]
+
+    results = pipeline.execute(notebooks, out, cache, smoke=True, workers=2, log=print)
+    assert [r.status for r in results] == ["executed"] * 3
+    rows = [line.split() for line in log.read_text().splitlines()]
+    spans = {name: (float(start), float(end)) for name, start, end, _ in rows}
+    alone = spans.pop("01_b")
+    assert all(end <= alone[0] or start >= alone[1] for start, end in spans.values())
+    a, c = spans.values()
+    assert a[0] < c[1] and c[0] < a[1]  # the other two did run side by side
+    assert {threads for *_, threads in rows} == {str(max(1, (os.cpu_count() or 1) // 2))}
+    metadata = json.loads((out / "01_b.ipynb").read_text())["metadata"]["sparsity_lab"]
+    assert metadata["runs_alone"] is True and metadata["mode"] == "smoke"
+
+
 def test_side_by_side_runs_start_with_the_longest_and_the_never_timed(tmp_path):
     sources = [tmp_path / f"{name}.py" for name in ["00_a", "01_b", "02_c", "03_d", "04_e"]]
     timings = write(tmp_path, "timings.json", json.dumps({"full": {"00_a": 5, "01_b": 300,

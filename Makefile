@@ -45,9 +45,11 @@ install: $(INSTALLED) ## create .venv and install the pinned environment
 
 # The full book's time budget (issue: a student waits minutes, not hours): all notebooks in
 # 20 minutes on two cores, none over 4.  Over budget is reported, never a failure: timings
-# on a shared machine are noisy.  BOOK_WORKERS notebooks run side by side.  The notebooks'
-# times leave out the shared dense models (`make models` prints its own); the last line of
-# `make book` is the whole build's wall time.
+# on a shared machine are noisy.  BOOK_WORKERS notebooks run side by side; one whose header
+# says `runs_alone` (it starts processes of its own: 08's data-parallel workers, the sweeps
+# of the longest notebooks) runs first, alone, its sweeps forking BOOK_WORKERS processes.
+# The notebooks' times leave out the shared dense models (`make models` prints its own);
+# the last line of `make book` is the whole build's wall time.
 BOOK_BUDGET_S := 1200
 NOTEBOOK_BUDGET_S := 240
 BOOK_WORKERS ?= 2
@@ -58,6 +60,9 @@ BOOK_WORKERS ?= 2
 # every run afresh.  The tests and smoke runs leave the cache alone.
 BOOK_RUN_CACHE ?= 1
 LAB_RUN_CACHE ?= 1
+# The processes a sweep forks in JupyterLab (sparsity_lab.experiments.sweep): one per core,
+# each on one thread, as `make book` runs a notebook that has the machine to itself.
+LAB_WORKERS ?= $(shell nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
 # The dense models the notebooks share (every recipe, seeds 0-2), trained side by side before
 # the notebooks run, so that none of them waits for models that others use too.
 models: $(INSTALLED) ## train the dense models every notebook shares (once; kept in the cache)
@@ -138,7 +143,7 @@ $(LAB_INSTALLED): $(INSTALLED) requirements.lock
 # The .py sources open as notebooks directly: nothing is synced or rewritten on start.
 # As root (a container, a cloud VM) Jupyter refuses to start without --allow-root.
 lab: $(LAB_INSTALLED) ## open the notebooks in JupyterLab (installs it on first use)
-	SPARSITY_LAB_RUN_CACHE=$(LAB_RUN_CACHE) $(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/$(NOTEBOOKS) \
+	SPARSITY_LAB_RUN_CACHE=$(LAB_RUN_CACHE) SPARSITY_LAB_WORKERS=$(LAB_WORKERS) $(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/$(NOTEBOOKS) \
 		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean: ## remove built pages, executed notebooks and caches (keeps .venv)

@@ -19,12 +19,15 @@ Example::
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import hashlib
 import itertools
 import json
+import multiprocessing
 import numbers
 import os
+import pickle
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,11 +39,20 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from . import run_cache
 from .paths import write_atomically
 from .stats import STAGE_FLAGS, summarize
 from .train import show_progress
 
-__all__ = ["SweepError", "plot_mean_ci", "summarize", "sweep"]
+__all__ = [
+    "WORKERS_ENV",
+    "SweepError",
+    "default_workers",
+    "forked_map",
+    "plot_mean_ci",
+    "summarize",
+    "sweep",
+]
 
 Metrics = dict[str, Any]
 
@@ -191,12 +203,91 @@ def _write_cache(path: Path, name: str, params: dict[str, Any], seed: Any, metri
     write_atomically(path, json.dumps(record, indent=1).encode(), durable=True)
 
 
+#: The environment variable that sets how many processes a :func:`sweep` runs in when it
+#: is not told (``make lab`` sets it to the cores; ``make book`` to 1 for notebooks that run
+#: side by side and to its workers for one that runs alone).
+WORKERS_ENV = "SPARSITY_LAB_WORKERS"
+
+
+def default_workers() -> int:
+    """The processes a :func:`sweep` uses when not told: ``$SPARSITY_LAB_WORKERS``, else 1."""
+    setting = os.environ.get(WORKERS_ENV, "").strip()
+    if not setting:
+        return 1
+    if not setting.isdigit() or int(setting) < 1:
+        raise ValueError(f"${WORKERS_ENV} must be a whole number >= 1, got {setting!r}")
+    return int(setting)
+
+
+def _forked_pool(
+    fn: Callable, workers: int | None, calls: int
+) -> concurrent.futures.ProcessPoolExecutor | None:
+    """Forked processes for ``calls`` calls of ``fn`` (``workers`` of them, ``None``:
+    :func:`default_workers`, at most one per call), each with this process's torch thread
+    count; or ``None`` where one would do, fork is unavailable or ``fn`` does not pickle by
+    reference (a lambda, a function defined inside another).  A worker finds ``fn`` in its
+    copy of this process, so a function defined in a notebook runs there too."""
+    wanted = default_workers() if workers is None else workers
+    if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1:
+        raise ValueError(f"workers must be a whole number >= 1, got {wanted!r}")
+    workers = min(wanted, calls)
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    try:
+        pickle.dumps(fn)
+    except Exception:
+        return None
+    import torch
+
+    return concurrent.futures.ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=torch.set_num_threads,  # torch's sums depend on it: the same numbers
+        initargs=(torch.get_num_threads(),),
+    )
+
+
+def _counted(fn: Callable, args: tuple, kwargs: dict[str, Any]) -> tuple[Any, dict[str, int]]:
+    """``fn``'s result in a worker process, with the run-cache calls it made there (which
+    the process that asked must count, :func:`sparsity_lab.run_cache.counts`)."""
+    before = run_cache.counts()
+    result = fn(*args, **kwargs)
+    return result, {k: n - before[k] for k, n in run_cache.counts().items()}
+
+
+def forked_map(fn: Callable, calls: Iterable[tuple], *, workers: int | None = None) -> list:
+    """``[fn(*args) for args in calls]``, computed as :func:`sweep` computes its runs: in
+    ``workers`` forked processes (``None``: :func:`default_workers`) where it can, else
+    here.  For calls whose results are not rows of metrics (a table per call, say).  The
+    results come in the calls' order; the first call that raises cancels those not
+    started, and its error is raised here once the started ones end.
+    """
+    calls = [tuple(args) for args in calls]
+    pool = _forked_pool(fn, workers, len(calls))
+    if pool is None:
+        return [fn(*args) for args in calls]
+    with pool:
+        futures = [pool.submit(_counted, fn, args, {}) for args in calls]
+        for future in concurrent.futures.as_completed(futures):
+            if future.exception() is not None:
+                for other in futures:
+                    other.cancel()
+                break
+        results = []
+        for future in futures:
+            result, made = future.result()  # raises the first failure, in the calls' order
+            run_cache.add_counts(made)
+            results.append(result)
+    return results
+
+
 def sweep(
     fn: Callable[..., Any],
     grid: Mapping[str, Iterable],
     seeds: Iterable = (0,),
     *,
     executor: concurrent.futures.Executor | None = None,
+    workers: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool | None = None,
     name: str | None = None,
@@ -212,10 +303,16 @@ def sweep(
     invalidate old results).  A rerun loads those files and runs only the missing cells;
     unreadable files are reported with a warning and run again.
 
-    ``executor``: any ``concurrent.futures.Executor`` (threads, processes, ...); ``None``
-    runs in this process, one after the other.  If a run raises, runs not yet started are
-    cancelled, those that finish are still cached, and a :class:`SweepError` naming the
-    failing params is raised from the original error.
+    ``executor``: any ``concurrent.futures.Executor`` (threads, processes, ...).  Without
+    one, the runs go to ``workers`` processes forked from this one (``None``:
+    :func:`default_workers`, 1 unless ``$SPARSITY_LAB_WORKERS`` says more), each with this
+    process's torch thread count; with 1, or where fork is unavailable or ``fn`` does not
+    pickle by reference, they run here, one after the other.  A forked run computes what it
+    computes here when ``fn`` seeds what it draws, as every run of the library's protocol
+    does: it starts from a copy of this process, not from the state the runs before it
+    left.  If a run raises, runs not yet started are cancelled, those that finish are still
+    cached, and a :class:`SweepError` naming the failing params is raised from the original
+    error.
     """
     grid = _check_grid(grid)
     keys = list(grid)
@@ -247,12 +344,18 @@ def sweep(
             _write_cache(paths[i], name, *cells[i], results[i])
         bar.update(1)
 
-    with tqdm(
-        total=len(cells),
-        initial=len(cells) - len(todo),
-        disable=not show_progress(progress),
-        desc="sweep",
-    ) as bar:
+    forked = None
+    if executor is None:
+        forked = executor = _forked_pool(fn, workers, len(todo))
+    with (
+        forked or contextlib.nullcontext(),
+        tqdm(
+            total=len(cells),
+            initial=len(cells) - len(todo),
+            disable=not show_progress(progress),
+            desc="sweep",
+        ) as bar,
+    ):
         if executor is None:
             for i in todo:
                 params, seed = cells[i]
@@ -262,14 +365,24 @@ def sweep(
                     raise SweepError(params, seed, error) from error
                 finish(i, result)
         else:
-            futures = {executor.submit(fn, **cells[i][0], seed=cells[i][1]): i for i in todo}
+            if forked is None:
+                futures = {executor.submit(fn, **cells[i][0], seed=cells[i][1]): i for i in todo}
+            else:
+                futures = {
+                    executor.submit(_counted, fn, (), {**cells[i][0], "seed": cells[i][1]}): i
+                    for i in todo
+                }
             failed: tuple[int, BaseException] | None = None
             for future in concurrent.futures.as_completed(futures):
                 if future.cancelled():
                     continue
                 i = futures[future]
                 error = future.exception()
-                if error is None:
+                if error is None and forked is not None:
+                    result, calls = future.result()
+                    run_cache.add_counts(calls)
+                    finish(i, result)
+                elif error is None:
                     finish(i, future.result())
                 elif failed is None:
                     failed = (i, error)

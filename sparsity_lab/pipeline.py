@@ -188,7 +188,7 @@ def cache_key(source: bytes, *, smoke: bool, library: str, environment: str = ""
 
 
 @contextlib.contextmanager
-def _kernel_environment(threads: int | None = None) -> Iterator[None]:
+def _kernel_environment(threads: int | None = None, processes: int = 1) -> Iterator[None]:
     """Set up what the kernel inherits from this process, and restore it afterwards.
 
     - A private ``python3`` kernelspec that runs *this* interpreter: the first ``python3``
@@ -201,8 +201,13 @@ def _kernel_environment(threads: int | None = None) -> Iterator[None]:
       executed notebook would have no figures.
     - With ``threads``, ``OMP_NUM_THREADS`` (unless the user set it): kernels that run side
       by side share the cores instead of each taking all of them.
+    - ``SPARSITY_LAB_WORKERS=processes``: the processes a sweep of the notebook may fork
+      (:func:`sparsity_lab.experiments.sweep`); more than 1 only for a notebook that
+      :func:`runs_alone`.
     """
     from ipykernel.kernelspec import get_kernel_dict
+
+    from .experiments import WORKERS_ENV  # here: experiments imports matplotlib
 
     saved = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="sparsity-lab-kernel-") as jupyter_dir:
@@ -219,6 +224,7 @@ def _kernel_environment(threads: int | None = None) -> Iterator[None]:
         os.environ.pop("MPLBACKEND", None)
         if threads is not None:
             os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        os.environ[WORKERS_ENV] = str(processes)
         try:
             yield
         finally:
@@ -244,13 +250,19 @@ def _kernel_manager_class() -> type:
 
 
 def execute_notebook(
-    source: Path, *, smoke: bool, cwd: Path | None = None, threads: int | None = None
+    source: Path,
+    *,
+    smoke: bool,
+    cwd: Path | None = None,
+    threads: int | None = None,
+    processes: int = 1,
 ):
     """Run one ``py:percent`` notebook with ``SMOKE`` injected; return the executed notebook.
 
     The kernel runs this interpreter, in ``cwd`` (default: the notebook's folder), with
-    ``threads`` as its ``OMP_NUM_THREADS`` unless the user set one. Raises the execution
-    error (``papermill.PapermillExecutionError`` for a failing cell).
+    ``threads`` as its ``OMP_NUM_THREADS`` unless the user set one, and ``processes`` for
+    its sweeps (:func:`_kernel_environment`). Raises the execution error
+    (``papermill.PapermillExecutionError`` for a failing cell).
     """
     # Imported here so that `check` and the cache helpers work without the notebook tools.
     import jupytext
@@ -263,7 +275,7 @@ def execute_notebook(
         "language": "python",
     }
     notebook.metadata.pop("jupytext", None)  # the executed copy is not paired with anything
-    with _kernel_environment(threads):
+    with _kernel_environment(threads, processes):
         executed = papermill.execute_notebook(
             notebook,
             None,  # no file: the caller writes the result, atomically
@@ -380,10 +392,12 @@ def execute(
     results = {source: settle(source, None) for source in keys if source not in to_run}
     threads = max(1, (os.cpu_count() or 1) // workers)
     # Notebooks that start processes of their own run first, one at a time, with the
-    # threads a notebook gets side by side (the same numbers as there), but no neighbour.
+    # threads a notebook gets side by side (the same numbers as there), but no neighbour:
+    # their sweeps fork a process per worker instead.
     alone = [source for source in to_run if workers > 1 and runs_alone(source)]
     for source in alone:
-        results[source] = settle(source, _timed_execution(source, smoke, notebooks, threads))
+        run = _timed_execution(source, smoke, notebooks, threads, processes=workers)
+        results[source] = settle(source, run)
     side_by_side = [source for source in to_run if source not in alone]
     if workers == 1 or len(side_by_side) <= 1:
         for source in side_by_side:
@@ -481,9 +495,10 @@ def _stem(source: Path) -> str:
 
 def runs_alone(source: Path) -> bool:
     """Whether the notebook's header sets ``sparsity_lab: runs_alone: true``: it starts
-    worker processes of its own (08's data-parallel training), so :func:`execute` gives it
-    the machine to itself.  Next to another notebook its workers and the neighbour fight
-    for the cores, and each collective step waits for the worker that lost."""
+    worker processes of its own, so :func:`execute` gives it the machine to itself.  08's
+    data-parallel workers would fight a neighbour for the cores (each collective step then
+    waits for the worker that lost); the longest notebooks, which are sweeps, fork a worker
+    per core (``$SPARSITY_LAB_WORKERS``) and take half the time on two."""
     import jupytext
 
     settings = jupytext.read(source, fmt="py:percent").metadata.get("sparsity_lab", {})
@@ -587,14 +602,16 @@ def train_dense_models(
 
 
 def _timed_execution(
-    source: Path, smoke: bool, cwd: Path, threads: int | None = None
+    source: Path, smoke: bool, cwd: Path, threads: int | None = None, processes: int = 1
 ) -> tuple[Any, float]:
     """``(executed notebook, or a description of what failed, wall seconds)``: one
     notebook's run, whose failure must not stop the others (a description, not the
     exception, because a run in another process sends back only what pickles)."""
     start = time.perf_counter()
     try:
-        executed = execute_notebook(source, smoke=smoke, cwd=cwd, threads=threads)
+        executed = execute_notebook(
+            source, smoke=smoke, cwd=cwd, threads=threads, processes=processes
+        )
     except Exception as error:  # any failure of one notebook must not stop the rest
         return _Failure(_describe(error)), time.perf_counter() - start
     return executed, round(time.perf_counter() - start, 2)

@@ -59,7 +59,7 @@ import torch
 
 from .paths import default_cache_dir, exclusive, write_atomically
 
-__all__ = ["ENV", "cached_run", "counts", "directory", "mode", "summary"]
+__all__ = ["ENV", "add_counts", "cached_run", "counts", "directory", "mode", "summary"]
 
 #: The environment variable that sets the cache's :func:`mode`.
 ENV = "SPARSITY_LAB_RUN_CACHE"
@@ -91,6 +91,12 @@ def counts() -> dict[str, int]:
     """Calls of cached functions in this process: ``{"read": n, "ran": m}``; a call that
     could not be cached (cache off, or an argument without a content hash) counts as run."""
     return {"read": _COUNTS["read"], "ran": _COUNTS["ran"]}
+
+
+def add_counts(calls: dict[str, int]) -> None:
+    """Count in this process the calls another made for it (``{"read": n, "ran": m}``, the
+    difference of two :func:`counts` there): a sweep's forked workers."""
+    _COUNTS.update({k: calls[k] for k in ("read", "ran")})
 
 
 def summary(since: dict[str, int] | None = None) -> str:

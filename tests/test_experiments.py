@@ -1,6 +1,7 @@
 import itertools
 import json
 import math
+import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -12,7 +13,7 @@ import pytest
 from matplotlib.figure import Figure
 from scipy import stats
 
-from sparsity_lab import experiments
+from sparsity_lab import experiments, run_cache
 from sparsity_lab.experiments import SweepError, plot_mean_ci, summarize, sweep
 
 GRID = {"a": [1, 2], "b": ["x", "y", "z"]}
@@ -153,6 +154,108 @@ def test_process_pool_runs_a_picklable_function():
     with ProcessPoolExecutor(max_workers=2) as pool:
         df = sweep(square_plus_seed, {"x": [1, 2, 3]}, seeds=[0, 1], executor=pool)
     assert df["value"].tolist() == [1, 2, 4, 5, 9, 10]
+
+
+def seeded_draw(x, seed):
+    """Module level and seeded: the same numbers in any process; also says which process."""
+    import torch
+
+    torch.manual_seed(seed)
+    return {
+        "draw": float(torch.randn(()) * x),
+        "pid": os.getpid(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+@run_cache.cached_run()
+def _cached_square(x):
+    return x * x
+
+
+def square_through_the_run_cache(x, seed):
+    return _cached_square(x) + seed
+
+
+def test_forked_workers_give_the_sequential_frame_and_count_their_cached_calls(monkeypatch):
+    import torch
+
+    monkeypatch.delenv(experiments.WORKERS_ENV, raising=False)
+    monkeypatch.setenv(run_cache.ENV, "0")  # cache off: every call counts as run
+    grid, seeds = {"x": [1.0, 2.0, 3.0]}, [0, 1]
+    here = sweep(seeded_draw, grid, seeds)  # one process unless told
+    assert set(here["pid"]) == {os.getpid()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        forked = sweep(seeded_draw, grid, seeds, workers=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert os.getpid() not in set(forked["pid"]) and forked["pid"].nunique() >= 1
+    assert set(forked["threads"]) == {1}  # each worker has the thread count of its parent
+    pd.testing.assert_frame_equal(forked[["x", "seed", "draw"]], here[["x", "seed", "draw"]])
+
+    before = run_cache.counts()
+    df = sweep(square_through_the_run_cache, grid, seeds, workers=2)
+    assert df["value"].tolist() == [1.0, 2.0, 4.0, 5.0, 9.0, 10.0]
+    assert run_cache.counts()["ran"] - before["ran"] == 6  # made in the workers, counted here
+
+
+def test_the_environment_sets_the_workers_and_what_cannot_fork_runs_here(monkeypatch):
+    monkeypatch.setenv(experiments.WORKERS_ENV, "2")
+    assert experiments.default_workers() == 2
+    assert os.getpid() not in set(sweep(seeded_draw, {"x": [1.0]}, [0, 1])["pid"])
+    # a function a worker cannot find by reference runs in this process, as does one run
+    local = Counting()
+    df = sweep(local, GRID, SEEDS)  # holds a lock: does not pickle
+    assert len(local.calls) == len(CELLS) and df["score"].tolist() == [score(*c) for c in CELLS]
+    assert set(sweep(seeded_draw, {"x": [1.0]}, [0])["pid"]) == {os.getpid()}
+    for bad in ["0", "two", "-1"]:
+        monkeypatch.setenv(experiments.WORKERS_ENV, bad)
+        with pytest.raises(ValueError, match="SPARSITY_LAB_WORKERS"):
+            experiments.default_workers()
+    monkeypatch.setenv(experiments.WORKERS_ENV, "")
+    assert experiments.default_workers() == 1
+    with pytest.raises(ValueError, match="workers"):
+        sweep(score, GRID, SEEDS, workers=0)
+
+
+def table_of(x, seed):
+    """A result that is not a row of metrics: a table, and which process made it."""
+    return pd.DataFrame({"x": [x, x], "seed": [seed, seed + 1]}), os.getpid()
+
+
+def fails_on_two(x):
+    if x == 2:
+        raise KeyError("two")
+    return x
+
+
+def test_forked_map_keeps_the_calls_order_counts_their_cached_calls_and_raises_their_error(
+    monkeypatch,
+):
+    monkeypatch.setenv(run_cache.ENV, "0")
+    calls = [(x, seed) for x in (3, 1, 2) for seed in (0, 1)]
+    here = experiments.forked_map(table_of, calls, workers=1)
+    forked = experiments.forked_map(table_of, calls, workers=2)
+    assert {pid for _, pid in here} == {os.getpid()}
+    assert os.getpid() not in {pid for _, pid in forked}
+    for (a, _), (b, _) in zip(here, forked, strict=True):
+        pd.testing.assert_frame_equal(a, b)
+    assert [t["x"].iloc[0] for t, _ in forked] == [3, 3, 1, 1, 2, 2]
+    before = run_cache.counts()
+    assert experiments.forked_map(square_through_the_run_cache, calls, workers=2) == [
+        x * x + seed for x, seed in calls
+    ]
+    assert run_cache.counts()["ran"] - before["ran"] == len(calls)
+    with pytest.raises(KeyError, match="two"):
+        experiments.forked_map(fails_on_two, [(1,), (2,), (3,)], workers=2)
+    local = Counting()  # does not pickle: runs here
+    assert experiments.forked_map(local, [(1, "x", 0)], workers=2) == [
+        {"score": 10.0, "tag": "run"}
+    ]
+    with pytest.raises(ValueError, match="workers"):
+        experiments.forked_map(table_of, calls, workers=0)
 
 
 def test_numpy_metrics_become_plain_python_values(tmp_path):

@@ -278,12 +278,13 @@ ALONE_HEADER = """# ---
 """
 
 
-def test_a_notebook_with_processes_of_its_own_runs_alone_with_a_side_by_side_thread_count(
+def test_a_notebook_with_processes_of_its_own_runs_alone_with_the_builds_workers(
     tmp_path, fixed_library, monkeypatch
 ):
     """A notebook whose header says it runs alone starts only when no other runs and ends
-    before any other starts, with the thread count of a notebook side by side; the header's
-    setting stays in the executed copy's metadata, next to the pipeline's."""
+    before any other starts, with the thread count of a notebook side by side and the
+    build's workers for its sweeps; the header's setting stays in the executed copy's
+    metadata, next to the pipeline's."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     notebooks, out, cache = tmp_path / "notebooks", tmp_path / "out", tmp_path / "cache"
     log = tmp_path / "intervals.txt"
@@ -293,22 +294,38 @@ def test_a_notebook_with_processes_of_its_own_runs_alone_with_a_side_by_side_thr
         "start = time.time()\n"
         "time.sleep(1.0)\n"
         f"with open({str(log)!r}, 'a') as f:\n"
-        "    f.write(f\"{NAME} {start} {time.time()} {os.environ['OMP_NUM_THREADS']}\\n\")",
+        "    f.write(f\"{NAME} {start} {time.time()} {os.environ['OMP_NUM_THREADS']} \"\n"
+        "            f\"{os.environ['SPARSITY_LAB_WORKERS']}\\n\")",
     )
     for name in ["00_a", "01_b", "02_c"]:
         text = timed.replace("SEED = 0", f"SEED = 0\nNAME = {name!r}")
         write(notebooks, f"{name}.py", (ALONE_HEADER if name == "01_b" else "") + text)
+    # in the kernel, a sweep of a function defined in the notebook forks its runs
+    forks = (
+        "# %%\nfrom sparsity_lab import experiments\n\n\ndef pid_of(x, seed):\n"
+        "    return {'pid': os.getpid()}\n\n\n"
+        "pids = set(experiments.sweep(pid_of, {'x': [1, 2, 3]}, seeds=[0, 1])['pid'])\n"
+        "print('forked', os.getpid() not in pids)\n\n# %% [markdown]\n# ## Summary"
+    )
+    alone_source = notebooks / "01_b.py"
+    alone_source.write_text(
+        alone_source.read_text().replace("# %% [markdown]\n# ## Summary", forks)
+    )
     assert [pipeline.runs_alone(p) for p in sorted(notebooks.glob("*.py"))] == [False, True, False]
 
     results = pipeline.execute(notebooks, out, cache, smoke=True, workers=2, log=print)
     assert [r.status for r in results] == ["executed"] * 3
     rows = [line.split() for line in log.read_text().splitlines()]
-    spans = {name: (float(start), float(end)) for name, start, end, _ in rows}
+    spans = {name: (float(start), float(end)) for name, start, end, *_ in rows}
     alone = spans.pop("01_b")
     assert all(end <= alone[0] or start >= alone[1] for start, end in spans.values())
     a, c = spans.values()
     assert a[0] < c[1] and c[0] < a[1]  # the other two did run side by side
-    assert {threads for *_, threads in rows} == {str(max(1, (os.cpu_count() or 1) // 2))}
+    assert {threads for *_, threads, _ in rows} == {str(max(1, (os.cpu_count() or 1) // 2))}
+    # its sweeps may fork a process per worker of the build; side by side, one
+    assert {name: processes for name, *_, processes in rows} == {"00_a": "1", "01_b": "2",
+                                                                 "02_c": "1"}  # fmt: skip
+    assert "forked True" in outputs_text(out / "01_b.ipynb")
     metadata = json.loads((out / "01_b.ipynb").read_text())["metadata"]["sparsity_lab"]
     assert metadata["runs_alone"] is True and metadata["mode"] == "smoke"
 

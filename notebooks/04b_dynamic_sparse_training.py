@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: sparsity_lab
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -8,6 +9,8 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   sparsity_lab:
+#     runs_alone: true
 # ---
 
 # %% [markdown]
@@ -157,8 +160,11 @@ for seed in SEEDS:
     _, _, dense_info = recipes.dense("lenet300", DATA, seed, epochs=EPOCHS)
     dense_rows.append({"seed": seed, "accuracy": dense_info["test_accuracy"]})
 dense_runs = pd.DataFrame(dense_rows)
-rows = [{"method": m, **run(m, SPARSITY, seed)} for seed in SEEDS for m in METHODS]
-results = pd.DataFrame(rows)
+# independent trainings: a sweep's worker processes run them side by side (one per core
+# in JupyterLab), each computing what it would compute here
+calls = [(m, SPARSITY, seed) for seed in SEEDS for m in METHODS]
+runs = sl.experiments.forked_map(run, calls)
+results = pd.DataFrame([{"method": m, **r} for (m, *_), r in zip(calls, runs, strict=True)])
 summary = sl.stats.summarize(results, "method", "accuracy").set_index("method").loc[METHODS]
 dense_mean = dense_runs["accuracy"].mean()
 
@@ -250,13 +256,9 @@ display(Markdown(sl.claims.report(verdicts)))
 # train `LONGER` times the recipe's epochs, against GMP at the recipe's length.
 
 # %%
-longer = pd.DataFrame(
-    [
-        {"method": m, **run(m, SPARSITY, seed, epochs_factor=LONGER)}
-        for seed in SEEDS
-        for m in ("static", "set", "rigl")
-    ]
-)
+calls = [(m, SPARSITY, seed, LONGER) for seed in SEEDS for m in ("static", "set", "rigl")]
+runs = sl.experiments.forked_map(run, calls)
+longer = pd.DataFrame([{"method": m, **r} for (m, *_), r in zip(calls, runs, strict=True)])
 both = pd.concat(
     [
         results[results["method"].isin(["static", "set", "rigl", "gmp"])].assign(length="1x"),
@@ -323,26 +325,38 @@ def trained_dense(width, seed):
     return recipes.evaluate_run(m, t)["accuracy"]
 
 
+def supermask_rows(width, sparsity, seed):
+    """Edge-popup at ``sparsity`` on LeNet-300-100 x``width`` from ``seed``: the random
+    subnetwork its initial scores choose, then the supermask it trains, as two rows."""
+    method = registry.get("edge_popup", "training")(sparsity, seed=seed)
+    untrained = lenet(width, seed)
+    method.prepare(untrained)  # the random weights and the random scores' mask
+    t = recipes.task("lenet300", DATA, seed=seed)
+    before = recipes.evaluate_run(untrained, t, target_sparsity=sparsity)
+    row = run(method, sparsity, seed, model=lenet(width, seed))
+    return [
+        {"width": width, "arm": "random subnetwork", **row,
+         "accuracy": before["accuracy"], "flags": ""},
+        {"width": width, "arm": "edge_popup", **row},
+    ]  # fmt: skip
+
+
+def mask_sparsities(width):
+    return SUPERMASK_SPARSITIES if width == 1 else [0.5]
+
+
+points = [(width, seed) for seed in SEEDS for width in WIDTHS]
+masks_at = [(width, s, seed) for width, seed in points for s in mask_sparsities(width)]
+found = dict(zip(masks_at, sl.experiments.forked_map(supermask_rows, masks_at), strict=True))
+dense_at = dict(zip(points, sl.experiments.forked_map(trained_dense, points), strict=True))
 super_rows = []
-for seed in SEEDS:
-    for width in WIDTHS:
-        sparsities = SUPERMASK_SPARSITIES if width == 1 else [0.5]
-        for sparsity in sparsities:
-            method = registry.get("edge_popup", "training")(sparsity, seed=seed)
-            untrained = lenet(width, seed)
-            method.prepare(untrained)  # the random weights and the random scores' mask
-            t = recipes.task("lenet300", DATA, seed=seed)
-            before = recipes.evaluate_run(untrained, t, target_sparsity=sparsity)
-            row = run(method, sparsity, seed, model=lenet(width, seed))
-            super_rows += [
-                {"width": width, "arm": "random subnetwork", **row,
-                 "accuracy": before["accuracy"], "flags": ""},
-                {"width": width, "arm": "edge_popup", **row},
-            ]  # fmt: skip
-        super_rows.append(
-            {"width": width, "arm": "trained dense", "sparsity": 0.0, "seed": seed,
-             "accuracy": trained_dense(width, seed), "flags": ""}
-        )  # fmt: skip
+for width, seed in points:
+    for sparsity in mask_sparsities(width):
+        super_rows += found[width, sparsity, seed]
+    super_rows.append(
+        {"width": width, "arm": "trained dense", "sparsity": 0.0, "seed": seed,
+         "accuracy": dense_at[width, seed], "flags": ""}
+    )  # fmt: skip
 supermasks = pd.DataFrame(super_rows)
 table = sl.stats.summarize(supermasks, ["width", "arm", "sparsity"], "accuracy")
 table.round(4)

@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: sparsity_lab
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -8,6 +9,8 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   sparsity_lab:
+#     runs_alone: true
 # ---
 
 # %% [markdown]
@@ -299,29 +302,35 @@ sl.nb.md(
 # connectivity), are measured in [05f](05f_rewinding_and_connectivity.ipynb).
 
 # %%
-ticket_tables, settings = [], {}
+TICKET_SETTINGS = [("lenet300", DATA, {}), ("cnn1d", "mnist1d", MNIST1D_OPTIONS)]
+
+
+def imp_table(seed, model_name, data, options):
+    """The IMP rounds and baselines of one setting on one seed, as a table."""
+    t = recipes.task(model_name, data, seed=seed, **options)
+    table = tickets.ticket_rounds(
+        t, TARGET, rounds=IMP_ROUNDS, epochs=EPOCHS, dense_epochs=EPOCHS, baselines="last"
+    )
+    return table.assign(seed=seed, task=f"{model_name} / {data}")
+
+
 runs_before = run_cache.counts()  # make book and make lab keep the tables (run_cache)
-for seed in SEEDS:
-    for model_name, data, options in (
-        ("lenet300", DATA, {}),
-        ("cnn1d", "mnist1d", MNIST1D_OPTIONS),
-    ):
-        t = recipes.task(model_name, data, seed=seed, **options)
-        table = tickets.ticket_rounds(
-            t, TARGET, rounds=IMP_ROUNDS, epochs=EPOCHS, dense_epochs=EPOCHS, baselines="last"
-        )
-        name = f"{model_name} / {data}"
-        ticket_tables.append(table.assign(seed=seed, task=name))
-        settings[name] = {
-            # the prunable weights (every Linear/Conv weight; biases are never pruned)
-            "weights": int(sl.report(t.build()).set_index("name").loc["total", "parameters"]),
-            "train": len(t.bundle.train),
-            "epochs": EPOCHS or recipes.recipe_for(model_name, data).epochs,
-            "expected": recipes.recipe_for(model_name, data).expected_test_accuracy
-            if EPOCHS is None and not options
-            else None,
-        }
-ticket_table = pd.concat(ticket_tables, ignore_index=True)
+calls = [(seed, *setting) for seed in SEEDS for setting in TICKET_SETTINGS]
+# independent trainings: a sweep's worker processes run them side by side (one per core
+# in JupyterLab), each computing what it would compute here
+ticket_table = pd.concat(sl.experiments.forked_map(imp_table, calls), ignore_index=True)
+settings = {}
+for model_name, data, options in TICKET_SETTINGS:
+    t = recipes.task(model_name, data, seed=SEEDS[-1], **options)
+    settings[f"{model_name} / {data}"] = {
+        # the prunable weights (every Linear/Conv weight; biases are never pruned)
+        "weights": int(sl.report(t.build()).set_index("name").loc["total", "parameters"]),
+        "train": len(t.bundle.train),
+        "epochs": EPOCHS or recipes.recipe_for(model_name, data).epochs,
+        "expected": recipes.recipe_for(model_name, data).expected_test_accuracy
+        if EPOCHS is None and not options
+        else None,
+    }
 
 # each panel has its own y axis: a shared one would stretch one setting's axis to the other's
 # lowest curve and squash the differences between its networks

@@ -46,8 +46,8 @@ install: $(INSTALLED) ## create .venv and install the pinned environment
 # The full book's time budget (issue: a student waits minutes, not hours): all notebooks in
 # 20 minutes on two cores, none over 4.  Over budget is reported, never a failure: timings
 # on a shared machine are noisy.  BOOK_WORKERS notebooks run side by side; one whose header
-# says `runs_alone` (it starts processes of its own: 08's data-parallel workers, the sweeps
-# of the longest notebooks) runs first, alone, its sweeps forking BOOK_WORKERS processes.
+# says `runs_alone` (it starts processes of its own: 08's data-parallel workers, or sweeps
+# that fork BOOK_WORKERS processes to fit the 4 minutes) runs first, alone.
 # The notebooks' times leave out the shared dense models (`make models` prints its own);
 # the last line of `make book` is the whole build's wall time.
 BOOK_BUDGET_S := 1200

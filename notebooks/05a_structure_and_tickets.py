@@ -1,7 +1,6 @@
 # ---
 # jupyter:
 #   jupytext:
-#     notebook_metadata_filter: sparsity_lab
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -9,8 +8,6 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
-#   sparsity_lab:
-#     runs_alone: true
 # ---
 
 # %% [markdown]

@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: sparsity_lab
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -8,6 +9,8 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   sparsity_lab:
+#     runs_alone: true
 # ---
 
 # %% [markdown]
@@ -267,8 +270,16 @@ display(Markdown(text))
 mlp = recipes.task("lenet300", "digits", seed=0).build()
 print("lenet300: flops / nonzeros =", scale.cost(mlp, "flops") / scale.cost(mlp, "nonzeros"))
 
+
 # %%
-rows, dense_rows = [], []
+def equal_cost_rows(seed, s):
+    """The large sparse CNN at ``s`` and the small dense ones of equal cost, from ``seed``."""
+    t = recipes.dense("cnn1d", "mnist1d", seed, epochs=SCALE_EPOCHS, **MNIST1D_OPTIONS)[0]
+    rows = scale.large_sparse_vs_small_dense(t, s, epochs=SCALE_EPOCHS)
+    return [{"sparsity": s, "seed": seed, **row} for row in rows]
+
+
+dense_rows = []
 for seed in SEEDS:
     t, big, dense_info = recipes.dense(
         "cnn1d", "mnist1d", seed, epochs=SCALE_EPOCHS, **MNIST1D_OPTIONS
@@ -280,9 +291,10 @@ for seed in SEEDS:
             "flags": dense_info["flags"],
         }
     )
-    for s in SCALE_SPARSITIES:
-        for row in scale.large_sparse_vs_small_dense(t, s, epochs=SCALE_EPOCHS):
-            rows.append({"sparsity": s, "seed": seed, **row})
+# independent trainings: a sweep's worker processes run them side by side (one per core
+# in JupyterLab), each computing what it would compute here
+calls = [(seed, s) for seed in SEEDS for s in SCALE_SPARSITIES]
+rows = [row for found in sl.experiments.forked_map(equal_cost_rows, calls) for row in found]
 scale_runs = pd.DataFrame(rows)
 scale_dense = pd.DataFrame(dense_rows)
 recipe = dense_info["recipe"]

@@ -1,3 +1,18 @@
+# ---
+# jupyter:
+#   jupytext:
+#     notebook_metadata_filter: sparsity_lab
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+#   sparsity_lab:
+#     runs_alone: true
+# ---
+
 # %% [markdown]
 # # Sparse language models
 #

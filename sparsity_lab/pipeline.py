@@ -497,8 +497,11 @@ def runs_alone(source: Path) -> bool:
     """Whether the notebook's header sets ``sparsity_lab: runs_alone: true``: it starts
     worker processes of its own, so :func:`execute` gives it the machine to itself.  08's
     data-parallel workers would fight a neighbour for the cores (each collective step then
-    waits for the worker that lost); the longest notebooks, which are sweeps, fork a worker
-    per core (``$SPARSITY_LAB_WORKERS``) and take half the time on two."""
+    waits for the worker that lost); a notebook that is mostly sweeps forks a worker per
+    core (``$SPARSITY_LAB_WORKERS``).  Two workers of one notebook get less done than two
+    notebooks side by side (they contend for the same caches, and the rest of the notebook
+    runs on one core), so the setting is worth its cost to the build only where it brings
+    a notebook within its time budget; the README gives the measurements."""
     import jupytext
 
     settings = jupytext.read(source, fmt="py:percent").metadata.get("sparsity_lab", {})

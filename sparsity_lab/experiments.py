@@ -28,6 +28,7 @@ import multiprocessing
 import numbers
 import os
 import pickle
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -224,14 +225,16 @@ def _forked_pool(
 ) -> concurrent.futures.ProcessPoolExecutor | None:
     """Forked processes for ``calls`` calls of ``fn`` (``workers`` of them, ``None``:
     :func:`default_workers`, at most one per call), each with this process's torch thread
-    count; or ``None`` where one would do, fork is unavailable or ``fn`` does not pickle by
-    reference (a lambda, a function defined inside another).  A worker finds ``fn`` in its
-    copy of this process, so a function defined in a notebook runs there too."""
+    count; or ``None`` where one would do, the system is not Linux or ``fn`` does not
+    pickle by reference (a lambda, a function defined inside another).  A worker finds
+    ``fn`` in its copy of this process, so a function defined in a notebook runs there too.
+    Only Linux forks: there torch's own data loaders fork their workers, while macOS's
+    system libraries may crash a forked child (Python starts processes fresh there)."""
     wanted = default_workers() if workers is None else workers
     if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1:
         raise ValueError(f"workers must be a whole number >= 1, got {wanted!r}")
     workers = min(wanted, calls)
-    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+    if workers < 2 or not sys.platform.startswith("linux"):
         return None
     try:
         pickle.dumps(fn)
@@ -306,8 +309,8 @@ def sweep(
     ``executor``: any ``concurrent.futures.Executor`` (threads, processes, ...).  Without
     one, the runs go to ``workers`` processes forked from this one (``None``:
     :func:`default_workers`, 1 unless ``$SPARSITY_LAB_WORKERS`` says more), each with this
-    process's torch thread count; with 1, or where fork is unavailable or ``fn`` does not
-    pickle by reference, they run here, one after the other.  A forked run computes what it
+    process's torch thread count; with 1, on a system other than Linux, or where ``fn``
+    does not pickle by reference, they run here, one after the other.  A forked run computes what it
     computes here when ``fn`` seeds what it draws, as every run of the library's protocol
     does: it starts from a copy of this process, not from the state the runs before it
     left.  If a run raises, runs not yet started are cancelled, those that finish are still

@@ -210,6 +210,9 @@ def test_the_environment_sets_the_workers_and_what_cannot_fork_runs_here(monkeyp
     df = sweep(local, GRID, SEEDS)  # holds a lock: does not pickle
     assert len(local.calls) == len(CELLS) and df["score"].tolist() == [score(*c) for c in CELLS]
     assert set(sweep(seeded_draw, {"x": [1.0]}, [0])["pid"]) == {os.getpid()}
+    monkeypatch.setattr(experiments.sys, "platform", "darwin")  # forks only on Linux
+    assert set(sweep(seeded_draw, {"x": [1.0]}, [0, 1])["pid"]) == {os.getpid()}
+    monkeypatch.undo()
     for bad in ["0", "two", "-1"]:
         monkeypatch.setenv(experiments.WORKERS_ENV, bad)
         with pytest.raises(ValueError, match="SPARSITY_LAB_WORKERS"):

@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: sparsity_lab
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -8,6 +9,8 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   sparsity_lab:
+#     runs_alone: true
 # ---
 
 # %% [markdown]
@@ -90,50 +93,56 @@ for name, b in downstream.items():
 
 # %%
 print("sparse methods upstream:", "; ".join(f"{p}: {', '.join(m)}" for p, m in UPSTREAM.items()))
-rows = []
-upstream_models = {}  # seed SEED's upstream models by (pair, method), for the exercises
-for seed in SEEDS:
-    for model_name, data_name in upstream_data.items():
-        recipe = recipes.recipe_for(model_name, data_name)
-        t, dense_model, dense_info = recipes.dense(
-            model_name, data_name, seed, epochs=UPSTREAM_EPOCHS[model_name]
+
+
+def transfer_rows(seed, model_name, method):
+    """One upstream model of ``method`` (trained for seed ``seed``) and its rows, one per
+    transfer mode, and the model where ``seed`` is SEED (the exercises use it)."""
+    data_name = upstream_data[model_name]
+    recipe = recipes.recipe_for(model_name, data_name)
+    t, dense_model, dense_info = recipes.dense(
+        model_name, data_name, seed, epochs=UPSTREAM_EPOCHS[model_name]
+    )
+    if method == "dense":
+        up = dense_model
+    else:
+        up = transfer.pretrain(t, method, SPARSITY, epochs=UPSTREAM_EPOCHS[model_name])
+    target = None if method == "dense" else SPARSITY
+    run = recipes.evaluate_run(up, t, target_sparsity=target)
+    up_flags = [run["flags"], dense_info["flags"] if method == "dense" else ""]
+    base = {
+        "pair": model_name,
+        "method": method,
+        "seed": seed,
+        "reached_sparsity": run["sparsity"],
+        "upstream_val": recipes.evaluate_run(up, t, split="val")["accuracy"],
+        "upstream_test": run["accuracy"],
+    }
+    rows = []
+    for mode in transfer.MODES:
+        down = transfer.transfer_run(
+            up, downstream[model_name], mode, epochs=DOWNSTREAM_EPOCHS, recipe=recipe, seed=seed
         )
-        for method in ["dense", *UPSTREAM[model_name]]:
-            if method == "dense":
-                up = dense_model
-            else:
-                up = transfer.pretrain(t, method, SPARSITY, epochs=UPSTREAM_EPOCHS[model_name])
-            if seed == SEED:
-                upstream_models[model_name, method] = up
-            target = None if method == "dense" else SPARSITY
-            run = recipes.evaluate_run(up, t, target_sparsity=target)
-            up_flags = [run["flags"], dense_info["flags"] if method == "dense" else ""]
-            base = {
-                "pair": model_name,
-                "method": method,
-                "seed": seed,
-                "reached_sparsity": run["sparsity"],
-                "upstream_val": recipes.evaluate_run(up, t, split="val")["accuracy"],
-                "upstream_test": run["accuracy"],
-            }
-            for mode in transfer.MODES:
-                down = transfer.transfer_run(
-                    up,
-                    downstream[model_name],
-                    mode,
-                    epochs=DOWNSTREAM_EPOCHS,
-                    recipe=recipe,
-                    seed=seed,
-                )
-                found = [f for f in [*up_flags, down["flags"]] if f]
-                rows.append(
-                    {
-                        **base,
-                        "mode": mode,
-                        "downstream": down["accuracy"],
-                        "flags": sl.flags.join(found),
-                    }
-                )
+        found = [f for f in [*up_flags, down["flags"]] if f]
+        rows.append({**base, "mode": mode, "downstream": down["accuracy"],
+                     "flags": sl.flags.join(found)})  # fmt: skip
+    return rows, up if seed == SEED else None
+
+
+# independent trainings: a sweep's worker processes run them side by side (one per core in
+# JupyterLab), each computing what it would compute here
+calls = [
+    (seed, model_name, method)
+    for seed in SEEDS
+    for model_name in upstream_data
+    for method in ["dense", *UPSTREAM[model_name]]
+]
+results = sl.experiments.forked_map(transfer_rows, calls)
+rows = [row for found, _ in results for row in found]
+# seed SEED's upstream models by (pair, method), for the exercises
+upstream_models = {
+    call[1:]: up for call, (_, up) in zip(calls, results, strict=True) if up is not None
+}
 runs = pd.DataFrame(rows)
 upstream = runs[runs["mode"] == transfer.MODES[0]]
 display(

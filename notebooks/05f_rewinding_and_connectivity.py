@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: sparsity_lab
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -8,6 +9,8 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   sparsity_lab:
+#     runs_alone: true
 # ---
 
 # %% [markdown]
@@ -105,23 +108,25 @@ def retrained(t, arm, dense_model, theta_k, mask):
     return model
 
 
-ARMS = ["fine_tuning", "weight_rewinding", "lr_rewinding"]
-rows, dense_rows = [], []
-for seed in SEEDS:
-    t, dense_model, dense_info = recipes.dense("lenet300", "mnist", seed, epochs=EPOCHS)
-    dense_rows.append({"seed": seed, "test_accuracy": dense_info["test_accuracy"]})
+def retraining_row(seed, s, arm):
+    """Seed ``seed``'s dense network pruned to ``s``, retrained as ``arm`` says, measured."""
+    t, dense_model, _ = recipes.dense("lenet300", "mnist", seed, epochs=EPOCHS)
     theta_k = tickets.weights_at_step(t, len(t.loaders(recipe.batch_size)[0]), replay)
-    for s in SPARSITIES:
-        found = sl.masks.masks(sl.prune(copy.deepcopy(dense_model), "magnitude", s))
-        mask = {n: m.bool() for n, m in found.items()}
-        for arm in ARMS:
-            run = recipes.evaluate_run(
-                retrained(t, arm, dense_model, theta_k, mask), t, target_sparsity=s
-            )
-            rows.append({"seed": seed, "sparsity": s, "arm": arm,
-                         "test_accuracy": run["accuracy"], "flags": run["flags"]})  # fmt: skip
-retraining = pd.DataFrame(rows)
-dense_acc = pd.DataFrame(dense_rows)["test_accuracy"]
+    found = sl.masks.masks(sl.prune(copy.deepcopy(dense_model), "magnitude", s))
+    mask = {n: m.bool() for n, m in found.items()}
+    run = recipes.evaluate_run(retrained(t, arm, dense_model, theta_k, mask), t, target_sparsity=s)
+    return {"seed": seed, "sparsity": s, "arm": arm, "test_accuracy": run["accuracy"],
+            "flags": run["flags"]}  # fmt: skip
+
+
+ARMS = ["fine_tuning", "weight_rewinding", "lr_rewinding"]
+# independent trainings: a sweep's worker processes run them side by side (one per core in
+# JupyterLab), each computing what it would compute here; so do the sections below
+calls = [(seed, s, arm) for seed in SEEDS for s in SPARSITIES for arm in ARMS]
+retraining = pd.DataFrame(sl.experiments.forked_map(retraining_row, calls))
+dense_acc = pd.Series(
+    [recipes.dense("lenet300", "mnist", seed, epochs=EPOCHS)[2]["test_accuracy"] for seed in SEEDS]
+)
 sl.nb.show_flags(sl.flags.table(retraining, ["sparsity", "arm"]))
 summary = sl.stats.summarize(retraining, ["sparsity", "arm"], "test_accuracy")
 means = summary.set_index(["sparsity", "arm"])["mean"]
@@ -186,28 +191,34 @@ def trained_child(start, mask, t, data_seed):
     return model
 
 
-barriers, paths = [], []
-for seed in SEEDS:
+def barrier_run(seed, point, sparse):
+    """The error barrier between two children of seed ``seed``'s start ``point`` (θ0 or θk),
+    dense or with the LMC_SPARSITY mask: its row and the error along the line."""
     t, dense_model, _ = recipes.dense("lenet300", "mnist", seed, epochs=EPOCHS)
     test_loader = t.loaders()[2]
     steps = len(t.loaders(recipe.batch_size)[0])
-    found = sl.masks.masks(sl.prune(copy.deepcopy(dense_model), "magnitude", LMC_SPARSITY))
-    sparse_mask = {n: m.bool() for n, m in found.items()}
-    for point, step in [("θ0", 0), ("θk", steps)]:
-        start = tickets.weights_at_step(t, step, replay)
-        kinds = [("dense", {})] if point == "θ0" else []  # dense from θk: see above
-        for kind, mask in [*kinds, (f"{LMC_SPARSITY:.0%} sparse", sparse_mask)]:
-            a, b = (trained_child(start, mask, t, 1000 * i + seed) for i in (1, 2))
-            barrier, path = connectivity.error_barrier(
-                a, b, lambda m, loader=test_loader: 1 - evaluate(m, loader)["accuracy"], ALPHAS
-            )
-            label = f"{kind}, from {point}"
-            ends = 1 - (path["error"].iloc[0] + path["error"].iloc[-1]) / 2
-            barriers.append({"seed": seed, "start": label, "barrier": barrier,
-                             "lowest accuracy on the line": 1 - path["error"].max(),
-                             "mean accuracy of its ends": ends})  # fmt: skip
-            paths.append(path.assign(seed=seed, start=label))
-barriers, paths = pd.DataFrame(barriers), pd.concat(paths, ignore_index=True)
+    mask = {}
+    if sparse:
+        found = sl.masks.masks(sl.prune(copy.deepcopy(dense_model), "magnitude", LMC_SPARSITY))
+        mask = {n: m.bool() for n, m in found.items()}
+    start = tickets.weights_at_step(t, {"θ0": 0, "θk": steps}[point], replay)
+    a, b = (trained_child(start, mask, t, 1000 * i + seed) for i in (1, 2))
+    barrier, path = connectivity.error_barrier(
+        a, b, lambda m: 1 - evaluate(m, test_loader)["accuracy"], ALPHAS
+    )
+    label = f"{f'{LMC_SPARSITY:.0%} sparse' if sparse else 'dense'}, from {point}"
+    ends = 1 - (path["error"].iloc[0] + path["error"].iloc[-1]) / 2
+    row = {"seed": seed, "start": label, "barrier": barrier,
+           "lowest accuracy on the line": 1 - path["error"].max(),
+           "mean accuracy of its ends": ends}  # fmt: skip
+    return row, path.assign(seed=seed, start=label)
+
+
+# the dense network from θk is left out: see above
+starts = [("θ0", False), ("θ0", True), ("θk", True)]
+lines = sl.experiments.forked_map(barrier_run, [(seed, *s) for seed in SEEDS for s in starts])
+barriers = pd.DataFrame([row for row, _ in lines])
+paths = pd.concat([path for _, path in lines], ignore_index=True)
 display(sl.stats.summarize(barriers, "start", "barrier", bounds=None).round(4))
 
 # %%
@@ -266,19 +277,23 @@ display(densities.round(3))
 # static sparse training, where only the layer densities differ between the two arms.
 
 # %%
-rows = []
 recipe5 = recipes.recipe_for("lenet5", "mnist")
-for seed in SEEDS:
+
+
+def budget_run(seed, budget):
+    """Seed ``seed``'s LeNet-5 trained from a random mask with ``budget``'s densities."""
     t = recipes.task("lenet5", "mnist", seed=seed)
-    for budget in ["er", "erk"]:
-        scratch = sl.prune(t.build(), "random", ERK_SPARSITY, budget=budget, seed=seed)
-        found = {n: m.bool() for n, m in sl.masks.masks(scratch).items()}
-        model = recipes.sparse_start(t.build(), found)
-        fit_recipe(model, t, epochs=EPOCHS, recipe=recipe5)
-        run = recipes.evaluate_run(model, t, target_sparsity=ERK_SPARSITY)
-        rows.append({"seed": seed, "budget": budget, "test_accuracy": run["accuracy"],
-                     "flags": run["flags"]})  # fmt: skip
-budget_runs = pd.DataFrame(rows)
+    scratch = sl.prune(t.build(), "random", ERK_SPARSITY, budget=budget, seed=seed)
+    found = {n: m.bool() for n, m in sl.masks.masks(scratch).items()}
+    model = recipes.sparse_start(t.build(), found)
+    fit_recipe(model, t, epochs=EPOCHS, recipe=recipe5)
+    run = recipes.evaluate_run(model, t, target_sparsity=ERK_SPARSITY)
+    return {"seed": seed, "budget": budget, "test_accuracy": run["accuracy"],
+            "flags": run["flags"]}  # fmt: skip
+
+
+calls = [(seed, budget) for seed in SEEDS for budget in ["er", "erk"]]
+budget_runs = pd.DataFrame(sl.experiments.forked_map(budget_run, calls))
 sl.nb.show_flags(sl.flags.table(budget_runs, ["budget"]))
 display(sl.stats.summarize(budget_runs, "budget", "test_accuracy").round(4))
 erk_vs_er = sl.stats.paired(budget_runs, "budget", "erk", "er", metric="test_accuracy")
@@ -319,16 +334,27 @@ def phase(model, t, lr_scale):
     fit(model, train, val, seed=t.seed, progress=False, **scaled)
 
 
+def retrained_twice(seed, arm):
+    """Seed ``seed``'s dense network after DSD's S and re-D phases, or after the same two
+    phases without the mask (``arm`` "continued")."""
+    t, dense_model, _ = recipes.dense("lenet300", "mnist", seed, epochs=EPOCHS)
+    if arm == "continued":
+        model = copy.deepcopy(dense_model)
+        phase(model, t, 1.0)
+    else:
+        model = sl.prune(copy.deepcopy(dense_model), "magnitude", DSD_SPARSITY, budget="uniform")
+        phase(model, t, 1.0)  # S: retrain under the mask
+        sl.masks.remove(model)  # re-D: the pruned weights restart from zero
+    phase(model, t, 0.1)
+    return model
+
+
+calls = [(seed, arm) for seed in SEEDS for arm in ["dsd", "continued"]]
+retrained_models = iter(sl.experiments.forked_map(retrained_twice, calls))
 rows, agree = [], []
 for seed in SEEDS:
-    t, dense_model, dense_info = recipes.dense("lenet300", "mnist", seed, epochs=EPOCHS)
-    dsd = sl.prune(copy.deepcopy(dense_model), "magnitude", DSD_SPARSITY, budget="uniform")
-    phase(dsd, t, 1.0)  # S: retrain under the mask
-    sl.masks.remove(dsd)  # re-D: the pruned weights restart from zero
-    phase(dsd, t, 0.1)
-    continued = copy.deepcopy(dense_model)
-    phase(continued, t, 1.0)
-    phase(continued, t, 0.1)
+    t, dense_model, _ = recipes.dense("lenet300", "mnist", seed, epochs=EPOCHS)
+    dsd, continued = next(retrained_models), next(retrained_models)
     agree.append(float((predictions(dsd, t) == predictions(continued, t)).float().mean()))
     for arm, model in [("dense", dense_model), ("continued", continued), ("dsd", dsd)]:
         run = recipes.evaluate_run(model, t)

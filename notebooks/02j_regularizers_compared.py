@@ -341,7 +341,9 @@ short_methods = ", ".join(
     f"{m} (reached {rule[m]:.1%}, {100 * rule_gap[m]:.1f} points short)"
     for m in rule_gap[rule_gap > NOT_A_TEST].index
 )
-faster = f" ({len(below)} were faster, likely a timing artifact)" if below else ""
+faster = (
+    f" ({sl.words.plural(len(below), 'method')} faster, likely a timing artifact)" if below else ""
+)
 sl.nb.md(
     f"- Comparison ({EPOCHS} + {FINETUNE_EPOCHS} epochs, {len(SEEDS)} seed(s)): "
     f"each method minus GMP, paired: {tally_text}; {flag_summary}.\n"

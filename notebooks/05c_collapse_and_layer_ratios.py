@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: sparsity_lab
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -8,6 +9,8 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   sparsity_lab:
+#     runs_alone: true
 # ---
 
 # %% [markdown]
@@ -91,39 +94,57 @@ print("paths:", report.attrs["paths"])
 cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 COLOURS = dict(zip(collapse.AT_INIT, [cycle[i] for i in (0, 1, 2, 4)], strict=True))
 
-rows = []
-emptied = []  # one row per mask that pruned a layer to 100%, with its warning
-for seed in SEEDS:
+
+def collapse_run(seed, method, s):
+    """``method``'s mask at init at sparsity ``s`` on seed ``seed``'s LeNet-300-100, its
+    collapse measures before training and its accuracy after: the row, the layers it
+    emptied (None when its budget raised no warning of a layer pruned to 100%), and any
+    other warning, to show here."""
     t = recipes.task("lenet300", DATA, seed=seed)
     batch = tuple(next(iter(t.loaders()[0])))
-    for method in collapse.AT_INIT:
-        for s in SPARSITIES:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                found = collapse.masks_at_init(t.build(), method, s, data=batch, seed=seed)
-            for w in caught:
-                if "to 100%" in str(w.message):
-                    emptied.append((method, s, seed, [n for n, m in found.items() if not m.any()]))
-                else:  # any other warning is shown as usual
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-            model = recipes.sparse_start(t.build(), found)
-            verdict = collapse.collapse_summary(model)
-            fit_recipe(model, t, epochs=EPOCHS)
-            run = recipes.evaluate_run(model, t, target_sparsity=s)
-            rows.append(
-                {
-                    "method": method,
-                    "sparsity": s,
-                    "seed": seed,
-                    **verdict,
-                    "test_accuracy": run["accuracy"],
-                    "flags": run["flags"],
-                    "kept": int(sum(int(m.sum()) for m in found.values())),  # weights only
-                    "weights": sum(m.numel() for m in found.values()),
-                    **{f"density {n}": float(m.float().mean()) for n, m in found.items()},
-                }
-            )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = collapse.masks_at_init(t.build(), method, s, data=batch, seed=seed)
+    emptied_layers = None
+    other = []
+    for w in caught:
+        if "to 100%" in str(w.message):
+            emptied_layers = [n for n, m in found.items() if not m.any()]
+        else:
+            other.append((w.message, w.category, w.filename, w.lineno))
+    model = recipes.sparse_start(t.build(), found)
+    verdict = collapse.collapse_summary(model)
+    fit_recipe(model, t, epochs=EPOCHS)
+    run = recipes.evaluate_run(model, t, target_sparsity=s)
+    row = {
+        "method": method,
+        "sparsity": s,
+        "seed": seed,
+        **verdict,
+        "test_accuracy": run["accuracy"],
+        "flags": run["flags"],
+        "kept": int(sum(int(m.sum()) for m in found.values())),  # weights only
+        "weights": sum(m.numel() for m in found.values()),
+        **{f"density {n}": float(m.float().mean()) for n, m in found.items()},
+    }
+    return row, emptied_layers, other
+
+
+# independent trainings: a sweep's worker processes run them side by side (one per core in
+# JupyterLab), each computing what it would compute here; so do the shuffles below
+calls = [(seed, m, s) for seed in SEEDS for m in collapse.AT_INIT for s in SPARSITIES]
+rows = []
+emptied = []  # one row per mask that pruned a layer to 100%, with its warning
+for (seed, method, s), (row, layers, other) in zip(
+    calls, sl.experiments.forked_map(collapse_run, calls), strict=True
+):
+    rows.append(row)
+    if layers is not None:
+        emptied.append((method, s, seed, layers))
+    for args in other:  # any other warning is shown as usual
+        warnings.warn_explicit(*args)
 runs = pd.DataFrame(rows)
+t = recipes.task("lenet300", DATA, seed=SEEDS[-1])  # the last seed's, which the text reads
 runs["log10 paths"] = np.log10(runs["paths"].clip(lower=1e-1))  # no path at all: -1
 
 panels = {
@@ -292,17 +313,21 @@ sl.nb.md(magnitude_text + "\n\n" + sl.claims.report([collapse_verdict]))
 # pruning at initialisation are compared with global magnitude's mask of the recipe's
 # *trained* dense model (a one-shot lottery ticket, rewound to the rescaled initialisation).
 
+
 # %%
-rows = []
-for seed in SEEDS:
+def shuffle_rows(seed, method, when):
+    """``method``'s mask (at init, or of the trained dense model) and its shuffle, each
+    trained from seed ``seed``'s start: one row per arm."""
     t = recipes.task("lenet300", DATA, seed=seed)
-    cases = [(m, "init") for m in SHUFFLE_METHODS] + [("magnitude", "trained")]
-    for method, when in cases:
-        out = shuffle.shuffle_experiment(t, method, SHUFFLE_SPARSITY, when, epochs=EPOCHS)
-        label = f"{method} at init" if when == "init" else "magnitude after training"
-        for arm, run in out.items():
-            rows.append({"mask": label, "arm": arm, "seed": seed, **run})
-shuffled = pd.DataFrame(rows)
+    out = shuffle.shuffle_experiment(t, method, SHUFFLE_SPARSITY, when, epochs=EPOCHS)
+    label = f"{method} at init" if when == "init" else "magnitude after training"
+    return [{"mask": label, "arm": arm, "seed": seed, **run} for arm, run in out.items()]
+
+
+cases = [(m, "init") for m in SHUFFLE_METHODS] + [("magnitude", "trained")]
+calls = [(seed, *case) for seed in SEEDS for case in cases]
+shuffled = pd.DataFrame([row for rows in sl.experiments.forked_map(shuffle_rows, calls)
+                         for row in rows])  # fmt: skip
 
 table = sl.stats.summarize(shuffled, ["mask", "arm"], "test_accuracy")
 wide = table.pivot(index="mask", columns="arm").loc[list(dict.fromkeys(table["mask"]))]

@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: sparsity_lab
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -8,6 +9,8 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   sparsity_lab:
+#     runs_alone: true
 # ---
 
 # %% [markdown]
@@ -457,14 +460,18 @@ import torch
 from sparsity_lab.callbacks import Callback
 
 
+def run_keeping_model(method, sparsity):
+    """`run` on seed SEED, on a network built here: the row and the trained network."""
+    model = recipes.task("lenet300", DATA, seed=SEED).build()  # the network `run` builds
+    return run(method, sparsity, SEED, model=model), model
+
+
 @functools.cache
 def at_80():
     """Every method of METHODS trained by `run` at 80% on seed SEED: {method: (row, model)}."""
-    trained = {}
-    for m in METHODS:
-        model = recipes.task("lenet300", DATA, seed=SEED).build()  # the network `run` builds
-        trained[m] = (run(m, 0.8, SEED, model=model), model)
-    return trained
+    # independent trainings, side by side as in the comparison (forked_map)
+    trained = sl.experiments.forked_map(run_keeping_model, [(m, 0.8) for m in METHODS])
+    return dict(zip(METHODS, trained, strict=True))
 
 
 def check_1(answer, solution=False):
@@ -572,18 +579,27 @@ check_2(solution_2, solution=True)
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
+def wide_network(kind, width):
+    """LeNet-300-100 x ``width`` on seed SEED, trained as ``kind``: "edge_popup" at 50%
+    (the method, the supermask model, its accuracy) or "dense" (the model, its accuracy)."""
+    t = recipes.task("lenet300", DATA, seed=SEED)
+    if kind == "edge_popup":
+        method = registry.get("edge_popup", "training")(0.5, seed=SEED)
+        popup = lenet(width, SEED)
+        return method, popup, run(method, 0.5, SEED, model=popup)["accuracy"]
+    dense = lenet(width, SEED)
+    train, val, _ = t.loaders(RECIPE.batch_size)
+    sl.train.fit(dense, train, val, seed=SEED, progress=False, **TRAINING)
+    return dense, recipes.evaluate_run(dense, t)["accuracy"]
+
+
 @functools.cache
 def wide(width=4):
     """Edge-popup at 50% and dense training, LeNet-300-100 x ``width``, seed SEED: the
     method, the supermask model, its accuracy, the dense model and its accuracy."""
-    t = recipes.task("lenet300", DATA, seed=SEED)
-    method = registry.get("edge_popup", "training")(0.5, seed=SEED)
-    popup = lenet(width, SEED)
-    popup_accuracy = run(method, 0.5, SEED, model=popup)["accuracy"]
-    dense = lenet(width, SEED)
-    train, val, _ = t.loaders(RECIPE.batch_size)
-    sl.train.fit(dense, train, val, seed=SEED, progress=False, **TRAINING)
-    return method, popup, popup_accuracy, dense, recipes.evaluate_run(dense, t)["accuracy"]
+    popup, dense = sl.experiments.forked_map(wide_network, [("edge_popup", width),
+                                                            ("dense", width)])  # fmt: skip
+    return *popup, *dense
 
 
 def check_3(answer, solution=False):
@@ -648,7 +664,6 @@ class CountRewired(Callback):
             self.count += int((kept & (~after | zero)).sum())
 
 
-@functools.cache
 def deepr(temperature):
     """DeepR on seed SEED at ``temperature``, trained as `run` trains, with a CountRewired
     watching: the method and the counter."""
@@ -662,9 +677,17 @@ def deepr(temperature):
     return method, counter
 
 
+@functools.cache
+def deepr_at():
+    """`deepr` at the two temperatures of the exercise, side by side: {temperature: result}."""
+    temperatures = (1e-6, 1e-10)
+    trained = sl.experiments.forked_map(deepr, [(T,) for T in temperatures])
+    return dict(zip(temperatures, trained, strict=True))
+
+
 def check_4(answer, solution=False):
     hint = "Build the method, train it with `run`, then add up `rewired` over `method.log`."
-    rewired = sum(entry["rewired"] for entry in deepr(1e-6)[0].log)
+    rewired = sum(entry["rewired"] for entry in deepr_at()[1e-6][0].log)
     sl.nb.check(4, answer, rewired, hint=hint, solution=solution)
 
 
@@ -680,7 +703,7 @@ check_4(answer_4)
 # noise is one way across zero, the gradient step and the L1 pull are another: at 1e-10 the
 # noise is tiny, but a connection born at zero dies at its first step whenever the gradient
 # or the pull points against its random sign.
-counters = {T: deepr(T)[1] for T in (1e-6, 1e-10)}
+counters = {T: counter for T, (_, counter) in deepr_at().items()}
 solution_4 = counters[1e-6].count
 print(", ".join(f"T={T:g}: {c.count} rewired" for T, c in counters.items()))
 check_4(solution_4, solution=True)

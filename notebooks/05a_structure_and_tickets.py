@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: sparsity_lab
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -8,6 +9,8 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   sparsity_lab:
+#     runs_alone: true
 # ---
 
 # %% [markdown]
@@ -314,8 +317,12 @@ def imp_table(seed, model_name, data, options):
 runs_before = run_cache.counts()  # make book and make lab keep the tables (run_cache)
 calls = [(seed, *setting) for seed in SEEDS for setting in TICKET_SETTINGS]
 # independent trainings: a sweep's worker processes run them side by side (one per core
-# in JupyterLab), each computing what it would compute here
-ticket_table = pd.concat(sl.experiments.forked_map(imp_table, calls), ignore_index=True)
+# in JupyterLab), each computing what it would compute here; the 1-D CNN's rounds take
+# about four times LeNet-300-100's, so they start first and the workers end together
+order = sorted(range(len(calls)), key=lambda i: calls[i][1] != "cnn1d")
+tables = dict(zip(order, sl.experiments.forked_map(imp_table, [calls[i] for i in order]),
+                  strict=True))  # fmt: skip
+ticket_table = pd.concat([tables[i] for i in range(len(calls))], ignore_index=True)
 settings = {}
 for model_name, data, options in TICKET_SETTINGS:
     t = recipes.task(model_name, data, seed=SEEDS[-1], **options)

@@ -92,11 +92,12 @@ replay = dataclasses.replace(recipe, epochs=epochs)  # the dense run, to read θ
 final_lr = training["lr"] * (1 + math.cos(math.pi * (epochs - 1) / epochs)) / 2
 
 
-def retrained(t, arm, dense_model, theta_k, mask):
+def retrained(t, arm, dense_model, mask):
     """The pruned network retrained as ``arm`` says."""
     model = copy.deepcopy(dense_model)  # the trained weights
-    if arm == "weight_rewinding":
-        model.load_state_dict(theta_k)
+    if arm == "weight_rewinding":  # θk: the dense training's first epoch, replayed
+        model.load_state_dict(tickets.weights_at_step(t, len(t.loaders(recipe.batch_size)[0]),
+                                                      replay))  # fmt: skip
     for name, keep in mask.items():
         sl.masks.attach(model, name, keep)  # attaching zeroes the pruned weights
     if arm == "fine_tuning":
@@ -111,10 +112,9 @@ def retrained(t, arm, dense_model, theta_k, mask):
 def retraining_row(seed, s, arm):
     """Seed ``seed``'s dense network pruned to ``s``, retrained as ``arm`` says, measured."""
     t, dense_model, _ = recipes.dense("lenet300", "mnist", seed, epochs=EPOCHS)
-    theta_k = tickets.weights_at_step(t, len(t.loaders(recipe.batch_size)[0]), replay)
     found = sl.masks.masks(sl.prune(copy.deepcopy(dense_model), "magnitude", s))
     mask = {n: m.bool() for n, m in found.items()}
-    run = recipes.evaluate_run(retrained(t, arm, dense_model, theta_k, mask), t, target_sparsity=s)
+    run = recipes.evaluate_run(retrained(t, arm, dense_model, mask), t, target_sparsity=s)
     return {"seed": seed, "sparsity": s, "arm": arm, "test_accuracy": run["accuracy"],
             "flags": run["flags"]}  # fmt: skip
 

@@ -278,7 +278,8 @@ def main() -> None:
             f"ms, exported shrunk {ms['exported shrunk']:.2f} ms; speedup {s['speedup']:.2f}x "
             f"of ideal {s['ideal_speedup']:.2f}x ({s['fraction_of_ideal']:.2f}): target >= "
             f"{shrink_speed.TARGET} {'MET' if s['meets_target'] else 'MISSED'}"
-            f"{'' if s['target_applies'] else ' (context)'}; weighted kernels alone "
+            f"{'' if s['target_applies'] else ' (context)'}; compiled (dense, shrunk) "
+            f"{s['compiled']['dense']}, {s['compiled']['shrunk']}; per-layer weighted kernels "
             f"{s['kernel_bound']:.2f}x; max diff of our models "
             f"{max(v for k, v in s['max_abs_diff'].items() if k != 'torch_pruning'):.1e}"
         )

@@ -12,8 +12,10 @@ of ``--rounds`` rounds, :func:`sparsity_lab.accel.time_interleaved`):
   dense model (the last layer kept whole), the tool the field uses; its result has the
   shrunk copy's shapes;
 - ``exported dense``: ``accel.export(masked, kernels=(), use_shrink=False)``, the masks
-  squashed into dense-shaped weights, BatchNorm folded and each convolution's and
-  max-pool's faster exact kernel chosen on its input (:mod:`sparsity_lab.inference`);
+  squashed into dense-shaped weights, BatchNorm folded, each convolution's and max-pool's
+  faster exact kernel chosen on its input (:mod:`sparsity_lab.inference`), and the whole
+  network run as one compiled call (:mod:`sparsity_lab.fused_net`) where that measures
+  faster at this batch;
 - ``exported shrunk``: the same passes on the shrunk copy (``use_shrink=True``).
 
 The ideal speed-up is the ratio of the weight FLOPs the masked model computes (densely) to
@@ -21,15 +23,18 @@ those of the shrunk one.  Target: the exported shrunk model runs at >= 0.7 of th
 speed-up over the exported dense-shaped one, at batch 1 and 64, on LeNet-5 and the small
 ResNet; both exports have the same passes, so the ratio is the shrinking's.
 
-Why a model misses it is measured, not guessed: every weighted layer of both exports is
-timed alone on its real input, and the ratio of the sums (``kernel_bound``) is the speed-up
-the weighted kernels themselves deliver; the rest of the time (``other_share``) is what
-has no weights (pooling, activations, additions) and the calls between layers.  Each layer
-is also timed cut to one input and one output unit (its floor: the same kernel, geometry
-and image size at the least work a channel pruning could leave); ``floor_model`` is the
-speed-up of the weighted kernels if each layer's time above its floor fell with its
-FLOPs (a linear cost model, :func:`layer_floors`), and ``layer_floors`` gives each
-layer's numbers.
+``compiled`` says which exports ended as one compiled call, and ``weight_gflop_per_s`` the
+rate of useful arithmetic each export reached: a shrunk model that runs its fewer FLOPs at
+a lower rate misses the ideal by that ratio.  Why a model misses the target is measured,
+not guessed, on the exports' per-layer form (torch's kernels: what runs where the compiled
+call is not faster): every weighted layer of both is timed alone on its real input, and
+the ratio of the sums (``kernel_bound``) is the speed-up the weighted kernels deliver;
+the rest of that form's time (``other_share``) is what has no weights (pooling,
+activations, additions) and the calls between layers.  Each layer is also timed cut to
+one input and one output unit (its floor: the same kernel, geometry and image size at the
+least work a channel pruning could leave); ``floor_model`` is the speed-up of the weighted
+kernels if each layer's time above its floor fell with its FLOPs (a linear cost model,
+:func:`layer_floors`), and ``layer_floors`` gives each layer's numbers.
 
     python benchmarks/shrink_speed.py [--rounds 15] [--batches 1 64] [--threads 1]
                                       [--out results/shrink_speed.json]
@@ -49,7 +54,7 @@ import torch
 from torch import nn
 
 import sparsity_lab as sl
-from sparsity_lab import accel, inference, shrink
+from sparsity_lab import accel, fused_net, inference, shrink
 
 #: (label, model name, input shape, build options, whether the target applies)
 MODELS = [
@@ -173,8 +178,15 @@ def measure(label, name, shape, options, batch: int, rounds: int) -> dict[str, A
     flops = {k: float(sl.report(runs[k]).iloc[-1]["dense_flops"]) for k in ("masked", "shrunk")}
     ideal = flops["masked"] / flops["shrunk"]
     exported = {k: runs[f"exported {k}"] for k in ("dense", "shrunk")}
-    layers = {k: layer_seconds(m, x, rounds) for k, m in exported.items()}
-    floors = layer_floors(exported["dense"], exported["shrunk"], x, rounds)
+    compiled = {k: isinstance(m, fused_net.CompiledNet) for k, m in exported.items()}
+    # the per-layer form (a compiled export runs its layers only through its fallback)
+    per_layer = {k: m.fallback if compiled[k] else m for k, m in exported.items()}
+    layers = {k: layer_seconds(m, x, rounds) for k, m in per_layer.items()}
+    floors = layer_floors(per_layer["dense"], per_layer["shrunk"], x, rounds)
+    with torch.no_grad():
+        per_layer_seconds = accel.time_interleaved(
+            {k: (lambda m=m: m(x)) for k, m in per_layer.items()}, rounds, 0.05
+        )
     speedup = seconds["exported dense"] / seconds["exported shrunk"]
     kernel_bound = layers["dense"] / layers["shrunk"]
     return {
@@ -183,16 +195,25 @@ def measure(label, name, shape, options, batch: int, rounds: int) -> dict[str, A
         "median_ms": {k: 1e3 * v for k, v in seconds.items()},
         "weight_flops": flops,
         "ideal_speedup": ideal,
+        # the rate of useful arithmetic: a shrunk model that computes its fewer FLOPs more
+        # slowly per FLOP is what keeps the speed-up below the ideal
+        "weight_gflop_per_s": {
+            k: flops[f] * batch / seconds[f"exported {k}"] / 1e9
+            for k, f in (("dense", "masked"), ("shrunk", "shrunk"))
+        },
         "speedup": speedup,
         "fraction_of_ideal": speedup / ideal,
         "eager_speedup": seconds["masked"] / seconds["shrunk"],
         "shrunk_over_torch_pruning": (
             seconds["torch_pruning"] / seconds["shrunk"] if "torch_pruning" in seconds else None
         ),
+        "compiled": compiled,
+        "compiled_speedup": {k: getattr(m, "compiled_speedup", None) for k, m in exported.items()},
         "weighted_layers_ms": {k: 1e3 * v for k, v in layers.items()},
         "kernel_bound": kernel_bound,
         "kernel_bound_fraction_of_ideal": kernel_bound / ideal,
-        "other_share": {k: 1 - layers[k] / seconds[f"exported {k}"] for k in layers},
+        # of the per-layer form's own time, measured beside the layers
+        "other_share": {k: 1 - layers[k] / per_layer_seconds[k] for k in layers},
         "floor_model": floors["floor_model"],
         "floor_model_fraction_of_ideal": floors["floor_model"] / ideal,
         "floor_share": floors["floor_share"],
@@ -232,7 +253,11 @@ def main() -> None:
                 f"{label:>16} batch {batch:>3}: exported dense {ms['exported dense']:.3f} ms, "
                 f"exported shrunk {ms['exported shrunk']:.3f} ms -> {row['speedup']:.2f}x of "
                 f"ideal {row['ideal_speedup']:.2f}x = {row['fraction_of_ideal']:.2f} "
-                f"(target >= {TARGET}: {row['verdict']}); weighted kernels alone "
+                f"(target >= {TARGET}: {row['verdict']}); weight GFLOP/s dense "
+                f"{row['weight_gflop_per_s']['dense']:.1f}, shrunk "
+                f"{row['weight_gflop_per_s']['shrunk']:.1f}; compiled: dense "
+                f"{row['compiled']['dense']}, shrunk {row['compiled']['shrunk']}; per-layer "
+                f"form's weighted kernels alone "
                 f"{row['kernel_bound']:.2f}x = {row['kernel_bound_fraction_of_ideal']:.2f} of "
                 f"ideal, {row['floor_model']:.2f}x = {row['floor_model_fraction_of_ideal']:.2f} "
                 f"if only their time above their floors ({row['floor_share']:.0%} of it) "

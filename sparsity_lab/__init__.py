@@ -36,6 +36,8 @@ _LAZY = (
     "experiments",
     "flags",
     "formats",
+    "fused",
+    "fused_net",
     "hf",
     "illustrations",
     "leaderboard",

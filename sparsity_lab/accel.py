@@ -26,7 +26,13 @@ model that is a chain of Linear layers and ReLUs (an MLP) is also timed as one c
 call over every layer (:class:`sparsity_lab.fused.FusedSparseChain`, which removes the
 per-layer call overhead that dominates small matrix-vector products) and kept in that form
 when it measures faster (its ``export_plan`` is then the per-layer plan of the model it
-runs for every other batch, and ``chain_speedup`` the measured gain at batch 1).
+runs for every other batch, and ``chain_speedup`` the measured gain at batch 1).  Last,
+a model made only of dense convolutions, Linear layers, ReLUs, max-pools, additions and
+global average pooling (LeNet-5, the small ResNets, a shrunk copy of either) is timed as
+one compiled call of the whole network (:class:`sparsity_lab.fused_net.CompiledNet`: no
+module calls, each loop compiled for its own sizes) and kept when it measures faster at
+the example's batch, for batches up to that one (``compiled_speedup``); larger batches
+run the per-layer model.
 ``dispatch="predict"`` uses a fixed sparsity threshold instead (no timing; see
 :data:`PREDICTED_BREAK_EVEN`), and ``dispatch="torch_csr"`` (or any kernel name) forces
 that kernel on every eligible layer, which is how the notebook shows the slow cases.
@@ -65,7 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused, inference, masks, models, pooling
+from . import fused, fused_net, inference, masks, models, pooling
 from . import shrink as shrink_mod
 from .formats import BSR, CSR, Encoded, NMFormat
 from .modes import evaluating
@@ -79,6 +85,7 @@ __all__ = [
     "SemiStructuredLinear",
     "export",
     "plan",
+    "kernels_run",
     "time_call",
     "time_interleaved",
     "time_forward",
@@ -566,7 +573,8 @@ def export(
     max-pool gets the faster of its two exact kernels on its real input
     (:mod:`sparsity_lab.inference`; ``dense_kernels`` holds the choices and timings).
     ``kernels=()`` measures only those, and never fuses a sparse chain: a dense model's best
-    export, the fair reference for a shrunk one.
+    export, the fair reference for a shrunk one.  Both may end as one compiled call of the
+    whole network (:mod:`sparsity_lab.fused_net`) where that measures faster.
     """
     modes = ("measure", "predict", "dense", *KERNELS)
     if dispatch not in modes:
@@ -603,6 +611,7 @@ def export(
                 work = _guard_whole(work, model, x, use_shrink, repeats, budget_s)
                 if x.shape[0] == 1 and tuple(kernels):  # the chain is a sparse kernel
                     work = _fuse_chain(work, model, x, use_shrink, repeats, budget_s)
+                work = _compile_whole(work, x, repeats, budget_s)
         _check_outputs(work, x, reference, tolerance, device)
     return work
 
@@ -716,6 +725,28 @@ def _fuse_chain(work, model, x, use_shrink, repeats, budget_s) -> nn.Module:
     return candidate
 
 
+def _compile_whole(work, x, repeats, budget_s) -> nn.Module:
+    """``work`` as one compiled call (:class:`~sparsity_lab.fused_net.CompiledNet`, with
+    ``work`` for larger batches) when every operation of it translates and the compiled
+    call measures faster than ``work`` on ``x``."""
+    if isinstance(work, fused.FusedSparseChain):
+        return work  # already one compiled call
+    program = fused_net.program_of(work, x)
+    if program is None:
+        return work
+    candidate = fused_net.CompiledNet(program, work, max_batch=x.shape[0]).eval()
+    with torch.no_grad():
+        times = time_interleaved(
+            {"per_layer": lambda: work(x), "compiled": lambda: candidate(x)}, repeats, budget_s * 2
+        )
+    if times["compiled"] > times["per_layer"]:
+        return work
+    for key in ("export_plan", "dense_kernels", "folded_batchnorm"):
+        setattr(candidate, key, getattr(work, key))
+    candidate.compiled_speedup = times["per_layer"] / times["compiled"]
+    return candidate
+
+
 def _check_outputs(work, x, reference, tolerance, device) -> None:
     with torch.no_grad():
         out = work(x.to(device)).float().cpu()
@@ -749,6 +780,14 @@ def _to_semi_structured(work: nn.Module) -> nn.Module:
     return work
 
 
+def kernels_run(model: nn.Module) -> list[str]:
+    """Each planned layer's kernel as an exported model runs it at its export batch:
+    ``csr_chain`` inside a fused sparse chain, ``compiled_net`` inside a compiled network,
+    else the plan's choice (``dense`` or a sparse kernel)."""
+    whole = {fused.FusedSparseChain: "csr_chain", fused_net.CompiledNet: "compiled_net"}
+    return [whole.get(type(model), c.kernel) for c in getattr(model, "export_plan", [])]
+
+
 def plan(model: nn.Module) -> Any:
     """An exported model's per-layer choices as a DataFrame (timings in microseconds)."""
     import pandas as pd
@@ -775,7 +814,7 @@ def safe_classes() -> list[Any]:
                 found.append(value)
     found += [_SparseWeight, SparseLinear, SparseConv, SemiStructuredLinear]
     found += [inference.Im2colConv2d, inference.StridedMaxPool2d, pooling.MaxPool2x2]
-    found.append(fused.FusedSparseChain)
+    found += [fused.FusedSparseChain, fused_net.CompiledNet]
     return found
 
 

@@ -33,7 +33,16 @@ from torch import nn
 
 from .paths import default_cache_dir
 
-__all__ = ["Chain", "FusedSparseChain", "chain_of", "library", "reference_forward", "SOURCE"]
+__all__ = [
+    "Chain",
+    "CompiledCall",
+    "FusedSparseChain",
+    "chain_of",
+    "compiled",
+    "library",
+    "reference_forward",
+    "SOURCE",
+]
 
 #: The C kernel: ``batch`` examples, each through every layer in turn.  Each layer's
 #: output row ``r`` is ``bias[r] + sum(values[k] * in[indices[k]])`` over the row's
@@ -101,31 +110,31 @@ class _Chain(ctypes.Structure):
     ]
 
 
-def library() -> ctypes.CDLL | None:
-    """The compiled kernel, or None when no C compiler is found (or it fails).
+def compiled(name: str, source: str, flags: tuple[str, ...] = ("-O2",)) -> ctypes.CDLL | None:
+    """The C ``source`` compiled with the system's compiler into a shared library, loaded;
+    None when no compiler is found (or the build fails).
 
-    Built once per source and machine into ``<cache>/kernels`` (see
-    :func:`sparsity_lab.paths.default_cache_dir`); a failed build is not retried in
-    this process.
+    Built once per source, flags and machine into ``<cache>/kernels`` (see
+    :func:`sparsity_lab.paths.default_cache_dir`); a failed build is not retried in this
+    process.  Never ``-ffast-math``: the sums keep the order the source gives them.
     """
-    if "lib" in _LIBRARY:
-        return _LIBRARY["lib"]
-    _LIBRARY["lib"] = None
+    if name in _LIBRARY:
+        return _LIBRARY[name]
+    _LIBRARY[name] = None
     compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         return None
-    tag = hashlib.sha256(f"{SOURCE}{platform.machine()}{platform.system()}".encode())
-    target = default_cache_dir() / "kernels" / f"csr_chain-{tag.hexdigest()[:16]}.so"
+    tag = hashlib.sha256(f"{source}{flags}{platform.machine()}{platform.system()}".encode())
+    target = default_cache_dir() / "kernels" / f"{name}-{tag.hexdigest()[:16]}.so"
     try:
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory() as tmp:
-                source = Path(tmp) / "csr_chain.c"
-                source.write_text(SOURCE)
+                path = Path(tmp) / f"{name}.c"
+                path.write_text(source)
                 built = Path(tmp) / target.name
-                # no fast-math: the sums keep the order the source gives them
                 subprocess.run(
-                    [compiler, "-O2", "-shared", "-fPIC", str(source), "-o", str(built)],
+                    [compiler, *flags, "-shared", "-fPIC", str(path), "-o", str(built)],
                     check=True,
                     capture_output=True,
                     timeout=60,
@@ -134,10 +143,16 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError):
         return None
-    fn = lib.csr_chain
-    fn.restype = None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 4
-    _LIBRARY["lib"] = lib
+    _LIBRARY[name] = lib
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled chain kernel (:data:`SOURCE`), or None without a C compiler."""
+    lib = compiled("csr_chain", SOURCE)
+    if lib is not None and lib.csr_chain.argtypes is None:
+        lib.csr_chain.restype = None
+        lib.csr_chain.argtypes = [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 4
     return lib
 
 
@@ -206,7 +221,38 @@ def _is_flatten(target: Any, node: Any) -> bool:
 # ------------------------------------------------------------------------------- module
 
 
-class FusedSparseChain(nn.Module):
+class CompiledCall(nn.Module):
+    """A module whose forward calls compiled code with pointers into its own buffers.
+
+    The pointers are built by :meth:`_build` (which also checks the buffers, returning None
+    where the code cannot read them) and rebuilt whenever a buffer's memory moved
+    (``.to()``, ``.half()``, ``share_memory()``, a load: each gives another address); they
+    are never copied or pickled.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._call: Any = None
+        self._key: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_call"], state["_key"] = None, None  # pointers are rebuilt on first use
+        return state
+
+    def _build(self) -> Any:
+        raise NotImplementedError
+
+    def _prepared(self) -> Any:
+        """What :meth:`_build` gave for the current buffers (None: not readable)."""
+        key = tuple(b.data_ptr() for b in self._buffers.values())
+        if self._key != key:
+            self._call, self._key = None, key
+            self._call = self._build()
+        return self._call
+
+
+class FusedSparseChain(CompiledCall):
     """A Linear/ReLU chain whose batch-1 forward is one call of the compiled CSR kernel.
 
     Built from the chain's dense (masked or squashed) Linear layers; ``fallback`` is the
@@ -239,13 +285,6 @@ class FusedSparseChain(nn.Module):
             self.register_buffer(f"values{i}", csr.values().contiguous())
             bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros(0)
             self.register_buffer(f"bias{i}", bias.contiguous())
-        self._call: Any = None
-        self._key: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_call"], state["_key"] = None, None  # pointers are rebuilt on first use
-        return state
 
     @property
     def nnz(self) -> int:
@@ -287,40 +326,32 @@ class FusedSparseChain(nn.Module):
                 )
         return True
 
-    def _prepared(self) -> Any:
+    def _build(self) -> Any:
         """``(struct, kept arrays)`` for the current buffers, or None when they are not what
-        the kernel reads.  Rebuilt (and checked) whenever a buffer's memory moved; the
-        tuple keeps every array it points into alive."""
-        # A buffer with another dtype, device, size or storage (``.to()``, ``.half()``,
-        # ``share_memory()``, a load) has another address: the addresses are the key.
-        key = tuple(b.data_ptr() for b in self._buffers.values())
-        if self._key != key:
-            self._call, self._key = None, key
-            if self._runnable():
-                n = len(self.shapes)
-                arrays = [self.arrays(i) for i in range(n)]
+        the kernel reads; the tuple keeps every array it points into alive."""
+        if not self._runnable():
+            return None
+        n = len(self.shapes)
+        arrays = [self.arrays(i) for i in range(n)]
 
-                def table(ctype: Any, values: list[Any]) -> Any:
-                    return (ctype * n)(*values)
+        def table(ctype: Any, values: list[Any]) -> Any:
+            return (ctype * n)(*values)
 
-                def pointers(kind: int) -> Any:
-                    return table(
-                        ctypes.c_void_p,
-                        [a[kind].data_ptr() if a[kind].numel() else None for a in arrays],
-                    )
+        def pointers(kind: int) -> Any:
+            return table(
+                ctypes.c_void_p, [a[kind].data_ptr() if a[kind].numel() else None for a in arrays]
+            )
 
-                keep = [
-                    table(ctypes.c_int64, [r for r, _ in self.shapes]),
-                    table(ctypes.c_int64, [c for _, c in self.shapes]),
-                    pointers(0),
-                    pointers(1),
-                    pointers(2),
-                    pointers(3),
-                    table(ctypes.c_int32, [int(r) for r in self.relu]),
-                ]
-                struct = _Chain(n, *(ctypes.addressof(v) for v in keep))
-                self._call = (struct, keep, arrays)
-        return self._call
+        keep = [
+            table(ctypes.c_int64, [r for r, _ in self.shapes]),
+            table(ctypes.c_int64, [c for _, c in self.shapes]),
+            pointers(0),
+            pointers(1),
+            pointers(2),
+            pointers(3),
+            table(ctypes.c_int32, [int(r) for r in self.relu]),
+        ]
+        return _Chain(n, *(ctypes.addressof(v) for v in keep)), keep, arrays
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lib = library()

@@ -1,0 +1,581 @@
+"""A small dense network in one compiled call: shrunk CNNs at the speed their FLOPs allow.
+
+A LeNet-5 with half its channels removed computes about 140,000 multiply-adds per example,
+tens of microseconds of arithmetic, yet torch runs it at batch 1 in about a hundred: each
+layer is a module call, a kernel dispatch and a tensor allocation, and a convolution with
+three output channels keeps torch's kernels far from their best.  That fixed cost does not
+fall when channels are removed, so a shrunk network ran at well under half of its ideal
+(FLOP) speed-up (``benchmarks/shrink_speed.py``).
+
+:class:`CompiledNet` runs the whole forward pass in one call of a C function written for
+the network (:func:`source_of`: the loops of :data:`KERNELS` called with the network's
+sizes as constants), compiled with the system's compiler on first use (cached by source
+under ``<cache>/kernels``) and called through ``ctypes``.  :func:`program_of` translates a
+model by tracing it with ``torch.fx``; it knows convolutions (1-D and 2-D, any stride and
+zero padding), Linear layers, ReLU, max-pooling without padding, additions of two tensors
+(residual blocks), global average pooling and flattening.  BatchNorm must already be
+folded into the convolution before it (:func:`sparsity_lab.inference.fold_batchnorm`);
+any other operation makes the model untranslatable (None), and it runs as it is.
+
+Each example runs through the program in turn, every operation a plain loop in the order
+the source gives it (no fast-math), so outputs differ from torch's by float rounding only.
+The parameters are copies taken at translation (in the layouts the loops read).
+:func:`sparsity_lab.accel.export` keeps the compiled form only where it measures faster
+than the per-layer model, and only for batches up to the one it was measured on
+(``max_batch``); larger batches, other dtypes and devices, gradients and machines without a
+compiler run the per-layer model it came from (``fallback``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import operator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from . import inference, pooling
+from .fused import CompiledCall, compiled
+
+__all__ = ["CompiledNet", "KERNELS", "Program", "library", "program_of", "source_of"]
+
+#: Operation codes of a program row.
+CONV, MAXPOOL, ADD, RELU, MEAN, LINEAR = range(6)
+#: Fields of a program row: the code, then ``in``, ``in2``, ``out`` (offsets into the work
+#: arena, in floats), then the operation's own (see :func:`_call`).
+FIELDS = 20
+
+#: The operations, each a function of its arrays and sizes.  :func:`source_of` writes one
+#: function per program that calls them with the program's sizes as constants, so that the
+#: compiler unrolls and vectorises each loop for its own bounds (the same loops with sizes
+#: read at run time take about three times as long).  A convolution first copies its input
+#: into a zero-padded scratch, then adds each weight times a shifted row of the input to a
+#: row of the output: the innermost loop runs along the output row.  A Linear layer keeps
+#: its weight transposed for the same reason.
+KERNELS = r"""
+#include <stdint.h>
+#include <string.h>
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE float relu(float v) { return v < 0.0f ? 0.0f : v; }
+
+INLINE void conv(const float *in, float *out, float *pad, const float *w, const float *b,
+                 int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW,
+                 int64_t SH, int64_t SW, int64_t P, int64_t Q, int act)
+{
+    int64_t PH = H + 2 * P, PW = W + 2 * Q;
+    int64_t OH = (PH - KH) / SH + 1, OW = (PW - KW) / SW + 1;
+    if (P || Q) {
+        memset(pad, 0, sizeof(float) * C * PH * PW);
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t y = 0; y < H; ++y)
+                memcpy(pad + (c * PH + y + P) * PW + Q, in + (c * H + y) * W, sizeof(float) * W);
+        in = pad;
+    }
+    for (int64_t o = 0; o < O; ++o) {
+        float *plane = out + o * OH * OW;
+        float start = b ? b[o] : 0.0f;
+        for (int64_t i = 0; i < OH * OW; ++i)
+            plane[i] = start;
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t kh = 0; kh < KH; ++kh)
+                for (int64_t kw = 0; kw < KW; ++kw) {
+                    float wv = w[((o * C + c) * KH + kh) * KW + kw];
+                    const float *src = in + (c * PH + kh) * PW + kw;
+                    for (int64_t y = 0; y < OH; ++y)
+                        for (int64_t x = 0; x < OW; ++x)
+                            plane[y * OW + x] += wv * src[y * SH * PW + x * SW];
+                }
+        if (act)
+            for (int64_t i = 0; i < OH * OW; ++i)
+                plane[i] = relu(plane[i]);
+    }
+}
+
+/* windows clipped to the input (ceil mode); NaN propagates, as in torch */
+INLINE void maxpool(const float *in, float *out, int64_t C, int64_t H, int64_t W,
+                    int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t OH, int64_t OW)
+{
+    for (int64_t c = 0; c < C; ++c)
+        for (int64_t y = 0; y < OH; ++y)
+            for (int64_t x = 0; x < OW; ++x) {
+                int64_t y0 = y * SH, x0 = x * SW;
+                int64_t y1 = y0 + KH < H ? y0 + KH : H, x1 = x0 + KW < W ? x0 + KW : W;
+                float m = in[(c * H + y0) * W + x0];
+                for (int64_t i = y0; i < y1; ++i)
+                    for (int64_t j = x0; j < x1; ++j) {
+                        float v = in[(c * H + i) * W + j];
+                        if (v > m || v != v)
+                            m = v;
+                    }
+                out[(c * OH + y) * OW + x] = m;
+            }
+}
+
+INLINE void add(const float *a, const float *b, float *out, int64_t n, int act)
+{
+    for (int64_t i = 0; i < n; ++i)
+        out[i] = act ? relu(a[i] + b[i]) : a[i] + b[i];
+}
+
+INLINE void relu_all(const float *in, float *out, int64_t n)
+{
+    for (int64_t i = 0; i < n; ++i)
+        out[i] = relu(in[i]);
+}
+
+/* the mean of each channel */
+INLINE void mean(const float *in, float *out, int64_t C, int64_t HW)
+{
+    for (int64_t c = 0; c < C; ++c) {
+        float s = 0.0f;
+        for (int64_t i = 0; i < HW; ++i)
+            s += in[c * HW + i];
+        out[c] = s / (float)HW;
+    }
+}
+
+/* wt: the weight transposed, I x O */
+INLINE void linear(const float *in, float *out, const float *wt, const float *b,
+                   int64_t I, int64_t O, int act)
+{
+    for (int64_t o = 0; o < O; ++o)
+        out[o] = b ? b[o] : 0.0f;
+    for (int64_t i = 0; i < I; ++i)
+        for (int64_t o = 0; o < O; ++o)
+            out[o] += in[i] * wt[i * O + o];
+    if (act)
+        for (int64_t o = 0; o < O; ++o)
+            out[o] = relu(out[o]);
+}
+"""
+
+
+def _call(row: list[int]) -> str:
+    """The C call of one program row (arrays as offsets into the arena ``a``, parameters
+    from the table ``p``)."""
+    kind, at = row[0], (lambda f: f"a + {row[f]}")
+
+    def param(f: int) -> str:
+        return "0" if row[f] < 0 else f"p[{row[f]}]"
+
+    if kind == CONV:
+        sizes = ", ".join(str(v) for v in row[4:14])
+        return f"conv({at(1)}, {at(3)}, {at(17)}, {param(14)}, {param(15)}, {sizes}, {row[16]});"
+    if kind == MAXPOOL:
+        return f"maxpool({at(1)}, {at(3)}, {', '.join(str(v) for v in row[4:13])});"
+    if kind == ADD:
+        return f"add({at(1)}, {at(2)}, {at(3)}, {row[4]}, {row[5]});"
+    if kind == RELU:
+        return f"relu_all({at(1)}, {at(3)}, {row[4]});"
+    if kind == MEAN:
+        return f"mean({at(1)}, {at(3)}, {row[4]}, {row[5]});"
+    return f"linear({at(1)}, {at(3)}, {param(6)}, {param(7)}, {row[4]}, {row[5]}, {row[8]});"
+
+
+def source_of(rows: list[list[int]], in_at: int, in_size: int, out_at: int, out_size: int) -> str:
+    """The C source of one program: :data:`KERNELS` and ``run_net``, which runs ``batch``
+    examples through the rows in turn in the caller's arena."""
+    body = "\n".join(f"        {_call(row)}" for row in rows)
+    return (
+        KERNELS
+        + "\nvoid run_net(const float *const *p, int64_t batch, const float *x, float *y, "
+        + "float *a)\n{\n    for (int64_t n = 0; n < batch; ++n) {\n"
+        + f"        memcpy(a + {in_at}, x + n * {in_size}, sizeof(float) * {in_size});\n"
+        + body
+        + f"\n        memcpy(y + n * {out_size}, a + {out_at}, sizeof(float) * {out_size});\n"
+        + "    }\n}\n"
+    )
+
+
+def library(source: str) -> ctypes.CDLL | None:
+    """One program's compiled ``run_net``, or None when there is no C compiler.
+
+    ``-O3``: the loops along output rows are vectorised (at ``-O2`` they mostly are not).
+    """
+    name = "net-" + hashlib.sha256(source.encode()).hexdigest()[:16]
+    lib = compiled(name, source, ("-O3",))
+    if lib is not None and lib.run_net.argtypes is None:
+        lib.run_net.restype = None
+        lib.run_net.argtypes = [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 3
+    return lib
+
+
+# ---------------------------------------------------------------------------- translation
+
+
+class Program:
+    """What :func:`program_of` found: the rows of the program, the parameters they
+    read (``params[i]``, float32, in the layout the C code expects), the arena's size and
+    where the input and output live in it."""
+
+    def __init__(self) -> None:
+        self.rows: list[list[int]] = []
+        self.params: list[torch.Tensor] = []
+        self.in_at = self.out_at = self.arena = 0
+        self.in_shape: tuple[int, ...] = ()
+        self.out_shape: tuple[int, ...] = ()
+
+    def add_param(self, tensor: torch.Tensor | None) -> int:
+        if tensor is None:
+            return -1
+        self.params.append(tensor.detach().float().contiguous().clone())
+        return len(self.params) - 1
+
+
+_RELUS = (F.relu, torch.relu)
+_ADDS = (operator.add, torch.add)
+_CONVS = (nn.Conv1d, nn.Conv2d, inference.Im2colConv2d)
+_POOLS = (nn.MaxPool2d, inference.StridedMaxPool2d, pooling.MaxPool2x2)
+_ALIASES = (nn.Identity, nn.Flatten, nn.Dropout)  # eval mode: dropout passes its input
+
+
+def _conv_row(conv: nn.Module, shape: tuple[int, ...], program: Program) -> list[int] | None:
+    """``conv``'s row fields (from ``C``), or None where the program cannot run it."""
+    two_d = conv.weight.dim() == 4
+    padding = conv.padding
+    if (
+        type(conv) not in _CONVS
+        or conv.groups != 1
+        or isinstance(padding, str)
+        or conv.padding_mode != "zeros"
+        or any(d != 1 for d in conv.dilation)
+    ):
+        return None
+    weight = conv.weight if two_d else conv.weight[:, :, None, :]
+    c, h, w = shape if two_d else (shape[0], 1, shape[1])
+    kh, kw = weight.shape[2:]
+    sh, sw = conv.stride if two_d else (1, conv.stride[0])
+    ph, pw = padding if two_d else (0, padding[0])
+    fields = [c, h, w, conv.out_channels, kh, kw, sh, sw, ph, pw]
+    return fields + [program.add_param(weight), program.add_param(conv.bias)]
+
+
+class _Tracer(fx.Tracer):
+    """fx's tracer, with the library's own convolution and pooling kernels kept whole (fx
+    otherwise traces into any module that is not torch's)."""
+
+    def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
+        return isinstance(m, _CONVS + _POOLS) or super().is_leaf_module(m, qualified_name)
+
+
+def _pool_fields(kernel: Any, stride: Any, shape, out_shape) -> list[int] | None:
+    def pair(v: Any) -> tuple[int, int]:
+        return (v, v) if isinstance(v, int) else tuple(v)
+
+    if len(shape) != 3 or len(out_shape) != 3:
+        return None
+    (kh, kw), (sh, sw) = pair(kernel), pair(stride or kernel)
+    c, h, w = shape
+    return [c, h, w, kh, kw, sh, sw, out_shape[1], out_shape[2]]
+
+
+def _is_mean(node: fx.Node, target: Any, shape, out_shape) -> bool:
+    """``x.mean((2, 3))`` or ``torch.mean(x, (2, 3))`` over a ``(C, H, W)`` map: global
+    average pooling."""
+    if not (
+        (node.op == "call_method" and target == "mean")
+        or (node.op == "call_function" and target is torch.mean)
+    ):
+        return False
+    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    dims = tuple(dims) if isinstance(dims, list | tuple) else (dims,)
+    other = {k: v for k, v in node.kwargs.items() if k != "dim"}
+    return (
+        len(shape) == 3
+        and set(dims) in ({2, 3}, {-2, -1})
+        and other in ({}, {"keepdim": False}, {"keepdim": True})
+        and len(node.args) <= 2
+        and out_shape[0] == shape[0]
+    )
+
+
+def _is_size(node: fx.Node) -> bool:
+    """``x.shape``, ``x.size()`` or an item of one: sizes, not arrays."""
+    if "tensor_meta" in node.meta:
+        return False
+    if node.op == "call_method":
+        return node.target == "size"
+    return node.op == "call_function" and node.target in (getattr, operator.getitem)
+
+
+def _is_reshape(node: fx.Node, target: Any) -> bool:
+    """A flatten, view or reshape that keeps the batch (checked by the caller's sizes):
+    the program's arrays are contiguous, so its output is its input."""
+    if node.op == "call_method":
+        return target in ("flatten", "view", "reshape", "contiguous")
+    return node.op == "call_function" and target in (torch.flatten, torch.reshape)
+
+
+def program_of(model: nn.Module, example: torch.Tensor) -> Program | None:
+    """The program of ``model`` on inputs shaped like ``example``'s examples (float32), or
+    None when the model holds anything the program does not run, or cannot be traced."""
+    try:
+        traced = fx.GraphModule(model, _Tracer().trace(model))
+        ShapeProp(traced).propagate(example[:1].float())
+    except Exception:  # any tracing failure means: run the model as it is
+        return None
+    program = Program()
+    where: dict[fx.Node, int] = {}  # node -> the buffer holding its value
+    made_by: dict[int, fx.Node] = {}  # buffer -> the node whose row wrote it
+    lives: list[list[int]] = []  # buffer -> [size, first row, last row]
+
+    def shape_of(node: Any) -> tuple[int, ...] | None:
+        meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+        if not hasattr(meta, "shape") or meta.dtype != torch.float32 or meta.shape[0] != 1:
+            return None
+        return tuple(meta.shape[1:])
+
+    def new_buffer(size: int) -> int:
+        lives.append([size, len(program.rows), len(program.rows)])
+        return len(lives) - 1
+
+    def read(node: Any) -> int | None:
+        if not isinstance(node, fx.Node) or node not in where:
+            return None
+        lives[where[node]][2] = len(program.rows)  # alive until the row about to be made
+        return where[node]
+
+    output = None
+    for node in traced.graph.nodes:
+        if node.op == "output":
+            output = node.args[0]
+            break
+        if _is_size(node):
+            continue  # read only by reshapes, whose output sizes are checked
+        shape = shape_of(node)
+        if shape is None:
+            return None  # not a float32 tensor of one example
+        size = int(torch.Size(shape).numel())
+        if node.op == "placeholder":
+            if where:
+                return None  # a second input
+            program.in_shape = shape
+            where[node] = new_buffer(size)
+            continue
+        src = node.args[0] if node.args else None
+        source, in_shape = read(src), shape_of(src)
+        if source is None:
+            return None
+        target = traced.get_submodule(node.target) if node.op == "call_module" else node.target
+        second = -1
+        if isinstance(target, _CONVS):
+            fields = _conv_row(target, in_shape, program)
+            if fields is None:
+                return None
+            c, h, w, _, _, _, _, _, ph, pw = fields[:10]
+            # the zero-padded copy of the input: a buffer alive for this row only
+            pad = new_buffer(c * (h + 2 * ph) * (w + 2 * pw)) if ph or pw else 0
+            kind, fields = CONV, [*fields, 0, pad]
+        elif type(target) is nn.Linear:  # exactly: shrink's OffsetLinear adds to its output
+            if len(in_shape) != 1:
+                return None
+            weight = program.add_param(target.weight.t())
+            bias = program.add_param(target.bias)
+            kind, fields = LINEAR, [in_shape[0], target.out_features, weight, bias, 0]
+        elif isinstance(target, nn.ReLU) or (node.op == "call_function" and target in _RELUS):
+            last = program.rows[-1] if program.rows else None
+            field = {CONV: 16, LINEAR: 8, ADD: 5}.get(last[0]) if last else None
+            # only the sole reader of a row's own output may change it in place
+            if field and last[3] == source and made_by.get(source) is src and len(src.users) == 1:
+                last[field] = 1  # applied by the row that made its input
+                where[node] = source
+                continue
+            kind, fields = RELU, [size]
+        elif type(target) in _POOLS or target is pooling.max_pool_2x2:
+            if isinstance(target, nn.Module):
+                if target.padding not in (0, (0, 0)) or target.dilation not in (1, (1, 1)):
+                    return None
+                fields = _pool_fields(target.kernel_size, target.stride, in_shape, shape)
+            else:
+                fields = _pool_fields(2, 2, in_shape, shape)
+            if fields is None:
+                return None
+            kind = MAXPOOL
+        elif node.op == "call_function" and target in _ADDS:
+            other = node.args[1] if len(node.args) == 2 and not node.kwargs else None
+            if shape_of(other) != shape or in_shape != shape:
+                return None  # broadcasting, a scalar, or alpha=
+            second = read(other)
+            kind, fields = ADD, [size, 0]
+        elif _is_mean(node, target, in_shape, shape) or (
+            isinstance(target, nn.AdaptiveAvgPool2d) and len(shape) == 3 and shape[1:] == (1, 1)
+        ):
+            kind, fields = MEAN, [in_shape[0], lives[source][0] // in_shape[0]]
+        elif isinstance(target, _ALIASES) or _is_reshape(node, target):
+            if size != lives[source][0]:
+                return None
+            where[node] = source  # the same floats in the same order
+            continue
+        else:
+            return None
+        out = new_buffer(size)
+        row = [kind, source, second, out, *fields]
+        row += [0] * (FIELDS - len(row))
+        # the sizes the C loops will use must be the ones torch gave (say, a pool's output)
+        sizes = _row_sizes(row)
+        if sizes is None or sizes[0][1] != lives[source][0] or sizes[0][3] != size:
+            return None
+        program.rows.append(row)
+        where[node], made_by[out] = out, node
+    if output is None or read(output) is None or shape_of(output) is None:
+        return None
+    program.out_shape = shape_of(output)
+    lives[where[output]][2] = len(program.rows)  # read after the last row
+    _place(program, lives, where[next(iter(traced.graph.nodes))], where[output])
+    return program
+
+
+def _place(program: Program, lives: list[list[int]], first: int, last: int) -> None:
+    """Give every buffer an offset in the arena; buffers alive at the same row never
+    overlap (first fit, in order of creation), and the ids in the rows become offsets."""
+    placed: list[tuple[int, int, int, int]] = []  # (offset, size, first row, last row)
+    offsets = []
+    for size, start, end in lives:
+        clashes = sorted((o, s) for o, s, a, b in placed if a <= end and start <= b)
+        offset = 0
+        for o, s in clashes:
+            if offset + size <= o:
+                break
+            offset = max(offset, o + s)
+        placed.append((offset, size, start, end))
+        offsets.append(offset)
+    for row in program.rows:
+        for field in (1, 3) + ((2,) if row[0] == ADD else ()) + ((17,) if row[0] == CONV else ()):
+            row[field] = offsets[row[field]]
+    program.arena = max((o + s for o, s, _, _ in placed), default=0)
+    program.in_at, program.out_at = offsets[first], offsets[last]
+
+
+# --------------------------------------------------------------------------------- module
+
+
+def _row_sizes(row: list[int]) -> tuple[dict[int, int], dict[int, int]] | None:
+    """``({field: floats read or written there}, {param field: floats})`` of a row, or None
+    when its sizes do not make sense (a damaged file)."""
+    kind = row[0]
+    if kind == CONV:
+        c, h, w, o, kh, kw, sh, sw, ph, pw = row[4:14]
+        if min(c, h, w, o, kh, kw, sh, sw) < 1 or min(ph, pw) < 0:
+            return None
+        padded_h, padded_w = h + 2 * ph, w + 2 * pw
+        if kh > padded_h or kw > padded_w:
+            return None
+        oh, ow = (padded_h - kh) // sh + 1, (padded_w - kw) // sw + 1
+        arrays = {1: c * h * w, 3: o * oh * ow}
+        if ph or pw:
+            arrays[17] = c * padded_h * padded_w
+        return arrays, {14: o * c * kh * kw, 15: o}
+    if kind == MAXPOOL:
+        c, h, w, kh, kw, sh, sw, oh, ow = row[4:13]
+        if min(c, h, w, kh, kw, sh, sw, oh, ow) < 1 or (oh - 1) * sh >= h or (ow - 1) * sw >= w:
+            return None
+        return {1: c * h * w, 3: c * oh * ow}, {}
+    if kind in (ADD, RELU):
+        return ({1: row[4], 2: row[4], 3: row[4]} if kind == ADD else {1: row[4], 3: row[4]}), {}
+    if kind == MEAN:
+        return ({1: row[4] * row[5], 3: row[4]}, {}) if min(row[4], row[5]) >= 1 else None
+    if kind == LINEAR:
+        return {1: row[4], 3: row[5]}, {6: row[4] * row[5], 7: row[5]}
+    return None
+
+
+class CompiledNet(CompiledCall):
+    """A network whose forward, for batches up to ``max_batch``, is one call of its compiled
+    program (:func:`program_of` translates it); ``fallback`` runs everything else.
+
+    The program's rows and parameters are buffers, so the module saves, loads, copies and
+    pickles; the ``ctypes`` pointers are rebuilt, and the rows checked against the arena,
+    whenever the buffers change.
+    """
+
+    def __init__(self, program: Program, fallback: nn.Module, *, max_batch: int = 1) -> None:
+        super().__init__()
+        self.fallback = fallback
+        self.in_shape, self.out_shape = tuple(program.in_shape), tuple(program.out_shape)
+        self.in_at, self.out_at, self.arena = program.in_at, program.out_at, program.arena
+        self.max_batch = max_batch
+        self.register_buffer("ops", torch.tensor(program.rows, dtype=torch.int64))
+        self.n_params = len(program.params)
+        for i, param in enumerate(program.params):
+            self.register_buffer(f"param{i}", param)
+
+    def _runnable(self) -> bool:
+        """Whether the buffers are what the program reads (int64 rows, float32 CPU
+        parameters, contiguous: ``.double()`` or ``.cuda()`` make it use its fallback).
+        Raises when a row would read or write outside its arrays (a damaged file)."""
+        params = [self.get_buffer(f"param{i}") for i in range(self.n_params)]
+        ops = self.ops
+        if ops.dtype != torch.int64 or ops.device.type != "cpu" or not ops.is_contiguous():
+            return False
+        if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
+            return False
+        if not all(p.is_contiguous() for p in params):
+            return False
+        size = lambda shape: int(torch.Size(shape).numel())  # noqa: E731
+        ends = [self.in_at + size(self.in_shape), self.out_at + size(self.out_shape)]
+        valid = ops.dim() == 2 and ops.shape[1] == FIELDS and min(self.in_at, self.out_at) >= 0
+        for row in ops.tolist() if valid else []:
+            sizes = _row_sizes(row)
+            if sizes is None:
+                valid = False
+                break
+            arrays, weights = sizes
+            valid &= all(row[f] >= 0 for f in arrays)
+            ends += [row[f] + n for f, n in arrays.items()]
+            for f, n in weights.items():
+                optional = f in (7, 15) and row[f] == -1  # no bias
+                valid &= optional or (0 <= row[f] < len(params) and params[row[f]].numel() == n)
+        if not valid or max(ends) > self.arena:
+            raise ValueError(
+                "the compiled network's program does not fit its arrays; the saved model may "
+                "be damaged: export it again"
+            )
+        return True
+
+    def _build(self) -> Any:
+        """``(library, parameter pointer table, kept parameters)``, or None when the buffers
+        are not what the program reads or there is no compiler."""
+        if not self._runnable():
+            return None
+        lib = library(self.source())
+        params = [self.get_buffer(f"param{i}") for i in range(self.n_params)]
+        table = (ctypes.c_void_p * max(1, len(params)))(*(p.data_ptr() for p in params))
+        return None if lib is None else (lib, table, params)
+
+    def source(self) -> str:
+        """The C source of this network's program (:func:`source_of`)."""
+        size = lambda shape: int(torch.Size(shape).numel())  # noqa: E731
+        return source_of(self.ops.tolist(), self.in_at, size(self.in_shape), self.out_at,
+                         size(self.out_shape))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        call = None
+        if (
+            not self.training  # dropout and batch statistics are the fallback's
+            and 1 <= x.shape[0] <= self.max_batch
+            and tuple(x.shape[1:]) == self.in_shape
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and not (x.requires_grad and torch.is_grad_enabled())
+        ):
+            call = self._prepared()  # held for the whole call: it owns what C reads
+        if call is None:
+            return self.fallback(x)
+        x = x.contiguous()
+        out = torch.empty(x.shape[0], *self.out_shape, dtype=torch.float32)
+        arena = torch.empty(max(1, self.arena), dtype=torch.float32)  # this call's own
+        lib, table = call[:2]
+        lib.run_net(ctypes.addressof(table), x.shape[0], x.data_ptr(), out.data_ptr(),
+                    arena.data_ptr())  # fmt: skip
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"rows={self.ops.shape[0]}, parameters={self.n_params}, "
+            f"arena={self.arena} floats, max_batch={self.max_batch}"
+        )

@@ -611,7 +611,7 @@ def export(
                 work = _guard_whole(work, model, x, use_shrink, repeats, budget_s)
                 if x.shape[0] == 1 and tuple(kernels):  # the chain is a sparse kernel
                     work = _fuse_chain(work, model, x, use_shrink, repeats, budget_s)
-                work = _compile_whole(work, x, repeats, budget_s)
+                work = _compile_whole(work, model, x, use_shrink, repeats, budget_s)
         _check_outputs(work, x, reference, tolerance, device)
     return work
 
@@ -679,14 +679,20 @@ def _choose(module, inp, choice, dispatch, kernels, margin, repeats, budget_s):
     return options[best]
 
 
+def _best_dense(model, x, use_shrink, dense_kernels) -> nn.Module:
+    """The dense (shrunk) copy of ``model`` with BatchNorm folded and ``dense_kernels``."""
+    dense = _dense_copy(model, x, use_shrink).eval().requires_grad_(False)
+    dense.folded_batchnorm = inference.fold_batchnorm(dense)
+    inference.apply_kernels(dense, dense_kernels)
+    return dense
+
+
 def _guard_whole(work, model, x, use_shrink, repeats, budget_s) -> nn.Module:
     """Return the dense model (BatchNorm folded, the dense kernels ``work`` chose) instead of
     ``work`` if its mix of sparse kernels is slower."""
     if not any(c.kernel != "dense" for c in work.export_plan):
         return work
-    dense = _dense_copy(model, x, use_shrink).eval().requires_grad_(False)
-    dense.folded_batchnorm = inference.fold_batchnorm(dense)
-    inference.apply_kernels(dense, work.dense_kernels)
+    dense = _best_dense(model, x, use_shrink, work.dense_kernels)
     with torch.no_grad():
         times = time_interleaved(
             {"dense": lambda: dense(x), "sparse": lambda: work(x)}, repeats, budget_s * 2
@@ -725,13 +731,16 @@ def _fuse_chain(work, model, x, use_shrink, repeats, budget_s) -> nn.Module:
     return candidate
 
 
-def _compile_whole(work, x, repeats, budget_s) -> nn.Module:
-    """``work`` as one compiled call (:class:`~sparsity_lab.fused_net.CompiledNet`, with
-    ``work`` for larger batches) when every operation of it translates and the compiled
-    call measures faster than ``work`` on ``x``."""
-    if isinstance(work, fused.FusedSparseChain):
-        return work  # already one compiled call
-    program = fused_net.program_of(work, x)
+def _compile_whole(work, model, x, use_shrink, repeats, budget_s) -> nn.Module:
+    """The dense network as one compiled call (:class:`~sparsity_lab.fused_net.CompiledNet`,
+    with ``work`` for larger batches) when every operation of it translates and the call
+    measures faster than ``work`` on ``x``, whatever ``work`` runs (dense kernels, sparse
+    ones, a fused sparse chain): the dense layers compiled together can beat a sparse plan
+    that still pays a call per layer."""
+    sparse = isinstance(work, fused.FusedSparseChain)
+    sparse |= any(c.kernel != "dense" for c in work.export_plan)
+    dense = _best_dense(model, x, use_shrink, work.dense_kernels) if sparse else work
+    program = fused_net.program_of(dense, x)
     if program is None:
         return work
     candidate = fused_net.CompiledNet(program, work, max_batch=x.shape[0]).eval()

@@ -2,10 +2,10 @@
 
 A LeNet-5 with half its channels removed computes about 140,000 multiply-adds per example,
 tens of microseconds of arithmetic, yet torch runs it at batch 1 in about a hundred: each
-layer is a module call, a kernel dispatch and a tensor allocation, and a convolution with
-three output channels keeps torch's kernels far from their best.  That fixed cost does not
-fall when channels are removed, so a shrunk network ran at well under half of its ideal
-(FLOP) speed-up (``benchmarks/shrink_speed.py``).
+layer is a module call, a kernel dispatch and a tensor allocation.  That fixed cost does
+not fall when channels are removed, and at larger batches torch's convolutions run three
+or eight output channels at a fraction of their rate on wide layers; so a shrunk network
+ran at under half of its ideal (FLOP) speed-up (``benchmarks/shrink_speed.py``).
 
 :class:`CompiledNet` runs the whole forward pass in one call of a C function written for
 the network (:func:`source_of`: the loops of :data:`KERNELS` called with the network's
@@ -17,9 +17,13 @@ zero padding), Linear layers, ReLU, max-pooling without padding, additions of tw
 folded into the convolution before it (:func:`sparsity_lab.inference.fold_batchnorm`);
 any other operation makes the model untranslatable (None), and it runs as it is.
 
-Each example runs through the program in turn, every operation a plain loop in the order
-the source gives it (no fast-math), so outputs differ from torch's by float rounding only.
-The parameters are copies taken at translation (in the layouts the loops read).
+A batch runs a few examples at a time (as many as one vector register holds: 8 with
+AVX2, else 4), their arrays interleaved so that every loop is vectorised along the
+examples; the examples left over run one by one, each loop vectorised along its output
+rows.  Every operation is a plain loop in the order the source gives it (no fast-math;
+multiply-adds fused where the CPU has them), so outputs differ from torch's by float
+rounding only.  The parameters are copies taken at translation (in the layouts the loops
+read).
 :func:`sparsity_lab.accel.export` keeps the compiled form only where it measures faster
 than the per-layer model, and only for batches up to the one it was measured on
 (``max_batch``); larger batches, other dtypes and devices, gradients and machines without a
@@ -41,7 +45,15 @@ from torch.fx.passes.shape_prop import ShapeProp
 from . import inference, pooling
 from .fused import CompiledCall, compiled
 
-__all__ = ["CompiledNet", "KERNELS", "Program", "library", "program_of", "source_of"]
+__all__ = [
+    "CompiledNet",
+    "KERNELS",
+    "Program",
+    "target",
+    "library",
+    "program_of",
+    "source_of",
+]
 
 #: Operation codes of a program row.
 CONV, MAXPOOL, ADD, RELU, MEAN, LINEAR = range(6)
@@ -152,53 +164,184 @@ INLINE void linear(const float *in, float *out, const float *wt, const float *b,
         for (int64_t o = 0; o < O; ++o)
             out[o] = relu(out[o]);
 }
+
+/* ---- LANES examples at once (defined before these lines: as many floats as one vector
+   register holds): every value is a vector of the examples' values (the arrays interleave
+   the examples), so every loop is vectorised along the examples, whatever the layer's
+   sizes; a convolution keeps four output channels' sums in registers while it reads each
+   input vector once */
+typedef float vec __attribute__((vector_size(4 * LANES)));
+typedef int32_t mask __attribute__((vector_size(4 * LANES)));
+
+INLINE vec get(const float *p) { vec v; memcpy(&v, p, sizeof v); return v; }
+INLINE void put(float *p, vec v) { memcpy(p, &v, sizeof v); }
+INLINE vec relu_v(vec v) { return (vec)(~(mask)(v < (vec){0}) & (mask)v); }  /* NaN stays */
+
+INLINE void conv_v(const float *in, float *out, float *pad, const float *w, const float *b,
+                   int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW,
+                   int64_t SH, int64_t SW, int64_t P, int64_t Q, int act)
+{
+    int64_t PH = H + 2 * P, PW = W + 2 * Q;
+    int64_t OH = (PH - KH) / SH + 1, OW = (PW - KW) / SW + 1;
+    if (P || Q) {
+        memset(pad, 0, sizeof(float) * C * PH * PW * LANES);
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t y = 0; y < H; ++y)
+                memcpy(pad + ((c * PH + y + P) * PW + Q) * LANES, in + (c * H + y) * W * LANES,
+                       sizeof(float) * W * LANES);
+        in = pad;
+    }
+    for (int64_t o = 0; o < O; o += 4) {
+        int64_t B = O - o < 4 ? O - o : 4;
+        for (int64_t y = 0; y < OH; ++y)
+            for (int64_t x = 0; x < OW; ++x) {
+                vec acc[4];
+                for (int64_t k = 0; k < 4; ++k)
+                    acc[k] = (vec){0} + (b && k < B ? b[o + k] : 0.0f);
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t kh = 0; kh < KH; ++kh)
+                        for (int64_t kw = 0; kw < KW; ++kw) {
+                            vec v = get(in + ((c * PH + y * SH + kh) * PW + x * SW + kw) * LANES);
+                            for (int64_t k = 0; k < 4; ++k)
+                                if (k < B)
+                                    acc[k] += w[(((o + k) * C + c) * KH + kh) * KW + kw] * v;
+                        }
+                for (int64_t k = 0; k < B; ++k)
+                    put(out + (((o + k) * OH + y) * OW + x) * LANES, act ? relu_v(acc[k]) : acc[k]);
+            }
+    }
+}
+
+INLINE void maxpool_v(const float *in, float *out, int64_t C, int64_t H, int64_t W,
+                      int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t OH, int64_t OW)
+{
+    for (int64_t c = 0; c < C; ++c)
+        for (int64_t y = 0; y < OH; ++y)
+            for (int64_t x = 0; x < OW; ++x) {
+                int64_t y0 = y * SH, x0 = x * SW;
+                int64_t y1 = y0 + KH < H ? y0 + KH : H, x1 = x0 + KW < W ? x0 + KW : W;
+                vec m = get(in + ((c * H + y0) * W + x0) * LANES);
+                for (int64_t i = y0; i < y1; ++i)
+                    for (int64_t j = x0; j < x1; ++j) {
+                        vec v = get(in + ((c * H + i) * W + j) * LANES);
+                        mask take = (v > m) | (v != v);
+                        m = (vec)((take & (mask)v) | (~take & (mask)m));
+                    }
+                put(out + ((c * OH + y) * OW + x) * LANES, m);
+            }
+}
+
+INLINE void mean_v(const float *in, float *out, int64_t C, int64_t HW)
+{
+    for (int64_t c = 0; c < C; ++c) {
+        vec s = {0};
+        for (int64_t i = 0; i < HW; ++i)
+            s += get(in + (c * HW + i) * LANES);
+        put(out + c * LANES, s / (float)HW);
+    }
+}
+
+INLINE void linear_v(const float *in, float *out, const float *wt, const float *b,
+                     int64_t I, int64_t O, int act)
+{
+    for (int64_t o = 0; o < O; o += 4) {
+        int64_t B = O - o < 4 ? O - o : 4;
+        vec acc[4];
+        for (int64_t k = 0; k < 4; ++k)
+            acc[k] = (vec){0} + (b && k < B ? b[o + k] : 0.0f);
+        for (int64_t i = 0; i < I; ++i) {
+            vec v = get(in + i * LANES);
+            for (int64_t k = 0; k < 4; ++k)
+                if (k < B)
+                    acc[k] += wt[i * O + o + k] * v;
+        }
+        for (int64_t k = 0; k < B; ++k)
+            put(out + (o + k) * LANES, act ? relu_v(acc[k]) : acc[k]);
+    }
+}
 """
 
 
-def _call(row: list[int]) -> str:
+def _call(row: list[int], lanes: int) -> str:
     """The C call of one program row (arrays as offsets into the arena ``a``, parameters
-    from the table ``p``)."""
-    kind, at = row[0], (lambda f: f"a + {row[f]}")
+    from the table ``p``): the one-example loops, or with ``lanes > 1`` the batched ones,
+    whose arrays hold ``lanes`` values per element."""
+    kind, v = row[0], "_v" if lanes > 1 else ""
+
+    def at(f: int) -> str:
+        return f"a + {row[f] * lanes}"
 
     def param(f: int) -> str:
         return "0" if row[f] < 0 else f"p[{row[f]}]"
 
     if kind == CONV:
-        sizes = ", ".join(str(v) for v in row[4:14])
-        return f"conv({at(1)}, {at(3)}, {at(17)}, {param(14)}, {param(15)}, {sizes}, {row[16]});"
+        sizes = ", ".join(str(n) for n in row[4:14])
+        return f"conv{v}({at(1)}, {at(3)}, {at(17)}, {param(14)}, {param(15)}, {sizes}, {row[16]});"
     if kind == MAXPOOL:
-        return f"maxpool({at(1)}, {at(3)}, {', '.join(str(v) for v in row[4:13])});"
-    if kind == ADD:
-        return f"add({at(1)}, {at(2)}, {at(3)}, {row[4]}, {row[5]});"
+        return f"maxpool{v}({at(1)}, {at(3)}, {', '.join(str(n) for n in row[4:13])});"
+    if kind == ADD:  # element by element: the same loop serves both layouts
+        return f"add({at(1)}, {at(2)}, {at(3)}, {row[4] * lanes}, {row[5]});"
     if kind == RELU:
-        return f"relu_all({at(1)}, {at(3)}, {row[4]});"
+        return f"relu_all({at(1)}, {at(3)}, {row[4] * lanes});"
     if kind == MEAN:
-        return f"mean({at(1)}, {at(3)}, {row[4]}, {row[5]});"
-    return f"linear({at(1)}, {at(3)}, {param(6)}, {param(7)}, {row[4]}, {row[5]}, {row[8]});"
+        return f"mean{v}({at(1)}, {at(3)}, {row[4]}, {row[5]});"
+    return f"linear{v}({at(1)}, {at(3)}, {param(6)}, {param(7)}, {row[4]}, {row[5]}, {row[8]});"
 
 
-def source_of(rows: list[list[int]], in_at: int, in_size: int, out_at: int, out_size: int) -> str:
+def source_of(
+    rows: list[list[int]], in_at: int, in_size: int, out_at: int, out_size: int, lanes: int
+) -> str:
     """The C source of one program: :data:`KERNELS` and ``run_net``, which runs ``batch``
-    examples through the rows in turn in the caller's arena."""
-    body = "\n".join(f"        {_call(row)}" for row in rows)
+    examples through the rows in the caller's arena: ``lanes`` at a time with the batched
+    loops (the examples interleaved into the arena and back), the rest one by one."""
+
+    def body(n: int) -> str:
+        return "\n".join(f"            {_call(row, n)}" for row in rows)
+
     return (
-        KERNELS
-        + "\nvoid run_net(const float *const *p, int64_t batch, const float *x, float *y, "
-        + "float *a)\n{\n    for (int64_t n = 0; n < batch; ++n) {\n"
-        + f"        memcpy(a + {in_at}, x + n * {in_size}, sizeof(float) * {in_size});\n"
-        + body
-        + f"\n        memcpy(y + n * {out_size}, a + {out_at}, sizeof(float) * {out_size});\n"
-        + "    }\n}\n"
+        f"#define LANES {lanes}\n"
+        + KERNELS
+        + f"""
+void run_net(const float *const *p, int64_t batch, const float *x, float *y, float *a)
+{{
+    int64_t n = 0;
+    for (; n + LANES <= batch; n += LANES) {{
+        for (int64_t e = 0; e < {in_size}; ++e)
+            for (int64_t l = 0; l < LANES; ++l)
+                a[({in_at} + e) * LANES + l] = x[(n + l) * {in_size} + e];
+{body(lanes)}
+        for (int64_t e = 0; e < {out_size}; ++e)
+            for (int64_t l = 0; l < LANES; ++l)
+                y[(n + l) * {out_size} + e] = a[({out_at} + e) * LANES + l];
+    }}
+    for (; n < batch; ++n) {{
+        memcpy(a + {in_at}, x + n * {in_size}, sizeof(float) * {in_size});
+{body(1)}
+        memcpy(y + n * {out_size}, a + {out_at}, sizeof(float) * {out_size});
+    }}
+}}
+"""
     )
 
 
-def library(source: str) -> ctypes.CDLL | None:
-    """One program's compiled ``run_net``, or None when there is no C compiler.
+def target() -> tuple[tuple[str, ...], int]:
+    """The compiler's flags and the batched loops' lanes for this CPU.
 
-    ``-O3``: the loops along output rows are vectorised (at ``-O2`` they mostly are not).
+    ``-O3``: at ``-O2`` the loops along output rows are mostly not vectorised.  Where torch
+    found AVX2, the code uses it with fused multiply-adds and runs 8 examples at once
+    (32-byte registers); elsewhere 4 (16-byte SSE registers: wider vectors would be split
+    through memory and run slower than one example at a time).
     """
-    name = "net-" + hashlib.sha256(source.encode()).hexdigest()[:16]
-    lib = compiled(name, source, ("-O3",))
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        return ("-O3", "-Wno-psabi", "-mavx2", "-mfma"), 8
+    return ("-O3", "-Wno-psabi"), 4
+
+
+def library(source: str) -> ctypes.CDLL | None:
+    """One program's compiled ``run_net``, or None when there is no C compiler."""
+    flags = target()[0]
+    name = "net-" + hashlib.sha256(f"{source}{flags}".encode()).hexdigest()[:16]
+    lib = compiled(name, source, flags)
     if lib is not None and lib.run_net.argtypes is None:
         lib.run_net.restype = None
         lib.run_net.argtypes = [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 3
@@ -542,16 +685,17 @@ class CompiledNet(CompiledCall):
         are not what the program reads or there is no compiler."""
         if not self._runnable():
             return None
-        lib = library(self.source())
+        lanes = target()[1]
+        lib = library(self.source(lanes))
         params = [self.get_buffer(f"param{i}") for i in range(self.n_params)]
         table = (ctypes.c_void_p * max(1, len(params)))(*(p.data_ptr() for p in params))
-        return None if lib is None else (lib, table, params)
+        return None if lib is None else (lib, table, lanes, params)
 
-    def source(self) -> str:
+    def source(self, lanes: int) -> str:
         """The C source of this network's program (:func:`source_of`)."""
         size = lambda shape: int(torch.Size(shape).numel())  # noqa: E731
         return source_of(self.ops.tolist(), self.in_at, size(self.in_shape), self.out_at,
-                         size(self.out_shape))  # fmt: skip
+                         size(self.out_shape), lanes)  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         call = None
@@ -568,8 +712,9 @@ class CompiledNet(CompiledCall):
             return self.fallback(x)
         x = x.contiguous()
         out = torch.empty(x.shape[0], *self.out_shape, dtype=torch.float32)
-        arena = torch.empty(max(1, self.arena), dtype=torch.float32)  # this call's own
-        lib, table = call[:2]
+        lib, table, lanes = call[:3]
+        wide = lanes if x.shape[0] >= lanes else 1  # the batched loops' arrays are wider
+        arena = torch.empty(max(1, self.arena * wide), dtype=torch.float32)  # this call's own
         lib.run_net(ctypes.addressof(table), x.shape[0], x.data_ptr(), out.data_ptr(),
                     arena.data_ptr())  # fmt: skip
         return out

@@ -45,21 +45,32 @@ def bundled(name, shape, options, *, shrunk=False, seed=0):
 def compiled(model, x, max_batch=None):
     program = fused_net.program_of(model, x)
     assert program is not None
-    return fused_net.CompiledNet(program, model, max_batch=max_batch or x.shape[0]).eval()
+    net = fused_net.CompiledNet(program, model, max_batch=max_batch or x.shape[0]).eval()
+    assert net._prepared() is not None  # the compiled call, not the fallback, will run
+    return net
+
+
+#: This CPU's flags and lanes, and plain SSE with 4 lanes (what a CPU without AVX2 gets)
+TARGETS = [fused_net.target(), (("-O3", "-Wno-psabi"), 4)]
 
 
 @needs_compiler
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: f"{t[1]}lanes")
 @pytest.mark.parametrize("shrunk", [False, True])
 @pytest.mark.parametrize("name,shape,options", BUNDLED)
-def test_bundled_models_compile_to_their_float64_outputs(name, shape, options, shrunk):
+def test_bundled_models_compile_to_their_float64_outputs(
+    name, shape, options, shrunk, target, monkeypatch
+):
     """Every bundled CNN and MLP, dense and shrunk, translates; its compiled outputs equal
-    the same model run by torch in float64 (an independent computation) at batch 1 and 5."""
+    the same model run by torch in float64 (an independent computation) at batch 1, at 5
+    (one by one), and at 13 (the batched loops, then the examples left over one by one)."""
+    monkeypatch.setattr(fused_net, "target", lambda: target)
     model = bundled(name, shape, options, shrunk=shrunk)
-    x = torch.randn(5, *shape)
+    x = torch.randn(13, *shape)
     net = compiled(model, x)
     with torch.no_grad():
         expected = copy.deepcopy(model).double()(x.double()).float()
-        for batch in (x[:1], x):
+        for batch in (x[:1], x[:5], x):
             torch.testing.assert_close(net(batch), expected[: len(batch)], atol=1e-5, rtol=1e-5)
     if name == "resnet_small":  # buffers whose lives do not overlap share the arena
         program = fused_net.program_of(model, x)
@@ -116,14 +127,15 @@ def test_pooling_sums_residuals_and_shared_outputs_match_torch():
             return self.fc(torch.relu(y).mean((2, 3)))
 
     model = Net().eval()
-    x = torch.randn(3, 2, 7, 9)
-    net = compiled(model, x)
-    with torch.no_grad():
-        torch.testing.assert_close(net(x), model(x), atol=1e-6, rtol=1e-5)
-        x[1, 0, 3, 4] = float("nan")
-        out, expected = net(x), model(x)
-    assert torch.equal(out.isnan(), expected.isnan()) and bool(out[1].isnan().any())
-    torch.testing.assert_close(out[0], expected[0], atol=1e-6, rtol=1e-5)
+    for batch in (3, 11):  # one by one; batched, then one by one
+        x = torch.randn(batch, 2, 7, 9)
+        net = compiled(model, x)
+        with torch.no_grad():
+            torch.testing.assert_close(net(x), model(x), atol=1e-6, rtol=1e-5)
+            x[1, 0, 3, 4] = float("nan")
+            out, expected = net(x), model(x)
+        assert torch.equal(out.isnan(), expected.isnan()) and bool(out[1].isnan().any())
+        torch.testing.assert_close(out[0], expected[0], atol=1e-6, rtol=1e-5)
 
 
 class _TwoInputs(nn.Module):
@@ -163,13 +175,17 @@ def test_what_the_program_does_not_run_is_refused():
 @needs_compiler
 def test_other_batches_dtypes_training_and_no_compiler_run_the_fallback(monkeypatch):
     model = bundled("lenet5", (1, 28, 28), {})
+    with torch.no_grad():  # float64 buffers and inputs: the fallback, in float64
+        x = torch.randn(1, 1, 28, 28)
+        double = compiled(copy.deepcopy(model), x).double()
+        torch.testing.assert_close(double(x.double()), copy.deepcopy(model).double()(x.double()))
     net = compiled(copy.deepcopy(model), torch.randn(1, 1, 28, 28))
     calls = []
     monkeypatch.setattr(net.fallback, "forward", lambda x: calls.append(len(x)) or model(x))
     with torch.no_grad():
         net(torch.randn(1, 1, 28, 28))  # compiled
         net(torch.randn(3, 1, 28, 28))  # larger than max_batch
-        net(torch.randn(1, 1, 28, 28).double().float()[:, :, :, :])  # compiled
+        net(torch.randn(1, 1, 28, 56)[..., ::2])  # compiled: a strided input is copied
         net.train()(torch.randn(1, 1, 28, 28))  # training: dropout and norms would differ
         net.eval()
         monkeypatch.setattr(fused_net, "library", lambda source: None)
@@ -177,10 +193,6 @@ def test_other_batches_dtypes_training_and_no_compiler_run_the_fallback(monkeypa
         net(torch.randn(1, 1, 28, 28))
     net(torch.randn(1, 1, 28, 28, requires_grad=True))  # gradients: torch's autograd
     assert calls == [3, 1, 1, 1]
-    with torch.no_grad():  # float64 buffers and inputs: the fallback, in float64
-        x = torch.randn(1, 1, 28, 28)
-        double = compiled(copy.deepcopy(model), x).double()
-        torch.testing.assert_close(double(x.double()), model.double()(x.double()))
 
 
 @needs_compiler
@@ -228,7 +240,7 @@ def test_export_keeps_the_compiled_net_only_as_a_measured_choice(batch):
     if isinstance(exported, fused_net.CompiledNet):
         assert exported.compiled_speedup >= 1.0 and exported.max_batch == batch
         assert [c.name for c in exported.export_plan] == ["conv1", "conv2", "fc1", "fc2", "fc3"]
-    # a model with a sparse kernel is never compiled: the program runs dense weights
+    # a forced sparse kernel is what was asked for: never replaced by the compiled network
     sparse = models.build("lenet300", input_shape=(784,), n_classes=10).eval()
     sl.prune(sparse, "magnitude", 0.95)
     forced = accel.export(sparse, torch.randn(1, 784), dispatch="torch_csr", repeats=2)

@@ -75,19 +75,29 @@ KERNELS = r"""
 
 INLINE float relu(float v) { return v < 0.0f ? 0.0f : v; }
 
+/* the input (C maps of H x W values of L floats) with P zero rows and Q zero columns around
+   each map, copied into pad; the input itself when there is no padding */
+INLINE const float *padded(const float *in, float *pad, int64_t L, int64_t C, int64_t H,
+                           int64_t W, int64_t P, int64_t Q)
+{
+    int64_t PH = H + 2 * P, PW = W + 2 * Q;
+    if (!P && !Q)
+        return in;
+    memset(pad, 0, sizeof(float) * C * PH * PW * L);
+    for (int64_t c = 0; c < C; ++c)
+        for (int64_t y = 0; y < H; ++y)
+            memcpy(pad + ((c * PH + y + P) * PW + Q) * L, in + (c * H + y) * W * L,
+                   sizeof(float) * W * L);
+    return pad;
+}
+
 INLINE void conv(const float *in, float *out, float *pad, const float *w, const float *b,
                  int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW,
                  int64_t SH, int64_t SW, int64_t P, int64_t Q, int act)
 {
     int64_t PH = H + 2 * P, PW = W + 2 * Q;
     int64_t OH = (PH - KH) / SH + 1, OW = (PW - KW) / SW + 1;
-    if (P || Q) {
-        memset(pad, 0, sizeof(float) * C * PH * PW);
-        for (int64_t c = 0; c < C; ++c)
-            for (int64_t y = 0; y < H; ++y)
-                memcpy(pad + (c * PH + y + P) * PW + Q, in + (c * H + y) * W, sizeof(float) * W);
-        in = pad;
-    }
+    in = padded(in, pad, 1, C, H, W, P, Q);
     for (int64_t o = 0; o < O; ++o) {
         float *plane = out + o * OH * OW;
         float start = b ? b[o] : 0.0f;
@@ -108,8 +118,9 @@ INLINE void conv(const float *in, float *out, float *pad, const float *w, const 
     }
 }
 
-/* windows clipped to the input (ceil mode); NaN propagates, as in torch */
-INLINE void maxpool(const float *in, float *out, int64_t C, int64_t H, int64_t W,
+/* each value is L floats (L examples, L <= LANES); windows clipped to the input (ceil
+   mode); NaN propagates, as in torch */
+INLINE void maxpool(const float *in, float *out, int64_t L, int64_t C, int64_t H, int64_t W,
                     int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t OH, int64_t OW)
 {
     for (int64_t c = 0; c < C; ++c)
@@ -117,14 +128,17 @@ INLINE void maxpool(const float *in, float *out, int64_t C, int64_t H, int64_t W
             for (int64_t x = 0; x < OW; ++x) {
                 int64_t y0 = y * SH, x0 = x * SW;
                 int64_t y1 = y0 + KH < H ? y0 + KH : H, x1 = x0 + KW < W ? x0 + KW : W;
-                float m = in[(c * H + y0) * W + x0];
+                float m[LANES];
+                for (int64_t l = 0; l < L; ++l)
+                    m[l] = in[((c * H + y0) * W + x0) * L + l];
                 for (int64_t i = y0; i < y1; ++i)
-                    for (int64_t j = x0; j < x1; ++j) {
-                        float v = in[(c * H + i) * W + j];
-                        if (v > m || v != v)
-                            m = v;
-                    }
-                out[(c * OH + y) * OW + x] = m;
+                    for (int64_t j = x0; j < x1; ++j)
+                        for (int64_t l = 0; l < L; ++l) {
+                            float v = in[((c * H + i) * W + j) * L + l];
+                            m[l] = v > m[l] || v != v ? v : m[l];
+                        }
+                for (int64_t l = 0; l < L; ++l)
+                    out[((c * OH + y) * OW + x) * L + l] = m[l];
             }
 }
 
@@ -140,14 +154,16 @@ INLINE void relu_all(const float *in, float *out, int64_t n)
         out[i] = relu(in[i]);
 }
 
-/* the mean of each channel */
-INLINE void mean(const float *in, float *out, int64_t C, int64_t HW)
+/* the mean of each channel; each value is L floats */
+INLINE void mean(const float *in, float *out, int64_t L, int64_t C, int64_t HW)
 {
     for (int64_t c = 0; c < C; ++c) {
-        float s = 0.0f;
+        float s[LANES] = {0};
         for (int64_t i = 0; i < HW; ++i)
-            s += in[c * HW + i];
-        out[c] = s / (float)HW;
+            for (int64_t l = 0; l < L; ++l)
+                s[l] += in[(c * HW + i) * L + l];
+        for (int64_t l = 0; l < L; ++l)
+            out[c * L + l] = s[l] / (float)HW;
     }
 }
 
@@ -183,14 +199,7 @@ INLINE void conv_v(const float *in, float *out, float *pad, const float *w, cons
 {
     int64_t PH = H + 2 * P, PW = W + 2 * Q;
     int64_t OH = (PH - KH) / SH + 1, OW = (PW - KW) / SW + 1;
-    if (P || Q) {
-        memset(pad, 0, sizeof(float) * C * PH * PW * LANES);
-        for (int64_t c = 0; c < C; ++c)
-            for (int64_t y = 0; y < H; ++y)
-                memcpy(pad + ((c * PH + y + P) * PW + Q) * LANES, in + (c * H + y) * W * LANES,
-                       sizeof(float) * W * LANES);
-        in = pad;
-    }
+    in = padded(in, pad, LANES, C, H, W, P, Q);
     for (int64_t o = 0; o < O; o += 4) {
         int64_t B = O - o < 4 ? O - o : 4;
         for (int64_t y = 0; y < OH; ++y)
@@ -209,35 +218,6 @@ INLINE void conv_v(const float *in, float *out, float *pad, const float *w, cons
                 for (int64_t k = 0; k < B; ++k)
                     put(out + (((o + k) * OH + y) * OW + x) * LANES, act ? relu_v(acc[k]) : acc[k]);
             }
-    }
-}
-
-INLINE void maxpool_v(const float *in, float *out, int64_t C, int64_t H, int64_t W,
-                      int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t OH, int64_t OW)
-{
-    for (int64_t c = 0; c < C; ++c)
-        for (int64_t y = 0; y < OH; ++y)
-            for (int64_t x = 0; x < OW; ++x) {
-                int64_t y0 = y * SH, x0 = x * SW;
-                int64_t y1 = y0 + KH < H ? y0 + KH : H, x1 = x0 + KW < W ? x0 + KW : W;
-                vec m = get(in + ((c * H + y0) * W + x0) * LANES);
-                for (int64_t i = y0; i < y1; ++i)
-                    for (int64_t j = x0; j < x1; ++j) {
-                        vec v = get(in + ((c * H + i) * W + j) * LANES);
-                        mask take = (v > m) | (v != v);
-                        m = (vec)((take & (mask)v) | (~take & (mask)m));
-                    }
-                put(out + ((c * OH + y) * OW + x) * LANES, m);
-            }
-}
-
-INLINE void mean_v(const float *in, float *out, int64_t C, int64_t HW)
-{
-    for (int64_t c = 0; c < C; ++c) {
-        vec s = {0};
-        for (int64_t i = 0; i < HW; ++i)
-            s += get(in + (c * HW + i) * LANES);
-        put(out + c * LANES, s / (float)HW);
     }
 }
 
@@ -278,13 +258,13 @@ def _call(row: list[int], lanes: int) -> str:
         sizes = ", ".join(str(n) for n in row[4:14])
         return f"conv{v}({at(1)}, {at(3)}, {at(17)}, {param(14)}, {param(15)}, {sizes}, {row[16]});"
     if kind == MAXPOOL:
-        return f"maxpool{v}({at(1)}, {at(3)}, {', '.join(str(n) for n in row[4:13])});"
+        return f"maxpool({at(1)}, {at(3)}, {lanes}, {', '.join(str(n) for n in row[4:13])});"
     if kind == ADD:  # element by element: the same loop serves both layouts
         return f"add({at(1)}, {at(2)}, {at(3)}, {row[4] * lanes}, {row[5]});"
     if kind == RELU:
         return f"relu_all({at(1)}, {at(3)}, {row[4] * lanes});"
     if kind == MEAN:
-        return f"mean{v}({at(1)}, {at(3)}, {row[4]}, {row[5]});"
+        return f"mean({at(1)}, {at(3)}, {lanes}, {row[4]}, {row[5]});"
     return f"linear{v}({at(1)}, {at(3)}, {param(6)}, {param(7)}, {row[4]}, {row[5]}, {row[8]});"
 
 

@@ -75,6 +75,22 @@ KERNELS = r"""
 
 INLINE float relu(float v) { return v < 0.0f ? 0.0f : v; }
 
+/* LANES floats, one vector register (LANES is defined before these lines) */
+typedef float vec __attribute__((vector_size(4 * LANES)));
+typedef int32_t mask __attribute__((vector_size(4 * LANES)));
+
+INLINE vec get(const float *p) { vec v; memcpy(&v, p, sizeof v); return v; }
+INLINE void put(float *p, vec v) { memcpy(p, &v, sizeof v); }
+INLINE vec relu_v(vec v) { return (vec)(~(mask)(v < (vec){0}) & (mask)v); }  /* NaN stays */
+
+/* the larger of two values, or the NaN: torch's max-pool propagates NaN */
+INLINE float max1(float m, float v) { return v > m || v != v ? v : m; }
+INLINE vec max_v(vec m, vec v)
+{
+    mask take = (v > m) | (v != v);
+    return (vec)((take & (mask)v) | (~take & (mask)m));
+}
+
 /* the input (C maps of H x W values of L floats) with P zero rows and Q zero columns around
    each map, copied into pad; the input itself when there is no padding */
 INLINE const float *padded(const float *in, float *pad, int64_t L, int64_t C, int64_t H,
@@ -118,8 +134,8 @@ INLINE void conv(const float *in, float *out, float *pad, const float *w, const 
     }
 }
 
-/* each value is L floats (L examples, L <= LANES); windows clipped to the input (ceil
-   mode); NaN propagates, as in torch */
+/* each value is L floats (L examples: 1 or LANES, a constant where it is called); windows
+   clipped to the input (ceil mode) */
 INLINE void maxpool(const float *in, float *out, int64_t L, int64_t C, int64_t H, int64_t W,
                     int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t OH, int64_t OW)
 {
@@ -128,17 +144,21 @@ INLINE void maxpool(const float *in, float *out, int64_t L, int64_t C, int64_t H
             for (int64_t x = 0; x < OW; ++x) {
                 int64_t y0 = y * SH, x0 = x * SW;
                 int64_t y1 = y0 + KH < H ? y0 + KH : H, x1 = x0 + KW < W ? x0 + KW : W;
-                float m[LANES];
-                for (int64_t l = 0; l < L; ++l)
-                    m[l] = in[((c * H + y0) * W + x0) * L + l];
-                for (int64_t i = y0; i < y1; ++i)
-                    for (int64_t j = x0; j < x1; ++j)
-                        for (int64_t l = 0; l < L; ++l) {
-                            float v = in[((c * H + i) * W + j) * L + l];
-                            m[l] = v > m[l] || v != v ? v : m[l];
-                        }
-                for (int64_t l = 0; l < L; ++l)
-                    out[((c * OH + y) * OW + x) * L + l] = m[l];
+                const float *at = in + ((c * H + y0) * W + x0) * L;
+                float *to = out + ((c * OH + y) * OW + x) * L;
+                if (L == LANES) {  /* L is a constant: the compiler keeps one branch */
+                    vec m = get(at);
+                    for (int64_t i = y0; i < y1; ++i)
+                        for (int64_t j = x0; j < x1; ++j)
+                            m = max_v(m, get(in + ((c * H + i) * W + j) * L));
+                    put(to, m);
+                } else {
+                    float m = at[0];
+                    for (int64_t i = y0; i < y1; ++i)
+                        for (int64_t j = x0; j < x1; ++j)
+                            m = max1(m, in[(c * H + i) * W + j]);
+                    to[0] = m;
+                }
             }
 }
 
@@ -181,17 +201,10 @@ INLINE void linear(const float *in, float *out, const float *wt, const float *b,
             out[o] = relu(out[o]);
 }
 
-/* ---- LANES examples at once (defined before these lines: as many floats as one vector
-   register holds): every value is a vector of the examples' values (the arrays interleave
-   the examples), so every loop is vectorised along the examples, whatever the layer's
-   sizes; a convolution keeps four output channels' sums in registers while it reads each
-   input vector once */
-typedef float vec __attribute__((vector_size(4 * LANES)));
-typedef int32_t mask __attribute__((vector_size(4 * LANES)));
-
-INLINE vec get(const float *p) { vec v; memcpy(&v, p, sizeof v); return v; }
-INLINE void put(float *p, vec v) { memcpy(p, &v, sizeof v); }
-INLINE vec relu_v(vec v) { return (vec)(~(mask)(v < (vec){0}) & (mask)v); }  /* NaN stays */
+/* ---- LANES examples at once: every value is a vector of the examples' values (the arrays
+   interleave the examples), so every loop is vectorised along the examples, whatever the
+   layer's sizes; a convolution keeps four output channels' sums in registers while it
+   reads each input vector once */
 
 INLINE void conv_v(const float *in, float *out, float *pad, const float *w, const float *b,
                    int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW,

@@ -16,7 +16,9 @@
    the same sparsity) and channel-pruned, exported with ``dispatch="measure"``, against the
    dense model at batch 1 and 64; against the same model exported with dense kernels only
    (``kernels=()``: for the CNN, BatchNorm folding and the faster dense convolution and
-   pooling kernels, :mod:`sparsity_lab.inference`, give part of the gain at any sparsity);
+   pooling kernels, :mod:`sparsity_lab.inference`, and for both the whole network as one
+   compiled call where that is faster, :mod:`sparsity_lab.fused_net`, give part of the gain
+   at any sparsity);
    for the MLP also against its dense layers called as plain ``F.linear`` functions (the
    fair reference for the fused chain, part of whose gain is fewer calls), and each
    exported model against its bytes-moved bound (the weights it reads, CSR or dense, over
@@ -51,6 +53,8 @@ from sparsity_lab.patterns import Block
 
 warnings.filterwarnings("ignore", ".*Sparse.*support is in beta")
 RESULTS = Path(__file__).resolve().parent / "results"
+#: What a layer runs densely (alone, or inside the compiled network): its weight read dense.
+DENSE = ("dense", "compiled_net")
 
 
 # ------------------------------------------------------------------------------- machine
@@ -239,11 +243,14 @@ def bench_e2e(name, sparsity, structured, batch, budget) -> dict:
     with torch.no_grad():
         err = float((exported(x) - model(x)).abs().max())
         times = accel.time_interleaved(fns, repeats=7, budget_s=budget)
-    chained = isinstance(exported, fused.FusedSparseChain)
+    ran = accel.kernels_run(exported)  # what each layer runs at this batch
+    chained = "csr_chain" in ran
     # The physical bound: a forward pass reads at least its weights once, stored as it runs
     # them.  Bandwidth is measured at that size (the weights stay in cache between calls).
     sparse_layers = (
-        None if chained else {c.name for c in exported.export_plan if c.kernel != "dense"}
+        None
+        if chained
+        else {c.name for c, k in zip(exported.export_plan, ran, strict=True) if k not in DENSE}
     )
     bound = {}
     for stored, layers in (("dense", set()), ("exported", sparse_layers)):
@@ -262,9 +269,8 @@ def bench_e2e(name, sparsity, structured, batch, budget) -> dict:
         ),
         "masked_vs_dense": times["dense"] / times["masked"],
         "fused_chain": chained,
-        "kernels": ["csr_chain"] * len(exported.export_plan)
-        if chained
-        else [c.kernel for c in exported.export_plan],
+        "compiled_net": "compiled_net" in ran,
+        "kernels": ran,
         "layer_sparsity": [round(c.sparsity, 4) for c in exported.export_plan],
         "bytes_bound": bound,
         "exported_fraction_of_bound": bound["exported"]["seconds"] / times["exported"],

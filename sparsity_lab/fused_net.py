@@ -363,7 +363,7 @@ class Program:
         return len(self.params) - 1
 
 
-_RELUS = (F.relu, torch.relu)
+_RELUS = (F.relu, torch.relu, F.relu_, torch.relu_)
 _ADDS = (operator.add, torch.add)
 _CONVS = (nn.Conv1d, nn.Conv2d, inference.Im2colConv2d)
 _POOLS = (nn.MaxPool2d, inference.StridedMaxPool2d, pooling.MaxPool2x2)
@@ -428,6 +428,21 @@ def _is_mean(node: fx.Node, target: Any, shape, out_shape) -> bool:
         and len(node.args) <= 2
         and out_shape[0] == shape[0]
     )
+
+
+def _is_relu(node: fx.Node, target: Any) -> bool:
+    if node.op == "call_method":
+        return target in ("relu", "relu_") and len(node.args) == 1 and not node.kwargs
+    return isinstance(target, nn.ReLU) or (node.op == "call_function" and target in _RELUS)
+
+
+def _in_place(node: fx.Node, target: Any) -> bool:
+    """Whether a ReLU overwrites its input (which other nodes may read after it)."""
+    if isinstance(target, nn.ReLU):
+        return target.inplace
+    if target in (F.relu_, torch.relu_, "relu_"):
+        return True
+    return bool(node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 else False))
 
 
 def _is_size(node: fx.Node) -> bool:
@@ -513,12 +528,16 @@ def program_of(model: nn.Module, example: torch.Tensor) -> Program | None:
             weight = program.add_param(target.weight.t())
             bias = program.add_param(target.bias)
             kind, fields = LINEAR, [in_shape[0], target.out_features, weight, bias, 0]
-        elif isinstance(target, nn.ReLU) or (node.op == "call_function" and target in _RELUS):
+        elif _is_relu(node, target):
             last = program.rows[-1] if program.rows else None
             field = {CONV: 16, LINEAR: 8, ADD: 5}.get(last[0]) if last else None
             # only the sole reader of a row's own output may change it in place
             if field and last[3] == source and made_by.get(source) is src and len(src.users) == 1:
                 last[field] = 1  # applied by the row that made its input
+                where[node] = source
+                continue
+            if _in_place(node, target):  # every later reader of the input sees the ReLU
+                program.rows.append([RELU, source, -1, source, size] + [0] * (FIELDS - 5))
                 where[node] = source
                 continue
             kind, fields = RELU, [size]

@@ -138,6 +138,31 @@ def test_pooling_sums_residuals_and_shared_outputs_match_torch():
         torch.testing.assert_close(out[0], expected[0], atol=1e-6, rtol=1e-5)
 
 
+class _InPlace(nn.Module):
+    """ReLUs that overwrite their input while another node still reads it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        y = self.conv(x)
+        z = F.relu(y, inplace=True)  # y is z from here on
+        w = self.conv(x) + y  # reads the overwritten y
+        v = torch.relu_(w)
+        return self.relu(v).relu() + z + y
+
+
+@needs_compiler
+def test_in_place_relus_are_seen_by_every_later_reader():
+    model = _InPlace().eval()
+    x = torch.randn(9, 2, 6, 6)
+    net = compiled(model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), model(x.clone()), atol=1e-6, rtol=1e-5)
+
+
 class _TwoInputs(nn.Module):
     def forward(self, a, b):
         return a + b

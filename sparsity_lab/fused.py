@@ -23,6 +23,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -93,6 +94,7 @@ void csr_chain(const struct chain *c, int64_t batch, const float *x, float *out,
 }
 """
 _LIBRARY: dict[str, Any] = {}
+_BUILDING = threading.Lock()
 
 
 class _Chain(ctypes.Structure):
@@ -118,9 +120,13 @@ def compiled(name: str, source: str, flags: tuple[str, ...] = ("-O2",)) -> ctype
     :func:`sparsity_lab.paths.default_cache_dir`); a failed build is not retried in this
     process.  Never ``-ffast-math``: the sums keep the order the source gives them.
     """
-    if name in _LIBRARY:
+    with _BUILDING:  # a second thread waits for the first build instead of getting None
+        if name not in _LIBRARY:
+            _LIBRARY[name] = _build_library(name, source, flags)
         return _LIBRARY[name]
-    _LIBRARY[name] = None
+
+
+def _build_library(name: str, source: str, flags: tuple[str, ...]) -> ctypes.CDLL | None:
     compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         return None
@@ -143,7 +149,6 @@ def compiled(name: str, source: str, flags: tuple[str, ...] = ("-O2",)) -> ctype
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError):
         return None
-    _LIBRARY[name] = lib
     return lib
 
 
@@ -221,6 +226,15 @@ def _is_flatten(target: Any, node: Any) -> bool:
 # ------------------------------------------------------------------------------- module
 
 
+def _version(tensor: torch.Tensor) -> int:
+    """How many times ``tensor`` was changed in place (0 for an inference-mode tensor, which
+    cannot be)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return 0
+
+
 class CompiledCall(nn.Module):
     """A module whose forward calls compiled code with pointers into its own buffers.
 
@@ -243,12 +257,18 @@ class CompiledCall(nn.Module):
     def _build(self) -> Any:
         raise NotImplementedError
 
+    def _layout(self) -> tuple:
+        """What else the compiled code depends on besides the buffers (checked with them)."""
+        return ()
+
     def _prepared(self) -> Any:
         """What :meth:`_build` gave for the current buffers (None: not readable)."""
-        key = tuple(b.data_ptr() for b in self._buffers.values())
+        # an in-place change (a load_state_dict) keeps the address but bumps the version
+        key = (*((b.data_ptr(), _version(b)) for b in self._buffers.values()), self._layout())
         if self._key != key:
-            self._call, self._key = None, key
-            self._call = self._build()
+            self._call = None
+            self._call = self._build()  # a damaged buffer raises here, and on every call
+            self._key = key
         return self._call
 
 

@@ -382,6 +382,8 @@ def _conv_row(conv: nn.Module, shape: tuple[int, ...], program: Program) -> list
         or any(d != 1 for d in conv.dilation)
     ):
         return None
+    if len(shape) != (3 if two_d else 2):
+        return None  # an input without its batch dimension
     weight = conv.weight if two_d else conv.weight[:, :, None, :]
     c, h, w = shape if two_d else (shape[0], 1, shape[1])
     kh, kw = weight.shape[2:]
@@ -465,8 +467,14 @@ def _is_reshape(node: fx.Node, target: Any) -> bool:
 def program_of(model: nn.Module, example: torch.Tensor) -> Program | None:
     """The program of ``model`` on inputs shaped like ``example``'s examples (float32), or
     None when the model holds anything the program does not run, or cannot be traced."""
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        return None  # a hook may change what a layer returns: the program would not see it
     try:
         traced = fx.GraphModule(model, _Tracer().trace(model))
+        # two examples, then one: every array must hold each example's values apart (a
+        # reshape to (1, -1) would mix the batch, and at batch 1 looks harmless)
+        ShapeProp(traced).propagate(example[:1].float().repeat(2, *[1] * (example.dim() - 1)))
+        pairs = {n: n.meta.get("tensor_meta") for n in traced.graph.nodes}
         ShapeProp(traced).propagate(example[:1].float())
     except Exception:  # any tracing failure means: run the model as it is
         return None
@@ -479,6 +487,9 @@ def program_of(model: nn.Module, example: torch.Tensor) -> Program | None:
         meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
         if not hasattr(meta, "shape") or meta.dtype != torch.float32 or meta.shape[0] != 1:
             return None
+        pair = pairs.get(node)
+        if not hasattr(pair, "shape") or tuple(pair.shape) != (2, *meta.shape[1:]):
+            return None  # not one array per example
         return tuple(meta.shape[1:])
 
     def new_buffer(size: int) -> int:
@@ -577,8 +588,8 @@ def program_of(model: nn.Module, example: torch.Tensor) -> Program | None:
             return None
         program.rows.append(row)
         where[node], made_by[out] = out, node
-    if output is None or read(output) is None or shape_of(output) is None:
-        return None
+    if not program.rows or output is None or read(output) is None or shape_of(output) is None:
+        return None  # (a model without a row is cheaper left as it is)
     program.out_shape = shape_of(output)
     lives[where[output]][2] = len(program.rows)  # read after the last row
     _place(program, lives, where[next(iter(traced.graph.nodes))], where[output])
@@ -658,6 +669,10 @@ class CompiledNet(CompiledCall):
         self.n_params = len(program.params)
         for i, param in enumerate(program.params):
             self.register_buffer(f"param{i}", param)
+        self.training = False  # an inference module (its fallback's mode is left alone)
+
+    def _layout(self) -> tuple:
+        return (self.in_shape, self.out_shape, self.in_at, self.out_at, self.arena)
 
     def _runnable(self) -> bool:
         """Whether the buffers are what the program reads (int64 rows, float32 CPU

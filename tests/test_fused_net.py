@@ -173,6 +173,23 @@ class _BroadcastAdd(nn.Module):
         return x + x.mean(1, keepdim=True)
 
 
+class _MixesTheBatch(nn.Module):
+    """At batch 1 its reshape looks like a flatten; at any other batch it joins examples."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 2, 3)
+
+    def forward(self, x):
+        return self.conv(x).view(1, -1)
+
+
+def _hooked():
+    model = nn.Sequential(nn.Conv2d(4, 2, 3), nn.ReLU())
+    model[0].register_forward_hook(lambda module, args, out: out * 2)
+    return model
+
+
 def _offset_linear():
     layer = shrink.OffsetLinear(4, 4)
     layer.register_buffer("offset", torch.ones(4))
@@ -192,6 +209,10 @@ def test_what_the_program_does_not_run_is_refused():
         "an offset layer": (_offset_linear(), x2),
         "double inputs": (nn.Linear(4, 4).double(), x2.double()),
         "two inputs": (_TwoInputs(), x2),
+        "a reshape across the batch": (_MixesTheBatch(), x4),
+        "a forward hook": (_hooked(), x4),
+        "nothing to compute": (nn.Sequential(nn.Flatten(), nn.Identity()), x4),
+        "an input without its batch": (nn.Sequential(nn.Conv2d(4, 2, 3)), x4[0]),
     }
     for what, (module, x) in refused.items():
         assert fused_net.program_of(module.eval(), x) is None, what
@@ -244,8 +265,34 @@ def test_the_network_saves_copies_pickles_and_refuses_damage():
                 broken.ops[-1, 3] = broken.arena  # the last row writes past the arena
             else:
                 broken.param1 = broken.param1[:-1].clone()
-            with pytest.raises(ValueError, match="may be damaged"):
-                broken(x)
+            for _ in range(2):  # on every call, not only the first
+                with pytest.raises(ValueError, match="may be damaged"):
+                    broken(x)
+        net(x)
+        net.ops[-1, 3] = net.arena  # in place, after a call: the same memory, checked again
+        with pytest.raises(ValueError, match="may be damaged"):
+            net(x)
+
+
+@needs_compiler
+def test_threads_building_the_same_code_all_get_it():
+    """The first call of a new program compiles it; a second thread arriving meanwhile waits
+    for that build instead of running the fallback from then on."""
+    import concurrent.futures
+    import threading
+
+    source = fused_net.KERNELS.replace("#include", f"/* {torch.randn(1).item()} */\n#include", 1)
+    source = "#define LANES 4\n" + source + "void run_net(void) {}\n"
+    barrier = threading.Barrier(4)
+
+    def build(_):
+        barrier.wait()
+        return fused.compiled("test-threads", source, ("-O1", "-Wno-psabi"))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        libs = list(pool.map(build, range(4)))
+    fused._LIBRARY.pop("test-threads", None)
+    assert all(lib is not None for lib in libs) and len({id(lib) for lib in libs}) == 1
 
 
 @needs_compiler

@@ -654,7 +654,9 @@ class CompiledNet(CompiledCall):
     """A network whose forward, for batches up to ``max_batch``, is one call of its compiled
     program (:func:`program_of` translates it); ``fallback`` runs everything else.
 
-    The program's rows and parameters are buffers, so the module saves, loads, copies and
+    The parameters are copies taken at translation: changing the fallback's weights later
+    (fine-tuning it) changes only the batches it runs, so export again instead.  The
+    program's rows and parameters are buffers, so the module saves, loads, copies and
     pickles; the ``ctypes`` pointers are rebuilt, and the rows checked against the arena,
     whenever the buffers change.
     """

@@ -257,15 +257,15 @@ INLINE void linear_v(const float *in, float *out, const float *wt, const float *
 
 def _call(row: list[int], lanes: int) -> str:
     """The C call of one program row (arrays as offsets into the arena ``a``, parameters
-    from the table ``p``): the one-example loops, or with ``lanes > 1`` the batched ones,
-    whose arrays hold ``lanes`` values per element."""
+    as offsets into the parameters ``p``): the one-example loops, or with ``lanes > 1``
+    the batched ones, whose arrays hold ``lanes`` values per element."""
     kind, v = row[0], "_v" if lanes > 1 else ""
 
     def at(f: int) -> str:
         return f"a + {row[f] * lanes}"
 
     def param(f: int) -> str:
-        return "0" if row[f] < 0 else f"p[{row[f]}]"
+        return "0" if row[f] < 0 else f"p + {row[f]}"
 
     if kind == CONV:
         sizes = ", ".join(str(n) for n in row[4:14])
@@ -295,7 +295,7 @@ def source_of(
         f"#define LANES {lanes}\n"
         + KERNELS
         + f"""
-void run_net(const float *const *p, int64_t batch, const float *x, float *y, float *a)
+void run_net(const float *p, int64_t batch, const float *x, float *y, float *a)
 {{
     int64_t n = 0;
     for (; n + LANES <= batch; n += LANES) {{
@@ -346,12 +346,14 @@ def library(source: str) -> ctypes.CDLL | None:
 
 class Program:
     """What :func:`program_of` found: the rows of the program, the parameters they
-    read (``params[i]``, float32, in the layout the C code expects), the arena's size and
+    read (float32, one after the other, each in the layout the C code expects; the rows
+    hold their offsets), the arena's size and
     where the input and output live in it."""
 
     def __init__(self) -> None:
         self.rows: list[list[int]] = []
-        self.params: list[torch.Tensor] = []
+        self.params: list[torch.Tensor] = []  # flat
+        self.n_params = 0  # floats in them
         self.in_at = self.out_at = self.arena = 0
         self.in_shape: tuple[int, ...] = ()
         self.out_shape: tuple[int, ...] = ()
@@ -359,8 +361,9 @@ class Program:
     def add_param(self, tensor: torch.Tensor | None) -> int:
         if tensor is None:
             return -1
-        self.params.append(tensor.detach().float().contiguous().clone())
-        return len(self.params) - 1
+        self.params.append(tensor.detach().float().reshape(-1).clone())
+        self.n_params += self.params[-1].numel()
+        return self.n_params - self.params[-1].numel()
 
 
 _RELUS = (F.relu, torch.relu, F.relu_, torch.relu_)
@@ -668,9 +671,8 @@ class CompiledNet(CompiledCall):
         self.in_at, self.out_at, self.arena = program.in_at, program.out_at, program.arena
         self.max_batch = max_batch
         self.register_buffer("ops", torch.tensor(program.rows, dtype=torch.int64))
-        self.n_params = len(program.params)
-        for i, param in enumerate(program.params):
-            self.register_buffer(f"param{i}", param)
+        # one buffer: the code reads every parameter at an offset from its start
+        self.register_buffer("params", torch.cat([torch.zeros(0), *program.params]))
         self.training = False  # an inference module (its fallback's mode is left alone)
 
     def _layout(self) -> tuple:
@@ -680,14 +682,10 @@ class CompiledNet(CompiledCall):
         """Whether the buffers are what the program reads (int64 rows, float32 CPU
         parameters, contiguous: ``.double()`` or ``.cuda()`` make it use its fallback).
         Raises when a row would read or write outside its arrays (a damaged file)."""
-        params = [self.get_buffer(f"param{i}") for i in range(self.n_params)]
-        ops = self.ops
-        if ops.dtype != torch.int64 or ops.device.type != "cpu" or not ops.is_contiguous():
-            return False
-        if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
-            return False
-        if not all(p.is_contiguous() for p in params):
-            return False
+        ops, params = self.ops, self.params
+        for array, kind in ((ops, torch.int64), (params, torch.float32)):
+            if array.dtype != kind or array.device.type != "cpu" or not array.is_contiguous():
+                return False
         size = lambda shape: int(torch.Size(shape).numel())  # noqa: E731
         ends = [self.in_at + size(self.in_shape), self.out_at + size(self.out_shape)]
         valid = ops.dim() == 2 and ops.shape[1] == FIELDS and min(self.in_at, self.out_at) >= 0
@@ -701,7 +699,7 @@ class CompiledNet(CompiledCall):
             ends += [row[f] + n for f, n in arrays.items()]
             for f, n in weights.items():
                 optional = f in (7, 15) and row[f] == -1  # no bias
-                valid &= optional or (0 <= row[f] < len(params) and params[row[f]].numel() == n)
+                valid &= optional or (0 <= row[f] and row[f] + n <= params.numel())
         if not valid or max(ends) > self.arena:
             raise ValueError(
                 "the compiled network's program does not fit its arrays; the saved model may "
@@ -710,15 +708,13 @@ class CompiledNet(CompiledCall):
         return True
 
     def _build(self) -> Any:
-        """``(library, parameter pointer table, kept parameters)``, or None when the buffers
-        are not what the program reads or there is no compiler."""
+        """``(the compiled function, lanes, the parameters' address, the parameters)``, or
+        None when the buffers are not what the program reads or there is no compiler."""
         if not self._runnable():
             return None
         lanes = target()[1]
         lib = library(self.source(lanes))
-        params = [self.get_buffer(f"param{i}") for i in range(self.n_params)]
-        table = (ctypes.c_void_p * max(1, len(params)))(*(p.data_ptr() for p in params))
-        return None if lib is None else (lib, table, lanes, params)
+        return None if lib is None else (lib.run_net, lanes, self.params.data_ptr(), self.params)
 
     def source(self, lanes: int) -> str:
         """The C source of this network's program (:func:`source_of`)."""
@@ -741,15 +737,14 @@ class CompiledNet(CompiledCall):
             return self.fallback(x)
         x = x.contiguous()
         out = torch.empty(x.shape[0], *self.out_shape, dtype=torch.float32)
-        lib, table, lanes = call[:3]
+        run, lanes, params = call[:3]
         wide = lanes if x.shape[0] >= lanes else 1  # the batched loops' arrays are wider
         arena = torch.empty(max(1, self.arena * wide), dtype=torch.float32)  # this call's own
-        lib.run_net(ctypes.addressof(table), x.shape[0], x.data_ptr(), out.data_ptr(),
-                    arena.data_ptr())  # fmt: skip
+        run(params, x.shape[0], x.data_ptr(), out.data_ptr(), arena.data_ptr())
         return out
 
     def extra_repr(self) -> str:
         return (
-            f"rows={self.ops.shape[0]}, parameters={self.n_params}, "
+            f"rows={self.ops.shape[0]}, parameters={self.params.numel()}, "
             f"arena={self.arena} floats, max_batch={self.max_batch}"
         )

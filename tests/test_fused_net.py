@@ -257,14 +257,14 @@ def test_the_network_saves_copies_pickles_and_refuses_damage():
         fresh = compiled(bundled("resnet_small", (1, 28, 28), {}, shrunk=True, seed=1), x)
         fresh.load_state_dict(net.state_dict())
         torch.testing.assert_close(fresh(x), expected)
-        net.param0 = torch.zeros_like(net.param0)  # replaced: the pointers are rebuilt
+        net.params = torch.zeros_like(net.params)  # replaced: the pointers are rebuilt
         assert not torch.allclose(net(x), expected)
         for damage in ("offset", "param size"):
             broken = copy.deepcopy(net)
             if damage == "offset":
                 broken.ops[-1, 3] = broken.arena  # the last row writes past the arena
             else:
-                broken.param1 = broken.param1[:-1].clone()
+                broken.params = broken.params[:-1].clone()
             for _ in range(2):  # on every call, not only the first
                 with pytest.raises(ValueError, match="may be damaged"):
                     broken(x)

@@ -189,7 +189,7 @@ sl.nb.md(
 
 # %%
 budget_rows, learned = [], ["str", "l0_hard_concrete", "variational_dropout"]
-runs_before = run_cache.counts()  # make book and make lab share these runs with 02j
+runs_before = run_cache.counts()  # make book and make lab share the LeNet-300-100 runs with 02j
 for model_name, method, seed in itertools.product(MODELS, learned, SEEDS):
     r = compare.run(get_task(model_name, seed), method, 0.9, epochs=EPOCHS,
                     finetune_epochs=FINETUNE_EPOCHS)  # fmt: skip

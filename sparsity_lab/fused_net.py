@@ -551,6 +551,8 @@ def program_of(model: nn.Module, example: torch.Tensor) -> Program | None:
                 where[node] = source
                 continue
             if _in_place(node, target):  # every later reader of the input sees the ReLU
+                if src.op == "placeholder":
+                    return None  # in torch it changes the caller's tensor; a program cannot
                 program.rows.append([RELU, source, -1, source, size] + [0] * (FIELDS - 5))
                 where[node] = source
                 continue

@@ -184,6 +184,13 @@ class _MixesTheBatch(nn.Module):
         return self.conv(x).view(1, -1)
 
 
+class _ReluOnItsInput(nn.Module):
+    """Changes its caller's tensor in torch; a program works on a copy of it."""
+
+    def forward(self, x):
+        return torch.relu_(x).sum(1)
+
+
 def _hooked():
     model = nn.Sequential(nn.Conv2d(4, 2, 3), nn.ReLU())
     model[0].register_forward_hook(lambda module, args, out: out * 2)
@@ -211,6 +218,8 @@ def test_what_the_program_does_not_run_is_refused():
         "two inputs": (_TwoInputs(), x2),
         "a reshape across the batch": (_MixesTheBatch(), x4),
         "a forward hook": (_hooked(), x4),
+        "an in-place ReLU of the input": (_ReluOnItsInput(), x2),
+        "an in-place ReLU module on the input": (nn.Sequential(nn.ReLU(inplace=True)), x2),
         "nothing to compute": (nn.Sequential(nn.Flatten(), nn.Identity()), x4),
         "an input without its batch": (nn.Sequential(nn.Conv2d(4, 2, 3)), x4[0]),
     }

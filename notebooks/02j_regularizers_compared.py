@@ -49,7 +49,7 @@ from sparsity_lab.regularizers import compare
 SMOKE = False
 SEED = 0
 SEEDS = [0, 1, 2]
-# LeNet-5 (02d's second model) costs two to three times LeNet-300-100's time per run and would
+# LeNet-5 (02d's second model) costs 1.5 to 3 times LeNet-300-100's time per run and would
 # more than double this notebook's, past the book's 4 minutes; add "lenet5" to run it too
 MODELS = ["lenet300"]
 SPARSITIES = [0.8, 0.9, 0.95]

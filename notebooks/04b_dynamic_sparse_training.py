@@ -167,9 +167,7 @@ dense_runs = pd.DataFrame(dense_rows)
 calls = [(m, SPARSITY, seed) for seed in SEEDS for m in METHODS]
 # DeepR and Top-KAST take three to four times the others' time (their per-step rules): they
 # start first, so that the workers end together
-order = sorted(range(len(calls)), key=lambda i: calls[i][0] not in SLOWEST)
-done = dict(zip(order, sl.experiments.forked_map(run, [calls[i] for i in order]), strict=True))
-runs = [done[i] for i in range(len(calls))]
+runs = sl.experiments.forked_map(run, calls, first=lambda method, *_: method in SLOWEST)
 results = pd.DataFrame([{"method": m, **r} for (m, *_), r in zip(calls, runs, strict=True)])
 summary = sl.stats.summarize(results, "method", "accuracy").set_index("method").loc[METHODS]
 dense_mean = dense_runs["accuracy"].mean()

@@ -320,10 +320,8 @@ calls = [(seed, *setting) for seed in SEEDS for setting in TICKET_SETTINGS]
 # independent trainings: a sweep's worker processes run them side by side (one per core
 # in JupyterLab), each computing what it would compute here; LeNet-5's rounds take about
 # twice LeNet-300-100's, so they start first and the workers end together
-order = sorted(range(len(calls)), key=lambda i: calls[i][1] != "lenet5")
-tables = dict(zip(order, sl.experiments.forked_map(imp_table, [calls[i] for i in order]),
-                  strict=True))  # fmt: skip
-ticket_table = pd.concat([tables[i] for i in range(len(calls))], ignore_index=True)
+tables = sl.experiments.forked_map(imp_table, calls, first=lambda _, model, *__: model == "lenet5")
+ticket_table = pd.concat(tables, ignore_index=True)
 settings = {}
 for model_name, data, options in TICKET_SETTINGS:
     t = recipes.task(model_name, data, seed=SEEDS[-1], **options)

@@ -258,14 +258,30 @@ def _counted(fn: Callable, args: tuple, kwargs: dict[str, Any]) -> tuple[Any, di
     return result, {k: n - before[k] for k, n in run_cache.counts().items()}
 
 
-def forked_map(fn: Callable, calls: Iterable[tuple], *, workers: int | None = None) -> list:
+def forked_map(
+    fn: Callable,
+    calls: Iterable[tuple],
+    *,
+    workers: int | None = None,
+    first: Callable[..., bool] | None = None,
+) -> list:
     """``[fn(*args) for args in calls]``, computed as :func:`sweep` computes its runs: in
     ``workers`` forked processes (``None``: :func:`default_workers`) where it can, else
     here.  For calls whose results are not rows of metrics (a table per call, say).  The
     results come in the calls' order; the first call that raises cancels those not
     started, and its error is raised here once the started ones end.
+
+    ``first(*args)`` true marks the slow calls: they start before the others (in their
+    order), so that the workers end together instead of one finishing a long call alone.
     """
     calls = [tuple(args) for args in calls]
+    order = sorted(range(len(calls)), key=lambda i: not first(*calls[i])) if first else None
+    if order is not None:
+        done = forked_map(fn, [calls[i] for i in order], workers=workers)
+        results = [None] * len(calls)
+        for i, result in zip(order, done, strict=True):
+            results[i] = result
+        return results
     pool = _forked_pool(fn, workers, len(calls))
     if pool is None:
         return [fn(*args) for args in calls]

@@ -261,6 +261,19 @@ def test_forked_map_keeps_the_calls_order_counts_their_cached_calls_and_raises_t
         experiments.forked_map(table_of, calls, workers=0)
 
 
+def test_forked_map_starts_the_calls_marked_first_and_keeps_the_calls_order(monkeypatch):
+    monkeypatch.setenv(run_cache.ENV, "0")
+    started = []  # here (one worker) the calls run in the order they start
+    calls = [(x,) for x in (1, 20, 3, 40, 5)]
+    out = experiments.forked_map(lambda x: started.append(x) or -x, calls, workers=1,
+                                 first=lambda x: x > 10)  # fmt: skip
+    assert started == [20, 40, 1, 3, 5]
+    assert out == [-1, -20, -3, -40, -5]
+    forked = experiments.forked_map(table_of, [(x, 0) for x in (3, 1, 2)], workers=2,
+                                    first=lambda x, seed: x == 2)  # fmt: skip
+    assert [t["x"].iloc[0] for t, _ in forked] == [3, 1, 2]
+
+
 def test_numpy_metrics_become_plain_python_values(tmp_path):
     def fn(x, seed):
         return {"m": np.float32(0.5) * x}

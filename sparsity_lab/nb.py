@@ -12,8 +12,10 @@ The sentences themselves are computed with :mod:`sparsity_lab.words`.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
+import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
@@ -47,6 +49,33 @@ _MAX_STATIC = 24  # panels a static explorer draws at most (every listed value u
 _MAX_COLUMNS = 6
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: Freed blocks up to this size stay with the process for reuse (:func:`keep_freed_memory`).
+KEEP_FREED_BYTES = 1 << 30
+
+
+def keep_freed_memory(limit: int = KEEP_FREED_BYTES) -> bool:
+    """Let glibc's malloc keep freed blocks of up to ``limit`` bytes for reuse.
+
+    By default glibc serves an allocation over 32 MB with fresh pages from the system and
+    returns them when it is freed, so a loop that allocates the same large tensor again
+    (per-example gradients, Fisher blocks, Hessians) has the kernel map and zero every page
+    each time: in 02i's second-order pruning the process spent more time in the system than
+    computing.  With this, such blocks come from the heap and are reused; the cost is that
+    the process holds on to its peak memory (in 02i, a fifth more).  A forked sweep worker
+    inherits the setting.  Returns whether it applied: on Linux with glibc only.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # another C library (musl)
+        return False
+    # both return 1 on success; the trim threshold keeps freed memory at the heap's top
+    return bool(mallopt(_M_MMAP_THRESHOLD, limit)) and bool(mallopt(_M_TRIM_THRESHOLD, limit))
+
+
 def _package_version() -> str:
     try:
         return version("sparsity-lab")
@@ -57,7 +86,8 @@ def _package_version() -> str:
 def setup(seed: int = 0, smoke: bool = False, *, threads: int | None = None) -> dict[str, Any]:
     """Seed everything, set the book's figure and table defaults, print one line of versions.
 
-    Tables show every character of their cells and up to 200 rows.
+    Tables show every character of their cells and up to 200 rows.  Freed memory stays with
+    the process for reuse (:func:`keep_freed_memory`).
 
     ``smoke`` only changes the printed mode; the notebook uses it to shrink its own sizes.
     ``threads`` caps torch's intra-op threads (None leaves torch's default).  The matplotlib
@@ -70,6 +100,7 @@ def setup(seed: int = 0, smoke: bool = False, *, threads: int | None = None) -> 
             raise ValueError(f"threads must be a positive integer or None, got {threads}")
         torch.set_num_threads(threads)
     seed_everything(seed)
+    keep_freed_memory()
     mpl.rcParams.update(_RC)
     import pandas as pd  # loaded by every notebook anyway; not by ``import sparsity_lab``
 

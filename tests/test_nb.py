@@ -2,7 +2,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import platform
 import random
+import subprocess
 import sys
 
 import matplotlib.pyplot as plt
@@ -316,3 +318,31 @@ def test_show_dense_takes_the_data_set_of_the_recipes():
 
     with pytest.raises(TypeError, match="data_name"):  # no silent "mnist"
         nb.show_dense(pd.DataFrame({"model_name": [], "test_accuracy": [], "flags": []}))
+
+
+_REFAULTS = """
+import resource, sys, torch
+from sparsity_lab import nb
+if sys.argv[1] == "keep":
+    assert nb.keep_freed_memory()
+pages = (256 << 20) // resource.getpagesize()
+for _ in range(2):  # allocated, every page written, freed (twice: malloc's bins settle)
+    torch.ones(256 << 20, dtype=torch.uint8)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+again = torch.ones(256 << 20, dtype=torch.uint8)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / pages)
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="mallopt is glibc's",
+)
+def test_keep_freed_memory_reuses_a_large_block_instead_of_faulting_its_pages_again():
+    def refaulted(mode):  # the share of the block's pages faulted in again, in a fresh process
+        run = subprocess.run([sys.executable, "-c", _REFAULTS, mode], capture_output=True)
+        assert run.returncode == 0, run.stderr.decode()
+        return float(run.stdout)
+
+    assert refaulted("default") > 0.5  # glibc unmapped the block and mapped fresh pages
+    assert refaulted("keep") < 0.1

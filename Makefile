@@ -47,9 +47,7 @@ install: $(INSTALLED) ## create .venv and install the pinned environment
 # 20 minutes on two cores, none over 4.  Over budget is reported, never a failure: timings
 # on a shared machine are noisy.  BOOK_WORKERS notebooks run side by side; one whose header
 # says `runs_alone` (it starts processes of its own: 08's data-parallel workers, or sweeps
-# that fork BOOK_WORKERS processes to fit the 4 minutes) runs one at a time with the whole
-# machine, while the others run behind it at the lowest priority (nice 19), on the cores it
-# leaves idle; such a notebook is timed by its CPU time where that is less than its wall.
+# that fork BOOK_WORKERS processes to fit the 4 minutes) runs first, alone.
 # The notebooks' times leave out the shared dense models (`make models` prints its own);
 # the last line of `make book` is the whole build's wall time.
 BOOK_BUDGET_S := 1200

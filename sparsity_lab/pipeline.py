@@ -56,7 +56,7 @@ class Result:
 
     name: str
     status: str  # "executed", "cached" or "failed"
-    seconds: float | None = None  # time of the execution, as _timed_execution says (also cached)
+    seconds: float | None = None  # wall time of the execution (also for a cached copy)
     error: str = ""
     warning: str = ""  # e.g. over the time budget: reported, but not a failure
 
@@ -369,11 +369,10 @@ def execute(
     a warning: a shared machine's timings are too noisy to fail a build on, but the excess
     must be seen.  ``workers`` notebooks run side by side, each in a process of its own
     (papermill changes the working directory of the whole process) with its share of the
-    cores, started longest first by the times recorded (:func:`longest_first`).  Those that
-    :func:`runs_alone` says start processes of their own run one at a time with the whole
-    machine; while they do, the others run behind them at the lowest priority (nice 19),
-    on the cores they leave idle.  Times (:func:`_timed_execution`) are merged into
-    ``out/timings.json``; results come in the notebooks' order.
+    cores, started longest first by the times recorded (:func:`longest_first`); those that
+    :func:`runs_alone` says start processes of their own run before them, one at a time.
+    Wall times are merged into ``out/timings.json``; results come in the notebooks'
+    order.
     """
     notebooks, out, cache = Path(notebooks).resolve(), Path(out).resolve(), Path(cache).resolve()
     if workers < 1:
@@ -392,31 +391,25 @@ def execute(
 
     results = {source: settle(source, None) for source in keys if source not in to_run}
     threads = max(1, (os.cpu_count() or 1) // workers)
-    # Notebooks that start processes of their own run one at a time, in this process, with
-    # the threads a notebook gets side by side (the same numbers as there), but no equal
-    # neighbour: their sweeps fork a process per worker instead.
+    # Notebooks that start processes of their own run first, one at a time, with the
+    # threads a notebook gets side by side (the same numbers as there), but no neighbour:
+    # their sweeps fork a process per worker instead.
     alone = [source for source in to_run if workers > 1 and runs_alone(source)]
+    for source in alone:
+        run = _timed_execution(source, smoke, notebooks, threads, processes=workers)
+        results[source] = settle(source, run)
     side_by_side = [source for source in to_run if source not in alone]
     if workers == 1 or len(side_by_side) <= 1:
-        for source in alone:
-            run = _timed_execution(source, smoke, notebooks, threads, processes=workers)
-            results[source] = settle(source, run)
         for source in side_by_side:
             results[source] = settle(source, _timed_execution(source, smoke, notebooks))
     else:
         spawn = multiprocessing.get_context("spawn")  # a fresh interpreter, no inherited locks
         recorded = recorded_seconds(out / TIMINGS_FILE, mode)
-        # Behind the notebooks that run alone, the others run at the lowest priority: they
-        # take only the cores those leave idle (a sweep's last run, a cell on one core).
-        behind = {"initializer": os.nice, "initargs": (19,)} if alone else {}
-        with ProcessPoolExecutor(workers, mp_context=spawn, **behind) as pool:
+        with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
             futures = {
                 pool.submit(_timed_execution, source, smoke, notebooks, threads): source
                 for source in longest_first(side_by_side, recorded)
             }
-            for source in alone:
-                run = _timed_execution(source, smoke, notebooks, threads, processes=workers)
-                results[source] = settle(source, run)
             for future in as_completed(futures):
                 results[futures[future]] = settle(futures[future], future.result())
     ordered = [results[source] for source in keys]
@@ -502,8 +495,7 @@ def _stem(source: Path) -> str:
 
 def runs_alone(source: Path) -> bool:
     """Whether the notebook's header sets ``sparsity_lab: runs_alone: true``: it starts
-    worker processes of its own, so :func:`execute` gives it the machine (the others wait
-    behind it at the lowest priority, for the cores it leaves idle).  08's
+    worker processes of its own, so :func:`execute` gives it the machine to itself.  08's
     data-parallel workers would fight a neighbour for the cores (each collective step then
     waits for the worker that lost); a notebook that is mostly sweeps forks a worker per
     core (``$SPARSITY_LAB_WORKERS``).  Two workers of one notebook get less done than two
@@ -517,7 +509,7 @@ def runs_alone(source: Path) -> bool:
 
 
 def recorded_seconds(path: Path, mode: str) -> dict[str, float]:
-    """The longest time each notebook took when it ran in ``mode``, from a timings file
+    """The longest wall time each notebook took when it ran in ``mode``, from a timings file
     of :func:`execute` ({} when there is none or it cannot be read)."""
     try:
         recorded = json.loads(path.read_text()).get(mode, {})
@@ -615,31 +607,17 @@ def train_dense_models(
 def _timed_execution(
     source: Path, smoke: bool, cwd: Path, threads: int | None = None, processes: int = 1
 ) -> tuple[Any, float]:
-    """``(executed notebook, or a description of what failed, seconds)``: one notebook's
-    run, whose failure must not stop the others (a description, not the exception, because
-    a run in another process sends back only what pickles).
-
-    The seconds are the wall time, or for a notebook without processes of its own
-    (``processes == 1``) its kernel's CPU time where that is less: such a notebook uses one
-    core, and behind one that runs alone it waits for idle cores, which is not its own
-    time.  (The kernel is this process's child, so its CPU time, and that of the processes
-    it waited for, is counted here once it has ended.)"""
-    start, cpu = time.perf_counter(), _children_cpu_seconds()
+    """``(executed notebook, or a description of what failed, wall seconds)``: one
+    notebook's run, whose failure must not stop the others (a description, not the
+    exception, because a run in another process sends back only what pickles)."""
+    start = time.perf_counter()
     try:
         executed = execute_notebook(
             source, smoke=smoke, cwd=cwd, threads=threads, processes=processes
         )
     except Exception as error:  # any failure of one notebook must not stop the rest
         return _Failure(_describe(error)), time.perf_counter() - start
-    wall, cpu = time.perf_counter() - start, _children_cpu_seconds() - cpu
-    # no CPU time counted (Windows does not): the wall time
-    return executed, round(wall if processes > 1 or cpu <= 0 else min(wall, cpu), 2)
-
-
-def _children_cpu_seconds() -> float:
-    """User and system seconds of this process's ended children (and theirs)."""
-    times = os.times()
-    return times.children_user + times.children_system
+    return executed, round(time.perf_counter() - start, 2)
 
 
 @dataclass
@@ -692,7 +670,7 @@ def _settle(
 def time_report(
     results: Sequence[Result], total_budget_s: float | None, budget_s: float | None
 ) -> list[str]:
-    """Lines that sum the notebooks' recorded times (cached copies included: the time
+    """Lines that sum the notebooks' recorded wall times (cached copies included: the time
     a fresh machine would take, one notebook after another) and judge them against the
     budgets for the whole and for each notebook."""
     timed = [r for r in results if r.seconds is not None]
@@ -713,7 +691,7 @@ def time_report(
 
 
 def _record_timings(path: Path, results: Sequence[Result], mode: str) -> None:
-    """Merge the times of this run into ``path`` (``{mode: {name: seconds}}``), each
+    """Merge the wall times of this run into ``path`` (``{mode: {name: seconds}}``), each
     notebook keeping the longest time recorded for it.
 
     The longest, not the last: a notebook that read its runs back from the run cache

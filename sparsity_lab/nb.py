@@ -63,8 +63,9 @@ def keep_freed_memory(limit: int = KEEP_FREED_BYTES) -> bool:
     (per-example gradients, Fisher blocks, Hessians) has the kernel map and zero every page
     each time: in 02i's second-order pruning the process spent more time in the system than
     computing.  With this, such blocks come from the heap and are reused; the cost is that
-    the process holds on to its peak memory (in 02i, a fifth more).  A forked sweep worker
-    inherits the setting.  Returns whether it applied: on Linux with glibc only.
+    the process holds on to its peak memory (a fifth more, pruning once with each of 02i's
+    methods).  A forked sweep worker inherits the setting.  Returns whether it applied: on
+    Linux with glibc only.
     """
     if not sys.platform.startswith("linux"):
         return False

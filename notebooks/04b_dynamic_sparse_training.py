@@ -165,7 +165,7 @@ dense_runs = pd.DataFrame(dense_rows)
 # independent trainings: a sweep's worker processes run them side by side (one per core
 # in JupyterLab), each computing what it would compute here
 calls = [(m, SPARSITY, seed) for seed in SEEDS for m in METHODS]
-# DeepR and Top-KAST take three to four times the others' time (their per-step rules): they
+# DeepR and Top-KAST take two to four times the others' time (their per-step rules): they
 # start first, so that the workers end together
 runs = sl.experiments.forked_map(run, calls, first=lambda method, *_: method in SLOWEST)
 results = pd.DataFrame([{"method": m, **r} for (m, *_), r in zip(calls, runs, strict=True)])
@@ -205,7 +205,8 @@ summary[["mean", "ci_low", "ci_high"]].join(cost).round(3)
 # Training FLOPs follow the RigL paper's accounting: a step costs three sparse forward
 # passes, more for the steps that need a dense gradient (RigL's updates, Top-KAST's
 # larger backward set, DPF's dense weights).  The wall time includes the Python work of
-# each rule, which FLOPs do not count: DeepR draws noise for every weight at every step.
+# each rule, which FLOPs do not count: DeepR draws noise for every kept weight at every
+# step, and Top-KAST selects both of its sets at every step.
 
 
 # %%

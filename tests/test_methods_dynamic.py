@@ -8,6 +8,7 @@ gradient as their papers say.
 """
 
 import math
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -30,6 +31,7 @@ from sparsity_lab.methods.dynamic import (
     decayed_fraction,
     grow_into,
     prune_and_grow,
+    sample_without_replacement,
 )
 from sparsity_lab.train import Callback, fit
 
@@ -150,10 +152,9 @@ def test_prune_and_grow_agrees_with_sorting(values):
 
 
 @pytest.mark.parametrize("values", [1000, 3])
-def test_deepr_step_is_prune_and_grow_of_its_dead_connections(values):
-    """DeepR drops exactly the connections that died and grows as many by its random
-    scores: ``grow_into(mask & ~died, ...)`` is ``prune_and_grow(mask, (~died).double(),
-    ...)``, since the dead ones are the only kept entries that score 0."""
+def test_grow_into_is_prune_and_grow_of_the_entries_already_dropped(values):
+    """``grow_into(mask & ~died, ...)`` is ``prune_and_grow(mask, (~died).double(), ...)``:
+    the dropped ones are the only kept entries that score 0, so no ranking is needed."""
     g = torch.Generator().manual_seed(values)
     for _ in range(20):
         shape = (int(torch.randint(2, 40, (1,), generator=g)), 7)
@@ -167,6 +168,24 @@ def test_deepr_step_is_prune_and_grow_of_its_dead_connections(values):
         assert torch.equal(final, prune_and_grow_by_sorting(mask, (~died).double(), free, k)[1])
     with pytest.raises(ValueError, match="cannot grow"):
         grow_into(torch.ones(3, dtype=torch.bool), torch.zeros(3), 1)
+
+
+@pytest.mark.parametrize("k", [2, 4])  # drawn and redrawn; a permutation (k over half of 7)
+def test_sample_without_replacement_draws_every_subset_equally_often(k):
+    """Against the closed form: each of the C(7, k) subsets has probability 1 / C(7, k)."""
+    g = torch.Generator().manual_seed(k)
+    counts = Counter()
+    for _ in range(7000):
+        drawn = sample_without_replacement(7, k, g)
+        assert drawn.dtype == torch.int64 and len(set(drawn.tolist())) == k
+        assert 0 <= int(drawn.min()) and int(drawn.max()) < 7
+        counts[tuple(sorted(drawn.tolist()))] += 1
+    assert len(counts) == math.comb(7, k)
+    assert stats.chisquare(list(counts.values())).pvalue > 1e-3
+    assert sample_without_replacement(5, 0, g).numel() == 0
+    assert sorted(sample_without_replacement(5, 5, g).tolist()) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="cannot draw 6 distinct numbers of 5"):
+        sample_without_replacement(5, 6, g)
 
 
 def test_prune_and_grow_nan_ranks_as_a_sort_ranks_it():
@@ -638,6 +657,46 @@ def test_deepr_rewires_connections_whose_sign_flips():
     assert int(born.sum()) == 7
     assert torch.all(w[born] == 0)
     assert method.log[-1]["rewired"] == 7
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_deepr_reborn_connections_are_uniform_over_the_free_ones(channels_last):
+    """Five connections die at every step from the same state: every free position (the
+    dead ones included) should be reborn equally often, at zero and with no momentum."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(2, 4, 3))  # 72 weights, 36 kept
+    if channels_last:  # a non-contiguous weight: the step works on a copy and writes it back
+        m = m.to(memory_format=torch.channels_last)
+    method = DeepR(0.5, l1=0.0, temperature=0.0, seed=0)
+    trainer = fake_trainer(m)
+    method.on_train_begin(trainer)
+    w = masks.dense_weight(m, "0.weight")
+    assert w.is_contiguous() is not channels_last
+    start = masks.get_mask(m, "0.weight").bool().clone()
+    signs = method.signs["0.weight"].clone()
+    dying = torch.zeros(72, dtype=torch.bool)
+    dying[start.flatten().nonzero().flatten()[:5]] = True
+    dying = dying.reshape(start.shape)
+    value = torch.where(dying, -0.01 * signs, 0.5 * signs) * start  # five across zero
+    births = torch.zeros(72)
+    for _ in range(1500):
+        masks.set_mask(m, "0.weight", start)
+        method.signs["0.weight"].copy_(signs)
+        with torch.no_grad():
+            w.copy_(value)
+        trainer.optimizer.state[w] = {"momentum_buffer": torch.ones_like(w)}
+        method.on_step_end(trainer)
+        after = masks.get_mask(m, "0.weight").bool()
+        assert int(after.sum()) == 36 and torch.all(after[start & ~dying])
+        born = after & (dying | ~start)
+        assert int(born.sum()) == 5 and torch.all(w[born] == 0)
+        momentum = trainer.optimizer.state[w]["momentum_buffer"]
+        assert torch.all(momentum[born | dying] == 0) and torch.all(momentum[after & ~born] == 1)
+        assert torch.all(w[~after] == 0) and torch.equal(w[after & ~born], value[after & ~born])
+        births += born.flatten().float()
+    free = (dying | ~start).flatten()  # 36 free and 5 dead: each reborn 5 / 41 of the time
+    assert float(births[~free].sum()) == 0
+    assert stats.chisquare(births[free].numpy()).pvalue > 1e-3
 
 
 def test_deepr_l1_and_noise_move_only_kept_weights():

@@ -92,8 +92,8 @@ def prune_and_grow(
     algorithm; whether it keeps its value is the method's choice, see
     :attr:`DynamicSparse.regrown_restart`).  Ties go to the lower index, as in a stable
     sort of the scores; each side is one partial selection
-    (:func:`~sparsity_lab.patterns.prune_lowest`), not a sort: DeepR calls this at every
-    step, on every layer.
+    (:func:`~sparsity_lab.patterns.prune_lowest`), not a sort: a method may call this at
+    every step, on every layer.
     """
     n_grow = n_drop if n_grow is None else n_grow
     keep = mask.detach().bool().flatten()
@@ -109,7 +109,7 @@ def prune_and_grow(
 def grow_into(kept: torch.Tensor, grow_scores: torch.Tensor, n_grow: int) -> torch.Tensor:
     """The bool mask ``kept`` plus the ``n_grow`` entries it does not keep with the highest
     ``grow_scores`` (ties to the lower index): the grow half of :func:`prune_and_grow`, for
-    a method that knows which entries it drops without ranking them (DeepR)."""
+    a method that knows which entries it drops without ranking them."""
     after = kept.flatten()
     if n_grow > int((~after).sum()):
         raise ValueError(f"cannot grow {n_grow} entries: only {int((~after).sum())} are free")
@@ -123,6 +123,27 @@ def _nan_as(scores: torch.Tensor, value: float) -> torch.Tensor:
     """``scores`` flat, in float64, with NaN replaced by ``value`` (infinities kept)."""
     flat = scores.detach().flatten().double()
     return flat.nan_to_num(value, posinf=math.inf, neginf=-math.inf)
+
+
+def sample_without_replacement(population: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """``k`` distinct integers of ``range(population)`` (int64), every k-subset equally likely.
+
+    Draws about ``k`` numbers, not one per member (as a random score for each would): a
+    repeated draw is discarded and drawn again, which keeps each accepted number uniform
+    over those not yet chosen.  Where ``k`` is over half the population, a permutation of
+    it is cheaper.
+    """
+    if not 0 <= k <= population:
+        raise ValueError(f"cannot draw {k} distinct numbers of {population}")
+    if 2 * k > population:
+        return torch.randperm(population, generator=generator)[:k]
+    chosen: dict[int, None] = {}  # insertion-ordered: the order of the draws
+    while len(chosen) < k:
+        for number in torch.randint(
+            0, population, (k - len(chosen),), generator=generator
+        ).tolist():
+            chosen.setdefault(number)
+    return torch.tensor(list(chosen), dtype=torch.int64)
 
 
 # --- the sparse-from-scratch baseline ------------------------------------------------------
@@ -620,40 +641,59 @@ class DeepR(StaticSparse):
         for n in self.masked_names(model):
             w = masks.dense_weight(model, n).detach()
             coin = torch.randint(0, 2, w.shape, generator=self._generator).to(w) * 2 - 1
-            self.signs[n] = torch.where(w != 0, torch.sign(w), coin)
+            # flat views of these are updated in place at every step
+            self.signs[n] = torch.where(w != 0, torch.sign(w), coin).contiguous()
 
     def on_step_end(self, trainer: Trainer) -> None:
         model, opt = trainer.model, trainer.optimizer
         lr = opt.param_groups[0]["lr"]
         noise_scale = math.sqrt(2 * lr * self.temperature)
-        dormant, final, rewired = {}, {}, 0
+        rewired = 0
         with torch.no_grad():
             for n in self.masked_names(model):
-                w, mask, sign = (
-                    masks.dense_weight(model, n),
-                    masks.get_mask(model, n).bool(),
-                    self.signs[n],
-                )
-                noise = torch.randn(w.shape, generator=self._generator).to(w) * noise_scale
-                w.add_(torch.where(mask, -lr * self.l1 * sign + noise, torch.zeros_like(w)))
-                died = mask & (w * sign < 0)
-                k = int(died.sum())
-                if k == 0:
+                w = masks.dense_weight(model, n)
+                # a copy only where the layout is not contiguous (channels-last), written back
+                flat = w.view(-1) if w.is_contiguous() else w.flatten()
+                keep = (masks.get_mask(model, n) != 0).flatten()
+                died, born = self._rewire(flat, keep, self.signs[n].view(-1), lr, noise_scale)
+                if flat.data_ptr() != w.data_ptr():
+                    w.copy_(flat.view(w.shape))
+                if died.numel() == 0:
                     continue
-                free = torch.rand(w.shape, generator=self._generator, dtype=torch.float64)
-                # what prune_and_grow(mask, (~died).double(), free, k) returns: the k kept
-                # entries that score 0 are exactly the dead ones, so no ranking is needed
-                dormant[n] = mask & ~died
-                final[n] = grow_into(dormant[n], free, k)
-                born = final[n] & ~dormant[n]
-                coin = torch.randint(0, 2, w.shape, generator=self._generator).to(w) * 2 - 1
-                sign[born] = coin[born]
-                rewired += k
-        if dormant:
-            change_masks(model, dormant, opt)
-            change_masks(model, final, opt)
+                changed = torch.zeros_like(keep)
+                changed[died] = True
+                changed[born] = True  # born at zero, with no optimizer state
+                reset_state(opt, w, changed.view(w.shape))
+                masks.set_mask(model, n, keep.view(w.shape))
+                rewired += died.numel()
         if rewired:
             self.log.append({"step": trainer.step, "rewired": rewired})
+
+    def _rewire(self, flat, keep, sign, lr, noise_scale) -> tuple[torch.Tensor, torch.Tensor]:
+        """One layer's step on its flat weights, kept-mask and signs, in place; returns the
+        indices of the connections that died and of those born.
+
+        Only the kept connections move and only the dead ones are replaced, so every draw is
+        per kept or per rewired connection: at 95% sparsity, noise for every weight and a
+        random score for every free one took ten times the training step.
+        """
+        kept = keep.nonzero().flatten()
+        s = sign[kept]
+        noise = torch.randn(kept.numel(), generator=self._generator).to(flat) * noise_scale
+        moved = flat[kept] + (-lr * self.l1 * s + noise)
+        flat[kept] = moved
+        died = kept[moved * s < 0]
+        if died.numel() == 0:
+            return died, died
+        keep[died] = False
+        free = (~keep).nonzero().flatten()  # the dead ones may be drawn again
+        born = free[sample_without_replacement(free.numel(), died.numel(), self._generator)]
+        keep[born] = True
+        coin = torch.randint(0, 2, (born.numel(),), generator=self._generator) * 2 - 1
+        sign[born] = coin.to(sign)
+        flat[died] = 0
+        flat[born] = 0
+        return died, born
 
 
 @register("training", "topkast", section="4")

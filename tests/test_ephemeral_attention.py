@@ -77,6 +77,26 @@ def test_sparsemax_jacobian_matches_the_paper():
     torch.testing.assert_close(jac, expected)
 
 
+def test_sparsemax_agrees_with_autograd_through_the_sort():
+    """The fast backward (the paper's Jacobian) against autograd through the reference's
+    sort, cumsum and gather, along a middle dimension and with blocked (-inf) scores, as
+    in masked attention."""
+    gen = torch.Generator().manual_seed(2)
+    z = torch.randn(4, 9, 5, generator=gen, dtype=torch.float64) * 3
+    z[:, 2:4, 1] = -math.inf
+    upstream = torch.randn(4, 9, 5, generator=gen, dtype=torch.float64)
+    grads = []
+    for fn in (A.sparsemax, A.sparsemax_by_sorting):
+        x = z.clone().requires_grad_(True)
+        p = fn(x, dim=1)
+        (grad,) = torch.autograd.grad((p * upstream).sum(), x)
+        grads.append((p, grad))
+    (fast, fast_grad), (reference, reference_grad) = grads
+    torch.testing.assert_close(fast, reference, rtol=0, atol=0)
+    torch.testing.assert_close(fast_grad, reference_grad)
+    assert (fast == 0).any() and (fast_grad[:, 2:4, 1] == 0).all()
+
+
 def test_entmax15_closed_form_example():
     # z / 2 = (1, 0.5, 0); support {1, 2}: (1 - tau)^2 + (0.5 - tau)^2 = 1
     tau = (3 - math.sqrt(7)) / 4

@@ -1,5 +1,7 @@
 """meProp and SWAT: exact dense gradients at full size, exact sparsity below it."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -74,6 +76,23 @@ def test_swat_with_full_densities_is_exactly_dense():
     sparse = _grads(lambda x, w, b: B.swat(x, w, b, 1.0, 1.0), x, w, b, up)
     for d, s in zip(dense, sparse, strict=True):
         assert torch.equal(d, s)
+
+
+@pytest.mark.parametrize("values", [1000, 3])  # few values: ties
+def test_topk_mask_keeps_the_largest_by_a_stable_sort(values):
+    """Against a stable sort of ``|x|`` (ties: the later entry stays), with NaN as the
+    largest, as ``topk`` ranks it; shapes over and under the bracketed selection's size."""
+    g = torch.Generator().manual_seed(values)
+    for shape in [(7, 5), (300, 250)]:
+        x = torch.randint(-values, values + 1, shape, generator=g).float()
+        x[0, :2] = math.nan
+        for density in (0.01, 0.3, 0.5, 1.0):
+            n = x.numel()
+            k = max(1, round(density * n))
+            ranked = x.abs().flatten().nan_to_num(math.inf)
+            expected = torch.zeros(n, dtype=torch.bool)
+            expected[torch.argsort(ranked, stable=True)[n - k :]] = True
+            assert torch.equal(B.topk_mask(x, density), expected.view(shape))
 
 
 def test_swat_uses_sparse_weights_and_stored_activations():

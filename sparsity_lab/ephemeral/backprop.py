@@ -18,6 +18,7 @@ a Linear layer ``y = x W^T + b``:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..patterns import prune_lowest
 from ..registry import register
 
 __all__ = [
@@ -54,13 +56,19 @@ def topk_per_row(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def topk_mask(x: torch.Tensor, density: float) -> torch.Tensor:
-    """Bool mask of the ``max(1, round(density * numel))`` entries of largest ``|x|``."""
+    """Bool mask of the ``max(1, round(density * numel))`` entries of largest ``|x|``.
+
+    NaN counts as the largest, as in ``topk``; of equal entries the later ones are kept
+    (:func:`~sparsity_lab.patterns.prune_lowest`'s order).  One partial selection, not
+    ``topk``: SWAT selects over every weight and input of a layer at every step, and
+    ``topk`` of half of LeNet-300-100's first layer took 9.5 ms on one thread against 1.5.
+    """
     n = x.numel()
     k = max(1, round(density * n))
     if k >= n:
         return torch.ones_like(x, dtype=torch.bool)
-    idx = x.detach().abs().flatten().topk(k).indices
-    return torch.zeros(n, dtype=torch.bool, device=x.device).scatter_(0, idx, True).view_as(x)
+    scores = x.detach().abs().flatten().nan_to_num(math.inf)
+    return prune_lowest(scores, n - k).view(x.shape)
 
 
 def _check_k(k: int) -> int:

@@ -35,6 +35,23 @@ def test_pretrain_trains_sparse_methods_with_the_recipe(tiny_cnn, monkeypatch):
         transfer.pretrain(tiny_cnn, "magic", 0.5, epochs=1)
 
 
+@pytest.mark.parametrize("method", ["gmp", "acdc", "rigl"])
+def test_pretrain_draws_the_methods_random_choices_from_the_tasks_seed(method, monkeypatch):
+    """Every seed of a sparse method upstream is its own draw: RigL's initial random mask
+    was once the same (the method's default seed) for every seed of the task."""
+    seeds = []
+
+    def fake_fit(model, train_loader, val_loader=None, callbacks=(), **options):
+        seeds.append((callbacks[0].seed, options["seed"]))
+        return pd.DataFrame()
+
+    monkeypatch.setattr(methods_base, "fit", fake_fit)
+    for seed in (0, 3):
+        t = recipes.task("cnn1d", "mnist1d", seed=seed, num_samples=200)
+        transfer.pretrain(t, method, 0.5, epochs=1)
+    assert seeds == [(0, 0), (3, 3)]
+
+
 def test_pretrain_gives_imp_the_same_total_budget(tiny_cnn, monkeypatch):
     import sparsity_lab.methods.lottery as lottery
 

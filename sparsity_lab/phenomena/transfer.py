@@ -148,7 +148,8 @@ def pretrain(t: Any, method: str, sparsity: float, *, epochs: int | None = None)
         )
     elif method in ("gmp", "acdc", "rigl"):
         kwargs = {"budget": "global"} if method != "rigl" else {"budget": "erk"}
-        registry.get(method, "training")(sparsity, **kwargs).fit(
+        # the task's seed also draws the method's random choices (RigL's initial mask)
+        registry.get(method, "training")(sparsity, seed=t.seed, **kwargs).fit(
             model, train, val, epochs=epochs, **options
         )
     else:

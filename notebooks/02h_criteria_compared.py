@@ -36,7 +36,7 @@ import torch
 from IPython.display import display
 
 import sparsity_lab as sl
-from sparsity_lab import masks, recipes
+from sparsity_lab import masks, one_shot_runs, recipes
 
 # %% tags=["parameters"]
 SMOKE = False
@@ -119,23 +119,22 @@ INPUT_CRITERIA = {"thinet", "lasso_channel"}
 
 def one_shot(model_name, criterion, sparsity, seed):
     """Prune a copy of the dense model once, then fine-tune it; accuracies at both stages."""
-    t, net, scores = recipes.dense(model_name, "mnist", seed, epochs=EPOCHS, **DATA)
+    t, _, scores = recipes.dense(model_name, "mnist", seed, epochs=EPOCHS, **DATA)
     dense_scores = {"dense_val_accuracy": scores["val_accuracy"]}
-    tuning = {"finetune_epochs": FINETUNE_EPOCHS}
     if criterion == RANDOM_WEIGHTS:
-        found = masks.masks(sl.prune(copy.deepcopy(net), "magnitude", sparsity, budget="global"))
-        for name, mask in recipes.random_like(found, seed).items():
-            masks.attach(net, name, mask)
-        return {**recipes.finetune_and_measure(net, t, sparsity, **tuning), **dense_scores}
-    if criterion in UNSTRUCTURED:
+        method, options = "magnitude", {"budget": "global", "shuffled": True}
+    elif criterion in UNSTRUCTURED:
         method, budget = UNSTRUCTURED[criterion]
         options = {"budget": budget}
     else:
         pattern = "input" if criterion in INPUT_CRITERIA else "channel"
         method = criterion
         options = {"pattern": pattern, "budget": "uniform", "targets": UNITS[model_name][pattern]}
-    options["data"] = first_batches(t.loaders()[0], CALIBRATION_BATCHES)
-    result = recipes.prune_and_finetune(net, t, method, sparsity, **tuning, **options)
+    # a library call on names: the run cache keeps it, and 02l reads the runs it shares
+    result = one_shot_runs.prune_dense_and_finetune(
+        t, method, sparsity, dense_epochs=EPOCHS, calibration_batches=CALIBRATION_BATCHES,
+        finetune_epochs=FINETUNE_EPOCHS, **options
+    )  # fmt: skip
     return {**result, **dense_scores}
 
 

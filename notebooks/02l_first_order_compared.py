@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from IPython.display import display
 
 import sparsity_lab as sl
-from sparsity_lab import masks, recipes
+from sparsity_lab import masks, one_shot_runs, recipes
 from sparsity_lab.criteria.first_order import KarninScores, MovementScores
 
 # %% tags=["parameters"]
@@ -137,22 +137,24 @@ def one_shot(model_name, criterion, sparsity, seed):
     t, net, tracked, d = dense_models[model_name, seed]
     net = copy.deepcopy(net)  # the dense model stays whole for the next run
     dense_scores = {"dense_val_accuracy": d["val_accuracy"]}
-    if criterion == RANDOM_WEIGHTS:
-        found = masks.masks(sl.prune(copy.deepcopy(net), "magnitude", sparsity))
-        for name, mask in recipes.random_like(found, seed).items():
-            masks.attach(net, name, mask)
-        result = recipes.finetune_and_measure(net, t, sparsity, finetune_epochs=FINETUNE_EPOCHS)
-        return {**result, **dense_scores}
     method, options = criterion, {}
-    if criterion in tracked:
-        options["tracker"] = tracked[criterion]
+    if criterion in (RANDOM_WEIGHTS, "magnitude"):
+        options.update(budget="global", shuffled=criterion == RANDOM_WEIGHTS)
+        method = "magnitude"
     if criterion in UNIT_CRITERIA:
         method = "random" if criterion == "random units" else criterion
         options.update(pattern="channel", budget="uniform", targets=UNITS[model_name])
-    data = list(itertools.islice(t.loaders()[0], CALIBRATION_BATCHES))
-    result = recipes.prune_and_finetune(
-        net, t, method, sparsity, finetune_epochs=FINETUNE_EPOCHS, data=data, **options
-    )
+    tuning = {"finetune_epochs": FINETUNE_EPOCHS}
+    if criterion in tracked:  # a tracker recorded during dense training: pruned here
+        data = list(itertools.islice(t.loaders()[0], CALIBRATION_BATCHES))
+        options.update(tracker=tracked[criterion], data=data)
+        return {**recipes.prune_and_finetune(net, t, method, sparsity, **tuning, **options),
+                **dense_scores}  # fmt: skip
+    # the same call as 02h's for the criteria both compare: the run cache trains it once
+    result = one_shot_runs.prune_dense_and_finetune(
+        t, method, sparsity, dense_epochs=EPOCHS, calibration_batches=CALIBRATION_BATCHES,
+        **tuning, **options
+    )  # fmt: skip
     return {**result, **dense_scores}
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sparsity_lab as sl
-from sparsity_lab import masks, recipes
+from sparsity_lab import masks, one_shot_runs, recipes
 
 # LeNet-300-100 on 8x8 digits: weights counted by hand, and how many 80% sparsity keeps.
 LENET300_DIGITS_WEIGHTS = 64 * 300 + 300 * 100 + 100 * 10  # 50200
@@ -240,6 +240,28 @@ def test_prune_and_finetune_keeps_masked_weights_zero(digits_task, dense_model):
         assert torch.all(masks.weight(model, name)[mask == 0] == 0), name
         # the stored weight stays zero too, so removing the masks would keep the sparsity
         assert torch.all(masks.dense_weight(model, name)[mask == 0] == 0), name
+
+
+def test_prune_dense_and_finetune_is_prune_and_finetune_of_the_dense_model(digits_task):
+    """The cached library call computes what the direct calls do on :func:`recipes.dense`'s
+    model: pruned on the first calibration batches, or with each layer's mask shuffled."""
+    options = {"dense_epochs": EPOCHS, "calibration_batches": 2, "finetune_epochs": 1}
+    _, dense, _ = recipes.dense("lenet300", "digits", 0, epochs=EPOCHS)
+    data = [batch for _, batch in zip(range(2), digits_task.loaders()[0], strict=False)]
+    direct = recipes.prune_and_finetune(
+        copy.deepcopy(dense), digits_task, "snip", 0.8, finetune_epochs=1, data=data
+    )
+    assert one_shot_runs.prune_dense_and_finetune(digits_task, "snip", 0.8, **options) == direct
+
+    found = masks.masks(sl.prune(copy.deepcopy(dense), "magnitude", 0.8))
+    by_hand = copy.deepcopy(dense)
+    for name, mask in recipes.random_like(found, digits_task.seed).items():
+        masks.attach(by_hand, name, mask)
+    expected = recipes.finetune_and_measure(by_hand, digits_task, 0.8, finetune_epochs=1)
+    shuffled = one_shot_runs.prune_dense_and_finetune(
+        digits_task, "magnitude", 0.8, shuffled=True, **options
+    )
+    assert shuffled == expected
 
 
 def test_magnitude_masks_keep_the_largest_dense_weights(digits_task, dense_model):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sparsity_lab import recipes, registry, run_cache
+from sparsity_lab import one_shot_runs, recipes, registry, run_cache
 from sparsity_lab.phenomena import tickets
 from sparsity_lab.regularizers import compare
 
@@ -305,3 +305,27 @@ def test_ticket_rounds_reads_back_its_table(cache_on, monkeypatch):
     monkeypatch.setenv(run_cache.ENV, "0")
     torch.manual_seed(7)  # the global RNG does not reach the table
     assert run_cache._same(tickets.ticket_rounds(t, 0.5, **options), fresh)
+
+
+def test_prune_dense_and_finetune_reads_back_what_a_fresh_run_computes(cache_on, monkeypatch):
+    t = recipes.task("lenet300", "mnist", seed=4, **SMALL)
+    options = {"dense_epochs": 1, "calibration_batches": 1, "finetune_epochs": 1}
+    fresh = one_shot_runs.prune_dense_and_finetune(t, "magnitude", 0.8, budget="global", **options)
+    before = run_cache.counts()
+    torch.manual_seed(5)  # the global RNG does not reach the result
+    read = one_shot_runs.prune_dense_and_finetune(t, "magnitude", 0.8, budget="global", **options)
+    assert run_cache.counts()["read"] == before["read"] + 1
+    assert run_cache._same(read, fresh)
+    shuffled = one_shot_runs.prune_dense_and_finetune(t, "magnitude", 0.8, shuffled=True, **options)
+    assert run_cache.counts()["ran"] == before["ran"] + 1  # another run, not the cached one
+    assert shuffled["measured_sparsity"] == pytest.approx(fresh["measured_sparsity"])
+
+
+def test_prune_dense_and_finetune_caches_only_library_methods(monkeypatch):
+    assert one_shot_runs._library_method({"method": "magnitude"})
+    assert not one_shot_runs._library_method({"method": object()})
+    outside = type("Outside", (), {"__module__": "my_project.criteria"})
+    monkeypatch.setattr(
+        registry, "entry", lambda name, kind=None: registry.Entry(name, "criterion", outside)
+    )
+    assert not one_shot_runs._library_method({"method": "magnitude"})

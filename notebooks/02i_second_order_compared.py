@@ -441,8 +441,9 @@ sl.nb.md(sl.words.verdict_summary(verdicts, notes))
 # epochs=EPOCHS)`) to the highest sparsity of the sweep, `top` (98% in the full run), with
 # the WoodFisher options of `METHODS` and the batches of `calibration_for`, once with
 # `steps=1` and once with `update=False`.  Which of the two has the lower test accuracy?
-# Answer `"steps=1"` or `"update=False"`.  Which ingredient, the rounds or the update,
-# matters more there, and why?
+# Answer `"steps=1"`, `"update=False"`, or `"neither"` if they lie within a point of each
+# other (5 of the 500 test images: one seed cannot tell them apart).  Which ingredient, the
+# rounds or the update, matters more there, and why?
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
@@ -472,22 +473,21 @@ def check_1(answer, solution=False):
     for label, change in VARIANTS.items():
         t, model = woodfisher_variant(**change)
         accuracy[label] = recipes.evaluate_run(model, t)["accuracy"]
-    lowest = min(accuracy.values())
     hint = "Change `steps` or `update` in the options of `METHODS['woodfisher']`; score each."
-    sl.nb.check(1, answer, lambda a: isinstance(a, str) and accuracy.get(a) == lowest,
-                hint=hint, solution=solution)  # fmt: skip
+    sl.nb.check(1, answer, sl.nb.lowest(accuracy, within=0.01), hint=hint, solution=solution)
 
 
 # %%
-answer_1 = None  # "steps=1" or "update=False"
+answer_1 = None  # "steps=1", "update=False" or "neither"
 check_1(answer_1)
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 # Solution 1.  Without the update WoodFisher only chooses the weights, as OBD and
 # `fisher_diag` do: nothing makes up for what it removes.  With one step it chooses and
 # moves from the curvature at the dense point only, a quadratic model used far from where
-# it was taken.  Which loss is larger is what the two runs say: here each is scored by hand
-# on the test images, beside the full method's run of the sweep (same seed).
+# it was taken.  Which loss is larger, if either is by more than a point, is what the two
+# runs say: here each is scored by hand on the test images, beside the full method's run of
+# the sweep (same seed).
 x_test, y_test = t300.bundle.test.tensors
 
 
@@ -507,7 +507,7 @@ print(
     f"at {top:.0%}, seed {SEED}: WoodFisher {full_1:.2%}, "
     + ", ".join(f"with {label} {a:.2%}" for label, a in accuracy_1.items())
 )
-solution_1 = min(accuracy_1, key=accuracy_1.get)
+solution_1 = sl.nb.lowest(accuracy_1, within=0.01)
 check_1(solution_1, solution=True)
 
 # %% [markdown]

@@ -460,8 +460,9 @@ sl.nb.md(
 # epochs, `recipes.train_dense`), prune a copy to `top` by global magnitude and fine-tune it
 # as the population was (`FINETUNE_EPOCHS` epochs with Adam at `FINETUNE_LR`).  On the
 # task's test split, which label loses the most accuracy from the dense model to the pruned
-# one?  Answer with its name, e.g. `"even"`.  Are its positives the digits the training set
-# made rare?
+# one?  Answer with its name, e.g. `"even"` (any label within a point of the largest drop
+# counts: one seed cannot order them more finely).  Are its positives the digits the
+# training set made rare?
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
@@ -504,8 +505,9 @@ def check_1(answer, solution=False):
     ]
     change = dict(zip(labels, accuracy[1] - accuracy[0], strict=True))
     lowest = min(change.values())
-    hint = "Score both models on each label at threshold 0.5; take the largest drop (ties: any)."
-    sl.nb.check(1, answer, lambda a: a in change and change[a] <= lowest + 1e-9, hint=hint,
+    hint = "Score both models on each label at threshold 0.5; take the largest drop."
+    # within a point of the largest drop counts: one seed cannot order them more finely
+    sl.nb.check(1, answer, lambda a: a in change and change[a] <= lowest + 0.01, hint=hint,
                 solution=solution)  # fmt: skip
 
 
@@ -514,11 +516,12 @@ answer_1 = None  # a label, e.g. "even"
 check_1(answer_1)
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
-# Solution 1.  Pruning's losses concentrate on some classes (Hooker et al. 2019), and the
-# classes a model saw least are the natural suspects.  Each label's accuracy by hand: a
-# label's probability is the softmax mass of its digits, and it is predicted where that
-# mass is at least one half.  Beside each change, the share of the label's digits that the
-# training set made rare (one seed: a label that loses only a point or two may be noise).
+# Solution 1.  Pruning's losses concentrate on some classes (Hooker et al. 2019); whether
+# they fall on the classes a model saw least is what the table below says, beside each
+# change the share of the label's digits that the training set made rare.  Each label's
+# accuracy by hand: a label's probability is the softmax mass of its digits, and it is
+# predicted where that mass is at least one half (one seed: a label that loses only a point
+# or two may be noise).
 task_1, dense_1, pruned_1 = imbalanced_models()
 x_test, digits_test = task_1.bundle.test.tensors
 

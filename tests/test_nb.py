@@ -356,3 +356,14 @@ def test_keep_freed_memory_reuses_a_large_block_instead_of_faulting_its_pages_ag
 
     assert refaulted("default") > 0.5  # glibc unmapped the block and mapped fresh pages
     assert refaulted("keep") < 0.1
+
+
+def test_lowest_names_the_lower_arm_or_neither_when_they_are_within_the_noise():
+    assert nb.lowest({"weights": 0.944, "inputs": 0.914}) == "inputs"
+    assert nb.lowest({"weights": 0.944, "inputs": 0.944}) == "neither"  # a tie
+    # 51.2% against 50.6%: three test images of 500, within one point
+    assert nb.lowest({"steps=1": 0.512, "update=False": 0.506}, within=0.01) == "neither"
+    assert nb.lowest({"steps=1": 0.512, "update=False": 0.506}) == "update=False"
+    assert nb.lowest({"a": 0.3, "b": 0.1, "c": 0.5}, within=0.1) == "b"
+    with pytest.raises(ValueError, match="empty"):
+        nb.lowest({})

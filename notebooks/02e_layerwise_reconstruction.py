@@ -577,7 +577,8 @@ def pruned_70(budget):
     if budget not in sparsegpt_70:
         model, data = char_model_for(SEED)[1], calibration_for(t_chars)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # an emptied layer warns; the solution shows it
+            # a layer the global budget empties would warn; the solution shows each layer's zeros
+            warnings.simplefilter("ignore")
             sl.prune(model, "sparsegpt", 0.7, budget=budget, data=data, exclude=[HEAD])
         sparsegpt_70[budget] = model
     return sparsegpt_70[budget]
@@ -597,10 +598,11 @@ check_2(answer_2)
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 # Solution 2.  The global budget compares saliencies ``w^2 / [H^-1]_jj`` of different layers,
 # whose inputs have different scales: a layer with large inputs keeps more, one with small
-# inputs gives up more, and a layer can lose every weight (the residual connections then
-# carry the signal around it).  Whether that helps is what the model says after the errors
-# have travelled through the rest of the network; one seed gives no interval.  By hand: the
-# predictions on the test windows, and each layer's share of zeros.
+# inputs gives up more, and a layer could lose every weight (the residual connections would
+# then carry the signal around it); the table below says how far each goes here.  Whether
+# that helps is what the model says after the errors have travelled through the rest of
+# the network; one seed gives no interval.  By hand: the predictions on the test windows,
+# and each layer's share of zeros.
 x_chars, y_chars = t_chars.bundle.test.tensors
 accuracy_2, zeros_2 = {}, {}
 for budget in BUDGETS:

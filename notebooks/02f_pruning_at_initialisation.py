@@ -299,9 +299,9 @@ check_2(answer_2)
 # Solution 2.  With one iteration FORCE scores |g w| on the dense network with the first
 # batch and prunes once: that is SNIP, the same mask.  With more iterations each step
 # takes the gradient on the network as pruned so far, whose signal flows through fewer
-# paths, and a weight that matters once the others are gone can come back.  At moderate
-# sparsity the pruned network is close to the dense one and the masks agree; the higher
-# the sparsity, the more they part.  By hand, FORCE's loop (SNIP is its first step):
+# paths, and a weight that matters once the others are gone can come back.  The closer the
+# pruned network stays to the dense one (the lower the sparsity), the more the masks should
+# share; the printed overlaps say how much.  By hand, FORCE's loop (SNIP is its first step):
 total = sum(sizes)
 
 

@@ -345,7 +345,7 @@ sl.claims.table(all_verdicts)
 # **1.** Train RigL as in the first section (ERK, seed `SEED`, `EPOCHS` epochs, masks
 # updated every `FREQUENCY` steps) with `drop_fraction=0.5`, then with 0.  With 0.5, what
 # share of its final first-layer connections are not in its initial mask?  Two decimals.
-# How does the test accuracy move between the two?
+# Does the test accuracy move between the two, and which way?
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
@@ -376,8 +376,8 @@ check_1(answer_1)
 # Solution 1.  At every update RigL drops `drop_fraction` of each layer's kept weights (the
 # fraction decays to 0 at three quarters of training) and regrows as many where the dense
 # gradient is largest; with 0 nothing is dropped, so the mask stays the random one it
-# started from.  The accuracies are of one seed: their difference needs more seeds to mean
-# anything.
+# started from.  The accuracies are of one seed: a difference, or none, needs more seeds to
+# mean anything.
 by_fraction = {f: moved("rigl", drop_fraction=f) for f in (0.0, 0.5)}
 for f, (share, _, accuracy) in by_fraction.items():
     print(f"drop_fraction={f}: {share:.1%} of fc1's mask moved, test accuracy {accuracy:.2%}")

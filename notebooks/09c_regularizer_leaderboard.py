@@ -403,7 +403,8 @@ display(
 # solution below it, collapsed (click to show it).
 #
 # **1.** In the unstructured table, which starting strength did `l1` select on validation
-# in the most runs at 95%?  Why would the selection go *down* as the target goes up?
+# in the most runs at 95%?  Why could a strength that suits a lower target be too strong
+# for a higher one?
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
@@ -425,8 +426,8 @@ check_1(answer_1)
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 # Solution 1.  From the committed CSV itself, with the standard library: each run's extras
 # hold the candidates it tried and the one it kept.  At a higher target the tuner must
-# raise the strength further during training, and a start that is already high overshoots
-# to a collapse: the validation accuracy of the larger candidates falls to chance.
+# raise the strength further during training, and a start that is already high can
+# overshoot to a collapse; the selection on validation keeps the start that did not.
 path = leaderboard.tables_dir() / f"{UNSTRUCTURED}.csv"
 with open(path, newline="") as f:
     kept = collections.Counter(

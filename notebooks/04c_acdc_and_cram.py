@@ -392,6 +392,7 @@ sl.claims.table(all_verdicts)
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
+@functools.cache  # the answer's check, the solution and its check ask for the same run
 def near_zero(phase_epochs):
     """AC/DC on seed SEED: the share of the weights its sparse member prunes that are
     below NEAR_ZERO in its dense member."""
@@ -414,7 +415,8 @@ check_1(answer_1)
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 # Solution 1.  The dense member is the model at the end of the last decompressed phase; a
 # longer phase gives the weights that came back at zero more steps to grow, unless the
-# learning rate has annealed by then (compare with the default phases' share, same seed).
+# learning rate has annealed by then.  Compare with the default phases' share, same seed:
+# equal shares say that the longer phase did not let them grow past NEAR_ZERO.
 longer = 2 * acdc.epochs_of(acdc_epochs)[1]
 solution_1 = round(near_zero(longer), 2)
 default = next(r["regrown_near_zero"] for r in acdc_members if r["seed"] == SEED)
@@ -432,9 +434,6 @@ check_1(solution_1, solution=True)
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
-import functools
-
-
 @functools.cache
 def cram_single():
     """CrAM trained as in the CrAM section on seed SEED, drawing 90% at every step:
@@ -465,11 +464,12 @@ check_2(answer_2)
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 # Solution 2.  Each CrAM step takes its gradient at the weights compressed to the sparsity
-# drawn; with the single sparsity 90% every step prepares the model for that cut, where the
-# section's list spreads the steps over 50%, 70% and 90%.  The gradient reaches only the
-# weights kept at 90%, so a weight never among them keeps what weight decay leaves of its
-# initial value, and a cut at a lower sparsity keeps some of those: the lines printed below
-# measure what that costs (one seed: a difference of a few points may be noise).  The pruning
+# drawn; with the single sparsity 90% every step is taken at that cut, where the section's
+# list spreads the steps over 50%, 70% and 90%.  The gradient reaches only the weights kept
+# at 90%, so a weight never among them keeps what weight decay leaves of its initial value,
+# and a cut at a lower sparsity keeps some of those.  Whether training at the one cut helps
+# at that cut, and what it costs at the others, is what the lines printed below measure
+# (one seed: a difference of a few points may be noise).  The pruning
 # is the section's: `one_shot` zeroes the smallest weights of every layer (the uniform
 # budget) and averages the BatchNorm statistics again over the training batches.
 model_2, task_2 = cram_single()

@@ -104,9 +104,11 @@ print(f"IoU {structure.iou(a, b):.3f}, Hamming {structure.hamming(a, b):.3f}")
 # penalty; the APoZ channel masks are only tracked, never drawn.
 
 # %%
-runs, curves = [], []
 schedule = {"epochs": EPOCHS, "finetune_epochs": FINETUNE_EPOCHS, "epsilon": EPSILON}
-for seed in SEEDS:
+
+
+def early_late_run(seed):
+    """Both arms of one seed, with the masks' curves (`structure.early_against_late`)."""
     t = recipes.task("lenet300", DATA, seed=seed)
     probe = tuple(next(iter(t.loaders()[1])))  # a fixed validation batch for APoZ
     apoz = {"pattern": "channel", "budget": "uniform", "targets": ["fc1.weight", "fc2.weight"]}
@@ -114,11 +116,14 @@ for seed in SEEDS:
         "magnitude (weights)": structure.criterion_selector("magnitude", TARGET),
         "APoZ (channels)": structure.criterion_selector("apoz", APOZ_SPARSITY, data=probe, **apoz),
     }
-    out = structure.early_against_late(t, TARGET, window=WINDOW, selectors=selectors, **schedule)
-    curves.append(out.pop("table").assign(seed=seed))
-    runs.append({"seed": seed, **out})
-curves = pd.concat(curves, ignore_index=True)
-runs = pd.DataFrame(runs)
+    return structure.early_against_late(t, TARGET, window=WINDOW, selectors=selectors, **schedule)
+
+
+# the seeds are independent trainings: the sweep's worker processes run them side by side
+outs = sl.experiments.forked_map(early_late_run, [(seed,) for seed in SEEDS])
+curves = pd.concat([o.pop("table").assign(seed=s) for s, o in zip(SEEDS, outs, strict=True)])
+curves = curves.reset_index(drop=True)
+runs = pd.DataFrame({"seed": seed, **out} for seed, out in zip(SEEDS, outs, strict=True))
 n_epochs = int(curves["epoch"].max())
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -716,7 +721,7 @@ check_3(solution_3, solution=True)
 # with `t = recipes.task("lenet300", DATA, seed=SEED)` (`networks=tickets.NETWORKS[2:]`
 # leaves out the θk ticket, which the question does not need).  At the last round, what is the
 # random mask's test accuracy minus the re-initialised network's, in points?  One decimal.
-# Which baseline collapses first, and why?
+# Does either baseline fall behind the other here, and which would you expect to, and why?
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
@@ -750,8 +755,7 @@ check_4(answer_4)
 # in every layer and start the same way, rescaled to their sparse fan-in; only the
 # re-initialised one keeps the connections IMP chose.  Their difference is what that
 # choice alone is worth at 98%: the random mask is the one expected to fall first, and the
-# sign says whether it does on this seed (the `flags` of the table say whether either has
-# collapsed: at chance, or with a class never predicted).
+# sign says whether it does on this seed (zero: neither is ahead, to a tenth of a point).
 mask_98, _ = imp_by_hand(0.98, rounds_98)
 shuffled = recipes.random_like(mask_98, seed=SEED + 1000 * rounds_98)
 assert all(int(shuffled[n].sum()) == int(mask_98[n].sum()) for n in mask_98)

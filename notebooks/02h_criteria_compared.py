@@ -36,7 +36,7 @@ import torch
 from IPython.display import display
 
 import sparsity_lab as sl
-from sparsity_lab import masks, one_shot_runs, recipes
+from sparsity_lab import masks, one_shot_runs, recipes, run_cache
 
 # %% tags=["parameters"]
 SMOKE = False
@@ -140,12 +140,15 @@ def one_shot(model_name, criterion, sparsity, seed):
 
 CRITERIA = list(UNSTRUCTURED) + DATA_FREE_UNITS + DATA_DRIVEN_UNITS
 grid = {"model_name": MODELS, "criterion": CRITERIA, "sparsity": SPARSITIES}
+runs_before = run_cache.counts()  # make book and make lab share runs with 02l (run_cache)
 results = sl.experiments.sweep(one_shot, grid, seeds=SEEDS)
 flops = results.groupby("model_name")["finetune_flops"].agg(["min", "max"])
+cache_note = run_cache.summary(runs_before)
 sl.nb.md(
     f"Fine-tuning budget of every run: {FINETUNE_EPOCHS} epoch(s) with the masks fixed, "
     + "; ".join(f"{sl.words.span(r['min'], r['max'])} FLOPs on {m}" for m, r in flops.iterrows())
     + " (counted on the nonzero weights: the sparser the network, the cheaper)."
+    + (f"  {cache_note}" if cache_note else "")
 )
 results.head()
 

@@ -415,13 +415,16 @@ answer_2 = None  # a whole number of bits
 check_2(answer_2)
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
-# Solution 2.  Each entry costs 8 + b bits, and a run of zeros longer than 2^b - 1 needs
-# filler entries.  At 95% the gaps between nonzeros average 20 positions: a small b pays for
-# many fillers, a large one for index bits that the usual gap does not need.
+# Solution 2.  Each entry costs 8 + b bits, and a run of r zeros before a nonzero needs
+# floor(r / 2^b) filler entries: the closed form, summed by hand over the runs, without
+# encoding.  At 95% the gaps between nonzeros average 20 positions: a small b pays for many
+# fillers, a large one for index bits that the usual gap does not need.
 matrix = random_matrix(0.95)
-sizes_2 = pd.Series({b: formats.bits(matrix, "rle", value_bits=8, index_bits=b)
+where = matrix.flatten().nonzero().flatten()
+runs = torch.diff(where, prepend=torch.tensor([-1])) - 1  # the zeros before each nonzero
+sizes_2 = pd.Series({b: (len(runs) + int((runs // 2**b).sum())) * (8 + b)
                      for b in range(1, 17)})  # fmt: skip
 solution_2 = int(sizes_2.idxmin())
-relative = sizes_2 / formats.bits(matrix, "dense", value_bits=8)
+relative = sizes_2 / (8 * matrix.numel())  # dense: 8 bits per entry
 print("size / dense:", ", ".join(f"b={b} {r:.3f}" for b, r in relative.loc[2:8].items()))
 check_2(solution_2, solution=True)

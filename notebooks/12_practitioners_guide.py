@@ -327,9 +327,18 @@ answer_1 = None  # a method's label, or "none" if no run qualifies
 check_1(answer_1)
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
-# Solution 1.  The same filter with the tighter tolerance.
-strict = clean(one_shot_summary)
-strict = strict[strict["test_accuracy"] >= dense_one_shot - 0.005]
+# Solution 1.  The same filter with the tighter tolerance, redone here from the table's
+# runs rather than from the summary the check reads: means over seeds, without the dense
+# model and without any setting that has a flagged run.
+runs_1 = one_shot.assign(flagged=one_shot["flags"].fillna("").astype(str) != "")
+per_setting = runs_1.groupby(["method", "target_sparsity"], as_index=False).agg(
+    test_accuracy=("test_accuracy", "mean"),
+    storage_bits=("storage_bits", "mean"),
+    flagged=("flagged", "any"),
+)
+dense_mean = runs_1.groupby("seed")["dense_test_accuracy"].first().mean()
+strict = per_setting[~per_setting["flagged"] & (per_setting["method"] != "dense")]
+strict = strict[strict["test_accuracy"] >= dense_mean - 0.005]
 ranked = strict.sort_values(["storage_bits", "test_accuracy"], ascending=[True, False])
 solution_1 = "none" if strict.empty else ranked["method"].iloc[0]
 print(ranked[["method", "target_sparsity", "test_accuracy", "storage_bits"]].head(5))

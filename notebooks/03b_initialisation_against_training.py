@@ -46,7 +46,9 @@ DATA = "mnist"
 EPOCHS = None  # None: the recipe's number of epochs, for every run of the notebook
 FINETUNE_EPOCHS = 3
 TARGET = 0.95
-INIT_SPARSITIES = [0.8, 0.9, 0.95, 0.98]
+# the text reads TARGET and the highest level; 90% shows the trend below them (80% was left
+# out to fit the book's time budget: 12 more trainings, about 36 s; add it back freely)
+INIT_SPARSITIES = [0.9, 0.95, 0.98]
 
 # %%
 if SMOKE:  # a quick pass through every cell, for CI

@@ -37,7 +37,6 @@ from IPython.display import display
 
 import sparsity_lab as sl
 from sparsity_lab import masks, one_shot_runs, recipes, run_cache
-from sparsity_lab.criteria.first_order import KarninScores, MovementScores
 
 # %% tags=["parameters"]
 SMOKE = False
@@ -72,18 +71,19 @@ DATA = {name: size for name, size in SPLITS.items() if size is not None}  # {}: 
 # %% [markdown]
 # ## The dense models, with scores tracked during training
 #
-# `karnin` and `movement` read scores accumulated while the network trained, so each dense
-# model is trained here by `recipes.dense_with_trackers`, with the recipe's
-# hyper-parameters and the trackers `KarninScores` and `MovementScores` among the training
-# loop's callbacks (as in [02b](02b_first_order.ipynb), which checks that the model is the
-# one `recipes.dense` returns).
+# `karnin` and `movement` read scores accumulated while the network trained: the trackers
+# `KarninScores` and `MovementScores` watched the training of each of these dense models
+# among the training loop's callbacks, and `recipes.dense` returns them with the model
+# (`info["trackers"]`, kept beside its checkpoint for the settings of
+# `recipes.TRACKED_SCORES`).  [02b](02b_first_order.ipynb) trains one of them again with
+# trackers of its own and checks that the model is the same.
 
 # %%
 dense_models, dense_rows = {}, []
 for m, s in itertools.product(MODELS, SEEDS):
-    trackers = {"karnin": KarninScores(), "movement": MovementScores()}
-    dense_models[m, s] = recipes.dense_with_trackers(m, "mnist", s, trackers, epochs=EPOCHS, **DATA)
-    t, net, _, d = dense_models[m, s]
+    t, net, d = recipes.dense(m, "mnist", s, epochs=EPOCHS, **DATA)
+    assert set(d["trackers"]) == {"karnin", "movement"}  # what the two criteria below read
+    dense_models[m, s] = (t, net, d["trackers"], d)
     row = {"model_name": m, "seed": s, "epochs": d["recipe"].epochs, "n_train": len(t.bundle.train)}
     row |= {"parameters": sum(p.numel() for p in net.parameters())}
     dense_rows.append(row | {"test_accuracy": d["test_accuracy"], "flags": d["flags"]})

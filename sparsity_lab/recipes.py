@@ -49,6 +49,7 @@ from . import models as models_mod
 from .accounting import report
 from .callbacks import Callback
 from .criteria.at_init import rescale_fan_in, shuffle_masks
+from .criteria.first_order import KarninScores, MovementScores, ScoreTracker
 from .modes import evaluating
 from .paths import default_cache_dir, exclusive, write_atomically
 from .pruning import prune
@@ -393,6 +394,59 @@ def _save_epoch_states(states: list[dict[str, torch.Tensor]], path: Path) -> Non
     write_atomically(path, buffer.getvalue())
 
 
+#: Settings whose dense training also records the scores of the criteria that must watch a
+#: whole training (:data:`RECORDED_TRACKERS`), kept beside the checkpoint in
+#: ``info["trackers"]``: 02l reads them instead of training its six dense models again.
+TRACKED_SCORES = {("lenet300", "mnist"), ("lenet5", "mnist")}
+
+#: The trackers a setting of :data:`TRACKED_SCORES` records, by the criterion that reads each.
+RECORDED_TRACKERS: dict[str, type[ScoreTracker]] = {
+    "karnin": KarninScores,
+    "movement": MovementScores,
+}
+
+
+def _scores_path(path: Path) -> Path:
+    """Where a checkpoint's tracker scores live; named by the trackers' code, so a change to
+    how they accumulate never loads stale sums (the model then trains again to record them)."""
+    h = hashlib.sha256()
+    for cls in (ScoreTracker, *RECORDED_TRACKERS.values()):
+        h.update(inspect.getsource(cls).encode())
+    return path.with_name(f"{path.stem}-scores-{h.hexdigest()[:8]}.pt")
+
+
+def _flat(trackers: Mapping[str, ScoreTracker]) -> dict[str, torch.Tensor]:
+    return {
+        f"{name}.{field}.{weight}": tensor
+        for name, tracker in trackers.items()
+        for field, tensors in tracker.state_dict().items()
+        for weight, tensor in tensors.items()
+    }
+
+
+def _load_trackers(path: Path) -> dict[str, ScoreTracker]:
+    """The trackers written beside a checkpoint, or an error saying why not."""
+    record = torch.load(path, weights_only=True)
+    if not isinstance(record, dict) or set(record) != {"trackers", "digest"}:
+        raise ValueError("not a file of tracker scores of this library")
+    if set(record["trackers"]) != set(RECORDED_TRACKERS):
+        raise ValueError(f"it holds the trackers {sorted(record['trackers'])}")
+    trackers = {}
+    for name, cls in RECORDED_TRACKERS.items():
+        trackers[name] = cls()
+        trackers[name].load_state_dict(record["trackers"][name])
+    if _state_digest(_flat(trackers)) != record["digest"]:
+        raise ValueError("its contents do not match their digest (a damaged file)")
+    return trackers
+
+
+def _save_trackers(trackers: Mapping[str, ScoreTracker], path: Path) -> None:
+    record = {name: tracker.state_dict() for name, tracker in trackers.items()}
+    buffer = io.BytesIO()
+    torch.save({"trackers": record, "digest": _state_digest(_flat(trackers))}, buffer)
+    write_atomically(path, buffer.getvalue())
+
+
 def _writable_cache(directory: Path) -> None:
     """Create ``directory`` and check it takes files, before any training is spent."""
     try:
@@ -424,7 +478,10 @@ def train_dense(
     Returns the model and ``{"val_accuracy", "test_accuracy", "cached", "recipe",
     "expected_test_accuracy", "flags"}``, and for a setting of :data:`EPOCH_STATES`
     ``"epoch_states"`` (the state dicts at initialisation and after each epoch, kept beside
-    the checkpoint; read them, do not change them): the flags say when the model is below
+    the checkpoint; read them, do not change them), and for a setting of
+    :data:`TRACKED_SCORES` ``"trackers"`` (:data:`RECORDED_TRACKERS` as they ended the
+    training, kept beside it too; pass one as ``tracker=`` to its criterion): the flags say
+    when the model is below
     the accuracy its recipe is documented to reach (checked only when the task uses the
     default data and the recipe's settings, with :data:`SEED_TOLERANCE`).  ``cache_dir=None`` uses
     :func:`default_cache_dir`; pass ``False`` to never cache.  A process that wants a
@@ -471,25 +528,37 @@ def train_dense(
             return None
 
     keep_epochs = (t.model_name, t.data_name) in EPOCH_STATES
+    keep_scores = (t.model_name, t.data_name) in TRACKED_SCORES
     epochs_path = _epochs_path(path) if keep_epochs and path is not None else None
+    scores_path = _scores_path(path) if keep_scores and path is not None else None
     train, val, test = t.loaders(recipe.batch_size)
     # Two notebooks of `make book` that want the same model at once: one trains it, the
     # other waits for its checkpoint instead of training it a second time.
     with exclusive(path) if path is not None else contextlib.nullcontext():
         model = cached(lambda file: _load_checkpoint(file, build), path)
         states = cached(_load_epoch_states, epochs_path) if keep_epochs else None
-        was_cached = model is not None and (states is not None or not keep_epochs)
+        trackers = cached(_load_trackers, scores_path) if keep_scores else None
+        was_cached = (
+            model is not None
+            and (states is not None or not keep_epochs)
+            and (trackers is not None or not keep_scores)
+        )
         if not was_cached:
             model = build()  # a fresh model: nothing of a bad file can leak into it
-            # copying the weights changes no number the training computes (a test checks it)
+            # copying the weights and accumulating scores change no number the training
+            # computes (tests check both)
             recorder = [_EpochStates()] if keep_epochs else []
-            fit(model, train, val, seed=t.seed, progress=progress, callbacks=recorder,
+            trackers = {n: cls() for n, cls in RECORDED_TRACKERS.items()} if keep_scores else None
+            callbacks = [*recorder, *(trackers or {}).values()]
+            fit(model, train, val, seed=t.seed, progress=progress, callbacks=callbacks,
                 **recipe.training())  # fmt: skip
             states = recorder[0].states if keep_epochs else None
             if path is not None:
                 _save_checkpoint(model, path)
                 if epochs_path is not None:
                     _save_epoch_states(states, epochs_path)
+                if scores_path is not None:
+                    _save_trackers(trackers, scores_path)
     info = {
         "val_accuracy": evaluate(model, val)["accuracy"],
         "test_accuracy": evaluate(model, test)["accuracy"],
@@ -507,6 +576,8 @@ def train_dense(
     )
     if keep_epochs:
         info["epoch_states"] = states
+    if keep_scores:
+        info["trackers"] = trackers
     return model, info
 
 
@@ -539,7 +610,10 @@ def dense(
         model, info = train_dense(t, epochs=epochs, cache_dir=cache_dir, progress=False)
         _DENSE_MODELS[key] = (t, model, info)
     t, model, info = _DENSE_MODELS[key]
-    return t, copy.deepcopy(model), dict(info)
+    info = dict(info)
+    if "trackers" in info:  # a pruning reads them; a copy keeps the next call's sums whole
+        info["trackers"] = copy.deepcopy(info["trackers"])
+    return t, copy.deepcopy(model), info
 
 
 def dense_with_trackers(
@@ -556,9 +630,11 @@ def dense_with_trackers(
     """``(task, model, trackers, info)``: a setting's dense model, trained with ``trackers``.
 
     Criteria that accumulate their scores while the network trains (Karnin's sensitivity,
-    movement pruning) must watch the dense training itself, so their model cannot come
-    from the checkpoint cache: it is trained here, on every call, with the recipe's
-    hyper-parameters and the callbacks ``trackers`` (a name for each, returned as given).
+    movement pruning) must watch the dense training itself.  The settings of
+    :data:`TRACKED_SCORES` record :data:`RECORDED_TRACKERS` in their cached training
+    (:func:`dense` returns them); for any other tracker or setting, the model is trained
+    here, on every call, with the recipe's hyper-parameters and the callbacks ``trackers``
+    (a name for each, returned as given).
     ``epochs``, ``lr`` and ``optimizer`` override the recipe, ``data_options`` go to
     :func:`task`, as in :func:`dense`; trackers that only read the weights and gradients
     leave the training unchanged, so the model is the one :func:`dense` returns for the same

@@ -207,6 +207,25 @@ def test_karnin_sensitivity_equals_his_formula_for_plain_sgd():
     assert torch.allclose(scores["weight"], expected)
 
 
+def test_a_tracker_loaded_from_its_state_gives_the_same_scores():
+    lr = 0.05
+    model, loader, *_ = linear_problem(lr=lr)
+    tracker = first_order.KarninScores()
+    train(model, loader, tracker, lr=lr)
+    state = tracker.state_dict()
+    assert set(state) == {"scores", "initial"}  # Karnin's formula needs the initial weights
+    loaded = first_order.KarninScores()
+    loaded.load_state_dict(state)
+    state["scores"]["weight"].zero_()  # the loaded tracker holds copies, not the originals
+    karnin = sl.criteria.get("karnin")
+    expected = karnin.scores(model, ["weight"], Context(tracker=tracker))["weight"]
+    found = karnin.scores(model, ["weight"], Context(tracker=loaded))["weight"]
+    assert torch.equal(found, expected)
+    assert loaded.names == ["weight"]
+    with pytest.raises(ValueError, match="lacks"):
+        first_order.KarninScores().load_state_dict({"scores": state["scores"]})
+
+
 def test_soft_movement_scores_follow_their_update_rule():
     lr, lam = 0.05, 0.3
     model, loader, trajectory, grads = linear_problem(lr=lr)

@@ -539,6 +539,65 @@ def test_dense_with_trackers_is_the_dense_model_and_calls_its_trackers(tmp_path)
     assert not _states_equal(model.state_dict(), other.state_dict())
 
 
+def _recorded(task, cache_dir, monkeypatch, settings, key):
+    """Two 2-epoch trainings of ``task``: uncached without ``key`` in its info (only the
+    settings of ``recipes.<settings>`` record it), then cached with its setting added."""
+    plain, info = recipes.train_dense(task, epochs=2, cache_dir=False)
+    assert key not in info
+    monkeypatch.setattr(recipes, settings, {(task.model_name, task.data_name)})
+    model, first = recipes.train_dense(task, epochs=2, cache_dir=cache_dir)
+    return plain, model, first
+
+
+def _tracker_states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        _states_equal(x, y)
+        for name in a
+        for x, y in zip(a[name].state_dict().values(), b[name].state_dict().values(), strict=True)
+    )
+
+
+def test_tracker_scores_are_kept_beside_the_checkpoint_and_are_those_of_a_tracked_training(
+    digits_task, tmp_path, monkeypatch
+):
+    plain, model, first = _recorded(
+        digits_task, tmp_path, monkeypatch, "TRACKED_SCORES", "trackers"
+    )
+    assert _states_equal(model.state_dict(), plain.state_dict())  # the trackers only read
+    # the same sums as trackers handed to a training of their own (02b's way)
+    given = {name: cls() for name, cls in recipes.RECORDED_TRACKERS.items()}
+    *_, by_hand, _ = recipes.dense_with_trackers("lenet300", "digits", 0, given, epochs=2)
+    assert _tracker_states_equal(first["trackers"], by_hand)
+    assert all(float(s.abs().sum()) > 0 for s in first["trackers"]["karnin"].scores.values())
+    again, second = recipes.train_dense(digits_task, epochs=2, cache_dir=tmp_path)
+    assert second["cached"] and _tracker_states_equal(second["trackers"], by_hand)
+    # a pruning by the cached scores keeps the weights the trained trackers keep
+    for name, tracker in second["trackers"].items():
+        from_cache = sl.masks.masks(sl.prune(copy.deepcopy(again), name, 0.8, tracker=tracker))
+        trained = sl.masks.masks(sl.prune(copy.deepcopy(model), name, 0.8, tracker=by_hand[name]))
+        assert _states_equal(from_cache, trained)
+    # damaged or missing scores: the model trains again and records them, the same
+    (scores_file,) = tmp_path.glob("*-scores-*.pt")
+    record = torch.load(scores_file, weights_only=True)
+    record["trackers"]["movement"]["scores"]["fc2.weight"][0, 0] += 1.0
+    torch.save(record, scores_file)
+    with pytest.warns(UserWarning, match="unreadable checkpoint"):
+        _, third = recipes.train_dense(digits_task, epochs=2, cache_dir=tmp_path)
+    assert not third["cached"] and _tracker_states_equal(third["trackers"], by_hand)
+    scores_file.unlink()
+    _, fourth = recipes.train_dense(digits_task, epochs=2, cache_dir=tmp_path)
+    assert not fourth["cached"] and scores_file.exists()
+
+
+def test_dense_hands_out_copies_of_the_recorded_trackers(tmp_path, monkeypatch):
+    monkeypatch.setattr(recipes, "TRACKED_SCORES", {("lenet300", "digits")})
+    monkeypatch.setattr(recipes, "_DENSE_MODELS", {})
+    *_, first = recipes.dense("lenet300", "digits", 0, epochs=1, cache_dir=tmp_path)
+    first["trackers"]["movement"].scores["fc1.weight"].zero_()  # a caller changes its copy
+    *_, second = recipes.dense("lenet300", "digits", 0, epochs=1, cache_dir=tmp_path)
+    assert float(second["trackers"]["movement"].scores["fc1.weight"].abs().sum()) > 0
+
+
 def test_train_sparse_is_the_methods_fit_with_the_dense_recipes_settings(digits_task):
     from sparsity_lab.methods.dynamic import StaticSparse
 
@@ -599,10 +658,9 @@ def test_pruned_after_training_adds_the_dense_training_to_the_fine_tuning(digits
 def test_epoch_states_are_kept_beside_the_checkpoint_and_change_no_weight(
     digits_task, tmp_path, monkeypatch
 ):
-    trained, info = recipes.train_dense(digits_task, epochs=2, cache_dir=False)
-    assert "epoch_states" not in info  # only the settings of EPOCH_STATES keep them
-    monkeypatch.setattr(recipes, "EPOCH_STATES", {("lenet300", "digits")})
-    model, first = recipes.train_dense(digits_task, epochs=2, cache_dir=tmp_path)
+    trained, model, first = _recorded(
+        digits_task, tmp_path, monkeypatch, "EPOCH_STATES", "epoch_states"
+    )
     states = first["epoch_states"]
     assert len(states) == 3  # initialisation and two epochs
     assert _states_equal(states[0], digits_task.build().state_dict())

@@ -227,6 +227,25 @@ class ScoreTracker(Callback):
                 w = masks.weight(trainer.model, n)
                 self.scores[n] = torch.zeros(w.shape, dtype=torch.float64, device=w.device)
 
+    #: The attributes that hold what a training accumulated, each a name -> tensor dict.
+    state_fields: tuple[str, ...] = ("scores",)
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        """What the tracker accumulated, as plain tensors (kept beside a dense checkpoint)."""
+        return {
+            f: {n: t.detach().clone() for n, t in getattr(self, f).items()}
+            for f in self.state_fields
+        }
+
+    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Take the sums of :meth:`state_dict`, as if this tracker had watched that training."""
+        missing = set(self.state_fields) - set(state)
+        if missing:
+            raise ValueError(f"{type(self).__name__} state lacks {sorted(missing)}")
+        for f in self.state_fields:
+            setattr(self, f, {n: t.clone() for n, t in state[f].items()})
+        self.names = list(self.scores)
+
     @staticmethod
     def grad(model: nn.Module, name: str) -> torch.Tensor | None:
         """The gradient that reached the stored weight in this step (None if none)."""
@@ -255,6 +274,8 @@ class KarninScores(ScoreTracker):
     it keeps the initial weights; the ``karnin`` criterion turns them into sensitivities.
     With plain SGD ``-g * dw = dw^2 / lr``, Karnin's sum.
     """
+
+    state_fields = ("scores", "initial")
 
     def on_train_begin(self, trainer: Trainer) -> None:
         super().on_train_begin(trainer)

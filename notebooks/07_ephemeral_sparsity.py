@@ -443,9 +443,10 @@ sl.nb.md(
 sl.nb.md(
     f"- Plain ReLUs leave {reached['relu']:.0%} of the hidden activations at zero for free.  "
     f"k-WTA keeping {min(KWTA_DENSITIES):.0%} of the units reaches {reached[sparsest]:.0%} "
-    f"({sl.stats.describe(ad_.loc[sparsest])}{sl.flags.note(runs, 'arm', sparsest)}); "
-    f"FATReLU at T = {max(FAT_THRESHOLDS)} reaches {reached[fat]:.0%} "
-    f"({sl.stats.describe(ad_.loc[fat])}{sl.flags.note(runs, 'arm', fat)}).\n"
+    f"activation sparsity (accuracy {sl.stats.describe(ad_.loc[sparsest])}"
+    f"{sl.flags.note(runs, 'arm', sparsest)}); FATReLU at T = {max(FAT_THRESHOLDS)} reaches "
+    f"{reached[fat]:.0%} (accuracy {sl.stats.describe(ad_.loc[fat])}"
+    f"{sl.flags.note(runs, 'arm', fat)}).\n"
     f"- meProp keeping {low:.0%} of the errors does {mp.loc[low, 'backward_cost']:.0%} of the "
     f"hidden layers' backward multiply-adds: {sl.stats.describe(bd_.loc[meprop_at])}; SWAT at "
     f"the same density: {sl.stats.describe(bd_.loc[swat_at])}."

@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: sparsity_lab
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -8,6 +9,8 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   sparsity_lab:
+#     runs_alone: true
 # ---
 
 # %% [markdown]
@@ -27,6 +30,7 @@
 
 # %%
 import dataclasses
+import functools
 import re
 
 import matplotlib.pyplot as plt
@@ -139,19 +143,22 @@ reference = sl.experiments.sweep(
 
 # %%
 PAI_CRITERIA = list(PAI)
-found_masks = {}  # pruning once serves both the original and the shuffled run
+
+
+@functools.cache  # in each process of the sweep: the original and shuffled runs share a pruning
+def found_masks(model_name, criterion, sparsity, seed):
+    """The masks ``criterion`` finds at ``sparsity`` on this seed's initial network."""
+    t = dense_model(model_name, seed)[0]
+    data = first_batches(t.loaders()[0], CALIBRATION_BATCHES)
+    # t.build(): the initial weights of this seed's dense model
+    pruned = sl.prune(t.build(), criterion, sparsity, data=data, seed=seed, **PAI[criterion])
+    return masks.masks(pruned)
 
 
 def before_training(model_name, criterion, sparsity, arm, seed):
     """Prune the initial network, shuffle each layer's mask for arm "shuffled", train it."""
     t = dense_model(model_name, seed)[0]
-    key = (model_name, criterion, sparsity, seed)
-    if key not in found_masks:
-        data = first_batches(t.loaders()[0], CALIBRATION_BATCHES)
-        # t.build(): the initial weights of this seed's dense model
-        pruned = sl.prune(t.build(), criterion, sparsity, data=data, seed=seed, **PAI[criterion])
-        found_masks[key] = masks.masks(pruned)
-    found = found_masks[key]
+    found = found_masks(model_name, criterion, sparsity, seed)
     if arm == "shuffled":
         found = recipes.random_like(found, seed)
     net = recipes.sparse_start(t.build(), found)
@@ -440,7 +447,7 @@ sl.nb.md("\n".join(lines))
 #
 # **1.** Shuffling keeps each layer's count of weights and moves them.  Take the mask SNIP
 # found on LeNet-300-100 at the highest sparsity for the first seed,
-# `found_masks[("lenet300", "snip", top, SEEDS[0])]`, and its shuffle as the sweep built it,
+# `found_masks("lenet300", "snip", top, SEEDS[0])`, and its shuffle as the sweep built it,
 # `recipes.random_like(found, SEEDS[0])`.  What share of the weights SNIP keeps in
 # `fc1.weight` does the shuffle keep too?  Two decimals.  What share would chance alone
 # give, and what does that say about how far apart the two arms' networks are?
@@ -448,7 +455,7 @@ sl.nb.md("\n".join(lines))
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 def check_1(answer, solution=False):
-    found = found_masks[("lenet300", "snip", top, SEEDS[0])]
+    found = found_masks("lenet300", "snip", top, SEEDS[0])
     snip = found["fc1.weight"].bool()
     shuffled = recipes.random_like(found, SEEDS[0])["fc1.weight"].bool()
     share = float((snip & shuffled).sum() / snip.sum())
@@ -468,7 +475,7 @@ check_1(answer_1)
 # how close the measured one comes.  Where the two arms share no more weights than two
 # random masks would and train to the same accuracy, SNIP's choice of weights within the
 # layer added nothing that its per-layer counts did not.
-found_1 = found_masks[("lenet300", "snip", top, SEEDS[0])]
+found_1 = found_masks("lenet300", "snip", top, SEEDS[0])
 fc1 = found_1["fc1.weight"] != 0
 moved = recipes.random_like(found_1, SEEDS[0])["fc1.weight"] != 0
 chance = float(fc1.sum() / fc1.numel())  # the density of the layer

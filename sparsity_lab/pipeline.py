@@ -501,7 +501,7 @@ def runs_alone(source: Path) -> bool:
     core (``$SPARSITY_LAB_WORKERS``).  Two workers of one notebook get less done than two
     notebooks side by side (they contend for the same caches, and the rest of the notebook
     runs on one core), so the setting is worth its cost to the build only where it brings
-    a notebook within its time budget; the README gives the measurements."""
+    a notebook within its time budget; `benchmarks/book_build.md` gives the measurements."""
     import jupytext
 
     settings = jupytext.read(source, fmt="py:percent").metadata.get("sparsity_lab", {})

@@ -184,10 +184,11 @@ sl.nb.md(
 # A head spans four tensors: head *h* owns a slice of the rows of the q, k and v projections
 # and the same columns of the output projection.  `prune_coupled(model, "head", s)` ranks all
 # heads, across layers, by the L2 norm of those weights and removes the lowest: a data-free
-# stand-in for the importance of Michel et al. 2019 (notebook 07, `heads.head_importance`),
-# the loss change when a head is masked: the loss gradient with respect to a gate on its
-# output, summed over data.  A head with zero v rows outputs its v bias whatever it attends
-# to, so shrink removes it and folds that constant into the output projection's bias.
+# stand-in for the importance of Michel et al. 2019 (notebook 07c,
+# `heads.head_importance`), the first-order loss change when a head is masked: the
+# absolute loss gradient with respect to a gate on its output, averaged over batches.  A
+# head with zero v rows outputs its v bias whatever it attends to, so shrink removes it
+# and folds that constant into the output projection's bias.
 #
 # The model is the tiny transformer (2 blocks of 4 heads, width 64) trained with its recipe
 # to predict the next character of Python's help texts (`"chars"`), scored by held-out

@@ -17,7 +17,8 @@
 # **What you will learn:** what each pattern of [01](01_what_to_prune.ipynb) (single
 # weights, N:M groups, blocks, kernels, channels, inputs) costs in accuracy at the same
 # sparsity after the same fine-tuning, why equal sparsity must be checked, and whether
-# fine-grained sparsity keeps more accuracy than coarse, as Mao et al. (2017) found.
+# fine-grained sparsity keeps more accuracy than channel pruning, as Mao et al. (2017)
+# found (with vector- and kernel-level patterns close to fine-grained).
 #
 # This follows sections 2.3 and 3.1 of the survey, on LeNet-300-100 and LeNet-5:
 # [01](01_what_to_prune.ipynb) introduces the patterns and what each buys in storage,
@@ -351,11 +352,13 @@ sl.nb.md(
 # %% [markdown]
 # ## Against the literature
 #
-# Mao et al. (2017) found, at equal sparsity, that fine-grained sparsity keeps more
-# accuracy than coarse: `sl.claims` judges unstructured against channel pruning from the
-# paired test accuracies above, at every sparsity measured, on the whole LeNets (uniform
-# budget, classifier dense) and on LeNet-5's convolutions alone (the layers of the
-# paper's CNNs).  The text words the verdicts at the highest sparsity; the table lists all.
+# Mao et al. (2017) found, at equal sparsity, that the coarsest pattern they tried, whole
+# filters (channels), loses more accuracy than fine-grained sparsity, while vector- and
+# kernel-level patterns come close to it: `sl.claims` judges unstructured against channel
+# pruning from the paired test accuracies above, at every sparsity measured, on the whole
+# LeNets (uniform budget, classifier dense) and on LeNet-5's convolutions alone (the layers
+# of the paper's CNNs).  The text words the verdicts at the highest sparsity; the table
+# lists all.
 
 
 # %%

@@ -26,8 +26,9 @@
 # from the curvature of the loss on a two-weight problem: ``1/2 H_qq w_q^2`` if nothing
 # else moves (OBD), ``w_q^2 / (2 [H^-1]_qq)`` if the others compensate (OBS).  It follows
 # section 3.5 of the survey; the Hessian and Fisher pieces live in `sparsity_lab.curvature`.
-# The layer-wise line of work that came after it (L-OBS, OBC, SparseGPT, Wanda) is the
-# subject of [02e](02e_layerwise_reconstruction.ipynb).
+# The layer-wise line of work (L-OBS, which section 3.5 covers, and OBC, SparseGPT and
+# Wanda, which came after the survey) is the subject of
+# [02e](02e_layerwise_reconstruction.ipynb).
 
 # %%
 import itertools

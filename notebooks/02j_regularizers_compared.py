@@ -273,6 +273,9 @@ sl.nb.md(text)
 # A regulariser trains the dense network (sparsity appears only at the end), so in FLOPs
 # it pays at least dense training, plus its own work: a proximal step, a gate per weight, a
 # second forward pass for the noise's variance, a k-th value search for targeted dropout.
+# The times measure this library's implementations as well as the methods: GMP adds no
+# arithmetic beyond its mask (a multiplication per weight in each pass, and a selection at
+# each pruning step), so its ratio is what masking costs here.
 # Below: time per epoch relative to dense training (same runs as above) and the parameters
 # each method adds while training, per prunable weight of the model (its Linear and Conv
 # weights).

@@ -54,7 +54,11 @@ info = sl.nb.setup(seed=SEED, smoke=SMOKE, threads=1)
 # ## A generic schedule in seven steps
 #
 # Every way of making a network sparse during training can be written as the same loop;
-# the schedules differ only in when each step happens and how often:
+# the schedules differ only in when each step happens and how often.  The survey's generic
+# schedule (section 2.4.4) has seven steps too: create the structure, initialise, train,
+# prune and regrow, fix the structure and train, and iterate.  The list below is this
+# book's variant of it, which splits pruning into scoring and removing and adds, as its
+# step 7, the reset to an earlier point that lottery tickets need:
 #
 # 1. **Initialise** the weights (and, for sparse-from-scratch training, a mask).
 # 2. **Train** for a while: a dense warm-up, or nothing at all for pruning at

@@ -233,7 +233,7 @@ ax.legend(fontsize=8)
 fig.tight_layout()
 
 # %%
-verdicts = []
+verdicts, lmc_status = [], {}  # lmc_status: each start from θ0 and its verdict
 for label in barriers["start"].unique():
     if "θ0" not in label:
         continue
@@ -243,6 +243,7 @@ for label in barriers["start"].unique():
         "lenet_stable_at_init", diffs.tolist(), setting=f"LeNet-300-100 on the MNIST "
         f"subset, {label}", measured=f"barrier {100 * part['barrier'].mean():.2f} points "
         f"(largest over seeds {100 * part['barrier'].max():.2f})."))  # fmt: skip
+    lmc_status[label] = verdicts[-1].status
 display(Markdown(sl.claims.report(verdicts)))
 from_k = barriers[barriers["start"].str.contains("θk")].groupby("start")["barrier"].mean()
 display(Markdown("From θk the barriers are " + ", ".join(
@@ -387,8 +388,10 @@ display(Markdown("\n".join([
         f"{a.replace('_', ' ')} {v:.1%}" for a, v in order.items()) + f" (dense "
     f"{dense_acc.mean():.1%}); the verdicts above say where the paired intervals decide.",
     "- **Linear mode connectivity**: mean error barriers " + ", ".join(
-        f"{100 * v:.2f} points ({k})" for k, v in stable.items()) + "; below 2 points "
-    "counts as stable (Frankle et al. 2020).",
+        f"{100 * v:.2f} points ({k}"
+        + (f"; the claim of stability from θ0: {lmc_status[k]}" if k in lmc_status else "")
+        + ")" for k, v in stable.items()) + "; the claim (Frankle et al. 2020) counts a "
+    "start as stable when the whole paired interval of the barrier lies within 2 points.",
     f"- **ER against ERK** on LeNet-5 at {ERK_SPARSITY:.0%}: ER leaves the first "
     f"convolution {densities.loc['conv1.weight', 'er']:.0%} dense and ERK "
     f"{densities.loc['conv1.weight', 'erk']:.0%}; trained with random masks, ERK minus "

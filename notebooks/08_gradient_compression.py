@@ -23,7 +23,7 @@
 # sends.
 #
 # Gradients are ephemeral: a new one every step.  Sparsifying them is the communication
-# side of the survey's ephemeral sparsity (sections 2.3, 5 and 6).
+# side of the survey's ephemeral sparsity (sections 2.3, 5 and 7).
 
 # %%
 import matplotlib.pyplot as plt

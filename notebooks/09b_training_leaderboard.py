@@ -257,7 +257,12 @@ display(
             if clear
             else "RigL gains clearly from training longer at no sparsity and length here, so "
             "the paper's trend is not seen on this setting"
-            + (" (none of the differences above is clear)." if none_clear else ".")
+            + (
+                " (none of RigL's gains from training longer, nor of GMP's leads over it, is"
+                " clear)."
+                if none_clear
+                else "."
+            )
         )
     )
 )
@@ -395,9 +400,11 @@ elif raised:
         f"claim's margin: the phase length explains part of the gap, not all of it."
     )
 else:
+    widest = max(r["member - default"]["ci_high"] for _, r in longer.iterrows())
     conclusion = (
-        "No arm raises the dense member measurably above the default's on these seeds: "
-        "longer dense phases do not explain the gap here."
+        "No arm raises the dense member measurably above the default's on these seeds, "
+        f"but the intervals reach {100 * widest:+.1f} points: these seeds cannot tell "
+        "whether longer dense phases explain the gap."
     )
 # the same gap across the CNN table's sparsities, beside how far the sparse member is from dense
 trend = {
@@ -408,6 +415,8 @@ trend = {
     for s in acdc_sparsities
 }  # fmt: skip
 member_means = [member["mean_diff"] for member, _ in trend.values()]
+member_clear = [s for s, (member, _) in trend.items() if member["verdict"] in ("better", "worse")]
+clear_at = ", ".join(f"{s:.0%}" for s in member_clear)
 follows = all(a > b for a, b in itertools.pairwise(member_means))  # falls at every step
 sparse_falls = all(a > b for a, b in itertools.pairwise(s for _, s in trend.values()))
 paper_setting = sl.claims.get("acdc_dense_near_dense").setting
@@ -432,10 +441,16 @@ display(
             for s, (member, sparse) in trend.items()
         )
         + (
-            ".  The dense member's gap grows with the sparsity of the compressed phases it "
-            "alternates with"
+            ".  The dense member's mean gap grows with the sparsity of the compressed phases "
+            "it alternates with"
             + (", as the sparse member's does" if sparse_falls else "")
-            + ": that is the factor measured here"
+            + (
+                ""
+                if len(member_clear) == len(trend)
+                else f" (a clear difference from dense only at {clear_at})"
+                if member_clear
+                else " (no difference from dense is clear)"
+            )
             if follows
             else ".  The dense member's gap does not grow steadily with the sparsity"
         )

@@ -372,8 +372,9 @@ def explore(draw: Callable[..., None], **controls: Any) -> Any:
     for ax, values in zip(axes.flat, panels, strict=False):
         draw(ax, **values)
         drawn = ax.get_title()
-        label = ", ".join(f"{n} = {_label(values[n])}" for n in [first, *varied])
-        ax.set_title(f"{label}\n{drawn}" if drawn else label)
+        # one line per control: side by side, panels are too narrow for them on one line
+        label = "\n".join(f"{n} = {_label(values[n])}" for n in [first, *varied])
+        ax.set_title(f"{label}\n{drawn}" if drawn else label, fontsize="small")
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     if held:

@@ -672,10 +672,13 @@ def sparse_start(model: nn.Module, found: Mapping[str, torch.Tensor], **attach: 
     """Attach ``found`` masks to a freshly initialised ``model`` and rescale it, in place.
 
     Each unit's kept weights are multiplied by ``sqrt(fan_in / kept fan_in)``: default
-    initialisations set the weight variance from the dense fan-in, so without this a
-    network at 95% sparsity starts with logits set by its biases and trains at chance,
-    whatever its mask (the sparsity-aware initialisation of Evci et al. 2022).  Every
-    comparison of masks at initialisation in this project starts this way.  ``attach``
+    initialisations set the weight variance from the dense fan-in, so without this the
+    signal shrinks at every layer by the root of the kept share of its inputs, and a very
+    sparse network starts with logits set mostly by its biases (the sparsity-aware
+    initialisation of Evci et al. 2022).  What that costs depends on the mask and the
+    training (03b's exercise 1 measures it for LeNet-300-100 at 98%).
+    Every comparison of masks at initialisation in this project starts this way, so that
+    none is judged on its start.  ``attach``
     goes to :func:`sparsity_lab.masks.attach` (e.g. ``dense_grad=True``).
     """
     for name, mask in found.items():

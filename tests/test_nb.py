@@ -142,8 +142,8 @@ def test_static_explore_draws_every_listed_value_in_rows_of_the_other_lists(stat
     ]
     drawn = [ax for ax in fig.axes if ax.axison]
     assert [ax for ax, _ in draw.calls] == drawn and len(drawn) == 14
-    assert drawn[0].get_title() == "k = 1, pattern = a"
-    assert drawn[-1].get_title() == "k = 7, pattern = b"
+    assert drawn[0].get_title() == "k = 1\npattern = a"
+    assert drawn[-1].get_title() == "k = 7\npattern = b"
     assert fig._suptitle.get_text() == "s = 0.5 (change it in a live kernel)"
 
 

@@ -194,7 +194,8 @@ for ax, epochs in zip(axes, FINETUNE_EPOCHS, strict=True):
     part = results[results["finetune_epochs"] == epochs]
     sl.experiments.plot_mean_ci(part, x="sparsity", y="test_accuracy", hue="method", ax=ax)
     ax.axhline(dense_accuracy, color="gray", ls="--", lw=1, label="dense")
-    ax.set(xscale="logit", title=f"then {epochs} fine-tune epoch(s)")
+    sl.viz.logit_sparsity_axis(ax, ticks=part["sparsity"].unique())
+    ax.set_title(f"then {epochs} fine-tune epoch(s)")
     ax.legend(fontsize=8)
 fig.suptitle("LeNet-300-100 on MNIST: one-shot pruning after training (red circle: flagged)")
 plt.show()

@@ -497,7 +497,7 @@ check_1(answer_1)
 # adds a constant, which the next 3x3 convolution turns into a fixed map that zero
 # padding makes different along the borders.  Shrink folds that map into the layers that
 # read the removed channels: those become `OffsetConv2d`, with one map per output channel
-# of the size of its input, constant inside and different along the edges where the
+# of the size of its output, constant inside and different along the edges where the
 # padding cuts the kernel (all zero where that channel reads nothing from the removed ones
 # or their shift is zero; channel 0 of each is printed).  By hand: the
 # writers of each stream from the architecture, and the rows that all of them zeroed.

@@ -247,6 +247,11 @@ titles = [
 fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
 for ax, rows, title in zip(axes, (weight_rows, unit_rows), titles, strict=True):
     sl.viz.prediction_scatter(*np.array(rows).T, ax=ax, title=title, **labels)
+# one unit's real change is ten times the others': on linear axes the rest would sit in a
+# corner, so the units' axes are logarithmic away from zero (linear within 1e-6 of it)
+axes[1].set_xscale("symlog", linthresh=1e-6)
+axes[1].set_yscale("symlog", linthresh=1e-6)
+axes[1].set_title(f"{titles[1]} (symlog axes)")
 plt.show()
 pearson = [np.corrcoef(np.array(rows).T)[0, 1] for rows in (weight_rows, unit_rows)]
 spearman = [scipy.stats.spearmanr(*np.array(rows).T).statistic for rows in (weight_rows, unit_rows)]

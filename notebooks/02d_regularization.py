@@ -351,8 +351,9 @@ check_2(answer_2)
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 # Solution 2.  The group penalty's subdifferential at 0 is the disc of radius lambda, so the
 # origin is the minimum once ||H w*||_2 <= lambda.  The disc is inside the square of L1's
-# subdifferential, so the group needs the larger strength; on the way it shrinks both
-# coordinates together, and reaches the origin with both at once.
+# subdifferential, so the group needs the larger strength; on the way it shrinks the pair
+# as a whole (its norm) instead of zeroing one coordinate, and it reaches the origin with
+# both coordinates at once.
 pull = H @ w_star
 solution_2 = round(float(np.linalg.norm(pull)), 3)
 print(f"group reaches the origin at {solution_2}; L1 at {np.abs(pull).max():.3f}")

@@ -228,12 +228,18 @@ for seed in SEEDS:
 results = pd.DataFrame(rows)
 
 # %% [markdown]
-# What each schedule did to the model, step by step (the pruner's log; one-shot dashed, on
-# top, so that IHT and DSD do not hide it):
+# What each schedule did to the model, step by step (the pruner's log), one panel each:
+# on one axis IHT's and DSD's jumps lie on top of each other and of one-shot's.
 
 # %%
-ax = sl.viz.step_logs(logs, total, dashed=["one_shot"], xlabel="training step", ylabel="sparsity")
-ax.set_title(f"Sparsity during {TRAINING['epochs']} epochs of training")
+fig, axes = plt.subplots(
+    1, len(logs), figsize=(2.3 * len(logs), 2.6), sharey=True, squeeze=False, layout="constrained"
+)
+for i, (ax, (name, log)) in enumerate(zip(axes[0], logs.items(), strict=True)):
+    sl.viz.step_logs({name: log}, total, ax, xlabel="training step", ylabel="sparsity" * (i == 0))
+    ax.get_legend().remove()  # the panel's title names its one line
+    ax.set_title(name, fontsize="medium")
+fig.suptitle(f"Sparsity during {TRAINING['epochs']} epochs of training")
 plt.show()
 
 # %%

@@ -132,7 +132,10 @@ axes[0].set_title("IoU with the final mask")
 later = curves[curves["epoch"] > 0]
 sl.experiments.plot_mean_ci(later, "epoch", "hamming_to_previous", hue="criterion", ax=axes[1])
 axes[1].axhline(EPSILON, color="k", ls=":", label="early-bird epsilon")
-axes[1].set(yscale="log", title="Hamming distance to the previous epoch")
+axes[1].legend()  # plot_mean_ci made the legend before the epsilon line existed
+axes[0].set_ylabel("IoU with the final mask")
+axes[1].set(yscale="log", title="Hamming distance to the previous epoch",
+            ylabel="share of mask entries that differ")  # fmt: skip
 fig.tight_layout()
 plt.show()
 

@@ -152,7 +152,7 @@ for ax, noise in zip(np.atleast_1d(axes), NOISES, strict=True):
         ax.scatter(s, m, color=marks[lab], zorder=3, s=40)
         ax.annotate(lab, (s, m), textcoords="offset points", xytext=(0, 6), ha="center")
     ax.axhline(0, color="k", ls="--")
-    ax.set_xscale("logit")
+    sl.viz.logit_sparsity_axis(ax, ticks=part["sparsity"].unique())
     ax.set_xlabel("sparsity")
     ax.set_title(f"label noise {noise:.0%}")
 np.atleast_1d(axes)[0].set_ylabel("pruned minus dense (points)")

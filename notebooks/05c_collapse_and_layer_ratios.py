@@ -158,7 +158,7 @@ for ax, (column, title) in zip(axes, panels.items(), strict=True):
     # plot_mean_ci draws the methods in order of first appearance
     ax.set_prop_cycle(color=[COLOURS[m] for m in dict.fromkeys(runs["method"])])
     sl.experiments.plot_mean_ci(runs, "sparsity", column, hue="method", ax=ax)
-    ax.set(title=title, xscale="logit")
+    sl.viz.logit_sparsity_axis(ax, ticks=runs["sparsity"].unique()).set_title(title)
     ax.legend(fontsize=8)
 fig.tight_layout()
 plt.show()

@@ -211,7 +211,8 @@ fig, axes = plt.subplots(1, len(BATCHES), figsize=(6 * len(BATCHES), 4), squeeze
 for ax, (batch, part) in zip(axes[0], bars.reset_index().groupby("batch"), strict=True):
     sl.viz.interval_lines(part, "sparsity", "variant", ax)
     ax.axhline(1, color="k", lw=0.8)
-    ax.set(xscale="logit", yscale="log", xlabel="sparsity", ylabel="speed-up over dense")
+    sl.viz.logit_sparsity_axis(ax, ticks=part["sparsity"].unique())
+    ax.set(yscale="log", xlabel="sparsity", ylabel="speed-up over dense")
     ax.set_title(f"{MATRIX}x{MATRIX}, batch {batch}")
     ax.legend()
 plt.show()

@@ -324,16 +324,12 @@ marked = [
     and label not in failed
     and 0 < 1 - row["density"] < 1
 ]
-for i, (label, row) in enumerate(marked):
-    sparsity = 1 - row["density"]
-    ax.scatter([sparsity], [row["test_accuracy"]], marker="x", color="black")
-    ax.annotate(  # alternate above and below, so that close points keep readable labels
-        label,
-        (sparsity, row["test_accuracy"]),
-        xytext=(3, 6 if i % 2 == 0 else -11),
-        textcoords="offset points",
-        fontsize=7,
+# one marker per method, named in the legend: labels beside close points ran together
+for (label, row), marker in zip(marked, "xDsP^v<>", strict=False):
+    ax.scatter(
+        [1 - row["density"]], [row["test_accuracy"]], marker=marker, color="black", label=label
     )
+ax.legend(fontsize=7, loc="lower left")
 ax.set_xlim(0.5, 0.9995)
 ax.tick_params(axis="x", labelrotation=45)
 ax.set_xlabel("gradient sparsity (fraction of entries not sent)")

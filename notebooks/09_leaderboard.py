@@ -300,9 +300,10 @@ print(source.read_text())
 
 # %% tags=["nbval-check-output"]
 bench.import_methods([str(source)])
+EXAMPLE_WEIGHTS = torch.tensor([[1.0, 2.0, 3.0], [10.0, 20.0, 60.0]])
 layer = nn.Linear(3, 2, bias=False)
 with torch.no_grad():
-    layer.weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [10.0, 20.0, 60.0]]))
+    layer.weight.copy_(EXAMPLE_WEIGHTS)
 scores = sl.registry.get("relative_magnitude")().scores(layer, ["weight"], None)["weight"]
 print("scores:", scores.round(decimals=4).tolist())
 sl.prune(layer, "relative_magnitude", 0.5)
@@ -417,7 +418,7 @@ check_1(solution_1, solution=True)
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 def check_2(answer, solution=False):
-    rows = layer.weight.detach().abs()
+    rows = EXAMPLE_WEIGHTS.abs()  # the example's weights (`layer` is pruned by now)
     scores = rows / rows.amax(dim=1, keepdim=True)
     keep = sl.patterns.prune_lowest(scores.flatten(), scores.numel() // 2).reshape(rows.shape)
     hint = "Scores are |w| / max |w| of the row; the three lowest of six go (ties: lower index)."
@@ -449,7 +450,7 @@ class RelativeToMax(sl.criteria.Criterion):
 
 example = nn.Linear(3, 2, bias=False)
 with torch.no_grad():
-    example.weight.copy_(layer.weight.detach())
+    example.weight.copy_(EXAMPLE_WEIGHTS)  # a fresh copy: `layer` itself is pruned
 sl.prune(example, RelativeToMax(), 0.5)
 solution_2 = sl.masks.masks(example)["weight"].int().tolist()
 print("kept:", solution_2)

@@ -424,9 +424,10 @@ def flagged_groups(df: pd.DataFrame, by: Sequence[str], column: str = "flags") -
     return flagged.groupby([df[c] for c in by], sort=False, dropna=False).any()
 
 
-def mark_flagged(ax: plt.Axes, xs, ys, *, labelled: bool = False) -> bool:
+def mark_flagged(ax: plt.Axes, xs, ys, *, labelled: bool = False, transform=None) -> bool:
     """Circle the points ``(xs, ys)`` in red, the mark of a flagged mean in every plot;
-    the legend gets one "sanity flag raised" entry unless ``labelled`` says it has it."""
+    the legend gets one "sanity flag raised" entry unless ``labelled`` says it has it.
+    ``transform``: the points' coordinates, if not the data's (an axis edge, say)."""
     ax.scatter(
         xs,
         ys,
@@ -436,6 +437,8 @@ def mark_flagged(ax: plt.Axes, xs, ys, *, labelled: bool = False) -> bool:
         linewidths=1.5,
         zorder=5,
         label=None if labelled else "sanity flag raised",
+        clip_on=transform is None,
+        **({} if transform is None else {"transform": transform}),
     )
     return True
 
@@ -479,8 +482,9 @@ def fit_y(
     between the others.  The limits here are the lowest and highest mean or interval end
     of the kept rows, widened by ``margin`` of their span and kept inside ``bounds``.  A
     mean of any row that falls outside is drawn at the edge it passed (a grey triangle at
-    its ``x``) and labelled with its ``name``, ``x`` and value (``fmt``), flagged or not,
-    so that nothing drawn is hidden.  None (and no change) when no kept row has a value.
+    its ``x``, circled in red if flagged) and labelled with its ``name``, ``x`` and value
+    (``fmt``), flagged or not, so that nothing drawn is hidden.  None (and no change) when
+    no kept row has a value.
     """
     if keep is None:
         keep = ~table["flagged"].astype(bool) if "flagged" in table else slice(None)
@@ -502,6 +506,8 @@ def fit_y(
         edge = 0.98 if above else 0.02
         ax.plot(row[x], edge, "^" if above else "v", color="0.3", transform=on_x)
         flagged = " (flagged)" if bool(row.get("flagged", False)) else ""
+        if flagged:  # its own red circle is off the axis: circle the mark at the edge
+            mark_flagged(ax, [row[x]], [edge], labelled=True, transform=on_x)
         ax.annotate(
             f"{row[name]} at {row[x]:.0%}: {fmt(row['mean'])}{flagged}",
             (row[x], edge),

@@ -581,10 +581,15 @@ def plot_crossover(table: pd.DataFrame, ax: Any = None, *, title: str | None = N
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.2))
-    colors = {}
+    colors, drawn = {}, {}
     for name, group in table.groupby("format", sort=False):
         style = {"marker": "*", "markersize": 12, "linestyle": ""} if len(group) == 1 else {}
-        (line,) = ax.plot(group["sparsity"], group["bits_per_element"], label=name, **style)
+        curve = (tuple(group["sparsity"]), tuple(group["bits_per_element"]))
+        label = name
+        if curve in drawn and len(group) > 1:  # CSC is CSR's size on a square matrix
+            style, label = {"linestyle": "--"}, f"{name} (= {drawn[curve]})"
+        drawn.setdefault(curve, name)
+        (line,) = ax.plot(group["sparsity"], group["bits_per_element"], label=label, **style)
         colors[name] = line.get_color()
     best = smallest(table)
     # a strip at the bottom coloured by the winning format

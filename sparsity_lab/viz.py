@@ -50,7 +50,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.legend import Legend
-from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator
 
 from .experiments import (
     fit_y,
@@ -317,8 +317,12 @@ def errorbars(
     return out
 
 
-def _logit_sparsity_axis(ax: Axes) -> None:
-    """Put the x axis on -log10(1 - sparsity), so 90%, 99%, 99.9% are equally spaced."""
+def logit_sparsity_axis(ax: Axes, ticks: Sequence[float] | None = None) -> Axes:
+    """Put the x axis on -log10(1 - sparsity), so 90%, 99%, 99.9% are equally spaced, with
+    percent ticks at ``ticks`` (the sparsities measured, say; default 0, 50, 80, 90, 95,
+    98, 99% and on).  matplotlib's own "logit" scale labels 50% "1/2" and 90% "1-10^-1".
+    Returns ``ax``.
+    """
 
     def forward(s: np.ndarray) -> np.ndarray:
         # clip keeps s = 1 finite (it would be infinitely far to the right)
@@ -328,9 +332,11 @@ def _logit_sparsity_axis(ax: Axes) -> None:
         return 1.0 - 10.0 ** (-np.asarray(u, dtype=float))
 
     ax.set_xscale("function", functions=(forward, inverse))
-    ax.xaxis.set_major_locator(FixedLocator(_LOGIT_TICKS))
+    ax.xaxis.set_major_locator(FixedLocator(_LOGIT_TICKS if ticks is None else sorted(ticks)))
     ax.xaxis.set_minor_locator(FixedLocator([]))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda s, _: f"{100 * s:.10g}%"))
+    ax.autoscale_view()  # a plot drawn before keeps its data, now spaced on this scale
+    return ax
 
 
 def sparsity_curve(
@@ -357,7 +363,7 @@ def sparsity_curve(
         raise ValueError(f"logit_x needs {x} < 1 (a fully pruned net is infinitely far right)")
     ax = _axes(ax)
     if logit_x:
-        _logit_sparsity_axis(ax)  # before plotting, so autoscaling happens on the new scale
+        logit_sparsity_axis(ax)  # before plotting, so autoscaling happens on the new scale
     groups = [(None, table)] if hue is None else list(table.groupby(hue, sort=True))
     low, high = bounds_for(y) or (-np.inf, np.inf)
     for key, part in groups:
@@ -642,14 +648,18 @@ def plain_log_axis(ax: Axes, axis: str = "y") -> Axes:
     """Put ``axis`` ("x" or "y") on a log scale labelled with plain numbers (4, 6, 10, 20).
 
     A perplexity or a speed-up read on a log axis is easier to read as "6" than as
-    "6 x 10^0"; minor ticks are labelled too (smaller), since a narrow range may hold no
-    power of ten at all.  Returns ``ax``.
+    "6 x 10^0".  Major ticks sit at 1, 2 and 5 times each power of ten and minor ones,
+    labelled smaller, at 1.5, 3, 4, 6 and 8 times it: a narrow range may hold no power of
+    ten at all, and matplotlib's own minor ticks leave the span from 10 to 20 unlabelled.
+    Returns ``ax``.
     """
     if axis not in ("x", "y"):
         raise ValueError(f"axis must be 'x' or 'y', got {axis!r}")
     getattr(ax, f"set_{axis}scale")("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")
     target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0), numticks=100))
+    target.set_minor_locator(LogLocator(subs=(1.5, 3.0, 4.0, 6.0, 8.0), numticks=100))
     target.set_major_formatter(plain)
     target.set_minor_formatter(plain)
     ax.tick_params(axis=axis, which="minor", labelsize=8)
@@ -1128,7 +1138,7 @@ def mean_ci_fitted(
         raise ValueError(f"logit_x needs {x} < 1 (a fully pruned net is infinitely far right)")
     ax = _axes(ax)
     if logit_x:
-        _logit_sparsity_axis(ax)  # before plotting, so autoscaling happens on the new scale
+        logit_sparsity_axis(ax)  # before plotting, so autoscaling happens on the new scale
     clip = {} if bounds is None else {"bounds": bounds}
     plot_mean_ci(df, x=x, y=y, hue=hue, ax=ax, **clip)
     if baseline is not None:

@@ -480,6 +480,10 @@ def test_fit_y_fits_the_unflagged_means_and_marks_a_flagged_one_at_the_edge():
     assert ax.get_ylim() == pytest.approx((0.926, 0.974))
     (label,) = [t.get_text() for t in ax.texts]
     assert label == "c at 90%: 10.0% (flagged)"
+    # its red circle is at the edge mark, in axis coordinates, so it stays visible
+    (circle,) = ax.collections
+    assert circle.get_offsets().tolist() == [[0.9, 0.02]] and not circle.get_clip_on()
+    assert circle.get_edgecolor()[0].tolist() == [1.0, 0.0, 0.0, 1.0]
     plt.close(fig)
 
 

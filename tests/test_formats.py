@@ -235,6 +235,18 @@ def test_crossover_includes_an_nm_point_and_plots():
     assert len(ax.get_lines()) == 3
 
 
+def test_crossover_plot_dashes_a_format_that_lies_on_another():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    # on a square matrix CSC stores exactly what CSR does: drawn solid, it would hide CSR
+    table = formats.crossover((16, 16), [0.0, 0.5, 0.9], formats=("dense", "csr", "csc"))
+    assert table[table.format == "csr"].bits.tolist() == table[table.format == "csc"].bits.tolist()
+    lines = {line.get_label(): line for line in formats.plot_crossover(table).get_lines()}
+    assert set(lines) == {"dense", "csr", "csc (= csr)"}
+    assert lines["csc (= csr)"].get_linestyle() == "--" and lines["csr"].get_linestyle() == "-"
+
+
 # --------------------------------------------------------------------------------- errors
 
 

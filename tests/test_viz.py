@@ -557,6 +557,17 @@ def test_mean_ci_fitted_takes_the_bounds_and_format_of_a_change():
 
 
 # ------------------------------------------------------------ plain log axis, mean lines
+def test_logit_sparsity_axis_spaces_by_the_zeros_left_and_names_the_ticks():
+    _, ax = plt.subplots()
+    ax.plot([0.9, 0.99, 0.999], [1.0, 2.0, 3.0], "o")
+    assert viz.logit_sparsity_axis(ax, ticks=[0.999, 0.9, 0.99]) is ax
+    assert list(ax.xaxis.get_majorticklocs()) == [0.9, 0.99, 0.999]
+    # equal steps: each sparsity keeps a tenth of the weights the one before it kept
+    at = ax.transData.transform([(0.9, 1.0), (0.99, 1.0), (0.999, 1.0)])[:, 0]
+    assert at[1] - at[0] == pytest.approx(at[2] - at[1])
+    assert ax.xaxis.get_major_formatter()(0.999, 0) == "99.9%"
+
+
 def test_plain_log_axis_labels_plain_numbers():
     _, ax = plt.subplots()
     ax.plot([1, 2, 3], [4.0, 6.0, 20.0])
@@ -564,6 +575,10 @@ def test_plain_log_axis_labels_plain_numbers():
     assert ax.get_yscale() == "log" and ax.get_xscale() == "linear"
     assert ax.yaxis.get_major_formatter()(10.0, 0) == "10"
     assert ax.yaxis.get_minor_formatter()(6.0, 0) == "6"
+    ax.set_ylim(4.0, 18.0)  # a range with one power of ten: every tick is named
+    ticks = [*ax.yaxis.get_majorticklocs(), *ax.yaxis.get_minorticklocs()]
+    inside = sorted(round(t, 6) for t in ticks if 4.0 <= t <= 18.0)
+    assert inside == [4.0, 5.0, 6.0, 8.0, 10.0, 15.0]
     viz.plain_log_axis(ax, axis="x")
     assert ax.get_xscale() == "log"
     with pytest.raises(ValueError, match="axis"):

@@ -157,8 +157,8 @@ for method, options in PAI.items():
     pruned = sl.prune(copy.deepcopy(init), method, COLLAPSE_SPARSITY, data=calibration, **options)
     layer_density[method] = {n: float(m.mean()) for n, m in masks.masks(pruned).items()}
 layer_density = pd.DataFrame(layer_density)
-ax = layer_density.T.plot.bar(rot=0, figsize=(8, 3.5), logy=True)
-ax.set_ylabel("density of the layer (log)")
+# a log scale cannot draw a density of 0: log_bars marks each emptied layer under its bar
+ax = sl.viz.log_bars(layer_density.T, what="density of the layer", figsize=(8, 3.5))
 ax.set_title(f"LeNet-300-100 pruned at initialisation to {COLLAPSE_SPARSITY:.0%} sparsity")
 plt.show()
 empty = [m for m in layer_density if (layer_density[m] == 0).any()]

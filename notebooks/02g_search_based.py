@@ -86,8 +86,10 @@ amc.prune(searched, sl.pruning.default_targets(searched), 0.7,
           context=sl.criteria.Context(data=val_data, seed=SEED))  # fmt: skip
 episodes = pd.DataFrame(amc.history)
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.5), layout="constrained")
-axes[0].plot(episodes["episode"], episodes["reward"], ".", alpha=0.3)
-axes[0].plot(episodes["episode"], episodes["reward"].rolling(20, min_periods=1).mean())
+axes[0].plot(episodes["episode"], episodes["reward"], ".", alpha=0.3, label="each episode")
+axes[0].plot(episodes["episode"], episodes["reward"].rolling(20, min_periods=1).mean(),
+             label="mean of the last 20")  # fmt: skip
+axes[0].legend()
 axes[0].set_xlabel("episode")
 axes[0].set_ylabel("validation accuracy after pruning (reward)")
 pd.Series(amc.result["layer_sparsity"]).plot.bar(ax=axes[1], rot=0)

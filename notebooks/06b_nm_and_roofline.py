@@ -174,21 +174,18 @@ intensity = np.logspace(-2, 3, 100)
 for ax, batch in zip(axes[0], BATCHES, strict=True):
     ax.plot(intensity, np.minimum(peak, bandwidth * intensity), "k-", label="roofline")
     mine = [p for p in points if p[0].endswith(f" b{batch}")]
+    # a colour per point, named in the legend: at batch 1 the CSR points lie too close
+    # together for labels beside them
+    shades = plt.cm.viridis(np.linspace(0, 0.9, len(mine) - 1))
     for i, (label, flops, nbytes, t) in enumerate(mine):
         dense_point = label.startswith("d")
-        ax.scatter(flops / nbytes, flops / t / 1e9, s=20, color="C3" if dense_point else "C0")
-        ax.annotate(  # alternate above and below, so that close points keep readable labels
-            label.rsplit(" b", 1)[0],
-            (flops / nbytes, flops / t / 1e9),
-            xytext=(4, 5 if i % 2 == 0 else -11),
-            textcoords="offset points",
-            fontsize=8,
-        )
+        ax.scatter(flops / nbytes, flops / t / 1e9, s=24, label=label.rsplit(" b", 1)[0],
+                   color="C3" if dense_point else shades[i - 1], zorder=3)  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP / byte)")
     ax.set_title(f"batch {batch}")
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8, ncol=2)
 axes[0][0].set_ylabel("GFLOP/s")
 fig.suptitle(f"{MATRIX}x{MATRIX} products")
 fig.tight_layout()

@@ -193,14 +193,15 @@ head_verdict = sl.claims.verdict("heads_prunable_at_test_time", claim_diff, sett
 compared = by_importance[by_importance["head_sparsity"].isin([0.0, CLAIM_HEAD_SPARSITY])]
 at_chance = int(compared["flags"].str.contains("chance").sum())
 chance = f"  {at_chance} of the {len(compared)} compared runs are at chance level."
-# what was measured: each seed's loss from removing the heads (the interval's width)
+# what was measured: each seed's accuracy change from removing the heads (the interval's
+# width)
 per_seed = compared.pivot_table(index="seed", columns="head_sparsity", values="test_accuracy")
-seed_losses = 100 * (per_seed[CLAIM_HEAD_SPARSITY] - per_seed[0.0])
+changes = 100 * (per_seed[CLAIM_HEAD_SPARSITY] - per_seed[0.0])
 reason = (
     f"Here {CLAIM_HEAD_SPARSITY:.0%} is {round(CLAIM_HEAD_SPARSITY * n_heads)} of {n_heads} "
     f"heads of a {before:,}-parameter model trained {CHAR_EPOCHS or CHAR_RECIPE.epochs} "
-    f"epoch(s) on {len(text.bundle.train):,} windows, {len(SEEDS)} seed(s), whose losses "
-    f"from removing them run from {seed_losses.min():+.1f} to {seed_losses.max():+.1f} "
+    f"epoch(s) on {len(text.bundle.train):,} windows, {len(SEEDS)} seed(s), whose accuracy "
+    f"changes from removing them run from {changes.min():+.1f} to {changes.max():+.1f} "
     "points.  The paper's models have 144 heads (BERT-base) or more; that each of their "
     "heads carries a smaller share of the work is a possible reason, not one measured "
     "here." + (chance if at_chance else "")

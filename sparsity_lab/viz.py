@@ -1076,12 +1076,17 @@ def log_bars(
     For values over orders of magnitude that may be exactly 0 (a layer's density after
     pruning it to 100%): each 0 gets an x at the foot of its missing bar, in the bar's
     colour, and a note under the axes names them, ``"x: density 0, no bar on a log scale
-    (column row, ...)"`` (``what`` = ``"density"``; ``strip`` is removed from the row
-    names).  ``colors`` are the columns' bars'; ``figsize`` makes a new figure of that
-    size when ``ax`` is None.  Returns the Axes.
+    (column row, ...)"`` (``what`` = ``"density"``, also the y label; ``strip`` is removed
+    from the row names, in the note and under the groups).  ``colors`` are the columns'
+    bars'; ``figsize`` makes a new figure of that size when ``ax`` is None.  Returns the
+    Axes.
     """
     options = {} if colors is None else {"color": list(colors)}
     ax = table.plot.bar(ax=ax, logy=True, rot=0, figsize=figsize, **options)
+    names = [str(row).replace(strip, "") if strip else str(row) for row in table.index]
+    ax.set_xticks(ax.get_xticks(), names)
+    ax.set_xlabel("")
+    ax.set_ylabel(f"{what} (log scale)")
     zeros = []
     drawn = ax.containers[-len(table.columns) :]  # the bars just drawn, after any already there
     for bars, column in zip(drawn, table.columns, strict=True):

@@ -463,6 +463,8 @@ def test_log_bars_marks_each_zero_under_its_missing_bar_and_names_it():
     assert matplotlib.colors.same_color(marks[0].get_color(), "C0")
     notes = [t.get_text() for t in ax.texts]
     assert notes == ["x: density 0, no bar on a log scale (snip fc2)"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["fc1", "fc2"]
+    assert ax.get_ylabel() == "density (log scale)"
 
 
 def test_log_bars_without_zeros_draws_no_mark_and_no_note():
